@@ -1,0 +1,62 @@
+"""Host configuration: where hypervm keeps its files and which libvirt it talks to.
+
+A pure function of a mapping (the environment by default), like docker-py's ``kwargs_from_env``.
+Every path that QEMU reads (kernel, initrd, layer images) lives under ``state_dir``, which must be
+traversable by the ``libvirt-qemu`` user: it is never under /root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = "/var/lib/hypervm"
+DEFAULT_RUN_DIR = "/run/hypervm"
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    state_dir: Path
+    run_dir: Path
+    libvirt_uri: str
+    #: "kvm", "tcg" or "auto" (probe once per host boot)
+    accel: str
+
+    @property
+    def kernel_dir(self) -> Path:
+        return self.state_dir / "kernel"
+
+    @property
+    def initrd_dir(self) -> Path:
+        return self.state_dir / "initrd"
+
+    @property
+    def rootfs_dir(self) -> Path:
+        return self.state_dir / "rootfs"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.run_dir / "vms"
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
+    env = os.environ if env is None else env
+    accel = env.get("HYPERVM_ACCEL", "auto").lower()
+    if accel not in ("auto", "kvm", "tcg"):
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec("HYPERVM_ACCEL", f"unknown accelerator {accel!r}",
+                          hint="use auto, kvm or tcg")
+    return HostConfig(
+        state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
+        run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
+        libvirt_uri=env.get("HYPERVM_LIBVIRT_URI", DEFAULT_LIBVIRT_URI),
+        accel=accel,
+    )

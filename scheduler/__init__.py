@@ -1,0 +1,1 @@
+"""hypervm-scheduler: the sample multi-tenant CaaS framework."""
