@@ -18,6 +18,7 @@ from executor.errors import HyperVMError
 #: modules that contribute sub-commands, in help order
 COMMAND_MODULES = (
     "executor.cli_run",
+    "executor.cli_demo",
     "executor.cli_doctor",
     "executor.cli_gc",
     "vmimage.cli_images",

@@ -1,0 +1,148 @@
+"""``hypervm doctor``: check that this host can run HyperVMs and say how to fix what is missing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from executor.config import HostConfig, config_from_env
+from executor.errors import HyperVMError
+
+MIN_FREE_BYTES = 2 * 1024**3
+QEMU = "qemu-system-x86_64"
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("doctor", help="check this host and say how to fix problems")
+    p.set_defaults(func=doctor_command)
+
+
+def check_libvirt(cfg: HostConfig) -> Check:
+    from executor.hypervisor import Hypervisor
+
+    try:
+        hv = Hypervisor(cfg.libvirt_uri)
+        version = hv.version()
+        hv.close()
+    except HyperVMError as e:
+        return Check("libvirtd", False, str(e), "start it: virtlogd -d; libvirtd -d")
+    return Check("libvirtd", True, f"reachable at {cfg.libvirt_uri} ({version})")
+
+
+def check_qemu(_: HostConfig) -> Check:
+    path = shutil.which(QEMU)
+    if path is None:
+        return Check("qemu", False, f"{QEMU} not found", "apt-get install qemu-system-x86")
+    if not QBOOT.is_file():
+        return Check("qemu", False, f"{QBOOT} not found", "apt-get install qemu-system-data")
+    return Check("qemu", True, f"{path}, firmware {QBOOT}")
+
+
+def check_accel(cfg: HostConfig) -> Check:
+    from executor.accel import detect_accel
+
+    try:
+        accel = detect_accel(cfg)
+    except HyperVMError as e:
+        return Check("accelerator", False, str(e), "set HYPERVM_ACCEL=tcg to skip the probe")
+    if accel == "kvm":
+        return Check("accelerator", True, "KVM works")
+    return Check("accelerator", True,
+                 "TCG (software emulation): KVM is absent or does not run guests here; "
+                 "VMs work, slower")
+
+
+def check_kernel(cfg: HostConfig) -> Check:
+    from vmimage.kernel import find_kernel
+
+    try:
+        kernel = find_kernel(cfg)
+    except HyperVMError as e:
+        return Check("kernel", False, str(e), "build it: make kernel")
+    return Check("kernel", True, f"{kernel.kind} {kernel.version} at {kernel.path}")
+
+
+def check_initrd(cfg: HostConfig) -> Check:
+    from vmimage.initrd import ensure_initrd
+    from vmimage.kernel import find_kernel
+
+    try:
+        path = ensure_initrd(cfg, find_kernel(cfg))
+    except HyperVMError as e:
+        return Check("initrd", False, str(e), "build it: make initrd")
+    return Check("initrd", True, str(path))
+
+
+def _traversable_by_others(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that QEMU (not root) could not traverse."""
+    for part in [*reversed(path.parents), path]:
+        try:
+            mode = part.stat().st_mode
+        except FileNotFoundError:
+            return None
+        if not mode & stat.S_IXOTH:
+            return part
+    return None
+
+
+def check_state_dir(cfg: HostConfig) -> Check:
+    blocked = _traversable_by_others(cfg.state_dir)
+    if blocked is not None:
+        return Check("state dir", False,
+                     f"{blocked} is not traversable by libvirt-qemu, so QEMU cannot read "
+                     f"kernels and images under {cfg.state_dir}",
+                     f"chmod o+x {blocked} or set HYPERVM_STATE_DIR elsewhere")
+    probe = cfg.state_dir if cfg.state_dir.exists() else cfg.state_dir.parent
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        return Check("disk space", False, f"{free / 1024**3:.1f} GiB free under {probe}",
+                     "free at least 2 GiB (hypervm gc removes unused images)")
+    return Check("state dir", True, f"{cfg.state_dir}, {free / 1024**3:.0f} GiB free")
+
+
+def check_tools(_: HostConfig) -> Check:
+    missing = [t for t in ("mkfs.erofs",) if shutil.which(t) is None]
+    if missing:
+        return Check("tools", False, f"missing: {', '.join(missing)}",
+                     "apt-get install erofs-utils")
+    return Check("tools", True, "mkfs.erofs")
+
+
+CHECKS: tuple[Callable[[HostConfig], Check], ...] = (
+    check_libvirt, check_qemu, check_accel, check_state_dir, check_tools, check_kernel,
+    check_initrd,
+)
+
+
+def run_checks(cfg: HostConfig) -> list[Check]:
+    return [check(cfg) for check in CHECKS]
+
+
+def doctor_command(_: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("hypervm doctor: note: not root; libvirt's system instance needs root",
+              file=sys.stderr)
+    results = run_checks(config_from_env())
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        print(f"{mark} {result.name:<12} {result.detail}")
+        if not result.ok and result.fix:
+            print(f"     {'':<12} fix: {result.fix}")
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} ok, {len(failed)} failed")
+    return 1 if failed else 0

@@ -1,0 +1,172 @@
+"""``hypervm run``: run one command in a fresh HyperVM and exit with its status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from executor.agent_protocol import EXEC_FAILURE_STATUS
+from executor.config import HostConfig, config_from_env
+from executor.errors import GuestError, InvalidSpec
+from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
+from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
+from executor.vm import HyperVM
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a command in a new HyperVM",
+        usage="hypervm run --rootfs DIR [options] -- CMD [ARGS...]",
+        description="Boot a HyperVM, run CMD in it with stdout/stderr streamed to ours, and exit "
+                    "with its status (128+N when killed by signal N).")
+    p.add_argument("--rootfs", type=Path, help="directory holding the container's root filesystem")
+    p.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    p.add_argument("--memory", type=int, default=256, metavar="MiB",
+                   help="guest memory in MiB (default 256)")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable (repeatable)")
+    p.add_argument("-w", "--workdir", default=None, metavar="DIR", help="working directory")
+    p.add_argument("-u", "--user", default=None, metavar="UID[:GID]", help="user to run as")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward our stdin")
+    p.add_argument("--name", default="run", help="pod name (default run)")
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
+                   help="SIGTERM→SIGKILL grace period when stopped (default 3)")
+    p.add_argument("--boot-timeout", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.set_defaults(func=run_command)
+
+
+def parse_user(spec: str | None) -> tuple[int, int]:
+    if spec is None:
+        return 0, 0
+    uid_s, _, gid_s = spec.partition(":")
+    try:
+        uid = int(uid_s)
+        gid = int(gid_s) if gid_s else uid
+    except ValueError as e:
+        raise InvalidSpec("--user", f"{spec!r} is not UID[:GID]",
+                          hint="use numeric ids, e.g. -u 1000:1000") from e
+    if uid < 0 or gid < 0:
+        raise InvalidSpec("--user", f"{spec!r} has a negative id")
+    return uid, gid
+
+
+def command_from(argv: list[str]) -> tuple[str, ...]:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise InvalidSpec("command", "no command given", hint="hypervm run ... -- CMD [ARGS...]")
+    return tuple(argv)
+
+
+def process_from_args(args: argparse.Namespace) -> Process:
+    uid, gid = parse_user(args.user)
+    for item in args.env:
+        if "=" not in item or item.startswith("="):
+            raise InvalidSpec("--env", f"{item!r} is not KEY=VALUE")
+    return Process(args=command_from(args.argv), env=tuple(args.env), cwd=args.workdir or "/",
+                   uid=uid, gid=gid, stdin=args.interactive)
+
+
+@contextmanager
+def rootfs_image(cfg: HostConfig, rootfs: Path | None) -> Iterator[Path]:
+    """A read-only erofs image of ``rootfs`` for this run, removed afterwards."""
+    from vmimage.rootfs import build_layer_image
+
+    if rootfs is None:
+        raise InvalidSpec("--rootfs", "no root filesystem given",
+                          hint="pass --rootfs DIR with a container root filesystem")
+    if not rootfs.is_dir():
+        raise InvalidSpec("--rootfs", f"{rootfs} is not a directory",
+                          hint="pass an existing directory holding the container's files")
+    cfg.rootfs_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.rootfs_dir, 0o755)
+    fd, name = tempfile.mkstemp(prefix="run-", suffix=".erofs", dir=cfg.rootfs_dir)
+    os.close(fd)
+    image = Path(name)
+    try:
+        build_layer_image(rootfs, image)
+        yield image
+    finally:
+        image.unlink(missing_ok=True)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the run loop polls (the VM is torn down there)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+        self.event.set()
+
+
+def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECONDS,
+            boot_timeout: float = 60.0) -> int:
+    """Boot ``pod``, stream its first container's output to ours, return its exit code."""
+    container = pod.containers[0]
+    with StopRequest() as stop, HyperVM(cfg, pod) as vm:
+        vm.boot(timeout=boot_timeout)
+        if stop.event.is_set():
+            return 128 + (stop.signum or signal.SIGTERM)
+        try:
+            running = start_streaming(vm, container, sys.stdout.buffer, sys.stderr.buffer)
+        except GuestError as e:
+            if e.code in EXEC_FAILURE_STATUS:
+                what = "command not found" if e.code == "ENOENT" else "command not executable"
+                print(f"hypervm: error: {container.process.args[0]}: {what} in the container",
+                      file=sys.stderr)
+                return EXEC_FAILURE_STATUS[e.code]
+            raise
+        if container.process.stdin:
+            forward_stdin(vm, running, sys.stdin.buffer)
+        while not running.exited.wait(0.1):
+            if stop.event.is_set():
+                kill_with_grace(vm, running, grace)
+                break
+        vm.poweroff(timeout=2.0)
+    if running.status is None:
+        return 128 + (stop.signum or signal.SIGKILL)
+    return running.status.code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    cfg = config_from_env()
+    process = process_from_args(args)
+    process.validate("process")
+    resources = Resources(cpus=args.cpus, memory_mib=args.memory)
+    resources.validate()
+    with rootfs_image(cfg, args.rootfs) as image:
+        pod = PodSpec(
+            name=args.name,
+            containers=(Container(name=args.name, rootfs=Rootfs(layers=(image,)),
+                                  process=process),),
+            resources=resources,
+        )
+        pod.validate()
+        return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)

@@ -1,0 +1,284 @@
+"""HyperVM: one pod in one VM — the orchestration between PodSpec, libvirt and the guest init.
+
+Side effects live in the modules this one drives (executor.hypervisor for libvirt,
+executor.guest_channel for the socket); here: naming, the per-VM run directory, which layer
+images become which disks, the boot/teardown sequence and the process bookkeeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor.agent_protocol import ExitStatus, MsgType
+from executor.config import HostConfig
+from executor.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.errors import BootError, HyperVMError, ProtocolError
+from executor.guest_channel import GuestChannel, ProcessCallbacks
+from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process
+
+log = logging.getLogger(__name__)
+
+#: the guest kernel's command line; quiet keeps TCG boots fast (the console is a slow UART)
+BASE_CMDLINE = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check noreplace-smp"
+DEFAULT_BOOT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ProcessHandle:
+    handle: int
+    container: str
+    pid: int
+
+
+def _ignore(_: bytes) -> None:
+    pass
+
+
+class HyperVM:
+    """Boot with :meth:`boot`, run with :meth:`start`/:meth:`exec`, end with :meth:`destroy`.
+
+    Usable as a context manager: leaving the block destroys the VM whatever happened.
+    """
+
+    def __init__(self, cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
+                 accel: str | None = None) -> None:
+        pod.validate()
+        self.cfg = cfg
+        self.pod = pod
+        self.name = f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
+        self.run_dir = cfg.vms_dir / self.name
+        self._hypervisor = hypervisor
+        self._own_hypervisor = hypervisor is None
+        self._accel = accel
+        self._channel: GuestChannel | None = None
+        self._handles = itertools.count(1)
+        self._lock = threading.Lock()
+        self._destroyed = False
+        self._layer_serials: dict[Path, str] = {}
+        self._share_tags: dict[Path, str] = {}
+        self.guest_kernel: str | None = None
+        self.boot_seconds: float | None = None
+
+    # -- paths --------------------------------------------------------------------------------
+
+    @property
+    def channel_socket(self) -> Path:
+        return self.run_dir / "channel.sock"
+
+    @property
+    def console_log(self) -> Path:
+        return self.run_dir / "console.log"
+
+    def console_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def domain_spec(self, kernel: Any, initrd: Path, accel: str) -> DomainSpec:
+        """The pure description of this VM for the libvirt builder."""
+        for container in self.pod.containers:
+            for layer in container.rootfs.layers:
+                self._layer_serials.setdefault(layer, f"l{len(self._layer_serials)}")
+            for mount in container.mounts:
+                if mount.type == "9p" and mount.source is not None:
+                    self._share_tags.setdefault(mount.source, f"s{len(self._share_tags)}")
+        disks = tuple(DiskSpec(path=p, serial=s) for p, s in self._layer_serials.items())
+        shares = tuple(
+            ShareSpec(source=src, tag=tag, readonly=self._share_readonly(src))
+            for src, tag in self._share_tags.items()
+        )
+        cmdline = " ".join(filter(None, [BASE_CMDLINE, getattr(kernel, "cmdline_extra", "")]))
+        return DomainSpec(
+            name=self.name,
+            accel=accel,
+            vcpus=self.pod.resources.cpus,
+            memory_mib=self.pod.resources.memory_mib,
+            kernel=kernel.path,
+            initrd=initrd,
+            cmdline=cmdline,
+            channel_socket=self.channel_socket,
+            console_log=self.console_log,
+            disks=disks,
+            shares=shares,
+            metadata=self._metadata(),
+        )
+
+    def _share_readonly(self, source: Path) -> bool:
+        return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
+
+    def _metadata(self) -> dict[str, str]:
+        meta = {"owner-pid": str(os.getpid()), "pod": self.pod.name}
+        meta.update({f"label.{k}": v for k, v in self.pod.labels})
+        return meta
+
+    def boot(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
+        """Create the domain and wait for the guest init's READY. Destroys the VM on failure."""
+        from executor.accel import detect_accel
+        from executor.hypervisor import Hypervisor
+        from vmimage.initrd import ensure_initrd
+        from vmimage.kernel import find_kernel
+
+        started = time.monotonic()
+        kernel = find_kernel(self.cfg)
+        initrd = ensure_initrd(self.cfg, kernel)
+        accel = self._accel or detect_accel(self.cfg)
+        if self._hypervisor is None:
+            self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
+        spec = self.domain_spec(kernel, initrd, accel)
+        try:
+            self._hypervisor.create(spec)
+            self._channel = GuestChannel(self.channel_socket)
+            ready = self._channel.connect(timeout)
+        except HyperVMError as e:
+            tail = self.console_tail()
+            self.destroy()
+            if tail:
+                log.info("console of %s:\n%s", self.name, tail)
+            if isinstance(e, BootError):
+                raise BootError(f"{self.name} did not boot: {e}") from e
+            raise
+        except BaseException:
+            self.destroy()
+            raise
+        self.guest_kernel = ready.get("kernel")
+        self.boot_seconds = time.monotonic() - started
+        log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
+                 self.guest_kernel, accel)
+
+    def __enter__(self) -> HyperVM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    @property
+    def channel(self) -> GuestChannel:
+        if self._channel is None:
+            raise ProtocolError(f"{self.name} is not booted")
+        return self._channel
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def start(self, container: Container,
+              on_stdout: Callable[[bytes], None] = _ignore,
+              on_stderr: Callable[[bytes], None] = _ignore,
+              on_exit: Callable[[ExitStatus], None] = lambda _: None) -> ProcessHandle:
+        """Create ``container`` in the VM and start its main process."""
+        if container not in self.pod.containers:
+            raise HyperVMError(f"container {container.name!r} is not part of pod {self.pod.name}")
+        handle = next(self._handles)
+        payload: dict[str, Any] = {
+            "container": container.name,
+            "handle": handle,
+            "rootfs": {
+                "layers": [self._layer_serials[p] for p in container.rootfs.layers],
+                "readonly": container.rootfs.readonly,
+            },
+            "mounts": [self._mount_payload(m) for m in container.mounts],
+            "hostname": container.hostname or container.name,
+            "process": process_payload(container.process),
+        }
+        return self._spawn(MsgType.START, payload, container.name, handle,
+                           ProcessCallbacks(on_stdout, on_stderr, on_exit))
+
+    def exec(self, container_name: str, process: Process,
+             on_stdout: Callable[[bytes], None] = _ignore,
+             on_stderr: Callable[[bytes], None] = _ignore,
+             on_exit: Callable[[ExitStatus], None] = lambda _: None) -> ProcessHandle:
+        """Start an extra process inside a running container."""
+        process.validate("exec.process")
+        handle = next(self._handles)
+        payload = {"container": container_name, "handle": handle,
+                   "process": process_payload(process)}
+        return self._spawn(MsgType.EXEC, payload, container_name, handle,
+                           ProcessCallbacks(on_stdout, on_stderr, on_exit))
+
+    def _spawn(self, type_: MsgType, payload: dict[str, Any], container: str, handle: int,
+               callbacks: ProcessCallbacks) -> ProcessHandle:
+        channel = self.channel
+        channel.register_process(handle, callbacks)
+        try:
+            reply = channel.request(type_, payload)
+        except BaseException:
+            channel.unregister_process(handle)
+            raise
+        return ProcessHandle(handle=handle, container=container, pid=int(reply.get("pid", 0)))
+
+    def _mount_payload(self, mount: Any) -> dict[str, Any]:
+        item: dict[str, Any] = {"type": mount.type, "destination": mount.destination,
+                                "readonly": mount.readonly}
+        if mount.type == "9p":
+            item["source"] = self._share_tags[mount.source]
+        return item
+
+    def signal(self, process: ProcessHandle | int, signum: int) -> None:
+        handle = process.handle if isinstance(process, ProcessHandle) else process
+        self.channel.request(MsgType.SIGNAL, {"handle": handle, "signal": int(signum)})
+
+    def send_stdin(self, process: ProcessHandle, data: bytes) -> None:
+        self.channel.send_stdin(process.handle, data)
+
+    def ping(self, timeout: float = 5.0) -> None:
+        self.channel.request(MsgType.PING, {}, timeout=timeout)
+
+    # -- teardown -----------------------------------------------------------------------------
+
+    def poweroff(self, timeout: float = 5.0) -> None:
+        """Ask init to power off cleanly; destroy the domain if it does not go in time."""
+        if self._destroyed:
+            return
+        if self._channel is not None:
+            try:
+                self._channel.request(MsgType.POWEROFF, {}, timeout=timeout)
+                if self._hypervisor is not None:
+                    self._hypervisor.wait_gone(self.name, timeout)
+            except HyperVMError as e:
+                log.debug("clean poweroff of %s failed: %s", self.name, e)
+        self.destroy()
+
+    def destroy(self) -> None:
+        """Destroy the domain, close the channel, remove the run dir. Idempotent."""
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+        if self._channel is not None:
+            self._channel.close()
+        if self._hypervisor is not None:
+            try:
+                self._hypervisor.destroy(self.name)
+            finally:
+                if self._own_hypervisor:
+                    self._hypervisor.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def process_payload(process: Process) -> dict[str, Any]:
+    """The protocol's ``process`` object for a Process."""
+    env = list(process.env)
+    if not any(item.startswith("PATH=") for item in env):
+        env.insert(0, f"PATH={DEFAULT_PATH}")
+    return {
+        "args": list(process.args),
+        "env": env,
+        "cwd": process.cwd,
+        "uid": process.uid,
+        "gid": process.gid,
+        "additional_gids": list(process.additional_gids),
+        "stdin": process.stdin,
+    }
+
