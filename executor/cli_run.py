@@ -82,14 +82,14 @@ def process_from_args(args: argparse.Namespace) -> Process:
 @contextmanager
 def rootfs_image(cfg: HostConfig, rootfs: Path | None) -> Iterator[Path]:
     """A read-only erofs image of ``rootfs`` for this run, removed afterwards."""
-    from vmimage.rootfs import build_layer_image
-
     if rootfs is None:
         raise InvalidSpec("--rootfs", "no root filesystem given",
                           hint="pass --rootfs DIR with a container root filesystem")
     if not rootfs.is_dir():
         raise InvalidSpec("--rootfs", f"{rootfs} is not a directory",
                           hint="pass an existing directory holding the container's files")
+    from vmimage.rootfs import build_layer_image
+
     cfg.rootfs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.rootfs_dir, 0o755)
     fd, name = tempfile.mkstemp(prefix="run-", suffix=".erofs", dir=cfg.rootfs_dir)

@@ -1,0 +1,97 @@
+"""Shared fixtures: host config, busybox rootfs, VM factory with leak checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HYPERVM = [sys.executable, "-m", "executor.cli"]
+
+
+def our_domains() -> set[str]:
+    """Names of hypervm domains libvirt knows (running or defined)."""
+    if shutil.which("virsh") is None:
+        return set()
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                         capture_output=True, text=True, check=False).stdout
+    return {line.strip() for line in out.splitlines() if line.strip().startswith("hypervm-")}
+
+
+@pytest.fixture(scope="session")
+def host_cfg():  # noqa: ANN201
+    from executor.config import config_from_env
+
+    return config_from_env()
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vmimage.rootfs import make_busybox_rootfs
+
+    dest = tmp_path_factory.mktemp("rootfs") / "busybox"
+    make_busybox_rootfs(dest)
+    return dest
+
+
+@pytest.fixture
+def no_leaked_domains() -> Iterator[None]:
+    """Fails the test if it leaves a hypervm domain behind (then removes it)."""
+    before = our_domains()
+    yield
+    leaked = our_domains() - before
+    for name in leaked:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
+                       check=False)
+    assert not leaked, f"test leaked domains: {sorted(leaked)}"
+
+
+@pytest.fixture
+def vm_factory(host_cfg, request: pytest.FixtureRequest,  # noqa: ANN001
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]:
+    """Boots HyperVMs for a test; destroys every one at teardown and keeps the console log of
+    a failed test under the pytest temp dir (path printed in the report)."""
+    from executor.vm import HyperVM
+
+    vms: list[HyperVM] = []
+
+    def boot(pod, timeout: float = 90.0) -> HyperVM:  # noqa: ANN001
+        vm = HyperVM(host_cfg, pod)
+        vms.append(vm)
+        vm.boot(timeout=timeout)
+        return vm
+
+    yield boot
+    failed = getattr(request.node, "rep_call", None)
+    for vm in vms:
+        if failed is not None and failed.failed and vm.console_log.exists():
+            keep = tmp_path_factory.mktemp("console") / f"{vm.name}.log"
+            shutil.copy(vm.console_log, keep)
+            print(f"console log of {vm.name} kept at {keep}", file=sys.stderr)
+        vm.destroy()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def run_hypervm(*args: str, timeout: float = 180, env: dict[str, str] | None = None,
+                **kwargs: object) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([*HYPERVM, *args], capture_output=True, timeout=timeout, cwd=REPO,
+                          env=full_env, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def hypervm() -> Callable[..., subprocess.CompletedProcess]:
+    return run_hypervm

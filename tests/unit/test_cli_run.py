@@ -1,0 +1,49 @@
+"""``hypervm run`` argument handling: bad input is one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor import cli
+from executor.cli_run import command_from, parse_user
+from executor.errors import InvalidSpec
+
+
+def test_parse_user() -> None:
+    assert parse_user(None) == (0, 0)
+    assert parse_user("1000") == (1000, 1000)
+    assert parse_user("1000:50") == (1000, 50)
+    with pytest.raises(InvalidSpec, match="--user"):
+        parse_user("bob")
+
+
+def test_command_strips_separator() -> None:
+    assert command_from(["--", "sh", "-c", "x"]) == ("sh", "-c", "x")
+    with pytest.raises(InvalidSpec, match="no command"):
+        command_from(["--"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--rootfs", "/nonexistent-rootfs", "--", "true"], "--rootfs: /nonexistent"),
+        (["run", "--memory", "8", "--rootfs", "/", "--", "true"], "memory: 8 MiB is below"),
+        (["run", "--rootfs", "/", "-e", "NOEQ", "--", "true"], "--env"),
+        (["run", "--rootfs", "/"], "no command given"),
+    ],
+)
+def test_bad_input_is_one_line(argv: list[str], message: str,
+                               capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYPERVM_STATE_DIR", str(tmp_path))
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status != 0
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2

@@ -1,0 +1,132 @@
+"""GuestChannel against a scripted fake guest on a real unix socket."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from executor import agent_protocol as proto
+from executor.agent_protocol import FrameDecoder, MsgType
+from executor.errors import BootError, GuestError, ProtocolError
+from executor.guest_channel import GuestChannel, ProcessCallbacks
+
+Handler = Callable[[socket.socket, proto.Frame], None]
+
+
+class FakeGuest:
+    """Listens like QEMU's channel socket; sends READY on connect; replies via ``handler``."""
+
+    def __init__(self, path: Path, ready: dict | None = None, handler: Handler | None = None):
+        self.path = path
+        self.ready = ready if ready is not None else {"version": proto.VERSION, "kernel": "6.1"}
+        self.handler = handler or (lambda conn, f: conn.sendall(
+            proto.encode_json(MsgType.OK, f.id, {})))
+        self.received: list[proto.Frame] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            conn.sendall(proto.encode_json(MsgType.READY, 0, self.ready))
+            decoder = FrameDecoder()
+            while data := conn.recv(65536):
+                for frame in decoder.feed(data):
+                    self.received.append(frame)
+                    self.handler(conn, frame)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "ch.sock"
+
+
+@pytest.fixture
+def channel(sock_path: Path) -> Iterator[GuestChannel]:
+    ch = GuestChannel(sock_path)
+    yield ch
+    ch.close()
+
+
+def test_connect_returns_ready(sock_path: Path, channel: GuestChannel) -> None:
+    guest = FakeGuest(sock_path)
+    assert channel.connect(timeout=5)["kernel"] == "6.1"
+    guest.close()
+
+
+def test_version_mismatch_is_refused(sock_path: Path, channel: GuestChannel) -> None:
+    FakeGuest(sock_path, ready={"version": 99})
+    with pytest.raises(ProtocolError, match="version 99.*speaks 1"):
+        channel.connect(timeout=5)
+
+
+def test_no_socket_is_a_boot_error(sock_path: Path, channel: GuestChannel) -> None:
+    with pytest.raises(BootError, match="cannot connect"):
+        channel.connect(timeout=0.2)
+
+
+def test_start_streams_output_then_exit(sock_path: Path, channel: GuestChannel) -> None:
+    def handler(conn: socket.socket, frame: proto.Frame) -> None:
+        body = frame.json()
+        handle = body["handle"]
+        conn.sendall(proto.encode(MsgType.STDOUT, handle, b"out\n")
+                     + proto.encode_json(MsgType.OK, frame.id, {"pid": 42})
+                     + proto.encode(MsgType.STDERR, handle, b"err\n")
+                     + proto.encode_json(MsgType.EXIT, handle, {"status": 3, "signal": None}))
+
+    FakeGuest(sock_path, handler=handler)
+    channel.connect(timeout=5)
+    out, err, exits = [], [], []
+    done = threading.Event()
+    channel.register_process(9, ProcessCallbacks(out.append, err.append,
+                                                 lambda s: (exits.append(s), done.set())))
+    assert channel.request(MsgType.START, {"handle": 9}) == {"pid": 42}
+    assert done.wait(5)
+    assert (out, err, [e.code for e in exits]) == ([b"out\n"], [b"err\n"], [3])
+
+
+def test_error_reply_raises_guest_error(sock_path: Path, channel: GuestChannel) -> None:
+    FakeGuest(sock_path, handler=lambda conn, f: conn.sendall(proto.encode_json(
+        MsgType.ERROR, f.id, {"code": "ENOENT", "message": "nope: not found", "errno": 2})))
+    channel.connect(timeout=5)
+    with pytest.raises(GuestError) as info:
+        channel.request(MsgType.START, {})
+    assert (info.value.code, info.value.errno) == ("ENOENT", 2)
+
+
+def test_guest_disconnect_fails_pending_requests(sock_path: Path, channel: GuestChannel) -> None:
+    reasons: list[str] = []
+    FakeGuest(sock_path, handler=lambda conn, f: conn.shutdown(socket.SHUT_RDWR))
+    channel.on_disconnect = reasons.append
+    channel.connect(timeout=5)
+    with pytest.raises(ProtocolError):
+        channel.request(MsgType.PING, {}, timeout=5)
+    assert reasons
+
+
+def test_channel_error_frame_closes_the_channel(sock_path: Path, channel: GuestChannel) -> None:
+    FakeGuest(sock_path, handler=lambda conn, f: conn.sendall(proto.encode_json(
+        MsgType.ERROR, 0, {"code": "EPROTO", "message": "garbage"})))
+    channel.connect(timeout=5)
+    with pytest.raises(ProtocolError):
+        channel.request(MsgType.PING, {}, timeout=5)
+
+
+def test_stdin_frames_reach_the_guest(sock_path: Path, channel: GuestChannel) -> None:
+    guest = FakeGuest(sock_path)
+    channel.connect(timeout=5)
+    channel.send_stdin(5, b"hello")
+    channel.send_stdin(5, b"")
+    channel.request(MsgType.PING, {})  # replies are ordered after the STDIN frames
+    assert [(f.type, f.id, f.payload) for f in guest.received[:2]] == [
+        (MsgType.STDIN, 5, b"hello"), (MsgType.STDIN, 5, b"")]
