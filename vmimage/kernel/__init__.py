@@ -1,0 +1,85 @@
+"""The guest kernel: the HyperKernel we build, or the host distro's kernel as a fallback.
+
+:func:`ensure_kernel` builds (once per machine) and returns the kernel; :func:`find_kernel`
+only looks and raises :class:`HostError` ("run make kernel") when there is none. Both honour
+``HYPERVM_KERNEL``: ``hyperkernel`` (default: build it, fall back to the distro kernel when the
+build cannot run) or ``distro`` (use the distro kernel and its modules).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from executor.config import HostConfig
+from executor.errors import HostError, InvalidSpec
+
+log = logging.getLogger(__name__)
+
+KernelKind = Literal["hyperkernel", "distro"]
+KINDS = ("hyperkernel", "distro")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    #: the image QEMU boots (an uncompressed vmlinux for the HyperKernel, PVH entry)
+    path: Path
+    #: what ``uname -r`` says in the guest
+    version: str
+    kind: KernelKind
+    #: .ko files the initrd must carry and load, in load order (empty for the HyperKernel)
+    modules: tuple[Path, ...] = ()
+    #: appended to the guest kernel command line
+    cmdline_extra: str = ""
+    #: the cache key of the artefact (part of the initrd's key)
+    key: str = ""
+
+
+def requested_kind(env: Mapping[str, str] | None = None) -> KernelKind:
+    env = os.environ if env is None else env
+    kind = env.get("HYPERVM_KERNEL", "hyperkernel").strip().lower() or "hyperkernel"
+    if kind not in KINDS:
+        raise InvalidSpec("HYPERVM_KERNEL", f"unknown kernel kind {kind!r}",
+                          hint="use hyperkernel or distro")
+    return kind  # type: ignore[return-value]
+
+
+def ensure_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel:
+    """The guest kernel, built or prepared first if needed (minutes the first time)."""
+    from vmimage.kernel import distro, hyperkernel
+
+    if requested_kind(env) == "hyperkernel":
+        try:
+            return _hyperkernel_from(hyperkernel.ensure_hyperkernel(cfg))
+        except HostError as e:
+            log.warning("cannot build the HyperKernel (%s); falling back to the distro kernel", e)
+    return distro.ensure_distro_kernel(cfg)
+
+
+def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel:
+    """The guest kernel already on this machine; never builds."""
+    from vmimage.kernel import distro, hyperkernel
+
+    if requested_kind(env) == "hyperkernel":
+        try:
+            directory = hyperkernel.kernel_dir(cfg, hyperkernel.current_key())
+        except HostError:
+            directory = None
+        if directory is not None and hyperkernel.read_meta(directory):
+            return _hyperkernel_from(directory)
+    found = distro.find_distro_kernel(cfg)
+    if found is None:
+        raise HostError(f"no guest kernel in {cfg.kernel_dir}", hint="run make kernel")
+    return found
+
+
+def _hyperkernel_from(directory: Path) -> Kernel:
+    from vmimage.kernel import hyperkernel
+
+    meta = hyperkernel.read_meta(directory) or {}
+    return Kernel(path=directory / "vmlinux", version=str(meta.get("version", "")),
+                  kind="hyperkernel", key=directory.name)

@@ -1,0 +1,180 @@
+"""Build the HyperKernel: Debian's linux-source-6.1 + tinyconfig + our fragment → vmlinux.
+
+The result is cached once per machine at ``<state>/kernel/<key>/`` (``vmlinux``, ``config``,
+``meta.json``, ``build.log``) where the key hashes the fragment, the linux-source package version
+and :data:`RECIPE_VERSION`: change any of them and the next ``make kernel`` builds a new one.
+The source tarball is unpacked once into ``<state>/kernel/.src/`` and built out of tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from executor.config import HostConfig
+from executor.errors import HostError
+from vmimage.kernel import store
+from vmimage.kernel.kconfig import dropped_options
+
+log = logging.getLogger(__name__)
+
+#: bump when the build steps below change in a way that changes the output
+RECIPE_VERSION = "1"
+SOURCE_PACKAGE = "linux-source-6.1"
+SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+FRAGMENT = Path(__file__).with_name("hyperkernel.config")
+KEY_LENGTH = 16
+#: lines of the build log quoted in a build failure
+LOG_TAIL = 30
+
+
+def cache_key(fragment: bytes, package_version: str, recipe: str = RECIPE_VERSION) -> str:
+    """sha256 over (fragment bytes, linux-source package version, recipe version), truncated."""
+    h = hashlib.sha256()
+    for part in (fragment, package_version.encode(), recipe.encode()):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()[:KEY_LENGTH]
+
+
+def source_package_version(package: str = SOURCE_PACKAGE) -> str | None:
+    """The installed version of ``package`` per dpkg, or None when it is not installed."""
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}|${Version}", package],
+            capture_output=True, text=True, check=False,
+        )
+    except FileNotFoundError:
+        return None
+    status, _, version = out.stdout.partition("|")
+    if out.returncode != 0 or not status.endswith(" installed") or not version:
+        return None
+    return version
+
+
+def current_key() -> str:
+    """The key of the HyperKernel this checkout would build on this machine."""
+    version = source_package_version()
+    if version is None or not SOURCE_TARBALL.is_file():
+        raise HostError(f"{SOURCE_PACKAGE} is not installed, cannot build the HyperKernel",
+                        hint=f"apt-get install {SOURCE_PACKAGE}, or set HYPERVM_KERNEL=distro")
+    return cache_key(FRAGMENT.read_bytes(), version)
+
+
+def kernel_dir(cfg: HostConfig, key: str) -> Path:
+    return cfg.kernel_dir / key
+
+
+def read_meta(directory: Path) -> dict | None:
+    """The metadata of a complete HyperKernel in ``directory``, or None."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (directory / "vmlinux").is_file():
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def ensure_hyperkernel(cfg: HostConfig) -> Path:
+    """The directory of the HyperKernel for this checkout, building it first if missing."""
+    key = current_key()
+    final = kernel_dir(cfg, key)
+    if read_meta(final):
+        return final
+    with store.locked(cfg.kernel_dir / ".lock"):
+        if read_meta(final):  # built by whoever held the lock before us
+            return final
+        return _build(cfg, key, final)
+
+
+def _build(cfg: HostConfig, key: str, final: Path) -> Path:
+    version = source_package_version() or "unknown"
+    src = _unpacked_source(cfg, version)
+    started = time.monotonic()
+    with store.staging(cfg.kernel_dir, key) as out:
+        objdir = out / "obj"
+        objdir.mkdir()
+        logfile = out / "build.log"
+        log.info("building the HyperKernel %s (log: %s)", key, logfile)
+        make = ["make", "-C", str(src), f"O={objdir}"]
+        try:
+            _run(make + ["tinyconfig"], logfile)
+            _run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(objdir),
+                  str(objdir / ".config"), str(FRAGMENT)], logfile, cwd=src)
+            _run(make + ["olddefconfig"], logfile)
+            _check_config(objdir / ".config")  # fail fast, before minutes of compiling
+            _run(make + [f"-j{os.cpu_count() or 1}", "vmlinux"], logfile)
+            _check_config(objdir / ".config")
+        except HostError:
+            kept = cfg.kernel_dir / f"failed-{key}.log"
+            shutil.copyfile(logfile, kept)
+            log.error("HyperKernel build failed; log kept at %s", kept)
+            raise
+        seconds = time.monotonic() - started
+        release = (objdir / "include/config/kernel.release").read_text().strip()
+        shutil.copyfile(objdir / "vmlinux", out / "vmlinux")
+        shutil.copyfile(objdir / ".config", out / "config")
+        shutil.rmtree(objdir)
+        meta = {
+            "kind": "hyperkernel", "key": key, "version": release,
+            "source_package": f"{SOURCE_PACKAGE}={version}", "recipe": RECIPE_VERSION,
+            "build_seconds": round(seconds, 1), "built_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        log.info("HyperKernel %s (%s) built in %.0f s", key, release, seconds)
+        return store.publish(out, final)
+
+
+def _check_config(config: Path) -> None:
+    dropped = dropped_options(FRAGMENT.read_text(), config.read_text())
+    if dropped:
+        raise HostError(
+            "Kconfig dropped options of vmimage/kernel/hyperkernel.config (missing "
+            "dependencies): " + ", ".join(dropped),
+            hint="add the options they depend on to the fragment",
+        )
+
+
+def _unpacked_source(cfg: HostConfig, version: str) -> Path:
+    """The source tree for ``version``, unpacked once (atomically) under ``.src/``."""
+    srcroot = store.ensure_dir(cfg.kernel_dir / ".src")
+    tree = srcroot / f"linux-source-{version}"
+    if (tree / "Makefile").is_file():
+        return tree
+    log.info("unpacking %s into %s", SOURCE_TARBALL, tree)
+    with store.staging(srcroot, "unpack") as tmp:
+        _run(["tar", "-xJf", str(SOURCE_TARBALL), "-C", str(tmp)], None)
+        (unpacked,) = list(tmp.iterdir())
+        os.rename(unpacked, tree)
+    return tree
+
+
+def _run(argv: list[str], logfile: Path | None, cwd: Path | None = None) -> None:
+    env = dict(os.environ, KBUILD_BUILD_USER="hypervm", KBUILD_BUILD_HOST="hypervm",
+               LC_ALL="C")
+    log.debug("running %s", " ".join(argv))
+    try:
+        if logfile is None:
+            proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+            output = proc.stderr
+        else:
+            with open(logfile, "a") as fh:
+                fh.write(f"$ {' '.join(argv)}\n")
+                fh.flush()
+                proc = subprocess.run(argv, cwd=cwd, env=env, stdout=fh,
+                                      stderr=subprocess.STDOUT)
+            output = logfile.read_text(errors="replace")
+    except FileNotFoundError as e:
+        raise HostError(f"cannot run {argv[0]}: not installed",
+                        hint="run make deps (needs build-essential bc flex bison)") from e
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-LOG_TAIL:])
+        raise HostError(f"{' '.join(argv[:3])} … failed with status {proc.returncode}:\n{tail}")
