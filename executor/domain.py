@@ -36,11 +36,15 @@ MAX_PCI_DEVICES = 24
 MIN_MEMORY_MIB = 32
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_VCPUS = 64
+MAX_META_KEY_LEN = 256
+#: well-known metadata keys: the process that owns the VM (its pid, and its start time in clock
+#: ticks since boot, field 22 of /proc/<pid>/stat, so that a recycled pid is not mistaken for it)
+META_OWNER_PID = "owner-pid"
+META_OWNER_START = "owner-start"
 
 _NAME_RE = re.compile(r"^hypervm-[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,31}$")
-_META_KEY_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _DISK_FORMATS = ("raw", "qcow2")
 # characters XML 1.0 cannot carry, and characters that break the kernel command line
 _XML_BAD_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -198,9 +202,10 @@ class DomainSpec:
 
     def _validate_metadata(self) -> None:
         for key, value in self.metadata.items():
-            if not _META_KEY_RE.match(key):
+            if not isinstance(key, str) or not 1 <= len(key) <= MAX_META_KEY_LEN:
                 raise InvalidSpec(f"metadata[{key!r}]", "is not a valid metadata key",
-                                  hint="use lower case [a-z0-9_.-], starting with a letter")
+                                  hint=f"use 1..{MAX_META_KEY_LEN} characters")
+            _xml_safe(f"metadata[{key!r}]", key)
             if not isinstance(value, str):
                 raise InvalidSpec(f"metadata[{key!r}]", f"value {value!r} is not a string")
             _xml_safe(f"metadata[{key!r}]", value)

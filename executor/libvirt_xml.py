@@ -300,3 +300,20 @@ def parse_domain_facts(xml: str) -> DomainFacts:
                    for src in root.findall("devices/filesystem/source") if src.get("dir"))
     return DomainFacts(name=name, ours=vm is not None and name.startswith(DOMAIN_PREFIX),
                        metadata=metadata, disk_paths=disks, share_paths=shares)
+
+
+def parse_dac_label(capabilities_xml: str, domain_type: str = "qemu") -> tuple[int, int] | None:
+    """The uid and gid libvirt runs QEMU as, from the host capabilities' DAC ``baselabel``
+    (``+64055:+64055`` on Debian); None when libvirt has no DAC model (e.g. a session daemon)."""
+    root = ET.fromstring(capabilities_xml)
+    for secmodel in root.findall("host/secmodel"):
+        if secmodel.findtext("model") != "dac":
+            continue
+        for label in secmodel.findall("baselabel"):
+            if label.get("type") == domain_type and label.text:
+                user, _, group = label.text.strip().partition(":")
+                try:
+                    return int(user.lstrip("+")), int(group.lstrip("+"))
+                except ValueError:
+                    return None
+    return None
