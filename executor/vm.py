@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import shutil
 import threading
 import time
@@ -121,7 +120,7 @@ class HyperVM:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
 
     def _metadata(self) -> dict[str, str]:
-        meta = {"owner-pid": str(os.getpid()), "pod": self.pod.name}
+        meta = {"pod": self.pod.name}  # the hypervisor stamps the owner pid
         meta.update({f"label.{k}": v for k, v in self.pod.labels})
         return meta
 
