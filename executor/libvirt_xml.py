@@ -86,8 +86,9 @@ class OS:
 
 @dataclass(frozen=True)
 class Disk:
-    """A virtio-blk disk; ``relabel='no'``: images are shared between VMs, libvirt must not chown
-    them (they are world-readable instead)."""
+    """A virtio-blk disk. Read-only disks get ``relabel='no'``: layer images are shared between
+    VMs, libvirt must not chown them (they are world-readable instead). A writable disk belongs to
+    one VM: libvirt gives it to QEMU's user for the VM's lifetime."""
 
     source: Path
     target: str
@@ -99,7 +100,8 @@ class Disk:
         disk = _sub(parent, "disk", type="file", device="disk")
         _sub(disk, "driver", name="qemu", type=self.format)
         source = _sub(disk, "source", file=str(self.source))
-        _sub(source, "seclabel", model="dac", relabel="no")
+        if self.readonly:
+            _sub(source, "seclabel", model="dac", relabel="no")
         _sub(disk, "target", dev=self.target, bus="virtio")
         _sub(disk, "serial", self.serial)
         if self.readonly:

@@ -1,0 +1,203 @@
+"""The domain XML builder: golden files, schema validation, libvirt's test driver, and back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from executor.domain import CHANNEL_NAME, CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
+from executor.errors import InvalidSpec
+from executor.libvirt_xml import (
+    METADATA_NS,
+    domain_xml,
+    parse_dac_label,
+    parse_domain_facts,
+    virtio_disk_name,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+#: UPDATE_GOLDEN=1 pytest tests/unit/test_libvirt_xml.py rewrites the golden files
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+RUN = Path("/run/hypervm/vms/hypervm-web-0badcafe")
+
+
+def _base(**overrides: object) -> DomainSpec:
+    values: dict[str, object] = dict(
+        name="hypervm-web-0badcafe", accel="tcg", vcpus=1, memory_mib=256,
+        kernel=Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"),
+        initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
+        cmdline="console=ttyS0 quiet panic=-1",
+        channel_socket=RUN / "channel.sock", console_log=RUN / "console.log",
+        metadata={"owner-pid": "4242", "owner-start": "123456", "pod": "web"},
+    )
+    values.update(overrides)
+    return DomainSpec(**values)  # type: ignore[arg-type]
+
+
+SPECS = {
+    "tcg-minimal": _base(bios=None, metadata={}),
+    "tcg-pod": _base(
+        disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),),
+        shares=(ShareSpec(Path("/var/lib/mesos/sandbox/web"), "s0", readonly=False),),
+    ),
+    "kvm-full": _base(
+        accel="kvm", vcpus=4, memory_mib=2048,
+        disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),
+               DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-bb.erofs"), "l1"),
+               DiskSpec(RUN / "scratch.qcow2", "scratch", readonly=False, format="qcow2")),
+        shares=(ShareSpec(Path("/srv/config"), "s0", readonly=True),
+                ShareSpec(Path("/srv/data"), "s1")),
+        metadata={"owner-pid": "4242", "owner-start": "123456", "pod": "web",
+                  "label.tenant": "a&b <c> \"d\" 'e'"},
+        cputune=CpuTune(shares=2048, period_us=100000, quota_us=400000),
+        memtune=MemTune(hard_limit_mib=2304),
+        qemu_args=("-netdev", "tap,id=net0,fd=3", "-device", "virtio-net-pci,netdev=net0"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_golden(name: str) -> None:
+    xml = domain_xml(SPECS[name])
+    path = GOLDEN / f"{name}.xml"
+    if UPDATE:
+        path.write_text(xml)
+    assert xml == path.read_text(), f"{path} differs (UPDATE_GOLDEN=1 to rewrite it)"
+
+
+def test_every_spec_has_a_golden_file() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.xml")} == set(SPECS)
+
+
+@pytest.mark.skipif(shutil.which("virt-xml-validate") is None,
+                    reason="virt-xml-validate not installed (apt-get install libvirt-clients)")
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_golden_validates_against_libvirt_schema(name: str) -> None:
+    result = subprocess.run(["virt-xml-validate", str(GOLDEN / f"{name}.xml"), "domain"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_schema_validation_can_fail(tmp_path: Path) -> None:
+    if shutil.which("virt-xml-validate") is None:
+        pytest.skip("virt-xml-validate not installed")
+    bad = tmp_path / "bad.xml"
+    bad.write_text(domain_xml(SPECS["tcg-pod"]).replace("<on_crash>destroy", "<on_crash>boom"))
+    result = subprocess.run(["virt-xml-validate", str(bad), "domain"], capture_output=True,
+                            check=False)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_golden_defines_on_libvirt_test_driver(name: str) -> None:
+    libvirt = pytest.importorskip("libvirt")
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML((GOLDEN / f"{name}.xml").read_text())
+        try:
+            facts = parse_domain_facts(dom.XMLDesc(0))
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
+    spec = SPECS[name]
+    assert facts.ours
+    assert facts.name == spec.name
+    assert dict(facts.metadata) == dict(spec.metadata)
+    assert facts.disk_paths == tuple(d.path for d in spec.disks)
+    assert facts.share_paths == tuple(s.source for s in spec.shares)
+
+
+def _devices(xml: str) -> ET.Element:
+    return _find(ET.fromstring(xml), "devices")
+
+
+def _find(el: ET.Element, path: str) -> ET.Element:
+    found = el.find(path)
+    assert found is not None, f"no {path}"
+    return found
+
+
+def test_no_needless_devices() -> None:
+    root = ET.fromstring(domain_xml(SPECS["kvm-full"]))
+    devices = _devices(domain_xml(SPECS["kvm-full"]))
+    for tag in ("graphics", "video", "sound", "interface", "input", "hostdev", "rng"):
+        assert devices.find(tag) is None, tag
+    assert _find(devices, "controller[@type='usb']").get("model") == "none"
+    assert _find(devices, "memballoon").get("model") == "none"
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        assert root.findtext(event) == "destroy"
+
+
+def test_accel_selects_domain_type_and_cpu() -> None:
+    kvm = ET.fromstring(domain_xml(SPECS["kvm-full"]))
+    tcg = ET.fromstring(domain_xml(SPECS["tcg-pod"]))
+    assert (kvm.get("type"), _find(kvm, "cpu").get("mode")) == ("kvm", "host-passthrough")
+    assert (tcg.get("type"), _find(tcg, "cpu").get("mode")) == ("qemu", "maximum")
+
+
+def test_channel_and_console() -> None:
+    devices = _devices(domain_xml(SPECS["tcg-pod"]))
+    channel = _find(devices, "channel[@type='unix']")
+    assert _find(channel, "source").attrib == {"mode": "bind", "path": str(RUN / "channel.sock")}
+    assert _find(channel, "target").attrib == {"type": "virtio", "name": CHANNEL_NAME}
+    assert _find(devices, "serial/source").get("path") == str(RUN / "console.log")
+
+
+def test_shared_disks_are_not_relabelled_and_carry_serials() -> None:
+    devices = _devices(domain_xml(SPECS["kvm-full"]))
+    disks = devices.findall("disk")
+    assert [d.findtext("serial") for d in disks] == ["l0", "l1", "scratch"]
+    assert [_find(d, "target").get("dev") for d in disks] == ["vda", "vdb", "vdc"]
+    assert [d.find("readonly") is not None for d in disks] == [True, True, False]
+    labels = [d.find("source/seclabel") for d in disks]
+    assert [lab.attrib if lab is not None else None for lab in labels] == [
+        {"model": "dac", "relabel": "no"}, {"model": "dac", "relabel": "no"}, None]
+    assert _find(disks[2], "driver").get("type") == "qcow2"
+
+
+def test_metadata_is_escaped_and_round_trips() -> None:
+    xml = domain_xml(SPECS["kvm-full"])
+    assert f'xmlns:hypervm="{METADATA_NS}"' in xml
+    assert parse_domain_facts(xml).metadata["label.tenant"] == "a&b <c> \"d\" 'e'"
+
+
+def test_builder_validates_first() -> None:
+    with pytest.raises(InvalidSpec):
+        domain_xml(_base(name="not-ours"))
+
+
+def test_foreign_domains_are_not_ours() -> None:
+    ours = domain_xml(SPECS["tcg-pod"])
+    assert parse_domain_facts(ours).ours
+    no_meta = ET.fromstring(ours)
+    no_meta.remove(_find(no_meta, "metadata"))
+    assert not parse_domain_facts(ET.tostring(no_meta, encoding="unicode")).ours
+    assert not parse_domain_facts(ours.replace("hypervm-web-0badcafe", "web-0badcafe")).ours
+
+
+@pytest.mark.parametrize("index, name", [(0, "vda"), (25, "vdz"), (26, "vdaa"), (27, "vdab"),
+                                         (701, "vdzz"), (702, "vdaaa")])
+def test_virtio_disk_name(index: int, name: str) -> None:
+    assert virtio_disk_name(index) == name
+
+
+CAPS = """<capabilities><host>
+  <secmodel><model>none</model><doi>0</doi></secmodel>
+  <secmodel><model>dac</model><doi>0</doi>
+    <baselabel type='kvm'>+64055:+108</baselabel>
+    <baselabel type='qemu'>+64055:+64055</baselabel>
+  </secmodel></host></capabilities>"""
+
+
+def test_parse_dac_label() -> None:
+    assert parse_dac_label(CAPS) == (64055, 64055)
+    assert parse_dac_label(CAPS, "kvm") == (64055, 108)
+    assert parse_dac_label("<capabilities><host/></capabilities>") is None
+    assert parse_dac_label(CAPS.replace("+64055:+64055", "qemu:qemu")) is None
