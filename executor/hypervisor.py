@@ -83,9 +83,13 @@ def process_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None
     when no such process exists. With the pid it identifies a process across pid reuse."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return parse_start_time(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return None
+
+
+def parse_start_time(stat: str) -> int | None:
+    """Field 22 (starttime) of a /proc/<pid>/stat line."""
     # the command name (field 2) may contain spaces and parentheses: split after its last ')'
     fields = stat[stat.rfind(")") + 2:].split()
     try:

@@ -1,0 +1,210 @@
+"""The libvirt wrapper against libvirt's real ``test:///default`` driver (no QEMU)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from executor.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.errors import HostError, HypervisorError, InvalidSpec
+from executor.hypervisor import (
+    Hypervisor,
+    LifecycleEvent,
+    owner_metadata,
+    parse_start_time,
+    process_start_time,
+)
+
+libvirt = pytest.importorskip("libvirt")
+
+
+@pytest.fixture
+def hv() -> Iterator[Hypervisor]:
+    hypervisor = Hypervisor("test:///default", autodestroy=False)
+    yield hypervisor
+    for dom in hypervisor.list_ours():  # test:///default is shared by the whole process
+        hypervisor.destroy(dom.name)
+    hypervisor.close()
+
+
+def make_spec(tmp_path: Path, name: str = "hypervm-unit-1", **overrides: object) -> DomainSpec:
+    run = tmp_path / "run" / "vms" / name
+    values: dict[str, object] = dict(
+        name=name, accel="tcg", vcpus=1, memory_mib=128,
+        kernel=Path("/var/lib/hypervm/kernel/k/vmlinux"),
+        initrd=Path("/var/lib/hypervm/initrd/i/initrd.img"), cmdline="console=ttyS0",
+        channel_socket=run / "channel.sock", console_log=run / "console.log",
+        disks=(DiskSpec(Path("/var/lib/hypervm/images/l0.erofs"), "l0"),),
+        shares=(ShareSpec(Path("/srv/sandbox"), "s0"),),
+        metadata={"pod": "unit"},
+    )
+    values.update(overrides)
+    return DomainSpec(**values)  # type: ignore[arg-type]
+
+
+def test_connect_failure_is_a_host_error_with_a_hint() -> None:
+    with pytest.raises(HostError) as info:
+        Hypervisor("qemu+unix:///system?socket=/nonexistent/libvirt-sock", events=False)
+    assert "libvirtd -d" in str(info.value)
+    assert isinstance(info.value.__cause__, libvirt.libvirtError)
+
+
+def test_libvirt_errors_are_not_printed(hv: Hypervisor, capfd: pytest.CaptureFixture[str]) -> None:
+    assert not hv.is_running("hypervm-no-such-vm")
+    assert capfd.readouterr().err == ""
+
+
+def test_version(hv: Hypervisor) -> None:
+    assert hv.version().startswith("libvirt ")
+
+
+def test_create_list_destroy(hv: Hypervisor, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    vm = hv.create(spec)
+    assert vm.name == spec.name and vm.is_running() and hv.is_running(spec.name)
+    [info] = hv.list_ours()
+    assert info.name == spec.name and info.running and info.uuid == vm.uuid
+    assert info.disk_paths == (Path("/var/lib/hypervm/images/l0.erofs"),)
+    assert info.share_paths == (Path("/srv/sandbox"),)
+    assert info.metadata["pod"] == "unit"
+    assert vm.destroy() is True
+    assert not hv.is_running(spec.name)
+    assert hv.list_ours() == []
+
+
+def test_destroy_is_idempotent(hv: Hypervisor, tmp_path: Path) -> None:
+    hv.create(make_spec(tmp_path))
+    assert hv.destroy("hypervm-unit-1") is True
+    assert hv.destroy("hypervm-unit-1") is False
+    assert hv.destroy("hypervm-never-was") is False
+
+
+def test_foreign_domains_are_not_listed(hv: Hypervisor) -> None:
+    assert "test" in [d.name() for d in hv.conn.listAllDomains(0)]  # the driver's own domain
+    assert hv.list_ours() == []
+
+
+def test_create_stamps_this_process_as_owner(hv: Hypervisor, tmp_path: Path) -> None:
+    hv.create(make_spec(tmp_path))
+    [info] = hv.list_ours()
+    assert info.metadata["owner-pid"] == str(os.getpid())
+    assert info.metadata["owner-start"] == str(process_start_time(os.getpid()))
+
+
+def test_create_keeps_an_explicit_owner(hv: Hypervisor, tmp_path: Path) -> None:
+    hv.create(make_spec(tmp_path, metadata={"owner-pid": "1"}))
+    [info] = hv.list_ours()
+    assert info.metadata["owner-pid"] == "1"
+    assert info.metadata["owner-start"] == str(process_start_time(1))
+
+
+def test_create_prepares_the_run_dir(hv: Hypervisor, tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        spec = make_spec(tmp_path)
+        hv.create(spec)
+    finally:
+        os.umask(old)
+    run_dir = spec.channel_socket.parent
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o750
+    assert stat.S_IMODE(run_dir.parent.stat().st_mode) == 0o755  # QEMU must traverse it
+
+
+def test_invalid_spec_creates_nothing(hv: Hypervisor, tmp_path: Path) -> None:
+    with pytest.raises(InvalidSpec):
+        hv.create(make_spec(tmp_path, vcpus=0))
+    assert hv.list_ours() == []
+
+
+def test_duplicate_name_is_a_hypervisor_error(hv: Hypervisor, tmp_path: Path) -> None:
+    hv.create(make_spec(tmp_path))
+    with pytest.raises(HypervisorError) as info:
+        hv.create(make_spec(tmp_path))
+    assert "hypervm-unit-1" in str(info.value)
+    assert isinstance(info.value.__cause__, libvirt.libvirtError)
+
+
+def test_wait_gone(hv: Hypervisor, tmp_path: Path) -> None:
+    vm = hv.create(make_spec(tmp_path))
+    with pytest.raises(HypervisorError, match="still runs"):
+        vm.wait_gone(0.2)
+    vm.destroy()
+    vm.wait_gone(0.2)
+
+
+def test_lifecycle_events_of_our_domains(hv: Hypervisor, tmp_path: Path) -> None:
+    events: list[LifecycleEvent] = []
+    stopped = threading.Event()
+
+    def listener(ev: LifecycleEvent) -> None:
+        events.append(ev)
+        if ev.stopped:
+            stopped.set()
+
+    hv.add_listener(listener)
+    foreign = hv.conn.lookupByName("test")
+    foreign.suspend()
+    foreign.resume()
+    vm = hv.create(make_spec(tmp_path))
+    vm.destroy()
+    assert stopped.wait(5), f"no stopped event, got {events}"
+    assert [(e.name, e.event) for e in events] == [
+        ("hypervm-unit-1", "started"), ("hypervm-unit-1", "stopped")]
+    assert events[-1].reason == "destroyed" and not events[-1].crashed
+    hv.remove_listener(listener)
+
+
+def test_a_failing_listener_does_not_stop_the_others(hv: Hypervisor, tmp_path: Path) -> None:
+    got = threading.Event()
+
+    def broken(_: LifecycleEvent) -> None:
+        raise RuntimeError("bug")
+
+    hv.add_listener(broken)
+    hv.add_listener(lambda ev: got.set())
+    hv.create(make_spec(tmp_path))
+    assert got.wait(5)
+
+
+def test_listeners_need_events(tmp_path: Path) -> None:
+    with Hypervisor("test:///default", events=False, autodestroy=False) as quiet:
+        with pytest.raises(HypervisorError):
+            quiet.add_listener(lambda ev: None)
+
+
+def test_close_is_idempotent_and_final() -> None:
+    hv = Hypervisor("test:///default", autodestroy=False)
+    hv.close()
+    hv.close()
+    with pytest.raises(HypervisorError, match="closed"):
+        hv.is_running("hypervm-x")
+
+
+@pytest.mark.parametrize("event, detail, stopped, crashed, reason", [
+    ("stopped", 0, True, False, "shutdown"),
+    ("stopped", 1, True, False, "destroyed"),
+    ("stopped", 2, True, True, "crashed"),
+    ("stopped", 5, True, True, "failed"),
+    ("crashed", 0, False, True, "0"),
+    ("started", 0, False, False, "0"),
+])
+def test_lifecycle_event_properties(event: str, detail: int, stopped: bool, crashed: bool,
+                                    reason: str) -> None:
+    ev = LifecycleEvent("hypervm-x", event, detail)
+    assert (ev.stopped, ev.crashed, ev.reason) == (stopped, crashed, reason)
+
+
+def test_parse_start_time() -> None:
+    line = "813 (a) b (c)) R 766 766 7025 0 -1 4194304 98 0 0 0 0 0 0 0 20 0 1 0 92044 3133440"
+    assert parse_start_time(line) == 92044
+    assert parse_start_time("813 (cat) R 1") is None
+
+
+def test_owner_metadata_of_a_missing_process() -> None:
+    assert owner_metadata(2**22 + 1) == {"owner-pid": str(2**22 + 1)}
+    assert process_start_time(os.getpid()) == process_start_time(os.getpid()) is not None
