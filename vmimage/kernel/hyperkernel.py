@@ -163,8 +163,8 @@ def _run(argv: list[str], logfile: Path | None, cwd: Path | None = None) -> None
     log.debug("running %s", " ".join(argv))
     try:
         if logfile is None:
-            proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-            output = proc.stderr
+            proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True)
+            output = proc.stderr.decode(errors="replace")
         else:
             with open(logfile, "a") as fh:
                 fh.write(f"$ {' '.join(argv)}\n")
