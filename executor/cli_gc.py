@@ -1,0 +1,168 @@
+"""``hypervm gc``: destroy our VMs whose owner process is gone and remove their run dirs.
+
+Domains are created auto-destroyed, so a dead owner normally takes its VM with it; gc catches
+what slips through (libvirtd restarted, a domain defined by hand, a run dir left by a crash).
+A domain is ours when it has our name prefix and metadata namespace; its owner is alive when a
+process with the recorded pid exists *and* started at the recorded time (pids are recycled).
+The selection is pure; :func:`collect_garbage` applies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from executor.config import HostConfig, config_from_env
+from executor.domain import DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START
+
+if TYPE_CHECKING:
+    from executor.hypervisor import DomainInfo, Hypervisor
+
+log = logging.getLogger(__name__)
+
+#: a run dir without a domain is left alone this long: its VM may be being created right now
+ORPHAN_DIR_GRACE_S = 120.0
+
+
+@dataclass(frozen=True)
+class Leftover:
+    name: str
+    reason: str
+
+
+@dataclass
+class GcReport:
+    destroyed: list[Leftover] = field(default_factory=list)
+    removed_dirs: list[Path] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+# --- selection (pure) -------------------------------------------------------------------------
+
+
+StartTimeOf = Callable[[int], "int | None"]
+
+
+def owner_gone(metadata: Mapping[str, str], start_time_of: StartTimeOf) -> str | None:
+    """Why the owner recorded in ``metadata`` is gone, or None while it lives."""
+    raw_pid = metadata.get(META_OWNER_PID)
+    try:
+        pid = int(raw_pid) if raw_pid is not None else None
+    except ValueError:
+        pid = None
+    if pid is None or pid <= 0:
+        return f"no valid owner pid recorded ({raw_pid!r})"
+    started = start_time_of(pid)
+    if started is None:
+        return f"owner pid {pid} is gone"
+    recorded = metadata.get(META_OWNER_START)
+    if recorded is not None and recorded != str(started):
+        return f"owner pid {pid} was reused (started at {started}, owner at {recorded})"
+    return None
+
+
+def select_leftovers(domains: Iterable[DomainInfo],
+                     start_time_of: StartTimeOf, *,
+                     everything: bool = False) -> list[Leftover]:
+    """The domains to destroy: all of ours with ``everything``, else those without a live owner
+    (and stopped persistent ones: ours are transient, a defined one is a leftover)."""
+    leftovers = []
+    for dom in domains:
+        if everything:
+            reason: str | None = "--all"
+        elif not dom.running:
+            reason = "not running"
+        else:
+            reason = owner_gone(dom.metadata, start_time_of)
+        if reason is not None:
+            leftovers.append(Leftover(dom.name, reason))
+    return leftovers
+
+
+def select_orphan_dirs(entries: Iterable[tuple[str, float]], live: Iterable[str], now: float,
+                       grace: float = ORPHAN_DIR_GRACE_S) -> list[str]:
+    """Run dirs (``(name, mtime)``) named like our domains that no domain uses, older than
+    ``grace`` seconds."""
+    live_names = set(live)
+    return sorted(name for name, mtime in entries
+                  if name.startswith(DOMAIN_PREFIX) and name not in live_names
+                  and now - mtime > grace)
+
+
+# --- side effects -----------------------------------------------------------------------------
+
+
+def _run_dir_entries(vms_dir: Path) -> list[tuple[str, float]]:
+    try:
+        return [(p.name, p.stat().st_mtime) for p in vms_dir.iterdir() if p.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _remove_dir(path: Path, dry_run: bool) -> bool:
+    if not path.is_dir():
+        return False
+    if not dry_run:
+        shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def collect_garbage(cfg: HostConfig, hv: Hypervisor, *, everything: bool = False,
+                    dry_run: bool = False) -> GcReport:
+    """Destroy leftover domains and remove their run dirs (and orphan ones) under
+    ``cfg.vms_dir``."""
+    from executor.hypervisor import process_start_time
+
+    report = GcReport()
+    domains = hv.list_ours()
+    leftovers = select_leftovers(domains, process_start_time, everything=everything)
+    gone = {lo.name for lo in leftovers}
+    report.kept = [d.name for d in domains if d.name not in gone]
+    for leftover in leftovers:
+        if not dry_run:
+            hv.destroy(leftover.name)
+        log.info("destroyed %s: %s", leftover.name, leftover.reason)
+        report.destroyed.append(leftover)
+        if _remove_dir(cfg.vms_dir / leftover.name, dry_run):
+            report.removed_dirs.append(cfg.vms_dir / leftover.name)
+    live = report.kept if not dry_run else [d.name for d in domains]
+    grace = 0.0 if everything else ORPHAN_DIR_GRACE_S
+    for name in select_orphan_dirs(_run_dir_entries(cfg.vms_dir), live, time.time(), grace):
+        if _remove_dir(cfg.vms_dir / name, dry_run):
+            report.removed_dirs.append(cfg.vms_dir / name)
+    return report
+
+
+# --- command ----------------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("gc", help="destroy leftover HyperVMs and remove their files",
+                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--all", action="store_true", dest="everything",
+                   help="destroy every HyperVM, even those whose owner still runs")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="only say what would be removed")
+    p.set_defaults(func=gc_command)
+
+
+def gc_command(args: argparse.Namespace) -> int:
+    from executor.hypervisor import Hypervisor
+
+    cfg = config_from_env()
+    with Hypervisor(cfg.libvirt_uri, events=False) as hv:
+        report = collect_garbage(cfg, hv, everything=args.everything, dry_run=args.dry_run)
+    verb = "would destroy" if args.dry_run else "destroyed"
+    for leftover in report.destroyed:
+        print(f"{verb} {leftover.name} ({leftover.reason})")
+    for path in report.removed_dirs:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path}")
+    if not report.destroyed and not report.removed_dirs:
+        print(f"nothing to remove ({len(report.kept)} HyperVMs with a live owner)")
+    return 0

@@ -1,0 +1,149 @@
+"""``hypervm gc``: which domains and run dirs are leftovers (pure), and applying it (fakes)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from executor import cli_gc
+from executor.cli_gc import (
+    Leftover,
+    collect_garbage,
+    owner_gone,
+    select_leftovers,
+    select_orphan_dirs,
+)
+from executor.config import HostConfig
+from executor.hypervisor import DomainInfo
+
+ALIVE = {100: 5000, 200: 7000}
+
+
+def start_time_of(pid: int) -> int | None:
+    return ALIVE.get(pid)
+
+
+def dom(name: str, running: bool = True, **meta: str) -> DomainInfo:
+    return DomainInfo(name=name, uuid="u-" + name, running=running,
+                      metadata={k.replace("_", "-"): v for k, v in meta.items()},
+                      disk_paths=(), share_paths=())
+
+
+@pytest.mark.parametrize("meta, gone", [
+    ({"owner-pid": "100", "owner-start": "5000"}, None),
+    ({"owner-pid": "100"}, None),  # no start time recorded: trust the pid
+    ({"owner-pid": "300", "owner-start": "5000"}, "owner pid 300 is gone"),
+    ({"owner-pid": "100", "owner-start": "4000"}, "owner pid 100 was reused"),
+    ({}, "no valid owner pid"),
+    ({"owner-pid": "x"}, "no valid owner pid"),
+    ({"owner-pid": "0"}, "no valid owner pid"),
+])
+def test_owner_gone(meta: dict[str, str], gone: str | None) -> None:
+    reason = owner_gone(meta, start_time_of)
+    if gone is None:
+        assert reason is None
+    else:
+        assert reason is not None and reason.startswith(gone)
+
+
+def test_select_leftovers() -> None:
+    domains = [dom("hypervm-live", owner_pid="100", owner_start="5000"),
+               dom("hypervm-dead", owner_pid="300", owner_start="1"),
+               dom("hypervm-reused", owner_pid="200", owner_start="1"),
+               dom("hypervm-stopped", running=False, owner_pid="100", owner_start="5000")]
+    got = select_leftovers(domains, start_time_of)
+    assert [lo.name for lo in got] == ["hypervm-dead", "hypervm-reused", "hypervm-stopped"]
+    everything = select_leftovers(domains, start_time_of, everything=True)
+    assert [lo.name for lo in everything] == [d.name for d in domains]
+
+
+def test_select_orphan_dirs() -> None:
+    entries = [("hypervm-old", 0.0), ("hypervm-new", 990.0), ("hypervm-live", 0.0),
+               ("other", 0.0)]
+    assert select_orphan_dirs(entries, ["hypervm-live"], now=1000.0, grace=60) == ["hypervm-old"]
+    assert select_orphan_dirs(entries, [], now=1000.0, grace=0) == [
+        "hypervm-live", "hypervm-new", "hypervm-old"]
+
+
+class FakeHypervisor:
+    def __init__(self, domains: list[DomainInfo]) -> None:
+        self.domains = domains
+        self.destroyed: list[str] = []
+
+    def list_ours(self) -> list[DomainInfo]:
+        return list(self.domains)
+
+    def destroy(self, name: str) -> bool:
+        self.destroyed.append(name)
+        return True
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> HostConfig:
+    return HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
+                      libvirt_uri="test:///default", accel="tcg")
+
+
+def _me() -> dict[str, str]:
+    from executor.hypervisor import owner_metadata
+
+    return {k.replace("-", "_"): v for k, v in owner_metadata().items()}
+
+
+def test_collect_garbage(cfg: HostConfig) -> None:
+    live = dom("hypervm-live", **_me())
+    dead = dom("hypervm-dead", owner_pid=str(2**22 + 1))
+    for name in ("hypervm-live", "hypervm-dead", "hypervm-orphan", "hypervm-fresh", "keep-me"):
+        (cfg.vms_dir / name).mkdir(parents=True)
+    os.utime(cfg.vms_dir / "hypervm-orphan", (0, 0))
+    hv = FakeHypervisor([live, dead])
+    report = collect_garbage(cfg, hv)  # type: ignore[arg-type]
+    assert hv.destroyed == ["hypervm-dead"]
+    assert report.destroyed == [Leftover("hypervm-dead", f"owner pid {2**22 + 1} is gone")]
+    assert report.kept == ["hypervm-live"]
+    assert report.removed_dirs == [cfg.vms_dir / "hypervm-dead", cfg.vms_dir / "hypervm-orphan"]
+    assert sorted(p.name for p in cfg.vms_dir.iterdir()) == [
+        "hypervm-fresh", "hypervm-live", "keep-me"]
+
+
+def test_collect_garbage_dry_run_changes_nothing(cfg: HostConfig) -> None:
+    (cfg.vms_dir / "hypervm-dead").mkdir(parents=True)
+    hv = FakeHypervisor([dom("hypervm-dead", owner_pid=str(2**22 + 1))])
+    report = collect_garbage(cfg, hv, dry_run=True)  # type: ignore[arg-type]
+    assert [lo.name for lo in report.destroyed] == ["hypervm-dead"]
+    assert hv.destroyed == [] and (cfg.vms_dir / "hypervm-dead").is_dir()
+
+
+def test_collect_garbage_all(cfg: HostConfig) -> None:
+    (cfg.vms_dir / "hypervm-fresh").mkdir(parents=True)
+    hv = FakeHypervisor([dom("hypervm-live", **_me())])
+    report = collect_garbage(cfg, hv, everything=True)  # type: ignore[arg-type]
+    assert hv.destroyed == ["hypervm-live"]
+    assert report.removed_dirs == [cfg.vms_dir / "hypervm-fresh"]
+
+
+def test_gc_command_registers_and_prints(cfg: HostConfig, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from executor import cli, hypervisor
+
+    hv = FakeHypervisor([dom("hypervm-dead", owner_pid=str(2**22 + 1))])
+
+    class FakeCtx(FakeHypervisor):
+        def __init__(self, *_: object, **__: object) -> None:
+            self.__dict__ = hv.__dict__
+
+        def __enter__(self) -> FakeHypervisor:
+            return hv
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+    monkeypatch.setattr(hypervisor, "Hypervisor", FakeCtx)
+    monkeypatch.setattr(cli_gc, "config_from_env", lambda: cfg)
+    assert cli.main(["gc"]) == 0
+    assert capsys.readouterr().out.startswith("destroyed hypervm-dead (owner pid")
+    assert hv.destroyed == ["hypervm-dead"]
+    assert cli.main(["gc", "--dry-run", "--all"]) == 0
+    assert "would destroy hypervm-dead (--all)" in capsys.readouterr().out
