@@ -1,0 +1,171 @@
+"""A real registry for tests: Debian's ``docker-registry`` on a free loopback port.
+
+    with running_registry(tmp_path) as registry:
+        registry.host            # "127.0.0.1:PORT" (loopback: hypervm talks plain HTTP to it)
+        registry.blob_gets()     # Counter: blob digest -> successful GETs, from the access log
+        registry.blob_data(d)    # the stored bytes of a blob (tests corrupt it to inject faults)
+
+:func:`fault_proxy` puts a tiny HTTP proxy in front of it that answers chosen paths with chosen
+bytes (e.g. a manifest that is not JSON) and forwards everything else. Both stop at teardown.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.client
+import http.server
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REGISTRY_BIN = "docker-registry"
+_ACCESS_RE = re.compile(r'"GET /v2/(?P<name>\S+)/blobs/(?P<digest>sha256:[0-9a-f]{64}) '
+                        r'HTTP/[0-9.]+" (?P<status>\d{3})')
+
+_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Registry:
+    host: str
+    storage: Path
+    log_path: Path
+
+    def blob_gets(self, name: str | None = None) -> collections.Counter[str]:
+        """Successful blob GETs so far (200/206/307), per digest, optionally for one repo."""
+        counts: collections.Counter[str] = collections.Counter()
+        for match in _ACCESS_RE.finditer(self.log_path.read_text(errors="replace")):
+            if match["status"] in ("200", "206", "307") and (name is None or
+                                                             match["name"] == name):
+                counts[match["digest"]] += 1
+        return counts
+
+    def blob_data(self, digest: str) -> Path:
+        hexdigest = digest.split(":", 1)[1]
+        return (self.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest
+                / "data")
+
+    def ref(self, name: str, tag: str) -> str:
+        return f"{self.host}/{name}:{tag}"
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{REGISTRY_BIN} exited with {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_registry(workdir: Path) -> Iterator[Registry]:
+    """Start a registry with its own storage and config under ``workdir``; stop it after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    storage = workdir / "storage"
+    storage.mkdir(exist_ok=True)
+    config = workdir / "registry.yml"
+    config.write_text(_CONFIG.format(root=storage, port=port))
+    log_path = workdir / "registry.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log,
+                                stdin=subprocess.DEVNULL)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v2/", proc)
+        yield Registry(f"127.0.0.1:{port}", storage, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    upstream: str
+    overrides: dict[str, tuple[int, str, bytes]]
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+    def _serve(self, body: bool) -> None:
+        override = self.overrides.get(self.path)
+        if override is not None:
+            status, content_type, data = override
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+            return
+        conn = http.client.HTTPConnection(self.upstream, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        conn.request(self.command, self.path, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+        conn.close()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(body=False)
+
+
+@contextlib.contextmanager
+def fault_proxy(upstream: str,
+                overrides: dict[str, tuple[int, str, bytes]]) -> Iterator[str]:
+    """A loopback proxy to ``upstream`` answering ``overrides[path]`` itself; yields host:port."""
+    handler = type("Handler", (_ProxyHandler,), {"upstream": upstream, "overrides": overrides})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,118 @@
+"""Garbage collection and the size report of the image cache.
+
+gc keeps every image a kept ref points to and every layer image a running VM uses (``in_use``,
+paths of layer images); everything else goes: image records, manifests, configs, layer images
+and their blob-index entries, and staging leftovers. It holds the cache's ``gc`` lock
+exclusively, so it never races a pull.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cache import Cache
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    ref: str
+    digest: str
+    layers: int
+    #: bytes of its layer images (shared layers counted in every image)
+    size: int
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    images: tuple[ImageSize, ...]
+    layers: int
+    layer_bytes: int
+    total_bytes: int
+
+
+@dataclass
+class GCReport:
+    removed_refs: list[str] = field(default_factory=list)
+    removed_images: list[str] = field(default_factory=list)
+    removed_layers: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    kept_layers: int = 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def size_report(cache: Cache) -> SizeReport:
+    images = []
+    for ref, digest in sorted(cache.refs().items()):
+        record = cache.image(digest)
+        if record is None:
+            continue
+        size = sum(_size(cache.layer_path(d)) for d in record.diff_ids)
+        images.append(ImageSize(ref, digest, len(record.diff_ids), size))
+    layers = list((cache.root / "layers/sha256").glob("*.erofs"))
+    total = sum(_size(p) for p in cache.root.rglob("*") if p.is_file())
+    return SizeReport(tuple(images), len(layers), sum(_size(p) for p in layers), total)
+
+
+def collect(cache: Cache, in_use: set[Path], keep_refs: Iterable[str] | None = None) -> GCReport:
+    report = GCReport()
+    in_use_names = {Path(p).name for p in in_use}
+    with cache.lock("gc"):
+        refs = cache.refs()
+        if keep_refs is not None:
+            kept = set(keep_refs)
+            for ref in refs:
+                if ref not in kept:
+                    cache.remove_ref(ref)
+                    report.removed_refs.append(ref)
+            refs = {r: d for r, d in refs.items() if r in kept}
+        keep_images = set(refs.values())
+        keep_layers = set(in_use_names)
+        keep_configs = set()
+        for digest in keep_images:
+            record = cache.image(digest)
+            if record is not None:
+                keep_layers.update(cache.layer_path(d).name for d in record.diff_ids)
+                keep_configs.add(record.config)
+        for path in sorted((cache.root / "images/sha256").glob("*.json")):
+            digest = "sha256:" + path.name[: -len(".json")]
+            if digest not in keep_images:
+                report.freed_bytes += _size(path)
+                path.unlink()
+                report.removed_images.append(digest)
+        _remove_unkept(cache.root / "manifests/sha256", {d.split(":")[1] for d in keep_images},
+                       report)
+        _remove_unkept(cache.root / "configs/sha256", {d.split(":")[1] for d in keep_configs},
+                       report)
+        for path in sorted((cache.root / "layers/sha256").iterdir()):
+            stem = path.name.split(".", 1)[0]
+            if path.name.startswith(".") or f"{stem}.erofs" not in keep_layers:
+                if path.suffix == ".erofs" and not path.name.startswith("."):
+                    report.removed_layers.append("sha256:" + stem)
+                report.freed_bytes += _size(path)
+                path.unlink()
+        report.kept_layers = len(keep_layers & {p.name for p in
+                                                (cache.root / "layers/sha256").glob("*.erofs")})
+        for path in sorted((cache.root / "blobs/sha256").iterdir()):
+            diff_id = path.read_text().strip() if path.is_file() else ""
+            if not diff_id.startswith("sha256:") or not cache.has_layer(diff_id):
+                path.unlink()
+        for path in (cache.root / "tmp").iterdir():
+            report.freed_bytes += sum(_size(p) for p in path.rglob("*")) if path.is_dir() else 0
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+    return report
+
+
+def _remove_unkept(directory: Path, keep_hex: set[str], report: GCReport) -> None:
+    for path in sorted(directory.iterdir()):
+        if path.name not in keep_hex:
+            report.freed_bytes += _size(path)
+            path.unlink()

@@ -1,0 +1,105 @@
+"""The transport: skopeo fetches manifests and blobs from every source kind (one wrapper).
+
+Why skopeo and not our own registry client: it already speaks token and basic auth, TLS,
+mirrors, redirects, docker-archive and OCI layouts, and it verifies blob digests while copying.
+It cannot fetch one blob, so :func:`copy_blobs` copies into an OCI layout whose ``blobs/``
+already holds empty placeholders for every blob the cache has: skopeo's OCI destination
+reuses any blob file that exists, so only the missing blobs cross the network. (Its ``dir:``
+destination would keep bytes exactly but empties the directory first; its ``oci:`` destination
+rewrites Docker schema-2 configs, so those configs are read with ``inspect --config --raw``.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from executor.errors import HostError, ImageError
+
+log = logging.getLogger(__name__)
+
+SKOPEO = "skopeo"
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_MSG_RE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+def _hint(message: str) -> str | None:
+    lowered = message.lower()
+    if "server gave http response to https client" in lowered:
+        return "the registry speaks plain HTTP: list it with --insecure-registry HOST:PORT"
+    if "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered:
+        return "log in first (docker login writes ~/.docker/config.json) or check the name"
+    if "manifest unknown" in lowered or "name unknown" in lowered or "not found" in lowered:
+        return "check the repository name and tag"
+    if "connection refused" in lowered or "no such host" in lowered or "timeout" in lowered:
+        return "check that the registry is reachable from this host"
+    if "digest" in lowered and ("match" in lowered or "mismatch" in lowered):
+        return "the source is corrupt or was changed during the pull; retry"
+    return None
+
+
+def _run(image: str, argv: Sequence[str], *, show_progress: bool = False) -> bytes:
+    full = [SKOPEO, *argv]
+    log.debug("running %s", " ".join(full))
+    stdout = sys.stderr if show_progress else subprocess.PIPE
+    try:
+        proc = subprocess.run(full, stdout=stdout, stderr=subprocess.PIPE, check=False)
+    except FileNotFoundError as e:
+        raise HostError("skopeo is not installed", hint="apt-get install skopeo (make deps)") from e
+    if proc.returncode != 0:
+        text = proc.stderr.decode("utf-8", "replace").strip()
+        found = _MSG_RE.findall(text)
+        message = found[-1].replace('\\"', '"') if found else (text.splitlines() or ["?"])[-1]
+        digests = _DIGEST_RE.findall(message)
+        raise ImageError(image, f"skopeo failed: {message}",
+                         blob=digests[0] if digests else None, hint=_hint(message))
+    return proc.stdout if not show_progress else b""
+
+
+def _tls(flag: str, insecure: bool) -> list[str]:
+    return [f"--{flag}=false"] if insecure else []
+
+
+def _auth(authfile: Path | None, flag: str = "authfile") -> list[str]:
+    return [f"--{flag}", str(authfile)] if authfile else []
+
+
+def inspect_raw(image: str, source: str, *, insecure: bool = False,
+                authfile: Path | None = None) -> bytes:
+    """The raw manifest (or manifest list) bytes: no blob is fetched."""
+    return _run(image, ["inspect", "--raw", *_tls("tls-verify", insecure),
+                        *_auth(authfile), source])
+
+
+def inspect_config(image: str, source: str, *, insecure: bool = False,
+                   authfile: Path | None = None) -> bytes:
+    """The raw image config blob (one blob GET)."""
+    return _run(image, ["inspect", "--config", "--raw", *_tls("tls-verify", insecure),
+                        *_auth(authfile), source])
+
+
+def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
+    """An empty OCI layout whose blobs/ holds empty files for the blobs we must not fetch."""
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": []}))
+    for digest in placeholders:
+        (blobs / digest.split(":", 1)[1]).touch()
+
+
+def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
+               authfile: Path | None = None, decompress: bool = False,
+               show_progress: bool = False) -> None:
+    """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/."""
+    argv = ["copy", *_tls("src-tls-verify", insecure), *_auth(authfile, "src-authfile")]
+    if decompress:  # keep uncompressed (docker-archive) layers byte-identical
+        argv.append("--dest-decompress")
+    if not show_progress:
+        argv.append("--quiet")
+    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress)

@@ -1,0 +1,126 @@
+"""Where an image comes from → a source skopeo can read (side effects: auth file, engine export).
+
+- registry refs: ``docker://`` with plain HTTP/unverified TLS only for loopback and listed hosts,
+  credentials resolved from the Docker config (and its credential helpers) by docker-py;
+- ``docker-daemon:``: exported through the Docker Engine API (docker-py ``image.save()``) into
+  the pull's staging dir, then read as a docker-archive;
+- ``docker-archive:`` and ``oci:``: read in place.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from executor.errors import ImageError
+
+from .reference import ArchiveRef, DaemonRef, ImageRef, LayoutRef, RegistryRef, is_insecure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    #: the reference as the user should see it in messages and in ``hypervm images``
+    display: str
+    #: what skopeo reads for the reference as given (tag or digest)
+    transport: str
+    insecure: bool = False
+    authfile: Path | None = None
+    registry: RegistryRef | None = None
+
+    def pinned(self, digest: str) -> str:
+        """The skopeo source for exactly this manifest digest."""
+        if self.registry is not None:
+            pinned = self.registry.pinned(digest)
+            return f"docker://{pinned.repository}@{digest}"
+        return self.transport
+
+
+@contextlib.contextmanager
+def open_source(ref: ImageRef, staging: Path,
+                insecure_registries: Iterable[str] = ()) -> Iterator[Source]:
+    if isinstance(ref, RegistryRef):
+        insecure = is_insecure(ref, insecure_registries)
+        authfile = write_authfile(ref, staging / "auth.json")
+        transport = f"docker://{ref}"
+        yield Source(str(ref), transport, insecure, authfile, ref)
+    elif isinstance(ref, ArchiveRef):
+        if not ref.path.is_file():
+            raise ImageError(str(ref), f"{ref.path} is not a file",
+                             hint="give the path of a `docker save` archive")
+        yield Source(str(ref), f"docker-archive:{ref.path}")
+    elif isinstance(ref, LayoutRef):
+        if not (ref.path / "index.json").is_file():
+            raise ImageError(str(ref), f"{ref.path} is not an OCI image layout (no index.json)")
+        yield Source(str(ref), str(ref))
+    elif isinstance(ref, DaemonRef):
+        archive = export_from_engine(ref, staging / "engine.tar")
+        yield Source(str(ref), f"docker-archive:{archive}")
+    else:  # pragma: no cover - the union is exhaustive
+        raise TypeError(ref)
+
+
+def write_authfile(ref: RegistryRef, path: Path) -> Path | None:
+    """A containers-auth.json with the Docker config's credentials for this registry, if any."""
+    try:
+        from docker import auth
+    except ImportError:  # pragma: no cover - docker is an install requirement
+        return None
+    try:
+        creds = auth.resolve_authconfig(auth.load_config(), registry=ref.domain)
+    except Exception as e:  # credential helpers fail in many ways: say so, then go anonymous
+        log.warning("cannot read Docker credentials for %s: %s", ref.domain, e)
+        return None
+    if not creds:
+        return None
+    user = creds.get("username") or creds.get("Username") or ""
+    password = creds.get("password") or creds.get("Password") or ""
+    entry: dict[str, str] = {}
+    if user or password:
+        entry["auth"] = base64.b64encode(f"{user}:{password}".encode()).decode()
+    token = creds.get("IdentityToken") or creds.get("identitytoken")
+    if token:
+        entry["identitytoken"] = token
+    if not entry:
+        return None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"auths": {ref.domain: entry}}, out)
+    log.debug("using Docker config credentials for %s", ref.domain)
+    return path
+
+
+def export_from_engine(ref: DaemonRef, dest: Path) -> Path:
+    """``docker save`` through the Engine API (DOCKER_HOST or the default socket)."""
+    import docker
+    import requests
+
+    image = str(ref)
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        raise ImageError(image, "no Docker-compatible engine: DOCKER_HOST is unset and "
+                         "/var/run/docker.sock does not exist",
+                         hint="set DOCKER_HOST=unix:///path/to/engine.sock")
+    try:
+        client = docker.from_env()
+        try:
+            found = client.images.get(ref.name)
+            with open(dest, "wb") as out:
+                for chunk in found.save(named=True):
+                    out.write(chunk)
+        finally:
+            client.close()
+    except docker.errors.ImageNotFound as e:
+        raise ImageError(image, f"the engine has no image {ref.name!r}",
+                         hint="check `docker images` / `podman images`") from e
+    except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+        raise ImageError(image, f"cannot export the image from the engine: {e}",
+                         hint="check DOCKER_HOST and that the engine is running") from e
+    log.info("exported %s from the engine (%d bytes)", ref.name, dest.stat().st_size)
+    return dest

@@ -1,0 +1,263 @@
+"""ImageStore: pull an image into the cache and hand out its read-only layer images.
+
+A pull: manifest (by tag: one manifest GET; by digest and cached: nothing) → which layers the
+cache lacks → lock those blobs (sorted, so two pulls never deadlock) → skopeo copies only them
+into a staging layout → verify digest and size of every blob → unpack, check the diff id →
+erofs image → rename into the cache → image record → tag. Pulls hold the cache's ``gc`` lock
+shared; gc takes it exclusively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor.config import HostConfig
+from executor.errors import ImageError
+from vmimage import rootfs
+
+from . import skopeo
+from .cache import Cache, ImageRecord
+from .config import ImageConfig, parse_config
+from .config import resolve_user as resolve_user_spec
+from .gc import GCReport, SizeReport, collect, size_report
+from .manifest import (
+    DOCKER_MANIFEST,
+    LAYER_TYPES,
+    Descriptor,
+    Manifest,
+    check_digest,
+    is_index,
+    parse_manifest,
+    select_platform,
+    sha256_digest,
+)
+from .reference import RegistryRef, parse_reference
+from .sources import Source, open_source
+from .unpack import TRACKED_FILES, unpack_layer
+from .verify import verify_blob_file
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    digest: str
+    layers: tuple[Path, ...]
+    config: ImageConfig
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A layer verified and built in staging, not yet in the cache."""
+
+    diff_id: str
+    image: Path
+    meta: dict[str, Any]
+
+
+class ImageStore:
+    def __init__(self, cfg: HostConfig, insecure_registries: Iterable[str] = (),
+                 progress: Progress | None = None) -> None:
+        self.cache = Cache(cfg.image_dir)
+        self.insecure_registries = tuple(insecure_registries)
+        self._progress = progress
+        self._tty = sys.stderr.isatty()  # skopeo draws its own bars there
+
+    def _say(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress(message)
+        else:
+            log.info("%s", message)
+
+    # -- public API ----------------------------------------------------------------------
+    def pull(self, ref: str) -> Image:
+        parsed = parse_reference(ref)
+        self.cache.ensure()
+        with self.cache.lock("gc", shared=True):
+            if isinstance(parsed, RegistryRef) and parsed.digest:
+                record = self.cache.image(parsed.digest)
+                if record is not None:  # pinned and complete: no network at all
+                    self.cache.put_ref(str(parsed), record.digest)
+                    return self._image(str(parsed), record)
+            with self.cache.staging() as staging, \
+                    open_source(parsed, staging, self.insecure_registries) as source:
+                return self._pull(source, staging)
+
+    def image(self, ref: str) -> Image | None:
+        """The cached image a ref was last pulled as, without any network access."""
+        display = str(parse_reference(ref))
+        digest = self.cache.ref_digest(display)
+        record = self.cache.image(digest) if digest else None
+        return self._image(display, record) if record else None
+
+    def resolve_user(self, image: Image, user_spec: str) -> tuple[int, int, tuple[int, ...]]:
+        files = self._user_files(image)
+        return resolve_user_spec(image.ref, user_spec, files.get("etc/passwd"),
+                                 files.get("etc/group"))
+
+    def gc(self, in_use: set[Path], keep_refs: Iterable[str] | None = None) -> GCReport:
+        self.cache.ensure()
+        return collect(self.cache, in_use, keep_refs)
+
+    def size_report(self) -> SizeReport:
+        self.cache.ensure()
+        return size_report(self.cache)
+
+    # -- the pull ------------------------------------------------------------------------
+    def _manifest(self, source: Source) -> Manifest:
+        name = source.display
+        wanted = source.registry.digest if source.registry else None
+        raw = skopeo.inspect_raw(name, source.transport, insecure=source.insecure,
+                                 authfile=source.authfile)
+        digest = sha256_digest(raw)
+        if wanted:
+            check_digest(name, "manifest", wanted, raw)
+        if is_index(name, digest, raw):
+            desc = select_platform(name, digest, raw)
+            raw = skopeo.inspect_raw(name, source.pinned(desc.digest), insecure=source.insecure,
+                                     authfile=source.authfile)
+            check_digest(name, "manifest", desc.digest, raw)
+            if len(raw) != desc.size:
+                raise ImageError(name, f"manifest is {len(raw)} bytes, the list says {desc.size}",
+                                 blob=desc.digest)
+            digest = desc.digest
+        return parse_manifest(name, digest, raw)
+
+    def _pull(self, source: Source, staging: Path) -> Image:
+        name = source.display
+        manifest = self._manifest(source)
+        with self.cache.lock(f"image-{manifest.digest.split(':')[1]}"):
+            record = self.cache.image(manifest.digest)
+            if record is None:
+                record = self._fetch(source, manifest, staging)
+            self.cache.put_manifest(manifest.digest, manifest.raw)
+            self.cache.put_image(record)
+        self.cache.put_ref(name, manifest.digest)
+        self._say(f"{name}: {manifest.digest} ({len(record.diff_ids)} layers)")
+        return self._image(name, record)
+
+    def _fetch(self, source: Source, manifest: Manifest, staging: Path) -> ImageRecord:
+        name = source.display
+        missing = [d for d in manifest.layers if self.cache.blob_diff_id(d.digest) is None]
+        with contextlib.ExitStack() as locks:
+            for blob in sorted({d.digest for d in missing}):  # sorted: no lock-order deadlock
+                locks.enter_context(self.cache.lock(f"blob-{blob.split(':')[1]}"))
+            missing = [d for d in manifest.layers if self.cache.blob_diff_id(d.digest) is None]
+            config_raw = self.cache.config(manifest.config.digest)
+            layout = staging / "layout"
+            if missing or config_raw is None:
+                config_raw = self._transfer(source, manifest, missing, config_raw, layout)
+            parsed = parse_config(name, manifest.config.digest, config_raw)
+            if len(parsed.diff_ids) != len(manifest.layers):
+                raise ImageError(name, f"the config lists {len(parsed.diff_ids)} diff ids for "
+                                 f"{len(manifest.layers)} layers", blob=manifest.config.digest)
+            pending: dict[str, _Built] = {}
+            for index, (desc, diff_id) in enumerate(zip(manifest.layers, parsed.diff_ids,
+                                                        strict=True)):
+                known = self.cache.blob_diff_id(desc.digest)
+                if known is not None and known != diff_id:
+                    raise ImageError(name, f"layer {index} is {known}, the config says "
+                                     f"{diff_id}", blob=desc.digest)
+                if known is None and desc.digest not in pending:
+                    pending[desc.digest] = self._build_layer(
+                        name, index, len(manifest.layers), desc, diff_id, layout, staging)
+            # every layer verified and built: only now does anything enter the cache
+            for blob, built in pending.items():
+                self._commit_layer(blob, built)
+            self.cache.put_config(manifest.config.digest, config_raw)
+            return ImageRecord(manifest.digest, manifest.config.digest, parsed.diff_ids)
+
+    def _transfer(self, source: Source, manifest: Manifest, missing: list[Descriptor],
+                  config_raw: bytes | None, layout: Path) -> bytes:
+        """Fetch the missing blobs into ``layout``; returns the verified config bytes."""
+        name = source.display
+        pinned = source.pinned(manifest.digest)
+        # skopeo's OCI destination rewrites Docker schema-2 configs: read the original instead
+        if config_raw is None and (manifest.media_type == DOCKER_MANIFEST or not missing):
+            config_raw = skopeo.inspect_config(name, pinned, insecure=source.insecure,
+                                               authfile=source.authfile)
+            self._check_config(name, manifest, config_raw)
+        if missing:
+            wanted = {d.digest for d in missing}
+            total = sum(d.size for d in missing)
+            self._say(f"{name}: fetching {len(wanted)} of {len(manifest.layers)} layers "
+                      f"({total / 1e6:.1f} MB)")
+            skopeo.prepare_layout(layout, [d.digest for d in manifest.layers
+                                           if d.digest not in wanted])
+            decompress = all(LAYER_TYPES[d.media_type] == "" for d in manifest.layers)
+            skopeo.copy_blobs(name, pinned, layout, insecure=source.insecure,
+                              authfile=source.authfile, decompress=decompress,
+                              show_progress=self._tty)
+            for desc in missing:
+                verify_blob_file(name, layout / "blobs/sha256" / desc.hex, desc)
+        if config_raw is None:
+            path = layout / "blobs/sha256" / manifest.config.hex
+            if not path.is_file():
+                raise ImageError(name, "the source did not deliver the image config",
+                                 blob=manifest.config.digest)
+            config_raw = path.read_bytes()
+            self._check_config(name, manifest, config_raw)
+        return config_raw
+
+    @staticmethod
+    def _check_config(name: str, manifest: Manifest, data: bytes) -> None:
+        check_digest(name, "config", manifest.config.digest, data)
+        if len(data) != manifest.config.size:
+            raise ImageError(name, f"config is {len(data)} bytes, the manifest says "
+                             f"{manifest.config.size}", blob=manifest.config.digest)
+
+    def _build_layer(self, name: str, index: int, count: int, desc: Descriptor, diff_id: str,
+                     layout: Path, staging: Path) -> _Built:
+        """Unpack and check one layer, build its erofs image in ``staging``."""
+        blob = layout / "blobs/sha256" / desc.hex
+        tree = staging / f"layer-{index}"
+        tree.mkdir()
+        info = unpack_layer(name, desc.digest, blob, LAYER_TYPES[desc.media_type], tree)
+        if info.diff_id != diff_id:
+            raise ImageError(name, f"layer {index} unpacks to {info.diff_id}, the config says "
+                             f"{diff_id}", blob=desc.digest,
+                             hint="the image is corrupt: rebuild or re-push it")
+        image = staging / f"layer-{index}.erofs"
+        rootfs.build_layer_image(tree, image)
+        shutil.rmtree(tree, ignore_errors=True)
+        blob.unlink()
+        self._say(f"{name}: layer {index + 1}/{count} {desc.digest[:19]} unpacked "
+                  f"({info.size / 1e6:.1f} MB)")
+        meta = {"diff_id": diff_id, "size": info.size, "files": info.files,
+                "skipped_devices": info.skipped_devices}
+        return _Built(diff_id, image, meta)
+
+    def _commit_layer(self, blob: str, built: _Built) -> None:
+        if not self.cache.has_layer(built.diff_id):
+            os.rename(built.image, self.cache.layer_path(built.diff_id))
+            self.cache.put_layer_meta(built.diff_id, built.meta)
+        self.cache.put_blob_diff_id(blob, built.diff_id)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _image(self, ref: str, record: ImageRecord) -> Image:
+        config_raw = self.cache.config(record.config)
+        assert config_raw is not None  # cache.image() checked it
+        parsed = parse_config(ref, record.config, config_raw)
+        layers = tuple(self.cache.layer_path(d) for d in record.diff_ids)
+        return Image(ref, record.digest, layers, parsed.config)
+
+    def _user_files(self, image: Image) -> dict[str, str | None]:
+        """/etc/passwd and /etc/group as the merged image sees them (topmost layer wins)."""
+        found: dict[str, str | None] = {}
+        for layer in reversed(image.layers):
+            meta = self.cache.layer_meta("sha256:" + layer.name[: -len(".erofs")])
+            for name, text in (meta.get("files") or {}).items():
+                if name in TRACKED_FILES and name not in found:
+                    found[name] = text
+        return found
