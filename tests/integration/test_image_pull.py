@@ -1,0 +1,270 @@
+"""Pulls from a real registry (Debian's docker-registry on loopback) into a private cache.
+
+Checks the merged tree by mounting the erofs layers with overlayfs on the host, counts blob
+GETs in the registry's access log, and injects faults (corrupt blob, truncated gzip, manifest
+that is not JSON) to check the error and that the cache is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from executor.config import HostConfig
+from executor.errors import ImageError
+from tests.integration import imagebuild
+from tests.integration.registry import Registry, fault_proxy, running_registry
+from vmimage.images import ImageStore
+from vmimage.images.cache import Cache
+
+pytestmark = pytest.mark.slow
+HYPERVM = [sys.executable, "-m", "executor.cli"]
+
+
+def make_state_dir() -> Path:
+    # not under /root nor a 0700 temp dir: QEMU (libvirt-qemu) must be able to read layers
+    path = Path(tempfile.mkdtemp(prefix="hypervm-imgtest-", dir="/var/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@contextlib.contextmanager
+def private_store(**kwargs: object) -> Iterator[ImageStore]:
+    state = make_state_dir()
+    try:
+        cfg = HostConfig(state_dir=state, run_dir=state / "run", libvirt_uri="test:///default",
+                         accel="tcg")
+        yield ImageStore(cfg, **kwargs)  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, imagebuild.BuiltImage]:
+    root = tmp_path_factory.mktemp("layouts")
+    return {"base": imagebuild.busybox_base(root / "base"),
+            "multi": imagebuild.multilayer(root / "multi"),
+            "user": imagebuild.user_image(root / "user")}
+
+
+@pytest.fixture
+def store() -> Iterator[ImageStore]:
+    with private_store() as s:
+        yield s
+
+
+@contextlib.contextmanager
+def mounted(layers: tuple[Path, ...], workdir: Path) -> Iterator[Path]:
+    """The layers as the guest combines them: erofs loop mounts under a read-only overlay."""
+    mounts: list[Path] = []
+    try:
+        lowers = []
+        for i, layer in enumerate(layers):
+            point = workdir / f"l{i}"
+            point.mkdir()
+            subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(layer), str(point)],
+                           check=True, capture_output=True)
+            mounts.append(point)
+            lowers.append(str(point))
+        merged = workdir / "merged"
+        merged.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        "ro,lowerdir=" + ":".join(reversed(lowers)), str(merged)],
+                       check=True, capture_output=True)
+        mounts.append(merged)
+        yield merged
+    finally:
+        for point in reversed(mounts):
+            subprocess.run(["umount", str(point)], check=False, capture_output=True)
+
+
+def check_multilayer_tree(root: Path) -> None:
+    for name, want in imagebuild.MULTILAYER_EXPECTED.items():
+        path = root / name
+        if want is None:
+            assert not os.path.lexists(path), f"{name} should be hidden"
+        elif want == "dir":
+            assert path.is_dir() and not path.is_symlink(), name
+        elif want == "symlink":
+            assert path.is_symlink(), name
+        elif want == "fifo":
+            assert stat.S_ISFIFO(os.lstat(path).st_mode), name
+        else:
+            assert path.read_bytes() == want, name
+    assert sorted(os.listdir(root / "opq")) == ["fresh.txt"]
+    assert sorted(os.listdir(root / "data")) == ["keep.txt", "new.txt", "same.txt"]
+    assert stat.S_IMODE(os.lstat(root / "opq").st_mode) == 0o750
+    assert stat.S_IMODE(os.lstat(root / "suid").st_mode) == 0o4755
+    st = os.lstat(root / "owned.txt")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
+    assert os.getxattr(root / "owned.txt", "user.hypervm") == b"layer2"
+    assert os.lstat(root / "hard-a").st_ino == os.lstat(root / "hard-b").st_ino
+    assert os.readlink(root / "abs-link") == "/etc/passwd"
+    assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
+    assert (root / "bin/busybox").read_bytes() == imagebuild.BUSYBOX.read_bytes()
+
+
+def test_merged_tree_is_what_the_oci_spec_defines(registry: Registry, layouts: dict,
+                                                  store: ImageStore, tmp_path: Path) -> None:
+    ref = imagebuild.push(layouts["multi"], registry.host, "multi", "1")
+    image = store.pull(ref)
+    assert image.ref == ref and image.digest == layouts["multi"].manifest_digest
+    assert len(image.layers) == 3
+    for layer in image.layers:
+        assert layer.is_file() and stat.S_IMODE(layer.stat().st_mode) == 0o644
+        assert layer.name == layer.name.lower() and layer.suffix == ".erofs"
+    assert [p.name[:-6] for p in image.layers] == [
+        d.split(":")[1] for d in layouts["multi"].diff_ids]
+    assert image.config.working_dir == "/data" and image.config.cmd == ("/bin/sh",)
+    with mounted(image.layers, tmp_path) as merged:
+        check_multilayer_tree(merged)
+
+
+def test_second_pull_transfers_no_blob(registry: Registry, layouts: dict,
+                                       store: ImageStore) -> None:
+    ref = imagebuild.push(layouts["base"], registry.host, "again", "1")
+    first = store.pull(ref)
+    fetched = registry.blob_gets("again")
+    assert set(fetched) == {*layouts["base"].layer_digests, layouts["base"].config_digest}
+    assert all(n == 1 for n in fetched.values())
+    second = store.pull(ref)
+    assert second == first
+    assert registry.blob_gets("again") == fetched  # counted: not one more blob GET
+    pinned = store.pull(f"{registry.host}/again@{first.digest}")
+    assert pinned.layers == first.layers
+    assert registry.blob_gets("again") == fetched
+
+
+def test_four_concurrent_pulls_fetch_each_blob_once(registry: Registry, layouts: dict) -> None:
+    ref = imagebuild.push(layouts["multi"], registry.host, "concurrent", "1")
+    with private_store() as store:
+        env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
+        procs = [subprocess.Popen([*HYPERVM, "pull", ref], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(4)]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, outputs
+        digest = layouts["multi"].manifest_digest
+        assert all(out.decode().split() == [ref, digest] for out, _ in outputs)
+        counts = registry.blob_gets("concurrent")
+        wanted = {*layouts["multi"].layer_digests, layouts["multi"].config_digest}
+        assert set(counts) == wanted and all(n == 1 for n in counts.values()), counts
+
+
+def test_user_image_config_and_user_resolution(registry: Registry, layouts: dict,
+                                               store: ImageStore) -> None:
+    # pushed as Docker schema 2: the config path that skopeo would rewrite
+    ref = imagebuild.push(layouts["user"], registry.host, "user", "1", fmt="v2s2")
+    image = store.pull(ref)
+    assert image.config.user == "app" and image.config.entrypoint == ("/bin/sh", "-c")
+    assert image.config.env == ("PATH=/bin", "A=1")
+    assert store.resolve_user(image, image.config.user) == (1000, 1000, (2000, 29))
+    assert store.resolve_user(image, "svc:audio") == (1001, 29, ())
+    assert store.resolve_user(image, "") == (0, 0, ())
+    with pytest.raises(ImageError, match="'ghost'"):
+        store.resolve_user(image, "ghost")
+    # a layer image shared with the base is one file in the cache
+    base = store.pull(imagebuild.push(layouts["base"], registry.host, "base", "1"))
+    assert base.layers[0] == image.layers[0]
+
+
+def test_gc_keeps_tagged_and_in_use(registry: Registry, layouts: dict,
+                                    store: ImageStore) -> None:
+    multi = store.pull(imagebuild.push(layouts["multi"], registry.host, "gc-multi", "1"))
+    user = store.pull(imagebuild.push(layouts["user"], registry.host, "gc-user", "1"))
+    report = store.gc(set())
+    assert report.removed_layers == [] and all(p.exists() for p in multi.layers + user.layers)
+    report = store.gc({multi.layers[2]}, keep_refs=[user.ref])
+    assert report.removed_refs == [multi.ref]
+    assert multi.layers[2].exists() and multi.layers[1].exists() is False
+    assert all(p.exists() for p in user.layers)
+    assert store.image(multi.ref) is None and store.image(user.ref) == user
+    report = store.gc(set(), keep_refs=[])
+    assert not any(p.exists() for p in multi.layers + user.layers)
+    assert store.size_report().layers == 0
+
+
+def run_pull(store: ImageStore, ref: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
+    return subprocess.run([*HYPERVM, "pull", ref], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_clean_failure(store: ImageStore, ref: str, blob: str, words: str) -> None:
+    cache = Cache(store.cache.root)
+    cache.ensure()
+    before = [(p, p.read_bytes()) for p in cache.entries()]
+    with pytest.raises(ImageError) as info:
+        store.pull(ref)
+    message = str(info.value)
+    assert ref in message and blob in message and words in message, message
+    proc = run_pull(store, ref)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr and blob in proc.stderr and ref in proc.stderr
+    assert [(p, p.read_bytes()) for p in cache.entries()] == before
+    assert not list((cache.root / "tmp").iterdir())
+    assert not [p for p in (cache.root / "layers/sha256").iterdir() if p.name.startswith(".")]
+
+
+def _unique_image(root: Path, tag: str, **kwargs: object) -> imagebuild.BuiltImage:
+    extra = imagebuild.layer_tar([imagebuild.Entry(f"{tag}.bin", data=os.urandom(64 * 1024))])
+    return imagebuild.write_layout(
+        root, tag, [imagebuild.layer_tar(imagebuild.busybox_entries()), extra],
+        imagebuild.BASE_CONFIG, **kwargs)  # type: ignore[arg-type]
+
+
+def test_blob_with_wrong_digest(registry: Registry, store: ImageStore, tmp_path: Path) -> None:
+    store.pull(imagebuild.push(imagebuild.busybox_base(tmp_path / "b"), registry.host, "ok", "1"))
+    built = _unique_image(tmp_path / "layout", "corrupt")
+    ref = imagebuild.push(built, registry.host, "corrupt", "1")
+    data = registry.blob_data(built.layer_digests[1])
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, other bytes: only the digest can tell
+    data.write_bytes(bytes(raw))
+    assert_clean_failure(store, ref, built.layer_digests[1], "igest")
+
+
+def test_truncated_gzip_layer(registry: Registry, store: ImageStore, tmp_path: Path) -> None:
+    full = gzip.compress(imagebuild.layer_tar(
+        [imagebuild.Entry("big.bin", data=os.urandom(256 * 1024))]), mtime=0)
+    built = _unique_image(tmp_path / "layout", "truncated",
+                          blob_override={1: full[: len(full) // 2]})
+    ref = imagebuild.push(built, registry.host, "truncated", "1")
+    assert_clean_failure(store, ref, built.layer_digests[1], "not a valid gzip tar")
+
+
+def test_manifest_that_is_not_json(registry: Registry, store: ImageStore, tmp_path: Path) -> None:
+    imagebuild.push(_unique_image(tmp_path / "layout", "notjson"), registry.host, "notjson", "1")
+    garbage = b"<html>this is not a manifest</html>"
+    overrides = {"/v2/notjson/manifests/1": (
+        200, "application/vnd.oci.image.manifest.v1+json", garbage)}
+    with fault_proxy(registry.host, overrides) as proxy:
+        ref = f"{proxy}/notjson:1"
+        blob = "sha256:" + hashlib.sha256(garbage).hexdigest()
+        assert_clean_failure(store, ref, blob, "not valid JSON")
+
+
+def test_cli_images_lists_sizes(registry: Registry, layouts: dict, store: ImageStore) -> None:
+    ref = imagebuild.push(layouts["base"], registry.host, "listed", "1")
+    assert run_pull(store, ref).returncode == 0
+    env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
+    out = subprocess.run([*HYPERVM, "images"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert ref in out and layouts["base"].manifest_digest[:19] in out
+    assert "cache: 1 layer images" in out
