@@ -1,0 +1,219 @@
+#define _GNU_SOURCE
+#include "boot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "container.h"
+#include "layers.h"
+#include "log.h"
+
+#define NEW_ROOT "/.hypervm-root"
+
+static int mount_at(const char *src, const char *dst, const char *type, unsigned long flags,
+		    const char *data)
+{
+	if (mkdir(dst, 0755) != 0 && errno != EEXIST) {
+		log_errno("mkdir %s", dst);
+		return -1;
+	}
+	if (mount(src, dst, type, flags, data) != 0 && errno != EBUSY) {
+		log_errno("mount %s on %s", type, dst);
+		return -1;
+	}
+	return 0;
+}
+
+int boot_console(void)
+{
+	int fd;
+
+	mount_at("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	fd = open("/dev/console", O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	for (int i = 0; i < 3; i++)
+		if (fd != i)
+			dup2(fd, i);
+	if (fd > 2)
+		close(fd);
+	return 0;
+}
+
+int boot_open_self(void)
+{
+	int fd;
+
+	if (mount_at("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+		return -1;
+	fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		log_errno("open /proc/self/exe");
+	return fd;
+}
+
+static int load_module(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0) {
+		log_errno("open module %s", path);
+		return -1;
+	}
+	if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST) {
+		log_errno("load module %s", path);
+		close(fd);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static int load_listed(int *failed)
+{
+	FILE *f = fopen(MODULES_ORDER, "re");
+	char line[512];
+	int n = 0;
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		char path[600];
+		size_t len = strcspn(line, "\r\n");
+
+		line[len] = '\0';
+		if (len == 0 || line[0] == '#')
+			continue;
+		if (line[0] == '/')
+			snprintf(path, sizeof(path), "%s", line);
+		else
+			snprintf(path, sizeof(path), "%s/%s", MODULES_DIR, line);
+		if (load_module(path) != 0)
+			(*failed)++;
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/* Any .ko the order file does not list (a second finit_module of a listed one is EEXIST). */
+static void load_rest(const char *dir, int depth, int *failed)
+{
+	DIR *d;
+	struct dirent *de;
+
+	if (depth > 8 || (d = opendir(dir)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		char path[600];
+		size_t len = strlen(de->d_name);
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (de->d_type == DT_DIR)
+			load_rest(path, depth + 1, failed);
+		else if (len > 3 && strcmp(de->d_name + len - 3, ".ko") == 0 && load_module(path) != 0)
+			(*failed)++;
+	}
+	closedir(d);
+}
+
+int boot_load_modules(void)
+{
+	int failed = 0;
+	struct stat st;
+
+	if (stat(MODULES_DIR, &st) != 0)
+		return 0; /* the HyperKernel has everything built in */
+	int listed = load_listed(&failed);
+	load_rest(MODULES_DIR, 0, &failed);
+	log_msg("kernel modules: %d listed, %d failed", listed, failed);
+	return failed;
+}
+
+int boot_switch_root(void)
+{
+	umount2("/proc", MNT_DETACH);
+	umount2("/dev", MNT_DETACH);
+	if (mount_at("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755") != 0)
+		return -1;
+	if (chdir(NEW_ROOT) != 0 || mount(".", "/", NULL, MS_MOVE, NULL) != 0 || chroot(".") != 0 ||
+	    chdir("/") != 0) {
+		log_errno("switch to a tmpfs root");
+		return -1;
+	}
+	return 0;
+}
+
+int boot_mount_system(void)
+{
+	const unsigned long secure = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	int rc = 0;
+
+	rc |= mount_at("proc", "/proc", "proc", secure, NULL);
+	rc |= mount_at("sysfs", "/sys", "sysfs", secure, NULL);
+	rc |= mount_at("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	rc |= mount_at("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=0620");
+	rc |= mount_at("shm", "/dev/shm", "tmpfs", secure, "mode=1777");
+	rc |= mount_at("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+	rc |= mount_at("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	/* optional: kernels without cgroups simply have no cgroup2 */
+	if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", secure, NULL) != 0 && errno != ENOENT &&
+	    errno != ENODEV)
+		log_errno("mount cgroup2 (ignored)");
+	if (rc != 0)
+		return -1;
+	if (mkdir("/run/hypervm", 0755) != 0 || mkdir(LAYERS_DIR, 0755) != 0 ||
+	    mkdir(SCRATCH_DIR, 0755) != 0) {
+		log_errno("mkdir /run/hypervm");
+		return -1;
+	}
+	return 0;
+}
+
+int boot_open_proc(void)
+{
+	int fd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0)
+		log_errno("open /proc");
+	return fd;
+}
+
+void power_off(void)
+{
+	const struct timespec tick = {0, 10 * 1000 * 1000};
+
+	log_msg("powering off");
+	kill(-1, SIGKILL);
+	/* reap what dies within a second; the rest dies with the VM */
+	for (int i = 0; i < 100; i++) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if (waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD)
+			break;
+		nanosleep(&tick, NULL);
+	}
+	sync();
+	layers_unmount_all();
+	sync();
+	reboot(RB_POWER_OFF);
+	log_errno("reboot(RB_POWER_OFF)");
+	reboot(RB_HALT_SYSTEM);
+	for (;;)
+		pause();
+}

@@ -1,0 +1,314 @@
+#define _GNU_SOURCE
+#include "exec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#ifndef AT_EMPTY_PATH
+#define AT_EMPTY_PATH 0x1000
+#endif
+
+enum { REPORT_PID = 1, REPORT_FAIL = 2 };
+
+/* Smaller than PIPE_BUF, so each report is written atomically. */
+struct spawn_report {
+	int32_t kind;
+	int32_t pid;
+	struct op_error error;
+};
+
+static int self_fd = -1;
+static int proc_fd = -1;
+
+void spawn_set_context(int self, int proc)
+{
+	self_fd = self;
+	proc_fd = proc;
+}
+
+static void close_pair(int fds[2])
+{
+	for (int i = 0; i < 2; i++) {
+		if (fds[i] >= 0)
+			close(fds[i]);
+		fds[i] = -1;
+	}
+}
+
+int spawn_fds_open(struct spawn_fds *f, int stdin_pipe, struct op_error *e)
+{
+	int *pairs[] = {f->out, f->err, f->in, f->report, f->status};
+
+	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
+		pairs[i][0] = pairs[i][1] = -1;
+	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+		if (pairs[i] == f->in && !stdin_pipe)
+			continue;
+		if (pipe2(pairs[i], O_CLOEXEC) != 0) {
+			log_errno("pipe2");
+			spawn_fds_close_all(f);
+			return op_fail(e, "ESPAWN", errno, "cannot create pipes");
+		}
+	}
+	return 0;
+}
+
+void spawn_fds_close_child_side(struct spawn_fds *f)
+{
+	int *ends[] = {&f->out[1], &f->err[1], &f->in[0], &f->report[1], &f->status[1]};
+
+	for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
+		if (*ends[i] >= 0)
+			close(*ends[i]);
+		*ends[i] = -1;
+	}
+}
+
+void spawn_fds_close_all(struct spawn_fds *f)
+{
+	close_pair(f->out);
+	close_pair(f->err);
+	close_pair(f->in);
+	close_pair(f->report);
+	close_pair(f->status);
+}
+
+static void write_report(int fd, const struct spawn_report *r)
+{
+	ssize_t n;
+
+	do
+		n = write(fd, r, sizeof(*r));
+	while (n < 0 && errno == EINTR);
+}
+
+void spawn_report_failure(int report_fd, const struct op_error *e)
+{
+	struct spawn_report r = {.kind = REPORT_FAIL, .error = *e};
+
+	write_report(report_fd, &r);
+	_exit(127);
+}
+
+static __attribute__((noreturn)) void fail_errno(int report_fd, const char *code, int err,
+						 const char *what)
+{
+	struct op_error e;
+
+	op_fail(&e, code, err, "%s", what);
+	spawn_report_failure(report_fd, &e);
+}
+
+const char *exec_errno_code(int err)
+{
+	switch (err) {
+	case ENOENT:
+	case ENOTDIR:
+		return "ENOENT";
+	case EACCES:
+	case ENOEXEC:
+	case EPERM:
+		return "EACCES";
+	default:
+		return "ESPAWN";
+	}
+}
+
+static const char *env_lookup(char *const *env, const char *name)
+{
+	size_t len = strlen(name);
+
+	for (; *env != NULL; env++)
+		if (strncmp(*env, name, len) == 0 && (*env)[len] == '=')
+			return *env + len + 1;
+	return NULL;
+}
+
+/* execve() args[0], searching PATH (from env) when it has no '/'. Returns the errno that
+ * describes the failure best: EACCES if some candidate was not executable, else ENOENT. */
+static int exec_search(const struct proc_spec *p)
+{
+	const char *file = p->args[0];
+	const char *path;
+	int saw_eacces = 0;
+
+	if (strchr(file, '/') != NULL) {
+		execve(file, p->args, p->env);
+		return errno;
+	}
+	path = env_lookup(p->env, "PATH");
+	if (path == NULL)
+		path = DEFAULT_PATH;
+	while (1) {
+		const char *end = strchrnul(path, ':');
+		size_t dirlen = (size_t)(end - path);
+		char full[PATH_MAX];
+
+		if (dirlen == 0) /* an empty entry means the current directory */
+			snprintf(full, sizeof(full), "%s", file);
+		else if (dirlen + 1 + strlen(file) < sizeof(full))
+			snprintf(full, sizeof(full), "%.*s/%s", (int)dirlen, path, file);
+		else
+			full[0] = '\0';
+		if (full[0] != '\0') {
+			execve(full, p->args, p->env);
+			if (errno == EACCES)
+				saw_eacces = 1;
+			else if (errno != ENOENT && errno != ENOTDIR && errno != ENAMETOOLONG)
+				return errno;
+		}
+		if (*end == '\0')
+			break;
+		path = end + 1;
+	}
+	return saw_eacces ? EACCES : ENOENT;
+}
+
+static void reset_signals(void)
+{
+	sigset_t none;
+
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL); /* fails harmlessly for SIGKILL, SIGSTOP, libc-internal ones */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static pid_t own_pid_in_init_view(void)
+{
+	char buf[32];
+	ssize_t n = readlinkat(proc_fd, "self", buf, sizeof(buf) - 1);
+
+	if (n <= 0)
+		return getpid();
+	buf[n] = '\0';
+	return (pid_t)atoi(buf);
+}
+
+static void setup_stdio(const struct proc_spec *p, struct spawn_fds *f)
+{
+	int rfd = f->report[1];
+	int in = p->stdin_pipe ? f->in[0] : open("/dev/null", O_RDONLY);
+
+	if (in < 0)
+		fail_errno(rfd, "ESPAWN", errno, "open /dev/null for stdin");
+	if (dup2(in, 0) < 0 || dup2(f->out[1], 1) < 0 || dup2(f->err[1], 2) < 0)
+		fail_errno(rfd, "ESPAWN", errno, "dup2 stdio");
+	if (!p->stdin_pipe)
+		close(in);
+}
+
+static void set_credentials(const struct proc_spec *p, int rfd)
+{
+	gid_t gids[MAX_GIDS];
+
+	for (size_t i = 0; i < p->ngids; i++)
+		gids[i] = (gid_t)p->gids[i];
+	if (setgroups(p->ngids, gids) != 0)
+		fail_errno(rfd, "ESPAWN", errno, "process.additional_gids: setgroups");
+	if (setgid((gid_t)p->gid) != 0)
+		fail_errno(rfd, "ESPAWN", errno, "process.gid: setgid");
+	if (setuid((uid_t)p->uid) != 0)
+		fail_errno(rfd, "ESPAWN", errno, "process.uid: setuid");
+}
+
+static __attribute__((noreturn)) void run_process(const struct proc_spec *p, struct spawn_fds *f)
+{
+	int rfd = f->report[1];
+	struct spawn_report r = {.kind = REPORT_PID, .pid = own_pid_in_init_view()};
+	struct op_error e;
+	int err;
+
+	write_report(rfd, &r);
+	setsid();
+	setup_stdio(p, f);
+	reset_signals();
+	umask(022);
+	set_credentials(p, rfd);
+	if (chdir(p->cwd) != 0) {
+		op_fail(&e, "ESPAWN", errno, "process.cwd: cannot enter %.100s", p->cwd);
+		spawn_report_failure(rfd, &e);
+	}
+	err = exec_search(p);
+	op_fail(&e, exec_errno_code(err), err, "process.args[0]: cannot execute %.100s",
+		p->args[0]);
+	spawn_report_failure(rfd, &e);
+}
+
+void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
+{
+	char pid_arg[16], fd_arg[16];
+	char *argv[] = {"hypervm-init", "--shim", pid_arg, fd_arg, NULL};
+	char *envp[] = {NULL};
+	pid_t child = fork();
+
+	if (child < 0)
+		fail_errno(f->report[1], "ESPAWN", errno, "fork");
+	if (child == 0)
+		run_process(p, f);
+	snprintf(pid_arg, sizeof(pid_arg), "%d", (int)child);
+	snprintf(fd_arg, sizeof(fd_arg), "%d", f->status[1]);
+	if (fcntl(f->status[1], F_SETFD, 0) != 0) {
+		kill(child, SIGKILL);
+		fail_errno(f->report[1], "ESPAWN", errno, "status pipe");
+	}
+	syscall(SYS_execveat, self_fd, "", argv, envp, AT_EMPTY_PATH);
+	log_errno("execveat init for the shim");
+	kill(child, SIGKILL);
+	fail_errno(f->report[1], "ESPAWN", errno, "cannot start the shim");
+}
+
+int spawn_await(int report_fd, pid_t child, pid_t *pid, struct op_error *e)
+{
+	struct spawn_report r;
+	int failed = 0;
+
+	*pid = 0;
+	for (;;) {
+		struct pollfd pfd = {.fd = report_fd, .events = POLLIN};
+		int rc = poll(&pfd, 1, SPAWN_TIMEOUT_MS);
+		ssize_t n;
+
+		if (rc < 0 && errno == EINTR)
+			continue;
+		if (rc <= 0) {
+			log_msg("process of pid %d did not start in %d ms", (int)child,
+				SPAWN_TIMEOUT_MS);
+			return op_fail(e, "ESPAWN", 0, "the process did not start in time");
+		}
+		n = read(report_fd, &r, sizeof(r));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0)
+			break;
+		if (n != (ssize_t)sizeof(r)) {
+			log_msg("short report from pid %d", (int)child);
+			return op_fail(e, "ESPAWN", 0, "the process did not start");
+		}
+		if (r.kind == REPORT_PID) {
+			*pid = r.pid;
+		} else if (r.kind == REPORT_FAIL && !failed) {
+			failed = 1;
+			*e = r.error;
+			e->code[sizeof(e->code) - 1] = '\0';
+			e->message[sizeof(e->message) - 1] = '\0';
+		}
+	}
+	if (failed)
+		return -1;
+	if (*pid <= 0)
+		return op_fail(e, "ESPAWN", 0, "the process did not start");
+	return 0;
+}

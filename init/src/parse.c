@@ -1,0 +1,393 @@
+#define _GNU_SOURCE
+#include "parse.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(struct req_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int fail(struct req_error *err, const char *fmt, ...)
+{
+	va_list ap;
+
+	err->code = "EINVAL";
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+int valid_name(const char *s, size_t max)
+{
+	size_t n = 0;
+
+	for (; s[n] != '\0'; n++) {
+		char c = s[n];
+		int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+			 c == '_' || c == '.' || c == '-';
+		if (!ok || n >= max)
+			return 0;
+	}
+	return n > 0 && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+static int valid_abs_path(const char *s) { return s[0] == '/' && strlen(s) <= MAX_PATH_LEN; }
+
+/* Printable ASCII without space or comma: safe as a mount source. */
+static int valid_tag(const char *s)
+{
+	size_t n = 0;
+
+	for (; s[n] != '\0'; n++)
+		if (s[n] <= ' ' || s[n] > '~' || s[n] == ',' || n >= MAX_TAG_LEN)
+			return 0;
+	return n > 0;
+}
+
+/* Optional member: NULL when absent or JSON null. */
+static cJSON *member(const cJSON *obj, const char *name)
+{
+	cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, name);
+	return cJSON_IsNull(item) ? NULL : item;
+}
+
+static int get_string(const cJSON *obj, const char *where, const char *name, int required,
+		      const char **out, struct req_error *err)
+{
+	cJSON *item = member(obj, name);
+
+	if (item == NULL) {
+		if (required)
+			return fail(err, "%s%s: required string is missing", where, name);
+		*out = NULL;
+		return 0;
+	}
+	if (!cJSON_IsString(item) || item->valuestring == NULL)
+		return fail(err, "%s%s: must be a string", where, name);
+	*out = item->valuestring;
+	return 0;
+}
+
+static int get_bool(const cJSON *obj, const char *where, const char *name, int *out,
+		    struct req_error *err)
+{
+	cJSON *item = member(obj, name);
+
+	*out = 0;
+	if (item == NULL)
+		return 0;
+	if (!cJSON_IsBool(item))
+		return fail(err, "%s%s: must be true or false", where, name);
+	*out = cJSON_IsTrue(item);
+	return 0;
+}
+
+static int number_to_u32(const cJSON *item, uint32_t max, uint32_t *out)
+{
+	double d;
+
+	if (!cJSON_IsNumber(item))
+		return -1;
+	d = item->valuedouble;
+	if (!(d >= 0 && d <= (double)max))
+		return -1;
+	if ((double)(uint32_t)d != d)
+		return -1;
+	*out = (uint32_t)d;
+	return 0;
+}
+
+static int get_u32(const cJSON *obj, const char *where, const char *name, int required,
+		   uint32_t max, uint32_t *out, struct req_error *err)
+{
+	cJSON *item = member(obj, name);
+
+	if (item == NULL) {
+		if (required)
+			return fail(err, "%s%s: required integer is missing", where, name);
+		*out = 0;
+		return 0;
+	}
+	if (number_to_u32(item, max, out) != 0)
+		return fail(err, "%s%s: must be an integer between 0 and %u", where, name, max);
+	return 0;
+}
+
+static int get_handle(const cJSON *obj, uint32_t *out, struct req_error *err)
+{
+	if (get_u32(obj, "", "handle", 1, UINT32_MAX, out, err) != 0)
+		return -1;
+	if (*out == 0)
+		return fail(err, "handle: must be non-zero");
+	return 0;
+}
+
+static int get_container(const cJSON *obj, const char **out, struct req_error *err)
+{
+	if (get_string(obj, "", "container", 1, out, err) != 0)
+		return -1;
+	if (!valid_name(*out, MAX_NAME_LEN))
+		return fail(err, "container: must match [A-Za-z0-9_.-]{1,64}");
+	return 0;
+}
+
+/* A JSON array of strings -> malloc'ed NULL-terminated vector (strings stay in the tree). */
+static int get_string_vector(const cJSON *obj, const char *name, int required, char ***out,
+			     size_t *count, struct req_error *err)
+{
+	cJSON *arr = member(obj, name);
+	cJSON *item;
+	size_t n = 0;
+
+	*out = NULL;
+	*count = 0;
+	if (arr == NULL) {
+		if (required)
+			return fail(err, "process.%s: required array is missing", name);
+		arr = NULL;
+	} else if (!cJSON_IsArray(arr)) {
+		return fail(err, "process.%s: must be an array of strings", name);
+	}
+	if (arr != NULL) {
+		cJSON_ArrayForEach(item, arr)
+		{
+			if (!cJSON_IsString(item) || item->valuestring == NULL)
+				return fail(err, "process.%s[%zu]: must be a string", name, n);
+			if (++n > MAX_STRINGS)
+				return fail(err, "process.%s: more than %d entries", name,
+					    MAX_STRINGS);
+		}
+	}
+	char **vec = calloc(n + 1, sizeof(char *));
+	if (vec == NULL)
+		return fail(err, "process.%s: out of memory", name);
+	n = 0;
+	if (arr != NULL)
+		cJSON_ArrayForEach(item, arr) vec[n++] = item->valuestring;
+	*out = vec;
+	*count = n;
+	return 0;
+}
+
+static int parse_process(const cJSON *root, struct proc_spec *p, struct req_error *err)
+{
+	cJSON *proc = member(root, "process");
+	cJSON *gids;
+
+	memset(p, 0, sizeof(*p));
+	if (proc == NULL)
+		return fail(err, "process: required object is missing");
+	if (!cJSON_IsObject(proc))
+		return fail(err, "process: must be an object");
+	if (get_string_vector(proc, "args", 1, &p->args, &p->nargs, err) != 0)
+		return -1;
+	if (p->nargs == 0 || p->args[0][0] == '\0')
+		return fail(err, "process.args: must be a non-empty array whose first entry is "
+				 "the command");
+	if (get_string_vector(proc, "env", 0, &p->env, &p->nenv, err) != 0)
+		return -1;
+	for (size_t i = 0; i < p->nenv; i++) {
+		const char *eq = strchr(p->env[i], '=');
+		if (eq == NULL || eq == p->env[i])
+			return fail(err, "process.env[%zu]: must be KEY=VALUE", i);
+	}
+	if (get_string(proc, "process.", "cwd", 0, &p->cwd, err) != 0)
+		return -1;
+	if (p->cwd == NULL)
+		p->cwd = "/";
+	else if (!valid_abs_path(p->cwd))
+		return fail(err, "process.cwd: must be an absolute path");
+	if (get_u32(proc, "process.", "uid", 0, UINT32_MAX - 1, &p->uid, err) != 0 ||
+	    get_u32(proc, "process.", "gid", 0, UINT32_MAX - 1, &p->gid, err) != 0 ||
+	    get_bool(proc, "process.", "stdin", &p->stdin_pipe, err) != 0)
+		return -1;
+	gids = member(proc, "additional_gids");
+	if (gids != NULL) {
+		cJSON *item;
+
+		if (!cJSON_IsArray(gids))
+			return fail(err, "process.additional_gids: must be an array of integers");
+		cJSON_ArrayForEach(item, gids)
+		{
+			if (p->ngids >= MAX_GIDS)
+				return fail(err, "process.additional_gids: more than %d entries",
+					    MAX_GIDS);
+			if (number_to_u32(item, UINT32_MAX - 1, &p->gids[p->ngids]) != 0)
+				return fail(err, "process.additional_gids[%zu]: must be an integer "
+						 "between 0 and %u", p->ngids, UINT32_MAX - 1);
+			p->ngids++;
+		}
+	}
+	return 0;
+}
+
+static int parse_rootfs(const cJSON *root, struct start_req *s, struct req_error *err)
+{
+	cJSON *rootfs = member(root, "rootfs");
+	cJSON *layers, *item;
+
+	if (rootfs == NULL)
+		return fail(err, "rootfs: required object is missing");
+	if (!cJSON_IsObject(rootfs))
+		return fail(err, "rootfs: must be an object");
+	layers = member(rootfs, "layers");
+	if (layers == NULL || !cJSON_IsArray(layers))
+		return fail(err, "rootfs.layers: must be a non-empty array of block device serials");
+	cJSON_ArrayForEach(item, layers)
+	{
+		if (s->nlayers >= MAX_LAYERS)
+			return fail(err, "rootfs.layers: more than %d layers", MAX_LAYERS);
+		if (!cJSON_IsString(item) || item->valuestring == NULL ||
+		    !valid_name(item->valuestring, MAX_SERIAL_LEN))
+			return fail(err, "rootfs.layers[%zu]: must be a serial matching "
+					 "[A-Za-z0-9_.-]{1,20}", s->nlayers);
+		s->layers[s->nlayers++] = item->valuestring;
+	}
+	if (s->nlayers == 0)
+		return fail(err, "rootfs.layers: must name at least one layer");
+	return get_bool(rootfs, "rootfs.", "readonly", &s->readonly, err);
+}
+
+static int parse_mount(const cJSON *item, size_t i, struct mount_spec *m, struct req_error *err)
+{
+	const char *type;
+	char where[32];
+
+	snprintf(where, sizeof(where), "mounts[%zu].", i);
+	if (!cJSON_IsObject(item))
+		return fail(err, "mounts[%zu]: must be an object", i);
+	if (get_string(item, where, "type", 1, &type, err) != 0 ||
+	    get_string(item, where, "destination", 1, &m->destination, err) != 0 ||
+	    get_bool(item, where, "readonly", &m->readonly, err) != 0)
+		return -1;
+	if (!valid_abs_path(m->destination))
+		return fail(err, "mounts[%zu].destination: must be an absolute path", i);
+	if (strcmp(type, "tmpfs") == 0) {
+		m->kind = MOUNT_TMPFS;
+		m->source = NULL;
+		return 0;
+	}
+	if (strcmp(type, "9p") != 0)
+		return fail(err, "mounts[%zu].type: must be \"9p\" or \"tmpfs\"", i);
+	m->kind = MOUNT_9P;
+	if (get_string(item, where, "source", 1, &m->source, err) != 0)
+		return -1;
+	if (!valid_tag(m->source))
+		return fail(err, "mounts[%zu].source: must be a 9p mount tag (printable, no space "
+				 "or comma, at most %d bytes)", i, MAX_TAG_LEN);
+	return 0;
+}
+
+static int parse_start(const cJSON *root, struct start_req *s, struct req_error *err)
+{
+	cJSON *mounts, *item;
+
+	if (get_container(root, &s->container, err) != 0 || get_handle(root, &s->handle, err) != 0 ||
+	    parse_rootfs(root, s, err) != 0)
+		return -1;
+	mounts = member(root, "mounts");
+	if (mounts != NULL) {
+		if (!cJSON_IsArray(mounts))
+			return fail(err, "mounts: must be an array");
+		cJSON_ArrayForEach(item, mounts)
+		{
+			if (s->nmounts >= MAX_MOUNTS)
+				return fail(err, "mounts: more than %d mounts", MAX_MOUNTS);
+			if (parse_mount(item, s->nmounts, &s->mounts[s->nmounts], err) != 0)
+				return -1;
+			s->nmounts++;
+		}
+	}
+	if (get_string(root, "", "hostname", 0, &s->hostname, err) != 0)
+		return -1;
+	if (s->hostname == NULL)
+		s->hostname = s->container;
+	else if (!valid_name(s->hostname, MAX_NAME_LEN))
+		return fail(err, "hostname: must match [A-Za-z0-9_.-]{1,64}");
+	return parse_process(root, &s->proc, err);
+}
+
+static int parse_exec(const cJSON *root, struct exec_req *e, struct req_error *err)
+{
+	if (get_container(root, &e->container, err) != 0 || get_handle(root, &e->handle, err) != 0)
+		return -1;
+	return parse_process(root, &e->proc, err);
+}
+
+static int parse_signal(const cJSON *root, struct signal_req *s, struct req_error *err)
+{
+	uint32_t signo;
+
+	if (get_handle(root, &s->handle, err) != 0)
+		return -1;
+	if (get_u32(root, "", "signal", 1, UINT32_MAX, &signo, err) != 0 || signo < 1 ||
+	    signo > MAX_SIGNAL)
+		return fail(err, "signal: must be a signal number between 1 and %d", MAX_SIGNAL);
+	s->signo = (int)signo;
+	return 0;
+}
+
+int request_type_known(uint16_t type)
+{
+	return type == MSG_START || type == MSG_EXEC || type == MSG_SIGNAL ||
+	       type == MSG_POWEROFF || type == MSG_PING;
+}
+
+int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len,
+		  struct request *out, struct req_error *err)
+{
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	out->type = type;
+	out->id = id;
+	if (!request_type_known(type)) {
+		err->code = "ETYPE";
+		snprintf(err->message, sizeof(err->message), "unknown request type 0x%x", type);
+		return -1;
+	}
+	if (id == 0)
+		return fail(err, "id: a request id must be non-zero");
+	out->json = cJSON_ParseWithLength((const char *)payload, len);
+	if (out->json == NULL)
+		return fail(err, "payload: not valid JSON");
+	if (!cJSON_IsObject(out->json)) {
+		request_free(out);
+		return fail(err, "payload: must be a JSON object");
+	}
+	switch (type) {
+	case MSG_START:
+		rc = parse_start(out->json, &out->u.start, err);
+		break;
+	case MSG_EXEC:
+		rc = parse_exec(out->json, &out->u.exec, err);
+		break;
+	case MSG_SIGNAL:
+		rc = parse_signal(out->json, &out->u.signal, err);
+		break;
+	default: /* POWEROFF, PING: no fields */
+		rc = 0;
+	}
+	if (rc != 0)
+		request_free(out);
+	return rc;
+}
+
+static void proc_spec_free(struct proc_spec *p)
+{
+	free(p->args);
+	free(p->env);
+	p->args = p->env = NULL;
+}
+
+void request_free(struct request *r)
+{
+	if (r->type == MSG_START)
+		proc_spec_free(&r->u.start.proc);
+	else if (r->type == MSG_EXEC)
+		proc_spec_free(&r->u.exec.proc);
+	cJSON_Delete(r->json);
+	r->json = NULL;
+}

@@ -1,0 +1,94 @@
+/* Requests of PROTOCOL.md: JSON payload -> validated structs. Pure: no I/O, no logging.
+ * Every field is checked (type, range, syntax); an error names the field and what is wrong. */
+#ifndef HYPERVM_PARSE_H
+#define HYPERVM_PARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../third_party/cjson/cJSON.h"
+#include "frame.h"
+
+#define MAX_NAME_LEN 64
+#define MAX_SERIAL_LEN 20 /* virtio-blk serials are at most 20 bytes */
+#define MAX_TAG_LEN 255
+#define MAX_PATH_LEN 4095
+#define MAX_LAYERS 64     /* keeps overlayfs' lowerdir option below one page */
+#define MAX_MOUNTS 64
+#define MAX_GIDS 64
+#define MAX_STRINGS 65536 /* args or env entries */
+#define MAX_SIGNAL 64
+
+struct proc_spec {
+	char **args; /* NULL-terminated; strings point into the request's JSON tree */
+	size_t nargs;
+	char **env; /* NULL-terminated, possibly empty */
+	size_t nenv;
+	const char *cwd;
+	uint32_t uid;
+	uint32_t gid;
+	uint32_t gids[MAX_GIDS];
+	size_t ngids;
+	int stdin_pipe;
+};
+
+enum mount_kind { MOUNT_9P, MOUNT_TMPFS };
+
+struct mount_spec {
+	enum mount_kind kind;
+	const char *source; /* 9p mount tag; NULL for tmpfs */
+	const char *destination;
+	int readonly;
+};
+
+struct start_req {
+	const char *container;
+	uint32_t handle;
+	const char *layers[MAX_LAYERS];
+	size_t nlayers;
+	int readonly;
+	struct mount_spec mounts[MAX_MOUNTS];
+	size_t nmounts;
+	const char *hostname;
+	struct proc_spec proc;
+};
+
+struct exec_req {
+	const char *container;
+	uint32_t handle;
+	struct proc_spec proc;
+};
+
+struct signal_req {
+	uint32_t handle;
+	int signo;
+};
+
+struct request {
+	uint16_t type;
+	uint32_t id;
+	cJSON *json; /* owns every string the structs point to */
+	union {
+		struct start_req start;
+		struct exec_req exec;
+		struct signal_req signal;
+	} u;
+};
+
+struct req_error {
+	const char *code; /* "EINVAL", "ETYPE" */
+	char message[256];
+};
+
+/* 1 when type is a request (START..PING) this init serves. */
+int request_type_known(uint16_t type);
+
+/* Parse and validate a request payload. 0 on success (free with request_free), -1 with err set. */
+int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len,
+		  struct request *out, struct req_error *err);
+void request_free(struct request *r);
+
+/* [A-Za-z0-9_.-]{1,max}: container names, hostnames, layer serials. */
+int valid_name(const char *s, size_t max);
+
+#endif

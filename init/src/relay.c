@@ -1,0 +1,147 @@
+#define _GNU_SOURCE
+#include "relay.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "message.h"
+
+#define READ_CHUNK (64 * 1024)
+
+size_t relay_poll_fds(struct pollfd *pfds, struct relay_slot *slots, size_t room,
+		      int relay_output)
+{
+	size_t n = 0;
+
+	for (struct process *p = proc_first(); p != NULL; p = p->next) {
+		if (n + 3 > room)
+			break;
+		if (relay_output && p->out_fd >= 0) {
+			pfds[n] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};
+			slots[n++] = (struct relay_slot){p, RELAY_STDOUT};
+		}
+		if (relay_output && p->err_fd >= 0) {
+			pfds[n] = (struct pollfd){.fd = p->err_fd, .events = POLLIN};
+			slots[n++] = (struct relay_slot){p, RELAY_STDERR};
+		}
+		if (p->in_fd >= 0 && (p->in_queue.len > p->in_queue.off || p->in_close_pending)) {
+			pfds[n] = (struct pollfd){.fd = p->in_fd, .events = POLLOUT};
+			slots[n++] = (struct relay_slot){p, RELAY_STDIN};
+		}
+	}
+	return n;
+}
+
+static void relay_output(struct channel *ch, struct process *p, int *fd, uint16_t type)
+{
+	static uint8_t buf[READ_CHUNK];
+	ssize_t n = read(*fd, buf, sizeof(buf));
+
+	if (n > 0) {
+		channel_send(ch, type, p->handle, buf, (size_t)n);
+		return;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n < 0)
+		log_errno("read output of process %u", p->handle);
+	close(*fd);
+	*fd = -1;
+}
+
+/* Write queued stdin; close the pipe when asked to and drained, or when the reader is gone. */
+static void relay_input(struct process *p)
+{
+	struct byte_queue *q = &p->in_queue;
+
+	while (q->len > q->off) {
+		ssize_t n = write(p->in_fd, q->data + q->off, q->len - q->off);
+
+		if (n > 0) {
+			q->off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		/* EPIPE: the process closed its stdin; what is left cannot be delivered */
+		proc_close_stdin(p);
+		return;
+	}
+	free(q->data);
+	memset(q, 0, sizeof(*q));
+	if (p->in_close_pending)
+		proc_close_stdin(p);
+}
+
+void relay_on_event(struct channel *ch, const struct relay_slot *slot, short revents)
+{
+	struct process *p = slot->proc;
+
+	if (revents == 0)
+		return;
+	switch (slot->stream) {
+	case RELAY_STDOUT:
+		relay_output(ch, p, &p->out_fd, MSG_STDOUT);
+		break;
+	case RELAY_STDERR:
+		relay_output(ch, p, &p->err_fd, MSG_STDERR);
+		break;
+	case RELAY_STDIN:
+		if (p->in_fd >= 0)
+			relay_input(p);
+		break;
+	}
+}
+
+void relay_stdin_frame(uint32_t handle, const uint8_t *data, size_t len)
+{
+	struct process *p = proc_find(handle);
+	struct byte_queue *q;
+
+	if (p == NULL || p->in_fd < 0 || p->in_close_pending)
+		return; /* not a request: nothing to answer; the data has nowhere to go */
+	if (len == 0) {
+		p->in_close_pending = 1;
+		relay_input(p);
+		return;
+	}
+	q = &p->in_queue;
+	if (q->off > 0) { /* compact before growing */
+		memmove(q->data, q->data + q->off, q->len - q->off);
+		q->len -= q->off;
+		q->off = 0;
+	}
+	uint8_t *grown = realloc(q->data, q->len + len);
+	if (grown == NULL) {
+		log_msg("out of memory queueing stdin of process %u: dropped %zu bytes", handle,
+			len);
+		return;
+	}
+	q->data = grown;
+	memcpy(q->data + q->len, data, len);
+	q->len += len;
+	relay_input(p);
+}
+
+void relay_flush_exits(struct channel *ch)
+{
+	struct process *p = proc_first();
+
+	while (p != NULL) {
+		struct process *next = p->next;
+
+		if (p->exited && p->out_fd < 0 && p->err_fd < 0 && ch->state == CH_CONNECTED) {
+			char *json = msg_exit(p->wait_status);
+
+			if (channel_send_json(ch, MSG_EXIT, p->handle, json) == 0)
+				proc_remove(p);
+			free(json);
+		}
+		p = next;
+	}
+}

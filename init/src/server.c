@@ -1,0 +1,201 @@
+#define _GNU_SOURCE
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "boot.h"
+#include "container.h"
+#include "exec.h"
+#include "log.h"
+#include "message.h"
+#include "parse.h"
+#include "proc.h"
+#include "relay.h"
+
+void server_send_ready(struct server *s)
+{
+	char *json = msg_ready(s->kernel_release);
+
+	if (channel_send_json(s->ch, MSG_READY, 0, json) == 0)
+		log_msg("READY sent");
+	free(json);
+}
+
+static void reply_ok(struct server *s, uint32_t id, char *json)
+{
+	channel_send_json(s->ch, MSG_OK, id, json);
+	free(json);
+}
+
+static int reply_error(struct server *s, uint32_t id, const struct op_error *e)
+{
+	log_msg("request %u failed: %s %s", id, e->code, e->message);
+	channel_send_error(s->ch, id, e->code, e->message, e->err_no);
+	return -1;
+}
+
+static void set_nonblocking(int fd)
+{
+	if (fd >= 0)
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+/* Take init's pipe ends over into a new process entry. */
+static struct process *register_process(uint32_t handle, pid_t pid, pid_t shim, int is_main,
+					struct spawn_fds *f)
+{
+	struct process *p = proc_new(handle);
+
+	if (p == NULL) {
+		log_msg("out of memory registering process %u", handle);
+		kill(shim, SIGKILL);
+		spawn_fds_close_all(f);
+		return NULL;
+	}
+	p->pid = pid;
+	p->shim_pid = shim;
+	p->is_main = is_main;
+	p->out_fd = f->out[0];
+	p->err_fd = f->err[0];
+	p->in_fd = f->in[1];
+	p->status_fd = f->status[0];
+	f->out[0] = f->err[0] = f->in[1] = f->status[0] = -1;
+	set_nonblocking(p->out_fd);
+	set_nonblocking(p->err_fd);
+	set_nonblocking(p->in_fd);
+	set_nonblocking(p->status_fd);
+	spawn_fds_close_all(f);
+	return p;
+}
+
+static int check_new_handle(uint32_t handle, struct op_error *e)
+{
+	if (proc_find(handle) != NULL)
+		return op_fail(e, "EEXIST", 0, "handle: %u is in use", handle);
+	if (proc_count() >= MAX_PROCESSES)
+		return op_fail(e, "ESPAWN", 0, "too many processes (%d)", MAX_PROCESSES);
+	return 0;
+}
+
+static int handle_start(struct server *s, uint32_t id, const struct start_req *req)
+{
+	struct op_error e;
+	struct spawn_fds f;
+	pid_t reaper, pid;
+
+	if (container_find(req->container) != NULL) {
+		op_fail(&e, "EEXIST", 0, "container: %s is already running", req->container);
+		return reply_error(s, id, &e);
+	}
+	if (check_new_handle(req->handle, &e) != 0 ||
+	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
+		return reply_error(s, id, &e);
+	if (container_start(req, &f, &reaper, &pid, &e) != 0) {
+		spawn_fds_close_all(&f);
+		return reply_error(s, id, &e);
+	}
+	if (register_process(req->handle, pid, reaper, 1, &f) == NULL ||
+	    container_add(req->container, reaper, req->handle) == NULL) {
+		op_fail(&e, "ESPAWN", ENOMEM, "out of memory");
+		return reply_error(s, id, &e);
+	}
+	log_msg("container %s started: process %u is pid %d", req->container, req->handle,
+		(int)pid);
+	reply_ok(s, id, msg_pid(pid));
+	return 0;
+}
+
+static int handle_exec(struct server *s, uint32_t id, const struct exec_req *req)
+{
+	struct container *c = container_find(req->container);
+	struct op_error e;
+	struct spawn_fds f;
+	pid_t shim, pid;
+
+	if (c == NULL) {
+		op_fail(&e, "ENOCONT", 0, "container: no running container named %s",
+			req->container);
+		return reply_error(s, id, &e);
+	}
+	if (check_new_handle(req->handle, &e) != 0 ||
+	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
+		return reply_error(s, id, &e);
+	if (container_exec(c->reaper_pid, &req->proc, &f, &shim, &pid, &e) != 0) {
+		spawn_fds_close_all(&f);
+		return reply_error(s, id, &e);
+	}
+	if (register_process(req->handle, pid, shim, 0, &f) == NULL) {
+		op_fail(&e, "ESPAWN", ENOMEM, "out of memory");
+		return reply_error(s, id, &e);
+	}
+	reply_ok(s, id, msg_pid(pid));
+	return 0;
+}
+
+static int handle_signal(struct server *s, uint32_t id, const struct signal_req *req)
+{
+	struct process *p = proc_find(req->handle);
+	struct op_error e;
+	pid_t target;
+
+	if (p == NULL || p->exited) {
+		op_fail(&e, "ESRCH", 0, "handle: no running process %u", req->handle);
+		return reply_error(s, id, &e);
+	}
+	/* The reaper forwards what it can catch; SIGKILL and SIGSTOP go straight to the process. */
+	target = (p->is_main && req->signo != SIGKILL && req->signo != SIGSTOP) ? p->shim_pid
+										 : p->pid;
+	if (kill(target, req->signo) != 0) {
+		log_errno("kill %d with signal %d", (int)target, req->signo);
+		op_fail(&e, errno == ESRCH ? "ESRCH" : "EINVAL", errno, "signal %d to process %u",
+			req->signo, req->handle);
+		return reply_error(s, id, &e);
+	}
+	reply_ok(s, id, strdup("{}"));
+	return 0;
+}
+
+static void dispatch(struct server *s, const struct request *r)
+{
+	switch (r->type) {
+	case MSG_START:
+		handle_start(s, r->id, &r->u.start);
+		break;
+	case MSG_EXEC:
+		handle_exec(s, r->id, &r->u.exec);
+		break;
+	case MSG_SIGNAL:
+		handle_signal(s, r->id, &r->u.signal);
+		break;
+	case MSG_POWEROFF:
+		reply_ok(s, r->id, strdup("{}"));
+		power_off();
+	case MSG_PING:
+		reply_ok(s, r->id, strdup("{}"));
+		break;
+	}
+}
+
+void server_on_frame(void *ctx, const struct frame_header *h, const uint8_t *payload)
+{
+	struct server *s = ctx;
+	struct request req;
+	struct req_error err;
+
+	if (h->type == MSG_STDIN) {
+		relay_stdin_frame(h->id, payload, h->length);
+		return;
+	}
+	if (request_parse(h->type, h->id, payload, h->length, &req, &err) != 0) {
+		log_msg("frame type 0x%x id %u refused: %s %s", h->type, h->id, err.code,
+			err.message);
+		channel_send_error(s->ch, h->id, err.code, err.message, 0);
+		return;
+	}
+	dispatch(s, &req);
+	request_free(&req);
+}

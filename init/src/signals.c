@@ -1,0 +1,75 @@
+#define _GNU_SOURCE
+#include "signals.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "proc.h"
+
+int signals_setup(void)
+{
+	sigset_t all;
+	int sfd;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, NULL);
+	sfd = signalfd(-1, &all, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (sfd < 0)
+		log_errno("signalfd");
+	return sfd;
+}
+
+/* The process's wait status from its shim: what the shim wrote, else how the shim ended. */
+static int shim_reported_status(struct process *p, int shim_status)
+{
+	int st;
+	ssize_t n = p->status_fd >= 0 ? read(p->status_fd, &st, sizeof(st)) : -1;
+
+	if (n == (ssize_t)sizeof(st))
+		return st;
+	return shim_status;
+}
+
+static void on_child_exit(pid_t pid, int status)
+{
+	struct process *p = proc_find_by_shim(pid);
+	struct container *c = container_find_by_reaper(pid);
+
+	if (c != NULL) {
+		log_msg("container %s ended", c->name);
+		container_remove(c);
+	}
+	if (p == NULL)
+		return; /* an orphan re-parented to init, or a shim whose start failed */
+	p->wait_status = shim_reported_status(p, status);
+	p->exited = 1;
+	close(p->status_fd);
+	p->status_fd = -1;
+	proc_close_stdin(p);
+}
+
+void signals_on_readable(int sfd)
+{
+	struct signalfd_siginfo si;
+
+	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		if (si.ssi_signo != SIGCHLD)
+			log_msg("ignoring signal %u", si.ssi_signo);
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+
+		if (pid > 0) {
+			on_child_exit(pid, status);
+			continue;
+		}
+		if (pid < 0 && errno == EINTR)
+			continue;
+		break;
+	}
+}
