@@ -94,6 +94,7 @@ def probe_kvm_boot(kernel: Path, timeout: float = PROBE_TIMEOUT) -> Check:
         return Check(False, f"cannot run {QEMU}: {e.strerror}")
     assert proc.stdout is not None
     output = b""
+    exited = False
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
@@ -102,7 +103,8 @@ def probe_kvm_boot(kernel: Path, timeout: float = PROBE_TIMEOUT) -> Check:
                 if left <= 0 or not sel.select(left):
                     break
                 chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:  # QEMU exited
+                if not chunk:  # QEMU exited (e.g. it cannot set up the vCPU)
+                    exited = True
                     break
                 output += chunk
     finally:
@@ -113,8 +115,8 @@ def probe_kvm_boot(kernel: Path, timeout: float = PROBE_TIMEOUT) -> Check:
     if BANNER in output:
         return Check(True, f"a guest kernel booted under KVM in {elapsed:.2f} s")
     last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-    return Check(False, f"a guest kernel printed nothing under KVM in {elapsed:.1f} s "
-                        f"(QEMU: {last[0][:200]})")
+    what = "QEMU failed" if exited else "a guest kernel printed nothing"
+    return Check(False, f"{what} under KVM in {elapsed:.1f} s (QEMU: {last[0][:200]})")
 
 
 # --- decision (pure) --------------------------------------------------------------------------

@@ -133,6 +133,7 @@ def test_probe_of_a_qemu_that_prints_nothing(tmp_path: Path,
     monkeypatch.setattr(accel, "QEMU", str(fake))
     result = accel.probe_kvm_boot(Path("/k"), timeout=0.5)
     assert not result.ok and "qemu: starting" in result.reason
+    assert result.reason.startswith("a guest kernel printed nothing")
 
 
 def test_probe_of_a_booting_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,6 +142,16 @@ def test_probe_of_a_booting_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     fake.chmod(0o755)
     monkeypatch.setattr(accel, "QEMU", str(fake))
     assert accel.probe_kvm_boot(Path("/k"), timeout=5).ok
+
+
+def test_probe_of_a_qemu_that_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "qemu"
+    fake.write_text("#!/bin/sh\necho 'kvm.c: kvm_buf_set_msrs: Assertion failed' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(accel, "QEMU", str(fake))
+    result = accel.probe_kvm_boot(Path("/k"), timeout=5)
+    assert not result.ok and result.reason.startswith("QEMU failed")
+    assert "Assertion" in result.reason
 
 
 def test_probe_without_qemu(monkeypatch: pytest.MonkeyPatch) -> None:
