@@ -47,7 +47,7 @@ def unpack(tmp_path: Path, data: bytes, *, compress: bool = True) -> tuple[Path,
     blob.write_bytes(gzip.compress(data) if compress else data)
     dest = tmp_path / "sandbox" / "layer"
     dest.mkdir(parents=True)
-    info = unpack_layer("test/img:1", BLOB, blob, "gzip" if compress else "", dest)
+    info = unpack_layer("test/img:1", BLOB, blob, dest)
     return dest, info
 
 
@@ -172,7 +172,7 @@ def test_truncated_gzip_is_a_clear_error(tmp_path: Path, cut: int) -> None:
     dest = tmp_path / "layer"
     dest.mkdir()
     with pytest.raises(ImageError) as info:
-        unpack_layer("img:1", BLOB, blob, "gzip", dest)
+        unpack_layer("img:1", BLOB, blob, dest)
     assert "not a valid gzip tar" in str(info.value) and BLOB in str(info.value)
 
 
@@ -182,3 +182,12 @@ def test_truncated_gzip_is_a_clear_error(tmp_path: Path, cut: int) -> None:
 ])
 def test_safe_name(name: str, expected: str | None) -> None:
     assert safe_name(name) == expected
+
+
+def test_zstd_is_refused_clearly(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 64)
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    with pytest.raises(ImageError, match="zstd"):
+        unpack_layer("img:1", BLOB, blob, dest)

@@ -6,7 +6,8 @@ It cannot fetch one blob, so :func:`copy_blobs` copies into an OCI layout whose 
 already holds empty placeholders for every blob the cache has: skopeo's OCI destination
 reuses any blob file that exists, so only the missing blobs cross the network. (Its ``dir:``
 destination would keep bytes exactly but empties the directory first; its ``oci:`` destination
-rewrites Docker schema-2 configs, so those configs are read with ``inspect --config --raw``.)
+rewrites Docker schema-2 configs, so those configs are read with ``inspect --config --raw``, and
+gzips plain-tar layers, so local sources, which cost no network, are copied with ``dir:``.)
 """
 
 from __future__ import annotations
@@ -94,12 +95,16 @@ def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
 
 
 def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
-               authfile: Path | None = None, decompress: bool = False,
-               show_progress: bool = False) -> None:
+               authfile: Path | None = None, show_progress: bool = False) -> None:
     """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/."""
     argv = ["copy", *_tls("src-tls-verify", insecure), *_auth(authfile, "src-authfile")]
-    if decompress:  # keep uncompressed (docker-archive) layers byte-identical
-        argv.append("--dest-decompress")
     if not show_progress:
         argv.append("--quiet")
     _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress)
+
+
+def copy_dir(image: str, source: str, dest: Path) -> None:
+    """Copy a local image (docker-archive:, oci:) byte for byte into the new directory ``dest``:
+    blobs land as ``dest/<hex>``. (The oci: destination would gzip plain-tar layers.)"""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _run(image, ["copy", "--quiet", source, f"dir:{dest}"])

@@ -2,7 +2,7 @@
 
 A pull: manifest (by tag: one manifest GET; by digest and cached: nothing) → which layers the
 cache lacks → lock those blobs (sorted, so two pulls never deadlock) → skopeo copies only them
-into a staging layout → verify digest and size of every blob → unpack, check the diff id →
+into staging → verify digest and size of every blob → unpack, check the diff id →
 erofs image → rename into the cache → image record → tag. Pulls hold the cache's ``gc`` lock
 shared; gc takes it exclusively.
 """
@@ -30,7 +30,6 @@ from .config import resolve_user as resolve_user_spec
 from .gc import GCReport, SizeReport, collect, size_report
 from .manifest import (
     DOCKER_MANIFEST,
-    LAYER_TYPES,
     Descriptor,
     Manifest,
     check_digest,
@@ -155,9 +154,9 @@ class ImageStore:
                 locks.enter_context(self.cache.lock(f"blob-{blob.split(':')[1]}"))
             missing = [d for d in manifest.layers if self.cache.blob_diff_id(d.digest) is None]
             config_raw = self.cache.config(manifest.config.digest)
-            layout = staging / "layout"
+            blob_dir = staging / "layout/blobs/sha256"
             if missing or config_raw is None:
-                config_raw = self._transfer(source, manifest, missing, config_raw, layout)
+                config_raw = self._transfer(source, manifest, missing, config_raw, blob_dir)
             parsed = parse_config(name, manifest.config.digest, config_raw)
             if len(parsed.diff_ids) != len(manifest.layers):
                 raise ImageError(name, f"the config lists {len(parsed.diff_ids)} diff ids for "
@@ -171,7 +170,7 @@ class ImageStore:
                                      f"{diff_id}", blob=desc.digest)
                 if known is None and desc.digest not in pending:
                     pending[desc.digest] = self._build_layer(
-                        name, index, len(manifest.layers), desc, diff_id, layout, staging)
+                        name, index, len(manifest.layers), desc, diff_id, blob_dir, staging)
             # every layer verified and built: only now does anything enter the cache
             for blob, built in pending.items():
                 self._commit_layer(blob, built)
@@ -179,30 +178,35 @@ class ImageStore:
             return ImageRecord(manifest.digest, manifest.config.digest, parsed.diff_ids)
 
     def _transfer(self, source: Source, manifest: Manifest, missing: list[Descriptor],
-                  config_raw: bytes | None, layout: Path) -> bytes:
-        """Fetch the missing blobs into ``layout``; returns the verified config bytes."""
+                  config_raw: bytes | None, blob_dir: Path) -> bytes:
+        """Fetch the missing blobs into ``blob_dir``; returns the verified config bytes."""
         name = source.display
         pinned = source.pinned(manifest.digest)
+        remote = source.registry is not None
         # skopeo's OCI destination rewrites Docker schema-2 configs: read the original instead
-        if config_raw is None and (manifest.media_type == DOCKER_MANIFEST or not missing):
+        if config_raw is None and remote and (manifest.media_type == DOCKER_MANIFEST
+                                              or not missing):
             config_raw = skopeo.inspect_config(name, pinned, insecure=source.insecure,
                                                authfile=source.authfile)
             self._check_config(name, manifest, config_raw)
-        if missing:
+        if missing or config_raw is None:
             wanted = {d.digest for d in missing}
             total = sum(d.size for d in missing)
             self._say(f"{name}: fetching {len(wanted)} of {len(manifest.layers)} layers "
                       f"({total / 1e6:.1f} MB)")
-            skopeo.prepare_layout(layout, [d.digest for d in manifest.layers
-                                           if d.digest not in wanted])
-            decompress = all(LAYER_TYPES[d.media_type] == "" for d in manifest.layers)
-            skopeo.copy_blobs(name, pinned, layout, insecure=source.insecure,
-                              authfile=source.authfile, decompress=decompress,
-                              show_progress=self._tty)
+            if remote:  # only the missing blobs cross the network
+                skopeo.prepare_layout(blob_dir.parent.parent,
+                                      [d.digest for d in manifest.layers
+                                       if d.digest not in wanted])
+                skopeo.copy_blobs(name, pinned, blob_dir.parent.parent,
+                                  insecure=source.insecure, authfile=source.authfile,
+                                  show_progress=self._tty)
+            else:  # local sources: dir: keeps every blob byte-identical (plain tars too)
+                skopeo.copy_dir(name, pinned, blob_dir)
             for desc in missing:
-                verify_blob_file(name, layout / "blobs/sha256" / desc.hex, desc)
+                verify_blob_file(name, blob_dir / desc.hex, desc)
         if config_raw is None:
-            path = layout / "blobs/sha256" / manifest.config.hex
+            path = blob_dir / manifest.config.hex
             if not path.is_file():
                 raise ImageError(name, "the source did not deliver the image config",
                                  blob=manifest.config.digest)
@@ -218,12 +222,12 @@ class ImageStore:
                              f"{manifest.config.size}", blob=manifest.config.digest)
 
     def _build_layer(self, name: str, index: int, count: int, desc: Descriptor, diff_id: str,
-                     layout: Path, staging: Path) -> _Built:
+                     blob_dir: Path, staging: Path) -> _Built:
         """Unpack and check one layer, build its erofs image in ``staging``."""
-        blob = layout / "blobs/sha256" / desc.hex
+        blob = blob_dir / desc.hex
         tree = staging / f"layer-{index}"
         tree.mkdir()
-        info = unpack_layer(name, desc.digest, blob, LAYER_TYPES[desc.media_type], tree)
+        info = unpack_layer(name, desc.digest, blob, tree)
         if info.diff_id != diff_id:
             raise ImageError(name, f"layer {index} unpacks to {info.diff_id}, the config says "
                              f"{diff_id}", blob=desc.digest,

@@ -42,6 +42,8 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 #: files whose topmost version user resolution needs (see config.resolve_user)
 TRACKED_FILES = ("etc/passwd", "etc/group")
 _MAX_TRACKED = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass
@@ -75,8 +77,22 @@ class _HashingReader:
             pass
 
 
-def unpack_layer(image: str, blob: str, path: Path, compression: str, dest: Path) -> LayerInfo:
+def sniff_compression(image: str, blob: str, path: Path) -> str:
+    """"gzip" or "" (plain tar), from the bytes: skopeo's docker-archive source labels plain
+    tars as gzip, so the media type cannot be trusted."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] == GZIP_MAGIC:
+        return "gzip"
+    if magic == ZSTD_MAGIC:
+        raise ImageError(image, "zstd-compressed layers are not supported", blob=blob,
+                         hint="push the image with gzip layers")
+    return ""
+
+
+def unpack_layer(image: str, blob: str, path: Path, dest: Path) -> LayerInfo:
     """Unpack the layer blob at ``path`` into the existing empty directory ``dest``."""
+    compression = sniff_compression(image, blob, path)
     with open(path, "rb") as raw:
         stream: BinaryIO = gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw  # type: ignore[assignment]
         reader = _HashingReader(stream)
