@@ -13,13 +13,19 @@ import pytest
 
 INIT_DIR = Path(__file__).resolve().parents[2] / "init"
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("gcc") is None,
-                                reason="make and gcc are needed to build the init")
+pytestmark = pytest.mark.skipif(
+    shutil.which("make") is None or shutil.which("gcc") is None,
+    reason="make and gcc are needed to build the init",
+)
 
 
 def _make(build: Path, *targets: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["make", "-C", str(INIT_DIR), f"BUILD={build}", *targets],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["make", "-C", str(INIT_DIR), f"BUILD={build}", *targets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +72,9 @@ def test_refuses_to_run_unless_pid_1(built: tuple[Path, str]) -> None:
 
 def test_shim_mode_rejects_bad_arguments(built: tuple[Path, str]) -> None:
     binary, _ = built
-    result = subprocess.run([str(binary), "--shim", "not-a-pid"], capture_output=True,
-                            text=True, timeout=10)
+    result = subprocess.run(
+        [str(binary), "--shim", "not-a-pid"], capture_output=True, text=True, timeout=10
+    )
     assert result.returncode == 2
     assert "usage: hypervm-init --shim PID STATUS-FD" in result.stderr
 

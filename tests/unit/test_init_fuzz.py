@@ -21,15 +21,21 @@ import pytest
 INIT_DIR = Path(__file__).resolve().parents[2] / "init"
 MAX_PAYLOAD = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("gcc") is None,
-                                reason="make and gcc are needed to build the harness")
+pytestmark = pytest.mark.skipif(
+    shutil.which("make") is None or shutil.which("gcc") is None,
+    reason="make and gcc are needed to build the harness",
+)
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build = tmp_path_factory.mktemp("fuzz-build")
-    result = subprocess.run(["make", "-C", str(INIT_DIR), f"BUILD={build}", "fuzz-harness"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["make", "-C", str(INIT_DIR), f"BUILD={build}", "fuzz-harness"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if result.returncode != 0 and "sanitizer" in result.stderr.lower():
         pytest.skip(f"compiler lacks ASan/UBSan: {result.stderr[-300:]}")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -67,10 +73,13 @@ def test_garbage_files_never_crash(harness: Path, tmp_path: Path) -> None:
     _assert_clean(_run(harness, *files))
 
 
-def frame(type_: int, id_: int, payload: bytes = b"", flags: int = 0,
-          length: int | None = None) -> bytes:
-    return struct.pack(">IHHI", len(payload) if length is None else length, type_, flags,
-                       id_) + payload
+def frame(
+    type_: int, id_: int, payload: bytes = b"", flags: int = 0, length: int | None = None
+) -> bytes:
+    return (
+        struct.pack(">IHHI", len(payload) if length is None else length, type_, flags, id_)
+        + payload
+    )
 
 
 def jframe(type_: int, id_: int, obj: object) -> bytes:
@@ -84,7 +93,9 @@ def classify(harness: Path, stream: bytes) -> list[str]:
 
 
 START = {
-    "container": "web", "handle": 1, "rootfs": {"layers": ["layer0"]},
+    "container": "web",
+    "handle": 1,
+    "rootfs": {"layers": ["layer0"]},
     "process": {"args": ["/bin/sh", "-c", "echo hi"]},
 }
 
@@ -142,35 +153,45 @@ _DELETE = object()
         ("process.stdin", 1, "process.stdin"),
     ],
 )
-def test_start_field_errors_name_the_field(harness: Path, path: str, value: object,
-                                           field: str) -> None:
+def test_start_field_errors_name_the_field(
+    harness: Path, path: str, value: object, field: str
+) -> None:
     (line,) = classify(harness, jframe(0x10, 5, _with(START, path, value)))
     assert line.startswith("FRAME type=0x10 id=5 ERROR EINVAL "), line
     assert line.split(" ", 5)[5].startswith(f"{field}:"), line
 
 
 def test_verdicts_follow_the_protocol(harness: Path) -> None:
-    full = _with(START, "mounts", [{"type": "9p", "source": "sandbox", "destination": "/mnt",
-                                   "readonly": True}, {"type": "tmpfs", "destination": "/tmp"}])
-    full["process"].update(env=["PATH=/bin", "K=V"], cwd="/tmp", uid=1000, gid=1000,
-                           additional_gids=[1, 2], stdin=True)
-    stream = b"".join([
-        jframe(0x10, 1, START),
-        jframe(0x10, 2, full),
-        jframe(0x11, 3, {"container": "web", "handle": 2, "process": {"args": ["ls"]}}),
-        jframe(0x12, 4, {"handle": 1, "signal": 15}),
-        jframe(0x12, 5, {"handle": 1, "signal": 0}),
-        jframe(0x12, 6, {"handle": 1, "signal": 65}),
-        jframe(0x14, 7, {}),
-        jframe(0x13, 8, {}),
-        frame(0x14, 9, b"{not json"),
-        frame(0x14, 10, b"[]"),
-        frame(0x20, 1, b"stdin bytes"),
-        frame(0x20, 1, b""),
-        frame(0x7F, 11, b"skipped payload"),
-        frame(0x01, 12, b"{}"),  # READY travels guest -> host only
-        frame(0x14, 13, b"{}", flags=1),
-    ])
+    full = _with(
+        START,
+        "mounts",
+        [
+            {"type": "9p", "source": "sandbox", "destination": "/mnt", "readonly": True},
+            {"type": "tmpfs", "destination": "/tmp"},
+        ],
+    )
+    full["process"].update(
+        env=["PATH=/bin", "K=V"], cwd="/tmp", uid=1000, gid=1000, additional_gids=[1, 2], stdin=True
+    )
+    stream = b"".join(
+        [
+            jframe(0x10, 1, START),
+            jframe(0x10, 2, full),
+            jframe(0x11, 3, {"container": "web", "handle": 2, "process": {"args": ["ls"]}}),
+            jframe(0x12, 4, {"handle": 1, "signal": 15}),
+            jframe(0x12, 5, {"handle": 1, "signal": 0}),
+            jframe(0x12, 6, {"handle": 1, "signal": 65}),
+            jframe(0x14, 7, {}),
+            jframe(0x13, 8, {}),
+            frame(0x14, 9, b"{not json"),
+            frame(0x14, 10, b"[]"),
+            frame(0x20, 1, b"stdin bytes"),
+            frame(0x20, 1, b""),
+            frame(0x7F, 11, b"skipped payload"),
+            frame(0x01, 12, b"{}"),  # READY travels guest -> host only
+            frame(0x14, 13, b"{}", flags=1),
+        ]
+    )
     assert classify(harness, stream) == [
         "FRAME type=0x10 id=1 OK",
         "FRAME type=0x10 id=2 OK",
@@ -201,9 +222,12 @@ def test_max_payload_is_enforced(harness: Path) -> None:
 
 def test_deep_nesting_and_huge_numbers_are_refused(harness: Path) -> None:
     deep = b"[" * 100000 + b"]" * 100000
-    lines = classify(harness, frame(0x10, 1, b'{"container":' + deep + b"}")
-                     + jframe(0x12, 2, {"handle": 1e308, "signal": 9})
-                     + jframe(0x12, 3, {"handle": 1, "signal": 9.0000001}))
+    lines = classify(
+        harness,
+        frame(0x10, 1, b'{"container":' + deep + b"}")
+        + jframe(0x12, 2, {"handle": 1e308, "signal": 9})
+        + jframe(0x12, 3, {"handle": 1, "signal": 9.0000001}),
+    )
     assert lines[0].startswith("FRAME type=0x10 id=1 ERROR EINVAL"), lines
     assert lines[1].startswith("FRAME type=0x12 id=2 ERROR EINVAL handle:"), lines
     assert lines[2].startswith("FRAME type=0x12 id=3 ERROR EINVAL signal:"), lines
