@@ -143,8 +143,10 @@ def collect_garbage(cfg: HostConfig, hv: Hypervisor, *, everything: bool = False
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("gc", help="destroy leftover HyperVMs and remove their files",
-                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = subparsers.add_parser(
+        "gc", help="destroy leftover HyperVMs and remove their files",
+        description="Destroy the HyperVMs whose owner process is gone (or all with --all) and "
+                    "remove their run directories.")
     p.add_argument("--all", action="store_true", dest="everything",
                    help="destroy every HyperVM, even those whose owner still runs")
     p.add_argument("-n", "--dry-run", action="store_true",
