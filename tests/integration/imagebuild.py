@@ -231,3 +231,34 @@ def save_docker_archive(image: BuiltImage, dest: Path, name: str) -> Path:
     subprocess.run(["skopeo", "copy", "--quiet", image.oci_ref,
                     f"docker-archive:{dest}:{name}"], check=True, capture_output=True)
     return dest
+
+
+def write_index(layout: Path, tag: str, entries: Sequence[tuple[BuiltImage, str]]) -> str:
+    """Point ``tag`` of the layout at an OCI index of images (image, "os/arch"); returns the
+    index digest. The images must live in the same layout."""
+    manifests = []
+    for image, platform in entries:
+        blob = layout / "blobs/sha256" / image.manifest_digest.split(":")[1]
+        os_name, arch = platform.split("/")
+        manifests.append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                          "digest": image.manifest_digest, "size": blob.stat().st_size,
+                          "platform": {"os": os_name, "architecture": arch}})
+    data = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": manifests}, sort_keys=True).encode()
+    digest = _digest(data)
+    (layout / "blobs/sha256" / digest.split(":")[1]).write_bytes(data)
+    index_path = layout / "index.json"
+    index = json.loads(index_path.read_text())
+    index["manifests"].append({
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest,
+        "size": len(data), "annotations": {"org.opencontainers.image.ref.name": tag}})
+    index_path.write_text(json.dumps(index))
+    return digest
+
+
+def push_all(layout: Path, tag: str, registry_host: str, name: str) -> str:
+    """skopeo copy --all (an index with every image it lists)."""
+    ref = f"{registry_host}/{name}:{tag}"
+    subprocess.run(["skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false",
+                    f"oci:{layout}:{tag}", f"docker://{ref}"], check=True, capture_output=True)
+    return ref

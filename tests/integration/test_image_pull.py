@@ -268,3 +268,20 @@ def test_cli_images_lists_sizes(registry: Registry, layouts: dict, store: ImageS
                          check=True).stdout
     assert ref in out and layouts["base"].manifest_digest[:19] in out
     assert "cache: 1 layer images" in out
+
+
+def test_manifest_list_resolves_to_linux_amd64(registry: Registry, store: ImageStore,
+                                               tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    other = imagebuild.busybox_base(layout, "arm")
+    amd64 = imagebuild.multilayer(layout, "amd")
+    imagebuild.write_index(layout, "multiarch", [(other, "linux/arm64"), (amd64, "linux/amd64")])
+    ref = imagebuild.push_all(layout, "multiarch", registry.host, "multiarch")
+    image = store.pull(ref)
+    assert image.digest == amd64.manifest_digest and len(image.layers) == 3
+    gets = registry.blob_gets("multiarch")
+    assert other.config_digest not in gets  # the other platform's blobs are never fetched
+    imagebuild.write_index(layout, "armonly", [(other, "linux/arm64")])
+    ref = imagebuild.push_all(layout, "armonly", registry.host, "armonly")
+    with pytest.raises(ImageError, match="no linux/amd64 image.*linux/arm64"):
+        store.pull(ref)
