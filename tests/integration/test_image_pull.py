@@ -12,10 +12,12 @@ import gzip
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -285,3 +287,30 @@ def test_manifest_list_resolves_to_linux_amd64(registry: Registry, store: ImageS
     ref = imagebuild.push_all(layout, "armonly", registry.host, "armonly")
     with pytest.raises(ImageError, match="no linux/amd64 image.*linux/arm64"):
         store.pull(ref)
+
+
+def test_interrupted_pull_leaves_nothing_half_written(registry: Registry, store: ImageStore,
+                                                      tmp_path: Path) -> None:
+    big = imagebuild.layer_tar([imagebuild.Entry("big.bin", data=os.urandom(48 << 20))])
+    built = imagebuild.write_layout(
+        tmp_path / "layout", "big",
+        [imagebuild.layer_tar(imagebuild.busybox_entries()), big], imagebuild.BASE_CONFIG)
+    ref = imagebuild.push(built, registry.host, "big", "1")
+    cache = store.cache
+    cache.ensure()
+    before = cache.entries()
+    env = {**os.environ, "HYPERVM_STATE_DIR": str(cache.root.parent)}
+    proc = subprocess.Popen([*HYPERVM, "pull", ref], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(p.is_file() and p.stat().st_size > 0
+                  for p in (cache.root / "tmp").rglob("*")):  # the transfer has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "pull ended too soon"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert cache.entries() == before  # nothing entered the cache
+    image = store.pull(ref)  # the next pull is not confused by the leftovers
+    assert len(image.layers) == 2
+    store.gc(set())
+    assert not list((cache.root / "tmp").iterdir())
