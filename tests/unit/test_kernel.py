@@ -168,10 +168,20 @@ def test_find_kernel_returns_the_cached_hyperkernel(cfg, monkeypatch) -> None:  
 
 def test_find_kernel_without_kernel_says_run_make_kernel(cfg, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(hyperkernel, "current_key", lambda: "abc123")
-    _fake_hyperkernel(cfg, "old0000")  # a stale key is not the current kernel
+    (cfg.kernel_dir / "half0000").mkdir(parents=True)  # no meta.json: an unfinished build
     with pytest.raises(HostError) as err:
         kmod.find_kernel(cfg, env={})
     assert "make kernel" in str(err.value)
+
+
+def test_find_kernel_uses_the_newest_stale_kernel(cfg, monkeypatch, caplog) -> None:  # noqa: ANN001
+    monkeypatch.setattr(hyperkernel, "current_key", lambda: "abc123")
+    old = _fake_hyperkernel(cfg, "old0000")
+    newer = _fake_hyperkernel(cfg, "old1111")
+    os.utime(old / "meta.json", (1, 1))
+    k = kmod.find_kernel(cfg, env={})
+    assert k.key == newer.name
+    assert "make kernel" in caplog.text
 
 
 def test_ensure_kernel_builds_only_when_missing(cfg, monkeypatch) -> None:  # noqa: ANN001

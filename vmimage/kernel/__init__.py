@@ -61,16 +61,25 @@ def ensure_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kern
 
 
 def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel:
-    """The guest kernel already on this machine; never builds."""
+    """The guest kernel already on this machine; never builds.
+
+    When the current fragment's HyperKernel is not built yet, the newest older one is used
+    (with a warning), so a fragment change does not break running hosts until make kernel.
+    """
     from vmimage.kernel import distro, hyperkernel
 
     if requested_kind(env) == "hyperkernel":
         try:
-            directory = hyperkernel.kernel_dir(cfg, hyperkernel.current_key())
+            directory: Path | None = hyperkernel.kernel_dir(cfg, hyperkernel.current_key())
         except HostError:
             directory = None
         if directory is not None and hyperkernel.read_meta(directory):
             return _hyperkernel_from(directory)
+        stale = hyperkernel.newest_built(cfg)
+        if stale is not None:  # the fragment changed and make kernel has not run (yet)
+            log.warning("HyperKernel %s is not built; using the older %s (run make kernel)",
+                        directory.name if directory else "?", stale.name)
+            return _hyperkernel_from(stale)
     found = distro.find_distro_kernel(cfg)
     if found is None:
         raise HostError(f"no guest kernel in {cfg.kernel_dir}", hint="run make kernel")

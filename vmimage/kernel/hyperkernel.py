@@ -82,6 +82,13 @@ def read_meta(directory: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
+def newest_built(cfg: HostConfig) -> Path | None:
+    """The most recently built HyperKernel of any key (a stale one, when the fragment changed)."""
+    built = [d for d in cfg.kernel_dir.glob("*") if d.is_dir()
+             and not d.name.startswith((".", "distro-")) and read_meta(d)]
+    return max(built, key=lambda d: (d / "meta.json").stat().st_mtime) if built else None
+
+
 def ensure_hyperkernel(cfg: HostConfig) -> Path:
     """The directory of the HyperKernel for this checkout, building it first if missing."""
     key = current_key()
@@ -137,9 +144,9 @@ def _check_config(config: Path) -> None:
     dropped = dropped_options(FRAGMENT.read_text(), config.read_text())
     if dropped:
         raise HostError(
-            "Kconfig dropped options of vmimage/kernel/hyperkernel.config (missing "
-            "dependencies): " + ", ".join(dropped),
-            hint="add the options they depend on to the fragment",
+            "Kconfig did not keep these options of vmimage/kernel/hyperkernel.config (missing "
+            "dependencies, or selected by another option): " + ", ".join(dropped),
+            hint="add the options they depend on to the fragment, or drop what selects them",
         )
 
 
