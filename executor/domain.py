@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 
 from executor.errors import InvalidSpec
 
@@ -142,7 +141,7 @@ class DomainSpec:
     disks: tuple[DiskSpec, ...] = ()
     shares: tuple[ShareSpec, ...] = ()
     #: recorded in the domain's <metadata> (owner pid and start time, pod name, labels)
-    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    metadata: Mapping[str, str] = field(default_factory=dict)
     #: firmware loaded as a ROM; None lets QEMU use SeaBIOS (slower)
     bios: Path | None = DEFAULT_BIOS
     cputune: CpuTune = field(default_factory=CpuTune)

@@ -128,6 +128,10 @@ _EVENTS = ("defined", "undefined", "started", "suspended", "resumed", "stopped",
            "pmsuspended", "crashed")
 #: virDomainEventStoppedDetailType, by value
 _STOPPED = ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot")
+#: virConnectCloseReason, by value
+_CLOSE_REASONS = ("error", "eof", "keepalive", "client")
+#: our own event: the connection to libvirtd was lost; its auto-destroyed VMs are gone or orphaned
+DISCONNECTED = "disconnected"
 
 
 @dataclass(frozen=True)
@@ -140,12 +144,15 @@ class LifecycleEvent:
 
     @property
     def stopped(self) -> bool:
-        return self.event == "stopped"
+        """The VM no longer runs (or, after DISCONNECTED, can no longer be controlled)."""
+        return self.event in ("stopped", DISCONNECTED)
 
     @property
     def reason(self) -> str:
         if self.event == "stopped" and 0 <= self.detail < len(_STOPPED):
             return _STOPPED[self.detail]
+        if self.event == DISCONNECTED and 0 <= self.detail < len(_CLOSE_REASONS):
+            return _CLOSE_REASONS[self.detail]
         return str(self.detail)
 
     @property
@@ -200,9 +207,15 @@ class Hypervisor:
         self._listeners_lock = threading.Lock()
         self._event_id: int | None = None
         self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
+        #: domains created through this connection and not seen stopping
+        self._created: set[str] = set()
         if events:
             self._event_id = self.conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+            try:
+                self.conn.registerCloseCallback(self._on_close, None)
+            except libvirt.libvirtError as e:  # local drivers (test:///) cannot lose a daemon
+                log.debug("no close callback on %s: %s", uri, _message(e))
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -230,6 +243,10 @@ class Hypervisor:
         try:
             if self._event_id is not None:
                 conn.domainEventDeregisterAny(self._event_id)
+                try:
+                    conn.unregisterCloseCallback()
+                except libvirt.libvirtError:
+                    pass
             conn.close()
         except libvirt.libvirtError as e:
             log.debug("closing %s: %s", self.uri, _message(e))
@@ -264,6 +281,8 @@ class Hypervisor:
                                   hint=_create_hint(_message(e))) from e
         log.info("started %s (%s, %d vCPU, %d MiB)", spec.name, spec.accel, spec.vcpus,
                  spec.memory_mib)
+        with self._listeners_lock:
+            self._created.add(spec.name)
         return VM(self, dom.name(), dom.UUIDString())
 
     def prepare_run_dir(self, directory: Path) -> None:
@@ -303,6 +322,8 @@ class Hypervisor:
 
         No error when it is already gone.
         """
+        with self._listeners_lock:
+            self._created.discard(name)
         dom = self._lookup(name)
         if dom is None:
             return False
@@ -393,6 +414,25 @@ class Hypervisor:
         kind = _EVENTS[event] if 0 <= event < len(_EVENTS) else str(event)
         ev = LifecycleEvent(name=name, event=kind, detail=detail)
         log.debug("event: %s %s (%s)", name, kind, ev.reason)
+        if ev.stopped:
+            with self._listeners_lock:
+                self._created.discard(name)
+        self._dispatch(ev)
+
+    def _on_close(self, _conn: object, reason: int, _opaque: object) -> None:
+        """libvirtd went away (or keepalive failed): tell the listeners of every VM we created,
+        since libvirtd destroys auto-destroyed domains with our connection."""
+        with self._listeners_lock:
+            names, self._created = sorted(self._created), set()
+        if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
+            return
+        log.warning("lost the connection to %s (%s); %d VMs affected", self.uri,
+                    _CLOSE_REASONS[reason] if 0 <= reason < len(_CLOSE_REASONS) else reason,
+                    len(names))
+        for name in names:
+            self._dispatch(LifecycleEvent(name=name, event=DISCONNECTED, detail=reason))
+
+    def _dispatch(self, ev: LifecycleEvent) -> None:
         with self._listeners_lock:
             listeners = list(self._listeners)
         for callback in listeners:

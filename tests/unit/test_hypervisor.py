@@ -13,6 +13,7 @@ import pytest
 from executor.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.errors import HostError, HypervisorError, InvalidSpec
 from executor.hypervisor import (
+    DISCONNECTED,
     Hypervisor,
     LifecycleEvent,
     owner_metadata,
@@ -169,6 +170,28 @@ def test_a_failing_listener_does_not_stop_the_others(hv: Hypervisor, tmp_path: P
     hv.add_listener(lambda ev: got.set())
     hv.create(make_spec(tmp_path))
     assert got.wait(5)
+
+
+def test_lost_connection_is_reported_for_our_live_domains(hv: Hypervisor,
+                                                           tmp_path: Path) -> None:
+    events: list[LifecycleEvent] = []
+    hv.add_listener(events.append)
+    hv.create(make_spec(tmp_path, "hypervm-unit-1"))
+    hv.create(make_spec(tmp_path, "hypervm-unit-2"))
+    hv.destroy("hypervm-unit-2")
+    hv._on_close(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)  # as libvirt would call it
+    lost = [e for e in events if e.event == DISCONNECTED]
+    assert [(e.name, e.reason, e.stopped) for e in lost] == [("hypervm-unit-1", "eof", True)]
+    hv._on_close(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)
+    assert len([e for e in events if e.event == DISCONNECTED]) == 1  # reported once
+
+
+def test_closing_on_purpose_reports_nothing(hv: Hypervisor, tmp_path: Path) -> None:
+    events: list[LifecycleEvent] = []
+    hv.add_listener(events.append)
+    hv.create(make_spec(tmp_path))
+    hv._on_close(None, libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT, None)
+    assert [e for e in events if e.event == DISCONNECTED] == []
 
 
 def test_listeners_need_events(tmp_path: Path) -> None:
