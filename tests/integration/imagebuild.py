@@ -216,12 +216,14 @@ def user_image(layout: Path, tag: str = "user") -> BuiltImage:
 
 
 def push(image: BuiltImage, registry_host: str, name: str, tag: str | None = None,
-         *, fmt: str | None = None) -> str:
+         *, fmt: str | None = None, creds: str | None = None) -> str:
     """skopeo copy the layout's image to ``registry_host/name:tag``; returns that ref."""
     ref = f"{registry_host}/{name}:{tag or image.tag}"
     argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
     if fmt:
         argv += ["--format", fmt]
+    if creds:
+        argv += ["--dest-creds", creds]
     subprocess.run([*argv, image.oci_ref, f"docker://{ref}"], check=True, capture_output=True)
     return ref
 

@@ -20,7 +20,9 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,21 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+_AUTH = """\
+auth:
+  htpasswd:
+    realm: hypervm-test
+    path: {path}
+"""
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """``user:bcrypt`` (the registry's htpasswd accepts only bcrypt), through libxcrypt."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # removed in Python 3.13: then use the bcrypt package
+
+        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}"
 
 
 def free_port() -> int:
@@ -81,6 +98,10 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
+        except urllib.error.HTTPError as e:
+            if e.code == 401:  # up, and asking for credentials
+                return
+            raise
         except OSError:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"{REGISTRY_BIN} exited with {proc.returncode}") from None
@@ -90,14 +111,20 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
 
 
 @contextlib.contextmanager
-def running_registry(workdir: Path) -> Iterator[Registry]:
-    """Start a registry with its own storage and config under ``workdir``; stop it after."""
+def running_registry(workdir: Path, users: dict[str, str] | None = None) -> Iterator[Registry]:
+    """Start a registry with its own storage and config under ``workdir``; stop it after.
+    With ``users`` (name → password) it requires basic auth."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
     config = workdir / "registry.yml"
-    config.write_text(_CONFIG.format(root=storage, port=port))
+    text = _CONFIG.format(root=storage, port=port)
+    if users:
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in users.items()))
+        text += _AUTH.format(path=htpasswd)
+    config.write_text(text)
     log_path = workdir / "registry.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log,
