@@ -1,0 +1,607 @@
+"""The guest init, black-box: boot QEMU directly (TCG, qboot, PVH) with the HyperKernel, an initrd
+holding only our init, one erofs busybox layer and a 9p share, and speak init/PROTOCOL.md on the
+virtio-serial channel.
+
+No libvirt here: this checks init alone. Every QEMU process is killed at teardown whatever
+happens, and the console log of a failed test is printed. Skipped only when no HyperKernel has
+been built yet (``make kernel``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.agent_protocol import Frame, FrameDecoder, MsgType, encode, encode_json
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
+
+INIT_DIR = Path(__file__).resolve().parents[2] / "init"
+QEMU = "qemu-system-x86_64"
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+BUSYBOX = Path("/bin/busybox")
+LAYER = "layer0"
+SHARE_TAG = "share0"
+BOOT_TIMEOUT = 60.0
+REPLY_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Any:
+    from executor.config import config_from_env
+    from executor.errors import HostError
+    from vmimage.kernel import find_kernel
+
+    try:
+        found = find_kernel(config_from_env(), env={"HYPERVM_KERNEL": "hyperkernel"})
+    except HostError as e:
+        pytest.skip(f"no HyperKernel built yet ({e}): run make kernel")
+    if found.kind != "hyperkernel":
+        pytest.skip("no HyperKernel built yet: run make kernel")
+    return found
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str, Path]:
+    for tool in (QEMU, "cpio", "mkfs.erofs", "make"):
+        assert shutil.which(tool), f"{tool} is required (make deps installs it)"
+    assert QBOOT.exists() and BUSYBOX.exists()
+    work = tmp_path_factory.mktemp("init-qemu")
+    build = work / "build"
+    made = subprocess.run(
+        ["make", "-C", str(INIT_DIR), f"BUILD={build}"], capture_output=True, text=True, timeout=300
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    # initrd: our init and nothing else
+    initrd_dir = work / "initrd"
+    initrd_dir.mkdir()
+    shutil.copy(build / "hypervm-init", initrd_dir / "init")
+    initrd = work / "initrd.cpio"
+    with initrd.open("wb") as out:
+        files = subprocess.run(
+            ["find", "."], cwd=initrd_dir, capture_output=True, check=True
+        ).stdout
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            cwd=initrd_dir,
+            input=files,
+            stdout=out,
+            check=True,
+        )
+    # the layer: busybox, its applets, a file that is not executable
+    root = work / "rootfs"
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "mnt"):
+        (root / d).mkdir(parents=True)
+    (root / "tmp").chmod(0o1777)
+    shutil.copy(BUSYBOX, root / "bin/busybox")
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "bin/notexec").write_text("#!/bin/sh\necho should not run\n")
+    (root / "bin/notexec").chmod(0o644)
+    (root / "etc/image-marker").write_text("from the layer\n")
+    layer = work / "layer.erofs"
+    subprocess.run(
+        ["mkfs.erofs", "--quiet", str(layer), str(root)], check=True, capture_output=True
+    )
+    share = work / "share"
+    share.mkdir()
+    (share / "from-host").write_text("host data\n")
+    return {"initrd": initrd, "layer": layer, "share": share, "work": work}
+
+
+@dataclass
+class Process:
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    exit: dict[str, Any] | None = None
+
+
+class Channel:
+    """One host connection to the guest's channel socket; frames via executor.agent_protocol."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+        self.procs: dict[int, Process] = {}
+        self.next_id = 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read_some(self, deadline: float) -> bool:
+        """Receive and sort what arrives before the deadline; False on timeout or EOF."""
+        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            return False
+        for frame in self.decoder.feed(data):
+            if frame.type in (MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT):
+                proc = self.procs.setdefault(frame.id, Process())
+                assert proc.exit is None, f"frame {frame.type.name} after EXIT of {frame.id}"
+                if frame.type == MsgType.STDOUT:
+                    proc.stdout += frame.payload
+                elif frame.type == MsgType.STDERR:
+                    proc.stderr += frame.payload
+                else:
+                    proc.exit = frame.json()
+            else:
+                self.frames.append(frame)
+        return True
+
+    def next_frame(self, timeout: float = REPLY_TIMEOUT) -> Frame:
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            if not self._read_some(deadline) and time.monotonic() >= deadline:
+                raise TimeoutError("no frame from the guest")
+        return self.frames.pop(0)
+
+    def request(self, type_: MsgType, payload: dict[str, Any]) -> Frame:
+        rid = self.next_id
+        self.next_id += 1
+        self.send_raw(encode_json(type_, rid, payload))
+        reply = self.next_frame()
+        assert reply.id == rid, f"reply {reply} does not answer request {rid}"
+        assert reply.type in (MsgType.OK, MsgType.ERROR)
+        return reply
+
+    def ok(self, type_: MsgType, payload: dict[str, Any]) -> dict[str, Any]:
+        reply = self.request(type_, payload)
+        assert reply.type == MsgType.OK, reply.json()
+        return reply.json()
+
+    def error(self, type_: MsgType, payload: dict[str, Any]) -> dict[str, Any]:
+        reply = self.request(type_, payload)
+        assert reply.type == MsgType.ERROR, reply.json()
+        return reply.json()
+
+    def wait_exit(self, handle: int, timeout: float = REPLY_TIMEOUT) -> Process:
+        deadline = time.monotonic() + timeout
+        while (proc := self.procs.get(handle)) is None or proc.exit is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"process {handle} did not exit")
+            self._read_some(deadline)
+        return proc
+
+    def wait_output(self, handle: int, text: bytes, timeout: float = REPLY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.procs.setdefault(handle, Process()).stdout:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"process {handle} did not print {text!r}")
+            self._read_some(deadline)
+
+
+class Guest:
+    """A QEMU process running our init; ``chan`` is the current host connection."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: Path, console: Path) -> None:
+        self.proc, self.sock, self.console_path = proc, sock, console
+        self.chan: Channel | None = None
+        self.ready: dict[str, Any] = {}
+
+    def console(self) -> str:
+        return self.console_path.read_text(errors="replace") if self.console_path.exists() else ""
+
+    def connect(self) -> Channel:
+        if self.chan is not None:
+            self.chan.close()
+        self.chan = Channel(self.sock)
+        ready = self.chan.next_frame(BOOT_TIMEOUT)
+        assert ready.type == MsgType.READY and ready.id == 0, ready
+        self.ready = ready.json()
+        return self.chan
+
+    def kill(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def guests(
+    request: pytest.FixtureRequest, artifacts: dict[str, Path], kernel: Any
+) -> Iterator[Any]:
+    """A factory booting guests; every one is killed at teardown, its console shown on failure."""
+    booted: list[Guest] = []
+
+    def boot(name: str) -> Guest:
+        work = artifacts["work"]
+        sock, console = work / f"{name}.sock", work / f"{name}.console"
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        argv = [
+            QEMU,
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-bios",
+            str(QBOOT),
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            f"file:{console}",
+            "-kernel",
+            str(kernel.path),
+            "-initrd",
+            str(artifacts["initrd"]),
+            "-append",
+            "console=ttyS0 panic=-1 reboot=t quiet",
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            f"socket,id=ch0,path={sock},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=ch0,name=org.hypervm.channel.0",
+            "-drive",
+            f"file={artifacts['layer']},if=none,id=d0,format=raw,readonly=on",
+            "-device",
+            f"virtio-blk-pci,drive=d0,serial={LAYER}",
+            "-fsdev",
+            f"local,id=fs0,path={artifacts['share']},security_model=none",
+            "-device",
+            f"virtio-9p-pci,fsdev=fs0,mount_tag={SHARE_TAG}",
+        ]
+        guest = Guest(
+            subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            ),
+            sock,
+            console,
+        )
+        booted.append(guest)
+        guest.connect()
+        return guest
+
+    yield boot
+    for guest in booted:
+        guest.kill()
+
+
+@pytest.fixture(scope="module")
+def guest(guests: Any) -> Guest:
+    return guests("main")
+
+
+@pytest.fixture(autouse=True)
+def _console_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    failed_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failed_before and "guest" in request.fixturenames:
+        g = request.getfixturevalue("guest")
+        print("---- guest console ----\n" + g.console()[-6000:])
+
+
+def start(chan: Channel, name: str, handle: int, script: str, **process: Any) -> dict[str, Any]:
+    payload = {
+        "container": name,
+        "handle": handle,
+        "rootfs": {"layers": [LAYER]},
+        "process": {"args": ["sh", "-c", script], "env": ["PATH=/bin"], **process},
+    }
+    return chan.ok(MsgType.START, payload)
+
+
+def test_ready_names_protocol_and_guest_kernel(guest: Guest, kernel: Any) -> None:
+    assert guest.ready["version"] == 1
+    assert guest.ready["kernel"] == kernel.version
+    assert guest.ready["init"]
+    assert "hypervm-init: started (protocol 1)" in guest.console()
+    assert guest.chan is not None
+    assert guest.chan.ok(MsgType.PING, {}) == {}
+
+
+def test_stdout_stderr_separate_and_exit_status(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    reply = start(chan, "status", 10, "echo out; echo err >&2; echo more; exit 3")
+    assert reply["pid"] > 1
+    proc = chan.wait_exit(10)
+    assert bytes(proc.stdout) == b"out\nmore\n"
+    assert bytes(proc.stderr) == b"err\n"
+    assert proc.exit == {"status": 3, "signal": None}
+
+
+def test_large_output_is_drained_before_exit(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    # 3 MiB: more than a pipe and more than one frame, printed by a process that exits at once
+    start(chan, "bulk", 11, "head -c 3145728 /dev/zero | tr '\\0' x")
+    proc = chan.wait_exit(11, timeout=120)
+    assert proc.exit == {"status": 0, "signal": None}
+    assert len(proc.stdout) == 3 * 1024 * 1024 and set(proc.stdout) == {ord("x")}
+
+
+def test_identity_cwd_env_hostname(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    start(
+        chan,
+        "ident",
+        12,
+        'id; pwd; echo "$FOO"; hostname; cat /etc/image-marker',
+        env=["PATH=/bin", "FOO=bar baz"],
+        cwd="/tmp",
+        uid=1000,
+        gid=1001,
+        additional_gids=[10, 20],
+    )
+    proc = chan.wait_exit(12)
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("uid=1000 gid=1001 groups="), lines
+    assert "10" in lines[0] and "20" in lines[0]
+    assert lines[1:] == ["/tmp", "bar baz", "ident", "from the layer"]
+    assert proc.exit == {"status": 0, "signal": None}
+
+
+def test_signal_kills_main_process_through_the_reaper(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    start(chan, "sleeper", 13, "echo up; exec sleep 1000")
+    chan.wait_output(13, b"up\n")
+    assert chan.ok(MsgType.SIGNAL, {"handle": 13, "signal": 15}) == {}
+    assert chan.wait_exit(13).exit == {"status": None, "signal": 15}
+    # a trap in the process proves the signal reached it (forwarded, not the reaper dying)
+    start(
+        chan,
+        "trapper",
+        14,
+        "trap 'echo got-term; exit 7' TERM; echo up; while :; do sleep 0.1; done",
+    )
+    chan.wait_output(14, b"up\n")
+    chan.ok(MsgType.SIGNAL, {"handle": 14, "signal": 15})
+    proc = chan.wait_exit(14)
+    assert b"got-term" in proc.stdout and proc.exit == {"status": 7, "signal": None}
+    start(chan, "killed", 15, "echo up; exec sleep 1000")
+    chan.wait_output(15, b"up\n")
+    chan.ok(MsgType.SIGNAL, {"handle": 15, "signal": 9})
+    assert chan.wait_exit(15).exit == {"status": None, "signal": 9}
+    err = chan.error(MsgType.SIGNAL, {"handle": 15, "signal": 9})
+    assert err["code"] == "ESRCH"
+
+
+def test_containers_are_isolated_but_share_the_network(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    show = (
+        "for n in net mnt pid; do readlink /proc/self/ns/$n; done; "
+        "cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort | tr '\\n' ,; echo"
+    )
+    start(chan, "alpha", 20, f"echo secret > /written-by-alpha; {show}; echo up; exec sleep 1000")
+    chan.wait_output(20, b"up\n")
+    start(chan, "beta", 21, f"{show}; test -e /written-by-alpha && echo present || echo absent")
+    beta = chan.wait_exit(21)
+    assert beta.exit == {"status": 0, "signal": None}
+    a_net, a_mnt, a_pid, a_ifs, _ = chan.procs[20].stdout.decode().splitlines()
+    b_net, b_mnt, b_pid, b_ifs, b_file = beta.stdout.decode().splitlines()
+    assert a_net == b_net and a_net.startswith("net:[")
+    assert a_mnt != b_mnt and a_pid != b_pid
+    assert a_ifs == b_ifs and "lo" in a_ifs.split(",")
+    assert b_file == "absent"
+    # EXEC joins alpha: same files, same PID namespace (its main process is PID 2 there,
+    # under the reaper as PID 1)
+    reply = chan.ok(
+        MsgType.EXEC,
+        {
+            "container": "alpha",
+            "handle": 22,
+            "process": {
+                "args": [
+                    "sh",
+                    "-c",
+                    "cat /written-by-alpha; readlink /proc/self/ns/pid; cat /proc/1/comm; hostname",
+                ],
+                "env": ["PATH=/bin"],
+            },
+        },
+    )
+    assert reply["pid"] > 1
+    exec_proc = chan.wait_exit(22)
+    assert exec_proc.stdout.decode().splitlines() == ["secret", a_pid, "hypervm-shim", "alpha"]
+    assert exec_proc.exit == {"status": 0, "signal": None}
+    # EXEC with stdin fed by STDIN frames, closed by an empty one
+    chan.ok(
+        MsgType.EXEC,
+        {
+            "container": "alpha",
+            "handle": 23,
+            "process": {"args": ["cat"], "env": ["PATH=/bin"], "stdin": True},
+        },
+    )
+    chan.send_raw(encode(MsgType.STDIN, 23, b"hello "))
+    chan.send_raw(encode(MsgType.STDIN, 23, b"stdin"))
+    chan.send_raw(encode(MsgType.STDIN, 23, b""))
+    cat = chan.wait_exit(23)
+    assert bytes(cat.stdout) == b"hello stdin" and cat.exit == {"status": 0, "signal": None}
+    chan.ok(MsgType.SIGNAL, {"handle": 20, "signal": 15})
+    assert chan.wait_exit(20).exit == {"status": None, "signal": 15}
+    assert (
+        chan.error(
+            MsgType.EXEC, {"container": "alpha", "handle": 24, "process": {"args": ["true"]}}
+        )["code"]
+        == "ENOCONT"
+    )
+
+
+def test_exec_failures_are_reported_without_exit(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    base = {"rootfs": {"layers": [LAYER]}}
+    err = chan.error(
+        MsgType.START,
+        {**base, "container": "nocmd", "handle": 30, "process": {"args": ["no-such-command"]}},
+    )
+    assert err["code"] == "ENOENT" and "no-such-command" in err["message"]
+    err = chan.error(
+        MsgType.START,
+        {**base, "container": "noexec", "handle": 31, "process": {"args": ["/bin/notexec"]}},
+    )
+    assert err["code"] == "EACCES"
+    err = chan.error(
+        MsgType.START,
+        {
+            **base,
+            "container": "nodisk",
+            "handle": 32,
+            "rootfs": {"layers": ["missing"]},
+            "process": {"args": ["true"]},
+        },
+    )
+    assert err["code"] == "ENODEV"
+    err = chan.error(
+        MsgType.START,
+        {
+            **base,
+            "container": "badcwd",
+            "handle": 33,
+            "process": {"args": ["true"], "cwd": "/nonexistent"},
+        },
+    )
+    assert err["code"] == "ESPAWN" and "process.cwd" in err["message"]
+    err = chan.error(MsgType.START, {**base, "container": "x", "handle": 34, "process": {}})
+    assert err["code"] == "EINVAL" and err["message"].startswith("process.args")
+    # a failed name and handle are free again; no EXIT was sent for any of them
+    start(chan, "nocmd", 30, "exit 0")
+    assert chan.wait_exit(30).exit == {"status": 0, "signal": None}
+    assert all(h not in chan.procs for h in (31, 32, 33, 34))
+
+
+def test_duplicate_names_and_handles_are_refused(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    start(chan, "dup", 40, "echo up; exec sleep 1000")
+    chan.wait_output(40, b"up\n")
+    payload = {
+        "container": "dup",
+        "handle": 41,
+        "rootfs": {"layers": [LAYER]},
+        "process": {"args": ["true"]},
+    }
+    assert chan.error(MsgType.START, payload)["code"] == "EEXIST"
+    assert (
+        chan.error(MsgType.START, {**payload, "container": "dup2", "handle": 40})["code"]
+        == "EEXIST"
+    )
+    chan.ok(MsgType.SIGNAL, {"handle": 40, "signal": 9})
+    chan.wait_exit(40)
+
+
+def test_mounts_9p_tmpfs_and_readonly_rootfs(guest: Guest, artifacts: dict[str, Path]) -> None:
+    chan = guest.chan
+    assert chan is not None
+    chan.ok(
+        MsgType.START,
+        {
+            "container": "mounts",
+            "handle": 50,
+            "rootfs": {"layers": [LAYER], "readonly": True},
+            "mounts": [
+                {"type": "9p", "source": SHARE_TAG, "destination": "/mnt"},
+                {"type": "tmpfs", "destination": "/tmp"},
+            ],
+            "process": {
+                "args": [
+                    "sh",
+                    "-c",
+                    "cat /mnt/from-host; echo guest > /mnt/from-guest; "
+                    "echo t > /tmp/t && cat /tmp/t; touch /rootfile || echo ro",
+                ],
+                "env": ["PATH=/bin"],
+            },
+        },
+    )
+    proc = chan.wait_exit(50)
+    assert proc.stdout.decode().splitlines() == ["host data", "t", "ro"], proc.stderr
+    assert (artifacts["share"] / "from-guest").read_text() == "guest\n"
+
+
+def test_garbage_gives_error_then_reconnect_gives_ready(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    start(chan, "survivor", 60, "echo up; exec sleep 1000")
+    chan.wait_output(60, b"up\n")
+    # unknown type with a sound header: ETYPE with the frame's id, payload skipped, channel on
+    chan.send_raw(encode(MsgType.PING, 99, b"{}")[:4] + b"\x00\x7f\x00\x00\x00\x00\x00\x63{}")
+    err = chan.next_frame()
+    assert err.type == MsgType.ERROR and err.id == 99 and err.json()["code"] == "ETYPE"
+    assert chan.ok(MsgType.PING, {}) == {}
+    # malformed JSON in a sound frame: EINVAL with its id, channel on
+    chan.send_raw(encode(MsgType.START, 98, b'{"container": '))
+    err = chan.next_frame()
+    assert err.id == 98 and err.json()["code"] == "EINVAL"
+    # garbage: ERROR id 0 EPROTO, then everything is discarded until we reconnect
+    chan.send_raw(b"\xff" * 16 + os.urandom(4096))
+    err = chan.next_frame()
+    assert err.type == MsgType.ERROR and err.id == 0 and err.json()["code"] == "EPROTO"
+    chan.send_raw(encode_json(MsgType.PING, 97, {}))
+    with pytest.raises(TimeoutError):
+        chan.next_frame(timeout=2)
+    chan = guest.connect()
+    assert guest.ready["version"] == 1
+    assert chan.ok(MsgType.PING, {}) == {}
+    # the running container was not affected
+    chan.ok(
+        MsgType.EXEC,
+        {
+            "container": "survivor",
+            "handle": 61,
+            "process": {"args": ["echo", "still here"], "env": ["PATH=/bin"]},
+        },
+    )
+    assert bytes(chan.wait_exit(61).stdout) == b"still here\n"
+    chan.ok(MsgType.SIGNAL, {"handle": 60, "signal": 9})
+    assert chan.wait_exit(60).exit == {"status": None, "signal": 9}
+    assert "hypervm-init: protocol error" in guest.console()
+
+
+def test_host_disconnect_mid_frame_then_reconnect(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    chan.send_raw(encode_json(MsgType.PING, 5, {})[:7])  # half a header, then hang up
+    chan = guest.connect()
+    assert chan.ok(MsgType.PING, {}) == {}
+
+
+def test_poweroff_ends_qemu(guests: Any) -> None:
+    g = guests("poweroff")
+    assert g.chan is not None
+    start(g.chan, "busy", 1, "exec sleep 1000")
+    assert g.chan.ok(MsgType.POWEROFF, {}) == {}
+    assert g.proc.wait(timeout=60) == 0
+    assert "hypervm-init: powering off" in g.console()
