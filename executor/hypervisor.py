@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pwd
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -288,17 +290,19 @@ class Hypervisor:
     def prepare_run_dir(self, directory: Path) -> None:
         """Create ``directory`` (and traversable parents) owned by the user libvirt runs QEMU as,
         mode 0750: QEMU creates the channel socket there, virtlogd (root) the console log."""
-        missing = [p for p in (directory, *directory.parents) if not p.exists()]
-        for path in reversed(missing):
-            path.mkdir(exist_ok=True)
-            path.chmod(0o755)  # whatever the umask: QEMU must traverse the parents
         label = self._qemu_label()
         try:
+            missing = [p for p in (directory, *directory.parents) if not p.exists()]
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+                path.chmod(0o755)  # whatever the umask: QEMU must traverse the parents
             if label is not None and os.geteuid() == 0:
                 os.chown(directory, *label)
             directory.chmod(RUN_DIR_MODE)
         except OSError as e:
             raise HostError(f"cannot prepare {directory} for QEMU: {e}") from e
+        if label is not None:
+            _check_traversable(directory.parent, *label)
 
     def _qemu_label(self) -> tuple[int, int] | None:
         if self._dac_label is False:
@@ -440,6 +444,27 @@ class Hypervisor:
                 callback(ev)
             except Exception:  # a listener's bug must not kill the event thread
                 log.exception("lifecycle listener %r failed", callback)
+
+
+def _check_traversable(directory: Path, uid: int, gid: int) -> None:
+    """QEMU (running as ``uid:gid`` plus the user's supplementary groups) must be able to reach
+    ``directory``."""
+    groups = {gid}
+    try:
+        groups.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except (KeyError, OSError):
+        pass
+    for path in (directory, *directory.parents):
+        st = path.stat()
+        if uid == 0 or st.st_uid == uid:
+            ok = uid == 0 or st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise HostError(f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
+                            f"{stat.S_IMODE(st.st_mode):o}", hint=f"chmod o+x {path}")
 
 
 def _dotted(version: int) -> str:

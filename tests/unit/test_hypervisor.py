@@ -116,6 +116,19 @@ def test_create_prepares_the_run_dir(hv: Hypervisor, tmp_path: Path) -> None:
     assert stat.S_IMODE(run_dir.parent.stat().st_mode) == 0o755  # QEMU must traverse it
 
 
+def test_untraversable_parents_are_a_host_error(tmp_path: Path) -> None:
+    from executor.hypervisor import _check_traversable
+
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "vms").mkdir()
+    with pytest.raises(HostError) as info:
+        _check_traversable(private / "vms", 64055, 64055)
+    assert info.value.hint == f"chmod o+x {private}"
+    _check_traversable(private / "vms", 0, 0)  # root reaches everything
+    _check_traversable(Path("/usr/share"), 64055, 64055)
+
+
 def test_invalid_spec_creates_nothing(hv: Hypervisor, tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec):
         hv.create(make_spec(tmp_path, vcpus=0))
