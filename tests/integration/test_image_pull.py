@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,9 +198,14 @@ def test_gc_keeps_tagged_and_in_use(registry: Registry, layouts: dict,
     assert multi.layers[2].exists() and multi.layers[1].exists() is False
     assert all(p.exists() for p in user.layers)
     assert store.image(multi.ref) is None and store.image(user.ref) == user
-    report = store.gc(set(), keep_refs=[])
+    with store.hold():  # e.g. while a VM starts: gc waits
+        worker = threading.Thread(target=store.gc, args=(set(),), kwargs={"keep_refs": []})
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and all(p.exists() for p in user.layers)
+    worker.join(30)
     assert not any(p.exists() for p in multi.layers + user.layers)
-    assert store.size_report().layers == 0
+    assert store.size_report().layers == 0 and store.size_report().images == ()
 
 
 def run_pull(store: ImageStore, ref: str) -> subprocess.CompletedProcess[str]:
@@ -264,7 +270,11 @@ def test_manifest_that_is_not_json(registry: Registry, store: ImageStore, tmp_pa
 
 def test_cli_images_lists_sizes(registry: Registry, layouts: dict, store: ImageStore) -> None:
     ref = imagebuild.push(layouts["base"], registry.host, "listed", "1")
-    assert run_pull(store, ref).returncode == 0
+    proc = run_pull(store, ref)
+    assert proc.returncode == 0
+    # not a terminal: the result alone on stdout, plain progress lines on stderr
+    assert proc.stdout == f"{ref} {layouts['base'].manifest_digest}\n"
+    assert "fetching 1 of 1 layers" in proc.stderr and "layer 1/1" in proc.stderr
     env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
     out = subprocess.run([*HYPERVM, "images"], env=env, capture_output=True, text=True,
                          check=True).stdout

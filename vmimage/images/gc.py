@@ -105,6 +105,9 @@ def collect(cache: Cache, in_use: set[Path], keep_refs: Iterable[str] | None = N
             diff_id = path.read_text().strip() if path.is_file() else ""
             if not diff_id.startswith("sha256:") or not cache.has_layer(diff_id):
                 path.unlink()
+        for path in (cache.root / "locks").iterdir():  # no pull holds one while we hold gc
+            if path.name != "gc.lock":
+                path.unlink()
         for path in (cache.root / "tmp").iterdir():
             report.freed_bytes += sum(_size(p) for p in path.rglob("*")) if path.is_dir() else 0
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()

@@ -100,6 +100,12 @@ class ImageStore:
         record = self.cache.image(digest) if digest else None
         return self._image(display, record) if record else None
 
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """Keep gc away while held: hold it from pull until the VM using the layers is
+        registered as running (gc's ``in_use``), so no layer vanishes in between."""
+        self.cache.ensure()
+        return self.cache.lock("gc", shared=True)
+
     def resolve_user(self, image: Image, user_spec: str) -> tuple[int, int, tuple[int, ...]]:
         files = self._user_files(image)
         return resolve_user_spec(image.ref, user_spec, files.get("etc/passwd"),
@@ -140,8 +146,8 @@ class ImageStore:
             record = self.cache.image(manifest.digest)
             if record is None:
                 record = self._fetch(source, manifest, staging)
-            self.cache.put_manifest(manifest.digest, manifest.raw)
-            self.cache.put_image(record)
+                self.cache.put_manifest(manifest.digest, manifest.raw)
+                self.cache.put_image(record)  # last: the image is complete
         self.cache.put_ref(name, manifest.digest)
         self._say(f"{name}: {manifest.digest} ({len(record.diff_ids)} layers)")
         return self._image(name, record)
