@@ -74,10 +74,29 @@ def check_kvm_device(device: Path = KVM_DEVICE) -> Check:
 def probe_command(kernel: Path, bios: Path | None = DEFAULT_BIOS) -> list[str]:
     """QEMU booting ``kernel`` under KVM with nothing else: no initrd, so it panics (and exits,
     thanks to panic=-1 and -no-reboot) right after printing its banner on ttyS0."""
-    cmd = [QEMU, "-accel", "kvm", "-machine", "pc", "-cpu", "host", "-m", "64", "-smp", "1",
-           "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
-           "-kernel", str(kernel),
-           "-append", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 rdinit=/none root=/none"]
+    cmd = [
+        QEMU,
+        "-accel",
+        "kvm",
+        "-machine",
+        "pc",
+        "-cpu",
+        "host",
+        "-m",
+        "64",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        str(kernel),
+        "-append",
+        "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1 rdinit=/none root=/none",
+    ]
     if bios is not None and bios.is_file():
         cmd[1:1] = ["-bios", str(bios)]
     return cmd
@@ -88,8 +107,9 @@ def probe_kvm_boot(kernel: Path, timeout: float = PROBE_TIMEOUT) -> Check:
     cmd = probe_command(kernel)
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
     except OSError as e:
         return Check(False, f"cannot run {QEMU}: {e.strerror}")
     assert proc.stdout is not None
@@ -177,10 +197,14 @@ def _find_probe_kernel(cfg: HostConfig) -> Path | None:
         return None
 
 
-def detect_accel(cfg: HostConfig, *, kernel: Path | None = None,
-                 device_check: Callable[[], Check] = check_kvm_device,
-                 probe: Callable[[Path], Check] = probe_kvm_boot,
-                 boot_id: str | None = None) -> str:
+def detect_accel(
+    cfg: HostConfig,
+    *,
+    kernel: Path | None = None,
+    device_check: Callable[[], Check] = check_kvm_device,
+    probe: Callable[[Path], Check] = probe_kvm_boot,
+    boot_id: str | None = None,
+) -> str:
     """``cfg.accel`` when forced; else the cached verdict of this host boot; else decide now."""
     if cfg.accel in ("kvm", "tcg"):
         log.info("accelerator %s (forced by HYPERVM_ACCEL)", cfg.accel)

@@ -67,9 +67,9 @@ def owner_gone(metadata: Mapping[str, str], start_time_of: StartTimeOf) -> str |
     return None
 
 
-def select_leftovers(domains: Iterable[DomainInfo],
-                     start_time_of: StartTimeOf, *,
-                     everything: bool = False) -> list[Leftover]:
+def select_leftovers(
+    domains: Iterable[DomainInfo], start_time_of: StartTimeOf, *, everything: bool = False
+) -> list[Leftover]:
     """The domains to destroy: all of ours with ``everything``, else those without a live owner
     (and stopped persistent ones: ours are transient, a defined one is a leftover)."""
     leftovers = []
@@ -85,14 +85,20 @@ def select_leftovers(domains: Iterable[DomainInfo],
     return leftovers
 
 
-def select_orphan_dirs(entries: Iterable[tuple[str, float]], live: Iterable[str], now: float,
-                       grace: float = ORPHAN_DIR_GRACE_S) -> list[str]:
+def select_orphan_dirs(
+    entries: Iterable[tuple[str, float]],
+    live: Iterable[str],
+    now: float,
+    grace: float = ORPHAN_DIR_GRACE_S,
+) -> list[str]:
     """Run dirs (``(name, mtime)``) named like our domains that no domain uses, older than
     ``grace`` seconds."""
     live_names = set(live)
-    return sorted(name for name, mtime in entries
-                  if name.startswith(DOMAIN_PREFIX) and name not in live_names
-                  and now - mtime > grace)
+    return sorted(
+        name
+        for name, mtime in entries
+        if name.startswith(DOMAIN_PREFIX) and name not in live_names and now - mtime > grace
+    )
 
 
 # --- side effects -----------------------------------------------------------------------------
@@ -113,8 +119,9 @@ def _remove_dir(path: Path, dry_run: bool) -> bool:
     return True
 
 
-def collect_garbage(cfg: HostConfig, hv: Hypervisor, *, everything: bool = False,
-                    dry_run: bool = False) -> GcReport:
+def collect_garbage(
+    cfg: HostConfig, hv: Hypervisor, *, everything: bool = False, dry_run: bool = False
+) -> GcReport:
     """Destroy leftover domains and remove their run dirs (and orphan ones) under
     ``cfg.vms_dir``."""
     from executor.hypervisor import process_start_time
@@ -144,13 +151,18 @@ def collect_garbage(cfg: HostConfig, hv: Hypervisor, *, everything: bool = False
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "gc", help="destroy leftover HyperVMs and remove their files",
+        "gc",
+        help="destroy leftover HyperVMs and remove their files",
         description="Destroy the HyperVMs whose owner process is gone (or all with --all) and "
-                    "remove their run directories.")
-    p.add_argument("--all", action="store_true", dest="everything",
-                   help="destroy every HyperVM, even those whose owner still runs")
-    p.add_argument("-n", "--dry-run", action="store_true",
-                   help="only say what would be removed")
+        "remove their run directories.",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        dest="everything",
+        help="destroy every HyperVM, even those whose owner still runs",
+    )
+    p.add_argument("-n", "--dry-run", action="store_true", help="only say what would be removed")
     p.set_defaults(func=gc_command)
 
 

@@ -61,11 +61,17 @@ class DiskSpec:
     def validate(self, where: str) -> None:
         _absolute(f"{where}.path", self.path)
         if not _SERIAL_RE.match(self.serial):
-            raise InvalidSpec(f"{where}.serial", f"{self.serial!r} is not a valid disk serial",
-                              hint=f"use 1..{MAX_SERIAL_LEN} characters of [A-Za-z0-9_.-]")
+            raise InvalidSpec(
+                f"{where}.serial",
+                f"{self.serial!r} is not a valid disk serial",
+                hint=f"use 1..{MAX_SERIAL_LEN} characters of [A-Za-z0-9_.-]",
+            )
         if self.format not in _DISK_FORMATS:
-            raise InvalidSpec(f"{where}.format", f"unknown disk format {self.format!r}",
-                              hint="use " + " or ".join(_DISK_FORMATS))
+            raise InvalidSpec(
+                f"{where}.format",
+                f"unknown disk format {self.format!r}",
+                hint="use " + " or ".join(_DISK_FORMATS),
+            )
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,11 @@ class ShareSpec:
     def validate(self, where: str) -> None:
         _absolute(f"{where}.source", self.source)
         if not _TAG_RE.match(self.tag):
-            raise InvalidSpec(f"{where}.tag", f"{self.tag!r} is not a valid 9p mount tag",
-                              hint=f"use 1..{MAX_TAG_LEN} characters of [A-Za-z0-9_.-]")
+            raise InvalidSpec(
+                f"{where}.tag",
+                f"{self.tag!r} is not a valid 9p mount tag",
+                hint=f"use 1..{MAX_TAG_LEN} characters of [A-Za-z0-9_.-]",
+            )
 
 
 @dataclass(frozen=True)
@@ -93,14 +102,17 @@ class CpuTune:
 
     def validate(self) -> None:
         if self.shares is not None and not 2 <= self.shares <= 262144:
-            raise InvalidSpec("cputune.shares", f"{self.shares} is out of range",
-                              hint="use 2..262144")
+            raise InvalidSpec(
+                "cputune.shares", f"{self.shares} is out of range", hint="use 2..262144"
+            )
         if self.period_us is not None and not 1000 <= self.period_us <= 1_000_000:
-            raise InvalidSpec("cputune.period_us", f"{self.period_us} is out of range",
-                              hint="use 1000..1000000")
+            raise InvalidSpec(
+                "cputune.period_us", f"{self.period_us} is out of range", hint="use 1000..1000000"
+            )
         if self.quota_us is not None and not 1000 <= self.quota_us <= 17_592_186_044_415:
-            raise InvalidSpec("cputune.quota_us", f"{self.quota_us} is out of range",
-                              hint="use at least 1000")
+            raise InvalidSpec(
+                "cputune.quota_us", f"{self.quota_us} is out of range", hint="use at least 1000"
+            )
 
     @property
     def empty(self) -> bool:
@@ -115,12 +127,16 @@ class MemTune:
     soft_limit_mib: int | None = None
 
     def validate(self, memory_mib: int) -> None:
-        for name, value in (("hard_limit_mib", self.hard_limit_mib),
-                            ("soft_limit_mib", self.soft_limit_mib)):
+        for name, value in (
+            ("hard_limit_mib", self.hard_limit_mib),
+            ("soft_limit_mib", self.soft_limit_mib),
+        ):
             if value is not None and value < memory_mib:
-                raise InvalidSpec(f"memtune.{name}",
-                                  f"{value} MiB is below the guest memory ({memory_mib} MiB)",
-                                  hint="leave room for QEMU's overhead, e.g. memory + 128 MiB")
+                raise InvalidSpec(
+                    f"memtune.{name}",
+                    f"{value} MiB is below the guest memory ({memory_mib} MiB)",
+                    hint="leave room for QEMU's overhead, e.g. memory + 128 MiB",
+                )
 
     @property
     def empty(self) -> bool:
@@ -152,24 +168,32 @@ class DomainSpec:
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
         if not _NAME_RE.match(self.name):
-            raise InvalidSpec("name", f"{self.name!r} is not a valid HyperVM domain name",
-                              hint=f"start with {DOMAIN_PREFIX!r}, then up to 80 characters "
-                                   "of [A-Za-z0-9_.-]")
+            raise InvalidSpec(
+                "name",
+                f"{self.name!r} is not a valid HyperVM domain name",
+                hint=f"start with {DOMAIN_PREFIX!r}, then up to 80 characters of [A-Za-z0-9_.-]",
+            )
         if self.accel not in ACCELS:
             raise InvalidSpec("accel", f"unknown accelerator {self.accel!r}", hint="use kvm or tcg")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidSpec("vcpus", f"{self.vcpus} is out of range", hint=f"use 1..{MAX_VCPUS}")
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
-            raise InvalidSpec("memory_mib", f"{self.memory_mib} MiB is out of range",
-                              hint=f"use {MIN_MEMORY_MIB}..{MAX_MEMORY_MIB} MiB")
+            raise InvalidSpec(
+                "memory_mib",
+                f"{self.memory_mib} MiB is out of range",
+                hint=f"use {MIN_MEMORY_MIB}..{MAX_MEMORY_MIB} MiB",
+            )
         for name in ("kernel", "initrd", "console_log", "channel_socket"):
             _absolute(name, getattr(self, name))
         if self.bios is not None:
             _absolute("bios", self.bios)
         if len(str(self.channel_socket).encode()) > MAX_SOCKET_PATH_LEN:
-            raise InvalidSpec("channel_socket", f"{self.channel_socket} is too long for a unix "
-                              f"socket ({MAX_SOCKET_PATH_LEN} bytes at most)",
-                              hint="use a shorter run dir or VM name")
+            raise InvalidSpec(
+                "channel_socket",
+                f"{self.channel_socket} is too long for a unix "
+                f"socket ({MAX_SOCKET_PATH_LEN} bytes at most)",
+                hint="use a shorter run dir or VM name",
+            )
         self._validate_cmdline()
         self._validate_devices()
         self._validate_metadata()
@@ -181,8 +205,11 @@ class DomainSpec:
 
     def _validate_cmdline(self) -> None:
         if len(self.cmdline.encode()) > MAX_CMDLINE_LEN:
-            raise InvalidSpec("cmdline", f"is {len(self.cmdline.encode())} bytes long",
-                              hint=f"keep the kernel command line under {MAX_CMDLINE_LEN} bytes")
+            raise InvalidSpec(
+                "cmdline",
+                f"is {len(self.cmdline.encode())} bytes long",
+                hint=f"keep the kernel command line under {MAX_CMDLINE_LEN} bytes",
+            )
         if "\n" in self.cmdline or "\r" in self.cmdline:
             raise InvalidSpec("cmdline", "contains a line break", hint="separate with spaces")
         _xml_safe("cmdline", self.cmdline)
@@ -195,15 +222,21 @@ class DomainSpec:
         _unique("disks", [d.serial for d in self.disks], "serial")
         _unique("shares", [s.tag for s in self.shares], "tag")
         if len(self.disks) + len(self.shares) > MAX_PCI_DEVICES:
-            raise InvalidSpec("disks", f"{len(self.disks)} disks and {len(self.shares)} shares "
-                              f"exceed {MAX_PCI_DEVICES} PCI devices",
-                              hint="merge image layers or use fewer volumes")
+            raise InvalidSpec(
+                "disks",
+                f"{len(self.disks)} disks and {len(self.shares)} shares "
+                f"exceed {MAX_PCI_DEVICES} PCI devices",
+                hint="merge image layers or use fewer volumes",
+            )
 
     def _validate_metadata(self) -> None:
         for key, value in self.metadata.items():
             if not isinstance(key, str) or not 1 <= len(key) <= MAX_META_KEY_LEN:
-                raise InvalidSpec(f"metadata[{key!r}]", "is not a valid metadata key",
-                                  hint=f"use 1..{MAX_META_KEY_LEN} characters")
+                raise InvalidSpec(
+                    f"metadata[{key!r}]",
+                    "is not a valid metadata key",
+                    hint=f"use 1..{MAX_META_KEY_LEN} characters",
+                )
             _xml_safe(f"metadata[{key!r}]", key)
             if not isinstance(value, str):
                 raise InvalidSpec(f"metadata[{key!r}]", f"value {value!r} is not a string")
@@ -219,14 +252,18 @@ def _absolute(where: str, path: Path) -> None:
 def _xml_safe(where: str, text: str) -> None:
     bad = _XML_BAD_RE.search(text)
     if bad:
-        raise InvalidSpec(where, f"contains the control character {bad.group()!r}",
-                          hint="remove control characters")
+        raise InvalidSpec(
+            where,
+            f"contains the control character {bad.group()!r}",
+            hint="remove control characters",
+        )
 
 
 def _unique(where: str, values: list[str], what: str) -> None:
     seen: set[str] = set()
     for value in values:
         if value in seen:
-            raise InvalidSpec(where, f"{what} {value!r} is used twice", hint=f"make each {what} "
-                              "unique")
+            raise InvalidSpec(
+                where, f"{what} {value!r} is used twice", hint=f"make each {what} unique"
+            )
         seen.add(value)

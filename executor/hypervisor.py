@@ -65,8 +65,9 @@ def _setup_libvirt(events: bool) -> None:
             _errors_silenced = True
         if events and _event_loop is None:
             libvirt.virEventRegisterDefaultImpl()
-            _event_loop = threading.Thread(target=_run_event_loop, name="libvirt-events",
-                                           daemon=True)
+            _event_loop = threading.Thread(
+                target=_run_event_loop, name="libvirt-events", daemon=True
+            )
             _event_loop.start()
 
 
@@ -93,7 +94,7 @@ def process_start_time(pid: int) -> int | None:
 def parse_start_time(stat: str) -> int | None:
     """Field 22 (starttime) of a /proc/<pid>/stat line."""
     # the command name (field 2) may contain spaces and parentheses: split after its last ')'
-    fields = stat[stat.rfind(")") + 2:].split()
+    fields = stat[stat.rfind(")") + 2 :].split()
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -126,8 +127,17 @@ class DomainInfo:
 
 
 #: libvirt's virDomainEventType, by value
-_EVENTS = ("defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
-           "pmsuspended", "crashed")
+_EVENTS = (
+    "defined",
+    "undefined",
+    "started",
+    "suspended",
+    "resumed",
+    "stopped",
+    "shutdown",
+    "pmsuspended",
+    "crashed",
+)
 #: virDomainEventStoppedDetailType, by value
 _STOPPED = ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot")
 #: virConnectCloseReason, by value
@@ -195,16 +205,18 @@ class Hypervisor:
     ``autodestroy=False`` only for drivers without VIR_DOMAIN_START_AUTODESTROY (``test:///``).
     """
 
-    def __init__(self, uri: str = DEFAULT_LIBVIRT_URI, *, events: bool = True,
-                 autodestroy: bool = True) -> None:
+    def __init__(
+        self, uri: str = DEFAULT_LIBVIRT_URI, *, events: bool = True, autodestroy: bool = True
+    ) -> None:
         _setup_libvirt(events)
         self.uri = uri
         self._create_flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0
         try:
             self._conn: libvirt.virConnect | None = libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise HostError(f"cannot connect to libvirt at {uri}: {_message(e)}",
-                            hint=LIBVIRTD_HINT) from e
+            raise HostError(
+                f"cannot connect to libvirt at {uri}: {_message(e)}", hint=LIBVIRTD_HINT
+            ) from e
         self._listeners: list[EventCallback] = []
         self._listeners_lock = threading.Lock()
         self._event_id: int | None = None
@@ -213,7 +225,8 @@ class Hypervisor:
         self._created: set[str] = set()
         if events:
             self._event_id = self.conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
             try:
                 self.conn.registerCloseCallback(self._on_close, None)
             except libvirt.libvirtError as e:  # local drivers (test:///) cannot lose a daemon
@@ -233,8 +246,9 @@ class Hypervisor:
             lib, hv = self.conn.getLibVersion(), self.conn.getVersion()
             kind = self.conn.getType()
         except libvirt.libvirtError as e:
-            raise HostError(f"libvirt at {self.uri} does not answer: {_message(e)}",
-                            hint=LIBVIRTD_HINT) from e
+            raise HostError(
+                f"libvirt at {self.uri} does not answer: {_message(e)}", hint=LIBVIRTD_HINT
+            ) from e
         return f"libvirt {_dotted(lib)}, {kind} {_dotted(hv)}"
 
     def close(self) -> None:
@@ -279,10 +293,12 @@ class Hypervisor:
         try:
             dom = self.conn.createXML(xml, self._create_flags)
         except libvirt.libvirtError as e:
-            raise HypervisorError(f"cannot start VM {spec.name}: {_message(e)}",
-                                  hint=_create_hint(_message(e))) from e
-        log.info("started %s (%s, %d vCPU, %d MiB)", spec.name, spec.accel, spec.vcpus,
-                 spec.memory_mib)
+            raise HypervisorError(
+                f"cannot start VM {spec.name}: {_message(e)}", hint=_create_hint(_message(e))
+            ) from e
+        log.info(
+            "started %s (%s, %d vCPU, %d MiB)", spec.name, spec.accel, spec.vcpus, spec.memory_mib
+        )
         with self._listeners_lock:
             self._created.add(spec.name)
         return VM(self, dom.name(), dom.UUIDString())
@@ -309,8 +325,9 @@ class Hypervisor:
             try:
                 self._dac_label = parse_dac_label(self.conn.getCapabilities())
             except libvirt.libvirtError as e:
-                raise HostError(f"cannot read capabilities of {self.uri}: {_message(e)}",
-                                hint=LIBVIRTD_HINT) from e
+                raise HostError(
+                    f"cannot read capabilities of {self.uri}: {_message(e)}", hint=LIBVIRTD_HINT
+                ) from e
         return self._dac_label if isinstance(self._dac_label, tuple) else None
 
     def _lookup(self, name: str) -> libvirt.virDomain | None:
@@ -356,8 +373,12 @@ class Hypervisor:
 
     def wait_gone(self, name: str, timeout: float) -> None:
         """Wait until ``name`` no longer runs; HypervisorError after ``timeout`` seconds."""
-        retrying = Retrying(wait=wait_fixed(0.05), stop=stop_after_delay(timeout),
-                            retry=retry_if_result(bool), retry_error_callback=lambda _: True)
+        retrying = Retrying(
+            wait=wait_fixed(0.05),
+            stop=stop_after_delay(timeout),
+            retry=retry_if_result(bool),
+            retry_error_callback=lambda _: True,
+        )
         if retrying(self.is_running, name):
             raise HypervisorError(f"VM {name} still runs after {timeout:g} s")
 
@@ -387,9 +408,16 @@ class Hypervisor:
                     continue  # gone between the listing and now
                 raise HypervisorError(f"cannot inspect VM {dom.name()}: {_message(e)}") from e
             if facts.ours:
-                ours.append(DomainInfo(name=facts.name, uuid=uuid, running=running,
-                                       metadata=facts.metadata, disk_paths=facts.disk_paths,
-                                       share_paths=facts.share_paths))
+                ours.append(
+                    DomainInfo(
+                        name=facts.name,
+                        uuid=uuid,
+                        running=running,
+                        metadata=facts.metadata,
+                        disk_paths=facts.disk_paths,
+                        share_paths=facts.share_paths,
+                    )
+                )
         return ours
 
     # -- events --------------------------------------------------------------------------------
@@ -410,8 +438,9 @@ class Hypervisor:
             if callback in self._listeners:
                 self._listeners.remove(callback)
 
-    def _on_lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
-                      _opaque: object) -> None:
+    def _on_lifecycle(
+        self, _conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object
+    ) -> None:
         name = dom.name()
         if not name.startswith(DOMAIN_PREFIX):
             return
@@ -430,9 +459,12 @@ class Hypervisor:
             names, self._created = sorted(self._created), set()
         if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
             return
-        log.warning("lost the connection to %s (%s); %d VMs affected", self.uri,
-                    _CLOSE_REASONS[reason] if 0 <= reason < len(_CLOSE_REASONS) else reason,
-                    len(names))
+        log.warning(
+            "lost the connection to %s (%s); %d VMs affected",
+            self.uri,
+            _CLOSE_REASONS[reason] if 0 <= reason < len(_CLOSE_REASONS) else reason,
+            len(names),
+        )
         for name in names:
             self._dispatch(LifecycleEvent(name=name, event=DISCONNECTED, detail=reason))
 
@@ -463,8 +495,11 @@ def _check_traversable(directory: Path, uid: int, gid: int) -> None:
         else:
             ok = st.st_mode & stat.S_IXOTH
         if not ok:
-            raise HostError(f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
-                            f"{stat.S_IMODE(st.st_mode):o}", hint=f"chmod o+x {path}")
+            raise HostError(
+                f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
+                f"{stat.S_IMODE(st.st_mode):o}",
+                hint=f"chmod o+x {path}",
+            )
 
 
 def _dotted(version: int) -> str:
@@ -473,8 +508,10 @@ def _dotted(version: int) -> str:
 
 def _create_hint(message: str) -> str | None:
     if "Permission denied" in message:
-        return ("kernel, initrd, disk images and shared dirs must be readable by the user libvirt "
-                "runs QEMU as (libvirt-qemu), and not under /root")
+        return (
+            "kernel, initrd, disk images and shared dirs must be readable by the user libvirt "
+            "runs QEMU as (libvirt-qemu), and not under /root"
+        )
     if "No such file" in message:
         return "check that the kernel, initrd and disk images exist (hypervm doctor)"
     if "kvm" in message.lower():

@@ -32,7 +32,8 @@ class Defaults:
     lifecycle_action: str = "destroy"
     #: kvm: the host CPU as is; tcg: every feature TCG emulates (images built for x86-64-v2 run)
     cpu_mode: Mapping[str, str] = field(
-        default_factory=lambda: {"kvm": "host-passthrough", "tcg": "maximum"})
+        default_factory=lambda: {"kvm": "host-passthrough", "tcg": "maximum"}
+    )
     #: ACPI lets the guest power the VM off; its absence costs nothing at boot
     acpi: bool = True
 
@@ -197,15 +198,19 @@ class Domain:
     def _build_tuning(self, dom: ET.Element) -> None:
         if not self.cputune.empty:
             cputune = _sub(dom, "cputune")
-            for tag, value in (("shares", self.cputune.shares),
-                               ("period", self.cputune.period_us),
-                               ("quota", self.cputune.quota_us)):
+            for tag, value in (
+                ("shares", self.cputune.shares),
+                ("period", self.cputune.period_us),
+                ("quota", self.cputune.quota_us),
+            ):
                 if value is not None:
                     _sub(cputune, tag, str(value))
         if not self.memtune.empty:
             memtune = _sub(dom, "memtune")
-            for tag, value in (("hard_limit", self.memtune.hard_limit_mib),
-                               ("soft_limit", self.memtune.soft_limit_mib)):
+            for tag, value in (
+                ("hard_limit", self.memtune.hard_limit_mib),
+                ("soft_limit", self.memtune.soft_limit_mib),
+            ):
                 if value is not None:
                     _sub(memtune, tag, str(value), unit="MiB")
 
@@ -242,19 +247,33 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         name=spec.name,
         vcpus=spec.vcpus,
         memory_mib=spec.memory_mib,
-        os=OS(kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, loader=spec.bios,
-              arch=defaults.arch, machine=defaults.machine),
+        os=OS(
+            kernel=spec.kernel,
+            initrd=spec.initrd,
+            cmdline=spec.cmdline,
+            loader=spec.bios,
+            arch=defaults.arch,
+            machine=defaults.machine,
+        ),
         cpu_mode=defaults.cpu_mode[spec.accel],
         acpi=defaults.acpi,
         lifecycle_action=defaults.lifecycle_action,
         metadata=Metadata(dict(spec.metadata)),
         cputune=spec.cputune,
         memtune=spec.memtune,
-        disks=tuple(Disk(source=d.path, target=virtio_disk_name(i), serial=d.serial,
-                         readonly=d.readonly, format=d.format)
-                    for i, d in enumerate(spec.disks)),
-        filesystems=tuple(Filesystem(source=s.source, tag=s.tag, readonly=s.readonly)
-                          for s in spec.shares),
+        disks=tuple(
+            Disk(
+                source=d.path,
+                target=virtio_disk_name(i),
+                serial=d.serial,
+                readonly=d.readonly,
+                format=d.format,
+            )
+            for i, d in enumerate(spec.disks)
+        ),
+        filesystems=tuple(
+            Filesystem(source=s.source, tag=s.tag, readonly=s.readonly) for s in spec.shares
+        ),
         serial=Serial(spec.console_log),
         channel=Channel(spec.channel_socket, CHANNEL_NAME),
         qemu_args=spec.qemu_args,
@@ -296,12 +315,21 @@ def parse_domain_facts(xml: str) -> DomainFacts:
             key = entry.get("key")
             if key:
                 metadata[key] = entry.text or ""
-    disks = tuple(Path(src.get("file", ""))
-                  for src in root.findall("devices/disk/source") if src.get("file"))
-    shares = tuple(Path(src.get("dir", ""))
-                   for src in root.findall("devices/filesystem/source") if src.get("dir"))
-    return DomainFacts(name=name, ours=vm is not None and name.startswith(DOMAIN_PREFIX),
-                       metadata=metadata, disk_paths=disks, share_paths=shares)
+    disks = tuple(
+        Path(src.get("file", "")) for src in root.findall("devices/disk/source") if src.get("file")
+    )
+    shares = tuple(
+        Path(src.get("dir", ""))
+        for src in root.findall("devices/filesystem/source")
+        if src.get("dir")
+    )
+    return DomainFacts(
+        name=name,
+        ours=vm is not None and name.startswith(DOMAIN_PREFIX),
+        metadata=metadata,
+        disk_paths=disks,
+        share_paths=shares,
+    )
 
 
 def parse_dac_label(capabilities_xml: str, domain_type: str = "qemu") -> tuple[int, int] | None:

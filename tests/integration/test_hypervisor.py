@@ -101,13 +101,15 @@ def standin_initrd(work_dir: Path) -> Path:
 
     if not BUSYBOX.is_file():
         pytest.skip("busybox-static is not installed")
-    archive = newc_archive([
-        CpioEntry.file("init", STANDIN_INIT.encode(), 0o755),
-        CpioEntry.directory("bin"),
-        CpioEntry.file("bin/busybox", BUSYBOX.read_bytes(), 0o755),
-        CpioEntry.directory("dev"),
-        CpioEntry.chardev("dev/console", 5, 1),
-    ])
+    archive = newc_archive(
+        [
+            CpioEntry.file("init", STANDIN_INIT.encode(), 0o755),
+            CpioEntry.directory("bin"),
+            CpioEntry.file("bin/busybox", BUSYBOX.read_bytes(), 0o755),
+            CpioEntry.directory("dev"),
+            CpioEntry.chardev("dev/console", 5, 1),
+        ]
+    )
     path = work_dir / "standin.cpio"
     path.write_bytes(archive)
     path.chmod(0o644)
@@ -136,15 +138,27 @@ SpecFactory = Callable[..., DomainSpec]
 
 
 @pytest.fixture
-def make_spec(cfg: HostConfig, kernel: Path, standin_initrd: Path, accel: str,
-              layer_disk: Path, share_dir: Path) -> SpecFactory:
+def make_spec(
+    cfg: HostConfig,
+    kernel: Path,
+    standin_initrd: Path,
+    accel: str,
+    layer_disk: Path,
+    share_dir: Path,
+) -> SpecFactory:
     def make(mode: str = "sleep", **overrides: object) -> DomainSpec:
         name = f"hypervm-hvtest-{uuid.uuid4().hex[:8]}"
         run = cfg.vms_dir / name
         values: dict[str, object] = dict(
-            name=name, accel=accel, vcpus=1, memory_mib=128, kernel=kernel,
-            initrd=standin_initrd, cmdline=f"console=ttyS0 quiet panic=-1 standin={mode}",
-            channel_socket=run / "channel.sock", console_log=run / "console.log",
+            name=name,
+            accel=accel,
+            vcpus=1,
+            memory_mib=128,
+            kernel=kernel,
+            initrd=standin_initrd,
+            cmdline=f"console=ttyS0 quiet panic=-1 standin={mode}",
+            channel_socket=run / "channel.sock",
+            console_log=run / "console.log",
             disks=(DiskSpec(layer_disk, "l0"),),
             shares=(ShareSpec(share_dir, "s0", readonly=True),),
             metadata={"pod": "hvtest"},
@@ -163,8 +177,9 @@ def hv() -> Iterator[Hypervisor]:
 
 
 @pytest.fixture
-def track(hv: Hypervisor, request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[DomainSpec], None]]:
+def track(
+    hv: Hypervisor, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[DomainSpec], None]]:
     """Register a spec whose domain this test may create (in any process): at teardown it is
     destroyed, its run dir removed, and its console log kept when the test failed."""
     specs: list[DomainSpec] = []
@@ -183,13 +198,15 @@ def track(hv: Hypervisor, request: pytest.FixtureRequest,
 
 
 def virsh_names() -> set[str]:
-    out = subprocess.run(["virsh", "-c", URI, "list", "--all", "--name"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["virsh", "-c", URI, "list", "--all", "--name"], capture_output=True, text=True, check=True
+    ).stdout
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
-             detail: Callable[[], str] = lambda: "") -> float:
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] = lambda: ""
+) -> float:
     started = time.monotonic()
     while not predicate():
         if time.monotonic() - started > timeout:
@@ -206,16 +223,20 @@ def console(spec: DomainSpec) -> str:
 
 
 def wait_console(spec: DomainSpec, marker: str, timeout: float = BOOT_TIMEOUT) -> float:
-    return wait_for(lambda: marker in console(spec), timeout, f"{marker!r} on the console",
-                    lambda: f"console:\n{console(spec)[-2000:]}")
+    return wait_for(
+        lambda: marker in console(spec),
+        timeout,
+        f"{marker!r} on the console",
+        lambda: f"console:\n{console(spec)[-2000:]}",
+    )
 
 
 # --- tests ------------------------------------------------------------------------------------
 
 
-def test_boot_console_disk_share_and_channel(hv: Hypervisor, make_spec: SpecFactory,
-                                             track: Callable[[DomainSpec], None],
-                                             layer_disk: Path) -> None:
+def test_boot_console_disk_share_and_channel(
+    hv: Hypervisor, make_spec: SpecFactory, track: Callable[[DomainSpec], None], layer_disk: Path
+) -> None:
     spec = make_spec()
     track(spec)
     started = time.monotonic()
@@ -249,8 +270,9 @@ def test_boot_console_disk_share_and_channel(hv: Hypervisor, make_spec: SpecFact
     assert "STANDIN: up" in console(spec)  # the log outlives the VM (virtlogd)
 
 
-def test_closing_the_connection_destroys_its_domains(make_spec: SpecFactory,
-                                                     track: Callable[[DomainSpec], None]) -> None:
+def test_closing_the_connection_destroys_its_domains(
+    make_spec: SpecFactory, track: Callable[[DomainSpec], None]
+) -> None:
     spec = make_spec()
     track(spec)
     owner = Hypervisor(URI)
@@ -272,12 +294,17 @@ time.sleep(600)
 """
 
 
-def test_sigkill_of_the_owner_destroys_its_domains(make_spec: SpecFactory,
-                                                   track: Callable[[DomainSpec], None]) -> None:
+def test_sigkill_of_the_owner_destroys_its_domains(
+    make_spec: SpecFactory, track: Callable[[DomainSpec], None]
+) -> None:
     spec = make_spec()
     track(spec)
-    child = subprocess.Popen([sys.executable, "-c", OWNER_CHILD, pickle.dumps(spec).hex()],
-                             cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", OWNER_CHILD, pickle.dumps(spec).hex()],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "created"
@@ -288,13 +315,15 @@ def test_sigkill_of_the_owner_destroys_its_domains(make_spec: SpecFactory,
         if child.poll() is None:
             child.kill()
             child.wait()
-    took = wait_for(lambda: spec.name not in virsh_names(), 5,
-                    f"{spec.name} gone after SIGKILL of its owner")
+    took = wait_for(
+        lambda: spec.name not in virsh_names(), 5, f"{spec.name} gone after SIGKILL of its owner"
+    )
     print(f"\ngone {took:.2f} s after SIGKILL")
 
 
-def test_guest_poweroff_ends_the_domain_with_an_event(hv: Hypervisor, make_spec: SpecFactory,
-                                                      track: Callable[[DomainSpec], None]) -> None:
+def test_guest_poweroff_ends_the_domain_with_an_event(
+    hv: Hypervisor, make_spec: SpecFactory, track: Callable[[DomainSpec], None]
+) -> None:
     spec = make_spec("poweroff")
     track(spec)
     events: list[LifecycleEvent] = []
@@ -331,15 +360,20 @@ class ScopedHypervisor:
         return self.hv.destroy(name)
 
 
-def test_gc_destroys_a_leftover_and_keeps_a_live_vm(hv: Hypervisor, make_spec: SpecFactory,
-                                                    track: Callable[[DomainSpec], None],
-                                                    cfg: HostConfig, work_dir: Path) -> None:
+def test_gc_destroys_a_leftover_and_keeps_a_live_vm(
+    hv: Hypervisor,
+    make_spec: SpecFactory,
+    track: Callable[[DomainSpec], None],
+    cfg: HostConfig,
+    work_dir: Path,
+) -> None:
     from executor.cli_gc import collect_garbage
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    gc_cfg = HostConfig(state_dir=cfg.state_dir, run_dir=work_dir / "gc-run",
-                        libvirt_uri=URI, accel=cfg.accel)
+    gc_cfg = HostConfig(
+        state_dir=cfg.state_dir, run_dir=work_dir / "gc-run", libvirt_uri=URI, accel=cfg.accel
+    )
     leftover = make_spec(metadata={"owner-pid": str(dead.pid), "owner-start": "1"})
     live = make_spec()
     for spec in (leftover, live):
@@ -355,8 +389,9 @@ def test_gc_destroys_a_leftover_and_keeps_a_live_vm(hv: Hypervisor, make_spec: S
     assert leftover.name not in names and live.name in names
 
 
-def test_libvirt_qemu_could_use_the_run_dir(hv: Hypervisor, make_spec: SpecFactory,
-                                            track: Callable[[DomainSpec], None]) -> None:
+def test_libvirt_qemu_could_use_the_run_dir(
+    hv: Hypervisor, make_spec: SpecFactory, track: Callable[[DomainSpec], None]
+) -> None:
     spec = make_spec()
     track(spec)
     hv.create(spec)

@@ -17,8 +17,12 @@ DEVICE_BAD = Check(False, "/dev/kvm does not exist")
 
 
 def cfg(tmp_path: Path, mode: str = "auto") -> HostConfig:
-    return HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
-                      libvirt_uri="test:///default", accel=mode)
+    return HostConfig(
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        libvirt_uri="test:///default",
+        accel=mode,
+    )
 
 
 class Probe:
@@ -48,8 +52,13 @@ def test_a_bad_device_is_not_probed() -> None:
 @pytest.mark.parametrize("mode", ["kvm", "tcg"])
 def test_override_wins_without_probing(tmp_path: Path, mode: str) -> None:
     probe = Probe(Check(True, "booted"))
-    got = detect_accel(cfg(tmp_path, mode), kernel=Path("/k"), probe=probe,
-                       device_check=lambda: DEVICE_BAD, boot_id="b1")
+    got = detect_accel(
+        cfg(tmp_path, mode),
+        kernel=Path("/k"),
+        probe=probe,
+        device_check=lambda: DEVICE_BAD,
+        boot_id="b1",
+    )
     assert got == mode and probe.calls == []
     assert not (tmp_path / "run" / "accel.json").exists()
 
@@ -57,40 +66,63 @@ def test_override_wins_without_probing(tmp_path: Path, mode: str) -> None:
 def test_verdict_is_cached_per_boot(tmp_path: Path) -> None:
     c = cfg(tmp_path)
     probe = Probe(Check(True, "booted"))
-    assert detect_accel(c, kernel=Path("/k"), probe=probe, device_check=lambda: DEVICE_OK,
-                        boot_id="b1") == "kvm"
+    assert (
+        detect_accel(
+            c, kernel=Path("/k"), probe=probe, device_check=lambda: DEVICE_OK, boot_id="b1"
+        )
+        == "kvm"
+    )
     assert probe.calls == [Path("/k")]
     data = json.loads((tmp_path / "run" / "accel.json").read_text())
     assert data == {"boot_id": "b1", "accel": "kvm", "reason": "booted"}
     # same boot: no new probe, even if it would now say otherwise
     probe.result = Check(False, "hung")
-    assert detect_accel(c, kernel=Path("/k"), probe=probe, device_check=lambda: DEVICE_OK,
-                        boot_id="b1") == "kvm"
+    assert (
+        detect_accel(
+            c, kernel=Path("/k"), probe=probe, device_check=lambda: DEVICE_OK, boot_id="b1"
+        )
+        == "kvm"
+    )
     assert len(probe.calls) == 1
     # another boot: probe again
-    assert detect_accel(c, kernel=Path("/k"), probe=probe, device_check=lambda: DEVICE_OK,
-                        boot_id="b2") == "tcg"
+    assert (
+        detect_accel(
+            c, kernel=Path("/k"), probe=probe, device_check=lambda: DEVICE_OK, boot_id="b2"
+        )
+        == "tcg"
+    )
     assert len(probe.calls) == 2
 
 
 def test_no_kernel_means_tcg_and_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(accel, "_find_probe_kernel", lambda _cfg: None)
     probe = Probe(Check(True, "booted"))
-    assert detect_accel(cfg(tmp_path), probe=probe, device_check=lambda: DEVICE_OK,
-                        boot_id="b1") == "tcg"
+    assert (
+        detect_accel(cfg(tmp_path), probe=probe, device_check=lambda: DEVICE_OK, boot_id="b1")
+        == "tcg"
+    )
     assert probe.calls == []
     assert not (tmp_path / "run" / "accel.json").exists()  # probe once a kernel exists
 
 
-def test_bad_device_verdict_is_cached_without_a_kernel(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_device_verdict_is_cached_without_a_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(accel, "_find_probe_kernel", lambda _cfg: None)
     assert detect_accel(cfg(tmp_path), device_check=lambda: DEVICE_BAD, boot_id="b1") == "tcg"
     assert load_cached(tmp_path / "run" / "accel.json", "b1") == Verdict("tcg", DEVICE_BAD.reason)
 
 
-@pytest.mark.parametrize("content", ["", "not json", "[]", '{"boot_id": "b1", "accel": "hvf"}',
-                                     '{"boot_id": "b0", "accel": "kvm"}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "not json",
+        "[]",
+        '{"boot_id": "b1", "accel": "hvf"}',
+        '{"boot_id": "b0", "accel": "kvm"}',
+    ],
+)
 def test_unusable_cache_is_ignored(tmp_path: Path, content: str) -> None:
     cache = tmp_path / "accel.json"
     cache.write_text(content)
@@ -125,8 +157,9 @@ def test_probe_command_boots_the_kernel_under_kvm_without_initrd() -> None:
     assert "console=ttyS0" in cmd[cmd.index("-append") + 1]
 
 
-def test_probe_of_a_qemu_that_prints_nothing(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_probe_of_a_qemu_that_prints_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = tmp_path / "qemu"
     fake.write_text("#!/bin/sh\necho 'qemu: starting'\nexec sleep 30\n")
     fake.chmod(0o755)

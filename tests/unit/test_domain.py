@@ -13,9 +13,13 @@ from executor.errors import InvalidSpec
 
 def make_spec(**overrides: object) -> DomainSpec:
     values: dict[str, object] = dict(
-        name="hypervm-pod-1234abcd", accel="tcg", vcpus=1, memory_mib=256,
+        name="hypervm-pod-1234abcd",
+        accel="tcg",
+        vcpus=1,
+        memory_mib=256,
         kernel=Path("/var/lib/hypervm/kernel/k/vmlinux"),
-        initrd=Path("/var/lib/hypervm/initrd/i/initrd.img"), cmdline="console=ttyS0 quiet",
+        initrd=Path("/var/lib/hypervm/initrd/i/initrd.img"),
+        cmdline="console=ttyS0 quiet",
         channel_socket=Path("/run/hypervm/vms/hypervm-pod-1234abcd/channel.sock"),
         console_log=Path("/run/hypervm/vms/hypervm-pod-1234abcd/console.log"),
         disks=(DiskSpec(Path("/var/lib/hypervm/images/l0.erofs"), "l0"),),
@@ -36,41 +40,44 @@ def test_spec_is_frozen() -> None:
         make_spec().name = "hypervm-other"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"name": "pod-1"}, "name"),
-    ({"name": "hypervm-"}, "name"),
-    ({"name": "hypervm-a/b"}, "name"),
-    ({"name": "hypervm-" + "a" * 81}, "name"),
-    ({"accel": "hvf"}, "accel"),
-    ({"vcpus": 0}, "vcpus"),
-    ({"vcpus": 65}, "vcpus"),
-    ({"memory_mib": 16}, "memory_mib"),
-    ({"kernel": Path("vmlinux")}, "kernel"),
-    ({"initrd": Path("initrd.img")}, "initrd"),
-    ({"console_log": Path("console.log")}, "console_log"),
-    ({"bios": Path("qboot.rom")}, "bios"),
-    ({"channel_socket": Path("/run/" + "x" * 100 + "/channel.sock")}, "channel_socket"),
-    ({"cmdline": "a\nb"}, "cmdline"),
-    ({"cmdline": "x" * 2048}, "cmdline"),
-    ({"cmdline": "bad\x01"}, "cmdline"),
-    ({"disks": (DiskSpec(Path("/l0"), "x" * 21),)}, "disks[0].serial"),
-    ({"disks": (DiskSpec(Path("/l0"), "a b"),)}, "disks[0].serial"),
-    ({"disks": (DiskSpec(Path("/l0"), "l0", format="vmdk"),)}, "disks[0].format"),
-    ({"disks": (DiskSpec(Path("l0"), "l0"),)}, "disks[0].path"),
-    ({"disks": (DiskSpec(Path("/a"), "l0"), DiskSpec(Path("/b"), "l0"))}, "disks"),
-    ({"disks": tuple(DiskSpec(Path(f"/l{i}"), f"l{i}") for i in range(25))}, "disks"),
-    ({"shares": (ShareSpec(Path("/s"), "t" * 32),)}, "shares[0].tag"),
-    ({"shares": (ShareSpec(Path("s"), "s0"),)}, "shares[0].source"),
-    ({"shares": (ShareSpec(Path("/a"), "s"), ShareSpec(Path("/b"), "s"))}, "shares"),
-    ({"metadata": {"": "x"}}, "metadata['']"),
-    ({"metadata": {"pod": "a\x00b"}}, "metadata['pod']"),
-    ({"metadata": {"pod": 3}}, "metadata['pod']"),
-    ({"cputune": CpuTune(shares=1)}, "cputune.shares"),
-    ({"cputune": CpuTune(period_us=10)}, "cputune.period_us"),
-    ({"cputune": CpuTune(quota_us=5)}, "cputune.quota_us"),
-    ({"memtune": MemTune(hard_limit_mib=128)}, "memtune.hard_limit_mib"),
-    ({"qemu_args": ("-device", "x\x07")}, "qemu_args[1]"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"name": "pod-1"}, "name"),
+        ({"name": "hypervm-"}, "name"),
+        ({"name": "hypervm-a/b"}, "name"),
+        ({"name": "hypervm-" + "a" * 81}, "name"),
+        ({"accel": "hvf"}, "accel"),
+        ({"vcpus": 0}, "vcpus"),
+        ({"vcpus": 65}, "vcpus"),
+        ({"memory_mib": 16}, "memory_mib"),
+        ({"kernel": Path("vmlinux")}, "kernel"),
+        ({"initrd": Path("initrd.img")}, "initrd"),
+        ({"console_log": Path("console.log")}, "console_log"),
+        ({"bios": Path("qboot.rom")}, "bios"),
+        ({"channel_socket": Path("/run/" + "x" * 100 + "/channel.sock")}, "channel_socket"),
+        ({"cmdline": "a\nb"}, "cmdline"),
+        ({"cmdline": "x" * 2048}, "cmdline"),
+        ({"cmdline": "bad\x01"}, "cmdline"),
+        ({"disks": (DiskSpec(Path("/l0"), "x" * 21),)}, "disks[0].serial"),
+        ({"disks": (DiskSpec(Path("/l0"), "a b"),)}, "disks[0].serial"),
+        ({"disks": (DiskSpec(Path("/l0"), "l0", format="vmdk"),)}, "disks[0].format"),
+        ({"disks": (DiskSpec(Path("l0"), "l0"),)}, "disks[0].path"),
+        ({"disks": (DiskSpec(Path("/a"), "l0"), DiskSpec(Path("/b"), "l0"))}, "disks"),
+        ({"disks": tuple(DiskSpec(Path(f"/l{i}"), f"l{i}") for i in range(25))}, "disks"),
+        ({"shares": (ShareSpec(Path("/s"), "t" * 32),)}, "shares[0].tag"),
+        ({"shares": (ShareSpec(Path("s"), "s0"),)}, "shares[0].source"),
+        ({"shares": (ShareSpec(Path("/a"), "s"), ShareSpec(Path("/b"), "s"))}, "shares"),
+        ({"metadata": {"": "x"}}, "metadata['']"),
+        ({"metadata": {"pod": "a\x00b"}}, "metadata['pod']"),
+        ({"metadata": {"pod": 3}}, "metadata['pod']"),
+        ({"cputune": CpuTune(shares=1)}, "cputune.shares"),
+        ({"cputune": CpuTune(period_us=10)}, "cputune.period_us"),
+        ({"cputune": CpuTune(quota_us=5)}, "cputune.quota_us"),
+        ({"memtune": MemTune(hard_limit_mib=128)}, "memtune.hard_limit_mib"),
+        ({"qemu_args": ("-device", "x\x07")}, "qemu_args[1]"),
+    ],
+)
 def test_invalid_spec_names_the_field(overrides: dict[str, object], field: str) -> None:
     with pytest.raises(InvalidSpec) as info:
         make_spec(**overrides).validate()
@@ -79,11 +86,15 @@ def test_invalid_spec_names_the_field(overrides: dict[str, object], field: str) 
 
 def test_limits_are_inclusive() -> None:
     make_spec(
-        name="hypervm-" + "a" * 80, vcpus=64, memory_mib=32, cmdline="x" * 2047,
-        disks=(DiskSpec(Path("/l0"), "x" * 20),), shares=(ShareSpec(Path("/s"), "t" * 31),),
+        name="hypervm-" + "a" * 80,
+        vcpus=64,
+        memory_mib=32,
+        cmdline="x" * 2047,
+        disks=(DiskSpec(Path("/l0"), "x" * 20),),
+        shares=(ShareSpec(Path("/s"), "t" * 31),),
         channel_socket=Path("/" + "x" * 106),
-        memtune=MemTune(hard_limit_mib=32), cputune=CpuTune(shares=2, period_us=1000,
-                                                            quota_us=1000),
+        memtune=MemTune(hard_limit_mib=32),
+        cputune=CpuTune(shares=2, period_us=1000, quota_us=1000),
     ).validate()
 
 

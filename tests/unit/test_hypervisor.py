@@ -36,10 +36,15 @@ def hv() -> Iterator[Hypervisor]:
 def make_spec(tmp_path: Path, name: str = "hypervm-unit-1", **overrides: object) -> DomainSpec:
     run = tmp_path / "run" / "vms" / name
     values: dict[str, object] = dict(
-        name=name, accel="tcg", vcpus=1, memory_mib=128,
+        name=name,
+        accel="tcg",
+        vcpus=1,
+        memory_mib=128,
         kernel=Path("/var/lib/hypervm/kernel/k/vmlinux"),
-        initrd=Path("/var/lib/hypervm/initrd/i/initrd.img"), cmdline="console=ttyS0",
-        channel_socket=run / "channel.sock", console_log=run / "console.log",
+        initrd=Path("/var/lib/hypervm/initrd/i/initrd.img"),
+        cmdline="console=ttyS0",
+        channel_socket=run / "channel.sock",
+        console_log=run / "console.log",
         disks=(DiskSpec(Path("/var/lib/hypervm/images/l0.erofs"), "l0"),),
         shares=(ShareSpec(Path("/srv/sandbox"), "s0"),),
         metadata={"pod": "unit"},
@@ -168,7 +173,9 @@ def test_lifecycle_events_of_our_domains(hv: Hypervisor, tmp_path: Path) -> None
     vm.destroy()
     assert stopped.wait(5), f"no stopped event, got {events}"
     assert [(e.name, e.event) for e in events] == [
-        ("hypervm-unit-1", "started"), ("hypervm-unit-1", "stopped")]
+        ("hypervm-unit-1", "started"),
+        ("hypervm-unit-1", "stopped"),
+    ]
     assert events[-1].reason == "destroyed" and not events[-1].crashed
     hv.remove_listener(listener)
 
@@ -185,8 +192,7 @@ def test_a_failing_listener_does_not_stop_the_others(hv: Hypervisor, tmp_path: P
     assert got.wait(5)
 
 
-def test_lost_connection_is_reported_for_our_live_domains(hv: Hypervisor,
-                                                           tmp_path: Path) -> None:
+def test_lost_connection_is_reported_for_our_live_domains(hv: Hypervisor, tmp_path: Path) -> None:
     events: list[LifecycleEvent] = []
     hv.add_listener(events.append)
     hv.create(make_spec(tmp_path, "hypervm-unit-1"))
@@ -221,16 +227,20 @@ def test_close_is_idempotent_and_final() -> None:
         hv.is_running("hypervm-x")
 
 
-@pytest.mark.parametrize("event, detail, stopped, crashed, reason", [
-    ("stopped", 0, True, False, "shutdown"),
-    ("stopped", 1, True, False, "destroyed"),
-    ("stopped", 2, True, True, "crashed"),
-    ("stopped", 5, True, True, "failed"),
-    ("crashed", 0, False, True, "0"),
-    ("started", 0, False, False, "0"),
-])
-def test_lifecycle_event_properties(event: str, detail: int, stopped: bool, crashed: bool,
-                                    reason: str) -> None:
+@pytest.mark.parametrize(
+    "event, detail, stopped, crashed, reason",
+    [
+        ("stopped", 0, True, False, "shutdown"),
+        ("stopped", 1, True, False, "destroyed"),
+        ("stopped", 2, True, True, "crashed"),
+        ("stopped", 5, True, True, "failed"),
+        ("crashed", 0, False, True, "0"),
+        ("started", 0, False, False, "0"),
+    ],
+)
+def test_lifecycle_event_properties(
+    event: str, detail: int, stopped: bool, crashed: bool, reason: str
+) -> None:
     ev = LifecycleEvent("hypervm-x", event, detail)
     assert (ev.stopped, ev.crashed, ev.reason) == (stopped, crashed, reason)
 

@@ -26,20 +26,28 @@ def start_time_of(pid: int) -> int | None:
 
 
 def dom(name: str, running: bool = True, **meta: str) -> DomainInfo:
-    return DomainInfo(name=name, uuid="u-" + name, running=running,
-                      metadata={k.replace("_", "-"): v for k, v in meta.items()},
-                      disk_paths=(), share_paths=())
+    return DomainInfo(
+        name=name,
+        uuid="u-" + name,
+        running=running,
+        metadata={k.replace("_", "-"): v for k, v in meta.items()},
+        disk_paths=(),
+        share_paths=(),
+    )
 
 
-@pytest.mark.parametrize("meta, gone", [
-    ({"owner-pid": "100", "owner-start": "5000"}, None),
-    ({"owner-pid": "100"}, None),  # no start time recorded: trust the pid
-    ({"owner-pid": "300", "owner-start": "5000"}, "owner pid 300 is gone"),
-    ({"owner-pid": "100", "owner-start": "4000"}, "owner pid 100 was reused"),
-    ({}, "no valid owner pid"),
-    ({"owner-pid": "x"}, "no valid owner pid"),
-    ({"owner-pid": "0"}, "no valid owner pid"),
-])
+@pytest.mark.parametrize(
+    "meta, gone",
+    [
+        ({"owner-pid": "100", "owner-start": "5000"}, None),
+        ({"owner-pid": "100"}, None),  # no start time recorded: trust the pid
+        ({"owner-pid": "300", "owner-start": "5000"}, "owner pid 300 is gone"),
+        ({"owner-pid": "100", "owner-start": "4000"}, "owner pid 100 was reused"),
+        ({}, "no valid owner pid"),
+        ({"owner-pid": "x"}, "no valid owner pid"),
+        ({"owner-pid": "0"}, "no valid owner pid"),
+    ],
+)
 def test_owner_gone(meta: dict[str, str], gone: str | None) -> None:
     reason = owner_gone(meta, start_time_of)
     if gone is None:
@@ -49,10 +57,12 @@ def test_owner_gone(meta: dict[str, str], gone: str | None) -> None:
 
 
 def test_select_leftovers() -> None:
-    domains = [dom("hypervm-live", owner_pid="100", owner_start="5000"),
-               dom("hypervm-dead", owner_pid="300", owner_start="1"),
-               dom("hypervm-reused", owner_pid="200", owner_start="1"),
-               dom("hypervm-stopped", running=False, owner_pid="100", owner_start="5000")]
+    domains = [
+        dom("hypervm-live", owner_pid="100", owner_start="5000"),
+        dom("hypervm-dead", owner_pid="300", owner_start="1"),
+        dom("hypervm-reused", owner_pid="200", owner_start="1"),
+        dom("hypervm-stopped", running=False, owner_pid="100", owner_start="5000"),
+    ]
     got = select_leftovers(domains, start_time_of)
     assert [lo.name for lo in got] == ["hypervm-dead", "hypervm-reused", "hypervm-stopped"]
     everything = select_leftovers(domains, start_time_of, everything=True)
@@ -60,11 +70,13 @@ def test_select_leftovers() -> None:
 
 
 def test_select_orphan_dirs() -> None:
-    entries = [("hypervm-old", 0.0), ("hypervm-new", 990.0), ("hypervm-live", 0.0),
-               ("other", 0.0)]
+    entries = [("hypervm-old", 0.0), ("hypervm-new", 990.0), ("hypervm-live", 0.0), ("other", 0.0)]
     assert select_orphan_dirs(entries, ["hypervm-live"], now=1000.0, grace=60) == ["hypervm-old"]
     assert select_orphan_dirs(entries, [], now=1000.0, grace=0) == [
-        "hypervm-live", "hypervm-new", "hypervm-old"]
+        "hypervm-live",
+        "hypervm-new",
+        "hypervm-old",
+    ]
 
 
 class FakeHypervisor:
@@ -82,8 +94,12 @@ class FakeHypervisor:
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> HostConfig:
-    return HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
-                      libvirt_uri="test:///default", accel="tcg")
+    return HostConfig(
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        libvirt_uri="test:///default",
+        accel="tcg",
+    )
 
 
 def _me() -> dict[str, str]:
@@ -105,7 +121,10 @@ def test_collect_garbage(cfg: HostConfig) -> None:
     assert report.kept == ["hypervm-live"]
     assert report.removed_dirs == [cfg.vms_dir / "hypervm-dead", cfg.vms_dir / "hypervm-orphan"]
     assert sorted(p.name for p in cfg.vms_dir.iterdir()) == [
-        "hypervm-fresh", "hypervm-live", "keep-me"]
+        "hypervm-fresh",
+        "hypervm-live",
+        "keep-me",
+    ]
 
 
 def test_collect_garbage_dry_run_changes_nothing(cfg: HostConfig) -> None:
@@ -124,8 +143,9 @@ def test_collect_garbage_all(cfg: HostConfig) -> None:
     assert report.removed_dirs == [cfg.vms_dir / "hypervm-fresh"]
 
 
-def test_gc_command_registers_and_prints(cfg: HostConfig, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_gc_command_registers_and_prints(
+    cfg: HostConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from executor import cli, hypervisor
 
     hv = FakeHypervisor([dom("hypervm-dead", owner_pid=str(2**22 + 1))])

@@ -28,11 +28,15 @@ RUN = Path("/run/hypervm/vms/hypervm-web-0badcafe")
 
 def _base(**overrides: object) -> DomainSpec:
     values: dict[str, object] = dict(
-        name="hypervm-web-0badcafe", accel="tcg", vcpus=1, memory_mib=256,
+        name="hypervm-web-0badcafe",
+        accel="tcg",
+        vcpus=1,
+        memory_mib=256,
         kernel=Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"),
         initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
         cmdline="console=ttyS0 quiet panic=-1",
-        channel_socket=RUN / "channel.sock", console_log=RUN / "console.log",
+        channel_socket=RUN / "channel.sock",
+        console_log=RUN / "console.log",
         metadata={"owner-pid": "4242", "owner-start": "123456", "pod": "web"},
     )
     values.update(overrides)
@@ -46,14 +50,24 @@ SPECS = {
         shares=(ShareSpec(Path("/var/lib/mesos/sandbox/web"), "s0", readonly=False),),
     ),
     "kvm-full": _base(
-        accel="kvm", vcpus=4, memory_mib=2048,
-        disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),
-               DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-bb.erofs"), "l1"),
-               DiskSpec(RUN / "scratch.qcow2", "scratch", readonly=False, format="qcow2")),
-        shares=(ShareSpec(Path("/srv/config"), "s0", readonly=True),
-                ShareSpec(Path("/srv/data"), "s1")),
-        metadata={"owner-pid": "4242", "owner-start": "123456", "pod": "web",
-                  "label.tenant": "a&b <c> \"d\" 'e'"},
+        accel="kvm",
+        vcpus=4,
+        memory_mib=2048,
+        disks=(
+            DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),
+            DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-bb.erofs"), "l1"),
+            DiskSpec(RUN / "scratch.qcow2", "scratch", readonly=False, format="qcow2"),
+        ),
+        shares=(
+            ShareSpec(Path("/srv/config"), "s0", readonly=True),
+            ShareSpec(Path("/srv/data"), "s1"),
+        ),
+        metadata={
+            "owner-pid": "4242",
+            "owner-start": "123456",
+            "pod": "web",
+            "label.tenant": "a&b <c> \"d\" 'e'",
+        },
         cputune=CpuTune(shares=2048, period_us=100000, quota_us=400000),
         memtune=MemTune(hard_limit_mib=2304),
         qemu_args=("-netdev", "tap,id=net0,fd=3", "-device", "virtio-net-pci,netdev=net0"),
@@ -74,12 +88,18 @@ def test_every_spec_has_a_golden_file() -> None:
     assert {p.stem for p in GOLDEN.glob("*.xml")} == set(SPECS)
 
 
-@pytest.mark.skipif(shutil.which("virt-xml-validate") is None,
-                    reason="virt-xml-validate not installed (apt-get install libvirt-clients)")
+@pytest.mark.skipif(
+    shutil.which("virt-xml-validate") is None,
+    reason="virt-xml-validate not installed (apt-get install libvirt-clients)",
+)
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_golden_validates_against_libvirt_schema(name: str) -> None:
-    result = subprocess.run(["virt-xml-validate", str(GOLDEN / f"{name}.xml"), "domain"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["virt-xml-validate", str(GOLDEN / f"{name}.xml"), "domain"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
 
 
@@ -88,8 +108,9 @@ def test_schema_validation_can_fail(tmp_path: Path) -> None:
         pytest.skip("virt-xml-validate not installed")
     bad = tmp_path / "bad.xml"
     bad.write_text(domain_xml(SPECS["tcg-pod"]).replace("<on_crash>destroy", "<on_crash>boom"))
-    result = subprocess.run(["virt-xml-validate", str(bad), "domain"], capture_output=True,
-                            check=False)
+    result = subprocess.run(
+        ["virt-xml-validate", str(bad), "domain"], capture_output=True, check=False
+    )
     assert result.returncode != 0
 
 
@@ -158,7 +179,10 @@ def test_shared_disks_are_not_relabelled_and_carry_serials() -> None:
     assert [d.find("readonly") is not None for d in disks] == [True, True, False]
     labels = [d.find("source/seclabel") for d in disks]
     assert [lab.attrib if lab is not None else None for lab in labels] == [
-        {"model": "dac", "relabel": "no"}, {"model": "dac", "relabel": "no"}, None]
+        {"model": "dac", "relabel": "no"},
+        {"model": "dac", "relabel": "no"},
+        None,
+    ]
     assert _find(disks[2], "driver").get("type") == "qcow2"
 
 
@@ -182,8 +206,10 @@ def test_foreign_domains_are_not_ours() -> None:
     assert not parse_domain_facts(ours.replace("hypervm-web-0badcafe", "web-0badcafe")).ours
 
 
-@pytest.mark.parametrize("index, name", [(0, "vda"), (25, "vdz"), (26, "vdaa"), (27, "vdab"),
-                                         (701, "vdzz"), (702, "vdaaa")])
+@pytest.mark.parametrize(
+    "index, name",
+    [(0, "vda"), (25, "vdz"), (26, "vdaa"), (27, "vdab"), (701, "vdzz"), (702, "vdaaa")],
+)
 def test_virtio_disk_name(index: int, name: str) -> None:
     assert virtio_disk_name(index) == name
 
