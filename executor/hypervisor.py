@@ -17,6 +17,7 @@ import os
 import pwd
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,7 @@ class Hypervisor:
         for directory in {spec.channel_socket.parent, spec.console_log.parent}:
             self.prepare_run_dir(directory)
         log.debug("creating domain %s:\n%s", spec.name, xml)
+        started = time.monotonic()
         try:
             dom = self.conn.createXML(xml, self._create_flags)
         except libvirt.libvirtError as e:
@@ -297,7 +299,12 @@ class Hypervisor:
                 f"cannot start VM {spec.name}: {_message(e)}", hint=_create_hint(_message(e))
             ) from e
         log.info(
-            "started %s (%s, %d vCPU, %d MiB)", spec.name, spec.accel, spec.vcpus, spec.memory_mib
+            "started %s (%s, %d vCPU, %d MiB) in %.2f s",
+            spec.name,
+            spec.accel,
+            spec.vcpus,
+            spec.memory_mib,
+            time.monotonic() - started,
         )
         with self._listeners_lock:
             self._created.add(spec.name)
