@@ -82,6 +82,14 @@ def test_missing_local_sources_are_clear(store: ImageStore, tmp_path: Path) -> N
         store.pull(f"docker-archive:{tmp_path}/nope.tar")
     with pytest.raises(ImageError, match="not an OCI image layout"):
         store.pull(f"oci:{tmp_path}:x")
+    built = imagebuild.busybox_base(tmp_path / "layout")
+    with pytest.raises(ImageError, match="skopeo failed: .*absent"):
+        store.pull(f"oci:{tmp_path}/layout:absent")
+    index = imagebuild.write_index(tmp_path / "layout", "list", [(built, "linux/amd64")])
+    with pytest.raises(ImageError) as info:
+        store.pull(f"oci:{tmp_path}/layout:list")
+    assert "manifest list" in str(info.value) and index in str(info.value)
+    assert built.manifest_digest in str(info.value)
 
 
 def test_docker_daemon_through_podman(store: ImageStore, tmp_path: Path,

@@ -130,6 +130,11 @@ class ImageStore:
             check_digest(name, "manifest", wanted, raw)
         if is_index(name, digest, raw):
             desc = select_platform(name, digest, raw)
+            if source.registry is None:  # skopeo cannot address one manifest of a local list
+                raise ImageError(name, "the reference is a manifest list; lists are read only "
+                                 "from registries", blob=digest,
+                                 hint=f"name the linux/amd64 image ({desc.digest}) by a tag "
+                                 "of its own, or push the list to a registry")
             raw = skopeo.inspect_raw(name, source.pinned(desc.digest), insecure=source.insecure,
                                      authfile=source.authfile)
             check_digest(name, "manifest", desc.digest, raw)
