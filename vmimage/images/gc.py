@@ -64,58 +64,60 @@ def size_report(cache: Cache) -> SizeReport:
 
 def collect(cache: Cache, in_use: set[Path], keep_refs: Iterable[str] | None = None) -> GCReport:
     report = GCReport()
-    in_use_names = {Path(p).name for p in in_use}
     with cache.lock("gc"):
-        refs = cache.refs()
-        if keep_refs is not None:
-            kept = set(keep_refs)
-            for ref in refs:
-                if ref not in kept:
-                    cache.remove_ref(ref)
-                    report.removed_refs.append(ref)
-            refs = {r: d for r, d in refs.items() if r in kept}
+        refs = _drop_refs(cache, keep_refs, report)
         keep_images = set(refs.values())
-        keep_layers = set(in_use_names)
+        keep_layers = {Path(p).name for p in in_use}
         keep_configs = set()
         for digest in keep_images:
             record = cache.image(digest)
             if record is not None:
                 keep_layers.update(cache.layer_path(d).name for d in record.diff_ids)
                 keep_configs.add(record.config)
-        for path in sorted((cache.root / "images/sha256").glob("*.json")):
-            digest = "sha256:" + path.name[: -len(".json")]
-            if digest not in keep_images:
-                report.freed_bytes += _size(path)
-                path.unlink()
-                report.removed_images.append(digest)
+        _remove_unkept(cache.root / "images/sha256",
+                       {d.split(":")[1] + ".json" for d in keep_images}, report,
+                       removed=report.removed_images)
         _remove_unkept(cache.root / "manifests/sha256", {d.split(":")[1] for d in keep_images},
                        report)
         _remove_unkept(cache.root / "configs/sha256", {d.split(":")[1] for d in keep_configs},
                        report)
-        for path in sorted((cache.root / "layers/sha256").iterdir()):
-            stem = path.name.split(".", 1)[0]
-            if path.name.startswith(".") or f"{stem}.erofs" not in keep_layers:
-                if path.suffix == ".erofs" and not path.name.startswith("."):
-                    report.removed_layers.append("sha256:" + stem)
-                report.freed_bytes += _size(path)
-                path.unlink()
-        report.kept_layers = len(keep_layers & {p.name for p in
-                                                (cache.root / "layers/sha256").glob("*.erofs")})
+        _remove_unkept(cache.root / "layers/sha256",
+                       keep_layers | {n[: -len(".erofs")] + ".json" for n in keep_layers},
+                       report, removed=report.removed_layers, suffix=".erofs")
+        report.kept_layers = len(list((cache.root / "layers/sha256").glob("*.erofs")))
         for path in sorted((cache.root / "blobs/sha256").iterdir()):
-            diff_id = path.read_text().strip() if path.is_file() else ""
-            if not diff_id.startswith("sha256:") or not cache.has_layer(diff_id):
+            if cache.blob_diff_id("sha256:" + path.name) is None:
                 path.unlink()
         for path in (cache.root / "locks").iterdir():  # no pull holds one while we hold gc
             if path.name != "gc.lock":
                 path.unlink()
-        for path in (cache.root / "tmp").iterdir():
+        for path in (cache.root / "tmp").iterdir():  # staging of pulls that were killed
             report.freed_bytes += sum(_size(p) for p in path.rglob("*")) if path.is_dir() else 0
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
     return report
 
 
-def _remove_unkept(directory: Path, keep_hex: set[str], report: GCReport) -> None:
+def _drop_refs(cache: Cache, keep_refs: Iterable[str] | None, report: GCReport
+               ) -> dict[str, str]:
+    """Untag every ref not in ``keep_refs`` (None keeps all); returns the kept refs."""
+    refs = cache.refs()
+    if keep_refs is None:
+        return refs
+    kept = set(keep_refs)
+    for ref in refs:
+        if ref not in kept:
+            cache.remove_ref(ref)
+            report.removed_refs.append(ref)
+    return {r: d for r, d in refs.items() if r in kept}
+
+
+def _remove_unkept(directory: Path, keep: set[str], report: GCReport, *,
+                   removed: list[str] | None = None, suffix: str = ".json") -> None:
+    """Remove every file of ``directory`` not named in ``keep`` (temp files included)."""
     for path in sorted(directory.iterdir()):
-        if path.name not in keep_hex:
-            report.freed_bytes += _size(path)
-            path.unlink()
+        if path.name in keep:
+            continue
+        if removed is not None and path.name.endswith(suffix) and not path.name.startswith("."):
+            removed.append("sha256:" + path.name[: -len(suffix)])
+        report.freed_bytes += _size(path)
+        path.unlink()

@@ -112,8 +112,11 @@ class ImageStore:
                                  files.get("etc/group"))
 
     def gc(self, in_use: set[Path], keep_refs: Iterable[str] | None = None) -> GCReport:
+        """Remove what no kept ref and no running VM (``in_use``: layer paths) needs;
+        ``keep_refs=None`` keeps every tagged ref."""
         self.cache.ensure()
-        return collect(self.cache, in_use, keep_refs)
+        kept = None if keep_refs is None else [str(parse_reference(r)) for r in keep_refs]
+        return collect(self.cache, in_use, kept)
 
     def size_report(self) -> SizeReport:
         self.cache.ensure()
