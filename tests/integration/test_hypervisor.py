@@ -20,6 +20,7 @@ import pytest
 
 from executor.config import HostConfig, config_from_env
 from executor.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.errors import HypervisorError
 from executor.hypervisor import DomainInfo, Hypervisor, LifecycleEvent
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
@@ -401,3 +402,45 @@ def test_libvirt_qemu_could_use_the_run_dir(
     import pwd
 
     assert pwd.getpwuid(run_dir.stat().st_uid).pw_name in ("libvirt-qemu", "qemu", "root")
+
+
+def _bare_spec(cfg: HostConfig, kernel: Path) -> DomainSpec:
+    name = f"hypervm-hvtest-{uuid.uuid4().hex[:8]}"
+    run = cfg.vms_dir / name
+    return DomainSpec(
+        name=name,
+        accel="tcg",
+        vcpus=1,
+        memory_mib=64,
+        kernel=kernel,
+        initrd=kernel,
+        cmdline="console=ttyS0",
+        channel_socket=run / "channel.sock",
+        console_log=run / "console.log",
+    )
+
+
+def test_a_missing_kernel_is_a_clear_error(
+    hv: Hypervisor, cfg: HostConfig, track: Callable[[DomainSpec], None]
+) -> None:
+    spec = _bare_spec(cfg, Path("/nonexistent/vmlinux"))
+    track(spec)
+    with pytest.raises(HypervisorError) as info:
+        hv.create(spec)
+    assert "/nonexistent/vmlinux" in str(info.value) and "hypervm doctor" in str(info.value)
+    assert spec.name not in virsh_names()
+
+
+def test_a_kernel_qemu_cannot_read_is_a_clear_error(
+    hv: Hypervisor, cfg: HostConfig, work_dir: Path, track: Callable[[DomainSpec], None]
+) -> None:
+    private = work_dir / "private"
+    private.mkdir(mode=0o700, exist_ok=True)
+    kernel = private / "vmlinux"
+    kernel.write_bytes(b"\0" * 4096)
+    spec = _bare_spec(cfg, kernel)
+    track(spec)
+    with pytest.raises(HypervisorError) as info:
+        hv.create(spec)
+    assert "Permission denied" in str(info.value) and "libvirt-qemu" in str(info.value)
+    assert spec.name not in virsh_names()
