@@ -1,0 +1,252 @@
+"""What the Mesos executor needs from a pod runtime, and the real one: a HyperVM per task group.
+
+The executor only talks to :class:`Runtime` / :class:`Pod`. :class:`VMRuntime` pulls the images
+(vmimage), builds the PodSpec (:func:`build_container`, pure) and drives ``executor.vm.HyperVM``.
+Unit tests select a fake through ``HYPERVM_EXECUTOR_RUNTIME=<module>:<factory>`` (see
+tests/mesos/fake_runtime.py); production never sets it.
+
+All Pod methods may block (they talk to libvirt or the guest) and are called from worker
+threads; ``on_*`` callbacks arrive on the runtime's reader threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from executor.agent_protocol import ExitStatus
+from executor.config import HostConfig, config_from_env
+from executor.errors import GuestError, HyperVMError, InvalidSpec
+from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
+from executor.taskinfo import CONTAINER_SANDBOX, TaskSpec, resolve_argv
+
+log = logging.getLogger(__name__)
+
+RUNTIME_ENV = "HYPERVM_EXECUTOR_RUNTIME"
+Output = Callable[[bytes], None]
+OnExit = Callable[[ExitStatus], None]
+
+__all__ = ["ExitStatus", "Pod", "PodPlan", "Runtime", "VMRuntime", "load_runtime"]
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """One task group, ready to run: what the runtime needs besides the images."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    vcpus: int
+    memory_mib: int
+    #: the executor's sandbox (SANDBOX_PATH PARENT volumes)
+    sandbox: Path
+    #: each task's sandbox directory on the host, by task id
+    task_sandboxes: Mapping[str, Path] = field(default_factory=dict)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class Pod(Protocol):
+    def boot(self) -> None:
+        """Pull the images, create the VM, wait until it runs. Raises HyperVMError."""
+
+    def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
+        """Start the task's main process; returns once it runs. GuestError ENOENT/EACCES when
+        the command cannot be executed."""
+
+    def signal(self, task_id: str, signum: int) -> None: ...
+
+    def run_check(self, task_id: str, argv: tuple[str, ...], env: tuple[str, ...],
+                  timeout: float) -> int:
+        """Run a command in the task's container; its exit code (raise on timeout)."""
+
+    def probe_tcp(self, task_id: str, port: int, timeout: float) -> bool: ...
+
+    def probe_http(self, task_id: str, scheme: str, port: int, path: str,
+                   timeout: float) -> int:
+        """The HTTP status of GET path on the task's port (raise if there is no answer)."""
+
+    def destroy(self) -> None:
+        """Idempotent: nothing of the pod is left afterwards."""
+
+
+class Runtime(Protocol):
+    def create_pod(self, plan: PodPlan) -> Pod: ...
+
+
+def load_runtime(env: Mapping[str, str]) -> Runtime:
+    """The runtime named by ``HYPERVM_EXECUTOR_RUNTIME`` (``module:factory``), else VMRuntime."""
+    spec = env.get(RUNTIME_ENV)
+    if not spec:
+        return VMRuntime(config_from_env(env))
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr or "factory")
+    except (ImportError, AttributeError) as e:
+        raise InvalidSpec(RUNTIME_ENV, f"cannot load {spec!r}: {e}",
+                          hint="unset it to run real HyperVMs") from e
+    return factory(env)
+
+
+# ---------------------------------------------------------------------------- pure pod building
+
+
+def task_env(task: TaskSpec, image_env: tuple[str, ...]) -> tuple[str, ...]:
+    """Image env, then Mesos' variables, then the task's own (later wins)."""
+    merged: dict[str, str] = {}
+    for item in (*image_env, f"MESOS_SANDBOX={CONTAINER_SANDBOX}",
+                 f"MESOS_TASK_ID={task.task_id}", *task.env):
+        key, _, value = item.partition("=")
+        merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
+    """The task sandbox at /mnt/mesos/sandbox, then its volumes (host dirs over 9p)."""
+    own = plan.task_sandboxes.get(task.task_id, plan.sandbox)
+    mounts = [Mount(type="9p", destination=CONTAINER_SANDBOX, source=own)]
+    for i, vol in enumerate(task.volumes):
+        if vol.kind == "host":
+            source = Path(vol.source)
+        else:
+            base = own if vol.kind == "sandbox_self" else plan.sandbox
+            source = base / vol.source
+            source.mkdir(parents=True, exist_ok=True)
+        if not source.is_dir():
+            raise InvalidSpec(f"{task.where}.container.volumes[{i}]",
+                              f"{source} is not a directory on the agent")
+        mounts.append(Mount(type="9p", destination=vol.container_path, source=source,
+                            readonly=vol.readonly))
+    return tuple(mounts)
+
+
+def build_container(task: TaskSpec, name: str, layers: tuple[Path, ...], config: Any,
+                    ids: tuple[int, int, tuple[int, ...]], plan: PodPlan) -> Container:
+    """The Container for one task from its image (``config``: vmimage's ImageConfig)."""
+    argv = resolve_argv(task.command, config.entrypoint, config.cmd, task.where)
+    uid, gid, gids = ids
+    process = Process(args=argv, env=task_env(task, tuple(config.env)),
+                      cwd=config.working_dir or "/", uid=uid, gid=gid, additional_gids=gids)
+    return Container(name=name, rootfs=Rootfs(layers=layers), process=process,
+                     mounts=task_mounts(task, plan), hostname=name)
+
+
+def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
+    """Task id → a container name init accepts ([A-Za-z0-9_.-]{1,64}), unique in the pod."""
+    names: dict[str, str] = {}
+    for i, task in enumerate(tasks):
+        clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in task.name)[:48]
+        names[task.task_id] = f"{clean or 'task'}-{i}"
+    return names
+
+
+# ---------------------------------------------------------------------------- the real runtime
+
+
+class VMRuntime:
+    def __init__(self, cfg: HostConfig) -> None:
+        self.cfg = cfg
+
+    def create_pod(self, plan: PodPlan) -> Pod:
+        return VMPod(self.cfg, plan)
+
+
+class VMPod:
+    """One HyperVM running every task of a group as a container."""
+
+    def __init__(self, cfg: HostConfig, plan: PodPlan) -> None:
+        self.cfg, self.plan = cfg, plan
+        self.names = container_names(plan.tasks)
+        self.vm: Any = None
+        self._containers: dict[str, Container] = {}
+        self._handles: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._destroyed = False
+
+    def boot(self) -> None:
+        from executor.vm import HyperVM
+        from vmimage.images.store import ImageStore
+
+        store = ImageStore(self.cfg)
+        containers = []
+        for task in self.plan.tasks:
+            image = store.pull(task.image)
+            user = task.user or image.config.user or "0"
+            ids = store.resolve_user(image, user)
+            container = build_container(task, self.names[task.task_id], image.layers,
+                                        image.config, ids, self.plan)
+            self._containers[task.task_id] = container
+            containers.append(container)
+        pod = PodSpec(name=self.plan.name, containers=tuple(containers),
+                      resources=Resources(cpus=self.plan.vcpus, memory_mib=self.plan.memory_mib),
+                      labels=self.plan.labels)
+        with self._lock:
+            if self._destroyed:
+                raise HyperVMError("the pod was destroyed while it booted")
+            self.vm = HyperVM(self.cfg, pod)
+        self.vm.boot()
+
+    def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
+        self._handles[task_id] = self.vm.start(self._containers[task_id], on_stdout=on_stdout,
+                                               on_stderr=on_stderr, on_exit=on_exit)
+
+    def signal(self, task_id: str, signum: int) -> None:
+        self.vm.signal(self._handles[task_id], signum)
+
+    def run_check(self, task_id: str, argv: tuple[str, ...], env: tuple[str, ...],
+                  timeout: float) -> int:
+        done = threading.Event()
+        result: list[ExitStatus] = []
+
+        def on_exit(status: ExitStatus) -> None:
+            result.append(status)
+            done.set()
+
+        base = self._containers[task_id].process
+        process = Process(args=argv, env=(*base.env, *env), cwd=base.cwd, uid=base.uid,
+                          gid=base.gid, additional_gids=base.additional_gids)
+        try:
+            handle = self.vm.exec(self.names[task_id], process, on_exit=on_exit)
+        except GuestError as e:
+            return {"ENOENT": 127, "EACCES": 126}.get(e.code, 1)
+        if not done.wait(timeout):
+            try:
+                self.vm.signal(handle, 9)
+            except HyperVMError:
+                pass
+            raise TimeoutError(f"the check did not finish within {timeout:g} s")
+        return result[0].code
+
+    def probe_tcp(self, task_id: str, port: int, timeout: float) -> bool:
+        with socket.create_connection((self._guest_address(), port), timeout=timeout):
+            return True
+
+    def probe_http(self, task_id: str, scheme: str, port: int, path: str,
+                   timeout: float) -> int:
+        url = f"{scheme}://{self._guest_address()}:{port}{path}"
+        context = ssl._create_unverified_context() if scheme == "https" else None
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    def _guest_address(self) -> str:
+        address = getattr(self.vm, "guest_address", None)
+        if not address:
+            raise HyperVMError("the VM has no network address: HTTP/TCP checks need VM networking")
+        return str(address)
+
+    def destroy(self) -> None:
+        with self._lock:
+            self._destroyed = True
+            vm = self.vm
+        if vm is not None:
+            vm.destroy()
