@@ -444,3 +444,23 @@ def test_a_kernel_qemu_cannot_read_is_a_clear_error(
         hv.create(spec)
     assert "Permission denied" in str(info.value) and "libvirt-qemu" in str(info.value)
     assert spec.name not in virsh_names()
+
+
+def test_kvm_probe_agrees_with_libvirt(
+    hv: Hypervisor, make_spec: SpecFactory, kernel: Path, track: Callable[[DomainSpec], None]
+) -> None:
+    """The probe answers within its timeout; when it says KVM works, a KVM domain boots."""
+    from executor.accel import PROBE_TIMEOUT, check_kvm_device, probe_kvm_boot
+
+    if not check_kvm_device().ok:
+        pytest.skip("no usable /dev/kvm on this host")
+    started = time.monotonic()
+    result = probe_kvm_boot(kernel)
+    assert time.monotonic() - started < PROBE_TIMEOUT + 2, result
+    print(f"\nKVM probe: {result}")
+    if not result.ok:
+        return
+    spec = make_spec(accel="kvm")
+    track(spec)
+    hv.create(spec)
+    wait_console(spec, "STANDIN: up", timeout=10)
