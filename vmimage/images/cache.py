@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SUBDIRS = ("layers/sha256", "blobs/sha256", "manifests/sha256", "configs/sha256",
            "images/sha256", "refs", "locks", "tmp")
@@ -59,6 +62,11 @@ class Cache:
             path.mkdir(mode=0o755, parents=True, exist_ok=True)
         for sub in ("", "layers", "layers/sha256"):  # QEMU must traverse to the layers
             os.chmod(self.root / sub, 0o755)
+        for parent in self.root.parents:
+            if parent.stat().st_mode & 0o001 == 0:
+                log.warning("%s is not traversable by other users: QEMU (libvirt-qemu) will "
+                            "not be able to open the layer images under %s", parent, self.root)
+                break
 
     # -- paths ---------------------------------------------------------------------------
     def layer_path(self, diff_id: str) -> Path:

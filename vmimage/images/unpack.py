@@ -14,7 +14,10 @@ Policy, applied entry by entry (nothing is ever written outside ``dest``):
   bookkeeping) are ignored;
 - ownership, modes (setuid/setgid/sticky included), mtimes and xattrs are kept, except xattrs
   in ``trusted.overlay.*`` which a layer may not set;
-- char/block device nodes are **skipped** (the guest gets its own /dev); FIFOs are created.
+- char/block device nodes are **skipped** (the guest gets its own /dev); FIFOs are created;
+- a parent directory the layer does not list itself is created root:root 0755. Layers stay
+  independent of what lies below them (so an erofs image is keyed by the diff id alone); builders
+  (docker, buildah, umoci) list every parent, so this only matters for hand-made tars.
 """
 
 from __future__ import annotations
