@@ -27,7 +27,7 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from executor.config import DEFAULT_LIBVIRT_URI
 from executor.domain import DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START, DomainSpec
-from executor.errors import HostError, HypervisorError
+from executor.errors import HostError, HypervisorError, InvalidSpec
 from executor.libvirt_xml import domain_xml, parse_dac_label, parse_domain_facts
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,10 @@ class Hypervisor:
         if META_OWNER_PID not in spec.metadata:
             spec = dataclasses.replace(spec, metadata={**spec.metadata, **owner_metadata()})
         elif META_OWNER_START not in spec.metadata:
-            owner = owner_metadata(int(spec.metadata[META_OWNER_PID]))
+            raw = spec.metadata[META_OWNER_PID]
+            if not raw.isdigit():
+                raise InvalidSpec(f"metadata[{META_OWNER_PID!r}]", f"{raw!r} is not a pid")
+            owner = owner_metadata(int(raw))
             spec = dataclasses.replace(spec, metadata={**owner, **spec.metadata})
         xml = domain_xml(spec)
         for directory in {spec.channel_socket.parent, spec.console_log.parent}:

@@ -109,6 +109,12 @@ def test_create_keeps_an_explicit_owner(hv: Hypervisor, tmp_path: Path) -> None:
     assert info.metadata["owner-start"] == str(process_start_time(1))
 
 
+def test_a_bad_owner_pid_is_an_invalid_spec(hv: Hypervisor, tmp_path: Path) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        hv.create(make_spec(tmp_path, metadata={"owner-pid": "me"}))
+    assert info.value.field == "metadata['owner-pid']"
+
+
 def test_create_prepares_the_run_dir(hv: Hypervisor, tmp_path: Path) -> None:
     old = os.umask(0o077)
     try:
