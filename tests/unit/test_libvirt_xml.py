@@ -70,7 +70,12 @@ SPECS = {
         },
         cputune=CpuTune(shares=2048, period_us=100000, quota_us=400000),
         memtune=MemTune(hard_limit_mib=2304),
-        qemu_args=("-netdev", "tap,id=net0,fd=3", "-device", "virtio-net-pci,netdev=net0"),
+        qemu_args=(
+            "-netdev",
+            "tap,id=net0,ifname=hvtap0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ),
     ),
 }
 
