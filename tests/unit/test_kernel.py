@@ -243,6 +243,7 @@ kernel/net/core/failover.ko.xz
 kernel/drivers/net/net_failover.ko.xz: kernel/net/core/failover.ko.xz
 kernel/net/core/failover.ko.xz:
 kernel/drivers/char/hw_random/virtio-rng.ko.xz:
+kernel/crypto/crc32c_generic.ko.xz:
 """
 
 
@@ -261,6 +262,7 @@ def test_select_modules_orders_dependencies_first() -> None:
             for dep in deps[1]:
                 assert names.index(distro.module_name(dep)) < names.index(mod), (dep, mod)
     assert "virtio_rng" in names  # optional and present
+    assert names[0] == "crc32c_generic"  # before libcrc32c users
     assert "erofs" not in names  # built in
 
 

@@ -35,8 +35,10 @@ REQUIRED_MODULES = (
     "virtio_pci", "virtio_blk", "virtio_console", "virtio_net",
     "9p", "9pnet_virtio", "overlay", "erofs", "ext4",
 )
-#: loaded when present (entropy, and the crc32c ext4 and erofs checksums need)
-OPTIONAL_MODULES = ("virtio_rng", "crc32c_generic", "crc32c_intel")
+#: loaded first when present: the crc32c algorithm libcrc32c (ext4, erofs) looks up at load
+PRELOAD_MODULES = ("crc32c_generic",)
+#: loaded last when present
+OPTIONAL_MODULES = ("virtio_rng",)
 PREFIX = "distro-"
 
 
@@ -88,13 +90,15 @@ def load_order(wanted: Sequence[str], table: Mapping[str, tuple[str, list[str]]]
 
 def select_modules(table: Mapping[str, tuple[str, list[str]]], builtin: set[str],
                    required: Sequence[str] = REQUIRED_MODULES,
-                   optional: Sequence[str] = OPTIONAL_MODULES) -> list[str]:
+                   optional: Sequence[str] = OPTIONAL_MODULES,
+                   preload: Sequence[str] = PRELOAD_MODULES) -> list[str]:
     """The load order for the guest; raises naming every required module that is missing."""
     missing = [m for m in required if m not in table and m not in builtin]
     if missing:
         raise HostError(f"the distro kernel lacks the modules {', '.join(missing)}",
                         hint="install a Debian linux-image package or build the HyperKernel")
-    wanted = [m for m in (*required, *optional) if m in table]
+    wanted = [m for m in preload if m in table] + [m for m in required if m in table]
+    wanted += [m for m in optional if m in table]
     return load_order(wanted, table)
 
 
