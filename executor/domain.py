@@ -45,8 +45,8 @@ _NAME_RE = re.compile(r"^hypervm-[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,31}$")
 _DISK_FORMATS = ("raw", "qcow2")
-# characters XML 1.0 cannot carry, and characters that break the kernel command line
-_XML_BAD_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# characters XML 1.0 cannot carry, and \r, which XML parsers turn into \n
+_XML_BAD_RE = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
 
 
 @dataclass(frozen=True)

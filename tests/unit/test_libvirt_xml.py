@@ -9,6 +9,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from executor.domain import CHANNEL_NAME, CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
 from executor.errors import InvalidSpec
@@ -232,3 +234,25 @@ def test_parse_dac_label() -> None:
     assert parse_dac_label(CAPS, "kvm") == (64055, 108)
     assert parse_dac_label("<capabilities><host/></capabilities>") is None
     assert parse_dac_label(CAPS.replace("+64055:+64055", "qemu:qemu")) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    meta=st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=5),
+    cmdline=st.text(max_size=60),
+    tag=st.text(max_size=40),
+)
+@example(meta={"k": "a\rb"}, cmdline="", tag="s0")
+@example(meta={"k\tx": "a\tb\n"}, cmdline="a\tb", tag="s0")
+def test_any_input_is_rejected_or_round_trips(meta: dict[str, str], cmdline: str, tag: str) -> None:
+    """Whatever a caller passes, the builder either raises InvalidSpec or emits well-formed XML
+    that reads back to the same values."""
+    spec = _base(metadata=meta, cmdline=cmdline, shares=(ShareSpec(Path("/srv/x"), tag),))
+    try:
+        xml = domain_xml(spec)
+    except InvalidSpec:
+        return
+    root = ET.fromstring(xml)
+    assert root.findtext("os/cmdline", default="") == cmdline
+    assert _find(root, "devices/filesystem/target").get("dir") == tag
+    assert dict(parse_domain_facts(xml).metadata) == meta
