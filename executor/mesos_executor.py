@@ -316,7 +316,7 @@ class ExecutorCore:
                              reason="REASON_TASK_KILLED_DURING_LAUNCH")
             else:
                 self._finish(task, "TASK_FAILED", f"Failed to launch the task's HyperVM: {error}",
-                             reason="REASON_CONTAINER_LAUNCH_FAILED")
+                             reason="REASON_CONTAINER_LAUNCH_FAILED", propagate=False)
         self._maybe_destroy(group)
 
     def on_started(self, task: Task) -> None:
@@ -450,7 +450,7 @@ class ExecutorCore:
         self._worker(f"signal-{task.task_id}", deliver)
 
     def _finish(self, task: Task, state: str, message: str, *, reason: str | None = None,
-                healthy: bool | None = None) -> None:
+                healthy: bool | None = None, propagate: bool = True) -> None:
         if task.sigkill_timer is not None:
             task.sigkill_timer.cancel()
         if task.health is not None:
@@ -458,7 +458,7 @@ class ExecutorCore:
         self._send(task, state, message=message, reason=reason, healthy=healthy)
         for output in task.outputs:
             output.close()
-        if state in ("TASK_FAILED", "TASK_KILLED"):
+        if propagate and state in ("TASK_FAILED", "TASK_KILLED"):
             for sibling in task.group.tasks:
                 self._kill(sibling, sibling.grace_s)
         self._maybe_destroy(task.group)
