@@ -41,6 +41,8 @@ class GcReport:
     destroyed: list[Leftover] = field(default_factory=list)
     removed_dirs: list[Path] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    #: disk images the kept domains use: the image cache's gc must keep them
+    in_use: set[Path] = field(default_factory=set)
 
 
 # --- selection (pure) -------------------------------------------------------------------------
@@ -131,6 +133,7 @@ def collect_garbage(
     leftovers = select_leftovers(domains, process_start_time, everything=everything)
     gone = {lo.name for lo in leftovers}
     report.kept = [d.name for d in domains if d.name not in gone]
+    report.in_use = {p for d in domains if d.name not in gone for p in d.disk_paths}
     for leftover in leftovers:
         if not dry_run:
             hv.destroy(leftover.name)

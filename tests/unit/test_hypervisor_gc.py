@@ -31,7 +31,7 @@ def dom(name: str, running: bool = True, **meta: str) -> DomainInfo:
         uuid="u-" + name,
         running=running,
         metadata={k.replace("_", "-"): v for k, v in meta.items()},
-        disk_paths=(),
+        disk_paths=(Path(f"/layers/{name}.erofs"), Path("/layers/shared.erofs")),
         share_paths=(),
     )
 
@@ -119,6 +119,7 @@ def test_collect_garbage(cfg: HostConfig) -> None:
     assert hv.destroyed == ["hypervm-dead"]
     assert report.destroyed == [Leftover("hypervm-dead", f"owner pid {2**22 + 1} is gone")]
     assert report.kept == ["hypervm-live"]
+    assert report.in_use == {Path("/layers/hypervm-live.erofs"), Path("/layers/shared.erofs")}
     assert report.removed_dirs == [cfg.vms_dir / "hypervm-dead", cfg.vms_dir / "hypervm-orphan"]
     assert sorted(p.name for p in cfg.vms_dir.iterdir()) == [
         "hypervm-fresh",
