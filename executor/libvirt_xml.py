@@ -34,7 +34,7 @@ class Defaults:
     cpu_mode: Mapping[str, str] = field(
         default_factory=lambda: {"kvm": "host-passthrough", "tcg": "maximum"}
     )
-    #: ACPI lets the guest power the VM off; its absence costs nothing at boot
+    #: ACPI lets the guest power the VM off (init's POWEROFF); its tables cost ~nothing at boot
     acpi: bool = True
 
 
