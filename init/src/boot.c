@@ -7,7 +7,11 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -183,6 +187,39 @@ int boot_mount_system(void)
 		return -1;
 	}
 	return 0;
+}
+
+int boot_loopback_up(void)
+{
+	struct ifreq ifr;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int rc = -1;
+
+	if (fd < 0) {
+		log_errno("socket for lo");
+		return -1;
+	}
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) != 0) {
+		log_errno("get flags of lo");
+	} else {
+		ifr.ifr_flags |= IFF_UP;
+		rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+		if (rc != 0)
+			log_errno("bring lo up");
+	}
+	close(fd);
+	return rc;
+}
+
+void boot_raise_fd_limit(void)
+{
+	/* 4 pipe ends per process: the default 1024 would cap init far below MAX_PROCESSES */
+	struct rlimit lim = {.rlim_cur = 65536, .rlim_max = 65536};
+
+	if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+		log_errno("raise RLIMIT_NOFILE");
 }
 
 int boot_open_proc(void)

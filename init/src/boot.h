@@ -17,6 +17,10 @@ int boot_load_modules(void);
 int boot_switch_root(void);
 /* /proc /sys /dev /dev/pts /dev/shm /run and init's directories under /run/hypervm. */
 int boot_mount_system(void);
+/* Bring the loopback interface up (the VM's network namespace is shared by containers). */
+int boot_loopback_up(void);
+/* Room for the pipes of every process (MAX_PROCESSES). */
+void boot_raise_fd_limit(void);
 /* init's view of /proc as a directory fd, O_CLOEXEC. */
 int boot_open_proc(void);
 

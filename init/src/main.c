@@ -18,7 +18,7 @@
 #include "shim.h"
 #include "signals.h"
 
-#define MAX_POLL_FDS (2 + 3 * 1024)
+#define MAX_POLL_FDS (2 + 3 * MAX_PROCESSES)
 #define DISCONNECTED_POLL_MS 5
 
 static int boot(int *self_fd)
@@ -29,6 +29,8 @@ static int boot(int *self_fd)
 	boot_load_modules();
 	if (*self_fd < 0 || boot_switch_root() != 0 || boot_mount_system() != 0)
 		return -1;
+	boot_raise_fd_limit();
+	boot_loopback_up();
 	return 0;
 }
 

@@ -34,6 +34,7 @@ LAYER = "layer0"
 SHARE_TAG = "share0"
 BOOT_TIMEOUT = 60.0
 REPLY_TIMEOUT = 30.0
+RECONNECT_PAUSE = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -212,13 +213,26 @@ class Guest:
         return self.console_path.read_text(errors="replace") if self.console_path.exists() else ""
 
     def connect(self) -> Channel:
+        """(Re)connect and wait for READY, following PROTOCOL.md "Transport" on reconnects."""
+        first = self.chan is None
         if self.chan is not None:
             self.chan.close()
-        self.chan = Channel(self.sock)
-        ready = self.chan.next_frame(BOOT_TIMEOUT)
-        assert ready.type == MsgType.READY and ready.id == 0, ready
-        self.ready = ready.json()
-        return self.chan
+            self.chan = None
+        for attempt in range(1, 6):
+            if not first:
+                time.sleep(RECONNECT_PAUSE * attempt)
+            chan = Channel(self.sock)
+            try:
+                ready = chan.next_frame(BOOT_TIMEOUT if first else 1.0)
+            except TimeoutError:
+                chan.close()
+                if first:
+                    raise
+                continue
+            assert ready.type == MsgType.READY and ready.id == 0, ready
+            self.chan, self.ready = chan, ready.json()
+            return chan
+        raise TimeoutError("no READY after reconnecting")
 
     def kill(self) -> None:
         if self.chan is not None:
@@ -457,6 +471,23 @@ def test_containers_are_isolated_but_share_the_network(guest: Guest) -> None:
         )["code"]
         == "ENOCONT"
     )
+
+
+def test_loopback_is_up_and_shared_between_containers(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    start(chan, "server", 25, "echo listening; nc -l -p 7777")
+    chan.wait_output(25, b"listening\n")
+    start(
+        chan,
+        "client",
+        26,
+        "for i in $(seq 50); do echo hello-over-lo | nc -w 2 127.0.0.1 7777 && exit 0; "
+        "sleep 0.1; done; exit 1",
+    )
+    assert chan.wait_exit(26).exit == {"status": 0, "signal": None}
+    server = chan.wait_exit(25)
+    assert b"hello-over-lo" in server.stdout, server
 
 
 def test_exec_failures_are_reported_without_exit(guest: Guest) -> None:
