@@ -145,26 +145,26 @@ def test_command_not_found_is_exit_127(agent: AgentDouble) -> None:  # noqa: F81
 
 
 def test_no_task_killing_without_the_capability(agent_factory: Any) -> None:  # noqa: F811
-    agent = agent_factory(task_killing_state=False)
-    agent.start_executor()
-    agent.wait_subscribed()
-    agent.launch(task("k", "sleep 60"))
-    agent.wait_state("k", "TASK_RUNNING")
-    agent.kill("k")
-    assert agent.wait_terminal("k")["state"] == "TASK_KILLED"
-    assert "TASK_KILLING" not in agent.states("k")
-    assert agent.violations == []
+    double = agent_factory(task_killing_state=False)
+    double.start_executor()
+    double.wait_subscribed()
+    double.launch(task("k", "sleep 60"))
+    double.wait_state("k", "TASK_RUNNING")
+    double.kill("k")
+    assert double.wait_terminal("k")["state"] == "TASK_KILLED"
+    assert "TASK_KILLING" not in double.states("k")
+    assert double.violations == []
 
 
 def test_output_is_rotated_by_size(agent_factory: Any) -> None:  # noqa: F811
-    agent = agent_factory(env={"HYPERVM_LOG_MAX_BYTES": "1000", "HYPERVM_LOG_BACKUPS": "2"})
-    agent.start_executor()
-    agent.wait_subscribed()
-    agent.launch_group([task("chatty", "i=0; while [ $i -lt 100 ]; do "
+    double = agent_factory(env={"HYPERVM_LOG_MAX_BYTES": "1000", "HYPERVM_LOG_BACKUPS": "2"})
+    double.start_executor()
+    double.wait_subscribed()
+    double.launch_group([task("chatty", "i=0; while [ $i -lt 100 ]; do "
                                        "echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; "
                                        "i=$((i+1)); sleep 0.001; done")])
-    assert agent.wait_terminal("chatty")["state"] == "TASK_FINISHED"
-    out = agent.sandbox / "tasks" / "chatty"
+    assert double.wait_terminal("chatty")["state"] == "TASK_FINISHED"
+    out = double.sandbox / "tasks" / "chatty"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["stderr", "stdout", "stdout.1", "stdout.2"]
     assert all(p.stat().st_size <= 1000 for p in out.iterdir())
