@@ -10,7 +10,9 @@ been built yet (``make kernel``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -619,6 +621,60 @@ def test_garbage_gives_error_then_reconnect_gives_ready(guest: Guest) -> None:
     chan.ok(MsgType.SIGNAL, {"handle": 60, "signal": 9})
     assert chan.wait_exit(60).exit == {"status": None, "signal": 9}
     assert "hypervm-init: protocol error" in guest.console()
+
+
+def _mutated_requests(rng: random.Random, count: int) -> Iterator[tuple[MsgType, bytes]]:
+    values: list[Any] = [None, True, 0, -1, 2**32, 1.5, "", "..", "/", "x" * 300, [], {}, ["a"]]
+    seeds: list[tuple[MsgType, dict[str, Any]]] = [
+        (
+            MsgType.START,
+            {
+                "container": "fz",
+                "handle": 900,
+                "rootfs": {"layers": [LAYER]},
+                "process": {"args": ["true"], "env": ["PATH=/bin"]},
+            },
+        ),
+        (MsgType.EXEC, {"container": "fz", "handle": 901, "process": {"args": ["true"]}}),
+        (MsgType.SIGNAL, {"handle": 900, "signal": 15}),
+        (MsgType.PING, {}),
+    ]
+    for i in range(count):
+        type_, seed = rng.choice(seeds)
+        obj = json.loads(json.dumps(seed))
+        node = obj
+        while isinstance(node, dict) and node and rng.random() < 0.6:
+            key = rng.choice(list(node))
+            if rng.random() < 0.5 or not isinstance(node[key], dict):
+                node[key] = rng.choice(values)
+                break
+            node = node[key]
+        if "handle" in obj and isinstance(obj["handle"], int) and type_ != MsgType.SIGNAL:
+            obj["handle"] = 1000 + i  # a valid START/EXEC really runs `true`
+        text = bytearray(json.dumps(obj).encode())
+        for _ in range(rng.randrange(3) if rng.random() < 0.3 else 0):
+            if text:
+                text[rng.randrange(len(text))] = rng.randrange(256)
+        yield type_, bytes(text)
+
+
+def test_random_requests_each_get_exactly_one_reply(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    rng = random.Random(1234)
+    verdicts: dict[str, int] = {}
+    for type_, payload in _mutated_requests(rng, 300):
+        rid = chan.next_id
+        chan.next_id += 1
+        chan.send_raw(encode(type_, rid, payload))
+        reply = chan.next_frame()
+        assert reply.id == rid and reply.type in (MsgType.OK, MsgType.ERROR), (reply, payload)
+        code = "OK" if reply.type == MsgType.OK else reply.json()["code"]
+        verdicts[code] = verdicts.get(code, 0) + 1
+    assert verdicts.get("OK", 0) > 10 and verdicts.get("EINVAL", 0) > 10, verdicts
+    assert chan.ok(MsgType.PING, {}) == {}
+    with pytest.raises(TimeoutError):  # no stray second reply to any request
+        chan.next_frame(timeout=1)
 
 
 def test_host_disconnect_mid_frame_then_reconnect(guest: Guest) -> None:
