@@ -465,8 +465,22 @@ def test_containers_are_isolated_but_share_the_network(guest: Guest) -> None:
     chan.send_raw(encode(MsgType.STDIN, 23, b""))
     cat = chan.wait_exit(23)
     assert bytes(cat.stdout) == b"hello stdin" and cat.exit == {"status": 0, "signal": None}
+    # SIGNAL reaches an EXEC'd process; the ones left die with the container's main process
+    for handle in (27, 28):
+        chan.ok(
+            MsgType.EXEC,
+            {
+                "container": "alpha",
+                "handle": handle,
+                "process": {"args": ["sh", "-c", "echo up; exec sleep 1000"], "env": ["PATH=/bin"]},
+            },
+        )
+        chan.wait_output(handle, b"up\n")
+    chan.ok(MsgType.SIGNAL, {"handle": 27, "signal": 2})
+    assert chan.wait_exit(27).exit == {"status": None, "signal": 2}
     chan.ok(MsgType.SIGNAL, {"handle": 20, "signal": 15})
     assert chan.wait_exit(20).exit == {"status": None, "signal": 15}
+    assert chan.wait_exit(28).exit == {"status": None, "signal": 9}
     assert (
         chan.error(
             MsgType.EXEC, {"container": "alpha", "handle": 24, "process": {"args": ["true"]}}
