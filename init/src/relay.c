@@ -84,6 +84,9 @@ void relay_on_event(struct channel *ch, const struct relay_slot *slot, short rev
 
 	if (revents == 0)
 		return;
+	/* the channel may have gone away earlier in this round: keep the bytes in the pipe */
+	if (slot->stream != RELAY_STDIN && ch->state != CH_CONNECTED)
+		return;
 	switch (slot->stream) {
 	case RELAY_STDOUT:
 		relay_output(ch, p, &p->out_fd, MSG_STDOUT);
