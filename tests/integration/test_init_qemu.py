@@ -694,9 +694,16 @@ def test_random_requests_each_get_exactly_one_reply(guest: Guest) -> None:
 def test_host_disconnect_mid_frame_then_reconnect(guest: Guest) -> None:
     chan = guest.chan
     assert chan is not None
+    start(chan, "offline", 70, "echo before; sleep 2; echo after; exit 5")
+    chan.wait_output(70, b"before\n")
     chan.send_raw(encode_json(MsgType.PING, 5, {})[:7])  # half a header, then hang up
+    chan.close()
+    time.sleep(3)  # the process ends while nobody listens
     chan = guest.connect()
     assert chan.ok(MsgType.PING, {}) == {}
+    # what it printed while the host was away, then its EXIT, arrive on the new connection
+    offline = chan.wait_exit(70)
+    assert bytes(offline.stdout) == b"after\n" and offline.exit == {"status": 5, "signal": None}
 
 
 def test_poweroff_ends_qemu(guests: Any) -> None:
