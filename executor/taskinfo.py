@@ -10,7 +10,9 @@ Where the image comes from, in order:
 2. ``container.docker.image`` with ``container.type: DOCKER`` (LAUNCH only);
 3. the task label :data:`IMAGE_LABEL` (``hypervm.image``): Marathon puts an app's ``container``
    on the ExecutorInfo, where the agent would run the *executor* in the image, so a Marathon app
-   names its image with this label instead.
+   names its image with this label instead (Marathon copies app labels onto the TaskInfo).
+   Such a task has no ``command``: Marathon passes the app definition as JSON in ``data``, whose
+   ``cmd``/``args``/``env``/``user`` we use (:func:`marathon_command`).
 
 The command follows Mesos (``CommandInfo``): ``shell`` (default true) runs
 ``/bin/sh -c value``; ``shell: false`` with a value is ``execv(value, arguments)`` — as in Mesos,
@@ -21,6 +23,9 @@ image's Entrypoint runs with ``arguments`` (or the image's Cmd when there are no
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -266,6 +271,32 @@ def parse_environment(value: Any, where: str) -> tuple[str, ...]:
     return tuple(env)
 
 
+def marathon_command(data: Any, where: str) -> tuple[CommandSpec, tuple[str, ...], str | None]:
+    """The command of a Marathon app run by a custom executor.
+
+    Marathon gives such a task no ``command``: it serializes the app definition as JSON into
+    ``TaskInfo.data`` (base64). Its ``cmd`` (shell), ``args`` (argv for the image Entrypoint),
+    ``env`` (plain string values) and ``user`` apply. Anything else: the image's defaults.
+    """
+    if not isinstance(data, str) or not data:
+        return CommandSpec(), (), None
+    try:
+        app = json.loads(base64.b64decode(data, validate=True))
+    except (ValueError, binascii.Error):
+        return CommandSpec(), (), None  # not from Marathon: opaque framework data
+    if not isinstance(app, dict):
+        return CommandSpec(), (), None
+    env = tuple(f"{k}={v}" for k, v in (app.get("env") or {}).items() if isinstance(v, str))
+    user = app.get("user") if isinstance(app.get("user"), str) and app.get("user") else None
+    cmd, args = app.get("cmd"), app.get("args")
+    if isinstance(cmd, str) and cmd:
+        return CommandSpec(shell=True, value=cmd, present=True), env, user
+    if isinstance(args, list) and args:
+        arguments = tuple(_str(a, f"{where}.args[{i}]", empty=True) for i, a in enumerate(args))
+        return CommandSpec(shell=False, arguments=arguments, present=True), env, user
+    return CommandSpec(), env, user
+
+
 def resolve_argv(command: CommandSpec, entrypoint: Sequence[str] | None,
                  cmd: Sequence[str] | None, where: str) -> tuple[str, ...]:
     """The argv the guest runs, from the task's command and the image's Entrypoint/Cmd."""
@@ -432,7 +463,7 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
     if "command" in task:
         command, env, user = parse_command(task["command"], f"{where}.command")
     else:
-        command, env, user = CommandSpec(), (), None
+        command, env, user = marathon_command(task.get("data"), f"{where}.data")
     resources = scalar_resources(task.get("resources", []), f"{where}.resources")
     if group and resources.get("cpus", 0) <= 0 and resources.get("mem", 0) <= 0:
         raise InvalidSpec(f"{where}.resources", "a task needs cpus or mem",

@@ -228,3 +228,25 @@ def test_task_env_order() -> None:
     spec = parse_task(task(), "task")
     env = task_env(spec, ("MESOS_TASK_ID=x", "A=image"))
     assert "MESOS_TASK_ID=t1" in env and "MESOS_TASK_ID=x" not in env and "A=image" in env
+
+
+def marathon_data(app: dict[str, Any]) -> str:
+    import base64
+    import json
+
+    return base64.b64encode(json.dumps(app).encode()).decode()
+
+
+def test_marathon_app_command_from_task_data() -> None:
+    labels = {"labels": [{"key": "hypervm.image", "value": "busybox"}]}
+    app = {"id": "/web", "cmd": "httpd -f", "env": {"A": "1", "S": {"secret": "x"}},
+           "user": "www"}
+    spec = parse_task(task(container=None, command=None, labels=labels,
+                           data=marathon_data(app)), "task")
+    assert spec.command == CommandSpec(shell=True, value="httpd -f", present=True)
+    assert spec.env == ("A=1",) and spec.user == "www"
+    args = parse_task(task(container=None, command=None, labels=labels,
+                           data=marathon_data({"id": "/x", "args": ["-v", "1"]})), "task")
+    assert resolve_argv(args.command, ("/ep",), ("c",), "task") == ("/ep", "-v", "1")
+    opaque = parse_task(task(command=None, data="bm90IGpzb24="), "task")  # "not json"
+    assert opaque.command == CommandSpec()
