@@ -86,15 +86,17 @@ static int load_module(const char *path)
 	return 0;
 }
 
-static int load_listed(int *failed)
+/* Each non-comment line of the order file as a path (absolute, or relative to MODULES_DIR);
+ * calls fn for each until it returns non-zero. */
+static int for_each_listed(int (*fn)(const char *path, void *arg), void *arg)
 {
 	FILE *f = fopen(MODULES_ORDER, "re");
 	char line[512];
-	int n = 0;
+	int rc = 0;
 
 	if (f == NULL)
 		return 0;
-	while (fgets(line, sizeof(line), f) != NULL) {
+	while (rc == 0 && fgets(line, sizeof(line), f) != NULL) {
 		char path[600];
 		size_t len = strcspn(line, "\r\n");
 
@@ -105,16 +107,31 @@ static int load_listed(int *failed)
 			snprintf(path, sizeof(path), "%s", line);
 		else
 			snprintf(path, sizeof(path), "%s/%s", MODULES_DIR, line);
-		if (load_module(path) != 0)
-			(*failed)++;
-		n++;
+		rc = fn(path, arg);
 	}
 	fclose(f);
-	return n;
+	return rc;
 }
 
-/* Any .ko the order file does not list (a second finit_module of a listed one is EEXIST). */
-static void load_rest(const char *dir, int depth, int *failed)
+struct load_stats {
+	int listed;
+	int failed;
+};
+
+static int load_one_listed(const char *path, void *arg)
+{
+	struct load_stats *stats = arg;
+
+	stats->listed++;
+	if (load_module(path) != 0)
+		stats->failed++;
+	return 0;
+}
+
+static int same_path(const char *path, void *arg) { return strcmp(path, (const char *)arg) == 0; }
+
+/* Any .ko the order file does not list, after the listed ones. */
+static void load_rest(const char *dir, int depth, struct load_stats *stats)
 {
 	DIR *d;
 	struct dirent *de;
@@ -129,24 +146,25 @@ static void load_rest(const char *dir, int depth, int *failed)
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
 		if (de->d_type == DT_DIR)
-			load_rest(path, depth + 1, failed);
-		else if (len > 3 && strcmp(de->d_name + len - 3, ".ko") == 0 && load_module(path) != 0)
-			(*failed)++;
+			load_rest(path, depth + 1, stats);
+		else if (len > 3 && strcmp(de->d_name + len - 3, ".ko") == 0 &&
+			 !for_each_listed(same_path, path) && load_module(path) != 0)
+			stats->failed++;
 	}
 	closedir(d);
 }
 
 int boot_load_modules(void)
 {
-	int failed = 0;
+	struct load_stats stats = {0, 0};
 	struct stat st;
 
 	if (stat(MODULES_DIR, &st) != 0)
 		return 0; /* the HyperKernel has everything built in */
-	int listed = load_listed(&failed);
-	load_rest(MODULES_DIR, 0, &failed);
-	log_msg("kernel modules: %d listed, %d failed", listed, failed);
-	return failed;
+	for_each_listed(load_one_listed, &stats);
+	load_rest(MODULES_DIR, 0, &stats);
+	log_msg("kernel modules: %d listed, %d failed", stats.listed, stats.failed);
+	return stats.failed;
 }
 
 int boot_switch_root(void)

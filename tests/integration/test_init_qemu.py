@@ -65,22 +65,22 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str
         ["make", "-C", str(INIT_DIR), f"BUILD={build}"], capture_output=True, text=True, timeout=300
     )
     assert made.returncode == 0, made.stdout + made.stderr
-    # initrd: our init and nothing else
-    initrd_dir = work / "initrd"
-    initrd_dir.mkdir()
-    shutil.copy(build / "hypervm-init", initrd_dir / "init")
-    initrd = work / "initrd.cpio"
-    with initrd.open("wb") as out:
-        files = subprocess.run(
-            ["find", "."], cwd=initrd_dir, capture_output=True, check=True
-        ).stdout
-        subprocess.run(
-            ["cpio", "-o", "-H", "newc", "--quiet"],
-            cwd=initrd_dir,
-            input=files,
-            stdout=out,
-            check=True,
-        )
+    # initrd: our init and nothing else; a second one also carries a bogus kernel module
+    initrd = _cpio(work / "initrd", {"init": build / "hypervm-init"}, work / "initrd.cpio")
+    bogus = work / "bogus.ko"
+    bogus.write_bytes(b"not an ELF module")
+    order = work / "hypervm.order"
+    order.write_text("# load order\n/lib/modules/bogus.ko\nmissing.ko\n")
+    initrd_modules = _cpio(
+        work / "initrd-modules",
+        {
+            "init": build / "hypervm-init",
+            "lib/modules/bogus.ko": bogus,
+            "lib/modules/extra/unlisted.ko": bogus,
+            "lib/modules/hypervm.order": order,
+        },
+        work / "initrd-modules.cpio",
+    )
     # the layer: busybox, its applets, a file that is not executable
     root = work / "rootfs"
     for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "mnt"):
@@ -103,7 +103,30 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str
     share = work / "share"
     share.mkdir()
     (share / "from-host").write_text("host data\n")
-    return {"initrd": initrd, "layer": layer, "share": share, "work": work}
+    return {
+        "initrd": initrd,
+        "initrd_modules": initrd_modules,
+        "layer": layer,
+        "share": share,
+        "work": work,
+    }
+
+
+def _cpio(directory: Path, files: dict[str, Path], dest: Path) -> Path:
+    """A newc cpio of ``files`` (path in the archive -> source file), as the kernel wants."""
+    for name, source in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, directory / name)
+    listing = subprocess.run(["find", "."], cwd=directory, capture_output=True, check=True).stdout
+    with dest.open("wb") as out:
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"],
+            cwd=directory,
+            input=listing,
+            stdout=out,
+            check=True,
+        )
+    return dest
 
 
 @dataclass
@@ -251,7 +274,7 @@ def guests(
     """A factory booting guests; every one is killed at teardown, its console shown on failure."""
     booted: list[Guest] = []
 
-    def boot(name: str) -> Guest:
+    def boot(name: str, initrd: str = "initrd") -> Guest:
         work = artifacts["work"]
         sock, console = work / f"{name}.sock", work / f"{name}.console"
         with contextlib.suppress(FileNotFoundError):
@@ -276,7 +299,7 @@ def guests(
             "-kernel",
             str(kernel.path),
             "-initrd",
-            str(artifacts["initrd"]),
+            str(artifacts[initrd]),
             "-append",
             "console=ttyS0 panic=-1 reboot=t quiet",
             "-device",
@@ -707,7 +730,13 @@ def test_host_disconnect_mid_frame_then_reconnect(guest: Guest) -> None:
 
 
 def test_poweroff_ends_qemu(guests: Any) -> None:
-    g = guests("poweroff")
+    # this guest's initrd lists modules that cannot load: init logs that and serves anyway
+    g = guests("poweroff", "initrd_modules")
+    console = g.console()
+    assert "hypervm-init: kernel modules: 2 listed, 3 failed" in console
+    assert console.index("module /lib/modules/bogus.ko") < console.index(
+        "module /lib/modules/extra"
+    )
     assert g.chan is not None
     start(g.chan, "busy", 1, "exec sleep 1000")
     assert g.chan.ok(MsgType.POWEROFF, {}) == {}
