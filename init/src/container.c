@@ -157,6 +157,10 @@ static int mount_system_fs(struct op_error *e)
 		     "newinstance,ptmxmode=0666,mode=0620", e) != 0 ||
 	    do_mount("shm", "/dev/shm", "tmpfs", nosuid, "mode=1777", e) != 0)
 		return -1;
+	/* optional, read-only: lets programs read their limits; no cgroups, no failure */
+	if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | MS_RDONLY, NULL) != 0 &&
+	    errno != ENOENT && errno != ENODEV)
+		log_errno("mount cgroup2 in the container (ignored)");
 	return 0;
 }
 

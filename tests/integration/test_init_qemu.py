@@ -610,14 +610,16 @@ def test_mounts_9p_tmpfs_and_readonly_rootfs(guest: Guest, artifacts: dict[str, 
                     "sh",
                     "-c",
                     "cat /mnt/from-host; echo guest > /mnt/from-guest; "
-                    "echo t > /tmp/t && cat /tmp/t; touch /rootfile || echo ro",
+                    "echo t > /tmp/t && cat /tmp/t; touch /rootfile || echo ro; "
+                    "test -e /sys/fs/cgroup/cgroup.controllers && echo cgroup; "
+                    "touch /sys/x || echo sys-ro",
                 ],
                 "env": ["PATH=/bin"],
             },
         },
     )
     proc = chan.wait_exit(50)
-    assert proc.stdout.decode().splitlines() == ["host data", "t", "ro"], proc.stderr
+    assert proc.stdout.decode().splitlines() == ["host data", "t", "ro", "cgroup", "sys-ro"], proc
     assert (artifacts["share"] / "from-guest").read_text() == "guest\n"
 
 
