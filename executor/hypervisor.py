@@ -149,7 +149,12 @@ DISCONNECTED = "disconnected"
 
 @dataclass(frozen=True)
 class LifecycleEvent:
-    """A lifecycle change of one of our domains (delivered on the libvirt event thread)."""
+    """A lifecycle change of one of our domains (delivered on the libvirt event thread).
+
+    After a guest power-off the stop reason is "shutdown", or "destroyed" when libvirt reaps QEMU
+    before it handles QEMU's SHUTDOWN event (on_poweroff=destroy; seen under load): tell a clean
+    power-off from a kill by what the caller itself asked for, not by the reason.
+    """
 
     name: str
     event: str

@@ -340,7 +340,9 @@ def test_guest_poweroff_ends_the_domain_with_an_event(
     hv.create(spec)
     assert stopped.wait(BOOT_TIMEOUT), f"events {events}, console:\n{console(spec)[-2000:]}"
     hv.remove_listener(listener)
-    assert events[-1].reason == "shutdown" and not events[-1].crashed
+    # libvirt says "shutdown", or "destroyed" when it reaps QEMU before handling its SHUTDOWN
+    # event (seen under load, with on_poweroff=destroy): never "crashed"
+    assert events[-1].reason in ("shutdown", "destroyed") and not events[-1].crashed
     assert "STANDIN: poweroff" in console(spec)
     hv.wait_gone(spec.name, 5)
     assert spec.name not in virsh_names()
