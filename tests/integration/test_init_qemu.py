@@ -33,6 +33,7 @@ QEMU = "qemu-system-x86_64"
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 BUSYBOX = Path("/bin/busybox")
 LAYER = "layer0"
+UPPER_LAYER = "layer1"
 SHARE_TAG = "share0"
 BOOT_TIMEOUT = 60.0
 REPLY_TIMEOUT = 30.0
@@ -100,6 +101,15 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str
     subprocess.run(
         ["mkfs.erofs", "--quiet", str(layer), str(root)], check=True, capture_output=True
     )
+    # an upper layer: overrides a file of the lower one, adds one
+    upper = work / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/image-marker").write_text("from the upper layer\n")
+    (upper / "etc/only-upper").write_text("upper\n")
+    upper_layer = work / "upper.erofs"
+    subprocess.run(
+        ["mkfs.erofs", "--quiet", str(upper_layer), str(upper)], check=True, capture_output=True
+    )
     share = work / "share"
     share.mkdir()
     (share / "from-host").write_text("host data\n")
@@ -107,6 +117,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str
         "initrd": initrd,
         "initrd_modules": initrd_modules,
         "layer": layer,
+        "upper_layer": upper_layer,
         "share": share,
         "work": work,
     }
@@ -312,6 +323,10 @@ def guests(
             f"file={artifacts['layer']},if=none,id=d0,format=raw,readonly=on",
             "-device",
             f"virtio-blk-pci,drive=d0,serial={LAYER}",
+            "-drive",
+            f"file={artifacts['upper_layer']},if=none,id=d1,format=raw,readonly=on",
+            "-device",
+            f"virtio-blk-pci,drive=d1,serial={UPPER_LAYER}",
             "-fsdev",
             f"local,id=fs0,path={artifacts['share']},security_model=none",
             "-device",
@@ -621,6 +636,25 @@ def test_mounts_9p_tmpfs_and_readonly_rootfs(guest: Guest, artifacts: dict[str, 
     proc = chan.wait_exit(50)
     assert proc.stdout.decode().splitlines() == ["host data", "t", "ro", "cgroup", "sys-ro"], proc
     assert (artifacts["share"] / "from-guest").read_text() == "guest\n"
+
+
+def test_layers_stack_lowest_first(guest: Guest) -> None:
+    chan = guest.chan
+    assert chan is not None
+    script = "cat /etc/image-marker /etc/only-upper; echo x > /etc/new && echo writable"
+    for handle, readonly, last in ((80, False, "writable"), (81, True, None)):
+        chan.ok(
+            MsgType.START,
+            {
+                "container": f"stack{handle}",
+                "handle": handle,
+                "rootfs": {"layers": [LAYER, UPPER_LAYER], "readonly": readonly},
+                "process": {"args": ["sh", "-c", script], "env": ["PATH=/bin"]},
+            },
+        )
+        lines = chan.wait_exit(handle).stdout.decode().splitlines()
+        assert lines[:2] == ["from the upper layer", "upper"]
+        assert lines[2:] == ([last] if last else [])
 
 
 def test_garbage_gives_error_then_reconnect_gives_ready(guest: Guest) -> None:
