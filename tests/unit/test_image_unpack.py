@@ -139,6 +139,10 @@ def test_passwd_and_group_are_recorded(tmp_path: Path) -> None:
     ((("hl", "hard", "later"), ("later", "file", b"x")), "hardlink"),
     ((("link", "sym", "/etc/passwd"), ("hl", "hard", "link")), "hardlink"),
     ((("f", "file", b"x"), ("f/g", "file", b"x")), "not a directory"),
+    (((".", "sym", "../outside"), ("target", "file", b"x")), "root directory"),
+    ((("./", "file", b"x"),), "root directory"),
+    ((("a/..", "sym", "/"),), "'..' component"),
+    (((".wh.", "file"),), "whiteout of nothing"),
 ])
 def test_escapes_are_rejected_and_nothing_is_written_outside(
         tmp_path: Path, entries: tuple, words: str) -> None:

@@ -166,6 +166,8 @@ class _Extractor:
 
     def _clear(self, name: str, keep_dir: bool) -> None:
         """Remove what exists at ``name`` (unless it is a directory and ``keep_dir``)."""
+        if not name:
+            raise ImageError(self.image, "refusing to remove the layer's root", blob=self.blob)
         path = self._path(name)
         try:
             st = os.lstat(path)
@@ -190,6 +192,8 @@ class _Extractor:
         if name is None:
             why = "is absolute" if member.name.startswith("/") else "has a '..' component"
             raise self._reject(member, why)
+        if not name and not member.isdir():  # "." as a file or link would replace dest
+            raise self._reject(member, "would replace the layer's root directory")
         if name:
             self._ensure_parent(member, name)
         base = name.rsplit("/", 1)[-1]
@@ -201,6 +205,8 @@ class _Extractor:
         if base.startswith(".wh..wh."):
             return
         if base.startswith(WHITEOUT_PREFIX):
+            if base == WHITEOUT_PREFIX:
+                raise self._reject(member, "is a whiteout of nothing")
             target = (parent + "/" if parent else "") + base[len(WHITEOUT_PREFIX):]
             if target in self.real:  # a whiteout never hides an entry of its own layer
                 return
