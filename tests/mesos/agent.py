@@ -284,7 +284,9 @@ class AgentDouble:
         return info
 
     def executor_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "HOME", "TMPDIR")}
+        env = {k: v for k, v in os.environ.items()
+               if k in ("PATH", "LANG", "HOME", "TMPDIR") or k.startswith("HYPERVM_")}
+        env.pop("HYPERVM_EXECUTOR_RUNTIME", None)
         env.update({
             "MESOS_FRAMEWORK_ID": self.framework_id,
             "MESOS_EXECUTOR_ID": self.executor_id,

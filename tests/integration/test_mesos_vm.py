@@ -1,0 +1,162 @@
+"""hypervm-executor with real HyperVMs and a real registry, driven by the Mesos agent double."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_TAG, our_domains
+from tests.integration import imagebuild
+from tests.integration.registry import Registry, running_registry
+from tests.mesos.agent import AgentDouble
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),
+              pytest.mark.usefixtures("no_leaked_domains")]
+BOOT = 180.0  # TCG boots take ~10 s; leave room for a loaded CI machine
+EXECUTOR_ID = f"{TEST_TAG}-mesos"
+
+
+@pytest.fixture(scope="module")
+def image_ref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as registry:
+        assert isinstance(registry, Registry)
+        image = imagebuild.busybox_base(tmp_path_factory.mktemp("layout"))
+        yield imagebuild.push(image, registry.host, "mesos-busybox", "1")
+
+
+@pytest.fixture
+def vm_agent() -> Iterator[Any]:
+    # QEMU (user libvirt-qemu) opens the sandbox for 9p: pytest's 0700 tmp dirs will not do,
+    # just as a Mesos agent's work_dir must be traversable by it.
+    workdir = Path(tempfile.mkdtemp(prefix="hypervm-mesos-vm-"))
+    workdir.chmod(0o755)
+    made: list[AgentDouble] = []
+
+    def make(**kwargs: Any) -> AgentDouble:
+        kwargs.setdefault("executor_id", f"{EXECUTOR_ID}{len(made)}")
+        double = AgentDouble(workdir / f"agent{len(made)}", runtime=None, **kwargs)
+        made.append(double)
+        double.start_executor()
+        double.wait_subscribed(timeout=30)
+        return double
+
+    yield make
+    for double in made:
+        double.stop()
+        print(double.executor_log()[-8000:])
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def task(tid: str, command: str, ref: str, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "task_id": {"value": tid}, "name": tid,
+        "container": {"type": "MESOS",
+                      "mesos": {"image": {"type": "DOCKER", "docker": {"name": ref}}}},
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}}],
+        "command": {"value": command}}
+    out.update(extra)
+    return out
+
+
+def domains() -> set[str]:
+    return our_domains(f"hypervm-{EXECUTOR_ID}")
+
+
+def test_group_of_two_from_a_registry_image(vm_agent: Any, image_ref: str) -> None:
+    agent = vm_agent()
+    agent.launch_group([task("a", "echo out-a; echo err-a >&2", image_ref),
+                        task("b", "sleep 1; echo out-b; ls /mnt/mesos/sandbox", image_ref)])
+    for tid in ("a", "b"):
+        assert agent.wait_terminal(tid, BOOT)["state"] == "TASK_FINISHED"
+        assert agent.states(tid) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert agent.wait_executor_exit(60) == 0
+    tasks = agent.sandbox / "tasks"
+    assert (tasks / "a" / "stdout").read_text() == "out-a\n"
+    assert (tasks / "a" / "stderr").read_text() == "err-a\n"
+    assert (tasks / "b" / "stdout").read_text().split() == ["out-b", "stderr", "stdout"]
+    assert agent.violations == []
+    assert domains() == set()
+
+
+def test_failing_task_kills_a_sibling_that_ignores_sigterm(vm_agent: Any, image_ref: str) -> None:
+    agent = vm_agent()
+    grace = {"grace_period": {"nanoseconds": 2_000_000_000}}
+    agent.launch_group([task("bad", "sleep 2; exit 5", image_ref),
+                        task("stubborn", "trap '' TERM; while true; do sleep 1; done", image_ref,
+                             kill_policy=grace)])
+    bad = agent.wait_terminal("bad", BOOT)
+    assert bad["state"] == "TASK_FAILED" and "status 5" in bad["message"]
+    killed_at = time.monotonic()
+    stubborn = agent.wait_terminal("stubborn", 30)
+    assert stubborn["state"] == "TASK_KILLED" and "SIGKILL" in stubborn["message"]
+    assert time.monotonic() - killed_at >= 1.5
+    assert agent.wait_executor_exit(60) == 0
+    assert agent.violations == []
+
+
+def test_agent_restart_keeps_the_vm_and_loses_no_update(vm_agent: Any, image_ref: str) -> None:
+    agent = vm_agent(auto_ack=False)
+    agent.launch_group([task("t", "sleep 8; echo done", image_ref)])
+    agent.wait_state("t", "TASK_RUNNING", BOOT)
+    before = set(agent.unacked)
+    running = domains()
+    assert len(running) == 1
+    agent.restart(down_for=10)  # the task finishes while the agent is down
+    agent.wait_subscribed(timeout=30)
+    assert domains() == running or agent.terminal("t") is not None
+    assert before <= {u["status"]["uuid"] for u in agent.subscribes[-1]["unacknowledged_updates"]}
+    agent.auto_ack = True
+    agent.ack_all()
+    assert agent.wait_terminal("t", 60)["state"] == "TASK_FINISHED"
+    assert agent.wait_executor_exit(60) == 0
+    assert agent.unacked == {}
+    assert agent.violations == []
+
+
+def test_sigkill_of_the_executor_leaves_no_domain(vm_agent: Any, image_ref: str) -> None:
+    agent = vm_agent()
+    agent.launch(task("t", "sleep 600", image_ref))
+    agent.wait_state("t", "TASK_RUNNING", BOOT)
+    assert len(domains()) == 1
+    os.killpg(agent.process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while domains() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert domains() == set()
+
+
+def test_unknown_image_fails_without_a_vm(vm_agent: Any, image_ref: str) -> None:
+    agent = vm_agent()
+    missing = image_ref.rsplit("/", 1)[0] + "/no-such-image:1"
+    agent.launch(task("t", "true", missing))
+    status = agent.wait_terminal("t", BOOT)
+    assert status["state"] == "TASK_FAILED"
+    assert "no-such-image" in status["message"]
+    assert agent.wait_executor_exit(60) == 0
+    assert sorted(p.name for p in agent.sandbox.iterdir()) == [
+        "hypervm-executor.log", "stderr", "stdout"]
+    assert domains() == set()
+
+
+def test_failing_command_health_check_kills_the_task(vm_agent: Any, image_ref: str) -> None:
+    agent = vm_agent()
+    check = {"type": "COMMAND", "command": {"value": "test -e /tmp/alive"}, "delay_seconds": 1,
+             "interval_seconds": 1, "timeout_seconds": 10, "consecutive_failures": 2,
+             "grace_period_seconds": 0}
+    agent.launch(task("t", "touch /tmp/alive; sleep 6; rm /tmp/alive; sleep 600", image_ref,
+                      health_check=check))
+    status = agent.wait_terminal("t", BOOT + 60)
+    assert status["state"] == "TASK_KILLED" and status["healthy"] is False
+    health = [s["healthy"] for s in agent.statuses("t")
+              if s.get("reason") == "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"]
+    assert health[0] is True and health[-2:] == [False, False]
+    assert agent.wait_executor_exit(60) == 0
