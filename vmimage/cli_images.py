@@ -7,12 +7,10 @@ only the result: ``REF DIGEST`` for pull, the table for images.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from executor.config import config_from_env
 from vmimage.images import ImageStore
-from vmimage.images.reference import insecure_from_env
 
 
 def _human(size: float) -> str:
@@ -28,9 +26,9 @@ def _stderr_line(message: str) -> None:
 
 
 def _store(args: argparse.Namespace) -> ImageStore:
-    insecure = insecure_from_env(os.environ.get("HYPERVM_INSECURE_REGISTRIES"))
-    insecure += tuple(getattr(args, "insecure_registry", None) or ())
-    return ImageStore(config_from_env(), insecure_registries=insecure, progress=_stderr_line)
+    return ImageStore.from_env(config_from_env(),
+                               insecure_registries=getattr(args, "insecure_registry", None) or (),
+                               progress=_stderr_line)
 
 
 def pull_command(args: argparse.Namespace) -> int:

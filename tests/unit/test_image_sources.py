@@ -58,3 +58,14 @@ def test_local_sources(tmp_path: Path) -> None:
     with open_source(parse_reference(f"docker-archive:{archive}"), tmp_path) as source:
         assert source.transport == f"docker-archive:{archive}" and not source.insecure
         assert source.pinned("sha256:" + "0" * 64) == source.transport
+
+
+def test_store_from_env_merges_insecure_hosts(tmp_path: Path) -> None:
+    from executor.config import HostConfig
+    from vmimage.images import ImageStore
+
+    cfg = HostConfig(tmp_path, tmp_path / "run", "test:///default", "tcg")
+    store = ImageStore.from_env(cfg, {"HYPERVM_INSECURE_REGISTRIES": "a:1,b"},
+                                insecure_registries=["c"])
+    assert store.insecure_registries == ("a:1", "b", "c")
+    assert ImageStore.from_env(cfg, {}).insecure_registries == ()

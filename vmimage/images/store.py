@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from .manifest import (
     select_platform,
     sha256_digest,
 )
-from .reference import RegistryRef, parse_reference
+from .reference import RegistryRef, insecure_from_env, parse_reference
 from .sources import Source, open_source
 from .unpack import TRACKED_FILES, unpack_layer
 from .verify import verify_blob_file
@@ -72,6 +72,15 @@ class ImageStore:
         self.insecure_registries = tuple(insecure_registries)
         self._progress = progress
         self._tty = sys.stderr.isatty()  # skopeo draws its own bars there
+
+    @classmethod
+    def from_env(cls, cfg: HostConfig, env: Mapping[str, str] | None = None, *,
+                 insecure_registries: Iterable[str] = (),
+                 progress: Progress | None = None) -> ImageStore:
+        """A store honouring HYPERVM_INSECURE_REGISTRIES plus the given insecure hosts."""
+        env = os.environ if env is None else env
+        listed = insecure_from_env(env.get("HYPERVM_INSECURE_REGISTRIES"))
+        return cls(cfg, (*listed, *insecure_registries), progress)
 
     def _say(self, message: str) -> None:
         if self._progress is not None:
