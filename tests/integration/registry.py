@@ -5,22 +5,27 @@
         registry.blob_gets()     # Counter: blob digest -> successful GETs, from the access log
         registry.blob_data(d)    # the stored bytes of a blob (tests corrupt it to inject faults)
 
-:func:`fault_proxy` puts a tiny HTTP proxy in front of it that answers chosen paths with chosen
-bytes (e.g. a manifest that is not JSON) and forwards everything else. Both stop at teardown.
+``running_registry(dir, {"alice": "pw"})`` requires basic auth; with ``token_auth=True``,
+bearer tokens from a test token service (the Docker Hub flow). :func:`fault_proxy` puts a tiny
+HTTP proxy in front that answers chosen paths with chosen bytes (e.g. a manifest that is not
+JSON) and forwards everything else. All of them stop at teardown.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import http.client
 import http.server
+import json
 import re
 import socket
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -51,6 +56,95 @@ auth:
     realm: hypervm-test
     path: {path}
 """
+
+
+_TOKEN_AUTH = """\
+auth:
+  token:
+    realm: http://{realm}/token
+    service: hypervm-test-registry
+    issuer: hypervm-test-issuer
+    rootcertbundle: {cert}
+"""
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A Docker token service (the auth flow of Docker Hub, quay …) for tests: checks basic
+    credentials, grants what is asked, signs RS256 JWTs with openssl and a throw-away key."""
+
+    def __init__(self, workdir: Path, users: dict[str, str]) -> None:
+        self.users = users
+        self.key, self.cert = workdir / "token.key", workdir / "token.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-keyout", str(self.key), "-out", str(self.cert),
+                        "-subj", "/CN=hypervm-test-token"], check=True, capture_output=True)
+        der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.issued = 0
+
+    def sign(self, claims: dict[str, object]) -> str:
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
+        signing_input = (_b64url(json.dumps(header).encode()) + "."
+                         + _b64url(json.dumps(claims).encode()))
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing_input.encode(), check=True,
+                                   capture_output=True).stdout
+        return signing_input + "." + _b64url(signature)
+
+    def token_for(self, authorization: str | None, scopes: list[str], service: str) -> str | None:
+        if not authorization or not authorization.startswith("Basic "):
+            return None
+        user, _, password = base64.b64decode(authorization[6:]).decode().partition(":")
+        if self.users.get(user) != password:
+            return None
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":", 2) if scope.count(":") >= 2 else ("", "", "")
+            if kind:
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        self.issued += 1
+        return self.sign({"iss": "hypervm-test-issuer", "sub": user, "aud": service,
+                          "exp": now + 300, "nbf": now - 10, "iat": now,
+                          "jti": f"t{self.issued}", "access": access})
+
+
+class _TokenHandler(http.server.BaseHTTPRequestHandler):
+    server_state: TokenServer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        token = self.server_state.token_for(self.headers.get("Authorization"),
+                                            query.get("scope", []),
+                                            query.get("service", [""])[0])
+        body = json.dumps({"token": token, "access_token": token} if token
+                          else {"errors": [{"code": "UNAUTHORIZED"}]}).encode()
+        self.send_response(200 if token else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def _serve(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def htpasswd_line(user: str, password: str) -> str:
@@ -111,34 +205,42 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
 
 
 @contextlib.contextmanager
-def running_registry(workdir: Path, users: dict[str, str] | None = None) -> Iterator[Registry]:
+def running_registry(workdir: Path, users: dict[str, str] | None = None, *,
+                     token_auth: bool = False) -> Iterator[Registry]:
     """Start a registry with its own storage and config under ``workdir``; stop it after.
-    With ``users`` (name → password) it requires basic auth."""
+    With ``users`` (name → password) it requires basic auth, or with ``token_auth`` bearer
+    tokens from a token service (started here too) that checks those users."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    storage = workdir / "storage"
-    storage.mkdir(exist_ok=True)
-    config = workdir / "registry.yml"
-    text = _CONFIG.format(root=storage, port=port)
-    if users:
-        htpasswd = workdir / "htpasswd"
-        htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in users.items()))
-        text += _AUTH.format(path=htpasswd)
-    config.write_text(text)
-    log_path = workdir / "registry.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/v2/", proc)
-        yield Registry(f"127.0.0.1:{port}", storage, log_path)
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        storage = workdir / "storage"
+        storage.mkdir(exist_ok=True)
+        config = workdir / "registry.yml"
+        text = _CONFIG.format(root=storage, port=port)
+        if users and token_auth:
+            tokens = TokenServer(workdir, users)
+            handler = type("Handler", (_TokenHandler,), {"server_state": tokens})
+            realm = stack.enter_context(_serve(handler))
+            text += _TOKEN_AUTH.format(realm=realm, cert=tokens.cert)
+        elif users:
+            htpasswd = workdir / "htpasswd"
+            htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in users.items()))
+            text += _AUTH.format(path=htpasswd)
+        config.write_text(text)
+        log_path = workdir / "registry.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
+                                    stderr=log, stdin=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _wait_http(f"http://127.0.0.1:{port}/v2/", proc)
+            yield Registry(f"127.0.0.1:{port}", storage, log_path)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
@@ -187,12 +289,5 @@ def fault_proxy(upstream: str,
                 overrides: dict[str, tuple[int, str, bytes]]) -> Iterator[str]:
     """A loopback proxy to ``upstream`` answering ``overrides[path]`` itself; yields host:port."""
     handler = type("Handler", (_ProxyHandler,), {"upstream": upstream, "overrides": overrides})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with _serve(handler) as address:
+        yield address

@@ -1,4 +1,4 @@
-"""Credentials for a registry come from the Docker config (docker-py resolves them)."""
+"""Credentials for a registry (basic or token auth) come from the Docker config via docker-py."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ pytestmark = pytest.mark.slow
 USER, PASSWORD = "alice", "s3cret-pw"
 
 
-@pytest.fixture(scope="module")
-def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("auth-registry"), {USER: PASSWORD}) as reg:
+@pytest.fixture(scope="module", params=["basic", "token"])
+def auth_registry(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("auth-registry"), {USER: PASSWORD},
+                          token_auth=request.param == "token") as reg:
         yield reg
 
 
