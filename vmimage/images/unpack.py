@@ -97,8 +97,8 @@ def unpack_layer(image: str, blob: str, path: Path, dest: Path) -> LayerInfo:
     """Unpack the layer blob at ``path`` into the existing empty directory ``dest``."""
     compression = sniff_compression(image, blob, path)
     with open(path, "rb") as raw:
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw  # type: ignore[assignment]
-        reader = _HashingReader(stream)
+        stream = gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw
+        reader = _HashingReader(stream)  # type: ignore[arg-type]
         extractor = _Extractor(image, blob, dest)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
