@@ -9,14 +9,15 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 
 from executor.agent_protocol import EXEC_FAILURE_STATUS
 from executor.config import HostConfig, config_from_env
 from executor.errors import GuestError, InvalidSpec
+from executor.imageprocess import image_process
 from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
 from executor.vm import HyperVM
@@ -27,23 +28,34 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "run", help="run a command in a new HyperVM",
-        usage="hypervm run --rootfs DIR [options] -- CMD [ARGS...]",
-        description="Boot a HyperVM, run CMD in it with stdout/stderr streamed to ours, and exit "
-                    "with its status (128+N when killed by signal N).")
-    p.add_argument("--rootfs", type=Path, help="directory holding the container's root filesystem")
+        usage="hypervm run [options] IMAGE [-- CMD [ARGS...]]\n"
+              "       hypervm run [options] --rootfs DIR -- CMD [ARGS...]",
+        description="Boot a HyperVM, run CMD (default: the image's Entrypoint/Cmd) in it with "
+                    "stdout/stderr streamed to ours, and exit with its status (128+N when killed "
+                    "by signal N, 127 when the command is not found, 126 when not executable). "
+                    "IMAGE is a registry reference (host:port/name:tag, name@sha256:...), "
+                    "docker-daemon:NAME:TAG, docker-archive:FILE or oci:DIR[:TAG].")
+    p.add_argument("--rootfs", type=Path, help="run from this root filesystem directory instead "
+                                               "of an image")
     p.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
     p.add_argument("--memory", type=int, default=256, metavar="MiB",
                    help="guest memory in MiB (default 256)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                    help="set an environment variable (repeatable)")
     p.add_argument("-w", "--workdir", default=None, metavar="DIR", help="working directory")
-    p.add_argument("-u", "--user", default=None, metavar="UID[:GID]", help="user to run as")
+    p.add_argument("-u", "--user", default=None, metavar="USER[:GROUP]",
+                   help="user to run as (names need an image; --rootfs takes UID[:GID])")
+    p.add_argument("--entrypoint", default=None, help="override the image's Entrypoint")
     p.add_argument("-i", "--interactive", action="store_true", help="forward our stdin")
+    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress on stderr")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="allow plain HTTP to this registry (loopback registries always are)")
     p.add_argument("--name", default="run", help="pod name (default run)")
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
                    help="SIGTERM→SIGKILL grace period when stopped (default 3)")
     p.add_argument("--boot-timeout", type=float, default=60.0, metavar="SECONDS")
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help=argparse.SUPPRESS)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
 
 
@@ -70,12 +82,16 @@ def command_from(argv: list[str]) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def process_from_args(args: argparse.Namespace) -> Process:
-    uid, gid = parse_user(args.user)
-    for item in args.env:
+def check_env(items: list[str]) -> tuple[str, ...]:
+    for item in items:
         if "=" not in item or item.startswith("="):
             raise InvalidSpec("--env", f"{item!r} is not KEY=VALUE")
-    return Process(args=command_from(args.argv), env=tuple(args.env), cwd=args.workdir or "/",
+    return tuple(items)
+
+
+def process_from_args(args: argparse.Namespace, command: tuple[str, ...]) -> Process:
+    uid, gid = parse_user(args.user)
+    return Process(args=command, env=check_env(args.env), cwd=args.workdir or "/",
                    uid=uid, gid=gid, stdin=args.interactive)
 
 
@@ -127,11 +143,13 @@ class StopRequest:
 
 
 def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECONDS,
-            boot_timeout: float = 60.0) -> int:
+            boot_timeout: float = 60.0, on_booted: Callable[[], object] | None = None) -> int:
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
     with StopRequest() as stop, HyperVM(cfg, pod) as vm:
         vm.boot(timeout=boot_timeout)
+        if on_booted is not None:
+            on_booted()
         if stop.event.is_set():
             return 128 + (stop.signum or signal.SIGTERM)
         try:
@@ -155,18 +173,55 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
     return running.status.code
 
 
+def single_pod(name: str, layers: tuple[Path, ...], process: Process,
+               resources: Resources) -> PodSpec:
+    pod = PodSpec(name=name, containers=(Container(name=name, rootfs=Rootfs(layers=layers),
+                                                   process=process),), resources=resources)
+    pod.validate()
+    return pod
+
+
 def run_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
-    process = process_from_args(args)
-    process.validate("process")
     resources = Resources(cpus=args.cpus, memory_mib=args.memory)
     resources.validate()
-    with rootfs_image(cfg, args.rootfs) as image:
-        pod = PodSpec(
-            name=args.name,
-            containers=(Container(name=args.name, rootfs=Rootfs(layers=(image,)),
-                                  process=process),),
-            resources=resources,
-        )
-        pod.validate()
-        return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)
+    if args.rootfs is not None:
+        if args.entrypoint is not None:
+            raise InvalidSpec("--entrypoint", "only applies to images, not --rootfs")
+        command = command_from(([args.image] if args.image else []) + args.argv)
+        process = process_from_args(args, command)
+        process.validate("process")
+        with rootfs_image(cfg, args.rootfs) as image:
+            pod = single_pod(args.name, (image,), process, resources)
+            return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)
+    if args.image is None:
+        raise InvalidSpec("IMAGE", "no image and no --rootfs given",
+                          hint="hypervm run IMAGE [-- CMD...] or hypervm run --rootfs DIR -- CMD")
+    return run_image(cfg, args, resources)
+
+
+def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources) -> int:
+    from vmimage.images import ImageStore
+    from vmimage.images.reference import insecure_from_env
+
+    insecure = insecure_from_env(os.environ.get("HYPERVM_INSECURE_REGISTRIES"))
+    store = ImageStore(cfg, insecure_registries=(*insecure, *args.insecure_registry),
+                       progress=None if args.quiet else _progress_line)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    entrypoint = None if args.entrypoint is None else tuple(args.entrypoint.split())
+    with ExitStack() as hold:
+        # keep `hypervm gc` from removing our layers until the running VM protects them
+        hold.enter_context(store.hold())
+        image = store.pull(args.image)
+        process = image_process(
+            image.config, lambda spec: store.resolve_user(image, spec),
+            command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),
+            cwd=args.workdir, user=args.user, stdin=args.interactive, image_name=image.ref)
+        process.validate("process")
+        pod = single_pod(args.name, image.layers, process, resources)
+        return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
+                       on_booted=hold.close)
+
+
+def _progress_line(message: str) -> None:
+    print(f"hypervm: {message}", file=sys.stderr, flush=True)

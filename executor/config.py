@@ -24,6 +24,8 @@ class HostConfig:
     libvirt_uri: str
     #: "kvm", "tcg" or "auto" (probe once per host boot)
     accel: str
+    #: the shared image cache; default ``state_dir/images``
+    image_dir_override: Path | None = None
 
     @property
     def kernel_dir(self) -> Path:
@@ -39,7 +41,7 @@ class HostConfig:
 
     @property
     def image_dir(self) -> Path:
-        return self.state_dir / "images"
+        return self.image_dir_override or self.state_dir / "images"
 
     @property
     def vms_dir(self) -> Path:
@@ -59,4 +61,5 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
         libvirt_uri=env.get("HYPERVM_LIBVIRT_URI", DEFAULT_LIBVIRT_URI),
         accel=accel,
+        image_dir_override=Path(env["HYPERVM_IMAGE_DIR"]) if env.get("HYPERVM_IMAGE_DIR") else None,
     )

@@ -15,13 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 HYPERVM = [sys.executable, "-m", "executor.cli"]
 
 
-def our_domains() -> set[str]:
-    """Names of hypervm domains libvirt knows (running or defined)."""
+#: pod names of this test session start with it, so leak checks never see other sessions' VMs
+TEST_TAG = f"t{os.getpid()}"
+
+
+def our_domains(prefix: str = f"hypervm-{TEST_TAG}") -> set[str]:
+    """Names of domains libvirt knows (running or defined) whose name starts with ``prefix``."""
     if shutil.which("virsh") is None:
         return set()
     out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
                          capture_output=True, text=True, check=False).stdout
-    return {line.strip() for line in out.splitlines() if line.strip().startswith("hypervm-")}
+    return {line.strip() for line in out.splitlines() if line.strip().startswith(prefix)}
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +46,10 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def no_leaked_domains() -> Iterator[None]:
-    """Fails the test if it leaves a hypervm domain behind (then removes it)."""
-    before = our_domains()
+    """Fails the test if it leaves a domain of this session (or a demo) behind, and removes it."""
+    before = our_domains() | our_domains("hypervm-demo-")
     yield
-    leaked = our_domains() - before
+    leaked = (our_domains() | our_domains("hypervm-demo-")) - before
     for name in leaked:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
                        check=False)
@@ -88,6 +92,8 @@ def run_hypervm(*args: str, timeout: float = 180, env: dict[str, str] | None = N
                 **kwargs: object) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.update(env or {})
+    if args and args[0] == "run" and "--name" not in args:
+        args = ("run", "--name", TEST_TAG, *args[1:])
     return subprocess.run([*HYPERVM, *args], capture_output=True, timeout=timeout, cwd=REPO,
                           env=full_env, check=False, **kwargs)  # type: ignore[call-overload]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HYPERVM, REPO, our_domains
+from tests.conftest import HYPERVM, REPO, TEST_TAG, our_domains
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
@@ -74,7 +74,8 @@ def test_wrong_input_is_one_clear_line(hypervm, busybox_rootfs: Path, args: list
 
 
 def _start(busybox_rootfs: Path, script: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*HYPERVM, "run", "--rootfs", str(busybox_rootfs), *extra, "--",
+    return subprocess.Popen([*HYPERVM, "run", "--name", TEST_TAG, "--rootfs",
+                             str(busybox_rootfs), *extra, "--",
                              "sh", "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
@@ -145,7 +146,7 @@ def test_two_containers_one_vm(vm_factory, busybox_rootfs: Path, host_cfg,  # no
         reader = Container("reader", layer, Process(args=(
             "sh", "-c", "sleep 1; readlink /proc/self/ns/net; readlink /proc/self/ns/mnt; "
                         "test -e /written-by-writer && echo present || echo absent")))
-        vm = vm_factory(PodSpec(name="two", containers=(writer, reader)))
+        vm = vm_factory(PodSpec(name=f"{TEST_TAG}-two", containers=(writer, reader)))
         outputs: dict[str, list[bytes]] = {"writer": [], "reader": []}
         done = {name: threading.Event() for name in outputs}
         statuses = {}
@@ -176,7 +177,7 @@ def test_exec_into_running_container(vm_factory, busybox_rootfs: Path, host_cfg)
     try:
         main = Container("main", Rootfs(layers=(image,)), Process(args=(
             "sh", "-c", "echo inside > /state; sleep 1000")))
-        vm = vm_factory(PodSpec(name="exec", containers=(main,)))
+        vm = vm_factory(PodSpec(name=f"{TEST_TAG}-exec", containers=(main,)))
         exited = threading.Event()
         proc = vm.start(main, on_exit=lambda s: exited.set())
         out: list[bytes] = []

@@ -1,0 +1,102 @@
+"""`hypervm run IMAGE`: images from a real registry, archives and OCI layouts, in real VMs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration import imagebuild
+from tests.integration.registry import Registry, running_registry
+from tests.integration.test_image_pull import make_state_dir
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, imagebuild.BuiltImage]:
+    root = tmp_path_factory.mktemp("layouts")
+    return {"multi": imagebuild.multilayer(root / "multi"),
+            "user": imagebuild.user_image(root / "user")}
+
+
+@pytest.fixture
+def image_env() -> Iterator[dict[str, str]]:
+    """A private image cache for the CLI (kernel and initrd stay the host's)."""
+    cache = make_state_dir()
+    yield {"HYPERVM_IMAGE_DIR": str(cache)}
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def listing(root: Path) -> list[str]:
+    """Every file in the cache (its empty skeleton of directories does not count)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+
+
+def test_registry_image_runs_with_the_merged_tree(hypervm, registry: Registry, layouts,  # noqa: ANN001
+                                                  image_env: dict[str, str]) -> None:
+    ref = imagebuild.push(layouts["multi"], registry.host, "multi", "v1")
+    result = hypervm("run", "-q", ref, "--", "sh", "-c",
+                     "pwd; cat keep.txt new.txt; ls /opq; test -e gone.txt || echo gone-absent;"
+                     " test -e /bin/stat || echo stat-whited-out; exit 4", env=image_env)
+    assert result.returncode == 4, result.stderr.decode()
+    assert result.stdout.decode().split() == ["/data", "keep", "new", "fresh.txt", "gone-absent",
+                                              "stat-whited-out"]
+
+
+def test_image_user_entrypoint_and_env(hypervm, registry: Registry, layouts,  # noqa: ANN001
+                                       image_env: dict[str, str]) -> None:
+    ref = imagebuild.push(layouts["user"], registry.host, "user", "v1")
+    result = hypervm("run", "-q", ref, env=image_env)  # Entrypoint sh -c, Cmd id, User app
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert "uid=1000(app) gid=1000(app)" in out and "2000(shared)" in out
+    result = hypervm("run", "-q", "-u", "svc", "-w", "/", "-e", "A=2", ref, "--",
+                     'echo "$A $(id -u) $PWD"',
+                     env=image_env)
+    assert result.stdout == b"2 1001 /\n", result.stderr.decode()
+
+
+def test_second_run_transfers_no_blob_and_concurrent_runs_fetch_once(
+        hypervm, registry: Registry, layouts, image_env: dict[str, str]) -> None:  # noqa: ANN001
+    ref = imagebuild.push(layouts["multi"], registry.host, "conc", "v1")
+    before = registry.blob_gets("conc")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: hypervm("run", "-q", ref, "--", "cat", "keep.txt",
+                                                  env=image_env), range(4)))
+    assert [r.stdout for r in results] == [b"keep\n"] * 4, [r.stderr for r in results]
+    fetched = registry.blob_gets("conc") - before
+    assert fetched and all(count == 1 for count in fetched.values()), fetched
+    again = hypervm("run", "-q", ref, "--", "true", env=image_env)
+    assert again.returncode == 0
+    assert registry.blob_gets("conc") - before == fetched, "second run fetched a blob again"
+
+
+def test_archive_and_oci_sources_run_the_same(hypervm, layouts, tmp_path: Path,  # noqa: ANN001
+                                              image_env: dict[str, str]) -> None:
+    archive = imagebuild.save_docker_archive(layouts["multi"], tmp_path / "multi.tar",
+                                             "multi:v1")
+    script = "cat /data/keep.txt /data/new.txt; ls /opq"
+    outputs = [hypervm("run", "-q", src, "--", "sh", "-c", script, env=image_env).stdout
+               for src in (f"docker-archive:{archive}", layouts["multi"].oci_ref)]
+    assert outputs[0] == outputs[1] == b"keep\nnew\nfresh.txt\n"
+
+
+def test_unknown_image_is_one_clear_line(hypervm, registry: Registry,  # noqa: ANN001
+                                         image_env: dict[str, str]) -> None:
+    cache = Path(image_env["HYPERVM_IMAGE_DIR"])
+    before = listing(cache)
+    result = hypervm("run", "-q", f"{registry.host}/nope:missing", "--", "true", env=image_env)
+    assert result.returncode != 0
+    assert b"nope" in result.stderr and b"Traceback" not in result.stderr
+    assert result.stderr.count(b"\n") == 1, result.stderr
+    assert listing(cache) == before
