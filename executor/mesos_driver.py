@@ -138,8 +138,8 @@ def make_driver(executor: Any, settings: ExecutorSettings,
 
         # -- fix 1: record every update until it is acknowledged ------------------------------
         def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
-            for key, value in new_status_fields().items():
-                status.setdefault(key, value)
+            for name, value in new_status_fields().items():
+                status.setdefault(name, value)
             key = _uuid_of(status)
             with self._lock:
                 self.updates[key] = {"status": status}
@@ -221,8 +221,9 @@ def make_driver(executor: Any, settings: ExecutorSettings,
                 return
             with self._lock:
                 was_subscribed, self._subscribed = self._subscribed, False
-            if self._conn is not None:
-                self._conn.close()
+            conn: Any = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
                 self._conn = None
             if was_subscribed:
                 self.executor.disconnected(self)

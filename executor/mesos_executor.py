@@ -14,6 +14,7 @@ reader threads, timers and the workers that boot pods and signal processes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -287,7 +288,7 @@ class ExecutorCore:
                 continue
             try:
                 group.pod.start(task.task_id, task.outputs[0].write, task.outputs[1].write,
-                                lambda status, t=task: self.post(self.on_exit, t, status))
+                                functools.partial(self.post, self.on_exit, task))
             except Exception as e:  # noqa: BLE001
                 self.post(self.on_start_failed, task, e)
             else:
@@ -338,7 +339,7 @@ class ExecutorCore:
         task.health_state = HealthState(spec)
         task.health = HealthChecker(
             spec, Probe(task.group.pod, task.task_id, spec),
-            lambda ok, why, t=task: self.post(self.on_health, t, ok, why), task.task_id)
+            functools.partial(self.post, self.on_health, task), task.task_id)
         task.health.start()
 
     def on_start_failed(self, task: Task, error: Exception) -> None:

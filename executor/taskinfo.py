@@ -424,9 +424,10 @@ def parse_health_check(value: Any, where: str) -> HealthCheckSpec:
     failures = hc.get("consecutive_failures", 3)
     if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
         raise InvalidSpec(f"{where}.consecutive_failures", f"{failures!r} is not >= 1")
-    common = dict(delay_s=times["delay_seconds"], interval_s=times["interval_seconds"],
-                  timeout_s=times["timeout_seconds"],
-                  grace_period_s=times["grace_period_seconds"], consecutive_failures=failures)
+    common: dict[str, Any] = {
+        "delay_s": times["delay_seconds"], "interval_s": times["interval_seconds"],
+        "timeout_s": times["timeout_seconds"], "grace_period_s": times["grace_period_seconds"],
+        "consecutive_failures": failures}
     if htype == "COMMAND":
         command, env, _user = parse_command(hc.get("command"), f"{where}.command")
         return HealthCheckSpec("COMMAND", command=command, command_env=env, **common)
