@@ -96,6 +96,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str
             (root / "bin" / applet).symlink_to("busybox")
     (root / "bin/notexec").write_text("#!/bin/sh\necho should not run\n")
     (root / "bin/notexec").chmod(0o644)
+    (root / "bin/badformat").write_bytes(b"\x00\x01 not a program")
+    (root / "bin/badformat").chmod(0o755)
     (root / "etc/image-marker").write_text("from the layer\n")
     layer = work / "layer.erofs"
     subprocess.run(
@@ -560,6 +562,11 @@ def test_exec_failures_are_reported_without_exit(guest: Guest) -> None:
     assert err["code"] == "EACCES"
     err = chan.error(
         MsgType.START,
+        {**base, "container": "badformat", "handle": 35, "process": {"args": ["badformat"]}},
+    )
+    assert err["code"] == "EACCES" and err["errno"] == 8  # ENOEXEC
+    err = chan.error(
+        MsgType.START,
         {
             **base,
             "container": "nodisk",
@@ -584,7 +591,7 @@ def test_exec_failures_are_reported_without_exit(guest: Guest) -> None:
     # a failed name and handle are free again; no EXIT was sent for any of them
     start(chan, "nocmd", 30, "exit 0")
     assert chan.wait_exit(30).exit == {"status": 0, "signal": None}
-    assert all(h not in chan.procs for h in (31, 32, 33, 34))
+    assert all(h not in chan.procs for h in (31, 32, 33, 34, 35))
 
 
 def test_duplicate_names_and_handles_are_refused(guest: Guest) -> None:

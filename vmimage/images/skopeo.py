@@ -25,6 +25,10 @@ from executor.errors import HostError, ImageError
 log = logging.getLogger(__name__)
 
 SKOPEO = "skopeo"
+#: a manifest or config read that takes longer than this is a dead registry, not a slow one
+INSPECT_TIMEOUT = "2m"
+#: skopeo retries only what it deems transient (network errors, 5xx), never a bad digest
+RETRIES = "3"
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MSG_RE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
@@ -73,14 +77,16 @@ def _auth(authfile: Path | None, flag: str = "authfile") -> list[str]:
 def inspect_raw(image: str, source: str, *, insecure: bool = False,
                 authfile: Path | None = None) -> bytes:
     """The raw manifest (or manifest list) bytes: no blob is fetched."""
-    return _run(image, ["inspect", "--raw", *_tls("tls-verify", insecure),
+    return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--raw",
+                        "--retry-times", RETRIES, *_tls("tls-verify", insecure),
                         *_auth(authfile), source])
 
 
 def inspect_config(image: str, source: str, *, insecure: bool = False,
                    authfile: Path | None = None) -> bytes:
     """The raw image config blob (one blob GET)."""
-    return _run(image, ["inspect", "--config", "--raw", *_tls("tls-verify", insecure),
+    return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--config", "--raw",
+                        "--retry-times", RETRIES, *_tls("tls-verify", insecure),
                         *_auth(authfile), source])
 
 
@@ -97,7 +103,8 @@ def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
 def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
                authfile: Path | None = None, show_progress: bool = False) -> None:
     """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/."""
-    argv = ["copy", *_tls("src-tls-verify", insecure), *_auth(authfile, "src-authfile")]
+    argv = ["copy", "--retry-times", RETRIES, *_tls("src-tls-verify", insecure),
+            *_auth(authfile, "src-authfile")]
     if not show_progress:
         argv.append("--quiet")
     _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress)
