@@ -47,6 +47,7 @@ from executor.taskinfo import (
 log = logging.getLogger(__name__)
 
 #: how long to wait for the acknowledgements of terminal updates before exiting anyway
+#: (HYPERVM_EXECUTOR_ACK_TIMEOUT, seconds, overrides it)
 ACK_TIMEOUT_S = 60.0
 #: exit codes the guest reports for a command that cannot be executed (as a shell does)
 _EXEC_FAILURES = {"ENOENT": 127, "EACCES": 126}
@@ -94,9 +95,10 @@ def exit_message(status: ExitStatus) -> str:
     if status.signal is not None:
         try:
             name = signal.Signals(status.signal).name
+            text = signal.strsignal(status.signal) or name
         except ValueError:
-            name = str(status.signal)
-        return f"Command terminated with signal {name} ({signal.strsignal(status.signal)})"
+            return f"Command terminated with signal {status.signal}"
+        return f"Command terminated with signal {name} ({text})"
     return f"Command exited with status {status.status}"
 
 
@@ -116,6 +118,7 @@ class ExecutorCore:
         self.recovery_timer: threading.Timer | None = None
         self.exit_code = 0
         self.done = False
+        self.ack_timeout_s = ACK_TIMEOUT_S
         self._queue: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
 
     # ---------------------------------------------------------------- the event loop
@@ -172,9 +175,9 @@ class ExecutorCore:
         elif not self.connected and not self.settings.checkpoint:
             log.info("not connected and not checkpointing: %d updates are lost", len(pending))
             self.done = True
-        elif self.shutting_down_at is None and now - self.all_done_at > ACK_TIMEOUT_S:
+        elif self.shutting_down_at is None and now - self.all_done_at > self.ack_timeout_s:
             log.warning("%d updates still unacknowledged after %.0f s: exiting",
-                        len(pending), ACK_TIMEOUT_S)
+                        len(pending), self.ack_timeout_s)
             self.done = True
 
     # ---------------------------------------------------------------- driver events
@@ -575,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hypervm-executor: error: {e}", file=sys.stderr)
         return 1
     core = ExecutorCore(settings, runtime, rotation)
+    if env.get("HYPERVM_EXECUTOR_ACK_TIMEOUT", "").replace(".", "", 1).isdigit():
+        core.ack_timeout_s = float(env["HYPERVM_EXECUTOR_ACK_TIMEOUT"])
 
     def failsafe() -> None:
         log.error("fail-safe: the executor did not finish within the grace period")

@@ -169,3 +169,20 @@ def test_output_is_rotated_by_size(agent_factory: Any) -> None:  # noqa: F811
     assert names == ["stderr", "stdout", "stdout.1", "stdout.2"]
     assert all(p.stat().st_size <= 1000 for p in out.iterdir())
     assert "line-99-" in (out / "stdout").read_text()
+
+
+def test_exit_waits_for_acks_then_gives_up(agent_factory: Any) -> None:  # noqa: F811
+    import time
+
+    double = agent_factory(auto_ack=False, env={"HYPERVM_EXECUTOR_ACK_TIMEOUT": "2"})
+    double.start_executor()
+    double.wait_subscribed()
+    double.launch(task("t", "true"))
+    double.wait_terminal("t")
+    finished = time.monotonic()
+    assert double.process is not None
+    time.sleep(1)
+    assert double.process.poll() is None  # still waiting for the acknowledgements
+    assert double.wait_executor_exit(15) == 0
+    assert 1.9 <= time.monotonic() - finished < 10
+    assert len(double.unacked) == 3
