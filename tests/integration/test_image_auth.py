@@ -11,8 +11,8 @@ import pytest
 
 from executor.errors import ImageError
 from tests.integration import imagebuild
+from tests.integration.imagebuild import private_store
 from tests.integration.registry import Registry, running_registry
-from tests.integration.test_image_pull import private_store
 from vmimage.images import ImageStore
 
 pytestmark = pytest.mark.slow

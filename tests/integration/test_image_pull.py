@@ -7,16 +7,13 @@ that is not JSON) to check the error and that the cache is unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,33 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import HostConfig
 from executor.errors import ImageError
 from tests.integration import imagebuild
+from tests.integration.imagebuild import check_multilayer_tree, mounted, private_store
 from tests.integration.registry import Registry, fault_proxy, running_registry
 from vmimage.images import ImageStore
 from vmimage.images.cache import Cache
 
 pytestmark = pytest.mark.slow
 HYPERVM = [sys.executable, "-m", "executor.cli"]
-
-
-def make_state_dir() -> Path:
-    # not under /root nor a 0700 temp dir: QEMU (libvirt-qemu) must be able to read layers
-    path = Path(tempfile.mkdtemp(prefix="hypervm-imgtest-", dir="/var/tmp"))
-    path.chmod(0o755)
-    return path
-
-
-@contextlib.contextmanager
-def private_store(**kwargs: object) -> Iterator[ImageStore]:
-    state = make_state_dir()
-    try:
-        cfg = HostConfig(state_dir=state, run_dir=state / "run", libvirt_uri="test:///default",
-                         accel="tcg")
-        yield ImageStore(cfg, **kwargs)  # type: ignore[arg-type]
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -71,57 +50,6 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, imagebuild.Bu
 def store() -> Iterator[ImageStore]:
     with private_store() as s:
         yield s
-
-
-@contextlib.contextmanager
-def mounted(layers: tuple[Path, ...], workdir: Path) -> Iterator[Path]:
-    """The layers as the guest combines them: erofs loop mounts under a read-only overlay."""
-    mounts: list[Path] = []
-    try:
-        lowers = []
-        for i, layer in enumerate(layers):
-            point = workdir / f"l{i}"
-            point.mkdir()
-            subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(layer), str(point)],
-                           check=True, capture_output=True)
-            mounts.append(point)
-            lowers.append(str(point))
-        merged = workdir / "merged"
-        merged.mkdir()
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        "ro,lowerdir=" + ":".join(reversed(lowers)), str(merged)],
-                       check=True, capture_output=True)
-        mounts.append(merged)
-        yield merged
-    finally:
-        for point in reversed(mounts):
-            subprocess.run(["umount", str(point)], check=False, capture_output=True)
-
-
-def check_multilayer_tree(root: Path) -> None:
-    for name, want in imagebuild.MULTILAYER_EXPECTED.items():
-        path = root / name
-        if want is None:
-            assert not os.path.lexists(path), f"{name} should be hidden"
-        elif want == "dir":
-            assert path.is_dir() and not path.is_symlink(), name
-        elif want == "symlink":
-            assert path.is_symlink(), name
-        elif want == "fifo":
-            assert stat.S_ISFIFO(os.lstat(path).st_mode), name
-        else:
-            assert path.read_bytes() == want, name
-    assert sorted(os.listdir(root / "opq")) == ["fresh.txt"]
-    assert sorted(os.listdir(root / "data")) == ["keep.txt", "new.txt", "same.txt"]
-    assert stat.S_IMODE(os.lstat(root / "opq").st_mode) == 0o750
-    assert stat.S_IMODE(os.lstat(root / "suid").st_mode) == 0o4755
-    st = os.lstat(root / "owned.txt")
-    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 5678)
-    assert os.getxattr(root / "owned.txt", "user.hypervm") == b"layer2"
-    assert os.lstat(root / "hard-a").st_ino == os.lstat(root / "hard-b").st_ino
-    assert os.readlink(root / "abs-link") == "/etc/passwd"
-    assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
-    assert (root / "bin/busybox").read_bytes() == imagebuild.BUSYBOX.read_bytes()
 
 
 def test_merged_tree_is_what_the_oci_spec_defines(registry: Registry, layouts: dict,

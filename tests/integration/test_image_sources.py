@@ -15,8 +15,8 @@ import pytest
 
 from executor.errors import ImageError
 from tests.integration import imagebuild
+from tests.integration.imagebuild import check_multilayer_tree, mounted, private_store
 from tests.integration.registry import running_registry
-from tests.integration.test_image_pull import check_multilayer_tree, mounted, private_store
 from vmimage.images import ImageStore
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import pytest
 
 from executor.podspec import Container, PodSpec, Process, Rootfs
 from tests.integration import imagebuild
+from tests.integration.imagebuild import private_store
 from tests.integration.registry import Registry, running_registry
-from tests.integration.test_image_pull import private_store
 from vmimage.images import Image, ImageStore
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
