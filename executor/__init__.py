@@ -1,1 +1,1 @@
-"""hypervm host side: pod specs, the libvirt VM driver, the guest channel, the executor and the CLI."""
+"""hypervm host side: pod specs, the VM driver, the guest channel, the executor and the CLI."""

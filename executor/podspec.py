@@ -47,7 +47,7 @@ class Process:
 
 @dataclass(frozen=True)
 class Mount:
-    """A mount inside a container: ``9p`` shares ``source`` (a host directory), ``tmpfs`` is empty."""
+    """A mount in a container: ``9p`` shares ``source`` (a host directory), ``tmpfs`` is empty."""
 
     type: str
     destination: str

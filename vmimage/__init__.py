@@ -1,1 +1,1 @@
-"""hypervm guest artefacts: the HyperKernel, the initrd, root filesystem images and the image cache."""
+"""hypervm guest artefacts: the HyperKernel, the initrd, rootfs images and the image cache."""
