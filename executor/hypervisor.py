@@ -51,6 +51,7 @@ def _run_event_loop() -> None:
     while True:
         if libvirt.virEventRunDefaultImpl() < 0:
             log.warning("libvirt event loop iteration failed")
+            time.sleep(0.1)  # never spin
 
 
 def _setup_libvirt(events: bool) -> None:
