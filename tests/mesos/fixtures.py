@@ -35,3 +35,18 @@ def agent(agent_factory: Callable[..., AgentDouble]) -> AgentDouble:
     double.start_executor()
     double.wait_subscribed()
     return double
+
+
+def image(name: str = "busybox:1.36") -> dict[str, Any]:
+    return {"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": name}}}}
+
+
+def task(tid: str, cmd: str | None, img: str = "busybox:1.36", **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "task_id": {"value": tid}, "name": tid, "container": image(img),
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}}]}
+    if cmd is not None:
+        out["command"] = {"value": cmd}
+    out.update(extra)
+    return {k: v for k, v in out.items() if v is not None}

@@ -12,8 +12,7 @@ import pytest
 from executor.mesos_health import HealthState
 from executor.taskinfo import HealthCheckSpec
 from tests.mesos.agent import AgentDouble
-from tests.mesos.fixtures import agent, agent_factory  # noqa: F401
-from tests.unit.test_executor_launch import task
+from tests.mesos.fixtures import agent, agent_factory, task  # noqa: F401
 
 FAST = {"delay_seconds": 0.2, "interval_seconds": 0.3, "timeout_seconds": 2,
         "grace_period_seconds": 0, "consecutive_failures": 3}

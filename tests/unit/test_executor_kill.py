@@ -11,8 +11,7 @@ import pytest
 
 from tests.mesos.agent import AgentDouble
 from tests.mesos.fake_runtime import journal
-from tests.mesos.fixtures import agent, agent_factory  # noqa: F401
-from tests.unit.test_executor_launch import task
+from tests.mesos.fixtures import agent, agent_factory, task  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 STUBBORN = "trap 'echo got-term' TERM; while true; do sleep 0.1; done"

@@ -8,24 +8,9 @@ import pytest
 
 from tests.mesos.agent import AgentDouble
 from tests.mesos.fake_runtime import journal
-from tests.mesos.fixtures import agent, agent_factory  # noqa: F401
+from tests.mesos.fixtures import agent, agent_factory, task  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def image(name: str = "busybox:1.36") -> dict[str, Any]:
-    return {"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": name}}}}
-
-
-def task(tid: str, cmd: str | None, img: str = "busybox:1.36", **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "task_id": {"value": tid}, "name": tid, "container": image(img),
-        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
-                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}}]}
-    if cmd is not None:
-        out["command"] = {"value": cmd}
-    out.update(extra)
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def test_group_of_two_finishes_with_own_exit_codes(agent: AgentDouble) -> None:  # noqa: F811

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from tests.mesos.fake_runtime import journal
-from tests.mesos.fixtures import agent_factory  # noqa: F401
-from tests.unit.test_executor_launch import task
+from tests.mesos.fixtures import agent_factory, task  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
