@@ -252,3 +252,18 @@ def test_interrupted_pull_leaves_nothing_half_written(registry: Registry, store:
     assert len(image.layers) == 2
     store.gc(set())
     assert not list((cache.root / "tmp").iterdir())
+
+
+def test_a_repeated_layer_is_stacked_once(registry: Registry, store: ImageStore,
+                                          tmp_path: Path) -> None:
+    rep = imagebuild.layer_tar([imagebuild.Entry("rep.txt", data=b"rep\n")])
+    gone = imagebuild.layer_tar([imagebuild.Entry(".wh.rep.txt")])
+    built = imagebuild.write_layout(
+        tmp_path / "layout", "rep",
+        [imagebuild.layer_tar(imagebuild.busybox_entries()), rep, gone, rep],
+        imagebuild.BASE_CONFIG)
+    image = store.pull(imagebuild.push(built, registry.host, "rep", "1"))
+    assert len(image.layers) == 3 and len(set(image.layers)) == 3
+    (tmp_path / "mnt").mkdir()
+    with mounted(image.layers, tmp_path / "mnt") as merged:
+        assert (merged / "rep.txt").read_bytes() == b"rep\n"

@@ -94,3 +94,12 @@ def test_gc_and_size_report(cache: Cache) -> None:
     assert result.removed_refs == ["reg/a:1"] and result.removed_images == [D[9]]
     assert cache.layer_path(D[1]).exists()  # in use by a running VM
     assert cache.manifest(D[9]) is None and cache.config(D[0]) is None
+
+
+def test_repeated_layers_keep_their_topmost_place() -> None:
+    from vmimage.images.store import unique_layers
+
+    a, b, c = Path("/l/a"), Path("/l/b"), Path("/l/c")
+    assert unique_layers((a, b, a, c)) == (b, a, c)
+    assert unique_layers((a, a)) == (a,)
+    assert unique_layers((a, b, c)) == (a, b, c)

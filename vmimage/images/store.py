@@ -65,6 +65,12 @@ class _Built:
     meta: dict[str, Any]
 
 
+def unique_layers(layers: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Each layer once, at its topmost place (old images repeat the empty layer): a layer also
+    present higher up adds nothing below it, and overlayfs refuses a lowerdir given twice."""
+    return tuple(reversed(dict.fromkeys(reversed(layers))))
+
+
 class ImageStore:
     def __init__(self, cfg: HostConfig, insecure_registries: Iterable[str] = (),
                  progress: Progress | None = None) -> None:
@@ -276,7 +282,7 @@ class ImageStore:
         config_raw = self.cache.config(record.config)
         assert config_raw is not None  # cache.image() checked it
         parsed = parse_config(ref, record.config, config_raw)
-        layers = tuple(self.cache.layer_path(d) for d in record.diff_ids)
+        layers = unique_layers(tuple(self.cache.layer_path(d) for d in record.diff_ids))
         return Image(ref, record.digest, layers, parsed.config)
 
     def _user_files(self, image: Image) -> dict[str, str | None]:
