@@ -198,6 +198,20 @@ def make_driver(executor: Any, settings: ExecutorSettings,
             if callback is not None:
                 callback(self, event["task_id"]["value"], event["uuid"])
 
+        # -- launches: pymesos asserts on a known task ID, which kills its IO thread ----------
+        def on_launch(self, event: dict[str, Any]) -> None:
+            task = event["task"]
+            with self._lock:
+                self.tasks.setdefault(task["task_id"]["value"], task)
+            self.executor.launchTask(self, task)
+
+        def on_launch_group(self, event: dict[str, Any]) -> None:
+            tasks = event["task_group"]["tasks"]
+            with self._lock:
+                for task in tasks:
+                    self.tasks.setdefault(task["task_id"]["value"], task)
+            self.executor.launchTaskGroup(self, list(tasks))
+
         # -- the KILL event's kill_policy ------------------------------------------------------
         def on_kill(self, event: dict[str, Any]) -> None:
             callback = getattr(self.executor, "killTaskWithPolicy", None)

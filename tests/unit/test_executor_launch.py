@@ -171,3 +171,14 @@ def test_exit_waits_for_acks_then_gives_up(agent_factory: Any) -> None:  # noqa:
     assert double.wait_executor_exit(15) == 0
     assert 1.9 <= time.monotonic() - finished < 10
     assert len(double.unacked) == 3
+
+
+def test_duplicate_task_id_is_rejected_without_crashing(agent: AgentDouble) -> None:  # noqa: F811
+    agent.launch(task("dup", "sleep 1.5"))
+    agent.wait_state("dup", "TASK_RUNNING")
+    agent.launch_group([task("dup", "true"), task("fresh", "true")])
+    fresh = agent.wait_terminal("fresh")
+    assert fresh["state"] == "TASK_FAILED" and "already launched" in fresh["message"]
+    assert agent.wait_terminal("dup")["state"] == "TASK_FINISHED"
+    assert agent.states("dup") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert agent.wait_executor_exit(30) == 0
