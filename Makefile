@@ -15,7 +15,7 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev \
 	linux-source-6.1 bc flex bison libelf-dev libssl-dev xz-utils cpio \
 	musl-tools busybox-static erofs-utils e2fsprogs \
-	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl
+	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl openssl
 
 .PHONY: all deps services artifacts init kernel initrd demo test test-unit bench lint clean
 
