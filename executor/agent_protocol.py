@@ -125,7 +125,8 @@ class FrameDecoder:
 
 @dataclass(frozen=True)
 class ExitStatus:
-    """How a guest process ended: ``status`` for a normal exit, ``signal`` when killed."""
+    """How a guest process ended: ``status`` for a normal exit, ``signal`` when killed; both
+    None when the VM (or its channel) went away before the process reported its exit."""
 
     status: int | None
     signal: int | None
@@ -146,7 +147,13 @@ class ExitStatus:
             raise ProtocolError(f"EXIT payload is invalid: {payload!r}")
         return cls(status, signal)
 
+    @property
+    def lost(self) -> bool:
+        return self.status is None and self.signal is None
+
     def describe(self) -> str:
         if self.signal is not None:
             return f"killed by signal {self.signal}"
+        if self.lost:
+            return "lost: the VM stopped before the process exited"
         return f"exited with status {self.status}"

@@ -166,6 +166,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="destroy every HyperVM, even those whose owner still runs",
     )
     p.add_argument("-n", "--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument("--images", action="store_true",
+                   help="also drop tagged images from the cache (layers of running VMs stay)")
     p.set_defaults(func=gc_command)
 
 
@@ -182,4 +184,18 @@ def gc_command(args: argparse.Namespace) -> int:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}")
     if not report.destroyed and not report.removed_dirs:
         print(f"nothing to remove ({len(report.kept)} HyperVMs with a live owner)")
+    if not args.dry_run:
+        prune_image_cache(cfg, report.in_use, drop_tagged=args.images)
     return 0
+
+
+def prune_image_cache(cfg: HostConfig, in_use: set[Path], *, drop_tagged: bool) -> None:
+    """Remove cache entries no running VM uses (and, with ``drop_tagged``, tagged images)."""
+    from vmimage.images import ImageStore
+
+    report = ImageStore(cfg).gc(in_use, keep_refs=[] if drop_tagged else None)
+    for ref in report.removed_refs:
+        print(f"untagged {ref}")
+    print(f"image cache: removed {len(report.removed_images)} images and "
+          f"{len(report.removed_layers)} layers ({report.freed_bytes / 1e6:.1f} MB), "
+          f"kept {report.kept_layers} layers")

@@ -165,6 +165,7 @@ class GuestChannel:
         if not self._closed.is_set():
             log.debug("%s", reason)
             self._fail_all(reason)
+            self._lose_processes()
             if self.on_disconnect is not None:
                 self.on_disconnect(reason)
 
@@ -207,6 +208,13 @@ class GuestChannel:
                                                 errno=body.get("errno")))
             return
         raise ProtocolError(f"unexpected {frame.type.name} frame from the guest")
+
+    def _lose_processes(self) -> None:
+        """Processes whose EXIT can no longer arrive end as lost (status and signal None)."""
+        with self._state_lock:
+            processes, self._processes = self._processes, {}
+        for callbacks in processes.values():
+            callbacks.on_exit(ExitStatus(status=None, signal=None))
 
     def _fail_all(self, reason: str) -> None:
         with self._state_lock:

@@ -130,3 +130,21 @@ def test_stdin_frames_reach_the_guest(sock_path: Path, channel: GuestChannel) ->
     channel.request(MsgType.PING, {})  # replies are ordered after the STDIN frames
     assert [(f.type, f.id, f.payload) for f in guest.received[:2]] == [
         (MsgType.STDIN, 5, b"hello"), (MsgType.STDIN, 5, b"")]
+
+
+def test_vm_going_away_reports_running_processes_lost(sock_path: Path,
+                                                      channel: GuestChannel) -> None:
+    def handler(conn: socket.socket, frame: proto.Frame) -> None:
+        conn.sendall(proto.encode_json(MsgType.OK, frame.id, {"pid": 1}))
+        conn.shutdown(socket.SHUT_RDWR)  # QEMU died: the socket closes
+
+    FakeGuest(sock_path, handler=handler)
+    channel.connect(timeout=5)
+    exits: list = []
+    done = threading.Event()
+    channel.register_process(3, ProcessCallbacks(lambda b: None, lambda b: None,
+                                                 lambda s: (exits.append(s), done.set())))
+    channel.request(MsgType.START, {"handle": 3})
+    assert done.wait(5)
+    assert exits[0].lost and exits[0].code == 255
+    assert "VM stopped" in exits[0].describe()
