@@ -446,6 +446,12 @@ class AgentDouble:
     def shutdown(self) -> None:
         self._send({"type": "SHUTDOWN"})
 
+    def heartbeat(self) -> None:
+        self._send({"type": "HEARTBEAT"})
+
+    def error(self, message: str) -> None:
+        self._send({"type": "ERROR", "error": {"message": message}})
+
     def message(self, data: bytes) -> None:
         self._send({"type": "MESSAGE", "message": {"data": base64.b64encode(data).decode()}})
 

@@ -56,6 +56,9 @@ def test_finished_task_does_not_stop_siblings(agent: AgentDouble) -> None:  # no
 
 
 def test_lone_task_logs_into_the_sandbox(agent: AgentDouble) -> None:  # noqa: F811
+    agent.heartbeat()
+    agent.message(b"hello executor")  # ignored, like ERROR: neither may disturb the executor
+    agent.error("a test error")
     agent.launch(task("solo", "echo solo-out; echo solo-err >&2; exit 0"))
     assert agent.wait_terminal("solo")["state"] == "TASK_FINISHED"
     assert agent.wait_executor_exit(30) == 0
