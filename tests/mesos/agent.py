@@ -116,6 +116,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self.path != "/api/v1/executor":
             return self.reply(404)
+        if agent.auth_token and self.headers.get("Authorization") != f"Bearer {agent.auth_token}":
+            agent.checker.record("call without the executor's authentication token")
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="mesos"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            agent.rejected.append((401, "Unauthorized"))
+            return None
         ctype = self.headers.get("Content-Type")
         if ctype is None:
             agent.checker.record("call without Content-Type")
@@ -198,7 +206,8 @@ class AgentDouble:
                  executor_id: str = "ex-1", shutdown_grace: str = "5secs",
                  recovery_timeout: str = "15mins", backoff_max: str = "1secs",
                  runtime: str | None = FAKE_RUNTIME, env: dict[str, str] | None = None,
-                 executor_resources: tuple[float, float] = (0.1, 32.0)) -> None:
+                 executor_resources: tuple[float, float] = (0.1, 32.0),
+                 auth_token: str | None = None) -> None:
         self.workdir = workdir
         self.sandbox = workdir / "sandbox"
         self.sandbox.mkdir(parents=True, exist_ok=True)
@@ -210,6 +219,9 @@ class AgentDouble:
                              backoff_max=backoff_max)
         self.runtime, self.extra_env = runtime, env or {}
         self.executor_resources = executor_resources
+        #: with a token, calls must carry ``Authorization: Bearer <token>`` (else 401), as with
+        #: the agent's --authenticate_http_executors
+        self.auth_token = auth_token
         self.calls: list[dict[str, Any]] = []
         self.updates: list[Update] = []
         self.messages: list[bytes] = []
@@ -297,6 +309,8 @@ class AgentDouble:
             "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD": self.settings["shutdown_grace"],
             "MESOS_SLAVE_ID": "agent-1",
         })
+        if self.auth_token:
+            env["MESOS_EXECUTOR_AUTHENTICATION_TOKEN"] = self.auth_token
         if self.checkpoint:
             env["MESOS_RECOVERY_TIMEOUT"] = self.settings["recovery_timeout"]
             env["MESOS_SUBSCRIPTION_BACKOFF_MAX"] = self.settings["backoff_max"]

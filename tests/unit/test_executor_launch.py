@@ -185,3 +185,22 @@ def test_duplicate_task_id_is_rejected_without_crashing(agent: AgentDouble) -> N
     assert agent.wait_terminal("dup")["state"] == "TASK_FINISHED"
     assert agent.states("dup") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
     assert agent.wait_executor_exit(30) == 0
+
+
+def test_executor_authentication_token_is_sent(agent_factory: Any) -> None:  # noqa: F811
+    double = agent_factory(auth_token="s3cr3t-token")
+    double.start_executor()
+    double.wait_subscribed()
+    double.launch(task("auth", "true"))
+    assert double.wait_terminal("auth")["state"] == "TASK_FINISHED"
+    assert double.wait_executor_exit(30) == 0
+    assert double.rejected == [] and double.violations == []
+
+
+def test_missing_token_is_refused(agent_factory: Any) -> None:  # noqa: F811
+    double = agent_factory(auth_token="s3cr3t-token",
+                           env={"MESOS_EXECUTOR_AUTHENTICATION_TOKEN": ""})
+    double.start_executor()
+    double.wait_for(lambda: double.rejected, 20, "a refused SUBSCRIBE")
+    assert double.rejected[0][0] == 401
+    assert double.wait_executor_exit(30) != 0  # it cannot subscribe: it gives up, failing
