@@ -167,6 +167,8 @@ class ExecutorCore:
                 not g.gone for g in self.groups):
             self.all_done_at = None
             return
+        if not self.connected:  # the ack fail-safe runs only while the agent can ack;
+            self.all_done_at = None  # the recovery timeout bounds a disconnection
         self.all_done_at = self.all_done_at or now
         pending = self.driver.unacknowledged() if self.driver is not None else []
         if not pending:

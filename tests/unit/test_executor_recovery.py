@@ -84,3 +84,15 @@ def test_recovery_timeout_shuts_down(agent_factory: Any) -> None:  # noqa: F811
     assert double.process is not None
     assert double.process.poll() == 0  # gone while the agent was down
     assert [e["event"] for e in journal(double.sandbox)][-1] == "destroy"
+
+
+def test_ack_fail_safe_does_not_run_while_the_agent_is_down(agent_factory: Any) -> None:  # noqa: F811
+    double = agent_factory(env={"HYPERVM_EXECUTOR_ACK_TIMEOUT": "1"})
+    double.start_executor()
+    double.wait_subscribed()
+    double.launch(task("t", "sleep 0.5; exit 0"))
+    double.wait_state("t", "TASK_RUNNING")
+    double.restart(down_for=4)  # FINISHED happens while down; 4 s > the 1 s ack fail-safe
+    assert double.wait_terminal("t", timeout=20)["state"] == "TASK_FINISHED"
+    assert double.wait_executor_exit(20) == 0
+    assert double.unacked == {}
