@@ -23,13 +23,24 @@ import pytest
 
 from executor.errors import ImageError
 from tests.integration import imagebuild
-from tests.integration.imagebuild import check_multilayer_tree, mounted, private_store
+from tests.integration.imagebuild import (
+    check_multilayer_tree,
+    make_state_dir,  # noqa: F401 - used from here by others
+    mounted,
+    private_store,
+)
 from tests.integration.registry import Registry, fault_proxy, running_registry
 from vmimage.images import ImageStore
 from vmimage.images.cache import Cache
 
 pytestmark = pytest.mark.slow
 HYPERVM = [sys.executable, "-m", "executor.cli"]
+
+
+def cli_env(store: ImageStore) -> dict[str, str]:
+    """The environment that points ``hypervm`` at the store's private cache."""
+    return {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent),
+            "HYPERVM_IMAGE_DIR": str(store.cache.root)}
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +97,7 @@ def test_second_pull_transfers_no_blob(registry: Registry, layouts: dict,
 def test_four_concurrent_pulls_fetch_each_blob_once(registry: Registry, layouts: dict) -> None:
     ref = imagebuild.push(layouts["multi"], registry.host, "concurrent", "1")
     with private_store() as store:
-        env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
+        env = cli_env(store)
         procs = [subprocess.Popen([*HYPERVM, "pull", ref], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE) for _ in range(4)]
         outputs = [p.communicate(timeout=300) for p in procs]
@@ -137,7 +148,7 @@ def test_gc_keeps_tagged_and_in_use(registry: Registry, layouts: dict,
 
 
 def run_pull(store: ImageStore, ref: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
+    env = cli_env(store)
     return subprocess.run([*HYPERVM, "pull", ref], env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -203,7 +214,7 @@ def test_cli_images_lists_sizes(registry: Registry, layouts: dict, store: ImageS
     # not a terminal: the result alone on stdout, plain progress lines on stderr
     assert proc.stdout == f"{ref} {layouts['base'].manifest_digest}\n"
     assert "fetching 1 of 1 layers" in proc.stderr and "layer 1/1" in proc.stderr
-    env = {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent)}
+    env = cli_env(store)
     out = subprocess.run([*HYPERVM, "images"], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert ref in out and layouts["base"].manifest_digest[:19] in out
@@ -237,7 +248,7 @@ def test_interrupted_pull_leaves_nothing_half_written(registry: Registry, store:
     cache = store.cache
     cache.ensure()
     before = cache.entries()
-    env = {**os.environ, "HYPERVM_STATE_DIR": str(cache.root.parent)}
+    env = cli_env(store)
     proc = subprocess.Popen([*HYPERVM, "pull", ref], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
