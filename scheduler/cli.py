@@ -1,0 +1,152 @@
+"""``hypervm-scheduler``: the sample multi-tenant CaaS framework.
+
+    hypervm-scheduler --master http://mesos:5050 --listen 0.0.0.0:8080 \\
+        --state sqlite:///var/lib/hypervm-scheduler/state.db --tenants /etc/hypervm/tenants.yaml
+    hypervm-scheduler hash-token TOKEN      # the token_sha256 of a tenant
+
+The secret for ``--principal`` comes from ``--secret-file`` or ``HYPERVM_SCHEDULER_SECRET``
+(never the command line, where ``ps`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from executor.errors import HyperVMError
+from scheduler.api import make_app, serve
+from scheduler.errors import ConfigError
+from scheduler.framework import FRAMEWORK_ID_KEY, HyperVMFramework
+from scheduler.service import Workloads
+from scheduler.store import open_store
+from scheduler.taskgroup import ExecutorConfig
+from scheduler.tenants import Tenants, hash_token, load_tenants
+
+log = logging.getLogger("hypervm-scheduler")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hypervm-scheduler", description=__doc__.split("\n")[1])
+    p.add_argument("--master", required=True, help="http://HOST:PORT, HOST:PORT or zk://…")
+    p.add_argument("--listen", required=True, help="HOST:PORT of the REST API")
+    p.add_argument("--state", required=True, help="sqlite:///ABSOLUTE/PATH.db")
+    p.add_argument("--tenants", required=True, type=Path, help="tenants file (YAML or JSON)")
+    p.add_argument("--name", default="hypervm-scheduler")
+    p.add_argument("--user", default="root", help="FrameworkInfo.user (runs the executors)")
+    p.add_argument("--principal")
+    p.add_argument("--secret-file", type=Path)
+    p.add_argument("--failover-timeout", type=float, default=7 * 86400.0,
+                   help="seconds Mesos keeps our tasks while we are away (default: a week)")
+    p.add_argument("--executor-command", default="hypervm-executor",
+                   help="ExecutorInfo.command.value")
+    p.add_argument("--executor-cpus", type=float, default=0.1)
+    p.add_argument("--executor-mem", type=float, default=64.0)
+    p.add_argument("--executor-prefix", default="hypervm",
+                   help="executor ids (and VM names) start with it")
+    p.add_argument("--refuse-seconds", type=float, default=5.0,
+                   help="filters.refuse_seconds of declines")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def master_address(url: str) -> str:
+    """pymesos wants HOST:PORT or zk://…"""
+    if url.startswith(("zk://", "zoo://")):
+        return url
+    address = url.removeprefix("http://").removeprefix("https://").rstrip("/")
+    if not address or "/" in address:
+        raise ConfigError(f"--master {url!r}: give http://HOST:PORT or zk://HOSTS/PATH")
+    return address
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def read_secret(args: argparse.Namespace) -> str | None:
+    if args.secret_file is not None:
+        try:
+            return args.secret_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--secret-file: {e}") from e
+    return os.environ.get("HYPERVM_SCHEDULER_SECRET")
+
+
+def framework_info(args: argparse.Namespace, tenants: Tenants, framework_id: str | None
+                   ) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "user": args.user, "name": args.name, "roles": tenants.roles,
+        "capabilities": [{"type": "MULTI_ROLE"}, {"type": "TASK_KILLING_STATE"}],
+        "failover_timeout": args.failover_timeout, "checkpoint": True}
+    if args.principal:
+        info["principal"] = args.principal
+    if framework_id:
+        info["id"] = {"value": framework_id}
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    from pymesos import MesosSchedulerDriver
+
+    tenants = load_tenants(args.tenants)
+    store = open_store(args.state)
+    host, port = listen_address(args.listen)
+    master = master_address(args.master)
+    cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
+                         args.executor_prefix)
+    workloads = Workloads(store)
+    framework = HyperVMFramework(store, workloads, tenants, cfg, args.refuse_seconds)
+    workloads.on_change, workloads.kill = framework.wake, framework.kill
+    framework_id = store.get_meta(FRAMEWORK_ID_KEY)
+    driver = MesosSchedulerDriver(
+        framework, framework_info(args, tenants, framework_id), master,
+        implicit_acknowledgements=True, principal=args.principal, secret=read_secret(args),
+        failover=True)
+    server = serve(make_app(workloads, tenants), host, port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    log.info("API on http://%s:%d, master %s, framework id %s, tenants %s", host,
+             server.server_address[1], master, framework_id or "(new)",
+             ", ".join(t.id for t in tenants.all))
+    driver.start()
+    while not stop.wait(0.5) and framework.fatal is None:
+        framework.tick()
+    log.info("stopping (the framework fails over: its tasks keep running)")
+    driver.stop(failover=True)
+    server.shutdown()
+    store.close()
+    return 1 if framework.fatal else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-token"]:
+        if len(argv) != 2:
+            print("usage: hypervm-scheduler hash-token TOKEN", file=sys.stderr)
+            return 2
+        print(hash_token(argv[1]))
+        return 0
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except HyperVMError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

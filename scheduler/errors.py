@@ -1,0 +1,49 @@
+"""Errors of the scheduler, rooted in :class:`executor.errors.HyperVMError`.
+
+The REST layer maps each class to one HTTP status; ``str(err)`` is the message the user sees.
+Validation errors are :class:`executor.errors.InvalidSpec` (they name the field).
+"""
+
+from __future__ import annotations
+
+from executor.errors import HyperVMError
+
+
+class SchedulerError(HyperVMError):
+    """Root of the scheduler's own errors."""
+
+    status = 500
+
+
+class Unauthorized(SchedulerError):
+    """No token, or a token no tenant has."""
+
+    status = 401
+
+
+class NotFound(SchedulerError):
+    """No such workload for this tenant (another tenant's workloads are not found either)."""
+
+    status = 404
+
+
+class Conflict(SchedulerError):
+    """The workload exists already."""
+
+    status = 409
+
+
+class QuotaExceeded(SchedulerError):
+    """Admission refused: ``quota`` names the quota, the message the amounts."""
+
+    status = 403
+
+    def __init__(self, quota: str, message: str) -> None:
+        self.quota = quota
+        super().__init__(message, hint=f"lower the request or raise quota.{quota} of the tenant")
+
+
+class ConfigError(SchedulerError):
+    """The command line, the tenants file or the state URL is wrong."""
+
+    status = 500
