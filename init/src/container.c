@@ -15,6 +15,7 @@
 
 #include "layers.h"
 #include "log.h"
+#include "net.h"
 
 #define NINEP_OPTIONS "trans=virtio,version=9p2000.L,msize=262144"
 
@@ -193,8 +194,9 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 {
 	struct op_error e;
 
-	if (assemble_rootfs(req, &e) != 0 || enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
-	    mount_requested(req, &e) != 0)
+	if (assemble_rootfs(req, &e) != 0 ||
+	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
+	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 || mount_requested(req, &e) != 0)
 		spawn_report_failure(f->report[1], &e);
 	if (sethostname(req->hostname, strlen(req->hostname)) != 0) {
 		log_errno("sethostname %s", req->hostname);

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "parse.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -329,10 +330,155 @@ static int parse_signal(const cJSON *root, struct signal_req *s, struct req_erro
 	return 0;
 }
 
+/* --- NETWORK --------------------------------------------------------------------------- */
+
+/* A DNS name or label list: [A-Za-z0-9_.-], at most MAX_DNS_NAME_LEN bytes. */
+static int valid_dns_name(const char *s) { return valid_name(s, MAX_DNS_NAME_LEN); }
+
+static int valid_ip(const char *s)
+{
+	unsigned char buf[16];
+
+	return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+static int get_ipv4(const cJSON *obj, const char *where, const char *name, int required,
+		    uint32_t *out, struct req_error *err)
+{
+	const char *text;
+
+	*out = 0;
+	if (get_string(obj, where, name, required, &text, err) != 0)
+		return -1;
+	if (text != NULL && inet_pton(AF_INET, text, out) != 1)
+		return fail(err, "%s%s: must be an IPv4 address", where, name);
+	return 0;
+}
+
+static int parse_mac(const char *text, uint8_t mac[6])
+{
+	unsigned v[6];
+	char end;
+
+	if (sscanf(text, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &end) != 6 || strlen(text) != 17)
+		return -1;
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)v[i];
+	return 0;
+}
+
+static int parse_iface(const cJSON *item, size_t i, struct iface_spec *f, struct req_error *err)
+{
+	const char *mac;
+	char where[32];
+
+	snprintf(where, sizeof(where), "interfaces[%zu].", i);
+	if (!cJSON_IsObject(item))
+		return fail(err, "interfaces[%zu]: must be an object", i);
+	if (get_string(item, where, "mac", 1, &mac, err) != 0)
+		return -1;
+	if (parse_mac(mac, f->mac) != 0)
+		return fail(err, "%smac: must be a MAC address like 52:54:00:12:34:56", where);
+	if (get_ipv4(item, where, "address", 1, &f->address, err) != 0 ||
+	    get_u32(item, where, "prefix", 1, 32, &f->prefix, err) != 0 ||
+	    get_ipv4(item, where, "gateway", 0, &f->gateway, err) != 0 ||
+	    get_u32(item, where, "mtu", 0, 65535, &f->mtu, err) != 0)
+		return -1;
+	if (f->mtu != 0 && f->mtu < 68)
+		return fail(err, "%smtu: must be at least 68", where);
+	return 0;
+}
+
+/* An optional array of at most max strings, each checked by valid(). */
+static int get_checked_strings(const cJSON *obj, const char *name, size_t max,
+			       int (*valid)(const char *), const char **out, size_t *count,
+			       struct req_error *err)
+{
+	cJSON *arr = member(obj, name), *item;
+
+	*count = 0;
+	if (arr == NULL)
+		return 0;
+	if (!cJSON_IsArray(arr))
+		return fail(err, "%s: must be an array of strings", name);
+	cJSON_ArrayForEach(item, arr)
+	{
+		if (*count >= max)
+			return fail(err, "%s: more than %zu entries", name, max);
+		if (!cJSON_IsString(item) || item->valuestring == NULL || !valid(item->valuestring))
+			return fail(err, "%s[%zu]: invalid entry", name, *count);
+		out[(*count)++] = item->valuestring;
+	}
+	return 0;
+}
+
+static int parse_host_entry(const cJSON *item, size_t i, struct host_entry *h,
+			    struct req_error *err)
+{
+	char where[32];
+
+	snprintf(where, sizeof(where), "hosts[%zu].", i);
+	if (!cJSON_IsObject(item))
+		return fail(err, "hosts[%zu]: must be an object", i);
+	if (get_string(item, where, "address", 1, &h->address, err) != 0)
+		return -1;
+	if (!valid_ip(h->address))
+		return fail(err, "%saddress: must be an IPv4 or IPv6 address", where);
+	if (get_checked_strings(item, "names", MAX_HOST_NAMES, valid_dns_name, h->names,
+				&h->nnames, err) != 0) {
+		char detail[sizeof(err->message)];
+
+		snprintf(detail, sizeof(detail), "%s", err->message);
+		return fail(err, "%s%.200s", where, detail);
+	}
+	if (h->nnames == 0)
+		return fail(err, "%snames: must name at least one host", where);
+	return 0;
+}
+
+static int parse_network(const cJSON *root, struct network_req *n, struct req_error *err)
+{
+	cJSON *arr, *item;
+
+	arr = member(root, "interfaces");
+	if (arr != NULL && !cJSON_IsArray(arr))
+		return fail(err, "interfaces: must be an array");
+	if (arr != NULL) {
+		cJSON_ArrayForEach(item, arr)
+		{
+			if (n->nifaces >= MAX_IFACES)
+				return fail(err, "interfaces: more than %d entries", MAX_IFACES);
+			if (parse_iface(item, n->nifaces, &n->ifaces[n->nifaces], err) != 0)
+				return -1;
+			n->nifaces++;
+		}
+	}
+	if (get_checked_strings(root, "nameservers", MAX_NAMESERVERS, valid_ip, n->nameservers,
+				&n->nnameservers, err) != 0 ||
+	    get_checked_strings(root, "search", MAX_SEARCH, valid_dns_name, n->search,
+				&n->nsearch, err) != 0)
+		return -1;
+	arr = member(root, "hosts");
+	if (arr != NULL && !cJSON_IsArray(arr))
+		return fail(err, "hosts: must be an array");
+	if (arr != NULL) {
+		cJSON_ArrayForEach(item, arr)
+		{
+			if (n->nhosts >= MAX_HOSTS)
+				return fail(err, "hosts: more than %d entries", MAX_HOSTS);
+			if (parse_host_entry(item, n->nhosts, &n->hosts[n->nhosts], err) != 0)
+				return -1;
+			n->nhosts++;
+		}
+	}
+	return 0;
+}
+
 int request_type_known(uint16_t type)
 {
 	return type == MSG_START || type == MSG_EXEC || type == MSG_SIGNAL ||
-	       type == MSG_POWEROFF || type == MSG_PING;
+	       type == MSG_POWEROFF || type == MSG_PING || type == MSG_NETWORK;
 }
 
 int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len,
@@ -366,6 +512,9 @@ int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len
 		break;
 	case MSG_SIGNAL:
 		rc = parse_signal(out->json, &out->u.signal, err);
+		break;
+	case MSG_NETWORK:
+		rc = parse_network(out->json, &out->u.network, err);
 		break;
 	default: /* POWEROFF, PING: no fields */
 		rc = 0;

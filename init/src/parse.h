@@ -18,6 +18,12 @@
 #define MAX_GIDS 64
 #define MAX_STRINGS 65536 /* args or env entries */
 #define MAX_SIGNAL 64
+#define MAX_IFACES 4
+#define MAX_NAMESERVERS 3 /* the resolver reads at most 3 (MAXNS) */
+#define MAX_SEARCH 6
+#define MAX_HOSTS 32
+#define MAX_HOST_NAMES 8
+#define MAX_DNS_NAME_LEN 253
 
 struct proc_spec {
 	char **args; /* NULL-terminated; strings point into the request's JSON tree */
@@ -64,6 +70,31 @@ struct signal_req {
 	int signo;
 };
 
+struct iface_spec {
+	uint8_t mac[6];   /* the interface is found by its MAC address */
+	uint32_t address; /* IPv4, network byte order */
+	uint32_t prefix;  /* 0..32 */
+	uint32_t gateway; /* default route via it; 0: no default route */
+	uint32_t mtu;     /* 0: keep the driver's */
+};
+
+struct host_entry {
+	const char *address; /* IPv4 or IPv6, checked */
+	const char *names[MAX_HOST_NAMES];
+	size_t nnames;
+};
+
+struct network_req {
+	struct iface_spec ifaces[MAX_IFACES];
+	size_t nifaces;
+	const char *nameservers[MAX_NAMESERVERS];
+	size_t nnameservers;
+	const char *search[MAX_SEARCH];
+	size_t nsearch;
+	struct host_entry hosts[MAX_HOSTS];
+	size_t nhosts;
+};
+
 struct request {
 	uint16_t type;
 	uint32_t id;
@@ -72,6 +103,7 @@ struct request {
 		struct start_req start;
 		struct exec_req exec;
 		struct signal_req signal;
+		struct network_req network;
 	} u;
 };
 

@@ -12,6 +12,7 @@
 #include "exec.h"
 #include "log.h"
 #include "message.h"
+#include "net.h"
 #include "parse.h"
 #include "proc.h"
 #include "relay.h"
@@ -159,6 +160,16 @@ static int handle_signal(struct server *s, uint32_t id, const struct signal_req 
 	return 0;
 }
 
+static int handle_network(struct server *s, uint32_t id, const struct network_req *req)
+{
+	struct op_error e;
+
+	if (net_configure(req, &e) != 0)
+		return reply_error(s, id, &e);
+	reply_ok(s, id, strdup("{}"));
+	return 0;
+}
+
 static void dispatch(struct server *s, const struct request *r)
 {
 	switch (r->type) {
@@ -170,6 +181,9 @@ static void dispatch(struct server *s, const struct request *r)
 		break;
 	case MSG_SIGNAL:
 		handle_signal(s, r->id, &r->u.signal);
+		break;
+	case MSG_NETWORK:
+		handle_network(s, r->id, &r->u.network);
 		break;
 	case MSG_POWEROFF:
 		reply_ok(s, r->id, strdup("{}"));

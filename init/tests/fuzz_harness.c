@@ -155,10 +155,13 @@ static const char *const seeds[] = {
     "{\"container\":\"web\",\"handle\":7,\"process\":{\"args\":[\"ls\",\"-l\"]}}",
     "{\"handle\":1,\"signal\":15}",
     "{}",
+    "{\"interfaces\":[{\"mac\":\"52:54:00:12:34:56\",\"address\":\"10.0.2.15\",\"prefix\":24,"
+    "\"gateway\":\"10.0.2.2\",\"mtu\":1500}],\"nameservers\":[\"10.0.2.3\"],\"search\":"
+    "[\"example.org\"],\"hosts\":[{\"address\":\"::1\",\"names\":[\"localhost\"]}]}",
 };
 
 static const uint16_t types[] = {MSG_START, MSG_EXEC, MSG_SIGNAL, MSG_POWEROFF, MSG_PING,
-				 MSG_STDIN, MSG_READY,  MSG_EXIT,   0x7777};
+				 MSG_NETWORK, MSG_STDIN, MSG_READY,  MSG_EXIT,   0x7777};
 
 static const char *const tokens[] = {
     "{", "}", "[", "]", ",", ":", "\"", "null", "true", "false", "0", "-1", "4294967295",

@@ -1,0 +1,20 @@
+/* The VM's network (NETWORK request): interface addresses and default route, and the files a
+ * container sees in /etc (hosts, resolv.conf, hostname), each a private copy per container. */
+#ifndef HYPERVM_NET_H
+#define HYPERVM_NET_H
+
+#include "operror.h"
+#include "parse.h"
+
+/* Configure every interface of req (found by MAC), then remember the resolver and hosts
+ * settings for containers started from now on. ENET when an interface is missing or refuses. */
+int net_configure(const struct network_req *req, struct op_error *e);
+
+/* In a new container, before pivot_root: write hosts, resolv.conf and hostname into scratch
+ * (the container's private tmpfs) and bind each over <root>/etc/<name>, resolved inside root
+ * (symlinks in the image cannot point out of it) and created when missing. Does nothing until a
+ * NETWORK request has succeeded; a read-only rootfs without the file keeps its /etc (logged). */
+int net_bind_files(const char *scratch, const char *root, const char *hostname,
+		   struct op_error *e);
+
+#endif
