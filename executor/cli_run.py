@@ -18,6 +18,7 @@ from executor.agent_protocol import EXEC_FAILURE_STATUS
 from executor.config import HostConfig, config_from_env
 from executor.errors import GuestError, InvalidSpec
 from executor.imageprocess import image_process
+from executor.network import NetworkSpec, parse_publish
 from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
 from executor.vm import HyperVM
@@ -50,6 +51,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress on stderr")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="allow plain HTTP to this registry (loopback registries always are)")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:]HOST:CONTAINER[/udp]",
+                   help="publish a VM port on the host (repeatable; default IP 0.0.0.0)")
+    p.add_argument("--tenant", default="default",
+                   help="tenant of the VM (recorded; VMs reach each other only through "
+                        "published ports)")
+    p.add_argument("--network", choices=("user", "none"), default="user",
+                   help="user: a NIC on a private network, host reachable as 10.0.2.2 "
+                        "(default); none: loopback only")
     p.add_argument("--name", default="run", help="pod name (default run)")
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
                    help="SIGTERM→SIGKILL grace period when stopped (default 3)")
@@ -174,17 +184,26 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
 
 
 def single_pod(name: str, layers: tuple[Path, ...], process: Process,
-               resources: Resources) -> PodSpec:
+               resources: Resources, net: NetworkSpec | None = None) -> PodSpec:
     pod = PodSpec(name=name, containers=(Container(name=name, rootfs=Rootfs(layers=layers),
-                                                   process=process),), resources=resources)
+                                                   process=process),), resources=resources,
+                  network=net or NetworkSpec())
     pod.validate()
     return pod
+
+
+def network_from_args(args: argparse.Namespace) -> NetworkSpec:
+    net = NetworkSpec(mode=args.network, tenant=args.tenant,
+                      ports=tuple(parse_publish(p) for p in args.publish))
+    net.validate()
+    return net
 
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
     resources = Resources(cpus=args.cpus, memory_mib=args.memory)
     resources.validate()
+    net = network_from_args(args)
     if args.rootfs is not None:
         if args.entrypoint is not None:
             raise InvalidSpec("--entrypoint", "only applies to images, not --rootfs")
@@ -192,15 +211,16 @@ def run_command(args: argparse.Namespace) -> int:
         process = process_from_args(args, command)
         process.validate("process")
         with rootfs_image(cfg, args.rootfs) as image:
-            pod = single_pod(args.name, (image,), process, resources)
+            pod = single_pod(args.name, (image,), process, resources, net)
             return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)
     if args.image is None:
         raise InvalidSpec("IMAGE", "no image and no --rootfs given",
                           hint="hypervm run IMAGE [-- CMD...] or hypervm run --rootfs DIR -- CMD")
-    return run_image(cfg, args, resources)
+    return run_image(cfg, args, resources, net)
 
 
-def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources) -> int:
+def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
+              net: NetworkSpec | None = None) -> int:
     from vmimage.images import ImageStore
     from vmimage.images.reference import insecure_from_env
 
@@ -218,7 +238,7 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources) -
             command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),
             cwd=args.workdir, user=args.user, stdin=args.interactive, image_name=image.ref)
         process.validate("process")
-        pod = single_pod(args.name, image.layers, process, resources)
+        pod = single_pod(args.name, image.layers, process, resources, net)
         return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
                        on_booted=hold.close)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from executor.errors import InvalidSpec
+from executor.network import NetworkSpec
 
 #: below this the HyperKernel and init cannot run a container reliably
 MIN_MEMORY_MIB = 64
@@ -115,6 +116,8 @@ class PodSpec:
     resources: Resources = field(default_factory=Resources)
     #: free-form labels recorded in the domain metadata (task ids, tenant …)
     labels: tuple[tuple[str, str], ...] = ()
+    #: the VM's NIC, published ports and tenant (executor/network.py)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):
@@ -127,3 +130,4 @@ class PodSpec:
         self.resources.validate()
         for container in self.containers:
             container.validate()
+        self.network.validate()

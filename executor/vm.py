@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor import network
 from executor.agent_protocol import ExitStatus, MsgType
 from executor.config import HostConfig
 from executor.domain import DiskSpec, DomainSpec, ShareSpec
@@ -114,7 +115,12 @@ class HyperVM:
             disks=disks,
             shares=shares,
             metadata=self._metadata(),
+            qemu_args=network.qemu_args(self.pod.network, self.mac_address),
         )
+
+    @property
+    def mac_address(self) -> str:
+        return network.mac_address(self.name)
 
     def _share_readonly(self, source: Path) -> bool:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
@@ -122,6 +128,8 @@ class HyperVM:
     def _metadata(self) -> dict[str, str]:
         meta = {"pod": self.pod.name}  # the hypervisor stamps the owner pid
         meta.update({f"label.{k}": v for k, v in self.pod.labels})
+        meta["tenant"] = self.pod.network.tenant
+        meta.update({f"port.{i}": m.describe() for i, m in enumerate(self.pod.network.ports)})
         return meta
 
     def boot(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
@@ -139,9 +147,11 @@ class HyperVM:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
         spec = self.domain_spec(kernel, initrd, accel)
         try:
-            self._hypervisor.create(spec)
+            network.check_host_ports(self.pod.network)
+            self._create(spec)
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
+            self._configure_network()
         except HyperVMError as e:
             tail = self.console_tail()
             self.destroy()
@@ -157,6 +167,22 @@ class HyperVM:
         self.boot_seconds = time.monotonic() - started
         log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
                  self.guest_kernel, accel)
+
+    def _create(self, spec: DomainSpec) -> None:
+        try:
+            self._hypervisor.create(spec)
+        except HyperVMError as e:
+            converted = network.forward_error(e, self.pod.network)
+            if converted is None:
+                raise
+            raise converted from e
+
+    def _configure_network(self) -> None:
+        hostnames = [c.hostname or c.name for c in self.pod.containers]
+        payload = network.guest_config(self.pod.network, self.mac_address, hostnames,
+                                       network.host_resolv_conf())
+        if payload is not None:
+            self.channel.request(MsgType.NETWORK, payload)
 
     def __enter__(self) -> HyperVM:
         return self
@@ -189,7 +215,8 @@ class HyperVM:
             },
             "mounts": [self._mount_payload(m) for m in container.mounts],
             "hostname": container.hostname or container.name,
-            "process": process_payload(container.process),
+            "process": process_payload(container.process,
+                                       network.port_env(self.pod.network.ports)),
         }
         return self._spawn(MsgType.START, payload, container.name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
@@ -202,7 +229,8 @@ class HyperVM:
         process.validate("exec.process")
         handle = next(self._handles)
         payload = {"container": container_name, "handle": handle,
-                   "process": process_payload(process)}
+                   "process": process_payload(process,
+                                              network.port_env(self.pod.network.ports))}
         return self._spawn(MsgType.EXEC, payload, container_name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
 
@@ -266,9 +294,12 @@ class HyperVM:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def process_payload(process: Process) -> dict[str, Any]:
-    """The protocol's ``process`` object for a Process."""
+def process_payload(process: Process, defaults: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The protocol's ``process`` object for a Process; ``defaults`` (KEY=VALUE, e.g. the
+    PORT* variables) apply where the process's env does not set the key."""
     env = list(process.env)
+    keys = {item.split("=", 1)[0] for item in env}
+    env += [item for item in defaults if item.split("=", 1)[0] not in keys]
     if not any(item.startswith("PATH=") for item in env):
         env.insert(0, f"PATH={DEFAULT_PATH}")
     return {
