@@ -222,11 +222,9 @@ def run_command(args: argparse.Namespace) -> int:
 def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
               net: NetworkSpec | None = None) -> int:
     from vmimage.images import ImageStore
-    from vmimage.images.reference import insecure_from_env
 
-    insecure = insecure_from_env(os.environ.get("HYPERVM_INSECURE_REGISTRIES"))
-    store = ImageStore(cfg, insecure_registries=(*insecure, *args.insecure_registry),
-                       progress=None if args.quiet else _progress_line)
+    store = ImageStore.from_env(cfg, insecure_registries=args.insecure_registry,
+                                progress=None if args.quiet else _progress_line)
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     entrypoint = None if args.entrypoint is None else tuple(args.entrypoint.split())
     with ExitStack() as hold:

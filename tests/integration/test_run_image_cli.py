@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration import imagebuild
+from tests.integration.imagebuild import make_state_dir
 from tests.integration.registry import Registry, running_registry
-from tests.integration.test_image_pull import make_state_dir
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
