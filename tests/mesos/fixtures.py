@@ -50,3 +50,42 @@ def task(tid: str, cmd: str | None, img: str = "busybox:1.36", **extra: Any) -> 
         out["command"] = {"value": cmd}
     out.update(extra)
     return {k: v for k, v in out.items() if v is not None}
+
+
+@pytest.fixture
+def master_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Make Mesos master doubles (tests/mesos/master.py); all are stopped at teardown (their
+    executors killed), their executor logs printed for failed tests."""
+    from tests.mesos.master import MasterDouble
+
+    made: list[MasterDouble] = []
+
+    def make(**kwargs: Any) -> MasterDouble:
+        master = MasterDouble(tmp_path / f"master{len(made)}", **kwargs)
+        made.append(master)
+        return master
+
+    yield make
+    for master in made:
+        master.stop()
+        print(master.executor_logs()[-6000:])
+
+
+@pytest.fixture
+def scheduler_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Make ``hypervm-scheduler`` processes (tests/mesos/scheduler_process.py); stopped at
+    teardown, their logs printed for failed tests."""
+    from tests.mesos.scheduler_process import SchedulerProcess
+
+    made: list[SchedulerProcess] = []
+
+    def make(master_url: str, tenants: list[Any], **kwargs: Any) -> SchedulerProcess:
+        proc = SchedulerProcess(tmp_path / f"scheduler{len(made)}", master_url, tenants,
+                                **kwargs)
+        made.append(proc)
+        return proc
+
+    yield make
+    for proc in made:
+        proc.stop()
+        print(proc.log_text()[-8000:])
