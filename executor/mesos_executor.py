@@ -256,7 +256,8 @@ class ExecutorCore:
         plan = PodPlan(name=_pod_name(name), tasks=specs, vcpus=vcpus, memory_mib=mib,
                        sandbox=self.settings.sandbox, task_sandboxes=sandboxes,
                        labels=(("mesos.framework_id", self.settings.framework_id),
-                               ("mesos.executor_id", self.settings.executor_id)))
+                               ("mesos.executor_id", self.settings.executor_id),
+                               ("mesos.task_ids", ",".join(s.task_id for s in specs))))
         try:
             group.pod = self.runtime.create_pod(plan)
         except HyperVMError as e:
