@@ -642,6 +642,14 @@ class MasterDouble:
     def wait_subscribed(self, timeout: float = 20.0) -> None:
         self.wait_for(lambda: self.connected, timeout, "the framework to subscribe")
 
+    def all_violations(self) -> list[str]:
+        """The master's and every executor agent double's violations."""
+        out = list(self.violations)
+        for eid, launched in list(self.executors.items()):
+            if launched.double is not None:
+                out += [f"agent of {eid}: {v}" for v in launched.double.violations]
+        return out
+
     def states(self, task_id: str) -> list[str]:
         """Every state the scheduler was sent for ``task_id`` (reconciliation answers too)."""
         with self._lock:
