@@ -46,6 +46,9 @@ def normalize_id(app_id: str) -> str:
 
 def parse_app(data: Any) -> WorkloadSpec:
     """Validate a Marathon app; InvalidSpec names the first wrong or unsupported field."""
+    if isinstance(data, dict) and "cmd" in data and "args" in data:
+        raise InvalidSpec("args", "cannot be given with cmd (Marathon forbids both)",
+                          hint="put the arguments into cmd, or drop cmd")
     validate(_validator(), data)
     _refuse_unsupported(data, SUPPORTED, "")
     app_id = normalize_id(data["id"])
