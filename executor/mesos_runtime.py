@@ -138,6 +138,33 @@ def build_container(task: TaskSpec, name: str, layers: tuple[Path, ...], config:
                      mounts=task_mounts(task, plan), hostname=name)
 
 
+def pod_network(tasks: tuple[TaskSpec, ...]) -> Any:
+    """The pod's NetworkSpec: a user-mode NIC; each task's ``ports`` resources are published
+    to its DiscoveryInfo ports (in order; further host ports map to the same number); the
+    tenant is the role of the tasks' resources."""
+    from executor.network import NetworkSpec, mappings_from_mesos
+
+    mappings: list[Any] = []
+    for task in tasks:
+        try:
+            mappings.extend(mappings_from_mesos(task.port_ranges, task.container_ports))
+        except InvalidSpec as e:
+            raise InvalidSpec(f"{task.where}.{e.field}", str(e).split(": ", 1)[-1]) from e
+    role = next((t.role for t in tasks if t.role), None) or "default"
+    return NetworkSpec(ports=tuple(mappings), tenant=role)
+
+
+def probe_address(network: Any, container_port: int, where: str) -> tuple[str, int]:
+    """Where the host reaches a port of the pod: its published host port on loopback."""
+    for mapping in network.ports:
+        if mapping.container_port == container_port and mapping.protocol == "tcp":
+            host = "127.0.0.1" if mapping.host_ip in ("0.0.0.0", "") else mapping.host_ip
+            return host, mapping.host_port
+    raise HyperVMError(f"{where}: port {container_port} of the task is not published, so the "
+                       "check cannot reach it (give the task a ports resource and list the port "
+                       "in discovery.ports)")
+
+
 def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
     """Task id → a container name init accepts ([A-Za-z0-9_.-]{1,64}), unique in the pod."""
     names: dict[str, str] = {}
@@ -169,6 +196,7 @@ class VMPod:
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._destroyed = False
+        self.network = pod_network(plan.tasks)
 
     def boot(self) -> None:
         from executor.vm import HyperVM
@@ -186,7 +214,7 @@ class VMPod:
             containers.append(container)
         pod = PodSpec(name=self.plan.name, containers=tuple(containers),
                       resources=Resources(cpus=self.plan.vcpus, memory_mib=self.plan.memory_mib),
-                      labels=self.plan.labels)
+                      labels=self.plan.labels, network=self.network)
         with self._lock:
             if self._destroyed:
                 raise HyperVMError("the pod was destroyed while it booted")
@@ -225,24 +253,20 @@ class VMPod:
         return result[0].code
 
     def probe_tcp(self, task_id: str, port: int, timeout: float) -> bool:
-        with socket.create_connection((self._guest_address(), port), timeout=timeout):
+        address = probe_address(self.network, port, f"task {task_id}: TCP check")
+        with socket.create_connection(address, timeout=timeout):
             return True
 
     def probe_http(self, task_id: str, scheme: str, port: int, path: str,
                    timeout: float) -> int:
-        url = f"{scheme}://{self._guest_address()}:{port}{path}"
+        host, host_port = probe_address(self.network, port, f"task {task_id}: HTTP check")
+        url = f"{scheme}://{host}:{host_port}{path}"
         context = ssl._create_unverified_context() if scheme == "https" else None
         try:
             with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as e:
             return int(e.code)
-
-    def _guest_address(self) -> str:
-        address = getattr(self.vm, "guest_address", None)
-        if not address:
-            raise HyperVMError("the VM has no network address: HTTP/TCP checks need VM networking")
-        return str(address)
 
     def destroy(self) -> None:
         with self._lock:

@@ -102,6 +102,12 @@ class TaskSpec:
     kill_grace_s: float | None = None
     health_check: HealthCheckSpec | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    #: the task's ``ports`` resource ranges (host ports, begin/end inclusive)
+    port_ranges: tuple[tuple[int, int], ...] = ()
+    #: (port, protocol) the task listens on: DiscoveryInfo.ports, in order
+    container_ports: tuple[tuple[int, str], ...] = ()
+    #: the role the task's resources are allocated to (the tenant), if any
+    role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,58 @@ def scalar_resources(value: Any, where: str) -> dict[str, float]:
         if name in totals and totals[name] <= 0:
             raise InvalidSpec(f"{where}.{name}", f"{totals[name]:g} must be positive")
     return totals
+
+
+def port_ranges(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """The ranges of the RANGES resources named ``ports``."""
+    out = []
+    for i, res in enumerate(_list(value, where)):
+        at = f"{where}[{i}]"
+        res = _obj(res, at)
+        if res.get("name") != "ports" or res.get("type") != "RANGES":
+            continue
+        ranges = _list(_obj(res.get("ranges"), f"{at}.ranges").get("range", []),
+                       f"{at}.ranges.range")
+        for j, rng in enumerate(ranges):
+            rat = f"{at}.ranges.range[{j}]"
+            rng = _obj(rng, rat)
+            begin, end = (_num(rng.get(k), f"{rat}.{k}") for k in ("begin", "end"))
+            if not (begin.is_integer() and end.is_integer() and 1 <= begin <= end <= 65535):
+                raise InvalidSpec(rat, f"[{begin:g}-{end:g}] is not a port range",
+                                  hint="use 1 <= begin <= end <= 65535")
+            out.append((int(begin), int(end)))
+    return tuple(out)
+
+
+def resource_role(value: Any) -> str | None:
+    """``allocation_info.role`` (or the legacy ``role``) of the first resource that has one."""
+    for res in value if isinstance(value, list) else []:
+        if not isinstance(res, Mapping):
+            continue
+        info = res.get("allocation_info")
+        role = info.get("role") if isinstance(info, Mapping) else res.get("role")
+        if isinstance(role, str) and role and role != "*":
+            return role
+    return None
+
+
+def discovery_ports(task: Mapping[str, Any], where: str) -> tuple[tuple[int, str], ...]:
+    if "discovery" not in task:
+        return ()
+    at = f"{where}.discovery.ports.ports"
+    ports = _obj(_obj(task["discovery"], f"{where}.discovery").get("ports", {}),
+                 f"{where}.discovery.ports").get("ports", [])
+    out = []
+    for i, port in enumerate(_list(ports, at)):
+        port = _obj(port, f"{at}[{i}]")
+        number = port.get("number")
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 < number < 65536:
+            raise InvalidSpec(f"{at}[{i}].number", f"{number!r} is not a port number")
+        protocol = port.get("protocol", "tcp")
+        if not isinstance(protocol, str) or not protocol:
+            raise InvalidSpec(f"{at}[{i}].protocol", "expected tcp, udp or both")
+        out.append((number, protocol.lower()))
+    return tuple(out)
 
 
 def vm_size(tasks: Sequence[TaskSpec], executor: ExecutorSpec | None) -> tuple[int, int]:
@@ -477,6 +535,9 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
         cpus=resources.get("cpus", 0.0), mem_mib=resources.get("mem", 0.0),
         kill_grace_s=kill_grace_s(task.get("kill_policy"), f"{where}.kill_policy"),
         health_check=health, labels=_labels(task, where),
+        port_ranges=port_ranges(task.get("resources", []), f"{where}.resources"),
+        container_ports=discovery_ports(task, where),
+        role=resource_role(task.get("resources")),
     )
 
 

@@ -160,3 +160,18 @@ def test_failing_command_health_check_kills_the_task(vm_agent: Any, image_ref: s
               if s.get("reason") == "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"]
     assert health[0] is True and health[-2:] == [False, False]
     assert agent.wait_executor_exit(60) == 0
+
+
+def test_published_ports_reach_the_task(vm_agent: Any, image_ref: str) -> None:
+    from tests.integration.registry import free_port
+
+    agent = vm_agent()
+    port = free_port()
+    resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                 {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}},
+                 {"name": "ports", "type": "RANGES",
+                  "ranges": {"range": [{"begin": port, "end": port}]}}]
+    agent.launch(task("p", "echo port=$PORT0", image_ref, resources=resources))
+    assert agent.wait_terminal("p", BOOT)["state"] == "TASK_FINISHED"
+    assert (agent.sandbox / "stdout").read_text() == f"port={port}\n"
+    assert agent.wait_executor_exit(60) == 0

@@ -27,7 +27,14 @@ from typing import Any
 
 from executor.agent_protocol import ExitStatus
 from executor.errors import BootError, GuestError, ImageError
-from executor.mesos_runtime import OnExit, Output, PodPlan, build_container, container_names
+from executor.mesos_runtime import (
+    OnExit,
+    Output,
+    PodPlan,
+    build_container,
+    container_names,
+    pod_network,
+)
 from vmimage.images.config import ImageConfig
 
 HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
@@ -58,6 +65,7 @@ class FakeRuntime:
 class FakePod:
     def __init__(self, runtime: FakeRuntime, plan: PodPlan) -> None:
         self.runtime, self.plan = runtime, plan
+        self.network = pod_network(plan.tasks)  # the same validation as the VM runtime
         self.containers: dict[str, Any] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.destroyed = False
@@ -76,7 +84,10 @@ class FakePod:
         if any(t.image.startswith("fake/slow-boot") for t in self.plan.tasks):
             time.sleep(2)
         self.runtime.record(event="boot", pod=self.plan.name, vcpus=self.plan.vcpus,
-                            memory_mib=self.plan.memory_mib, containers={
+                            memory_mib=self.plan.memory_mib, tenant=self.network.tenant,
+                            ports=[[m.host_port, m.container_port, m.protocol]
+                                   for m in self.network.ports],
+                            containers={
                                 tid: {"args": list(c.process.args), "env": list(c.process.env),
                                       "mounts": [[m.destination, str(m.source), m.readonly]
                                                  for m in c.mounts]}

@@ -204,3 +204,17 @@ def test_missing_token_is_refused(agent_factory: Any) -> None:  # noqa: F811
     double.wait_for(lambda: double.rejected, 20, "a refused SUBSCRIBE")
     assert double.rejected[0][0] == 401
     assert double.wait_executor_exit(30) != 0  # it cannot subscribe: it gives up, failing
+
+
+def test_ports_and_tenant_reach_the_pod(agent: AgentDouble) -> None:  # noqa: F811
+    resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5},
+                  "allocation_info": {"role": "team-a"}},
+                 {"name": "ports", "type": "RANGES", "ranges": {"range": [
+                     {"begin": 31010, "end": 31011}]}, "allocation_info": {"role": "team-a"}}]
+    discovery = {"visibility": "FRAMEWORK", "ports": {"ports": [{"number": 8080}]}}
+    agent.launch(task("p", "true", resources=resources, discovery=discovery))
+    assert agent.wait_terminal("p")["state"] == "TASK_FINISHED"
+    boot = journal(agent.sandbox)[0]
+    assert boot["tenant"] == "team-a"
+    assert boot["ports"] == [[31010, 8080, "tcp"], [31011, 31011, "tcp"]]
+    assert agent.violations == []

@@ -250,3 +250,39 @@ def test_marathon_app_command_from_task_data() -> None:
     assert resolve_argv(args.command, ("/ep",), ("c",), "task") == ("/ep", "-v", "1")
     opaque = parse_task(task(command=None, data="bm90IGpzb24="), "task")  # "not json"
     assert opaque.command == CommandSpec()
+
+
+def ports(*ranges: tuple[int, int]) -> dict[str, Any]:
+    return {"name": "ports", "type": "RANGES", "allocation_info": {"role": "tenant-a"},
+            "ranges": {"range": [{"begin": b, "end": e} for b, e in ranges]}}
+
+
+def test_ports_discovery_and_role() -> None:
+    discovery = {"visibility": "FRAMEWORK",
+                 "ports": {"ports": [{"number": 80, "protocol": "tcp"}, {"number": 53,
+                                                                         "protocol": "udp"}]}}
+    spec = parse_task(task(resources=[*res(), ports((31000, 31001), (31005, 31005))],
+                           discovery=discovery), "task")
+    assert spec.port_ranges == ((31000, 31001), (31005, 31005))
+    assert spec.container_ports == ((80, "tcp"), (53, "udp"))
+    assert spec.role == "tenant-a"
+    from executor.mesos_runtime import pod_network, probe_address
+
+    network = pod_network((spec,))
+    assert network.tenant == "tenant-a"
+    assert [(m.host_port, m.container_port, m.protocol) for m in network.ports] == [
+        (31000, 80, "tcp"), (31001, 53, "udp"), (31005, 31005, "tcp")]
+    assert probe_address(network, 80, "check") == ("127.0.0.1", 31000)
+    with pytest.raises(Exception, match="not published"):
+        probe_address(network, 8080, "check")
+
+
+def test_bad_port_ranges_name_the_field() -> None:
+    invalid("task.resources[2].ranges.range[0]", parse_task,
+            task(resources=[*res(), ports((32000, 31000))]), "task")
+    too_many = {"ports": {"ports": [{"number": 1}, {"number": 2}]}}
+    spec = parse_task(task(resources=[*res(), ports((31000, 31000))], discovery=too_many),
+                      "task")
+    from executor.mesos_runtime import pod_network
+
+    invalid("task.resources.ports", pod_network, (spec,))
