@@ -1,0 +1,1 @@
+"""hypervm benchmarks: ``python -m bench`` (``make bench``); figures in bench/results/."""

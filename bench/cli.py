@@ -1,0 +1,72 @@
+"""``python -m bench [--quick]``: run the benchmark, print a table, write JSON and the plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import results, suite
+
+ROWS = (
+    ("container baseline p50", "container_p50_s", "s"),
+    ("raw boot p50", "raw_boot_p50_s", "s"),
+    ("cold launch p50", "cold_launch_p50_s", "s"),
+    ("cold launch p95", "cold_launch_p95_s", "s"),
+    ("warm launch p50", "warm_launch_p50_s", "s"),
+    ("hypervm run true p50", "run_true_p50_s", "s"),
+    ("idle VM QEMU RSS", "idle_vm_rss_mib", "MiB"),
+    ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
+    ("image import", "import_mb_s", "MB/s"),
+    ("cache hit", "cache_hit_extra_s", "s"),
+)
+
+
+def table(doc: dict[str, Any]) -> str:
+    lines = [f"{'figure':32} {'value':>12}"]
+    for label, key, unit in ROWS:
+        value = doc.get(key)
+        text = "null" if value is None else f"{value:g} {unit}".strip()
+        lines.append(f"{label:32} {text:>12}")
+    lines.append("")
+    lines += [f"{name:40} {value}" for name, value in doc.get("ratios", {}).items()]
+    lines.append("")
+    for key, target in doc.get("targets", {}).items():
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+        lines.append(f"target {key} {target['op']} {target['limit']}: {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="a handful of runs (smoke test), not the real figures")
+    parser.add_argument("--out", type=Path, default=results.LATEST,
+                        help=f"JSON to write (default {results.LATEST}); the PNG goes beside it")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("vmimage", "executor", "tests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    plan = suite.QUICK if args.quick else suite.FULL
+    doc, samples, density = suite.run(plan)
+    problems = results.validate(doc)
+    results.write(doc, args.out)
+    if not args.no_plot:
+        from bench.plot import plot
+
+        shown = {k: v for k, v in samples.items() if ":" not in k}
+        title = (f"hypervm {plan.mode} bench, {doc['machine']['cores']} cores, "
+                 f"{doc['machine']['accel']}, commit {(doc['commit'] or '?')[:10]}")
+        plot(shown, density, args.out.with_name(args.out.stem + ".png"), title)
+    print(table(doc))
+    print(f"\nwrote {args.out} in {doc['duration_s']} s")
+    if problems:
+        print("incomplete result: " + json.dumps(problems), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,135 @@
+"""Density: QEMU RSS of idle 128 MiB HyperVMs, and how many VMs run at once before the launch
+latency of one more VM doubles.
+
+Idle VMs (booted, no process started) are added in steps; at each step a probe VM is launched
+(HyperVM boot + START of ``true``, the executor's path without Mesos) a few times. The search
+stops when the probe's p50 exceeds twice its p50 with no idle VM, when a boot fails, when host
+memory runs low, or at the cap. ``max_concurrent_vms`` counts the idle VMs plus the probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.vmenv import GUEST_MIB, VMEnv, bench_name, rss_mib
+from executor.errors import HyperVMError
+from executor.hypervisor import Hypervisor
+from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
+from executor.vm import HyperVM
+
+log = logging.getLogger(__name__)
+
+SLOWDOWN_LIMIT = 2.0
+MIN_AVAILABLE_MIB = 2048
+SETTLE_S = 2.0
+
+
+@dataclass
+class Level:
+    idle_vms: int
+    probe_s: list[float]
+    idle_rss_mib: list[float]
+    failures: int = 0
+
+    @property
+    def p50(self) -> float | None:
+        return statistics.median(self.probe_s) if self.probe_s else None
+
+
+@dataclass
+class DensityResult:
+    levels: list[Level] = field(default_factory=list)
+    max_concurrent_vms: int | None = None
+    capped: bool = False
+    stopped_because: str = ""
+    idle_rss_mib: float | None = None
+
+
+def pod(layers: Sequence[Path], kind: str) -> PodSpec:
+    container = Container(name="c", rootfs=Rootfs(layers=tuple(layers)),
+                          process=Process(args=("/bin/true",), env=("PATH=/bin",)))
+    return PodSpec(name=bench_name(kind), containers=(container,),
+                   resources=Resources(cpus=1, memory_mib=GUEST_MIB))
+
+
+def probe_once(env: VMEnv, hv: Hypervisor, layers: Sequence[Path]) -> float:
+    spec = pod(layers, "probe")
+    with HyperVM(env.cfg, spec, hypervisor=hv, accel=env.accel) as vm:
+        started = time.monotonic()
+        vm.boot()
+        vm.start(spec.containers[0])
+        return time.monotonic() - started
+
+
+def mem_available_mib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: int
+            ) -> DensityResult:
+    result = DensityResult()
+    idle: list[HyperVM] = []
+    with Hypervisor(env.cfg.libvirt_uri) as hv:
+        try:
+            baseline: float | None = None
+            for target in steps:
+                level = Level(idle_vms=target, probe_s=[], idle_rss_mib=[])
+                result.levels.append(level)
+                try:
+                    while len(idle) < target:
+                        vm = HyperVM(env.cfg, pod(layers, "idle"), hypervisor=hv,
+                                     accel=env.accel)
+                        idle.append(vm)
+                        vm.boot()
+                    time.sleep(SETTLE_S if target else 0)
+                    level.idle_rss_mib = _rss(hv, idle)
+                    for _ in range(probes):
+                        level.probe_s.append(probe_once(env, hv, layers))
+                except HyperVMError as e:
+                    level.failures += 1
+                    result.stopped_because = f"failure with {target} idle VMs: {e}"
+                    break
+                log.info("%d idle VMs: probe p50 %.2f s, idle RSS %s MiB", target, level.p50,
+                         _median(level.idle_rss_mib))
+                assert level.p50 is not None
+                if baseline is None:
+                    baseline = level.p50
+                if level.p50 > SLOWDOWN_LIMIT * baseline:
+                    result.stopped_because = (f"probe p50 {level.p50:.2f} s with {target} idle VMs"
+                                              f" > {SLOWDOWN_LIMIT:g} x {baseline:.2f} s")
+                    break
+                result.max_concurrent_vms = target + 1
+                if mem_available_mib() < MIN_AVAILABLE_MIB:
+                    result.stopped_because = "host memory low"
+                    break
+            else:
+                result.capped = True
+                result.stopped_because = f"cap of {steps[-1] + 1} VMs reached"
+            rss = [r for lv in result.levels for r in lv.idle_rss_mib]
+            result.idle_rss_mib = _median(rss)
+        finally:
+            for vm in idle:
+                vm.destroy()
+    return result
+
+
+def _rss(hv: Hypervisor, vms: Sequence[HyperVM]) -> list[float]:
+    out = []
+    for vm in vms:
+        pid = hv.qemu_pid(vm.name)
+        value = rss_mib(pid) if pid else None
+        if value is not None:
+            out.append(round(value, 1))
+    return out
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None

@@ -1,0 +1,62 @@
+"""Cold launch: LAUNCH through the Mesos agent double to the real ``hypervm-executor`` →
+TASK_RUNNING (the guest process started), one fresh executor and VM per run. The executor is
+started and subscribed before the clock starts, the image is already in the shared cache."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.images import scratch_dir
+from bench.vmenv import bench_name
+from tests.mesos.agent import AgentDouble
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 180.0
+_READY_RE = re.compile(r"ready in ([0-9.]+) s")
+
+
+@dataclass(frozen=True)
+class Launch:
+    running_s: float
+    #: HyperVM.boot() as the executor logged it (kernel lookup, domain create, READY)
+    vm_boot_s: float | None
+
+
+def task(tid: str, ref: str) -> dict[str, Any]:
+    return {"task_id": {"value": tid}, "name": tid,
+            "container": {"type": "MESOS",
+                          "mesos": {"image": {"type": "DOCKER", "docker": {"name": ref}}}},
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}}],
+            "command": {"value": "true"}}
+
+
+def launch_once(ref: str) -> Launch:
+    work = scratch_dir("agent")
+    agent = AgentDouble(work / "agent", runtime=None, executor_id=bench_name("cold"))
+    try:
+        agent.start_executor()
+        agent.wait_subscribed(timeout=60)
+        started = time.monotonic()
+        agent.launch(task("t", ref))
+        agent.wait_state("t", "TASK_RUNNING", TIMEOUT)
+        took = time.monotonic() - started
+        final = agent.wait_terminal("t", TIMEOUT)
+        if final["state"] != "TASK_FINISHED":
+            raise RuntimeError(f"benchmark task ended {final['state']}: {final.get('message')}")
+        agent.wait_executor_exit(60)
+        match = _READY_RE.search(agent.executor_log())
+        return Launch(took, float(match.group(1)) if match else None)
+    except BaseException:
+        log.error("executor log:\n%s", agent.executor_log()[-4000:])
+        raise
+    finally:
+        agent.stop()
+        shutil.rmtree(work, ignore_errors=True)
+

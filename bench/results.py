@@ -1,0 +1,96 @@
+"""The result document (bench/results/latest.json): required keys, machine facts, validation.
+
+Flat headline figures (seconds unless the name says otherwise) at the top level, as issue 7
+asks; ``ratios`` against the baselines measured in the same run; ``targets`` met or missed;
+``details`` with every sample and summary; ``notes`` say why a figure is null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LATEST = RESULTS_DIR / "latest.json"
+SCHEMA_VERSION = 1
+
+#: headline keys every result carries (a value may be null only with a note saying why)
+REQUIRED_KEYS = (
+    "raw_boot_p50_s", "container_p50_s", "cold_launch_p50_s", "cold_launch_p95_s",
+    "warm_launch_p50_s", "warm_launch_p95_s", "run_true_p50_s", "idle_vm_rss_mib",
+    "max_concurrent_vms", "import_mb_s", "cache_hit_extra_s", "machine", "commit",
+)
+MACHINE_KEYS = ("cores", "memory_mib", "accel")
+
+#: issue 7's targets: key → (comparison, bound, what the bound is relative to)
+TARGETS: dict[str, tuple[str, float, str | None]] = {
+    "cold_launch_p50_s": ("<=", 1.3, "raw_boot_p50_s"),
+    "warm_launch_p50_s": ("<=", 0.060, None),
+    "idle_vm_rss_mib": ("<=", 60.0, None),
+    "max_concurrent_vms": (">=", 20.0, None),
+    "cache_hit_extra_s": ("<=", 0.005, None),
+}
+
+
+def machine_info(accel: str) -> dict[str, Any]:
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {"cores": os.cpu_count(), "memory_mib": pages // (1024 * 1024), "accel": accel,
+            "loadavg_before": list(os.getloadavg())}
+
+
+def git_commit(repo: Path) -> str | None:
+    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def check_targets(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """For each target: the bound in absolute terms, the value, and met (None: not measured)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, (op, bound, relative_to) in TARGETS.items():
+        value = doc.get(key)
+        limit: float | None = bound
+        if relative_to is not None:
+            base = doc.get(relative_to)
+            limit = None if base is None else bound * base
+        met = None
+        if value is not None and limit is not None:
+            met = value <= limit if op == "<=" else value >= limit
+        out[key] = {"op": op, "limit": None if limit is None else round(limit, 6),
+                    "relative_to": relative_to, "factor" if relative_to else "bound": bound,
+                    "value": value, "met": met}
+    return out
+
+
+def validate(doc: Mapping[str, Any]) -> list[str]:
+    """Problems with a result document (empty when it is complete)."""
+    problems = [f"missing key {k}" for k in REQUIRED_KEYS if k not in doc]
+    notes = doc.get("notes", {})
+    for key in REQUIRED_KEYS:
+        if key in doc and doc[key] is None and key not in notes:
+            problems.append(f"{key} is null without a note saying why")
+    machine = doc.get("machine")
+    if isinstance(machine, Mapping):
+        problems += [f"machine lacks {k}" for k in MACHINE_KEYS if k not in machine]
+        if machine.get("accel") not in ("kvm", "tcg"):
+            problems.append(f"machine.accel is {machine.get('accel')!r}, not kvm or tcg")
+    elif "machine" in doc:
+        problems.append("machine is not an object")
+    for key in REQUIRED_KEYS:
+        value = doc.get(key)
+        if key not in ("machine", "commit") and value is not None and not isinstance(
+                value, (int, float)):
+            problems.append(f"{key} is not a number")
+    return problems
+
+
+def write(doc: Mapping[str, Any], path: Path = LATEST) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,30 @@
+"""``hypervm run IMAGE -- true`` end to end: the CLI as a user runs it (Python start-up, cache
+hit on the image, boot, START, exit, poweroff), wall clock from exec to exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.vmenv import GUEST_MIB, bench_name
+
+TIMEOUT = 180.0
+
+
+def hypervm_argv() -> list[str]:
+    script = Path(sys.executable).parent / "hypervm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "executor.cli"]
+
+
+def run_once(ref: str) -> float:
+    argv = [*hypervm_argv(), "run", "--name", bench_name("run"), "--quiet",
+            "--memory", str(GUEST_MIB), ref, "--", "true"]
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    took = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"hypervm run failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return took
+

@@ -1,0 +1,178 @@
+"""One benchmark run: every figure and its baseline, in the same run, into one document.
+
+VM latencies are sampled in rounds (raw boot, container, cold launch, ``hypervm run`` one
+after the other), so a change in the machine's load hits figures and baselines alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import container, density, images, launch, profile, rawboot, runtrue
+from bench.results import check_targets, git_commit, machine_info
+from bench.stats import ratio, summarize
+from bench.vmenv import VMEnv, leftover_domains, load_average, rss_by_mapping
+from executor.hypervisor import Hypervisor
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+WARM_POOL_NOTE = ("not built: no warm pool (executor/pool.py) exists yet, so there is nothing to "
+                  "measure; see boot_profile for where cold-boot time goes")
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    rounds: int
+    run_true_runs: int
+    container_runs: int
+    density_steps: tuple[int, ...]
+    density_probes: int
+    big_image_mb: int
+    cache_hits: int
+    #: one untimed run of each kind first (page cache, libvirt, executor imports)
+    warm_up: bool = True
+
+
+QUICK = Plan("quick", rounds=2, run_true_runs=1, container_runs=10, density_steps=(0, 1),
+             density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False)
+FULL = Plan("full", rounds=20, run_true_runs=10, container_runs=20,
+            density_steps=(0, 4, 8, 12, 16, 20, 23), density_probes=2, big_image_mb=100,
+            cache_hits=10)
+
+
+def p(summary_p: float) -> float:
+    return round(summary_p, 4)
+
+
+def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[str, Any]]]:
+    """Run every measurement; returns (document, samples by name for the plot, density)."""
+    started = time.monotonic()
+    before = set(leftover_domains())
+    env = VMEnv.load()
+    doc: dict[str, Any] = {"schema": 1, "mode": plan.mode, "machine": machine_info(env.accel),
+                           "commit": git_commit(REPO), "kernel": env.kernel.key or
+                           str(env.kernel.path), "notes": {}, "details": {}}
+    doc["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    details = doc["details"]
+    with contextlib.ExitStack() as stack:
+        imgs = stack.enter_context(images.serve_images(plan.big_image_mb))
+        layers, hits = images.warm_shared_cache(env.cfg, imgs.busybox_ref, plan.cache_hits)
+        log.info("images ready (%s)", imgs.busybox_ref)
+        samples = _latency_rounds(env, plan, imgs.busybox_ref, layers)
+        with Hypervisor(env.cfg.libvirt_uri) as hv:
+            details["boot_profile"] = {
+                "raw": profile.boot_profile(
+                    rawboot.boot_once(env, hv, quiet=False, keep_console=True)),
+                "hypervm": profile.hypervm_boot(env, layers)}
+        log.info("density search over %s idle VMs", plan.density_steps)
+        dens = density.measure(env, layers, plan.density_steps, plan.density_probes)
+        log.info("importing a %d MB image", plan.big_image_mb)
+        imported = images.measure_import(imgs, plan.cache_hits)
+    # every VM is destroyed by its owner (and libvirt autodestroys it with the connection)
+    leftovers = sorted(set(leftover_domains()) - before)
+    _fill(doc, samples, hits, dens, imported, plan)
+    doc["idle_vm_rss_by_mapping"] = _rss_breakdown(env, layers)
+    details["leftover_vms"] = leftovers
+    doc["machine"]["loadavg_after"] = load_average()
+    doc["duration_s"] = round(time.monotonic() - started, 1)
+    doc["targets"] = check_targets(doc)
+    density_rows = [{"idle_vms": lv.idle_vms, "probe_p50_s": lv.p50, "probe_s": lv.probe_s,
+                     "idle_rss_mib": lv.idle_rss_mib, "failures": lv.failures}
+                    for lv in dens.levels]
+    details["density"] = density_rows
+    return doc, samples, density_rows
+
+
+def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
+                    ) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
+                                       "cold launch": [], "cold launch: vm boot": [],
+                                       "hypervm run true": []}
+    with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv:
+        container.run_once(root)
+        if plan.warm_up:
+            rawboot.boot_once(env, hv)
+            launch.launch_once(ref)
+            runtrue.run_once(ref)
+        for i in range(plan.rounds):
+            log.info("round %d/%d (load %s)", i + 1, plan.rounds, load_average())
+            boot = rawboot.boot_once(env, hv)
+            samples["raw boot"].append(boot.total_s)
+            samples["raw boot: qemu"].append(boot.qemu_s)
+            cold = launch.launch_once(ref)
+            samples["cold launch"].append(cold.running_s)
+            if cold.vm_boot_s is not None:
+                samples["cold launch: vm boot"].append(cold.vm_boot_s)
+            if i < plan.run_true_runs:
+                samples["hypervm run true"].append(runtrue.run_once(ref))
+        samples["container"] = [container.run_once(root) for _ in range(plan.container_runs)]
+    return samples
+
+
+def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float],
+          dens: density.DensityResult, imported: images.ImportResult, plan: Plan) -> None:
+    summaries = {name: summarize(v) for name, v in samples.items() if v}
+    doc["details"]["summaries"] = {n: s.as_dict() for n, s in summaries.items()}
+    doc["details"]["samples"] = {n: [round(x, 4) for x in v] for n, v in samples.items()}
+    raw, cold = summaries["raw boot"], summaries["cold launch"]
+    ctr, run_true = summaries["container"], summaries["hypervm run true"]
+    doc.update({
+        "raw_boot_p50_s": p(raw.p50), "raw_boot_p95_s": p(raw.p95),
+        "container_p50_s": p(ctr.p50), "container_p95_s": p(ctr.p95),
+        "cold_launch_p50_s": p(cold.p50), "cold_launch_p95_s": p(cold.p95),
+        "warm_launch_p50_s": None, "warm_launch_p95_s": None,
+        "run_true_p50_s": p(run_true.p50),
+        "idle_vm_rss_mib": dens.idle_rss_mib,
+        "max_concurrent_vms": dens.max_concurrent_vms,
+        "import_mb_s": round(imported.mb_s, 2),
+        "cache_hit_extra_s": p(summarize(hits).p50),
+    })
+    doc["notes"]["warm_launch_p50_s"] = doc["notes"]["warm_launch_p95_s"] = WARM_POOL_NOTE
+    doc["notes"]["max_concurrent_vms"] = (
+        f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
+        + (" (a lower bound: the cap was reached)" if dens.capped else ""))
+    if dens.idle_rss_mib is None:
+        doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
+    doc["notes"]["cache_hit_extra_s"] = (
+        "ImageStore.pull of the cached launch image by tag (one manifest request to the "
+        "loopback registry), as each launch does before its VM boots; p50 of "
+        f"{len(hits)}")
+    doc["notes"]["import_mb_s"] = (
+        f"{imported.import_s:.2f} s to pull a {plan.big_image_mb} MB incompressible image "
+        "into an empty cache (fetch, verify, unpack, mkfs.erofs); MB/s of compressed bytes")
+    doc["details"]["import"] = {
+        "seconds": round(imported.import_s, 3),
+        "cache_hit_big_image_p50_s": p(summarize(imported.cache_hit_s).p50),
+        "offline_lookup_p50_s": round(summarize(imported.offline_lookup_s).p50, 6)}
+    doc["details"]["cache_hit_s"] = [round(x, 4) for x in hits]
+    vm_boot = summaries.get("cold launch: vm boot")
+    doc["ratios"] = {
+        "cold_launch_p50 / raw_boot_p50": ratio(cold.p50, raw.p50),
+        "cold_launch_p95 / raw_boot_p95": ratio(cold.p95, raw.p95),
+        "cold_launch_p50 / container_p50": ratio(cold.p50, ctr.p50),
+        "raw_boot_p50 / container_p50": ratio(raw.p50, ctr.p50),
+        "run_true_p50 / raw_boot_p50": ratio(run_true.p50, raw.p50),
+        "run_true_p50 / container_p50": ratio(run_true.p50, ctr.p50),
+        "cold_launch_vm_boot_p50 / raw_boot_p50":
+            ratio(vm_boot.p50 if vm_boot else None, raw.p50),
+        "warm_launch_p50 / container_p50": None,
+    }
+
+
+def _rss_breakdown(env: VMEnv, layers: list[Path]) -> list[dict[str, Any]]:
+    """The largest resident mappings of one idle HyperVM's QEMU (after it settled)."""
+    from executor.vm import HyperVM
+
+    with Hypervisor(env.cfg.libvirt_uri) as hv:
+        with HyperVM(env.cfg, density.pod(layers, "rss"), hypervisor=hv, accel=env.accel) as vm:
+            vm.boot()
+            time.sleep(density.SETTLE_S)
+            pid = hv.qemu_pid(vm.name)
+            return rss_by_mapping(pid, 6) if pid else []

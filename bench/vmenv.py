@@ -1,0 +1,91 @@
+"""What every VM measurement shares: host config, kernel, initrd, accelerator, one libvirt
+connection, and names that start with ``hypervm-bench-`` so cleanup finds every VM we made."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor.config import HostConfig, config_from_env
+
+log = logging.getLogger(__name__)
+
+#: every domain the benchmark creates starts with it
+DOMAIN_PREFIX = "hypervm-bench-"
+GUEST_MIB = 128
+
+
+def bench_name(kind: str) -> str:
+    """A pod name for a benchmark VM: ``bench-<kind>-<8 hex>``."""
+    return f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class VMEnv:
+    cfg: HostConfig
+    kernel: Any
+    initrd: Path
+    accel: str
+
+    @classmethod
+    def load(cls) -> VMEnv:
+        from executor.accel import detect_accel
+        from vmimage.initrd import ensure_initrd
+        from vmimage.kernel import find_kernel
+
+        cfg = config_from_env()
+        kernel = find_kernel(cfg)
+        return cls(cfg=cfg, kernel=kernel, initrd=ensure_initrd(cfg, kernel),
+                   accel=detect_accel(cfg))
+
+
+def leftover_domains() -> list[str]:
+    """Our benchmark domains libvirt still knows (running or defined)."""
+    if shutil.which("virsh") is None:
+        return []
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+                         capture_output=True, text=True, check=False).stdout
+    return [n.strip() for n in out.splitlines() if n.strip().startswith(DOMAIN_PREFIX)]
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of ``pid`` in MiB (VmRSS), or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def rss_by_mapping(pid: int, top: int = 4) -> list[dict[str, Any]]:
+    """The ``top`` mappings of ``pid`` by resident size (MiB), with their virtual size: for a
+    QEMU process the guest RAM (its size is the guest's), the TCG translation buffer, heap."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return []
+    maps: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            current = {"name": fields[5] if len(fields) > 5 else "[anon]"}
+            maps.append(current)
+        elif current is not None and fields[:1] == ["Size:"]:
+            current["size_mib"] = round(int(fields[1]) / 1024, 1)
+        elif current is not None and fields[:1] == ["Rss:"]:
+            current["rss_mib"] = round(int(fields[1]) / 1024, 1)
+    maps.sort(key=lambda m: -m.get("rss_mib", 0))
+    return maps[:top]

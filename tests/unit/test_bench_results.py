@@ -1,0 +1,88 @@
+"""bench/: the statistics and the result document's schema (pure, fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import profile, results
+from bench.stats import percentile, ratio, summarize
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([1.0], 50) == 1.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(range(1, 21)), 95) == pytest.approx(19.05)
+    assert percentile([5.0, 1.0], 0) == 1.0 and percentile([5.0, 1.0], 100) == 5.0
+
+
+@pytest.mark.parametrize("bad", [[], [1.0]])
+def test_percentile_rejects_no_samples_and_bad_q(bad: list[float]) -> None:
+    with pytest.raises(ValueError):
+        percentile(bad, 50 if not bad else 101)
+
+
+def test_summary_and_ratio() -> None:
+    s = summarize([2.0, 1.0, 4.0, 3.0])
+    assert (s.n, s.p50, s.min, s.max, s.mean) == (4, 2.5, 1.0, 4.0, 2.5)
+    assert set(s.as_dict()) == {"n", "p50", "p95", "min", "max", "mean"}
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(None, 2.0) is None and ratio(1.0, 0.0) is None
+
+
+def complete_doc() -> dict[str, Any]:
+    doc: dict[str, Any] = {k: 1.0 for k in results.REQUIRED_KEYS}
+    doc["machine"] = {"cores": 2, "memory_mib": 24000, "accel": "tcg"}
+    doc["commit"] = "0" * 40
+    doc["warm_launch_p50_s"] = doc["warm_launch_p95_s"] = None
+    doc["notes"] = {"warm_launch_p50_s": "no pool", "warm_launch_p95_s": "no pool"}
+    return doc
+
+
+def test_a_complete_document_validates_and_round_trips(tmp_path: Path) -> None:
+    doc = complete_doc()
+    assert results.validate(doc) == []
+    path = results.write(doc, tmp_path / "r" / "latest.json")
+    assert json.loads(path.read_text()) == doc
+
+
+def test_validation_names_what_is_wrong() -> None:
+    doc = complete_doc()
+    del doc["import_mb_s"]
+    doc["idle_vm_rss_mib"] = None
+    doc["cold_launch_p50_s"] = "fast"
+    doc["machine"] = {"cores": 2, "memory_mib": 1, "accel": "hvf"}
+    problems = results.validate(doc)
+    assert "missing key import_mb_s" in problems
+    assert "idle_vm_rss_mib is null without a note saying why" in problems
+    assert "cold_launch_p50_s is not a number" in problems
+    assert any("machine.accel" in p for p in problems)
+
+
+def test_targets_relative_and_absolute() -> None:
+    doc = complete_doc()
+    doc.update(raw_boot_p50_s=2.0, cold_launch_p50_s=2.5, idle_vm_rss_mib=100.0,
+               max_concurrent_vms=21, cache_hit_extra_s=0.004)
+    targets = results.check_targets(doc)
+    assert targets["cold_launch_p50_s"]["limit"] == 2.6 and targets["cold_launch_p50_s"]["met"]
+    assert targets["idle_vm_rss_mib"]["met"] is False
+    assert targets["max_concurrent_vms"]["met"] is True
+    assert targets["cache_hit_extra_s"]["met"] is True
+    assert targets["warm_launch_p50_s"]["met"] is None
+
+
+def test_console_profile_finds_init_and_gaps() -> None:
+    console = ("[    0.000000] Linux version 6.1\n[    0.500000] virtio-pci enabling\n"
+               "noise from init\n[    0.900000] ACPI: LNKB\n[    1.300000] Run /init as init\n")
+    lines = profile.kernel_lines(console)
+    assert [t for t, _ in lines] == [0.0, 0.5, 0.9, 1.3]
+    gaps = profile.largest_gaps(lines, top=2)
+    assert gaps[0]["seconds"] == 0.5 and gaps[0]["before"] == "virtio-pci enabling"
+    boot = profile.RawBoot(total_s=2.0, qemu_s=0.4, guest_s=1.6, console=console)
+    out = profile.boot_profile(boot)
+    assert out["kernel_to_run_init_s"] == 1.3
+    assert out["firmware_early_and_init_to_ready_s"] == pytest.approx(0.3)

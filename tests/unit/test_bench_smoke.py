@@ -1,0 +1,39 @@
+"""``python -m bench --quick`` end to end with real VMs: every required key, the plot, no VM
+left behind. A handful of runs only: the figures themselves are not checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import results
+from bench.vmenv import leftover_domains
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.timeout(400)]
+
+
+def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
+    before = set(leftover_domains())
+    out = tmp_path / "latest.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=380, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    assert results.validate(doc) == []
+    assert set(results.REQUIRED_KEYS) <= set(doc)
+    assert doc["mode"] == "quick" and doc["machine"]["accel"] in ("kvm", "tcg")
+    for key in ("raw_boot_p50_s", "container_p50_s", "cold_launch_p50_s", "run_true_p50_s",
+                "idle_vm_rss_mib", "import_mb_s", "cache_hit_extra_s"):
+        assert doc[key] > 0, key
+    assert doc["max_concurrent_vms"] >= 1
+    assert doc["ratios"]["cold_launch_p50 / raw_boot_p50"] > 0
+    assert doc["details"]["leftover_vms"] == []
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "cold launch p50" in proc.stdout
+    assert set(leftover_domains()) - before == set()
