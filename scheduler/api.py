@@ -66,7 +66,7 @@ class Pods:
         self.workloads = workloads
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"pods": self.workloads.list(_tenant(req), "pod")}
+        resp.media = {"pods": self.workloads.list_of(_tenant(req), "pod")}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = self.workloads.create(_tenant(req), "pod", read_json(req))
@@ -109,7 +109,8 @@ class Apps:
         self.workloads = workloads
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"apps": [marathon_app(v) for v in self.workloads.list(_tenant(req), "app")]}
+        views = self.workloads.list_of(_tenant(req), "app")
+        resp.media = {"apps": [marathon_app(v) for v in views]}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         spec = self.workloads.create(_tenant(req), "app", read_json(req))

@@ -121,8 +121,13 @@ def run(args: argparse.Namespace) -> int:
              server.server_address[1], master, framework_id or "(new)",
              ", ".join(t.id for t in tenants.all))
     driver.start()
-    while not stop.wait(0.5) and framework.fatal is None:
+    while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
         framework.tick()
+    if driver.aborted and framework.fatal is None:
+        # pymesos gives up on errors it cannot retry (e.g. 401 from the master)
+        framework.fatal = "the connection to the master failed"
+    if framework.fatal:
+        log.error("exiting: %s", framework.fatal)
     log.info("stopping (the framework fails over: its tasks keep running)")
     driver.stop(failover=True)
     server.shutdown()

@@ -159,7 +159,7 @@ class Workloads:
             row = self._get(self.store.db, tenant, kind, wid)
             return self._view(row)
 
-    def list(self, tenant: Tenant, kind: str) -> list[dict[str, Any]]:
+    def list_of(self, tenant: Tenant, kind: str) -> list[dict[str, Any]]:
         with self.store.lock:
             return [self._view(row) for row in self.store.workloads(tenant.id, kind)]
 

@@ -118,7 +118,8 @@ class Store:
 
     def workloads(self, tenant: str | None = None, kind: str | None = None,
                   include_deleted: bool = False) -> list[sqlite3.Row]:
-        sql, args = "SELECT * FROM workloads WHERE 1=1", []
+        sql = "SELECT * FROM workloads WHERE 1=1"
+        args: list[Any] = []
         if tenant is not None:
             sql, args = sql + " AND tenant=?", [*args, tenant]
         if kind is not None:

@@ -504,12 +504,11 @@ class MasterDouble:
     def _agent_update(self, task_id: str, state: str, message: str, reason: str) -> None:
         with self._lock:
             task = self.tasks[task_id]
-            status = {"task_id": {"value": task_id}, "state": state, "message": message,
-                      "reason": reason, "source": "SOURCE_AGENT",
-                      "agent_id": {"value": task.agent_id},
-                      "executor_id": {"value": task.executor_id},
-                      "uuid": base64.b64encode(uuid.uuid4().bytes).decode(),
-                      "timestamp": time.time()}
+            status: dict[str, Any] = {
+                "task_id": {"value": task_id}, "state": state, "message": message,
+                "reason": reason, "source": "SOURCE_AGENT", "agent_id": {"value": task.agent_id},
+                "executor_id": {"value": task.executor_id},
+                "uuid": base64.b64encode(uuid.uuid4().bytes).decode(), "timestamp": time.time()}
             task.state, task.status = state, status
             self._maybe_release(task.executor_id)
             self.unacked[status["uuid"]] = status

@@ -143,7 +143,7 @@ def test_admission_counts_every_instance_and_names_the_quota(workloads: Workload
         workloads.create(ACME, "pod", pod("one", cpus=0.1))
     # another tenant's usage is its own
     workloads.create(BETA, "pod", pod("one", cpus=0.4))
-    assert [v["id"] for v in workloads.list(BETA, "pod")] == ["one"]
+    assert [v["id"] for v in workloads.list_of(BETA, "pod")] == ["one"]
     with pytest.raises(NotFound):
         workloads.view(BETA, "pod", "two")
 
@@ -194,7 +194,7 @@ def test_delete_kills_live_tasks_and_forgets_the_pod_once_they_end(
     launch_all(workloads)
     workloads.delete(ACME, "pod", "web")
     assert killed == ["acme.pod.web.0.0.main", "acme.pod.web.0.0.side"]
-    assert workloads.list(ACME, "pod") == []
+    assert workloads.list_of(ACME, "pod") == []
     assert sorted(workloads.removing_tasks()) == sorted((t, "agent-7") for t in killed)
     for task_id in killed:
         workloads.apply_status(status(task_id, "TASK_KILLED"))

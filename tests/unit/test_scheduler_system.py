@@ -313,3 +313,41 @@ def test_openapi_document_is_served(shared: tuple[MasterDouble, SchedulerProcess
     code, doc = sched.request("GET", "/openapi.json")
     assert code == 200 and doc["openapi"].startswith("3.")
     assert {"/v1/pods", "/v1/pods/{id}", "/v2/apps", "/v2/apps/{id}"} <= set(doc["paths"])
+
+
+def test_framework_info_roles_principal_secret_and_failover_timeout(
+        master_factory: Callable[..., MasterDouble],  # noqa: F811
+        scheduler_factory: Callable[..., SchedulerProcess],  # noqa: F811
+        tmp_path: Any) -> None:
+    master = master_factory(credentials={"hypervm-fw": "s3cret"})
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    sched = scheduler_factory(master.url, [A, B], extra=[
+        "--principal", "hypervm-fw", "--secret-file", str(secret),
+        "--failover-timeout", "3600"]).start()
+    master.wait_subscribed()
+    info = master.subscribes[0]["subscribe"]["framework_info"]
+    assert info["roles"] == ["tenant-a", "tenant-b"] and "role" not in info
+    assert {"type": "MULTI_ROLE"} in info["capabilities"]
+    assert (info["principal"], info["failover_timeout"], info["checkpoint"]) == (
+        "hypervm-fw", 3600, True)
+    sched.request("POST", "/v1/pods", "a", {"id": "p", "containers": [
+        container("c", "true")]})
+    master.wait_for(lambda: master.launched, 10, "a launch with credentials")
+    assert master.all_violations() == []
+
+
+def test_wrong_secret_is_refused_by_the_master(
+        master_factory: Callable[..., MasterDouble],  # noqa: F811
+        scheduler_factory: Callable[..., SchedulerProcess],  # noqa: F811
+        tmp_path: Any) -> None:
+    master = master_factory(credentials={"hypervm-fw": "s3cret"})
+    secret = tmp_path / "secret"
+    secret.write_text("wrong")
+    sched = scheduler_factory(master.url, [A], extra=[
+        "--principal", "hypervm-fw", "--secret-file", str(secret)]).start()
+    master.wait_for(lambda: master.violations, 10, "the refused SUBSCRIBE")
+    assert "bad credentials for principal 'hypervm-fw'" in master.violations[0]
+    assert not master.connected
+    assert sched.process is not None and sched.process.wait(timeout=15) == 1
+    assert "exiting: the connection to the master failed" in sched.log_text()
