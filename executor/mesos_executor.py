@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from executor.agent_protocol import EXEC_FAILURE_STATUS
 from executor.errors import GuestError, HyperVMError, InvalidSpec
 from executor.mesos_driver import ExecutorSettings, describe, make_driver, settings_from_env
 from executor.mesos_health import HealthChecker, HealthState, Probe
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 #: (HYPERVM_EXECUTOR_ACK_TIMEOUT, seconds, overrides it)
 ACK_TIMEOUT_S = 60.0
 #: exit codes the guest reports for a command that cannot be executed (as a shell does)
-_EXEC_FAILURES = {"ENOENT": 127, "EACCES": 126}
 TERMINAL = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR",
                       "TASK_LOST", "TASK_DROPPED", "TASK_GONE"})
 
@@ -92,6 +92,8 @@ class Task:
 
 
 def exit_message(status: ExitStatus) -> str:
+    if status.lost:
+        return "The HyperVM stopped before the command exited"
     if status.signal is not None:
         try:
             name = signal.Signals(status.signal).name
@@ -351,8 +353,8 @@ class ExecutorCore:
     def on_start_failed(self, task: Task, error: Exception) -> None:
         if task.terminal:
             return
-        if isinstance(error, GuestError) and error.code in _EXEC_FAILURES:
-            code = _EXEC_FAILURES[error.code]
+        if isinstance(error, GuestError) and error.code in EXEC_FAILURE_STATUS:
+            code = EXEC_FAILURE_STATUS[error.code]
             self._finish(task, "TASK_FAILED", f"Command exited with status {code} ({error})")
         else:
             self._finish(task, "TASK_FAILED", f"Failed to start the task: {error}",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from executor.agent_protocol import ExitStatus
+from executor.agent_protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.config import HostConfig, config_from_env
 from executor.errors import GuestError, HyperVMError, InvalidSpec
 from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
@@ -243,7 +243,7 @@ class VMPod:
         try:
             handle = self.vm.exec(self.names[task_id], process, on_exit=on_exit)
         except GuestError as e:
-            return {"ENOENT": 127, "EACCES": 126}.get(e.code, 1)
+            return EXEC_FAILURE_STATUS.get(e.code, 1)
         if not done.wait(timeout):
             try:
                 self.vm.signal(handle, 9)
