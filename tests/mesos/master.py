@@ -20,11 +20,15 @@ tasks for ``failover_timeout``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
 import queue
 import select
+import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -36,6 +40,7 @@ from typing import Any
 
 from tests.mesos import protos
 from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble
+from tests.mesos.fake_runtime import journal
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +268,17 @@ class MasterDouble:
                 self._stream.events.put(None)
         self._server.shutdown()
         self._server.server_close()
-        for launched in list(self.executors.values()):
-            if launched.double is not None:
-                launched.double.stop()
+        doubles = [x.double for x in list(self.executors.values()) if x.double is not None]
+        for double in doubles:  # as an agent would: SHUTDOWN, so the executor cleans up
+            if double.process is not None and double.process.poll() is None:
+                with contextlib.suppress(RuntimeError):
+                    double.shutdown()
+        for double in doubles:
+            if double.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    double.process.wait(timeout=10)
+            double.stop()
+            _kill_fake_containers(double.sandbox)
 
     def __enter__(self) -> MasterDouble:
         return self
@@ -477,7 +490,7 @@ class MasterDouble:
             launched.double = double
             if self._stop.is_set():
                 return double.stop()
-            double.start_executor()
+            process = double.start_executor()
             double.wait_subscribed(timeout=60)
             double.launch_group(tasks)
         except Exception as e:  # the agent's answer: every task fails
@@ -485,6 +498,15 @@ class MasterDouble:
             for task in tasks:
                 self._agent_update(task["task_id"]["value"], "TASK_FAILED",
                                    f"Executor did not start: {e}", "REASON_EXECUTOR_TERMINATED")
+            return
+        code = process.wait()
+        with self._lock:
+            if self._stop.is_set():
+                return
+            for task_id in launched.task_ids:  # as an agent: what the executor left is lost
+                if self.tasks[task_id].state not in TERMINAL:
+                    self._agent_update(task_id, "TASK_FAILED", f"Executor exited ({code})",
+                                       "REASON_EXECUTOR_TERMINATED")
 
     # ---------------------------------------------------------------- updates
 
@@ -696,3 +718,11 @@ def _ranges(ports: set[int]) -> list[tuple[int, int]]:
             out.append((port, port))
     return out
 
+
+def _kill_fake_containers(sandbox: Path) -> None:
+    """The fake runtime's containers run in their own sessions: an executor that was killed
+    (not shut down) leaves them behind."""
+    for event in journal(sandbox):
+        if event.get("event") == "start":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(event["pid"], signal.SIGKILL)

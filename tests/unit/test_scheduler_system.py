@@ -3,6 +3,7 @@ REST → scheduler → master → agent → hypervm-executor, every Mesos call v
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -351,3 +352,19 @@ def test_wrong_secret_is_refused_by_the_master(
     assert not master.connected
     assert sched.process is not None and sched.process.wait(timeout=15) == 1
     assert "exiting: the connection to the master failed" in sched.log_text()
+
+
+def test_an_executor_that_dies_fails_its_tasks_and_the_pod_is_relaunched(
+        cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
+    master, sched = cluster
+    sched.request("POST", "/v1/pods", "a", {"id": "fragile", "containers": [
+        container("c", "sleep 60")]})
+    wait_pod(sched, "fragile", {"RUNNING"})
+    (launched,) = master.executors.values()
+    assert launched.double is not None and launched.double.process is not None
+    os.killpg(launched.double.process.pid, signal.SIGKILL)
+    inst = sched.wait_for(lambda: (i := pod_state(sched, "a", "fragile"))["attempt"] == 1
+                          and i["state"] == "RUNNING" and i, 30, "the relaunch")
+    assert master.tasks["a.pod.fragile.0.0.c"].state == "TASK_FAILED"
+    assert inst["tasks"][0]["taskId"] == "a.pod.fragile.0.1.c"
+    assert master.all_violations() == []
