@@ -42,8 +42,15 @@ class AuthMiddleware:
         req.context.tenant = tenant
 
 
+MAX_BODY = 1 << 20
+
+
 def read_json(req: falcon.Request) -> Any:
-    raw = req.bounded_stream.read()
+    if (req.content_length or 0) > MAX_BODY:
+        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
+    raw = req.bounded_stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
     try:
         return json.loads(raw)
     except ValueError as e:
