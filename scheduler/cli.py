@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     framework_id = store.get_meta(FRAMEWORK_ID_KEY)
     driver = MesosSchedulerDriver(
         framework, framework_info(args, tenants, framework_id), master,
-        implicit_acknowledgements=True, principal=args.principal, secret=read_secret(args),
+        implicit_acknowledgements=False, principal=args.principal, secret=read_secret(args),
         failover=True)
     server = serve(make_app(workloads, tenants), host, port)
     stop = threading.Event()

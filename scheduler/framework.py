@@ -1,7 +1,7 @@
 """The Mesos side: pymesos' scheduler callbacks. Offers are matched to tenants by role, launches
-are committed to the store before the ACCEPT, updates are committed before they are
-acknowledged (pymesos acknowledges when the callback returns), and every (re)subscription
-reconciles."""
+are committed to the store before the ACCEPT, updates are committed before we acknowledge them
+(explicitly: an update whose commit failed is not acknowledged, so Mesos sends it again), and
+every (re)subscription reconciles."""
 
 from __future__ import annotations
 
@@ -141,10 +141,11 @@ class HyperVMFramework(Scheduler):
         task_id = status["task_id"]["value"]
         log.info("task %s is %s%s", task_id, status["state"],
                  f" ({status['message']})" if status.get("message") else "")
-        known = self.workloads.apply_status(status)
+        known = self.workloads.apply_status(status)  # committed before the acknowledgement
         if not known and not lifecycle.is_terminal(status["state"]):
             log.warning("killing task %s: this scheduler never launched it", task_id)
             driver.killTask({"value": task_id})
+        driver.acknowledgeStatusUpdate(status)  # only updates with a uuid are acknowledged
 
     # ------------------------------------------------------------------ called by the service
 

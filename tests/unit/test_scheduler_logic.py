@@ -275,3 +275,13 @@ def test_offers_of_a_role_without_work_are_declined_and_unknown_tasks_killed(
     assert driver.named("suppressOffers")  # nothing left to launch
     fw.statusUpdate(driver, status("stranger", "TASK_RUNNING"))
     assert driver.named("killTask") == [({"value": "stranger"},)]
+    assert driver.named("acknowledgeStatusUpdate")[-1][0]["task_id"]["value"] == "stranger"
+
+
+def test_an_update_that_cannot_be_stored_is_not_acknowledged(workloads: Workloads) -> None:
+    fw = framework(workloads)
+    driver = FakeDriver()
+    fw.registered(driver, {"value": "fw-1"}, {})
+    workloads.store.close()  # every write fails now
+    fw.statusUpdate(driver, {**status("acme.pod.web.0.0.main", "TASK_RUNNING"), "uuid": "x"})
+    assert driver.named("acknowledgeStatusUpdate") == []

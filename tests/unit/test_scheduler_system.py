@@ -87,6 +87,8 @@ def test_pod_of_two_runs_then_finishes_with_states_and_exit_codes(
     assert roles == {"tenant-a"}
     assert master.states("a.pod.batch.0.0.one") == ["TASK_STARTING", "TASK_RUNNING",
                                                     "TASK_FINISHED"]
+    master.wait_for(lambda: not master.unacked, 10, "every update acknowledged")
+    assert len(master.calls_of("ACKNOWLEDGE")) == 6
     assert master.all_violations() == []
 
 
