@@ -123,6 +123,25 @@ def _initrd(path: Path, script: str) -> Path:
     return path
 
 
+def test_cached_kernel_matches_the_fragment(hyperkernel: Kernel) -> None:
+    """What make kernel published: every fragment line survived, files readable by QEMU."""
+    import json
+    import stat
+
+    from vmimage.kernel import hyperkernel as hk
+    from vmimage.kernel.kconfig import dropped_options
+
+    directory = hyperkernel.path.parent
+    assert directory.name == hk.current_key(), "kernel is stale: run make kernel"
+    assert dropped_options(hk.FRAGMENT.read_text(), (directory / "config").read_text()) == []
+    meta = json.loads((directory / "meta.json").read_text())
+    assert meta["version"] == hyperkernel.version and meta["build_seconds"] > 0
+    for path in (directory, *directory.iterdir()):
+        want = 0o755 if path.is_dir() else 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+    assert hyperkernel.path.read_bytes()[:4] == b"\x7fELF"  # uncompressed vmlinux (PVH)
+
+
 BOOT_SCRIPT = f"""\
 /bin/busybox mkdir -p /proc
 /bin/busybox mount -t proc proc /proc

@@ -317,3 +317,68 @@ def test_distro_kernel_is_prepared_with_decompressed_modules(cfg, tmp_path: Path
     assert k.modules[0].read_bytes().startswith(b"module kernel/")
     assert all(os.stat(m).st_mode & 0o044 == 0o044 for m in k.modules)
     assert kmod.find_kernel(cfg, env={"HYPERVM_KERNEL": "distro"}) == k
+
+
+# -- the build recipe, with make faked ---------------------------------------------------------
+
+def _fake_make(final_config: str, calls: list[list[str]]):  # noqa: ANN202
+    """A stand-in for hyperkernel._run: records each step and writes what make would."""
+
+    def run(argv: list[str], logfile, cwd=None) -> None:  # noqa: ANN001
+        calls.append(argv)
+        objdir = next((Path(a[2:]) for a in argv if a.startswith("O=")), None)
+        if argv[-1] == "olddefconfig" and objdir:
+            (objdir / ".config").write_text(final_config)
+        if argv[-1] == "vmlinux" and objdir:
+            (objdir / "vmlinux").write_bytes(b"\x7fELF")
+            (objdir / "include/config").mkdir(parents=True)
+            (objdir / "include/config/kernel.release").write_text("6.1.999\n")
+        if logfile is not None:
+            with open(logfile, "a") as fh:
+                fh.write(" ".join(argv) + "\n")
+
+    return run
+
+
+@pytest.fixture
+def fake_source(cfg, monkeypatch, tmp_path: Path) -> Path:  # noqa: ANN001
+    fragment = tmp_path / "frag.config"
+    fragment.write_text("CONFIG_A=y\n# CONFIG_B is not set\n")
+    tree = cfg.kernel_dir / ".src" / "linux-source-6.1.1-1"
+    tree.mkdir(parents=True)
+    (tree / "Makefile").write_text("")
+    monkeypatch.setattr(hyperkernel, "FRAGMENT", fragment)
+    monkeypatch.setattr(hyperkernel, "source_package_version", lambda: "6.1.1-1")
+    monkeypatch.setattr(hyperkernel, "current_key", lambda: "feedbeef")
+    return fragment
+
+
+def test_build_recipe_publishes_vmlinux_config_and_meta(cfg, fake_source, monkeypatch) -> None:  # noqa: ANN001
+    calls: list[list[str]] = []
+    monkeypatch.setattr(hyperkernel, "_run", _fake_make("CONFIG_A=y\n", calls))
+    out = hyperkernel.ensure_hyperkernel(cfg)
+    steps = [c[-1] if c[0] == "make" else Path(c[0]).name for c in calls]
+    assert steps == ["tinyconfig", "merge_config.sh", "olddefconfig", "vmlinux"]
+    assert any(a.startswith("-j") for a in calls[-1])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["version"] == "6.1.999" and meta["kind"] == "hyperkernel"
+    assert meta["source_package"] == "linux-source-6.1=6.1.1-1" and "build_seconds" in meta
+    assert (out / "config").read_text() == "CONFIG_A=y\n"
+    assert sorted(p.name for p in out.iterdir()) == ["build.log", "config", "meta.json",
+                                                     "vmlinux"]
+    assert stat.S_IMODE((out / "vmlinux").stat().st_mode) == 0o644
+
+
+def test_build_fails_naming_dropped_options_before_compiling(cfg, fake_source,
+                                                             monkeypatch) -> None:  # noqa: ANN001
+    calls: list[list[str]] = []
+    monkeypatch.setattr(hyperkernel, "_run", _fake_make("# CONFIG_A is not set\nCONFIG_B=y\n",
+                                                        calls))
+    with pytest.raises(HostError) as err:
+        hyperkernel.ensure_hyperkernel(cfg)
+    assert "CONFIG_A (wanted y, got n)" in str(err.value)
+    assert "CONFIG_B (wanted n, got y)" in str(err.value)
+    assert calls[-1][-1] == "olddefconfig"  # never started the long compile
+    assert (cfg.kernel_dir / "failed-feedbeef.log").exists()
+    assert not (cfg.kernel_dir / "feedbeef").exists()
+    assert not [p for p in cfg.kernel_dir.iterdir() if p.name.startswith(".tmp-")]
