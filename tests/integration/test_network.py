@@ -35,6 +35,11 @@ SERVE_SCRIPT = ("mkdir -p /www && echo \"$TOKEN\" > /www/index.html && "
                 "httpd -p \"$UNPUBLISHED\" -h /www && exec httpd -f -p 80 -h /www")
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,8 +180,7 @@ def test_network_none_has_only_loopback(hypervm, busybox_rootfs: Path) -> None: 
 
 @pytest.fixture
 def host_http_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
