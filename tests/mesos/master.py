@@ -21,26 +21,23 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import os
-import queue
-import select
 import signal
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from tests.mesos import protos
 from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble
 from tests.mesos.fake_runtime import journal
+from tests.mesos.master_http import EventStream, MasterServer
+from tests.mesos.master_resources import amounts, ranges, subtract
 
 log = logging.getLogger(__name__)
 
@@ -104,114 +101,6 @@ class ExecutorAgent(AgentDouble):
             self.master.forward_update(status, self.agent_spec.id)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, master: MasterDouble) -> None:
-        self.master = master
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("master: " + format, *args)
-
-    def reply(self, code: int, body: bytes = b"", ctype: str = "text/plain") -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        if body:
-            self.send_header("Content-Type", ctype)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/version":
-            return self.reply(200, json.dumps({"version": "1.11.0"}).encode(),
-                              "application/json")
-        if self.path == "/health":
-            return self.reply(200)
-        self.reply(404)
-
-    def do_POST(self) -> None:  # noqa: N802
-        master = self.server.master
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path != "/api/v1/scheduler":
-            return self.reply(404)
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        if ctype != "application/json":
-            master.violation(f"call with Content-Type {ctype!r}")
-            return self.reply(415, b"Expecting 'Content-Type' of application/json")
-        if not master.authenticated(self.headers.get("Authorization")):
-            return self.reply(401, b"Unauthorized")
-        try:
-            data = json.loads(body)
-            call = protos.parse("scheduler.Call", data)
-        except (ValueError, protos.ProtoViolation) as e:
-            master.violation(f"invalid call: {e}")
-            return self.reply(400, f"Failed to validate scheduler::Call: {e}".encode())
-        master.calls.append(data)
-        if data.get("type") == "SUBSCRIBE":
-            return self.subscribe(data)
-        try:
-            master.handle(data, call, self.headers.get("Mesos-Stream-Id"))
-        except protos.ProtoViolation as e:
-            master.violation(str(e))
-            return self.reply(400, str(e).encode())
-        self.reply(202)
-
-    def subscribe(self, data: dict[str, Any]) -> None:
-        master = self.server.master
-        try:
-            stream = master.subscribe(data)
-        except protos.ProtoViolation as e:
-            master.violation(str(e))
-            return self.reply(400, str(e).encode())
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Mesos-Stream-Id", stream.id)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            while True:
-                try:
-                    event = stream.events.get(timeout=0.2)
-                except queue.Empty:
-                    if _peer_closed(self.connection):
-                        break
-                    continue
-                if event is None:
-                    break
-                raw = json.dumps(event).encode()
-                record = f"{len(raw)}\n".encode() + raw
-                self.wfile.write(f"{len(record):x}\r\n".encode() + record + b"\r\n")
-                self.wfile.flush()
-        except OSError:
-            pass
-        finally:
-            master.stream_closed(stream)
-
-
-def _peer_closed(sock: socket.socket) -> bool:
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
-
-
-@dataclass
-class _Stream:
-    id: str
-    events: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
-
-
 class MasterDouble:
     """One master, one framework at a time. Use as a context manager or call ``stop()``."""
 
@@ -242,11 +131,11 @@ class MasterDouble:
         self.offers: dict[str, tuple[AgentSpec, str, dict[str, Any]]] = {}
         self.unacked: dict[str, dict[str, Any]] = {}
         self._rr: dict[str, int] = {}
-        self._stream: _Stream | None = None
+        self._stream: EventStream | None = None
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
-        self._server = _Server(self)
+        self._server = MasterServer(self)
         self.port = self._server.server_address[1]
         self._threads = [threading.Thread(target=self._server.serve_forever, daemon=True,
                                           kwargs={"poll_interval": 0.05}, name="master"),
@@ -321,7 +210,7 @@ class MasterDouble:
 
     # ---------------------------------------------------------------- SUBSCRIBE
 
-    def subscribe(self, data: dict[str, Any]) -> _Stream:
+    def subscribe(self, data: dict[str, Any]) -> EventStream:
         info = data["subscribe"]["framework_info"]
         with self._lock:
             given = (data.get("framework_id") or {}).get("value")
@@ -347,7 +236,7 @@ class MasterDouble:
             self.subscribes.append(data)
             if self._stream is not None:
                 self._stream.events.put(None)
-            stream = self._stream = _Stream(str(uuid.uuid4()))
+            stream = self._stream = EventStream(str(uuid.uuid4()))
             self.disconnected_at = None
             self.suppressed = set(data["subscribe"].get("suppressed_roles", []))
             self.offers.clear()
@@ -361,7 +250,7 @@ class MasterDouble:
             self._changed.notify_all()
         return stream
 
-    def stream_closed(self, stream: _Stream) -> None:
+    def stream_closed(self, stream: EventStream) -> None:
         with self._lock:
             if self._stream is stream:
                 self._stream = None
@@ -434,7 +323,7 @@ class MasterDouble:
         if len({(a.id, r) for a, r, _ in taken}) != 1:
             raise protos.ProtoViolation("ACCEPT needs offers of one agent and one role")
         agent, role, offer = taken[0]
-        left = _amounts(offer["resources"])
+        left = amounts(offer["resources"])
         for op in body.get("operations", []):
             if op["type"] != "LAUNCH_GROUP":
                 raise protos.ProtoViolation(f"operation {op['type']} is not supported here")
@@ -470,9 +359,9 @@ class MasterDouble:
             if (r.get("allocation_info") or {}).get("role") != role:
                 raise protos.ProtoViolation(f"resource {r['name']} is not allocated to role "
                                             f"{role} (allocation_info: {r.get('allocation_info')})")
-        _subtract(left, _amounts(resources))
+        subtract(left, amounts(resources))
         launched = Launched(eid, agent, {**executor, "framework_id": {"value": self.framework_id}},
-                            role, _amounts(resources), task_ids=[t["task_id"]["value"]
+                            role, amounts(resources), task_ids=[t["task_id"]["value"]
                                                                 for t in tasks])
         self.executors[eid] = launched
         for task in tasks:
@@ -627,7 +516,7 @@ class MasterDouble:
             if free["ports"]:
                 resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
                                   "ranges": {"range": [{"begin": b, "end": e}
-                                                       for b, e in _ranges(free["ports"])]}})
+                                                       for b, e in ranges(free["ports"])]}})
             offer = {"id": {"value": oid}, "framework_id": {"value": self.framework_id},
                      "agent_id": {"value": agent.id}, "hostname": agent.hostname,
                      "allocation_info": alloc, "resources": resources}
@@ -640,7 +529,7 @@ class MasterDouble:
                 "ports": set(range(agent.ports[0], agent.ports[1] + 1))}
         for launched in self.executors.values():
             if launched.agent.id == agent.id and launched.resources:
-                _subtract(free, launched.resources, check=False)
+                subtract(free, launched.resources, check=False)
         return free
 
     # ---------------------------------------------------------------- observations
@@ -680,43 +569,6 @@ class MasterDouble:
 
     def calls_of(self, kind: str) -> list[dict[str, Any]]:
         return [c for c in list(self.calls) if c.get("type") == kind]
-
-
-def _amounts(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"cpus": 0.0, "mem": 0.0, "ports": set()}
-    for r in resources:
-        if r["name"] in ("cpus", "mem"):
-            out[r["name"]] += r["scalar"]["value"]
-        elif r["name"] == "ports":
-            for rng in r["ranges"]["range"]:
-                out["ports"] |= set(range(int(rng["begin"]), int(rng["end"]) + 1))
-        else:
-            out[r["name"]] = out.get(r["name"], 0.0) + r.get("scalar", {}).get("value", 0.0)
-    return out
-
-
-def _subtract(left: dict[str, Any], used: dict[str, Any], check: bool = True) -> None:
-    for name, amount in used.items():
-        if name == "ports":
-            if check and not amount <= left["ports"]:
-                raise protos.ProtoViolation(f"ports {sorted(amount - left['ports'])} are not "
-                                            "in the offer")
-            left["ports"] = left["ports"] - amount
-            continue
-        if check and amount > left.get(name, 0.0) + 1e-6:
-            raise protos.ProtoViolation(f"{name}: {amount:g} used > {left.get(name, 0):g} "
-                                        "offered")
-        left[name] = left.get(name, 0.0) - amount
-
-
-def _ranges(ports: set[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for port in sorted(ports):
-        if out and out[-1][1] == port - 1:
-            out[-1] = (out[-1][0], port)
-        else:
-            out.append((port, port))
-    return out
 
 
 def _kill_fake_containers(sandbox: Path) -> None:
