@@ -71,10 +71,16 @@ def task_info(box: ContainerSpec, tid: str, agent_id: str, role: str, host_ports
         command = {"value": box.cmd, "shell": True}
     elif box.args is not None:
         command = {"shell": False, "arguments": list(box.args)}
-    env = list(box.env) + [(f"PORT{i}", str(p)) for i, p in enumerate(host_ports)]
-    if env:
+    if box.env:
         command.setdefault("shell", False)
-        command["environment"] = {"variables": [{"name": k, "value": v} for k, v in env]}
+        command["environment"] = {"variables": [{"name": k, "value": v} for k, v in box.env]}
+    if host_ports:
+        # hypervm-executor forwards the i-th host port (ascending) to the i-th discovery port
+        # and sets PORT0..N, PORTS, PORT_<containerPort> itself
+        pairs = sorted(zip(host_ports, box.ports, strict=True), key=lambda pair: pair[0])
+        task["discovery"] = {"visibility": "FRAMEWORK", "name": box.name, "ports": {"ports": [
+            {"number": port.container_port or host, "name": port.name, "protocol": "tcp"}
+            for host, port in pairs]}}
     if command:
         task["command"] = command
     if box.health_check:

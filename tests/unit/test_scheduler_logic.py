@@ -105,8 +105,10 @@ def test_placement_builds_a_valid_launch_group_on_the_offer_role() -> None:
                                         "hostPort": 31000},
                                        {"name": "port1", "containerPort": 8001,
                                         "hostPort": 31001}]
-    env = {v["name"]: v["value"] for v in tasks[0]["command"]["environment"]["variables"]}
-    assert env == {"PORT0": "31000", "PORT1": "31001"}
+    assert tasks[0]["discovery"]["ports"]["ports"] == [
+        {"number": 8000, "name": "port0", "protocol": "tcp"},
+        {"number": 8001, "name": "port1", "protocol": "tcp"}]
+    assert "discovery" not in tasks[1]
 
 
 def test_placement_packs_what_fits_and_skips_the_rest() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.mesos.fake_runtime import journal
 from tests.mesos.fixtures import master_factory, scheduler_factory  # noqa: F401
 from tests.mesos.master import MasterDouble
 from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
@@ -226,6 +227,11 @@ def test_marathon_app_runs_its_instances_and_scales(
     ports = [t["ports"][0] for t in view["tasks"]]
     assert len(set(ports)) == 2 and all(31000 <= p <= 31099 for p in ports)
     assert all(t["host"] == "localhost" for t in view["tasks"])
+    for launched in master.executors.values():
+        assert launched.double is not None
+        (boot,) = [e for e in journal(launched.double.sandbox) if e["event"] == "boot"]
+        (box,) = boot["containers"].values()
+        assert "GREETING=hi" in box["env"]
     sched.wait_for(lambda: app_view()["tasksHealthy"] == 2, 30, "both healthy")
     assert sched.request("GET", "/v2/apps", "a")[1]["apps"][0]["id"] == "/shop/web"
 
