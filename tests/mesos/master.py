@@ -107,11 +107,12 @@ class MasterDouble:
     def __init__(self, workdir: Path, agents: list[AgentSpec] | None = None, *,
                  runtime: str | None = FAKE_RUNTIME, offer_interval: float = 0.1,
                  credentials: dict[str, str] | None = None,
-                 executor_env: dict[str, str] | None = None) -> None:
+                 executor_env: dict[str, str] | None = None,
+                 heartbeat_s: float = 15.0) -> None:
         self.workdir = workdir
         self.agents = agents or [AgentSpec()]
         self.runtime, self.executor_env = runtime, executor_env or {}
-        self.offer_interval = offer_interval
+        self.offer_interval, self.heartbeat_s = offer_interval, heartbeat_s
         self.credentials = credentials
         self.calls: list[dict[str, Any]] = []
         self.violations: list[str] = []
@@ -242,7 +243,7 @@ class MasterDouble:
             self.offers.clear()
             self._send({"type": "SUBSCRIBED", "subscribed": {
                 "framework_id": {"value": self.framework_id},
-                "heartbeat_interval_seconds": 15.0,
+                "heartbeat_interval_seconds": self.heartbeat_s,
                 "master_info": {"id": "master-double", "ip": 0x7F000001, "port": self.port,
                                 "hostname": "localhost", "version": "1.11.0"}}})
             for status in list(self.unacked.values()):  # the status update manager retries
@@ -475,11 +476,15 @@ class MasterDouble:
     # ---------------------------------------------------------------- allocator
 
     def _allocate_loop(self) -> None:
+        last_heartbeat = time.monotonic()
         while not self._stop.wait(self.offer_interval):
             with self._lock:
                 if self._stream is None:
                     self._expire_failover()
                     continue
+                if time.monotonic() - last_heartbeat >= self.heartbeat_s:
+                    last_heartbeat = time.monotonic()
+                    self._send({"type": "HEARTBEAT"})
                 for agent in self.agents:
                     self._offer(agent)
 

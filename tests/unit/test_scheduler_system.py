@@ -328,7 +328,7 @@ def test_framework_info_roles_principal_secret_and_failover_timeout(
         master_factory: Callable[..., MasterDouble],  # noqa: F811
         scheduler_factory: Callable[..., SchedulerProcess],  # noqa: F811
         tmp_path: Any) -> None:
-    master = master_factory(credentials={"hypervm-fw": "s3cret"})
+    master = master_factory(credentials={"hypervm-fw": "s3cret"}, heartbeat_s=0.3)
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     sched = scheduler_factory(master.url, [A, B], extra=[
@@ -343,6 +343,11 @@ def test_framework_info_roles_principal_secret_and_failover_timeout(
     sched.request("POST", "/v1/pods", "a", {"id": "p", "containers": [
         container("c", "true")]})
     master.wait_for(lambda: master.launched, 10, "a launch with credentials")
+    master.wait_for(lambda: [e for e in master.events if e["type"] == "HEARTBEAT"], 5,
+                    "a heartbeat (the scheduler must live with them)")
+    # SIGTERM: the framework fails over (no TEARDOWN: its tasks keep running)
+    assert sched.kill(signal.SIGTERM) == 0
+    assert master.calls_of("TEARDOWN") == [] and not master.removed
     assert master.all_violations() == []
 
 
