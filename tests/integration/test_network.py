@@ -91,6 +91,12 @@ def listening_on(port: int) -> bool:
     return bool(out.strip())
 
 
+def udp_bound(port: int) -> bool:
+    out = subprocess.run(["ss", "-lunH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return bool(out.strip())
+
+
 def links() -> set[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
                          check=True).stdout
@@ -318,7 +324,7 @@ def test_twenty_cycles_leave_nothing_behind(vm_factory, busybox_layer: Path,  # 
         net = NetworkSpec(ports=(PortMapping(port, 80, "tcp", "127.0.0.1"),
                                  PortMapping(port, 53, "udp", "127.0.0.1")))
         vm = vm_factory(pod(busybox_layer, "cycle", "true", net=net))
-        assert listening_on(port)
+        assert listening_on(port) and udp_bound(port)
         if cycle % 2:
             vm.poweroff(timeout=5)
         else:
@@ -328,10 +334,7 @@ def test_twenty_cycles_leave_nothing_behind(vm_factory, busybox_layer: Path,  # 
     while qemu_pid_with_prefix(f"hypervm-{TEST_TAG}-cycle") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert qemu_pid_with_prefix(f"hypervm-{TEST_TAG}-cycle") == []
-    assert not listening_on(port)
-    udp = subprocess.run(["ss", "-lunH", f"sport = :{port}"], capture_output=True, text=True,
-                         check=True).stdout
-    assert not udp.strip()
+    assert not listening_on(port) and not udp_bound(port)
     assert links() == links_before
     assert not list(host_cfg.vms_dir.glob(f"hypervm-{TEST_TAG}-cycle-*"))
     assert elapsed < 180, f"20 cycles took {elapsed:.0f} s"
