@@ -307,7 +307,8 @@ def _copy_with_libs(binaries: list[Path], root: Path) -> None:
 @pytest.fixture(scope="module")
 def glibc_layers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two erofs layers: base (busybox + host python3.11, ls, env with their libraries) and an
-    upper one with an opaque /data, a whiteout for /gone and the check script."""
+    upper one, lz4hc-compressed, with an opaque /data, a whiteout for /gone and the check
+    script (big enough to span compressed clusters)."""
     if not PYTHON.exists():
         pytest.skip(f"{PYTHON} not on the host")
     work = tmp_path_factory.mktemp("glibc")
@@ -338,9 +339,9 @@ def glibc_layers(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (upper / "data/new").write_text("new\n")
     os.setxattr(upper / "data", "trusted.overlay.opaque", b"y")
     os.mknod(upper / "gone", 0o020000, os.makedev(0, 0))
-    (upper / "check.py").write_text(GUEST_CHECK)
+    (upper / "check.py").write_text(GUEST_CHECK + "\n# padding\n" * 4000)
     return (build_layer_image(base, work / "base.erofs"),
-            build_layer_image(upper, work / "upper.erofs"))
+            build_layer_image(upper, work / "upper.erofs", compress="lz4hc"))  # EROFS_FS_ZIP
 
 
 def test_runs_glibc_python_on_overlay_of_erofs(hyperkernel: Kernel, boot, glibc_layers,  # noqa: ANN001
