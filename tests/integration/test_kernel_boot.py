@@ -4,9 +4,10 @@ No libvirt and no guest init of ours here: each test builds an initrd whose /ini
 shell script, boots QEMU directly and reads the serial console log. The glibc test attaches two
 erofs layer images built by vmimage.rootfs (the host's python3.11 with its libraries and stdlib,
 plus an upper layer with an opaque directory and a whiteout), stacks them with overlayfs in the
-guest, chroots into the result and runs a Python script exercising threads, fork/exec of
-dynamically linked binaries, sockets (unix, IPv4, IPv6), ptys, epoll/eventfd, POSIX semaphores,
-namespaces and cgroup v2. Every QEMU process is killed at teardown, failed or not.
+guest, switch_roots into the result and runs a Python script exercising threads, fork/exec
+of dynamically linked binaries, sockets (unix, IPv4, IPv6), ptys, epoll/eventfd, POSIX
+semaphores, namespaces and cgroup v2; an ext4 disk and a 9p share are mounted too. Every QEMU
+process is killed at teardown, failed or not.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def boot(tmp_path: Path) -> Iterator[Callable[..., Guest]]:
     procs: list[subprocess.Popen] = []
 
     def start(kernel: Kernel, initrd: Path, *, disks: tuple[Path, ...] = (), smp: int = 1,
-              memory_mb: int = 512, cmdline: str = "console=ttyS0 panic=-1") -> Guest:
+              shares: tuple[tuple[str, Path], ...] = (), memory_mb: int = 512,
+              cmdline: str = "console=ttyS0 panic=-1") -> Guest:
         log = tmp_path / f"console-{len(procs)}.log"
         argv = [QEMU, "-M", "pc", "-accel", "tcg", "-bios", str(QBOOT), "-nodefaults",
                 "-nographic", "-monitor", "none", "-serial", f"file:{log}", "-no-reboot",
@@ -96,6 +98,8 @@ def boot(tmp_path: Path) -> Iterator[Callable[..., Guest]]:
         for i, disk in enumerate(disks):
             argv += ["-drive", f"file={disk},if=none,id=d{i},format=raw,readonly=on",
                      "-device", f"virtio-blk-pci,drive=d{i},serial=layer{i}"]
+        for tag, directory in shares:
+            argv += ["-virtfs", f"local,path={directory},mount_tag={tag},security_model=none"]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
@@ -256,6 +260,14 @@ def _():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, os.strerror(os.waitstatus_to_exitcode(status))
 
+@check("ext4_and_9p")
+def _():
+    assert open("/ext4/hello").read() == "ext4\n"
+    assert open("/share/from-host").read() == "host\n"
+    with open("/share/from-guest", "w") as f:
+        f.write("guest\n")
+    os.setxattr("/share/from-guest", "user.k", b"v")
+
 @check("cgroup2")
 def _():
     controllers = open("/sys/fs/cgroup/cgroup.controllers").read().split()
@@ -277,8 +289,10 @@ mount -t erofs -o ro /dev/vdb /lower1
 mount -t tmpfs tmpfs /upper
 mkdir -p /upper/u /upper/w
 mount -t overlay overlay -o lowerdir=/lower1:/lower0,upperdir=/upper/u,workdir=/upper/w /merged
-mkdir -p /merged/lower1
+mkdir -p /merged/lower1 /merged/ext4 /merged/share
 mount --bind /lower1 /merged/lower1
+mount -t ext4 -o ro /dev/vdc /merged/ext4
+mount -t 9p -o trans=virtio,version=9p2000.L,posixacl share /merged/share
 mount -t proc proc /merged/proc
 mount -t sysfs sysfs /merged/sys
 mount -t cgroup2 cgroup2 /merged/sys/fs/cgroup
@@ -349,7 +363,17 @@ def test_runs_glibc_python_on_overlay_of_erofs(hyperkernel: Kernel, boot, glibc_
     if os.geteuid() != 0:
         pytest.skip("needs root to build layers with foreign owners and trusted xattrs")
     initrd = _initrd(tmp_path / "initrd.img", GLIBC_SCRIPT)
-    guest = boot(hyperkernel, initrd, disks=glibc_layers, smp=2)
+    ext4_src = tmp_path / "ext4-src"
+    ext4_src.mkdir()
+    (ext4_src / "hello").write_text("ext4\n")
+    ext4 = tmp_path / "disk.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(ext4_src), str(ext4), "8M"],
+                   check=True, capture_output=True)
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "from-host").write_text("host\n")
+    guest = boot(hyperkernel, initrd, disks=(*glibc_layers, ext4), smp=2,
+                 shares=(("share", share),))
     guest.wait_for(INIT_MARK, timeout=60)
     match = guest.wait_for(rf"{GLIBC_MARK} (\S+) (.*)", timeout=240)
     guest.wait_exit(timeout=60)
@@ -357,3 +381,5 @@ def test_runs_glibc_python_on_overlay_of_erofs(hyperkernel: Kernel, boot, glibc_
     print(f"\nglibc checks in the guest: {match.group(2)} after "
           f"{time.monotonic() - guest.started:.1f} s")
     assert "guest check exited with 0" in guest.console()
+    assert (share / "from-guest").read_text() == "guest\n"  # 9p writes reach the host
+    assert os.getxattr(share / "from-guest", "user.k") == b"v"
