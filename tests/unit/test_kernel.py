@@ -208,6 +208,21 @@ def test_ensure_kernel_falls_back_to_distro(cfg, monkeypatch) -> None:  # noqa: 
     assert kmod.ensure_kernel(cfg, env={}) is fallback
 
 
+def test_both_kernels_failing_names_both_causes(cfg, monkeypatch) -> None:  # noqa: ANN001
+    def broken() -> str:
+        raise HostError("linux-source-6.1 is not installed")
+
+    def no_distro(c):  # noqa: ANN001, ANN202
+        raise HostError("no kernel in /boot")
+
+    monkeypatch.setattr(hyperkernel, "current_key", broken)
+    monkeypatch.setattr(distro, "ensure_distro_kernel", no_distro)
+    with pytest.raises(HostError) as err:
+        kmod.ensure_kernel(cfg, env={})
+    assert "linux-source-6.1 is not installed" in str(err.value)
+    assert "no kernel in /boot" in str(err.value)
+
+
 def test_distro_requested_skips_the_build(cfg, monkeypatch) -> None:  # noqa: ANN001
     fallback = Kernel(path=Path("/x/vmlinuz"), version="6.1.0-1-amd64", kind="distro")
     monkeypatch.setattr(hyperkernel, "ensure_hyperkernel",

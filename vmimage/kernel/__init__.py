@@ -52,12 +52,19 @@ def ensure_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kern
     """The guest kernel, built or prepared first if needed (minutes the first time)."""
     from vmimage.kernel import distro, hyperkernel
 
-    if requested_kind(env) == "hyperkernel":
+    if requested_kind(env) != "hyperkernel":
+        return distro.ensure_distro_kernel(cfg)
+    try:
+        return _hyperkernel_from(hyperkernel.ensure_hyperkernel(cfg))
+    except HostError as build_error:
+        log.warning("cannot build the HyperKernel (%s); falling back to the distro kernel",
+                    build_error)
         try:
-            return _hyperkernel_from(hyperkernel.ensure_hyperkernel(cfg))
+            return distro.ensure_distro_kernel(cfg)
         except HostError as e:
-            log.warning("cannot build the HyperKernel (%s); falling back to the distro kernel", e)
-    return distro.ensure_distro_kernel(cfg)
+            raise HostError(f"no guest kernel: the HyperKernel build failed ({build_error}) and "
+                            f"the distro kernel fallback failed too ({e})",
+                            hint="install linux-source-6.1 and run make kernel") from e
 
 
 def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel:
