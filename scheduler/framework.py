@@ -23,6 +23,9 @@ from scheduler.tenants import Tenants
 
 log = logging.getLogger(__name__)
 FRAMEWORK_ID_KEY = "framework_id"
+#: how often kills of tasks being removed are sent again, and implicit reconciliation runs
+KILL_RETRY_S = 10.0
+RECONCILE_S = 600.0
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,6 +50,7 @@ class HyperVMFramework(Scheduler):
         self.subscribed = threading.Event()
         self.fatal: str | None = None
         self._lock = threading.Lock()
+        self._last_kills = self._last_reconcile = time.monotonic()
 
     @property
     def framework_id(self) -> str | None:
@@ -162,8 +166,20 @@ class HyperVMFramework(Scheduler):
         if self.driver is not None:
             self.driver.killTask({"value": task_id})
 
-    def tick(self) -> None:
-        """Called about once a second: revive when a backoff ends."""
+    def tick(self, now: float | None = None) -> None:
+        """Called about once a second: revive when a backoff ends, send kills again until the
+        tasks end (a KILL can be lost with a master failover), reconcile now and then."""
+        now = time.monotonic() if now is None else now
         wake = self.store.next_wakeup()
         if self.suppressed and wake is not None and wake <= time.time():
             self.wake()
+        driver = self.driver
+        if driver is None or not self.subscribed.is_set():
+            return
+        if now - self._last_kills >= KILL_RETRY_S:
+            self._last_kills = now
+            for task_id, agent_id in self.workloads.removing_tasks():
+                self.kill(task_id, agent_id)
+        if now - self._last_reconcile >= RECONCILE_S:
+            self._last_reconcile = now
+            driver.reconcileTasks([])

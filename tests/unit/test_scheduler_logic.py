@@ -287,3 +287,22 @@ def test_an_update_that_cannot_be_stored_is_not_acknowledged(workloads: Workload
     workloads.store.close()  # every write fails now
     fw.statusUpdate(driver, {**status("acme.pod.web.0.0.main", "TASK_RUNNING"), "uuid": "x"})
     assert driver.named("acknowledgeStatusUpdate") == []
+
+
+def test_tick_resends_kills_and_reconciles_now_and_then(workloads: Workloads) -> None:
+    fw = framework(workloads)
+    driver = FakeDriver()
+    fw.registered(driver, {"value": "fw-1"}, {})
+    workloads.create(ACME, "pod", pod("web"))
+    launch_all(workloads)
+    workloads.delete(ACME, "pod", "web")
+    kills = len(driver.named("killTask"))
+    reconciles = len(driver.named("reconcileTasks"))
+    start = fw._last_kills
+    fw.tick(now=start + 1)
+    assert len(driver.named("killTask")) == kills
+    fw.tick(now=start + 11)
+    assert len(driver.named("killTask")) == kills + 2
+    assert len(driver.named("reconcileTasks")) == reconciles
+    fw.tick(now=start + 601)
+    assert driver.named("reconcileTasks")[-1] == ([],)
