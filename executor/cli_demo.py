@@ -35,7 +35,7 @@ def demo_command(_: argparse.Namespace) -> int:
     rootfs = cfg.state_dir / "demo" / "busybox-rootfs"
     if not (rootfs / "bin" / "busybox").exists():
         make_busybox_rootfs(rootfs)
-    print(f"host kernel:    {platform.release()}  (the guest's differs: it is the HyperKernel)")
+    print(f"host kernel:    {platform.release()}  (the guest runs its own kernel)")
     sys.stdout.flush()
     with rootfs_image(cfg, rootfs) as image:
         pod = PodSpec(

@@ -225,6 +225,9 @@ class Domain:
         self.serial.build(devices)
         self.channel.build(devices)
         _sub(devices, "memballoon", model="none")
+        # without it the guest's RNG takes seconds to initialise under TCG
+        rng = _sub(devices, "rng", model="virtio")
+        _sub(rng, "backend", "/dev/urandom", model="random")
 
 
 # --- spec -> XML -----------------------------------------------------------------------------
