@@ -91,6 +91,12 @@ class HyperVMFramework(Scheduler):
     @_guarded
     def error(self, driver: Any, message: str) -> None:
         log.error("the master says: %s", message)
+        if "removed" in message:
+            # the failover timeout passed (or an operator tore us down): Mesos killed our
+            # tasks and will never take this id again; the next start registers a new one
+            # and reconciliation relaunches what should run
+            self.store.delete_meta(FRAMEWORK_ID_KEY)
+            message += "; the next start registers a new framework"
         self.fatal = message
 
     # ------------------------------------------------------------------ offers

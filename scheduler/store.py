@@ -109,6 +109,10 @@ class Store:
         with self.tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM meta WHERE key=?", (key,))
+
     # ------------------------------------------------------------------ workloads
 
     def workload(self, db: sqlite3.Connection, tenant: str, kind: str, wid: str

@@ -222,11 +222,15 @@ class MasterDouble:
                 raise protos.ProtoViolation("'roles' needs the MULTI_ROLE capability")
             if info.get("roles") and info.get("role"):
                 raise protos.ProtoViolation("both 'role' and 'roles' are set")
-            if self.removed and given == self.framework_id:
-                raise protos.ProtoViolation(f"Framework {given} has been removed")
             if self.credentials is not None and info.get("principal") not in self.credentials:
                 raise protos.ProtoViolation("framework_info.principal is not the authenticated "
                                             "principal")
+            if self.removed and given == self.framework_id:
+                self.subscribes.append(data)
+                return self._removed_stream(given)
+            if self.removed:  # a new framework may take the removed one's place
+                self.framework_id, self.removed, self.disconnected_at = None, False, None
+                self.unacked.clear()
             if self.framework_id is not None and given != self.framework_id:
                 if self._stream is not None or self.disconnected_at is not None:
                     raise protos.ProtoViolation(
@@ -249,6 +253,17 @@ class MasterDouble:
             for status in list(self.unacked.values()):  # the status update manager retries
                 self._send({"type": "UPDATE", "update": {"status": status}})
             self._changed.notify_all()
+        return stream
+
+    def _removed_stream(self, framework_id: str) -> EventStream:
+        """What a master answers a removed framework: one ERROR event, then the end."""
+        stream = EventStream(str(uuid.uuid4()))
+        event = {"type": "ERROR", "error": {"message": f"Framework {framework_id} has been "
+                                                        "removed"}}
+        protos.parse("scheduler.Event", event)
+        self.events.append(event)
+        stream.events.put(event)
+        stream.events.put(None)
         return stream
 
     def stream_closed(self, stream: EventStream) -> None:

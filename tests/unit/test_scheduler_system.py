@@ -381,3 +381,29 @@ def test_an_executor_that_dies_fails_its_tasks_and_the_pod_is_relaunched(
     assert master.tasks["a.pod.fragile.0.0.c"].state == "TASK_FAILED"
     assert inst["tasks"][0]["taskId"] == "a.pod.fragile.0.1.c"
     assert master.all_violations() == []
+
+
+def test_away_longer_than_the_failover_timeout_the_next_start_registers_anew(
+        master_factory: Callable[..., MasterDouble],  # noqa: F811
+        scheduler_factory: Callable[..., SchedulerProcess]) -> None:  # noqa: F811
+    master = master_factory()
+    sched = scheduler_factory(master.url, [A], extra=["--failover-timeout", "1"]).start()
+    master.wait_subscribed()
+    sched.request("POST", "/v1/pods", "a", {"id": "p", "containers": [
+        container("c", "sleep 60")]})
+    wait_pod(sched, "p", {"RUNNING"})
+    old_id = master.framework_id
+    sched.kill(signal.SIGKILL)
+    master.wait_for(lambda: master.removed, 10, "the framework's removal")
+    master.wait_for(lambda: master.tasks["a.pod.p.0.0.c"].state == "TASK_KILLED", 20,
+                    "its task killed")
+    sched.start()  # refused: the id was removed
+    assert sched.process is not None and sched.process.wait(timeout=15) == 1
+    assert "has been removed; the next start registers a new framework" in sched.log_text()
+    sched.start()
+    master.wait_subscribed()
+    assert master.framework_id != old_id and "framework_id" not in master.subscribes[-1]
+    inst = sched.wait_for(lambda: (i := pod_state(sched, "a", "p"))["state"] == "RUNNING"
+                          and i["attempt"] == 1 and i, 30, "the pod relaunched")
+    assert inst["tasks"][0]["taskId"] == "a.pod.p.0.1.c"
+    assert master.all_violations() == []
