@@ -37,6 +37,7 @@ from executor.taskinfo import (
     DEFAULT_KILL_GRACE_S,
     ExecutorSpec,
     TaskSpec,
+    cpu_limit,
     kill_grace_s,
     parse_executor,
     parse_task,
@@ -256,6 +257,7 @@ class ExecutorCore:
         for task in group.tasks:
             self._send(task, "TASK_STARTING")
         plan = PodPlan(name=_pod_name(name), tasks=specs, vcpus=vcpus, memory_mib=mib,
+                       cpu_limit=min(float(vcpus), cpu_limit(specs, self.executor)),
                        sandbox=self.settings.sandbox, task_sandboxes=sandboxes,
                        labels=(("mesos.framework_id", self.settings.framework_id),
                                ("mesos.executor_id", self.settings.executor_id),

@@ -51,6 +51,8 @@ class PodPlan:
     #: each task's sandbox directory on the host, by task id
     task_sandboxes: Mapping[str, Path] = field(default_factory=dict)
     labels: tuple[tuple[str, str], ...] = ()
+    #: CPU time bound in cores (the tasks' + executor's cpus); None: the vCPUs
+    cpu_limit: float | None = None
 
 
 class Pod(Protocol):
@@ -213,7 +215,8 @@ class VMPod:
             self._containers[task.task_id] = container
             containers.append(container)
         pod = PodSpec(name=self.plan.name, containers=tuple(containers),
-                      resources=Resources(cpus=self.plan.vcpus, memory_mib=self.plan.memory_mib),
+                      resources=Resources(cpus=self.plan.vcpus, memory_mib=self.plan.memory_mib,
+                                          cpu_limit=self.plan.cpu_limit),
                       labels=self.plan.labels, network=self.network)
         with self._lock:
             if self._destroyed:

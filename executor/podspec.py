@@ -96,12 +96,19 @@ class Container:
 
 @dataclass(frozen=True)
 class Resources:
+    """``cpus`` vCPUs and ``memory_mib`` of guest RAM; ``cpu_limit`` bounds the CPU time the
+    whole VM may use, in cores (a Mesos ``cpus`` of 0.5 is 1 vCPU limited to half a core)."""
+
     cpus: int = 1
     memory_mib: int = 256
+    cpu_limit: float | None = None
 
     def validate(self) -> None:
         if not 1 <= self.cpus <= MAX_CPUS:
             raise InvalidSpec("cpus", f"{self.cpus} is out of range", hint=f"use 1..{MAX_CPUS}")
+        if self.cpu_limit is not None and not 0.01 <= self.cpu_limit <= self.cpus:
+            raise InvalidSpec("cpus", f"a CPU limit of {self.cpu_limit:g} cores does not fit "
+                                      f"{self.cpus} vCPUs", hint="use 0.01..vCPUs")
         if self.memory_mib < MIN_MEMORY_MIB:
             raise InvalidSpec("memory", f"{self.memory_mib} MiB is below the minimum",
                               hint=f"use at least {MIN_MEMORY_MIB} MiB")

@@ -264,6 +264,11 @@ def discovery_ports(task: Mapping[str, Any], where: str) -> tuple[tuple[int, str
     return tuple(out)
 
 
+def cpu_limit(tasks: Sequence[TaskSpec], executor: ExecutorSpec | None) -> float:
+    """The CPU time the VM may use, in cores: the tasks' and the executor's cpus."""
+    return max(0.01, sum(t.cpus for t in tasks) + (executor.cpus if executor else 0.0))
+
+
 def vm_size(tasks: Sequence[TaskSpec], executor: ExecutorSpec | None) -> tuple[int, int]:
     """(vCPUs, MiB) of the VM for a task group: the overhead policy.
 

@@ -21,16 +21,22 @@ from typing import Any
 from executor import network
 from executor.agent_protocol import ExitStatus, MsgType
 from executor.config import HostConfig
-from executor.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.domain import CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
 from executor.errors import BootError, HyperVMError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
-from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process
+from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process, Resources
 
 log = logging.getLogger(__name__)
 
 #: the guest kernel's command line; quiet keeps TCG boots fast (the console is a slow UART)
 BASE_CMDLINE = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check noreplace-smp"
 DEFAULT_BOOT_TIMEOUT = 60.0
+CFS_PERIOD_US = 100_000
+#: what QEMU itself needs besides guest RAM (measured idle RSS overhead under TCG, with room)
+QEMU_OVERHEAD_MIB = 128
+CFS_PERIOD_US = 100_000
+#: what QEMU itself needs besides guest RAM (measured idle RSS overhead under TCG, with room)
+QEMU_OVERHEAD_MIB = 128
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class HyperVM:
             for src, tag in self._share_tags.items()
         )
         cmdline = " ".join(filter(None, [BASE_CMDLINE, getattr(kernel, "cmdline_extra", "")]))
+        cputune, memtune = resource_bounds(self.pod.resources)
         return DomainSpec(
             name=self.name,
             accel=accel,
@@ -115,6 +122,8 @@ class HyperVM:
             disks=disks,
             shares=shares,
             metadata=self._metadata(),
+            cputune=cputune,
+            memtune=memtune,
             qemu_args=network.qemu_args(self.pod.network, self.mac_address),
         )
 
@@ -292,6 +301,19 @@ class HyperVM:
                 if self._own_hypervisor:
                     self._hypervisor.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def resource_bounds(resources: Resources) -> tuple[CpuTune, MemTune]:
+    """libvirt tuning that bounds a VM by its resources: a CFS quota per vCPU when the CPU
+    limit is below the vCPU count; a memory soft limit of guest RAM plus QEMU's overhead
+    allowance (a hard limit needs RLIMIT_MEMLOCK changes some hosts forbid: guest RAM is the
+    hard bound of what the task can use)."""
+    cputune = CpuTune()
+    limit = resources.cpu_limit
+    if limit is not None and limit < resources.cpus:
+        quota = max(1000, int(CFS_PERIOD_US * limit / resources.cpus))
+        cputune = CpuTune(period_us=CFS_PERIOD_US, quota_us=quota)
+    return cputune, MemTune(soft_limit_mib=resources.memory_mib + QEMU_OVERHEAD_MIB)
 
 
 def process_payload(process: Process, defaults: tuple[str, ...] = ()) -> dict[str, Any]:
