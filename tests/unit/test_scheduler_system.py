@@ -97,7 +97,7 @@ def test_a_failing_container_shows_its_exit_code_and_the_pod_restarts(
         cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
     master, sched = cluster
     sched.request("POST", "/v1/pods", "a", {"id": "crash", "containers": [
-        container("main", "sleep 0.3; exit 7"), container("side", "sleep 30")]})
+        container("main", "sleep 0.3; exit 7"), container("side", "exec sleep 30")]})
     first = sched.wait_for(lambda: (i := pod_state(sched, "a", "crash"))["attempt"] >= 1 and i,
                            30, "a relaunch")
     assert first["failures"] == 1
@@ -116,7 +116,7 @@ def test_tenant_b_cannot_see_read_or_kill_tenant_a_pods(
         cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
     master, sched = cluster
     assert sched.request("POST", "/v1/pods", "a", {"id": "secret", "containers": [
-        container("c", "sleep 60")]})[0] == 201
+        container("c", "exec sleep 60")]})[0] == 201
     wait_pod(sched, "secret", {"RUNNING"})
     assert sched.request("GET", "/v1/pods", "b") == (200, {"pods": []})
     for method in ("GET", "DELETE"):
@@ -152,13 +152,13 @@ def test_over_quota_is_refused_naming_the_quota(
 def test_instance_quota_counts_every_workload(
         cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
     _, sched = cluster
-    app = {"id": "/web", "cmd": "sleep 60", "cpus": 0.1, "mem": 16, "instances": 2,
+    app = {"id": "/web", "cmd": "exec sleep 60", "cpus": 0.1, "mem": 16, "instances": 2,
            "container": {"type": "MESOS", "docker": {"image": "busybox:1.36"}}}
     assert sched.request("POST", "/v2/apps", "a", app)[0] == 201
     assert sched.request("POST", "/v1/pods", "a", {"id": "p", "containers": [
-        container("c", "sleep 60", cpus=0.1)]})[0] == 201
+        container("c", "exec sleep 60", cpus=0.1)]})[0] == 201
     code, body = sched.request("POST", "/v1/pods", "a", {"id": "q", "containers": [
-        container("c", "sleep 60", cpus=0.1)]})
+        container("c", "exec sleep 60", cpus=0.1)]})
     assert (code, body["quota"]) == (403, "instances")
     assert "1 requested + 3 in use > 3" in body["message"]
     code, body = sched.request("PUT", "/v2/apps/web", "a", {"instances": 3})
@@ -170,7 +170,7 @@ def test_sigkill_and_restart_reconciles_and_never_launches_twice(
         scheduler_factory: Callable[..., SchedulerProcess]) -> None:  # noqa: F811
     master, sched = cluster
     sched.request("POST", "/v1/pods", "a", {"id": "long", "containers": [
-        container("web", "sleep 60"), container("side", "sleep 2")]})
+        container("web", "exec sleep 60"), container("side", "sleep 2")]})
     wait_pod(sched, "long", {"RUNNING"})
     framework_id = master.framework_id
     assert sched.kill(signal.SIGKILL) == -signal.SIGKILL
@@ -202,7 +202,7 @@ def test_sigkill_and_restart_reconciles_and_never_launches_twice(
 def test_marathon_app_runs_its_instances_and_scales(
         cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
     master, sched = cluster
-    app = {"id": "/shop/web", "cmd": "echo $GREETING; sleep 60", "cpus": 0.2, "mem": 32,
+    app = {"id": "/shop/web", "cmd": "echo $GREETING; exec sleep 60", "cpus": 0.2, "mem": 32,
            "instances": 2, "container": {"type": "DOCKER", "docker": {"image": "busybox:1.36"}},
            "env": {"GREETING": "hi"},
            "healthChecks": [{"protocol": "COMMAND", "command": {"value": "true"},
@@ -307,7 +307,7 @@ def test_offers_are_declined_with_filters_suppressed_when_idle_revived_on_work(
     assert declines and all(d["decline"]["filters"]["refuse_seconds"] == 1 for d in declines)
     revives = len(master.calls_of("REVIVE"))
     sched.request("POST", "/v1/pods", "b", {"id": "p", "containers": [
-        container("c", "sleep 30")]})
+        container("c", "exec sleep 30")]})
     master.wait_for(lambda: len(master.calls_of("REVIVE")) > revives, 10, "a REVIVE")
     master.wait_for(lambda: master.launched, 10, "the launch")
     accept = master.calls_of("ACCEPT")[0]["accept"]
@@ -371,7 +371,7 @@ def test_an_executor_that_dies_fails_its_tasks_and_the_pod_is_relaunched(
         cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
     master, sched = cluster
     sched.request("POST", "/v1/pods", "a", {"id": "fragile", "containers": [
-        container("c", "sleep 60")]})
+        container("c", "exec sleep 60")]})
     wait_pod(sched, "fragile", {"RUNNING"})
     (launched,) = master.executors.values()
     assert launched.double is not None and launched.double.process is not None
@@ -390,7 +390,7 @@ def test_away_longer_than_the_failover_timeout_the_next_start_registers_anew(
     sched = scheduler_factory(master.url, [A], extra=["--failover-timeout", "1"]).start()
     master.wait_subscribed()
     sched.request("POST", "/v1/pods", "a", {"id": "p", "containers": [
-        container("c", "sleep 60")]})
+        container("c", "exec sleep 60")]})
     wait_pod(sched, "p", {"RUNNING"})
     old_id = master.framework_id
     sched.kill(signal.SIGKILL)
