@@ -26,6 +26,8 @@ FRAMEWORK_ID_KEY = "framework_id"
 #: how often kills of tasks being removed are sent again, and implicit reconciliation runs
 KILL_RETRY_S = 10.0
 RECONCILE_S = 600.0
+#: tasks still TASK_STAGING after this long are reconciled explicitly
+STAGING_CHECK_S = 30.0
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,7 +52,7 @@ class HyperVMFramework(Scheduler):
         self.subscribed = threading.Event()
         self.fatal: str | None = None
         self._lock = threading.Lock()
-        self._last_kills = self._last_reconcile = time.monotonic()
+        self._last_kills = self._last_reconcile = self._last_staging = time.monotonic()
 
     @property
     def framework_id(self) -> str | None:
@@ -186,6 +188,14 @@ class HyperVMFramework(Scheduler):
             self._last_kills = now
             for task_id, agent_id in self.workloads.removing_tasks():
                 self.kill(task_id, agent_id)
+        if now - self._last_staging >= STAGING_CHECK_S:
+            # an ACCEPT that failed or was never sent leaves tasks the master does not know:
+            # ask about them explicitly (the answer TASK_LOST starts a new attempt)
+            self._last_staging = now
+            stale = [t for t in self.store.live_tasks() if t["state"] == "TASK_STAGING"
+                     and t["updated"] < time.time() - STAGING_CHECK_S]
+            if stale:
+                driver.reconcileTasks([{"task_id": {"value": t["task_id"]}} for t in stale])
         if now - self._last_reconcile >= RECONCILE_S:
             self._last_reconcile = now
             driver.reconcileTasks([])

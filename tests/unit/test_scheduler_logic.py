@@ -306,3 +306,18 @@ def test_tick_resends_kills_and_reconciles_now_and_then(workloads: Workloads) ->
     assert len(driver.named("reconcileTasks")) == reconciles
     fw.tick(now=start + 601)
     assert driver.named("reconcileTasks")[-1] == ([],)
+
+
+def test_tasks_staging_too_long_are_reconciled(workloads: Workloads) -> None:
+    fw = framework(workloads)
+    driver = FakeDriver()
+    fw.registered(driver, {"value": "fw-1"}, {})
+    workloads.create(ACME, "pod", pod("web"))
+    launch_all(workloads)  # as if the ACCEPT never reached the master
+    start = fw._last_staging
+    fw.tick(now=start + 31)
+    assert driver.named("reconcileTasks")[-1] == ([],)  # from registered(): not yet stale
+    workloads.store.db.execute("UPDATE tasks SET updated=updated-60")
+    fw.tick(now=start + 62)
+    assert {t["task_id"]["value"] for t in driver.named("reconcileTasks")[-1][0]} == {
+        "acme.pod.web.0.0.main", "acme.pod.web.0.0.side"}
