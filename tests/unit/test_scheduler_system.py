@@ -407,3 +407,28 @@ def test_away_longer_than_the_failover_timeout_the_next_start_registers_anew(
                           and i["attempt"] == 1 and i, 30, "the pod relaunched")
     assert inst["tasks"][0]["taskId"] == "a.pod.p.0.1.c"
     assert master.all_violations() == []
+
+
+def test_pods_land_on_the_agent_their_size_fits(
+        master_factory: Callable[..., MasterDouble],  # noqa: F811
+        scheduler_factory: Callable[..., SchedulerProcess]) -> None:  # noqa: F811
+    from tests.mesos.master import AgentSpec
+
+    master = master_factory(agents=[AgentSpec("agent-small", "small", cpus=0.5, mem=256),
+                                    AgentSpec("agent-big", "big", cpus=4, mem=4096)])
+    sched = scheduler_factory(master.url, [A, B]).start()
+    master.wait_subscribed()
+    sched.request("POST", "/v1/pods", "a", {"id": "big", "containers": [
+        container("c", "exec sleep 60", cpus=1)]})
+    sched.request("POST", "/v1/pods", "b", {"id": "tiny", "containers": [
+        container("c", "exec sleep 60", cpus=0.1)]})
+    big = sched.wait_for(lambda: (i := pod_state(sched, "a", "big"))["state"] == "RUNNING"
+                         and i, 20, "the big pod")
+    assert (big["host"], big["agentId"]) == ("big", "agent-big")
+
+    def tiny() -> Any:
+        code, view = sched.request("GET", "/v1/pods/tiny", "b")
+        return view["instances"][0]["state"] == "RUNNING" and view["instances"][0]
+
+    assert sched.wait_for(tiny, 20, "the tiny pod")["host"] in ("small", "big")
+    assert master.all_violations() == []
