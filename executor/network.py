@@ -35,8 +35,9 @@ GUEST_ADDRESS = "10.0.2.15"
 HOST_ADDRESS = "10.0.2.2"
 DNS_ADDRESS = "10.0.2.3"
 DEFAULT_HOST_IP = "0.0.0.0"
-#: a tenant is a Mesos role or the CLI's --tenant: letters, digits, ``_.-/``
-_TENANT_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,128}$")
+#: a tenant is a Mesos role (``*`` included) or the CLI's --tenant: printable ASCII without
+#: space or backslash, as Mesos allows in role names
+_TENANT_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]{1,128}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _NETDEV_ID = "hvnet0"
 NIC_PCI_SLOT = 0x1F
@@ -87,7 +88,7 @@ class NetworkSpec:
                               hint="use " + " or ".join(MODES))
         if not _TENANT_RE.match(self.tenant):
             raise InvalidSpec("network.tenant", f"{self.tenant!r} is not a valid tenant name",
-                              hint="use 1..128 characters of [A-Za-z0-9_.-/]")
+                              hint="use 1..128 printable characters, no space or backslash")
         if self.mode == "none" and self.ports:
             raise InvalidSpec("network.ports", "ports cannot be published without a network",
                               hint="use network mode user")

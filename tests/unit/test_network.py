@@ -41,6 +41,8 @@ def test_parse_publish_names_the_field(text: str, field: str) -> None:
 
 def test_spec_validation() -> None:
     NetworkSpec(ports=(PortMapping(1, 1), PortMapping(1, 1, "udp"))).validate()
+    for role in ("*", "eng/web", "team-a.prod"):  # Mesos roles are tenants
+        NetworkSpec(tenant=role).validate()
     with pytest.raises(InvalidSpec, match="already published by ports\\[0\\]"):
         NetworkSpec(ports=(PortMapping(8080, 80), PortMapping(8080, 81))).validate()
     with pytest.raises(InvalidSpec) as err:
