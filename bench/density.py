@@ -15,7 +15,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
+import executor.vm
 from bench.vmenv import GUEST_MIB, VMEnv, bench_name, rss_mib
 from executor.errors import HyperVMError
 from executor.hypervisor import Hypervisor
@@ -64,6 +66,22 @@ def probe_once(env: VMEnv, hv: Hypervisor, layers: Sequence[Path]) -> float:
         vm.boot()
         vm.start(spec.containers[0])
         return time.monotonic() - started
+
+
+def start_on_booted(env: VMEnv, hv: Hypervisor, layers: Sequence[Path], cmdline_extra: str = ""
+                    ) -> tuple[float, float]:
+    """(boot, START) of one HyperVM: boot until READY, then START of ``true`` until init replies
+    with the pid. START alone is the floor of any warm pool (its VMs are booted already).
+    ``cmdline_extra`` is appended to executor.vm's kernel command line for this VM only."""
+    spec = pod(layers, "floor")
+    cmdline = executor.vm.BASE_CMDLINE + cmdline_extra
+    with mock.patch.object(executor.vm, "BASE_CMDLINE", cmdline), \
+            HyperVM(env.cfg, spec, hypervisor=hv, accel=env.accel) as vm:
+        started = time.monotonic()
+        vm.boot()
+        booted = time.monotonic()
+        vm.start(spec.containers[0])
+        return booted - started, time.monotonic() - booted
 
 
 def mem_available_mib() -> int:

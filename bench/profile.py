@@ -25,9 +25,11 @@ def kernel_lines(console: str) -> list[tuple[float, str]]:
 
 
 def largest_gaps(lines: Sequence[tuple[float, str]], top: int = 6) -> list[dict[str, Any]]:
-    gaps = [{"seconds": round(b[0] - a[0], 3), "after": a[1][:80], "before": b[1][:80]}
-            for a, b in zip(lines, lines[1:], strict=False)]
-    return sorted(gaps, key=lambda g: -g["seconds"])[:top]
+    gaps: list[dict[str, Any]] = [
+        {"seconds": round(b[0] - a[0], 3), "after": a[1][:80], "before": b[1][:80]}
+        for a, b in zip(lines, lines[1:], strict=False)
+    ]
+    return sorted(gaps, key=lambda g: -float(g["seconds"]))[:top]
 
 
 def boot_profile(boot: RawBoot) -> dict[str, Any]:

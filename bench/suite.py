@@ -16,14 +16,24 @@ from typing import Any
 from bench import container, density, images, launch, profile, rawboot, runtrue
 from bench.results import check_targets, git_commit, machine_info
 from bench.stats import ratio, summarize
-from bench.vmenv import VMEnv, leftover_domains, load_average, rss_by_mapping
+from bench.vmenv import (
+    VMEnv,
+    leftover_domains,
+    load_average,
+    rss_by_mapping,
+    wait_no_new_domains,
+)
 from executor.hypervisor import Hypervisor
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-WARM_POOL_NOTE = ("not built: no warm pool (executor/pool.py) exists yet, so there is nothing to "
-                  "measure; see boot_profile for where cold-boot time goes")
+WARM_POOL_NOTE = (
+    "not measured: no warm pool exists (executor/pool.py was not built). Giving a pre-booted VM "
+    "the task's layers by disk hot-plug needs PCI hot-plug, which the HyperKernel leaves out "
+    "(CONFIG_HOTPLUG_PCI is not set). details.summaries['start on booted vm'] is the floor a "
+    "pool could reach (START on a booted VM whose disks are already attached); "
+    "details.boot_profile says where cold-boot time goes")
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,14 @@ class Plan:
     warm_up: bool = True
 
 
+#: a kernel command-line change measured against the current one (ACPI PCI interrupt-link
+#: evaluation costs ~0.2 s per virtio-pci device under TCG, see boot_profile)
+TUNED_CMDLINE = " pci=noacpi"
+
 QUICK = Plan("quick", rounds=2, run_true_runs=1, container_runs=10, density_steps=(0, 1),
              density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False)
 FULL = Plan("full", rounds=20, run_true_runs=10, container_runs=20,
-            density_steps=(0, 4, 8, 12, 16, 20, 23), density_probes=2, big_image_mb=100,
+            density_steps=(0, 4, 8, 12, 16, 20, 23), density_probes=3, big_image_mb=100,
             cache_hits=10)
 
 
@@ -76,7 +90,7 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
         log.info("importing a %d MB image", plan.big_image_mb)
         imported = images.measure_import(imgs, plan.cache_hits)
     # every VM is destroyed by its owner (and libvirt autodestroys it with the connection)
-    leftovers = sorted(set(leftover_domains()) - before)
+    leftovers = wait_no_new_domains(before)
     _fill(doc, samples, hits, dens, imported, plan)
     doc["idle_vm_rss_by_mapping"] = _rss_breakdown(env, layers)
     details["leftover_vms"] = leftovers
@@ -94,7 +108,8 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                     ) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
-                                       "hypervm run true": []}
+                                       "hypervm run true": [], "start on booted vm": [],
+                                       "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: []}
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv:
         container.run_once(root)
         if plan.warm_up:
@@ -112,6 +127,11 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
             if i < plan.run_true_runs:
                 samples["hypervm run true"].append(runtrue.run_once(ref))
+                boot_s, start_s = density.start_on_booted(env, hv, layers)
+                samples["hypervm boot"].append(boot_s)
+                samples["start on booted vm"].append(start_s)
+                boot_s, _ = density.start_on_booted(env, hv, layers, TUNED_CMDLINE)
+                samples["hypervm boot" + TUNED_CMDLINE].append(boot_s)
         samples["container"] = [container.run_once(root) for _ in range(plan.container_runs)]
     return samples
 
@@ -153,6 +173,8 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "offline_lookup_p50_s": round(summarize(imported.offline_lookup_s).p50, 6)}
     doc["details"]["cache_hit_s"] = [round(x, 4) for x in hits]
     vm_boot = summaries.get("cold launch: vm boot")
+    floor = summaries.get("start on booted vm")
+    plain, tuned = summaries.get("hypervm boot"), summaries.get("hypervm boot" + TUNED_CMDLINE)
     doc["ratios"] = {
         "cold_launch_p50 / raw_boot_p50": ratio(cold.p50, raw.p50),
         "cold_launch_p95 / raw_boot_p95": ratio(cold.p95, raw.p95),
@@ -163,6 +185,9 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "cold_launch_vm_boot_p50 / raw_boot_p50":
             ratio(vm_boot.p50 if vm_boot else None, raw.p50),
         "warm_launch_p50 / container_p50": None,
+        "start_on_booted_vm_p50 / container_p50": ratio(floor.p50 if floor else None, ctr.p50),
+        f"hypervm_boot{TUNED_CMDLINE}_p50 / hypervm_boot_p50": ratio(
+            tuned.p50 if tuned else None, plain.p50 if plain else None),
     }
 
 

@@ -54,6 +54,19 @@ def leftover_domains() -> list[str]:
     return [n.strip() for n in out.splitlines() if n.strip().startswith(DOMAIN_PREFIX)]
 
 
+def wait_no_new_domains(before: set[str], timeout: float = 15.0) -> list[str]:
+    """Benchmark domains not in ``before`` still there after ``timeout`` s (libvirt may report a
+    destroyed domain "in shutdown" for a moment on a loaded host)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        new = sorted(set(leftover_domains()) - before)
+        if not new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.5)
+
+
 def rss_mib(pid: int) -> float | None:
     """Resident set size of ``pid`` in MiB (VmRSS), or None when it is gone."""
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import results
-from bench.vmenv import leftover_domains
+from bench.vmenv import leftover_domains, wait_no_new_domains
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=380, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     doc = json.loads(out.read_text())
     assert results.validate(doc) == []
     assert set(results.REQUIRED_KEYS) <= set(doc)
@@ -36,4 +36,4 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
     assert doc["details"]["leftover_vms"] == []
     assert out.with_suffix(".png").stat().st_size > 0
     assert "cold launch p50" in proc.stdout
-    assert set(leftover_domains()) - before == set()
+    assert wait_no_new_domains(before) == []
