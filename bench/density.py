@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
 import executor.vm
-from bench.vmenv import GUEST_MIB, VMEnv, bench_name, rss_mib
+from bench.vmenv import GUEST_MIB, VMEnv, bench_name, pss_mib, rss_mib
 from executor.errors import HyperVMError
 from executor.hypervisor import Hypervisor
 from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
@@ -36,6 +36,7 @@ class Level:
     idle_vms: int
     probe_s: list[float]
     idle_rss_mib: list[float]
+    idle_pss_mib: list[float] = field(default_factory=list)
     failures: int = 0
 
     @property
@@ -108,7 +109,8 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                         idle.append(vm)
                         vm.boot()
                     time.sleep(SETTLE_S if target else 0)
-                    level.idle_rss_mib = _rss(hv, idle)
+                    level.idle_rss_mib = _memory(hv, idle, rss_mib)
+                    level.idle_pss_mib = _memory(hv, idle, pss_mib)
                     for _ in range(probes):
                         level.probe_s.append(probe_once(env, hv, layers))
                 except HyperVMError as e:
@@ -116,7 +118,7 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                     result.stopped_because = f"failure with {target} idle VMs: {e}"
                     break
                 log.info("%d idle VMs: probe p50 %.2f s, idle RSS %s MiB", target, level.p50,
-                         _median(level.idle_rss_mib))
+                         median_or_none(level.idle_rss_mib))
                 assert level.p50 is not None
                 if baseline is None:
                     baseline = level.p50
@@ -132,22 +134,23 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                 result.capped = True
                 result.stopped_because = f"cap of {steps[-1] + 1} VMs reached"
             rss = [r for lv in result.levels for r in lv.idle_rss_mib]
-            result.idle_rss_mib = _median(rss)
+            result.idle_rss_mib = median_or_none(rss)
         finally:
             for vm in idle:
                 vm.destroy()
     return result
 
 
-def _rss(hv: Hypervisor, vms: Sequence[HyperVM]) -> list[float]:
+def _memory(hv: Hypervisor, vms: Sequence[HyperVM],
+         measure: Callable[[int], float | None]) -> list[float]:
     out = []
     for vm in vms:
         pid = hv.qemu_pid(vm.name)
-        value = rss_mib(pid) if pid else None
+        value = measure(pid) if pid else None
         if value is not None:
             out.append(round(value, 1))
     return out
 
 
-def _median(values: Sequence[float]) -> float | None:
+def median_or_none(values: Sequence[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None

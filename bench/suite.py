@@ -98,7 +98,8 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
     doc["duration_s"] = round(time.monotonic() - started, 1)
     doc["targets"] = check_targets(doc)
     density_rows = [{"idle_vms": lv.idle_vms, "probe_p50_s": lv.p50, "probe_s": lv.probe_s,
-                     "idle_rss_mib": lv.idle_rss_mib, "failures": lv.failures}
+                     "idle_rss_mib": lv.idle_rss_mib, "idle_pss_mib": lv.idle_pss_mib,
+                     "failures": lv.failures}
                     for lv in dens.levels]
     details["density"] = density_rows
     return doc, samples, density_rows
@@ -158,6 +159,8 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
         + (" (a lower bound: the cap was reached)" if dens.capped else ""))
+    last = dens.levels[-1] if dens.levels else None
+    doc["idle_vm_pss_mib"] = density.median_or_none(last.idle_pss_mib) if last else None
     if dens.idle_rss_mib is None:
         doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
     doc["notes"]["cache_hit_extra_s"] = (

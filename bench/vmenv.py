@@ -78,6 +78,18 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def pss_mib(pid: int) -> float | None:
+    """Proportional set size of ``pid`` in MiB: shared pages (the QEMU binary, libraries, the
+    kernel file's page cache) divided among the processes mapping them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 

@@ -86,3 +86,16 @@ def test_console_profile_finds_init_and_gaps() -> None:
     out = profile.boot_profile(boot)
     assert out["kernel_to_run_init_s"] == 1.3
     assert out["firmware_early_and_init_to_ready_s"] == pytest.approx(0.3)
+
+
+def test_table_shows_every_headline_and_the_target_verdicts() -> None:
+    from bench.cli import ROWS, table
+
+    doc = complete_doc()
+    doc["targets"] = results.check_targets(doc)
+    doc["ratios"] = {"cold_launch_p50 / raw_boot_p50": 1.0}
+    text = table(doc)
+    assert all(label in text for label, _, _ in ROWS)
+    assert "warm launch p50" in text and "null" in text
+    assert "cold_launch_p50 / raw_boot_p50" in text
+    assert "target warm_launch_p50_s <= 0.06: not measured" in text
