@@ -181,6 +181,22 @@ def test_network_none_has_only_loopback(hypervm, busybox_rootfs: Path) -> None: 
     assert result.stdout.split() == [b"lo"]
 
 
+def test_containers_of_a_pod_share_the_network(vm_factory, busybox_layer: Path) -> None:  # noqa: ANN001
+    """localhost reaches a sibling container, and so does its name (/etc/hosts)."""
+    web = Container(name="web", rootfs=Rootfs(layers=(busybox_layer,)), process=Process(
+        args=("sh", "-c", "mkdir -p /www && echo sibling > /www/index.html && "
+                          "exec httpd -f -p 8000 -h /www")))
+    client = Container(name="client", rootfs=Rootfs(layers=(busybox_layer,)),
+                       process=Process(args=("sleep", "600")))
+    vm = vm_factory(PodSpec(name=f"{TEST_TAG}-pair", containers=(web, client)))
+    vm.start(web)
+    vm.start(client)
+    script = ("for i in $(seq 50); do wget -q -O /tmp/a http://127.0.0.1:8000/ && break; "
+              "sleep 0.2; done; cat /tmp/a; wget -q -O /tmp/b http://web:8000/ && cat /tmp/b")
+    code, out = run_in(vm, "client", script)
+    assert (code, out) == (0, "sibling\nsibling\n")
+
+
 # --- 2. the VM reaches a server on the host's loopback -------------------------------------
 
 
