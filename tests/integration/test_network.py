@@ -28,6 +28,7 @@ from executor.errors import GuestError, NetworkError
 from executor.network import NetworkSpec, PortMapping
 from executor.podspec import Container, PodSpec, Process, Rootfs
 from tests.conftest import HYPERVM, REPO, TEST_TAG
+from tests.integration.test_mesos_vm import image_ref  # noqa: F401  (a busybox image in a registry)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
@@ -157,6 +158,25 @@ def test_published_port_serves_a_file_through_the_cli(busybox_rootfs: Path) -> N
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert not listening_on(port)
+
+
+def test_published_port_of_an_image(image_ref: str) -> None:  # noqa: F811
+    """The must-show as written: ``hypervm run -p HOST:80 IMAGE -- httpd -f -p 80`` (the test
+    image links only a few applets: httpd is called through busybox)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*HYPERVM, "run", "-q", "--name", TEST_TAG, "-p", f"{port}:80", "-w", "/etc", image_ref,
+         "--", "busybox", "httpd", "-f", "-p", "80"], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        assert wait_for_http(f"http://127.0.0.1:{port}/hostname") == f"{TEST_TAG}\n".encode()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert not listening_on(port)
 
 
