@@ -337,7 +337,18 @@ class AgentDouble:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        self._kill_fake_containers()
         self._unserve()
+
+    def _kill_fake_containers(self) -> None:
+        """The fake runtime's containers run in their own sessions: an executor that was
+        killed (not shut down) leaves them behind."""
+        from tests.mesos.fake_runtime import journal
+
+        for event in journal(self.sandbox):
+            if event.get("event") == "start":
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(event["pid"], signal.SIGKILL)
 
     def __enter__(self) -> AgentDouble:
         return self

@@ -22,8 +22,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -35,7 +33,6 @@ from typing import Any
 
 from tests.mesos import protos
 from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble
-from tests.mesos.fake_runtime import journal
 from tests.mesos.master_http import EventStream, MasterServer
 from tests.mesos.master_resources import amounts, ranges, subtract
 
@@ -168,7 +165,6 @@ class MasterDouble:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     double.process.wait(timeout=10)
             double.stop()
-            _kill_fake_containers(double.sandbox)
 
     def __enter__(self) -> MasterDouble:
         return self
@@ -589,12 +585,3 @@ class MasterDouble:
 
     def calls_of(self, kind: str) -> list[dict[str, Any]]:
         return [c for c in list(self.calls) if c.get("type") == kind]
-
-
-def _kill_fake_containers(sandbox: Path) -> None:
-    """The fake runtime's containers run in their own sessions: an executor that was killed
-    (not shut down) leaves them behind."""
-    for event in journal(sandbox):
-        if event.get("event") == "start":
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(event["pid"], signal.SIGKILL)
