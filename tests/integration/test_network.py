@@ -295,6 +295,7 @@ def test_vms_reach_each_other_only_through_published_ports(
 
 
 def test_taken_host_port_is_one_clear_error(hypervm, busybox_rootfs: Path, host_cfg) -> None:  # noqa: ANN001
+    run_dirs_before = set(host_cfg.vms_dir.glob(f"hypervm-{TEST_TAG}-*"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -307,7 +308,7 @@ def test_taken_host_port_is_one_clear_error(hypervm, busybox_rootfs: Path, host_
     assert len(errors) == 1 and f"host port {port}/tcp is already in use" in errors[0]
     assert "ports[0]" in errors[0]
     assert qemu_pid_with_prefix(f"hypervm-{TEST_TAG}") == []
-    assert not [p for p in host_cfg.vms_dir.glob(f"hypervm-{TEST_TAG}-*")]
+    assert set(host_cfg.vms_dir.glob(f"hypervm-{TEST_TAG}-*")) == run_dirs_before
 
 
 def qemu_pid_with_prefix(prefix: str) -> list[int]:
