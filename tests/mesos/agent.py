@@ -171,9 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
                 event = stream.next_event()
                 if event is None:
                     break
-                raw = json.dumps(event).encode()
-                record = f"{len(raw)}\n".encode() + raw
-                self.wfile.write(f"{len(record):x}\r\n".encode() + record + b"\r\n")
+                self.wfile.write(protos.recordio_chunk(event))
                 self.wfile.flush()
         except OSError:
             pass

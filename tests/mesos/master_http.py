@@ -103,9 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 if event is None:
                     break
-                raw = json.dumps(event).encode()
-                record = f"{len(raw)}\n".encode() + raw
-                self.wfile.write(f"{len(record):x}\r\n".encode() + record + b"\r\n")
+                self.wfile.write(protos.recordio_chunk(event))
                 self.wfile.flush()
         except OSError:
             pass

@@ -178,3 +178,10 @@ class CallChecker:
                         "TASK_KILLING_STATE capability")
         if status.task_id.value not in self.launched_tasks:
             self.record(f"update for task {status.task_id.value} that the agent never launched")
+
+
+def recordio_chunk(event: dict[str, Any]) -> bytes:
+    """One event as Mesos streams it: a RecordIO record (``<len>\n<json>``) in an HTTP chunk."""
+    raw = json.dumps(event).encode()
+    record = f"{len(raw)}\n".encode() + raw
+    return f"{len(record):x}\r\n".encode() + record + b"\r\n"
