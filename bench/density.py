@@ -51,6 +51,7 @@ class DensityResult:
     capped: bool = False
     stopped_because: str = ""
     idle_rss_mib: float | None = None
+    baseline_s: float | None = None
 
 
 def pod(layers: Sequence[Path], kind: str) -> PodSpec:
@@ -92,8 +93,10 @@ def mem_available_mib() -> int:
     return 0
 
 
-def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: int
-            ) -> DensityResult:
+def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: int,
+            reference: Sequence[float] = ()) -> DensityResult:
+    """``reference``: more samples of the same probe with no idle VM (taken elsewhere in the
+    run), pooled with the first step's so that one slow probe does not set the baseline."""
     result = DensityResult()
     idle: list[HyperVM] = []
     with Hypervisor(env.cfg.libvirt_uri) as hv:
@@ -121,7 +124,8 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                          median_or_none(level.idle_rss_mib))
                 assert level.p50 is not None
                 if baseline is None:
-                    baseline = level.p50
+                    baseline = statistics.median([*level.probe_s, *reference])
+                    result.baseline_s = round(baseline, 4)
                 if level.p50 > SLOWDOWN_LIMIT * baseline:
                     result.stopped_because = (f"probe p50 {level.p50:.2f} s with {target} idle VMs"
                                               f" > {SLOWDOWN_LIMIT:g} x {baseline:.2f} s")

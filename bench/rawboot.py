@@ -78,6 +78,7 @@ def _wait_ready(path: Path, deadline: float) -> None:
 def boot_once(env: VMEnv, hv: Hypervisor, quiet: bool = True, keep_console: bool = False
               ) -> RawBoot:
     """Boot one raw VM, wait for READY, destroy it."""
+    env = env.current()
     spec = raw_spec(env, env.cfg.vms_dir, quiet)
     run_dir = spec.channel_socket.parent
     hv.prepare_run_dir(run_dir)

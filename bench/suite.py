@@ -79,14 +79,17 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
         imgs = stack.enter_context(images.serve_images(plan.big_image_mb))
         layers, hits = images.warm_shared_cache(env.cfg, imgs.busybox_ref, plan.cache_hits)
         log.info("images ready (%s)", imgs.busybox_ref)
-        samples = _latency_rounds(env, plan, imgs.busybox_ref, layers)
+        samples, loads = _latency_rounds(env, plan, imgs.busybox_ref, layers)
+        doc["machine"]["loadavg_1min_per_round"] = loads
         with Hypervisor(env.cfg.libvirt_uri) as hv:
             details["boot_profile"] = {
                 "raw": profile.boot_profile(
                     rawboot.boot_once(env, hv, quiet=False, keep_console=True)),
                 "hypervm": profile.hypervm_boot(env, layers)}
         log.info("density search over %s idle VMs", plan.density_steps)
-        dens = density.measure(env, layers, plan.density_steps, plan.density_probes)
+        reference = [b + s for b, s in zip(samples["hypervm boot"],
+                                           samples["start on booted vm"], strict=True)]
+        dens = density.measure(env, layers, plan.density_steps, plan.density_probes, reference)
         log.info("importing a %d MB image", plan.big_image_mb)
         imported = images.measure_import(imgs, plan.cache_hits)
     # every VM is destroyed by its owner (and libvirt autodestroys it with the connection)
@@ -95,6 +98,7 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
     doc["idle_vm_rss_by_mapping"] = _rss_breakdown(env, layers)
     details["leftover_vms"] = leftovers
     doc["machine"]["loadavg_after"] = load_average()
+    doc["kernel_at_end"] = env.current().kernel.key or str(env.current().kernel.path)
     doc["duration_s"] = round(time.monotonic() - started, 1)
     doc["targets"] = check_targets(doc)
     density_rows = [{"idle_vms": lv.idle_vms, "probe_p50_s": lv.p50, "probe_s": lv.probe_s,
@@ -102,15 +106,17 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
                      "failures": lv.failures}
                     for lv in dens.levels]
     details["density"] = density_rows
+    details["density_baseline_s"] = dens.baseline_s
     return doc, samples, density_rows
 
 
 def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
-                    ) -> dict[str, list[float]]:
+                    ) -> tuple[dict[str, list[float]], list[float]]:
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: []}
+    loads: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv:
         container.run_once(root)
         if plan.warm_up:
@@ -118,7 +124,10 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
             launch.launch_once(ref)
             runtrue.run_once(ref)
         for i in range(plan.rounds):
-            log.info("round %d/%d (load %s)", i + 1, plan.rounds, load_average())
+            loads.append(load_average()[0])
+            log.info("round %d/%d (load %s)", i + 1, plan.rounds, loads[-1])
+            per_round = max(1, plan.container_runs // plan.rounds)
+            samples["container"] += [container.run_once(root) for _ in range(per_round)]
             boot = rawboot.boot_once(env, hv)
             samples["raw boot"].append(boot.total_s)
             samples["raw boot: qemu"].append(boot.qemu_s)
@@ -133,8 +142,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["start on booted vm"].append(start_s)
                 boot_s, _ = density.start_on_booted(env, hv, layers, TUNED_CMDLINE)
                 samples["hypervm boot" + TUNED_CMDLINE].append(boot_s)
-        samples["container"] = [container.run_once(root) for _ in range(plan.container_runs)]
-    return samples
+    return samples, loads
 
 
 def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float],
@@ -165,14 +173,16 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
     doc["notes"]["cache_hit_extra_s"] = (
         "ImageStore.pull of the cached launch image by tag (one manifest request to the "
-        "loopback registry), as each launch does before its VM boots; p50 of "
-        f"{len(hits)}")
+        "loopback registry, a skopeo inspect subprocess), as each launch does before its VM "
+        f"boots; p50 of {len(hits)}. A ref pinned by digest skips the registry: "
+        "details.import.cache_hit_by_digest_p50_s")
     doc["notes"]["import_mb_s"] = (
         f"{imported.import_s:.2f} s to pull a {plan.big_image_mb} MB incompressible image "
         "into an empty cache (fetch, verify, unpack, mkfs.erofs); MB/s of compressed bytes")
     doc["details"]["import"] = {
         "seconds": round(imported.import_s, 3),
         "cache_hit_big_image_p50_s": p(summarize(imported.cache_hit_s).p50),
+        "cache_hit_by_digest_p50_s": round(summarize(imported.cache_hit_by_digest_s).p50, 6),
         "offline_lookup_p50_s": round(summarize(imported.offline_lookup_s).p50, 6)}
     doc["details"]["cache_hit_s"] = [round(x, 4) for x in hits]
     vm_boot = summaries.get("cold launch: vm boot")

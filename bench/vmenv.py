@@ -33,6 +33,19 @@ class VMEnv:
     initrd: Path
     accel: str
 
+    def current(self) -> VMEnv:
+        """This environment with the kernel and initrd a HyperVM booted now would use (another
+        engineer may build a new HyperKernel while the benchmark runs)."""
+        from vmimage.initrd import ensure_initrd
+        from vmimage.kernel import find_kernel
+
+        kernel = find_kernel(self.cfg)
+        if kernel == self.kernel:
+            return self
+        log.warning("the kernel changed during the run: %s -> %s", self.kernel.key, kernel.key)
+        return VMEnv(cfg=self.cfg, kernel=kernel, initrd=ensure_initrd(self.cfg, kernel),
+                     accel=self.accel)
+
     @classmethod
     def load(cls) -> VMEnv:
         from executor.accel import detect_accel
