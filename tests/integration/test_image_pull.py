@@ -29,7 +29,7 @@ from tests.integration.imagebuild import (
     mounted,
     private_store,
 )
-from tests.integration.registry import Registry, fault_proxy, running_registry
+from tests.integration.registry import Registry, fault_proxy
 from vmimage.images import ImageStore
 from vmimage.images.cache import Cache
 
@@ -41,12 +41,6 @@ def cli_env(store: ImageStore) -> dict[str, str]:
     """The environment that points ``hypervm`` at the store's private cache."""
     return {**os.environ, "HYPERVM_STATE_DIR": str(store.cache.root.parent),
             "HYPERVM_IMAGE_DIR": str(store.cache.root)}
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @pytest.fixture(scope="module")

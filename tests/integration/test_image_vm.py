@@ -12,7 +12,7 @@ import pytest
 from executor.podspec import Container, PodSpec, Process, Rootfs
 from tests.integration import imagebuild
 from tests.integration.imagebuild import private_store
-from tests.integration.registry import Registry, running_registry
+from tests.integration.registry import Registry
 from vmimage.images import Image, ImageStore
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
@@ -28,12 +28,6 @@ echo "data: $(ls /data | tr '\\n' ' ')"
 ls -ln /suid /owned.txt | while read mode links uid gid rest; do echo "$mode $uid $gid"; done
 echo "cwd $(pwd)"
 """
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @pytest.fixture

@@ -11,15 +11,9 @@ import pytest
 
 from tests.integration import imagebuild
 from tests.integration.imagebuild import make_state_dir
-from tests.integration.registry import Registry, running_registry
+from tests.integration.registry import Registry
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @pytest.fixture(scope="module")
