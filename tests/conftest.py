@@ -101,3 +101,16 @@ def run_hypervm(*args: str, timeout: float = 180, env: dict[str, str] | None = N
 @pytest.fixture
 def hypervm() -> Callable[..., subprocess.CompletedProcess]:
     return run_hypervm
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No VM outlives the test session: destroy leftovers of this session and fail the run."""
+    if hasattr(session.config, "workerinput"):
+        return
+    leaked = our_domains()
+    for name in leaked:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
+                       check=False)
+    if leaked:
+        print(f"\nERROR: the test session leaked domains: {sorted(leaked)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
