@@ -26,6 +26,34 @@ class Launch:
     running_s: float
     #: HyperVM.boot() as the executor logged it (kernel lookup, domain create, READY)
     vm_boot_s: float | None
+    #: phases from the executor log's timestamps (ms resolution), see :func:`phases`
+    phases: dict[str, float]
+
+
+_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
+_MARKS = {
+    "starting": re.compile(_STAMP + r".*TASK_STARTING", re.M),
+    "image": re.compile(_STAMP + r".*vmimage\.images\.store: .*layers\)", re.M),
+    "created": re.compile(_STAMP + r".*executor\.hypervisor: started ", re.M),
+    "ready": re.compile(_STAMP + r".*executor\.vm: .* ready in ", re.M),
+    "running": re.compile(_STAMP + r".*TASK_RUNNING", re.M),
+}
+
+
+def phases(executor_log: str) -> dict[str, float]:
+    """Where a cold launch goes, from the executor's log: STARTING sent → image resolved
+    (cache hit) → domain created (kernel/initrd lookup, libvirt, QEMU start) → READY (guest
+    boot) → RUNNING sent (START, container setup in the guest). Missing marks are skipped."""
+    from datetime import datetime
+
+    times = {}
+    for name, pattern in _MARKS.items():
+        match = pattern.search(executor_log)
+        if match:
+            times[name] = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    names = [n for n in _MARKS if n in times]
+    return {f"{a}->{b}": round(times[b] - times[a], 3) for a, b in zip(names, names[1:],
+                                                                          strict=False)}
 
 
 def task(tid: str, ref: str) -> dict[str, Any]:
@@ -51,8 +79,9 @@ def launch_once(ref: str) -> Launch:
         if final["state"] != "TASK_FINISHED":
             raise RuntimeError(f"benchmark task ended {final['state']}: {final.get('message')}")
         agent.wait_executor_exit(60)
-        match = _READY_RE.search(agent.executor_log())
-        return Launch(took, float(match.group(1)) if match else None)
+        text = agent.executor_log()
+        match = _READY_RE.search(text)
+        return Launch(took, float(match.group(1)) if match else None, phases(text))
     except BaseException:
         log.error("executor log:\n%s", agent.executor_log()[-4000:])
         raise

@@ -135,6 +135,8 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
             samples["cold launch"].append(cold.running_s)
             if cold.vm_boot_s is not None:
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
+            for phase, seconds in cold.phases.items():
+                samples.setdefault("cold launch: " + phase, []).append(seconds)
             if i < plan.run_true_runs:
                 samples["hypervm run true"].append(runtrue.run_once(ref))
                 boot_s, start_s = density.start_on_booted(env, hv, layers)

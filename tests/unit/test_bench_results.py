@@ -99,3 +99,18 @@ def test_table_shows_every_headline_and_the_target_verdicts() -> None:
     assert "warm launch p50" in text and "null" in text
     assert "cold_launch_p50 / raw_boot_p50" in text
     assert "target warm_launch_p50_s <= 0.06: not measured" in text
+
+
+def test_cold_launch_phases_from_the_executor_log() -> None:
+    from bench.launch import phases
+
+    log = (
+        '2026-11-24 21:56:14,059 INFO MainThread x: update t: {"state": "TASK_STARTING"}\n'
+        "2026-11-24 21:56:14,199 INFO boot vmimage.images.store: r:1: sha256:7 (1 layers)\n"
+        "2026-11-24 21:56:14,726 INFO boot executor.hypervisor: started hypervm-b in 0.45 s\n"
+        "2026-11-24 21:56:17,930 INFO boot executor.vm: hypervm-b ready in 3.68 s (tcg)\n"
+        '2026-11-24 21:56:18,040 INFO MainThread x: update t: {"state": "TASK_RUNNING"}\n')
+    assert phases(log) == {"starting->image": 0.14, "image->created": 0.527,
+                           "created->ready": 3.204, "ready->running": 0.11}
+    assert phases(log.replace("ready in", "up in")) == {
+        "starting->image": 0.14, "image->created": 0.527, "created->running": 3.314}
