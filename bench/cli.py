@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: v for k, v in samples.items() if ":" not in k}
         title = (f"hypervm {plan.mode} bench, {doc['machine']['cores']} cores, "
                  f"{doc['machine']['accel']}, commit {(doc['commit'] or '?')[:10]}")
-        plot(shown, density, args.out.with_name(args.out.stem + ".png"), title)
+        plot(shown, density, args.out.with_name(args.out.stem + ".png"), title,
+             doc["details"].get("density_baseline_s"))
     print(table(doc))
     print(f"\nwrote {args.out} in {doc['duration_s']} s")
     if problems:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot(samples: Mapping[str, Sequence[float]], density: Sequence[Mapping[str, Any]],
-         dest: Path, title: str) -> Path:
+         dest: Path, title: str, density_baseline: float | None = None) -> Path:
     names = [n for n, values in samples.items() if values]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), width_ratios=(3, 2))
     left.boxplot([samples[n] for n in names], vert=True, whis=(5, 95), showfliers=False)
@@ -29,9 +29,9 @@ def plot(samples: Mapping[str, Sequence[float]], density: Sequence[Mapping[str, 
     levels = [lv for lv in density if lv.get("probe_p50_s") is not None]
     right.plot([lv["idle_vms"] for lv in levels], [lv["probe_p50_s"] for lv in levels],
                marker="o")
-    if levels:
-        right.axhline(2 * levels[0]["probe_p50_s"], linestyle="--", color="grey",
-                      label="2 x no idle VMs")
+    baseline = density_baseline or (levels[0]["probe_p50_s"] if levels else None)
+    if baseline:
+        right.axhline(2 * baseline, linestyle="--", color="grey", label="2 x no idle VMs")
         right.legend()
     right.set_xlabel("idle VMs running")
     right.set_ylabel("probe launch p50 (s)")
