@@ -173,6 +173,10 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
     doc["idle_vm_pss_mib"] = density.median_or_none(last.idle_pss_mib) if last else None
     if dens.idle_rss_mib is None:
         doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
+    doc["notes"]["cold_launch_p50_s"] = doc["notes"]["cold_launch_p95_s"] = (
+        f"a one-task LAUNCH with cpus {launch.CPUS:g} + the executor's 0.1 = one whole vCPU, so "
+        "no CFS quota throttles the VM (below that the executor caps the vCPU and the guest "
+        "boot slows in proportion); phases from the executor log in details.summaries")
     doc["notes"]["cache_hit_extra_s"] = (
         "ImageStore.pull of the cached launch image by tag (one manifest request to the "
         "loopback registry, a skopeo inspect subprocess), as each launch does before its VM "
