@@ -34,7 +34,8 @@ class Defaults:
     cpu_mode: Mapping[str, str] = field(
         default_factory=lambda: {"kvm": "host-passthrough", "tcg": "maximum"}
     )
-    #: ACPI lets the guest power the VM off (init's POWEROFF); its tables cost ~nothing at boot
+    #: ACPI lets the guest power the VM off (init's POWEROFF); its PCI IRQ routing is slow
+    #: under TCG, so the guest boots with pci=noacpi (executor/vm.py)
     acpi: bool = True
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 #: the guest kernel's command line; quiet keeps TCG boots fast (the console is a slow UART);
 #: pci=noacpi: ACPI IRQ routing costs ~0.19 s per virtio device under TCG (bench: HyperVM boot
 #: 2.12 -> 1.41 s); ACPI itself stays, the guest powers off through it
-BASE_CMDLINE = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check noreplace-smp pci=noacpi"
+BASE_CMDLINE = ("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check "
+                "noreplace-smp pci=noacpi")
 DEFAULT_BOOT_TIMEOUT = 60.0
 CFS_PERIOD_US = 100_000
 #: what QEMU itself needs besides guest RAM (measured idle RSS overhead under TCG, with room)
