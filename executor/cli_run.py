@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--entrypoint", default=None, help="override the image's Entrypoint")
     p.add_argument("-i", "--interactive", action="store_true", help="forward our stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress on stderr")
+    p.add_argument("--pull", choices=("missing", "always"), default="missing",
+                   help="missing (default): use a registry image already in the cache as is; "
+                        "always: look the tag up again")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="allow plain HTTP to this registry (loopback registries always are)")
     p.add_argument("-p", "--publish", action="append", default=[],
@@ -230,7 +233,7 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
     with ExitStack() as hold:
         # keep `hypervm gc` from removing our layers until the running VM protects them
         hold.enter_context(store.hold())
-        image = store.pull(args.image)
+        image = store.resolve(args.image, args.pull)
         process = image_process(
             image.config, lambda spec: store.resolve_user(image, spec),
             command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),

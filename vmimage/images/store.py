@@ -46,6 +46,7 @@ from .verify import verify_blob_file
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+PULL_POLICIES = ("missing", "always")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,19 @@ class ImageStore:
             with self.cache.staging() as staging, \
                     open_source(parsed, staging, self.insecure_registries) as source:
                 return self._pull(source, staging)
+
+    def resolve(self, ref: str, policy: str = "missing") -> Image:
+        """The image to run for ``ref``. ``missing`` (Docker's default, and Mesos' for cached
+        images): a registry ref pulled before is used from the cache with no network access;
+        ``always``: pull (a tag is looked up again). Local sources are always read again."""
+        if policy not in PULL_POLICIES:
+            raise ImageError(ref, f"unknown pull policy {policy!r}",
+                             hint=f"use one of {', '.join(PULL_POLICIES)}")
+        if policy == "missing" and isinstance(parse_reference(ref), RegistryRef):
+            cached = self.image(ref)
+            if cached is not None:
+                return cached
+        return self.pull(ref)
 
     def image(self, ref: str) -> Image | None:
         """The cached image a ref was last pulled as, without any network access."""
