@@ -207,7 +207,7 @@ class VMPod:
         store = ImageStore(self.cfg)
         containers = []
         for task in self.plan.tasks:
-            image = store.resolve(task.image)
+            image = store.resolve(task.image, task.pull_policy)
             user = task.user or image.config.user or "0"
             ids = store.resolve_user(image, user)
             container = build_container(task, self.names[task.task_id], image.layers,

@@ -97,6 +97,9 @@ class TaskSpec:
     #: image's WorkingDir applies, as with Mesos' containerizer.
     user: str | None = None
     volumes: tuple[VolumeSpec, ...] = ()
+    #: "missing": a cached image is used as is (Mesos' Image.cached, the default); "always":
+    #: the tag is looked up again (Image.cached false, DockerInfo.force_pull_image)
+    pull_policy: str = "missing"
     cpus: float = 0.0
     mem_mib: float = 0.0
     kill_grace_s: float | None = None
@@ -382,7 +385,8 @@ def resolve_argv(command: CommandSpec, entrypoint: Sequence[str] | None,
 # ---------------------------------------------------------------------------- container
 
 
-def _image(task: Mapping[str, Any], where: str, *, group: bool) -> str:
+def _image(task: Mapping[str, Any], where: str, *, group: bool) -> tuple[str, str]:
+    """The image reference and its pull policy."""
     container = task.get("container")
     if container is not None:
         at = f"{where}.container"
@@ -397,20 +401,28 @@ def _image(task: Mapping[str, Any], where: str, *, group: bool) -> str:
                                       f"{image.get('type')!r} images are not supported",
                                       hint="use type DOCKER")
                 docker = _obj(image.get("docker"), f"{at}.mesos.image.docker")
-                return _str(docker.get("name"), f"{at}.mesos.image.docker.name")
+                cached = image.get("cached", True)
+                if not isinstance(cached, bool):
+                    raise InvalidSpec(f"{at}.mesos.image.cached", "must be true or false")
+                return (_str(docker.get("name"), f"{at}.mesos.image.docker.name"),
+                        "missing" if cached else "always")
         elif ctype == "DOCKER":
             if group:
                 raise InvalidSpec(f"{at}.type", "DOCKER containers are not allowed in a task "
                                   "group", hint="use type MESOS with mesos.image")
             docker = _obj(container.get("docker"), f"{at}.docker")
-            return _str(docker.get("image"), f"{at}.docker.image")
+            force = docker.get("force_pull_image", False)
+            if not isinstance(force, bool):
+                raise InvalidSpec(f"{at}.docker.force_pull_image", "must be true or false")
+            return (_str(docker.get("image"), f"{at}.docker.image"),
+                    "always" if force else "missing")
         elif ctype != "MESOS":
             raise InvalidSpec(f"{at}.type", f"unknown container type {ctype!r}")
     for key, value in _labels(task, where):
         if key == IMAGE_LABEL:
             if not value:
                 raise InvalidSpec(f"{where}.labels", f"label {IMAGE_LABEL} is empty")
-            return value
+            return value, "missing"
     raise InvalidSpec(f"{where}.container", "no image given",
                       hint="set container.mesos.image (type DOCKER, docker.name) or the "
                            f"{IMAGE_LABEL} label")
@@ -523,7 +535,7 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
     name = _str(task.get("name", task_id), f"{where}.name")
     if "executor" in task and group:
         raise InvalidSpec(f"{where}.executor", "a task in a group must not set an executor")
-    image = _image(task, where, group=group)
+    image, pull_policy = _image(task, where, group=group)
     if "command" in task:
         command, env, user = parse_command(task["command"], f"{where}.command")
     else:
@@ -535,8 +547,8 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
     health = (parse_health_check(task["health_check"], f"{where}.health_check")
               if "health_check" in task else None)
     return TaskSpec(
-        task_id=task_id, name=name, where=where, image=image, command=command, env=env,
-        user=user, volumes=_volumes(task, where),
+        task_id=task_id, name=name, where=where, image=image, pull_policy=pull_policy,
+        command=command, env=env, user=user, volumes=_volumes(task, where),
         cpus=resources.get("cpus", 0.0), mem_mib=resources.get("mem", 0.0),
         kill_grace_s=kill_grace_s(task.get("kill_policy"), f"{where}.kill_policy"),
         health_check=health, labels=_labels(task, where),

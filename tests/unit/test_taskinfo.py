@@ -67,6 +67,18 @@ def test_image_from_marathon_label() -> None:
     assert ("hypervm.image", "redis:7") in spec.labels
 
 
+def test_pull_policy_follows_mesos_fields() -> None:
+    assert parse_task(task(), "task").pull_policy == "missing"  # Image.cached defaults to true
+    uncached = {"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "cached": False,
+                                                     "docker": {"name": "alpine:3"}}}}
+    assert parse_task(task(container=uncached), "task").pull_policy == "always"
+    forced = {"type": "DOCKER", "docker": {"image": "nginx:1.25", "force_pull_image": True}}
+    assert parse_launch({"task": task(container=forced)}).pull_policy == "always"
+    bad = {"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "cached": "no",
+                                                "docker": {"name": "alpine:3"}}}}
+    invalid("task.container.mesos.image.cached", parse_task, task(container=bad), "task")
+
+
 def test_no_image_names_the_fix() -> None:
     err = invalid("task.container", parse_task, task(container=None), "task")
     assert "hypervm.image" in str(err)
