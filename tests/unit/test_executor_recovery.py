@@ -17,14 +17,15 @@ def test_agent_restart_loses_no_update(agent_factory: Any) -> None:  # noqa: F81
     double = agent_factory(auto_ack=False)
     double.start_executor()
     double.wait_subscribed()
-    double.launch_group([task("a", "sleep 1.5; echo a-done"), task("b", "sleep 5")])
+    double.launch_group([task("a", "sleep 1.5; echo a-done"), task("b", "sleep 9")])
     double.wait_state("a", "TASK_RUNNING")
     double.wait_state("b", "TASK_RUNNING")
     before = set(double.unacked)
     assert len(before) == 4  # STARTING and RUNNING of both, withheld by the agent
 
     # down while `a` finishes: its FINISHED cannot be delivered, then 503s while recovering
-    double.restart(down_for=2.5, recovering_for=1.0)
+    # (for 3 backoff maxima, so a retry surely meets them; `b` outlives the whole outage)
+    double.restart(down_for=2.5, recovering_for=3.0)
     double.wait_subscribed(timeout=20)
     assert any(code == 503 for code, _ in double.rejected)
     resubscribe = double.subscribes[-1]
