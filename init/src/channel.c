@@ -13,28 +13,12 @@
 
 #include "log.h"
 #include "message.h"
+#include "sysfs.h"
 
 #define PORTS_DIR "/sys/class/virtio-ports"
 #define READ_CHUNK (64 * 1024)
 
 static uint8_t payload_buf[FRAME_MAX_PAYLOAD];
-
-static int read_small_file(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, size - 1);
-	close(fd);
-	if (n < 0)
-		return -1;
-	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		buf[--n] = '\0';
-	return 0;
-}
 
 /* The /dev name of the port called CHANNEL_PORT_NAME, e.g. "vport1p1". */
 static int find_port(char *dev, size_t size)
@@ -51,7 +35,7 @@ static int find_port(char *dev, size_t size)
 		if (de->d_name[0] == '.')
 			continue;
 		snprintf(path, sizeof(path), "%s/%s/name", PORTS_DIR, de->d_name);
-		if (read_small_file(path, name, sizeof(name)) == 0 &&
+		if (sysfs_read(path, name, sizeof(name)) == 0 &&
 		    strcmp(name, CHANNEL_PORT_NAME) == 0) {
 			snprintf(dev, size, "/dev/%s", de->d_name);
 			found = 0;

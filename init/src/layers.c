@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "parse.h"
+#include "sysfs.h"
 
 #define MAX_MOUNTED 256
 
@@ -29,21 +30,9 @@ static int is_mounted(const char *serial)
 static int read_serial(const char *block, char *buf, size_t size)
 {
 	char path[300];
-	int fd;
-	ssize_t n;
 
 	snprintf(path, sizeof(path), "/sys/block/%s/serial", block);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, size - 1);
-	close(fd);
-	if (n < 0)
-		return -1;
-	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ' || buf[n - 1] == '\0'))
-		buf[--n] = '\0';
-	return 0;
+	return sysfs_read(path, buf, size);
 }
 
 /* /dev/<name> of the block device whose serial is `serial`. */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sysfs.h"
 
 #define NET_FILE_MAX 16384
 #define NET_FILES 3
@@ -44,20 +45,15 @@ static int find_iface(const uint8_t mac[6], char name[IF_NAMESIZE])
 	snprintf(want, sizeof(want), "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2],
 		 mac[3], mac[4], mac[5]);
 	while (rc != 0 && (de = readdir(d)) != NULL) {
-		char path[300], have[32] = "";
-		FILE *f;
+		char path[300], have[32];
 
 		if (de->d_name[0] == '.' || strlen(de->d_name) >= IF_NAMESIZE)
 			continue;
 		snprintf(path, sizeof(path), "/sys/class/net/%s/address", de->d_name);
-		f = fopen(path, "re");
-		if (f == NULL)
-			continue;
-		if (fgets(have, sizeof(have), f) != NULL && strncmp(have, want, 17) == 0) {
+		if (sysfs_read(path, have, sizeof(have)) == 0 && strcmp(have, want) == 0) {
 			snprintf(name, IF_NAMESIZE, "%s", de->d_name);
 			rc = 0;
 		}
-		fclose(f);
 	}
 	closedir(d);
 	return rc;
