@@ -178,10 +178,10 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "no CFS quota throttles the VM (below that the executor caps the vCPU and the guest "
         "boot slows in proportion); phases from the executor log in details.summaries")
     doc["notes"]["cache_hit_extra_s"] = (
-        "ImageStore.pull of the cached launch image by tag (one manifest request to the "
-        "loopback registry, a skopeo inspect subprocess), as each launch does before its VM "
-        f"boots; p50 of {len(hits)}. A ref pinned by digest skips the registry: "
-        "details.import.cache_hit_by_digest_p50_s")
+        "ImageStore.resolve of the cached launch image by tag, as each launch does before its "
+        f"VM boots (pull policy 'missing': no registry request); p50 of {len(hits)}. A pull "
+        "that looks the tag up again (--pull always) costs a manifest request and a skopeo "
+        "subprocess: details.import.cache_hit_big_image_p50_s")
     doc["notes"]["import_mb_s"] = (
         f"{imported.import_s:.2f} s to pull a {plan.big_image_mb} MB incompressible image "
         "into an empty cache (fetch, verify, unpack, mkfs.erofs); MB/s of compressed bytes")
