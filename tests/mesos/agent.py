@@ -196,6 +196,22 @@ class _Stream:
             return self._events.pop(0)
 
 
+def wait_until(changed: threading.Condition, predicate: Callable[[], Any], timeout: float,
+               describe: Callable[[], str]) -> Any:
+    """Wait (on ``changed``, re-checking at least every 0.1 s) until ``predicate()`` is truthy;
+    AssertionError with ``describe()`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    with changed:
+        while True:
+            result = predicate()
+            if result:
+                return result
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(describe())
+            changed.wait(min(left, 0.1))
+
+
 class AgentDouble:
     """One agent, one framework, one executor. Use as a context manager or call ``stop()``."""
 
@@ -499,18 +515,9 @@ class AgentDouble:
         return None
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}; updates: "
-                                         f"{[(u.task_id, u.state) for u in self.updates]}\n"
-                                         f"{self.executor_log()[-4000:]}")
-                self._changed.wait(min(left, 0.1))
+        return wait_until(self._changed, predicate, timeout, lambda: (
+            f"timed out waiting for {what}; updates: "
+            f"{[(u.task_id, u.state) for u in self.updates]}\n{self.executor_log()[-4000:]}"))
 
     def wait_terminal(self, task_id: str, timeout: float = 20.0) -> dict[str, Any]:
         return self.wait_for(lambda: self.terminal(task_id), timeout,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.mesos import protos
-from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble
+from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble, wait_until
 from tests.mesos.master_http import EventStream, MasterServer
 from tests.mesos.master_resources import amounts, ranges, subtract
 
@@ -551,19 +551,10 @@ class MasterDouble:
     # ---------------------------------------------------------------- observations
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"timed out waiting for {what}; tasks: "
-                        f"{[(t.task_id, t.state) for t in self.tasks.values()]}; violations: "
-                        f"{self.violations}\n{self.executor_logs()}")
-                self._changed.wait(min(left, 0.1))
+        return wait_until(self._changed, predicate, timeout, lambda: (
+            f"timed out waiting for {what}; tasks: "
+            f"{[(t.task_id, t.state) for t in self.tasks.values()]}; violations: "
+            f"{self.violations}\n{self.executor_logs()}"))
 
     def wait_subscribed(self, timeout: float = 20.0) -> None:
         self.wait_for(lambda: self.connected, timeout, "the framework to subscribe")
