@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration import imagebuild
 from tests.integration.registry import Registry, running_registry
 
 
@@ -14,3 +15,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A real registry (Debian's docker-registry) on a free loopback port, one per module."""
     with running_registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
+
+
+@pytest.fixture(scope="module")
+def image_ref(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A static busybox image, pushed to the module's registry; its reference."""
+    image = imagebuild.busybox_base(tmp_path_factory.mktemp("layout"))
+    return imagebuild.push(image, registry.host, "busybox", "1")

@@ -14,22 +14,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_TAG, our_domains
-from tests.integration import imagebuild
-from tests.integration.registry import Registry, running_registry
 from tests.mesos.agent import AgentDouble
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),
               pytest.mark.usefixtures("no_leaked_domains")]
 BOOT = 180.0  # TCG boots take ~10 s; leave room for a loaded CI machine
 EXECUTOR_ID = f"{TEST_TAG}-mesos"
-
-
-@pytest.fixture(scope="module")
-def image_ref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as registry:
-        assert isinstance(registry, Registry)
-        image = imagebuild.busybox_base(tmp_path_factory.mktemp("layout"))
-        yield imagebuild.push(image, registry.host, "mesos-busybox", "1")
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from executor.errors import GuestError, NetworkError
 from executor.network import NetworkSpec, PortMapping
 from executor.podspec import Container, PodSpec, Process, Rootfs
 from tests.conftest import HYPERVM, REPO, TEST_TAG
-from tests.integration.test_mesos_vm import image_ref  # noqa: F401  (a busybox image in a registry)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 

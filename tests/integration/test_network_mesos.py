@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_mesos_vm import BOOT, domains, image_ref, task, vm_agent  # noqa: F401
+from tests.integration.test_mesos_vm import BOOT, domains, task, vm_agent  # noqa: F401
 from tests.integration.test_network import free_port, wait_for_http
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),

@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_TAG, our_domains
-from tests.integration import imagebuild
-from tests.integration.registry import Registry, running_registry
 from tests.mesos.master import MasterDouble
 from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
 
@@ -21,14 +19,6 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),
               pytest.mark.usefixtures("no_leaked_domains")]
 BOOT = 180.0
 PREFIX = f"{TEST_TAG}-sched"
-
-
-@pytest.fixture(scope="module")
-def image_ref(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_registry(tmp_path_factory.mktemp("registry")) as registry:
-        assert isinstance(registry, Registry)
-        image = imagebuild.busybox_base(tmp_path_factory.mktemp("layout"))
-        yield imagebuild.push(image, registry.host, "sched-busybox", "1")
 
 
 @pytest.fixture
