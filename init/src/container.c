@@ -165,6 +165,24 @@ static int mount_system_fs(struct op_error *e)
 	return 0;
 }
 
+/* A 9p tag at the destination; with a subdir, that directory of the tag is then bind-mounted
+ * over the destination (a pool VM has one share, the host binds each mount's source into it). */
+static int mount_9p(const struct mount_spec *m, unsigned long ro, struct op_error *e)
+{
+	char inner[2 * MAX_PATH_LEN + 2];
+
+	if (do_mount(m->source, m->destination, "9p", ro, NINEP_OPTIONS, e) != 0)
+		return -1;
+	if (m->subdir == NULL)
+		return 0;
+	snprintf(inner, sizeof(inner), "%s/%s", m->destination, m->subdir);
+	if (do_mount(inner, m->destination, NULL, MS_BIND, NULL, e) != 0)
+		return -1;
+	if (ro)
+		return do_mount(NULL, m->destination, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL, e);
+	return 0;
+}
+
 static int mount_requested(const struct start_req *req, struct op_error *e)
 {
 	for (size_t i = 0; i < req->nmounts; i++) {
@@ -173,7 +191,7 @@ static int mount_requested(const struct start_req *req, struct op_error *e)
 		int rc;
 
 		if (m->kind == MOUNT_9P)
-			rc = do_mount(m->source, m->destination, "9p", ro, NINEP_OPTIONS, e);
+			rc = mount_9p(m, ro, e);
 		else
 			rc = do_mount("tmpfs", m->destination, "tmpfs", MS_NOSUID | MS_NODEV | ro,
 				      "mode=1777", e);
@@ -212,7 +230,7 @@ int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *rea
 	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	long child;
 
-	if (layers_ensure(req->layers, req->nlayers, e) != 0)
+	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0)
 		return -1;
 	/* fork() semantics: no new stack, the child continues here */
 	child = syscall(SYS_clone, flags, 0, 0, 0, 0);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -27,12 +28,44 @@ static int is_mounted(const char *serial)
 	return 0;
 }
 
+/* VPD page 0x80 (unit serial number): a 4-byte header, then the serial, maybe space-padded. */
+static int read_vpd_serial(const char *block, char *buf, size_t size)
+{
+	char path[300];
+	unsigned char raw[64];
+	ssize_t n;
+	size_t len;
+	int fd;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/device/vpd_pg80", block);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, raw, sizeof(raw));
+	close(fd);
+	if (n < 4 || raw[1] != 0x80)
+		return -1;
+	len = ((size_t)raw[2] << 8) | raw[3];
+	if (len > (size_t)n - 4)
+		len = (size_t)n - 4;
+	while (len > 0 && (raw[4 + len - 1] == ' ' || raw[4 + len - 1] == '\0'))
+		len--;
+	if (len == 0 || len >= size)
+		return -1;
+	memcpy(buf, raw + 4, len);
+	buf[len] = '\0';
+	return 0;
+}
+
+/* The serial of a virtio-blk disk, or of a SCSI disk (hot-added to a pool VM). */
 static int read_serial(const char *block, char *buf, size_t size)
 {
 	char path[300];
 
 	snprintf(path, sizeof(path), "/sys/block/%s/serial", block);
-	return sysfs_read(path, buf, size);
+	if (sysfs_read(path, buf, size) == 0)
+		return 0;
+	return read_vpd_serial(block, buf, size);
 }
 
 /* /dev/<name> of the block device whose serial is `serial`. */
@@ -60,11 +93,34 @@ static int find_device(const char *serial, char *dev, size_t size)
 	return rc;
 }
 
-static int mount_layer(const char *serial, struct op_error *e)
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* find_device, polling every millisecond until wait_ms have passed (hot-added disks appear
+ * once the guest kernel has probed them). */
+static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t size)
+{
+	const long long deadline = now_ms() + wait_ms;
+	const struct timespec tick = {0, 1000000};
+
+	while (find_device(serial, dev, size) != 0) {
+		if (now_ms() >= deadline)
+			return -1;
+		nanosleep(&tick, NULL);
+	}
+	return 0;
+}
+
+static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 {
 	char dev[300], target[128];
 
-	if (find_device(serial, dev, sizeof(dev)) != 0) {
+	if (await_device(serial, wait_ms, dev, sizeof(dev)) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);
@@ -85,14 +141,14 @@ static int mount_layer(const char *serial, struct op_error *e)
 	return op_fail(e, "EMOUNT", errno, "layer %s (%s) is neither erofs nor ext4", serial, dev);
 }
 
-int layers_ensure(const char *const *serials, size_t n, struct op_error *e)
+int layers_ensure(const char *const *serials, size_t n, unsigned wait_ms, struct op_error *e)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (is_mounted(serials[i]))
 			continue;
 		if (nmounted >= MAX_MOUNTED)
 			return op_fail(e, "EMOUNT", 0, "more than %d distinct layers", MAX_MOUNTED);
-		if (mount_layer(serials[i], e) != 0)
+		if (mount_layer(serials[i], wait_ms, e) != 0)
 			return -1;
 		snprintf(mounted[nmounted++], sizeof(mounted[0]), "%s", serials[i]);
 		log_msg("layer %s mounted at %s/%s", serials[i], LAYERS_DIR, serials[i]);

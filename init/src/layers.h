@@ -1,4 +1,5 @@
-/* Read-only layer disks: found by virtio serial, mounted once under LAYERS_DIR/<serial>. */
+/* Read-only layer disks: found by serial (virtio-blk, or a hot-added SCSI disk's VPD page 0x80),
+ * mounted once under LAYERS_DIR/<serial>. */
 #ifndef HYPERVM_LAYERS_H
 #define HYPERVM_LAYERS_H
 
@@ -8,9 +9,10 @@
 
 #define LAYERS_DIR "/run/hypervm/layers"
 
-/* Make sure every layer is mounted; ENODEV when a serial has no disk, EMOUNT when neither
- * erofs nor ext4 mounts it. */
-int layers_ensure(const char *const *serials, size_t n, struct op_error *e);
+/* Make sure every layer is mounted, waiting up to wait_ms for disks that are still being
+ * hot-added; ENODEV when a serial has no disk by then, EMOUNT when neither erofs nor ext4
+ * mounts it. */
+int layers_ensure(const char *const *serials, size_t n, unsigned wait_ms, struct op_error *e);
 
 /* Unmount every layer (at power-off). */
 void layers_unmount_all(void);

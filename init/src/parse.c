@@ -37,6 +37,27 @@ int valid_name(const char *s, size_t max)
 static int valid_abs_path(const char *s) { return s[0] == '/' && strlen(s) <= MAX_PATH_LEN; }
 
 /* Printable ASCII without space or comma: safe as a mount source. */
+/* A relative path inside a 9p export: no leading '/', no empty, "." or ".." component. */
+static int valid_subdir(const char *s)
+{
+	const char *p = s;
+
+	if (*s == '\0' || *s == '/' || strlen(s) > MAX_PATH_LEN)
+		return 0;
+	while (*p != '\0') {
+		size_t len = strcspn(p, "/");
+
+		if (len == 0 || (len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
+			return 0;
+		p += len;
+		if (*p == '/')
+			p++;
+		if (*p == '\0' && p[-1] == '/')
+			return 0;
+	}
+	return 1;
+}
+
 static int valid_tag(const char *s)
 {
 	size_t n = 0;
@@ -248,6 +269,8 @@ static int parse_rootfs(const cJSON *root, struct start_req *s, struct req_error
 	}
 	if (s->nlayers == 0)
 		return fail(err, "rootfs.layers: must name at least one layer");
+	if (get_u32(rootfs, "rootfs.", "wait_ms", 0, MAX_LAYER_WAIT_MS, &s->wait_ms, err) != 0)
+		return -1;
 	return get_bool(rootfs, "rootfs.", "readonly", &s->readonly, err);
 }
 
@@ -268,16 +291,21 @@ static int parse_mount(const cJSON *item, size_t i, struct mount_spec *m, struct
 	if (strcmp(type, "tmpfs") == 0) {
 		m->kind = MOUNT_TMPFS;
 		m->source = NULL;
+		m->subdir = NULL;
 		return 0;
 	}
 	if (strcmp(type, "9p") != 0)
 		return fail(err, "mounts[%zu].type: must be \"9p\" or \"tmpfs\"", i);
 	m->kind = MOUNT_9P;
-	if (get_string(item, where, "source", 1, &m->source, err) != 0)
+	if (get_string(item, where, "source", 1, &m->source, err) != 0 ||
+	    get_string(item, where, "subdir", 0, &m->subdir, err) != 0)
 		return -1;
 	if (!valid_tag(m->source))
 		return fail(err, "mounts[%zu].source: must be a 9p mount tag (printable, no space "
 				 "or comma, at most %d bytes)", i, MAX_TAG_LEN);
+	if (m->subdir != NULL && !valid_subdir(m->subdir))
+		return fail(err, "mounts[%zu].subdir: must be a relative path without \"..\" "
+				 "components, at most %d bytes", i, MAX_PATH_LEN);
 	return 0;
 }
 

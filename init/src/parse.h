@@ -14,6 +14,7 @@
 #define MAX_TAG_LEN 255
 #define MAX_PATH_LEN 4095
 #define MAX_LAYERS 64     /* keeps overlayfs' lowerdir option below one page */
+#define MAX_LAYER_WAIT_MS 60000
 #define MAX_MOUNTS 64
 #define MAX_GIDS 64
 #define MAX_STRINGS 65536 /* args or env entries */
@@ -43,6 +44,7 @@ enum mount_kind { MOUNT_9P, MOUNT_TMPFS };
 struct mount_spec {
 	enum mount_kind kind;
 	const char *source; /* 9p mount tag; NULL for tmpfs */
+	const char *subdir; /* 9p: relative directory inside the tag to mount; NULL: the whole tag */
 	const char *destination;
 	int readonly;
 };
@@ -53,6 +55,7 @@ struct start_req {
 	const char *layers[MAX_LAYERS];
 	size_t nlayers;
 	int readonly;
+	uint32_t wait_ms; /* how long to wait for hot-added layer disks to appear */
 	struct mount_spec mounts[MAX_MOUNTS];
 	size_t nmounts;
 	const char *hostname;
