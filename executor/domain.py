@@ -81,9 +81,15 @@ class ShareSpec:
     source: Path
     tag: str
     readonly: bool = False
+    #: QEMU's handling of other filesystems mounted below ``source``: "remap" gives their
+    #: files unique inode numbers in the guest (a pool VM's share holds bind mounts)
+    multidevs: str | None = None
 
     def validate(self, where: str) -> None:
         _absolute(f"{where}.source", self.source)
+        if self.multidevs not in (None, "remap", "forbid", "warn"):
+            raise InvalidSpec(f"{where}.multidevs", f"unknown value {self.multidevs!r}",
+                              hint="use remap, forbid or warn")
         if not _TAG_RE.match(self.tag):
             raise InvalidSpec(
                 f"{where}.tag",
@@ -164,6 +170,8 @@ class DomainSpec:
     memtune: MemTune = field(default_factory=MemTune)
     #: extra QEMU arguments (<qemu:commandline>), e.g. for networking; unvalidated by libvirt
     qemu_args: tuple[str, ...] = ()
+    #: a virtio-scsi controller, so that layer disks can be hot-added to the booted VM (pool)
+    scsi_controller: bool = False
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
@@ -221,7 +229,7 @@ class DomainSpec:
             share.validate(f"shares[{i}]")
         _unique("disks", [d.serial for d in self.disks], "serial")
         _unique("shares", [s.tag for s in self.shares], "tag")
-        if len(self.disks) + len(self.shares) > MAX_PCI_DEVICES:
+        if len(self.disks) + len(self.shares) + int(self.scsi_controller) > MAX_PCI_DEVICES:
             raise InvalidSpec(
                 "disks",
                 f"{len(self.disks)} disks and {len(self.shares)} shares "

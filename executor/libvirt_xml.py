@@ -13,12 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.domain import CHANNEL_NAME, DOMAIN_PREFIX, CpuTune, DomainSpec, MemTune
+from executor.domain import CHANNEL_NAME, DOMAIN_PREFIX, CpuTune, DiskSpec, DomainSpec, MemTune
+from executor.errors import InvalidSpec
 
 #: our <metadata> namespace: ``hypervm gc`` recognises our domains by it (and by the name prefix)
 METADATA_NS = "https://hypervm.dev/xmlns/domain/1"
 METADATA_PREFIX = "hypervm"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+#: virtio-scsi: QEMU accepts LUNs 0..16383 per target
+MAX_SCSI_UNIT = 16383
 
 
 @dataclass(frozen=True)
@@ -88,15 +91,17 @@ class OS:
 
 @dataclass(frozen=True)
 class Disk:
-    """A virtio-blk disk. Read-only disks get ``relabel='no'``: layer images are shared between
-    VMs, libvirt must not chown them (they are world-readable instead). A writable disk belongs to
-    one VM: libvirt gives it to QEMU's user for the VM's lifetime."""
+    """A virtio-blk disk, or (``scsi_unit`` set) a LUN of the VM's virtio-scsi controller, which
+    is how a booted pool VM gets its layers. Read-only disks get ``relabel='no'``: layer images
+    are shared between VMs, libvirt must not chown them (they are world-readable instead). A
+    writable disk belongs to one VM: libvirt gives it to QEMU's user for the VM's lifetime."""
 
     source: Path
     target: str
     serial: str
     readonly: bool
     format: str
+    scsi_unit: int | None = None
 
     def build(self, parent: ET.Element) -> None:
         disk = _sub(parent, "disk", type="file", device="disk")
@@ -104,10 +109,13 @@ class Disk:
         source = _sub(disk, "source", file=str(self.source))
         if self.readonly:
             _sub(source, "seclabel", model="dac", relabel="no")
-        _sub(disk, "target", dev=self.target, bus="virtio")
+        _sub(disk, "target", dev=self.target, bus="virtio" if self.scsi_unit is None else "scsi")
         _sub(disk, "serial", self.serial)
         if self.readonly:
             _sub(disk, "readonly")
+        if self.scsi_unit is not None:
+            _sub(disk, "address", type="drive", controller="0", bus="0", target="0",
+                 unit=str(self.scsi_unit))
 
 
 @dataclass(frozen=True)
@@ -117,9 +125,12 @@ class Filesystem:
     source: Path
     tag: str
     readonly: bool
+    multidevs: str | None = None
 
     def build(self, parent: ET.Element) -> None:
         fs = _sub(parent, "filesystem", type="mount", accessmode="passthrough")
+        if self.multidevs is not None:
+            fs.set("multidevs", self.multidevs)
         _sub(fs, "source", dir=str(self.source))
         _sub(fs, "target", dir=self.tag)
         if self.readonly:
@@ -170,6 +181,7 @@ class Domain:
     serial: Serial
     channel: Channel
     qemu_args: tuple[str, ...]
+    scsi_controller: bool = False
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -219,6 +231,8 @@ class Domain:
         # no USB, graphics, video, sound, NIC or balloon: libvirt adds only what `pc` implies
         _sub(devices, "controller", type="usb", model="none")
         _sub(devices, "controller", type="virtio-serial", index="0")
+        if self.scsi_controller:
+            _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
         for disk in self.disks:
             disk.build(devices)
         for fs in self.filesystems:
@@ -234,14 +248,27 @@ class Domain:
 # --- spec -> XML -----------------------------------------------------------------------------
 
 
-def virtio_disk_name(index: int) -> str:
-    """vda … vdz, vdaa … (the kernel's naming; libvirt wants a unique target per disk)."""
+def virtio_disk_name(index: int, prefix: str = "vd") -> str:
+    """vda … vdz, vdaa … (the kernel's naming; libvirt wants a unique target per disk);
+    ``prefix="sd"`` for SCSI disks."""
     letters = ""
     index += 1
     while index:
         index, rem = divmod(index - 1, 26)
         letters = chr(ord("a") + rem) + letters
-    return "vd" + letters
+    return prefix + letters
+
+
+def hotplug_disk_xml(disk: DiskSpec, unit: int) -> str:
+    """The <disk> element that hot-adds ``disk`` to a booted VM as LUN ``unit`` of its
+    virtio-scsi controller (DomainSpec.scsi_controller); the guest finds it by serial."""
+    disk.validate(f"disks[{unit}]")
+    if not 0 <= unit <= MAX_SCSI_UNIT:
+        raise InvalidSpec("unit", f"{unit} is out of range", hint=f"use 0..{MAX_SCSI_UNIT}")
+    holder = ET.Element("devices")
+    Disk(source=disk.path, target=virtio_disk_name(unit, "sd"), serial=disk.serial,
+         readonly=disk.readonly, format=disk.format, scsi_unit=unit).build(holder)
+    return ET.tostring(holder[0], encoding="unicode")
 
 
 def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
@@ -276,11 +303,13 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
             for i, d in enumerate(spec.disks)
         ),
         filesystems=tuple(
-            Filesystem(source=s.source, tag=s.tag, readonly=s.readonly) for s in spec.shares
+            Filesystem(source=s.source, tag=s.tag, readonly=s.readonly, multidevs=s.multidevs)
+            for s in spec.shares
         ),
         serial=Serial(spec.console_log),
         channel=Channel(spec.channel_socket, CHANNEL_NAME),
         qemu_args=spec.qemu_args,
+        scsi_controller=spec.scsi_controller,
     )
 
 
@@ -289,6 +318,16 @@ def domain_xml(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> str:
     root = domain_from_spec(spec, defaults).build()
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def metadata_element_xml(entries: Mapping[str, str]) -> str:
+    """The <vm> element of our metadata, as virDomainSetMetadata wants it: in our namespace,
+    but as the default namespace (libvirt binds our prefix to the root itself and refuses an
+    element that already declares it); the same entries :class:`Metadata` writes."""
+    vm = ET.Element("vm", xmlns=METADATA_NS)
+    for key in sorted(entries):
+        _sub(vm, "entry", entries[key], key=key)
+    return ET.tostring(vm, encoding="unicode")
 
 
 # --- XML -> the facts gc needs ---------------------------------------------------------------

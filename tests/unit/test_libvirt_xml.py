@@ -17,10 +17,13 @@ from executor.errors import InvalidSpec
 from executor.libvirt_xml import (
     METADATA_NS,
     domain_xml,
+    hotplug_disk_xml,
+    metadata_element_xml,
     parse_dac_label,
     parse_domain_facts,
     virtio_disk_name,
 )
+from executor.pool_spec import pool_domain_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 #: UPDATE_GOLDEN=1 pytest tests/unit/test_libvirt_xml.py rewrites the golden files
@@ -45,8 +48,17 @@ def _base(**overrides: object) -> DomainSpec:
     return DomainSpec(**values)  # type: ignore[arg-type]
 
 
+POOL_RUN = Path("/run/hypervm/vms/hypervm-pool-0badcafe")
 SPECS = {
     "tcg-minimal": _base(bios=None, metadata={}),
+    "tcg-pool": pool_domain_spec(
+        name="hypervm-pool-0badcafe", run_dir=POOL_RUN, vcpus=1, memory_mib=128,
+        kernel=Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"),
+        initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
+        cmdline="console=ttyS0 quiet panic=-1", accel="tcg",
+        metadata={"owner-pid": "4242", "owner-start": "123456", "pool": "pool",
+                  "pool-state": "idle"},
+        qemu_args=()),
     "tcg-pod": _base(
         disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),),
         shares=(ShareSpec(Path("/var/lib/mesos/sandbox/web"), "s0", readonly=False),),
@@ -259,3 +271,69 @@ def test_any_input_is_rejected_or_round_trips(meta: dict[str, str], cmdline: str
     assert root.findtext("os/cmdline", default="") == cmdline
     assert _find(root, "devices/filesystem/target").get("dir") == tag
     assert dict(parse_domain_facts(xml).metadata) == meta
+
+
+def test_pool_vm_has_a_scsi_controller_and_one_remapped_share() -> None:
+    devices = _devices(domain_xml(SPECS["tcg-pool"]))
+    assert _find(devices, "controller[@type='scsi']").attrib == {
+        "type": "scsi", "index": "0", "model": "virtio-scsi"}
+    assert devices.findall("disk") == []
+    shares = devices.findall("filesystem")
+    assert len(shares) == 1
+    assert shares[0].get("multidevs") == "remap"
+    assert _find(shares[0], "source").get("dir") == str(POOL_RUN / "share")
+    assert _find(shares[0], "target").get("dir") == "pool"
+    # a cold VM has neither
+    cold = _devices(domain_xml(SPECS["tcg-pod"]))
+    assert cold.find("controller[@type='scsi']") is None
+    assert _find(cold, "filesystem").get("multidevs") is None
+
+
+def test_hotplug_disk_is_a_readonly_lun_with_its_serial() -> None:
+    disk = ET.fromstring(hotplug_disk_xml(
+        DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l3"), 27))
+    assert _find(disk, "target").attrib == {"dev": "sdab", "bus": "scsi"}
+    assert disk.findtext("serial") == "l3"
+    assert disk.find("readonly") is not None
+    assert _find(disk, "source/seclabel").attrib == {"model": "dac", "relabel": "no"}
+    assert _find(disk, "address").attrib == {"type": "drive", "controller": "0", "bus": "0",
+                                             "target": "0", "unit": "27"}
+
+
+def test_hotplug_disk_rejects_bad_input() -> None:
+    with pytest.raises(InvalidSpec, match="unit"):
+        hotplug_disk_xml(DiskSpec(Path("/x.erofs"), "l0"), 16384)
+    with pytest.raises(InvalidSpec, match="serial"):
+        hotplug_disk_xml(DiskSpec(Path("/x.erofs"), "bad serial"), 0)
+    with pytest.raises(InvalidSpec, match="path"):
+        hotplug_disk_xml(DiskSpec(Path("x.erofs"), "l0"), 0)
+
+
+def test_share_multidevs_is_checked() -> None:
+    with pytest.raises(InvalidSpec, match=r"shares\[0\]\.multidevs"):
+        domain_xml(_base(shares=(ShareSpec(Path("/srv"), "s0", multidevs="sometimes"),)))
+
+
+@pytest.mark.skipif(shutil.which("virt-xml-validate") is None,
+                    reason="virt-xml-validate not installed")
+def test_pool_vm_with_hotplugged_disks_validates(tmp_path: Path) -> None:
+    """The hot-added <disk> is valid where libvirt puts it: in the running domain's devices."""
+    root = ET.fromstring(domain_xml(SPECS["tcg-pool"]))
+    devices = _find(root, "devices")
+    for unit in range(3):
+        devices.append(ET.fromstring(hotplug_disk_xml(
+            DiskSpec(Path(f"/var/lib/hypervm/images/layers/{unit}.erofs"), f"l{unit}"), unit)))
+    path = tmp_path / "pool-with-disks.xml"
+    path.write_text(ET.tostring(root, encoding="unicode"))
+    result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_metadata_element_round_trips_through_the_parser() -> None:
+    entries = {"owner-pid": "7", "pod": "a&b <c>", "pool": "p"}
+    xml = (f'<domain><name>hypervm-x</name><metadata>{metadata_element_xml(entries)}'
+           '</metadata></domain>')
+    facts = parse_domain_facts(xml)
+    assert facts.ours
+    assert dict(facts.metadata) == entries
