@@ -26,9 +26,11 @@ import libvirt
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from executor.config import DEFAULT_LIBVIRT_URI
-from executor.domain import DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START, DomainSpec
+from executor.domain import (DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START, CpuTune, DomainSpec,
+                             MemTune)
 from executor.errors import HostError, HypervisorError, InvalidSpec
-from executor.libvirt_xml import domain_xml, parse_dac_label, parse_domain_facts
+from executor.libvirt_xml import (METADATA_NS, METADATA_PREFIX, domain_xml, metadata_element_xml,
+                                  parse_dac_label, parse_domain_facts)
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +406,62 @@ class Hypervisor:
             return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+
+    # -- live changes (warm pool) -------------------------------------------------------------
+
+    def _live(self, name: str, what: str, call: Callable[[libvirt.virDomain], object]) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise HypervisorError(f"cannot {what} of VM {name}: it does not exist")
+        try:
+            call(dom)
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"cannot {what} of VM {name}: {_message(e)}") from e
+
+    def attach_device(self, name: str, device_xml: str) -> None:
+        """Hot-add a device (e.g. executor.libvirt_xml.hotplug_disk_xml) to a running domain."""
+        self._live(name, "add a device to the running instance",
+                   lambda dom: dom.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def set_metadata(self, name: str, entries: Mapping[str, str]) -> None:
+        """Replace the running domain's hypervm metadata (e.g. to hand it to a new owner)."""
+        xml = metadata_element_xml(entries)
+        self._live(name, "set the metadata", lambda dom: dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, METADATA_PREFIX, METADATA_NS,
+            libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def metadata(self, name: str) -> dict[str, str]:
+        """The hypervm metadata of a domain ({} when it is gone)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return {}
+        try:
+            return dict(parse_domain_facts(dom.XMLDesc(0)).metadata)
+        except libvirt.libvirtError as e:
+            if _is_no_domain(e):
+                return {}
+            raise HypervisorError(f"cannot inspect VM {name}: {_message(e)}") from e
+
+    def tune(self, name: str, cputune: CpuTune, memtune: MemTune) -> None:
+        """Apply CPU and memory bounds to a running domain (what <cputune>/<memtune> do at
+        creation)."""
+        sched = {k: v for k, v in (("vcpu_period", cputune.period_us),
+                                   ("vcpu_quota", cputune.quota_us),
+                                   ("cpu_shares", cputune.shares)) if v is not None}
+        if sched:
+            self._live(name, "set the CPU bounds", lambda dom: dom.setSchedulerParametersFlags(
+                sched, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+        mem = {k: v * 1024 for k, v in (("hard_limit", memtune.hard_limit_mib),
+                                         ("soft_limit", memtune.soft_limit_mib)) if v is not None}
+        if mem:
+            self._live(name, "set the memory bounds", lambda dom: dom.setMemoryParameters(
+                mem, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def adopt(self, name: str) -> None:
+        """Report lifecycle events of ``name`` (created by another process, e.g. the pool) as
+        if this connection had created it."""
+        with self._listeners_lock:
+            self._created.add(name)
 
     def list_ours(self) -> list[DomainInfo]:
         """Our domains (name prefix and metadata namespace), with metadata and disk sources."""

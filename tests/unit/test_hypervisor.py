@@ -260,3 +260,42 @@ def test_parse_start_time() -> None:
 def test_owner_metadata_of_a_missing_process() -> None:
     assert owner_metadata(2**22 + 1) == {"owner-pid": str(2**22 + 1)}
     assert process_start_time(os.getpid()) == process_start_time(os.getpid()) is not None
+
+
+# -- live changes (the warm pool's hand-over) ---------------------------------------------------
+
+
+def test_set_metadata_replaces_the_entries_gc_reads(hv: Hypervisor, tmp_path: Path) -> None:
+    hv.create(make_spec(tmp_path))
+    hv.set_metadata("hypervm-unit-1", {"owner-pid": "1", "pool": "p", "pod": "new & <odd>"})
+    assert hv.metadata("hypervm-unit-1") == {"owner-pid": "1", "pool": "p",
+                                             "pod": "new & <odd>"}
+    [info] = hv.list_ours()
+    assert info.metadata["owner-pid"] == "1"
+    assert hv.metadata("hypervm-never-was") == {}
+
+
+def test_live_changes_of_a_missing_vm_name_it(hv: Hypervisor) -> None:
+    with pytest.raises(HypervisorError, match="hypervm-never-was.*does not exist"):
+        hv.set_metadata("hypervm-never-was", {"owner-pid": "1"})
+    with pytest.raises(HypervisorError, match="hypervm-never-was"):
+        hv.attach_device("hypervm-never-was", "<disk/>")
+
+
+def test_attach_device_errors_are_hypervisor_errors(hv: Hypervisor, tmp_path: Path) -> None:
+    hv.create(make_spec(tmp_path))
+    with pytest.raises(HypervisorError, match="cannot add a device"):
+        hv.attach_device("hypervm-unit-1", "<not-a-device/>")
+
+
+def test_adopted_vms_get_disconnect_events(tmp_path: Path) -> None:
+    """A VM another process created (a pool VM) is reported like one this connection made."""
+    hv = Hypervisor("test:///default", autodestroy=False)
+    try:
+        seen: list[LifecycleEvent] = []
+        hv.add_listener(seen.append)
+        hv.adopt("hypervm-pool-x")
+        hv._on_close(None, 0, None)  # libvirt's close callback: reason "error"
+        assert [(e.name, e.event) for e in seen] == [("hypervm-pool-x", DISCONNECTED)]
+    finally:
+        hv.close()
