@@ -11,6 +11,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,6 +28,66 @@ from executor.errors import BootError, GuestError, ProtocolError
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT = 30.0
+
+
+def connect_socket(path: Path, timeout: float) -> socket.socket:
+    """Connect to the channel socket QEMU listens on, retrying while QEMU starts."""
+
+    @tenacity.retry(
+        wait=tenacity.wait_fixed(0.02),
+        stop=tenacity.stop_after_delay(min(timeout, 10.0)),
+        retry=tenacity.retry_if_exception_type(OSError),
+        reraise=True,
+    )
+    def _connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    try:
+        return _connect()
+    except OSError as e:
+        raise BootError(f"cannot connect to the guest channel {path}: {e}") from e
+
+
+def check_version(ready: dict[str, Any]) -> None:
+    version = ready.get("version")
+    if version != proto.VERSION:
+        raise ProtocolError(
+            f"guest init speaks protocol version {version}, this host speaks "
+            f"{proto.VERSION}; rebuild the initrd (make initrd)"
+        )
+
+
+def await_ready(sock: socket.socket, timeout: float) -> dict[str, Any]:
+    """Read frames from a freshly connected channel until READY (without a reader thread, so
+    the connection can be handed to another process afterwards); returns its payload."""
+    decoder = proto.FrameDecoder()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BootError(f"the guest init sent no READY within {timeout:.0f} s")
+            sock.settimeout(remaining)
+            data = sock.recv(64 * 1024)
+            if not data:
+                raise BootError("the guest closed the channel before READY")
+            for frame in decoder.feed(data):
+                if frame.type == MsgType.READY:
+                    ready = frame.json()
+                    check_version(ready)
+                    return ready
+    except (TimeoutError, socket.timeout) as e:
+        raise BootError(f"the guest init sent no READY within {timeout:.0f} s") from e
+    except OSError as e:
+        raise BootError(f"guest channel failed before READY: {e}") from e
+    finally:
+        sock.settimeout(None)
 
 
 @dataclass
@@ -55,38 +116,22 @@ class GuestChannel:
 
     def connect(self, timeout: float) -> dict[str, Any]:
         """Connect to the socket QEMU created and wait for READY; returns its payload."""
+        return self.attach(connect_socket(self.socket_path, timeout), timeout)
 
-        @tenacity.retry(
-            wait=tenacity.wait_fixed(0.02),
-            stop=tenacity.stop_after_delay(min(timeout, 10.0)),
-            retry=tenacity.retry_if_exception_type(OSError),
-            reraise=True,
-        )
-        def _connect() -> socket.socket:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(str(self.socket_path))
-            except OSError:
-                sock.close()
-                raise
-            return sock
-
-        try:
-            self._sock = _connect()
-        except OSError as e:
-            raise BootError(f"cannot connect to the guest channel {self.socket_path}: {e}") from e
+    def attach(self, sock: socket.socket, timeout: float,
+               ready: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Serve an already connected socket; ``ready``: the READY payload someone else read
+        from it (a warm pool hands over its connection to a booted VM), else wait for READY."""
+        self._sock = sock
+        if ready is not None:
+            self._ready.set_result(ready)
         self._reader = threading.Thread(target=self._read_loop, name="guest-channel", daemon=True)
         self._reader.start()
         try:
             ready = self._ready.result(timeout)
         except FutureTimeout as e:
             raise BootError(f"the guest init sent no READY within {timeout:.0f} s") from e
-        version = ready.get("version")
-        if version != proto.VERSION:
-            raise ProtocolError(
-                f"guest init speaks protocol version {version}, this host speaks "
-                f"{proto.VERSION}; rebuild the initrd (make initrd)"
-            )
+        check_version(ready)
         return ready
 
     def close(self) -> None:
