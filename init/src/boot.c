@@ -21,6 +21,7 @@
 
 #include "container.h"
 #include "layers.h"
+#include "shares.h"
 #include "log.h"
 
 #define NEW_ROOT "/.hypervm-root"
@@ -264,6 +265,7 @@ void power_off(void)
 		nanosleep(&tick, NULL);
 	}
 	sync();
+	shares_unmount_all();
 	layers_unmount_all();
 	sync();
 	reboot(RB_POWER_OFF);

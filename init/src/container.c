@@ -16,8 +16,7 @@
 #include "layers.h"
 #include "log.h"
 #include "net.h"
-
-#define NINEP_OPTIONS "trans=virtio,version=9p2000.L,msize=262144"
+#include "shares.h"
 
 static int mkdir_p(const char *path, struct op_error *e)
 {
@@ -165,25 +164,8 @@ static int mount_system_fs(struct op_error *e)
 	return 0;
 }
 
-/* A 9p tag at the destination; with a subdir, that directory of the tag is then bind-mounted
- * over the destination (a pool VM has one share, the host binds each mount's source into it). */
-static int mount_9p(const struct mount_spec *m, unsigned long ro, struct op_error *e)
-{
-	char inner[2 * MAX_PATH_LEN + 2];
-
-	if (do_mount(m->source, m->destination, "9p", ro, NINEP_OPTIONS, e) != 0)
-		return -1;
-	if (m->subdir == NULL)
-		return 0;
-	snprintf(inner, sizeof(inner), "%s/%s", m->destination, m->subdir);
-	if (do_mount(inner, m->destination, NULL, MS_BIND, NULL, e) != 0)
-		return -1;
-	if (ro)
-		return do_mount(NULL, m->destination, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL, e);
-	return 0;
-}
-
-static int mount_requested(const struct start_req *req, struct op_error *e)
+static int mount_requested(const struct start_req *req, const int *share_fds,
+			   struct op_error *e)
 {
 	for (size_t i = 0; i < req->nmounts; i++) {
 		const struct mount_spec *m = &req->mounts[i];
@@ -191,7 +173,9 @@ static int mount_requested(const struct start_req *req, struct op_error *e)
 		int rc;
 
 		if (m->kind == MOUNT_9P)
-			rc = mount_9p(m, ro, e);
+			rc = mkdir_p(m->destination, e) != 0
+				     ? -1
+				     : shares_attach(share_fds[i], m->destination, m->readonly, e);
 		else
 			rc = do_mount("tmpfs", m->destination, "tmpfs", MS_NOSUID | MS_NODEV | ro,
 				      "mode=1777", e);
@@ -211,10 +195,12 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 						       struct spawn_fds *f)
 {
 	struct op_error e;
+	int share_fds[MAX_MOUNTS];
 
-	if (assemble_rootfs(req, &e) != 0 ||
+	if (shares_clone(req, share_fds, &e) != 0 || assemble_rootfs(req, &e) != 0 ||
 	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
-	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 || mount_requested(req, &e) != 0)
+	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
+	    mount_requested(req, share_fds, &e) != 0)
 		spawn_report_failure(f->report[1], &e);
 	if (sethostname(req->hostname, strlen(req->hostname)) != 0) {
 		log_errno("sethostname %s", req->hostname);
@@ -230,7 +216,8 @@ int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *rea
 	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	long child;
 
-	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0)
+	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0 ||
+	    shares_ensure(req, e) != 0)
 		return -1;
 	/* fork() semantics: no new stack, the child continues here */
 	child = syscall(SYS_clone, flags, 0, 0, 0, 0);
