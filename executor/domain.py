@@ -76,7 +76,7 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class ShareSpec:
-    """A host directory exported over virtio-9p (accessmode passthrough) under mount ``tag``."""
+    """A host directory exported over virtio-9p (accessmode squash) under mount ``tag``."""
 
     source: Path
     tag: str

@@ -338,6 +338,17 @@ class Hypervisor:
         if label is not None:
             _check_traversable(directory.parent, *label)
 
+    def give_to_qemu(self, directory: Path) -> None:
+        """Make ``directory`` (not its contents) belong to the user libvirt runs QEMU as, so a
+        guest can create files in it over 9p. No-op unless root and libvirt uses DAC."""
+        label = self._qemu_label()
+        if label is None or os.geteuid() != 0:
+            return
+        try:
+            os.chown(directory, *label)
+        except OSError as e:
+            raise HostError(f"cannot give {directory} to QEMU's user: {e}") from e
+
     def _qemu_label(self) -> tuple[int, int] | None:
         if self._dac_label is False:
             try:

@@ -113,7 +113,7 @@ def task_env(task: TaskSpec, image_env: tuple[str, ...]) -> tuple[str, ...]:
 def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
     """The task sandbox at /mnt/mesos/sandbox, then its volumes (host dirs over 9p)."""
     own = plan.task_sandboxes.get(task.task_id, plan.sandbox)
-    mounts = [Mount(type="9p", destination=CONTAINER_SANDBOX, source=own)]
+    mounts = [Mount(type="9p", destination=CONTAINER_SANDBOX, source=own, owned=True)]
     for i, vol in enumerate(task.volumes):
         if vol.kind == "host":
             source = Path(vol.source)
@@ -125,7 +125,7 @@ def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
             raise InvalidSpec(f"{task.where}.container.volumes[{i}]",
                               f"{source} is not a directory on the agent")
         mounts.append(Mount(type="9p", destination=vol.container_path, source=source,
-                            readonly=vol.readonly))
+                            readonly=vol.readonly, owned=vol.kind != "host"))
     return tuple(mounts)
 
 

@@ -48,12 +48,16 @@ class Process:
 
 @dataclass(frozen=True)
 class Mount:
-    """A mount in a container: ``9p`` shares ``source`` (a host directory), ``tmpfs`` is empty."""
+    """A mount in a container: ``9p`` shares ``source`` (a host directory), ``tmpfs`` is empty.
+
+    ``owned``: the directory belongs to the pod (a Mesos sandbox): hypervm hands it to the user
+    QEMU runs as, so the guest can create files in it (a host volume keeps its owner)."""
 
     type: str
     destination: str
     source: Path | None = None
     readonly: bool = False
+    owned: bool = False
 
     def validate(self, where: str) -> None:
         if self.type not in ("9p", "tmpfs"):

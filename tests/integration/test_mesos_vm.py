@@ -64,7 +64,8 @@ def domains() -> set[str]:
 def test_group_of_two_from_a_registry_image(vm_agent: Any, image_ref: str) -> None:
     agent = vm_agent()
     agent.launch_group([task("a", "echo out-a; echo err-a >&2", image_ref),
-                        task("b", "sleep 1; echo out-b; ls /mnt/mesos/sandbox", image_ref)])
+                        task("b", "sleep 1; echo out-b; echo b > /mnt/mesos/sandbox/made; "
+                                  "ls /mnt/mesos/sandbox", image_ref)])
     for tid in ("a", "b"):
         assert agent.wait_terminal(tid, BOOT)["state"] == "TASK_FINISHED"
         assert agent.states(tid) == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
@@ -72,7 +73,9 @@ def test_group_of_two_from_a_registry_image(vm_agent: Any, image_ref: str) -> No
     tasks = agent.sandbox / "tasks"
     assert (tasks / "a" / "stdout").read_text() == "out-a\n"
     assert (tasks / "a" / "stderr").read_text() == "err-a\n"
-    assert (tasks / "b" / "stdout").read_text().split() == ["out-b", "stderr", "stdout"]
+    # the guest writes into its sandbox (9p): the file is there on the host
+    assert (tasks / "b" / "stdout").read_text().split() == ["out-b", "made", "stderr", "stdout"]
+    assert (tasks / "b" / "made").read_text() == "b\n"
     assert agent.violations == []
     assert domains() == set()
 

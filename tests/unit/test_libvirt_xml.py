@@ -337,3 +337,22 @@ def test_metadata_element_round_trips_through_the_parser() -> None:
     facts = parse_domain_facts(xml)
     assert facts.ours
     assert dict(facts.metadata) == entries
+
+
+def test_idle_memory_knobs() -> None:
+    """TCG's translation cache is capped and guest RAM is a memfd (no THP): the idle VM's RSS
+    (bench); KVM has no translation cache to cap."""
+    tcg = ET.fromstring(domain_xml(SPECS["tcg-pod"]))
+    assert tcg.findtext("features/tcg/tb-cache") == "8"
+    assert _find(tcg, "features/tcg/tb-cache").get("unit") == "MiB"
+    assert _find(tcg, "memoryBacking/source").get("type") == "memfd"
+    assert _find(tcg, "memoryBacking/access").get("mode") == "shared"
+    kvm = ET.fromstring(domain_xml(SPECS["kvm-full"]))
+    assert kvm.find("features/tcg") is None
+    assert _find(kvm, "memoryBacking/source").get("type") == "memfd"
+
+
+def test_shares_let_a_non_root_qemu_create_files() -> None:
+    """passthrough makes every guest create fail (QEMU, not root, cannot chown); squash does not."""
+    fs = _find(_devices(domain_xml(SPECS["tcg-pod"])), "filesystem")
+    assert fs.get("accessmode") == "squash"
