@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "executor.cli_demo",
     "executor.cli_doctor",
     "executor.cli_gc",
+    "executor.cli_pool",
     "vmimage.cli_images",
 )
 

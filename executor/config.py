@@ -26,6 +26,10 @@ class HostConfig:
     accel: str
     #: the shared image cache; default ``state_dir/images``
     image_dir_override: Path | None = None
+    #: the warm pool's socket; default ``run_dir/pool.sock``
+    pool_socket_override: Path | None = None
+    #: take pre-booted VMs from the warm pool when one serves (``hypervm pool serve``)
+    use_pool: bool = True
 
     @property
     def kernel_dir(self) -> Path:
@@ -47,6 +51,10 @@ class HostConfig:
     def vms_dir(self) -> Path:
         return self.run_dir / "vms"
 
+    @property
+    def pool_socket(self) -> Path:
+        return self.pool_socket_override or self.run_dir / "pool.sock"
+
 
 def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
     env = os.environ if env is None else env
@@ -56,10 +64,19 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
 
         raise InvalidSpec("HYPERVM_ACCEL", f"unknown accelerator {accel!r}",
                           hint="use auto, kvm or tcg")
+    pool = env.get("HYPERVM_POOL", "auto").lower()
+    if pool not in ("auto", "off"):
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec("HYPERVM_POOL", f"unknown value {pool!r}",
+                          hint="use auto (take warm VMs when a pool serves) or off")
     return HostConfig(
         state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
         libvirt_uri=env.get("HYPERVM_LIBVIRT_URI", DEFAULT_LIBVIRT_URI),
         accel=accel,
         image_dir_override=Path(env["HYPERVM_IMAGE_DIR"]) if env.get("HYPERVM_IMAGE_DIR") else None,
+        pool_socket_override=(Path(env["HYPERVM_POOL_SOCKET"]) if env.get("HYPERVM_POOL_SOCKET")
+                              else None),
+        use_pool=pool == "auto",
     )

@@ -70,3 +70,8 @@ class ImageError(HyperVMError):
 
 class NetworkError(HyperVMError):
     """A VM network or port mapping cannot be set up (e.g. the host port is taken)."""
+
+
+class PoolError(HyperVMError):
+    """The warm pool cannot serve a claim (none ready, not running, protocol broken); callers
+    boot the VM cold instead."""

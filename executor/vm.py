@@ -22,9 +22,10 @@ from executor import network
 from executor.agent_protocol import ExitStatus, MsgType
 from executor.config import HostConfig
 from executor.domain import CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
-from executor.errors import BootError, HyperVMError, ProtocolError
+from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
 from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process, Resources
+from executor.pool_spec import LAYER_WAIT_MS, POOL_SHARE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,6 @@ log = logging.getLogger(__name__)
 BASE_CMDLINE = ("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check "
                 "noreplace-smp pci=noacpi")
 DEFAULT_BOOT_TIMEOUT = 60.0
-CFS_PERIOD_US = 100_000
-#: what QEMU itself needs besides guest RAM (measured idle RSS overhead under TCG, with room)
-QEMU_OVERHEAD_MIB = 128
 CFS_PERIOD_US = 100_000
 #: what QEMU itself needs besides guest RAM (measured idle RSS overhead under TCG, with room)
 QEMU_OVERHEAD_MIB = 128
@@ -75,6 +73,8 @@ class HyperVM:
         self._destroyed = False
         self._layer_serials: dict[Path, str] = {}
         self._share_tags: dict[Path, str] = {}
+        #: the VM came from the warm pool: layers are SCSI LUNs, mounts subdirs of its share
+        self.warm = False
         self.guest_kernel: str | None = None
         self.boot_seconds: float | None = None
 
@@ -97,14 +97,18 @@ class HyperVM:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def domain_spec(self, kernel: Any, initrd: Path, accel: str) -> DomainSpec:
-        """The pure description of this VM for the libvirt builder."""
+    def _assign_devices(self) -> None:
+        """Name each distinct layer (disk serial) and 9p source (tag, or share subdir)."""
         for container in self.pod.containers:
             for layer in container.rootfs.layers:
                 self._layer_serials.setdefault(layer, f"l{len(self._layer_serials)}")
             for mount in container.mounts:
                 if mount.type == "9p" and mount.source is not None:
                     self._share_tags.setdefault(mount.source, f"s{len(self._share_tags)}")
+
+    def domain_spec(self, kernel: Any, initrd: Path, accel: str) -> DomainSpec:
+        """The pure description of this VM for the libvirt builder."""
+        self._assign_devices()
         disks = tuple(DiskSpec(path=p, serial=s) for p, s in self._layer_serials.items())
         shares = tuple(
             ShareSpec(source=src, tag=tag, readonly=self._share_readonly(src))
@@ -134,6 +138,12 @@ class HyperVM:
     def mac_address(self) -> str:
         return network.mac_address(self.name)
 
+    def _give_owned_shares(self) -> None:
+        """Sandbox-like mount sources (Mount.owned) become writable by QEMU's user."""
+        for source in {m.source for c in self.pod.containers for m in c.mounts
+                       if m.owned and not m.readonly and m.source is not None}:
+            self._hypervisor.give_to_qemu(source)
+
     def _share_readonly(self, source: Path) -> bool:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
 
@@ -145,7 +155,82 @@ class HyperVM:
         return meta
 
     def boot(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
-        """Create the domain and wait for the guest init's READY. Destroys the VM on failure."""
+        """Take a warm VM from the pool when one serves and the pod fits it; else create the
+        domain and wait for the guest init's READY. Destroys the VM on failure."""
+        if self.cfg.use_pool and self._boot_warm(timeout):
+            return
+        self._boot_cold(timeout)
+
+    def _boot_warm(self, timeout: float) -> bool:
+        """True when a pool VM now runs this pod; False (nothing left behind) to boot cold."""
+        from executor import warm
+        from executor.pool_spec import unfit_reason
+
+        if not self.cfg.pool_socket.exists():
+            return False
+        res = self.pod.resources
+        reason = unfit_reason(self.pod, res.cpus, res.memory_mib)
+        started = time.monotonic()
+        try:
+            if reason is not None:
+                raise PoolError(reason)
+            lease, sock = warm.claim(self.cfg, res.cpus, res.memory_mib)
+        except PoolError as e:
+            log.info("%s: no warm VM (%s): booting cold", self.pod.name, e)
+            return False
+        cold_name, cold_dir = self.name, self.run_dir
+        self.name, self.run_dir, self.warm = lease.vm, lease.run_dir, True
+        try:
+            self._adopt(lease, sock, timeout)
+        except KeyboardInterrupt:
+            self.destroy()
+            raise
+        except HyperVMError as e:
+            log.warning("%s: warm VM %s failed (%s): booting cold", self.pod.name, lease.vm, e)
+            self.destroy()
+            self.name, self.run_dir, self.warm = cold_name, cold_dir, False
+            self._destroyed, self._channel = False, None
+            self._layer_serials, self._share_tags = {}, {}
+            return False
+        self.boot_seconds = time.monotonic() - started
+        log.info("%s: warm VM %s ready in %.3f s", self.pod.name, self.name, self.boot_seconds)
+        return True
+
+    def _adopt(self, lease: Any, sock: Any, timeout: float) -> None:
+        """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
+        from executor import warm
+        from executor.hypervisor import Hypervisor, owner_metadata
+        from executor.libvirt_xml import hotplug_disk_xml
+        from executor.pool_spec import SHARE_DIR
+
+        channel = GuestChannel(self.channel_socket)
+        self._channel = channel
+        if self._hypervisor is None:
+            self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
+        hv = self._hypervisor
+        hv.adopt(self.name)
+        hv.set_metadata(self.name, {**lease.pool_metadata, **self._metadata(),
+                                    **owner_metadata()})
+        self._assign_devices()
+        self._give_owned_shares()
+        for unit, (path, serial) in enumerate(self._layer_serials.items()):
+            hv.attach_device(self.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
+                                                         unit))
+        if self._share_tags:
+            qemu_pid = hv.qemu_pid(self.name)
+            if qemu_pid is None:
+                raise HyperVMError(f"no QEMU process for {self.name}")
+            for source, tag in self._share_tags.items():
+                target = self.run_dir / SHARE_DIR / tag
+                target.mkdir()
+                warm.bind_into_qemu(qemu_pid, source, target, self._share_readonly(source))
+        cputune, memtune = resource_bounds(self.pod.resources)
+        hv.tune(self.name, cputune, memtune)
+        ready = channel.attach(sock, timeout, lease.ready)
+        self.guest_kernel = ready.get("kernel")
+        self._configure_network()
+
+    def _boot_cold(self, timeout: float) -> None:
         from executor.accel import detect_accel
         from executor.hypervisor import Hypervisor
         from vmimage.initrd import ensure_initrd
@@ -160,6 +245,7 @@ class HyperVM:
         spec = self.domain_spec(kernel, initrd, accel)
         try:
             network.check_host_ports(self.pod.network)
+            self._give_owned_shares()
             self._create(spec)
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
@@ -218,13 +304,16 @@ class HyperVM:
         if container not in self.pod.containers:
             raise HyperVMError(f"container {container.name!r} is not part of pod {self.pod.name}")
         handle = next(self._handles)
+        rootfs: dict[str, Any] = {
+            "layers": [self._layer_serials[p] for p in container.rootfs.layers],
+            "readonly": container.rootfs.readonly,
+        }
+        if self.warm:
+            rootfs["wait_ms"] = LAYER_WAIT_MS
         payload: dict[str, Any] = {
             "container": container.name,
             "handle": handle,
-            "rootfs": {
-                "layers": [self._layer_serials[p] for p in container.rootfs.layers],
-                "readonly": container.rootfs.readonly,
-            },
+            "rootfs": rootfs,
             "mounts": [self._mount_payload(m) for m in container.mounts],
             "hostname": container.hostname or container.name,
             "process": process_payload(container.process,
@@ -260,7 +349,9 @@ class HyperVM:
     def _mount_payload(self, mount: Any) -> dict[str, Any]:
         item: dict[str, Any] = {"type": mount.type, "destination": mount.destination,
                                 "readonly": mount.readonly}
-        if mount.type == "9p":
+        if mount.type == "9p" and self.warm:
+            item["source"], item["subdir"] = POOL_SHARE_TAG, self._share_tags[mount.source]
+        elif mount.type == "9p":
             item["source"] = self._share_tags[mount.source]
         return item
 

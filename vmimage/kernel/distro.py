@@ -37,8 +37,8 @@ REQUIRED_MODULES = (
 )
 #: loaded first when present: the crc32c algorithm libcrc32c (ext4, erofs) looks up at load
 PRELOAD_MODULES = ("crc32c_generic",)
-#: loaded last when present
-OPTIONAL_MODULES = ("virtio_rng",)
+#: loaded last when present (virtio_scsi, sd_mod: warm pool VMs get their layers as SCSI disks)
+OPTIONAL_MODULES = ("virtio_scsi", "sd_mod", "virtio_rng")
 PREFIX = "distro-"
 
 

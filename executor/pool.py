@@ -1,0 +1,365 @@
+"""The warm pool daemon (``hypervm pool serve``): keeps pre-booted, empty HyperVMs ready and
+hands each to one claimer, never twice.
+
+Threads: *refill* boots a VM whenever fewer than ``size`` are ready or booting (one at a time,
+so the pool never starves running VMs of CPU); *serve* answers claims on the pool's unix socket
+(executor.pool_spec has the protocol); *reap* destroys claimed VMs whose claimer died.
+
+Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
+carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim rewrites the
+owner to the claiming process (SO_PEERCRED) *before* the reply leaves, so at every moment a live
+process answers for the VM. When the owner dies, the reaper here (every ``reap_interval``
+seconds) or ``hypervm gc`` destroys it. Stopping the daemon destroys its idle VMs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from executor import network
+from executor.config import HostConfig
+from executor.domain import DOMAIN_PREFIX
+from executor.errors import HostError, HyperVMError, PoolError
+from executor.guest_channel import await_ready, connect_socket
+from executor.pool_spec import (MAX_LINE, SHARE_DIR, Lease, PoolConfig, decode, encode,
+                                parse_claim, pool_domain_spec)
+
+log = logging.getLogger(__name__)
+
+#: metadata entries of pool VMs: the pool's name, and "idle" or "claimed"
+META_POOL = "pool"
+META_POOL_STATE = "pool-state"
+BOOT_TIMEOUT = 60.0
+#: after a failed boot, wait this long (doubling up to the max) before the next attempt
+RETRY_BACKOFF = (1.0, 30.0)
+
+
+@dataclass
+class _Idle:
+    name: str
+    run_dir: Path
+    sock: socket.socket
+    ready: dict[str, Any]
+    metadata: dict[str, str]
+    booted_at: float = field(default_factory=time.monotonic)
+
+
+class WarmPool:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+
+    def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
+                 accel: str | None = None) -> None:
+        self.cfg = cfg
+        self.config = config.validate()
+        self.reap_interval = reap_interval
+        self._accel = accel
+        self._hv: Any = None
+        self._boot: dict[str, Any] = {}
+        self._idle: collections.deque[_Idle] = collections.deque()
+        self._booting: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: socket.socket | None = None
+        self.claims = 0
+        self.boots = 0
+        self.failures = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the host, bind the socket and start refilling. Raises HostError."""
+        from executor.accel import detect_accel
+        from executor.hypervisor import Hypervisor
+        from executor.vm import BASE_CMDLINE
+        from vmimage.initrd import ensure_initrd
+        from vmimage.kernel import find_kernel
+
+        kernel = find_kernel(self.cfg)
+        self._boot = {
+            "kernel": kernel.path,
+            "initrd": ensure_initrd(self.cfg, kernel),
+            "cmdline": " ".join(filter(None, [BASE_CMDLINE,
+                                              getattr(kernel, "cmdline_extra", "")])),
+            "accel": self._accel or detect_accel(self.cfg),
+        }
+        self._hv = Hypervisor(self.cfg.libvirt_uri, events=False, autodestroy=False)
+        self._server = self._bind()
+        for target, name in ((self._refill_loop, "pool-refill"), (self._serve_loop, "pool-serve"),
+                             (self._reap_loop, "pool-reap")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("warm pool %r: %d VMs of %d vCPU / %d MiB, socket %s", self.config.name,
+                 self.config.size, self.config.vcpus, self.config.memory_mib,
+                 self.cfg.pool_socket)
+
+    def stop(self) -> None:
+        """Stop serving and refilling; destroy the idle VMs (claimed ones belong to their
+        claimers). Idempotent."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        server, self._server = self._server, None
+        if server is not None:
+            try:
+                server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            server.close()
+            try:
+                self.cfg.pool_socket.unlink()
+            except FileNotFoundError:
+                pass
+        for thread in self._threads:
+            thread.join(timeout=BOOT_TIMEOUT + 5)
+        self._threads = []
+        with self._cond:
+            idle, self._idle = list(self._idle), collections.deque()
+        for vm in idle:
+            self._discard(vm.name, vm.run_dir, vm.sock)
+        if self._hv is not None:
+            self._hv.close()
+            self._hv = None
+
+    def __enter__(self) -> WarmPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_full(self, timeout: float) -> bool:
+        """Wait until ``size`` VMs are ready; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._idle) < self.config.size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def unclaimed(self) -> set[str]:
+        """Names of the VMs still the pool's (ready or booting)."""
+        with self._cond:
+            return {vm.name for vm in self._idle} | set(self._booting)
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {"name": self.config.name, "size": self.config.size,
+                    "vcpus": self.config.vcpus, "memory_mib": self.config.memory_mib,
+                    "ready": len(self._idle), "booting": len(self._booting),
+                    "claims": self.claims, "boots": self.boots, "failures": self.failures,
+                    "accel": self._boot.get("accel")}
+
+    # -- claims -------------------------------------------------------------------------------
+
+    def claim(self, vcpus: int, memory_mib: int, owner_pid: int) -> tuple[Lease, socket.socket]:
+        """Hand the oldest ready VM to ``owner_pid``: the caller must pass on the socket."""
+        from executor.hypervisor import owner_metadata, process_start_time
+
+        if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
+            raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
+                            f"MiB, not {vcpus} / {memory_mib}")
+        if process_start_time(owner_pid) is None:
+            raise PoolError(f"the claiming process {owner_pid} is gone")
+        while True:
+            with self._cond:
+                if not self._idle:
+                    raise PoolError("no warm VM is ready")
+                vm = self._idle.popleft()
+                self._cond.notify_all()  # the refill thread boots a replacement
+            try:
+                self._hv.set_metadata(vm.name, {**vm.metadata, META_POOL_STATE: "claimed",
+                                                **owner_metadata(owner_pid)})
+            except HyperVMError as e:
+                log.warning("pool VM %s is unusable (%s): discarded", vm.name, e)
+                self._discard(vm.name, vm.run_dir, vm.sock)
+                continue
+            self.claims += 1
+            log.info("%s claimed by pid %d after %.1f s idle", vm.name, owner_pid,
+                     time.monotonic() - vm.booted_at)
+            marks = {META_POOL: self.config.name, META_POOL_STATE: "claimed"}
+            return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
+                         pool_metadata=marks), vm.sock
+
+    # -- refill -------------------------------------------------------------------------------
+
+    def _refill_loop(self) -> None:
+        backoff = RETRY_BACKOFF[0]
+        while not self._stopping.is_set():
+            with self._cond:
+                while (len(self._idle) + len(self._booting) >= self.config.size
+                       and not self._stopping.is_set()):
+                    self._cond.wait(1.0)
+            if self._stopping.is_set():
+                return
+            if self._boot_one():
+                backoff = RETRY_BACKOFF[0]
+            else:
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, RETRY_BACKOFF[1])
+
+    def _boot_one(self) -> bool:
+        from executor.hypervisor import owner_metadata
+
+        name = f"{DOMAIN_PREFIX}{self.config.name}-{uuid.uuid4().hex[:8]}"
+        run_dir = self.cfg.vms_dir / name
+        metadata = {META_POOL: self.config.name, META_POOL_STATE: "idle", **owner_metadata()}
+        spec = pool_domain_spec(
+            name=name, run_dir=run_dir, vcpus=self.config.vcpus,
+            memory_mib=self.config.memory_mib, metadata=metadata,
+            qemu_args=network.qemu_args(network.NetworkSpec(), network.mac_address(name)),
+            **self._boot)
+        with self._cond:
+            self._booting.add(name)
+        sock = None
+        started = time.monotonic()
+        try:
+            self._hv.prepare_run_dir(run_dir)
+            (run_dir / SHARE_DIR).mkdir(mode=0o755)
+            self._hv.create(spec)
+            sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
+            ready = await_ready(sock, BOOT_TIMEOUT)
+        except (HyperVMError, OSError) as e:
+            self.failures += 1
+            log.warning("pool VM %s did not boot: %s", name, e)
+            self._discard(name, run_dir, sock)
+            with self._cond:
+                self._booting.discard(name)
+            return False
+        self.boots += 1
+        log.info("pool VM %s ready in %.2f s", name, time.monotonic() - started)
+        with self._cond:
+            self._booting.discard(name)
+            if self._stopping.is_set():
+                stale = True
+            else:
+                stale = False
+                self._idle.append(_Idle(name, run_dir, sock, ready, metadata))
+                self._cond.notify_all()
+        if stale:
+            self._discard(name, run_dir, sock)
+        return True
+
+    def _discard(self, name: str, run_dir: Path, sock: socket.socket | None) -> None:
+        if sock is not None:
+            sock.close()
+        try:
+            if self._hv is not None:
+                self._hv.destroy(name)
+        except HyperVMError as e:
+            log.warning("cannot destroy pool VM %s: %s", name, e)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    # -- serve --------------------------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        path = self.cfg.pool_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # a dead pool's socket
+            else:
+                raise HostError(f"a warm pool already serves at {path}",
+                                hint="stop it first, or set HYPERVM_POOL_SOCKET")
+            finally:
+                probe.close()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # root only: a claim hands over a VM
+        try:
+            server.bind(str(path))
+        finally:
+            os.umask(old)
+        server.listen(16)
+        return server
+
+    def _serve_loop(self) -> None:
+        while not self._stopping.is_set():
+            server = self._server
+            if server is None:
+                return
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), name="pool-client",
+                             daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                pid, uid, _gid = struct.unpack(
+                    "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                          struct.calcsize("3i")))
+                request = decode(_read_line(conn), "request")
+                if uid not in (0, os.geteuid()):
+                    raise PoolError(f"uid {uid} may not use this pool")
+                op = request.get("op")
+                if op == "status":
+                    conn.sendall(encode(self.status()))
+                elif op == "claim":
+                    vcpus, memory_mib = parse_claim(request)
+                    lease, sock = self.claim(vcpus, memory_mib, pid)
+                    try:
+                        socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
+                    finally:
+                        sock.close()
+                else:
+                    raise PoolError(f"op: unknown operation {op!r} (use claim or status)")
+            except PoolError as e:
+                _send_quietly(conn, {"error": str(e)})
+            except OSError as e:
+                log.debug("pool client went away: %s", e)
+
+    # -- reap ---------------------------------------------------------------------------------
+
+    def _reap_loop(self) -> None:
+        from executor.cli_gc import select_leftovers
+        from executor.hypervisor import process_start_time
+
+        while not self._stopping.wait(self.reap_interval):
+            try:
+                ours = [d for d in self._hv.list_ours()
+                        if d.metadata.get(META_POOL) == self.config.name
+                        and d.metadata.get(META_POOL_STATE) == "claimed"]
+                for leftover in select_leftovers(ours, process_start_time):
+                    log.info("reaping %s: %s", leftover.name, leftover.reason)
+                    self._discard(leftover.name, self.cfg.vms_dir / leftover.name, None)
+            except HyperVMError as e:
+                log.warning("pool reaper: %s", e)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise PoolError(f"request: longer than {MAX_LINE} bytes")
+    return data
+
+
+def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
+    try:
+        conn.sendall(encode(message))
+    except OSError:
+        pass

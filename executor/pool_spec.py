@@ -1,0 +1,160 @@
+"""The warm pool's pure parts: its settings, which pods a pool VM can take, the domain of an
+empty pool VM, and the claim protocol spoken on the pool's unix socket.
+
+A pool VM is booted ahead of time with no layers: a virtio-scsi controller (its layer disks are
+hot-added as LUNs at claim time), one 9p share (``POOL_SHARE_TAG``) of an empty directory into
+which the claimer binds each mount source, the user-mode NIC without published ports, and the
+channel. The side effects live in :mod:`executor.pool` (the daemon) and :mod:`executor.warm`
+(the claiming side). Nothing here touches the host.
+
+Claim protocol: the client connects to the pool's socket and sends one JSON line; the pool
+answers one JSON line and, for a claim, passes the connected guest channel socket along with
+it (SCM_RIGHTS), so the claimer talks to the booted init at once.
+
+    → {"op": "claim", "vcpus": 1, "memory_mib": 128}
+    ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload},
+       "pool_metadata": {"pool": "pool", "pool-state": "claimed"}} + 1 fd
+    ← {"error": "no warm VM is ready"}
+    → {"op": "status"}
+    ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor.domain import (MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, DomainSpec,
+                             ShareSpec)
+from executor.errors import InvalidSpec, PoolError
+from executor.podspec import PodSpec
+
+#: the 9p tag of a pool VM's single share; the START request mounts ``subdir``s of it
+POOL_SHARE_TAG = "pool"
+#: the shared directory inside a pool VM's run dir
+SHARE_DIR = "share"
+#: how long init waits for the hot-added layer disks to appear (START rootfs.wait_ms)
+LAYER_WAIT_MS = 10_000
+MAX_POOL_SIZE = 64
+MAX_LINE = 64 * 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """``size`` idle VMs of ``vcpus`` vCPUs and ``memory_mib`` MiB, named hypervm-<name>-…"""
+
+    size: int = 2
+    vcpus: int = 1
+    memory_mib: int = 128
+    name: str = "pool"
+
+    def validate(self) -> PoolConfig:
+        if not 1 <= self.size <= MAX_POOL_SIZE:
+            raise InvalidSpec("pool.size", f"{self.size} is out of range",
+                              hint=f"use 1..{MAX_POOL_SIZE}")
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise InvalidSpec("pool.vcpus", f"{self.vcpus} is out of range",
+                              hint=f"use 1..{MAX_VCPUS}")
+        if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
+            raise InvalidSpec("pool.memory_mib", f"{self.memory_mib} MiB is out of range",
+                              hint=f"use {MIN_MEMORY_MIB}..{MAX_MEMORY_MIB}")
+        if not _NAME_RE.match(self.name):
+            raise InvalidSpec("pool.name", f"{self.name!r} is not a valid pool name",
+                              hint="use 1..40 characters of [A-Za-z0-9_.-]")
+        return self
+
+
+def unfit_reason(pod: PodSpec, vcpus: int, memory_mib: int) -> str | None:
+    """Why a pool VM of this shape cannot run ``pod`` (None: it can).
+
+    The shape must match exactly: a bigger VM would hand the task resources Mesos did not
+    allocate. Published ports are QEMU ``hostfwd`` rules fixed at boot, and a pod without a NIC
+    must not get one, so both boot cold.
+    """
+    if pod.resources.cpus != vcpus or pod.resources.memory_mib != memory_mib:
+        return (f"the pod needs {pod.resources.cpus} vCPU / {pod.resources.memory_mib} MiB, "
+                f"pool VMs have {vcpus} vCPU / {memory_mib} MiB")
+    if pod.network.ports:
+        return "the pod publishes ports (fixed when a VM boots)"
+    if pod.network.mode != "user":
+        return f"the pod's network mode is {pod.network.mode!r} (pool VMs have a NIC)"
+    return None
+
+
+def pool_domain_spec(*, name: str, run_dir: Path, vcpus: int, memory_mib: int, kernel: Path,
+                     initrd: Path, cmdline: str, accel: str, metadata: dict[str, str],
+                     qemu_args: tuple[str, ...]) -> DomainSpec:
+    """The domain of an empty pool VM (no disks; the SCSI controller and the pool share)."""
+    return DomainSpec(
+        name=name, accel=accel, vcpus=vcpus, memory_mib=memory_mib, kernel=kernel,
+        initrd=initrd, cmdline=cmdline, channel_socket=run_dir / "channel.sock",
+        console_log=run_dir / "console.log",
+        shares=(ShareSpec(source=run_dir / SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap"),),
+        metadata=metadata, qemu_args=qemu_args, scsi_controller=True,
+    )
+
+
+# --- the claim protocol -----------------------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes, what: str) -> dict[str, Any]:
+    """One protocol line as a JSON object; PoolError naming ``what`` otherwise."""
+    if len(line) > MAX_LINE:
+        raise PoolError(f"{what}: longer than {MAX_LINE} bytes")
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PoolError(f"{what}: not JSON ({e})") from e
+    if not isinstance(message, dict):
+        raise PoolError(f"{what}: not a JSON object")
+    return message
+
+
+def claim_request(vcpus: int, memory_mib: int) -> dict[str, Any]:
+    return {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib}
+
+
+def parse_claim(request: dict[str, Any]) -> tuple[int, int]:
+    """(vcpus, memory_mib) of a claim request; PoolError naming the bad field."""
+    values = []
+    for key in ("vcpus", "memory_mib"):
+        value = request.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PoolError(f"claim.{key}: must be a positive integer, not {value!r}")
+        values.append(value)
+    return values[0], values[1]
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed pool VM: now the claimer's to use and to destroy."""
+
+    vm: str
+    run_dir: Path
+    ready: dict[str, Any]
+    #: the VM's metadata entries that mark it as this pool's (the claimer keeps them)
+    pool_metadata: dict[str, str]
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Lease:
+        if "error" in reply:
+            raise PoolError(str(reply["error"]))
+        vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
+        meta = reply.get("pool_metadata", {})
+        if (not isinstance(vm, str) or not isinstance(run_dir, str)
+                or not isinstance(ready, dict) or not isinstance(meta, dict)
+                or not all(isinstance(v, str) for v in meta.values())):
+            raise PoolError(f"malformed claim reply: {reply!r}")
+        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, pool_metadata=meta)
+
+    def reply(self) -> dict[str, Any]:
+        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
+                "pool_metadata": self.pool_metadata}

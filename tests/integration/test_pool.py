@@ -1,0 +1,253 @@
+"""The warm pool with real VMs: pre-booted empty HyperVMs get a pod's layers (hot-added SCSI
+disks) and mounts (binds in QEMU's mount namespace) at claim time; a VM serves one pod only;
+a dead claimer's VM is reaped; stopping the pool leaves nothing behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.pool import WarmPool
+from executor.pool_spec import PoolConfig
+from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
+from executor.vm import HyperVM
+from tests.conftest import REPO, TEST_TAG, our_domains
+from tests.integration import imagebuild
+from tests.integration.imagebuild import private_store
+from tests.integration.registry import Registry
+from tests.mesos.agent import AgentDouble
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.usefixtures("no_leaked_domains")]
+POOL_NAME = f"{TEST_TAG}-pool"
+FILL = 240.0  # two TCG boots, one after the other, on a loaded machine
+
+
+def pool_vms() -> set[str]:
+    return our_domains(f"hypervm-{POOL_NAME}")
+
+
+@pytest.fixture(scope="module")
+def pooled(host_cfg: Any) -> Iterator[tuple[Any, WarmPool]]:
+    """A pool of two 1 vCPU / 128 MiB VMs on a socket of its own, and the config to reach it."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-pool-"))
+    cfg = dataclasses.replace(host_cfg, pool_socket_override=sock_dir / "pool.sock")
+    pool = WarmPool(cfg, PoolConfig(size=2, vcpus=1, memory_mib=128, name=POOL_NAME),
+                    reap_interval=0.5)
+    pool.start()
+    try:
+        assert pool.wait_full(FILL), pool.status()
+        yield cfg, pool
+    finally:
+        pool.stop()
+        sock_dir.rmdir()  # the socket is gone too
+    assert pool_vms() == set(), "stopping the pool must destroy its idle VMs"
+
+
+@pytest.fixture
+def no_leaked_domains(pooled: Any) -> Iterator[None]:
+    """The shared leak check, minus the VMs the pool boots meanwhile (they are still its own)."""
+    before = our_domains()
+    yield
+    _, pool = pooled
+    leaked = our_domains() - before - pool.unclaimed()
+    for name in leaked:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
+                       check=False)
+    assert not leaked, f"test leaked domains: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="module")
+def layers(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A two-layer image (so two disks are hot-added) and the busybox one, pulled."""
+    ref = imagebuild.push(imagebuild.busybox_base(tmp_path_factory.mktemp("bb")), registry.host,
+                          "pool-busybox", "1")
+    multi = imagebuild.push(imagebuild.multilayer(tmp_path_factory.mktemp("ml")), registry.host,
+                            "pool-multi", "1")
+    with private_store() as store:
+        yield store.pull(ref), store.pull(multi)
+
+
+def run(vm: HyperVM, container: Container, timeout: float = 60.0) -> tuple[int, str]:
+    out: list[bytes] = []
+    done = threading.Event()
+    status: dict[str, Any] = {}
+    vm.start(container, on_stdout=out.append, on_stderr=out.append,
+             on_exit=lambda s: (status.__setitem__("s", s), done.set()))
+    assert done.wait(timeout), "the container did not exit"
+    return status["s"].code, b"".join(out).decode()
+
+
+def shared_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="hypervm-pool-share-"))
+    path.chmod(0o755)  # QEMU (libvirt-qemu) reads it
+    return path
+
+
+def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: Any) -> None:
+    cfg, pool = pooled
+    busybox, _ = layers
+    ro, rw = shared_dir(), shared_dir()
+    (ro / "in.txt").write_text("from the host\n")
+    os.chmod(rw, 0o777)
+    script = ("cat /in/in.txt; echo made-in-vm > /out/vm.txt; "
+              "if (echo x > /in/nope) 2>/dev/null; then echo ro-broken; fi; "
+              "ls /in; cat /proc/cpuinfo | grep -c ^processor")
+    container = Container("main", Rootfs(layers=busybox.layers),
+                          Process(args=("/bin/sh", "-c", script)),
+                          mounts=(Mount(type="9p", destination="/in", source=ro, readonly=True),
+                                  Mount(type="9p", destination="/out", source=rw)))
+    pod = PodSpec(name=f"{TEST_TAG}-warm", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=128, cpu_limit=0.5))
+    claims = pool.claims
+    try:
+        with HyperVM(cfg, pod) as vm:
+            vm.boot()
+            assert vm.warm and vm.name.startswith(f"hypervm-{POOL_NAME}-")
+            assert pool.claims == claims + 1
+            code, out = run(vm, container)
+            assert code == 0, out
+            assert out.split() == ["from", "the", "host", "in.txt", "1"], out
+            assert (rw / "vm.txt").read_text() == "made-in-vm\n"
+            assert not (ro / "nope").exists()
+            name = vm.name
+        assert name not in our_domains(name), "the warm VM must go with its pod"
+        assert not (cfg.vms_dir / name).exists()
+        # the bound directories were never touched by the run dir's removal
+        assert (ro / "in.txt").read_text() == "from the host\n"
+        assert (rw / "vm.txt").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(ro), str(rw)], check=False)
+
+
+def test_two_layers_are_hot_added_in_order(pooled: Any, layers: Any) -> None:
+    cfg, _ = pooled
+    _, multi = layers
+    container = Container("main", Rootfs(layers=multi.layers), Process(
+        args=("/bin/sh", "-c", "ls /data; ls /opq"), env=multi.config.env))
+    pod = PodSpec(name=f"{TEST_TAG}-multi", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=128))
+    assert len(multi.layers) >= 2
+    with HyperVM(cfg, pod) as vm:
+        vm.boot()
+        assert vm.warm
+        code, out = run(vm, container)
+    assert code == 0, out
+    assert out.split() == ["keep.txt", "new.txt", "same.txt", "fresh.txt"], out
+
+
+def test_a_pool_vm_serves_one_pod_only(pooled: Any, layers: Any) -> None:
+    cfg, pool = pooled
+    busybox, _ = layers
+    assert pool.wait_full(FILL), pool.status()
+    container = Container("main", Rootfs(layers=busybox.layers),
+                          Process(args=("/bin/sh", "-c", "echo $HOSTNAME")))
+    seen: list[str] = []
+    for i in range(3):
+        pod = PodSpec(name=f"{TEST_TAG}-once{i}", containers=(container,),
+                      resources=Resources(cpus=1, memory_mib=128))
+        with HyperVM(cfg, pod) as vm:
+            vm.boot()
+            if vm.warm:
+                seen.append(vm.name)
+            assert run(vm, container)[0] == 0
+    assert len(seen) >= 2, "two VMs were ready: at least two pods start warm"
+    assert len(set(seen)) == len(seen), f"a pool VM was handed out twice: {seen}"
+    for name in seen:
+        assert name not in pool_vms()
+    assert pool.wait_full(FILL)
+    assert not pool_vms() & set(seen)
+
+
+def test_other_shapes_boot_cold(pooled: Any, layers: Any) -> None:
+    cfg, pool = pooled
+    busybox, _ = layers
+    container = Container("main", Rootfs(layers=busybox.layers), Process(args=("true",)))
+    pod = PodSpec(name=f"{TEST_TAG}-big", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=192))
+    claims = pool.claims
+    with HyperVM(cfg, pod) as vm:
+        vm.boot()
+        assert not vm.warm and vm.name.startswith(f"hypervm-{TEST_TAG}-big-")
+        assert run(vm, container)[0] == 0
+    assert pool.claims == claims
+
+
+CLAIMER = """
+import sys
+from pathlib import Path
+from executor.config import config_from_env
+from executor import warm
+lease, sock = warm.claim(config_from_env(), 1, 128)
+print(lease.vm, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_dead_claimers_vm_is_reaped(pooled: Any) -> None:
+    cfg, pool = pooled
+    assert pool.wait_full(FILL), pool.status()
+    env = {**os.environ, "HYPERVM_POOL_SOCKET": str(cfg.pool_socket), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CLAIMER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        name = proc.stdout.readline().strip() if proc.stdout else ""
+        assert name.startswith(f"hypervm-{POOL_NAME}-"), name
+        assert name in pool_vms()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while name in pool_vms() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert name not in pool_vms(), "the reaper must destroy a dead claimer's VM"
+        assert not (cfg.vms_dir / name).exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_executor_takes_warm_vms(pooled: Any, registry: Registry,
+                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    cfg, pool = pooled
+    assert pool.wait_full(FILL), pool.status()
+    ref = imagebuild.push(imagebuild.busybox_base(tmp_path_factory.mktemp("ex")), registry.host,
+                          "pool-exec", "1")
+    workdir = Path(tempfile.mkdtemp(prefix="hypervm-pool-agent-"))
+    workdir.chmod(0o755)
+    agent = AgentDouble(workdir / "agent", runtime=None, executor_id=f"{TEST_TAG}-poolexec",
+                        env={"HYPERVM_POOL_SOCKET": str(cfg.pool_socket)})
+    claims = pool.claims
+    try:
+        agent.start_executor()
+        agent.wait_subscribed(timeout=30)
+        agent.launch_group([{
+            "task_id": {"value": "w"}, "name": "w",
+            "container": {"type": "MESOS",
+                          "mesos": {"image": {"type": "DOCKER", "docker": {"name": ref}}}},
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                          # + the executor's own 32 MiB: the pool's 128
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}}],
+            "command": {"value": "echo warm > $MESOS_SANDBOX/from-vm; echo out"}}])
+        assert agent.wait_terminal("w", 120)["state"] == "TASK_FINISHED"
+        assert agent.states("w") == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+        assert agent.wait_executor_exit(60) == 0
+        assert pool.claims == claims + 1
+        sandbox = agent.sandbox / "tasks" / "w"
+        assert (sandbox / "stdout").read_text() == "out\n"
+        assert (sandbox / "from-vm").read_text() == "warm\n"
+        assert agent.violations == []
+    finally:
+        agent.stop()
+        print(agent.executor_log()[-6000:])
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)

@@ -1,0 +1,110 @@
+"""The warm pool's pure parts: settings, which pods fit a pool VM, the claim protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.config import config_from_env
+from executor.errors import InvalidSpec, PoolError
+from executor.network import NetworkSpec, PortMapping
+from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
+from executor.pool_spec import (Lease, PoolConfig, claim_request, decode, encode, parse_claim,
+                                unfit_reason)
+
+
+def _pod(**overrides: object) -> PodSpec:
+    values: dict[str, object] = dict(
+        name="web",
+        containers=(Container("web", Rootfs((Path("/l0.erofs"),)), Process(args=("true",))),),
+        resources=Resources(cpus=1, memory_mib=128),
+    )
+    values.update(overrides)
+    return PodSpec(**values)  # type: ignore[arg-type]
+
+
+def test_defaults_validate() -> None:
+    assert PoolConfig().validate() == PoolConfig(size=2, vcpus=1, memory_mib=128, name="pool")
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    (PoolConfig(size=0), "pool.size"),
+    (PoolConfig(size=65), "pool.size"),
+    (PoolConfig(vcpus=0), "pool.vcpus"),
+    (PoolConfig(memory_mib=16), "pool.memory_mib"),
+    (PoolConfig(name="no spaces"), "pool.name"),
+    (PoolConfig(name=""), "pool.name"),
+])
+def test_bad_settings_name_the_field(config: PoolConfig, field: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        config.validate()
+    assert info.value.field == field
+    assert info.value.hint
+
+
+def test_a_pod_of_the_pool_shape_fits() -> None:
+    assert unfit_reason(_pod(), 1, 128) is None
+    # a CPU limit is applied to the running VM, so it does not stop a warm start
+    assert unfit_reason(_pod(resources=Resources(1, 128, cpu_limit=0.5)), 1, 128) is None
+
+
+@pytest.mark.parametrize(("pod", "words"), [
+    (_pod(resources=Resources(cpus=2, memory_mib=128)), "2 vCPU / 128 MiB"),
+    (_pod(resources=Resources(cpus=1, memory_mib=64)), "1 vCPU / 64 MiB"),
+    (_pod(network=NetworkSpec(ports=(PortMapping(8080, 80),))), "publishes ports"),
+    (_pod(network=NetworkSpec(mode="none")), "network mode"),
+])
+def test_other_pods_boot_cold_with_a_reason(pod: PodSpec, words: str) -> None:
+    reason = unfit_reason(pod, 1, 128)
+    assert reason is not None and words in reason
+
+
+def test_protocol_lines_round_trip() -> None:
+    line = encode(claim_request(2, 256))
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert parse_claim(decode(line, "request")) == (2, 256)
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    (b"{nope\n", "request: not JSON"),
+    (b"[1]\n", "request: not a JSON object"),
+    (b"\xff\n", "request: not JSON"),
+    (b'{"op":"claim","x":"' + b"a" * 70000 + b'"}\n', "longer than"),
+])
+def test_bad_lines_are_pool_errors(line: bytes, words: str) -> None:
+    with pytest.raises(PoolError, match=words):
+        decode(line, "request")
+
+
+@pytest.mark.parametrize(("request_", "words"), [
+    ({"op": "claim", "memory_mib": 128}, "claim.vcpus"),
+    ({"op": "claim", "vcpus": True, "memory_mib": 128}, "claim.vcpus"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": "128"}, "claim.memory_mib"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 0}, "claim.memory_mib"),
+])
+def test_bad_claims_name_the_field(request_: dict, words: str) -> None:
+    with pytest.raises(PoolError, match=words):
+        parse_claim(request_)
+
+
+def test_lease_round_trips_and_errors_become_pool_errors() -> None:
+    lease = Lease(vm="hypervm-pool-1", run_dir=Path("/run/x"), ready={"version": 1},
+                  pool_metadata={"pool": "pool", "pool-state": "claimed"})
+    assert Lease.from_reply(decode(encode(lease.reply()), "reply")) == lease
+    with pytest.raises(PoolError, match="no warm VM is ready"):
+        Lease.from_reply({"error": "no warm VM is ready"})
+    with pytest.raises(PoolError, match="malformed"):
+        Lease.from_reply({"vm": "x", "run_dir": 3, "ready": {}})
+    with pytest.raises(PoolError, match="malformed"):
+        Lease.from_reply({"vm": "x", "run_dir": "/r", "ready": {}, "pool_metadata": {"a": 1}})
+
+
+def test_config_pool_settings() -> None:
+    cfg = config_from_env({"HYPERVM_RUN_DIR": "/run/x"})
+    assert cfg.use_pool and cfg.pool_socket == Path("/run/x/pool.sock")
+    cfg = config_from_env({"HYPERVM_POOL": "off", "HYPERVM_POOL_SOCKET": "/tmp/p.sock"})
+    assert not cfg.use_pool and cfg.pool_socket == Path("/tmp/p.sock")
+    with pytest.raises(InvalidSpec) as info:
+        config_from_env({"HYPERVM_POOL": "maybe"})
+    assert info.value.field == "HYPERVM_POOL"
