@@ -1,6 +1,7 @@
-"""Cold launch: LAUNCH through the Mesos agent double to the real ``hypervm-executor`` →
-TASK_RUNNING (the guest process started), one fresh executor and VM per run. The executor is
-started and subscribed before the clock starts, the image is already in the shared cache."""
+"""Cold and warm launch: LAUNCH through the Mesos agent double to the real ``hypervm-executor``
+→ TASK_RUNNING (the guest process started), one fresh executor and VM per run. The executor is
+started and subscribed before the clock starts, the image is already in the shared cache. Cold:
+the executor boots a VM (HYPERVM_POOL=off); warm: it claims one from the benchmark's pool."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.images import scratch_dir
@@ -21,12 +23,17 @@ TIMEOUT = 180.0
 #: the task's cpus: with the executor's 0.1 they make one whole vCPU, so no CFS quota throttles
 #: the VM (below a whole vCPU the executor caps it, and the boot slows in proportion)
 CPUS = 0.9
+#: the task's mem: with the executor's 32 MiB the VM has 128 MiB (the warm pool's shape)
+TASK_MEM = 96
+MEMORY_MIB = TASK_MEM + 32
 _READY_RE = re.compile(r"ready in ([0-9.]+) s")
 
 
 @dataclass(frozen=True)
 class Launch:
     running_s: float
+    #: the executor took a pool VM
+    warm: bool
     #: HyperVM.boot() as the executor logged it (kernel lookup, domain create, READY)
     vm_boot_s: float | None
     #: phases from the executor log's timestamps (ms resolution), see :func:`phases`
@@ -38,15 +45,17 @@ _MARKS = {
     "starting": re.compile(_STAMP + r".*TASK_STARTING", re.M),
     "image": re.compile(_STAMP + r".*vmimage\.images\.store: .*layers\)", re.M),
     "created": re.compile(_STAMP + r".*executor\.hypervisor: started ", re.M),
-    "ready": re.compile(_STAMP + r".*executor\.vm: .* ready in ", re.M),
+    "claimed": re.compile(_STAMP + r".*executor\.vm: .*: warm VM .* ready in ", re.M),
+    "ready": re.compile(_STAMP + r".*executor\.vm: hypervm-\S+ ready in ", re.M),
     "running": re.compile(_STAMP + r".*TASK_RUNNING", re.M),
 }
 
 
 def phases(executor_log: str) -> dict[str, float]:
-    """Where a cold launch goes, from the executor's log: STARTING sent → image resolved
-    (cache hit) → domain created (kernel/initrd lookup, libvirt, QEMU start) → READY (guest
-    boot) → RUNNING sent (START, container setup in the guest). Missing marks are skipped."""
+    """Where a launch goes, from the executor's log: STARTING sent → image resolved (cache
+    hit) → cold: domain created (kernel/initrd lookup, libvirt, QEMU start) → READY (guest
+    boot); warm: pool VM claimed and given the pod (disks, mounts, metadata) → RUNNING sent
+    (START, container setup in the guest). Missing marks are skipped."""
     from datetime import datetime
 
     times = {}
@@ -64,13 +73,17 @@ def task(tid: str, ref: str) -> dict[str, Any]:
             "container": {"type": "MESOS",
                           "mesos": {"image": {"type": "DOCKER", "docker": {"name": ref}}}},
             "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": CPUS}},
-                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 96}}],
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}],
             "command": {"value": "true"}}
 
 
-def launch_once(ref: str) -> Launch:
+def launch_once(ref: str, pool_socket: Path | None = None) -> Launch:
+    """One launch; warm from the pool at ``pool_socket``, else cold."""
     work = scratch_dir("agent")
-    agent = AgentDouble(work / "agent", runtime=None, executor_id=bench_name("cold"))
+    env = ({"HYPERVM_POOL_SOCKET": str(pool_socket)} if pool_socket is not None
+           else {"HYPERVM_POOL": "off"})
+    agent = AgentDouble(work / "agent", runtime=None, env=env,
+                        executor_id=bench_name("warm" if pool_socket else "cold"))
     try:
         agent.start_executor()
         agent.wait_subscribed(timeout=60)
@@ -84,7 +97,8 @@ def launch_once(ref: str) -> Launch:
         agent.wait_executor_exit(60)
         text = agent.executor_log()
         match = _READY_RE.search(text)
-        return Launch(took, float(match.group(1)) if match else None, phases(text))
+        warm = _MARKS["claimed"].search(text) is not None
+        return Launch(took, warm, float(match.group(1)) if match else None, phases(text))
     except BaseException:
         log.error("executor log:\n%s", agent.executor_log()[-4000:])
         raise

@@ -123,9 +123,29 @@ def check_tools(_: HostConfig) -> Check:
     return Check("tools", True, "mkfs.erofs")
 
 
+def check_pool(cfg: HostConfig) -> Check:
+    """The warm pool is optional: its absence is fine, a pool that does not answer is not."""
+    from executor import warm
+    from executor.errors import PoolError
+
+    if not cfg.use_pool:
+        return Check("warm pool", True, "off (HYPERVM_POOL=off): every VM boots cold")
+    if not cfg.pool_socket.exists():
+        return Check("warm pool", True, f"none serves at {cfg.pool_socket}: VMs boot cold "
+                     "(hypervm pool serve for fast starts)")
+    try:
+        state = warm.status(cfg)
+    except PoolError as e:
+        return Check("warm pool", False, str(e),
+                     f"restart hypervm pool serve, or remove the stale {cfg.pool_socket}")
+    return Check("warm pool", True,
+                 f"{state.get('ready')}/{state.get('size')} ready, {state.get('vcpus')} vCPU / "
+                 f"{state.get('memory_mib')} MiB, at {cfg.pool_socket}")
+
+
 CHECKS: tuple[Callable[[HostConfig], Check], ...] = (
     check_libvirt, check_qemu, check_accel, check_state_dir, check_tools, check_kernel,
-    check_initrd,
+    check_initrd, check_pool,
 )
 
 

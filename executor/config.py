@@ -30,6 +30,8 @@ class HostConfig:
     pool_socket_override: Path | None = None
     #: take pre-booted VMs from the warm pool when one serves (``hypervm pool serve``)
     use_pool: bool = True
+    #: TCG translation cache cap in MiB (DomainSpec.tb_cache_mib); None: QEMU's default
+    tb_cache_mib: int | None = None
 
     @property
     def kernel_dir(self) -> Path:
@@ -70,6 +72,12 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
 
         raise InvalidSpec("HYPERVM_POOL", f"unknown value {pool!r}",
                           hint="use auto (take warm VMs when a pool serves) or off")
+    tb_cache = env.get("HYPERVM_TCG_TB_CACHE_MIB", "")
+    if tb_cache and not tb_cache.isdigit():
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec("HYPERVM_TCG_TB_CACHE_MIB", f"{tb_cache!r} is not a number of MiB",
+                          hint="e.g. 8 (smaller VMs, slower guest code under TCG), or unset")
     return HostConfig(
         state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
@@ -79,4 +87,5 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         pool_socket_override=(Path(env["HYPERVM_POOL_SOCKET"]) if env.get("HYPERVM_POOL_SOCKET")
                               else None),
         use_pool=pool == "auto",
+        tb_cache_mib=int(tb_cache) if tb_cache else None,
     )

@@ -63,31 +63,52 @@ def check_version(ready: dict[str, Any]) -> None:
         )
 
 
-def await_ready(sock: socket.socket, timeout: float) -> dict[str, Any]:
-    """Read frames from a freshly connected channel until READY (without a reader thread, so
-    the connection can be handed to another process afterwards); returns its payload."""
+def _await_frame(sock: socket.socket, want: Callable[[Frame], bool], what: str,
+                 timeout: float) -> Frame:
+    """Read frames from a channel socket (no reader thread: the connection can be handed to
+    another process afterwards) until one ``want``s it; BootError on timeout or EOF."""
     decoder = proto.FrameDecoder()
     deadline = time.monotonic() + timeout
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BootError(f"the guest init sent no READY within {timeout:.0f} s")
+                raise BootError(f"the guest init sent no {what} within {timeout:.0f} s")
             sock.settimeout(remaining)
             data = sock.recv(64 * 1024)
             if not data:
-                raise BootError("the guest closed the channel before READY")
+                raise BootError(f"the guest closed the channel before {what}")
             for frame in decoder.feed(data):
-                if frame.type == MsgType.READY:
-                    ready = frame.json()
-                    check_version(ready)
-                    return ready
+                if want(frame):
+                    return frame
     except (TimeoutError, socket.timeout) as e:
-        raise BootError(f"the guest init sent no READY within {timeout:.0f} s") from e
+        raise BootError(f"the guest init sent no {what} within {timeout:.0f} s") from e
     except OSError as e:
-        raise BootError(f"guest channel failed before READY: {e}") from e
+        raise BootError(f"guest channel failed before {what}: {e}") from e
     finally:
         sock.settimeout(None)
+
+
+def await_ready(sock: socket.socket, timeout: float) -> dict[str, Any]:
+    """Wait for READY on a freshly connected channel socket; returns its payload."""
+    ready = _await_frame(sock, lambda f: f.type == MsgType.READY, "READY", timeout).json()
+    check_version(ready)
+    return ready
+
+
+def raw_request(sock: socket.socket, type_: MsgType, request_id: int, payload: dict[str, Any],
+                timeout: float) -> dict[str, Any]:
+    """One request on a channel socket no GuestChannel serves (a pool VM before its claim);
+    GuestError on an ERROR reply."""
+    sock.sendall(proto.encode_json(type_, request_id, payload))
+    frame = _await_frame(sock, lambda f: f.id == request_id and f.type in (MsgType.OK,
+                                                                          MsgType.ERROR),
+                         f"reply to {type_.name}", timeout)
+    reply = frame.json()
+    if frame.type is MsgType.ERROR:
+        raise GuestError(str(reply.get("code", "?")), str(reply.get("message", "")),
+                         errno=reply.get("errno"))
+    return reply
 
 
 @dataclass

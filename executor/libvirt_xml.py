@@ -40,9 +40,6 @@ class Defaults:
     #: ACPI lets the guest power the VM off (init's POWEROFF); its PCI IRQ routing is slow
     #: under TCG, so the guest boots with pci=noacpi (executor/vm.py)
     acpi: bool = True
-    #: TCG's translation cache (QEMU's default is 1 GiB, of which a booted idle VM keeps ~28 MiB
-    #: resident); 8 MiB: idle RSS -14 MiB, boot time unchanged (4 MiB slows boot by ~0.4 s)
-    tcg_tb_cache_mib: int = 8
     #: guest RAM in a memfd: QEMU then gets no transparent huge pages for it (with THP an idle
     #: 128 MiB guest kept 28 MiB resident for 21.5 MiB touched); measured in bench/README.md
     memory_backing: str | None = "memfd"
@@ -306,7 +303,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         cpu_mode=defaults.cpu_mode[spec.accel],
         acpi=defaults.acpi,
         lifecycle_action=defaults.lifecycle_action,
-        tb_cache_mib=defaults.tcg_tb_cache_mib if spec.accel == "tcg" else None,
+        tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
         memory_backing=defaults.memory_backing,
         metadata=Metadata(dict(spec.metadata)),
         cputune=spec.cputune,

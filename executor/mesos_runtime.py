@@ -179,9 +179,17 @@ def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
 # ---------------------------------------------------------------------------- the real runtime
 
 
+#: what a launch needs, imported when the executor starts instead of on the first launch's
+#: clock (~0.2 s: libvirt, the image store, docker-py's auth)
+LAUNCH_MODULES = ("executor.vm", "executor.hypervisor", "executor.accel", "executor.warm",
+                  "vmimage.images.store", "vmimage.initrd", "vmimage.kernel")
+
+
 class VMRuntime:
     def __init__(self, cfg: HostConfig) -> None:
         self.cfg = cfg
+        for name in LAUNCH_MODULES:
+            importlib.import_module(name)
 
     def create_pod(self, plan: PodPlan) -> Pod:
         return VMPod(self.cfg, plan)

@@ -227,11 +227,13 @@ def resolver_search(resolv_conf: str) -> tuple[str, ...]:
 
 
 def guest_config(spec: NetworkSpec, mac: str, hostnames: Sequence[str],
-                 host_resolv_conf: str = "") -> dict[str, Any] | None:
+                 host_resolv_conf: str = "", *, interfaces: bool = True) -> dict[str, Any] | None:
     """The NETWORK request's payload (init/PROTOCOL.md), or None for mode "none".
 
     The guest resolves through slirp's DNS proxy (which forwards to the host's resolvers) with
     the host's search domains; /etc/hosts names the VM's address after every container.
+    ``interfaces=False`` leaves the interface as it is: a pool VM's was configured at boot
+    (bringing a virtio NIC up is the costly part under TCG).
     """
     if spec.mode == "none":
         return None
@@ -243,17 +245,19 @@ def guest_config(spec: NetworkSpec, mac: str, hostnames: Sequence[str],
     if names:
         hosts.append({"address": GUEST_ADDRESS, "names": names[:8]})
     hosts += [{"address": address, "names": [name]} for name, address in spec.extra_hosts]
-    return {
-        "interfaces": [{
-            "mac": mac,
-            "address": GUEST_ADDRESS,
-            "prefix": GUEST_NETWORK.prefixlen,
-            "gateway": HOST_ADDRESS,
-        }],
+    config: dict[str, Any] = {
         "nameservers": [DNS_ADDRESS],
         "search": list(resolver_search(host_resolv_conf)),
         "hosts": hosts,
     }
+    if interfaces:
+        config["interfaces"] = [{
+            "mac": mac,
+            "address": GUEST_ADDRESS,
+            "prefix": GUEST_NETWORK.prefixlen,
+            "gateway": HOST_ADDRESS,
+        }]
+    return config
 
 
 def forward_error(err: HyperVMError, spec: NetworkSpec) -> NetworkError | None:

@@ -9,7 +9,8 @@ Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand
 carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim rewrites the
 owner to the claiming process (SO_PEERCRED) *before* the reply leaves, so at every moment a live
 process answers for the VM. When the owner dies, the reaper here (every ``reap_interval``
-seconds) or ``hypervm gc`` destroys it. Stopping the daemon destroys its idle VMs.
+seconds) or ``hypervm gc`` destroys it; that covers the idle VMs of a killed daemon too.
+Stopping the daemon destroys its idle VMs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from executor import network
 from executor.config import HostConfig
 from executor.domain import DOMAIN_PREFIX
 from executor.errors import HostError, HyperVMError, PoolError
-from executor.guest_channel import await_ready, connect_socket
+from executor.agent_protocol import MsgType
+from executor.guest_channel import await_ready, connect_socket, raw_request
 from executor.pool_spec import (MAX_LINE, SHARE_DIR, Lease, PoolConfig, decode, encode,
                                 parse_claim, pool_domain_spec)
 
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 META_POOL = "pool"
 META_POOL_STATE = "pool-state"
 BOOT_TIMEOUT = 60.0
+#: the pool's own request on a VM's channel (the claimer's GuestChannel numbers from 1; the
+#: reply is consumed before the hand-over, so the ids never meet)
+NETWORK_REQUEST_ID = 0x7FFF_0000
 #: after a failed boot, wait this long (doubling up to the max) before the next attempt
 RETRY_BACKOFF = (1.0, 30.0)
 
@@ -95,7 +100,12 @@ class WarmPool:
             "accel": self._accel or detect_accel(self.cfg),
         }
         self._hv = Hypervisor(self.cfg.libvirt_uri, events=False, autodestroy=False)
-        self._server = self._bind()
+        try:
+            self._server = self._bind()
+        except BaseException:
+            self._hv.close()
+            self._hv = None
+            raise
         for target, name in ((self._refill_loop, "pool-refill"), (self._serve_loop, "pool-serve"),
                              (self._reap_loop, "pool-reap")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -222,7 +232,7 @@ class WarmPool:
             name=name, run_dir=run_dir, vcpus=self.config.vcpus,
             memory_mib=self.config.memory_mib, metadata=metadata,
             qemu_args=network.qemu_args(network.NetworkSpec(), network.mac_address(name)),
-            **self._boot)
+            tb_cache_mib=self.cfg.tb_cache_mib, **self._boot)
         with self._cond:
             self._booting.add(name)
         sock = None
@@ -233,6 +243,9 @@ class WarmPool:
             self._hv.create(spec)
             sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
             ready = await_ready(sock, BOOT_TIMEOUT)
+            # the NIC now, not at claim time: the claimer only sends the pod's /etc files
+            nic = network.guest_config(network.NetworkSpec(), network.mac_address(name), [])
+            raw_request(sock, MsgType.NETWORK, NETWORK_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("pool VM %s did not boot: %s", name, e)
@@ -336,9 +349,10 @@ class WarmPool:
 
         while not self._stopping.wait(self.reap_interval):
             try:
+                # claimed VMs whose claimer died, and idle ones of a previous daemon of this
+                # pool that died without cleaning up (this daemon's own are owned by it)
                 ours = [d for d in self._hv.list_ours()
-                        if d.metadata.get(META_POOL) == self.config.name
-                        and d.metadata.get(META_POOL_STATE) == "claimed"]
+                        if d.metadata.get(META_POOL) == self.config.name]
                 for leftover in select_leftovers(ours, process_start_time):
                     log.info("reaping %s: %s", leftover.name, leftover.reason)
                     self._discard(leftover.name, self.cfg.vms_dir / leftover.name, None)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.domain import (MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, DomainSpec,
+from executor.domain import (MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, CpuTune, DomainSpec,
                              ShareSpec)
 from executor.errors import InvalidSpec, PoolError
 from executor.podspec import PodSpec
@@ -38,6 +38,11 @@ POOL_SHARE_TAG = "pool"
 SHARE_DIR = "share"
 #: how long init waits for the hot-added layer disks to appear (START rootfs.wait_ms)
 LAYER_WAIT_MS = 10_000
+#: CPU weight of a pool VM until it is claimed (cgroup cpu shares; libvirt's default is 1024):
+#: refilling the pool must not slow the launch that just took a VM from it
+IDLE_CPU_SHARES = 64
+#: the weight a claimed VM gets back
+CLAIMED_CPU_SHARES = 1024
 MAX_POOL_SIZE = 64
 MAX_LINE = 64 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -87,14 +92,15 @@ def unfit_reason(pod: PodSpec, vcpus: int, memory_mib: int) -> str | None:
 
 def pool_domain_spec(*, name: str, run_dir: Path, vcpus: int, memory_mib: int, kernel: Path,
                      initrd: Path, cmdline: str, accel: str, metadata: dict[str, str],
-                     qemu_args: tuple[str, ...]) -> DomainSpec:
+                     qemu_args: tuple[str, ...], tb_cache_mib: int | None = None) -> DomainSpec:
     """The domain of an empty pool VM (no disks; the SCSI controller and the pool share)."""
     return DomainSpec(
         name=name, accel=accel, vcpus=vcpus, memory_mib=memory_mib, kernel=kernel,
         initrd=initrd, cmdline=cmdline, channel_socket=run_dir / "channel.sock",
         console_log=run_dir / "console.log",
         shares=(ShareSpec(source=run_dir / SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap"),),
-        metadata=metadata, qemu_args=qemu_args, scsi_controller=True,
+        metadata=metadata, qemu_args=qemu_args, scsi_controller=True, tb_cache_mib=tb_cache_mib,
+        cputune=CpuTune(shares=IDLE_CPU_SHARES),
     )
 
 

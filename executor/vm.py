@@ -7,6 +7,7 @@ images become which disks, the boot/teardown sequence and the process bookkeepin
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import shutil
@@ -25,7 +26,7 @@ from executor.domain import CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
 from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
 from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process, Resources
-from executor.pool_spec import LAYER_WAIT_MS, POOL_SHARE_TAG
+from executor.pool_spec import CLAIMED_CPU_SHARES, LAYER_WAIT_MS, POOL_SHARE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class HyperVM:
             cputune=cputune,
             memtune=memtune,
             qemu_args=network.qemu_args(self.pod.network, self.mac_address),
+            tb_cache_mib=self.cfg.tb_cache_mib,
         )
 
     @property
@@ -225,7 +227,7 @@ class HyperVM:
                 target.mkdir()
                 warm.bind_into_qemu(qemu_pid, source, target, self._share_readonly(source))
         cputune, memtune = resource_bounds(self.pod.resources)
-        hv.tune(self.name, cputune, memtune)
+        hv.tune(self.name, dataclasses.replace(cputune, shares=CLAIMED_CPU_SHARES), memtune)
         ready = channel.attach(sock, timeout, lease.ready)
         self.guest_kernel = ready.get("kernel")
         self._configure_network()
@@ -278,7 +280,7 @@ class HyperVM:
     def _configure_network(self) -> None:
         hostnames = [c.hostname or c.name for c in self.pod.containers]
         payload = network.guest_config(self.pod.network, self.mac_address, hostnames,
-                                       network.host_resolv_conf())
+                                       network.host_resolv_conf(), interfaces=not self.warm)
         if payload is not None:
             self.channel.request(MsgType.NETWORK, payload)
 

@@ -251,3 +251,62 @@ def test_the_executor_takes_warm_vms(pooled: Any, registry: Registry,
         agent.stop()
         print(agent.executor_log()[-6000:])
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_pool_serve_and_status_from_the_cli(tmp_path: Path) -> None:
+    """``hypervm pool serve`` fills, ``status`` reports it, SIGTERM destroys the idle VM."""
+    sock = Path(tempfile.mkdtemp(prefix="hypervm-pool-cli-")) / "pool.sock"
+    name = f"{TEST_TAG}-clipool"
+    env = {**os.environ, "HYPERVM_POOL_SOCKET": str(sock), "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "executor.cli"]
+    serve = subprocess.Popen([*cli, "pool", "serve", "--size", "1", "--name", name], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + FILL
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            out = subprocess.run([*cli, "pool", "status"], env=env, capture_output=True,
+                                 text=True, check=False)
+            if out.returncode == 0:
+                import json
+
+                status = json.loads(out.stdout)
+                if status["ready"] == 1:
+                    break
+            time.sleep(0.5)
+        assert status.get("ready") == 1, status
+        assert (status["name"], status["vcpus"], status["memory_mib"]) == (name, 1, 128)
+        vms = our_domains(f"hypervm-{name}-")
+        assert len(vms) == 1
+        # a second daemon on the same socket is refused with one line
+        second = subprocess.run([*cli, "pool", "serve", "--size", "1"], env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"hypervm: error: a warm pool already serves at {sock} (stop it first, or set "
+            "HYPERVM_POOL_SOCKET)"]
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+        assert our_domains(f"hypervm-{name}-") == set()
+        assert not sock.exists()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        for vm in our_domains(f"hypervm-{name}-"):
+            subprocess.run(["virsh", "-c", "qemu:///system", "destroy", vm], check=False)
+        subprocess.run(["rm", "-rf", str(sock.parent)], check=False)
+
+
+def test_bad_pool_settings_are_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "HYPERVM_POOL_SOCKET": str(tmp_path / "p.sock"),
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "serve", "--size", "0"],
+                         env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "hypervm: error: pool.size: 0 is out of range (use 1..64)"]
+    out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "status"], env=env,
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"hypervm: error: no warm pool serves at {tmp_path / 'p.sock'}"

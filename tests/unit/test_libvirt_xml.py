@@ -60,6 +60,7 @@ SPECS = {
                   "pool-state": "idle"},
         qemu_args=()),
     "tcg-pod": _base(
+        tb_cache_mib=8,
         disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),),
         shares=(ShareSpec(Path("/var/lib/mesos/sandbox/web"), "s0", readonly=False),),
     ),
@@ -83,6 +84,7 @@ SPECS = {
             "label.tenant": "a&b <c> \"d\" 'e'",
         },
         cputune=CpuTune(shares=2048, period_us=100000, quota_us=400000),
+        tb_cache_mib=64,  # TCG only: no <tcg> element for KVM
         memtune=MemTune(hard_limit_mib=2304),
         qemu_args=(
             "-netdev",
@@ -340,8 +342,11 @@ def test_metadata_element_round_trips_through_the_parser() -> None:
 
 
 def test_idle_memory_knobs() -> None:
-    """TCG's translation cache is capped and guest RAM is a memfd (no THP): the idle VM's RSS
-    (bench); KVM has no translation cache to cap."""
+    """Guest RAM is a memfd (no THP): the idle VM's RSS (bench); TCG's translation cache is
+    capped when asked (QEMU's default otherwise); KVM has no translation cache to cap."""
+    assert ET.fromstring(domain_xml(SPECS["tcg-pool"])).find("features/tcg") is None
+    with pytest.raises(InvalidSpec, match="tb_cache_mib"):
+        domain_xml(_base(tb_cache_mib=0))
     tcg = ET.fromstring(domain_xml(SPECS["tcg-pod"]))
     assert tcg.findtext("features/tcg/tb-cache") == "8"
     assert _find(tcg, "features/tcg/tb-cache").get("unit") == "MiB"

@@ -108,3 +108,11 @@ def test_config_pool_settings() -> None:
     with pytest.raises(InvalidSpec) as info:
         config_from_env({"HYPERVM_POOL": "maybe"})
     assert info.value.field == "HYPERVM_POOL"
+
+
+def test_config_translation_cache() -> None:
+    assert config_from_env({}).tb_cache_mib is None
+    assert config_from_env({"HYPERVM_TCG_TB_CACHE_MIB": "8"}).tb_cache_mib == 8
+    with pytest.raises(InvalidSpec) as info:
+        config_from_env({"HYPERVM_TCG_TB_CACHE_MIB": "8M"})
+    assert info.value.field == "HYPERVM_TCG_TB_CACHE_MIB"
