@@ -104,6 +104,8 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
     leftovers = wait_no_new_domains(before)
     _fill(doc, samples, hits, dens, imported, plan)
     doc["idle_vm_rss_by_mapping"] = _rss_breakdown(env, layers)
+    details["idle_vm_memory_tb_cache_mib"] = {
+        str(mib): _idle_memory(env, layers, mib) for mib in TB_CACHE_CHOICES}
     details["leftover_vms"] = leftovers
     doc["machine"]["loadavg_after"] = load_average()
     doc["kernel_at_end"] = env.current().kernel.key or str(env.current().kernel.path)
@@ -257,6 +259,27 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         f"hypervm_boot{TUNED_CMDLINE}_p50 / hypervm_boot_p50": ratio(
             tuned.p50 if tuned else None, plain.p50 if plain else None),
     }
+
+
+#: the TCG translation cache sizes whose idle RSS is measured besides QEMU's default (None)
+TB_CACHE_CHOICES = (None, 8)
+
+
+def _idle_memory(env: VMEnv, layers: list[Path], tb_cache_mib: int | None) -> dict[str, Any]:
+    """RSS and PSS of one idle HyperVM's QEMU with the given translation cache cap."""
+    from bench.vmenv import pss_mib, rss_mib
+    from executor.vm import HyperVM
+
+    cfg = dataclasses.replace(env.cfg, tb_cache_mib=tb_cache_mib)
+    with Hypervisor(env.cfg.libvirt_uri) as hv:
+        with HyperVM(cfg, density.pod(layers, "tb"), hypervisor=hv, accel=env.accel) as vm:
+            vm.boot()
+            boot_s = vm.boot_seconds
+            time.sleep(density.SETTLE_S)
+            pid = hv.qemu_pid(vm.name)
+            rss, pss = (rss_mib(pid), pss_mib(pid)) if pid else (None, None)
+    return {"rss_mib": rss and round(rss, 1), "pss_mib": pss and round(pss, 1),
+            "boot_s": boot_s and round(boot_s, 3)}
 
 
 def _rss_breakdown(env: VMEnv, layers: list[Path]) -> list[dict[str, Any]]:
