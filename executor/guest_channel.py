@@ -7,6 +7,7 @@ process handle. Requests block the caller until their reply arrives.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import socket
@@ -63,52 +64,63 @@ def check_version(ready: dict[str, Any]) -> None:
         )
 
 
-def _await_frame(sock: socket.socket, want: Callable[[Frame], bool], what: str,
-                 timeout: float) -> Frame:
-    """Read frames from a channel socket (no reader thread: the connection can be handed to
-    another process afterwards) until one ``want``s it; BootError on timeout or EOF."""
-    decoder = proto.FrameDecoder()
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BootError(f"the guest init sent no {what} within {timeout:.0f} s")
-            sock.settimeout(remaining)
-            data = sock.recv(64 * 1024)
-            if not data:
-                raise BootError(f"the guest closed the channel before {what}")
-            for frame in decoder.feed(data):
-                if want(frame):
-                    return frame
-    except (TimeoutError, socket.timeout) as e:
-        raise BootError(f"the guest init sent no {what} within {timeout:.0f} s") from e
-    except OSError as e:
-        raise BootError(f"guest channel failed before {what}: {e}") from e
-    finally:
-        sock.settimeout(None)
+class RawChannel:
+    """A channel socket served without a reader thread, so that the connection can be handed to
+    another process afterwards (the warm pool talks to its VMs so before a claim). Frames read
+    past the one awaited are kept for the next wait."""
 
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = proto.FrameDecoder()
+        self._frames: collections.deque[Frame] = collections.deque()
 
-def await_ready(sock: socket.socket, timeout: float) -> dict[str, Any]:
-    """Wait for READY on a freshly connected channel socket; returns its payload."""
-    ready = _await_frame(sock, lambda f: f.type == MsgType.READY, "READY", timeout).json()
-    check_version(ready)
-    return ready
+    def await_frame(self, want: Callable[[Frame], bool], what: str, timeout: float) -> Frame:
+        """The first frame ``want`` accepts (others are dropped); BootError on timeout/EOF."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                while self._frames:
+                    frame = self._frames.popleft()
+                    if want(frame):
+                        return frame
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BootError(f"the guest init sent no {what} within {timeout:.0f} s")
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(64 * 1024)
+                if not data:
+                    raise BootError(f"the guest closed the channel before {what}")
+                self._frames.extend(self._decoder.feed(data))
+        except (TimeoutError, socket.timeout) as e:
+            raise BootError(f"the guest init sent no {what} within {timeout:.0f} s") from e
+        except OSError as e:
+            raise BootError(f"guest channel failed before {what}: {e}") from e
+        finally:
+            self.sock.settimeout(None)
 
+    def ready(self, timeout: float) -> dict[str, Any]:
+        """Wait for READY on a freshly connected channel; returns its payload."""
+        ready = self.await_frame(lambda f: f.type == MsgType.READY, "READY", timeout).json()
+        check_version(ready)
+        return ready
 
-def raw_request(sock: socket.socket, type_: MsgType, request_id: int, payload: dict[str, Any],
+    def request(self, type_: MsgType, request_id: int, payload: dict[str, Any],
                 timeout: float) -> dict[str, Any]:
-    """One request on a channel socket no GuestChannel serves (a pool VM before its claim);
-    GuestError on an ERROR reply."""
-    sock.sendall(proto.encode_json(type_, request_id, payload))
-    frame = _await_frame(sock, lambda f: f.id == request_id and f.type in (MsgType.OK,
-                                                                          MsgType.ERROR),
-                         f"reply to {type_.name}", timeout)
-    reply = frame.json()
-    if frame.type is MsgType.ERROR:
-        raise GuestError(str(reply.get("code", "?")), str(reply.get("message", "")),
-                         errno=reply.get("errno"))
-    return reply
+        """One request and its reply; GuestError on an ERROR reply."""
+        self.sock.sendall(proto.encode_json(type_, request_id, payload))
+        frame = self.await_frame(
+            lambda f: f.id == request_id and f.type in (MsgType.OK, MsgType.ERROR),
+            f"reply to {type_.name}", timeout)
+        reply = frame.json()
+        if frame.type is MsgType.ERROR:
+            raise GuestError(str(reply.get("code", "?")), str(reply.get("message", "")),
+                             errno=reply.get("errno"))
+        return reply
+
+    def await_exit(self, handle: int, timeout: float) -> ExitStatus:
+        frame = self.await_frame(lambda f: f.id == handle and f.type == MsgType.EXIT,
+                                 f"EXIT of process {handle}", timeout)
+        return ExitStatus.from_payload(frame.json())
 
 
 @dataclass

@@ -31,11 +31,13 @@ from typing import Any
 from executor import network
 from executor.config import HostConfig
 from executor.domain import DOMAIN_PREFIX
-from executor.errors import HostError, HyperVMError, PoolError
+from executor.errors import BootError, HostError, HyperVMError, PoolError
 from executor.agent_protocol import MsgType
-from executor.guest_channel import await_ready, connect_socket, raw_request
-from executor.pool_spec import (MAX_LINE, SHARE_DIR, Lease, PoolConfig, decode, encode,
-                                parse_claim, pool_domain_spec)
+from executor.domain import DiskSpec
+from executor.guest_channel import RawChannel, connect_socket
+from executor.pool_spec import (MAX_LINE, POOL_REQUEST_ID, SHARE_DIR, WARMUP_HANDLE,
+                                WARMUP_SERIAL, WARMUP_UNIT, Lease, PoolConfig, decode, encode,
+                                parse_claim, pool_domain_spec, warmup_start)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,9 @@ log = logging.getLogger(__name__)
 META_POOL = "pool"
 META_POOL_STATE = "pool-state"
 BOOT_TIMEOUT = 60.0
-#: the pool's own request on a VM's channel (the claimer's GuestChannel numbers from 1; the
-#: reply is consumed before the hand-over, so the ids never meet)
-NETWORK_REQUEST_ID = 0x7FFF_0000
+#: after a claim, wait this long before booting its replacement: a boot (QEMU start, a guest
+#: kernel under TCG) competes for the CPU the claimed VM's launch needs right then
+REFILL_DELAY_S = 1.0
 #: after a failed boot, wait this long (doubling up to the max) before the next attempt
 RETRY_BACKOFF = (1.0, 30.0)
 
@@ -64,13 +66,16 @@ class WarmPool:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
-                 accel: str | None = None) -> None:
+                 refill_delay: float = REFILL_DELAY_S, accel: str | None = None) -> None:
         self.cfg = cfg
         self.config = config.validate()
         self.reap_interval = reap_interval
+        self.refill_delay = refill_delay
+        self._last_claim = 0.0
         self._accel = accel
         self._hv: Any = None
         self._boot: dict[str, Any] = {}
+        self._boot_layer = Path()
         self._idle: collections.deque[_Idle] = collections.deque()
         self._booting: set[str] = set()
         self._cond = threading.Condition()
@@ -91,7 +96,10 @@ class WarmPool:
         from vmimage.initrd import ensure_initrd
         from vmimage.kernel import find_kernel
 
+        from vmimage.rootfs import ensure_warmup_layer
+
         kernel = find_kernel(self.cfg)
+        self._boot_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
         self._boot = {
             "kernel": kernel.path,
             "initrd": ensure_initrd(self.cfg, kernel),
@@ -190,6 +198,7 @@ class WarmPool:
                 if not self._idle:
                     raise PoolError("no warm VM is ready")
                 vm = self._idle.popleft()
+                self._last_claim = time.monotonic()
                 self._cond.notify_all()  # the refill thread boots a replacement
             try:
                 self._hv.set_metadata(vm.name, {**vm.metadata, META_POOL_STATE: "claimed",
@@ -216,6 +225,10 @@ class WarmPool:
                     self._cond.wait(1.0)
             if self._stopping.is_set():
                 return
+            # a claim was just made: let its launch have the CPU before booting a replacement
+            while (pause := self._last_claim + self.refill_delay - time.monotonic()) > 0:
+                if self._stopping.wait(pause):
+                    return
             if self._boot_one():
                 backoff = RETRY_BACKOFF[0]
             else:
@@ -242,10 +255,7 @@ class WarmPool:
             (run_dir / SHARE_DIR).mkdir(mode=0o755)
             self._hv.create(spec)
             sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
-            ready = await_ready(sock, BOOT_TIMEOUT)
-            # the NIC now, not at claim time: the claimer only sends the pod's /etc files
-            nic = network.guest_config(network.NetworkSpec(), network.mac_address(name), [])
-            raw_request(sock, MsgType.NETWORK, NETWORK_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
+            ready = self._prepare(name, RawChannel(sock))
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("pool VM %s did not boot: %s", name, e)
@@ -266,6 +276,22 @@ class WarmPool:
         if stale:
             self._discard(name, run_dir, sock)
         return True
+
+    def _prepare(self, name: str, channel: RawChannel) -> dict[str, Any]:
+        """After READY, what every claimer would otherwise wait for: the NIC configured (the
+        claimer only sends its pod's /etc files) and one throwaway container run."""
+        from executor.libvirt_xml import hotplug_disk_xml
+
+        ready = channel.ready(BOOT_TIMEOUT)
+        nic = network.guest_config(network.NetworkSpec(), network.mac_address(name), [])
+        channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
+        self._hv.attach_device(name, hotplug_disk_xml(
+            DiskSpec(path=self._boot_layer, serial=WARMUP_SERIAL), WARMUP_UNIT))
+        channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(), BOOT_TIMEOUT)
+        status = channel.await_exit(WARMUP_HANDLE, BOOT_TIMEOUT)
+        if status.code != 0:
+            raise BootError(f"the warm-up container of {name} ended with {status.describe()}")
+        return ready
 
     def _discard(self, name: str, run_dir: Path, sock: socket.socket | None) -> None:
         if sock is not None:

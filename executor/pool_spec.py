@@ -43,6 +43,30 @@ LAYER_WAIT_MS = 10_000
 IDLE_CPU_SHARES = 64
 #: the weight a claimed VM gets back
 CLAIMED_CPU_SHARES = 1024
+#: the warm-up layer's disk: LUN 0, serial "hvwarmup"; a pod's layers take the LUNs after it
+WARMUP_SERIAL = "hvwarmup"
+WARMUP_UNIT = 0
+FIRST_POD_UNIT = 1
+#: the pool's own requests on a VM's channel; the claimer's GuestChannel numbers its requests
+#: and process handles from 1, and every reply and EXIT is consumed before the hand-over
+POOL_REQUEST_ID = 0x7FFF_0000
+WARMUP_HANDLE = 0x7FFF_0001
+
+
+def warmup_start(destination: str = "/mnt/pool") -> dict[str, Any]:
+    """The START of the throwaway container a pool VM runs before it is handed out: it walks
+    the path every pod's first START takes (layer mount, overlay, namespaces, the pool share's
+    9p mount, exec), so the guest kernel code is translated (TCG) and the pool share mounted
+    before the claim rather than on the launch's clock."""
+    return {
+        "container": "hypervm-warmup",
+        "handle": WARMUP_HANDLE,
+        "rootfs": {"layers": [WARMUP_SERIAL], "readonly": False, "wait_ms": LAYER_WAIT_MS},
+        "mounts": [{"type": "9p", "source": POOL_SHARE_TAG, "destination": destination,
+                    "readonly": True}],
+        "hostname": "warmup",
+        "process": {"args": ["/bin/true"], "env": ["PATH=/bin"]},
+    }
 MAX_POOL_SIZE = 64
 MAX_LINE = 64 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")

@@ -26,7 +26,8 @@ from executor.domain import CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
 from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
 from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process, Resources
-from executor.pool_spec import CLAIMED_CPU_SHARES, LAYER_WAIT_MS, POOL_SHARE_TAG
+from executor.pool_spec import (CLAIMED_CPU_SHARES, FIRST_POD_UNIT, LAYER_WAIT_MS,
+                                POOL_SHARE_TAG)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class HyperVM:
                                     **owner_metadata()})
         self._assign_devices()
         self._give_owned_shares()
-        for unit, (path, serial) in enumerate(self._layer_serials.items()):
+        for unit, (path, serial) in enumerate(self._layer_serials.items(), FIRST_POD_UNIT):
             hv.attach_device(self.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
                                                          unit))
         if self._share_tags:

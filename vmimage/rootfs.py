@@ -117,3 +117,22 @@ def make_busybox_rootfs(dest: Path, busybox: Path = BUSYBOX) -> Path:
         (dest / name).write_text(text)
         (dest / name).chmod(0o644)
     return dest
+
+
+#: bump when the warm-up layer's content changes
+WARMUP_VERSION = 1
+
+
+def ensure_warmup_layer(rootfs_dir: Path, busybox: Path = BUSYBOX) -> Path:
+    """The busybox layer a warm pool VM runs one throwaway container from before it is handed
+    out (executor/pool.py), built once per host under ``rootfs_dir``; returns its path."""
+    import hashlib
+
+    digest = hashlib.sha256(busybox.read_bytes()).hexdigest()[:16]
+    dest = Path(rootfs_dir) / f"warmup-v{WARMUP_VERSION}-{digest}.erofs"
+    if dest.exists():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="hypervm-warmup-") as tmp:
+        root = make_busybox_rootfs(Path(tmp) / "root", busybox)
+        build_layer_image(root, dest)  # atomic: concurrent builders just rename twice
+    return dest

@@ -148,3 +148,42 @@ def test_vm_going_away_reports_running_processes_lost(sock_path: Path,
     assert done.wait(5)
     assert exits[0].lost and exits[0].code == 255
     assert "VM stopped" in exits[0].describe()
+
+
+def test_raw_channel_keeps_frames_read_past_the_awaited_one() -> None:
+    """The pool's channel: a reply and the EXIT after it may arrive in one read."""
+    import socket as socketlib
+
+    from executor import agent_protocol as proto
+    from executor.agent_protocol import MsgType
+    from executor.errors import BootError, GuestError
+    from executor.guest_channel import RawChannel
+
+    host, guest = socketlib.socketpair()
+    try:
+        channel = RawChannel(host)
+        guest.sendall(proto.encode_json(MsgType.READY, 0, {"version": proto.VERSION}))
+        assert channel.ready(2)["version"] == proto.VERSION
+        guest.sendall(proto.encode_json(MsgType.OK, 7, {"pid": 3})
+                      + proto.encode(MsgType.STDOUT, 9, b"noise")
+                      + proto.encode_json(MsgType.EXIT, 9, {"status": 0, "signal": None}))
+        assert channel.request(MsgType.START, 7, {}, 2) == {"pid": 3}
+        assert channel.await_exit(9, 2).code == 0
+        guest.sendall(proto.encode_json(MsgType.ERROR, 8, {"code": "EINVAL", "message": "x"}))
+        with pytest.raises(GuestError) as info:
+            channel.request(MsgType.NETWORK, 8, {}, 2)
+        assert info.value.code == "EINVAL"
+        with pytest.raises(BootError, match="no EXIT of process 5 within"):
+            channel.await_exit(5, 0.2)
+        guest.setblocking(False)
+        while True:  # read what the host sent, so closing is a clean EOF, not a reset
+            try:
+                if not guest.recv(65536):
+                    break
+            except BlockingIOError:
+                break
+        guest.close()
+        with pytest.raises(BootError, match="closed the channel"):
+            channel.await_exit(5, 2)
+    finally:
+        host.close()

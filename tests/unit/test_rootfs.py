@@ -132,3 +132,21 @@ def test_busybox_rootfs_refuses_a_used_directory(tmp_path: Path) -> None:
 
     with pytest.raises(HostError):
         make_busybox_rootfs(tmp_path / "r")
+
+
+def test_warmup_layer_is_built_once_per_busybox(tmp_path: Path) -> None:
+    from vmimage.rootfs import ensure_warmup_layer
+
+    if shutil.which("mkfs.erofs") is None or not Path("/bin/busybox").exists():
+        pytest.skip("needs mkfs.erofs and busybox-static (make deps)")
+    first = ensure_warmup_layer(tmp_path)
+    assert first.parent == tmp_path and first.name.startswith("warmup-v1-")
+    assert stat.S_IMODE(first.stat().st_mode) == 0o644  # QEMU (libvirt-qemu) reads it
+    assert first.read_bytes()[1024:1028] == b"\xe2\xe1\xf5\xe0"  # the erofs superblock magic
+    mtime = first.stat().st_mtime_ns
+    assert ensure_warmup_layer(tmp_path) == first and first.stat().st_mtime_ns == mtime
+    other = tmp_path / "busybox-copy"
+    other.write_bytes(Path("/bin/busybox").read_bytes() + b"\0")
+    other.chmod(0o755)
+    assert ensure_warmup_layer(tmp_path, other) != first  # another busybox, another layer
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")) == []
