@@ -190,16 +190,35 @@ class VMRuntime:
         self.cfg = cfg
         for name in LAUNCH_MODULES:
             importlib.import_module(name)
+        self.hypervisor: Any = None
+        self._hv_lock = threading.Lock()
+        try:
+            self.shared_hypervisor()
+        except HyperVMError as e:  # the launch will try again and report it
+            log.warning("libvirt: %s", e)
+
+    def shared_hypervisor(self) -> Any:
+        """One libvirt connection for the executor's life, opened when the executor starts,
+        off the launch's clock (VMs it creates are auto-destroyed when the executor dies, as
+        with a connection per VM)."""
+        from executor.hypervisor import Hypervisor
+
+        with self._hv_lock:
+            if self.hypervisor is None:
+                self.hypervisor = Hypervisor(self.cfg.libvirt_uri)
+            return self.hypervisor
 
     def create_pod(self, plan: PodPlan) -> Pod:
-        return VMPod(self.cfg, plan)
+        return VMPod(self.cfg, plan, self.shared_hypervisor)
 
 
 class VMPod:
     """One HyperVM running every task of a group as a container."""
 
-    def __init__(self, cfg: HostConfig, plan: PodPlan) -> None:
+    def __init__(self, cfg: HostConfig, plan: PodPlan,
+                 hypervisor: Callable[[], Any] = lambda: None) -> None:
         self.cfg, self.plan = cfg, plan
+        self._hypervisor = hypervisor  # None: the HyperVM opens its own connection
         self.names = container_names(plan.tasks)
         self.vm: Any = None
         self._containers: dict[str, Container] = {}
@@ -229,7 +248,7 @@ class VMPod:
         with self._lock:
             if self._destroyed:
                 raise HyperVMError("the pod was destroyed while it booted")
-            self.vm = HyperVM(self.cfg, pod)
+            self.vm = HyperVM(self.cfg, pod, hypervisor=self._hypervisor())
         self.vm.boot()
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:

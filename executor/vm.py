@@ -193,6 +193,8 @@ class HyperVM:
             self.destroy()
             self.name, self.run_dir, self.warm = cold_name, cold_dir, False
             self._destroyed, self._channel = False, None
+            if self._own_hypervisor:  # destroy() closed it
+                self._hypervisor = None
             self._layer_serials, self._share_tags = {}, {}
             return False
         self.boot_seconds = time.monotonic() - started

@@ -310,3 +310,37 @@ def test_bad_pool_settings_are_one_line(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=False)
     assert out.returncode == 1
     assert out.stderr.strip() == f"hypervm: error: no warm pool serves at {tmp_path / 'p.sock'}"
+
+
+def test_a_failed_hand_over_boots_cold_and_leaves_nothing(pooled: Any, layers: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """When giving the pod to the claimed VM fails midway, that VM is destroyed (it is ours
+    by then) and the pod boots cold: the launch does not fail."""
+    from executor import warm
+    from executor.errors import PoolError
+
+    cfg, pool = pooled
+    busybox, _ = layers
+    assert pool.wait_full(FILL), pool.status()
+
+    def broken_bind(*_: object) -> None:
+        raise PoolError("injected: cannot bind")
+
+    monkeypatch.setattr(warm, "bind_into_qemu", broken_bind)
+    share = shared_dir()
+    container = Container("main", Rootfs(layers=busybox.layers),
+                          Process(args=("/bin/sh", "-c", "ls /s; echo ok")),
+                          mounts=(Mount(type="9p", destination="/s", source=share),))
+    pod = PodSpec(name=f"{TEST_TAG}-fallback", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=128))
+    claims, before = pool.claims, pool_vms()
+    try:
+        with HyperVM(cfg, pod) as vm:
+            vm.boot()
+            assert not vm.warm and vm.name.startswith(f"hypervm-{TEST_TAG}-fallback-")
+            assert pool.claims == claims + 1
+            taken = before - pool_vms()
+            assert len(taken) == 1, "exactly the claimed VM is gone"
+            assert run(vm, container) == (0, "ok\n")
+    finally:
+        share.rmdir()
