@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from executor.errors import HyperVMError
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(e, "exit_status", 1)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (``hypervm images | head``): exit quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -47,3 +47,24 @@ def test_bad_input_is_one_line(argv: list[str], message: str,
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
+
+
+def test_a_closed_pipe_is_no_traceback() -> None:
+    """``hypervm … | head``: the reader leaves early; no traceback, exit 141 (as cat)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    # ``pool status`` printing ~1 MB (a fake pool), read for 10 bytes
+    code = ("import sys, executor.cli as c, executor.warm as w\n"
+            "w.status = lambda cfg: {str(i): 'z' * 200 for i in range(5000)}\n"
+            "sys.exit(c.main(['pool', 'status']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 141, err
+    assert "Traceback" not in err
