@@ -187,10 +187,12 @@ class HyperVM:
             self._adopt(lease, sock, timeout)
         except KeyboardInterrupt:
             self.destroy()
+            sock.close()
             raise
         except HyperVMError as e:
             log.warning("%s: warm VM %s failed (%s): booting cold", self.pod.name, lease.vm, e)
             self.destroy()
+            sock.close()  # when the failure came before the channel took it
             self.name, self.run_dir, self.warm = cold_name, cold_dir, False
             self._destroyed, self._channel = False, None
             if self._own_hypervisor:  # destroy() closed it

@@ -344,3 +344,29 @@ def test_a_failed_hand_over_boots_cold_and_leaves_nothing(pooled: Any, layers: A
             assert run(vm, container) == (0, "ok\n")
     finally:
         share.rmdir()
+
+
+def test_idle_vms_that_died_are_skipped(pooled: Any, layers: Any) -> None:
+    """Pool VMs destroyed behind the pool's back (``hypervm gc --all``, a crash) are never
+    handed out: the claim discards them, and with none left the pod boots cold."""
+    cfg, pool = pooled
+    busybox, _ = layers
+    assert pool.wait_full(FILL), pool.status()
+    victims = pool.unclaimed()
+    assert len(victims) == 2
+    for victim in victims:
+        subprocess.run(["virsh", "-c", "qemu:///system", "destroy", victim], check=True,
+                       capture_output=True)
+    container = Container("main", Rootfs(layers=busybox.layers), Process(args=("true",)))
+    pod = PodSpec(name=f"{TEST_TAG}-skip", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=128))
+    claims = pool.claims
+    with HyperVM(cfg, pod) as vm:
+        vm.boot()
+        assert not vm.warm and vm.name not in victims
+        assert run(vm, container)[0] == 0
+    assert pool.claims == claims
+    assert not victims & pool.unclaimed()
+    for victim in victims:
+        assert not (cfg.vms_dir / victim).exists()
+    assert pool.wait_full(FILL), "the pool refills after losing its VMs"
