@@ -246,17 +246,23 @@ class DomainSpec:
             )
 
     def _validate_metadata(self) -> None:
-        for key, value in self.metadata.items():
-            if not isinstance(key, str) or not 1 <= len(key) <= MAX_META_KEY_LEN:
-                raise InvalidSpec(
-                    f"metadata[{key!r}]",
-                    "is not a valid metadata key",
-                    hint=f"use 1..{MAX_META_KEY_LEN} characters",
-                )
-            _xml_safe(f"metadata[{key!r}]", key)
-            if not isinstance(value, str):
-                raise InvalidSpec(f"metadata[{key!r}]", f"value {value!r} is not a string")
-            _xml_safe(f"metadata[{key!r}]", value)
+        check_metadata(self.metadata)
+
+
+def check_metadata(metadata: Mapping[str, str]) -> None:
+    """Metadata entries libvirt can carry: string keys of 1..MAX_META_KEY_LEN characters and
+    string values, neither with characters XML cannot hold; InvalidSpec names the entry."""
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_META_KEY_LEN:
+            raise InvalidSpec(
+                f"metadata[{key!r}]",
+                "is not a valid metadata key",
+                hint=f"use 1..{MAX_META_KEY_LEN} characters",
+            )
+        _xml_safe(f"metadata[{key!r}]", key)
+        if not isinstance(value, str):
+            raise InvalidSpec(f"metadata[{key!r}]", f"value {value!r} is not a string")
+        _xml_safe(f"metadata[{key!r}]", value)
 
 
 def _absolute(where: str, path: Path) -> None:

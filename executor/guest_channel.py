@@ -91,7 +91,7 @@ class RawChannel:
                 if not data:
                     raise BootError(f"the guest closed the channel before {what}")
                 self._frames.extend(self._decoder.feed(data))
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             raise BootError(f"the guest init sent no {what} within {timeout:.0f} s") from e
         except OSError as e:
             raise BootError(f"guest channel failed before {what}: {e}") from e

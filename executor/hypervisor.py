@@ -26,11 +26,23 @@ import libvirt
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from executor.config import DEFAULT_LIBVIRT_URI
-from executor.domain import (DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START, CpuTune, DomainSpec,
-                             MemTune)
+from executor.domain import (
+    DOMAIN_PREFIX,
+    META_OWNER_PID,
+    META_OWNER_START,
+    CpuTune,
+    DomainSpec,
+    MemTune,
+)
 from executor.errors import HostError, HypervisorError, InvalidSpec
-from executor.libvirt_xml import (METADATA_NS, METADATA_PREFIX, domain_xml, metadata_element_xml,
-                                  parse_dac_label, parse_domain_facts)
+from executor.libvirt_xml import (
+    METADATA_NS,
+    METADATA_PREFIX,
+    domain_xml,
+    metadata_element_xml,
+    parse_dac_label,
+    parse_domain_facts,
+)
 
 log = logging.getLogger(__name__)
 

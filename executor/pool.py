@@ -24,20 +24,32 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from executor import network
-from executor.config import HostConfig
-from executor.domain import DOMAIN_PREFIX
-from executor.errors import BootError, HostError, HyperVMError, PoolError
 from executor.agent_protocol import MsgType
-from executor.domain import DiskSpec
+from executor.config import HostConfig
+from executor.domain import DOMAIN_PREFIX, DiskSpec
+from executor.errors import BootError, HostError, HyperVMError, PoolError
 from executor.guest_channel import RawChannel, connect_socket
-from executor.pool_spec import (MAX_LINE, POOL_REQUEST_ID, SHARE_DIR, WARMUP_HANDLE,
-                                WARMUP_SERIAL, WARMUP_UNIT, Lease, PoolConfig, decode, encode,
-                                parse_claim, pool_domain_spec, warmup_start)
+from executor.pool_spec import (
+    MAX_LINE,
+    POOL_REQUEST_ID,
+    SHARE_DIR,
+    WARMUP_HANDLE,
+    WARMUP_SERIAL,
+    WARMUP_UNIT,
+    Lease,
+    PoolConfig,
+    decode,
+    encode,
+    parse_claim,
+    pool_domain_spec,
+    warmup_start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +107,6 @@ class WarmPool:
         from executor.vm import BASE_CMDLINE
         from vmimage.initrd import ensure_initrd
         from vmimage.kernel import find_kernel
-
         from vmimage.rootfs import ensure_warmup_layer
 
         kernel = find_kernel(self.cfg)
@@ -184,8 +195,10 @@ class WarmPool:
 
     # -- claims -------------------------------------------------------------------------------
 
-    def claim(self, vcpus: int, memory_mib: int, owner_pid: int) -> tuple[Lease, socket.socket]:
-        """Hand the oldest ready VM to ``owner_pid``: the caller must pass on the socket."""
+    def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
+              metadata: Mapping[str, str] | None = None) -> tuple[Lease, socket.socket]:
+        """Hand the oldest ready VM to ``owner_pid``, with the pod's ``metadata`` written on
+        it: the caller must pass on the socket."""
         from executor.hypervisor import owner_metadata, process_start_time
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
@@ -201,8 +214,9 @@ class WarmPool:
                 self._last_claim = time.monotonic()
                 self._cond.notify_all()  # the refill thread boots a replacement
             try:
-                self._hv.set_metadata(vm.name, {**vm.metadata, META_POOL_STATE: "claimed",
-                                                **owner_metadata(owner_pid)})
+                self._hv.set_metadata(vm.name, {
+                    **(metadata or {}), META_POOL: self.config.name,
+                    META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
             except HyperVMError as e:
                 log.warning("pool VM %s is unusable (%s): discarded", vm.name, e)
                 self._discard(vm.name, vm.run_dir, vm.sock)
@@ -210,9 +224,7 @@ class WarmPool:
             self.claims += 1
             log.info("%s claimed by pid %d after %.1f s idle", vm.name, owner_pid,
                      time.monotonic() - vm.booted_at)
-            marks = {META_POOL: self.config.name, META_POOL_STATE: "claimed"}
-            return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
-                         pool_metadata=marks), vm.sock
+            return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready), vm.sock
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -354,8 +366,8 @@ class WarmPool:
                 if op == "status":
                     conn.sendall(encode(self.status()))
                 elif op == "claim":
-                    vcpus, memory_mib = parse_claim(request)
-                    lease, sock = self.claim(vcpus, memory_mib, pid)
+                    claim = parse_claim(request)
+                    lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:

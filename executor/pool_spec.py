@@ -11,9 +11,11 @@ Claim protocol: the client connects to the pool's socket and sends one JSON line
 answers one JSON line and, for a claim, passes the connected guest channel socket along with
 it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 
-    → {"op": "claim", "vcpus": 1, "memory_mib": 128}
-    ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload},
-       "pool_metadata": {"pool": "pool", "pool-state": "claimed"}} + 1 fd
+    → {"op": "claim", "vcpus": 1, "memory_mib": 128, "metadata": {"pod": "web", ...}}
+    ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload}} + 1 fd
+
+The pool writes the pod's metadata into the VM together with the new owner (the claimer's
+pid), so the claimer has nothing left to write.
     ← {"error": "no warm VM is ready"}
     → {"op": "status"}
     ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
@@ -23,14 +25,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.domain import (MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, CpuTune, DomainSpec,
-                             ShareSpec)
+from executor.bounds import resource_bounds
+from executor.domain import (
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_MEMORY_MIB,
+    DomainSpec,
+    ShareSpec,
+    check_metadata,
+)
 from executor.errors import InvalidSpec, PoolError
-from executor.podspec import PodSpec
+from executor.podspec import PodSpec, Resources
 
 #: the 9p tag of a pool VM's single share; the START request mounts ``subdir``s of it
 POOL_SHARE_TAG = "pool"
@@ -38,11 +48,6 @@ POOL_SHARE_TAG = "pool"
 SHARE_DIR = "share"
 #: how long init waits for the hot-added layer disks to appear (START rootfs.wait_ms)
 LAYER_WAIT_MS = 10_000
-#: CPU weight of a pool VM until it is claimed (cgroup cpu shares; libvirt's default is 1024):
-#: refilling the pool must not slow the launch that just took a VM from it
-IDLE_CPU_SHARES = 64
-#: the weight a claimed VM gets back
-CLAIMED_CPU_SHARES = 1024
 #: the warm-up layer's disk: LUN 0, serial "hvwarmup"; a pod's layers take the LUNs after it
 WARMUP_SERIAL = "hvwarmup"
 WARMUP_UNIT = 0
@@ -124,7 +129,8 @@ def pool_domain_spec(*, name: str, run_dir: Path, vcpus: int, memory_mib: int, k
         console_log=run_dir / "console.log",
         shares=(ShareSpec(source=run_dir / SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap"),),
         metadata=metadata, qemu_args=qemu_args, scsi_controller=True, tb_cache_mib=tb_cache_mib,
-        cputune=CpuTune(shares=IDLE_CPU_SHARES),
+        # the memory bound of its shape now, not at claim time (claims match the shape)
+        memtune=resource_bounds(Resources(cpus=vcpus, memory_mib=memory_mib))[1],
     )
 
 
@@ -148,19 +154,36 @@ def decode(line: bytes, what: str) -> dict[str, Any]:
     return message
 
 
-def claim_request(vcpus: int, memory_mib: int) -> dict[str, Any]:
-    return {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib}
+def claim_request(vcpus: int, memory_mib: int,
+                  metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``metadata``: the pod's entries for the VM (the pool writes them with the new owner)."""
+    return {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
+            "metadata": dict(metadata or {})}
 
 
-def parse_claim(request: dict[str, Any]) -> tuple[int, int]:
-    """(vcpus, memory_mib) of a claim request; PoolError naming the bad field."""
+@dataclass(frozen=True)
+class Claim:
+    vcpus: int
+    memory_mib: int
+    metadata: dict[str, str]
+
+
+def parse_claim(request: dict[str, Any]) -> Claim:
+    """The claim in a request; PoolError naming the bad field."""
     values = []
     for key in ("vcpus", "memory_mib"):
         value = request.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise PoolError(f"claim.{key}: must be a positive integer, not {value!r}")
         values.append(value)
-    return values[0], values[1]
+    metadata = request.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise PoolError(f"claim.metadata: must be an object, not {metadata!r}")
+    try:
+        check_metadata(metadata)
+    except InvalidSpec as e:
+        raise PoolError(f"claim.{e}") from e
+    return Claim(values[0], values[1], metadata)
 
 
 @dataclass(frozen=True)
@@ -170,21 +193,15 @@ class Lease:
     vm: str
     run_dir: Path
     ready: dict[str, Any]
-    #: the VM's metadata entries that mark it as this pool's (the claimer keeps them)
-    pool_metadata: dict[str, str]
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Lease:
         if "error" in reply:
             raise PoolError(str(reply["error"]))
         vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
-        meta = reply.get("pool_metadata", {})
-        if (not isinstance(vm, str) or not isinstance(run_dir, str)
-                or not isinstance(ready, dict) or not isinstance(meta, dict)
-                or not all(isinstance(v, str) for v in meta.values())):
+        if not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict):
             raise PoolError(f"malformed claim reply: {reply!r}")
-        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, pool_metadata=meta)
+        return cls(vm=vm, run_dir=Path(run_dir), ready=ready)
 
     def reply(self) -> dict[str, Any]:
-        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
-                "pool_metadata": self.pool_metadata}
+        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready}

@@ -7,7 +7,6 @@ images become which disks, the boot/teardown sequence and the process bookkeepin
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import shutil
@@ -21,13 +20,13 @@ from typing import Any
 
 from executor import network
 from executor.agent_protocol import ExitStatus, MsgType
+from executor.bounds import resource_bounds
 from executor.config import HostConfig
-from executor.domain import CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
+from executor.domain import DiskSpec, DomainSpec, MemTune, ShareSpec
 from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
-from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process, Resources
-from executor.pool_spec import (CLAIMED_CPU_SHARES, FIRST_POD_UNIT, LAYER_WAIT_MS,
-                                POOL_SHARE_TAG)
+from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process
+from executor.pool_spec import FIRST_POD_UNIT, LAYER_WAIT_MS, POOL_SHARE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,6 @@ log = logging.getLogger(__name__)
 BASE_CMDLINE = ("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check "
                 "noreplace-smp pci=noacpi")
 DEFAULT_BOOT_TIMEOUT = 60.0
-CFS_PERIOD_US = 100_000
-#: what QEMU itself needs besides guest RAM (measured idle RSS overhead under TCG, with room)
-QEMU_OVERHEAD_MIB = 128
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,7 @@ class HyperVM:
         try:
             if reason is not None:
                 raise PoolError(reason)
-            lease, sock = warm.claim(self.cfg, res.cpus, res.memory_mib)
+            lease, sock = warm.claim(self.cfg, res.cpus, res.memory_mib, self._metadata())
         except PoolError as e:
             log.info("%s: no warm VM (%s): booting cold", self.pod.name, e)
             return False
@@ -206,7 +202,7 @@ class HyperVM:
     def _adopt(self, lease: Any, sock: Any, timeout: float) -> None:
         """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
         from executor import warm
-        from executor.hypervisor import Hypervisor, owner_metadata
+        from executor.hypervisor import Hypervisor
         from executor.libvirt_xml import hotplug_disk_xml
         from executor.pool_spec import SHARE_DIR
 
@@ -215,9 +211,7 @@ class HyperVM:
         if self._hypervisor is None:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
         hv = self._hypervisor
-        hv.adopt(self.name)
-        hv.set_metadata(self.name, {**lease.pool_metadata, **self._metadata(),
-                                    **owner_metadata()})
+        hv.adopt(self.name)  # the pool wrote our metadata and made us the owner
         self._assign_devices()
         self._give_owned_shares()
         for unit, (path, serial) in enumerate(self._layer_serials.items(), FIRST_POD_UNIT):
@@ -231,8 +225,9 @@ class HyperVM:
                 target = self.run_dir / SHARE_DIR / tag
                 target.mkdir()
                 warm.bind_into_qemu(qemu_pid, source, target, self._share_readonly(source))
-        cputune, memtune = resource_bounds(self.pod.resources)
-        hv.tune(self.name, dataclasses.replace(cputune, shares=CLAIMED_CPU_SHARES), memtune)
+        cputune, _ = resource_bounds(self.pod.resources)  # memory: bounded at boot (shape)
+        if not cputune.empty:
+            hv.tune(self.name, cputune, MemTune())
         ready = channel.attach(sock, timeout, lease.ready)
         self.guest_kernel = ready.get("kernel")
         self._configure_network()
@@ -402,19 +397,6 @@ class HyperVM:
                 if self._own_hypervisor:
                     self._hypervisor.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def resource_bounds(resources: Resources) -> tuple[CpuTune, MemTune]:
-    """libvirt tuning that bounds a VM by its resources: a CFS quota per vCPU when the CPU
-    limit is below the vCPU count; a memory soft limit of guest RAM plus QEMU's overhead
-    allowance (a hard limit needs RLIMIT_MEMLOCK changes some hosts forbid: guest RAM is the
-    hard bound of what the task can use)."""
-    cputune = CpuTune()
-    limit = resources.cpu_limit
-    if limit is not None and limit < resources.cpus:
-        quota = max(1000, int(CFS_PERIOD_US * limit / resources.cpus))
-        cputune = CpuTune(period_us=CFS_PERIOD_US, quota_us=quota)
-    return cputune, MemTune(soft_limit_mib=resources.memory_mib + QEMU_OVERHEAD_MIB)
 
 
 def process_payload(process: Process, defaults: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,11 @@ def _request(cfg: HostConfig, message: dict[str, Any],
         raise
 
 
-def claim(cfg: HostConfig, vcpus: int, memory_mib: int,
+def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
           timeout: float = CLAIM_TIMEOUT) -> tuple[Lease, socket.socket]:
-    """Claim a warm VM of this shape; the caller owns (and must destroy) it from now on.
-    PoolError when none can be had: boot cold then."""
-    reply, fds = _request(cfg, claim_request(vcpus, memory_mib), timeout)
+    """Claim a warm VM of this shape, ``metadata`` written on it; the caller owns (and must
+    destroy) it from now on. PoolError when none can be had: boot cold then."""
+    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata), timeout)
     try:
         lease = Lease.from_reply(reply)
         if len(fds) != 1:

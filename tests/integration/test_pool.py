@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from executor.hypervisor import Hypervisor
+from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
 from executor.pool import WarmPool
 from executor.pool_spec import PoolConfig
-from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
 from executor.vm import HyperVM
 from tests.conftest import REPO, TEST_TAG, our_domains
 from tests.integration import imagebuild
@@ -116,6 +117,11 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
             vm.boot()
             assert vm.warm and vm.name.startswith(f"hypervm-{POOL_NAME}-")
             assert pool.claims == claims + 1
+            with Hypervisor(cfg.libvirt_uri, events=False) as hv:
+                meta = hv.metadata(vm.name)
+            # the pool wrote the pod's entries and made this process the owner
+            assert meta["pod"] == pod.name and meta["owner-pid"] == str(os.getpid())
+            assert (meta["pool"], meta["pool-state"]) == (POOL_NAME, "claimed")
             code, out = run(vm, container)
             assert code == 0, out
             assert out.split() == ["from", "the", "host", "in.txt", "1"], out

@@ -59,13 +59,13 @@ def test_claim_receives_the_lease_and_a_connected_socket(fake_pool) -> None:  # 
     def reply(conn: socket.socket, request: dict) -> None:
         seen.append(request)
         socket.send_fds(conn, [encode({"vm": "hypervm-pool-1", "run_dir": "/run/x",
-                                       "ready": {"version": 1},
-                                       "pool_metadata": {"pool": "pool"}})], [right.fileno()])
+                                       "ready": {"version": 1}})], [right.fileno()])
 
     cfg = fake_pool(reply)
-    lease, sock = warm.claim(cfg, 1, 128)
+    lease, sock = warm.claim(cfg, 1, 128, {"pod": "web"})
     try:
-        assert seen == [{"op": "claim", "vcpus": 1, "memory_mib": 128}]
+        assert seen == [{"op": "claim", "vcpus": 1, "memory_mib": 128,
+                         "metadata": {"pod": "web"}}]
         assert (lease.vm, lease.run_dir, lease.ready) == ("hypervm-pool-1", Path("/run/x"),
                                                           {"version": 1})
         sock.sendall(b"ping")  # the descriptor is the other end of our pair

@@ -10,8 +10,15 @@ from executor.config import config_from_env
 from executor.errors import InvalidSpec, PoolError
 from executor.network import NetworkSpec, PortMapping
 from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
-from executor.pool_spec import (Lease, PoolConfig, claim_request, decode, encode, parse_claim,
-                                unfit_reason)
+from executor.pool_spec import (
+    Lease,
+    PoolConfig,
+    claim_request,
+    decode,
+    encode,
+    parse_claim,
+    unfit_reason,
+)
 
 
 def _pod(**overrides: object) -> PodSpec:
@@ -61,9 +68,12 @@ def test_other_pods_boot_cold_with_a_reason(pod: PodSpec, words: str) -> None:
 
 
 def test_protocol_lines_round_trip() -> None:
-    line = encode(claim_request(2, 256))
+    line = encode(claim_request(2, 256, {"pod": "web", "label.a": "b & <c>"}))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert parse_claim(decode(line, "request")) == (2, 256)
+    claim = parse_claim(decode(line, "request"))
+    assert (claim.vcpus, claim.memory_mib) == (2, 256)
+    assert claim.metadata == {"pod": "web", "label.a": "b & <c>"}
+    assert parse_claim({"op": "claim", "vcpus": 1, "memory_mib": 64}).metadata == {}
 
 
 @pytest.mark.parametrize(("line", "words"), [
@@ -82,6 +92,11 @@ def test_bad_lines_are_pool_errors(line: bytes, words: str) -> None:
     ({"op": "claim", "vcpus": True, "memory_mib": 128}, "claim.vcpus"),
     ({"op": "claim", "vcpus": 1, "memory_mib": "128"}, "claim.memory_mib"),
     ({"op": "claim", "vcpus": 1, "memory_mib": 0}, "claim.memory_mib"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "metadata": []}, "claim.metadata"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "metadata": {"pod": 3}},
+     r"claim.metadata\['pod'\]"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "metadata": {"k": "a\x01"}},
+     r"claim.metadata\['k'\]: contains the control character"),
 ])
 def test_bad_claims_name_the_field(request_: dict, words: str) -> None:
     with pytest.raises(PoolError, match=words):
@@ -89,15 +104,12 @@ def test_bad_claims_name_the_field(request_: dict, words: str) -> None:
 
 
 def test_lease_round_trips_and_errors_become_pool_errors() -> None:
-    lease = Lease(vm="hypervm-pool-1", run_dir=Path("/run/x"), ready={"version": 1},
-                  pool_metadata={"pool": "pool", "pool-state": "claimed"})
+    lease = Lease(vm="hypervm-pool-1", run_dir=Path("/run/x"), ready={"version": 1})
     assert Lease.from_reply(decode(encode(lease.reply()), "reply")) == lease
     with pytest.raises(PoolError, match="no warm VM is ready"):
         Lease.from_reply({"error": "no warm VM is ready"})
     with pytest.raises(PoolError, match="malformed"):
         Lease.from_reply({"vm": "x", "run_dir": 3, "ready": {}})
-    with pytest.raises(PoolError, match="malformed"):
-        Lease.from_reply({"vm": "x", "run_dir": "/r", "ready": {}, "pool_metadata": {"a": 1}})
 
 
 def test_config_pool_settings() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from executor.bounds import CFS_PERIOD_US, QEMU_OVERHEAD_MIB, resource_bounds
 from executor.errors import InvalidSpec
 from executor.podspec import Resources
-from executor.vm import CFS_PERIOD_US, QEMU_OVERHEAD_MIB, resource_bounds
 
 
 def test_fractional_cpus_get_a_cfs_quota() -> None:
