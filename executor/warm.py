@@ -95,9 +95,9 @@ def bind_into_qemu(qemu_pid: int, source: Path, target: Path, readonly: bool) ->
                             "namespaces=[]): a pool VM cannot take mounts")
     except OSError as e:
         raise PoolError(f"cannot inspect QEMU's mount namespace: {e}") from e
-    script = 'mount --bind "$1" "$2"' + (' && mount -o remount,bind,ro "$2"' if readonly else "")
-    argv = ["nsenter", f"--mount={ns}", "--", "sh", "-ec", script, "bind", str(source),
-            str(target)]
+    # util-linux mount: "bind,ro" binds, then remounts the bind read-only
+    argv = ["nsenter", f"--mount={ns}", "--", "mount", "-o", "bind,ro" if readonly else "bind",
+            "--", str(source), str(target)]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise PoolError(f"cannot bind {source} into the pool VM: "
