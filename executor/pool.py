@@ -70,7 +70,6 @@ class _Idle:
     run_dir: Path
     sock: socket.socket
     ready: dict[str, Any]
-    metadata: dict[str, str]
     booted_at: float = field(default_factory=time.monotonic)
 
 
@@ -283,7 +282,7 @@ class WarmPool:
                 stale = True
             else:
                 stale = False
-                self._idle.append(_Idle(name, run_dir, sock, ready, metadata))
+                self._idle.append(_Idle(name, run_dir, sock, ready))
                 self._cond.notify_all()
         if stale:
             self._discard(name, run_dir, sock)
