@@ -90,6 +90,14 @@ def run(vm: HyperVM, container: Container, timeout: float = 60.0) -> tuple[int, 
     return status["s"].code, b"".join(out).decode()
 
 
+def true_pod(name: str, layers: tuple[Path, ...], memory_mib: int = 128
+             ) -> tuple[Container, PodSpec]:
+    """A one-container pod running ``true``, of the pool's shape unless ``memory_mib`` says."""
+    container = Container("main", Rootfs(layers=layers), Process(args=("true",)))
+    return container, PodSpec(name=f"{TEST_TAG}-{name}", containers=(container,),
+                              resources=Resources(cpus=1, memory_mib=memory_mib))
+
+
 def shared_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="hypervm-pool-share-"))
     path.chmod(0o755)  # QEMU (libvirt-qemu) reads it
@@ -179,9 +187,7 @@ def test_a_pool_vm_serves_one_pod_only(pooled: Any, layers: Any) -> None:
 def test_other_shapes_boot_cold(pooled: Any, layers: Any) -> None:
     cfg, pool = pooled
     busybox, _ = layers
-    container = Container("main", Rootfs(layers=busybox.layers), Process(args=("true",)))
-    pod = PodSpec(name=f"{TEST_TAG}-big", containers=(container,),
-                  resources=Resources(cpus=1, memory_mib=192))
+    container, pod = true_pod("big", busybox.layers, memory_mib=192)
     claims = pool.claims
     with HyperVM(cfg, pod) as vm:
         vm.boot()
@@ -363,9 +369,7 @@ def test_idle_vms_that_died_are_skipped(pooled: Any, layers: Any) -> None:
     for victim in victims:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", victim], check=True,
                        capture_output=True)
-    container = Container("main", Rootfs(layers=busybox.layers), Process(args=("true",)))
-    pod = PodSpec(name=f"{TEST_TAG}-skip", containers=(container,),
-                  resources=Resources(cpus=1, memory_mib=128))
+    container, pod = true_pod("skip", busybox.layers)
     claims = pool.claims
     with HyperVM(cfg, pod) as vm:
         vm.boot()
