@@ -32,7 +32,6 @@ from executor.domain import (
     META_OWNER_START,
     CpuTune,
     DomainSpec,
-    MemTune,
 )
 from executor.errors import HostError, HypervisorError, InvalidSpec
 from executor.libvirt_xml import (
@@ -465,20 +464,14 @@ class Hypervisor:
                 return {}
             raise HypervisorError(f"cannot inspect VM {name}: {_message(e)}") from e
 
-    def tune(self, name: str, cputune: CpuTune, memtune: MemTune) -> None:
-        """Apply CPU and memory bounds to a running domain (what <cputune>/<memtune> do at
-        creation)."""
+    def set_cpu_bounds(self, name: str, cputune: CpuTune) -> None:
+        """Apply CPU bounds to a running domain (what <cputune> does at creation)."""
         sched = {k: v for k, v in (("vcpu_period", cputune.period_us),
                                    ("vcpu_quota", cputune.quota_us),
                                    ("cpu_shares", cputune.shares)) if v is not None}
         if sched:
             self._live(name, "set the CPU bounds", lambda dom: dom.setSchedulerParametersFlags(
                 sched, libvirt.VIR_DOMAIN_AFFECT_LIVE))
-        mem = {k: v * 1024 for k, v in (("hard_limit", memtune.hard_limit_mib),
-                                         ("soft_limit", memtune.soft_limit_mib)) if v is not None}
-        if mem:
-            self._live(name, "set the memory bounds", lambda dom: dom.setMemoryParameters(
-                mem, libvirt.VIR_DOMAIN_AFFECT_LIVE))
 
     def adopt(self, name: str) -> None:
         """Report lifecycle events of ``name`` (created by another process, e.g. the pool) as

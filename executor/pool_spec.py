@@ -13,12 +13,12 @@ it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 
     → {"op": "claim", "vcpus": 1, "memory_mib": 128, "metadata": {"pod": "web", ...}}
     ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload}} + 1 fd
-
-The pool writes the pod's metadata into the VM together with the new owner (the claimer's
-pid), so the claimer has nothing left to write.
     ← {"error": "no warm VM is ready"}
     → {"op": "status"}
     ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
+
+The pool writes the pod's metadata into the VM together with the new owner (the claimer's
+pid), so the claimer has nothing left to write.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ FIRST_POD_UNIT = 1
 #: and process handles from 1, and every reply and EXIT is consumed before the hand-over
 POOL_REQUEST_ID = 0x7FFF_0000
 WARMUP_HANDLE = 0x7FFF_0001
+MAX_POOL_SIZE = 64
+MAX_LINE = 64 * 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
 def warmup_start(destination: str = "/mnt/pool") -> dict[str, Any]:
@@ -72,9 +75,6 @@ def warmup_start(destination: str = "/mnt/pool") -> dict[str, Any]:
         "hostname": "warmup",
         "process": {"args": ["/bin/true"], "env": ["PATH=/bin"]},
     }
-MAX_POOL_SIZE = 64
-MAX_LINE = 64 * 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from executor import network
 from executor.agent_protocol import ExitStatus, MsgType
 from executor.bounds import resource_bounds
 from executor.config import HostConfig
-from executor.domain import DiskSpec, DomainSpec, MemTune, ShareSpec
+from executor.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
 from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process
@@ -227,7 +227,7 @@ class HyperVM:
                 warm.bind_into_qemu(qemu_pid, source, target, self._share_readonly(source))
         cputune, _ = resource_bounds(self.pod.resources)  # memory: bounded at boot (shape)
         if not cputune.empty:
-            hv.tune(self.name, cputune, MemTune())
+            hv.set_cpu_bounds(self.name, cputune)
         ready = channel.attach(sock, timeout, lease.ready)
         self.guest_kernel = ready.get("kernel")
         self._configure_network()
