@@ -138,9 +138,12 @@ def check_pool(cfg: HostConfig) -> Check:
     except PoolError as e:
         return Check("warm pool", False, str(e),
                      f"restart hypervm pool serve, or remove the stale {cfg.pool_socket}")
+    images = state.get("images") or {}
     return Check("warm pool", True,
-                 f"{state.get('ready')}/{state.get('size')} ready, {state.get('vcpus')} vCPU / "
-                 f"{state.get('memory_mib')} MiB, at {cfg.pool_socket}")
+                 f"{state.get('ready')}/{state.get('target', state.get('size'))} ready, "
+                 f"{state.get('vcpus')} vCPU / {state.get('memory_mib')} MiB"
+                 f"{f', {len(images)} images kept warm' if images else ''}, "
+                 f"at {cfg.pool_socket}")
 
 
 CHECKS: tuple[Callable[[HostConfig], Check], ...] = (

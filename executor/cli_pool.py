@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the pool daemon in the foreground")
     defaults = PoolConfig()
     serve.add_argument("--size", type=int, default=defaults.size,
-                       help="idle VMs to keep ready (default %(default)s)")
+                       help="idle VMs to keep ready for any image (default %(default)s; 0 "
+                            "keeps only --image VMs)")
     serve.add_argument("--vcpus", type=int, default=defaults.vcpus,
                        help="vCPUs of each pool VM; pods of other shapes boot cold "
                             "(default %(default)s)")
@@ -32,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="guest memory of each pool VM in MiB (default %(default)s)")
     serve.add_argument("--name", default=defaults.name,
                        help="pool VMs are named hypervm-NAME-… (default %(default)s)")
+    serve.add_argument("--image", action="append", default=[], metavar="REF", dest="images",
+                       help="also keep VMs with this image's layers attached and mounted: a pod "
+                            "of exactly these layers starts faster, and only such a pod gets "
+                            "one (repeatable; pulled on first use like a launch pulls)")
+    serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
+                       help="idle VMs to keep for each --image (default %(default)s)")
     serve.set_defaults(func=serve_command)
     status = sub.add_parser("status", help="print the serving pool's state as JSON")
     status.set_defaults(func=status_command)
@@ -42,13 +49,15 @@ def serve_command(args: argparse.Namespace) -> int:
 
     cfg = config_from_env()
     config = PoolConfig(size=args.size, vcpus=args.vcpus, memory_mib=args.memory,
-                        name=args.name).validate()
+                        name=args.name, images=tuple(args.images),
+                        per_image=args.per_image).validate()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     with WarmPool(cfg, config) as pool:
-        print(f"hypervm pool {config.name!r}: {config.size} VMs of {config.vcpus} vCPU / "
-              f"{config.memory_mib} MiB, serving on {cfg.pool_socket}", flush=True)
+        images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
+        print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
+              f"/ {config.memory_mib} MiB, serving on {cfg.pool_socket}", flush=True)
         stop.wait()
         print(f"hypervm pool {config.name!r}: stopping ({pool.status()['ready']} idle VMs to "
               "destroy)", flush=True)

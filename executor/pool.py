@@ -1,9 +1,10 @@
 """The warm pool daemon (``hypervm pool serve``): keeps pre-booted, empty HyperVMs ready and
 hands each to one claimer, never twice.
 
-Threads: *refill* boots a VM whenever fewer than ``size`` are ready or booting (one at a time,
-so the pool never starves running VMs of CPU); *serve* answers claims on the pool's unix socket
-(executor.pool_spec has the protocol); *reap* destroys claimed VMs whose claimer died.
+Threads: *refill* boots a VM whenever a kind (generic, or one of the images) has fewer than its
+target ready or booting (one at a time, so the pool never starves running VMs of CPU); *serve*
+answers claims on the pool's unix socket (executor.pool_spec has the protocol and which VM a
+claim gets); *reap* destroys claimed VMs whose claimer died.
 
 Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
 carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim rewrites the
@@ -24,7 +25,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from executor.domain import DOMAIN_PREFIX, DiskSpec
 from executor.errors import BootError, HostError, HyperVMError, PoolError
 from executor.guest_channel import RawChannel, connect_socket
 from executor.pool_spec import (
+    FIRST_POD_UNIT,
+    GENERIC,
     MAX_LINE,
     POOL_REQUEST_ID,
     SHARE_DIR,
@@ -46,7 +49,10 @@ from executor.pool_spec import (
     PoolConfig,
     decode,
     encode,
+    layer_serial,
+    next_kind,
     parse_claim,
+    pick_vm,
     pool_domain_spec,
     warmup_start,
 )
@@ -70,16 +76,33 @@ class _Idle:
     run_dir: Path
     sock: socket.socket
     ready: dict[str, Any]
+    kind: str = GENERIC
+    #: the layer files attached as the pod's disks (an image VM), in serial order
+    layers: tuple[str, ...] = ()
     booted_at: float = field(default_factory=time.monotonic)
+
+
+def store_layers(cfg: HostConfig) -> Callable[[str], Sequence[Path]]:
+    """The layers of an image reference as a launch on this host resolves them (the image
+    cache, pulling when the reference was never pulled)."""
+    def resolve(ref: str) -> Sequence[Path]:
+        from vmimage.images import ImageStore
+
+        return ImageStore.from_env(cfg).resolve(ref).layers
+
+    return resolve
 
 
 class WarmPool:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
-                 refill_delay: float = REFILL_DELAY_S, accel: str | None = None) -> None:
+                 refill_delay: float = REFILL_DELAY_S, accel: str | None = None,
+                 resolve: Callable[[str], Sequence[Path]] | None = None) -> None:
+        """``resolve``: an image reference's layer files (default: this host's image cache)."""
         self.cfg = cfg
         self.config = config.validate()
+        self._resolve = resolve or store_layers(cfg)
         self.reap_interval = reap_interval
         self.refill_delay = refill_delay
         self._last_claim = 0.0
@@ -88,7 +111,7 @@ class WarmPool:
         self._boot: dict[str, Any] = {}
         self._boot_layer = Path()
         self._idle: collections.deque[_Idle] = collections.deque()
-        self._booting: set[str] = set()
+        self._booting: dict[str, str] = {}  # name -> kind
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -172,7 +195,7 @@ class WarmPool:
         """Wait until ``size`` VMs are ready; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self._idle) < self.config.size:
+            while len(self._idle) < sum(self.config.targets().values()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
                     return False
@@ -184,20 +207,33 @@ class WarmPool:
         with self._cond:
             return {vm.name for vm in self._idle} | set(self._booting)
 
+    def _have(self) -> dict[str, int]:
+        """Ready or booting VMs by kind (call with the lock held)."""
+        have = collections.Counter(vm.kind for vm in self._idle)
+        have.update(self._booting.values())
+        return dict(have)
+
     def status(self) -> dict[str, Any]:
         with self._cond:
+            images = {ref: {"ready": sum(vm.kind == ref for vm in self._idle),
+                            "booting": sum(k == ref for k in self._booting.values())}
+                      for ref in self.config.images}
             return {"name": self.config.name, "size": self.config.size,
+                    "target": sum(self.config.targets().values()),
                     "vcpus": self.config.vcpus, "memory_mib": self.config.memory_mib,
                     "ready": len(self._idle), "booting": len(self._booting),
+                    "images": images, "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
                     "accel": self._boot.get("accel")}
 
     # -- claims -------------------------------------------------------------------------------
 
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
-              metadata: Mapping[str, str] | None = None) -> tuple[Lease, socket.socket]:
-        """Hand the oldest ready VM to ``owner_pid``, with the pod's ``metadata`` written on
-        it: the caller must pass on the socket."""
+              metadata: Mapping[str, str] | None = None,
+              layers: Sequence[str] = ()) -> tuple[Lease, socket.socket]:
+        """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
+        else the oldest generic one), with the pod's ``metadata`` written on it: the caller
+        must pass on the socket."""
         from executor.hypervisor import owner_metadata, process_start_time
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
@@ -207,9 +243,12 @@ class WarmPool:
             raise PoolError(f"the claiming process {owner_pid} is gone")
         while True:
             with self._cond:
-                if not self._idle:
-                    raise PoolError("no warm VM is ready")
-                vm = self._idle.popleft()
+                index = pick_vm([vm.layers for vm in self._idle], layers)
+                if index is None:
+                    raise PoolError("no warm VM is ready" if not self._idle else
+                                    "no warm VM for these layers is ready")
+                vm = self._idle[index]
+                del self._idle[index]
                 self._last_claim = time.monotonic()
                 self._cond.notify_all()  # the refill thread boots a replacement
             try:
@@ -221,32 +260,42 @@ class WarmPool:
                 self._discard(vm.name, vm.run_dir, vm.sock)
                 continue
             self.claims += 1
-            log.info("%s claimed by pid %d after %.1f s idle", vm.name, owner_pid,
+            log.info("%s%s claimed by pid %d after %.1f s idle", vm.name,
+                     f" ({vm.kind})" if vm.kind else "", owner_pid,
                      time.monotonic() - vm.booted_at)
-            return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready), vm.sock
+            return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
+                         layers_attached=bool(vm.layers)), vm.sock
 
     # -- refill -------------------------------------------------------------------------------
 
     def _refill_loop(self) -> None:
-        backoff = RETRY_BACKOFF[0]
+        targets = self.config.targets()
+        # per kind, so an image that cannot be had (registry down) does not stop the rest
+        backoff: dict[str, float] = {}
+        retry_at: dict[str, float] = {}
         while not self._stopping.is_set():
             with self._cond:
-                while (len(self._idle) + len(self._booting) >= self.config.size
-                       and not self._stopping.is_set()):
+                while not self._stopping.is_set():
+                    now = time.monotonic()
+                    due = {k: n for k, n in targets.items() if retry_at.get(k, 0.0) <= now}
+                    if (kind := next_kind(due, self._have())) is not None:
+                        break
                     self._cond.wait(1.0)
-            if self._stopping.is_set():
+            if self._stopping.is_set() or kind is None:
                 return
             # a claim was just made: let its launch have the CPU before booting a replacement
             while (pause := self._last_claim + self.refill_delay - time.monotonic()) > 0:
                 if self._stopping.wait(pause):
                     return
-            if self._boot_one():
-                backoff = RETRY_BACKOFF[0]
+            if self._boot_one(kind):
+                backoff.pop(kind, None)
+                retry_at.pop(kind, None)
             else:
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, RETRY_BACKOFF[1])
+                delay = backoff.get(kind, RETRY_BACKOFF[0])
+                retry_at[kind] = time.monotonic() + delay
+                backoff[kind] = min(delay * 2, RETRY_BACKOFF[1])
 
-    def _boot_one(self) -> bool:
+    def _boot_one(self, kind: str = GENERIC) -> bool:
         from executor.hypervisor import owner_metadata
 
         name = f"{DOMAIN_PREFIX}{self.config.name}-{uuid.uuid4().hex[:8]}"
@@ -258,47 +307,58 @@ class WarmPool:
             qemu_args=network.qemu_args(network.NetworkSpec(), network.mac_address(name)),
             tb_cache_mib=self.cfg.tb_cache_mib, **self._boot)
         with self._cond:
-            self._booting.add(name)
+            self._booting[name] = kind
         sock = None
         started = time.monotonic()
+        layers: tuple[str, ...] = ()
         try:
+            if kind != GENERIC:
+                # resolved for every boot: a re-pulled tag gets VMs with its new layers
+                layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
             self._hv.prepare_run_dir(run_dir)
             (run_dir / SHARE_DIR).mkdir(mode=0o755)
             self._hv.create(spec)
             sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
-            ready = self._prepare(name, RawChannel(sock))
+            ready = self._prepare(name, RawChannel(sock), layers)
         except (HyperVMError, OSError) as e:
             self.failures += 1
-            log.warning("pool VM %s did not boot: %s", name, e)
+            log.warning("pool VM %s%s did not boot: %s", name, f" ({kind})" if kind else "", e)
             self._discard(name, run_dir, sock)
             with self._cond:
-                self._booting.discard(name)
+                self._booting.pop(name, None)
             return False
         self.boots += 1
-        log.info("pool VM %s ready in %.2f s", name, time.monotonic() - started)
+        log.info("pool VM %s%s ready in %.2f s", name, f" ({kind})" if kind else "",
+                 time.monotonic() - started)
         with self._cond:
-            self._booting.discard(name)
+            self._booting.pop(name, None)
             if self._stopping.is_set():
                 stale = True
             else:
                 stale = False
-                self._idle.append(_Idle(name, run_dir, sock, ready))
+                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers))
                 self._cond.notify_all()
         if stale:
             self._discard(name, run_dir, sock)
         return True
 
-    def _prepare(self, name: str, channel: RawChannel) -> dict[str, Any]:
+    def _prepare(self, name: str, channel: RawChannel, layers: Sequence[str] = ()
+                 ) -> dict[str, Any]:
         """After READY, what every claimer would otherwise wait for: the NIC configured (the
-        claimer only sends its pod's /etc files) and one throwaway container run."""
+        claimer only sends its pod's /etc files), an image VM's layers attached, and one
+        throwaway container run (which mounts them)."""
         from executor.libvirt_xml import hotplug_disk_xml
 
         ready = channel.ready(BOOT_TIMEOUT)
         nic = network.guest_config(network.NetworkSpec(), network.mac_address(name), [])
         channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
-        self._hv.attach_device(name, hotplug_disk_xml(
-            DiskSpec(path=self._boot_layer, serial=WARMUP_SERIAL), WARMUP_UNIT))
-        channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(), BOOT_TIMEOUT)
+        disks = [(Path(path), layer_serial(i), FIRST_POD_UNIT + i) for i, path in
+                 enumerate(layers)] + [(self._boot_layer, WARMUP_SERIAL, WARMUP_UNIT)]
+        for path, serial, unit in disks:
+            self._hv.attach_device(name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
+                                                          unit))
+        channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(len(layers)),
+                        BOOT_TIMEOUT)
         status = channel.await_exit(WARMUP_HANDLE, BOOT_TIMEOUT)
         if status.code != 0:
             raise BootError(f"the warm-up container of {name} ended with {status.describe()}")
@@ -366,7 +426,8 @@ class WarmPool:
                     conn.sendall(encode(self.status()))
                 elif op == "claim":
                     claim = parse_claim(request)
-                    lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata)
+                    lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
+                                             claim.layers)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:

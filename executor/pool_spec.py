@@ -1,31 +1,38 @@
-"""The warm pool's pure parts: its settings, which pods a pool VM can take, the domain of an
-empty pool VM, and the claim protocol spoken on the pool's unix socket.
+"""The warm pool's pure parts: its settings, which pods a pool VM can take, which VM a claim
+gets, the domain of an empty pool VM, and the claim protocol spoken on the pool's unix socket.
 
-A pool VM is booted ahead of time with no layers: a virtio-scsi controller (its layer disks are
-hot-added as LUNs at claim time), one 9p share (``POOL_SHARE_TAG``) of an empty directory into
-which the claimer binds each mount source, the user-mode NIC without published ports, and the
-channel. The side effects live in :mod:`executor.pool` (the daemon) and :mod:`executor.warm`
-(the claiming side). Nothing here touches the host.
+A *generic* pool VM is booted ahead of time with no layers: a virtio-scsi controller (the pod's
+layer disks are hot-added as LUNs at claim time), one 9p share (``POOL_SHARE_TAG``) of an empty
+directory into which the claimer binds each mount source, the user-mode NIC without published
+ports, and the channel. An *image* pool VM (``PoolConfig.images``) has one image's layers
+attached and mounted already; it serves only a pod whose layers are exactly those (never
+another image's pod: a tenant must not see disks it did not ask for), so the launch skips the
+hot-add and the guest's disk probe. The side effects live in :mod:`executor.pool` (the daemon)
+and :mod:`executor.warm` (the claiming side). Nothing here touches the host.
 
 Claim protocol: the client connects to the pool's socket and sends one JSON line; the pool
 answers one JSON line and, for a claim, passes the connected guest channel socket along with
 it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 
-    → {"op": "claim", "vcpus": 1, "memory_mib": 128, "metadata": {"pod": "web", ...}}
-    ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload}} + 1 fd
+    → {"op": "claim", "vcpus": 1, "memory_mib": 128, "metadata": {"pod": "web", ...},
+       "layers": ["/var/lib/hypervm/.../a.erofs", ...]}
+    ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload},
+       "layers_attached": true} + 1 fd
     ← {"error": "no warm VM is ready"}
     → {"op": "status"}
     ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
 
-The pool writes the pod's metadata into the VM together with the new owner (the claimer's
-pid), so the claimer has nothing left to write.
+``layers`` are the pod's distinct layer files in the order the claimer names their disks
+(``layer_serial``); ``layers_attached`` says the VM has exactly those attached already (an image
+pool VM), so the claimer hot-adds nothing. The pool writes the pod's metadata into the VM
+together with the new owner (the claimer's pid), so the claimer has nothing left to write.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,18 +65,29 @@ POOL_REQUEST_ID = 0x7FFF_0000
 WARMUP_HANDLE = 0x7FFF_0001
 MAX_POOL_SIZE = 64
 MAX_LINE = 64 * 1024
+MAX_CLAIM_LAYERS = 128
+#: the kind of a generic pool VM (an image pool VM's kind is its image reference)
+GENERIC = ""
+
+
+def layer_serial(index: int) -> str:
+    """The disk serial of a pod's ``index``-th distinct layer (cold and warm VMs alike)."""
+    return f"l{index}"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
-def warmup_start(destination: str = "/mnt/pool") -> dict[str, Any]:
+def warmup_start(image_layers: int = 0, destination: str = "/mnt/pool") -> dict[str, Any]:
     """The START of the throwaway container a pool VM runs before it is handed out: it walks
     the path every pod's first START takes (layer mount, overlay, namespaces, the pool share's
     9p mount, exec), so the guest kernel code is translated (TCG) and the pool share mounted
-    before the claim rather than on the launch's clock."""
+    before the claim rather than on the launch's clock. An image pool VM's ``image_layers``
+    disks go under the warm-up layer (whose ``/bin/true`` runs), so init mounts them now and
+    the pod's START finds them mounted."""
+    layers = [layer_serial(i) for i in range(image_layers)] + [WARMUP_SERIAL]
     return {
         "container": "hypervm-warmup",
         "handle": WARMUP_HANDLE,
-        "rootfs": {"layers": [WARMUP_SERIAL], "readonly": False, "wait_ms": LAYER_WAIT_MS},
+        "rootfs": {"layers": layers, "readonly": False, "wait_ms": LAYER_WAIT_MS},
         "mounts": [{"type": "9p", "source": POOL_SHARE_TAG, "destination": destination,
                     "readonly": True}],
         "hostname": "warmup",
@@ -79,17 +97,41 @@ def warmup_start(destination: str = "/mnt/pool") -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """``size`` idle VMs of ``vcpus`` vCPUs and ``memory_mib`` MiB, named hypervm-<name>-…"""
+    """``size`` generic idle VMs, plus ``per_image`` idle VMs for each image of ``images``
+    (references, resolved like a launch resolves them), all of ``vcpus`` vCPUs and
+    ``memory_mib`` MiB, named hypervm-<name>-…"""
 
     size: int = 2
     vcpus: int = 1
     memory_mib: int = 128
     name: str = "pool"
+    images: tuple[str, ...] = ()
+    per_image: int = 1
+
+    def targets(self) -> dict[str, int]:
+        """Idle VMs to keep, by kind: ``GENERIC`` and each image reference."""
+        targets = {GENERIC: self.size} if self.size else {}
+        targets.update((ref, self.per_image) for ref in self.images)
+        return targets
 
     def validate(self) -> PoolConfig:
-        if not 1 <= self.size <= MAX_POOL_SIZE:
+        if not 0 <= self.size <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.size", f"{self.size} is out of range",
+                              hint=f"use 0..{MAX_POOL_SIZE} (0 only with images)")
+        for i, ref in enumerate(self.images):
+            if not isinstance(ref, str) or not ref.strip() or ref != ref.strip():
+                raise InvalidSpec(f"pool.images[{i}]", f"{ref!r} is not an image reference",
+                                  hint="e.g. --image registry.example:5000/web:1")
+        if len(set(self.images)) != len(self.images):
+            raise InvalidSpec("pool.images", "an image is listed twice",
+                              hint="list each image once; --per-image sets how many VMs")
+        if not 1 <= self.per_image <= MAX_POOL_SIZE:
+            raise InvalidSpec("pool.per_image", f"{self.per_image} is out of range",
                               hint=f"use 1..{MAX_POOL_SIZE}")
+        total = sum(self.targets().values())
+        if not 1 <= total <= MAX_POOL_SIZE:
+            raise InvalidSpec("pool.size", f"{total} idle VMs in all is out of range",
+                              hint=f"keep size + images × per_image within 1..{MAX_POOL_SIZE}")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidSpec("pool.vcpus", f"{self.vcpus} is out of range",
                               hint=f"use 1..{MAX_VCPUS}")
@@ -116,6 +158,29 @@ def unfit_reason(pod: PodSpec, vcpus: int, memory_mib: int) -> str | None:
         return "the pod publishes ports (fixed when a VM boots)"
     if pod.network.mode != "user":
         return f"the pod's network mode is {pod.network.mode!r} (pool VMs have a NIC)"
+    return None
+
+
+def next_kind(targets: Mapping[str, int], have: Mapping[str, int]) -> str | None:
+    """The kind of VM to boot next: the one furthest below its target (as a fraction, generic
+    first on a tie), or None when every kind has its ``targets`` idle or booting (``have``)."""
+    short = [(have.get(kind, 0) / target, i, kind)
+             for i, (kind, target) in enumerate(targets.items()) if have.get(kind, 0) < target]
+    return min(short)[2] if short else None
+
+
+def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str]) -> int | None:
+    """Which idle VM a claim for ``layers`` gets, by each VM's attached layers (``()`` for a
+    generic VM), oldest first: an image VM with exactly these layers, else a generic one.
+    An image VM never serves other layers: its disks would be visible to the pod."""
+    wanted = tuple(layers)
+    if wanted:
+        for i, attached in enumerate(idle):
+            if attached == wanted:
+                return i
+    for i, attached in enumerate(idle):
+        if not attached:
+            return i
     return None
 
 
@@ -154,11 +219,12 @@ def decode(line: bytes, what: str) -> dict[str, Any]:
     return message
 
 
-def claim_request(vcpus: int, memory_mib: int,
-                  metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``metadata``: the pod's entries for the VM (the pool writes them with the new owner)."""
+def claim_request(vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
+                  layers: Sequence[str] = ()) -> dict[str, Any]:
+    """``metadata``: the pod's entries for the VM (the pool writes them with the new owner);
+    ``layers``: the pod's distinct layer files, in disk-serial order."""
     return {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
-            "metadata": dict(metadata or {})}
+            "metadata": dict(metadata or {}), "layers": list(layers)}
 
 
 @dataclass(frozen=True)
@@ -166,6 +232,7 @@ class Claim:
     vcpus: int
     memory_mib: int
     metadata: dict[str, str]
+    layers: tuple[str, ...] = ()
 
 
 def parse_claim(request: dict[str, Any]) -> Claim:
@@ -183,7 +250,13 @@ def parse_claim(request: dict[str, Any]) -> Claim:
         check_metadata(metadata)
     except InvalidSpec as e:
         raise PoolError(f"claim.{e}") from e
-    return Claim(values[0], values[1], metadata)
+    layers = request.get("layers", [])
+    if (not isinstance(layers, list) or len(layers) > MAX_CLAIM_LAYERS
+            or not all(isinstance(x, str) and x.startswith("/") for x in layers)
+            or len(set(layers)) != len(layers)):
+        raise PoolError(f"claim.layers: must be a list of at most {MAX_CLAIM_LAYERS} distinct "
+                        f"absolute paths, not {layers!r:.200}")
+    return Claim(values[0], values[1], metadata, tuple(layers))
 
 
 @dataclass(frozen=True)
@@ -193,15 +266,20 @@ class Lease:
     vm: str
     run_dir: Path
     ready: dict[str, Any]
+    #: the VM has the claimed layers attached (and mounted) already: hot-add nothing
+    layers_attached: bool = False
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Lease:
         if "error" in reply:
             raise PoolError(str(reply["error"]))
         vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
-        if not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict):
+        attached = reply.get("layers_attached", False)
+        if (not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict)
+                or not isinstance(attached, bool)):
             raise PoolError(f"malformed claim reply: {reply!r}")
-        return cls(vm=vm, run_dir=Path(run_dir), ready=ready)
+        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached)
 
     def reply(self) -> dict[str, Any]:
-        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready}
+        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
+                "layers_attached": self.layers_attached}

@@ -26,7 +26,7 @@ from executor.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
 from executor.guest_channel import GuestChannel, ProcessCallbacks
 from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process
-from executor.pool_spec import FIRST_POD_UNIT, LAYER_WAIT_MS, POOL_SHARE_TAG
+from executor.pool_spec import FIRST_POD_UNIT, LAYER_WAIT_MS, POOL_SHARE_TAG, layer_serial
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class HyperVM:
         self._share_tags: dict[Path, str] = {}
         #: the VM came from the warm pool: layers are SCSI LUNs, mounts subdirs of its share
         self.warm = False
+        #: ... an image pool VM, which had the pod's layers attached and mounted already
+        self.warm_layers = False
         self.guest_kernel: str | None = None
         self.boot_seconds: float | None = None
 
@@ -99,7 +101,7 @@ class HyperVM:
         """Name each distinct layer (disk serial) and 9p source (tag, or share subdir)."""
         for container in self.pod.containers:
             for layer in container.rootfs.layers:
-                self._layer_serials.setdefault(layer, f"l{len(self._layer_serials)}")
+                self._layer_serials.setdefault(layer, layer_serial(len(self._layer_serials)))
             for mount in container.mounts:
                 if mount.type == "9p" and mount.source is not None:
                     self._share_tags.setdefault(mount.source, f"s{len(self._share_tags)}")
@@ -173,7 +175,9 @@ class HyperVM:
         try:
             if reason is not None:
                 raise PoolError(reason)
-            lease, sock = warm.claim(self.cfg, res.cpus, res.memory_mib, self._metadata())
+            self._assign_devices()
+            lease, sock = warm.claim(self.cfg, res.cpus, res.memory_mib, self._metadata(),
+                                     [str(path) for path in self._layer_serials])
         except PoolError as e:
             log.info("%s: no warm VM (%s): booting cold", self.pod.name, e)
             return False
@@ -190,13 +194,15 @@ class HyperVM:
             self.destroy()
             sock.close()  # when the failure came before the channel took it
             self.name, self.run_dir, self.warm = cold_name, cold_dir, False
+            self.warm_layers = False
             self._destroyed, self._channel = False, None
             if self._own_hypervisor:  # destroy() closed it
                 self._hypervisor = None
             self._layer_serials, self._share_tags = {}, {}
             return False
         self.boot_seconds = time.monotonic() - started
-        log.info("%s: warm VM %s ready in %.3f s", self.pod.name, self.name, self.boot_seconds)
+        log.info("%s: warm VM %s%s ready in %.3f s", self.pod.name, self.name,
+                 " (layers attached)" if self.warm_layers else "", self.boot_seconds)
         return True
 
     def _adopt(self, lease: Any, sock: Any, timeout: float) -> None:
@@ -212,11 +218,12 @@ class HyperVM:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
         hv = self._hypervisor
         hv.adopt(self.name)  # the pool wrote our metadata and made us the owner
-        self._assign_devices()
         self._give_owned_shares()
-        for unit, (path, serial) in enumerate(self._layer_serials.items(), FIRST_POD_UNIT):
-            hv.attach_device(self.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
-                                                         unit))
+        self.warm_layers = lease.layers_attached
+        if not lease.layers_attached:  # an image pool VM has exactly our layers already
+            for unit, (path, serial) in enumerate(self._layer_serials.items(), FIRST_POD_UNIT):
+                hv.attach_device(self.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
+                                                             unit))
         if self._share_tags:
             qemu_pid = hv.qemu_pid(self.name)
             if qemu_pid is None:

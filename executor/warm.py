@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,12 @@ def _request(cfg: HostConfig, message: dict[str, Any],
 
 
 def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
-          timeout: float = CLAIM_TIMEOUT) -> tuple[Lease, socket.socket]:
-    """Claim a warm VM of this shape, ``metadata`` written on it; the caller owns (and must
-    destroy) it from now on. PoolError when none can be had: boot cold then."""
-    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata), timeout)
+          layers: Sequence[str] = (), timeout: float = CLAIM_TIMEOUT
+          ) -> tuple[Lease, socket.socket]:
+    """Claim a warm VM of this shape for a pod of these ``layers`` (distinct layer files in
+    disk-serial order), ``metadata`` written on it; the caller owns (and must destroy) it
+    from now on. PoolError when none can be had: boot cold then."""
+    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata, layers), timeout)
     try:
         lease = Lease.from_reply(reply)
         if len(fds) != 1:

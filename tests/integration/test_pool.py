@@ -196,6 +196,49 @@ def test_other_shapes_boot_cold(pooled: Any, layers: Any) -> None:
     assert pool.claims == claims
 
 
+def test_an_image_vm_serves_only_pods_of_its_layers(pooled: Any, layers: Any) -> None:
+    """A pool told to keep an image warm boots VMs with its layers attached and mounted; a pod
+    of those layers gets one (nothing to hot-add), a pod of another image never does."""
+    cfg, _ = pooled
+    busybox, multi = layers
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-pool-img-"))
+    img_cfg = dataclasses.replace(cfg, pool_socket_override=sock_dir / "pool.sock")
+    resolved = {busybox.ref: busybox.layers}
+    image_pool = WarmPool(img_cfg, PoolConfig(size=0, images=(busybox.ref,), vcpus=1,
+                                              memory_mib=128, name=f"{POOL_NAME}-img"),
+                          resolve=resolved.__getitem__)
+    image_pool.start()
+    try:
+        assert image_pool.wait_full(FILL), image_pool.status()
+        (image_vm,) = image_pool.unclaimed()
+        # another image's pod: the image VM is not for it, and there is no generic VM
+        other, pod = true_pod("img-other", multi.layers)
+        with HyperVM(img_cfg, pod) as vm:
+            vm.boot()
+            assert not vm.warm
+            assert run(vm, other)[0] == 0
+        assert image_pool.unclaimed() == {image_vm} and image_pool.claims == 0
+        container = Container("main", Rootfs(layers=busybox.layers),
+                              Process(args=("/bin/sh", "-c", "ls /bin/busybox; mount")))
+        pod = PodSpec(name=f"{TEST_TAG}-img", containers=(container,),
+                      resources=Resources(cpus=1, memory_mib=128))
+        with HyperVM(img_cfg, pod) as vm:
+            vm.boot()
+            assert vm.warm and vm.warm_layers and vm.name == image_vm
+            with Hypervisor(cfg.libvirt_uri, events=False) as hv:
+                (info,) = [d for d in hv.list_ours() if d.name == vm.name]
+            # the warm-up layer and the image's own, nothing else
+            assert set(info.disk_paths) == {*busybox.layers, image_pool._boot_layer}
+            assert len(info.disk_paths) == len(busybox.layers) + 1
+            code, out = run(vm, container)
+        assert code == 0, out
+        assert "/bin/busybox" in out and "overlay on / " in out, out
+        assert image_pool.claims == 1
+    finally:
+        image_pool.stop()
+        sock_dir.rmdir()
+
+
 CLAIMER = """
 import sys
 from pathlib import Path
@@ -317,7 +360,15 @@ def test_bad_pool_settings_are_one_line(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "hypervm: error: pool.size: 0 is out of range (use 1..64)"]
+        "hypervm: error: pool.size: 0 idle VMs in all is out of range "
+        "(keep size + images × per_image within 1..64)"]
+    out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "serve", "--image",
+                          "web:1", "--image", "web:1"],
+                         env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "hypervm: error: pool.images: an image is listed twice "
+        "(list each image once; --per-image sets how many VMs)"]
     out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "status"], env=env,
                          capture_output=True, text=True, check=False)
     assert out.returncode == 1

@@ -11,13 +11,19 @@ from executor.errors import InvalidSpec, PoolError
 from executor.network import NetworkSpec, PortMapping
 from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
 from executor.pool_spec import (
+    GENERIC,
+    WARMUP_SERIAL,
     Lease,
     PoolConfig,
     claim_request,
     decode,
     encode,
+    layer_serial,
+    next_kind,
     parse_claim,
+    pick_vm,
     unfit_reason,
+    warmup_start,
 )
 
 
@@ -38,6 +44,11 @@ def test_defaults_validate() -> None:
 @pytest.mark.parametrize(("config", "field"), [
     (PoolConfig(size=0), "pool.size"),
     (PoolConfig(size=65), "pool.size"),
+    (PoolConfig(size=60, images=("a", "b"), per_image=3), "pool.size"),
+    (PoolConfig(images=("",)), "pool.images[0]"),
+    (PoolConfig(images=("web:1", " db")), "pool.images[1]"),
+    (PoolConfig(images=("web:1", "web:1")), "pool.images"),
+    (PoolConfig(images=("web:1",), per_image=0), "pool.per_image"),
     (PoolConfig(vcpus=0), "pool.vcpus"),
     (PoolConfig(memory_mib=16), "pool.memory_mib"),
     (PoolConfig(name="no spaces"), "pool.name"),
@@ -48,6 +59,42 @@ def test_bad_settings_name_the_field(config: PoolConfig, field: str) -> None:
         config.validate()
     assert info.value.field == field
     assert info.value.hint
+
+
+def test_targets_by_kind() -> None:
+    assert PoolConfig(size=2).targets() == {GENERIC: 2}
+    config = PoolConfig(size=0, images=("web:1", "db:2"), per_image=3).validate()
+    assert config.targets() == {"web:1": 3, "db:2": 3}
+    assert PoolConfig(size=1, images=("web:1",)).targets() == {GENERIC: 1, "web:1": 1}
+
+
+def test_the_refill_boots_the_kind_furthest_below_its_target() -> None:
+    targets = {GENERIC: 2, "web:1": 1, "db:2": 4}
+    assert next_kind(targets, {}) == GENERIC  # all empty: generic first, then in order
+    assert next_kind(targets, {GENERIC: 1}) == "web:1"
+    assert next_kind(targets, {GENERIC: 1, "web:1": 1}) == "db:2"  # 0/4 < 1/2
+    assert next_kind(targets, {GENERIC: 1, "web:1": 1, "db:2": 2}) == GENERIC  # 1/2 = 2/4
+    assert next_kind(targets, {GENERIC: 2, "web:1": 1, "db:2": 3}) == "db:2"
+    assert next_kind(targets, {GENERIC: 2, "web:1": 1, "db:2": 4}) is None
+    assert next_kind({}, {}) is None
+
+
+def test_a_claim_gets_its_image_vm_or_a_generic_one_never_another_images() -> None:
+    web, db = ("/c/a.erofs", "/c/b.erofs"), ("/c/d.erofs",)
+    idle = [db, (), web, ()]
+    assert pick_vm(idle, web) == 2
+    assert pick_vm(idle, db) == 0
+    assert pick_vm(idle, ("/c/a.erofs",)) == 1  # a subset of web's layers is not web
+    assert pick_vm(idle, web[::-1]) == 1  # nor the same layers in another order
+    assert pick_vm(idle, ()) == 1
+    assert pick_vm([db, web], ("/c/x.erofs",)) is None
+    assert pick_vm([], web) is None
+
+
+def test_warmup_mounts_an_image_vms_layers_under_the_warmup_layer() -> None:
+    assert warmup_start()["rootfs"]["layers"] == [WARMUP_SERIAL]
+    assert warmup_start(2)["rootfs"]["layers"] == [layer_serial(0), layer_serial(1),
+                                                   WARMUP_SERIAL]
 
 
 def test_a_pod_of_the_pool_shape_fits() -> None:
@@ -73,7 +120,10 @@ def test_protocol_lines_round_trip() -> None:
     claim = parse_claim(decode(line, "request"))
     assert (claim.vcpus, claim.memory_mib) == (2, 256)
     assert claim.metadata == {"pod": "web", "label.a": "b & <c>"}
+    assert claim.layers == ()
     assert parse_claim({"op": "claim", "vcpus": 1, "memory_mib": 64}).metadata == {}
+    line = encode(claim_request(1, 128, {}, ["/c/a.erofs", "/c/b.erofs"]))
+    assert parse_claim(decode(line, "request")).layers == ("/c/a.erofs", "/c/b.erofs")
 
 
 @pytest.mark.parametrize(("line", "words"), [
@@ -97,6 +147,10 @@ def test_bad_lines_are_pool_errors(line: bytes, words: str) -> None:
      r"claim.metadata\['pod'\]"),
     ({"op": "claim", "vcpus": 1, "memory_mib": 64, "metadata": {"k": "a\x01"}},
      r"claim.metadata\['k'\]: contains the control character"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "layers": "/c/a.erofs"}, "claim.layers"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "layers": ["a.erofs"]}, "claim.layers"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "layers": ["/a", "/a"]}, "claim.layers"),
+    ({"op": "claim", "vcpus": 1, "memory_mib": 64, "layers": ["/a"] * 200}, "claim.layers"),
 ])
 def test_bad_claims_name_the_field(request_: dict, words: str) -> None:
     with pytest.raises(PoolError, match=words):
@@ -106,6 +160,10 @@ def test_bad_claims_name_the_field(request_: dict, words: str) -> None:
 def test_lease_round_trips_and_errors_become_pool_errors() -> None:
     lease = Lease(vm="hypervm-pool-1", run_dir=Path("/run/x"), ready={"version": 1})
     assert Lease.from_reply(decode(encode(lease.reply()), "reply")) == lease
+    attached = Lease(vm="hypervm-pool-2", run_dir=Path("/r"), ready={}, layers_attached=True)
+    assert Lease.from_reply(decode(encode(attached.reply()), "reply")) == attached
+    # a pool from before image VMs sends no flag: nothing is attached
+    assert not Lease.from_reply({"vm": "v", "run_dir": "/r", "ready": {}}).layers_attached
     with pytest.raises(PoolError, match="no warm VM is ready"):
         Lease.from_reply({"error": "no warm VM is ready"})
     with pytest.raises(PoolError, match="malformed"):
