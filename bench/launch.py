@@ -34,6 +34,8 @@ class Launch:
     running_s: float
     #: the executor took a pool VM
     warm: bool
+    #: ... an image pool VM, with the task's layers attached already
+    warm_layers: bool
     #: HyperVM.boot() as the executor logged it (kernel lookup, domain create, READY)
     vm_boot_s: float | None
     #: phases from the executor log's timestamps (ms resolution), see :func:`phases`
@@ -97,8 +99,10 @@ def launch_once(ref: str, pool_socket: Path | None = None) -> Launch:
         agent.wait_executor_exit(60)
         text = agent.executor_log()
         match = _READY_RE.search(text)
-        warm = _MARKS["claimed"].search(text) is not None
-        return Launch(took, warm, float(match.group(1)) if match else None, phases(text))
+        claimed = _MARKS["claimed"].search(text)
+        return Launch(took, claimed is not None,
+                      claimed is not None and "(layers attached)" in claimed.group(0),
+                      float(match.group(1)) if match else None, phases(text))
     except BaseException:
         log.error("executor log:\n%s", agent.executor_log()[-4000:])
         raise

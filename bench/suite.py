@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 WARM_POOL_NOTE = (
     "LAUNCH -> TASK_RUNNING through the executor and the agent double, the VM claimed from a "
-    "warm pool (executor/pool.py) of {size} idle 1 vCPU / 128 MiB VMs that is full before each "
-    "launch: layers hot-added as SCSI LUNs, the sandbox bound into QEMU's mount namespace; "
-    "phases in details.summaries['warm launch: ...']")
+    "warm pool (executor/pool.py, `hypervm pool serve --image REF`) that keeps an idle 1 vCPU / "
+    "128 MiB VM with the launch image's layers attached and mounted, full before each launch; "
+    "the sandbox bound into QEMU's mount namespace; phases in details.summaries['warm launch: "
+    "...']. warm_launch_generic_*: the same from a pool of {size} generic VMs (no --image), "
+    "whose claim hot-adds the layers as SCSI LUNs")
 POOL_SIZE = 2
 #: the pool refills one boot at a time; a full pool before each measurement keeps its boots
 #: from loading the machine while something else is timed
@@ -124,19 +126,20 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                     ) -> tuple[dict[str, list[float]], list[float]]:
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
-                                       "warm launch": [],
+                                       "warm launch": [], "warm launch (generic VM)": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: []}
     loads: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
-            warm_pool(env) as pool:
+            warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool:
         container.run_once(root)
-        sock = pool.cfg.pool_socket
+        pools = {"warm launch": image_pool, "warm launch (generic VM)": pool}
         if plan.warm_up:
             rawboot.boot_once(env, hv)
             launch.launch_once(ref)
-            _fill_pool(pool)
-            launch.launch_once(ref, sock)
+            for each in pools.values():
+                _fill_pool(each)
+                launch.launch_once(ref, each.cfg.pool_socket)
             runtrue.run_once(ref)
         for i in range(plan.rounds):
             loads.append(load_average()[0])
@@ -152,14 +155,16 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
             for phase, seconds in cold.phases.items():
                 samples.setdefault("cold launch: " + phase, []).append(seconds)
-            _fill_pool(pool)
-            warm = launch.launch_once(ref, sock)
-            if not warm.warm:
-                raise RuntimeError("the warm launch booted cold (see the executor log)")
-            samples["warm launch"].append(warm.running_s)
-            for phase, seconds in warm.phases.items():
-                samples.setdefault("warm launch: " + phase, []).append(seconds)
-            _fill_pool(pool)
+            for kind, each in pools.items():
+                _fill_pool(each)
+                warm = launch.launch_once(ref, each.cfg.pool_socket)
+                if not warm.warm or warm.warm_layers != (each is image_pool):
+                    raise RuntimeError(f"{kind}: not the expected pool VM (see the executor log)")
+                samples[kind].append(warm.running_s)
+                for phase, seconds in warm.phases.items():
+                    samples.setdefault(f"{kind}: {phase}", []).append(seconds)
+            for each in pools.values():
+                _fill_pool(each)
             if i < plan.run_true_runs:
                 samples["hypervm run true"].append(runtrue.run_once(ref))
                 boot_s, start_s = density.start_on_booted(env, hv, layers)
@@ -171,16 +176,18 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
 
 
 @contextlib.contextmanager
-def warm_pool(env: VMEnv) -> Iterator[WarmPool]:
+def warm_pool(env: VMEnv, name: str, image: str | None = None) -> Iterator[WarmPool]:
     """A warm pool of the launch shape on a socket of its own (``hypervm run`` and the cold
-    launches, which set HYPERVM_POOL=off, never take from it)."""
+    launches, which set HYPERVM_POOL=off, never take from it): ``POOL_SIZE`` generic VMs, or
+    with ``image`` one VM with that image's layers attached."""
     from bench.images import scratch_dir
     from bench.vmenv import bench_name
 
-    sock_dir = scratch_dir("pool")
+    sock_dir = scratch_dir(name)
     cfg = dataclasses.replace(env.cfg, pool_socket_override=sock_dir / "pool.sock")
-    pool = WarmPool(cfg, PoolConfig(size=POOL_SIZE, vcpus=1, memory_mib=launch.MEMORY_MIB,
-                                    name=bench_name("pool")), accel=env.accel)
+    config = PoolConfig(size=0 if image else POOL_SIZE, images=(image,) if image else (),
+                        vcpus=1, memory_mib=launch.MEMORY_MIB, name=bench_name(name))
+    pool = WarmPool(cfg, config, accel=env.accel)
     pool.start()
     try:
         yield pool
@@ -201,20 +208,23 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
     doc["details"]["summaries"] = {n: s.as_dict() for n, s in summaries.items()}
     doc["details"]["samples"] = {n: [round(x, 4) for x in v] for n, v in samples.items()}
     raw, cold, warm = summaries["raw boot"], summaries["cold launch"], summaries["warm launch"]
+    generic = summaries["warm launch (generic VM)"]
     ctr, run_true = summaries["container"], summaries["hypervm run true"]
     doc.update({
         "raw_boot_p50_s": p(raw.p50), "raw_boot_p95_s": p(raw.p95),
         "container_p50_s": p(ctr.p50), "container_p95_s": p(ctr.p95),
         "cold_launch_p50_s": p(cold.p50), "cold_launch_p95_s": p(cold.p95),
         "warm_launch_p50_s": p(warm.p50), "warm_launch_p95_s": p(warm.p95),
+        "warm_launch_generic_p50_s": p(generic.p50), "warm_launch_generic_p95_s": p(generic.p95),
         "run_true_p50_s": p(run_true.p50),
         "idle_vm_rss_mib": dens.idle_rss_mib,
         "max_concurrent_vms": dens.max_concurrent_vms,
         "import_mb_s": round(imported.mb_s, 2),
         "cache_hit_extra_s": p(summarize(hits).p50),
     })
-    doc["notes"]["warm_launch_p50_s"] = doc["notes"]["warm_launch_p95_s"] = \
-        WARM_POOL_NOTE.format(size=POOL_SIZE)
+    for key in ("warm_launch_p50_s", "warm_launch_p95_s", "warm_launch_generic_p50_s",
+                "warm_launch_generic_p95_s"):
+        doc["notes"][key] = WARM_POOL_NOTE.format(size=POOL_SIZE)
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
         + (" (a lower bound: the cap was reached)" if dens.capped else ""))
@@ -253,6 +263,8 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "cold_launch_vm_boot_p50 / raw_boot_p50":
             ratio(vm_boot.p50 if vm_boot else None, raw.p50),
         "warm_launch_p50 / container_p50": ratio(warm.p50, ctr.p50),
+        "warm_launch_generic_p50 / container_p50": ratio(generic.p50, ctr.p50),
+        "warm_launch_p50 / warm_launch_generic_p50": ratio(warm.p50, generic.p50),
         "warm_launch_p50 / cold_launch_p50": ratio(warm.p50, cold.p50),
         "warm_launch_p50 / raw_boot_p50": ratio(warm.p50, raw.p50),
         "start_on_booted_vm_p50 / container_p50": ratio(floor.p50 if floor else None, ctr.p50),

@@ -127,3 +127,5 @@ def test_warm_launch_phases_from_the_executor_log() -> None:
         '2026-11-24 21:56:14,350 INFO MainThread x: update t: {"state": "TASK_RUNNING"}\n')
     assert phases(log) == {"starting->image": 0.14, "image->claimed": 0.101,
                            "claimed->running": 0.05}
+    image_vm = log.replace("hypervm-pool-1 ready", "hypervm-pool-1 (layers attached) ready")
+    assert phases(image_vm) == phases(log)
