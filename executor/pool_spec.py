@@ -46,7 +46,7 @@ from executor.domain import (
     ShareSpec,
     check_metadata,
 )
-from executor.errors import InvalidSpec, PoolError
+from executor.errors import ImageError, InvalidSpec, PoolError
 from executor.podspec import PodSpec, Resources
 
 #: the 9p tag of a pool VM's single share; the START request mounts ``subdir``s of it
@@ -118,13 +118,22 @@ class PoolConfig:
         if not 0 <= self.size <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.size", f"{self.size} is out of range",
                               hint=f"use 0..{MAX_POOL_SIZE} (0 only with images)")
+        from vmimage.images.reference import parse_reference
+
+        seen = set()
         for i, ref in enumerate(self.images):
-            if not isinstance(ref, str) or not ref.strip() or ref != ref.strip():
-                raise InvalidSpec(f"pool.images[{i}]", f"{ref!r} is not an image reference",
-                                  hint="e.g. --image registry.example:5000/web:1")
-        if len(set(self.images)) != len(self.images):
-            raise InvalidSpec("pool.images", "an image is listed twice",
-                              hint="list each image once; --per-image sets how many VMs")
+            try:
+                if not isinstance(ref, str) or ref != ref.strip():
+                    raise ImageError(repr(ref), "not an image reference")
+                canonical = str(parse_reference(ref))
+            except ImageError as e:
+                raise InvalidSpec(f"pool.images[{i}]", e.args[0],
+                                  hint=e.hint or "e.g. --image registry.example:5000/web:1"
+                                  ) from e
+            if canonical in seen:
+                raise InvalidSpec("pool.images", f"{canonical} is listed twice",
+                                  hint="list each image once; --per-image sets how many VMs")
+            seen.add(canonical)
         if not 1 <= self.per_image <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.per_image", f"{self.per_image} is out of range",
                               hint=f"use 1..{MAX_POOL_SIZE}")

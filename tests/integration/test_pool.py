@@ -367,7 +367,7 @@ def test_bad_pool_settings_are_one_line(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
-        "hypervm: error: pool.images: an image is listed twice "
+        "hypervm: error: pool.images: docker.io/library/web:1 is listed twice "
         "(list each image once; --per-image sets how many VMs)"]
     out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "status"], env=env,
                          capture_output=True, text=True, check=False)
