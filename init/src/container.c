@@ -7,10 +7,14 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <poll.h>
+#include <stdlib.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "layers.h"
@@ -234,6 +238,294 @@ int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *rea
 		return -1;
 	}
 	return 0;
+}
+
+/* --- a container prepared ahead of its START (PREPARE) --------------------------------------
+ *
+ * The prepared child does everything of a START that does not depend on the START's contents:
+ * rootfs, namespaces, /etc files (rewritten by init at START), /proc /sys /dev, and it carries
+ * a bind of each 9p tag at CARRIED_DIR inside its root. Then it waits on a socketpair for the
+ * START's payload and spawn descriptors, makes the requested mounts from the carried tags,
+ * unmounts them, and goes on like any container. No process of the container runs before it
+ * has dropped the carried tags. */
+
+#define CARRIED_DIR "/.hypervm-shares" /* no longer than SHARES_DIR */
+#define PREPARED_MAX_PAYLOAD (128u * 1024u)
+#define PREPARED_FDS 5
+#define PREPARED_TIMEOUT_MS 30000
+
+static struct {
+	pid_t pid; /* 0: none */
+	int sock;  /* init's end of the socketpair */
+	char layers[MAX_LAYERS][MAX_SERIAL_LEN + 1];
+	size_t nlayers;
+	int readonly;
+	char tags[MAX_MOUNTS][MAX_TAG_LEN + 1];
+	size_t ntags;
+	int net_files; /* /etc files were bound (NETWORK had been configured) */
+} prepared = {.sock = -1};
+
+static void drop_prepared(void)
+{
+	if (prepared.sock >= 0)
+		close(prepared.sock); /* EOF: a waiting child exits */
+	prepared.sock = -1;
+	prepared.pid = 0;
+}
+
+/* In the prepared child: the START's 9p mounts as clones of the carried tags, the rest as
+ * usual, then the carried tags unmounted. (The child's copy of `prepared` predates it being
+ * filled: the tags come from the PREPARE request.) */
+static int prepared_mounts(const struct start_req *req, const struct prepare_req *prep,
+			   struct op_error *e)
+{
+	int fds[MAX_MOUNTS];
+	int rc;
+
+	if (shares_clone_from(CARRIED_DIR, req, fds, e) != 0)
+		return -1;
+	rc = mount_requested(req, fds, e);
+	for (size_t i = 0; i < prep->nshares; i++) {
+		char path[sizeof(CARRIED_DIR) + MAX_TAG_LEN + 2];
+
+		snprintf(path, sizeof(path), "%s/%s", CARRIED_DIR, prep->shares[i]);
+		if (umount2(path, MNT_DETACH) != 0 || rmdir(path) != 0) {
+			log_errno("drop the carried tag %s", path);
+			return op_fail(e, "EMOUNT", errno, "unmount the carried 9p tag");
+		}
+	}
+	if (prep->nshares > 0 && rmdir(CARRIED_DIR) != 0 && errno != ENOENT)
+		log_errno("rmdir %s", CARRIED_DIR);
+	return rc;
+}
+
+/* In the prepared child, once prepared: wait for the START, then finish it. Never returns. */
+static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock)
+{
+	uint32_t mask = 0;
+	char *payload = malloc(PREPARED_MAX_PAYLOAD);
+	char control[CMSG_SPACE(sizeof(int) * PREPARED_FDS)];
+	struct iovec iov[2] = {{&mask, sizeof(mask)}, {payload, PREPARED_MAX_PAYLOAD}};
+	struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2, .msg_control = control,
+			     .msg_controllen = sizeof(control)};
+	int got[PREPARED_FDS], ngot = 0, next = 0;
+	struct spawn_fds f;
+	int *child_ends[PREPARED_FDS] = {&f.out[1], &f.err[1], &f.in[0], &f.report[1], &f.status[1]};
+	struct request r;
+	struct req_error rerr;
+	struct op_error e;
+	ssize_t n;
+
+	if (payload == NULL)
+		_exit(1);
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < (ssize_t)sizeof(mask))
+		_exit(0); /* init dropped the prepared container */
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			ngot = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+			memcpy(got, CMSG_DATA(c), sizeof(int) * (size_t)ngot);
+		}
+	close(sock);
+	memset(&f, 0xff, sizeof(f)); /* every end -1 */
+	for (int i = 0; i < PREPARED_FDS; i++)
+		if ((mask & (1u << i)) && next < ngot)
+			*child_ends[i] = got[next++];
+	if (f.report[1] < 0)
+		_exit(1);
+	if (request_parse(MSG_START, 1, (const uint8_t *)payload, (size_t)n - sizeof(mask), &r,
+			  &rerr) != 0) {
+		op_fail(&e, "EINVAL", 0, "%s", rerr.message);
+		spawn_report_failure(f.report[1], &e);
+	}
+	if (prepared_mounts(&r.u.start, prep, &e) != 0)
+		spawn_report_failure(f.report[1], &e);
+	if (sethostname(r.u.start.hostname, strlen(r.u.start.hostname)) != 0) {
+		log_errno("sethostname %s", r.u.start.hostname);
+		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
+		spawn_report_failure(f.report[1], &e);
+	}
+	spawn_process_and_shim(&r.u.start.proc, &f);
+}
+
+/* The clone()d child of PREPARE, PID 1 of the new PID namespace. Never returns. */
+static __attribute__((noreturn)) void prepared_child(const struct prepare_req *req, int sock)
+{
+	const char *root = SCRATCH_DIR "/root";
+	struct op_error e;
+
+	memset(&e, 0, sizeof(e));
+	if (assemble_rootfs(&req->rootfs, &e) != 0)
+		goto fail;
+	for (size_t i = 0; i < req->nshares; i++) {
+		char carried[sizeof(SCRATCH_DIR) + sizeof(CARRIED_DIR) + MAX_TAG_LEN + 8];
+		char source[sizeof(SHARES_DIR) + MAX_TAG_LEN + 2];
+
+		snprintf(carried, sizeof(carried), "%s%s/%s", root, CARRIED_DIR, req->shares[i]);
+		snprintf(source, sizeof(source), "%s/%s", SHARES_DIR, req->shares[i]);
+		if (do_mount(source, carried, NULL, MS_BIND | MS_REC, NULL, &e) != 0)
+			goto fail;
+	}
+	if (net_bind_files(SCRATCH_DIR, root, "localhost", &e) != 0 || enter_rootfs(&e) != 0 ||
+	    mount_system_fs(&e) != 0)
+		goto fail;
+	memset(&e, 0, sizeof(e)); /* an empty code: prepared */
+	if (write(sock, &e, sizeof(e)) != (ssize_t)sizeof(e))
+		_exit(1);
+	prepared_wait(req, sock);
+fail:
+	if (write(sock, &e, sizeof(e)) < 0)
+		log_errno("report the prepare failure");
+	_exit(1);
+}
+
+int container_prepare(const struct prepare_req *req, struct op_error *e)
+{
+	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
+	struct start_req shares;
+	struct op_error ce;
+	struct pollfd pfd;
+	int sv[2];
+	long child;
+	ssize_t n;
+
+	if (prepared.pid != 0)
+		return op_fail(e, "EEXIST", 0, "a container is prepared already");
+	memset(&shares, 0, sizeof(shares));
+	for (size_t i = 0; i < req->nshares; i++)
+		shares.mounts[shares.nmounts++] = (struct mount_spec){
+		    .kind = MOUNT_9P, .source = req->shares[i], .destination = "/"};
+	if (layers_ensure(req->rootfs.layers, req->rootfs.nlayers, req->rootfs.wait_ms, e) != 0 ||
+	    shares_ensure(&shares, e) != 0)
+		return -1;
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+		log_errno("socketpair");
+		return op_fail(e, "ESPAWN", errno, "socketpair");
+	}
+	child = syscall(SYS_clone, flags, 0, 0, 0, 0);
+	if (child < 0) {
+		log_errno("clone the prepared container");
+		close(sv[0]);
+		close(sv[1]);
+		return op_fail(e, "ESPAWN", errno, "clone");
+	}
+	if (child == 0) {
+		close(sv[0]);
+		prepared_child(req, sv[1]);
+	}
+	close(sv[1]);
+	pfd = (struct pollfd){.fd = sv[0], .events = POLLIN};
+	while ((n = poll(&pfd, 1, PREPARED_TIMEOUT_MS)) < 0 && errno == EINTR)
+		;
+	n = n > 0 ? read(sv[0], &ce, sizeof(ce)) : -1;
+	if (n != (ssize_t)sizeof(ce) || ce.code[0] != '\0') {
+		kill((pid_t)child, SIGKILL);
+		close(sv[0]);
+		if (n != (ssize_t)sizeof(ce))
+			return op_fail(e, "ESPAWN", 0, "the prepared container did not come up");
+		*e = ce;
+		e->code[sizeof(e->code) - 1] = e->message[sizeof(e->message) - 1] = '\0';
+		return -1;
+	}
+	prepared.pid = (pid_t)child;
+	prepared.sock = sv[0];
+	prepared.nlayers = req->rootfs.nlayers;
+	for (size_t i = 0; i < req->rootfs.nlayers; i++)
+		snprintf(prepared.layers[i], sizeof(prepared.layers[i]), "%s", req->rootfs.layers[i]);
+	prepared.readonly = req->rootfs.readonly;
+	prepared.ntags = req->nshares;
+	for (size_t i = 0; i < req->nshares; i++)
+		snprintf(prepared.tags[i], sizeof(prepared.tags[i]), "%s", req->shares[i]);
+	prepared.net_files = net_configured();
+	return 0;
+}
+
+int container_prepared_fits(const struct start_req *req, size_t payload_len)
+{
+	if (prepared.pid == 0 || payload_len > PREPARED_MAX_PAYLOAD ||
+	    req->readonly != prepared.readonly || req->nlayers != prepared.nlayers ||
+	    (net_configured() && !prepared.net_files))
+		return 0;
+	for (size_t i = 0; i < req->nlayers; i++)
+		if (strcmp(req->layers[i], prepared.layers[i]) != 0)
+			return 0;
+	for (size_t i = 0; i < req->nmounts; i++) {
+		size_t t = 0;
+
+		if (req->mounts[i].kind != MOUNT_9P)
+			continue;
+		while (t < prepared.ntags && strcmp(prepared.tags[t], req->mounts[i].source) != 0)
+			t++;
+		if (t == prepared.ntags)
+			return 0;
+	}
+	return 1;
+}
+
+int container_start_prepared(const struct start_req *req, const uint8_t *payload, size_t len,
+			     struct spawn_fds *f, pid_t *reaper, pid_t *pid, struct op_error *e)
+{
+	int ends[PREPARED_FDS] = {f->out[1], f->err[1], f->in[0], f->report[1], f->status[1]};
+	int fds[PREPARED_FDS], nfds = 0;
+	uint32_t mask = 0;
+	char control[CMSG_SPACE(sizeof(int) * PREPARED_FDS)];
+	struct iovec iov[2] = {{&mask, sizeof(mask)}, {(void *)payload, len}};
+	struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2, .msg_control = control};
+	struct cmsghdr *c;
+	char root[32];
+	int root_fd;
+	ssize_t n;
+
+	snprintf(root, sizeof(root), "/proc/%d/root", (int)prepared.pid);
+	root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (root_fd < 0 || net_write_files(root_fd, req->hostname, e) != 0) {
+		log_errno("the prepared container %d is unusable", (int)prepared.pid);
+		if (root_fd >= 0)
+			close(root_fd);
+		kill(prepared.pid, SIGKILL);
+		drop_prepared();
+		return 1; /* start it the usual way */
+	}
+	close(root_fd);
+	for (int i = 0; i < PREPARED_FDS; i++)
+		if (ends[i] >= 0) {
+			mask |= 1u << i;
+			fds[nfds++] = ends[i];
+		}
+	memset(control, 0, sizeof(control));
+	msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+	memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+	do
+		n = sendmsg(prepared.sock, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	*reaper = prepared.pid;
+	if (n != (ssize_t)(sizeof(mask) + len)) {
+		log_errno("hand the START to the prepared container %d", (int)prepared.pid);
+		kill(prepared.pid, SIGKILL);
+		drop_prepared();
+		return 1;
+	}
+	drop_prepared();
+	spawn_fds_close_child_side(f);
+	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
+		kill(*reaper, SIGKILL);
+		return -1;
+	}
+	return 0;
+}
+
+void container_prepared_exited(pid_t pid)
+{
+	if (pid == prepared.pid && pid != 0) {
+		log_msg("the prepared container %d ended before its START", (int)pid);
+		drop_prepared();
+	}
 }
 
 static int join_namespaces(pid_t reaper, int report_fd)

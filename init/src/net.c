@@ -230,6 +230,34 @@ static void bind_into(int root_fd, const char *source, const char *name)
 	close(fd);
 }
 
+int net_configured(void) { return configured; }
+
+int net_write_files(int root_fd, const char *hostname, struct op_error *e)
+{
+	char hostname_line[MAX_NAME_LEN + 2];
+	const char *texts[NET_FILES] = {hosts_text, resolv_text, hostname_line};
+
+	if (!configured)
+		return 0;
+	snprintf(hostname_line, sizeof(hostname_line), "%s\n", hostname);
+	for (int i = 0; i < NET_FILES; i++) {
+		char rel[64];
+		size_t len = strlen(texts[i]);
+		int fd;
+
+		snprintf(rel, sizeof(rel), "etc/%s", file_names[i]);
+		fd = open_in_root(root_fd, rel, O_WRONLY | O_TRUNC | O_CREAT, 0644);
+		if (fd < 0 || write(fd, texts[i], len) != (ssize_t)len) {
+			log_errno("write /etc/%s of the prepared container", file_names[i]);
+			if (fd >= 0)
+				close(fd);
+			return op_fail(e, "ESPAWN", errno, "write /etc/%s", file_names[i]);
+		}
+		close(fd);
+	}
+	return 0;
+}
+
 int net_bind_files(const char *scratch, const char *root, const char *hostname,
 		   struct op_error *e)
 {

@@ -17,4 +17,12 @@ int net_configure(const struct network_req *req, struct op_error *e);
 int net_bind_files(const char *scratch, const char *root, const char *hostname,
 		   struct op_error *e);
 
+/* 1 once a NETWORK request has succeeded (containers get the /etc files). */
+int net_configured(void);
+
+/* From init, into a prepared container whose root is root_fd (/proc/<pid>/root): rewrite its
+ * /etc files (bound by net_bind_files) with the current settings and `hostname`, resolved
+ * inside that root. */
+int net_write_files(int root_fd, const char *hostname, struct op_error *e);
+
 #endif

@@ -338,6 +338,32 @@ static int parse_start(const cJSON *root, struct start_req *s, struct req_error 
 	return parse_process(root, &s->proc, err);
 }
 
+static int parse_prepare(const cJSON *root, struct prepare_req *p, struct req_error *err)
+{
+	cJSON *shares = member(root, "shares"), *item;
+
+	if (parse_rootfs(root, &p->rootfs, err) != 0)
+		return -1;
+	if (shares == NULL)
+		return 0;
+	if (!cJSON_IsArray(shares))
+		return fail(err, "shares: must be an array of 9p mount tags");
+	cJSON_ArrayForEach(item, shares)
+	{
+		if (p->nshares >= MAX_MOUNTS)
+			return fail(err, "shares: more than %d tags", MAX_MOUNTS);
+		if (!cJSON_IsString(item) || item->valuestring == NULL || !valid_tag(item->valuestring))
+			return fail(err, "shares[%zu]: must be a 9p mount tag (printable, no space or "
+					 "comma, at most %d bytes)", p->nshares, MAX_TAG_LEN);
+		for (size_t i = 0; i < p->nshares; i++)
+			if (strcmp(p->shares[i], item->valuestring) == 0)
+				return fail(err, "shares[%zu]: %s is listed twice", p->nshares,
+					    item->valuestring);
+		p->shares[p->nshares++] = item->valuestring;
+	}
+	return 0;
+}
+
 static int parse_exec(const cJSON *root, struct exec_req *e, struct req_error *err)
 {
 	if (get_container(root, &e->container, err) != 0 || get_handle(root, &e->handle, err) != 0)
@@ -506,7 +532,8 @@ static int parse_network(const cJSON *root, struct network_req *n, struct req_er
 int request_type_known(uint16_t type)
 {
 	return type == MSG_START || type == MSG_EXEC || type == MSG_SIGNAL ||
-	       type == MSG_POWEROFF || type == MSG_PING || type == MSG_NETWORK;
+	       type == MSG_POWEROFF || type == MSG_PING || type == MSG_NETWORK ||
+	       type == MSG_PREPARE;
 }
 
 int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len,
@@ -543,6 +570,9 @@ int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len
 		break;
 	case MSG_NETWORK:
 		rc = parse_network(out->json, &out->u.network, err);
+		break;
+	case MSG_PREPARE:
+		rc = parse_prepare(out->json, &out->u.prepare, err);
 		break;
 	default: /* POWEROFF, PING: no fields */
 		rc = 0;

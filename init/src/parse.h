@@ -62,6 +62,14 @@ struct start_req {
 	struct proc_spec proc;
 };
 
+/* PREPARE: a container made ahead of its START (rootfs, namespaces, system mounts), carrying
+ * the given 9p tags for the START's mounts. */
+struct prepare_req {
+	struct start_req rootfs; /* only layers, nlayers, readonly and wait_ms are set */
+	const char *shares[MAX_MOUNTS];
+	size_t nshares;
+};
+
 struct exec_req {
 	const char *container;
 	uint32_t handle;
@@ -107,6 +115,7 @@ struct request {
 		struct exec_req exec;
 		struct signal_req signal;
 		struct network_req network;
+		struct prepare_req prepare;
 	} u;
 };
 

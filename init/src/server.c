@@ -82,11 +82,24 @@ static int check_new_handle(uint32_t handle, struct op_error *e)
 	return 0;
 }
 
-static int handle_start(struct server *s, uint32_t id, const struct start_req *req)
+static int handle_prepare(struct server *s, uint32_t id, const struct prepare_req *req)
+{
+	struct op_error e;
+
+	if (container_prepare(req, &e) != 0)
+		return reply_error(s, id, &e);
+	log_msg("container prepared");
+	reply_ok(s, id, strdup("{}"));
+	return 0;
+}
+
+static int handle_start(struct server *s, uint32_t id, const struct start_req *req,
+			const uint8_t *payload, size_t len)
 {
 	struct op_error e;
 	struct spawn_fds f;
 	pid_t reaper, pid;
+	int rc = 1;
 
 	if (container_find(req->container) != NULL) {
 		op_fail(&e, "EEXIST", 0, "container: %s is already running", req->container);
@@ -95,7 +108,14 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	if (check_new_handle(req->handle, &e) != 0 ||
 	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
 		return reply_error(s, id, &e);
-	if (container_start(req, &f, &reaper, &pid, &e) != 0) {
+	if (container_prepared_fits(req, len)) {
+		rc = container_start_prepared(req, payload, len, &f, &reaper, &pid, &e);
+		if (rc == 0)
+			log_msg("container %s takes the prepared one", req->container);
+	}
+	if (rc == 1)
+		rc = container_start(req, &f, &reaper, &pid, &e);
+	if (rc != 0) {
 		spawn_fds_close_all(&f);
 		return reply_error(s, id, &e);
 	}
@@ -170,11 +190,15 @@ static int handle_network(struct server *s, uint32_t id, const struct network_re
 	return 0;
 }
 
-static void dispatch(struct server *s, const struct request *r)
+static void dispatch(struct server *s, const struct request *r, const uint8_t *payload,
+		     size_t len)
 {
 	switch (r->type) {
 	case MSG_START:
-		handle_start(s, r->id, &r->u.start);
+		handle_start(s, r->id, &r->u.start, payload, len);
+		break;
+	case MSG_PREPARE:
+		handle_prepare(s, r->id, &r->u.prepare);
 		break;
 	case MSG_EXEC:
 		handle_exec(s, r->id, &r->u.exec);
@@ -210,6 +234,6 @@ void server_on_frame(void *ctx, const struct frame_header *h, const uint8_t *pay
 		channel_send_error(s->ch, h->id, err.code, err.message, 0);
 		return;
 	}
-	dispatch(s, &req);
+	dispatch(s, &req, payload, h->length);
 	request_free(&req);
 }

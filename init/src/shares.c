@@ -77,6 +77,12 @@ int shares_ensure(const struct start_req *req, struct op_error *e)
 
 int shares_clone(const struct start_req *req, int *fds, struct op_error *e)
 {
+	return shares_clone_from(SHARES_DIR, req, fds, e);
+}
+
+int shares_clone_from(const char *base, const struct start_req *req, int *fds,
+		      struct op_error *e)
+{
 	for (size_t i = 0; i < req->nmounts; i++)
 		fds[i] = -1;
 	for (size_t i = 0; i < req->nmounts; i++) {
@@ -85,7 +91,7 @@ int shares_clone(const struct start_req *req, int *fds, struct op_error *e)
 
 		if (m->kind != MOUNT_9P)
 			continue;
-		snprintf(path, sizeof(path), "%s/%s%s%s", SHARES_DIR, m->source,
+		snprintf(path, sizeof(path), "%s/%s%s%s", base, m->source,
 			 m->subdir ? "/" : "", m->subdir ? m->subdir : "");
 		fds[i] = (int)syscall(SYS_open_tree, AT_FDCWD, path,
 				      OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);

@@ -16,6 +16,11 @@ int shares_ensure(const struct start_req *req, struct op_error *e);
  * (the tag, or its subdir) in fds[i]; -1 for other mounts. */
 int shares_clone(const struct start_req *req, int *fds, struct op_error *e);
 
+/* The same from tags mounted under `base` (at most as long as SHARES_DIR): a prepared
+ * container's carried tags, after its pivot_root. */
+int shares_clone_from(const char *base, const struct start_req *req, int *fds,
+		      struct op_error *e);
+
 /* After pivot_root: attach clone `fd` at `destination` (read-only when asked). */
 int shares_attach(int fd, const char *destination, int readonly, struct op_error *e);
 

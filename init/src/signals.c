@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "container.h"
 #include "log.h"
 #include "proc.h"
 
@@ -40,6 +41,7 @@ static void on_child_exit(pid_t pid, int status)
 	struct process *p = proc_find_by_shim(pid);
 	struct container *c = container_find_by_reaper(pid);
 
+	container_prepared_exited(pid);
 	if (c != NULL) {
 		log_msg("container %s ended", c->name);
 		container_remove(c);

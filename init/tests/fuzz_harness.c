@@ -68,6 +68,16 @@ static void check_request(const struct request *r)
 		check_proc(&s->proc);
 		break;
 	}
+	case MSG_PREPARE: {
+		const struct prepare_req *p = &r->u.prepare;
+		check(p->rootfs.nlayers > 0 && p->rootfs.nlayers <= MAX_LAYERS, "layers count");
+		for (size_t i = 0; i < p->rootfs.nlayers; i++)
+			check(valid_name(p->rootfs.layers[i], MAX_SERIAL_LEN), "layer serial");
+		check(p->nshares <= MAX_MOUNTS, "shares count");
+		for (size_t i = 0; i < p->nshares; i++)
+			check(p->shares[i] != NULL && p->shares[i][0] != '\0', "share tag");
+		break;
+	}
 	case MSG_EXEC:
 		check(valid_name(r->u.exec.container, MAX_NAME_LEN), "container name");
 		check(r->u.exec.handle != 0, "handle non-zero");
@@ -158,10 +168,12 @@ static const char *const seeds[] = {
     "{\"interfaces\":[{\"mac\":\"52:54:00:12:34:56\",\"address\":\"10.0.2.15\",\"prefix\":24,"
     "\"gateway\":\"10.0.2.2\",\"mtu\":1500}],\"nameservers\":[\"10.0.2.3\"],\"search\":"
     "[\"example.org\"],\"hosts\":[{\"address\":\"::1\",\"names\":[\"localhost\"]}]}",
+    "{\"rootfs\":{\"layers\":[\"l0\",\"l1\"],\"readonly\":false,\"wait_ms\":100},"
+    "\"shares\":[\"pool\"]}",
 };
 
 static const uint16_t types[] = {MSG_START, MSG_EXEC, MSG_SIGNAL, MSG_POWEROFF, MSG_PING,
-				 MSG_NETWORK, MSG_STDIN, MSG_READY,  MSG_EXIT,   0x7777};
+				 MSG_NETWORK, MSG_PREPARE, MSG_STDIN, MSG_READY, MSG_EXIT, 0x7777};
 
 static const char *const tokens[] = {
     "{", "}", "[", "]", ",", ":", "\"", "null", "true", "false", "0", "-1", "4294967295",

@@ -664,6 +664,62 @@ def test_layers_stack_lowest_first(guest: Guest) -> None:
         assert lines[2:] == ([last] if last else [])
 
 
+def test_a_prepared_container_takes_the_matching_start(
+    guests: Any, artifacts: dict[str, Path]
+) -> None:
+    """PREPARE makes a container ahead of time; only a START of its rootfs and carried tags
+    takes it over, with its own mounts, hostname, /etc files, identity and environment."""
+    g = guests("prepared")
+    chan = g.connect()
+    chan.ok(MsgType.NETWORK, {"nameservers": ["10.0.2.3"],
+                              "hosts": [{"address": "10.0.2.15", "names": ["prep"]}]})
+    (artifacts["share"] / "sub").mkdir(exist_ok=True)
+    (artifacts["share"] / "sub" / "in-sub").write_text("sub data\n")
+    (artifacts["share"] / "w").mkdir(exist_ok=True)
+    (artifacts["share"] / "w").chmod(0o777)  # the process runs as uid 1000
+    rootfs = {"layers": [LAYER, UPPER_LAYER], "readonly": False}
+    assert chan.ok(MsgType.PREPARE, {"rootfs": rootfs, "shares": [SHARE_TAG]}) == {}
+    assert chan.error(MsgType.PREPARE, {"rootfs": rootfs})["code"] == "EEXIST"
+    bad = chan.error(MsgType.PREPARE, {"rootfs": rootfs, "shares": ["a b"]})
+    assert bad["code"] == "EINVAL" and "shares[0]" in bad["message"]
+    # another rootfs starts the usual way; the prepared container keeps waiting
+    start(chan, "other", 90, "cat /etc/image-marker")
+    assert chan.wait_exit(90).stdout == b"from the layer\n"
+    assert "container other takes the prepared one" not in g.console()
+    script = (
+        "hostname; cat /etc/hostname; grep prep /etc/hosts; cat /etc/resolv.conf; "
+        "cat /etc/only-upper /ro/in-sub; echo prepared > /rw/from-prepared; "
+        "touch /ro/x 2>/dev/null || echo ro; ls -a / | grep -c hypervm-shares; "
+        'grep -c hypervm-shares /proc/self/mountinfo; id -u; pwd; echo "$FOO"; cat'
+    )
+    chan.ok(MsgType.START, {
+        "container": "prep", "handle": 91, "rootfs": rootfs, "hostname": "prep",
+        "mounts": [{"type": "9p", "source": SHARE_TAG, "subdir": "w", "destination": "/rw"},
+                   {"type": "9p", "source": SHARE_TAG, "subdir": "sub", "destination": "/ro",
+                    "readonly": True},
+                   {"type": "tmpfs", "destination": "/tmp"}],
+        "process": {"args": ["sh", "-c", script], "env": ["PATH=/bin", "FOO=foo"],
+                    "cwd": "/tmp", "uid": 1000, "gid": 1000, "stdin": True}})
+    chan.send_raw(encode(MsgType.STDIN, 91, b"from stdin\n") + encode(MsgType.STDIN, 91, b""))
+    proc = chan.wait_exit(91)
+    assert proc.exit == {"status": 0, "signal": None}, (proc.stdout, proc.stderr)
+    assert proc.stdout.decode().splitlines() == [
+        "prep", "prep", "10.0.2.15\tprep", "nameserver 10.0.2.3", "upper", "sub data", "ro",
+        "0", "0", "1000", "/tmp", "foo", "from stdin"], proc.stdout
+    assert (artifacts["share"] / "w" / "from-prepared").read_text() == "prepared\n"
+    assert "container prep takes the prepared one" in g.console()
+    # used up: a new one can be prepared; a START it cannot serve (a missing subdir) fails
+    # cleanly and uses it up too
+    chan.ok(MsgType.PREPARE, {"rootfs": rootfs, "shares": [SHARE_TAG]})
+    err = chan.error(MsgType.START, {
+        "container": "nosub", "handle": 92, "rootfs": rootfs,
+        "mounts": [{"type": "9p", "source": SHARE_TAG, "subdir": "nope", "destination": "/x"}],
+        "process": {"args": ["true"]}})
+    assert err["code"] == "EMOUNT" and "mounts[0]" in err["message"], err
+    chan.ok(MsgType.PREPARE, {"rootfs": rootfs})
+    chan.ok(MsgType.PING, {})
+
+
 def test_garbage_gives_error_then_reconnect_gives_ready(guest: Guest) -> None:
     chan = guest.chan
     assert chan is not None
