@@ -31,6 +31,7 @@ class MsgType(enum.IntEnum):
     POWEROFF = 0x13
     PING = 0x14
     NETWORK = 0x15
+    PREPARE = 0x16
     STDIN = 0x20
     STDOUT = 0x21
     STDERR = 0x22
@@ -39,7 +40,7 @@ class MsgType(enum.IntEnum):
 
 #: requests the host sends; each gets exactly one OK or ERROR with the same id
 REQUESTS = frozenset({MsgType.START, MsgType.EXEC, MsgType.SIGNAL, MsgType.POWEROFF, MsgType.PING,
-                      MsgType.NETWORK})
+                      MsgType.NETWORK, MsgType.PREPARE})
 #: frames whose id is a process handle rather than a request id
 PROCESS_FRAMES = frozenset({MsgType.STDIN, MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT})
 #: ERROR codes that mean "the command could not be executed", with the shell's exit status

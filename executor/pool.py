@@ -34,7 +34,7 @@ from executor import network
 from executor.agent_protocol import MsgType
 from executor.config import HostConfig
 from executor.domain import DOMAIN_PREFIX, DiskSpec
-from executor.errors import BootError, HostError, HyperVMError, PoolError
+from executor.errors import BootError, GuestError, HostError, HyperVMError, PoolError
 from executor.guest_channel import RawChannel, connect_socket
 from executor.pool_spec import (
     FIRST_POD_UNIT,
@@ -54,6 +54,7 @@ from executor.pool_spec import (
     parse_claim,
     pick_vm,
     pool_domain_spec,
+    prepare_request,
     warmup_start,
 )
 
@@ -345,8 +346,9 @@ class WarmPool:
     def _prepare(self, name: str, channel: RawChannel, layers: Sequence[str] = ()
                  ) -> dict[str, Any]:
         """After READY, what every claimer would otherwise wait for: the NIC configured (the
-        claimer only sends its pod's /etc files), an image VM's layers attached, and one
-        throwaway container run (which mounts them)."""
+        claimer only sends its pod's /etc files), an image VM's layers attached, one
+        throwaway container run (which mounts them), and for an image VM the pod's container
+        prepared up to its START."""
         from executor.libvirt_xml import hotplug_disk_xml
 
         ready = channel.ready(BOOT_TIMEOUT)
@@ -357,12 +359,27 @@ class WarmPool:
         for path, serial, unit in disks:
             self._hv.attach_device(name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
                                                           unit))
+        # an image VM's warm-up goes through a prepared container too (under TCG its code is
+        # then translated), and the pod's container is prepared after it
+        prepare = bool(layers) and self._prepare_container(
+            name, channel, prepare_request(len(layers), warmup=True))
         channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(len(layers)),
                         BOOT_TIMEOUT)
         status = channel.await_exit(WARMUP_HANDLE, BOOT_TIMEOUT)
         if status.code != 0:
             raise BootError(f"the warm-up container of {name} ended with {status.describe()}")
+        if prepare:
+            self._prepare_container(name, channel, prepare_request(len(layers)))
         return ready
+
+    def _prepare_container(self, name: str, channel: RawChannel,
+                           request: dict[str, Any]) -> bool:
+        try:
+            channel.request(MsgType.PREPARE, POOL_REQUEST_ID + 2, request, BOOT_TIMEOUT)
+        except GuestError as e:  # the START then does all the work itself
+            log.warning("pool VM %s: no prepared container (%s)", name, e)
+            return False
+        return True
 
     def _discard(self, name: str, run_dir: Path, sock: socket.socket | None) -> None:
         if sock is not None:

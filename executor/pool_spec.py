@@ -95,6 +95,17 @@ def warmup_start(image_layers: int = 0, destination: str = "/mnt/pool") -> dict[
     }
 
 
+def prepare_request(image_layers: int, warmup: bool = False) -> dict[str, Any]:
+    """A PREPARE for an image pool VM: a container over the image's ``image_layers`` disks,
+    carrying the pool share, made ahead of the pod's START (which then only adds its mounts,
+    hostname, /etc files and process: init/PROTOCOL.md). With ``warmup``, for the warm-up
+    container (the warm-up layer on top), so the warm-up walks the prepared path too."""
+    rootfs = warmup_start(image_layers)["rootfs"] if warmup else {
+        "layers": [layer_serial(i) for i in range(image_layers)], "readonly": False,
+        "wait_ms": LAYER_WAIT_MS}
+    return {"rootfs": rootfs, "shares": [POOL_SHARE_TAG]}
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """``size`` generic idle VMs, plus ``per_image`` idle VMs for each image of ``images``

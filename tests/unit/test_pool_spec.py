@@ -22,6 +22,7 @@ from executor.pool_spec import (
     next_kind,
     parse_claim,
     pick_vm,
+    prepare_request,
     unfit_reason,
     warmup_start,
 )
@@ -97,6 +98,16 @@ def test_warmup_mounts_an_image_vms_layers_under_the_warmup_layer() -> None:
     assert warmup_start()["rootfs"]["layers"] == [WARMUP_SERIAL]
     assert warmup_start(2)["rootfs"]["layers"] == [layer_serial(0), layer_serial(1),
                                                    WARMUP_SERIAL]
+
+
+def test_an_image_vm_prepares_its_warmup_and_then_the_pods_container() -> None:
+    pod = prepare_request(2)
+    assert pod == {"rootfs": {"layers": ["l0", "l1"], "readonly": False, "wait_ms": 10_000},
+                   "shares": ["pool"]}
+    warmup = prepare_request(2, warmup=True)
+    # the warm-up's PREPARE matches the warm-up START, so the warm-up walks the prepared path
+    assert warmup["rootfs"] == warmup_start(2)["rootfs"] and warmup["shares"] == ["pool"]
+    assert [m["source"] for m in warmup_start(2)["mounts"]] == warmup["shares"]
 
 
 def test_a_pod_of_the_pool_shape_fits() -> None:
