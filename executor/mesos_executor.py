@@ -254,8 +254,6 @@ class ExecutorCore:
                                  for n in ("stdout", "stderr"))
             group.tasks.append(task)
             self.tasks[spec.task_id] = task
-        for task in group.tasks:
-            self._send(task, "TASK_STARTING")
         plan = PodPlan(name=_pod_name(name), tasks=specs, vcpus=vcpus, memory_mib=mib,
                        cpu_limit=min(float(vcpus), cpu_limit(specs, self.executor)),
                        sandbox=self.settings.sandbox, task_sandboxes=sandboxes,
@@ -265,9 +263,17 @@ class ExecutorCore:
         try:
             group.pod = self.runtime.create_pod(plan)
         except HyperVMError as e:
+            self._send_starting(group)
             group.booting = False
             return self._launch_failed(group, e)
+        # boot first: each update is an HTTP round trip to the agent (a warm boot takes a few
+        # times that); every later update is sent from this thread, so STARTING stays first
         self._worker(f"boot-{name}", lambda: self._boot(group))
+        self._send_starting(group)
+
+    def _send_starting(self, group: Group) -> None:
+        for task in group.tasks:
+            self._send(task, "TASK_STARTING")
 
     def _reject(self, group: Group, infos: list[dict[str, Any]], is_group: bool,
                 error: InvalidSpec) -> None:
