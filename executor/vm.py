@@ -224,20 +224,26 @@ class HyperVM:
             for unit, (path, serial) in enumerate(self._layer_serials.items(), FIRST_POD_UNIT):
                 hv.attach_device(self.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
                                                              unit))
-        if self._share_tags:
-            qemu_pid = hv.qemu_pid(self.name)
-            if qemu_pid is None:
-                raise HyperVMError(f"no QEMU process for {self.name}")
-            for source, tag in self._share_tags.items():
-                target = self.run_dir / SHARE_DIR / tag
-                target.mkdir()
-                warm.bind_into_qemu(qemu_pid, source, target, self._share_readonly(source))
-        cputune, _ = resource_bounds(self.pod.resources)  # memory: bounded at boot (shape)
-        if not cputune.empty:
-            hv.set_cpu_bounds(self.name, cputune)
-        ready = channel.attach(sock, timeout, lease.ready)
-        self.guest_kernel = ready.get("kernel")
-        self._configure_network()
+        binds = []
+        try:
+            if self._share_tags:
+                qemu_pid = hv.qemu_pid(self.name)
+                if qemu_pid is None:
+                    raise HyperVMError(f"no QEMU process for {self.name}")
+                for source, tag in self._share_tags.items():
+                    target = self.run_dir / SHARE_DIR / tag
+                    target.mkdir()
+                    binds.append(warm.start_bind(qemu_pid, source, target,
+                                                 self._share_readonly(source)))
+            cputune, _ = resource_bounds(self.pod.resources)  # memory: bounded at boot (shape)
+            if not cputune.empty:
+                hv.set_cpu_bounds(self.name, cputune)
+            # while the binds run: no START (which mounts them) before they are done
+            ready = channel.attach(sock, timeout, lease.ready)
+            self.guest_kernel = ready.get("kernel")
+            self._configure_network()
+        finally:
+            warm.wait_binds(binds)
 
     def _boot_cold(self, timeout: float) -> None:
         from executor.accel import detect_accel

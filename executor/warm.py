@@ -3,9 +3,10 @@ a pod's layers and mounts.
 
 - :func:`claim` speaks the protocol of executor.pool_spec and receives the guest channel's
   connected socket with the reply.
-- :func:`bind_into_qemu` makes a host directory appear inside the pool VM's share: a bind mount
+- :func:`start_bind` makes a host directory appear inside the pool VM's share: a bind mount
   made in QEMU's own mount namespace (libvirt gives each QEMU one), so the host's mount table
-  never changes and removing the VM's run dir can never reach into the bound directory.
+  never changes and removing the VM's run dir can never reach into the bound directory. It
+  runs while the claimer talks to the guest.
 """
 
 from __future__ import annotations
@@ -86,10 +87,26 @@ def status(cfg: HostConfig, timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:
     return reply
 
 
-def bind_into_qemu(qemu_pid: int, source: Path, target: Path, readonly: bool) -> None:
-    """Bind-mount ``source`` on ``target`` inside QEMU's mount namespace (read-only there too
-    when ``readonly``). Refuses when QEMU shares this process's namespace: the bind would
-    then land in the host's mount table."""
+class PendingBind:
+    """A bind started by :func:`start_bind`; :meth:`wait` for it before the guest uses it."""
+
+    def __init__(self, proc: subprocess.Popen[str], source: Path, target: Path) -> None:
+        self.proc, self.source, self.target = proc, source, target
+
+    def wait(self) -> None:
+        """PoolError when the bind failed."""
+        _, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            raise PoolError(f"cannot bind {self.source} into the pool VM: "
+                            f"{err.strip() or self.proc.returncode}")
+        log.debug("bound %s on %s in QEMU's mount namespace", self.source, self.target)
+
+
+def start_bind(qemu_pid: int, source: Path, target: Path, readonly: bool) -> PendingBind:
+    """Start bind-mounting ``source`` on ``target`` inside QEMU's mount namespace (read-only
+    there too when ``readonly``), so the caller can talk to the guest meanwhile. Refuses when
+    QEMU shares this process's namespace: the bind would then land in the host's mount
+    table."""
     ns = f"/proc/{qemu_pid}/ns/mnt"
     try:
         if os.stat(ns).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
@@ -100,9 +117,21 @@ def bind_into_qemu(qemu_pid: int, source: Path, target: Path, readonly: bool) ->
     # util-linux mount: "bind,ro" binds, then remounts the bind read-only
     argv = ["nsenter", f"--mount={ns}", "--", "mount", "-o", "bind,ro" if readonly else "bind",
             "--", str(source), str(target)]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise PoolError(f"cannot bind {source} into the pool VM: "
-                        f"{result.stderr.strip() or result.returncode}")
-    log.debug("bound %s on %s in QEMU %d's mount namespace", source, target, qemu_pid)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        raise PoolError(f"cannot run nsenter to bind {source}: {e}") from e
+    return PendingBind(proc, source, target)
 
+
+def wait_binds(binds: list[PendingBind]) -> None:
+    """Wait for every bind (none is left running); PoolError for the first that failed."""
+    failed: PoolError | None = None
+    for bind in binds:
+        try:
+            bind.wait()
+        except PoolError as e:
+            failed = failed or e
+    if failed is not None:
+        raise failed

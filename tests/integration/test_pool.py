@@ -389,7 +389,7 @@ def test_a_failed_hand_over_boots_cold_and_leaves_nothing(pooled: Any, layers: A
     def broken_bind(*_: object) -> None:
         raise PoolError("injected: cannot bind")
 
-    monkeypatch.setattr(warm, "bind_into_qemu", broken_bind)
+    monkeypatch.setattr(warm, "start_bind", broken_bind)
     share = shared_dir()
     container = Container("main", Rootfs(layers=busybox.layers),
                           Process(args=("/bin/sh", "-c", "ls /s; echo ok")),
