@@ -21,6 +21,7 @@ ROWS = (
     ("warm launch p50 (generic VM)", "warm_launch_generic_p50_s", "s"),
     ("hypervm run true p50", "run_true_p50_s", "s"),
     ("idle VM QEMU RSS", "idle_vm_rss_mib", "MiB"),
+    ("idle VM QEMU private dirty", "idle_vm_private_dirty_mib", "MiB"),
     ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
     ("image import", "import_mb_s", "MB/s"),
     ("cache hit", "cache_hit_extra_s", "s"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from unittest import mock
 
 import executor.vm
-from bench.vmenv import GUEST_MIB, VMEnv, bench_name, pss_mib, rss_mib
+from bench.vmenv import GUEST_MIB, VMEnv, bench_name, private_dirty_mib, pss_mib, rss_mib
 from executor.errors import HyperVMError
 from executor.hypervisor import Hypervisor
 from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
@@ -37,6 +37,7 @@ class Level:
     probe_s: list[float]
     idle_rss_mib: list[float]
     idle_pss_mib: list[float] = field(default_factory=list)
+    idle_private_mib: list[float] = field(default_factory=list)
     failures: int = 0
 
     @property
@@ -114,6 +115,7 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                     time.sleep(SETTLE_S if target else 0)
                     level.idle_rss_mib = _memory(hv, idle, rss_mib)
                     level.idle_pss_mib = _memory(hv, idle, pss_mib)
+                    level.idle_private_mib = _memory(hv, idle, private_dirty_mib)
                     for _ in range(probes):
                         level.probe_s.append(probe_once(env, hv, layers))
                 except HyperVMError as e:

@@ -115,6 +115,7 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
     doc["targets"] = check_targets(doc)
     density_rows = [{"idle_vms": lv.idle_vms, "probe_p50_s": lv.p50, "probe_s": lv.probe_s,
                      "idle_rss_mib": lv.idle_rss_mib, "idle_pss_mib": lv.idle_pss_mib,
+                     "idle_private_dirty_mib": lv.idle_private_mib,
                      "failures": lv.failures}
                     for lv in dens.levels]
     details["density"] = density_rows
@@ -230,6 +231,13 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         + (" (a lower bound: the cap was reached)" if dens.capped else ""))
     last = dens.levels[-1] if dens.levels else None
     doc["idle_vm_pss_mib"] = density.median_or_none(last.idle_pss_mib) if last else None
+    doc["idle_vm_private_dirty_mib"] = (density.median_or_none(last.idle_private_mib)
+                                        if last else None)
+    doc["notes"]["idle_vm_private_dirty_mib"] = (
+        "Private_Dirty of each idle VM's QEMU (guest RAM, translation cache, heap, relocated "
+        "data), with the most idle VMs of the density search: what one more VM costs at least; "
+        "idle_vm_rss_mib also counts the QEMU binary, its libraries and the kernel file, which "
+        "every VM shares")
     if dens.idle_rss_mib is None:
         doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
     doc["notes"]["cold_launch_p50_s"] = doc["notes"]["cold_launch_p95_s"] = (
@@ -279,7 +287,7 @@ TB_CACHE_CHOICES = (None, 8)
 
 def _idle_memory(env: VMEnv, layers: list[Path], tb_cache_mib: int | None) -> dict[str, Any]:
     """RSS and PSS of one idle HyperVM's QEMU with the given translation cache cap."""
-    from bench.vmenv import pss_mib, rss_mib
+    from bench.vmenv import private_dirty_mib, pss_mib, rss_mib
     from executor.vm import HyperVM
 
     cfg = dataclasses.replace(env.cfg, tb_cache_mib=tb_cache_mib)
@@ -290,7 +298,9 @@ def _idle_memory(env: VMEnv, layers: list[Path], tb_cache_mib: int | None) -> di
             time.sleep(density.SETTLE_S)
             pid = hv.qemu_pid(vm.name)
             rss, pss = (rss_mib(pid), pss_mib(pid)) if pid else (None, None)
+            private = private_dirty_mib(pid) if pid else None
     return {"rss_mib": rss and round(rss, 1), "pss_mib": pss and round(pss, 1),
+            "private_dirty_mib": private and round(private, 1),
             "boot_s": boot_s and round(boot_s, 3)}
 
 

@@ -91,16 +91,26 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def pss_mib(pid: int) -> float | None:
-    """Proportional set size of ``pid`` in MiB: shared pages (the QEMU binary, libraries, the
-    kernel file's page cache) divided among the processes mapping them."""
+def _rollup_mib(pid: int, key: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def pss_mib(pid: int) -> float | None:
+    """Proportional set size of ``pid`` in MiB: shared pages (the QEMU binary, libraries, the
+    kernel file's page cache) divided among the processes mapping them."""
+    return _rollup_mib(pid, "Pss")
+
+
+def private_dirty_mib(pid: int) -> float | None:
+    """Memory only this QEMU uses, in MiB (guest RAM, translation cache, heap, relocated data):
+    what each more VM costs the host at least."""
+    return _rollup_mib(pid, "Private_Dirty")
 
 
 def load_average() -> list[float]:
