@@ -242,7 +242,7 @@ class Domain:
                     _sub(memtune, tag, str(value), unit="MiB")
 
     def _build_devices(self, devices: ET.Element) -> None:
-        # no USB, graphics, video, sound, NIC or balloon: libvirt adds only what `pc` implies
+        # no USB, graphics, video, sound or NIC: libvirt adds only what `pc` implies
         _sub(devices, "controller", type="usb", model="none")
         _sub(devices, "controller", type="virtio-serial", index="0")
         if self.scsi_controller:
@@ -253,7 +253,9 @@ class Domain:
             fs.build(devices)
         self.serial.build(devices)
         self.channel.build(devices)
-        _sub(devices, "memballoon", model="none")
+        # free page reporting only (no inflation, no stats): the guest hands pages it frees
+        # back to QEMU, which punches them out of the memfd (init sets the reporting order)
+        _sub(devices, "memballoon", model="virtio", freePageReporting="on")
         # without it the guest's RNG takes seconds to initialise under TCG
         rng = _sub(devices, "rng", model="virtio")
         _sub(rng, "backend", "/dev/urandom", model="random")

@@ -21,6 +21,8 @@ int boot_mount_system(void);
 int boot_loopback_up(void);
 /* Room for the pipes of every process (MAX_PROCESSES). */
 void boot_raise_fd_limit(void);
+
+void boot_page_reporting(void);
 /* init's view of /proc as a directory fd, O_CLOEXEC. */
 int boot_open_proc(void);
 

@@ -30,6 +30,7 @@ static int boot(int *self_fd)
 	if (*self_fd < 0 || boot_switch_root() != 0 || boot_mount_system() != 0)
 		return -1;
 	boot_raise_fd_limit();
+	boot_page_reporting();
 	boot_loopback_up();
 	return 0;
 }

@@ -344,6 +344,8 @@ def _fake_make(final_config: str, calls: list[list[str]]):  # noqa: ANN202
         objdir = next((Path(a[2:]) for a in argv if a.startswith("O=")), None)
         if argv[-1] == "olddefconfig" and objdir:
             (objdir / ".config").write_text(final_config)
+        if argv[0] == "objcopy":
+            Path(argv[-1]).write_bytes(Path(argv[-2]).read_bytes())
         if argv[-1] == "vmlinux" and objdir:
             (objdir / "vmlinux").write_bytes(b"\x7fELF")
             (objdir / "include/config").mkdir(parents=True)
@@ -373,14 +375,14 @@ def test_build_recipe_publishes_vmlinux_config_and_meta(cfg, fake_source, monkey
     monkeypatch.setattr(hyperkernel, "_run", _fake_make("CONFIG_A=y\n", calls))
     out = hyperkernel.ensure_hyperkernel(cfg)
     steps = [c[-1] if c[0] == "make" else Path(c[0]).name for c in calls]
-    assert steps == ["tinyconfig", "merge_config.sh", "olddefconfig", "vmlinux"]
-    assert any(a.startswith("-j") for a in calls[-1])
+    assert steps == ["tinyconfig", "merge_config.sh", "olddefconfig", "vmlinux", "objcopy"]
+    assert any(a.startswith("-j") for a in calls[-2])
     meta = json.loads((out / "meta.json").read_text())
     assert meta["version"] == "6.1.999" and meta["kind"] == "hyperkernel"
     assert meta["source_package"] == "linux-source-6.1=6.1.1-1" and "build_seconds" in meta
     assert (out / "config").read_text() == "CONFIG_A=y\n"
     assert sorted(p.name for p in out.iterdir()) == ["build.log", "config", "meta.json",
-                                                     "vmlinux"]
+                                                     "vmlinux", "vmlinux.debug"]
     assert stat.S_IMODE((out / "vmlinux").stat().st_mode) == 0o644
 
 
