@@ -123,11 +123,17 @@ class ExecutorCore:
         self.done = False
         self.ack_timeout_s = ACK_TIMEOUT_S
         self._queue: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
+        self._sigterm = False
 
     # ---------------------------------------------------------------- the event loop
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         self._queue.put((fn, args))
+
+    def on_sigterm(self, *_: object) -> None:
+        """The SIGTERM handler. It runs on the main thread between two bytecodes, maybe while
+        that thread holds the queue's lock, so it only sets a flag: posting would deadlock."""
+        self._sigterm = True
 
     def run(self) -> None:
         while not self.done:
@@ -140,6 +146,9 @@ class ExecutorCore:
                     fn(*args)
                 except Exception:
                     log.exception("handling %s failed", getattr(fn, "__name__", fn))
+            if self._sigterm:
+                self._sigterm = False
+                self.on_shutdown()
             self._check_done()
 
     def _worker(self, name: str, fn: Callable[[], None]) -> None:
@@ -602,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
 
     driver = make_driver(MesosCallbacks(core), settings, failsafe)
     core.driver = driver
-    signal.signal(signal.SIGTERM, lambda *_: core.post(core.on_shutdown))
+    signal.signal(signal.SIGTERM, core.on_sigterm)
     log.info("hypervm-executor %s for framework %s, agent %s", settings.executor_id,
              settings.framework_id, settings.agent_endpoint)
     driver.start()
