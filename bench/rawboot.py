@@ -47,7 +47,8 @@ def raw_spec(env: VMEnv, run_dir: Path, quiet: bool = True) -> DomainSpec:
     return DomainSpec(name=name, accel=env.accel, vcpus=1, memory_mib=GUEST_MIB,
                       kernel=env.kernel.path, initrd=env.initrd, cmdline=cmdline(env, quiet),
                       channel_socket=run_dir / name / "channel.sock",
-                      console_log=run_dir / name / "console.log").validate()
+                      console_log=run_dir / name / "console.log",
+                      free_page_reporting=env.cfg.free_page_reporting).validate()
 
 
 def _wait_ready(path: Path, deadline: float) -> None:

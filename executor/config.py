@@ -32,6 +32,8 @@ class HostConfig:
     use_pool: bool = True
     #: TCG translation cache cap in MiB (DomainSpec.tb_cache_mib); None: QEMU's default
     tb_cache_mib: int | None = None
+    #: guests hand the memory they free back to the host (DomainSpec.free_page_reporting)
+    free_page_reporting: bool = True
 
     @property
     def kernel_dir(self) -> Path:
@@ -78,6 +80,13 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
 
         raise InvalidSpec("HYPERVM_TCG_TB_CACHE_MIB", f"{tb_cache!r} is not a number of MiB",
                           hint="e.g. 8 (smaller VMs, slower guest code under TCG), or unset")
+    reporting = env.get("HYPERVM_FREE_PAGE_REPORTING", "on")
+    if reporting not in ("on", "off"):
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec("HYPERVM_FREE_PAGE_REPORTING", f"unknown value {reporting!r}",
+                          hint="use on (guests return freed memory) or off (a little faster "
+                               "boots and starts under TCG)")
     return HostConfig(
         state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
@@ -88,4 +97,5 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                               else None),
         use_pool=pool == "auto",
         tb_cache_mib=int(tb_cache) if tb_cache else None,
+        free_page_reporting=reporting == "on",
     )

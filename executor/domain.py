@@ -177,6 +177,10 @@ class DomainSpec:
     #: VM). 8 MiB saves ~14 MiB of RSS per VM but guest code is translated again and again: a
     #: warm start took 2-4x longer (bench/README.md). None: QEMU's default
     tb_cache_mib: int | None = None
+    #: a virtio-balloon for free page reporting only: memory the guest frees goes back to the
+    #: host (idle 128 MiB VM: ~7 MiB less RSS; much more after a workload ran). Costs one PCI
+    #: device: 0-0.3 s of boot and ~15 ms of a first START under TCG (bench/README.md)
+    free_page_reporting: bool = True
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""

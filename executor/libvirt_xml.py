@@ -190,6 +190,7 @@ class Domain:
     channel: Channel
     qemu_args: tuple[str, ...]
     scsi_controller: bool = False
+    free_page_reporting: bool = True
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -253,9 +254,12 @@ class Domain:
             fs.build(devices)
         self.serial.build(devices)
         self.channel.build(devices)
-        # free page reporting only (no inflation, no stats): the guest hands pages it frees
-        # back to QEMU, which punches them out of the memfd (init sets the reporting order)
-        _sub(devices, "memballoon", model="virtio", freePageReporting="on")
+        if self.free_page_reporting:
+            # free page reporting only (no inflation, no stats): the guest hands pages it frees
+            # back to QEMU, which punches them out of the memfd (init sets the reporting order)
+            _sub(devices, "memballoon", model="virtio", freePageReporting="on")
+        else:
+            _sub(devices, "memballoon", model="none")
         # without it the guest's RNG takes seconds to initialise under TCG
         rng = _sub(devices, "rng", model="virtio")
         _sub(rng, "backend", "/dev/urandom", model="random")
@@ -306,6 +310,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         acpi=defaults.acpi,
         lifecycle_action=defaults.lifecycle_action,
         tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
+        free_page_reporting=spec.free_page_reporting,
         memory_backing=defaults.memory_backing,
         metadata=Metadata(dict(spec.metadata)),
         cputune=spec.cputune,

@@ -306,7 +306,8 @@ class WarmPool:
             name=name, run_dir=run_dir, vcpus=self.config.vcpus,
             memory_mib=self.config.memory_mib, metadata=metadata,
             qemu_args=network.qemu_args(network.NetworkSpec(), network.mac_address(name)),
-            tb_cache_mib=self.cfg.tb_cache_mib, **self._boot)
+            tb_cache_mib=self.cfg.tb_cache_mib,
+            free_page_reporting=self.cfg.free_page_reporting, **self._boot)
         with self._cond:
             self._booting[name] = kind
         sock = None

@@ -133,6 +133,7 @@ class HyperVM:
             memtune=memtune,
             qemu_args=network.qemu_args(self.pod.network, self.mac_address),
             tb_cache_mib=self.cfg.tb_cache_mib,
+            free_page_reporting=self.cfg.free_page_reporting,
         )
 
     @property

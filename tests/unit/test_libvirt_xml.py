@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -179,6 +180,9 @@ def test_no_needless_devices() -> None:
     assert (balloon.get("model"), balloon.get("freePageReporting")) == ("virtio", "on")
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         assert root.findtext(event) == "destroy"
+    # HYPERVM_FREE_PAGE_REPORTING=off: no balloon at all (libvirt would add one otherwise)
+    off = _devices(domain_xml(dataclasses.replace(SPECS["kvm-full"], free_page_reporting=False)))
+    assert _find(off, "memballoon").attrib == {"model": "none"}
 
 
 def test_accel_selects_domain_type_and_cpu() -> None:

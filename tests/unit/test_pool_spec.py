@@ -193,6 +193,14 @@ def test_config_pool_settings() -> None:
     assert info.value.field == "HYPERVM_POOL"
 
 
+def test_config_free_page_reporting() -> None:
+    assert config_from_env({}).free_page_reporting
+    assert not config_from_env({"HYPERVM_FREE_PAGE_REPORTING": "off"}).free_page_reporting
+    with pytest.raises(InvalidSpec) as info:
+        config_from_env({"HYPERVM_FREE_PAGE_REPORTING": "no"})
+    assert info.value.field == "HYPERVM_FREE_PAGE_REPORTING" and info.value.hint
+
+
 def test_config_translation_cache() -> None:
     assert config_from_env({}).tb_cache_mib is None
     assert config_from_env({"HYPERVM_TCG_TB_CACHE_MIB": "8"}).tb_cache_mib == 8
