@@ -178,19 +178,24 @@ int net_configure(const struct network_req *req, struct op_error *e)
 	return 0;
 }
 
-static int write_file(const char *path, const char *text, struct op_error *e)
+/* Write text to fd (opened for `what`, or -1 when the open failed) and close it. */
+static int write_text(int fd, const char *text, const char *what, struct op_error *e)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	size_t len = strlen(text);
 
 	if (fd < 0 || write(fd, text, len) != (ssize_t)len) {
-		log_errno("write %s", path);
+		log_errno("write %s", what);
 		if (fd >= 0)
 			close(fd);
-		return op_fail(e, "ESPAWN", errno, "write %s", path);
+		return op_fail(e, "ESPAWN", errno, "write %s", what);
 	}
 	close(fd);
 	return 0;
+}
+
+static int write_file(const char *path, const char *text, struct op_error *e)
+{
+	return write_text(open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644), text, path, e);
 }
 
 /* openat2(2) without <linux/openat2.h> (musl ships no kernel headers) */
@@ -242,18 +247,11 @@ int net_write_files(int root_fd, const char *hostname, struct op_error *e)
 	snprintf(hostname_line, sizeof(hostname_line), "%s\n", hostname);
 	for (int i = 0; i < NET_FILES; i++) {
 		char rel[64];
-		size_t len = strlen(texts[i]);
-		int fd;
 
 		snprintf(rel, sizeof(rel), "etc/%s", file_names[i]);
-		fd = open_in_root(root_fd, rel, O_WRONLY | O_TRUNC | O_CREAT, 0644);
-		if (fd < 0 || write(fd, texts[i], len) != (ssize_t)len) {
-			log_errno("write /etc/%s of the prepared container", file_names[i]);
-			if (fd >= 0)
-				close(fd);
-			return op_fail(e, "ESPAWN", errno, "write /etc/%s", file_names[i]);
-		}
-		close(fd);
+		if (write_text(open_in_root(root_fd, rel, O_WRONLY | O_TRUNC | O_CREAT, 0644),
+			       texts[i], rel, e) != 0)
+			return -1;
 	}
 	return 0;
 }
