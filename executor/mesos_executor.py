@@ -121,6 +121,7 @@ class ExecutorCore:
         self.recovery_timer: threading.Timer | None = None
         self.exit_code = 0
         self.done = False
+        self.shutdown_asked = False  # set by the driver's thread, before it posts on_shutdown
         self.ack_timeout_s = ACK_TIMEOUT_S
         self._queue: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]]] = queue.Queue()
         self._sigterm = False
@@ -163,7 +164,9 @@ class ExecutorCore:
     def _check_done(self) -> None:
         now = time.monotonic()
         if self.driver is not None and self.driver.aborted and not self.done:
-            if self.shutting_down_at is None:
+            # Without checkpointing the driver asks for a shutdown and then aborts: that
+            # shutdown may still be queued, and it is not an error.
+            if self.shutting_down_at is None and not self.shutdown_asked:
                 log.error("the connection to the agent is gone for good: shutting down")
                 self.exit_code = 1
                 self.on_shutdown()
@@ -577,6 +580,7 @@ class MesosCallbacks:
         self.core.post(self.core.on_message, message)
 
     def shutdown(self, driver: Any) -> None:
+        self.core.shutdown_asked = True
         self.core.post(self.core.on_shutdown)
 
     def error(self, driver: Any, message: str) -> None:
