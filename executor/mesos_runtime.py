@@ -206,6 +206,7 @@ class VMRuntime:
         with self._hv_lock:
             if self.hypervisor is None:
                 self.hypervisor = Hypervisor(self.cfg.libvirt_uri)
+                self.hypervisor.prefetch()
             return self.hypervisor
 
     def create_pod(self, plan: PodPlan) -> Pod:

@@ -299,3 +299,28 @@ def test_adopted_vms_get_disconnect_events(tmp_path: Path) -> None:
         assert [(e.name, e.event) for e in seen] == [("hypervm-pool-x", DISCONNECTED)]
     finally:
         hv.close()
+
+
+def test_the_runtime_reads_qemus_user_before_any_launch(monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """libvirt's capabilities (~4 ms) are read when the executor's runtime starts, not when a
+    launch first gives a sandbox to QEMU's user."""
+    from executor.config import HostConfig
+    from executor.mesos_runtime import VMRuntime
+
+    calls: list[int] = []
+    real = libvirt.virConnect.getCapabilities
+
+    def counted(conn: object) -> str:
+        calls.append(1)
+        return str(real(conn))
+
+    monkeypatch.setattr(libvirt.virConnect, "getCapabilities", counted)
+    cfg = HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
+                     libvirt_uri="test:///default", accel="tcg")
+    runtime = VMRuntime(cfg)
+    assert len(calls) == 1
+    (tmp_path / "sandbox").mkdir()
+    runtime.shared_hypervisor().give_to_qemu(tmp_path / "sandbox")
+    assert len(calls) == 1
+    runtime.shared_hypervisor().close()
