@@ -685,7 +685,8 @@ def test_a_prepared_container_takes_the_matching_start(
     # another rootfs starts the usual way; the prepared container keeps waiting
     start(chan, "other", 90, "cat /etc/image-marker")
     assert chan.wait_exit(90).stdout == b"from the layer\n"
-    assert "container other takes the prepared one" not in g.console()
+    assert "container other started: process 90" in g.console()
+    assert "container other started (prepared)" not in g.console()
     script = (
         "hostname; cat /etc/hostname; grep prep /etc/hosts; cat /etc/resolv.conf; "
         "cat /etc/only-upper /ro/in-sub; echo prepared > /rw/from-prepared; "
@@ -707,7 +708,7 @@ def test_a_prepared_container_takes_the_matching_start(
         "prep", "prep", "10.0.2.15\tprep", "nameserver 10.0.2.3", "upper", "sub data", "ro",
         "0", "0", "1000", "/tmp", "foo", "from stdin"], proc.stdout
     assert (artifacts["share"] / "w" / "from-prepared").read_text() == "prepared\n"
-    assert "container prep takes the prepared one" in g.console()
+    assert "container prep started (prepared): process 91" in g.console()
     # used up: a new one can be prepared; a START it cannot serve (a missing subdir) fails
     # cleanly and uses it up too
     chan.ok(MsgType.PREPARE, {"rootfs": rootfs, "shares": [SHARE_TAG]})
