@@ -83,6 +83,11 @@ class _Idle:
     booted_at: float = field(default_factory=time.monotonic)
 
 
+def _label(kind: str) -> str:
+    """`` (REF)`` after an image VM's name in the log; nothing for a generic one."""
+    return f" ({kind})" if kind else ""
+
+
 def store_layers(cfg: HostConfig) -> Callable[[str], Sequence[Path]]:
     """The layers of an image reference as a launch on this host resolves them (the image
     cache, pulling when the reference was never pulled)."""
@@ -261,9 +266,8 @@ class WarmPool:
                 self._discard(vm.name, vm.run_dir, vm.sock)
                 continue
             self.claims += 1
-            log.info("%s%s claimed by pid %d after %.1f s idle", vm.name,
-                     f" ({vm.kind})" if vm.kind else "", owner_pid,
-                     time.monotonic() - vm.booted_at)
+            log.info("%s%s claimed by pid %d after %.1f s idle", vm.name, _label(vm.kind),
+                     owner_pid, time.monotonic() - vm.booted_at)
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
                          layers_attached=bool(vm.layers)), vm.sock
 
@@ -324,13 +328,13 @@ class WarmPool:
             ready = self._prepare(name, RawChannel(sock), layers)
         except (HyperVMError, OSError) as e:
             self.failures += 1
-            log.warning("pool VM %s%s did not boot: %s", name, f" ({kind})" if kind else "", e)
+            log.warning("pool VM %s%s did not boot: %s", name, _label(kind), e)
             self._discard(name, run_dir, sock)
             with self._cond:
                 self._booting.pop(name, None)
             return False
         self.boots += 1
-        log.info("pool VM %s%s ready in %.2f s", name, f" ({kind})" if kind else "",
+        log.info("pool VM %s%s ready in %.2f s", name, _label(kind),
                  time.monotonic() - started)
         with self._cond:
             self._booting.pop(name, None)
