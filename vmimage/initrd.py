@@ -38,7 +38,6 @@ INITRD_NAME = "initrd.img"
 MODULES_DIR = "lib/modules"
 ORDER_FILE = f"{MODULES_DIR}/hypervm.order"
 DEFAULT_INIT = Path(__file__).resolve().parents[1] / "init" / "build" / "hypervm-init"
-KEY_LENGTH = 16
 _NEWC_MAGIC = b"070701"
 _TRAILER = "TRAILER!!!"
 
@@ -111,14 +110,10 @@ def initrd_entries(init: bytes, modules: Sequence[tuple[str, bytes]] = ()) -> li
 
 
 def initrd_key(init: bytes, kernel_key: str, modules: Sequence[tuple[str, bytes]]) -> str:
-    h = hashlib.sha256()
-    parts = [FORMAT_VERSION.encode(), init, kernel_key.encode()]
+    parts: list[bytes | str] = [FORMAT_VERSION, init, kernel_key]
     for name, data in modules:
-        parts += [name.encode(), hashlib.sha256(data).digest()]
-    for part in parts:
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()[:KEY_LENGTH]
+        parts += [name, hashlib.sha256(data).digest()]
+    return store.cache_key(*parts)
 
 
 def _read_modules(kernel: Kernel) -> list[tuple[str, bytes]]:

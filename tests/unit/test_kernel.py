@@ -28,7 +28,7 @@ def cfg(tmp_path: Path):  # noqa: ANN201
 def test_cache_key_is_stable_and_short() -> None:
     a = hyperkernel.cache_key(b"CONFIG_X=y\n", "6.1.1-1", "1")
     assert a == hyperkernel.cache_key(b"CONFIG_X=y\n", "6.1.1-1", "1")
-    assert len(a) == hyperkernel.KEY_LENGTH and int(a, 16) >= 0
+    assert len(a) == store.KEY_LENGTH and int(a, 16) >= 0
 
 
 @pytest.mark.parametrize("change", [

@@ -8,12 +8,10 @@ The source tarball is unpacked once into ``<state>/kernel/.src/`` and built out 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,33 +27,16 @@ RECIPE_VERSION = "2"
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 FRAGMENT = Path(__file__).with_name("hyperkernel.config")
-KEY_LENGTH = 16
-#: lines of the build log quoted in a build failure
-LOG_TAIL = 30
 
 
 def cache_key(fragment: bytes, package_version: str, recipe: str = RECIPE_VERSION) -> str:
     """sha256 over (fragment bytes, linux-source package version, recipe version), truncated."""
-    h = hashlib.sha256()
-    for part in (fragment, package_version.encode(), recipe.encode()):
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()[:KEY_LENGTH]
+    return store.cache_key(fragment, package_version, recipe)
 
 
 def source_package_version(package: str = SOURCE_PACKAGE) -> str | None:
     """The installed version of ``package`` per dpkg, or None when it is not installed."""
-    try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}|${Version}", package],
-            capture_output=True, text=True, check=False,
-        )
-    except FileNotFoundError:
-        return None
-    status, _, version = out.stdout.partition("|")
-    if out.returncode != 0 or not status.endswith(" installed") or not version:
-        return None
-    return version
+    return store.package_version(package)
 
 
 def current_key() -> str:
@@ -187,21 +168,5 @@ def _unpacked_source(cfg: HostConfig, version: str) -> Path:
 def _run(argv: list[str], logfile: Path | None, cwd: Path | None = None) -> None:
     env = dict(os.environ, KBUILD_BUILD_USER="hypervm", KBUILD_BUILD_HOST="hypervm",
                LC_ALL="C")
-    log.debug("running %s", " ".join(argv))
-    try:
-        if logfile is None:
-            proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True)
-            output = proc.stderr.decode(errors="replace")
-        else:
-            with open(logfile, "a") as fh:
-                fh.write(f"$ {' '.join(argv)}\n")
-                fh.flush()
-                proc = subprocess.run(argv, cwd=cwd, env=env, stdout=fh,
-                                      stderr=subprocess.STDOUT)
-            output = logfile.read_text(errors="replace")
-    except FileNotFoundError as e:
-        raise HostError(f"cannot run {argv[0]}: not installed",
-                        hint="run make deps (needs build-essential bc flex bison)") from e
-    if proc.returncode != 0:
-        tail = "\n".join(output.splitlines()[-LOG_TAIL:])
-        raise HostError(f"{' '.join(argv[:3])} … failed with status {proc.returncode}:\n{tail}")
+    store.run_logged(argv, logfile, cwd=cwd, env=env,
+                     hint="run make deps (needs build-essential bc flex bison)")

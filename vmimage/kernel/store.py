@@ -1,6 +1,8 @@
 """A keyed artefact store on disk: one directory per key, published atomically, under a lock.
 
-Used for the kernel (``<state>/kernel/<key>/``) and the initrd (``<state>/initrd/<key>/``).
+Used for the kernel (``<state>/kernel/<key>/``), the initrd (``<state>/initrd/<key>/``) and
+HyperQEMU (``<state>/qemu/<key>/``), with the helpers their builds share (key, package
+version, logged command).
 A builder fills a private staging directory next to the final one and renames it into place,
 so a reader sees either nothing or a complete artefact; a lock file serialises builders so two
 concurrent ``make kernel`` runs build once. Everything published is readable by the
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +28,58 @@ log = logging.getLogger(__name__)
 
 #: prefix of staging directories; never a valid key, so readers and GC can skip them
 STAGING_PREFIX = ".tmp-"
+KEY_LENGTH = 16
+#: lines of a build log quoted in a build failure
+LOG_TAIL = 30
+
+
+def cache_key(*parts: bytes | str) -> str:
+    """sha256 over length-prefixed ``parts`` (so ("ab", "c") and ("a", "bc") differ), truncated."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:KEY_LENGTH]
+
+
+def package_version(package: str, field: str = "Version") -> str | None:
+    """``field`` of the installed Debian ``package`` per dpkg (``source:Version``: the version
+    of the source package it was built from), or None when it is not installed."""
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", f"-f=${{Status}}|${{{field}}}", package],
+            capture_output=True, text=True, check=False,
+        )
+    except FileNotFoundError:
+        return None
+    status, _, version = out.stdout.partition("|")
+    if out.returncode != 0 or not status.endswith(" installed") or not version:
+        return None
+    return version
+
+
+def run_logged(argv: list[str], logfile: Path | None, *, cwd: Path | None = None,
+               env: dict[str, str] | None = None, hint: str | None = None) -> None:
+    """Run a build step, its output appended to ``logfile`` (captured when None); on failure a
+    :class:`HostError` quoting the last lines of the output."""
+    log.debug("running %s", " ".join(argv))
+    try:
+        if logfile is None:
+            proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True)
+            output = proc.stderr.decode(errors="replace")
+        else:
+            with open(logfile, "a") as fh:
+                fh.write(f"$ {' '.join(argv)}\n")
+                fh.flush()
+                proc = subprocess.run(argv, cwd=cwd, env=env, stdout=fh,
+                                      stderr=subprocess.STDOUT)
+            output = logfile.read_text(errors="replace")
+    except FileNotFoundError as e:
+        raise HostError(f"cannot run {argv[0]}: not installed", hint=hint) from e
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-LOG_TAIL:])
+        raise HostError(f"{' '.join(argv[:3])} … failed with status {proc.returncode}:\n{tail}")
 
 
 def ensure_dir(path: Path) -> Path:
