@@ -15,9 +15,11 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev \
 	linux-source-6.1 bc flex bison libelf-dev libssl-dev xz-utils cpio \
 	musl-tools busybox-static erofs-utils e2fsprogs \
-	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl openssl
+	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl openssl \
+	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
+	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
 
-.PHONY: all deps services artifacts init kernel initrd demo test test-unit bench lint clean
+.PHONY: all deps services artifacts init kernel qemu qemu-source initrd demo test test-unit bench lint clean
 
 all: artifacts
 
@@ -70,10 +72,30 @@ init: deps
 kernel: deps
 	$(PY) -m vmimage.kernel build
 
+# HyperQEMU is built from Debian's QEMU source (apt-get source): when apt knows no deb-src
+# entry for qemu, add deb-src twins of Debian's own entries (debian.sources, or the deb lines
+# of sources.list that point at a Debian mirror).
+DEB_SRC := /etc/apt/sources.list.d/hypervm-deb-src
+qemu-source: deps
+	@if ! apt-cache showsrc qemu 2>/dev/null | grep -q '^Package: qemu$$'; then \
+		echo "enabling Debian's deb-src entries for apt-get source qemu: $(DEB_SRC).*"; \
+		if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+			sed 's/^Types:.*/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+				> $(DEB_SRC).sources; \
+		else \
+			grep -h '^deb .*debian' /etc/apt/sources.list | sed 's/^deb /deb-src /' \
+				> $(DEB_SRC).list; \
+		fi; \
+		apt-get update -qq; \
+	fi
+
+qemu: qemu-source
+	$(PY) -m vmimage.qemu build
+
 initrd: init
 	$(PY) -m vmimage.initrd build
 
-artifacts: kernel initrd
+artifacts: kernel qemu initrd
 
 demo: services artifacts
 	@$(VENV)/bin/hypervm demo

@@ -1,0 +1,100 @@
+"""The QEMU that runs HyperVMs: HyperQEMU (built here, lean, with ``tcg-flush``) or Debian's.
+
+:func:`ensure_qemu` builds HyperQEMU (once per machine, ~3 min on 2 cores) and returns it;
+:func:`find_qemu` only looks. Both honour ``HYPERVM_QEMU``: ``hyperqemu`` (default) or
+``distro`` (Debian's ``/usr/bin/qemu-system-x86_64``, which libvirt picks by itself). When the
+current HyperQEMU is not built (a new checkout, or Debian updated its QEMU and make qemu has
+not run yet), :func:`find_qemu` falls back to Debian's with a warning: never to an older
+HyperQEMU, which would lack the distro's newest fixes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from executor.config import HostConfig
+from executor.errors import HostError, InvalidSpec
+
+log = logging.getLogger(__name__)
+
+QemuKind = Literal["hyperqemu", "distro"]
+KINDS = ("hyperqemu", "distro")
+DISTRO_BINARY = Path("/usr/bin/qemu-system-x86_64")
+
+
+@dataclass(frozen=True)
+class Qemu:
+    #: the emulator libvirt runs (the domain's <emulator>)
+    path: Path
+    kind: QemuKind
+    #: what the binary can do beyond stock QEMU ("tcg-flush")
+    features: tuple[str, ...] = ()
+    version: str = ""
+    key: str = ""
+
+    @property
+    def can_flush_tcg(self) -> bool:
+        return "tcg-flush" in self.features
+
+    @property
+    def emulator(self) -> Path | None:
+        """The domain's <emulator>: None leaves libvirt's default (Debian's QEMU)."""
+        return self.path if self.kind == "hyperqemu" else None
+
+    def flushes_after_boot(self, cfg: HostConfig, accel: str) -> bool:
+        """Whether a VM of this QEMU gives its boot's translations back once READY."""
+        return cfg.tcg_flush and accel == "tcg" and self.can_flush_tcg
+
+
+DISTRO = Qemu(path=DISTRO_BINARY, kind="distro")
+
+
+def requested_kind(env: Mapping[str, str] | None = None) -> QemuKind:
+    env = os.environ if env is None else env
+    kind = env.get("HYPERVM_QEMU", "hyperqemu").strip().lower() or "hyperqemu"
+    if kind not in KINDS:
+        raise InvalidSpec("HYPERVM_QEMU", f"unknown QEMU kind {kind!r}",
+                          hint="use hyperqemu or distro")
+    return kind  # type: ignore[return-value]
+
+
+def ensure_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
+    """HyperQEMU, built first if missing (minutes); Debian's QEMU with HYPERVM_QEMU=distro."""
+    from vmimage.qemu import hyperqemu
+
+    if requested_kind(env) != "hyperqemu":
+        return DISTRO
+    return _hyperqemu_from(hyperqemu.ensure_hyperqemu(cfg))
+
+
+def find_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
+    """The QEMU to run VMs with, never building: the current HyperQEMU, else Debian's."""
+    from vmimage.qemu import hyperqemu
+
+    if requested_kind(env) != "hyperqemu":
+        return DISTRO
+    try:
+        key = hyperqemu.current_key()
+    except HostError as e:
+        log.warning("no HyperQEMU (%s); using %s", e, DISTRO_BINARY)
+        return DISTRO
+    directory = hyperqemu.qemu_dir(cfg, key)
+    if hyperqemu.read_meta(directory) is None:
+        log.warning("HyperQEMU %s is not built; using %s (run make qemu)", key, DISTRO_BINARY)
+        return DISTRO
+    return _hyperqemu_from(directory)
+
+
+def _hyperqemu_from(directory: Path) -> Qemu:
+    from vmimage.qemu import hyperqemu
+
+    meta = hyperqemu.read_meta(directory) or {}
+    features = meta.get("features", [])
+    return Qemu(path=directory / "bin" / hyperqemu.BINARY, kind="hyperqemu",
+                features=tuple(str(f) for f in features) if isinstance(features, list) else (),
+                version=str(meta.get("version", "")), key=directory.name)
