@@ -43,12 +43,17 @@ def cmdline(env: VMEnv, quiet: bool = True) -> str:
 
 
 def raw_spec(env: VMEnv, run_dir: Path, quiet: bool = True) -> DomainSpec:
+    """The same kernel, initrd, emulator and devices a HyperVM gets; the TCG flush after READY
+    is ours, so the raw boot has none."""
+    from vmimage.qemu import find_qemu
+
     name = "hypervm-" + bench_name("raw")
     return DomainSpec(name=name, accel=env.accel, vcpus=1, memory_mib=GUEST_MIB,
                       kernel=env.kernel.path, initrd=env.initrd, cmdline=cmdline(env, quiet),
                       channel_socket=run_dir / name / "channel.sock",
                       console_log=run_dir / name / "console.log",
-                      free_page_reporting=env.cfg.free_page_reporting).validate()
+                      free_page_reporting=env.cfg.free_page_reporting,
+                      emulator=find_qemu(env.cfg).emulator).validate()
 
 
 def _wait_ready(path: Path, deadline: float) -> None:

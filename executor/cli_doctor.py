@@ -44,13 +44,25 @@ def check_libvirt(cfg: HostConfig) -> Check:
     return Check("libvirtd", True, f"reachable at {cfg.libvirt_uri} ({version})")
 
 
-def check_qemu(_: HostConfig) -> Check:
+def check_qemu(cfg: HostConfig) -> Check:
+    from vmimage.qemu import find_qemu, requested_kind
+
     path = shutil.which(QEMU)
     if path is None:
         return Check("qemu", False, f"{QEMU} not found", "apt-get install qemu-system-x86")
     if not QBOOT.is_file():
         return Check("qemu", False, f"{QBOOT} not found", "apt-get install qemu-system-data")
-    return Check("qemu", True, f"{path}, firmware {QBOOT}")
+    try:
+        qemu = find_qemu(cfg)
+    except HyperVMError as e:
+        return Check("qemu", False, str(e), "unset HYPERVM_QEMU or set it to hyperqemu")
+    if qemu.kind == "hyperqemu":
+        return Check("qemu", True, f"HyperQEMU {qemu.version} ({qemu.key}) at {qemu.path}, "
+                     f"firmware {QBOOT}")
+    if requested_kind() == "distro":
+        return Check("qemu", True, f"{path} (HYPERVM_QEMU=distro), firmware {QBOOT}")
+    return Check("qemu", True, f"{path}: HyperQEMU is not built, so idle VMs take ~45 MiB "
+                 f"more host memory under TCG (make qemu builds it)")
 
 
 def check_accel(cfg: HostConfig) -> Check:

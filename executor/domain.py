@@ -181,6 +181,8 @@ class DomainSpec:
     #: host (idle 128 MiB VM: ~7 MiB less RSS; much more after a workload ran). Costs one PCI
     #: device: 0-0.3 s of boot and ~15 ms of a first START under TCG (bench/README.md)
     free_page_reporting: bool = True
+    #: the QEMU binary libvirt runs (vmimage.qemu: HyperQEMU); None: libvirt's default, Debian's
+    emulator: Path | None = None
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
@@ -204,6 +206,8 @@ class DomainSpec:
             _absolute(name, getattr(self, name))
         if self.bios is not None:
             _absolute("bios", self.bios)
+        if self.emulator is not None:
+            _absolute("emulator", self.emulator)
         if len(str(self.channel_socket).encode()) > MAX_SOCKET_PATH_LEN:
             raise InvalidSpec(
                 "channel_socket",

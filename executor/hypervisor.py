@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from executor.config import DEFAULT_LIBVIRT_URI
@@ -449,6 +450,13 @@ class Hypervisor:
         """Hot-add a device (e.g. executor.libvirt_xml.hotplug_disk_xml) to a running domain."""
         self._live(name, "add a device to the running instance",
                    lambda dom: dom.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def flush_tcg(self, name: str) -> None:
+        """Drop the running domain's TCG translations and give their memory back to the host
+        (HyperQEMU's HMP command ``tcg-flush``; vmimage/qemu/tcg-flush.patch). libvirt marks
+        the domain tainted by a custom monitor command; nothing else changes."""
+        self._live(name, "flush the TCG translations", lambda dom: libvirt_qemu.qemuMonitorCommand(
+            dom, "tcg-flush", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
 
     def set_metadata(self, name: str, entries: Mapping[str, str]) -> None:
         """Replace the running domain's hypervm metadata (e.g. to hand it to a new owner)."""

@@ -191,6 +191,7 @@ class Domain:
     qemu_args: tuple[str, ...]
     scsi_controller: bool = False
     free_page_reporting: bool = True
+    emulator: Path | None = None
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -243,6 +244,8 @@ class Domain:
                     _sub(memtune, tag, str(value), unit="MiB")
 
     def _build_devices(self, devices: ET.Element) -> None:
+        if self.emulator is not None:
+            _sub(devices, "emulator", str(self.emulator))
         # no USB, graphics, video, sound or NIC: libvirt adds only what `pc` implies
         _sub(devices, "controller", type="usb", model="none")
         _sub(devices, "controller", type="virtio-serial", index="0")
@@ -311,6 +314,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         lifecycle_action=defaults.lifecycle_action,
         tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
         free_page_reporting=spec.free_page_reporting,
+        emulator=spec.emulator,
         memory_backing=defaults.memory_backing,
         metadata=Metadata(dict(spec.metadata)),
         cputune=spec.cputune,

@@ -57,6 +57,7 @@ from executor.pool_spec import (
     prepare_request,
     warmup_start,
 )
+from executor.vm import flush_boot_translations
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class WarmPool:
         self._hv: Any = None
         self._boot: dict[str, Any] = {}
         self._boot_layer = Path()
+        self._flush_tcg = False
         self._idle: collections.deque[_Idle] = collections.deque()
         self._booting: dict[str, str] = {}  # name -> kind
         self._cond = threading.Condition()
@@ -135,9 +137,11 @@ class WarmPool:
         from executor.vm import BASE_CMDLINE
         from vmimage.initrd import ensure_initrd
         from vmimage.kernel import find_kernel
+        from vmimage.qemu import find_qemu
         from vmimage.rootfs import ensure_warmup_layer
 
         kernel = find_kernel(self.cfg)
+        qemu = find_qemu(self.cfg)
         self._boot_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
         self._boot = {
             "kernel": kernel.path,
@@ -145,7 +149,9 @@ class WarmPool:
             "cmdline": " ".join(filter(None, [BASE_CMDLINE,
                                               getattr(kernel, "cmdline_extra", "")])),
             "accel": self._accel or detect_accel(self.cfg),
+            "emulator": qemu.emulator,
         }
+        self._flush_tcg = qemu.flushes_after_boot(self.cfg, self._boot["accel"])
         self._hv = Hypervisor(self.cfg.libvirt_uri, events=False, autodestroy=False)
         try:
             self._server = self._bind()
@@ -359,6 +365,8 @@ class WarmPool:
         ready = channel.ready(BOOT_TIMEOUT)
         nic = network.guest_config(network.NetworkSpec(), network.mac_address(name), [])
         channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
+        if self._flush_tcg:  # before the warm-up, whose translations the claimer's START uses
+            flush_boot_translations(self._hv, name)
         disks = [(Path(path), layer_serial(i), FIRST_POD_UNIT + i) for i, path in
                  enumerate(layers)] + [(self._boot_layer, WARMUP_SERIAL, WARMUP_UNIT)]
         for path, serial, unit in disks:

@@ -207,7 +207,8 @@ def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str]) -> int | Non
 def pool_domain_spec(*, name: str, run_dir: Path, vcpus: int, memory_mib: int, kernel: Path,
                      initrd: Path, cmdline: str, accel: str, metadata: dict[str, str],
                      qemu_args: tuple[str, ...], tb_cache_mib: int | None = None,
-                     free_page_reporting: bool = True) -> DomainSpec:
+                     free_page_reporting: bool = True, emulator: Path | None = None
+                     ) -> DomainSpec:
     """The domain of an empty pool VM (no disks; the SCSI controller and the pool share)."""
     return DomainSpec(
         name=name, accel=accel, vcpus=vcpus, memory_mib=memory_mib, kernel=kernel,
@@ -215,7 +216,7 @@ def pool_domain_spec(*, name: str, run_dir: Path, vcpus: int, memory_mib: int, k
         console_log=run_dir / "console.log",
         shares=(ShareSpec(source=run_dir / SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap"),),
         metadata=metadata, qemu_args=qemu_args, scsi_controller=True, tb_cache_mib=tb_cache_mib,
-        free_page_reporting=free_page_reporting,
+        free_page_reporting=free_page_reporting, emulator=emulator,
         # the memory bound of its shape now, not at claim time (claims match the shape)
         memtune=resource_bounds(Resources(cpus=vcpus, memory_mib=memory_mib))[1],
     )

@@ -38,6 +38,16 @@ BASE_CMDLINE = ("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_che
 DEFAULT_BOOT_TIMEOUT = 60.0
 
 
+def flush_boot_translations(hypervisor: Any, name: str) -> None:
+    """Give a READY VM's boot translations back to the host (TCG, HyperQEMU): they are most of
+    an idle VM's translation buffer and the guest never runs that code again. A failure costs
+    only memory, so it is logged, not raised."""
+    try:
+        hypervisor.flush_tcg(name)
+    except HyperVMError as e:
+        log.warning("%s keeps its boot's TCG translations: %s", name, e)
+
+
 @dataclass(frozen=True)
 class ProcessHandle:
     handle: int
@@ -106,7 +116,8 @@ class HyperVM:
                 if mount.type == "9p" and mount.source is not None:
                     self._share_tags.setdefault(mount.source, f"s{len(self._share_tags)}")
 
-    def domain_spec(self, kernel: Any, initrd: Path, accel: str) -> DomainSpec:
+    def domain_spec(self, kernel: Any, initrd: Path, accel: str,
+                    emulator: Path | None = None) -> DomainSpec:
         """The pure description of this VM for the libvirt builder."""
         self._assign_devices()
         disks = tuple(DiskSpec(path=p, serial=s) for p, s in self._layer_serials.items())
@@ -134,6 +145,7 @@ class HyperVM:
             qemu_args=network.qemu_args(self.pod.network, self.mac_address),
             tb_cache_mib=self.cfg.tb_cache_mib,
             free_page_reporting=self.cfg.free_page_reporting,
+            emulator=emulator,
         )
 
     @property
@@ -251,14 +263,16 @@ class HyperVM:
         from executor.hypervisor import Hypervisor
         from vmimage.initrd import ensure_initrd
         from vmimage.kernel import find_kernel
+        from vmimage.qemu import find_qemu
 
         started = time.monotonic()
         kernel = find_kernel(self.cfg)
         initrd = ensure_initrd(self.cfg, kernel)
         accel = self._accel or detect_accel(self.cfg)
+        qemu = find_qemu(self.cfg)
         if self._hypervisor is None:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
-        spec = self.domain_spec(kernel, initrd, accel)
+        spec = self.domain_spec(kernel, initrd, accel, qemu.emulator)
         try:
             network.check_host_ports(self.pod.network)
             self._give_owned_shares()
@@ -266,6 +280,8 @@ class HyperVM:
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
             self._configure_network()
+            if qemu.flushes_after_boot(self.cfg, accel):
+                flush_boot_translations(self._hypervisor, self.name)
         except HyperVMError as e:
             tail = self.console_tail()
             self.destroy()

@@ -62,6 +62,7 @@ SPECS = {
         qemu_args=()),
     "tcg-pod": _base(
         tb_cache_mib=8,
+        emulator=Path("/var/lib/hypervm/qemu/0123456789abcdef/bin/qemu-system-x86_64"),
         disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),),
         shares=(ShareSpec(Path("/var/lib/mesos/sandbox/web"), "s0", readonly=False),),
     ),
@@ -360,6 +361,15 @@ def test_idle_memory_knobs() -> None:
     kvm = ET.fromstring(domain_xml(SPECS["kvm-full"]))
     assert kvm.find("features/tcg") is None
     assert _find(kvm, "memoryBacking/source").get("type") == "memfd"
+
+
+def test_emulator_is_hyperqemu_when_given_else_libvirts_default() -> None:
+    pod = _devices(domain_xml(SPECS["tcg-pod"]))
+    assert pod[0].tag == "emulator"  # libvirt's schema wants it first
+    assert pod[0].text == "/var/lib/hypervm/qemu/0123456789abcdef/bin/qemu-system-x86_64"
+    assert _devices(domain_xml(SPECS["kvm-full"])).find("emulator") is None
+    with pytest.raises(InvalidSpec, match="emulator"):
+        domain_xml(_base(emulator=Path("qemu-system-x86_64")))
 
 
 def test_shares_let_a_non_root_qemu_create_files() -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from executor.agent_protocol import ExitStatus, MsgType
 from executor.config import config_from_env
-from executor.errors import PoolError
+from executor.errors import HypervisorError, PoolError
 from executor.pool import WarmPool, _Idle
 from executor.pool_spec import GENERIC, PoolConfig
 
@@ -108,3 +109,61 @@ def test_claims_match_layers_exactly(pool: WarmPool, tmp_path: Path) -> None:
     with pytest.raises(PoolError, match="no warm VM is ready"):
         pool.claim(1, 128, owner_pid=1, layers=WEB)
     assert pool.claims == 3
+
+
+# -- a pool VM's preparation after READY (channel and libvirt faked) ---------------------------
+
+class RecordingChannel:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def ready(self, timeout: float) -> dict:
+        self.events.append("READY")
+        return {"version": 1}
+
+    def request(self, kind: MsgType, request_id: int, payload: dict, timeout: float) -> dict:
+        self.events.append(kind.name)
+        return {}
+
+    def await_exit(self, handle: int, timeout: float) -> ExitStatus:
+        self.events.append("exit")
+        return ExitStatus(status=0, signal=None)
+
+
+class RecordingHypervisor(FakeHypervisor):
+    def __init__(self, events: list[str], flush_error: bool = False) -> None:
+        super().__init__()
+        self.events = events
+        self.flush_error = flush_error
+
+    def attach_device(self, name: str, xml: str) -> None:
+        self.events.append("attach")
+
+    def flush_tcg(self, name: str) -> None:
+        self.events.append(f"flush {name}")
+        if self.flush_error:
+            raise HypervisorError(f"cannot flush the TCG translations of VM {name}")
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_boot_translations_go_before_the_warm_up(pool: WarmPool, flush: bool) -> None:
+    """Flushed after the NIC is up and before the warm-up container: the claimer's START then
+    finds the warm-up's code translated, and the boot's is gone."""
+    events: list[str] = []
+    pool._hv = RecordingHypervisor(events)
+    pool._boot_layer = Path("/var/lib/hypervm/rootfs/warmup.erofs")
+    pool._flush_tcg = flush
+    pool._prepare("vm1", RecordingChannel(events))  # type: ignore[arg-type]
+    expected = ["READY", "NETWORK", "flush vm1", "attach", "START", "exit"]
+    assert events == (expected if flush else [e for e in expected if e != "flush vm1"])
+
+
+def test_a_failed_flush_costs_memory_not_the_vm(pool: WarmPool,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    events: list[str] = []
+    pool._hv = RecordingHypervisor(events, flush_error=True)
+    pool._boot_layer = Path("/var/lib/hypervm/rootfs/warmup.erofs")
+    pool._flush_tcg = True
+    assert pool._prepare("vm1", RecordingChannel(events)) == {"version": 1}  # type: ignore[arg-type]
+    assert events[-2:] == ["START", "exit"]
+    assert "vm1 keeps its boot's TCG translations" in caplog.text
