@@ -22,6 +22,7 @@ ROWS = (
     ("hypervm run true p50", "run_true_p50_s", "s"),
     ("idle VM QEMU RSS", "idle_vm_rss_mib", "MiB"),
     ("idle VM QEMU private dirty", "idle_vm_private_dirty_mib", "MiB"),
+    ("idle pool VM QEMU RSS", "idle_pool_vm_rss_mib", "MiB"),
     ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
     ("image import", "import_mb_s", "MB/s"),
     ("cache hit", "cache_hit_extra_s", "s"),

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from bench.vmenv import (
 from executor.hypervisor import Hypervisor
 from executor.pool import WarmPool
 from executor.pool_spec import PoolConfig
+from vmimage.qemu import find_qemu
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +86,19 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
                            "commit": git_commit(REPO), "kernel": env.kernel.key or
                            str(env.kernel.path), "notes": {}, "details": {}}
     doc["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    qemu = find_qemu(env.cfg)
+    doc["qemu"] = {"kind": qemu.kind, "path": str(qemu.path), "version": qemu.version,
+                   "key": qemu.key, "tcg_flush": qemu.flushes_after_boot(env.cfg, env.accel)}
     details = doc["details"]
     with contextlib.ExitStack() as stack:
         imgs = stack.enter_context(images.serve_images(plan.big_image_mb))
         layers, hits = images.warm_shared_cache(env.cfg, imgs.busybox_ref, plan.cache_hits)
         log.info("images ready (%s)", imgs.busybox_ref)
-        samples, loads = _latency_rounds(env, plan, imgs.busybox_ref, layers)
+        samples, loads, pool_rss = _latency_rounds(env, plan, imgs.busybox_ref, layers)
         doc["machine"]["loadavg_1min_per_round"] = loads
+        details["idle_pool_vm_rss_mib"] = pool_rss
+        doc["idle_pool_vm_rss_mib"] = (round(statistics.median(pool_rss), 1) if pool_rss
+                                       else None)
         with Hypervisor(env.cfg.libvirt_uri) as hv:
             details["boot_profile"] = {
                 "raw": profile.boot_profile(
@@ -124,13 +132,16 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
 
 
 def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
-                    ) -> tuple[dict[str, list[float]], list[float]]:
+                    ) -> tuple[dict[str, list[float]], list[float], list[float]]:
+    """Latency samples by name, the load before each round, and the RSS (MiB) of the pools'
+    idle VMs at the end of each round: booted, warmed up, waiting for a claim."""
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "warm launch": [], "warm launch (generic VM)": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: []}
     loads: list[float] = []
+    pool_rss: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool:
         container.run_once(root)
@@ -166,6 +177,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                     samples.setdefault(f"{kind}: {phase}", []).append(seconds)
             for each in pools.values():
                 _fill_pool(each)
+                pool_rss += _idle_rss(hv, each)
             if i < plan.run_true_runs:
                 samples["hypervm run true"].append(runtrue.run_once(ref))
                 boot_s, start_s = density.start_on_booted(env, hv, layers)
@@ -173,7 +185,16 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["start on booted vm"].append(start_s)
                 boot_s, _ = density.start_on_booted(env, hv, layers, TUNED_CMDLINE)
                 samples["hypervm boot" + TUNED_CMDLINE].append(boot_s)
-    return samples, loads
+    return samples, loads, pool_rss
+
+
+def _idle_rss(hv: Hypervisor, pool: WarmPool) -> list[float]:
+    from bench.vmenv import rss_mib
+
+    with pool._cond:
+        names = [vm.name for vm in pool._idle]
+    pids = [hv.qemu_pid(name) for name in names]
+    return [round(r, 1) for r in (rss_mib(pid) for pid in pids if pid) if r is not None]
 
 
 @contextlib.contextmanager
@@ -240,6 +261,10 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "every VM shares")
     if dens.idle_rss_mib is None:
         doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
+    doc["notes"]["idle_pool_vm_rss_mib"] = (
+        "QEMU VmRSS of the warm pools' idle VMs at the end of each round (median): booted, TCG "
+        "translations flushed, then one warm-up container run, whose translations stay for the "
+        "claimer's START; idle_vm_rss_mib is a VM booted by a HyperVM and left idle")
     doc["notes"]["cold_launch_p50_s"] = doc["notes"]["cold_launch_p95_s"] = (
         f"a one-task LAUNCH with cpus {launch.CPUS:g} + the executor's 0.1 = one whole vCPU, so "
         "no CFS quota throttles the VM (below that the executor caps the vCPU and the guest "

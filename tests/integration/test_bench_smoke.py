@@ -29,9 +29,10 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
     assert set(results.REQUIRED_KEYS) <= set(doc)
     assert doc["mode"] == "quick" and doc["machine"]["accel"] in ("kvm", "tcg")
     for key in ("raw_boot_p50_s", "container_p50_s", "cold_launch_p50_s", "run_true_p50_s",
-                "idle_vm_rss_mib", "import_mb_s", "cache_hit_extra_s"):
+                "idle_vm_rss_mib", "idle_pool_vm_rss_mib", "import_mb_s", "cache_hit_extra_s"):
         assert doc[key] > 0, key
     assert doc["max_concurrent_vms"] >= 1
+    assert doc["qemu"]["kind"] in ("hyperqemu", "distro") and doc["qemu"]["path"]
     assert doc["ratios"]["cold_launch_p50 / raw_boot_p50"] > 0
     assert doc["details"]["leftover_vms"] == []
     assert out.with_suffix(".png").stat().st_size > 0
