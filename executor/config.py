@@ -67,39 +67,35 @@ class HostConfig:
         return self.pool_socket_override or self.run_dir / "pool.sock"
 
 
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], *,
+               what: str = "value", hint: str | None = None) -> str:
+    """``env[name]`` (lower-cased; ``default`` when unset or empty), which must be one of
+    ``choices``: else InvalidSpec naming the variable."""
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec(name, f"unknown {what} {value!r}",
+                          hint=hint or f"use {', '.join(choices[:-1])} or {choices[-1]}")
+    return value
+
+
 def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
     env = os.environ if env is None else env
-    accel = env.get("HYPERVM_ACCEL", "auto").lower()
-    if accel not in ("auto", "kvm", "tcg"):
-        from executor.errors import InvalidSpec
-
-        raise InvalidSpec("HYPERVM_ACCEL", f"unknown accelerator {accel!r}",
-                          hint="use auto, kvm or tcg")
-    pool = env.get("HYPERVM_POOL", "auto").lower()
-    if pool not in ("auto", "off"):
-        from executor.errors import InvalidSpec
-
-        raise InvalidSpec("HYPERVM_POOL", f"unknown value {pool!r}",
-                          hint="use auto (take warm VMs when a pool serves) or off")
+    accel = env_choice(env, "HYPERVM_ACCEL", "auto", ("auto", "kvm", "tcg"), what="accelerator")
+    pool = env_choice(env, "HYPERVM_POOL", "auto", ("auto", "off"),
+                      hint="use auto (take warm VMs when a pool serves) or off")
     tb_cache = env.get("HYPERVM_TCG_TB_CACHE_MIB", "")
     if tb_cache and not tb_cache.isdigit():
         from executor.errors import InvalidSpec
 
         raise InvalidSpec("HYPERVM_TCG_TB_CACHE_MIB", f"{tb_cache!r} is not a number of MiB",
                           hint="e.g. 8 (smaller VMs, slower guest code under TCG), or unset")
-    reporting = env.get("HYPERVM_FREE_PAGE_REPORTING", "on")
-    if reporting not in ("on", "off"):
-        from executor.errors import InvalidSpec
-
-        raise InvalidSpec("HYPERVM_FREE_PAGE_REPORTING", f"unknown value {reporting!r}",
-                          hint="use on (guests return freed memory) or off (a little faster "
-                               "boots and starts under TCG)")
-    flush = env.get("HYPERVM_TCG_FLUSH", "on")
-    if flush not in ("on", "off"):
-        from executor.errors import InvalidSpec
-
-        raise InvalidSpec("HYPERVM_TCG_FLUSH", f"unknown value {flush!r}",
-                          hint="use on (idle VMs give their boot's translations back) or off")
+    reporting = env_choice(env, "HYPERVM_FREE_PAGE_REPORTING", "on", ("on", "off"),
+                           hint="use on (guests return freed memory) or off (a little faster "
+                                "boots and starts under TCG)")
+    flush = env_choice(env, "HYPERVM_TCG_FLUSH", "on", ("on", "off"),
+                       hint="use on (idle VMs give their boot's translations back) or off")
     return HostConfig(
         state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),

@@ -28,6 +28,20 @@ def our_domains(prefix: str = f"hypervm-{TEST_TAG}") -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip().startswith(prefix)}
 
 
+def run_to_exit(vm, container, timeout: float = 60.0) -> tuple[int, str]:  # noqa: ANN001
+    """START ``container`` in the booted ``vm`` and wait for its exit: (exit code, stdout and
+    stderr as they came)."""
+    import threading
+
+    output: list[bytes] = []
+    done = threading.Event()
+    status = {}
+    vm.start(container, on_stdout=output.append, on_stderr=output.append,
+             on_exit=lambda s: (status.__setitem__("s", s), done.set()))
+    assert done.wait(timeout), "the container did not exit"
+    return status["s"].code, b"".join(output).decode()
+
+
 @pytest.fixture(scope="session")
 def host_cfg():  # noqa: ANN201
     from executor.config import config_from_env

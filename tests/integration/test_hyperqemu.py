@@ -4,7 +4,6 @@ back to the host while the guest runs on (vmimage/qemu/README.md)."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from executor.config import HostConfig
 from executor.podspec import Container, PodSpec, Process, Rootfs
 from executor.vm import HyperVM
-from tests.conftest import TEST_TAG
+from tests.conftest import TEST_TAG, run_to_exit
 from vmimage.qemu import Qemu, find_qemu
 from vmimage.rootfs import ensure_warmup_layer
 
@@ -39,16 +38,6 @@ def pod(host_cfg: HostConfig) -> PodSpec:
     return PodSpec(name=f"{TEST_TAG}-hq", containers=(say,))
 
 
-def _run(vm: HyperVM, container: Container) -> tuple[int, str]:
-    output: list[bytes] = []
-    done = threading.Event()
-    status = {}
-    vm.start(container, on_stdout=output.append, on_stderr=output.append,
-             on_exit=lambda s: (status.__setitem__("s", s), done.set()))
-    assert done.wait(60), "the container did not exit"
-    return status["s"].code, b"".join(output).decode()
-
-
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -62,7 +51,7 @@ def test_hypervms_run_on_hyperqemu(vm_factory, hyperqemu: Qemu, pod: PodSpec) ->
     assert pid is not None
     assert Path(f"/proc/{pid}/exe").resolve() == hyperqemu.path.resolve()
     # flushed after READY (TCG): the guest's next process is translated anew and runs
-    assert _run(vm, pod.containers[0]) == (0, "hello from x86_64\n")
+    assert run_to_exit(vm, pod.containers[0]) == (0, "hello from x86_64\n")
 
 
 def test_tcg_flush_gives_the_boot_translations_back(host_cfg: HostConfig, hyperqemu: Qemu,
@@ -83,7 +72,7 @@ def test_tcg_flush_gives_the_boot_translations_back(host_cfg: HostConfig, hyperq
         time.sleep(0.5)
         after = _rss_mib(pid)
         assert before - after >= MIN_RETURNED_MIB, (before, after)
-        assert _run(vm, pod.containers[0]) == (0, "hello from x86_64\n")
+        assert run_to_exit(vm, pod.containers[0]) == (0, "hello from x86_64\n")
 
 
 def test_doctor_names_the_qemu_vms_run_on(hyperqemu: Qemu) -> None:

@@ -3,13 +3,13 @@ tree the OCI spec defines, and the image's user is resolved to ids the guest app
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from executor.podspec import Container, PodSpec, Process, Rootfs
+from tests.conftest import run_to_exit
 from tests.integration import imagebuild
 from tests.integration.imagebuild import private_store
 from tests.integration.registry import Registry
@@ -39,13 +39,7 @@ def store() -> Iterator[ImageStore]:
 def run_in_vm(vm_factory, image: Image, process: Process) -> tuple[int, str]:  # noqa: ANN001
     container = Container("main", Rootfs(layers=image.layers), process)
     vm = vm_factory(PodSpec(name="image", containers=(container,)))
-    output: list[bytes] = []
-    done = threading.Event()
-    status = {}
-    vm.start(container, on_stdout=output.append, on_stderr=output.append,
-             on_exit=lambda s: (status.__setitem__("s", s), done.set()))
-    assert done.wait(60), "the container did not exit"
-    return status["s"].code, b"".join(output).decode()
+    return run_to_exit(vm, container)
 
 
 def test_guest_sees_the_merged_tree(vm_factory, registry: Registry, store: ImageStore,  # noqa: ANN001

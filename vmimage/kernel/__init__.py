@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from executor.config import HostConfig
-from executor.errors import HostError, InvalidSpec
+from executor.config import HostConfig, env_choice
+from executor.errors import HostError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,7 @@ class Kernel:
 
 def requested_kind(env: Mapping[str, str] | None = None) -> KernelKind:
     env = os.environ if env is None else env
-    kind = env.get("HYPERVM_KERNEL", "hyperkernel").strip().lower() or "hyperkernel"
-    if kind not in KINDS:
-        raise InvalidSpec("HYPERVM_KERNEL", f"unknown kernel kind {kind!r}",
-                          hint="use hyperkernel or distro")
+    kind = env_choice(env, "HYPERVM_KERNEL", "hyperkernel", KINDS, what="kernel kind")
     return kind  # type: ignore[return-value]
 
 

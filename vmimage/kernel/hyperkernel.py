@@ -54,13 +54,7 @@ def kernel_dir(cfg: HostConfig, key: str) -> Path:
 
 def read_meta(directory: Path) -> dict | None:
     """The metadata of a complete HyperKernel in ``directory``, or None."""
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not (directory / "vmlinux").is_file():
-        return None
-    return meta if isinstance(meta, dict) else None
+    return store.read_meta(directory, "vmlinux")
 
 
 def newest_built(cfg: HostConfig) -> Path | None:
@@ -74,12 +68,7 @@ def ensure_hyperkernel(cfg: HostConfig) -> Path:
     """The directory of the HyperKernel for this checkout, building it first if missing."""
     key = current_key()
     final = kernel_dir(cfg, key)
-    if read_meta(final):
-        return final
-    with store.locked(cfg.kernel_dir / ".lock"):
-        if read_meta(final):  # built by whoever held the lock before us
-            return final
-        return _build(cfg, key, final)
+    return store.ensure_built(final, "vmlinux", lambda: _build(cfg, key, final))
 
 
 def _build(cfg: HostConfig, key: str, final: Path) -> Path:
@@ -101,8 +90,7 @@ def _build(cfg: HostConfig, key: str, final: Path) -> Path:
             _run(make + [f"-j{os.cpu_count() or 1}", "vmlinux"], logfile)
             _check_config(objdir / ".config")
         except HostError:
-            kept = cfg.kernel_dir / f"failed-{key}.log"
-            shutil.copyfile(logfile, kept)
+            kept = store.keep_failed_log(logfile, cfg.kernel_dir, key)
             log.error("HyperKernel build failed; log kept at %s", kept)
             raise
         seconds = time.monotonic() - started

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from executor.errors import HostError
@@ -116,6 +117,36 @@ def make_readable(root: Path) -> None:
             p.chmod(0o755)
         else:
             p.chmod(0o755 if p.stat().st_mode & 0o111 else 0o644)
+
+
+def read_meta(directory: Path, artefact: str) -> dict | None:
+    """The ``meta.json`` of a complete artefact in ``directory`` (one that has ``artefact``, a
+    path relative to it), or None."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not (directory / artefact).is_file():
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def ensure_built(final: Path, artefact: str, build: Callable[[], Path]) -> Path:
+    """``final`` when a complete artefact is there, else what ``build`` publishes; builders
+    take turns under ``final.parent/.lock``, and one that waited reuses the first's result."""
+    if read_meta(final, artefact):
+        return final
+    with locked(final.parent / ".lock"):
+        if read_meta(final, artefact):  # built by whoever held the lock before us
+            return final
+        return build()
+
+
+def keep_failed_log(logfile: Path, parent: Path, key: str) -> Path:
+    """Copy a failed build's log to ``parent/failed-<key>.log`` (the staging dir goes away)."""
+    kept = parent / f"failed-{key}.log"
+    shutil.copyfile(logfile, kept)
+    return kept
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from executor.config import HostConfig
-from executor.errors import HostError, InvalidSpec
+from executor.config import HostConfig, env_choice
+from executor.errors import HostError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,7 @@ DISTRO = Qemu(path=DISTRO_BINARY, kind="distro")
 
 def requested_kind(env: Mapping[str, str] | None = None) -> QemuKind:
     env = os.environ if env is None else env
-    kind = env.get("HYPERVM_QEMU", "hyperqemu").strip().lower() or "hyperqemu"
-    if kind not in KINDS:
-        raise InvalidSpec("HYPERVM_QEMU", f"unknown QEMU kind {kind!r}",
-                          hint="use hyperqemu or distro")
+    kind = env_choice(env, "HYPERVM_QEMU", "hyperqemu", KINDS, what="QEMU kind")
     return kind  # type: ignore[return-value]
 
 

@@ -87,25 +87,14 @@ def qemu_dir(cfg: HostConfig, key: str) -> Path:
 
 def read_meta(directory: Path) -> dict | None:
     """The metadata of a complete HyperQEMU in ``directory``, or None."""
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not (directory / "bin" / BINARY).is_file():
-        return None
-    return meta if isinstance(meta, dict) else None
+    return store.read_meta(directory, f"bin/{BINARY}")
 
 
 def ensure_hyperqemu(cfg: HostConfig) -> Path:
     """The directory of the HyperQEMU for this checkout, building it first if missing."""
     key = current_key()
     final = qemu_dir(cfg, key)
-    if read_meta(final):
-        return final
-    with store.locked(cfg.qemu_dir / ".lock"):
-        if read_meta(final):  # built by whoever held the lock before us
-            return final
-        return _build(cfg, key, final)
+    return store.ensure_built(final, f"bin/{BINARY}", lambda: _build(cfg, key, final))
 
 
 def _build(cfg: HostConfig, key: str, final: Path) -> Path:
@@ -126,8 +115,7 @@ def _build(cfg: HostConfig, key: str, final: Path) -> Path:
                   f"--extra-cflags={cflags}", f"--extra-ldflags={ldflags}"], logfile, cwd=build)
             _run(["ninja", f"-j{os.cpu_count() or 1}", BINARY], logfile, cwd=build)
         except HostError:
-            kept = cfg.qemu_dir / f"failed-{key}.log"
-            shutil.copyfile(logfile, kept)
+            kept = store.keep_failed_log(logfile, cfg.qemu_dir, key)
             log.error("HyperQEMU build failed; log kept at %s", kept)
             raise
         (out / "bin").mkdir()
