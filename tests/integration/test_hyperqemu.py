@@ -50,6 +50,12 @@ def test_hypervms_run_on_hyperqemu(vm_factory, hyperqemu: Qemu, pod: PodSpec) ->
     pid = vm._hypervisor.qemu_pid(vm.name)
     assert pid is not None
     assert Path(f"/proc/{pid}/exe").resolve() == hyperqemu.path.resolve()
+    # as confined as Debian's: libvirt's seccomp sandbox is on (HyperQEMU has libseccomp) and
+    # QEMU runs as libvirt-qemu, not root
+    status = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    assert status["Seccomp"].strip() == "2"
+    assert status["Uid"].split()[0] != "0"
     # flushed after READY (TCG): the guest's next process is translated anew and runs
     assert run_to_exit(vm, pod.containers[0]) == (0, "hello from x86_64\n")
 
