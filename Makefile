@@ -86,7 +86,8 @@ qemu-source: deps
 			grep -h '^deb .*debian' /etc/apt/sources.list | sed 's/^deb /deb-src /' \
 				> $(DEB_SRC).list; \
 		fi; \
-		apt-get update -qq; \
+		apt-get update -qq || echo "apt-get update failed: no QEMU source, so VMs will run on" \
+			"Debian's QEMU" >&2; \
 	fi
 
 qemu: qemu-source

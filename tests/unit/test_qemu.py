@@ -132,6 +132,18 @@ def test_ensure_qemu_builds_only_when_missing(cfg: HostConfig,
     assert builds == ["q1"] and first.kind == "hyperqemu"
 
 
+def test_a_build_that_cannot_run_leaves_vms_on_debians_qemu(
+        cfg: HostConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_source(cfg_: HostConfig) -> Path:
+        raise HostError("cannot download the source of qemu=1:7.2", hint="run make qemu")
+
+    monkeypatch.setattr(hyperqemu, "ensure_hyperqemu", no_source)
+    with caplog.at_level(logging.WARNING):
+        assert qmod.ensure_qemu(cfg, env={}) is DISTRO
+    assert "cannot build HyperQEMU (cannot download the source" in caplog.text
+
+
 @pytest.mark.parametrize(("features", "accel", "flush_env", "expected"), [
     (["tcg-flush"], "tcg", "on", True),
     (["tcg-flush"], "kvm", "on", False),  # no translations under KVM
