@@ -399,3 +399,26 @@ def test_build_fails_naming_dropped_options_before_compiling(cfg, fake_source,
     assert (cfg.kernel_dir / "failed-feedbeef.log").exists()
     assert not (cfg.kernel_dir / "feedbeef").exists()
     assert not [p for p in cfg.kernel_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_package_versions_are_asked_of_dpkg_once_per_process(monkeypatch) -> None:  # noqa: ANN001
+    """Every cold boot looks its kernel and QEMU up by package version: dpkg-query runs once."""
+    import subprocess
+
+    calls = []
+
+    def fake_run(argv, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, stdout="install ok installed|9.9-1",
+                                           stderr="")
+
+    store.package_version.cache_clear()
+    monkeypatch.setattr(store.subprocess, "run", fake_run)
+    try:
+        assert store.package_version("linux-source-6.1") == "9.9-1"
+        assert store.package_version("linux-source-6.1") == "9.9-1"
+        assert store.package_version("qemu-system-x86", "source:Version") == "9.9-1"
+        assert len(calls) == 2 and calls[1][-2:] == [
+            "-f=${Status}|${source:Version}", "qemu-system-x86"]
+    finally:
+        store.package_version.cache_clear()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -44,9 +45,12 @@ def cache_key(*parts: bytes | str) -> str:
     return h.hexdigest()[:KEY_LENGTH]
 
 
+@functools.cache
 def package_version(package: str, field: str = "Version") -> str | None:
     """``field`` of the installed Debian ``package`` per dpkg (``source:Version``: the version
-    of the source package it was built from), or None when it is not installed."""
+    of the source package it was built from), or None when it is not installed. Asked once
+    per process: every cold boot looks up its kernel and QEMU by these versions, and dpkg-query
+    costs ~15 ms (a package upgraded meanwhile is seen by the next process)."""
     try:
         out = subprocess.run(
             ["dpkg-query", "-W", f"-f=${{Status}}|${{{field}}}", package],
