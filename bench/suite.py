@@ -191,9 +191,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
 def _idle_rss(hv: Hypervisor, pool: WarmPool) -> list[float]:
     from bench.vmenv import rss_mib
 
-    with pool._cond:
-        names = [vm.name for vm in pool._idle]
-    pids = [hv.qemu_pid(name) for name in names]
+    pids = [hv.qemu_pid(name) for name in pool.idle_vms()]
     return [round(r, 1) for r in (rss_mib(pid) for pid in pids if pid) if r is not None]
 
 

@@ -238,6 +238,11 @@ class WarmPool:
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
                     "accel": self._boot.get("accel")}
 
+    def idle_vms(self) -> list[str]:
+        """The names of the VMs ready to be claimed now."""
+        with self._cond:
+            return [vm.name for vm in self._idle]
+
     # -- claims -------------------------------------------------------------------------------
 
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
