@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler import lifecycle, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
 from scheduler.marathon import normalize_id

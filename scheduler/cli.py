@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from executor.errors import HyperVMError
+from hypervm.errors import HyperVMError
 from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
 from scheduler.framework import FRAMEWORK_ID_KEY, HyperVMFramework

@@ -1,12 +1,12 @@
-"""Errors of the scheduler, rooted in :class:`executor.errors.HyperVMError`.
+"""Errors of the scheduler, rooted in :class:`hypervm.errors.HyperVMError`.
 
 The REST layer maps each class to one HTTP status; ``str(err)`` is the message the user sees.
-Validation errors are :class:`executor.errors.InvalidSpec` (they name the field).
+Validation errors are :class:`hypervm.errors.InvalidSpec` (they name the field).
 """
 
 from __future__ import annotations
 
-from executor.errors import HyperVMError
+from hypervm.errors import HyperVMError
 
 
 class SchedulerError(HyperVMError):

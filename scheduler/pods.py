@@ -11,7 +11,7 @@ from typing import Any
 
 import jsonschema
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler.model import ContainerSpec, PortSpec, WorkloadSpec
 from scheduler.validation import check_env, check_image, validate
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler import lifecycle
 from scheduler.errors import Conflict, NotFound, QuotaExceeded
 from scheduler.marathon import parse_app

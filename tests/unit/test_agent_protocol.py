@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor import agent_protocol as proto
-from executor.agent_protocol import ExitStatus, FrameDecoder, MsgType
-from executor.errors import ProtocolError
+from executor.guest import protocol as proto
+from executor.guest.protocol import ExitStatus, FrameDecoder, MsgType
+from hypervm.errors import ProtocolError
 
 
 def test_header_layout_matches_protocol_md() -> None:

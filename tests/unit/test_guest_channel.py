@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from executor import agent_protocol as proto
-from executor.agent_protocol import FrameDecoder, MsgType
-from executor.errors import BootError, GuestError, ProtocolError
-from executor.guest_channel import GuestChannel, ProcessCallbacks
+from executor.guest import protocol as proto
+from executor.guest.channel import GuestChannel, ProcessCallbacks
+from executor.guest.protocol import FrameDecoder, MsgType
+from hypervm.errors import BootError, GuestError, ProtocolError
 
 Handler = Callable[[socket.socket, proto.Frame], None]
 
@@ -154,10 +154,10 @@ def test_raw_channel_keeps_frames_read_past_the_awaited_one() -> None:
     """The pool's channel: a reply and the EXIT after it may arrive in one read."""
     import socket as socketlib
 
-    from executor import agent_protocol as proto
-    from executor.agent_protocol import MsgType
-    from executor.errors import BootError, GuestError
-    from executor.guest_channel import RawChannel
+    from executor.guest import protocol as proto
+    from executor.guest.channel import RawChannel
+    from executor.guest.protocol import MsgType
+    from hypervm.errors import BootError, GuestError
 
     host, guest = socketlib.socketpair()
     try:

@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from executor.domain import DiskSpec, DomainSpec, ShareSpec
-from executor.errors import HostError, HypervisorError, InvalidSpec
-from executor.hypervisor import (
-    DISCONNECTED,
-    Hypervisor,
-    LifecycleEvent,
-    owner_metadata,
-    parse_start_time,
-    process_start_time,
-)
+from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.libvirt.hypervisor import DISCONNECTED, Hypervisor, LifecycleEvent
+from executor.libvirt.owners import owner_metadata, parse_start_time, process_start_time
+from hypervm.errors import HostError, HypervisorError, InvalidSpec
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -128,7 +122,7 @@ def test_create_prepares_the_run_dir(hv: Hypervisor, tmp_path: Path) -> None:
 
 
 def test_untraversable_parents_are_a_host_error(tmp_path: Path) -> None:
-    from executor.hypervisor import _check_traversable
+    from executor.libvirt.hypervisor import _check_traversable
 
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
@@ -305,8 +299,8 @@ def test_the_runtime_reads_qemus_user_before_any_launch(monkeypatch: pytest.Monk
                                                          tmp_path: Path) -> None:
     """libvirt's capabilities (~4 ms) are read when the executor's runtime starts, not when a
     launch first gives a sandbox to QEMU's user."""
-    from executor.config import HostConfig
-    from executor.mesos_runtime import VMRuntime
+    from executor.mesos.runtime import VMRuntime
+    from hypervm.config import HostConfig
 
     calls: list[int] = []
     real = libvirt.virConnect.getCapabilities

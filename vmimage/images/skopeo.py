@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from executor.errors import HostError, ImageError
+from hypervm.errors import HostError, ImageError
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.errors import ImageError
-
-from .reference import ArchiveRef, DaemonRef, ImageRef, LayoutRef, RegistryRef, is_insecure
+from hypervm.errors import ImageError
+from hypervm.imageref import ArchiveRef, DaemonRef, ImageRef, LayoutRef, RegistryRef, is_insecure
 
 log = logging.getLogger(__name__)
 

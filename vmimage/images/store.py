@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.config import HostConfig
-from executor.errors import ImageError
+from hypervm.config import HostConfig
+from hypervm.errors import ImageError
+from hypervm.imageref import RegistryRef, insecure_from_env, parse_reference
 from vmimage import rootfs
 
 from . import skopeo
@@ -38,7 +39,6 @@ from .manifest import (
     select_platform,
     sha256_digest,
 )
-from .reference import RegistryRef, insecure_from_env, parse_reference
 from .sources import Source, open_source
 from .unpack import TRACKED_FILES, unpack_layer
 from .verify import verify_blob_file

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 
 log = logging.getLogger(__name__)
 
