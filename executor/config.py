@@ -31,6 +31,9 @@ class ImageLimits:
     max_entries: int = 500_000
     #: layers of one image (HYPERVM_IMAGE_MAX_LAYERS; Docker's own limit is 127)
     max_layers: int = 128
+    #: unpacking stops when the cache's disk has less free space than this
+    #: (HYPERVM_IMAGE_MIN_FREE_BYTES)
+    min_free_bytes: int = 1 << 30
     #: seconds one ``skopeo copy`` may take (HYPERVM_IMAGE_PULL_TIMEOUT)
     pull_timeout_s: float = 1800.0
     #: seconds to wait for another pull's lock on the same image or blob, or for gc
@@ -44,6 +47,7 @@ IMAGE_LIMIT_VARS = {
     "max_image_bytes": "HYPERVM_IMAGE_MAX_BYTES",
     "max_entries": "HYPERVM_IMAGE_MAX_ENTRIES",
     "max_layers": "HYPERVM_IMAGE_MAX_LAYERS",
+    "min_free_bytes": "HYPERVM_IMAGE_MIN_FREE_BYTES",
     "pull_timeout_s": "HYPERVM_IMAGE_PULL_TIMEOUT",
     "lock_timeout_s": "HYPERVM_IMAGE_LOCK_TIMEOUT",
 }
