@@ -295,7 +295,9 @@ class ImageStore:
             self._say(f"{name}: fetching {len(wanted)} of {len(manifest.layers)} layers "
                       f"({total / 1e6:.1f} MB)")
             layout = blob_dir.parent.parent if remote else blob_dir
-            watch = self._size_watch(name, layout, missing, manifest)
+            # dir: copies every layer of a local source, the cached ones too
+            watch = self._size_watch(name, layout, missing if remote else list(manifest.layers),
+                                     manifest)
             what = _describe(missing) or manifest.config.digest
             if remote:  # only the missing blobs cross the network
                 skopeo.prepare_layout(layout, [d.digest for d in manifest.layers
@@ -318,18 +320,19 @@ class ImageStore:
         return config_raw
 
     @staticmethod
-    def _size_watch(name: str, layout: Path, missing: list[Descriptor],
+    def _size_watch(name: str, layout: Path, copied: list[Descriptor],
                     manifest: Manifest) -> Callable[[], None]:
-        """Stops a copy whose files outgrow what the manifest declares (a source that streams
-        without end would otherwise fill the cache's disk before any digest check)."""
-        allowed = sum(d.size for d in missing) + manifest.config.size + (1 << 20)
+        """Stops a copy whose files outgrow what the manifest declares for the ``copied``
+        blobs (a source that streams without end would otherwise fill the cache's disk before
+        any digest check); 1 MiB of slack for the manifest and layout files."""
+        allowed = sum(d.size for d in copied) + manifest.config.size + (1 << 20)
 
         def watch() -> None:
             staged = _staged_bytes(layout)
             if staged > allowed:
                 raise ImageError(name, f"the source sent {staged} bytes, more than the "
                                  f"{allowed} the manifest declares; stopped",
-                                 blob=_describe(missing) or manifest.config.digest,
+                                 blob=_describe(copied) or manifest.config.digest,
                                  hint="the source is broken or hostile")
         return watch
 
