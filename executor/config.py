@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/hypervm"
 DEFAULT_RUN_DIR = "/run/hypervm"
@@ -75,7 +76,7 @@ def _positive(env: Mapping[str, str], name: str, default: float, *, size: bool) 
 
 def image_limits_from_env(env: Mapping[str, str]) -> ImageLimits:
     base = ImageLimits()
-    values = {}
+    values: dict[str, Any] = {}
     for attr, name in IMAGE_LIMIT_VARS.items():
         default = getattr(base, attr)
         value = _positive(env, name, default, size=attr.endswith("_bytes"))
