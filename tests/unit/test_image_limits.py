@@ -146,6 +146,15 @@ def test_too_many_entries_stop_the_layer(tmp_path: Path) -> None:
     assert len(os.listdir(dest)) <= 20
 
 
+def test_implied_parent_directories_count_as_entries(tmp_path: Path) -> None:
+    """One entry may imply ~2000 parent directories: an inode bomb unless they count."""
+    deep = "/".join(f"d{i}" for i in range(100)) + "/f"
+    blob, dest = layer(tmp_path, tar_bytes((deep, "file", b"x")))
+    error = unpack_error(blob, dest, Budget("test/img:1", ImageLimits(max_entries=50)))
+    assert "more than 50 entries" in str(error)
+    assert sum(len(dirs) for _, dirs, _ in os.walk(dest)) <= 50
+
+
 def test_unpacking_keeps_a_free_space_reserve(tmp_path: Path) -> None:
     blob, dest = layer(tmp_path, tar_bytes(("f", "file", b"x")))
     error = unpack_error(blob, dest, Budget("test/img:1", ImageLimits(min_free_bytes=1 << 60)))

@@ -56,6 +56,10 @@ PATH_MAX = 4096
 NAME_MAX = 255
 #: how often (in uncompressed bytes) unpacking looks at the free space of the cache's disk
 FREE_CHECK_EVERY = 64 << 20
+#: ... and how often in entries (each may make up to PATH_MAX/2 implicit parent directories)
+FREE_CHECK_EVERY_ENTRIES = 4096
+#: unpacking also stops when the cache's file system has fewer free inodes than this
+MIN_FREE_INODES = 65536
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -117,6 +121,10 @@ class Budget:
     def disk(self, blob: str, dest: Path) -> None:
         st = os.statvfs(dest)
         free = st.f_bavail * st.f_frsize
+        if st.f_files and st.f_favail < MIN_FREE_INODES:  # f_files 0: no inode limit (btrfs)
+            raise ImageError(self.image, f"only {st.f_favail} inodes left on the image "
+                             "cache's disk; unpacking stopped", blob=blob,
+                             hint="free space (hypervm gc) or move HYPERVM_IMAGE_DIR")
         if free < self.limits.min_free_bytes:
             raise ImageError(self.image, f"only {_human(free)} left on the image cache's disk "
                              f"(reserve {_human(self.limits.min_free_bytes)}); unpacking "
@@ -181,8 +189,8 @@ def unpack_layer(image: str, blob: str, path: Path, dest: Path,
         extractor = _Extractor(image, blob, dest, budget)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-                for count, member in enumerate(tar, 1):
-                    budget.entries(blob, count)
+                for member in tar:
+                    extractor.count_entry()
                     extractor.add(member, tar.extractfile)
             reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
@@ -223,6 +231,7 @@ def name_problem(name: str, *, link: bool = False) -> str | None:
 class _Extractor:
     def __init__(self, image: str, blob: str, root: Path, budget: Budget) -> None:
         self.image, self.blob, self.root, self.budget = image, blob, root, budget
+        self.entries = 0  # tar entries and the parent directories they imply
         self.file_bytes = 0
         os.chmod(root, 0o755)
         self.dirs: set[str] = {""}  # verified real directories (relative names)
@@ -230,6 +239,12 @@ class _Extractor:
         self.real: set[str] = set()  # every non-whiteout entry of this layer
         self.dir_times: dict[str, float] = {}
         self.info = LayerInfo()
+
+    def count_entry(self) -> None:
+        self.entries += 1
+        self.budget.entries(self.blob, self.entries)
+        if self.entries % FREE_CHECK_EVERY_ENTRIES == 0:
+            self.budget.disk(self.blob, self.root)
 
     def _reject(self, member: tarfile.TarInfo, why: str) -> ImageError:
         shown = member.name if len(member.name) <= 200 else member.name[:200] + "..."
@@ -249,6 +264,7 @@ class _Extractor:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
+                self.count_entry()  # an implied parent costs an inode like an entry
                 os.mkdir(path, 0o755)
                 self.dirs.add(sub)
                 continue
