@@ -23,6 +23,18 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def sandbox_dir(base: Path, relative: str, field: str) -> Path:
     """``base/relative`` as a real directory (made 0755 where missing), reached without
     following any link; ``relative`` is already normalised (no ``..``, not absolute)."""
+    try:
+        _walk(base, relative, field)
+    except OSError as e:
+        raise InvalidSpec(field, f"cannot make {relative!r} in the sandbox {base}: "
+                          f"{e.strerror}") from e
+    path = base / relative if relative != "." else base
+    if not under(os.path.realpath(path), os.path.realpath(base)):  # a race lost to the guest
+        raise InvalidSpec(field, f"{relative!r} leaves the sandbox")
+    return path
+
+
+def _walk(base: Path, relative: str, field: str) -> None:
     fd = os.open(base, _DIR_FLAGS)
     try:
         for part in (p for p in relative.split("/") if p not in ("", ".")):
@@ -41,10 +53,6 @@ def sandbox_dir(base: Path, relative: str, field: str) -> Path:
             fd = child
     finally:
         os.close(fd)
-    path = base / relative if relative != "." else base
-    if not under(os.path.realpath(path), os.path.realpath(base)):  # a race lost to the guest
-        raise InvalidSpec(field, f"{relative!r} leaves the sandbox")
-    return path
 
 
 def host_dir(path: str, prefixes: Iterable[str], field: str) -> Path:

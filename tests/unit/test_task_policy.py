@@ -149,6 +149,18 @@ def test_a_guest_made_link_in_the_sandbox_is_not_followed(tmp_path: Path) -> Non
     assert list(outside.iterdir()) == []
 
 
+def test_a_file_in_the_way_or_a_missing_sandbox_names_the_field(tmp_path: Path) -> None:
+    (tmp_path / "sb" / "t1").mkdir(parents=True)
+    (tmp_path / "sb" / "t1" / "file").write_text("guest-made")
+    for path, plan in (("file/sub", plan_for), ("x", None)):
+        spec = parse_task(volumes(sandbox(path)), "t1")
+        pod = plan_for(spec, tmp_path / "sb") if plan else PodPlan(
+            "p", (spec,), 1, 128, tmp_path / "gone", {"t1": tmp_path / "gone" / "t1"})
+        with pytest.raises(InvalidSpec) as info:
+            task_mounts(spec, pod)
+        assert info.value.field == "t1.container.volumes[0].source.sandbox_path.path"
+
+
 def test_sandbox_volumes_are_made_inside_the_sandbox(tmp_path: Path) -> None:
     (tmp_path / "sb" / "t1").mkdir(parents=True)
     spec = parse_task(volumes(sandbox("a/b"), sandbox("shared", "PARENT")), "t1")
