@@ -44,6 +44,7 @@ from executor.mesos.taskinfo import (
     task_ids,
     vm_size,
 )
+from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy, mesos_policy_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,10 @@ def exit_message(status: ExitStatus) -> str:
 
 class ExecutorCore:
     def __init__(self, settings: ExecutorSettings, runtime: Runtime,
-                 rotation: tuple[int, int] = (10 * 1024 * 1024, 5)) -> None:
+                 rotation: tuple[int, int] = (10 * 1024 * 1024, 5),
+                 policy: MesosPolicy = STRICT_MESOS_POLICY) -> None:
         self.settings, self.runtime, self.rotation = settings, runtime, rotation
+        self.policy = policy
         self.driver: Any = None
         self.tasks: dict[str, Task] = {}
         self.groups: list[Group] = []
@@ -243,9 +246,9 @@ class ExecutorCore:
         self.groups.append(group)
         try:
             if is_group:
-                specs = parse_task_group({"tasks": infos})
+                specs = parse_task_group({"tasks": infos}, policy=self.policy)
             else:
-                specs = (parse_task(infos[0], "task"),)
+                specs = (parse_task(infos[0], "task", policy=self.policy),)
             for spec in specs:
                 if spec.task_id in self.tasks:
                     raise InvalidSpec(f"{spec.where}.task_id",
@@ -269,6 +272,7 @@ class ExecutorCore:
         plan = PodPlan(name=_pod_name(name), tasks=specs, vcpus=vcpus, memory_mib=mib,
                        cpu_limit=min(float(vcpus), cpu_limit(specs, self.executor)),
                        sandbox=self.settings.sandbox, task_sandboxes=sandboxes,
+                       host_path_prefixes=self.policy.host_path_prefixes,
                        labels=(("mesos.framework_id", self.settings.framework_id),
                                ("mesos.executor_id", self.settings.executor_id),
                                ("mesos.task_ids", ",".join(s.task_id for s in specs))))
@@ -599,11 +603,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_env(env)
         runtime = load_runtime(env)
         rotation = rotation_from_env(env)
+        policy = mesos_policy_from_env(env)
     except HyperVMError as e:
         log.error("hypervm-executor cannot start: %s", e)
         print(f"hypervm-executor: error: {e}", file=sys.stderr)
         return 1
-    core = ExecutorCore(settings, runtime, rotation)
+    core = ExecutorCore(settings, runtime, rotation, policy)
     if env.get("HYPERVM_EXECUTOR_ACK_TIMEOUT", "").replace(".", "", 1).isdigit():
         core.ack_timeout_s = float(env["HYPERVM_EXECUTOR_ACK_TIMEOUT"])
 

@@ -27,6 +27,7 @@ from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.launcher import Launcher, boot_vm
 from executor.libvirt.hypervisor import Hypervisor
 from executor.mesos.taskinfo import CONTAINER_SANDBOX, TaskSpec, command_overrides
+from executor.mesos.volume_paths import host_dir, sandbox_dir
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 from hypervm.imageprocess import UserResolver, image_process, merge_env
@@ -56,6 +57,8 @@ class PodPlan:
     labels: tuple[tuple[str, str], ...] = ()
     #: CPU time bound in cores (the tasks' + executor's cpus); None: the vCPUs
     cpu_limit: float | None = None
+    #: where HOST_PATH volumes may lie once resolved (MesosPolicy.host_path_prefixes)
+    host_path_prefixes: tuple[str, ...] = ()
 
 
 class Pod(Protocol):
@@ -118,15 +121,12 @@ def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
     own = plan.task_sandboxes.get(task.task_id, plan.sandbox)
     mounts = [Mount(type="9p", destination=CONTAINER_SANDBOX, source=own, owned=True)]
     for i, vol in enumerate(task.volumes):
+        field = vol.field or f"{task.where}.container.volumes[{i}]"
         if vol.kind == "host":
-            source = Path(vol.source)
+            source = host_dir(vol.source, plan.host_path_prefixes, field)
         else:
-            base = own if vol.kind == "sandbox_self" else plan.sandbox
-            source = base / vol.source
-            source.mkdir(parents=True, exist_ok=True)
-        if not source.is_dir():
-            raise InvalidSpec(f"{task.where}.container.volumes[{i}]",
-                              f"{source} is not a directory on the agent")
+            source = sandbox_dir(own if vol.kind == "sandbox_self" else plan.sandbox,
+                                 vol.source, field)
         mounts.append(Mount(type="9p", destination=vol.container_path, source=source,
                             readonly=vol.readonly, owned=vol.kind != "host"))
     return tuple(mounts)

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from executor.mesos.task_policy import check_image_source, host_path, sandbox_relative
+from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy
 from hypervm.errors import InvalidSpec
 from hypervm.imageprocess import image_argv
 from hypervm.podspec import MAX_CPUS, MAX_MEMORY_MIB, MIN_MEMORY_MIB
@@ -64,6 +66,7 @@ class VolumeSpec:
     kind: str
     source: str
     readonly: bool
+    field: str = ""  # JSON path of the source's field, for errors found on the agent
 
 
 @dataclass(frozen=True)
@@ -390,8 +393,8 @@ def resolve_argv(command: CommandSpec, entrypoint: Sequence[str] | None,
 # ---------------------------------------------------------------------------- container
 
 
-def _image(task: Mapping[str, Any], where: str, *, group: bool) -> tuple[str, str]:
-    """The image reference and its pull policy."""
+def _image(task: Mapping[str, Any], where: str, *, group: bool) -> tuple[str, str, str]:
+    """The image reference, its pull policy and the JSON path of the field naming it."""
     container = task.get("container")
     if container is not None:
         at = f"{where}.container"
@@ -409,8 +412,8 @@ def _image(task: Mapping[str, Any], where: str, *, group: bool) -> tuple[str, st
                 cached = image.get("cached", True)
                 if not isinstance(cached, bool):
                     raise InvalidSpec(f"{at}.mesos.image.cached", "must be true or false")
-                return (_str(docker.get("name"), f"{at}.mesos.image.docker.name"),
-                        "missing" if cached else "always")
+                field = f"{at}.mesos.image.docker.name"
+                return _str(docker.get("name"), field), "missing" if cached else "always", field
         elif ctype == "DOCKER":
             if group:
                 raise InvalidSpec(f"{at}.type", "DOCKER containers are not allowed in a task "
@@ -419,21 +422,21 @@ def _image(task: Mapping[str, Any], where: str, *, group: bool) -> tuple[str, st
             force = docker.get("force_pull_image", False)
             if not isinstance(force, bool):
                 raise InvalidSpec(f"{at}.docker.force_pull_image", "must be true or false")
-            return (_str(docker.get("image"), f"{at}.docker.image"),
-                    "always" if force else "missing")
+            field = f"{at}.docker.image"
+            return _str(docker.get("image"), field), "always" if force else "missing", field
         elif ctype != "MESOS":
             raise InvalidSpec(f"{at}.type", f"unknown container type {ctype!r}")
-    for key, value in _labels(task, where):
+    for i, (key, value) in enumerate(_labels(task, where)):
         if key == IMAGE_LABEL:
             if not value:
                 raise InvalidSpec(f"{where}.labels", f"label {IMAGE_LABEL} is empty")
-            return value, "missing"
+            return value, "missing", f"{where}.labels.labels[{i}].value"
     raise InvalidSpec(f"{where}.container", "no image given",
                       hint="set container.mesos.image (type DOCKER, docker.name) or the "
                            f"{IMAGE_LABEL} label")
 
 
-def _volumes(task: Mapping[str, Any], where: str) -> tuple[VolumeSpec, ...]:
+def _volumes(task: Mapping[str, Any], where: str, policy: MesosPolicy) -> tuple[VolumeSpec, ...]:
     container = task.get("container")
     if container is None:
         return ()
@@ -442,11 +445,11 @@ def _volumes(task: Mapping[str, Any], where: str) -> tuple[VolumeSpec, ...]:
     out = []
     for i, vol in enumerate(volumes):
         at = f"{where}.container.volumes[{i}]"
-        out.append(_volume(_obj(vol, at), at))
+        out.append(_volume(_obj(vol, at), at, policy))
     return tuple(out)
 
 
-def _volume(vol: Mapping[str, Any], at: str) -> VolumeSpec:
+def _volume(vol: Mapping[str, Any], at: str, policy: MesosPolicy) -> VolumeSpec:
     mode = vol.get("mode")
     if mode not in ("RO", "RW"):
         raise InvalidSpec(f"{at}.mode", f"{mode!r} is not RO or RW")
@@ -455,33 +458,32 @@ def _volume(vol: Mapping[str, Any], at: str) -> VolumeSpec:
         raise InvalidSpec(f"{at}.container_path", "must not contain '..'")
     if not path.startswith("/"):
         path = f"{CONTAINER_SANDBOX}/{path}"
+    readonly = mode == "RO"
     if "source" in vol:
         source = _obj(vol["source"], f"{at}.source")
         stype = source.get("type")
         if stype == "SANDBOX_PATH":
             sandbox = _obj(source.get("sandbox_path"), f"{at}.source.sandbox_path")
-            rel = _str(sandbox.get("path"), f"{at}.source.sandbox_path.path")
-            if rel.startswith("/") or ".." in rel.split("/"):
-                raise InvalidSpec(f"{at}.source.sandbox_path.path",
-                                  "must be relative and stay inside the sandbox")
+            field = f"{at}.source.sandbox_path.path"
+            rel = sandbox_relative(_str(sandbox.get("path"), field), field)
             which = sandbox.get("type", "SELF")
             if which not in ("SELF", "PARENT"):
                 raise InvalidSpec(f"{at}.source.sandbox_path.type", f"{which!r} is unknown")
             kind = "sandbox_self" if which == "SELF" else "sandbox_parent"
-            return VolumeSpec(path, kind, rel, mode == "RO")
+            return VolumeSpec(path, kind, rel, readonly, field)
         if stype == "HOST_PATH":
             host = _obj(source.get("host_path"), f"{at}.source.host_path")
-            hpath = _str(host.get("path"), f"{at}.source.host_path.path")
-            if not hpath.startswith("/"):
-                raise InvalidSpec(f"{at}.source.host_path.path", "must be absolute")
-            return VolumeSpec(path, "host", hpath, mode == "RO")
+            field = f"{at}.source.host_path.path"
+            hpath = host_path(_str(host.get("path"), field), field, policy)
+            return VolumeSpec(path, "host", hpath, readonly, field)
         raise InvalidSpec(f"{at}.source.type", f"{stype!r} volumes are not supported",
                           hint="use SANDBOX_PATH or HOST_PATH")
-    if "host_path" in vol:  # the legacy form
-        hpath = _str(vol["host_path"], f"{at}.host_path")
+    if "host_path" in vol:  # the legacy form: absolute on the host, else in the task's sandbox
+        field = f"{at}.host_path"
+        hpath = _str(vol["host_path"], field)
         if hpath.startswith("/"):
-            return VolumeSpec(path, "host", hpath, mode == "RO")
-        return VolumeSpec(path, "sandbox_self", hpath, mode == "RO")
+            return VolumeSpec(path, "host", host_path(hpath, field, policy), readonly, field)
+        return VolumeSpec(path, "sandbox_self", sandbox_relative(hpath, field), readonly, field)
     raise InvalidSpec(f"{at}.source", "is missing")
 
 
@@ -534,13 +536,15 @@ def parse_health_check(value: Any, where: str) -> HealthCheckSpec:
 # ---------------------------------------------------------------------------- tasks
 
 
-def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
+def parse_task(value: Any, where: str, group: bool = False,
+               policy: MesosPolicy = STRICT_MESOS_POLICY) -> TaskSpec:
     task = _obj(value, where)
     task_id = _id(task, "task_id", where)
     name = _str(task.get("name", task_id), f"{where}.name")
     if "executor" in task and group:
         raise InvalidSpec(f"{where}.executor", "a task in a group must not set an executor")
-    image, pull_policy = _image(task, where, group=group)
+    image, pull_policy, image_field = _image(task, where, group=group)
+    check_image_source(image, image_field, policy)
     if "command" in task:
         command, env, user = parse_command(task["command"], f"{where}.command")
     else:
@@ -553,7 +557,7 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
               if "health_check" in task else None)
     return TaskSpec(
         task_id=task_id, name=name, where=where, image=image, pull_policy=pull_policy,
-        command=command, env=env, user=user, volumes=_volumes(task, where),
+        command=command, env=env, user=user, volumes=_volumes(task, where, policy),
         cpus=resources.get("cpus", 0.0), mem_mib=resources.get("mem", 0.0),
         kill_grace_s=kill_grace_s(task.get("kill_policy"), f"{where}.kill_policy"),
         health_check=health, labels=_labels(task, where),
@@ -563,18 +567,19 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
     )
 
 
-def parse_launch(event: Any) -> TaskSpec:
+def parse_launch(event: Any, policy: MesosPolicy = STRICT_MESOS_POLICY) -> TaskSpec:
     """The ``launch`` part of a LAUNCH event: ``{"task": TaskInfo}``."""
-    return parse_task(_obj(event, "launch").get("task"), "task")
+    return parse_task(_obj(event, "launch").get("task"), "task", policy=policy)
 
 
-def parse_task_group(value: Any, where: str = "task_group") -> tuple[TaskSpec, ...]:
+def parse_task_group(value: Any, where: str = "task_group",
+                     policy: MesosPolicy = STRICT_MESOS_POLICY) -> tuple[TaskSpec, ...]:
     """A TaskGroupInfo ``{"tasks": [...]}``: the tasks, all valid, with unique IDs."""
     group = _obj(value, where)
     tasks = _list(group.get("tasks"), f"{where}.tasks")
     if not tasks:
         raise InvalidSpec(f"{where}.tasks", "a task group needs at least one task")
-    specs = tuple(parse_task(t, f"{where}.tasks[{i}]", group=True) for i, t in enumerate(tasks))
+    specs = tuple(parse_task(t, f"{where}.tasks[{i}]", True, policy) for i, t in enumerate(tasks))
     seen: set[str] = set()
     for spec in specs:
         if spec.task_id in seen:

@@ -18,6 +18,7 @@ from executor.mesos.taskinfo import (
     resolve_argv,
     vm_size,
 )
+from hypervm.config import MesosPolicy
 from hypervm.errors import InvalidSpec
 from vmimage.images.config import ImageConfig
 
@@ -149,7 +150,9 @@ def test_volumes() -> None:
         {"mode": "RO", "container_path": "/legacy", "host_path": "/srv/legacy"},
     ]
     container = dict(IMAGE, volumes=volumes)
-    spec = parse_task(task(container=container), "task")
+    # the operator allows host paths under /srv (by default none is: see the tests below)
+    spec = parse_task(task(container=container), "task",
+                      policy=MesosPolicy(host_path_prefixes=("/srv",)))
     assert [(v.container_path, v.kind, v.source, v.readonly) for v in spec.volumes] == [
         (f"{CONTAINER_SANDBOX}/data", "sandbox_parent", "shared", False),
         ("/etc/cfg", "host", "/srv/cfg", True),

@@ -12,12 +12,16 @@ gzips plain-tar layers, so local sources, which cost no network, are copied with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hypervm.errors import HostError, ImageError
@@ -31,6 +35,10 @@ INSPECT_TIMEOUT = "2m"
 #: backoff 1 s, 2 s, 4 s: a registry that is down costs ~3 s before the error, not minutes
 RETRIES = "3"
 INSPECT_RETRIES = "2"
+#: our own bound on an inspect, should skopeo's --command-timeout not fire (seconds)
+INSPECT_BACKSTOP_S = 150.0
+#: how often a running copy is looked at (its ``watch`` callback), seconds
+WATCH_EVERY_S = 0.5
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MSG_RE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
@@ -50,22 +58,57 @@ def _hint(message: str) -> str | None:
     return None
 
 
-def _run(image: str, argv: Sequence[str], *, show_progress: bool = False) -> bytes:
+def _run(image: str, argv: Sequence[str], *, show_progress: bool = False,
+         timeout: float = INSPECT_BACKSTOP_S, watch: Callable[[], None] | None = None,
+         blob: str | None = None) -> bytes:
+    """Run skopeo; ``timeout`` bounds it (then its process group is killed), ``watch`` is
+    called every WATCH_EVERY_S while it runs and may raise to stop it."""
     full = [SKOPEO, *argv]
     log.debug("running %s", " ".join(full))
     stdout = sys.stderr if show_progress else subprocess.PIPE
     try:
-        proc = subprocess.run(full, stdout=stdout, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError as e:
         raise HostError("skopeo is not installed", hint="apt-get install skopeo (make deps)") from e
+    try:
+        out, err = _wait(image, proc, timeout, watch, blob)
+    except BaseException:
+        _kill(proc)
+        raise
     if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace").strip()
+        text = err.decode("utf-8", "replace").strip()
         found = _MSG_RE.findall(text)
         message = found[-1].replace('\\"', '"') if found else (text.splitlines() or ["?"])[-1]
         digests = _DIGEST_RE.findall(message)
         raise ImageError(image, f"skopeo failed: {message}",
-                         blob=digests[0] if digests else None, hint=_hint(message))
-    return proc.stdout if not show_progress else b""
+                         blob=digests[0] if digests else blob, hint=_hint(message))
+    return out if not show_progress and out is not None else b""
+
+
+def _wait(image: str, proc: subprocess.Popen[bytes], timeout: float,
+          watch: Callable[[], None] | None, blob: str | None) -> tuple[bytes, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageError(image, f"the transfer did not finish within {timeout:g} s; "
+                             "stopped", blob=blob,
+                             hint="the registry is stalled or too slow; retry, or the operator "
+                                  "raises HYPERVM_IMAGE_PULL_TIMEOUT")
+        try:
+            return proc.communicate(timeout=min(WATCH_EVERY_S, left))
+        except subprocess.TimeoutExpired:
+            if watch is not None:
+                watch()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """End skopeo and whatever it started (its own session), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
 
 
 def _tls(flag: str, insecure: bool) -> list[str]:
@@ -103,17 +146,23 @@ def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
 
 
 def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
-               authfile: Path | None = None, show_progress: bool = False) -> None:
-    """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/."""
+               authfile: Path | None = None, show_progress: bool = False,
+               timeout: float, watch: Callable[[], None] | None = None,
+               blob: str | None = None) -> None:
+    """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/.
+    Bounded by ``timeout``; ``watch`` (see _run) may stop it; ``blob`` names what it fetches."""
     argv = ["copy", "--retry-times", RETRIES, *_tls("src-tls-verify", insecure),
             *_auth(authfile, "src-authfile")]
     if not show_progress:
         argv.append("--quiet")
-    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress)
+    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress,
+         timeout=timeout, watch=watch, blob=blob)
 
 
-def copy_dir(image: str, source: str, dest: Path) -> None:
+def copy_dir(image: str, source: str, dest: Path, *, timeout: float,
+             watch: Callable[[], None] | None = None, blob: str | None = None) -> None:
     """Copy a local image (docker-archive:, oci:) byte for byte into the new directory ``dest``:
     blobs land as ``dest/<hex>``. (The oci: destination would gzip plain-tar layers.)"""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _run(image, ["copy", "--quiet", source, f"dir:{dest}"])
+    _run(image, ["copy", "--quiet", source, f"dir:{dest}"], timeout=timeout, watch=watch,
+         blob=blob)
