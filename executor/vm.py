@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import network
-from executor.agent_protocol import ExitStatus, MsgType
+from executor.agent_protocol import ExitStatus, MsgType, clip_text, reply_pid
 from executor.bounds import resource_bounds
 from executor.config import HostConfig
 from executor.domain import DiskSpec, DomainSpec, ShareSpec
@@ -103,7 +103,7 @@ class HyperVM:
             text = self.console_log.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(clip_text(line, 300) for line in text.splitlines()[-lines:])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -213,6 +213,7 @@ class HyperVM:
                 self._hypervisor = None
             self._layer_serials, self._share_tags = {}, {}
             return False
+        self._fail_closed()
         self.boot_seconds = time.monotonic() - started
         log.info("%s: warm VM %s%s ready in %.3f s", self.pod.name, self.name,
                  " (layers attached)" if self.warm_layers else "", self.boot_seconds)
@@ -294,9 +295,20 @@ class HyperVM:
             self.destroy()
             raise
         self.guest_kernel = ready.get("kernel")
+        self._fail_closed()
         self.boot_seconds = time.monotonic() - started
         log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
                  self.guest_kernel, accel)
+
+    def _fail_closed(self) -> None:
+        """Once booted, a broken guest channel destroys the VM: its processes are reported
+        lost (by the channel) and nothing of a guest we cannot talk to keeps running."""
+        def broken(reason: str) -> None:
+            if not self._destroyed:
+                log.warning("%s: %s: destroying the VM", self.name, reason)
+                self.destroy()
+
+        self.channel.on_disconnect = broken
 
     def _create(self, spec: DomainSpec) -> None:
         try:
@@ -376,7 +388,7 @@ class HyperVM:
         except BaseException:
             channel.unregister_process(handle)
             raise
-        return ProcessHandle(handle=handle, container=container, pid=int(reply.get("pid", 0)))
+        return ProcessHandle(handle=handle, container=container, pid=reply_pid(reply))
 
     def _mount_payload(self, mount: Any) -> dict[str, Any]:
         item: dict[str, Any] = {"type": mount.type, "destination": mount.destination,
@@ -404,6 +416,7 @@ class HyperVM:
         if self._destroyed:
             return
         if self._channel is not None:
+            self._channel.on_disconnect = None  # the guest closes it as it goes: expected
             try:
                 self._channel.request(MsgType.POWEROFF, {}, timeout=timeout)
                 if self._hypervisor is not None:
