@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from executor.errors import HostError
 from executor.mesos_logs import RotatingFile, RotatingLogHandler
 from executor.sandbox_files import make_dirs
+from tests.mesos.fixtures import agent, agent_factory  # noqa: F401
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
@@ -117,3 +120,23 @@ def test_the_executor_log_rotates_and_refuses_links(sandbox: Path, victim: Path)
     assert "line 49" in (sandbox / "hypervm-executor.log").read_text()
     assert (sandbox / "hypervm-executor.log.2").exists()
     assert not (sandbox / "hypervm-executor.log.3").exists()
+
+
+def test_a_guest_planted_task_sandbox_fails_the_launch_not_the_host(
+        agent: Any, tmp_path: Path) -> None:  # noqa: F811
+    """A lone task (its sandbox is the executor's, shared with its guest) plants
+    tasks/<next id> -> a host directory; the next task group must not write or chown there."""
+    from tests.mesos.fixtures import task
+
+    victim = tmp_path / "etc-cron.d"
+    victim.mkdir()
+    agent.launch(task("plant", f"mkdir -p tasks && ln -s {victim} tasks/next && sleep 30"))
+    agent.wait_state("plant", "TASK_RUNNING")
+    deadline = time.monotonic() + 10
+    while not (agent.sandbox / "tasks" / "next").is_symlink() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    agent.launch_group([task("next", "echo owned")])
+    status = agent.wait_terminal("next")
+    assert status["state"] == "TASK_FAILED"
+    assert "symlink" in status["message"]
+    assert list(victim.iterdir()) == [] and victim.stat().st_uid == os.geteuid()
