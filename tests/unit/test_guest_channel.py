@@ -250,3 +250,36 @@ def test_guest_caused_log_lines_are_rate_limited(sock_path: Path, channel: Guest
     dropped = [r for r in caplog.records if "unknown request" in r.getMessage()]
     assert 0 < len(dropped) <= 40
     assert any("lines caused by the guest suppressed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_booted_vm_whose_channel_breaks_is_destroyed(tmp_path: Path) -> None:
+    """Fail closed at the VM level: nothing of a guest we can no longer talk to keeps running."""
+    from executor.config import HostConfig
+    from executor.podspec import Container, PodSpec, Process, Rootfs
+    from executor.vm import HyperVM
+
+    class Hypervisor:
+        destroyed: list[str] = []
+
+        def destroy(self, name: str) -> None:
+            self.destroyed.append(name)
+
+    cfg = HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
+                     libvirt_uri="test:///default", accel="tcg")
+    pod = PodSpec(name="p", containers=(Container("c", Rootfs(layers=(tmp_path / "l",)),
+                                                  Process(args=("true",))),))
+    hv = Hypervisor()
+    vm = HyperVM(cfg, pod, hypervisor=hv)
+    sock_path = tmp_path / "ch.sock"
+    FakeGuest(sock_path, handler=lambda conn, f: conn.sendall(
+        proto.encode(MsgType.OK, f.id, b"[" * 100_000)))
+    vm._channel = GuestChannel(sock_path)
+    vm._channel.connect(timeout=5)
+    vm._fail_closed()
+    with pytest.raises(ProtocolError, match="guest channel broke"):
+        vm.ping(timeout=5)
+    import time
+    deadline = time.monotonic() + 5
+    while not hv.destroyed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hv.destroyed == [vm.name]
