@@ -163,3 +163,33 @@ def test_reply_numbers_and_text_are_checked() -> None:
                 {"code": "EIO", "errno": "2"}):
         with pytest.raises(ProtocolError):
             proto.error_fields(bad)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["status", "signal", "pid", "code", "message", "errno"]),
+                      children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=200)))
+def test_guest_payload_parsers_raise_only_protocol_errors(payload: bytes) -> None:
+    """Whatever a guest sends as a reply or EXIT: a valid value in range, or ProtocolError."""
+    frame = proto.Frame(MsgType.EXIT, 1, payload)
+    try:
+        body = frame.guest_json()
+    except ProtocolError:
+        return
+    for parse in (ExitStatus.from_payload, proto.reply_pid, proto.error_fields,
+                  proto.ready_fields):
+        try:
+            value = parse(body)
+        except ProtocolError:
+            continue
+        if isinstance(value, ExitStatus):
+            assert (value.status is None) != (value.signal is None)
+            assert 0 <= (value.status or 0) <= 255 and 0 <= (value.signal or 0) <= 64
+        elif isinstance(value, int):
+            assert 0 <= value <= proto.MAX_PID
