@@ -25,9 +25,11 @@ from executor.guest.protocol import (
     POOL_SHARE_TAG,
     ExitStatus,
     MsgType,
+    clip_text,
     layer_serial,
     mount_payload,
     process_payload,
+    reply_pid,
     start_payload,
 )
 from executor.libvirt.designer import RunFiles, cold_domain
@@ -136,7 +138,7 @@ class HyperVM:
             text = self.console_log.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(clip_text(line, 300) for line in text.splitlines()[-lines:])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -228,9 +230,20 @@ class HyperVM:
             self.destroy()
             raise
         self.guest_kernel = ready.get("kernel")
+        self.fail_closed()
         self.boot_seconds = time.monotonic() - started
         log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
                  self.guest_kernel, accel)
+
+    def fail_closed(self) -> None:
+        """Once booted, a broken guest channel destroys the VM: its processes are reported
+        lost (by the channel) and nothing of a guest we cannot talk to keeps running."""
+        def broken(reason: str) -> None:
+            if not self._destroyed:
+                log.warning("%s: %s: destroying the VM", self.name, reason)
+                self.destroy()
+
+        self.channel.on_disconnect = broken
 
     def _create(self, spec: DomainSpec) -> None:
         try:
@@ -302,7 +315,7 @@ class HyperVM:
         except BaseException:
             channel.unregister_process(handle)
             raise
-        return ProcessHandle(handle=handle, container=container, pid=int(reply.get("pid", 0)))
+        return ProcessHandle(handle=handle, container=container, pid=reply_pid(reply))
 
     def _mount_payload(self, mount: Any) -> dict[str, Any]:
         if mount.type == "9p" and self.warm:
@@ -328,6 +341,7 @@ class HyperVM:
         if self._destroyed:
             return
         if self._channel is not None:
+            self._channel.on_disconnect = None  # the guest closes it as it goes: expected
             try:
                 self._channel.request(MsgType.POWEROFF, {}, timeout=timeout)
                 if self._hypervisor is not None:

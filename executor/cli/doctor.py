@@ -158,9 +158,34 @@ def check_pool(cfg: HostConfig) -> Check:
                  f"at {cfg.pool_socket}")
 
 
+#: where Mesos agents keep sandboxes unless --work_dir says otherwise
+MESOS_WORK_DIR = Path("/var/lib/mesos")
+
+
+def check_shares(cfg: HostConfig, work_dir: Path | None = None) -> Check:
+    """Shares are 9p mapped (guest links, devices, set-id bits stay plain files), which needs
+    user xattrs where sandboxes live: the agent's work dir (else the state dir)."""
+    import tempfile
+
+    from executor.libvirt.domain_xml import SHARE_ACCESSMODE
+
+    where = work_dir or (MESOS_WORK_DIR if MESOS_WORK_DIR.is_dir() else cfg.state_dir)
+    probe_dir = where if where.is_dir() else where.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".hypervm-xattr-") as f:
+            os.setxattr(f.name, "user.hypervm.probe", b"1")
+    except OSError as e:
+        return Check("shares", False, f"9p accessmode {SHARE_ACCESSMODE} needs user xattrs, "
+                     f"which {probe_dir} lacks: {e.strerror}",
+                     "keep the agent's --work_dir on ext4, xfs or btrfs")
+    return Check("shares", True, f"9p accessmode {SHARE_ACCESSMODE}: guest-made symlinks, "
+                 f"devices and set-id bits are plain files on the host (xattrs work in "
+                 f"{probe_dir})")
+
+
 CHECKS: tuple[Callable[[HostConfig], Check], ...] = (
     check_libvirt, check_qemu, check_accel, check_state_dir, check_tools, check_kernel,
-    check_initrd, check_pool,
+    check_initrd, check_pool, check_shares,
 )
 
 

@@ -181,6 +181,8 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
         vm.poweroff(timeout=2.0)
     if running.status is None:
         return 128 + (stop.signum or signal.SIGKILL)
+    if running.status.lost:
+        print(f"hypervm: error: the command was {running.status.describe()}", file=sys.stderr)
     return running.status.code
 
 

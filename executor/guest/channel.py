@@ -23,6 +23,7 @@ from typing import Any
 import tenacity
 
 from executor.guest import protocol as proto
+from executor.guest.log_limit import GuestLog
 from executor.guest.protocol import ExitStatus, Frame, MsgType
 from hypervm.errors import BootError, GuestError, ProtocolError
 
@@ -100,7 +101,9 @@ class RawChannel:
 
     def ready(self, timeout: float) -> dict[str, Any]:
         """Wait for READY on a freshly connected channel; returns its payload."""
-        ready = self.await_frame(lambda f: f.type == MsgType.READY, "READY", timeout).json()
+        ready = self.await_frame(lambda f: f.type == MsgType.READY, "READY",
+                                 timeout).guest_json()
+        ready = proto.ready_fields(ready)
         check_version(ready)
         return ready
 
@@ -111,16 +114,16 @@ class RawChannel:
         frame = self.await_frame(
             lambda f: f.id == request_id and f.type in (MsgType.OK, MsgType.ERROR),
             f"reply to {type_.name}", timeout)
-        reply = frame.json()
+        reply = frame.guest_json()
         if frame.type is MsgType.ERROR:
-            raise GuestError(str(reply.get("code", "?")), str(reply.get("message", "")),
-                             errno=reply.get("errno"))
+            code, message, errno = proto.error_fields(reply)
+            raise GuestError(code, message, errno=errno)
         return reply
 
     def await_exit(self, handle: int, timeout: float) -> ExitStatus:
         frame = self.await_frame(lambda f: f.id == handle and f.type == MsgType.EXIT,
                                  f"EXIT of process {handle}", timeout)
-        return ExitStatus.from_payload(frame.json())
+        return ExitStatus.from_payload(frame.guest_json())
 
 
 @dataclass
@@ -144,6 +147,8 @@ class GuestChannel:
         self._reader: threading.Thread | None = None
         #: called once with the reason when the channel fails or the guest goes away
         self.on_disconnect: Callable[[str], None] | None = None
+        #: lines the guest can cause, rate-limited (one bucket per channel, i.e. per VM)
+        self.guest_log = GuestLog(log, f"guest channel {socket_path.parent.name}")
 
     # -- connection -------------------------------------------------------------------------
 
@@ -226,73 +231,88 @@ class GuestChannel:
     # -- reader thread ------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
-        decoder = proto.FrameDecoder()
-        reason = "the guest closed the channel"
+        """Fails closed: whatever ends the loop (EOF, a bad frame, any exception a hostile
+        payload provokes) fails the pending requests, loses the processes and tells
+        ``on_disconnect``; nothing the guest sends can leave the channel half alive."""
+        broke: str | None = None
         try:
-            while not self._closed.is_set():
-                sock = self._sock
-                if sock is None:
-                    break
-                data = sock.recv(256 * 1024)
-                if not data:
-                    break
-                for frame in decoder.feed(data):
-                    self._dispatch(frame)
+            self._read_frames()
         except (OSError, ProtocolError) as e:
-            reason = f"guest channel failed: {e}"
+            broke = f"the guest channel broke: {e}"
+        except Exception as e:  # noqa: BLE001 - a hostile guest must not kill us silently
+            broke = f"the guest channel broke: {type(e).__name__}: {proto.clip_text(e, 200)}"
         if not self._closed.is_set():
-            log.debug("%s", reason)
+            self._closed.set()
+            self.guest_log.flush()
+            reason = broke or "the guest closed the channel"
+            log.log(logging.WARNING if broke else logging.INFO, "%s: %s",
+                    self.socket_path.parent.name, reason)
             self._fail_all(reason)
-            self._lose_processes()
+            self._lose_processes(broke)
             if self.on_disconnect is not None:
-                self.on_disconnect(reason)
+                try:
+                    self.on_disconnect(reason)
+                except Exception:
+                    log.exception("handling the end of the guest channel failed")
+
+    def _read_frames(self) -> None:
+        decoder = proto.FrameDecoder()
+        while not self._closed.is_set():
+            sock = self._sock
+            if sock is None:
+                return
+            data = sock.recv(256 * 1024)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                self._dispatch(frame)
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.type in (MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT):
             with self._state_lock:
                 callbacks = self._processes.get(frame.id)
             if callbacks is None:
-                log.debug("frame %s for unknown process handle %d dropped", frame.type.name,
-                          frame.id)
+                self.guest_log.debug("frame %s for unknown process handle %d dropped",
+                                     frame.type.name, frame.id)
                 return
             if frame.type is MsgType.STDOUT:
                 callbacks.on_stdout(frame.payload)
             elif frame.type is MsgType.STDERR:
                 callbacks.on_stderr(frame.payload)
             else:
+                status = ExitStatus.from_payload(frame.guest_json())
                 self.unregister_process(frame.id)
-                callbacks.on_exit(ExitStatus.from_payload(frame.json()))
+                callbacks.on_exit(status)
             return
-        log.debug("<- %s #%d %r", frame.type.name, frame.id, frame.payload[:200])
+        self.guest_log.debug("<- %s #%d %r", frame.type.name, frame.id, frame.payload[:200])
         if frame.type is MsgType.READY:
             if not self._ready.done():
-                self._ready.set_result(frame.json())
+                self._ready.set_result(proto.ready_fields(frame.guest_json()))
             return
         if frame.type in (MsgType.OK, MsgType.ERROR):
-            if frame.type is MsgType.ERROR and frame.id == 0:
-                body = frame.json()
-                raise ProtocolError(f"guest init reported a channel error: {body.get('message')}")
+            body = frame.guest_json()  # checked before the request is resolved: a bad
+            error = proto.error_fields(body) if frame.type is MsgType.ERROR else None  # reply
+            if error is not None and frame.id == 0:  # fails it with the channel
+                raise ProtocolError(f"guest init reported a channel error: {error[1]}")
             with self._state_lock:
                 future = self._pending.pop(frame.id, None)
             if future is None:
-                log.warning("reply %s for unknown request %d dropped", frame.type.name, frame.id)
+                self.guest_log.warning("reply %s for unknown request %d dropped",
+                                       frame.type.name, frame.id)
                 return
-            body = frame.json()
-            if frame.type is MsgType.OK:
+            if error is None:
                 future.set_result(body)
             else:
-                future.set_exception(GuestError(str(body.get("code", "EUNKNOWN")),
-                                                str(body.get("message", "")),
-                                                errno=body.get("errno")))
+                future.set_exception(GuestError(error[0], error[1], errno=error[2]))
             return
         raise ProtocolError(f"unexpected {frame.type.name} frame from the guest")
 
-    def _lose_processes(self) -> None:
+    def _lose_processes(self, reason: str | None) -> None:
         """Processes whose EXIT can no longer arrive end as lost (status and signal None)."""
         with self._state_lock:
             processes, self._processes = self._processes, {}
         for callbacks in processes.values():
-            callbacks.on_exit(ExitStatus(status=None, signal=None))
+            callbacks.on_exit(ExitStatus(status=None, signal=None, reason=reason))
 
     def _fail_all(self, reason: str) -> None:
         with self._state_lock:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypervm.errors import ProtocolError
@@ -20,6 +21,17 @@ PORT_NAME = "org.hypervm.channel.0"
 MAX_PAYLOAD = 1024 * 1024
 HEADER = struct.Struct(">IHHI")  # length, type, flags, id
 HEADER_SIZE = HEADER.size  # 12
+#: the guest is hostile: what it sends is bounded in size, shape and number before use.
+#: Its JSON replies are small flat objects; nesting is checked before json.loads recurses
+MAX_GUEST_JSON = 64 * 1024
+MAX_JSON_DEPTH = 16
+#: text from the guest (error messages, kernel release) kept at most, control chars replaced
+MAX_GUEST_TEXT = 1024
+MAX_PID = 4 * 1024 * 1024  # the kernel's PID_MAX_LIMIT
+MAX_SIGNAL = 64
+MAX_ERRNO = 4095
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class MsgType(enum.IntEnum):
@@ -54,15 +66,92 @@ class Frame:
     id: int
     payload: bytes = b""
 
-    def json(self) -> dict[str, Any]:
-        """The payload as a JSON object; ProtocolError when it is not one."""
+    def json(self, max_bytes: int = MAX_PAYLOAD) -> dict[str, Any]:
+        """The payload as a JSON object; ProtocolError when it is not one, is larger than
+        ``max_bytes`` or nests deeper than MAX_JSON_DEPTH (checked before parsing)."""
+        if len(self.payload) > max_bytes:
+            raise ProtocolError(f"{self.type.name} frame carries {len(self.payload)} bytes of "
+                                f"JSON, more than the {max_bytes} allowed")
+        if json_depth(self.payload) > MAX_JSON_DEPTH:
+            raise ProtocolError(f"{self.type.name} frame carries JSON nested deeper than "
+                                f"{MAX_JSON_DEPTH}")
         try:
             value = json.loads(self.payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ProtocolError(f"{self.type.name} frame carries invalid JSON: {e}") from e
         if not isinstance(value, dict):
             raise ProtocolError(f"{self.type.name} frame payload is not a JSON object")
         return value
+
+
+    def guest_json(self) -> dict[str, Any]:
+        """A JSON payload the guest sent: at most MAX_GUEST_JSON bytes."""
+        return self.json(MAX_GUEST_JSON)
+
+
+def json_depth(data: bytes) -> int:
+    """How deep arrays/objects nest in ``data`` (brackets inside strings do not count), without
+    recursing: a cheap count first, the scan only when there are enough brackets to matter."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return data.count(b"[") + data.count(b"{")
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _int_in(value: Any, low: int, high: int, what: str) -> int:
+    """``value`` as an int in [low, high] (bools are not ints here); else ProtocolError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(f"{what} from the guest is not an integer in {low}..{high}: "
+                            f"{clip_text(repr(value), 40)}")
+    return value
+
+
+def clip_text(value: Any, limit: int = MAX_GUEST_TEXT) -> str:
+    """Guest text made safe to log and report: a str, control chars replaced, at most
+    ``limit`` characters (with a marker when cut)."""
+    text = _CONTROL.sub("?", value if isinstance(value, str) else str(value))
+    return text if len(text) <= limit else text[:limit] + "…[truncated]"
+
+
+def reply_pid(reply: dict[str, Any]) -> int:
+    """The ``pid`` of a START/EXEC OK reply, range-checked (0 when the guest sent none)."""
+    if reply.get("pid") is None:
+        return 0
+    return _int_in(reply["pid"], 1, MAX_PID, "pid")
+
+
+def error_fields(body: dict[str, Any]) -> tuple[str, str, int | None]:
+    """(code, message, errno) of an ERROR payload: code [A-Z][A-Z0-9_]*, message clipped,
+    errno 1..4095 or None; ProtocolError when the shape is wrong."""
+    code = body.get("code", "EUNKNOWN")
+    if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code):
+        raise ProtocolError(f"ERROR code from the guest is invalid: {clip_text(repr(code), 40)}")
+    errno = body.get("errno")
+    if errno is not None:
+        errno = _int_in(errno, 1, MAX_ERRNO, "errno")
+    return code, clip_text(body.get("message", "")), errno
+
+
+def ready_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A READY payload with its strings clipped (the version is checked by the channel)."""
+    return {key: clip_text(value, 256) if isinstance(value, str) else value
+            for key, value in body.items() if key in ("version", "kernel", "init")}
 
 
 def encode(type_: MsgType, id_: int, payload: bytes = b"") -> bytes:
@@ -134,6 +223,8 @@ class ExitStatus:
 
     status: int | None
     signal: int | None
+    #: why a lost process was lost (e.g. the guest channel broke); not part of equality
+    reason: str | None = field(default=None, compare=False)
 
     @property
     def code(self) -> int:
@@ -144,12 +235,13 @@ class ExitStatus:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ExitStatus:
+        """From a guest's EXIT: exactly one of status (0..255) and signal (1..64)."""
         status, signal = payload.get("status"), payload.get("signal")
-        if not (isinstance(status, int) or status is None) or not (
-            isinstance(signal, int) or signal is None
-        ) or (status is None) == (signal is None):
-            raise ProtocolError(f"EXIT payload is invalid: {payload!r}")
-        return cls(status, signal)
+        if (status is None) == (signal is None):
+            raise ProtocolError(f"EXIT payload is invalid: {clip_text(repr(payload), 200)}")
+        if status is not None:
+            return cls(_int_in(status, 0, 255, "exit status"), None)
+        return cls(None, _int_in(signal, 1, MAX_SIGNAL, "exit signal"))
 
     @property
     def lost(self) -> bool:
@@ -159,7 +251,7 @@ class ExitStatus:
         if self.signal is not None:
             return f"killed by signal {self.signal}"
         if self.lost:
-            return "lost: the VM stopped before the process exited"
+            return f"lost: {self.reason or 'the VM stopped before the process exited'}"
         return f"exited with status {self.status}"
 
 

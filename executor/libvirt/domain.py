@@ -79,7 +79,8 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class ShareSpec:
-    """A host directory exported over virtio-9p (accessmode squash) under mount ``tag``."""
+    """A host directory exported over virtio-9p (accessmode mapped: see libvirt_xml) under
+    mount ``tag``."""
 
     source: Path
     tag: str

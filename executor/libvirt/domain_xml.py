@@ -128,12 +128,21 @@ class Disk:
                  unit=str(self.scsi_unit))
 
 
+#: 9p security model of every share. ``mapped`` (QEMU's mapped-xattr): what the guest makes is
+#: a plain file or directory on the host, owned by QEMU's user with mode 0600/0700; the guest's
+#: owners, modes (set-id bits), symlinks, FIFOs and devices live in ``user.virtfs.*`` xattrs,
+#: so a guest-made symlink is never a host symlink nor its setuid file a host setuid file.
+#: Files the host made (no xattrs) show their host owner and mode. (``squash``, before issue
+#: 15: guest symlinks and set-id bits were real on the host; ``passthrough`` needs QEMU as
+#: root.) bench/share_io.py measures it against squash.
+SHARE_ACCESSMODE = "mapped"
+
+
 @dataclass(frozen=True)
 class Filesystem:
-    """virtio-9p, ``accessmode='squash'``: files keep the host's owners and modes, like
-    passthrough, but QEMU (not root: libvirt runs it as its own user) ignores the chown a
-    passthrough create needs, so the guest can create files where QEMU's user may write (with
-    passthrough every create fails with EPERM); new files belong to QEMU's user on the host."""
+    """virtio-9p with accessmode SHARE_ACCESSMODE: QEMU (not root: libvirt runs it as its own
+    user) creates what the guest asks for as plain files of that user, so the guest can create
+    files where QEMU's user may write."""
 
     source: Path
     tag: str
@@ -141,7 +150,7 @@ class Filesystem:
     multidevs: str | None = None
 
     def build(self, parent: ET.Element) -> None:
-        fs = _sub(parent, "filesystem", type="mount", accessmode="squash")
+        fs = _sub(parent, "filesystem", type="mount", accessmode=SHARE_ACCESSMODE)
         if self.multidevs is not None:
             fs.set("multidevs", self.multidevs)
         _sub(fs, "source", dir=str(self.source))

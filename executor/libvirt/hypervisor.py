@@ -326,10 +326,15 @@ class Hypervisor:
         label = self._qemu_label()
         if label is None or os.geteuid() != 0:
             return
-        try:
-            os.chown(directory, *label)
+        try:  # the directory may be in a guest's share: a symlink there is not followed
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchown(fd, *label)
+            finally:
+                os.close(fd)
         except OSError as e:
-            raise HostError(f"cannot give {directory} to QEMU's user: {e}") from e
+            raise HostError(f"cannot give {directory} to QEMU's user (a symlink or not a "
+                            f"directory?): {e}") from e
 
     def prefetch(self) -> None:
         """Read now what a launch would otherwise read on its clock: the user libvirt runs

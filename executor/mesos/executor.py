@@ -24,14 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from executor.guest.protocol import EXEC_FAILURE_STATUS
 from executor.mesos.driver import ExecutorSettings, describe, make_driver, settings_from_env
 from executor.mesos.health import HealthChecker, HealthState, Probe
+from executor.mesos.kill import DEFAULT_LIMITS, KillLimits, kill_limits_from_env
 from executor.mesos.logs import RotatingFile, rotation_from_env, setup_executor_logging
 from executor.mesos.runtime import ExitStatus, Pod, PodPlan, Runtime, load_runtime
+from executor.mesos.sandbox_files import make_dirs
 from executor.mesos.taskinfo import (
     DEFAULT_KILL_GRACE_S,
     ExecutorSpec,
@@ -95,6 +97,8 @@ class Task:
 
 def exit_message(status: ExitStatus) -> str:
     if status.lost:
+        if status.reason:
+            return f"The HyperVM was destroyed before the command exited: {status.reason}"
         return "The HyperVM stopped before the command exited"
     if status.signal is not None:
         try:
@@ -109,9 +113,11 @@ def exit_message(status: ExitStatus) -> str:
 class ExecutorCore:
     def __init__(self, settings: ExecutorSettings, runtime: Runtime,
                  rotation: tuple[int, int] = (10 * 1024 * 1024, 5),
-                 policy: MesosPolicy = STRICT_MESOS_POLICY) -> None:
+                 policy: MesosPolicy = STRICT_MESOS_POLICY,
+                 kill_limits: KillLimits = DEFAULT_LIMITS) -> None:
         self.settings, self.runtime, self.rotation = settings, runtime, rotation
         self.policy = policy
+        self.kill_limits = kill_limits
         self.driver: Any = None
         self.tasks: dict[str, Task] = {}
         self.groups: list[Group] = []
@@ -258,17 +264,16 @@ class ExecutorCore:
                 raise InvalidSpec("launch", "the executor is shutting down")
         except InvalidSpec as e:
             return self._reject(group, infos, is_group, e)
-        sandboxes = {}
         for spec in specs:
             task = Task(spec.task_id, group, spec)
-            sandbox = self.settings.sandbox / "tasks" / spec.task_id if is_group \
-                else self.settings.sandbox
-            sandbox.mkdir(parents=True, exist_ok=True)
-            sandboxes[spec.task_id] = sandbox
-            task.outputs = tuple(RotatingFile(sandbox / n, *self.rotation)
-                                 for n in ("stdout", "stderr"))
             group.tasks.append(task)
             self.tasks[spec.task_id] = task
+        try:
+            sandboxes = self._open_sandboxes(group, is_group)
+        except (HyperVMError, OSError) as e:
+            self._send_starting(group)
+            group.booting = False
+            return self._launch_failed(group, e)
         plan = PodPlan(name=_pod_name(name), tasks=specs, vcpus=vcpus, memory_mib=mib,
                        cpu_limit=min(float(vcpus), cpu_limit(specs, self.executor)),
                        sandbox=self.settings.sandbox, task_sandboxes=sandboxes,
@@ -286,6 +291,17 @@ class ExecutorCore:
         # times that); every later update is sent from this thread, so STARTING stays first
         self._worker(f"boot-{name}", lambda: self._boot(group))
         self._send_starting(group)
+
+    def _open_sandboxes(self, group: Group, is_group: bool) -> dict[str, Path]:
+        """Each task's sandbox dir and output files. The sandbox is shared with guests: below
+        the agent's directory nothing is resolved by name (executor.mesos.sandbox_files)."""
+        root, sandboxes = self.settings.sandbox, {}
+        for task in group.tasks:
+            relative = PurePosixPath("tasks", task.task_id) if is_group else PurePosixPath()
+            sandboxes[task.task_id] = sandbox = make_dirs(root, relative)
+            task.outputs = tuple(RotatingFile(sandbox / n, *self.rotation, root=root)
+                                 for n in ("stdout", "stderr"))
+        return sandboxes
 
     def _send_starting(self, group: Group) -> None:
         for task in group.tasks:
@@ -395,6 +411,8 @@ class ExecutorCore:
                          healthy=False if task.unhealthy else None)
         elif status.code == 0:
             self._finish(task, "TASK_FINISHED", message)
+        elif status.lost and status.reason:  # the host cut the guest off (its channel broke)
+            self._finish(task, "TASK_FAILED", message, reason="REASON_CONTAINER_LIMITATION")
         else:
             self._finish(task, "TASK_FAILED", message)
 
@@ -459,7 +477,13 @@ class ExecutorCore:
         self._arm_sigkill(task, grace)
 
     def _arm_sigkill(self, task: Task, grace: float) -> None:
-        timer = threading.Timer(grace, self.post, args=(self._sigkill, task))
+        capped = self.kill_limits.grace(grace)
+        if capped < grace:
+            log.info("grace period of %s capped at %.0f s", task.task_id, capped)
+        self._arm(task, capped, self._sigkill)
+
+    def _arm(self, task: Task, delay: float, then: Callable[[Task], None]) -> None:
+        timer = threading.Timer(delay, self.post, args=(then, task))
         timer.daemon = True
         timer.start()
         task.sigkill_timer = timer
@@ -468,6 +492,36 @@ class ExecutorCore:
         if not task.terminal:
             log.info("grace period of %s over: SIGKILL", task.task_id)
             self._signal(task, signal.SIGKILL)
+            self._arm(task, self.kill_limits.escalation_s, self._escalate)
+
+    def _escalate(self, task: Task) -> None:
+        """The guest did not report the SIGKILLed process gone: destroy its VM, then report
+        every task still in it TASK_KILLED."""
+        group = task.group
+        if task.terminal or group.destroying:
+            return
+        log.warning("%s did not exit %.0f s after SIGKILL: destroying its VM %s", task.task_id,
+                    self.kill_limits.escalation_s, group.name)
+        group.destroying = True
+        pod = group.pod
+
+        def destroy() -> None:
+            try:
+                if pod is not None:
+                    pod.destroy()
+            finally:
+                self.post(self._escalated, group)
+
+        self._worker(f"destroy-{group.name}", destroy)
+
+    def _escalated(self, group: Group) -> None:
+        self._gone(group)
+        for task in group.tasks:
+            if not task.terminal:
+                self._finish(task, "TASK_KILLED",
+                             f"The guest did not end the task {self.kill_limits.escalation_s:g} "
+                             "s after SIGKILL: its HyperVM was destroyed",
+                             healthy=False if task.unhealthy else None, propagate=False)
 
     def _signal(self, task: Task, signum: int) -> None:
         pod = task.group.pod
@@ -595,8 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ
     sandbox = Path(env.get("MESOS_SANDBOX") or env.get("MESOS_DIRECTORY") or ".")
     try:
-        setup_executor_logging(sandbox, logging.DEBUG if env.get("HYPERVM_DEBUG") else logging.INFO)
-    except OSError as e:
+        setup_executor_logging(sandbox, logging.DEBUG if env.get("HYPERVM_DEBUG") else logging.INFO,
+                               rotation_from_env(env))
+    except (OSError, HyperVMError) as e:
         logging.basicConfig(level=logging.INFO)
         log.warning("cannot log into the sandbox: %s", e)
     try:
@@ -604,11 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         runtime = load_runtime(env)
         rotation = rotation_from_env(env)
         policy = mesos_policy_from_env(env)
+        kill_limits = kill_limits_from_env(env)
     except HyperVMError as e:
         log.error("hypervm-executor cannot start: %s", e)
         print(f"hypervm-executor: error: {e}", file=sys.stderr)
         return 1
-    core = ExecutorCore(settings, runtime, rotation, policy)
+    core = ExecutorCore(settings, runtime, rotation, policy, kill_limits)
     if env.get("HYPERVM_EXECUTOR_ACK_TIMEOUT", "").replace(".", "", 1).isdigit():
         core.ack_timeout_s = float(env["HYPERVM_EXECUTOR_ACK_TIMEOUT"])
 

@@ -58,6 +58,7 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
         sock.close()  # when the failure came before the channel took it
         return None
     vm.adopted(ready, lease.layers_attached, time.monotonic() - started)
+    vm.fail_closed()
     log.info("%s: warm VM %s%s ready in %.3f s", pod.name, vm.name,
              " (layers attached)" if vm.warm_layers else "", vm.boot_seconds)
     return vm

@@ -145,6 +145,36 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
         subprocess.run(["rm", "-rf", str(ro), str(rw)], check=False)
 
 
+def test_a_warm_vms_guest_plants_no_real_link_or_setuid_file(pooled: Any, layers: Any) -> None:
+    """Issue 15: the pool's share (sandboxes bind-mounted into it) is 9p mapped like a cold
+    VM's: what the guest makes there is a plain file on the host."""
+    import stat
+
+    cfg, _ = pooled
+    busybox, _ = layers
+    sandbox = shared_dir()
+    script = ("cd /sb && ln -s /etc/passwd link && echo x > suid && chmod 4755 suid && "
+              "mkfifo fifo && ls -l link suid fifo | cut -c1-10")
+    container = Container("main", Rootfs(layers=busybox.layers),
+                          Process(args=("/bin/sh", "-c", script)),
+                          mounts=(Mount(type="9p", destination="/sb", source=sandbox,
+                                        owned=True),))
+    pod = PodSpec(name=f"{TEST_TAG}-plant", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=128))
+    try:
+        with HyperVM(cfg, pod) as vm:
+            vm.boot()
+            assert vm.warm
+            code, out = run(vm, container)
+        assert code == 0, out
+        assert out.split() == ["prw-r--r--", "lrwxrwxrwx", "-rwsr-xr-x"], out
+        for name in ("link", "suid", "fifo"):
+            mode = os.lstat(sandbox / name).st_mode
+            assert stat.S_ISREG(mode) and not mode & stat.S_ISUID, (name, oct(mode))
+    finally:
+        subprocess.run(["rm", "-rf", str(sandbox)], check=False)
+
+
 def test_two_layers_are_hot_added_in_order(pooled: Any, layers: Any) -> None:
     cfg, _ = pooled
     _, multi = layers

@@ -3,7 +3,8 @@
 Selected in the executor process by ``HYPERVM_EXECUTOR_RUNTIME=tests.mesos.fake_runtime:factory``
 (the agent double sets it). Images are a small table (:data:`IMAGES`); any other ref behaves like
 a plain image with ``Cmd ["/bin/sh"]``, refs containing ``unknown`` fail to pull, and
-``fake/boot-fails`` fails to boot. The containers are built with the executor's real pure code
+``fake/boot-fails`` fails to boot, ``fake/deaf`` ignores every signal request (a guest that
+ignores kills). The containers are built with the executor's real pure code
 (:func:`executor.mesos.runtime.build_container`) and run on the host with the task's sandbox as
 the working directory. Every boot/start/destroy is appended as JSON to
 ``$MESOS_SANDBOX/fake-runtime.jsonl`` so tests can check what the executor asked for.
@@ -130,6 +131,8 @@ class FakePod:
     def signal(self, task_id: str, signum: int) -> None:
         proc = self.procs[task_id]
         self.runtime.record(event="signal", task=task_id, signal=signum)
+        if any(t.image.startswith("fake/deaf") for t in self.plan.tasks):
+            return  # a hostile guest: it takes signal requests and does nothing
         with contextlib.suppress(ProcessLookupError):
             if signum == signal.SIGKILL:
                 os.killpg(proc.pid, signum)

@@ -318,3 +318,25 @@ def test_the_runtime_reads_qemus_user_before_any_launch(monkeypatch: pytest.Monk
     runtime.shared_hypervisor().give_to_qemu(tmp_path / "sandbox")
     assert len(calls) == 1
     runtime.shared_hypervisor().close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_giving_a_share_to_qemu_never_follows_a_symlink(tmp_path: Path) -> None:
+    """A guest plants tasks/<next id> -> /etc: root must not chown /etc to QEMU's user."""
+    from executor.libvirt.hypervisor import Hypervisor
+    from hypervm.errors import HostError
+
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (tmp_path / "next").symlink_to(victim)
+    hv = Hypervisor("test:///default")
+    try:
+        hv._dac_label = (4242, 4242)
+        with pytest.raises(HostError, match="symlink"):
+            hv.give_to_qemu(tmp_path / "next")
+        assert victim.stat().st_uid == 0
+        (tmp_path / "real").mkdir()
+        hv.give_to_qemu(tmp_path / "real")
+        assert (tmp_path / "real").stat().st_uid == 4242
+    finally:
+        hv.close()

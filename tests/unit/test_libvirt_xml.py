@@ -378,6 +378,9 @@ def test_emulator_is_hyperqemu_when_given_else_libvirts_default() -> None:
 
 
 def test_shares_let_a_non_root_qemu_create_files() -> None:
-    """passthrough makes every guest create fail (QEMU, not root, cannot chown); squash does not."""
-    fs = _find(_devices(domain_xml(SPECS["tcg-pod"])), "filesystem")
-    assert fs.get("accessmode") == "squash"
+    """passthrough makes every guest create fail (QEMU, not root, cannot chown); mapped does
+    not, and unlike squash it keeps guest-made symlinks, devices and set-id bits out of the
+    host (issue 15): every share of every domain, the pool's included, is mapped."""
+    for name in ("tcg-pod", "kvm-full", "tcg-pool"):
+        shares = _devices(domain_xml(SPECS[name])).findall("filesystem")
+        assert shares and {fs.get("accessmode") for fs in shares} == {"mapped"}, name
