@@ -2,7 +2,7 @@
 
 A pure function of a mapping (the environment by default), like docker-py's ``kwargs_from_env``.
 Every path that QEMU reads (kernel, initrd, layer images) lives under ``state_dir``, which must be
-traversable by the ``libvirt-qemu`` user: it is never under /root.
+traversable by every user (each VM's QEMU runs as a uid of its own): it is never under /root.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from pathlib import Path
 DEFAULT_STATE_DIR = "/var/lib/hypervm"
 DEFAULT_RUN_DIR = "/run/hypervm"
 DEFAULT_LIBVIRT_URI = "qemu:///system"
+#: uids (and gids, the same numbers) QEMU processes run as, one per VM: above every
+#: distribution's system and user ranges and below systemd's dynamic and container ranges
+DEFAULT_VM_UID_RANGE = (200000, 265535)
+#: how long a registry's "yes, this tenant may read this image" is remembered
+DEFAULT_IMAGE_AUTH_TTL_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,12 @@ class HostConfig:
     #: TCG with HyperQEMU: drop the boot's translations once the guest is READY (~30 MiB of
     #: RSS per VM; the first START translates its code again, ~0.1 s under TCG)
     tcg_flush: bool = True
+    #: first and last uid (= gid) given to VMs: each VM's QEMU runs as its own (executor.identity)
+    vm_uid_range: tuple[int, int] = DEFAULT_VM_UID_RANGE
+    #: seconds a registry authorization of a tenant's cached image is remembered (0: ask each time)
+    image_auth_ttl_s: float = DEFAULT_IMAGE_AUTH_TTL_S
+    #: Mesos tasks without credentials of their own pull with the host's Docker credentials
+    task_host_credentials: bool = False
 
     @property
     def kernel_dir(self) -> Path:
@@ -96,6 +107,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                                 "boots and starts under TCG)")
     flush = env_choice(env, "HYPERVM_TCG_FLUSH", "on", ("on", "off"),
                        hint="use on (idle VMs give their boot's translations back) or off")
+    host_creds = env_choice(env, "HYPERVM_TASK_HOST_CREDENTIALS", "off", ("on", "off"),
+                            hint="use off (tasks pull with their own credentials only) or on "
+                                 "(tasks may use the host's Docker credentials)")
     return HostConfig(
         state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
@@ -108,4 +122,41 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",
+        vm_uid_range=uid_range(env.get("HYPERVM_VM_UID_RANGE", "")),
+        image_auth_ttl_s=seconds(env, "HYPERVM_IMAGE_AUTH_TTL", DEFAULT_IMAGE_AUTH_TTL_S),
+        task_host_credentials=host_creds == "on",
     )
+
+
+def uid_range(text: str) -> tuple[int, int]:
+    """``FIRST-LAST`` (HYPERVM_VM_UID_RANGE); the default range when empty."""
+    from executor.errors import InvalidSpec
+
+    if not text.strip():
+        return DEFAULT_VM_UID_RANGE
+    first, sep, last = text.strip().partition("-")
+    if not (sep and first.isdigit() and last.isdigit()):
+        raise InvalidSpec("HYPERVM_VM_UID_RANGE", f"{text!r} is not FIRST-LAST",
+                          hint="e.g. 200000-265535")
+    low, high = int(first), int(last)
+    if not 1000 <= low <= high < 2**31 - 1:
+        raise InvalidSpec("HYPERVM_VM_UID_RANGE", f"{text!r} is out of range",
+                          hint="use uids from 1000 to 2147483646, FIRST <= LAST, that no user "
+                               "of the host has, e.g. 200000-265535")
+    return low, high
+
+
+def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """``env[name]`` as a number of seconds >= 0 (``default`` when unset or empty)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec(name, f"{text!r} is not a number of seconds", hint=f"e.g. {default:g}")
+    return value

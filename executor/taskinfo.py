@@ -34,6 +34,7 @@ from typing import Any
 
 from executor.errors import InvalidSpec
 from executor.podspec import MAX_CPUS, MAX_MEMORY_MIB, MIN_MEMORY_MIB
+from executor.task_credentials import image_credentials
 
 IMAGE_LABEL = "hypervm.image"
 #: the kill grace period when neither the KILL event nor the task sets one (Mesos' default)
@@ -111,6 +112,7 @@ class TaskSpec:
     container_ports: tuple[tuple[int, str], ...] = ()
     #: the role the task's resources are allocated to (the tenant), if any
     role: str | None = None
+    image_credentials: Any = None  #: its registry credentials: executor.task_credentials
 
 
 @dataclass(frozen=True)
@@ -555,6 +557,7 @@ def parse_task(value: Any, where: str, *, group: bool = False) -> TaskSpec:
         port_ranges=port_ranges(task.get("resources", []), f"{where}.resources"),
         container_ports=discovery_ports(task, where),
         role=resource_role(task.get("resources")),
+        image_credentials=image_credentials(task, where),
     )
 
 

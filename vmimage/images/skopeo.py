@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -50,12 +51,14 @@ def _hint(message: str) -> str | None:
     return None
 
 
-def _run(image: str, argv: Sequence[str], *, show_progress: bool = False) -> bytes:
+def _run(image: str, argv: Sequence[str], *, show_progress: bool = False,
+         authfile: Path | None = None) -> bytes:
     full = [SKOPEO, *argv]
     log.debug("running %s", " ".join(full))
     stdout = sys.stderr if show_progress else subprocess.PIPE
     try:
-        proc = subprocess.run(full, stdout=stdout, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.run(full, stdout=stdout, stderr=subprocess.PIPE, check=False,
+                              env=_only_authfile_env(authfile))
     except FileNotFoundError as e:
         raise HostError("skopeo is not installed", hint="apt-get install skopeo (make deps)") from e
     if proc.returncode != 0:
@@ -66,6 +69,21 @@ def _run(image: str, argv: Sequence[str], *, show_progress: bool = False) -> byt
         raise ImageError(image, f"skopeo failed: {message}",
                          blob=digests[0] if digests else None, hint=_hint(message))
     return proc.stdout if not show_progress else b""
+
+
+def _only_authfile_env(authfile: Path | None) -> dict[str, str] | None:
+    """With an auth file, the environment in which skopeo finds no other credentials: skopeo
+    1.9 reads $XDG_RUNTIME_DIR/containers/auth.json, $DOCKER_CONFIG/config.json (or
+    ~/.docker/config.json) and ~/.dockercfg after ``--authfile``, so a tenant's anonymous
+    pull would otherwise go out with the host's credentials. They all point into the auth
+    file's own (private, per-pull) directory, where none of those files exist."""
+    if authfile is None:
+        return None
+    private = str(authfile.parent)
+    env = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
+    env.update(HOME=private, DOCKER_CONFIG=private, XDG_RUNTIME_DIR=private,
+               XDG_CONFIG_HOME=private)
+    return env
 
 
 def _tls(flag: str, insecure: bool) -> list[str]:
@@ -81,7 +99,7 @@ def inspect_raw(image: str, source: str, *, insecure: bool = False,
     """The raw manifest (or manifest list) bytes: no blob is fetched."""
     return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--raw",
                         "--retry-times", INSPECT_RETRIES, *_tls("tls-verify", insecure),
-                        *_auth(authfile), source])
+                        *_auth(authfile), source], authfile=authfile)
 
 
 def inspect_config(image: str, source: str, *, insecure: bool = False,
@@ -89,7 +107,7 @@ def inspect_config(image: str, source: str, *, insecure: bool = False,
     """The raw image config blob (one blob GET)."""
     return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--config", "--raw",
                         "--retry-times", INSPECT_RETRIES, *_tls("tls-verify", insecure),
-                        *_auth(authfile), source])
+                        *_auth(authfile), source], authfile=authfile)
 
 
 def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
@@ -109,7 +127,8 @@ def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
             *_auth(authfile, "src-authfile")]
     if not show_progress:
         argv.append("--quiet")
-    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress)
+    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress,
+         authfile=authfile)
 
 
 def copy_dir(image: str, source: str, dest: Path) -> None:
