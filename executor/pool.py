@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from executor import network
+from executor import identity, network
 from executor.agent_protocol import MsgType
 from executor.config import HostConfig
 from executor.domain import DOMAIN_PREFIX, DiskSpec
@@ -317,12 +317,19 @@ class WarmPool:
         name = f"{DOMAIN_PREFIX}{self.config.name}-{uuid.uuid4().hex[:8]}"
         run_dir = self.cfg.vms_dir / name
         metadata = {META_POOL: self.config.name, META_POOL_STATE: "idle", **owner_metadata()}
+        try:  # its own uid from boot on; the claimer gives the pod's shares to it
+            own = identity.for_vm(self.cfg, self._hv, name)
+        except HyperVMError as e:
+            self.failures += 1
+            log.warning("pool VM %s%s gets no identity: %s", name, _label(kind), e)
+            return False
         spec = pool_domain_spec(
             name=name, run_dir=run_dir, vcpus=self.config.vcpus,
             memory_mib=self.config.memory_mib, metadata=metadata,
             qemu_args=network.qemu_args(network.NetworkSpec(), network.mac_address(name)),
             tb_cache_mib=self.cfg.tb_cache_mib,
-            free_page_reporting=self.cfg.free_page_reporting, **self._boot)
+            free_page_reporting=self.cfg.free_page_reporting,
+            identity=own.pair if own is not None else None, **self._boot)
         with self._cond:
             self._booting[name] = kind
         sock = None
@@ -332,7 +339,7 @@ class WarmPool:
             if kind != GENERIC:
                 # resolved for every boot: a re-pulled tag gets VMs with its new layers
                 layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
-            self._hv.prepare_run_dir(run_dir)
+            self._hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / SHARE_DIR).mkdir(mode=0o755)
             self._hv.create(spec)
             sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
@@ -408,6 +415,7 @@ class WarmPool:
         except HyperVMError as e:
             log.warning("cannot destroy pool VM %s: %s", name, e)
         shutil.rmtree(run_dir, ignore_errors=True)
+        identity.release(self.cfg.run_dir, name)
 
     # -- serve --------------------------------------------------------------------------------
 

@@ -207,16 +207,18 @@ def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str]) -> int | Non
 def pool_domain_spec(*, name: str, run_dir: Path, vcpus: int, memory_mib: int, kernel: Path,
                      initrd: Path, cmdline: str, accel: str, metadata: dict[str, str],
                      qemu_args: tuple[str, ...], tb_cache_mib: int | None = None,
-                     free_page_reporting: bool = True, emulator: Path | None = None
-                     ) -> DomainSpec:
-    """The domain of an empty pool VM (no disks; the SCSI controller and the pool share)."""
+                     free_page_reporting: bool = True, emulator: Path | None = None,
+                     identity: tuple[int, int] | None = None) -> DomainSpec:
+    """The domain of an empty pool VM (no disks; the SCSI controller and the pool share).
+    ``identity``: the uid:gid of its own it runs as from its boot on, before anyone knows
+    whose pod it will run (executor.identity); a claim gives the pod's shares to it."""
     return DomainSpec(
         name=name, accel=accel, vcpus=vcpus, memory_mib=memory_mib, kernel=kernel,
         initrd=initrd, cmdline=cmdline, channel_socket=run_dir / "channel.sock",
         console_log=run_dir / "console.log",
         shares=(ShareSpec(source=run_dir / SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap"),),
         metadata=metadata, qemu_args=qemu_args, scsi_controller=True, tb_cache_mib=tb_cache_mib,
-        free_page_reporting=free_page_reporting, emulator=emulator,
+        free_page_reporting=free_page_reporting, emulator=emulator, identity=identity,
         # the memory bound of its shape now, not at claim time (claims match the shape)
         memtune=resource_bounds(Resources(cpus=vcpus, memory_mib=memory_mib))[1],
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor import network
+from executor import identity, network
 from executor.agent_protocol import ExitStatus, MsgType
 from executor.bounds import resource_bounds
 from executor.config import HostConfig
@@ -87,6 +87,8 @@ class HyperVM:
         self.warm_layers = False
         self.guest_kernel: str | None = None
         self.boot_seconds: float | None = None
+        #: the uid:gid this VM's QEMU runs as (executor.identity); None: libvirt's user
+        self.identity: identity.Identity | None = None
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -146,17 +148,34 @@ class HyperVM:
             tb_cache_mib=self.cfg.tb_cache_mib,
             free_page_reporting=self.cfg.free_page_reporting,
             emulator=emulator,
+            identity=self.identity.pair if self.identity is not None else None,
         )
 
     @property
     def mac_address(self) -> str:
         return network.mac_address(self.name)
 
+    def _owned_shares(self) -> set[Path]:
+        return {m.source for c in self.pod.containers for m in c.mounts
+                if m.owned and not m.readonly and m.source is not None}
+
     def _give_owned_shares(self) -> None:
-        """Sandbox-like mount sources (Mount.owned) become writable by QEMU's user."""
-        for source in {m.source for c in self.pod.containers for m in c.mounts
-                       if m.owned and not m.readonly and m.source is not None}:
-            self._hypervisor.give_to_qemu(source)
+        """Sandbox-like mount sources (Mount.owned) become writable by this VM's QEMU user
+        (its own identity: nobody else's, mode 0750), else by libvirt's QEMU user."""
+        for source in self._owned_shares():
+            if self.identity is not None:
+                identity.give(source, self.identity)
+            else:
+                self._hypervisor.give_to_qemu(source)
+
+    def _end_identity(self) -> None:
+        """The VM is gone: its shares go back to root, its uid back to the range."""
+        ident, self.identity = self.identity, None
+        if ident is None:
+            return
+        for source in self._owned_shares():
+            identity.take_back(source, ident)
+        identity.release(self.cfg.run_dir, self.name)
 
     def _share_readonly(self, source: Path) -> bool:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
@@ -208,6 +227,7 @@ class HyperVM:
             sock.close()  # when the failure came before the channel took it
             self.name, self.run_dir, self.warm = cold_name, cold_dir, False
             self.warm_layers = False
+            self.identity = None  # destroy() ended the pool VM's
             self._destroyed, self._channel = False, None
             if self._own_hypervisor:  # destroy() closed it
                 self._hypervisor = None
@@ -231,6 +251,8 @@ class HyperVM:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
         hv = self._hypervisor
         hv.adopt(self.name)  # the pool wrote our metadata and made us the owner
+        pair = hv.vm_identity(self.name)  # the pool VM's own uid, given at its boot
+        self.identity = identity.Identity(*pair) if pair is not None else None
         self._give_owned_shares()
         self.warm_layers = lease.layers_attached
         if not lease.layers_attached:  # an image pool VM has exactly our layers already
@@ -272,8 +294,9 @@ class HyperVM:
         qemu = find_qemu(self.cfg)
         if self._hypervisor is None:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
-        spec = self.domain_spec(kernel, initrd, accel, qemu.emulator)
         try:
+            self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
+            spec = self.domain_spec(kernel, initrd, accel, qemu.emulator)
             network.check_host_ports(self.pod.network)
             self._give_owned_shares()
             self._create(spec)
@@ -426,6 +449,7 @@ class HyperVM:
             finally:
                 if self._own_hypervisor:
                     self._hypervisor.close()
+        self._end_identity()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
