@@ -111,3 +111,48 @@ def test_one_qemu_cannot_open_another_vms_files(vm_factory: Any, host_cfg: Any, 
     reserved = identity.in_use(host_cfg.run_dir)
     assert creds_a[0] not in reserved and creds_b[0] not in reserved
     assert all(os.stat(s).st_uid == 0 for s in sandboxes)
+
+
+def test_pool_vms_get_their_own_uid_at_boot_and_the_pods_shares_at_claim(
+        host_cfg: Any, image_ref: str, store: ImageStore, sandboxes: list[Path]) -> None:
+    """A pool VM boots before anyone knows whose pod it will run: it runs as its own uid from
+    boot on; the claimer gives the pod's sandbox to that uid."""
+    import dataclasses
+
+    from executor.pool import WarmPool
+    from executor.pool_spec import PoolConfig
+    from executor.vm import HyperVM
+
+    image = store.pull(image_ref)
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-ident-pool-"))
+    cfg = dataclasses.replace(host_cfg, pool_socket_override=sock_dir / "pool.sock")
+    pool = WarmPool(cfg, PoolConfig(size=2, vcpus=1, memory_mib=128, name=f"{TEST_TAG}-idp"))
+    pool.start()
+    vms: list[HyperVM] = []
+    try:
+        assert pool.wait_full(240), pool.status()
+        idle = pool.idle_vms()
+        for name, sandbox in zip(("pa", "pb"), sandboxes, strict=True):
+            container, pod = writer_pod(name, image.layers, sandbox)
+            vm = HyperVM(cfg, pod)
+            vms.append(vm)
+            vm.boot()
+            assert vm.warm and vm.name in idle
+            code, out = run_to_exit(vm, container)
+            assert code == 0, out
+        a, b = vms
+        creds_a, creds_b = qemu_creds(a), qemu_creds(b)
+        assert creds_a[0] != creds_b[0] and a.identity is not None
+        assert (creds_a[0], creds_a[1]) == a.identity.pair
+        assert os.stat(sandboxes[0]).st_uid == creds_a[0]
+        assert as_qemu(creds_a, "cat", str(sandboxes[0] / "file")).stdout == "secret\n"
+        for target in (sandboxes[1] / "file", b.run_dir, b.channel_socket):
+            result = as_qemu(creds_a, "cat", str(target))
+            assert result.returncode != 0 and "Permission denied" in result.stderr, (target,
+                                                                                    result)
+    finally:
+        for vm in vms:
+            vm.destroy()
+        pool.stop()
+        sock_dir.rmdir()
+    assert all(os.stat(s).st_uid == 0 for s in sandboxes)
