@@ -74,7 +74,9 @@ class Ledger:
 
     def prune(self) -> None:
         """Forget expired grants (``hypervm gc``)."""
-        for path in self.root.glob("*"):
+        if not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
             if not self.fresh(path.name):
                 path.unlink(missing_ok=True)
 
@@ -112,5 +114,8 @@ def remember_pull(ledger: Ledger, ref: RegistryRef, digest: str, auth: PullAuth)
 
 def _reason(error: ImageError) -> str:
     text = str(error.args[0]) if error.args else ""  # the message without the hint
-    prefix = f"{error.image}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    where = f"{error.image} (blob {error.blob})" if error.blob else error.image
+    text = text.removeprefix(f"{where}: ")
+    # skopeo's own wording repeats the reference: keep what the registry said
+    return text.rsplit(": ", 2)[-2] + ": " + text.rsplit(": ", 1)[-1] if text.count(": ") > 2 \
+        else text

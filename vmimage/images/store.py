@@ -186,6 +186,7 @@ class ImageStore:
         ``keep_refs=None`` keeps every tagged ref."""
         self.cache.ensure()
         kept = None if keep_refs is None else [str(parse_reference(r)) for r in keep_refs]
+        self.ledger.prune()  # expired registry authorizations
         return collect(self.cache, in_use, kept)
 
     def size_report(self) -> SizeReport:
