@@ -9,7 +9,8 @@ VM's run dir and writable shares belong to it (mode 0750, no access for others).
 Allocation is race-free across processes (the CLI, every executor and the pool daemon boot
 VMs): under an exclusive flock of ``<run_dir>/identities/lock`` a uid is free when no
 reservation names it; a reservation (``<run_dir>/identities/<uid>``, holding the domain name)
-stands while that domain exists in libvirt, or for :data:`RESERVATION_GRACE_S` after it was
+stands while that domain's QEMU runs (libvirt's pid file names a live process: no libvirt call,
+which would wait for other VMs being started), or for :data:`RESERVATION_GRACE_S` after it was
 made (the domain is created right after). So a uid is released when its VM is gone, even
 when its owner died by SIGKILL; :func:`release` only makes it sooner. Uids are handed out
 round-robin (a cursor file), so a uid comes back only after the whole range went round:
@@ -24,7 +25,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from executor.errors import HostError
 log = logging.getLogger(__name__)
 
 IDENTITY_DIR = "identities"
+#: where libvirt (qemu:///system) keeps ``<domain>.pid`` while the domain's QEMU runs
+LIBVIRT_PID_DIR = Path("/run/libvirt/qemu")
 #: a reservation without its domain (yet) stands this long: createXML comes right after
 RESERVATION_GRACE_S = 120.0
 #: what a VM's own directories allow: its QEMU everything, nobody else but root anything
@@ -80,22 +83,30 @@ def pick_uid(first: int, last: int, cursor: int, taken: set[int]) -> int | None:
     return None
 
 
+def qemu_runs(domain: str) -> bool:
+    """The domain's QEMU process runs (libvirt's pid file for it names a live process)."""
+    try:
+        pid = int((LIBVIRT_PID_DIR / f"{domain}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
 def allocate(run_dir: Path, uid_range: tuple[int, int], domain: str,
-             running: Callable[[], Iterable[str]], clock: Callable[[], float] = time.time
+             runs: Callable[[str], bool] = qemu_runs, clock: Callable[[], float] = time.time
              ) -> Identity:
-    """Reserve a free uid of ``uid_range`` for the VM ``domain``; ``running()``: the names of
-    the domains libvirt has now. HostError when the range is exhausted."""
+    """Reserve a free uid of ``uid_range`` for the VM ``domain``; ``runs(name)``: whether the
+    domain of a reservation still runs. HostError when the range is exhausted."""
     directory = run_dir / IDENTITY_DIR
     first, last = uid_range
     with _locked(directory):
-        alive = set(running())
         now = clock()
         taken: set[int] = set()
         for path in directory.iterdir():
             if not path.name.isdigit():
                 continue
             found = _read(path)
-            if found is not None and (found[0] in alive or now - found[1] < RESERVATION_GRACE_S):
+            if found is not None and (now - found[1] < RESERVATION_GRACE_S or runs(found[0])):
                 taken.add(int(path.name))
             else:
                 path.unlink(missing_ok=True)  # its VM is gone: the uid is free again
@@ -191,4 +202,4 @@ def for_vm(cfg: Any, hypervisor: Any, domain: str) -> Identity | None:
     if not hypervisor.confines_per_vm():
         return None
     open_libvirt_dir()
-    return allocate(cfg.run_dir, cfg.vm_uid_range, domain, hypervisor.running_names)
+    return allocate(cfg.run_dir, cfg.vm_uid_range, domain)

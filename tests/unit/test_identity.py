@@ -44,7 +44,7 @@ def test_allocate_reserves_until_the_vm_is_gone(tmp_path: Path) -> None:
     now = [1000.0]
 
     def alloc(name: str) -> int:
-        return identity.allocate(tmp_path, RANGE, name, lambda: running,
+        return identity.allocate(tmp_path, RANGE, name, running.__contains__,
                                  clock=lambda: now[0]).uid
 
     a = alloc("hypervm-a")
@@ -65,17 +65,31 @@ def test_allocate_reserves_until_the_vm_is_gone(tmp_path: Path) -> None:
     assert a not in identity.in_use(tmp_path)
 
 
+def test_a_reservation_stands_while_the_domains_qemu_runs(tmp_path: Path) -> None:
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    (pid_dir / "hypervm-live.pid").write_text(str(os.getpid()))
+    (pid_dir / "hypervm-dead.pid").write_text("999999999")
+    original = identity.LIBVIRT_PID_DIR
+    identity.LIBVIRT_PID_DIR = pid_dir
+    try:
+        assert identity.qemu_runs("hypervm-live")
+        assert not identity.qemu_runs("hypervm-dead") and not identity.qemu_runs("hypervm-x")
+    finally:
+        identity.LIBVIRT_PID_DIR = original
+
+
 def test_exhausted_range_is_a_clear_error(tmp_path: Path) -> None:
     for i in range(4):
-        identity.allocate(tmp_path, RANGE, f"hypervm-{i}", set)
+        identity.allocate(tmp_path, RANGE, f"hypervm-{i}", lambda _: False)
     with pytest.raises(HostError) as info:
-        identity.allocate(tmp_path, RANGE, "hypervm-5", set)
+        identity.allocate(tmp_path, RANGE, "hypervm-5", lambda _: False)
     assert "HYPERVM_VM_UID_RANGE" in str(info.value)
 
 
 def _allocate_many(directory: str, names: list[str], out: multiprocessing.Queue) -> None:
     for name in names:
-        out.put(identity.allocate(Path(directory), (300000, 300999), name, set).uid)
+        out.put(identity.allocate(Path(directory), (300000, 300999), name).uid)
 
 
 def test_allocation_is_race_free_across_processes(tmp_path: Path) -> None:
