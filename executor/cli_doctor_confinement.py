@@ -46,7 +46,6 @@ def check_vm_identity(cfg: HostConfig) -> Any:
     try:
         with Hypervisor(cfg.libvirt_uri, events=False) as hv:
             confined = hv.confines_per_vm()
-            running = hv.running_names()
     except HyperVMError as e:
         return _check("VM identity", False, f"cannot ask libvirt: {e}")
     if not confined:
@@ -62,7 +61,7 @@ def check_vm_identity(cfg: HostConfig) -> Any:
     note = ""
     if libvirt_dir.exists() and not libvirt_dir.stat().st_mode & 0o001:
         note = f"; {libvirt_dir} gets o+x at the first boot"
-    used = sum(name in running for name in identity.in_use(cfg.run_dir).values())
+    used = sum(map(identity.qemu_runs, identity.in_use(cfg.run_dir).values()))
     return _check("VM identity", True, f"each VM's QEMU runs as its own uid:gid from "
                   f"{first}-{last} ({last - first + 1} uids, {used} in use){note}")
 

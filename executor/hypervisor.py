@@ -367,14 +367,6 @@ class Hypervisor:
         uid (executor.identity)."""
         return self._qemu_label() is not None and os.geteuid() == 0
 
-    def running_names(self) -> set[str]:
-        """The names of every running domain (ours or not)."""
-        try:
-            return {dom.name() for dom in
-                    self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
-        except libvirt.libvirtError as e:
-            raise HypervisorError(f"cannot list VMs at {self.uri}: {_message(e)}") from e
-
     def vm_identity(self, name: str) -> tuple[int, int] | None:
         """The (uid, gid) a running domain's QEMU runs as, when it has its own (SecLabel)."""
         dom = self._lookup(name)

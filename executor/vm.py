@@ -66,7 +66,11 @@ class HyperVM:
     """
 
     def __init__(self, cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
-                 accel: str | None = None) -> None:
+                 accel: str | None = None,
+                 before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> None:
+        """``before_shares(identity)``: called once the VM's QEMU user is known, before the
+        pod's owned shares are given to it (e.g. to let that uid reach a sandbox below a
+        0750 directory); ``identity`` is None when QEMU runs as libvirt's shared user."""
         pod.validate()
         self.cfg = cfg
         self.pod = pod
@@ -89,6 +93,7 @@ class HyperVM:
         self.boot_seconds: float | None = None
         #: the uid:gid this VM's QEMU runs as (executor.identity); None: libvirt's user
         self.identity: identity.Identity | None = None
+        self._before_shares = before_shares
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -162,6 +167,8 @@ class HyperVM:
     def _give_owned_shares(self) -> None:
         """Sandbox-like mount sources (Mount.owned) become writable by this VM's QEMU user
         (its own identity: nobody else's, mode 0750), else by libvirt's QEMU user."""
+        if self._before_shares is not None:
+            self._before_shares(self.identity.pair if self.identity is not None else None)
         for source in self._owned_shares():
             if self.identity is not None:
                 identity.give(source, self.identity)

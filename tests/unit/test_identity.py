@@ -159,3 +159,32 @@ def test_give_and_take_back(tmp_path: Path) -> None:
     link.symlink_to(share)
     with pytest.raises(HostError):  # never through a link
         identity.give(link, ident)
+
+
+def test_hyperVM_tells_its_identity_before_giving_the_shares(tmp_path: Path) -> None:
+    from executor.podspec import Container, Mount, PodSpec, Process, Rootfs
+    from executor.vm import HyperVM
+
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    container = Container("main", Rootfs(layers=(tmp_path / "l.erofs",)), Process(args=("true",)),
+                          mounts=(Mount(type="9p", destination="/s", source=sandbox,
+                                        owned=True),))
+    seen: list[object] = []
+    given: list[Path] = []
+
+    class FakeHypervisor:
+        def give_to_qemu(self, path: Path) -> None:
+            given.append(path)
+
+    vm = HyperVM(config_from_env({"HYPERVM_RUN_DIR": str(tmp_path / "run")}),
+                 PodSpec(name="p", containers=(container,)), hypervisor=FakeHypervisor(),
+                 before_shares=seen.append)
+    vm._give_owned_shares()  # libvirt's shared user: the hook hears None
+    assert seen == [None] and given == [sandbox]
+    vm.identity = identity.Identity(200009, 200009)
+    if os.geteuid() == 0:
+        vm._give_owned_shares()
+        assert seen[-1] == (200009, 200009) and sandbox.stat().st_uid == 200009
+        vm._end_identity()  # the VM is gone: the share is root's again
+        assert sandbox.stat().st_uid == 0 and vm.identity is None
