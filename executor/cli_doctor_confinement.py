@@ -61,7 +61,7 @@ def check_vm_identity(cfg: HostConfig) -> Any:
     note = ""
     if libvirt_dir.exists() and not libvirt_dir.stat().st_mode & 0o001:
         note = f"; {libvirt_dir} gets o+x at the first boot"
-    used = sum(map(identity.qemu_runs, identity.in_use(cfg.run_dir).values()))
+    used = sum(map(identity.qemu_runs, identity.in_use().values()))
     return _check("VM identity", True, f"each VM's QEMU runs as its own uid:gid from "
                   f"{first}-{last} ({last - first + 1} uids, {used} in use){note}")
 

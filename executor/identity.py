@@ -7,8 +7,9 @@ QEMU as that user (a static DAC ``<seclabel>``, executor.libvirt_xml.SecLabel), 
 VM's run dir and writable shares belong to it (mode 0750, no access for others).
 
 Allocation is race-free across processes (the CLI, every executor and the pool daemon boot
-VMs): under an exclusive flock of ``<run_dir>/identities/lock`` a uid is free when no
-reservation names it; a reservation (``<run_dir>/identities/<uid>``, holding the domain name)
+VMs): under an exclusive flock of ``/run/hypervm/identities/lock`` (one registry per host,
+whatever HYPERVM_RUN_DIR a process has: uids are the host's) a uid is free when no
+reservation names it; a reservation (``identities/<uid>``, holding the domain name)
 stands while that domain's QEMU runs (libvirt's pid file names a live process: no libvirt call,
 which would wait for other VMs being started), or for :data:`RESERVATION_GRACE_S` after it was
 made (the domain is created right after). So a uid is released when its VM is gone, even
@@ -30,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.config import DEFAULT_RUN_DIR
 from executor.errors import HostError
 
 log = logging.getLogger(__name__)
 
-IDENTITY_DIR = "identities"
+#: the host's registry of VM uids (root only)
+REGISTRY = Path(DEFAULT_RUN_DIR) / "identities"
 #: where libvirt (qemu:///system) keeps ``<domain>.pid`` while the domain's QEMU runs
 LIBVIRT_PID_DIR = Path("/run/libvirt/qemu")
 #: a reservation without its domain (yet) stands this long: createXML comes right after
@@ -92,12 +95,10 @@ def qemu_runs(domain: str) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-def allocate(run_dir: Path, uid_range: tuple[int, int], domain: str,
-             runs: Callable[[str], bool] = qemu_runs, clock: Callable[[], float] = time.time
-             ) -> Identity:
+def allocate(uid_range: tuple[int, int], domain: str, runs: Callable[[str], bool] = qemu_runs,
+             clock: Callable[[], float] = time.time, directory: Path = REGISTRY) -> Identity:
     """Reserve a free uid of ``uid_range`` for the VM ``domain``; ``runs(name)``: whether the
     domain of a reservation still runs. HostError when the range is exhausted."""
-    directory = run_dir / IDENTITY_DIR
     first, last = uid_range
     with _locked(directory):
         now = clock()
@@ -125,9 +126,8 @@ def allocate(run_dir: Path, uid_range: tuple[int, int], domain: str,
     return Identity(uid, uid)
 
 
-def release(run_dir: Path, domain: str) -> None:
+def release(domain: str, directory: Path = REGISTRY) -> None:
     """The VM ``domain`` is gone: free its uid now (its reservation would lapse anyway)."""
-    directory = run_dir / IDENTITY_DIR
     with contextlib.suppress(OSError), _locked(directory):
         for path in directory.iterdir():
             found = _read(path) if path.name.isdigit() else None
@@ -135,10 +135,9 @@ def release(run_dir: Path, domain: str) -> None:
                 path.unlink()
 
 
-def in_use(run_dir: Path) -> dict[int, str]:
+def in_use(directory: Path = REGISTRY) -> dict[int, str]:
     """uid -> domain of every reservation (for ``hypervm doctor``)."""
     out = {}
-    directory = run_dir / IDENTITY_DIR
     with contextlib.suppress(OSError):
         for path in directory.iterdir():
             found = _read(path) if path.name.isdigit() else None
@@ -202,4 +201,4 @@ def for_vm(cfg: Any, hypervisor: Any, domain: str) -> Identity | None:
     if not hypervisor.confines_per_vm():
         return None
     open_libvirt_dir()
-    return allocate(cfg.run_dir, cfg.vm_uid_range, domain)
+    return allocate(cfg.vm_uid_range, domain)

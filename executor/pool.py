@@ -415,7 +415,7 @@ class WarmPool:
         except HyperVMError as e:
             log.warning("cannot destroy pool VM %s: %s", name, e)
         shutil.rmtree(run_dir, ignore_errors=True)
-        identity.release(self.cfg.run_dir, name)
+        identity.release(name)
 
     # -- serve --------------------------------------------------------------------------------
 

@@ -182,7 +182,7 @@ class HyperVM:
             return
         for source in self._owned_shares():
             identity.take_back(source, ident)
-        identity.release(self.cfg.run_dir, self.name)
+        identity.release(self.name)
 
     def _share_readonly(self, source: Path) -> bool:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)

@@ -108,7 +108,7 @@ def test_one_qemu_cannot_open_another_vms_files(vm_factory: Any, host_cfg: Any, 
     for vm in vms:
         vm.destroy()
     # gone: uids free again, the sandboxes back to root
-    reserved = identity.in_use(host_cfg.run_dir)
+    reserved = identity.in_use()
     assert creds_a[0] not in reserved and creds_b[0] not in reserved
     assert all(os.stat(s).st_uid == 0 for s in sandboxes)
 

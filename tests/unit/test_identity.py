@@ -42,27 +42,28 @@ def test_pick_uid_goes_round_robin() -> None:
 def test_allocate_reserves_until_the_vm_is_gone(tmp_path: Path) -> None:
     running: set[str] = set()
     now = [1000.0]
+    reg = tmp_path / "identities"
 
     def alloc(name: str) -> int:
-        return identity.allocate(tmp_path, RANGE, name, running.__contains__,
-                                 clock=lambda: now[0]).uid
+        return identity.allocate(RANGE, name, running.__contains__, clock=lambda: now[0],
+                                 directory=reg).uid
 
     a = alloc("hypervm-a")
     b = alloc("hypervm-b")
     assert a != b and RANGE[0] <= a <= RANGE[1]
-    assert identity.in_use(tmp_path) == {a: "hypervm-a", b: "hypervm-b"}
+    assert identity.in_use(reg) == {a: "hypervm-a", b: "hypervm-b"}
     # the grace for createXML is over: a reservation stands only while its domain runs
     running.add("hypervm-a")
-    os.utime(tmp_path / "identities" / str(b), (0, 0))
-    os.utime(tmp_path / "identities" / str(a), (0, 0))
+    os.utime(reg / str(b), (0, 0))
+    os.utime(reg / str(a), (0, 0))
     c = alloc("hypervm-c")
-    assert identity.in_use(tmp_path) == {a: "hypervm-a", c: "hypervm-c"}  # b's lapsed
+    assert identity.in_use(reg) == {a: "hypervm-a", c: "hypervm-c"}  # b's lapsed
     assert c == b + 1  # round robin: a freed uid comes back only after the range went round
     # release: the uid is free at once (and only the named VM's)
-    identity.release(tmp_path, "hypervm-zzz")
-    assert a in identity.in_use(tmp_path)
-    identity.release(tmp_path, "hypervm-a")
-    assert a not in identity.in_use(tmp_path)
+    identity.release("hypervm-zzz", reg)
+    assert a in identity.in_use(reg)
+    identity.release("hypervm-a", reg)
+    assert a not in identity.in_use(reg)
 
 
 def test_a_reservation_stands_while_the_domains_qemu_runs(tmp_path: Path) -> None:
@@ -81,15 +82,15 @@ def test_a_reservation_stands_while_the_domains_qemu_runs(tmp_path: Path) -> Non
 
 def test_exhausted_range_is_a_clear_error(tmp_path: Path) -> None:
     for i in range(4):
-        identity.allocate(tmp_path, RANGE, f"hypervm-{i}", lambda _: False)
+        identity.allocate(RANGE, f"hypervm-{i}", lambda _: False, directory=tmp_path)
     with pytest.raises(HostError) as info:
-        identity.allocate(tmp_path, RANGE, "hypervm-5", lambda _: False)
+        identity.allocate(RANGE, "hypervm-5", lambda _: False, directory=tmp_path)
     assert "HYPERVM_VM_UID_RANGE" in str(info.value)
 
 
 def _allocate_many(directory: str, names: list[str], out: multiprocessing.Queue) -> None:
     for name in names:
-        out.put(identity.allocate(Path(directory), (300000, 300999), name).uid)
+        out.put(identity.allocate((300000, 300999), name, directory=Path(directory)).uid)
 
 
 def test_allocation_is_race_free_across_processes(tmp_path: Path) -> None:
@@ -177,7 +178,7 @@ def test_hyperVM_tells_its_identity_before_giving_the_shares(tmp_path: Path) -> 
         def give_to_qemu(self, path: Path) -> None:
             given.append(path)
 
-    vm = HyperVM(config_from_env({"HYPERVM_RUN_DIR": str(tmp_path / "run")}),
+    vm = HyperVM(config_from_env({}),
                  PodSpec(name="p", containers=(container,)), hypervisor=FakeHypervisor(),
                  before_shares=seen.append)
     vm._give_owned_shares()  # libvirt's shared user: the hook hears None
@@ -186,5 +187,5 @@ def test_hyperVM_tells_its_identity_before_giving_the_shares(tmp_path: Path) -> 
     if os.geteuid() == 0:
         vm._give_owned_shares()
         assert seen[-1] == (200009, 200009) and sandbox.stat().st_uid == 200009
-        vm._end_identity()  # the VM is gone: the share is root's again
+        vm._end_identity()  # the VM is gone: the share is root's again (nothing to release)
         assert sandbox.stat().st_uid == 0 and vm.identity is None
