@@ -100,7 +100,11 @@ def test_one_qemu_cannot_open_another_vms_files(vm_factory: Any, host_cfg: Any, 
     result = as_qemu(creds_a, "touch", str(sandboxes[1] / "planted"))
     assert result.returncode != 0 and not (sandboxes[1] / "planted").exists()
     # what every VM shares is readable by all and chowned to none of them
-    for shared in image.layers:
+    from vmimage.initrd import ensure_initrd
+    from vmimage.kernel import find_kernel
+
+    kernel = find_kernel(host_cfg)
+    for shared in (*image.layers, kernel.path, ensure_initrd(host_cfg, kernel)):
         st = shared.stat()
         assert st.st_uid not in (creds_a[0], creds_b[0]), shared
         assert stat.S_IMODE(st.st_mode) & 0o444 == 0o444, shared
