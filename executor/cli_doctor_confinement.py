@@ -38,7 +38,13 @@ def host_users_in(first: int, last: int) -> list[str]:
     return sorted(p.pw_name for p in pwd.getpwall() if first <= p.pw_uid <= last)
 
 
-def check_vm_identity(cfg: HostConfig) -> Any:
+def namespaces_off(text: str) -> bool:
+    """qemu.conf runs QEMU in the host's mount namespace (``namespaces = []``): libvirt then
+    chowns the host's /dev/urandom (the VMs' RNG) to each VM, and a second VM fails."""
+    return re.search(r"^\s*namespaces\s*=\s*\[\s*\]", text, re.MULTILINE) is not None
+
+
+def check_vm_identity(cfg: HostConfig, conf: Path = QEMU_CONF) -> Any:
     from executor import identity
     from executor.hypervisor import Hypervisor
 
@@ -52,6 +58,13 @@ def check_vm_identity(cfg: HostConfig) -> Any:
         return _check("VM identity", True, "every VM's QEMU runs as the same user (libvirt "
                       "has no DAC model or we are not root): one QEMU escape reaches every "
                       "VM's files", warn=True)
+    try:
+        if namespaces_off(conf.read_text()):
+            return _check("VM identity", False, f"{conf} sets namespaces = []: with a uid per "
+                          "VM, libvirt would chown the host's /dev/urandom to each VM",
+                          fix=f'remove namespaces = [] from {conf} (default: ["mount"])')
+    except OSError:
+        pass
     clash = host_users_in(first, last)
     if clash:
         return _check("VM identity", False, f"host users {', '.join(clash[:5])} have uids in "

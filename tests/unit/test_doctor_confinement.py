@@ -11,6 +11,7 @@ from executor.cli_doctor_confinement import (
     check_network_policy,
     check_seccomp,
     host_users_in,
+    namespaces_off,
     qemu_seccomp_modes,
     seccomp_setting,
 )
@@ -55,3 +56,8 @@ def test_network_policy_is_reported_honestly() -> None:
 def test_host_users_in_the_vm_range_are_found() -> None:
     assert host_users_in(0, 0) == ["root"]
     assert host_users_in(200000, 265535) == []
+
+
+def test_qemu_in_the_hosts_mount_namespace_is_found() -> None:
+    assert namespaces_off("namespaces = [ ]\n")
+    assert not namespaces_off('#namespaces = []\nnamespaces = [ "mount" ]\n')
