@@ -40,7 +40,8 @@ def host_users_in(first: int, last: int) -> list[str]:
 
 def namespaces_off(text: str) -> bool:
     """qemu.conf runs QEMU in the host's mount namespace (``namespaces = []``): libvirt then
-    chowns the host's /dev/urandom (the VMs' RNG) to each VM, and a second VM fails."""
+    labels host device nodes a VM uses (its RNG's /dev/urandom) for that VM's user instead of
+    nodes in QEMU's private /dev (not tried here), and the warm pool cannot bind mounts."""
     return re.search(r"^\s*namespaces\s*=\s*\[\s*\]", text, re.MULTILINE) is not None
 
 
@@ -61,7 +62,7 @@ def check_vm_identity(cfg: HostConfig, conf: Path = QEMU_CONF) -> Any:
     try:
         if namespaces_off(conf.read_text()):
             return _check("VM identity", False, f"{conf} sets namespaces = []: with a uid per "
-                          "VM, libvirt would chown the host's /dev/urandom to each VM",
+                          "VM, libvirt labels host device nodes (/dev/urandom) per VM",
                           fix=f'remove namespaces = [] from {conf} (default: ["mount"])')
     except OSError:
         pass
