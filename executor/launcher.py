@@ -25,6 +25,7 @@ from hypervm.imageprocess import image_process
 from hypervm.podspec import PodSpec, Process
 from vmimage.boot import BootFiles
 from vmimage.images import Image, ImageStore
+from vmimage.images.authorize import PullAuth
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,10 @@ class Launcher:
         remove the launch's layers in between."""
         return self.images.hold()
 
-    def resolve(self, ref: str, policy: str = "missing") -> Image:
-        """The image for ``ref`` (pulled when missing, or always with ``policy="always"``)."""
-        return self.images.resolve(ref, policy)
+    def resolve(self, ref: str, policy: str = "missing", auth: PullAuth | None = None) -> Image:
+        """The image for ``ref`` (pulled when missing, or always with ``policy="always"``);
+        ``auth``: a tenant's pull, whose cache hits the registry must authorize."""
+        return self.images.resolve(ref, policy, auth)
 
     def layers(self, ref: str) -> Sequence[Path]:
         """The layer files of ``ref`` as a launch resolves them (the pool's image VMs)."""

@@ -32,6 +32,7 @@ from executor.guest.protocol import (
     reply_pid,
     start_payload,
 )
+from executor.libvirt import identity
 from executor.libvirt.designer import RunFiles, cold_domain
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
@@ -97,10 +98,14 @@ class HyperVM:
 
     def __init__(self, cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
                  accel: str | None = None, boot_files: BootFiles | None = None,
-                 claimed: str | None = None, run_dir: Path | None = None) -> None:
+                 claimed: str | None = None, run_dir: Path | None = None,
+                 before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> None:
         """``boot_files``: what to boot (default: this host's, resolved at boot); ``claimed``
         and ``run_dir``: a booted pool VM this object takes over (executor.pool.adopt) instead
-        of booting its own."""
+        of booting its own. ``before_shares(identity)``: called once the VM's QEMU user is
+        known, before the pod's owned shares are given to it (e.g. to let that uid reach a
+        sandbox below a 0750 directory); ``identity`` is None when QEMU runs as libvirt's
+        shared user."""
         pod.validate()
         self.cfg = cfg
         self.pod = pod
@@ -122,6 +127,9 @@ class HyperVM:
         self.warm_layers = False
         self.guest_kernel: str | None = None
         self.boot_seconds: float | None = None
+        #: the uid:gid this VM's QEMU runs as (executor.libvirt.identity); None: libvirt's user
+        self.identity: identity.Identity | None = None
+        self._before_shares = before_shares
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -182,17 +190,36 @@ class HyperVM:
         return cold_domain(self.name, boot, self.cfg,
                            RunFiles(self.channel_socket, self.console_log),
                            self.pod.resources, self.pod.network, self.metadata(),
-                           disks=disks, shares=shares)
+                           disks=disks, shares=shares,
+                           identity=self.identity.pair if self.identity is not None else None)
 
     @property
     def mac_address(self) -> str:
         return network.mac_address(self.name)
 
+    def _owned_shares(self) -> set[Path]:
+        return {m.source for c in self.pod.containers for m in c.mounts
+                if m.owned and not m.readonly and m.source is not None}
+
     def give_owned_shares(self) -> None:
-        """Sandbox-like mount sources (Mount.owned) become writable by QEMU's user."""
-        for source in {m.source for c in self.pod.containers for m in c.mounts
-                       if m.owned and not m.readonly and m.source is not None}:
-            self._hypervisor.give_to_qemu(source)
+        """Sandbox-like mount sources (Mount.owned) become writable by this VM's QEMU user
+        (its own identity: nobody else's, mode 0750), else by libvirt's QEMU user."""
+        if self._before_shares is not None:
+            self._before_shares(self.identity.pair if self.identity is not None else None)
+        for source in self._owned_shares():
+            if self.identity is not None:
+                identity.give(source, self.identity)
+            else:
+                self._hypervisor.give_to_qemu(source)
+
+    def _end_identity(self) -> None:
+        """The VM is gone: its shares go back to root, its uid back to the range."""
+        ident, self.identity = self.identity, None
+        if ident is None:
+            return
+        for source in self._owned_shares():
+            identity.take_back(source, ident)
+        identity.release(self.name)
 
     def share_readonly(self, source: Path) -> bool:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
@@ -209,6 +236,7 @@ class HyperVM:
         if self._hypervisor is None:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
         try:
+            self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
             spec = self.domain_spec(boot)
             network.check_host_ports(self.pod.network)
             self.give_owned_shares()
@@ -364,5 +392,6 @@ class HyperVM:
             finally:
                 if self._own_hypervisor:
                     self._hypervisor.close()
+        self._end_identity()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 

@@ -2,7 +2,7 @@
 
 A pure function of a mapping (the environment by default), like docker-py's ``kwargs_from_env``.
 Every path that QEMU reads (kernel, initrd, layer images) lives under ``state_dir``, which must be
-traversable by the ``libvirt-qemu`` user: it is never under /root.
+traversable by every user (each VM's QEMU runs as a uid of its own): it is never under /root.
 """
 
 from __future__ import annotations
@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hypervm.errors import InvalidSpec
+
 DEFAULT_STATE_DIR = "/var/lib/hypervm"
 DEFAULT_RUN_DIR = "/run/hypervm"
 DEFAULT_LIBVIRT_URI = "qemu:///system"
+#: uids (and gids, the same numbers) QEMU processes run as, one per VM: above every
+#: distribution's system and user ranges and below systemd's dynamic and container ranges
+DEFAULT_VM_UID_RANGE = (200000, 265535)
+#: how long a registry's "yes, this tenant may read this image" is remembered
+DEFAULT_IMAGE_AUTH_TTL_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,6 @@ def _positive(env: Mapping[str, str], name: str, default: float, *, size: bool) 
     except ValueError:
         value = -1.0
     if not value > 0 or value == float("inf"):
-        from hypervm.errors import InvalidSpec
-
         raise InvalidSpec(name, f"{env[name]!r} is not a positive number",
                           hint="e.g. 8G" if size else "e.g. 600")
     return value
@@ -101,8 +106,6 @@ STRICT_MESOS_POLICY = MesosPolicy()
 
 
 def mesos_policy_from_env(env: Mapping[str, str] | None = None) -> MesosPolicy:
-    from hypervm.errors import InvalidSpec
-
     env = os.environ if env is None else env
     local = env_choice(env, "HYPERVM_MESOS_LOCAL_IMAGE_SOURCES", "off", ("on", "off"),
                        hint="use off (registry images only) or on (frameworks may also name "
@@ -141,6 +144,13 @@ class HostConfig:
     tcg_flush: bool = True
     #: caps on what one image may unpack to, and how long its transfers may take
     image_limits: ImageLimits = ImageLimits()
+    #: first and last uid (= gid) given to VMs: each VM's QEMU runs as its own
+    #: (executor.libvirt.identity)
+    vm_uid_range: tuple[int, int] = DEFAULT_VM_UID_RANGE
+    #: seconds a registry authorization of a tenant's cached image is remembered (0: ask each time)
+    image_auth_ttl_s: float = DEFAULT_IMAGE_AUTH_TTL_S
+    #: Mesos tasks without credentials of their own pull with the host's Docker credentials
+    task_host_credentials: bool = False
 
     @property
     def kernel_dir(self) -> Path:
@@ -177,8 +187,6 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
     ``choices``: else InvalidSpec naming the variable."""
     value = env.get(name, default).strip().lower() or default
     if value not in choices:
-        from hypervm.errors import InvalidSpec
-
         raise InvalidSpec(name, f"unknown {what} {value!r}",
                           hint=hint or f"use {', '.join(choices[:-1])} or {choices[-1]}")
     return value
@@ -191,8 +199,6 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                       hint="use auto (take warm VMs when a pool serves) or off")
     tb_cache = env.get("HYPERVM_TCG_TB_CACHE_MIB", "")
     if tb_cache and not tb_cache.isdigit():
-        from hypervm.errors import InvalidSpec
-
         raise InvalidSpec("HYPERVM_TCG_TB_CACHE_MIB", f"{tb_cache!r} is not a number of MiB",
                           hint="e.g. 8 (smaller VMs, slower guest code under TCG), or unset")
     reporting = env_choice(env, "HYPERVM_FREE_PAGE_REPORTING", "on", ("on", "off"),
@@ -200,6 +206,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                                 "boots and starts under TCG)")
     flush = env_choice(env, "HYPERVM_TCG_FLUSH", "on", ("on", "off"),
                        hint="use on (idle VMs give their boot's translations back) or off")
+    host_creds = env_choice(env, "HYPERVM_TASK_HOST_CREDENTIALS", "off", ("on", "off"),
+                            hint="use off (tasks pull with their own credentials only) or on "
+                                 "(tasks may use the host's Docker credentials)")
     return HostConfig(
         state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
         run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
@@ -213,4 +222,37 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",
         image_limits=image_limits_from_env(env),
+        vm_uid_range=uid_range(env.get("HYPERVM_VM_UID_RANGE", "")),
+        image_auth_ttl_s=seconds(env, "HYPERVM_IMAGE_AUTH_TTL", DEFAULT_IMAGE_AUTH_TTL_S),
+        task_host_credentials=host_creds == "on",
     )
+
+
+def uid_range(text: str) -> tuple[int, int]:
+    """``FIRST-LAST`` (HYPERVM_VM_UID_RANGE); the default range when empty."""
+    if not text.strip():
+        return DEFAULT_VM_UID_RANGE
+    first, sep, last = text.strip().partition("-")
+    if not (sep and first.isdigit() and last.isdigit()):
+        raise InvalidSpec("HYPERVM_VM_UID_RANGE", f"{text!r} is not FIRST-LAST",
+                          hint="e.g. 200000-265535")
+    low, high = int(first), int(last)
+    if not 1000 <= low <= high < 2**31 - 1:
+        raise InvalidSpec("HYPERVM_VM_UID_RANGE", f"{text!r} is out of range",
+                          hint="use uids from 1000 to 2147483646, FIRST <= LAST, that no user "
+                               "of the host has, e.g. 200000-265535")
+    return low, high
+
+
+def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """``env[name]`` as a number of seconds >= 0 (``default`` when unset or empty)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise InvalidSpec(name, f"{text!r} is not a number of seconds", hint=f"e.g. {default:g}")
+    return value

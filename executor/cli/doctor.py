@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from executor.cli.doctor_confinement import CONFINEMENT_CHECKS
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HyperVMError
 
@@ -25,6 +26,8 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    #: works, but weaker than it should be (reported, not a failure)
+    warn: bool = False
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,7 +119,7 @@ def check_state_dir(cfg: HostConfig) -> Check:
     blocked = _traversable_by_others(cfg.state_dir)
     if blocked is not None:
         return Check("state dir", False,
-                     f"{blocked} is not traversable by libvirt-qemu, so QEMU cannot read "
+                     f"{blocked} is not traversable by others, so QEMU cannot read "
                      f"kernels and images under {cfg.state_dir}",
                      f"chmod o+x {blocked} or set HYPERVM_STATE_DIR elsewhere")
     probe = cfg.state_dir if cfg.state_dir.exists() else cfg.state_dir.parent
@@ -185,7 +188,7 @@ def check_shares(cfg: HostConfig, work_dir: Path | None = None) -> Check:
 
 CHECKS: tuple[Callable[[HostConfig], Check], ...] = (
     check_libvirt, check_qemu, check_accel, check_state_dir, check_tools, check_kernel,
-    check_initrd, check_pool, check_shares,
+    check_initrd, check_pool, check_shares, *CONFINEMENT_CHECKS,
 )
 
 
@@ -199,7 +202,7 @@ def doctor_command(_: argparse.Namespace) -> int:
               file=sys.stderr)
     results = run_checks(config_from_env())
     for result in results:
-        mark = "ok  " if result.ok else "FAIL"
+        mark = ("warn" if result.warn else "ok  ") if result.ok else "FAIL"
         print(f"{mark} {result.name:<12} {result.detail}")
         if not result.ok and result.fix:
             print(f"     {'':<12} fix: {result.fix}")

@@ -38,7 +38,8 @@ class RunFiles:
 
 
 def _domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles, resources: Resources,
-            net: NetworkSpec, metadata: Mapping[str, str], **devices: object) -> DomainSpec:
+            net: NetworkSpec, metadata: Mapping[str, str], identity: tuple[int, int] | None,
+            **devices: object) -> DomainSpec:
     cputune, memtune = resource_bounds(resources)
     return DomainSpec(
         name=name, accel=boot.accel, vcpus=resources.cpus, memory_mib=resources.memory_mib,
@@ -47,25 +48,29 @@ def _domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles, resour
         console_log=files.console_log, metadata=dict(metadata), cputune=cputune,
         memtune=memtune, qemu_args=network.qemu_args(net, network.mac_address(name)),
         tb_cache_mib=cfg.tb_cache_mib, free_page_reporting=cfg.free_page_reporting,
-        **devices,  # type: ignore[arg-type]
+        identity=identity, **devices,  # type: ignore[arg-type]
     ).validate()
 
 
 def cold_domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles,
                 resources: Resources, net: NetworkSpec, metadata: Mapping[str, str], *,
-                disks: tuple[DiskSpec, ...] = (), shares: tuple[ShareSpec, ...] = ()
-                ) -> DomainSpec:
-    """A pod's own VM: its layers as disks, its mount sources as 9p shares, its ports."""
-    return _domain(name, boot, cfg, files, resources, net, metadata, disks=disks, shares=shares)
+                disks: tuple[DiskSpec, ...] = (), shares: tuple[ShareSpec, ...] = (),
+                identity: tuple[int, int] | None = None) -> DomainSpec:
+    """A pod's own VM: its layers as disks, its mount sources as 9p shares, its ports;
+    ``identity``: the uid:gid of its own its QEMU runs as (executor.libvirt.identity)."""
+    return _domain(name, boot, cfg, files, resources, net, metadata, identity, disks=disks,
+                   shares=shares)
 
 
 def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpus: int,
-                memory_mib: int, metadata: Mapping[str, str]) -> DomainSpec:
+                memory_mib: int, metadata: Mapping[str, str], *,
+                identity: tuple[int, int] | None = None) -> DomainSpec:
     """An empty pool VM of one shape: no disks (layers are hot-added to its SCSI controller at
     claim time), one share whose subdirectories the claim binds, a NIC without published
     ports. Its memory bound is its shape's, set now (claims match the shape); a CPU limit is
-    applied to the running VM when a pod asks for one."""
+    applied to the running VM when a pod asks for one. ``identity``: its own uid:gid from its
+    boot on, before anyone knows whose pod it will run; a claim gives the pod's shares to it."""
     share = ShareSpec(source=run_dir / POOL_SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap")
     return _domain(name, boot, cfg, RunFiles.under(run_dir),
                    Resources(cpus=vcpus, memory_mib=memory_mib), NetworkSpec(), metadata,
-                   shares=(share,), scsi_controller=True)
+                   identity, shares=(share,), scsi_controller=True)

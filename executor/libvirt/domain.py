@@ -186,6 +186,8 @@ class DomainSpec:
     free_page_reporting: bool = True
     #: the QEMU binary libvirt runs (vmimage.qemu: HyperQEMU); None: libvirt's default, Debian's
     emulator: Path | None = None
+    #: (uid, gid) this VM's QEMU runs as, its own (executor.libvirt.identity); None: libvirt's user
+    identity: tuple[int, int] | None = None
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
@@ -221,6 +223,10 @@ class DomainSpec:
         self._validate_cmdline()
         self._validate_devices()
         self._validate_metadata()
+        if self.identity is not None and not all(
+                isinstance(i, int) and 0 < i < 2**31 - 1 for i in self.identity):
+            raise InvalidSpec("identity", f"{self.identity!r} is not a (uid, gid) pair",
+                              hint="give the VM a uid and gid from HYPERVM_VM_UID_RANGE")
         if self.tb_cache_mib is not None and not 1 <= self.tb_cache_mib <= MAX_TB_CACHE_MIB:
             raise InvalidSpec("tb_cache_mib", f"{self.tb_cache_mib} MiB is out of range",
                               hint=f"use 1..{MAX_TB_CACHE_MIB}")

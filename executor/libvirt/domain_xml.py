@@ -88,15 +88,24 @@ class OS:
     loader: Path | None
     arch: str
     machine: str
+    #: give the kernel to QEMU directly (:meth:`qemu_args`), not through libvirt, which would
+    #: chown it (and the initrd) to one VM's own user (:class:`SecLabel`)
+    direct_boot: bool = False
 
     def build(self, parent: ET.Element) -> None:
         os_el = _sub(parent, "os")
         _sub(os_el, "type", "hvm", arch=self.arch, machine=self.machine)
         if self.loader is not None:
             _sub(os_el, "loader", str(self.loader), type="rom", readonly="yes")
-        _sub(os_el, "kernel", str(self.kernel))
-        _sub(os_el, "initrd", str(self.initrd))
-        _sub(os_el, "cmdline", self.cmdline)
+        if not self.direct_boot:
+            _sub(os_el, "kernel", str(self.kernel))
+            _sub(os_el, "initrd", str(self.initrd))
+            _sub(os_el, "cmdline", self.cmdline)
+
+    def qemu_args(self) -> tuple[str, ...]:
+        if not self.direct_boot:
+            return ()
+        return ("-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.cmdline)
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,25 @@ class Channel:
 
 
 @dataclass(frozen=True)
+class SecLabel:
+    """libvirt's DAC model with a static label: QEMU runs as this VM's own uid:gid instead of
+    the user every VM shares (qemu.conf ``user``). ``relabel='yes'``: libvirt gives QEMU its
+    private files (master key, monitor socket, its /dev); with 'no' QEMU cannot read its own
+    master key. What every VM shares is kept from libvirt's chown: read-only disks carry
+    ``relabel='no'`` and the kernel and initrd go to QEMU directly (:attr:`OS.direct_boot`;
+    libvirt would chown them to this VM and refuse the next VM with "already in use"): they
+    are world-readable. What this QEMU writes we give it (executor.libvirt.identity): its run
+    dir and the shared dirs of its pod."""
+
+    uid: int
+    gid: int
+
+    def build(self, parent: ET.Element) -> None:
+        label = _sub(parent, "seclabel", type="static", model="dac", relabel="yes")
+        _sub(label, "label", f"+{self.uid}:+{self.gid}")
+
+
+@dataclass(frozen=True)
 class Domain:
     type: str
     name: str
@@ -208,6 +236,7 @@ class Domain:
     scsi_controller: bool = False
     free_page_reporting: bool = True
     emulator: Path | None = None
+    seclabel: SecLabel | None = None
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -234,9 +263,12 @@ class Domain:
         _sub(pm, "suspend-to-mem", enabled="no")
         _sub(pm, "suspend-to-disk", enabled="no")
         self._build_devices(_sub(dom, "devices"))
-        if self.qemu_args:
+        if self.seclabel is not None:
+            self.seclabel.build(dom)
+        qemu_args = (*self.os.qemu_args(), *self.qemu_args)
+        if qemu_args:
             cmdline = _sub(dom, f"{{{QEMU_NS}}}commandline")
-            for arg in self.qemu_args:
+            for arg in qemu_args:
                 _sub(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
         return dom
 
@@ -324,6 +356,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
             loader=spec.bios,
             arch=defaults.arch,
             machine=defaults.machine,
+            direct_boot=spec.identity is not None,
         ),
         cpu_mode=defaults.cpu_mode[spec.accel],
         acpi=defaults.acpi,
@@ -331,6 +364,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
         free_page_reporting=spec.free_page_reporting,
         emulator=spec.emulator,
+        seclabel=SecLabel(*spec.identity) if spec.identity is not None else None,
         memory_backing=defaults.memory_backing,
         metadata=Metadata(dict(spec.metadata)),
         cputune=spec.cputune,
@@ -385,6 +419,8 @@ class DomainFacts:
     metadata: Mapping[str, str]
     disk_paths: tuple[Path, ...]
     share_paths: tuple[Path, ...]
+    #: (uid, gid) its QEMU runs as when it has a static DAC label of its own (SecLabel)
+    identity: tuple[int, int] | None = None
 
 
 def parse_domain_facts(xml: str) -> DomainFacts:
@@ -415,7 +451,24 @@ def parse_domain_facts(xml: str) -> DomainFacts:
         metadata=metadata,
         disk_paths=disks,
         share_paths=shares,
+        identity=_static_dac_label(root),
     )
+
+
+def _static_dac_label(root: ET.Element) -> tuple[int, int] | None:
+    for label in root.findall("seclabel"):
+        if label.get("model") == "dac" and label.get("type") == "static":
+            return _ids(label.findtext("label", default=""))
+    return None
+
+
+def _ids(text: str) -> tuple[int, int] | None:
+    """``+UID:+GID`` (libvirt's DAC label) as numbers; None when it names users by name."""
+    user, _, group = text.strip().partition(":")
+    try:
+        return int(user.lstrip("+")), int(group.lstrip("+"))
+    except ValueError:
+        return None
 
 
 def parse_dac_label(capabilities_xml: str, domain_type: str = "qemu") -> tuple[int, int] | None:
@@ -427,9 +480,5 @@ def parse_dac_label(capabilities_xml: str, domain_type: str = "qemu") -> tuple[i
             continue
         for label in secmodel.findall("baselabel"):
             if label.get("type") == domain_type and label.text:
-                user, _, group = label.text.strip().partition(":")
-                try:
-                    return int(user.lstrip("+")), int(group.lstrip("+"))
-                except ValueError:
-                    return None
+                return _ids(label.text)
     return None

@@ -282,7 +282,7 @@ class Hypervisor:
             spec = dataclasses.replace(spec, metadata={**owner, **spec.metadata})
         xml = domain_xml(spec)
         for directory in {spec.channel_socket.parent, spec.console_log.parent}:
-            self.prepare_run_dir(directory)
+            self.prepare_run_dir(directory, spec.identity)
         log.debug("creating domain %s:\n%s", spec.name, xml)
         started = time.monotonic()
         try:
@@ -303,10 +303,11 @@ class Hypervisor:
             self._created.add(spec.name)
         return VM(self, dom.name(), dom.UUIDString())
 
-    def prepare_run_dir(self, directory: Path) -> None:
-        """Create ``directory`` (and traversable parents) owned by the user libvirt runs QEMU as,
-        mode 0750: QEMU creates the channel socket there, virtlogd (root) the console log."""
-        label = self._qemu_label()
+    def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
+        """Create ``directory`` (and traversable parents) owned by ``owner`` (the VM's own
+        identity), else by the user libvirt runs QEMU as, mode 0750: QEMU creates the channel
+        socket there, virtlogd (root) the console log."""
+        label = owner or self._qemu_label()
         try:
             missing = [p for p in (directory, *directory.parents) if not p.exists()]
             for path in reversed(missing):
@@ -335,6 +336,21 @@ class Hypervisor:
         except OSError as e:
             raise HostError(f"cannot give {directory} to QEMU's user (a symlink or not a "
                             f"directory?): {e}") from e
+
+    def confines_per_vm(self) -> bool:
+        """libvirt switches QEMU's user (DAC) and we may chown: each VM can run as its own
+        uid (executor.libvirt.identity)."""
+        return self._qemu_label() is not None and os.geteuid() == 0
+
+    def vm_identity(self, name: str) -> tuple[int, int] | None:
+        """The (uid, gid) a running domain's QEMU runs as, when it has its own (SecLabel)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return None
+        try:
+            return parse_domain_facts(dom.XMLDesc(0)).identity
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"cannot inspect VM {name}: {_message(e)}") from e
 
     def prefetch(self) -> None:
         """Read now what a launch would otherwise read on its clock: the user libvirt runs
@@ -587,8 +603,9 @@ def _dotted(version: int) -> str:
 def _create_hint(message: str) -> str | None:
     if "Permission denied" in message:
         return (
-            "kernel, initrd, disk images and shared dirs must be readable by the user libvirt "
-            "runs QEMU as (libvirt-qemu), and not under /root"
+            "kernel, initrd, disk images and shared dirs must be readable by the VM's QEMU "
+            "user (its own uid, or libvirt-qemu), and not under /root; libvirt's "
+            "/var/lib/libvirt/qemu must be traversable (chmod o+x, hypervm doctor)"
         )
     if "No such file" in message:
         return "check that the kernel, initrd and disk images exist (hypervm doctor)"

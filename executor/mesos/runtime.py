@@ -172,6 +172,14 @@ def probe_address(network: Any, container_port: int, where: str) -> tuple[str, i
                        "in discovery.ports)")
 
 
+def pull_auth(task: TaskSpec, network: Any) -> Any:
+    """A task pulls as its tenant (its role) with its own credentials: a cached image is
+    authorized by the registry for it (vmimage.images.authorize)."""
+    from vmimage.images.authorize import PullAuth
+
+    return PullAuth(tenant=task.role or network.tenant, credentials=task.image_credentials)
+
+
 def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
     """Task id → a container name init accepts ([A-Za-z0-9_.-]{1,64}), unique in the pod."""
     names: dict[str, str] = {}
@@ -240,7 +248,8 @@ class VMPod:
         containers = []
         with launcher.hold():  # no gc of our layers between the resolve and the running VM
             for task in self.plan.tasks:
-                image = launcher.resolve(task.image, task.pull_policy)
+                image = launcher.resolve(task.image, task.pull_policy,
+                                         pull_auth(task, self.network))
                 container = build_container(task, self.names[task.task_id], image.layers,
                                             image.config, launcher.user_resolver(image),
                                             self.plan)

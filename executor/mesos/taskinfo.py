@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from executor.mesos.task_credentials import image_credentials
 from executor.mesos.task_policy import check_image_source, host_path, sandbox_relative
 from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy
 from hypervm.errors import InvalidSpec
@@ -115,6 +116,7 @@ class TaskSpec:
     container_ports: tuple[tuple[int, str], ...] = ()
     #: the role the task's resources are allocated to (the tenant), if any
     role: str | None = None
+    image_credentials: Any = None  #: its registry credentials: executor.mesos.task_credentials
 
 
 @dataclass(frozen=True)
@@ -564,6 +566,7 @@ def parse_task(value: Any, where: str, group: bool = False,
         port_ranges=port_ranges(task.get("resources", []), f"{where}.resources"),
         container_ports=discovery_ports(task, where),
         role=resource_role(task.get("resources")),
+        image_credentials=image_credentials(task, where),
     )
 
 

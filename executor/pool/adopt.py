@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from executor.guest.channel import GuestChannel
+from executor.libvirt import identity
 from executor.libvirt.bounds import resource_bounds
 from executor.libvirt.designer import POOL_SHARE_DIR
 from executor.libvirt.domain import DiskSpec
@@ -68,6 +69,8 @@ def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, An
     """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
+    pair = hv.vm_identity(vm.name)  # the pool VM's own uid, given at its boot
+    vm.identity = identity.Identity(*pair) if pair is not None else None
     vm.give_owned_shares()
     if not lease.layers_attached:  # an image pool VM has exactly our layers already
         for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):

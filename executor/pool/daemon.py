@@ -41,6 +41,7 @@ from executor.guest.protocol import (
     prepare_request,
     warmup_start,
 )
+from executor.libvirt import identity
 from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
 from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
 from executor.libvirt.hypervisor import Hypervisor
@@ -304,8 +305,15 @@ class WarmPool:
         name = f"{DOMAIN_PREFIX}{self.config.name}-{uuid.uuid4().hex[:8]}"
         run_dir = self.cfg.vms_dir / name
         metadata = {META_POOL: self.config.name, META_POOL_STATE: "idle", **owner_metadata()}
+        try:  # its own uid from boot on; the claimer gives the pod's shares to it
+            own = identity.for_vm(self.cfg, self._hv, name)
+        except HyperVMError as e:
+            self.failures += 1
+            log.warning("pool VM %s%s gets no identity: %s", name, _label(kind), e)
+            return False
         spec = pool_domain(name, self._boot, self.cfg, run_dir, self.config.vcpus,
-                           self.config.memory_mib, metadata)
+                           self.config.memory_mib, metadata,
+                           identity=own.pair if own is not None else None)
         with self._cond:
             self._booting[name] = kind
         sock = None
@@ -315,7 +323,7 @@ class WarmPool:
             if kind != GENERIC:
                 # resolved for every boot: a re-pulled tag gets VMs with its new layers
                 layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
-            self._hv.prepare_run_dir(run_dir)
+            self._hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             self._hv.create(spec)
             sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
@@ -391,6 +399,7 @@ class WarmPool:
         except HyperVMError as e:
             log.warning("cannot destroy pool VM %s: %s", name, e)
         shutil.rmtree(run_dir, ignore_errors=True)
+        identity.release(name)
 
     # -- serve --------------------------------------------------------------------------------
 

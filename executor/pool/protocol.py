@@ -165,6 +165,7 @@ def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str]) -> int | Non
     return None
 
 
+
 # --- the claim protocol -----------------------------------------------------------------------
 
 

@@ -60,15 +60,17 @@ def _hint(message: str) -> str | None:
 
 def _run(image: str, argv: Sequence[str], *, show_progress: bool = False,
          timeout: float = INSPECT_BACKSTOP_S, watch: Callable[[], None] | None = None,
-         blob: str | None = None) -> bytes:
+         blob: str | None = None, authfile: Path | None = None) -> bytes:
     """Run skopeo; ``timeout`` bounds it (then its process group is killed), ``watch`` is
-    called every WATCH_EVERY_S while it runs and may raise to stop it."""
+    called every WATCH_EVERY_S while it runs and may raise to stop it; with ``authfile``,
+    skopeo sees no other credentials (:func:`_only_authfile_env`)."""
     full = [SKOPEO, *argv]
     log.debug("running %s", " ".join(full))
     stdout = sys.stderr if show_progress else subprocess.PIPE
     try:
         proc = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=_only_authfile_env(authfile))
     except FileNotFoundError as e:
         raise HostError("skopeo is not installed", hint="apt-get install skopeo (make deps)") from e
     try:
@@ -111,6 +113,21 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.communicate(timeout=5)
 
 
+def _only_authfile_env(authfile: Path | None) -> dict[str, str] | None:
+    """With an auth file, the environment in which skopeo finds no other credentials: skopeo
+    1.9 reads $XDG_RUNTIME_DIR/containers/auth.json, $DOCKER_CONFIG/config.json (or
+    ~/.docker/config.json) and ~/.dockercfg after ``--authfile``, so a tenant's anonymous
+    pull would otherwise go out with the host's credentials. They all point into the auth
+    file's own (private, per-pull) directory, where none of those files exist."""
+    if authfile is None:
+        return None
+    private = str(authfile.parent)
+    env = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
+    env.update(HOME=private, DOCKER_CONFIG=private, XDG_RUNTIME_DIR=private,
+               XDG_CONFIG_HOME=private)
+    return env
+
+
 def _tls(flag: str, insecure: bool) -> list[str]:
     return [f"--{flag}=false"] if insecure else []
 
@@ -124,7 +141,7 @@ def inspect_raw(image: str, source: str, *, insecure: bool = False,
     """The raw manifest (or manifest list) bytes: no blob is fetched."""
     return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--raw",
                         "--retry-times", INSPECT_RETRIES, *_tls("tls-verify", insecure),
-                        *_auth(authfile), source])
+                        *_auth(authfile), source], authfile=authfile)
 
 
 def inspect_config(image: str, source: str, *, insecure: bool = False,
@@ -132,7 +149,7 @@ def inspect_config(image: str, source: str, *, insecure: bool = False,
     """The raw image config blob (one blob GET)."""
     return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--config", "--raw",
                         "--retry-times", INSPECT_RETRIES, *_tls("tls-verify", insecure),
-                        *_auth(authfile), source])
+                        *_auth(authfile), source], authfile=authfile)
 
 
 def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
@@ -156,7 +173,7 @@ def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
     if not show_progress:
         argv.append("--quiet")
     _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress,
-         timeout=timeout, watch=watch, blob=blob)
+         timeout=timeout, watch=watch, blob=blob, authfile=authfile)
 
 
 def copy_dir(image: str, source: str, dest: Path, *, timeout: float,

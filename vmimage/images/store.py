@@ -5,6 +5,11 @@ cache lacks → lock those blobs (sorted, so two pulls never deadlock) → skope
 into staging → verify digest and size of every blob → unpack, check the diff id →
 erofs image → rename into the cache → image record → tag. Pulls hold the cache's ``gc`` lock
 shared; gc takes it exclusively.
+
+Whose pull: without a :class:`PullAuth` the operator's (the CLI, the warm pool: the host's
+Docker credentials, every cached image usable); with one a tenant's (a Mesos task): its own
+credentials only (the host's too if ``HostConfig.task_host_credentials``), and every cache hit
+is authorized by the registry for that tenant first (:mod:`.authorize`).
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ from typing import Any
 
 from hypervm.config import HostConfig
 from hypervm.errors import ImageError
-from hypervm.imageref import RegistryRef, insecure_from_env, parse_reference
+from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_reference
 from vmimage import rootfs
 
 from . import skopeo
+from .authorize import Ledger, PullAuth, authorize, remember_pull
 from .cache import Cache, ImageRecord, LockTimeout
 from .config import ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
+from .credentials import Credentials, NoCredentials
 from .gc import GCReport, SizeReport, collect, size_report
 from .manifest import (
     DOCKER_MANIFEST,
@@ -39,7 +46,7 @@ from .manifest import (
     select_platform,
     sha256_digest,
 )
-from .sources import Source, open_source
+from .sources import Source, open_source, write_authfile
 from .unpack import TRACKED_FILES, Budget, unpack_layer
 from .verify import verify_blob_file
 
@@ -100,6 +107,8 @@ class ImageStore:
                  progress: Progress | None = None) -> None:
         self.limits = cfg.image_limits
         self.cache = Cache(cfg.image_dir, lock_timeout_s=self.limits.lock_timeout_s)
+        self.ledger = Ledger(cfg.image_dir / "grants", cfg.image_auth_ttl_s)
+        self.task_host_credentials = cfg.task_host_credentials
         self.insecure_registries = tuple(insecure_registries)
         self._progress = progress
         self._tty = sys.stderr.isatty()  # skopeo draws its own bars there
@@ -120,31 +129,63 @@ class ImageStore:
             log.info("%s", message)
 
     # -- public API ----------------------------------------------------------------------
-    def pull(self, ref: str) -> Image:
+    def pull(self, ref: str, auth: PullAuth | None = None) -> Image:
+        """Pull ``ref``; ``auth``: a tenant's pull (see the module doc), None: the operator's."""
         parsed = parse_reference(ref)
+        auth = self._effective(auth)
         self.cache.ensure()
         with self._locked(str(parsed), "gc", shared=True):
             if isinstance(parsed, RegistryRef) and parsed.digest:
                 record = self.cache.image(parsed.digest)
-                if record is not None:  # pinned and complete: no network at all
+                if record is not None:  # pinned and complete: no transfer
+                    if auth is not None:
+                        self._authorize(parsed, record.digest, auth)
                     self.cache.put_ref(str(parsed), record.digest)
                     return self._image(str(parsed), record)
+            creds = auth.credentials if auth is not None else None
             with self.cache.staging() as staging, \
-                    open_source(parsed, staging, self.insecure_registries) as source:
-                return self._pull(source, staging)
+                    open_source(parsed, staging, self.insecure_registries, creds) as source:
+                image = self._pull(source, staging)
+            if auth is not None and isinstance(parsed, RegistryRef):
+                remember_pull(self.ledger, parsed, image.digest, auth)
+            return image
 
-    def resolve(self, ref: str, policy: str = "missing") -> Image:
+    def resolve(self, ref: str, policy: str = "missing", auth: PullAuth | None = None) -> Image:
         """The image to run for ``ref``. ``missing`` (Docker's default, and Mesos' for cached
-        images): a registry ref pulled before is used from the cache with no network access;
-        ``always``: pull (a tag is looked up again). Local sources are always read again."""
+        images): a registry ref pulled before is used from the cache (for a tenant's ``auth``
+        once the registry authorizes it, no transfer); ``always``: pull (a tag is looked up
+        again). Local sources are always read again."""
         if policy not in PULL_POLICIES:
             raise ImageError(ref, f"unknown pull policy {policy!r}",
                              hint=f"use one of {', '.join(PULL_POLICIES)}")
-        if policy == "missing" and isinstance(parse_reference(ref), RegistryRef):
+        parsed = parse_reference(ref)
+        if policy == "missing" and isinstance(parsed, RegistryRef):
             cached = self.image(ref)
             if cached is not None:
+                effective = self._effective(auth)
+                if effective is not None:
+                    self._authorize(parsed, cached.digest, effective)
                 return cached
-        return self.pull(ref)
+        return self.pull(ref, auth)
+
+    def _effective(self, auth: PullAuth | None) -> PullAuth | None:
+        """A tenant's pull with the credentials it really uses: its own, else the host's
+        when the operator allows it, else none (anonymous)."""
+        if auth is None or auth.credentials is not None:
+            return auth
+        creds: Credentials = NoCredentials()
+        if self.task_host_credentials:
+            from .credentials import HostCredentials
+
+            creds = HostCredentials()
+        return PullAuth(auth.tenant, creds)
+
+    def _authorize(self, ref: RegistryRef, digest: str, auth: PullAuth) -> None:
+        insecure = is_insecure(ref, self.insecure_registries)
+        self.cache.ensure()
+        with self.cache.staging() as staging:
+            authfile = write_authfile(ref, staging / "auth.json", auth.credentials)
+            authorize(self.ledger, ref, digest, auth, insecure=insecure, authfile=authfile)
 
     def image(self, ref: str) -> Image | None:
         """The cached image a ref was last pulled as, without any network access."""
@@ -169,6 +210,7 @@ class ImageStore:
         ``keep_refs=None`` keeps every tagged ref."""
         self.cache.ensure()
         kept = None if keep_refs is None else [str(parse_reference(r)) for r in keep_refs]
+        self.ledger.prune()  # expired registry authorizations
         return collect(self.cache, in_use, kept)
 
     def size_report(self) -> SizeReport:
