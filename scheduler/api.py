@@ -108,7 +108,9 @@ def marathon_app(view: dict[str, Any]) -> dict[str, Any]:
             "tasksUnhealthy": sum(t["healthy"] is False for t in live),
             "instanceStates": [{"index": i["index"], "state": i["state"], "host": i["host"],
                                 "attempt": i["attempt"]} for i in view["instances"]],
-            "deployments": []}
+            "deployments": [],
+            **({"lastTaskFailure": view["lastTaskFailure"]} if view.get("lastTaskFailure")
+               else {})}
 
 
 class Apps:

@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="ExecutorInfo.command.value")
     p.add_argument("--executor-cpus", type=float, default=0.1)
     p.add_argument("--executor-mem", type=float, default=64.0)
+    p.add_argument("--executor-disk", type=float, default=32.0,
+                   help="MiB of disk for the executor (the Mesos master requires some)")
     p.add_argument("--executor-prefix", default="hypervm",
                    help="executor ids (and VM names) start with it")
     p.add_argument("--refuse-seconds", type=float, default=5.0,
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = listen_address(args.listen)
     master = master_address(args.master)
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
-                         args.executor_prefix)
+                         args.executor_prefix, args.executor_disk)
+    cfg.check()
     workloads = Workloads(store)
     framework = HyperVMFramework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill

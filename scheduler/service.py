@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from executor.errors import InvalidSpec
-from scheduler import lifecycle
+from scheduler import failures, lifecycle
 from scheduler.errors import Conflict, NotFound, QuotaExceeded
 from scheduler.marathon import parse_app
 from scheduler.model import WorkloadSpec
@@ -139,8 +139,10 @@ class Workloads:
         left = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
                           "workload=?", (tenant, kind, wid)).fetchone()[0]
         if not left:
-            db.execute("DELETE FROM workloads WHERE tenant=? AND kind=? AND id=? AND deleted=1",
-                       (tenant, kind, wid))
+            gone = db.execute("DELETE FROM workloads WHERE tenant=? AND kind=? AND id=? AND "
+                              "deleted=1", (tenant, kind, wid)).rowcount
+            if gone:
+                failures.forget(db, tenant, kind, wid)
 
     def _kill_all(self, kills: list[tuple[str, str]]) -> None:
         for task_id, agent_id in kills:
@@ -183,7 +185,8 @@ class Workloads:
                 "executorId": inst["executor_id"], "tasks": tasks,
                 "nextLaunchAt": inst["not_before"] if inst["state"] == "PENDING" else None})
         return {"id": row["id"], "kind": row["kind"], "definition": json.loads(row["definition"]),
-                "instances": instances}
+                "instances": instances,
+                "lastTaskFailure": failures.last_failure(self.store.db, row)}
 
     # ------------------------------------------------------------------ status updates
 
@@ -191,7 +194,7 @@ class Workloads:
         """Record a TaskStatus; returns False for a task we never launched (kill it)."""
         task_id = status["task_id"]["value"]
         state = status["state"]
-        message = status.get("message")
+        message = failures.bounded(status.get("message"))
         restart = False
         with self.store.tx() as db:
             task = db.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
@@ -200,9 +203,11 @@ class Workloads:
             if lifecycle.is_terminal(task["state"]) and not lifecycle.is_terminal(state):
                 return True  # a late, stale update
             healthy = status.get("healthy")
+            healthy = healthy if isinstance(healthy, bool) else None
+            failures.record(db, task, status)
             db.execute("UPDATE tasks SET state=?, message=COALESCE(?, message), reason=?, "
                        "healthy=COALESCE(?, healthy), exit_code=?, updated=? WHERE task_id=?",
-                       (state, message, status.get("reason"),
+                       (state, message, failures.bounded(status.get("reason"), 64),
                         None if healthy is None else int(healthy),
                         lifecycle.exit_code(state, message), time.time(), task_id))
             restart = self._advance(db, task)

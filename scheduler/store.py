@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler import lifecycle
+from scheduler import failures, lifecycle
 from scheduler.errors import ConfigError
 
 SCHEMA = """
@@ -77,7 +77,7 @@ class Store:
             if path != ":memory:":
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            self.db.executescript(SCHEMA + failures.SCHEMA)
         except sqlite3.Error as e:
             raise ConfigError(f"cannot open the state database {path}: {e}") from e
         self.lock = threading.RLock()

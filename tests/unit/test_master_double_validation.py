@@ -1,0 +1,109 @@
+"""The master double refuses the LAUNCH_GROUPs the real Mesos 1.11 master refuses, with its
+messages (src/master/validation.cpp)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.mesos.master_resources import amounts
+from tests.mesos.master_validation import Context, validate_launch_group, validate_offers
+
+ROLE = {"role": "r"}
+
+
+def scalar(name: str, value: float) -> dict[str, Any]:
+    return {"name": name, "type": "SCALAR", "scalar": {"value": value}, "allocation_info": ROLE}
+
+
+def group() -> dict[str, Any]:
+    executor = {"executor_id": {"value": "e1"}, "framework_id": {"value": "fw"},
+                "type": "CUSTOM", "command": {"value": "hypervm-executor"},
+                "resources": [scalar("cpus", 0.1), scalar("mem", 32), scalar("disk", 32)]}
+    task = {"name": "t", "task_id": {"value": "t1"}, "agent_id": {"value": "a1"},
+            "resources": [scalar("cpus", 0.5), scalar("mem", 64)],
+            "container": {"type": "MESOS", "mesos": {"image": {
+                "type": "DOCKER", "docker": {"name": "busybox"}}}}}
+    return {"executor": executor, "task_group": {"tasks": [task]}}
+
+
+def ctx(**over: Any) -> Context:
+    offered = amounts([scalar("cpus", 2), scalar("mem", 1024), scalar("disk", 1024)])
+    return Context(**{"framework_id": "fw", "agent_id": "a1", "role": "r",
+                      "offered": offered, **over})
+
+
+def _del_disk(g: dict[str, Any]) -> None:
+    g["executor"]["resources"].pop()
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(g: dict[str, Any]) -> None:
+        node: Any = g
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[last] = value
+    return apply
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_del_disk, "Executor 'e1' uses no disk"),
+    (_set("executor.resources.1.scalar.value", 16),
+     "Executor 'e1' uses less memory (16MB) than the minimum required (32MB)"),
+    (_set("executor.resources.0.scalar.value", 0.001),
+     "Executor 'e1' uses less CPUs (0.001) than the minimum required (0.01)"),
+    (_set("task_group.tasks.0.task_id", {"value": "a/b"}),
+     "Task 'a/b' is invalid: 'a/b' contains invalid characters"),
+    (_set("task_group.tasks.0.task_id", {"value": "x" * 256}),
+     f"Task '{'x' * 256}' is invalid: ID must not be greater than 255 characters"),
+    (_set("task_group.tasks.0.resources", []), "Task 't1' is invalid: Task uses no resources"),
+    (_set("task_group.tasks.0.agent_id", {"value": "a2"}),
+     "Task 't1' is invalid: Task uses invalid agent a2 while agent a1 is expected"),
+    (_set("task_group.tasks.0.container", {"type": "DOCKER", "docker": {"image": "x"}}),
+     "Task 't1' is invalid: Docker ContainerInfo is not supported on the task"),
+    (_set("task_group.tasks.0.health_check", {"type": "HTTP", "http": {"port": 1,
+                                                                       "path": "x"}}),
+     "Task 't1' is invalid: Task uses invalid health check: The path 'x' of HTTP health check "
+     "must start with '/'"),
+    (_set("executor.framework_id", {"value": "other"}),
+     "ExecutorInfo has an invalid FrameworkID (Actual: other vs Expected: fw)"),
+    (_set("executor.command", None), None),
+    (_set("task_group.tasks.0.resources.0.scalar.value", 5),
+     "Total resources cpus(allocated: r):5; mem(allocated: r):64; cpus(allocated: r):0.1; "
+     "mem(allocated: r):32; disk(allocated: r):32 required by task group and its executor are "
+     "more than available cpus(allocated: r):2; mem(allocated: r):1024; "
+     "disk(allocated: r):1024"),
+    (_set("task_group.tasks.0.resources.0.allocation_info", {"role": "other"}),
+     "Task 't1' is invalid: Invalid task resources: The resources have multiple allocation "
+     "roles ('r' and 'other') but only one allocation role is allowed"),
+    (_set("task_group.tasks.0.resources.0.scalar.value", -1),
+     "Task 't1' is invalid: Task uses invalid resources: Invalid resources: Resource "
+     "'cpus(allocated: r):-1' is invalid: Invalid scalar resource: value <= 0"),
+])
+def test_invalid_task_groups_get_the_masters_message(
+        change: Callable[[dict[str, Any]], None], message: str | None) -> None:
+    assert validate_launch_group(group(), ctx()) is None
+    g = copy.deepcopy(group())
+    change(g)
+    if message is None:  # a CUSTOM executor without command
+        g["executor"].pop("command")
+        message = "'ExecutorInfo.command' must be set for 'CUSTOM' executor"
+    assert validate_launch_group(g, ctx()) == message
+
+
+def test_a_live_task_id_cannot_be_launched_again() -> None:
+    assert validate_launch_group(group(), ctx(active_task_ids={"t1"})) == \
+        "Task 't1' is invalid: Task has duplicate ID: t1"
+
+
+def test_offers_no_longer_valid() -> None:
+    offers = {"o1": ("fw", "a1", "r"), "o2": ("fw", "a2", "r")}
+    assert validate_offers(["o1"], offers) is None
+    assert validate_offers(["o3"], offers) == "Offer o3 is no longer valid"
+    assert validate_offers(["o1", "o1"], offers) == "Duplicate offer o1 in offer list"
+    assert validate_offers(["o1", "o2"], offers).startswith(
+        "Aggregated offers must belong to one single agent")

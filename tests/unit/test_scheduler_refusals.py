@@ -1,0 +1,48 @@
+"""A launch the Mesos master refuses (TASK_ERROR from the master) is reported on the app as
+Marathon does (``lastTaskFailure``) and relaunched with a backoff that grows up to its cap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.mesos.fixtures import master_factory, scheduler_factory  # noqa: F401
+from tests.mesos.master import MasterDouble
+from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
+
+pytestmark = pytest.mark.timeout(120)
+A = TenantDef("a", "token-a", cpus=2, mem=1024, instances=3)
+
+
+def test_a_refused_launch_is_reported_and_backs_off_up_to_its_cap(
+        master_factory: Callable[..., MasterDouble],  # noqa: F811
+        scheduler_factory: Callable[..., SchedulerProcess]) -> None:  # noqa: F811
+    # an authorizer that refuses every launch: the real master answers TASK_ERROR
+    # (REASON_TASK_GROUP_UNAUTHORIZED) for every task of the group
+    master = master_factory(authorize=lambda task, framework: False)
+    sched = scheduler_factory(master.url, [A]).start()
+    master.wait_subscribed()
+    app: dict[str, Any] = {"id": "/web", "cmd": "sleep 60", "cpus": 0.25, "mem": 32,
+                           "instances": 1, "labels": {"hypervm.image": "busybox:1.36"},
+                           "backoffSeconds": 1, "backoffFactor": 2, "maxLaunchDelaySeconds": 3}
+    assert sched.request("POST", "/v2/apps", "a", app)[0] == 201
+    master.wait_for(lambda: len(master.refused) >= 5, 40, "five refused launches")
+    refused = list(master.refused)
+    assert {r["state"] for r in refused} == {"TASK_ERROR"}
+    assert len({r["task_id"] for r in refused}) == len(refused)  # new task ids each time
+    gaps = [b["at"] - a["at"] for a, b in zip(refused, refused[1:], strict=False)]
+    # 1 s, then 2 s, then the cap of 3 s (plus up to ~1 s of offer and tick latency)
+    assert 1 <= gaps[0] < 2.2 and 2 <= gaps[1] < 3.2 and 3 <= gaps[2] < 4.2, gaps
+    assert 3 <= gaps[3] < 4.2, gaps
+    code, body = sched.request("GET", "/v2/apps/web", "a")
+    assert code == 200
+    failure = body["app"]["lastTaskFailure"]
+    assert failure["state"] == "TASK_ERROR" and failure["appId"] == "/web"
+    assert failure["taskId"].startswith("a.app.web.0.")
+    assert "is not authorized to launch" in failure["message"]
+    assert set(failure) == {"appId", "host", "message", "state", "taskId", "timestamp",
+                            "version", "slaveId"}
+    assert "WARNING" in sched.log_text() and "the master refused task" in sched.log_text()
+    assert master.all_violations() == []
