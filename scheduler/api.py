@@ -8,7 +8,6 @@ it), unknown workload 404, id taken 409.
 
 from __future__ import annotations
 
-import json
 import logging
 import socketserver
 from typing import Any
@@ -17,7 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import falcon
 
 from executor.errors import InvalidSpec
-from scheduler import lifecycle, openapi
+from scheduler import jsonbody, lifecycle, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
 from scheduler.marathon import normalize_id
 from scheduler.service import Workloads
@@ -42,19 +41,8 @@ class AuthMiddleware:
         req.context.tenant = tenant
 
 
-MAX_BODY = 1 << 20
-
-
 def read_json(req: falcon.Request) -> Any:
-    if (req.content_length or 0) > MAX_BODY:
-        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
-    raw = req.bounded_stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise InvalidSpec("(body)", f"malformed JSON: {e}", hint="send a JSON object") from e
+    return jsonbody.read(req.bounded_stream, req.content_length)
 
 
 def _tenant(req: falcon.Request) -> Tenant:
@@ -166,6 +154,8 @@ def _scheduler_error(req: falcon.Request, resp: falcon.Response, ex: SchedulerEr
         body["quota"] = ex.quota
     if isinstance(ex, Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="hypervm-scheduler"')
+    for name, value in ex.headers.items():
+        resp.set_header(name, value)
     resp.media = body
 
 

@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from executor.errors import InvalidSpec
-from scheduler import failures, lifecycle
+from scheduler import failures, lifecycle, limits
 from scheduler.errors import Conflict, NotFound, QuotaExceeded
 from scheduler.marathon import parse_app
 from scheduler.model import WorkloadSpec
@@ -40,13 +39,14 @@ class Workloads:
     # ------------------------------------------------------------------ admission
 
     def usage(self, db: sqlite3.Connection, tenant: str) -> tuple[float, float, int]:
-        """cpus, mem and instances of the tenant's workloads that still run or will."""
+        """cpus, mem and instances of the tenant's workloads that still run or will - those
+        being removed (scaled down, deleted) too, until their tasks have ended."""
         cpus = mem = 0.0
         count = 0
-        for row in db.execute("SELECT * FROM workloads WHERE tenant=? AND deleted=0", (tenant,)):
+        for row in db.execute("SELECT * FROM workloads WHERE tenant=?", (tenant,)):
             spec = spec_of(row)
             n = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
-                           "workload=? AND state!='DONE' AND removing=0",
+                           "workload=? AND state!='DONE'",
                            (tenant, row["kind"], row["id"])).fetchone()[0]
             cpus, mem, count = cpus + n * spec.cpus, mem + n * spec.mem, count + n
         return cpus, mem, count
@@ -69,9 +69,7 @@ class Workloads:
     def create(self, tenant: Tenant, kind: str, definition: Any) -> WorkloadSpec:
         spec = PARSERS[kind](definition)
         with self.store.tx() as db:
-            if self.store.workload(db, tenant.id, kind, spec.id) is not None:
-                raise Conflict(f"{kind} {spec.id} exists already",
-                               hint="delete it first or choose another id")
+            self._refuse_taken(db, tenant, kind, spec.id)
             self.admit(db, tenant, spec, spec.instances)
             self.store.insert_workload(db, tenant.id, kind, spec.id, spec.definition,
                                        spec.instances)
@@ -80,9 +78,23 @@ class Workloads:
         self.on_change()
         return spec
 
+    def _refuse_taken(self, db: sqlite3.Connection, tenant: Tenant, kind: str, wid: str
+                      ) -> None:
+        """409 while the id exists, or was deleted and some of its tasks still live."""
+        row = db.execute("SELECT deleted FROM workloads WHERE tenant=? AND kind=? AND id=?",
+                         (tenant.id, kind, wid)).fetchone()
+        if row is None:
+            return
+        if not row["deleted"]:
+            raise Conflict(f"{kind} {wid} exists already",
+                           hint="delete it first or choose another id")
+        left = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
+                          "workload=?", (tenant.id, kind, wid)).fetchone()[0]
+        raise Conflict(f"{kind} {wid} is being deleted: {left} instance(s) still have live "
+                       "tasks", hint="retry once they have ended (the id is free then)")
+
     def scale(self, tenant: Tenant, kind: str, wid: str, instances: int) -> WorkloadSpec:
-        if isinstance(instances, bool) or not isinstance(instances, int) or instances < 0:
-            raise InvalidSpec("instances", f"{instances!r} must be an integer >= 0")
+        limits.check_instances(instances)
         kills: list[tuple[str, str]] = []
         with self.store.tx() as db:
             row = self._get(db, tenant, kind, wid)
