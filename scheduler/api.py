@@ -9,9 +9,7 @@ it), unknown workload 404, id taken 409.
 from __future__ import annotations
 
 import logging
-import socketserver
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
@@ -19,6 +17,7 @@ from executor.errors import InvalidSpec
 from scheduler import jsonbody, lifecycle, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
 from scheduler.marathon import normalize_id
+from scheduler.server import TENANT_KEY
 from scheduler.service import Workloads
 from scheduler.tenants import Tenant, Tenants
 
@@ -39,6 +38,7 @@ class AuthMiddleware:
         if tenant is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
         req.context.tenant = tenant
+        req.env[TENANT_KEY] = tenant.id  # for the access log
 
 
 def read_json(req: falcon.Request) -> Any:
@@ -173,20 +173,4 @@ def make_app(workloads: Workloads, tenants: Tenants) -> falcon.App:
     return app
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("api: " + format, *args)
-
-
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def serve(app: falcon.App, host: str, port: int) -> ThreadingWSGIServer:
-    """A threaded WSGI server bound to ``host:port`` (call ``serve_forever`` on it)."""
-    return make_server(host, port, app, server_class=ThreadingWSGIServer,
-                       handler_class=_Quiet)  # type: ignore[return-value]
-
-
-__all__ = ["NotFound", "make_app", "serve"]
+__all__ = ["NotFound", "make_app"]

@@ -1,0 +1,149 @@
+"""The API's HTTP server (waitress): slow clients hold no worker and are cut off, bodies over
+the limit get 413, every request is in the access log."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler.api import make_app
+from scheduler.errors import ConfigError
+from scheduler.server import ServerOptions, address_of, make_server, parse_listen, stop
+from scheduler.service import Workloads
+from scheduler.store import open_store
+from scheduler.tenants import Quota, Tenant, Tenants, hash_token
+
+pytestmark = pytest.mark.timeout(60)
+TENANT = Tenant("alice", "alice-role", hash_token("alice-token"), Quota(4, 4096, 4))
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Any] = []
+
+    def start(**options: Any) -> tuple[str, int]:
+        workloads = Workloads(open_store(f"sqlite://{tmp_path}/state{len(servers)}.db"))
+        server = make_server(make_app(workloads, Tenants([TENANT])), "127.0.0.1:0",
+                             ServerOptions(**options))
+        servers.append(server)
+        threading.Thread(target=server.run, daemon=True).start()
+        return "127.0.0.1", server.effective_port
+
+    yield start
+    for server in servers:
+        stop(server)
+
+
+def get(address: tuple[str, int], path: str = "/openapi.json", timeout: float = 5
+        ) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(*address, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Authorization": "Bearer alice-token"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1024) == b""
+    except (TimeoutError, ConnectionResetError):
+        return False
+
+
+def test_slow_clients_hold_no_worker_and_are_cut_off(serve: Any) -> None:
+    address = serve(threads=2, channel_timeout=1)
+    threads_before = threading.active_count()
+    slow = []
+    for i in range(30):  # silent, and stuck in the middle of a request's headers
+        sock = socket.create_connection(address)
+        if i % 2:
+            sock.sendall(b"POST /v2/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n")
+        slow.append(sock)
+    start = time.monotonic()
+    code, body = get(address)
+    assert code == 200 and json.loads(body)["openapi"]
+    assert time.monotonic() - start < 1.0
+    # a thread per connection (wsgiref's ThreadingMixIn) would be 30 more threads
+    assert threading.active_count() <= threads_before + 2
+    # idle connections are closed after channel_timeout (checked every cleanup interval)
+    assert all(closed_by_server(sock, 5) for sock in slow)
+    for sock in slow:
+        sock.close()
+    assert get(address)[0] == 200
+
+
+def test_connections_over_the_limit_wait_for_a_free_one(serve: Any) -> None:
+    address = serve(threads=2, connection_limit=3, channel_timeout=1)
+    idle = [socket.create_connection(address) for _ in range(3)]
+    start = time.monotonic()
+    code, _ = get(address, timeout=10)  # served once the idle ones are cut off
+    assert code == 200 and time.monotonic() - start >= 0.5
+    for sock in idle:
+        sock.close()
+
+
+def test_an_oversized_body_gets_413(serve: Any) -> None:
+    address = serve(max_body=1 << 20)
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    body = b'{"id": "/x", "cmd": "' + b"a" * (2 << 20) + b'"}'
+    conn.request("POST", "/v2/apps", body=body, headers={
+        "Authorization": "Bearer alice-token", "Content-Type": "application/json"})
+    assert conn.getresponse().status == 413
+    conn.close()
+    # the announced length alone is enough: nothing is read
+    with socket.create_connection(address) as sock:
+        sock.sendall(b"POST /v2/apps HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n"
+                     b"Authorization: Bearer alice-token\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(64).startswith(b"HTTP/1.1 413")
+    # chunked too
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    conn.request("POST", "/v2/apps", body=iter([b"x" * 65536] * 40), encode_chunked=True,
+                 headers={"Authorization": "Bearer alice-token",
+                          "Content-Type": "application/json"})
+    assert conn.getresponse().status == 413
+    conn.close()
+
+
+def test_every_request_is_in_the_access_log(serve: Any, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    address = serve()
+    with caplog.at_level(logging.INFO, logger="scheduler.access"):
+        assert get(address, "/v2/apps")[0] == 200
+        assert get(address, "/v1/pods/nope")[0] == 404
+        deadline = time.monotonic() + 5
+        while len(caplog.records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.name == "scheduler.access"]
+    assert any('127.0.0.1 alice "GET /v2/apps HTTP/1.1" 200' in line for line in lines), lines
+    assert any('"GET /v1/pods/nope HTTP/1.1" 404' in line for line in lines), lines
+    assert not any("alice-token" in line for line in lines)
+
+
+def test_listen_addresses_and_options_are_checked(tmp_path: Path) -> None:
+    assert parse_listen("127.0.0.1:8080") == {"host": "127.0.0.1", "port": 8080}
+    assert parse_listen("[::1]:80") == {"host": "::1", "port": 80}
+    assert parse_listen("unix:/run/x.sock")["unix_socket"] == "/run/x.sock"
+    for bad in ("8080", "host:99999", "unix:relative.sock"):
+        with pytest.raises(ConfigError, match="--listen"):
+            parse_listen(bad)
+    with pytest.raises(ConfigError, match="--api-threads"):
+        ServerOptions(threads=0).check()
+    workloads = Workloads(open_store(f"sqlite://{tmp_path}/s.db"))
+    server = make_server(make_app(workloads, Tenants([TENANT])), f"unix:{tmp_path}/api.sock")
+    try:
+        assert address_of(server) == f"unix:{tmp_path}/api.sock"
+    finally:
+        stop(server)
