@@ -225,11 +225,9 @@ class MasterDouble:
             given = (data.get("framework_id") or {}).get("value")
             if given and (info.get("id") or {}).get("value") != given:
                 raise protos.ProtoViolation("'framework_id' differs from 'framework_info.id'")
-            caps = {c.get("type") for c in info.get("capabilities", [])}
-            if info.get("roles") and "MULTI_ROLE" not in caps:
-                raise protos.ProtoViolation("'roles' needs the MULTI_ROLE capability")
-            if info.get("roles") and info.get("role"):
-                raise protos.ProtoViolation("both 'role' and 'roles' are set")
+            error = master_validation.validate_framework(info)
+            if error:
+                raise protos.ProtoViolation(error)
             if self.credentials is not None and info.get("principal") not in self.credentials:
                 raise protos.ProtoViolation("framework_info.principal is not the authenticated "
                                             "principal")

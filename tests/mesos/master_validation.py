@@ -399,3 +399,54 @@ def validate_offers(offer_ids: list[str], offers: dict[str, tuple[str, str, str]
         return (f"Aggregated offers must belong to one single agent. Offer {other} uses agent "
                 f"{offers[other][1]} and agent {offers[first][1]}")
     return None
+
+
+# ---------------------------------------------------------------- SUBSCRIBE
+
+def validate_role(role: str) -> str | None:
+    """roles::validate (src/common/roles.cpp)."""
+    if role == "*":
+        return None
+    if role.startswith("/"):
+        return f"Role '{role}' cannot start with a slash"
+    if role.endswith("/"):
+        return f"Role '{role}' cannot end with a slash"
+    if "//" in role:
+        return f"Role '{role}' cannot contain two adjacent slashes"
+    components = [c for c in role.split("/") if c]
+    if not components:
+        return "Role names cannot be the empty string"
+    for component in components:
+        if component in (".", "..", "*"):
+            return f"Role '{role}' cannot include '{component}' as a component"
+        if component.startswith("-"):
+            return f"Role component '{component}' is invalid because it starts with a dash"
+        if any(c in "\x08\x0b\x0c\n\r\t " for c in component):
+            return (f"Role component '{component}' is invalid because it contains backspace "
+                    "or whitespace")
+    return None
+
+
+def validate_framework(info: dict[str, Any]) -> str | None:
+    """framework::validate: the roles (MULTI_ROLE or not) and the id."""
+    multi = "MULTI_ROLE" in {c.get("type") for c in info.get("capabilities", [])}
+    roles = info.get("roles", [])
+    if multi and "role" in info:
+        return "'FrameworkInfo.role' must not be set when the framework is MULTI_ROLE capable"
+    if not multi and roles:
+        return ("'FrameworkInfo.roles' must not be set when the framework is not MULTI_ROLE "
+                "capable")
+    if multi:
+        duplicates = sorted({r for r in roles if roles.count(r) > 1})
+        if duplicates:
+            return f"'FrameworkInfo.roles' contains duplicate items: {{ {', '.join(duplicates)} }}"
+        for role in roles:
+            error = validate_role(role)
+            if error:
+                return f"'FrameworkInfo.roles' contains invalid role: {error}"
+    else:
+        error = validate_role(info.get("role", "*"))
+        if error:
+            return f"'FrameworkInfo.role' is not a valid role: {error}"
+    framework_id = (info.get("id") or {}).get("value")
+    return validate_id(framework_id) if framework_id else None

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from tests.mesos.master_resources import amounts
-from tests.mesos.master_validation import Context, validate_launch_group, validate_offers
+from tests.mesos.master_validation import (
+    Context,
+    validate_framework,
+    validate_launch_group,
+    validate_offers,
+)
 
 ROLE = {"role": "r"}
 
@@ -107,3 +112,16 @@ def test_offers_no_longer_valid() -> None:
     assert validate_offers(["o1", "o1"], offers) == "Duplicate offer o1 in offer list"
     assert validate_offers(["o1", "o2"], offers).startswith(
         "Aggregated offers must belong to one single agent")
+
+
+def test_framework_roles_as_the_master_checks_them() -> None:
+    multi = {"capabilities": [{"type": "MULTI_ROLE"}]}
+    assert validate_framework({**multi, "roles": ["a", "b/c"]}) is None
+    assert validate_framework({"roles": ["a"]}) == (
+        "'FrameworkInfo.roles' must not be set when the framework is not MULTI_ROLE capable")
+    assert validate_framework({**multi, "roles": ["a", "a"]}) == (
+        "'FrameworkInfo.roles' contains duplicate items: { a }")
+    assert validate_framework({**multi, "roles": ["-x"]}) == (
+        "'FrameworkInfo.roles' contains invalid role: Role component '-x' is invalid because "
+        "it starts with a dash")
+    assert validate_framework({**multi, "role": "a"}).startswith("'FrameworkInfo.role' must not")
