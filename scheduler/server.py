@@ -92,7 +92,13 @@ def access_log(app: WSGIApp) -> WSGIApp:
                      path[:2048], environ.get("SERVER_PROTOCOL", "-"), status[0], sent,
                      (time.monotonic() - started) * 1000)
 
-        return _Logged(app(environ, start), done)
+        try:
+            body = app(environ, start)
+        except BaseException:
+            status[0] = "500"
+            done(0)
+            raise
+        return _Logged(body, done)
 
     return logged
 

@@ -90,6 +90,8 @@ class Workloads:
                            hint="delete it first or choose another id")
         left = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
                           "workload=?", (tenant.id, kind, wid)).fetchone()[0]
+        if not left:
+            return  # nothing of it is left: insert_workload replaces the row
         raise Conflict(f"{kind} {wid} is being deleted: {left} instance(s) still have live "
                        "tasks", hint="retry once they have ended (the id is free then)")
 
