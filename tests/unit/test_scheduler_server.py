@@ -147,3 +147,38 @@ def test_listen_addresses_and_options_are_checked(tmp_path: Path) -> None:
         assert address_of(server) == f"unix:{tmp_path}/api.sock"
     finally:
         stop(server)
+
+
+def unix_get(path: str, headers: str = "") -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(path)
+        sock.sendall(f"GET /v2/apps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"Authorization: Bearer alice-token\r\n{headers}\r\n".encode())
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.parametrize("trusted", [None, "localhost"])
+def test_behind_a_proxy_on_a_unix_socket(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                         trusted: str | None) -> None:
+    workloads = Workloads(open_store(f"sqlite://{tmp_path}/s.db"))
+    path = f"{tmp_path}/api.sock"
+    server = make_server(make_app(workloads, Tenants([TENANT])), f"unix:{path}",
+                         ServerOptions(trusted_proxy=trusted))
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="scheduler.access"):
+            reply = unix_get(path, "X-Forwarded-For: 203.0.113.7\r\n"
+                                   "X-Forwarded-Proto: https\r\n")
+            assert reply.startswith(b"HTTP/1.1 200")
+            deadline = time.monotonic() + 5
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.05)
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "scheduler.access"]
+        # the forwarded client only when the proxy is trusted; else the headers are dropped
+        assert line.startswith("203.0.113.7 alice" if trusted else "localhost alice"), line
+    finally:
+        stop(server)
