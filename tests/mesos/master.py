@@ -208,6 +208,12 @@ class MasterDouble:
             return False
         return True
 
+    def principal(self, header: str | None) -> str | None:
+        """The authenticated principal of a call (None without authentication)."""
+        if self.credentials is None or not header or not header.startswith("Basic "):
+            return None
+        return base64.b64decode(header[6:]).decode().partition(":")[0]
+
     # ---------------------------------------------------------------- events
 
     def _send(self, event: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from tests.mesos import protos
+from tests.mesos import master_validation, protos
 
 if TYPE_CHECKING:
     from tests.mesos.master import MasterDouble
@@ -71,6 +71,11 @@ class _Handler(BaseHTTPRequestHandler):
             master.violation(f"invalid call: {e}")
             return self.reply(400, f"Failed to validate scheduler::Call: {e}".encode())
         master.calls.append(data)
+        error = master_validation.validate_call(data, master.principal(
+            self.headers.get("Authorization")))
+        if error:
+            master.violation(f"invalid call: {error}")
+            return self.reply(400, f"Failed to validate scheduler::Call: {error}".encode())
         if data.get("type") == "SUBSCRIBE":
             return self.subscribe(data)
         try:

@@ -450,3 +450,49 @@ def validate_framework(info: dict[str, Any]) -> str | None:
             return f"'FrameworkInfo.role' is not a valid role: {error}"
     framework_id = (info.get("id") or {}).get("value")
     return validate_id(framework_id) if framework_id else None
+
+
+# ---------------------------------------------------------------- every call
+
+_BODY_OF = {"ACCEPT": "accept", "DECLINE": "decline", "KILL": "kill", "SHUTDOWN": "shutdown",
+            "ACKNOWLEDGE": "acknowledge", "RECONCILE": "reconcile", "MESSAGE": "message",
+            "REQUEST": "request", "ACCEPT_INVERSE_OFFERS": "accept_inverse_offers",
+            "DECLINE_INVERSE_OFFERS": "decline_inverse_offers",
+            "ACKNOWLEDGE_OPERATION_STATUS": "acknowledge_operation_status",
+            "RECONCILE_OPERATIONS": "reconcile_operations",
+            "UPDATE_FRAMEWORK": "update_framework"}
+
+
+def validate_call(call: dict[str, Any], principal: str | None = None) -> str | None:
+    """scheduler::call::validate: the master answers ``400 Failed to validate
+    scheduler::Call: <this>``."""
+    import base64
+    import binascii
+
+    kind = call.get("type")
+    if kind is None:
+        return "Expecting 'type' to be present"
+    if kind == "SUBSCRIBE":
+        if "subscribe" not in call:
+            return "Expecting 'subscribe' to be present"
+        info = call["subscribe"].get("framework_info", {})
+        if (info.get("id") or {}).get("value", "") != (call.get("framework_id") or {}).get(
+                "value", ""):
+            return "'framework_id' differs from 'subscribe.framework_info.id'"
+        if principal is not None and "principal" in info and info["principal"] != principal:
+            return (f"Authenticated principal '{principal}' does not match principal "
+                    f"'{info['principal']}' set in `FrameworkInfo`")
+        return None
+    if "framework_id" not in call:
+        return "Expecting 'framework_id' to be present"
+    body = _BODY_OF.get(kind)
+    if body is not None and body not in call:
+        return f"Expecting '{body}' to be present"
+    if kind == "ACKNOWLEDGE":
+        try:
+            raw = base64.b64decode(call["acknowledge"].get("uuid", ""), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 16:
+            return f"Invalid UUID: {call['acknowledge'].get('uuid', '')!r} is not 16 bytes"
+    return None

@@ -12,6 +12,7 @@ import pytest
 from tests.mesos.master_resources import amounts
 from tests.mesos.master_validation import (
     Context,
+    validate_call,
     validate_framework,
     validate_launch_group,
     validate_offers,
@@ -125,3 +126,17 @@ def test_framework_roles_as_the_master_checks_them() -> None:
         "'FrameworkInfo.roles' contains invalid role: Role component '-x' is invalid because "
         "it starts with a dash")
     assert validate_framework({**multi, "role": "a"}).startswith("'FrameworkInfo.role' must not")
+
+
+def test_calls_as_the_master_checks_them() -> None:
+    fw = {"framework_id": {"value": "fw"}}
+    assert validate_call({**fw, "type": "ACCEPT", "accept": {"offer_ids": []}}) is None
+    assert validate_call({**fw, "type": "ACCEPT"}) == "Expecting 'accept' to be present"
+    assert validate_call({"type": "KILL", "kill": {}}) == "Expecting 'framework_id' to be present"
+    assert validate_call({**fw, "type": "ACKNOWLEDGE", "acknowledge": {"uuid": "eA=="}}) == \
+        "Invalid UUID: 'eA==' is not 16 bytes"
+    subscribe = {"type": "SUBSCRIBE", "subscribe": {"framework_info": {"principal": "p"}}}
+    assert validate_call(subscribe, "p") is None
+    assert validate_call(subscribe, "q").startswith("Authenticated principal 'q' does not match")
+    assert validate_call({**subscribe, **fw}) == \
+        "'framework_id' differs from 'subscribe.framework_info.id'"
