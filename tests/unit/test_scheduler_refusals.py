@@ -3,14 +3,19 @@ Marathon does (``lastTaskFailure``) and relaunched with a backoff that grows up 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from scheduler.service import Workloads
+from scheduler.store import open_store
 from tests.mesos.fixtures import master_factory, scheduler_factory  # noqa: F401
 from tests.mesos.master import MasterDouble
 from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
+from tests.unit.test_scheduler_logic import ACME, launch_all, pod
 
 pytestmark = pytest.mark.timeout(120)
 A = TenantDef("a", "token-a", cpus=2, mem=1024, instances=3)
@@ -46,3 +51,25 @@ def test_a_refused_launch_is_reported_and_backs_off_up_to_its_cap(
                             "version", "slaveId"}
     assert "WARNING" in sched.log_text() and "the master refused task" in sched.log_text()
     assert master.all_violations() == []
+
+
+def test_a_launch_with_offers_no_longer_valid_is_a_failure_and_relaunched(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    workloads = Workloads(open_store(f"sqlite://{tmp_path}/state.db"))
+    workloads.create(ACME, "pod", pod("web"))
+    launch_all(workloads)
+    with caplog.at_level(logging.WARNING):
+        for name in ("main", "side"):  # what the master answers (not PARTITION_AWARE)
+            assert workloads.apply_status({
+                "task_id": {"value": f"acme.pod.web.0.0.{name}"}, "state": "TASK_LOST",
+                "source": "SOURCE_MASTER", "reason": "REASON_INVALID_OFFERS",
+                "message": "Task launched with invalid offers: Offer o1 is no longer valid"})
+    view = workloads.view(ACME, "pod", "web")
+    assert (view["instances"][0]["state"], view["instances"][0]["attempt"]) == ("PENDING", 1)
+    failure = view["lastTaskFailure"]
+    assert failure["state"] == "TASK_LOST" and "no longer valid" in failure["message"]
+    assert failure["host"] == "node7" and failure["slaveId"] == "agent-7"
+    assert "the master refused task acme.pod.web.0.0.main" in caplog.text
+    # a deleted workload forgets its failures with it
+    workloads.delete(ACME, "pod", "web")
+    assert workloads.store.db.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
