@@ -373,11 +373,13 @@ class MasterDouble:
         for op in body.get("operations", []):
             if op["type"] != "LAUNCH_GROUP":
                 raise protos.ProtoViolation(f"operation {op['type']} is not supported here")
-            self._launch_group(agent, role, op["launch_group"], left)
+            self._launch_group(agent, role, op["launch_group"], left,
+                               tuple(dict.fromkeys(r["name"] for r in offer["resources"])))
         self._filter(agent, role, body.get("filters"))
 
     def _refuse_group(self, op: dict[str, Any], agent: AgentSpec, role: str,
-                      left: dict[str, Any]) -> tuple[str, str] | None:
+                      left: dict[str, Any], order: tuple[str, ...]
+                      ) -> tuple[str, str] | None:
         """What the master answers with TASK_ERROR (and so what the double counts as a
         violation of the scheduler, but for the authorizer's refusals)."""
         for task in op["task_group"].get("tasks", []):
@@ -389,18 +391,18 @@ class MasterDouble:
             self.framework_id or "", agent.id, role, left, live,
             {e: x.info for e, x in self.executors.items() if x.agent.id == agent.id
              and x.double is not None and x.double.process is not None
-             and x.double.process.poll() is None})
+             and x.double.process.poll() is None}, order)
         error = master_validation.validate_launch_group(op, ctx)
         return (error, "REASON_TASK_GROUP_INVALID") if error else None
 
     def _launch_group(self, agent: AgentSpec, role: str, op: dict[str, Any],
-                      left: dict[str, Any]) -> None:
+                      left: dict[str, Any], order: tuple[str, ...]) -> None:
         executor = {**op["executor"], "resources": master_validation.inject_allocation(
             op["executor"].get("resources", []), role)}
         tasks = [{**t, "resources": master_validation.inject_allocation(
             t.get("resources", []), role)} for t in op["task_group"]["tasks"]]
         op = {"executor": executor, "task_group": {"tasks": tasks}}
-        refused = self._refuse_group(op, agent, role, left)
+        refused = self._refuse_group(op, agent, role, left, order)
         if refused is not None:
             message, reason = refused
             if reason != "REASON_TASK_GROUP_UNAUTHORIZED":
@@ -582,7 +584,12 @@ class MasterDouble:
             self._rr[agent.id] = (start + i + 1) % len(roles)
             oid = f"offer-{uuid.uuid4()}"
             alloc = {"role": role}
-            resources = [
+            resources = []  # in a real agent's order: ports, cpus, mem, disk
+            if free["ports"]:
+                resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
+                                  "ranges": {"range": [{"begin": b, "end": e}
+                                                       for b, e in ranges(free["ports"])]}})
+            resources += [
                 {"name": "cpus", "type": "SCALAR", "scalar": {"value": round(free["cpus"], 3)},
                  "allocation_info": alloc},
                 {"name": "mem", "type": "SCALAR", "scalar": {"value": round(free["mem"], 3)},
@@ -590,10 +597,6 @@ class MasterDouble:
             if free["disk"] >= 1:
                 resources.append({"name": "disk", "type": "SCALAR", "allocation_info": alloc,
                                   "scalar": {"value": round(free["disk"], 3)}})
-            if free["ports"]:
-                resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
-                                  "ranges": {"range": [{"begin": b, "end": e}
-                                                       for b, e in ranges(free["ports"])]}})
             offer = {"id": {"value": oid}, "framework_id": {"value": self.framework_id},
                      "agent_id": {"value": agent.id}, "hostname": agent.hostname,
                      "allocation_info": alloc, "resources": resources}

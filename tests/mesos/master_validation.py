@@ -31,6 +31,8 @@ class Context:
     active_task_ids: set[str] = field(default_factory=set)
     #: ExecutorInfo of the framework's executors on this agent, by id
     executors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the resource names in the offer's order (the master's messages list them so)
+    order: tuple[str, ...] = ("ports", "cpus", "mem", "disk")
 
 
 # ---------------------------------------------------------------- stringify as Mesos does
@@ -58,13 +60,50 @@ def resources_text(resources: Iterable[dict[str, Any]]) -> str:
     return "; ".join(resource_text(r) for r in resources)
 
 
+def merged(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A ``Resources`` sum: the same name and role add up (scalars; ranges are joined), in the
+    order of first appearance."""
+    from tests.mesos.master_resources import ranges
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in resources:
+        key = (r["name"], (r.get("allocation_info") or {}).get("role", ""))
+        if key not in out:
+            out[key] = {**r, "scalar": dict(r.get("scalar", {}))} if r.get("type") == "SCALAR" \
+                else {**r, "ranges": {"range": list(r.get("ranges", {}).get("range", []))}}
+        elif r.get("type") == "SCALAR":
+            out[key]["scalar"]["value"] += r["scalar"]["value"]
+        else:
+            out[key]["ranges"]["range"] += r.get("ranges", {}).get("range", [])
+    for r in out.values():
+        if r.get("type") == "RANGES":
+            ports = {p for x in r["ranges"]["range"] for p in range(x["begin"], x["end"] + 1)}
+            r["ranges"] = {"range": [{"begin": b, "end": e} for b, e in ranges(ports)]}
+    return list(out.values())
+
+
+def resources_json(resources: list[dict[str, Any]]) -> str:
+    """stringify(RepeatedPtrField<Resource>): protobuf JSON, keys sorted, doubles as such."""
+    import json
+
+    def fix(r: dict[str, Any]) -> dict[str, Any]:
+        if "scalar" in r:
+            return {**r, "scalar": {"value": float(r["scalar"]["value"])}}
+        return r
+    return json.dumps([fix(r) for r in resources], sort_keys=True, separators=(",", ":"))
+
+
 def bytes_text(mb: float) -> str:
-    """stout's Bytes: the largest unit that loses nothing."""
-    n = int(mb * 1024 * 1024)
-    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n and n % size == 0:
+    """stout's Bytes of ``Resources::mem()`` (whole megabytes): the largest unit that loses
+    nothing."""
+    n = int(mb) * (1 << 20)
+    if n == 0:
+        return "0B"
+    for unit, size, bigger in (("B", 1, 1 << 10), ("KB", 1 << 10, 1 << 20),
+                               ("MB", 1 << 20, 1 << 30), ("GB", 1 << 30, 1 << 40)):
+        if n % bigger:
             return f"{n // size}{unit}"
-    return f"{n}B"
+    return f"{n // (1 << 40)}TB"
 
 
 # ---------------------------------------------------------------- common validation
@@ -312,7 +351,7 @@ def validate_group_resources(executor: dict[str, Any], tasks: list[dict[str, Any
     if cpus is None or cpus < MIN_CPUS:
         return (f"Executor '{eid}' uses less CPUs ({'None' if cpus is None else scalar_text(cpus)})"
                 f" than the minimum required ({MIN_CPUS:g})")
-    if mem is None or mem < MIN_MEM_MB:
+    if mem is None or int(mem) < MIN_MEM_MB:  # Resources::mem() is whole megabytes
         return (f"Executor '{eid}' uses less memory "
                 f"({'None' if mem is None else bytes_text(mem)}) than the minimum required "
                 f"({bytes_text(MIN_MEM_MB)})")
@@ -323,17 +362,17 @@ def validate_group_resources(executor: dict[str, Any], tasks: list[dict[str, Any
     for resources in groups:
         ports = amounts(resources)["ports"]
         if ports & seen:
+            tasks_text = ", ".join(resources_text(merged(t.get("resources", []))) for t in tasks)
             return ("There are overlapping resources in the task group's task resources "
-                    f"[{', '.join(resources_text(t.get('resources', [])) for t in tasks)}] "
-                    f"and/or executor resources {resources_text(own)}")
+                    f"[ {tasks_text} ] and/or executor resources {resources_json(own)}")
         seen |= ports
     total = [r for t in tasks for r in t.get("resources", [])]
     if eid not in ctx.executors:
         total += own
     if any((r.get("allocation_info") or {}).get("role") != ctx.role or r.get("reservations")
            or r.get("disk") for r in total) or not _contains(ctx.offered, amounts(total)):
-        return (f"Total resources {resources_text(total)} required by task group and its "
-                f"executor are more than available {_offered_text(ctx)}")
+        return (f"Total resources {resources_text(merged(total))} required by task group and "
+                f"its executor are more than available {_offered_text(ctx)}")
     return None
 
 
@@ -351,11 +390,16 @@ def _offered_text(ctx: Context) -> str:
     from tests.mesos.master_resources import ranges
 
     alloc = {"role": ctx.role}
-    out = [{"name": n, "type": "SCALAR", "scalar": {"value": v}, "allocation_info": alloc}
-           for n, v in ctx.offered.items() if n != "ports" and v > 1e-9]
-    if ctx.offered.get("ports"):
-        out.append({"name": "ports", "type": "RANGES", "allocation_info": alloc, "ranges": {
-            "range": [{"begin": b, "end": e} for b, e in ranges(ctx.offered["ports"])]}})
+    out = []
+    names = [*ctx.order, *sorted(set(ctx.offered) - set(ctx.order))]
+    for name in names:
+        value = ctx.offered.get(name)
+        if name == "ports" and value:
+            out.append({"name": "ports", "type": "RANGES", "allocation_info": alloc, "ranges": {
+                "range": [{"begin": b, "end": e} for b, e in ranges(value)]}})
+        elif name != "ports" and value is not None and value > 1e-9:
+            out.append({"name": name, "type": "SCALAR", "scalar": {"value": value},
+                        "allocation_info": alloc})
     return resources_text(out)
 
 
@@ -366,6 +410,12 @@ def validate_launch_group(op: dict[str, Any], ctx: Context) -> str | None:
     (:func:`inject_allocation`) first, as the master does."""
     executor = op["executor"]
     tasks = op["task_group"].get("tasks", [])
+    # validateAndUpgradeResources comes first, and its message has no prefix
+    for resources in [executor.get("resources", []), *(t.get("resources", []) for t in tasks)]:
+        for r in resources:
+            error = validate_resource(r)
+            if error:
+                return f"Resource '{resource_text(r)}' is invalid: {error}"
     for task in tasks:
         if "executor" in task and task["executor"] != executor:
             return (f"The `ExecutorInfo` of task '{task['task_id']['value']}' is different from "

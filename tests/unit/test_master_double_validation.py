@@ -37,13 +37,25 @@ def group() -> dict[str, Any]:
 
 
 def ctx(**over: Any) -> Context:
-    offered = amounts([scalar("cpus", 2), scalar("mem", 1024), scalar("disk", 1024)])
+    offered = amounts([scalar("cpus", 2), scalar("mem", 1024), scalar("disk", 1024), {
+        "name": "ports", "type": "RANGES", "allocation_info": ROLE,
+        "ranges": {"range": [{"begin": 31000, "end": 31099}]}}])
     return Context(**{"framework_id": "fw", "agent_id": "a1", "role": "r",
                       "offered": offered, **over})
 
 
 def _del_disk(g: dict[str, Any]) -> None:
     g["executor"]["resources"].pop()
+
+
+def _two_tasks_on_one_port(g: dict[str, Any]) -> None:
+    task = g["task_group"]["tasks"][0]
+    task["resources"] = [scalar("cpus", 0.1), scalar("mem", 32)]
+    other = {**copy.deepcopy(task), "task_id": {"value": "t2"}}
+    g["task_group"]["tasks"].append(other)
+    for t in g["task_group"]["tasks"]:
+        t["resources"].append({"name": "ports", "type": "RANGES", "allocation_info": ROLE,
+                               "ranges": {"range": [{"begin": 31000, "end": 31000}]}})
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -58,8 +70,10 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 @pytest.mark.parametrize(("change", "message"), [
     (_del_disk, "Executor 'e1' uses no disk"),
-    (_set("executor.resources.1.scalar.value", 16),
+    (_set("executor.resources.1.scalar.value", 16.5),
      "Executor 'e1' uses less memory (16MB) than the minimum required (32MB)"),
+    (_set("executor.resources.1.scalar.value", 31.9),
+     "Executor 'e1' uses less memory (31MB) than the minimum required (32MB)"),
     (_set("executor.resources.0.scalar.value", 0.001),
      "Executor 'e1' uses less CPUs (0.001) than the minimum required (0.01)"),
     (_set("task_group.tasks.0.task_id", {"value": "a/b"}),
@@ -78,17 +92,23 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     (_set("executor.framework_id", {"value": "other"}),
      "ExecutorInfo has an invalid FrameworkID (Actual: other vs Expected: fw)"),
     (_set("executor.command", None), None),
+    # the messages below are the real master's, seen on ../shared/realmesos (Mesos 1.11.0)
     (_set("task_group.tasks.0.resources.0.scalar.value", 5),
-     "Total resources cpus(allocated: r):5; mem(allocated: r):64; cpus(allocated: r):0.1; "
-     "mem(allocated: r):32; disk(allocated: r):32 required by task group and its executor are "
-     "more than available cpus(allocated: r):2; mem(allocated: r):1024; "
-     "disk(allocated: r):1024"),
+     "Total resources cpus(allocated: r):5.1; mem(allocated: r):96; disk(allocated: r):32 "
+     "required by task group and its executor are more than available ports(allocated: r):"
+     "[31000-31099]; cpus(allocated: r):2; mem(allocated: r):1024; disk(allocated: r):1024"),
+    (_two_tasks_on_one_port,
+     "There are overlapping resources in the task group's task resources [ cpus(allocated: "
+     "r):0.1; mem(allocated: r):32; ports(allocated: r):[31000-31000], cpus(allocated: r):0.1; "
+     "mem(allocated: r):32; ports(allocated: r):[31000-31000] ] and/or executor resources "
+     '[{"allocation_info":{"role":"r"},"name":"cpus","scalar":{"value":0.1},"type":"SCALAR"},'
+     '{"allocation_info":{"role":"r"},"name":"mem","scalar":{"value":32.0},"type":"SCALAR"},'
+     '{"allocation_info":{"role":"r"},"name":"disk","scalar":{"value":32.0},"type":"SCALAR"}]'),
     (_set("task_group.tasks.0.resources.0.allocation_info", {"role": "other"}),
      "Task 't1' is invalid: Invalid task resources: The resources have multiple allocation "
      "roles ('r' and 'other') but only one allocation role is allowed"),
     (_set("task_group.tasks.0.resources.0.scalar.value", -1),
-     "Task 't1' is invalid: Task uses invalid resources: Invalid resources: Resource "
-     "'cpus(allocated: r):-1' is invalid: Invalid scalar resource: value <= 0"),
+     "Resource 'cpus(allocated: r):-1' is invalid: Invalid scalar resource: value <= 0"),
 ])
 def test_invalid_task_groups_get_the_masters_message(
         change: Callable[[dict[str, Any]], None], message: str | None) -> None:
