@@ -17,7 +17,7 @@ from executor.errors import InvalidSpec
 from scheduler import jsonbody, lifecycle, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
 from scheduler.marathon import normalize_id
-from scheduler.server import TENANT_KEY
+from scheduler.server import TENANT_KEY, ServerOptions, make_server
 from scheduler.service import Workloads
 from scheduler.tenants import Tenant, Tenants
 
@@ -173,4 +173,12 @@ def make_app(workloads: Workloads, tenants: Tenants) -> falcon.App:
     return app
 
 
-__all__ = ["NotFound", "make_app"]
+def serve(app: falcon.App, host: str, port: int, options: ServerOptions | None = None) -> Any:
+    """The API's waitress server on ``host:port`` (``unix:/PATH``, 0), not yet running: call
+    its ``run()`` (``scheduler.server.stop`` ends it)."""
+    listen = host if host.startswith("unix:") else f"[{host}]:{port}" if ":" in host \
+        else f"{host}:{port}"
+    return make_server(app, listen, options)
+
+
+__all__ = ["NotFound", "make_app", "serve"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from executor.errors import HyperVMError
 from scheduler import server as api_server
-from scheduler.api import make_app
+from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
 from scheduler.framework import FRAMEWORK_ID_KEY, HyperVMFramework
 from scheduler.service import Workloads
@@ -38,6 +38,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--master", required=True, help="http://HOST:PORT, HOST:PORT or zk://…")
     p.add_argument("--listen", required=True,
                    help="HOST:PORT or unix:/PATH of the REST API (plain HTTP: TLS is a proxy's)")
+    p.add_argument("--api-threads", type=int, default=8,
+                   help="requests handled at once (default 8)")
+    p.add_argument("--api-connection-limit", type=int, default=100,
+                   help="connections open at once (default 100)")
+    p.add_argument("--api-channel-timeout", type=int, default=30,
+                   help="seconds an idle or silent connection stays open (default 30)")
+    p.add_argument("--trusted-proxy", metavar="ADDRESS",
+                   help="the TLS proxy in front: its X-Forwarded-* headers are believed")
     p.add_argument("--state", required=True, help="sqlite:///ABSOLUTE/PATH.db")
     p.add_argument("--tenants", required=True, type=Path, help="tenants file (YAML or JSON)")
     p.add_argument("--name", default="hypervm-scheduler")
@@ -56,14 +64,6 @@ def parser() -> argparse.ArgumentParser:
                    help="executor ids (and VM names) start with it")
     p.add_argument("--refuse-seconds", type=float, default=5.0,
                    help="filters.refuse_seconds of declines")
-    p.add_argument("--api-threads", type=int, default=8,
-                   help="requests handled at once (default 8)")
-    p.add_argument("--api-connection-limit", type=int, default=100,
-                   help="connections open at once (default 100)")
-    p.add_argument("--api-channel-timeout", type=int, default=30,
-                   help="seconds an idle or silent connection stays open (default 30)")
-    p.add_argument("--trusted-proxy", metavar="ADDRESS",
-                   help="the TLS proxy in front: its X-Forwarded-* headers are believed")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -76,6 +76,12 @@ def master_address(url: str) -> str:
     if not address or "/" in address:
         raise ConfigError(f"--master {url!r}: give http://HOST:PORT or zk://HOSTS/PATH")
     return address
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST, PORT of ``--listen`` (``unix:/PATH``, 0 for a unix socket)."""
+    address = api_server.parse_listen(text)
+    return (address["host"], address["port"]) if "host" in address else (text, 0)
 
 
 def read_secret(args: argparse.Namespace) -> str | None:
@@ -105,15 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     tenants = load_tenants(args.tenants)
     store = open_store(args.state)
-    api_server.parse_listen(args.listen)
-    options = api_server.ServerOptions(
-        threads=args.api_threads, connection_limit=args.api_connection_limit,
-        channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
-    options.check()
+    host, port = listen_address(args.listen)
     master = master_address(args.master)
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
                          args.executor_prefix, args.executor_disk)
-    cfg.check()
     workloads = Workloads(store)
     framework = HyperVMFramework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill
@@ -122,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
         framework, framework_info(args, tenants, framework_id), master,
         implicit_acknowledgements=False, principal=args.principal, secret=read_secret(args),
         failover=True)
-    server = api_server.make_server(make_app(workloads, tenants), args.listen, options)
+    options = api_server.ServerOptions(
+        threads=args.api_threads, connection_limit=args.api_connection_limit,
+        channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
+    server = serve(make_app(workloads, tenants), host, port, options)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

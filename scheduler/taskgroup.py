@@ -28,7 +28,7 @@ class ExecutorConfig:
     #: MiB of disk: a real master refuses a LAUNCH_GROUP whose executor has none
     disk: float = 32.0
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """What the Mesos 1.11 master requires of a task group's executor
         (src/master/validation.cpp, MIN_CPUS and MIN_MEM of src/master/constants.hpp)."""
         for option, value, least in (("--executor-cpus", self.cpus, MIN_CPUS),

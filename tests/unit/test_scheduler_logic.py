@@ -129,10 +129,9 @@ def test_placement_builds_a_valid_launch_group_on_the_offer_role() -> None:
 def test_no_launch_without_disk_for_the_executor_and_sane_executor_options() -> None:
     assert plan(offer(disk=0), "acme-role", [pending("web")], CFG, "fw") == []
     assert plan(offer(disk=31), "acme-role", [pending("web")], CFG, "fw") == []
-    CFG.check()
-    for bad in (ExecutorConfig(cpus=0.001), ExecutorConfig(mem=16), ExecutorConfig(disk=0)):
+    for bad in ({"cpus": 0.001}, {"mem": 16}, {"disk": 0}):
         with pytest.raises(ConfigError, match="--executor-.* the Mesos master needs"):
-            bad.check()
+            ExecutorConfig(**bad)
 
 
 def test_task_ids_stay_within_the_masters_limit() -> None:
