@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.mesos import master_validation, protos
-from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble, wait_until
+from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, wait_until
+from tests.mesos.master_agent import ExecutorAgent
 from tests.mesos.master_http import EventStream, MasterServer
-from tests.mesos.master_resources import amounts, ranges, subtract
+from tests.mesos.master_resources import amounts, offer_resources, subtract
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +74,6 @@ class Launched:
     resources: dict[str, Any]
     double: ExecutorAgent | None = None
     task_ids: list[str] = field(default_factory=list)
-
-
-class ExecutorAgent(AgentDouble):
-    """The agent double for one executor: started with the scheduler's ExecutorInfo, and its
-    executor's updates are forwarded to the master."""
-
-    def __init__(self, master: MasterDouble, workdir: Path, info: dict[str, Any],
-                 framework_info: dict[str, Any], agent: AgentSpec, **kwargs: Any) -> None:
-        self.master, self.info, self.fw_info, self.agent_spec = master, info, framework_info, agent
-        caps = {c.get("type") for c in framework_info.get("capabilities", [])}
-        super().__init__(workdir, framework_id=info["framework_id"]["value"],
-                         executor_id=info["executor_id"]["value"],
-                         checkpoint=bool(framework_info.get("checkpoint", False)),
-                         task_killing_state="TASK_KILLING_STATE" in caps, **kwargs)
-
-    def executor_info(self) -> dict[str, Any]:
-        return self.info
-
-    def framework_info(self) -> dict[str, Any]:
-        return self.fw_info
-
-    def on_update(self, status: dict[str, Any], via: str) -> None:
-        with self._lock:
-            known = any(u.uuid == status.get("uuid") for u in self.updates)
-            super().on_update(status, via)
-        if not known:
-            self.master.forward_update(status, self.agent_spec.id)
 
 
 class MasterDouble:
@@ -207,12 +181,6 @@ class MasterDouble:
             self.violation(f"bad credentials for principal {principal!r}")
             return False
         return True
-
-    def principal(self, header: str | None) -> str | None:
-        """The authenticated principal of a call (None without authentication)."""
-        if self.credentials is None or not header or not header.startswith("Basic "):
-            return None
-        return base64.b64decode(header[6:]).decode().partition(":")[0]
 
     # ---------------------------------------------------------------- events
 
@@ -584,19 +552,7 @@ class MasterDouble:
             self._rr[agent.id] = (start + i + 1) % len(roles)
             oid = f"offer-{uuid.uuid4()}"
             alloc = {"role": role}
-            resources = []  # in a real agent's order: ports, cpus, mem, disk
-            if free["ports"]:
-                resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
-                                  "ranges": {"range": [{"begin": b, "end": e}
-                                                       for b, e in ranges(free["ports"])]}})
-            resources += [
-                {"name": "cpus", "type": "SCALAR", "scalar": {"value": round(free["cpus"], 3)},
-                 "allocation_info": alloc},
-                {"name": "mem", "type": "SCALAR", "scalar": {"value": round(free["mem"], 3)},
-                 "allocation_info": alloc}]
-            if free["disk"] >= 1:
-                resources.append({"name": "disk", "type": "SCALAR", "allocation_info": alloc,
-                                  "scalar": {"value": round(free["disk"], 3)}})
+            resources = offer_resources(free, alloc)
             offer = {"id": {"value": oid}, "framework_id": {"value": self.framework_id},
                      "agent_id": {"value": agent.id}, "hostname": agent.hostname,
                      "allocation_info": alloc, "resources": resources}

@@ -4,6 +4,7 @@ Every call is parsed against the protos before the master sees it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -71,8 +72,11 @@ class _Handler(BaseHTTPRequestHandler):
             master.violation(f"invalid call: {e}")
             return self.reply(400, f"Failed to validate scheduler::Call: {e}".encode())
         master.calls.append(data)
-        error = master_validation.validate_call(data, master.principal(
-            self.headers.get("Authorization")))
+        principal = None
+        header = self.headers.get("Authorization") or ""
+        if master.credentials is not None and header.startswith("Basic "):
+            principal = base64.b64decode(header[6:]).decode().partition(":")[0]
+        error = master_validation.validate_call(data, principal)
         if error:
             master.violation(f"invalid call: {error}")
             return self.reply(400, f"Failed to validate scheduler::Call: {error}".encode())
