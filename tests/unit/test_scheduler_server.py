@@ -63,7 +63,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
 
 
 def test_slow_clients_hold_no_worker_and_are_cut_off(serve: Any) -> None:
-    address = serve(threads=2, channel_timeout=1)
+    address = serve(threads=2, channel_timeout=4)
     threads_before = threading.active_count()
     slow = []
     for i in range(30):  # silent, and stuck in the middle of a request's headers
@@ -74,11 +74,11 @@ def test_slow_clients_hold_no_worker_and_are_cut_off(serve: Any) -> None:
     start = time.monotonic()
     code, body = get(address)
     assert code == 200 and json.loads(body)["openapi"]
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.0  # served at once, not after the idle timeout
     # a thread per connection (wsgiref's ThreadingMixIn) would be 30 more threads
     assert threading.active_count() <= threads_before + 2
     # idle connections are closed after channel_timeout (checked every cleanup interval)
-    assert all(closed_by_server(sock, 5) for sock in slow)
+    assert all(closed_by_server(sock, 10) for sock in slow)
     for sock in slow:
         sock.close()
     assert get(address)[0] == 200
