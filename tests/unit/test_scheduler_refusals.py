@@ -38,9 +38,10 @@ def test_a_refused_launch_is_reported_and_backs_off_up_to_its_cap(
     assert {r["state"] for r in refused} == {"TASK_ERROR"}
     assert len({r["task_id"] for r in refused}) == len(refused)  # new task ids each time
     gaps = [b["at"] - a["at"] for a, b in zip(refused, refused[1:], strict=False)]
-    # 1 s, then 2 s, then the cap of 3 s (plus up to ~1 s of offer and tick latency)
-    assert 1 <= gaps[0] < 2.2 and 2 <= gaps[1] < 3.2 and 3 <= gaps[2] < 4.2, gaps
-    assert 3 <= gaps[3] < 4.2, gaps
+    # 1 s, then 2 s, then the cap of 3 s (plus offer and tick latency on a loaded machine);
+    # without the cap the fourth gap would be 8 s
+    assert 1 <= gaps[0] < 3 and 2 <= gaps[1] < 4 and 3 <= gaps[2] < 5, gaps
+    assert 3 <= gaps[3] < 5, gaps
     code, body = sched.request("GET", "/v2/apps/web", "a")
     assert code == 200
     failure = body["app"]["lastTaskFailure"]
