@@ -8,18 +8,16 @@ it), unknown workload 404, id taken 409.
 
 from __future__ import annotations
 
-import json
 import logging
-import socketserver
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
 from hypervm.errors import InvalidSpec
-from scheduler import lifecycle, openapi
+from scheduler import jsonbody, lifecycle, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
 from scheduler.marathon import normalize_id
+from scheduler.server import TENANT_KEY, ServerOptions, make_server
 from scheduler.service import Workloads
 from scheduler.tenants import Tenant, Tenants
 
@@ -40,21 +38,11 @@ class AuthMiddleware:
         if tenant is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
         req.context.tenant = tenant
-
-
-MAX_BODY = 1 << 20
+        req.env[TENANT_KEY] = tenant.id  # for the access log
 
 
 def read_json(req: falcon.Request) -> Any:
-    if (req.content_length or 0) > MAX_BODY:
-        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
-    raw = req.bounded_stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise InvalidSpec("(body)", f"malformed JSON: {e}", hint="send a JSON object") from e
+    return jsonbody.read(req.bounded_stream, req.content_length)
 
 
 def _tenant(req: falcon.Request) -> Tenant:
@@ -108,7 +96,9 @@ def marathon_app(view: dict[str, Any]) -> dict[str, Any]:
             "tasksUnhealthy": sum(t["healthy"] is False for t in live),
             "instanceStates": [{"index": i["index"], "state": i["state"], "host": i["host"],
                                 "attempt": i["attempt"]} for i in view["instances"]],
-            "deployments": []}
+            "deployments": [],
+            **({"lastTaskFailure": view["lastTaskFailure"]} if view.get("lastTaskFailure")
+               else {})}
 
 
 class Apps:
@@ -164,6 +154,8 @@ def _scheduler_error(req: falcon.Request, resp: falcon.Response, ex: SchedulerEr
         body["quota"] = ex.quota
     if isinstance(ex, Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="hypervm-scheduler"')
+    for name, value in ex.headers.items():
+        resp.set_header(name, value)
     resp.media = body
 
 
@@ -181,20 +173,12 @@ def make_app(workloads: Workloads, tenants: Tenants) -> falcon.App:
     return app
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("api: " + format, *args)
-
-
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def serve(app: falcon.App, host: str, port: int) -> ThreadingWSGIServer:
-    """A threaded WSGI server bound to ``host:port`` (call ``serve_forever`` on it)."""
-    return make_server(host, port, app, server_class=ThreadingWSGIServer,
-                       handler_class=_Quiet)  # type: ignore[return-value]
+def serve(app: falcon.App, host: str, port: int, options: ServerOptions | None = None) -> Any:
+    """The API's waitress server on ``host:port`` (``unix:/PATH``, 0), not yet running: call
+    its ``run()`` (``scheduler.server.stop`` ends it)."""
+    listen = host if host.startswith("unix:") else f"[{host}]:{port}" if ":" in host \
+        else f"{host}:{port}"
+    return make_server(app, listen, options)
 
 
 __all__ = ["NotFound", "make_app", "serve"]
