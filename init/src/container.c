@@ -17,9 +17,11 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "layers.h"
 #include "log.h"
 #include "net.h"
+#include "procmask.h"
 #include "shares.h"
 
 static int mkdir_p(const char *path, struct op_error *e)
@@ -57,6 +59,15 @@ static int do_mount(const char *src, const char *dst, const char *type, unsigned
 	return 0;
 }
 
+/* A tmpfs's options: `base`, and its size when bounded. */
+static void tmpfs_options(char *buf, size_t size, const char *base, uint64_t bytes)
+{
+	if (bytes > 0)
+		snprintf(buf, size, "%s,size=%llu", base, (unsigned long long)bytes);
+	else
+		snprintf(buf, size, "%s", base);
+}
+
 /* lowerdir=<top>:...:<bottom>, relative to LAYERS_DIR (keeps the option short). */
 static int overlay_options(const struct start_req *req, char *buf, size_t size)
 {
@@ -80,13 +91,14 @@ static int overlay_options(const struct start_req *req, char *buf, size_t size)
 static int assemble_rootfs(const struct start_req *req, struct op_error *e)
 {
 	const char *root = SCRATCH_DIR "/root";
-	char opts[4096];
+	char opts[4096], scratch[64];
 
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
 		log_errno("make / private");
 		return op_fail(e, "EMOUNT", errno, "make / private");
 	}
-	if (do_mount("tmpfs", SCRATCH_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", e) != 0 ||
+	tmpfs_options(scratch, sizeof(scratch), "mode=0755", req->limits.scratch);
+	if (do_mount("tmpfs", SCRATCH_DIR, "tmpfs", MS_NOSUID | MS_NODEV, scratch, e) != 0 ||
 	    mkdir_p(SCRATCH_DIR "/upper", e) != 0 || mkdir_p(SCRATCH_DIR "/work", e) != 0 ||
 	    mkdir_p(root, e) != 0)
 		return -1;
@@ -159,7 +171,8 @@ static int mount_system_fs(struct op_error *e)
 	    make_dev_nodes(e) != 0 ||
 	    do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
 		     "newinstance,ptmxmode=0666,mode=0620", e) != 0 ||
-	    do_mount("shm", "/dev/shm", "tmpfs", nosuid, "mode=1777", e) != 0)
+	    do_mount("shm", "/dev/shm", "tmpfs", nosuid, "mode=1777,size=65536k", e) != 0 ||
+	    procmask_apply(e) != 0)
 		return -1;
 	/* optional, read-only: lets programs read their limits; no cgroups, no failure */
 	if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | MS_RDONLY, NULL) != 0 &&
@@ -180,9 +193,13 @@ static int mount_requested(const struct start_req *req, const int *share_fds,
 			rc = mkdir_p(m->destination, e) != 0
 				     ? -1
 				     : shares_attach(share_fds[i], m->destination, m->readonly, e);
-		else
+		else {
+			char opts[64];
+
+			tmpfs_options(opts, sizeof(opts), "mode=1777", req->limits.scratch);
 			rc = do_mount("tmpfs", m->destination, "tmpfs", MS_NOSUID | MS_NODEV | ro,
-				      "mode=1777", e);
+				      opts, e);
+		}
 		if (rc != 0) {
 			char detail[sizeof(e->message)];
 
@@ -194,14 +211,27 @@ static int mount_requested(const struct start_req *req, const int *share_fds,
 	return 0;
 }
 
+/* Into the container's cgroup (procs_fd; -1: none) and a cgroup namespace rooted there, so
+ * the container's /sys/fs/cgroup shows its own limits. */
+static int enter_cgroup(int procs_fd, struct op_error *e)
+{
+	if (procs_fd < 0)
+		return 0;
+	if (cgroup_attach(procs_fd, 0, e) != 0)
+		return -1;
+	close(procs_fd);
+	return cgroup_unshare_ns(0, e);
+}
+
 /* The clone()d child, PID 1 of the new PID namespace. Never returns. */
-static __attribute__((noreturn)) void container_child(const struct start_req *req,
+static __attribute__((noreturn)) void container_child(const struct start_req *req, int cgroup_fd,
 						       struct spawn_fds *f)
 {
 	struct op_error e;
 	int share_fds[MAX_MOUNTS];
 
-	if (shares_clone(req, share_fds, &e) != 0 || assemble_rootfs(req, &e) != 0 ||
+	if (enter_cgroup(cgroup_fd, &e) != 0 || shares_clone(req, share_fds, &e) != 0 ||
+	    assemble_rootfs(req, &e) != 0 ||
 	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
 	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
 	    mount_requested(req, share_fds, &e) != 0)
@@ -214,8 +244,8 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 	spawn_process_and_shim(&req->proc, f);
 }
 
-int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *reaper, pid_t *pid,
-		    struct op_error *e)
+int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds *f,
+		    pid_t *reaper, pid_t *pid, struct op_error *e)
 {
 	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	long child;
@@ -230,7 +260,7 @@ int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *rea
 		return op_fail(e, "ESPAWN", errno, "clone");
 	}
 	if (child == 0)
-		container_child(req, f);
+		container_child(req, cgroup_fd, f);
 	spawn_fds_close_child_side(f);
 	*reaper = (pid_t)child;
 	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
@@ -299,8 +329,37 @@ static int prepared_mounts(const struct start_req *req, const struct prepare_req
 	return rc;
 }
 
+/* fsconfig(2) commands (musl has no <linux/mount.h>) */
+#define FSPICK_CLOEXEC 0x1
+#define FSPICK_EMPTY_PATH 0x8
+#define FSCONFIG_SET_STRING 1
+#define FSCONFIG_CMD_RECONFIGURE 7
+
+/* In the prepared child at its START: the START's writable layer size (its tmpfs, detached
+ * from every tree since pivot_root, is reached through scratch_fd), and a cgroup namespace
+ * rooted at the cgroup init has moved it into, with /sys/fs/cgroup mounted again. */
+static int prepared_adopt_limits(const struct limits *l, int scratch_fd, struct op_error *e)
+{
+	if (l->scratch > 0) {
+		char size[32];
+		int fs = (int)syscall(SYS_fspick, scratch_fd, "", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC);
+
+		snprintf(size, sizeof(size), "%llu", (unsigned long long)l->scratch);
+		if (fs < 0 || syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "size", size, 0) != 0 ||
+		    syscall(SYS_fsconfig, fs, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0) != 0) {
+			log_errno("resize the writable layer to %s bytes", size);
+			if (fs >= 0)
+				close(fs);
+			return op_fail(e, "EMOUNT", errno, "limits.scratch: resize the writable layer");
+		}
+		close(fs);
+	}
+	return cgroup_unshare_ns(1, e);
+}
+
 /* In the prepared child, once prepared: wait for the START, then finish it. Never returns. */
-static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock)
+static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock,
+						    int scratch_fd)
 {
 	uint32_t mask = 0;
 	char *payload = malloc(PREPARED_MAX_PAYLOAD);
@@ -340,8 +399,10 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "EINVAL", 0, "%s", rerr.message);
 		spawn_report_failure(f.report[1], &e);
 	}
-	if (prepared_mounts(&r.u.start, prep, &e) != 0)
+	if (prepared_adopt_limits(&r.u.start.limits, scratch_fd, &e) != 0 ||
+	    prepared_mounts(&r.u.start, prep, &e) != 0)
 		spawn_report_failure(f.report[1], &e);
+	close(scratch_fd);
 	if (sethostname(r.u.start.hostname, strlen(r.u.start.hostname)) != 0) {
 		log_errno("sethostname %s", r.u.start.hostname);
 		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
@@ -355,10 +416,17 @@ static __attribute__((noreturn)) void prepared_child(const struct prepare_req *r
 {
 	const char *root = SCRATCH_DIR "/root";
 	struct op_error e;
+	int scratch_fd;
 
 	memset(&e, 0, sizeof(e));
 	if (assemble_rootfs(&req->rootfs, &e) != 0)
 		goto fail;
+	scratch_fd = open(SCRATCH_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (scratch_fd < 0) {
+		log_errno("open %s", SCRATCH_DIR);
+		op_fail(&e, "EMOUNT", errno, "open the writable layer");
+		goto fail;
+	}
 	for (size_t i = 0; i < req->nshares; i++) {
 		char carried[sizeof(SCRATCH_DIR) + sizeof(CARRIED_DIR) + MAX_TAG_LEN + 8];
 		char source[sizeof(SHARES_DIR) + MAX_TAG_LEN + 2];
@@ -374,7 +442,7 @@ static __attribute__((noreturn)) void prepared_child(const struct prepare_req *r
 	memset(&e, 0, sizeof(e)); /* an empty code: prepared */
 	if (write(sock, &e, sizeof(e)) != (ssize_t)sizeof(e))
 		_exit(1);
-	prepared_wait(req, sock);
+	prepared_wait(req, sock, scratch_fd);
 fail:
 	if (write(sock, &e, sizeof(e)) < 0)
 		log_errno("report the prepare failure");
@@ -465,7 +533,8 @@ int container_prepared_fits(const struct start_req *req, size_t payload_len)
 }
 
 int container_start_prepared(const struct start_req *req, const uint8_t *payload, size_t len,
-			     struct spawn_fds *f, pid_t *reaper, pid_t *pid, struct op_error *e)
+			     int cgroup_fd, struct spawn_fds *f, pid_t *reaper, pid_t *pid,
+			     struct op_error *e)
 {
 	int ends[PREPARED_FDS] = {f->out[1], f->err[1], f->in[0], f->report[1], f->status[1]};
 	int fds[PREPARED_FDS], nfds = 0;
@@ -489,6 +558,12 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		return 1; /* start it the usual way */
 	}
 	close(root_fd);
+	/* nothing of the container runs yet: its reaper waits for this START */
+	if (cgroup_fd >= 0 && cgroup_attach(cgroup_fd, prepared.pid, e) != 0) {
+		kill(prepared.pid, SIGKILL);
+		drop_prepared();
+		return -1;
+	}
 	for (int i = 0; i < PREPARED_FDS; i++)
 		if (ends[i] >= 0) {
 			mask |= 1u << i;
@@ -528,24 +603,30 @@ void container_prepared_exited(pid_t pid)
 	}
 }
 
-static int join_namespaces(pid_t reaper, int report_fd)
+static int join_namespaces(const char *container, pid_t reaper, int report_fd)
 {
-	static const char *const names[] = {"ipc", "uts", "pid", "mnt"};
-	int fds[4];
+	static const char *const names[] = {"cgroup", "ipc", "uts", "pid", "mnt"};
+	int fds[5];
 	struct op_error e;
 
-	for (size_t i = 0; i < 4; i++) {
+	if (cgroup_join_existing(container, &e) != 0)
+		spawn_report_failure(report_fd, &e);
+	for (size_t i = 0; i < 5; i++) {
 		char path[64];
 
 		snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)reaper, names[i]);
 		fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+		if (fds[i] < 0 && i == 0 && errno == ENOENT)
+			continue; /* a kernel without cgroups */
 		if (fds[i] < 0) {
 			log_errno("open %s", path);
 			op_fail(&e, "ENOCONT", errno, "container namespace %s", names[i]);
 			spawn_report_failure(report_fd, &e);
 		}
 	}
-	for (size_t i = 0; i < 4; i++) {
+	for (size_t i = 0; i < 5; i++) {
+		if (fds[i] < 0)
+			continue;
 		if (setns(fds[i], 0) != 0) {
 			log_errno("setns %s of pid %d", names[i], (int)reaper);
 			op_fail(&e, "ESPAWN", errno, "join the container's %s namespace", names[i]);
@@ -556,8 +637,8 @@ static int join_namespaces(pid_t reaper, int report_fd)
 	return 0;
 }
 
-int container_exec(pid_t reaper, const struct proc_spec *p, struct spawn_fds *f, pid_t *shim,
-		   pid_t *pid, struct op_error *e)
+int container_exec(const char *container, pid_t reaper, const struct proc_spec *p,
+		   struct spawn_fds *f, pid_t *shim, pid_t *pid, struct op_error *e)
 {
 	pid_t child = fork();
 
@@ -566,7 +647,7 @@ int container_exec(pid_t reaper, const struct proc_spec *p, struct spawn_fds *f,
 		return op_fail(e, "ESPAWN", errno, "fork");
 	}
 	if (child == 0) {
-		join_namespaces(reaper, f->report[1]);
+		join_namespaces(container, reaper, f->report[1]);
 		spawn_process_and_shim(p, f);
 	}
 	spawn_fds_close_child_side(f);

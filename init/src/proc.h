@@ -29,6 +29,7 @@ struct process {
 	int in_close_pending; /* a zero-length STDIN frame arrived: close once drained */
 	int exited;
 	int wait_status;
+	int oom_killed; /* main process: the kernel OOM-killed in its container's cgroup */
 };
 
 struct container {

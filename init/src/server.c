@@ -6,8 +6,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "boot.h"
+#include "cgroup.h"
 #include "container.h"
 #include "exec.h"
 #include "log.h"
@@ -99,23 +101,31 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	struct op_error e;
 	struct spawn_fds f;
 	pid_t reaper, pid;
-	int rc = 1, took_prepared = 0;
+	int rc = 1, took_prepared = 0, cgroup_fd;
 
 	if (container_find(req->container) != NULL) {
 		op_fail(&e, "EEXIST", 0, "container: %s is already running", req->container);
 		return reply_error(s, id, &e);
 	}
-	if (check_new_handle(req->handle, &e) != 0 ||
-	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
+	if (check_new_handle(req->handle, &e) != 0)
 		return reply_error(s, id, &e);
-	if (container_prepared_fits(req, len)) {
-		rc = container_start_prepared(req, payload, len, &f, &reaper, &pid, &e);
+	cgroup_fd = cgroup_create(req->container, &req->limits, &e);
+	if (cgroup_fd == -1)
+		return reply_error(s, id, &e);
+	if (spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0) {
+		rc = -1;
+	} else if (container_prepared_fits(req, len)) {
+		rc = container_start_prepared(req, payload, len, cgroup_fd, &f, &reaper, &pid, &e);
 		took_prepared = rc == 0;
 	}
 	if (rc == 1)
-		rc = container_start(req, &f, &reaper, &pid, &e);
+		rc = container_start(req, cgroup_fd, &f, &reaper, &pid, &e);
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
 	if (rc != 0) {
 		spawn_fds_close_all(&f);
+		if (cgroup_fd >= 0)
+			cgroup_remove(req->container);
 		return reply_error(s, id, &e);
 	}
 	if (register_process(req->handle, pid, reaper, 1, &f) == NULL ||
@@ -145,7 +155,7 @@ static int handle_exec(struct server *s, uint32_t id, const struct exec_req *req
 	if (check_new_handle(req->handle, &e) != 0 ||
 	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
 		return reply_error(s, id, &e);
-	if (container_exec(c->reaper_pid, &req->proc, &f, &shim, &pid, &e) != 0) {
+	if (container_exec(c->name, c->reaper_pid, &req->proc, &f, &shim, &pid, &e) != 0) {
 		spawn_fds_close_all(&f);
 		return reply_error(s, id, &e);
 	}
