@@ -45,6 +45,14 @@ REQUESTS = frozenset({MsgType.START, MsgType.EXEC, MsgType.SIGNAL, MsgType.POWER
 PROCESS_FRAMES = frozenset({MsgType.STDIN, MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT})
 #: ERROR codes that mean "the command could not be executed", with the shell's exit status
 EXEC_FAILURE_STATUS = {"ENOENT": 127, "EACCES": 126}
+#: EXIT ``reason`` of a container's main process whose container the OOM killer hit
+REASON_OOM = "oom"
+MIB = 1024 * 1024
+#: START ``limits`` bounds (init/src/parse.h)
+MIN_MEMORY_LIMIT_MIB = 4
+MIN_SCRATCH_LIMIT_MIB = 1
+MAX_LIMIT_MIB = 1 << 30
+MAX_PIDS_LIMIT = 4194304
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,23 @@ def encode(type_: MsgType, id_: int, payload: bytes = b"") -> bytes:
 
 def encode_json(type_: MsgType, id_: int, obj: dict[str, Any]) -> bytes:
     return encode(type_, id_, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def limits_payload(memory_mib: int | None = None, pids: int | None = None,
+                   scratch_mib: int | None = None) -> dict[str, int] | None:
+    """START's ``limits`` object (memory and scratch in bytes); None when nothing is limited.
+    Values out of init's ranges raise ProtocolError (podspec validates them first)."""
+    limits: dict[str, int] = {}
+    for key, value, low, high, unit in (
+            ("memory", memory_mib, MIN_MEMORY_LIMIT_MIB, MAX_LIMIT_MIB, MIB),
+            ("pids", pids, 2, MAX_PIDS_LIMIT, 1),
+            ("scratch", scratch_mib, MIN_SCRATCH_LIMIT_MIB, MAX_LIMIT_MIB, MIB)):
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise ProtocolError(f"limits.{key}: {value} is out of range {low}..{high}")
+        limits[key] = value * unit
+    return limits or None
 
 
 def encode_stdin(handle: int, data: bytes) -> Iterator[bytes]:
@@ -129,10 +154,12 @@ class FrameDecoder:
 @dataclass(frozen=True)
 class ExitStatus:
     """How a guest process ended: ``status`` for a normal exit, ``signal`` when killed; both
-    None when the VM (or its channel) went away before the process reported its exit."""
+    None when the VM (or its channel) went away before the process reported its exit.
+    ``reason``: REASON_OOM when the kernel's OOM killer ended the process's container."""
 
     status: int | None
     signal: int | None
+    reason: str | None = None
 
     @property
     def code(self) -> int:
@@ -144,17 +171,27 @@ class ExitStatus:
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ExitStatus:
         status, signal = payload.get("status"), payload.get("signal")
+        reason = payload.get("reason")
         if not (isinstance(status, int) or status is None) or not (
             isinstance(signal, int) or signal is None
-        ) or (status is None) == (signal is None):
-            raise ProtocolError(f"EXIT payload is invalid: {payload!r}")
-        return cls(status, signal)
+        ) or (status is None) == (signal is None) or not (
+            reason is None or isinstance(reason, str)
+        ):
+            raise ProtocolError(f"EXIT payload is invalid: {payload!r:.200}")
+        # a reason this host does not know (a newer init's) is no reason
+        return cls(status, signal, REASON_OOM if reason == REASON_OOM else None)
+
+    @property
+    def oom_killed(self) -> bool:
+        return self.reason == REASON_OOM
 
     @property
     def lost(self) -> bool:
         return self.status is None and self.signal is None
 
     def describe(self) -> str:
+        if self.signal is not None and self.oom_killed:
+            return f"killed by signal {self.signal}: out of memory (the container's memory limit)"
         if self.signal is not None:
             return f"killed by signal {self.signal}"
         if self.lost:

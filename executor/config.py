@@ -15,6 +15,8 @@ from pathlib import Path
 DEFAULT_STATE_DIR = "/var/lib/hypervm"
 DEFAULT_RUN_DIR = "/run/hypervm"
 DEFAULT_LIBVIRT_URI = "qemu:///system"
+#: pids.max of each container in a guest (a fork bomb stops there); 0: no limit
+DEFAULT_CONTAINER_PIDS = 4096
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class HostConfig:
     #: TCG with HyperQEMU: drop the boot's translations once the guest is READY (~30 MiB of
     #: RSS per VM; the first START translates its code again, ~0.1 s under TCG)
     tcg_flush: bool = True
+    #: pids.max of each container (HYPERVM_CONTAINER_PIDS); None: unlimited
+    container_pids: int | None = DEFAULT_CONTAINER_PIDS
+    #: size of a container's writable layer (a tmpfs in guest RAM) when its task names no
+    #: disk (HYPERVM_WRITABLE_LAYER_MIB); None: the guest kernel's default, half the VM's RAM
+    writable_layer_mib: int | None = None
 
     @property
     def kernel_dir(self) -> Path:
@@ -80,6 +87,19 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
     return value
 
 
+def env_count(env: Mapping[str, str], name: str, default: int | None, hint: str) -> int | None:
+    """``env[name]`` as a whole number (``default`` when unset or empty); 0 means None (no
+    limit); else InvalidSpec naming the variable."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        from executor.errors import InvalidSpec
+
+        raise InvalidSpec(name, f"{value!r} is not a whole number", hint=hint)
+    return int(value) or None
+
+
 def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
     env = os.environ if env is None else env
     accel = env_choice(env, "HYPERVM_ACCEL", "auto", ("auto", "kvm", "tcg"), what="accelerator")
@@ -108,4 +128,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",
+        container_pids=env_count(env, "HYPERVM_CONTAINER_PIDS", DEFAULT_CONTAINER_PIDS,
+                                 "e.g. 4096 processes and threads per container, or 0: none"),
+        writable_layer_mib=env_count(env, "HYPERVM_WRITABLE_LAYER_MIB", None,
+                                     "e.g. 1024 MiB per container, or 0: half the VM's RAM"),
     )

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from executor.agent_protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.config import HostConfig, config_from_env
 from executor.errors import GuestError, HyperVMError, InvalidSpec
-from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
+from executor.limits import task_limits
+from executor.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
 from executor.taskinfo import CONTAINER_SANDBOX, TaskSpec, resolve_argv
 
 log = logging.getLogger(__name__)
@@ -130,14 +131,16 @@ def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
 
 
 def build_container(task: TaskSpec, name: str, layers: tuple[Path, ...], config: Any,
-                    ids: tuple[int, int, tuple[int, ...]], plan: PodPlan) -> Container:
-    """The Container for one task from its image (``config``: vmimage's ImageConfig)."""
+                    ids: tuple[int, int, tuple[int, ...]], plan: PodPlan,
+                    limits: Limits | None = None) -> Container:
+    """The Container for one task from its image (``config``: vmimage's ImageConfig), within
+    ``limits`` (executor.limits.task_limits)."""
     argv = resolve_argv(task.command, config.entrypoint, config.cmd, task.where)
     uid, gid, gids = ids
     process = Process(args=argv, env=task_env(task, tuple(config.env)),
                       cwd=config.working_dir or "/", uid=uid, gid=gid, additional_gids=gids)
     return Container(name=name, rootfs=Rootfs(layers=layers), process=process,
-                     mounts=task_mounts(task, plan), hostname=name)
+                     mounts=task_mounts(task, plan), hostname=name, limits=limits or Limits())
 
 
 def pod_network(tasks: tuple[TaskSpec, ...]) -> Any:
@@ -239,7 +242,8 @@ class VMPod:
             user = task.user or image.config.user or "0"
             ids = store.resolve_user(image, user)
             container = build_container(task, self.names[task.task_id], image.layers,
-                                        image.config, ids, self.plan)
+                                        image.config, ids, self.plan,
+                                        task_limits(task, self.cfg))
             self._containers[task.task_id] = container
             containers.append(container)
         pod = PodSpec(name=self.plan.name, containers=tuple(containers),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import network
-from executor.agent_protocol import ExitStatus, MsgType
+from executor.agent_protocol import ExitStatus, MsgType, limits_payload
 from executor.bounds import resource_bounds
 from executor.config import HostConfig
 from executor.domain import DiskSpec, DomainSpec, ShareSpec
@@ -351,6 +351,10 @@ class HyperVM:
             "process": process_payload(container.process,
                                        network.port_env(self.pod.network.ports)),
         }
+        limits = limits_payload(container.limits.memory_mib, container.limits.pids,
+                                container.limits.scratch_mib)
+        if limits is not None:
+            payload["limits"] = limits
         return self._spawn(MsgType.START, payload, container.name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
 
