@@ -179,6 +179,17 @@ void cgroup_remove(const char *container)
 		log_errno("remove the cgroup %s", dir);
 }
 
+int cgroup_enter(int procs_fd, struct op_error *e)
+{
+	int rc;
+
+	if (procs_fd < 0)
+		return 0;
+	rc = cgroup_attach(procs_fd, 0, e);
+	close(procs_fd);
+	return rc != 0 ? -1 : cgroup_unshare_ns(0, e);
+}
+
 int cgroup_unshare_ns(int remount, struct op_error *e)
 {
 	if (unshare(CLONE_NEWCGROUP) != 0) {

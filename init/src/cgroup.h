@@ -21,6 +21,10 @@ int cgroup_attach(int procs_fd, pid_t pid, struct op_error *e);
 /* In a process about to join a running container: into its cgroup, if it has one. */
 int cgroup_join_existing(const char *container, struct op_error *e);
 
+/* In a new container's first process: into the cgroup of procs_fd (closed; -1: no cgroup) and
+ * a cgroup namespace rooted there. */
+int cgroup_enter(int procs_fd, struct op_error *e);
+
 /* A cgroup namespace rooted at the caller's cgroup; with remount, /sys/fs/cgroup (if mounted)
  * is mounted again (read-only) to show it. */
 int cgroup_unshare_ns(int remount, struct op_error *e);

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "net.h"
 #include "procmask.h"
+#include "scratch.h"
 #include "shares.h"
 
 static int mkdir_p(const char *path, struct op_error *e)
@@ -57,15 +58,6 @@ static int do_mount(const char *src, const char *dst, const char *type, unsigned
 		return op_fail(e, "EMOUNT", errno, "mount %s on %.100s", type ? type : src, dst);
 	}
 	return 0;
-}
-
-/* A tmpfs's options: `base`, and its size when bounded. */
-static void tmpfs_options(char *buf, size_t size, const char *base, uint64_t bytes)
-{
-	if (bytes > 0)
-		snprintf(buf, size, "%s,size=%llu", base, (unsigned long long)bytes);
-	else
-		snprintf(buf, size, "%s", base);
 }
 
 /* lowerdir=<top>:...:<bottom>, relative to LAYERS_DIR (keeps the option short). */
@@ -211,18 +203,6 @@ static int mount_requested(const struct start_req *req, const int *share_fds,
 	return 0;
 }
 
-/* Into the container's cgroup (procs_fd; -1: none) and a cgroup namespace rooted there, so
- * the container's /sys/fs/cgroup shows its own limits. */
-static int enter_cgroup(int procs_fd, struct op_error *e)
-{
-	if (procs_fd < 0)
-		return 0;
-	if (cgroup_attach(procs_fd, 0, e) != 0)
-		return -1;
-	close(procs_fd);
-	return cgroup_unshare_ns(0, e);
-}
-
 /* The clone()d child, PID 1 of the new PID namespace. Never returns. */
 static __attribute__((noreturn)) void container_child(const struct start_req *req, int cgroup_fd,
 						       struct spawn_fds *f)
@@ -230,7 +210,7 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 	struct op_error e;
 	int share_fds[MAX_MOUNTS];
 
-	if (enter_cgroup(cgroup_fd, &e) != 0 || shares_clone(req, share_fds, &e) != 0 ||
+	if (cgroup_enter(cgroup_fd, &e) != 0 || shares_clone(req, share_fds, &e) != 0 ||
 	    assemble_rootfs(req, &e) != 0 ||
 	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
 	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
@@ -329,34 +309,6 @@ static int prepared_mounts(const struct start_req *req, const struct prepare_req
 	return rc;
 }
 
-/* fsconfig(2) commands (musl has no <linux/mount.h>) */
-#define FSPICK_CLOEXEC 0x1
-#define FSPICK_EMPTY_PATH 0x8
-#define FSCONFIG_SET_STRING 1
-#define FSCONFIG_CMD_RECONFIGURE 7
-
-/* In the prepared child at its START: the START's writable layer size (its tmpfs, detached
- * from every tree since pivot_root, is reached through scratch_fd), and a cgroup namespace
- * rooted at the cgroup init has moved it into, with /sys/fs/cgroup mounted again. */
-static int prepared_adopt_limits(const struct limits *l, int scratch_fd, struct op_error *e)
-{
-	if (l->scratch > 0) {
-		char size[32];
-		int fs = (int)syscall(SYS_fspick, scratch_fd, "", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC);
-
-		snprintf(size, sizeof(size), "%llu", (unsigned long long)l->scratch);
-		if (fs < 0 || syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "size", size, 0) != 0 ||
-		    syscall(SYS_fsconfig, fs, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0) != 0) {
-			log_errno("resize the writable layer to %s bytes", size);
-			if (fs >= 0)
-				close(fs);
-			return op_fail(e, "EMOUNT", errno, "limits.scratch: resize the writable layer");
-		}
-		close(fs);
-	}
-	return cgroup_unshare_ns(1, e);
-}
-
 /* In the prepared child, once prepared: wait for the START, then finish it. Never returns. */
 static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock,
 						    int scratch_fd)
@@ -399,7 +351,9 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "EINVAL", 0, "%s", rerr.message);
 		spawn_report_failure(f.report[1], &e);
 	}
-	if (prepared_adopt_limits(&r.u.start.limits, scratch_fd, &e) != 0 ||
+	if ((r.u.start.limits.scratch > 0 &&
+	     scratch_resize(scratch_fd, r.u.start.limits.scratch, &e) != 0) ||
+	    cgroup_unshare_ns(1, &e) != 0 ||
 	    prepared_mounts(&r.u.start, prep, &e) != 0)
 		spawn_report_failure(f.report[1], &e);
 	close(scratch_fd);
