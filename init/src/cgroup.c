@@ -2,26 +2,31 @@
 #include "cgroup.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
+#include <signal.h>
 #include <sys/stat.h>
-#include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
-/* the prefix keeps a container name (".." or "memory.max") from meaning anything else */
-#define CGROUP_PREFIX CGROUP_ROOT "/ct-"
-#define REMOVE_TRIES 100
+#define MAX_RELEASED 64
 
-static void cgroup_path(char *buf, size_t size, const char *container, const char *file)
+static enum { UNKNOWN, AVAILABLE, MISSING } controllers = UNKNOWN;
+static uint32_t next_seq = 1;
+static char spare[CGROUP_NAME_MAX]; /* "": none */
+static int spare_failed; /* housekeeping stops trying (a START still tries, and says why) */
+static char released[MAX_RELEASED][CGROUP_NAME_MAX];
+static size_t nreleased;
+
+static void cgroup_path(char *buf, size_t size, const char *name, const char *file)
 {
-	snprintf(buf, size, "%s%s%s%s", CGROUP_PREFIX, container, file ? "/" : "", file ? file : "");
+	snprintf(buf, size, "%s/%s%s%s", CGROUP_ROOT, name, file ? "/" : "", file ? file : "");
 }
 
 static int write_file(const char *path, const char *value)
@@ -42,41 +47,24 @@ static int write_file(const char *path, const char *value)
 	return 0;
 }
 
-/* Hand the memory and pids controllers to the root's children (once). */
-static int enable_controllers(void)
+/* Hand the memory and pids controllers to the root's children, once. */
+static int have_controllers(void)
 {
-	static int enabled;
+	if (controllers == UNKNOWN) {
+		int ok = write_file(CGROUP_ROOT "/cgroup.subtree_control", "+memory +pids") == 0;
 
-	if (enabled)
-		return 0;
-	if (write_file(CGROUP_ROOT "/cgroup.subtree_control", "+memory +pids") != 0)
-		return -1;
-	enabled = 1;
-	return 0;
-}
-
-static int remove_dir(const char *path, int tries)
-{
-	const struct timespec tick = {0, 10 * 1000 * 1000};
-
-	for (int i = 0; i < tries; i++) {
-		if (rmdir(path) == 0 || errno == ENOENT)
-			return 0;
-		if (errno != EBUSY)
-			return -1;
-		nanosleep(&tick, NULL); /* the processes of a container that just ended */
+		if (!ok)
+			log_errno("no cgroup v2 memory and pids controllers: containers get no limits");
+		controllers = ok ? AVAILABLE : MISSING;
 	}
-	return -1;
+	return controllers == AVAILABLE;
 }
 
-static int set_limit(const char *container, const char *file, uint64_t value,
-		     struct op_error *e)
+static int set_value(const char *name, const char *file, uint64_t value, struct op_error *e)
 {
-	char path[128], text[32];
+	char path[96], text[32];
 
-	if (value == 0)
-		return 0;
-	cgroup_path(path, sizeof(path), container, file);
+	cgroup_path(path, sizeof(path), name, file);
 	snprintf(text, sizeof(text), "%llu", (unsigned long long)value);
 	if (write_file(path, text) != 0) {
 		log_errno("write %s to %s", text, path);
@@ -85,79 +73,111 @@ static int set_limit(const char *container, const char *file, uint64_t value,
 	return 0;
 }
 
-int cgroup_create(const char *container, const struct limits *l, struct op_error *e)
+/* A fresh cgroup in `spare`: an OOM kill in it ends all of it, like Mesos' memory limitation. */
+static int make_spare(struct op_error *e)
 {
-	int asked = l->memory != 0 || l->pids != 0;
-	char dir[128], procs[160];
-	int fd;
+	char name[CGROUP_NAME_MAX], dir[64];
 
-	cgroup_path(dir, sizeof(dir), container, NULL);
-	if (enable_controllers() != 0) {
-		if (!asked)
-			return -2;
-		log_errno("enable the memory and pids controllers");
-		return op_fail(e, "ESPAWN", errno, "limits: no cgroup v2 memory and pids "
-						  "controllers in the guest kernel");
-	}
-	if (remove_dir(dir, REMOVE_TRIES) != 0)
-		log_errno("remove the leftover cgroup %s", dir);
+	snprintf(name, sizeof(name), "ct%u", next_seq++);
+	cgroup_path(dir, sizeof(dir), name, NULL);
 	if (mkdir(dir, 0755) != 0) {
 		log_errno("mkdir %s", dir);
 		return op_fail(e, "ESPAWN", errno, "limits: make the container's cgroup");
 	}
-	/* an OOM kill ends the whole container, like Mesos' memory limitation */
-	if (set_limit(container, "memory.max", l->memory, e) != 0 ||
-	    set_limit(container, "pids.max", l->pids, e) != 0 ||
-	    set_limit(container, "memory.oom.group", 1, e) != 0)
-		goto fail;
-	cgroup_path(procs, sizeof(procs), container, "cgroup.procs");
-	fd = open(procs, O_WRONLY | O_CLOEXEC);
-	if (fd < 0) {
-		log_errno("open %s", procs);
-		op_fail(e, "ESPAWN", errno, "limits: open the container's cgroup");
-		goto fail;
+	if (set_value(name, "memory.oom.group", 1, e) != 0) {
+		rmdir(dir);
+		return -1;
 	}
-	return fd;
-fail:
-	rmdir(dir);
-	return -1;
+	memcpy(spare, name, sizeof(spare));
+	return 0;
 }
 
-int cgroup_attach(int procs_fd, pid_t pid, struct op_error *e)
+int cgroup_set_limits(const char *name, const struct limits *l, struct op_error *e)
 {
-	char text[16];
-	ssize_t n;
+	if (name[0] == '\0') {
+		if (l->memory == 0 && l->pids == 0)
+			return 0;
+		return op_fail(e, "ESPAWN", 0, "limits: the guest kernel has no cgroup v2 memory "
+					       "and pids controllers");
+	}
+	if ((l->memory > 0 && set_value(name, "memory.max", l->memory, e) != 0) ||
+	    (l->pids > 0 && set_value(name, "pids.max", l->pids, e) != 0))
+		return -1;
+	return 0;
+}
 
-	snprintf(text, sizeof(text), "%d", (int)pid);
-	n = write(procs_fd, text, strlen(text));
-	if (n < 0) {
-		log_errno("move pid %d into its cgroup", (int)pid);
-		return op_fail(e, "ESPAWN", errno, "limits: enter the container's cgroup");
+int cgroup_open(const char *name, struct op_error *e)
+{
+	char dir[64];
+	int fd;
+
+	if (name[0] == '\0')
+		return -2;
+	cgroup_path(dir, sizeof(dir), name, NULL);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		log_errno("open %s", dir);
+		return op_fail(e, "ESPAWN", errno, "open the container's cgroup");
+	}
+	return fd;
+}
+
+int cgroup_create(const struct limits *l, char name[CGROUP_NAME_MAX], struct op_error *e)
+{
+	int fd;
+
+	name[0] = '\0';
+	if (!have_controllers())
+		return cgroup_set_limits(name, l, e) == 0 ? -2 : -1;
+	if (spare[0] == '\0' && make_spare(e) != 0)
+		return -1;
+	memcpy(name, spare, CGROUP_NAME_MAX);
+	spare[0] = '\0';
+	if (cgroup_set_limits(name, l, e) != 0 || (fd = cgroup_open(name, e)) < 0) {
+		cgroup_release(name);
+		name[0] = '\0';
+		return -1;
+	}
+	return fd;
+}
+
+/* clone3(2)'s arguments, version 2 (with cgroup); musl has no <linux/sched.h> */
+struct clone_args_v2 {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+	    set_tid_size, cgroup;
+};
+#define CLONE_INTO_CGROUP_FLAG 0x200000000ULL
+
+long cgroup_clone(unsigned long ns_flags, int cgroup_fd)
+{
+	struct clone_args_v2 args = {.flags = ns_flags, .exit_signal = SIGCHLD};
+
+	if (cgroup_fd < 0)
+		return syscall(SYS_clone, ns_flags | SIGCHLD, 0, 0, 0, 0);
+	args.flags |= CLONE_INTO_CGROUP_FLAG;
+	args.cgroup = (uint64_t)cgroup_fd;
+	/* no stack: fork() semantics, the child continues here */
+	return syscall(SYS_clone3, &args, sizeof(args));
+}
+
+int cgroup_unshare_ns(struct op_error *e)
+{
+	if (unshare(CLONE_NEWCGROUP) != 0) {
+		log_errno("unshare the cgroup namespace");
+		return op_fail(e, "ESPAWN", errno, "limits: new cgroup namespace");
 	}
 	return 0;
 }
 
-int cgroup_join_existing(const char *container, struct op_error *e)
+unsigned long cgroup_oom_kills(const char *name)
 {
-	char procs[160];
-	int fd, rc;
-
-	cgroup_path(procs, sizeof(procs), container, "cgroup.procs");
-	fd = open(procs, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0; /* a container without a cgroup (no cgroup v2 in the kernel) */
-	rc = cgroup_attach(fd, 0, e);
-	close(fd);
-	return rc;
-}
-
-unsigned long cgroup_oom_kills(const char *container)
-{
-	char path[128], buf[512], *at;
+	char path[96], buf[512], *at;
 	int fd;
 	ssize_t n;
 
-	cgroup_path(path, sizeof(path), container, "memory.events");
+	if (name[0] == '\0')
+		return 0;
+	cgroup_path(path, sizeof(path), name, "memory.events");
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
@@ -170,35 +190,35 @@ unsigned long cgroup_oom_kills(const char *container)
 	return at != NULL ? strtoul(at + strlen("\noom_kill "), NULL, 10) : 0;
 }
 
-void cgroup_remove(const char *container)
+void cgroup_release(const char *name)
 {
-	char dir[128];
-
-	cgroup_path(dir, sizeof(dir), container, NULL);
-	if (remove_dir(dir, 1) != 0)
-		log_errno("remove the cgroup %s", dir);
+	if (name[0] == '\0')
+		return;
+	if (nreleased == MAX_RELEASED) {
+		log_msg("too many cgroups to remove: %s stays", name);
+		return;
+	}
+	snprintf(released[nreleased++], CGROUP_NAME_MAX, "%s", name);
 }
 
-int cgroup_enter(int procs_fd, struct op_error *e)
+void cgroup_housekeeping(void)
 {
+	struct op_error e;
 	int rc;
 
-	if (procs_fd < 0)
-		return 0;
-	rc = cgroup_attach(procs_fd, 0, e);
-	close(procs_fd);
-	return rc != 0 ? -1 : cgroup_unshare_ns(0, e);
-}
+	for (size_t i = 0; i < nreleased;) {
+		char dir[64];
 
-int cgroup_unshare_ns(int remount, struct op_error *e)
-{
-	if (unshare(CLONE_NEWCGROUP) != 0) {
-		log_errno("unshare the cgroup namespace");
-		return op_fail(e, "ESPAWN", errno, "limits: new cgroup namespace");
+		cgroup_path(dir, sizeof(dir), released[i], NULL);
+		rc = rmdir(dir);
+		if (rc != 0 && errno == EBUSY) {
+			i++; /* a process of the ended container is still exiting: next time */
+			continue;
+		}
+		if (rc != 0 && errno != ENOENT)
+			log_errno("remove the cgroup %s", dir);
+		memcpy(released[i], released[--nreleased], CGROUP_NAME_MAX);
 	}
-	if (remount && umount2(CGROUP_ROOT, MNT_DETACH) == 0 &&
-	    mount("cgroup2", CGROUP_ROOT, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-		  NULL) != 0)
-		log_errno("mount cgroup2 in the container (ignored)");
-	return 0;
+	if (spare[0] == '\0' && !spare_failed && controllers != MISSING && have_controllers())
+		spare_failed = make_spare(&e) != 0;
 }

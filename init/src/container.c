@@ -203,6 +203,8 @@ static int mount_requested(const struct start_req *req, const int *share_fds,
 	return 0;
 }
 
+#define CONTAINER_NS (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)
+
 /* The clone()d child, PID 1 of the new PID namespace. Never returns. */
 static __attribute__((noreturn)) void container_child(const struct start_req *req, int cgroup_fd,
 						       struct spawn_fds *f)
@@ -210,7 +212,10 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 	struct op_error e;
 	int share_fds[MAX_MOUNTS];
 
-	if (cgroup_enter(cgroup_fd, &e) != 0 || shares_clone(req, share_fds, &e) != 0 ||
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
+	if ((cgroup_fd >= 0 && cgroup_unshare_ns(&e) != 0) ||
+	    shares_clone(req, share_fds, &e) != 0 ||
 	    assemble_rootfs(req, &e) != 0 ||
 	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
 	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
@@ -227,14 +232,12 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds *f,
 		    pid_t *reaper, pid_t *pid, struct op_error *e)
 {
-	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	long child;
 
 	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0 ||
 	    shares_ensure(req, e) != 0)
 		return -1;
-	/* fork() semantics: no new stack, the child continues here */
-	child = syscall(SYS_clone, flags, 0, 0, 0, 0);
+	child = cgroup_clone(CONTAINER_NS, cgroup_fd);
 	if (child < 0) {
 		log_errno("clone container %s", req->container);
 		return op_fail(e, "ESPAWN", errno, "clone");
@@ -273,14 +276,19 @@ static struct {
 	char tags[MAX_MOUNTS][MAX_TAG_LEN + 1];
 	size_t ntags;
 	int net_files; /* /etc files were bound (NETWORK had been configured) */
+	char cgroup[CGROUP_NAME_MAX]; /* born in it; "": none */
 } prepared = {.sock = -1};
 
-static void drop_prepared(void)
+/* release_cgroup: the prepared container is gone, not handed to a START */
+static void drop_prepared(int release_cgroup)
 {
 	if (prepared.sock >= 0)
 		close(prepared.sock); /* EOF: a waiting child exits */
 	prepared.sock = -1;
 	prepared.pid = 0;
+	if (release_cgroup)
+		cgroup_release(prepared.cgroup);
+	prepared.cgroup[0] = '\0';
 }
 
 /* In the prepared child: the START's 9p mounts as clones of the carried tags, the rest as
@@ -353,7 +361,6 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 	}
 	if ((r.u.start.limits.scratch > 0 &&
 	     scratch_resize(scratch_fd, r.u.start.limits.scratch, &e) != 0) ||
-	    cgroup_unshare_ns(1, &e) != 0 ||
 	    prepared_mounts(&r.u.start, prep, &e) != 0)
 		spawn_report_failure(f.report[1], &e);
 	close(scratch_fd);
@@ -365,15 +372,17 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 	spawn_process_and_shim(&r.u.start.proc, &f);
 }
 
-/* The clone()d child of PREPARE, PID 1 of the new PID namespace. Never returns. */
-static __attribute__((noreturn)) void prepared_child(const struct prepare_req *req, int sock)
+/* The clone()d child of PREPARE, PID 1 of the new PID namespace, born in its cgroup (if
+ * in_cgroup). Never returns. */
+static __attribute__((noreturn)) void prepared_child(const struct prepare_req *req, int sock,
+						      int in_cgroup)
 {
 	const char *root = SCRATCH_DIR "/root";
 	struct op_error e;
 	int scratch_fd;
 
 	memset(&e, 0, sizeof(e));
-	if (assemble_rootfs(&req->rootfs, &e) != 0)
+	if ((in_cgroup && cgroup_unshare_ns(&e) != 0) || assemble_rootfs(&req->rootfs, &e) != 0)
 		goto fail;
 	scratch_fd = open(SCRATCH_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (scratch_fd < 0) {
@@ -405,7 +414,9 @@ fail:
 
 int container_prepare(const struct prepare_req *req, struct op_error *e)
 {
-	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
+	const struct limits none = {0, 0, 0};
+	char cgroup[CGROUP_NAME_MAX];
+	int cgroup_fd;
 	struct start_req shares;
 	struct op_error ce;
 	struct pollfd pfd;
@@ -422,20 +433,26 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	if (layers_ensure(req->rootfs.layers, req->rootfs.nlayers, req->rootfs.wait_ms, e) != 0 ||
 	    shares_ensure(&shares, e) != 0)
 		return -1;
+	if ((cgroup_fd = cgroup_create(&none, cgroup, e)) == -1)
+		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
 		log_errno("socketpair");
+		cgroup_release(cgroup);
 		return op_fail(e, "ESPAWN", errno, "socketpair");
 	}
-	child = syscall(SYS_clone, flags, 0, 0, 0, 0);
+	child = cgroup_clone(CONTAINER_NS, cgroup_fd);
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
 	if (child < 0) {
 		log_errno("clone the prepared container");
 		close(sv[0]);
 		close(sv[1]);
+		cgroup_release(cgroup);
 		return op_fail(e, "ESPAWN", errno, "clone");
 	}
 	if (child == 0) {
 		close(sv[0]);
-		prepared_child(req, sv[1]);
+		prepared_child(req, sv[1], cgroup[0] != '\0');
 	}
 	close(sv[1]);
 	pfd = (struct pollfd){.fd = sv[0], .events = POLLIN};
@@ -445,6 +462,7 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	if (n != (ssize_t)sizeof(ce) || ce.code[0] != '\0') {
 		kill((pid_t)child, SIGKILL);
 		close(sv[0]);
+		cgroup_release(cgroup);
 		if (n != (ssize_t)sizeof(ce))
 			return op_fail(e, "ESPAWN", 0, "the prepared container did not come up");
 		*e = ce;
@@ -453,6 +471,7 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	}
 	prepared.pid = (pid_t)child;
 	prepared.sock = sv[0];
+	memcpy(prepared.cgroup, cgroup, sizeof(prepared.cgroup));
 	prepared.nlayers = req->rootfs.nlayers;
 	for (size_t i = 0; i < req->rootfs.nlayers; i++)
 		snprintf(prepared.layers[i], sizeof(prepared.layers[i]), "%s", req->rootfs.layers[i]);
@@ -487,8 +506,8 @@ int container_prepared_fits(const struct start_req *req, size_t payload_len)
 }
 
 int container_start_prepared(const struct start_req *req, const uint8_t *payload, size_t len,
-			     int cgroup_fd, struct spawn_fds *f, pid_t *reaper, pid_t *pid,
-			     struct op_error *e)
+			     char cgroup[CGROUP_NAME_MAX], struct spawn_fds *f, pid_t *reaper,
+			     pid_t *pid, struct op_error *e)
 {
 	int ends[PREPARED_FDS] = {f->out[1], f->err[1], f->in[0], f->report[1], f->status[1]};
 	int fds[PREPARED_FDS], nfds = 0;
@@ -508,14 +527,14 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		if (root_fd >= 0)
 			close(root_fd);
 		kill(prepared.pid, SIGKILL);
-		drop_prepared();
+		drop_prepared(1);
 		return 1; /* start it the usual way */
 	}
 	close(root_fd);
 	/* nothing of the container runs yet: its reaper waits for this START */
-	if (cgroup_fd >= 0 && cgroup_attach(cgroup_fd, prepared.pid, e) != 0) {
+	if (cgroup_set_limits(prepared.cgroup, &req->limits, e) != 0) {
 		kill(prepared.pid, SIGKILL);
-		drop_prepared();
+		drop_prepared(1);
 		return -1;
 	}
 	for (int i = 0; i < PREPARED_FDS; i++)
@@ -537,10 +556,11 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 	if (n != (ssize_t)(sizeof(mask) + len)) {
 		log_errno("hand the START to the prepared container %d", (int)prepared.pid);
 		kill(prepared.pid, SIGKILL);
-		drop_prepared();
+		drop_prepared(1);
 		return 1;
 	}
-	drop_prepared();
+	memcpy(cgroup, prepared.cgroup, CGROUP_NAME_MAX);
+	drop_prepared(0);
 	spawn_fds_close_child_side(f);
 	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
 		kill(*reaper, SIGKILL);
@@ -553,18 +573,16 @@ void container_prepared_exited(pid_t pid)
 {
 	if (pid == prepared.pid && pid != 0) {
 		log_msg("the prepared container %d ended before its START", (int)pid);
-		drop_prepared();
+		drop_prepared(1);
 	}
 }
 
-static int join_namespaces(const char *container, pid_t reaper, int report_fd)
+static int join_namespaces(pid_t reaper, int report_fd)
 {
 	static const char *const names[] = {"cgroup", "ipc", "uts", "pid", "mnt"};
 	int fds[5];
 	struct op_error e;
 
-	if (cgroup_join_existing(container, &e) != 0)
-		spawn_report_failure(report_fd, &e);
 	for (size_t i = 0; i < 5; i++) {
 		char path[64];
 
@@ -591,23 +609,29 @@ static int join_namespaces(const char *container, pid_t reaper, int report_fd)
 	return 0;
 }
 
-int container_exec(const char *container, pid_t reaper, const struct proc_spec *p,
+int container_exec(const char *cgroup, pid_t reaper, const struct proc_spec *p,
 		   struct spawn_fds *f, pid_t *shim, pid_t *pid, struct op_error *e)
 {
-	pid_t child = fork();
+	int cgroup_fd = cgroup_open(cgroup, e);
+	long child;
 
+	if (cgroup_fd == -1)
+		return -1;
+	child = cgroup_clone(0, cgroup_fd); /* born in the container's cgroup */
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
 	if (child < 0) {
 		log_errno("fork");
 		return op_fail(e, "ESPAWN", errno, "fork");
 	}
 	if (child == 0) {
-		join_namespaces(container, reaper, f->report[1]);
+		join_namespaces(reaper, f->report[1]);
 		spawn_process_and_shim(p, f);
 	}
 	spawn_fds_close_child_side(f);
-	*shim = child;
+	*shim = (pid_t)child;
 	if (spawn_await(f->report[0], child, pid, e) != 0) {
-		kill(child, SIGKILL);
+		kill((pid_t)child, SIGKILL);
 		return -1;
 	}
 	return 0;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
 #include "exec.h"
 #include "operror.h"
 #include "parse.h"
@@ -29,17 +30,19 @@ int container_prepare(const struct prepare_req *req, struct op_error *e);
  * flag, 9p mounts only of the tags it carries, and /etc files if NETWORK has been configured. */
 int container_prepared_fits(const struct start_req *req, size_t payload_len);
 
-/* container_start with the prepared container (which is used up): 0 or -1 like container_start,
+/* container_start with the prepared container (which is used up; it was born in a cgroup of
+ * its own at PREPARE, whose name goes into `cgroup`, with the START's limits set): 0 or -1 like container_start,
  * 1 when the prepared container turned out unusable (dropped; start the usual way). */
 int container_start_prepared(const struct start_req *req, const uint8_t *payload, size_t len,
-			     int cgroup_fd, struct spawn_fds *f, pid_t *reaper, pid_t *pid,
-			     struct op_error *e);
+			     char cgroup[CGROUP_NAME_MAX], struct spawn_fds *f, pid_t *reaper,
+			     pid_t *pid, struct op_error *e);
 
 /* SIGCHLD: the prepared container's child ended before its START. */
 void container_prepared_exited(pid_t pid);
 
-/* Start a process in the namespaces and the cgroup of the container whose reaper is `reaper`. */
-int container_exec(const char *container, pid_t reaper, const struct proc_spec *p,
+/* Start a process in the namespaces of the container whose reaper is `reaper`, and in its
+ * cgroup (its name; "": none). */
+int container_exec(const char *cgroup, pid_t reaper, const struct proc_spec *p,
 		   struct spawn_fds *f, pid_t *shim, pid_t *pid, struct op_error *e);
 
 #endif

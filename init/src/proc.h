@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
 #include "parse.h"
 
 #define MAX_PROCESSES 4096
@@ -37,6 +38,7 @@ struct container {
 	char name[MAX_NAME_LEN + 1];
 	pid_t reaper_pid;
 	uint32_t main_handle;
+	char cgroup[CGROUP_NAME_MAX]; /* its cgroup's name; "": none */
 };
 
 struct process *proc_new(uint32_t handle);

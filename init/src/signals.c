@@ -46,9 +46,9 @@ static void on_child_exit(pid_t pid, int status)
 	container_prepared_exited(pid);
 	if (c != NULL) {
 		/* every process of its PID namespace is gone with the reaper: the cgroup is empty */
-		oom_kills = cgroup_oom_kills(c->name);
+		oom_kills = cgroup_oom_kills(c->cgroup);
 		log_msg("container %s ended%s", c->name, oom_kills ? " (out of memory)" : "");
-		cgroup_remove(c->name);
+		cgroup_release(c->cgroup);
 		container_remove(c);
 	}
 	if (p == NULL)
