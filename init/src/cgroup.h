@@ -18,8 +18,9 @@
 #define CGROUP_NAME_MAX 16 /* "ct" and a decimal u32 */
 
 /* Take the spare cgroup (or make one) for a container and set its limits; its name goes into
- * `name`. Returns an fd of its directory (O_CLOEXEC) for cgroup_clone, or -1 with e set. Without cgroup v2 memory and pids controllers in the guest
- * kernel: -1 and e set when limits were asked for, else -2 (no cgroup; `name` ""). */
+ * `name`. Returns an fd of its directory (O_CLOEXEC) for cgroup_clone, or -1 with e set.
+ * Without cgroup v2 memory and pids controllers in the guest kernel: -1 and e set when limits
+ * were asked for, else -2 (no cgroup; `name` ""). */
 int cgroup_create(const struct limits *l, char name[CGROUP_NAME_MAX], struct op_error *e);
 
 /* Set cgroup `name`'s memory.max and pids.max from l (nothing for 0); with name "", fail when

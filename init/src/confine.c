@@ -8,8 +8,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "log.h"
-
+/* No logging here: the process's stderr is already its own; failures go back to init in the
+ * op_error, and init logs them. */
 /* musl ships no kernel headers: the few ABI constants this file needs, from the uapi headers */
 #define CAP_VERSION_3 0x20080522
 #define CAP_LAST_POSSIBLE 63
@@ -64,8 +64,9 @@ static const uint32_t denied[] = {
     SYS_kcmp, SYS_kexec_file_load, SYS_kexec_load, SYS_keyctl, SYS_lookup_dcookie, SYS_mbind,
     SYS_mount, SYS_mount_setattr, SYS_move_mount, SYS_move_pages, SYS_name_to_handle_at,
     SYS_nfsservctl, SYS_open_by_handle_at, SYS_open_tree, SYS_perf_event_open, SYS_pivot_root,
-    SYS_process_vm_readv, SYS_process_vm_writev, SYS_query_module, SYS_quotactl, 443 /* quotactl_fd */,
-    SYS_reboot, SYS_request_key, SYS_set_mempolicy, 450 /* set_mempolicy_home_node */,
+    SYS_process_vm_readv, SYS_process_vm_writev, SYS_query_module, SYS_quotactl,
+    443 /* quotactl_fd */, SYS_reboot, SYS_request_key, SYS_set_mempolicy,
+    450 /* set_mempolicy_home_node */,
     SYS_setdomainname, SYS_sethostname, SYS_setns, SYS_settimeofday, SYS_swapoff, SYS_swapon,
     SYS_syslog, SYS_sysfs, SYS__sysctl, SYS_umount2, SYS_unshare, SYS_uselib, SYS_userfaultfd,
     SYS_ustat, SYS_vhangup,
@@ -185,20 +186,16 @@ static int drop_bounding_set(void)
 int confine_before_credentials(int no_new_privs, struct op_error *e)
 {
 	if (drop_bounding_set() != 0) {
-		log_errno("drop the capability bounding set");
 		return op_fail(e, "ESPAWN", errno, "drop the capability bounding set");
 	}
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) {
-		log_errno("clear the ambient capabilities");
 		return op_fail(e, "ESPAWN", errno, "clear the ambient capabilities");
 	}
 	if (no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-		log_errno("set no_new_privs");
 		return op_fail(e, "ESPAWN", errno, "process.no_new_privs: prctl");
 	}
 	/* without no_new_privs installing a filter needs CAP_SYS_ADMIN: before the caps go */
 	if (confine_install_seccomp() != 0) {
-		log_errno("install the seccomp filter");
 		return op_fail(e, "ESPAWN", errno, "install the seccomp filter");
 	}
 	return 0;
@@ -211,7 +208,6 @@ int confine_after_credentials(uint32_t uid, struct op_error *e)
 	struct cap_data d[2] = {{low, low, 0}, {0, 0, 0}};
 
 	if (syscall(SYS_capset, &h, d) != 0) {
-		log_errno("capset");
 		return op_fail(e, "ESPAWN", errno, "set the capabilities");
 	}
 	return 0;
