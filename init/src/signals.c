@@ -45,7 +45,7 @@ static void on_child_exit(pid_t pid, int status)
 
 	container_prepared_exited(pid);
 	if (c != NULL) {
-		/* every process of its PID namespace is gone with the reaper: the cgroup is empty */
+		/* its PID namespace died with the reaper: the OOM count is final */
 		oom_kills = cgroup_oom_kills(c->cgroup);
 		log_msg("container %s ended%s", c->name, oom_kills ? " (out of memory)" : "");
 		cgroup_release(c->cgroup);
