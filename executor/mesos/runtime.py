@@ -31,7 +31,8 @@ from executor.mesos.volume_paths import host_dir, sandbox_dir
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 from hypervm.imageprocess import UserResolver, image_process, merge_env
-from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
+from hypervm.limits import task_limits
+from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +134,18 @@ def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
 
 
 def build_container(task: TaskSpec, name: str, layers: tuple[Path, ...], config: Any,
-                    resolve_user: UserResolver, plan: PodPlan) -> Container:
+                    resolve_user: UserResolver, plan: PodPlan,
+                    limits: Limits | None = None) -> Container:
     """The Container for one task from its image (``config``: vmimage's ImageConfig), by the
-    same rules as ``hypervm run`` (hypervm.imageprocess) with the task's overrides."""
+    same rules as ``hypervm run`` (hypervm.imageprocess) with the task's overrides, within
+    ``limits`` (hypervm.limits.task_limits)."""
     entrypoint, command = command_overrides(task.command)
     process = image_process(config, resolve_user, entrypoint=entrypoint, command=command,
                             env=mesos_env(task), user=task.user or None,
                             field=f"{task.where}.command", image_name="the image",
                             hint='set "command": {"value": "..."}')
     return Container(name=name, rootfs=Rootfs(layers=layers), process=process,
-                     mounts=task_mounts(task, plan), hostname=name)
+                     mounts=task_mounts(task, plan), hostname=name, limits=limits or Limits())
 
 
 def pod_network(tasks: tuple[TaskSpec, ...]) -> Any:
@@ -252,7 +255,7 @@ class VMPod:
                                          pull_auth(task, self.network))
                 container = build_container(task, self.names[task.task_id], image.layers,
                                             image.config, launcher.user_resolver(image),
-                                            self.plan)
+                                            self.plan, task_limits(task, self.cfg))
                 self._containers[task.task_id] = container
                 containers.append(container)
             pod = PodSpec(name=self.plan.name, containers=tuple(containers),
