@@ -111,7 +111,6 @@ def _load_pymesos() -> Any:
         # optional dependency: pymesos is installed by make deps, not by pip (DEVELOPERS.md)
         from pymesos import MesosExecutorDriver
     except ImportError as e:  # pragma: no cover - depends on the install
-
         raise HostError("pymesos is not installed", hint="run `make deps` (DEVELOPERS.md)") from e
     return MesosExecutorDriver
 

@@ -467,7 +467,6 @@ class WarmPool:
     # -- reap ---------------------------------------------------------------------------------
 
     def _reap_loop(self) -> None:
-
         while not self._stopping.wait(self.reap_interval):
             try:
                 # claimed VMs whose claimer died, and idle ones of a previous daemon of this
