@@ -23,8 +23,9 @@ from typing import Any
 from executor.errors import HyperVMError
 from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
-from scheduler.framework import FRAMEWORK_ID_KEY, HyperVMFramework
-from scheduler.service import Workloads
+from scheduler.framework import FRAMEWORK_ID_KEY
+from scheduler.marathon_api.hub import MarathonHub
+from scheduler.marathon_api.resources import ServerInfo
 from scheduler.store import open_store
 from scheduler.taskgroup import ExecutorConfig
 from scheduler.tenants import Tenants, hash_token, load_tenants
@@ -104,15 +105,18 @@ def run(args: argparse.Namespace) -> int:
     master = master_address(args.master)
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
                          args.executor_prefix)
-    workloads = Workloads(store)
-    framework = HyperVMFramework(store, workloads, tenants, cfg, args.refuse_seconds)
+    hub = MarathonHub(store, tenants, ServerInfo(
+        args.name, f"{host}:{port}", args.master, args.failover_timeout,
+        args.executor_command, args.user, port))
+    workloads = hub.workloads
+    framework = hub.framework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill
     framework_id = store.get_meta(FRAMEWORK_ID_KEY)
     driver = MesosSchedulerDriver(
         framework, framework_info(args, tenants, framework_id), master,
         implicit_acknowledgements=False, principal=args.principal, secret=read_secret(args),
         failover=True)
-    server = serve(make_app(workloads, tenants), host, port)
+    server = serve(make_app(workloads, tenants, hub), host, port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     driver.start()
     while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
         framework.tick()
+        hub.tick()
     if driver.aborted and framework.fatal is None:
         # pymesos gives up on errors it cannot retry (e.g. 401 from the master)
         framework.fatal = "the connection to the master failed"

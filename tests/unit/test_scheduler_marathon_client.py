@@ -1,0 +1,248 @@
+"""hypervm-scheduler driven by the PyPI ``marathon`` client (0.13) through the master double and
+hypervm-executor on the fake runtime: every call the client makes is parsed by the client's own
+models (``MarathonApp.from_json`` …) without error, and does what Marathon would."""
+
+from __future__ import annotations
+
+import collections
+import collections.abc
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import requests
+
+# marathon 0.13 (the newest) encodes nested objects with collections.Iterable, which Python
+# 3.10 removed: without this its create_app/update_app raise AttributeError in the client
+collections.Iterable = collections.abc.Iterable  # type: ignore[attr-defined]
+
+from marathon import MarathonClient  # noqa: E402
+from marathon.exceptions import ConflictError, NotFoundError  # noqa: E402
+from marathon.models import MarathonApp, MarathonDeployment, MarathonHealthCheck  # noqa: E402
+from marathon.models.app import MarathonUpgradeStrategy  # noqa: E402
+from marathon.models.container import MarathonContainer, MarathonDockerContainer  # noqa: E402
+from marathon.models.events import MarathonEvent  # noqa: E402
+from marathon.models.queue import MarathonQueueItem  # noqa: E402
+from marathon.models.task import MarathonTask  # noqa: E402
+
+from tests.mesos.fixtures import master_factory, scheduler_factory  # noqa: F401,E402
+from tests.mesos.master import MasterDouble  # noqa: E402
+from tests.mesos.scheduler_process import SchedulerProcess, TenantDef  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+M = TenantDef("m", "token-m", cpus=6, mem=4096, instances=10)
+B = TenantDef("b", "token-b")
+APP = "/shop/web"
+
+
+@pytest.fixture
+def cluster(master_factory: Callable[..., MasterDouble],  # noqa: F811
+            scheduler_factory: Callable[..., SchedulerProcess]  # noqa: F811
+            ) -> Iterator[tuple[MasterDouble, SchedulerProcess]]:
+    master = master_factory()
+    sched = scheduler_factory(master.url, [M, B]).start()
+    master.wait_subscribed()
+    yield master, sched
+
+
+class Collector:
+    """Reads ``client.event_stream()`` in a thread (each event parsed by the client)."""
+
+    def __init__(self, client: MarathonClient) -> None:
+        self.events: list[MarathonEvent] = []
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, args=(client,), daemon=True).start()
+
+    def _run(self, client: MarathonClient) -> None:
+        try:
+            for evt in client.event_stream():
+                self.events.append(evt)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+
+    def types(self) -> set[str]:
+        return {e.event_type for e in self.events}
+
+
+def wait(what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def settled(c: MarathonClient, timeout: float = 60) -> None:
+    wait("no deployment in progress", lambda: not c.list_deployments(), timeout)
+
+
+def web_app() -> MarathonApp:
+    return MarathonApp(
+        cmd="exec sleep 300", cpus=0.1, mem=16, instances=2,
+        container=MarathonContainer(type="MESOS",
+                                    docker=MarathonDockerContainer(image="busybox:1.36")),
+        health_checks=[MarathonHealthCheck(
+            protocol="COMMAND", command="true", grace_period_seconds=5, interval_seconds=1,
+            timeout_seconds=2, max_consecutive_failures=2, delay_seconds=0)],
+        upgrade_strategy=MarathonUpgradeStrategy(minimum_health_capacity=0.5,
+                                                 maximum_over_capacity=0))
+
+
+def live_tasks(master: MasterDouble, prefix: str) -> list[Any]:
+    return [t for t in master.tasks.values() if t.task_id.startswith(prefix)
+            and t.state not in ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST")]
+
+
+def watch_capacity(master: MasterDouble, c: MarathonClient, n: int) -> tuple[int, int]:
+    """While a deployment runs: (fewest tasks running, most tasks alive) seen by the master."""
+    fewest, most = 10**6, 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        alive = live_tasks(master, "m.app.shop_web.")
+        fewest = min(fewest, sum(t.state == "TASK_RUNNING" for t in alive))
+        most = max(most, len(alive))
+        if not c.list_deployments():
+            return fewest, most
+        time.sleep(0.05)
+    raise AssertionError("the rolling upgrade did not finish")
+
+
+def test_the_marathon_client_drives_the_scheduler(
+        cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
+    master, sched = cluster
+    c = MarathonClient(sched.url, username="m", password="token-m")
+    other = MarathonClient(sched.url, username="b", password="token-b")
+    assert MarathonClient(sched.url, auth_token="token-b").list_apps() == []  # DC/OS token
+    assert c.ping() == b"pong"
+    info = c.get_info()
+    assert (info.leader, info.framework_id) == (f"127.0.0.1:{sched.port}", master.framework_id)
+    assert info.marathon_config.mesos_role == "tenant-m"
+    assert c.get_leader() == {"leader": f"127.0.0.1:{sched.port}"}
+    events, others = Collector(c), Collector(other)
+
+    # create: a deployment that ends when both instances run and are healthy
+    created = c.create_app(APP, web_app())
+    assert isinstance(created, MarathonApp) and created.id == APP and created.instances == 2
+    assert [d.id for d in created.deployments]
+    (dep,) = c.list_deployments()
+    assert isinstance(dep, MarathonDeployment) and dep.affected_apps == [APP]
+    settled(c)
+    app = c.get_app(APP)
+    assert (app.tasks_running, app.tasks_healthy, len(app.tasks)) == (2, 2, 2)
+    assert app.health_checks[0].command == {"value": "true"}
+    assert all(t.started_at and t.health_check_results[0].alive for t in app.tasks)
+    (listed,) = c.list_apps(embed_tasks=True, embed_counts=True, embed_last_task_failure=True)
+    assert listed.id == APP and len(listed.tasks) == 2 and listed.tasks_running == 2
+    tasks = c.list_tasks(APP)
+    assert all(isinstance(t, MarathonTask) and t.state == "TASK_RUNNING" and
+               t.host == "localhost" and t.app_id == APP for t in tasks)
+    assert {t.id for t in c.list_tasks()} == {t.id for t in tasks}
+    assert other.list_apps() == [] and other.list_tasks() == []
+    with pytest.raises(NotFoundError):
+        other.get_app(APP)
+
+    # scale
+    assert c.scale_app(APP, instances=3)["deploymentId"]
+    settled(c)
+    assert c.get_app(APP).tasks_running == 3
+
+    # a full update (the definition as read, changed): a rolling upgrade that keeps at least
+    # ceil(3 x 0.5) = 2 instances running and never runs more than 3 x (1 + 0) at once
+    app = c.get_app(APP)
+    before = {t.id for t in app.tasks}
+    app.cmd, app.env = "echo v2; exec sleep 300", {"VERSION": "2"}
+    answer = c.update_app(APP, app)
+    assert answer["deploymentId"] and answer["version"]
+    with pytest.raises(ConflictError):  # locked while it deploys
+        c.scale_app(APP, instances=4)
+    fewest, most = watch_capacity(master, c, 3)
+    assert fewest >= math.ceil(3 * 0.5) and most <= 3, (fewest, most)
+    app = c.get_app(APP)
+    assert app.cmd == "echo v2; exec sleep 300" and app.env == {"VERSION": "2"}
+    assert app.tasks_healthy == 3 and not before & {t.id for t in app.tasks}
+    assert all(t.version == answer["version"] for t in app.tasks)
+
+    # restart: every instance replaced, same definition
+    before = {t.id for t in app.tasks}
+    assert c.restart_app(APP)["deploymentId"]
+    settled(c)
+    app = c.get_app(APP)
+    assert app.tasks_healthy == 3 and not before & {t.id for t in app.tasks}
+
+    # kill a task: without scale it is replaced, with scale the app shrinks
+    victim = app.tasks[0].id
+    killed = c.kill_task(APP, victim)
+    assert isinstance(killed, MarathonTask) and killed.id == victim
+    wait("the replacement", lambda: (a := c.get_app(APP)).tasks_running == 3
+         and victim not in {t.id for t in a.tasks})
+    assert c.get_app(APP).instances == 3
+    victim = c.list_tasks(APP)[0].id
+    assert c.kill_task(APP, victim, scale=True)["deploymentId"]
+    settled(c)
+    app = c.get_app(APP)
+    assert (app.instances, len(app.tasks)) == (2, 2) and victim not in {t.id for t in app.tasks}
+
+    # versions: newest first, each one readable
+    versions = c.list_versions(APP)
+    assert versions == sorted(versions, reverse=True) and len(versions) == 5
+    first = c.get_version(APP, versions[-1])
+    assert isinstance(first, MarathonApp) and (first.cmd, first.instances) == (
+        "exec sleep 300", 2)
+
+    # a deployment that cannot finish (the new health check never passes), cancelled: the
+    # rollback deployment brings the last definition back
+    app = c.get_app(APP)
+    app.health_checks[0].command = {"value": "false"}
+    stuck = c.update_app(APP, app)["deploymentId"]
+    time.sleep(3)
+    assert [d.id for d in c.list_deployments()] == [stuck]
+    rollback = c.delete_deployment(stuck)
+    assert rollback["deploymentId"] != stuck
+    settled(c, 90)
+    app = c.get_app(APP)
+    assert app.health_checks[0].command == {"value": "true"}
+    assert (app.tasks_running, app.tasks_healthy) == (2, 2)
+
+    # queue: an app no agent can hold (5 cpus, the agent has 4) waits there
+    big = MarathonApp(cmd="exec sleep 300", cpus=5, mem=16, instances=1,
+                      container=MarathonContainer(type="MESOS", docker=MarathonDockerContainer(
+                          image="busybox:1.36")))
+    c.create_app("/big", big)
+    (item,) = wait("a queue item", lambda: c.list_queue())
+    assert isinstance(item, MarathonQueueItem) and item.app.id == "/big" and item.count == 1
+    assert c.delete_app("/big", force=True)["deploymentId"]
+
+    # metrics: Dropwizard JSON and the same figures for Prometheus, this tenant's only
+    metrics = c.get_metrics()
+    assert set(metrics) == {"version", "gauges", "counters", "histograms", "meters", "timers"}
+    assert metrics["counters"]["hypervm.scheduler.launches.tenant.m"]["count"] >= 8
+    assert metrics["gauges"]["hypervm.scheduler.tenant.usage.resource.instances.tenant.m"][
+        "value"] >= 2
+    assert any(t["count"] > 0 for t in metrics["timers"].values())
+    assert not any(".tenant.b" in name for kind in ("counters", "gauges")
+                   for name in metrics[kind])
+    text = requests.get(f"{sched.url}/metrics/prometheus", auth=("m", "token-m"),
+                        timeout=10).text
+    assert 'hypervm_scheduler_launches_total{tenant="m"}' in text
+    assert 'tenant="b"' not in text
+    assert "hypervm_scheduler_api_request_seconds_bucket" in text
+
+    # delete
+    assert c.delete_app(APP)["deploymentId"]
+    settled(c)
+    with pytest.raises(NotFoundError):
+        c.get_app(APP)
+    wait("every task ended", lambda: not live_tasks(master, "m.app."))
+
+    # the event stream: every kind the issue names, parsed by the client; B saw none of it
+    wanted = {"api_post_event", "status_update_event", "health_status_changed_event",
+              "deployment_info", "deployment_success", "deployment_failed"}
+    wait("every kind of event", lambda: wanted <= events.types(), 20)
+    assert events.error is None and others.error is None
+    assert others.types() <= {"event_stream_attached"}
+    assert master.all_violations() == []
