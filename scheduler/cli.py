@@ -53,6 +53,9 @@ def parser() -> argparse.ArgumentParser:
                    help="executor ids (and VM names) start with it")
     p.add_argument("--refuse-seconds", type=float, default=5.0,
                    help="filters.refuse_seconds of declines")
+    p.add_argument("--max-event-streams", type=int, default=4,
+                   help="open /v2/events streams (each holds an API thread; default 4, at "
+                        "most 2 per tenant)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                          args.executor_prefix)
     hub = MarathonHub(store, tenants, ServerInfo(
         args.name, f"{host}:{port}", args.master, args.failover_timeout,
-        args.executor_command, args.user, port))
+        args.executor_command, args.user, port), max_streams=args.max_event_streams,
+        max_streams_per_tenant=min(2, args.max_event_streams))
     workloads = hub.workloads
     framework = hub.framework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill

@@ -24,7 +24,8 @@ EMPTY_OK: dict[str, tuple[Any, ...]] = {
     "killSelection": ("YOUNGEST_FIRST",), "networks": ([], [{"mode": "host"}]),
     "acceptedResourceRoles": ([], ["*"]), "ports": ([],)}
 DOCKER_EMPTY_OK: dict[str, tuple[Any, ...]] = {
-    "privileged": (False,), "parameters": ([],), "network": ("HOST",)}
+    "privileged": (False,), "parameters": ([],), "network": ("HOST",),
+    "forcePullImage": (False,)}
 #: path segments Marathon reserves (they name sub-resources of /v2/apps/{id})
 RESERVED = frozenset({"restart", "tasks", "versions"})
 

@@ -55,7 +55,10 @@ class AppReader:
                                                                         view["id"]),
                 tasks=self.tasks(tenant, view, version) if "tasks" in embed else [],
                 deployments=state.deployments(db, tenant.id, view["id"]),
-                failure=state.failure(db, tenant.id, view["id"]), embed=embed)
+                # the scheduler's own record when it keeps one, else ours
+                failure=view.get("lastTaskFailure") or state.failure(db, tenant.id,
+                                                                     view["id"]),
+                embed=embed)
 
     def tasks(self, tenant: Tenant, view: dict[str, Any], version: str | None
               ) -> list[dict[str, Any]]:

@@ -315,9 +315,9 @@ class Deployments:
         _, max_total = rolling.bounds(new.instances, *rolling.strategy(new.definition))
         peak = max(n_old, max_total)
         cpus, mem, count = self.workloads.usage(db, tenant.id)
+        # this app's share of the usage (the peak counts its instances being killed too)
         mine = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind='app' AND "
-                          "workload=? AND state!='DONE' AND removing=0",
-                          (tenant.id, old.id)).fetchone()[0]
+                          "workload=? AND state!='DONE'", (tenant.id, old.id)).fetchone()[0]
         quota = tenant.quota
         for name, others, need, limit in (
                 ("instances", count - mine, peak, quota.instances),

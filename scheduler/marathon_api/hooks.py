@@ -17,6 +17,8 @@ from scheduler.store import Store
 from scheduler.tenants import Tenants
 
 log = logging.getLogger(__name__)
+#: status messages relay the guest's words: bounded before they are stored or sent
+MAX_MESSAGE = 1024
 
 
 class EventedWorkloads(Workloads):
@@ -53,12 +55,14 @@ class EventedWorkloads(Workloads):
                              (task["task_id"],)).fetchone()
             version = row["version"] if row else version
             if failed:
-                state.set_failure(db, tenant, app_id, views.failure(app_id, task, status,
-                                                                     version))
+                failure = views.failure(app_id, task, status, version)
+                failure["message"] = failure["message"][:MAX_MESSAGE]
+                state.set_failure(db, tenant, app_id, failure)
         ports = [p["hostPort"] for p in _ports(task)]
         self.bus.publish(tenant, event(
             "status_update_event", slaveId=task["agent_id"], taskId=task["task_id"],
-            taskStatus=state_now, message=status.get("message") or "", appId=app_id,
+            taskStatus=state_now, message=str(status.get("message") or "")[:MAX_MESSAGE],
+            appId=app_id,
             host=task["hostname"] or "", ports=ports, ipAddresses=[], version=version))
         healthy = status.get("healthy")
         if healthy is not None and (task["healthy"] is None or bool(task["healthy"]) != healthy):
