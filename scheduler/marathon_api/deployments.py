@@ -62,6 +62,11 @@ class Deployments:
     def created(self, tenant: Tenant, spec: WorkloadSpec) -> Deployment:
         """The app was created: its first version and its start deployment."""
         with self.store.tx() as db:
+            # an app of the same id deleted before is gone (else create refuses): its stop
+            # deployment and its versions went with it
+            for old in state.deployments(db, tenant.id, spec.id):
+                state.delete_deployment(db, old.id)
+            state.forget_app(db, tenant.id, spec.id)
             version = state.add_version(db, tenant.id, spec.id, spec.definition, False)
             dep = Deployment(_new_id(), tenant.id, spec.id, version, START, (), None,
                              time.time())
@@ -175,6 +180,10 @@ class Deployments:
             insts = db.execute("SELECT * FROM instances WHERE tenant=? AND kind='app' AND "
                                "workload=? ORDER BY idx", (dep.tenant, dep.app)).fetchall()
             row = self.store.workload(db, dep.tenant, "app", dep.app)
+            if dep.action == STOP and row is not None:  # created again meanwhile
+                state.delete_deployment(db, dep.id)
+                out.succeeded = True
+                return out
             if dep.action == STOP or row is None:
                 if not insts:
                     state.delete_deployment(db, dep.id)

@@ -208,6 +208,28 @@ def test_the_marathon_client_drives_the_scheduler(
     assert app.health_checks[0].command == {"value": "true"}
     assert (app.tasks_running, app.tasks_healthy) == (2, 2)
 
+    # PATCH merges into the definition (a config change: a rolling restart); PUT of an app
+    # that does not exist creates it, as in Marathon
+    auth = ("m", "token-m")
+    reply = requests.patch(f"{sched.url}/v2/apps{APP}", json={"labels": {"team": "shop"}},
+                           auth=auth, timeout=10)
+    assert reply.status_code == 200 and reply.json()["deploymentId"], reply.text
+    settled(c)
+    app = c.get_app(APP)
+    assert app.labels == {"team": "shop"} and app.cmd == "echo v2; exec sleep 300"
+    reply = requests.put(f"{sched.url}/v2/apps/made/by-put", auth=auth, timeout=10, json={
+        "cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 0,
+        "container": {"docker": {"image": "busybox:1.36"}}})
+    assert reply.status_code == 201 and reply.json()["id"] == "/made/by-put", reply.text
+    settled(c)
+
+    # groups: read-only, the apps by path; Marathon pods: refused, naming the alternative
+    assert {g.id for g in c.list_groups()} == {"/made", "/shop"}
+    assert [a.id for a in c.get_group("/shop").apps] == [APP]
+    reply = requests.post(f"{sched.url}/v2/pods", auth=auth, timeout=10, json={"id": "/p"})
+    assert reply.status_code == 501 and "/v1/pods" in reply.json()["message"]
+    assert c.delete_app("/made/by-put")["deploymentId"]
+
     # queue: an app no agent can hold (5 cpus, the agent has 4) waits there
     big = MarathonApp(cmd="exec sleep 300", cpus=5, mem=16, instances=1,
                       container=MarathonContainer(type="MESOS", docker=MarathonDockerContainer(
