@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import math
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -267,4 +268,30 @@ def test_the_marathon_client_drives_the_scheduler(
     wait("every kind of event", lambda: wanted <= events.types(), 20)
     assert events.error is None and others.error is None
     assert others.types() <= {"event_stream_attached"}
+    assert master.all_violations() == []
+
+
+def test_a_deployment_survives_a_scheduler_crash_and_still_rolls_back(
+        cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
+    master, sched = cluster
+    c = MarathonClient(sched.url, username="m", password="token-m")
+    c.create_app(APP, web_app())
+    settled(c)
+    app = c.get_app(APP)
+    first = {t.id for t in app.tasks}
+    app.health_checks[0].command = {"value": "false"}  # the new version never gets healthy
+    stuck = c.update_app(APP, app)["deploymentId"]
+    wait("a new-version task", lambda: len(master.launched) > 2)
+    assert sched.kill(signal.SIGKILL) == -signal.SIGKILL
+    sched.start()
+    master.wait_subscribed()
+    assert [d.id for d in c.list_deployments()] == [stuck]  # read back from the database
+    rollback = c.delete_deployment(stuck)["deploymentId"]
+    settled(c, 90)
+    app = c.get_app(APP)
+    assert app.health_checks[0].command == {"value": "true"}
+    assert (app.tasks_running, app.tasks_healthy) == (2, 2)
+    # minimumHealthCapacity 0.5: one of the first instances kept running throughout
+    assert len(first & {t.id for t in app.tasks}) == 1
+    assert rollback != stuck and len(master.launched) == len(set(master.launched))
     assert master.all_violations() == []
