@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
                          args.executor_prefix)
     hub = MarathonHub(store, tenants, ServerInfo(
-        args.name, f"{host}:{port}", args.master, args.failover_timeout,
-        args.executor_command, args.user, port), max_streams=args.max_event_streams,
+        args.name, args.listen, args.master, args.failover_timeout, args.executor_command,
+        args.user), max_streams=args.max_event_streams,
         max_streams_per_tenant=min(2, args.max_event_streams))
     workloads = hub.workloads
     framework = hub.framework(store, workloads, tenants, cfg, args.refuse_seconds)

@@ -4,6 +4,7 @@ hypervm pods are ``/v1/pods``). Falcon resources, every answer scoped by the cal
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +38,24 @@ def _tenant(req: falcon.Request) -> Tenant:
 class ServerInfo:
     """What ``/v2/info`` and ``/v2/leader`` tell about this scheduler."""
     name: str
-    leader: str  # host:port of the API
+    #: where clients reach the API: ``--listen`` (a wildcard host becomes this host's name)
+    listen: str
     master: str
     failover_timeout: float
     executor: str
     user: str
-    http_port: int
+
+    @property
+    def leader(self) -> str:
+        host, sep, port = self.listen.rpartition(":")
+        if sep and host.strip("[]") in ("0.0.0.0", "::", ""):
+            return f"{socket.getfqdn()}:{port}"
+        return self.listen
+
+    @property
+    def http_port(self) -> int | None:
+        port = self.listen.rpartition(":")[2]
+        return int(port) if port.isdigit() else None
 
 
 class Ping:
