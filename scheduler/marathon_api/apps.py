@@ -16,6 +16,7 @@ from scheduler.errors import NotFound
 from scheduler.marathon import normalize_id
 from scheduler.marathon_api import appdef, state, views
 from scheduler.marathon_api.deployments import Deployments
+from scheduler.marathon_api.errors import NotSupported
 from scheduler.marathon_api.events import EventBus, event
 from scheduler.service import Workloads
 from scheduler.tenants import Tenant
@@ -108,6 +109,10 @@ class Apps:
         resp.media = self.create(req, read_json(req))
         resp.status = falcon.HTTP_201
         resp.location = f"/v2/apps{resp.media['id']}"
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise NotSupported("batch updates (PUT /v2/apps with a list) are not supported",
+                           hint="PUT /v2/apps/{id} for each app")
 
     def create(self, req: falcon.Request, body: Any) -> dict[str, Any]:
         tenant = _tenant(req)

@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
 PREFIX = "hypervm_scheduler"
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 class Metrics:
@@ -145,8 +146,11 @@ class LatencyMiddleware:
                          req_succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
         if started is not None:
-            self.metrics.api_latency.labels(req.method, str(resp.status)[:3]).observe(
-                time.monotonic() - started)
+            # labels from a fixed set: a client must not be able to mint new series
+            method = req.method if req.method in METHODS else "OTHER"
+            status = str(resp.status)[:3]
+            self.metrics.api_latency.labels(method, status if status.isdigit() else "000"
+                                            ).observe(time.monotonic() - started)
 
 
 class MetricsResource:

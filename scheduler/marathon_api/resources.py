@@ -13,21 +13,16 @@ import falcon
 
 from executor.errors import InvalidSpec
 from scheduler.api import read_json
-from scheduler.errors import NotFound, SchedulerError
+from scheduler.errors import NotFound
 from scheduler.marathon_api import state, views
 from scheduler.marathon_api.apps import LIST_EMBED, AppReader, deployment_answer
 from scheduler.marathon_api.deployments import Deployments
+from scheduler.marathon_api.errors import NotSupported
 from scheduler.store import Store
 from scheduler.tenants import Tenant
 
 #: the Marathon REST API level these resources follow
 MARATHON_VERSION = "1.11.0"
-
-
-class NotSupported(SchedulerError):
-    """A Marathon feature hypervm-scheduler does not have."""
-
-    status = 501
 
 
 def _tenant(req: falcon.Request) -> Tenant:
@@ -167,6 +162,8 @@ class Queue:
         resp.media = {"queue": items}
 
     def on_delete_delay(self, req: falcon.Request, resp: falcon.Response, rest: str) -> None:
+        if not rest.strip("/").endswith("/delay"):
+            raise NotFound(f"{req.path} not found")
         tenant, app_id = _tenant(req), "/" + rest.strip("/").removesuffix("/delay")
         self.reader.workloads.view(tenant, "app", app_id)  # 404 for unknown apps
         with self.reader.store.tx() as db:

@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS marathon_failures (
     PRIMARY KEY (tenant, app));
 """
 
+#: versions kept per app
+MAX_VERSIONS = 50
 #: the actions of Marathon's deployment steps
 START, SCALE, RESTART, STOP = ("StartApplication", "ScaleApplication", "RestartApplication",
                                "StopApplication")
@@ -62,6 +64,10 @@ def add_version(db: sqlite3.Connection, tenant: str, app: str, definition: dict[
     version = timestamp(now)
     db.execute("INSERT INTO marathon_versions VALUES (?, ?, ?, ?, ?)",
                (tenant, app, version, json.dumps(definition), int(scaling)))
+    # as Marathon keeps a bounded history (a client updating in a loop cannot fill the disk)
+    db.execute("DELETE FROM marathon_versions WHERE tenant=? AND app=? AND version NOT IN "
+               "(SELECT version FROM marathon_versions WHERE tenant=? AND app=? ORDER BY "
+               "version DESC LIMIT ?)", (tenant, app, tenant, app, MAX_VERSIONS))
     return version
 
 

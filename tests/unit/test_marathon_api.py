@@ -328,3 +328,39 @@ def test_tokens_are_accepted_as_marathon_clients_send_them() -> None:
     for header in (basic("b", "tok-a"), basic("a", "wrong"), "Basic !!!", "token=wrong",
                    "Bearer wrong", "tok-a", ""):
         assert authenticate(tenants, header) is None, header
+
+
+def test_api_latency_labels_come_from_a_fixed_set() -> None:
+    """A client sending made-up methods must not mint new time series."""
+    import falcon
+    import falcon.testing
+
+    from scheduler.marathon_api.metrics import LatencyMiddleware
+
+    class Ok:
+        def on_get(self, req: Any, resp: Any) -> None:
+            resp.media = {}
+
+    metrics = Metrics()
+    app = falcon.App(middleware=[LatencyMiddleware(metrics)])
+    app.add_route("/x", Ok())
+    for method in ("GET", "FROB", "X-" + "A" * 50, "GET"):
+        falcon.testing.simulate_request(app, method=method, path="/x")
+    series = {tuple(sorted(s.labels.items())) for m in metrics.registry.collect()
+              for s in m.samples if s.name.endswith("_count")}
+    assert {labels[0] for labels in series} == {("method", "GET"), ("method", "OTHER")}
+    assert len(series) == 2
+
+
+def test_an_apps_history_is_bounded() -> None:
+    from scheduler.marathon_api import state
+    from scheduler.store import Store
+
+    store = Store(":memory:")
+    state.install(store)
+    with store.tx() as db:
+        for i in range(state.MAX_VERSIONS + 10):
+            last = state.add_version(db, "a", "/web", {"id": "/web", "instances": i}, True)
+        kept = state.versions(db, "a", "/web")
+    assert len(kept) == state.MAX_VERSIONS and kept[0] == last
+    assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept)

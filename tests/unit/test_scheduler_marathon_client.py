@@ -229,6 +229,8 @@ def test_the_marathon_client_drives_the_scheduler(
     assert [a.id for a in c.get_group("/shop").apps] == [APP]
     reply = requests.post(f"{sched.url}/v2/pods", auth=auth, timeout=10, json={"id": "/p"})
     assert reply.status_code == 501 and "/v1/pods" in reply.json()["message"]
+    reply = requests.put(f"{sched.url}/v2/apps", auth=auth, timeout=10, json=[{"id": "/x"}])
+    assert reply.status_code == 501 and "PUT /v2/apps/{id}" in reply.json()["message"]
     assert c.delete_app("/made/by-put")["deploymentId"]
 
     # queue: an app no agent can hold (5 cpus, the agent has 4) waits there
@@ -238,6 +240,7 @@ def test_the_marathon_client_drives_the_scheduler(
     c.create_app("/big", big)
     (item,) = wait("a queue item", lambda: c.list_queue())
     assert isinstance(item, MarathonQueueItem) and item.app.id == "/big" and item.count == 1
+    c.reset_delay("/big")  # DELETE /v2/queue/big/delay
     assert c.delete_app("/big", force=True)["deploymentId"]
 
     # metrics: Dropwizard JSON and the same figures for Prometheus, this tenant's only
