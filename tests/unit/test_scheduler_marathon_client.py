@@ -202,6 +202,13 @@ def test_the_marathon_client_drives_the_scheduler(
     stuck = c.update_app(APP, app)["deploymentId"]
     time.sleep(3)
     assert [d.id for d in c.list_deployments()] == [stuck]
+    # another tenant sees none of it and can touch none of it
+    assert other.list_deployments() == [] and other.list_queue() == []
+    for call in (lambda: other.delete_deployment(stuck), lambda: other.list_versions(APP),
+                 lambda: other.kill_task(APP, c.list_tasks(APP)[0].id),
+                 lambda: other.restart_app(APP), lambda: other.delete_app(APP)):
+        with pytest.raises(NotFoundError):
+            call()
     rollback = c.delete_deployment(stuck)
     assert rollback["deploymentId"] != stuck
     settled(c, 90)
