@@ -130,13 +130,18 @@ def _scheduler_error(req: falcon.Request, resp: falcon.Response, ex: SchedulerEr
     resp.media = body
 
 
-def make_app(workloads: Workloads, tenants: Tenants, marathon: MarathonHub) -> falcon.App:
+def make_app(workloads: Workloads, tenants: Tenants, marathon: MarathonHub | None = None
+             ) -> falcon.App:
     app = falcon.App(middleware=[AuthMiddleware(tenants)])
     app.req_options.strip_url_path_trailing_slash = True
     pods = Pods(workloads)
     app.add_route("/openapi.json", OpenAPI())
     app.add_route("/v1/pods", pods)
     app.add_route("/v1/pods/{pod_id}", pods, suffix="one")
+    if marathon is None:
+        from scheduler.marathon_api.hub import MarathonHub
+
+        marathon = MarathonHub.for_workloads(workloads, tenants)
     marathon.add_routes(app)  # /v2/..., /ping, /metrics
     app.add_error_handler(InvalidSpec, _invalid)
     app.add_error_handler(SchedulerError, _scheduler_error)

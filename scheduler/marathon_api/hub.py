@@ -13,20 +13,31 @@ from scheduler.marathon_api.events import EventBus, Events
 from scheduler.marathon_api.hooks import EventedWorkloads, MeteredFramework
 from scheduler.marathon_api.metrics import LatencyMiddleware, Metrics, MetricsResource
 from scheduler.marathon_api.resources import ServerInfo
+from scheduler.service import Workloads
 from scheduler.store import Store
 from scheduler.tenants import Tenants
 
 
 class MarathonHub:
     def __init__(self, store: Store, tenants: Tenants, info: ServerInfo,
-                 max_streams: int = 16, max_streams_per_tenant: int = 4) -> None:
+                 max_streams: int = 16, max_streams_per_tenant: int = 4,
+                 workloads: Workloads | None = None) -> None:
+        """``workloads``: an existing service (tests); without it status updates feed the
+        events and metrics (``EventedWorkloads``)."""
         state.install(store)
         self.store, self.tenants, self.info = store, tenants, info
         self.bus = EventBus(max_streams, max_streams_per_tenant)
         self.metrics = Metrics()
         self.metrics.refresh = self._refresh
-        self.workloads = EventedWorkloads(store, self.bus, self.metrics)
+        self.workloads = workloads or EventedWorkloads(store, self.bus, self.metrics)
         self.deployments = Deployments(self.workloads, self.bus)
+
+    @classmethod
+    def for_workloads(cls, workloads: Workloads, tenants: Tenants) -> MarathonHub:
+        """The API on an existing service, without a framework (tests, tools)."""
+        return cls(workloads.store, tenants, ServerInfo(
+            "hypervm-scheduler", "localhost:0", "", 0.0, "hypervm-executor", "root"),
+            workloads=workloads)
 
     def framework(self, *args: Any, **kwargs: Any) -> MeteredFramework:
         return MeteredFramework(*args, metrics=self.metrics, **kwargs)
