@@ -111,8 +111,9 @@ bench: services artifacts
 	$(PY) -m bench
 
 lint: deps
-	$(VENV)/bin/ruff check executor vmimage scheduler tests bench
-	$(VENV)/bin/mypy executor vmimage scheduler
+	$(VENV)/bin/ruff check hypervm executor vmimage scheduler tests bench
+	$(VENV)/bin/lint-imports --config setup.cfg
+	$(VENV)/bin/mypy hypervm executor vmimage scheduler
 
 clean:
 	$(MAKE) -C init clean

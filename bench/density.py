@@ -15,14 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
-import executor.vm
 from bench.vmenv import GUEST_MIB, VMEnv, bench_name, private_dirty_mib, pss_mib, rss_mib
-from executor.errors import HyperVMError
-from executor.hypervisor import Hypervisor
-from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
+from executor.libvirt.hypervisor import Hypervisor
 from executor.vm import HyperVM
+from hypervm.errors import HyperVMError
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +73,9 @@ def start_on_booted(env: VMEnv, hv: Hypervisor, layers: Sequence[Path], cmdline_
                     ) -> tuple[float, float]:
     """(boot, START) of one HyperVM: boot until READY, then START of ``true`` until init replies
     with the pid. START alone is the floor of any warm pool (its VMs are booted already).
-    ``cmdline_extra`` is appended to executor.vm's kernel command line for this VM only."""
+    ``cmdline_extra`` is appended to the kernel command line for this VM only."""
     spec = pod(layers, "floor")
-    cmdline = executor.vm.BASE_CMDLINE + cmdline_extra
-    with mock.patch.object(executor.vm, "BASE_CMDLINE", cmdline), \
-            HyperVM(env.cfg, spec, hypervisor=hv, accel=env.accel) as vm:
+    with HyperVM(env.cfg, spec, hypervisor=hv, boot_files=env.with_cmdline(cmdline_extra)) as vm:
         started = time.monotonic()
         vm.boot()
         booted = time.monotonic()

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.config import HostConfig
+from hypervm.config import HostConfig
 from tests.integration import imagebuild
 from tests.integration.registry import running_registry
 from vmimage.images import ImageStore

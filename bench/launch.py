@@ -46,7 +46,7 @@ _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
 _MARKS = {
     "starting": re.compile(_STAMP + r".*TASK_STARTING", re.M),
     "image": re.compile(_STAMP + r".*vmimage\.images\.store: .*layers\)", re.M),
-    "created": re.compile(_STAMP + r".*executor\.hypervisor: started ", re.M),
+    "created": re.compile(_STAMP + r".*executor\.libvirt\.hypervisor: started ", re.M),
     "claimed": re.compile(_STAMP + r".*executor\.vm: .*: warm VM .* ready in ", re.M),
     "ready": re.compile(_STAMP + r".*executor\.vm: hypervm-\S+ ready in ", re.M),
     "running": re.compile(_STAMP + r".*TASK_RUNNING", re.M),

@@ -24,11 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-from executor.agent_protocol import ExitStatus
-from executor.config import config_from_env
-from executor.network import NetworkSpec, PortMapping
-from executor.podspec import Container, PodSpec, Process, Rootfs
+from executor.guest.protocol import ExitStatus
 from executor.vm import HyperVM
+from hypervm.config import config_from_env
+from hypervm.netspec import NetworkSpec, PortMapping
+from hypervm.podspec import Container, PodSpec, Process, Rootfs
 
 SERVE = ("mkdir -p /www && head -c $((SIZE_MB*1048576)) /dev/urandom > /www/big.bin && "
          "echo ok > /www/small && touch /tmp/ready && exec httpd -f -p 80 -h /www")

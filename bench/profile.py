@@ -51,19 +51,16 @@ def boot_profile(boot: RawBoot) -> dict[str, Any]:
 
 def hypervm_boot(env: Any, layers: Sequence[Any]) -> dict[str, Any]:
     """The same profile for a HyperVM as the executor boots it (layer disk, NIC), with
-    ``quiet`` dropped from executor.vm's command line for this one boot."""
+    ``quiet`` dropped from the kernel command line for this one boot."""
     import time
-    from unittest import mock
 
     import executor.vm
     from bench import density
-    from executor.hypervisor import Hypervisor
+    from executor.libvirt.hypervisor import Hypervisor
 
-    verbose = executor.vm.BASE_CMDLINE.replace(" quiet", "")
     spec = density.pod(layers, "profile")
-    with mock.patch.object(executor.vm, "BASE_CMDLINE", verbose), \
-            Hypervisor(env.cfg.libvirt_uri) as hv, \
-            executor.vm.HyperVM(env.cfg, spec, hypervisor=hv, accel=env.accel) as vm:
+    with Hypervisor(env.cfg.libvirt_uri) as hv, \
+            executor.vm.HyperVM(env.cfg, spec, hypervisor=hv, boot_files=env.verbose()) as vm:
         vm.boot()
         time.sleep(0.3)  # let virtlogd write the last lines
         console = vm.console_log.read_text(errors="replace")

@@ -18,11 +18,10 @@ from pathlib import Path
 import libvirt
 
 from bench.vmenv import GUEST_MIB, VMEnv, bench_name
-from executor.agent_protocol import HEADER, HEADER_SIZE, MsgType
-from executor.domain import DomainSpec
-from executor.hypervisor import Hypervisor
-from executor.libvirt_xml import domain_xml
-from executor.vm import BASE_CMDLINE
+from executor.guest.protocol import HEADER_SIZE, MsgType, decode_header
+from executor.libvirt.domain import DomainSpec
+from executor.libvirt.domain_xml import domain_xml
+from executor.libvirt.hypervisor import Hypervisor
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,17 @@ class RawBoot:
     console: str = ""
 
 
-def cmdline(env: VMEnv, quiet: bool = True) -> str:
-    base = BASE_CMDLINE if quiet else BASE_CMDLINE.replace(" quiet", "")
-    return " ".join(filter(None, [base, getattr(env.kernel, "cmdline_extra", "")]))
-
-
 def raw_spec(env: VMEnv, run_dir: Path, quiet: bool = True) -> DomainSpec:
     """The same kernel, initrd, emulator and devices a HyperVM gets; the TCG flush after READY
     is ours, so the raw boot has none."""
-    from vmimage.qemu import find_qemu
-
+    boot = env.boot if quiet else env.verbose()
     name = "hypervm-" + bench_name("raw")
     return DomainSpec(name=name, accel=env.accel, vcpus=1, memory_mib=GUEST_MIB,
-                      kernel=env.kernel.path, initrd=env.initrd, cmdline=cmdline(env, quiet),
-                      channel_socket=run_dir / name / "channel.sock",
+                      kernel=boot.kernel.path, initrd=boot.initrd, cmdline=boot.cmdline,
+                      bios=boot.bios, channel_socket=run_dir / name / "channel.sock",
                       console_log=run_dir / name / "console.log",
                       free_page_reporting=env.cfg.free_page_reporting,
-                      emulator=find_qemu(env.cfg).emulator).validate()
+                      emulator=boot.emulator).validate()
 
 
 def _wait_ready(path: Path, deadline: float) -> None:
@@ -74,7 +67,7 @@ def _wait_ready(path: Path, deadline: float) -> None:
             if not chunk:
                 raise ConnectionError("the guest channel closed before READY")
             header += chunk
-        _, type_, _, _ = HEADER.unpack(header)
+        _, type_, _, _ = decode_header(header)
         if type_ != MsgType.READY:
             raise ConnectionError(f"first frame is type {type_:#x}, not READY")
     finally:

@@ -27,9 +27,9 @@ from bench.vmenv import (
     rss_by_mapping,
     wait_no_new_domains,
 )
-from executor.hypervisor import Hypervisor
-from executor.pool import WarmPool
-from executor.pool_spec import PoolConfig
+from executor.libvirt.hypervisor import Hypervisor
+from executor.pool.daemon import WarmPool
+from executor.pool.protocol import PoolConfig
 from vmimage.qemu import find_qemu
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,12 @@ import os
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from executor.config import HostConfig, config_from_env
+from hypervm.config import HostConfig, config_from_env
+from vmimage.boot import BootFiles, kernel_cmdline, resolve_boot
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +30,42 @@ def bench_name(kind: str) -> str:
 @dataclass
 class VMEnv:
     cfg: HostConfig
-    kernel: Any
-    initrd: Path
-    accel: str
+    boot: BootFiles
+
+    @property
+    def kernel(self) -> Any:
+        return self.boot.kernel
+
+    @property
+    def initrd(self) -> Path:
+        return self.boot.initrd
+
+    @property
+    def accel(self) -> str:
+        return self.boot.accel
 
     def current(self) -> VMEnv:
-        """This environment with the kernel and initrd a HyperVM booted now would use (another
+        """This environment with the boot files a HyperVM booted now would use (another
         engineer may build a new HyperKernel while the benchmark runs)."""
-        from vmimage.initrd import ensure_initrd
-        from vmimage.kernel import find_kernel
-
-        kernel = find_kernel(self.cfg)
-        if kernel == self.kernel:
+        boot = resolve_boot(self.cfg, accel=self.accel)
+        if boot.kernel == self.kernel:
             return self
-        log.warning("the kernel changed during the run: %s -> %s", self.kernel.key, kernel.key)
-        return VMEnv(cfg=self.cfg, kernel=kernel, initrd=ensure_initrd(self.cfg, kernel),
-                     accel=self.accel)
+        log.warning("the kernel changed during the run: %s -> %s", self.kernel.key,
+                    boot.kernel.key)
+        return VMEnv(cfg=self.cfg, boot=boot)
+
+    def verbose(self, cmdline_extra: str = "") -> BootFiles:
+        """These boot files with the kernel's console messages on (no ``quiet``), plus
+        ``cmdline_extra``: for the profile of one boot."""
+        return replace(self.boot, cmdline=kernel_cmdline(self.kernel, quiet=False) + cmdline_extra)
+
+    def with_cmdline(self, cmdline_extra: str) -> BootFiles:
+        return replace(self.boot, cmdline=self.boot.cmdline + cmdline_extra)
 
     @classmethod
     def load(cls) -> VMEnv:
-        from executor.accel import detect_accel
-        from vmimage.initrd import ensure_initrd
-        from vmimage.kernel import find_kernel
-
         cfg = config_from_env()
-        kernel = find_kernel(cfg)
-        return cls(cfg=cfg, kernel=kernel, initrd=ensure_initrd(cfg, kernel),
-                   accel=detect_accel(cfg))
+        return cls(cfg=cfg, boot=resolve_boot(cfg))
 
 
 def leftover_domains() -> list[str]:

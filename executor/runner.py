@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from executor.agent_protocol import ExitStatus
-from executor.errors import HyperVMError
-from executor.podspec import Container
+from executor.guest.protocol import ExitStatus
 from executor.vm import HyperVM, ProcessHandle
+from hypervm.errors import HyperVMError
+from hypervm.podspec import Container
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """HyperVM: one pod in one VM — the orchestration between PodSpec, libvirt and the guest init.
 
-Side effects live in the modules this one drives (executor.hypervisor for libvirt,
-executor.guest_channel for the socket); here: naming, the per-VM run directory, which layer
+Side effects live in the modules this one drives (executor.libvirt.hypervisor for libvirt,
+executor.guest.channel for the socket); here: naming, the per-VM run directory, which layer
 images become which disks, the boot/teardown sequence and the process bookkeeping.
 """
 
@@ -19,22 +19,31 @@ from pathlib import Path
 from typing import Any
 
 from executor import network
-from executor.agent_protocol import ExitStatus, MsgType
-from executor.bounds import resource_bounds
-from executor.config import HostConfig
-from executor.domain import DiskSpec, DomainSpec, ShareSpec
-from executor.errors import BootError, HyperVMError, PoolError, ProtocolError
-from executor.guest_channel import GuestChannel, ProcessCallbacks
-from executor.podspec import DEFAULT_PATH, Container, PodSpec, Process
-from executor.pool_spec import FIRST_POD_UNIT, LAYER_WAIT_MS, POOL_SHARE_TAG, layer_serial
+from executor.guest.channel import GuestChannel, ProcessCallbacks
+from executor.guest.protocol import (
+    LAYER_WAIT_MS,
+    POOL_SHARE_TAG,
+    ExitStatus,
+    MsgType,
+    clip_text,
+    layer_serial,
+    mount_payload,
+    process_payload,
+    reply_pid,
+    start_payload,
+)
+from executor.libvirt import identity
+from executor.libvirt.designer import RunFiles, cold_domain
+from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.libvirt.hypervisor import Hypervisor
+from hypervm import netspec
+from hypervm.config import HostConfig
+from hypervm.errors import BootError, HyperVMError, ProtocolError
+from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
+from vmimage.boot import BootFiles, resolve_boot
 
 log = logging.getLogger(__name__)
 
-#: the guest kernel's command line; quiet keeps TCG boots fast (the console is a slow UART);
-#: pci=noacpi: ACPI IRQ routing costs ~0.19 s per virtio device under TCG (bench: HyperVM boot
-#: 2.12 -> 1.41 s); ACPI itself stays, the guest powers off through it
-BASE_CMDLINE = ("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_check "
-                "noreplace-smp pci=noacpi")
 DEFAULT_BOOT_TIMEOUT = 60.0
 
 
@@ -59,6 +68,28 @@ def _ignore(_: bytes) -> None:
     pass
 
 
+def pod_devices(pod: PodSpec) -> tuple[dict[Path, str], dict[Path, str]]:
+    """The pod's distinct layer files → disk serials, and its 9p mount sources → tags."""
+    serials: dict[Path, str] = {}
+    tags: dict[Path, str] = {}
+    for container in pod.containers:
+        for layer in container.rootfs.layers:
+            serials.setdefault(layer, layer_serial(len(serials)))
+        for mount in container.mounts:
+            if mount.type == "9p" and mount.source is not None:
+                tags.setdefault(mount.source, f"s{len(tags)}")
+    return serials, tags
+
+
+def pod_metadata(pod: PodSpec) -> dict[str, str]:
+    """What the domain records of its pod (the hypervisor stamps the owner pid)."""
+    meta = {"pod": pod.name}
+    meta.update({f"label.{k}": v for k, v in pod.labels})
+    meta["tenant"] = pod.network.tenant
+    meta.update({f"port.{i}": m.describe() for i, m in enumerate(pod.network.ports)})
+    return meta
+
+
 class HyperVM:
     """Boot with :meth:`boot`, run with :meth:`start`/:meth:`exec`, end with :meth:`destroy`.
 
@@ -66,12 +97,21 @@ class HyperVM:
     """
 
     def __init__(self, cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
-                 accel: str | None = None) -> None:
+                 accel: str | None = None, boot_files: BootFiles | None = None,
+                 claimed: str | None = None, run_dir: Path | None = None,
+                 before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> None:
+        """``boot_files``: what to boot (default: this host's, resolved at boot); ``claimed``
+        and ``run_dir``: a booted pool VM this object takes over (executor.pool.adopt) instead
+        of booting its own. ``before_shares(identity)``: called once the VM's QEMU user is
+        known, before the pod's owned shares are given to it (e.g. to let that uid reach a
+        sandbox below a 0750 directory); ``identity`` is None when QEMU runs as libvirt's
+        shared user."""
         pod.validate()
         self.cfg = cfg
         self.pod = pod
-        self.name = f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
-        self.run_dir = cfg.vms_dir / self.name
+        self.name = claimed or f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
+        self.run_dir = run_dir or cfg.vms_dir / self.name
+        self._boot_files = boot_files
         self._hypervisor = hypervisor
         self._own_hypervisor = hypervisor is None
         self._accel = accel
@@ -82,11 +122,14 @@ class HyperVM:
         self._layer_serials: dict[Path, str] = {}
         self._share_tags: dict[Path, str] = {}
         #: the VM came from the warm pool: layers are SCSI LUNs, mounts subdirs of its share
-        self.warm = False
+        self.warm = claimed is not None
         #: ... an image pool VM, which had the pod's layers attached and mounted already
         self.warm_layers = False
         self.guest_kernel: str | None = None
         self.boot_seconds: float | None = None
+        #: the uid:gid this VM's QEMU runs as (executor.libvirt.identity); None: libvirt's user
+        self.identity: identity.Identity | None = None
+        self._before_shares = before_shares
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -103,184 +146,105 @@ class HyperVM:
             text = self.console_log.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(clip_text(line, 300) for line in text.splitlines()[-lines:])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _assign_devices(self) -> None:
+    def assign_devices(self) -> None:
         """Name each distinct layer (disk serial) and 9p source (tag, or share subdir)."""
-        for container in self.pod.containers:
-            for layer in container.rootfs.layers:
-                self._layer_serials.setdefault(layer, layer_serial(len(self._layer_serials)))
-            for mount in container.mounts:
-                if mount.type == "9p" and mount.source is not None:
-                    self._share_tags.setdefault(mount.source, f"s{len(self._share_tags)}")
+        if not self._layer_serials and not self._share_tags:
+            self._layer_serials, self._share_tags = pod_devices(self.pod)
 
-    def domain_spec(self, kernel: Any, initrd: Path, accel: str,
-                    emulator: Path | None = None) -> DomainSpec:
+    @property
+    def layer_serials(self) -> dict[Path, str]:
+        """Each distinct layer file of the pod → its disk serial (after assign_devices)."""
+        return dict(self._layer_serials)
+
+    @property
+    def share_tags(self) -> dict[Path, str]:
+        """Each 9p mount source → its tag (cold) or share subdir (warm)."""
+        return dict(self._share_tags)
+
+    def take_over(self, channel: GuestChannel) -> Any:
+        """A claimed pool VM (executor.pool.adopt): talk to it over ``channel``; returns the
+        libvirt connection to adopt it with. From now on :meth:`destroy` ends it."""
+        self._channel = channel
+        if self._hypervisor is None:
+            self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
+        return self._hypervisor
+
+    def adopted(self, ready: dict[str, Any], layers_attached: bool, seconds: float) -> None:
+        """Record that executor.pool.adopt made this claimed pool VM the pod's."""
+        self.warm_layers = layers_attached
+        self.guest_kernel = ready.get("kernel")
+        self.boot_seconds = seconds
+
+    def domain_spec(self, boot: BootFiles) -> DomainSpec:
         """The pure description of this VM for the libvirt builder."""
-        self._assign_devices()
+        self.assign_devices()
         disks = tuple(DiskSpec(path=p, serial=s) for p, s in self._layer_serials.items())
         shares = tuple(
-            ShareSpec(source=src, tag=tag, readonly=self._share_readonly(src))
+            ShareSpec(source=src, tag=tag, readonly=self.share_readonly(src))
             for src, tag in self._share_tags.items()
         )
-        cmdline = " ".join(filter(None, [BASE_CMDLINE, getattr(kernel, "cmdline_extra", "")]))
-        cputune, memtune = resource_bounds(self.pod.resources)
-        return DomainSpec(
-            name=self.name,
-            accel=accel,
-            vcpus=self.pod.resources.cpus,
-            memory_mib=self.pod.resources.memory_mib,
-            kernel=kernel.path,
-            initrd=initrd,
-            cmdline=cmdline,
-            channel_socket=self.channel_socket,
-            console_log=self.console_log,
-            disks=disks,
-            shares=shares,
-            metadata=self._metadata(),
-            cputune=cputune,
-            memtune=memtune,
-            qemu_args=network.qemu_args(self.pod.network, self.mac_address),
-            tb_cache_mib=self.cfg.tb_cache_mib,
-            free_page_reporting=self.cfg.free_page_reporting,
-            emulator=emulator,
-        )
+        return cold_domain(self.name, boot, self.cfg,
+                           RunFiles(self.channel_socket, self.console_log),
+                           self.pod.resources, self.pod.network, self.metadata(),
+                           disks=disks, shares=shares,
+                           identity=self.identity.pair if self.identity is not None else None)
 
     @property
     def mac_address(self) -> str:
         return network.mac_address(self.name)
 
-    def _give_owned_shares(self) -> None:
-        """Sandbox-like mount sources (Mount.owned) become writable by QEMU's user."""
-        for source in {m.source for c in self.pod.containers for m in c.mounts
-                       if m.owned and not m.readonly and m.source is not None}:
-            self._hypervisor.give_to_qemu(source)
+    def _owned_shares(self) -> set[Path]:
+        return {m.source for c in self.pod.containers for m in c.mounts
+                if m.owned and not m.readonly and m.source is not None}
 
-    def _share_readonly(self, source: Path) -> bool:
+    def give_owned_shares(self) -> None:
+        """Sandbox-like mount sources (Mount.owned) become writable by this VM's QEMU user
+        (its own identity: nobody else's, mode 0750), else by libvirt's QEMU user."""
+        if self._before_shares is not None:
+            self._before_shares(self.identity.pair if self.identity is not None else None)
+        for source in self._owned_shares():
+            if self.identity is not None:
+                identity.give(source, self.identity)
+            else:
+                self._hypervisor.give_to_qemu(source)
+
+    def _end_identity(self) -> None:
+        """The VM is gone: its shares go back to root, its uid back to the range."""
+        ident, self.identity = self.identity, None
+        if ident is None:
+            return
+        for source in self._owned_shares():
+            identity.take_back(source, ident)
+        identity.release(self.name)
+
+    def share_readonly(self, source: Path) -> bool:
         return all(m.readonly for c in self.pod.containers for m in c.mounts if m.source == source)
 
-    def _metadata(self) -> dict[str, str]:
-        meta = {"pod": self.pod.name}  # the hypervisor stamps the owner pid
-        meta.update({f"label.{k}": v for k, v in self.pod.labels})
-        meta["tenant"] = self.pod.network.tenant
-        meta.update({f"port.{i}": m.describe() for i, m in enumerate(self.pod.network.ports)})
-        return meta
+    def metadata(self) -> dict[str, str]:
+        return pod_metadata(self.pod)
 
     def boot(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
-        """Take a warm VM from the pool when one serves and the pod fits it; else create the
-        domain and wait for the guest init's READY. Destroys the VM on failure."""
-        if self.cfg.use_pool and self._boot_warm(timeout):
-            return
-        self._boot_cold(timeout)
-
-    def _boot_warm(self, timeout: float) -> bool:
-        """True when a pool VM now runs this pod; False (nothing left behind) to boot cold."""
-        from executor import warm
-        from executor.pool_spec import unfit_reason
-
-        if not self.cfg.pool_socket.exists():
-            return False
-        res = self.pod.resources
-        reason = unfit_reason(self.pod, res.cpus, res.memory_mib)
+        """Create the domain and wait for the guest init's READY (a cold boot; the launcher
+        takes a warm VM from the pool instead when one fits). Destroys the VM on failure."""
         started = time.monotonic()
-        try:
-            if reason is not None:
-                raise PoolError(reason)
-            self._assign_devices()
-            lease, sock = warm.claim(self.cfg, res.cpus, res.memory_mib, self._metadata(),
-                                     [str(path) for path in self._layer_serials])
-        except PoolError as e:
-            log.info("%s: no warm VM (%s): booting cold", self.pod.name, e)
-            return False
-        cold_name, cold_dir = self.name, self.run_dir
-        self.name, self.run_dir, self.warm = lease.vm, lease.run_dir, True
-        try:
-            self._adopt(lease, sock, timeout)
-        except KeyboardInterrupt:
-            self.destroy()
-            sock.close()
-            raise
-        except HyperVMError as e:
-            log.warning("%s: warm VM %s failed (%s): booting cold", self.pod.name, lease.vm, e)
-            self.destroy()
-            sock.close()  # when the failure came before the channel took it
-            self.name, self.run_dir, self.warm = cold_name, cold_dir, False
-            self.warm_layers = False
-            self._destroyed, self._channel = False, None
-            if self._own_hypervisor:  # destroy() closed it
-                self._hypervisor = None
-            self._layer_serials, self._share_tags = {}, {}
-            return False
-        self.boot_seconds = time.monotonic() - started
-        log.info("%s: warm VM %s%s ready in %.3f s", self.pod.name, self.name,
-                 " (layers attached)" if self.warm_layers else "", self.boot_seconds)
-        return True
-
-    def _adopt(self, lease: Any, sock: Any, timeout: float) -> None:
-        """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
-        from executor import warm
-        from executor.hypervisor import Hypervisor
-        from executor.libvirt_xml import hotplug_disk_xml
-        from executor.pool_spec import SHARE_DIR
-
-        channel = GuestChannel(self.channel_socket)
-        self._channel = channel
+        boot = self._boot_files or resolve_boot(self.cfg, accel=self._accel)
+        accel = boot.accel
         if self._hypervisor is None:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
-        hv = self._hypervisor
-        hv.adopt(self.name)  # the pool wrote our metadata and made us the owner
-        self._give_owned_shares()
-        self.warm_layers = lease.layers_attached
-        if not lease.layers_attached:  # an image pool VM has exactly our layers already
-            for unit, (path, serial) in enumerate(self._layer_serials.items(), FIRST_POD_UNIT):
-                hv.attach_device(self.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
-                                                             unit))
-        binds = []
         try:
-            if self._share_tags:
-                qemu_pid = hv.qemu_pid(self.name)
-                if qemu_pid is None:
-                    raise HyperVMError(f"no QEMU process for {self.name}")
-                for source, tag in self._share_tags.items():
-                    target = self.run_dir / SHARE_DIR / tag
-                    target.mkdir()
-                    binds.append(warm.start_bind(qemu_pid, source, target,
-                                                 self._share_readonly(source)))
-            cputune, _ = resource_bounds(self.pod.resources)  # memory: bounded at boot (shape)
-            if not cputune.empty:
-                hv.set_cpu_bounds(self.name, cputune)
-            # while the binds run: no START (which mounts them) before they are done
-            ready = channel.attach(sock, timeout, lease.ready)
-            self.guest_kernel = ready.get("kernel")
-            self._configure_network()
-        finally:
-            warm.wait_binds(binds)
-
-    def _boot_cold(self, timeout: float) -> None:
-        from executor.accel import detect_accel
-        from executor.hypervisor import Hypervisor
-        from vmimage.initrd import ensure_initrd
-        from vmimage.kernel import find_kernel
-        from vmimage.qemu import find_qemu
-
-        started = time.monotonic()
-        kernel = find_kernel(self.cfg)
-        initrd = ensure_initrd(self.cfg, kernel)
-        accel = self._accel or detect_accel(self.cfg)
-        qemu = find_qemu(self.cfg)
-        if self._hypervisor is None:
-            self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
-        spec = self.domain_spec(kernel, initrd, accel, qemu.emulator)
-        try:
+            self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
+            spec = self.domain_spec(boot)
             network.check_host_ports(self.pod.network)
-            self._give_owned_shares()
+            self.give_owned_shares()
             self._create(spec)
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
-            self._configure_network()
-            if qemu.flushes_after_boot(self.cfg, accel):
+            self.configure_network()
+            if boot.flushes_after_boot(self.cfg):
                 flush_boot_translations(self._hypervisor, self.name)
         except HyperVMError as e:
             tail = self.console_tail()
@@ -294,9 +258,20 @@ class HyperVM:
             self.destroy()
             raise
         self.guest_kernel = ready.get("kernel")
+        self.fail_closed()
         self.boot_seconds = time.monotonic() - started
         log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
                  self.guest_kernel, accel)
+
+    def fail_closed(self) -> None:
+        """Once booted, a broken guest channel destroys the VM: its processes are reported
+        lost (by the channel) and nothing of a guest we cannot talk to keeps running."""
+        def broken(reason: str) -> None:
+            if not self._destroyed:
+                log.warning("%s: %s: destroying the VM", self.name, reason)
+                self.destroy()
+
+        self.channel.on_disconnect = broken
 
     def _create(self, spec: DomainSpec) -> None:
         try:
@@ -307,7 +282,7 @@ class HyperVM:
                 raise
             raise converted from e
 
-    def _configure_network(self) -> None:
+    def configure_network(self) -> None:
         hostnames = [c.hostname or c.name for c in self.pod.containers]
         payload = network.guest_config(self.pod.network, self.mac_address, hostnames,
                                        network.host_resolv_conf(), interfaces=not self.warm)
@@ -336,21 +311,13 @@ class HyperVM:
         if container not in self.pod.containers:
             raise HyperVMError(f"container {container.name!r} is not part of pod {self.pod.name}")
         handle = next(self._handles)
-        rootfs: dict[str, Any] = {
-            "layers": [self._layer_serials[p] for p in container.rootfs.layers],
-            "readonly": container.rootfs.readonly,
-        }
-        if self.warm:
-            rootfs["wait_ms"] = LAYER_WAIT_MS
-        payload: dict[str, Any] = {
-            "container": container.name,
-            "handle": handle,
-            "rootfs": rootfs,
-            "mounts": [self._mount_payload(m) for m in container.mounts],
-            "hostname": container.hostname or container.name,
-            "process": process_payload(container.process,
-                                       network.port_env(self.pod.network.ports)),
-        }
+        payload = start_payload(
+            container.name, handle, [self._layer_serials[p] for p in container.rootfs.layers],
+            process_payload(container.process, netspec.port_env(self.pod.network.ports),
+                            DEFAULT_PATH),
+            readonly=container.rootfs.readonly,
+            mounts=[self._mount_payload(m) for m in container.mounts],
+            hostname=container.hostname, wait_ms=LAYER_WAIT_MS if self.warm else None)
         return self._spawn(MsgType.START, payload, container.name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
 
@@ -362,8 +329,8 @@ class HyperVM:
         process.validate("exec.process")
         handle = next(self._handles)
         payload = {"container": container_name, "handle": handle,
-                   "process": process_payload(process,
-                                              network.port_env(self.pod.network.ports))}
+                   "process": process_payload(process, netspec.port_env(self.pod.network.ports),
+                                              DEFAULT_PATH)}
         return self._spawn(MsgType.EXEC, payload, container_name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
 
@@ -376,16 +343,14 @@ class HyperVM:
         except BaseException:
             channel.unregister_process(handle)
             raise
-        return ProcessHandle(handle=handle, container=container, pid=int(reply.get("pid", 0)))
+        return ProcessHandle(handle=handle, container=container, pid=reply_pid(reply))
 
     def _mount_payload(self, mount: Any) -> dict[str, Any]:
-        item: dict[str, Any] = {"type": mount.type, "destination": mount.destination,
-                                "readonly": mount.readonly}
         if mount.type == "9p" and self.warm:
-            item["source"], item["subdir"] = POOL_SHARE_TAG, self._share_tags[mount.source]
-        elif mount.type == "9p":
-            item["source"] = self._share_tags[mount.source]
-        return item
+            return mount_payload(mount.type, mount.destination, mount.readonly, POOL_SHARE_TAG,
+                                 self._share_tags[mount.source])
+        source = self._share_tags[mount.source] if mount.type == "9p" else None
+        return mount_payload(mount.type, mount.destination, mount.readonly, source)
 
     def signal(self, process: ProcessHandle | int, signum: int) -> None:
         handle = process.handle if isinstance(process, ProcessHandle) else process
@@ -404,6 +369,7 @@ class HyperVM:
         if self._destroyed:
             return
         if self._channel is not None:
+            self._channel.on_disconnect = None  # the guest closes it as it goes: expected
             try:
                 self._channel.request(MsgType.POWEROFF, {}, timeout=timeout)
                 if self._hypervisor is not None:
@@ -426,24 +392,6 @@ class HyperVM:
             finally:
                 if self._own_hypervisor:
                     self._hypervisor.close()
+        self._end_identity()
         shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def process_payload(process: Process, defaults: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The protocol's ``process`` object for a Process; ``defaults`` (KEY=VALUE, e.g. the
-    PORT* variables) apply where the process's env does not set the key."""
-    env = list(process.env)
-    keys = {item.split("=", 1)[0] for item in env}
-    env += [item for item in defaults if item.split("=", 1)[0] not in keys]
-    if not any(item.startswith("PATH=") for item in env):
-        env.insert(0, f"PATH={DEFAULT_PATH}")
-    return {
-        "args": list(process.args),
-        "env": env,
-        "cwd": process.cwd,
-        "uid": process.uid,
-        "gid": process.gid,
-        "additional_gids": list(process.additional_gids),
-        "stdin": process.stdin,
-    }
 

@@ -9,17 +9,15 @@ it), unknown workload 404, id taken 409.
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import socketserver
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
-from executor.errors import InvalidSpec
-from scheduler import openapi
+from hypervm.errors import InvalidSpec
+from scheduler import jsonbody, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
+from scheduler.server import TENANT_KEY, ServerOptions, make_server
 from scheduler.service import Workloads
 from scheduler.tenants import Tenant, Tenants
 
@@ -41,6 +39,7 @@ class AuthMiddleware:
         if tenant is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
         req.context.tenant = tenant
+        req.env[TENANT_KEY] = tenant.id  # for the access log
 
 
 def authenticate(tenants: Tenants, header: str) -> Tenant | None:
@@ -62,19 +61,8 @@ def authenticate(tenants: Tenants, header: str) -> Tenant | None:
     return None
 
 
-MAX_BODY = 1 << 20
-
-
 def read_json(req: falcon.Request) -> Any:
-    if (req.content_length or 0) > MAX_BODY:
-        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
-    raw = req.bounded_stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise InvalidSpec("(body)", f"larger than {MAX_BODY} bytes")
-    try:
-        return json.loads(raw)
-    except ValueError as e:
-        raise InvalidSpec("(body)", f"malformed JSON: {e}", hint="send a JSON object") from e
+    return jsonbody.read(req.bounded_stream, req.content_length)
 
 
 def _tenant(req: falcon.Request) -> Tenant:
@@ -127,6 +115,8 @@ def _scheduler_error(req: falcon.Request, resp: falcon.Response, ex: SchedulerEr
         body["quota"] = ex.quota
     if isinstance(ex, Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="hypervm-scheduler"')
+    for name, value in ex.headers.items():
+        resp.set_header(name, value)
     resp.media = body
 
 
@@ -148,20 +138,12 @@ def make_app(workloads: Workloads, tenants: Tenants, marathon: MarathonHub | Non
     return app
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("api: " + format, *args)
-
-
-class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def serve(app: falcon.App, host: str, port: int) -> ThreadingWSGIServer:
-    """A threaded WSGI server bound to ``host:port`` (call ``serve_forever`` on it)."""
-    return make_server(host, port, app, server_class=ThreadingWSGIServer,
-                       handler_class=_Quiet)  # type: ignore[return-value]
+def serve(app: falcon.App, host: str, port: int, options: ServerOptions | None = None) -> Any:
+    """The API's waitress server on ``host:port`` (``unix:/PATH``, 0), not yet running: call
+    its ``run()`` (``scheduler.server.stop`` ends it)."""
+    listen = host if host.startswith("unix:") else f"[{host}]:{port}" if ":" in host \
+        else f"{host}:{port}"
+    return make_server(app, listen, options)
 
 
 __all__ = ["NotFound", "make_app", "serve"]

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from executor.errors import HyperVMError
+from hypervm.errors import HyperVMError
+from scheduler import server as api_server
 from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
 from scheduler.framework import FRAMEWORK_ID_KEY
@@ -36,7 +37,16 @@ log = logging.getLogger("hypervm-scheduler")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypervm-scheduler", description=__doc__.split("\n")[1])
     p.add_argument("--master", required=True, help="http://HOST:PORT, HOST:PORT or zk://…")
-    p.add_argument("--listen", required=True, help="HOST:PORT of the REST API")
+    p.add_argument("--listen", required=True,
+                   help="HOST:PORT or unix:/PATH of the REST API (plain HTTP: TLS is a proxy's)")
+    p.add_argument("--api-threads", type=int, default=8,
+                   help="requests handled at once (default 8)")
+    p.add_argument("--api-connection-limit", type=int, default=100,
+                   help="connections open at once (default 100)")
+    p.add_argument("--api-channel-timeout", type=int, default=30,
+                   help="seconds an idle or silent connection stays open (default 30)")
+    p.add_argument("--trusted-proxy", metavar="ADDRESS",
+                   help="the TLS proxy in front: its X-Forwarded-* headers are believed")
     p.add_argument("--state", required=True, help="sqlite:///ABSOLUTE/PATH.db")
     p.add_argument("--tenants", required=True, type=Path, help="tenants file (YAML or JSON)")
     p.add_argument("--name", default="hypervm-scheduler")
@@ -49,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
                    help="ExecutorInfo.command.value")
     p.add_argument("--executor-cpus", type=float, default=0.1)
     p.add_argument("--executor-mem", type=float, default=64.0)
+    p.add_argument("--executor-disk", type=float, default=32.0,
+                   help="MiB of disk for the executor (the Mesos master requires some)")
     p.add_argument("--executor-prefix", default="hypervm",
                    help="executor ids (and VM names) start with it")
     p.add_argument("--refuse-seconds", type=float, default=5.0,
@@ -71,10 +83,9 @@ def master_address(url: str) -> str:
 
 
 def listen_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
+    """HOST, PORT of ``--listen`` (``unix:/PATH``, 0 for a unix socket)."""
+    address = api_server.parse_listen(text)
+    return (address["host"], address["port"]) if "host" in address else (text, 0)
 
 
 def read_secret(args: argparse.Namespace) -> str | None:
@@ -107,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = listen_address(args.listen)
     master = master_address(args.master)
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
-                         args.executor_prefix)
+                         args.executor_prefix, args.executor_disk)
     hub = MarathonHub(store, tenants, ServerInfo(
         args.name, args.listen, args.master, args.failover_timeout, args.executor_command,
         args.user), max_streams=args.max_event_streams,
@@ -120,14 +131,18 @@ def run(args: argparse.Namespace) -> int:
         framework, framework_info(args, tenants, framework_id), master,
         implicit_acknowledgements=False, principal=args.principal, secret=read_secret(args),
         failover=True)
-    server = serve(make_app(workloads, tenants, hub), host, port)
+    options = api_server.ServerOptions(
+        threads=args.api_threads, connection_limit=args.api_connection_limit,
+        channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
+    server = serve(make_app(workloads, tenants, hub), host, port, options)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-    log.info("API on http://%s:%d, master %s, framework id %s, tenants %s", host,
-             server.server_address[1], master, framework_id or "(new)",
-             ", ".join(t.id for t in tenants.all))
+    threading.Thread(target=server.run, name="api", daemon=True).start()
+    log.info("API on %s (%d threads, %d connections, %d s idle timeout), master %s, "
+             "framework id %s, tenants %s", api_server.address_of(server), options.threads,
+             options.connection_limit, options.channel_timeout, master,
+             framework_id or "(new)", ", ".join(t.id for t in tenants.all))
     driver.start()
     while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
         framework.tick()
@@ -139,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("exiting: %s", framework.fatal)
     log.info("stopping (the framework fails over: its tasks keep running)")
     driver.stop(failover=True)
-    server.shutdown()
+    api_server.stop(server)
     store.close()
     return 1 if framework.fatal else 0
 

@@ -1,18 +1,20 @@
-"""Errors of the scheduler, rooted in :class:`executor.errors.HyperVMError`.
+"""Errors of the scheduler, rooted in :class:`hypervm.errors.HyperVMError`.
 
 The REST layer maps each class to one HTTP status; ``str(err)`` is the message the user sees.
-Validation errors are :class:`executor.errors.InvalidSpec` (they name the field).
+Validation errors are :class:`hypervm.errors.InvalidSpec` (they name the field).
 """
 
 from __future__ import annotations
 
-from executor.errors import HyperVMError
+from hypervm.errors import HyperVMError
 
 
 class SchedulerError(HyperVMError):
     """Root of the scheduler's own errors."""
 
     status = 500
+    #: HTTP headers of the answer
+    headers: dict[str, str] = {}
 
 
 class Unauthorized(SchedulerError):
@@ -41,6 +43,19 @@ class QuotaExceeded(SchedulerError):
     def __init__(self, quota: str, message: str) -> None:
         self.quota = quota
         super().__init__(message, hint=f"lower the request or raise quota.{quota} of the tenant")
+
+
+class PayloadTooLarge(SchedulerError):
+    """A request body over the limit."""
+
+    status = 413
+
+
+class StorageUnavailable(SchedulerError):
+    """The state database cannot be written (disk full, I/O error): nothing was changed."""
+
+    status = 503
+    headers = {"Retry-After": "30"}
 
 
 class ConfigError(SchedulerError):

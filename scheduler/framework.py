@@ -109,7 +109,12 @@ class HyperVMFramework(Scheduler):
         assert framework_id
         with self._lock:
             for offer in offers:
-                self._offer(driver, offer, framework_id)
+                try:
+                    self._offer(driver, offer, framework_id)
+                except Exception:  # this offer only: the others (other tenants') go on
+                    log.exception("offer %s from %s: declined after an error",
+                                  offer["id"]["value"], offer.get("hostname"))
+                    driver.declineOffer([offer["id"]], {"refuse_seconds": self.refuse_seconds})
             self._suppress_if_idle(driver)
 
     def _offer(self, driver: Any, offer: dict[str, Any], framework_id: str) -> None:

@@ -23,7 +23,12 @@ def exit_code(state: str, message: str | None) -> int | None:
     if state == "TASK_FINISHED":
         return 0
     match = _EXIT_RE.search(message or "")
-    return int(match.group(1)) if match else None
+    if not match:
+        return None
+    # the executor relays what the guest says: clamp to an exit status's range (0-255) before
+    # it reaches SQLite (an integer over 2^63 cannot be stored) or int() (4300 digits at most)
+    digits = match.group(1)
+    return min(int(digits), 255) if len(digits) <= 4 else 255
 
 
 def summary(states: Iterable[str]) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
+from scheduler import limits
 from scheduler.model import ContainerSpec, PortSpec, WorkloadSpec
 from scheduler.validation import check_env, check_image, validate
 
@@ -37,7 +38,7 @@ DEFAULTS = {"cpus": 1.0, "mem": 128.0, "instances": 1}
 @cache
 def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA_PATH.read_text())
-    return jsonschema.Draft4Validator(schema)
+    return jsonschema.Draft4Validator(limits.capped(schema))
 
 
 def normalize_id(app_id: str) -> str:
@@ -49,6 +50,7 @@ def parse_app(data: Any) -> WorkloadSpec:
     if isinstance(data, dict) and "cmd" in data and "args" in data:
         raise InvalidSpec("args", "cannot be given with cmd (Marathon forbids both)",
                           hint="put the arguments into cmd, or drop cmd")
+    limits.check_app_paths(data)  # in linear time, before the schema (which backtracks)
     validate(_validator(), data)
     _refuse_unsupported(data, SUPPORTED, "")
     app_id = normalize_id(data["id"])

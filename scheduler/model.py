@@ -60,4 +60,8 @@ class WorkloadSpec:
         """Delay before the relaunch that follows ``failures`` consecutive failures."""
         if failures <= 0:
             return 0.0
-        return min(self.max_backoff_s, self.backoff_s * self.backoff_factor ** (failures - 1))
+        try:
+            return min(self.max_backoff_s,
+                       self.backoff_s * self.backoff_factor ** (failures - 1))
+        except OverflowError:  # thousands of failures: the cap, not an exception
+            return self.max_backoff_s

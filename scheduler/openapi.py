@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scheduler import limits
 from scheduler.marathon_api.openapi_paths import PATHS as MARATHON_PATHS
 from scheduler.pods import POD_SCHEMA
 
@@ -20,7 +21,9 @@ INSTANCE = {"type": "object", "properties": {
             "ports": {"type": "array"}, "host": {"type": ["string", "null"]}}}}}}
 WORKLOAD = {"type": "object", "properties": {
     "id": {"type": "string"}, "kind": {"type": "string"}, "definition": {"type": "object"},
-    "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}}}}
+    "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+    "lastTaskFailure": {"type": ["object", "null"], "description": "Marathon's TaskFailure: "
+                        "appId, host, message, state, taskId, timestamp, version, slaveId"}}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def _ok(ref: str, code: str = "200") -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    pod_schema = {k: v for k, v in POD_SCHEMA.items() if k != "$schema"}
+    pod_schema = {k: v for k, v in limits.capped(POD_SCHEMA).items() if k != "$schema"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "hypervm-scheduler", "version": "1",

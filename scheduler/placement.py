@@ -18,6 +18,7 @@ from scheduler.taskgroup import ExecutorConfig, executor_id, executor_info, task
 class OfferedResources:
     cpus: float = 0.0
     mem: float = 0.0
+    disk: float = 0.0
     ports: list[int] = field(default_factory=list)
 
     @classmethod
@@ -28,6 +29,8 @@ class OfferedResources:
                 out.cpus += r["scalar"]["value"]
             elif r["name"] == "mem":
                 out.mem += r["scalar"]["value"]
+            elif r["name"] == "disk" and not r.get("disk"):  # plain disk, no volume
+                out.disk += r["scalar"]["value"]
             elif r["name"] == "ports":
                 for rng in r.get("ranges", {}).get("range", []):
                     out.ports.extend(range(int(rng["begin"]), int(rng["end"]) + 1))
@@ -69,13 +72,15 @@ def plan(offer: dict[str, Any], role: str, pending: list[Pending], cfg: Executor
         spec = item.spec
         need_cpus = spec.cpus + cfg.cpus
         need_mem = spec.mem + cfg.mem
-        if need_cpus > free.cpus + 1e-9 or need_mem > free.mem + 1e-9:
+        if (need_cpus > free.cpus + 1e-9 or need_mem > free.mem + 1e-9
+                or cfg.disk > free.disk + 1e-9):
             continue
         ports = _pick_ports(spec, free.ports)
         if ports is None:
             continue
         free.cpus -= need_cpus
         free.mem -= need_mem
+        free.disk -= cfg.disk
         free.ports = [p for p in free.ports if p not in {p for ps in ports for p in ps}]
         launches.append(_launch(item, agent_id, role, ports, cfg, framework_id))
     return launches

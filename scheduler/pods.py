@@ -11,7 +11,8 @@ from typing import Any
 
 import jsonschema
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
+from scheduler import limits
 from scheduler.model import ContainerSpec, PortSpec, WorkloadSpec
 from scheduler.validation import check_env, check_image, validate
 
@@ -60,7 +61,7 @@ POD_SCHEMA: dict[str, Any] = {
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(POD_SCHEMA)
+_VALIDATOR = jsonschema.Draft202012Validator(limits.capped(POD_SCHEMA))
 
 
 def parse_pod(data: Any) -> WorkloadSpec:

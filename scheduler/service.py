@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from executor.errors import InvalidSpec
-from scheduler import lifecycle
+from scheduler import failures, lifecycle, limits
 from scheduler.errors import Conflict, NotFound, QuotaExceeded
 from scheduler.marathon import parse_app
 from scheduler.model import WorkloadSpec
@@ -40,13 +39,14 @@ class Workloads:
     # ------------------------------------------------------------------ admission
 
     def usage(self, db: sqlite3.Connection, tenant: str) -> tuple[float, float, int]:
-        """cpus, mem and instances of the tenant's workloads that still run or will."""
+        """cpus, mem and instances of the tenant's workloads that still run or will - those
+        being removed (scaled down, deleted) too, until their tasks have ended."""
         cpus = mem = 0.0
         count = 0
-        for row in db.execute("SELECT * FROM workloads WHERE tenant=? AND deleted=0", (tenant,)):
+        for row in db.execute("SELECT * FROM workloads WHERE tenant=?", (tenant,)):
             spec = spec_of(row)
             n = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
-                           "workload=? AND state!='DONE' AND removing=0",
+                           "workload=? AND state!='DONE'",
                            (tenant, row["kind"], row["id"])).fetchone()[0]
             cpus, mem, count = cpus + n * spec.cpus, mem + n * spec.mem, count + n
         return cpus, mem, count
@@ -69,9 +69,7 @@ class Workloads:
     def create(self, tenant: Tenant, kind: str, definition: Any) -> WorkloadSpec:
         spec = PARSERS[kind](definition)
         with self.store.tx() as db:
-            if self.store.workload(db, tenant.id, kind, spec.id) is not None:
-                raise Conflict(f"{kind} {spec.id} exists already",
-                               hint="delete it first or choose another id")
+            self._refuse_taken(db, tenant, kind, spec.id)
             self.admit(db, tenant, spec, spec.instances)
             self.store.insert_workload(db, tenant.id, kind, spec.id, spec.definition,
                                        spec.instances)
@@ -80,9 +78,25 @@ class Workloads:
         self.on_change()
         return spec
 
+    def _refuse_taken(self, db: sqlite3.Connection, tenant: Tenant, kind: str, wid: str
+                      ) -> None:
+        """409 while the id exists, or was deleted and some of its tasks still live."""
+        row = db.execute("SELECT deleted FROM workloads WHERE tenant=? AND kind=? AND id=?",
+                         (tenant.id, kind, wid)).fetchone()
+        if row is None:
+            return
+        if not row["deleted"]:
+            raise Conflict(f"{kind} {wid} exists already",
+                           hint="delete it first or choose another id")
+        left = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
+                          "workload=?", (tenant.id, kind, wid)).fetchone()[0]
+        if not left:
+            return  # nothing of it is left: insert_workload replaces the row
+        raise Conflict(f"{kind} {wid} is being deleted: {left} instance(s) still have live "
+                       "tasks", hint="retry once they have ended (the id is free then)")
+
     def scale(self, tenant: Tenant, kind: str, wid: str, instances: int) -> WorkloadSpec:
-        if isinstance(instances, bool) or not isinstance(instances, int) or instances < 0:
-            raise InvalidSpec("instances", f"{instances!r} must be an integer >= 0")
+        limits.check_instances(instances)
         kills: list[tuple[str, str]] = []
         with self.store.tx() as db:
             row = self._get(db, tenant, kind, wid)
@@ -139,8 +153,10 @@ class Workloads:
         left = db.execute("SELECT COUNT(*) FROM instances WHERE tenant=? AND kind=? AND "
                           "workload=?", (tenant, kind, wid)).fetchone()[0]
         if not left:
-            db.execute("DELETE FROM workloads WHERE tenant=? AND kind=? AND id=? AND deleted=1",
-                       (tenant, kind, wid))
+            gone = db.execute("DELETE FROM workloads WHERE tenant=? AND kind=? AND id=? AND "
+                              "deleted=1", (tenant, kind, wid)).rowcount
+            if gone:
+                failures.forget(db, tenant, kind, wid)
 
     def _kill_all(self, kills: list[tuple[str, str]]) -> None:
         for task_id, agent_id in kills:
@@ -183,7 +199,8 @@ class Workloads:
                 "executorId": inst["executor_id"], "tasks": tasks,
                 "nextLaunchAt": inst["not_before"] if inst["state"] == "PENDING" else None})
         return {"id": row["id"], "kind": row["kind"], "definition": json.loads(row["definition"]),
-                "instances": instances}
+                "instances": instances,
+                "lastTaskFailure": failures.last_failure(self.store.db, row)}
 
     # ------------------------------------------------------------------ status updates
 
@@ -191,7 +208,7 @@ class Workloads:
         """Record a TaskStatus; returns False for a task we never launched (kill it)."""
         task_id = status["task_id"]["value"]
         state = status["state"]
-        message = status.get("message")
+        message = failures.bounded(status.get("message"))
         restart = False
         with self.store.tx() as db:
             task = db.execute("SELECT * FROM tasks WHERE task_id=?", (task_id,)).fetchone()
@@ -200,9 +217,11 @@ class Workloads:
             if lifecycle.is_terminal(task["state"]) and not lifecycle.is_terminal(state):
                 return True  # a late, stale update
             healthy = status.get("healthy")
+            healthy = healthy if isinstance(healthy, bool) else None
+            failures.record(db, task, status)
             db.execute("UPDATE tasks SET state=?, message=COALESCE(?, message), reason=?, "
                        "healthy=COALESCE(?, healthy), exit_code=?, updated=? WHERE task_id=?",
-                       (state, message, status.get("reason"),
+                       (state, message, failures.bounded(status.get("reason"), 64),
                         None if healthy is None else int(healthy),
                         lifecycle.exit_code(state, message), time.time(), task_id))
             restart = self._advance(db, task)

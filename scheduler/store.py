@@ -8,6 +8,7 @@ task may live.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler import lifecycle
-from scheduler.errors import ConfigError
+from scheduler import failures, lifecycle
+from scheduler.errors import ConfigError, StorageUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,6 +40,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     idx INTEGER NOT NULL, attempt INTEGER NOT NULL, container TEXT NOT NULL,
     state TEXT NOT NULL, message TEXT, reason TEXT, healthy INTEGER, exit_code INTEGER,
     agent_id TEXT, hostname TEXT, ports TEXT NOT NULL DEFAULT '[]', updated REAL NOT NULL);
+-- the next attempt of every instance slot ever launched: a workload deleted and created again,
+-- or scaled down and up, never reuses a task id (a late update cannot be taken for a new task)
+CREATE TABLE IF NOT EXISTS generations (
+    tenant TEXT NOT NULL, kind TEXT NOT NULL, workload TEXT NOT NULL, idx INTEGER NOT NULL,
+    next_attempt INTEGER NOT NULL, PRIMARY KEY (tenant, kind, workload, idx));
 """
 
 
@@ -55,6 +61,22 @@ class LaunchRecord:
     task_id: str
     container: str
     ports: list[dict[str, Any]]
+
+
+#: SQLite's result codes that say the database cannot be written now (not a bug of ours)
+_STORAGE_ERRORS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_BUSY",
+                   "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOLFS")
+
+
+def is_storage_error(e: sqlite3.Error) -> bool:
+    return str(getattr(e, "sqlite_errorname", "")).startswith(_STORAGE_ERRORS)
+
+
+def storage_error(e: sqlite3.Error) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"the state database cannot be written: {e} "
+        f"({getattr(e, 'sqlite_errorname', 'SQLITE_ERROR')}); nothing was changed",
+        hint="free space on the state volume (or fix its I/O error), then retry")
 
 
 def open_store(url: str) -> Store:
@@ -77,22 +99,31 @@ class Store:
             if path != ":memory:":
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            self.db.executescript(SCHEMA + failures.SCHEMA)
         except sqlite3.Error as e:
             raise ConfigError(f"cannot open the state database {path}: {e}") from e
         self.lock = threading.RLock()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One serialised transaction (committed when the block ends without error)."""
+        """One serialised transaction, committed when the block ends without error, else (and
+        when the COMMIT itself fails) rolled back: nothing is half-written, and the next
+        transaction starts clean. A full disk or an I/O error is :class:`StorageUnavailable`."""
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise storage_error(e) from e
             try:
                 yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
+                self.db.execute("COMMIT")
+            except BaseException as e:
+                if self.db.in_transaction:  # SQLite may have rolled back already
+                    with contextlib.suppress(sqlite3.Error):
+                        self.db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and is_storage_error(e):
+                    raise storage_error(e) from e
                 raise
-            self.db.execute("COMMIT")
 
     def close(self) -> None:
         with self.lock:
@@ -157,8 +188,11 @@ class Store:
 
     def add_instance(self, db: sqlite3.Connection, tenant: str, kind: str, wid: str,
                      idx: int) -> None:
-        db.execute("INSERT OR REPLACE INTO instances (tenant, kind, workload, idx) "
-                   "VALUES (?, ?, ?, ?)", (tenant, kind, wid, idx))
+        # a plain INSERT: an instance that still exists (e.g. being removed) is never replaced
+        db.execute("INSERT INTO instances (tenant, kind, workload, idx, attempt) VALUES "
+                   "(?, ?, ?, ?, COALESCE((SELECT next_attempt FROM generations WHERE tenant=? "
+                   "AND kind=? AND workload=? AND idx=?), 0))",
+                   (tenant, kind, wid, idx, tenant, kind, wid, idx))
 
     def pending(self, tenants: list[str], now: float) -> list[sqlite3.Row]:
         """Instances waiting for an offer, oldest workloads first."""
@@ -190,6 +224,9 @@ class Store:
                        "agent_id=?, hostname=? WHERE tenant=? AND kind=? AND workload=? AND "
                        "idx=?", (attempt, executor_id, agent_id, hostname, key.tenant, key.kind,
                                  key.workload, key.idx))
+            db.execute("INSERT INTO generations VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                       "next_attempt=MAX(next_attempt, excluded.next_attempt)",
+                       (key.tenant, key.kind, key.workload, key.idx, attempt + 1))
             for t in tasks:
                 db.execute("INSERT INTO tasks (task_id, tenant, kind, workload, idx, attempt, "
                            "container, state, agent_id, hostname, ports, updated) VALUES "

@@ -7,9 +7,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.errors import ConfigError
 from scheduler.model import ContainerSpec, WorkloadSpec
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+#: the master's minimum executor resources; disk must be there and positive (a 0 is dropped)
+MIN_CPUS, MIN_MEM, MIN_DISK = 0.01, 32.0, 0.001
+#: Mesos ids are at most NAME_MAX (255) characters
+MAX_ID = 255
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,18 @@ class ExecutorConfig:
     mem: float = 64.0
     #: executor ids (and so VM names) start with it
     prefix: str = "hypervm"
+    #: MiB of disk: a real master refuses a LAUNCH_GROUP whose executor has none
+    disk: float = 32.0
+
+    def __post_init__(self) -> None:
+        """What the Mesos 1.11 master requires of a task group's executor
+        (src/master/validation.cpp, MIN_CPUS and MIN_MEM of src/master/constants.hpp)."""
+        for option, value, least in (("--executor-cpus", self.cpus, MIN_CPUS),
+                                     ("--executor-mem", self.mem, MIN_MEM),
+                                     ("--executor-disk", self.disk, MIN_DISK)):
+            if not least <= value <= 1e6:
+                raise ConfigError(f"{option} {value:g}: the Mesos master needs at least "
+                                  f"{least:g} (and we allow at most 1e6)")
 
 
 def safe(text: str) -> str:
@@ -27,7 +44,15 @@ def safe(text: str) -> str:
 
 
 def task_id(tenant: str, kind: str, wid: str, idx: int, attempt: int, container: str) -> str:
-    return f"{tenant}.{kind}.{safe(wid)}.{idx}.{attempt}.{container}"
+    """Readable, and at most 255 characters (the master's limit): a long workload id is
+    shortened to its start and a digest."""
+    name = safe(wid)
+    tail = f".{idx}.{attempt}.{container}"
+    room = MAX_ID - len(tenant) - len(kind) - len(tail) - 2
+    if len(name) > room:
+        digest = hashlib.sha256(wid.encode()).hexdigest()[:16]
+        name = f"{name[:max(room - 17, 0)]}-{digest}"
+    return f"{tenant}.{kind}.{name}{tail}"
 
 
 def executor_id(cfg: ExecutorConfig, tenant: str, kind: str, wid: str, idx: int,
@@ -52,7 +77,8 @@ def executor_info(cfg: ExecutorConfig, eid: str, framework_id: str, role: str
     return {"executor_id": {"value": eid}, "framework_id": {"value": framework_id},
             "type": "CUSTOM", "name": "hypervm-executor",
             "command": {"value": cfg.command, "shell": True},
-            "resources": [scalar("cpus", cfg.cpus, role), scalar("mem", cfg.mem, role)]}
+            "resources": [scalar("cpus", cfg.cpus, role), scalar("mem", cfg.mem, role),
+                          scalar("disk", cfg.disk, role)]}
 
 
 def task_info(box: ContainerSpec, tid: str, agent_id: str, role: str, host_ports: list[int],

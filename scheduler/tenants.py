@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler.errors import ConfigError
 
 _ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")

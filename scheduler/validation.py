@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
-from executor.errors import ImageError, InvalidSpec
-from vmimage.images.reference import parse_registry_ref
+from hypervm.errors import ImageError, InvalidSpec
+from hypervm.imageref import parse_registry_ref
 
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

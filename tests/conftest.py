@@ -44,7 +44,7 @@ def run_to_exit(vm, container, timeout: float = 60.0) -> tuple[int, str]:  # noq
 
 @pytest.fixture(scope="session")
 def host_cfg():  # noqa: ANN201
-    from executor.config import config_from_env
+    from hypervm.config import config_from_env
 
     return config_from_env()
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from executor.config import HostConfig, config_from_env
-from executor.errors import HyperVMError
+from hypervm.config import HostConfig, config_from_env
+from hypervm.errors import HyperVMError
 
 
 def main(prog: str, description: str, ensure: Callable[[HostConfig], Any],

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.config import HostConfig, config_from_env
-from executor.errors import HostError, HyperVMError
+from hypervm.config import HostConfig, config_from_env
+from hypervm.errors import HostError, HyperVMError
 from vmimage.kernel import Kernel, store
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from executor.errors import HostError, ImageError
+from hypervm.errors import HostError, ImageError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 
 #: what GET returns besides the definition; ignored on input, as Marathon does
 READ_ONLY = frozenset({"tasks", "tasksRunning", "tasksStaged", "tasksHealthy", "tasksUnhealthy",

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler import lifecycle
 from scheduler.errors import Conflict, NotFound, QuotaExceeded
 from scheduler.marathon import normalize_id, parse_app

@@ -11,7 +11,7 @@ from typing import Any
 
 import falcon
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler.api import read_json
 from scheduler.errors import NotFound
 from scheduler.marathon_api import state, views

@@ -142,7 +142,7 @@ def delete_deployment(db: sqlite3.Connection, dep_id: str) -> None:
 
 def deployments(db: sqlite3.Connection, tenant: str | None = None, app: str | None = None
                 ) -> list[Deployment]:
-    sql, args = "SELECT * FROM marathon_deployments WHERE 1=1", []
+    sql, args = "SELECT * FROM marathon_deployments WHERE 1=1", list[str]()
     if tenant is not None:
         sql, args = sql + " AND tenant=?", [*args, tenant]
     if app is not None:

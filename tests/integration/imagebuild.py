@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from executor.config import HostConfig
+from hypervm.config import HostConfig
 from vmimage.images import ImageStore
 
 BUSYBOX = Path("/bin/busybox")

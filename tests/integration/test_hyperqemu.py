@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import HostConfig
-from executor.podspec import Container, PodSpec, Process, Rootfs
 from executor.vm import HyperVM
+from hypervm.config import HostConfig
+from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from tests.conftest import TEST_TAG, run_to_exit
 from vmimage.qemu import Qemu, find_qemu
 from vmimage.rootfs import ensure_warmup_layer
@@ -62,7 +62,7 @@ def test_hypervms_run_on_hyperqemu(vm_factory, hyperqemu: Qemu, pod: PodSpec) ->
 
 def test_tcg_flush_gives_the_boot_translations_back(host_cfg: HostConfig, hyperqemu: Qemu,
                                                     pod: PodSpec) -> None:
-    from executor.accel import detect_accel
+    from vmimage.accel import detect_accel
 
     if detect_accel(host_cfg) != "tcg":
         pytest.skip("KVM runs guest code natively: there are no translations to give back")

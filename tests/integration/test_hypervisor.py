@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import HostConfig, config_from_env
-from executor.domain import DiskSpec, DomainSpec, ShareSpec
-from executor.errors import HypervisorError
-from executor.hypervisor import DomainInfo, Hypervisor, LifecycleEvent
+from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.libvirt.hypervisor import DomainInfo, Hypervisor, LifecycleEvent
+from hypervm.config import HostConfig, config_from_env
+from hypervm.errors import HypervisorError
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -79,7 +79,7 @@ def kernel(cfg: HostConfig) -> Path:
 
 @pytest.fixture(scope="module")
 def accel(cfg: HostConfig) -> str:
-    from executor.accel import detect_accel
+    from vmimage.accel import detect_accel
 
     return detect_accel(cfg)
 
@@ -289,7 +289,7 @@ def test_closing_the_connection_destroys_its_domains(
 
 OWNER_CHILD = """
 import pickle, sys, time
-from executor.hypervisor import Hypervisor
+from executor.libvirt.hypervisor import Hypervisor
 spec = pickle.loads(bytes.fromhex(sys.argv[1]))
 hv = Hypervisor("qemu:///system")
 hv.create(spec)
@@ -373,7 +373,7 @@ def test_gc_destroys_a_leftover_and_keeps_a_live_vm(
     cfg: HostConfig,
     work_dir: Path,
 ) -> None:
-    from executor.cli_gc import collect_garbage
+    from executor.cli.gc import collect_garbage
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -455,7 +455,7 @@ def test_kvm_probe_agrees_with_libvirt(
     hv: Hypervisor, make_spec: SpecFactory, kernel: Path, track: Callable[[DomainSpec], None]
 ) -> None:
     """The probe answers within its timeout; when it says KVM works, a KVM domain boots."""
-    from executor.accel import PROBE_TIMEOUT, check_kvm_device, probe_kvm_boot
+    from vmimage.accel import PROBE_TIMEOUT, check_kvm_device, probe_kvm_boot
 
     if not check_kvm_device().ok:
         pytest.skip("no usable /dev/kvm on this host")

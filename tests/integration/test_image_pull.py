@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from tests.integration import imagebuild
 from tests.integration.imagebuild import (
     check_multilayer_tree,

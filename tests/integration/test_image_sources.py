@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from tests.integration import imagebuild
 from tests.integration.imagebuild import check_multilayer_tree, mounted, private_store
 from tests.integration.registry import running_registry

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.podspec import Container, PodSpec, Process, Rootfs
+from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from tests.conftest import run_to_exit
 from tests.integration import imagebuild
 from tests.integration.imagebuild import private_store

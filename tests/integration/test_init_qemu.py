@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from executor.agent_protocol import Frame, FrameDecoder, MsgType, encode, encode_json
+from executor.guest.protocol import Frame, FrameDecoder, MsgType, encode, encode_json
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -42,8 +42,8 @@ RECONNECT_PAUSE = 0.1
 
 @pytest.fixture(scope="module")
 def kernel() -> Any:
-    from executor.config import config_from_env
-    from executor.errors import HostError
+    from hypervm.config import config_from_env
+    from hypervm.errors import HostError
     from vmimage.kernel import find_kernel
 
     try:
@@ -150,7 +150,7 @@ class Process:
 
 
 class Channel:
-    """One host connection to the guest's channel socket; frames via executor.agent_protocol."""
+    """One host connection to the guest's channel socket; frames via executor.guest.protocol."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -47,7 +47,7 @@ def hyperkernel() -> Kernel:
 
 
 def _cfg():  # noqa: ANN202
-    from executor.config import config_from_env
+    from hypervm.config import config_from_env
 
     return config_from_env()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import config_from_env
+from hypervm.config import config_from_env
 from vmimage.initrd import CpioEntry, initrd_entries, newc_archive
 from vmimage.kernel import distro, ensure_kernel
 from vmimage.rootfs import build_layer_image

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from executor import network
-from executor.agent_protocol import ExitStatus, MsgType
-from executor.errors import GuestError, NetworkError
-from executor.network import NetworkSpec, PortMapping
-from executor.podspec import Container, PodSpec, Process, Rootfs
+from executor.guest.protocol import ExitStatus, MsgType
+from hypervm import netspec
+from hypervm.errors import GuestError, NetworkError
+from hypervm.netspec import NetworkSpec, PortMapping
+from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from tests.conftest import HYPERVM, REPO, TEST_TAG
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
@@ -236,7 +237,7 @@ def test_vm_fetches_a_file_from_the_hosts_loopback(hypervm, busybox_rootfs: Path
     payload = os.urandom(256 * 1024)
     (root / "blob.bin").write_bytes(payload)
     result = hypervm("run", "--rootfs", str(busybox_rootfs), "--", "sh", "-c",
-                     f"wget -q -O /tmp/blob http://{network.HOST_ADDRESS}:{port}/blob.bin && "
+                     f"wget -q -O /tmp/blob http://{netspec.HOST_ADDRESS}:{port}/blob.bin && "
                      "md5sum /tmp/blob")
     assert result.returncode == 0, result.stderr.decode()
     import hashlib

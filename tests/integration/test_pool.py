@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from executor.hypervisor import Hypervisor
-from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
-from executor.pool import WarmPool
-from executor.pool_spec import PoolConfig
+from executor.launcher import boot_vm
+from executor.libvirt.hypervisor import Hypervisor
+from executor.pool.daemon import WarmPool
+from executor.pool.protocol import PoolConfig
 from executor.vm import HyperVM
+from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
 from tests.conftest import REPO, TEST_TAG, our_domains
 from tests.integration import imagebuild
 from tests.integration.imagebuild import private_store
@@ -121,8 +122,7 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
                   resources=Resources(cpus=1, memory_mib=128, cpu_limit=0.5))
     claims = pool.claims
     try:
-        with HyperVM(cfg, pod) as vm:
-            vm.boot()
+        with boot_vm(cfg, pod) as vm:
             assert vm.warm and vm.name.startswith(f"hypervm-{POOL_NAME}-")
             assert pool.claims == claims + 1
             with Hypervisor(cfg.libvirt_uri, events=False) as hv:
@@ -145,6 +145,36 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
         subprocess.run(["rm", "-rf", str(ro), str(rw)], check=False)
 
 
+def test_a_warm_vms_guest_plants_no_real_link_or_setuid_file(pooled: Any, layers: Any) -> None:
+    """Issue 15: the pool's share (sandboxes bind-mounted into it) is 9p mapped like a cold
+    VM's: what the guest makes there is a plain file on the host."""
+    import stat
+
+    cfg, _ = pooled
+    busybox, _ = layers
+    sandbox = shared_dir()
+    script = ("cd /sb && ln -s /etc/passwd link && echo x > suid && chmod 4755 suid && "
+              "mkfifo fifo && ls -l link suid fifo | cut -c1-10")
+    container = Container("main", Rootfs(layers=busybox.layers),
+                          Process(args=("/bin/sh", "-c", script)),
+                          mounts=(Mount(type="9p", destination="/sb", source=sandbox,
+                                        owned=True),))
+    pod = PodSpec(name=f"{TEST_TAG}-plant", containers=(container,),
+                  resources=Resources(cpus=1, memory_mib=128))
+    try:
+        with HyperVM(cfg, pod) as vm:
+            vm.boot()
+            assert vm.warm
+            code, out = run(vm, container)
+        assert code == 0, out
+        assert out.split() == ["prw-r--r--", "lrwxrwxrwx", "-rwsr-xr-x"], out
+        for name in ("link", "suid", "fifo"):
+            mode = os.lstat(sandbox / name).st_mode
+            assert stat.S_ISREG(mode) and not mode & stat.S_ISUID, (name, oct(mode))
+    finally:
+        subprocess.run(["rm", "-rf", str(sandbox)], check=False)
+
+
 def test_two_layers_are_hot_added_in_order(pooled: Any, layers: Any) -> None:
     cfg, _ = pooled
     _, multi = layers
@@ -153,8 +183,7 @@ def test_two_layers_are_hot_added_in_order(pooled: Any, layers: Any) -> None:
     pod = PodSpec(name=f"{TEST_TAG}-multi", containers=(container,),
                   resources=Resources(cpus=1, memory_mib=128))
     assert len(multi.layers) >= 2
-    with HyperVM(cfg, pod) as vm:
-        vm.boot()
+    with boot_vm(cfg, pod) as vm:
         assert vm.warm
         code, out = run(vm, container)
     assert code == 0, out
@@ -171,8 +200,7 @@ def test_a_pool_vm_serves_one_pod_only(pooled: Any, layers: Any) -> None:
     for i in range(3):
         pod = PodSpec(name=f"{TEST_TAG}-once{i}", containers=(container,),
                       resources=Resources(cpus=1, memory_mib=128))
-        with HyperVM(cfg, pod) as vm:
-            vm.boot()
+        with boot_vm(cfg, pod) as vm:
             if vm.warm:
                 seen.append(vm.name)
             assert run(vm, container)[0] == 0
@@ -189,8 +217,7 @@ def test_other_shapes_boot_cold(pooled: Any, layers: Any) -> None:
     busybox, _ = layers
     container, pod = true_pod("big", busybox.layers, memory_mib=192)
     claims = pool.claims
-    with HyperVM(cfg, pod) as vm:
-        vm.boot()
+    with boot_vm(cfg, pod) as vm:
         assert not vm.warm and vm.name.startswith(f"hypervm-{TEST_TAG}-big-")
         assert run(vm, container)[0] == 0
     assert pool.claims == claims
@@ -213,8 +240,7 @@ def test_an_image_vm_serves_only_pods_of_its_layers(pooled: Any, layers: Any) ->
         (image_vm,) = image_pool.unclaimed()
         # another image's pod: the image VM is not for it, and there is no generic VM
         other, pod = true_pod("img-other", multi.layers)
-        with HyperVM(img_cfg, pod) as vm:
-            vm.boot()
+        with boot_vm(img_cfg, pod) as vm:
             assert not vm.warm
             assert run(vm, other)[0] == 0
         assert image_pool.unclaimed() == {image_vm} and image_pool.claims == 0
@@ -222,8 +248,7 @@ def test_an_image_vm_serves_only_pods_of_its_layers(pooled: Any, layers: Any) ->
                               Process(args=("/bin/sh", "-c", "ls /bin/busybox; mount")))
         pod = PodSpec(name=f"{TEST_TAG}-img", containers=(container,),
                       resources=Resources(cpus=1, memory_mib=128))
-        with HyperVM(img_cfg, pod) as vm:
-            vm.boot()
+        with boot_vm(img_cfg, pod) as vm:
             assert vm.warm and vm.warm_layers and vm.name == image_vm
             with Hypervisor(cfg.libvirt_uri, events=False) as hv:
                 (info,) = [d for d in hv.list_ours() if d.name == vm.name]
@@ -242,8 +267,8 @@ def test_an_image_vm_serves_only_pods_of_its_layers(pooled: Any, layers: Any) ->
 CLAIMER = """
 import sys
 from pathlib import Path
-from executor.config import config_from_env
-from executor import warm
+from hypervm.config import config_from_env
+from executor.pool import claim as warm
 lease, sock = warm.claim(config_from_env(), 1, 128)
 print(lease.vm, flush=True)
 sys.stdin.read()
@@ -379,8 +404,8 @@ def test_a_failed_hand_over_boots_cold_and_leaves_nothing(pooled: Any, layers: A
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """When giving the pod to the claimed VM fails midway, that VM is destroyed (it is ours
     by then) and the pod boots cold: the launch does not fail."""
-    from executor import warm
-    from executor.errors import PoolError
+    from executor.pool import claim as warm
+    from hypervm.errors import PoolError
 
     cfg, pool = pooled
     busybox, _ = layers
@@ -398,8 +423,7 @@ def test_a_failed_hand_over_boots_cold_and_leaves_nothing(pooled: Any, layers: A
                   resources=Resources(cpus=1, memory_mib=128))
     claims, before = pool.claims, pool_vms()
     try:
-        with HyperVM(cfg, pod) as vm:
-            vm.boot()
+        with boot_vm(cfg, pod) as vm:
             assert not vm.warm and vm.name.startswith(f"hypervm-{TEST_TAG}-fallback-")
             assert pool.claims == claims + 1
             taken = before - pool_vms()
@@ -422,8 +446,7 @@ def test_idle_vms_that_died_are_skipped(pooled: Any, layers: Any) -> None:
                        capture_output=True)
     container, pod = true_pod("skip", busybox.layers)
     claims = pool.claims
-    with HyperVM(cfg, pod) as vm:
-        vm.boot()
+    with boot_vm(cfg, pod) as vm:
         assert not vm.warm and vm.name not in victims
         assert run(vm, container)[0] == 0
     assert pool.claims == claims

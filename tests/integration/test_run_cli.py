@@ -132,7 +132,7 @@ def test_two_containers_one_vm(vm_factory, busybox_rootfs: Path, host_cfg,  # no
     """Separate root filesystems (a file written by one is absent in the other), one netns."""
     import threading
 
-    from executor.podspec import Container, PodSpec, Process, Rootfs
+    from hypervm.podspec import Container, PodSpec, Process, Rootfs
     from vmimage.rootfs import build_layer_image
 
     image = host_cfg.rootfs_dir / f"test-{os.getpid()}.erofs"
@@ -168,7 +168,7 @@ def test_two_containers_one_vm(vm_factory, busybox_rootfs: Path, host_cfg,  # no
 def test_exec_into_running_container(vm_factory, busybox_rootfs: Path, host_cfg) -> None:  # noqa: ANN001
     import threading
 
-    from executor.podspec import Container, PodSpec, Process, Rootfs
+    from hypervm.podspec import Container, PodSpec, Process, Rootfs
     from vmimage.rootfs import build_layer_image
 
     image = host_cfg.rootfs_dir / f"test-exec-{os.getpid()}.erofs"

@@ -3,8 +3,9 @@
 Selected in the executor process by ``HYPERVM_EXECUTOR_RUNTIME=tests.mesos.fake_runtime:factory``
 (the agent double sets it). Images are a small table (:data:`IMAGES`); any other ref behaves like
 a plain image with ``Cmd ["/bin/sh"]``, refs containing ``unknown`` fail to pull, and
-``fake/boot-fails`` fails to boot. The containers are built with the executor's real pure code
-(:func:`executor.mesos_runtime.build_container`) and run on the host with the task's sandbox as
+``fake/boot-fails`` fails to boot, ``fake/deaf`` ignores every signal request (a guest that
+ignores kills). The containers are built with the executor's real pure code
+(:func:`executor.mesos.runtime.build_container`) and run on the host with the task's sandbox as
 the working directory. Every boot/start/destroy is appended as JSON to
 ``$MESOS_SANDBOX/fake-runtime.jsonl`` so tests can check what the executor asked for.
 """
@@ -25,9 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from executor.agent_protocol import ExitStatus
-from executor.errors import BootError, GuestError, ImageError
-from executor.mesos_runtime import (
+from executor.guest.protocol import ExitStatus
+from executor.mesos.runtime import (
     OnExit,
     Output,
     PodPlan,
@@ -35,6 +35,7 @@ from executor.mesos_runtime import (
     container_names,
     pod_network,
 )
+from hypervm.errors import BootError, GuestError, ImageError
 from vmimage.images.config import ImageConfig
 
 HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
@@ -77,7 +78,7 @@ class FakePod:
                 raise ImageError(task.image, "manifest unknown: the registry has no such image")
             config = IMAGES.get(task.image.split(":")[0], PLAIN)
             self.containers[task.task_id] = build_container(
-                task, names[task.task_id], (Path("/fake/layer0"),), config, (0, 0, ()),
+                task, names[task.task_id], (Path("/fake/layer0"),), config, lambda _: (0, 0, ()),
                 self.plan)
         if any(t.image.startswith("fake/boot-fails") for t in self.plan.tasks):
             raise BootError("hypervm-fake did not boot: no READY from the guest within 1 s")
@@ -130,6 +131,8 @@ class FakePod:
     def signal(self, task_id: str, signum: int) -> None:
         proc = self.procs[task_id]
         self.runtime.record(event="signal", task=task_id, signal=signum)
+        if any(t.image.startswith("fake/deaf") for t in self.plan.tasks):
+            return  # a hostile guest: it takes signal requests and does nothing
         with contextlib.suppress(ProcessLookupError):
             if signum == signal.SIGKILL:
                 os.killpg(proc.pid, signum)

@@ -6,7 +6,10 @@ every other call needs that stream id and gets ``202``. Every call is parsed aga
 official protos (:mod:`tests.mesos.protos`) and checked for what a master enforces (stream id,
 framework id, outstanding offers, MULTI_ROLE allocation roles, resources within the offer,
 unique task ids, no DOCKER containers in task groups …); ``violations`` lists what was found,
-and every event the double sends is parsed against the protos first.
+and every event the double sends is parsed against the protos first. An ACCEPT is answered as
+the real master does (:mod:`tests.mesos.master_validation`): ``202``, then ``TASK_ERROR`` with
+the master's message for an invalid (or, with ``authorize``, unauthorized) task group and
+``TASK_LOST``/``TASK_DROPPED`` for offers no longer valid (``refused`` lists them).
 
 Offers: each agent (:class:`AgentSpec`) offers its free resources to one of the framework's
 roles at a time (round robin), honouring DECLINE/ACCEPT filters and SUPPRESS/REVIVE. A
@@ -31,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.mesos import protos
-from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, AgentDouble, wait_until
+from tests.mesos import master_validation, protos
+from tests.mesos.agent import FAKE_RUNTIME, TERMINAL, wait_until
+from tests.mesos.master_agent import ExecutorAgent
 from tests.mesos.master_http import EventStream, MasterServer
-from tests.mesos.master_resources import amounts, ranges, subtract
+from tests.mesos.master_resources import amounts, offer_resources, subtract
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class AgentSpec:
     cpus: float = 4.0
     mem: float = 4096.0
     ports: tuple[int, int] = (31000, 31099)
+    disk: float = 4096.0
 
 
 @dataclass
@@ -71,33 +76,6 @@ class Launched:
     task_ids: list[str] = field(default_factory=list)
 
 
-class ExecutorAgent(AgentDouble):
-    """The agent double for one executor: started with the scheduler's ExecutorInfo, and its
-    executor's updates are forwarded to the master."""
-
-    def __init__(self, master: MasterDouble, workdir: Path, info: dict[str, Any],
-                 framework_info: dict[str, Any], agent: AgentSpec, **kwargs: Any) -> None:
-        self.master, self.info, self.fw_info, self.agent_spec = master, info, framework_info, agent
-        caps = {c.get("type") for c in framework_info.get("capabilities", [])}
-        super().__init__(workdir, framework_id=info["framework_id"]["value"],
-                         executor_id=info["executor_id"]["value"],
-                         checkpoint=bool(framework_info.get("checkpoint", False)),
-                         task_killing_state="TASK_KILLING_STATE" in caps, **kwargs)
-
-    def executor_info(self) -> dict[str, Any]:
-        return self.info
-
-    def framework_info(self) -> dict[str, Any]:
-        return self.fw_info
-
-    def on_update(self, status: dict[str, Any], via: str) -> None:
-        with self._lock:
-            known = any(u.uuid == status.get("uuid") for u in self.updates)
-            super().on_update(status, via)
-        if not known:
-            self.master.forward_update(status, self.agent_spec.id)
-
-
 class MasterDouble:
     """One master, one framework at a time. Use as a context manager or call ``stop()``."""
 
@@ -105,8 +83,12 @@ class MasterDouble:
                  runtime: str | None = FAKE_RUNTIME, offer_interval: float = 0.1,
                  credentials: dict[str, str] | None = None,
                  executor_env: dict[str, str] | None = None,
-                 heartbeat_s: float = 15.0) -> None:
+                 heartbeat_s: float = 15.0,
+                 authorize: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None
+                 ) -> None:
         self.workdir = workdir
+        #: the authorizer's say on launching a task (TaskInfo, FrameworkInfo); None allows all
+        self.authorize = authorize
         self.agents = agents or [AgentSpec()]
         self.runtime, self.executor_env = runtime, executor_env or {}
         self.offer_interval, self.heartbeat_s = offer_interval, heartbeat_s
@@ -127,6 +109,10 @@ class MasterDouble:
         self.suppressed: set[str] = set()
         self.filters: dict[tuple[str, str], float] = {}
         self.offers: dict[str, tuple[AgentSpec, str, dict[str, Any]]] = {}
+        #: every offer ever made (an ACCEPT names them after they stopped being outstanding)
+        self.offers_taken: dict[str, tuple[AgentSpec, str, dict[str, Any]]] = {}
+        #: the launches the master refused: task id, state, message, reason, when
+        self.refused: list[dict[str, Any]] = []
         self.unacked: dict[str, dict[str, Any]] = {}
         self._rr: dict[str, int] = {}
         self._stream: EventStream | None = None
@@ -213,11 +199,9 @@ class MasterDouble:
             given = (data.get("framework_id") or {}).get("value")
             if given and (info.get("id") or {}).get("value") != given:
                 raise protos.ProtoViolation("'framework_id' differs from 'framework_info.id'")
-            caps = {c.get("type") for c in info.get("capabilities", [])}
-            if info.get("roles") and "MULTI_ROLE" not in caps:
-                raise protos.ProtoViolation("'roles' needs the MULTI_ROLE capability")
-            if info.get("roles") and info.get("role"):
-                raise protos.ProtoViolation("both 'role' and 'roles' are set")
+            error = master_validation.validate_framework(info)
+            if error:
+                raise protos.ProtoViolation(error)
             if self.credentials is not None and info.get("principal") not in self.credentials:
                 raise protos.ProtoViolation("framework_info.principal is not the authenticated "
                                             "principal")
@@ -313,64 +297,96 @@ class MasterDouble:
         return list(info.get("roles") or [info.get("role", "*")])
 
     def _take_offers(self, offer_ids: list[dict[str, str]]
-                     ) -> list[tuple[AgentSpec, str, dict[str, Any]]]:
-        out = []
-        for oid in offer_ids:
-            offer = self.offers.pop(oid["value"], None)
-            if offer is None:
-                raise protos.ProtoViolation(f"Offer {oid['value']} is no longer valid")
-            out.append(offer)
-        return out
+                     ) -> list[tuple[AgentSpec, str, dict[str, Any]]] | str:
+        """The offers (no longer outstanding), or the master's error for them."""
+        ids = [oid["value"] for oid in offer_ids]
+        error = master_validation.validate_offers(ids, {
+            oid: (self.framework_id or "", agent.id, role)
+            for oid, (agent, role, _) in self.offers.items()})
+        for oid in ids:  # the master discards the valid ones of a bad call too
+            self.offers.pop(oid, None)
+        return error or [self.offers_taken[oid] for oid in ids]
 
     def _filter(self, agent: AgentSpec, role: str, filters: dict[str, Any] | None) -> None:
         refuse = float((filters or {}).get("refuse_seconds", 5.0))
         self.filters[(role, agent.id)] = time.monotonic() + refuse
 
     def _decline(self, offer_ids: list[dict[str, str]], filters: dict[str, Any] | None) -> None:
-        for agent, role, _ in self._take_offers(offer_ids):
+        taken = self._take_offers(offer_ids)
+        if isinstance(taken, str):  # the master ignores it (and logs a warning)
+            return self.violation(f"DECLINE: {taken}")
+        for agent, role, _ in taken:
             self._filter(agent, role, filters)
 
     def _accept(self, body: dict[str, Any]) -> None:
+        """As the master: the call gets 202 whatever happens; refused launches get TASK_LOST
+        (invalid offers) or TASK_ERROR (an invalid or unauthorized task group)."""
         taken = self._take_offers(body.get("offer_ids", []))
-        if len({(a.id, r) for a, r, _ in taken}) != 1:
-            raise protos.ProtoViolation("ACCEPT needs offers of one agent and one role")
+        if isinstance(taken, str):
+            self.violation(f"ACCEPT: {taken}")
+            partition_aware = "PARTITION_AWARE" in {
+                c.get("type") for c in self.framework_info.get("capabilities", [])}
+            for op in body.get("operations", []):
+                for task in op.get("launch_group", {}).get("task_group", {}).get("tasks", []):
+                    self._master_update(task, "TASK_DROPPED" if partition_aware else "TASK_LOST",
+                                        f"Task launched with invalid offers: {taken}",
+                                        "REASON_INVALID_OFFERS")
+            return
         agent, role, offer = taken[0]
         left = amounts(offer["resources"])
+        for _, _, more in taken[1:]:
+            for name, amount in amounts(more["resources"]).items():
+                left[name] = (left.get(name, set()) | amount if name == "ports"
+                              else left.get(name, 0.0) + amount)
         for op in body.get("operations", []):
             if op["type"] != "LAUNCH_GROUP":
                 raise protos.ProtoViolation(f"operation {op['type']} is not supported here")
-            self._launch_group(agent, role, op["launch_group"], left)
+            self._launch_group(agent, role, op["launch_group"], left,
+                               tuple(dict.fromkeys(r["name"] for r in offer["resources"])))
         self._filter(agent, role, body.get("filters"))
 
+    def _refuse_group(self, op: dict[str, Any], agent: AgentSpec, role: str,
+                      left: dict[str, Any], order: tuple[str, ...]
+                      ) -> tuple[str, str] | None:
+        """What the master answers with TASK_ERROR (and so what the double counts as a
+        violation of the scheduler, but for the authorizer's refusals)."""
+        for task in op["task_group"].get("tasks", []):
+            if self.authorize is not None and not self.authorize(task, self.framework_info):
+                return f"Task '{task['task_id']['value']}' is not authorized to launch", \
+                    "REASON_TASK_GROUP_UNAUTHORIZED"
+        live = {t for t, task in self.tasks.items() if task.state not in TERMINAL}
+        ctx = master_validation.Context(
+            self.framework_id or "", agent.id, role, left, live,
+            {e: x.info for e, x in self.executors.items() if x.agent.id == agent.id
+             and x.double is not None and x.double.process is not None
+             and x.double.process.poll() is None}, order)
+        error = master_validation.validate_launch_group(op, ctx)
+        return (error, "REASON_TASK_GROUP_INVALID") if error else None
+
     def _launch_group(self, agent: AgentSpec, role: str, op: dict[str, Any],
-                      left: dict[str, Any]) -> None:
-        executor, tasks = op["executor"], op["task_group"]["tasks"]
+                      left: dict[str, Any], order: tuple[str, ...]) -> None:
+        executor = {**op["executor"], "resources": master_validation.inject_allocation(
+            op["executor"].get("resources", []), role)}
+        tasks = [{**t, "resources": master_validation.inject_allocation(
+            t.get("resources", []), role)} for t in op["task_group"]["tasks"]]
+        op = {"executor": executor, "task_group": {"tasks": tasks}}
+        refused = self._refuse_group(op, agent, role, left, order)
+        if refused is not None:
+            message, reason = refused
+            if reason != "REASON_TASK_GROUP_UNAUTHORIZED":
+                self.violation(f"LAUNCH_GROUP refused: {message}")
+            for task in tasks:
+                self._master_update(task, "TASK_ERROR", message, reason)
+            return
         eid = executor["executor_id"]["value"]
-        if executor.get("type") != "CUSTOM" or not executor.get("command", {}).get("value"):
-            raise protos.ProtoViolation("LAUNCH_GROUP: a CUSTOM executor with a command")
-        if executor.get("framework_id", {}).get("value", self.framework_id) != self.framework_id:
-            raise protos.ProtoViolation("ExecutorInfo.framework_id is not the framework's")
-        if eid in self.executors:
-            raise protos.ProtoViolation(f"Executor {eid} was launched before")
-        if not tasks:
-            raise protos.ProtoViolation("Task group is empty")
+        if eid in self.executors:  # our scheduler's own rule: one executor per attempt
+            self.violation(f"Executor {eid} was launched before")
+        for task in tasks:
+            if task["task_id"]["value"] in self.launched:
+                self.violation(f"Task {task['task_id']['value']} was launched before")
         resources = list(executor.get("resources", []))
         for task in tasks:
-            tid = task["task_id"]["value"]
-            if tid in self.tasks or tid in self.launched:
-                raise protos.ProtoViolation(f"Task {tid} is a duplicate (launched before)")
-            if task["agent_id"]["value"] != agent.id:
-                raise protos.ProtoViolation(f"Task {tid}: agent {task['agent_id']['value']} "
-                                            f"is not the offer's agent {agent.id}")
-            if "executor" in task:
-                raise protos.ProtoViolation(f"Task {tid}: 'TaskInfo.executor' in a task group")
-            if task.get("container", {}).get("type") == "DOCKER":
-                raise protos.ProtoViolation(f"Task {tid}: DOCKER ContainerInfo in a task group")
             resources += task.get("resources", [])
-        for r in resources:
-            if (r.get("allocation_info") or {}).get("role") != role:
-                raise protos.ProtoViolation(f"resource {r['name']} is not allocated to role "
-                                            f"{role} (allocation_info: {r.get('allocation_info')})")
         subtract(left, amounts(resources))
         launched = Launched(eid, agent, {**executor, "framework_id": {"value": self.framework_id}},
                             role, amounts(resources), task_ids=[t["task_id"]["value"]
@@ -423,6 +439,18 @@ class MasterDouble:
             self.unacked[status["uuid"]] = status
             self._send({"type": "UPDATE", "update": {"status": status}})
             self._changed.notify_all()
+
+    def _master_update(self, task: dict[str, Any], state: str, message: str, reason: str
+                       ) -> None:
+        """A status update the master makes itself: terminal, no uuid, never acknowledged."""
+        tid = task["task_id"]["value"]
+        self._send({"type": "UPDATE", "update": {"status": {
+            "task_id": {"value": tid}, "state": state, "message": message,
+            "source": "SOURCE_MASTER", "reason": reason,
+            "agent_id": task.get("agent_id", {"value": ""}), "timestamp": time.time()}}})
+        self.refused.append({"task_id": tid, "state": state, "message": message,
+                             "reason": reason, "at": time.monotonic()})
+        self._changed.notify_all()
 
     def _agent_update(self, task_id: str, state: str, message: str, reason: str) -> None:
         with self._lock:
@@ -524,24 +552,16 @@ class MasterDouble:
             self._rr[agent.id] = (start + i + 1) % len(roles)
             oid = f"offer-{uuid.uuid4()}"
             alloc = {"role": role}
-            resources = [
-                {"name": "cpus", "type": "SCALAR", "scalar": {"value": round(free["cpus"], 3)},
-                 "allocation_info": alloc},
-                {"name": "mem", "type": "SCALAR", "scalar": {"value": round(free["mem"], 3)},
-                 "allocation_info": alloc}]
-            if free["ports"]:
-                resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
-                                  "ranges": {"range": [{"begin": b, "end": e}
-                                                       for b, e in ranges(free["ports"])]}})
+            resources = offer_resources(free, alloc)
             offer = {"id": {"value": oid}, "framework_id": {"value": self.framework_id},
                      "agent_id": {"value": agent.id}, "hostname": agent.hostname,
                      "allocation_info": alloc, "resources": resources}
-            self.offers[oid] = (agent, role, offer)
+            self.offers[oid] = self.offers_taken[oid] = (agent, role, offer)
             self._send({"type": "OFFERS", "offers": {"offers": [offer]}})
             return
 
     def _free(self, agent: AgentSpec) -> dict[str, Any]:
-        free = {"cpus": agent.cpus, "mem": agent.mem,
+        free = {"cpus": agent.cpus, "mem": agent.mem, "disk": agent.disk,
                 "ports": set(range(agent.ports[0], agent.ports[1] + 1))}
         for launched in self.executors.values():
             if launched.agent.id == agent.id and launched.resources:

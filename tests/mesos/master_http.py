@@ -4,6 +4,7 @@ Every call is parsed against the protos before the master sees it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from tests.mesos import protos
+from tests.mesos import master_validation, protos
 
 if TYPE_CHECKING:
     from tests.mesos.master import MasterDouble
@@ -71,6 +72,14 @@ class _Handler(BaseHTTPRequestHandler):
             master.violation(f"invalid call: {e}")
             return self.reply(400, f"Failed to validate scheduler::Call: {e}".encode())
         master.calls.append(data)
+        principal = None
+        header = self.headers.get("Authorization") or ""
+        if master.credentials is not None and header.startswith("Basic "):
+            principal = base64.b64decode(header[6:]).decode().partition(":")[0]
+        error = master_validation.validate_call(data, principal)
+        if error:
+            master.violation(f"invalid call: {error}")
+            return self.reply(400, f"Failed to validate scheduler::Call: {error}".encode())
         if data.get("type") == "SUBSCRIBE":
             return self.subscribe(data)
         try:

@@ -42,3 +42,17 @@ def ranges(ports: set[int]) -> list[tuple[int, int]]:
         else:
             out.append((port, port))
     return out
+
+
+def offer_resources(free: dict[str, Any], alloc: dict[str, str]) -> list[dict[str, Any]]:
+    """An offer's resources, in a real agent's order: ports, cpus, mem, disk."""
+    resources: list[dict[str, Any]] = []
+    if free["ports"]:
+        resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
+                          "ranges": {"range": [{"begin": b, "end": e}
+                                               for b, e in ranges(free["ports"])]}})
+    for name in ("cpus", "mem", "disk"):
+        if free.get(name, 0) >= (0.01 if name == "cpus" else 1):
+            resources.append({"name": name, "type": "SCALAR", "allocation_info": alloc,
+                              "scalar": {"value": round(free[name], 3)}})
+    return resources

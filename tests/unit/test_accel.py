@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from executor import accel
-from executor.accel import Check, Verdict, choose_accel, detect_accel, load_cached, probe_command
-from executor.config import HostConfig
+from hypervm.config import HostConfig
+from vmimage import accel
+from vmimage.accel import Check, Verdict, choose_accel, detect_accel, load_cached, probe_command
 
 DEVICE_OK = Check(True, "/dev/kvm speaks KVM API 12")
 DEVICE_BAD = Check(False, "/dev/kvm does not exist")

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from executor import agent_protocol as proto
-from executor.agent_protocol import ExitStatus, FrameDecoder, MsgType
-from executor.errors import ProtocolError
+from executor.guest import protocol as proto
+from executor.guest.protocol import ExitStatus, FrameDecoder, MsgType
+from hypervm.errors import ProtocolError
 
 
 def test_header_layout_matches_protocol_md() -> None:
@@ -119,3 +119,77 @@ def test_any_frame_sequence_roundtrips(frames: list) -> None:
 def test_encode_json_is_compact_utf8() -> None:
     frame = FrameDecoder().feed(proto.encode_json(MsgType.START, 1, {"a": "é"}))[0]
     assert json.loads(frame.payload) == {"a": "é"}
+
+
+# -- a hostile guest: nothing it sends is trusted in size, shape or number ---------------------
+
+
+def test_deep_nesting_is_refused_before_parsing() -> None:
+    """200k ``[`` made json.loads raise RecursionError, which killed the channel's reader."""
+    frame = proto.Frame(MsgType.OK, 1, b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        frame.json()
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        proto.Frame(MsgType.EXIT, 1, b'{"a":' * 40 + b"1" + b"}" * 40).guest_json()
+    assert proto.json_depth(b'{"s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"["}') == 1
+
+
+def test_guest_json_is_size_limited() -> None:
+    big = b'{"message": "' + b"x" * proto.MAX_GUEST_JSON + b'"}'
+    with pytest.raises(ProtocolError, match="more than the"):
+        proto.Frame(MsgType.ERROR, 1, big).guest_json()
+
+
+@pytest.mark.parametrize("payload", [
+    {"status": 10**20, "signal": None}, {"status": -1, "signal": None},
+    {"status": 256, "signal": None}, {"status": True, "signal": None},
+    {"status": None, "signal": 0}, {"status": None, "signal": 65},
+    {"status": None, "signal": 2**70}, {"status": 1.5, "signal": None}])
+def test_exit_numbers_are_range_checked(payload: dict) -> None:
+    with pytest.raises(ProtocolError, match="not an integer in"):
+        ExitStatus.from_payload(payload)
+
+
+def test_reply_numbers_and_text_are_checked() -> None:
+    assert proto.reply_pid({"pid": 42}) == 42
+    for bad in (10**20, 0, -3, "7", True):
+        with pytest.raises(ProtocolError):
+            proto.reply_pid({"pid": bad})
+    code, message, errno = proto.error_fields({"code": "ENOENT", "message": "m\x1b[2J" * 5000,
+                                               "errno": 2})
+    assert (code, errno) == ("ENOENT", 2)
+    assert len(message) <= proto.MAX_GUEST_TEXT + 20 and "\x1b" not in message
+    for bad in ({"code": "x" * 100}, {"code": 5}, {"code": "EIO", "errno": 10**20},
+                {"code": "EIO", "errno": "2"}):
+        with pytest.raises(ProtocolError):
+            proto.error_fields(bad)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["status", "signal", "pid", "code", "message", "errno"]),
+                      children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_JSON.map(lambda v: json.dumps(v).encode()), st.binary(max_size=200)))
+def test_guest_payload_parsers_raise_only_protocol_errors(payload: bytes) -> None:
+    """Whatever a guest sends as a reply or EXIT: a valid value in range, or ProtocolError."""
+    frame = proto.Frame(MsgType.EXIT, 1, payload)
+    try:
+        body = frame.guest_json()
+    except ProtocolError:
+        return
+    for parse in (ExitStatus.from_payload, proto.reply_pid, proto.error_fields,
+                  proto.ready_fields):
+        try:
+            value = parse(body)
+        except ProtocolError:
+            continue
+        if isinstance(value, ExitStatus):
+            assert (value.status is None) != (value.signal is None)
+            assert 0 <= (value.status or 0) <= 255 and 0 <= (value.signal or 0) <= 64
+        elif isinstance(value, int):
+            assert 0 <= value <= proto.MAX_PID

@@ -107,7 +107,8 @@ def test_cold_launch_phases_from_the_executor_log() -> None:
     log = (
         '2026-11-24 21:56:14,059 INFO MainThread x: update t: {"state": "TASK_STARTING"}\n'
         "2026-11-24 21:56:14,199 INFO boot vmimage.images.store: r:1: sha256:7 (1 layers)\n"
-        "2026-11-24 21:56:14,726 INFO boot executor.hypervisor: started hypervm-b in 0.45 s\n"
+        "2026-11-24 21:56:14,726 INFO boot executor.libvirt.hypervisor: started hypervm-b "
+        "in 0.45 s\n"
         "2026-11-24 21:56:17,930 INFO boot executor.vm: hypervm-b ready in 3.68 s (tcg)\n"
         '2026-11-24 21:56:18,040 INFO MainThread x: update t: {"state": "TASK_RUNNING"}\n')
     assert phases(log) == {"starting->image": 0.14, "image->created": 0.527,

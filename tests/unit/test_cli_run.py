@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from executor import cli
-from executor.cli_run import command_from, parse_user
-from executor.errors import InvalidSpec
+from executor.cli import main as cli
+from executor.cli.run import command_from, parse_user
+from hypervm.errors import InvalidSpec
 
 
 def test_parse_user() -> None:
@@ -57,7 +57,7 @@ def test_a_closed_pipe_is_no_traceback() -> None:
     from tests.conftest import REPO
 
     # ``pool status`` printing ~1 MB (a fake pool), read for 10 bytes
-    code = ("import sys, executor.cli as c, executor.warm as w\n"
+    code = ("import sys, executor.cli.main as c, executor.pool.claim as w\n"
             "w.status = lambda cfg: {str(i): 'z' * 200 for i in range(5000)}\n"
             "sys.exit(c.main(['pool', 'status']))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,

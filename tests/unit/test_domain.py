@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from executor.domain import CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
-from executor.errors import InvalidSpec
+from executor.libvirt.domain import (
+    MIN_MEMORY_MIB,
+    CpuTune,
+    DiskSpec,
+    DomainSpec,
+    MemTune,
+    ShareSpec,
+)
+from hypervm.errors import InvalidSpec
 
 
 def make_spec(**overrides: object) -> DomainSpec:
@@ -88,12 +95,12 @@ def test_limits_are_inclusive() -> None:
     make_spec(
         name="hypervm-" + "a" * 80,
         vcpus=64,
-        memory_mib=32,
+        memory_mib=MIN_MEMORY_MIB,  # one minimum for pods and domains (was 32 here, 64 there)
         cmdline="x" * 2047,
         disks=(DiskSpec(Path("/l0"), "x" * 20),),
         shares=(ShareSpec(Path("/s"), "t" * 31),),
         channel_socket=Path("/" + "x" * 106),
-        memtune=MemTune(hard_limit_mib=32),
+        memtune=MemTune(hard_limit_mib=MIN_MEMORY_MIB),
         cputune=CpuTune(shares=2, period_us=1000, quota_us=1000),
     ).validate()
 
@@ -102,3 +109,12 @@ def test_errors_carry_a_hint() -> None:
     with pytest.raises(InvalidSpec) as info:
         make_spec(disks=(DiskSpec(Path("/l0"), "x" * 21),)).validate()
     assert "20" in str(info.value)
+
+
+def test_one_minimum_memory_for_pods_and_domains() -> None:
+    """A domain no pod could ask for is refused: 48 MiB booted pool VMs no pod could claim."""
+    from hypervm.podspec import MIN_MEMORY_MIB as POD_MIN
+
+    assert MIN_MEMORY_MIB == POD_MIN == 64
+    with pytest.raises(InvalidSpec, match="memory_mib"):
+        make_spec(memory_mib=48).validate()

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from executor.taskinfo import IMAGE_LABEL, parse_executor, parse_task_group
+from executor.mesos.taskinfo import IMAGE_LABEL, parse_executor, parse_task_group
 from tests.mesos import protos
 
 REPO = Path(__file__).resolve().parents[2]

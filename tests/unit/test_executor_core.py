@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from executor.mesos_driver import ExecutorSettings
-from executor.mesos_executor import ExecutorCore, MesosCallbacks
+from executor.mesos.driver import ExecutorSettings
+from executor.mesos.executor import ExecutorCore, MesosCallbacks
 
 pytestmark = pytest.mark.timeout(30)
 

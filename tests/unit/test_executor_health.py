@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from executor.mesos_health import HealthState
-from executor.taskinfo import HealthCheckSpec
+from executor.mesos.health import HealthState
+from executor.mesos.taskinfo import HealthCheckSpec
 from tests.mesos.agent import AgentDouble
 from tests.mesos.fixtures import agent, agent_factory, task  # noqa: F401
 

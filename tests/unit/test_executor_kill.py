@@ -119,3 +119,24 @@ def test_sigterm_to_the_executor_shuts_down(agent: AgentDouble) -> None:  # noqa
     agent.wait_terminal("t", timeout=10)
     assert agent.wait_executor_exit(15) == 0
     assert "destroy" in [e["event"] for e in journal(agent.sandbox)]
+
+
+def test_a_guest_that_ignores_kills_loses_its_vm(agent_factory: Any) -> None:  # noqa: F811
+    """Issue 15: the kill used to end at the SIGKILL request; a deaf guest kept its VM (and the
+    task stayed RUNNING) until the executor shut down."""
+    double = agent_factory(env={"HYPERVM_KILL_ESCALATION": "1"})
+    double.start_executor()
+    double.wait_subscribed()
+    double.launch(task("deaf", "sleep 60", img="fake/deaf", kill_policy=grace(0.5)))
+    double.wait_state("deaf", "TASK_RUNNING")
+    started = time.monotonic()
+    double.kill("deaf")
+    status = double.wait_terminal("deaf", timeout=15)
+    assert status["state"] == "TASK_KILLED"
+    assert "HyperVM was destroyed" in status["message"]
+    assert 1.4 <= time.monotonic() - started < 6
+    events = [e["event"] for e in journal(double.sandbox)]
+    assert events.count("signal") == 2 and "destroy" in events
+    assert events.index("destroy") > max(i for i, e in enumerate(events) if e == "signal")
+    assert double.wait_executor_exit(30) == 0
+    assert double.violations == []

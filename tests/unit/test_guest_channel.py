@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from executor import agent_protocol as proto
-from executor.agent_protocol import FrameDecoder, MsgType
-from executor.errors import BootError, GuestError, ProtocolError
-from executor.guest_channel import GuestChannel, ProcessCallbacks
+from executor.guest import protocol as proto
+from executor.guest.channel import GuestChannel, ProcessCallbacks
+from executor.guest.protocol import FrameDecoder, MsgType
+from hypervm.errors import BootError, GuestError, ProtocolError
 
 Handler = Callable[[socket.socket, proto.Frame], None]
 
@@ -154,10 +154,10 @@ def test_raw_channel_keeps_frames_read_past_the_awaited_one() -> None:
     """The pool's channel: a reply and the EXIT after it may arrive in one read."""
     import socket as socketlib
 
-    from executor import agent_protocol as proto
-    from executor.agent_protocol import MsgType
-    from executor.errors import BootError, GuestError
-    from executor.guest_channel import RawChannel
+    from executor.guest import protocol as proto
+    from executor.guest.channel import RawChannel
+    from executor.guest.protocol import MsgType
+    from hypervm.errors import BootError, GuestError
 
     host, guest = socketlib.socketpair()
     try:
@@ -187,3 +187,99 @@ def test_raw_channel_keeps_frames_read_past_the_awaited_one() -> None:
             channel.await_exit(5, 2)
     finally:
         host.close()
+
+
+# -- a hostile guest: any bad frame fails the channel closed ----------------------------------
+
+
+def _hostile_exit(payload: bytes) -> Handler:
+    def handler(conn: socket.socket, frame: proto.Frame) -> None:
+        handle = frame.json()["handle"]
+        conn.sendall(proto.encode_json(MsgType.OK, frame.id, {"pid": 7})
+                     + proto.encode(MsgType.EXIT, handle, payload))
+    return handler
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 200_000 + b"]" * 200_000,  # RecursionError in json.loads: the reader died silently
+    b'{"status": 100000000000000000000, "signal": null}',  # reached the scheduler's SQLite
+    b'{"status": "0", "signal": null}',
+])
+def test_a_hostile_exit_fails_the_channel_closed(sock_path: Path, channel: GuestChannel,
+                                                 payload: bytes) -> None:
+    FakeGuest(sock_path, handler=_hostile_exit(payload))
+    reasons: list[str] = []
+    channel.on_disconnect = reasons.append
+    channel.connect(timeout=5)
+    exits: list = []
+    done = threading.Event()
+    channel.register_process(4, ProcessCallbacks(lambda b: None, lambda b: None,
+                                                 lambda s: (exits.append(s), done.set())))
+    channel.request(MsgType.START, {"handle": 4})
+    assert done.wait(5), "the process was never reported: the reader died silently"
+    assert exits[0].lost and "guest channel broke" in exits[0].describe()
+    assert reasons and "guest channel broke" in reasons[0]
+    with pytest.raises(ProtocolError, match="closed"):
+        channel.request(MsgType.PING, {}, timeout=1)
+
+
+def test_a_hostile_reply_fails_the_pending_request(sock_path: Path,
+                                                   channel: GuestChannel) -> None:
+    FakeGuest(sock_path, handler=lambda conn, f: conn.sendall(
+        proto.encode(MsgType.OK, f.id, b"[" * 100_000)))
+    channel.connect(timeout=5)
+    import time
+    started = time.monotonic()
+    with pytest.raises(ProtocolError, match="guest channel broke"):
+        channel.request(MsgType.PING, {}, timeout=10)
+    assert time.monotonic() - started < 5
+
+
+def test_guest_caused_log_lines_are_rate_limited(sock_path: Path, channel: GuestChannel,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """10 000 replies to no request: a burst of lines, then a count of what was suppressed."""
+    def handler(conn: socket.socket, frame: proto.Frame) -> None:
+        flood = b"".join(proto.encode_json(MsgType.OK, 10_000 + i, {}) for i in range(10_000))
+        conn.sendall(flood + proto.encode_json(MsgType.OK, frame.id, {}))
+
+    FakeGuest(sock_path, handler=handler)
+    channel.connect(timeout=5)
+    with caplog.at_level("WARNING", logger="executor.guest.channel"):
+        channel.request(MsgType.PING, {})
+        channel.guest_log.flush()
+    dropped = [r for r in caplog.records if "unknown request" in r.getMessage()]
+    assert 0 < len(dropped) <= 40
+    assert any("lines caused by the guest suppressed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_booted_vm_whose_channel_breaks_is_destroyed(tmp_path: Path) -> None:
+    """Fail closed at the VM level: nothing of a guest we can no longer talk to keeps running."""
+    from executor.vm import HyperVM
+    from hypervm.config import HostConfig
+    from hypervm.podspec import Container, PodSpec, Process, Rootfs
+
+    class Hypervisor:
+        destroyed: list[str] = []
+
+        def destroy(self, name: str) -> None:
+            self.destroyed.append(name)
+
+    cfg = HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
+                     libvirt_uri="test:///default", accel="tcg")
+    pod = PodSpec(name="p", containers=(Container("c", Rootfs(layers=(tmp_path / "l",)),
+                                                  Process(args=("true",))),))
+    hv = Hypervisor()
+    vm = HyperVM(cfg, pod, hypervisor=hv)
+    sock_path = tmp_path / "ch.sock"
+    FakeGuest(sock_path, handler=lambda conn, f: conn.sendall(
+        proto.encode(MsgType.OK, f.id, b"[" * 100_000)))
+    vm._channel = GuestChannel(sock_path)
+    vm._channel.connect(timeout=5)
+    vm.fail_closed()
+    with pytest.raises(ProtocolError, match="guest channel broke"):
+        vm.ping(timeout=5)
+    import time
+    deadline = time.monotonic() + 5
+    while not hv.destroyed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hv.destroyed == [vm.name]

@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from executor.domain import DiskSpec, DomainSpec, ShareSpec
-from executor.errors import HostError, HypervisorError, InvalidSpec
-from executor.hypervisor import (
-    DISCONNECTED,
-    Hypervisor,
-    LifecycleEvent,
-    owner_metadata,
-    parse_start_time,
-    process_start_time,
-)
+from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.libvirt.hypervisor import DISCONNECTED, Hypervisor, LifecycleEvent
+from executor.libvirt.owners import owner_metadata, parse_start_time, process_start_time
+from hypervm.errors import HostError, HypervisorError, InvalidSpec
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -128,7 +122,7 @@ def test_create_prepares_the_run_dir(hv: Hypervisor, tmp_path: Path) -> None:
 
 
 def test_untraversable_parents_are_a_host_error(tmp_path: Path) -> None:
-    from executor.hypervisor import _check_traversable
+    from executor.libvirt.hypervisor import _check_traversable
 
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
@@ -305,8 +299,8 @@ def test_the_runtime_reads_qemus_user_before_any_launch(monkeypatch: pytest.Monk
                                                          tmp_path: Path) -> None:
     """libvirt's capabilities (~4 ms) are read when the executor's runtime starts, not when a
     launch first gives a sandbox to QEMU's user."""
-    from executor.config import HostConfig
-    from executor.mesos_runtime import VMRuntime
+    from executor.mesos.runtime import VMRuntime
+    from hypervm.config import HostConfig
 
     calls: list[int] = []
     real = libvirt.virConnect.getCapabilities
@@ -324,3 +318,25 @@ def test_the_runtime_reads_qemus_user_before_any_launch(monkeypatch: pytest.Monk
     runtime.shared_hypervisor().give_to_qemu(tmp_path / "sandbox")
     assert len(calls) == 1
     runtime.shared_hypervisor().close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_giving_a_share_to_qemu_never_follows_a_symlink(tmp_path: Path) -> None:
+    """A guest plants tasks/<next id> -> /etc: root must not chown /etc to QEMU's user."""
+    from executor.libvirt.hypervisor import Hypervisor
+    from hypervm.errors import HostError
+
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (tmp_path / "next").symlink_to(victim)
+    hv = Hypervisor("test:///default")
+    try:
+        hv._dac_label = (4242, 4242)
+        with pytest.raises(HostError, match="symlink"):
+            hv.give_to_qemu(tmp_path / "next")
+        assert victim.stat().st_uid == 0
+        (tmp_path / "real").mkdir()
+        hv.give_to_qemu(tmp_path / "real")
+        assert (tmp_path / "real").stat().st_uid == 4242
+    finally:
+        hv.close()

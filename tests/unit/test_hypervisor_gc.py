@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from executor import cli_gc
-from executor.cli_gc import (
-    Leftover,
-    collect_garbage,
-    owner_gone,
-    select_leftovers,
-    select_orphan_dirs,
-)
-from executor.config import HostConfig
-from executor.hypervisor import DomainInfo
+from executor.cli import gc as cli_gc
+from executor.cli.gc import collect_garbage
+from executor.libvirt.hypervisor import DomainInfo
+from executor.libvirt.owners import Leftover, owner_gone, select_leftovers, select_orphan_dirs
+from hypervm.config import HostConfig
 
 ALIVE = {100: 5000, 200: 7000}
 
@@ -103,7 +98,7 @@ def cfg(tmp_path: Path) -> HostConfig:
 
 
 def _me() -> dict[str, str]:
-    from executor.hypervisor import owner_metadata
+    from executor.libvirt.owners import owner_metadata
 
     return {k.replace("-", "_"): v for k, v in owner_metadata().items()}
 
@@ -147,7 +142,7 @@ def test_collect_garbage_all(cfg: HostConfig) -> None:
 def test_gc_command_registers_and_prints(
     cfg: HostConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from executor import cli, hypervisor
+    from executor.cli import main as cli
 
     hv = FakeHypervisor([dom("hypervm-dead", owner_pid=str(2**22 + 1))])
 
@@ -161,7 +156,7 @@ def test_gc_command_registers_and_prints(
         def __exit__(self, *_: object) -> None:
             pass
 
-    monkeypatch.setattr(hypervisor, "Hypervisor", FakeCtx)
+    monkeypatch.setattr(cli_gc, "Hypervisor", FakeCtx)
     monkeypatch.setattr(cli_gc, "config_from_env", lambda: cfg)
     assert cli.main(["gc"]) == 0
     assert capsys.readouterr().out.startswith("destroyed hypervm-dead (owner pid")

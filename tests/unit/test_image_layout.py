@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from tests.integration.imagebuild import private_store
 from vmimage.images.layout import layout_from_rootfs
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from vmimage.images.manifest import (
     DOCKER_LIST,
     OCI_MANIFEST,

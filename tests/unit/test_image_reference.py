@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ImageError
-from vmimage.images.reference import (
+from hypervm.errors import ImageError
+from hypervm.imageref import (
     ArchiveRef,
     DaemonRef,
     LayoutRef,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmimage.images.reference import parse_reference
+from hypervm.imageref import parse_reference
 from vmimage.images.sources import open_source
 
 
@@ -61,7 +61,7 @@ def test_local_sources(tmp_path: Path) -> None:
 
 
 def test_store_from_env_merges_insecure_hosts(tmp_path: Path) -> None:
-    from executor.config import HostConfig
+    from hypervm.config import HostConfig
     from vmimage.images import ImageStore
 
     cfg = HostConfig(tmp_path, tmp_path / "run", "test:///default", "tcg")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from vmimage.images.unpack import OPAQUE_XATTR, safe_name, unpack_layer
 
 BLOB = "sha256:" + "b" * 64

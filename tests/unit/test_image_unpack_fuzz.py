@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from vmimage.images.unpack import unpack_layer
 
 COMPONENTS = ["a", "b", "..", ".", "", ".wh.a", ".wh.", ".wh..wh..opq", "c"]

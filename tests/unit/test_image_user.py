@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from vmimage.images.config import parse_config, resolve_user
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import config_from_env
-from executor.errors import HostError
+from hypervm.config import config_from_env
+from hypervm.errors import HostError
 from vmimage import initrd
 from vmimage.initrd import CpioEntry, ensure_initrd, initrd_entries, newc_archive
 from vmimage.kernel import Kernel

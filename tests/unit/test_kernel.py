@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import config_from_env
-from executor.errors import HostError, InvalidSpec
+from hypervm.config import config_from_env
+from hypervm.errors import HostError, InvalidSpec
 from vmimage import kernel as kmod
 from vmimage.kernel import Kernel, distro, hyperkernel, store
 from vmimage.kernel.kconfig import dropped_options, parse_config

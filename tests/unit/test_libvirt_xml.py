@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from executor.domain import CHANNEL_NAME, CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
-from executor.errors import InvalidSpec
-from executor.libvirt_xml import (
+from executor.libvirt.designer import pool_domain
+from executor.libvirt.domain import CHANNEL_NAME, CpuTune, DiskSpec, DomainSpec, MemTune, ShareSpec
+from executor.libvirt.domain_xml import (
     METADATA_NS,
     domain_xml,
     hotplug_disk_xml,
@@ -24,7 +24,11 @@ from executor.libvirt_xml import (
     parse_domain_facts,
     virtio_disk_name,
 )
-from executor.pool_spec import pool_domain_spec
+from hypervm.config import config_from_env
+from hypervm.errors import InvalidSpec
+from vmimage.boot import BootFiles
+from vmimage.kernel import Kernel
+from vmimage.qemu import DISTRO
 
 GOLDEN = Path(__file__).parent / "golden"
 #: UPDATE_GOLDEN=1 pytest tests/unit/test_libvirt_xml.py rewrites the golden files
@@ -52,13 +56,14 @@ def _base(**overrides: object) -> DomainSpec:
 POOL_RUN = Path("/run/hypervm/vms/hypervm-pool-0badcafe")
 SPECS = {
     "tcg-minimal": _base(bios=None, metadata={}),
-    "tcg-pool": pool_domain_spec(
-        name="hypervm-pool-0badcafe", run_dir=POOL_RUN, vcpus=1, memory_mib=128,
-        kernel=Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"),
-        initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
-        cmdline="console=ttyS0 quiet panic=-1", accel="tcg",
-        metadata={"owner-pid": "4242", "owner-start": "123456", "pool": "pool",
-                  "pool-state": "idle"},
+    "tcg-pool": dataclasses.replace(pool_domain(
+        "hypervm-pool-0badcafe",
+        BootFiles(kernel=Kernel(Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"), "6.1",
+                                "hyperkernel"),
+                  initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
+                  qemu=DISTRO, accel="tcg", cmdline="console=ttyS0 quiet panic=-1"),
+        config_from_env({}), POOL_RUN, 1, 128,
+        {"owner-pid": "4242", "owner-start": "123456", "pool": "pool", "pool-state": "idle"}),
         qemu_args=()),
     "tcg-pod": _base(
         tb_cache_mib=8,
@@ -373,6 +378,9 @@ def test_emulator_is_hyperqemu_when_given_else_libvirts_default() -> None:
 
 
 def test_shares_let_a_non_root_qemu_create_files() -> None:
-    """passthrough makes every guest create fail (QEMU, not root, cannot chown); squash does not."""
-    fs = _find(_devices(domain_xml(SPECS["tcg-pod"])), "filesystem")
-    assert fs.get("accessmode") == "squash"
+    """passthrough makes every guest create fail (QEMU, not root, cannot chown); mapped does
+    not, and unlike squash it keeps guest-made symlinks, devices and set-id bits out of the
+    host (issue 15): every share of every domain, the pool's included, is mapped."""
+    for name in ("tcg-pod", "kvm-full", "tcg-pool"):
+        shares = _devices(domain_xml(SPECS[name])).findall("filesystem")
+        assert shares and {fs.get("accessmode") for fs in shares} == {"mapped"}, name

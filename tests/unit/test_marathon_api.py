@@ -22,7 +22,7 @@ from marathon.models.events import EventFactory  # noqa: E402
 from marathon.models.queue import MarathonQueueItem  # noqa: E402
 from marathon.models.task import MarathonTask  # noqa: E402
 
-from executor.errors import InvalidSpec  # noqa: E402
+from hypervm.errors import InvalidSpec  # noqa: E402
 from scheduler.api import authenticate  # noqa: E402
 from scheduler.marathon import parse_app  # noqa: E402
 from scheduler.marathon_api import appdef, rolling, views  # noqa: E402
@@ -135,7 +135,7 @@ EXAMPLES_REFUSED = [
     ({"container": {"type": "DOCKER", "docker": {"image": "busybox"}, "volumes": [
         {"containerPath": "/data", "hostPath": "/srv", "mode": "RW"}]}},
      "container.volumes", "not supported"),
-    ({"gpus": 1}, "gpus", "not supported"),
+    ({"gpus": 1}, "gpus", "greater than the maximum of 0"),  # capped by the schema
     ({"killSelection": "OLDEST_FIRST"}, "killSelection", "not supported"),
     ({"role": "tenant-b"}, "role", "not this tenant's role"),
     ({"residency": {"taskLostBehavior": "WAIT_FOREVER"}}, "residency", "not supported"),

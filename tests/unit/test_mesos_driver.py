@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from executor.errors import InvalidSpec
-from executor.mesos_driver import make_driver, parse_duration, settings_from_env
+from executor.mesos.driver import make_driver, parse_duration, settings_from_env
+from hypervm.errors import InvalidSpec
 from tests.mesos.agent import AgentDouble
 from tests.mesos.fixtures import agent_factory  # noqa: F401
 

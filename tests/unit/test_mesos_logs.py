@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import InvalidSpec
-from executor.mesos_executor import exit_message
-from executor.mesos_logs import RotatingFile, rotation_from_env
-from executor.mesos_runtime import ExitStatus
+from executor.mesos.executor import exit_message
+from executor.mesos.logs import RotatingFile, rotation_from_env
+from executor.mesos.runtime import ExitStatus
+from hypervm.errors import InvalidSpec
 
 
 def test_rotation_keeps_backups(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from executor import network
-from executor.errors import HypervisorError, InvalidSpec, NetworkError
-from executor.network import NetworkSpec, PortMapping
+from hypervm import netspec
+from hypervm.errors import HypervisorError, InvalidSpec, NetworkError
+from hypervm.netspec import NetworkSpec, PortMapping
 
 
 @pytest.mark.parametrize(
@@ -23,7 +24,7 @@ from executor.network import NetworkSpec, PortMapping
     ],
 )
 def test_parse_publish(text: str, expected: PortMapping) -> None:
-    assert network.parse_publish(text) == expected
+    assert netspec.parse_publish(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,7 @@ def test_parse_publish(text: str, expected: PortMapping) -> None:
 )
 def test_parse_publish_names_the_field(text: str, field: str) -> None:
     with pytest.raises(InvalidSpec) as err:
-        network.parse_publish(text)
+        netspec.parse_publish(text)
     assert err.value.field == field
     assert "-p" in str(err.value) or field != "--publish"
 
@@ -57,7 +58,7 @@ def test_spec_validation() -> None:
 
 
 def test_mesos_ports_map_in_order_and_default_to_the_same_port() -> None:
-    mappings = network.mappings_from_mesos([(31002, 31003), (31000, 31000)],
+    mappings = netspec.mappings_from_mesos([(31002, 31003), (31000, 31000)],
                                            [(80, "tcp"), (53, "udp,tcp")])
     assert mappings == (
         PortMapping(31000, 80, "tcp"),
@@ -65,26 +66,26 @@ def test_mesos_ports_map_in_order_and_default_to_the_same_port() -> None:
         PortMapping(31002, 53, "tcp"),
         PortMapping(31003, 31003, "tcp"),
     )
-    assert network.mappings_from_mesos([]) == ()
+    assert netspec.mappings_from_mesos([]) == ()
     with pytest.raises(InvalidSpec, match="need as many host ports"):
-        network.mappings_from_mesos([(31000, 31000)], [(80, "tcp"), (81, "tcp")])
+        netspec.mappings_from_mesos([(31000, 31000)], [(80, "tcp"), (81, "tcp")])
     with pytest.raises(InvalidSpec, match="not valid"):
-        network.mappings_from_mesos([(31001, 31000)])
+        netspec.mappings_from_mesos([(31001, 31000)])
     with pytest.raises(InvalidSpec):
-        network.mappings_from_mesos([(31000, 31000)], [(80, "sctp")])
+        netspec.mappings_from_mesos([(31000, 31000)], [(80, "sctp")])
 
 
 def test_port_env_is_marathons() -> None:
-    env = network.port_env((PortMapping(31000, 80), PortMapping(31001, 53, "udp"),
+    env = netspec.port_env((PortMapping(31000, 80), PortMapping(31001, 53, "udp"),
                             PortMapping(31001, 53, "tcp")))
     assert env == ("PORT0=31000", "PORT1=31001", "PORT=31000", "PORTS=31000,31001",
                    "PORT_80=31000", "PORT_53=31001")
-    assert network.port_env(()) == ()
+    assert netspec.port_env(()) == ()
 
 
 def test_process_env_wins_over_port_env() -> None:
-    from executor.podspec import Process
-    from executor.vm import process_payload
+    from executor.guest.protocol import process_payload
+    from hypervm.podspec import Process
 
     payload = process_payload(Process(args=("sh",), env=("PORT0=1",)),
                               ("PORT0=31000", "PORTS=31000"))
@@ -105,8 +106,8 @@ def test_qemu_args() -> None:
 
 
 def test_qemu_args_reach_the_domain_xml() -> None:
-    from executor.domain import DomainSpec
-    from executor.libvirt_xml import domain_xml
+    from executor.libvirt.domain import DomainSpec
+    from executor.libvirt.domain_xml import domain_xml
 
     args = network.qemu_args(NetworkSpec(ports=(PortMapping(8080, 80),)), "52:54:00:00:00:01")
     xml = domain_xml(DomainSpec(
@@ -188,7 +189,7 @@ def test_check_host_ports_refuses_privileged_ports_and_foreign_addresses() -> No
 
 
 def test_podspec_carries_and_validates_the_network() -> None:
-    from executor.podspec import Container, PodSpec, Process, Rootfs
+    from hypervm.podspec import Container, PodSpec, Process, Rootfs
 
     container = Container(name="web", rootfs=Rootfs(layers=(Path("/l"),)),
                           process=Process(args=("true",)))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import InvalidSpec
-from executor.podspec import (
+from hypervm.errors import InvalidSpec
+from hypervm.podspec import (
     MIN_MEMORY_MIB,
     Container,
     Mount,

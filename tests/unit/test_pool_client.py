@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from executor import warm
-from executor.cli_doctor import check_pool
-from executor.config import config_from_env
-from executor.errors import PoolError
-from executor.pool_spec import decode, encode
+from executor.cli.doctor import check_pool
+from executor.pool import claim as warm
+from executor.pool.protocol import decode, encode
+from hypervm.config import config_from_env
+from hypervm.errors import PoolError
 
 Reply = Callable[[socket.socket, dict], None]
 

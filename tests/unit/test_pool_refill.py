@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from executor.agent_protocol import ExitStatus, MsgType
-from executor.config import config_from_env
-from executor.errors import HypervisorError, PoolError
-from executor.pool import WarmPool, _Idle
-from executor.pool_spec import GENERIC, PoolConfig
+from executor.guest.protocol import ExitStatus, MsgType
+from executor.pool.daemon import WarmPool, _Idle
+from executor.pool.protocol import GENERIC, PoolConfig
+from hypervm.config import config_from_env
+from hypervm.errors import HypervisorError, PoolError
 
 WEB = ("/c/web0.erofs", "/c/web1.erofs")
 

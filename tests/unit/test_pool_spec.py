@@ -6,26 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import config_from_env
-from executor.errors import InvalidSpec, PoolError
-from executor.network import NetworkSpec, PortMapping
-from executor.podspec import Container, PodSpec, Process, Resources, Rootfs
-from executor.pool_spec import (
+from executor.guest.protocol import WARMUP_SERIAL, layer_serial, prepare_request, warmup_start
+from executor.pool.protocol import (
     GENERIC,
-    WARMUP_SERIAL,
     Lease,
     PoolConfig,
     claim_request,
     decode,
     encode,
-    layer_serial,
     next_kind,
     parse_claim,
     pick_vm,
-    prepare_request,
     unfit_reason,
-    warmup_start,
 )
+from hypervm.config import config_from_env
+from hypervm.errors import InvalidSpec, PoolError
+from hypervm.netspec import NetworkSpec, PortMapping
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 
 
 def _pod(**overrides: object) -> PodSpec:
@@ -207,3 +204,12 @@ def test_config_translation_cache() -> None:
     with pytest.raises(InvalidSpec) as info:
         config_from_env({"HYPERVM_TCG_TB_CACHE_MIB": "8M"})
     assert info.value.field == "HYPERVM_TCG_TB_CACHE_MIB"
+
+
+def test_a_pool_shape_no_pod_can_claim_is_refused_with_one_line() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        PoolConfig(memory_mib=48).validate()
+    message = str(info.value)
+    assert message.startswith("pool.memory_mib: 48 MiB is less than a pod can have (64 MiB)")
+    assert "no pod could claim" in message and "--memory 64" in message
+    assert "\n" not in message

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import HostConfig, config_from_env
-from executor.errors import HostError, InvalidSpec
+from hypervm.config import HostConfig, config_from_env
+from hypervm.errors import HostError, InvalidSpec
 from vmimage import qemu as qmod
 from vmimage.qemu import DISTRO, Qemu, hyperqemu
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 from vmimage.rootfs import build_layer_image, make_busybox_rootfs, mkfs_erofs_argv
 
 needs_mkfs = pytest.mark.skipif(shutil.which("mkfs.erofs") is None, reason="no erofs-utils")
@@ -128,7 +128,7 @@ def test_busybox_rootfs_layout(tmp_path: Path) -> None:
 def test_busybox_rootfs_refuses_a_used_directory(tmp_path: Path) -> None:
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "x").write_text("")
-    from executor.errors import HostError
+    from hypervm.errors import HostError
 
     with pytest.raises(HostError):
         make_busybox_rootfs(tmp_path / "r")

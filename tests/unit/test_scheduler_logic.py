@@ -9,15 +9,18 @@ from typing import Any
 import pytest
 
 from scheduler import lifecycle
-from scheduler.errors import Conflict, NotFound, QuotaExceeded
+from scheduler.errors import ConfigError, Conflict, NotFound, QuotaExceeded
 from scheduler.framework import HyperVMFramework
 from scheduler.placement import Pending, offer_role, plan
 from scheduler.pods import parse_pod
 from scheduler.service import Workloads
 from scheduler.store import InstanceKey, open_store
 from scheduler.taskgroup import ExecutorConfig
+from scheduler.taskgroup import task_id as make_task_id
 from scheduler.tenants import Quota, Tenant, Tenants, hash_token
 from tests.mesos import protos
+from tests.mesos.master_resources import amounts
+from tests.mesos.master_validation import Context, validate_id, validate_launch_group
 
 CFG = ExecutorConfig("/usr/local/bin/hypervm-executor", 0.1, 32, "t1")
 ACME = Tenant("acme", "acme-role", hash_token("a"), Quota(2, 1024, 3))
@@ -33,12 +36,16 @@ def pod(pid: str = "web", cpus: float = 0.5, mem: float = 64, ports: int = 0,
 
 
 def offer(role: str = "acme-role", cpus: float = 4, mem: float = 4096,
-          ports: tuple[int, int] | None = (31000, 31001)) -> dict[str, Any]:
+          ports: tuple[int, int] | None = (31000, 31001), disk: float = 4096
+          ) -> dict[str, Any]:
     alloc = {"role": role}
     resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus},
                   "allocation_info": alloc},
                  {"name": "mem", "type": "SCALAR", "scalar": {"value": mem},
                   "allocation_info": alloc}]
+    if disk:
+        resources.append({"name": "disk", "type": "SCALAR", "scalar": {"value": disk},
+                          "allocation_info": alloc})
     if ports:
         resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
                           "ranges": {"range": [{"begin": ports[0], "end": ports[1]}]}})
@@ -109,6 +116,30 @@ def test_placement_builds_a_valid_launch_group_on_the_offer_role() -> None:
         {"number": 8000, "name": "port0", "protocol": "tcp"},
         {"number": 8001, "name": "port1", "protocol": "tcp"}]
     assert "discovery" not in tasks[1]
+    # what the real master checks (TASK_ERROR "Executor ... uses no disk" without disk)
+    assert {r["name"]: r["scalar"]["value"] for r in group["executor"]["resources"]} == {
+        "cpus": 0.1, "mem": 32, "disk": 32}
+    ctx = Context("fw-1", "agent-7", "acme-role", amounts(offer()["resources"]))
+    assert validate_launch_group(group, ctx) is None
+    bare = {**group, "executor": {**group["executor"], "resources": [
+        r for r in group["executor"]["resources"] if r["name"] != "disk"]}}
+    assert validate_launch_group(bare, ctx) == f"Executor '{launch.executor_id}' uses no disk"
+
+
+def test_no_launch_without_disk_for_the_executor_and_sane_executor_options() -> None:
+    assert plan(offer(disk=0), "acme-role", [pending("web")], CFG, "fw") == []
+    assert plan(offer(disk=31), "acme-role", [pending("web")], CFG, "fw") == []
+    for bad in ({"cpus": 0.001}, {"mem": 16}, {"disk": 0}):
+        with pytest.raises(ConfigError, match="--executor-.* the Mesos master needs"):
+            ExecutorConfig(**bad)
+
+
+def test_task_ids_stay_within_the_masters_limit() -> None:
+    long_id = "/" + "/".join(["x" * 60] * 6)
+    tid = make_task_id("acme", "app", long_id, 12, 3, "main")
+    assert len(tid) <= 255 and validate_id(tid) is None and tid.endswith(".12.3.main")
+    assert tid != make_task_id("acme", "app", long_id + "y", 12, 3, "main")
+    assert make_task_id("acme", "pod", "web", 0, 0, "main") == "acme.pod.web.0.0.main"
 
 
 def test_placement_packs_what_fits_and_skips_the_rest() -> None:

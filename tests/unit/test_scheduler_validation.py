@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from executor.errors import InvalidSpec
+from hypervm.errors import InvalidSpec
 from scheduler.errors import ConfigError
 from scheduler.marathon import parse_app
 from scheduler.pods import parse_pod

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from executor.errors import InvalidSpec
-from executor.mesos_runtime import PodPlan, build_container, container_names, task_env
-from executor.taskinfo import (
+from executor.mesos.runtime import PodPlan, build_container, container_names, task_env
+from executor.mesos.taskinfo import (
     CONTAINER_SANDBOX,
     CommandSpec,
     ExecutorSpec,
@@ -19,6 +18,8 @@ from executor.taskinfo import (
     resolve_argv,
     vm_size,
 )
+from hypervm.config import MesosPolicy
+from hypervm.errors import InvalidSpec
 from vmimage.images.config import ImageConfig
 
 IMAGE = {"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": "alpine:3"}}}}
@@ -149,7 +150,9 @@ def test_volumes() -> None:
         {"mode": "RO", "container_path": "/legacy", "host_path": "/srv/legacy"},
     ]
     container = dict(IMAGE, volumes=volumes)
-    spec = parse_task(task(container=container), "task")
+    # the operator allows host paths under /srv (by default none is: see the tests below)
+    spec = parse_task(task(container=container), "task",
+                      policy=MesosPolicy(host_path_prefixes=("/srv",)))
     assert [(v.container_path, v.kind, v.source, v.readonly) for v in spec.volumes] == [
         (f"{CONTAINER_SANDBOX}/data", "sandbox_parent", "shared", False),
         ("/etc/cfg", "host", "/srv/cfg", True),
@@ -226,7 +229,7 @@ def test_build_container(tmp_path: Path) -> None:
     (tmp_path / "t1").mkdir()
     config = ImageConfig(env=("PATH=/usr/bin", "LANG=C"), working_dir="/srv", user="")
     container = build_container(spec, container_names((spec,))["t1"], (tmp_path / "l0",),
-                                config, (1000, 1000, (10,)), plan)
+                                config, lambda _user: (1000, 1000, (10,)), plan)
     assert container.process.args == ("/bin/sh", "-c", "run")
     assert container.process.cwd == "/srv"
     assert (container.process.uid, container.process.gid) == (1000, 1000)
@@ -278,7 +281,7 @@ def test_ports_discovery_and_role() -> None:
     assert spec.port_ranges == ((31000, 31001), (31005, 31005))
     assert spec.container_ports == ((80, "tcp"), (53, "udp"))
     assert spec.role == "tenant-a"
-    from executor.mesos_runtime import pod_network, probe_address
+    from executor.mesos.runtime import pod_network, probe_address
 
     network = pod_network((spec,))
     assert network.tenant == "tenant-a"
@@ -295,6 +298,6 @@ def test_bad_port_ranges_name_the_field() -> None:
     too_many = {"ports": {"ports": [{"number": 1}, {"number": 2}]}}
     spec = parse_task(task(resources=[*res(), ports((31000, 31000))], discovery=too_many),
                       "task")
-    from executor.mesos_runtime import pod_network
+    from executor.mesos.runtime import pod_network
 
     invalid("task.resources.ports", pod_network, (spec,))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from executor.bounds import CFS_PERIOD_US, QEMU_OVERHEAD_MIB, resource_bounds
-from executor.errors import InvalidSpec
-from executor.podspec import Resources
+from executor.libvirt.bounds import CFS_PERIOD_US, QEMU_OVERHEAD_MIB, resource_bounds
+from hypervm.errors import InvalidSpec
+from hypervm.podspec import Resources
 
 
 def test_fractional_cpus_get_a_cfs_quota() -> None:
@@ -35,7 +35,7 @@ def test_limit_must_fit_the_vcpus(limit: float) -> None:
 def test_mesos_cpus_become_the_limit() -> None:
     from types import SimpleNamespace
 
-    from executor.taskinfo import cpu_limit, vm_size
+    from executor.mesos.taskinfo import cpu_limit, vm_size
 
     tasks = [SimpleNamespace(cpus=0.2, mem_mib=32.0), SimpleNamespace(cpus=0.2, mem_mib=32.0)]
     executor = SimpleNamespace(cpus=0.1, mem_mib=32.0)

@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
+from hypervm.errors import HostError
+
 log = logging.getLogger(__name__)
 
 SUBDIRS = ("layers/sha256", "blobs/sha256", "manifests/sha256", "configs/sha256",
@@ -52,9 +56,22 @@ class ImageRecord:
         return {"digest": self.digest, "config": self.config, "diff_ids": list(self.diff_ids)}
 
 
+class LockTimeout(HostError):
+    """A cache lock stayed taken longer than the wait allowed (a stalled pull, or gc)."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name, self.seconds = name, seconds
+        super().__init__(f"the image cache's {name!r} lock stayed taken by another pull or gc "
+                         f"for {seconds:g} s; gave up",
+                         hint="another transfer is stalled or still running: retry later, or "
+                              "the operator raises HYPERVM_IMAGE_LOCK_TIMEOUT")
+
+
 class Cache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lock_timeout_s: float | None = None) -> None:
         self.root = root
+        #: how long lock() waits for a lock another holder keeps; None: for ever
+        self.lock_timeout_s = lock_timeout_s
 
     def ensure(self) -> None:
         for sub in ("",) + SUBDIRS:
@@ -200,10 +217,26 @@ class Cache:
         """An flock held for the block: per process *and* per open file, so threads work too."""
         fd = os.open(self.root / "locks" / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            self._acquire(fd, name, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
+
+    def _acquire(self, fd: int, name: str, op: int) -> None:
+        """flock ``fd``, waiting at most ``lock_timeout_s`` (LockTimeout after that)."""
+        if self.lock_timeout_s is None:
+            fcntl.flock(fd, op)
+            return
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(BlockingIOError),
+            wait=tenacity.wait_exponential(multiplier=0.02, max=1.0),
+            stop=tenacity.stop_after_delay(self.lock_timeout_s), reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise LockTimeout(name, self.lock_timeout_s) from e
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 
 from .manifest import load_json
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,19 @@ gzips plain-tar layers, so local sources, which cost no network, are copied with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from executor.errors import HostError, ImageError
+from hypervm.errors import HostError, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,10 @@ INSPECT_TIMEOUT = "2m"
 #: backoff 1 s, 2 s, 4 s: a registry that is down costs ~3 s before the error, not minutes
 RETRIES = "3"
 INSPECT_RETRIES = "2"
+#: our own bound on an inspect, should skopeo's --command-timeout not fire (seconds)
+INSPECT_BACKSTOP_S = 150.0
+#: how often a running copy is looked at (its ``watch`` callback), seconds
+WATCH_EVERY_S = 0.5
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MSG_RE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
@@ -50,22 +58,74 @@ def _hint(message: str) -> str | None:
     return None
 
 
-def _run(image: str, argv: Sequence[str], *, show_progress: bool = False) -> bytes:
+def _run(image: str, argv: Sequence[str], *, show_progress: bool = False,
+         timeout: float = INSPECT_BACKSTOP_S, watch: Callable[[], None] | None = None,
+         blob: str | None = None, authfile: Path | None = None) -> bytes:
+    """Run skopeo; ``timeout`` bounds it (then its process group is killed), ``watch`` is
+    called every WATCH_EVERY_S while it runs and may raise to stop it; with ``authfile``,
+    skopeo sees no other credentials (:func:`_only_authfile_env`)."""
     full = [SKOPEO, *argv]
     log.debug("running %s", " ".join(full))
     stdout = sys.stderr if show_progress else subprocess.PIPE
     try:
-        proc = subprocess.run(full, stdout=stdout, stderr=subprocess.PIPE, check=False)
+        proc = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=_only_authfile_env(authfile))
     except FileNotFoundError as e:
         raise HostError("skopeo is not installed", hint="apt-get install skopeo (make deps)") from e
+    try:
+        out, err = _wait(image, proc, timeout, watch, blob)
+    except BaseException:
+        _kill(proc)
+        raise
     if proc.returncode != 0:
-        text = proc.stderr.decode("utf-8", "replace").strip()
+        text = err.decode("utf-8", "replace").strip()
         found = _MSG_RE.findall(text)
         message = found[-1].replace('\\"', '"') if found else (text.splitlines() or ["?"])[-1]
         digests = _DIGEST_RE.findall(message)
         raise ImageError(image, f"skopeo failed: {message}",
-                         blob=digests[0] if digests else None, hint=_hint(message))
-    return proc.stdout if not show_progress else b""
+                         blob=digests[0] if digests else blob, hint=_hint(message))
+    return out if not show_progress and out is not None else b""
+
+
+def _wait(image: str, proc: subprocess.Popen[bytes], timeout: float,
+          watch: Callable[[], None] | None, blob: str | None) -> tuple[bytes, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageError(image, f"the transfer did not finish within {timeout:g} s; "
+                             "stopped", blob=blob,
+                             hint="the registry is stalled or too slow; retry, or the operator "
+                                  "raises HYPERVM_IMAGE_PULL_TIMEOUT")
+        try:
+            return proc.communicate(timeout=min(WATCH_EVERY_S, left))
+        except subprocess.TimeoutExpired:
+            if watch is not None:
+                watch()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """End skopeo and whatever it started (its own session), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
+
+
+def _only_authfile_env(authfile: Path | None) -> dict[str, str] | None:
+    """With an auth file, the environment in which skopeo finds no other credentials: skopeo
+    1.9 reads $XDG_RUNTIME_DIR/containers/auth.json, $DOCKER_CONFIG/config.json (or
+    ~/.docker/config.json) and ~/.dockercfg after ``--authfile``, so a tenant's anonymous
+    pull would otherwise go out with the host's credentials. They all point into the auth
+    file's own (private, per-pull) directory, where none of those files exist."""
+    if authfile is None:
+        return None
+    private = str(authfile.parent)
+    env = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
+    env.update(HOME=private, DOCKER_CONFIG=private, XDG_RUNTIME_DIR=private,
+               XDG_CONFIG_HOME=private)
+    return env
 
 
 def _tls(flag: str, insecure: bool) -> list[str]:
@@ -81,7 +141,7 @@ def inspect_raw(image: str, source: str, *, insecure: bool = False,
     """The raw manifest (or manifest list) bytes: no blob is fetched."""
     return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--raw",
                         "--retry-times", INSPECT_RETRIES, *_tls("tls-verify", insecure),
-                        *_auth(authfile), source])
+                        *_auth(authfile), source], authfile=authfile)
 
 
 def inspect_config(image: str, source: str, *, insecure: bool = False,
@@ -89,7 +149,7 @@ def inspect_config(image: str, source: str, *, insecure: bool = False,
     """The raw image config blob (one blob GET)."""
     return _run(image, ["--command-timeout", INSPECT_TIMEOUT, "inspect", "--config", "--raw",
                         "--retry-times", INSPECT_RETRIES, *_tls("tls-verify", insecure),
-                        *_auth(authfile), source])
+                        *_auth(authfile), source], authfile=authfile)
 
 
 def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
@@ -103,17 +163,23 @@ def prepare_layout(layout: Path, placeholders: Sequence[str]) -> None:
 
 
 def copy_blobs(image: str, source: str, layout: Path, *, insecure: bool = False,
-               authfile: Path | None = None, show_progress: bool = False) -> None:
-    """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/."""
+               authfile: Path | None = None, show_progress: bool = False,
+               timeout: float, watch: Callable[[], None] | None = None,
+               blob: str | None = None) -> None:
+    """Copy the image into ``layout`` (see prepare_layout); blobs land in blobs/sha256/.
+    Bounded by ``timeout``; ``watch`` (see _run) may stop it; ``blob`` names what it fetches."""
     argv = ["copy", "--retry-times", RETRIES, *_tls("src-tls-verify", insecure),
             *_auth(authfile, "src-authfile")]
     if not show_progress:
         argv.append("--quiet")
-    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress)
+    _run(image, [*argv, source, f"oci:{layout}:pull"], show_progress=show_progress,
+         timeout=timeout, watch=watch, blob=blob, authfile=authfile)
 
 
-def copy_dir(image: str, source: str, dest: Path) -> None:
+def copy_dir(image: str, source: str, dest: Path, *, timeout: float,
+             watch: Callable[[], None] | None = None, blob: str | None = None) -> None:
     """Copy a local image (docker-archive:, oci:) byte for byte into the new directory ``dest``:
     blobs land as ``dest/<hex>``. (The oci: destination would gzip plain-tar layers.)"""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _run(image, ["copy", "--quiet", source, f"dir:{dest}"])
+    _run(image, ["copy", "--quiet", source, f"dir:{dest}"], timeout=timeout, watch=watch,
+         blob=blob)

@@ -1,7 +1,8 @@
 """Where an image comes from → a source skopeo can read (side effects: auth file, engine export).
 
 - registry refs: ``docker://`` with plain HTTP/unverified TLS only for loopback and listed hosts,
-  credentials resolved from the Docker config (and its credential helpers) by docker-py;
+  credentials of the pull's holder (:mod:`.credentials`: the host's Docker config for the
+  operator, the task's own for a Mesos task), written into a one-registry auth file;
 - ``docker-daemon:``: exported through the Docker Engine API (docker-py ``image.save()``) into
   the pull's staging dir, then read as a docker-archive;
 - ``docker-archive:`` and ``oci:``: read in place.
@@ -9,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -18,9 +18,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
+from hypervm.imageref import ArchiveRef, DaemonRef, ImageRef, LayoutRef, RegistryRef, is_insecure
 
-from .reference import ArchiveRef, DaemonRef, ImageRef, LayoutRef, RegistryRef, is_insecure
+from .credentials import Credentials, HostCredentials
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ class Source:
 
 
 @contextlib.contextmanager
-def open_source(ref: ImageRef, staging: Path,
-                insecure_registries: Iterable[str] = ()) -> Iterator[Source]:
+def open_source(ref: ImageRef, staging: Path, insecure_registries: Iterable[str] = (),
+                credentials: Credentials | None = None) -> Iterator[Source]:
+    """``credentials``: whose registry credentials a registry ref is read with (default: the
+    host's Docker config: the operator's pulls)."""
     if isinstance(ref, RegistryRef):
         insecure = is_insecure(ref, insecure_registries)
-        authfile = write_authfile(ref, staging / "auth.json")
+        authfile = write_authfile(ref, staging / "auth.json", credentials)
         transport = f"docker://{ref}"
         yield Source(str(ref), transport, insecure, authfile, ref)
     elif isinstance(ref, ArchiveRef):
@@ -67,33 +70,21 @@ def open_source(ref: ImageRef, staging: Path,
         raise TypeError(ref)
 
 
-def write_authfile(ref: RegistryRef, path: Path) -> Path | None:
-    """A containers-auth.json with the Docker config's credentials for this registry, if any."""
-    try:
-        from docker import auth
-    except ImportError:  # pragma: no cover - docker is an install requirement
-        return None
-    try:
-        creds = auth.resolve_authconfig(auth.load_config(), registry=ref.domain)
-    except Exception as e:  # credential helpers fail in many ways: say so, then go anonymous
-        log.warning("cannot read Docker credentials for %s: %s", ref.domain, e)
-        return None
-    if not creds:
-        return None
-    user = creds.get("username") or creds.get("Username") or ""
-    password = creds.get("password") or creds.get("Password") or ""
-    entry: dict[str, str] = {}
-    if user or password:
-        entry["auth"] = base64.b64encode(f"{user}:{password}".encode()).decode()
-    token = creds.get("IdentityToken") or creds.get("identitytoken")
-    if token:
-        entry["identitytoken"] = token
-    if not entry:
+def write_authfile(ref: RegistryRef, path: Path,
+                   credentials: Credentials | None = None) -> Path | None:
+    """A containers-auth.json with ``credentials``' entry for this registry, never the
+    holder's other registries. Default (None): the host's Docker config, and no file when it
+    has nothing for the registry (skopeo then looks in its own default places, as the
+    operator expects). Given credentials always get a file, empty when they hold nothing for
+    the registry: skopeo would otherwise read the host's auth files for a tenant."""
+    creds = HostCredentials() if credentials is None else credentials
+    entry = creds.entry_for(ref.domain)
+    if not entry and credentials is None:
         return None
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump({"auths": {ref.domain: entry}}, out)
-    log.debug("using Docker config credentials for %s", ref.domain)
+        json.dump({"auths": {ref.domain: entry} if entry else {}}, out)
+    log.debug("using %s credentials for %s", creds.kind if entry else "no", ref.domain)
     return path
 
 

@@ -5,6 +5,11 @@ cache lacks → lock those blobs (sorted, so two pulls never deadlock) → skope
 into staging → verify digest and size of every blob → unpack, check the diff id →
 erofs image → rename into the cache → image record → tag. Pulls hold the cache's ``gc`` lock
 shared; gc takes it exclusively.
+
+Whose pull: without a :class:`PullAuth` the operator's (the CLI, the warm pool: the host's
+Docker credentials, every cached image usable); with one a tenant's (a Mesos task): its own
+credentials only (the host's too if ``HostConfig.task_host_credentials``), and every cache hit
+is authorized by the registry for that tenant first (:mod:`.authorize`).
 """
 
 from __future__ import annotations
@@ -14,19 +19,22 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.config import HostConfig
-from executor.errors import ImageError
+from hypervm.config import HostConfig
+from hypervm.errors import ImageError
+from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_reference
 from vmimage import rootfs
 
 from . import skopeo
-from .cache import Cache, ImageRecord
+from .authorize import Ledger, PullAuth, authorize, remember_pull
+from .cache import Cache, ImageRecord, LockTimeout
 from .config import ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
+from .credentials import Credentials, NoCredentials
 from .gc import GCReport, SizeReport, collect, size_report
 from .manifest import (
     DOCKER_MANIFEST,
@@ -38,9 +46,8 @@ from .manifest import (
     select_platform,
     sha256_digest,
 )
-from .reference import RegistryRef, insecure_from_env, parse_reference
-from .sources import Source, open_source
-from .unpack import TRACKED_FILES, unpack_layer
+from .sources import Source, open_source, write_authfile
+from .unpack import TRACKED_FILES, Budget, unpack_layer
 from .verify import verify_blob_file
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,29 @@ class _Built:
     meta: dict[str, Any]
 
 
+def _describe(blobs: list[Descriptor]) -> str:
+    """The blobs a transfer fetches, for errors: the first digest (and how many more)."""
+    if not blobs:
+        return ""
+    return blobs[0].digest + (f" and {len(blobs) - 1} more" if len(blobs) > 1 else "")
+
+
+def _staged_bytes(root: Path) -> int:
+    """Bytes of the regular files below ``root`` (links not followed; files may vanish)."""
+    total = 0
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir(follow_symlinks=False):
+                total += _staged_bytes(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def unique_layers(layers: tuple[Path, ...]) -> tuple[Path, ...]:
     """Each layer once, at its topmost place (old images repeat the empty layer): a layer also
     present higher up adds nothing below it, and overlayfs refuses a lowerdir given twice."""
@@ -75,7 +105,10 @@ def unique_layers(layers: tuple[Path, ...]) -> tuple[Path, ...]:
 class ImageStore:
     def __init__(self, cfg: HostConfig, insecure_registries: Iterable[str] = (),
                  progress: Progress | None = None) -> None:
-        self.cache = Cache(cfg.image_dir)
+        self.limits = cfg.image_limits
+        self.cache = Cache(cfg.image_dir, lock_timeout_s=self.limits.lock_timeout_s)
+        self.ledger = Ledger(cfg.image_dir / "grants", cfg.image_auth_ttl_s)
+        self.task_host_credentials = cfg.task_host_credentials
         self.insecure_registries = tuple(insecure_registries)
         self._progress = progress
         self._tty = sys.stderr.isatty()  # skopeo draws its own bars there
@@ -96,31 +129,63 @@ class ImageStore:
             log.info("%s", message)
 
     # -- public API ----------------------------------------------------------------------
-    def pull(self, ref: str) -> Image:
+    def pull(self, ref: str, auth: PullAuth | None = None) -> Image:
+        """Pull ``ref``; ``auth``: a tenant's pull (see the module doc), None: the operator's."""
         parsed = parse_reference(ref)
+        auth = self._effective(auth)
         self.cache.ensure()
-        with self.cache.lock("gc", shared=True):
+        with self._locked(str(parsed), "gc", shared=True):
             if isinstance(parsed, RegistryRef) and parsed.digest:
                 record = self.cache.image(parsed.digest)
-                if record is not None:  # pinned and complete: no network at all
+                if record is not None:  # pinned and complete: no transfer
+                    if auth is not None:
+                        self._authorize(parsed, record.digest, auth)
                     self.cache.put_ref(str(parsed), record.digest)
                     return self._image(str(parsed), record)
+            creds = auth.credentials if auth is not None else None
             with self.cache.staging() as staging, \
-                    open_source(parsed, staging, self.insecure_registries) as source:
-                return self._pull(source, staging)
+                    open_source(parsed, staging, self.insecure_registries, creds) as source:
+                image = self._pull(source, staging)
+            if auth is not None and isinstance(parsed, RegistryRef):
+                remember_pull(self.ledger, parsed, image.digest, auth)
+            return image
 
-    def resolve(self, ref: str, policy: str = "missing") -> Image:
+    def resolve(self, ref: str, policy: str = "missing", auth: PullAuth | None = None) -> Image:
         """The image to run for ``ref``. ``missing`` (Docker's default, and Mesos' for cached
-        images): a registry ref pulled before is used from the cache with no network access;
-        ``always``: pull (a tag is looked up again). Local sources are always read again."""
+        images): a registry ref pulled before is used from the cache (for a tenant's ``auth``
+        once the registry authorizes it, no transfer); ``always``: pull (a tag is looked up
+        again). Local sources are always read again."""
         if policy not in PULL_POLICIES:
             raise ImageError(ref, f"unknown pull policy {policy!r}",
                              hint=f"use one of {', '.join(PULL_POLICIES)}")
-        if policy == "missing" and isinstance(parse_reference(ref), RegistryRef):
+        parsed = parse_reference(ref)
+        if policy == "missing" and isinstance(parsed, RegistryRef):
             cached = self.image(ref)
             if cached is not None:
+                effective = self._effective(auth)
+                if effective is not None:
+                    self._authorize(parsed, cached.digest, effective)
                 return cached
-        return self.pull(ref)
+        return self.pull(ref, auth)
+
+    def _effective(self, auth: PullAuth | None) -> PullAuth | None:
+        """A tenant's pull with the credentials it really uses: its own, else the host's
+        when the operator allows it, else none (anonymous)."""
+        if auth is None or auth.credentials is not None:
+            return auth
+        creds: Credentials = NoCredentials()
+        if self.task_host_credentials:
+            from .credentials import HostCredentials
+
+            creds = HostCredentials()
+        return PullAuth(auth.tenant, creds)
+
+    def _authorize(self, ref: RegistryRef, digest: str, auth: PullAuth) -> None:
+        insecure = is_insecure(ref, self.insecure_registries)
+        self.cache.ensure()
+        with self.cache.staging() as staging:
+            authfile = write_authfile(ref, staging / "auth.json", auth.credentials)
+            authorize(self.ledger, ref, digest, auth, insecure=insecure, authfile=authfile)
 
     def image(self, ref: str) -> Image | None:
         """The cached image a ref was last pulled as, without any network access."""
@@ -145,6 +210,7 @@ class ImageStore:
         ``keep_refs=None`` keeps every tagged ref."""
         self.cache.ensure()
         kept = None if keep_refs is None else [str(parse_reference(r)) for r in keep_refs]
+        self.ledger.prune()  # expired registry authorizations
         return collect(self.cache, in_use, kept)
 
     def size_report(self) -> SizeReport:
@@ -152,6 +218,36 @@ class ImageStore:
         return size_report(self.cache)
 
     # -- the pull ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, image: str, name: str, *, blob: str | None = None,
+                shared: bool = False) -> Iterator[None]:
+        """A cache lock, whose timeout is an ImageError naming the image and the blob."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.cache.lock(name, shared=shared))
+            except LockTimeout as e:
+                raise ImageError(image, str(e), blob=blob) from e
+            yield
+
+    def _check_manifest_limits(self, name: str, manifest: Manifest) -> None:
+        """Refuse, before any transfer, what the manifest itself says is over a limit."""
+        limits = self.limits
+        if len(manifest.layers) > limits.max_layers:
+            raise ImageError(name, f"the image has {len(manifest.layers)} layers, more than the "
+                             f"limit of {limits.max_layers}", blob=manifest.digest,
+                             hint="squash the image, or the operator raises "
+                                  "HYPERVM_IMAGE_MAX_LAYERS")
+        for desc in manifest.layers:
+            if desc.size > limits.max_layer_bytes:
+                raise ImageError(name, f"the layer is {desc.size} bytes compressed, more than "
+                                 f"the limit of {limits.max_layer_bytes}", blob=desc.digest,
+                                 hint="the operator raises HYPERVM_IMAGE_MAX_LAYER_BYTES")
+        total = sum(d.size for d in manifest.layers)
+        if total > limits.max_image_bytes:
+            raise ImageError(name, f"the layers are {total} bytes compressed, more than the "
+                             f"limit of {limits.max_image_bytes}", blob=manifest.digest,
+                             hint="the operator raises HYPERVM_IMAGE_MAX_BYTES")
+
     def _manifest(self, source: Source) -> Manifest:
         name = source.display
         wanted = source.registry.digest if source.registry else None
@@ -179,7 +275,8 @@ class ImageStore:
     def _pull(self, source: Source, staging: Path) -> Image:
         name = source.display
         manifest = self._manifest(source)
-        with self.cache.lock(f"image-{manifest.digest.split(':')[1]}"):
+        self._check_manifest_limits(name, manifest)
+        with self._locked(name, f"image-{manifest.digest.split(':')[1]}", blob=manifest.digest):
             record = self.cache.image(manifest.digest)
             if record is None:
                 record = self._fetch(source, manifest, staging)
@@ -194,7 +291,7 @@ class ImageStore:
         missing = [d for d in manifest.layers if self.cache.blob_diff_id(d.digest) is None]
         with contextlib.ExitStack() as locks:
             for blob in sorted({d.digest for d in missing}):  # sorted: no lock-order deadlock
-                locks.enter_context(self.cache.lock(f"blob-{blob.split(':')[1]}"))
+                locks.enter_context(self._locked(name, f"blob-{blob.split(':')[1]}", blob=blob))
             missing = [d for d in manifest.layers if self.cache.blob_diff_id(d.digest) is None]
             config_raw = self.cache.config(manifest.config.digest)
             blob_dir = staging / "layout/blobs/sha256"
@@ -205,6 +302,7 @@ class ImageStore:
                 raise ImageError(name, f"the config lists {len(parsed.diff_ids)} diff ids for "
                                  f"{len(manifest.layers)} layers", blob=manifest.config.digest)
             pending: dict[str, _Built] = {}
+            budget = Budget(name, self.limits)
             for index, (desc, diff_id) in enumerate(zip(manifest.layers, parsed.diff_ids,
                                                         strict=True)):
                 known = self.cache.blob_diff_id(desc.digest)
@@ -213,7 +311,8 @@ class ImageStore:
                                      f"{diff_id}", blob=desc.digest)
                 if known is None and desc.digest not in pending:
                     pending[desc.digest] = self._build_layer(
-                        name, index, len(manifest.layers), desc, diff_id, blob_dir, staging)
+                        name, index, len(manifest.layers), desc, diff_id, blob_dir, staging,
+                        budget)
             # every layer verified and built: only now does anything enter the cache
             for blob, built in pending.items():
                 self._commit_layer(blob, built)
@@ -237,15 +336,20 @@ class ImageStore:
             total = sum(d.size for d in missing)
             self._say(f"{name}: fetching {len(wanted)} of {len(manifest.layers)} layers "
                       f"({total / 1e6:.1f} MB)")
+            layout = blob_dir.parent.parent if remote else blob_dir
+            # dir: copies every layer of a local source, the cached ones too
+            watch = self._size_watch(name, layout, missing if remote else list(manifest.layers),
+                                     manifest)
+            what = _describe(missing) or manifest.config.digest
             if remote:  # only the missing blobs cross the network
-                skopeo.prepare_layout(blob_dir.parent.parent,
-                                      [d.digest for d in manifest.layers
-                                       if d.digest not in wanted])
-                skopeo.copy_blobs(name, pinned, blob_dir.parent.parent,
-                                  insecure=source.insecure, authfile=source.authfile,
-                                  show_progress=self._tty)
+                skopeo.prepare_layout(layout, [d.digest for d in manifest.layers
+                                               if d.digest not in wanted])
+                skopeo.copy_blobs(name, pinned, layout, insecure=source.insecure,
+                                  authfile=source.authfile, show_progress=self._tty,
+                                  timeout=self.limits.pull_timeout_s, watch=watch, blob=what)
             else:  # local sources: dir: keeps every blob byte-identical (plain tars too)
-                skopeo.copy_dir(name, pinned, blob_dir)
+                skopeo.copy_dir(name, pinned, blob_dir, timeout=self.limits.pull_timeout_s,
+                                watch=watch, blob=what)
             for desc in missing:
                 verify_blob_file(name, blob_dir / desc.hex, desc)
         if config_raw is None:
@@ -258,6 +362,23 @@ class ImageStore:
         return config_raw
 
     @staticmethod
+    def _size_watch(name: str, layout: Path, copied: list[Descriptor],
+                    manifest: Manifest) -> Callable[[], None]:
+        """Stops a copy whose files outgrow what the manifest declares for the ``copied``
+        blobs (a source that streams without end would otherwise fill the cache's disk before
+        any digest check); 1 MiB of slack for the manifest and layout files."""
+        allowed = sum(d.size for d in copied) + manifest.config.size + (1 << 20)
+
+        def watch() -> None:
+            staged = _staged_bytes(layout)
+            if staged > allowed:
+                raise ImageError(name, f"the source sent {staged} bytes, more than the "
+                                 f"{allowed} the manifest declares; stopped",
+                                 blob=_describe(copied) or manifest.config.digest,
+                                 hint="the source is broken or hostile")
+        return watch
+
+    @staticmethod
     def _check_config(name: str, manifest: Manifest, data: bytes) -> None:
         check_digest(name, "config", manifest.config.digest, data)
         if len(data) != manifest.config.size:
@@ -265,12 +386,12 @@ class ImageStore:
                              f"{manifest.config.size}", blob=manifest.config.digest)
 
     def _build_layer(self, name: str, index: int, count: int, desc: Descriptor, diff_id: str,
-                     blob_dir: Path, staging: Path) -> _Built:
+                     blob_dir: Path, staging: Path, budget: Budget) -> _Built:
         """Unpack and check one layer, build its erofs image in ``staging``."""
         blob = blob_dir / desc.hex
         tree = staging / f"layer-{index}"
         tree.mkdir()
-        info = unpack_layer(name, desc.digest, blob, tree)
+        info = unpack_layer(name, desc.digest, blob, tree, budget)
         if info.diff_id != diff_id:
             raise ImageError(name, f"layer {index} unpacks to {info.diff_id}, the config says "
                              f"{diff_id}", blob=desc.digest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from executor.errors import ImageError
+from hypervm.errors import ImageError
 
 from .manifest import Descriptor
 

@@ -21,8 +21,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from executor.config import HostConfig
-from executor.errors import HostError
+from hypervm.config import HostConfig
+from hypervm.errors import HostError
 from vmimage.kernel import Kernel, store
 
 log = logging.getLogger(__name__)

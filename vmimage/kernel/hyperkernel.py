@@ -15,8 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
-from executor.config import HostConfig
-from executor.errors import HostError
+from hypervm.config import HostConfig
+from hypervm.errors import HostError
 from vmimage.kernel import elfunpad, store
 from vmimage.kernel.kconfig import dropped_options
 

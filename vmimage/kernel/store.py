@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from executor.errors import HostError
+from hypervm.errors import HostError
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from executor.config import HostConfig, env_choice
-from executor.errors import HostError
+from hypervm.config import HostConfig, env_choice
+from hypervm.errors import HostError
 
 log = logging.getLogger(__name__)
 

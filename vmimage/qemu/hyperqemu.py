@@ -23,8 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from executor.config import HostConfig
-from executor.errors import HostError
+from hypervm.config import HostConfig
+from hypervm.errors import HostError
 from vmimage.kernel import store
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,5 @@
+"""python -m executor.cli: the hypervm command."""
+
+from executor.cli.main import main
+
+raise SystemExit(main())

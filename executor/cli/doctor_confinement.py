@@ -1,0 +1,134 @@
+"""``hypervm doctor``: the confinement in force around each VM's QEMU (issue 15).
+
+- VM identity: every VM's QEMU runs as a uid of its own (executor.libvirt.identity), or all share
+  libvirt's QEMU user (no DAC, not root): which, the range, how many are in use;
+- seccomp: libvirt's ``seccomp_sandbox`` (qemu.conf) and, when a VM runs, what the kernel
+  says of its QEMU (``Seccomp:`` in /proc/<pid>/status: 2 is a filter in force);
+- network: what a guest reaches (today slirp without restriction: said as a warning).
+
+Checks return :class:`executor.cli.doctor.Check`; ``warn`` marks what works but is weaker
+than it should be (doctor still exits 0 for it).
+"""
+
+from __future__ import annotations
+
+import pwd
+import re
+from pathlib import Path
+from typing import Any
+
+from hypervm.config import HostConfig
+from hypervm.errors import HyperVMError
+
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+LIBVIRT_PID_DIR = Path("/run/libvirt/qemu")
+_SECCOMP_RE = re.compile(r"^\s*seccomp_sandbox\s*=\s*(-?\d+)\s*$", re.MULTILINE)
+#: /proc/<pid>/status Seccomp: 0 none, 1 strict, 2 filter
+_SECCOMP_MODES = {"0": "none", "1": "strict", "2": "filter"}
+
+
+def _check(*args: Any, **kwargs: Any) -> Any:
+    from executor.cli.doctor import Check
+
+    return Check(*args, **kwargs)
+
+
+def host_users_in(first: int, last: int) -> list[str]:
+    """Users of the host whose uid lies in the VM range (they would share a VM's files)."""
+    return sorted(p.pw_name for p in pwd.getpwall() if first <= p.pw_uid <= last)
+
+
+def namespaces_off(text: str) -> bool:
+    """qemu.conf runs QEMU in the host's mount namespace (``namespaces = []``): libvirt then
+    labels host device nodes a VM uses (its RNG's /dev/urandom) for that VM's user instead of
+    nodes in QEMU's private /dev (not tried here), and the warm pool cannot bind mounts."""
+    return re.search(r"^\s*namespaces\s*=\s*\[\s*\]", text, re.MULTILINE) is not None
+
+
+def check_vm_identity(cfg: HostConfig, conf: Path = QEMU_CONF) -> Any:
+    from executor.libvirt import identity
+    from executor.libvirt.hypervisor import Hypervisor
+
+    first, last = cfg.vm_uid_range
+    try:
+        with Hypervisor(cfg.libvirt_uri, events=False) as hv:
+            confined = hv.confines_per_vm()
+    except HyperVMError as e:
+        return _check("VM identity", False, f"cannot ask libvirt: {e}")
+    if not confined:
+        return _check("VM identity", True, "every VM's QEMU runs as the same user (libvirt "
+                      "has no DAC model or we are not root): one QEMU escape reaches every "
+                      "VM's files", warn=True)
+    try:
+        if namespaces_off(conf.read_text()):
+            return _check("VM identity", False, f"{conf} sets namespaces = []: with a uid per "
+                          "VM, libvirt labels host device nodes (/dev/urandom) per VM",
+                          fix=f'remove namespaces = [] from {conf} (default: ["mount"])')
+    except OSError:
+        pass
+    clash = host_users_in(first, last)
+    if clash:
+        return _check("VM identity", False, f"host users {', '.join(clash[:5])} have uids in "
+                      f"the VM range {first}-{last}",
+                      fix="set HYPERVM_VM_UID_RANGE to a range no host user has")
+    libvirt_dir = identity.LIBVIRT_QEMU_DIR
+    note = ""
+    if libvirt_dir.exists() and not libvirt_dir.stat().st_mode & 0o001:
+        note = f"; {libvirt_dir} gets o+x at the first boot"
+    used = sum(map(identity.qemu_runs, identity.in_use().values()))
+    return _check("VM identity", True, f"each VM's QEMU runs as its own uid:gid from "
+                  f"{first}-{last} ({last - first + 1} uids, {used} in use){note}")
+
+
+def seccomp_setting(text: str) -> int | None:
+    """qemu.conf's ``seccomp_sandbox`` (the last uncommented one), None when unset."""
+    found = _SECCOMP_RE.findall(text)
+    return int(found[-1]) if found else None
+
+
+def qemu_seccomp_modes(pid_dir: Path = LIBVIRT_PID_DIR) -> dict[str, str]:
+    """domain -> seccomp mode of its running QEMU, for our domains (hypervm-*)."""
+    modes = {}
+    for pid_file in sorted(pid_dir.glob("hypervm-*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (OSError, ValueError):
+            continue
+        match = re.search(r"^Seccomp:\s*(\d)", status, re.MULTILINE)
+        if match:
+            modes[pid_file.stem] = _SECCOMP_MODES.get(match.group(1), match.group(1))
+    return modes
+
+
+def check_seccomp(_: HostConfig, conf: Path = QEMU_CONF,
+                  pid_dir: Path = LIBVIRT_PID_DIR) -> Any:
+    try:
+        setting = seccomp_setting(conf.read_text())
+    except OSError:
+        setting = None
+    if setting == 0:
+        return _check("QEMU seccomp", False, f"seccomp_sandbox = 0 in {conf}: QEMU runs "
+                      "without a syscall filter", fix=f"remove seccomp_sandbox = 0 from {conf}")
+    modes = qemu_seccomp_modes(pid_dir)
+    configured = (f"seccomp_sandbox = {setting}" if setting is not None
+                  else "seccomp_sandbox unset (libvirt: on where QEMU supports it)")
+    if not modes:
+        return _check("QEMU seccomp", True, f"{configured}; no VM runs to confirm it")
+    unfiltered = sorted(name for name, mode in modes.items() if mode != "filter")
+    if unfiltered:
+        return _check("QEMU seccomp", False, f"{configured}, but the QEMU of "
+                      f"{', '.join(unfiltered[:3])} has no seccomp filter",
+                      fix="use a QEMU built with libseccomp (make qemu)")
+    return _check("QEMU seccomp", True, f"{configured}; filter in force in the QEMU of "
+                  f"{len(modes)} running VM(s)")
+
+
+def check_network_policy(_: HostConfig) -> Any:
+    return _check("VM network", True, "slirp user networking, unrestricted: a guest reaches "
+                  "the host's loopback services (10.0.2.2), link-local addresses and whatever "
+                  "the host reaches (issue 15 finding 4)", warn=True)
+
+
+CONFINEMENT_CHECKS = (check_vm_identity, check_seccomp, check_network_policy)
+

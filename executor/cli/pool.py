@@ -1,0 +1,71 @@
+"""``hypervm pool serve|status``: run the warm pool daemon, or ask it how it is doing.
+
+While a pool serves (socket ``$HYPERVM_RUN_DIR/pool.sock``, or ``$HYPERVM_POOL_SOCKET``),
+``hypervm run`` and the Mesos executor take a pre-booted VM for every pod of the pool's shape
+(``HYPERVM_POOL=off`` makes them boot cold). Run it as a service, e.g. a systemd unit with
+``ExecStart=hypervm pool serve --size 4``; SIGTERM destroys its idle VMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+
+from executor.pool.protocol import PoolConfig
+from hypervm.config import config_from_env
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pool", help="keep pre-booted HyperVMs ready for fast starts",
+                              description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    serve = sub.add_parser("serve", help="run the pool daemon in the foreground")
+    defaults = PoolConfig()
+    serve.add_argument("--size", type=int, default=defaults.size,
+                       help="idle VMs to keep ready for any image (default %(default)s; 0 "
+                            "keeps only --image VMs)")
+    serve.add_argument("--vcpus", type=int, default=defaults.vcpus,
+                       help="vCPUs of each pool VM; pods of other shapes boot cold "
+                            "(default %(default)s)")
+    serve.add_argument("--memory", type=int, default=defaults.memory_mib, metavar="MIB",
+                       help="guest memory of each pool VM in MiB (default %(default)s)")
+    serve.add_argument("--name", default=defaults.name,
+                       help="pool VMs are named hypervm-NAME-… (default %(default)s)")
+    serve.add_argument("--image", action="append", default=[], metavar="REF", dest="images",
+                       help="also keep VMs with this image's layers attached and mounted: a pod "
+                            "of exactly these layers starts faster, and only such a pod gets "
+                            "one (repeatable; pulled on first use like a launch pulls)")
+    serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
+                       help="idle VMs to keep for each --image (default %(default)s)")
+    serve.set_defaults(func=serve_command)
+    status = sub.add_parser("status", help="print the serving pool's state as JSON")
+    status.set_defaults(func=status_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from executor.pool.daemon import WarmPool
+
+    cfg = config_from_env()
+    config = PoolConfig(size=args.size, vcpus=args.vcpus, memory_mib=args.memory,
+                        name=args.name, images=tuple(args.images),
+                        per_image=args.per_image).validate()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    with WarmPool(cfg, config) as pool:
+        images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
+        print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
+              f"/ {config.memory_mib} MiB, serving on {cfg.pool_socket}", flush=True)
+        stop.wait()
+        print(f"hypervm pool {config.name!r}: stopping ({pool.status()['ready']} idle VMs to "
+              "destroy)", flush=True)
+    return 0
+
+
+def status_command(_args: argparse.Namespace) -> int:
+    from executor.pool import claim as warm
+
+    print(json.dumps(warm.status(config_from_env()), indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,245 @@
+"""``hypervm run``: run one command in a fresh HyperVM and exit with its status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from types import FrameType
+
+from executor.guest.protocol import EXEC_FAILURE_STATUS
+from executor.launcher import Launcher, boot_vm
+from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
+from hypervm.config import HostConfig, config_from_env
+from hypervm.errors import GuestError, InvalidSpec
+from hypervm.netspec import NetworkSpec, parse_publish
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a command in a new HyperVM",
+        usage="hypervm run [options] IMAGE [-- CMD [ARGS...]]\n"
+              "       hypervm run [options] --rootfs DIR -- CMD [ARGS...]",
+        description="Boot a HyperVM, run CMD (default: the image's Entrypoint/Cmd) in it with "
+                    "stdout/stderr streamed to ours, and exit with its status (128+N when killed "
+                    "by signal N, 127 when the command is not found, 126 when not executable). "
+                    "IMAGE is a registry reference (host:port/name:tag, name@sha256:...), "
+                    "docker-daemon:NAME:TAG, docker-archive:FILE or oci:DIR[:TAG].")
+    p.add_argument("--rootfs", type=Path, help="run from this root filesystem directory instead "
+                                               "of an image")
+    p.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
+    p.add_argument("--memory", type=int, default=256, metavar="MiB",
+                   help="guest memory in MiB (default 256)")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="set an environment variable (repeatable)")
+    p.add_argument("-w", "--workdir", default=None, metavar="DIR", help="working directory")
+    p.add_argument("-u", "--user", default=None, metavar="USER[:GROUP]",
+                   help="user to run as (names need an image; --rootfs takes UID[:GID])")
+    p.add_argument("--entrypoint", default=None, help="override the image's Entrypoint")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward our stdin")
+    p.add_argument("-q", "--quiet", action="store_true", help="no pull progress on stderr")
+    p.add_argument("--pull", choices=("missing", "always"), default="missing",
+                   help="missing (default): use a registry image already in the cache as is; "
+                        "always: look the tag up again")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
+                   help="allow plain HTTP to this registry (loopback registries always are)")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:]HOST:CONTAINER[/udp]",
+                   help="publish a VM port on the host (repeatable; default IP 0.0.0.0)")
+    p.add_argument("--tenant", default="default",
+                   help="tenant of the VM (recorded; VMs reach each other only through "
+                        "published ports)")
+    p.add_argument("--network", choices=("user", "none"), default="user",
+                   help="user: a NIC on a private network, host reachable as 10.0.2.2 "
+                        "(default); none: loopback only")
+    p.add_argument("--name", default="run", help="pod name (default run)")
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
+                   help="SIGTERM→SIGKILL grace period when stopped (default 3)")
+    p.add_argument("--boot-timeout", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help=argparse.SUPPRESS)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=run_command)
+
+
+def parse_user(spec: str | None) -> tuple[int, int]:
+    if spec is None:
+        return 0, 0
+    uid_s, _, gid_s = spec.partition(":")
+    try:
+        uid = int(uid_s)
+        gid = int(gid_s) if gid_s else uid
+    except ValueError as e:
+        raise InvalidSpec("--user", f"{spec!r} is not UID[:GID]",
+                          hint="use numeric ids, e.g. -u 1000:1000") from e
+    if uid < 0 or gid < 0:
+        raise InvalidSpec("--user", f"{spec!r} has a negative id")
+    return uid, gid
+
+
+def command_from(argv: list[str]) -> tuple[str, ...]:
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise InvalidSpec("command", "no command given", hint="hypervm run ... -- CMD [ARGS...]")
+    return tuple(argv)
+
+
+def check_env(items: list[str]) -> tuple[str, ...]:
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise InvalidSpec("--env", f"{item!r} is not KEY=VALUE")
+    return tuple(items)
+
+
+def process_from_args(args: argparse.Namespace, command: tuple[str, ...]) -> Process:
+    uid, gid = parse_user(args.user)
+    return Process(args=command, env=check_env(args.env), cwd=args.workdir or "/",
+                   uid=uid, gid=gid, stdin=args.interactive)
+
+
+@contextmanager
+def rootfs_image(cfg: HostConfig, rootfs: Path | None) -> Iterator[Path]:
+    """A read-only erofs image of ``rootfs`` for this run, removed afterwards."""
+    if rootfs is None:
+        raise InvalidSpec("--rootfs", "no root filesystem given",
+                          hint="pass --rootfs DIR with a container root filesystem")
+    if not rootfs.is_dir():
+        raise InvalidSpec("--rootfs", f"{rootfs} is not a directory",
+                          hint="pass an existing directory holding the container's files")
+    from vmimage.rootfs import build_layer_image
+
+    cfg.rootfs_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.rootfs_dir, 0o755)
+    fd, name = tempfile.mkstemp(prefix="run-", suffix=".erofs", dir=cfg.rootfs_dir)
+    os.close(fd)
+    image = Path(name)
+    try:
+        build_layer_image(rootfs, image)
+        yield image
+    finally:
+        image.unlink(missing_ok=True)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the run loop polls (the VM is torn down there)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.signum = signum
+        self.event.set()
+
+
+def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECONDS,
+            boot_timeout: float = 60.0, on_booted: Callable[[], object] | None = None) -> int:
+    """Boot ``pod``, stream its first container's output to ours, return its exit code."""
+    container = pod.containers[0]
+    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm:
+        if on_booted is not None:
+            on_booted()
+        if stop.event.is_set():
+            return 128 + (stop.signum or signal.SIGTERM)
+        try:
+            running = start_streaming(vm, container, sys.stdout.buffer, sys.stderr.buffer)
+        except GuestError as e:
+            if e.code in EXEC_FAILURE_STATUS:
+                what = "command not found" if e.code == "ENOENT" else "command not executable"
+                print(f"hypervm: error: {container.process.args[0]}: {what} in the container",
+                      file=sys.stderr)
+                return EXEC_FAILURE_STATUS[e.code]
+            raise
+        if container.process.stdin:
+            forward_stdin(vm, running, sys.stdin.buffer)
+        while not running.exited.wait(0.1):
+            if stop.event.is_set():
+                kill_with_grace(vm, running, grace)
+                break
+        vm.poweroff(timeout=2.0)
+    if running.status is None:
+        return 128 + (stop.signum or signal.SIGKILL)
+    if running.status.lost:
+        print(f"hypervm: error: the command was {running.status.describe()}", file=sys.stderr)
+    return running.status.code
+
+
+def single_pod(name: str, layers: tuple[Path, ...], process: Process,
+               resources: Resources, net: NetworkSpec | None = None) -> PodSpec:
+    pod = PodSpec(name=name, containers=(Container(name=name, rootfs=Rootfs(layers=layers),
+                                                   process=process),), resources=resources,
+                  network=net or NetworkSpec())
+    pod.validate()
+    return pod
+
+
+def network_from_args(args: argparse.Namespace) -> NetworkSpec:
+    net = NetworkSpec(mode=args.network, tenant=args.tenant,
+                      ports=tuple(parse_publish(p) for p in args.publish))
+    net.validate()
+    return net
+
+
+def run_command(args: argparse.Namespace) -> int:
+    cfg = config_from_env()
+    resources = Resources(cpus=args.cpus, memory_mib=args.memory)
+    resources.validate()
+    net = network_from_args(args)
+    if args.rootfs is not None:
+        if args.entrypoint is not None:
+            raise InvalidSpec("--entrypoint", "only applies to images, not --rootfs")
+        command = command_from(([args.image] if args.image else []) + args.argv)
+        process = process_from_args(args, command)
+        process.validate("process")
+        with rootfs_image(cfg, args.rootfs) as image:
+            pod = single_pod(args.name, (image,), process, resources, net)
+            return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)
+    if args.image is None:
+        raise InvalidSpec("IMAGE", "no image and no --rootfs given",
+                          hint="hypervm run IMAGE [-- CMD...] or hypervm run --rootfs DIR -- CMD")
+    return run_image(cfg, args, resources, net)
+
+
+def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
+              net: NetworkSpec | None = None) -> int:
+    launcher = Launcher(cfg, insecure_registries=args.insecure_registry,
+                        progress=None if args.quiet else _progress_line)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    entrypoint = None if args.entrypoint is None else tuple(args.entrypoint.split())
+    with ExitStack() as hold:
+        # keep `hypervm gc` from removing our layers until the running VM protects them
+        hold.enter_context(launcher.hold())
+        image = launcher.resolve(args.image, args.pull)
+        process = launcher.process(
+            image, command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),
+            cwd=args.workdir, user=args.user, stdin=args.interactive)
+        process.validate("process")
+        pod = single_pod(args.name, image.layers, process, resources, net)
+        return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
+                       on_booted=hold.close)
+
+
+def _progress_line(message: str) -> None:
+    print(f"hypervm: {message}", file=sys.stderr, flush=True)

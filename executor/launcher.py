@@ -1,0 +1,100 @@
+"""The one launch path: an image reference and the caller's overrides become a running
+HyperVM, cold or from the warm pool, the same way for ``hypervm run``, the Mesos executor and
+the pool daemon.
+
+- one image store per launcher, made by ``ImageStore.from_env`` (so every caller honours
+  HYPERVM_INSECURE_REGISTRIES and the same credentials);
+- the gc hold: :meth:`Launcher.hold` keeps ``hypervm gc --images`` from removing the layers a
+  launch resolved until its VM runs (a running VM's disks are in use for gc);
+- the image's process by Docker's rules (hypervm.imageprocess), whatever the front end;
+- :func:`boot_vm`: a pool VM when one serves the pod's shape, else a cold boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from executor.pool.adopt import claim_vm
+from executor.vm import DEFAULT_BOOT_TIMEOUT, HyperVM
+from hypervm.config import HostConfig
+from hypervm.imageprocess import image_process
+from hypervm.podspec import PodSpec, Process
+from vmimage.boot import BootFiles
+from vmimage.images import Image, ImageStore
+from vmimage.images.authorize import PullAuth
+
+log = logging.getLogger(__name__)
+
+
+def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str | None = None,
+            boot_files: BootFiles | None = None, timeout: float = DEFAULT_BOOT_TIMEOUT,
+            created: Callable[[HyperVM], None] | None = None) -> HyperVM:
+    """A booted HyperVM running nothing yet: claimed from the warm pool when one serves and
+    the pod fits it (``HYPERVM_POOL=auto``), else booted cold. The caller destroys it.
+    ``created`` gets the VM before its cold boot (or once claimed), so another thread can
+    destroy it meanwhile; an exception from it destroys the VM and propagates."""
+    if cfg.use_pool:
+        vm = claim_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout)
+        if vm is not None:
+            _announce(vm, created)
+            return vm
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, accel=accel, boot_files=boot_files)
+    _announce(vm, created)
+    vm.boot(timeout=timeout)
+    return vm
+
+
+def _announce(vm: HyperVM, created: Callable[[HyperVM], None] | None) -> None:
+    if created is None:
+        return
+    try:
+        created(vm)
+    except BaseException:
+        vm.destroy()
+        raise
+
+
+class Launcher:
+    """Images and VMs for one front end (the CLI, the Mesos executor, the pool daemon)."""
+
+    def __init__(self, cfg: HostConfig, env: Mapping[str, str] | None = None, *,
+                 insecure_registries: Iterable[str] = (),
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.images = ImageStore.from_env(cfg, env, insecure_registries=insecure_registries,
+                                          progress=progress)
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """Hold it from the image resolve until the VM is booted: ``hypervm gc`` then cannot
+        remove the launch's layers in between."""
+        return self.images.hold()
+
+    def resolve(self, ref: str, policy: str = "missing", auth: PullAuth | None = None) -> Image:
+        """The image for ``ref`` (pulled when missing, or always with ``policy="always"``);
+        ``auth``: a tenant's pull, whose cache hits the registry must authorize."""
+        return self.images.resolve(ref, policy, auth)
+
+    def layers(self, ref: str) -> Sequence[Path]:
+        """The layer files of ``ref`` as a launch resolves them (the pool's image VMs)."""
+        return self.resolve(ref).layers
+
+    def user_resolver(self, image: Image) -> Callable[[str], tuple[int, int, tuple[int, ...]]]:
+        """``user[:group]`` → ids through the image's /etc/passwd and /etc/group."""
+        return lambda spec: self.images.resolve_user(image, spec)
+
+    def process(self, image: Image, **overrides: Any) -> Process:
+        """The image's process with the caller's overrides (hypervm.imageprocess)."""
+        return image_process(image.config, self.user_resolver(image), image_name=image.ref,
+                             **overrides)
+
+    @contextlib.contextmanager
+    def booted(self, pod: PodSpec, *, hypervisor: Any = None,
+               timeout: float = DEFAULT_BOOT_TIMEOUT) -> Iterator[HyperVM]:
+        """:func:`boot_vm`, destroyed when the block ends."""
+        vm = boot_vm(self.cfg, pod, hypervisor=hypervisor, timeout=timeout)
+        with vm:
+            yield vm

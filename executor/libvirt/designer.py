@@ -1,0 +1,76 @@
+"""The one designer of HyperVM domains: every domain we create, cold or for the warm pool, is
+built here from the host's boot files and settings, so host policy (firmware, emulator,
+translation cache, free page reporting, resource bounds, the NIC) lives in one place.
+
+Pure: values in, a validated :class:`DomainSpec` out (``domain_xml`` turns it into XML).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from executor import network
+from executor.guest.protocol import POOL_SHARE_TAG
+from executor.libvirt.bounds import resource_bounds
+from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
+from hypervm.config import HostConfig
+from hypervm.netspec import NetworkSpec
+from hypervm.podspec import Resources
+from vmimage.boot import BootFiles
+
+#: the pool VM's one shared directory in its run dir (its subdirectories are bound to the
+#: pods' mount sources), shared under the tag POOL_SHARE_TAG
+POOL_SHARE_DIR = "share"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a VM's host-side files live (its run directory)."""
+
+    channel_socket: Path
+    console_log: Path
+
+    @classmethod
+    def under(cls, run_dir: Path) -> RunFiles:
+        return cls(channel_socket=run_dir / "channel.sock", console_log=run_dir / "console.log")
+
+
+def _domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles, resources: Resources,
+            net: NetworkSpec, metadata: Mapping[str, str], identity: tuple[int, int] | None,
+            **devices: object) -> DomainSpec:
+    cputune, memtune = resource_bounds(resources)
+    return DomainSpec(
+        name=name, accel=boot.accel, vcpus=resources.cpus, memory_mib=resources.memory_mib,
+        kernel=boot.kernel.path, initrd=boot.initrd, cmdline=boot.cmdline, bios=boot.bios,
+        emulator=boot.emulator, channel_socket=files.channel_socket,
+        console_log=files.console_log, metadata=dict(metadata), cputune=cputune,
+        memtune=memtune, qemu_args=network.qemu_args(net, network.mac_address(name)),
+        tb_cache_mib=cfg.tb_cache_mib, free_page_reporting=cfg.free_page_reporting,
+        identity=identity, **devices,  # type: ignore[arg-type]
+    ).validate()
+
+
+def cold_domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles,
+                resources: Resources, net: NetworkSpec, metadata: Mapping[str, str], *,
+                disks: tuple[DiskSpec, ...] = (), shares: tuple[ShareSpec, ...] = (),
+                identity: tuple[int, int] | None = None) -> DomainSpec:
+    """A pod's own VM: its layers as disks, its mount sources as 9p shares, its ports;
+    ``identity``: the uid:gid of its own its QEMU runs as (executor.libvirt.identity)."""
+    return _domain(name, boot, cfg, files, resources, net, metadata, identity, disks=disks,
+                   shares=shares)
+
+
+def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpus: int,
+                memory_mib: int, metadata: Mapping[str, str], *,
+                identity: tuple[int, int] | None = None) -> DomainSpec:
+    """An empty pool VM of one shape: no disks (layers are hot-added to its SCSI controller at
+    claim time), one share whose subdirectories the claim binds, a NIC without published
+    ports. Its memory bound is its shape's, set now (claims match the shape); a CPU limit is
+    applied to the running VM when a pod asks for one. ``identity``: its own uid:gid from its
+    boot on, before anyone knows whose pod it will run; a claim gives the pod's shares to it."""
+    share = ShareSpec(source=run_dir / POOL_SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap")
+    return _domain(name, boot, cfg, RunFiles.under(run_dir),
+                   Resources(cpus=vcpus, memory_mib=memory_mib), NetworkSpec(), metadata,
+                   identity, shares=(share,), scsi_controller=True)

@@ -1,0 +1,614 @@
+"""The thin wrapper over libvirt: the only module that imports ``libvirt``.
+
+Like nova's ``host.py``/``guest.py``: connect, create a transient domain from a
+:class:`~executor.libvirt.domain.DomainSpec` (XML built by :mod:`executor.libvirt.domain_xml`),
+destroy, list our domains, report lifecycle events. Every libvirt error becomes a
+:mod:`hypervm.errors` class.
+
+Domains are created with ``VIR_DOMAIN_START_AUTODESTROY``: libvirtd destroys them when the
+connection that created them closes — when :meth:`Hypervisor.close` runs, or when the owning
+process dies, even by SIGKILL. A VM never outlives its executor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pwd
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from executor.libvirt.domain import (
+    DOMAIN_PREFIX,
+    META_OWNER_PID,
+    META_OWNER_START,
+    CpuTune,
+    DomainSpec,
+)
+from executor.libvirt.domain_xml import (
+    METADATA_NS,
+    METADATA_PREFIX,
+    domain_xml,
+    metadata_element_xml,
+    parse_dac_label,
+    parse_domain_facts,
+)
+from executor.libvirt.owners import owner_metadata
+from hypervm.config import DEFAULT_LIBVIRT_URI
+from hypervm.errors import HostError, HypervisorError, InvalidSpec
+
+log = logging.getLogger(__name__)
+
+LIBVIRTD_HINT = "start libvirtd: virtlogd -d; libvirtd -d"
+RUN_DIR_MODE = 0o750
+
+# --- process-wide libvirt setup ---------------------------------------------------------------
+
+_setup_lock = threading.Lock()
+_event_loop: threading.Thread | None = None
+_errors_silenced = False
+
+
+def _log_libvirt_error(_ctx: object, err: tuple[object, ...]) -> None:
+    # libvirt prints every error to stderr by default; the caller gets an exception anyway
+    log.debug("libvirt: %s", err[2] if len(err) > 2 else err)
+
+
+def _run_event_loop() -> None:
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            log.warning("libvirt event loop iteration failed")
+            time.sleep(0.1)  # never spin
+
+
+def _setup_libvirt(events: bool) -> None:
+    """Silence libvirt's stderr logging and, once per process, start its event loop thread.
+
+    The default event implementation must be registered before a connection is opened for that
+    connection to deliver events and keepalives.
+    """
+    global _event_loop, _errors_silenced
+    with _setup_lock:
+        if not _errors_silenced:
+            libvirt.registerErrorHandler(_log_libvirt_error, None)
+            _errors_silenced = True
+        if events and _event_loop is None:
+            libvirt.virEventRegisterDefaultImpl()
+            _event_loop = threading.Thread(
+                target=_run_event_loop, name="libvirt-events", daemon=True
+            )
+            _event_loop.start()
+
+
+def _message(e: libvirt.libvirtError) -> str:
+    return e.get_error_message() or str(e)
+
+
+def _is_no_domain(e: libvirt.libvirtError) -> bool:
+    return e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+
+
+# --- values handed to callers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """One of our domains as ``list_ours`` found it."""
+
+    name: str
+    uuid: str
+    running: bool
+    metadata: Mapping[str, str]
+    disk_paths: tuple[Path, ...]
+    share_paths: tuple[Path, ...]
+
+
+#: libvirt's virDomainEventType, by value
+_EVENTS = (
+    "defined",
+    "undefined",
+    "started",
+    "suspended",
+    "resumed",
+    "stopped",
+    "shutdown",
+    "pmsuspended",
+    "crashed",
+)
+#: virDomainEventStoppedDetailType, by value
+_STOPPED = ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot")
+#: virConnectCloseReason, by value
+_CLOSE_REASONS = ("error", "eof", "keepalive", "client")
+#: our own event: the connection to libvirtd was lost; its auto-destroyed VMs are gone or orphaned
+DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """A lifecycle change of one of our domains (delivered on the libvirt event thread).
+
+    After a guest power-off the stop reason is "shutdown", or "destroyed" when libvirt reaps QEMU
+    before it handles QEMU's SHUTDOWN event (on_poweroff=destroy; seen under load): tell a clean
+    power-off from a kill by what the caller itself asked for, not by the reason.
+    """
+
+    name: str
+    event: str
+    detail: int
+
+    @property
+    def stopped(self) -> bool:
+        """The VM no longer runs (or, after DISCONNECTED, can no longer be controlled)."""
+        return self.event in ("stopped", DISCONNECTED)
+
+    @property
+    def reason(self) -> str:
+        if self.event == "stopped" and 0 <= self.detail < len(_STOPPED):
+            return _STOPPED[self.detail]
+        if self.event == DISCONNECTED and 0 <= self.detail < len(_CLOSE_REASONS):
+            return _CLOSE_REASONS[self.detail]
+        return str(self.detail)
+
+    @property
+    def crashed(self) -> bool:
+        return self.event == "crashed" or (self.stopped and self.reason in ("crashed", "failed"))
+
+
+class VM:
+    """A handle on a domain created by :meth:`Hypervisor.create`."""
+
+    def __init__(self, hypervisor: Hypervisor, name: str, uuid: str) -> None:
+        self.hypervisor = hypervisor
+        self.name = name
+        self.uuid = uuid
+
+    def is_running(self) -> bool:
+        return self.hypervisor.is_running(self.name)
+
+    def destroy(self) -> bool:
+        return self.hypervisor.destroy(self.name)
+
+    def wait_gone(self, timeout: float) -> None:
+        self.hypervisor.wait_gone(self.name, timeout)
+
+    def qemu_pid(self) -> int | None:
+        return self.hypervisor.qemu_pid(self.name)
+
+    def __repr__(self) -> str:
+        return f"VM({self.name!r})"
+
+
+EventCallback = Callable[[LifecycleEvent], None]
+
+
+class Hypervisor:
+    """One libvirt connection. Closing it destroys every domain it created.
+
+    ``autodestroy=False`` only for drivers without VIR_DOMAIN_START_AUTODESTROY (``test:///``).
+    """
+
+    def __init__(
+        self, uri: str = DEFAULT_LIBVIRT_URI, *, events: bool = True, autodestroy: bool = True
+    ) -> None:
+        _setup_libvirt(events)
+        self.uri = uri
+        self._create_flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0
+        try:
+            self._conn: libvirt.virConnect | None = libvirt.open(uri)
+        except libvirt.libvirtError as e:
+            raise HostError(
+                f"cannot connect to libvirt at {uri}: {_message(e)}", hint=LIBVIRTD_HINT
+            ) from e
+        self._listeners: list[EventCallback] = []
+        self._listeners_lock = threading.Lock()
+        self._event_id: int | None = None
+        self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
+        #: domains created through this connection and not seen stopping
+        self._created: set[str] = set()
+        if events:
+            self._event_id = self.conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+            try:
+                self.conn.registerCloseCallback(self._on_close, None)
+            except libvirt.libvirtError as e:  # local drivers (test:///) cannot lose a daemon
+                log.debug("no close callback on %s: %s", uri, _message(e))
+
+    # -- connection ----------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            raise HypervisorError(f"the connection to {self.uri} is closed")
+        return self._conn
+
+    def version(self) -> str:
+        """``libvirt X.Y.Z, <driver> X.Y.Z`` of the daemon we talk to."""
+        try:
+            lib, hv = self.conn.getLibVersion(), self.conn.getVersion()
+            kind = self.conn.getType()
+        except libvirt.libvirtError as e:
+            raise HostError(
+                f"libvirt at {self.uri} does not answer: {_message(e)}", hint=LIBVIRTD_HINT
+            ) from e
+        return f"libvirt {_dotted(lib)}, {kind} {_dotted(hv)}"
+
+    def close(self) -> None:
+        """Close the connection: libvirt destroys every domain created through it. Idempotent."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if self._event_id is not None:
+                conn.domainEventDeregisterAny(self._event_id)
+                try:
+                    conn.unregisterCloseCallback()
+                except libvirt.libvirtError:
+                    pass
+            conn.close()
+        except libvirt.libvirtError as e:
+            log.debug("closing %s: %s", self.uri, _message(e))
+
+    def __enter__(self) -> Hypervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- domains -------------------------------------------------------------------------------
+
+    def create(self, spec: DomainSpec) -> VM:
+        """Start a transient, auto-destroyed domain for ``spec``.
+
+        Stamps this process as the owner (unless the spec names one) so ``hypervm gc`` can tell
+        leftovers, and prepares the run directories QEMU writes into.
+        """
+        if META_OWNER_PID not in spec.metadata:
+            spec = dataclasses.replace(spec, metadata={**spec.metadata, **owner_metadata()})
+        elif META_OWNER_START not in spec.metadata:
+            raw = spec.metadata[META_OWNER_PID]
+            if not raw.isdigit():
+                raise InvalidSpec(f"metadata[{META_OWNER_PID!r}]", f"{raw!r} is not a pid")
+            owner = owner_metadata(int(raw))
+            spec = dataclasses.replace(spec, metadata={**owner, **spec.metadata})
+        xml = domain_xml(spec)
+        for directory in {spec.channel_socket.parent, spec.console_log.parent}:
+            self.prepare_run_dir(directory, spec.identity)
+        log.debug("creating domain %s:\n%s", spec.name, xml)
+        started = time.monotonic()
+        try:
+            dom = self.conn.createXML(xml, self._create_flags)
+        except libvirt.libvirtError as e:
+            raise HypervisorError(
+                f"cannot start VM {spec.name}: {_message(e)}", hint=_create_hint(_message(e))
+            ) from e
+        log.info(
+            "started %s (%s, %d vCPU, %d MiB) in %.2f s",
+            spec.name,
+            spec.accel,
+            spec.vcpus,
+            spec.memory_mib,
+            time.monotonic() - started,
+        )
+        with self._listeners_lock:
+            self._created.add(spec.name)
+        return VM(self, dom.name(), dom.UUIDString())
+
+    def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
+        """Create ``directory`` (and traversable parents) owned by ``owner`` (the VM's own
+        identity), else by the user libvirt runs QEMU as, mode 0750: QEMU creates the channel
+        socket there, virtlogd (root) the console log."""
+        label = owner or self._qemu_label()
+        try:
+            missing = [p for p in (directory, *directory.parents) if not p.exists()]
+            for path in reversed(missing):
+                path.mkdir(exist_ok=True)
+                path.chmod(0o755)  # whatever the umask: QEMU must traverse the parents
+            if label is not None and os.geteuid() == 0:
+                os.chown(directory, *label)
+            directory.chmod(RUN_DIR_MODE)
+        except OSError as e:
+            raise HostError(f"cannot prepare {directory} for QEMU: {e}") from e
+        if label is not None:
+            _check_traversable(directory.parent, *label)
+
+    def give_to_qemu(self, directory: Path) -> None:
+        """Make ``directory`` (not its contents) belong to the user libvirt runs QEMU as, so a
+        guest can create files in it over 9p. No-op unless root and libvirt uses DAC."""
+        label = self._qemu_label()
+        if label is None or os.geteuid() != 0:
+            return
+        try:  # the directory may be in a guest's share: a symlink there is not followed
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchown(fd, *label)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise HostError(f"cannot give {directory} to QEMU's user (a symlink or not a "
+                            f"directory?): {e}") from e
+
+    def confines_per_vm(self) -> bool:
+        """libvirt switches QEMU's user (DAC) and we may chown: each VM can run as its own
+        uid (executor.libvirt.identity)."""
+        return self._qemu_label() is not None and os.geteuid() == 0
+
+    def vm_identity(self, name: str) -> tuple[int, int] | None:
+        """The (uid, gid) a running domain's QEMU runs as, when it has its own (SecLabel)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return None
+        try:
+            return parse_domain_facts(dom.XMLDesc(0)).identity
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"cannot inspect VM {name}: {_message(e)}") from e
+
+    def prefetch(self) -> None:
+        """Read now what a launch would otherwise read on its clock: the user libvirt runs
+        QEMU as (libvirt's capabilities take ~4 ms to compute)."""
+        self._qemu_label()
+
+    def _qemu_label(self) -> tuple[int, int] | None:
+        if self._dac_label is False:
+            try:
+                self._dac_label = parse_dac_label(self.conn.getCapabilities())
+            except libvirt.libvirtError as e:
+                raise HostError(
+                    f"cannot read capabilities of {self.uri}: {_message(e)}", hint=LIBVIRTD_HINT
+                ) from e
+        return self._dac_label if isinstance(self._dac_label, tuple) else None
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if _is_no_domain(e):
+                return None
+            raise HypervisorError(f"cannot look up VM {name}: {_message(e)}") from e
+
+    def destroy(self, name: str) -> bool:
+        """Destroy (and undefine, if persistent) domain ``name``; True if it existed.
+
+        No error when it is already gone.
+        """
+        with self._listeners_lock:
+            self._created.discard(name)
+        dom = self._lookup(name)
+        if dom is None:
+            return False
+        try:
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefine()
+        except libvirt.libvirtError as e:
+            if _is_no_domain(e) or e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                return True  # it went away (or stopped) under our feet
+            raise HypervisorError(f"cannot destroy VM {name}: {_message(e)}") from e
+        log.info("destroyed %s", name)
+        return True
+
+    def is_running(self, name: str) -> bool:
+        dom = self._lookup(name)
+        if dom is None:
+            return False
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError as e:
+            if _is_no_domain(e):
+                return False
+            raise HypervisorError(f"cannot query VM {name}: {_message(e)}") from e
+
+    def wait_gone(self, name: str, timeout: float) -> None:
+        """Wait until ``name`` no longer runs; HypervisorError after ``timeout`` seconds."""
+        retrying = Retrying(
+            wait=wait_fixed(0.05),
+            stop=stop_after_delay(timeout),
+            retry=retry_if_result(bool),
+            retry_error_callback=lambda _: True,
+        )
+        if retrying(self.is_running, name):
+            raise HypervisorError(f"VM {name} still runs after {timeout:g} s")
+
+    def qemu_pid(self, name: str) -> int | None:
+        """The pid of the QEMU process of a running domain (libvirt's pid file), or None."""
+        try:
+            return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    # -- live changes (warm pool) -------------------------------------------------------------
+
+    def _live(self, name: str, what: str, call: Callable[[libvirt.virDomain], object]) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            raise HypervisorError(f"cannot {what} of VM {name}: it does not exist")
+        try:
+            call(dom)
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"cannot {what} of VM {name}: {_message(e)}") from e
+
+    def attach_device(self, name: str, device_xml: str) -> None:
+        """Hot-add a device (e.g. domain_xml.hotplug_disk_xml) to a running domain."""
+        self._live(name, "add a device to the running instance",
+                   lambda dom: dom.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def flush_tcg(self, name: str) -> None:
+        """Drop the running domain's TCG translations and give their memory back to the host
+        (HyperQEMU's HMP command ``tcg-flush``; vmimage/qemu/tcg-flush.patch). libvirt marks
+        the domain tainted by a custom monitor command; nothing else changes."""
+        self._live(name, "flush the TCG translations", lambda dom: libvirt_qemu.qemuMonitorCommand(
+            dom, "tcg-flush", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
+
+    def set_metadata(self, name: str, entries: Mapping[str, str]) -> None:
+        """Replace the running domain's hypervm metadata (e.g. to hand it to a new owner)."""
+        xml = metadata_element_xml(entries)
+        self._live(name, "set the metadata", lambda dom: dom.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, METADATA_PREFIX, METADATA_NS,
+            libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def metadata(self, name: str) -> dict[str, str]:
+        """The hypervm metadata of a domain ({} when it is gone)."""
+        dom = self._lookup(name)
+        if dom is None:
+            return {}
+        try:
+            return dict(parse_domain_facts(dom.XMLDesc(0)).metadata)
+        except libvirt.libvirtError as e:
+            if _is_no_domain(e):
+                return {}
+            raise HypervisorError(f"cannot inspect VM {name}: {_message(e)}") from e
+
+    def set_cpu_bounds(self, name: str, cputune: CpuTune) -> None:
+        """Apply CPU bounds to a running domain (what <cputune> does at creation)."""
+        sched = {k: v for k, v in (("vcpu_period", cputune.period_us),
+                                   ("vcpu_quota", cputune.quota_us),
+                                   ("cpu_shares", cputune.shares)) if v is not None}
+        if sched:
+            self._live(name, "set the CPU bounds", lambda dom: dom.setSchedulerParametersFlags(
+                sched, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def adopt(self, name: str) -> None:
+        """Report lifecycle events of ``name`` (created by another process, e.g. the pool) as
+        if this connection had created it."""
+        with self._listeners_lock:
+            self._created.add(name)
+
+    def list_ours(self) -> list[DomainInfo]:
+        """Our domains (name prefix and metadata namespace), with metadata and disk sources."""
+        try:
+            domains = self.conn.listAllDomains(0)
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"cannot list VMs at {self.uri}: {_message(e)}") from e
+        ours = []
+        for dom in domains:
+            try:
+                if not dom.name().startswith(DOMAIN_PREFIX):
+                    continue
+                facts = parse_domain_facts(dom.XMLDesc(0))
+                running = bool(dom.isActive())
+                uuid = dom.UUIDString()
+            except libvirt.libvirtError as e:
+                if _is_no_domain(e):
+                    continue  # gone between the listing and now
+                raise HypervisorError(f"cannot inspect VM {dom.name()}: {_message(e)}") from e
+            if facts.ours:
+                ours.append(
+                    DomainInfo(
+                        name=facts.name,
+                        uuid=uuid,
+                        running=running,
+                        metadata=facts.metadata,
+                        disk_paths=facts.disk_paths,
+                        share_paths=facts.share_paths,
+                    )
+                )
+        return ours
+
+    # -- events --------------------------------------------------------------------------------
+
+    def add_listener(self, callback: EventCallback) -> None:
+        """Call ``callback(LifecycleEvent)`` for every lifecycle change of our domains.
+
+        Callbacks run on the libvirt event thread: keep them short, hand work to your own thread
+        (or ``loop.call_soon_threadsafe``). Requires ``events=True`` (the default).
+        """
+        if self._event_id is None:
+            raise HypervisorError("this connection was opened without events")
+        with self._listeners_lock:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: EventCallback) -> None:
+        with self._listeners_lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+    def _on_lifecycle(
+        self, _conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object
+    ) -> None:
+        name = dom.name()
+        if not name.startswith(DOMAIN_PREFIX):
+            return
+        kind = _EVENTS[event] if 0 <= event < len(_EVENTS) else str(event)
+        ev = LifecycleEvent(name=name, event=kind, detail=detail)
+        log.debug("event: %s %s (%s)", name, kind, ev.reason)
+        if ev.stopped:
+            with self._listeners_lock:
+                self._created.discard(name)
+        self._dispatch(ev)
+
+    def _on_close(self, _conn: object, reason: int, _opaque: object) -> None:
+        """libvirtd went away (or keepalive failed): tell the listeners of every VM we created,
+        since libvirtd destroys auto-destroyed domains with our connection."""
+        with self._listeners_lock:
+            names, self._created = sorted(self._created), set()
+        if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
+            return
+        log.warning(
+            "lost the connection to %s (%s); %d VMs affected",
+            self.uri,
+            _CLOSE_REASONS[reason] if 0 <= reason < len(_CLOSE_REASONS) else reason,
+            len(names),
+        )
+        for name in names:
+            self._dispatch(LifecycleEvent(name=name, event=DISCONNECTED, detail=reason))
+
+    def _dispatch(self, ev: LifecycleEvent) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback(ev)
+            except Exception:  # a listener's bug must not kill the event thread
+                log.exception("lifecycle listener %r failed", callback)
+
+
+def _check_traversable(directory: Path, uid: int, gid: int) -> None:
+    """QEMU (running as ``uid:gid`` plus the user's supplementary groups) must be able to reach
+    ``directory``."""
+    groups = {gid}
+    try:
+        groups.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except (KeyError, OSError):
+        pass
+    for path in (directory, *directory.parents):
+        st = path.stat()
+        if uid == 0 or st.st_uid == uid:
+            ok = uid == 0 or st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise HostError(
+                f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
+                f"{stat.S_IMODE(st.st_mode):o}",
+                hint=f"chmod o+x {path}",
+            )
+
+
+def _dotted(version: int) -> str:
+    return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+
+
+def _create_hint(message: str) -> str | None:
+    if "Permission denied" in message:
+        return (
+            "kernel, initrd, disk images and shared dirs must be readable by the VM's QEMU "
+            "user (its own uid, or libvirt-qemu), and not under /root; libvirt's "
+            "/var/lib/libvirt/qemu must be traversable (chmod o+x, hypervm doctor)"
+        )
+    if "No such file" in message:
+        return "check that the kernel, initrd and disk images exist (hypervm doctor)"
+    if "kvm" in message.lower():
+        return "set HYPERVM_ACCEL=tcg to run without KVM"
+    return None

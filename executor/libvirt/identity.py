@@ -1,0 +1,204 @@
+"""One host identity per VM: each VM's QEMU runs as a uid:gid of its own (issue 15 finding 10).
+
+With one shared QEMU user, a guest that escapes into its QEMU process owns every other VM's
+shares, disks and sockets. Instead each VM gets a uid (its gid is the same number) from
+``HostConfig.vm_uid_range`` (HYPERVM_VM_UID_RANGE, default 200000-265535): libvirt runs its
+QEMU as that user (a static DAC ``<seclabel>``, executor.libvirt.domain_xml.SecLabel), and only that
+VM's run dir and writable shares belong to it (mode 0750, no access for others).
+
+Allocation is race-free across processes (the CLI, every executor and the pool daemon boot
+VMs): under an exclusive flock of ``/run/hypervm/identities/lock`` (one registry per host,
+whatever HYPERVM_RUN_DIR a process has: uids are the host's) a uid is free when no
+reservation names it; a reservation (``identities/<uid>``, holding the domain name)
+stands while that domain's QEMU runs (libvirt's pid file names a live process: no libvirt call,
+which would wait for other VMs being started), or for :data:`RESERVATION_GRACE_S` after it was
+made (the domain is created right after). So a uid is released when its VM is gone, even
+when its owner died by SIGKILL; :func:`release` only makes it sooner. Uids are handed out
+round-robin (a cursor file), so a uid comes back only after the whole range went round:
+files a gone VM left in a share it wrote are not reachable by the next holder meanwhile, and
+:func:`take_back` returns a VM's writable shares to root when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypervm.config import DEFAULT_RUN_DIR
+from hypervm.errors import HostError
+
+log = logging.getLogger(__name__)
+
+#: the host's registry of VM uids (root only)
+REGISTRY = Path(DEFAULT_RUN_DIR) / "identities"
+#: where libvirt (qemu:///system) keeps ``<domain>.pid`` while the domain's QEMU runs
+LIBVIRT_PID_DIR = Path("/run/libvirt/qemu")
+#: a reservation without its domain (yet) stands this long: createXML comes right after
+RESERVATION_GRACE_S = 120.0
+#: what a VM's own directories allow: its QEMU everything, nobody else but root anything
+OWNED_DIR_MODE = 0o750
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return self.uid, self.gid
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> tuple[str, float] | None:
+    """A reservation's domain name and its time (mtime)."""
+    try:
+        return path.read_text().strip(), path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def pick_uid(first: int, last: int, cursor: int, taken: set[int]) -> int | None:
+    """The first uid at or after ``cursor`` (wrapping round within first..last) not taken."""
+    size = last - first + 1
+    start = cursor - first if first <= cursor <= last else 0
+    for step in range(size):
+        uid = first + (start + step) % size
+        if uid not in taken:
+            return uid
+    return None
+
+
+def qemu_runs(domain: str) -> bool:
+    """The domain's QEMU process runs (libvirt's pid file for it names a live process)."""
+    try:
+        pid = int((LIBVIRT_PID_DIR / f"{domain}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return Path(f"/proc/{pid}").exists()
+
+
+def allocate(uid_range: tuple[int, int], domain: str, runs: Callable[[str], bool] = qemu_runs,
+             clock: Callable[[], float] = time.time, directory: Path = REGISTRY) -> Identity:
+    """Reserve a free uid of ``uid_range`` for the VM ``domain``; ``runs(name)``: whether the
+    domain of a reservation still runs. HostError when the range is exhausted."""
+    first, last = uid_range
+    with _locked(directory):
+        now = clock()
+        taken: set[int] = set()
+        for path in directory.iterdir():
+            if not path.name.isdigit():
+                continue
+            found = _read(path)
+            if found is not None and (now - found[1] < RESERVATION_GRACE_S or runs(found[0])):
+                taken.add(int(path.name))
+            else:
+                path.unlink(missing_ok=True)  # its VM is gone: the uid is free again
+        cursor_file = directory / "next"
+        try:
+            cursor = int(cursor_file.read_text())
+        except (OSError, ValueError):
+            cursor = first
+        uid = pick_uid(first, last, cursor, taken)
+        if uid is None:
+            raise HostError(f"every VM uid of {first}-{last} is in use ({len(taken)} VMs)",
+                            hint="widen HYPERVM_VM_UID_RANGE")
+        (directory / str(uid)).write_text(domain + "\n")
+        cursor_file.write_text(str(uid + 1))
+    log.debug("%s runs as uid %d", domain, uid)
+    return Identity(uid, uid)
+
+
+def release(domain: str, directory: Path = REGISTRY) -> None:
+    """The VM ``domain`` is gone: free its uid now (its reservation would lapse anyway)."""
+    with contextlib.suppress(OSError), _locked(directory):
+        for path in directory.iterdir():
+            found = _read(path) if path.name.isdigit() else None
+            if found is not None and found[0] == domain:
+                path.unlink()
+
+
+def in_use(directory: Path = REGISTRY) -> dict[int, str]:
+    """uid -> domain of every reservation (for ``hypervm doctor``)."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for path in directory.iterdir():
+            found = _read(path) if path.name.isdigit() else None
+            if found is not None:
+                out[int(path.name)] = found[0]
+    return out
+
+
+def give(directory: Path, identity: Identity) -> None:
+    """Make ``directory`` (not its contents) the VM's own: its owner, mode 0750 (no access
+    for other VMs' users, whatever mode it was made with). No-op unless root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchown(fd, identity.uid, identity.gid)
+            os.fchmod(fd, os.fstat(fd).st_mode & 0o750 | 0o700)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise HostError(f"cannot give {directory} to the VM's user {identity.uid}: {e}") from e
+
+
+def take_back(directory: Path, identity: Identity) -> None:
+    """The VM is gone: ``directory`` returns to root if it still is that VM's (a later holder
+    of the uid must not reach what this VM wrote). Never raises."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_uid == identity.uid:
+                os.fchown(fd, 0, 0)
+        finally:
+            os.close(fd)
+
+
+#: libvirt (qemu:///system) keeps each QEMU's private files (master key, monitor socket) in
+#: ``domain-N-NAME/`` below it, given to the VM's user; the directory itself is 0750
+#: libvirt-qemu by default, which only the shared user could traverse
+LIBVIRT_QEMU_DIR = Path("/var/lib/libvirt/qemu")
+
+
+def open_libvirt_dir(path: Path = LIBVIRT_QEMU_DIR) -> None:
+    """Let every VM's user traverse (not list) libvirt's per-domain directory root."""
+    try:
+        mode = path.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(path, mode | 0o001)
+            log.info("%s: added search permission for others (each VM's QEMU runs as its own "
+                     "uid and must reach its domain-* directory)", path)
+    except OSError as e:
+        raise HostError(f"cannot let VM users traverse {path}: {e}",
+                        hint=f"chmod o+x {path}") from e
+
+
+def for_vm(cfg: Any, hypervisor: Any, domain: str) -> Identity | None:
+    """A uid of its own for the VM ``domain`` about to be created, or None where libvirt
+    does not switch users (no DAC, not root: QEMU then runs as libvirt's user or ours)."""
+    if not hypervisor.confines_per_vm():
+        return None
+    open_libvirt_dir()
+    return allocate(cfg.vm_uid_range, domain)

@@ -1,0 +1,97 @@
+"""A claimed pool VM becomes a pod's HyperVM: the claim (executor.pool.claim), then the pod's
+metadata (written by the pool with the claim), layers (hot-added SCSI LUNs, unless an image
+pool VM has them already), mounts (binds into QEMU's mount namespace), CPU bound and /etc files.
+
+:func:`claim_vm` returns None whenever the pool cannot serve the pod, leaving nothing behind:
+the launcher then boots cold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from executor.guest.channel import GuestChannel
+from executor.libvirt import identity
+from executor.libvirt.bounds import resource_bounds
+from executor.libvirt.designer import POOL_SHARE_DIR
+from executor.libvirt.domain import DiskSpec
+from executor.libvirt.domain_xml import hotplug_disk_xml
+from executor.pool import claim as client
+from executor.pool.protocol import FIRST_POD_UNIT, Lease, unfit_reason
+from executor.vm import HyperVM, pod_devices, pod_metadata
+from hypervm.config import HostConfig
+from hypervm.errors import HyperVMError, PoolError
+from hypervm.podspec import PodSpec
+
+log = logging.getLogger(__name__)
+
+
+def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
+             timeout: float) -> HyperVM | None:
+    """A pool VM running ``pod``, or None (nothing left behind) to boot cold."""
+    if not cfg.pool_socket.exists():
+        return None
+    res = pod.resources
+    started = time.monotonic()
+    serials, _ = pod_devices(pod)
+    try:
+        reason = unfit_reason(pod, res.cpus, res.memory_mib)
+        if reason is not None:
+            raise PoolError(reason)
+        lease, sock = client.claim(cfg, res.cpus, res.memory_mib, pod_metadata(pod),
+                                   [str(path) for path in serials])
+    except PoolError as e:
+        log.info("%s: no warm VM (%s): booting cold", pod.name, e)
+        return None
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=lease.vm, run_dir=lease.run_dir)
+    vm.assign_devices()
+    try:
+        ready = _adopt(vm, lease, sock, timeout)
+    except KeyboardInterrupt:
+        vm.destroy()
+        sock.close()
+        raise
+    except HyperVMError as e:
+        log.warning("%s: warm VM %s failed (%s): booting cold", pod.name, lease.vm, e)
+        vm.destroy()
+        sock.close()  # when the failure came before the channel took it
+        return None
+    vm.adopted(ready, lease.layers_attached, time.monotonic() - started)
+    vm.fail_closed()
+    log.info("%s: warm VM %s%s ready in %.3f s", pod.name, vm.name,
+             " (layers attached)" if vm.warm_layers else "", vm.boot_seconds)
+    return vm
+
+
+def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, Any]:
+    """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
+    hv = vm.take_over(GuestChannel(vm.channel_socket))
+    hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
+    pair = hv.vm_identity(vm.name)  # the pool VM's own uid, given at its boot
+    vm.identity = identity.Identity(*pair) if pair is not None else None
+    vm.give_owned_shares()
+    if not lease.layers_attached:  # an image pool VM has exactly our layers already
+        for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
+            hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
+    binds = []
+    try:
+        if vm.share_tags:
+            qemu_pid = hv.qemu_pid(vm.name)
+            if qemu_pid is None:
+                raise HyperVMError(f"no QEMU process for {vm.name}")
+            for source, tag in vm.share_tags.items():
+                target = vm.run_dir / POOL_SHARE_DIR / tag
+                target.mkdir()
+                binds.append(client.start_bind(qemu_pid, source, target,
+                                               vm.share_readonly(source)))
+        cputune, _ = resource_bounds(vm.pod.resources)  # memory: bounded at boot (its shape)
+        if not cputune.empty:
+            hv.set_cpu_bounds(vm.name, cputune)
+        # while the binds run: no START (which mounts them) before they are done
+        ready = vm.channel.attach(sock, timeout, lease.ready)
+        vm.configure_network()
+    finally:
+        client.wait_binds(binds)
+    return ready

@@ -1,0 +1,137 @@
+"""The claiming side of the warm pool: take a booted VM from ``hypervm pool serve`` and give it
+a pod's layers and mounts.
+
+- :func:`claim` speaks the protocol of executor.pool.protocol and receives the guest channel's
+  connected socket with the reply.
+- :func:`start_bind` makes a host directory appear inside the pool VM's share: a bind mount
+  made in QEMU's own mount namespace (libvirt gives each QEMU one), so the host's mount table
+  never changes and removing the VM's run dir can never reach into the bound directory. It
+  runs while the claimer talks to the guest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from executor.pool.protocol import MAX_LINE, Lease, claim_request, decode, encode
+from hypervm.config import HostConfig
+from hypervm.errors import PoolError
+
+log = logging.getLogger(__name__)
+
+CLAIM_TIMEOUT = 5.0
+
+
+def _request(cfg: HostConfig, message: dict[str, Any],
+             timeout: float) -> tuple[dict[str, Any], list[int]]:
+    path = cfg.pool_socket
+    if not path.exists():
+        raise PoolError(f"no warm pool serves at {path}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    fds: list[int] = []
+    try:
+        sock.connect(str(path))
+        sock.sendall(encode(message))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk, got, _flags, _addr = socket.recv_fds(sock, MAX_LINE, 1)
+            fds += got
+            if not chunk:
+                break
+            data += chunk
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        raise PoolError(f"the warm pool at {path} does not answer: {e}") from e
+    finally:
+        sock.close()
+    try:
+        return decode(data, "pool reply"), fds
+    except PoolError:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
+          layers: Sequence[str] = (), timeout: float = CLAIM_TIMEOUT
+          ) -> tuple[Lease, socket.socket]:
+    """Claim a warm VM of this shape for a pod of these ``layers`` (distinct layer files in
+    disk-serial order), ``metadata`` written on it; the caller owns (and must destroy) it
+    from now on. PoolError when none can be had: boot cold then."""
+    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata, layers), timeout)
+    try:
+        lease = Lease.from_reply(reply)
+        if len(fds) != 1:
+            raise PoolError(f"the pool sent {len(fds)} descriptors with the claim, not 1")
+    except PoolError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return lease, socket.socket(fileno=fds[0])
+
+
+def status(cfg: HostConfig, timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:
+    reply, fds = _request(cfg, {"op": "status"}, timeout)
+    for fd in fds:
+        os.close(fd)
+    if "error" in reply:
+        raise PoolError(str(reply["error"]))
+    return reply
+
+
+class PendingBind:
+    """A bind started by :func:`start_bind`; :meth:`wait` for it before the guest uses it."""
+
+    def __init__(self, proc: subprocess.Popen[str], source: Path, target: Path) -> None:
+        self.proc, self.source, self.target = proc, source, target
+
+    def wait(self) -> None:
+        """PoolError when the bind failed."""
+        _, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            raise PoolError(f"cannot bind {self.source} into the pool VM: "
+                            f"{err.strip() or self.proc.returncode}")
+        log.debug("bound %s on %s in QEMU's mount namespace", self.source, self.target)
+
+
+def start_bind(qemu_pid: int, source: Path, target: Path, readonly: bool) -> PendingBind:
+    """Start bind-mounting ``source`` on ``target`` inside QEMU's mount namespace (read-only
+    there too when ``readonly``), so the caller can talk to the guest meanwhile. Refuses when
+    QEMU shares this process's namespace: the bind would then land in the host's mount
+    table."""
+    ns = f"/proc/{qemu_pid}/ns/mnt"
+    try:
+        if os.stat(ns).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+            raise PoolError("QEMU runs in the host's mount namespace (libvirt qemu.conf "
+                            "namespaces=[]): a pool VM cannot take mounts")
+    except OSError as e:
+        raise PoolError(f"cannot inspect QEMU's mount namespace: {e}") from e
+    # util-linux mount: "bind,ro" binds, then remounts the bind read-only
+    argv = ["nsenter", f"--mount={ns}", "--", "mount", "-o", "bind,ro" if readonly else "bind",
+            "--", str(source), str(target)]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        raise PoolError(f"cannot run nsenter to bind {source}: {e}") from e
+    return PendingBind(proc, source, target)
+
+
+def wait_binds(binds: list[PendingBind]) -> None:
+    """Wait for every bind (none is left running); PoolError for the first that failed."""
+    failed: PoolError | None = None
+    for bind in binds:
+        try:
+            bind.wait()
+        except PoolError as e:
+            failed = failed or e
+    if failed is not None:
+        raise failed

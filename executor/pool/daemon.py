@@ -1,0 +1,502 @@
+"""The warm pool daemon (``hypervm pool serve``): keeps pre-booted, empty HyperVMs ready and
+hands each to one claimer, never twice.
+
+Threads: *refill* boots a VM whenever a kind (generic, or one of the images) has fewer than its
+target ready or booting (one at a time, so the pool never starves running VMs of CPU); *serve*
+answers claims on the pool's unix socket (executor.pool.protocol has the protocol and which VM a
+claim gets); *reap* destroys claimed VMs whose claimer died.
+
+Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
+carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim rewrites the
+owner to the claiming process (SO_PEERCRED) *before* the reply leaves, so at every moment a live
+process answers for the VM. When the owner dies, the reaper here (every ``reap_interval``
+seconds) or ``hypervm gc`` destroys it; that covers the idle VMs of a killed daemon too.
+Stopping the daemon destroys its idle VMs.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from executor import network
+from executor.guest.channel import RawChannel, connect_socket
+from executor.guest.protocol import (
+    POOL_REQUEST_ID,
+    WARMUP_HANDLE,
+    WARMUP_SERIAL,
+    MsgType,
+    layer_serial,
+    prepare_request,
+    warmup_start,
+)
+from executor.libvirt import identity
+from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
+from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
+from executor.libvirt.hypervisor import Hypervisor
+from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
+from executor.pool.protocol import (
+    FIRST_POD_UNIT,
+    GENERIC,
+    MAX_LINE,
+    WARMUP_UNIT,
+    Lease,
+    PoolConfig,
+    decode,
+    encode,
+    next_kind,
+    parse_claim,
+    pick_vm,
+)
+from executor.vm import flush_boot_translations
+from hypervm import netspec
+from hypervm.config import HostConfig
+from hypervm.errors import BootError, GuestError, HostError, HyperVMError, PoolError
+from vmimage.boot import BootFiles, resolve_boot
+from vmimage.rootfs import ensure_warmup_layer
+
+log = logging.getLogger(__name__)
+
+#: metadata entries of pool VMs: the pool's name, and "idle" or "claimed"
+META_POOL = "pool"
+META_POOL_STATE = "pool-state"
+BOOT_TIMEOUT = 60.0
+#: after a claim, wait this long before booting its replacement: a boot (QEMU start, a guest
+#: kernel under TCG) competes for the CPU the claimed VM's launch needs right then
+REFILL_DELAY_S = 1.0
+#: after a failed boot, wait this long (doubling up to the max) before the next attempt
+RETRY_BACKOFF = (1.0, 30.0)
+
+
+@dataclass
+class _Idle:
+    name: str
+    run_dir: Path
+    sock: socket.socket
+    ready: dict[str, Any]
+    kind: str = GENERIC
+    #: the layer files attached as the pod's disks (an image VM), in serial order
+    layers: tuple[str, ...] = ()
+    booted_at: float = field(default_factory=time.monotonic)
+
+
+def _label(kind: str) -> str:
+    """`` (REF)`` after an image VM's name in the log; nothing for a generic one."""
+    return f" ({kind})" if kind else ""
+
+
+def store_layers(cfg: HostConfig) -> Callable[[str], Sequence[Path]]:
+    """The layers of an image reference as a launch on this host resolves them (the image
+    cache, pulling when the reference was never pulled)."""
+    def resolve(ref: str) -> Sequence[Path]:
+        from vmimage.images import ImageStore
+
+        return ImageStore.from_env(cfg).resolve(ref).layers
+
+    return resolve
+
+
+class WarmPool:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+
+    def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
+                 refill_delay: float = REFILL_DELAY_S, accel: str | None = None,
+                 resolve: Callable[[str], Sequence[Path]] | None = None) -> None:
+        """``resolve``: an image reference's layer files (default: this host's image cache)."""
+        self.cfg = cfg
+        self.config = config.validate()
+        self._resolve = resolve or store_layers(cfg)
+        self.reap_interval = reap_interval
+        self.refill_delay = refill_delay
+        self._last_claim = 0.0
+        self._accel = accel
+        self._hv: Any = None
+        self._boot: BootFiles | None = None
+        self._boot_layer = Path()
+        self._flush_tcg = False
+        self._idle: collections.deque[_Idle] = collections.deque()
+        self._booting: dict[str, str] = {}  # name -> kind
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: socket.socket | None = None
+        self.claims = 0
+        self.boots = 0
+        self.failures = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the host, bind the socket and start refilling. Raises HostError."""
+        self._boot = resolve_boot(self.cfg, accel=self._accel)
+        self._boot_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
+        self._flush_tcg = self._boot.flushes_after_boot(self.cfg)
+        self._hv = Hypervisor(self.cfg.libvirt_uri, events=False, autodestroy=False)
+        try:
+            self._server = self._bind()
+        except BaseException:
+            self._hv.close()
+            self._hv = None
+            raise
+        for target, name in ((self._refill_loop, "pool-refill"), (self._serve_loop, "pool-serve"),
+                             (self._reap_loop, "pool-reap")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("warm pool %r: %d VMs of %d vCPU / %d MiB, socket %s", self.config.name,
+                 self.config.size, self.config.vcpus, self.config.memory_mib,
+                 self.cfg.pool_socket)
+
+    def stop(self) -> None:
+        """Stop serving and refilling; destroy the idle VMs (claimed ones belong to their
+        claimers). Idempotent."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        server, self._server = self._server, None
+        if server is not None:
+            try:
+                server.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            server.close()
+            try:
+                self.cfg.pool_socket.unlink()
+            except FileNotFoundError:
+                pass
+        for thread in self._threads:
+            thread.join(timeout=BOOT_TIMEOUT + 5)
+        self._threads = []
+        with self._cond:
+            idle, self._idle = list(self._idle), collections.deque()
+        for vm in idle:
+            self._discard(vm.name, vm.run_dir, vm.sock)
+        if self._hv is not None:
+            self._hv.close()
+            self._hv = None
+
+    def __enter__(self) -> WarmPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_full(self, timeout: float) -> bool:
+        """Wait until ``size`` VMs are ready; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._idle) < sum(self.config.targets().values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def unclaimed(self) -> set[str]:
+        """Names of the VMs still the pool's (ready or booting)."""
+        with self._cond:
+            return {vm.name for vm in self._idle} | set(self._booting)
+
+    def _have(self) -> dict[str, int]:
+        """Ready or booting VMs by kind (call with the lock held)."""
+        have = collections.Counter(vm.kind for vm in self._idle)
+        have.update(self._booting.values())
+        return dict(have)
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            images = {ref: {"ready": sum(vm.kind == ref for vm in self._idle),
+                            "booting": sum(k == ref for k in self._booting.values())}
+                      for ref in self.config.images}
+            return {"name": self.config.name, "size": self.config.size,
+                    "target": sum(self.config.targets().values()),
+                    "vcpus": self.config.vcpus, "memory_mib": self.config.memory_mib,
+                    "ready": len(self._idle), "booting": len(self._booting),
+                    "images": images, "per_image": self.config.per_image,
+                    "claims": self.claims, "boots": self.boots, "failures": self.failures,
+                    "accel": self._boot.accel if self._boot else None}
+
+    def idle_vms(self) -> list[str]:
+        """The names of the VMs ready to be claimed now."""
+        with self._cond:
+            return [vm.name for vm in self._idle]
+
+    # -- claims -------------------------------------------------------------------------------
+
+    def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
+              metadata: Mapping[str, str] | None = None,
+              layers: Sequence[str] = ()) -> tuple[Lease, socket.socket]:
+        """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
+        else the oldest generic one), with the pod's ``metadata`` written on it: the caller
+        must pass on the socket."""
+
+        if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
+            raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
+                            f"MiB, not {vcpus} / {memory_mib}")
+        if process_start_time(owner_pid) is None:
+            raise PoolError(f"the claiming process {owner_pid} is gone")
+        while True:
+            with self._cond:
+                index = pick_vm([vm.layers for vm in self._idle], layers)
+                if index is None:
+                    raise PoolError("no warm VM is ready" if not self._idle else
+                                    "no warm VM for these layers is ready")
+                vm = self._idle[index]
+                del self._idle[index]
+                self._last_claim = time.monotonic()
+                self._cond.notify_all()  # the refill thread boots a replacement
+            try:
+                self._hv.set_metadata(vm.name, {
+                    **(metadata or {}), META_POOL: self.config.name,
+                    META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
+            except HyperVMError as e:
+                log.warning("pool VM %s is unusable (%s): discarded", vm.name, e)
+                self._discard(vm.name, vm.run_dir, vm.sock)
+                continue
+            self.claims += 1
+            log.info("%s%s claimed by pid %d after %.1f s idle", vm.name, _label(vm.kind),
+                     owner_pid, time.monotonic() - vm.booted_at)
+            return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
+                         layers_attached=bool(vm.layers)), vm.sock
+
+    # -- refill -------------------------------------------------------------------------------
+
+    def _refill_loop(self) -> None:
+        targets = self.config.targets()
+        # per kind, so an image that cannot be had (registry down) does not stop the rest
+        backoff: dict[str, float] = {}
+        retry_at: dict[str, float] = {}
+        while not self._stopping.is_set():
+            with self._cond:
+                while not self._stopping.is_set():
+                    now = time.monotonic()
+                    due = {k: n for k, n in targets.items() if retry_at.get(k, 0.0) <= now}
+                    if (kind := next_kind(due, self._have())) is not None:
+                        break
+                    self._cond.wait(1.0)
+            if self._stopping.is_set() or kind is None:
+                return
+            # a claim was just made: let its launch have the CPU before booting a replacement
+            while (pause := self._last_claim + self.refill_delay - time.monotonic()) > 0:
+                if self._stopping.wait(pause):
+                    return
+            if self._boot_one(kind):
+                backoff.pop(kind, None)
+                retry_at.pop(kind, None)
+            else:
+                delay = backoff.get(kind, RETRY_BACKOFF[0])
+                retry_at[kind] = time.monotonic() + delay
+                backoff[kind] = min(delay * 2, RETRY_BACKOFF[1])
+
+    def _boot_one(self, kind: str = GENERIC) -> bool:
+
+        name = f"{DOMAIN_PREFIX}{self.config.name}-{uuid.uuid4().hex[:8]}"
+        run_dir = self.cfg.vms_dir / name
+        metadata = {META_POOL: self.config.name, META_POOL_STATE: "idle", **owner_metadata()}
+        try:  # its own uid from boot on; the claimer gives the pod's shares to it
+            own = identity.for_vm(self.cfg, self._hv, name)
+        except HyperVMError as e:
+            self.failures += 1
+            log.warning("pool VM %s%s gets no identity: %s", name, _label(kind), e)
+            return False
+        spec = pool_domain(name, self._boot, self.cfg, run_dir, self.config.vcpus,
+                           self.config.memory_mib, metadata,
+                           identity=own.pair if own is not None else None)
+        with self._cond:
+            self._booting[name] = kind
+        sock = None
+        started = time.monotonic()
+        layers: tuple[str, ...] = ()
+        try:
+            if kind != GENERIC:
+                # resolved for every boot: a re-pulled tag gets VMs with its new layers
+                layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
+            self._hv.prepare_run_dir(run_dir, spec.identity)
+            (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+            self._hv.create(spec)
+            sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
+            ready = self._prepare(name, RawChannel(sock), layers)
+        except (HyperVMError, OSError) as e:
+            self.failures += 1
+            log.warning("pool VM %s%s did not boot: %s", name, _label(kind), e)
+            self._discard(name, run_dir, sock)
+            with self._cond:
+                self._booting.pop(name, None)
+            return False
+        self.boots += 1
+        log.info("pool VM %s%s ready in %.2f s", name, _label(kind),
+                 time.monotonic() - started)
+        with self._cond:
+            self._booting.pop(name, None)
+            if self._stopping.is_set():
+                stale = True
+            else:
+                stale = False
+                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers))
+                self._cond.notify_all()
+        if stale:
+            self._discard(name, run_dir, sock)
+        return True
+
+    def _prepare(self, name: str, channel: RawChannel, layers: Sequence[str] = ()
+                 ) -> dict[str, Any]:
+        """After READY, what every claimer would otherwise wait for: the NIC configured (the
+        claimer only sends its pod's /etc files), an image VM's layers attached, one
+        throwaway container run (which mounts them), and for an image VM the pod's container
+        prepared up to its START."""
+        from executor.libvirt.domain_xml import hotplug_disk_xml
+
+        ready = channel.ready(BOOT_TIMEOUT)
+        nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
+        channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
+        if self._flush_tcg:  # before the warm-up, whose translations the claimer's START uses
+            flush_boot_translations(self._hv, name)
+        disks = [(Path(path), layer_serial(i), FIRST_POD_UNIT + i) for i, path in
+                 enumerate(layers)] + [(self._boot_layer, WARMUP_SERIAL, WARMUP_UNIT)]
+        for path, serial, unit in disks:
+            self._hv.attach_device(name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
+                                                          unit))
+        # an image VM's warm-up goes through a prepared container too (under TCG its code is
+        # then translated), and the pod's container is prepared after it
+        prepare = bool(layers) and self._prepare_container(
+            name, channel, prepare_request(len(layers), warmup=True))
+        channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(len(layers)),
+                        BOOT_TIMEOUT)
+        status = channel.await_exit(WARMUP_HANDLE, BOOT_TIMEOUT)
+        if status.code != 0:
+            raise BootError(f"the warm-up container of {name} ended with {status.describe()}")
+        if prepare:
+            self._prepare_container(name, channel, prepare_request(len(layers)))
+        return ready
+
+    def _prepare_container(self, name: str, channel: RawChannel,
+                           request: dict[str, Any]) -> bool:
+        try:
+            channel.request(MsgType.PREPARE, POOL_REQUEST_ID + 2, request, BOOT_TIMEOUT)
+        except GuestError as e:  # the START then does all the work itself
+            log.warning("pool VM %s: no prepared container (%s)", name, e)
+            return False
+        return True
+
+    def _discard(self, name: str, run_dir: Path, sock: socket.socket | None) -> None:
+        if sock is not None:
+            sock.close()
+        try:
+            if self._hv is not None:
+                self._hv.destroy(name)
+        except HyperVMError as e:
+            log.warning("cannot destroy pool VM %s: %s", name, e)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        identity.release(name)
+
+    # -- serve --------------------------------------------------------------------------------
+
+    def _bind(self) -> socket.socket:
+        path = self.cfg.pool_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # a dead pool's socket
+            else:
+                raise HostError(f"a warm pool already serves at {path}",
+                                hint="stop it first, or set HYPERVM_POOL_SOCKET")
+            finally:
+                probe.close()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # root only: a claim hands over a VM
+        try:
+            server.bind(str(path))
+        finally:
+            os.umask(old)
+        server.listen(16)
+        return server
+
+    def _serve_loop(self) -> None:
+        while not self._stopping.is_set():
+            server = self._server
+            if server is None:
+                return
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), name="pool-client",
+                             daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                pid, uid, _gid = struct.unpack(
+                    "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                          struct.calcsize("3i")))
+                request = decode(_read_line(conn), "request")
+                if uid not in (0, os.geteuid()):
+                    raise PoolError(f"uid {uid} may not use this pool")
+                op = request.get("op")
+                if op == "status":
+                    conn.sendall(encode(self.status()))
+                elif op == "claim":
+                    claim = parse_claim(request)
+                    lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
+                                             claim.layers)
+                    try:
+                        socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
+                    finally:
+                        sock.close()
+                else:
+                    raise PoolError(f"op: unknown operation {op!r} (use claim or status)")
+            except PoolError as e:
+                _send_quietly(conn, {"error": str(e)})
+            except OSError as e:
+                log.debug("pool client went away: %s", e)
+
+    # -- reap ---------------------------------------------------------------------------------
+
+    def _reap_loop(self) -> None:
+
+        while not self._stopping.wait(self.reap_interval):
+            try:
+                # claimed VMs whose claimer died, and idle ones of a previous daemon of this
+                # pool that died without cleaning up (this daemon's own are owned by it)
+                ours = [d for d in self._hv.list_ours()
+                        if d.metadata.get(META_POOL) == self.config.name]
+                for leftover in select_leftovers(ours, process_start_time):
+                    log.info("reaping %s: %s", leftover.name, leftover.reason)
+                    self._discard(leftover.name, self.cfg.vms_dir / leftover.name, None)
+            except HyperVMError as e:
+                log.warning("pool reaper: %s", e)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_LINE:
+            raise PoolError(f"request: longer than {MAX_LINE} bytes")
+    return data
+
+
+def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
+    try:
+        conn.sendall(encode(message))
+    except OSError:
+        pass

@@ -1,0 +1,252 @@
+"""The warm pool's pure parts: its settings, which pods a pool VM can take, which VM a claim
+gets, and the claim protocol spoken on the pool's unix socket (the domain of a pool VM is
+``executor.libvirt.designer.pool_domain``; the guest requests it runs are built in
+``executor.guest.protocol``).
+
+A *generic* pool VM is booted ahead of time with no layers: a virtio-scsi controller (the pod's
+layer disks are hot-added as LUNs at claim time), one 9p share (``POOL_SHARE_TAG``) of an empty
+directory into which the claimer binds each mount source, the user-mode NIC without published
+ports, and the channel. An *image* pool VM (``PoolConfig.images``) has one image's layers
+attached and mounted already; it serves only a pod whose layers are exactly those (never
+another image's pod: a tenant must not see disks it did not ask for), so the launch skips the
+hot-add and the guest's disk probe. The side effects live in :mod:`executor.pool.daemon` (the
+daemon), :mod:`executor.pool.claim` (the claim client) and :mod:`executor.pool.adopt` (a
+claimed VM becomes the pod's). Nothing here touches the host.
+
+Claim protocol: the client connects to the pool's socket and sends one JSON line; the pool
+answers one JSON line and, for a claim, passes the connected guest channel socket along with
+it (SCM_RIGHTS), so the claimer talks to the booted init at once.
+
+    → {"op": "claim", "vcpus": 1, "memory_mib": 128, "metadata": {"pod": "web", ...},
+       "layers": ["/var/lib/hypervm/.../a.erofs", ...]}
+    ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload},
+       "layers_attached": true} + 1 fd
+    ← {"error": "no warm VM is ready"}
+    → {"op": "status"}
+    ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
+
+``layers`` are the pod's distinct layer files in the order the claimer names their disks
+(``layer_serial``); ``layers_attached`` says the VM has exactly those attached already (an image
+pool VM), so the claimer hot-adds nothing. The pool writes the pod's metadata into the VM
+together with the new owner (the claimer's pid), so the claimer has nothing left to write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor.libvirt.domain import (
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_MEMORY_MIB,
+    check_metadata,
+)
+from hypervm.errors import ImageError, InvalidSpec, PoolError
+from hypervm.podspec import PodSpec
+
+#: the warm-up layer's disk is LUN 0; a pod's layers take the LUNs after it
+WARMUP_UNIT = 0
+FIRST_POD_UNIT = 1
+MAX_POOL_SIZE = 64
+MAX_LINE = 64 * 1024
+MAX_CLAIM_LAYERS = 128
+#: the kind of a generic pool VM (an image pool VM's kind is its image reference)
+GENERIC = ""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """``size`` generic idle VMs, plus ``per_image`` idle VMs for each image of ``images``
+    (references, resolved like a launch resolves them), all of ``vcpus`` vCPUs and
+    ``memory_mib`` MiB, named hypervm-<name>-…"""
+
+    size: int = 2
+    vcpus: int = 1
+    memory_mib: int = 128
+    name: str = "pool"
+    images: tuple[str, ...] = ()
+    per_image: int = 1
+
+    def targets(self) -> dict[str, int]:
+        """Idle VMs to keep, by kind: ``GENERIC`` and each image reference."""
+        targets = {GENERIC: self.size} if self.size else {}
+        targets.update((ref, self.per_image) for ref in self.images)
+        return targets
+
+    def validate(self) -> PoolConfig:
+        if not 0 <= self.size <= MAX_POOL_SIZE:
+            raise InvalidSpec("pool.size", f"{self.size} is out of range",
+                              hint=f"use 0..{MAX_POOL_SIZE} (0 only with images)")
+        from hypervm.imageref import parse_reference
+
+        seen = set()
+        for i, ref in enumerate(self.images):
+            try:
+                if not isinstance(ref, str) or ref != ref.strip():
+                    raise ImageError(repr(ref), "not an image reference")
+                canonical = str(parse_reference(ref))
+            except ImageError as e:
+                raise InvalidSpec(f"pool.images[{i}]", e.args[0],
+                                  hint=e.hint or "e.g. --image registry.example:5000/web:1"
+                                  ) from e
+            if canonical in seen:
+                raise InvalidSpec("pool.images", f"{canonical} is listed twice",
+                                  hint="list each image once; --per-image sets how many VMs")
+            seen.add(canonical)
+        if not 1 <= self.per_image <= MAX_POOL_SIZE:
+            raise InvalidSpec("pool.per_image", f"{self.per_image} is out of range",
+                              hint=f"use 1..{MAX_POOL_SIZE}")
+        total = sum(self.targets().values())
+        if not 1 <= total <= MAX_POOL_SIZE:
+            raise InvalidSpec("pool.size", f"{total} idle VMs in all is out of range",
+                              hint=f"keep size + images × per_image within 1..{MAX_POOL_SIZE}")
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise InvalidSpec("pool.vcpus", f"{self.vcpus} is out of range",
+                              hint=f"use 1..{MAX_VCPUS}")
+        if self.memory_mib < MIN_MEMORY_MIB:
+            raise InvalidSpec("pool.memory_mib",
+                              f"{self.memory_mib} MiB is less than a pod can have "
+                              f"({MIN_MEMORY_MIB} MiB): no pod could claim such a VM",
+                              hint=f"use --memory {MIN_MEMORY_MIB} or more")
+        if self.memory_mib > MAX_MEMORY_MIB:
+            raise InvalidSpec("pool.memory_mib", f"{self.memory_mib} MiB is out of range",
+                              hint=f"use {MIN_MEMORY_MIB}..{MAX_MEMORY_MIB}")
+        if not _NAME_RE.match(self.name):
+            raise InvalidSpec("pool.name", f"{self.name!r} is not a valid pool name",
+                              hint="use 1..40 characters of [A-Za-z0-9_.-]")
+        return self
+
+
+def unfit_reason(pod: PodSpec, vcpus: int, memory_mib: int) -> str | None:
+    """Why a pool VM of this shape cannot run ``pod`` (None: it can).
+
+    The shape must match exactly: a bigger VM would hand the task resources Mesos did not
+    allocate. Published ports are QEMU ``hostfwd`` rules fixed at boot, and a pod without a NIC
+    must not get one, so both boot cold.
+    """
+    if pod.resources.cpus != vcpus or pod.resources.memory_mib != memory_mib:
+        return (f"the pod needs {pod.resources.cpus} vCPU / {pod.resources.memory_mib} MiB, "
+                f"pool VMs have {vcpus} vCPU / {memory_mib} MiB")
+    if pod.network.ports:
+        return "the pod publishes ports (fixed when a VM boots)"
+    if pod.network.mode != "user":
+        return f"the pod's network mode is {pod.network.mode!r} (pool VMs have a NIC)"
+    return None
+
+
+def next_kind(targets: Mapping[str, int], have: Mapping[str, int]) -> str | None:
+    """The kind of VM to boot next: the one furthest below its target (as a fraction, generic
+    first on a tie), or None when every kind has its ``targets`` idle or booting (``have``)."""
+    short = [(have.get(kind, 0) / target, i, kind)
+             for i, (kind, target) in enumerate(targets.items()) if have.get(kind, 0) < target]
+    return min(short)[2] if short else None
+
+
+def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str]) -> int | None:
+    """Which idle VM a claim for ``layers`` gets, by each VM's attached layers (``()`` for a
+    generic VM), oldest first: an image VM with exactly these layers, else a generic one.
+    An image VM never serves other layers: its disks would be visible to the pod."""
+    wanted = tuple(layers)
+    if wanted:
+        for i, attached in enumerate(idle):
+            if attached == wanted:
+                return i
+    for i, attached in enumerate(idle):
+        if not attached:
+            return i
+    return None
+
+
+
+# --- the claim protocol -----------------------------------------------------------------------
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes, what: str) -> dict[str, Any]:
+    """One protocol line as a JSON object; PoolError naming ``what`` otherwise."""
+    if len(line) > MAX_LINE:
+        raise PoolError(f"{what}: longer than {MAX_LINE} bytes")
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PoolError(f"{what}: not JSON ({e})") from e
+    if not isinstance(message, dict):
+        raise PoolError(f"{what}: not a JSON object")
+    return message
+
+
+def claim_request(vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
+                  layers: Sequence[str] = ()) -> dict[str, Any]:
+    """``metadata``: the pod's entries for the VM (the pool writes them with the new owner);
+    ``layers``: the pod's distinct layer files, in disk-serial order."""
+    return {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
+            "metadata": dict(metadata or {}), "layers": list(layers)}
+
+
+@dataclass(frozen=True)
+class Claim:
+    vcpus: int
+    memory_mib: int
+    metadata: dict[str, str]
+    layers: tuple[str, ...] = ()
+
+
+def parse_claim(request: dict[str, Any]) -> Claim:
+    """The claim in a request; PoolError naming the bad field."""
+    values = []
+    for key in ("vcpus", "memory_mib"):
+        value = request.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PoolError(f"claim.{key}: must be a positive integer, not {value!r}")
+        values.append(value)
+    metadata = request.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise PoolError(f"claim.metadata: must be an object, not {metadata!r}")
+    try:
+        check_metadata(metadata)
+    except InvalidSpec as e:
+        raise PoolError(f"claim.{e}") from e
+    layers = request.get("layers", [])
+    if (not isinstance(layers, list) or len(layers) > MAX_CLAIM_LAYERS
+            or not all(isinstance(x, str) and x.startswith("/") for x in layers)
+            or len(set(layers)) != len(layers)):
+        raise PoolError(f"claim.layers: must be a list of at most {MAX_CLAIM_LAYERS} distinct "
+                        f"absolute paths, not {layers!r:.200}")
+    return Claim(values[0], values[1], metadata, tuple(layers))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claimed pool VM: now the claimer's to use and to destroy."""
+
+    vm: str
+    run_dir: Path
+    ready: dict[str, Any]
+    #: the VM has the claimed layers attached (and mounted) already: hot-add nothing
+    layers_attached: bool = False
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Lease:
+        if "error" in reply:
+            raise PoolError(str(reply["error"]))
+        vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
+        attached = reply.get("layers_attached", False)
+        if (not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict)
+                or not isinstance(attached, bool)):
+            raise PoolError(f"malformed claim reply: {reply!r}")
+        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached)
+
+    def reply(self) -> dict[str, Any]:
+        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
+                "layers_attached": self.layers_attached}

@@ -1,0 +1,258 @@
+"""Host configuration: where hypervm keeps its files and which libvirt it talks to.
+
+A pure function of a mapping (the environment by default), like docker-py's ``kwargs_from_env``.
+Every path that QEMU reads (kernel, initrd, layer images) lives under ``state_dir``, which must be
+traversable by every user (each VM's QEMU runs as a uid of its own): it is never under /root.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypervm.errors import InvalidSpec
+
+DEFAULT_STATE_DIR = "/var/lib/hypervm"
+DEFAULT_RUN_DIR = "/run/hypervm"
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+#: uids (and gids, the same numbers) QEMU processes run as, one per VM: above every
+#: distribution's system and user ranges and below systemd's dynamic and container ranges
+DEFAULT_VM_UID_RANGE = (200000, 265535)
+#: how long a registry's "yes, this tenant may read this image" is remembered
+DEFAULT_IMAGE_AUTH_TTL_S = 300.0
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image may cost the host (DEVELOPERS.md, "Image safety limits"): images may be
+    hostile, so unpacking stops as soon as a cap is passed, and waits end."""
+
+    #: uncompressed bytes of one layer's tar stream (HYPERVM_IMAGE_MAX_LAYER_BYTES)
+    max_layer_bytes: int = 8 << 30
+    #: uncompressed bytes of all of one image's layers (HYPERVM_IMAGE_MAX_BYTES)
+    max_image_bytes: int = 16 << 30
+    #: tar entries in one layer (HYPERVM_IMAGE_MAX_ENTRIES)
+    max_entries: int = 500_000
+    #: layers of one image (HYPERVM_IMAGE_MAX_LAYERS; Docker's own limit is 127)
+    max_layers: int = 128
+    #: unpacking stops when the cache's disk has less free space than this
+    #: (HYPERVM_IMAGE_MIN_FREE_BYTES)
+    min_free_bytes: int = 1 << 30
+    #: seconds one ``skopeo copy`` may take (HYPERVM_IMAGE_PULL_TIMEOUT)
+    pull_timeout_s: float = 1800.0
+    #: seconds to wait for another pull's lock on the same image or blob, or for gc
+    #: (HYPERVM_IMAGE_LOCK_TIMEOUT)
+    lock_timeout_s: float = 1800.0
+
+
+#: ImageLimits field → its variable; sizes accept a K/M/G/T suffix (powers of 1024)
+IMAGE_LIMIT_VARS = {
+    "max_layer_bytes": "HYPERVM_IMAGE_MAX_LAYER_BYTES",
+    "max_image_bytes": "HYPERVM_IMAGE_MAX_BYTES",
+    "max_entries": "HYPERVM_IMAGE_MAX_ENTRIES",
+    "max_layers": "HYPERVM_IMAGE_MAX_LAYERS",
+    "min_free_bytes": "HYPERVM_IMAGE_MIN_FREE_BYTES",
+    "pull_timeout_s": "HYPERVM_IMAGE_PULL_TIMEOUT",
+    "lock_timeout_s": "HYPERVM_IMAGE_LOCK_TIMEOUT",
+}
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _positive(env: Mapping[str, str], name: str, default: float, *, size: bool) -> float:
+    text = env.get(name, "").strip().upper()
+    if not text:
+        return default
+    scale = 1
+    if size and text[-1:] in _SUFFIXES and text[-1:]:
+        text, scale = text[:-1], _SUFFIXES[text[-1]]
+    try:
+        value = float(text) * scale
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise InvalidSpec(name, f"{env[name]!r} is not a positive number",
+                          hint="e.g. 8G" if size else "e.g. 600")
+    return value
+
+
+def image_limits_from_env(env: Mapping[str, str]) -> ImageLimits:
+    base = ImageLimits()
+    values: dict[str, Any] = {}
+    for attr, name in IMAGE_LIMIT_VARS.items():
+        default = getattr(base, attr)
+        value = _positive(env, name, default, size=attr.endswith("_bytes"))
+        values[attr] = value if attr.endswith("_s") else int(value)
+    return ImageLimits(**values)
+
+
+@dataclass(frozen=True)
+class MesosPolicy:
+    """What a Mesos TaskInfo may ask of this host. Frameworks are tenants, not operators: by
+    default they name only registry images and sandbox volumes."""
+
+    #: accept docker-daemon:, docker-archive: and oci: images (HYPERVM_MESOS_LOCAL_IMAGE_SOURCES)
+    local_image_sources: bool = False
+    #: HOST_PATH volumes only below these absolute, normalised directories
+    #: (HYPERVM_HOST_PATH_PREFIXES); none: every HOST_PATH volume is refused
+    host_path_prefixes: tuple[str, ...] = ()
+
+
+#: the default: registry images and sandbox volumes only
+STRICT_MESOS_POLICY = MesosPolicy()
+
+
+def mesos_policy_from_env(env: Mapping[str, str] | None = None) -> MesosPolicy:
+    env = os.environ if env is None else env
+    local = env_choice(env, "HYPERVM_MESOS_LOCAL_IMAGE_SOURCES", "off", ("on", "off"),
+                       hint="use off (registry images only) or on (frameworks may also name "
+                            "docker-daemon:, docker-archive: and oci: images on this host)")
+    prefixes = []
+    for entry in env.get("HYPERVM_HOST_PATH_PREFIXES", "").split(":"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        if not entry.startswith("/") or ".." in entry.split("/") or "\x00" in entry:
+            raise InvalidSpec("HYPERVM_HOST_PATH_PREFIXES", f"{entry!r} is not an absolute path",
+                              hint="list absolute directories separated by ':', e.g. /srv/data")
+        prefixes.append(posixpath.normpath(entry))
+    return MesosPolicy(local_image_sources=local == "on", host_path_prefixes=tuple(prefixes))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    state_dir: Path
+    run_dir: Path
+    libvirt_uri: str
+    #: "kvm", "tcg" or "auto" (probe once per host boot)
+    accel: str
+    #: the shared image cache; default ``state_dir/images``
+    image_dir_override: Path | None = None
+    #: the warm pool's socket; default ``run_dir/pool.sock``
+    pool_socket_override: Path | None = None
+    #: take pre-booted VMs from the warm pool when one serves (``hypervm pool serve``)
+    use_pool: bool = True
+    #: TCG translation cache cap in MiB (DomainSpec.tb_cache_mib); None: QEMU's default
+    tb_cache_mib: int | None = None
+    #: guests hand the memory they free back to the host (DomainSpec.free_page_reporting)
+    free_page_reporting: bool = True
+    #: TCG with HyperQEMU: drop the boot's translations once the guest is READY (~30 MiB of
+    #: RSS per VM; the first START translates its code again, ~0.1 s under TCG)
+    tcg_flush: bool = True
+    #: caps on what one image may unpack to, and how long its transfers may take
+    image_limits: ImageLimits = ImageLimits()
+    #: first and last uid (= gid) given to VMs: each VM's QEMU runs as its own
+    #: (executor.libvirt.identity)
+    vm_uid_range: tuple[int, int] = DEFAULT_VM_UID_RANGE
+    #: seconds a registry authorization of a tenant's cached image is remembered (0: ask each time)
+    image_auth_ttl_s: float = DEFAULT_IMAGE_AUTH_TTL_S
+    #: Mesos tasks without credentials of their own pull with the host's Docker credentials
+    task_host_credentials: bool = False
+
+    @property
+    def kernel_dir(self) -> Path:
+        return self.state_dir / "kernel"
+
+    @property
+    def qemu_dir(self) -> Path:
+        return self.state_dir / "qemu"
+
+    @property
+    def initrd_dir(self) -> Path:
+        return self.state_dir / "initrd"
+
+    @property
+    def rootfs_dir(self) -> Path:
+        return self.state_dir / "rootfs"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.image_dir_override or self.state_dir / "images"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.run_dir / "vms"
+
+    @property
+    def pool_socket(self) -> Path:
+        return self.pool_socket_override or self.run_dir / "pool.sock"
+
+
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], *,
+               what: str = "value", hint: str | None = None) -> str:
+    """``env[name]`` (lower-cased; ``default`` when unset or empty), which must be one of
+    ``choices``: else InvalidSpec naming the variable."""
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise InvalidSpec(name, f"unknown {what} {value!r}",
+                          hint=hint or f"use {', '.join(choices[:-1])} or {choices[-1]}")
+    return value
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
+    env = os.environ if env is None else env
+    accel = env_choice(env, "HYPERVM_ACCEL", "auto", ("auto", "kvm", "tcg"), what="accelerator")
+    pool = env_choice(env, "HYPERVM_POOL", "auto", ("auto", "off"),
+                      hint="use auto (take warm VMs when a pool serves) or off")
+    tb_cache = env.get("HYPERVM_TCG_TB_CACHE_MIB", "")
+    if tb_cache and not tb_cache.isdigit():
+        raise InvalidSpec("HYPERVM_TCG_TB_CACHE_MIB", f"{tb_cache!r} is not a number of MiB",
+                          hint="e.g. 8 (smaller VMs, slower guest code under TCG), or unset")
+    reporting = env_choice(env, "HYPERVM_FREE_PAGE_REPORTING", "on", ("on", "off"),
+                           hint="use on (guests return freed memory) or off (a little faster "
+                                "boots and starts under TCG)")
+    flush = env_choice(env, "HYPERVM_TCG_FLUSH", "on", ("on", "off"),
+                       hint="use on (idle VMs give their boot's translations back) or off")
+    host_creds = env_choice(env, "HYPERVM_TASK_HOST_CREDENTIALS", "off", ("on", "off"),
+                            hint="use off (tasks pull with their own credentials only) or on "
+                                 "(tasks may use the host's Docker credentials)")
+    return HostConfig(
+        state_dir=Path(env.get("HYPERVM_STATE_DIR", DEFAULT_STATE_DIR)),
+        run_dir=Path(env.get("HYPERVM_RUN_DIR", DEFAULT_RUN_DIR)),
+        libvirt_uri=env.get("HYPERVM_LIBVIRT_URI", DEFAULT_LIBVIRT_URI),
+        accel=accel,
+        image_dir_override=Path(env["HYPERVM_IMAGE_DIR"]) if env.get("HYPERVM_IMAGE_DIR") else None,
+        pool_socket_override=(Path(env["HYPERVM_POOL_SOCKET"]) if env.get("HYPERVM_POOL_SOCKET")
+                              else None),
+        use_pool=pool == "auto",
+        tb_cache_mib=int(tb_cache) if tb_cache else None,
+        free_page_reporting=reporting == "on",
+        tcg_flush=flush == "on",
+        image_limits=image_limits_from_env(env),
+        vm_uid_range=uid_range(env.get("HYPERVM_VM_UID_RANGE", "")),
+        image_auth_ttl_s=seconds(env, "HYPERVM_IMAGE_AUTH_TTL", DEFAULT_IMAGE_AUTH_TTL_S),
+        task_host_credentials=host_creds == "on",
+    )
+
+
+def uid_range(text: str) -> tuple[int, int]:
+    """``FIRST-LAST`` (HYPERVM_VM_UID_RANGE); the default range when empty."""
+    if not text.strip():
+        return DEFAULT_VM_UID_RANGE
+    first, sep, last = text.strip().partition("-")
+    if not (sep and first.isdigit() and last.isdigit()):
+        raise InvalidSpec("HYPERVM_VM_UID_RANGE", f"{text!r} is not FIRST-LAST",
+                          hint="e.g. 200000-265535")
+    low, high = int(first), int(last)
+    if not 1000 <= low <= high < 2**31 - 1:
+        raise InvalidSpec("HYPERVM_VM_UID_RANGE", f"{text!r} is out of range",
+                          hint="use uids from 1000 to 2147483646, FIRST <= LAST, that no user "
+                               "of the host has, e.g. 200000-265535")
+    return low, high
+
+
+def seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """``env[name]`` as a number of seconds >= 0 (``default`` when unset or empty)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise InvalidSpec(name, f"{text!r} is not a number of seconds", hint=f"e.g. {default:g}")
+    return value

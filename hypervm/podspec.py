@@ -1,0 +1,144 @@
+"""PodSpec: the pure description of what runs in one HyperVM.
+
+The CLI (``hypervm run``) and the Mesos executor (TaskInfo / TaskGroupInfo) both build a PodSpec;
+everything below — image resolution, the libvirt domain, the guest init — only ever sees this.
+Validation here raises :class:`~hypervm.errors.InvalidSpec` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypervm.errors import InvalidSpec
+from hypervm.netspec import NetworkSpec
+
+#: below this the HyperKernel and init cannot run a container reliably
+MIN_MEMORY_MIB = 64
+MAX_MEMORY_MIB = 1024 * 1024
+MAX_CPUS = 64
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+    stdin: bool = False
+
+    def validate(self, where: str) -> None:
+        if not self.args or not self.args[0]:
+            raise InvalidSpec(f"{where}.args", "the command is empty",
+                              hint="give a command, e.g. -- sh -c 'echo hi'")
+        for item in self.env:
+            if "=" not in item or item.startswith("="):
+                raise InvalidSpec(f"{where}.env", f"{item!r} is not KEY=VALUE")
+        if not self.cwd.startswith("/"):
+            raise InvalidSpec(f"{where}.cwd", f"{self.cwd!r} is not an absolute path")
+        for name, value in (("uid", self.uid), ("gid", self.gid)):
+            if not 0 <= value < 2**32 - 1:
+                raise InvalidSpec(f"{where}.{name}", f"{value} is out of range")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount in a container: ``9p`` shares ``source`` (a host directory), ``tmpfs`` is empty.
+
+    ``owned``: the directory belongs to the pod (a Mesos sandbox): hypervm hands it to the user
+    QEMU runs as, so the guest can create files in it (a host volume keeps its owner)."""
+
+    type: str
+    destination: str
+    source: Path | None = None
+    readonly: bool = False
+    owned: bool = False
+
+    def validate(self, where: str) -> None:
+        if self.type not in ("9p", "tmpfs"):
+            raise InvalidSpec(f"{where}.type", f"unknown mount type {self.type!r}",
+                              hint="use 9p or tmpfs")
+        if not self.destination.startswith("/"):
+            raise InvalidSpec(f"{where}.destination",
+                              f"{self.destination!r} is not an absolute path")
+        if self.type == "9p":
+            if self.source is None or not self.source.is_dir():
+                raise InvalidSpec(f"{where}.source", f"{self.source} is not a directory")
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """Read-only layer images on the host (erofs or ext4), lowest first."""
+
+    layers: tuple[Path, ...]
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    rootfs: Rootfs
+    process: Process
+    mounts: tuple[Mount, ...] = ()
+    hostname: str | None = None
+
+    def validate(self) -> None:
+        where = f"containers[{self.name}]"
+        if not _NAME_RE.match(self.name):
+            raise InvalidSpec(f"{where}.name", "must match [A-Za-z0-9_.-]{1,64}")
+        if not self.rootfs.layers:
+            raise InvalidSpec(f"{where}.rootfs", "no layers")
+        self.process.validate(f"{where}.process")
+        for i, mount in enumerate(self.mounts):
+            mount.validate(f"{where}.mounts[{i}]")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """``cpus`` vCPUs and ``memory_mib`` of guest RAM; ``cpu_limit`` bounds the CPU time the
+    whole VM may use, in cores (a Mesos ``cpus`` of 0.5 is 1 vCPU limited to half a core)."""
+
+    cpus: int = 1
+    memory_mib: int = 256
+    cpu_limit: float | None = None
+
+    def validate(self) -> None:
+        if not 1 <= self.cpus <= MAX_CPUS:
+            raise InvalidSpec("cpus", f"{self.cpus} is out of range", hint=f"use 1..{MAX_CPUS}")
+        if self.cpu_limit is not None and not 0.01 <= self.cpu_limit <= self.cpus:
+            raise InvalidSpec("cpus", f"a CPU limit of {self.cpu_limit:g} cores does not fit "
+                                      f"{self.cpus} vCPUs", hint="use 0.01..vCPUs")
+        if self.memory_mib < MIN_MEMORY_MIB:
+            raise InvalidSpec("memory", f"{self.memory_mib} MiB is below the minimum",
+                              hint=f"use at least {MIN_MEMORY_MIB} MiB")
+        if self.memory_mib > MAX_MEMORY_MIB:
+            raise InvalidSpec("memory", f"{self.memory_mib} MiB is above the maximum")
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    containers: tuple[Container, ...]
+    resources: Resources = field(default_factory=Resources)
+    #: free-form labels recorded in the domain metadata (task ids, tenant …)
+    labels: tuple[tuple[str, str], ...] = ()
+    #: the VM's NIC, published ports and tenant (executor/network.py)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+
+    def validate(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise InvalidSpec("name", "must match [A-Za-z0-9_.-]{1,64}")
+        if not self.containers:
+            raise InvalidSpec("containers", "a pod needs at least one container")
+        names = [c.name for c in self.containers]
+        if len(set(names)) != len(names):
+            raise InvalidSpec("containers", "container names must be unique")
+        self.resources.validate()
+        for container in self.containers:
+            container.validate()
+        self.network.validate()

@@ -1,0 +1,63 @@
+"""hypervm doctor reports the confinement in force: per-VM identity, QEMU's seccomp filter,
+the network policy (issue 15 "must show")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from executor.cli.doctor import CHECKS
+from executor.cli.doctor_confinement import (
+    check_network_policy,
+    check_seccomp,
+    host_users_in,
+    namespaces_off,
+    qemu_seccomp_modes,
+    seccomp_setting,
+)
+from hypervm.config import config_from_env
+
+
+def test_doctor_runs_the_confinement_checks() -> None:
+    names = {check.__name__ for check in CHECKS}
+    assert {"check_vm_identity", "check_seccomp", "check_network_policy"} <= names
+
+
+def test_seccomp_setting_is_read_from_qemu_conf() -> None:
+    assert seccomp_setting("#seccomp_sandbox = 1\n") is None
+    assert seccomp_setting("seccomp_sandbox = 0\n") == 0
+    assert seccomp_setting("seccomp_sandbox = 1\n# x\nseccomp_sandbox=0\n") == 0
+
+
+def test_seccomp_off_in_qemu_conf_fails(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text("seccomp_sandbox = 0\n")
+    result = check_seccomp(config_from_env({}), conf, tmp_path)
+    assert not result.ok and "seccomp_sandbox = 0" in result.detail
+
+
+def test_a_running_qemu_without_a_filter_fails(tmp_path: Path) -> None:
+    # this test process has no seccomp filter: a "QEMU" that is this process is unfiltered
+    (tmp_path / "hypervm-x.pid").write_text(str(os.getpid()))
+    (tmp_path / "other.pid").write_text(str(os.getpid()))  # not ours: ignored
+    assert qemu_seccomp_modes(tmp_path) == {"hypervm-x": "none"}
+    result = check_seccomp(config_from_env({}), tmp_path / "none.conf", tmp_path)
+    assert not result.ok and "hypervm-x" in result.detail
+    (tmp_path / "hypervm-x.pid").unlink()
+    result = check_seccomp(config_from_env({}), tmp_path / "none.conf", tmp_path)
+    assert result.ok and "no VM runs" in result.detail
+
+
+def test_network_policy_is_reported_honestly() -> None:
+    result = check_network_policy(config_from_env({}))
+    assert result.warn and "unrestricted" in result.detail
+
+
+def test_host_users_in_the_vm_range_are_found() -> None:
+    assert host_users_in(0, 0) == ["root"]
+    assert host_users_in(200000, 265535) == []
+
+
+def test_qemu_in_the_hosts_mount_namespace_is_found() -> None:
+    assert namespaces_off("namespaces = [ ]\n")
+    assert not namespaces_off('#namespaces = []\nnamespaces = [ "mount" ]\n')
