@@ -56,10 +56,7 @@ class AppReader:
                                                                         view["id"]),
                 tasks=self.tasks(tenant, view, version) if "tasks" in embed else [],
                 deployments=state.deployments(db, tenant.id, view["id"]),
-                # the scheduler's own record when it keeps one, else ours
-                failure=view.get("lastTaskFailure") or state.failure(db, tenant.id,
-                                                                     view["id"]),
-                embed=embed)
+                failure=view.get("lastTaskFailure"), embed=embed)
 
     def tasks(self, tenant: Tenant, view: dict[str, Any], version: str | None
               ) -> list[dict[str, Any]]:

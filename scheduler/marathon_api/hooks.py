@@ -22,8 +22,8 @@ MAX_MESSAGE = 1024
 
 
 class EventedWorkloads(Workloads):
-    """Workloads whose status updates also feed ``/v2/events``, ``lastTaskFailure``, the
-    tasks' start times and the metrics."""
+    """Workloads whose status updates also feed ``/v2/events``, the tasks' start times and
+    the metrics (``lastTaskFailure`` is the service's own record, ``scheduler/failures.py``)."""
 
     def __init__(self, store: Store, bus: EventBus, metrics: Metrics) -> None:
         super().__init__(store)
@@ -54,10 +54,6 @@ class EventedWorkloads(Workloads):
             row = db.execute("SELECT version FROM marathon_tasks WHERE task_id=?",
                              (task["task_id"],)).fetchone()
             version = row["version"] if row else version
-            if failed:
-                failure = views.failure(app_id, task, status, version)
-                failure["message"] = failure["message"][:MAX_MESSAGE]
-                state.set_failure(db, tenant, app_id, failure)
         ports = [p["hostPort"] for p in _ports(task)]
         self.bus.publish(tenant, event(
             "status_update_event", slaveId=task["agent_id"], taskId=task["task_id"],

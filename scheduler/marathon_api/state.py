@@ -1,7 +1,7 @@
 """What Marathon's API needs besides the scheduler's own tables, in the same SQLite database:
-app versions, deployments, when each task was staged and started (and for which version), and
-each app's last task failure. Every function takes the connection of an open transaction (or
-runs under the store's lock), so it commits with the change it belongs to."""
+app versions, deployments, and when each task was staged and started (and for which version).
+Every function takes the connection of an open transaction (or runs under the store's lock), so
+it commits with the change it belongs to."""
 
 from __future__ import annotations
 
@@ -25,9 +25,6 @@ CREATE TABLE IF NOT EXISTS marathon_tasks (
     task_id TEXT PRIMARY KEY, staged_at REAL NOT NULL, started_at REAL, version TEXT);
 CREATE TABLE IF NOT EXISTS marathon_idx (
     tenant TEXT NOT NULL, app TEXT NOT NULL, next INTEGER NOT NULL, PRIMARY KEY (tenant, app));
-CREATE TABLE IF NOT EXISTS marathon_failures (
-    tenant TEXT NOT NULL, app TEXT NOT NULL, failure TEXT NOT NULL,
-    PRIMARY KEY (tenant, app));
 """
 
 #: versions kept per app
@@ -101,7 +98,6 @@ def version_info(db: sqlite3.Connection, tenant: str, app: str) -> dict[str, str
 
 def forget_app(db: sqlite3.Connection, tenant: str, app: str) -> None:
     db.execute("DELETE FROM marathon_versions WHERE tenant=? AND app=?", (tenant, app))
-    db.execute("DELETE FROM marathon_failures WHERE tenant=? AND app=?", (tenant, app))
 
 
 # ---------------------------------------------------------------------- deployments
@@ -163,7 +159,7 @@ def reserve_idx(db: sqlite3.Connection, tenant: str, app: str, count: int) -> in
     return start
 
 
-# ---------------------------------------------------------------------- tasks and failures
+# ---------------------------------------------------------------------- tasks
 
 def note_task(db: sqlite3.Connection, task_id: str, state: str, version: str | None) -> None:
     """First sight of a task (its staging time and the app version), and its start."""
@@ -181,17 +177,6 @@ def task_times(db: sqlite3.Connection, task_ids: list[str]) -> dict[str, sqlite3
     marks = ",".join("?" * len(task_ids))
     return {r["task_id"]: r for r in db.execute(
         f"SELECT * FROM marathon_tasks WHERE task_id IN ({marks})", task_ids)}
-
-
-def set_failure(db: sqlite3.Connection, tenant: str, app: str, failure: dict[str, Any]) -> None:
-    db.execute("INSERT OR REPLACE INTO marathon_failures VALUES (?, ?, ?)",
-               (tenant, app, json.dumps(failure)))
-
-
-def failure(db: sqlite3.Connection, tenant: str, app: str) -> dict[str, Any] | None:
-    row = db.execute("SELECT failure FROM marathon_failures WHERE tenant=? AND app=?",
-                     (tenant, app)).fetchone()
-    return json.loads(row[0]) if row else None
 
 
 def prune_tasks(db: sqlite3.Connection) -> None:

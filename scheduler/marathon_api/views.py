@@ -22,7 +22,7 @@ APP_DEFAULTS: dict[str, Any] = {
     "cmd": None, "args": None, "cpus": 1.0, "mem": 128.0, "disk": 0.0, "instances": 1,
     "env": {}, "labels": {}, "healthChecks": [], "backoffSeconds": 1, "backoffFactor": 1.15,
     "maxLaunchDelaySeconds": 300, "upgradeStrategy": DEFAULT_STRATEGY, "requirePorts": False}
-#: states a task failure is remembered for (``lastTaskFailure``)
+#: states that count as a task failure (the failures metric)
 FAILED = frozenset({"TASK_FAILED", "TASK_ERROR", "TASK_LOST", "TASK_DROPPED", "TASK_GONE",
                     "TASK_UNKNOWN", "TASK_GONE_BY_OPERATOR"})
 
@@ -94,14 +94,6 @@ def app(view: dict[str, Any], *, version: str | None, version_info: dict[str, An
     if "lastTaskFailure" in embed and failure is not None:
         out["lastTaskFailure"] = failure
     return out
-
-
-def failure(app_id: str, task_row: Any, status: dict[str, Any], version: str | None
-            ) -> dict[str, Any]:
-    return {"appId": app_id, "host": task_row["hostname"] or "", "message":
-            status.get("message") or "", "state": status["state"],
-            "taskId": task_row["task_id"], "instanceId": task_row["task_id"],
-            "slaveId": task_row["agent_id"], "timestamp": timestamp(), "version": version}
 
 
 # ---------------------------------------------------------------------- deployments

@@ -250,10 +250,21 @@ def test_the_marathon_client_drives_the_scheduler(
     c.reset_delay("/big")  # DELETE /v2/queue/big/delay
     assert c.delete_app("/big", force=True)["deploymentId"]
 
+    # lastTaskFailure: an app whose command fails
+    crash = MarathonApp(cmd="sleep 0.2; exit 3", cpus=0.1, mem=16, instances=1,
+                        container=MarathonContainer(type="MESOS", docker=MarathonDockerContainer(
+                            image="busybox:1.36")))
+    c.create_app("/crash", crash)
+    failure = wait("a task failure", lambda: c.get_app("/crash").last_task_failure)
+    assert failure.state == "TASK_FAILED" and "status 3" in failure.message
+    assert failure.app_id == "/crash" and failure.task_id.startswith("m.app.crash.")
+    assert c.delete_app("/crash", force=True)["deploymentId"]
+
     # metrics: Dropwizard JSON and the same figures for Prometheus, this tenant's only
     metrics = c.get_metrics()
     assert set(metrics) == {"version", "gauges", "counters", "histograms", "meters", "timers"}
     assert metrics["counters"]["hypervm.scheduler.launches.tenant.m"]["count"] >= 8
+    assert metrics["counters"]["hypervm.scheduler.task.failures.tenant.m"]["count"] >= 1
     assert metrics["gauges"]["hypervm.scheduler.tenant.usage.resource.instances.tenant.m"][
         "value"] >= 2
     assert any(t["count"] > 0 for t in metrics["timers"].values())
