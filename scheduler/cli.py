@@ -66,8 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refuse-seconds", type=float, default=5.0,
                    help="filters.refuse_seconds of declines")
     p.add_argument("--max-event-streams", type=int, default=4,
-                   help="open /v2/events streams (each holds an API thread; default 4, at "
-                        "most 2 per tenant)")
+                   help="open /v2/events streams (each holds one of the --api-threads; "
+                        "default 4, at most 2 per tenant)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -119,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     master = master_address(args.master)
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
                          args.executor_prefix, args.executor_disk)
+    if not 0 <= args.max_event_streams < args.api_threads:
+        raise ConfigError(f"--max-event-streams {args.max_event_streams}: give 0 to "
+                          f"{args.api_threads - 1} (each open stream holds one of the "
+                          f"--api-threads {args.api_threads})")
     hub = MarathonHub(store, tenants, ServerInfo(
         args.name, args.listen, args.master, args.failover_timeout, args.executor_command,
         args.user), max_streams=args.max_event_streams,
