@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -113,6 +114,18 @@ def watch_capacity(master: MasterDouble, c: MarathonClient, n: int) -> tuple[int
     raise AssertionError("the rolling upgrade did not finish")
 
 
+@dataclass
+class Run:
+    """One scheduler under test, the clients of tenant m and of tenant b, their event streams."""
+    master: MasterDouble
+    sched: SchedulerProcess
+    c: MarathonClient
+    other: MarathonClient
+    events: Collector
+    others: Collector
+    auth: tuple[str, str] = ("m", "token-m")
+
+
 def test_the_marathon_client_drives_the_scheduler(
         cluster: tuple[MasterDouble, SchedulerProcess]) -> None:
     master, sched = cluster
@@ -124,9 +137,16 @@ def test_the_marathon_client_drives_the_scheduler(
     assert (info.leader, info.framework_id) == (f"127.0.0.1:{sched.port}", master.framework_id)
     assert info.marathon_config.mesos_role == "tenant-m"
     assert c.get_leader() == {"leader": f"127.0.0.1:{sched.port}"}
-    events, others = Collector(c), Collector(other)
+    run = Run(master, sched, c, other, Collector(c), Collector(other))
+    for phase in (create_list_get, scale_and_rolling_upgrade, restart_and_kill_tasks,
+                  versions_and_rollback, patch_put_groups_pods, queue_and_failure,
+                  metrics_json_and_prometheus, delete_and_events):
+        phase(run)
 
-    # create: a deployment that ends when both instances run and are healthy
+
+def create_list_get(run: Run) -> None:
+    """create: a deployment that ends when both instances run and are healthy"""
+    c, other = run.c, run.other
     created = c.create_app(APP, web_app())
     assert isinstance(created, MarathonApp) and created.id == APP and created.instances == 2
     assert [d.id for d in created.deployments]
@@ -147,13 +167,14 @@ def test_the_marathon_client_drives_the_scheduler(
     with pytest.raises(NotFoundError):
         other.get_app(APP)
 
-    # scale
+
+def scale_and_rolling_upgrade(run: Run) -> None:
+    """scale; then a full update (the definition as read, changed): a rolling upgrade that keeps
+    at least ceil(3 x 0.5) = 2 instances running and never runs more than 3 x (1 + 0) at once"""
+    c, master = run.c, run.master
     assert c.scale_app(APP, instances=3)["deploymentId"]
     settled(c)
     assert c.get_app(APP).tasks_running == 3
-
-    # a full update (the definition as read, changed): a rolling upgrade that keeps at least
-    # ceil(3 x 0.5) = 2 instances running and never runs more than 3 x (1 + 0) at once
     app = c.get_app(APP)
     before = {t.id for t in app.tasks}
     app.cmd, app.env = "echo v2; exec sleep 300", {"VERSION": "2"}
@@ -168,14 +189,17 @@ def test_the_marathon_client_drives_the_scheduler(
     assert app.tasks_healthy == 3 and not before & {t.id for t in app.tasks}
     assert all(t.version == answer["version"] for t in app.tasks)
 
-    # restart: every instance replaced, same definition
+
+def restart_and_kill_tasks(run: Run) -> None:
+    """restart: every instance replaced, same definition; a task killed without scale is
+    replaced, with scale the app shrinks"""
+    c = run.c
+    app = c.get_app(APP)
     before = {t.id for t in app.tasks}
     assert c.restart_app(APP)["deploymentId"]
     settled(c)
     app = c.get_app(APP)
     assert app.tasks_healthy == 3 and not before & {t.id for t in app.tasks}
-
-    # kill a task: without scale it is replaced, with scale the app shrinks
     victim = app.tasks[0].id
     killed = c.kill_task(APP, victim)
     assert isinstance(killed, MarathonTask) and killed.id == victim
@@ -188,15 +212,16 @@ def test_the_marathon_client_drives_the_scheduler(
     app = c.get_app(APP)
     assert (app.instances, len(app.tasks)) == (2, 2) and victim not in {t.id for t in app.tasks}
 
-    # versions: newest first, each one readable
+
+def versions_and_rollback(run: Run) -> None:
+    """versions: newest first, each one readable; a deployment that cannot finish (the new
+    health check never passes), cancelled: the rollback brings the last definition back"""
+    c, other = run.c, run.other
     versions = c.list_versions(APP)
     assert versions == sorted(versions, reverse=True) and len(versions) == 5
     first = c.get_version(APP, versions[-1])
     assert isinstance(first, MarathonApp) and (first.cmd, first.instances) == (
         "exec sleep 300", 2)
-
-    # a deployment that cannot finish (the new health check never passes), cancelled: the
-    # rollback deployment brings the last definition back
     app = c.get_app(APP)
     app.health_checks[0].command = {"value": "false"}
     stuck = c.update_app(APP, app)["deploymentId"]
@@ -216,9 +241,13 @@ def test_the_marathon_client_drives_the_scheduler(
     assert app.health_checks[0].command == {"value": "true"}
     assert (app.tasks_running, app.tasks_healthy) == (2, 2)
 
-    # PATCH merges into the definition (a config change: a rolling restart); PUT of an app
-    # that does not exist creates it, as in Marathon
-    auth = ("m", "token-m")
+
+def patch_put_groups_pods(run: Run) -> None:
+    """PATCH merges into the definition (a config change: a rolling restart); PUT of an app
+    that does not exist creates it, as in Marathon; groups are read-only, the apps by path;
+    Marathon pods and batch updates are refused, naming the alternative"""
+    c, sched = run.c, run.sched
+    auth = run.auth
     reply = requests.patch(f"{sched.url}/v2/apps{APP}", json={"labels": {"team": "shop"}},
                            auth=auth, timeout=10)
     assert reply.status_code == 200 and reply.json()["deploymentId"], reply.text
@@ -230,8 +259,6 @@ def test_the_marathon_client_drives_the_scheduler(
         "container": {"docker": {"image": "busybox:1.36"}}})
     assert reply.status_code == 201 and reply.json()["id"] == "/made/by-put", reply.text
     settled(c)
-
-    # groups: read-only, the apps by path; Marathon pods: refused, naming the alternative
     assert {g.id for g in c.list_groups()} == {"/made", "/shop"}
     assert [a.id for a in c.get_group("/shop").apps] == [APP]
     reply = requests.post(f"{sched.url}/v2/pods", auth=auth, timeout=10, json={"id": "/p"})
@@ -240,7 +267,11 @@ def test_the_marathon_client_drives_the_scheduler(
     assert reply.status_code == 501 and "PUT /v2/apps/{id}" in reply.json()["message"]
     assert c.delete_app("/made/by-put")["deploymentId"]
 
-    # queue: an app no agent can hold (5 cpus, the agent has 4) waits there
+
+def queue_and_failure(run: Run) -> None:
+    """queue: an app no agent can hold (5 cpus, the agent has 4) waits there;
+    lastTaskFailure: an app whose command fails"""
+    c = run.c
     big = MarathonApp(cmd="exec sleep 300", cpus=5, mem=16, instances=1,
                       container=MarathonContainer(type="MESOS", docker=MarathonDockerContainer(
                           image="busybox:1.36")))
@@ -249,8 +280,6 @@ def test_the_marathon_client_drives_the_scheduler(
     assert isinstance(item, MarathonQueueItem) and item.app.id == "/big" and item.count == 1
     c.reset_delay("/big")  # DELETE /v2/queue/big/delay
     assert c.delete_app("/big", force=True)["deploymentId"]
-
-    # lastTaskFailure: an app whose command fails
     crash = MarathonApp(cmd="sleep 0.2; exit 3", cpus=0.1, mem=16, instances=1,
                         container=MarathonContainer(type="MESOS", docker=MarathonDockerContainer(
                             image="busybox:1.36")))
@@ -260,7 +289,10 @@ def test_the_marathon_client_drives_the_scheduler(
     assert failure.app_id == "/crash" and failure.task_id.startswith("m.app.crash.")
     assert c.delete_app("/crash", force=True)["deploymentId"]
 
-    # metrics: Dropwizard JSON and the same figures for Prometheus, this tenant's only
+
+def metrics_json_and_prometheus(run: Run) -> None:
+    """Dropwizard JSON and the same figures for Prometheus, this tenant's only"""
+    c, sched = run.c, run.sched
     metrics = c.get_metrics()
     assert set(metrics) == {"version", "gauges", "counters", "histograms", "meters", "timers"}
     assert metrics["counters"]["hypervm.scheduler.launches.tenant.m"]["count"] >= 8
@@ -276,19 +308,21 @@ def test_the_marathon_client_drives_the_scheduler(
     assert 'tenant="b"' not in text
     assert "hypervm_scheduler_api_request_seconds_bucket" in text
 
-    # delete
+
+def delete_and_events(run: Run) -> None:
+    """delete; the event stream has every kind the issue names, parsed by the client, and
+    tenant b saw none of it"""
+    c, master = run.c, run.master
     assert c.delete_app(APP)["deploymentId"]
     settled(c)
     with pytest.raises(NotFoundError):
         c.get_app(APP)
     wait("every task ended", lambda: not live_tasks(master, "m.app."))
-
-    # the event stream: every kind the issue names, parsed by the client; B saw none of it
     wanted = {"api_post_event", "status_update_event", "health_status_changed_event",
               "deployment_info", "deployment_success", "deployment_failed"}
-    wait("every kind of event", lambda: wanted <= events.types(), 20)
-    assert events.error is None and others.error is None
-    assert others.types() <= {"event_stream_attached"}
+    wait("every kind of event", lambda: wanted <= run.events.types(), 20)
+    assert run.events.error is None and run.others.error is None
+    assert run.others.types() <= {"event_stream_attached"}
     assert master.all_violations() == []
 
 
