@@ -167,13 +167,14 @@ class App:
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, rest: str) -> None:
         self._update(req, resp, rest, partial=req.get_param_as_bool(
-            "partialUpdate", default=True))
+            "partialUpdate", default=True), creates=True)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, rest: str) -> None:
-        self._update(req, resp, rest, partial=True)
+        self._update(req, resp, rest, partial=True, creates=False)
 
-    def _update(self, req: falcon.Request, resp: falcon.Response, rest: str, partial: bool
-                ) -> None:
+    def _update(self, req: falcon.Request, resp: falcon.Response, rest: str, partial: bool,
+                creates: bool) -> None:
+        """PUT of an app that does not exist creates it (Marathon's semantics); PATCH 404s."""
         tenant = _tenant(req)
         app_id, sub, _ = split(rest)
         if sub is not None:
@@ -183,7 +184,7 @@ class App:
             dep = self.deployments.update(tenant, app_id, body, partial=partial,
                                           force=req.get_param_as_bool("force", default=False))
         except NotFound:
-            if not isinstance(body, dict) or set(body) - {"id"} == {"version"}:
+            if not creates or not isinstance(body, dict) or set(body) - {"id"} == {"version"}:
                 raise
             resp.media = self.apps.create(req, {**body, "id": app_id})  # PUT creates
             resp.status = falcon.HTTP_201
