@@ -129,6 +129,7 @@ def make_app(workloads: Workloads, tenants: Tenants, marathon: MarathonHub | Non
     app.add_route("/v1/pods", pods)
     app.add_route("/v1/pods/{pod_id}", pods, suffix="one")
     if marathon is None:
+        # a cycle: the Marathon resources import read_json from this module
         from scheduler.marathon_api.hub import MarathonHub
 
         marathon = MarathonHub.for_workloads(workloads, tenants)
