@@ -27,6 +27,7 @@ from executor.guest.protocol import (
     MsgType,
     clip_text,
     layer_serial,
+    limits_payload,
     mount_payload,
     process_payload,
     reply_pid,
@@ -317,7 +318,9 @@ class HyperVM:
                             DEFAULT_PATH),
             readonly=container.rootfs.readonly,
             mounts=[self._mount_payload(m) for m in container.mounts],
-            hostname=container.hostname, wait_ms=LAYER_WAIT_MS if self.warm else None)
+            hostname=container.hostname, wait_ms=LAYER_WAIT_MS if self.warm else None,
+            limits=limits_payload(container.limits.memory_mib, container.limits.pids,
+                                  container.limits.scratch_mib))
         return self._spawn(MsgType.START, payload, container.name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
 

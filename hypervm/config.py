@@ -24,6 +24,8 @@ DEFAULT_LIBVIRT_URI = "qemu:///system"
 DEFAULT_VM_UID_RANGE = (200000, 265535)
 #: how long a registry's "yes, this tenant may read this image" is remembered
 DEFAULT_IMAGE_AUTH_TTL_S = 300.0
+#: pids.max of each container in a guest (a fork bomb stops there); 0: no limit
+DEFAULT_CONTAINER_PIDS = 4096
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,11 @@ class HostConfig:
     image_auth_ttl_s: float = DEFAULT_IMAGE_AUTH_TTL_S
     #: Mesos tasks without credentials of their own pull with the host's Docker credentials
     task_host_credentials: bool = False
+    #: pids.max of each container (HYPERVM_CONTAINER_PIDS); None: unlimited
+    container_pids: int | None = DEFAULT_CONTAINER_PIDS
+    #: size of a container's writable layer (a tmpfs in guest RAM) when its task names no
+    #: disk (HYPERVM_WRITABLE_LAYER_MIB); None: the guest kernel's default, half the VM's RAM
+    writable_layer_mib: int | None = None
 
     @property
     def kernel_dir(self) -> Path:
@@ -225,7 +232,22 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         vm_uid_range=uid_range(env.get("HYPERVM_VM_UID_RANGE", "")),
         image_auth_ttl_s=seconds(env, "HYPERVM_IMAGE_AUTH_TTL", DEFAULT_IMAGE_AUTH_TTL_S),
         task_host_credentials=host_creds == "on",
+        container_pids=env_count(env, "HYPERVM_CONTAINER_PIDS", DEFAULT_CONTAINER_PIDS,
+                                 "e.g. 4096 processes and threads per container, or 0: none"),
+        writable_layer_mib=env_count(env, "HYPERVM_WRITABLE_LAYER_MIB", None,
+                                     "e.g. 1024 MiB per container, or 0: half the VM's RAM"),
     )
+
+
+def env_count(env: Mapping[str, str], name: str, default: int | None, hint: str) -> int | None:
+    """``env[name]`` as a whole number (``default`` when unset or empty); 0 means None (no
+    limit); else InvalidSpec naming the variable."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise InvalidSpec(name, f"{value!r} is not a whole number", hint=hint)
+    return int(value) or None
 
 
 def uid_range(text: str) -> tuple[int, int]:

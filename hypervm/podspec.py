@@ -18,6 +18,8 @@ from hypervm.netspec import NetworkSpec
 MIN_MEMORY_MIB = 64
 MAX_MEMORY_MIB = 1024 * 1024
 MAX_CPUS = 64
+#: below this a container's cgroup cannot even start its process (init refuses < 4 MiB)
+MIN_LIMIT_MEMORY_MIB = 4
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -80,12 +82,33 @@ class Rootfs:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A container's bounds inside its VM (init/PROTOCOL.md START ``limits``): ``memory_mib``
+    its cgroup's memory.max, ``pids`` its pids.max, ``scratch_mib`` the size of its writable
+    layer (a tmpfs in guest RAM). None: not limited (the VM's RAM still bounds it)."""
+
+    memory_mib: int | None = None
+    pids: int | None = None
+    scratch_mib: int | None = None
+
+    def validate(self, where: str) -> None:
+        for name, value, low, hint in (
+                ("memory", self.memory_mib, MIN_LIMIT_MEMORY_MIB, "MiB"),
+                ("pids", self.pids, 2, "processes and threads"),
+                ("disk", self.scratch_mib, 1, "MiB of writable layer")):
+            if value is not None and not low <= value <= MAX_MEMORY_MIB:
+                raise InvalidSpec(f"{where}.{name}", f"{value} is out of range",
+                                  hint=f"use {low}..{MAX_MEMORY_MIB} {hint}")
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     rootfs: Rootfs
     process: Process
     mounts: tuple[Mount, ...] = ()
     hostname: str | None = None
+    limits: Limits = field(default_factory=Limits)
 
     def validate(self) -> None:
         where = f"containers[{self.name}]"
@@ -94,6 +117,7 @@ class Container:
         if not self.rootfs.layers:
             raise InvalidSpec(f"{where}.rootfs", "no layers")
         self.process.validate(f"{where}.process")
+        self.limits.validate(f"{where}.limits")
         for i, mount in enumerate(self.mounts):
             mount.validate(f"{where}.mounts[{i}]")
 

@@ -111,6 +111,7 @@ def framework_info(args: argparse.Namespace, tenants: Tenants, framework_id: str
 
 
 def run(args: argparse.Namespace) -> int:
+    # optional dependency: pymesos is installed by make deps, not by pip (DEVELOPERS.md)
     from pymesos import MesosSchedulerDriver
 
     tenants = load_tenants(args.tenants)

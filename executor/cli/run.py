@@ -19,8 +19,10 @@ from executor.launcher import Launcher, boot_vm
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, InvalidSpec
+from hypervm.limits import default_limits
 from hypervm.netspec import NetworkSpec, parse_publish
-from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+from hypervm.podspec import Container, Limits, PodSpec, Process, Resources, Rootfs
+from vmimage.rootfs import build_layer_image
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,6 @@ def rootfs_image(cfg: HostConfig, rootfs: Path | None) -> Iterator[Path]:
     if not rootfs.is_dir():
         raise InvalidSpec("--rootfs", f"{rootfs} is not a directory",
                           hint="pass an existing directory holding the container's files")
-    from vmimage.rootfs import build_layer_image
 
     cfg.rootfs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.rootfs_dir, 0o755)
@@ -181,16 +182,20 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
         vm.poweroff(timeout=2.0)
     if running.status is None:
         return 128 + (stop.signum or signal.SIGKILL)
-    if running.status.lost:
+    if running.status.oom_killed:
+        print(f"hypervm: {container.name}: killed: out of memory in the container "
+              f"(exit {running.status.code}; give the VM more with --memory)", file=sys.stderr)
+    elif running.status.lost:
         print(f"hypervm: error: the command was {running.status.describe()}", file=sys.stderr)
     return running.status.code
 
 
 def single_pod(name: str, layers: tuple[Path, ...], process: Process,
-               resources: Resources, net: NetworkSpec | None = None) -> PodSpec:
+               resources: Resources, net: NetworkSpec | None = None,
+               limits: Limits | None = None) -> PodSpec:
     pod = PodSpec(name=name, containers=(Container(name=name, rootfs=Rootfs(layers=layers),
-                                                   process=process),), resources=resources,
-                  network=net or NetworkSpec())
+                                                   process=process, limits=limits or Limits()),),
+                  resources=resources, network=net or NetworkSpec())
     pod.validate()
     return pod
 
@@ -214,7 +219,7 @@ def run_command(args: argparse.Namespace) -> int:
         process = process_from_args(args, command)
         process.validate("process")
         with rootfs_image(cfg, args.rootfs) as image:
-            pod = single_pod(args.name, (image,), process, resources, net)
+            pod = single_pod(args.name, (image,), process, resources, net, default_limits(cfg))
             return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)
     if args.image is None:
         raise InvalidSpec("IMAGE", "no image and no --rootfs given",
@@ -236,7 +241,7 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
             image, command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),
             cwd=args.workdir, user=args.user, stdin=args.interactive)
         process.validate("process")
-        pod = single_pod(args.name, image.layers, process, resources, net)
+        pod = single_pod(args.name, image.layers, process, resources, net, default_limits(cfg))
         return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
                        on_booted=hold.close)
 

@@ -58,6 +58,14 @@ REQUESTS = frozenset({MsgType.START, MsgType.EXEC, MsgType.SIGNAL, MsgType.POWER
 PROCESS_FRAMES = frozenset({MsgType.STDIN, MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT})
 #: ERROR codes that mean "the command could not be executed", with the shell's exit status
 EXEC_FAILURE_STATUS = {"ENOENT": 127, "EACCES": 126}
+#: EXIT ``reason`` of a container's main process whose container the OOM killer hit
+REASON_OOM = "oom"
+MIB = 1024 * 1024
+#: START ``limits`` bounds (init/src/parse.h)
+MIN_MEMORY_LIMIT_MIB = 4
+MIN_SCRATCH_LIMIT_MIB = 1
+MAX_LIMIT_MIB = 1 << 30
+MAX_PIDS_LIMIT = 4194304
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,23 @@ def encode_json(type_: MsgType, id_: int, obj: dict[str, Any]) -> bytes:
     return encode(type_, id_, json.dumps(obj, separators=(",", ":")).encode())
 
 
+def limits_payload(memory_mib: int | None = None, pids: int | None = None,
+                   scratch_mib: int | None = None) -> dict[str, int] | None:
+    """START's ``limits`` object (memory and scratch in bytes); None when nothing is limited.
+    Values out of init's ranges raise ProtocolError (podspec validates them first)."""
+    limits: dict[str, int] = {}
+    for key, value, low, high, unit in (
+            ("memory", memory_mib, MIN_MEMORY_LIMIT_MIB, MAX_LIMIT_MIB, MIB),
+            ("pids", pids, 2, MAX_PIDS_LIMIT, 1),
+            ("scratch", scratch_mib, MIN_SCRATCH_LIMIT_MIB, MAX_LIMIT_MIB, MIB)):
+        if value is None:
+            continue
+        if not low <= value <= high:
+            raise ProtocolError(f"limits.{key}: {value} is out of range {low}..{high}")
+        limits[key] = value * unit
+    return limits or None
+
+
 def encode_stdin(handle: int, data: bytes) -> Iterator[bytes]:
     """STDIN frames for ``data``, split at the maximum payload; ``b""`` yields the EOF frame."""
     if not data:
@@ -219,11 +244,12 @@ class FrameDecoder:
 @dataclass(frozen=True)
 class ExitStatus:
     """How a guest process ended: ``status`` for a normal exit, ``signal`` when killed; both
-    None when the VM (or its channel) went away before the process reported its exit."""
+    None when the VM (or its channel) went away before the process reported its exit.
+    ``reason``: REASON_OOM when the kernel's OOM killer ended the process's container; for a
+    lost process, why it was lost (e.g. the guest channel broke). Not part of equality."""
 
     status: int | None
     signal: int | None
-    #: why a lost process was lost (e.g. the guest channel broke); not part of equality
     reason: str | None = field(default=None, compare=False)
 
     @property
@@ -235,19 +261,28 @@ class ExitStatus:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ExitStatus:
-        """From a guest's EXIT: exactly one of status (0..255) and signal (1..64)."""
+        """From a guest's EXIT: exactly one of status (0..255) and signal (1..64), and an
+        optional ``reason`` (only "oom" means anything: a newer init's reason is no reason)."""
         status, signal = payload.get("status"), payload.get("signal")
-        if (status is None) == (signal is None):
+        reason = payload.get("reason")
+        if (status is None) == (signal is None) or not (reason is None or isinstance(reason, str)):
             raise ProtocolError(f"EXIT payload is invalid: {clip_text(repr(payload), 200)}")
+        known = REASON_OOM if reason == REASON_OOM else None
         if status is not None:
-            return cls(_int_in(status, 0, 255, "exit status"), None)
-        return cls(None, _int_in(signal, 1, MAX_SIGNAL, "exit signal"))
+            return cls(_int_in(status, 0, 255, "exit status"), None, known)
+        return cls(None, _int_in(signal, 1, MAX_SIGNAL, "exit signal"), known)
+
+    @property
+    def oom_killed(self) -> bool:
+        return self.reason == REASON_OOM
 
     @property
     def lost(self) -> bool:
         return self.status is None and self.signal is None
 
     def describe(self) -> str:
+        if self.signal is not None and self.oom_killed:
+            return f"killed by signal {self.signal}: out of memory (the container's memory limit)"
         if self.signal is not None:
             return f"killed by signal {self.signal}"
         if self.lost:
@@ -316,14 +351,19 @@ def mount_payload(type_: str, destination: str, readonly: bool, source: str | No
 
 def start_payload(container: str, handle: int, layers: list[str], process: dict[str, Any], *,
                   readonly: bool = False, mounts: list[dict[str, Any]] | None = None,
-                  hostname: str | None = None, wait_ms: int | None = None) -> dict[str, Any]:
+                  hostname: str | None = None, wait_ms: int | None = None,
+                  limits: dict[str, int] | None = None) -> dict[str, Any]:
     """START: a container over the disks ``layers`` (serials, lowest first) running
-    ``process``; ``wait_ms`` when the disks are hot-added and may not be there yet."""
+    ``process``; ``wait_ms`` when the disks are hot-added and may not be there yet;
+    ``limits`` from :func:`limits_payload`."""
     rootfs: dict[str, Any] = {"layers": layers, "readonly": readonly}
     if wait_ms is not None:
         rootfs["wait_ms"] = wait_ms
-    return {"container": container, "handle": handle, "rootfs": rootfs,
-            "mounts": mounts or [], "hostname": hostname or container, "process": process}
+    payload = {"container": container, "handle": handle, "rootfs": rootfs,
+               "mounts": mounts or [], "hostname": hostname or container, "process": process}
+    if limits is not None:
+        payload["limits"] = limits
+    return payload
 
 
 def warmup_start(image_layers: int = 0, destination: str = "/mnt/pool",

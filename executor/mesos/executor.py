@@ -110,6 +110,12 @@ def exit_message(status: ExitStatus) -> str:
     return f"Command exited with status {status.status}"
 
 
+def oom_message(task: Task, status: ExitStatus) -> str:
+    mem = f" of {task.spec.mem_mib:g} MB" if task.spec is not None and task.spec.mem_mib else ""
+    return (f"Memory limit exceeded: task {task.task_id} ran out of its memory{mem} and was "
+            f"killed by the OOM killer ({exit_message(status)})")
+
+
 class ExecutorCore:
     def __init__(self, settings: ExecutorSettings, runtime: Runtime,
                  rotation: tuple[int, int] = (10 * 1024 * 1024, 5),
@@ -409,6 +415,9 @@ class ExecutorCore:
         if task.kill_requested:
             self._finish(task, "TASK_KILLED", message,
                          healthy=False if task.unhealthy else None)
+        elif status.oom_killed:
+            self._finish(task, "TASK_FAILED", oom_message(task, status),
+                         reason="REASON_CONTAINER_LIMITATION_MEMORY")
         elif status.code == 0:
             self._finish(task, "TASK_FINISHED", message)
         elif status.lost and status.reason:  # the host cut the guest off (its channel broke)

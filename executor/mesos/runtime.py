@@ -31,7 +31,10 @@ from executor.mesos.volume_paths import host_dir, sandbox_dir
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 from hypervm.imageprocess import UserResolver, image_process, merge_env
-from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
+from hypervm.limits import task_limits
+from hypervm.netspec import NetworkSpec, mappings_from_mesos
+from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
+from vmimage.images.authorize import PullAuth
 
 log = logging.getLogger(__name__)
 
@@ -133,24 +136,24 @@ def task_mounts(task: TaskSpec, plan: PodPlan) -> tuple[Mount, ...]:
 
 
 def build_container(task: TaskSpec, name: str, layers: tuple[Path, ...], config: Any,
-                    resolve_user: UserResolver, plan: PodPlan) -> Container:
+                    resolve_user: UserResolver, plan: PodPlan,
+                    limits: Limits | None = None) -> Container:
     """The Container for one task from its image (``config``: vmimage's ImageConfig), by the
-    same rules as ``hypervm run`` (hypervm.imageprocess) with the task's overrides."""
+    same rules as ``hypervm run`` (hypervm.imageprocess) with the task's overrides, within
+    ``limits`` (hypervm.limits.task_limits)."""
     entrypoint, command = command_overrides(task.command)
     process = image_process(config, resolve_user, entrypoint=entrypoint, command=command,
                             env=mesos_env(task), user=task.user or None,
                             field=f"{task.where}.command", image_name="the image",
                             hint='set "command": {"value": "..."}')
     return Container(name=name, rootfs=Rootfs(layers=layers), process=process,
-                     mounts=task_mounts(task, plan), hostname=name)
+                     mounts=task_mounts(task, plan), hostname=name, limits=limits or Limits())
 
 
 def pod_network(tasks: tuple[TaskSpec, ...]) -> Any:
     """The pod's NetworkSpec: a user-mode NIC; each task's ``ports`` resources are published
     to its DiscoveryInfo ports (in order; further host ports map to the same number); the
     tenant is the role of the tasks' resources."""
-    from hypervm.netspec import NetworkSpec, mappings_from_mesos
-
     mappings: list[Any] = []
     for task in tasks:
         try:
@@ -175,8 +178,6 @@ def probe_address(network: Any, container_port: int, where: str) -> tuple[str, i
 def pull_auth(task: TaskSpec, network: Any) -> Any:
     """A task pulls as its tenant (its role) with its own credentials: a cached image is
     authorized by the registry for it (vmimage.images.authorize)."""
-    from vmimage.images.authorize import PullAuth
-
     return PullAuth(tenant=task.role or network.tenant, credentials=task.image_credentials)
 
 
@@ -252,7 +253,7 @@ class VMPod:
                                          pull_auth(task, self.network))
                 container = build_container(task, self.names[task.task_id], image.layers,
                                             image.config, launcher.user_resolver(image),
-                                            self.plan)
+                                            self.plan, task_limits(task, self.cfg))
                 self._containers[task.task_id] = container
                 containers.append(container)
             pod = PodSpec(name=self.plan.name, containers=tuple(containers),

@@ -107,6 +107,8 @@ class TaskSpec:
     pull_policy: str = "missing"
     cpus: float = 0.0
     mem_mib: float = 0.0
+    #: the task's ``disk`` resource: the size of its container's writable layer
+    disk_mib: float = 0.0
     kill_grace_s: float | None = None
     health_check: HealthCheckSpec | None = None
     labels: tuple[tuple[str, str], ...] = ()
@@ -561,6 +563,7 @@ def parse_task(value: Any, where: str, group: bool = False,
         task_id=task_id, name=name, where=where, image=image, pull_policy=pull_policy,
         command=command, env=env, user=user, volumes=_volumes(task, where, policy),
         cpus=resources.get("cpus", 0.0), mem_mib=resources.get("mem", 0.0),
+        disk_mib=max(0.0, resources.get("disk", 0.0)),
         kill_grace_s=kill_grace_s(task.get("kill_policy"), f"{where}.kill_policy"),
         health_check=health, labels=_labels(task, where),
         port_ranges=port_ranges(task.get("resources", []), f"{where}.resources"),

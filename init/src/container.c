@@ -17,9 +17,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "layers.h"
 #include "log.h"
 #include "net.h"
+#include "procmask.h"
+#include "scratch.h"
 #include "shares.h"
 
 static int mkdir_p(const char *path, struct op_error *e)
@@ -80,13 +83,14 @@ static int overlay_options(const struct start_req *req, char *buf, size_t size)
 static int assemble_rootfs(const struct start_req *req, struct op_error *e)
 {
 	const char *root = SCRATCH_DIR "/root";
-	char opts[4096];
+	char opts[4096], scratch[64];
 
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
 		log_errno("make / private");
 		return op_fail(e, "EMOUNT", errno, "make / private");
 	}
-	if (do_mount("tmpfs", SCRATCH_DIR, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", e) != 0 ||
+	tmpfs_options(scratch, sizeof(scratch), "mode=0755", req->limits.scratch);
+	if (do_mount("tmpfs", SCRATCH_DIR, "tmpfs", MS_NOSUID | MS_NODEV, scratch, e) != 0 ||
 	    mkdir_p(SCRATCH_DIR "/upper", e) != 0 || mkdir_p(SCRATCH_DIR "/work", e) != 0 ||
 	    mkdir_p(root, e) != 0)
 		return -1;
@@ -159,7 +163,8 @@ static int mount_system_fs(struct op_error *e)
 	    make_dev_nodes(e) != 0 ||
 	    do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
 		     "newinstance,ptmxmode=0666,mode=0620", e) != 0 ||
-	    do_mount("shm", "/dev/shm", "tmpfs", nosuid, "mode=1777", e) != 0)
+	    do_mount("shm", "/dev/shm", "tmpfs", nosuid, "mode=1777,size=65536k", e) != 0 ||
+	    procmask_apply(e) != 0)
 		return -1;
 	/* optional, read-only: lets programs read their limits; no cgroups, no failure */
 	if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | MS_RDONLY, NULL) != 0 &&
@@ -180,9 +185,13 @@ static int mount_requested(const struct start_req *req, const int *share_fds,
 			rc = mkdir_p(m->destination, e) != 0
 				     ? -1
 				     : shares_attach(share_fds[i], m->destination, m->readonly, e);
-		else
+		else {
+			char opts[64];
+
+			tmpfs_options(opts, sizeof(opts), "mode=1777", req->limits.scratch);
 			rc = do_mount("tmpfs", m->destination, "tmpfs", MS_NOSUID | MS_NODEV | ro,
-				      "mode=1777", e);
+				      opts, e);
+		}
 		if (rc != 0) {
 			char detail[sizeof(e->message)];
 
@@ -194,14 +203,20 @@ static int mount_requested(const struct start_req *req, const int *share_fds,
 	return 0;
 }
 
+#define CONTAINER_NS (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)
+
 /* The clone()d child, PID 1 of the new PID namespace. Never returns. */
-static __attribute__((noreturn)) void container_child(const struct start_req *req,
+static __attribute__((noreturn)) void container_child(const struct start_req *req, int cgroup_fd,
 						       struct spawn_fds *f)
 {
 	struct op_error e;
 	int share_fds[MAX_MOUNTS];
 
-	if (shares_clone(req, share_fds, &e) != 0 || assemble_rootfs(req, &e) != 0 ||
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
+	if ((cgroup_fd >= 0 && cgroup_unshare_ns(&e) != 0) ||
+	    shares_clone(req, share_fds, &e) != 0 ||
+	    assemble_rootfs(req, &e) != 0 ||
 	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
 	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
 	    mount_requested(req, share_fds, &e) != 0)
@@ -214,23 +229,21 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 	spawn_process_and_shim(&req->proc, f);
 }
 
-int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *reaper, pid_t *pid,
-		    struct op_error *e)
+int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds *f,
+		    pid_t *reaper, pid_t *pid, struct op_error *e)
 {
-	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
 	long child;
 
 	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0 ||
 	    shares_ensure(req, e) != 0)
 		return -1;
-	/* fork() semantics: no new stack, the child continues here */
-	child = syscall(SYS_clone, flags, 0, 0, 0, 0);
+	child = cgroup_clone(CONTAINER_NS, cgroup_fd);
 	if (child < 0) {
 		log_errno("clone container %s", req->container);
 		return op_fail(e, "ESPAWN", errno, "clone");
 	}
 	if (child == 0)
-		container_child(req, f);
+		container_child(req, cgroup_fd, f);
 	spawn_fds_close_child_side(f);
 	*reaper = (pid_t)child;
 	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
@@ -263,14 +276,19 @@ static struct {
 	char tags[MAX_MOUNTS][MAX_TAG_LEN + 1];
 	size_t ntags;
 	int net_files; /* /etc files were bound (NETWORK had been configured) */
+	char cgroup[CGROUP_NAME_MAX]; /* born in it; "": none */
 } prepared = {.sock = -1};
 
-static void drop_prepared(void)
+/* release_cgroup: the prepared container is gone, not handed to a START */
+static void drop_prepared(int release_cgroup)
 {
 	if (prepared.sock >= 0)
 		close(prepared.sock); /* EOF: a waiting child exits */
 	prepared.sock = -1;
 	prepared.pid = 0;
+	if (release_cgroup)
+		cgroup_release(prepared.cgroup);
+	prepared.cgroup[0] = '\0';
 }
 
 /* In the prepared child: the START's 9p mounts as clones of the carried tags, the rest as
@@ -300,7 +318,8 @@ static int prepared_mounts(const struct start_req *req, const struct prepare_req
 }
 
 /* In the prepared child, once prepared: wait for the START, then finish it. Never returns. */
-static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock)
+static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock,
+						    int scratch_fd)
 {
 	uint32_t mask = 0;
 	char *payload = malloc(PREPARED_MAX_PAYLOAD);
@@ -340,8 +359,11 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "EINVAL", 0, "%s", rerr.message);
 		spawn_report_failure(f.report[1], &e);
 	}
-	if (prepared_mounts(&r.u.start, prep, &e) != 0)
+	if ((r.u.start.limits.scratch > 0 &&
+	     scratch_resize(scratch_fd, r.u.start.limits.scratch, &e) != 0) ||
+	    prepared_mounts(&r.u.start, prep, &e) != 0)
 		spawn_report_failure(f.report[1], &e);
+	close(scratch_fd);
 	if (sethostname(r.u.start.hostname, strlen(r.u.start.hostname)) != 0) {
 		log_errno("sethostname %s", r.u.start.hostname);
 		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
@@ -350,15 +372,24 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 	spawn_process_and_shim(&r.u.start.proc, &f);
 }
 
-/* The clone()d child of PREPARE, PID 1 of the new PID namespace. Never returns. */
-static __attribute__((noreturn)) void prepared_child(const struct prepare_req *req, int sock)
+/* The clone()d child of PREPARE, PID 1 of the new PID namespace, born in its cgroup (if
+ * in_cgroup). Never returns. */
+static __attribute__((noreturn)) void prepared_child(const struct prepare_req *req, int sock,
+						      int in_cgroup)
 {
 	const char *root = SCRATCH_DIR "/root";
 	struct op_error e;
+	int scratch_fd;
 
 	memset(&e, 0, sizeof(e));
-	if (assemble_rootfs(&req->rootfs, &e) != 0)
+	if ((in_cgroup && cgroup_unshare_ns(&e) != 0) || assemble_rootfs(&req->rootfs, &e) != 0)
 		goto fail;
+	scratch_fd = open(SCRATCH_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (scratch_fd < 0) {
+		log_errno("open %s", SCRATCH_DIR);
+		op_fail(&e, "EMOUNT", errno, "open the writable layer");
+		goto fail;
+	}
 	for (size_t i = 0; i < req->nshares; i++) {
 		char carried[sizeof(SCRATCH_DIR) + sizeof(CARRIED_DIR) + MAX_TAG_LEN + 8];
 		char source[sizeof(SHARES_DIR) + MAX_TAG_LEN + 2];
@@ -374,7 +405,7 @@ static __attribute__((noreturn)) void prepared_child(const struct prepare_req *r
 	memset(&e, 0, sizeof(e)); /* an empty code: prepared */
 	if (write(sock, &e, sizeof(e)) != (ssize_t)sizeof(e))
 		_exit(1);
-	prepared_wait(req, sock);
+	prepared_wait(req, sock, scratch_fd);
 fail:
 	if (write(sock, &e, sizeof(e)) < 0)
 		log_errno("report the prepare failure");
@@ -383,7 +414,9 @@ fail:
 
 int container_prepare(const struct prepare_req *req, struct op_error *e)
 {
-	const long flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD;
+	const struct limits none = {0, 0, 0};
+	char cgroup[CGROUP_NAME_MAX];
+	int cgroup_fd;
 	struct start_req shares;
 	struct op_error ce;
 	struct pollfd pfd;
@@ -400,20 +433,26 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	if (layers_ensure(req->rootfs.layers, req->rootfs.nlayers, req->rootfs.wait_ms, e) != 0 ||
 	    shares_ensure(&shares, e) != 0)
 		return -1;
+	if ((cgroup_fd = cgroup_create(&none, cgroup, e)) == -1)
+		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
 		log_errno("socketpair");
+		cgroup_release(cgroup);
 		return op_fail(e, "ESPAWN", errno, "socketpair");
 	}
-	child = syscall(SYS_clone, flags, 0, 0, 0, 0);
+	child = cgroup_clone(CONTAINER_NS, cgroup_fd);
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
 	if (child < 0) {
 		log_errno("clone the prepared container");
 		close(sv[0]);
 		close(sv[1]);
+		cgroup_release(cgroup);
 		return op_fail(e, "ESPAWN", errno, "clone");
 	}
 	if (child == 0) {
 		close(sv[0]);
-		prepared_child(req, sv[1]);
+		prepared_child(req, sv[1], cgroup[0] != '\0');
 	}
 	close(sv[1]);
 	pfd = (struct pollfd){.fd = sv[0], .events = POLLIN};
@@ -423,6 +462,7 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	if (n != (ssize_t)sizeof(ce) || ce.code[0] != '\0') {
 		kill((pid_t)child, SIGKILL);
 		close(sv[0]);
+		cgroup_release(cgroup);
 		if (n != (ssize_t)sizeof(ce))
 			return op_fail(e, "ESPAWN", 0, "the prepared container did not come up");
 		*e = ce;
@@ -431,6 +471,7 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	}
 	prepared.pid = (pid_t)child;
 	prepared.sock = sv[0];
+	memcpy(prepared.cgroup, cgroup, sizeof(prepared.cgroup));
 	prepared.nlayers = req->rootfs.nlayers;
 	for (size_t i = 0; i < req->rootfs.nlayers; i++)
 		snprintf(prepared.layers[i], sizeof(prepared.layers[i]), "%s", req->rootfs.layers[i]);
@@ -465,7 +506,8 @@ int container_prepared_fits(const struct start_req *req, size_t payload_len)
 }
 
 int container_start_prepared(const struct start_req *req, const uint8_t *payload, size_t len,
-			     struct spawn_fds *f, pid_t *reaper, pid_t *pid, struct op_error *e)
+			     char cgroup[CGROUP_NAME_MAX], struct spawn_fds *f, pid_t *reaper,
+			     pid_t *pid, struct op_error *e)
 {
 	int ends[PREPARED_FDS] = {f->out[1], f->err[1], f->in[0], f->report[1], f->status[1]};
 	int fds[PREPARED_FDS], nfds = 0;
@@ -485,10 +527,16 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		if (root_fd >= 0)
 			close(root_fd);
 		kill(prepared.pid, SIGKILL);
-		drop_prepared();
+		drop_prepared(1);
 		return 1; /* start it the usual way */
 	}
 	close(root_fd);
+	/* nothing of the container runs yet: its reaper waits for this START */
+	if (cgroup_set_limits(prepared.cgroup, &req->limits, e) != 0) {
+		kill(prepared.pid, SIGKILL);
+		drop_prepared(1);
+		return -1;
+	}
 	for (int i = 0; i < PREPARED_FDS; i++)
 		if (ends[i] >= 0) {
 			mask |= 1u << i;
@@ -508,10 +556,11 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 	if (n != (ssize_t)(sizeof(mask) + len)) {
 		log_errno("hand the START to the prepared container %d", (int)prepared.pid);
 		kill(prepared.pid, SIGKILL);
-		drop_prepared();
+		drop_prepared(1);
 		return 1;
 	}
-	drop_prepared();
+	memcpy(cgroup, prepared.cgroup, CGROUP_NAME_MAX);
+	drop_prepared(0);
 	spawn_fds_close_child_side(f);
 	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
 		kill(*reaper, SIGKILL);
@@ -524,28 +573,32 @@ void container_prepared_exited(pid_t pid)
 {
 	if (pid == prepared.pid && pid != 0) {
 		log_msg("the prepared container %d ended before its START", (int)pid);
-		drop_prepared();
+		drop_prepared(1);
 	}
 }
 
 static int join_namespaces(pid_t reaper, int report_fd)
 {
-	static const char *const names[] = {"ipc", "uts", "pid", "mnt"};
-	int fds[4];
+	static const char *const names[] = {"cgroup", "ipc", "uts", "pid", "mnt"};
+	int fds[5];
 	struct op_error e;
 
-	for (size_t i = 0; i < 4; i++) {
+	for (size_t i = 0; i < 5; i++) {
 		char path[64];
 
 		snprintf(path, sizeof(path), "/proc/%d/ns/%s", (int)reaper, names[i]);
 		fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+		if (fds[i] < 0 && i == 0 && errno == ENOENT)
+			continue; /* a kernel without cgroups */
 		if (fds[i] < 0) {
 			log_errno("open %s", path);
 			op_fail(&e, "ENOCONT", errno, "container namespace %s", names[i]);
 			spawn_report_failure(report_fd, &e);
 		}
 	}
-	for (size_t i = 0; i < 4; i++) {
+	for (size_t i = 0; i < 5; i++) {
+		if (fds[i] < 0)
+			continue;
 		if (setns(fds[i], 0) != 0) {
 			log_errno("setns %s of pid %d", names[i], (int)reaper);
 			op_fail(&e, "ESPAWN", errno, "join the container's %s namespace", names[i]);
@@ -556,11 +609,17 @@ static int join_namespaces(pid_t reaper, int report_fd)
 	return 0;
 }
 
-int container_exec(pid_t reaper, const struct proc_spec *p, struct spawn_fds *f, pid_t *shim,
-		   pid_t *pid, struct op_error *e)
+int container_exec(const char *cgroup, pid_t reaper, const struct proc_spec *p,
+		   struct spawn_fds *f, pid_t *shim, pid_t *pid, struct op_error *e)
 {
-	pid_t child = fork();
+	int cgroup_fd = cgroup_open(cgroup, e);
+	long child;
 
+	if (cgroup_fd == -1)
+		return -1;
+	child = cgroup_clone(0, cgroup_fd); /* born in the container's cgroup */
+	if (cgroup_fd >= 0)
+		close(cgroup_fd);
 	if (child < 0) {
 		log_errno("fork");
 		return op_fail(e, "ESPAWN", errno, "fork");
@@ -570,9 +629,9 @@ int container_exec(pid_t reaper, const struct proc_spec *p, struct spawn_fds *f,
 		spawn_process_and_shim(p, f);
 	}
 	spawn_fds_close_child_side(f);
-	*shim = child;
+	*shim = (pid_t)child;
 	if (spawn_await(f->report[0], child, pid, e) != 0) {
-		kill(child, SIGKILL);
+		kill((pid_t)child, SIGKILL);
 		return -1;
 	}
 	return 0;

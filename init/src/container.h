@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
 #include "exec.h"
 #include "operror.h"
 #include "parse.h"
@@ -16,10 +17,12 @@
  * namespace: one path serves every container. */
 #define SCRATCH_DIR "/run/hypervm/scratch"
 
-/* Create the container and start its main process under a reaper. On success *reaper is the
- * reaper's pid and *pid the process's (both as init sees them); f holds init's pipe ends. */
-int container_start(const struct start_req *req, struct spawn_fds *f, pid_t *reaper, pid_t *pid,
-		    struct op_error *e);
+/* Create the container and start its main process under a reaper, born in the cgroup of
+ * cgroup_fd (cgroup_create; < 0: none) with a cgroup namespace rooted there. On success
+ * *reaper is the reaper's pid and *pid the process's (both as init sees them); f holds init's
+ * pipe ends. */
+int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds *f,
+		    pid_t *reaper, pid_t *pid, struct op_error *e);
 
 /* PREPARE: make a container ahead of its START (at most one per VM); EEXIST when one is. */
 int container_prepare(const struct prepare_req *req, struct op_error *e);
@@ -28,16 +31,20 @@ int container_prepare(const struct prepare_req *req, struct op_error *e);
  * flag, 9p mounts only of the tags it carries, and /etc files if NETWORK has been configured. */
 int container_prepared_fits(const struct start_req *req, size_t payload_len);
 
-/* container_start with the prepared container (which is used up): 0 or -1 like container_start,
- * 1 when the prepared container turned out unusable (dropped; start the usual way). */
+/* container_start with the prepared container, which is used up: it was born in a cgroup of
+ * its own at PREPARE, whose name goes into `cgroup`, and gets the START's limits. 0 or -1 like
+ * container_start, 1 when the prepared container turned out unusable (dropped; start the
+ * usual way). */
 int container_start_prepared(const struct start_req *req, const uint8_t *payload, size_t len,
-			     struct spawn_fds *f, pid_t *reaper, pid_t *pid, struct op_error *e);
+			     char cgroup[CGROUP_NAME_MAX], struct spawn_fds *f, pid_t *reaper,
+			     pid_t *pid, struct op_error *e);
 
 /* SIGCHLD: the prepared container's child ended before its START. */
 void container_prepared_exited(pid_t pid);
 
-/* Start a process in the namespaces of the container whose reaper is `reaper`. */
-int container_exec(pid_t reaper, const struct proc_spec *p, struct spawn_fds *f, pid_t *shim,
-		   pid_t *pid, struct op_error *e);
+/* Start a process in the namespaces of the container whose reaper is `reaper`, and in its
+ * cgroup (its name; "": none). */
+int container_exec(const char *cgroup, pid_t reaper, const struct proc_spec *p,
+		   struct spawn_fds *f, pid_t *shim, pid_t *pid, struct op_error *e);
 
 #endif

@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "confine.h"
 #include "log.h"
 
 #ifndef AT_EMPTY_PATH
@@ -236,7 +237,14 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 	setup_stdio(p, f);
 	reset_signals();
 	umask(022);
+	/* no_new_privs by default for root, who needs no set-id program; not for other users,
+	 * who may (su, sudo, ping): Docker sets it for nobody */
+	if (confine_before_credentials(p->no_new_privs < 0 ? p->uid == 0 : p->no_new_privs, &e) !=
+	    0)
+		spawn_report_failure(rfd, &e);
 	set_credentials(p, rfd);
+	if (confine_after_credentials(p->uid, &e) != 0)
+		spawn_report_failure(rfd, &e);
 	if (chdir(p->cwd) != 0) {
 		op_fail(&e, "ESPAWN", errno, "process.cwd: cannot enter %.100s", p->cwd);
 		spawn_report_failure(rfd, &e);
@@ -245,6 +253,18 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 	op_fail(&e, exec_errno_code(err), err, "process.args[0]: cannot execute %.100s",
 		p->args[0]);
 	spawn_report_failure(rfd, &e);
+}
+
+/* The OOM killer spares the shim (a group kill of memory.oom.group too), so it reports how its
+ * process ended. Through init's /proc: an EXEC's shim is not in the container's PID namespace. */
+static void shim_out_of_oom_reach(void)
+{
+	int fd = openat(proc_fd, "self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || write(fd, "-1000", 5) != 5)
+		log_errno("set the shim's oom_score_adj (ignored)");
+	if (fd >= 0)
+		close(fd);
 }
 
 void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
@@ -258,6 +278,7 @@ void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
 		fail_errno(f->report[1], "ESPAWN", errno, "fork");
 	if (child == 0)
 		run_process(p, f);
+	shim_out_of_oom_reach();
 	snprintf(pid_arg, sizeof(pid_arg), "%d", (int)child);
 	snprintf(fd_arg, sizeof(fd_arg), "%d", f->status[1]);
 	if (fcntl(f->status[1], F_SETFD, 0) != 0) {

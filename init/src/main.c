@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "boot.h"
+#include "cgroup.h"
 #include "channel.h"
 #include "exec.h"
 #include "frame.h"
@@ -68,6 +69,7 @@ static void serve_forever(struct server *srv, int sfd)
 		for (size_t i = first_slot; i < n; i++)
 			relay_on_event(ch, &slots[i], pfds[i].revents);
 		relay_flush_exits(ch);
+		cgroup_housekeeping();
 	}
 }
 

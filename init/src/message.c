@@ -42,7 +42,7 @@ char *msg_pid(int pid)
 	return print_and_free(obj);
 }
 
-char *msg_exit(int wait_status)
+char *msg_exit(int wait_status, int oom_killed)
 {
 	cJSON *obj = cJSON_CreateObject();
 
@@ -53,5 +53,7 @@ char *msg_exit(int wait_status)
 		cJSON_AddNumberToObject(obj, "status", WEXITSTATUS(wait_status));
 		cJSON_AddNullToObject(obj, "signal");
 	}
+	if (oom_killed)
+		cJSON_AddStringToObject(obj, "reason", "oom");
 	return print_and_free(obj);
 }

@@ -3,13 +3,13 @@
 #ifndef HYPERVM_MESSAGE_H
 #define HYPERVM_MESSAGE_H
 
-#define INIT_VERSION "0.1.0"
+#define INIT_VERSION "0.2.0"
 
 char *msg_ready(const char *kernel_release);
 /* err_no <= 0 leaves the optional "errno" member out. */
 char *msg_error(const char *code, const char *message, int err_no);
 char *msg_pid(int pid);
-/* wait_status as returned by waitpid(). */
-char *msg_exit(int wait_status);
+/* wait_status as returned by waitpid(); oom_killed adds "reason": "oom". */
+char *msg_exit(int wait_status, int oom_killed);
 
 #endif

@@ -137,6 +137,48 @@ static int get_u32(const cJSON *obj, const char *where, const char *name, int re
 	return 0;
 }
 
+static int get_u64(const cJSON *obj, const char *where, const char *name, uint64_t min,
+		   uint64_t max, uint64_t *out, struct req_error *err)
+{
+	cJSON *item = member(obj, name);
+	double d;
+
+	*out = 0;
+	if (item == NULL)
+		return 0;
+	d = cJSON_IsNumber(item) ? item->valuedouble : -1;
+	if (!(d == 0 || (d >= (double)min && d <= (double)max)) || (double)(uint64_t)d != d)
+		return fail(err, "%s%s: must be 0 (no limit) or an integer between %llu and %llu",
+			    where, name, (unsigned long long)min, (unsigned long long)max);
+	*out = (uint64_t)d;
+	return 0;
+}
+
+/* "limits": {"memory": bytes, "pids": n, "scratch": bytes}; `scratch_only` for PREPARE */
+static int parse_limits(const cJSON *root, struct limits *l, int scratch_only,
+			struct req_error *err)
+{
+	cJSON *limits = member(root, "limits");
+	uint64_t pids;
+
+	memset(l, 0, sizeof(*l));
+	if (limits == NULL)
+		return 0;
+	if (!cJSON_IsObject(limits))
+		return fail(err, "limits: must be an object");
+	if (get_u64(limits, "limits.", "scratch", MIN_SCRATCH_LIMIT, MAX_LIMIT_BYTES, &l->scratch,
+		    err) != 0)
+		return -1;
+	if (scratch_only)
+		return 0;
+	if (get_u64(limits, "limits.", "memory", MIN_MEMORY_LIMIT, MAX_LIMIT_BYTES, &l->memory,
+		    err) != 0 ||
+	    get_u64(limits, "limits.", "pids", 2, MAX_PIDS_LIMIT, &pids, err) != 0)
+		return -1;
+	l->pids = (uint32_t)pids;
+	return 0;
+}
+
 static int get_handle(const cJSON *obj, uint32_t *out, struct req_error *err)
 {
 	if (get_u32(obj, "", "handle", 1, UINT32_MAX, out, err) != 0)
@@ -223,8 +265,11 @@ static int parse_process(const cJSON *root, struct proc_spec *p, struct req_erro
 		return fail(err, "process.cwd: must be an absolute path");
 	if (get_u32(proc, "process.", "uid", 0, UINT32_MAX - 1, &p->uid, err) != 0 ||
 	    get_u32(proc, "process.", "gid", 0, UINT32_MAX - 1, &p->gid, err) != 0 ||
-	    get_bool(proc, "process.", "stdin", &p->stdin_pipe, err) != 0)
+	    get_bool(proc, "process.", "stdin", &p->stdin_pipe, err) != 0 ||
+	    get_bool(proc, "process.", "no_new_privs", &p->no_new_privs, err) != 0)
 		return -1;
+	if (member(proc, "no_new_privs") == NULL)
+		p->no_new_privs = -1;
 	gids = member(proc, "additional_gids");
 	if (gids != NULL) {
 		cJSON *item;
@@ -335,6 +380,8 @@ static int parse_start(const cJSON *root, struct start_req *s, struct req_error 
 		s->hostname = s->container;
 	else if (!valid_name(s->hostname, MAX_NAME_LEN))
 		return fail(err, "hostname: must match [A-Za-z0-9_.-]{1,64}");
+	if (parse_limits(root, &s->limits, 0, err) != 0)
+		return -1;
 	return parse_process(root, &s->proc, err);
 }
 
@@ -342,7 +389,8 @@ static int parse_prepare(const cJSON *root, struct prepare_req *p, struct req_er
 {
 	cJSON *shares = member(root, "shares"), *item;
 
-	if (parse_rootfs(root, &p->rootfs, err) != 0)
+	if (parse_rootfs(root, &p->rootfs, err) != 0 ||
+	    parse_limits(root, &p->rootfs.limits, 1, err) != 0)
 		return -1;
 	if (shares == NULL)
 		return 0;

@@ -25,6 +25,10 @@
 #define MAX_HOSTS 32
 #define MAX_HOST_NAMES 8
 #define MAX_DNS_NAME_LEN 253
+#define MAX_LIMIT_BYTES (1ULL << 50) /* 1 PiB: exact in a JSON number (a double) */
+#define MIN_MEMORY_LIMIT (4ULL << 20)
+#define MIN_SCRATCH_LIMIT (1ULL << 20)
+#define MAX_PIDS_LIMIT 4194304 /* the kernel's PID_MAX_LIMIT */
 
 struct proc_spec {
 	char **args; /* NULL-terminated; strings point into the request's JSON tree */
@@ -37,6 +41,14 @@ struct proc_spec {
 	uint32_t gids[MAX_GIDS];
 	size_t ngids;
 	int stdin_pipe;
+	int no_new_privs; /* 1/0 when given; -1: init decides (set for uid 0) */
+};
+
+/* START's optional limits; 0 everywhere means "not limited". */
+struct limits {
+	uint64_t memory;  /* memory.max of the container's cgroup, bytes */
+	uint32_t pids;    /* pids.max */
+	uint64_t scratch; /* size of the writable layer's tmpfs, bytes */
 };
 
 enum mount_kind { MOUNT_9P, MOUNT_TMPFS };
@@ -59,13 +71,14 @@ struct start_req {
 	struct mount_spec mounts[MAX_MOUNTS];
 	size_t nmounts;
 	const char *hostname;
+	struct limits limits;
 	struct proc_spec proc;
 };
 
 /* PREPARE: a container made ahead of its START (rootfs, namespaces, system mounts), carrying
  * the given 9p tags for the START's mounts. */
 struct prepare_req {
-	struct start_req rootfs; /* only layers, nlayers, readonly and wait_ms are set */
+	struct start_req rootfs; /* only layers, nlayers, readonly, wait_ms, limits.scratch */
 	const char *shares[MAX_MOUNTS];
 	size_t nshares;
 };

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cgroup.h"
 #include "parse.h"
 
 #define MAX_PROCESSES 4096
@@ -29,6 +30,7 @@ struct process {
 	int in_close_pending; /* a zero-length STDIN frame arrived: close once drained */
 	int exited;
 	int wait_status;
+	int oom_killed; /* main process: the kernel OOM-killed in its container's cgroup */
 };
 
 struct container {
@@ -36,6 +38,7 @@ struct container {
 	char name[MAX_NAME_LEN + 1];
 	pid_t reaper_pid;
 	uint32_t main_handle;
+	char cgroup[CGROUP_NAME_MAX]; /* its cgroup's name; "": none */
 };
 
 struct process *proc_new(uint32_t handle);

@@ -139,7 +139,7 @@ void relay_flush_exits(struct channel *ch)
 		struct process *next = p->next;
 
 		if (p->exited && p->out_fd < 0 && p->err_fd < 0 && ch->state == CH_CONNECTED) {
-			char *json = msg_exit(p->wait_status);
+			char *json = msg_exit(p->wait_status, p->oom_killed);
 
 			if (channel_send_json(ch, MSG_EXIT, p->handle, json) == 0)
 				proc_remove(p);

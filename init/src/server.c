@@ -4,10 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "boot.h"
+#include "cgroup.h"
 #include "container.h"
 #include "exec.h"
 #include "log.h"
@@ -99,7 +102,9 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	struct op_error e;
 	struct spawn_fds f;
 	pid_t reaper, pid;
-	int rc = 1, took_prepared = 0;
+	int rc = 1, took_prepared = 0, cgroup_fd;
+	char cgroup[CGROUP_NAME_MAX];
+	struct container *c;
 
 	if (container_find(req->container) != NULL) {
 		op_fail(&e, "EEXIST", 0, "container: %s is already running", req->container);
@@ -108,21 +113,28 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	if (check_new_handle(req->handle, &e) != 0 ||
 	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
 		return reply_error(s, id, &e);
+	cgroup[0] = '\0';
 	if (container_prepared_fits(req, len)) {
-		rc = container_start_prepared(req, payload, len, &f, &reaper, &pid, &e);
+		rc = container_start_prepared(req, payload, len, cgroup, &f, &reaper, &pid, &e);
 		took_prepared = rc == 0;
 	}
-	if (rc == 1)
-		rc = container_start(req, &f, &reaper, &pid, &e);
+	if (rc == 1) {
+		cgroup_fd = cgroup_create(&req->limits, cgroup, &e);
+		rc = cgroup_fd == -1 ? -1 : container_start(req, cgroup_fd, &f, &reaper, &pid, &e);
+		if (cgroup_fd >= 0)
+			close(cgroup_fd);
+	}
 	if (rc != 0) {
 		spawn_fds_close_all(&f);
+		cgroup_release(cgroup);
 		return reply_error(s, id, &e);
 	}
 	if (register_process(req->handle, pid, reaper, 1, &f) == NULL ||
-	    container_add(req->container, reaper, req->handle) == NULL) {
+	    (c = container_add(req->container, reaper, req->handle)) == NULL) {
 		op_fail(&e, "ESPAWN", ENOMEM, "out of memory");
 		return reply_error(s, id, &e);
 	}
+	snprintf(c->cgroup, sizeof(c->cgroup), "%s", cgroup);
 	/* one line: under TCG each console line costs ~1 ms of the START */
 	log_msg("container %s started%s: process %u is pid %d", req->container,
 		took_prepared ? " (prepared)" : "", req->handle, (int)pid);
@@ -145,7 +157,7 @@ static int handle_exec(struct server *s, uint32_t id, const struct exec_req *req
 	if (check_new_handle(req->handle, &e) != 0 ||
 	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
 		return reply_error(s, id, &e);
-	if (container_exec(c->reaper_pid, &req->proc, &f, &shim, &pid, &e) != 0) {
+	if (container_exec(c->cgroup, c->reaper_pid, &req->proc, &f, &shim, &pid, &e) != 0) {
 		spawn_fds_close_all(&f);
 		return reply_error(s, id, &e);
 	}

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "container.h"
 #include "log.h"
 #include "proc.h"
@@ -40,15 +41,20 @@ static void on_child_exit(pid_t pid, int status)
 {
 	struct process *p = proc_find_by_shim(pid);
 	struct container *c = container_find_by_reaper(pid);
+	unsigned long oom_kills = 0;
 
 	container_prepared_exited(pid);
 	if (c != NULL) {
-		log_msg("container %s ended", c->name);
+		/* its PID namespace died with the reaper: the OOM count is final */
+		oom_kills = cgroup_oom_kills(c->cgroup);
+		log_msg("container %s ended%s", c->name, oom_kills ? " (out of memory)" : "");
+		cgroup_release(c->cgroup);
 		container_remove(c);
 	}
 	if (p == NULL)
 		return; /* an orphan re-parented to init, or a shim whose start failed */
 	p->wait_status = shim_reported_status(p, status);
+	p->oom_killed = p->is_main && oom_kills > 0;
 	p->exited = 1;
 	close(p->status_fd);
 	p->status_fd = -1;

@@ -47,6 +47,7 @@ static void check_proc(const struct proc_spec *p)
 		check(strchr(p->env[i], '=') != NULL && p->env[i][0] != '=', "env KEY=VALUE");
 	check(p->cwd != NULL && p->cwd[0] == '/', "cwd absolute");
 	check(p->ngids <= MAX_GIDS, "gids bounded");
+	check(p->no_new_privs >= -1 && p->no_new_privs <= 1, "no_new_privs");
 }
 
 static void check_request(const struct request *r)
@@ -65,6 +66,11 @@ static void check_request(const struct request *r)
 				  (s->mounts[i].kind == MOUNT_TMPFS || s->mounts[i].source != NULL),
 			      "mount fields");
 		check(s->hostname != NULL && valid_name(s->hostname, MAX_NAME_LEN), "hostname");
+		check((s->limits.memory == 0 || s->limits.memory >= MIN_MEMORY_LIMIT) &&
+			  s->limits.memory <= MAX_LIMIT_BYTES, "memory limit");
+		check(s->limits.pids != 1 && s->limits.pids <= MAX_PIDS_LIMIT, "pids limit");
+		check((s->limits.scratch == 0 || s->limits.scratch >= MIN_SCRATCH_LIMIT) &&
+			  s->limits.scratch <= MAX_LIMIT_BYTES, "scratch limit");
 		check_proc(&s->proc);
 		break;
 	}

@@ -168,3 +168,23 @@ def test_published_ports_reach_the_task(vm_agent: Any, image_ref: str) -> None:
     assert agent.wait_terminal("p", BOOT)["state"] == "TASK_FINISHED"
     assert (agent.sandbox / "stdout").read_text() == f"port={port}\n"
     assert agent.wait_executor_exit(60) == 0
+
+
+def test_an_oom_killed_task_is_a_memory_limitation(vm_agent: Any, image_ref: str) -> None:
+    """The task's mem is its container's memory.max in the guest; running past it ends the task
+    TASK_FAILED with REASON_CONTAINER_LIMITATION_MEMORY naming it, and the group with it."""
+    agent = vm_agent()
+    small = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+             {"name": "mem", "type": "SCALAR", "scalar": {"value": 48}}]
+    agent.launch_group([task("hog", "awk 'BEGIN { s = \"x\"; while (1) s = s s }'", image_ref,
+                             resources=small),
+                        task("peer", "cat /sys/fs/cgroup/memory.max; sleep 600", image_ref)])
+    hog = agent.wait_terminal("hog", BOOT)
+    assert hog["state"] == "TASK_FAILED", hog
+    assert hog["reason"] == "REASON_CONTAINER_LIMITATION_MEMORY"
+    assert "task hog ran out of its memory of 48 MB" in hog["message"]
+    assert agent.wait_terminal("peer", 30)["state"] == "TASK_KILLED"
+    assert (agent.sandbox / "tasks" / "peer" / "stdout").read_text() == f"{96 * 1024 * 1024}\n"
+    assert agent.wait_executor_exit(60) == 0
+    assert agent.violations == []
+    assert domains() == set()

@@ -4,7 +4,9 @@ Selected in the executor process by ``HYPERVM_EXECUTOR_RUNTIME=tests.mesos.fake_
 (the agent double sets it). Images are a small table (:data:`IMAGES`); any other ref behaves like
 a plain image with ``Cmd ["/bin/sh"]``, refs containing ``unknown`` fail to pull, and
 ``fake/boot-fails`` fails to boot, ``fake/deaf`` ignores every signal request (a guest that
-ignores kills). The containers are built with the executor's real pure code
+ignores kills); in a ``fake/oom`` image a SIGKILL death is reported as an OOM kill (EXIT reason
+"oom", as init reports a container whose cgroup ran out of memory). The
+containers are built with the executor's real pure code
 (:func:`executor.mesos.runtime.build_container`) and run on the host with the task's sandbox as
 the working directory. Every boot/start/destroy is appended as JSON to
 ``$MESOS_SANDBOX/fake-runtime.jsonl`` so tests can check what the executor asked for.
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from executor.guest.protocol import ExitStatus
+from executor.guest.protocol import REASON_OOM, ExitStatus
 from executor.mesos.runtime import (
     OnExit,
     Output,
@@ -35,7 +37,9 @@ from executor.mesos.runtime import (
     container_names,
     pod_network,
 )
+from hypervm.config import config_from_env
 from hypervm.errors import BootError, GuestError, ImageError
+from hypervm.limits import task_limits
 from vmimage.images.config import ImageConfig
 
 HOST_PATH = os.environ.get("PATH", "/usr/bin:/bin")
@@ -79,7 +83,7 @@ class FakePod:
             config = IMAGES.get(task.image.split(":")[0], PLAIN)
             self.containers[task.task_id] = build_container(
                 task, names[task.task_id], (Path("/fake/layer0"),), config, lambda _: (0, 0, ()),
-                self.plan)
+                self.plan, task_limits(task, config_from_env()))
         if any(t.image.startswith("fake/boot-fails") for t in self.plan.tasks):
             raise BootError("hypervm-fake did not boot: no READY from the guest within 1 s")
         if any(t.image.startswith("fake/slow-boot") for t in self.plan.tasks):
@@ -91,7 +95,9 @@ class FakePod:
                             containers={
                                 tid: {"args": list(c.process.args), "env": list(c.process.env),
                                       "mounts": [[m.destination, str(m.source), m.readonly]
-                                                 for m in c.mounts]}
+                                                 for m in c.mounts],
+                                      "limits": [c.limits.memory_mib, c.limits.pids,
+                                                 c.limits.scratch_mib]}
                                 for tid, c in self.containers.items()})
 
     def _spawn(self, task_id: str, argv: tuple[str, ...], env: tuple[str, ...],
@@ -109,6 +115,7 @@ class FakePod:
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         process = self.containers[task_id].process
+        task_image = next(t.image for t in self.plan.tasks if t.task_id == task_id)
         proc = self._spawn(task_id, process.args, process.env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
         self.procs[task_id] = proc
@@ -123,6 +130,8 @@ class FakePod:
             for reader in readers:
                 reader.join()
             status = ExitStatus(code, None) if code >= 0 else ExitStatus(None, -code)
+            if code == -signal.SIGKILL and task_image.startswith("fake/oom"):
+                status = ExitStatus(None, signal.SIGKILL, REASON_OOM)
             self.runtime.record(event="exit", task=task_id, code=status.code)
             on_exit(status)
 

@@ -75,6 +75,30 @@ def test_signal_death_is_in_the_message(agent: AgentDouble) -> None:  # noqa: F8
     assert "SIGSEGV" in status["message"]
 
 
+def test_an_oom_kill_is_a_memory_limitation_naming_the_task(agent: AgentDouble) -> None:  # noqa: F811
+    agent.launch_group([task("hog", "kill -KILL $$", img="fake/oom",
+                             resources=[{"name": "mem", "type": "SCALAR", "scalar": {"value": 64}},
+                                        {"name": "disk", "type": "SCALAR",
+                                         "scalar": {"value": 100}}]),
+                        task("peer", "sleep 60")])
+    status = agent.wait_terminal("hog")
+    assert status["state"] == "TASK_FAILED"
+    assert status["reason"] == "REASON_CONTAINER_LIMITATION_MEMORY"
+    assert "task hog ran out of its memory of 64 MB" in status["message"]
+    assert "SIGKILL" in status["message"]
+    assert agent.wait_terminal("peer")["state"] == "TASK_KILLED"
+    boot = journal(agent.sandbox)[0]
+    # each container is bounded by its task's resources: mem, the default pids, disk
+    assert boot["containers"]["hog"]["limits"] == [64, 4096, 100]
+    assert boot["containers"]["peer"]["limits"] == [96, 4096, None]
+
+
+def test_a_sigkill_without_oom_has_no_memory_reason(agent: AgentDouble) -> None:  # noqa: F811
+    agent.launch(task("killed", "kill -KILL $$"))
+    status = agent.wait_terminal("killed")
+    assert status["state"] == "TASK_FAILED" and "reason" not in status
+
+
 def test_image_entrypoint_and_cmd_are_used(agent: AgentDouble) -> None:  # noqa: F811
     agent.launch(task("ep", None, img="fake/entrypoint"))
     assert agent.wait_terminal("ep")["state"] == "TASK_FINISHED"

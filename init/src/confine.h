@@ -1,0 +1,27 @@
+/* Docker's default confinement of a container process, applied in the spawned process between
+ * its credentials and its exec: the capability sets (Docker's 14 default capabilities), an
+ * optional no_new_privs, and a seccomp filter (a denylist, see confine.c and PROTOCOL.md). */
+#ifndef HYPERVM_CONFINE_H
+#define HYPERVM_CONFINE_H
+
+#include <stdint.h>
+
+#include "operror.h"
+
+/* CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW
+ * SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP: CapEff/CapPrm/CapBnd of a root process */
+#define CONFINE_DEFAULT_CAPS 0xa80425fbULL
+
+/* Before the credentials change (needs CAP_SETPCAP and, without no_new_privs, CAP_SYS_ADMIN):
+ * drop every capability outside the default set from the bounding set, clear the ambient set,
+ * set no_new_privs when asked, install the seccomp filter. */
+int confine_before_credentials(int no_new_privs, struct op_error *e);
+
+/* After setuid/setgid: effective and permitted = the default set for uid 0 (a non-root uid
+ * has lost them already, as with Docker), inheritable empty. */
+int confine_after_credentials(uint32_t uid, struct op_error *e);
+
+/* The seccomp filter alone (for tests): 0, or -1 with errno. */
+int confine_install_seccomp(void);
+
+#endif
