@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("exiting: %s", framework.fatal)
     log.info("stopping (the framework fails over: its tasks keep running)")
     driver.stop(failover=True)
+    hub.close()
     api_server.stop(server)
     store.close()
     return 1 if framework.fatal else 0

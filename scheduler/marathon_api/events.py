@@ -73,6 +73,16 @@ class EventBus:
             if stream in self._streams:
                 self._streams.remove(stream)
 
+    def close_all(self) -> None:
+        """End every stream (at shutdown: each holds a server thread the server waits for)."""
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            try:
+                stream.queue.put_nowait(None)
+            except queue.Full:
+                stream.dropped = True
+
     def streams(self) -> int:
         with self._lock:
             return len(self._streams)

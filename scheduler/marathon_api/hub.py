@@ -45,6 +45,10 @@ class MarathonHub:
     def tick(self) -> None:
         self.deployments.tick()
 
+    def close(self) -> None:
+        """Before the server stops: end the event streams (they would hold it up)."""
+        self.bus.close_all()
+
     def add_routes(self, app: falcon.App) -> None:
         app.add_middleware(LatencyMiddleware(self.metrics))
         reader = apps.add_routes(app, self.workloads, self.deployments, self.bus)

@@ -364,3 +364,13 @@ def test_an_apps_history_is_bounded() -> None:
         kept = state.versions(db, "a", "/web")
     assert len(kept) == state.MAX_VERSIONS and kept[0] == last
     assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept)
+
+
+def test_closing_the_bus_ends_every_stream() -> None:
+    """At shutdown: a stream waiting for events would hold a server thread for its heartbeat."""
+    bus = EventBus()
+    stream = bus.open("a", frozenset())
+    frames = bus.sse(stream, "127.0.0.1", heartbeat_s=60)
+    assert next(frames).startswith(b"event: event_stream_attached")
+    bus.close_all()
+    assert list(frames) == [] and bus.streams() == 0
