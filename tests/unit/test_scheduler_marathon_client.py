@@ -222,6 +222,8 @@ def versions_and_rollback(run: Run) -> None:
     first = c.get_version(APP, versions[-1])
     assert isinstance(first, MarathonApp) and (first.cmd, first.instances) == (
         "exec sleep 300", 2)
+    assert c.rollback_app(APP, versions[0])["deploymentId"]  # the same: nothing to replace
+    settled(c)
     app = c.get_app(APP)
     app.health_checks[0].command = {"value": "false"}
     stuck = c.update_app(APP, app)["deploymentId"]
@@ -313,6 +315,11 @@ def delete_and_events(run: Run) -> None:
     """delete; the event stream has every kind the issue names, parsed by the client, and
     tenant b saw none of it"""
     c, master = run.c, run.master
+    first, second = c.list_tasks(APP)
+    assert c.kill_given_tasks([first.id]) is True  # POST /v2/tasks/delete
+    killed = c.kill_tasks(APP)  # DELETE /v2/apps/{id}/tasks: every task, replaced
+    assert all(isinstance(t, MarathonTask) for t in killed) and second.id in {
+        t.id for t in killed}
     assert c.delete_app(APP)["deploymentId"]
     settled(c)
     with pytest.raises(NotFoundError):
