@@ -123,10 +123,10 @@ def test_pool_vms_get_their_own_uid_at_boot_and_the_pods_shares_at_claim(
     boot on; the claimer gives the pod's sandbox to that uid."""
     import dataclasses
 
+    from executor.launcher import boot_vm
     from executor.pool.daemon import WarmPool
     from executor.pool.protocol import PoolConfig
-    from executor.launcher import boot_vm
-from executor.vm import HyperVM
+    from executor.vm import HyperVM
 
     image = store.pull(image_ref)
     sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-ident-pool-"))
