@@ -243,7 +243,8 @@ class ExecutorCore:
         self.groups.append(group)
         try:
             if is_group:
-                specs = parse_task_group({"tasks": infos})
+                specs = parse_task_group({"tasks": infos},
+                                         executor_id=self.settings.executor_id)
             else:
                 specs = (parse_task(infos[0], "task"),)
             for spec in specs:
@@ -616,8 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     driver = make_driver(MesosCallbacks(core), settings, failsafe)
     core.driver = driver
     signal.signal(signal.SIGTERM, core.on_sigterm)
-    log.info("hypervm-executor %s for framework %s, agent %s", settings.executor_id,
-             settings.framework_id, settings.agent_endpoint)
+    log.info("hypervm-executor %s for framework %s, agent http://%s%s", settings.executor_id,
+             settings.framework_id, settings.agent_endpoint, settings.api_path)
     driver.start()
     try:
         core.run()

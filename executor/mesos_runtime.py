@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -27,6 +28,7 @@ from executor.agent_protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.config import HostConfig, config_from_env
 from executor.errors import GuestError, HyperVMError, InvalidSpec
 from executor.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
+from executor.sandbox_acl import grant_search_below
 from executor.taskinfo import CONTAINER_SANDBOX, TaskSpec, resolve_argv
 
 log = logging.getLogger(__name__)
@@ -246,11 +248,23 @@ class VMPod:
                       resources=Resources(cpus=self.plan.vcpus, memory_mib=self.plan.memory_mib,
                                           cpu_limit=self.plan.cpu_limit),
                       labels=self.plan.labels, network=self.network)
+        hypervisor = self._hypervisor()
+        self._let_qemu_reach_sandboxes(containers, hypervisor)
         with self._lock:
             if self._destroyed:
                 raise HyperVMError("the pod was destroyed while it booted")
-            self.vm = HyperVM(self.cfg, pod, hypervisor=self._hypervisor())
+            self.vm = HyperVM(self.cfg, pod, hypervisor=hypervisor)
         self.vm.boot()
+
+    def _let_qemu_reach_sandboxes(self, containers: list[Container], hypervisor: Any) -> None:
+        """A real agent's executor sandbox is 0750 root:root: QEMU's user gets search permission
+        on the way to each sandbox share below it (executor/sandbox_acl.py)."""
+        ids = hypervisor.qemu_user() if hypervisor is not None else None
+        if ids is None or os.geteuid() != 0:
+            return
+        for source in {m.source for c in containers for m in c.mounts
+                       if m.owned and m.source is not None}:
+            grant_search_below(self.plan.sandbox, source, *ids)
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         self._handles[task_id] = self.vm.start(self._containers[task_id], on_stdout=on_stdout,

@@ -208,6 +208,22 @@ def test_duplicate_and_missing_ids() -> None:
     invalid("task_group.tasks", parse_task_group, {"tasks": []})
 
 
+def test_group_tasks_carry_their_executor_as_the_master_sets_it() -> None:
+    """The real master copies the group's ExecutorInfo into every task (master.cpp)."""
+    mine = {"executor_id": {"value": "ex-1"}, "type": "CUSTOM",
+            "command": {"value": "/usr/local/bin/hypervm-executor"}, "resources": res(0.1, 32)}
+    specs = parse_task_group({"tasks": [task("a", executor=mine), task("b", executor=mine)]},
+                             executor_id="ex-1")
+    assert [s.task_id for s in specs] == ["a", "b"]
+    other = dict(mine, executor_id={"value": "ex-2"})
+    error = invalid("task_group.tasks[1].executor.executor_id", parse_task_group,
+                    {"tasks": [task("a", executor=mine), task("b", executor=other)]},
+                    executor_id="ex-1")
+    assert "'ex-2'" in str(error)
+    invalid("task_group.tasks[0].executor", parse_task_group,
+            {"tasks": [task("a", executor="ex-1")]}, executor_id="ex-1")
+
+
 def test_vm_size_policy() -> None:
     specs = parse_task_group({"tasks": [task("a", resources=res(0.5, 100)),
                                         task("b", resources=res(1.0, 28))]})
