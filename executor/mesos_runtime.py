@@ -169,6 +169,30 @@ def probe_address(network: Any, container_port: int, where: str) -> tuple[str, i
                        "in discovery.ports)")
 
 
+#: how long a TCP check watches an accepted connection for the user-mode network dropping it
+TCP_SETTLE_S = 1.0
+
+
+def tcp_check(address: tuple[str, int], timeout: float) -> bool:
+    """Mesos' TCP check (connect, close) through a published port. A published port is a
+    ``hostfwd`` listener of QEMU's user-mode network: it accepts every connection at once, then
+    connects to the guest and, when the guest refuses, closes ours. So a connection counts only
+    if it is still open ``TCP_SETTLE_S`` later (or data came); raises ConnectionRefusedError."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(min(timeout, TCP_SETTLE_S))
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            return True  # still open: the guest accepted it
+        except ConnectionResetError as e:
+            raise ConnectionRefusedError(f"{address[0]}:{address[1]}: reset: the task does not "
+                                         "accept connections") from e
+        if not data:
+            raise ConnectionRefusedError(f"{address[0]}:{address[1]}: closed at once: the task "
+                                         "does not accept connections")
+        return True
+
+
 def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
     """Task id → a container name init accepts ([A-Za-z0-9_.-]{1,64}), unique in the pod."""
     names: dict[str, str] = {}
@@ -299,8 +323,7 @@ class VMPod:
 
     def probe_tcp(self, task_id: str, port: int, timeout: float) -> bool:
         address = probe_address(self.network, port, f"task {task_id}: TCP check")
-        with socket.create_connection(address, timeout=timeout):
-            return True
+        return tcp_check(address, timeout)
 
     def probe_http(self, task_id: str, scheme: str, port: int, path: str,
                    timeout: float) -> int:

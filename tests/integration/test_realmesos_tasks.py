@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +159,78 @@ def test_sigkilled_executor(real_mesos: RealMesos, scheduler: TestScheduler,  # 
     assert status["reason"] == "REASON_EXECUTOR_TERMINATED", status
     assert real_mesos.tasks()[tid]["state"] == "TASK_FAILED"
     print(f"VM gone {vm_gone:.2f} s after the executor's SIGKILL; agent: {status}")
+
+
+def offered_ports(offer: dict[str, Any], count: int) -> list[int]:
+    """``count`` ports of the offer that nothing on this host listens on."""
+    free = []
+    for res in offer["resources"]:
+        if res["name"] != "ports":
+            continue
+        for rng in res["ranges"]["range"]:
+            for port in range(rng["begin"], rng["end"] + 1):
+                with socket.socket() as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue
+                free.append(port)
+                if len(free) == count:
+                    return free
+    raise AssertionError(f"the offer has fewer than {count} free ports: {offer['resources']}")
+
+
+#: serves 8080 while the host leaves <sandbox>/up in place; then stops serving and lives on
+HEALTH_SCRIPT = ("touch /mnt/mesos/sandbox/up; mkdir -p /www; echo ok > /www/index.html; "
+                 "httpd -f -p 8080 -h /www & server=$!; "
+                 "while [ -e /mnt/mesos/sandbox/up ]; do sleep 0.3; done; "
+                 "kill $server; rm /www/index.html; exec sleep 600")
+HEALTH_CHECKS = {
+    "COMMAND": {"type": "COMMAND", "command": {"value": "test -e /mnt/mesos/sandbox/up"}},
+    "HTTP": {"type": "HTTP", "http": {"port": 8080, "path": "/index.html"}},
+    "TCP": {"type": "TCP", "tcp": {"port": 8080}},
+}
+
+
+def test_health_checks(real_mesos: RealMesos, scheduler: TestScheduler,  # noqa: F811
+                       image_ref: str) -> None:
+    """COMMAND, HTTP and TCP checks (one task group, so one VM, each): the master's /tasks shows
+    healthy true; once the task stops serving, healthy false, and after the consecutive
+    failures the task is killed (TASK_KILLED, healthy false)."""
+    offer = scheduler.take_offer()
+    fid = scheduler.framework_id
+    assert fid
+    tasks: dict[str, str] = {}
+    operations = []
+    for kind, port in zip(HEALTH_CHECKS, offered_ports(offer, len(HEALTH_CHECKS)),
+                          strict=True):
+        eid = new_executor_id(kind[0].lower())
+        tid = tasks[kind] = f"{eid}.{kind.lower()}"
+        check = dict(HEALTH_CHECKS[kind], delay_seconds=0, interval_seconds=1,
+                     timeout_seconds=10, consecutive_failures=3, grace_period_seconds=120)
+        task = mesos_task(tid, HEALTH_SCRIPT, image_ref, offer, health_check=check, discovery={
+            "visibility": "FRAMEWORK", "name": tid,
+            "ports": {"ports": [{"number": 8080, "protocol": "tcp"}]}})
+        task["resources"] = resources(0.2, 64, ports=(port,))
+        operations.append(group_op(fid, eid, task))
+    scheduler.accept(offer, operations)
+
+    def healthy(tid: str, value: bool) -> bool:
+        return any(s.get("healthy") is value for s in scheduler.statuses(tid))
+
+    def master_healthy(tid: str, value: bool) -> bool:
+        return any(s.get("healthy") is value for s in real_mesos.tasks()[tid]["statuses"])
+
+    for kind, tid in tasks.items():
+        scheduler.wait(lambda tid=tid: healthy(tid, True), BOOT, f"{kind} check healthy")
+        real_mesos.wait(lambda tid=tid: master_healthy(tid, True), 10, f"{tid} healthy: true")
+    for tid in tasks.values():
+        (real_mesos.executor_directory(tid.split(".")[0]) / "tasks" / tid / "up").unlink()
+    for kind, tid in tasks.items():
+        status = scheduler.wait_terminal(tid, 90)
+        assert status["state"] == "TASK_KILLED" and status.get("healthy") is False, (kind, status)
+        unhealthy = [s for s in scheduler.statuses(tid) if s.get("healthy") is False]
+        assert unhealthy[0]["state"] == "TASK_RUNNING"
+        assert unhealthy[0]["reason"] == "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"
+        assert master_healthy(tid, False)
+        assert real_mesos.tasks()[tid]["state"] == "TASK_KILLED"

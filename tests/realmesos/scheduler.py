@@ -46,8 +46,8 @@ def read_record(resp: http.client.HTTPResponse) -> dict[str, Any] | None:
             return None
         record: dict[str, Any] = json.loads(body)
         return record
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return None  # AttributeError: the response was closed under us (close())
 
 
 def scalar(name: str, value: float) -> dict[str, Any]:

@@ -314,3 +314,35 @@ def test_bad_port_ranges_name_the_field() -> None:
     from executor.mesos_runtime import pod_network
 
     invalid("task.resources.ports", pod_network, (spec,))
+
+
+def test_tcp_check_sees_a_connection_the_user_mode_network_drops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU's hostfwd accepts every connection and closes it when the guest refuses: that is a
+    failed check, a connection that stays open (or gets data) a passed one."""
+    import contextlib
+    import socket
+    import threading
+
+    from executor import mesos_runtime
+
+    def serve(behaviour: str) -> tuple[str, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def run() -> None:
+            conn, _ = listener.accept()
+            with conn, listener:
+                if behaviour == "greet":
+                    conn.sendall(b"220 hi\r\n")
+                if behaviour != "close":  # keep it open until the client goes
+                    with contextlib.suppress(OSError):
+                        conn.recv(1)
+
+        threading.Thread(target=run, daemon=True).start()
+        return listener.getsockname()
+
+    monkeypatch.setattr(mesos_runtime, "TCP_SETTLE_S", 0.3)
+    with pytest.raises(ConnectionRefusedError):
+        mesos_runtime.tcp_check(serve("close"), 5)
+    assert mesos_runtime.tcp_check(serve("open"), 5) is True
+    assert mesos_runtime.tcp_check(serve("greet"), 5) is True
