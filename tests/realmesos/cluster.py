@@ -111,6 +111,13 @@ class RealMesos:
 
     def stop(self, keep_executors: bool = False) -> None:
         self.run_local("stop", *(["--keep-executors"] if keep_executors else []))
+        root = self.flags.get("MESOS_CGROUPS_ROOT")
+        if root and not keep_executors:  # run-local.sh removes its containers' cgroups only
+            for cgroup in Path("/sys/fs/cgroup").glob(f"*/{root}"):
+                try:
+                    cgroup.rmdir()
+                except OSError as e:
+                    log.warning("cannot remove %s: %s", cgroup, e)
 
     # ---------------------------------------------------------------- what Mesos reports
 
