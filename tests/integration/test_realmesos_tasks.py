@@ -123,20 +123,30 @@ def test_kill_with_a_grace_period(real_mesos: RealMesos, scheduler: TestSchedule
     real_mesos.wait(lambda: not domains(eid), 30, f"the VM of {eid} to go")
 
 
-def executor_pid(executor_id: str) -> int:
-    """The pid of the hypervm-executor the agent started for ``executor_id``."""
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def executor_pid(mesos: RealMesos, executor_id: str) -> int:
+    """The executor's pid: the process with its MESOS_EXECUTOR_ID in the container whose pid the
+    agent's /containers reports (the posix launcher's helper, or the executor itself)."""
+    (container,) = [c for c in mesos.containers() if c["executor_id"] == executor_id]
+    top = int(container["status"]["executor_pid"])
+    marker = f"MESOS_EXECUTOR_ID={executor_id}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            cmdline = (proc / "cmdline").read_bytes()
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            pid = int(proc.name)
+            while pid > 1 and pid != top:
+                pid = parent(pid)
         except OSError:
             continue
-        if f"MESOS_EXECUTOR_ID={executor_id}".encode() in environ and \
-                b"hypervm-executor" in cmdline:
+        if pid == top:
             return int(proc.name)
-    raise LookupError(f"no hypervm-executor for {executor_id}")
+    raise LookupError(f"no process of executor {executor_id} under pid {top}")
 
 
 def test_sigkilled_executor(real_mesos: RealMesos, scheduler: TestScheduler,  # noqa: F811
@@ -149,7 +159,7 @@ def test_sigkilled_executor(real_mesos: RealMesos, scheduler: TestScheduler,  # 
     scheduler.accept(offer, [launch_op(app_task(tid, "sleep 600", image_ref, offer, eid))])
     scheduler.wait_state(tid, "TASK_RUNNING", BOOT)
     assert domains(eid)
-    os.kill(executor_pid(eid), signal.SIGKILL)
+    os.kill(executor_pid(real_mesos, eid), signal.SIGKILL)
     killed = time.monotonic()
     real_mesos.wait(lambda: not domains(eid), 10, f"the VM of {eid} to go", every=0.1)
     vm_gone = time.monotonic() - killed

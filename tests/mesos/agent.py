@@ -52,7 +52,10 @@ SANDBOX_MODE = 0o750
 
 
 def executor_command() -> str:
-    """The command an agent would be given in ExecutorInfo.command.value."""
+    """The command an agent would be given in ExecutorInfo.command.value (HYPERVM_TEST_EXECUTOR
+    names another script: a worktree tested with another checkout's venv needs its own)."""
+    if os.environ.get("HYPERVM_TEST_EXECUTOR"):
+        return shlex.quote(os.environ["HYPERVM_TEST_EXECUTOR"])
     script = Path(sys.executable).parent / "hypervm-executor"
     if script.exists():
         return shlex.quote(str(script))

@@ -53,8 +53,10 @@ def missing() -> str | None:
 
 
 def executor_command() -> str:
-    """The absolute path of hypervm-executor in the venv running the tests."""
-    return str(Path(sys.executable).parent / "hypervm-executor")
+    """The absolute path of hypervm-executor in the venv running the tests (HYPERVM_TEST_EXECUTOR
+    overrides it: a worktree run with another checkout's venv needs a script of its own)."""
+    return os.environ.get("HYPERVM_TEST_EXECUTOR") or str(Path(sys.executable).parent /
+                                                       "hypervm-executor")
 
 
 def free_port() -> int:

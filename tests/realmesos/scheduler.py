@@ -184,6 +184,22 @@ class TestScheduler:
             "offer_ids": [offer["id"]], "operations": operations,
             "filters": {"refuse_seconds": 0.5}}})
 
+    def decline(self, offer: dict[str, Any]) -> None:
+        self.call({"type": "DECLINE", "decline": {"offer_ids": [offer["id"]],
+                                                  "filters": {"refuse_seconds": 0.1}}})
+
+    def take_full_offer(self, cpus: float, timeout: float = 60) -> dict[str, Any]:
+        """An offer with at least ``cpus`` (declining smaller ones: resources of a finished
+        executor come back a little after its task ends)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            offer = self.take_offer(max(1.0, deadline - time.monotonic()))
+            offered = sum(r["scalar"]["value"] for r in offer["resources"]
+                          if r["name"] == "cpus")
+            if offered >= cpus or time.monotonic() > deadline:
+                return offer
+            self.decline(offer)
+
     def kill(self, task_id: str, agent_id: dict[str, Any], grace_s: float | None = None) -> None:
         kill: dict[str, Any] = {"task_id": {"value": task_id}, "agent_id": agent_id}
         if grace_s is not None:
