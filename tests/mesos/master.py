@@ -6,7 +6,9 @@ every other call needs that stream id and gets ``202``. Every call is parsed aga
 official protos (:mod:`tests.mesos.protos`) and checked for what a master enforces (stream id,
 framework id, outstanding offers, MULTI_ROLE allocation roles, resources within the offer,
 unique task ids, no DOCKER containers in task groups …); ``violations`` lists what was found,
-and every event the double sends is parsed against the protos first.
+and every event the double sends is parsed against the protos first. A task group the real
+master refuses after a 202 (:func:`task_group_error`: no ``framework_id``/``type``/``disk`` on its
+executor, a task carrying another executor) gets its TASK_ERROR updates, in the master's words.
 
 Offers: each agent (:class:`AgentSpec`) offers its free resources to one of the framework's
 roles at a time (round robin), honouring DECLINE/ACCEPT filters and SUPPRESS/REVIVE. A
@@ -46,6 +48,7 @@ class AgentSpec:
     cpus: float = 4.0
     mem: float = 4096.0
     ports: tuple[int, int] = (31000, 31099)
+    disk: float = 4096.0
 
 
 @dataclass
@@ -98,6 +101,24 @@ class ExecutorAgent(AgentDouble):
             self.master.forward_update(status, self.agent_spec.id)
 
 
+def task_group_error(executor: dict[str, Any], tasks: list[dict[str, Any]],
+                     require_disk: bool) -> str | None:
+    """What the real master (src/master/validation.cpp) says about a LAUNCH_GROUP's executor
+    and tasks, in its words; None when it takes them."""
+    eid = executor["executor_id"]["value"]
+    if "framework_id" not in executor:
+        return "'ExecutorInfo.framework_id' must be set"
+    if "type" not in executor:
+        return "'ExecutorInfo.type' must be set"
+    for task in tasks:
+        if "executor" in task and task["executor"] != executor:
+            return (f"The `ExecutorInfo` of task '{task['task_id']['value']}' is different "
+                    f"from executor '{eid}'")
+    if require_disk and not any(r.get("name") == "disk" for r in executor.get("resources", [])):
+        return f"Executor '{eid}' uses no disk"
+    return None
+
+
 class MasterDouble:
     """One master, one framework at a time. Use as a context manager or call ``stop()``."""
 
@@ -105,8 +126,11 @@ class MasterDouble:
                  runtime: str | None = FAKE_RUNTIME, offer_interval: float = 0.1,
                  credentials: dict[str, str] | None = None,
                  executor_env: dict[str, str] | None = None,
-                 heartbeat_s: float = 15.0) -> None:
+                 heartbeat_s: float = 15.0, require_executor_disk: bool = False) -> None:
         self.workdir = workdir
+        #: the real master answers a task group whose executor has no `disk` with TASK_ERROR
+        #: "Executor '…' uses no disk"; off until hypervm-scheduler sends `disk` (issue 14)
+        self.require_executor_disk = require_executor_disk
         self.agents = agents or [AgentSpec()]
         self.runtime, self.executor_env = runtime, executor_env or {}
         self.offer_interval, self.heartbeat_s = offer_interval, heartbeat_s
@@ -346,6 +370,9 @@ class MasterDouble:
                       left: dict[str, Any]) -> None:
         executor, tasks = op["executor"], op["task_group"]["tasks"]
         eid = executor["executor_id"]["value"]
+        error = task_group_error(executor, tasks, self.require_executor_disk)
+        if error is not None:  # the real master: 202, then TASK_ERROR for every task
+            return self._task_errors(tasks, error)
         if executor.get("type") != "CUSTOM" or not executor.get("command", {}).get("value"):
             raise protos.ProtoViolation("LAUNCH_GROUP: a CUSTOM executor with a command")
         if executor.get("framework_id", {}).get("value", self.framework_id) != self.framework_id:
@@ -362,8 +389,6 @@ class MasterDouble:
             if task["agent_id"]["value"] != agent.id:
                 raise protos.ProtoViolation(f"Task {tid}: agent {task['agent_id']['value']} "
                                             f"is not the offer's agent {agent.id}")
-            if "executor" in task:
-                raise protos.ProtoViolation(f"Task {tid}: 'TaskInfo.executor' in a task group")
             if task.get("container", {}).get("type") == "DOCKER":
                 raise protos.ProtoViolation(f"Task {tid}: DOCKER ContainerInfo in a task group")
             resources += task.get("resources", [])
@@ -423,6 +448,15 @@ class MasterDouble:
             self.unacked[status["uuid"]] = status
             self._send({"type": "UPDATE", "update": {"status": status}})
             self._changed.notify_all()
+
+    def _task_errors(self, tasks: list[dict[str, Any]], message: str) -> None:
+        """The master's own answer to an invalid task group: TASK_ERROR, no uuid (nothing to
+        acknowledge), the tasks never exist."""
+        for task in tasks:
+            self._send({"type": "UPDATE", "update": {"status": {
+                "task_id": task["task_id"], "state": "TASK_ERROR", "message": message,
+                "reason": "REASON_TASK_GROUP_INVALID", "source": "SOURCE_MASTER",
+                "agent_id": task.get("agent_id", {"value": ""}), "timestamp": time.time()}}})
 
     def _agent_update(self, task_id: str, state: str, message: str, reason: str) -> None:
         with self._lock:
@@ -525,10 +559,9 @@ class MasterDouble:
             oid = f"offer-{uuid.uuid4()}"
             alloc = {"role": role}
             resources = [
-                {"name": "cpus", "type": "SCALAR", "scalar": {"value": round(free["cpus"], 3)},
-                 "allocation_info": alloc},
-                {"name": "mem", "type": "SCALAR", "scalar": {"value": round(free["mem"], 3)},
-                 "allocation_info": alloc}]
+                {"name": name, "type": "SCALAR", "scalar": {"value": round(free[name], 3)},
+                 "allocation_info": alloc}
+                for name in ("cpus", "mem", "disk") if free.get(name, 0) > 0]
             if free["ports"]:
                 resources.append({"name": "ports", "type": "RANGES", "allocation_info": alloc,
                                   "ranges": {"range": [{"begin": b, "end": e}
@@ -541,7 +574,7 @@ class MasterDouble:
             return
 
     def _free(self, agent: AgentSpec) -> dict[str, Any]:
-        free = {"cpus": agent.cpus, "mem": agent.mem,
+        free = {"cpus": agent.cpus, "mem": agent.mem, "disk": agent.disk,
                 "ports": set(range(agent.ports[0], agent.ports[1] + 1))}
         for launched in self.executors.values():
             if launched.agent.id == agent.id and launched.resources:
