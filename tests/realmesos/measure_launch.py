@@ -10,6 +10,7 @@ executor is already subscribed.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -91,9 +92,13 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     work = Path(tempfile.mkdtemp(prefix="hypervm-measure-"))
     work.chmod(0o755)
-    with running_registry(work / "registry") as reg:
-        ref = imagebuild.push(imagebuild.busybox_base(work / "layout"), reg.host, "busybox", "1")
-        results = {"double": double(ref, work, runs), "real": real(ref, work, runs)}
+    try:
+        with running_registry(work / "registry") as reg:
+            ref = imagebuild.push(imagebuild.busybox_base(work / "layout"), reg.host, "busybox",
+                                  "1")
+            results = {"double": double(ref, work, runs), "real": real(ref, work, runs)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     for name, values in results.items():
         report(name, values)
 
