@@ -19,7 +19,8 @@ APT_PACKAGES := \
 	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
 	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
 
-.PHONY: all deps services artifacts init kernel qemu qemu-source initrd demo test test-unit bench lint clean
+.PHONY: all deps services artifacts init kernel qemu qemu-source initrd realmesos demo test test-unit \
+	bench lint clean
 
 all: artifacts
 
@@ -98,11 +99,20 @@ initrd: init
 
 artifacts: kernel qemu initrd
 
+# A real Apache Mesos 1.11 master + agent (mesos-local) for the real-Mesos integration tests
+# (tests/integration/test_realmesos_*.py): ../shared/realmesos/setup.sh builds it under the
+# prefix from a pinned PyPI artefact (~25 s once; a second run checks a stamp and takes < 1 s).
+REALMESOS_SRC ?= ../shared/realmesos
+REALMESOS_PREFIX ?= /var/lib/hypervm/realmesos
+realmesos:
+	$(REALMESOS_SRC)/setup.sh --prefix $(REALMESOS_PREFIX)
+
 demo: services artifacts
 	@$(VENV)/bin/hypervm demo
 
-test: services artifacts
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+test: services artifacts realmesos
+	REALMESOS_SRC=$(abspath $(REALMESOS_SRC)) REALMESOS_PREFIX=$(REALMESOS_PREFIX) \
+		$(PY) -m pytest $(PYTEST_ARGS) tests
 
 test-unit: deps
 	$(PY) -m pytest $(PYTEST_ARGS) tests/unit

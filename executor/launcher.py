@@ -32,17 +32,22 @@ log = logging.getLogger(__name__)
 
 def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str | None = None,
             boot_files: BootFiles | None = None, timeout: float = DEFAULT_BOOT_TIMEOUT,
-            created: Callable[[HyperVM], None] | None = None) -> HyperVM:
+            created: Callable[[HyperVM], None] | None = None,
+            before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> HyperVM:
     """A booted HyperVM running nothing yet: claimed from the warm pool when one serves and
     the pod fits it (``HYPERVM_POOL=auto``), else booted cold. The caller destroys it.
     ``created`` gets the VM before its cold boot (or once claimed), so another thread can
-    destroy it meanwhile; an exception from it destroys the VM and propagates."""
+    destroy it meanwhile; an exception from it destroys the VM and propagates.
+    ``before_shares``: see HyperVM (called with the VM's QEMU uid:gid before its shares are
+    given to it, cold or claimed)."""
     if cfg.use_pool:
-        vm = claim_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout)
+        vm = claim_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout,
+                      before_shares=before_shares)
         if vm is not None:
             _announce(vm, created)
             return vm
-    vm = HyperVM(cfg, pod, hypervisor=hypervisor, accel=accel, boot_files=boot_files)
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, accel=accel, boot_files=boot_files,
+                 before_shares=before_shares)
     _announce(vm, created)
     vm.boot(timeout=timeout)
     return vm

@@ -292,6 +292,10 @@ class Hypervisor:
         except libvirt.libvirtError as e:
             raise HypervisorError(f"cannot inspect VM {name}: {_message(e)}") from e
 
+    def qemu_user(self) -> tuple[int, int] | None:
+        """(uid, gid) libvirt runs QEMU as; None when it does not switch users (no DAC)."""
+        return self._qemu_label()
+
     def prefetch(self) -> None:
         """Read now what a launch would otherwise read on its clock: the user libvirt runs
         QEMU as (libvirt's capabilities take ~4 ms to compute)."""

@@ -11,6 +11,13 @@ tests/unit/test_mesos_driver.py:
    grace period: that kills whatever shares our process group (the agent itself when it does not
    setsid, pytest in tests). We replace it with a fail-safe that ends only our own process.
 
+4. It POSTs to ``MESOS_AGENT_ENDPOINT`` + ``/api/v1/executor``. Mesos' own executor library
+   (src/executor/executor.cpp) addresses the agent by ``MESOS_SLAVE_PID`` instead:
+   ``slave(1)@10.0.0.5:5051`` -> ``http://10.0.0.5:5051/slave(1)/api/v1/executor``. Where master
+   and agent share a port (mesos-local) the plain path reaches the master's operator API, which
+   takes SUBSCRIBE as an operator subscription. We do as Mesos does, and fall back to the plain
+   path on ``MESOS_AGENT_ENDPOINT`` only when ``MESOS_SLAVE_PID`` is absent.
+
 And two behaviours we need: SHUTDOWN must not ``abort()`` the driver before our terminal updates
 are sent, and the KILL event's ``kill_policy`` (ignored by pymesos) is passed on. The reconnect
 backoff honours ``MESOS_SUBSCRIPTION_BACKOFF_MAX``.
@@ -43,6 +50,10 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|secs|mins|hrs|
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 DEFAULT_RECOVERY_TIMEOUT_S = 15 * 60.0
 DEFAULT_BACKOFF_MAX_S = 2.0
+#: the executor API's path on an agent known only by MESOS_AGENT_ENDPOINT
+PLAIN_API_PATH = "/api/v1/executor"
+#: a libprocess UPID: ``id@ip:port`` (the id may hold parentheses: ``slave(1)``)
+_UPID_RE = re.compile(r"^([A-Za-z0-9_.()\-]+)@([^:@/\s]+):(\d{1,5})$")
 
 
 def parse_duration(text: str, name: str) -> float:
@@ -65,6 +76,29 @@ class ExecutorSettings:
     recovery_timeout_s: float
     backoff_max_s: float
     auth_token: str | None = None
+    #: the path of the agent's executor API on ``agent_endpoint``
+    api_path: str = PLAIN_API_PATH
+
+
+def agent_address(env: Mapping[str, str]) -> tuple[str, str]:
+    """``(host:port, path)`` of the agent's executor API, as Mesos' executor library builds it:
+    from ``MESOS_SLAVE_PID`` (``slave(1)@127.0.0.1:5051`` -> ``127.0.0.1:5051``,
+    ``/slave(1)/api/v1/executor``), else ``MESOS_AGENT_ENDPOINT`` and ``/api/v1/executor``."""
+    pid = env.get("MESOS_SLAVE_PID", "")
+    if pid:
+        match = _UPID_RE.match(pid)
+        if not match:
+            raise InvalidSpec("MESOS_SLAVE_PID", f"{pid!r} is not a libprocess PID id@ip:port",
+                              hint="hypervm-executor must be started by a Mesos agent")
+        upid_id, host, port = match.groups()
+        return f"{host}:{port}", f"/{upid_id}{PLAIN_API_PATH}"
+    endpoint = env.get("MESOS_AGENT_ENDPOINT", "")
+    if not endpoint:
+        raise InvalidSpec("MESOS_AGENT_ENDPOINT", "is not set (nor MESOS_SLAVE_PID)",
+                          hint="hypervm-executor must be started by a Mesos agent")
+    if not re.match(r"^[^:/]+:\d+$", endpoint):
+        raise InvalidSpec("MESOS_AGENT_ENDPOINT", f"{endpoint!r} is not host:port")
+    return endpoint, PLAIN_API_PATH
 
 
 def settings_from_env(env: Mapping[str, str]) -> ExecutorSettings:
@@ -83,9 +117,7 @@ def settings_from_env(env: Mapping[str, str]) -> ExecutorSettings:
     def duration(name: str, default: float) -> float:
         return parse_duration(env[name], name) if env.get(name) else default
 
-    endpoint = required("MESOS_AGENT_ENDPOINT")
-    if not re.match(r"^[^:/]+:\d+$", endpoint):
-        raise InvalidSpec("MESOS_AGENT_ENDPOINT", f"{endpoint!r} is not host:port")
+    endpoint, api_path = agent_address(env)
     return ExecutorSettings(
         framework_id=required("MESOS_FRAMEWORK_ID"),
         executor_id=required("MESOS_EXECUTOR_ID"),
@@ -97,6 +129,7 @@ def settings_from_env(env: Mapping[str, str]) -> ExecutorSettings:
         recovery_timeout_s=duration("MESOS_RECOVERY_TIMEOUT", DEFAULT_RECOVERY_TIMEOUT_S),
         backoff_max_s=duration("MESOS_SUBSCRIPTION_BACKOFF_MAX", DEFAULT_BACKOFF_MAX_S),
         auth_token=env.get("MESOS_EXECUTOR_AUTHENTICATION_TOKEN") or None,
+        api_path=api_path,
     )
 
 
@@ -127,6 +160,7 @@ def make_driver(executor: Any, settings: ExecutorSettings,
     class HyperVMExecutorDriver(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
             super().__init__(executor, use_addict=False, timeout=10 * 365 * 86400)
+            self._new_master = settings.agent_endpoint  # fix 4: pymesos read the env itself
             self.checkpoint = settings.checkpoint  # fix 2
             self.settings = settings
             self.updates: dict[uuid.UUID, dict[str, Any]] = {}
@@ -167,14 +201,18 @@ def make_driver(executor: Any, settings: ExecutorSettings,
             with self._lock:
                 self._in_subscribe = set(self.updates)
             request: bytes = super().gen_request()
+            request = request.replace(f"POST {PLAIN_API_PATH} ".encode(),
+                                      f"POST {settings.api_path} ".encode(), 1)  # fix 4
             if settings.auth_token:
                 request = request.replace(
                     b"\r\nHost:", f"\r\nAuthorization: Bearer {settings.auth_token}\r\nHost:"
                     .encode(), 1)
             return request
 
-        def _send(self, body: Any, path: str = "/api/v1/executor", method: str = "POST",
+        def _send(self, body: Any, path: str = PLAIN_API_PATH, method: str = "POST",
                   headers: dict[str, str] | None = None) -> Any:
+            if path == PLAIN_API_PATH:  # fix 4
+                path = settings.api_path
             headers = dict(headers or {})
             if settings.auth_token:
                 headers["Authorization"] = f"Bearer {settings.auth_token}"

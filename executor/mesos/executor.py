@@ -192,7 +192,8 @@ class ExecutorCore:
         self.groups.append(group)
         try:
             if is_group:
-                specs = parse_task_group({"tasks": infos}, policy=self.policy)
+                specs = parse_task_group({"tasks": infos}, policy=self.policy,
+                                         executor_id=self.settings.executor_id)
             else:
                 specs = (parse_task(infos[0], "task", policy=self.policy),)
             for spec in specs:

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     driver = make_driver(MesosCallbacks(core), settings, failsafe)
     core.driver = driver
     signal.signal(signal.SIGTERM, core.on_sigterm)
-    log.info("hypervm-executor %s for framework %s, agent %s", settings.executor_id,
-             settings.framework_id, settings.agent_endpoint)
+    log.info("hypervm-executor %s for framework %s, agent http://%s%s", settings.executor_id,
+             settings.framework_id, settings.agent_endpoint, settings.api_path)
     driver.start()
     try:
         core.run()

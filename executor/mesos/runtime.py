@@ -11,8 +11,10 @@ threads; ``on_*`` callbacks arrive on the runtime's reader threads.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -26,6 +28,7 @@ from typing import Any, Protocol
 from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.launcher import Launcher, boot_vm
 from executor.libvirt.hypervisor import Hypervisor
+from executor.mesos.sandbox_acl import grant_search_below
 from executor.mesos.taskinfo import CONTAINER_SANDBOX, TaskSpec, command_overrides
 from executor.mesos.volume_paths import host_dir, sandbox_dir
 from hypervm.config import HostConfig, config_from_env
@@ -181,6 +184,30 @@ def pull_auth(task: TaskSpec, network: Any) -> Any:
     return PullAuth(tenant=task.role or network.tenant, credentials=task.image_credentials)
 
 
+#: how long a TCP check watches an accepted connection for the user-mode network dropping it
+TCP_SETTLE_S = 1.0
+
+
+def tcp_check(address: tuple[str, int], timeout: float) -> bool:
+    """Mesos' TCP check (connect, close) through a published port. A published port is a
+    ``hostfwd`` listener of QEMU's user-mode network: it accepts every connection at once, then
+    connects to the guest and, when the guest refuses, closes ours. So a connection counts only
+    if it is still open ``TCP_SETTLE_S`` later (or data came); raises ConnectionRefusedError."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(min(timeout, TCP_SETTLE_S))
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except TimeoutError:
+            return True  # still open: the guest accepted it
+        except ConnectionResetError as e:
+            raise ConnectionRefusedError(f"{address[0]}:{address[1]}: reset: the task does not "
+                                         "accept connections") from e
+        if not data:
+            raise ConnectionRefusedError(f"{address[0]}:{address[1]}: closed at once: the task "
+                                         "does not accept connections")
+        return True
+
+
 def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
     """Task id → a container name init accepts ([A-Za-z0-9_.-]{1,64}), unique in the pod."""
     names: dict[str, str] = {}
@@ -261,7 +288,10 @@ class VMPod:
                                               memory_mib=self.plan.memory_mib,
                                               cpu_limit=self.plan.cpu_limit),
                           labels=self.plan.labels, network=self.network)
-            boot_vm(self.cfg, pod, hypervisor=self._hypervisor(), created=self._created)
+            hypervisor = self._hypervisor()
+            boot_vm(self.cfg, pod, hypervisor=hypervisor, created=self._created,
+                    before_shares=functools.partial(self._let_qemu_reach_sandboxes, containers,
+                                                    hypervisor))
 
     def _created(self, vm: Any) -> None:
         """The VM exists (not booted yet): from now on :meth:`destroy` ends it."""
@@ -269,6 +299,20 @@ class VMPod:
             if self._destroyed:
                 raise HyperVMError("the pod was destroyed while it booted")
             self.vm = vm
+
+    def _let_qemu_reach_sandboxes(self, containers: list[Container], hypervisor: Any,
+                                  ids: tuple[int, int] | None) -> None:
+        """A real agent's executor sandbox is 0750 root:root: the VM's QEMU user (``ids``, its
+        own uid, else libvirt's shared one) gets search permission on the way to each sandbox
+        share below it (executor/mesos/sandbox_acl.py). HyperVM calls it once the uid is known,
+        before it gives the shares to that uid."""
+        if ids is None and hypervisor is not None:
+            ids = hypervisor.qemu_user()
+        if ids is None or os.geteuid() != 0:
+            return
+        for source in {m.source for c in containers for m in c.mounts
+                       if m.owned and m.source is not None}:
+            grant_search_below(self.plan.sandbox, source, *ids)
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         self._handles[task_id] = self.vm.start(self._containers[task_id], on_stdout=on_stdout,
@@ -303,8 +347,7 @@ class VMPod:
 
     def probe_tcp(self, task_id: str, port: int, timeout: float) -> bool:
         address = probe_address(self.network, port, f"task {task_id}: TCP check")
-        with socket.create_connection(address, timeout=timeout):
-            return True
+        return tcp_check(address, timeout)
 
     def probe_http(self, task_id: str, scheme: str, port: int, path: str,
                    timeout: float) -> int:

@@ -545,8 +545,6 @@ def parse_task(value: Any, where: str, group: bool = False,
     task = _obj(value, where)
     task_id = _id(task, "task_id", where)
     name = _str(task.get("name", task_id), f"{where}.name")
-    if "executor" in task and group:
-        raise InvalidSpec(f"{where}.executor", "a task in a group must not set an executor")
     image, pull_policy, image_field = _image(task, where, group=group)
     check_image_source(image, image_field, policy)
     if "command" in task:
@@ -579,12 +577,24 @@ def parse_launch(event: Any, policy: MesosPolicy = STRICT_MESOS_POLICY) -> TaskS
 
 
 def parse_task_group(value: Any, where: str = "task_group",
-                     policy: MesosPolicy = STRICT_MESOS_POLICY) -> tuple[TaskSpec, ...]:
-    """A TaskGroupInfo ``{"tasks": [...]}``: the tasks, all valid, with unique IDs."""
+                     policy: MesosPolicy = STRICT_MESOS_POLICY,
+                     executor_id: str | None = None) -> tuple[TaskSpec, ...]:
+    """A TaskGroupInfo ``{"tasks": [...]}``: the tasks, all valid, with unique IDs.
+
+    The master copies the group's ExecutorInfo into every task's ``executor``
+    (src/master/master.cpp, LAUNCH_GROUP); Mesos' default executor ignores it. We accept it when
+    it names this executor (``executor_id``), and refuse a task meant for another one."""
     group = _obj(value, where)
     tasks = _list(group.get("tasks"), f"{where}.tasks")
     if not tasks:
         raise InvalidSpec(f"{where}.tasks", "a task group needs at least one task")
+    for i, task in enumerate(tasks):
+        if isinstance(task, Mapping) and "executor" in task and executor_id is not None:
+            named = _id(_obj(task["executor"], f"{where}.tasks[{i}].executor"), "executor_id",
+                        f"{where}.tasks[{i}].executor")
+            if named != executor_id:
+                raise InvalidSpec(f"{where}.tasks[{i}].executor.executor_id",
+                                  f"names executor {named!r}, but this is {executor_id!r}")
     specs = tuple(parse_task(t, f"{where}.tasks[{i}]", True, policy) for i, t in enumerate(tasks))
     seen: set[str] = set()
     for spec in specs:

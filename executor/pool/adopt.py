@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from executor.guest.channel import GuestChannel
@@ -28,8 +29,9 @@ from hypervm.podspec import PodSpec
 log = logging.getLogger(__name__)
 
 
-def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
-             timeout: float) -> HyperVM | None:
+def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: float,
+             before_shares: Callable[[tuple[int, int] | None], None] | None = None
+             ) -> HyperVM | None:
     """A pool VM running ``pod``, or None (nothing left behind) to boot cold."""
     if not cfg.pool_socket.exists():
         return None
@@ -45,7 +47,8 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
     except PoolError as e:
         log.info("%s: no warm VM (%s): booting cold", pod.name, e)
         return None
-    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=lease.vm, run_dir=lease.run_dir)
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=lease.vm, run_dir=lease.run_dir,
+                 before_shares=before_shares)
     vm.assign_devices()
     try:
         ready = _adopt(vm, lease, sock, timeout)

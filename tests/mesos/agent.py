@@ -1,16 +1,20 @@
 """A Mesos agent double speaking the v1 executor HTTP API on loopback.
 
-It serves ``POST /api/v1/executor`` like src/slave/http.cpp: SUBSCRIBE gets ``200`` and a chunked
-RecordIO stream (``<len>\\n<json>``) of events starting with SUBSCRIBED; UPDATE, MESSAGE and
-HEARTBEAT get ``202``; anything a real agent refuses gets its status code and message (400 bad
+It serves ``POST /slave(1)/api/v1/executor`` like src/slave/http.cpp (the path Mesos' executor
+library builds from ``MESOS_SLAVE_PID``; the plain ``/api/v1/executor`` is the master's in the
+one-process mesos-local and gets 404 here unless ``plain_path``): SUBSCRIBE gets ``200`` and a
+chunked RecordIO stream (``<len>\\n<json>``) of events starting with SUBSCRIBED; UPDATE, MESSAGE
+and HEARTBEAT get ``202``; anything a real agent refuses gets its status code and message (400 bad
 call, 403 not subscribed, 405, 415, 406, 503 while recovering). Every call is checked with
 :class:`tests.mesos.protos.CallChecker` and every event it sends is parsed against the protos
 first; ``violations`` lists everything found.
 
 It starts ``hypervm-executor`` as an agent would: ``sh -c <ExecutorInfo.command.value>`` in its
-own session, cwd = the sandbox, stdout/stderr into ``<sandbox>/stdout|stderr``, the ``MESOS_*``
-environment. It acknowledges every valid update (unless ``auto_ack`` is off), counts the
-unacknowledged ones, and ``restart()`` simulates an agent restart.
+own session, cwd = the sandbox (mode 0750, as Mesos 1.11 makes it), stdout/stderr into
+``<sandbox>/stdout|stderr``, the ``MESOS_*`` environment. Like the real master, it sets
+``TaskInfo.executor`` on every task of a LAUNCH_GROUP. It acknowledges every valid update
+(unless ``auto_ack`` is off), counts the unacknowledged ones, and ``restart()`` simulates an agent
+restart.
 """
 
 from __future__ import annotations
@@ -39,10 +43,19 @@ from tests.mesos import protos
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_RUNTIME = "tests.mesos.fake_runtime:factory"
+#: the agent's libprocess id: MESOS_SLAVE_PID is ``slave(1)@ip:port``
+AGENT_UPID_ID = "slave(1)"
+AGENT_API_PATH = f"/{AGENT_UPID_ID}/api/v1/executor"
+PLAIN_API_PATH = "/api/v1/executor"
+#: Mesos 1.11 makes every executor sandbox 0750 (root:root when the agent runs as root)
+SANDBOX_MODE = 0o750
 
 
 def executor_command() -> str:
-    """The command an agent would be given in ExecutorInfo.command.value."""
+    """The command an agent would be given in ExecutorInfo.command.value (HYPERVM_TEST_EXECUTOR
+    names another script: a worktree tested with another checkout's venv needs its own)."""
+    if os.environ.get("HYPERVM_TEST_EXECUTOR"):
+        return shlex.quote(os.environ["HYPERVM_TEST_EXECUTOR"])
     script = Path(sys.executable).parent / "hypervm-executor"
     if script.exists():
         return shlex.quote(str(script))
@@ -107,14 +120,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.agent.rejected.append((code, message))
 
     def do_GET(self) -> None:  # noqa: N802
-        self.reply(405 if self.path == "/api/v1/executor" else 404,
+        self.reply(405 if self.path in self.server.agent.api_paths else 404,
                    "Expecting 'POST', received 'GET'")
 
     def do_POST(self) -> None:  # noqa: N802
         agent = self.server.agent
         length = int(self.headers.get("Content-Length", "0") or 0)
         body = self.rfile.read(length) if length else b""
-        if self.path != "/api/v1/executor":
+        if self.path not in agent.api_paths:
+            if self.path == PLAIN_API_PATH:
+                agent.checker.record(f"call to {PLAIN_API_PATH}: the agent's executor API is "
+                                     f"{agent.api_path} (MESOS_SLAVE_PID {agent.slave_pid})")
             return self.reply(404)
         if agent.auth_token and self.headers.get("Authorization") != f"Bearer {agent.auth_token}":
             agent.checker.record("call without the executor's authentication token")
@@ -221,10 +237,20 @@ class AgentDouble:
                  recovery_timeout: str = "15mins", backoff_max: str = "1secs",
                  runtime: str | None = FAKE_RUNTIME, env: dict[str, str] | None = None,
                  executor_resources: tuple[float, float] = (0.1, 32.0),
-                 auth_token: str | None = None) -> None:
+                 auth_token: str | None = None, slave_pid: bool = True,
+                 plain_path: bool = False) -> None:
         self.workdir = workdir
         self.sandbox = workdir / "sandbox"
         self.sandbox.mkdir(parents=True, exist_ok=True)
+        self.sandbox.chmod(SANDBOX_MODE)  # src/slave/paths.cpp: createExecutorDirectory
+        #: ``slave_pid``: set MESOS_SLAVE_PID and serve /slave(1)/api/v1/executor (every real
+        #: agent); ``plain_path``: also serve /api/v1/executor (a standalone agent, which is
+        #: its own libprocess delegate; in mesos-local that path is the master's). An agent
+        #: without MESOS_SLAVE_PID serves the plain path only.
+        self.use_slave_pid = slave_pid
+        self.api_paths = {AGENT_API_PATH} if slave_pid else set()
+        if plain_path or not slave_pid:
+            self.api_paths.add(PLAIN_API_PATH)
         self.framework_id, self.executor_id = framework_id, executor_id
         self.checkpoint, self.auto_ack = checkpoint, auto_ack
         self.task_killing_state = task_killing_state
@@ -278,6 +304,14 @@ class AgentDouble:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def slave_pid(self) -> str:
+        return f"{AGENT_UPID_ID}@{self.endpoint}"
+
+    @property
+    def api_path(self) -> str:
+        return AGENT_API_PATH if self.use_slave_pid else PLAIN_API_PATH
+
     def restart(self, down_for: float = 1.0, recovering_for: float = 0.0) -> None:
         """Drop the stream and every connection, refuse connections for ``down_for`` seconds,
         then answer 503 for ``recovering_for`` seconds before accepting a re-SUBSCRIBE."""
@@ -323,6 +357,8 @@ class AgentDouble:
             "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD": self.settings["shutdown_grace"],
             "MESOS_SLAVE_ID": "agent-1",
         })
+        if self.use_slave_pid:
+            env["MESOS_SLAVE_PID"] = self.slave_pid
         if self.auth_token:
             env["MESOS_EXECUTOR_AUTHENTICATION_TOKEN"] = self.auth_token
         if self.checkpoint:
@@ -474,6 +510,8 @@ class AgentDouble:
 
     def launch_group(self, tasks: list[dict[str, Any]]) -> None:
         group = {"tasks": [self._task(t) for t in tasks]}
+        for task in group["tasks"]:  # the real master does it (src/master/master.cpp _accept)
+            task.setdefault("executor", self.executor_info())
         self._send({"type": "LAUNCH_GROUP", "launch_group": {"task_group": group}})
 
     def kill(self, task_id: str, grace_s: float | None = None) -> None:

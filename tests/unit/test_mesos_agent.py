@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.mesos import protos
-from tests.mesos.agent import AgentDouble, new_uuid
+from tests.mesos.agent import AGENT_API_PATH, AgentDouble, new_uuid
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,7 +41,7 @@ def post(agent: AgentDouble, body: Any, headers: dict[str, str] | None = None,
     conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=10)
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     hdrs = {"Content-Type": "application/json"} if headers is None else headers
-    conn.request(method, "/api/v1/executor", body=data, headers=hdrs)
+    conn.request(method, AGENT_API_PATH, body=data, headers=hdrs)
     resp = conn.getresponse()
     out = resp.status, resp.read()
     conn.close()
@@ -52,7 +52,7 @@ class Subscription:
     def __init__(self, agent: AgentDouble, subscribe: dict[str, Any] | None = None) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=10)
         body = json.dumps(call("SUBSCRIBE", subscribe=subscribe or {}))
-        self.conn.request("POST", "/api/v1/executor", body=body,
+        self.conn.request("POST", AGENT_API_PATH, body=body,
                           headers={"Content-Type": "application/json",
                                    "Accept": "application/json"})
         self.resp = self.conn.getresponse()

@@ -99,7 +99,7 @@ def start(double: AgentDouble, driver: Any, drivers: list[Any]) -> None:
 def test_raw_pymesos_reads_checkpoint_0_as_true(agent_factory: Any, env_for: Any) -> None:  # noqa: F811
     from pymesos import MesosExecutorDriver
 
-    double = agent_factory(checkpoint=False)
+    double = agent_factory(checkpoint=False, plain_path=True)
     env = env_for(double)
     assert os.environ["MESOS_CHECKPOINT"] == "0"
     assert MesosExecutorDriver(Recorder()).checkpoint is True  # the bug
@@ -122,7 +122,7 @@ def test_raw_pymesos_never_resends_updates(agent_factory: Any, env_for: Any,  # 
                                            drivers: list[Any]) -> None:
     from pymesos import MesosExecutorDriver
 
-    double = agent_factory(auto_ack=False, backoff_max="0.5secs")
+    double = agent_factory(auto_ack=False, backoff_max="0.5secs", plain_path=True)
     env_for(double)
     assert resubscribe_updates(double, MesosExecutorDriver(Recorder()), drivers) == []
 
@@ -159,7 +159,7 @@ def test_raw_pymesos_killpgs_its_own_group(agent_factory: Any, env_for: Any,  # 
 
     killed: list[tuple[int, int]] = []
     monkeypatch.setattr(os, "killpg", lambda pgid, sig: killed.append((pgid, sig)))
-    double = agent_factory(shutdown_grace="0.1secs")
+    double = agent_factory(shutdown_grace="0.1secs", plain_path=True)
     env_for(double)
     driver = MesosExecutorDriver(Recorder())
     start(double, driver, drivers)
@@ -197,6 +197,36 @@ def test_kill_policy_reaches_the_executor(agent_factory: Any, env_for: Any,  # n
     double.kill("t", grace_s=1.5)
     wait(lambda: "kill" in recorder.names())
     assert dict(recorder.calls)["kill"] == {"grace_period": {"nanoseconds": 1500000000}}
+
+
+def test_raw_pymesos_misses_an_agent_addressed_by_its_pid(agent_factory: Any,  # noqa: F811
+                                                         env_for: Any) -> None:
+    """pymesos POSTs to the plain /api/v1/executor: under mesos-local that is the master's
+    operator API; a real agent's executor API is /<MESOS_SLAVE_PID id>/api/v1/executor."""
+    from pymesos import MesosExecutorDriver
+
+    double = agent_factory()
+    env_for(double)
+    driver = MesosExecutorDriver(Recorder())
+    with pytest.raises(RuntimeError, match="HTTP 404"):  # its IO thread dies, SIGINTs us
+        driver.start()
+        double.wait_for(lambda: False, 10, "the raw driver to give up")
+    assert not double.subscribed and not double.ever_subscribed
+    assert "call to /api/v1/executor" in double.violations[0]
+
+
+@pytest.mark.parametrize("slave_pid", [True, False])
+def test_ours_addresses_the_agent_as_mesos_does(agent_factory: Any, env_for: Any,  # noqa: F811
+                                                drivers: list[Any], slave_pid: bool) -> None:
+    double = agent_factory(slave_pid=slave_pid)
+    env = env_for(double)
+    if not slave_pid:
+        os.environ.pop("MESOS_SLAVE_PID", None)
+    driver = make_driver(Recorder(), settings_from_env(env), lambda: None)
+    start(double, driver, drivers)
+    driver.sendStatusUpdate(status("t", "TASK_RUNNING"))
+    double.wait_state("t", "TASK_RUNNING", 10)
+    assert double.violations == []
 
 
 def test_backoff_respects_the_maximum(agent_factory: Any, env_for: Any) -> None:  # noqa: F811
@@ -239,7 +269,21 @@ def test_settings_defaults_and_values() -> None:
             custom.auth_token) == (True, 10.0, 60.0, "tok")
 
 
+def test_settings_address_the_agent_by_its_pid() -> None:
+    pid = settings_from_env(base_env(MESOS_SLAVE_PID="slave(1)@10.1.2.3:5051"))
+    assert (pid.agent_endpoint, pid.api_path) == ("10.1.2.3:5051", "/slave(1)/api/v1/executor")
+    plain = settings_from_env(base_env())
+    assert (plain.agent_endpoint, plain.api_path) == ("127.0.0.1:5051", "/api/v1/executor")
+    only_pid = {k: v for k, v in base_env(MESOS_SLAVE_PID="slave(2)@h:1").items()
+                if k != "MESOS_AGENT_ENDPOINT"}
+    assert settings_from_env(only_pid).api_path == "/slave(2)/api/v1/executor"
+
+
 @pytest.mark.parametrize("env, field", [
+    (base_env(MESOS_SLAVE_PID="slave(1)"), "MESOS_SLAVE_PID"),
+    (base_env(MESOS_SLAVE_PID="slave(1)@h:1/x"), "MESOS_SLAVE_PID"),
+    ({k: v for k, v in base_env().items() if k != "MESOS_AGENT_ENDPOINT"},
+     "MESOS_AGENT_ENDPOINT"),
     (base_env(MESOS_CHECKPOINT="yes"), "MESOS_CHECKPOINT"),
     ({k: v for k, v in base_env().items() if k != "MESOS_EXECUTOR_ID"}, "MESOS_EXECUTOR_ID"),
     (base_env(MESOS_AGENT_ENDPOINT="http://x:1/"), "MESOS_AGENT_ENDPOINT"),

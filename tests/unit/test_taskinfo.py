@@ -211,6 +211,22 @@ def test_duplicate_and_missing_ids() -> None:
     invalid("task_group.tasks", parse_task_group, {"tasks": []})
 
 
+def test_group_tasks_carry_their_executor_as_the_master_sets_it() -> None:
+    """The real master copies the group's ExecutorInfo into every task (master.cpp)."""
+    mine = {"executor_id": {"value": "ex-1"}, "type": "CUSTOM",
+            "command": {"value": "/usr/local/bin/hypervm-executor"}, "resources": res(0.1, 32)}
+    specs = parse_task_group({"tasks": [task("a", executor=mine), task("b", executor=mine)]},
+                             executor_id="ex-1")
+    assert [s.task_id for s in specs] == ["a", "b"]
+    other = dict(mine, executor_id={"value": "ex-2"})
+    error = invalid("task_group.tasks[1].executor.executor_id", parse_task_group,
+                    {"tasks": [task("a", executor=mine), task("b", executor=other)]},
+                    executor_id="ex-1")
+    assert "'ex-2'" in str(error)
+    invalid("task_group.tasks[0].executor", parse_task_group,
+            {"tasks": [task("a", executor="ex-1")]}, executor_id="ex-1")
+
+
 def test_vm_size_policy() -> None:
     specs = parse_task_group({"tasks": [task("a", resources=res(0.5, 100)),
                                         task("b", resources=res(1.0, 28))]})
@@ -301,3 +317,35 @@ def test_bad_port_ranges_name_the_field() -> None:
     from executor.mesos.runtime import pod_network
 
     invalid("task.resources.ports", pod_network, (spec,))
+
+
+def test_tcp_check_sees_a_connection_the_user_mode_network_drops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU's hostfwd accepts every connection and closes it when the guest refuses: that is a
+    failed check, a connection that stays open (or gets data) a passed one."""
+    import contextlib
+    import socket
+    import threading
+
+    from executor.mesos import runtime as mesos_runtime
+
+    def serve(behaviour: str) -> tuple[str, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def run() -> None:
+            conn, _ = listener.accept()
+            with conn, listener:
+                if behaviour == "greet":
+                    conn.sendall(b"220 hi\r\n")
+                if behaviour != "close":  # keep it open until the client goes
+                    with contextlib.suppress(OSError):
+                        conn.recv(1)
+
+        threading.Thread(target=run, daemon=True).start()
+        return listener.getsockname()
+
+    monkeypatch.setattr(mesos_runtime, "TCP_SETTLE_S", 0.3)
+    with pytest.raises(ConnectionRefusedError):
+        mesos_runtime.tcp_check(serve("close"), 5)
+    assert mesos_runtime.tcp_check(serve("open"), 5) is True
+    assert mesos_runtime.tcp_check(serve("greet"), 5) is True
