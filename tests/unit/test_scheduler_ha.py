@@ -1,0 +1,146 @@
+"""High availability: three hypervm-scheduler processes, one ZooKeeper ensemble of 3 (Debian's
+zookeeper, on loopback), the Mesos master double found through ZooKeeper (``--master zk://``).
+The leader is killed with SIGKILL in the middle of a scale-up: a standby leads within 15 s with
+the same framework id, reconciles, launches nothing twice, and the scale-up completes; the same
+with one ZooKeeper node stopped."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.mesos.fixtures import master_factory  # noqa: F401
+from tests.mesos.master import MasterDouble
+from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
+from tests.mesos.zookeeper import Ensemble, available, register_master
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150),
+              pytest.mark.skipif(not available(), reason="needs Debian's zookeeper package")]
+A = TenantDef("a", "token-a", cpus=4, mem=2048, instances=10)
+APP = {"id": "/web", "cmd": "exec sleep 300", "cpus": 0.1, "mem": 32, "instances": 1,
+       "container": {"type": "DOCKER", "docker": {"image": "busybox:1.36"}}}
+
+
+class HaScheduler(SchedulerProcess):
+    """A scheduler of an HA group: ``--zk`` instead of ``--state``."""
+
+    def __init__(self, workdir: Path, master_url: str, zk: str, **kwargs: Any) -> None:
+        super().__init__(workdir, master_url, [A], extra=["--zk", zk], **kwargs)
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        at = cmd.index("--state")
+        return cmd[:at] + cmd[at + 2:]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def leader(self) -> str | None:
+        code, body = self.request("GET", "/v2/leader", "a")
+        return body["leader"] if code == 200 else None
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ensemble]:
+    zk = Ensemble(tmp_path_factory.mktemp("zookeeper")).start()
+    try:
+        yield zk
+    finally:
+        zk.stop()
+
+
+@pytest.fixture
+def zk_client(ensemble: Ensemble) -> Iterator[Any]:
+    from kazoo.client import KazooClient
+
+    client = KazooClient(ensemble.hosts)
+    client.start(timeout=20)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def group(tmp_path: Path, ensemble: Ensemble, zk_client: Any,
+          master_factory: Callable[..., MasterDouble]  # noqa: F811
+          ) -> Iterator[tuple[MasterDouble, list[HaScheduler]]]:
+    """The master double registered in ZooKeeper, three schedulers: the first leads."""
+    master = master_factory()
+    root = f"/test-{uuid.uuid4().hex[:8]}"
+    register_master(zk_client, f"{root}/mesos", master.port)
+    scheds = [HaScheduler(tmp_path / f"scheduler{i}", f"zk://{ensemble.hosts}{root}/mesos",
+                          f"zk://{ensemble.hosts}{root}/hypervm") for i in range(3)]
+    try:
+        scheds[0].start()
+        master.wait_subscribed()
+        for sched in scheds[1:]:
+            sched.start()
+        yield master, scheds
+    finally:
+        for sched in scheds:
+            sched.stop()
+            print(f"--- {sched.address}\n{sched.log_text()[-5000:]}")
+
+
+def app_running(sched: SchedulerProcess, n: int) -> Callable[[], Any]:
+    def check() -> Any:
+        code, body = sched.request("GET", "/v2/apps/web", "a")
+        return code == 200 and body["app"]["tasksRunning"] == n and body["app"]
+    return check
+
+
+def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler]) -> float:
+    """The scenario of both tests; returns the seconds from the kill to the new SUBSCRIBE."""
+    first, one, two = scheds
+    assert one.leader() == two.leader() == first.address == first.leader()
+    framework_id = master.framework_id
+    assert master.subscribes[-1]["subscribe"]["framework_info"]["failover_timeout"] > 0
+    code, body = one.request("POST", "/v2/apps", "a", APP)  # a standby forwards it
+    assert code == 201, body
+    two.wait_for(app_running(two, 1), 30, "the app running")
+    assert two.request("PUT", "/v2/apps/web", "a", {"instances": 4})[0] == 200
+    master.wait_for(lambda: len(master.launched) >= 2, 20, "the scale-up under way")
+    subscribes, reconciles = len(master.subscribes), len(master.calls_of("RECONCILE"))
+    killed_at = time.monotonic()
+    assert first.kill(signal.SIGKILL) == -signal.SIGKILL
+    master.wait_for(lambda: len(master.subscribes) > subscribes, 20, "a standby subscribing")
+    took = time.monotonic() - killed_at
+    assert took < 15, f"the standby took {took:.1f} s"
+    assert master.subscribes[-1]["framework_id"]["value"] == framework_id
+    new = one.wait_for(lambda: one.leader() in (one.address, two.address) and one.leader(),
+                       10, "a new leader named")
+    assert two.leader() == new
+    master.wait_for(lambda: len(master.calls_of("RECONCILE")) > reconciles, 10,
+                    "the new leader reconciling")
+    standby = two if new == one.address else one
+    view = standby.wait_for(app_running(standby, 4), 40, "4 instances running")
+    assert sorted(t["instance"] for t in view["tasks"]) == [0, 1, 2, 3]
+    time.sleep(1.5)  # offers keep coming: nothing may be launched again
+    assert len(master.launched) == 4, master.launched
+    assert all(master.tasks[t].state == "TASK_RUNNING" for t in master.launched)
+    assert sorted(t["id"] for t in view["tasks"]) == sorted(master.launched)
+    assert master.all_violations() == []
+    print(f"failover: {took:.1f} s from SIGKILL to the new leader's SUBSCRIBE")
+    return took
+
+
+def test_kill_9_the_leader_during_a_scale_up_a_standby_completes_it(
+        group: tuple[MasterDouble, list[HaScheduler]]) -> None:
+    kill_leader_during_scale_up(*group)
+
+
+def test_the_same_with_one_zookeeper_node_stopped(
+        ensemble: Ensemble, group: tuple[MasterDouble, list[HaScheduler]]) -> None:
+    (leader,) = [i for i in range(ensemble.size) if ensemble.mode(i) == "leader"]
+    ensemble.stop(leader)  # ZooKeeper elects another leader of its own; 2 of 3 are a quorum
+    try:
+        kill_leader_during_scale_up(*group)
+    finally:
+        ensemble.start(leader)
