@@ -68,6 +68,7 @@ class Leadership:
         self.elected = threading.Event()
         self._suspended_at: float | None = None
         self._expired = False
+        self._last: str | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         try:
@@ -104,12 +105,17 @@ class Leadership:
         return f"{self.lock.path}/{self.lock.node}"
 
     def leader(self) -> str | None:
-        """HOST:PORT of the leader's API (None: none elected, or ZooKeeper unreachable)."""
+        """HOST:PORT of the leader's API, None if none is elected. While the connection to
+        ZooKeeper is suspended (a ZooKeeper node stopped, its clients move to another) the
+        last leader seen is the answer, for at most the session timeout."""
+        if self.elected.is_set() and self.lost is None:
+            return self.advertise
         try:
             contenders = self.lock.contenders()
         except KazooException:
-            return None
-        return contenders[0] if contenders else None
+            return self._last if self.lost is None else None
+        self._last = contenders[0] if contenders else None
+        return self._last
 
     @property
     def lost(self) -> str | None:

@@ -6,6 +6,7 @@ with one ZooKeeper node stopped."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import uuid
@@ -30,8 +31,8 @@ APP = {"id": "/web", "cmd": "exec sleep 300", "cpus": 0.1, "mem": 32, "instances
 class HaScheduler(SchedulerProcess):
     """A scheduler of an HA group: ``--zk`` instead of ``--state``."""
 
-    def __init__(self, workdir: Path, master_url: str, zk: str, **kwargs: Any) -> None:
-        super().__init__(workdir, master_url, [A], extra=["--zk", zk], **kwargs)
+    def __init__(self, workdir: Path, master_url: str, zk: str, *extra: str) -> None:
+        super().__init__(workdir, master_url, [A], extra=["--zk", zk, *extra])
 
     def command(self) -> list[str]:
         cmd = super().command()
@@ -67,26 +68,40 @@ def zk_client(ensemble: Ensemble) -> Iterator[Any]:
     client.close()
 
 
+Group = tuple[MasterDouble, list[HaScheduler]]
+
+
 @pytest.fixture
-def group(tmp_path: Path, ensemble: Ensemble, zk_client: Any,
-          master_factory: Callable[..., MasterDouble]  # noqa: F811
-          ) -> Iterator[tuple[MasterDouble, list[HaScheduler]]]:
+def group_factory(tmp_path: Path, ensemble: Ensemble, zk_client: Any,
+                  master_factory: Callable[..., MasterDouble]  # noqa: F811
+                  ) -> Iterator[Callable[..., Group]]:
     """The master double registered in ZooKeeper, three schedulers: the first leads."""
-    master = master_factory()
-    root = f"/test-{uuid.uuid4().hex[:8]}"
-    register_master(zk_client, f"{root}/mesos", master.port)
-    scheds = [HaScheduler(tmp_path / f"scheduler{i}", f"zk://{ensemble.hosts}{root}/mesos",
-                          f"zk://{ensemble.hosts}{root}/hypervm") for i in range(3)]
-    try:
+    made: list[HaScheduler] = []
+
+    def make(*extra: str) -> Group:
+        master = master_factory()
+        root = f"/test-{uuid.uuid4().hex[:8]}"
+        register_master(zk_client, f"{root}/mesos", master.port)
+        scheds = [HaScheduler(tmp_path / f"scheduler{i}", f"zk://{ensemble.hosts}{root}/mesos",
+                              f"zk://{ensemble.hosts}{root}/hypervm", *extra) for i in range(3)]
+        made.extend(scheds)
         scheds[0].start()
         master.wait_subscribed()
         for sched in scheds[1:]:
             sched.start()
-        yield master, scheds
-    finally:
-        for sched in scheds:
-            sched.stop()
-            print(f"--- {sched.address}\n{sched.log_text()[-5000:]}")
+        return master, scheds
+
+    yield make
+    for sched in made:
+        if sched.process is not None and sched.process.poll() is None:
+            os.kill(sched.process.pid, signal.SIGCONT)
+        sched.stop()
+        print(f"--- {sched.address}\n{sched.log_text()[-5000:]}")
+
+
+@pytest.fixture
+def group(group_factory: Callable[..., Group]) -> Group:
+    return group_factory()
 
 
 def app_running(sched: SchedulerProcess, n: int) -> Callable[[], Any]:
@@ -96,8 +111,10 @@ def app_running(sched: SchedulerProcess, n: int) -> Callable[[], Any]:
     return check
 
 
-def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler]) -> float:
-    """The scenario of both tests; returns the seconds from the kill to the new SUBSCRIBE."""
+def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler],
+                                after_launches: int) -> float:
+    """The scenario of both tests: SIGKILL once ``after_launches`` tasks were launched; returns
+    the seconds from the kill to the new leader's SUBSCRIBE."""
     first, one, two = scheds
     assert one.leader() == two.leader() == first.address == first.leader()
     framework_id = master.framework_id
@@ -106,10 +123,11 @@ def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler])
     assert code == 201, body
     two.wait_for(app_running(two, 1), 30, "the app running")
     assert two.request("PUT", "/v2/apps/web", "a", {"instances": 4})[0] == 200
-    master.wait_for(lambda: len(master.launched) >= 2, 20, "the scale-up under way")
+    master.wait_for(lambda: len(master.launched) >= after_launches, 20, "the scale-up")
     subscribes, reconciles = len(master.subscribes), len(master.calls_of("RECONCILE"))
     killed_at = time.monotonic()
     assert first.kill(signal.SIGKILL) == -signal.SIGKILL
+    before = len(master.launched)
     master.wait_for(lambda: len(master.subscribes) > subscribes, 20, "a standby subscribing")
     took = time.monotonic() - killed_at
     assert took < 15, f"the standby took {took:.1f} s"
@@ -127,20 +145,50 @@ def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler])
     assert all(master.tasks[t].state == "TASK_RUNNING" for t in master.launched)
     assert sorted(t["id"] for t in view["tasks"]) == sorted(master.launched)
     assert master.all_violations() == []
-    print(f"failover: {took:.1f} s from SIGKILL to the new leader's SUBSCRIBE")
+    print(f"failover: {took:.1f} s from SIGKILL to the new leader's SUBSCRIBE; "
+          f"{before} of 4 tasks launched before it")
     return took
 
 
 def test_kill_9_the_leader_during_a_scale_up_a_standby_completes_it(
         group: tuple[MasterDouble, list[HaScheduler]]) -> None:
-    kill_leader_during_scale_up(*group)
+    kill_leader_during_scale_up(*group, after_launches=1)  # right after the PUT's answer
 
 
 def test_the_same_with_one_zookeeper_node_stopped(
         ensemble: Ensemble, group: tuple[MasterDouble, list[HaScheduler]]) -> None:
     (leader,) = [i for i in range(ensemble.size) if ensemble.mode(i) == "leader"]
     ensemble.stop(leader)  # ZooKeeper elects another leader of its own; 2 of 3 are a quorum
+    ensemble.wait_serving(30, [i for i in range(ensemble.size) if i != leader])
     try:
-        kill_leader_during_scale_up(*group)
+        kill_leader_during_scale_up(*group, after_launches=2)
     finally:
         ensemble.start(leader)
+
+
+def test_a_leader_frozen_past_its_session_is_replaced_and_exits_when_it_wakes(
+        group_factory: Callable[..., Group]) -> None:
+    master, (first, one, two) = group_factory("--zk-session-timeout", "4")
+    assert one.request("POST", "/v2/apps", "a", {**APP, "instances": 2})[0] == 201
+    one.wait_for(app_running(one, 2), 30, "2 instances running")
+    subscribes = len(master.subscribes)
+    assert first.process is not None
+    os.kill(first.process.pid, signal.SIGSTOP)  # alive, but silent to ZooKeeper and Mesos
+    stopped_at = time.monotonic()
+    master.wait_for(lambda: len(master.subscribes) > subscribes, 20, "a standby subscribing")
+    took = time.monotonic() - stopped_at
+    new = one.wait_for(lambda: one.leader() in (one.address, two.address) and one.leader(),
+                       10, "a new leader named")
+    leader = one if new == one.address else two
+    assert leader.request("PUT", "/v2/apps/web", "a", {"instances": 3})[0] == 200
+    leader.wait_for(app_running(leader, 3), 30, "3 instances running")
+    os.kill(first.process.pid, signal.SIGCONT)  # its session has expired: it must stop
+    assert first.process.wait(timeout=20) == 1
+    assert "no longer the leader" in first.log_text()
+    view = leader.wait_for(app_running(leader, 3), 30, "3 instances still running")
+    time.sleep(1.5)
+    assert len(master.launched) == 3, master.launched
+    assert sorted(t["id"] for t in view["tasks"]) == sorted(master.launched)
+    assert one.leader() == two.leader() == new
+    assert master.all_violations() == []
+    print(f"frozen leader replaced in {took:.1f} s (session timeout 4 s)")
