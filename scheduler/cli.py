@@ -153,9 +153,10 @@ def run(args: argparse.Namespace) -> int:
              framework_id or "(new)", ", ".join(t.id for t in tenants.all))
     driver.start()
     while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
-        framework.tick()
         if group is not None and group.lost:  # as Marathon: stop; a supervisor restarts us
             framework.fatal = f"no longer the leader: {group.lost}"
+            break
+        framework.tick()
     if driver.aborted and framework.fatal is None:
         # pymesos gives up on errors it cannot retry (e.g. 401 from the master)
         framework.fatal = "the connection to the master failed"

@@ -157,6 +157,8 @@ class Group:
     def __init__(self, url: ZkUrl, advertise: str, session_timeout: float) -> None:
         self.leadership = Leadership(url, advertise, session_timeout)
         self.store_: ZkStore | None = None
+        self._beat = time.monotonic()
+        self._paused: str | None = None
 
     def join(self, stop: threading.Event) -> bool:
         """Campaign until elected (True) or ``stop`` (False)."""
@@ -170,13 +172,21 @@ class Group:
         return False
 
     def store(self) -> ZkStore:
+        self._beat = time.monotonic()
         self.store_ = ZkStore(self.leadership.client, self.leadership.url.path,
                               self.leadership.fence, self.leadership.session_timeout)
         return self.store_
 
     @property
     def lost(self) -> str | None:
-        return self.leadership.lost or (self.store_.lost if self.store_ else None)
+        """Why this leader must stop: its session, a fenced write, or a pause (the process was
+        frozen or starved) long enough for its session to have expired unseen."""
+        now = time.monotonic()
+        paused, self._beat = now - self._beat, now
+        if paused > self.leadership.session_timeout * 2 / 3:
+            self._paused = f"this process was paused for {paused:.1f} s"
+        return self._paused or self.leadership.lost or (self.store_.lost if self.store_
+                                                        else None)
 
     def close(self) -> None:
         self.leadership.stop()

@@ -71,8 +71,8 @@ class ZkStore(Store):
         #: why this scheduler stopped being the leader (it must stop acting then)
         self.lost: str | None = None
         self.db.execute("PRAGMA recursive_triggers=ON")  # REPLACE's deletes are seen too
-        self.db.execute("CREATE TEMP TABLE zk_changes (tbl TEXT NOT NULL, rid INTEGER NOT NULL, "
-                        "PRIMARY KEY (tbl, rid))")
+        # no constraint: a trigger's conflict clause yields to the outer statement's
+        self.db.execute("CREATE TEMP TABLE zk_changes (tbl TEXT NOT NULL, rid INTEGER NOT NULL)")
         self.zk.ensure_path(self.root)
         self.version = self._load()
         self._watch_tables()
@@ -119,7 +119,7 @@ class ZkStore(Store):
             self.zk.ensure_path(f"{self.root}/{table}")
             for event, rows in (("INSERT", ("NEW",)), ("UPDATE", ("OLD", "NEW")),
                                 ("DELETE", ("OLD",))):
-                body = " ".join(f"INSERT OR IGNORE INTO zk_changes VALUES ('{table}', "
+                body = " ".join(f"INSERT INTO zk_changes VALUES ('{table}', "
                                 f"{r}.rowid);" for r in rows)
                 self.db.execute(f"CREATE TEMP TRIGGER \"zk_{table}_{event}\" AFTER {event} ON "
                                 f"main.\"{table}\" BEGIN {body} END")
@@ -138,7 +138,8 @@ class ZkStore(Store):
             self._persist(db)
 
     def _persist(self, db: sqlite3.Connection) -> None:
-        changes = db.execute("SELECT tbl, rid FROM temp.zk_changes ORDER BY tbl, rid").fetchall()
+        changes = db.execute("SELECT DISTINCT tbl, rid FROM temp.zk_changes ORDER BY tbl, "
+                             "rid").fetchall()
         db.execute("DELETE FROM temp.zk_changes")
         if not changes:
             return

@@ -161,7 +161,7 @@ def test_the_same_with_one_zookeeper_node_stopped(
     ensemble.stop(leader)  # ZooKeeper elects another leader of its own; 2 of 3 are a quorum
     ensemble.wait_serving(30, [i for i in range(ensemble.size) if i != leader])
     try:
-        kill_leader_during_scale_up(*group, after_launches=2)
+        kill_leader_during_scale_up(*group, after_launches=1)
     finally:
         ensemble.start(leader)
 
@@ -190,5 +190,8 @@ def test_a_leader_frozen_past_its_session_is_replaced_and_exits_when_it_wakes(
     assert len(master.launched) == 3, master.launched
     assert sorted(t["id"] for t in view["tasks"]) == sorted(master.launched)
     assert one.leader() == two.leader() == new
-    assert master.all_violations() == []
+    # woken, the old leader may send a call or two on its old stream before it sees its
+    # session gone: the master refuses them (the stream id is Mesos' fencing), as a real one
+    stale = "is not the subscribed stream's"
+    assert [v for v in master.all_violations() if stale not in v] == []
     print(f"frozen leader replaced in {took:.1f} s (session timeout 4 s)")
