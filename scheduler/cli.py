@@ -25,9 +25,10 @@ from scheduler import ha as ha_group
 from scheduler import server as api_server
 from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
-from scheduler.framework import FRAMEWORK_ID_KEY, HyperVMFramework
+from scheduler.framework import FRAMEWORK_ID_KEY
 from scheduler.leader_proxy import LeaderGate
-from scheduler.service import Workloads
+from scheduler.marathon_api.hub import MarathonHub
+from scheduler.marathon_api.resources import ServerInfo
 from scheduler.store import open_store
 from scheduler.taskgroup import ExecutorConfig
 from scheduler.tenants import Tenants, hash_token, load_tenants
@@ -72,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
                    help="executor ids (and VM names) start with it")
     p.add_argument("--refuse-seconds", type=float, default=5.0,
                    help="filters.refuse_seconds of declines")
+    p.add_argument("--max-event-streams", type=int, default=4,
+                   help="open /v2/events streams (each holds one of the --api-threads; "
+                        "default 4, at most 2 per tenant)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -115,11 +119,16 @@ def framework_info(args: argparse.Namespace, tenants: Tenants, framework_id: str
 
 
 def run(args: argparse.Namespace) -> int:
+    # optional dependency: pymesos is installed by make deps, not by pip (DEVELOPERS.md)
     from pymesos import MesosSchedulerDriver
 
     tenants = load_tenants(args.tenants)
     host, port = listen_address(args.listen)
     master = master_address(args.master)
+    if not 0 <= args.max_event_streams < args.api_threads:
+        raise ConfigError(f"--max-event-streams {args.max_event_streams}: give 0 to "
+                          f"{args.api_threads - 1} (each open stream holds one of the "
+                          f"--api-threads {args.api_threads})")
     options = api_server.ServerOptions(
         threads=args.api_threads, connection_limit=args.api_connection_limit,
         channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
@@ -134,8 +143,14 @@ def run(args: argparse.Namespace) -> int:
     store = group.store() if group else open_store(_state_url(args))
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
                          args.executor_prefix, args.executor_disk)
-    workloads = Workloads(store)
-    framework = HyperVMFramework(store, workloads, tenants, cfg, args.refuse_seconds)
+    hub = MarathonHub(store, tenants, ServerInfo(
+        args.name, group.leadership.advertise if group else args.listen, args.master,
+        args.failover_timeout, args.executor_command, args.user),
+        max_streams=args.max_event_streams, max_streams_per_tenant=min(2, args.max_event_streams))
+    workloads = hub.workloads
+    if group is not None:
+        group.adopt_tables()  # the Marathon API's tables: their rows are in ZooKeeper too
+    framework = hub.framework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill
     framework_id = store.get_meta(FRAMEWORK_ID_KEY)
     driver = MesosSchedulerDriver(
@@ -143,9 +158,9 @@ def run(args: argparse.Namespace) -> int:
         implicit_acknowledgements=False, principal=args.principal, secret=read_secret(args),
         failover=True)
     if gate is not None:
-        gate.local = make_app(workloads, tenants)
+        gate.local = make_app(workloads, tenants, hub)
     else:
-        server = serve(make_app(workloads, tenants), host, port, options)
+        server = serve(make_app(workloads, tenants, hub), host, port, options)
         threading.Thread(target=server.run, name="api", daemon=True).start()
     log.info("API on %s (%d threads, %d connections, %d s idle timeout), master %s, "
              "framework id %s, tenants %s", api_server.address_of(server), options.threads,
@@ -157,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             framework.fatal = f"no longer the leader: {group.lost}"
             break
         framework.tick()
+        hub.tick()
     if driver.aborted and framework.fatal is None:
         # pymesos gives up on errors it cannot retry (e.g. 401 from the master)
         framework.fatal = "the connection to the master failed"
@@ -164,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("exiting: %s", framework.fatal)
     log.info("stopping (the framework fails over: its tasks keep running)")
     driver.stop(failover=True)
+    hub.close()
     api_server.stop(server)
     store.close()
     if group is not None:

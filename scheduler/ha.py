@@ -177,6 +177,10 @@ class Group:
                               self.leadership.fence, self.leadership.session_timeout)
         return self.store_
 
+    def adopt_tables(self) -> None:
+        if self.store_ is not None:
+            self.store_.sync_tables()
+
     @property
     def lost(self) -> str | None:
         """Why this leader must stop: its session, a fenced write, or a pause (the process was

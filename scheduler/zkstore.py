@@ -75,7 +75,8 @@ class ZkStore(Store):
         self.db.execute("CREATE TEMP TABLE zk_changes (tbl TEXT NOT NULL, rid INTEGER NOT NULL)")
         self.zk.ensure_path(self.root)
         self.version = self._load()
-        self._watch_tables()
+        self.watched.update(self.tables())
+        self._install_triggers(self.tables())
 
     # ------------------------------------------------------------------ loading
 
@@ -85,45 +86,56 @@ class ZkStore(Store):
             "'sqlite_%' ORDER BY name")]
 
     def _load(self) -> int:
-        """Read every row from ZooKeeper into SQLite; the version of ``<root>/state``."""
+        """The version of ``<root>/state``; the rows of the tables known now are loaded (those
+        of tables created later when they appear: :meth:`sync_tables`)."""
         _, stat = self.zk.get(self.root)
-        ours = set(self.tables())
-        rows = 0
-        for table in self.zk.get_children(self.root):
-            if table not in ours:
-                log.warning("ZooKeeper state: table %s is unknown to this version (ignored)",
-                            table)
-                continue
-            names = self.zk.get_children(f"{self.root}/{table}")
-            pending = [(name, self.zk.get_async(f"{self.root}/{table}/{name}"))
-                       for name in names]
-            columns = {r[1] for r in self.db.execute(f"PRAGMA main.table_info('{table}')")}
-            for name, result in pending:
-                row = json.loads(result.get(timeout=30)[0])
-                cols = [c for c in row if c in columns]
-                self.db.execute(
-                    f"INSERT INTO main.\"{table}\" (rowid, {', '.join(cols)}) VALUES "
-                    f"(?{', ?' * len(cols)})", (int(name), *(row[c] for c in cols)))
-                self.known.add((table, int(name)))
-                rows += 1
+        rows = sum(self._load_table(table) for table in self.tables())
         log.info("state loaded from ZooKeeper %s: %d rows (version %d)", self.root, rows,
                  stat.version)
         return stat.version
 
+    def _load_table(self, table: str) -> int:
+        try:
+            names = self.zk.get_children(f"{self.root}/{table}")
+        except NoNodeError:
+            return 0
+        pending = [(name, self.zk.get_async(f"{self.root}/{table}/{name}")) for name in names]
+        columns = {r[1] for r in self.db.execute(f"PRAGMA main.table_info('{table}')")}
+        for name, result in pending:
+            row = json.loads(result.get(timeout=30)[0])
+            cols = [c for c in row if c in columns]
+            self.db.execute(
+                f"INSERT INTO main.\"{table}\" (rowid, {', '.join(cols)}) VALUES "
+                f"(?{', ?' * len(cols)})", (int(name), *(row[c] for c in cols)))
+            self.known.add((table, int(name)))
+        return len(pending)
+
+    def sync_tables(self) -> None:
+        """Adopt the tables created since (e.g. the Marathon API's): their rows are loaded from
+        ZooKeeper, their changes go there. Runs at every transaction; call it after creating
+        tables so they are read before a first write."""
+        with self.lock:
+            self._watch_tables()
+
     def _watch_tables(self) -> None:
-        """Temporary triggers on every table (new ones too) note the rows a transaction
-        changes."""
-        for table in self.tables():
-            if table in self.watched:
-                continue
+        """Tables that appeared since: load their rows, then note their changes."""
+        new = [t for t in self.tables() if t not in self.watched]
+        for table in new:
+            if self._load_table(table):
+                log.info("state: table %s loaded from ZooKeeper", table)
+        self._install_triggers(new)
+        self.watched.update(new)
+
+    def _install_triggers(self, tables: list[str]) -> None:
+        """Temporary triggers note the rows a transaction changes in ``tables``."""
+        for table in tables:
             self.zk.ensure_path(f"{self.root}/{table}")
             for event, rows in (("INSERT", ("NEW",)), ("UPDATE", ("OLD", "NEW")),
                                 ("DELETE", ("OLD",))):
-                body = " ".join(f"INSERT INTO zk_changes VALUES ('{table}', "
-                                f"{r}.rowid);" for r in rows)
+                body = " ".join(f"INSERT INTO zk_changes VALUES ('{table}', {r}.rowid);"
+                                for r in rows)
                 self.db.execute(f"CREATE TEMP TRIGGER \"zk_{table}_{event}\" AFTER {event} ON "
                                 f"main.\"{table}\" BEGIN {body} END")
-            self.watched.add(table)
 
     # ------------------------------------------------------------------ writing
 

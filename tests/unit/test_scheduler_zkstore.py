@@ -88,6 +88,14 @@ def test_a_table_added_later_is_kept_too(zk: Any, root: str) -> None:
     with store.tx() as db:
         db.execute("INSERT INTO deployments VALUES ('d1', '{}')")
     assert zk.get_children(f"{root}/state/deployments") == ["1"]
+    # a new leader creates the table after loading (as the Marathon API does): it adopts it
+    again = ZkStore(zk, root, leader_node(zk, root))
+    again.db.execute("CREATE TABLE deployments (id TEXT PRIMARY KEY, plan TEXT)")
+    again.sync_tables()
+    assert [tuple(r) for r in again.db.execute("SELECT * FROM deployments")] == [("d1", "{}")]
+    with again.tx() as db:
+        db.execute("UPDATE deployments SET plan='[]'")
+    assert zk.get(f"{root}/state/deployments/1")[0] == b'{"id":"d1","plan":"[]"}'
 
 
 def test_a_deposed_leader_writes_nothing(zk: Any, root: str) -> None:
