@@ -111,6 +111,10 @@ def app_running(sched: SchedulerProcess, n: int) -> Callable[[], Any]:
     return check
 
 
+def no_deployment(sched: SchedulerProcess) -> Callable[[], bool]:
+    return lambda: sched.request("GET", "/v2/deployments", "a") == (200, [])
+
+
 def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler],
                                 after_launches: int) -> float:
     """The scenario of both tests: SIGKILL once ``after_launches`` tasks were launched; returns
@@ -122,7 +126,9 @@ def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler],
     code, body = one.request("POST", "/v2/apps", "a", APP)  # a standby forwards it
     assert code == 201, body
     two.wait_for(app_running(two, 1), 30, "the app running")
-    assert two.request("PUT", "/v2/apps/web", "a", {"instances": 4})[0] == 200
+    two.wait_for(no_deployment(two), 30, "the app's deployment done")
+    code, body = two.request("PUT", "/v2/apps/web", "a", {"instances": 4})
+    assert code == 200 and body["deploymentId"], body
     master.wait_for(lambda: len(master.launched) >= after_launches, 20, "the scale-up")
     subscribes, reconciles = len(master.subscribes), len(master.calls_of("RECONCILE"))
     killed_at = time.monotonic()
@@ -139,7 +145,8 @@ def kill_leader_during_scale_up(master: MasterDouble, scheds: list[HaScheduler],
                     "the new leader reconciling")
     standby = two if new == one.address else one
     view = standby.wait_for(app_running(standby, 4), 40, "4 instances running")
-    assert sorted(t["instance"] for t in view["tasks"]) == [0, 1, 2, 3]
+    standby.wait_for(no_deployment(standby), 30, "the scale-up deployment completed")
+    assert len({t["id"] for t in view["tasks"]}) == 4
     time.sleep(1.5)  # offers keep coming: nothing may be launched again
     assert len(master.launched) == 4, master.launched
     assert all(master.tasks[t].state == "TASK_RUNNING" for t in master.launched)
@@ -171,6 +178,7 @@ def test_a_leader_frozen_past_its_session_is_replaced_and_exits_when_it_wakes(
     master, (first, one, two) = group_factory("--zk-session-timeout", "4")
     assert one.request("POST", "/v2/apps", "a", {**APP, "instances": 2})[0] == 201
     one.wait_for(app_running(one, 2), 30, "2 instances running")
+    one.wait_for(no_deployment(one), 30, "the app's deployment done")
     subscribes = len(master.subscribes)
     assert first.process is not None
     os.kill(first.process.pid, signal.SIGSTOP)  # alive, but silent to ZooKeeper and Mesos
@@ -182,6 +190,7 @@ def test_a_leader_frozen_past_its_session_is_replaced_and_exits_when_it_wakes(
     leader = one if new == one.address else two
     assert leader.request("PUT", "/v2/apps/web", "a", {"instances": 3})[0] == 200
     leader.wait_for(app_running(leader, 3), 30, "3 instances running")
+    leader.wait_for(no_deployment(leader), 30, "the scale-up deployment done")
     os.kill(first.process.pid, signal.SIGCONT)  # its session has expired: it must stop
     assert first.process.wait(timeout=20) == 1
     assert "no longer the leader" in first.log_text()
