@@ -14,12 +14,15 @@ from typing import Any
 import falcon
 import falcon.testing
 import pytest
+from kazoo.exceptions import ConnectionLoss
 
 from scheduler.cli import main
-from scheduler.errors import ConfigError
+from scheduler.errors import ConfigError, StorageUnavailable
 from scheduler.ha import advertised, parse_zk
 from scheduler.leader_proxy import FORWARDED, LeaderGate
+from scheduler.store import Store
 from scheduler.tenants import hash_token, parse_tenants
+from scheduler.zkstore import ZkStore
 
 TENANTS = parse_tenants({"tenants": [{"id": "a", "token_sha256": hash_token("token-a"),
                                       "quota": {"cpus": 1, "mem": 1, "instances": 1}}]})
@@ -156,3 +159,48 @@ def test_ha_options_errors_exit_1(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.ERROR):
         assert main([x for kv in base.items() for x in kv]) == 1
     assert message in caplog.text
+
+
+class FakeTransaction:
+    def __init__(self, zk: FakeZk) -> None:
+        self.zk, self.ops = zk, []
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self.ops.append((name, args, kwargs))
+
+    def commit(self) -> list[Any]:
+        if self.zk.applies:  # ZooKeeper did it, the answer was lost
+            (token,) = [a[1] for name, a, _ in self.ops if name == "set_data"
+                        and a[0] == self.zk.root]
+            self.zk.data, self.zk.version = token, self.zk.version + 1
+        raise ConnectionLoss()
+
+
+class FakeZk:
+    """Just enough of a KazooClient for a commit whose connection drops."""
+
+    def __init__(self, applies: bool) -> None:
+        self.applies, self.root = applies, "/x/state"
+        self.data, self.version = b"", 0
+
+    def transaction(self) -> FakeTransaction:
+        return FakeTransaction(self)
+
+    def get(self, path: str) -> tuple[bytes, Any]:
+        return self.data, type("Stat", (), {"version": self.version})()
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_commit_cut_off_by_a_lost_connection_is_read_back(applied: bool) -> None:
+    store = ZkStore.__new__(ZkStore)
+    Store.__init__(store, ":memory:")
+    zk = FakeZk(applied)
+    store.zk, store.root, store.fence, store.version = zk, zk.root, "/x/leader/n", 0
+    store.retry = lambda fn, *args: fn(*args)
+    if applied:
+        store._commit([("create", "/x/state/meta/1", b"{}")])
+        assert store.version == 1  # the next commit expects ZooKeeper's new version
+    else:
+        with pytest.raises(StorageUnavailable, match="connection to ZooKeeper was lost"):
+            store._commit([("create", "/x/state/meta/1", b"{}")])
+        assert store.version == 0
