@@ -59,6 +59,9 @@ class Leadership:
 
     def __init__(self, url: ZkUrl, advertise: str, session_timeout: float = 10.0) -> None:
         self.url, self.advertise, self.session_timeout = url, advertise, session_timeout
+        # kazoo's DEBUG lines carry every znode's data (app definitions, their env): never
+        for name in ("kazoo.client", "kazoo.protocol.connection"):
+            logging.getLogger(name).setLevel(logging.INFO)
         self.client = KazooClient(
             hosts=url.hosts, timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0),
