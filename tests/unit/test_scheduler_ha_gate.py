@@ -204,3 +204,41 @@ def test_a_commit_cut_off_by_a_lost_connection_is_read_back(applied: bool) -> No
         with pytest.raises(StorageUnavailable, match="connection to ZooKeeper was lost"):
             store._commit([("create", "/x/state/meta/1", b"{}")])
         assert store.version == 0
+
+
+class Streaming(BaseHTTPRequestHandler):
+    """An event stream: one event, then the next only when the test says so."""
+
+    go = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b"event: one\ndata: {}\n\n")
+        self.wfile.flush()
+        Streaming.go.wait(10)
+        self.wfile.write(b"event: two\ndata: {}\n\n")
+        self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_event_stream_is_relayed_as_it_comes() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Streaming)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gate = LeaderGate(lambda: f"127.0.0.1:{server.server_address[1]}", "127.0.0.1:1",
+                          TENANTS)
+        environ = falcon.testing.create_environ("/v2/events", headers=AUTH)
+        started: list[str] = []
+        body = iter(gate(environ, lambda status, headers: started.append(status)))
+        assert started == ["200 OK"]
+        assert next(body) == b"event: one\ndata: {}\n\n"  # before the second one exists
+        Streaming.go.set()
+        assert b"".join(body) == b"event: two\ndata: {}\n\n"
+    finally:
+        Streaming.go.set()
+        server.shutdown()
+        server.server_close()
