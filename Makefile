@@ -17,7 +17,7 @@ APT_PACKAGES := \
 	musl-tools busybox-static erofs-utils e2fsprogs \
 	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl openssl \
 	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
-	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
+	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev zookeeper
 
 .PHONY: all deps services artifacts init kernel qemu qemu-source initrd realmesos demo test test-unit \
 	bench lint clean

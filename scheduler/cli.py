@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hypervm.errors import HyperVMError
+from scheduler import ha as ha_group
 from scheduler import server as api_server
 from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
 from scheduler.framework import FRAMEWORK_ID_KEY
+from scheduler.leader_proxy import LeaderGate
 from scheduler.marathon_api.hub import MarathonHub
 from scheduler.marathon_api.resources import ServerInfo
 from scheduler.store import open_store
@@ -47,7 +49,13 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds an idle or silent connection stays open (default 30)")
     p.add_argument("--trusted-proxy", metavar="ADDRESS",
                    help="the TLS proxy in front: its X-Forwarded-* headers are believed")
-    p.add_argument("--state", required=True, help="sqlite:///ABSOLUTE/PATH.db")
+    p.add_argument("--state", help="sqlite:///ABSOLUTE/PATH.db (not with --zk)")
+    p.add_argument("--zk", help="zk://HOST:PORT,…/PATH: high availability, the leader is "
+                   "elected and the state kept in ZooKeeper")
+    p.add_argument("--zk-session-timeout", type=float, default=10.0,
+                   help="seconds until a dead leader's standby takes over (default 10)")
+    p.add_argument("--advertise", help="HOST:PORT the other schedulers reach this API at "
+                   "(with --zk; default: --listen)")
     p.add_argument("--tenants", required=True, type=Path, help="tenants file (YAML or JSON)")
     p.add_argument("--name", default="hypervm-scheduler")
     p.add_argument("--user", default="root", help="FrameworkInfo.user (runs the executors)")
@@ -115,20 +123,33 @@ def run(args: argparse.Namespace) -> int:
     from pymesos import MesosSchedulerDriver
 
     tenants = load_tenants(args.tenants)
-    store = open_store(args.state)
     host, port = listen_address(args.listen)
     master = master_address(args.master)
-    cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
-                         args.executor_prefix, args.executor_disk)
     if not 0 <= args.max_event_streams < args.api_threads:
         raise ConfigError(f"--max-event-streams {args.max_event_streams}: give 0 to "
                           f"{args.api_threads - 1} (each open stream holds one of the "
                           f"--api-threads {args.api_threads})")
+    options = api_server.ServerOptions(
+        threads=args.api_threads, connection_limit=args.api_connection_limit,
+        channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    group, gate, server = None, None, None
+    if args.zk:  # the API answers at once: a standby forwards to the leader
+        group, gate, server = _standby(args, tenants, host, port, options)
+        if not group.join(stop):
+            return _stop_standby(group, server)
+    store = group.store() if group else open_store(_state_url(args))
+    cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
+                         args.executor_prefix, args.executor_disk)
     hub = MarathonHub(store, tenants, ServerInfo(
-        args.name, args.listen, args.master, args.failover_timeout, args.executor_command,
-        args.user), max_streams=args.max_event_streams,
-        max_streams_per_tenant=min(2, args.max_event_streams))
+        args.name, group.leadership.advertise if group else args.listen, args.master,
+        args.failover_timeout, args.executor_command, args.user),
+        max_streams=args.max_event_streams, max_streams_per_tenant=min(2, args.max_event_streams))
     workloads = hub.workloads
+    if group is not None:
+        group.adopt_tables()  # the Marathon API's tables: their rows are in ZooKeeper too
     framework = hub.framework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill
     framework_id = store.get_meta(FRAMEWORK_ID_KEY)
@@ -136,20 +157,20 @@ def run(args: argparse.Namespace) -> int:
         framework, framework_info(args, tenants, framework_id), master,
         implicit_acknowledgements=False, principal=args.principal, secret=read_secret(args),
         failover=True)
-    options = api_server.ServerOptions(
-        threads=args.api_threads, connection_limit=args.api_connection_limit,
-        channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
-    server = serve(make_app(workloads, tenants, hub), host, port, options)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    threading.Thread(target=server.run, name="api", daemon=True).start()
+    if gate is not None:
+        gate.local = make_app(workloads, tenants, hub)
+    else:
+        server = serve(make_app(workloads, tenants, hub), host, port, options)
+        threading.Thread(target=server.run, name="api", daemon=True).start()
     log.info("API on %s (%d threads, %d connections, %d s idle timeout), master %s, "
              "framework id %s, tenants %s", api_server.address_of(server), options.threads,
              options.connection_limit, options.channel_timeout, master,
              framework_id or "(new)", ", ".join(t.id for t in tenants.all))
     driver.start()
     while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
+        if group is not None and group.lost:  # as Marathon: stop; a supervisor restarts us
+            framework.fatal = f"no longer the leader: {group.lost}"
+            break
         framework.tick()
         hub.tick()
     if driver.aborted and framework.fatal is None:
@@ -162,7 +183,39 @@ def run(args: argparse.Namespace) -> int:
     hub.close()
     api_server.stop(server)
     store.close()
+    if group is not None:
+        group.close()
     return 1 if framework.fatal else 0
+
+
+def _state_url(args: argparse.Namespace) -> str:
+    if not args.state:
+        raise ConfigError("give --state sqlite:///PATH.db (one scheduler) or --zk zk://…/PATH "
+                          "(several, the state in ZooKeeper)")
+    return args.state
+
+
+def _standby(args: argparse.Namespace, tenants: Tenants, host: str, port: int,
+             options: api_server.ServerOptions) -> tuple[ha_group.Group, LeaderGate, Any]:
+    """Join the election and serve the API (forwarded to the leader until we lead)."""
+    if args.state:
+        raise ConfigError("--state and --zk: with --zk the state lives in ZooKeeper")
+    url = ha_group.parse_zk(args.zk)
+    group = ha_group.Group(url, ha_group.advertised(args.advertise, host, port),
+                           args.zk_session_timeout)
+    gate = LeaderGate(group.leadership.leader, group.leadership.advertise, tenants)
+    server = serve(gate, host, port, options)
+    threading.Thread(target=server.run, name="api", daemon=True).start()
+    log.info("HA: API on %s as %s, ZooKeeper %s", api_server.address_of(server),
+             group.leadership.advertise, url)
+    return group, gate, server
+
+
+def _stop_standby(group: ha_group.Group, server: Any) -> int:
+    log.info("stopping (a standby)")
+    api_server.stop(server)
+    group.close()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

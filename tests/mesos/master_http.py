@@ -56,7 +56,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         master = self.server.master
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        if len(body) < length:  # the scheduler died mid-call (SIGKILL): the connection broke
+            self.close_connection = True
+            return
         if self.path != "/api/v1/scheduler":
             return self.reply(404)
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
