@@ -20,8 +20,8 @@ def parse_signal(value: str) -> int:
         number = int(name)
     else:
         try:
-            number = int(signal.Signals(name if name.startswith("SIG") else "SIG" + name))
-        except ValueError:
+            number = int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+        except KeyError:
             number = 0
     if not 0 < number <= 64:
         raise InvalidSpec("--signal", f"{value!r} is not a signal",

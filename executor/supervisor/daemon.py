@@ -129,10 +129,10 @@ class Supervisor:
         status = self.running.status or ExitStatus(None, None, "the supervisor stopped")
         self.update("die", status="exited", exit_code=status.code, finished=now(),
                     exit=status.describe(), oom_killed=status.oom_killed)
-        self.recorded.set()
         for sink in list(self.sinks):
             sink.finish(encode_json(EXIT, exit_payload(status)))
         vm.poweroff(timeout=2.0)
+        self.recorded.set()  # wait and stop answer once the VM is gone
         for sink in list(self.sinks):
             sink.closed.wait(2)
 
