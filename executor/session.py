@@ -19,6 +19,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -271,6 +272,8 @@ class SessionServer:
         os.chmod(str(path), 0o600)
         self._sock.listen(16)
         self._closed = threading.Event()
+        self._active = 0
+        self._active_lock = threading.Lock()
         threading.Thread(target=self._accept, name="session-accept", daemon=True).start()
 
     def _accept(self) -> None:
@@ -283,6 +286,15 @@ class SessionServer:
                              daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with self._active_lock:
+            self._active += 1
+        try:
+            self._serve_one(conn)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+
+    def _serve_one(self, conn: socket.socket) -> None:
         with conn:
             try:
                 frame = read_frame(conn)
@@ -295,6 +307,12 @@ class SessionServer:
                     conn.sendall(encode_json(REPLY, {"error": str(e)}))
                 except OSError:
                     pass
+
+    def drain(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for the sessions being served to end."""
+        deadline = time.monotonic() + timeout
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def close(self) -> None:
         self._closed.set()

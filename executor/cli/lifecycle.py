@@ -139,4 +139,5 @@ def wait_command(args: argparse.Namespace) -> int:
             print(reply.get("exit_code"))
         else:
             print(box.current().get("exit_code"))
+        _stopped(box, 30)  # the supervisor powers the VM off, then exits
     return 0

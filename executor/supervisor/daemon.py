@@ -113,6 +113,7 @@ class Supervisor:
             _report(ready_fd, {"id": vm.name})
             try:
                 self._wait_exit(vm)
+                server.drain(10.0)  # the replies to stop and wait go out before we do
             finally:
                 server.close()
         self.log.close()
