@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -130,3 +131,23 @@ def test_a_killed_supervisor_takes_its_vm(busybox_rootfs: Path, names: list[str]
     assert state["id"] not in our_domains()
     after = json.loads(run_hypervm("inspect", name).stdout)[0]
     assert after["status"] == "exited" and "supervisor is gone" in after["error"]
+
+
+def test_detached_image_run_with_a_root_only_box(image_ref: str, names: list[str]) -> None:
+    name = _name(names, "image")
+    started = run_hypervm("run", "-d", "--name", name, image_ref, "--", "sh", "-c",
+                          "echo from-image; sleep 600")
+    assert started.returncode == 0, started.stderr.decode()
+    state = json.loads(run_hypervm("inspect", name).stdout)[0]
+    assert state["image"] == image_ref and state["status"] == "running"
+    box = Path(state["box"])
+    assert stat.S_IMODE(box.stat().st_mode) == 0o700
+    assert stat.S_IMODE(box.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(Path(state["socket"]).stat().st_mode) == 0o600
+    assert not (box / "pod.pickle").exists()
+    deadline = time.monotonic() + 20
+    while b"from-image" not in run_hypervm("logs", name).stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run_hypervm("logs", name).stdout == b"from-image\n"
+    assert run_hypervm("rm", "-f", name).returncode == 0
+    assert state["id"] not in our_domains()
