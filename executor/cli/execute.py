@@ -58,7 +58,10 @@ def exec_command(args: argparse.Namespace) -> int:
                "cwd": args.workdir, "stdin": args.interactive, "tty": args.tty}
     if args.user is not None:
         request["uid"], request["gid"] = parse_user(args.user)
-    sock = session.connect(path)
+    try:
+        sock = session.connect(path)
+    except OSError as e:  # a socket left by an executor that was killed
+        raise HyperVMError(f"{name} does not answer on {path}: {e.strerror or e}") from e
     with sock:
         sock.sendall(session.encode_json(session.REQUEST, request))
         return interact(sock, stdin=args.interactive, tty=args.tty, name=name)
