@@ -31,6 +31,7 @@ from executor.guest.protocol import (
     mount_payload,
     process_payload,
     reply_pid,
+    resize_payload,
     start_payload,
 )
 from executor.libvirt import identity
@@ -358,6 +359,10 @@ class HyperVM:
     def signal(self, process: ProcessHandle | int, signum: int) -> None:
         handle = process.handle if isinstance(process, ProcessHandle) else process
         self.channel.request(MsgType.SIGNAL, {"handle": handle, "signal": int(signum)})
+
+    def resize(self, process: ProcessHandle, rows: int, cols: int) -> None:
+        """Set the window size of a ``tty`` process's terminal."""
+        self.channel.request(MsgType.RESIZE, resize_payload(process.handle, rows, cols))
 
     def send_stdin(self, process: ProcessHandle, data: bytes) -> None:
         self.channel.send_stdin(process.handle, data)

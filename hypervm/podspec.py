@@ -33,6 +33,8 @@ class Process:
     gid: int = 0
     additional_gids: tuple[int, ...] = ()
     stdin: bool = False
+    #: a pseudo-terminal in the guest: stdin/stdout/stderr are its slave (output comes as stdout)
+    tty: bool = False
 
     def validate(self, where: str) -> None:
         if not self.args or not self.args[0]:

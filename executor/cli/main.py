@@ -19,6 +19,11 @@ from hypervm.errors import HyperVMError
 #: modules that contribute sub-commands, in help order
 COMMAND_MODULES = (
     "executor.cli.run",
+    "executor.cli.ps",
+    "executor.cli.logs",
+    "executor.cli.execute",
+    "executor.cli.detach",
+    "executor.cli.lifecycle",
     "executor.cli.demo",
     "executor.cli.doctor",
     "executor.cli.gc",

@@ -11,9 +11,11 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
+from executor.cli import detach
 from executor.guest.protocol import EXEC_FAILURE_STATUS
 from executor.launcher import Launcher, boot_vm
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
@@ -64,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--network", choices=("user", "none"), default="user",
                    help="user: a NIC on a private network, host reachable as 10.0.2.2 "
                         "(default); none: loopback only")
-    p.add_argument("--name", default="run", help="pod name (default run)")
+    p.add_argument("--name", default=None,
+                   help="pod name, unique among containers (default run; -d, -t: generated)")
+    detach.add_run_options(p)
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
                    help="SIGTERM→SIGKILL grace period when stopped (default 3)")
     p.add_argument("--boot-timeout", type=float, default=60.0, metavar="SECONDS")
@@ -106,7 +110,7 @@ def check_env(items: list[str]) -> tuple[str, ...]:
 def process_from_args(args: argparse.Namespace, command: tuple[str, ...]) -> Process:
     uid, gid = parse_user(args.user)
     return Process(args=command, env=check_env(args.env), cwd=args.workdir or "/",
-                   uid=uid, gid=gid, stdin=args.interactive)
+                   uid=uid, gid=gid, stdin=args.interactive, tty=args.tty)
 
 
 @contextmanager
@@ -207,8 +211,19 @@ def network_from_args(args: argparse.Namespace) -> NetworkSpec:
     return net
 
 
+def run_or_detach(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace,
+                  on_booted: Callable[[], object] | None = None) -> int:
+    """-d and -t runs go to a supervisor (executor.cli.detach), others run here."""
+    if detach.supervised(args):
+        return detach.start(cfg, pod, args, args.image if args.rootfs is None else None,
+                            on_booted=on_booted)
+    return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
+                   on_booted=on_booted)
+
+
 def run_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
+    detach.resolve_name(args)
     resources = Resources(cpus=args.cpus, memory_mib=args.memory)
     resources.validate()
     net = network_from_args(args)
@@ -220,7 +235,7 @@ def run_command(args: argparse.Namespace) -> int:
         process.validate("process")
         with rootfs_image(cfg, args.rootfs) as image:
             pod = single_pod(args.name, (image,), process, resources, net, default_limits(cfg))
-            return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout)
+            return run_or_detach(cfg, pod, args)
     if args.image is None:
         raise InvalidSpec("IMAGE", "no image and no --rootfs given",
                           hint="hypervm run IMAGE [-- CMD...] or hypervm run --rootfs DIR -- CMD")
@@ -240,10 +255,11 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
         process = launcher.process(
             image, command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),
             cwd=args.workdir, user=args.user, stdin=args.interactive)
+        if args.tty:
+            process = replace(process, tty=True)
         process.validate("process")
         pod = single_pod(args.name, image.layers, process, resources, net, default_limits(cfg))
-        return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
-                       on_booted=hold.close)
+        return run_or_detach(cfg, pod, args, on_booted=hold.close)
 
 
 def _progress_line(message: str) -> None:

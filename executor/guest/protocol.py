@@ -45,6 +45,7 @@ class MsgType(enum.IntEnum):
     PING = 0x14
     NETWORK = 0x15
     PREPARE = 0x16
+    RESIZE = 0x17
     STDIN = 0x20
     STDOUT = 0x21
     STDERR = 0x22
@@ -53,7 +54,7 @@ class MsgType(enum.IntEnum):
 
 #: requests the host sends; each gets exactly one OK or ERROR with the same id
 REQUESTS = frozenset({MsgType.START, MsgType.EXEC, MsgType.SIGNAL, MsgType.POWEROFF, MsgType.PING,
-                      MsgType.NETWORK, MsgType.PREPARE})
+                      MsgType.NETWORK, MsgType.PREPARE, MsgType.RESIZE})
 #: frames whose id is a process handle rather than a request id
 PROCESS_FRAMES = frozenset({MsgType.STDIN, MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT})
 #: ERROR codes that mean "the command could not be executed", with the shell's exit status
@@ -335,7 +336,15 @@ def process_payload(process: Process, defaults: tuple[str, ...] = (),
         "gid": process.gid,
         "additional_gids": list(process.additional_gids),
         "stdin": process.stdin,
+        **({"tty": True} if process.tty else {}),
     }
+
+
+def resize_payload(handle: int, rows: int, cols: int) -> dict[str, int]:
+    """RESIZE: the window size of a ``tty`` process's terminal (1..65535 each)."""
+    if not (0 < rows < 65536 and 0 < cols < 65536):
+        raise ProtocolError(f"window size {rows}x{cols} is out of range 1..65535")
+    return {"handle": handle, "rows": rows, "cols": cols}
 
 
 def mount_payload(type_: str, destination: str, readonly: bool, source: str | None = None,

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.launcher import Launcher, boot_vm
 from executor.libvirt.hypervisor import Hypervisor
+from executor.mesos.exec_socket import serve_task_exec
 from executor.mesos.sandbox_acl import grant_search_below
 from executor.mesos.taskinfo import CONTAINER_SANDBOX, TaskSpec, command_overrides
 from executor.mesos.volume_paths import host_dir, sandbox_dir
@@ -267,6 +268,7 @@ class VMPod:
         self.vm: Any = None
         self._containers: dict[str, Container] = {}
         self._handles: dict[str, Any] = {}
+        self._exec_servers: list[Any] = []  # hypervm exec --task (executor.mesos.exec_socket)
         self._lock = threading.Lock()
         self._destroyed = False
         self.network = pod_network(plan.tasks)
@@ -317,6 +319,10 @@ class VMPod:
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         self._handles[task_id] = self.vm.start(self._containers[task_id], on_stdout=on_stdout,
                                                on_stderr=on_stderr, on_exit=on_exit)
+        server = serve_task_exec(self.cfg, task_id, self.vm, self._containers[task_id])
+        if server is not None:
+            with self._lock:
+                self._exec_servers.append(server)
 
     def signal(self, task_id: str, signum: int) -> None:
         self.vm.signal(self._handles[task_id], signum)
@@ -364,5 +370,8 @@ class VMPod:
         with self._lock:
             self._destroyed = True
             vm = self.vm
+            servers, self._exec_servers = self._exec_servers, []
+        for server in servers:
+            server.close()
         if vm is not None:
             vm.destroy()

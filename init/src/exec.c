@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -48,14 +49,45 @@ static void close_pair(int fds[2])
 	}
 }
 
-int spawn_fds_open(struct spawn_fds *f, int stdin_pipe, struct op_error *e)
+/* The pty pair of a tty process, opened in init's /dev/pts (the process inherits the slave,
+ * so the container's own devpts instance does not matter); all fds O_CLOEXEC. */
+static int open_pty(struct spawn_fds *f, int stdin_pipe, struct op_error *e)
+{
+	char name[64];
+	int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+
+	if (master < 0 || grantpt(master) != 0 || unlockpt(master) != 0 ||
+	    ptsname_r(master, name, sizeof(name)) != 0) {
+		log_errno("posix_openpt");
+		if (master >= 0)
+			close(master);
+		return op_fail(e, "ESPAWN", errno, "cannot open a terminal");
+	}
+	f->out[0] = master;
+	f->out[1] = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	f->pty = fcntl(master, F_DUPFD_CLOEXEC, 0);
+	if (stdin_pipe)
+		f->in[1] = fcntl(master, F_DUPFD_CLOEXEC, 0);
+	if (f->out[1] < 0 || f->pty < 0 || (stdin_pipe && f->in[1] < 0)) {
+		log_errno("open the terminal %s", name);
+		return op_fail(e, "ESPAWN", errno, "cannot open a terminal");
+	}
+	return 0;
+}
+
+int spawn_fds_open(struct spawn_fds *f, int stdin_pipe, int tty, struct op_error *e)
 {
 	int *pairs[] = {f->out, f->err, f->in, f->report, f->status};
 
 	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
 		pairs[i][0] = pairs[i][1] = -1;
+	f->pty = -1;
+	if (tty && open_pty(f, stdin_pipe, e) != 0) {
+		spawn_fds_close_all(f);
+		return -1;
+	}
 	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
-		if (pairs[i] == f->in && !stdin_pipe)
+		if ((pairs[i] == f->in && (!stdin_pipe || tty)) || (pairs[i] == f->out && tty))
 			continue;
 		if (pipe2(pairs[i], O_CLOEXEC) != 0) {
 			log_errno("pipe2");
@@ -84,6 +116,9 @@ void spawn_fds_close_all(struct spawn_fds *f)
 	close_pair(f->in);
 	close_pair(f->report);
 	close_pair(f->status);
+	if (f->pty >= 0)
+		close(f->pty);
+	f->pty = -1;
 }
 
 static void write_report(int fd, const struct spawn_report *r)
@@ -201,8 +236,15 @@ static pid_t own_pid_in_init_view(void)
 static void setup_stdio(const struct proc_spec *p, struct spawn_fds *f)
 {
 	int rfd = f->report[1];
-	int in = p->stdin_pipe ? f->in[0] : open("/dev/null", O_RDONLY);
+	int in;
 
+	if (p->tty) { /* setsid() came first: the slave becomes the controlling terminal */
+		if (dup2(f->out[1], 0) < 0 || dup2(f->out[1], 1) < 0 || dup2(f->out[1], 2) < 0 ||
+		    ioctl(0, TIOCSCTTY, 0) != 0)
+			fail_errno(rfd, "ESPAWN", errno, "process.tty: cannot set up the terminal");
+		return;
+	}
+	in = p->stdin_pipe ? f->in[0] : open("/dev/null", O_RDONLY);
 	if (in < 0)
 		fail_errno(rfd, "ESPAWN", errno, "open /dev/null for stdin");
 	if (dup2(in, 0) < 0 || dup2(f->out[1], 1) < 0 || dup2(f->err[1], 2) < 0)

@@ -19,12 +19,14 @@ struct spawn_fds {
 	int in[2];
 	int report[2]; /* spawned side -> init: pid, or what failed */
 	int status[2]; /* shim -> init: the wait status of the process */
+	int pty;       /* tty: the terminal master (init keeps it for RESIZE); else -1 */
 };
 
 /* init's own binary (for the shim) and init's /proc (pids as init sees them). */
 void spawn_set_context(int self_fd, int proc_fd);
 
-int spawn_fds_open(struct spawn_fds *f, int stdin_pipe, struct op_error *e);
+/* With `tty`, out[] is the pty pair (master, slave) and in[1] a copy of the master. */
+int spawn_fds_open(struct spawn_fds *f, int stdin_pipe, int tty, struct op_error *e);
 /* In init after the fork: close the ends that belong to the spawned side. */
 void spawn_fds_close_child_side(struct spawn_fds *f);
 void spawn_fds_close_all(struct spawn_fds *f);

@@ -266,6 +266,7 @@ static int parse_process(const cJSON *root, struct proc_spec *p, struct req_erro
 	if (get_u32(proc, "process.", "uid", 0, UINT32_MAX - 1, &p->uid, err) != 0 ||
 	    get_u32(proc, "process.", "gid", 0, UINT32_MAX - 1, &p->gid, err) != 0 ||
 	    get_bool(proc, "process.", "stdin", &p->stdin_pipe, err) != 0 ||
+	    get_bool(proc, "process.", "tty", &p->tty, err) != 0 ||
 	    get_bool(proc, "process.", "no_new_privs", &p->no_new_privs, err) != 0)
 		return -1;
 	if (member(proc, "no_new_privs") == NULL)
@@ -432,6 +433,21 @@ static int parse_signal(const cJSON *root, struct signal_req *s, struct req_erro
 	return 0;
 }
 
+static int parse_resize(const cJSON *root, struct resize_req *r, struct req_error *err)
+{
+	uint32_t rows, cols;
+
+	if (get_handle(root, &r->handle, err) != 0 ||
+	    get_u32(root, "", "rows", 1, 65535, &rows, err) != 0 ||
+	    get_u32(root, "", "cols", 1, 65535, &cols, err) != 0)
+		return -1;
+	if (rows == 0 || cols == 0)
+		return fail(err, "rows, cols: must be between 1 and 65535");
+	r->rows = (unsigned short)rows;
+	r->cols = (unsigned short)cols;
+	return 0;
+}
+
 /* --- NETWORK --------------------------------------------------------------------------- */
 
 /* A DNS name or label list: [A-Za-z0-9_.-], at most MAX_DNS_NAME_LEN bytes. */
@@ -581,7 +597,7 @@ int request_type_known(uint16_t type)
 {
 	return type == MSG_START || type == MSG_EXEC || type == MSG_SIGNAL ||
 	       type == MSG_POWEROFF || type == MSG_PING || type == MSG_NETWORK ||
-	       type == MSG_PREPARE;
+	       type == MSG_PREPARE || type == MSG_RESIZE;
 }
 
 int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len,
@@ -615,6 +631,9 @@ int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len
 		break;
 	case MSG_SIGNAL:
 		rc = parse_signal(out->json, &out->u.signal, err);
+		break;
+	case MSG_RESIZE:
+		rc = parse_resize(out->json, &out->u.resize, err);
 		break;
 	case MSG_NETWORK:
 		rc = parse_network(out->json, &out->u.network, err);

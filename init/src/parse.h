@@ -41,6 +41,7 @@ struct proc_spec {
 	uint32_t gids[MAX_GIDS];
 	size_t ngids;
 	int stdin_pipe;
+	int tty; /* a pseudo-terminal for stdin/stdout/stderr (PROTOCOL.md, Terminals) */
 	int no_new_privs; /* 1/0 when given; -1: init decides (set for uid 0) */
 };
 
@@ -94,6 +95,11 @@ struct signal_req {
 	int signo;
 };
 
+struct resize_req {
+	uint32_t handle;
+	unsigned short rows, cols;
+};
+
 struct iface_spec {
 	uint8_t mac[6];   /* the interface is found by its MAC address */
 	uint32_t address; /* IPv4, network byte order */
@@ -127,6 +133,7 @@ struct request {
 		struct start_req start;
 		struct exec_req exec;
 		struct signal_req signal;
+		struct resize_req resize;
 		struct network_req network;
 		struct prepare_req prepare;
 	} u;

@@ -19,7 +19,7 @@ struct process *proc_new(uint32_t handle)
 	if (p == NULL)
 		return NULL;
 	p->handle = handle;
-	p->out_fd = p->err_fd = p->in_fd = p->status_fd = -1;
+	p->out_fd = p->err_fd = p->in_fd = p->status_fd = p->pty_fd = -1;
 	p->next = processes;
 	processes = p;
 	nprocesses++;
@@ -74,6 +74,7 @@ void proc_remove(struct process *p)
 	close_fd(&p->out_fd);
 	close_fd(&p->err_fd);
 	close_fd(&p->status_fd);
+	close_fd(&p->pty_fd);
 	proc_close_stdin(p);
 	free(p);
 }

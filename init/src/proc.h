@@ -26,6 +26,7 @@ struct process {
 	int out_fd, err_fd; /* read ends of stdout/stderr; -1 after EOF */
 	int in_fd;          /* write end of stdin; -1 when /dev/null or closed */
 	int status_fd;      /* read end of the shim's status pipe */
+	int pty_fd;         /* a tty process's terminal master (for RESIZE); else -1 */
 	struct byte_queue in_queue;
 	int in_close_pending; /* a zero-length STDIN frame arrived: close once drained */
 	int exited;

@@ -46,7 +46,7 @@ static void relay_output(struct channel *ch, struct process *p, int *fd, uint16_
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	if (n < 0)
+	if (n < 0 && errno != EIO) /* EIO: a terminal master whose slave was closed */
 		log_errno("read output of process %u", p->handle);
 	close(*fd);
 	*fd = -1;
@@ -108,7 +108,10 @@ void relay_stdin_frame(uint32_t handle, const uint8_t *data, size_t len)
 
 	if (p == NULL || p->in_fd < 0 || p->in_close_pending)
 		return; /* not a request: nothing to answer; the data has nowhere to go */
-	if (len == 0) {
+	if (len == 0 && p->pty_fd >= 0) { /* a terminal's end of input: its EOF character */
+		data = (const uint8_t *)"\x04";
+		len = 1;
+	} else if (len == 0) {
 		p->in_close_pending = 1;
 		relay_input(p);
 		return;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "boot.h"
@@ -67,7 +68,8 @@ static struct process *register_process(uint32_t handle, pid_t pid, pid_t shim, 
 	p->err_fd = f->err[0];
 	p->in_fd = f->in[1];
 	p->status_fd = f->status[0];
-	f->out[0] = f->err[0] = f->in[1] = f->status[0] = -1;
+	p->pty_fd = f->pty;
+	f->out[0] = f->err[0] = f->in[1] = f->status[0] = f->pty = -1;
 	set_nonblocking(p->out_fd);
 	set_nonblocking(p->err_fd);
 	set_nonblocking(p->in_fd);
@@ -111,7 +113,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 		return reply_error(s, id, &e);
 	}
 	if (check_new_handle(req->handle, &e) != 0 ||
-	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
+	    spawn_fds_open(&f, req->proc.stdin_pipe, req->proc.tty, &e) != 0)
 		return reply_error(s, id, &e);
 	cgroup[0] = '\0';
 	if (container_prepared_fits(req, len)) {
@@ -155,7 +157,7 @@ static int handle_exec(struct server *s, uint32_t id, const struct exec_req *req
 		return reply_error(s, id, &e);
 	}
 	if (check_new_handle(req->handle, &e) != 0 ||
-	    spawn_fds_open(&f, req->proc.stdin_pipe, &e) != 0)
+	    spawn_fds_open(&f, req->proc.stdin_pipe, req->proc.tty, &e) != 0)
 		return reply_error(s, id, &e);
 	if (container_exec(c->cgroup, c->reaper_pid, &req->proc, &f, &shim, &pid, &e) != 0) {
 		spawn_fds_close_all(&f);
@@ -192,6 +194,25 @@ static int handle_signal(struct server *s, uint32_t id, const struct signal_req 
 	return 0;
 }
 
+static int handle_resize(struct server *s, uint32_t id, const struct resize_req *req)
+{
+	struct process *p = proc_find(req->handle);
+	struct winsize size = {.ws_row = req->rows, .ws_col = req->cols};
+	struct op_error e;
+
+	if (p == NULL || p->exited) {
+		op_fail(&e, "ESRCH", 0, "handle: no running process %u", req->handle);
+		return reply_error(s, id, &e);
+	}
+	if (p->pty_fd < 0 || ioctl(p->pty_fd, TIOCSWINSZ, &size) != 0) {
+		op_fail(&e, "EINVAL", p->pty_fd < 0 ? 0 : errno, "handle: process %u has no terminal",
+			req->handle);
+		return reply_error(s, id, &e);
+	}
+	reply_ok(s, id, strdup("{}"));
+	return 0;
+}
+
 static int handle_network(struct server *s, uint32_t id, const struct network_req *req)
 {
 	struct op_error e;
@@ -220,6 +241,9 @@ static void dispatch(struct server *s, const struct request *r, const uint8_t *p
 		break;
 	case MSG_NETWORK:
 		handle_network(s, r->id, &r->u.network);
+		break;
+	case MSG_RESIZE:
+		handle_resize(s, r->id, &r->u.resize);
 		break;
 	case MSG_POWEROFF:
 		reply_ok(s, r->id, strdup("{}"));

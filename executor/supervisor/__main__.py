@@ -1,0 +1,5 @@
+import sys
+
+from executor.supervisor.daemon import main
+
+sys.exit(main(sys.argv[1:]))
