@@ -27,11 +27,31 @@ import base64
 import binascii
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from executor.mesos.fields import (  # the short names this parser has always used
+    duration_s as _duration_s,
+)
+from executor.mesos.fields import (
+    labels as _labels,
+)
+from executor.mesos.fields import (
+    mesos_id as _id,
+)
+from executor.mesos.fields import (
+    number as _num,
+)
+from executor.mesos.fields import (
+    obj as _obj,
+)
+from executor.mesos.fields import (
+    seq as _list,
+)
+from executor.mesos.fields import (
+    text as _str,
+)
 from executor.mesos.task_credentials import image_credentials
 from executor.mesos.task_policy import check_image_source, host_path, sandbox_relative
 from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy
@@ -44,7 +64,6 @@ IMAGE_LABEL = "hypervm.image"
 DEFAULT_KILL_GRACE_S = 3.0
 #: where a task's sandbox appears inside its container (as with Mesos' containerizer)
 CONTAINER_SANDBOX = "/mnt/mesos/sandbox"
-_TASK_ID_RE = re.compile(r"^[^/\x00]{1,255}$")
 
 
 @dataclass(frozen=True)
@@ -128,68 +147,6 @@ class ExecutorSpec:
     cpus: float = 0.0
     mem_mib: float = 0.0
     labels: tuple[tuple[str, str], ...] = ()
-
-
-# ---------------------------------------------------------------------------- small helpers
-
-
-def _obj(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidSpec(where, f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, where: str) -> Sequence[Any]:
-    if not isinstance(value, list):
-        raise InvalidSpec(where, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, where: str, *, empty: bool = False) -> str:
-    if not isinstance(value, str) or (not empty and not value):
-        raise InvalidSpec(where, "expected a non-empty string")
-    return value
-
-
-def _num(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidSpec(where, f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _id(parent: Mapping[str, Any], key: str, where: str) -> str:
-    if key not in parent:
-        raise InvalidSpec(f"{where}.{key}", "is missing")
-    value = _str(_obj(parent[key], f"{where}.{key}").get("value"), f"{where}.{key}.value")
-    if not _TASK_ID_RE.match(value):
-        raise InvalidSpec(f"{where}.{key}.value", f"{value!r} is not a valid ID",
-                          hint="use 1-255 characters without '/'")
-    return value
-
-
-def _labels(parent: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
-    if "labels" not in parent:
-        return ()
-    labels = _obj(parent["labels"], f"{where}.labels")
-    out = []
-    for i, label in enumerate(_list(labels.get("labels", []), f"{where}.labels.labels")):
-        at = f"{where}.labels.labels[{i}]"
-        label = _obj(label, at)
-        out.append((_str(label.get("key"), f"{at}.key"),
-                    _str(label.get("value", ""), f"{at}.value", empty=True)))
-    return tuple(out)
-
-
-def _duration_s(value: Any, where: str) -> float:
-    """A DurationInfo ``{"nanoseconds": N}`` (int64 may arrive as a JSON string) in seconds."""
-    nanos = _obj(value, where).get("nanoseconds")
-    if isinstance(nanos, str) and re.fullmatch(r"-?\d+", nanos):
-        nanos = int(nanos)
-    if isinstance(nanos, bool) or not isinstance(nanos, int):
-        raise InvalidSpec(f"{where}.nanoseconds", "expected an integer")
-    if nanos < 0:
-        raise InvalidSpec(f"{where}.nanoseconds", "must not be negative")
-    return nanos / 1e9
 
 
 def kill_grace_s(kill_policy: Any, where: str) -> float | None:
