@@ -132,8 +132,13 @@ def _nft(args: Sequence[str], script: str | None = None) -> subprocess.Completed
 
 def enforce(cfg: HostConfig, resolv_conf: str = "") -> None:
     """Install the policy of ``cfg`` (NetworkError when it cannot be: the VM must not boot).
-    Nothing when the operator turned the policy off."""
+    When the operator turned the policy off, a table left from before is removed (without
+    nftables there is nothing to remove)."""
     if not cfg.net_policy.enforce:
+        if shutil.which("nft") is not None and installed() is not None:
+            remove()
+            log.warning("guests' network policy is off (HYPERVM_NET_POLICY=off): guests reach "
+                        "the host and whatever it reaches")
         return
     script = ruleset(cfg.net_policy, qemu_uids(cfg), resolvers(resolv_conf))
     result = _nft(["-f", "-"], script)

@@ -83,9 +83,20 @@ def test_resolvers_of_resolv_conf() -> None:
     assert netpolicy.resolvers(text) == ("10.255.255.53", "fe80::1")
 
 
-def test_off_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(netpolicy, "_nft", lambda *a, **k: pytest.fail("nft was run"))
+def test_off_installs_nothing_and_removes_a_table_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+        calls.append(list(args))
+        return subprocess.CompletedProcess(args, 0, "table inet hypervm {}", "")
+
+    monkeypatch.setattr(netpolicy, "_nft", nft)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/nft")
     netpolicy.enforce(config_from_env({"HYPERVM_NET_POLICY": "off"}))
+    assert calls == [["list", "table", "inet", "hypervm"], ["delete", "table", "inet", "hypervm"]]
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no nftables: nothing to remove
+    netpolicy.enforce(config_from_env({"HYPERVM_NET_POLICY": "off"}))
+    assert len(calls) == 2
 
 
 def test_without_nft_the_boot_fails_closed(monkeypatch: pytest.MonkeyPatch) -> None:
