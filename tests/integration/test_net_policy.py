@@ -22,9 +22,14 @@ from pathlib import Path
 import pytest
 
 from executor import netpolicy
+from executor.launcher import boot_vm
+from executor.pool.daemon import WarmPool
+from executor.pool.protocol import PoolConfig
 from executor.vm import HyperVM
 from hypervm.config import HostConfig, config_from_env
 from hypervm.netspec import NetworkSpec, PortMapping
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+from tests.conftest import TEST_TAG
 from tests.integration.test_network import (
     PROBE,
     QuietHandler,
@@ -190,3 +195,30 @@ def test_operator_denied_range_is_refused(policy_vm, metadata_service: Path) -> 
     assert probe(vm, f"{OUTSIDE}:80") == [f"{OUTSIDE}:80 closed"]
     assert metadata_service.read_text().splitlines() == ["169.254.169.254/control"]
     assert "198.51.100.0/24" in (netpolicy.installed() or "")
+
+
+def test_a_pool_vm_is_under_the_policy(busybox_layer: Path,  # noqa: F811
+                                       loopback_servers: tuple[int, int]) -> None:
+    """A warm pool VM gets the policy when it boots (before anyone claims it): the pod that
+    claims it reaches the allow-listed loopback service and nothing else of the host."""
+    a, b = loopback_servers
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-pool-"))
+    cfg = config_from_env({**os.environ, "HYPERVM_NET_ALLOW_HOST": f"127.0.0.1:{b}",
+                           "HYPERVM_POOL_SOCKET": str(sock_dir / "pool.sock")})
+    pool = WarmPool(cfg, PoolConfig(size=1, vcpus=1, memory_mib=128, name=f"np{os.getpid()}"),
+                    reap_interval=0.5)
+    pool.start()
+    try:
+        assert pool.wait_full(240), pool.status()
+        container = Container("main", Rootfs(layers=(busybox_layer,)),
+                              Process(args=("sleep", "300")))
+        pod = PodSpec(name=f"{TEST_TAG}-npool", containers=(container,),
+                      resources=Resources(cpus=1, memory_mib=128))
+        with boot_vm(cfg, pod) as vm:
+            assert vm.warm
+            vm.start(container)
+            assert probe(vm, f"10.0.2.2:{a}", f"10.0.2.2:{b}") == [
+                f"10.0.2.2:{a} closed", f"10.0.2.2:{b} b"]
+    finally:
+        pool.stop()
+        sock_dir.rmdir()
