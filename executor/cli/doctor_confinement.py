@@ -5,7 +5,8 @@
 - seccomp: libvirt's ``seccomp_sandbox`` (qemu.conf) and, when a VM runs, what the kernel
   says of its QEMU (``Seccomp:`` in /proc/<pid>/status: 2 is a filter in force);
 - network: the guests' network policy (executor.netpolicy): what a guest reaches, whether
-  nftables can enforce it, and whether its table is in force now.
+  nftables can enforce it, and whether its table is in force now (a failure when VMs run
+  without it: a firewall reload flushed it).
 
 Checks return :class:`executor.cli.check.Check`; ``warn`` marks what works but is weaker
 than it should be (doctor still exits 0 for it).
@@ -125,7 +126,19 @@ def check_seccomp(_: HostConfig, conf: Path = QEMU_CONF,
                   f"{len(modes)} running VM(s)")
 
 
-def check_network_policy(cfg: HostConfig) -> Any:
+def running_vms(pid_dir: Path = LIBVIRT_PID_DIR) -> list[str]:
+    """Our domains whose QEMU runs (libvirt's pid file names a live process)."""
+    names = []
+    for pid_file in sorted(pid_dir.glob("hypervm-*.pid")):
+        try:
+            if Path(f"/proc/{int(pid_file.read_text().strip())}").exists():
+                names.append(pid_file.stem)
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def check_network_policy(cfg: HostConfig, pid_dir: Path = LIBVIRT_PID_DIR) -> Any:
     policy = cfg.net_policy
     if not policy.enforce:
         return _check("VM network", True, "policy off (HYPERVM_NET_POLICY=off): a guest "
@@ -136,8 +149,17 @@ def check_network_policy(cfg: HostConfig) -> Any:
                       "do not boot (the policy cannot be enforced)",
                       fix="apt-get install nftables (or HYPERVM_NET_POLICY=off)")
     uids = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in netpolicy.qemu_uids(cfg))
-    state = ("in force" if netpolicy.installed() is not None
-             else "installed when the next VM boots")
+    running = running_vms(pid_dir)
+    if netpolicy.installed() is not None:
+        state = "in force"
+    elif running:
+        return _check("VM network", False, f"{len(running)} VM(s) run but the "
+                      f"policy's table inet {netpolicy.TABLE} is gone (a firewall reload "
+                      "flushed the ruleset?): their guests reach the host",
+                      fix="boot any VM (hypervm run --rm ... true) to reinstall it, and keep "
+                          "table inet hypervm out of firewall reloads")
+    else:
+        state = "installed when the next VM boots"
     return _check("VM network", True, f"policy {state} (nftables table inet "
                   f"{netpolicy.TABLE}, QEMU uids {uids}): {netpolicy.describe(policy)}")
 
