@@ -3,7 +3,9 @@
 - boot to READY with and without a NIC (what networking costs at start);
 - download of a file served by busybox httpd in the VM through a published port (host curl);
 - download by the VM of a file served on the host's loopback (through 10.0.2.2);
-- TCP connect time to a published port, and the round trip of a tiny HTTP request through it.
+- TCP connect time to a published port, and the round trip of a tiny HTTP request through it;
+- new connections from the VM: tiny HTTP requests to the host's loopback (each is a new
+  connection that passes the network policy, allow-listed here).
 
 All traffic stays on 127.0.0.1 and inside the VM. Prints one JSON object.
 """
@@ -11,8 +13,10 @@ All traffic stays on 127.0.0.1 and inside the VM. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import http.server
+import ipaddress
 import json
 import os
 import socket
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from executor.guest.protocol import ExitStatus
 from executor.vm import HyperVM
-from hypervm.config import config_from_env
+from hypervm.config import HostService, config_from_env
 from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
 
@@ -118,13 +122,18 @@ def through_port(cfg, layer: Path, size_mb: int, requests: int) -> dict[str, obj
     return out
 
 
-def from_host(cfg, layer: Path, size_mb: int) -> dict[str, object]:  # noqa: ANN001
+def from_host(cfg, layer: Path, size_mb: int, requests: int) -> dict[str, object]:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "big.bin").write_bytes(os.urandom(size_mb * 1048576))
         handler = functools.partial(QuietHandler, directory=tmp)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.server_address[1]
+        (Path(tmp) / "small").write_text("ok\n")
+        # the host's loopback is refused to guests unless allow-listed (README, Networking)
+        allowed = HostService(ipaddress.ip_address("127.0.0.1"), port)
+        cfg = dataclasses.replace(cfg, net_policy=dataclasses.replace(
+            cfg.net_policy, allow_host=(*cfg.net_policy.allow_host, allowed)))
         try:
             with HyperVM(cfg, _pod(layer, "exec sleep 600", NetworkSpec())) as vm:
                 vm.boot()
@@ -135,10 +144,16 @@ def from_host(cfg, layer: Path, size_mb: int) -> dict[str, object]:  # noqa: ANN
                     if code != 0:
                         raise SystemExit(f"wget in the VM failed ({code})")
                     rates.append(size_mb / seconds)
+                code, seconds = _run(vm, f"i=0; while [ $i -lt {requests} ]; do "
+                                     f"wget -q -O /dev/null http://10.0.2.2:{port}/small || "
+                                     "exit 1; i=$((i+1)); done")
+                if code != 0:
+                    raise SystemExit(f"wget in the VM failed ({code})")
         finally:
             server.shutdown()
             server.server_close()
-    return {"host_to_vm_download_MBps": round(statistics.median(rates), 1)}
+    return {"host_to_vm_download_MBps": round(statistics.median(rates), 1),
+            "vm_new_connection_request_ms": round(1000 * seconds / requests, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         layer = Path(name)
         try:
             build_layer_image(rootfs, layer)
-            results: dict[str, object] = {"backend": "qemu user-mode (slirp)",
-                                          "size_mb": args.size_mb}
+            results: dict[str, object] = {
+                "backend": "qemu user-mode (slirp)", "size_mb": args.size_mb,
+                "network_policy": "enforce" if cfg.net_policy.enforce else "off"}
             results.update(boot_times(cfg, layer, args.boots))
             results.update(through_port(cfg, layer, args.size_mb, args.requests))
-            results.update(from_host(cfg, layer, args.size_mb))
+            results.update(from_host(cfg, layer, args.size_mb, args.requests))
         finally:
             layer.unlink(missing_ok=True)
     json.dump(results, sys.stdout, indent=2)

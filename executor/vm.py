@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor import network
+from executor import netpolicy, network
 from executor.guest.channel import GuestChannel, ProcessCallbacks
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
@@ -241,6 +241,8 @@ class HyperVM:
             self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
             spec = self.domain_spec(boot)
             network.check_host_ports(self.pod.network)
+            if self.pod.network.mode != "none":
+                netpolicy.enforce(self.cfg, network.host_resolv_conf())
             self.give_owned_shares()
             self._create(spec)
             self._channel = GuestChannel(self.channel_socket)

@@ -7,6 +7,7 @@ traversable by every user (each VM's QEMU runs as a uid of its own): it is never
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 from collections.abc import Mapping
@@ -62,6 +63,81 @@ IMAGE_LIMIT_VARS = {
     "lock_timeout_s": "HYPERVM_IMAGE_LOCK_TIMEOUT",
 }
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class HostService:
+    """A service of the host guests may use (HYPERVM_NET_ALLOW_HOST): from a guest,
+    ``10.0.2.2:port`` reaches it when ``address`` is a loopback one."""
+
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    port: int
+    protocol: str = "tcp"
+
+    def describe(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class NetPolicy:
+    """What a guest's traffic may reach (README, "Networking"; executor.netpolicy enforces it).
+
+    Always refused: the host itself (loopback and every address of the host) and link-local
+    addresses; ``deny``: more ranges the operator refuses (HYPERVM_NET_DENY); ``allow_host``:
+    host services guests may use all the same (HYPERVM_NET_ALLOW_HOST). ``enforce`` False
+    (HYPERVM_NET_POLICY=off): guests reach everything the host reaches."""
+
+    deny: tuple[IPNetwork, ...] = ()
+    allow_host: tuple[HostService, ...] = ()
+    enforce: bool = True
+
+
+def net_deny(text: str) -> tuple[IPNetwork, ...]:
+    """``CIDR,CIDR`` (HYPERVM_NET_DENY): IPv4 or IPv6 ranges, a bare address is one host."""
+    ranges = []
+    for item in filter(None, (w.strip() for w in text.split(","))):
+        try:
+            ranges.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as e:
+            raise InvalidSpec("HYPERVM_NET_DENY", f"{item!r} is not an address range",
+                              hint="use CIDR ranges separated by commas, e.g. "
+                                   "10.0.0.0/8,192.168.0.0/16") from e
+    return tuple(ranges)
+
+
+def net_allow_host(text: str) -> tuple[HostService, ...]:
+    """``ADDRESS:PORT[/tcp|/udp],...`` (HYPERVM_NET_ALLOW_HOST), IPv6 as ``[ADDRESS]:PORT``."""
+    services = []
+    hint = "use ADDRESS:PORT[/udp] separated by commas, e.g. 127.0.0.1:5000,127.0.0.1:53/udp"
+    for item in filter(None, (w.strip() for w in text.split(","))):
+        where, _, protocol = item.partition("/")
+        host, sep, port = where.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not (sep and port.isdigit() and 1 <= int(port) <= 65535):
+            raise InvalidSpec("HYPERVM_NET_ALLOW_HOST", f"{item!r} has no port 1..65535",
+                              hint=hint)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError as e:
+            raise InvalidSpec("HYPERVM_NET_ALLOW_HOST", f"{item!r} does not start with an IP "
+                              "address", hint=hint) from e
+        if protocol.lower() not in ("", "tcp", "udp"):
+            raise InvalidSpec("HYPERVM_NET_ALLOW_HOST", f"{item!r}: unknown protocol "
+                              f"{protocol!r}", hint=hint)
+        services.append(HostService(address, int(port), protocol.lower() or "tcp"))
+    return tuple(services)
+
+
+def net_policy_from_env(env: Mapping[str, str]) -> NetPolicy:
+    enforce = env_choice(env, "HYPERVM_NET_POLICY", "enforce", ("enforce", "off"),
+                         hint="use enforce (guests never reach the host, link-local or denied "
+                              "ranges) or off (guests reach whatever the host reaches)")
+    return NetPolicy(deny=net_deny(env.get("HYPERVM_NET_DENY", "")),
+                     allow_host=net_allow_host(env.get("HYPERVM_NET_ALLOW_HOST", "")),
+                     enforce=enforce == "enforce")
 
 
 def _positive(env: Mapping[str, str], name: str, default: float, *, size: bool) -> float:
@@ -158,6 +234,9 @@ class HostConfig:
     #: size of a container's writable layer (a tmpfs in guest RAM) when its task names no
     #: disk (HYPERVM_WRITABLE_LAYER_MIB); None: the guest kernel's default, half the VM's RAM
     writable_layer_mib: int | None = None
+    #: what guests' traffic may reach (HYPERVM_NET_POLICY, HYPERVM_NET_DENY,
+    #: HYPERVM_NET_ALLOW_HOST)
+    net_policy: NetPolicy = NetPolicy()
 
     @property
     def kernel_dir(self) -> Path:
@@ -236,6 +315,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                                  "e.g. 4096 processes and threads per container, or 0: none"),
         writable_layer_mib=env_count(env, "HYPERVM_WRITABLE_LAYER_MIB", None,
                                      "e.g. 1024 MiB per container, or 0: half the VM's RAM"),
+        net_policy=net_policy_from_env(env),
     )
 
 

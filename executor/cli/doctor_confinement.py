@@ -4,7 +4,9 @@
   libvirt's QEMU user (no DAC, not root): which, the range, how many are in use;
 - seccomp: libvirt's ``seccomp_sandbox`` (qemu.conf) and, when a VM runs, what the kernel
   says of its QEMU (``Seccomp:`` in /proc/<pid>/status: 2 is a filter in force);
-- network: what a guest reaches (today slirp without restriction: said as a warning).
+- network: the guests' network policy (executor.netpolicy): what a guest reaches, whether
+  nftables can enforce it, and whether its table is in force now (a failure when VMs run
+  without it: a firewall reload flushed it).
 
 Checks return :class:`executor.cli.check.Check`; ``warn`` marks what works but is weaker
 than it should be (doctor still exits 0 for it).
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import pwd
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+from executor import netpolicy
 from executor.cli.check import Check
 from executor.libvirt import identity
 from executor.libvirt.hypervisor import Hypervisor
@@ -122,10 +126,42 @@ def check_seccomp(_: HostConfig, conf: Path = QEMU_CONF,
                   f"{len(modes)} running VM(s)")
 
 
-def check_network_policy(_: HostConfig) -> Any:
-    return _check("VM network", True, "slirp user networking, unrestricted: a guest reaches "
-                  "the host's loopback services (10.0.2.2), link-local addresses and whatever "
-                  "the host reaches (issue 15 finding 4)", warn=True)
+def running_vms(pid_dir: Path = LIBVIRT_PID_DIR) -> list[str]:
+    """Our domains whose QEMU runs (libvirt's pid file names a live process)."""
+    names = []
+    for pid_file in sorted(pid_dir.glob("hypervm-*.pid")):
+        try:
+            if Path(f"/proc/{int(pid_file.read_text().strip())}").exists():
+                names.append(pid_file.stem)
+        except (OSError, ValueError):
+            continue
+    return names
+
+
+def check_network_policy(cfg: HostConfig, pid_dir: Path = LIBVIRT_PID_DIR) -> Any:
+    policy = cfg.net_policy
+    if not policy.enforce:
+        return _check("VM network", True, "policy off (HYPERVM_NET_POLICY=off): a guest "
+                      "reaches the host's loopback services (10.0.2.2), link-local addresses "
+                      "and whatever the host reaches", warn=True)
+    if shutil.which("nft") is None:
+        return _check("VM network", False, "nftables is not installed: VMs with a network "
+                      "do not boot (the policy cannot be enforced)",
+                      fix="apt-get install nftables (or HYPERVM_NET_POLICY=off)")
+    uids = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in netpolicy.qemu_uids(cfg))
+    running = running_vms(pid_dir)
+    if netpolicy.installed() is not None:
+        state = "in force"
+    elif running:
+        return _check("VM network", False, f"{len(running)} VM(s) run but the "
+                      f"policy's table inet {netpolicy.TABLE} is gone (a firewall reload "
+                      "flushed the ruleset?): their guests reach the host",
+                      fix="boot any VM (hypervm run --rm ... true) to reinstall it, and keep "
+                          "table inet hypervm out of firewall reloads")
+    else:
+        state = "installed when the next VM boots"
+    return _check("VM network", True, f"policy {state} (nftables table inet "
+                  f"{netpolicy.TABLE}, QEMU uids {uids}): {netpolicy.describe(policy)}")
 
 
 CONFINEMENT_CHECKS = (check_vm_identity, check_seccomp, check_network_policy)

@@ -61,11 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    metavar="[IP:]HOST:CONTAINER[/udp]",
                    help="publish a VM port on the host (repeatable; default IP 0.0.0.0)")
     p.add_argument("--tenant", default="default",
-                   help="tenant of the VM (recorded; VMs reach each other only through "
-                        "published ports)")
+                   help="tenant of the VM (recorded; VMs never reach each other, see "
+                        "README Networking)")
     p.add_argument("--network", choices=("user", "none"), default="user",
-                   help="user: a NIC on a private network, host reachable as 10.0.2.2 "
-                        "(default); none: loopback only")
+                   help="user: a NIC on a private network, the outside world reachable, "
+                        "the host only where HYPERVM_NET_ALLOW_HOST says (default); none: "
+                        "loopback only")
     p.add_argument("--name", default=None,
                    help="pod name, unique among containers (default run; -d, -t: generated)")
     detach.add_run_options(p)

@@ -9,11 +9,18 @@ Semantics: failures inside the grace period (from the task's start) are ignored 
 success; every other failure is reported (``healthy: false``) and counted; the first success and
 the first success after failures are reported (``healthy: true``); ``consecutive_failures``
 failures in a row kill the task.
+
+What a check says in a status update is fixed text: pass/fail, the HTTP status code, or one of
+:data:`REASONS` - never a response body, a reason phrase or an exception's text, and an HTTP
+check never follows a redirect (else a task's check would be an oracle onto whatever the host
+reaches: a redirect to an internal URL, its answer relayed to the framework).
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +55,37 @@ class HealthState:
         return HealthVerdict(report=True, healthy=False, kill=kill)
 
 
+#: what a failed TCP/HTTP/COMMAND check says, by the kind of failure (first match wins)
+REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (TimeoutError, "timed out"),
+    (ConnectionRefusedError, "connection refused"),
+    (ConnectionError, "connection lost"),
+    (ssl.SSLError, "TLS failure"),
+    (http.client.HTTPException, "no valid HTTP answer"),
+    (OSError, "no answer"),
+)
+
+
+def failure_reason(err: BaseException) -> str:
+    return next((text for kind, text in REASONS if isinstance(err, kind)), "check error")
+
+
+def http_status(scheme: str, host: str, port: int, path: str, timeout: float) -> int:
+    """The status of ``GET path`` at host:port: one request, redirects not followed, the body
+    never read. Raises OSError / http.client.HTTPException when there is no valid answer."""
+    conn: http.client.HTTPConnection
+    if scheme == "https":  # a task's own certificate: nothing to verify it against
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path or "/", headers={"Connection": "close"})
+        return int(conn.getresponse().status)
+    finally:
+        conn.close()
+
+
 class Probe:
     """One check attempt against a pod: True when healthy. Never raises."""
 
@@ -68,9 +106,10 @@ class Probe:
                 return True, f"port {spec.port} accepts connections"
             status = pod.probe_http(self.task_id, spec.scheme, spec.port,  # type: ignore
                                     spec.path, spec.timeout_s or 3600.0)
-            return spec.http_ok(status), f"HTTP {status} from {spec.path}"
+            return spec.http_ok(status), f"HTTP {status}"
         except Exception as e:  # noqa: BLE001 - any failure of the probe is a failed check
-            return False, f"{spec.type} check failed: {e}"
+            log.debug("%s check of %s failed: %r", spec.type, self.task_id, e)
+            return False, f"{spec.type} check failed: {failure_reason(e)}"
 
 
 class HealthChecker:

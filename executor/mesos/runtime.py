@@ -16,10 +16,7 @@ import importlib
 import logging
 import os
 import socket
-import ssl
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.launcher import Launcher, boot_vm
 from executor.libvirt.hypervisor import Hypervisor
 from executor.mesos.exec_socket import serve_task_exec
+from executor.mesos.health import http_status
 from executor.mesos.sandbox_acl import grant_search_below
 from executor.mesos.taskinfo import CONTAINER_SANDBOX, TaskSpec, command_overrides
 from executor.mesos.volume_paths import host_dir, sandbox_dir
@@ -358,13 +356,7 @@ class VMPod:
     def probe_http(self, task_id: str, scheme: str, port: int, path: str,
                    timeout: float) -> int:
         host, host_port = probe_address(self.network, port, f"task {task_id}: HTTP check")
-        url = f"{scheme}://{host}:{host_port}{path}"
-        context = ssl._create_unverified_context() if scheme == "https" else None
-        try:
-            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as e:
-            return int(e.code)
+        return http_status(scheme, host, host_port, path, timeout)
 
     def destroy(self) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from executor import network
+from executor import netpolicy, network
 from executor.guest.channel import RawChannel, connect_socket
 from executor.guest.protocol import (
     POOL_REQUEST_ID,
@@ -323,6 +323,7 @@ class WarmPool:
             if kind != GENERIC:
                 # resolved for every boot: a re-pulled tag gets VMs with its new layers
                 layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
+            netpolicy.enforce(self.cfg, network.host_resolv_conf())  # pool VMs have a NIC
             self._hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             self._hv.create(spec)

@@ -5,6 +5,9 @@ with the reason. Traffic goes to 127.0.0.1 only."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -52,3 +55,50 @@ def test_taken_host_port_fails_the_task_with_the_reason(vm_agent: Any, image_ref
     assert f"host port {port}/tcp is already in use" in status["message"]
     assert agent.wait_executor_exit(60) == 0
     assert domains() == set()
+
+
+def test_http_health_check_follows_no_redirect_to_the_host(vm_agent: Any, image_ref: str  # noqa: F811
+                                                           ) -> None:
+    """Issue 15 finding 4: a task's HTTP check answered with a redirect to a host-internal URL
+    (a service on the host's 127.0.0.1) does not go there, and the framework hears only the
+    status code, never the body."""
+    hits: list[str] = []
+
+    class Internal(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"SECRET-INTERNAL")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    internal = HTTPServer(("127.0.0.1", 0), Internal)
+    threading.Thread(target=internal.serve_forever, daemon=True).start()
+    port = free_port()
+    cgi = (f'printf "Status: 302 Found\\r\\nLocation: http://127.0.0.1:'
+           f'{internal.server_address[1]}/secret\\r\\n\\r\\nSECRET-BODY"')
+    script = (f"mkdir -p /www/cgi-bin && printf '#!/bin/sh\\n%s\\n' '{cgi}' > /www/cgi-bin/r && "
+              "chmod +x /www/cgi-bin/r && exec httpd -f -p 80 -h /www")
+    check = {"type": "HTTP", "http": {"port": 80, "path": "/cgi-bin/r"}, "delay_seconds": 1,
+             "interval_seconds": 1, "timeout_seconds": 10, "consecutive_failures": 3,
+             "grace_period_seconds": 60}
+    try:
+        agent = vm_agent()
+        agent.launch_group([dict(ports_task("web", script, image_ref, port, 80),
+                                 health_check=check)])
+        agent.wait_state("web", "TASK_RUNNING", BOOT)
+        deadline = time.monotonic() + 90
+        while not [s for s in agent.statuses("web") if "healthy" in s]:
+            assert time.monotonic() < deadline, agent.statuses("web")
+            time.sleep(0.5)
+        first = next(s for s in agent.statuses("web") if "healthy" in s)
+        assert first["healthy"] is True and first.get("message") == "HTTP 302", first
+        assert hits == []
+        agent.kill("web")
+        assert agent.wait_terminal("web", 60)["state"] == "TASK_KILLED"
+        assert agent.wait_executor_exit(60) == 0
+    finally:
+        internal.shutdown()
+        internal.server_close()

@@ -22,13 +22,12 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from executor.guest.protocol import REASON_OOM, ExitStatus
+from executor.mesos.health import http_status
 from executor.mesos.runtime import (
     OnExit,
     Output,
@@ -166,12 +165,8 @@ class FakePod:
 
     def probe_http(self, task_id: str, scheme: str, port: int, path: str,
                    timeout: float) -> int:
-        try:
-            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{path}",
-                                        timeout=timeout) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as e:
-            return int(e.code)
+        # the executor's own probe (health.http_status), against the host's loopback
+        return http_status(scheme, "127.0.0.1", port, path, timeout)
 
     def destroy(self) -> None:
         if self.destroyed:

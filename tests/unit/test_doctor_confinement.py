@@ -4,8 +4,12 @@ the network policy (issue 15 "must show")."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import pytest
+
+from executor import netpolicy
 from executor.cli.doctor import CHECKS
 from executor.cli.doctor_confinement import (
     check_network_policy,
@@ -48,9 +52,26 @@ def test_a_running_qemu_without_a_filter_fails(tmp_path: Path) -> None:
     assert result.ok and "no VM runs" in result.detail
 
 
-def test_network_policy_is_reported_honestly() -> None:
-    result = check_network_policy(config_from_env({}))
-    assert result.warn and "unrestricted" in result.detail
+def test_network_policy_is_reported_honestly(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    monkeypatch.setattr(netpolicy, "installed", lambda: None)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/nft")
+    result = check_network_policy(config_from_env({"HYPERVM_NET_ALLOW_HOST": "127.0.0.1:5000"}),
+                                  tmp_path)
+    assert result.ok and not result.warn
+    assert "installed when the next VM boots" in result.detail
+    assert "refused: the host" in result.detail and "127.0.0.1:5000/tcp" in result.detail
+    assert "200000-265535" in result.detail
+    (tmp_path / "hypervm-x.pid").write_text(str(os.getpid()))  # a VM runs, the table is gone
+    gone = check_network_policy(config_from_env({}), tmp_path)
+    assert not gone.ok and "1 VM(s) run" in gone.detail and "is gone" in gone.detail
+    monkeypatch.setattr(netpolicy, "installed", lambda: "table inet hypervm {}")
+    assert "policy in force" in check_network_policy(config_from_env({}), tmp_path).detail
+    off = check_network_policy(config_from_env({"HYPERVM_NET_POLICY": "off"}))
+    assert off.ok and off.warn and "policy off" in off.detail
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    missing = check_network_policy(config_from_env({}))
+    assert not missing.ok and "nftables" in missing.fix
 
 
 def test_host_users_in_the_vm_range_are_found() -> None:

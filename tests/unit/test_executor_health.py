@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from executor.mesos.health import HealthState
-from executor.mesos.taskinfo import HealthCheckSpec
+from executor.mesos.health import HealthState, Probe, http_status
+from executor.mesos.taskinfo import CommandSpec, HealthCheckSpec
 from tests.mesos.agent import AgentDouble
 from tests.mesos.fixtures import agent, agent_factory, task  # noqa: F401
 
@@ -106,3 +106,91 @@ def test_http_check_bad_status_is_unhealthy(agent_factory: Any) -> None:  # noqa
 ])
 def test_http_statuses(check: HealthCheckSpec) -> None:
     assert check.http_ok(204) and not check.http_ok(301)
+
+
+class _Server:
+    """An HTTP server on 127.0.0.1 answering ``routes[path] -> (status, headers, body)``,
+    recording the paths it was asked for."""
+
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                hits.append(self.path)
+                status, headers, body = routes.get(self.path, (404, {}, b""))
+                self.send_response(status, "SECRET-REASON-PHRASE")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_check_follows_no_redirect_and_relays_no_body(agent_factory: Any) -> None:  # noqa: F811
+    """Issue 15 finding 4: a check redirected to an internal URL does not go there (the
+    internal service is never asked), and what the framework hears is the status code only:
+    no body, no reason phrase, no URL."""
+    internal = _Server({"/secret": (200, {}, b"SECRET-INTERNAL-BODY")})
+    task_server = _Server({
+        "/health": (302, {"Location": f"http://127.0.0.1:{internal.port}/secret"},
+                    b"SECRET-REDIRECT-BODY")})
+    try:
+        double = agent_factory()
+        double.start_executor()
+        double.wait_subscribed()
+        check = dict(FAST, type="HTTP", http={"port": task_server.port, "path": "/health"})
+        double.launch(task("web", "sleep 1.5", health_check=check))
+        assert double.wait_terminal("web", timeout=20)["state"] == "TASK_FINISHED"
+        # Mesos: 200-399 is healthy; the redirect itself is the answer
+        reports = [(s["healthy"], s.get("message", "")) for s in double.statuses("web")
+                   if "healthy" in s]
+        assert reports and reports[0] == (True, "HTTP 302"), reports
+        assert internal.hits == [] and "/health" in task_server.hits
+    finally:
+        internal.close()
+        task_server.close()
+
+
+class _Pod:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def probe_http(self, *args: Any) -> int:
+        raise self.error
+
+    probe_tcp = probe_http
+    run_check = probe_http
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (ConnectionRefusedError("[Errno 111] SECRET"), "connection refused"),
+    (TimeoutError("SECRET"), "timed out"),
+    (OSError("SECRET no route"), "no answer"),
+    (ValueError("SECRET"), "check error"),
+])
+@pytest.mark.parametrize("kind", ["HTTP", "TCP", "COMMAND"])
+def test_failed_probe_says_a_fixed_reason(kind: str, error: BaseException, reason: str) -> None:
+    spec = HealthCheckSpec(kind, port=80, path="/", command=CommandSpec(value="true"))
+    ok, why = Probe(_Pod(error), "t", spec)()
+    assert not ok and why == f"{kind} check failed: {reason}"
+
+
+def test_http_status_reads_no_body_and_follows_nothing() -> None:
+    server = _Server({"/r": (301, {"Location": "/elsewhere"}, b"x" * 100_000)})
+    try:
+        assert http_status("http", "127.0.0.1", server.port, "/r", 5) == 301
+        assert server.hits == ["/r"]
+    finally:
+        server.close()
