@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 
-from executor.cli import run_inputs
+from executor.cli import run_inputs, volume_access
 from executor.guest.protocol import EXEC_FAILURE_STATUS
 from executor.launcher import Launcher, boot_vm
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
@@ -167,7 +167,8 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
             boot_timeout: float = 60.0, on_booted: Callable[[], object] | None = None) -> int:
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
-    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm:
+    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm, \
+            volume_access.granted_to(vm, container.mounts):
         if on_booted is not None:
             on_booted()
         if stop.event.is_set():

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from executor.cli.volume_access import check_reachable
 from executor.launcher import Launcher
 from hypervm.errors import ImageError, InvalidSpec
 from hypervm.imageref import RegistryRef, parse_reference
@@ -49,6 +50,7 @@ def parse_volume(spec: str) -> Mount:
         what = "does not exist" if not os.path.exists(real) else "is not a directory"
         raise InvalidSpec("--volume", f"{host} {what} on this host",
                           hint="share an existing directory")
+    check_reachable(Path(real))
     return Mount(type="9p", destination=posixpath.normpath(dest), source=Path(real),
                  readonly=mode == "ro")
 

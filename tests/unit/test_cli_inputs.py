@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +15,25 @@ from executor.cli.main import build_parser
 from hypervm.errors import InvalidSpec
 
 
-def test_volume_read_only_and_read_write(tmp_path: Path) -> None:
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can traverse to (pytest's tmp_path is below a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="hypervm-unit-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_volume_read_only_and_read_write(open_dir: Path) -> None:
+    tmp_path = open_dir
     ro = run_inputs.parse_volume(f"{tmp_path}:/data:ro")
     rw = run_inputs.parse_volume(f"{tmp_path}:/data/")
     assert (ro.type, ro.source, ro.destination, ro.readonly) == ("9p", tmp_path, "/data", True)
     assert (rw.destination, rw.readonly, rw.owned) == ("/data", False, False)
 
 
-def test_volume_resolves_links_to_the_real_directory(tmp_path: Path) -> None:
+def test_volume_resolves_links_to_the_real_directory(open_dir: Path) -> None:
+    tmp_path = open_dir
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     mount = run_inputs.parse_volume(f"{tmp_path}/link:/x")
@@ -43,7 +57,8 @@ def test_bad_volume_names_the_field(tmp_path: Path, spec: str, message: str) -> 
     assert info.value.field == "--volume"
 
 
-def test_same_destination_twice_is_refused(tmp_path: Path) -> None:
+def test_same_destination_twice_is_refused(open_dir: Path) -> None:
+    tmp_path = open_dir
     with pytest.raises(InvalidSpec, match="mounted twice"):
         run_inputs.volumes([f"{tmp_path}:/d", f"{tmp_path}:/d:ro"])
 
@@ -119,3 +134,41 @@ def test_pull_never_refuses_an_uncached_image(tmp_path: Path,
     assert "is not in the image cache and --pull never forbids pulling" in err
     assert err.count("\n") == 1
     assert os.listdir(tmp_path / "images")  # the cache was looked at, nothing was pulled
+
+
+def test_acl_entry_added_and_taken_off(tmp_path: Path) -> None:
+    import stat
+
+    from executor.cli import volume_access as va
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    mounts = [run_inputs.Mount(type="9p", destination="/d", source=shared, readonly=False)]
+    with va.granted(4242, mounts):
+        entries = va.acl_entries(os.getxattr(shared, va.ACL_XATTR), 0)
+        assert (va._USER, 7, 4242) in entries
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o775  # the mask shows as group bits
+    assert va.ACL_XATTR not in os.listxattr(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+
+
+def test_acl_read_only_and_existing_entries() -> None:
+    from executor.cli import volume_access as va
+
+    base = va.acl_entries(None, 0o750)
+    assert base == [(va._USER_OBJ, 7, va._UNDEFINED_ID), (va._GROUP_OBJ, 5, va._UNDEFINED_ID),
+                    (va._OTHER, 0, va._UNDEFINED_ID)]
+    raw = va.with_user(base, 7, 5)
+    again = va.with_user(va.acl_entries(raw, 0), 7, 5)  # the same uid twice: one entry
+    entries = va.acl_entries(again, 0)
+    assert [e for e in entries if e[0] == va._USER] == [(va._USER, 5, 7)]
+    assert (va._MASK, 5, va._UNDEFINED_ID) in entries
+
+
+def test_volume_below_a_private_directory_is_refused(tmp_path: Path) -> None:
+    private = tmp_path / "a" / "b"
+    private.mkdir(parents=True)
+    (tmp_path / "a").chmod(0o700)
+    with pytest.raises(InvalidSpec, match="cannot be traversed by the VM's own user"):
+        run_inputs.parse_volume(f"{private}:/x")
