@@ -17,6 +17,7 @@ from hypervm.settings import (
     apply_config_file,
     effective,
     load_config_file,
+    read_config_file,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,3 +114,15 @@ def test_doctor_reports_each_source(tmp_path: Path) -> None:
     assert by_key["accel"] == ["tcg", "environment (HYPERVM_ACCEL)"]
     assert by_key["libvirt_uri"] == ["qemu:///system", "default"]
     assert len(lines) == 1 + len(SETTINGS)
+
+
+def test_example_config_lists_every_setting_and_parses(tmp_path: Path) -> None:
+    example = REPO / "examples" / "config.toml"
+    assert read_config_file(example) == {}  # every key commented out: the defaults
+    text = example.read_text()
+    uncommented = "\n".join(line[2:] for line in text.splitlines()
+                            if line.startswith("# ") and " = " in line and "\"" in line)
+    values = read_config_file(write(tmp_path, uncommented))
+    assert {s.env for s in SETTINGS if s.default} == set(values)
+    for s in SETTINGS:
+        assert f"# {s.key} =" in text
