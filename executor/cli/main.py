@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from executor.cli.usage import EXIT_HYPERVM, LineFormatter, Parser, add_examples, version
+from executor.cli.usage import EXIT_HYPERVM, LineFormatter, Parser, VersionAction, add_examples
 from hypervm.errors import HyperVMError
 from hypervm.settings import load_config_file
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="count", default=0,
                         help="log more (--verbose info, twice debug); -v of run is a volume, "
                              "as in docker")
-    parser.add_argument("--version", action="version", version=f"hypervm {version()}")
+    parser.add_argument("--version", action=VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-from importlib import metadata
 from typing import NoReturn
 
 #: exit status of every hypervm failure (bad input, usage errors, libvirt, images)
@@ -55,8 +54,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_HYPERVM, f"{self.prog}: error: {message}\n")
 
 
+class VersionAction(argparse.Action):
+    """``--version``: reads the package metadata only when asked (importlib.metadata costs
+    ~20 ms at every start otherwise)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print hypervm's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"hypervm {version()}")
+        parser.exit(0)
+
+
 def version() -> str:
     """The installed package's version (setup.cfg), or ``unknown`` when run from a bare tree."""
+    from importlib import metadata  # optional: only --version needs it (~20 ms to import)
+
     try:
         return metadata.version("hypervm")
     except metadata.PackageNotFoundError:
