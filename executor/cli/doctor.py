@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from executor.cli.check import Check
+from executor.cli.doctor_config import configuration_lines
 from executor.cli.doctor_confinement import CONFINEMENT_CHECKS
 from executor.libvirt.domain_xml import SHARE_ACCESSMODE
 from executor.libvirt.hypervisor import Hypervisor
@@ -29,7 +30,11 @@ QBOOT = Path("/usr/share/qemu/qboot.rom")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("doctor", help="check this host and say how to fix problems")
+    p = subparsers.add_parser("doctor", help="check this host and say how to fix problems",
+                              description="Check this host, then print the effective "
+                                          "configuration and where each value comes from.")
+    p.add_argument("--config", action="store_true",
+                   help="only print the effective configuration")
     p.set_defaults(func=doctor_command)
 
 
@@ -176,7 +181,10 @@ def run_checks(cfg: HostConfig) -> list[Check]:
     return [check(cfg) for check in CHECKS]
 
 
-def doctor_command(_: argparse.Namespace) -> int:
+def doctor_command(args: argparse.Namespace) -> int:
+    if args.config:
+        print("\n".join(configuration_lines(os.environ)))
+        return 0
     if os.geteuid() != 0:
         print("hypervm doctor: note: not root; libvirt's system instance needs root",
               file=sys.stderr)
@@ -188,4 +196,5 @@ def doctor_command(_: argparse.Namespace) -> int:
             print(f"     {'':<12} fix: {result.fix}")
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} ok, {len(failed)} failed")
+    print("\n".join(configuration_lines(os.environ)))
     return 1 if failed else 0

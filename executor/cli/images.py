@@ -28,7 +28,7 @@ def _stderr_line(message: str) -> None:
 def _store(args: argparse.Namespace) -> ImageStore:
     return ImageStore.from_env(config_from_env(),
                                insecure_registries=getattr(args, "insecure_registry", None) or (),
-                               progress=_stderr_line)
+                               progress=None if getattr(args, "quiet", False) else _stderr_line)
 
 
 def pull_command(args: argparse.Namespace) -> int:
@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fetch IMAGE (registry ref, docker-daemon:NAME, docker-archive:FILE or "
                     "oci:DIR[:TAG]) into the layer cache; prints REF DIGEST.")
     pull.add_argument("image", metavar="IMAGE")
+    pull.add_argument("-q", "--quiet", action="store_true",
+                      help="no progress on stderr (no skopeo bars either)")
     pull.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
                       help="allow plain HTTP for this registry (repeatable; also "
                            "HYPERVM_INSECURE_REGISTRIES); loopback registries always are")

@@ -2,8 +2,8 @@
 
 Each sub-command lives in its own module exposing ``register(subparsers)``; the module's parser
 sets ``func`` (a callable taking the parsed args and returning the exit status). Every
-:class:`HyperVMError` becomes one line on stderr and exit status 1 (or the error's own
-``exit_status``) — never a traceback.
+:class:`HyperVMError` becomes one line on stderr and exit status 125 (or the error's own
+``exit_status``) — never a traceback; usage errors exit 125 too (``executor/cli/usage.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import logging
 import os
 import sys
 
+from executor.cli.usage import EXIT_HYPERVM, LineFormatter, Parser, VersionAction, add_examples
 from hypervm.errors import HyperVMError
+from hypervm.settings import load_config_file
 
 #: modules that contribute sub-commands, in help order
 COMMAND_MODULES = (
@@ -29,15 +31,23 @@ COMMAND_MODULES = (
     "executor.cli.gc",
     "executor.cli.pool",
     "executor.cli.images",
+    "executor.cli.completion",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hypervm", description="Run containers in lightweight VMs (HyperVMs)."
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more (-v info, -vv debug)")
+    parser = Parser(
+        prog="hypervm", description="Run containers in lightweight VMs (HyperVMs).",
+        formatter_class=LineFormatter,
+        epilog="Exit status: the command's own; 125 when hypervm itself fails (bad input, "
+               "libvirt, images); 126/127 when the command cannot run or is not found; "
+               "128+N when it is killed by signal N.\n"
+               "Settings: /etc/hypervm/config.toml (or $HYPERVM_CONFIG), then HYPERVM_* "
+               "variables; see hypervm doctor.")
+    parser.add_argument("--verbose", action="count", default=0,
+                        help="log more (--verbose info, twice debug); -v of run is a volume, "
+                             "as in docker")
+    parser.add_argument("--version", action=VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -47,22 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    add_examples(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except SystemExit as e:  # argparse: --help/--version exit 0, usage errors 125
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_HYPERVM)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="hypervm: %(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return 2
+        return EXIT_HYPERVM
     try:
+        load_config_file(os.environ)
         return int(args.func(args))
     except HyperVMError as e:
         print(f"hypervm: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_status", 1)
+        return getattr(e, "exit_status", EXIT_HYPERVM)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from executor.cli import detach
+from executor.cli import detach, run_inputs, volume_access
 from executor.guest.protocol import EXEC_FAILURE_STATUS
 from executor.launcher import Launcher, boot_vm
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
@@ -23,7 +23,7 @@ from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, InvalidSpec
 from hypervm.limits import default_limits
 from hypervm.netspec import NetworkSpec, parse_publish
-from hypervm.podspec import Container, Limits, PodSpec, Process, Resources, Rootfs
+from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
 from vmimage.rootfs import build_layer_image
 
 log = logging.getLogger(__name__)
@@ -41,20 +41,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "docker-daemon:NAME:TAG, docker-archive:FILE or oci:DIR[:TAG].")
     p.add_argument("--rootfs", type=Path, help="run from this root filesystem directory instead "
                                                "of an image")
-    p.add_argument("--cpus", type=int, default=1, help="virtual CPUs (default 1)")
-    p.add_argument("--memory", type=int, default=256, metavar="MiB",
-                   help="guest memory in MiB (default 256)")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
-                   help="set an environment variable (repeatable)")
+    p.add_argument("--cpus", default="1", metavar="N",
+                   help="CPUs (default 1); a fraction such as 1.5 gives 2 vCPUs limited to 1.5 "
+                        "cores of CPU time")
+    p.add_argument("--memory", default="256", metavar="SIZE",
+                   help="guest memory: 512 (MiB), 512m or 1g (default 256 MiB)")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="set an environment variable; KEY alone takes its value from ours "
+                        "(repeatable)")
+    p.add_argument("--env-file", action="append", default=[], type=Path, metavar="FILE",
+                   help="read KEY=VALUE (or KEY) lines from FILE (repeatable)")
+    p.add_argument("-v", "--volume", action="append", default=[],
+                   metavar="HOST:CONTAINER[:ro]",
+                   help="share the host directory HOST at CONTAINER, read-only with :ro "
+                        "(repeatable; as docker: verbose logging is hypervm --verbose)")
     p.add_argument("-w", "--workdir", default=None, metavar="DIR", help="working directory")
     p.add_argument("-u", "--user", default=None, metavar="USER[:GROUP]",
                    help="user to run as (names need an image; --rootfs takes UID[:GID])")
     p.add_argument("--entrypoint", default=None, help="override the image's Entrypoint")
     p.add_argument("-i", "--interactive", action="store_true", help="forward our stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress on stderr")
-    p.add_argument("--pull", choices=("missing", "always"), default="missing",
+    p.add_argument("--pull", choices=("missing", "always", "never"), default="missing",
                    help="missing (default): use a registry image already in the cache as is; "
-                        "always: look the tag up again")
+                        "always: look the tag up again; never: only the cache")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]",
                    help="allow plain HTTP to this registry (loopback registries always are)")
     p.add_argument("-p", "--publish", action="append", default=[],
@@ -101,16 +110,14 @@ def command_from(argv: list[str]) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def check_env(items: list[str]) -> tuple[str, ...]:
-    for item in items:
-        if "=" not in item or item.startswith("="):
-            raise InvalidSpec("--env", f"{item!r} is not KEY=VALUE")
-    return tuple(items)
+def check_env(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--env-file`` then ``-e`` items, ``-e KEY`` filled from our environment."""
+    return run_inputs.environment(args.env, args.env_file, os.environ)
 
 
 def process_from_args(args: argparse.Namespace, command: tuple[str, ...]) -> Process:
     uid, gid = parse_user(args.user)
-    return Process(args=command, env=check_env(args.env), cwd=args.workdir or "/",
+    return Process(args=command, env=check_env(args), cwd=args.workdir or "/",
                    uid=uid, gid=gid, stdin=args.interactive, tty=args.tty)
 
 
@@ -164,7 +171,8 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
             boot_timeout: float = 60.0, on_booted: Callable[[], object] | None = None) -> int:
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
-    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm:
+    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm, \
+            volume_access.granted_to(vm, container.mounts):
         if on_booted is not None:
             on_booted()
         if stop.event.is_set():
@@ -197,9 +205,10 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
 
 def single_pod(name: str, layers: tuple[Path, ...], process: Process,
                resources: Resources, net: NetworkSpec | None = None,
-               limits: Limits | None = None) -> PodSpec:
+               limits: Limits | None = None, mounts: tuple[Mount, ...] = ()) -> PodSpec:
     pod = PodSpec(name=name, containers=(Container(name=name, rootfs=Rootfs(layers=layers),
-                                                   process=process, limits=limits or Limits()),),
+                                                   process=process, limits=limits or Limits(),
+                                                   mounts=mounts),),
                   resources=resources, network=net or NetworkSpec())
     pod.validate()
     return pod
@@ -225,9 +234,9 @@ def run_or_detach(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace,
 def run_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
     detach.resolve_name(args)
-    resources = Resources(cpus=args.cpus, memory_mib=args.memory)
-    resources.validate()
+    resources = run_inputs.resources(args.cpus, args.memory)
     net = network_from_args(args)
+    mounts = run_inputs.volumes(args.volume)
     if args.rootfs is not None:
         if args.entrypoint is not None:
             raise InvalidSpec("--entrypoint", "only applies to images, not --rootfs")
@@ -235,16 +244,17 @@ def run_command(args: argparse.Namespace) -> int:
         process = process_from_args(args, command)
         process.validate("process")
         with rootfs_image(cfg, args.rootfs) as image:
-            pod = single_pod(args.name, (image,), process, resources, net, default_limits(cfg))
+            pod = single_pod(args.name, (image,), process, resources, net, default_limits(cfg),
+                             mounts)
             return run_or_detach(cfg, pod, args)
     if args.image is None:
         raise InvalidSpec("IMAGE", "no image and no --rootfs given",
                           hint="hypervm run IMAGE [-- CMD...] or hypervm run --rootfs DIR -- CMD")
-    return run_image(cfg, args, resources, net)
+    return run_image(cfg, args, resources, net, mounts)
 
 
 def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
-              net: NetworkSpec | None = None) -> int:
+              net: NetworkSpec | None = None, mounts: tuple[Mount, ...] = ()) -> int:
     launcher = Launcher(cfg, insecure_registries=args.insecure_registry,
                         progress=None if args.quiet else _progress_line)
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -252,14 +262,15 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
     with ExitStack() as hold:
         # keep `hypervm gc` from removing our layers until the running VM protects them
         hold.enter_context(launcher.hold())
-        image = launcher.resolve(args.image, args.pull)
+        image = run_inputs.resolve_image(launcher, args.image, args.pull)
         process = launcher.process(
-            image, command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args.env),
+            image, command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args),
             cwd=args.workdir, user=args.user, stdin=args.interactive)
         if args.tty:
             process = replace(process, tty=True)
         process.validate("process")
-        pod = single_pod(args.name, image.layers, process, resources, net, default_limits(cfg))
+        pod = single_pod(args.name, image.layers, process, resources, net, default_limits(cfg),
+                         mounts)
         return run_or_detach(cfg, pod, args, on_booted=hold.close)
 
 

@@ -18,6 +18,7 @@ from executor.mesos.logs import rotation_from_env, setup_executor_logging
 from executor.mesos.runtime import load_runtime
 from hypervm.config import mesos_policy_from_env
 from hypervm.errors import HyperVMError
+from hypervm.settings import load_config_file
 
 log = logging.getLogger("executor.mesos.executor")
 
@@ -25,6 +26,11 @@ log = logging.getLogger("executor.mesos.executor")
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
     sandbox = Path(env.get("MESOS_SANDBOX") or env.get("MESOS_DIRECTORY") or ".")
+    config_error = None
+    try:
+        load_config_file(env)  # /etc/hypervm/config.toml under the environment
+    except HyperVMError as e:
+        config_error = e
     try:
         setup_executor_logging(sandbox, logging.DEBUG if env.get("HYPERVM_DEBUG") else logging.INFO,
                                rotation_from_env(env))
@@ -32,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO)
         log.warning("cannot log into the sandbox: %s", e)
     try:
+        if config_error is not None:
+            raise config_error
         settings = settings_from_env(env)
         runtime = load_runtime(env)
         rotation = rotation_from_env(env)

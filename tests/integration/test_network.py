@@ -306,7 +306,7 @@ def test_taken_host_port_is_one_clear_error(hypervm, busybox_rootfs: Path, host_
                          "--", "true")
     err = result.stderr.decode()
     errors = [line for line in err.splitlines() if line.startswith("hypervm: error:")]
-    assert result.returncode == 1 and "Traceback" not in err
+    assert result.returncode == 125 and "Traceback" not in err
     assert len(errors) == 1 and f"host port {port}/tcp is already in use" in errors[0]
     assert "ports[0]" in errors[0]
     assert qemu_pid_with_prefix(f"hypervm-{TEST_TAG}") == []

@@ -360,7 +360,7 @@ def test_pool_serve_and_status_from_the_cli(tmp_path: Path) -> None:
         # a second daemon on the same socket is refused with one line
         second = subprocess.run([*cli, "pool", "serve", "--size", "1"], env=env,
                                 capture_output=True, text=True, timeout=60, check=False)
-        assert second.returncode == 1
+        assert second.returncode == 125  # hypervm's own failure
         assert second.stderr.strip().splitlines() == [
             f"hypervm: error: a warm pool already serves at {sock} (stop it first, or set "
             "HYPERVM_POOL_SOCKET)"]
@@ -382,20 +382,20 @@ def test_bad_pool_settings_are_one_line(tmp_path: Path) -> None:
            "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "serve", "--size", "0"],
                          env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 1
+    assert out.returncode == 125
     assert out.stderr.strip().splitlines() == [
         "hypervm: error: pool.size: 0 idle VMs in all is out of range "
         "(keep size + images × per_image within 1..64)"]
     out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "serve", "--image",
                           "web:1", "--image", "web:1"],
                          env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 1
+    assert out.returncode == 125
     assert out.stderr.strip().splitlines() == [
         "hypervm: error: pool.images: docker.io/library/web:1 is listed twice "
         "(list each image once; --per-image sets how many VMs)"]
     out = subprocess.run([sys.executable, "-m", "executor.cli", "pool", "status"], env=env,
                          capture_output=True, text=True, check=False)
-    assert out.returncode == 1
+    assert out.returncode == 125
     assert out.stderr.strip() == f"hypervm: error: no warm pool serves at {tmp_path / 'p.sock'}"
 
 

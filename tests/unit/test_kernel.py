@@ -339,7 +339,7 @@ def test_distro_kernel_is_prepared_with_decompressed_modules(cfg, tmp_path: Path
 def _fake_make(final_config: str, calls: list[list[str]]):  # noqa: ANN202
     """A stand-in for hyperkernel._run: records each step and writes what make would."""
 
-    def run(argv: list[str], logfile, cwd=None) -> None:  # noqa: ANN001
+    def run(argv: list[str], logfile, cwd=None, meter=None) -> None:  # noqa: ANN001
         calls.append(argv)
         objdir = next((Path(a[2:]) for a in argv if a.startswith("O=")), None)
         if argv[-1] == "olddefconfig" and objdir:

@@ -174,7 +174,8 @@ def test_tcg_flush_setting_is_checked() -> None:
 def _fake_tools(calls: list[tuple[list[str], Path | None]]):  # noqa: ANN202
     """A stand-in for hyperqemu._run: records each step and leaves what the tool would."""
 
-    def run(argv: list[str], logfile: Path | None, cwd: Path | None = None) -> None:
+    def run(argv: list[str], logfile: Path | None, cwd: Path | None = None,
+            meter: object = None) -> None:
         calls.append((argv, cwd))
         if argv[0] == "dpkg-source":
             src = Path(argv[-1])
@@ -232,7 +233,8 @@ def test_failed_build_keeps_its_log_and_publishes_nothing(
         cfg: HostConfig, fake_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tools = _fake_tools([])
 
-    def failing(argv: list[str], logfile: Path | None, cwd: Path | None = None) -> None:
+    def failing(argv: list[str], logfile: Path | None, cwd: Path | None = None,
+                meter: object = None) -> None:
         tools(argv, logfile, cwd)
         if argv[0] == "ninja":
             raise HostError("ninja -j2 qemu-system-x86_64 … failed with status 1")

@@ -47,6 +47,7 @@ from .manifest import (
     select_platform,
     sha256_digest,
 )
+from .pull_progress import LayerLines, both
 from .sources import Source, open_source, write_authfile
 from .unpack import TRACKED_FILES, Budget, unpack_layer
 from .verify import verify_blob_file
@@ -112,7 +113,8 @@ class ImageStore:
         self.task_host_credentials = cfg.task_host_credentials
         self.insecure_registries = tuple(insecure_registries)
         self._progress = progress
-        self._tty = sys.stderr.isatty()  # skopeo draws its own bars there
+        # skopeo draws its own per-layer bars on a terminal; quiet (no progress): no bars
+        self._tty = progress is not None and sys.stderr.isatty()
 
     @classmethod
     def from_env(cls, cfg: HostConfig, env: Mapping[str, str] | None = None, *,
@@ -337,8 +339,12 @@ class ImageStore:
                       f"({total / 1e6:.1f} MB)")
             layout = blob_dir.parent.parent if remote else blob_dir
             # dir: copies every layer of a local source, the cached ones too
-            watch = self._size_watch(name, layout, missing if remote else list(manifest.layers),
-                                     manifest)
+            copied = missing if remote else list(manifest.layers)
+            watch = self._size_watch(name, layout, copied, manifest)
+            lines = None
+            if self._progress is not None and not (remote and self._tty):
+                lines = LayerLines(name, blob_dir, copied, self._progress)
+                watch = both(watch, lines)
             what = _describe(missing) or manifest.config.digest
             if remote:  # only the missing blobs cross the network
                 skopeo.prepare_layout(layout, [d.digest for d in manifest.layers
@@ -349,6 +355,8 @@ class ImageStore:
             else:  # local sources: dir: keeps every blob byte-identical (plain tars too)
                 skopeo.copy_dir(name, pinned, blob_dir, timeout=self.limits.pull_timeout_s,
                                 watch=watch, blob=what)
+            if lines is not None:
+                lines()
             for desc in missing:
                 verify_blob_file(name, blob_dir / desc.hex, desc)
         if config_raw is None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hypervm.errors import HostError
+from vmimage.progress import StepMeter
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,17 @@ def package_version(package: str, field: str = "Version") -> str | None:
 
 
 def run_logged(argv: list[str], logfile: Path | None, *, cwd: Path | None = None,
-               env: dict[str, str] | None = None, hint: str | None = None) -> None:
+               env: dict[str, str] | None = None, hint: str | None = None,
+               meter: StepMeter | None = None) -> None:
     """Run a build step, its output appended to ``logfile`` (captured when None); on failure a
-    :class:`HostError` quoting the last lines of the output."""
+    :class:`HostError` quoting the last lines of the output. ``meter`` reads each line of the
+    output as it comes (the build's progress)."""
     log.debug("running %s", " ".join(argv))
     try:
-        if logfile is None:
+        if logfile is not None and meter is not None:
+            proc = _run_metered(argv, logfile, meter, cwd=cwd, env=env)
+            output = logfile.read_text(errors="replace")
+        elif logfile is None:
             proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True)
             output = proc.stderr.decode(errors="replace")
         else:
@@ -85,6 +91,20 @@ def run_logged(argv: list[str], logfile: Path | None, *, cwd: Path | None = None
     if proc.returncode != 0:
         tail = "\n".join(output.splitlines()[-LOG_TAIL:])
         raise HostError(f"{' '.join(argv[:3])} … failed with status {proc.returncode}:\n{tail}")
+
+
+def _run_metered(argv: list[str], logfile: Path, meter: StepMeter, *, cwd: Path | None,
+                 env: dict[str, str] | None) -> subprocess.CompletedProcess[bytes]:
+    with open(logfile, "ab") as fh:
+        fh.write(f"$ {' '.join(argv)}\n".encode())
+        fh.flush()
+        with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) as proc:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                fh.write(raw)
+                meter.line(raw)
+    return subprocess.CompletedProcess(argv, proc.returncode)
 
 
 def ensure_dir(path: Path) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 from hypervm.config import HostConfig
 from hypervm.errors import HostError
 from vmimage.kernel import store
+from vmimage.progress import StepMeter
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ def _build(cfg: HostConfig, key: str, final: Path) -> Path:
             cflags, ldflags = _hardening_flags()
             _run([str(src / "configure"), f"--prefix={final}", *CONFIGURE_ARGS,
                   f"--extra-cflags={cflags}", f"--extra-ldflags={ldflags}"], logfile, cwd=build)
-            _run(["ninja", f"-j{os.cpu_count() or 1}", BINARY], logfile, cwd=build)
+            _run(["ninja", f"-j{os.cpu_count() or 1}", BINARY], logfile, cwd=build,
+                 meter=StepMeter("building HyperQEMU", log.info))
         except HostError:
             kept = store.keep_failed_log(logfile, cfg.qemu_dir, key)
             log.error("HyperQEMU build failed; log kept at %s", kept)
@@ -177,5 +179,7 @@ def _qemu_version(binary: Path) -> str:
     return first.removeprefix("QEMU emulator version ").strip()
 
 
-def _run(argv: list[str], logfile: Path | None, cwd: Path | None = None) -> None:
-    store.run_logged(argv, logfile, cwd=cwd, env=dict(os.environ, LC_ALL="C"), hint=APT_HINT)
+def _run(argv: list[str], logfile: Path | None, cwd: Path | None = None,
+         meter: StepMeter | None = None) -> None:
+    store.run_logged(argv, logfile, cwd=cwd, env=dict(os.environ, LC_ALL="C"), hint=APT_HINT,
+                     meter=meter)
