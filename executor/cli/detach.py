@@ -121,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Stream the container's output to ours and, when it was started with -i, "
                     "our input to it. Ctrl-P Ctrl-Q detaches (with -t); the container keeps "
                     "running. Exits with the container's status when it ends.",
-        epilog="example: hypervm run -d -it --name shell IMAGE -- sh; hypervm attach shell")
+        epilog="examples:\n  hypervm run -d -it --name shell IMAGE -- sh\n  hypervm attach shell")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=attach_command)
 

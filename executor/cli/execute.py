@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start CMD in the container's namespaces, next to its main process, with "
                     "the container's environment; exit with its status. --task reaches the "
                     "VM of a Mesos task on this agent (root only).",
-        epilog="example: hypervm exec -it web sh; hypervm exec --task my-task -- ps")
+        epilog="examples:\n  hypervm exec -it web sh\n  hypervm exec --task my-task -- ps")
     p.add_argument("-i", "--interactive", action="store_true", help="forward our stdin")
     p.add_argument("-t", "--tty", action="store_true", help="give the command a terminal")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stop", help="stop containers (SIGTERM, then SIGKILL)",
         description="Send SIGTERM to the container's main process and SIGKILL after the "
                     "grace period; the VM is powered off and the container kept (see rm).",
-        epilog="example: hypervm stop -t 10 web")
+        epilog="examples:\n  hypervm stop -t 10 web")
     p.add_argument("-t", "--time", type=float, default=None, metavar="SECS",
                    help="grace period before SIGKILL (default: the run's --grace)")
     p.add_argument("names", nargs="+", metavar="NAME")
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "kill", help="send a signal to containers' main processes",
         description="Send a signal (default SIGKILL) to the container's main process.",
-        epilog="example: hypervm kill -s HUP web")
+        epilog="examples:\n  hypervm kill -s HUP web")
     p.add_argument("-s", "--signal", default="KILL", help="name or number (default KILL)")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=kill_command)
@@ -64,14 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rm", help="remove containers",
         description="Remove stopped containers (their state and logs); -f stops running "
                     "ones first (SIGKILL).",
-        epilog="example: hypervm rm -f web")
+        epilog="examples:\n  hypervm rm -f web")
     p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=rm_command)
     p = subparsers.add_parser(
         "wait", help="wait for containers to exit and print their exit codes",
         description="Block until each container exits; print its exit code.",
-        epilog="example: hypervm wait web")
+        epilog="examples:\n  hypervm wait web")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=wait_command)
 

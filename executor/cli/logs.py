@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "logs", help="print a container's output",
         description="Print what the container's main process wrote (stdout to our stdout, "
                     "stderr to our stderr). The log is rotated: the oldest output goes first.",
-        epilog="example: hypervm logs -f --tail 20 -t web")
+        epilog="examples:\n  hypervm logs -f --tail 20 -t web")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new output until the container exits")
     p.add_argument("--tail", type=int, default=None, metavar="N", help="only the last N lines")

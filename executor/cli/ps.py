@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ps", help="list containers (detached runs)",
         description="List the containers of detached (-d) and terminal (-t) runs: running "
                     "ones, or all with -a.",
-        epilog="example: hypervm ps -a --format json")
+        epilog="examples:\n  hypervm ps -a --format json")
     p.add_argument("-a", "--all", action="store_true", help="also exited containers")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=ps_command)
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect", help="a container's state as JSON",
         description="Print the state of each container as a JSON list: VM id, image, "
                     "command, status, exit code, supervisor pid, events, paths.",
-        epilog="example: hypervm inspect web | jq '.[0].status'")
+        epilog="examples:\n  hypervm inspect web | jq '.[0].status'")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=inspect_command)
 
