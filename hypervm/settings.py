@@ -95,6 +95,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_backups", "HYPERVM_LOG_BACKUPS", "5", "rotated sandbox logs kept"),
     Setting("debug", "HYPERVM_DEBUG", "", "the executor logs at debug level",
             booleans=("1", "")),
+    Setting("net_policy", "HYPERVM_NET_POLICY", "enforce",
+            "enforce (guests never reach the host, link-local or denied ranges) or off",
+            booleans=("enforce", "off")),
+    Setting("net_deny", "HYPERVM_NET_DENY", "", "more address ranges guests may not reach "
+            "(a list of CIDRs)"),
+    Setting("net_allow_host", "HYPERVM_NET_ALLOW_HOST", "",
+            "host services guests may use (a list of ADDRESS:PORT[/udp])"),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
