@@ -78,6 +78,12 @@ def running_tasks(mesos: RealMesos, role: str, sched: SchedulerProcess) -> dict[
             if t["state"] == "TASK_RUNNING" and t.get("role") == role}
 
 
+def no_deployment(sched: SchedulerProcess, tenant: str) -> bool:
+    """The tenant's deployments are over (an app is locked while one runs, as in Marathon)."""
+    code, deployments = sched.request("GET", "/v2/deployments", tenant)
+    return code == 200 and deployments == []
+
+
 def test_two_tenants_through_the_real_master(real_mesos: RealMesos,  # noqa: F811
                                              sched: SchedulerProcess, image_ref: str) -> None:
     for tenant in ("a", "b"):
@@ -94,9 +100,11 @@ def test_two_tenants_through_the_real_master(real_mesos: RealMesos,  # noqa: F81
         {"name": "c", "image": image_ref, "cmd": "true", "resources": {"cpus": 4, "mem": 32}}]})
     assert (code, body["quota"]) == (403, "cpus")
 
+    sched.wait_for(lambda: no_deployment(sched, "b"), 60, "tenant-b's deployments to end")
     assert sched.request("PUT", "/v2/apps/web", "b", {"instances": 2})[0] == 200
     real_mesos.wait(lambda: len(running_tasks(real_mesos, "tenant-b", sched)) == 4, BOOT,
                     "tenant-b's second app instance")
+    sched.wait_for(lambda: no_deployment(sched, "b"), 60, "the scale-up deployment to end")
     assert sched.request("PUT", "/v2/apps/web", "b", {"instances": 1})[0] == 200
     real_mesos.wait(lambda: len(running_tasks(real_mesos, "tenant-b", sched)) == 3, 120,
                     "tenant-b scaled down")
