@@ -17,6 +17,7 @@ Stopping the daemon destroys its idle VMs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shutil
@@ -98,15 +99,6 @@ def _label(kind: str) -> str:
     return f" ({kind})" if kind else ""
 
 
-def store_layers(cfg: HostConfig) -> Callable[[str], Sequence[Path]]:
-    """The layers of an image reference as a launch on this host resolves them (the image
-    cache, pulling when the reference was never pulled)."""
-    def resolve(ref: str) -> Sequence[Path]:
-        return ImageStore.from_env(cfg).resolve(ref).layers
-
-    return resolve
-
-
 class WarmPool:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
@@ -116,7 +108,10 @@ class WarmPool:
         """``resolve``: an image reference's layer files (default: this host's image cache)."""
         self.cfg = cfg
         self.config = config.validate()
-        self._resolve = resolve or store_layers(cfg)
+        #: the image cache as a launch on this host uses it (the same registry settings); its
+        #: gc hold covers an image VM's layers from the resolve until they are attached
+        self._store = ImageStore.from_env(cfg)
+        self._resolve = resolve or (lambda ref: self._store.resolve(ref).layers)
         self.reap_interval = reap_interval
         self.refill_delay = refill_delay
         self._last_claim = 0.0
@@ -319,16 +314,18 @@ class WarmPool:
         sock = None
         started = time.monotonic()
         layers: tuple[str, ...] = ()
+        hold = self._store.hold() if kind != GENERIC else contextlib.nullcontext()
         try:
-            if kind != GENERIC:
-                # resolved for every boot: a re-pulled tag gets VMs with its new layers
-                layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
-            netpolicy.enforce(self.cfg, network.host_resolv_conf())  # pool VMs have a NIC
-            self._hv.prepare_run_dir(run_dir, spec.identity)
-            (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
-            self._hv.create(spec)
-            sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
-            ready = self._prepare(name, RawChannel(sock), layers)
+            with hold:  # no gc of an image VM's layers before they are attached
+                if kind != GENERIC:
+                    # resolved for every boot: a re-pulled tag gets VMs with its new layers
+                    layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
+                netpolicy.enforce(self.cfg, network.host_resolv_conf())  # pool VMs have a NIC
+                self._hv.prepare_run_dir(run_dir, spec.identity)
+                (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+                self._hv.create(spec)
+                sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
+                ready = self._prepare(name, RawChannel(sock), layers)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("pool VM %s%s did not boot: %s", name, _label(kind), e)
