@@ -139,7 +139,7 @@ def make_app(workloads: Workloads, tenants: Tenants, marathon: MarathonHub | Non
     return app
 
 
-def serve(app: falcon.App, host: str, port: int, options: ServerOptions | None = None) -> Any:
+def serve(app: Any, host: str, port: int, options: ServerOptions | None = None) -> Any:
     """The API's waitress server on ``host:port`` (``unix:/PATH``, 0), not yet running: call
     its ``run()`` (``scheduler.server.stop`` ends it)."""
     listen = host if host.startswith("unix:") else f"[{host}]:{port}" if ":" in host \

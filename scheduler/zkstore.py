@@ -174,9 +174,9 @@ class ZkStore(Store):
             except LeadershipLost as e:
                 self.lost = str(e)
                 raise
-            for _, path, data in ops:
+            for _, path, written in ops:
                 table, rid = path.rsplit("/", 2)[-2:]
-                (self.known.add if data is not None else self.known.discard)((table, int(rid)))
+                (self.known.add if written is not None else self.known.discard)((table, int(rid)))
 
     def _commit(self, ops: list[tuple[str, str, bytes | None]]) -> None:
         token = secrets.token_hex(8).encode()

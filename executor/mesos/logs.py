@@ -32,7 +32,8 @@ class RotatingFile:
         self.name = path.name
         root = path.parent if root is None else root
         self._lock = threading.Lock()
-        self._dir = sandbox_files.open_dir(root, path.parent.relative_to(root), create=True)
+        self._dir = sandbox_files.open_dir(root, str(path.parent.relative_to(root)),
+                                          create=True)
         try:
             self._fd: int | None = sandbox_files.open_append(self._dir, self.name)
         except BaseException:

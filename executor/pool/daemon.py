@@ -306,6 +306,8 @@ class WarmPool:
             self.failures += 1
             log.warning("pool VM %s%s gets no identity: %s", name, _label(kind), e)
             return False
+        if self._boot is None:
+            raise HostError("the warm pool boots VMs only once started")
         spec = pool_domain(name, self._boot, self.cfg, run_dir, self.config.vcpus,
                            self.config.memory_mib, metadata,
                            identity=own.pair if own is not None else None)
