@@ -3,16 +3,6 @@
 
 What the domain and the guest are given (QEMU arguments, the guest's configuration) and the
 host-side checks live in ``executor.network``.
-
-The backend is QEMU user-mode networking (slirp): every VM gets a private 10.0.2.0/24 inside
-its own QEMU process, the host is 10.0.2.2 (its loopback: refused by the network policy,
-``executor.netpolicy``, but for the services the operator allow-lists), DNS is slirp's proxy
-at 10.0.2.3 (it follows the host's resolv.conf), and published ports are ``hostfwd``
-listeners of that QEMU process. No tap or bridge exists, so nothing of a VM can leak at
-teardown, and VMs cannot reach each other, whatever their tenant (README, "Networking").
-A bridged/NAT backend can be added here later: everything outside this module only sees
-:class:`NetworkSpec`,
-:func:`qemu_args`, :func:`guest_config` and :func:`check_host_ports`.
 """
 
 from __future__ import annotations

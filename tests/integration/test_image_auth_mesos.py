@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from tests.conftest import TEST_TAG
 from tests.integration import imagebuild
 from tests.integration.registry import Registry, running_registry
 from tests.integration.test_mesos_vm import BOOT, task
-from tests.mesos.agent import AgentDouble
+from tests.mesos.fixtures import vm_agents
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),
               pytest.mark.usefixtures("no_leaked_domains")]
@@ -33,23 +31,8 @@ def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regis
 
 @pytest.fixture
 def agents() -> Iterator[Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="hypervm-authz-"))
-    workdir.chmod(0o755)
-    made: list[AgentDouble] = []
-
-    def make() -> AgentDouble:
-        double = AgentDouble(workdir / f"agent{len(made)}", runtime=None,
-                             executor_id=f"{TEST_TAG}-authz{len(made)}")
-        made.append(double)
-        double.start_executor()
-        double.wait_subscribed(timeout=30)
-        return double
-
-    yield make
-    for double in made:
-        double.stop()
-        print(double.executor_log()[-4000:])
-    shutil.rmtree(workdir, ignore_errors=True)
+    with vm_agents("hypervm-authz-", f"{TEST_TAG}-authz", 4000) as make:
+        yield make
 
 
 def tenant_task(tid: str, ref: str, role: str, user: str | None = None) -> dict[str, Any]:

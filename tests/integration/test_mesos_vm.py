@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import TEST_TAG, our_domains
-from tests.mesos.agent import AgentDouble
+from tests.mesos.fixtures import vm_agents
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),
               pytest.mark.usefixtures("no_leaked_domains")]
@@ -24,25 +21,8 @@ EXECUTOR_ID = f"{TEST_TAG}-mesos"
 
 @pytest.fixture
 def vm_agent() -> Iterator[Any]:
-    # QEMU (user libvirt-qemu) opens the sandbox for 9p: pytest's 0700 tmp dirs will not do,
-    # just as a Mesos agent's work_dir must be traversable by it.
-    workdir = Path(tempfile.mkdtemp(prefix="hypervm-mesos-vm-"))
-    workdir.chmod(0o755)
-    made: list[AgentDouble] = []
-
-    def make(**kwargs: Any) -> AgentDouble:
-        kwargs.setdefault("executor_id", f"{EXECUTOR_ID}{len(made)}")
-        double = AgentDouble(workdir / f"agent{len(made)}", runtime=None, **kwargs)
-        made.append(double)
-        double.start_executor()
-        double.wait_subscribed(timeout=30)
-        return double
-
-    yield make
-    for double in made:
-        double.stop()
-        print(double.executor_log()[-8000:])
-    shutil.rmtree(workdir, ignore_errors=True)
+    with vm_agents("hypervm-mesos-vm-", EXECUTOR_ID, 8000) as make:
+        yield make
 
 
 def task(tid: str, command: str, ref: str, **extra: Any) -> dict[str, Any]:

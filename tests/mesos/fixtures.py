@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,33 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., AgentDouble]]:
     for agent in made:
         agent.stop()
         print(agent.executor_log()[-6000:])
+
+
+@contextlib.contextmanager
+def vm_agents(prefix: str, executor_prefix: str, log_tail: int = 8000
+              ) -> Iterator[Callable[..., AgentDouble]]:
+    """Agent doubles whose executors boot real HyperVMs. QEMU opens the sandbox for 9p:
+    pytest's 0700 tmp dirs will not do, just as a Mesos agent's work_dir must be traversable.
+    Each executor's log tail is printed at the end (a failed test shows it)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)
+    made: list[AgentDouble] = []
+
+    def make(**kwargs: Any) -> AgentDouble:
+        kwargs.setdefault("executor_id", f"{executor_prefix}{len(made)}")
+        double = AgentDouble(workdir / f"agent{len(made)}", runtime=None, **kwargs)
+        made.append(double)
+        double.start_executor()
+        double.wait_subscribed(timeout=30)
+        return double
+
+    try:
+        yield make
+    finally:
+        for double in made:
+            double.stop()
+            print(double.executor_log()[-log_tail:])
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
