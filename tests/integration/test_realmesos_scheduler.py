@@ -123,6 +123,8 @@ def test_two_tenants_through_the_real_master(real_mesos: RealMesos,  # noqa: F81
     assert set(real_mesos.tasks()) == launched  # nothing launched twice
 
     for tenant in ("a", "b"):
+        sched.wait_for(lambda tenant=tenant: no_deployment(sched, tenant), 120,
+                       f"tenant-{tenant}'s deployments to end after the restart")
         assert sched.request("DELETE", "/v2/apps/web", tenant)[0] in (200, 202, 204)
         assert sched.request("DELETE", "/v1/pods/p", tenant)[0] in (200, 202, 204)
     real_mesos.wait(lambda: not any(t["state"] == "TASK_RUNNING"
