@@ -4,10 +4,12 @@ Mesos task's (``--task``, through the executor's socket)."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from executor import session
+from executor.cli import run_inputs
 from executor.cli.console import interact
-from executor.cli.run import check_env, parse_user
+from executor.cli.run import parse_user
 from executor.mesos.exec_socket import socket_path
 from executor.supervisor.box import find
 from hypervm.config import config_from_env
@@ -54,7 +56,8 @@ def exec_command(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise HyperVMError("hypervm exec: no command given (hypervm exec NAME CMD [ARGS...])")
-    request = {"op": "exec", "args": argv, "env": list(check_env(args.env)),
+    env = run_inputs.environment(args.env, (), os.environ)
+    request = {"op": "exec", "args": argv, "env": list(env),
                "cwd": args.workdir, "stdin": args.interactive, "tty": args.tty}
     if args.user is not None:
         request["uid"], request["gid"] = parse_user(args.user)
