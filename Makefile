@@ -15,7 +15,7 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev \
 	linux-source-6.1 bc flex bison libelf-dev libssl-dev xz-utils cpio \
 	musl-tools busybox-static erofs-utils e2fsprogs \
-	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl openssl \
+	skopeo umoci podman docker-registry dnsmasq-base iproute2 curl openssl runc runsc \
 	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
 	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
 
