@@ -47,7 +47,7 @@ _MARKS = {
     "starting": re.compile(_STAMP + r".*TASK_STARTING", re.M),
     "image": re.compile(_STAMP + r".*vmimage\.images\.store: .*layers\)", re.M),
     "created": re.compile(_STAMP + r".*executor\.libvirt\.hypervisor: started ", re.M),
-    "claimed": re.compile(_STAMP + r".*executor\.vm: .*: warm VM .* ready in ", re.M),
+    "claimed": re.compile(_STAMP + r".*executor\.pool\.adopt: .*: warm VM .* ready in ", re.M),
     "ready": re.compile(_STAMP + r".*executor\.vm: hypervm-\S+ ready in ", re.M),
     "running": re.compile(_STAMP + r".*TASK_RUNNING", re.M),
 }

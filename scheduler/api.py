@@ -8,18 +8,21 @@ it), unknown workload 404, id taken 409.
 
 from __future__ import annotations
 
+import base64
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
 from hypervm.errors import InvalidSpec
-from scheduler import jsonbody, lifecycle, openapi
+from scheduler import jsonbody, openapi
 from scheduler.errors import NotFound, QuotaExceeded, SchedulerError, Unauthorized
-from scheduler.marathon import normalize_id
 from scheduler.server import TENANT_KEY, ServerOptions, make_server
 from scheduler.service import Workloads
 from scheduler.tenants import Tenant, Tenants
+
+if TYPE_CHECKING:
+    from scheduler.marathon_api.hub import MarathonHub
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +35,30 @@ class AuthMiddleware:
                          params: dict[str, Any]) -> None:
         if getattr(resource, "public", False):
             return
-        header = req.get_header("Authorization") or ""
-        scheme, _, token = header.partition(" ")
-        tenant = self.tenants.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        tenant = authenticate(self.tenants, req.get_header("Authorization") or "")
         if tenant is None:
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
         req.context.tenant = tenant
         req.env[TENANT_KEY] = tenant.id  # for the access log
+
+
+def authenticate(tenants: Tenants, header: str) -> Tenant | None:
+    """``Bearer <token>``; as Marathon clients send it: ``token=<token>`` (DC/OS) or HTTP Basic
+    with the tenant id as user and the token as password."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return tenants.authenticate(value.strip())
+    if scheme.startswith("token=") and not value:
+        return tenants.authenticate(scheme.removeprefix("token="))
+    if scheme.lower() == "basic":
+        try:
+            user, _, token = base64.b64decode(value.strip(), validate=True).decode().partition(
+                ":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        tenant = tenants.authenticate(token)
+        return tenant if tenant is not None and tenant.id == user else None
+    return None
 
 
 def read_json(req: falcon.Request) -> Any:
@@ -78,71 +98,12 @@ class Pods:
         resp.media = {"id": pod_id, "deleted": True}
 
 
-def marathon_app(view: dict[str, Any]) -> dict[str, Any]:
-    """Our workload view in Marathon's shape (``tasks``, ``tasksRunning`` …)."""
-    tasks = []
-    for inst in view["instances"]:
-        for t in inst["tasks"]:
-            tasks.append({"id": t["taskId"], "appId": view["id"], "host": t["host"],
-                          "ports": [p["hostPort"] for p in t["ports"]], "state": t["state"],
-                          "exitCode": t["exitCode"], "message": t["message"],
-                          "slaveId": t["agentId"], "instance": inst["index"],
-                          "healthy": t["healthy"]})
-    live = [t for t in tasks if not lifecycle.is_terminal(t["state"])]
-    return {**view["definition"], "tasks": tasks,
-            "tasksRunning": sum(t["state"] == "TASK_RUNNING" for t in live),
-            "tasksStaged": sum(t["state"] in ("TASK_STAGING", "TASK_STARTING") for t in live),
-            "tasksHealthy": sum(t["healthy"] is True for t in live),
-            "tasksUnhealthy": sum(t["healthy"] is False for t in live),
-            "instanceStates": [{"index": i["index"], "state": i["state"], "host": i["host"],
-                                "attempt": i["attempt"]} for i in view["instances"]],
-            "deployments": [],
-            **({"lastTaskFailure": view["lastTaskFailure"]} if view.get("lastTaskFailure")
-               else {})}
-
-
-class Apps:
-    def __init__(self, workloads: Workloads) -> None:
-        self.workloads = workloads
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        views = self.workloads.list_of(_tenant(req), "app")
-        resp.media = {"apps": [marathon_app(v) for v in views]}
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        spec = self.workloads.create(_tenant(req), "app", read_json(req))
-        resp.status = falcon.HTTP_201
-        resp.location = f"/v2/apps{spec.id}"
-        resp.media = marathon_app(self.workloads.view(_tenant(req), "app", spec.id))
-
-    def on_get_one(self, req: falcon.Request, resp: falcon.Response, app_id: str) -> None:
-        view = self.workloads.view(_tenant(req), "app", normalize_id(app_id))
-        resp.media = {"app": marathon_app(view)}
-
-    def on_put_one(self, req: falcon.Request, resp: falcon.Response, app_id: str) -> None:
-        body = read_json(req)
-        if not isinstance(body, dict) or "instances" not in body:
-            raise InvalidSpec("instances", "is required",
-                              hint="PUT {\"instances\": N} scales; other changes are not "
-                                   "supported: delete and create the app")
-        extra = sorted(set(body) - {"instances", "id"})
-        if extra:
-            raise InvalidSpec(extra[0], "cannot be changed on a running app",
-                              hint="only instances can be changed; delete and re-create")
-        wid = normalize_id(app_id)
-        self.workloads.scale(_tenant(req), "app", wid, body["instances"])
-        resp.media = {"version": "", "deploymentId": f"scale{wid}"}
-
-    def on_delete_one(self, req: falcon.Request, resp: falcon.Response, app_id: str) -> None:
-        wid = normalize_id(app_id)
-        self.workloads.delete(_tenant(req), "app", wid)
-        resp.media = {"version": "", "deploymentId": f"delete{wid}"}
-
-
 def _invalid(req: falcon.Request, resp: falcon.Response, ex: InvalidSpec, params: Any) -> None:
     resp.status = falcon.HTTP_400 if ex.field == "(body)" else falcon.HTTP_422
     resp.media = {"title": "Invalid request", "field": ex.field, "description": str(ex),
-                  "message": str(ex)}
+                  "message": str(ex),
+                  # Marathon's shape of a validation error
+                  "details": [{"path": "/" + ex.field.replace(".", "/"), "errors": [str(ex)]}]}
 
 
 def _scheduler_error(req: falcon.Request, resp: falcon.Response, ex: SchedulerError,
@@ -159,15 +120,20 @@ def _scheduler_error(req: falcon.Request, resp: falcon.Response, ex: SchedulerEr
     resp.media = body
 
 
-def make_app(workloads: Workloads, tenants: Tenants) -> falcon.App:
+def make_app(workloads: Workloads, tenants: Tenants, marathon: MarathonHub | None = None
+             ) -> falcon.App:
     app = falcon.App(middleware=[AuthMiddleware(tenants)])
     app.req_options.strip_url_path_trailing_slash = True
-    pods, apps = Pods(workloads), Apps(workloads)
+    pods = Pods(workloads)
     app.add_route("/openapi.json", OpenAPI())
     app.add_route("/v1/pods", pods)
     app.add_route("/v1/pods/{pod_id}", pods, suffix="one")
-    app.add_route("/v2/apps", apps)
-    app.add_route("/v2/apps/{app_id:path}", apps, suffix="one")
+    if marathon is None:
+        # a cycle: the Marathon resources import read_json from this module
+        from scheduler.marathon_api.hub import MarathonHub
+
+        marathon = MarathonHub.for_workloads(workloads, tenants)
+    marathon.add_routes(app)  # /v2/..., /ping, /metrics
     app.add_error_handler(InvalidSpec, _invalid)
     app.add_error_handler(SchedulerError, _scheduler_error)
     return app

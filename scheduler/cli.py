@@ -24,8 +24,9 @@ from hypervm.errors import HyperVMError
 from scheduler import server as api_server
 from scheduler.api import make_app, serve
 from scheduler.errors import ConfigError
-from scheduler.framework import FRAMEWORK_ID_KEY, HyperVMFramework
-from scheduler.service import Workloads
+from scheduler.framework import FRAMEWORK_ID_KEY
+from scheduler.marathon_api.hub import MarathonHub
+from scheduler.marathon_api.resources import ServerInfo
 from scheduler.store import open_store
 from scheduler.taskgroup import ExecutorConfig
 from scheduler.tenants import Tenants, hash_token, load_tenants
@@ -64,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
                    help="executor ids (and VM names) start with it")
     p.add_argument("--refuse-seconds", type=float, default=5.0,
                    help="filters.refuse_seconds of declines")
+    p.add_argument("--max-event-streams", type=int, default=4,
+                   help="open /v2/events streams (each holds one of the --api-threads; "
+                        "default 4, at most 2 per tenant)")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -107,6 +111,7 @@ def framework_info(args: argparse.Namespace, tenants: Tenants, framework_id: str
 
 
 def run(args: argparse.Namespace) -> int:
+    # optional dependency: pymesos is installed by make deps, not by pip (DEVELOPERS.md)
     from pymesos import MesosSchedulerDriver
 
     tenants = load_tenants(args.tenants)
@@ -115,8 +120,16 @@ def run(args: argparse.Namespace) -> int:
     master = master_address(args.master)
     cfg = ExecutorConfig(args.executor_command, args.executor_cpus, args.executor_mem,
                          args.executor_prefix, args.executor_disk)
-    workloads = Workloads(store)
-    framework = HyperVMFramework(store, workloads, tenants, cfg, args.refuse_seconds)
+    if not 0 <= args.max_event_streams < args.api_threads:
+        raise ConfigError(f"--max-event-streams {args.max_event_streams}: give 0 to "
+                          f"{args.api_threads - 1} (each open stream holds one of the "
+                          f"--api-threads {args.api_threads})")
+    hub = MarathonHub(store, tenants, ServerInfo(
+        args.name, args.listen, args.master, args.failover_timeout, args.executor_command,
+        args.user), max_streams=args.max_event_streams,
+        max_streams_per_tenant=min(2, args.max_event_streams))
+    workloads = hub.workloads
+    framework = hub.framework(store, workloads, tenants, cfg, args.refuse_seconds)
     workloads.on_change, workloads.kill = framework.wake, framework.kill
     framework_id = store.get_meta(FRAMEWORK_ID_KEY)
     driver = MesosSchedulerDriver(
@@ -126,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     options = api_server.ServerOptions(
         threads=args.api_threads, connection_limit=args.api_connection_limit,
         channel_timeout=args.api_channel_timeout, trusted_proxy=args.trusted_proxy)
-    server = serve(make_app(workloads, tenants), host, port, options)
+    server = serve(make_app(workloads, tenants, hub), host, port, options)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -138,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     driver.start()
     while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
         framework.tick()
+        hub.tick()
     if driver.aborted and framework.fatal is None:
         # pymesos gives up on errors it cannot retry (e.g. 401 from the master)
         framework.fatal = "the connection to the master failed"
@@ -145,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("exiting: %s", framework.fatal)
     log.info("stopping (the framework fails over: its tasks keep running)")
     driver.stop(failover=True)
+    hub.close()
     api_server.stop(server)
     store.close()
     return 1 if framework.fatal else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from scheduler import limits
+from scheduler.marathon_api.openapi_paths import PATHS as MARATHON_PATHS
 from scheduler.pods import POD_SCHEMA
 
 ERROR = {"type": "object", "properties": {"title": {"type": "string"},
@@ -69,30 +70,7 @@ def document() -> dict[str, Any]:
                 "delete": {"summary": "Kill and remove a pod",
                            "responses": {"202": {"description": "killing"},
                                          **_errors(401, 404)}}},
-            "/v2/apps": {
-                "get": {"summary": "List the tenant's Marathon apps", "responses": {
-                    "200": {"description": "{apps: [...]}"}, **_errors(401)}},
-                "post": {"summary": "Create a Marathon app (a supported subset of "
-                                    "Marathon's AppDefinition)",
-                         "requestBody": {"required": True, "content": {"application/json": {
-                             "schema": {"type": "object"}}}},
-                         "responses": {"201": {"description": "the app"},
-                                       **_errors(400, 401, 403, 409, 422)}}},
-            "/v2/apps/{id}": {
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
-                "get": {"summary": "{app: {..., tasks: [...]}}",
-                        "responses": {"200": {"description": "the app"}, **_errors(401, 404)}},
-                "put": {"summary": "Scale: {\"instances\": N}",
-                        "requestBody": {"required": True, "content": {"application/json": {
-                            "schema": {"type": "object", "required": ["instances"],
-                                       "properties": {"instances": {"type": "integer",
-                                                                    "minimum": 0}}}}}},
-                        "responses": {"200": {"description": "deployment accepted"},
-                                      **_errors(400, 401, 403, 404, 422)}},
-                "delete": {"summary": "Kill and remove an app",
-                           "responses": {"200": {"description": "removed"},
-                                         **_errors(401, 404)}}},
+            **MARATHON_PATHS,  # /v2/..., /ping, /metrics
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

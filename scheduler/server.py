@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from waitress.server import create_server
+
 from scheduler import jsonbody
 from scheduler.errors import ConfigError
 
@@ -119,8 +121,6 @@ def parse_listen(text: str) -> dict[str, Any]:
 
 def make_server(app: WSGIApp, listen: str, options: ServerOptions | None = None) -> Any:
     """A waitress server bound to ``listen`` (call ``run()``; ``close()`` stops it)."""
-    from waitress.server import create_server
-
     options = options or ServerOptions()
     options.check()
     address = parse_listen(listen)

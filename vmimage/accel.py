@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hypervm.config import HostConfig
+from vmimage.kernel import find_kernel
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,6 @@ def store_cached(cache: Path, boot_id: str, verdict: Verdict) -> None:
 
 def _find_probe_kernel(cfg: HostConfig) -> Path | None:
     try:
-        from vmimage.kernel import find_kernel
-
         return find_kernel(cfg).path
     except Exception as e:  # no kernel yet (or no vmimage): decide without probing
         log.debug("no guest kernel to probe KVM with: %s", e)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HostError, HyperVMError
-from vmimage.kernel import Kernel, store
+from vmimage.kernel import Kernel, ensure_kernel, store
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,6 @@ def ensure_initrd(cfg: HostConfig, kernel: Kernel, init_binary: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vmimage.kernel import ensure_kernel
-
     parser = argparse.ArgumentParser(prog="python -m vmimage.initrd",
                                      description="Build the HyperVM initrd (prints its path).")
     parser.add_argument("action", choices=("build",))

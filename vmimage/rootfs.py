@@ -12,6 +12,7 @@ and the tests' image when no registry is involved.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -126,8 +127,6 @@ WARMUP_VERSION = 1
 def ensure_warmup_layer(rootfs_dir: Path, busybox: Path = BUSYBOX) -> Path:
     """The busybox layer a warm pool VM runs one throwaway container from before it is handed
     out (executor/pool.py), built once per host under ``rootfs_dir``; returns its path."""
-    import hashlib
-
     digest = hashlib.sha256(busybox.read_bytes()).hexdigest()[:16]
     dest = Path(rootfs_dir) / f"warmup-v{WARMUP_VERSION}-{digest}.erofs"
     if dest.exists():

@@ -7,6 +7,9 @@ import platform
 import sys
 
 from executor.cli.run import run_command
+from hypervm.config import config_from_env
+from vmimage.images.layout import layout_from_rootfs
+from vmimage.rootfs import make_busybox_rootfs
 
 DEMO_SCRIPT = r"""
 echo "== Hello from inside a HyperVM =="
@@ -29,10 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def demo_image() -> str:
     """A busybox image as an OCI layout under the state dir, made once (no registry needed)."""
-    from hypervm.config import config_from_env
-    from vmimage.images.layout import layout_from_rootfs
-    from vmimage.rootfs import make_busybox_rootfs
-
     demo_dir = config_from_env().state_dir / "demo"
     layout, tag = demo_dir / "oci", "busybox"
     if not (layout / "index.json").exists():
@@ -49,7 +48,7 @@ def demo_command(_: argparse.Namespace) -> int:
     print(f"host kernel:    {platform.release()}  (the guest runs its own kernel)")
     print(f"$ hypervm run {image} -- '<script>'")
     sys.stdout.flush()
-    from executor.cli.main import build_parser
+    from executor.cli.main import build_parser  # a cycle: main registers this command
 
     args = build_parser().parse_args(["run", "--name", "demo", "-q", image, "--", DEMO_SCRIPT])
     return run_command(args)

@@ -7,27 +7,25 @@ import os
 import shutil
 import stat
 import sys
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from executor.cli.check import Check
 from executor.cli.doctor_confinement import CONFINEMENT_CHECKS
+from executor.libvirt.domain_xml import SHARE_ACCESSMODE
+from executor.libvirt.hypervisor import Hypervisor
+from executor.pool import claim as warm
 from hypervm.config import HostConfig, config_from_env
-from hypervm.errors import HyperVMError
+from hypervm.errors import HyperVMError, PoolError
+from vmimage.accel import detect_accel
+from vmimage.initrd import ensure_initrd
+from vmimage.kernel import find_kernel
+from vmimage.qemu import find_qemu, requested_kind
 
 MIN_FREE_BYTES = 2 * 1024**3
 QEMU = "qemu-system-x86_64"
 QBOOT = Path("/usr/share/qemu/qboot.rom")
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    #: works, but weaker than it should be (reported, not a failure)
-    warn: bool = False
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_libvirt(cfg: HostConfig) -> Check:
-    from executor.libvirt.hypervisor import Hypervisor
-
     try:
         hv = Hypervisor(cfg.libvirt_uri)
         version = hv.version()
@@ -48,8 +44,6 @@ def check_libvirt(cfg: HostConfig) -> Check:
 
 
 def check_qemu(cfg: HostConfig) -> Check:
-    from vmimage.qemu import find_qemu, requested_kind
-
     path = shutil.which(QEMU)
     if path is None:
         return Check("qemu", False, f"{QEMU} not found", "apt-get install qemu-system-x86")
@@ -69,8 +63,6 @@ def check_qemu(cfg: HostConfig) -> Check:
 
 
 def check_accel(cfg: HostConfig) -> Check:
-    from vmimage.accel import detect_accel
-
     try:
         accel = detect_accel(cfg)
     except HyperVMError as e:
@@ -83,8 +75,6 @@ def check_accel(cfg: HostConfig) -> Check:
 
 
 def check_kernel(cfg: HostConfig) -> Check:
-    from vmimage.kernel import find_kernel
-
     try:
         kernel = find_kernel(cfg)
     except HyperVMError as e:
@@ -93,9 +83,6 @@ def check_kernel(cfg: HostConfig) -> Check:
 
 
 def check_initrd(cfg: HostConfig) -> Check:
-    from vmimage.initrd import ensure_initrd
-    from vmimage.kernel import find_kernel
-
     try:
         path = ensure_initrd(cfg, find_kernel(cfg))
     except HyperVMError as e:
@@ -140,9 +127,6 @@ def check_tools(_: HostConfig) -> Check:
 
 def check_pool(cfg: HostConfig) -> Check:
     """The warm pool is optional: its absence is fine, a pool that does not answer is not."""
-    from executor.pool import claim as warm
-    from hypervm.errors import PoolError
-
     if not cfg.use_pool:
         return Check("warm pool", True, "off (HYPERVM_POOL=off): every VM boots cold")
     if not cfg.pool_socket.exists():
@@ -168,10 +152,6 @@ MESOS_WORK_DIR = Path("/var/lib/mesos")
 def check_shares(cfg: HostConfig, work_dir: Path | None = None) -> Check:
     """Shares are 9p mapped (guest links, devices, set-id bits stay plain files), which needs
     user xattrs where sandboxes live: the agent's work dir (else the state dir)."""
-    import tempfile
-
-    from executor.libvirt.domain_xml import SHARE_ACCESSMODE
-
     where = work_dir or (MESOS_WORK_DIR if MESOS_WORK_DIR.is_dir() else cfg.state_dir)
     probe_dir = where if where.is_dir() else where.parent
     try:

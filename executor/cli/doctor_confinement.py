@@ -6,7 +6,7 @@
   says of its QEMU (``Seccomp:`` in /proc/<pid>/status: 2 is a filter in force);
 - network: what a guest reaches (today slirp without restriction: said as a warning).
 
-Checks return :class:`executor.cli.doctor.Check`; ``warn`` marks what works but is weaker
+Checks return :class:`executor.cli.check.Check`; ``warn`` marks what works but is weaker
 than it should be (doctor still exits 0 for it).
 """
 
@@ -17,6 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from executor.cli.check import Check
+from executor.libvirt import identity
+from executor.libvirt.hypervisor import Hypervisor
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError
 
@@ -28,8 +31,6 @@ _SECCOMP_MODES = {"0": "none", "1": "strict", "2": "filter"}
 
 
 def _check(*args: Any, **kwargs: Any) -> Any:
-    from executor.cli.doctor import Check
-
     return Check(*args, **kwargs)
 
 
@@ -46,9 +47,6 @@ def namespaces_off(text: str) -> bool:
 
 
 def check_vm_identity(cfg: HostConfig, conf: Path = QEMU_CONF) -> Any:
-    from executor.libvirt import identity
-    from executor.libvirt.hypervisor import Hypervisor
-
     first, last = cfg.vm_uid_range
     try:
         with Hypervisor(cfg.libvirt_uri, events=False) as hv:

@@ -106,7 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def gc_command(args: argparse.Namespace) -> int:
-
     cfg = config_from_env()
     with Hypervisor(cfg.libvirt_uri, events=False) as hv:
         report = collect_garbage(cfg, hv, everything=args.everything, dry_run=args.dry_run)

@@ -13,6 +13,8 @@ import json
 import signal
 import threading
 
+from executor.pool import claim as warm
+from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
 from hypervm.config import config_from_env
 
@@ -45,8 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from executor.pool.daemon import WarmPool
-
     cfg = config_from_env()
     config = PoolConfig(size=args.size, vcpus=args.vcpus, memory_mib=args.memory,
                         name=args.name, images=tuple(args.images),
@@ -65,7 +65,5 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def status_command(_args: argparse.Namespace) -> int:
-    from executor.pool import claim as warm
-
     print(json.dumps(warm.status(config_from_env()), indent=2, sort_keys=True))
     return 0

@@ -22,6 +22,7 @@ from hypervm.errors import GuestError, InvalidSpec
 from hypervm.limits import default_limits
 from hypervm.netspec import NetworkSpec, parse_publish
 from hypervm.podspec import Container, Limits, PodSpec, Process, Resources, Rootfs
+from vmimage.rootfs import build_layer_image
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,6 @@ def rootfs_image(cfg: HostConfig, rootfs: Path | None) -> Iterator[Path]:
     if not rootfs.is_dir():
         raise InvalidSpec("--rootfs", f"{rootfs} is not a directory",
                           hint="pass an existing directory holding the container's files")
-    from vmimage.rootfs import build_layer_image
 
     cfg.rootfs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.rootfs_dir, 0o755)

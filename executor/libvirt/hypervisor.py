@@ -20,7 +20,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
@@ -41,6 +40,13 @@ from executor.libvirt.domain_xml import (
     metadata_element_xml,
     parse_dac_label,
     parse_domain_facts,
+)
+from executor.libvirt.events import (  # re-exported: callers take them from here too
+    CLOSE_REASONS,
+    DISCONNECTED,
+    EVENT_NAMES,
+    DomainInfo,
+    LifecycleEvent,
 )
 from executor.libvirt.owners import owner_metadata
 from hypervm.config import DEFAULT_LIBVIRT_URI
@@ -95,72 +101,6 @@ def _message(e: libvirt.libvirtError) -> str:
 
 def _is_no_domain(e: libvirt.libvirtError) -> bool:
     return e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
-
-
-# --- values handed to callers -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DomainInfo:
-    """One of our domains as ``list_ours`` found it."""
-
-    name: str
-    uuid: str
-    running: bool
-    metadata: Mapping[str, str]
-    disk_paths: tuple[Path, ...]
-    share_paths: tuple[Path, ...]
-
-
-#: libvirt's virDomainEventType, by value
-_EVENTS = (
-    "defined",
-    "undefined",
-    "started",
-    "suspended",
-    "resumed",
-    "stopped",
-    "shutdown",
-    "pmsuspended",
-    "crashed",
-)
-#: virDomainEventStoppedDetailType, by value
-_STOPPED = ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot")
-#: virConnectCloseReason, by value
-_CLOSE_REASONS = ("error", "eof", "keepalive", "client")
-#: our own event: the connection to libvirtd was lost; its auto-destroyed VMs are gone or orphaned
-DISCONNECTED = "disconnected"
-
-
-@dataclass(frozen=True)
-class LifecycleEvent:
-    """A lifecycle change of one of our domains (delivered on the libvirt event thread).
-
-    After a guest power-off the stop reason is "shutdown", or "destroyed" when libvirt reaps QEMU
-    before it handles QEMU's SHUTDOWN event (on_poweroff=destroy; seen under load): tell a clean
-    power-off from a kill by what the caller itself asked for, not by the reason.
-    """
-
-    name: str
-    event: str
-    detail: int
-
-    @property
-    def stopped(self) -> bool:
-        """The VM no longer runs (or, after DISCONNECTED, can no longer be controlled)."""
-        return self.event in ("stopped", DISCONNECTED)
-
-    @property
-    def reason(self) -> str:
-        if self.event == "stopped" and 0 <= self.detail < len(_STOPPED):
-            return _STOPPED[self.detail]
-        if self.event == DISCONNECTED and 0 <= self.detail < len(_CLOSE_REASONS):
-            return _CLOSE_REASONS[self.detail]
-        return str(self.detail)
-
-    @property
-    def crashed(self) -> bool:
-        return self.event == "crashed" or (self.stopped and self.reason in ("crashed", "failed"))
 
 
 class VM:
@@ -538,7 +478,7 @@ class Hypervisor:
         name = dom.name()
         if not name.startswith(DOMAIN_PREFIX):
             return
-        kind = _EVENTS[event] if 0 <= event < len(_EVENTS) else str(event)
+        kind = EVENT_NAMES[event] if 0 <= event < len(EVENT_NAMES) else str(event)
         ev = LifecycleEvent(name=name, event=kind, detail=detail)
         log.debug("event: %s %s (%s)", name, kind, ev.reason)
         if ev.stopped:
@@ -556,7 +496,7 @@ class Hypervisor:
         log.warning(
             "lost the connection to %s (%s); %d VMs affected",
             self.uri,
-            _CLOSE_REASONS[reason] if 0 <= reason < len(_CLOSE_REASONS) else reason,
+            CLOSE_REASONS[reason] if 0 <= reason < len(CLOSE_REASONS) else reason,
             len(names),
         )
         for name in names:

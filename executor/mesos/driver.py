@@ -18,6 +18,7 @@ backoff honours ``MESOS_SUBSCRIPTION_BACKOFF_MAX``.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hypervm.errors import InvalidSpec
+from hypervm.errors import HostError, InvalidSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +102,15 @@ def settings_from_env(env: Mapping[str, str]) -> ExecutorSettings:
 
 def new_status_fields() -> dict[str, Any]:
     """uuid (base64 of 16 bytes), timestamp and source for a TaskStatus."""
-    import base64
-
     return {"uuid": base64.b64encode(uuid.uuid4().bytes).decode("ascii"),
             "timestamp": time.time(), "source": "SOURCE_EXECUTOR"}
 
 
 def _load_pymesos() -> Any:
     try:
+        # optional dependency: pymesos is installed by make deps, not by pip (DEVELOPERS.md)
         from pymesos import MesosExecutorDriver
     except ImportError as e:  # pragma: no cover - depends on the install
-        from hypervm.errors import HostError
-
         raise HostError("pymesos is not installed", hint="run `make deps` (DEVELOPERS.md)") from e
     return MesosExecutorDriver
 
@@ -262,8 +260,6 @@ def make_driver(executor: Any, settings: ExecutorSettings,
 
 
 def _uuid_of(status: Mapping[str, Any]) -> uuid.UUID:
-    import base64
-
     return uuid.UUID(bytes=base64.b64decode(status["uuid"]))
 
 

@@ -16,28 +16,23 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from executor.guest.protocol import EXEC_FAILURE_STATUS
-from executor.mesos.driver import ExecutorSettings, describe, make_driver, settings_from_env
+from executor.mesos.driver import ExecutorSettings, describe
 from executor.mesos.health import HealthChecker, HealthState, Probe
-from executor.mesos.kill import DEFAULT_LIMITS, KillLimits, kill_limits_from_env
-from executor.mesos.logs import RotatingFile, rotation_from_env, setup_executor_logging
-from executor.mesos.runtime import ExitStatus, Pod, PodPlan, Runtime, load_runtime
+from executor.mesos.kill import DEFAULT_LIMITS, KillLimits
+from executor.mesos.logs import RotatingFile
+from executor.mesos.runtime import ExitStatus, PodPlan, Runtime
 from executor.mesos.sandbox_files import make_dirs
 from executor.mesos.taskinfo import (
-    DEFAULT_KILL_GRACE_S,
     ExecutorSpec,
-    TaskSpec,
     cpu_limit,
     kill_grace_s,
     parse_executor,
@@ -46,7 +41,8 @@ from executor.mesos.taskinfo import (
     task_ids,
     vm_size,
 )
-from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy, mesos_policy_from_env
+from executor.mesos.tasks import Group, Task, exit_message, oom_message
+from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 
 log = logging.getLogger(__name__)
@@ -54,68 +50,6 @@ log = logging.getLogger(__name__)
 #: how long to wait for the acknowledgements of terminal updates before exiting anyway
 #: (HYPERVM_EXECUTOR_ACK_TIMEOUT, seconds, overrides it)
 ACK_TIMEOUT_S = 60.0
-#: exit codes the guest reports for a command that cannot be executed (as a shell does)
-TERMINAL = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR",
-                      "TASK_LOST", "TASK_DROPPED", "TASK_GONE"})
-
-
-@dataclass(eq=False)
-class Group:
-    name: str
-    tasks: list[Task] = field(default_factory=list)
-    pod: Pod | None = None
-    booting: bool = True
-    destroying: bool = False
-    gone: bool = False
-
-
-@dataclass(eq=False)
-class Task:
-    task_id: str
-    group: Group
-    spec: TaskSpec | None = None
-    state: str | None = None
-    started: bool = False
-    started_at: float = 0.0
-    kill_requested: bool = False
-    unhealthy: bool = False
-    health: HealthChecker | None = None
-    health_state: HealthState | None = None
-    sigkill_timer: threading.Timer | None = None
-    outputs: tuple[RotatingFile, ...] = ()
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    @property
-    def grace_s(self) -> float:
-        if self.spec is not None and self.spec.kill_grace_s is not None:
-            return self.spec.kill_grace_s
-        return DEFAULT_KILL_GRACE_S
-
-
-def exit_message(status: ExitStatus) -> str:
-    if status.lost:
-        if status.reason:
-            return f"The HyperVM was destroyed before the command exited: {status.reason}"
-        return "The HyperVM stopped before the command exited"
-    if status.signal is not None:
-        try:
-            name = signal.Signals(status.signal).name
-            text = signal.strsignal(status.signal) or name
-        except ValueError:
-            return f"Command terminated with signal {status.signal}"
-        return f"Command terminated with signal {name} ({text})"
-    return f"Command exited with status {status.status}"
-
-
-def oom_message(task: Task, status: ExitStatus) -> str:
-    mem = f" of {task.spec.mem_mib:g} MB" if task.spec is not None and task.spec.mem_mib else ""
-    return (f"Memory limit exceeded: task {task.task_id} ran out of its memory{mem} and was "
-            f"killed by the OOM killer ({exit_message(status)})")
-
-
 class ExecutorCore:
     def __init__(self, settings: ExecutorSettings, runtime: Runtime,
                  rotation: tuple[int, int] = (10 * 1024 * 1024, 5),
@@ -610,99 +544,3 @@ class ExecutorCore:
 def _pod_name(name: str) -> str:
     clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in name)
     return clean[-64:] or "pod"
-
-
-class MesosCallbacks:
-    """The pymesos Executor interface: every callback is posted to the core's thread."""
-
-    def __init__(self, core: ExecutorCore) -> None:
-        self.core = core
-
-    def registered(self, driver: Any, executor_info: Any, framework_info: Any,
-                   agent_info: Any) -> None:
-        self.core.post(self.core.on_registered, executor_info, framework_info)
-
-    def reregistered(self, driver: Any, agent_info: Any) -> None:
-        self.core.post(self.core.on_reregistered)
-
-    def disconnected(self, driver: Any) -> None:
-        self.core.post(self.core.on_disconnected)
-
-    def launchTask(self, driver: Any, task: Any) -> None:  # noqa: N802
-        self.core.post(self.core.on_launch, [task], False)
-
-    def launchTaskGroup(self, driver: Any, task_infos: Any) -> None:  # noqa: N802
-        self.core.post(self.core.on_launch, list(task_infos), True)
-
-    def killTask(self, driver: Any, task_id: Any) -> None:  # noqa: N802
-        self.core.post(self.core.on_kill, task_id["value"], None)
-
-    def killTaskWithPolicy(self, driver: Any, task_id: Any, policy: Any) -> None:  # noqa: N802
-        self.core.post(self.core.on_kill, task_id["value"], policy)
-
-    def acknowledged(self, driver: Any, task_id: str, uuid: str) -> None:
-        self.core.post(lambda: None)  # wake the loop: it may be time to exit
-
-    def frameworkMessage(self, driver: Any, message: Any) -> None:  # noqa: N802
-        self.core.post(self.core.on_message, message)
-
-    def shutdown(self, driver: Any) -> None:
-        self.core.shutdown_asked = True
-        self.core.post(self.core.on_shutdown)
-
-    def error(self, driver: Any, message: str) -> None:
-        log.error("the agent reported an error: %s", message)
-
-
-def main(argv: list[str] | None = None) -> int:
-    env = os.environ
-    sandbox = Path(env.get("MESOS_SANDBOX") or env.get("MESOS_DIRECTORY") or ".")
-    try:
-        setup_executor_logging(sandbox, logging.DEBUG if env.get("HYPERVM_DEBUG") else logging.INFO,
-                               rotation_from_env(env))
-    except (OSError, HyperVMError) as e:
-        logging.basicConfig(level=logging.INFO)
-        log.warning("cannot log into the sandbox: %s", e)
-    try:
-        settings = settings_from_env(env)
-        runtime = load_runtime(env)
-        rotation = rotation_from_env(env)
-        policy = mesos_policy_from_env(env)
-        kill_limits = kill_limits_from_env(env)
-    except HyperVMError as e:
-        log.error("hypervm-executor cannot start: %s", e)
-        print(f"hypervm-executor: error: {e}", file=sys.stderr)
-        return 1
-    core = ExecutorCore(settings, runtime, rotation, policy, kill_limits)
-    if env.get("HYPERVM_EXECUTOR_ACK_TIMEOUT", "").replace(".", "", 1).isdigit():
-        core.ack_timeout_s = float(env["HYPERVM_EXECUTOR_ACK_TIMEOUT"])
-
-    def failsafe() -> None:
-        log.error("fail-safe: the executor did not finish within the grace period")
-        core.emergency_stop()
-        logging.shutdown()
-        os._exit(1)
-
-    driver = make_driver(MesosCallbacks(core), settings, failsafe)
-    core.driver = driver
-    signal.signal(signal.SIGTERM, core.on_sigterm)
-    log.info("hypervm-executor %s for framework %s, agent %s", settings.executor_id,
-             settings.framework_id, settings.agent_endpoint)
-    driver.start()
-    try:
-        core.run()
-    except BaseException:
-        log.exception("the executor loop died: destroying every pod")
-        core.emergency_stop()
-        core.exit_code = 1
-    driver.stop()
-    stopper = threading.Thread(target=driver.join, daemon=True)
-    stopper.start()
-    stopper.join(5)
-    log.info("exiting with status %d", core.exit_code)
-    logging.shutdown()
-    return core.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from executor.mesos import sandbox_files
-from hypervm.errors import HyperVMError
+from hypervm.errors import HyperVMError, InvalidSpec
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
@@ -99,8 +99,6 @@ class RotatingLogHandler(logging.Handler):
 
 def rotation_from_env(env: Mapping[str, str]) -> tuple[int, int]:
     """(max bytes, backups) from HYPERVM_LOG_MAX_BYTES / HYPERVM_LOG_BACKUPS."""
-    from hypervm.errors import InvalidSpec
-
     out = []
     for name, default in (("HYPERVM_LOG_MAX_BYTES", DEFAULT_MAX_BYTES),
                           ("HYPERVM_LOG_BACKUPS", DEFAULT_BACKUPS)):

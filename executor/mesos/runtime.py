@@ -32,7 +32,9 @@ from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 from hypervm.imageprocess import UserResolver, image_process, merge_env
 from hypervm.limits import task_limits
+from hypervm.netspec import NetworkSpec, mappings_from_mesos
 from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
+from vmimage.images.authorize import PullAuth
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +154,6 @@ def pod_network(tasks: tuple[TaskSpec, ...]) -> Any:
     """The pod's NetworkSpec: a user-mode NIC; each task's ``ports`` resources are published
     to its DiscoveryInfo ports (in order; further host ports map to the same number); the
     tenant is the role of the tasks' resources."""
-    from hypervm.netspec import NetworkSpec, mappings_from_mesos
-
     mappings: list[Any] = []
     for task in tasks:
         try:
@@ -178,8 +178,6 @@ def probe_address(network: Any, container_port: int, where: str) -> tuple[str, i
 def pull_auth(task: TaskSpec, network: Any) -> Any:
     """A task pulls as its tenant (its role) with its own credentials: a cached image is
     authorized by the registry for it (vmimage.images.authorize)."""
-    from vmimage.images.authorize import PullAuth
-
     return PullAuth(tenant=task.role or network.tenant, credentials=task.image_credentials)
 
 

@@ -44,6 +44,7 @@ from executor.guest.protocol import (
 from executor.libvirt import identity
 from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
 from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
+from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
 from executor.pool.protocol import (
@@ -64,6 +65,7 @@ from hypervm import netspec
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, GuestError, HostError, HyperVMError, PoolError
 from vmimage.boot import BootFiles, resolve_boot
+from vmimage.images import ImageStore
 from vmimage.rootfs import ensure_warmup_layer
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,6 @@ def store_layers(cfg: HostConfig) -> Callable[[str], Sequence[Path]]:
     """The layers of an image reference as a launch on this host resolves them (the image
     cache, pulling when the reference was never pulled)."""
     def resolve(ref: str) -> Sequence[Path]:
-        from vmimage.images import ImageStore
-
         return ImageStore.from_env(cfg).resolve(ref).layers
 
     return resolve
@@ -356,8 +356,6 @@ class WarmPool:
         claimer only sends its pod's /etc files), an image VM's layers attached, one
         throwaway container run (which mounts them), and for an image VM the pod's container
         prepared up to its START."""
-        from executor.libvirt.domain_xml import hotplug_disk_xml
-
         ready = channel.ready(BOOT_TIMEOUT)
         nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
         channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
@@ -469,7 +467,6 @@ class WarmPool:
     # -- reap ---------------------------------------------------------------------------------
 
     def _reap_loop(self) -> None:
-
         while not self._stopping.wait(self.reap_interval):
             try:
                 # claimed VMs whose claimer died, and idle ones of a previous daemon of this

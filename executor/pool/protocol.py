@@ -47,6 +47,7 @@ from executor.libvirt.domain import (
     check_metadata,
 )
 from hypervm.errors import ImageError, InvalidSpec, PoolError
+from hypervm.imageref import parse_reference
 from hypervm.podspec import PodSpec
 
 #: the warm-up layer's disk is LUN 0; a pod's layers take the LUNs after it
@@ -85,7 +86,6 @@ class PoolConfig:
         if not 0 <= self.size <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.size", f"{self.size} is out of range",
                               hint=f"use 0..{MAX_POOL_SIZE} (0 only with images)")
-        from hypervm.imageref import parse_reference
 
         seen = set()
         for i, ref in enumerate(self.images):

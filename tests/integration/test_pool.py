@@ -162,8 +162,7 @@ def test_a_warm_vms_guest_plants_no_real_link_or_setuid_file(pooled: Any, layers
     pod = PodSpec(name=f"{TEST_TAG}-plant", containers=(container,),
                   resources=Resources(cpus=1, memory_mib=128))
     try:
-        with HyperVM(cfg, pod) as vm:
-            vm.boot()
+        with boot_vm(cfg, pod) as vm:
             assert vm.warm
             code, out = run(vm, container)
         assert code == 0, out

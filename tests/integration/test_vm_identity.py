@@ -123,6 +123,7 @@ def test_pool_vms_get_their_own_uid_at_boot_and_the_pods_shares_at_claim(
     boot on; the claimer gives the pod's sandbox to that uid."""
     import dataclasses
 
+    from executor.launcher import boot_vm
     from executor.pool.daemon import WarmPool
     from executor.pool.protocol import PoolConfig
     from executor.vm import HyperVM
@@ -138,9 +139,8 @@ def test_pool_vms_get_their_own_uid_at_boot_and_the_pods_shares_at_claim(
         idle = pool.idle_vms()
         for name, sandbox in zip(("pa", "pb"), sandboxes, strict=True):
             container, pod = writer_pod(name, image.layers, sandbox)
-            vm = HyperVM(cfg, pod)
+            vm = boot_vm(cfg, pod)
             vms.append(vm)
-            vm.boot()
             assert vm.warm and vm.name in idle
             code, out = run_to_exit(vm, container)
             assert code == 0, out

@@ -46,7 +46,7 @@ def executor_command() -> str:
     script = Path(sys.executable).parent / "hypervm-executor"
     if script.exists():
         return shlex.quote(str(script))
-    return f"{shlex.quote(sys.executable)} -m executor.mesos.executor"
+    return f"{shlex.quote(sys.executable)} -m executor.mesos.main"
 
 
 @dataclass

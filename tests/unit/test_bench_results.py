@@ -199,8 +199,8 @@ def test_warm_launch_phases_from_the_executor_log() -> None:
     log = (
         '2026-11-24 21:56:14,059 INFO MainThread x: update t: {"state": "TASK_STARTING"}\n'
         "2026-11-24 21:56:14,199 INFO boot vmimage.images.store: r:1: sha256:7 (1 layers)\n"
-        "2026-11-24 21:56:14,300 INFO boot executor.vm: p-0: warm VM hypervm-pool-1 ready in "
-        "0.101 s\n"
+        "2026-11-24 21:56:14,300 INFO boot executor.pool.adopt: p-0: warm VM hypervm-pool-1 "
+        "ready in 0.101 s\n"
         '2026-11-24 21:56:14,350 INFO MainThread x: update t: {"state": "TASK_RUNNING"}\n')
     assert phases(log) == {"starting->image": 0.14, "image->claimed": 0.101,
                            "claimed->running": 0.05}

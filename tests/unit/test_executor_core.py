@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from executor.mesos.callbacks import MesosCallbacks
 from executor.mesos.driver import ExecutorSettings
-from executor.mesos.executor import ExecutorCore, MesosCallbacks
+from executor.mesos.executor import ExecutorCore
 
 pytestmark = pytest.mark.timeout(30)
 

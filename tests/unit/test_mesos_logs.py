@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from executor.mesos.executor import exit_message
 from executor.mesos.logs import RotatingFile, rotation_from_env
 from executor.mesos.runtime import ExitStatus
+from executor.mesos.tasks import exit_message
 from hypervm.errors import InvalidSpec
 
 

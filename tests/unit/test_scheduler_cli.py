@@ -41,6 +41,8 @@ def tenants(tmp_path: Path) -> Path:
     ({"--listen": "8080"}, "--listen '8080': give HOST:PORT"),
     ({"--master": "http://m:5050/x"}, "--master"),
     ({"--tenants": "/nonexistent/tenants.yaml"}, "cannot read the tenants file"),
+    ({"--max-event-streams": "8"}, "--max-event-streams 8: give 0 to 7"),
+    ({"--max-event-streams": "-1"}, "--max-event-streams -1: give 0 to 7"),
 ])
 def test_configuration_errors_exit_1_with_one_line(
         tmp_path: Path, tenants: Path, caplog: pytest.LogCaptureFixture,

@@ -223,7 +223,8 @@ def test_marathon_app_runs_its_instances_and_scales(
             [t for t in v["tasks"] if t["state"] == "TASK_RUNNING"]) == n and v
 
     view = sched.wait_for(running(2), 30, "2 instances running")
-    assert sorted(t["instance"] for t in view["tasks"]) == [0, 1]
+    assert sorted(t["id"] for t in view["tasks"]) == ["a.app.shop_web.0.0.web",
+                                                      "a.app.shop_web.1.0.web"]
     ports = [t["ports"][0] for t in view["tasks"]]
     assert len(set(ports)) == 2 and all(31000 <= p <= 31099 for p in ports)
     assert all(t["host"] == "localhost" for t in view["tasks"])
@@ -234,13 +235,16 @@ def test_marathon_app_runs_its_instances_and_scales(
         assert "GREETING=hi" in box["env"]
     sched.wait_for(lambda: app_view()["tasksHealthy"] == 2, 30, "both healthy")
     assert sched.request("GET", "/v2/apps", "a")[1]["apps"][0]["id"] == "/shop/web"
+    # the app is locked while a deployment (here: the start) runs, as in Marathon
+    sched.wait_for(lambda: app_view()["deployments"] == [], 30, "the start deployment")
 
     assert sched.request("PUT", "/v2/apps/shop/web", "a", {"instances": 3})[0] == 200
     sched.wait_for(running(3), 30, "3 instances running")
+    sched.wait_for(lambda: app_view()["deployments"] == [], 30, "the scale deployment")
     assert sched.request("PUT", "/v2/apps/shop/web", "a", {"instances": 1})[0] == 200
     view = sched.wait_for(lambda: (v := app_view()) and len(v["tasks"]) == 1
                           and v["tasksRunning"] == 1 and v, 30, "1 instance left")
-    assert view["tasks"][0]["instance"] == 0 and view["instances"] == 1
+    assert view["tasks"][0]["id"] == "a.app.shop_web.0.0.web" and view["instances"] == 1
     killed = [t for t in master.tasks.values() if t.state == "TASK_KILLED"]
     assert len(killed) == 2
     assert len(master.launched) == 3

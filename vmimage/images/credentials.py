@@ -82,7 +82,7 @@ class HostCredentials:
 
     def entry_for(self, domain: str) -> dict[str, str] | None:
         try:
-            from docker import auth
+            from docker import auth  # optional at run time (~0.2 s): the host's Docker config
         except ImportError:  # pragma: no cover - docker is an install requirement
             return None
         try:
@@ -102,7 +102,7 @@ class TaskCredentials:
     kind: str = "task"
 
     def entry_for(self, domain: str) -> dict[str, str] | None:
-        from docker import auth
+        from docker import auth  # optional at run time (~0.2 s): a task's Docker config
 
         # only auths: docker-py would run credsStore/credHelpers programs otherwise
         config = auth.AuthConfig({"auths": dict(self.auths)})

@@ -28,6 +28,7 @@ from hypervm.config import HostConfig
 from hypervm.errors import ImageError
 from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_reference
 from vmimage import rootfs
+from vmimage.images.credentials import HostCredentials
 
 from . import skopeo
 from .authorize import Ledger, PullAuth, authorize, remember_pull
@@ -175,8 +176,6 @@ class ImageStore:
             return auth
         creds: Credentials = NoCredentials()
         if self.task_host_credentials:
-            from .credentials import HostCredentials
-
             creds = HostCredentials()
         return PullAuth(auth.tenant, creds)
 

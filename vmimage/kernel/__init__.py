@@ -47,7 +47,7 @@ def requested_kind(env: Mapping[str, str] | None = None) -> KernelKind:
 
 def ensure_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel:
     """The guest kernel, built or prepared first if needed (minutes the first time)."""
-    from vmimage.kernel import distro, hyperkernel
+    from vmimage.kernel import distro, hyperkernel  # a cycle: they import this package
 
     if requested_kind(env) != "hyperkernel":
         return distro.ensure_distro_kernel(cfg)
@@ -70,7 +70,7 @@ def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel
     When the current fragment's HyperKernel is not built yet, the newest older one is used
     (with a warning), so a fragment change does not break running hosts until make kernel.
     """
-    from vmimage.kernel import distro, hyperkernel
+    from vmimage.kernel import distro, hyperkernel  # a cycle: they import this package
 
     if requested_kind(env) == "hyperkernel":
         try:
@@ -91,7 +91,7 @@ def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel
 
 
 def _hyperkernel_from(directory: Path) -> Kernel:
-    from vmimage.kernel import hyperkernel
+    from vmimage.kernel import hyperkernel  # a cycle: it imports this package
 
     meta = hyperkernel.read_meta(directory) or {}
     return Kernel(path=directory / "vmlinux", version=str(meta.get("version", "")),

@@ -64,7 +64,7 @@ def ensure_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
     """HyperQEMU, built first if missing (minutes); Debian's QEMU with HYPERVM_QEMU=distro, or
     (with a warning, as the kernel falls back to the distro's) when the build cannot run: VMs
     still work, with ~45 MiB more host memory each under TCG."""
-    from vmimage.qemu import hyperqemu
+    from vmimage.qemu import hyperqemu  # a cycle: hyperqemu imports this package
 
     if requested_kind(env) != "hyperqemu":
         return DISTRO
@@ -77,7 +77,7 @@ def ensure_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
 
 def find_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
     """The QEMU to run VMs with, never building: the current HyperQEMU, else Debian's."""
-    from vmimage.qemu import hyperqemu
+    from vmimage.qemu import hyperqemu  # a cycle: hyperqemu imports this package
 
     if requested_kind(env) != "hyperqemu":
         return DISTRO
@@ -94,7 +94,7 @@ def find_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
 
 
 def _hyperqemu_from(directory: Path) -> Qemu:
-    from vmimage.qemu import hyperqemu
+    from vmimage.qemu import hyperqemu  # a cycle: hyperqemu imports this package
 
     meta = hyperqemu.read_meta(directory) or {}
     features = meta.get("features", [])

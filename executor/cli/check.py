@@ -1,0 +1,15 @@
+"""One line of ``hypervm doctor``: what was checked, whether it is fine, how to fix it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    #: works, but weaker than it should be (reported, not a failure)
+    warn: bool = False
