@@ -51,7 +51,8 @@ def collapsed_summary(text: str, top: int = TOP) -> dict[str, Any]:
     on the stack (counted once per stack), as a share of all samples."""
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    total = 0
+    main: collections.Counter[str] = collections.Counter()
+    total = main_total = 0
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -62,11 +63,16 @@ def collapsed_summary(text: str, top: int = TOP) -> dict[str, Any]:
         own[frames[-1]] += n
         for frame in set(frames):
             incl[frame] += n
+        if frames[0].startswith("<module>"):  # the main thread: the script's own stack
+            main_total += n
+            for frame in set(frames):
+                main[frame] += n
 
-    def rows(counter: collections.Counter[str]) -> list[dict[str, Any]]:
-        return [{"frame": f, "samples": n, "share": round(n / total, 4)}
-                for f, n in counter.most_common(top)]
-    return {"samples": total, "self": rows(own), "inclusive": rows(incl)}
+    def rows(counter: collections.Counter[str], of: int) -> list[dict[str, Any]]:
+        return [{"frame": f, "samples": n, "share": round(n / of, 4)}
+                for f, n in counter.most_common(top)] if of else []
+    return {"samples": total, "self": rows(own, total), "inclusive": rows(incl, total),
+            "main_thread_samples": main_total, "main_thread": rows(main, main_total)}
 
 
 def spy_run(ref: str, env: Mapping[str, str], out_dir: Path, case: str, rate: int
@@ -133,7 +139,10 @@ def write_case(out_dir: Path, case: str, doc: dict[str, Any], text: str) -> None
 def spy_text(doc: Mapping[str, Any]) -> str:
     lines = [f"{doc['case']}: {' '.join(doc['argv'][-6:])}",
              f"wall {doc['wall_s_under_py_spy']} s under py-spy (--idle, {doc['py_spy_rate_hz']}"
-             f" Hz), {doc['samples']} samples (all threads)", "", "inclusive (share of samples):"]
+             f" Hz), {doc['samples']} samples (all threads)", "",
+             "main thread, inclusive (share of its samples ~ share of the wall time):"]
+    lines += [f"  {r['share']:7.1%}  {r['frame']}" for r in doc["main_thread"]]
+    lines += ["", "all threads, inclusive (share of samples):"]
     lines += [f"  {r['share']:7.1%}  {r['frame']}" for r in doc["inclusive"]]
     lines += ["", "self (leaf frames):"]
     lines += [f"  {r['share']:7.1%}  {r['frame']}" for r in doc["self"]]
