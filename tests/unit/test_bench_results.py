@@ -206,3 +206,18 @@ def test_warm_launch_phases_from_the_executor_log() -> None:
                            "claimed->running": 0.05}
     image_vm = log.replace("hypervm-pool-1 ready", "hypervm-pool-1 (layers attached) ready")
     assert phases(image_vm) == phases(log)
+
+
+def test_py_spy_stacks_summarized_by_frame_and_main_thread() -> None:
+    from bench.profilerun import collapsed_summary
+
+    raw = ("<module> (hypervm:6);main (m.py:1);boot (vm.py:2) 30\n"
+           "<module> (hypervm:6);main (m.py:1);poweroff (vm.py:9) 10\n"
+           "Thread.run (threading.py:982);loop (h.py:74) 60\n"
+           "garbage line\n")
+    out = collapsed_summary(raw, top=10)
+    assert out["samples"] == 100 and out["main_thread_samples"] == 40
+    main = {r["frame"]: r["share"] for r in out["main_thread"]}
+    assert main["boot (vm.py:2)"] == 0.75 and main["main (m.py:1)"] == 1.0
+    assert out["self"][0] == {"frame": "loop (h.py:74)", "samples": 60, "share": 0.6}
+    assert {r["frame"]: r["share"] for r in out["inclusive"]}["main (m.py:1)"] == 0.4
