@@ -22,9 +22,9 @@ APT_PACKAGES := \
 	skopeo umoci dnsmasq-base iproute2 nftables \
 	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
 	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
-# only the tests use these: image sources (podman), a local registry, curl and openssl, a real
-# ZooKeeper for the scheduler's HA tests
-APT_TEST_PACKAGES := podman docker-registry curl openssl zookeeper
+# only the tests and the bench use these: image sources (podman), a local registry, curl and
+# openssl, a real ZooKeeper for the scheduler's HA tests, the peers the bench measures us beside
+APT_TEST_PACKAGES := podman docker-registry curl openssl zookeeper runc runsc
 
 PREFIX ?= /usr/local
 SYSTEMD_DIR ?= /etc/systemd/system

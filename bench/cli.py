@@ -24,6 +24,14 @@ ROWS = (
     ("idle VM QEMU private dirty", "idle_vm_private_dirty_mib", "MiB"),
     ("idle pool VM QEMU RSS", "idle_pool_vm_rss_mib", "MiB"),
     ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
+    ("hypervm run true p50 (pool)", "run_true_pool_p50_s", "s"),
+    ("idle VM QEMU private", "idle_vm_private_mib", "MiB"),
+    ("runc start p50", "runc_start_p50_s", "s"),
+    ("runsc start p50", "runsc_start_p50_s", "s"),
+    ("runsc run true p50", "runsc_run_true_p50_s", "s"),
+    ("runsc idle PSS", "runsc_idle_pss_mib", "MiB"),
+    ("snapshot launch p50", "snapshot_launch_p50_s", "s"),
+    ("warm launch p50 (ports)", "warm_launch_ports_p50_s", "s"),
     ("image import", "import_mb_s", "MB/s"),
     ("cache hit", "cache_hit_extra_s", "s"),
 )
@@ -35,7 +43,13 @@ def table(doc: dict[str, Any]) -> str:
         value = doc.get(key)
         text = "null" if value is None else f"{value:g} {unit}".strip()
         lines.append(f"{label:32} {text:>12}")
+    if doc.get("max_concurrent_vms_limit"):
+        lines.append(f"{'VMs at once: what ran out':32} {doc['max_concurrent_vms_limit']}")
     lines.append("")
+    if doc.get("peers"):
+        from bench.peersuite import peer_lines
+
+        lines += [*peer_lines(doc), ""]
     lines += [f"{name:40} {value}" for name, value in doc.get("ratios", {}).items()]
     lines.append("")
     for key, target in doc.get("targets", {}).items():
@@ -68,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"hypervm {plan.mode} bench, {doc['machine']['cores']} cores, "
                  f"{doc['machine']['accel']}, commit {(doc['commit'] or '?')[:10]}")
         plot(shown, density, args.out.with_name(args.out.stem + ".png"), title,
-             doc["details"].get("density_baseline_s"))
+             doc["details"].get("density_baseline_s"), doc.get("peers"))
     print(table(doc))
     print(f"\nwrote {args.out} in {doc['duration_s']} s")
     if problems:

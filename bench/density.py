@@ -4,7 +4,9 @@ latency of one more VM doubles.
 Idle VMs (booted, no process started) are added in steps; at each step a probe VM is launched
 (HyperVM boot + START of ``true``, the executor's path without Mesos) a few times. The search
 stops when the probe's p50 exceeds twice its p50 with no idle VM, when a boot fails, when host
-memory runs low, or at the cap. ``max_concurrent_vms`` counts the idle VMs plus the probe.
+memory runs low (checked before every boot), or at the cap (200 VMs in the full run);
+``DensityResult.limit`` says which came first. ``max_concurrent_vms`` counts the idle VMs
+plus the probe.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class DensityResult:
     max_concurrent_vms: int | None = None
     capped: bool = False
     stopped_because: str = ""
+    #: what ran out first, in a word: "latency", "memory", "boot failure", or "none (cap)"
+    limit: str = ""
     idle_rss_mib: float | None = None
     baseline_s: float | None = None
 
@@ -83,6 +87,10 @@ def start_on_booted(env: VMEnv, hv: Hypervisor, layers: Sequence[Path], cmdline_
         return booted - started, time.monotonic() - booted
 
 
+class _MemoryLow(Exception):
+    """Host memory ran low before the next idle VM (args: idle VMs running)."""
+
+
 def mem_available_mib() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -104,6 +112,8 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                 result.levels.append(level)
                 try:
                     while len(idle) < target:
+                        if mem_available_mib() < MIN_AVAILABLE_MIB:
+                            raise _MemoryLow(len(idle))
                         vm = HyperVM(env.cfg, pod(layers, "idle"), hypervisor=hv,
                                      accel=env.accel)
                         idle.append(vm)
@@ -114,9 +124,20 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                     level.idle_private_mib = _memory(hv, idle, private_dirty_mib)
                     for _ in range(probes):
                         level.probe_s.append(probe_once(env, hv, layers))
+                except _MemoryLow as e:
+                    result.stopped_because = (f"host memory low (< {MIN_AVAILABLE_MIB} MiB "
+                                              f"available) with {e.args[0]} idle VMs")
+                    result.limit = "memory"
+                    break
                 except HyperVMError as e:
                     level.failures += 1
                     result.stopped_because = f"failure with {target} idle VMs: {e}"
+                    result.limit = f"boot failure: {type(e).__name__}"
+                    break
+                except OSError as e:  # a host resource ran out (files, processes, ...)
+                    level.failures += 1
+                    result.stopped_because = f"host error with {target} idle VMs: {e}"
+                    result.limit = f"host resource: {e.strerror or type(e).__name__}"
                     break
                 log.info("%d idle VMs: probe p50 %.2f s, idle RSS %s MiB", target, level.p50,
                          median_or_none(level.idle_rss_mib))
@@ -127,14 +148,17 @@ def measure(env: VMEnv, layers: Sequence[Path], steps: Sequence[int], probes: in
                 if level.p50 > SLOWDOWN_LIMIT * baseline:
                     result.stopped_because = (f"probe p50 {level.p50:.2f} s with {target} idle VMs"
                                               f" > {SLOWDOWN_LIMIT:g} x {baseline:.2f} s")
+                    result.limit = "latency (CPU)"
                     break
                 result.max_concurrent_vms = target + 1
                 if mem_available_mib() < MIN_AVAILABLE_MIB:
                     result.stopped_because = "host memory low"
+                    result.limit = "memory"
                     break
             else:
                 result.capped = True
                 result.stopped_because = f"cap of {steps[-1] + 1} VMs reached"
+                result.limit = f"none: the search's cap of {steps[-1] + 1} VMs"
             rss = [r for lv in result.levels for r in lv.idle_rss_mib]
             result.idle_rss_mib = median_or_none(rss)
         finally:

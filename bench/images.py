@@ -36,6 +36,8 @@ class BenchImages:
     big_ref: str | None
     big_blob_bytes: int
     big_tar_bytes: int
+    #: busybox + /data/tree.tar, the peers' syscall workload (bench/peers.py)
+    work_ref: str | None = None
 
 
 def scratch_dir(prefix: str) -> Path:
@@ -61,7 +63,7 @@ def _blob_bytes(image: imagebuild.BuiltImage) -> int:
 
 
 @contextlib.contextmanager
-def serve_images(big_mb: int | None) -> Iterator[BenchImages]:
+def serve_images(big_mb: int | None, with_work: bool = False) -> Iterator[BenchImages]:
     """Start a loopback registry and push the benchmark images to it (not timed)."""
     work = scratch_dir("registry")
     try:
@@ -75,7 +77,16 @@ def serve_images(big_mb: int | None) -> Iterator[BenchImages]:
                 tar_bytes = big_mb * 1024 * 1024
                 big_ref = imagebuild.push(big, registry.host, "bench-big", "1")
                 shutil.rmtree(work / "layout-big", ignore_errors=True)
-            yield BenchImages(registry.host, busybox_ref, big_ref, blob_bytes, tar_bytes)
+            work_ref = None
+            if with_work:
+                from bench.peers import tree_entries
+
+                layout = imagebuild.write_layout(work / "layout-work", "1", [
+                    imagebuild.layer_tar(tree_entries())], imagebuild.BASE_CONFIG)
+                work_ref = imagebuild.push(layout, registry.host, "bench-work", "1")
+                shutil.rmtree(work / "layout-work", ignore_errors=True)
+            yield BenchImages(registry.host, busybox_ref, big_ref, blob_bytes, tar_bytes,
+                              work_ref)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,5 +1,6 @@
-"""The PNG next to latest.json: launch-latency distributions (log scale, every sample drawn)
-and the probe latency against the number of idle VMs."""
+"""The PNG next to latest.json: launch-latency distributions (log scale, every sample drawn),
+the probe latency against the number of idle VMs, and (with ``peers``) every peer figure of
+hypervm and gVisor as a ratio to runc."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot(samples: Mapping[str, Sequence[float]], density: Sequence[Mapping[str, Any]],
-         dest: Path, title: str, density_baseline: float | None = None) -> Path:
+         dest: Path, title: str, density_baseline: float | None = None,
+         peers: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     names = [n for n, values in samples.items() if values]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), width_ratios=(3, 2))
+    if peers:
+        fig, axes = plt.subplots(1, 3, figsize=(20, 6), width_ratios=(3, 2, 3))
+        left, right, third = axes
+        _peer_bars(third, peers)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), width_ratios=(3, 2))
     left.boxplot([samples[n] for n in names], vert=True, whis=(5, 95), showfliers=False)
     for i, name in enumerate(names, start=1):
         values = samples[name]
@@ -43,3 +50,30 @@ def plot(samples: Mapping[str, Sequence[float]], density: Sequence[Mapping[str, 
     fig.savefig(dest, dpi=100)
     plt.close(fig)
     return dest
+
+
+PEER_KINDS = ("hypervm cold", "hypervm warm", "hypervm", "runsc")
+
+
+def _peer_bars(ax: Any, peers: Mapping[str, Mapping[str, Any]]) -> None:
+    """Grouped bars: each figure's ratio to runc (log scale; runc = 1), labelled with the value."""
+    rows = list(peers)
+    width = 0.25
+    for k, kind in enumerate(PEER_KINDS):
+        xs, ys, labels = [], [], []
+        for i, name in enumerate(rows):
+            times = peers[name].get("ratio_to_runc", {}).get(kind)
+            if times:
+                xs.append(i + (k - 1) * width)
+                ys.append(times)
+                labels.append(f"{peers[name][kind]:g}")
+        if xs:
+            bars = ax.bar(xs, ys, width, label=kind)
+            ax.bar_label(bars, labels, fontsize=7, rotation=90, padding=2)
+    ax.axhline(1.0, color="black", linewidth=0.8, label="runc = 1")
+    ax.set_xticks(range(len(rows)), rows, rotation=20)
+    ax.set_yscale("log")
+    ax.set_ylabel("x runc (log; bar label: the value)")
+    ax.set_title("hypervm and gVisor (ptrace) against runc")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", axis="y", alpha=0.3)

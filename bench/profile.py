@@ -69,3 +69,12 @@ def hypervm_boot(env: Any, layers: Sequence[Any]) -> dict[str, Any]:
     run_init = next((t for t, text in lines if text.startswith(RUN_INIT)), None)
     return {"verbose_boot_total_s": round(boot_s, 3), "kernel_to_run_init_s": run_init,
             "largest_kernel_gaps": largest_gaps(lines)}
+
+
+if __name__ == "__main__":
+    # ``python -m bench.profile``: the host and guest profiles of a launch (bench/profilerun.py)
+    import sys
+
+    from bench.profilerun import main
+
+    sys.exit(main())

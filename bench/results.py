@@ -23,7 +23,16 @@ REQUIRED_KEYS = (
     "raw_boot_p50_s", "container_p50_s", "cold_launch_p50_s", "cold_launch_p95_s",
     "warm_launch_p50_s", "warm_launch_p95_s", "run_true_p50_s", "idle_vm_rss_mib",
     "max_concurrent_vms", "import_mb_s", "cache_hit_extra_s", "machine", "commit",
+    # issue 18: the peers (runc, gVisor) and the uncapped density search
+    "runc_start_p50_s", "runsc_start_p50_s", "runsc_run_true_p50_s", "run_true_pool_p50_s",
+    "snapshot_launch_p50_s", "warm_launch_ports_p50_s", "idle_vm_private_mib",
+    "runsc_idle_pss_mib", "syscall_workload_s", "pipe_workload_s", "max_concurrent_vms_limit",
 )
+#: required keys whose value is one figure per sandbox kind
+PER_KIND_KEYS = ("syscall_workload_s", "pipe_workload_s")
+SANDBOX_KINDS = ("hypervm", "runsc", "runc")
+#: required keys whose value is text
+TEXT_KEYS = ("machine", "commit", "max_concurrent_vms_limit")
 MACHINE_KEYS = ("cores", "memory_mib", "accel")
 
 #: issue 7's targets: key → (comparison, bound, what the bound is relative to)
@@ -82,9 +91,23 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
         problems.append("machine is not an object")
     for key in REQUIRED_KEYS:
         value = doc.get(key)
-        if key not in ("machine", "commit") and value is not None and not isinstance(
-                value, (int, float)):
+        if key in TEXT_KEYS or key in PER_KIND_KEYS or value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             problems.append(f"{key} is not a number")
+    for key in PER_KIND_KEYS:
+        problems += _per_kind_problems(key, doc.get(key, {}))
+    return problems
+
+
+def _per_kind_problems(key: str, value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        return [f"{key} is not an object by sandbox kind"]
+    problems = [f"{key} lacks {kind}" for kind in SANDBOX_KINDS if kind not in value]
+    problems += [f"{key}.{kind} is not a number" for kind in SANDBOX_KINDS
+                 if value.get(kind) is not None and not isinstance(value.get(kind), (int, float))]
     return problems
 
 

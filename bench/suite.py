@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import container, density, images, launch, profile, rawboot, runtrue
+from bench import container, density, images, launch, peers, peersuite, profile, rawboot, runtrue
 from bench.results import check_targets, git_commit, machine_info
 from bench.stats import ratio, summarize
 from bench.vmenv import (
@@ -58,6 +58,8 @@ class Plan:
     density_probes: int
     big_image_mb: int
     cache_hits: int
+    #: runs of each peer workload per sandbox kind (bench/peersuite.py)
+    workload_runs: int = 3
     #: one untimed run of each kind first (page cache, libvirt, executor imports)
     warm_up: bool = True
 
@@ -67,10 +69,11 @@ class Plan:
 TUNED_CMDLINE = " pci=noacpi"
 
 QUICK = Plan("quick", rounds=2, run_true_runs=1, container_runs=10, density_steps=(0, 1),
-             density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False)
+             density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False, workload_runs=1)
+#: the density search goes up to 200 VMs (199 idle + the probe) unless something runs out
 FULL = Plan("full", rounds=20, run_true_runs=10, container_runs=20,
-            density_steps=(0, 4, 8, 12, 16, 20, 23), density_probes=3, big_image_mb=100,
-            cache_hits=10)
+            density_steps=(0, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 199),
+            density_probes=3, big_image_mb=100, cache_hits=10)
 
 
 def p(summary_p: float) -> float:
@@ -91,14 +94,20 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
                    "key": qemu.key, "tcg_flush": qemu.flushes_after_boot(env.cfg, env.accel)}
     details = doc["details"]
     with contextlib.ExitStack() as stack:
-        imgs = stack.enter_context(images.serve_images(plan.big_image_mb))
+        imgs = stack.enter_context(images.serve_images(plan.big_image_mb, with_work=True))
         layers, hits = images.warm_shared_cache(env.cfg, imgs.busybox_ref, plan.cache_hits)
+        assert imgs.work_ref is not None
+        work_layers, _ = images.warm_shared_cache(env.cfg, imgs.work_ref, 0)
         log.info("images ready (%s)", imgs.busybox_ref)
         samples, loads, pool_rss = _latency_rounds(env, plan, imgs.busybox_ref, layers)
         doc["machine"]["loadavg_1min_per_round"] = loads
         details["idle_pool_vm_rss_mib"] = pool_rss
         doc["idle_pool_vm_rss_mib"] = (round(statistics.median(pool_rss), 1) if pool_rss
                                        else None)
+        log.info("peers: workloads, idle memory, network")
+        with container.mounted_layer(layers[0]) as lower, peers.oci_root(lower) as root:
+            measured = peersuite.measure(env, root, layers, imgs.work_ref, work_layers[0],
+                                         plan.workload_runs)
         with Hypervisor(env.cfg.libvirt_uri) as hv:
             details["boot_profile"] = {
                 "raw": profile.boot_profile(
@@ -113,6 +122,7 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
     # every VM is destroyed by its owner (and libvirt autodestroys it with the connection)
     leftovers = wait_no_new_domains(before)
     _fill(doc, samples, hits, dens, imported, plan)
+    peersuite.fill(doc, samples, measured)
     doc["idle_vm_rss_by_mapping"] = _rss_breakdown(env, layers)
     details["idle_vm_memory_tb_cache_mib"] = {
         str(mib): _idle_memory(env, layers, mib) for mib in TB_CACHE_CHOICES}
@@ -139,11 +149,13 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "warm launch": [], "warm launch (generic VM)": [],
                                        "hypervm run true": [], "start on booted vm": [],
-                                       "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: []}
+                                       "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
+                                       "hypervm run true (pool)": []}
     loads: list[float] = []
     pool_rss: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
-            warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool:
+            warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
+            peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds:
         container.run_once(root)
         pools = {"warm launch": image_pool, "warm launch (generic VM)": pool}
         if plan.warm_up:
@@ -158,6 +170,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
             log.info("round %d/%d (load %s)", i + 1, plan.rounds, loads[-1])
             per_round = max(1, plan.container_runs // plan.rounds)
             samples["container"] += [container.run_once(root) for _ in range(per_round)]
+            peer_rounds.round()
             boot = rawboot.boot_once(env, hv)
             samples["raw boot"].append(boot.total_s)
             samples["raw boot: qemu"].append(boot.qemu_s)
@@ -175,6 +188,9 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples[kind].append(warm.running_s)
                 for phase, seconds in warm.phases.items():
                     samples.setdefault(f"{kind}: {phase}", []).append(seconds)
+            _fill_pool(pool)
+            samples["hypervm run true (pool)"].append(
+                peersuite.run_true_pooled(ref, pool.cfg.pool_socket))
             for each in pools.values():
                 _fill_pool(each)
                 pool_rss += _idle_rss(hv, each)
@@ -185,6 +201,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["start on booted vm"].append(start_s)
                 boot_s, _ = density.start_on_booted(env, hv, layers, TUNED_CMDLINE)
                 samples["hypervm boot" + TUNED_CMDLINE].append(boot_s)
+    samples.update(peer_rounds.samples)
     return samples, loads, pool_rss
 
 
@@ -245,6 +262,7 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
     for key in ("warm_launch_p50_s", "warm_launch_p95_s", "warm_launch_generic_p50_s",
                 "warm_launch_generic_p95_s"):
         doc["notes"][key] = WARM_POOL_NOTE.format(size=POOL_SIZE)
+    doc["max_concurrent_vms_limit"] = dens.limit
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
         + (" (a lower bound: the cap was reached)" if dens.capped else ""))

@@ -62,6 +62,12 @@ class VMEnv:
     def with_cmdline(self, cmdline_extra: str) -> BootFiles:
         return replace(self.boot, cmdline=self.boot.cmdline + cmdline_extra)
 
+    def with_pool(self, use: bool, socket: Path | None = None) -> VMEnv:
+        """This environment taking VMs from the warm pool at ``socket`` (or never)."""
+        cfg = replace(self.cfg, use_pool=use,
+                      pool_socket_override=socket or self.cfg.pool_socket_override)
+        return VMEnv(cfg=cfg, boot=self.boot)
+
     @classmethod
     def load(cls) -> VMEnv:
         cfg = config_from_env()

@@ -31,7 +31,15 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
     for key in ("raw_boot_p50_s", "container_p50_s", "cold_launch_p50_s", "run_true_p50_s",
                 "idle_vm_rss_mib", "idle_pool_vm_rss_mib", "import_mb_s", "cache_hit_extra_s"):
         assert doc[key] > 0, key
-    assert doc["max_concurrent_vms"] >= 1
+    assert doc["max_concurrent_vms"] >= 1 and doc["max_concurrent_vms_limit"]
+    # issue 18: the peers measured in the same run, every figure against runc
+    for key in ("runc_start_p50_s", "runsc_start_p50_s", "runsc_run_true_p50_s",
+                "run_true_pool_p50_s", "idle_vm_private_mib", "runsc_idle_pss_mib"):
+        assert doc[key] > 0, key
+    for key in ("syscall_workload_s", "pipe_workload_s"):
+        assert all(doc[key][kind] > 0 for kind in ("hypervm", "runsc", "runc")), key
+    assert doc["peers"]["start p50 (s)"]["ratio_to_runc"]["runsc"] > 0
+    assert "peers (x runc)" in proc.stdout
     assert doc["qemu"]["kind"] in ("hyperqemu", "distro") and doc["qemu"]["path"]
     assert doc["ratios"]["cold_launch_p50 / raw_boot_p50"] > 0
     assert doc["details"]["leftover_vms"] == []

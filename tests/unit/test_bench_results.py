@@ -40,7 +40,83 @@ def complete_doc() -> dict[str, Any]:
     doc["commit"] = "0" * 40
     doc["warm_launch_p50_s"] = doc["warm_launch_p95_s"] = None
     doc["notes"] = {"warm_launch_p50_s": "no pool", "warm_launch_p95_s": "no pool"}
+    for key in results.PER_KIND_KEYS:
+        doc[key] = {"hypervm": 2.0, "runsc": 1.0, "runc": 0.5}
+    doc["max_concurrent_vms_limit"] = "latency (CPU)"
     return doc
+
+
+def test_issue_18_keys_are_required_besides_the_old_ones() -> None:
+    old = {"raw_boot_p50_s", "container_p50_s", "cold_launch_p50_s", "warm_launch_p50_s",
+           "run_true_p50_s", "idle_vm_rss_mib", "max_concurrent_vms", "import_mb_s",
+           "cache_hit_extra_s", "machine", "commit"}
+    new = {"runc_start_p50_s", "runsc_start_p50_s", "runsc_run_true_p50_s",
+           "run_true_pool_p50_s", "snapshot_launch_p50_s", "warm_launch_ports_p50_s",
+           "idle_vm_private_mib", "runsc_idle_pss_mib", "syscall_workload_s",
+           "pipe_workload_s", "max_concurrent_vms_limit"}
+    assert old | new <= set(results.REQUIRED_KEYS)
+    doc = complete_doc()
+    del doc["runsc_start_p50_s"]
+    doc["snapshot_launch_p50_s"] = None
+    problems = results.validate(doc)
+    assert "missing key runsc_start_p50_s" in problems
+    assert "snapshot_launch_p50_s is null without a note saying why" in problems
+
+
+def test_per_kind_figures_name_each_sandbox() -> None:
+    doc = complete_doc()
+    doc["syscall_workload_s"] = {"hypervm": 2.0, "runc": "slow"}
+    doc["pipe_workload_s"] = 3.0
+    problems = results.validate(doc)
+    assert "syscall_workload_s lacks runsc" in problems
+    assert "syscall_workload_s.runc is not a number" in problems
+    assert "pipe_workload_s is not an object by sandbox kind" in problems
+    doc = complete_doc()
+    doc["pipe_workload_s"] = {"hypervm": None, "runsc": 1.0, "runc": 0.4}
+    assert results.validate(doc) == []
+
+
+def test_peer_table_gives_every_figure_as_a_ratio_to_runc() -> None:
+    from bench.peersuite import peer_lines, peer_table
+
+    doc = complete_doc()
+    doc.update(cold_launch_p50_s=4.0, warm_launch_p50_s=0.04, runsc_start_p50_s=0.2,
+               runc_start_p50_s=0.04, network_mb_s={"hypervm": 30.0, "runsc": 150.0,
+                                                    "runc": 300.0})
+    table = peer_table(doc)
+    start = table["start p50 (s)"]["ratio_to_runc"]
+    assert start == {"hypervm cold": 100.0, "hypervm warm": 1.0, "runsc": 5.0}
+    assert table["syscall workload (s)"]["ratio_to_runc"] == {"hypervm": 4.0, "runsc": 2.0}
+    assert table["network (MB/s)"]["ratio_to_runc"]["hypervm"] == 0.1
+    doc["peers"] = table
+    text = "\n".join(peer_lines(doc))
+    assert "4 (100x)" in text and "0.2 (5x)" in text and "runc" in text
+
+
+def test_workload_timing_comes_from_the_sandbox_clock() -> None:
+    from bench.peers import inner_seconds
+
+    assert inner_seconds("noise\nT 12.50 14.75\n") == 2.25
+    with pytest.raises(RuntimeError, match="no timing line"):
+        inner_seconds("T 1.0\n")
+
+
+def test_oci_spec_runs_the_command_on_the_read_only_root(tmp_path: Path) -> None:
+    import shutil
+
+    from bench.peers import spec
+
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed (make deps installs it)")
+    config = spec(tmp_path, ("sh", "-c", "true"), env=("A=1",))
+    assert config["root"] == {"path": str(tmp_path), "readonly": True}
+    assert config["process"]["args"] == ["sh", "-c", "true"]
+    assert not config["process"]["terminal"] and "A=1" in config["process"]["env"]
+    assert any(m["destination"] == "/tmp" and m["type"] == "tmpfs" for m in config["mounts"])
+    kinds = {n["type"] for n in config["linux"]["namespaces"]}
+    assert "network" in kinds
+    host = spec(tmp_path, ("true",), host_network=True)
+    assert "network" not in {n["type"] for n in host["linux"]["namespaces"]}
 
 
 def test_a_complete_document_validates_and_round_trips(tmp_path: Path) -> None:
@@ -130,3 +206,18 @@ def test_warm_launch_phases_from_the_executor_log() -> None:
                            "claimed->running": 0.05}
     image_vm = log.replace("hypervm-pool-1 ready", "hypervm-pool-1 (layers attached) ready")
     assert phases(image_vm) == phases(log)
+
+
+def test_py_spy_stacks_summarized_by_frame_and_main_thread() -> None:
+    from bench.profilerun import collapsed_summary
+
+    raw = ("<module> (hypervm:6);main (m.py:1);boot (vm.py:2) 30\n"
+           "<module> (hypervm:6);main (m.py:1);poweroff (vm.py:9) 10\n"
+           "Thread.run (threading.py:982);loop (h.py:74) 60\n"
+           "garbage line\n")
+    out = collapsed_summary(raw, top=10)
+    assert out["samples"] == 100 and out["main_thread_samples"] == 40
+    main = {r["frame"]: r["share"] for r in out["main_thread"]}
+    assert main["boot (vm.py:2)"] == 0.75 and main["main (m.py:1)"] == 1.0
+    assert out["self"][0] == {"frame": "loop (h.py:74)", "samples": 60, "share": 0.6}
+    assert {r["frame"]: r["share"] for r in out["inclusive"]}["main (m.py:1)"] == 0.4

@@ -1,0 +1,294 @@
+"""hypervm beside runc and gVisor in one run: latency samples taken in the suite's rounds
+(:class:`PeerRounds`), then workloads, idle memory and network throughput (:func:`measure`),
+and the headline keys with every figure as a ratio to runc (:func:`fill`).
+
+``python -m bench.peersuite [--quick] [--out FILE]`` runs only this part (images, the peers,
+hypervm's own side of each figure, no latency rounds of the main suite) and writes a partial
+result clearly marked ``"partial": true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import peers
+from bench.container import mounted_layer
+from bench.peers import oci_root
+from bench.runtrue import TIMEOUT, hypervm_argv
+from bench.stats import ratio, summarize
+from bench.vmenv import GUEST_MIB, VMEnv, bench_name
+
+log = logging.getLogger(__name__)
+
+#: guest memory and writable layer (a tmpfs in guest RAM) for the workloads: the syscall
+#: workload unpacks ~50 MB into /tmp
+WORK_MIB, WORK_WRITABLE_MIB = 512, 256
+NET_MB = 20
+IDLE_COUNT = 3
+PEER_NAMES = ("runc", "runsc")
+
+
+@dataclass
+class PeerRounds:
+    """Bundles on the busybox root for the latency rounds; one sample of each per round."""
+    root: Path
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def bundles(self) -> Iterator[PeerRounds]:
+        with peers.bundle(self.root, ("true",)) as true_b, \
+                peers.bundle(self.root, ("echo", "up")) as echo_b:
+            self._true, self._echo = true_b, echo_b
+            yield self
+
+    def round(self) -> None:
+        for rt in (peers.RUNC, peers.RUNSC):
+            self.samples.setdefault(f"{rt.name} start", []).append(peers.start(rt, self._echo))
+            self.samples.setdefault(f"{rt.name} run true", []).append(
+                peers.run_true(rt, self._true))
+
+
+def run_true_pooled(ref: str, pool_socket: Path) -> float:
+    """``hypervm run --memory 128 IMAGE -- true`` taking its VM from the warm pool at
+    ``pool_socket`` (the suite's generic pool: 1 vCPU, 128 MiB, a NIC)."""
+    argv = [*hypervm_argv(), "run", "--name", bench_name("runpool"), "--quiet", "--cpus", "1",
+            "--memory", str(GUEST_MIB), ref, "--", "true"]
+    env = {**os.environ, "HYPERVM_POOL": "auto", "HYPERVM_POOL_SOCKET": str(pool_socket)}
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                          env=env)
+    took = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"hypervm run (pool) failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return took
+
+
+def hypervm_workload(ref: str, script: str) -> float:
+    argv = [*hypervm_argv(), "run", "--name", bench_name("work"), "--quiet", "--memory",
+            str(WORK_MIB), "--network", "none", ref, "--", "sh", "-c", script]
+    env = {**os.environ, "HYPERVM_POOL": "off",
+           "HYPERVM_WRITABLE_LAYER_MIB": str(WORK_WRITABLE_MIB)}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=peers.TIMEOUT,
+                          check=False, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"hypervm workload failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return peers.inner_seconds(proc.stdout)
+
+
+def hypervm_idle_memory(env: VMEnv, layers: list[Path], count: int) -> list[dict[str, float]]:
+    """PSS and private MiB of the QEMU of each of ``count`` idle 128 MiB HyperVMs at once."""
+    from bench import density
+    from executor.libvirt.hypervisor import Hypervisor
+    from executor.vm import HyperVM
+
+    with Hypervisor(env.cfg.libvirt_uri) as hv, contextlib.ExitStack() as stack:
+        vms = []
+        for _ in range(count):
+            vm = stack.enter_context(HyperVM(env.cfg, density.pod(layers, "idlemem"),
+                                             hypervisor=hv, accel=env.accel))
+            vm.boot()
+            vms.append(vm)
+        time.sleep(density.SETTLE_S)
+        out = []
+        for vm in vms:
+            pid = hv.qemu_pid(vm.name)
+            each = peers.rollup(pid) if pid else {"pss": 0.0, "private": 0.0}
+            out.append({"pss_mib": round(each["pss"], 1),
+                        "private_mib": round(each["private"], 1), "processes": 1})
+        return out
+
+
+def measure(env: VMEnv, busybox_root: Path, busybox_layers: list[Path], work_ref: str,
+            work_layer: Path, runs: int) -> dict[str, Any]:
+    """Workloads (``runs`` each, interleaved), idle memory, network: by sandbox kind."""
+    out: dict[str, Any] = {"syscall_workload": {}, "pipe_workload": {}, "idle_memory": {},
+                           "network_mb_s": {}}
+    scripts = {"syscall_workload": peers.SYSCALL_SCRIPT, "pipe_workload": peers.PIPE_SCRIPT}
+    with mounted_layer(work_layer) as work_lower, oci_root(work_lower) as work_root:
+        for i in range(runs):
+            log.info("peer workloads %d/%d", i + 1, runs)
+            for name, script in scripts.items():
+                for rt in (peers.RUNC, peers.RUNSC):
+                    out[name].setdefault(rt.name, []).append(peers.workload(rt, work_root, script))
+                out[name].setdefault("hypervm", []).append(hypervm_workload(work_ref, script))
+    for rt in (peers.RUNC, peers.RUNSC):
+        out["idle_memory"][rt.name] = peers.idle_memory(rt, busybox_root, IDLE_COUNT)
+        out["network_mb_s"][rt.name] = peers.network_mb_s(rt, busybox_root, NET_MB)
+    out["idle_memory"]["hypervm"] = hypervm_idle_memory(env, busybox_layers, IDLE_COUNT)
+    from bench import network
+
+    through = network.through_port(env.cfg, busybox_layers[0], NET_MB, 5)
+    out["network_mb_s"]["hypervm"] = through["vm_to_host_download_MBps"]
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def _idle(measured: dict[str, Any], kind: str, key: str) -> float | None:
+    values = [e[key] for e in measured["idle_memory"].get(kind, [])]
+    return round(statistics.median(values), 1) if values else None
+
+
+def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[str, Any]
+         ) -> None:
+    """The peer headline keys, notes, ``peers`` (one table: every figure and its ratio to
+    runc) and the details."""
+    def p50(name: str) -> float | None:
+        values = samples.get(name)
+        return round(summarize(values).p50, 4) if values else None
+
+    def p95(name: str) -> float | None:
+        values = samples.get(name)
+        return round(summarize(values).p95, 4) if values else None
+
+    work = {k: {kind: _median(v) for kind, v in measured[k].items()}
+            for k in ("syscall_workload", "pipe_workload")}
+    doc.update({
+        "runc_start_p50_s": p50("runc start"), "runsc_start_p50_s": p50("runsc start"),
+        "runc_run_true_p50_s": p50("runc run true"),
+        "runsc_run_true_p50_s": p50("runsc run true"),
+        "run_true_pool_p50_s": p50("hypervm run true (pool)"),
+        "runc_start_p95_s": p95("runc start"), "runsc_start_p95_s": p95("runsc start"),
+        "runc_run_true_p95_s": p95("runc run true"),
+        "runsc_run_true_p95_s": p95("runsc run true"),
+        "run_true_pool_p95_s": p95("hypervm run true (pool)"),
+        "snapshot_launch_p50_s": None, "warm_launch_ports_p50_s": None,
+        "idle_vm_private_mib": _idle(measured, "hypervm", "private_mib"),
+        "idle_vm_qemu_pss_mib": _idle(measured, "hypervm", "pss_mib"),
+        "runsc_idle_pss_mib": _idle(measured, "runsc", "pss_mib"),
+        "runsc_idle_private_mib": _idle(measured, "runsc", "private_mib"),
+        "runc_idle_pss_mib": _idle(measured, "runc", "pss_mib"),
+        "syscall_workload_s": work["syscall_workload"],
+        "pipe_workload_s": work["pipe_workload"],
+        "network_mb_s": measured["network_mb_s"],
+    })
+    notes = doc.setdefault("notes", {})
+    notes["snapshot_launch_p50_s"] = (
+        "not built: no snapshot/template start exists yet (issue 18 part 2)")
+    notes["warm_launch_ports_p50_s"] = (
+        "not measurable: the warm pool does not serve pods with published ports (its VMs' "
+        "hostfwd rules are fixed at boot, executor/pool/protocol.py), so such a pod boots cold")
+    notes["network_mb_s"] = (
+        f"download of {NET_MB} MB from busybox httpd in the sandbox to host curl on 127.0.0.1: "
+        "hypervm through a published port (QEMU user-mode hostfwd); runc in the host's network "
+        "namespace, runsc with --network=host (neither publishes ports without a CNI setup)")
+    notes["syscall_workload_s"] = (
+        f"tar x of a {peers.TREE_DIRS * peers.TREE_FILES}-file ~50 MB tree into /tmp (a "
+        "tmpfs) + stat of every entry, timed by the sandbox's clock (/proc/uptime), median; "
+        f"hypervm with {WORK_MIB} MiB, cold, under TCG")
+    notes["pipe_workload_s"] = (
+        "head -c 50000000 /dev/zero | sha256sum, timed inside, median. hypervm runs it under "
+        "TCG (every guest instruction translated, no KVM on this host); gVisor's ptrace "
+        "platform pays a host context switch per syscall; runc runs natively")
+    notes["idle_vm_private_mib"] = (
+        "Private_Clean + Private_Dirty of an idle 128 MiB HyperVM's QEMU (median of "
+        f"{IDLE_COUNT} at once); runsc_idle_*: sentry + gofer + ptrace stubs of an idle "
+        "`sleep` sandbox, summed")
+    doc["peers"] = peer_table(doc)
+    doc.setdefault("details", {})["peers"] = measured
+
+
+#: rows of the peer table: figure -> (hypervm key or value path, runsc, runc)
+def peer_table(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every peer figure by sandbox, with its ratio to runc."""
+    def per_kind(key: str) -> dict[str, Any]:
+        value = doc.get(key) or {}
+        return {k: value.get(k) for k in ("hypervm", "runsc", "runc")}
+
+    rows: dict[str, dict[str, Any]] = {
+        "start p50 (s)": {"hypervm cold": doc.get("cold_launch_p50_s"),
+                          "hypervm warm": doc.get("warm_launch_p50_s"),
+                          "runsc": doc.get("runsc_start_p50_s"),
+                          "runc": doc.get("runc_start_p50_s")},
+        "run true p50 (s)": {"hypervm cold": doc.get("run_true_p50_s"),
+                             "hypervm warm": doc.get("run_true_pool_p50_s"),
+                             "runsc": doc.get("runsc_run_true_p50_s"),
+                             "runc": doc.get("runc_run_true_p50_s")},
+        "idle PSS (MiB)": {"hypervm": doc.get("idle_vm_qemu_pss_mib"),
+                           "runsc": doc.get("runsc_idle_pss_mib"),
+                           "runc": doc.get("runc_idle_pss_mib")},
+        "syscall workload (s)": per_kind("syscall_workload_s"),
+        "pipe workload (s)": per_kind("pipe_workload_s"),
+        "network (MB/s)": per_kind("network_mb_s"),
+    }
+    for row in rows.values():
+        base = row.get("runc")
+        row["ratio_to_runc"] = {k: ratio(v, base) for k, v in row.items() if k != "runc"}
+    return rows
+
+
+def peer_lines(doc: dict[str, Any]) -> list[str]:
+    """The peer table as text (value, and x runc)."""
+    table = doc.get("peers") or {}
+    lines = [f"{'peers (x runc)':24} " + "  ".join(f"{k:>20}" for k in
+             ("hypervm cold", "hypervm warm", "runsc", "runc"))]
+    for name, row in table.items():
+        cells = []
+        for kind in ("hypervm cold", "hypervm warm", "runsc", "runc"):
+            key = "hypervm" if kind == "hypervm cold" and kind not in row else kind
+            value = row.get(key)
+            times = row.get("ratio_to_runc", {}).get(key)
+            cells.append("-" if value is None else
+                         f"{value:g}" + ("" if times is None else f" ({times:g}x)"))
+        lines.append(f"{name:24} " + "  ".join(f"{c:>20}" for c in cells))
+    return lines
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """Run only the peer part (a partial result)."""
+    import argparse
+
+    from bench import images, launch, results, suite
+    from bench.results import git_commit, machine_info
+
+    parser = argparse.ArgumentParser(prog="python -m bench.peersuite")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=results.RESULTS_DIR / "peers-partial.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("vmimage", "executor", "tests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    rounds, runs = (2, 1) if args.quick else (10, 3)
+    env = VMEnv.load()
+    doc: dict[str, Any] = {"partial": True, "mode": "peers-only", "machine":
+                           machine_info(env.accel), "commit": git_commit(suite.REPO)}
+    with images.serve_images(None, with_work=True) as imgs:
+        layers, _ = images.warm_shared_cache(env.cfg, imgs.busybox_ref, 0)
+        work_layers, _ = images.warm_shared_cache(env.cfg, imgs.work_ref, 0)
+        samples: dict[str, list[float]] = {}
+        with mounted_layer(layers[0]) as lower, oci_root(lower) as root, \
+                PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool:
+            for _ in range(rounds):
+                pr.round()
+                suite._fill_pool(pool)
+                samples.setdefault("hypervm run true (pool)", []).append(
+                    run_true_pooled(imgs.busybox_ref, pool.cfg.pool_socket))
+                samples.setdefault("cold launch", []).append(
+                    launch.launch_once(imgs.busybox_ref).running_s)
+            samples.update(pr.samples)
+            measured = measure(env, root, layers, imgs.work_ref, work_layers[0], runs)
+    doc["cold_launch_p50_s"] = round(summarize(samples["cold launch"]).p50, 4)
+    fill(doc, samples, measured)
+    doc["details"]["samples"] = samples
+    doc["machine"]["loadavg_after"] = list(os.getloadavg())
+    results.write(doc, args.out)
+    print("\n".join(peer_lines(doc)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main())
+
