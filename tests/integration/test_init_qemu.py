@@ -455,27 +455,27 @@ def test_signal_kills_main_process_through_the_reaper(guest: Guest) -> None:
 def test_a_tty_process_gets_a_terminal_its_size_and_eof(guest: Guest) -> None:
     chan = guest.chan
     assert chan is not None
-    start(chan, "tty", 40, "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo is-tty; echo to-err >&2; "
+    start(chan, "tty", 140, "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo is-tty; echo to-err >&2; "
                            "read go; stty size; cat; echo after-eof", tty=True, stdin=True)
-    chan.wait_output(40, b"to-err")
-    assert chan.ok(MsgType.RESIZE, {"handle": 40, "rows": 33, "cols": 111}) == {}
-    chan.send_raw(encode(MsgType.STDIN, 40, b"go\n"))
-    chan.wait_output(40, b"33 111\r\n")
-    chan.send_raw(encode(MsgType.STDIN, 40, b"typed\n"))
-    chan.wait_output(40, b"typed\r\n")
-    chan.send_raw(encode(MsgType.STDIN, 40, b""))  # a terminal's EOF: ^D ends cat
-    proc = chan.wait_exit(40)
+    chan.wait_output(140, b"to-err")
+    assert chan.ok(MsgType.RESIZE, {"handle": 140, "rows": 33, "cols": 111}) == {}
+    chan.send_raw(encode(MsgType.STDIN, 140, b"go\n"))
+    chan.wait_output(140, b"33 111\r\n")
+    chan.send_raw(encode(MsgType.STDIN, 140, b"typed\n"))
+    chan.wait_output(140, b"typed\r\n")
+    chan.send_raw(encode(MsgType.STDIN, 140, b""))  # a terminal's EOF: ^D ends cat
+    proc = chan.wait_exit(140)
     assert proc.exit == {"status": 0, "signal": None}
     assert b"is-tty\r\nto-err\r\n" in proc.stdout and proc.stdout.endswith(b"after-eof\r\n")
     assert bytes(proc.stderr) == b""  # one terminal: everything comes as STDOUT
 
-    start(chan, "notty", 41, "echo up; exec sleep 1000")
-    chan.wait_output(41, b"up\n")
-    assert chan.error(MsgType.RESIZE, {"handle": 41, "rows": 24, "cols": 80})["code"] == "EINVAL"
-    assert chan.error(MsgType.RESIZE, {"handle": 41, "rows": 0, "cols": 80})["code"] == "EINVAL"
+    start(chan, "notty", 141, "echo up; exec sleep 1000")
+    chan.wait_output(141, b"up\n")
+    assert chan.error(MsgType.RESIZE, {"handle": 141, "rows": 24, "cols": 80})["code"] == "EINVAL"
+    assert chan.error(MsgType.RESIZE, {"handle": 141, "rows": 0, "cols": 80})["code"] == "EINVAL"
     assert chan.error(MsgType.RESIZE, {"handle": 99, "rows": 24, "cols": 80})["code"] == "ESRCH"
-    chan.ok(MsgType.SIGNAL, {"handle": 41, "signal": 9})
-    assert chan.wait_exit(41).exit == {"status": None, "signal": 9}
+    chan.ok(MsgType.SIGNAL, {"handle": 141, "signal": 9})
+    assert chan.wait_exit(141).exit == {"status": None, "signal": 9}
 
 
 def test_containers_are_isolated_but_share_the_network(guest: Guest) -> None:
