@@ -107,6 +107,20 @@ class Ensemble:
             if (self.workdir / f"zk{i + 1}" / "server.log").exists())
 
 
+@contextlib.contextmanager
+def client_of(ensemble: Ensemble) -> Any:
+    """A started kazoo client of ``ensemble``, stopped and closed afterwards."""
+    from kazoo.client import KazooClient  # the test extra's kazoo, only where ZooKeeper runs
+
+    client = KazooClient(ensemble.hosts)
+    client.start(timeout=20)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
 def master_info(port: int) -> dict[str, Any]:
     """A ``MasterInfo`` as Mesos 1.11 writes it to ``json.info_*`` (JSON of the protobuf; ``ip``
     is the IPv4 address as a uint32 in network byte order)."""

@@ -19,7 +19,7 @@ import pytest
 from tests.mesos.fixtures import master_factory  # noqa: F401
 from tests.mesos.master import MasterDouble
 from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
-from tests.mesos.zookeeper import Ensemble, available, register_master
+from tests.mesos.zookeeper import Ensemble, available, client_of, register_master
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150),
               pytest.mark.skipif(not available(), reason="needs Debian's zookeeper package")]
@@ -59,13 +59,8 @@ def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ensemble]:
 
 @pytest.fixture
 def zk_client(ensemble: Ensemble) -> Iterator[Any]:
-    from kazoo.client import KazooClient
-
-    client = KazooClient(ensemble.hosts)
-    client.start(timeout=20)
-    yield client
-    client.stop()
-    client.close()
+    with client_of(ensemble) as client:
+        yield client
 
 
 Group = tuple[MasterDouble, list[HaScheduler]]

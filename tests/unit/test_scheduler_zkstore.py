@@ -15,7 +15,7 @@ from scheduler.service import Workloads
 from scheduler.store import InstanceKey, LaunchRecord
 from scheduler.tenants import Quota, Tenant, hash_token
 from scheduler.zkstore import LeadershipLost, ZkStore
-from tests.mesos.zookeeper import Ensemble, available
+from tests.mesos.zookeeper import Ensemble, available, client_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90),
               pytest.mark.skipif(not available(), reason="needs Debian's zookeeper package")]
@@ -35,13 +35,8 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ensemble]:
 
 @pytest.fixture
 def zk(zookeeper: Ensemble) -> Iterator[Any]:
-    from kazoo.client import KazooClient
-
-    client = KazooClient(zookeeper.hosts)
-    client.start(timeout=20)
-    yield client
-    client.stop()
-    client.close()
+    with client_of(zookeeper) as client:
+        yield client
 
 
 @pytest.fixture
