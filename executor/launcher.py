@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from executor.pool.adopt import claim_vm
@@ -83,10 +82,6 @@ class Launcher:
         ``auth``: a tenant's pull, whose cache hits the registry must authorize."""
         return self.images.resolve(ref, policy, auth)
 
-    def layers(self, ref: str) -> Sequence[Path]:
-        """The layer files of ``ref`` as a launch resolves them (the pool's image VMs)."""
-        return self.resolve(ref).layers
-
     def user_resolver(self, image: Image) -> Callable[[str], tuple[int, int, tuple[int, ...]]]:
         """``user[:group]`` → ids through the image's /etc/passwd and /etc/group."""
         return lambda spec: self.images.resolve_user(image, spec)
@@ -95,11 +90,3 @@ class Launcher:
         """The image's process with the caller's overrides (hypervm.imageprocess)."""
         return image_process(image.config, self.user_resolver(image), image_name=image.ref,
                              **overrides)
-
-    @contextlib.contextmanager
-    def booted(self, pod: PodSpec, *, hypervisor: Any = None,
-               timeout: float = DEFAULT_BOOT_TIMEOUT) -> Iterator[HyperVM]:
-        """:func:`boot_vm`, destroyed when the block ends."""
-        vm = boot_vm(self.cfg, pod, hypervisor=hypervisor, timeout=timeout)
-        with vm:
-            yield vm
