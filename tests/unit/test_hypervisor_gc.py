@@ -163,3 +163,18 @@ def test_gc_command_registers_and_prints(
     assert hv.destroyed == ["hypervm-dead"]
     assert cli.main(["gc", "--dry-run", "--all"]) == 0
     assert "would destroy hypervm-dead (--all)" in capsys.readouterr().out
+
+
+def test_gc_removes_exec_sockets_nobody_serves(cfg: HostConfig) -> None:
+    import socket
+
+    from executor.mesos.exec_socket import socket_path
+
+    stale = socket_path(cfg, "task-of-a-killed-executor")
+    stale.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(stale))  # bound, never listening: what a dead executor leaves
+    report = collect_garbage(cfg, FakeHypervisor([]), dry_run=True)  # type: ignore[arg-type]
+    assert report.removed_sockets == [stale] and stale.exists()
+    report = collect_garbage(cfg, FakeHypervisor([]))  # type: ignore[arg-type]
+    assert report.removed_sockets == [stale] and not stale.exists()
