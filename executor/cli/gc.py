@@ -1,5 +1,6 @@
 """``hypervm gc``: destroy our VMs whose owner process is gone and remove their run dirs, and
-the exec sockets of Mesos tasks whose executor was killed (executor.mesos.exec_socket).
+the exec sockets of Mesos tasks whose executor was killed (executor.mesos.exec_socket), and the
+ACL entries on ``run -v`` directories of VMs whose owner was killed (executor.volume_access).
 
 Domains are created auto-destroyed, so a dead owner normally takes its VM with it; gc catches
 what slips through (libvirtd restarted, a domain defined by hand, a run dir left by a crash).
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor import volume_access
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import (
     ORPHAN_DIR_GRACE_S,
@@ -37,6 +39,8 @@ class GcReport:
     removed_dirs: list[Path] = field(default_factory=list)
     #: ``hypervm exec --task`` sockets nobody serves
     removed_sockets: list[Path] = field(default_factory=list)
+    #: volume ACL entries of VMs that no longer run
+    released_grants: list[volume_access.Grant] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     #: disk images the kept domains use: the image cache's gc must keep them
     in_use: set[Path] = field(default_factory=set)
@@ -85,6 +89,7 @@ def collect_garbage(
         if _remove_dir(cfg.vms_dir / name, dry_run):
             report.removed_dirs.append(cfg.vms_dir / name)
     report.removed_sockets = remove_stale_sockets(cfg, dry_run=dry_run)
+    report.released_grants = volume_access.release_stale(cfg, dry_run=dry_run)
     return report
 
 
@@ -96,8 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gc",
         help="destroy leftover HyperVMs and remove their files",
         description="Destroy the HyperVMs whose owner process is gone (or all with --all) and "
-        "remove their run directories, and the exec sockets of Mesos tasks whose executor is "
-        "gone.",
+        "remove their run directories, the exec sockets of Mesos tasks whose executor is "
+        "gone, and the ACL entries on volumes (run -v) of VMs that no longer run.",
     )
     p.add_argument(
         "--all",
@@ -120,7 +125,11 @@ def gc_command(args: argparse.Namespace) -> int:
         print(f"{verb} {leftover.name} ({leftover.reason})")
     for path in report.removed_dirs + report.removed_sockets:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}")
-    if not report.destroyed and not report.removed_dirs and not report.removed_sockets:
+    for grant in report.released_grants:
+        print(f"{'would take' if args.dry_run else 'took'} the ACL entry of {grant.domain} "
+              f"(uid {grant.uid}) off {grant.path}")
+    if not (report.destroyed or report.removed_dirs or report.removed_sockets
+            or report.released_grants):
         print(f"nothing to remove ({len(report.kept)} HyperVMs with a live owner)")
     if not args.dry_run:
         prune_image_cache(cfg, report.in_use, drop_tagged=args.images)

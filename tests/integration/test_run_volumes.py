@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.cli.volume_access import ACL_XATTR
+from executor.volume_access import ACL_XATTR
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
