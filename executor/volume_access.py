@@ -4,8 +4,9 @@ Each VM's QEMU runs as a uid of its own (executor.libvirt.identity), so a direct
 shares keeps its owner and mode and gets, for the VM's lifetime, one POSIX ACL entry for that uid
 (``r-x`` for ``:ro``, ``rwx`` otherwise). Only the directory itself: what the guest creates in it
 belongs to the VM's uid; existing files keep their own permissions (as a bind mount of another
-user's files would). The VM's owner holds the grant: the foreground ``run``, or the supervisor of
-a detached one (executor.supervisor).
+user's files would). The VM's owner holds the grant (:class:`VolumeHold`) from before its QEMU
+starts to after it ends: the foreground ``run``, or the supervisor of a detached one
+(executor.supervisor).
 
 When the VM ends only its own entry is taken off: another VM sharing the directory keeps its
 own. Once no VM uid (``HYPERVM_VM_UID_RANGE``) is left, the operator's ACL is as it was (its
@@ -29,7 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from executor.libvirt import identity
-from executor.vm import HyperVM
 from hypervm.config import HostConfig
 from hypervm.errors import HostError, InvalidSpec
 from hypervm.podspec import Mount
@@ -275,11 +275,35 @@ def _take_off(fd: int, directory: Path | str, uid: int, kept_by: Keeper | None,
         log.warning("cannot take the VM's ACL entry (uid %d) off %s: %s", uid, directory, e)
 
 
-def granted_to(cfg: HostConfig, vm: HyperVM,
-               mounts: Iterable[Mount]) -> contextlib.AbstractContextManager[None]:
-    """:func:`granted` to the uid ``vm``'s QEMU runs as, recorded for ``hypervm gc``."""
-    return granted(vm.identity.uid if vm.identity is not None else None, mounts, vm.name,
-                   keeper(cfg))
+class VolumeHold:
+    """The ACL entries of one VM's ``-v`` directories, recorded for ``hypervm gc``: taken when
+    its QEMU user is known and before QEMU starts (QEMU opens a 9p share's directory as it
+    starts; pass :meth:`before_shares` to ``boot_vm``), held until :meth:`close`."""
+
+    def __init__(self, cfg: HostConfig, mounts: Iterable[Mount]) -> None:
+        self._keeper = keeper(cfg)
+        self._mounts = tuple(mounts)
+        self._held = contextlib.ExitStack()
+
+    def before_shares(self, pair: tuple[int, int] | None) -> None:
+        """HyperVM's hook: ``pair`` is the VM's uid:gid (None: libvirt's shared user, whose
+        access the operator's modes govern). Called again for a cold boot after a failed
+        claim: each uid's entries are held."""
+        if pair is None:
+            return
+        domain = identity.in_use().get(pair[0])
+        if domain is None:  # allocate() reserved it for the domain: cannot happen
+            raise HostError(f"uid {pair[0]} has no reservation in {identity.REGISTRY}")
+        self._held.enter_context(granted(pair[0], self._mounts, domain, self._keeper))
+
+    def close(self) -> None:
+        self._held.close()
+
+    def __enter__(self) -> VolumeHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,

@@ -172,8 +172,8 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
             boot_timeout: float = 60.0, on_booted: Callable[[], object] | None = None) -> int:
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
-    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm, \
-            volume_access.granted_to(cfg, vm, container.mounts):
+    with StopRequest() as stop, volume_access.VolumeHold(cfg, container.mounts) as hold, \
+            boot_vm(cfg, pod, timeout=boot_timeout, before_shares=hold.before_shares) as vm:
         if on_booted is not None:
             on_booted()
         if stop.event.is_set():

@@ -13,7 +13,6 @@ the run's grace period).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from executor.session import (
 from executor.supervisor.box import Box, add_event, now
 from executor.supervisor.logfile import LogWriter
 from executor.vm import HyperVM
-from executor.volume_access import granted_to
+from executor.volume_access import VolumeHold
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError
 from hypervm.podspec import Container, PodSpec
@@ -69,7 +68,7 @@ class Supervisor:
         self._state_lock = threading.Lock()
         self.vm: HyperVM | None = None
         #: what the VM holds while it runs: its volumes' ACL entries
-        self.held = contextlib.ExitStack()
+        self.held = VolumeHold(cfg, self.container.mounts)
         self.running = RunningProcess()
         self.recorded = threading.Event()  # the exit is in the state
         self.stop_requested = threading.Event()
@@ -101,15 +100,15 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stop_requested.set())
         try:
-            vm = boot_vm(self.cfg, self.pod, timeout=self.boot_timeout)
-        except HyperVMError as e:
-            return self._failed(ready_fd, str(e), 125)
-        with vm, self.held:
-            self.vm = vm
-            try:
-                self.held.enter_context(granted_to(self.cfg, vm, self.container.mounts))
-            except HyperVMError as e:
+            vm = boot_vm(self.cfg, self.pod, timeout=self.boot_timeout,
+                         before_shares=self.held.before_shares)
+        except BaseException as e:
+            self.held.close()
+            if isinstance(e, HyperVMError):
                 return self._failed(ready_fd, str(e), 125)
+            raise
+        with self.held, vm:
+            self.vm = vm
             self.update("start", id=vm.name, status="running", started=now())
             try:
                 self.running.handle = vm.start(

@@ -117,3 +117,16 @@ def test_without_user_keeps_other_vms_and_the_operators() -> None:
     acl = [*base, (va._USER, 7, A), (va._USER, 6, OPERATOR), (mask, 7, x)]
     assert va.without_user(acl, A, is_vm, 4) == [*base, (va._USER, 6, OPERATOR), (mask, 4, x)]
     assert va.without_user(acl, A, is_vm, None) == [*base, (va._USER, 6, OPERATOR), (mask, 7, x)]
+
+
+def test_a_vm_holds_its_entries_from_before_its_qemu_starts(
+        cfg: HostConfig, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(va.identity, "in_use", lambda: {A: "hypervm-a"})
+    mounts = [Mount(type="9p", destination="/d", source=shared)]
+    with va.VolumeHold(cfg, mounts) as hold:
+        hold.before_shares(None)  # QEMU as libvirt's shared user: the operator's modes rule
+        assert _users(shared) == {}
+        hold.before_shares((A, A))  # boot_vm calls this before QEMU opens the share
+        assert _users(shared) == {A: 7}
+        assert va.release_stale(cfg, runs=lambda domain: domain == "hypervm-a") == []
+    assert _users(shared) == {} and stat.S_IMODE(shared.stat().st_mode) == 0o700
