@@ -307,17 +307,17 @@ class VolumeHold:
 
 
 def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,
-                  dry_run: bool = False) -> list[Grant]:
+                  dry_run: bool = False, only: str | None = None) -> list[Grant]:
     """Take off the entries of VMs that no longer run (``runs(domain)`` False), whose owner was
-    killed before it could; the grants released. A directory replaced since (another inode)
-    keeps nothing of ours: only its record goes."""
+    killed before it could (``only``: of that domain alone); the grants released. A directory
+    replaced since (another inode) keeps nothing of ours: only its record goes."""
     kept_by = keeper(cfg)
     if not kept_by.records.is_dir():
         return []
     released = []
     with _locked(kept_by.records):
         for record, grant in _records(kept_by.records):
-            if runs(grant.domain):
+            if (only is not None and grant.domain != only) or runs(grant.domain):
                 continue
             released.append(grant)
             if dry_run:

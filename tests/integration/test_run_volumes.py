@@ -155,8 +155,9 @@ def test_detached_read_only_volume_cannot_be_written(busybox_rootfs: Path, priva
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
 
 
-def test_a_killed_supervisors_entry_is_taken_off_by_gc(busybox_rootfs: Path, private_dir: Path,
-                                                       names: list[str]) -> None:
+def test_a_killed_supervisors_entry_is_taken_off_by_gc_or_rm(busybox_rootfs: Path,
+                                                              private_dir: Path,
+                                                              names: list[str]) -> None:
     name = _detached(names, "vol-kill", busybox_rootfs, f"{private_dir}:/data",
                      "exec sleep 600")
     state = json.loads(run_hypervm("inspect", name).stdout)[0]
@@ -164,7 +165,12 @@ def test_a_killed_supervisors_entry_is_taken_off_by_gc(busybox_rootfs: Path, pri
     os.kill(state["supervisor_pid"], signal.SIGKILL)  # nothing of ours runs to take it off
     _wait_for(lambda: state["id"] not in our_domains())  # libvirt destroys its VM
     assert len(_vm_users(private_dir)) == 1
-    released = release_stale(config_from_env())  # what hypervm gc does for volumes
-    assert state["id"] in [g.domain for g in released]
+    # what hypervm gc would take off (gc itself would touch the whole host's VMs and cache)
+    stale = release_stale(config_from_env(), dry_run=True)
+    assert state["id"] in [g.domain for g in stale]
+    assert len(_vm_users(private_dir)) == 1
+    removed = run_hypervm("rm", name)  # rm of the dead container takes its entries off too
+    assert removed.returncode == 0, removed.stderr.decode()
     assert ACL_XATTR not in os.listxattr(private_dir)
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
+    assert state["id"] not in [g.domain for g in release_stale(config_from_env(), dry_run=True)]
