@@ -13,7 +13,8 @@ own. Once no VM uid (``HYPERVM_VM_UID_RANGE``) is left, the operator's ACL is as
 mask, or no ACL and the mode as it was). Every grant is recorded (``STATE_DIR/volume-grants/``,
 which survives a reboot as the ACL does) under one flock, which also orders concurrent grants on
 a directory; an owner killed by SIGKILL leaves its record and entry, which ``hypervm gc`` takes
-off once the record's VM no longer runs (:func:`release_stale`).
+off once the record's VM no longer runs and the record is older than a boot could take
+(:func:`release_stale`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -176,12 +178,14 @@ def granted(uid: int | None, mounts: Iterable[Mount], domain: str = "",
     runs, recorded in ``kept_by`` (None: unrecorded, every other uid counts as the
     operator's). No-op for None: QEMU runs as libvirt's shared user, which the operator's
     modes govern."""
+    perms: dict[Path, int] = {}  # one directory shared twice (ro and rw): one rwx entry
+    for mount in mounts:
+        if mount.type == "9p" and mount.source is not None and not mount.owned:
+            perms[mount.source] = perms.get(mount.source, 0) | (5 if mount.readonly else 7)
     with contextlib.ExitStack() as stack:
         if uid is not None:
-            for mount in mounts:
-                if mount.type == "9p" and mount.source is not None and not mount.owned:
-                    stack.enter_context(_grant(mount.source, uid, 5 if mount.readonly else 7,
-                                               domain, kept_by))
+            for source, perm in perms.items():
+                stack.enter_context(_grant(source, uid, perm, domain, kept_by))
         yield
 
 
@@ -307,17 +311,26 @@ class VolumeHold:
 
 
 def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,
-                  dry_run: bool = False, only: str | None = None) -> list[Grant]:
+                  dry_run: bool = False, only: str | None = None,
+                  grace: float = identity.RESERVATION_GRACE_S) -> list[Grant]:
     """Take off the entries of VMs that no longer run (``runs(domain)`` False), whose owner was
-    killed before it could (``only``: of that domain alone); the grants released. A directory
-    replaced since (another inode) keeps nothing of ours: only its record goes."""
+    killed before it could (``only``: of that domain alone); the grants released. A record
+    younger than ``grace`` stands (its VM's QEMU may not have started yet: the entry comes
+    first). A directory replaced since (another inode) keeps nothing of ours: only its record
+    goes."""
     kept_by = keeper(cfg)
     if not kept_by.records.is_dir():
         return []
     released = []
+    now = time.time()
     with _locked(kept_by.records):
         for record, grant in _records(kept_by.records):
             if (only is not None and grant.domain != only) or runs(grant.domain):
+                continue
+            try:
+                if now - record.stat().st_mtime < grace:
+                    continue
+            except OSError:
                 continue
             released.append(grant)
             if dry_run:

@@ -112,8 +112,10 @@ def rm_command(args: argparse.Namespace) -> int:
                                    f"rm -f {name}")
             force_end(box)
         vm_id = box.read().get("id")
-        if isinstance(vm_id, str) and not box.supervisor_alive():  # a SIGKILLed supervisor's
-            volume_access.release_stale(cfg, only=vm_id)  # volume ACL entries (else gc)
+        if isinstance(vm_id, str) and not box.supervisor_alive():
+            # a SIGKILLed supervisor's volume ACL entries (else gc's); its VM had started
+            # (it has an id), so no grace for a QEMU yet to start
+            volume_access.release_stale(cfg, only=vm_id, grace=0)
         box.remove()
         print(name)
     return 0

@@ -166,11 +166,12 @@ def test_a_killed_supervisors_entry_is_taken_off_by_gc_or_rm(busybox_rootfs: Pat
     _wait_for(lambda: state["id"] not in our_domains())  # libvirt destroys its VM
     assert len(_vm_users(private_dir)) == 1
     # what hypervm gc would take off (gc itself would touch the whole host's VMs and cache)
-    stale = release_stale(config_from_env(), dry_run=True)
+    stale = release_stale(config_from_env(), dry_run=True, grace=0)
     assert state["id"] in [g.domain for g in stale]
     assert len(_vm_users(private_dir)) == 1
     removed = run_hypervm("rm", name)  # rm of the dead container takes its entries off too
     assert removed.returncode == 0, removed.stderr.decode()
     assert ACL_XATTR not in os.listxattr(private_dir)
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
-    assert state["id"] not in [g.domain for g in release_stale(config_from_env(), dry_run=True)]
+    left = release_stale(config_from_env(), dry_run=True, grace=0)
+    assert state["id"] not in [g.domain for g in left]

@@ -76,15 +76,15 @@ def test_gc_takes_off_the_entry_of_a_vm_whose_owner_was_killed(cfg: HostConfig,
                                                                shared: Path) -> None:
     abandoned = _grant(cfg, A, "hypervm-a", shared)
     abandoned.__enter__()  # its owner is SIGKILLed: it never exits the block
-    assert va.release_stale(cfg, runs=lambda domain: True) == []  # the VM still runs
+    assert va.release_stale(cfg, runs=lambda domain: True, grace=0) == []  # the VM still runs
     assert _users(shared) == {A: 7}
-    [grant] = va.release_stale(cfg, runs=lambda domain: False, dry_run=True)
+    [grant] = va.release_stale(cfg, runs=lambda domain: False, dry_run=True, grace=0)
     assert (grant.domain, grant.uid, grant.path) == ("hypervm-a", A, str(shared))
     assert _users(shared) == {A: 7}
-    assert va.release_stale(cfg, runs=lambda domain: False) == [grant]
+    assert va.release_stale(cfg, runs=lambda domain: False, grace=0) == [grant]
     assert va.ACL_XATTR not in os.listxattr(shared)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o700
-    assert va.release_stale(cfg, runs=lambda domain: False) == []
+    assert va.release_stale(cfg, runs=lambda domain: False, grace=0) == []
     # the uid comes round to another VM sharing the same directory; the first owner's late
     # exit (its record gone) must not take the new VM's entry off
     with _grant(cfg, A, "hypervm-c", shared):
@@ -100,7 +100,7 @@ def test_gc_leaves_a_replaced_directory_alone(cfg: HostConfig, shared: Path,
     shared.rename(tmp_path / "moved")
     shared.mkdir()
     os.setxattr(shared, va.ACL_XATTR, os.getxattr(tmp_path / "moved", va.ACL_XATTR))
-    assert len(va.release_stale(cfg, runs=lambda domain: False)) == 1
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
     assert _users(shared) == {A: 7}  # another directory now: not ours to change
     assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
 
@@ -128,5 +128,25 @@ def test_a_vm_holds_its_entries_from_before_its_qemu_starts(
         assert _users(shared) == {}
         hold.before_shares((A, A))  # boot_vm calls this before QEMU opens the share
         assert _users(shared) == {A: 7}
-        assert va.release_stale(cfg, runs=lambda domain: domain == "hypervm-a") == []
+        assert va.release_stale(cfg, runs=lambda domain: domain == "hypervm-a", grace=0) == []
     assert _users(shared) == {} and stat.S_IMODE(shared.stat().st_mode) == 0o700
+
+
+def test_gc_leaves_a_fresh_entry_whose_qemu_has_not_started(cfg: HostConfig,
+                                                            shared: Path) -> None:
+    with _grant(cfg, A, "hypervm-booting", shared):  # the entry comes before QEMU starts
+        assert va.release_stale(cfg, runs=lambda domain: False) == []
+        assert _users(shared) == {A: 7}
+        [record] = (cfg.state_dir / "volume-grants").glob("*.json")
+        os.utime(record, (0, 0))  # long ago: its VM never came, or is gone
+        assert len(va.release_stale(cfg, runs=lambda domain: False)) == 1
+        assert _users(shared) == {}
+
+
+def test_one_directory_shared_read_only_and_read_write_gets_one_rwx_entry(
+        cfg: HostConfig, shared: Path) -> None:
+    mounts = [Mount(type="9p", destination="/ro", source=shared, readonly=True),
+              Mount(type="9p", destination="/rw", source=shared)]
+    with va.granted(A, mounts, "hypervm-a", va.keeper(cfg)):
+        assert _users(shared) == {A: 7}
+    assert _users(shared) == {}
