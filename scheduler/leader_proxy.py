@@ -5,10 +5,10 @@
 is needed, like every call); ``DELETE /v2/leader`` goes to the leader, which abdicates, or
 gets Marathon's ``404`` while there is none. Everything else goes to the local API once this
 scheduler leads (``local`` is set), and is forwarded as it came (method, path, query, headers,
-body) to the leader otherwise - Marathon's standbys proxy the same way. A forwarded request carries
-``X-HyperVM-Forwarded-By``; a scheduler that gets one and does not lead answers 503 instead of
-forwarding again (no loops while leadership moves). No leader, or one that does not answer: 503
-with ``Retry-After``.
+body) to the leader otherwise - Marathon's standbys proxy the same way. A forwarded request
+carries ``X-HyperVM-Forwarded-By``; a scheduler that gets one and does not lead answers 503
+instead of forwarding again (no loops while leadership moves). No leader, or one that does not
+answer: 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
