@@ -33,7 +33,7 @@ from executor.libvirt.domain import DiskSpec
 from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool import claim as binder
 from executor.pool.protocol import FIRST_POD_UNIT
-from executor.snapshot import template
+from executor.snapshot import store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
 from hypervm.config import HostConfig
@@ -103,7 +103,11 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> dict[str, A
     hv.prepare_run_dir(vm.run_dir, spec.identity)
     (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
     hv.create(spec)
-    migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+    try:
+        migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+    except HyperVMError:
+        store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: make it anew
+        raise
     ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT), LOAD_TIMEOUT,
                               snap.ready)
     # before anything else runs in it: its kernel RNG is the template's until now

@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 #: bump when what a snapshot holds, or how it is made, changes
 FORMAT = 1
 DIR_MODE = 0o700
+#: after a failed template, launches of its shape boot cold this long before one tries again
+RETRY_FAILED_S = 300.0
 #: placeholders the key's XML is built with (a template's real ones are random)
 _KEY_NAME = "hypervm-template"
 _KEY_RUN_DIR = Path("/nonexistent/template")
@@ -76,7 +79,19 @@ def snapshot_key(boot: BootFiles, cfg: HostConfig, shape: Shape) -> str:
     spec = pool_domain(_KEY_NAME, boot, cfg, _KEY_RUN_DIR, shape.vcpus, shape.memory_mib, {})
     digest = hashlib.sha256(f"hypervm-snapshot {FORMAT}\n".encode())
     digest.update(domain_xml(spec).encode())
+    digest.update(_emulator_identity(boot).encode())
     return digest.hexdigest()[:24]
+
+
+def _emulator_identity(boot: BootFiles) -> str:
+    """The QEMU binary as it is now: Debian's keeps its path across upgrades, and a stream
+    saved by one QEMU need not load into another (the ``pc`` machine type moves on)."""
+    try:
+        st = os.stat(boot.qemu.path)
+    except OSError:
+        st = None
+    stamp = f"{st.st_size}:{st.st_mtime_ns}" if st is not None else "absent"
+    return f"\nqemu {boot.qemu.path} {boot.qemu.version} {boot.qemu.key} {stamp}"
 
 
 def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
@@ -134,11 +149,42 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
         raise
 
 
+def record_failure(cfg: HostConfig, key: str, reason: str) -> None:
+    """Remember that the template of ``key`` failed (see :func:`check_not_failed`)."""
+    path = _root(cfg) / f"{key}.failed"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(reason[:1000])
+
+
+def check_not_failed(cfg: HostConfig, key: str, now: float | None = None) -> None:
+    """HostError while the template of ``key`` failed less than RETRY_FAILED_S ago."""
+    path = _root(cfg) / f"{key}.failed"
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+        reason = path.read_text()
+    except FileNotFoundError:
+        return
+    if age < RETRY_FAILED_S:
+        raise HostError(f"the template of this shape failed {age:.0f} s ago ({reason}); "
+                        f"next try in {RETRY_FAILED_S - age:.0f} s")
+    path.unlink(missing_ok=True)
+
+
 def write_meta(directory: Path, template: str, ready: dict[str, Any]) -> None:
     fd = os.open(directory / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"format": FORMAT, "template": template, "ready": ready}, f)
+
+
+def discard(cfg: HostConfig, snapshot: Snapshot) -> None:
+    """Remove an entry that did not load (the next launch of its shape makes a new one);
+    clones loading from it keep their open file."""
+    with locked(cfg):
+        shutil.rmtree(snapshot.state.parent, ignore_errors=True)
+    log.warning("snapshot %s did not load: removed", snapshot.state.parent.name)
 
 
 def remove(cfg: HostConfig) -> None:

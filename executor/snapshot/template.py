@@ -45,10 +45,15 @@ def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape) -> Snapshot:
         found = store.lookup(cfg, key)
         if found is not None:
             return found
+        store.check_not_failed(cfg, key)  # every launch of the shape would wait for it again
         started = time.monotonic()
-        with store.writing(cfg, key) as (fd, tmp):
-            name, ready = _boot_and_save(cfg, boot, hv, shape, fd)
-            store.write_meta(tmp, name, ready)
+        try:
+            with store.writing(cfg, key) as (fd, tmp):
+                name, ready = _boot_and_save(cfg, boot, hv, shape, fd)
+                store.write_meta(tmp, name, ready)
+        except HyperVMError as e:
+            store.record_failure(cfg, key, str(e))
+            raise
         log.info("snapshot %s of a %d vCPU / %d MiB template made in %.2f s", key,
                  shape.vcpus, shape.memory_mib, time.monotonic() - started)
     made = store.lookup(cfg, key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from executor.snapshot import store
 from executor.snapshot.start import unfit_reason
 from executor.snapshot.store import Shape
 from hypervm.config import config_from_env
-from hypervm.errors import HypervisorError, InvalidSpec, ProtocolError
+from hypervm.errors import HostError, HypervisorError, InvalidSpec, ProtocolError
 from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from vmimage.boot import BootFiles
@@ -74,6 +75,15 @@ def test_key_is_stable_and_changes_with_the_shape_and_the_boot_files(cfg: Any) -
     assert key != store.snapshot_key(BOOT, no_reporting, Shape(1, 128))
 
 
+def test_key_changes_with_the_qemu_binary(cfg: Any, tmp_path: Path) -> None:
+    binary = tmp_path / "qemu-system-x86_64"
+    binary.write_bytes(b"v1")
+    boot = dataclasses.replace(BOOT, qemu=dataclasses.replace(DISTRO, path=binary))
+    key = store.snapshot_key(boot, cfg, Shape(1, 128))
+    binary.write_bytes(b"v2 upgraded")  # apt upgrades it in place
+    assert store.snapshot_key(boot, cfg, Shape(1, 128)) != key
+
+
 # -- the store ----------------------------------------------------------------------------------
 
 def test_an_entry_appears_whole_and_root_only(cfg: Any) -> None:
@@ -112,11 +122,31 @@ def test_an_entry_of_another_format_or_without_state_is_ignored(cfg: Any) -> Non
     assert store.lookup(cfg, "k3") is None
 
 
+def test_a_discarded_entry_is_gone(cfg: Any) -> None:
+    with store.locked(cfg), store.writing(cfg, "k4") as (_, tmp):
+        store.write_meta(tmp, "t", {})
+    entry = store.lookup(cfg, "k4")
+    assert entry is not None
+    store.discard(cfg, entry)
+    assert store.lookup(cfg, "k4") is None
+    assert not entry.state.parent.exists()
+
+
+def test_a_failed_template_is_not_retried_for_a_while(cfg: Any) -> None:
+    store.check_not_failed(cfg, "k5")
+    store.record_failure(cfg, "k5", "init 0.3.0 cannot reseed")
+    with pytest.raises(HostError, match="init 0.3.0 cannot reseed"):
+        store.check_not_failed(cfg, "k5")
+    later = time.time() + store.RETRY_FAILED_S + 1
+    store.check_not_failed(cfg, "k5", now=later)
+    store.check_not_failed(cfg, "k5")  # the record is gone
+
+
 def test_a_store_root_that_is_a_symlink_is_refused(cfg: Any, tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     store.snapshots_dir(cfg).parent.mkdir(parents=True)
     store.snapshots_dir(cfg).symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(Exception, match="not a directory of ours"):
+    with pytest.raises(HostError, match="not a directory of ours"):
         with store.locked(cfg):
             pass
 
