@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from executor import netpolicy, network
 from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import identity, migration
@@ -105,6 +106,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
                         res.memory_mib, pod_metadata(vm.pod),
                         identity=vm.identity.pair if vm.identity is not None else None)
+    # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
+    # nftables table that was in force when its template booted (a host reboot)
+    netpolicy.enforce(cfg, network.host_resolv_conf())
     hv.prepare_run_dir(vm.run_dir, spec.identity)
     (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
     hv.create(spec)

@@ -18,11 +18,17 @@ from executor.guest.protocol import MsgType, reseed_payload
 from executor.libvirt import migration
 from executor.libvirt.designer import INCOMING_ARGS, clone_domain, pool_domain
 from executor.libvirt.domain_xml import domain_xml
-from executor.snapshot import store
+from executor.snapshot import start, store, template
 from executor.snapshot.start import unfit_reason
 from executor.snapshot.store import Shape
 from hypervm.config import config_from_env
-from hypervm.errors import HostError, HypervisorError, InvalidSpec, ProtocolError
+from hypervm.errors import (
+    HostError,
+    HypervisorError,
+    InvalidSpec,
+    NetworkError,
+    ProtocolError,
+)
 from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from vmimage.boot import BootFiles
@@ -226,3 +232,41 @@ def test_snapshot_setting() -> None:
     assert config_from_env({"HYPERVM_SNAPSHOT": "on"}).use_snapshot is True
     with pytest.raises(InvalidSpec, match="HYPERVM_SNAPSHOT"):
         config_from_env({"HYPERVM_SNAPSHOT": "yes"})
+
+
+class FakeHypervisor:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.destroyed: list[str] = []
+
+    def confines_per_vm(self) -> bool:
+        return False
+
+    def prepare_run_dir(self, directory: Path, owner: Any = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def create(self, spec: Any) -> None:
+        self.created.append(spec.name)
+
+    def destroy(self, name: str) -> bool:
+        self.destroyed.append(name)
+        return True
+
+
+def test_no_clone_runs_without_the_network_policy(cfg: Any, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """A snapshot outlives the nftables table of its template's boot: every clone installs
+    the policy before its QEMU starts, and a clone whose policy cannot be installed never
+    starts (the launcher's cold boot then refuses the same way)."""
+    snap = store.Snapshot(state=tmp_path / "state", template="hypervm-template-1", ready={})
+    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+
+    def refuse(*a: Any) -> None:
+        raise NetworkError("cannot install the guests' network policy: no nf_tables")
+
+    monkeypatch.setattr(start.netpolicy, "enforce", refuse)
+    hv = FakeHypervisor()
+    pod = _pod(NetworkSpec())
+    assert start.start_vm(cfg, pod, hypervisor=hv, timeout=5, boot_files=BOOT) is None
+    assert hv.created == []
+    assert len(hv.destroyed) == 1  # nothing left behind
