@@ -128,6 +128,8 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
     ``meta.json`` in). Published by rename when the block ends without an error; removed
     otherwise. Call with :func:`locked` held."""
     root = _root(cfg)
+    for stale in root.glob(".*"):  # of a writer that died: the lock says none is writing now
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

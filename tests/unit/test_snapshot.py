@@ -117,6 +117,16 @@ def test_a_failed_entry_leaves_nothing(cfg: Any) -> None:
     assert sorted(p.name for p in store.snapshots_dir(cfg).iterdir()) == ["lock"]
 
 
+def test_a_dead_writers_leftovers_go_with_the_next_entry(cfg: Any) -> None:
+    root = store.snapshots_dir(cfg)
+    root.mkdir(parents=True, mode=0o700)
+    (root / ".k6.abc123").mkdir()
+    (root / ".k6.abc123" / "state").write_bytes(b"half a stream")
+    with store.locked(cfg), store.writing(cfg, "k7") as (_, tmp):
+        store.write_meta(tmp, "t", {})
+    assert sorted(p.name for p in root.iterdir()) == ["k7", "lock"]
+
+
 def test_an_entry_of_another_format_or_without_state_is_ignored(cfg: Any) -> None:
     with store.locked(cfg), store.writing(cfg, "k3") as (_, tmp):
         store.write_meta(tmp, "t", {})
