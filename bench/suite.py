@@ -150,13 +150,14 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                                        "warm launch": [], "warm launch (generic VM)": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
-                                       "hypervm run true (pool)": []}
+                                       "hypervm run true (pool)": [], "snapshot launch": []}
     loads: list[float] = []
     pool_rss: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
             peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds:
         container.run_once(root)
+        launch.launch_once(ref, snapshot=True)  # makes the snapshot of the shape if missing
         pools = {"warm launch": image_pool, "warm launch (generic VM)": pool}
         if plan.warm_up:
             rawboot.boot_once(env, hv)
@@ -180,6 +181,10 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
             for phase, seconds in cold.phases.items():
                 samples.setdefault("cold launch: " + phase, []).append(seconds)
+            snap = launch.launch_once(ref, snapshot=True)
+            samples["snapshot launch"].append(snap.running_s)
+            for phase, seconds in snap.phases.items():
+                samples.setdefault("snapshot launch: " + phase, []).append(seconds)
             for kind, each in pools.items():
                 _fill_pool(each)
                 warm = launch.launch_once(ref, each.cfg.pool_socket)
