@@ -264,3 +264,11 @@ def test_a_vm_whose_monitor_fails_is_discarded_and_the_next_serves(pool: WarmPoo
     sock.close()
     assert lease.vm == "vm1" and pool._hv.destroyed == ["vm0"]
     assert pool._hv.commands == [("vm1", network.hostfwd_add_command(web))]
+
+
+def test_the_bench_task_publishes_one_port_through_its_resources() -> None:
+    from bench.launch import task
+    from executor.mesos.taskinfo import port_ranges
+
+    assert port_ranges(task("t", "busybox", 31000)["resources"], "resources") == ((31000, 31000),)
+    assert port_ranges(task("t", "busybox")["resources"], "resources") == ()
