@@ -2,7 +2,8 @@
 ports over its QEMU monitor (``hostfwd_add``) before it answers the claim. Real VMs: a server
 in the guest is reached from the host through the port, from the launcher and from
 ``hypervm run -p``; a taken port fails the claim with the cold boot's error and leaks nothing;
-a VM that loses a port after the check is destroyed, never handed out."""
+a VM that loses a port after the check is destroyed, never handed out; the Mesos executor
+takes a warm VM for a task with a ``ports`` resource."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 from tests.conftest import HYPERVM, REPO, TEST_TAG, our_domains
 from tests.integration.test_network import curl, free_port, listening_on, wait_for_http
+from tests.integration.test_network_mesos import ports_task
+from tests.mesos.fixtures import vm_agents
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.usefixtures("no_leaked_domains")]
@@ -183,3 +186,45 @@ def test_a_vm_that_loses_a_port_is_destroyed(pooled: Any, busybox_layer: Path,
     monkeypatch.undo()
     assert pool.wait_full(FILL), pool.status()
     assert victim not in pool.idle_vms()
+
+
+@pytest.fixture
+def pool_agent(pooled: Any) -> Iterator[Any]:
+    cfg, _ = pooled
+    with vm_agents("hypervm-ppool-agent-", f"{TEST_TAG}-ppoolexec") as make:
+        yield lambda: make(env={"HYPERVM_POOL_SOCKET": str(cfg.pool_socket)})
+
+
+def test_the_executor_serves_a_ports_task_from_a_warm_vm(pooled: Any, pool_agent: Any,
+                                                         image_ref: str) -> None:
+    _, pool = pooled
+    assert pool.wait_full(FILL), pool.status()
+    port, claims = free_port(), pool.claims
+    agent = pool_agent()
+    script = ('mkdir -p /www && echo "$PORT0 $PORT_80" > /www/index.html && '
+              "exec httpd -f -p 80 -h /www")
+    # 0.5 cpus / 96 MiB + the executor's 0.1 / 32: the pool's 1 vCPU / 128 MiB
+    agent.launch_group([ports_task("web", script, image_ref, port, 80)])
+    agent.wait_state("web", "TASK_RUNNING", 120)
+    assert pool.claims == claims + 1, "the task booted cold"
+    assert wait_for_http(f"http://127.0.0.1:{port}/", 60) == f"{port} {port}\n".encode()
+    agent.kill("web")
+    assert agent.wait_terminal("web", 60)["state"] == "TASK_KILLED"
+    assert agent.wait_executor_exit(60) == 0
+    assert not listening_on(port)
+
+
+def test_a_taken_port_fails_the_mesos_task_with_the_reason(pooled: Any, pool_agent: Any,
+                                                           image_ref: str) -> None:
+    _, pool = pooled
+    assert pool.wait_full(FILL), pool.status()
+    idle, claims = set(pool.idle_vms()), pool.claims
+    with taken_port() as taken:
+        port = taken.getsockname()[1]
+        agent = pool_agent()
+        agent.launch_group([ports_task("t", "true", image_ref, port, 80)])
+        status = agent.wait_terminal("t", 120)
+    assert status["state"] == "TASK_FAILED"
+    assert f"host port {port}/tcp is already in use" in status["message"]
+    assert agent.wait_executor_exit(60) == 0
+    assert set(pool.idle_vms()) == idle and pool.claims == claims
