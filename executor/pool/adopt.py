@@ -73,7 +73,8 @@ def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, An
     """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
-    pair = hv.vm_identity(vm.name)  # the pool VM's own uid, given at its boot
+    # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)
+    pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
     vm.identity = identity.Identity(*pair) if pair is not None else None
     vm.give_owned_shares()
     if not lease.layers_attached:  # an image pool VM has exactly our layers already

@@ -101,6 +101,8 @@ class _Idle:
     #: the layer files attached as the pod's disks (an image VM), in serial order
     layers: tuple[str, ...] = ()
     booted_at: float = field(default_factory=time.monotonic)
+    #: the uid:gid its QEMU runs as (None: libvirt's shared user), told to the claimer
+    identity: tuple[int, int] | None = None
 
 
 def _label(kind: str) -> str:
@@ -285,7 +287,8 @@ class WarmPool:
                      owner_pid, time.monotonic() - vm.booted_at,
                      f", {len(net.ports)} ports published" if net.ports else "")
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
-                         layers_attached=bool(vm.layers)), vm.sock
+                         layers_attached=bool(vm.layers), identity=vm.identity,
+                         identity_known=True), vm.sock
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -365,7 +368,8 @@ class WarmPool:
                 stale = True
             else:
                 stale = False
-                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers))
+                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers,
+                                        identity=spec.identity))
                 self._cond.notify_all()
         if stale:
             self._discard(name, run_dir, sock)

@@ -292,6 +292,10 @@ class Lease:
     ready: dict[str, Any]
     #: the VM has the claimed layers attached (and mounted) already: hot-add nothing
     layers_attached: bool = False
+    #: the uid:gid the VM's QEMU runs as (None: libvirt's shared user), as the pool booted it
+    identity: tuple[int, int] | None = None
+    #: the pool said ``identity`` (one from before did not: the claimer asks libvirt)
+    identity_known: bool = False
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Lease:
@@ -303,11 +307,22 @@ class Lease:
             raise PoolError(str(reply["error"]))
         vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
         attached = reply.get("layers_attached", False)
+        pair = reply.get("identity")
         if (not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict)
-                or not isinstance(attached, bool)):
-            raise PoolError(f"malformed claim reply: {reply!r}")
-        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached)
+                or not isinstance(attached, bool) or not (pair is None or _is_identity(pair))):
+            raise PoolError(f"malformed claim reply: {reply!r:.500}")
+        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached,
+                   identity=(pair[0], pair[1]) if pair is not None else None,
+                   identity_known="identity" in reply)
 
     def reply(self) -> dict[str, Any]:
-        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
-                "layers_attached": self.layers_attached}
+        reply = {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
+                 "layers_attached": self.layers_attached}
+        if self.identity_known:
+            reply["identity"] = list(self.identity) if self.identity is not None else None
+        return reply
+
+
+def _is_identity(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value))

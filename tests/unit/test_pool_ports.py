@@ -272,3 +272,23 @@ def test_the_bench_task_publishes_one_port_through_its_resources() -> None:
 
     assert port_ranges(task("t", "busybox", 31000)["resources"], "resources") == ((31000, 31000),)
     assert port_ranges(task("t", "busybox")["resources"], "resources") == ()
+
+
+def test_the_lease_tells_the_vms_identity_so_the_claimer_asks_libvirt_nothing() -> None:
+    own = Lease(vm="v", run_dir=Path("/r"), ready={}, identity=(100000, 100000),
+                identity_known=True)
+    shared = Lease(vm="v", run_dir=Path("/r"), ready={}, identity_known=True)
+    for lease in (own, shared):
+        assert Lease.from_reply(decode(encode(lease.reply()), "reply")) == lease
+    # a pool that does not say: the claimer asks libvirt (executor.pool.adopt)
+    assert not Lease.from_reply({"vm": "v", "run_dir": "/r", "ready": {}}).identity_known
+    for bad in ([0, 0], [1], [1, "2"], [True, 1], "1:1"):
+        with pytest.raises(PoolError, match="malformed"):
+            Lease.from_reply({"vm": "v", "run_dir": "/r", "ready": {}, "identity": bad})
+
+
+def test_a_claim_hands_over_the_identity_the_vm_booted_with(pool: WarmPool) -> None:
+    pool._idle[0].identity = (100007, 100007)
+    lease, sock = pool.claim(1, 128, os.getpid())
+    sock.close()
+    assert lease.identity == (100007, 100007) and lease.identity_known
