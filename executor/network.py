@@ -71,7 +71,9 @@ def hostfwd_rule(mapping: PortMapping) -> str:
 
 def hostfwd_add_command(mapping: PortMapping) -> str:
     """The HMP command that publishes ``mapping`` on a running VM's NIC (a claimed pool VM,
-    booted without ports): the rule :func:`qemu_args` would have given it at boot."""
+    booted without ports): the rule :func:`qemu_args` would have given it at boot. Validated
+    here too: nothing but a port mapping ever reaches the monitor (InvalidSpec)."""
+    mapping.validate("port")
     return f"hostfwd_add {_NETDEV_ID} {hostfwd_rule(mapping)}"
 
 

@@ -257,6 +257,7 @@ class WarmPool:
         if process_start_time(owner_pid) is None:
             raise PoolError(f"the claiming process {owner_pid} is gone")
         net = netspec.NetworkSpec(ports=tuple(ports))
+        net.validate()  # parse_claim did; a bad mapping must not discard VM after VM below
         network.check_host_ports(net)  # the cold boot's check, before a VM is taken
         while True:
             with self._cond:

@@ -27,7 +27,7 @@ from executor.pool.protocol import (
     unfit_reason,
 )
 from hypervm.config import config_from_env
-from hypervm.errors import HypervisorError, NetworkError, PoolError
+from hypervm.errors import HypervisorError, InvalidSpec, NetworkError, PoolError
 from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 
@@ -51,6 +51,13 @@ def test_hostfwd_add_publishes_the_rule_a_boot_would_have() -> None:
     netdev = network.qemu_args(NetworkSpec(ports=(WEB, DNS)), "52:54:00:00:00:01")[1]
     for mapping in (WEB, DNS):
         assert "hostfwd=" + network.hostfwd_add_command(mapping).split()[2] in netdev
+
+
+def test_nothing_but_a_valid_mapping_reaches_the_monitor() -> None:
+    for bad in (PortMapping(8080, 80, "tcp", "127.0.0.1\nquit"),
+                PortMapping(8080, 80, "tcp quit"), PortMapping(0, 80)):
+        with pytest.raises(InvalidSpec):
+            network.hostfwd_add_command(bad)
 
 
 def test_hostfwd_add_output_is_the_cold_boots_error() -> None:
@@ -146,6 +153,8 @@ def _port(**changes: object) -> dict[str, object]:
     ([_port(container_port=70000)], r"claim.network.ports\[0\].container_port"),
     ([_port(protocol="sctp")], r"claim.network.ports\[0\].protocol"),
     ([_port(host_ip="::1")], r"claim.network.ports\[0\].host_ip"),
+    ([_port(host_ip="127.0.0.1 quit")], r"claim.network.ports\[0\].host_ip"),
+    ([_port(protocol="tcp quit")], r"claim.network.ports\[0\].protocol"),
     ([_port(), _port(container_port=81)], r"claim.network.ports\[1\]: host port 8080/tcp is "
                                           "already published"),
 ])
@@ -292,3 +301,9 @@ def test_a_claim_hands_over_the_identity_the_vm_booted_with(pool: WarmPool) -> N
     lease, sock = pool.claim(1, 128, os.getpid())
     sock.close()
     assert lease.identity == (100007, 100007) and lease.identity_known
+
+
+def test_a_bad_mapping_given_in_process_takes_no_vm(pool: WarmPool) -> None:
+    with pytest.raises(InvalidSpec):
+        pool.claim(1, 128, os.getpid(), ports=(PortMapping(8080, 80, "tcp quit"),))
+    assert pool.idle_vms() == ["vm0", "vm1", "vm2"] and pool._hv.destroyed == []
