@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,18 +77,31 @@ def phases(executor_log: str) -> dict[str, float]:
                                                                           strict=False)}
 
 
-def task(tid: str, ref: str) -> dict[str, Any]:
+def task(tid: str, ref: str, port: int | None = None) -> dict[str, Any]:
+    """The benchmark's task; ``port``: a host port in its ``ports`` resources (published to the
+    same port in the VM, as the executor maps ports without DiscoveryInfo)."""
+    resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": CPUS}},
+                 {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}]
+    if port is not None:
+        resources.append({"name": "ports", "type": "RANGES",
+                          "ranges": {"range": [{"begin": port, "end": port}]}})
     return {"task_id": {"value": tid}, "name": tid,
             "container": {"type": "MESOS",
                           "mesos": {"image": {"type": "DOCKER", "docker": {"name": ref}}}},
-            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": CPUS}},
-                          {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}],
-            "command": {"value": "true"}}
+            "resources": resources, "command": {"value": "true"}}
 
 
-def launch_once(ref: str, pool_socket: Path | None = None, *, snapshot: bool = False) -> Launch:
+def free_port() -> int:
+    """A host port nothing listens on now (for a launch that publishes one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = None, *,
+                snapshot: bool = False) -> Launch:
     """One launch; warm from the pool at ``pool_socket``, else from a snapshot (``snapshot``),
-    else cold."""
+    else cold; with ``port``, the task publishes that host port."""
     work = scratch_dir("agent")
     env = ({"HYPERVM_POOL_SOCKET": str(pool_socket)} if pool_socket is not None
            else {"HYPERVM_POOL": "off", "HYPERVM_SNAPSHOT": "on" if snapshot else "off"})
@@ -97,7 +111,7 @@ def launch_once(ref: str, pool_socket: Path | None = None, *, snapshot: bool = F
         agent.start_executor()
         agent.wait_subscribed(timeout=60)
         started = time.monotonic()
-        agent.launch(task("t", ref))
+        agent.launch(task("t", ref, port))
         agent.wait_state("t", "TASK_RUNNING", TIMEOUT)
         took = time.monotonic() - started
         final = agent.wait_terminal("t", TIMEOUT)

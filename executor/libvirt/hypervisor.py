@@ -409,6 +409,16 @@ class Hypervisor:
         self._live(name, f"run {command.get('execute')}", call)
         return json.loads(out or "{}").get("return")
 
+    def monitor_command(self, name: str, command: str) -> str:
+        """Run one HMP command on the running domain's QEMU monitor and return what it printed
+        (e.g. executor.network's ``hostfwd_add``; HMP reports most failures only there).
+        libvirt marks the domain tainted by a custom monitor command; nothing else changes."""
+        out: list[str] = []
+        self._live(name, f"run {command.split(' ', 1)[0]} on the monitor", lambda dom: out.append(
+            libvirt_qemu.qemuMonitorCommand(dom, command,
+                                            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)))
+        return out[0] if out else ""
+
     def set_metadata(self, name: str, entries: Mapping[str, str]) -> None:
         """Replace the running domain's hypervm metadata (e.g. to hand it to a new owner)."""
         xml = metadata_element_xml(entries)
