@@ -37,7 +37,7 @@ def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str
             before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> HyperVM:
     """A booted HyperVM running nothing yet: claimed from the warm pool when one serves and
     the pod fits it (``HYPERVM_POOL=auto``), else started from the snapshot of its shape
-    (``HYPERVM_SNAPSHOT=on``, pods without published ports), else booted cold. The caller
+    (``HYPERVM_SNAPSHOT=on``, pods with a NIC), else booted cold. The caller
     destroys it. ``created`` gets the VM before its cold boot (or once claimed or started
     from a snapshot), so another thread can
     destroy it meanwhile; an exception from it destroys the VM and propagates.

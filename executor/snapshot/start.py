@@ -38,7 +38,7 @@ from executor.snapshot import store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
 from hypervm.config import HostConfig
-from hypervm.errors import HyperVMError
+from hypervm.errors import HyperVMError, NetworkError
 from hypervm.podspec import PodSpec
 from vmimage.boot import BootFiles, resolve_boot
 
@@ -48,10 +48,9 @@ LOAD_TIMEOUT = 30.0
 
 
 def unfit_reason(pod: PodSpec) -> str | None:
-    """Why a clone cannot run ``pod`` (None: it can). A clone has the template's NIC: ports
-    published at boot (QEMU hostfwd) and a pod without a NIC need a cold boot."""
-    if pod.network.ports:
-        return "the pod publishes ports (fixed when a VM boots)"
+    """Why a clone cannot run ``pod`` (None: it can). A clone has the template's NIC: a pod
+    without a NIC needs a cold boot. Published ports are added to a running clone as to a
+    claimed pool VM (``network.publish_live``)."""
     if pod.network.mode != "user":
         return f"the pod's network mode is {pod.network.mode!r} (clones have a NIC)"
     return None
@@ -68,20 +67,30 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
     if reason is not None:
         log.info("%s: no snapshot start (%s): booting cold", pod.name, reason)
         return None
+    network.check_host_ports(pod.network)  # the cold boot's check and error, before a VM starts
     started = time.monotonic()
     name = f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
     vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=name, before_shares=before_shares)
     vm.assign_devices()
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     marks = [("start", started)]
+    publishing = False
     try:
         boot = boot_files or resolve_boot(cfg, accel=accel)
         snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib))
         marks.append(("snapshot", time.monotonic()))
         ready = _clone(vm, hv, boot, snap, marks)
+        # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after
+        # the check) fails the launch as it would fail a cold boot
+        publishing = True
+        network.publish_live(hv, name, pod.network)
+        publishing = False
         _give_pod(vm, hv)
         marks.append(("pod", time.monotonic()))
     except HyperVMError as e:
+        if publishing and isinstance(e, NetworkError):
+            vm.destroy()
+            raise
         log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
         vm.destroy()
         return None

@@ -1,6 +1,7 @@
 """Starts from a snapshot with real VMs: the launcher (no pool, HYPERVM_SNAPSHOT=on) starts
 each pod from the snapshot of its shape; the clones have their pod's vCPUs and memory, run its
-processes over the guest channel, get distinct RNG states (RESEED), and leave nothing behind."""
+processes over the guest channel, get distinct RNG states (RESEED), take published ports, and
+leave nothing behind."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ import pytest
 from executor.launcher import boot_vm
 from executor.snapshot import store
 from executor.snapshot.store import Shape
+from hypervm.errors import NetworkError
+from hypervm.netspec import PortMapping
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 from tests.conftest import TEST_TAG, our_domains, run_to_exit
+from tests.integration.test_network import free_port, listening_on, wait_for_http
+from tests.integration.test_pool_ports import taken_port, web_pod
 from vmimage.boot import resolve_boot
 from vmimage.rootfs import ensure_warmup_layer
 
@@ -88,3 +93,30 @@ def test_clones_of_two_shapes_run_with_their_shape_and_their_own_rng(
             vm.destroy()
     assert our_domains(f"hypervm-{TEST_TAG}-s") == set()
     assert our_domains("hypervm-template-") == set()
+
+
+def test_a_clone_serves_its_published_port_and_a_taken_one_fails_as_cold(
+        host_cfg: Any, fresh_store: Path) -> None:
+    """Published ports are added to the running clone (hostfwd_add, as on a claimed pool VM):
+    httpd in the clone answers through its port; a taken port fails the launch with the cold
+    boot's own error before any clone starts."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)
+    layer = ensure_warmup_layer(cfg.rootfs_dir)
+    port, token = free_port(), f"snap-{TEST_TAG}"
+    mapping = PortMapping(port, 80, "tcp", "127.0.0.1")
+    container, pod = web_pod(layer, "sweb", mapping, token=token)
+    with boot_vm(cfg, pod) as vm:
+        assert vm.warm and "RNG reseeded" in vm.console_log.read_text()  # a clone, not cold
+        assert listening_on(port)
+        vm.start(container)
+        assert wait_for_http(f"http://127.0.0.1:{port}/", 60) == f"{token}\n".encode()
+    assert not listening_on(port), "the port goes with the clone"
+    with taken_port() as taken:
+        busy = PortMapping(taken.getsockname()[1], 80, "tcp", "127.0.0.1")
+        _, pod = web_pod(layer, "staken", busy)
+        with pytest.raises(NetworkError) as snap:
+            boot_vm(cfg, pod)
+        with pytest.raises(NetworkError) as cold:
+            boot_vm(dataclasses.replace(cfg, use_snapshot=False), pod)
+    assert str(snap.value) == str(cold.value)
+    assert not list(host_cfg.vms_dir.glob(f"hypervm-{TEST_TAG}-staken-*"))

@@ -222,10 +222,10 @@ def _pod(net: NetworkSpec) -> PodSpec:
     return PodSpec(name="p", containers=(c,), network=net)
 
 
-def test_pods_with_ports_or_without_a_nic_boot_cold() -> None:
+def test_pods_without_a_nic_boot_cold_pods_with_ports_start_from_a_snapshot() -> None:
     assert unfit_reason(_pod(NetworkSpec())) is None
     ports = NetworkSpec(ports=(PortMapping(host_port=31000, container_port=80),))
-    assert "publishes ports" in (unfit_reason(_pod(ports)) or "")
+    assert unfit_reason(_pod(ports)) is None  # published on the running clone
     assert "network mode" in (unfit_reason(_pod(NetworkSpec(mode="none"))) or "")
 
 
@@ -280,3 +280,23 @@ def test_no_clone_runs_without_the_network_policy(cfg: Any, monkeypatch: pytest.
     assert start.start_vm(cfg, pod, hypervisor=hv, timeout=5, boot_files=BOOT) is None
     assert hv.created == []
     assert len(hv.destroyed) == 1  # nothing left behind
+
+
+def test_a_port_the_clone_cannot_publish_fails_the_launch_as_cold(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A port lost after the check (QEMU cannot listen on it) fails the launch with the cold
+    boot's NetworkError and destroys the clone: no silent fallback, no clone with some ports."""
+    snap = store.Snapshot(state=tmp_path / "state", template="hypervm-template-1", ready={})
+    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+    monkeypatch.setattr(start, "_clone", lambda *a: {})
+    monkeypatch.setattr(start.network, "check_host_ports", lambda spec: None)
+
+    def lost(hv: Any, name: str, spec: Any) -> None:
+        raise NetworkError("host port 31000/tcp is already in use")
+
+    monkeypatch.setattr(start.network, "publish_live", lost)
+    hv = FakeHypervisor()
+    pod = _pod(NetworkSpec(ports=(PortMapping(host_port=31000, container_port=80),)))
+    with pytest.raises(NetworkError, match="31000/tcp is already in use"):
+        start.start_vm(cfg, pod, hypervisor=hv, timeout=5, boot_files=BOOT)
+    assert len(hv.destroyed) == 1
