@@ -48,7 +48,10 @@ def save(hv: Any, name: str, fd: int, timeout: float) -> None:
 def restore(hv: Any, name: str, stream: Path, timeout: float) -> None:
     """Load ``stream`` (written by :func:`save`) into domain ``name``, which the designer
     started waiting for it (``-incoming defer``), and let it run."""
-    fd = os.open(stream, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # another launch may have removed the entry since its lookup: boot cold then
+        fd = os.open(stream, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise HypervisorError(f"VM {name}: cannot open the snapshot {stream}: {e.strerror}") from e
     try:
         hv.monitor(name, {"execute": "getfd", "arguments": {"fdname": FD_NAME}}, [fd])
     finally:

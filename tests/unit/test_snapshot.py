@@ -300,3 +300,26 @@ def test_a_port_the_clone_cannot_publish_fails_the_launch_as_cold(
     with pytest.raises(NetworkError, match="31000/tcp is already in use"):
         start.start_vm(cfg, pod, hypervisor=hv, timeout=5, boot_files=BOOT)
     assert len(hv.destroyed) == 1
+
+
+# -- review: a snapshot removed before it loads, a store tenants' shapes cannot fill ----------
+
+def test_a_snapshot_gone_before_it_loads_is_a_hypervisor_error(tmp_path: Path) -> None:
+    """Another launch may remove an entry between this one's lookup and its load (a discard,
+    or the store's bound): a HyperVMError, so the launch boots cold instead of failing."""
+    with pytest.raises(HypervisorError, match="cannot open the snapshot"):
+        migration.restore(FakeMonitor([], "status"), "c", tmp_path / "gone" / "state",
+                          timeout=5)
+
+
+def test_a_clone_whose_snapshot_vanished_boots_cold(cfg: Any, monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    snap = store.Snapshot(state=tmp_path / "gone" / "state", template="hypervm-template-1",
+                          ready={})
+    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+    monkeypatch.setattr(start.netpolicy, "enforce", lambda *a: None)
+    hv = FakeHypervisor()
+    assert start.start_vm(cfg, _pod(NetworkSpec()), hypervisor=hv, timeout=5,
+                          boot_files=BOOT) is None
+    assert len(hv.created) == 1 and hv.destroyed == hv.created  # nothing left behind
+
