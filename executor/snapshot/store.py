@@ -5,7 +5,8 @@ A snapshot is the saved state of a *template*: a pool-style VM (executor.libvirt
 It is keyed by everything its saved state depends on: the template's domain XML with
 placeholder name and paths (so the kernel, initrd (hence init), QEMU, firmware, machine,
 shape and host policy), plus :data:`FORMAT`. A new kernel, init or QEMU makes a new key;
-the old entries are just never read again (``remove`` clears the lot).
+the old entries are never read again. At most :data:`MAX_ENTRIES` are kept (the least
+recently used go: every memory size a pod asks for is a shape), ``remove`` clears the lot.
 
 Layout (root only: the state is guest memory)::
 
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 #: bump when what a snapshot holds, or how it is made, changes
 FORMAT = 1
 DIR_MODE = 0o700
+#: entries kept: every (vCPUs, memory) a pod asks for is a shape of its own (~20 MB of state),
+#: and a new kernel, init or QEMU makes new keys; the least recently used go first
+MAX_ENTRIES = 16
 #: after a failed template, launches of its shape boot cold this long before one tries again
 RETRY_FAILED_S = 300.0
 #: placeholders the key's XML is built with (a template's real ones are random)
@@ -101,6 +106,7 @@ def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("format") != FORMAT or not (entry / "state").is_file():
             return None
+        os.utime(entry)  # used now: the store's bound removes the least recently used
         return Snapshot(state=entry / "state", template=str(meta["template"]),
                         ready=dict(meta["ready"]))
     except FileNotFoundError:
@@ -130,6 +136,7 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
     root = _root(cfg)
     for stale in root.glob(".*"):  # of a writer that died: the lock says none is writing now
         shutil.rmtree(stale, ignore_errors=True)
+    _evict(root, MAX_ENTRIES - 1)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -149,6 +156,21 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _evict(root: Path, keep: int) -> None:
+    """Remove the least recently used entries beyond ``keep`` (a clone loading from one keeps
+    its open file; one about to open it gets a HypervisorError and boots cold)."""
+    entries = []
+    for entry in root.iterdir():
+        with contextlib.suppress(OSError):
+            st = entry.lstat()
+            if stat.S_ISDIR(st.st_mode) and not entry.name.startswith("."):
+                entries.append((st.st_mtime, entry))
+    entries.sort()
+    for _, entry in entries[:max(0, len(entries) - keep)]:
+        log.info("snapshot %s: removed, the least recently used of %d", entry.name, len(entries))
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def record_failure(cfg: HostConfig, key: str, reason: str) -> None:

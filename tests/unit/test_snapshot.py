@@ -323,3 +323,21 @@ def test_a_clone_whose_snapshot_vanished_boots_cold(cfg: Any, monkeypatch: pytes
                           boot_files=BOOT) is None
     assert len(hv.created) == 1 and hv.destroyed == hv.created  # nothing left behind
 
+
+def _make_entry(cfg: Any, key: str) -> None:
+    with store.locked(cfg), store.writing(cfg, key) as (fd, tmp):
+        os.write(fd, b"QEVM")
+        store.write_meta(tmp, "t", {})
+
+
+def test_the_store_keeps_at_most_max_entries_the_least_recently_used_go(cfg: Any) -> None:
+    """Every (vCPUs, memory) a tenant asks for is a shape, hence a ~20 MB entry: the store must
+    not grow without bound (nor keep the keys of a replaced kernel/init/QEMU for ever)."""
+    for i in range(store.MAX_ENTRIES):
+        _make_entry(cfg, f"k{i}")
+        os.utime(store.snapshots_dir(cfg) / f"k{i}", (1000 + i, 1000 + i))
+    assert store.lookup(cfg, "k0") is not None  # used now: the least recently used is k1
+    _make_entry(cfg, "new")
+    entries = sorted(p.name for p in store.snapshots_dir(cfg).iterdir() if p.name != "lock")
+    assert len(entries) == store.MAX_ENTRIES
+    assert "new" in entries and "k0" in entries and "k1" not in entries
