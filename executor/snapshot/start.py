@@ -77,7 +77,9 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
     publishing = False
     try:
         boot = boot_files or resolve_boot(cfg, accel=accel)
-        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib))
+        # another shape's template may hold the store for a while: no longer than our timeout
+        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib),
+                               wait=timeout)
         marks.append(("snapshot", time.monotonic()))
         ready = _clone(vm, hv, boot, snap, marks)
         # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after

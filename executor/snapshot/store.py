@@ -53,6 +53,8 @@ DIR_MODE = 0o700
 MAX_ENTRIES = 16
 #: after a failed template, launches of its shape boot cold this long before one tries again
 RETRY_FAILED_S = 300.0
+#: how often a launch with a deadline retries the store's lock
+LOCK_POLL_S = 0.05
 #: placeholders the key's XML is built with (a template's real ones are random)
 _KEY_NAME = "hypervm-template"
 _KEY_RUN_DIR = Path("/nonexistent/template")
@@ -117,15 +119,32 @@ def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
 
 
 @contextlib.contextmanager
-def locked(cfg: HostConfig) -> Iterator[None]:
-    """Hold the store's lock (one template is made at a time, on the whole host)."""
+def locked(cfg: HostConfig, timeout: float | None = None) -> Iterator[None]:
+    """Hold the store's lock (one template is made at a time, on the whole host); HostError
+    when another holds it longer than ``timeout`` (None: wait as long as it takes)."""
     root = _root(cfg)
     fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _flock(fd, timeout)
         yield
     finally:
         os.close(fd)
+
+
+def _flock(fd: int, timeout: float | None) -> None:
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise HostError(f"the snapshot store is busy making a template (waited "
+                                f"{timeout:g} s)", hint="this launch boots cold") from None
+            time.sleep(LOCK_POLL_S)
 
 
 @contextlib.contextmanager

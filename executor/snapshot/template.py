@@ -34,14 +34,16 @@ SAVE_TIMEOUT = 120.0
 _NETWORK_ID, _RESEED_ID = 1, 2
 
 
-def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape) -> Snapshot:
+def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
+           wait: float | None = None) -> Snapshot:
     """The snapshot of a template of ``shape``: from the store, else made now (once per host:
-    a concurrent launch of the same shape waits for this one's)."""
+    a concurrent launch of the same shape waits for this one's). HostError when another
+    template is being made for longer than ``wait`` seconds (None: no bound)."""
     key = store.snapshot_key(boot, cfg, shape)
     found = store.lookup(cfg, key)
     if found is not None:
         return found
-    with store.locked(cfg):
+    with store.locked(cfg, timeout=wait):
         found = store.lookup(cfg, key)
         if found is not None:
             return found

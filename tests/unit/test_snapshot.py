@@ -269,7 +269,7 @@ def test_no_clone_runs_without_the_network_policy(cfg: Any, monkeypatch: pytest.
     the policy before its QEMU starts, and a clone whose policy cannot be installed never
     starts (the launcher's cold boot then refuses the same way)."""
     snap = store.Snapshot(state=tmp_path / "state", template="hypervm-template-1", ready={})
-    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+    monkeypatch.setattr(template, "ensure", lambda *a, **k: snap)
 
     def refuse(*a: Any) -> None:
         raise NetworkError("cannot install the guests' network policy: no nf_tables")
@@ -287,7 +287,7 @@ def test_a_port_the_clone_cannot_publish_fails_the_launch_as_cold(
     """A port lost after the check (QEMU cannot listen on it) fails the launch with the cold
     boot's NetworkError and destroys the clone: no silent fallback, no clone with some ports."""
     snap = store.Snapshot(state=tmp_path / "state", template="hypervm-template-1", ready={})
-    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+    monkeypatch.setattr(template, "ensure", lambda *a, **k: snap)
     monkeypatch.setattr(start, "_clone", lambda *a: {})
     monkeypatch.setattr(start.network, "check_host_ports", lambda spec: None)
 
@@ -316,7 +316,7 @@ def test_a_clone_whose_snapshot_vanished_boots_cold(cfg: Any, monkeypatch: pytes
                                                     tmp_path: Path) -> None:
     snap = store.Snapshot(state=tmp_path / "gone" / "state", template="hypervm-template-1",
                           ready={})
-    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+    monkeypatch.setattr(template, "ensure", lambda *a, **k: snap)
     monkeypatch.setattr(start.netpolicy, "enforce", lambda *a: None)
     hv = FakeHypervisor()
     assert start.start_vm(cfg, _pod(NetworkSpec()), hypervisor=hv, timeout=5,
@@ -341,3 +341,22 @@ def test_the_store_keeps_at_most_max_entries_the_least_recently_used_go(cfg: Any
     entries = sorted(p.name for p in store.snapshots_dir(cfg).iterdir() if p.name != "lock")
     assert len(entries) == store.MAX_ENTRIES
     assert "new" in entries and "k0" in entries and "k1" not in entries
+
+
+def test_a_launch_waits_for_another_shapes_template_no_longer_than_its_timeout(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's lock is held while a template boots and saves (seconds, up to minutes under
+    load), one shape after another: a launch of a new shape must not queue behind them beyond
+    its own timeout (start_vm then boots cold)."""
+    monkeypatch.setattr(start.network, "check_host_ports", lambda spec: None)
+    booted: list[Any] = []
+    monkeypatch.setattr(template, "_boot_and_save", lambda *a: booted.append(a))
+    hv = FakeHypervisor()
+    with store.locked(cfg):  # another launch is making a template
+        began = time.monotonic()
+        with pytest.raises(HostError, match="busy"):
+            template.ensure(cfg, BOOT, hv, Shape(1, 300), wait=0.3)
+        assert start.start_vm(cfg, _pod(NetworkSpec()), hypervisor=hv, timeout=0.3,
+                              boot_files=BOOT) is None
+        assert time.monotonic() - began < 3
+    assert booted == [] and hv.created == []
