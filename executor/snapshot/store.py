@@ -108,7 +108,8 @@ def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("format") != FORMAT or not (entry / "state").is_file():
             return None
-        os.utime(entry)  # used now: the store's bound removes the least recently used
+        with contextlib.suppress(OSError):  # used now: the bound removes the least recent
+            os.utime(entry)
         return Snapshot(state=entry / "state", template=str(meta["template"]),
                         ready=dict(meta["ready"]))
     except FileNotFoundError:
