@@ -291,8 +291,10 @@ class VolumeHold:
 
     def before_shares(self, pair: tuple[int, int] | None) -> None:
         """HyperVM's hook: ``pair`` is the VM's uid:gid (None: libvirt's shared user, whose
-        access the operator's modes govern). Called again for a cold boot after a failed
-        claim: each uid's entries are held."""
+        access the operator's modes govern). Called again only once the VM it was last
+        called for is destroyed (a failed claim or snapshot start, then a cold boot): that
+        VM's entries go, its uid is back in the range."""
+        self._held.close()
         if pair is None:
             return
         domain = identity.in_use().get(pair[0])

@@ -150,3 +150,19 @@ def test_one_directory_shared_read_only_and_read_write_gets_one_rwx_entry(
     with va.granted(A, mounts, "hypervm-a", va.keeper(cfg)):
         assert _users(shared) == {A: 7}
     assert _users(shared) == {}
+
+
+def test_a_vm_that_failed_to_start_keeps_no_entry_while_the_next_one_runs(
+        cfg: HostConfig, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """boot_vm calls before_shares again only once the VM it was called for is destroyed (a
+    claim or a snapshot start that failed, then a cold boot): that VM's uid goes back to the
+    range, so its entry must go too, not stay for the whole run (days for ``run -d``)."""
+    monkeypatch.setattr(va.identity, "in_use", lambda: {A: "hypervm-claimed", B: "hypervm-cold"})
+    mounts = [Mount(type="9p", destination="/d", source=shared)]
+    with va.VolumeHold(cfg, mounts) as hold:
+        hold.before_shares((A, A))  # the claimed pool VM, destroyed when its adoption failed
+        hold.before_shares((B, B))  # the cold boot that followed
+        assert _users(shared) == {B: 7}
+        assert [p.name.split(".")[0] for p in (cfg.state_dir / "volume-grants").glob("*.json")
+                ] == ["hypervm-cold"]
+    assert _users(shared) == {} and stat.S_IMODE(shared.stat().st_mode) == 0o700
