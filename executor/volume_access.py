@@ -20,6 +20,7 @@ off once the record's VM no longer runs and the record is older than a boot coul
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -202,10 +203,26 @@ def _maybe_locked(kept_by: Keeper | None) -> Iterator[None]:
             yield
 
 
+def _open_shared(directory: Path) -> int:
+    """The shared directory as the user named it (``run -v`` resolved it when parsing), not
+    through a link put in its place since; InvalidSpec when it is gone or is no directory."""
+    try:
+        return _open_dir(directory)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(directory):
+            what = "is now a symbolic link"
+        elif e.errno in (errno.ENOENT, errno.ENOTDIR):
+            what = "is no longer a directory"
+        else:
+            what = f"cannot be opened: {e.strerror}"
+        raise InvalidSpec("--volume", f"{directory} {what}",
+                          hint="share an existing directory (by its real path)") from e
+
+
 @contextlib.contextmanager
 def _grant(directory: Path, uid: int, perm: int, domain: str,
            kept_by: Keeper | None) -> Iterator[None]:
-    fd = _open_dir(directory)
+    fd = _open_shared(directory)
     record: Path | None = None
     try:
         with _maybe_locked(kept_by):

@@ -12,6 +12,7 @@ import pytest
 
 from executor import volume_access as va
 from hypervm.config import HostConfig
+from hypervm.errors import HyperVMError
 from hypervm.podspec import Mount
 
 A, B = 200001, 200002  # two VMs' QEMU uids
@@ -166,3 +167,22 @@ def test_a_vm_that_failed_to_start_keeps_no_entry_while_the_next_one_runs(
         assert [p.name.split(".")[0] for p in (cfg.state_dir / "volume-grants").glob("*.json")
                 ] == ["hypervm-cold"]
     assert _users(shared) == {} and stat.S_IMODE(shared.stat().st_mode) == 0o700
+
+
+def test_a_directory_gone_or_replaced_by_a_link_before_the_vm_starts_is_a_clear_error(
+        cfg: HostConfig, shared: Path, tmp_path: Path) -> None:
+    """``run -v`` resolved the directory when it parsed the flag; by the time the VM starts
+    it may be gone or be a symlink: a HyperVMError naming it (no traceback), and root puts
+    no entry on what the link points to."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    shared.rmdir()
+    with pytest.raises(HyperVMError, match=f"{shared}.*share an existing directory"):
+        with _grant(cfg, A, "hypervm-a", shared):
+            pass
+    shared.symlink_to(elsewhere)
+    with pytest.raises(HyperVMError, match=f"{shared}.*symbolic link"):
+        with _grant(cfg, A, "hypervm-a", shared):
+            pass
+    assert _users(elsewhere) == {}
+    assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
