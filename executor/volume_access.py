@@ -160,6 +160,22 @@ def _locked(records: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _write_record(record: Path, data: bytes) -> None:
+    """Write a grant record whole or not at all (a temp file renamed over it): a record cut
+    short by a kill would be dropped as unreadable, and its ACL entry never taken off."""
+    part = record.with_name(f".{record.name}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, record)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
 def _records(records: Path) -> list[tuple[Path, Grant]]:
     """Every record (root wrote them into a root-only directory); unreadable ones dropped."""
     found = []
@@ -256,7 +272,7 @@ def _add_entry(fd: int, directory: Path, uid: int, perm: int, domain: str,
             mask = same[0].operator_mask if same else _mask(entries)
             grant = Grant(domain, uid, str(directory), st.st_dev, st.st_ino, mask)
             record = kept_by.records / grant.file_name
-            record.write_text(json.dumps(asdict(grant)))
+            _write_record(record, json.dumps(asdict(grant)).encode())
         os.setxattr(fd, ACL_XATTR, with_user(entries, uid, perm))
     except (OSError, ValueError) as e:
         if record is not None:

@@ -186,3 +186,18 @@ def test_a_directory_gone_or_replaced_by_a_link_before_the_vm_starts_is_a_clear_
             pass
     assert _users(elsewhere) == {}
     assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
+
+
+def test_a_grant_record_is_written_whole_or_not_at_all(cfg: HostConfig, shared: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between writing the record and renaming it into place: no record gc would read
+    (a truncated one is dropped as unreadable, and its ACL entry never taken off), no entry."""
+    def killed(*a: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(va.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _grant(cfg, A, "hypervm-a", shared).__enter__()
+    records = cfg.state_dir / "volume-grants"
+    assert sorted(p.name for p in records.iterdir()) in ([], [".lock"])
+    assert _users(shared) == {}
