@@ -45,8 +45,8 @@ define apt-install
 endef
 
 # without Recommends: on a fresh Debian 12 they add ~300 packages nothing here runs (QEMU's GTK/SDL
-# GUI and audio, gstreamer, Xen/LXC/VirtualBox drivers, swtpm, OVMF, lvm2 …): 228 packages,
-# 320 MB to download instead of 531 and 542 MB
+# GUI and audio, gstreamer, Xen/LXC/VirtualBox drivers, swtpm, OVMF, lvm2 …): 227 packages,
+# 320 MB to download instead of 530 and 542 MB (a debootstrap root, make demo)
 $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	$(call apt-install,$(APT_PACKAGES),--no-install-recommends)
