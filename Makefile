@@ -35,18 +35,21 @@ CONFIG_DIR ?= /etc/hypervm
 
 all: artifacts
 
-# $(call apt-install,PACKAGES): apt-get install those not installed yet
+# $(call apt-install,PACKAGES[,APT OPTIONS]): apt-get install those not installed yet
 define apt-install
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
 	fi
 endef
 
+# without Recommends: on a fresh Debian 12 they add ~300 packages nothing here runs (QEMU's GTK/SDL
+# GUI and audio, gstreamer, Xen/LXC/VirtualBox drivers, swtpm, OVMF, lvm2 …): 227 packages,
+# 320 MB to download instead of 530 and 542 MB (a debootstrap root, make demo)
 $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
-	$(call apt-install,$(APT_PACKAGES))
+	$(call apt-install,$(APT_PACKAGES),--no-install-recommends)
 	@touch $@
 
 $(STAMPS)/apt-test: Makefile $(STAMPS)/apt
