@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,12 +59,28 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+#: a VM whose QEMU has exited is still listed while libvirtd tears it down (1-2 s where PID 1
+#: reaps late: executor.libvirt.qemu_process); a leaked VM runs on and is still there after it
+TEARDOWN_GRACE_S = 15.0
+
+
+def domains_left(before: set[str], grace: float = TEARDOWN_GRACE_S) -> set[str]:
+    """Domains of this session (or a demo) not in ``before`` that are still there after
+    ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = (our_domains() | our_domains("hypervm-demo-")) - before
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def no_leaked_domains() -> Iterator[None]:
     """Fails the test if it leaves a domain of this session (or a demo) behind, and removes it."""
     before = our_domains() | our_domains("hypervm-demo-")
     yield
-    leaked = (our_domains() | our_domains("hypervm-demo-")) - before
+    leaked = domains_left(before)
     for name in leaked:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
                        check=False)

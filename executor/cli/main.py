@@ -15,6 +15,7 @@ import os
 import sys
 
 from executor.cli.usage import EXIT_HYPERVM, LineFormatter, Parser, VersionAction, add_examples
+from executor.libvirt import linger
 from hypervm.errors import HyperVMError
 from hypervm.settings import load_config_file
 
@@ -62,10 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``hypervm`` command; ``argv`` None: this process's arguments, and the process
+    ends here once done (executor.libvirt.linger: no wait for libvirtd's teardown of a VM)."""
     try:
-        return _main(argv)
+        code = _main(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, usage errors 125
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_HYPERVM)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_HYPERVM)
+    if argv is None and linger.pending():
+        linger.exit_now(code)
+    return code
 
 
 def _main(argv: list[str] | None) -> int:

@@ -341,6 +341,12 @@ class Hypervisor:
         log.info("destroyed %s", name)
         return True
 
+    def forget(self, name: str) -> None:
+        """``name``'s QEMU has exited (a pidfd said so): libvirtd finishes its teardown by
+        itself; stop reporting it as ours. No libvirt call (it would wait for that teardown)."""
+        with self._listeners_lock:
+            self._created.discard(name)
+
     def is_running(self, name: str) -> bool:
         dom = self._lookup(name)
         if dom is None:
