@@ -75,6 +75,33 @@ def domains_left(before: set[str], grace: float = TEARDOWN_GRACE_S) -> set[str]:
         time.sleep(0.2)
 
 
+def domains_after_teardown(prefix: str = f"hypervm-{TEST_TAG}",
+                           grace: float = TEARDOWN_GRACE_S) -> set[str]:
+    """``our_domains(prefix)`` once libvirtd had ``grace`` seconds to tear exited VMs down
+    (``hypervm run`` returns once its VM's QEMU has exited)."""
+    deadline = time.monotonic() + grace
+    while (left := our_domains(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def live_qemus(prefix: str) -> list[int]:
+    """Pids of QEMU processes of domains named ``prefix``… that have not exited (a zombie has:
+    only its reaping is left)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if f"guest={prefix}".encode() in cmdline and stat[stat.rfind(")") + 2] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture
 def no_leaked_domains() -> Iterator[None]:
     """Fails the test if it leaves a domain of this session (or a demo) behind, and removes it."""
@@ -138,7 +165,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No VM outlives the test session: destroy leftovers of this session and fail the run."""
     if hasattr(session.config, "workerinput"):
         return
-    leaked = our_domains()
+    leaked = domains_after_teardown()
     for name in leaked:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
                        check=False)
