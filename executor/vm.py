@@ -135,6 +135,10 @@ class HyperVM:
         self._before_shares = before_shares
         #: a pidfd on this VM's QEMU (watch_qemu): its exit ends the VM without a libvirt wait
         self._qemu: QemuProcess | None = None
+        #: hands a claimed VM back to its pool for teardown (executor.pool.adopt);
+        #: :meth:`poweroff` uses it instead of POWEROFF, HyperVMError when it cannot
+        self.hand_back: Callable[[], None] | None = None
+        self._handed_back = False
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -390,12 +394,20 @@ class HyperVM:
         return self._qemu is not None and self._qemu.exited()
 
     def poweroff(self, timeout: float = 5.0) -> None:
-        """Ask init to power off cleanly; destroy the domain if it does not go in time.
-        Returns once QEMU has exited: libvirtd tears a transient domain down by itself then."""
+        """Ask init to power off cleanly (a claimed VM: hand it back to its pool, which
+        destroys it); destroy the domain if it does not go in time. Returns once QEMU has
+        exited: libvirtd (or the pool) finishes the teardown without us."""
         if self._destroyed:
             return
         if self._channel is not None:
             self._channel.on_disconnect = None  # the guest closes it as it goes: expected
+        if self._channel is not None and self.hand_back is not None:
+            try:
+                self.hand_back()  # its QEMU has exited once it returns
+                self._handed_back = True
+            except HyperVMError as e:
+                log.info("%s: the pool did not take it back (%s): powering it off", self.name, e)
+        if self._channel is not None and not self._handed_back:
             try:
                 self._channel.request(MsgType.POWEROFF, {}, timeout=timeout)
                 if self._qemu is not None:
@@ -428,7 +440,7 @@ class HyperVM:
         domain itself: no libvirt call, which would wait for that); close our connection,
         after that teardown when the connection created (and auto-destroys) the domain."""
         try:
-            if qemu_gone:
+            if qemu_gone or self._handed_back:  # the pool destroys a VM handed back to it
                 self._hypervisor.forget(self.name)
             else:
                 self._hypervisor.destroy(self.name)

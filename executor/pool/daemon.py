@@ -61,6 +61,7 @@ from executor.pool.protocol import (
     parse_claim,
     pick_vm,
 )
+from executor.pool.release import parse_release, release_vm
 from executor.vm import flush_boot_translations
 from hypervm import netspec
 from hypervm.config import HostConfig
@@ -129,6 +130,7 @@ class WarmPool:
         self.claims = 0
         self.boots = 0
         self.failures = 0
+        self.releases = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -457,12 +459,24 @@ class WarmPool:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:
                         sock.close()
+                elif op == "release":
+                    name = parse_release(request)
+                    self._release(pid, name)
+                    conn.sendall(encode({"released": name}))
                 else:
-                    raise PoolError(f"op: unknown operation {op!r} (use claim or status)")
+                    raise PoolError(f"op: unknown operation {op!r} (use claim, release or "
+                                    f"status)")
             except PoolError as e:
                 _send_quietly(conn, {"error": str(e)})
             except OSError as e:
                 log.debug("pool client went away: %s", e)
+
+    def _release(self, owner_pid: int, name: str) -> None:
+        """A claimer hands its VM back for teardown (executor.pool.release)."""
+        release_vm(self._hv, name, owner_pid, {META_POOL: self.config.name},
+                   {META_POOL_STATE: "released"},
+                   lambda vm: self._discard(vm, self.cfg.vms_dir / vm, None))
+        self.releases += 1
 
     # -- reap ---------------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ it (SCM_RIGHTS), so the claimer talks to the booted init at once.
     ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload},
        "layers_attached": true} + 1 fd
     ← {"error": "no warm VM is ready"}
+    → {"op": "release", "vm": "hypervm-pool-1a2b3c4d"}      (executor.pool.release)
+    ← {"released": "hypervm-pool-1a2b3c4d"}
     → {"op": "status"}
     ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
 

@@ -306,11 +306,12 @@ def test_a_dead_claimers_vm_is_reaped(pooled: Any) -> None:
 
 
 def test_a_pooled_cli_run_returns_once_qemu_exited(pooled: Any, busybox_rootfs: Path) -> None:
-    """``hypervm run`` on a warm VM returns once the VM's QEMU has exited, without waiting for
-    libvirtd's teardown; its run dir is gone then and libvirtd ends the domain by itself."""
+    """``hypervm run`` on a warm VM hands it back to the pool once the workload has exited and
+    returns once the VM's QEMU has exited, without waiting for libvirtd's teardown (the pool
+    does); its run dir is gone then and the domain soon after."""
     cfg, pool = pooled
     assert pool.wait_full(FILL), pool.status()
-    claims = pool.claims
+    claims, releases = pool.claims, pool.releases
     env = {**os.environ, "HYPERVM_POOL_SOCKET": str(cfg.pool_socket), "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "executor.cli", "run", "--name",
                              f"{TEST_TAG}-pooledcli", "--cpus", "1", "--memory", "128",
@@ -318,6 +319,7 @@ def test_a_pooled_cli_run_returns_once_qemu_exited(pooled: Any, busybox_rootfs: 
                             env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
     assert (result.returncode, result.stdout) == (0, b"warm\n"), result.stderr.decode()
     assert pool.claims == claims + 1, "the run did not take a warm VM"
+    assert pool.releases == releases + 1, "the run did not hand its VM back to the pool"
     (name,) = [n for n in our_domains(f"hypervm-{POOL_NAME}-") - pool.unclaimed()] or [None]
     if name is not None:  # still being torn down by libvirtd
         assert live_qemus(name) == [], "hypervm run returned before QEMU exited"
