@@ -1,13 +1,16 @@
 """Cold and warm launch: LAUNCH through the Mesos agent double to the real ``hypervm-executor``
 → TASK_RUNNING (the guest process started), one fresh executor and VM per run. The executor is
 started and subscribed before the clock starts, the image is already in the shared cache. Cold:
-the executor boots a VM (HYPERVM_POOL=off); warm: it claims one from the benchmark's pool."""
+the executor boots a VM (HYPERVM_POOL=off); warm: it claims one from the benchmark's pool;
+snapshot: no pool, it starts the VM from the snapshot of the task's shape (HYPERVM_SNAPSHOT=on;
+the first such launch on a host makes the snapshot, so the suite runs one untimed first)."""
 
 from __future__ import annotations
 
 import logging
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,8 @@ class Launch:
     vm_boot_s: float | None
     #: phases from the executor log's timestamps (ms resolution), see :func:`phases`
     phases: dict[str, float]
+    #: the executor started the VM from a snapshot
+    snapshot: bool = False
 
 
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
@@ -48,6 +53,8 @@ _MARKS = {
     "image": re.compile(_STAMP + r".*vmimage\.images\.store: .*layers\)", re.M),
     "created": re.compile(_STAMP + r".*executor\.libvirt\.hypervisor: started ", re.M),
     "claimed": re.compile(_STAMP + r".*executor\.pool\.adopt: .*: warm VM .* ready in ", re.M),
+    "restored": re.compile(_STAMP + r".*executor\.snapshot\.start: .* started from snapshot ",
+                           re.M),
     "ready": re.compile(_STAMP + r".*executor\.vm: hypervm-\S+ ready in ", re.M),
     "running": re.compile(_STAMP + r".*TASK_RUNNING", re.M),
 }
@@ -70,27 +77,41 @@ def phases(executor_log: str) -> dict[str, float]:
                                                                           strict=False)}
 
 
-def task(tid: str, ref: str) -> dict[str, Any]:
+def task(tid: str, ref: str, port: int | None = None) -> dict[str, Any]:
+    """The benchmark's task; ``port``: a host port in its ``ports`` resources (published to the
+    same port in the VM, as the executor maps ports without DiscoveryInfo)."""
+    resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": CPUS}},
+                 {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}]
+    if port is not None:
+        resources.append({"name": "ports", "type": "RANGES",
+                          "ranges": {"range": [{"begin": port, "end": port}]}})
     return {"task_id": {"value": tid}, "name": tid,
             "container": {"type": "MESOS",
                           "mesos": {"image": {"type": "DOCKER", "docker": {"name": ref}}}},
-            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": CPUS}},
-                          {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}],
-            "command": {"value": "true"}}
+            "resources": resources, "command": {"value": "true"}}
 
 
-def launch_once(ref: str, pool_socket: Path | None = None) -> Launch:
-    """One launch; warm from the pool at ``pool_socket``, else cold."""
+def free_port() -> int:
+    """A host port nothing listens on now (for a launch that publishes one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = None, *,
+                snapshot: bool = False) -> Launch:
+    """One launch; warm from the pool at ``pool_socket``, else from a snapshot (``snapshot``),
+    else cold; with ``port``, the task publishes that host port."""
     work = scratch_dir("agent")
     env = ({"HYPERVM_POOL_SOCKET": str(pool_socket)} if pool_socket is not None
-           else {"HYPERVM_POOL": "off"})
-    agent = AgentDouble(work / "agent", runtime=None, env=env,
-                        executor_id=bench_name("warm" if pool_socket else "cold"))
+           else {"HYPERVM_POOL": "off", "HYPERVM_SNAPSHOT": "on" if snapshot else "off"})
+    kind = "warm" if pool_socket else "snap" if snapshot else "cold"
+    agent = AgentDouble(work / "agent", runtime=None, env=env, executor_id=bench_name(kind))
     try:
         agent.start_executor()
         agent.wait_subscribed(timeout=60)
         started = time.monotonic()
-        agent.launch(task("t", ref))
+        agent.launch(task("t", ref, port))
         agent.wait_state("t", "TASK_RUNNING", TIMEOUT)
         took = time.monotonic() - started
         final = agent.wait_terminal("t", TIMEOUT)
@@ -100,9 +121,13 @@ def launch_once(ref: str, pool_socket: Path | None = None) -> Launch:
         text = agent.executor_log()
         match = _READY_RE.search(text)
         claimed = _MARKS["claimed"].search(text)
+        restored = _MARKS["restored"].search(text) is not None
+        if restored != snapshot:
+            raise RuntimeError(f"a {kind} launch {'not ' if snapshot else ''}from a snapshot "
+                               "(see the executor log)")
         return Launch(took, claimed is not None,
                       claimed is not None and "(layers attached)" in claimed.group(0),
-                      float(match.group(1)) if match else None, phases(text))
+                      float(match.group(1)) if match else None, phases(text), snapshot=restored)
     except BaseException:
         log.error("executor log:\n%s", agent.executor_log()[-4000:])
         raise

@@ -163,7 +163,10 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "runc_run_true_p95_s": p95("runc run true"),
         "runsc_run_true_p95_s": p95("runsc run true"),
         "run_true_pool_p95_s": p95("hypervm run true (pool)"),
-        "snapshot_launch_p50_s": None, "warm_launch_ports_p50_s": None,
+        "snapshot_launch_p50_s": p50("snapshot launch"),
+        "snapshot_launch_p95_s": p95("snapshot launch"),
+        "warm_launch_ports_p50_s": p50("warm launch (ports)"),
+        "warm_launch_ports_p95_s": p95("warm launch (ports)"),
         "idle_vm_private_mib": _idle(measured, "hypervm", "private_mib"),
         "idle_vm_qemu_pss_mib": _idle(measured, "hypervm", "pss_mib"),
         "runsc_idle_pss_mib": _idle(measured, "runsc", "pss_mib"),
@@ -175,10 +178,16 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
     })
     notes = doc.setdefault("notes", {})
     notes["snapshot_launch_p50_s"] = (
-        "not built: no snapshot/template start exists yet (issue 18 part 2)")
+        "LAUNCH → TASK_RUNNING with no pool and HYPERVM_SNAPSHOT=on: the VM starts from the "
+        "snapshot of the task's shape (made by an untimed launch before the rounds); phases "
+        "in details.summaries['snapshot launch: …']")
     notes["warm_launch_ports_p50_s"] = (
-        "not measurable: the warm pool does not serve pods with published ports (its VMs' "
-        "hostfwd rules are fixed at boot, executor/pool/protocol.py), so such a pod boots cold")
+        "warm_launch_p50_s's launch (the image pool, full before each launch) of a task with "
+        "one port in its ports resources: the pool checks the port as a cold boot does and "
+        "publishes it on the claimed VM (QEMU hostfwd_add over the monitor) before it answers "
+        "the claim; phases in details.summaries['warm launch (ports): ...']"
+        if doc["warm_launch_ports_p50_s"] is not None else
+        "not measured in this run (bench.peersuite alone runs no warm launch)")
     notes["network_mb_s"] = (
         f"download of {NET_MB} MB from busybox httpd in the sandbox to host curl on 127.0.0.1: "
         "hypervm through a published port (QEMU user-mode hostfwd); runc in the host's network "

@@ -8,7 +8,9 @@ Writes, per case, ``profile-<case>.json`` (figures, top frames) and ``profile-<c
   and with a VM from a warm pool of that shape; the raw collapsed stacks are kept beside;
 - ``launch-cold``, ``launch-warm``: the launch path of the executor without Mesos (``boot_vm``
   then START of ``true``, as ``executor/launcher.py`` does) under cProfile in this process,
-  cold and from the same pool (cumulative times);
+  cold and from the same pool (cumulative times); ``launch-warm-ports``: the same from an image
+  pool (the VM ``warm_launch_p50_s`` takes) for a pod publishing one port (the pool's side
+  of the claim, ``hostfwd_add`` included, runs in its own thread: inside ``claim.py(_request)``);
 - ``guest``: one HyperVM booted without ``quiet``: host clock (libvirt/QEMU start, guest to
   READY) and the guest kernel's printk timestamps (kernel → ``Run /init``, largest gaps).
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import images, profile, results
+from bench.launch import free_port
 from bench.runtrue import hypervm_argv
 from bench.vmenv import GUEST_MIB, VMEnv, bench_name
 
@@ -96,12 +99,20 @@ def spy_run(ref: str, env: Mapping[str, str], out_dir: Path, case: str, rate: in
             "py_spy_rate_hz": rate, "collapsed_stacks": raw.name, **summary}
 
 
-def cprofile_launch(env: VMEnv, layers: list[Path], case: str) -> dict[str, Any]:
-    """boot_vm + START of ``true`` (the executor's path) under cProfile, in this process."""
+def cprofile_launch(env: VMEnv, layers: list[Path], case: str, port: int | None = None
+                    ) -> dict[str, Any]:
+    """boot_vm + START of ``true`` (the executor's path) under cProfile, in this process;
+    ``port``: the pod publishes that host port (on 127.0.0.1) to its port 80."""
+    import dataclasses
+
     from bench import density
     from executor.launcher import boot_vm
+    from hypervm.netspec import NetworkSpec, PortMapping
 
     spec = density.pod(layers, "prof")
+    if port is not None:
+        spec = dataclasses.replace(spec, network=NetworkSpec(
+            ports=(PortMapping(port, 80, "tcp", "127.0.0.1"),)))
     prof = cProfile.Profile()
     started = time.monotonic()
     prof.enable()
@@ -123,7 +134,8 @@ def cprofile_launch(env: VMEnv, layers: list[Path], case: str) -> dict[str, Any]
                      "cumulative_s": round(ct, 4)})
     return {"case": case, "boot_vm_s": round(booted - started, 4),
             "start_s": round(ended - booted, 4), "vm": vm.name,
-            "from_pool": "pool" in vm.name,
+            "from_pool": vm.warm, "layers_attached": vm.warm_layers,
+            "ports": [m.describe() for m in spec.network.ports],
             "top_cumulative": rows, "pstats_text": buf.getvalue()}
 
 
@@ -180,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             launch = cprofile_launch(env.with_pool(True, pool.cfg.pool_socket), layers,
                                      "launch-warm")
             write_case(args.out_dir, "launch-warm", launch, launch.pop("pstats_text"))
+        with suite.warm_pool(env, "profipool", ref) as pool:
+            suite._fill_pool(pool)
+            launch = cprofile_launch(env.with_pool(True, pool.cfg.pool_socket), layers,
+                                     "launch-warm-ports", port=free_port())
+            write_case(args.out_dir, "launch-warm-ports", launch, launch.pop("pstats_text"))
         with Hypervisor(env.cfg.libvirt_uri):
             guest = profile.hypervm_boot(env, layers)
         write_case(args.out_dir, "guest", {"case": "guest", **guest},

@@ -148,15 +148,17 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "warm launch": [], "warm launch (generic VM)": [],
+                                       "warm launch (ports)": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
-                                       "hypervm run true (pool)": []}
+                                       "hypervm run true (pool)": [], "snapshot launch": []}
     loads: list[float] = []
     pool_rss: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
             peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds:
         container.run_once(root)
+        launch.launch_once(ref, snapshot=True)  # makes the snapshot of the shape if missing
         pools = {"warm launch": image_pool, "warm launch (generic VM)": pool}
         if plan.warm_up:
             rawboot.boot_once(env, hv)
@@ -180,6 +182,10 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
             for phase, seconds in cold.phases.items():
                 samples.setdefault("cold launch: " + phase, []).append(seconds)
+            snap = launch.launch_once(ref, snapshot=True)
+            samples["snapshot launch"].append(snap.running_s)
+            for phase, seconds in snap.phases.items():
+                samples.setdefault("snapshot launch: " + phase, []).append(seconds)
             for kind, each in pools.items():
                 _fill_pool(each)
                 warm = launch.launch_once(ref, each.cfg.pool_socket)
@@ -188,6 +194,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples[kind].append(warm.running_s)
                 for phase, seconds in warm.phases.items():
                     samples.setdefault(f"{kind}: {phase}", []).append(seconds)
+            _warm_launch_ports(samples, image_pool, ref)
             _fill_pool(pool)
             samples["hypervm run true (pool)"].append(
                 peersuite.run_true_pooled(ref, pool.cfg.pool_socket))
@@ -203,6 +210,19 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["hypervm boot" + TUNED_CMDLINE].append(boot_s)
     samples.update(peer_rounds.samples)
     return samples, loads, pool_rss
+
+
+def _warm_launch_ports(samples: dict[str, list[float]], pool: WarmPool, ref: str) -> None:
+    """The warm launch of ``warm_launch_p50_s`` (the image pool), the task publishing one host
+    port: the claim publishes it on the VM (warm_launch_ports_p50_s)."""
+    kind = "warm launch (ports)"
+    _fill_pool(pool)
+    warm = launch.launch_once(ref, pool.cfg.pool_socket, port=launch.free_port())
+    if not warm.warm or not warm.warm_layers:
+        raise RuntimeError(f"{kind}: not the image pool's VM (see the executor log)")
+    samples[kind].append(warm.running_s)
+    for phase, seconds in warm.phases.items():
+        samples.setdefault(f"{kind}: {phase}", []).append(seconds)
 
 
 def _idle_rss(hv: Hypervisor, pool: WarmPool) -> list[float]:

@@ -7,7 +7,8 @@ the pool daemon.
 - the gc hold: :meth:`Launcher.hold` keeps ``hypervm gc --images`` from removing the layers a
   launch resolved until its VM runs (a running VM's disks are in use for gc);
 - the image's process by Docker's rules (hypervm.imageprocess), whatever the front end;
-- :func:`boot_vm`: a pool VM when one serves the pod's shape, else a cold boot.
+- :func:`boot_vm`: a pool VM when one serves the pod's shape, else a start from the snapshot
+  of its shape (``HYPERVM_SNAPSHOT=on``), else a cold boot.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from executor.pool.adopt import claim_vm
+from executor.snapshot.start import start_vm
 from executor.vm import DEFAULT_BOOT_TIMEOUT, HyperVM
 from hypervm.config import HostConfig
 from hypervm.imageprocess import image_process
@@ -34,14 +36,22 @@ def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str
             created: Callable[[HyperVM], None] | None = None,
             before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> HyperVM:
     """A booted HyperVM running nothing yet: claimed from the warm pool when one serves and
-    the pod fits it (``HYPERVM_POOL=auto``), else booted cold. The caller destroys it.
-    ``created`` gets the VM before its cold boot (or once claimed), so another thread can
+    the pod fits it (``HYPERVM_POOL=auto``), else started from the snapshot of its shape
+    (``HYPERVM_SNAPSHOT=on``, pods without published ports), else booted cold. The caller
+    destroys it. ``created`` gets the VM before its cold boot (or once claimed or started
+    from a snapshot), so another thread can
     destroy it meanwhile; an exception from it destroys the VM and propagates.
     ``before_shares``: see HyperVM (called with the VM's QEMU uid:gid before its shares are
     given to it, cold or claimed)."""
     if cfg.use_pool:
         vm = claim_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout,
                       before_shares=before_shares)
+        if vm is not None:
+            _announce(vm, created)
+            return vm
+    if cfg.use_snapshot:
+        vm = start_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout, boot_files=boot_files,
+                      accel=accel, before_shares=before_shares)
         if vm is not None:
             _announce(vm, created)
             return vm

@@ -1,16 +1,17 @@
 """A HyperVM's network backend: the QEMU NIC, what the guest init configures, and the
-host-side checks (the only side effects). The pure spec (:class:`NetworkSpec`, port mappings,
-their parsers) is ``hypervm.netspec``.
+host-side checks and ports published on a running VM (the only side effects). The pure spec
+(:class:`NetworkSpec`, port mappings, their parsers) is ``hypervm.netspec``.
 
 The backend is QEMU user-mode networking (slirp): every VM gets a private 10.0.2.0/24 inside
 its own QEMU process, the host is 10.0.2.2 (its loopback: refused by the network policy,
 ``executor.netpolicy``, but for the services the operator allow-lists), DNS is slirp's proxy
 at 10.0.2.3 (it follows the host's resolv.conf), and published ports are ``hostfwd``
-listeners of that QEMU process. No tap or bridge exists, so nothing of a VM can leak at
+listeners of that QEMU process (given at boot, or added over its monitor when a warm pool VM
+is claimed: :func:`publish_live`). No tap or bridge exists, so nothing of a VM can leak at
 teardown, and VMs cannot reach each other, whatever their tenant (README, "Networking").
 A bridged/NAT backend can be added here later: everything outside this module only sees
-:class:`NetworkSpec`,
-:func:`qemu_args`, :func:`guest_config` and :func:`check_host_ports`.
+:class:`NetworkSpec`, :func:`qemu_args`, :func:`guest_config`, :func:`check_host_ports` and
+:func:`publish_live`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hypervm.netspec import (
     GUEST_NETWORK,
     HOST_ADDRESS,
     NetworkSpec,
+    PortMapping,
 )
 
 _NETDEV_ID = "hvnet0"
@@ -51,14 +53,28 @@ def qemu_args(spec: NetworkSpec, mac: str) -> tuple[str, ...]:
         return ()
     netdev = [f"user,id={_NETDEV_ID}", f"net={GUEST_NETWORK}", f"host={HOST_ADDRESS}",
               f"dns={DNS_ADDRESS}", f"dhcpstart={GUEST_ADDRESS}", "ipv6=off"]
-    netdev += [f"hostfwd={m.protocol}:{m.host_ip}:{m.host_port}-{GUEST_ADDRESS}:"
-               f"{m.container_port}" for m in spec.ports]
+    netdev += [f"hostfwd={hostfwd_rule(m)}" for m in spec.ports]
     # QEMU places our -device before libvirt's own ones: a fixed slot at the top of the bus
     # keeps it out of libvirt's way (libvirt fills slots from 2 up, DomainSpec allows 24).
     # romfile= : no PXE option ROM to load, the guest never network-boots
     device = (f"virtio-net-pci,netdev={_NETDEV_ID},mac={mac},bus=pci.0,addr={NIC_PCI_SLOT:#x},"
               "romfile=")
     return ("-netdev", ",".join(netdev), "-device", device)
+
+
+def hostfwd_rule(mapping: PortMapping) -> str:
+    """QEMU's text for one published port, the same at boot (``hostfwd=``) and on a running
+    VM (:func:`hostfwd_add_command`): host address and port to the guest's."""
+    return (f"{mapping.protocol}:{mapping.host_ip}:{mapping.host_port}-{GUEST_ADDRESS}:"
+            f"{mapping.container_port}")
+
+
+def hostfwd_add_command(mapping: PortMapping) -> str:
+    """The HMP command that publishes ``mapping`` on a running VM's NIC (a claimed pool VM,
+    booted without ports): the rule :func:`qemu_args` would have given it at boot. Validated
+    here too: nothing but a port mapping ever reaches the monitor (InvalidSpec)."""
+    mapping.validate("port")
+    return f"hostfwd_add {_NETDEV_ID} {hostfwd_rule(mapping)}"
 
 
 def resolver_search(resolv_conf: str) -> tuple[str, ...]:
@@ -117,6 +133,18 @@ def forward_error(err: HyperVMError, spec: NetworkSpec) -> NetworkError | None:
                         hint="a host port is taken; choose another one")
 
 
+def hostfwd_add_error(output: str, mapping: PortMapping, spec: NetworkSpec) -> NetworkError | None:
+    """What ``hostfwd_add`` answered (HMP prints nothing on success): None when ``mapping`` is
+    published, else the NetworkError a cold boot gives for it (:func:`forward_error`: QEMU
+    could not listen, a race lost after :func:`check_host_ports`)."""
+    text = " ".join(output.split())
+    if not text:
+        return None
+    return forward_error(HyperVMError(text), spec) or NetworkError(
+        f"cannot publish port {mapping.describe()}: {text[:300]}",
+        hint="check the port mapping")
+
+
 # --- host-side checks (side effects) -------------------------------------------------------
 
 
@@ -162,3 +190,16 @@ def check_host_ports(spec: NetworkSpec, *, qemu_is_root: bool = False) -> None:
                 raise NetworkError(f"{where}: cannot listen on {mapping.host_ip}:"
                                    f"{mapping.host_port}: {e.strerror}",
                                    hint="use an address of this host, e.g. 127.0.0.1") from e
+
+
+def publish_live(hypervisor: Any, name: str, spec: NetworkSpec) -> None:
+    """Publish ``spec``'s ports on the running VM ``name`` (``hostfwd_add`` over its monitor,
+    ``hypervisor.monitor_command``), in order: what :func:`qemu_args` does at boot, for a
+    claimed pool VM. Check them first with :func:`check_host_ports`. NetworkError when QEMU
+    cannot listen on one (the VM then has some ports published: discard it); HypervisorError
+    when the VM cannot be reached."""
+    for mapping in spec.ports:
+        output = hypervisor.monitor_command(name, hostfwd_add_command(mapping))
+        error = hostfwd_add_error(output, mapping, spec)
+        if error is not None:
+            raise error

@@ -438,14 +438,15 @@ class HyperVM:
     def _end_domain(self, qemu_gone: bool) -> None:
         """Destroy the domain unless its QEMU has exited (libvirtd then ends the transient
         domain itself: no libvirt call, which would wait for that); close our connection,
-        after that teardown when the connection created (and auto-destroys) the domain."""
+        after that teardown when closing it would auto-destroy the domain."""
+        autodestroyed = False
         try:
             if qemu_gone or self._handed_back:  # the pool destroys a VM handed back to it
-                self._hypervisor.forget(self.name)
+                autodestroyed = self._hypervisor.forget(self.name)
             else:
                 self._hypervisor.destroy(self.name)
         finally:
-            if self._own_hypervisor and qemu_gone and not self.warm:
+            if self._own_hypervisor and autodestroyed:
                 linger.close_when_gone(self._hypervisor, self.name)
             elif self._own_hypervisor:
                 self._hypervisor.close()

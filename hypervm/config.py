@@ -213,6 +213,9 @@ class HostConfig:
     pool_socket_override: Path | None = None
     #: take pre-booted VMs from the warm pool when one serves (``hypervm pool serve``)
     use_pool: bool = True
+    #: when no pool VM serves a pod, start it from the snapshot of a template of its shape
+    #: (executor.snapshot) instead of booting it cold
+    use_snapshot: bool = False
     #: TCG translation cache cap in MiB (DomainSpec.tb_cache_mib); None: QEMU's default
     tb_cache_mib: int | None = None
     #: guests hand the memory they free back to the host (DomainSpec.free_page_reporting)
@@ -283,6 +286,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
     accel = env_choice(env, "HYPERVM_ACCEL", "auto", ("auto", "kvm", "tcg"), what="accelerator")
     pool = env_choice(env, "HYPERVM_POOL", "auto", ("auto", "off"),
                       hint="use auto (take warm VMs when a pool serves) or off")
+    snapshot = env_choice(env, "HYPERVM_SNAPSHOT", "off", ("on", "off"),
+                          hint="use on (start VMs from a snapshot of their shape when no pool "
+                               "VM serves) or off (boot them cold)")
     tb_cache = env.get("HYPERVM_TCG_TB_CACHE_MIB", "")
     if tb_cache and not tb_cache.isdigit():
         raise InvalidSpec("HYPERVM_TCG_TB_CACHE_MIB", f"{tb_cache!r} is not a number of MiB",
@@ -304,6 +310,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         pool_socket_override=(Path(env["HYPERVM_POOL_SOCKET"]) if env.get("HYPERVM_POOL_SOCKET")
                               else None),
         use_pool=pool == "auto",
+        use_snapshot=snapshot == "on",
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",

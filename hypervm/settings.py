@@ -56,6 +56,8 @@ SETTINGS: tuple[Setting, ...] = (
             booleans=("auto", "off")),
     Setting("pool_socket", "HYPERVM_POOL_SOCKET", "", "the warm pool's socket "
             "(default: run_dir/pool.sock)"),
+    Setting("snapshot", "HYPERVM_SNAPSHOT", "off", "on (start VMs no pool VM serves from a "
+            "snapshot of their shape) or off (boot them cold)"),
     Setting("tcg_tb_cache_mib", "HYPERVM_TCG_TB_CACHE_MIB", "", "TCG translation cache in MiB"),
     Setting("free_page_reporting", "HYPERVM_FREE_PAGE_REPORTING", "on",
             "guests hand freed memory back"),

@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     hub = MarathonHub(store, tenants, ServerInfo(
         args.name, group.leadership.advertise if group else args.listen, args.master,
         args.failover_timeout, args.executor_command, args.user),
-        max_streams=args.max_event_streams, max_streams_per_tenant=min(2, args.max_event_streams))
+        max_streams=args.max_event_streams, max_streams_per_tenant=min(2, args.max_event_streams),
+        abdicate=group.abdicate if group else None)
     workloads = hub.workloads
     if group is not None:
         group.adopt_tables()  # the Marathon API's tables: their rows are in ZooKeeper too
@@ -170,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     while not stop.wait(0.5) and framework.fatal is None and not driver.aborted:
         if group is not None and group.lost:  # as Marathon: stop; a supervisor restarts us
             framework.fatal = f"no longer the leader: {group.lost}"
+            break
+        if group is not None and group.abdicated:  # as Marathon: the abdicated leader exits
+            log.warning("leadership abdicated: exiting (a supervisor starts a standby again)")
             break
         framework.tick()
         hub.tick()

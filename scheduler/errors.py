@@ -35,6 +35,12 @@ class Conflict(SchedulerError):
     status = 409
 
 
+class Forbidden(SchedulerError):
+    """The tenant may not make this call (it acts on every tenant: an operator's)."""
+
+    status = 403
+
+
 class QuotaExceeded(SchedulerError):
     """Admission refused: ``quota`` names the quota, the message the amounts."""
 

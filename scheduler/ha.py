@@ -27,6 +27,8 @@ from scheduler.errors import ConfigError
 from scheduler.zkstore import ZkStore
 
 log = logging.getLogger(__name__)
+#: seconds between ``DELETE /v2/leader`` and leaving the election (Marathon's delay)
+ABDICATION_DELAY = 0.5
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Group:
         self.store_: ZkStore | None = None
         self._beat = time.monotonic()
         self._paused: str | None = None
+        self._abdicate_at: float | None = None
 
     def join(self, stop: threading.Event) -> bool:
         """Campaign until elected (True) or ``stop`` (False)."""
@@ -179,6 +182,17 @@ class Group:
         self.store_ = ZkStore(self.leadership.client, self.leadership.url.path,
                               self.leadership.fence, self.leadership.session_timeout)
         return self.store_
+
+    def abdicate(self) -> None:
+        """``DELETE /v2/leader``: stop leading in a moment (the answer goes out first, as
+        Marathon waits 500 ms); :attr:`abdicated` tells the main loop when."""
+        if self._abdicate_at is None:
+            self._abdicate_at = time.monotonic() + ABDICATION_DELAY
+            log.warning("leadership abdication requested (DELETE /v2/leader)")
+
+    @property
+    def abdicated(self) -> bool:
+        return self._abdicate_at is not None and time.monotonic() >= self._abdicate_at
 
     def adopt_tables(self) -> None:
         if self.store_ is not None:

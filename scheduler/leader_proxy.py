@@ -2,12 +2,13 @@
 
 :class:`LeaderGate` is the WSGI app every scheduler started with ``--zk`` serves. ``GET
 /v2/leader`` is answered by each one (``{"leader": "HOST:PORT"}``, as Marathon; a tenant token
-is needed, like every call). Everything else goes to the local API once this scheduler leads
-(``local`` is set), and is forwarded as it came (method, path, query, headers, body) to the
-leader otherwise - Marathon's standbys proxy the same way. A forwarded request carries
-``X-HyperVM-Forwarded-By``; a scheduler that gets one and does not lead answers 503 instead of
-forwarding again (no loops while leadership moves). No leader, or one that does not answer: 503
-with ``Retry-After``.
+is needed, like every call); ``DELETE /v2/leader`` goes to the leader, which abdicates, or
+gets Marathon's ``404`` while there is none. Everything else goes to the local API once this
+scheduler leads (``local`` is set), and is forwarded as it came (method, path, query, headers,
+body) to the leader otherwise - Marathon's standbys proxy the same way. A forwarded request
+carries ``X-HyperVM-Forwarded-By``; a scheduler that gets one and does not lead answers 503
+instead of forwarding again (no loops while leadership moves). No leader, or one that does not
+answer: 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class LeaderGate:
             return local(environ, start_response)
         leader = self.leader()
         if leader is None:
+            if path == "/v2/leader":  # DELETE: Marathon's 404 "There is no leader"
+                return self._leader(environ, start_response)
             return _unavailable(start_response, "no leader is elected yet")
         if leader == self.advertise:
             return _unavailable(start_response, "this scheduler is becoming the leader")

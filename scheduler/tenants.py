@@ -39,6 +39,8 @@ class Tenant:
     role: str
     token_sha256: str
     quota: Quota
+    #: may act on the scheduler itself, not only on its own workloads (``DELETE /v2/leader``)
+    operator: bool = False
 
 
 def hash_token(token: str) -> str:
@@ -83,10 +85,10 @@ def parse_tenants(data: Any) -> Tenants:
 def _parse_tenant(item: Any, where: str) -> Tenant:
     if not isinstance(item, Mapping):
         raise InvalidSpec(where, "must be a mapping")
-    unknown = set(item) - {"id", "role", "token_sha256", "token", "quota"}
+    unknown = set(item) - {"id", "role", "token_sha256", "token", "quota", "operator"}
     if unknown:
         raise InvalidSpec(f"{where}.{sorted(unknown)[0]}", "unknown field",
-                          hint="allowed: id, role, token_sha256, quota")
+                          hint="allowed: id, role, token_sha256, quota, operator")
     if "token" in item:
         raise InvalidSpec(f"{where}.token", "plaintext tokens are not accepted",
                           hint="store token_sha256 (hypervm-scheduler hash-token TOKEN)")
@@ -100,7 +102,11 @@ def _parse_tenant(item: Any, where: str) -> Tenant:
     digest = item.get("token_sha256")
     if not isinstance(digest, str) or not _HEX_RE.match(digest):
         raise InvalidSpec(f"{where}.token_sha256", "must be 64 lowercase hex digits")
-    return Tenant(tid, role, digest, _parse_quota(item.get("quota"), f"{where}.quota"))
+    operator = item.get("operator", False)
+    if not isinstance(operator, bool):
+        raise InvalidSpec(f"{where}.operator", f"{operator!r} must be true or false")
+    return Tenant(tid, role, digest, _parse_quota(item.get("quota"), f"{where}.quota"),
+                  operator)
 
 
 def _parse_quota(item: Any, where: str) -> Quota:

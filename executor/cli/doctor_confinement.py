@@ -4,6 +4,8 @@
   libvirt's QEMU user (no DAC, not root): which, the range, how many are in use;
 - seccomp: libvirt's ``seccomp_sandbox`` (qemu.conf) and, when a VM runs, what the kernel
   says of its QEMU (``Seccomp:`` in /proc/<pid>/status: 2 is a filter in force);
+- QEMU user: qemu.conf's ``user``/``group`` and the uid of running QEMUs: root would escape
+  the per-VM identities and the network policy (its rules match the VMs' QEMU uids);
 - network: the guests' network policy (executor.netpolicy): what a guest reaches, whether
   nftables can enforce it, and whether its table is in force now (a failure when VMs run
   without it: a firewall reload flushed it).
@@ -14,9 +16,11 @@ than it should be (doctor still exits 0 for it).
 
 from __future__ import annotations
 
+import grp
 import pwd
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from hypervm.errors import HyperVMError
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 LIBVIRT_PID_DIR = Path("/run/libvirt/qemu")
 _SECCOMP_RE = re.compile(r"^\s*seccomp_sandbox\s*=\s*(-?\d+)\s*$", re.MULTILINE)
+_USER_RE = re.compile(r'^\s*(user|group)\s*=\s*"([^"]*)"', re.MULTILINE)
 #: /proc/<pid>/status Seccomp: 0 none, 1 strict, 2 filter
 _SECCOMP_MODES = {"0": "none", "1": "strict", "2": "filter"}
 
@@ -126,6 +131,80 @@ def check_seccomp(_: HostConfig, conf: Path = QEMU_CONF,
                   f"{len(modes)} running VM(s)")
 
 
+def qemu_conf_identity(text: str) -> dict[str, str]:
+    """qemu.conf's ``user`` and ``group`` (the last uncommented ones; absent when unset)."""
+    return {key: value for key, value in _USER_RE.findall(text)}
+
+
+def resolve_id(value: str, by_name: Callable[[str], int]) -> int | None:
+    """A qemu.conf user/group value as libvirt reads it: ``+N`` is the id N, else a name,
+    else a number; None when it is neither."""
+    if value.startswith("+") and value[1:].isdigit():
+        return int(value[1:])
+    try:
+        return by_name(value)
+    except KeyError:
+        return int(value) if value.isdigit() else None
+
+
+def root_in_qemu_conf(text: str, user_id: Callable[[str], int] = lambda n: pwd.getpwnam(n).pw_uid,
+                      group_id: Callable[[str], int] = lambda n: grp.getgrnam(n).gr_gid,
+                      ) -> list[str]:
+    """The settings of ``text`` (qemu.conf) that make QEMU run as root: ``user = "root"``,
+    ``group = "+0"``, ..."""
+    found = qemu_conf_identity(text)
+    lookups = {"user": user_id, "group": group_id}
+    return [f'{key} = "{value}"' for key, value in found.items()
+            if resolve_id(value, lookups[key]) == 0]
+
+
+def qemu_uids_running(pid_dir: Path = LIBVIRT_PID_DIR) -> dict[str, int]:
+    """domain -> real uid of its running QEMU, for our domains (hypervm-*)."""
+    uids = {}
+    for pid_file in sorted(pid_dir.glob("hypervm-*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (OSError, ValueError):
+            continue
+        match = re.search(r"^Uid:\s*(\d+)", status, re.MULTILINE)
+        if match:
+            uids[pid_file.stem] = int(match.group(1))
+    return uids
+
+
+def check_qemu_user(_: HostConfig, conf: Path = QEMU_CONF, pid_dir: Path = LIBVIRT_PID_DIR) -> Any:
+    """QEMU must never run as root: the per-VM identities and the network policy (nftables
+    rules on the VMs' QEMU uids) would not apply to it."""
+    try:
+        as_root = root_in_qemu_conf(conf.read_text())
+    except OSError:
+        as_root = []
+    fix = (f"remove the user/group lines from {conf} (libvirt's default: libvirt-qemu) or "
+           "name an unprivileged user, then restart libvirtd and the VMs")
+    if as_root:
+        return _check("QEMU user", False, f"{conf} sets {' and '.join(as_root)}: QEMU runs as "
+                      "root, outside the per-VM identities and the network policy", fix=fix)
+    running = qemu_uids_running(pid_dir)
+    rooted = sorted(name for name, uid in running.items() if uid == 0)
+    if rooted:
+        return _check("QEMU user", False, f"the QEMU of {', '.join(rooted[:3])} runs as root: "
+                      "outside the per-VM identities and the network policy", fix=fix)
+    users = sorted(set(running.values()))
+    seen = (f"; running QEMUs' uids: {', '.join(map(str, users[:5]))}" if users
+            else "; no VM runs to confirm it")
+    return _check("QEMU user", True, f"QEMU does not run as root ({conf}: "
+                  f"{qemu_conf_identity_text(conf)}){seen}")
+
+
+def qemu_conf_identity_text(conf: Path) -> str:
+    try:
+        found = qemu_conf_identity(conf.read_text())
+    except OSError:
+        found = {}
+    return ", ".join(f'{k} = "{v}"' for k, v in found.items()) or "user/group unset"
+
+
 def running_vms(pid_dir: Path = LIBVIRT_PID_DIR) -> list[str]:
     """Our domains whose QEMU runs (libvirt's pid file names a live process)."""
     names = []
@@ -164,5 +243,5 @@ def check_network_policy(cfg: HostConfig, pid_dir: Path = LIBVIRT_PID_DIR) -> An
                   f"{netpolicy.TABLE}, QEMU uids {uids}): {netpolicy.describe(policy)}")
 
 
-CONFINEMENT_CHECKS = (check_vm_identity, check_seccomp, check_network_policy)
+CONFINEMENT_CHECKS = (check_vm_identity, check_qemu_user, check_seccomp, check_network_policy)
 

@@ -1,4 +1,6 @@
-"""``hypervm gc``: destroy our VMs whose owner process is gone and remove their run dirs.
+"""``hypervm gc``: destroy our VMs whose owner process is gone and remove their run dirs, and
+the exec sockets of Mesos tasks whose executor was killed (executor.mesos.exec_socket), and the
+ACL entries on ``run -v`` directories of VMs whose owner was killed (executor.volume_access).
 
 Domains are created auto-destroyed, so a dead owner normally takes its VM with it; gc catches
 what slips through (libvirtd restarted, a domain defined by hand, a run dir left by a crash).
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from executor import volume_access
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import (
     ORPHAN_DIR_GRACE_S,
@@ -24,6 +27,7 @@ from executor.libvirt.owners import (
     select_leftovers,
     select_orphan_dirs,
 )
+from executor.mesos.exec_socket import remove_stale_sockets
 from hypervm.config import HostConfig, config_from_env
 from vmimage.images import ImageStore
 
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 class GcReport:
     destroyed: list[Leftover] = field(default_factory=list)
     removed_dirs: list[Path] = field(default_factory=list)
+    #: ``hypervm exec --task`` sockets nobody serves
+    removed_sockets: list[Path] = field(default_factory=list)
+    #: volume ACL entries of VMs that no longer run
+    released_grants: list[volume_access.Grant] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     #: disk images the kept domains use: the image cache's gc must keep them
     in_use: set[Path] = field(default_factory=set)
@@ -80,6 +88,8 @@ def collect_garbage(
     for name in select_orphan_dirs(_run_dir_entries(cfg.vms_dir), live, time.time(), grace):
         if _remove_dir(cfg.vms_dir / name, dry_run):
             report.removed_dirs.append(cfg.vms_dir / name)
+    report.removed_sockets = remove_stale_sockets(cfg, dry_run=dry_run)
+    report.released_grants = volume_access.release_stale(cfg, dry_run=dry_run)
     return report
 
 
@@ -91,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gc",
         help="destroy leftover HyperVMs and remove their files",
         description="Destroy the HyperVMs whose owner process is gone (or all with --all) and "
-        "remove their run directories.",
+        "remove their run directories, the exec sockets of Mesos tasks whose executor is "
+        "gone, and the ACL entries on volumes (run -v) of VMs that no longer run.",
     )
     p.add_argument(
         "--all",
@@ -112,9 +123,13 @@ def gc_command(args: argparse.Namespace) -> int:
     verb = "would destroy" if args.dry_run else "destroyed"
     for leftover in report.destroyed:
         print(f"{verb} {leftover.name} ({leftover.reason})")
-    for path in report.removed_dirs:
+    for path in report.removed_dirs + report.removed_sockets:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}")
-    if not report.destroyed and not report.removed_dirs:
+    for grant in report.released_grants:
+        print(f"{'would take' if args.dry_run else 'took'} the ACL entry of {grant.domain} "
+              f"(uid {grant.uid}) off {grant.path}")
+    if not (report.destroyed or report.removed_dirs or report.removed_sockets
+            or report.released_grants):
         print(f"nothing to remove ({len(report.kept)} HyperVMs with a live owner)")
     if not args.dry_run:
         prune_image_cache(cfg, report.in_use, drop_tagged=args.images)

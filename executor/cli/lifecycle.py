@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from executor import session
+from executor import session, volume_access
 from executor.supervisor.box import Box, find
 from hypervm.config import config_from_env
 from hypervm.errors import HyperVMError, InvalidSpec
@@ -111,6 +111,11 @@ def rm_command(args: argparse.Namespace) -> int:
                 raise HyperVMError(f"container {name} is running: stop it first, or hypervm "
                                    f"rm -f {name}")
             force_end(box)
+        vm_id = box.read().get("id")
+        if isinstance(vm_id, str) and not box.supervisor_alive():
+            # a SIGKILLed supervisor's volume ACL entries (else gc's); its VM had started
+            # (it has an id), so no grace for a QEMU yet to start
+            volume_access.release_stale(cfg, only=vm_id, grace=0)
         box.remove()
         print(name)
     return 0

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from executor.cli import detach, run_inputs, volume_access
+from executor import volume_access
+from executor.cli import detach, run_inputs
 from executor.guest.protocol import EXEC_FAILURE_STATUS
 from executor.launcher import Launcher, boot_vm
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
@@ -171,8 +172,8 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
             boot_timeout: float = 60.0, on_booted: Callable[[], object] | None = None) -> int:
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
-    with StopRequest() as stop, boot_vm(cfg, pod, timeout=boot_timeout) as vm, \
-            volume_access.granted_to(vm, container.mounts):
+    with StopRequest() as stop, volume_access.VolumeHold(cfg, container.mounts) as hold, \
+            boot_vm(cfg, pod, timeout=boot_timeout, before_shares=hold.before_shares) as vm:
         if on_booted is not None:
             on_booted()
         if stop.event.is_set():

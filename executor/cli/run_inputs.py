@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from executor.cli.volume_access import check_reachable
 from executor.launcher import Launcher
+from executor.volume_access import check_reachable
 from hypervm.errors import ImageError, InvalidSpec
 from hypervm.imageref import RegistryRef, parse_reference
 from hypervm.podspec import Mount, Resources

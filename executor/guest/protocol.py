@@ -46,6 +46,7 @@ class MsgType(enum.IntEnum):
     NETWORK = 0x15
     PREPARE = 0x16
     RESIZE = 0x17
+    RESEED = 0x18
     STDIN = 0x20
     STDOUT = 0x21
     STDERR = 0x22
@@ -54,7 +55,8 @@ class MsgType(enum.IntEnum):
 
 #: requests the host sends; each gets exactly one OK or ERROR with the same id
 REQUESTS = frozenset({MsgType.START, MsgType.EXEC, MsgType.SIGNAL, MsgType.POWEROFF, MsgType.PING,
-                      MsgType.NETWORK, MsgType.PREPARE, MsgType.RESIZE})
+                      MsgType.NETWORK, MsgType.PREPARE, MsgType.RESIZE,
+                      MsgType.RESEED})
 #: frames whose id is a process handle rather than a request id
 PROCESS_FRAMES = frozenset({MsgType.STDIN, MsgType.STDOUT, MsgType.STDERR, MsgType.EXIT})
 #: ERROR codes that mean "the command could not be executed", with the shell's exit status
@@ -345,6 +347,18 @@ def resize_payload(handle: int, rows: int, cols: int) -> dict[str, int]:
     if not (0 < rows < 65536 and 0 < cols < 65536):
         raise ProtocolError(f"window size {rows}x{cols} is out of range 1..65535")
     return {"handle": handle, "rows": rows, "cols": cols}
+
+
+#: RESEED's seed: bytes of fresh host entropy (init takes 32..512)
+RESEED_BYTES = 64
+
+
+def reseed_payload(seed: bytes) -> dict[str, str]:
+    """RESEED: fresh host entropy the guest kernel's RNG is reseeded from (a VM restored from
+    a snapshot starts with its template's RNG state); ``seed`` is 32..512 bytes."""
+    if not 32 <= len(seed) <= 512:
+        raise ProtocolError(f"a RESEED seed has 32..512 bytes, not {len(seed)}")
+    return {"seed": seed.hex()}
 
 
 def mount_payload(type_: str, destination: str, readonly: bool, source: str | None = None,

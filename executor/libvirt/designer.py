@@ -7,6 +7,7 @@ Pure: values in, a validated :class:`DomainSpec` out (``domain_xml`` turns it in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,19 @@ def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpu
     return _domain(name, boot, cfg, RunFiles.under(run_dir),
                    Resources(cpus=vcpus, memory_mib=memory_mib), NetworkSpec(), metadata,
                    identity, shares=(share,), scsi_controller=True)
+
+
+#: the QEMU arguments of a clone: wait for a migration stream (executor.libvirt.migration)
+INCOMING_ARGS = ("-incoming", "defer")
+
+
+def clone_domain(name: str, template: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
+                 vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
+                 identity: tuple[int, int] | None = None) -> DomainSpec:
+    """A VM started from the snapshot of ``template`` (executor.snapshot): the template's
+    domain (a pool VM of the same shape, whose devices its saved state fills) under its own
+    name, UUID, run dir and uid, with the template's NIC (the MAC in its saved state), waiting
+    for the state instead of booting."""
+    spec = pool_domain(name, boot, cfg, run_dir, vcpus, memory_mib, metadata, identity=identity)
+    nic = network.qemu_args(NetworkSpec(), network.mac_address(template))
+    return dataclasses.replace(spec, qemu_args=(*nic, *INCOMING_ARGS)).validate()

@@ -13,14 +13,16 @@ process dies, even by SIGKILL. A VM never outlives its executor.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pwd
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import libvirt_qemu
@@ -154,6 +156,8 @@ class Hypervisor:
         self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
         #: domains created through this connection and not seen stopping
         self._created: set[str] = set()
+        #: of those, the ones it auto-destroys when it closes
+        self._autodestroys: set[str] = set()
         if events:
             self._event_id = self.conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
@@ -241,6 +245,8 @@ class Hypervisor:
         )
         with self._listeners_lock:
             self._created.add(spec.name)
+            if self._create_flags & libvirt.VIR_DOMAIN_START_AUTODESTROY:
+                self._autodestroys.add(spec.name)
         return VM(self, dom.name(), dom.UUIDString())
 
     def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
@@ -326,6 +332,7 @@ class Hypervisor:
         """
         with self._listeners_lock:
             self._created.discard(name)
+            self._autodestroys.discard(name)
         dom = self._lookup(name)
         if dom is None:
             return False
@@ -341,11 +348,13 @@ class Hypervisor:
         log.info("destroyed %s", name)
         return True
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str) -> bool:
         """``name``'s QEMU has exited (a pidfd said so): libvirtd finishes its teardown by
-        itself; stop reporting it as ours. No libvirt call (it would wait for that teardown)."""
+        itself; stop reporting it as ours. No libvirt call (it would wait for that teardown).
+        True when closing this connection would auto-destroy it (executor.libvirt.linger)."""
         with self._listeners_lock:
             self._created.discard(name)
+            return name in self._autodestroys
 
     def is_running(self, name: str) -> bool:
         dom = self._lookup(name)
@@ -398,6 +407,30 @@ class Hypervisor:
         the domain tainted by a custom monitor command; nothing else changes."""
         self._live(name, "flush the TCG translations", lambda dom: libvirt_qemu.qemuMonitorCommand(
             dom, "tcg-flush", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
+
+    def monitor(self, name: str, command: Mapping[str, Any], files: Sequence[int] = ()) -> Any:
+        """One QMP ``command`` to the running domain's QEMU, passing ``files`` (fds) with it
+        (executor.libvirt.migration); its ``return``. libvirt marks the domain tainted."""
+        text, out = json.dumps(command), None
+
+        def call(dom: libvirt.virDomain) -> None:
+            nonlocal out
+            if files:
+                out, _ = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(files), 0)
+            else:
+                out = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
+        self._live(name, f"run {command.get('execute')}", call)
+        return json.loads(out or "{}").get("return")
+
+    def monitor_command(self, name: str, command: str) -> str:
+        """Run one HMP command on the running domain's QEMU monitor and return what it printed
+        (e.g. executor.network's ``hostfwd_add``; HMP reports most failures only there).
+        libvirt marks the domain tainted by a custom monitor command; nothing else changes."""
+        out: list[str] = []
+        self._live(name, f"run {command.split(' ', 1)[0]} on the monitor", lambda dom: out.append(
+            libvirt_qemu.qemuMonitorCommand(dom, command,
+                                            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)))
+        return out[0] if out else ""
 
     def set_metadata(self, name: str, entries: Mapping[str, str]) -> None:
         """Replace the running domain's hypervm metadata (e.g. to hand it to a new owner)."""

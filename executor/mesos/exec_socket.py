@@ -2,15 +2,25 @@
 socket per task, ``HYPERVM_RUN_DIR/tasks/<task id>.sock`` (0600 in a 0700 directory: root
 only), with the session protocol of executor.session. Mesos' own ``mesos task exec`` would
 start a nested container of the executor's container: a process on the host, not in the VM.
+
+A SIGKILLed executor leaves its socket behind; the next executor of the same task id, and
+``hypervm gc`` (:func:`remove_stale_sockets`), remove a socket nobody listens on. Both probe and
+unlink under one flock of ``tasks/.lock``, under which an executor also binds: a socket found
+refusing connections cannot be replaced by a live one before it is unlinked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import socket
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +32,8 @@ from hypervm.podspec import Container
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+#: how long a probe waits for a live executor to accept (a full backlog is not a dead one)
+_PROBE_TIMEOUT_S = 2.0
 
 
 def tasks_dir(cfg: HostConfig) -> Path:
@@ -43,9 +55,6 @@ def serve_task_exec(cfg: HostConfig, task_id: str, vm: HyperVM, container: Conta
     when the socket cannot be made, e.g. another live executor serves the same task id."""
     path = socket_path(cfg, task_id)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        _remove_stale(path)
         session = ExecSession(vm, container.name, container.process)
 
         def dispatch(sock: socket.socket, request: dict[str, Any]) -> None:
@@ -55,22 +64,58 @@ def serve_task_exec(cfg: HostConfig, task_id: str, vm: HyperVM, container: Conta
             log.info("exec into task %s: %s", task_id, request.get("args"))
             session.serve(sock, request)
 
-        return SessionServer(path, dispatch)
+        with _locked(path.parent):
+            if path.exists() and not _unserved(path):
+                raise OSError(f"{path} is served by another process")
+            path.unlink(missing_ok=True)
+            return SessionServer(path, dispatch)
     except OSError as e:
         log.warning("no exec socket for task %s at %s: %s", task_id, path, e)
         return None
 
 
-def _remove_stale(path: Path) -> None:
-    """A socket nobody answers on (its executor died) is removed; a live one is kept."""
-    if not path.exists():
-        return
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """The tasks directory (root only), exclusively ours while the block runs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unserved(path: Path) -> bool:
+    """Nobody listens on the socket ``path`` (connection refused, or gone): its executor is
+    dead. A live one that is slow to accept counts as served."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_PROBE_TIMEOUT_S)
     try:
         probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)
-        return
+    except OSError as e:
+        return e.errno in (errno.ECONNREFUSED, errno.ENOENT)
     finally:
         probe.close()
-    raise OSError(f"{path} is served by another process")
+    return False
+
+
+def remove_stale_sockets(cfg: HostConfig, dry_run: bool = False) -> list[Path]:
+    """Remove the task sockets nobody serves (their executor was killed); the removed ones."""
+    directory = tasks_dir(cfg)
+    if not directory.is_dir():
+        return []
+    removed = []
+    with _locked(directory):
+        for path in sorted(directory.glob("*.sock")):
+            try:
+                if not stat.S_ISSOCK(path.lstat().st_mode) or not _unserved(path):
+                    continue
+                if not dry_run:
+                    path.unlink()
+            except OSError as e:
+                log.warning("cannot remove the stale exec socket %s: %s", path, e)
+                continue
+            removed.append(path)
+    return removed

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: float,
              before_shares: Callable[[tuple[int, int] | None], None] | None = None
              ) -> HyperVM | None:
-    """A pool VM running ``pod``, or None (nothing left behind) to boot cold."""
+    """A pool VM running ``pod`` (its ports published), or None (nothing left behind) to boot
+    cold. NetworkError, as a cold boot raises it, when a port of the pod cannot be published."""
     if not cfg.pool_socket.exists():
         return None
     res = pod.resources
@@ -44,8 +45,8 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         if reason is not None:
             raise PoolError(reason)
         lease, sock = client.claim(cfg, res.cpus, res.memory_mib, pod_metadata(pod),
-                                   [str(path) for path in serials])
-    except PoolError as e:
+                                   [str(path) for path in serials], ports=pod.network.ports)
+    except PoolError as e:  # a NetworkError (a port it cannot have) propagates: cold fails alike
         log.info("%s: no warm VM (%s): booting cold", pod.name, e)
         return None
     vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=lease.vm, run_dir=lease.run_dir,
@@ -74,7 +75,8 @@ def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, An
     """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
-    pair = hv.vm_identity(vm.name)  # the pool VM's own uid, given at its boot
+    # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)
+    pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
     vm.identity = identity.Identity(*pair) if pair is not None else None
     vm.give_owned_shares()
     if not lease.layers_attached:  # an image pool VM has exactly our layers already

@@ -22,7 +22,8 @@ from typing import Any
 from executor.pool.protocol import MAX_LINE, Lease, claim_request, decode, encode
 from executor.pool.release import check_released, release_request
 from hypervm.config import HostConfig
-from hypervm.errors import PoolError
+from hypervm.errors import HyperVMError, PoolError
+from hypervm.netspec import PortMapping
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,19 @@ def _request(cfg: HostConfig, message: dict[str, Any],
 
 
 def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
-          layers: Sequence[str] = (), timeout: float = CLAIM_TIMEOUT
-          ) -> tuple[Lease, socket.socket]:
+          layers: Sequence[str] = (), timeout: float = CLAIM_TIMEOUT,
+          ports: Sequence[PortMapping] = ()) -> tuple[Lease, socket.socket]:
     """Claim a warm VM of this shape for a pod of these ``layers`` (distinct layer files in
-    disk-serial order), ``metadata`` written on it; the caller owns (and must destroy) it
-    from now on. PoolError when none can be had: boot cold then."""
-    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata, layers), timeout)
+    disk-serial order), ``metadata`` written on it, ``ports`` published on it; the caller owns
+    (and must destroy) it from now on. PoolError when none can be had: boot cold then.
+    NetworkError when a port cannot be published (a cold boot would fail alike)."""
+    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata, layers, ports),
+                          timeout)
     try:
         lease = Lease.from_reply(reply)
         if len(fds) != 1:
             raise PoolError(f"the pool sent {len(fds)} descriptors with the claim, not 1")
-    except PoolError:
+    except HyperVMError:
         for fd in fds:
             os.close(fd)
         raise

@@ -57,6 +57,7 @@ from executor.pool.protocol import (
     PoolConfig,
     decode,
     encode,
+    error_reply,
     next_kind,
     parse_claim,
     pick_vm,
@@ -65,7 +66,15 @@ from executor.pool.release import parse_release, release_vm
 from executor.vm import flush_boot_translations
 from hypervm import netspec
 from hypervm.config import HostConfig
-from hypervm.errors import BootError, GuestError, HostError, HyperVMError, PoolError
+from hypervm.errors import (
+    BootError,
+    GuestError,
+    HostError,
+    HyperVMError,
+    NetworkError,
+    PoolError,
+)
+from hypervm.netspec import PortMapping
 from vmimage.boot import BootFiles, resolve_boot
 from vmimage.images import ImageStore
 from vmimage.rootfs import ensure_warmup_layer
@@ -93,6 +102,8 @@ class _Idle:
     #: the layer files attached as the pod's disks (an image VM), in serial order
     layers: tuple[str, ...] = ()
     booted_at: float = field(default_factory=time.monotonic)
+    #: the uid:gid its QEMU runs as (None: libvirt's shared user), told to the claimer
+    identity: tuple[int, int] | None = None
 
 
 def _label(kind: str) -> str:
@@ -234,16 +245,22 @@ class WarmPool:
 
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
               metadata: Mapping[str, str] | None = None,
-              layers: Sequence[str] = ()) -> tuple[Lease, socket.socket]:
+              layers: Sequence[str] = (), ports: Sequence[PortMapping] = ()
+              ) -> tuple[Lease, socket.socket]:
         """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
-        else the oldest generic one), with the pod's ``metadata`` written on it: the caller
-        must pass on the socket."""
+        else the oldest generic one), with the pod's ``metadata`` written on it and its
+        ``ports`` published: the caller must pass on the socket. NetworkError, as a cold boot
+        raises it, when a port cannot be published (checked before a VM is taken; a VM that
+        lost a race for one is destroyed, never handed out half-configured)."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
                             f"MiB, not {vcpus} / {memory_mib}")
         if process_start_time(owner_pid) is None:
             raise PoolError(f"the claiming process {owner_pid} is gone")
+        net = netspec.NetworkSpec(ports=tuple(ports))
+        net.validate()  # parse_claim did; a bad mapping must not discard VM after VM below
+        network.check_host_ports(net)  # the cold boot's check, before a VM is taken
         while True:
             with self._cond:
                 index = pick_vm([vm.layers for vm in self._idle], layers)
@@ -255,18 +272,26 @@ class WarmPool:
                 self._last_claim = time.monotonic()
                 self._cond.notify_all()  # the refill thread boots a replacement
             try:
+                network.publish_live(self._hv, vm.name, net)
                 self._hv.set_metadata(vm.name, {
                     **(metadata or {}), META_POOL: self.config.name,
                     META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
+            except NetworkError as e:
+                log.warning("pool VM %s cannot publish the pod's ports (%s): discarded",
+                            vm.name, e)
+                self._discard(vm.name, vm.run_dir, vm.sock)
+                raise
             except HyperVMError as e:
                 log.warning("pool VM %s is unusable (%s): discarded", vm.name, e)
                 self._discard(vm.name, vm.run_dir, vm.sock)
                 continue
             self.claims += 1
-            log.info("%s%s claimed by pid %d after %.1f s idle", vm.name, _label(vm.kind),
-                     owner_pid, time.monotonic() - vm.booted_at)
+            log.info("%s%s claimed by pid %d after %.1f s idle%s", vm.name, _label(vm.kind),
+                     owner_pid, time.monotonic() - vm.booted_at,
+                     f", {len(net.ports)} ports published" if net.ports else "")
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
-                         layers_attached=bool(vm.layers)), vm.sock
+                         layers_attached=bool(vm.layers), identity=vm.identity,
+                         identity_known=True), vm.sock
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -346,7 +371,8 @@ class WarmPool:
                 stale = True
             else:
                 stale = False
-                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers))
+                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers,
+                                        identity=spec.identity))
                 self._cond.notify_all()
         if stale:
             self._discard(name, run_dir, sock)
@@ -454,7 +480,7 @@ class WarmPool:
                 elif op == "claim":
                     claim = parse_claim(request)
                     lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
-                                             claim.layers)
+                                             claim.layers, claim.ports)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:
@@ -466,8 +492,8 @@ class WarmPool:
                 else:
                     raise PoolError(f"op: unknown operation {op!r} (use claim, release or "
                                     f"status)")
-            except PoolError as e:
-                _send_quietly(conn, {"error": str(e)})
+            except (PoolError, NetworkError) as e:
+                _send_quietly(conn, error_reply(e))
             except OSError as e:
                 log.debug("pool client went away: %s", e)
 

@@ -18,10 +18,14 @@ answers one JSON line and, for a claim, passes the connected guest channel socke
 it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 
     → {"op": "claim", "vcpus": 1, "memory_mib": 128, "metadata": {"pod": "web", ...},
-       "layers": ["/var/lib/hypervm/.../a.erofs", ...]}
+       "layers": ["/var/lib/hypervm/.../a.erofs", ...],
+       "ports": [{"host_ip": "127.0.0.1", "host_port": 8080, "container_port": 80,
+                  "protocol": "tcp"}, ...]}
     ← {"vm": "hypervm-pool-1a2b3c4d", "run_dir": "...", "ready": {READY payload},
        "layers_attached": true} + 1 fd
     ← {"error": "no warm VM is ready"}
+    ← {"error": "ports[0] (...): host port 8080/tcp is already in use", "hint": "...",
+       "kind": "network"}
     → {"op": "release", "vm": "hypervm-pool-1a2b3c4d"}      (executor.pool.release)
     ← {"released": "hypervm-pool-1a2b3c4d"}
     → {"op": "status"}
@@ -31,6 +35,11 @@ it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 (``layer_serial``); ``layers_attached`` says the VM has exactly those attached already (an image
 pool VM), so the claimer hot-adds nothing. The pool writes the pod's metadata into the VM
 together with the new owner (the claimer's pid), so the claimer has nothing left to write.
+
+``ports`` are the pod's published ports: the pool checks them as a cold boot does and publishes
+them on the VM (QEMU ``hostfwd_add``) before it answers. A port that cannot be published fails
+the claim with the cold boot's error (``"kind": "network"``: the claimer raises it as the
+NetworkError it is, and does not boot cold), and a VM that had some published is destroyed.
 """
 
 from __future__ import annotations
@@ -48,8 +57,9 @@ from executor.libvirt.domain import (
     MIN_MEMORY_MIB,
     check_metadata,
 )
-from hypervm.errors import ImageError, InvalidSpec, PoolError
+from hypervm.errors import HyperVMError, ImageError, InvalidSpec, NetworkError, PoolError
 from hypervm.imageref import parse_reference
+from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import PodSpec
 
 #: the warm-up layer's disk is LUN 0; a pod's layers take the LUNs after it
@@ -58,6 +68,10 @@ FIRST_POD_UNIT = 1
 MAX_POOL_SIZE = 64
 MAX_LINE = 64 * 1024
 MAX_CLAIM_LAYERS = 128
+#: published ports a claim may carry (each is one monitor command); more boot cold
+MAX_CLAIM_PORTS = 256
+#: the error ``kind`` of a claim that failed on its ports (the claimer raises NetworkError)
+NETWORK_ERROR = "network"
 #: the kind of a generic pool VM (an image pool VM's kind is its image reference)
 GENERIC = ""
 
@@ -131,14 +145,15 @@ def unfit_reason(pod: PodSpec, vcpus: int, memory_mib: int) -> str | None:
     """Why a pool VM of this shape cannot run ``pod`` (None: it can).
 
     The shape must match exactly: a bigger VM would hand the task resources Mesos did not
-    allocate. Published ports are QEMU ``hostfwd`` rules fixed at boot, and a pod without a NIC
-    must not get one, so both boot cold.
+    allocate. A pod without a NIC must not get one, so it boots cold. Published ports are
+    added when the VM is claimed (up to ``MAX_CLAIM_PORTS``).
     """
     if pod.resources.cpus != vcpus or pod.resources.memory_mib != memory_mib:
         return (f"the pod needs {pod.resources.cpus} vCPU / {pod.resources.memory_mib} MiB, "
                 f"pool VMs have {vcpus} vCPU / {memory_mib} MiB")
-    if pod.network.ports:
-        return "the pod publishes ports (fixed when a VM boots)"
+    if len(pod.network.ports) > MAX_CLAIM_PORTS:
+        return (f"the pod publishes {len(pod.network.ports)} ports, a claim takes at most "
+                f"{MAX_CLAIM_PORTS}")
     if pod.network.mode != "user":
         return f"the pod's network mode is {pod.network.mode!r} (pool VMs have a NIC)"
     return None
@@ -189,11 +204,18 @@ def decode(line: bytes, what: str) -> dict[str, Any]:
 
 
 def claim_request(vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
-                  layers: Sequence[str] = ()) -> dict[str, Any]:
+                  layers: Sequence[str] = (), ports: Sequence[PortMapping] = ()
+                  ) -> dict[str, Any]:
     """``metadata``: the pod's entries for the VM (the pool writes them with the new owner);
-    ``layers``: the pod's distinct layer files, in disk-serial order."""
-    return {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
-            "metadata": dict(metadata or {}), "layers": list(layers)}
+    ``layers``: the pod's distinct layer files, in disk-serial order; ``ports``: the pod's
+    published ports (the pool publishes them on the VM)."""
+    request = {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
+               "metadata": dict(metadata or {}), "layers": list(layers)}
+    if ports:  # a claim without ports is the same line as before ports could be claimed
+        request["ports"] = [{"host_ip": m.host_ip, "host_port": m.host_port,
+                             "container_port": m.container_port, "protocol": m.protocol}
+                            for m in ports]
+    return request
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,7 @@ class Claim:
     memory_mib: int
     metadata: dict[str, str]
     layers: tuple[str, ...] = ()
+    ports: tuple[PortMapping, ...] = ()
 
 
 def parse_claim(request: dict[str, Any]) -> Claim:
@@ -225,7 +248,41 @@ def parse_claim(request: dict[str, Any]) -> Claim:
             or len(set(layers)) != len(layers)):
         raise PoolError(f"claim.layers: must be a list of at most {MAX_CLAIM_LAYERS} distinct "
                         f"absolute paths, not {layers!r:.200}")
-    return Claim(values[0], values[1], metadata, tuple(layers))
+    return Claim(values[0], values[1], metadata, tuple(layers),
+                 parse_ports(request.get("ports", [])))
+
+
+_PORT_KEYS = {"host_ip": str, "host_port": int, "container_port": int, "protocol": str}
+
+
+def parse_ports(ports: Any) -> tuple[PortMapping, ...]:
+    """A claim's ``ports`` as mappings, validated as a pod's are; PoolError naming the bad
+    entry (the claimer built them from a valid pod: anything else is a broken client)."""
+    if not isinstance(ports, list) or len(ports) > MAX_CLAIM_PORTS:
+        raise PoolError(f"claim.ports: must be a list of at most {MAX_CLAIM_PORTS} ports, "
+                        f"not {ports!r:.200}")
+    mappings = []
+    for i, port in enumerate(ports):
+        if (not isinstance(port, dict) or set(port) != set(_PORT_KEYS)
+                or not all(isinstance(port[k], t) and not isinstance(port[k], bool)
+                           for k, t in _PORT_KEYS.items())):
+            raise PoolError(f"claim.ports[{i}]: must be an object of {sorted(_PORT_KEYS)}, "
+                            f"not {port!r:.200}")
+        mappings.append(PortMapping(port["host_port"], port["container_port"],
+                                    port["protocol"], port["host_ip"]))
+    try:
+        NetworkSpec(ports=tuple(mappings)).validate()
+    except InvalidSpec as e:
+        raise PoolError(f"claim.{e}") from e
+    return tuple(mappings)
+
+
+def error_reply(err: HyperVMError) -> dict[str, Any]:
+    """The reply to a claim that failed: a NetworkError (a port the pod cannot have) keeps its
+    kind and hint, so the claimer raises the error a cold boot would have raised."""
+    if isinstance(err, NetworkError):
+        return {"error": err.args[0], "hint": err.hint, "kind": NETWORK_ERROR}
+    return {"error": str(err)}
 
 
 @dataclass(frozen=True)
@@ -237,18 +294,37 @@ class Lease:
     ready: dict[str, Any]
     #: the VM has the claimed layers attached (and mounted) already: hot-add nothing
     layers_attached: bool = False
+    #: the uid:gid the VM's QEMU runs as (None: libvirt's shared user), as the pool booted it
+    identity: tuple[int, int] | None = None
+    #: the pool said ``identity`` (one from before did not: the claimer asks libvirt)
+    identity_known: bool = False
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Lease:
         if "error" in reply:
+            if reply.get("kind") == NETWORK_ERROR:
+                hint = reply.get("hint")
+                raise NetworkError(str(reply["error"]),
+                                   hint=hint if isinstance(hint, str) else None)
             raise PoolError(str(reply["error"]))
         vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
         attached = reply.get("layers_attached", False)
+        pair = reply.get("identity")
         if (not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict)
-                or not isinstance(attached, bool)):
-            raise PoolError(f"malformed claim reply: {reply!r}")
-        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached)
+                or not isinstance(attached, bool) or not (pair is None or _is_identity(pair))):
+            raise PoolError(f"malformed claim reply: {reply!r:.500}")
+        return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached,
+                   identity=(pair[0], pair[1]) if pair is not None else None,
+                   identity_known="identity" in reply)
 
     def reply(self) -> dict[str, Any]:
-        return {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
-                "layers_attached": self.layers_attached}
+        reply = {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
+                 "layers_attached": self.layers_attached}
+        if self.identity_known:
+            reply["identity"] = list(self.identity) if self.identity is not None else None
+        return reply
+
+
+def _is_identity(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value))

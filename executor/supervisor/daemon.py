@@ -3,9 +3,12 @@
 ``hypervm run -d`` writes the pod into the box, starts this in a session of its own and waits
 on READY_FD for one JSON line: ``{"id": VM}`` once the container runs, or ``{"error": ...,
 "exit_code": N}``. From then on this process is the VM's owner: it holds the libvirt connection
-(the domain is auto-destroyed with it), logs the output, records the exit, serves the box's
-socket, and exits once the container's main process has exited and the VM is powered off
-(SIGTERM stops the container first, with the run's grace period).
+(the domain is auto-destroyed with it) and the ACL entries that let the VM's QEMU reach its
+``-v`` directories (executor.volume_access; taken off when the VM is powered off, before
+``stop`` and ``wait`` answer; if this process is SIGKILLed, ``hypervm gc`` takes them off),
+logs the output, records the exit, serves the box's socket, and exits once the container's
+main process has exited and the VM is powered off (SIGTERM stops the container first, with
+the run's grace period).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from executor.session import (
 from executor.supervisor.box import Box, add_event, now
 from executor.supervisor.logfile import LogWriter
 from executor.vm import HyperVM
+from executor.volume_access import VolumeHold
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError
 from hypervm.podspec import Container, PodSpec
@@ -63,6 +67,8 @@ class Supervisor:
             "ports": [p.describe() for p in self.pod.network.ports], "events": []}
         self._state_lock = threading.Lock()
         self.vm: HyperVM | None = None
+        #: what the VM holds while it runs: its volumes' ACL entries
+        self.held = VolumeHold(cfg, self.container.mounts)
         self.running = RunningProcess()
         self.recorded = threading.Event()  # the exit is in the state
         self.stop_requested = threading.Event()
@@ -94,10 +100,14 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stop_requested.set())
         try:
-            vm = boot_vm(self.cfg, self.pod, timeout=self.boot_timeout)
-        except HyperVMError as e:
-            return self._failed(ready_fd, str(e), 125)
-        with vm:
+            vm = boot_vm(self.cfg, self.pod, timeout=self.boot_timeout,
+                         before_shares=self.held.before_shares)
+        except BaseException as e:
+            self.held.close()
+            if isinstance(e, HyperVMError):
+                return self._failed(ready_fd, str(e), 125)
+            raise
+        with self.held, vm:
             self.vm = vm
             self.update("start", id=vm.name, status="running", started=now())
             try:
@@ -106,6 +116,7 @@ class Supervisor:
                     on_stderr=self._output("stderr"), on_exit=self.running.on_exit)
             except GuestError as e:
                 vm.poweroff(timeout=2.0)
+                self.held.close()
                 what = "command not found" if e.code == "ENOENT" else "command not executable"
                 return self._failed(ready_fd, f"{self.container.process.args[0]}: {what} in the "
                                               f"container", EXEC_FAILURE_STATUS.get(e.code, 126))
@@ -133,6 +144,7 @@ class Supervisor:
         for sink in list(self.sinks):
             sink.finish(encode_json(EXIT, exit_payload(status)))
         vm.poweroff(timeout=2.0)
+        self.held.close()  # the VM's access to its volumes goes with it
         self.recorded.set()  # wait and stop answer once the VM is gone
         for sink in list(self.sinks):
             sink.closed.wait(2)

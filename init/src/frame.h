@@ -21,6 +21,7 @@ enum msg_type {
 	MSG_NETWORK = 0x15,
 	MSG_PREPARE = 0x16,
 	MSG_RESIZE = 0x17,
+	MSG_RESEED = 0x18,
 	MSG_STDIN = 0x20,
 	MSG_STDOUT = 0x21,
 	MSG_STDERR = 0x22,

@@ -448,6 +448,40 @@ static int parse_resize(const cJSON *root, struct resize_req *r, struct req_erro
 	return 0;
 }
 
+/* --- RESEED --------------------------------------------------------------------------- */
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* "seed": lower-case hex of RESEED_MIN_BYTES..RESEED_MAX_BYTES bytes. */
+static int parse_reseed(const cJSON *root, struct reseed_req *r, struct req_error *err)
+{
+	const char *seed;
+	size_t n, i;
+
+	if (get_string(root, "", "seed", 1, &seed, err) != 0)
+		return -1;
+	n = strlen(seed);
+	if (n % 2 != 0 || n < 2 * RESEED_MIN_BYTES || n > 2 * RESEED_MAX_BYTES)
+		return fail(err, "seed: must be the hex of %d..%d bytes", RESEED_MIN_BYTES,
+			    RESEED_MAX_BYTES);
+	for (i = 0; i < n / 2; i++) {
+		int hi = hex_digit(seed[2 * i]), lo = hex_digit(seed[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return fail(err, "seed: not lower-case hex");
+		r->seed[i] = (unsigned char)(hi << 4 | lo);
+	}
+	r->len = n / 2;
+	return 0;
+}
+
 /* --- NETWORK --------------------------------------------------------------------------- */
 
 /* A DNS name or label list: [A-Za-z0-9_.-], at most MAX_DNS_NAME_LEN bytes. */
@@ -597,7 +631,7 @@ int request_type_known(uint16_t type)
 {
 	return type == MSG_START || type == MSG_EXEC || type == MSG_SIGNAL ||
 	       type == MSG_POWEROFF || type == MSG_PING || type == MSG_NETWORK ||
-	       type == MSG_PREPARE || type == MSG_RESIZE;
+	       type == MSG_PREPARE || type == MSG_RESIZE || type == MSG_RESEED;
 }
 
 int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len,
@@ -640,6 +674,9 @@ int request_parse(uint16_t type, uint32_t id, const uint8_t *payload, size_t len
 		break;
 	case MSG_PREPARE:
 		rc = parse_prepare(out->json, &out->u.prepare, err);
+		break;
+	case MSG_RESEED:
+		rc = parse_reseed(out->json, &out->u.reseed, err);
 		break;
 	default: /* POWEROFF, PING: no fields */
 		rc = 0;

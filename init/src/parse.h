@@ -114,6 +114,15 @@ struct host_entry {
 	size_t nnames;
 };
 
+/* RESEED: fresh host entropy for the kernel's RNG (a VM restored from a snapshot). */
+#define RESEED_MIN_BYTES 32
+#define RESEED_MAX_BYTES 512
+
+struct reseed_req {
+	unsigned char seed[RESEED_MAX_BYTES];
+	size_t len;
+};
+
 struct network_req {
 	struct iface_spec ifaces[MAX_IFACES];
 	size_t nifaces;
@@ -136,6 +145,7 @@ struct request {
 		struct resize_req resize;
 		struct network_req network;
 		struct prepare_req prepare;
+		struct reseed_req reseed;
 	} u;
 };
 

@@ -13,6 +13,7 @@
 #include "boot.h"
 #include "cgroup.h"
 #include "container.h"
+#include "entropy.h"
 #include "exec.h"
 #include "log.h"
 #include "message.h"
@@ -223,6 +224,16 @@ static int handle_network(struct server *s, uint32_t id, const struct network_re
 	return 0;
 }
 
+static int handle_reseed(struct server *s, uint32_t id, const struct reseed_req *req)
+{
+	struct op_error e;
+
+	if (entropy_reseed(req->seed, req->len, &e) != 0)
+		return reply_error(s, id, &e);
+	reply_ok(s, id, strdup("{}"));
+	return 0;
+}
+
 static void dispatch(struct server *s, const struct request *r, const uint8_t *payload,
 		     size_t len)
 {
@@ -244,6 +255,9 @@ static void dispatch(struct server *s, const struct request *r, const uint8_t *p
 		break;
 	case MSG_RESIZE:
 		handle_resize(s, r->id, &r->u.resize);
+		break;
+	case MSG_RESEED:
+		handle_reseed(s, r->id, &r->u.reseed);
 		break;
 	case MSG_POWEROFF:
 		reply_ok(s, r->id, strdup("{}"));

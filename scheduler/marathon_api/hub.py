@@ -3,6 +3,7 @@ routes, built by ``cli.py`` next to the framework."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -21,11 +22,14 @@ from scheduler.tenants import Tenants
 class MarathonHub:
     def __init__(self, store: Store, tenants: Tenants, info: ServerInfo,
                  max_streams: int = 16, max_streams_per_tenant: int = 4,
-                 workloads: Workloads | None = None) -> None:
+                 workloads: Workloads | None = None,
+                 abdicate: Callable[[], None] | None = None) -> None:
         """``workloads``: an existing service (tests); without it status updates feed the
-        events and metrics (``EventedWorkloads``)."""
+        events and metrics (``EventedWorkloads``). ``abdicate``: leave the election
+        (``DELETE /v2/leader``; with ``--zk`` only)."""
         state.install(store)
         self.store, self.tenants, self.info = store, tenants, info
+        self.abdicate = abdicate
         self.bus = EventBus(max_streams, max_streams_per_tenant)
         self.metrics = Metrics()
         self.metrics.refresh = self._refresh
@@ -54,7 +58,7 @@ class MarathonHub:
         reader = apps.add_routes(app, self.workloads, self.deployments, self.bus)
         app.add_route("/ping", resources.Ping())
         app.add_route("/v2/info", resources.Info(self.info, self.store))
-        app.add_route("/v2/leader", resources.Leader(self.info))
+        app.add_route("/v2/leader", resources.Leader(self.info, self.abdicate))
         tasks = resources.Tasks(reader, self.deployments)
         app.add_route("/v2/tasks", tasks)
         app.add_route("/v2/tasks/delete", tasks, suffix="delete")

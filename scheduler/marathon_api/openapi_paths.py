@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_ERRORS = {"401": "missing or unknown token", "403": "over quota (the message names it)",
+_ERRORS = {"401": "missing or unknown token",
+           "403": "over quota (the message names it), or an operator's call",
            "404": "no such app, task, version or deployment for this tenant",
            "409": "locked by a deployment (add force=true) or id taken",
            "422": "invalid or unsupported field (field and details name it)",
@@ -34,7 +35,9 @@ PATHS: dict[str, Any] = {
     "/v2/info": {"get": _op("Marathon's info: name, version, leader, frameworkId, configs",
                             "401")},
     "/v2/leader": {"get": _op("{leader: host:port}", "401"),
-                   "delete": _op("refused: no standby to take over", "501")},
+                   "delete": _op("the leader abdicates (--zk; an operator tenant): "
+                                 "{message: Leadership abdicated}; 404 without an election",
+                                 "401", "403", "404")},
     "/v2/apps": {
         "get": _op("The tenant's apps (?embed=apps.tasks|apps.counts|apps.deployments|"
                    "apps.lastTaskFailure, ?id=, ?cmd=, ?label=)", "401"),

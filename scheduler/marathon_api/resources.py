@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ import falcon
 
 from hypervm.errors import InvalidSpec
 from scheduler.api import read_json
-from scheduler.errors import NotFound
+from scheduler.errors import Forbidden, NotFound
 from scheduler.marathon_api import state, views
 from scheduler.marathon_api.apps import LIST_EMBED, AppReader, deployment_answer
 from scheduler.marathon_api.deployments import Deployments
@@ -83,15 +84,28 @@ class Info:
 
 
 class Leader:
-    def __init__(self, info: ServerInfo) -> None:
-        self.info = info
+    """``GET /v2/leader``; ``DELETE /v2/leader``: the leader abdicates (``abdicate``, given
+    with ``--zk``), as Marathon's: ``{"message": "Leadership abdicated"}``, and it leaves the
+    election a moment later. Alone (no ``--zk``) there is no election to hand over to:
+    ``404``, Marathon's answer when it has no leader to abdicate. Abdicating moves every
+    tenant's API and framework, so only an operator tenant may."""
+
+    def __init__(self, info: ServerInfo, abdicate: Callable[[], None] | None = None) -> None:
+        self.info, self.abdicate = info, abdicate
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"leader": self.info.leader}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raise NotSupported("abdication is not supported: this scheduler runs without a "
-                           "standby", hint="restart the scheduler instead")
+        tenant = _tenant(req)
+        if not tenant.operator:
+            raise Forbidden(f"tenant {tenant.id} may not make the leader abdicate: it moves "
+                            "every tenant's API", hint="use a tenant with operator: true")
+        if self.abdicate is None:
+            raise NotFound("There is no leader to abdicate: this scheduler runs alone, "
+                           "without an election", hint="start several with --zk")
+        self.abdicate()
+        resp.media = {"message": "Leadership abdicated"}
 
 
 class Tasks:

@@ -7,9 +7,7 @@ master validates every call (a task group whose executor has no `disk`, for one,
 from __future__ import annotations
 
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from tests.conftest import TEST_TAG
 from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
 from tests.realmesos.cluster import RealMesos
-from tests.realmesos.fixtures import real_mesos, wait_no_domains  # noqa: F401
+from tests.realmesos.fixtures import real_mesos, scheduler_process, wait_no_domains  # noqa: F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(900)]
 BOOT = 240.0
@@ -28,24 +26,8 @@ PREFIX = f"{TEST_TAG}-rmsched"  # executor ids, and so VM names (hypervm-<id>-N-
 
 @pytest.fixture
 def sched(real_mesos: RealMesos) -> Iterator[SchedulerProcess]:  # noqa: F811
-    work = Path(tempfile.mkdtemp(prefix="hypervm-rmsched-"))
-    proc = SchedulerProcess(work, f"http://{real_mesos.master}", [A, B], prefix=PREFIX)
-    proc.start()
-    yield proc
-    proc.stop()
-    print(proc.log_text()[-6000:])
-    for framework in real_mesos.state()["frameworks"]:  # the operator ends the framework
-        real_mesos_teardown(real_mesos, framework["id"])
-    assert not wait_no_domains(PREFIX, 60)
-
-
-def real_mesos_teardown(mesos: RealMesos, framework_id: str) -> None:
-    import urllib.request
-
-    req = urllib.request.Request(f"http://{mesos.master}/teardown",
-                                 data=f"frameworkId={framework_id}".encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=10):
-        pass
+    with scheduler_process(real_mesos, [A, B], PREFIX) as proc:
+        yield proc
 
 
 def app(image: str, instances: int = 1) -> dict[str, Any]:

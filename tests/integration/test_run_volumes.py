@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from executor.cli.volume_access import ACL_XATTR
+from executor.volume_access import _USER, ACL_XATTR, acl_entries, release_stale
+from hypervm.config import config_from_env
+from tests.conftest import TEST_TAG, our_domains, run_hypervm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
@@ -57,3 +63,115 @@ def test_volume_below_a_private_directory_is_refused(hypervm, busybox_rootfs: Pa
     assert result.returncode == 125
     assert b"cannot be traversed by the VM's own user" in result.stderr
     assert result.stderr.count(b"\n") == 1
+
+
+# -- detached runs: the supervisor holds the ACL entry while the VM runs ---------------------
+
+
+@pytest.fixture
+def private_dir() -> Iterator[Path]:
+    """root's 0700 directory: no VM uid can enter it without the ACL entry of its run."""
+    path = Path(tempfile.mkdtemp(prefix="hypervm-vol-", dir="/tmp"))
+    path.chmod(0o700)
+    (path / "in.txt").write_text("from the host\n")
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    for name in made:
+        run_hypervm("rm", "-f", name)
+
+
+def _vm_users(path: Path) -> dict[int, int]:
+    """uid -> perm of the VM uids named in ``path``'s ACL."""
+    first, last = config_from_env().vm_uid_range
+    try:
+        raw = os.getxattr(path, ACL_XATTR)
+    except OSError:
+        return {}
+    return {ident: perm for tag, perm, ident in acl_entries(raw, 0)
+            if tag == _USER and first <= ident <= last}
+
+
+def _wait_for(what, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _detached(names: list[str], suffix: str, busybox_rootfs: Path, volume: str,
+              script: str) -> str:
+    name = f"{TEST_TAG}-{suffix}"
+    names.append(name)
+    started = run_hypervm("run", "-d", "--name", name, "-v", volume, "--rootfs",
+                          str(busybox_rootfs), "--", "sh", "-c", script)
+    assert started.returncode == 0, started.stderr.decode()
+    return name
+
+
+def test_foreground_read_write_volume_of_a_private_directory(hypervm, busybox_rootfs: Path,  # noqa: ANN001
+                                                             private_dir: Path) -> None:
+    # QEMU opens a 9p share as it starts: the entry must be there before (it came after)
+    result = hypervm("run", "-v", f"{private_dir}:/rw", "--rootfs", str(busybox_rootfs),
+                     "--", "sh", "-c", "cat /rw/in.txt && echo written > /rw/out.txt")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (private_dir / "out.txt").read_text() == "written\n"
+    assert ACL_XATTR not in os.listxattr(private_dir)
+    assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
+
+
+def test_detached_read_write_volume_of_a_private_directory(busybox_rootfs: Path,
+                                                           private_dir: Path,
+                                                           names: list[str]) -> None:
+    name = _detached(names, "vol-rw", busybox_rootfs, f"{private_dir}:/data",
+                     "cat /data/in.txt && echo written > /data/out.txt && exec sleep 600")
+    _wait_for(lambda: (private_dir / "out.txt").exists())
+    assert (private_dir / "out.txt").read_text() == "written\n"
+    assert list(_vm_users(private_dir).values()) == [7]  # the VM's own uid, while it runs
+    stopped = run_hypervm("stop", "-t", "1", name)
+    assert stopped.returncode == 0, stopped.stderr.decode()
+    # stop answered: the VM and its way into the directory are gone, the mode is as it was
+    assert ACL_XATTR not in os.listxattr(private_dir)
+    assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
+    assert run_hypervm("logs", name).stdout == b"from the host\n"
+    assert run_hypervm("rm", name).returncode == 0
+
+
+def test_detached_read_only_volume_cannot_be_written(busybox_rootfs: Path, private_dir: Path,
+                                                     names: list[str]) -> None:
+    name = _detached(names, "vol-ro", busybox_rootfs, f"{private_dir}:/data:ro",
+                     "cat /data/in.txt; echo x > /data/new; echo $?; exec sleep 600")
+    _wait_for(lambda: run_hypervm("logs", name).stdout == b"from the host\n1\n")
+    assert list(_vm_users(private_dir).values()) == [5]  # r-x
+    assert sorted(os.listdir(private_dir)) == ["in.txt"]
+    removed = run_hypervm("rm", "-f", name)
+    assert removed.returncode == 0, removed.stderr.decode()
+    assert ACL_XATTR not in os.listxattr(private_dir)
+    assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
+
+
+def test_a_killed_supervisors_entry_is_taken_off_by_gc_or_rm(busybox_rootfs: Path,
+                                                              private_dir: Path,
+                                                              names: list[str]) -> None:
+    name = _detached(names, "vol-kill", busybox_rootfs, f"{private_dir}:/data",
+                     "exec sleep 600")
+    state = json.loads(run_hypervm("inspect", name).stdout)[0]
+    assert len(_vm_users(private_dir)) == 1
+    os.kill(state["supervisor_pid"], signal.SIGKILL)  # nothing of ours runs to take it off
+    _wait_for(lambda: state["id"] not in our_domains())  # libvirt destroys its VM
+    assert len(_vm_users(private_dir)) == 1
+    # what hypervm gc would take off (gc itself would touch the whole host's VMs and cache)
+    stale = release_stale(config_from_env(), dry_run=True, grace=0)
+    assert state["id"] in [g.domain for g in stale]
+    assert len(_vm_users(private_dir)) == 1
+    removed = run_hypervm("rm", name)  # rm of the dead container takes its entries off too
+    assert removed.returncode == 0, removed.stderr.decode()
+    assert ACL_XATTR not in os.listxattr(private_dir)
+    assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
+    left = release_stale(config_from_env(), dry_run=True, grace=0)
+    assert state["id"] not in [g.domain for g in left]

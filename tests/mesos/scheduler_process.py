@@ -29,6 +29,8 @@ class TenantDef:
     cpus: float = 4.0
     mem: float = 2048.0
     instances: int = 10
+    #: may make the leader abdicate (DELETE /v2/leader)
+    operator: bool = False
 
 
 def free_port() -> int:
@@ -47,7 +49,8 @@ class SchedulerProcess:
         self.tenants_file = workdir / "tenants.json"
         self.tenants_file.write_text(json.dumps({"tenants": [
             {"id": t.id, "role": f"tenant-{t.id}", "token_sha256": hash_token(t.token),
-             "quota": {"cpus": t.cpus, "mem": t.mem, "instances": t.instances}}
+             "quota": {"cpus": t.cpus, "mem": t.mem, "instances": t.instances},
+             "operator": t.operator}
             for t in tenants]}))
         self.state = workdir / "state.db"
         self.port = free_port()

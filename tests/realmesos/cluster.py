@@ -167,6 +167,14 @@ class RealMesos:
             return str(data["data"])
         raise FileNotFoundError(f"the agent's /files/read does not serve {path}")
 
+    def teardown(self, framework_id: str) -> None:
+        """The operator ends a framework (its executors, and so their VMs, go)."""
+        req = urllib.request.Request(f"http://{self.master}/teardown",
+                                     data=f"frameworkId={framework_id}".encode(),
+                                     method="POST")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+
     def log_tail(self, n: int = 60) -> str:
         path = self.work / "mesos-local.log"
         if not path.exists():

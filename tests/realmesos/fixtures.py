@@ -4,6 +4,7 @@ and the leak check: no hypervm domain of the session outlives the module or the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shlex
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_TAG, our_domains
+from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
 from tests.realmesos.cluster import RealMesos, executor_command, missing
 from tests.realmesos.scheduler import TestScheduler, b64, resources
 
@@ -40,6 +42,27 @@ def wait_no_domains(prefix: str = PREFIX, timeout: float = 30) -> set[str]:
     while (left := domains(prefix)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
+
+
+@contextlib.contextmanager
+def scheduler_process(mesos: RealMesos, tenants: list[TenantDef], prefix: str
+                      ) -> Iterator[SchedulerProcess]:
+    """hypervm-scheduler registered with the real master (its executor ids, and so its VMs'
+    names, start with ``prefix``). At the end: its log is printed, the operator tears the
+    framework down, and no VM of ``prefix`` may be left."""
+    work = Path(tempfile.mkdtemp(prefix="hypervm-rmsched-"))
+    proc = SchedulerProcess(work, f"http://{mesos.master}", tenants, prefix=prefix)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(proc.log_text()[-6000:])
+        for framework in mesos.state()["frameworks"]:
+            mesos.teardown(framework["id"])
+        left = wait_no_domains(prefix, 60)
+        shutil.rmtree(work, ignore_errors=True)
+    assert not left, f"VMs left after the framework's teardown: {sorted(left)}"
 
 
 def executor_info(executor_id: str, marathon: bool = False,

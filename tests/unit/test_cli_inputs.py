@@ -139,7 +139,7 @@ def test_pull_never_refuses_an_uncached_image(tmp_path: Path,
 def test_acl_entry_added_and_taken_off(tmp_path: Path) -> None:
     import stat
 
-    from executor.cli import volume_access as va
+    from executor import volume_access as va
 
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
@@ -154,7 +154,7 @@ def test_acl_entry_added_and_taken_off(tmp_path: Path) -> None:
 
 
 def test_acl_read_only_and_existing_entries() -> None:
-    from executor.cli import volume_access as va
+    from executor import volume_access as va
 
     base = va.acl_entries(None, 0o750)
     assert base == [(va._USER_OBJ, 7, va._UNDEFINED_ID), (va._GROUP_OBJ, 5, va._UNDEFINED_ID),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
+from executor import volume_access as va
 from executor.cli import gc as cli_gc
 from executor.cli.gc import collect_garbage
 from executor.libvirt.hypervisor import DomainInfo
 from executor.libvirt.owners import Leftover, owner_gone, select_leftovers, select_orphan_dirs
+from executor.mesos.exec_socket import socket_path
 from hypervm.config import HostConfig
+from hypervm.podspec import Mount
 
 ALIVE = {100: 5000, 200: 7000}
 
@@ -163,3 +168,51 @@ def test_gc_command_registers_and_prints(
     assert hv.destroyed == ["hypervm-dead"]
     assert cli.main(["gc", "--dry-run", "--all"]) == 0
     assert "would destroy hypervm-dead (--all)" in capsys.readouterr().out
+
+
+def test_gc_removes_exec_sockets_nobody_serves(cfg: HostConfig) -> None:
+    stale = socket_path(cfg, "task-of-a-killed-executor")
+    stale.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(stale))  # bound, never listening: what a dead executor leaves
+    report = collect_garbage(cfg, FakeHypervisor([]), dry_run=True)  # type: ignore[arg-type]
+    assert report.removed_sockets == [stale] and stale.exists()
+    report = collect_garbage(cfg, FakeHypervisor([]))  # type: ignore[arg-type]
+    assert report.removed_sockets == [stale] and not stale.exists()
+
+
+def test_gc_takes_off_the_volume_acl_entries_of_vms_that_no_longer_run(
+        cfg: HostConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    owner = va.granted(200001, [Mount(type="9p", destination="/d", source=shared)],
+                       "hypervm-killed-owner", va.keeper(cfg))
+    owner.__enter__()  # its owner was SIGKILLed: the entry and its record stay
+    assert va.ACL_XATTR in os.listxattr(shared)
+    assert collect_garbage(cfg, FakeHypervisor([])).released_grants == []  # type: ignore[arg-type]
+    for record in (cfg.state_dir / "volume-grants").glob("*.json"):
+        os.utime(record, (0, 0))  # not a VM about to start: an old one
+    report = collect_garbage(cfg, FakeHypervisor([]), dry_run=True)  # type: ignore[arg-type]
+    assert [g.domain for g in report.released_grants] == ["hypervm-killed-owner"]
+    assert va.ACL_XATTR in os.listxattr(shared)
+    monkeypatch.setattr(cli_gc, "Hypervisor", lambda *_, **__: _Ctx(FakeHypervisor([])))
+    monkeypatch.setattr(cli_gc, "config_from_env", lambda: cfg)
+    monkeypatch.setattr(cli_gc, "prune_image_cache", lambda *_, **__: None)
+    assert cli_gc.gc_command(argparse.Namespace(everything=False, dry_run=False,
+                                                images=False)) == 0
+    assert (f"took the ACL entry of hypervm-killed-owner (uid 200001) off {shared}"
+            in capsys.readouterr().out)
+    assert va.ACL_XATTR not in os.listxattr(shared)
+    assert os.stat(shared).st_mode & 0o777 == 0o700
+
+
+class _Ctx:
+    def __init__(self, hv: FakeHypervisor) -> None:
+        self.hv = hv
+
+    def __enter__(self) -> FakeHypervisor:
+        return self.hv
+
+    def __exit__(self, *_: object) -> None:
+        pass

@@ -231,3 +231,20 @@ def test_deep_nesting_and_huge_numbers_are_refused(harness: Path) -> None:
     assert lines[0].startswith("FRAME type=0x10 id=1 ERROR EINVAL"), lines
     assert lines[1].startswith("FRAME type=0x12 id=2 ERROR EINVAL handle:"), lines
     assert lines[2].startswith("FRAME type=0x12 id=3 ERROR EINVAL signal:"), lines
+
+
+@pytest.mark.parametrize(("seed", "verdict"), [
+    ("ab" * 32, "OK"),
+    ("ab" * 512, "OK"),
+    ("ab" * 31, "ERROR EINVAL seed: must be the hex of 32..512 bytes"),
+    ("ab" * 513, "ERROR EINVAL seed: must be the hex of 32..512 bytes"),
+    ("a" * 65, "ERROR EINVAL seed: must be the hex of 32..512 bytes"),
+    ("AB" * 32, "ERROR EINVAL seed: not lower-case hex"),
+    ("zz" * 32, "ERROR EINVAL seed: not lower-case hex"),
+    (7, "ERROR EINVAL seed: must be a string"),
+    (None, "ERROR EINVAL seed: required string is missing"),
+])
+def test_reseed_takes_only_32_to_512_bytes_of_hex(harness: Path, seed: object,
+                                                   verdict: str) -> None:
+    (line,) = classify(harness, jframe(0x18, 3, {"seed": seed}))
+    assert line == f"FRAME type=0x18 id=3 {verdict}", line

@@ -5,8 +5,6 @@ event bus, authentication headers)."""
 from __future__ import annotations
 
 import base64
-import collections
-import collections.abc
 import json
 import math
 from pathlib import Path
@@ -14,24 +12,22 @@ from typing import Any
 
 import jsonschema
 import pytest
+from marathon.models import MarathonApp, MarathonDeployment
+from marathon.models.events import EventFactory
+from marathon.models.queue import MarathonQueueItem
+from marathon.models.task import MarathonTask
 
-collections.Iterable = collections.abc.Iterable  # type: ignore[attr-defined]  # marathon 0.13
-
-from marathon.models import MarathonApp, MarathonDeployment  # noqa: E402
-from marathon.models.events import EventFactory  # noqa: E402
-from marathon.models.queue import MarathonQueueItem  # noqa: E402
-from marathon.models.task import MarathonTask  # noqa: E402
-
-from hypervm.errors import InvalidSpec  # noqa: E402
-from scheduler.api import authenticate  # noqa: E402
-from scheduler.marathon import parse_app  # noqa: E402
-from scheduler.marathon_api import appdef, rolling, views  # noqa: E402
-from scheduler.marathon_api.apps import split  # noqa: E402
-from scheduler.marathon_api.events import EventBus, TooManyStreams, event  # noqa: E402
-from scheduler.marathon_api.metrics import Metrics, quantile  # noqa: E402
-from scheduler.marathon_api.resources import group_tree  # noqa: E402
-from scheduler.marathon_api.state import RESTART, START, Deployment  # noqa: E402
-from scheduler.tenants import Quota, Tenant, Tenants, hash_token  # noqa: E402
+import tests.marathon_client  # noqa: F401 - the client's Python 3.10 bug, patched
+from hypervm.errors import InvalidSpec
+from scheduler.api import authenticate
+from scheduler.marathon import parse_app
+from scheduler.marathon_api import appdef, rolling, views
+from scheduler.marathon_api.apps import split
+from scheduler.marathon_api.events import EventBus, TooManyStreams, event
+from scheduler.marathon_api.metrics import Metrics, quantile
+from scheduler.marathon_api.resources import group_tree
+from scheduler.marathon_api.state import RESTART, START, Deployment
+from scheduler.tenants import Quota, Tenant, Tenants, hash_token
 
 REPO = Path(__file__).resolve().parents[2]
 #: Marathon's schema (the same file as ../shared/marathon/AppDefinition.json)

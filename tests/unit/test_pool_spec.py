@@ -116,7 +116,8 @@ def test_a_pod_of_the_pool_shape_fits() -> None:
 @pytest.mark.parametrize(("pod", "words"), [
     (_pod(resources=Resources(cpus=2, memory_mib=128)), "2 vCPU / 128 MiB"),
     (_pod(resources=Resources(cpus=1, memory_mib=64)), "1 vCPU / 64 MiB"),
-    (_pod(network=NetworkSpec(ports=(PortMapping(8080, 80),))), "publishes ports"),
+    (_pod(network=NetworkSpec(ports=tuple(PortMapping(9000 + i, 80) for i in range(300)))),
+     "publishes 300 ports"),
     (_pod(network=NetworkSpec(mode="none")), "network mode"),
 ])
 def test_other_pods_boot_cold_with_a_reason(pod: PodSpec, words: str) -> None:

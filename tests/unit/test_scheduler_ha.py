@@ -2,7 +2,8 @@
 zookeeper, on loopback), the Mesos master double found through ZooKeeper (``--master zk://``).
 The leader is killed with SIGKILL in the middle of a scale-up: a standby leads within 15 s with
 the same framework id, reconciles, launches nothing twice, and the scale-up completes; the same
-with one ZooKeeper node stopped."""
+with one ZooKeeper node stopped. ``DELETE /v2/leader`` (sent to a standby, which forwards it):
+the leader abdicates and exits, another leads at once."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tests.mesos.zookeeper import Ensemble, available, client_of, register_maste
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150),
               pytest.mark.skipif(not available(), reason="needs Debian's zookeeper package")]
-A = TenantDef("a", "token-a", cpus=4, mem=2048, instances=10)
+A = TenantDef("a", "token-a", cpus=4, mem=2048, instances=10, operator=True)
 APP = {"id": "/web", "cmd": "exec sleep 300", "cpus": 0.1, "mem": 32, "instances": 1,
        "container": {"type": "DOCKER", "docker": {"image": "busybox:1.36"}}}
 
@@ -199,3 +200,26 @@ def test_a_leader_frozen_past_its_session_is_replaced_and_exits_when_it_wakes(
     stale = "is not the subscribed stream's"
     assert [v for v in master.all_violations() if stale not in v] == []
     print(f"frozen leader replaced in {took:.1f} s (session timeout 4 s)")
+
+
+def test_delete_v2_leader_hands_the_leadership_to_a_standby(group: Group) -> None:
+    master, (first, one, two) = group
+    assert one.request("POST", "/v2/apps", "a", APP)[0] == 201
+    one.wait_for(app_running(one, 1), 30, "the app running")
+    one.wait_for(no_deployment(one), 30, "the app's deployment done")
+    subscribes = len(master.subscribes)
+    asked_at = time.monotonic()
+    code, body = one.request("DELETE", "/v2/leader", "a")  # forwarded to the leader
+    assert (code, body) == (200, {"message": "Leadership abdicated"})
+    assert first.process is not None and first.process.wait(timeout=20) == 0
+    assert "leadership abdicated" in first.log_text()
+    master.wait_for(lambda: len(master.subscribes) > subscribes, 20, "a standby subscribing")
+    took = time.monotonic() - asked_at
+    new = one.wait_for(lambda: one.leader() in (one.address, two.address) and one.leader(),
+                       10, "a new leader named")
+    assert two.leader() == new
+    leader = one if new == one.address else two
+    view = leader.wait_for(app_running(leader, 1), 30, "the app still running")
+    assert len(master.launched) == 1 and [t["id"] for t in view["tasks"]] == master.launched
+    assert took < 10, f"the election node is released at once, no session to expire: {took}"
+    print(f"abdication: a standby subscribed {took:.1f} s after DELETE /v2/leader")

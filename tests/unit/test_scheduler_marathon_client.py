@@ -4,11 +4,8 @@ models (``MarathonApp.from_json`` …) without error, and does what Marathon wou
 
 from __future__ import annotations
 
-import collections
-import collections.abc
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,23 +13,17 @@ from typing import Any
 
 import pytest
 import requests
+from marathon.exceptions import ConflictError, NotFoundError
+from marathon.models import MarathonApp, MarathonDeployment
+from marathon.models.container import MarathonContainer, MarathonDockerContainer
+from marathon.models.queue import MarathonQueueItem
+from marathon.models.task import MarathonTask
 
-# marathon 0.13 (the newest) encodes nested objects with collections.Iterable, which Python
-# 3.10 removed: without this its create_app/update_app raise AttributeError in the client
-collections.Iterable = collections.abc.Iterable  # type: ignore[attr-defined]
-
-from marathon import MarathonClient  # noqa: E402
-from marathon.exceptions import ConflictError, NotFoundError  # noqa: E402
-from marathon.models import MarathonApp, MarathonDeployment, MarathonHealthCheck  # noqa: E402
-from marathon.models.app import MarathonUpgradeStrategy  # noqa: E402
-from marathon.models.container import MarathonContainer, MarathonDockerContainer  # noqa: E402
-from marathon.models.events import MarathonEvent  # noqa: E402
-from marathon.models.queue import MarathonQueueItem  # noqa: E402
-from marathon.models.task import MarathonTask  # noqa: E402
-
-from tests.mesos.fixtures import master_factory, scheduler_factory  # noqa: F401,E402
-from tests.mesos.master import MasterDouble  # noqa: E402
-from tests.mesos.scheduler_process import SchedulerProcess, TenantDef  # noqa: E402
+from tests.marathon_client import Collector, MarathonClient, settled, wait
+from tests.marathon_client import web_app as _web_app
+from tests.mesos.fixtures import master_factory, scheduler_factory  # noqa: F401
+from tests.mesos.master import MasterDouble
+from tests.mesos.scheduler_process import SchedulerProcess, TenantDef
 
 pytestmark = pytest.mark.timeout(300)
 M = TenantDef("m", "token-m", cpus=6, mem=4096, instances=10)
@@ -50,49 +41,8 @@ def cluster(master_factory: Callable[..., MasterDouble],  # noqa: F811
     yield master, sched
 
 
-class Collector:
-    """Reads ``client.event_stream()`` in a thread (each event parsed by the client)."""
-
-    def __init__(self, client: MarathonClient) -> None:
-        self.events: list[MarathonEvent] = []
-        self.error: BaseException | None = None
-        threading.Thread(target=self._run, args=(client,), daemon=True).start()
-
-    def _run(self, client: MarathonClient) -> None:
-        try:
-            for evt in client.event_stream():
-                self.events.append(evt)
-        except BaseException as e:  # noqa: BLE001 - reported by the test
-            self.error = e
-
-    def types(self) -> set[str]:
-        return {e.event_type for e in self.events}
-
-
-def wait(what: str, predicate: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def settled(c: MarathonClient, timeout: float = 60) -> None:
-    wait("no deployment in progress", lambda: not c.list_deployments(), timeout)
-
-
 def web_app() -> MarathonApp:
-    return MarathonApp(
-        cmd="exec sleep 300", cpus=0.1, mem=16, instances=2,
-        container=MarathonContainer(type="MESOS",
-                                    docker=MarathonDockerContainer(image="busybox:1.36")),
-        health_checks=[MarathonHealthCheck(
-            protocol="COMMAND", command="true", grace_period_seconds=5, interval_seconds=1,
-            timeout_seconds=2, max_consecutive_failures=2, delay_seconds=0)],
-        upgrade_strategy=MarathonUpgradeStrategy(minimum_health_capacity=0.5,
-                                                 maximum_over_capacity=0))
+    return _web_app("busybox:1.36")
 
 
 def live_tasks(master: MasterDouble, prefix: str) -> list[Any]:

@@ -1,0 +1,152 @@
+"""A pod's VM started from a snapshot (``HYPERVM_SNAPSHOT=on``): the launcher's path when no
+pool VM serves the pod. The snapshot of the pod's shape is made once per host (the first
+launch of a shape pays a template boot, executor.snapshot.template); every later launch:
+
+1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
+   connection like a cold VM, waiting for a migration stream (designer.clone_domain);
+2. the template's state loaded into it (executor.libvirt.migration), and it runs;
+3. RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
+   the template's kernel RNG state: init/PROTOCOL.md RESEED). A clone that cannot be
+   reseeded is destroyed, never used;
+4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
+   the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
+
+:func:`start_vm` returns None whenever the snapshot path cannot serve the pod, leaving nothing
+behind: the launcher then boots cold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from executor import netpolicy, network
+from executor.guest.channel import GuestChannel, connect_socket
+from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
+from executor.libvirt import identity, migration
+from executor.libvirt.bounds import resource_bounds
+from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
+from executor.libvirt.domain import DiskSpec
+from executor.libvirt.domain_xml import hotplug_disk_xml
+from executor.pool import claim as binder
+from executor.pool.protocol import FIRST_POD_UNIT
+from executor.snapshot import store, template
+from executor.snapshot.store import Shape, Snapshot
+from executor.vm import HyperVM, pod_metadata
+from hypervm.config import HostConfig
+from hypervm.errors import HyperVMError
+from hypervm.podspec import PodSpec
+from vmimage.boot import BootFiles, resolve_boot
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT = 30.0
+
+
+def unfit_reason(pod: PodSpec) -> str | None:
+    """Why a clone cannot run ``pod`` (None: it can). A clone has the template's NIC: ports
+    published at boot (QEMU hostfwd) and a pod without a NIC need a cold boot."""
+    if pod.network.ports:
+        return "the pod publishes ports (fixed when a VM boots)"
+    if pod.network.mode != "user":
+        return f"the pod's network mode is {pod.network.mode!r} (clones have a NIC)"
+    return None
+
+
+def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: float,
+             boot_files: BootFiles | None = None, accel: str | None = None,
+             before_shares: Callable[[tuple[int, int] | None], None] | None = None
+             ) -> HyperVM | None:
+    """A VM started from the snapshot of ``pod``'s shape, running nothing yet, or None (nothing
+    left behind) to boot cold. The first start of a shape makes its snapshot (a template boot,
+    a few seconds under TCG). Logs where the time went (bench/launch.py reads it)."""
+    reason = unfit_reason(pod)
+    if reason is not None:
+        log.info("%s: no snapshot start (%s): booting cold", pod.name, reason)
+        return None
+    started = time.monotonic()
+    name = f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=name, before_shares=before_shares)
+    vm.assign_devices()
+    hv = vm.take_over(GuestChannel(vm.channel_socket))
+    marks = [("start", started)]
+    try:
+        boot = boot_files or resolve_boot(cfg, accel=accel)
+        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib))
+        marks.append(("snapshot", time.monotonic()))
+        ready = _clone(vm, hv, boot, snap, marks)
+        _give_pod(vm, hv)
+        marks.append(("pod", time.monotonic()))
+    except HyperVMError as e:
+        log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
+        vm.destroy()
+        return None
+    except BaseException:
+        vm.destroy()
+        raise
+    vm.adopted(ready, False, time.monotonic() - started)
+    vm.fail_closed()
+    spans = ", ".join(f"{b} {t1 - t0:.3f}"
+                      for (_, t0), (b, t1) in zip(marks, marks[1:], strict=False))
+    log.info("%s: %s started from snapshot %s in %.3f s (%s)", pod.name, name,
+             snap.state.parent.name, vm.boot_seconds, spans)
+    return vm
+
+
+def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
+           marks: list[tuple[str, float]]) -> dict[str, Any]:
+    """Create the clone, load the snapshot into it, reseed its RNG; its READY payload.
+    Appends when each step ended to ``marks``."""
+    cfg, res = vm.cfg, vm.pod.resources
+    vm.identity = identity.for_vm(cfg, hv, vm.name)
+    spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
+                        res.memory_mib, pod_metadata(vm.pod),
+                        identity=vm.identity.pair if vm.identity is not None else None)
+    # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
+    # nftables table that was in force when its template booted (a host reboot)
+    netpolicy.enforce(cfg, network.host_resolv_conf())
+    hv.prepare_run_dir(vm.run_dir, spec.identity)
+    (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+    hv.create(spec)
+    vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
+    marks.append(("create", time.monotonic()))
+    try:
+        migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+    except HyperVMError:
+        store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: make it anew
+        raise
+    marks.append(("load", time.monotonic()))
+    ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT), LOAD_TIMEOUT,
+                              snap.ready)
+    # before anything else runs in it: its kernel RNG is the template's until now
+    vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+    marks.append(("reseed", time.monotonic()))
+    return ready
+
+
+def _give_pod(vm: HyperVM, hv: Any) -> None:
+    """The pod's layers, mounts, CPU bound and /etc files, as on a claimed pool VM."""
+    vm.give_owned_shares()
+    for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
+        hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
+    binds = []
+    try:
+        if vm.share_tags:
+            qemu_pid = hv.qemu_pid(vm.name)
+            if qemu_pid is None:
+                raise HyperVMError(f"no QEMU process for {vm.name}")
+            for source, tag in vm.share_tags.items():
+                target = vm.run_dir / POOL_SHARE_DIR / tag
+                target.mkdir()
+                binds.append(binder.start_bind(qemu_pid, source, target,
+                                               vm.share_readonly(source)))
+        cputune, _ = resource_bounds(vm.pod.resources)  # memory: bounded at creation
+        if not cputune.empty:
+            hv.set_cpu_bounds(vm.name, cputune)
+        vm.configure_network()
+    finally:
+        binder.wait_binds(binds)

@@ -1,0 +1,216 @@
+"""Where snapshots live, and which snapshot a launch may use.
+
+A snapshot is the saved state of a *template*: a pool-style VM (executor.libvirt.designer's
+``pool_domain``) of one shape, booted, its init READY and its NIC configured, nothing run.
+It is keyed by everything its saved state depends on: the template's domain XML with
+placeholder name and paths (so the kernel, initrd (hence init), QEMU, firmware, machine,
+shape and host policy), plus :data:`FORMAT`. A new kernel, init or QEMU makes a new key;
+the old entries are just never read again (``remove`` clears the lot).
+
+Layout (root only: the state is guest memory)::
+
+    STATE_DIR/snapshots/                 0700
+        lock                             flock: one template is made at a time
+        <key>/                           0700, published by rename when complete
+            state                        0600, QEMU's migration stream
+            meta.json                    0600, what a clone needs (the template's name, READY)
+
+An entry is written in a temporary directory beside it and renamed into place only once its
+state and meta are complete and synced: a reader sees a whole entry or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor.libvirt.designer import pool_domain
+from executor.libvirt.domain_xml import domain_xml
+from hypervm.config import HostConfig
+from hypervm.errors import HostError
+from vmimage.boot import BootFiles
+
+log = logging.getLogger(__name__)
+
+#: bump when what a snapshot holds, or how it is made, changes
+FORMAT = 1
+DIR_MODE = 0o700
+#: after a failed template, launches of its shape boot cold this long before one tries again
+RETRY_FAILED_S = 300.0
+#: placeholders the key's XML is built with (a template's real ones are random)
+_KEY_NAME = "hypervm-template"
+_KEY_RUN_DIR = Path("/nonexistent/template")
+
+
+@dataclass(frozen=True)
+class Shape:
+    vcpus: int
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete entry: its state file and what its meta says."""
+
+    state: Path
+    #: the template's domain name (its NIC's MAC derives from it)
+    template: str
+    #: the READY payload the template's init sent (clones never send it again)
+    ready: dict[str, Any]
+
+
+def snapshots_dir(cfg: HostConfig) -> Path:
+    return cfg.state_dir / "snapshots"
+
+
+def snapshot_key(boot: BootFiles, cfg: HostConfig, shape: Shape) -> str:
+    """The key of the snapshot of a template of ``shape`` booted from ``boot`` on this host."""
+    spec = pool_domain(_KEY_NAME, boot, cfg, _KEY_RUN_DIR, shape.vcpus, shape.memory_mib, {})
+    digest = hashlib.sha256(f"hypervm-snapshot {FORMAT}\n".encode())
+    digest.update(domain_xml(spec).encode())
+    digest.update(_emulator_identity(boot).encode())
+    return digest.hexdigest()[:24]
+
+
+def _emulator_identity(boot: BootFiles) -> str:
+    """The QEMU binary as it is now: Debian's keeps its path across upgrades, and a stream
+    saved by one QEMU need not load into another (the ``pc`` machine type moves on)."""
+    try:
+        st = os.stat(boot.qemu.path)
+    except OSError:
+        st = None
+    stamp = f"{st.st_size}:{st.st_mtime_ns}" if st is not None else "absent"
+    return f"\nqemu {boot.qemu.path} {boot.qemu.version} {boot.qemu.key} {stamp}"
+
+
+def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
+    """The complete entry of ``key``, or None."""
+    entry = snapshots_dir(cfg) / key
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if meta.get("format") != FORMAT or not (entry / "state").is_file():
+            return None
+        return Snapshot(state=entry / "state", template=str(meta["template"]),
+                        ready=dict(meta["ready"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("snapshot %s is unreadable (%s): ignored", key, e)
+        return None
+
+
+@contextlib.contextmanager
+def locked(cfg: HostConfig) -> Iterator[None]:
+    """Hold the store's lock (one template is made at a time, on the whole host)."""
+    root = _root(cfg)
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
+    """A new entry for ``key``: yields (the state file's fd, a temporary directory to put
+    ``meta.json`` in). Published by rename when the block ends without an error; removed
+    otherwise. Call with :func:`locked` held."""
+    root = _root(cfg)
+    for stale in root.glob(".*"):  # of a writer that died: the lock says none is writing now
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        fd = os.open(tmp / "state", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            yield fd, tmp
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for name in os.listdir(tmp):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        final = root / key
+        if final.exists():  # a stale entry of an older format
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def record_failure(cfg: HostConfig, key: str, reason: str) -> None:
+    """Remember that the template of ``key`` failed (see :func:`check_not_failed`)."""
+    path = _root(cfg) / f"{key}.failed"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(reason[:1000])
+
+
+def check_not_failed(cfg: HostConfig, key: str, now: float | None = None) -> None:
+    """HostError while the template of ``key`` failed less than RETRY_FAILED_S ago."""
+    path = _root(cfg) / f"{key}.failed"
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+        reason = path.read_text()
+    except FileNotFoundError:
+        return
+    if age < RETRY_FAILED_S:
+        raise HostError(f"the template of this shape failed {age:.0f} s ago ({reason}); "
+                        f"next try in {RETRY_FAILED_S - age:.0f} s")
+    path.unlink(missing_ok=True)
+
+
+def write_meta(directory: Path, template: str, ready: dict[str, Any]) -> None:
+    fd = os.open(directory / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"format": FORMAT, "template": template, "ready": ready}, f)
+
+
+def discard(cfg: HostConfig, snapshot: Snapshot) -> None:
+    """Remove an entry that did not load (the next launch of its shape makes a new one);
+    clones loading from it keep their open file."""
+    with locked(cfg):
+        shutil.rmtree(snapshot.state.parent, ignore_errors=True)
+    log.warning("snapshot %s did not load: removed", snapshot.state.parent.name)
+
+
+def remove(cfg: HostConfig) -> None:
+    """Remove every snapshot (e.g. after changing the guest kernel by hand)."""
+    shutil.rmtree(snapshots_dir(cfg), ignore_errors=True)
+
+
+def _root(cfg: HostConfig) -> Path:
+    root = snapshots_dir(cfg)
+    try:
+        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        st = root.lstat()
+        if not root.is_dir() or root.is_symlink() or st.st_uid != os.geteuid():
+            raise HostError(f"{root} is not a directory of ours",
+                            hint=f"remove it; hypervm makes it ({DIR_MODE:o}, root only)")
+        root.chmod(DIR_MODE)
+    except OSError as e:
+        raise HostError(f"cannot prepare the snapshot store {root}: {e}") from e
+    return root
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

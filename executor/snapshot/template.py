@@ -1,0 +1,100 @@
+"""Making a snapshot: boot a template VM of one shape, bring its init to READY with its NIC
+configured, check that its init can be reseeded (RESEED), save its state into the store, and
+destroy it. Nothing of a pod ever runs in a template, and none of its shares is mounted (QEMU
+refuses to migrate a VM whose 9p export the guest has mounted).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import Any
+
+from executor import netpolicy, network
+from executor.guest.channel import RawChannel, connect_socket
+from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
+from executor.libvirt import migration
+from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
+from executor.libvirt.domain import DOMAIN_PREFIX
+from executor.snapshot import store
+from executor.snapshot.store import Shape, Snapshot
+from hypervm import netspec
+from hypervm.config import HostConfig
+from hypervm.errors import GuestError, HostError, HyperVMError
+from vmimage.boot import BootFiles
+
+log = logging.getLogger(__name__)
+
+BOOT_TIMEOUT = 60.0
+SAVE_TIMEOUT = 120.0
+#: request ids on the template's channel (nobody else talks to it)
+_NETWORK_ID, _RESEED_ID = 1, 2
+
+
+def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape) -> Snapshot:
+    """The snapshot of a template of ``shape``: from the store, else made now (once per host:
+    a concurrent launch of the same shape waits for this one's)."""
+    key = store.snapshot_key(boot, cfg, shape)
+    found = store.lookup(cfg, key)
+    if found is not None:
+        return found
+    with store.locked(cfg):
+        found = store.lookup(cfg, key)
+        if found is not None:
+            return found
+        store.check_not_failed(cfg, key)  # every launch of the shape would wait for it again
+        started = time.monotonic()
+        try:
+            with store.writing(cfg, key) as (fd, tmp):
+                name, ready = _boot_and_save(cfg, boot, hv, shape, fd)
+                store.write_meta(tmp, name, ready)
+        except HyperVMError as e:
+            store.record_failure(cfg, key, str(e))
+            raise
+        log.info("snapshot %s of a %d vCPU / %d MiB template made in %.2f s", key,
+                 shape.vcpus, shape.memory_mib, time.monotonic() - started)
+    made = store.lookup(cfg, key)
+    if made is None:
+        raise HostError(f"the snapshot {key} just made cannot be read back")
+    return made
+
+
+def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
+                   fd: int) -> tuple[str, dict[str, Any]]:
+    name = f"{DOMAIN_PREFIX}template-{uuid.uuid4().hex[:8]}"
+    run_dir = cfg.vms_dir / name
+    # QEMU as libvirt's user: the template is ours, never a tenant's
+    spec = pool_domain(name, boot, cfg, run_dir, shape.vcpus, shape.memory_mib,
+                       {"snapshot": "template"})
+    sock = None
+    try:
+        netpolicy.enforce(cfg, network.host_resolv_conf())
+        hv.prepare_run_dir(run_dir)
+        (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+        hv.create(spec)
+        sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
+        channel = RawChannel(sock)
+        ready = channel.ready(BOOT_TIMEOUT)
+        nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
+        channel.request(MsgType.NETWORK, _NETWORK_ID, nic or {}, BOOT_TIMEOUT)
+        try:  # clones are reseeded: an init that cannot be must not have clones
+            channel.request(MsgType.RESEED, _RESEED_ID, reseed_payload(os.urandom(RESEED_BYTES)),
+                            BOOT_TIMEOUT)
+        except GuestError as e:
+            raise HostError(f"the guest init {ready.get('init')} cannot reseed its RNG ({e}): "
+                            "no snapshot of it", hint="rebuild the init (make -C init)") from e
+        migration.save(hv, name, fd, SAVE_TIMEOUT)
+        return name, ready
+    except OSError as e:
+        raise HostError(f"cannot make the template {name}: {e}") from e
+    finally:
+        if sock is not None:
+            sock.close()
+        try:
+            hv.destroy(name)
+        except HyperVMError as e:
+            log.warning("cannot destroy the template %s: %s", name, e)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,350 @@
+"""``hypervm run -v``: let the VM's own QEMU user reach the host directories shared with it.
+
+Each VM's QEMU runs as a uid of its own (executor.libvirt.identity), so a directory the operator
+shares keeps its owner and mode and gets, for the VM's lifetime, one POSIX ACL entry for that uid
+(``r-x`` for ``:ro``, ``rwx`` otherwise). Only the directory itself: what the guest creates in it
+belongs to the VM's uid; existing files keep their own permissions (as a bind mount of another
+user's files would). The VM's owner holds the grant (:class:`VolumeHold`) from before its QEMU
+starts to after it ends: the foreground ``run``, or the supervisor of a detached one
+(executor.supervisor).
+
+When the VM ends only its own entry is taken off: another VM sharing the directory keeps its
+own. Once no VM uid (``HYPERVM_VM_UID_RANGE``) is left, the operator's ACL is as it was (its
+mask, or no ACL and the mode as it was). Every grant is recorded (``STATE_DIR/volume-grants/``,
+which survives a reboot as the ACL does) under one flock, which also orders concurrent grants on
+a directory; an owner killed by SIGKILL leaves its record and entry, which ``hypervm gc`` takes
+off once the record's VM no longer runs and the record is older than a boot could take
+(:func:`release_stale`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import stat
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from executor.libvirt import identity
+from hypervm.config import HostConfig
+from hypervm.errors import HostError, InvalidSpec
+from hypervm.podspec import Mount
+
+log = logging.getLogger(__name__)
+
+ACL_XATTR = "system.posix_acl_access"
+_VERSION = 2
+_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_UNDEFINED_ID = 0xFFFFFFFF
+_ENTRY = struct.Struct("<HHI")
+
+
+def acl_entries(raw: bytes | None, mode: int) -> list[tuple[int, int, int]]:
+    """(tag, perm, id) entries of an ACL xattr, or the mode's minimal ACL when there is none."""
+    if raw is None:
+        return [(_USER_OBJ, (mode >> 6) & 7, _UNDEFINED_ID), (_GROUP_OBJ, (mode >> 3) & 7,
+                _UNDEFINED_ID), (_OTHER, mode & 7, _UNDEFINED_ID)]
+    (version,) = struct.unpack_from("<I", raw)
+    if version != _VERSION or (len(raw) - 4) % _ENTRY.size:
+        raise ValueError("unknown ACL format")
+    return [_ENTRY.unpack_from(raw, off) for off in range(4, len(raw), _ENTRY.size)]
+
+
+def with_user(entries: list[tuple[int, int, int]], uid: int,
+              perm: int) -> bytes:
+    """The ACL xattr of ``entries`` plus ``uid: perm``, with the mask widened to cover it."""
+    kept = [e for e in entries if not (e[0] == _USER and e[2] == uid) and e[0] != _MASK]
+    kept.append((_USER, perm, uid))
+    group_class = 0
+    for tag, p, _ in kept:
+        if tag in (_USER, _GROUP, _GROUP_OBJ):
+            group_class |= p
+    old_mask = next((p for tag, p, _ in entries if tag == _MASK), None)
+    kept.append((_MASK, group_class if old_mask is None else old_mask | perm, _UNDEFINED_ID))
+    return _encode(kept)
+
+
+def _encode(entries: list[tuple[int, int, int]]) -> bytes:
+    """The xattr value, entries in the order the kernel requires (tag, then id)."""
+    ordered = sorted(entries, key=lambda e: (e[0], e[2]))
+    return struct.pack("<I", _VERSION) + b"".join(_ENTRY.pack(*e) for e in ordered)
+
+
+def _mask(entries: list[tuple[int, int, int]]) -> int | None:
+    return next((p for tag, p, _ in entries if tag == _MASK), None)
+
+
+def without_user(entries: list[tuple[int, int, int]], uid: int, is_vm_uid: Callable[[int], bool],
+                 operator_mask: int | None) -> list[tuple[int, int, int]] | None:
+    """The ACL once ``uid``'s entry is off: as it is while another VM uid has an entry (its
+    mask covers that VM), else the operator's: their named entries with their mask
+    (``operator_mask``, or the union of the group class when they had none), or None when no
+    named entry is left (the caller drops the ACL and sets the mode from :func:`mode_bits`)."""
+    kept = [e for e in entries if not (e[0] == _USER and e[2] == uid)]
+    if any(tag == _USER and is_vm_uid(ident) for tag, _, ident in kept):
+        return kept
+    if not any(tag in (_USER, _GROUP) for tag, _, _ in kept):
+        return None
+    kept = [e for e in kept if e[0] != _MASK]
+    mask = operator_mask
+    if mask is None:
+        mask = 0
+        for tag, p, _ in kept:
+            if tag in (_USER, _GROUP, _GROUP_OBJ):
+                mask |= p
+    return kept + [(_MASK, mask, _UNDEFINED_ID)]
+
+
+def mode_bits(entries: list[tuple[int, int, int]]) -> int:
+    """The permission bits of a minimal ACL (owner, owning group, others)."""
+    perm = {tag: p for tag, p, _ in entries if tag in (_USER_OBJ, _GROUP_OBJ, _OTHER)}
+    return perm.get(_USER_OBJ, 0) << 6 | perm.get(_GROUP_OBJ, 0) << 3 | perm.get(_OTHER, 0)
+
+
+def check_reachable(real: Path) -> None:
+    """Every directory above ``real`` must be traversable by other users (the VM's uid)."""
+    for parent in real.parents:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            raise InvalidSpec("--volume", f"{parent} (above {real}) cannot be traversed by "
+                              "the VM's own user", hint=f"chmod o+x {parent}, or share a "
+                              "directory elsewhere")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A recorded ACL entry: ``uid`` (the QEMU of ``domain``) on the directory ``path``."""
+
+    domain: str
+    uid: int
+    path: str
+    dev: int
+    ino: int
+    #: the directory's ACL mask before any VM's entry (None: it had none)
+    operator_mask: int | None
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.domain}.{self.dev}.{self.ino}.json"
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """Where grants are recorded, and which uids are VMs' (another VM's entry stays)."""
+
+    records: Path
+    vm_uids: tuple[int, int]
+
+    def is_vm_uid(self, uid: int) -> bool:
+        return self.vm_uids[0] <= uid <= self.vm_uids[1]
+
+
+def keeper(cfg: HostConfig) -> Keeper:
+    return Keeper(cfg.state_dir / "volume-grants", cfg.vm_uid_range)
+
+
+@contextlib.contextmanager
+def _locked(records: Path) -> Iterator[None]:
+    records.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(records / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _records(records: Path) -> list[tuple[Path, Grant]]:
+    """Every record (root wrote them into a root-only directory); unreadable ones dropped."""
+    found = []
+    for path in sorted(records.glob("*.json")):
+        try:
+            found.append((path, Grant(**json.loads(path.read_text()))))
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("dropping the unreadable volume grant %s: %s", path, e)
+            path.unlink(missing_ok=True)
+    return found
+
+
+@contextlib.contextmanager
+def granted(uid: int | None, mounts: Iterable[Mount], domain: str = "",
+            kept_by: Keeper | None = None) -> Iterator[None]:
+    """Each 9p mount's directory reachable by ``uid`` (the QEMU of ``domain``) while the block
+    runs, recorded in ``kept_by`` (None: unrecorded, every other uid counts as the
+    operator's). No-op for None: QEMU runs as libvirt's shared user, which the operator's
+    modes govern."""
+    perms: dict[Path, int] = {}  # one directory shared twice (ro and rw): one rwx entry
+    for mount in mounts:
+        if mount.type == "9p" and mount.source is not None and not mount.owned:
+            perms[mount.source] = perms.get(mount.source, 0) | (5 if mount.readonly else 7)
+    with contextlib.ExitStack() as stack:
+        if uid is not None:
+            for source, perm in perms.items():
+                stack.enter_context(_grant(source, uid, perm, domain, kept_by))
+        yield
+
+
+def _open_dir(directory: Path | str) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+@contextlib.contextmanager
+def _maybe_locked(kept_by: Keeper | None) -> Iterator[None]:
+    if kept_by is None:
+        yield
+    else:
+        with _locked(kept_by.records):
+            yield
+
+
+@contextlib.contextmanager
+def _grant(directory: Path, uid: int, perm: int, domain: str,
+           kept_by: Keeper | None) -> Iterator[None]:
+    fd = _open_dir(directory)
+    record: Path | None = None
+    try:
+        with _maybe_locked(kept_by):
+            record = _add_entry(fd, directory, uid, perm, domain, kept_by)
+        try:
+            yield
+        finally:
+            with _maybe_locked(kept_by):
+                if record is None or record.exists():
+                    _take_off(fd, directory, uid, kept_by, _operator_mask(record))
+                if record is not None:
+                    record.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _add_entry(fd: int, directory: Path, uid: int, perm: int, domain: str,
+               kept_by: Keeper | None) -> Path | None:
+    """Add ``uid: perm`` to the directory's ACL and record it; the record (None: unkept)."""
+    st = os.fstat(fd)
+    try:
+        before: bytes | None = os.getxattr(fd, ACL_XATTR)
+    except OSError:
+        before = None
+    try:
+        entries = acl_entries(before, st.st_mode)
+        record = None
+        if kept_by is not None:
+            same = [g for _, g in _records(kept_by.records)
+                    if (g.dev, g.ino) == (st.st_dev, st.st_ino)]
+            mask = same[0].operator_mask if same else _mask(entries)
+            grant = Grant(domain, uid, str(directory), st.st_dev, st.st_ino, mask)
+            record = kept_by.records / grant.file_name
+            record.write_text(json.dumps(asdict(grant)))
+        os.setxattr(fd, ACL_XATTR, with_user(entries, uid, perm))
+    except (OSError, ValueError) as e:
+        if record is not None:
+            record.unlink(missing_ok=True)
+        raise HostError(f"cannot let the VM's user {uid} reach {directory} (a POSIX ACL): "
+                        f"{e}") from e
+    return record
+
+
+def _operator_mask(record: Path | None) -> int | None:
+    try:
+        return Grant(**json.loads(record.read_text())).operator_mask if record else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _take_off(fd: int, directory: Path | str, uid: int, kept_by: Keeper | None,
+              operator_mask: int | None) -> None:
+    """Take ``uid``'s entry off the directory ``fd`` (see :func:`without_user`). Never
+    raises: a directory left with the entry is logged."""
+    try:
+        st = os.fstat(fd)
+        try:
+            entries = acl_entries(os.getxattr(fd, ACL_XATTR), st.st_mode)
+        except OSError:
+            return  # no ACL: nothing of ours is on it
+        if not any(tag == _USER and ident == uid for tag, _, ident in entries):
+            return
+        is_vm_uid = kept_by.is_vm_uid if kept_by is not None else (lambda _: False)
+        after = without_user(entries, uid, is_vm_uid, operator_mask)
+        if after is None:
+            os.removexattr(fd, ACL_XATTR)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o7000 | mode_bits(entries))
+        else:
+            os.setxattr(fd, ACL_XATTR, _encode(after))
+    except (OSError, ValueError) as e:
+        log.warning("cannot take the VM's ACL entry (uid %d) off %s: %s", uid, directory, e)
+
+
+class VolumeHold:
+    """The ACL entries of one VM's ``-v`` directories, recorded for ``hypervm gc``: taken when
+    its QEMU user is known and before QEMU starts (QEMU opens a 9p share's directory as it
+    starts; pass :meth:`before_shares` to ``boot_vm``), held until :meth:`close`."""
+
+    def __init__(self, cfg: HostConfig, mounts: Iterable[Mount]) -> None:
+        self._keeper = keeper(cfg)
+        self._mounts = tuple(mounts)
+        self._held = contextlib.ExitStack()
+
+    def before_shares(self, pair: tuple[int, int] | None) -> None:
+        """HyperVM's hook: ``pair`` is the VM's uid:gid (None: libvirt's shared user, whose
+        access the operator's modes govern). Called again for a cold boot after a failed
+        claim: each uid's entries are held."""
+        if pair is None:
+            return
+        domain = identity.in_use().get(pair[0])
+        if domain is None:  # allocate() reserved it for the domain: cannot happen
+            raise HostError(f"uid {pair[0]} has no reservation in {identity.REGISTRY}")
+        self._held.enter_context(granted(pair[0], self._mounts, domain, self._keeper))
+
+    def close(self) -> None:
+        self._held.close()
+
+    def __enter__(self) -> VolumeHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,
+                  dry_run: bool = False, only: str | None = None,
+                  grace: float = identity.RESERVATION_GRACE_S) -> list[Grant]:
+    """Take off the entries of VMs that no longer run (``runs(domain)`` False), whose owner was
+    killed before it could (``only``: of that domain alone); the grants released. A record
+    younger than ``grace`` stands (its VM's QEMU may not have started yet: the entry comes
+    first). A directory replaced since (another inode) keeps nothing of ours: only its record
+    goes."""
+    kept_by = keeper(cfg)
+    if not kept_by.records.is_dir():
+        return []
+    released = []
+    now = time.time()
+    with _locked(kept_by.records):
+        for record, grant in _records(kept_by.records):
+            if (only is not None and grant.domain != only) or runs(grant.domain):
+                continue
+            try:
+                if now - record.stat().st_mtime < grace:
+                    continue
+            except OSError:
+                continue
+            released.append(grant)
+            if dry_run:
+                continue
+            try:
+                fd = _open_dir(grant.path)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) == (grant.dev, grant.ino):
+                        _take_off(fd, grant.path, grant.uid, kept_by, grant.operator_mask)
+                finally:
+                    os.close(fd)
+            record.unlink(missing_ok=True)
+    return released

@@ -1,0 +1,90 @@
+"""Starts from a snapshot with real VMs: the launcher (no pool, HYPERVM_SNAPSHOT=on) starts
+each pod from the snapshot of its shape; the clones have their pod's vCPUs and memory, run its
+processes over the guest channel, get distinct RNG states (RESEED), and leave nothing behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.launcher import boot_vm
+from executor.snapshot import store
+from executor.snapshot.store import Shape
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+from tests.conftest import TEST_TAG, our_domains, run_to_exit
+from vmimage.boot import resolve_boot
+from vmimage.rootfs import ensure_warmup_layer
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.usefixtures("no_leaked_domains")]
+
+#: what each clone reports: its CPUs, its memory, 32 bytes of urandom, its boot id
+REPORT = ("grep -c ^processor /proc/cpuinfo; grep MemTotal /proc/meminfo; "
+          "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
+          "cat /proc/sys/kernel/random/boot_id")
+
+
+def _pod(cfg: Any, name: str, cpus: int, memory_mib: int) -> PodSpec:
+    layer = ensure_warmup_layer(cfg.rootfs_dir)
+    container = Container("c", Rootfs(layers=(layer,)),
+                          Process(args=("/bin/sh", "-c", REPORT), env=("PATH=/bin",)))
+    return PodSpec(name=f"{TEST_TAG}-{name}", containers=(container,),
+                   resources=Resources(cpus=cpus, memory_mib=memory_mib))
+
+
+def _report(vm: Any) -> tuple[int, int, str, str]:
+    code, out = run_to_exit(vm, vm.pod.containers[0])
+    assert code == 0, out
+    cpus, mem, rand, boot_id = out.split("\n")[:4]
+    mem_kib = int(re.search(r"(\d+) kB", mem).group(1))  # type: ignore[union-attr]
+    return int(cpus), mem_kib // 1024, rand, boot_id
+
+
+@pytest.fixture
+def fresh_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A store of this test's own: its templates are made by the test."""
+    root = tmp_path / "snapshots"
+    monkeypatch.setattr(store, "snapshots_dir", lambda cfg: root)
+    return root
+
+
+def test_clones_of_two_shapes_run_with_their_shape_and_their_own_rng(
+        host_cfg: Any, fresh_store: Path) -> None:
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)
+    boot = resolve_boot(cfg)
+    vms = []
+    try:
+        for name, cpus, memory in (("sa", 1, 128), ("sb", 1, 128), ("sc", 2, 256)):
+            vms.append(boot_vm(cfg, _pod(cfg, name, cpus, memory)))
+        for vm in vms:  # from a snapshot, not booted cold
+            assert vm.warm and not vm.warm_layers
+            assert vm.boot_seconds is not None
+        reports = [_report(vm) for vm in vms]
+        for vm, (cpus, mem_mib, _, _) in zip(vms, reports, strict=True):
+            assert cpus == vm.pod.resources.cpus
+            # MemTotal: the VM's memory less what the kernel keeps for itself
+            assert vm.pod.resources.memory_mib - 48 <= mem_mib <= vm.pod.resources.memory_mib
+        rands = [r[2] for r in reports]
+        assert all(len(r) == 64 for r in rands)
+        # sa and sb are clones of one snapshot: each was reseeded with host entropy (init logs
+        # it on the console, whose log starts at the restore) and reads bytes of its own
+        for vm in vms:
+            assert "RNG reseeded with 64 host bytes" in vm.console_log.read_text()
+        assert len(set(rands)) == len(rands), rands
+        # the kernel makes boot_id at its first read: never in a template, so after RESEED
+        assert reports[0][3] != reports[1][3]
+        for shape in (Shape(1, 128), Shape(2, 256)):
+            entry = store.lookup(cfg, store.snapshot_key(boot, cfg, shape))
+            assert entry is not None
+            assert os.stat(entry.state).st_mode & 0o777 == 0o600
+            assert os.stat(entry.state.parent).st_mode & 0o777 == 0o700
+    finally:
+        for vm in vms:
+            vm.destroy()
+    assert our_domains(f"hypervm-{TEST_TAG}-s") == set()
+    assert our_domains("hypervm-template-") == set()

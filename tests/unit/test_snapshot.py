@@ -1,0 +1,282 @@
+"""The snapshot path's pure parts and its store: the clone's domain, the snapshot key, the
+store's atomic entries, the QMP sequences of save/restore (against a fake monitor), the fit
+rule, RESEED's payload and the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor import network
+from executor.guest.protocol import MsgType, reseed_payload
+from executor.libvirt import migration
+from executor.libvirt.designer import INCOMING_ARGS, clone_domain, pool_domain
+from executor.libvirt.domain_xml import domain_xml
+from executor.snapshot import start, store, template
+from executor.snapshot.start import unfit_reason
+from executor.snapshot.store import Shape
+from hypervm.config import config_from_env
+from hypervm.errors import (
+    HostError,
+    HypervisorError,
+    InvalidSpec,
+    NetworkError,
+    ProtocolError,
+)
+from hypervm.netspec import NetworkSpec, PortMapping
+from hypervm.podspec import Container, PodSpec, Process, Rootfs
+from vmimage.boot import BootFiles
+from vmimage.kernel import Kernel
+from vmimage.qemu import DISTRO
+
+BOOT = BootFiles(kernel=Kernel(Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"), "6.1",
+                               "hyperkernel"),
+                 initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
+                 qemu=DISTRO, accel="tcg", cmdline="console=ttyS0 quiet panic=-1")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Any:
+    return config_from_env({"HYPERVM_STATE_DIR": str(tmp_path / "state"),
+                            "HYPERVM_RUN_DIR": str(tmp_path / "run")})
+
+
+# -- the clone's domain -------------------------------------------------------------------------
+
+def test_clone_is_the_templates_domain_under_its_own_name_waiting_for_its_state(cfg: Any) -> None:
+    template = pool_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "hypervm-template-1",
+                           2, 256, {})
+    clone = clone_domain("hypervm-web-2", "hypervm-template-1", BOOT, cfg,
+                         cfg.vms_dir / "hypervm-web-2", 2, 256, {"pod": "web"},
+                         identity=(200001, 200001))
+    assert clone.name == "hypervm-web-2"
+    assert clone.channel_socket == cfg.vms_dir / "hypervm-web-2" / "channel.sock"
+    assert clone.identity == (200001, 200001)
+    # the devices its saved state fills are the template's, the NIC's MAC included
+    assert (clone.vcpus, clone.memory_mib, clone.disks) == (template.vcpus, template.memory_mib,
+                                                            template.disks)
+    assert [s.tag for s in clone.shares] == [s.tag for s in template.shares]
+    assert clone.qemu_args == (*template.qemu_args, *INCOMING_ARGS)
+    assert network.mac_address("hypervm-template-1") in " ".join(clone.qemu_args)
+    assert network.mac_address("hypervm-web-2") not in " ".join(clone.qemu_args)
+    assert '<qemu:arg value="-incoming" />\n    <qemu:arg value="defer" />' in domain_xml(clone)
+
+
+# -- the key ------------------------------------------------------------------------------------
+
+def test_key_is_stable_and_changes_with_the_shape_and_the_boot_files(cfg: Any) -> None:
+    key = store.snapshot_key(BOOT, cfg, Shape(1, 128))
+    assert key == store.snapshot_key(BOOT, cfg, Shape(1, 128))
+    assert key != store.snapshot_key(BOOT, cfg, Shape(2, 128))
+    assert key != store.snapshot_key(BOOT, cfg, Shape(1, 256))
+    other_init = dataclasses.replace(BOOT, initrd=Path("/var/lib/hypervm/initrd/00/initrd.img"))
+    assert key != store.snapshot_key(other_init, cfg, Shape(1, 128))
+    no_reporting = dataclasses.replace(cfg, free_page_reporting=False)
+    assert key != store.snapshot_key(BOOT, no_reporting, Shape(1, 128))
+
+
+def test_key_changes_with_the_qemu_binary(cfg: Any, tmp_path: Path) -> None:
+    binary = tmp_path / "qemu-system-x86_64"
+    binary.write_bytes(b"v1")
+    boot = dataclasses.replace(BOOT, qemu=dataclasses.replace(DISTRO, path=binary))
+    key = store.snapshot_key(boot, cfg, Shape(1, 128))
+    binary.write_bytes(b"v2 upgraded")  # apt upgrades it in place
+    assert store.snapshot_key(boot, cfg, Shape(1, 128)) != key
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+def test_an_entry_appears_whole_and_root_only(cfg: Any) -> None:
+    assert store.lookup(cfg, "k1") is None
+    with store.locked(cfg), store.writing(cfg, "k1") as (fd, tmp):
+        os.write(fd, b"QEVM...")
+        assert store.lookup(cfg, "k1") is None  # nothing published before the block ends
+        store.write_meta(tmp, "hypervm-template-x", {"version": 1, "init": "0.4.0"})
+    entry = store.lookup(cfg, "k1")
+    assert entry is not None
+    assert entry.state.read_bytes() == b"QEVM..."
+    assert (entry.template, entry.ready) == ("hypervm-template-x", {"version": 1, "init": "0.4.0"})
+    root = store.snapshots_dir(cfg)
+    for path, mode in ((root, 0o700), (entry.state.parent, 0o700), (entry.state, 0o600),
+                       (entry.state.parent / "meta.json", 0o600)):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert sorted(p.name for p in root.iterdir()) == ["k1", "lock"]
+
+
+def test_a_failed_entry_leaves_nothing(cfg: Any) -> None:
+    with pytest.raises(HypervisorError), store.locked(cfg), store.writing(cfg, "k2") as (fd, _):
+        os.write(fd, b"half a stream")
+        raise HypervisorError("the template died")
+    assert store.lookup(cfg, "k2") is None
+    assert sorted(p.name for p in store.snapshots_dir(cfg).iterdir()) == ["lock"]
+
+
+def test_a_dead_writers_leftovers_go_with_the_next_entry(cfg: Any) -> None:
+    root = store.snapshots_dir(cfg)
+    root.mkdir(parents=True, mode=0o700)
+    (root / ".k6.abc123").mkdir()
+    (root / ".k6.abc123" / "state").write_bytes(b"half a stream")
+    with store.locked(cfg), store.writing(cfg, "k7") as (_, tmp):
+        store.write_meta(tmp, "t", {})
+    assert sorted(p.name for p in root.iterdir()) == ["k7", "lock"]
+
+
+def test_an_entry_of_another_format_or_without_state_is_ignored(cfg: Any) -> None:
+    with store.locked(cfg), store.writing(cfg, "k3") as (_, tmp):
+        store.write_meta(tmp, "t", {})
+    entry = store.snapshots_dir(cfg) / "k3"
+    meta = (entry / "meta.json").read_text().replace(f'"format": {store.FORMAT}', '"format": 0')
+    (entry / "meta.json").write_text(meta)
+    assert store.lookup(cfg, "k3") is None
+    (entry / "meta.json").write_text("{not json")
+    assert store.lookup(cfg, "k3") is None
+
+
+def test_a_discarded_entry_is_gone(cfg: Any) -> None:
+    with store.locked(cfg), store.writing(cfg, "k4") as (_, tmp):
+        store.write_meta(tmp, "t", {})
+    entry = store.lookup(cfg, "k4")
+    assert entry is not None
+    store.discard(cfg, entry)
+    assert store.lookup(cfg, "k4") is None
+    assert not entry.state.parent.exists()
+
+
+def test_a_failed_template_is_not_retried_for_a_while(cfg: Any) -> None:
+    store.check_not_failed(cfg, "k5")
+    store.record_failure(cfg, "k5", "init 0.3.0 cannot reseed")
+    with pytest.raises(HostError, match="init 0.3.0 cannot reseed"):
+        store.check_not_failed(cfg, "k5")
+    later = time.time() + store.RETRY_FAILED_S + 1
+    store.check_not_failed(cfg, "k5", now=later)
+    store.check_not_failed(cfg, "k5")  # the record is gone
+
+
+def test_a_store_root_that_is_a_symlink_is_refused(cfg: Any, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    store.snapshots_dir(cfg).parent.mkdir(parents=True)
+    store.snapshots_dir(cfg).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(HostError, match="not a directory of ours"):
+        with store.locked(cfg):
+            pass
+
+
+# -- save and restore over QMP ------------------------------------------------------------------
+
+class FakeMonitor:
+    """Answers QMP commands from scripted statuses; records what was asked."""
+
+    def __init__(self, statuses: list[str], key: str) -> None:
+        self.statuses, self.key = statuses, key
+        self.commands: list[str] = []
+        self.files: list[int] = []
+
+    def monitor(self, name: str, command: dict[str, Any], files: Any = ()) -> Any:
+        self.commands.append(command["execute"])
+        self.files += list(files)
+        if command["execute"] in ("query-migrate", "query-status"):
+            return {self.key: self.statuses.pop(0)}
+        return {}
+
+
+def test_save_stops_passes_the_fd_and_waits_for_completion() -> None:
+    hv = FakeMonitor(["active", "active", "completed"], "status")
+    migration.save(hv, "t", 7, timeout=5)
+    assert hv.commands == ["stop", "getfd", "migrate", "query-migrate", "query-migrate",
+                           "query-migrate"]
+    assert hv.files == [7]
+
+
+def test_a_failed_save_is_an_error() -> None:
+    with pytest.raises(HypervisorError, match="migration failed"):
+        migration.save(FakeMonitor(["failed"], "status"), "t", 7, timeout=5)
+
+
+def test_restore_loads_the_stream_then_runs_the_vm(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_bytes(b"QEVM")
+    hv = FakeMonitor(["inmigrate", "inmigrate", "paused"], "status")
+    migration.restore(hv, "c", state, timeout=5)
+    assert hv.commands == ["getfd", "migrate-incoming", "query-status", "query-status",
+                           "query-status", "cont"]
+    assert len(hv.files) == 1
+
+
+def test_a_clone_that_did_not_load_is_an_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_bytes(b"garbage")
+    with pytest.raises(HypervisorError, match="did not load its snapshot"):
+        migration.restore(FakeMonitor(["shutdown"], "status"), "c", state, timeout=5)
+
+
+# -- fit, RESEED, setting ----------------------------------------------------------------------
+
+def _pod(net: NetworkSpec) -> PodSpec:
+    c = Container("c", Rootfs(layers=(Path("/l.erofs"),)), Process(args=("true",)))
+    return PodSpec(name="p", containers=(c,), network=net)
+
+
+def test_pods_with_ports_or_without_a_nic_boot_cold() -> None:
+    assert unfit_reason(_pod(NetworkSpec())) is None
+    ports = NetworkSpec(ports=(PortMapping(host_port=31000, container_port=80),))
+    assert "publishes ports" in (unfit_reason(_pod(ports)) or "")
+    assert "network mode" in (unfit_reason(_pod(NetworkSpec(mode="none"))) or "")
+
+
+def test_reseed_payload_is_hex_of_32_to_512_bytes() -> None:
+    assert MsgType.RESEED == 0x18
+    assert reseed_payload(bytes(range(64))) == {"seed": bytes(range(64)).hex()}
+    for size in (31, 513):
+        with pytest.raises(ProtocolError):
+            reseed_payload(b"x" * size)
+
+
+def test_snapshot_setting() -> None:
+    assert config_from_env({}).use_snapshot is False
+    assert config_from_env({"HYPERVM_SNAPSHOT": "on"}).use_snapshot is True
+    with pytest.raises(InvalidSpec, match="HYPERVM_SNAPSHOT"):
+        config_from_env({"HYPERVM_SNAPSHOT": "yes"})
+
+
+class FakeHypervisor:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+        self.destroyed: list[str] = []
+
+    def confines_per_vm(self) -> bool:
+        return False
+
+    def prepare_run_dir(self, directory: Path, owner: Any = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def create(self, spec: Any) -> None:
+        self.created.append(spec.name)
+
+    def destroy(self, name: str) -> bool:
+        self.destroyed.append(name)
+        return True
+
+
+def test_no_clone_runs_without_the_network_policy(cfg: Any, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """A snapshot outlives the nftables table of its template's boot: every clone installs
+    the policy before its QEMU starts, and a clone whose policy cannot be installed never
+    starts (the launcher's cold boot then refuses the same way)."""
+    snap = store.Snapshot(state=tmp_path / "state", template="hypervm-template-1", ready={})
+    monkeypatch.setattr(template, "ensure", lambda *a: snap)
+
+    def refuse(*a: Any) -> None:
+        raise NetworkError("cannot install the guests' network policy: no nf_tables")
+
+    monkeypatch.setattr(start.netpolicy, "enforce", refuse)
+    hv = FakeHypervisor()
+    pod = _pod(NetworkSpec())
+    assert start.start_vm(cfg, pod, hypervisor=hv, timeout=5, boot_files=BOOT) is None
+    assert hv.created == []
+    assert len(hv.destroyed) == 1  # nothing left behind
