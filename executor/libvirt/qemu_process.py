@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,15 @@ class QemuProcess:
 
     def exited(self) -> bool:
         return self.wait_exit(0)
+
+    def kill(self, signum: int) -> None:
+        """Send ``signum`` to this QEMU (never to a recycled pid: the pidfd pins it)."""
+        if self._fd is None:
+            raise ValueError(f"the pidfd on the QEMU of {self.domain} is closed")
+        try:
+            signal.pidfd_send_signal(self._fd, signum)
+        except ProcessLookupError:
+            pass  # it has exited already
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
