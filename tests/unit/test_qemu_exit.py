@@ -26,6 +26,10 @@ def fake_qemu(tmp_path: Path, domain: str = DOMAIN) -> subprocess.Popen[bytes]:
                              "-name", f"guest={domain},debug-threads=on"],
                             stdin=subprocess.PIPE)
     (tmp_path / f"{domain}.pid").write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + 10
+    while b"guest=" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the fake QEMU did not start"
+        time.sleep(0.01)  # until its exec: before it, the command line is pytest's
     return proc
 
 
