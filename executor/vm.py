@@ -34,10 +34,11 @@ from executor.guest.protocol import (
     resize_payload,
     start_payload,
 )
-from executor.libvirt import identity
+from executor.libvirt import identity, linger
 from executor.libvirt.designer import RunFiles, cold_domain
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
+from executor.libvirt.qemu_process import QemuProcess
 from hypervm import netspec
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
@@ -132,6 +133,12 @@ class HyperVM:
         #: the uid:gid this VM's QEMU runs as (executor.libvirt.identity); None: libvirt's user
         self.identity: identity.Identity | None = None
         self._before_shares = before_shares
+        #: a pidfd on this VM's QEMU (watch_qemu): its exit ends the VM without a libvirt wait
+        self._qemu: QemuProcess | None = None
+        #: hands a claimed VM back to its pool for teardown (executor.pool.adopt);
+        #: :meth:`poweroff` uses it instead of POWEROFF, HyperVMError when it cannot
+        self.hand_back: Callable[[], None] | None = None
+        self._handed_back = False
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -171,6 +178,7 @@ class HyperVM:
         """A claimed pool VM (executor.pool.adopt): talk to it over ``channel``; returns the
         libvirt connection to adopt it with. From now on :meth:`destroy` ends it."""
         self._channel = channel
+        self.watch_qemu()
         if self._hypervisor is None:
             self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
         return self._hypervisor
@@ -245,6 +253,7 @@ class HyperVM:
                 netpolicy.enforce(self.cfg, network.host_resolv_conf())
             self.give_owned_shares()
             self._create(spec)
+            self.watch_qemu()
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
             self.configure_network()
@@ -374,15 +383,37 @@ class HyperVM:
 
     # -- teardown -----------------------------------------------------------------------------
 
+    def watch_qemu(self) -> None:
+        """Hold a pidfd on this running VM's QEMU, so :meth:`poweroff` and :meth:`destroy` see
+        its exit without waiting for libvirtd's teardown (executor.libvirt.qemu_process)."""
+        if self._qemu is None:
+            self._qemu = QemuProcess.of(self.name)
+
+    def qemu_exited(self) -> bool:
+        """QEMU is known to have exited (a pidfd says so); False when unknown."""
+        return self._qemu is not None and self._qemu.exited()
+
     def poweroff(self, timeout: float = 5.0) -> None:
-        """Ask init to power off cleanly; destroy the domain if it does not go in time."""
+        """Ask init to power off cleanly (a claimed VM: hand it back to its pool, which
+        destroys it); destroy the domain if it does not go in time. Returns once QEMU has
+        exited: libvirtd (or the pool) finishes the teardown without us."""
         if self._destroyed:
             return
         if self._channel is not None:
             self._channel.on_disconnect = None  # the guest closes it as it goes: expected
+        if self._channel is not None and self.hand_back is not None:
+            try:
+                self.hand_back()  # its QEMU has exited once it returns
+                self._handed_back = True
+            except HyperVMError as e:
+                log.info("%s: the pool did not take it back (%s): powering it off", self.name, e)
+        if self._channel is not None and not self._handed_back:
             try:
                 self._channel.request(MsgType.POWEROFF, {}, timeout=timeout)
-                if self._hypervisor is not None:
+                if self._qemu is not None:
+                    if not self._qemu.wait_exit(timeout):
+                        log.debug("%s: QEMU still runs %g s after POWEROFF", self.name, timeout)
+                elif self._hypervisor is not None:
                     self._hypervisor.wait_gone(self.name, timeout)
             except HyperVMError as e:
                 log.debug("clean poweroff of %s failed: %s", self.name, e)
@@ -396,12 +427,26 @@ class HyperVM:
             self._destroyed = True
         if self._channel is not None:
             self._channel.close()
+        gone = self.qemu_exited()
+        if self._qemu is not None:
+            self._qemu.close()
         if self._hypervisor is not None:
-            try:
-                self._hypervisor.destroy(self.name)
-            finally:
-                if self._own_hypervisor:
-                    self._hypervisor.close()
+            self._end_domain(gone)
         self._end_identity()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
+    def _end_domain(self, qemu_gone: bool) -> None:
+        """Destroy the domain unless its QEMU has exited (libvirtd then ends the transient
+        domain itself: no libvirt call, which would wait for that); close our connection,
+        after that teardown when closing it would auto-destroy the domain."""
+        autodestroyed = False
+        try:
+            if qemu_gone or self._handed_back:  # the pool destroys a VM handed back to it
+                autodestroyed = self._hypervisor.forget(self.name)
+            else:
+                self._hypervisor.destroy(self.name)
+        finally:
+            if self._own_hypervisor and autodestroyed:
+                linger.close_when_gone(self._hypervisor, self.name)
+            elif self._own_hypervisor:
+                self._hypervisor.close()

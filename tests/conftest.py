@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,12 +59,55 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+#: a VM whose QEMU has exited is still listed while libvirtd tears it down (1-2 s where PID 1
+#: reaps late: executor.libvirt.qemu_process); a leaked VM runs on and is still there after it
+TEARDOWN_GRACE_S = 15.0
+
+
+def domains_left(before: set[str], grace: float = TEARDOWN_GRACE_S) -> set[str]:
+    """Domains of this session (or a demo) not in ``before`` that are still there after
+    ``grace`` seconds."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = (our_domains() | our_domains("hypervm-demo-")) - before
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)
+
+
+def domains_after_teardown(prefix: str = f"hypervm-{TEST_TAG}",
+                           grace: float = TEARDOWN_GRACE_S) -> set[str]:
+    """``our_domains(prefix)`` once libvirtd had ``grace`` seconds to tear exited VMs down
+    (``hypervm run`` returns once its VM's QEMU has exited)."""
+    deadline = time.monotonic() + grace
+    while (left := our_domains(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def live_qemus(prefix: str) -> list[int]:
+    """Pids of QEMU processes of domains named ``prefix``… that have not exited (a zombie has:
+    only its reaping is left)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if f"guest={prefix}".encode() in cmdline and stat[stat.rfind(")") + 2] != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 @pytest.fixture
 def no_leaked_domains() -> Iterator[None]:
     """Fails the test if it leaves a domain of this session (or a demo) behind, and removes it."""
     before = our_domains() | our_domains("hypervm-demo-")
     yield
-    leaked = (our_domains() | our_domains("hypervm-demo-")) - before
+    leaked = domains_left(before)
     for name in leaked:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
                        check=False)
@@ -121,7 +165,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """No VM outlives the test session: destroy leftovers of this session and fail the run."""
     if hasattr(session.config, "workerinput"):
         return
-    leaked = our_domains()
+    leaked = domains_after_teardown()
     for name in leaked:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
                        check=False)

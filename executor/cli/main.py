@@ -15,27 +15,41 @@ import os
 import sys
 
 from executor.cli.usage import EXIT_HYPERVM, LineFormatter, Parser, VersionAction, add_examples
+from executor.libvirt import linger
 from hypervm.errors import HyperVMError
 from hypervm.settings import load_config_file
 
+#: each command's module (a module may register several), in help order: a command line
+#: naming one command imports only its module (``hypervm run`` has no use for doctor or pool)
+COMMANDS = {
+    "run": "executor.cli.run",
+    "ps": "executor.cli.ps", "inspect": "executor.cli.ps",
+    "logs": "executor.cli.logs",
+    "exec": "executor.cli.execute",
+    "attach": "executor.cli.detach",
+    "stop": "executor.cli.lifecycle", "kill": "executor.cli.lifecycle",
+    "rm": "executor.cli.lifecycle", "wait": "executor.cli.lifecycle",
+    "demo": "executor.cli.demo",
+    "doctor": "executor.cli.doctor",
+    "gc": "executor.cli.gc",
+    "pool": "executor.cli.pool",
+    "pull": "executor.cli.images", "images": "executor.cli.images",
+    "completion": "executor.cli.completion",
+}
 #: modules that contribute sub-commands, in help order
-COMMAND_MODULES = (
-    "executor.cli.run",
-    "executor.cli.ps",
-    "executor.cli.logs",
-    "executor.cli.execute",
-    "executor.cli.detach",
-    "executor.cli.lifecycle",
-    "executor.cli.demo",
-    "executor.cli.doctor",
-    "executor.cli.gc",
-    "executor.cli.pool",
-    "executor.cli.images",
-    "executor.cli.completion",
-)
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_modules(argv: list[str] | None) -> tuple[str, ...]:
+    """The modules a parser for ``argv`` needs: the named command's, or all (help, errors)."""
+    words = [arg for arg in argv or () if not arg.startswith("-")]
+    if words and words[0] in COMMANDS:
+        return (COMMANDS[words[0]],)
+    return COMMAND_MODULES
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with ``argv`` only of the command it names."""
     parser = Parser(
         prog="hypervm", description="Run containers in lightweight VMs (HyperVMs).",
         formatter_class=LineFormatter,
@@ -49,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "as in docker")
     parser.add_argument("--version", action=VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in command_modules(argv):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -62,14 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``hypervm`` command; ``argv`` None: this process's arguments, and the process
+    ends here once done (executor.libvirt.linger: no wait for libvirtd's teardown of a VM)."""
     try:
-        return _main(argv)
+        code = _main(argv)
     except SystemExit as e:  # argparse: --help/--version exit 0, usage errors 125
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_HYPERVM)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_HYPERVM)
+    if argv is None and linger.pending():
+        linger.exit_now(code)
+    return code
 
 
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="hypervm: %(levelname)s %(name)s: %(message)s")

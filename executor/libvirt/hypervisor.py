@@ -156,6 +156,8 @@ class Hypervisor:
         self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
         #: domains created through this connection and not seen stopping
         self._created: set[str] = set()
+        #: of those, the ones it auto-destroys when it closes
+        self._autodestroys: set[str] = set()
         if events:
             self._event_id = self.conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
@@ -243,6 +245,8 @@ class Hypervisor:
         )
         with self._listeners_lock:
             self._created.add(spec.name)
+            if self._create_flags & libvirt.VIR_DOMAIN_START_AUTODESTROY:
+                self._autodestroys.add(spec.name)
         return VM(self, dom.name(), dom.UUIDString())
 
     def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
@@ -328,6 +332,7 @@ class Hypervisor:
         """
         with self._listeners_lock:
             self._created.discard(name)
+            self._autodestroys.discard(name)
         dom = self._lookup(name)
         if dom is None:
             return False
@@ -342,6 +347,14 @@ class Hypervisor:
             raise HypervisorError(f"cannot destroy VM {name}: {_message(e)}") from e
         log.info("destroyed %s", name)
         return True
+
+    def forget(self, name: str) -> bool:
+        """``name``'s QEMU has exited (a pidfd said so): libvirtd finishes its teardown by
+        itself; stop reporting it as ours. No libvirt call (it would wait for that teardown).
+        True when closing this connection would auto-destroy it (executor.libvirt.linger)."""
+        with self._listeners_lock:
+            self._created.discard(name)
+            return name in self._autodestroys
 
     def is_running(self, name: str) -> bool:
         dom = self._lookup(name)

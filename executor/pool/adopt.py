@@ -8,6 +8,7 @@ the launcher then boots cold.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         sock.close()  # when the failure came before the channel took it
         return None
     vm.adopted(ready, lease.layers_attached, time.monotonic() - started)
+    vm.hand_back = functools.partial(client.release, cfg, lease.vm)
     vm.fail_closed()
     log.info("%s: warm VM %s%s ready in %.3f s", pod.name, vm.name,
              " (layers attached)" if vm.warm_layers else "", vm.boot_seconds)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.pool.protocol import MAX_LINE, Lease, claim_request, decode, encode
+from executor.pool.release import check_released, release_request
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, PoolError
 from hypervm.netspec import PortMapping
@@ -79,6 +80,15 @@ def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, s
             os.close(fd)
         raise
     return lease, socket.socket(fileno=fds[0])
+
+
+def release(cfg: HostConfig, vm: str, timeout: float = CLAIM_TIMEOUT) -> None:
+    """Hand our claimed ``vm`` back to the pool, which destroys it (executor.pool.release);
+    returns once its QEMU has exited. PoolError when the pool does not take it."""
+    reply, fds = _request(cfg, release_request(vm), timeout)
+    for fd in fds:
+        os.close(fd)
+    check_released(reply, vm)
 
 
 def status(cfg: HostConfig, timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:

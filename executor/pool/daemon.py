@@ -62,6 +62,7 @@ from executor.pool.protocol import (
     parse_claim,
     pick_vm,
 )
+from executor.pool.release import Claimer, check_claimer, claimer, parse_release, stop_qemu
 from executor.vm import flush_boot_translations
 from hypervm import netspec
 from hypervm.config import HostConfig
@@ -140,6 +141,9 @@ class WarmPool:
         self.claims = 0
         self.boots = 0
         self.failures = 0
+        self.releases = 0
+        #: claimed VMs -> who they were handed to (executor.pool.release), until released
+        self._claimers: dict[str, Claimer] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -284,6 +288,8 @@ class WarmPool:
                 self._discard(vm.name, vm.run_dir, vm.sock)
                 continue
             self.claims += 1
+            with self._cond:
+                self._claimers[vm.name] = claimer(owner_pid)
             log.info("%s%s claimed by pid %d after %.1f s idle%s", vm.name, _label(vm.kind),
                      owner_pid, time.monotonic() - vm.booted_at,
                      f", {len(net.ports)} ports published" if net.ports else "")
@@ -483,12 +489,38 @@ class WarmPool:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:
                         sock.close()
+                elif op == "release":
+                    name = parse_release(request)
+                    self._release(pid, name)
+                    conn.sendall(encode({"released": name}))
                 else:
-                    raise PoolError(f"op: unknown operation {op!r} (use claim or status)")
+                    raise PoolError(f"op: unknown operation {op!r} (use claim, release or "
+                                    f"status)")
             except (PoolError, NetworkError) as e:
                 _send_quietly(conn, error_reply(e))
             except OSError as e:
                 log.debug("pool client went away: %s", e)
+
+    def _release(self, owner_pid: int, name: str) -> None:
+        """A claimer hands its VM back (executor.pool.release): its QEMU ends now, without a
+        libvirt call; the domain's destroy goes on in the background."""
+        with self._cond:
+            check_claimer(self._claimers, name, owner_pid)
+            del self._claimers[name]
+        run_dir = self.cfg.vms_dir / name
+        if stop_qemu(name):
+            threading.Thread(target=self._discard, args=(name, run_dir, None),
+                             name="pool-release", daemon=True).start()
+        else:
+            self._discard(name, run_dir, None)
+        self.releases += 1
+        log.info("%s released by pid %d", name, owner_pid)
+
+    def _forget_claims(self, live: set[str]) -> None:
+        """Claimed VMs gone without a release (destroyed by their claimer, or reaped)."""
+        with self._cond:
+            for name in set(self._claimers) - live:
+                del self._claimers[name]
 
     # -- reap ---------------------------------------------------------------------------------
 
@@ -499,6 +531,7 @@ class WarmPool:
                 # pool that died without cleaning up (this daemon's own are owned by it)
                 ours = [d for d in self._hv.list_ours()
                         if d.metadata.get(META_POOL) == self.config.name]
+                self._forget_claims({d.name for d in ours})
                 for leftover in select_leftovers(ours, process_start_time):
                     log.info("reaping %s: %s", leftover.name, leftover.reason)
                     self._discard(leftover.name, self.cfg.vms_dir / leftover.name, None)

@@ -26,6 +26,8 @@ it (SCM_RIGHTS), so the claimer talks to the booted init at once.
     ← {"error": "no warm VM is ready"}
     ← {"error": "ports[0] (...): host port 8080/tcp is already in use", "hint": "...",
        "kind": "network"}
+    → {"op": "release", "vm": "hypervm-pool-1a2b3c4d"}      (executor.pool.release)
+    ← {"released": "hypervm-pool-1a2b3c4d"}
     → {"op": "status"}
     ← {"name": "pool", "size": 2, "ready": 1, "booting": 1, "vcpus": 1, "memory_mib": 128, ...}
 

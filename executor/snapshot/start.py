@@ -123,6 +123,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     hv.prepare_run_dir(vm.run_dir, spec.identity)
     (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
     hv.create(spec)
+    vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
     marks.append(("create", time.monotonic()))
     try:
         migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)

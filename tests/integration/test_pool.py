@@ -24,7 +24,14 @@ from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
 from executor.vm import HyperVM
 from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
-from tests.conftest import REPO, TEST_TAG, our_domains
+from tests.conftest import (
+    REPO,
+    TEARDOWN_GRACE_S,
+    TEST_TAG,
+    domains_after_teardown,
+    live_qemus,
+    our_domains,
+)
 from tests.integration import imagebuild
 from tests.integration.imagebuild import private_store
 from tests.integration.registry import Registry
@@ -63,7 +70,9 @@ def no_leaked_domains(pooled: Any) -> Iterator[None]:
     before = our_domains()
     yield
     _, pool = pooled
-    leaked = our_domains() - before - pool.unclaimed()
+    deadline = time.monotonic() + TEARDOWN_GRACE_S  # VMs whose QEMU exited: libvirtd ends them
+    while (leaked := our_domains() - before - pool.unclaimed()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for name in leaked:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True,
                        check=False)
@@ -294,6 +303,29 @@ def test_a_dead_claimers_vm_is_reaped(pooled: Any) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_pooled_cli_run_returns_once_qemu_exited(pooled: Any, busybox_rootfs: Path) -> None:
+    """``hypervm run`` on a warm VM hands it back to the pool once the workload has exited and
+    returns once the VM's QEMU has exited, without waiting for libvirtd's teardown (the pool
+    does); its run dir is gone then and the domain soon after."""
+    cfg, pool = pooled
+    assert pool.wait_full(FILL), pool.status()
+    claims, releases = pool.claims, pool.releases
+    env = {**os.environ, "HYPERVM_POOL_SOCKET": str(cfg.pool_socket), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "executor.cli", "run", "--name",
+                             f"{TEST_TAG}-pooledcli", "--cpus", "1", "--memory", "128",
+                             "--rootfs", str(busybox_rootfs), "--", "sh", "-c", "echo warm"],
+                            env=env, cwd=REPO, capture_output=True, timeout=120, check=False)
+    assert (result.returncode, result.stdout) == (0, b"warm\n"), result.stderr.decode()
+    assert pool.claims == claims + 1, "the run did not take a warm VM"
+    assert pool.releases == releases + 1, "the run did not hand its VM back to the pool"
+    (name,) = [n for n in our_domains(f"hypervm-{POOL_NAME}-") - pool.unclaimed()] or [None]
+    if name is not None:  # still being torn down by libvirtd
+        assert live_qemus(name) == [], "hypervm run returned before QEMU exited"
+        assert not (cfg.vms_dir / name).exists()
+    leftover = domains_after_teardown(f"hypervm-{POOL_NAME}-") - pool.unclaimed()
+    assert not leftover, "libvirtd did not end the claimed VM"
 
 
 def test_the_executor_takes_warm_vms(pooled: Any, registry: Registry,

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HYPERVM, REPO, TEST_TAG, our_domains
+from tests.conftest import (
+    HYPERVM,
+    REPO,
+    TEST_TAG,
+    domains_after_teardown,
+    live_qemus,
+    our_domains,
+)
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
@@ -93,6 +100,20 @@ def _wait_for_line(proc: subprocess.Popen, marker: bytes, timeout: float = 120) 
     raise AssertionError(f"no {marker!r} from the guest; stderr: {proc.stderr.read()!r}")
 
 
+def test_run_returns_once_qemu_exited_and_leaves_nothing(hypervm, busybox_rootfs: Path,  # noqa: ANN001
+                                                          host_cfg) -> None:  # noqa: ANN001
+    """``hypervm run`` returns once its VM's QEMU has exited (a pidfd says so), without
+    waiting for libvirtd's teardown of the domain; nothing of ours is left at that moment, and
+    libvirtd ends the domain by itself soon after."""
+    name = f"{TEST_TAG}-quick"
+    result = hypervm("run", "--name", name, "--rootfs", str(busybox_rootfs), "--", "true")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr == b""
+    assert live_qemus(f"hypervm-{name}-") == [], "hypervm run returned before QEMU exited"
+    assert list(host_cfg.vms_dir.glob(f"hypervm-{name}-*")) == [], "its run dir is left"
+    assert not domains_after_teardown(f"hypervm-{name}-"), "libvirtd did not end the domain"
+
+
 def test_sigterm_ignoring_process_is_killed_after_grace(busybox_rootfs: Path) -> None:
     proc = _start(busybox_rootfs, "trap '' TERM; echo started; while :; do sleep 1; done",
                   "--grace", "2")
@@ -103,7 +124,7 @@ def test_sigterm_ignoring_process_is_killed_after_grace(busybox_rootfs: Path) ->
     elapsed = time.monotonic() - sent
     assert status == 128 + signal.SIGKILL
     assert elapsed >= 2.0
-    assert not our_domains()
+    assert not domains_after_teardown()
 
 
 def test_ctrl_c_kills_the_task_and_the_vm(busybox_rootfs: Path) -> None:
@@ -112,7 +133,7 @@ def test_ctrl_c_kills_the_task_and_the_vm(busybox_rootfs: Path) -> None:
     proc.send_signal(signal.SIGINT)
     status = proc.wait(timeout=60)
     assert status == 128 + signal.SIGTERM  # sleep dies of the SIGTERM we forward
-    assert not our_domains()
+    assert not domains_after_teardown()
 
 
 def test_sigkill_of_hypervm_leaves_no_domain(busybox_rootfs: Path) -> None:

@@ -71,3 +71,19 @@ def test_run_help_says_v_is_a_volume(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     assert "-v HOST:CONTAINER[:ro], --volume HOST:CONTAINER[:ro]" in out
     assert "hypervm --verbose" in out
+
+
+def test_a_command_line_imports_only_its_command_module() -> None:
+    """``hypervm run`` builds a parser of run alone (its start-up is on every run's clock);
+    without a known command every command is there (help, usage errors)."""
+    code = ("import sys; from executor.cli.main import build_parser, COMMANDS, COMMAND_MODULES\n"
+            "build_parser(['--verbose', 'run', 'IMAGE'])\n"
+            "print(sorted(set(COMMAND_MODULES) & set(sys.modules)))\n"
+            "build_parser()\n"
+            "print(sorted(set(COMMAND_MODULES) - set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout.splitlines()
+    # run imports detach itself (run -d); none of the others
+    assert out == ["['executor.cli.detach', 'executor.cli.run']", "[]"]
+    assert {p for p, _ in subcommands(cli.build_parser(["ps"]))} == {"ps", "inspect"}
+    assert {p for p, _ in subcommands(cli.build_parser())} >= set(cli.COMMANDS)

@@ -1,0 +1,87 @@
+"""``hypervm run IMAGE -- true`` cold and pooled beside its yardsticks, measured in one run with
+the suite's own code: ``python -m bench.runfast [--rounds N] [--out FILE]``.
+
+Each round takes one sample of: the raw boot (bench.rawboot), ``hypervm run`` cold
+(bench.runtrue) and with a VM of the suite's warm pool (bench.peersuite.run_true_pooled), and
+``runsc run … true`` / ``runc run … true`` on the same image's root (bench.peers). A few minutes,
+where ``make bench`` takes half an hour: for checking a change to the run path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import images, peers, results, runtrue, suite
+from bench.container import mounted_layer
+from bench.peers import oci_root
+from bench.peersuite import PeerRounds, run_true_pooled
+from bench.rawboot import boot_once
+from bench.stats import summarize
+from bench.vmenv import VMEnv
+from executor.libvirt.hypervisor import Hypervisor
+
+log = logging.getLogger(__name__)
+
+
+def measure(rounds: int) -> dict[str, list[float]]:
+    env = VMEnv.load()
+    samples: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        samples.setdefault(name, []).append(value)
+
+    with images.serve_images(None) as imgs, Hypervisor(env.cfg.libvirt_uri) as hv:
+        layers, _ = images.warm_shared_cache(env.cfg, imgs.busybox_ref, 0)
+        with mounted_layer(layers[0]) as lower, oci_root(lower) as root, \
+                PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool:
+            for i in range(rounds):
+                log.info("round %d of %d", i + 1, rounds)
+                add("raw boot", boot_once(env, hv).total_s)
+                add("hypervm run true", runtrue.run_once(imgs.busybox_ref))
+                suite._fill_pool(pool)
+                add("hypervm run true (pool)",
+                    run_true_pooled(imgs.busybox_ref, pool.cfg.pool_socket))
+                for rt in (peers.RUNSC, peers.RUNC):
+                    add(f"{rt.name} run true", peers.run_true(rt, pr._true))
+    return samples
+
+
+def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, values in samples.items():
+        s = summarize(values)
+        out[name] = {"p50_s": round(s.p50, 4), "p95_s": round(s.p95, 4), "n": len(values)}
+    raw = out.get("raw boot", {}).get("p50_s")
+    cold = out.get("hypervm run true", {}).get("p50_s")
+    if raw and cold:
+        out["cold run true / raw boot"] = round(cold / raw, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.runfast")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("vmimage", "executor", "tests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    samples = measure(args.rounds)
+    doc = {"summary": summary(samples), "samples": samples,
+           "machine": {"loadavg_after": list(os.getloadavg())},
+           "commit": results.git_commit(suite.REPO)}
+    text = json.dumps(doc, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
