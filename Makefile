@@ -19,7 +19,7 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev \
 	linux-source-6.1 bc flex bison libelf-dev libssl-dev xz-utils cpio \
 	musl-tools busybox-static erofs-utils e2fsprogs \
-	skopeo umoci dnsmasq-base iproute2 nftables \
+	skopeo umoci dnsmasq-base iproute2 nftables catatonit \
 	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
 	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
 # only the tests and the bench use these: image sources (podman), a local registry, curl and
@@ -91,9 +91,15 @@ $(STAMPS)/pymesos: $(STAMPS)/venv
 	@touch $@
 
 # libvirt's daemons, started only when they are not running (no systemd in containers/CI).
+# Where PID 1 is not systemd, libvirtd runs in the foreground under catatonit, a subreaper: its
+# QEMUs (daemonized, so orphans) are then reaped at once, and libvirtd's teardown of an ended VM
+# does not wait for a slow PID 1 to reap them (1-2 s here; `hypervm doctor` checks it: reaper).
+LIBVIRTD_LOG ?= /var/log/hypervm-libvirtd.log
 services: runtime-deps
 	@pgrep -x virtlogd >/dev/null || virtlogd -d
-	@pgrep -x libvirtd >/dev/null || libvirtd -d
+	@pgrep -x libvirtd >/dev/null || \
+		if [ "$$(cat /proc/1/comm)" = systemd ]; then libvirtd -d; \
+		else setsid -f catatonit -- libvirtd </dev/null >>$(LIBVIRTD_LOG) 2>&1; fi
 	@for i in $$(seq 50); do virsh -c qemu:///system version >/dev/null 2>&1 && exit 0; sleep 0.2; done; \
 		echo "libvirtd did not come up" >&2; exit 1
 
