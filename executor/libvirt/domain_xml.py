@@ -50,6 +50,11 @@ class Defaults:
     #: guest RAM in a memfd: QEMU then gets no transparent huge pages for it (with THP an idle
     #: 128 MiB guest kept 28 MiB resident for 21.5 MiB touched); measured in bench/README.md
     memory_backing: str | None = "memfd"
+    #: how QEMU maps that memfd: shared (never merged) unless the spec asks for KSM, which
+    #: only merges private pages (:attr:`Domain.memory_merge`)
+    memory_access: Mapping[bool, str] = field(
+        default_factory=lambda: {False: "shared", True: "private"}
+    )
 
 
 DEFAULTS = Defaults()
@@ -237,6 +242,12 @@ class Domain:
     free_page_reporting: bool = True
     emulator: Path | None = None
     seclabel: SecLabel | None = None
+    #: KSM may merge guest RAM: it is mapped private and QEMU marks it mergeable (libvirt's
+    #: default); else it is a shared mapping and <nosharepages/> (QEMU's mem-merge=off) says
+    #: so again, whatever the host runs
+    memory_merge: bool = False
+    #: how QEMU maps the memory backing: "shared" or "private" (KSM merges only private pages)
+    memory_access: str = "shared"
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -245,10 +256,12 @@ class Domain:
         _sub(dom, "memory", str(self.memory_mib), unit="MiB")
         _sub(dom, "vcpu", str(self.vcpus), placement="static")
         self._build_tuning(dom)
+        backing = _sub(dom, "memoryBacking")
+        if not self.memory_merge:
+            _sub(backing, "nosharepages")
         if self.memory_backing is not None:
-            backing = _sub(dom, "memoryBacking")
             _sub(backing, "source", type=self.memory_backing)
-            _sub(backing, "access", mode="shared")
+            _sub(backing, "access", mode=self.memory_access)
         self.os.build(dom)
         features = _sub(dom, "features")
         if self.acpi:
@@ -363,6 +376,8 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         lifecycle_action=defaults.lifecycle_action,
         tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
         free_page_reporting=spec.free_page_reporting,
+        memory_merge=spec.memory_merge,
+        memory_access=defaults.memory_access[spec.memory_merge],
         emulator=spec.emulator,
         seclabel=SecLabel(*spec.identity) if spec.identity is not None else None,
         memory_backing=defaults.memory_backing,
