@@ -221,7 +221,7 @@ class HostConfig:
     #: RSS per VM; the first START translates its code again, ~0.1 s under TCG)
     tcg_flush: bool = True
     #: guest RAM may be merged with identical pages of other VMs by the host's KSM (when the
-    #: operator runs it): private guest RAM the kernel may merge, not a shared memfd. Off by
+    #: operator runs it): anonymous guest RAM the kernel may merge, not a shared memfd. Off by
     #: default: merged pages let one tenant time another's memory (DomainSpec.memory_merge)
     ksm: bool = False
     #: caps on what one image may unpack to, and how long its transfers may take

@@ -47,14 +47,13 @@ class Defaults:
     #: ACPI lets the guest power the VM off (init's POWEROFF); its PCI IRQ routing is slow
     #: under TCG, so the guest boots with pci=noacpi (executor/vm.py)
     acpi: bool = True
-    #: guest RAM in a memfd: QEMU then gets no transparent huge pages for it (with THP an idle
-    #: 128 MiB guest kept 28 MiB resident for 21.5 MiB touched); measured in bench/README.md
+    #: guest RAM in a memfd, mapped shared: QEMU then gets no transparent huge pages for it
+    #: (with THP an idle 128 MiB guest kept 28 MiB resident for 21.5 MiB touched; measured in
+    #: bench/README.md), and KSM never merges it. A spec asking for KSM gets QEMU's anonymous
+    #: RAM instead, the only kind KSM merges (HyperQEMU gives it no huge pages under TCG). Not
+    #: a private memfd: every page the guest writes would then be allocated twice, in the memfd
+    #: (invisible in QEMU's RSS) and as QEMU's private copy
     memory_backing: str | None = "memfd"
-    #: how QEMU maps that memfd: shared (never merged) unless the spec asks for KSM, which
-    #: only merges private pages (:attr:`Domain.memory_merge`)
-    memory_access: Mapping[bool, str] = field(
-        default_factory=lambda: {False: "shared", True: "private"}
-    )
 
 
 DEFAULTS = Defaults()
@@ -242,12 +241,10 @@ class Domain:
     free_page_reporting: bool = True
     emulator: Path | None = None
     seclabel: SecLabel | None = None
-    #: KSM may merge guest RAM: it is mapped private and QEMU marks it mergeable (libvirt's
-    #: default); else it is a shared mapping and <nosharepages/> (QEMU's mem-merge=off) says
-    #: so again, whatever the host runs
+    #: KSM may merge guest RAM: anonymous memory QEMU marks mergeable (libvirt's default);
+    #: else the memory backing, and <nosharepages/> (QEMU's mem-merge=off) says so again,
+    #: whatever the host runs
     memory_merge: bool = False
-    #: how QEMU maps the memory backing: "shared" or "private" (KSM merges only private pages)
-    memory_access: str = "shared"
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -256,12 +253,12 @@ class Domain:
         _sub(dom, "memory", str(self.memory_mib), unit="MiB")
         _sub(dom, "vcpu", str(self.vcpus), placement="static")
         self._build_tuning(dom)
-        backing = _sub(dom, "memoryBacking")
         if not self.memory_merge:
+            backing = _sub(dom, "memoryBacking")
             _sub(backing, "nosharepages")
-        if self.memory_backing is not None:
-            _sub(backing, "source", type=self.memory_backing)
-            _sub(backing, "access", mode=self.memory_access)
+            if self.memory_backing is not None:
+                _sub(backing, "source", type=self.memory_backing)
+                _sub(backing, "access", mode="shared")
         self.os.build(dom)
         features = _sub(dom, "features")
         if self.acpi:
@@ -377,7 +374,6 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
         free_page_reporting=spec.free_page_reporting,
         memory_merge=spec.memory_merge,
-        memory_access=defaults.memory_access[spec.memory_merge],
         emulator=spec.emulator,
         seclabel=SecLabel(*spec.identity) if spec.identity is not None else None,
         memory_backing=defaults.memory_backing,
