@@ -33,9 +33,10 @@ def check_ksm(cfg: HostConfig, ksm_dir: Path = KSM_DIR) -> Check:
         return Check("ksm", True, f"host KSM {state}; HyperVMs never share a page "
                      "(HYPERVM_KSM=off: merged pages let a tenant time another's memory)")
     if run != 1:
+        fix = f"echo 1 > {ksm_dir}/run (README: Memory sharing)"
         return Check("ksm", True, "HYPERVM_KSM=on, but the host's KSM does not run "
-                     f"({ksm_dir}/run = {run}): guest memory is mergeable, nothing merges it",
-                     fix=f"echo 1 > {ksm_dir}/run (and see README: Memory sharing)", warn=True)
+                     f"({ksm_dir}/run = {run}): guest memory is mergeable, nothing merges it; "
+                     f"to run it: {fix}", fix=fix, warn=True)
     sharing = _read(ksm_dir, "pages_sharing") or 0
     shared = _read(ksm_dir, "pages_shared") or 0
     saved_mib = (sharing * PAGE_KIB) / 1024

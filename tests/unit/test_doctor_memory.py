@@ -40,7 +40,7 @@ def test_asked_for_but_not_running_warns_with_the_fix(tmp_path: Path) -> None:
     d = ksm_dir(tmp_path, 0)
     result = check_ksm(cfg_for(tmp_path, ksm=True), d)
     assert result.ok and result.warn
-    assert f"echo 1 > {d}/run" in result.fix
+    assert f"echo 1 > {d}/run" in result.fix and result.fix in result.detail
 
 
 def test_running_reports_what_it_saves(tmp_path: Path) -> None:
