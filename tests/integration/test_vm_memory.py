@@ -5,11 +5,13 @@ with it on, mergeable anonymous memory (not a memfd, which would hold each page 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 
-from executor.vm import HyperVM
+from bench.vmenv import private_by_mapping
+from executor.vm import SETTLED_FLUSH_S, HyperVM
 from hypervm.config import HostConfig
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 from tests.conftest import TEST_TAG, run_to_exit
@@ -110,3 +112,25 @@ def test_hyperqemu_keeps_its_own_memory_out_of_huge_pages(host_cfg: HostConfig,
         blob = [m for m in maps if m.size_kib == 2048 and "dc" in m.flags]
         assert blob and all(m.fields["Rss"] <= 512 for m in blob), [
             m.fields["Rss"] for m in blob]
+
+
+#: an idle VM's translations once it settled: ~1-2 MiB (4-6 MiB with the flush at READY only)
+MAX_SETTLED_TCG_MIB = 3.0
+
+
+def test_a_settled_vm_drops_its_first_seconds_translations(host_cfg: HostConfig,
+                                                           pod: PodSpec) -> None:
+    """The flush at READY leaves what the guest runs in its first seconds after it (boot tail,
+    work queued at boot): a second flush SETTLED_FLUSH_S later gives those back too, and the
+    guest runs on (its code is translated again)."""
+    qemu = find_qemu(host_cfg)
+    if detect_accel(host_cfg) != "tcg" or not qemu.can_flush_tcg:
+        pytest.skip("needs TCG and HyperQEMU's tcg-flush")
+    with _booted(host_cfg, pod) as vm:
+        pid = vm._hypervisor.qemu_pid(vm.name)
+        assert pid is not None
+        time.sleep(SETTLED_FLUSH_S + 2.0)
+        tcg = sum(r["private_mib"] for r in private_by_mapping(pid, 50)
+                  if r["name"] == "TCG translation buffer")
+        assert 0 < tcg <= MAX_SETTLED_TCG_MIB, tcg
+        assert run_to_exit(vm, pod.containers[0]) == (0, "hello\n")
