@@ -25,7 +25,7 @@ from bench.container import mounted_layer
 from bench.peers import oci_root
 from bench.runtrue import TIMEOUT, hypervm_argv
 from bench.stats import ratio, summarize
-from bench.vmenv import GUEST_MIB, VMEnv, bench_name
+from bench.vmenv import GUEST_MIB, VMEnv, bench_name, private_by_mapping
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def hypervm_workload(ref: str, script: str) -> float:
 
 
 def hypervm_idle_memory(env: VMEnv, layers: list[Path], count: int) -> list[dict[str, float]]:
-    """PSS and private MiB of the QEMU of each of ``count`` idle 128 MiB HyperVMs at once."""
+    """PSS and private MiB of the QEMU of each of ``count`` idle 128 MiB HyperVMs at once, and
+    where the private MiB are (by mapping)."""
     from bench import density
     from executor.libvirt.hypervisor import Hypervisor
     from executor.vm import HyperVM
@@ -103,7 +104,8 @@ def hypervm_idle_memory(env: VMEnv, layers: list[Path], count: int) -> list[dict
             pid = hv.qemu_pid(vm.name)
             each = peers.rollup(pid) if pid else {"pss": 0.0, "private": 0.0}
             out.append({"pss_mib": round(each["pss"], 1),
-                        "private_mib": round(each["private"], 1), "processes": 1})
+                        "private_mib": round(each["private"], 1), "processes": 1,
+                        "private_by_mapping": private_by_mapping(pid) if pid else []})
         return out
 
 

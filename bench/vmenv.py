@@ -153,3 +153,48 @@ def rss_by_mapping(pid: int, top: int = 4) -> list[dict[str, Any]]:
             current["rss_mib"] = round(int(fields[1]) / 1024, 1)
     maps.sort(key=lambda m: -m.get("rss_mib", 0))
     return maps[:top]
+
+
+
+def _mapping_label(fields: list[str]) -> str:
+    """A readable name for one /proc/PID/smaps mapping of a QEMU process."""
+    name = fields[5] if len(fields) > 5 else ""
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    if name.startswith("/memfd:"):
+        return "guest RAM (memfd)"
+    if not name and "x" in fields[1] and end - start >= 256 * 1024 * 1024:
+        return "TCG translation buffer"
+    if not name:
+        return f"[anon {(end - start) / 1048576:.1f} MiB]"
+    return name
+
+
+def private_by_mapping(pid: int, top: int = 8) -> list[dict[str, Any]]:
+    """Private_Clean + Private_Dirty of ``pid`` by mapping (MiB, largest first; mappings of one
+    file or kind summed): where a QEMU's private memory is (guest RAM, translation buffer,
+    heap and thread arenas, the binary's relocated data). Guest RAM in anonymous memory is
+    the mapping marked mergeable (HYPERVM_KSM=on)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return []
+    return private_by_mapping_of(text, top)
+
+
+def private_by_mapping_of(text: str, top: int = 8) -> list[dict[str, Any]]:
+    """:func:`private_by_mapping` of the text of a /proc/PID/smaps."""
+    maps: list[list[Any]] = []  # [label, private KiB]
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            maps.append([_mapping_label(fields), 0])
+        elif maps and fields[:1] in (["Private_Clean:"], ["Private_Dirty:"]):
+            maps[-1][1] += int(fields[1])
+        elif maps and fields[:1] == ["VmFlags:"] and "mg" in fields:
+            maps[-1][0] = "guest RAM (anonymous, mergeable)"
+    private: dict[str, int] = {}
+    for label, kib in maps:
+        private[label] = private.get(label, 0) + kib
+    rows = sorted(private.items(), key=lambda kv: -kv[1])
+    return [{"name": name, "private_mib": round(kib / 1024, 2)} for name, kib in rows[:top]
+            if kib]

@@ -223,6 +223,10 @@ class HostConfig:
     #: TCG with HyperQEMU: drop the boot's translations once the guest is READY (~30 MiB of
     #: RSS per VM; the first START translates its code again, ~0.1 s under TCG)
     tcg_flush: bool = True
+    #: guest RAM may be merged with identical pages of other VMs by the host's KSM (when the
+    #: operator runs it): anonymous guest RAM the kernel may merge, not a shared memfd. Off by
+    #: default: merged pages let one tenant time another's memory (DomainSpec.memory_merge)
+    ksm: bool = False
     #: caps on what one image may unpack to, and how long its transfers may take
     image_limits: ImageLimits = ImageLimits()
     #: first and last uid (= gid) given to VMs: each VM's QEMU runs as its own
@@ -298,6 +302,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                                 "boots and starts under TCG)")
     flush = env_choice(env, "HYPERVM_TCG_FLUSH", "on", ("on", "off"),
                        hint="use on (idle VMs give their boot's translations back) or off")
+    ksm = env_choice(env, "HYPERVM_KSM", "off", ("on", "off"),
+                     hint="use off (no VM shares a page with another) or on (the host's KSM "
+                          "may merge identical guest pages; see README)")
     host_creds = env_choice(env, "HYPERVM_TASK_HOST_CREDENTIALS", "off", ("on", "off"),
                             hint="use off (tasks pull with their own credentials only) or on "
                                  "(tasks may use the host's Docker credentials)")
@@ -314,6 +321,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",
+        ksm=ksm == "on",
         image_limits=image_limits_from_env(env),
         vm_uid_range=uid_range(env.get("HYPERVM_VM_UID_RANGE", "")),
         image_auth_ttl_s=seconds(env, "HYPERVM_IMAGE_AUTH_TTL", DEFAULT_IMAGE_AUTH_TTL_S),

@@ -62,6 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("free_page_reporting", "HYPERVM_FREE_PAGE_REPORTING", "on",
             "guests hand freed memory back"),
     Setting("tcg_flush", "HYPERVM_TCG_FLUSH", "on", "drop the boot's translations when READY"),
+    Setting("ksm", "HYPERVM_KSM", "off", "the host's KSM may merge identical guest pages",
+            booleans=("on", "off")),
     Setting("vm_uid_range", "HYPERVM_VM_UID_RANGE", "200000-265535",
             "uids QEMU processes run as, one per VM"),
     Setting("image_auth_ttl", "HYPERVM_IMAGE_AUTH_TTL", "300",

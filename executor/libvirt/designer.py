@@ -49,6 +49,7 @@ def _domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles, resour
         console_log=files.console_log, metadata=dict(metadata), cputune=cputune,
         memtune=memtune, qemu_args=network.qemu_args(net, network.mac_address(name)),
         tb_cache_mib=cfg.tb_cache_mib, free_page_reporting=cfg.free_page_reporting,
+        memory_merge=cfg.ksm,
         identity=identity, **devices,  # type: ignore[arg-type]
     ).validate()
 

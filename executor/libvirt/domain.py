@@ -184,6 +184,11 @@ class DomainSpec:
     #: host (idle 128 MiB VM: ~7 MiB less RSS; much more after a workload ran). Costs one PCI
     #: device: 0-0.3 s of boot and ~15 ms of a first START under TCG (bench/README.md)
     free_page_reporting: bool = True
+    #: guest RAM in QEMU's anonymous memory, marked mergeable, so the host's KSM (if it runs)
+    #: may share identical pages between VMs (the kernel's text, zeroed pages); False: a
+    #: shared memfd and <nosharepages/>, never merged (merged pages are a timing side channel
+    #: between tenants). HostConfig.ksm
+    memory_merge: bool = False
     #: the QEMU binary libvirt runs (vmimage.qemu: HyperQEMU); None: libvirt's default, Debian's
     emulator: Path | None = None
     #: (uid, gid) this VM's QEMU runs as, its own (executor.libvirt.identity); None: libvirt's user

@@ -47,8 +47,12 @@ class Defaults:
     #: ACPI lets the guest power the VM off (init's POWEROFF); its PCI IRQ routing is slow
     #: under TCG, so the guest boots with pci=noacpi (executor/vm.py)
     acpi: bool = True
-    #: guest RAM in a memfd: QEMU then gets no transparent huge pages for it (with THP an idle
-    #: 128 MiB guest kept 28 MiB resident for 21.5 MiB touched); measured in bench/README.md
+    #: guest RAM in a memfd, mapped shared: QEMU then gets no transparent huge pages for it
+    #: (with THP an idle 128 MiB guest kept 28 MiB resident for 21.5 MiB touched; measured in
+    #: bench/README.md), and KSM never merges it. A spec asking for KSM gets QEMU's anonymous
+    #: RAM instead, the only kind KSM merges (HyperQEMU gives it no huge pages under TCG). Not
+    #: a private memfd: every page the guest writes would then be allocated twice, in the memfd
+    #: (invisible in QEMU's RSS) and as QEMU's private copy
     memory_backing: str | None = "memfd"
 
 
@@ -237,6 +241,10 @@ class Domain:
     free_page_reporting: bool = True
     emulator: Path | None = None
     seclabel: SecLabel | None = None
+    #: KSM may merge guest RAM: anonymous memory QEMU marks mergeable (libvirt's default);
+    #: else the memory backing, and <nosharepages/> (QEMU's mem-merge=off) says so again,
+    #: whatever the host runs
+    memory_merge: bool = False
 
     def build(self) -> ET.Element:
         dom = ET.Element("domain", type=self.type)
@@ -245,10 +253,12 @@ class Domain:
         _sub(dom, "memory", str(self.memory_mib), unit="MiB")
         _sub(dom, "vcpu", str(self.vcpus), placement="static")
         self._build_tuning(dom)
-        if self.memory_backing is not None:
+        if not self.memory_merge:
             backing = _sub(dom, "memoryBacking")
-            _sub(backing, "source", type=self.memory_backing)
-            _sub(backing, "access", mode="shared")
+            _sub(backing, "nosharepages")
+            if self.memory_backing is not None:
+                _sub(backing, "source", type=self.memory_backing)
+                _sub(backing, "access", mode="shared")
         self.os.build(dom)
         features = _sub(dom, "features")
         if self.acpi:
@@ -363,6 +373,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         lifecycle_action=defaults.lifecycle_action,
         tb_cache_mib=spec.tb_cache_mib if spec.accel == "tcg" else None,
         free_page_reporting=spec.free_page_reporting,
+        memory_merge=spec.memory_merge,
         emulator=spec.emulator,
         seclabel=SecLabel(*spec.identity) if spec.identity is not None else None,
         memory_backing=defaults.memory_backing,

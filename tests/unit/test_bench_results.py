@@ -221,3 +221,42 @@ def test_py_spy_stacks_summarized_by_frame_and_main_thread() -> None:
     assert main["boot (vm.py:2)"] == 0.75 and main["main (m.py:1)"] == 1.0
     assert out["self"][0] == {"frame": "loop (h.py:74)", "samples": 60, "share": 0.6}
     assert {r["frame"]: r["share"] for r in out["inclusive"]}["main (m.py:1)"] == 0.4
+
+
+SMAPS = """\
+55d0c0000000-55d0c0100000 rw-p 00000000 00:00 0                          [heap]
+Rss:                1024 kB
+Private_Clean:         0 kB
+Private_Dirty:      1024 kB
+VmFlags: rd wr mr mw me ac
+7f0000000000-7f0008000000 rw-s 00000000 00:01 4918 /memfd:memory-backend-memfd (deleted)
+Private_Clean:       100 kB
+Private_Dirty:     14000 kB
+VmFlags: rd wr sh mr mw me ms
+7f1000000000-7f1040000000 rwxp 00000000 00:00 0
+Private_Dirty:      3072 kB
+VmFlags: rd wr ex mr mw me ac nh
+7f2000000000-7f2008000000 rw-p 00000000 00:00 0
+Private_Dirty:      2048 kB
+VmFlags: rd wr mr mw me ac mg
+7f3000000000-7f3000200000 rw-p 00000000 00:00 0
+Private_Dirty:       512 kB
+7f3000400000-7f3000600000 rw-p 00000000 00:00 0
+Private_Dirty:       512 kB
+7f4000000000-7f4000001000 r--p 00000000 fe:00 1 /usr/bin/qemu
+Private_Clean:         0 kB
+"""
+
+
+def test_private_by_mapping_names_guest_ram_translations_and_sums_alike_mappings() -> None:
+    from bench.vmenv import private_by_mapping_of
+
+    rows = private_by_mapping_of(SMAPS)
+    assert rows == [
+        {"name": "guest RAM (memfd)", "private_mib": 13.77},
+        {"name": "TCG translation buffer", "private_mib": 3.0},
+        {"name": "guest RAM (anonymous, mergeable)", "private_mib": 2.0},
+        {"name": "[heap]", "private_mib": 1.0},
+        {"name": "[anon 2.0 MiB]", "private_mib": 1.0},
+    ]
+    assert len(private_by_mapping_of(SMAPS, top=2)) == 2

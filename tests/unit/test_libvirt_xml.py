@@ -191,6 +191,28 @@ def test_no_needless_devices() -> None:
     assert _find(off, "memballoon").attrib == {"model": "none"}
 
 
+def test_guest_ram_is_never_merged_unless_ksm_is_asked_for() -> None:
+    """Default: a shared memfd (KSM never merges shared pages) and <nosharepages/> (QEMU's
+    mem-merge=off), so no tenant's page is ever merged with another's. HYPERVM_KSM=on:
+    QEMU's anonymous RAM (a private memfd would allocate each written page twice) and no
+    <nosharepages/>, so QEMU marks it mergeable for the host's KSM. The pool's VMs follow
+    the host configuration like cold ones."""
+    off = ET.fromstring(domain_xml(SPECS["tcg-pod"]))
+    assert off.find("memoryBacking/nosharepages") is not None
+    assert _find(off, "memoryBacking/source").get("type") == "memfd"
+    assert _find(off, "memoryBacking/access").get("mode") == "shared"
+    on = ET.fromstring(domain_xml(dataclasses.replace(SPECS["tcg-pod"], memory_merge=True)))
+    assert on.find("memoryBacking") is None
+    boot = BootFiles(kernel=Kernel(Path("/k/vmlinux"), "6.1", "hyperkernel"),
+                     initrd=Path("/k/initrd.img"), qemu=DISTRO, accel="tcg", cmdline="quiet")
+    for env, merged in (({}, False), ({"HYPERVM_KSM": "on"}, True)):
+        spec = pool_domain("hypervm-pool-0badcafe", boot, config_from_env(env), POOL_RUN, 1,
+                           128, {})
+        assert spec.memory_merge is merged
+        root = ET.fromstring(domain_xml(spec))
+        assert (root.find("memoryBacking/nosharepages") is None) is merged
+
+
 def test_accel_selects_domain_type_and_cpu() -> None:
     kvm = ET.fromstring(domain_xml(SPECS["kvm-full"]))
     tcg = ET.fromstring(domain_xml(SPECS["tcg-pod"]))

@@ -191,6 +191,14 @@ def test_config_pool_settings() -> None:
     assert info.value.field == "HYPERVM_POOL"
 
 
+def test_config_ksm_is_off_unless_asked_for() -> None:
+    assert not config_from_env({}).ksm
+    assert config_from_env({"HYPERVM_KSM": "on"}).ksm
+    with pytest.raises(InvalidSpec) as info:
+        config_from_env({"HYPERVM_KSM": "yes"})
+    assert info.value.field == "HYPERVM_KSM"
+
+
 def test_config_free_page_reporting() -> None:
     assert config_from_env({}).free_page_reporting
     assert not config_from_env({"HYPERVM_FREE_PAGE_REPORTING": "off"}).free_page_reporting

@@ -43,6 +43,17 @@ def test_key_changes_with_devices_patch_source_version_and_recipe() -> None:
         assert hyperqemu.cache_key(*change) != base
 
 
+def test_key_covers_every_patch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(hyperqemu, "source_version", lambda: "1:7.2+dfsg-7")
+    base = hyperqemu.current_key()
+    changed = tmp_path / "idle-memory.patch"
+    changed.write_bytes(hyperqemu.PATCHES[1].read_bytes() + b"\n")
+    monkeypatch.setattr(hyperqemu, "PATCHES", (hyperqemu.PATCHES[0], changed))
+    assert hyperqemu.current_key() != base
+    monkeypatch.setattr(hyperqemu, "PATCHES", hyperqemu.PATCHES[:1])
+    assert hyperqemu.current_key() != base
+
+
 def test_key_covers_the_configure_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     base = hyperqemu.cache_key(b"d", b"p", "v")
     monkeypatch.setattr(hyperqemu, "CONFIGURE_ARGS", (*hyperqemu.CONFIGURE_ARGS, "--enable-vnc"))
@@ -212,16 +223,17 @@ def test_build_recipe_patches_configures_builds_and_publishes(
     out = hyperqemu.ensure_hyperqemu(cfg)
     assert out == cfg.qemu_dir / "feedbeef"
     steps = [Path(argv[0]).name for argv, _ in calls]
-    assert steps == ["dpkg-source", "patch", "configure", "ninja", "strip"]
-    (dpkg, _), (patch, patch_cwd), (configure, _) = calls[:3]
+    assert steps == ["dpkg-source", "patch", "patch", "configure", "ninja", "strip"]
+    (dpkg, _), (patch, patch_cwd), (idle, _), (configure, _) = calls[:4]
     assert dpkg[-2:] == [str(fake_source), str(patch_cwd)]
-    assert patch[-1] == str(hyperqemu.PATCH)
+    assert [patch[-1], idle[-1]] == [str(p) for p in hyperqemu.PATCHES]
+    assert [Path(p).name for p in (patch[-1], idle[-1])] == ["tcg-flush.patch", "idle-memory.patch"]
     assert "--with-devices-x86_64=hyperqemu" in configure
     assert f"--prefix={out}" in configure
     assert "--extra-cflags=-O2 -fstack-protector-strong" in configure
-    assert calls[3][0][-1] == "qemu-system-x86_64"
+    assert calls[4][0][-1] == "qemu-system-x86_64"
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["kind"] == "hyperqemu" and meta["features"] == ["tcg-flush"]
+    assert meta["kind"] == "hyperqemu" and meta["features"] == ["tcg-flush", "idle-memory"]
     assert meta["source_package"] == "qemu=1:7.2+dfsg-7" and meta["version"] == "7.2.22"
     assert sorted(p.name for p in out.iterdir()) == ["bin", "build.log", "meta.json"]
     binary = out / "bin" / "qemu-system-x86_64"
