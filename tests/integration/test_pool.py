@@ -159,7 +159,9 @@ def test_a_warm_vms_guest_plants_no_real_link_or_setuid_file(pooled: Any, layers
     VM's: what the guest makes there is a plain file on the host."""
     import stat
 
-    cfg, _ = pooled
+    cfg, pool = pooled
+    # the previous test's VM went back to the pool: its replacement may still be booting
+    assert pool.wait_full(FILL), pool.status()
     busybox, _ = layers
     sandbox = shared_dir()
     script = ("cd /sb && ln -s /etc/passwd link && echo x > suid && chmod 4755 suid && "
@@ -184,7 +186,9 @@ def test_a_warm_vms_guest_plants_no_real_link_or_setuid_file(pooled: Any, layers
 
 
 def test_two_layers_are_hot_added_in_order(pooled: Any, layers: Any) -> None:
-    cfg, _ = pooled
+    cfg, pool = pooled
+    # the previous test's VM went back to the pool: its replacement may still be booting
+    assert pool.wait_full(FILL), pool.status()
     _, multi = layers
     container = Container("main", Rootfs(layers=multi.layers), Process(
         args=("/bin/sh", "-c", "ls /data; ls /opq"), env=multi.config.env))
@@ -234,7 +238,9 @@ def test_other_shapes_boot_cold(pooled: Any, layers: Any) -> None:
 def test_an_image_vm_serves_only_pods_of_its_layers(pooled: Any, layers: Any) -> None:
     """A pool told to keep an image warm boots VMs with its layers attached and mounted; a pod
     of those layers gets one (nothing to hot-add), a pod of another image never does."""
-    cfg, _ = pooled
+    cfg, pool = pooled
+    # the previous test's VM went back to the pool: its replacement may still be booting
+    assert pool.wait_full(FILL), pool.status()
     busybox, multi = layers
     sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-pool-img-"))
     img_cfg = dataclasses.replace(cfg, pool_socket_override=sock_dir / "pool.sock")
