@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from executor.libvirt import identity
 from hypervm.config import HostConfig
+from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError, InvalidSpec
 from hypervm.podspec import Mount
 
@@ -149,17 +149,6 @@ def keeper(cfg: HostConfig) -> Keeper:
     return Keeper(cfg.state_dir / "volume-grants", cfg.vm_uid_range)
 
 
-@contextlib.contextmanager
-def _locked(records: Path) -> Iterator[None]:
-    records.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(records / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _write_record(record: Path, data: bytes) -> None:
     """Write a grant record whole or not at all (a temp file renamed over it): a record cut
     short by a kill would be dropped as unreadable, and its ACL entry never taken off."""
@@ -215,7 +204,7 @@ def _maybe_locked(kept_by: Keeper | None) -> Iterator[None]:
     if kept_by is None:
         yield
     else:
-        with _locked(kept_by.records):
+        with locked_dir(kept_by.records):
             yield
 
 
@@ -358,7 +347,7 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
         return []
     released = []
     now = time.time()
-    with _locked(kept_by.records):
+    with locked_dir(kept_by.records):
         for record, grant in _records(kept_by.records):
             if (only is not None and grant.domain != only) or runs(grant.domain):
                 continue

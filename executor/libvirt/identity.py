@@ -22,16 +22,16 @@ files a gone VM left in a share it wrote are not reachable by the next holder me
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypervm.config import DEFAULT_RUN_DIR
+from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,8 @@ class Identity:
         return self.uid, self.gid
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _locked(directory: Path) -> contextlib.AbstractContextManager[None]:
+    return locked_dir(directory, "lock")
 
 
 def _read(path: Path) -> tuple[str, float] | None:

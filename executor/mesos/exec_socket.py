@@ -11,22 +11,19 @@ refusing connections cannot be replaced by a live one before it is unlinked.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
-import os
 import re
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from executor.session import REPLY, ExecSession, SessionServer, encode_json
 from executor.vm import HyperVM
 from hypervm.config import HostConfig
+from hypervm.dirlock import locked_dir
 from hypervm.podspec import Container
 
 log = logging.getLogger(__name__)
@@ -64,7 +61,7 @@ def serve_task_exec(cfg: HostConfig, task_id: str, vm: HyperVM, container: Conta
             log.info("exec into task %s: %s", task_id, request.get("args"))
             session.serve(sock, request)
 
-        with _locked(path.parent):
+        with locked_dir(path.parent):
             if path.exists() and not _unserved(path):
                 raise OSError(f"{path} is served by another process")
             path.unlink(missing_ok=True)
@@ -72,19 +69,6 @@ def serve_task_exec(cfg: HostConfig, task_id: str, vm: HyperVM, container: Conta
     except OSError as e:
         log.warning("no exec socket for task %s at %s: %s", task_id, path, e)
         return None
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """The tasks directory (root only), exclusively ours while the block runs."""
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _unserved(path: Path) -> bool:
@@ -107,7 +91,7 @@ def remove_stale_sockets(cfg: HostConfig, dry_run: bool = False) -> list[Path]:
     if not directory.is_dir():
         return []
     removed = []
-    with _locked(directory):
+    with locked_dir(directory):
         for path in sorted(directory.glob("*.sock")):
             try:
                 if not stat.S_ISSOCK(path.lstat().st_mode) or not _unserved(path):

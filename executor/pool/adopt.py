@@ -78,27 +78,36 @@ def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, An
     # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)
     pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
     vm.identity = identity.Identity(*pair) if pair is not None else None
-    vm.give_owned_shares()
-    if not lease.layers_attached:  # an image pool VM has exactly our layers already
-        for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
-            hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
-    binds = []
+    binds: list[Any] = []
     try:
-        if vm.share_tags:
-            qemu_pid = hv.qemu_pid(vm.name)
-            if qemu_pid is None:
-                raise HyperVMError(f"no QEMU process for {vm.name}")
-            for source, tag in vm.share_tags.items():
-                target = vm.run_dir / POOL_SHARE_DIR / tag
-                target.mkdir()
-                binds.append(client.start_bind(qemu_pid, source, target,
-                                               vm.share_readonly(source)))
-        cputune, _ = resource_bounds(vm.pod.resources)  # memory: bounded at boot (its shape)
-        if not cputune.empty:
-            hv.set_cpu_bounds(vm.name, cputune)
+        # an image pool VM has exactly our layers already
+        give_devices(vm, hv, binds, attach_layers=not lease.layers_attached)
         # while the binds run: no START (which mounts them) before they are done
         ready = vm.channel.attach(sock, timeout, lease.ready)
         vm.configure_network()
     finally:
         client.wait_binds(binds)
     return ready
+
+
+def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool = True) -> None:
+    """Give a VM that booted without them (a claimed pool VM, a snapshot clone) the pod's
+    owned shares, layers (hot-added LUNs, unless ``attach_layers`` is False), mounts (binds
+    into QEMU's mount namespace, started into ``binds``: the caller waits for them with
+    ``claim.wait_binds``, also when this raises) and CPU bound; its memory was bounded when
+    its domain was made."""
+    vm.give_owned_shares()
+    if attach_layers:
+        for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
+            hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
+    if vm.share_tags:
+        qemu_pid = hv.qemu_pid(vm.name)
+        if qemu_pid is None:
+            raise HyperVMError(f"no QEMU process for {vm.name}")
+        for source, tag in vm.share_tags.items():
+            target = vm.run_dir / POOL_SHARE_DIR / tag
+            target.mkdir()
+            binds.append(client.start_bind(qemu_pid, source, target, vm.share_readonly(source)))
+    cputune, _ = resource_bounds(vm.pod.resources)
+    if not cputune.empty:
+        hv.set_cpu_bounds(vm.name, cputune)

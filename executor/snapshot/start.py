@@ -28,12 +28,9 @@ from executor import netpolicy, network
 from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import identity, migration
-from executor.libvirt.bounds import resource_bounds
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
-from executor.libvirt.domain import DiskSpec
-from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool import claim as binder
-from executor.pool.protocol import FIRST_POD_UNIT
+from executor.pool.adopt import give_devices
 from executor.snapshot import store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
@@ -141,23 +138,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
 
 def _give_pod(vm: HyperVM, hv: Any) -> None:
     """The pod's layers, mounts, CPU bound and /etc files, as on a claimed pool VM."""
-    vm.give_owned_shares()
-    for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
-        hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
-    binds = []
+    binds: list[Any] = []
     try:
-        if vm.share_tags:
-            qemu_pid = hv.qemu_pid(vm.name)
-            if qemu_pid is None:
-                raise HyperVMError(f"no QEMU process for {vm.name}")
-            for source, tag in vm.share_tags.items():
-                target = vm.run_dir / POOL_SHARE_DIR / tag
-                target.mkdir()
-                binds.append(binder.start_bind(qemu_pid, source, target,
-                                               vm.share_readonly(source)))
-        cputune, _ = resource_bounds(vm.pod.resources)  # memory: bounded at creation
-        if not cputune.empty:
-            hv.set_cpu_bounds(vm.name, cputune)
+        give_devices(vm, hv, binds)
         vm.configure_network()
     finally:
         binder.wait_binds(binds)

@@ -101,7 +101,7 @@ def test_an_executor_binds_under_the_lock_gc_probes_under(cfg: HostConfig) -> No
     holds it between probe and unlink), no socket appears."""
     path = socket_path(cfg, "t2")
     got: list[Any] = []
-    with exec_socket._locked(path.parent):
+    with exec_socket.locked_dir(path.parent):
         worker = threading.Thread(target=lambda: got.append(
             serve_task_exec(cfg, "t2", object(), _container())))  # type: ignore[arg-type]
         worker.start()
