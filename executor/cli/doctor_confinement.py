@@ -93,19 +93,26 @@ def seccomp_setting(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def qemu_seccomp_modes(pid_dir: Path = LIBVIRT_PID_DIR) -> dict[str, str]:
-    """domain -> seccomp mode of its running QEMU, for our domains (hypervm-*)."""
-    modes = {}
+def _qemu_status(pid_dir: Path, field: str) -> dict[str, str]:
+    """domain -> the first number of ``field`` in its running QEMU's /proc status, for our
+    domains (hypervm-*) whose QEMU still runs."""
+    found = {}
     for pid_file in sorted(pid_dir.glob("hypervm-*.pid")):
         try:
             pid = int(pid_file.read_text().strip())
             status = Path(f"/proc/{pid}/status").read_text()
         except (OSError, ValueError):
             continue
-        match = re.search(r"^Seccomp:\s*(\d)", status, re.MULTILINE)
+        match = re.search(rf"^{field}:\s*(\d+)", status, re.MULTILINE)
         if match:
-            modes[pid_file.stem] = _SECCOMP_MODES.get(match.group(1), match.group(1))
-    return modes
+            found[pid_file.stem] = match.group(1)
+    return found
+
+
+def qemu_seccomp_modes(pid_dir: Path = LIBVIRT_PID_DIR) -> dict[str, str]:
+    """domain -> seccomp mode of its running QEMU, for our domains (hypervm-*)."""
+    return {domain: _SECCOMP_MODES.get(mode, mode)
+            for domain, mode in _qemu_status(pid_dir, "Seccomp").items()}
 
 
 def check_seccomp(_: HostConfig, conf: Path = QEMU_CONF,
@@ -160,17 +167,7 @@ def root_in_qemu_conf(text: str, user_id: Callable[[str], int] = lambda n: pwd.g
 
 def qemu_uids_running(pid_dir: Path = LIBVIRT_PID_DIR) -> dict[str, int]:
     """domain -> real uid of its running QEMU, for our domains (hypervm-*)."""
-    uids = {}
-    for pid_file in sorted(pid_dir.glob("hypervm-*.pid")):
-        try:
-            pid = int(pid_file.read_text().strip())
-            status = Path(f"/proc/{pid}/status").read_text()
-        except (OSError, ValueError):
-            continue
-        match = re.search(r"^Uid:\s*(\d+)", status, re.MULTILINE)
-        if match:
-            uids[pid_file.stem] = int(match.group(1))
-    return uids
+    return {domain: int(uid) for domain, uid in _qemu_status(pid_dir, "Uid").items()}
 
 
 def check_qemu_user(_: HostConfig, conf: Path = QEMU_CONF, pid_dir: Path = LIBVIRT_PID_DIR) -> Any:
