@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import run_hypervm
 from tests.integration import imagebuild
 from tests.integration.registry import Registry, running_registry
 
@@ -22,3 +23,12 @@ def image_ref(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> s
     """A static busybox image, pushed to the module's registry; its reference."""
     image = imagebuild.busybox_base(tmp_path_factory.mktemp("layout"))
     return imagebuild.push(image, registry.host, "busybox", "1")
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    """Container names the test made; every one is removed (and its VM killed) at the end."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        run_hypervm("rm", "-f", name)

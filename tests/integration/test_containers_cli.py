@@ -6,7 +6,6 @@ import json
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,6 @@ from tests.conftest import HYPERVM, REPO, TEST_TAG, our_domains, run_hypervm
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
 
 TICKER = "i=0; while true; do echo tick $i; echo warn $i >&2; i=$((i+1)); sleep 0.5; done"
-
-
-@pytest.fixture
-def names() -> Iterator[list[str]]:
-    """Container names the test made; every one is removed (and its VM killed) at the end."""
-    made: list[str] = []
-    yield made
-    for name in made:
-        run_hypervm("rm", "-f", name)
 
 
 def _name(names: list[str], suffix: str) -> str:

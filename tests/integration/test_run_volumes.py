@@ -78,14 +78,6 @@ def private_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-@pytest.fixture
-def names() -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for name in made:
-        run_hypervm("rm", "-f", name)
-
-
 def _vm_users(path: Path) -> dict[int, int]:
     """uid -> perm of the VM uids named in ``path``'s ACL."""
     first, last = config_from_env().vm_uid_range

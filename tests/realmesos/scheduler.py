@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tests.mesos.agent import wait_until
+
 log = logging.getLogger(__name__)
 PATH = "/api/v1/scheduler"
 TERMINAL = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR",
@@ -220,17 +222,9 @@ class TestScheduler:
     # ---------------------------------------------------------------- observations
 
     def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; "
-                                         f"updates: {self.summary()}; errors: {self.errors}")
-                self._changed.wait(min(left, 0.5))
+        return wait_until(self._changed, predicate, timeout, lambda: (
+            f"timed out after {timeout:.0f} s waiting for {what}; "
+            f"updates: {self.summary()}; errors: {self.errors}"))
 
     def statuses(self, task_id: str) -> list[dict[str, Any]]:
         with self._changed:
