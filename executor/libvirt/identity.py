@@ -4,7 +4,8 @@ With one shared QEMU user, a guest that escapes into its QEMU process owns every
 shares, disks and sockets. Instead each VM gets a uid (its gid is the same number) from
 ``HostConfig.vm_uid_range`` (HYPERVM_VM_UID_RANGE, default 200000-265535): libvirt runs its
 QEMU as that user (a static DAC ``<seclabel>``, executor.libvirt.domain_xml.SecLabel), and only that
-VM's run dir and writable shares belong to it (mode 0750, no access for others).
+VM's writable shares belong to it (mode 0750, no access for others); its run dir is root's with
+its group (Hypervisor.prepare_run_dir).
 
 Allocation is race-free across processes (the CLI, every executor and the pool daemon boot
 VMs): under an exclusive flock of ``/run/hypervm/identities/lock`` (one registry per host,
@@ -15,10 +16,10 @@ which would wait for other VMs being started), or for :data:`RESERVATION_GRACE_S
 made (the domain is created right after). So a uid is released when its VM is gone, even
 when its owner died by SIGKILL; :func:`release` only makes it sooner. A uid a volume grant
 record names (:mod:`executor.libvirt.grants`: its ACL entry may still be on a ``run -v``
-directory, its owner SIGKILLed) is not handed out until ``hypervm gc`` or ``rm`` took it off. Uids are handed out
-round-robin (a cursor file), so a uid comes back only after the whole range went round:
-files a gone VM left in a share it wrote are not reachable by the next holder meanwhile, and
-:func:`take_back` returns a VM's writable shares to root when it ends.
+directory, its owner SIGKILLed) is not handed out until ``hypervm gc`` or ``rm`` took it off.
+Uids are handed out round-robin (a cursor file), so a uid comes back only after the whole range
+went round: files a gone VM left in a share it wrote are not reachable by the next holder
+meanwhile, and :func:`take_back` returns a VM's writable shares to root when it ends.
 """
 
 from __future__ import annotations
