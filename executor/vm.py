@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from executor import netpolicy, network
+from executor.guest import console
 from executor.guest.channel import GuestChannel, ProcessCallbacks
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
     POOL_SHARE_TAG,
     ExitStatus,
     MsgType,
-    clip_text,
     layer_serial,
     limits_payload,
     mount_payload,
@@ -166,11 +166,7 @@ class HyperVM:
         return self.run_dir / "console.log"
 
     def console_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.console_log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(clip_text(line, 300) for line in text.splitlines()[-lines:])
+        return console.tail(self.console_log, lines)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

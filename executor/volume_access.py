@@ -14,24 +14,23 @@ mask, or no ACL and the mode as it was). Every grant is recorded (``STATE_DIR/vo
 which survives a reboot as the ACL does) under one flock, which also orders concurrent grants on
 a directory; an owner killed by SIGKILL leaves its record and entry, which ``hypervm gc`` takes
 off once the record's VM no longer runs and the record is older than a boot could take
-(:func:`release_stale`).
+(:func:`release_stale`); until then the uid allocator hands that uid to no other VM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from executor.libvirt import identity
+from executor.libvirt.grants import Grant, Keeper, keeper, read_record, records, write_record
 from hypervm.config import HostConfig
 from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError, InvalidSpec
@@ -117,66 +116,6 @@ def check_reachable(real: Path) -> None:
                               "directory elsewhere")
 
 
-@dataclass(frozen=True)
-class Grant:
-    """A recorded ACL entry: ``uid`` (the QEMU of ``domain``) on the directory ``path``."""
-
-    domain: str
-    uid: int
-    path: str
-    dev: int
-    ino: int
-    #: the directory's ACL mask before any VM's entry (None: it had none)
-    operator_mask: int | None
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.domain}.{self.dev}.{self.ino}.json"
-
-
-@dataclass(frozen=True)
-class Keeper:
-    """Where grants are recorded, and which uids are VMs' (another VM's entry stays)."""
-
-    records: Path
-    vm_uids: tuple[int, int]
-
-    def is_vm_uid(self, uid: int) -> bool:
-        return self.vm_uids[0] <= uid <= self.vm_uids[1]
-
-
-def keeper(cfg: HostConfig) -> Keeper:
-    return Keeper(cfg.state_dir / "volume-grants", cfg.vm_uid_range)
-
-
-def _write_record(record: Path, data: bytes) -> None:
-    """Write a grant record whole or not at all (a temp file renamed over it): a record cut
-    short by a kill would be dropped as unreadable, and its ACL entry never taken off."""
-    part = record.with_name(f".{record.name}.part")
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(part, record)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-
-
-def _records(records: Path) -> list[tuple[Path, Grant]]:
-    """Every record (root wrote them into a root-only directory); unreadable ones dropped."""
-    found = []
-    for path in sorted(records.glob("*.json")):
-        try:
-            found.append((path, Grant(**json.loads(path.read_text()))))
-        except (OSError, ValueError, TypeError) as e:
-            log.warning("dropping the unreadable volume grant %s: %s", path, e)
-            path.unlink(missing_ok=True)
-    return found
-
-
 @contextlib.contextmanager
 def granted(uid: int | None, mounts: Iterable[Mount], domain: str = "",
             kept_by: Keeper | None = None) -> Iterator[None]:
@@ -252,16 +191,15 @@ def _add_entry(fd: int, directory: Path, uid: int, perm: int, domain: str,
         before: bytes | None = os.getxattr(fd, ACL_XATTR)
     except OSError:
         before = None
+    record = None
     try:
         entries = acl_entries(before, st.st_mode)
-        record = None
         if kept_by is not None:
-            same = [g for _, g in _records(kept_by.records)
+            same = [g for _, g in records(kept_by.records)
                     if (g.dev, g.ino) == (st.st_dev, st.st_ino)]
             mask = same[0].operator_mask if same else _mask(entries)
             grant = Grant(domain, uid, str(directory), st.st_dev, st.st_ino, mask)
-            record = kept_by.records / grant.file_name
-            _write_record(record, json.dumps(asdict(grant)).encode())
+            record = write_record(kept_by.records, grant)
         os.setxattr(fd, ACL_XATTR, with_user(entries, uid, perm))
     except (OSError, ValueError) as e:
         if record is not None:
@@ -273,7 +211,7 @@ def _add_entry(fd: int, directory: Path, uid: int, perm: int, domain: str,
 
 def _operator_mask(record: Path | None) -> int | None:
     try:
-        return Grant(**json.loads(record.read_text())).operator_mask if record else None
+        return read_record(record).operator_mask if record else None
     except (OSError, ValueError, TypeError):
         return None
 
@@ -348,7 +286,7 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
     released = []
     now = time.time()
     with locked_dir(kept_by.records):
-        for record, grant in _records(kept_by.records):
+        for record, grant in records(kept_by.records):
             if (only is not None and grant.domain != only) or runs(grant.domain):
                 continue
             try:

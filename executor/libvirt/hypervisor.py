@@ -250,9 +250,12 @@ class Hypervisor:
         return VM(self, dom.name(), dom.UUIDString())
 
     def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
-        """Create ``directory`` (and traversable parents) owned by ``owner`` (the VM's own
-        identity), else by the user libvirt runs QEMU as, mode 0750: QEMU creates the channel
-        socket there, virtlogd (root) the console log."""
+        """Create ``directory`` (and traversable parents), root's with the group of ``owner``
+        (the VM's own identity), else of the user libvirt runs QEMU as, mode 0750: QEMU reaches
+        it, but renames and plants nothing there. libvirtd makes the channel socket there (for
+        that user; QEMU gets its fd), virtlogd (root) the console log, again at every rotation
+        and following a link: one planted by an escaped QEMU would have root append the guest's
+        console to any file."""
         label = owner or self._qemu_label()
         try:
             missing = [p for p in (directory, *directory.parents) if not p.exists()]
@@ -260,7 +263,7 @@ class Hypervisor:
                 path.mkdir(exist_ok=True)
                 path.chmod(0o755)  # whatever the umask: QEMU must traverse the parents
             if label is not None and os.geteuid() == 0:
-                os.chown(directory, *label)
+                os.chown(directory, 0, label[1])
             directory.chmod(RUN_DIR_MODE)
         except OSError as e:
             raise HostError(f"cannot prepare {directory} for QEMU: {e}") from e

@@ -4,7 +4,8 @@ With one shared QEMU user, a guest that escapes into its QEMU process owns every
 shares, disks and sockets. Instead each VM gets a uid (its gid is the same number) from
 ``HostConfig.vm_uid_range`` (HYPERVM_VM_UID_RANGE, default 200000-265535): libvirt runs its
 QEMU as that user (a static DAC ``<seclabel>``, executor.libvirt.domain_xml.SecLabel), and only that
-VM's run dir and writable shares belong to it (mode 0750, no access for others).
+VM's writable shares belong to it (mode 0750, no access for others); its run dir is root's with
+its group (Hypervisor.prepare_run_dir).
 
 Allocation is race-free across processes (the CLI, every executor and the pool daemon boot
 VMs): under an exclusive flock of ``/run/hypervm/identities/lock`` (one registry per host,
@@ -13,10 +14,12 @@ reservation names it; a reservation (``identities/<uid>``, holding the domain na
 stands while that domain's QEMU runs (libvirt's pid file names a live process: no libvirt call,
 which would wait for other VMs being started), or for :data:`RESERVATION_GRACE_S` after it was
 made (the domain is created right after). So a uid is released when its VM is gone, even
-when its owner died by SIGKILL; :func:`release` only makes it sooner. Uids are handed out
-round-robin (a cursor file), so a uid comes back only after the whole range went round:
-files a gone VM left in a share it wrote are not reachable by the next holder meanwhile, and
-:func:`take_back` returns a VM's writable shares to root when it ends.
+when its owner died by SIGKILL; :func:`release` only makes it sooner. A uid a volume grant
+record names (:mod:`executor.libvirt.grants`: its ACL entry may still be on a ``run -v``
+directory, its owner SIGKILLed) is not handed out until ``hypervm gc`` or ``rm`` took it off.
+Uids are handed out round-robin (a cursor file), so a uid comes back only after the whole range
+went round: files a gone VM left in a share it wrote are not reachable by the next holder
+meanwhile, and :func:`take_back` returns a VM's writable shares to root when it ends.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from executor.libvirt import grants
 from hypervm.config import DEFAULT_RUN_DIR
 from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError
@@ -89,34 +93,45 @@ def qemu_runs(domain: str) -> bool:
 
 
 def allocate(uid_range: tuple[int, int], domain: str, runs: Callable[[str], bool] = qemu_runs,
-             clock: Callable[[], float] = time.time, directory: Path = REGISTRY) -> Identity:
+             clock: Callable[[], float] = time.time, directory: Path = REGISTRY,
+             grants_dir: Path | None = None) -> Identity:
     """Reserve a free uid of ``uid_range`` for the VM ``domain``; ``runs(name)``: whether the
-    domain of a reservation still runs. HostError when the range is exhausted."""
+    domain of a reservation still runs; ``grants_dir``: the volume grant records
+    (:mod:`executor.libvirt.grants`), whose uids are not free while a record names them.
+    HostError when the range is exhausted."""
     first, last = uid_range
     with _locked(directory):
-        now = clock()
-        taken: set[int] = set()
-        for path in directory.iterdir():
-            if not path.name.isdigit():
-                continue
-            found = _read(path)
-            if found is not None and (now - found[1] < RESERVATION_GRACE_S or runs(found[0])):
-                taken.add(int(path.name))
-            else:
-                path.unlink(missing_ok=True)  # its VM is gone: the uid is free again
+        taken = _reserved(directory, runs, clock())
+        granted = grants.granted_uids(grants_dir) - taken if grants_dir is not None else set()
         cursor_file = directory / "next"
         try:
             cursor = int(cursor_file.read_text())
         except (OSError, ValueError):
             cursor = first
-        uid = pick_uid(first, last, cursor, taken)
+        uid = pick_uid(first, last, cursor, taken | granted)
         if uid is None:
-            raise HostError(f"every VM uid of {first}-{last} is in use ({len(taken)} VMs)",
-                            hint="widen HYPERVM_VM_UID_RANGE")
+            raise HostError(f"every VM uid of {first}-{last} is in use ({len(taken)} VMs, "
+                            f"{len(granted)} more still named by a volume grant)",
+                            hint="run hypervm gc, or widen HYPERVM_VM_UID_RANGE")
         (directory / str(uid)).write_text(domain + "\n")
         cursor_file.write_text(str(uid + 1))
     log.debug("%s runs as uid %d", domain, uid)
     return Identity(uid, uid)
+
+
+def _reserved(directory: Path, runs: Callable[[str], bool], now: float) -> set[int]:
+    """The uids whose reservation stands; lapsed reservations removed (the caller holds the
+    registry's lock)."""
+    taken: set[int] = set()
+    for path in directory.iterdir():
+        if not path.name.isdigit():
+            continue
+        found = _read(path)
+        if found is not None and (now - found[1] < RESERVATION_GRACE_S or runs(found[0])):
+            taken.add(int(path.name))
+        else:
+            path.unlink(missing_ok=True)  # its VM is gone: the uid is free again
+    return taken
 
 
 def release(domain: str, directory: Path = REGISTRY) -> None:
@@ -194,4 +209,5 @@ def for_vm(cfg: Any, hypervisor: Any, domain: str) -> Identity | None:
     if not hypervisor.confines_per_vm():
         return None
     open_libvirt_dir()
-    return allocate(cfg.vm_uid_range, domain)
+    return allocate(cfg.vm_uid_range, domain, directory=REGISTRY,
+                    grants_dir=grants.keeper(cfg).records)

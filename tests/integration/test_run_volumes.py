@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from executor.libvirt import grants, identity
 from executor.volume_access import _USER, ACL_XATTR, acl_entries, release_stale
 from hypervm.config import config_from_env
+from hypervm.errors import HostError
 from tests.conftest import TEST_TAG, our_domains, run_hypervm
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
@@ -149,7 +151,8 @@ def test_detached_read_only_volume_cannot_be_written(busybox_rootfs: Path, priva
 
 def test_a_killed_supervisors_entry_is_taken_off_by_gc_or_rm(busybox_rootfs: Path,
                                                               private_dir: Path,
-                                                              names: list[str]) -> None:
+                                                              names: list[str],
+                                                              tmp_path: Path) -> None:
     name = _detached(names, "vol-kill", busybox_rootfs, f"{private_dir}:/data",
                      "exec sleep 600")
     state = json.loads(run_hypervm("inspect", name).stdout)[0]
@@ -160,9 +163,16 @@ def test_a_killed_supervisors_entry_is_taken_off_by_gc_or_rm(busybox_rootfs: Pat
     # what hypervm gc would take off (gc itself would touch the whole host's VMs and cache)
     stale = release_stale(config_from_env(), dry_run=True, grace=0)
     assert state["id"] in [g.domain for g in stale]
-    assert len(_vm_users(private_dir)) == 1
+    [uid] = _vm_users(private_dir)
+    # until then no other VM gets that uid (a registry of our own: only the grant counts)
+    records = grants.keeper(config_from_env()).records
+    with pytest.raises(HostError, match="volume grant"):
+        identity.allocate((uid, uid), "probe", lambda _: False, directory=tmp_path,
+                          grants_dir=records)
     removed = run_hypervm("rm", name)  # rm of the dead container takes its entries off too
     assert removed.returncode == 0, removed.stderr.decode()
+    assert identity.allocate((uid, uid), "probe", lambda _: False, directory=tmp_path,
+                             grants_dir=records).uid == uid
     assert ACL_XATTR not in os.listxattr(private_dir)
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
     left = release_stale(config_from_env(), dry_run=True, grace=0)

@@ -99,6 +99,12 @@ def test_one_qemu_cannot_open_another_vms_files(vm_factory: Any, host_cfg: Any, 
         assert result.returncode != 0 and "Permission denied" in result.stderr, (target, result)
     result = as_qemu(creds_a, "touch", str(sandboxes[1] / "planted"))
     assert result.returncode != 0 and not (sandboxes[1] / "planted").exists()
+    # nor its own run dir, where root (virtlogd, at every rotation) makes the console log
+    for argv in (("mv", str(a.console_log), str(a.run_dir / "moved")),
+                 ("ln", "-s", "/etc/passwd", str(a.run_dir / "console.log.0"))):
+        result = as_qemu(creds_a, *argv)
+        assert result.returncode != 0 and "Permission denied" in result.stderr, (argv, result)
+    assert sorted(p.name for p in a.run_dir.iterdir()) == ["channel.sock", "console.log"]
     # what every VM shares is readable by all and chowned to none of them
     from vmimage.initrd import ensure_initrd
     from vmimage.kernel import find_kernel

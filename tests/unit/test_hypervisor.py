@@ -340,3 +340,45 @@ def test_giving_a_share_to_qemu_never_follows_a_symlink(tmp_path: Path) -> None:
         assert (tmp_path / "real").stat().st_uid == 4242
     finally:
         hv.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown and setuid need root")
+def test_the_run_dir_is_not_the_vms_to_change(hv: Hypervisor) -> None:
+    """libvirtd (the channel socket, whose fd QEMU gets) and virtlogd (the console log, which
+    it creates again as root at every rotation, following a link) make the run dir's files as
+    root: a QEMU escaped from its guest must not rename or plant anything there (a link
+    named console.log would have root append the guest's console to any file)."""
+    import tempfile
+
+    vm_uid = 200123
+    base = Path(tempfile.mkdtemp(prefix="hypervm-rundir-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        run_dir = base / "vms" / "hypervm-unit-own"
+        hv.prepare_run_dir(run_dir, (vm_uid, vm_uid))
+        st = run_dir.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, vm_uid, 0o750)
+        (run_dir / "console.log").write_text("boot\n")
+        pid = os.fork()
+        if pid == 0:  # the VM's QEMU: may read what is there, not replace it
+            code = 1
+            try:
+                os.setgid(vm_uid)
+                os.setuid(vm_uid)
+                os.listdir(run_dir)
+                try:
+                    os.rename(run_dir / "console.log", run_dir / "console.log.0")
+                except PermissionError:
+                    try:
+                        os.symlink("/etc/passwd", run_dir / "console.log.1")
+                    except PermissionError:
+                        code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sorted(os.listdir(run_dir)) == ["console.log"]
+    finally:
+        import shutil
+
+        shutil.rmtree(base)

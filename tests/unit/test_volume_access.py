@@ -4,6 +4,7 @@ owner (the CLI, a detached run's supervisor) was SIGKILLed."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -201,3 +202,32 @@ def test_a_grant_record_is_written_whole_or_not_at_all(cfg: HostConfig, shared: 
     records = cfg.state_dir / "volume-grants"
     assert sorted(p.name for p in records.iterdir()) in ([], [".lock"])
     assert _users(shared) == {}
+
+
+def test_a_uid_whose_entry_outlived_its_vm_is_not_handed_out_again(
+        cfg: HostConfig, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner of A's grant is SIGKILLed and its VM is gone: until gc takes A's entry off the
+    directory, the uid allocator must not give A to another (tenant's) VM, whose escaped QEMU
+    would reach the first tenant's directory through it."""
+    registry = tmp_path / "identities"
+    monkeypatch.setattr(va.identity, "REGISTRY", registry)
+    monkeypatch.setattr(va.identity, "LIBVIRT_PID_DIR", tmp_path / "no-qemu-runs")
+    monkeypatch.setattr(va.identity, "open_libvirt_dir", lambda: None)
+    small = dataclasses.replace(cfg, vm_uid_range=(A, B))
+
+    class Confining:
+        def confines_per_vm(self) -> bool:
+            return True
+
+    assert va.identity.for_vm(small, Confining(), "hypervm-a").uid == A
+    abandoned = _grant(small, A, "hypervm-a", shared)
+    abandoned.__enter__()  # its owner is SIGKILLed in the block
+    for reservation in registry.iterdir():
+        os.utime(reservation, (0, 0))  # long ago: hypervm-a's reservation has lapsed
+    assert va.identity.for_vm(small, Confining(), "hypervm-b").uid == B
+    with pytest.raises(HyperVMError) as info:  # round robin comes back to A: still granted
+        va.identity.for_vm(small, Confining(), "hypervm-c")
+    assert "hypervm gc" in str(info.value) + str(info.value.hint)
+    assert _users(shared) == {A: 7}
+    assert len(va.release_stale(small, runs=lambda domain: False, grace=0)) == 1  # gc
+    assert va.identity.for_vm(small, Confining(), "hypervm-c").uid == A

@@ -1,0 +1,99 @@
+"""The record of every ACL entry a VM uid holds on a host directory (``STATE_DIR/volume-grants/``,
+one JSON file per VM and directory): :mod:`executor.volume_access` writes and clears it under the
+directory's flock; the uid allocator (:mod:`executor.libvirt.identity`) reads it, so that a uid
+whose entry outlived its VM (its owner SIGKILLed, ``hypervm gc`` not run yet) is not handed to
+another VM, which could reach the first VM's directory through it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hypervm.config import HostConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A recorded ACL entry: ``uid`` (the QEMU of ``domain``) on the directory ``path``."""
+
+    domain: str
+    uid: int
+    path: str
+    dev: int
+    ino: int
+    #: the directory's ACL mask before any VM's entry (None: it had none)
+    operator_mask: int | None
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.domain}.{self.dev}.{self.ino}.json"
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """Where grants are recorded, and which uids are VMs' (another VM's entry stays)."""
+
+    records: Path
+    vm_uids: tuple[int, int]
+
+    def is_vm_uid(self, uid: int) -> bool:
+        return self.vm_uids[0] <= uid <= self.vm_uids[1]
+
+
+def keeper(cfg: HostConfig) -> Keeper:
+    return Keeper(cfg.state_dir / "volume-grants", cfg.vm_uid_range)
+
+
+def write_record(directory: Path, grant: Grant) -> Path:
+    """Record ``grant`` in ``directory``, whole or not at all (a temp file renamed over it): a
+    record cut short by a kill would be dropped as unreadable, and its ACL entry never taken
+    off. The record's path."""
+    record = directory / grant.file_name
+    part = record.with_name(f".{record.name}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(json.dumps(asdict(grant)).encode())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, record)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return record
+
+
+def read_record(path: Path) -> Grant:
+    """One record (root wrote it into a root-only directory); OSError, ValueError or TypeError
+    when it cannot be read."""
+    return Grant(**json.loads(path.read_text()))
+
+
+def records(directory: Path) -> list[tuple[Path, Grant]]:
+    """Every record; unreadable ones dropped (the caller holds the directory's lock)."""
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            found.append((path, read_record(path)))
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("dropping the unreadable volume grant %s: %s", path, e)
+            path.unlink(missing_ok=True)
+    return found
+
+
+def granted_uids(directory: Path) -> set[int]:
+    """The uids that a record names: their ACL entries may still be on a host directory.
+    Needs no lock: records appear and go whole (a rename, an unlink), and a record naming a uid
+    is only written by the VM holding that uid's reservation."""
+    uids = set()
+    for path in directory.glob("*.json"):
+        try:
+            uids.add(int(read_record(path).uid))
+        except (OSError, ValueError, TypeError):
+            continue  # gone meanwhile, or unreadable (gc drops it)
+    return uids

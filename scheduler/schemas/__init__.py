@@ -1,0 +1,1 @@
+"""The JSON schemas the scheduler validates requests with (package data)."""
