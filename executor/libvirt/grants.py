@@ -2,7 +2,10 @@
 one JSON file per VM and directory): :mod:`executor.volume_access` writes and clears it under the
 directory's flock; the uid allocator (:mod:`executor.libvirt.identity`) reads it, so that a uid
 whose entry outlived its VM (its owner SIGKILLed, ``hypervm gc`` not run yet) is not handed to
-another VM, which could reach the first VM's directory through it."""
+another VM, which could reach the first VM's directory through it. A record stays until its
+entry is off *and* (read-write) nothing under the directory is the uid's any more
+(:mod:`executor.volume_files`): a record whose entry could not be taken off, whose directory was
+moved, or whose walk was cut short keeps the uid out of reuse until ``hypervm gc`` completes it."""
 
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class Grant:
     ino: int
     #: the directory's ACL mask before any VM's entry (None: it had none)
     operator_mask: int | None
+    #: the entry's permission (5: ``:ro``, 7: read-write, whose files the uid may own)
+    perm: int = 7
 
     @property
     def file_name(self) -> str:

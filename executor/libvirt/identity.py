@@ -18,8 +18,9 @@ when its owner died by SIGKILL; :func:`release` only makes it sooner. A uid a vo
 record names (:mod:`executor.libvirt.grants`: its ACL entry may still be on a ``run -v``
 directory, its owner SIGKILLed) is not handed out until ``hypervm gc`` or ``rm`` took it off.
 Uids are handed out round-robin (a cursor file), so a uid comes back only after the whole range
-went round: files a gone VM left in a share it wrote are not reachable by the next holder
-meanwhile, and :func:`take_back` returns a VM's writable shares to root when it ends.
+went round; :func:`take_back` returns a VM's writable shares to root when it ends, and
+:mod:`executor.volume_files` hands what it made in a ``run -v`` directory to that directory's
+owner (its grant record keeps the uid out of reuse until that is done).
 """
 
 from __future__ import annotations
