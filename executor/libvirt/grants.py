@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from hypervm.config import HostConfig
@@ -39,6 +39,9 @@ class Grant:
         return f"{self.domain}.{self.dev}.{self.ino}.json"
 
 
+_FIELDS = frozenset(field.name for field in fields(Grant))
+
+
 @dataclass(frozen=True)
 class Keeper:
     """Where grants are recorded, and which uids are VMs' (another VM's entry stays)."""
@@ -56,8 +59,8 @@ def keeper(cfg: HostConfig) -> Keeper:
 
 def write_record(directory: Path, grant: Grant) -> Path:
     """Record ``grant`` in ``directory``, whole or not at all (a temp file renamed over it): a
-    record cut short by a kill would be dropped as unreadable, and its ACL entry never taken
-    off. The record's path."""
+    record cut short by a kill would be unreadable, its uid unknown to the allocator. The
+    record's path."""
     record = directory / grant.file_name
     part = record.with_name(f".{record.name}.part")
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -74,20 +77,23 @@ def write_record(directory: Path, grant: Grant) -> Path:
 
 
 def read_record(path: Path) -> Grant:
-    """One record (root wrote it into a root-only directory); OSError, ValueError or TypeError
-    when it cannot be read."""
-    return Grant(**json.loads(path.read_text()))
+    """One record (root wrote it into a root-only directory), fields it does not know (a newer
+    version's) ignored; OSError, ValueError or TypeError when it cannot be read."""
+    data = json.loads(path.read_text())
+    return Grant(**{name: value for name, value in data.items() if name in _FIELDS})
 
 
 def records(directory: Path) -> list[tuple[Path, Grant]]:
-    """Every record; unreadable ones dropped (the caller holds the directory's lock)."""
+    """Every readable record (the caller holds the directory's lock). An unreadable one is
+    logged and left: it may stand for an entry still on a directory (records are written whole,
+    so it is another version's or damaged; deleting it would free a uid it may name)."""
     found = []
     for path in sorted(directory.glob("*.json")):
         try:
             found.append((path, read_record(path)))
         except (OSError, ValueError, TypeError) as e:
-            log.warning("dropping the unreadable volume grant %s: %s", path, e)
-            path.unlink(missing_ok=True)
+            log.error("cannot read the volume grant record %s (%s): left as it is; remove it "
+                      "once its uid's ACL entry is off its directory", path, e)
     return found
 
 

@@ -5,6 +5,7 @@ owner (the CLI, a detached run's supervisor) was SIGKILLed."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
@@ -332,3 +333,23 @@ def test_a_record_stays_while_its_entry_could_not_be_taken_off(
 def _touch(path: Path) -> Path:
     path.write_text("x")
     return path
+
+
+def test_a_record_of_another_version_is_neither_dropped_nor_misread(cfg: HostConfig,
+                                                                    shared: Path) -> None:
+    """Another hypervm version on the host (a field more, or one we cannot read): deleting its
+    record would free a uid whose entry may still be on a directory."""
+    abandoned = _grant(cfg, A, "hypervm-a", shared)
+    abandoned.__enter__()
+    records = cfg.state_dir / "volume-grants"
+    [record] = records.glob("*.json")
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "from_a_newer_version": 1}))
+    odd = records / "hypervm-z.1.2.json"
+    odd.write_text("{not json")
+    assert granted_uids(records) == {A}
+    with _grant(cfg, B, "hypervm-b", shared):  # reads every record: drops none
+        pass
+    assert odd.exists() and record.exists()
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert odd.exists() and _users(shared) == {}
