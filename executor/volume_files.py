@@ -75,7 +75,7 @@ def _hand_back(fd: int, st: os.stat_result, uid: int, to: tuple[int, int]) -> bo
     if st.st_uid != uid and st.st_gid != uid:
         return False
     new_uid = to[0] if st.st_uid == uid else -1
-    new_gid = to[1] if st.st_gid == uid or st.st_uid == uid else -1
+    new_gid = to[1] if st.st_gid == uid else -1  # (a VM's gid is its uid) else the group stays
     is_dir = stat.S_ISDIR(st.st_mode)
     if is_dir:
         os.fchown(fd, new_uid, new_gid)
@@ -144,7 +144,10 @@ def _visit(dir_fd: int, name: str, uid: int, to: tuple[int, int], done: Reclaim)
             done.changed += _hand_back(fd, st, uid, to)
             return None
         # list the directory checked, not whatever ``name`` names by now
-        listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        except FileNotFoundError:
+            return None  # removed meanwhile
     finally:
         os.close(fd)
     try:

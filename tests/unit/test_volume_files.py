@@ -161,3 +161,13 @@ def test_a_directory_swapped_for_a_link_is_not_entered(tmp_path: Path, secret: P
     assert done.complete
     assert (top / "d").lstat().st_uid == OWNER[0]
     assert secret.stat().st_uid == VM  # not walked into
+
+
+def test_a_file_in_the_operators_set_gid_directory_keeps_its_group(tmp_path: Path) -> None:
+    top = tmp_path / "share"
+    top.mkdir()
+    made = top / "f"
+    made.write_text("")
+    os.chown(made, VM, 4000)  # the group of a set-gid directory of the operator's
+    assert _walk(top).complete
+    assert (made.stat().st_uid, made.stat().st_gid) == (OWNER[0], 4000)
