@@ -223,6 +223,7 @@ def test_a_uid_whose_entry_outlived_its_vm_is_not_handed_out_again(
     monkeypatch.setattr(va.identity, "REGISTRY", registry)
     monkeypatch.setattr(va.identity, "LIBVIRT_PID_DIR", tmp_path / "no-qemu-runs")
     monkeypatch.setattr(va.identity, "open_libvirt_dir", lambda: None)
+    monkeypatch.setattr(va.identity, "owner_alive", lambda owner: False)  # SIGKILLed
     small = dataclasses.replace(cfg, vm_uid_range=(A, B))
 
     class Confining:
