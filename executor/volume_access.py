@@ -3,9 +3,10 @@
 Each VM's QEMU runs as a uid of its own (executor.libvirt.identity), so a directory the operator
 shares keeps its owner and mode and gets, for the VM's lifetime, one POSIX ACL entry for that uid
 (``r-x`` for ``:ro``, ``rwx`` otherwise). Only the directory itself: what the guest creates in it
-belongs to the VM's uid; existing files keep their own permissions (as a bind mount of another
-user's files would). The VM's owner holds the grant (:class:`VolumeHold`) from before its QEMU
-starts to after it ends: the foreground ``run``, or the supervisor of a detached one
+belongs to the VM's uid while it runs, and to the directory's owner once it has ended
+(:mod:`executor.volume_files`); existing files keep their own permissions (as a bind mount of
+another user's files would). The VM's owner holds the grant (:class:`VolumeHold`) from before
+its QEMU starts to after it ends: the foreground ``run``, or the supervisor of a detached one
 (executor.supervisor).
 
 When the VM ends only its own entry is taken off: another VM sharing the directory keeps its
@@ -14,7 +15,10 @@ mask, or no ACL and the mode as it was). Every grant is recorded (``STATE_DIR/vo
 which survives a reboot as the ACL does) under one flock, which also orders concurrent grants on
 a directory; an owner killed by SIGKILL leaves its record and entry, which ``hypervm gc`` takes
 off once the record's VM no longer runs and the record is older than a boot could take
-(:func:`release_stale`); until then the uid allocator hands that uid to no other VM.
+(:func:`release_stale`); until then the uid allocator hands that uid to no other VM. A record
+goes only once its entry is off and nothing under a read-write directory is the uid's any more;
+otherwise (the entry could not be taken off, the walk was cut short, the directory was moved)
+it stays, the uid out of reuse, and gc retries.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from executor import volume_files
 from executor.libvirt import identity
 from executor.libvirt.grants import Grant, Keeper, keeper, read_record, records, write_record
 from hypervm.config import HostConfig
@@ -43,6 +48,9 @@ _VERSION = 2
 _USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _UNDEFINED_ID = 0xFFFFFFFF
 _ENTRY = struct.Struct("<HHI")
+#: how long the end of a VM may walk a read-write directory to hand its files back (then gc's)
+HAND_BACK_BUDGET_S = 30.0
+GC_HAND_BACK_BUDGET_S = 300.0
 
 
 def acl_entries(raw: bytes | None, mode: int) -> list[tuple[int, int, int]]:
@@ -174,13 +182,44 @@ def _grant(directory: Path, uid: int, perm: int, domain: str,
         try:
             yield
         finally:
-            with _maybe_locked(kept_by):
-                if record is None or record.exists():
-                    _take_off(fd, directory, uid, kept_by, _operator_mask(record))
-                if record is not None:
-                    record.unlink(missing_ok=True)
+            _end_grant(fd, directory, uid, perm, kept_by, record)
     finally:
         os.close(fd)
+
+
+def _end_grant(fd: int, directory: Path, uid: int, perm: int, kept_by: Keeper | None,
+               record: Path | None) -> None:
+    """The VM ended: its entry off and (read-write) its files handed back, then its record
+    goes; a record whose entry stays, or whose walk was cut short, stays for ``hypervm gc``
+    (the uid stays out of reuse)."""
+    with _maybe_locked(kept_by):
+        if record is not None and not record.exists():
+            return  # gc released it meanwhile: the uid may be another VM's by now
+        off = _take_off(fd, directory, uid, kept_by, _operator_mask(record))
+    if off and perm & 2:
+        off = _reclaim(fd, directory, uid, kept_by, HAND_BACK_BUDGET_S)
+    if record is not None and off:
+        with _maybe_locked(kept_by):
+            record.unlink(missing_ok=True)
+
+
+def _reclaim(fd: int, directory: Path | str, uid: int, kept_by: Keeper | None,
+             budget_s: float) -> bool:
+    """Hand what ``uid`` owns under the directory ``fd`` to the directory's owner (root if that
+    is a VM uid); whether nothing of the uid's is left."""
+    st = os.fstat(fd)
+    to = (st.st_uid, st.st_gid)
+    if kept_by is not None and (kept_by.is_vm_uid(to[0]) or kept_by.is_vm_uid(to[1])):
+        to = (0, 0)
+    started = time.monotonic()
+    done = volume_files.hand_back(fd, uid, to, budget_s)
+    log.debug("%s: handed %d of %d entries of uid %d back to %d:%d in %.2f s", directory,
+              done.changed, done.visited, uid, *to, time.monotonic() - started)
+    if not done.complete:
+        log.error("%s: cannot hand back the files the VM's user %d made there (%s): uid %d "
+                  "stays out of use until hypervm gc completes it", directory, uid, done.reason,
+                  uid)
+    return done.complete
 
 
 def _add_entry(fd: int, directory: Path, uid: int, perm: int, domain: str,
@@ -198,7 +237,7 @@ def _add_entry(fd: int, directory: Path, uid: int, perm: int, domain: str,
             same = [g for _, g in records(kept_by.records)
                     if (g.dev, g.ino) == (st.st_dev, st.st_ino)]
             mask = same[0].operator_mask if same else _mask(entries)
-            grant = Grant(domain, uid, str(directory), st.st_dev, st.st_ino, mask)
+            grant = Grant(domain, uid, str(directory), st.st_dev, st.st_ino, mask, perm)
             record = write_record(kept_by.records, grant)
         os.setxattr(fd, ACL_XATTR, with_user(entries, uid, perm))
     except (OSError, ValueError) as e:
@@ -217,17 +256,19 @@ def _operator_mask(record: Path | None) -> int | None:
 
 
 def _take_off(fd: int, directory: Path | str, uid: int, kept_by: Keeper | None,
-              operator_mask: int | None) -> None:
-    """Take ``uid``'s entry off the directory ``fd`` (see :func:`without_user`). Never
-    raises: a directory left with the entry is logged."""
+              operator_mask: int | None) -> bool:
+    """Take ``uid``'s entry off the directory ``fd`` (see :func:`without_user`); whether it is
+    off. Never raises: a directory left with the entry is logged (its record must stay)."""
     try:
         st = os.fstat(fd)
         try:
             entries = acl_entries(os.getxattr(fd, ACL_XATTR), st.st_mode)
-        except OSError:
-            return  # no ACL: nothing of ours is on it
+        except OSError as e:
+            if e.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+                return True  # no ACL: nothing of ours is on it
+            raise
         if not any(tag == _USER and ident == uid for tag, _, ident in entries):
-            return
+            return True
         is_vm_uid = kept_by.is_vm_uid if kept_by is not None else (lambda _: False)
         after = without_user(entries, uid, is_vm_uid, operator_mask)
         if after is None:
@@ -236,7 +277,10 @@ def _take_off(fd: int, directory: Path | str, uid: int, kept_by: Keeper | None,
         else:
             os.setxattr(fd, ACL_XATTR, _encode(after))
     except (OSError, ValueError) as e:
-        log.warning("cannot take the VM's ACL entry (uid %d) off %s: %s", uid, directory, e)
+        log.error("cannot take the VM's ACL entry (uid %d) off %s: %s; its grant record stays "
+                  "(uid %d out of use) for hypervm gc to retry", uid, directory, e, uid)
+        return False
+    return True
 
 
 class VolumeHold:
@@ -275,38 +319,65 @@ class VolumeHold:
 def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,
                   dry_run: bool = False, only: str | None = None,
                   grace: float = identity.RESERVATION_GRACE_S) -> list[Grant]:
-    """Take off the entries of VMs that no longer run (``runs(domain)`` False), whose owner was
-    killed before it could (``only``: of that domain alone); the grants released. A record
-    younger than ``grace`` stands (its VM's QEMU may not have started yet: the entry comes
-    first). A directory replaced since (another inode) keeps nothing of ours: only its record
-    goes."""
+    """Finish the grants of VMs that no longer run (``runs(domain)`` False), whose owner was
+    killed before it could, or could not (``only``: of that domain alone): entry off, files
+    handed back (each walk out of the lock); the grants released (``dry_run``: to release). A
+    record younger than ``grace`` stands (its VM's QEMU may not have started yet: the entry
+    comes first). A record whose directory is gone or was moved or replaced (another inode at
+    its path) stays, its uid out of reuse: the entry and the files may be on it still."""
     kept_by = keeper(cfg)
     if not kept_by.records.is_dir():
         return []
-    released = []
     now = time.time()
     with locked_dir(kept_by.records):
-        for record, grant in records(kept_by.records):
-            if (only is not None and grant.domain != only) or runs(grant.domain):
-                continue
-            try:
-                if now - record.stat().st_mtime < grace:
-                    continue
-            except OSError:
-                continue
+        stale = [(record, grant) for record, grant in records(kept_by.records)
+                 if (only is None or grant.domain == only) and not runs(grant.domain)
+                 and _older(record, now, grace)]
+        if dry_run:
+            return [grant for _, grant in stale]
+        opened = []
+        for record, grant in stale:
+            fd = _open_recorded(grant, record)
+            if fd is not None and _take_off(fd, grant.path, grant.uid, kept_by,
+                                            grant.operator_mask):
+                opened.append((record, grant, fd))
+            elif fd is not None:
+                os.close(fd)
+    released = []
+    for record, grant, fd in opened:
+        try:
+            clean = not grant.perm & 2 or _reclaim(fd, grant.path, grant.uid, kept_by,
+                                                   GC_HAND_BACK_BUDGET_S)
+        finally:
+            os.close(fd)
+        if clean:
+            with locked_dir(kept_by.records):
+                record.unlink(missing_ok=True)
             released.append(grant)
-            if dry_run:
-                continue
-            try:
-                fd = _open_dir(grant.path)
-            except OSError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    st = os.fstat(fd)
-                    if (st.st_dev, st.st_ino) == (grant.dev, grant.ino):
-                        _take_off(fd, grant.path, grant.uid, kept_by, grant.operator_mask)
-                finally:
-                    os.close(fd)
-            record.unlink(missing_ok=True)
     return released
+
+
+def _older(record: Path, now: float, grace: float) -> bool:
+    try:
+        return now - record.stat().st_mtime >= grace
+    except OSError:
+        return False
+
+
+def _open_recorded(grant: Grant, record: Path) -> int | None:
+    """The recorded directory, if it is still at its path (the same inode); else None, logged."""
+    try:
+        fd = _open_dir(grant.path)
+    except OSError as e:
+        why = e.strerror
+    else:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (grant.dev, grant.ino):
+            return fd
+        os.close(fd)
+        why = "another directory is there now"
+    log.error("%s (device %d, inode %d), which %s's uid %d had an ACL entry on, cannot be "
+              "found (%s): uid %d stays out of use. Move the directory back and run hypervm gc; "
+              "if it is gone for good, remove %s", grant.path, grant.dev, grant.ino,
+              grant.domain, grant.uid, why, grant.uid, record)
+    return None

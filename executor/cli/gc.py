@@ -1,6 +1,7 @@
 """``hypervm gc``: destroy our VMs whose owner process is gone and remove their run dirs, and
 the exec sockets of Mesos tasks whose executor was killed (executor.mesos.exec_socket), and the
-ACL entries on ``run -v`` directories of VMs whose owner was killed (executor.volume_access).
+ACL entries on ``run -v`` directories of VMs whose owner was killed, handing what such a VM made
+there back to the directory's owner (executor.volume_access).
 
 Domains are created auto-destroyed, so a dead owner normally takes its VM with it; gc catches
 what slips through (libvirtd restarted, a domain defined by hand, a run dir left by a crash).
@@ -102,7 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="destroy leftover HyperVMs and remove their files",
         description="Destroy the HyperVMs whose owner process is gone (or all with --all) and "
         "remove their run directories, the exec sockets of Mesos tasks whose executor is "
-        "gone, and the ACL entries on volumes (run -v) of VMs that no longer run.",
+        "gone, and the ACL entries on volumes (run -v) of VMs that no longer run (what those "
+        "VMs made there goes to the directory's owner).",
     )
     p.add_argument(
         "--all",

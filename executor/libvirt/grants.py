@@ -2,14 +2,17 @@
 one JSON file per VM and directory): :mod:`executor.volume_access` writes and clears it under the
 directory's flock; the uid allocator (:mod:`executor.libvirt.identity`) reads it, so that a uid
 whose entry outlived its VM (its owner SIGKILLed, ``hypervm gc`` not run yet) is not handed to
-another VM, which could reach the first VM's directory through it."""
+another VM, which could reach the first VM's directory through it. A record stays until its
+entry is off *and* (read-write) nothing under the directory is the uid's any more
+(:mod:`executor.volume_files`): a record whose entry could not be taken off, whose directory was
+moved, or whose walk was cut short keeps the uid out of reuse until ``hypervm gc`` completes it."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from hypervm.config import HostConfig
@@ -28,10 +31,15 @@ class Grant:
     ino: int
     #: the directory's ACL mask before any VM's entry (None: it had none)
     operator_mask: int | None
+    #: the entry's permission (5: ``:ro``, 7: read-write, whose files the uid may own)
+    perm: int = 7
 
     @property
     def file_name(self) -> str:
         return f"{self.domain}.{self.dev}.{self.ino}.json"
+
+
+_FIELDS = frozenset(field.name for field in fields(Grant))
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,8 @@ def keeper(cfg: HostConfig) -> Keeper:
 
 def write_record(directory: Path, grant: Grant) -> Path:
     """Record ``grant`` in ``directory``, whole or not at all (a temp file renamed over it): a
-    record cut short by a kill would be dropped as unreadable, and its ACL entry never taken
-    off. The record's path."""
+    record cut short by a kill would be unreadable, its uid unknown to the allocator. The
+    record's path."""
     record = directory / grant.file_name
     part = record.with_name(f".{record.name}.part")
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -69,20 +77,23 @@ def write_record(directory: Path, grant: Grant) -> Path:
 
 
 def read_record(path: Path) -> Grant:
-    """One record (root wrote it into a root-only directory); OSError, ValueError or TypeError
-    when it cannot be read."""
-    return Grant(**json.loads(path.read_text()))
+    """One record (root wrote it into a root-only directory), fields it does not know (a newer
+    version's) ignored; OSError, ValueError or TypeError when it cannot be read."""
+    data = json.loads(path.read_text())
+    return Grant(**{name: value for name, value in data.items() if name in _FIELDS})
 
 
 def records(directory: Path) -> list[tuple[Path, Grant]]:
-    """Every record; unreadable ones dropped (the caller holds the directory's lock)."""
+    """Every readable record (the caller holds the directory's lock). An unreadable one is
+    logged and left: it may stand for an entry still on a directory (records are written whole,
+    so it is another version's or damaged; deleting it would free a uid it may name)."""
     found = []
     for path in sorted(directory.glob("*.json")):
         try:
             found.append((path, read_record(path)))
         except (OSError, ValueError, TypeError) as e:
-            log.warning("dropping the unreadable volume grant %s: %s", path, e)
-            path.unlink(missing_ok=True)
+            log.error("cannot read the volume grant record %s (%s): left as it is; remove it "
+                      "once its uid's ACL entry is off its directory", path, e)
     return found
 
 

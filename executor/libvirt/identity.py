@@ -10,16 +10,18 @@ its group (Hypervisor.prepare_run_dir).
 Allocation is race-free across processes (the CLI, every executor and the pool daemon boot
 VMs): under an exclusive flock of ``/run/hypervm/identities/lock`` (one registry per host,
 whatever HYPERVM_RUN_DIR a process has: uids are the host's) a uid is free when no
-reservation names it; a reservation (``identities/<uid>``, holding the domain name)
-stands while that domain's QEMU runs (libvirt's pid file names a live process: no libvirt call,
-which would wait for other VMs being started), or for :data:`RESERVATION_GRACE_S` after it was
-made (the domain is created right after). So a uid is released when its VM is gone, even
-when its owner died by SIGKILL; :func:`release` only makes it sooner. A uid a volume grant
+reservation names it; a reservation (``identities/<uid>``, holding the domain name and its
+owner: the allocating process's pid and start time) stands while that domain's QEMU runs
+(libvirt's pid file names a live process: no libvirt call, which would wait for other VMs being
+started), while its owner lives (however slow its boot), and for :data:`RESERVATION_GRACE_S`
+after it was made. So a uid is released when its VM and its owner are gone, even when the owner
+died by SIGKILL; :func:`release` only makes it sooner. A uid a volume grant
 record names (:mod:`executor.libvirt.grants`: its ACL entry may still be on a ``run -v``
 directory, its owner SIGKILLed) is not handed out until ``hypervm gc`` or ``rm`` took it off.
 Uids are handed out round-robin (a cursor file), so a uid comes back only after the whole range
-went round: files a gone VM left in a share it wrote are not reachable by the next holder
-meanwhile, and :func:`take_back` returns a VM's writable shares to root when it ends.
+went round; :func:`take_back` returns a VM's writable shares to root when it ends, and
+:mod:`executor.volume_files` hands what it made in a ``run -v`` directory to that directory's
+owner (its grant record keeps the uid out of reuse until that is done).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from executor.libvirt import grants
+from executor.libvirt.owners import process_start_time
 from hypervm.config import DEFAULT_RUN_DIR
 from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError
@@ -64,12 +67,29 @@ def _locked(directory: Path) -> contextlib.AbstractContextManager[None]:
     return locked_dir(directory, "lock")
 
 
-def _read(path: Path) -> tuple[str, float] | None:
-    """A reservation's domain name and its time (mtime)."""
+def _read(path: Path) -> tuple[str, float, str] | None:
+    """A reservation's domain name, its time (mtime) and its owner ("" if not recorded)."""
     try:
-        return path.read_text().strip(), path.stat().st_mtime
+        lines = path.read_text().splitlines()
+        return (lines[0].strip() if lines else ""), path.stat().st_mtime, (
+            lines[1].strip() if len(lines) > 1 else "")
     except OSError:
         return None
+
+
+def this_process() -> str:
+    """The owner of the reservations this process makes: ``pid:start time``."""
+    pid = os.getpid()
+    return f"{pid}:{process_start_time(pid)}"
+
+
+def owner_alive(owner: str) -> bool:
+    """The process ``pid:start time`` still runs (a recycled pid has another start time)."""
+    pid, _, start = owner.partition(":")
+    try:
+        return start != "None" and process_start_time(int(pid)) == int(start)
+    except ValueError:
+        return False
 
 
 def pick_uid(first: int, last: int, cursor: int, taken: set[int]) -> int | None:
@@ -94,11 +114,11 @@ def qemu_runs(domain: str) -> bool:
 
 def allocate(uid_range: tuple[int, int], domain: str, runs: Callable[[str], bool] = qemu_runs,
              clock: Callable[[], float] = time.time, directory: Path = REGISTRY,
-             grants_dir: Path | None = None) -> Identity:
-    """Reserve a free uid of ``uid_range`` for the VM ``domain``; ``runs(name)``: whether the
-    domain of a reservation still runs; ``grants_dir``: the volume grant records
-    (:mod:`executor.libvirt.grants`), whose uids are not free while a record names them.
-    HostError when the range is exhausted."""
+             grants_dir: Path | None = None, owner: str | None = None) -> Identity:
+    """Reserve a free uid of ``uid_range`` for the VM ``domain``, held while ``owner`` (by
+    default this process) lives; ``runs(name)``: whether the domain of a reservation still
+    runs; ``grants_dir``: the volume grant records (:mod:`executor.libvirt.grants`), whose
+    uids are not free while a record names them. HostError when the range is exhausted."""
     first, last = uid_range
     with _locked(directory):
         taken = _reserved(directory, runs, clock())
@@ -113,7 +133,7 @@ def allocate(uid_range: tuple[int, int], domain: str, runs: Callable[[str], bool
             raise HostError(f"every VM uid of {first}-{last} is in use ({len(taken)} VMs, "
                             f"{len(granted)} more still named by a volume grant)",
                             hint="run hypervm gc, or widen HYPERVM_VM_UID_RANGE")
-        (directory / str(uid)).write_text(domain + "\n")
+        (directory / str(uid)).write_text(f"{domain}\n{owner or this_process()}\n")
         cursor_file.write_text(str(uid + 1))
     log.debug("%s runs as uid %d", domain, uid)
     return Identity(uid, uid)
@@ -127,11 +147,19 @@ def _reserved(directory: Path, runs: Callable[[str], bool], now: float) -> set[i
         if not path.name.isdigit():
             continue
         found = _read(path)
-        if found is not None and (now - found[1] < RESERVATION_GRACE_S or runs(found[0])):
+        if found is not None and _stands(*found, runs, now):
             taken.add(int(path.name))
         else:
             path.unlink(missing_ok=True)  # its VM is gone: the uid is free again
     return taken
+
+
+def _stands(domain: str, made: float, owner: str, runs: Callable[[str], bool],
+            now: float) -> bool:
+    """Its domain runs, its owner lives (none recorded: an older version's), or it is younger
+    than the grace (the domain is created right after)."""
+    return (now - made < RESERVATION_GRACE_S or runs(domain)
+            or (bool(owner) and owner_alive(owner)))
 
 
 def release(domain: str, directory: Path = REGISTRY) -> None:

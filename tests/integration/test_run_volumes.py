@@ -177,3 +177,21 @@ def test_a_killed_supervisors_entry_is_taken_off_by_gc_or_rm(busybox_rootfs: Pat
     assert stat.S_IMODE(private_dir.stat().st_mode) == 0o700
     left = release_stale(config_from_env(), dry_run=True, grace=0)
     assert state["id"] not in [g.domain for g in left]
+
+
+def test_what_the_guest_made_goes_to_the_directorys_owner(hypervm, busybox_rootfs: Path,  # noqa: ANN001
+                                                          shared_dir: Path) -> None:
+    """Once the VM ends nothing under the directory is its uid's (the uid's next holder, another
+    tenant's VM, would own it): the directory's owner gets it, owner-only."""
+    os.chown(shared_dir, 4321, 4322)
+    result = hypervm("run", "-v", f"{shared_dir}:/rw", "--rootfs", str(busybox_rootfs), "--",
+                     "sh", "-c", "mkdir -p /rw/a/b && echo x > /rw/a/b/f && chmod 4777 /rw/a/b/f"
+                     " && ln -s /etc/shadow /rw/link && mkfifo /rw/fifo")
+    assert result.returncode == 0, result.stderr.decode()
+    made = [Path(root) / name for root, dirs, files in os.walk(shared_dir)
+            for name in dirs + files if name != "in.txt"]
+    assert sorted(p.name for p in made) == ["a", "b", "f", "fifo", "link"]
+    for path in made:
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7077) == (4321, 4322, 0), path
+    assert (shared_dir / "a" / "b" / "f").read_text() == "x\n"

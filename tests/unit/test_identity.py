@@ -44,9 +44,9 @@ def test_allocate_reserves_until_the_vm_is_gone(tmp_path: Path) -> None:
     now = [1000.0]
     reg = tmp_path / "identities"
 
-    def alloc(name: str) -> int:
+    def alloc(name: str) -> int:  # by an owner that is gone (see the test below)
         return identity.allocate(RANGE, name, running.__contains__, clock=lambda: now[0],
-                                 directory=reg).uid
+                                 directory=reg, owner=GONE).uid
 
     a = alloc("hypervm-a")
     b = alloc("hypervm-b")
@@ -64,6 +64,26 @@ def test_allocate_reserves_until_the_vm_is_gone(tmp_path: Path) -> None:
     assert a in identity.in_use(reg)
     identity.release("hypervm-a", reg)
     assert a not in identity.in_use(reg)
+
+
+GONE = "999999999:1"  # a process that no longer runs
+
+
+def test_a_reservation_stands_while_its_owner_lives_however_long_its_boot(tmp_path: Path) -> None:
+    """A holder slower than the old 120 s grace (a loaded host, a big image) kept its uid but
+    the next VM got it too: the reservation now stands while its owner process lives."""
+    later = lambda: 1e12  # noqa: E731  # long after every reservation was made
+    mine = identity.allocate(RANGE, "hypervm-slow", lambda _: False, directory=tmp_path).uid
+    gone = identity.allocate(RANGE, "hypervm-gone", lambda _: False, directory=tmp_path,
+                             owner=GONE).uid
+    recycled = identity.allocate(RANGE, "hypervm-recycled", lambda _: False,
+                                 directory=tmp_path, owner=f"{os.getpid()}:1").uid
+    (tmp_path / str(RANGE[1])).write_text("hypervm-old-version\n")  # no owner recorded
+    os.utime(tmp_path / str(RANGE[1]), (0, 0))
+    nxt = identity.allocate(RANGE, "hypervm-next", lambda _: False, clock=later,
+                            directory=tmp_path).uid
+    assert nxt != mine and nxt in (gone, recycled, RANGE[1])
+    assert identity.in_use(tmp_path) == {mine: "hypervm-slow", nxt: "hypervm-next"}
 
 
 def test_a_reservation_stands_while_the_domains_qemu_runs(tmp_path: Path) -> None:

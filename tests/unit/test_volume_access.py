@@ -5,6 +5,7 @@ owner (the CLI, a detached run's supervisor) was SIGKILLed."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from executor import volume_access as va
+from executor.libvirt.grants import granted_uids
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError
 from hypervm.podspec import Mount
@@ -95,15 +97,23 @@ def test_gc_takes_off_the_entry_of_a_vm_whose_owner_was_killed(cfg: HostConfig,
     assert _users(shared) == {}
 
 
-def test_gc_leaves_a_replaced_directory_alone(cfg: HostConfig, shared: Path,
-                                              tmp_path: Path) -> None:
+def test_gc_leaves_a_replaced_directory_alone_and_keeps_its_uid_out_of_reuse(
+        cfg: HostConfig, shared: Path, tmp_path: Path) -> None:
+    """The directory was moved (or replaced) before gc: the entry (and A's files) may still be
+    on it, wherever it went, so its record stays and the uid with it; once it is back, gc
+    finishes."""
     abandoned = _grant(cfg, A, "hypervm-a", shared)
     abandoned.__enter__()
     shared.rename(tmp_path / "moved")
     shared.mkdir()
     os.setxattr(shared, va.ACL_XATTR, os.getxattr(tmp_path / "moved", va.ACL_XATTR))
-    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert va.release_stale(cfg, runs=lambda domain: False, grace=0) == []
     assert _users(shared) == {A: 7}  # another directory now: not ours to change
+    assert A in granted_uids(cfg.state_dir / "volume-grants")
+    shared.rmdir()
+    (tmp_path / "moved").rename(shared)
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert _users(shared) == {}
     assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
 
 
@@ -213,6 +223,7 @@ def test_a_uid_whose_entry_outlived_its_vm_is_not_handed_out_again(
     monkeypatch.setattr(va.identity, "REGISTRY", registry)
     monkeypatch.setattr(va.identity, "LIBVIRT_PID_DIR", tmp_path / "no-qemu-runs")
     monkeypatch.setattr(va.identity, "open_libvirt_dir", lambda: None)
+    monkeypatch.setattr(va.identity, "owner_alive", lambda owner: False)  # SIGKILLed
     small = dataclasses.replace(cfg, vm_uid_range=(A, B))
 
     class Confining:
@@ -231,3 +242,115 @@ def test_a_uid_whose_entry_outlived_its_vm_is_not_handed_out_again(
     assert _users(shared) == {A: 7}
     assert len(va.release_stale(small, runs=lambda domain: False, grace=0)) == 1  # gc
     assert va.identity.for_vm(small, Confining(), "hypervm-c").uid == A
+
+
+def _made_by(uid: int, path: Path, mode: int) -> Path:
+    os.chown(path, uid, uid, follow_symlinks=False)
+    if not path.is_symlink():
+        path.chmod(mode)
+    return path
+
+
+def test_files_a_vm_made_go_to_the_directorys_owner_when_it_ends(cfg: HostConfig,
+                                                                 shared: Path) -> None:
+    """What the guest made under a read-write share belongs to the VM's uid: once the VM ends
+    the uid goes round to another tenant's VM, which must not own them. They go to the
+    directory's owner (here OPERATOR), owner-only; a VM still running keeps its own."""
+    os.chown(shared, OPERATOR, OPERATOR)
+    sub = shared / "sub"
+    with _grant(cfg, B, "hypervm-b", shared):
+        with _grant(cfg, A, "hypervm-a", shared):
+            sub.mkdir()
+            _made_by(A, sub, 0o777)
+            out = _made_by(A, _touch(sub / "out.txt"), 0o4755)
+            theirs = _made_by(B, _touch(shared / "b.txt"), 0o600)
+        assert (sub.stat().st_uid, sub.stat().st_gid) == (OPERATOR, OPERATOR)
+        assert stat.S_IMODE(sub.stat().st_mode) == 0o700
+        assert (out.stat().st_uid, stat.S_IMODE(out.stat().st_mode)) == (OPERATOR, 0o700)
+        assert theirs.stat().st_uid == B  # B still runs: its files stay its own
+        assert granted_uids(cfg.state_dir / "volume-grants") == {B}
+    assert theirs.stat().st_uid == OPERATOR
+    assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
+
+
+def test_gc_hands_back_the_files_of_a_vm_whose_owner_was_killed(cfg: HostConfig,
+                                                                shared: Path) -> None:
+    abandoned = _grant(cfg, A, "hypervm-a", shared)
+    abandoned.__enter__()  # its owner is SIGKILLed in the block
+    out = _made_by(A, _touch(shared / "out.txt"), 0o600)
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert out.stat().st_uid == 0  # the directory's owner (root here)
+    assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
+
+
+def test_a_walk_cut_short_keeps_the_uid_out_of_reuse_until_gc_completes_it(
+        cfg: HostConfig, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile guest can make more entries than a VM's end may take to walk: the entry comes
+    off, but the record (and so the uid) stays until gc's walk gets through."""
+    deep = shared
+    for _ in range(4):
+        deep = deep / "d"
+        deep.mkdir()
+        _made_by(A, deep, 0o700)
+    monkeypatch.setattr(va.volume_files, "MAX_DEPTH", 2)
+    with _grant(cfg, A, "hypervm-a", shared):
+        pass
+    assert _users(shared) == {}
+    assert granted_uids(cfg.state_dir / "volume-grants") == {A}
+    assert va.release_stale(cfg, runs=lambda domain: False, grace=0) == []  # still too deep
+    monkeypatch.setattr(va.volume_files, "MAX_DEPTH", 8)
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert deep.stat().st_uid == 0
+    assert granted_uids(cfg.state_dir / "volume-grants") == set()
+
+
+def test_a_read_only_share_is_not_walked(cfg: HostConfig, shared: Path) -> None:
+    mine = _made_by(A, _touch(shared / "theirs"), 0o600)  # not made by this VM: it cannot
+    with _grant(cfg, A, "hypervm-a", shared, readonly=True):
+        pass
+    assert mine.stat().st_uid == A
+    assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
+
+
+def test_a_record_stays_while_its_entry_could_not_be_taken_off(
+        cfg: HostConfig, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking the entry off failed (only logged): the record must stay, else the uid is handed
+    out again while the entry still names it; gc retries."""
+    real_removexattr = os.removexattr
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    with _grant(cfg, A, "hypervm-a", shared):
+        monkeypatch.setattr(va.os, "removexattr", failing)
+    assert _users(shared) == {A: 7}
+    assert granted_uids(cfg.state_dir / "volume-grants") == {A}
+    monkeypatch.setattr(va.os, "removexattr", real_removexattr)
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert _users(shared) == {}
+    assert granted_uids(cfg.state_dir / "volume-grants") == set()
+
+
+def _touch(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
+def test_a_record_of_another_version_is_neither_dropped_nor_misread(cfg: HostConfig,
+                                                                    shared: Path) -> None:
+    """Another hypervm version on the host (a field more, or one we cannot read): deleting its
+    record would free a uid whose entry may still be on a directory."""
+    abandoned = _grant(cfg, A, "hypervm-a", shared)
+    abandoned.__enter__()
+    records = cfg.state_dir / "volume-grants"
+    [record] = records.glob("*.json")
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "from_a_newer_version": 1}))
+    odd = records / "hypervm-z.1.2.json"
+    odd.write_text("{not json")
+    assert granted_uids(records) == {A}
+    with _grant(cfg, B, "hypervm-b", shared):  # reads every record: drops none
+        pass
+    assert odd.exists() and record.exists()
+    assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
+    assert odd.exists() and _users(shared) == {}
