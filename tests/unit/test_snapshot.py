@@ -68,6 +68,18 @@ def test_clone_is_the_templates_domain_under_its_own_name_waiting_for_its_state(
     assert '<qemu:arg value="-incoming" />\n    <qemu:arg value="defer" />' in domain_xml(clone)
 
 
+def test_a_clones_ram_is_anonymous_never_merged_a_templates_a_shared_memfd(cfg: Any) -> None:
+    """Loading a snapshot reads every page: a memfd would then have all of the clone's RAM
+    resident (measured: 128 of 128 MiB), anonymous memory maps its zero page."""
+    template = domain_xml(pool_domain("hypervm-template-1", BOOT, cfg,
+                                      cfg.vms_dir / "hypervm-template-1", 1, 128, {}))
+    clone = domain_xml(clone_domain("hypervm-web-2", "hypervm-template-1", BOOT, cfg,
+                                    cfg.vms_dir / "hypervm-web-2", 1, 128, {}))
+    assert '<source type="memfd" />' in template and '<access mode="shared" />' in template
+    assert "<source" not in clone.split("<memoryBacking>")[1].split("</memoryBacking>")[0]
+    assert "<nosharepages />" in clone  # a clone's RAM is never merged with another's
+
+
 # -- the key ------------------------------------------------------------------------------------
 
 def test_key_is_stable_and_changes_with_the_shape_and_the_boot_files(cfg: Any) -> None:
