@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -372,3 +374,41 @@ def test_a_launch_waits_for_another_shapes_template_no_longer_than_its_timeout(
                               boot_files=BOOT) is None
         assert time.monotonic() - began < 3
     assert booted == [] and hv.created == []
+
+
+def test_a_template_is_saved_once_its_boots_free_memory_was_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free page reporting hands memory freed at boot back ~2 s later; a template saved before
+    that saves those pages as data (measured: 17.0 MB instead of 14.0 MB of state), and every
+    clone loads them into private memory."""
+    events: list[Any] = []
+
+    class Channel:
+        def __init__(self, sock: Any) -> None:
+            pass
+
+        def ready(self, timeout: float) -> dict[str, Any]:
+            return {"version": 1}
+
+        def request(self, kind: Any, rid: int, payload: Any, timeout: float) -> None:
+            events.append(kind)
+
+    class Socket:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(template.netpolicy, "enforce", lambda *a: None)
+    monkeypatch.setattr(template, "connect_socket", lambda *a: Socket())
+    monkeypatch.setattr(template, "RawChannel", Channel)
+    monkeypatch.setattr(template.time, "sleep", lambda s: events.append(("sleep", s)))
+    monkeypatch.setattr(template.migration, "save", lambda *a: events.append("save"))
+    hv = FakeHypervisor()
+    short = tempfile.mkdtemp(prefix="hv-")  # the channel socket's path must stay short
+    try:
+        cfg = config_from_env({"HYPERVM_STATE_DIR": f"{short}/s", "HYPERVM_RUN_DIR": f"{short}/r"})
+        template._boot_and_save(cfg, BOOT, hv, Shape(1, 128), 7)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert events[-2:] == [("sleep", template.SETTLE_S), "save"]
+    assert template.SETTLE_S >= 2.0  # the guest kernel's page reporting delay
+    assert MsgType.RESEED in events and hv.destroyed == hv.created  # the template is gone
