@@ -91,4 +91,6 @@ def clone_domain(name: str, template: str, boot: BootFiles, cfg: HostConfig, run
     for the state instead of booting."""
     spec = pool_domain(name, boot, cfg, run_dir, vcpus, memory_mib, metadata, identity=identity)
     nic = network.qemu_args(NetworkSpec(), network.mac_address(template))
-    return dataclasses.replace(spec, qemu_args=(*nic, *INCOMING_ARGS)).validate()
+    # anonymous RAM: loading the state then allocates only the pages it fills (DomainSpec)
+    return dataclasses.replace(spec, qemu_args=(*nic, *INCOMING_ARGS),
+                               anonymous_memory=True).validate()

@@ -189,6 +189,13 @@ class DomainSpec:
     #: shared memfd and <nosharepages/>, never merged (merged pages are a timing side channel
     #: between tenants). HostConfig.ksm
     memory_merge: bool = False
+    #: guest RAM in QEMU's anonymous memory, still never merged (<nosharepages/>): a clone's
+    #: (executor.snapshot). Loading a snapshot reads every page of guest RAM to skip the zero
+    #: ones; a read allocates a page of a memfd (every clone had all its RAM resident after
+    #: the load, until free page reporting caught up seconds later; ~60 ms of the load went to
+    #: allocating it) but maps the zero page of anonymous memory. Under TCG, HyperQEMU gives
+    #: anonymous guest RAM no huge pages (vmimage/qemu)
+    anonymous_memory: bool = False
     #: the QEMU binary libvirt runs (vmimage.qemu: HyperQEMU); None: libvirt's default, Debian's
     emulator: Path | None = None
     #: (uid, gid) this VM's QEMU runs as, its own (executor.libvirt.identity); None: libvirt's user

@@ -11,6 +11,10 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 
+The host's side of 4 overlaps 2 and 3 (one helper thread): the owned shares, binds and CPU bound
+while QEMU loads the state (they need its process, not its guest), the layers while the guest
+handles RESEED (a hot-added LUN needs a running guest; nothing of the pod runs before START).
+
 :func:`start_vm` returns None whenever the snapshot path cannot serve the pod, leaving nothing
 behind: the launcher then boots cold.
 """
@@ -22,6 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from executor import netpolicy, network
@@ -29,8 +34,11 @@ from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
+from executor.libvirt.domain import DiskSpec
+from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices
+from executor.pool.protocol import FIRST_POD_UNIT
 from executor.snapshot import store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
@@ -72,29 +80,32 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     marks = [("start", started)]
     publishing = False
+    binds: list[Any] = []  # mounts being bound into QEMU's mount namespace
     try:
         boot = boot_files or resolve_boot(cfg, accel=accel)
         # another shape's template may hold the store for a while: no longer than our timeout
         snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib),
                                wait=timeout)
         marks.append(("snapshot", time.monotonic()))
-        ready = _clone(vm, hv, boot, snap, marks)
+        ready = _clone(vm, hv, boot, snap, marks, binds)
         # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after
         # the check) fails the launch as it would fail a cold boot
         publishing = True
         network.publish_live(hv, name, pod.network)
         publishing = False
-        _give_pod(vm, hv)
+        try:
+            vm.configure_network()
+        finally:
+            binder.wait_binds(binds)  # no START (which mounts them) before they are done
         marks.append(("pod", time.monotonic()))
     except HyperVMError as e:
+        _abandon(vm, binds)
         if publishing and isinstance(e, NetworkError):
-            vm.destroy()
             raise
         log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
-        vm.destroy()
         return None
     except BaseException:
-        vm.destroy()
+        _abandon(vm, binds)
         raise
     vm.adopted(ready, False, time.monotonic() - started)
     vm.fail_closed()
@@ -106,9 +117,10 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
 
 
 def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
-           marks: list[tuple[str, float]]) -> dict[str, Any]:
-    """Create the clone, load the snapshot into it, reseed its RNG; its READY payload.
-    Appends when each step ended to ``marks``."""
+           marks: list[tuple[str, float]], binds: list[Any]) -> dict[str, Any]:
+    """Create the clone, load the snapshot into it, reseed its RNG, give it the pod's devices
+    (the mounts' binds started into ``binds``); its READY payload. Appends when each step
+    ended to ``marks``."""
     cfg, res = vm.cfg, vm.pod.resources
     vm.identity = identity.for_vm(cfg, hv, vm.name)
     spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
@@ -122,25 +134,37 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     hv.create(spec)
     vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
     marks.append(("create", time.monotonic()))
-    try:
-        migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
-    except HyperVMError:
-        store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: make it anew
-        raise
-    marks.append(("load", time.monotonic()))
-    ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT), LOAD_TIMEOUT,
-                              snap.ready)
-    # before anything else runs in it: its kernel RNG is the template's until now
-    vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+    # on leaving, the helper's running step is waited for (an error then is the first one's)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
+        devices = helper.submit(give_devices, vm, hv, binds, attach_layers=False)
+        try:
+            migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+        except HyperVMError:
+            store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: make it anew
+            raise
+        devices.result()
+        marks.append(("load", time.monotonic()))
+        layers = helper.submit(_attach_layers, vm, hv)
+        ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT),
+                                  LOAD_TIMEOUT, snap.ready)
+        # before anything else runs in it: its kernel RNG is the template's until now
+        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+        layers.result()
     marks.append(("reseed", time.monotonic()))
     return ready
 
 
-def _give_pod(vm: HyperVM, hv: Any) -> None:
-    """The pod's layers, mounts, CPU bound and /etc files, as on a claimed pool VM."""
-    binds: list[Any] = []
+def _attach_layers(vm: HyperVM, hv: Any) -> None:
+    """The pod's layers as hot-added SCSI LUNs (as executor.pool.adopt gives a pool VM them)."""
+    for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
+        hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
+
+
+def _abandon(vm: HyperVM, binds: list[Any]) -> None:
+    """A start that failed: its binds done (no mount process outlives it), its VM destroyed."""
     try:
-        give_devices(vm, hv, binds)
-        vm.configure_network()
-    finally:
         binder.wait_binds(binds)
+    except HyperVMError as e:
+        log.debug("%s: a bind failed too: %s", vm.name, e)
+    finally:
+        vm.destroy()

@@ -45,8 +45,9 @@ from vmimage.boot import BootFiles
 
 log = logging.getLogger(__name__)
 
-#: bump when what a snapshot holds, or how it is made, changes
-FORMAT = 1
+#: bump when what a snapshot holds, or how it is made, changes (2: saved once the boot's freed
+#: memory was reported, executor.snapshot.template.SETTLE_S)
+FORMAT = 2
 DIR_MODE = 0o700
 #: entries kept: every (vCPUs, memory) a pod asks for is a shape of its own (~20 MB of state),
 #: and a new kernel, init or QEMU makes new keys; the least recently used go first

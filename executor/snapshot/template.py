@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 60.0
 SAVE_TIMEOUT = 120.0
+#: wait this long before the save: the guest's free page reporting (init sets it up) hands
+#: memory freed at boot back ~2 s after it was freed, so its pages are saved as zero pages.
+#: Measured (128 MiB): state 17.0 MB saved at once, 17.0 after 1 s, 14.0 after 2 s or 4 s;
+#: each clone then has ~3 MiB less private memory after its load. Paid once per shape
+SETTLE_S = 2.0
 #: request ids on the template's channel (nobody else talks to it)
 _NETWORK_ID, _RESEED_ID = 1, 2
 
@@ -88,6 +93,7 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         except GuestError as e:
             raise HostError(f"the guest init {ready.get('init')} cannot reseed its RNG ({e}): "
                             "no snapshot of it", hint="rebuild the init (make -C init)") from e
+        time.sleep(SETTLE_S)
         migration.save(hv, name, fd, SAVE_TIMEOUT)
         return name, ready
     except OSError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from executor.snapshot import store
 from executor.snapshot.store import Shape
 from hypervm.errors import NetworkError
 from hypervm.netspec import PortMapping
-from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
 from tests.conftest import TEST_TAG, our_domains, run_to_exit
 from tests.integration.test_network import free_port, listening_on, wait_for_http
+from tests.integration.test_pool import shared_dir
 from tests.integration.test_pool_ports import taken_port, web_pod
 from vmimage.boot import resolve_boot
 from vmimage.rootfs import ensure_warmup_layer
@@ -120,3 +122,38 @@ def test_a_clone_serves_its_published_port_and_a_taken_one_fails_as_cold(
             boot_vm(dataclasses.replace(cfg, use_snapshot=False), pod)
     assert str(snap.value) == str(cold.value)
     assert not list(host_cfg.vms_dir.glob(f"hypervm-{TEST_TAG}-staken-*"))
+
+
+def test_a_clone_gets_its_layers_mounts_and_cpu_bound_while_it_loads_and_reseeds(
+        host_cfg: Any, fresh_store: Path) -> None:
+    """The clone's host-side devices overlap the load and RESEED (executor.snapshot.start):
+    the container still sees its layer, a read-only and a writable mount, and its CPU bound;
+    the bound directories outlive the clone untouched."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)
+    ro, rw = shared_dir(), shared_dir()
+    try:
+        (ro / "in.txt").write_text("from the host\n")
+        os.chmod(rw, 0o777)
+        script = ("cat /in/in.txt; echo made-in-clone > /out/vm.txt; "
+                  "if (echo x > /in/nope) 2>/dev/null; then echo ro-broken; fi; "
+                  "grep -c ^processor /proc/cpuinfo")
+        container = Container("c", Rootfs(layers=(ensure_warmup_layer(cfg.rootfs_dir),)),
+                              Process(args=("/bin/sh", "-c", script), env=("PATH=/bin",)),
+                              mounts=(Mount(type="9p", destination="/in", source=ro,
+                                            readonly=True),
+                                      Mount(type="9p", destination="/out", source=rw)))
+        pod = PodSpec(name=f"{TEST_TAG}-sdev", containers=(container,),
+                      resources=Resources(cpus=1, memory_mib=128, cpu_limit=0.5))
+        with boot_vm(cfg, pod) as vm:
+            assert vm.warm and "RNG reseeded" in vm.console_log.read_text()  # a clone
+            code, out = run_to_exit(vm, container)
+            assert code == 0, out
+            assert out.split() == ["from", "the", "host", "1"], out
+            assert (rw / "vm.txt").read_text() == "made-in-clone\n"
+            assert not (ro / "nope").exists()
+            name = vm.name
+        assert name not in our_domains(name)
+        assert (ro / "in.txt").read_text() == "from the host\n"
+    finally:
+        shutil.rmtree(ro, ignore_errors=True)
+        shutil.rmtree(rw, ignore_errors=True)
