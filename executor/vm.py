@@ -48,10 +48,11 @@ from vmimage.boot import BootFiles, resolve_boot
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOT_TIMEOUT = 60.0
-#: seconds after READY when a cold VM drops its translations a second time: its first seconds
-#: (the boot's tail, kernel work queued at boot, the first container's set-up) run code once.
-#: Measured on an idle 128 MiB VM: 4.3 MiB of translations left by the flush at READY, 1.8 MiB
-#: by one 3 s later; the code the guest still runs is translated again (a few ms under TCG)
+#: seconds after READY when a cold VM drops its translations (TCG, HyperQEMU): its boot's and
+#: its first seconds' (the boot's tail, kernel work queued at boot, the first container's
+#: set-up), which run once. Not at READY: the first START runs much of the boot's kernel code
+#: again (fork, exec, mounts), and translating it anew cost it ~0.12 s of its ~0.2 s under TCG
+#: (``hypervm run IMAGE -- true``, issue 17). An idle 128 MiB VM keeps ~1.8 MiB after it
 SETTLED_FLUSH_S = 3.0
 
 
@@ -66,8 +67,8 @@ def flush_boot_translations(hypervisor: Any, name: str) -> None:
 
 
 def flush_settled_translations(hypervisor: Any, name: str) -> None:
-    """The second flush (:data:`SETTLED_FLUSH_S` after READY), from a timer thread: the VM may
-    be ending meanwhile, so a failure is only logged at debug."""
+    """A cold VM's flush (:data:`SETTLED_FLUSH_S` after READY), from a timer thread: the VM
+    may be ending meanwhile, so a failure is only logged at debug."""
     try:
         hypervisor.flush_tcg(name)
     except HyperVMError as e:
@@ -273,7 +274,6 @@ class HyperVM:
             ready = self._channel.connect(timeout)
             self.configure_network()
             if boot.flushes_after_boot(self.cfg):
-                flush_boot_translations(self._hypervisor, self.name)
                 self._flush_when_settled()
         except HyperVMError as e:
             tail = self.console_tail()
