@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,7 @@ class HyperVM:
         """Create the domain and wait for the guest init's READY (a cold boot; the launcher
         takes a warm VM from the pool instead when one fits). Destroys the VM on failure."""
         started = time.monotonic()
+        policy = self._enforce_policy_meanwhile()
         boot = self._boot_files or resolve_boot(self.cfg, accel=self._accel)
         accel = boot.accel
         if self._hypervisor is None:
@@ -265,10 +267,10 @@ class HyperVM:
             self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
             spec = self.domain_spec(boot)
             network.check_host_ports(self.pod.network)
-            if self.pod.network.mode != "none":
-                netpolicy.enforce(self.cfg, network.host_resolv_conf())
             self.give_owned_shares()
             self._create(spec)
+            if policy is not None:
+                policy.result()  # in force before READY: the guest's NIC is up only after it
             self.watch_qemu()
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
@@ -291,6 +293,26 @@ class HyperVM:
         self.boot_seconds = time.monotonic() - started
         log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
                  self.guest_kernel, accel)
+
+    def _enforce_policy_meanwhile(self) -> Future[None] | None:
+        """The guests' network policy (executor.netpolicy: one ``nft`` run, ~17 ms), installed
+        by a thread while the domain is prepared and created, for a pod with a NIC. It is in
+        force before the guest's READY is awaited: the guest sends nothing before then (its
+        NIC comes up at NETWORK, after READY; it runs nothing of the pod before START)."""
+        if self.pod.network.mode == "none":
+            return None
+        future: Future[None] = Future()
+
+        def enforce() -> None:
+            try:
+                netpolicy.enforce(self.cfg, network.host_resolv_conf())
+            except BaseException as e:  # noqa: BLE001 - handed to boot(), which raises it
+                future.set_exception(e)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=enforce, name="netpolicy", daemon=True).start()
+        return future
 
     def fail_closed(self) -> None:
         """Once booted, a broken guest channel destroys the VM: its processes are reported
