@@ -3,6 +3,7 @@ hit on the image, boot, START, exit, poweroff), wall clock from exec to exit."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,9 @@ from pathlib import Path
 from bench.vmenv import GUEST_MIB, bench_name
 
 TIMEOUT = 180.0
+#: the checkout this bench belongs to: its ``hypervm`` runs this tree's code, not the one the
+#: venv's editable install points at (a worktree's bench measured the main tree's run path)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def hypervm_argv() -> list[str]:
@@ -18,11 +22,18 @@ def hypervm_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "executor.cli"]
 
 
+def tree_env() -> dict[str, str]:
+    """Our environment with this checkout first on the import path."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 def run_once(ref: str) -> float:
     argv = [*hypervm_argv(), "run", "--name", bench_name("run"), "--quiet",
             "--memory", str(GUEST_MIB), ref, "--", "true"]
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                          env=tree_env())
     took = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"hypervm run failed ({proc.returncode}): {proc.stderr[-2000:]}")

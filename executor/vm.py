@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,11 @@ from vmimage.boot import BootFiles, resolve_boot
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOT_TIMEOUT = 60.0
-#: seconds after READY when a cold VM drops its translations a second time: its first seconds
-#: (the boot's tail, kernel work queued at boot, the first container's set-up) run code once.
-#: Measured on an idle 128 MiB VM: 4.3 MiB of translations left by the flush at READY, 1.8 MiB
-#: by one 3 s later; the code the guest still runs is translated again (a few ms under TCG)
+#: seconds after READY when a cold VM drops its translations (TCG, HyperQEMU): its boot's and
+#: its first seconds' (the boot's tail, kernel work queued at boot, the first container's
+#: set-up), which run once. Not at READY: the first START runs much of the boot's kernel code
+#: again (fork, exec, mounts), and translating it anew cost it ~0.12 s of its ~0.2 s under TCG
+#: (``hypervm run IMAGE -- true``, issue 17). An idle 128 MiB VM keeps ~1.8 MiB after it
 SETTLED_FLUSH_S = 3.0
 
 
@@ -66,8 +68,8 @@ def flush_boot_translations(hypervisor: Any, name: str) -> None:
 
 
 def flush_settled_translations(hypervisor: Any, name: str) -> None:
-    """The second flush (:data:`SETTLED_FLUSH_S` after READY), from a timer thread: the VM may
-    be ending meanwhile, so a failure is only logged at debug."""
+    """A cold VM's flush (:data:`SETTLED_FLUSH_S` after READY), from a timer thread: the VM
+    may be ending meanwhile, so a failure is only logged at debug."""
     try:
         hypervisor.flush_tcg(name)
     except HyperVMError as e:
@@ -252,6 +254,7 @@ class HyperVM:
         """Create the domain and wait for the guest init's READY (a cold boot; the launcher
         takes a warm VM from the pool instead when one fits). Destroys the VM on failure."""
         started = time.monotonic()
+        policy = self._enforce_policy_meanwhile()
         boot = self._boot_files or resolve_boot(self.cfg, accel=self._accel)
         accel = boot.accel
         if self._hypervisor is None:
@@ -260,16 +263,15 @@ class HyperVM:
             self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
             spec = self.domain_spec(boot)
             network.check_host_ports(self.pod.network)
-            if self.pod.network.mode != "none":
-                netpolicy.enforce(self.cfg, network.host_resolv_conf())
             self.give_owned_shares()
             self._create(spec)
+            if policy is not None:
+                policy.result()  # in force before READY: the guest's NIC is up only after it
             self.watch_qemu()
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
             self.configure_network()
             if boot.flushes_after_boot(self.cfg):
-                flush_boot_translations(self._hypervisor, self.name)
                 self._flush_when_settled()
         except HyperVMError as e:
             tail = self.console_tail()
@@ -287,6 +289,26 @@ class HyperVM:
         self.boot_seconds = time.monotonic() - started
         log.info("%s ready in %.2f s (guest kernel %s, %s)", self.name, self.boot_seconds,
                  self.guest_kernel, accel)
+
+    def _enforce_policy_meanwhile(self) -> Future[None] | None:
+        """The guests' network policy (executor.netpolicy: one ``nft`` run, ~17 ms), installed
+        by a thread while the domain is prepared and created, for a pod with a NIC. It is in
+        force before the guest's READY is awaited: the guest sends nothing before then (its
+        NIC comes up at NETWORK, after READY; it runs nothing of the pod before START)."""
+        if self.pod.network.mode == "none":
+            return None
+        future: Future[None] = Future()
+
+        def enforce() -> None:
+            try:
+                netpolicy.enforce(self.cfg, network.host_resolv_conf())
+            except BaseException as e:  # noqa: BLE001 - handed to boot(), which raises it
+                future.set_exception(e)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=enforce, name="netpolicy", daemon=True).start()
+        return future
 
     def fail_closed(self) -> None:
         """Once booted, a broken guest channel destroys the VM: its processes are reported

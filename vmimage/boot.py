@@ -13,8 +13,12 @@ from pathlib import Path
 from hypervm.config import HostConfig
 from vmimage.accel import DEFAULT_BIOS, detect_accel
 from vmimage.initrd import ensure_initrd
-from vmimage.kernel import Kernel, find_kernel
-from vmimage.qemu import Qemu, find_qemu
+from vmimage.kernel import Kernel, find_kernel, hyperkernel, store
+from vmimage.qemu import Qemu, find_qemu, hyperqemu
+
+#: what finding the kernel and HyperQEMU asks dpkg (vmimage.kernel.hyperkernel, .qemu.hyperqemu)
+PACKAGE_FIELDS = ((hyperkernel.SOURCE_PACKAGE, "Version"),
+                  (hyperqemu.BINARY_PACKAGE, "source:Version"))
 
 #: the guest kernel's command line; quiet keeps TCG boots fast (the console is a slow UART);
 #: pci=noacpi: ACPI IRQ routing costs ~0.19 s per virtio device under TCG (bench: HyperVM boot
@@ -54,6 +58,7 @@ def kernel_cmdline(kernel: Kernel, *, quiet: bool = True) -> str:
 def resolve_boot(cfg: HostConfig, *, accel: str | None = None, quiet: bool = True) -> BootFiles:
     """The boot artefacts of this host; ``accel`` forces an accelerator (else detected, with
     the verdict cached per host boot). Raises HostError when there is no guest kernel."""
+    store.package_versions(PACKAGE_FIELDS)  # one dpkg-query for the kernel's and QEMU's keys
     kernel = find_kernel(cfg)
     return BootFiles(kernel=kernel, initrd=ensure_initrd(cfg, kernel), qemu=find_qemu(cfg),
                      accel=accel or detect_accel(cfg), cmdline=kernel_cmdline(kernel, quiet=quiet))

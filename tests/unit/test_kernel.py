@@ -12,6 +12,7 @@ import pytest
 
 from hypervm.config import config_from_env
 from hypervm.errors import HostError, InvalidSpec
+from vmimage import boot
 from vmimage import kernel as kmod
 from vmimage.kernel import Kernel, distro, hyperkernel, store
 from vmimage.kernel.kconfig import dropped_options, parse_config
@@ -402,23 +403,43 @@ def test_build_fails_naming_dropped_options_before_compiling(cfg, fake_source,
 
 
 def test_package_versions_are_asked_of_dpkg_once_per_process(monkeypatch) -> None:  # noqa: ANN001
-    """Every cold boot looks its kernel and QEMU up by package version: dpkg-query runs once."""
+    """Every cold boot looks its kernel and QEMU up by package version: dpkg-query runs once
+    for both (vmimage.boot.PACKAGE_FIELDS), and not again."""
     import subprocess
 
     calls = []
 
     def fake_run(argv, **kwargs):  # noqa: ANN001, ANN003, ANN202
         calls.append(argv)
-        return subprocess.CompletedProcess(argv, 0, stdout="install ok installed|9.9-1",
-                                           stderr="")
+        return subprocess.CompletedProcess(argv, 0, stdout=(
+            "linux-source-6.1\tinstall ok installed\t6.1.1-1\t6.1.1-1\n"
+            "qemu-system-x86:amd64\tinstall ok installed\t1:7.2+b3\t1:7.2\n"), stderr="")
 
-    store.package_version.cache_clear()
+    store.forget_package_versions()
     monkeypatch.setattr(store.subprocess, "run", fake_run)
     try:
-        assert store.package_version("linux-source-6.1") == "9.9-1"
-        assert store.package_version("linux-source-6.1") == "9.9-1"
-        assert store.package_version("qemu-system-x86", "source:Version") == "9.9-1"
-        assert len(calls) == 2 and calls[1][-2:] == [
-            "-f=${Status}|${source:Version}", "qemu-system-x86"]
+        assert store.package_versions(boot.PACKAGE_FIELDS) == ["6.1.1-1", "1:7.2"]
+        assert store.package_version("linux-source-6.1") == "6.1.1-1"
+        assert store.package_version("qemu-system-x86", "source:Version") == "1:7.2"
+        assert len(calls) == 1 and calls[0][-2:] == ["linux-source-6.1", "qemu-system-x86"]
+        assert calls[0][2] == "-f=${binary:Package}\\t${Status}\\t${Version}\\t" \
+                              "${source:Version}\\n"
     finally:
-        store.package_version.cache_clear()
+        store.forget_package_versions()
+
+
+def test_a_package_dpkg_does_not_know_or_has_not_installed_has_no_version(
+        monkeypatch) -> None:  # noqa: ANN001
+    import subprocess
+
+    def fake_run(argv, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        return subprocess.CompletedProcess(argv, 1, stdout=(
+            "linux-source-6.1\tdeinstall ok config-files\t6.1.1-1\n"), stderr="no packages")
+
+    store.forget_package_versions()
+    monkeypatch.setattr(store.subprocess, "run", fake_run)
+    try:
+        assert store.package_versions([("linux-source-6.1", "Version"),
+                                       ("nosuch", "Version")]) == [None, None]
+    finally:
+        store.forget_package_versions()
