@@ -88,6 +88,10 @@ BOOT_TIMEOUT = 60.0
 #: after a claim, wait this long before booting its replacement: a boot (QEMU start, a guest
 #: kernel under TCG) competes for the CPU the claimed VM's launch needs right then
 REFILL_DELAY_S = 1.0
+#: descriptors a request may carry (the fast run's stdout and stderr)
+MAX_REQUEST_FDS = 2
+#: a service on the pool socket: (connection, caller pid, request, descriptors sent with it)
+Service = Callable[[socket.socket, int, dict[str, Any], list[int]], None]
 #: after a failed boot, wait this long (doubling up to the max) before the next attempt
 RETRY_BACKOFF = (1.0, 30.0)
 
@@ -144,6 +148,8 @@ class WarmPool:
         self.releases = 0
         #: claimed VMs -> who they were handed to (executor.pool.release), until released
         self._claimers: dict[str, Claimer] = {}
+        #: more operations on the socket (add_service)
+        self._services: dict[str, Service] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -195,6 +201,18 @@ class WarmPool:
         if self._hv is not None:
             self._hv.close()
             self._hv = None
+
+    def add_service(self, op: str, service: Service) -> None:
+        """Serve requests ``{"op": op, ...}`` with ``service(conn, pid, request, fds)`` in the
+        connection's thread (after the access check; ``fds``: the descriptors that came with
+        the request, the service's to close). E.g. the fast ``hypervm run``
+        (executor.cli.fastrun_serve)."""
+        self._services[op] = service
+
+    @property
+    def hypervisor(self) -> Any:
+        """The pool's libvirt connection (started pools only), for a service's VMs."""
+        return self._hv
 
     def __enter__(self) -> WarmPool:
         self.start()
@@ -469,17 +487,22 @@ class WarmPool:
                              daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
         with conn:
             conn.settimeout(5.0)
             try:
                 pid, uid, _gid = struct.unpack(
                     "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                           struct.calcsize("3i")))
-                request = decode(_read_line(conn), "request")
+                line, fds = _read_request(conn)
+                request = decode(line, "request")
                 if uid not in (0, os.geteuid()):
                     raise PoolError(f"uid {uid} may not use this pool")
                 op = request.get("op")
-                if op == "status":
+                if isinstance(op, str) and op in self._services:
+                    fds, given = [], fds
+                    self._services[op](conn, pid, request, given)
+                elif op == "status":
                     conn.sendall(encode(self.status()))
                 elif op == "claim":
                     claim = parse_claim(request)
@@ -500,6 +523,9 @@ class WarmPool:
                 _send_quietly(conn, error_reply(e))
             except OSError as e:
                 log.debug("pool client went away: %s", e)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def _release(self, owner_pid: int, name: str) -> None:
         """A claimer hands its VM back (executor.pool.release): its QEMU ends now, without a
@@ -539,16 +565,24 @@ class WarmPool:
                 log.warning("pool reaper: %s", e)
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_LINE:
-            raise PoolError(f"request: longer than {MAX_LINE} bytes")
-    return data
+def _read_request(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """The request line and the descriptors sent with it (at most ``MAX_REQUEST_FDS``)."""
+    data, fds = b"", []
+    try:
+        while not data.endswith(b"\n"):
+            chunk, got, _flags, _addr = socket.recv_fds(conn, 4096, MAX_REQUEST_FDS)
+            fds += got
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_LINE or len(fds) > MAX_REQUEST_FDS:
+                raise PoolError(f"request: longer than {MAX_LINE} bytes or more than "
+                                f"{MAX_REQUEST_FDS} descriptors")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return data, fds
 
 
 def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
