@@ -77,6 +77,9 @@ class _QuietParser(argparse.ArgumentParser):
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise Fallback("arguments: the full CLI prints this")
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        pass  # --help: the caller's full CLI prints it
+
 
 def run_parser() -> argparse.ArgumentParser:
     parser = _QuietParser(prog="hypervm", add_help=False)
