@@ -255,7 +255,14 @@ def main() -> int:
     """The ``hypervm`` console script."""
     code = run_fast(sys.argv[1:], os.environ)
     if code is not None:
-        return code
+        # the run is over and our output complete (the daemon wrote it): no interpreter
+        # teardown to wait for
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
     # the full CLI, imported only here: the fast path must not pay its ~40 ms of imports
     from executor.cli import main as full
 
