@@ -201,7 +201,15 @@ def _connect(path: str) -> socket.socket | None:
     return sock
 
 
-def _exchange(sock: socket.socket, request: dict[str, Any]) -> tuple[str, Any]:
+def _send_control(sock: socket.socket, signum: int) -> None:
+    try:
+        sock.sendall(control_line(signum))
+    except OSError:
+        pass  # the daemon is gone: its reply (none) says so
+
+
+def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
+              sent: list[bool]) -> tuple[str, Any]:
     """Send the request with our stdout and stderr; the daemon's reply. A request that
     could not be sent ran nothing (fallback); a run whose reply is lost is an error (it may
     have run: never run it twice)."""
@@ -210,6 +218,9 @@ def _exchange(sock: socket.socket, request: dict[str, Any]) -> tuple[str, Any]:
         socket.send_fds(sock, [line], [sys.stdout.fileno(), sys.stderr.fileno()])
     except (OSError, ValueError, AttributeError) as e:  # no stdout/stderr descriptor
         return "fallback", f"cannot send the request: {e}"
+    sent.append(True)
+    if got:  # a signal that came before the request went out
+        _send_control(sock, got[0])
     try:
         data = _read_line(sock)
     except OSError as e:
@@ -228,17 +239,16 @@ def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     if sock is None:
         return None
     got: list[int] = []
+    sent: list[bool] = []
 
     def forward(signum: int, _frame: object) -> None:
         got.append(signum)
-        try:
-            sock.sendall(control_line(signum))
-        except OSError:
-            pass
+        if sent:  # else it follows the request
+            _send_control(sock, signum)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
-        kind, value = _exchange(sock, run_request(argv[1:], keys, environ))
+        kind, value = _exchange(sock, run_request(argv[1:], keys, environ), got, sent)
     finally:
         sock.close()
         for signum, handler in previous.items():

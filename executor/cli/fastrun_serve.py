@@ -150,21 +150,21 @@ class _Output:
 class _ClientWatch:
     """Reads the caller's control lines: a forwarded signal, or the connection's end."""
 
-    def __init__(self, conn: socket.socket) -> None:
+    def __init__(self, conn: socket.socket, pending: bytes = b"") -> None:
         self.signum: int | None = None
+        self._pending = pending
         self.gone = threading.Event()
         self.changed = threading.Event()
         self._conn = conn
         threading.Thread(target=self._read, name="fastrun-client", daemon=True).start()
 
     def _read(self) -> None:
-        data = b""
+        data, chunk = b"", self._pending  # what came with the request first
         try:
             while True:
-                chunk = self._conn.recv(MAX_CONTROL)
-                if not chunk:
+                if not chunk and not (chunk := self._conn.recv(MAX_CONTROL)):
                     break
-                data += chunk
+                data, chunk = data + chunk, b""
                 while b"\n" in data:
                     line, data = data.split(b"\n", 1)
                     self.signum = self.signum or parse_control(line)
@@ -190,7 +190,7 @@ class RunService:
         self.fallbacks = 0
 
     def __call__(self, conn: socket.socket, pid: int, request: dict[str, Any],
-                 fds: list[int]) -> None:
+                 fds: list[int], rest: bytes = b"") -> None:
         outputs = [_Output(fd) for fd in fds]
         try:
             try:
@@ -205,7 +205,7 @@ class RunService:
             t_run = time.monotonic()
             log.info("fast run for pid %d on %s", pid, vm.name)
             try:
-                code = self._run(_ClientWatch(conn), vm, run, outputs[0], outputs[1])
+                code = self._run(_ClientWatch(conn, rest), vm, run, outputs[0], outputs[1])
             except BaseException:  # the VM is this daemon's: no reaper would ever take it
                 vm.destroy()
                 raise

@@ -90,8 +90,9 @@ BOOT_TIMEOUT = 60.0
 REFILL_DELAY_S = 1.0
 #: descriptors a request may carry (the fast run's stdout and stderr)
 MAX_REQUEST_FDS = 2
-#: a service on the pool socket: (connection, caller pid, request, descriptors sent with it)
-Service = Callable[[socket.socket, int, dict[str, Any], list[int]], None]
+#: a service on the pool socket: (connection, caller pid, request, descriptors sent with it,
+#: the bytes the caller sent after the request's line)
+Service = Callable[[socket.socket, int, dict[str, Any], list[int], bytes], None]
 #: after a failed boot, wait this long (doubling up to the max) before the next attempt
 RETRY_BACKOFF = (1.0, 30.0)
 
@@ -203,10 +204,10 @@ class WarmPool:
             self._hv = None
 
     def add_service(self, op: str, service: Service) -> None:
-        """Serve requests ``{"op": op, ...}`` with ``service(conn, pid, request, fds)`` in the
-        connection's thread (after the access check; ``fds``: the descriptors that came with
-        the request, the service's to close). E.g. the fast ``hypervm run``
-        (executor.cli.fastrun_serve)."""
+        """Serve requests ``{"op": op, ...}`` with ``service(conn, pid, request, fds, rest)``
+        in the connection's thread (after the access check; ``fds``: the descriptors that came
+        with the request, the service's to close; ``rest``: what followed its line). E.g. the
+        fast ``hypervm run`` (executor.cli.fastrun_serve)."""
         self._services[op] = service
 
     @property
@@ -494,14 +495,14 @@ class WarmPool:
                 pid, uid, _gid = struct.unpack(
                     "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                           struct.calcsize("3i")))
-                line, fds = _read_request(conn)
+                line, rest, fds = _read_request(conn)
                 request = decode(line, "request")
                 if uid not in (0, os.geteuid()):
                     raise PoolError(f"uid {uid} may not use this pool")
                 op = request.get("op")
                 if isinstance(op, str) and op in self._services:
                     fds, given = [], fds
-                    self._services[op](conn, pid, request, given)
+                    self._services[op](conn, pid, request, given, rest)
                 elif op == "status":
                     conn.sendall(encode(self.status()))
                 elif op == "claim":
@@ -565,11 +566,12 @@ class WarmPool:
                 log.warning("pool reaper: %s", e)
 
 
-def _read_request(conn: socket.socket) -> tuple[bytes, list[int]]:
-    """The request line and the descriptors sent with it (at most ``MAX_REQUEST_FDS``)."""
+def _read_request(conn: socket.socket) -> tuple[bytes, bytes, list[int]]:
+    """The request line, what came after it, and the descriptors sent with it (at most
+    ``MAX_REQUEST_FDS``)."""
     data, fds = b"", []
     try:
-        while not data.endswith(b"\n"):
+        while b"\n" not in data:
             chunk, got, _flags, _addr = socket.recv_fds(conn, 4096, MAX_REQUEST_FDS)
             fds += got
             if not chunk:
@@ -582,7 +584,8 @@ def _read_request(conn: socket.socket) -> tuple[bytes, list[int]]:
         for fd in fds:
             os.close(fd)
         raise
-    return data, fds
+    line, newline, rest = data.partition(b"\n")
+    return line + newline, rest, fds
 
 
 def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:

@@ -206,7 +206,8 @@ def test_our_sigterm_is_forwarded_and_its_status_returned(tmp_path: Path) -> Non
     seen: list[int] = []
 
     def serve(conn: socket.socket, _request: dict[str, Any], fds: list[int]) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # to the client (this process)
+        # to the client, this process's main thread (a real client has no other thread)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
         seen.append(fastrun.parse_control(conn.makefile("rb").readline()))
         conn.sendall(b'{"exit": 143}\n')
 
@@ -286,8 +287,9 @@ def test_a_service_gets_the_request_and_owns_its_descriptors(tmp_path: Path) -> 
     pool = _daemon_pool(tmp_path)
     got: list[Any] = []
 
-    def service(conn: socket.socket, pid: int, request: dict[str, Any], fds: list[int]) -> None:
-        got.append((pid, request, len(fds)))
+    def service(conn: socket.socket, pid: int, request: dict[str, Any], fds: list[int],
+                rest: bytes) -> None:
+        got.append((pid, request, len(fds), rest))
         for fd in fds:
             os.close(fd)
         conn.sendall(b'{"exit": 0}\n')
@@ -295,10 +297,11 @@ def test_a_service_gets_the_request_and_owns_its_descriptors(tmp_path: Path) -> 
     pool.add_service("run", service)
     ours, theirs = socket.socketpair()
     before = _open_fds()
-    socket.send_fds(ours, [b'{"op": "run", "argv": []}\n'], [1, 2])
+    # a control line right behind the request may arrive with it: the service gets it
+    socket.send_fds(ours, [b'{"op": "run", "argv": []}\n{"signal": 15}\n'], [1, 2])
     pool._handle(theirs)
     assert ours.recv(100) == b'{"exit": 0}\n'
-    assert got == [(os.getpid(), {"op": "run", "argv": []}, 2)]
+    assert got == [(os.getpid(), {"op": "run", "argv": []}, 2, b'{"signal": 15}\n')]
     assert _open_fds() <= before  # nothing leaked (theirs is closed by the daemon)
     ours.close()
 
@@ -312,3 +315,22 @@ def test_descriptors_sent_with_another_op_are_closed(tmp_path: Path) -> None:
     assert b"unknown operation" in ours.recv(1000)
     assert _open_fds() <= before
     ours.close()
+
+
+def test_the_client_watch_reads_what_came_with_the_request_then_sees_the_end() -> None:
+    ours, theirs = socket.socketpair()
+    watch = fastrun_serve._ClientWatch(theirs, b'{"signal": 2}\n{"sig')
+    assert watch.changed.wait(5) and watch.signum == signal.SIGINT
+    ours.sendall(b'nal": 15}\n')  # the first signal stays the one
+    ours.close()
+    assert watch.gone.wait(5) and watch.signum == signal.SIGINT
+    theirs.close()
+
+
+def test_a_bad_control_line_ends_the_run_as_a_gone_client() -> None:
+    ours, theirs = socket.socketpair()
+    watch = fastrun_serve._ClientWatch(theirs)
+    ours.sendall(b'{"signal": 9}\n')
+    assert watch.gone.wait(5) and watch.signum is None
+    ours.close()
+    theirs.close()
