@@ -42,6 +42,8 @@ from typing import Any
 #: hypervm.config.DEFAULT_RUN_DIR (a unit test keeps them equal; importing it costs ~20 ms)
 DEFAULT_RUN_DIR = "/run/hypervm"
 MAX_LINE = 64 * 1024
+#: executor.pool.claim.CLAIM_TIMEOUT: how long connecting and sending the request may take
+CONNECT_TIMEOUT = 5.0
 MAX_ARGS = 4096
 MAX_ENV = 1024
 #: the options of ``run`` the fast path takes: name → takes a value; the values the daemon
@@ -193,6 +195,7 @@ def _read_line(sock: socket.socket) -> bytes:
 
 def _connect(path: str) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)  # a pool whose backlog is full: the full CLI
     try:
         sock.connect(path)
     except OSError:
@@ -221,6 +224,7 @@ def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
     sent.append(True)
     if got:  # a signal that came before the request went out
         _send_control(sock, got[0])
+    sock.settimeout(None)  # the reply comes when the run is over
     try:
         data = _read_line(sock)
     except OSError as e:
