@@ -22,6 +22,8 @@ from executor.launcher import Launcher
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
 from tests.conftest import REPO, TEARDOWN_GRACE_S, TEST_TAG, our_domains
+from tests.integration import imagebuild
+from tests.integration.registry import Registry
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600)]
 POOL_NAME = f"{TEST_TAG}-fast"
@@ -56,9 +58,9 @@ def fast(host_cfg: Any, image_ref: str) -> Iterator[FastPool]:
     assert our_domains(f"hypervm-{POOL_NAME}") == set()
 
 
-def _argv(fp: FastPool, *args: str, memory: str = "128") -> list[str]:
+def _argv(fp: FastPool, *args: str, memory: str = "128", ref: str | None = None) -> list[str]:
     return [sys.executable, "-m", "executor.cli", "run", "--name", f"{TEST_TAG}-fast",
-            "--quiet", "--memory", memory, fp.ref, "--", *args]
+            "--quiet", "--memory", memory, ref or fp.ref, "--", *args]
 
 
 def _run(fp: FastPool, *args: str, memory: str = "128") -> subprocess.CompletedProcess[bytes]:
@@ -128,3 +130,25 @@ def test_a_shape_the_pool_lacks_runs_through_the_full_cli(fast: FastPool) -> Non
     result = _run(fast, "sh", "-c", "echo cold; exit 4", memory="256")
     assert (result.returncode, result.stdout) == (4, b"cold\n"), result.stderr.decode()
     assert fast.service.fallbacks == fallbacks + 1 and fast.service.served == served
+
+
+def test_bad_input_is_the_full_clis_error(fast: FastPool) -> None:
+    fallbacks = fast.service.fallbacks
+    result = subprocess.run(_argv(fast, "true", memory="5x"), env=fast.env, cwd=REPO,
+                            capture_output=True, timeout=120, check=False)
+    assert result.returncode == 125 and b"--memory" in result.stderr
+    assert result.stderr.count(b"error") == 1  # printed once, by the full CLI
+    assert fast.service.fallbacks == fallbacks + 1
+
+
+def test_an_image_not_in_the_cache_is_pulled_by_the_full_cli(
+        fast: FastPool, registry: Registry, tmp_path: Path) -> None:
+    ref = imagebuild.push(imagebuild.busybox_base(tmp_path / "layout"), registry.host,
+                          f"fastmiss-{TEST_TAG}", "1")
+    assert fast.pool.wait_full(FILL), fast.pool.status()
+    fallbacks, served, claims = fast.service.fallbacks, fast.service.served, fast.pool.claims
+    result = subprocess.run(_argv(fast, "echo", "pulled", ref=ref), env=fast.env, cwd=REPO,
+                            capture_output=True, timeout=300, check=False)
+    assert (result.returncode, result.stdout) == (0, b"pulled\n"), result.stderr.decode()
+    assert fast.service.fallbacks == fallbacks + 1 and fast.service.served == served
+    assert fast.pool.claims == claims + 1  # the full CLI took the pool's VM
