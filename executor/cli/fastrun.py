@@ -20,6 +20,8 @@ Protocol on the pool socket (one JSON line each way, then control lines from us)
     → {"op": "run", "argv": ["--memory", "128", "busybox", "--", "true"],
        "environ": {"KEY": "value"}, "settings": {"HYPERVM_POOL_SOCKET": "...", ...}} + fds 1, 2
     ← {"fallback": "why"}                  nothing ran: run the full CLI
+    ← {"error": "why", ...}                the pool refused it (e.g. an older pool without
+                                           this operation): nothing ran, as a fallback
     → {"signal": 15}                       (any time) we got SIGINT/SIGTERM/SIGHUP: stop it
     ← {"exit": 0}                          the run's exit status (our output is complete)
 
@@ -180,6 +182,10 @@ def parse_reply(line: bytes) -> tuple[str, Any]:
     if isinstance(reply, dict) and set(reply) == {"fallback"} and isinstance(
             reply["fallback"], str):
         return "fallback", reply["fallback"]
+    if isinstance(reply, dict) and isinstance(reply.get("error"), str) and "exit" not in reply:
+        # the pool refused the request before any service ran (a pool without the fast
+        # run: "unknown operation"; a uid it does not serve): nothing ran
+        return "fallback", reply["error"]
     return "error", f"malformed reply from the warm pool: {line[:200]!r}"
 
 

@@ -128,6 +128,8 @@ def test_control_lines_carry_only_forwarded_signals() -> None:
     (b'{"exit": 0}\n', ("exit", 0)),
     (b'{"exit": 255}\n', ("exit", 255)),
     (b'{"fallback": "no warm VM"}\n', ("fallback", "no warm VM")),
+    # an older pool, or one refusing our uid: its error comes before anything ran
+    (b'{"error": "op: unknown operation \'run\'"}\n', ("fallback", "op: unknown operation 'run'")),
 ])
 def test_replies(line: bytes, parsed: tuple[str, Any]) -> None:
     assert fastrun.parse_reply(line) == parsed
@@ -135,6 +137,7 @@ def test_replies(line: bytes, parsed: tuple[str, Any]) -> None:
 
 @pytest.mark.parametrize("line", [b'{"exit": 256}', b'{"exit": -1}', b'{"exit": true}',
                                   b'{"exit": "0"}', b'{"exit": 0, "x": 1}', b'{"fallback": 1}',
+                                  b'{"error": 1}', b'{"error": "x", "exit": 0}',
                                   b"[]", b"\xff", b""])
 def test_a_broken_reply_is_an_error_never_a_fallback(line: bytes) -> None:
     assert fastrun.parse_reply(line)[0] == "error"
@@ -334,3 +337,21 @@ def test_a_bad_control_line_ends_the_run_as_a_gone_client() -> None:
     assert watch.gone.wait(5) and watch.signum is None
     ours.close()
     theirs.close()
+
+
+def test_a_pool_without_the_fast_run_leaves_it_to_the_full_cli(tmp_path: Path) -> None:
+    pool = _daemon_pool(tmp_path)  # no add_service: as a pool from before the fast run
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "old.sock"))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        pool._handle(conn)
+
+    handler = threading.Thread(target=serve, daemon=True)
+    handler.start()
+    assert fastrun.run_fast(["run", IMAGE], {"HYPERVM_POOL_SOCKET": str(tmp_path / "old.sock")}
+                            ) is None
+    handler.join(5)
+    server.close()
