@@ -90,8 +90,8 @@ BOOT_TIMEOUT = 60.0
 REFILL_DELAY_S = 1.0
 #: descriptors a request may carry (the fast run's stdout and stderr)
 MAX_REQUEST_FDS = 2
-#: a service on the pool socket: (connection, caller pid, request, descriptors sent with it,
-#: the bytes the caller sent after the request's line)
+#: a service on the pool socket: (connection, caller pid, request, the descriptors sent with
+#: it (the service's to close), the bytes sent after the request's line)
 Service = Callable[[socket.socket, int, dict[str, Any], list[int], bytes], None]
 #: after a failed boot, wait this long (doubling up to the max) before the next attempt
 RETRY_BACKOFF = (1.0, 30.0)
@@ -149,6 +149,8 @@ class WarmPool:
         self.releases = 0
         #: claimed VMs -> who they were handed to (executor.pool.release), until released
         self._claimers: dict[str, Claimer] = {}
+        #: the background destroys of released VMs (stop() waits for them)
+        self._releasing: list[threading.Thread] = []
         #: more operations on the socket (add_service)
         self._services: dict[str, Service] = {}
 
@@ -196,6 +198,10 @@ class WarmPool:
             thread.join(timeout=BOOT_TIMEOUT + 5)
         self._threads = []
         with self._cond:
+            releasing, self._releasing = self._releasing, []
+        for thread in releasing:  # a VM released just now: its destroy needs the connection
+            thread.join(timeout=BOOT_TIMEOUT)
+        with self._cond:
             idle, self._idle = list(self._idle), collections.deque()
         for vm in idle:
             self._discard(vm.name, vm.run_dir, vm.sock)
@@ -204,15 +210,12 @@ class WarmPool:
             self._hv = None
 
     def add_service(self, op: str, service: Service) -> None:
-        """Serve requests ``{"op": op, ...}`` with ``service(conn, pid, request, fds, rest)``
-        in the connection's thread (after the access check; ``fds``: the descriptors that came
-        with the request, the service's to close; ``rest``: what followed its line). E.g. the
-        fast ``hypervm run`` (executor.cli.fastrun_serve)."""
+        """Serve ``{"op": op, ...}`` in the connection's thread, after the access check (e.g.
+        the fast ``hypervm run``, executor.cli.fastrun_serve)."""
         self._services[op] = service
 
     @property
-    def hypervisor(self) -> Any:
-        """The pool's libvirt connection (started pools only), for a service's VMs."""
+    def hypervisor(self) -> Any:  # the pool's libvirt connection, for a service's VMs
         return self._hv
 
     def __enter__(self) -> WarmPool:
@@ -536,8 +539,11 @@ class WarmPool:
             del self._claimers[name]
         run_dir = self.cfg.vms_dir / name
         if stop_qemu(name):
-            threading.Thread(target=self._discard, args=(name, run_dir, None),
-                             name="pool-release", daemon=True).start()
+            thread = threading.Thread(target=self._discard, args=(name, run_dir, None),
+                                      name="pool-release", daemon=True)
+            with self._cond:  # stop() waits for it before closing the libvirt connection
+                self._releasing = [t for t in self._releasing if t.is_alive()] + [thread]
+            thread.start()
         else:
             self._discard(name, run_dir, None)
         self.releases += 1
@@ -567,8 +573,7 @@ class WarmPool:
 
 
 def _read_request(conn: socket.socket) -> tuple[bytes, bytes, list[int]]:
-    """The request line, what came after it, and the descriptors sent with it (at most
-    ``MAX_REQUEST_FDS``)."""
+    """The request line, what came after it, and the descriptors sent with it."""
     data, fds = b"", []
     try:
         while b"\n" not in data:

@@ -21,7 +21,13 @@ from executor.cli.fastrun_serve import RunService
 from executor.launcher import Launcher
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
-from tests.conftest import REPO, TEARDOWN_GRACE_S, TEST_TAG, our_domains
+from tests.conftest import (
+    REPO,
+    TEARDOWN_GRACE_S,
+    TEST_TAG,
+    domains_after_teardown,
+    our_domains,
+)
 from tests.integration import imagebuild
 from tests.integration.registry import Registry
 
@@ -55,7 +61,7 @@ def fast(host_cfg: Any, image_ref: str) -> Iterator[FastPool]:
     finally:
         pool.stop()
         sock_dir.rmdir()
-    assert our_domains(f"hypervm-{POOL_NAME}") == set()
+    assert domains_after_teardown(f"hypervm-{POOL_NAME}") == set()
 
 
 def _argv(fp: FastPool, *args: str, memory: str = "128", ref: str | None = None) -> list[str]:
