@@ -1,5 +1,5 @@
-"""python -m executor.cli: the hypervm command."""
+"""python -m executor.cli: the hypervm command (the console script's entry, fast path first)."""
 
-from executor.cli.main import main
+from executor.cli.fastrun import main
 
 raise SystemExit(main())

@@ -88,6 +88,11 @@ BOOT_TIMEOUT = 60.0
 #: after a claim, wait this long before booting its replacement: a boot (QEMU start, a guest
 #: kernel under TCG) competes for the CPU the claimed VM's launch needs right then
 REFILL_DELAY_S = 1.0
+#: descriptors a request may carry (the fast run's stdout and stderr)
+MAX_REQUEST_FDS = 2
+#: a service on the pool socket: (connection, caller pid, request, the descriptors sent with
+#: it (the service's to close), the bytes sent after the request's line)
+Service = Callable[[socket.socket, int, dict[str, Any], list[int], bytes], None]
 #: after a failed boot, wait this long (doubling up to the max) before the next attempt
 RETRY_BACKOFF = (1.0, 30.0)
 
@@ -144,6 +149,10 @@ class WarmPool:
         self.releases = 0
         #: claimed VMs -> who they were handed to (executor.pool.release), until released
         self._claimers: dict[str, Claimer] = {}
+        #: the background destroys of released VMs (stop() waits for them)
+        self._releasing: list[threading.Thread] = []
+        #: more operations on the socket (add_service)
+        self._services: dict[str, Service] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -189,12 +198,25 @@ class WarmPool:
             thread.join(timeout=BOOT_TIMEOUT + 5)
         self._threads = []
         with self._cond:
+            releasing, self._releasing = self._releasing, []
+        for thread in releasing:  # a VM released just now: its destroy needs the connection
+            thread.join(timeout=BOOT_TIMEOUT)
+        with self._cond:
             idle, self._idle = list(self._idle), collections.deque()
         for vm in idle:
             self._discard(vm.name, vm.run_dir, vm.sock)
         if self._hv is not None:
             self._hv.close()
             self._hv = None
+
+    def add_service(self, op: str, service: Service) -> None:
+        """Serve ``{"op": op, ...}`` in the connection's thread, after the access check (e.g.
+        the fast ``hypervm run``, executor.cli.fastrun_serve)."""
+        self._services[op] = service
+
+    @property
+    def hypervisor(self) -> Any:  # the pool's libvirt connection, for a service's VMs
+        return self._hv
 
     def __enter__(self) -> WarmPool:
         self.start()
@@ -469,17 +491,22 @@ class WarmPool:
                              daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
+        fds: list[int] = []
         with conn:
             conn.settimeout(5.0)
             try:
                 pid, uid, _gid = struct.unpack(
                     "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                           struct.calcsize("3i")))
-                request = decode(_read_line(conn), "request")
+                line, rest, fds = _read_request(conn)
+                request = decode(line, "request")
                 if uid not in (0, os.geteuid()):
                     raise PoolError(f"uid {uid} may not use this pool")
                 op = request.get("op")
-                if op == "status":
+                if isinstance(op, str) and op in self._services:
+                    fds, given = [], fds
+                    self._services[op](conn, pid, request, given, rest)
+                elif op == "status":
                     conn.sendall(encode(self.status()))
                 elif op == "claim":
                     claim = parse_claim(request)
@@ -500,6 +527,9 @@ class WarmPool:
                 _send_quietly(conn, error_reply(e))
             except OSError as e:
                 log.debug("pool client went away: %s", e)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def _release(self, owner_pid: int, name: str) -> None:
         """A claimer hands its VM back (executor.pool.release): its QEMU ends now, without a
@@ -509,8 +539,11 @@ class WarmPool:
             del self._claimers[name]
         run_dir = self.cfg.vms_dir / name
         if stop_qemu(name):
-            threading.Thread(target=self._discard, args=(name, run_dir, None),
-                             name="pool-release", daemon=True).start()
+            thread = threading.Thread(target=self._discard, args=(name, run_dir, None),
+                                      name="pool-release", daemon=True)
+            with self._cond:  # stop() waits for it before closing the libvirt connection
+                self._releasing = [t for t in self._releasing if t.is_alive()] + [thread]
+            thread.start()
         else:
             self._discard(name, run_dir, None)
         self.releases += 1
@@ -539,16 +572,25 @@ class WarmPool:
                 log.warning("pool reaper: %s", e)
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_LINE:
-            raise PoolError(f"request: longer than {MAX_LINE} bytes")
-    return data
+def _read_request(conn: socket.socket) -> tuple[bytes, bytes, list[int]]:
+    """The request line, what came after it, and the descriptors sent with it."""
+    data, fds = b"", []
+    try:
+        while b"\n" not in data:
+            chunk, got, _flags, _addr = socket.recv_fds(conn, 4096, MAX_REQUEST_FDS)
+            fds += got
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_LINE or len(fds) > MAX_REQUEST_FDS:
+                raise PoolError(f"request: longer than {MAX_LINE} bytes or more than "
+                                f"{MAX_REQUEST_FDS} descriptors")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    line, newline, rest = data.partition(b"\n")
+    return line + newline, rest, fds
 
 
 def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:

@@ -1,0 +1,289 @@
+"""The ``hypervm`` entry point, with the fast path of a plain foreground ``hypervm run``.
+
+A foreground ``hypervm run IMAGE [-- CMD...]`` spends most of its time starting Python and
+importing what a launch needs (libvirt, the VM driver, the image store: ~0.14 s). When a warm
+pool serves, its daemon has all of that imported already, so this client, which imports only
+the standard library's socket, json, os, signal and sys, asks the daemon to run the whole pod
+(``executor.cli.fastrun_serve``): claim, START, output, exit status, teardown. The workload's
+stdout and stderr go straight to ours: we pass our descriptors 1 and 2 with the request
+(SCM_RIGHTS) and the daemon writes the guest's output into them.
+
+The fast path is taken only when :func:`gate` accepts the command line (options whose meaning
+does not depend on this process: no host paths, no terminal, no stdin, a registry image, see
+``FAST_OPTIONS``) and a pool socket answers; the daemon may still refuse (a ``fallback``
+reply: an image not in the cache, a shape it does not serve, other settings than its own, a
+bad option) before anything was written to our output. Then, and whenever the fast path is not
+taken, the full CLI (``executor.cli.main``) runs as before, so results never differ.
+
+Protocol on the pool socket (one JSON line each way, then control lines from us):
+
+    → {"op": "run", "argv": ["--memory", "128", "busybox", "--", "true"],
+       "environ": {"KEY": "value"}, "settings": {"HYPERVM_POOL_SOCKET": "...", ...}} + fds 1, 2
+    ← {"fallback": "why"}                  nothing ran: run the full CLI
+    ← {"error": "why", ...}                the pool refused it (e.g. an older pool without
+                                           this operation): nothing ran, as a fallback
+    → {"signal": 15}                       (any time) we got SIGINT/SIGTERM/SIGHUP: stop it
+    ← {"exit": 0}                          the run's exit status (our output is complete)
+
+``argv`` are our arguments after ``run``; ``environ`` the values of the ``-e KEY`` variables
+(without ``=VALUE``) that we have; ``settings`` our ``HYPERVM_*`` variables (the daemon serves
+only a caller whose settings give its own host configuration). Closing the connection before
+the ``exit`` line kills the run and destroys its VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: hypervm.config.DEFAULT_RUN_DIR (a unit test keeps them equal; importing it costs ~20 ms)
+DEFAULT_RUN_DIR = "/run/hypervm"
+MAX_LINE = 64 * 1024
+#: executor.pool.claim.CLAIM_TIMEOUT: how long connecting and sending the request may take
+CONNECT_TIMEOUT = 5.0
+MAX_ARGS = 4096
+MAX_ENV = 1024
+#: the options of ``run`` the fast path takes: name → takes a value; the values the daemon
+#: must see for some (``--pull`` other than missing pulls and prints progress: full CLI)
+FAST_OPTIONS = {
+    "--cpus": True, "--memory": True, "-e": True, "--env": True, "-w": True,
+    "--workdir": True, "-u": True, "--user": True, "--entrypoint": True, "--pull": True,
+    "--tenant": True, "--network": True, "--name": True, "--grace": True,
+    "--boot-timeout": True, "-q": False, "--quiet": False, "--rm": False,
+}
+FIXED_VALUES = {"--pull": ("missing",), "--network": ("user",)}
+#: image sources read from a path (relative to our directory, which the daemon does not share)
+#: or from another daemon: the full CLI
+LOCAL_SOURCES = ("docker-archive:", "oci:", "docker-daemon:")
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: the exit status of hypervm's own failure (executor.cli.usage.EXIT_HYPERVM)
+EXIT_HYPERVM = 125
+SETTINGS_PREFIX = "HYPERVM_"
+
+
+class RequestError(ValueError):
+    """A malformed message on the run protocol (the daemon refuses it; we run the full CLI)."""
+
+
+def gate(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """(the ``-e KEY`` names, None) when the fast path may run ``hypervm ARGV``, else
+    ([], why not). Conservative: any option, form or value not in ``FAST_OPTIONS`` (an
+    abbreviation, ``-it``, ``-eX``, ``--help``, a global option before ``run``) means no."""
+    if not argv or argv[0] != "run":
+        return [], "not a run"
+    keys: list[str] = []
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-"):
+            if arg.startswith(LOCAL_SOURCES):
+                return [], f"{arg.split(':')[0]}: images are read by the full CLI"
+            return keys, None  # IMAGE: everything after it is the command
+        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name not in FAST_OPTIONS:
+            return [], f"option {name} is not served by the fast path"
+        if FAST_OPTIONS[name]:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    return [], f"{name} has no value"
+                value = argv[i]
+            if value.startswith("-"):
+                return [], f"{name} {value}: a value that looks like an option"
+            if value not in FIXED_VALUES.get(name, (value,)):
+                return [], f"{name} {value} is not served by the fast path"
+            if name in ("-e", "--env") and "=" not in value:
+                keys.append(value)
+        elif eq:
+            return [], f"{name} takes no value"
+        i += 1
+    return [], "no image"
+
+
+def socket_path(environ: Mapping[str, str]) -> str | None:
+    """The pool socket as our variables name it (None: HYPERVM_POOL=off). The configuration
+    file may name another: the daemon then answers ``fallback`` (it checks our settings)."""
+    if environ.get("HYPERVM_POOL", "").lower() == "off":
+        return None
+    if environ.get("HYPERVM_POOL_SOCKET"):
+        return environ["HYPERVM_POOL_SOCKET"]
+    return os.path.join(environ.get("HYPERVM_RUN_DIR") or DEFAULT_RUN_DIR, "pool.sock")
+
+
+def run_request(argv: Sequence[str], keys: Sequence[str],
+                environ: Mapping[str, str]) -> dict[str, Any]:
+    """The request for ``hypervm run ARGV`` (``argv`` after ``run``), with the values of the
+    ``-e KEY`` ``keys`` we have and our ``HYPERVM_*`` settings."""
+    return {"op": "run", "argv": list(argv),
+            "environ": {k: environ[k] for k in keys if k in environ},
+            "settings": {k: v for k, v in environ.items() if k.startswith(SETTINGS_PREFIX)}}
+
+
+def _strings(value: Any, what: str, limit: int) -> None:
+    if not isinstance(value, list) or len(value) > limit or not all(
+            isinstance(x, str) and "\x00" not in x for x in value):
+        raise RequestError(f"run.{what}: must be a list of at most {limit} strings")
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > MAX_ENV or not all(
+            isinstance(k, str) and isinstance(v, str) and "\x00" not in k + v
+            for k, v in value.items()):
+        raise RequestError(f"run.{what}: must be an object of at most {MAX_ENV} strings")
+    return dict(value)
+
+
+def parse_run_request(message: Mapping[str, Any], fds: Sequence[int]
+                      ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(argv, environ, settings) of a run request that came with ``fds``; RequestError when
+    it is malformed (the caller closes the descriptors)."""
+    if len(fds) != 2:
+        raise RequestError(f"run: needs 2 descriptors (stdout, stderr), got {len(fds)}")
+    argv = message.get("argv")
+    _strings(argv, "argv", MAX_ARGS)
+    environ = _string_map(message.get("environ", {}), "environ")
+    settings = _string_map(message.get("settings", {}), "settings")
+    if not all(k.startswith(SETTINGS_PREFIX) for k in settings):
+        raise RequestError(f"run.settings: only {SETTINGS_PREFIX}* variables")
+    return list(argv), environ, settings  # type: ignore[arg-type]
+
+
+def control_line(signum: int) -> bytes:
+    return json.dumps({"signal": signum}).encode() + b"\n"
+
+
+def parse_control(line: bytes) -> int:
+    """The signal of a control line from the client; RequestError unless a forwarded one."""
+    try:
+        message = json.loads(line)
+    except ValueError as e:
+        raise RequestError(f"control: not JSON ({e})") from e
+    signum = message.get("signal") if isinstance(message, dict) else None
+    if signum not in [int(s) for s in FORWARDED_SIGNALS] or isinstance(signum, bool):
+        raise RequestError(f"control: not a forwarded signal: {signum!r:.50}")
+    return int(signum)
+
+
+def parse_reply(line: bytes) -> tuple[str, Any]:
+    """``("exit", status)``, ``("fallback", why)`` or ``("error", what)`` (a broken reply)."""
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict) and set(reply) == {"exit"}:
+        code = reply["exit"]
+        if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255:
+            return "exit", code
+    if isinstance(reply, dict) and set(reply) == {"fallback"} and isinstance(
+            reply["fallback"], str):
+        return "fallback", reply["fallback"]
+    if isinstance(reply, dict) and isinstance(reply.get("error"), str) and "exit" not in reply:
+        # the pool refused the request before any service ran (a pool without the fast
+        # run: "unknown operation"; a uid it does not serve): nothing ran
+        return "fallback", reply["error"]
+    return "error", f"malformed reply from the warm pool: {line[:200]!r}"
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n") and len(data) <= MAX_LINE:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)  # a pool whose backlog is full: the full CLI
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _send_control(sock: socket.socket, signum: int) -> None:
+    try:
+        sock.sendall(control_line(signum))
+    except OSError:
+        pass  # the daemon is gone: its reply (none) says so
+
+
+def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
+              sent: list[bool]) -> tuple[str, Any]:
+    """Send the request with our stdout and stderr; the daemon's reply. A request that
+    could not be sent ran nothing (fallback); a run whose reply is lost is an error (it may
+    have run: never run it twice)."""
+    line = json.dumps(request).encode() + b"\n"
+    try:
+        socket.send_fds(sock, [line], [sys.stdout.fileno(), sys.stderr.fileno()])
+    except (OSError, ValueError, AttributeError) as e:  # no stdout/stderr descriptor
+        return "fallback", f"cannot send the request: {e}"
+    sent.append(True)
+    if got:  # a signal that came before the request went out
+        _send_control(sock, got[0])
+    sock.settimeout(None)  # the reply comes when the run is over
+    try:
+        data = _read_line(sock)
+    except OSError as e:
+        return "error", f"the warm pool's connection broke during the run: {e}"
+    if not data:
+        return "error", "the warm pool went away during the run"
+    return parse_reply(data)
+
+
+def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
+    """Run ``hypervm ARGV`` through the pool daemon: its exit status, or None when the full
+    CLI must run it (nothing has run and nothing was written)."""
+    keys, why = gate(argv)
+    path = socket_path(environ) if why is None else None
+    sock = _connect(path) if path is not None else None
+    if sock is None:
+        return None
+    got: list[int] = []
+    sent: list[bool] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        got.append(signum)
+        if sent:  # else it follows the request
+            _send_control(sock, signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        kind, value = _exchange(sock, run_request(argv[1:], keys, environ), got, sent)
+    finally:
+        sock.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if kind == "exit":
+        return int(value)
+    if kind == "fallback":
+        return 128 + got[0] if got else None
+    sys.stderr.write(f"hypervm: error: {value}\n")
+    return EXIT_HYPERVM
+
+
+def main() -> int:
+    """The ``hypervm`` console script."""
+    code = run_fast(sys.argv[1:], os.environ)
+    if code is not None:
+        # the run is over and our output complete (the daemon wrote it): no interpreter
+        # teardown to wait for
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    # the full CLI, imported only here: the fast path must not pay its ~40 ms of imports
+    from executor.cli import main as full
+
+    return full.main()
