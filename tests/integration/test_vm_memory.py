@@ -134,3 +134,14 @@ def test_a_settled_vm_drops_its_first_seconds_translations(host_cfg: HostConfig,
                   if r["name"] == "TCG translation buffer")
         assert 0 < tcg <= MAX_SETTLED_TCG_MIB, tcg
         assert run_to_exit(vm, pod.containers[0]) == (0, "hello\n")
+
+
+def test_qemu_takes_glib_slices_from_malloc(host_cfg: HostConfig, pod: PodSpec) -> None:
+    """The designer's <qemu:env> reaches QEMU: G_SLICE=always-malloc, so the translated-block
+    tree a TCG flush frees goes back to malloc (and its trim) rather than GLib's magazines."""
+    with _booted(host_cfg, pod) as vm:
+        pid = vm._hypervisor.qemu_pid(vm.name)
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"G_SLICE=always-malloc" in environ
+        assert run_to_exit(vm, pod.containers[0]) == (0, "hello\n")
