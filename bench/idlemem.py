@@ -5,6 +5,7 @@ where the private MiB are (by mapping), then destroys them; ``--rounds`` repeats
 ``--cmdline`` appends to the guest kernel command line of these VMs only, ``--env K=V`` sets
 host settings (e.g. ``HYPERVM_TCG_TB_CACHE_MIB=8``) for them: one change measured against the
 default back to back, in a minute, without the whole ``make bench``.
+``--qemu DIR`` boots them on another HyperQEMU build (``<state>/qemu/<key>``).
 ``--guest`` then runs ``cat /proc/meminfo`` in one more VM's container, after the settle (what
 the guest kernel holds: the guest RAM mapping is what it touched).
 """
@@ -20,6 +21,7 @@ import os
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import density, peers
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--cmdline", default="", help="appended to the guest kernel cmdline")
     parser.add_argument("--env", action="append", default=[], help="K=V host setting")
+    parser.add_argument("--qemu", type=Path, default=None,
+                        help="another HyperQEMU build: its <state>/qemu/<key> directory")
     parser.add_argument("--guest", action="store_true", help="print the guest's /proc/meminfo")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -86,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     environ.update(kv.split("=", 1) for kv in args.env)
     env = VMEnv.load()
     env = VMEnv(cfg=config_from_env(environ), boot=env.boot)
+    if args.qemu:
+        env = VMEnv(cfg=env.cfg, boot=dataclasses.replace(env.boot, qemu=dataclasses.replace(
+            env.boot.qemu, path=args.qemu / "bin/qemu-system-x86_64", key=args.qemu.name)))
     if args.cmdline:
         env = VMEnv(cfg=env.cfg, boot=env.with_cmdline(" " + args.cmdline.strip()))
     totals: list[float] = []
