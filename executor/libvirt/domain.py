@@ -45,6 +45,8 @@ META_OWNER_PID = "owner-pid"
 META_OWNER_START = "owner-start"
 
 _NAME_RE = re.compile(r"^hypervm-[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+#: what libvirt accepts as a <qemu:env> name
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,31}$")
 _DISK_FORMATS = ("raw", "qcow2")
@@ -174,6 +176,8 @@ class DomainSpec:
     memtune: MemTune = field(default_factory=MemTune)
     #: extra QEMU arguments (<qemu:commandline>), e.g. for networking; unvalidated by libvirt
     qemu_args: tuple[str, ...] = ()
+    #: environment variables of the QEMU process (<qemu:env>), e.g. allocator settings
+    qemu_env: Mapping[str, str] = field(default_factory=dict)
     #: a virtio-scsi controller, so that layer disks can be hot-added to the booted VM (pool)
     scsi_controller: bool = False
     #: TCG only: cap QEMU's translation cache (default 1 GiB, ~28 MiB of it resident in an idle
@@ -246,6 +250,11 @@ class DomainSpec:
         self.memtune.validate(self.memory_mib)
         for i, arg in enumerate(self.qemu_args):
             _xml_safe(f"qemu_args[{i}]", arg)
+        for key, value in self.qemu_env.items():
+            if not _ENV_NAME_RE.match(key):
+                raise InvalidSpec(f"qemu_env[{key!r}]", "is not an environment variable name",
+                                  hint="use letters, digits and _, not starting with a digit")
+            _xml_safe(f"qemu_env[{key!r}]", value)
         return self
 
     def _validate_cmdline(self) -> None:

@@ -238,6 +238,8 @@ class Domain:
     channel: Channel
     qemu_args: tuple[str, ...]
     scsi_controller: bool = False
+    #: the QEMU process's environment (<qemu:env>, after the <qemu:arg>s)
+    qemu_env: tuple[tuple[str, str], ...] = ()
     free_page_reporting: bool = True
     emulator: Path | None = None
     seclabel: SecLabel | None = None
@@ -276,10 +278,12 @@ class Domain:
         if self.seclabel is not None:
             self.seclabel.build(dom)
         qemu_args = (*self.os.qemu_args(), *self.qemu_args)
-        if qemu_args:
+        if qemu_args or self.qemu_env:
             cmdline = _sub(dom, f"{{{QEMU_NS}}}commandline")
             for arg in qemu_args:
                 _sub(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
+            for key, value in self.qemu_env:
+                _sub(cmdline, f"{{{QEMU_NS}}}env", name=key, value=value)
         return dom
 
     def _build_tuning(self, dom: ET.Element) -> None:
@@ -397,6 +401,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         serial=Serial(spec.console_log),
         channel=Channel(spec.channel_socket, CHANNEL_NAME),
         qemu_args=spec.qemu_args,
+        qemu_env=tuple(sorted(spec.qemu_env.items())),
         scsi_controller=spec.scsi_controller,
     )
 

@@ -134,3 +134,25 @@ def test_a_settled_vm_drops_its_first_seconds_translations(host_cfg: HostConfig,
                   if r["name"] == "TCG translation buffer")
         assert 0 < tcg <= MAX_SETTLED_TCG_MIB, tcg
         assert run_to_exit(vm, pod.containers[0]) == (0, "hello\n")
+
+
+def test_qemu_takes_glib_slices_from_malloc(host_cfg: HostConfig, pod: PodSpec) -> None:
+    """The designer's <qemu:env> reaches QEMU: G_SLICE=always-malloc, so the translated-block
+    tree a TCG flush frees goes back to malloc (and its trim) rather than GLib's magazines."""
+    with _booted(host_cfg, pod) as vm:
+        pid = vm._hypervisor.qemu_pid(vm.name)
+        assert pid is not None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"G_SLICE=always-malloc" in environ
+        assert run_to_exit(vm, pod.containers[0]) == (0, "hello\n")
+
+
+def test_the_guest_reports_free_blocks_of_32_kib(host_cfg: HostConfig, pod: PodSpec) -> None:
+    """init sets the guest kernel's page reporting order from the command line
+    (vmimage.boot.PAGE_REPORTING_ORDER): freed blocks of 2^3 pages go back to the host."""
+    order = PodSpec(name=pod.name, resources=pod.resources, containers=(Container(
+        "c", pod.containers[0].rootfs, Process(
+            args=("/bin/cat", "/sys/module/page_reporting/parameters/page_reporting_order"),
+            env=("PATH=/bin",))),))
+    with _booted(host_cfg, order) as vm:
+        assert run_to_exit(vm, order.containers[0]) == (0, "3\n")

@@ -83,6 +83,9 @@ def test_spec_is_frozen() -> None:
         ({"cputune": CpuTune(quota_us=5)}, "cputune.quota_us"),
         ({"memtune": MemTune(hard_limit_mib=128)}, "memtune.hard_limit_mib"),
         ({"qemu_args": ("-device", "x\x07")}, "qemu_args[1]"),
+        ({"qemu_env": {"1X": "y"}}, "qemu_env['1X']"),
+        ({"qemu_env": {"A B": "y"}}, "qemu_env['A B']"),
+        ({"qemu_env": {"G_SLICE": "x\x07"}}, "qemu_env['G_SLICE']"),
     ],
 )
 def test_invalid_spec_names_the_field(overrides: dict[str, object], field: str) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
+from executor.libvirt.domain import MAX_VCPUS
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HostError, InvalidSpec
 from vmimage import qemu as qmod
@@ -272,3 +274,14 @@ def test_source_download_failure_says_how_to_get_the_source(
         hyperqemu.ensure_hyperqemu(cfg)
     assert "deb-src" in str(err.value) and "make qemu" in (err.value.hint or "")
     assert not (cfg.qemu_dir / ".src" / "1_7.2+dfsg-7").exists()  # nothing half-downloaded
+
+
+def test_hyperqemus_virtio_queue_limit_fits_every_device_a_hypervm_has() -> None:
+    """The idle-memory patch lowers VIRTIO_QUEUE_MAX (1024 VirtQueues per device were ~1 MiB
+    per VM); QEMU aborts when a device adds more queues than that, so it must fit the
+    largest: virtio-serial's 31 ports (64 queues) and virtio-blk/scsi with one queue per
+    vCPU (+2 for scsi) at the most vCPUs a domain may have."""
+    patch = (hyperqemu.HERE / "idle-memory.patch").read_text()
+    added = re.findall(r"^\+#define VIRTIO_QUEUE_MAX (\d+)$", patch, re.MULTILINE)
+    assert len(added) == 1, added
+    assert int(added[0]) >= max(2 * (31 + 1), MAX_VCPUS + 2)

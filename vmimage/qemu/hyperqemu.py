@@ -6,8 +6,9 @@ HyperVM's QEMU spent ~18 MiB of RSS on its binary and libraries alone. The patch
 (:data:`PATCHES`): ``tcg-flush`` adds the HMP command ``tcg-flush``, which drops the boot's
 translations and gives the translation buffer back to the host (~30 MiB per VM under TCG);
 ``idle-memory`` keeps QEMU's own small memory (translation buffer, firmware and ACPI blobs)
-out of transparent huge pages and leaves the unused 1.9 MiB of the ACPI tables' blob
-untouched (~2.5-4 MiB per idle VM).
+out of transparent huge pages, leaves the unused 1.9 MiB of the ACPI tables' blob
+untouched (~2.5-4 MiB per idle VM), and sizes virtio queue arrays and the translated-block
+hash table for a HyperVM (~1.3 MiB).
 
 The result is cached once per machine at ``<state>/qemu/<key>/`` (``bin/qemu-system-x86_64``,
 ``meta.json``, ``build.log``); the key hashes the device list, the patches, the configure
