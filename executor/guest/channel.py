@@ -56,6 +56,17 @@ def connect_socket(path: Path, timeout: float) -> socket.socket:
         raise BootError(f"cannot connect to the guest channel {path}: {e}") from e
 
 
+def peer_closed(sock: socket.socket) -> bool:
+    """The other end closed ``sock`` (e.g. a VM's QEMU exited); pending input does not count:
+    nothing is consumed."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def check_version(ready: dict[str, Any]) -> None:
     version = ready.get("version")
     if version != proto.VERSION:

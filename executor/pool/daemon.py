@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import netpolicy, network
-from executor.guest.channel import RawChannel, connect_socket
+from executor.guest.channel import RawChannel, connect_socket, peer_closed
 from executor.guest.protocol import (
     POOL_REQUEST_ID,
     WARMUP_HANDLE,
@@ -247,13 +247,16 @@ class WarmPool:
 
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
               metadata: Mapping[str, str] | None = None,
-              layers: Sequence[str] = (), ports: Sequence[PortMapping] = ()
-              ) -> tuple[Lease, socket.socket]:
+              layers: Sequence[str] = (), ports: Sequence[PortMapping] = (), *,
+              record_later: bool = False) -> tuple[Lease, socket.socket]:
         """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
         else the oldest generic one), with the pod's ``metadata`` written on it and its
         ``ports`` published: the caller must pass on the socket. NetworkError, as a cold boot
         raises it, when a port cannot be published (checked before a VM is taken; a VM that
-        lost a race for one is destroyed, never handed out half-configured)."""
+        lost a race for one is destroyed, never handed out half-configured).
+        ``record_later``: the caller writes the metadata with :meth:`record_claim` once it
+        has answered the claimer (a libvirt round trip off the launch's clock); a VM whose
+        guest channel is closed is discarded here instead."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
@@ -274,10 +277,11 @@ class WarmPool:
                 self._last_claim = time.monotonic()
                 self._cond.notify_all()  # the refill thread boots a replacement
             try:
+                if record_later and peer_closed(vm.sock):
+                    raise PoolError("its guest channel is closed")
                 network.publish_live(self._hv, vm.name, net)
-                self._hv.set_metadata(vm.name, {
-                    **(metadata or {}), META_POOL: self.config.name,
-                    META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
+                if not record_later:
+                    self._record(vm.name, metadata, owner_pid)
             except NetworkError as e:
                 log.warning("pool VM %s cannot publish the pod's ports (%s): discarded",
                             vm.name, e)
@@ -296,6 +300,26 @@ class WarmPool:
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
                          layers_attached=bool(vm.layers), identity=vm.identity,
                          identity_known=True), vm.sock
+
+    def _record(self, name: str, metadata: Mapping[str, str] | None, owner_pid: int) -> None:
+        self._hv.set_metadata(name, {**(metadata or {}), META_POOL: self.config.name,
+                                     META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
+
+    def record_claim(self, name: str, metadata: Mapping[str, str] | None,
+                     owner_pid: int) -> None:
+        """Write the claimed VM ``name``'s pod metadata and owner (see :meth:`claim`). When
+        that fails the VM is destroyed: a claimed VM whose records do not name its owner would
+        not be reaped when that owner dies. Nothing to do once the claimer released it."""
+        with self._cond:
+            if name not in self._claimers:
+                return
+        try:
+            self._record(name, metadata, owner_pid)
+        except HyperVMError as e:
+            log.warning("claimed VM %s: cannot record its owner (%s): destroyed", name, e)
+            with self._cond:
+                self._claimers.pop(name, None)
+            self._discard(name, self.cfg.vms_dir / name, None)
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -484,11 +508,12 @@ class WarmPool:
                 elif op == "claim":
                     claim = parse_claim(request)
                     lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
-                                             claim.layers, claim.ports)
+                                             claim.layers, claim.ports, record_later=True)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:
                         sock.close()
+                        self.record_claim(lease.vm, claim.metadata, pid)
                 elif op == "release":
                     name = parse_release(request)
                     self._release(pid, name)
