@@ -64,7 +64,25 @@ def bind_in_namespace(ns_path: str, source: bytes, target: bytes, readonly: bool
         _check(_libc.setns(fd, CLONE_NEWNS), f"setns {ns_path}")
     finally:
         os.close(fd)
-    _check(_libc.mount(source, target, None, MS_BIND, None), "mount --bind")
-    if readonly:
-        _check(_libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
-               "remount the bind read-only")
+    # the target lies in the VM's share, where the guest (QEMU's user, through 9p) could
+    # have swapped it for a symlink: it is opened without following one, mounted on by fd
+    try:
+        target_fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(e.errno, f"the bind target is not a directory: {e.strerror}") from e
+    try:
+        _check(_libc.mount(source, _fd_path(target_fd), None, MS_BIND, None), "mount --bind")
+    finally:
+        os.close(target_fd)
+    if readonly:  # the name now leads to the bind's root (the fd above: to what it covers)
+        bound_fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _check(_libc.mount(None, _fd_path(bound_fd), None,
+                               MS_REMOUNT | MS_BIND | MS_RDONLY, None),
+                   "remount the bind read-only")
+        finally:
+            os.close(bound_fd)
+
+
+def _fd_path(fd: int) -> bytes:
+    return f"/proc/self/fd/{fd}".encode()

@@ -67,6 +67,19 @@ def test_a_failed_bind_is_a_pool_error(tmp_path: Path, holder: int) -> None:
         claim.wait_binds([pending])
 
 
+def test_a_target_swapped_for_a_symlink_is_refused(tmp_path: Path, holder: int) -> None:
+    """The target lies in the VM's share, which the guest writes through 9p: a symlink
+    there (to anywhere in QEMU's namespace) must not redirect the bind."""
+    source, elsewhere, share = tmp_path / "sandbox", tmp_path / "elsewhere", tmp_path / "share"
+    for d in (source, elsewhere, share):
+        d.mkdir()
+    (share / "s0").symlink_to(elsewhere)
+    pending = claim.start_bind(holder, source, share / "s0", False)
+    with pytest.raises(PoolError, match="not a directory"):
+        claim.wait_binds([pending])
+    assert mounts_of(holder, elsewhere) == [] and mounts_of(holder, share / "s0") == []
+
+
 def test_a_qemu_in_our_own_namespace_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PoolError, match="host's mount namespace"):
         claim.start_bind(os.getpid(), tmp_path, tmp_path, False)
