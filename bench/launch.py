@@ -99,12 +99,15 @@ def free_port() -> int:
 
 
 def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = None, *,
-                snapshot: bool = False) -> Launch:
+                snapshot: bool = False, executor_tree: Path | None = None) -> Launch:
     """One launch; warm from the pool at ``pool_socket``, else from a snapshot (``snapshot``),
-    else cold; with ``port``, the task publishes that host port."""
+    else cold; with ``port``, the task publishes that host port. ``executor_tree``: run the
+    executor from that source tree (e.g. a baseline commit's), not this one."""
     work = scratch_dir("agent")
     env = ({"HYPERVM_POOL_SOCKET": str(pool_socket)} if pool_socket is not None
            else {"HYPERVM_POOL": "off", "HYPERVM_SNAPSHOT": "on" if snapshot else "off"})
+    if executor_tree is not None:
+        env["PYTHONPATH"] = str(executor_tree)
     kind = "warm" if pool_socket else "snap" if snapshot else "cold"
     agent = AgentDouble(work / "agent", runtime=None, env=env, executor_id=bench_name(kind))
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from executor import netpolicy, network
 from executor.guest import console
-from executor.guest.channel import GuestChannel, ProcessCallbacks
+from executor.guest.channel import GuestChannel, PendingReply, ProcessCallbacks
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
     POOL_SHARE_TAG,
@@ -156,6 +156,8 @@ class HyperVM:
         #: :meth:`poweroff` uses it instead of POWEROFF, HyperVMError when it cannot
         self.hand_back: Callable[[], None] | None = None
         self._handed_back = False
+        #: requests sent without waiting for their replies, awaited by the next START/EXEC
+        self._pipelined: list[PendingReply] = []
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -329,12 +331,33 @@ class HyperVM:
                 raise
             raise converted from e
 
-    def configure_network(self) -> None:
+    def configure_network(self, *, pipelined: bool = False) -> None:
+        """Send the pod's NETWORK request. ``pipelined``: do not wait for its reply here; the
+        next START/EXEC is sent behind it (init handles them in order) and waits for both
+        replies, so a refused configuration still fails that start (executor.pool.adopt)."""
         hostnames = [c.hostname or c.name for c in self.pod.containers]
         payload = network.guest_config(self.pod.network, self.mac_address, hostnames,
                                        network.host_resolv_conf(), interfaces=not self.warm)
-        if payload is not None:
+        if payload is None:
+            return
+        if pipelined:
+            self._pipelined.append(self.channel.send_request(MsgType.NETWORK, payload))
+        else:
             self.channel.request(MsgType.NETWORK, payload)
+
+    def _settle_pipelined(self) -> None:
+        """Wait for the replies to the requests sent ahead (:meth:`configure_network`); one
+        that failed destroys the VM (a process may have started behind a refused request)
+        and raises."""
+        pipelined, self._pipelined = self._pipelined, []
+        for pending in pipelined:
+            try:
+                self.channel.wait_reply(pending)
+            except HyperVMError as e:
+                log.warning("%s: %s failed: destroying the VM", self.name, pending.type.name)
+                self.destroy()
+                raise HyperVMError(f"{self.name}: the guest did not apply the pod's "
+                                   f"{pending.type.name} request: {e}") from e
 
     def __enter__(self) -> HyperVM:
         return self
@@ -388,7 +411,9 @@ class HyperVM:
         channel = self.channel
         channel.register_process(handle, callbacks)
         try:
-            reply = channel.request(type_, payload)
+            pending = channel.send_request(type_, payload)
+            self._settle_pipelined()
+            reply = channel.wait_reply(pending)
         except BaseException:
             channel.unregister_process(handle)
             raise

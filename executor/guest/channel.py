@@ -56,6 +56,17 @@ def connect_socket(path: Path, timeout: float) -> socket.socket:
         raise BootError(f"cannot connect to the guest channel {path}: {e}") from e
 
 
+def peer_closed(sock: socket.socket) -> bool:
+    """The other end closed ``sock`` (e.g. a VM's QEMU exited); pending input does not count:
+    nothing is consumed."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def check_version(ready: dict[str, Any]) -> None:
     version = ready.get("version")
     if version != proto.VERSION:
@@ -126,6 +137,15 @@ class RawChannel:
         return ExitStatus.from_payload(frame.guest_json())
 
 
+@dataclass(frozen=True)
+class PendingReply:
+    """A request sent on a GuestChannel whose reply is still awaited."""
+
+    type: MsgType
+    request_id: int
+    future: Future[dict[str, Any]]
+
+
 @dataclass
 class ProcessCallbacks:
     on_stdout: Callable[[bytes], None]
@@ -190,6 +210,11 @@ class GuestChannel:
     def request(self, type_: MsgType, payload: dict[str, Any],
                 timeout: float = DEFAULT_REQUEST_TIMEOUT) -> dict[str, Any]:
         """Send a request and wait for its reply; GuestError on an ERROR reply."""
+        return self.wait_reply(self.send_request(type_, payload), timeout)
+
+    def send_request(self, type_: MsgType, payload: dict[str, Any]) -> PendingReply:
+        """Send a request without waiting for its reply (init handles requests in the order
+        they come: a later request sees this one done); :meth:`wait_reply` waits for it."""
         future: Future[dict[str, Any]] = Future()
         with self._state_lock:
             if self._closed.is_set():
@@ -197,13 +222,26 @@ class GuestChannel:
             request_id = next(self._ids)
             self._pending[request_id] = future
         log.debug("-> %s #%d %s", type_.name, request_id, payload)
-        self._send(proto.encode_json(type_, request_id, payload))
         try:
-            return future.result(timeout)
-        except FutureTimeout as e:
+            self._send(proto.encode_json(type_, request_id, payload))
+        except BaseException:
             with self._state_lock:
                 self._pending.pop(request_id, None)
-            raise ProtocolError(f"no reply to {type_.name} within {timeout:.0f} s") from e
+            raise
+        return PendingReply(type_, request_id, future)
+
+    def wait_reply(self, pending: PendingReply, timeout: float | None = None) -> dict[str, Any]:
+        """The reply to a request :meth:`send_request` sent; GuestError on an ERROR reply,
+        ProtocolError when none comes within ``timeout`` (default DEFAULT_REQUEST_TIMEOUT)
+        or the channel ends."""
+        if timeout is None:
+            timeout = DEFAULT_REQUEST_TIMEOUT
+        try:
+            return pending.future.result(timeout)
+        except FutureTimeout as e:
+            with self._state_lock:
+                self._pending.pop(pending.request_id, None)
+            raise ProtocolError(f"no reply to {pending.type.name} within {timeout:.0f} s") from e
 
     def register_process(self, handle: int, callbacks: ProcessCallbacks) -> None:
         """Register before sending START/EXEC: output may arrive before the reply."""

@@ -11,6 +11,7 @@ threads; ``on_*`` callbacks arrive on the runtime's reader threads.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib
 import logging
@@ -225,6 +226,15 @@ LAUNCH_MODULES = ("executor.launcher", "executor.libvirt.hypervisor", "vmimage.b
                   "vmimage.images.store")
 
 
+def _run_into(future: concurrent.futures.Future[Any], fn: Callable[..., Any],
+              *args: Any) -> None:
+    """``fn(*args)`` on this thread, its result or exception into ``future``."""
+    try:
+        future.set_result(fn(*args))
+    except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+        future.set_exception(e)
+
+
 class VMRuntime:
     def __init__(self, cfg: HostConfig, env: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
@@ -315,9 +325,21 @@ class VMPod:
             grant_search_below(self.plan.sandbox, source, *ids)
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
-        self._handles[task_id] = self.vm.start(self._containers[task_id], on_stdout=on_stdout,
-                                               on_stderr=on_stderr, on_exit=on_exit)
-        server = serve_task_exec(self.cfg, task_id, self.vm, self._containers[task_id])
+        """START the task's container; its ``hypervm exec --task`` socket is made meanwhile
+        (while the guest starts the process), not after it: TASK_RUNNING waits for neither."""
+        container = self._containers[task_id]
+        serving: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        threading.Thread(target=_run_into, name=f"exec-socket-{task_id}", daemon=True,
+                         args=(serving, serve_task_exec, self.cfg, task_id, self.vm,
+                               container)).start()
+        try:
+            self._handles[task_id] = self.vm.start(container, on_stdout=on_stdout,
+                                                   on_stderr=on_stderr, on_exit=on_exit)
+        except BaseException:
+            if serving.exception() is None and (server := serving.result()) is not None:
+                server.close()
+            raise
+        server = serving.result()
         if server is not None:
             with self._lock:
                 self._exec_servers.append(server)

@@ -84,7 +84,7 @@ def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, An
         give_devices(vm, hv, binds, attach_layers=not lease.layers_attached)
         # while the binds run: no START (which mounts them) before they are done
         ready = vm.channel.attach(sock, timeout, lease.ready)
-        vm.configure_network()
+        vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
     finally:
         client.wait_binds(binds)
     return ready

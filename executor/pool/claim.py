@@ -6,7 +6,7 @@ a pod's layers and mounts.
 - :func:`start_bind` makes a host directory appear inside the pool VM's share: a bind mount
   made in QEMU's own mount namespace (libvirt gives each QEMU one), so the host's mount table
   never changes and removing the VM's run dir can never reach into the bound directory. It
-  runs while the claimer talks to the guest.
+  runs on a thread of its own (executor.pool.nsbind) while the claimer talks to the guest.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from executor.pool.nsbind import NamespaceBind
 from executor.pool.protocol import MAX_LINE, Lease, claim_request, decode, encode
 from executor.pool.release import check_released, release_request
 from hypervm.config import HostConfig
@@ -28,6 +28,8 @@ from hypervm.netspec import PortMapping
 log = logging.getLogger(__name__)
 
 CLAIM_TIMEOUT = 5.0
+#: seconds a bind into QEMU's mount namespace may take
+BIND_TIMEOUT = 10.0
 
 
 def _request(cfg: HostConfig, message: dict[str, Any],
@@ -103,23 +105,23 @@ def status(cfg: HostConfig, timeout: float = CLAIM_TIMEOUT) -> dict[str, Any]:
 class PendingBind:
     """A bind started by :func:`start_bind`; :meth:`wait` for it before the guest uses it."""
 
-    def __init__(self, proc: subprocess.Popen[str], source: Path, target: Path) -> None:
-        self.proc, self.source, self.target = proc, source, target
+    def __init__(self, bind: NamespaceBind, source: Path, target: Path) -> None:
+        self.bind, self.source, self.target = bind, source, target
 
     def wait(self) -> None:
         """PoolError when the bind failed."""
-        _, err = self.proc.communicate()
-        if self.proc.returncode != 0:
-            raise PoolError(f"cannot bind {self.source} into the pool VM: "
-                            f"{err.strip() or self.proc.returncode}")
+        error = self.bind.wait(BIND_TIMEOUT)
+        if error is not None:
+            raise PoolError(f"cannot bind {self.source} into the pool VM: {error}")
         log.debug("bound %s on %s in QEMU's mount namespace", self.source, self.target)
 
 
 def start_bind(qemu_pid: int, source: Path, target: Path, readonly: bool) -> PendingBind:
     """Start bind-mounting ``source`` on ``target`` inside QEMU's mount namespace (read-only
-    there too when ``readonly``), so the caller can talk to the guest meanwhile. Refuses when
-    QEMU shares this process's namespace: the bind would then land in the host's mount
-    table."""
+    there too when ``readonly``; both paths resolved there, as ``nsenter --mount`` would),
+    on a thread of its own (executor.pool.nsbind), so the caller can talk to the guest
+    meanwhile. Refuses when QEMU shares this process's namespace: the bind would then land
+    in the host's mount table."""
     ns = f"/proc/{qemu_pid}/ns/mnt"
     try:
         if os.stat(ns).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
@@ -127,15 +129,7 @@ def start_bind(qemu_pid: int, source: Path, target: Path, readonly: bool) -> Pen
                             "namespaces=[]): a pool VM cannot take mounts")
     except OSError as e:
         raise PoolError(f"cannot inspect QEMU's mount namespace: {e}") from e
-    # util-linux mount: "bind,ro" binds, then remounts the bind read-only
-    argv = ["nsenter", f"--mount={ns}", "--", "mount", "-o", "bind,ro" if readonly else "bind",
-            "--", str(source), str(target)]
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    except OSError as e:
-        raise PoolError(f"cannot run nsenter to bind {source}: {e}") from e
-    return PendingBind(proc, source, target)
+    return PendingBind(NamespaceBind(ns, source, target, readonly), source, target)
 
 
 def wait_binds(binds: list[PendingBind]) -> None:

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import netpolicy, network
-from executor.guest.channel import RawChannel, connect_socket
+from executor.guest.channel import RawChannel, connect_socket, peer_closed
 from executor.guest.protocol import (
     POOL_REQUEST_ID,
     WARMUP_HANDLE,
@@ -48,10 +47,10 @@ from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
 from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
+from executor.pool import listener
 from executor.pool.protocol import (
     FIRST_POD_UNIT,
     GENERIC,
-    MAX_LINE,
     WARMUP_UNIT,
     Lease,
     PoolConfig,
@@ -88,8 +87,6 @@ BOOT_TIMEOUT = 60.0
 #: after a claim, wait this long before booting its replacement: a boot (QEMU start, a guest
 #: kernel under TCG) competes for the CPU the claimed VM's launch needs right then
 REFILL_DELAY_S = 1.0
-#: descriptors a request may carry (the fast run's stdout and stderr)
-MAX_REQUEST_FDS = 2
 #: a service on the pool socket: (connection, caller pid, request, the descriptors sent with
 #: it (the service's to close), the bytes sent after the request's line)
 Service = Callable[[socket.socket, int, dict[str, Any], list[int], bytes], None]
@@ -269,13 +266,16 @@ class WarmPool:
 
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
               metadata: Mapping[str, str] | None = None,
-              layers: Sequence[str] = (), ports: Sequence[PortMapping] = ()
-              ) -> tuple[Lease, socket.socket]:
+              layers: Sequence[str] = (), ports: Sequence[PortMapping] = (), *,
+              record_later: bool = False) -> tuple[Lease, socket.socket]:
         """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
         else the oldest generic one), with the pod's ``metadata`` written on it and its
         ``ports`` published: the caller must pass on the socket. NetworkError, as a cold boot
         raises it, when a port cannot be published (checked before a VM is taken; a VM that
-        lost a race for one is destroyed, never handed out half-configured)."""
+        lost a race for one is destroyed, never handed out half-configured).
+        ``record_later``: the caller writes the metadata with :meth:`record_claim` once it
+        has answered the claimer (a libvirt round trip off the launch's clock); a VM whose
+        guest channel is closed is discarded here instead."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
@@ -296,10 +296,11 @@ class WarmPool:
                 self._last_claim = time.monotonic()
                 self._cond.notify_all()  # the refill thread boots a replacement
             try:
+                if record_later and peer_closed(vm.sock):
+                    raise PoolError("its guest channel is closed")
                 network.publish_live(self._hv, vm.name, net)
-                self._hv.set_metadata(vm.name, {
-                    **(metadata or {}), META_POOL: self.config.name,
-                    META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
+                if not record_later:
+                    self._record(vm.name, metadata, owner_pid)
             except NetworkError as e:
                 log.warning("pool VM %s cannot publish the pod's ports (%s): discarded",
                             vm.name, e)
@@ -318,6 +319,26 @@ class WarmPool:
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
                          layers_attached=bool(vm.layers), identity=vm.identity,
                          identity_known=True), vm.sock
+
+    def _record(self, name: str, metadata: Mapping[str, str] | None, owner_pid: int) -> None:
+        self._hv.set_metadata(name, {**(metadata or {}), META_POOL: self.config.name,
+                                     META_POOL_STATE: "claimed", **owner_metadata(owner_pid)})
+
+    def record_claim(self, name: str, metadata: Mapping[str, str] | None,
+                     owner_pid: int) -> None:
+        """Write the claimed VM ``name``'s pod metadata and owner (see :meth:`claim`). When
+        that fails the VM is destroyed: a claimed VM whose records do not name its owner would
+        not be reaped when that owner dies. Nothing to do once the claimer released it."""
+        with self._cond:
+            if name not in self._claimers:
+                return
+        try:
+            self._record(name, metadata, owner_pid)
+        except HyperVMError as e:
+            log.warning("claimed VM %s: cannot record its owner (%s): destroyed", name, e)
+            with self._cond:
+                self._claimers.pop(name, None)
+            self._discard(name, self.cfg.vms_dir / name, None)
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -456,27 +477,7 @@ class WarmPool:
     # -- serve --------------------------------------------------------------------------------
 
     def _bind(self) -> socket.socket:
-        path = self.cfg.pool_socket
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()  # a dead pool's socket
-            else:
-                raise HostError(f"a warm pool already serves at {path}",
-                                hint="stop it first, or set HYPERVM_POOL_SOCKET")
-            finally:
-                probe.close()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # root only: a claim hands over a VM
-        try:
-            server.bind(str(path))
-        finally:
-            os.umask(old)
-        server.listen(16)
-        return server
+        return listener.bind(self.cfg.pool_socket)
 
     def _serve_loop(self) -> None:
         while not self._stopping.is_set():
@@ -495,10 +496,8 @@ class WarmPool:
         with conn:
             conn.settimeout(5.0)
             try:
-                pid, uid, _gid = struct.unpack(
-                    "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                          struct.calcsize("3i")))
-                line, rest, fds = _read_request(conn)
+                pid, uid = listener.peer(conn)
+                line, rest, fds = listener.read_request(conn)
                 request = decode(line, "request")
                 if uid not in (0, os.geteuid()):
                     raise PoolError(f"uid {uid} may not use this pool")
@@ -511,11 +510,12 @@ class WarmPool:
                 elif op == "claim":
                     claim = parse_claim(request)
                     lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
-                                             claim.layers, claim.ports)
+                                             claim.layers, claim.ports, record_later=True)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                     finally:
                         sock.close()
+                        self.record_claim(lease.vm, claim.metadata, pid)
                 elif op == "release":
                     name = parse_release(request)
                     self._release(pid, name)
@@ -524,7 +524,7 @@ class WarmPool:
                     raise PoolError(f"op: unknown operation {op!r} (use claim, release or "
                                     f"status)")
             except (PoolError, NetworkError) as e:
-                _send_quietly(conn, error_reply(e))
+                listener.send_quietly(conn, error_reply(e))
             except OSError as e:
                 log.debug("pool client went away: %s", e)
             finally:
@@ -570,31 +570,3 @@ class WarmPool:
                     self._discard(leftover.name, self.cfg.vms_dir / leftover.name, None)
             except HyperVMError as e:
                 log.warning("pool reaper: %s", e)
-
-
-def _read_request(conn: socket.socket) -> tuple[bytes, bytes, list[int]]:
-    """The request line, what came after it, and the descriptors sent with it."""
-    data, fds = b"", []
-    try:
-        while b"\n" not in data:
-            chunk, got, _flags, _addr = socket.recv_fds(conn, 4096, MAX_REQUEST_FDS)
-            fds += got
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > MAX_LINE or len(fds) > MAX_REQUEST_FDS:
-                raise PoolError(f"request: longer than {MAX_LINE} bytes or more than "
-                                f"{MAX_REQUEST_FDS} descriptors")
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    line, newline, rest = data.partition(b"\n")
-    return line + newline, rest, fds
-
-
-def _send_quietly(conn: socket.socket, message: dict[str, Any]) -> None:
-    try:
-        conn.sendall(encode(message))
-    except OSError:
-        pass

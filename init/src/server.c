@@ -138,10 +138,11 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 		return reply_error(s, id, &e);
 	}
 	snprintf(c->cgroup, sizeof(c->cgroup), "%s", cgroup);
-	/* one line: under TCG each console line costs ~1 ms of the START */
+	/* the reply first: under TCG each console line costs ~1 ms, which the host need not
+	 * wait for (the process runs already) */
+	reply_ok(s, id, msg_pid(pid));
 	log_msg("container %s started%s: process %u is pid %d", req->container,
 		took_prepared ? " (prepared)" : "", req->handle, (int)pid);
-	reply_ok(s, id, msg_pid(pid));
 	return 0;
 }
 
