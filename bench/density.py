@@ -11,14 +11,25 @@ plus the probe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bench.vmenv import GUEST_MIB, VMEnv, bench_name, private_dirty_mib, pss_mib, rss_mib
+from bench import peers
+from bench.vmenv import (
+    GUEST_MIB,
+    VMEnv,
+    bench_name,
+    private_by_mapping,
+    private_dirty_mib,
+    pss_mib,
+    rss_mib,
+)
 from executor.libvirt.hypervisor import Hypervisor
 from executor.vm import SETTLED_FLUSH_S, HyperVM
 from hypervm.errors import HyperVMError
@@ -183,3 +194,25 @@ def _memory(hv: Hypervisor, vms: Sequence[HyperVM],
 
 def median_or_none(values: Sequence[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
+
+
+def idle_qemu_memory(env: VMEnv, layers: Sequence[Path], count: int, settle_s: float,
+                     top: int = 8, **vm_kwargs: Any) -> list[dict[str, Any]]:
+    """``count`` idle VMs of :func:`pod` booted at once, ``settle_s`` later: each QEMU's PSS
+    and private MiB and where the private MiB are (by mapping, ``top`` largest); then
+    destroyed. ``vm_kwargs`` go to each HyperVM (e.g. ``accel``, ``boot_files``)."""
+    with Hypervisor(env.cfg.libvirt_uri) as hv, contextlib.ExitStack() as stack:
+        vms = []
+        for _ in range(count):
+            vm = stack.enter_context(HyperVM(env.cfg, pod(layers, "idlemem"), hypervisor=hv,
+                                             **vm_kwargs))
+            vm.boot()
+            vms.append(vm)
+        time.sleep(settle_s)
+        out = []
+        for vm in vms:
+            pid = hv.qemu_pid(vm.name)
+            each = peers.rollup(pid) if pid else {"pss": 0.0, "private": 0.0}
+            out.append({"pss": each["pss"], "private": each["private"],
+                        "by_mapping": private_by_mapping(pid, top) if pid else []})
+        return out

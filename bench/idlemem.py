@@ -13,7 +13,6 @@ the guest kernel holds: the guest RAM mapping is what it touched).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import density, peers
-from bench.vmenv import VMEnv, private_by_mapping
-from executor.libvirt.hypervisor import Hypervisor
+from bench import density
+from bench.vmenv import VMEnv
 from executor.vm import HyperVM
 from hypervm.config import config_from_env
 from hypervm.podspec import Container, Process
@@ -36,22 +34,10 @@ from vmimage.rootfs import ensure_warmup_layer
 def measure_round(env: VMEnv, count: int, settle_s: float, top: int) -> list[dict[str, Any]]:
     """Each of ``count`` idle VMs booted at once: private and PSS MiB, private by mapping."""
     layers = [ensure_warmup_layer(env.cfg.rootfs_dir)]
-    with Hypervisor(env.cfg.libvirt_uri) as hv, contextlib.ExitStack() as stack:
-        vms = []
-        for _ in range(count):
-            vm = stack.enter_context(HyperVM(env.cfg, density.pod(layers, "idlemem"),
-                                             hypervisor=hv, boot_files=env.boot))
-            vm.boot()
-            vms.append(vm)
-        time.sleep(settle_s)
-        out = []
-        for vm in vms:
-            pid = hv.qemu_pid(vm.name)
-            each = peers.rollup(pid) if pid else {"pss": 0.0, "private": 0.0}
-            out.append({"private_mib": round(each["private"], 2),
-                        "pss_mib": round(each["pss"], 2),
-                        "by_mapping": private_by_mapping(pid, top) if pid else []})
-        return out
+    return [{"private_mib": round(m["private"], 2), "pss_mib": round(m["pss"], 2),
+             "by_mapping": m["by_mapping"]}
+            for m in density.idle_qemu_memory(env, layers, count, settle_s, top,
+                                              boot_files=env.boot)]
 
 
 def guest_meminfo(env: VMEnv, settle_s: float) -> str:

@@ -25,7 +25,7 @@ from bench.container import mounted_layer
 from bench.peers import oci_root
 from bench.runtrue import TIMEOUT, hypervm_argv
 from bench.stats import ratio, summarize
-from bench.vmenv import GUEST_MIB, VMEnv, bench_name, private_by_mapping
+from bench.vmenv import GUEST_MIB, VMEnv, bench_name
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +87,12 @@ def hypervm_workload(ref: str, script: str) -> float:
 def hypervm_idle_memory(env: VMEnv, layers: list[Path], count: int) -> list[dict[str, float]]:
     """PSS and private MiB of the QEMU of each of ``count`` idle 128 MiB HyperVMs at once, and
     where the private MiB are (by mapping)."""
-    from bench import density
-    from executor.libvirt.hypervisor import Hypervisor
-    from executor.vm import HyperVM
+    from bench import density  # heavy (libvirt, executor.vm): only this measurement needs it
 
-    with Hypervisor(env.cfg.libvirt_uri) as hv, contextlib.ExitStack() as stack:
-        vms = []
-        for _ in range(count):
-            vm = stack.enter_context(HyperVM(env.cfg, density.pod(layers, "idlemem"),
-                                             hypervisor=hv, accel=env.accel))
-            vm.boot()
-            vms.append(vm)
-        time.sleep(density.SETTLE_S)
-        out = []
-        for vm in vms:
-            pid = hv.qemu_pid(vm.name)
-            each = peers.rollup(pid) if pid else {"pss": 0.0, "private": 0.0}
-            out.append({"pss_mib": round(each["pss"], 1),
-                        "private_mib": round(each["private"], 1), "processes": 1,
-                        "private_by_mapping": private_by_mapping(pid) if pid else []})
-        return out
+    return [{"pss_mib": round(m["pss"], 1), "private_mib": round(m["private"], 1),
+             "processes": 1, "private_by_mapping": m["by_mapping"]}
+            for m in density.idle_qemu_memory(env, layers, count, density.SETTLE_S,
+                                              accel=env.accel)]
 
 
 def measure(env: VMEnv, busybox_root: Path, busybox_layers: list[Path], work_ref: str,

@@ -7,12 +7,16 @@ asks; ``ratios`` against the baselines measured in the same run; ``targets`` met
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from bench.stats import summarize
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LATEST = RESULTS_DIR / "latest.json"
@@ -117,3 +121,40 @@ def write(doc: Mapping[str, Any], path: Path = LATEST) -> Path:
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def quick_main(prog: str, default_rounds: int,
+               measure: Callable[[argparse.Namespace], dict[str, list[float]]],
+               summary: Callable[[dict[str, list[float]]], dict[str, Any]],
+               argv: list[str] | None = None,
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line of a quick measurement beside ``make bench`` (bench.runfast,
+    bench.warmfast): ``--rounds``, ``--out``; prints (and writes) its samples, their summary,
+    the load after the run and the commit measured."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--rounds", type=int, default=default_rounds)
+    parser.add_argument("--out", type=Path, default=None)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("vmimage", "executor", "tests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    samples = measure(args)
+    doc = {"summary": summary(samples), "samples": samples,
+           "machine": {"loadavg_after": list(os.getloadavg())},
+           "commit": git_commit(Path(__file__).resolve().parent.parent)}
+    text = json.dumps(doc, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def quick_summary(samples: dict[str, list[float]]) -> dict[str, Any]:
+    """p50, p95 and count of each named sample list of a quick measurement."""
+    out: dict[str, Any] = {}
+    for name, values in samples.items():
+        s = summarize(values)
+        out[name] = {"p50_s": round(s.p50, 4), "p95_s": round(s.p95, 4), "n": len(values)}
+    return out

@@ -9,12 +9,8 @@ where ``make bench`` takes half an hour: for checking a change to the run path.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench import images, peers, results, runtrue, suite
@@ -22,7 +18,6 @@ from bench.container import mounted_layer
 from bench.peers import oci_root
 from bench.peersuite import PeerRounds, run_true_pooled
 from bench.rawboot import boot_once
-from bench.stats import summarize
 from bench.vmenv import VMEnv
 from executor.libvirt.hypervisor import Hypervisor
 
@@ -53,10 +48,7 @@ def measure(rounds: int) -> dict[str, list[float]]:
 
 
 def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, values in samples.items():
-        s = summarize(values)
-        out[name] = {"p50_s": round(s.p50, 4), "p95_s": round(s.p95, 4), "n": len(values)}
+    out = results.quick_summary(samples)
     raw = out.get("raw boot", {}).get("p50_s")
     cold = out.get("hypervm run true", {}).get("p50_s")
     if raw and cold:
@@ -65,22 +57,8 @@ def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.runfast")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("vmimage", "executor", "tests"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    samples = measure(args.rounds)
-    doc = {"summary": summary(samples), "samples": samples,
-           "machine": {"loadavg_after": list(os.getloadavg())},
-           "commit": results.git_commit(suite.REPO)}
-    text = json.dumps(doc, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return results.quick_main("python -m bench.runfast", 7, lambda a: measure(a.rounds), summary,
+                              argv)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,12 @@ The pool daemon runs from this tree for both.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from bench import images, launch, results, suite
-from bench.stats import summarize
 from bench.vmenv import VMEnv
 
 log = logging.getLogger(__name__)
@@ -62,33 +59,15 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
     return samples
 
 
-def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, values in samples.items():
-        s = summarize(values)
-        out[name] = {"p50_s": round(s.p50, 4), "p95_s": round(s.p95, 4), "n": len(values)}
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.warmfast")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="also launch with the executor from this source tree, interleaved")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("vmimage", "executor", "tests"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    samples = measure(args.rounds, args.baseline)
-    doc = {"summary": summary(samples), "samples": samples,
-           "machine": {"loadavg_after": list(os.getloadavg())},
-           "commit": results.git_commit(suite.REPO)}
-    text = json.dumps(doc, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    def baseline(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--baseline", type=Path, default=None,
+                            help="also launch with the executor from this source tree, "
+                                 "interleaved")
+
+    return results.quick_main("python -m bench.warmfast", 9,
+                              lambda a: measure(a.rounds, a.baseline), results.quick_summary,
+                              argv, baseline)
 
 
 if __name__ == "__main__":
