@@ -478,6 +478,23 @@ class HyperVM:
                 log.debug("clean poweroff of %s failed: %s", self.name, e)
         self.destroy()
 
+    def discard(self, timeout: float = 5.0) -> None:
+        """End this VM without asking its guest (its QEMU told to exit, then killed), for a VM
+        whose guest holds nothing to keep: 9p shares are uncached (what a process wrote is on
+        the host once its write returned), layer disks read-only, writable layers tmpfs in
+        guest RAM. Saves the guest's orderly power-off. Falls back to :meth:`poweroff` when
+        QEMU is not watched or the VM goes back to a pool. Returns once QEMU has exited."""
+        if self._destroyed:
+            return
+        if self._qemu is None or self.hand_back is not None:
+            self.poweroff(timeout)
+            return
+        if self._channel is not None:
+            self._channel.on_disconnect = None  # it closes as QEMU goes: expected
+        if not self._qemu.stop(timeout):
+            log.warning("%s: QEMU survived SIGKILL for %g s", self.name, timeout)
+        self.destroy()
+
     def _flush_when_settled(self) -> None:
         timer = threading.Timer(SETTLED_FLUSH_S, self._settled_flush)
         timer.daemon = True

@@ -193,7 +193,7 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
             if stop.event.is_set():
                 kill_with_grace(vm, running, grace)
                 break
-        vm.poweroff(timeout=2.0)
+        vm.discard(timeout=2.0)  # a volume holds all a process wrote: no guest power-off
     if running.status is None:
         return 128 + (stop.signum or signal.SIGKILL)
     if running.status.oom_killed:

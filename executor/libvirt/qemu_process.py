@@ -80,6 +80,15 @@ class QemuProcess:
         except ProcessLookupError:
             pass  # it has exited already
 
+    def stop(self, timeout: float) -> bool:
+        """End this QEMU: SIGTERM (it exits without asking its guest), then SIGKILL, each given
+        ``timeout`` seconds; True once it has exited."""
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            self.kill(signum)
+            if self.wait_exit(timeout):
+                return True
+        return False
+
     def close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:

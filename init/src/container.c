@@ -577,6 +577,14 @@ void container_prepared_exited(pid_t pid)
 	}
 }
 
+int container_hold_mounts(pid_t reaper)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)reaper);
+	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
 static int join_namespaces(pid_t reaper, int report_fd)
 {
 	static const char *const names[] = {"cgroup", "ipc", "uts", "pid", "mnt"};

@@ -42,6 +42,10 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 /* SIGCHLD: the prepared container's child ended before its START. */
 void container_prepared_exited(pid_t pid);
 
+/* An fd of the mount namespace of the container whose reaper is `reaper` (-1 when it cannot be
+ * opened): while init holds it, the reaper's exit does not tear the container's mounts down. */
+int container_hold_mounts(pid_t reaper);
+
 /* Start a process in the namespaces of the container whose reaper is `reaper`, and in its
  * cgroup (its name; "": none). */
 int container_exec(const char *cgroup, pid_t reaper, const struct proc_spec *p,

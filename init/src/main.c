@@ -69,6 +69,7 @@ static void serve_forever(struct server *srv, int sfd)
 		for (size_t i = first_slot; i < n; i++)
 			relay_on_event(ch, &slots[i], pfds[i].revents);
 		relay_flush_exits(ch);
+		signals_release_ended();
 		cgroup_housekeeping();
 	}
 }

@@ -97,6 +97,7 @@ struct container *container_add(const char *name, pid_t reaper_pid, uint32_t mai
 	strncpy(c->name, name, MAX_NAME_LEN);
 	c->reaper_pid = reaper_pid;
 	c->main_handle = main_handle;
+	c->mounts_fd = -1;
 	c->next = containers;
 	containers = c;
 	return c;

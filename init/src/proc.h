@@ -40,6 +40,7 @@ struct container {
 	pid_t reaper_pid;
 	uint32_t main_handle;
 	char cgroup[CGROUP_NAME_MAX]; /* its cgroup's name; "": none */
+	int mounts_fd; /* its mount namespace, held by init (signals_release_ended); -1: none */
 };
 
 struct process *proc_new(uint32_t handle);

@@ -141,6 +141,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	/* the reply first: under TCG each console line costs ~1 ms, which the host need not
 	 * wait for (the process runs already) */
 	reply_ok(s, id, msg_pid(pid));
+	c->mounts_fd = container_hold_mounts(reaper);
 	log_msg("container %s started%s: process %u is pid %d", req->container,
 		took_prepared ? " (prepared)" : "", req->handle, (int)pid);
 	return 0;

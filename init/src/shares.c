@@ -12,6 +12,8 @@
 
 #include "log.h"
 
+/* No cache= option: uncached 9p, so what a process wrote is on the host once its write()
+ * returned, and the host may end the VM without a power-off (executor.vm VM.discard). */
 #define NINEP_OPTIONS "trans=virtio,version=9p2000.L,msize=262144"
 #define MAX_SHARES 64
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,6 +27,41 @@ int signals_setup(void)
 	return sfd;
 }
 
+/* Containers ended in this round of the main loop, logged and released after its EXIT frames. */
+#define MAX_ENDED 16
+
+static struct ended {
+	char name[MAX_NAME_LEN + 1];
+	int oom;
+	int mounts_fd;
+} ended[MAX_ENDED];
+static size_t n_ended;
+
+static void release(const struct ended *x)
+{
+	log_msg("container %s ended%s", x->name, x->oom ? " (out of memory)" : "");
+	if (x->mounts_fd >= 0)
+		close(x->mounts_fd);
+}
+
+void signals_release_ended(void)
+{
+	for (size_t i = 0; i < n_ended; i++)
+		release(&ended[i]);
+	n_ended = 0;
+}
+
+static void container_ended(const struct container *c, unsigned long oom_kills)
+{
+	struct ended x = {.oom = oom_kills > 0, .mounts_fd = c->mounts_fd};
+
+	snprintf(x.name, sizeof(x.name), "%s", c->name);
+	if (n_ended < MAX_ENDED)
+		ended[n_ended++] = x;
+	else
+		release(&x);
+}
+
 /* The process's wait status from its shim: what the shim wrote, else how the shim ended. */
 static int shim_reported_status(struct process *p, int shim_status)
 {
@@ -47,7 +83,7 @@ static void on_child_exit(pid_t pid, int status)
 	if (c != NULL) {
 		/* its PID namespace died with the reaper: the OOM count is final */
 		oom_kills = cgroup_oom_kills(c->cgroup);
-		log_msg("container %s ended%s", c->name, oom_kills ? " (out of memory)" : "");
+		container_ended(c, oom_kills);
 		cgroup_release(c->cgroup);
 		container_remove(c);
 	}

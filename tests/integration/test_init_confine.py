@@ -9,6 +9,7 @@ writable layer, and an OOM kill reported as such in its EXIT.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -121,7 +122,11 @@ def test_limits_bound_memory_pids_and_the_writable_layer(guest: Guest) -> None:
     oom = run(chan, "oom", 213, "awk 'BEGIN { s = \"x\"; while (1) s = s s }'", limits=limits,
               timeout=120)
     assert oom.exit == {"status": None, "signal": 9, "reason": "oom"}, (oom.exit, oom.stderr)
-    assert "container oom ended (out of memory)" in guest.console()
+    # init logs it right after the EXIT (console lines cost ~1 ms under TCG): wait for it
+    deadline = time.monotonic() + 10
+    while "container oom ended (out of memory)" not in guest.console():
+        assert time.monotonic() < deadline, guest.console()[-2000:]
+        time.sleep(0.05)
     # a container that stays within its limits has no reason
     fine = run(chan, "oom", 214, "true", limits=limits)
     assert fine.exit == {"status": 0, "signal": None}

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +49,30 @@ def test_pidfd_sees_the_exit_before_anyone_reaps_it(tmp_path: Path) -> None:
     finally:
         qemu.close()
         proc.wait()
+
+
+def test_stop_ends_qemu_with_sigterm_then_sigkill(tmp_path: Path) -> None:
+    proc = fake_qemu(tmp_path)  # SIGTERM ends it
+    qemu = QemuProcess.of(DOMAIN, tmp_path)
+    assert qemu is not None
+    try:
+        assert qemu.stop(5.0)
+        assert proc.wait(5.0) == -signal.SIGTERM
+    finally:
+        qemu.close()
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys; "
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, "
+                                 "flush=True); sys.stdin.read()", "-name", f"guest={DOMAIN}"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert stubborn.stdout.readline() == b"1\n"  # SIGTERM is ignored from here on
+    (tmp_path / f"{DOMAIN}.pid").write_text(f"{stubborn.pid}\n")
+    qemu = QemuProcess.of(DOMAIN, tmp_path)
+    assert qemu is not None
+    try:
+        assert qemu.stop(0.2)
+        assert stubborn.wait(5.0) == -signal.SIGKILL
+    finally:
+        qemu.close()
 
 
 def test_a_pid_file_naming_another_process_is_refused(tmp_path: Path) -> None:
