@@ -41,6 +41,7 @@ from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.qemu_process import QemuProcess
 from hypervm import netspec
+from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
 from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
@@ -57,23 +58,16 @@ DEFAULT_BOOT_TIMEOUT = 60.0
 SETTLED_FLUSH_S = 3.0
 
 
-def flush_boot_translations(hypervisor: Any, name: str) -> None:
+def flush_boot_translations(hypervisor: Any, name: str, *, settled: bool = False) -> None:
     """Give a READY VM's boot translations back to the host (TCG, HyperQEMU): they are most of
     an idle VM's translation buffer and the guest never runs that code again. A failure costs
-    only memory, so it is logged, not raised."""
+    only memory, so it is logged, not raised; only at debug for a cold VM's flush once
+    ``settled`` (:data:`SETTLED_FLUSH_S` after READY, from a timer: the VM may be ending)."""
     try:
         hypervisor.flush_tcg(name)
     except HyperVMError as e:
-        log.warning("%s keeps its boot's TCG translations: %s", name, e)
-
-
-def flush_settled_translations(hypervisor: Any, name: str) -> None:
-    """A cold VM's flush (:data:`SETTLED_FLUSH_S` after READY), from a timer thread: the VM
-    may be ending meanwhile, so a failure is only logged at debug."""
-    try:
-        hypervisor.flush_tcg(name)
-    except HyperVMError as e:
-        log.debug("%s: no second TCG flush: %s", name, e)
+        log.log(logging.DEBUG if settled else logging.WARNING,
+                "%s keeps its boot's TCG translations: %s", name, e)
 
 
 @dataclass(frozen=True)
@@ -299,18 +293,8 @@ class HyperVM:
         NIC comes up at NETWORK, after READY; it runs nothing of the pod before START)."""
         if self.pod.network.mode == "none":
             return None
-        future: Future[None] = Future()
-
-        def enforce() -> None:
-            try:
-                netpolicy.enforce(self.cfg, network.host_resolv_conf())
-            except BaseException as e:  # noqa: BLE001 - handed to boot(), which raises it
-                future.set_exception(e)
-            else:
-                future.set_result(None)
-
-        threading.Thread(target=enforce, name="netpolicy", daemon=True).start()
-        return future
+        return in_thread("netpolicy", lambda: netpolicy.enforce(self.cfg,
+                                                                 network.host_resolv_conf()))
 
     def fail_closed(self) -> None:
         """Once booted, a broken guest channel destroys the VM: its processes are reported
@@ -505,7 +489,7 @@ class HyperVM:
         with self._lock:
             if self._destroyed:
                 return
-        flush_settled_translations(self._hypervisor, self.name)
+        flush_boot_translations(self._hypervisor, self.name, settled=True)
 
     def destroy(self) -> None:
         """Destroy the domain, close the channel, remove the run dir. Idempotent."""

@@ -257,10 +257,9 @@ class RunService:
         image = self.launcher.images.image(args.image)
         if image is None:
             raise Fallback(f"{args.image} is not in the image cache")
-        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        entrypoint = None if args.entrypoint is None else tuple(args.entrypoint.split())
+        command, entrypoint = run_cli.image_command(args)
         process = self.launcher.process(
-            image, command=tuple(argv) or None, entrypoint=entrypoint,
+            image, command=command, entrypoint=entrypoint,
             env=run_inputs.environment(args.env, (), environ), cwd=args.workdir,
             user=args.user, stdin=False)
         process.validate("process")
@@ -277,9 +276,7 @@ class RunService:
             running = start_streaming(vm, container, out, err)  # type: ignore[arg-type]
         except GuestError as e:
             if e.code in EXEC_FAILURE_STATUS:
-                what = "command not found" if e.code == "ENOENT" else "command not executable"
-                err.write(f"hypervm: error: {container.process.args[0]}: {what} in the "
-                          f"container\n".encode())
+                err.write(f"{run_cli.exec_failure(container, e.code)}\n".encode())
                 return EXEC_FAILURE_STATUS[e.code]
             return _error(err, e)
         except HyperVMError as e:
@@ -314,11 +311,8 @@ def _tell_exit(running: RunningProcess, watch: _ClientWatch, done: threading.Eve
 def _status(running: RunningProcess, name: str, signum: int | None, err: _Output) -> int:
     if running.status is None:
         return 128 + (signum or signal.SIGKILL)
-    if running.status.oom_killed:
-        err.write(f"hypervm: {name}: killed: out of memory in the container (exit "
-                  f"{running.status.code}; give the VM more with --memory)\n".encode())
-    elif running.status.lost:
-        err.write(f"hypervm: error: the command was {running.status.describe()}\n".encode())
+    if (note := run_cli.ending_note(name, running.status)) is not None:
+        err.write(f"{note}\n".encode())
     return running.status.code
 
 

@@ -17,7 +17,7 @@ from types import FrameType
 
 from executor import volume_access
 from executor.cli import detach, run_inputs
-from executor.guest.protocol import EXEC_FAILURE_STATUS
+from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.launcher import Launcher, boot_vm
 from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
 from hypervm.config import HostConfig, config_from_env
@@ -182,9 +182,7 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
             running = start_streaming(vm, container, sys.stdout.buffer, sys.stderr.buffer)
         except GuestError as e:
             if e.code in EXEC_FAILURE_STATUS:
-                what = "command not found" if e.code == "ENOENT" else "command not executable"
-                print(f"hypervm: error: {container.process.args[0]}: {what} in the container",
-                      file=sys.stderr)
+                print(exec_failure(container, e.code), file=sys.stderr)
                 return EXEC_FAILURE_STATUS[e.code]
             raise
         if container.process.stdin:
@@ -196,12 +194,32 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
         vm.discard(timeout=2.0)  # a volume holds all a process wrote: no guest power-off
     if running.status is None:
         return 128 + (stop.signum or signal.SIGKILL)
-    if running.status.oom_killed:
-        print(f"hypervm: {container.name}: killed: out of memory in the container "
-              f"(exit {running.status.code}; give the VM more with --memory)", file=sys.stderr)
-    elif running.status.lost:
-        print(f"hypervm: error: the command was {running.status.describe()}", file=sys.stderr)
+    if (note := ending_note(container.name, running.status)) is not None:
+        print(note, file=sys.stderr)
     return running.status.code
+
+
+def exec_failure(container: Container, code: str) -> str:
+    """The error line of a START the guest refused with ``code`` (in EXEC_FAILURE_STATUS)."""
+    what = "command not found" if code == "ENOENT" else "command not executable"
+    return f"hypervm: error: {container.process.args[0]}: {what} in the container"
+
+
+def ending_note(name: str, status: ExitStatus) -> str | None:
+    """What a run says on stderr of how its container ended, beside its exit status."""
+    if status.oom_killed:
+        return (f"hypervm: {name}: killed: out of memory in the container (exit "
+                f"{status.code}; give the VM more with --memory)")
+    if status.lost:
+        return f"hypervm: error: the command was {status.describe()}"
+    return None
+
+
+def image_command(args: argparse.Namespace) -> tuple[tuple[str, ...] | None,
+                                                     tuple[str, ...] | None]:
+    """(command, entrypoint) of an image run's arguments: None where the image's own holds."""
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    return tuple(argv) or None, None if args.entrypoint is None else tuple(args.entrypoint.split())
 
 
 def single_pod(name: str, layers: tuple[Path, ...], process: Process,
@@ -258,14 +276,13 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
               net: NetworkSpec | None = None, mounts: tuple[Mount, ...] = ()) -> int:
     launcher = Launcher(cfg, insecure_registries=args.insecure_registry,
                         progress=None if args.quiet else _progress_line)
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    entrypoint = None if args.entrypoint is None else tuple(args.entrypoint.split())
+    command, entrypoint = image_command(args)
     with ExitStack() as hold:
         # keep `hypervm gc` from removing our layers until the running VM protects them
         hold.enter_context(launcher.hold())
         image = run_inputs.resolve_image(launcher, args.image, args.pull)
         process = launcher.process(
-            image, command=tuple(argv) or None, entrypoint=entrypoint, env=check_env(args),
+            image, command=command, entrypoint=entrypoint, env=check_env(args),
             cwd=args.workdir, user=args.user, stdin=args.interactive)
         if args.tty:
             process = replace(process, tty=True)

@@ -1,9 +1,9 @@
 """The guest's serial console log as the host reads it (the tail logged when a boot fails).
 
-The log lies in the VM's run dir, which belongs to the VM's own uid: a guest that escaped into
-its QEMU can put anything in its place. Root reads it only as a regular file, never through a
-link (``O_NOFOLLOW``), never waiting on a FIFO (``O_NONBLOCK``), and only its last
-:data:`TAIL_BYTES`; the text is clipped like everything else a guest says.
+The log lies in the VM's run dir, which QEMU (the VM's uid, a guest that escaped into it) can
+reach: the host trusts nothing there to be what its name says. Root reads it only as a regular
+file, never through a link (``O_NOFOLLOW``), never waiting on a FIFO (``O_NONBLOCK``), and only
+its last :data:`TAIL_BYTES`; the text is clipped like everything else a guest says.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ threads; ``on_*`` callbacks arrive on the runtime's reader threads.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import importlib
 import logging
@@ -31,6 +30,7 @@ from executor.mesos.health import http_status
 from executor.mesos.sandbox_acl import grant_search_below
 from executor.mesos.taskinfo import CONTAINER_SANDBOX, TaskSpec, command_overrides
 from executor.mesos.volume_paths import host_dir, sandbox_dir
+from hypervm.background import in_thread
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
 from hypervm.imageprocess import UserResolver, image_process, merge_env
@@ -226,15 +226,6 @@ LAUNCH_MODULES = ("executor.launcher", "executor.libvirt.hypervisor", "vmimage.b
                   "vmimage.images.store")
 
 
-def _run_into(future: concurrent.futures.Future[Any], fn: Callable[..., Any],
-              *args: Any) -> None:
-    """``fn(*args)`` on this thread, its result or exception into ``future``."""
-    try:
-        future.set_result(fn(*args))
-    except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-        future.set_exception(e)
-
-
 class VMRuntime:
     def __init__(self, cfg: HostConfig, env: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
@@ -328,10 +319,8 @@ class VMPod:
         """START the task's container; its ``hypervm exec --task`` socket is made meanwhile
         (while the guest starts the process), not after it: TASK_RUNNING waits for neither."""
         container = self._containers[task_id]
-        serving: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        threading.Thread(target=_run_into, name=f"exec-socket-{task_id}", daemon=True,
-                         args=(serving, serve_task_exec, self.cfg, task_id, self.vm,
-                               container)).start()
+        serving = in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg, task_id,
+                            self.vm, container)
         try:
             self._handles[task_id] = self.vm.start(container, on_stdout=on_stdout,
                                                    on_stderr=on_stderr, on_exit=on_exit)

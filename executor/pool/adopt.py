@@ -98,8 +98,7 @@ def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool 
     its domain was made."""
     vm.give_owned_shares()
     if attach_layers:
-        for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
-            hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
+        give_layers(vm, hv)
     if vm.share_tags:
         qemu_pid = hv.qemu_pid(vm.name)
         if qemu_pid is None:
@@ -111,3 +110,9 @@ def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool 
     cputune, _ = resource_bounds(vm.pod.resources)
     if not cputune.empty:
         hv.set_cpu_bounds(vm.name, cputune)
+
+
+def give_layers(vm: HyperVM, hv: Any) -> None:
+    """The pod's layers as hot-added SCSI LUNs, from the first unit a pod's disks take."""
+    for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
+        hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))

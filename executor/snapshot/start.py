@@ -34,11 +34,8 @@ from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
-from executor.libvirt.domain import DiskSpec
-from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool import claim as binder
-from executor.pool.adopt import give_devices
-from executor.pool.protocol import FIRST_POD_UNIT
+from executor.pool.adopt import give_devices, give_layers
 from executor.snapshot import store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
@@ -144,7 +141,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
             raise
         devices.result()
         marks.append(("load", time.monotonic()))
-        layers = helper.submit(_attach_layers, vm, hv)
+        layers = helper.submit(give_layers, vm, hv)
         ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT),
                                   LOAD_TIMEOUT, snap.ready)
         # before anything else runs in it: its kernel RNG is the template's until now
@@ -152,12 +149,6 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         layers.result()
     marks.append(("reseed", time.monotonic()))
     return ready
-
-
-def _attach_layers(vm: HyperVM, hv: Any) -> None:
-    """The pod's layers as hot-added SCSI LUNs (as executor.pool.adopt gives a pool VM them)."""
-    for unit, (path, serial) in enumerate(vm.layer_serials.items(), FIRST_POD_UNIT):
-        hv.attach_device(vm.name, hotplug_disk_xml(DiskSpec(path=path, serial=serial), unit))
 
 
 def _abandon(vm: HyperVM, binds: list[Any]) -> None:
