@@ -19,6 +19,10 @@ off once the record's VM no longer runs and the record is older than a boot coul
 goes only once its entry is off and nothing under a read-write directory is the uid's any more;
 otherwise (the entry could not be taken off, the walk was cut short, the directory was moved)
 it stays, the uid out of reuse, and gc retries.
+
+A share given to the VM's uid itself (``Mount.owned``: a Mesos task's sandbox, which HyperVM
+chowns to the uid) is held the same way, without an ACL entry: when the VM has ended the
+directory goes back to root and what the uid made in it to root.
 """
 
 from __future__ import annotations
@@ -132,13 +136,20 @@ def granted(uid: int | None, mounts: Iterable[Mount], domain: str = "",
     operator's). No-op for None: QEMU runs as libvirt's shared user, which the operator's
     modes govern."""
     perms: dict[Path, int] = {}  # one directory shared twice (ro and rw): one rwx entry
+    owned: set[Path] = set()
     for mount in mounts:
-        if mount.type == "9p" and mount.source is not None and not mount.owned:
+        if mount.type != "9p" or mount.source is None:
+            continue
+        if not mount.owned:
             perms[mount.source] = perms.get(mount.source, 0) | (5 if mount.readonly else 7)
+        elif not mount.readonly:
+            owned.add(mount.source)
     with contextlib.ExitStack() as stack:
         if uid is not None:
             for source, perm in perms.items():
                 stack.enter_context(_grant(source, uid, perm, domain, kept_by))
+            for source in owned - perms.keys():
+                stack.enter_context(_hold_owned(source, uid, domain, kept_by))
         yield
 
 
@@ -187,15 +198,56 @@ def _grant(directory: Path, uid: int, perm: int, domain: str,
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _hold_owned(directory: Path, uid: int, domain: str, kept_by: Keeper | None) -> Iterator[None]:
+    """A share the VM's uid is given itself (``Mount.owned``: a Mesos sandbox, which HyperVM
+    chowns to it; no ACL entry), recorded as a grant from before it is given to after the VM
+    ended: then the directory goes back to root (if the VM's end did not do it: its owner was
+    killed) and what the uid made in it to root, as for a ``run -v`` directory."""
+    try:
+        fd = _open_dir(directory)
+    except OSError as e:
+        raise HostError(f"cannot open {directory}, shared with the VM's user {uid}: "
+                        f"{e.strerror}") from e
+    record: Path | None = None
+    try:
+        if kept_by is not None:
+            with locked_dir(kept_by.records):
+                st = os.fstat(fd)
+                record = write_record(kept_by.records, Grant(
+                    domain, uid, str(directory), st.st_dev, st.st_ino, None, 7, owned=True))
+        try:
+            yield
+        finally:
+            _end_grant(fd, directory, uid, 7, kept_by, record, owned=True)
+    finally:
+        os.close(fd)
+
+
+def _own_back(fd: int, directory: Path | str, uid: int) -> bool:
+    """An owned share (``fd``) that is still ``uid``'s goes back to root; whether it is not
+    the uid's any more. Never raises."""
+    try:
+        if os.fstat(fd).st_uid == uid:
+            os.fchown(fd, 0, 0)
+    except OSError as e:
+        log.error("cannot give %s back to root from the VM's user %d: %s; its grant record "
+                  "stays (uid %d out of use) for hypervm gc to retry", directory, uid, e, uid)
+        return False
+    return True
+
+
 def _end_grant(fd: int, directory: Path, uid: int, perm: int, kept_by: Keeper | None,
-               record: Path | None) -> None:
-    """The VM ended: its entry off and (read-write) its files handed back, then its record
-    goes; a record whose entry stays, or whose walk was cut short, stays for ``hypervm gc``
-    (the uid stays out of reuse)."""
+               record: Path | None, owned: bool = False) -> None:
+    """The VM ended: its entry off (an owned share: back to root) and (read-write) its files
+    handed back, then its record goes; a record whose entry stays, or whose walk was cut
+    short, stays for ``hypervm gc`` (the uid stays out of reuse)."""
     with _maybe_locked(kept_by):
         if record is not None and not record.exists():
             return  # gc released it meanwhile: the uid may be another VM's by now
         off = _take_off(fd, directory, uid, kept_by, _operator_mask(record))
+    if off and owned:
+        off = _own_back(fd, directory, uid)
     if off and perm & 2:
         off = _reclaim(fd, directory, uid, kept_by, HAND_BACK_BUDGET_S)
     if record is not None and off:
@@ -339,7 +391,8 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
         for record, grant in stale:
             fd = _open_recorded(grant, record)
             if fd is not None and _take_off(fd, grant.path, grant.uid, kept_by,
-                                            grant.operator_mask):
+                                            grant.operator_mask) \
+                    and (not grant.owned or _own_back(fd, grant.path, grant.uid)):
                 opened.append((record, grant, fd))
             elif fd is not None:
                 os.close(fd)
