@@ -35,6 +35,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from executor import volume_files
@@ -368,19 +369,32 @@ class VolumeHold:
         self.close()
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A grant of a VM that no longer runs which gc could not finish: its record stays."""
+
+    grant: Grant
+    record: Path
+    #: why, and what the operator can do
+    why: str
+
+
 def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,
                   dry_run: bool = False, only: str | None = None,
-                  grace: float = identity.RESERVATION_GRACE_S) -> list[Grant]:
+                  grace: float = identity.RESERVATION_GRACE_S,
+                  unfinished: list[Unfinished] | None = None) -> list[Grant]:
     """Finish the grants of VMs that no longer run (``runs(domain)`` False), whose owner was
     killed before it could, or could not (``only``: of that domain alone): entry off, files
     handed back (each walk out of the lock); the grants released (``dry_run``: to release). A
     record younger than ``grace`` stands (its VM's QEMU may not have started yet: the entry
     comes first). A record whose directory is gone or was moved or replaced (another inode at
-    its path) stays, its uid out of reuse: the entry and the files may be on it still."""
+    its path) stays, its uid out of reuse: the entry and the files may be on it still, and
+    nothing at that path is changed. Each record that stays is added to ``unfinished``."""
     kept_by = keeper(cfg)
     if not kept_by.records.is_dir():
         return []
     now = time.time()
+    stuck = unfinished if unfinished is not None else []
     with locked_dir(kept_by.records):
         stale = [(record, grant) for record, grant in records(kept_by.records)
                  if (only is None or grant.domain == only) and not runs(grant.domain)
@@ -389,13 +403,15 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
             return [grant for _, grant in stale]
         opened = []
         for record, grant in stale:
-            fd = _open_recorded(grant, record)
+            fd = _open_recorded(grant, record, stuck)
             if fd is not None and _take_off(fd, grant.path, grant.uid, kept_by,
                                             grant.operator_mask) \
                     and (not grant.owned or _own_back(fd, grant.path, grant.uid)):
                 opened.append((record, grant, fd))
             elif fd is not None:
                 os.close(fd)
+                stuck.append(Unfinished(grant, record, "its ACL entry could not be taken off "
+                                        "(the log says why)"))
     released = []
     for record, grant, fd in opened:
         try:
@@ -407,6 +423,9 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
             with locked_dir(kept_by.records):
                 record.unlink(missing_ok=True)
             released.append(grant)
+        else:
+            stuck.append(Unfinished(grant, record, "what its uid made there could not all be "
+                                    "handed back yet (the log says why); gc retries"))
     return released
 
 
@@ -417,20 +436,24 @@ def _older(record: Path, now: float, grace: float) -> bool:
         return False
 
 
-def _open_recorded(grant: Grant, record: Path) -> int | None:
-    """The recorded directory, if it is still at its path (the same inode); else None, logged."""
+def _open_recorded(grant: Grant, record: Path, stuck: list[Unfinished]) -> int | None:
+    """The recorded directory, if it is still at its path (the same inode); else None, logged
+    and added to ``stuck``: nothing is done by a path that now leads elsewhere."""
     try:
         fd = _open_dir(grant.path)
     except OSError as e:
-        why = e.strerror
+        why = e.strerror or str(e)
     else:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) == (grant.dev, grant.ino):
             return fd
         os.close(fd)
         why = "another directory is there now"
+    fix = (f"{grant.path} was moved or removed ({why}): move it back and run hypervm gc again; "
+           f"if it is gone for good, remove {record}")
     log.error("%s (device %d, inode %d), which %s's uid %d had an ACL entry on, cannot be "
               "found (%s): uid %d stays out of use. Move the directory back and run hypervm gc; "
               "if it is gone for good, remove %s", grant.path, grant.dev, grant.ino,
               grant.domain, grant.uid, why, grant.uid, record)
+    stuck.append(Unfinished(grant, record, fix))
     return None
