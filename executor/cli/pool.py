@@ -13,7 +13,7 @@ import json
 import signal
 import threading
 
-from executor.cli.fastrun_serve import RunService
+from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.pool import claim as warm
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
@@ -56,7 +56,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     pool = WarmPool(cfg, config)
-    pool.add_service("run", RunService(pool))  # the fast hypervm run (executor.cli.fastrun)
+    pool.add_service(RUN_OP, RunService(pool))  # the fast hypervm run (executor.cli.fastrun)
     with pool:
         images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
         print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
