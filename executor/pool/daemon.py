@@ -255,7 +255,10 @@ class WarmPool:
                     "ready": len(self._idle), "booting": len(self._booting),
                     "images": images, "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
-                    "accel": self._boot.accel if self._boot else None}
+                    "accel": self._boot.accel if self._boot else None,
+                    # what each service (add_service) did, e.g. the fast run's counters
+                    "services": {op: service.status() for op, service in self._services.items()
+                                 if callable(getattr(service, "status", None))}}
 
     def idle_vms(self) -> list[str]:
         """The names of the VMs ready to be claimed now."""

@@ -195,4 +195,5 @@ def test_a_daemon_hung_after_accepting_leaves_the_run_to_the_full_cli(
         time.sleep(0.1)
     after = fast.service.status()
     assert after["served"] == before["served"] and after["abandoned"] == before["abandoned"] + 1
+    assert fast.pool.status()["services"][RUN_OP] == after  # what hypervm pool status shows
     assert _gone(claimed[0]), f"{claimed[0]}, claimed for a client that gave up, is still there"

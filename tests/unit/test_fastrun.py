@@ -518,3 +518,31 @@ def test_refusals_are_counted_by_reason(tmp_path: Path,
         theirs.close()
     assert service.status()["refused"] == {"no warm VM": 2, "bad request": 1}
     assert service.fallbacks == 3 and service.served == 0
+
+
+def test_pool_status_shows_the_fast_run_counters(tmp_path: Path) -> None:
+    """``hypervm pool status``: served, failed, abandoned and refused (by reason) fast runs,
+    in the JSON the socket answers and in the text output."""
+    from executor.cli import pool as pool_cli
+
+    pool = _daemon_pool(tmp_path)
+    service = fastrun_serve.RunService(pool)
+    pool.add_service(fastrun.RUN_OP, service)
+    for what, reason in (("served", ""), ("served", ""), ("failed", ""), ("abandoned", ""),
+                         ("refused", "no warm VM"), ("refused", "image not cached"),
+                         ("refused", "no warm VM")):
+        service.counts.add(what, reason)
+    ours, theirs = socket.socketpair()
+    ours.sendall(b'{"op": "status"}\n')
+    pool._handle(theirs)
+    status = json.loads(ours.makefile("rb").readline())
+    ours.close()
+    assert status["services"] == {"fastrun": {
+        "served": 2, "failed": 1, "abandoned": 1,
+        "refused": {"no warm VM": 2, "image not cached": 1}}}
+    lines = pool_cli.status_lines(status)
+    assert lines[-1] == ("fast runs: 2 served, 1 failed, 1 abandoned, 3 refused (image not "
+                         "cached 1, no warm VM 2)")
+    assert lines[0].startswith("pool ") and "0 ready" in lines[0]
+    status.pop("services")  # a pool without the fast run (or from before the counters)
+    assert pool_cli.status_lines(status)[-1] == "fast runs: not served by this pool"
