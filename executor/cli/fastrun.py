@@ -337,8 +337,8 @@ def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     previous: dict[int, Any] = {}
     try:
         try:
-            for signum in FORWARDED_SIGNALS:
-                previous[signum] = signal.signal(signum, forward)
+            for forwarded in FORWARDED_SIGNALS:
+                previous[forwarded] = signal.signal(forwarded, forward)
             kind, value = _exchange(sock, run_request(argv[1:], keys, environ), got, phase)
         finally:
             phase[0] = "done"

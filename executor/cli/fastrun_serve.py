@@ -350,7 +350,7 @@ def _await_go(conn: socket.socket) -> tuple[bytes | None, list[int]]:
     with it: (what came behind the line, the descriptors), or (None, whatever descriptors
     came) when the client closed the connection, sent something else or nothing in
     :data:`GO_TIMEOUT`."""
-    data, fds = b"", []
+    data, fds = b"", list[int]()
     deadline = time.monotonic() + GO_TIMEOUT
     try:
         while b"\n" not in data:

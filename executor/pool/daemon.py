@@ -256,9 +256,16 @@ class WarmPool:
                     "images": images, "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
                     "accel": self._boot.accel if self._boot else None,
-                    # what each service (add_service) did, e.g. the fast run's counters
-                    "services": {op: service.status() for op, service in self._services.items()
-                                 if callable(getattr(service, "status", None))}}
+                    "services": self._service_status()}
+
+    def _service_status(self) -> dict[str, Any]:
+        """What each service (add_service) says of itself, e.g. the fast run's counters."""
+        said = {}
+        for op, service in self._services.items():
+            status_of = getattr(service, "status", None)
+            if callable(status_of):
+                said[op] = status_of()
+        return said
 
     def idle_vms(self) -> list[str]:
         """The names of the VMs ready to be claimed now."""
