@@ -298,8 +298,8 @@ def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
         return "fallback", "interrupted"
     try:
         socket.send_fds(sock, [GO_LINE], fds)
-    except OSError as e:
-        return "error", f"the warm pool's connection broke: {e}"  # the go may have arrived
+    except OSError as e:  # the daemon closed the connection (it gave up on us): no go arrived
+        return "fallback", f"the warm pool's connection broke before our go: {e}"
     phase[0] = "running"
     if got:  # a signal that came while the go went out
         _send_control(sock, got[0])

@@ -546,3 +546,25 @@ def test_pool_status_shows_the_fast_run_counters(tmp_path: Path) -> None:
     assert lines[0].startswith("pool ") and "0 ready" in lines[0]
     status.pop("services")  # a pool without the fast run (or from before the counters)
     assert pool_cli.status_lines(status)[-1] == "fast runs: not served by this pool"
+
+
+def test_a_daemon_that_gave_up_on_our_go_leaves_the_run_to_the_full_cli(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """We were slow to say go (stopped, say) and the daemon closed the connection: the go
+    cannot arrive, nothing ran, the full CLI runs it."""
+    real_send_fds = socket.send_fds
+    closed = threading.Event()
+
+    def late_go(sock: socket.socket, buffers: Any, fds: Any, *args: Any) -> int:
+        closed.wait(5)
+        return real_send_fds(sock, buffers, fds, *args)
+
+    def serve(conn: socket.socket, _request: dict[str, Any], fds: list[int]) -> None:
+        conn.sendall(b'{"accepted": true}\n')
+        conn.shutdown(socket.SHUT_RDWR)
+        closed.set()
+
+    monkeypatch.setattr(fastrun.socket, "send_fds", late_go)
+    thread = _fake_daemon(tmp_path / "pool.sock", serve)
+    assert _run_fast(tmp_path, ["run", IMAGE]) is None
+    thread.join(5)
