@@ -27,7 +27,7 @@ from bench.vmenv import (
     rss_by_mapping,
     wait_no_new_domains,
 )
-from executor.cli.fastrun_serve import RunService
+from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.libvirt.hypervisor import Hypervisor
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
@@ -246,7 +246,7 @@ def warm_pool(env: VMEnv, name: str, image: str | None = None) -> Iterator[WarmP
     config = PoolConfig(size=0 if image else POOL_SIZE, images=(image,) if image else (),
                         vcpus=1, memory_mib=launch.MEMORY_MIB, name=bench_name(name))
     pool = WarmPool(cfg, config, accel=env.accel)
-    pool.add_service("run", RunService(pool))  # as hypervm pool serve: the fast hypervm run
+    pool.add_service(RUN_OP, RunService(pool))  # as hypervm pool serve: the fast hypervm run
     pool.start()
     try:
         yield pool

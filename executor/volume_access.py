@@ -19,6 +19,10 @@ off once the record's VM no longer runs and the record is older than a boot coul
 goes only once its entry is off and nothing under a read-write directory is the uid's any more;
 otherwise (the entry could not be taken off, the walk was cut short, the directory was moved)
 it stays, the uid out of reuse, and gc retries.
+
+A share given to the VM's uid itself (``Mount.owned``: a Mesos task's sandbox, which HyperVM
+chowns to the uid) is held the same way, without an ACL entry: when the VM has ended the
+directory goes back to root and what the uid made in it to root.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from executor import volume_files
@@ -132,13 +137,20 @@ def granted(uid: int | None, mounts: Iterable[Mount], domain: str = "",
     operator's). No-op for None: QEMU runs as libvirt's shared user, which the operator's
     modes govern."""
     perms: dict[Path, int] = {}  # one directory shared twice (ro and rw): one rwx entry
+    owned: set[Path] = set()
     for mount in mounts:
-        if mount.type == "9p" and mount.source is not None and not mount.owned:
+        if mount.type != "9p" or mount.source is None:
+            continue
+        if not mount.owned:
             perms[mount.source] = perms.get(mount.source, 0) | (5 if mount.readonly else 7)
+        elif not mount.readonly:
+            owned.add(mount.source)
     with contextlib.ExitStack() as stack:
         if uid is not None:
             for source, perm in perms.items():
                 stack.enter_context(_grant(source, uid, perm, domain, kept_by))
+            for source in owned - perms.keys():
+                stack.enter_context(_hold_owned(source, uid, domain, kept_by))
         yield
 
 
@@ -187,15 +199,56 @@ def _grant(directory: Path, uid: int, perm: int, domain: str,
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _hold_owned(directory: Path, uid: int, domain: str, kept_by: Keeper | None) -> Iterator[None]:
+    """A share the VM's uid is given itself (``Mount.owned``: a Mesos sandbox, which HyperVM
+    chowns to it; no ACL entry), recorded as a grant from before it is given to after the VM
+    ended: then the directory goes back to root (if the VM's end did not do it: its owner was
+    killed) and what the uid made in it to root, as for a ``run -v`` directory."""
+    try:
+        fd = _open_dir(directory)
+    except OSError as e:
+        raise HostError(f"cannot open {directory}, shared with the VM's user {uid}: "
+                        f"{e.strerror}") from e
+    record: Path | None = None
+    try:
+        if kept_by is not None:
+            with locked_dir(kept_by.records):
+                st = os.fstat(fd)
+                record = write_record(kept_by.records, Grant(
+                    domain, uid, str(directory), st.st_dev, st.st_ino, None, 7, owned=True))
+        try:
+            yield
+        finally:
+            _end_grant(fd, directory, uid, 7, kept_by, record, owned=True)
+    finally:
+        os.close(fd)
+
+
+def _own_back(fd: int, directory: Path | str, uid: int) -> bool:
+    """An owned share (``fd``) that is still ``uid``'s goes back to root; whether it is not
+    the uid's any more. Never raises."""
+    try:
+        if os.fstat(fd).st_uid == uid:
+            os.fchown(fd, 0, 0)
+    except OSError as e:
+        log.error("cannot give %s back to root from the VM's user %d: %s; its grant record "
+                  "stays (uid %d out of use) for hypervm gc to retry", directory, uid, e, uid)
+        return False
+    return True
+
+
 def _end_grant(fd: int, directory: Path, uid: int, perm: int, kept_by: Keeper | None,
-               record: Path | None) -> None:
-    """The VM ended: its entry off and (read-write) its files handed back, then its record
-    goes; a record whose entry stays, or whose walk was cut short, stays for ``hypervm gc``
-    (the uid stays out of reuse)."""
+               record: Path | None, owned: bool = False) -> None:
+    """The VM ended: its entry off (an owned share: back to root) and (read-write) its files
+    handed back, then its record goes; a record whose entry stays, or whose walk was cut
+    short, stays for ``hypervm gc`` (the uid stays out of reuse)."""
     with _maybe_locked(kept_by):
         if record is not None and not record.exists():
             return  # gc released it meanwhile: the uid may be another VM's by now
         off = _take_off(fd, directory, uid, kept_by, _operator_mask(record))
+    if off and owned:
+        off = _own_back(fd, directory, uid)
     if off and perm & 2:
         off = _reclaim(fd, directory, uid, kept_by, HAND_BACK_BUDGET_S)
     if record is not None and off:
@@ -316,19 +369,32 @@ class VolumeHold:
         self.close()
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A grant of a VM that no longer runs which gc could not finish: its record stays."""
+
+    grant: Grant
+    record: Path
+    #: why, and what the operator can do
+    why: str
+
+
 def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_runs,
                   dry_run: bool = False, only: str | None = None,
-                  grace: float = identity.RESERVATION_GRACE_S) -> list[Grant]:
+                  grace: float = identity.RESERVATION_GRACE_S,
+                  unfinished: list[Unfinished] | None = None) -> list[Grant]:
     """Finish the grants of VMs that no longer run (``runs(domain)`` False), whose owner was
     killed before it could, or could not (``only``: of that domain alone): entry off, files
     handed back (each walk out of the lock); the grants released (``dry_run``: to release). A
     record younger than ``grace`` stands (its VM's QEMU may not have started yet: the entry
     comes first). A record whose directory is gone or was moved or replaced (another inode at
-    its path) stays, its uid out of reuse: the entry and the files may be on it still."""
+    its path) stays, its uid out of reuse: the entry and the files may be on it still, and
+    nothing at that path is changed. Each record that stays is added to ``unfinished``."""
     kept_by = keeper(cfg)
     if not kept_by.records.is_dir():
         return []
     now = time.time()
+    stuck = unfinished if unfinished is not None else []
     with locked_dir(kept_by.records):
         stale = [(record, grant) for record, grant in records(kept_by.records)
                  if (only is None or grant.domain == only) and not runs(grant.domain)
@@ -337,12 +403,15 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
             return [grant for _, grant in stale]
         opened = []
         for record, grant in stale:
-            fd = _open_recorded(grant, record)
+            fd = _open_recorded(grant, record, stuck)
             if fd is not None and _take_off(fd, grant.path, grant.uid, kept_by,
-                                            grant.operator_mask):
+                                            grant.operator_mask) \
+                    and (not grant.owned or _own_back(fd, grant.path, grant.uid)):
                 opened.append((record, grant, fd))
             elif fd is not None:
                 os.close(fd)
+                stuck.append(Unfinished(grant, record, "its ACL entry could not be taken off "
+                                        "(the log says why)"))
     released = []
     for record, grant, fd in opened:
         try:
@@ -354,6 +423,9 @@ def release_stale(cfg: HostConfig, runs: Callable[[str], bool] = identity.qemu_r
             with locked_dir(kept_by.records):
                 record.unlink(missing_ok=True)
             released.append(grant)
+        else:
+            stuck.append(Unfinished(grant, record, "what its uid made there could not all be "
+                                    "handed back yet (the log says why); gc retries"))
     return released
 
 
@@ -364,20 +436,24 @@ def _older(record: Path, now: float, grace: float) -> bool:
         return False
 
 
-def _open_recorded(grant: Grant, record: Path) -> int | None:
-    """The recorded directory, if it is still at its path (the same inode); else None, logged."""
+def _open_recorded(grant: Grant, record: Path, stuck: list[Unfinished]) -> int | None:
+    """The recorded directory, if it is still at its path (the same inode); else None, logged
+    and added to ``stuck``: nothing is done by a path that now leads elsewhere."""
     try:
         fd = _open_dir(grant.path)
     except OSError as e:
-        why = e.strerror
+        why = e.strerror or str(e)
     else:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) == (grant.dev, grant.ino):
             return fd
         os.close(fd)
         why = "another directory is there now"
+    fix = (f"{grant.path} was moved or removed ({why}): move it back and run hypervm gc again; "
+           f"if it is gone for good, remove {record}")
     log.error("%s (device %d, inode %d), which %s's uid %d had an ACL entry on, cannot be "
               "found (%s): uid %d stays out of use. Move the directory back and run hypervm gc; "
               "if it is gone for good, remove %s", grant.path, grant.dev, grant.ino,
               grant.domain, grant.uid, why, grant.uid, record)
+    stuck.append(Unfinished(grant, record, fix))
     return None

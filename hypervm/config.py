@@ -25,6 +25,10 @@ DEFAULT_LIBVIRT_URI = "qemu:///system"
 DEFAULT_VM_UID_RANGE = (200000, 265535)
 #: how long a registry's "yes, this tenant may read this image" is remembered
 DEFAULT_IMAGE_AUTH_TTL_S = 300.0
+#: a snapshot's template is remade once it is this old or has had this many clones (its guest
+#: kernel's layout, KASLR, and boot-time secrets are every clone's: executor.snapshot.store)
+DEFAULT_SNAPSHOT_MAX_AGE_S = 3600.0
+DEFAULT_SNAPSHOT_MAX_CLONES = 100
 #: pids.max of each container in a guest (a fork bomb stops there); 0: no limit
 DEFAULT_CONTAINER_PIDS = 4096
 
@@ -216,6 +220,10 @@ class HostConfig:
     #: when no pool VM serves a pod, start it from the snapshot of a template of its shape
     #: (executor.snapshot) instead of booting it cold
     use_snapshot: bool = False
+    #: seconds after which a snapshot is remade (None: never) and clones it serves before it
+    #: is (None: no bound): clones of one template share its kernel's layout (KASLR)
+    snapshot_max_age_s: float | None = DEFAULT_SNAPSHOT_MAX_AGE_S
+    snapshot_max_clones: int | None = DEFAULT_SNAPSHOT_MAX_CLONES
     #: TCG translation cache cap in MiB (DomainSpec.tb_cache_mib); None: QEMU's default
     tb_cache_mib: int | None = None
     #: guests hand the memory they free back to the host (DomainSpec.free_page_reporting)
@@ -318,6 +326,11 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                               else None),
         use_pool=pool == "auto",
         use_snapshot=snapshot == "on",
+        snapshot_max_age_s=seconds(env, "HYPERVM_SNAPSHOT_MAX_AGE",
+                                   DEFAULT_SNAPSHOT_MAX_AGE_S) or None,
+        snapshot_max_clones=env_count(env, "HYPERVM_SNAPSHOT_MAX_CLONES",
+                                      DEFAULT_SNAPSHOT_MAX_CLONES,
+                                      "e.g. 100 clones per template, or 0: no bound"),
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",

@@ -58,6 +58,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(default: run_dir/pool.sock)"),
     Setting("snapshot", "HYPERVM_SNAPSHOT", "off", "on (start VMs no pool VM serves from a "
             "snapshot of their shape) or off (boot them cold)"),
+    Setting("snapshot_max_age", "HYPERVM_SNAPSHOT_MAX_AGE", "3600",
+            "seconds after which a snapshot's template is remade (0: never)"),
+    Setting("snapshot_max_clones", "HYPERVM_SNAPSHOT_MAX_CLONES", "100",
+            "clones a snapshot serves before its template is remade (0: no bound)"),
     Setting("tcg_tb_cache_mib", "HYPERVM_TCG_TB_CACHE_MIB", "", "TCG translation cache in MiB"),
     Setting("free_page_reporting", "HYPERVM_FREE_PAGE_REPORTING", "on",
             "guests hand freed memory back"),

@@ -17,18 +17,31 @@ taken, the full CLI (``executor.cli.main``) runs as before, so results never dif
 
 Protocol on the pool socket (one JSON line each way, then control lines from us):
 
-    → {"op": "run", "argv": ["--memory", "128", "busybox", "--", "true"],
-       "environ": {"KEY": "value"}, "settings": {"HYPERVM_POOL_SOCKET": "...", ...}} + fds 1, 2
+    → {"op": "fastrun", "argv": ["--memory", "128", "busybox", "--", "true"],
+       "environ": {"KEY": "value"}, "settings": {"HYPERVM_POOL_SOCKET": "...", ...}}
     ← {"fallback": "why"}                  nothing ran: run the full CLI
     ← {"error": "why", ...}                the pool refused it (e.g. an older pool without
                                            this operation): nothing ran, as a fallback
-    → {"signal": 15}                       (any time) we got SIGINT/SIGTERM/SIGHUP: stop it
+    ← {"accepted": true}                   a VM is claimed; nothing runs before our go
+    → {"go": true} + fds 1, 2              run it, writing into our stdout and stderr
+    → {"signal": 15}                       (after our go) we got SIGINT/SIGTERM/SIGHUP: stop it
     ← {"exit": 0}                          the run's exit status (our output is complete)
 
 ``argv`` are our arguments after ``run``; ``environ`` the values of the ``-e KEY`` variables
 (without ``=VALUE``) that we have; ``settings`` our ``HYPERVM_*`` variables (the daemon serves
 only a caller whose settings give its own host configuration). Closing the connection before
-the ``exit`` line kills the run and destroys its VM.
+the ``exit`` line kills the run and destroys its VM; closing it before our go runs nothing.
+
+The daemon's first answer (``fallback`` or ``accepted``) must come within
+:data:`ACCEPT_TIMEOUT`: a daemon that hangs after accepting the connection would otherwise hang
+us. Without it we close the connection and run the full CLI: safe, because the daemon runs
+nothing without our ``go`` (a late ``accepted`` finds the connection closed and the claimed VM
+is destroyed), so the command never runs twice; and our stdout and stderr go only with the go,
+so a hung daemon holds none of them (a caller reading our output to its end would wait for
+it). After our go only the ``exit`` line is
+awaited, however long the run takes, and a lost one is an error (125), never a second run. (The
+operation was ``run`` before the go step; a pool from then answers ``fastrun`` with an error,
+a fallback: the two never mix.)
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,6 +60,12 @@ DEFAULT_RUN_DIR = "/run/hypervm"
 MAX_LINE = 64 * 1024
 #: executor.pool.claim.CLAIM_TIMEOUT: how long connecting and sending the request may take
 CONNECT_TIMEOUT = 5.0
+#: how long the daemon's first answer (``fallback`` or ``accepted``) may take: its claim of a
+#: VM (the pool's own claim times out after 5 s) and the pod's adoption (~20-40 ms)
+ACCEPT_TIMEOUT = 10.0
+#: the pool socket's operation (``run`` was the one without the accept/go step)
+RUN_OP = "fastrun"
+GO_LINE = b'{"go": true}\n'
 MAX_ARGS = 4096
 MAX_ENV = 1024
 #: the options of ``run`` the fast path takes: name → takes a value; the values the daemon
@@ -119,7 +139,7 @@ def run_request(argv: Sequence[str], keys: Sequence[str],
                 environ: Mapping[str, str]) -> dict[str, Any]:
     """The request for ``hypervm run ARGV`` (``argv`` after ``run``), with the values of the
     ``-e KEY`` ``keys`` we have and our ``HYPERVM_*`` settings."""
-    return {"op": "run", "argv": list(argv),
+    return {"op": RUN_OP, "argv": list(argv),
             "environ": {k: environ[k] for k in keys if k in environ},
             "settings": {k: v for k, v in environ.items() if k.startswith(SETTINGS_PREFIX)}}
 
@@ -138,12 +158,16 @@ def _string_map(value: Any, what: str) -> dict[str, str]:
     return dict(value)
 
 
-def parse_run_request(message: Mapping[str, Any], fds: Sequence[int]
-                      ) -> tuple[list[str], dict[str, str], dict[str, str]]:
-    """(argv, environ, settings) of a run request that came with ``fds``; RequestError when
-    it is malformed (the caller closes the descriptors)."""
+def check_descriptors(fds: Sequence[int]) -> None:
+    """The go comes with the client's stdout and stderr; RequestError otherwise (the caller
+    closes them)."""
     if len(fds) != 2:
         raise RequestError(f"run: needs 2 descriptors (stdout, stderr), got {len(fds)}")
+
+
+def parse_run_request(message: Mapping[str, Any]
+                      ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(argv, environ, settings) of a run request; RequestError when it is malformed."""
     argv = message.get("argv")
     _strings(argv, "argv", MAX_ARGS)
     environ = _string_map(message.get("environ", {}), "environ")
@@ -169,12 +193,23 @@ def parse_control(line: bytes) -> int:
     return int(signum)
 
 
+def parse_go(line: bytes) -> bool:
+    """Whether a line from the client is its go."""
+    try:
+        return bool(json.loads(line) == {"go": True})
+    except ValueError:
+        return False
+
+
 def parse_reply(line: bytes) -> tuple[str, Any]:
-    """``("exit", status)``, ``("fallback", why)`` or ``("error", what)`` (a broken reply)."""
+    """``("exit", status)``, ``("accepted", True)``, ``("fallback", why)`` or ``("error",
+    what)`` (a broken reply)."""
     try:
         reply = json.loads(line)
     except ValueError:
         reply = None
+    if reply == {"accepted": True}:
+        return "accepted", True
     if isinstance(reply, dict) and set(reply) == {"exit"}:
         code = reply["exit"]
         if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255:
@@ -189,9 +224,16 @@ def parse_reply(line: bytes) -> tuple[str, Any]:
     return "error", f"malformed reply from the warm pool: {line[:200]!r}"
 
 
-def _read_line(sock: socket.socket) -> bytes:
+def _read_line(sock: socket.socket, deadline: float | None = None) -> bytes:
+    """One line (the daemon sends nothing behind it before our next line); TimeoutError past
+    the monotonic ``deadline``."""
     data = b""
     while not data.endswith(b"\n") and len(data) <= MAX_LINE:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
         chunk = sock.recv(4096)
         if not chunk:
             break
@@ -217,18 +259,49 @@ def _send_control(sock: socket.socket, signum: int) -> None:
         pass  # the daemon is gone: its reply (none) says so
 
 
-def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
-              sent: list[bool]) -> tuple[str, Any]:
-    """Send the request with our stdout and stderr; the daemon's reply. A request that
-    could not be sent ran nothing (fallback); a run whose reply is lost is an error (it may
-    have run: never run it twice)."""
-    line = json.dumps(request).encode() + b"\n"
+class _Interrupted(Exception):
+    """A forwarded signal came before our go: nothing runs, we stop waiting."""
+
+
+def _accepted(sock: socket.socket, request: dict[str, Any]) -> tuple[str, Any]:
+    """Send the request with our stdout and stderr; the daemon's first answer. Nothing has
+    run whatever it is: no answer in time (a hung daemon), a closed connection or a request
+    that could not be sent is a fallback."""
     try:
-        socket.send_fds(sock, [line], [sys.stdout.fileno(), sys.stderr.fileno()])
-    except (OSError, ValueError, AttributeError) as e:  # no stdout/stderr descriptor
+        sock.sendall(json.dumps(request).encode() + b"\n")
+    except OSError as e:
         return "fallback", f"cannot send the request: {e}"
-    sent.append(True)
-    if got:  # a signal that came before the request went out
+    try:
+        data = _read_line(sock, time.monotonic() + ACCEPT_TIMEOUT)
+    except TimeoutError:
+        sys.stderr.write(f"hypervm: warning: the warm pool did not answer within "
+                         f"{ACCEPT_TIMEOUT:g} s: running without the fast path\n")
+        return "fallback", "no answer in time"
+    except OSError as e:
+        return "fallback", f"the warm pool's connection broke: {e}"
+    return parse_reply(data) if data else ("fallback", "the warm pool went away")
+
+
+def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
+              phase: list[str]) -> tuple[str, Any]:
+    """The request, our go once it is accepted, the exit status. A run whose exit line is
+    lost is an error (it may have run: never run it twice)."""
+    try:
+        fds = [sys.stdout.fileno(), sys.stderr.fileno()]
+    except (OSError, ValueError, AttributeError) as e:  # no stdout/stderr descriptor
+        return "fallback", f"no descriptor to write the output into: {e}"
+    kind, value = _accepted(sock, request)
+    if kind != "accepted":
+        return kind, value
+    phase[0] = "going"
+    if got:  # a signal came while we read the answer: nothing ran, nothing will
+        return "fallback", "interrupted"
+    try:
+        socket.send_fds(sock, [GO_LINE], fds)
+    except OSError as e:  # the daemon closed the connection (it gave up on us): no go arrived
+        return "fallback", f"the warm pool's connection broke before our go: {e}"
+    phase[0] = "running"
+    if got:  # a signal that came while the go went out
         _send_control(sock, got[0])
     sock.settimeout(None)  # the reply comes when the run is over
     try:
@@ -237,7 +310,9 @@ def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
         return "error", f"the warm pool's connection broke during the run: {e}"
     if not data:
         return "error", "the warm pool went away during the run"
-    return parse_reply(data)
+    kind, value = parse_reply(data)
+    return ("error", f"unexpected reply from the warm pool: {data[:200]!r}") \
+        if kind not in ("exit", "error") else (kind, value)
 
 
 def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
@@ -249,20 +324,29 @@ def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     if sock is None:
         return None
     got: list[int] = []
-    sent: list[bool] = []
+    phase = ["request"]  # then "going" (our go is on its way), "running", "done"
 
     def forward(signum: int, _frame: object) -> None:
         got.append(signum)
-        if sent:  # else it follows the request
+        if phase[0] == "request":
+            raise _Interrupted  # nothing runs before our go: stop waiting for the daemon
+        if phase[0] == "running":
             _send_control(sock, signum)
+        # "going": sent right behind the go
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    previous: dict[int, Any] = {}
     try:
-        kind, value = _exchange(sock, run_request(argv[1:], keys, environ), got, sent)
-    finally:
-        sock.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        try:
+            for forwarded in FORWARDED_SIGNALS:
+                previous[forwarded] = signal.signal(forwarded, forward)
+            kind, value = _exchange(sock, run_request(argv[1:], keys, environ), got, phase)
+        finally:
+            phase[0] = "done"
+            sock.close()  # before our go, this tells the daemon not to run anything
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    except _Interrupted:
+        kind, value = "fallback", "interrupted"
     if kind == "exit":
         return int(value)
     if kind == "fallback":

@@ -8,7 +8,10 @@ did): the caller's ``HYPERVM_*`` settings (and the configuration file) give this
 configuration; ``run``'s own parser accepts the arguments and none asks for something the fast
 path leaves to the full CLI (``unserved``); the image is in the cache (``--pull missing``: no
 pull, no progress lines); the pod fits a pool VM and one is claimed. All of this happens before
-anything is written to the caller's output. Then the pod runs as ``executor.cli.run.run_pod``
+anything is written to the caller's output. Then the daemon answers ``accepted`` and runs
+nothing until the caller's ``go`` (a caller that gave up waiting, or died, has closed the
+connection: the VM is destroyed unused, so a caller that fell back to the full CLI never sees
+its command run twice). Then the pod runs as ``executor.cli.run.run_pod``
 runs it: the guest's stdout and stderr are written into the caller's descriptors, a forwarded
 signal stops the workload (SIGTERM, SIGKILL after ``--grace``), and the exit status is the
 same (the workload's own, 126/127, 128+N, 125 with hypervm's error line).
@@ -42,8 +45,11 @@ from executor.cli import detach, run_inputs
 from executor.cli import run as run_cli
 from executor.cli.fastrun import (
     LOCAL_SOURCES,
+    RUN_OP,
     RequestError,
+    check_descriptors,
     parse_control,
+    parse_go,
     parse_run_request,
 )
 from executor.cli.usage import EXIT_HYPERVM
@@ -61,22 +67,29 @@ from hypervm.settings import load_config_file
 
 log = logging.getLogger(__name__)
 
+__all__ = ["RUN_OP", "Fallback", "RunService"]
+
 #: the control-line reader's limit (a control line is ~20 bytes)
 MAX_CONTROL = 4096
 
 
 class Fallback(Exception):
-    """The daemon does not run this request: the caller runs the full CLI."""
+    """The daemon does not run this request: the caller runs the full CLI. ``reason``: its
+    kind, counted in ``hypervm pool status`` (the message may name an image)."""
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _QuietParser(argparse.ArgumentParser):
     """``run``'s parser without output: a usage error (or --help) is the full CLI's to print."""
 
     def error(self, message: str) -> NoReturn:
-        raise Fallback(f"arguments: {message}")
+        raise Fallback(f"arguments: {message}", "arguments")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise Fallback("arguments: the full CLI prints this")
+        raise Fallback("arguments: the full CLI prints this", "arguments")
 
     def _print_message(self, message: str, file: Any = None) -> None:
         pass  # --help: the caller's full CLI prints it
@@ -178,35 +191,59 @@ class _ClientWatch:
 
 
 class RunService:
-    """The ``run`` operation of a warm pool (``WarmPool.add_service``)."""
+    """The ``fastrun`` operation of a warm pool (``WarmPool.add_service``)."""
 
     def __init__(self, pool: WarmPool) -> None:
         self.pool = pool
         self.cfg = pool.cfg
         self.launcher = Launcher(pool.cfg)
         self._parser = run_parser()
-        #: runs served, and requests left to the full CLI
-        self.served = 0
-        self.fallbacks = 0
+        self.counts = RunCounts()
+
+    @property
+    def served(self) -> int:
+        return self.counts.served
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(self.counts.refused.values())
+
+    def status(self) -> dict[str, Any]:
+        """The counters ``hypervm pool status`` shows (WarmPool.status)."""
+        return self.counts.as_dict()
 
     def __call__(self, conn: socket.socket, pid: int, request: dict[str, Any],
                  fds: list[int], rest: bytes = b"") -> None:
-        outputs = [_Output(fd) for fd in fds]
+        for fd in fds:  # our client sends its stdout and stderr with its go, not here
+            os.close(fd)
+        outputs: list[_Output] = []
         try:
             try:
-                vm, run = self._claim(*parse_run_request(request, fds))
+                if fds or rest:
+                    raise RequestError("run: the request comes alone (descriptors with the go)")
+                vm, run = self._claim(*parse_run_request(request))
             except (Fallback, RequestError) as e:
                 log.info("fast run for pid %d: not served (%s)", pid, e)
-                self.fallbacks += 1
+                self.counts.add("refused", getattr(e, "reason", "bad request"))
                 _send(conn, {"fallback": str(e)})
                 return
+            _send(conn, {"accepted": True})
+            after, given = _await_go(conn)
+            outputs = [_Output(fd) for fd in given]
+            if after is None:  # the client gave up waiting for us, or died: nothing ran
+                log.warning("fast run client %d did not say go: destroying %s unused", pid,
+                            vm.name)
+                self.counts.add("abandoned")
+                vm.destroy()
+                return
             conn.settimeout(None)
-            self.served += 1
+            self.counts.add("served")
             t_run = time.monotonic()
             log.info("fast run for pid %d on %s", pid, vm.name)
             try:
-                code = self._run(_ClientWatch(conn, rest), vm, run, outputs[0], outputs[1])
+                code = self._run(_ClientWatch(conn, after), vm, run, outputs[0], outputs[1])
             except BaseException:  # the VM is this daemon's: no reaper would ever take it
+                self.counts.add("failed")
                 vm.destroy()
                 raise
         finally:
@@ -214,6 +251,7 @@ class RunService:
                 out.close()
         if code is None:  # the caller is gone: its VM goes with it, now
             log.info("fast run client %d went away: destroying %s", pid, vm.name)
+            self.counts.add("abandoned")
             vm.destroy()
             return
         log.debug("fast run on %s: exit %d after %.1f ms", vm.name, code,
@@ -227,13 +265,13 @@ class RunService:
             t0 = time.monotonic()
             cfg = client_config(settings)
         except HyperVMError as e:
-            raise Fallback(f"settings: {e}") from e
+            raise Fallback(f"settings: {e}", "settings") from e
         if not cfg.use_pool or dataclasses.replace(cfg, use_pool=self.cfg.use_pool) != self.cfg:
-            raise Fallback("the caller's settings are not this pool's")
+            raise Fallback("the caller's settings are not this pool's", "settings")
         args = self._parser.parse_args(["run", *argv])
         t1 = time.monotonic()
         if (why := unserved(args)) is not None:
-            raise Fallback(f"{why} is the full CLI's")
+            raise Fallback(f"{why} is the full CLI's", "unserved option")
         with contextlib.ExitStack() as hold:
             try:
                 hold.enter_context(self.launcher.hold())  # no gc of the layers until claimed
@@ -242,9 +280,9 @@ class RunService:
                 vm = claim_vm(self.cfg, pod, hypervisor=self.pool.hypervisor,
                               timeout=args.boot_timeout)
             except HyperVMError as e:  # the full CLI reports it (or pulls, or boots cold)
-                raise Fallback(str(e)) from e
+                raise Fallback(str(e), "launch error") from e
         if vm is None:
-            raise Fallback("no warm VM serves this pod")
+            raise Fallback("no warm VM serves this pod", "no warm VM")
         log.debug("fast run: settings and arguments %.1f ms, pod %.1f ms, claim %.1f ms",
                   (t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.monotonic() - t2) * 1e3)
         return vm, _Run(pod, args.grace, args.boot_timeout)
@@ -256,7 +294,7 @@ class RunService:
         net = run_cli.network_from_args(args)
         image = self.launcher.images.image(args.image)
         if image is None:
-            raise Fallback(f"{args.image} is not in the image cache")
+            raise Fallback(f"{args.image} is not in the image cache", "image not cached")
         command, entrypoint = run_cli.image_command(args)
         process = self.launcher.process(
             image, command=command, entrypoint=entrypoint,
@@ -278,8 +316,10 @@ class RunService:
             if e.code in EXEC_FAILURE_STATUS:
                 err.write(f"{run_cli.exec_failure(container, e.code)}\n".encode())
                 return EXEC_FAILURE_STATUS[e.code]
+            self.counts.add("failed")
             return _error(err, e)
         except HyperVMError as e:
+            self.counts.add("failed")
             return _error(err, e)
         done = threading.Event()
         threading.Thread(target=_tell_exit, args=(running, watch, done), daemon=True,
@@ -298,6 +338,64 @@ class RunService:
         finally:
             done.set()
         return _status(running, container.name, watch.signum, err)
+
+
+#: how long the daemon waits for the client's go after its ``accepted`` (the client sends it at
+#: once; one that does not has given up or died)
+GO_TIMEOUT = 5.0
+
+
+def _await_go(conn: socket.socket) -> tuple[bytes | None, list[int]]:
+    """Read the client's go line and the two descriptors (its stdout and stderr) that come
+    with it: (what came behind the line, the descriptors), or (None, whatever descriptors
+    came) when the client closed the connection, sent something else or nothing in
+    :data:`GO_TIMEOUT`."""
+    data, fds = b"", list[int]()
+    deadline = time.monotonic() + GO_TIMEOUT
+    try:
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0 or len(data) > MAX_CONTROL:
+                return None, fds
+            conn.settimeout(left)
+            chunk, more, _flags, _addr = socket.recv_fds(conn, MAX_CONTROL, 2)
+            fds += more
+            if not chunk:
+                return None, fds
+            data += chunk
+        check_descriptors(fds)
+    except (OSError, RequestError) as e:
+        log.info("fast run client: %s", e)
+        return None, fds
+    line, _, after = data.partition(b"\n")
+    return (after if parse_go(line) else None), fds
+
+
+class RunCounts:
+    """What the run service did since the daemon started (``hypervm pool status``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: runs started (accepted, and the client said go)
+        self.served = 0
+        #: of those, runs that ended with hypervm's own failure (125 and its error line)
+        self.failed = 0
+        #: VMs claimed for a client that gave up waiting or went away (destroyed)
+        self.abandoned = 0
+        #: requests left to the full CLI, by reason (Fallback.reason)
+        self.refused: dict[str, int] = {}
+
+    def add(self, what: str, reason: str = "") -> None:
+        with self._lock:
+            if what == "refused":
+                self.refused[reason] = self.refused.get(reason, 0) + 1
+            else:
+                setattr(self, what, getattr(self, what) + 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {"served": self.served, "failed": self.failed, "abandoned": self.abandoned,
+                    "refused": dict(self.refused)}
 
 
 def _tell_exit(running: RunningProcess, watch: _ClientWatch, done: threading.Event) -> None:

@@ -42,6 +42,9 @@ class GcReport:
     removed_sockets: list[Path] = field(default_factory=list)
     #: volume ACL entries of VMs that no longer run
     released_grants: list[volume_access.Grant] = field(default_factory=list)
+    #: grants of VMs that no longer run that could not be finished: their records (and uids)
+    #: stay
+    unfinished_grants: list[volume_access.Unfinished] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     #: disk images the kept domains use: the image cache's gc must keep them
     in_use: set[Path] = field(default_factory=set)
@@ -90,7 +93,8 @@ def collect_garbage(
         if _remove_dir(cfg.vms_dir / name, dry_run):
             report.removed_dirs.append(cfg.vms_dir / name)
     report.removed_sockets = remove_stale_sockets(cfg, dry_run=dry_run)
-    report.released_grants = volume_access.release_stale(cfg, dry_run=dry_run)
+    report.released_grants = volume_access.release_stale(cfg, dry_run=dry_run,
+                                                         unfinished=report.unfinished_grants)
     return report
 
 
@@ -130,8 +134,11 @@ def gc_command(args: argparse.Namespace) -> int:
     for grant in report.released_grants:
         print(f"{'would take' if args.dry_run else 'took'} the ACL entry of {grant.domain} "
               f"(uid {grant.uid}) off {grant.path}")
+    for stuck in report.unfinished_grants:
+        print(f"kept the volume grant record {stuck.record} of {stuck.grant.domain} (uid "
+              f"{stuck.grant.uid} stays out of use): {stuck.why}")
     if not (report.destroyed or report.removed_dirs or report.removed_sockets
-            or report.released_grants):
+            or report.released_grants or report.unfinished_grants):
         print(f"nothing to remove ({len(report.kept)} HyperVMs with a live owner)")
     if not args.dry_run:
         prune_image_cache(cfg, report.in_use, drop_tagged=args.images)

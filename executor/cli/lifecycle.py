@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import time
 
 from executor import session, volume_access
@@ -115,7 +116,11 @@ def rm_command(args: argparse.Namespace) -> int:
         if isinstance(vm_id, str) and not box.supervisor_alive():
             # a SIGKILLed supervisor's volume ACL entries (else gc's); its VM had started
             # (it has an id), so no grace for a QEMU yet to start
-            volume_access.release_stale(cfg, only=vm_id, grace=0)
+            stuck: list[volume_access.Unfinished] = []
+            volume_access.release_stale(cfg, only=vm_id, grace=0, unfinished=stuck)
+            for left in stuck:
+                print(f"{name}: kept the volume grant record {left.record} (uid "
+                      f"{left.grant.uid} stays out of use): {left.why}", file=sys.stderr)
         box.remove()
         print(name)
     return 0

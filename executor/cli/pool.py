@@ -12,8 +12,9 @@ import argparse
 import json
 import signal
 import threading
+from typing import Any
 
-from executor.cli.fastrun_serve import RunService
+from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.pool import claim as warm
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
@@ -43,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
                        help="idle VMs to keep for each --image (default %(default)s)")
     serve.set_defaults(func=serve_command)
-    status = sub.add_parser("status", help="print the serving pool's state as JSON")
+    status = sub.add_parser("status", help="print the serving pool's state (JSON by default)")
+    status.add_argument("--format", choices=("json", "text"), default="json",
+                        help="json (default), or text: one line per item")
     status.set_defaults(func=status_command)
 
 
@@ -56,7 +59,7 @@ def serve_command(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     pool = WarmPool(cfg, config)
-    pool.add_service("run", RunService(pool))  # the fast hypervm run (executor.cli.fastrun)
+    pool.add_service(RUN_OP, RunService(pool))  # the fast hypervm run (executor.cli.fastrun)
     with pool:
         images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
         print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
@@ -67,6 +70,32 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_command(_args: argparse.Namespace) -> int:
-    print(json.dumps(warm.status(config_from_env()), indent=2, sort_keys=True))
+def status_command(args: argparse.Namespace) -> int:
+    status = warm.status(config_from_env())
+    if getattr(args, "format", "json") == "text":
+        print("\n".join(status_lines(status)))
+    else:
+        print(json.dumps(status, indent=2, sort_keys=True))
     return 0
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """``pool status --format text``: the pool, its images, its counters, the fast runs."""
+    lines = [f"pool {status.get('name')}: {status.get('ready')} ready, {status.get('booting')} "
+             f"booting of {status.get('target')} ({status.get('vcpus')} vCPU / "
+             f"{status.get('memory_mib')} MiB, {status.get('accel')})"]
+    for ref, counts in sorted((status.get("images") or {}).items()):
+        lines.append(f"image {ref}: {counts.get('ready')} ready, {counts.get('booting')} "
+                     "booting")
+    lines.append(f"claims {status.get('claims')}, boots {status.get('boots')}, failures "
+                 f"{status.get('failures')}")
+    fast = (status.get("services") or {}).get(RUN_OP)
+    if isinstance(fast, dict):
+        refused = fast.get("refused") or {}
+        why = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()))
+        lines.append(f"fast runs: {fast.get('served')} served, {fast.get('failed')} failed, "
+                     f"{fast.get('abandoned')} abandoned, {sum(refused.values())} refused"
+                     + (f" ({why})" if why else ""))
+    else:
+        lines.append("fast runs: not served by this pool")
+    return lines

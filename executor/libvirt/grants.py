@@ -33,6 +33,9 @@ class Grant:
     operator_mask: int | None
     #: the entry's permission (5: ``:ro``, 7: read-write, whose files the uid may own)
     perm: int = 7
+    #: a share given to the uid itself (``Mount.owned``: a Mesos sandbox), not an ACL entry:
+    #: the directory goes back to root, then what the uid made in it
+    owned: bool = False
 
     @property
     def file_name(self) -> str:

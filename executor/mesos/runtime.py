@@ -30,6 +30,7 @@ from executor.mesos.health import http_status
 from executor.mesos.sandbox_acl import grant_search_below
 from executor.mesos.taskinfo import CONTAINER_SANDBOX, TaskSpec, command_overrides
 from executor.mesos.volume_paths import host_dir, sandbox_dir
+from executor.volume_access import VolumeHold
 from hypervm.background import in_thread
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
@@ -271,6 +272,8 @@ class VMPod:
         self._lock = threading.Lock()
         self._destroyed = False
         self.network = pod_network(plan.tasks)
+        #: the VM's uid on its shares (executor.volume_access), held until the VM is gone
+        self._volumes: VolumeHold | None = None
 
     def boot(self) -> None:
         launcher = self._launcher
@@ -290,9 +293,23 @@ class VMPod:
                                               cpu_limit=self.plan.cpu_limit),
                           labels=self.plan.labels, network=self.network)
             hypervisor = self._hypervisor()
+            volumes = VolumeHold(self.cfg, [m for c in containers for m in c.mounts])
+            with self._lock:
+                if self._destroyed:
+                    raise HyperVMError("the pod was destroyed while it booted")
+                self._volumes = volumes
             boot_vm(self.cfg, pod, hypervisor=hypervisor, created=self._created,
-                    before_shares=functools.partial(self._let_qemu_reach_sandboxes, containers,
+                    before_shares=functools.partial(self._before_shares, containers,
                                                     hypervisor))
+
+    def _before_shares(self, containers: list[Container], hypervisor: Any,
+                       ids: tuple[int, int] | None) -> None:
+        """The VM's uid is known, its shares not given yet: record its hold on them (what it
+        makes there is handed back when it ends, executor.volume_access; HOST_PATH volumes get
+        their ACL entry as ``run -v`` directories do), then let it reach the sandboxes."""
+        assert self._volumes is not None
+        self._volumes.before_shares(ids)
+        self._let_qemu_reach_sandboxes(containers, hypervisor, ids)
 
     def _created(self, vm: Any) -> None:
         """The VM exists (not booted yet): from now on :meth:`destroy` ends it."""
@@ -376,5 +393,9 @@ class VMPod:
             servers, self._exec_servers = self._exec_servers, []
         for server in servers:
             server.close()
-        if vm is not None:
-            vm.destroy()
+        try:
+            if vm is not None:
+                vm.destroy()
+        finally:
+            if self._volumes is not None:  # the VM is gone: nothing more of its can appear
+                self._volumes.close()

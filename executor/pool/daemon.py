@@ -255,7 +255,17 @@ class WarmPool:
                     "ready": len(self._idle), "booting": len(self._booting),
                     "images": images, "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
-                    "accel": self._boot.accel if self._boot else None}
+                    "accel": self._boot.accel if self._boot else None,
+                    "services": self._service_status()}
+
+    def _service_status(self) -> dict[str, Any]:
+        """What each service (add_service) says of itself, e.g. the fast run's counters."""
+        said = {}
+        for op, service in self._services.items():
+            status_of = getattr(service, "status", None)
+            if callable(status_of):
+                said[op] = status_of()
+        return said
 
     def idle_vms(self) -> list[str]:
         """The names of the VMs ready to be claimed now."""

@@ -81,8 +81,8 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
     try:
         boot = boot_files or resolve_boot(cfg, accel=accel)
         # another shape's template may hold the store for a while: no longer than our timeout
-        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib),
-                               wait=timeout)
+        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib,
+                                                    pod.network.tenant), wait=timeout)
         marks.append(("snapshot", time.monotonic()))
         ready = _clone(vm, hv, boot, snap, marks, binds)
         # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after

@@ -4,9 +4,20 @@ A snapshot is the saved state of a *template*: a pool-style VM (executor.libvirt
 ``pool_domain``) of one shape, booted, its init READY and its NIC configured, nothing run.
 It is keyed by everything its saved state depends on: the template's domain XML with
 placeholder name and paths (so the kernel, initrd (hence init), QEMU, firmware, machine,
-shape and host policy), plus :data:`FORMAT`. A new kernel, init or QEMU makes a new key;
-the old entries are never read again. At most :data:`MAX_ENTRIES` are kept (the least
-recently used go: every memory size a pod asks for is a shape), ``remove`` clears the lot.
+shape and host policy), plus :data:`FORMAT`, and the tenant the launch names. A new kernel,
+init or QEMU makes a new key; the old entries are never read again. At most
+:data:`MAX_ENTRIES` are kept (the least recently used go: every memory size a pod asks for is
+a shape), ``remove`` clears the lot.
+
+Every clone of a template starts from its memory: RESEED gives each its own RNG, but the guest
+kernel's layout (KASLR), its stack canaries and whatever else the kernel and init drew at boot
+are the template's in every clone (a clone that learns them knows them of every other). So a
+snapshot is never shared between tenants (the key covers the tenant: a pod's
+``network.tenant``, the Mesos role or ``run --tenant``; pods that name none share
+``default``), and it is *rotated*: an entry older than ``HYPERVM_SNAPSHOT_MAX_AGE`` seconds
+or that served ``HYPERVM_SNAPSHOT_MAX_CLONES`` clones is stale, and the next launch of its
+shape makes a new template (:func:`lookup`; the clones are counted by one byte each appended
+to ``clones``).
 
 Layout (root only: the state is guest memory)::
 
@@ -15,6 +26,7 @@ Layout (root only: the state is guest memory)::
         <key>/                           0700, published by rename when complete
             state                        0600, QEMU's migration stream
             meta.json                    0600, what a clone needs (the template's name, READY)
+            clones                       0600, one byte per clone started from it
 
 An entry is written in a temporary directory beside it and renamed into place only once its
 state and meta are complete and synced: a reader sees a whole entry or none.
@@ -46,8 +58,8 @@ from vmimage.boot import BootFiles
 log = logging.getLogger(__name__)
 
 #: bump when what a snapshot holds, or how it is made, changes (2: saved once the boot's freed
-#: memory was reported, executor.snapshot.template.SETTLE_S)
-FORMAT = 2
+#: memory was reported, executor.snapshot.template.SETTLE_S; 3: keyed by tenant, rotated)
+FORMAT = 3
 DIR_MODE = 0o700
 #: entries kept: every (vCPUs, memory) a pod asks for is a shape of its own (~20 MB of state),
 #: and a new kernel, init or QEMU makes new keys; the least recently used go first
@@ -65,6 +77,8 @@ _KEY_RUN_DIR = Path("/nonexistent/template")
 class Shape:
     vcpus: int
     memory_mib: int
+    #: whose clones these are: a template is never shared between tenants
+    tenant: str = "default"
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ def snapshot_key(boot: BootFiles, cfg: HostConfig, shape: Shape) -> str:
     digest = hashlib.sha256(f"hypervm-snapshot {FORMAT}\n".encode())
     digest.update(domain_xml(spec).encode())
     digest.update(_emulator_identity(boot).encode())
+    digest.update(f"\ntenant {shape.tenant!r}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -102,12 +117,16 @@ def _emulator_identity(boot: BootFiles) -> str:
     return f"\nqemu {boot.qemu.path} {boot.qemu.version} {boot.qemu.key} {stamp}"
 
 
-def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
-    """The complete entry of ``key``, or None."""
+def lookup(cfg: HostConfig, key: str, now: float | None = None) -> Snapshot | None:
+    """The complete entry of ``key``, or None (also when it is due for rotation: older than
+    ``cfg.snapshot_max_age_s`` or with ``cfg.snapshot_max_clones`` clones)."""
     entry = snapshots_dir(cfg) / key
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if meta.get("format") != FORMAT or not (entry / "state").is_file():
+            return None
+        if (why := _rotation_due(cfg, entry, float(meta["made"]), now)) is not None:
+            log.info("snapshot %s: %s: its template is remade", key, why)
             return None
         with contextlib.suppress(OSError):  # used now: the bound removes the least recent
             os.utime(entry)
@@ -118,6 +137,34 @@ def lookup(cfg: HostConfig, key: str) -> Snapshot | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("snapshot %s is unreadable (%s): ignored", key, e)
         return None
+
+
+def _rotation_due(cfg: HostConfig, entry: Path, made: float, now: float | None) -> str | None:
+    """Why the entry must be made anew (None: it may serve another clone)."""
+    age = (time.time() if now is None else now) - made
+    if cfg.snapshot_max_age_s is not None and age >= cfg.snapshot_max_age_s:
+        return f"{age:.0f} s old (HYPERVM_SNAPSHOT_MAX_AGE {cfg.snapshot_max_age_s:g})"
+    try:
+        clones = (entry / "clones").stat().st_size
+    except FileNotFoundError:
+        clones = 0
+    if cfg.snapshot_max_clones is not None and clones >= cfg.snapshot_max_clones:
+        return f"{clones} clones (HYPERVM_SNAPSHOT_MAX_CLONES {cfg.snapshot_max_clones})"
+    return None
+
+
+def count_clone(snapshot: Snapshot) -> None:
+    """One more clone starts from ``snapshot`` (an appended byte: no lock, no lost count)."""
+    try:
+        fd = os.open(snapshot.state.parent / "clones",
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:  # removed meanwhile (rotated, evicted): nothing left to count
+        log.debug("snapshot %s: cannot count a clone: %s", snapshot.state.parent.name, e)
+        return
+    try:
+        os.write(fd, b"c")
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -221,7 +268,8 @@ def write_meta(directory: Path, template: str, ready: dict[str, Any]) -> None:
     fd = os.open(directory / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"format": FORMAT, "template": template, "ready": ready}, f)
+        json.dump({"format": FORMAT, "template": template, "ready": ready,
+                   "made": time.time()}, f)
 
 
 def discard(cfg: HostConfig, snapshot: Snapshot) -> None:

@@ -41,16 +41,19 @@ _NETWORK_ID, _RESEED_ID = 1, 2
 
 def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
            wait: float | None = None) -> Snapshot:
-    """The snapshot of a template of ``shape``: from the store, else made now (once per host:
-    a concurrent launch of the same shape waits for this one's). HostError when another
-    template is being made for longer than ``wait`` seconds (None: no bound)."""
+    """The snapshot of a template of ``shape`` (its tenant's), counted as one more clone: from
+    the store, else (none, or one due for rotation) made now (once per host: a concurrent
+    launch of the same shape waits for this one's). HostError when another template is being
+    made for longer than ``wait`` seconds (None: no bound)."""
     key = store.snapshot_key(boot, cfg, shape)
     found = store.lookup(cfg, key)
     if found is not None:
+        store.count_clone(found)
         return found
     with store.locked(cfg, timeout=wait):
         found = store.lookup(cfg, key)
         if found is not None:
+            store.count_clone(found)
             return found
         store.check_not_failed(cfg, key)  # every launch of the shape would wait for it again
         started = time.monotonic()
@@ -66,6 +69,7 @@ def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
     made = store.lookup(cfg, key)
     if made is None:
         raise HostError(f"the snapshot {key} just made cannot be read back")
+    store.count_clone(made)
     return made
 
 

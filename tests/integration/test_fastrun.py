@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from executor.cli.fastrun_serve import RunService
+from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.launcher import Launcher
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
@@ -53,7 +54,7 @@ def fast(host_cfg: Any, image_ref: str) -> Iterator[FastPool]:
     pool = WarmPool(cfg, PoolConfig(size=1, vcpus=1, memory_mib=128, name=POOL_NAME),
                     reap_interval=0.5)
     service = RunService(pool)
-    pool.add_service("run", service)
+    pool.add_service(RUN_OP, service)
     pool.start()
     env = {**os.environ, "HYPERVM_POOL_SOCKET": str(cfg.pool_socket), "PYTHONPATH": str(REPO)}
     try:
@@ -158,3 +159,41 @@ def test_an_image_not_in_the_cache_is_pulled_by_the_full_cli(
     assert (result.returncode, result.stdout) == (0, b"pulled\n"), result.stderr.decode()
     assert fast.service.fallbacks == fallbacks + 1 and fast.service.served == served
     assert fast.pool.claims == claims + 1  # the full CLI took the pool's VM
+
+
+def test_a_daemon_hung_after_accepting_leaves_the_run_to_the_full_cli(
+        fast: FastPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon takes the request and hangs (here right after claiming a VM for it): the
+    client stops waiting after ACCEPT_TIMEOUT (10 s) and runs the full CLI, which runs the
+    command once; the daemon, when it comes back, gets no go and destroys its VM unused."""
+    assert fast.pool.wait_full(FILL), fast.pool.status()
+    release, claimed = threading.Event(), []
+    real = fast.service._claim
+
+    def hung(*args: Any) -> Any:
+        vm, run = real(*args)
+        claimed.append(vm.name)
+        release.wait(300)
+        return vm, run
+
+    monkeypatch.setattr(fast.service, "_claim", hung)
+    before = fast.service.status()
+    try:
+        started = time.monotonic()
+        # our output is a pipe read to its end: a daemon holding our descriptors would hang
+        # this (they go to the daemon only with our go)
+        result = subprocess.run(_argv(fast, "echo", "ran"), env=fast.env, cwd=REPO,
+                                capture_output=True, timeout=120, check=False)
+    finally:
+        release.set()
+    assert (result.returncode, result.stdout) == (0, b"ran\n"), result.stderr.decode()
+    assert b"did not answer within 10 s" in result.stderr
+    assert time.monotonic() - started >= 10
+    deadline = time.monotonic() + 30
+    while fast.service.status()["abandoned"] == before["abandoned"]:
+        assert time.monotonic() < deadline, fast.service.status()
+        time.sleep(0.1)
+    after = fast.service.status()
+    assert after["served"] == before["served"] and after["abandoned"] == before["abandoned"] + 1
+    assert fast.pool.status()["services"][RUN_OP] == after  # what hypervm pool status shows
+    assert _gone(claimed[0]), f"{claimed[0]}, claimed for a client that gave up, is still there"

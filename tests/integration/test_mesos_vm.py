@@ -168,3 +168,40 @@ def test_an_oom_killed_task_is_a_memory_limitation(vm_agent: Any, image_ref: str
     assert agent.wait_executor_exit(60) == 0
     assert agent.violations == []
     assert domains() == set()
+
+
+def test_what_a_task_made_in_its_shares_is_root_s_once_its_vm_ended(vm_agent: Any,
+                                                                   image_ref: str) -> None:
+    """While the VM runs, what its guest makes in its sandbox and in a HOST_PATH volume is its
+    QEMU uid's; once it has ended, a later holder of that uid (another tenant's VM) must own
+    none of it: it is handed to root (the sandbox's owner, as a real agent makes it) and to the
+    host directory's owner, and no volume grant record is left."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from hypervm.config import config_from_env
+
+    host = Path(tempfile.mkdtemp(prefix="hypervm-hostpath-"))  # root's 0700: by its ACL entry
+    try:
+        agent = vm_agent(env={"HYPERVM_HOST_PATH_PREFIXES": str(host)})
+        volume = {"container_path": "/data", "mode": "RW",
+                  "source": {"type": "HOST_PATH", "host_path": {"path": str(host)}}}
+        container = {**task("w", "", image_ref)["container"], "volumes": [volume]}
+        agent.launch_group([task("w", "mkdir /mnt/mesos/sandbox/d; echo s > "
+                                 "/mnt/mesos/sandbox/d/made; mkdir /data/d; echo h > "
+                                 "/data/d/made", image_ref,
+                                 container=container)])
+        assert agent.wait_terminal("w", BOOT)["state"] == "TASK_FINISHED"
+        assert agent.wait_executor_exit(60) == 0
+        made = [agent.sandbox / "tasks" / "w" / "d", agent.sandbox / "tasks" / "w" / "d" / "made",
+                host / "d", host / "d" / "made"]
+        assert [(p.stat().st_uid, p.stat().st_gid, p.stat().st_mode & 0o7777) for p in made] \
+            == [(0, 0, 0o700), (0, 0, 0o600), (0, 0, 0o700), (0, 0, 0o600)]
+        assert "system.posix_acl_access" not in os.listxattr(host)
+        records = config_from_env().state_dir / "volume-grants"
+        left = [json.loads(p.read_text()) for p in records.glob("*.json")]
+        assert [r for r in left if r["path"].startswith((str(host), str(agent.sandbox)))] == []
+    finally:
+        import shutil
+        shutil.rmtree(host, ignore_errors=True)

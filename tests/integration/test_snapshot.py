@@ -157,3 +157,34 @@ def test_a_clone_gets_its_layers_mounts_and_cpu_bound_while_it_loads_and_reseeds
     finally:
         shutil.rmtree(ro, ignore_errors=True)
         shutil.rmtree(rw, ignore_errors=True)
+
+
+def test_tenants_never_share_a_template(host_cfg: Any, fresh_store: Path) -> None:
+    """Clones share their template's guest kernel layout (KASLR) and boot-time secrets: one
+    tenant's clones come from a template of its own, another tenant's from another, made by a
+    boot of its own (its own KASLR offset); a tenant's second clone reuses its template."""
+    from hypervm.netspec import NetworkSpec
+
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)
+    boot = resolve_boot(cfg)
+    vms = []
+    try:
+        for name, tenant in (("ta", "acme"), ("tb", "globex"), ("tc", "acme")):
+            pod = dataclasses.replace(_pod(cfg, name, 1, 128),
+                                      network=NetworkSpec(tenant=tenant))
+            vms.append(boot_vm(cfg, pod))
+        assert all(vm.warm for vm in vms)  # from snapshots, not booted cold
+        entries = {tenant: store.lookup(cfg, store.snapshot_key(boot, cfg,
+                                                                Shape(1, 128, tenant)))
+                   for tenant in ("acme", "globex")}
+        assert all(entries.values()) and len(list(fresh_store.glob("*/state"))) == 2
+        acme, globex = entries["acme"], entries["globex"]
+        assert acme is not None and globex is not None and acme.template != globex.template
+        assert (acme.state.parent / "clones").stat().st_size == 2  # ta and tc
+        assert (globex.state.parent / "clones").stat().st_size == 1
+        assert all(_report(vm)[0] == 1 for vm in vms)
+    finally:
+        for vm in vms:
+            vm.destroy()
+    assert our_domains(f"hypervm-{TEST_TAG}-t") == set()
+    assert our_domains("hypervm-template-") == set()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,18 @@ def test_socket_path_follows_the_settings() -> None:
 
 def test_a_run_request_round_trips() -> None:
     request = json.loads(json.dumps(fastrun.run_request(["--memory", "128", IMAGE], [], {})))
-    argv, environ, settings = fastrun.parse_run_request(request, [5, 6])
+    argv, environ, settings = fastrun.parse_run_request(request)
     assert argv == ["--memory", "128", IMAGE] and environ == {} and settings == {}
 
 
+@pytest.mark.parametrize("fds", [[], [5], [5, 6, 7]])
+def test_the_go_comes_with_exactly_stdout_and_stderr(fds: list[int]) -> None:
+    fastrun.check_descriptors([5, 6])
+    with pytest.raises(fastrun.RequestError, match="descriptors"):
+        fastrun.check_descriptors(fds)
+
+
 @pytest.mark.parametrize(("request_", "fds", "field"), [
-    ({"argv": []}, [5], "descriptors"),
-    ({"argv": []}, [5, 6, 7], "descriptors"),
     ({}, [5, 6], "argv"),
     ({"argv": "run x"}, [5, 6], "argv"),
     ({"argv": [1]}, [5, 6], "argv"),
@@ -113,7 +119,7 @@ def test_a_run_request_round_trips() -> None:
 def test_malformed_run_requests_are_refused(request_: dict[str, Any], fds: list[int],
                                             field: str) -> None:
     with pytest.raises(fastrun.RequestError, match=field):
-        fastrun.parse_run_request(request_, fds)
+        fastrun.parse_run_request(request_)
 
 
 def test_control_lines_carry_only_forwarded_signals() -> None:
@@ -147,6 +153,7 @@ def test_a_broken_reply_is_an_error_never_a_fallback(line: bytes) -> None:
 
 def _fake_daemon(path: Path, serve: Callable[[socket.socket, dict[str, Any], list[int]], None]
                  ) -> threading.Thread:
+    """``serve(conn, request, fds)``: ``fds`` the descriptors sent with the request (none)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
@@ -166,10 +173,26 @@ def _run_fast(tmp_path: Path, argv: list[str]) -> int | None:
     return fastrun.run_fast(argv, {"HYPERVM_POOL_SOCKET": str(tmp_path / "pool.sock")})
 
 
+def _accept(conn: socket.socket, fds: list[int] | None = None) -> bytes:
+    """The daemon's ``accepted``; the client's next line (its go, b"" if it closed), and the
+    descriptors that came with it into ``fds``."""
+    conn.sendall(b'{"accepted": true}\n')
+    line, given, _flags, _addr = socket.recv_fds(conn, 4096, 4)
+    if fds is not None:
+        fds.extend(given)
+    else:
+        for fd in given:
+            os.close(fd)
+    return line
+
+
 def test_the_daemon_writes_into_our_descriptors_and_gives_the_status(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    def serve(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        assert request["op"] == "run" and request["argv"] == [IMAGE, "--", "true"]
+    def serve(conn: socket.socket, request: dict[str, Any], with_request: list[int]) -> None:
+        assert request["op"] == "fastrun" and request["argv"] == [IMAGE, "--", "true"]
+        assert with_request == []  # the output descriptors come with the go only
+        fds: list[int] = []
+        assert fastrun.parse_go(_accept(conn, fds))  # nothing runs before the client's go
         os.write(fds[0], b"to stdout\n")
         os.write(fds[1], b"to stderr\n")
         for fd in fds:
@@ -199,16 +222,73 @@ def test_no_socket_or_a_gated_line_runs_the_full_cli(tmp_path: Path) -> None:
 
 def test_a_daemon_gone_during_the_run_is_an_error_not_a_second_run(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    thread = _fake_daemon(tmp_path / "pool.sock", lambda conn, _r, fds: None)
+    thread = _fake_daemon(tmp_path / "pool.sock", lambda conn, _r, fds: _accept(conn))
     assert _run_fast(tmp_path, ["run", IMAGE]) == fastrun.EXIT_HYPERVM
     thread.join(5)
     assert "went away during the run" in capfd.readouterr().err
+
+
+def test_a_daemon_gone_before_it_accepted_ran_nothing_so_the_full_cli_runs(
+        tmp_path: Path) -> None:
+    thread = _fake_daemon(tmp_path / "pool.sock", lambda conn, _r, fds: None)
+    assert _run_fast(tmp_path, ["run", IMAGE]) is None
+    thread.join(5)
+
+
+def test_a_daemon_that_hangs_after_accepting_the_connection_does_not_hang_us(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The daemon takes the request and answers nothing (hung): we stop waiting after
+    ACCEPT_TIMEOUT and leave the run to the full CLI. That is safe: when the daemon comes to
+    it, its ``accepted`` finds our connection closed, no go, and it runs nothing."""
+    monkeypatch.setattr(fastrun, "ACCEPT_TIMEOUT", 0.5)
+    after_us: list[bytes] = []
+    gave_up = threading.Event()
+
+    def hang(conn: socket.socket, _request: dict[str, Any], fds: list[int]) -> None:
+        after_us.extend(b"fd" for _ in fds)  # a hung daemon holds none of our descriptors
+        gave_up.wait(10)  # hung until the client has given up
+        try:
+            after_us.append(_accept(conn))
+        except OSError:
+            after_us.append(b"")
+
+    thread = _fake_daemon(tmp_path / "pool.sock", hang)
+    started = time.monotonic()
+    assert _run_fast(tmp_path, ["run", IMAGE, "--", "true"]) is None
+    assert time.monotonic() - started < 5
+    gave_up.set()
+    thread.join(5)
+    assert after_us == [b""]  # no go: nothing may run
+    assert "did not answer within 0.5 s" in capfd.readouterr().err
+
+
+def test_a_signal_before_our_go_runs_nothing(tmp_path: Path) -> None:
+    """SIGTERM while we wait for the daemon's answer: we stop waiting and exit 128+15; the
+    daemon's late ``accepted`` gets no go."""
+    after_us: list[bytes] = []
+
+    def serve(conn: socket.socket, _request: dict[str, Any], fds: list[int]) -> None:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+        time.sleep(0.2)
+        try:
+            after_us.append(_accept(conn))
+        except OSError:
+            after_us.append(b"")
+
+    thread = _fake_daemon(tmp_path / "pool.sock", serve)
+    before = signal.getsignal(signal.SIGTERM)
+    assert _run_fast(tmp_path, ["run", IMAGE, "sleep", "60"]) == 128 + signal.SIGTERM
+    thread.join(5)
+    assert after_us == [b""]
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_our_sigterm_is_forwarded_and_its_status_returned(tmp_path: Path) -> None:
     seen: list[int] = []
 
     def serve(conn: socket.socket, _request: dict[str, Any], fds: list[int]) -> None:
+        assert fastrun.parse_go(_accept(conn))
         # to the client, this process's main thread (a real client has no other thread)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
         seen.append(fastrun.parse_control(conn.makefile("rb").readline()))
@@ -355,3 +435,136 @@ def test_a_pool_without_the_fast_run_leaves_it_to_the_full_cli(tmp_path: Path) -
                             ) is None
     handler.join(5)
     server.close()
+
+
+class _ClaimedVM:
+    name = "hypervm-fast-test"
+
+    def __init__(self) -> None:
+        self.destroyed = False
+
+    def destroy(self) -> None:
+        self.destroyed = True
+
+
+def _service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim: Any) -> Any:
+    service = fastrun_serve.RunService(_daemon_pool(tmp_path))
+    monkeypatch.setattr(service, "_claim", claim)
+    return service
+
+
+def _pipes() -> list[int]:
+    """Two descriptors standing for the client's stdout and stderr (the service closes them)."""
+    (r1, w1), (r2, w2) = os.pipe(), os.pipe()
+    os.close(r1)
+    os.close(r2)
+    return [w1, w2]
+
+
+@pytest.mark.parametrize("client", ["gave up", "silent", "says something else"])
+def test_the_daemon_runs_nothing_without_the_clients_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str) -> None:
+    """A claimed VM whose client never says go (it gave up waiting for a slow daemon and runs
+    the full CLI) is destroyed unused: the command must not run twice."""
+    vm = _ClaimedVM()
+    service = _service(tmp_path, monkeypatch, lambda *_: (vm, None))
+    monkeypatch.setattr(service, "_run", lambda *_: pytest.fail("ran without the go"))
+    monkeypatch.setattr(fastrun_serve, "GO_TIMEOUT", 0.3)
+    ours, theirs = socket.socketpair()
+    if client == "gave up":
+        ours.close()
+    elif client == "says something else":
+        socket.send_fds(ours, [b'{"signal": 15}\n'], _pipes())
+    service(theirs, 1, fastrun.run_request([IMAGE], [], {}), [])
+    assert vm.destroyed
+    assert service.status() == {"served": 0, "failed": 0, "abandoned": 1, "refused": {}}
+    theirs.close()
+    if client != "gave up":
+        assert ours.recv(100) == b'{"accepted": true}\n'
+        ours.close()
+
+
+def test_the_daemon_runs_once_the_client_said_go(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    vm = _ClaimedVM()
+    service = _service(tmp_path, monkeypatch, lambda *_: (vm, None))
+    ran: list[bytes] = []
+
+    def run(watch: Any, *_: Any) -> None:
+        ran.append(b"ran")
+        return None  # as when the client went away during the run
+
+    monkeypatch.setattr(service, "_run", run)
+    ours, theirs = socket.socketpair()
+    socket.send_fds(ours, [fastrun.GO_LINE], _pipes())
+    service(theirs, 1, fastrun.run_request([IMAGE], [], {}), [])
+    assert ran == [b"ran"] and vm.destroyed
+    assert service.status() == {"served": 1, "failed": 0, "abandoned": 1, "refused": {}}
+    ours.close()
+    theirs.close()
+
+
+def test_refusals_are_counted_by_reason(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def claim(*_: Any) -> Any:
+        raise fastrun_serve.Fallback("no warm VM serves this pod", "no warm VM")
+
+    service = _service(tmp_path, monkeypatch, claim)
+    for fds in ([], [], _pipes()):  # descriptors with the request: a malformed request
+        ours, theirs = socket.socketpair()
+        service(theirs, 1, fastrun.run_request([IMAGE], [], {}), fds)
+        assert b"fallback" in ours.recv(1000)
+        ours.close()
+        theirs.close()
+    assert service.status()["refused"] == {"no warm VM": 2, "bad request": 1}
+    assert service.fallbacks == 3 and service.served == 0
+
+
+def test_pool_status_shows_the_fast_run_counters(tmp_path: Path) -> None:
+    """``hypervm pool status``: served, failed, abandoned and refused (by reason) fast runs,
+    in the JSON the socket answers and in the text output."""
+    from executor.cli import pool as pool_cli
+
+    pool = _daemon_pool(tmp_path)
+    service = fastrun_serve.RunService(pool)
+    pool.add_service(fastrun.RUN_OP, service)
+    for what, reason in (("served", ""), ("served", ""), ("failed", ""), ("abandoned", ""),
+                         ("refused", "no warm VM"), ("refused", "image not cached"),
+                         ("refused", "no warm VM")):
+        service.counts.add(what, reason)
+    ours, theirs = socket.socketpair()
+    ours.sendall(b'{"op": "status"}\n')
+    pool._handle(theirs)
+    status = json.loads(ours.makefile("rb").readline())
+    ours.close()
+    assert status["services"] == {"fastrun": {
+        "served": 2, "failed": 1, "abandoned": 1,
+        "refused": {"no warm VM": 2, "image not cached": 1}}}
+    lines = pool_cli.status_lines(status)
+    assert lines[-1] == ("fast runs: 2 served, 1 failed, 1 abandoned, 3 refused (image not "
+                         "cached 1, no warm VM 2)")
+    assert lines[0].startswith("pool ") and "0 ready" in lines[0]
+    status.pop("services")  # a pool without the fast run (or from before the counters)
+    assert pool_cli.status_lines(status)[-1] == "fast runs: not served by this pool"
+
+
+def test_a_daemon_that_gave_up_on_our_go_leaves_the_run_to_the_full_cli(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """We were slow to say go (stopped, say) and the daemon closed the connection: the go
+    cannot arrive, nothing ran, the full CLI runs it."""
+    real_send_fds = socket.send_fds
+    closed = threading.Event()
+
+    def late_go(sock: socket.socket, buffers: Any, fds: Any, *args: Any) -> int:
+        closed.wait(5)
+        return real_send_fds(sock, buffers, fds, *args)
+
+    def serve(conn: socket.socket, _request: dict[str, Any], fds: list[int]) -> None:
+        conn.sendall(b'{"accepted": true}\n')
+        conn.shutdown(socket.SHUT_RDWR)
+        closed.set()
+
+    monkeypatch.setattr(fastrun.socket, "send_fds", late_go)
+    thread = _fake_daemon(tmp_path / "pool.sock", serve)
+    assert _run_fast(tmp_path, ["run", IMAGE]) is None
+    thread.join(5)

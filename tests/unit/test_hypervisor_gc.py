@@ -216,3 +216,28 @@ class _Ctx:
 
     def __exit__(self, *_: object) -> None:
         pass
+
+
+def test_gc_says_which_volume_grant_it_could_not_finish(
+        cfg: HostConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGKILLed owner's ``-v`` directory was moved away: gc keeps its record and says so,
+    with the record, the uid and what to do, not "nothing to remove"."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    owner = va.granted(200001, [Mount(type="9p", destination="/d", source=shared)],
+                       "hypervm-killed-owner", va.keeper(cfg))
+    owner.__enter__()  # its owner was SIGKILLed: the entry and its record stay
+    for record in (cfg.state_dir / "volume-grants").glob("*.json"):
+        os.utime(record, (0, 0))
+    shared.rename(tmp_path / "elsewhere")
+    monkeypatch.setattr(cli_gc, "Hypervisor", lambda *_, **__: _Ctx(FakeHypervisor([])))
+    monkeypatch.setattr(cli_gc, "config_from_env", lambda: cfg)
+    monkeypatch.setattr(cli_gc, "prune_image_cache", lambda *_, **__: None)
+    assert cli_gc.gc_command(argparse.Namespace(everything=False, dry_run=False,
+                                                images=False)) == 0
+    out = capsys.readouterr().out
+    (record,) = (cfg.state_dir / "volume-grants").glob("*.json")
+    assert (f"kept the volume grant record {record} of hypervm-killed-owner (uid 200001 stays "
+            f"out of use): {shared} was moved or removed") in out
+    assert "move it back and run hypervm gc again" in out and "nothing to remove" not in out

@@ -412,3 +412,61 @@ def test_a_template_is_saved_once_its_boots_free_memory_was_reported(
     assert events[-2:] == [("sleep", template.SETTLE_S), "save"]
     assert template.SETTLE_S >= 2.0  # the guest kernel's page reporting delay
     assert MsgType.RESEED in events and hv.destroyed == hv.created  # the template is gone
+
+
+# -- one template's layout is not every tenant's, nor forever ---------------------------------
+
+def test_no_two_tenants_share_a_template(cfg: Any) -> None:
+    """Clones share their template's kernel layout (KASLR) and boot-time secrets: a tenant's
+    clones never come from another tenant's template."""
+    key = store.snapshot_key(BOOT, cfg, Shape(1, 128, "acme"))
+    assert key == store.snapshot_key(BOOT, cfg, Shape(1, 128, "acme"))
+    assert key != store.snapshot_key(BOOT, cfg, Shape(1, 128, "globex"))
+    assert key != store.snapshot_key(BOOT, cfg, Shape(1, 128))  # pods naming none: "default"
+
+
+def _templates(cfg: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fake template boots (the state is a few bytes); the names of those made."""
+    made: list[str] = []
+
+    def boot_and_save(_cfg: Any, _boot: Any, _hv: Any, shape: Shape, fd: int) -> Any:
+        made.append(f"hypervm-template-{len(made)}-{shape.tenant}")
+        os.write(fd, b"QEVM")
+        return made[-1], {"version": 1}
+
+    monkeypatch.setattr(template, "_boot_and_save", boot_and_save)
+    return made
+
+
+def test_a_template_is_remade_after_its_clones_or_its_age(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _templates(cfg, monkeypatch)
+    cfg = dataclasses.replace(cfg, snapshot_max_clones=2, snapshot_max_age_s=3600.0)
+    shape = Shape(1, 128, "acme")
+    first = template.ensure(cfg, BOOT, None, shape)
+    assert template.ensure(cfg, BOOT, None, shape).template == first.template == made[0]
+    third = template.ensure(cfg, BOOT, None, shape)  # two clones served: a new template
+    assert third.template == made[1] != first.template
+    assert template.ensure(cfg, BOOT, None, Shape(1, 128, "globex")).template == made[2]
+    key = store.snapshot_key(BOOT, cfg, shape)
+    assert store.lookup(cfg, key) is not None
+    assert store.lookup(cfg, key, now=time.time() + 3600) is None  # an hour old: remade
+    template.ensure(cfg, BOOT, None, shape)
+    assert len(made) == 3  # its second clone
+    monkeypatch.setattr(time, "time", lambda: 1e10)
+    assert template.ensure(cfg, BOOT, None, shape).template == made[3]
+
+
+def test_rotation_can_be_turned_off(cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _templates(cfg, monkeypatch)
+    never = dataclasses.replace(cfg, snapshot_max_clones=None, snapshot_max_age_s=None)
+    for _ in range(5):
+        template.ensure(never, BOOT, None, Shape(1, 128))
+    assert len(made) == 1
+    assert store.lookup(never, store.snapshot_key(BOOT, never, Shape(1, 128)),
+                        now=time.time() + 1e8) is not None
+    settings = config_from_env({"HYPERVM_SNAPSHOT_MAX_AGE": "0",
+                                "HYPERVM_SNAPSHOT_MAX_CLONES": "0"})
+    assert (settings.snapshot_max_age_s, settings.snapshot_max_clones) == (None, None)
+    defaults = config_from_env({})
+    assert (defaults.snapshot_max_age_s, defaults.snapshot_max_clones) == (3600.0, 100)

@@ -354,3 +354,42 @@ def test_a_record_of_another_version_is_neither_dropped_nor_misread(cfg: HostCon
     assert odd.exists() and record.exists()
     assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
     assert odd.exists() and _users(shared) == {}
+
+
+def test_a_directory_moved_while_its_vm_runs_is_finished_where_it_went(
+        cfg: HostConfig, shared: Path, tmp_path: Path) -> None:
+    """The VM's end works on the directory it opened when the grant was made, not on a path:
+    moved meanwhile (and another directory made at its old path), the moved one gets its entry
+    off and its files handed back; the new one at the old path is not touched."""
+    os.chown(shared, OPERATOR, OPERATOR)
+    moved = tmp_path / "moved"
+    with _grant(cfg, A, "hypervm-a", shared):
+        out = _made_by(A, _touch(shared / "out.txt"), 0o600)
+        shared.rename(moved)
+        shared.mkdir()
+        decoy = _made_by(A, _touch(shared / "decoy"), 0o600)  # A's, at the old path
+    assert _users(moved) == {} and (moved / out.name).stat().st_uid == OPERATOR
+    assert decoy.stat().st_uid == A  # not the directory granted: not ours to change
+    assert not list((cfg.state_dir / "volume-grants").glob("*.json"))
+
+
+def test_gc_reports_a_record_it_cannot_finish_and_keeps_it(
+        cfg: HostConfig, shared: Path, tmp_path: Path) -> None:
+    """A SIGKILLed owner's directory was moved: gc cannot find it, so it keeps the record (the
+    uid out of reuse), touches nothing at the old path, and says which record, why and what to
+    do, instead of "nothing to remove"."""
+    abandoned = _grant(cfg, A, "hypervm-a", shared)
+    abandoned.__enter__()  # its owner is SIGKILLed in the block
+    shared.rename(tmp_path / "moved")
+    shared.mkdir()
+    decoy = _made_by(A, _touch(shared / "decoy"), 0o600)
+    stuck: list[va.Unfinished] = []
+    assert va.release_stale(cfg, runs=lambda domain: False, grace=0, unfinished=stuck) == []
+    assert [(u.grant.path, u.grant.uid) for u in stuck] == [(str(shared), A)]
+    assert "another directory" in stuck[0].why and stuck[0].record.exists()
+    assert decoy.stat().st_uid == A and _users(tmp_path / "moved") == {A: 7}
+    assert A in granted_uids(cfg.state_dir / "volume-grants")
+    shared.rename(tmp_path / "other")
+    stuck.clear()
+    assert va.release_stale(cfg, runs=lambda domain: False, grace=0, unfinished=stuck) == []
+    assert "No such file" in stuck[0].why
