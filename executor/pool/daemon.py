@@ -148,8 +148,9 @@ class WarmPool:
         self._claimers: dict[str, Claimer] = {}
         #: the background destroys of released VMs (stop() waits for them)
         self._releasing: list[threading.Thread] = []
-        #: more operations on the socket (add_service)
+        #: more operations on the socket (add_service), and their parts of the status
         self._services: dict[str, Service] = {}
+        self._status_parts: dict[str, Callable[[], Any]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -206,14 +207,32 @@ class WarmPool:
             self._hv.close()
             self._hv = None
 
-    def add_service(self, op: str, service: Service) -> None:
+    def add_service(self, op: str, service: Service,
+                    status: Callable[[], Any] | None = None) -> None:
         """Serve ``{"op": op, ...}`` in the connection's thread, after the access check (e.g.
-        the fast ``hypervm run``, executor.cli.fastrun_serve)."""
+        the fast ``hypervm run``, executor.cli.fastrun_serve); ``status``: its part of
+        :meth:`status`, under ``op``."""
         self._services[op] = service
+        if status is not None:
+            self._status_parts[op] = status
 
     @property
     def hypervisor(self) -> Any:  # the pool's libvirt connection, for a service's VMs
         return self._hv
+
+    @property
+    def boot_files(self) -> BootFiles | None:  # what its VMs boot, once started
+        return self._boot
+
+    def hand_over(self, name: str, owner_pid: int) -> None:
+        """A VM of this daemon's other than a pool VM (a standby clone, executor.snapshot.keeper)
+        is ``owner_pid``'s now: it may release it, and :meth:`record_claim` records it."""
+        with self._cond:
+            self._claimers[name] = claimer(owner_pid)
+
+    def discard(self, name: str, run_dir: Path) -> None:
+        """Destroy a VM of this daemon's (not claimed), its run dir and its uid."""
+        self._discard(name, run_dir, None)
 
     def __enter__(self) -> WarmPool:
         self.start()
@@ -255,7 +274,8 @@ class WarmPool:
                     "ready": len(self._idle), "booting": len(self._booting),
                     "images": images, "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
-                    "accel": self._boot.accel if self._boot else None}
+                    "accel": self._boot.accel if self._boot else None,
+                    **{op: part() for op, part in self._status_parts.items()}}
 
     def idle_vms(self) -> list[str]:
         """The names of the VMs ready to be claimed now."""

@@ -21,6 +21,7 @@ behind: the launcher then boots cold.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -36,7 +37,8 @@ from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices, give_layers
-from executor.snapshot import store, template
+from executor.pool.protocol import Lease
+from executor.snapshot import standby, store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
 from hypervm.config import HostConfig
@@ -71,20 +73,42 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         return None
     network.check_host_ports(pod.network)  # the cold boot's check and error, before a VM starts
     started = time.monotonic()
-    name = f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
-    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=name, before_shares=before_shares)
-    vm.assign_devices()
-    hv = vm.take_over(GuestChannel(vm.channel_socket))
+    shape = Shape(pod.resources.cpus, pod.resources.memory_mib)
+    try:
+        boot = boot_files or resolve_boot(cfg, accel=accel)
+    except HyperVMError as e:
+        log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
+        return None
+    snap, lease = _standby(cfg, pod, boot, shape)
+    start = functools.partial(_start, cfg, pod, boot, shape, hypervisor=hypervisor,
+                              timeout=timeout, before_shares=before_shares, started=started)
+    if lease is not None:
+        vm = start(snap, lease)
+        if vm is not None:
+            return vm
+        log.info("%s: the standby %s failed: starting a clone of its own", pod.name, lease.vm)
+    return start(snap, None)
+
+
+def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
+           snap: Snapshot | None, lease: Lease | None, *, hypervisor: Any, timeout: float,
+           before_shares: Callable[[tuple[int, int] | None], None] | None,
+           started: float) -> HyperVM | None:
+    """:func:`start_vm` on the standby of ``lease``, or on a clone of its own (None)."""
+    name = lease.vm if lease is not None else f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=name,
+                 run_dir=lease.run_dir if lease is not None else None,
+                 before_shares=before_shares)
     marks = [("start", started)]
     publishing = False
     binds: list[Any] = []  # mounts being bound into QEMU's mount namespace
     try:
-        boot = boot_files or resolve_boot(cfg, accel=accel)
-        # another shape's template may hold the store for a while: no longer than our timeout
-        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib),
-                               wait=timeout)
+        vm.assign_devices()
+        hv = vm.take_over(GuestChannel(vm.channel_socket))
+        if snap is None:  # another shape's template may hold the store: no longer than our timeout
+            snap = template.ensure(cfg, boot, hv, shape, wait=timeout)
         marks.append(("snapshot", time.monotonic()))
-        ready = _clone(vm, hv, boot, snap, marks, binds)
+        ready = _clone(vm, hv, boot, snap, marks, binds, lease)
         # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after
         # the check) fails the launch as it would fail a cold boot
         publishing = True
@@ -99,7 +123,9 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         _abandon(vm, binds)
         if publishing and isinstance(e, NetworkError):
             raise
-        log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
+        log.warning("%s: no start from a snapshot%s (%s)%s", pod.name,
+                    f" on the standby {name}" if lease is not None else "", e,
+                    "" if lease is not None else ": booting cold")
         return None
     except BaseException:
         _abandon(vm, binds)
@@ -108,16 +134,60 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
     vm.fail_closed()
     spans = ", ".join(f"{b} {t1 - t0:.3f}"
                       for (_, t0), (b, t1) in zip(marks, marks[1:], strict=False))
-    log.info("%s: %s started from snapshot %s in %.3f s (%s)", pod.name, name,
-             snap.state.parent.name, vm.boot_seconds, spans)
+    log.info("%s: %s started from snapshot %s%s in %.3f s (%s)", pod.name, name,
+             snap.state.parent.name, " (standby)" if lease is not None else "",
+             vm.boot_seconds, spans)
     return vm
 
 
+def _standby(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape
+             ) -> tuple[Snapshot | None, Lease | None]:
+    """The store's snapshot of ``shape`` (None: none yet) and, when there is one, a standby
+    clone for it from the pool daemon (None: none ready; executor.snapshot.standby)."""
+    snap = store.lookup(cfg, store.snapshot_key(boot, cfg, shape))
+    if snap is None:
+        return None, None
+    lease = standby.take(cfg, shape, snap.state.parent.name, snap.template, pod_metadata(pod))
+    return snap, lease
+
+
 def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
-           marks: list[tuple[str, float]], binds: list[Any]) -> dict[str, Any]:
-    """Create the clone, load the snapshot into it, reseed its RNG, give it the pod's devices
-    (the mounts' binds started into ``binds``); its READY payload. Appends when each step
-    ended to ``marks``."""
+           marks: list[tuple[str, float]], binds: list[Any], lease: Lease | None = None
+           ) -> dict[str, Any]:
+    """Create the clone (or take the standby of ``lease``, started by the pool daemon: its
+    run dir, uid and the network policy were made then), load the snapshot into it, reseed
+    its RNG, give it the pod's devices (the mounts' binds started into ``binds``); its READY
+    payload. Appends when each step ended to ``marks``."""
+    if lease is None:
+        _create(vm, hv, boot, snap)
+    else:
+        hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
+        vm.identity = identity.Identity(*lease.identity) if lease.identity is not None else None
+    marks.append(("create", time.monotonic()))
+    cfg = vm.cfg
+    # on leaving, the helper's running step is waited for (an error then is the first one's)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
+        devices = helper.submit(give_devices, vm, hv, binds, attach_layers=False)
+        try:
+            migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+        except HyperVMError:
+            if lease is None:  # a standby may have failed on its own (its QEMU killed)
+                store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
+            raise
+        devices.result()
+        marks.append(("load", time.monotonic()))
+        layers = helper.submit(give_layers, vm, hv)
+        ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT),
+                                  LOAD_TIMEOUT, snap.ready)
+        # before anything else runs in it: its kernel RNG is the template's until now
+        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+        layers.result()
+    marks.append(("reseed", time.monotonic()))
+    return ready
+
+
+def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> None:
+    """Create the clone domain of ``snap`` for ``vm``, waiting for the stream."""
     cfg, res = vm.cfg, vm.pod.resources
     vm.identity = identity.for_vm(cfg, hv, vm.name)
     spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
@@ -130,25 +200,6 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
     hv.create(spec)
     vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
-    marks.append(("create", time.monotonic()))
-    # on leaving, the helper's running step is waited for (an error then is the first one's)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
-        devices = helper.submit(give_devices, vm, hv, binds, attach_layers=False)
-        try:
-            migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
-        except HyperVMError:
-            store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: make it anew
-            raise
-        devices.result()
-        marks.append(("load", time.monotonic()))
-        layers = helper.submit(give_layers, vm, hv)
-        ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT),
-                                  LOAD_TIMEOUT, snap.ready)
-        # before anything else runs in it: its kernel RNG is the template's until now
-        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
-        layers.result()
-    marks.append(("reseed", time.monotonic()))
-    return ready
 
 
 def _abandon(vm: HyperVM, binds: list[Any]) -> None:

@@ -1,0 +1,271 @@
+"""The warm pool daemon's standby clones (the protocol: executor.snapshot.standby).
+
+A :class:`StandbyKeeper` serves the ``standby`` operation on a :class:`WarmPool`'s socket and
+keeps one standby clone for each of the latest ``PoolConfig.standby`` shapes that launches
+from a snapshot asked for: a clone domain of the store's snapshot of that shape, its QEMU
+started and waiting for the stream (``-incoming defer``), no guest code run. Its run dir and
+uid are made as for any VM (root's run dir with the VM's group, a uid of its own); it is the
+daemon's (owner metadata, pool state ``standby``) until a claimer takes it, then the claimer's
+(recorded before anything else, as a claim records it), and handed out once: it leaves the
+keeper's table under its lock before the reply is written.
+
+What waiting costs: a QEMU whose guest RAM was never touched (the clone's memory is
+anonymous; the stream fills it on the load), its TCG buffer reserved but not written — see
+README "Standby clones" for the measured figure. Stopping the keeper destroys its standbys.
+
+Threads: *standby* starts a standby for a wanted shape that has none (one at a time, waiting
+``refill_delay`` after a take, so it does not compete with the launch that took one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from executor import netpolicy, network
+from executor.libvirt import identity
+from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
+from executor.libvirt.domain import DOMAIN_PREFIX
+from executor.libvirt.owners import owner_metadata, process_start_time
+from executor.pool import listener
+from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
+from executor.pool.protocol import encode, error_reply
+from executor.snapshot import store
+from executor.snapshot.standby import Ask, lease_reply, parse_standby, remember
+from executor.snapshot.store import Shape
+from hypervm.errors import HostError, HyperVMError, PoolError
+
+log = logging.getLogger(__name__)
+
+#: the pool state of a standby clone in its metadata
+STANDBY_STATE = "standby"
+#: after a standby could not be made (no snapshot yet, a failed start), retry that shape
+#: no sooner than this (a request for it retries at once)
+RETRY_S = 30.0
+
+
+@dataclass
+class _Standby:
+    name: str
+    run_dir: Path
+    shape: Shape
+    key: str
+    template: str
+    identity: tuple[int, int] | None
+    made_at: float
+
+
+class StandbyKeeper:
+    """Use as a context manager inside the pool's (``with pool, keeper:``): it needs the
+    pool's libvirt connection, and registers itself as the pool's ``standby`` service."""
+
+    def __init__(self, pool: WarmPool, *, refill_delay: float = REFILL_DELAY_S) -> None:
+        self.pool = pool
+        self.cfg = pool.cfg
+        self.limit = pool.config.standby
+        self.refill_delay = refill_delay
+        self._wanted: list[Shape] = []  # least recently asked for first
+        self._ready: dict[Shape, _Standby] = {}
+        self._keys: dict[Shape, str] = {}  # the snapshot key of each shape, this daemon's
+        self._retry_at: dict[Shape, float] = {}
+        self._last_take = 0.0
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.taken = self.missed = self.made = self.failures = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.pool.hypervisor is None or self.pool.boot_files is None:
+            raise HostError("standby clones need a started warm pool")
+        self.pool.add_service("standby", self, self.status)
+        self._thread = threading.Thread(target=self._refill_loop, name="pool-standby",
+                                        daemon=True)
+        self._thread.start()
+        log.info("standby clones for up to %d shapes", self.limit)
+
+    def stop(self) -> None:
+        """Stop making standbys and destroy the ready ones. Idempotent."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        with self._cond:
+            ready, self._ready = list(self._ready.values()), {}
+        for each in ready:
+            self.pool.discard(each.name, each.run_dir)
+
+    def __enter__(self) -> StandbyKeeper:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {"shapes": [[s.vcpus, s.memory_mib] for s in self._wanted],
+                    "ready": sorted(sb.name for sb in self._ready.values()),
+                    "limit": self.limit, "taken": self.taken, "missed": self.missed,
+                    "made": self.made, "failures": self.failures}
+
+    def ready_names(self) -> list[str]:
+        with self._cond:
+            return [sb.name for sb in self._ready.values()]
+
+    def wait_ready(self, shape: Shape, timeout: float) -> bool:
+        """Wait until a standby of ``shape`` is ready; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while shape not in self._ready:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    # -- the service --------------------------------------------------------------------------
+
+    def __call__(self, conn: socket.socket, pid: int, request: dict[str, Any],
+                 fds: list[int], rest: bytes = b"") -> None:
+        for fd in fds:  # a standby request carries none
+            os.close(fd)
+        try:
+            ask = parse_standby(request)
+            standby = self.take(ask, pid)
+        except PoolError as e:
+            listener.send_quietly(conn, error_reply(e))
+            return
+        try:
+            conn.sendall(encode(lease_reply(standby.name, str(standby.run_dir),
+                                            standby.identity)))
+        except OSError as e:  # its owner is recorded below all the same: the reaper's then
+            log.info("standby %s: the claimer went away (%s)", standby.name, e)
+        finally:
+            self.pool.record_claim(standby.name, ask.metadata, pid)
+
+    def take(self, ask: Ask, pid: int) -> _Standby:
+        """Hand the standby of ``ask``'s shape to ``pid`` (and note the shape as wanted);
+        PoolError when there is none for it."""
+        if self._stopping.is_set():
+            raise PoolError("the pool is stopping")
+        if process_start_time(pid) is None:
+            raise PoolError(f"the claiming process {pid} is gone")
+        if self._key(ask.shape) != ask.key:
+            raise PoolError("this pool's kernel, init or QEMU makes another snapshot of the "
+                            "shape: no standby")
+        with self._cond:
+            self._wanted, gone = remember(self._wanted, ask.shape, self.limit)
+            dropped = [self._ready.pop(s) for s in gone if s in self._ready]
+            standby = self._ready.pop(ask.shape, None)
+            self._retry_at.pop(ask.shape, None)  # a launch may have made its snapshot now
+            if standby is not None:
+                self._last_take = time.monotonic()
+            self._cond.notify_all()
+        for each in dropped:
+            log.info("standby %s: its shape is no longer wanted", each.name)
+            self.pool.discard(each.name, each.run_dir)
+        if standby is None:
+            self.missed += 1
+            raise PoolError(f"no standby of {ask.shape.vcpus} vCPU / {ask.shape.memory_mib} "
+                            "MiB is ready")
+        if (standby.key, standby.template) != (ask.key, ask.template):
+            self.pool.discard(standby.name, standby.run_dir)
+            raise PoolError("the standby was made for a snapshot the store no longer has")
+        self.pool.hand_over(standby.name, pid)
+        self.taken += 1
+        log.info("standby %s taken by pid %d after %.1f s", standby.name, pid,
+                 time.monotonic() - standby.made_at)
+        return standby
+
+    def _key(self, shape: Shape) -> str:
+        key = self._keys.get(shape)
+        if key is None:
+            boot = self.pool.boot_files
+            if boot is None:
+                raise PoolError("the pool is not started")
+            key = self._keys[shape] = store.snapshot_key(boot, self.cfg, shape)
+        return key
+
+    # -- refill -------------------------------------------------------------------------------
+
+    def _next(self) -> Shape | None:
+        """The most recently wanted shape without a standby, not waiting for a retry (call
+        with the lock held)."""
+        now = time.monotonic()
+        for shape in reversed(self._wanted):
+            if shape not in self._ready and self._retry_at.get(shape, 0.0) <= now:
+                return shape
+        return None
+
+    def _refill_loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                while not self._stopping.is_set() and (shape := self._next()) is None:
+                    self._cond.wait(1.0)
+            if self._stopping.is_set() or shape is None:
+                return
+            # a standby was just taken: let its launch have the CPU first
+            while (pause := self._last_take + self.refill_delay - time.monotonic()) > 0:
+                if self._stopping.wait(pause):
+                    return
+            standby = self._make(shape)
+            with self._cond:
+                keep = (standby is not None and not self._stopping.is_set()
+                        and shape in self._wanted and shape not in self._ready)
+                if keep and standby is not None:
+                    self._ready[shape] = standby
+                elif standby is None:
+                    self._retry_at[shape] = time.monotonic() + RETRY_S
+                self._cond.notify_all()
+            if standby is not None and not keep:
+                self.pool.discard(standby.name, standby.run_dir)
+
+    def _make(self, shape: Shape) -> _Standby | None:
+        """Start a standby of ``shape`` (None: no snapshot of it yet, or it failed)."""
+        try:
+            key = self._key(shape)
+        except HyperVMError as e:
+            log.warning("no standby of %s: %s", shape, e)
+            return None
+        snap = store.lookup(self.cfg, key)
+        if snap is None:  # the launch that asked makes it; its next request retries
+            log.info("no standby of %s: the store has no snapshot of it yet", shape)
+            return None
+        name = f"{DOMAIN_PREFIX}{self.pool.config.name}-sb-{uuid.uuid4().hex[:8]}"
+        run_dir = self.cfg.vms_dir / name
+        metadata = {META_POOL: self.pool.config.name, META_POOL_STATE: STANDBY_STATE,
+                    **owner_metadata()}
+        hv, boot = self.pool.hypervisor, self.pool.boot_files
+        started = time.monotonic()
+        try:
+            if boot is None:
+                raise HostError("the pool is not started")
+            own = identity.for_vm(self.cfg, hv, name)
+            spec = clone_domain(name, snap.template, boot, self.cfg, run_dir,
+                                shape.vcpus, shape.memory_mib, metadata,
+                                identity=own.pair if own is not None else None)
+            netpolicy.enforce(self.cfg, network.host_resolv_conf())  # clones have a NIC
+            hv.prepare_run_dir(run_dir, spec.identity)
+            (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+            hv.create(spec)
+        except (HyperVMError, OSError) as e:
+            self.failures += 1
+            log.warning("standby %s did not start: %s", name, e)
+            self.pool.discard(name, run_dir)
+            return None
+        self.made += 1
+        log.info("standby %s of %d vCPU / %d MiB ready in %.2f s", name, shape.vcpus,
+                 shape.memory_mib, time.monotonic() - started)
+        return _Standby(name, run_dir, shape, key, snap.template, spec.identity,
+                        time.monotonic())
