@@ -31,6 +31,7 @@ ROWS = (
     ("runsc run true p50", "runsc_run_true_p50_s", "s"),
     ("runsc idle PSS", "runsc_idle_pss_mib", "MiB"),
     ("snapshot launch p50", "snapshot_launch_p50_s", "s"),
+    ("snapshot launch, own clone p50", "snapshot_launch_own_clone_p50_s", "s"),
     ("warm launch p50 (ports)", "warm_launch_ports_p50_s", "s"),
     ("image import", "import_mb_s", "MB/s"),
     ("cache hit", "cache_hit_extra_s", "s"),

@@ -153,6 +153,7 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "run_true_pool_p95_s": p95("hypervm run true (pool)"),
         "snapshot_launch_p50_s": p50("snapshot launch"),
         "snapshot_launch_p95_s": p95("snapshot launch"),
+        "snapshot_launch_own_clone_p50_s": p50("snapshot launch (own clone)"),
         "warm_launch_ports_p50_s": p50("warm launch (ports)"),
         "warm_launch_ports_p95_s": p95("warm launch (ports)"),
         "idle_vm_private_mib": _idle(measured, "hypervm", "private_mib"),
@@ -166,9 +167,13 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
     })
     notes = doc.setdefault("notes", {})
     notes["snapshot_launch_p50_s"] = (
-        "LAUNCH → TASK_RUNNING with no pool and HYPERVM_SNAPSHOT=on: the VM starts from the "
-        "snapshot of the task's shape (made by an untimed launch before the rounds); phases "
-        "in details.summaries['snapshot launch: …']")
+        "LAUNCH → TASK_RUNNING with HYPERVM_SNAPSHOT=on and a pool daemon that keeps no idle "
+        "VM but a standby clone of the task's shape (a QEMU waiting for the snapshot, "
+        "executor.snapshot.keeper; ready before each launch): the snapshot (made by an untimed "
+        "launch before the rounds) is loaded into it; phases in details.summaries['snapshot "
+        "launch: …'] (clone: … as executor.snapshot.start logs them). "
+        "snapshot_launch_own_clone_p50_s: the same with HYPERVM_POOL=off, the executor "
+        "starting a clone of its own (the path when no standby is ready)")
     notes["warm_launch_ports_p50_s"] = (
         "warm_launch_p50_s's launch (the image pool, full before each launch) of a task with "
         "one port in its ports resources: the pool checks the port as a cold boot does and "

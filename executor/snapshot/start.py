@@ -181,8 +181,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
                                   LOAD_TIMEOUT, snap.ready)
         # before anything else runs in it: its kernel RNG is the template's until now
         vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+        marks.append(("reseed", time.monotonic()))
         layers.result()
-    marks.append(("reseed", time.monotonic()))
+    marks.append(("layers", time.monotonic()))
     return ready
 
 
