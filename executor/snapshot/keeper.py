@@ -3,15 +3,17 @@
 A :class:`StandbyKeeper` serves the ``standby`` operation on a :class:`WarmPool`'s socket and
 keeps one standby clone for each of the latest ``PoolConfig.standby`` shapes that launches
 from a snapshot asked for: a clone domain of the store's snapshot of that shape, its QEMU
-started and waiting for the stream (``-incoming defer``), no guest code run. Its run dir and
+started (``-incoming defer``) and the snapshot loaded into it, paused: no guest code has run
+in it (the claimer lets it run and reseeds its RNG first, executor.snapshot.start). Its run dir and
 uid are made as for any VM (root's run dir with the VM's group, a uid of its own); it is the
 daemon's (owner metadata, pool state ``standby``) until a claimer takes it, then the claimer's
 (recorded before anything else, as a claim records it), and handed out once: it leaves the
 keeper's table under its lock before the reply is written.
 
-What waiting costs: a QEMU whose guest RAM was never touched (the clone's memory is
-anonymous; the stream fills it on the load), its TCG buffer reserved but not written — see
-README "Standby clones" for the measured figure. Stopping the keeper destroys its standbys.
+What waiting costs: a QEMU holding the snapshot's guest RAM (the clone's memory is
+anonymous: the stream fills only the pages the template used), its TCG buffer reserved but not
+written; README "Standby clones" has the measured figures. Stopping the keeper destroys its
+standbys.
 
 Threads: *standby* starts a standby for a wanted shape that has none (one at a time, waiting
 ``refill_delay`` after a take, so it does not compete with the launch that took one).
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from executor import netpolicy, network
-from executor.libvirt import identity
+from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
 from executor.libvirt.domain import DOMAIN_PREFIX
 from executor.libvirt.owners import owner_metadata, process_start_time
@@ -44,6 +46,8 @@ from hypervm.errors import HostError, HyperVMError, PoolError
 
 log = logging.getLogger(__name__)
 
+#: seconds a standby's QEMU may take to load the snapshot
+LOAD_TIMEOUT = 30.0
 #: the pool state of a standby clone in its metadata
 STANDBY_STATE = "standby"
 #: after a standby could not be made (no snapshot yet, a failed start), retry that shape
@@ -259,6 +263,9 @@ class StandbyKeeper:
             hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             hv.create(spec)
+            # loaded now, off any launch's clock; paused: no guest code runs before its
+            # claimer's RESEED
+            migration.load(hv, name, snap.state, LOAD_TIMEOUT)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("standby %s did not start: %s", name, e)

@@ -1,12 +1,13 @@
 """Standby clones: the claiming side, and the protocol both sides speak.
 
 A *standby* is a clone domain (``designer.clone_domain``) of one shape that the warm pool
-daemon started ahead of time: its QEMU runs, waiting for a migration stream (``-incoming
-defer``), no guest code has run in it. The daemon (executor.snapshot.keeper) keeps one per shape
-that snapshot launches asked for lately; a launch from a snapshot takes it and loads the
-snapshot into it (executor.snapshot.start), so the libvirt + QEMU start leaves the launch's
-clock. A standby is handed to one claimer, never twice, and becomes that claimer's as a claimed
-pool VM does (its owner recorded, the pool's reaper ends it when the claimer dies).
+daemon started ahead of time and loaded the snapshot into: its QEMU runs, the guest is paused,
+no guest code has run in it. The daemon (executor.snapshot.keeper) keeps one per shape that
+snapshot launches asked for lately; a launch from a snapshot takes it, lets it run and reseeds
+its RNG before anything else (executor.snapshot.start), so the libvirt + QEMU start and the
+load leave the launch's clock. A standby is handed to one claimer, never twice, and becomes
+that claimer's as a claimed pool VM does (its owner recorded, the pool's reaper ends it when
+the claimer dies).
 
     → {"op": "standby", "vcpus": 1, "memory_mib": 128, "key": "<snapshot key>",
        "template": "hypervm-template-1a2b3c4d", "metadata": {"pod": "web", ...}}
@@ -17,8 +18,9 @@ pool VM does (its owner recorded, the pool's reaper ends it when the claimer die
 daemon serves, and keeps standbys for, only a key its own boot files give (a claimer with
 another init or kernel gets none), and only a standby made for ``template`` (the store's
 entry of that key now: a standby made for a discarded entry has the wrong NIC). Each request
-also tells the daemon that this shape is wanted: the first launch of a shape finds no standby,
-the next ones do.
+also tells the daemon that this shape is wanted: a launch asks once the store has the shape's
+snapshot, so the launch after the one that made it asks first, finds none and starts a clone
+of its own; the later ones find a standby.
 """
 
 from __future__ import annotations

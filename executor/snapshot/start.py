@@ -5,15 +5,21 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
 2. the template's state loaded into it (executor.libvirt.migration), and it runs;
+
+   or, when the warm pool daemon has a *standby* of the shape (executor.snapshot.standby),
+   1 and 2 were done by the daemon ahead of time (the guest paused, no code run in it): the
+   standby becomes ours (as a claimed pool VM: the daemon records us as its owner) and runs.
+   Without one (no daemon, none ready, or one that fails) the launch does 1 and 2 itself;
 3. RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
    the template's kernel RNG state: init/PROTOCOL.md RESEED). A clone that cannot be
    reseeded is destroyed, never used;
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 
-The host's side of 4 overlaps 2 and 3 (one helper thread): the owned shares, binds and CPU bound
-while QEMU loads the state (they need its process, not its guest), the layers while the guest
-handles RESEED (a hot-added LUN needs a running guest; nothing of the pod runs before START).
+The host's side of 4 overlaps 2 and 3 (one helper thread): the owned shares, binds and CPU
+bound while QEMU loads the state or a standby resumes (they need its process, not its guest),
+the layers while the guest handles RESEED (a hot-added LUN needs a running guest; nothing of
+the pod runs before START).
 
 :func:`start_vm` returns None whenever the snapshot path cannot serve the pod, leaving nothing
 behind: the launcher then boots cold.
@@ -154,8 +160,8 @@ def _standby(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape
 def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
            marks: list[tuple[str, float]], binds: list[Any], lease: Lease | None = None
            ) -> dict[str, Any]:
-    """Create the clone (or take the standby of ``lease``, started by the pool daemon: its
-    run dir, uid and the network policy were made then), load the snapshot into it, reseed
+    """Create the clone and load the snapshot into it (or take the standby of ``lease``, in
+    which the pool daemon did both, and made its run dir, uid and network policy), reseed
     its RNG, give it the pod's devices (the mounts' binds started into ``binds``); its READY
     payload. Appends when each step ended to ``marks``."""
     if lease is None:
@@ -168,12 +174,14 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     # on leaving, the helper's running step is waited for (an error then is the first one's)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
         devices = helper.submit(give_devices, vm, hv, binds, attach_layers=False)
-        try:
-            migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
-        except HyperVMError:
-            if lease is None:  # a standby may have failed on its own (its QEMU killed)
+        if lease is not None:  # the pool daemon loaded the snapshot into it
+            migration.resume(hv, vm.name)
+        else:
+            try:
+                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+            except HyperVMError:
                 store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
-            raise
+                raise
         devices.result()
         marks.append(("load", time.monotonic()))
         layers = helper.submit(give_layers, vm, hv)

@@ -1,7 +1,7 @@
-"""Standby clones with real VMs: the warm pool daemon keeps a clone QEMU waiting for a
-snapshot (executor.snapshot.keeper) for each shape launches from a snapshot asked for; a launch
-takes it, loads the snapshot into it and reseeds it; a standby serves one pod only; without
-one (no keeper, none ready) the launch starts its own clone as before; nothing is left behind."""
+"""Standby clones with real VMs: the warm pool daemon keeps a clone with the snapshot loaded,
+paused (executor.snapshot.keeper), for each shape launches from a snapshot asked for; a launch
+takes it, lets it run and reseeds it; a standby serves one pod only; without one (no keeper,
+none ready, one that died) the launch starts its own clone as before; nothing is left behind."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata
 from executor.pool.daemon import META_POOL_STATE, WarmPool
 from executor.pool.protocol import PoolConfig
+from executor.pool.release import stop_qemu
 from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
 from executor.snapshot.store import Shape
 from tests.conftest import TEST_TAG, our_domains
@@ -55,6 +56,11 @@ def _metadata(cfg: Any, name: str) -> dict[str, str]:
         return next(d.metadata for d in hv.list_ours() if d.name == name)
 
 
+def _status(cfg: Any, name: str) -> str:
+    with Hypervisor(cfg.libvirt_uri) as hv:
+        return str(hv.monitor(name, {"execute": "query-status"})["status"])
+
+
 def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
     cfg, kept = keeper
     vms = []
@@ -67,6 +73,8 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert kept.wait_ready(SHAPE, 120), kept.status()
         standby = kept.ready_names()[0]
         assert _metadata(cfg, standby)[META_POOL_STATE] == STANDBY_STATE
+        # loaded and paused: no guest code runs before its claimer's RESEED
+        assert _status(cfg, standby) == "paused"
         vms.append(boot_vm(cfg, _pod(cfg, "third", 1, 128)))
         third = vms[-1]
         assert third.name == standby
@@ -82,10 +90,18 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert reports[1][0] == 1 and 80 <= reports[1][1] <= 128
         # a new standby replaces the one taken, never the same VM
         assert kept.wait_ready(SHAPE, 120), kept.status()
-        assert kept.ready_names()[0] != standby
+        dead = kept.ready_names()[0]
+        assert dead != standby
+        # a standby that died while it waited: the launch starts a clone of its own
+        assert stop_qemu(dead)
+        vms.append(boot_vm(cfg, _pod(cfg, "fourth", 1, 128)))
+        assert vms[-1].name.startswith(f"hypervm-{TEST_TAG}-fourth-")
+        assert "RNG reseeded" in vms[-1].console_log.read_text()
+        assert kept.status()["taken"] == 2
     finally:
         for vm in vms:
             vm.destroy()
+    assert dead not in our_domains(dead)
     deadline = time.monotonic() + 10
     while standby in our_domains(standby) and time.monotonic() < deadline:
         time.sleep(0.2)
