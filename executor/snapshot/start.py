@@ -120,8 +120,8 @@ def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
         publishing = True
         network.publish_live(hv, name, pod.network)
         publishing = False
-        try:
-            vm.configure_network()
+        try:  # its reply is awaited with the first START's, as on a claimed pool VM
+            vm.configure_network(pipelined=True)
         finally:
             binder.wait_binds(binds)  # no START (which mounts them) before they are done
         marks.append(("pod", time.monotonic()))
@@ -173,7 +173,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     cfg = vm.cfg
     # on leaving, the helper's running step is waited for (an error then is the first one's)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
-        devices = helper.submit(give_devices, vm, hv, binds, attach_layers=False)
+        # a standby is loaded (paused) already: its layers can be hot-added at once
+        steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=lease is not None)]
         if lease is not None:  # the pool daemon loaded the snapshot into it
             migration.resume(hv, vm.name)
         else:
@@ -182,15 +183,16 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
             except HyperVMError:
                 store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
                 raise
-        devices.result()
+            steps[0].result()
+            steps.append(helper.submit(give_layers, vm, hv))  # a LUN needs a loaded guest
         marks.append(("load", time.monotonic()))
-        layers = helper.submit(give_layers, vm, hv)
         ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT),
                                   LOAD_TIMEOUT, snap.ready)
         # before anything else runs in it: its kernel RNG is the template's until now
         vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
         marks.append(("reseed", time.monotonic()))
-        layers.result()
+        for step in steps:
+            step.result()
     marks.append(("layers", time.monotonic()))
     return ready
 
