@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
                        help="idle VMs to keep for each --image (default %(default)s)")
     serve.add_argument("--standby", type=int, default=DEFAULT_STANDBY, metavar="N",
-                       help="keep a standby clone (a QEMU waiting for a snapshot) for each of "
-                            "the N shapes launches from a snapshot asked for last "
+                       help="keep a standby clone (a QEMU with the snapshot loaded, paused) for "
+                            "each of the N shapes launches from a snapshot asked for last "
                             "(HYPERVM_SNAPSHOT=on; 0: none; default %(default)s)")
     serve.set_defaults(func=serve_command)
     status = sub.add_parser("status", help="print the serving pool's state as JSON")
@@ -70,7 +70,8 @@ def serve_command(args: argparse.Namespace) -> int:
     with pool, keeper if config.standby else contextlib.nullcontext():
         images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
         print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
-              f"/ {config.memory_mib} MiB, serving on {cfg.pool_socket}", flush=True)
+              f"/ {config.memory_mib} MiB, standby clones for {config.standby} shapes, serving "
+              f"on {cfg.pool_socket}", flush=True)
         stop.wait()
         print(f"hypervm pool {config.name!r}: stopping ({pool.status()['ready']} idle VMs to "
               "destroy)", flush=True)

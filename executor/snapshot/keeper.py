@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: seconds a standby's QEMU may take to load the snapshot
 LOAD_TIMEOUT = 30.0
+#: snapshot keys of shapes remembered at most (computing one builds a domain's XML)
+KEYS_KEPT = 64
 #: the pool state of a standby clone in its metadata
 STANDBY_STATE = "standby"
 #: after a standby could not be made (no snapshot yet, a failed start), retry that shape
@@ -198,6 +200,8 @@ class StandbyKeeper:
             boot = self.pool.boot_files
             if boot is None:
                 raise PoolError("the pool is not started")
+            if len(self._keys) >= KEYS_KEPT:  # claimers may ask for any shape: bounded
+                self._keys.clear()
             key = self._keys[shape] = store.snapshot_key(boot, self.cfg, shape)
         return key
 
