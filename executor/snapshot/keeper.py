@@ -3,17 +3,16 @@
 A :class:`StandbyKeeper` serves the ``standby`` operation on a :class:`WarmPool`'s socket and
 keeps one standby clone for each of the latest ``PoolConfig.standby`` shapes that launches
 from a snapshot asked for: a clone domain of the store's snapshot of that shape, its QEMU
-started (``-incoming defer``) and the snapshot loaded into it, paused: no guest code has run
-in it (the claimer lets it run and reseeds its RNG first, executor.snapshot.start). Its run dir and
-uid are made as for any VM (root's run dir with the VM's group, a uid of its own); it is the
-daemon's (owner metadata, pool state ``standby``) until a claimer takes it, then the claimer's
-(recorded before anything else, as a claim records it), and handed out once: it leaves the
-keeper's table under its lock before the reply is written.
+started (``-incoming defer``), the snapshot loaded, then run: RESEED before anything else, then
+one throwaway container from the host's warm-up layer (LUN 0, as on a pool VM), so that TCG
+has translated the guest code a START runs. Its run dir and uid are made as for any VM (root's
+run dir with the VM's group, a uid of its own); it is the daemon's (owner metadata, pool state
+``standby``) until a claimer takes it, then the claimer's (recorded as a claim records it),
+and handed out once, with its guest channel's connected socket: it leaves the keeper's table
+under its lock before the reply is written. The claimer reseeds it again.
 
-What waiting costs: a QEMU holding the snapshot's guest RAM (the clone's memory is
-anonymous: the stream fills only the pages the template used), its TCG buffer reserved but not
-written; README "Standby clones" has the measured figures. Stopping the keeper destroys its
-standbys.
+What waiting costs: an idle VM's QEMU (the snapshot's guest RAM, the warm-up's translations);
+README "Standby clones" has the measured figures. Stopping the keeper destroys its standbys.
 
 Threads: *standby* starts a standby for a wanted shape that has none (one at a time, waiting
 ``refill_delay`` after a take, so it does not compete with the launch that took one).
@@ -32,22 +31,35 @@ from pathlib import Path
 from typing import Any
 
 from executor import netpolicy, network
+from executor.guest.channel import RawChannel, connect_socket, peer_closed
+from executor.guest.protocol import (
+    POOL_REQUEST_ID,
+    RESEED_BYTES,
+    WARMUP_HANDLE,
+    WARMUP_SERIAL,
+    MsgType,
+    reseed_payload,
+    warmup_start,
+)
 from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
-from executor.libvirt.domain import DOMAIN_PREFIX
+from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
+from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.libvirt.owners import owner_metadata, process_start_time
 from executor.pool import listener
 from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
-from executor.pool.protocol import encode, error_reply
+from executor.pool.protocol import WARMUP_UNIT, encode, error_reply
 from executor.snapshot import store
 from executor.snapshot.standby import Ask, lease_reply, parse_standby, remember
 from executor.snapshot.store import Shape
-from hypervm.errors import HostError, HyperVMError, PoolError
+from hypervm.errors import BootError, HostError, HyperVMError, PoolError
+from vmimage.rootfs import ensure_warmup_layer
 
 log = logging.getLogger(__name__)
 
-#: seconds a standby's QEMU may take to load the snapshot
+#: seconds a standby's QEMU may take to load the snapshot, and its warm-up to run
 LOAD_TIMEOUT = 30.0
+WARMUP_TIMEOUT = 60.0
 #: snapshot keys of shapes remembered at most (computing one builds a domain's XML)
 KEYS_KEPT = 64
 #: the pool state of a standby clone in its metadata
@@ -66,6 +78,13 @@ class _Standby:
     template: str
     identity: tuple[int, int] | None
     made_at: float
+    #: the guest channel's connected socket, handed to the claimer
+    sock: socket.socket
+    #: the template's READY payload (a clone never sends it)
+    ready: dict[str, Any]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class StandbyKeeper:
@@ -85,6 +104,7 @@ class StandbyKeeper:
         self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warmup_layer = Path()
         self.taken = self.missed = self.made = self.failures = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -92,6 +112,7 @@ class StandbyKeeper:
     def start(self) -> None:
         if self.pool.hypervisor is None or self.pool.boot_files is None:
             raise HostError("standby clones need a started warm pool")
+        self._warmup_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
         self.pool.add_service("standby", self, self.status)
         self._thread = threading.Thread(target=self._refill_loop, name="pool-standby",
                                         daemon=True)
@@ -109,7 +130,11 @@ class StandbyKeeper:
         with self._cond:
             ready, self._ready = list(self._ready.values()), {}
         for each in ready:
-            self.pool.discard(each.name, each.run_dir)
+            self._drop(each)
+
+    def _drop(self, standby: _Standby) -> None:
+        standby.close()
+        self.pool.discard(standby.name, standby.run_dir)
 
     def __enter__(self) -> StandbyKeeper:
         self.start()
@@ -153,11 +178,13 @@ class StandbyKeeper:
             listener.send_quietly(conn, error_reply(e))
             return
         try:
-            conn.sendall(encode(lease_reply(standby.name, str(standby.run_dir),
-                                            standby.identity)))
+            socket.send_fds(conn, [encode(lease_reply(standby.name, str(standby.run_dir),
+                                                      standby.identity, standby.ready))],
+                            [standby.sock.fileno()])
         except OSError as e:  # its owner is recorded below all the same: the reaper's then
             log.info("standby %s: the claimer went away (%s)", standby.name, e)
         finally:
+            standby.close()  # the claimer has its own copy
             self.pool.record_claim(standby.name, ask.metadata, pid)
 
     def take(self, ask: Ask, pid: int) -> _Standby:
@@ -180,14 +207,17 @@ class StandbyKeeper:
             self._cond.notify_all()
         for each in dropped:
             log.info("standby %s: its shape is no longer wanted", each.name)
-            self.pool.discard(each.name, each.run_dir)
+            self._drop(each)
         if standby is None:
             self.missed += 1
             raise PoolError(f"no standby of {ask.shape.vcpus} vCPU / {ask.shape.memory_mib} "
                             "MiB is ready")
         if (standby.key, standby.template) != (ask.key, ask.template):
-            self.pool.discard(standby.name, standby.run_dir)
+            self._drop(standby)
             raise PoolError("the standby was made for a snapshot the store no longer has")
+        if peer_closed(standby.sock):  # e.g. its QEMU died while it waited
+            self._drop(standby)
+            raise PoolError(f"the standby {standby.name} is gone")
         self.pool.hand_over(standby.name, pid)
         self.taken += 1
         log.info("standby %s taken by pid %d after %.1f s", standby.name, pid,
@@ -237,7 +267,7 @@ class StandbyKeeper:
                     self._retry_at[shape] = time.monotonic() + RETRY_S
                 self._cond.notify_all()
             if standby is not None and not keep:
-                self.pool.discard(standby.name, standby.run_dir)
+                self._drop(standby)
 
     def _make(self, shape: Shape) -> _Standby | None:
         """Start a standby of ``shape`` (None: no snapshot of it yet, or it failed)."""
@@ -267,9 +297,8 @@ class StandbyKeeper:
             hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             hv.create(spec)
-            # loaded now, off any launch's clock; paused: no guest code runs before its
-            # claimer's RESEED
-            migration.load(hv, name, snap.state, LOAD_TIMEOUT)
+            migration.load(hv, name, snap.state, LOAD_TIMEOUT)  # off any launch's clock
+            sock = self._warm_up(hv, name, spec.channel_socket)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("standby %s did not start: %s", name, e)
@@ -279,4 +308,29 @@ class StandbyKeeper:
         log.info("standby %s of %d vCPU / %d MiB ready in %.2f s", name, shape.vcpus,
                  shape.memory_mib, time.monotonic() - started)
         return _Standby(name, run_dir, shape, key, snap.template, spec.identity,
-                        time.monotonic())
+                        time.monotonic(), sock, snap.ready)
+
+    def _warm_up(self, hv: Any, name: str, channel_socket: Path) -> socket.socket:
+        """Let the loaded standby ``name`` run: RESEED before anything else (its kernel RNG
+        is the template's until then), then one throwaway container from the host's warm-up
+        layer (as a pool VM runs one), so that QEMU has translated the guest code a START
+        runs before a claimer's START comes (TCG saves no translations). Its channel's
+        connected socket."""
+        migration.resume(hv, name)
+        sock = connect_socket(channel_socket, LOAD_TIMEOUT)
+        try:
+            channel = RawChannel(sock)
+            channel.request(MsgType.RESEED, POOL_REQUEST_ID,
+                            reseed_payload(os.urandom(RESEED_BYTES)), LOAD_TIMEOUT)
+            hv.attach_device(name, hotplug_disk_xml(
+                DiskSpec(path=self._warmup_layer, serial=WARMUP_SERIAL), WARMUP_UNIT))
+            channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(0),
+                            WARMUP_TIMEOUT)
+            status = channel.await_exit(WARMUP_HANDLE, WARMUP_TIMEOUT)
+            if status.code != 0:
+                raise BootError(f"the warm-up container of {name} ended with "
+                                f"{status.describe()}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock

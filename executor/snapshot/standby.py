@@ -1,17 +1,20 @@
 """Standby clones: the claiming side, and the protocol both sides speak.
 
 A *standby* is a clone domain (``designer.clone_domain``) of one shape that the warm pool
-daemon started ahead of time and loaded the snapshot into: its QEMU runs, the guest is paused,
-no guest code has run in it. The daemon (executor.snapshot.keeper) keeps one per shape that
-snapshot launches asked for lately; a launch from a snapshot takes it, lets it run and reseeds
-its RNG before anything else (executor.snapshot.start), so the libvirt + QEMU start and the
-load leave the launch's clock. A standby is handed to one claimer, never twice, and becomes
-that claimer's as a claimed pool VM does (its owner recorded, the pool's reaper ends it when
-the claimer dies).
+daemon started ahead of time, loaded the snapshot into, let run, reseeded (RESEED first: its
+RNG is the template's until then) and ran one throwaway container in, so that TCG has
+translated the guest code a START runs (no QEMU saves translations). The daemon
+(executor.snapshot.keeper) keeps one per shape that snapshot launches asked for lately; a
+launch from a snapshot takes it with its guest channel's connected socket, reseeds it again
+with a seed of its own and gives it the pod (executor.snapshot.start), so the libvirt + QEMU
+start, the load and the first run's translation leave the launch's clock. A standby is handed
+to one claimer, never twice, and becomes that claimer's as a claimed pool VM does (its owner
+recorded, the pool's reaper ends it when the claimer dies).
 
     → {"op": "standby", "vcpus": 1, "memory_mib": 128, "key": "<snapshot key>",
        "template": "hypervm-template-1a2b3c4d", "metadata": {"pod": "web", ...}}
-    ← {"vm": "hypervm-pool-sb-1a2b3c4d", "run_dir": "...", "identity": [uid, gid] | null}
+    ← {"vm": "hypervm-pool-sb-1a2b3c4d", "run_dir": "...", "identity": [uid, gid] | null,
+       "ready": {the template's READY payload}} + 1 fd: the guest channel's connected socket
     ← {"error": "no standby of 1 vCPU / 128 MiB is ready"}
 
 ``key`` is the snapshot key the claimer computed from its boot files (store.snapshot_key): the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +93,9 @@ def parse_standby(request: Mapping[str, Any]) -> Ask:
     return Ask(Shape(values[0], values[1]), key, template, metadata)
 
 
-def lease_reply(name: str, run_dir: str, identity: tuple[int, int] | None) -> dict[str, Any]:
-    return {"vm": name, "run_dir": run_dir,
+def lease_reply(name: str, run_dir: str, identity: tuple[int, int] | None,
+                ready: Mapping[str, Any]) -> dict[str, Any]:
+    return {"vm": name, "run_dir": run_dir, "ready": dict(ready),
             "identity": list(identity) if identity is not None else None}
 
 
@@ -100,10 +105,12 @@ def parse_lease(reply: Mapping[str, Any]) -> Lease:
     if "error" in reply:
         raise PoolError(str(reply["error"]))
     vm, run_dir, pair = reply.get("vm"), reply.get("run_dir"), reply.get("identity")
+    ready = reply.get("ready")
     if (not isinstance(vm, str) or not _TEMPLATE_RE.match(vm) or not isinstance(run_dir, str)
-            or not run_dir.startswith("/") or not (pair is None or _is_identity(pair))):
+            or not run_dir.startswith("/") or not (pair is None or _is_identity(pair))
+            or not isinstance(ready, dict)):
         raise PoolError(f"malformed standby reply: {dict(reply)!r:.300}")
-    return Lease(vm=vm, run_dir=Path(run_dir), ready={},
+    return Lease(vm=vm, run_dir=Path(run_dir), ready=ready,
                  identity=(pair[0], pair[1]) if pair is not None else None,
                  identity_known=True)
 
@@ -124,18 +131,23 @@ def remember(wanted: Sequence[Shape], shape: Shape, limit: int
 
 
 def take(cfg: HostConfig, shape: Shape, key: str, template: str,
-         metadata: Mapping[str, str] | None = None) -> Lease | None:
+         metadata: Mapping[str, str] | None = None) -> tuple[Lease, socket.socket] | None:
     """A standby of ``shape`` for the snapshot ``key`` (entry of ``template``) from the warm
-    pool daemon, now ours to load and to destroy, or None (no daemon, or none ready: the
-    request still tells the daemon to keep one of this shape)."""
+    pool daemon, now ours to use and to destroy, with its guest channel's connected socket;
+    or None (no daemon, or none ready: the request still tells the daemon to keep one of
+    this shape)."""
     if not cfg.use_pool or not cfg.pool_socket.exists():
         return None
+    fds: list[int] = []
     try:
         reply, fds = client.request(cfg, standby_request(shape, key, template, metadata),
                                     TAKE_TIMEOUT)
+        lease = parse_lease(reply)
+        if len(fds) != 1:
+            raise PoolError(f"the pool sent {len(fds)} descriptors with the standby, not 1")
+    except HyperVMError as e:
         for fd in fds:
             os.close(fd)
-        return parse_lease(reply)
-    except HyperVMError as e:
         log.info("no standby clone (%s): starting one", e)
         return None
+    return lease, socket.socket(fileno=fds[0])

@@ -1,6 +1,6 @@
 """Standby clones with real VMs: the warm pool daemon keeps a clone with the snapshot loaded,
-paused (executor.snapshot.keeper), for each shape launches from a snapshot asked for; a launch
-takes it, lets it run and reseeds it; a standby serves one pod only; without one (no keeper,
+reseeded and warmed up (executor.snapshot.keeper) for each shape launches from a snapshot asked
+for; a launch takes it and reseeds it again; a standby serves one pod only; without one (no keeper,
 none ready, one that died) the launch starts its own clone as before; nothing is left behind."""
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert kept.wait_ready(SHAPE, 120), kept.status()
         standby = kept.ready_names()[0]
         assert _metadata(cfg, standby)[META_POOL_STATE] == STANDBY_STATE
-        # loaded and paused: no guest code runs before its claimer's RESEED
-        assert _status(cfg, standby) == "paused"
+        # loaded, run, reseeded by the daemon (before its warm-up container ran)
+        assert _status(cfg, standby) == "running"
+        console = kept.cfg.vms_dir / standby / "console.log"
+        assert console.read_text().count("RNG reseeded with 64 host bytes") == 1
         vms.append(boot_vm(cfg, _pod(cfg, "third", 1, 128)))
         third = vms[-1]
         assert third.name == standby
@@ -85,7 +87,7 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert kept.status()["taken"] == 1
         # the standby's clone runs its pod, reseeded like any clone: its own RNG
         reports = [_report(vm) for vm in vms[1:]]
-        assert "RNG reseeded with 64 host bytes" in third.console_log.read_text()
+        assert third.console_log.read_text().count("RNG reseeded with 64 host bytes") == 2
         assert reports[0][2] != reports[1][2] and reports[0][3] != reports[1][3]
         assert reports[1][0] == 1 and 80 <= reports[1][1] <= 128
         # a new standby replaces the one taken, never the same VM
@@ -97,7 +99,7 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         vms.append(boot_vm(cfg, _pod(cfg, "fourth", 1, 128)))
         assert vms[-1].name.startswith(f"hypervm-{TEST_TAG}-fourth-")
         assert "RNG reseeded" in vms[-1].console_log.read_text()
-        assert kept.status()["taken"] == 2
+        assert kept.status()["taken"] == 1, "a dead standby is discarded, not handed out"
     finally:
         for vm in vms:
             vm.destroy()

@@ -4,7 +4,9 @@ the keeper's hand-out (one claimer per standby, only for the snapshot it was mad
 from __future__ import annotations
 
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -49,17 +51,19 @@ def test_a_bad_request_names_its_field(field: str, value: Any) -> None:
 
 def test_a_lease_reply_parses_and_a_malformed_one_is_refused() -> None:
     lease = parse_lease(lease_reply("hypervm-pool-sb-1a2b3c4d", "/run/hypervm/vms/x",
-                                    (200001, 200001)))
-    assert (lease.vm, lease.run_dir, lease.identity) == ("hypervm-pool-sb-1a2b3c4d",
-                                                         Path("/run/hypervm/vms/x"),
-                                                         (200001, 200001))
-    assert parse_lease(lease_reply("hypervm-p-sb-1", "/r", None)).identity is None
+                                    (200001, 200001), {"version": 1}))
+    assert (lease.vm, lease.run_dir, lease.identity, lease.ready) == (
+        "hypervm-pool-sb-1a2b3c4d", Path("/run/hypervm/vms/x"), (200001, 200001),
+        {"version": 1})
+    assert parse_lease(lease_reply("hypervm-p-sb-1", "/r", None, {})).identity is None
     with pytest.raises(PoolError, match="no standby"):
         parse_lease({"error": "no standby of 1 vCPU / 128 MiB is ready"})
-    for bad in ({"vm": "x", "run_dir": "/r", "identity": None},
-                {"vm": "hypervm-p-1", "run_dir": "relative", "identity": None},
-                {"vm": "hypervm-p-1", "run_dir": "/r", "identity": [0, 0]},
-                {"vm": "hypervm-p-1", "run_dir": "/r", "identity": [True, 1]}):
+    for bad in ({"vm": "x", "run_dir": "/r", "identity": None, "ready": {}},
+                {"vm": "hypervm-p-1", "run_dir": "relative", "identity": None, "ready": {}},
+                {"vm": "hypervm-p-1", "run_dir": "/r", "identity": [0, 0], "ready": {}},
+                {"vm": "hypervm-p-1", "run_dir": "/r", "identity": [True, 1], "ready": {}},
+                {"vm": "hypervm-p-1", "run_dir": "/r", "identity": None},
+                {"vm": "hypervm-p-1", "run_dir": "/r", "identity": None, "ready": []}):
         with pytest.raises(PoolError, match="malformed"):
             parse_lease(bad)
 
@@ -101,17 +105,31 @@ class _Pool:
         self.discarded.append(name)
 
 
+@pytest.fixture
+def guest() -> Iterator[socket.socket]:
+    """The guest's end of a standby's channel socket (the keeper holds the other)."""
+    ours, theirs = socket.socketpair()
+    _SOCKETS.append(ours)
+    yield theirs
+    theirs.close()
+    ours.close()
+
+
+_SOCKETS: list[socket.socket] = []
+
+
 def _keeper(shape: Shape, template: str = TEMPLATE) -> tuple[StandbyKeeper, _Pool]:
     pool = _Pool()
     kept = StandbyKeeper(pool)  # type: ignore[arg-type]
     kept._keys[shape] = KEY
     kept._wanted = [shape]
     kept._ready[shape] = keeper_mod._Standby("hypervm-t-sb-1", Path("/r"), shape, KEY,
-                                             template, None, time.monotonic())
+                                             template, None, time.monotonic(),
+                                             _SOCKETS[-1], {"version": 1})
     return kept, pool
 
 
-def test_a_standby_is_handed_to_one_claimer_only() -> None:
+def test_a_standby_is_handed_to_one_claimer_only(guest: socket.socket) -> None:
     shape = Shape(1, 128)
     kept, pool = _keeper(shape)
     ask = parse_standby(standby_request(shape, KEY, TEMPLATE))
@@ -123,12 +141,15 @@ def test_a_standby_is_handed_to_one_claimer_only() -> None:
     assert kept.status()["taken"] == 1 and kept.status()["missed"] == 1
 
 
-def test_a_standby_of_another_snapshot_or_key_is_never_handed_out() -> None:
+def test_a_standby_of_another_snapshot_or_key_is_never_handed_out(
+        guest: socket.socket) -> None:
     shape = Shape(1, 128)
     kept, pool = _keeper(shape, template="hypervm-template-old")
     with pytest.raises(PoolError, match="no longer has"):  # the store's entry was remade
         kept.take(parse_standby(standby_request(shape, KEY, TEMPLATE)), os.getpid())
     assert pool.discarded == ["hypervm-t-sb-1"] and pool.handed == []
+    guest.close()  # the second standby below: a fresh pair
+    _SOCKETS.append(socket.socketpair()[0])
     kept, pool = _keeper(shape)
     other_key = "f" * 24  # the claimer boots another kernel, init or QEMU
     with pytest.raises(PoolError, match="another snapshot"):
@@ -136,9 +157,19 @@ def test_a_standby_of_another_snapshot_or_key_is_never_handed_out() -> None:
     assert pool.handed == [] and kept.ready_names() == ["hypervm-t-sb-1"]
 
 
-def test_a_dead_claimer_gets_nothing() -> None:
+def test_a_dead_claimer_gets_nothing(guest: socket.socket) -> None:
     shape = Shape(1, 128)
     kept, pool = _keeper(shape)
     with pytest.raises(PoolError, match="gone"):
         kept.take(parse_standby(standby_request(shape, KEY, TEMPLATE)), 2**22 + 12345)
     assert pool.handed == [] and kept.ready_names() == ["hypervm-t-sb-1"]
+
+
+def test_a_standby_whose_guest_is_gone_is_discarded_not_handed_out(
+        guest: socket.socket) -> None:
+    shape = Shape(1, 128)
+    kept, pool = _keeper(shape)
+    guest.close()  # its QEMU died while it waited
+    with pytest.raises(PoolError, match="is gone"):
+        kept.take(parse_standby(standby_request(shape, KEY, TEMPLATE)), os.getpid())
+    assert pool.discarded == ["hypervm-t-sb-1"] and pool.handed == []
