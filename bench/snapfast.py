@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import images, launch, results, vmenv
+from bench import container, images, launch, peers, peersuite, results, vmenv
 from bench.vmenv import VMEnv, bench_name
 from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 from executor.pool.daemon import WarmPool
@@ -93,12 +93,15 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
 
     with images.serve_images(None) as imgs:
         ref = imgs.busybox_ref
-        images.warm_shared_cache(env.cfg, ref, 0)
-        with standby_pool(env, "spool") as (pool, keeper):
+        layers, _ = images.warm_shared_cache(env.cfg, ref, 0)
+        with standby_pool(env, "spool") as (pool, keeper), \
+                container.mounted_layer(layers[0]) as lower, peers.oci_root(lower) as oci, \
+                peersuite.PeerRounds(oci).bundles() as peer_rounds:
             sock = pool.cfg.pool_socket
             prime(ref, pool)
             for i in range(rounds):
                 log.info("round %d of %d (load %.2f)", i + 1, rounds, os.getloadavg()[0])
+                peer_rounds.round()  # runc and runsc start on the same image, same minute
                 for label, tree in trees if i % 2 == 0 else trees[::-1]:
                     standby_ready(keeper)
                     if not label:  # settled: made at least a launch ago
@@ -109,6 +112,7 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
                         raise RuntimeError("not started on the standby (see the executor log)")
                     add(label + "snapshot launch", snap)
                 add("snapshot launch (own clone)", launch.launch_once(ref, snapshot=True))
+            samples.update(peer_rounds.samples)
     return samples
 
 

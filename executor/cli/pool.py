@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
                        help="idle VMs to keep for each --image (default %(default)s)")
     serve.add_argument("--standby", type=int, default=DEFAULT_STANDBY, metavar="N",
-                       help="keep a standby clone (a QEMU with the snapshot loaded, paused) for "
+                       help="keep a standby clone (the snapshot loaded, reseeded, warmed up) for "
                             "each of the N shapes launches from a snapshot asked for last "
                             "(HYPERVM_SNAPSHOT=on; 0: none; default %(default)s)")
     serve.set_defaults(func=serve_command)
