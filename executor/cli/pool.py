@@ -21,9 +21,6 @@ from executor.pool.protocol import PoolConfig
 from executor.snapshot.keeper import StandbyKeeper
 from hypervm.config import config_from_env
 
-#: standby shapes ``hypervm pool serve`` keeps unless told otherwise
-DEFAULT_STANDBY = 2
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pool", help="keep pre-booted HyperVMs ready for fast starts",
@@ -47,10 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "one (repeatable; pulled on first use like a launch pulls)")
     serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
                        help="idle VMs to keep for each --image (default %(default)s)")
-    serve.add_argument("--standby", type=int, default=DEFAULT_STANDBY, metavar="N",
+    serve.add_argument("--standby", type=int, default=defaults.standby, metavar="N",
                        help="keep a standby clone (the snapshot loaded, reseeded, warmed up) for "
                             "each of the N shapes launches from a snapshot asked for last "
-                            "(HYPERVM_SNAPSHOT=on; 0: none; default %(default)s)")
+                            "(HYPERVM_SNAPSHOT=on; with it --size may be 0; default "
+                            "%(default)s: none)")
     serve.set_defaults(func=serve_command)
     status = sub.add_parser("status", help="print the serving pool's state as JSON")
     status.set_defaults(func=status_command)

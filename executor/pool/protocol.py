@@ -94,7 +94,8 @@ class PoolConfig:
     images: tuple[str, ...] = ()
     per_image: int = 1
     #: shapes to keep a standby clone of (executor.snapshot.keeper): the latest ones that
-    #: launches from a snapshot asked for, one standby each (``hypervm pool serve``: 2)
+    #: launches from a snapshot asked for, one standby each (a pool of only standbys may have
+    #: no idle VMs)
     standby: int = 0
 
     def targets(self) -> dict[str, int]:
@@ -131,8 +132,7 @@ class PoolConfig:
         total = sum(self.targets().values())
         if not (0 if self.standby else 1) <= total <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.size", f"{total} idle VMs in all is out of range",
-                              hint=f"keep size + images × per_image within 1..{MAX_POOL_SIZE} "
-                                   "(0 with standby clones)")
+                              hint=f"keep size + images × per_image within 1..{MAX_POOL_SIZE}")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidSpec("pool.vcpus", f"{self.vcpus} is out of range",
                               hint=f"use 1..{MAX_VCPUS}")
