@@ -45,6 +45,8 @@ class Launch:
     phases: dict[str, float]
     #: the executor started the VM from a snapshot
     snapshot: bool = False
+    #: ... on a standby clone the pool daemon had started (executor.snapshot.keeper)
+    standby: bool = False
 
 
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
@@ -77,6 +79,28 @@ def phases(executor_log: str) -> dict[str, float]:
                                                                           strict=False)}
 
 
+_STANDBY_RE = re.compile(r"executor\.snapshot\.start: .* started from snapshot \S+ \(standby\)")
+_SPANS_RE = re.compile(r"executor\.snapshot\.start: .* started from snapshot .* in [0-9.]+ s "
+                       r"\(([^)]*)\)$", re.M)
+
+
+def clone_spans(executor_log: str) -> dict[str, float]:
+    """The start from a snapshot split as executor.snapshot.start logs it (``clone: load``
+    etc.: snapshot lookup, clone created or standby taken, state loaded, RESEED and layers,
+    the pod's ports, NIC and binds)."""
+    match = _SPANS_RE.search(executor_log)
+    if match is None:
+        return {}
+    spans = {}
+    for part in match.group(1).split(", "):
+        name, _, seconds = part.rpartition(" ")
+        try:
+            spans[f"clone: {name}"] = float(seconds)
+        except ValueError:
+            continue
+    return spans
+
+
 def task(tid: str, ref: str, port: int | None = None) -> dict[str, Any]:
     """The benchmark's task; ``port``: a host port in its ``ports`` resources (published to the
     same port in the VM, as the executor maps ports without DiscoveryInfo)."""
@@ -105,10 +129,11 @@ def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = No
     executor from that source tree (e.g. a baseline commit's), not this one."""
     work = scratch_dir("agent")
     env = ({"HYPERVM_POOL_SOCKET": str(pool_socket)} if pool_socket is not None
-           else {"HYPERVM_POOL": "off", "HYPERVM_SNAPSHOT": "on" if snapshot else "off"})
+           else {"HYPERVM_POOL": "off"})
+    env["HYPERVM_SNAPSHOT"] = "on" if snapshot else "off"
     if executor_tree is not None:
         env["PYTHONPATH"] = str(executor_tree)
-    kind = "warm" if pool_socket else "snap" if snapshot else "cold"
+    kind = "snap" if snapshot else "warm" if pool_socket else "cold"
     agent = AgentDouble(work / "agent", runtime=None, env=env, executor_id=bench_name(kind))
     try:
         agent.start_executor()
@@ -124,13 +149,15 @@ def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = No
         text = agent.executor_log()
         match = _READY_RE.search(text)
         claimed = _MARKS["claimed"].search(text)
-        restored = _MARKS["restored"].search(text) is not None
-        if restored != snapshot:
+        restored = _MARKS["restored"].search(text)
+        if (restored is not None) != snapshot:
             raise RuntimeError(f"a {kind} launch {'not ' if snapshot else ''}from a snapshot "
                                "(see the executor log)")
         return Launch(took, claimed is not None,
                       claimed is not None and "(layers attached)" in claimed.group(0),
-                      float(match.group(1)) if match else None, phases(text), snapshot=restored)
+                      float(match.group(1)) if match else None,
+                      {**phases(text), **clone_spans(text)}, snapshot=restored is not None,
+                      standby=_STANDBY_RE.search(text) is not None)
     except BaseException:
         log.error("executor log:\n%s", agent.executor_log()[-4000:])
         raise

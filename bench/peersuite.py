@@ -153,6 +153,8 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "run_true_pool_p95_s": p95("hypervm run true (pool)"),
         "snapshot_launch_p50_s": p50("snapshot launch"),
         "snapshot_launch_p95_s": p95("snapshot launch"),
+        "snapshot_launch_standby_p50_s": p50("snapshot launch (standby)"),
+        "snapshot_launch_standby_p95_s": p95("snapshot launch (standby)"),
         "warm_launch_ports_p50_s": p50("warm launch (ports)"),
         "warm_launch_ports_p95_s": p95("warm launch (ports)"),
         "idle_vm_private_mib": _idle(measured, "hypervm", "private_mib"),
@@ -166,9 +168,13 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
     })
     notes = doc.setdefault("notes", {})
     notes["snapshot_launch_p50_s"] = (
-        "LAUNCH → TASK_RUNNING with no pool and HYPERVM_SNAPSHOT=on: the VM starts from the "
-        "snapshot of the task's shape (made by an untimed launch before the rounds); phases "
-        "in details.summaries['snapshot launch: …']")
+        "LAUNCH → TASK_RUNNING with HYPERVM_SNAPSHOT=on and HYPERVM_POOL=off: the executor starts "
+        "a clone of its own from the snapshot of the task's shape (made by an untimed launch "
+        "before the rounds) — a start for any shape with no VM waiting; phases in "
+        "details.summaries['snapshot launch: …']. snapshot_launch_standby_p50_s: the same "
+        "launch on a standby clone a pool daemon keeps for the shape (pool serve --standby 1, "
+        "executor.snapshot.keeper: the snapshot loaded, reseeded and run ahead, ready before "
+        "each launch; it costs about an idle pool VM's memory while it waits)")
     notes["warm_launch_ports_p50_s"] = (
         "warm_launch_p50_s's launch (the image pool, full before each launch) of a task with "
         "one port in its ports resources: the pool checks the port as a cold boot does and "

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import container, density, images, launch, peers, peersuite, profile, rawboot, runtrue
+from bench import (
+    container,
+    density,
+    images,
+    launch,
+    peers,
+    peersuite,
+    profile,
+    rawboot,
+    runtrue,
+    snapfast,
+)
 from bench.results import check_targets, git_commit, machine_info
 from bench.stats import ratio, summarize
 from bench.vmenv import (
@@ -152,14 +163,16 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                                        "warm launch (ports)": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
-                                       "hypervm run true (pool)": [], "snapshot launch": []}
+                                       "hypervm run true (pool)": [], "snapshot launch": [],
+                                       "snapshot launch (standby)": []}
     loads: list[float] = []
     pool_rss: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
-            peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds:
+            peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds, \
+            snapfast.standby_pool(env, "spool") as (spool, keeper):
         container.run_once(root)
-        launch.launch_once(ref, snapshot=True)  # makes the snapshot of the shape if missing
+        snapfast.prime(ref, spool)  # the snapshot of the shape made, a standby of it wanted
         pools = {"warm launch": image_pool, "warm launch (generic VM)": pool}
         if plan.warm_up:
             rawboot.boot_once(env, hv)
@@ -183,10 +196,15 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
             for phase, seconds in cold.phases.items():
                 samples.setdefault("cold launch: " + phase, []).append(seconds)
-            snap = launch.launch_once(ref, snapshot=True)
-            samples["snapshot launch"].append(snap.running_s)
-            for phase, seconds in snap.phases.items():
-                samples.setdefault("snapshot launch: " + phase, []).append(seconds)
+            snapfast.standby_ready(keeper)
+            for kind, sock in (("snapshot launch (standby)", spool.cfg.pool_socket),
+                               ("snapshot launch", None)):
+                snap = launch.launch_once(ref, sock, snapshot=True)
+                if snap.standby != (sock is not None):
+                    raise RuntimeError(f"{kind}: not the expected clone (see the executor log)")
+                samples.setdefault(kind, []).append(snap.running_s)
+                for phase, seconds in snap.phases.items():
+                    samples.setdefault(f"{kind}: {phase}", []).append(seconds)
             for kind, each in pools.items():
                 _fill_pool(each)
                 warm = launch.launch_once(ref, each.cfg.pool_socket)

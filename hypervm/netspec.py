@@ -26,6 +26,13 @@ DEFAULT_HOST_IP = "0.0.0.0"
 #: a tenant is a Mesos role (``*`` included) or the CLI's --tenant: printable ASCII without
 #: space or backslash, as Mesos allows in role names
 _TENANT_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]{1,128}$")
+
+
+def valid_tenant(name: object) -> bool:
+    """Whether ``name`` may name a tenant (NetworkSpec.tenant, a standby request's)."""
+    return isinstance(name, str) and bool(_TENANT_RE.match(name))
+
+
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -72,7 +79,7 @@ class NetworkSpec:
         if self.mode not in MODES:
             raise InvalidSpec("network.mode", f"unknown mode {self.mode!r}",
                               hint="use " + " or ".join(MODES))
-        if not _TENANT_RE.match(self.tenant):
+        if not valid_tenant(self.tenant):
             raise InvalidSpec("network.tenant", f"{self.tenant!r} is not a valid tenant name",
                               hint="use 1..128 printable characters, no space or backslash")
         if self.mode == "none" and self.ports:

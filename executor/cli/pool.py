@@ -9,6 +9,7 @@ While a pool serves (socket ``$HYPERVM_RUN_DIR/pool.sock``, or ``$HYPERVM_POOL_S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import threading
@@ -18,6 +19,7 @@ from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.pool import claim as warm
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
+from executor.snapshot.keeper import StandbyKeeper
 from hypervm.config import config_from_env
 
 
@@ -43,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "one (repeatable; pulled on first use like a launch pulls)")
     serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
                        help="idle VMs to keep for each --image (default %(default)s)")
+    serve.add_argument("--standby", type=int, default=defaults.standby, metavar="N",
+                       help="keep a standby clone (the snapshot loaded, reseeded, warmed up) for "
+                            "each of the N shapes launches from a snapshot asked for last "
+                            "(HYPERVM_SNAPSHOT=on; with it --size may be 0; default "
+                            "%(default)s: none)")
     serve.set_defaults(func=serve_command)
     status = sub.add_parser("status", help="print the serving pool's state (JSON by default)")
     status.add_argument("--format", choices=("json", "text"), default="json",
@@ -54,16 +61,18 @@ def serve_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
     config = PoolConfig(size=args.size, vcpus=args.vcpus, memory_mib=args.memory,
                         name=args.name, images=tuple(args.images),
-                        per_image=args.per_image).validate()
+                        per_image=args.per_image, standby=args.standby).validate()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     pool = WarmPool(cfg, config)
     pool.add_service(RUN_OP, RunService(pool))  # the fast hypervm run (executor.cli.fastrun)
-    with pool:
+    keeper = StandbyKeeper(pool)
+    with pool, keeper if config.standby else contextlib.nullcontext():
         images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
         print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
-              f"/ {config.memory_mib} MiB, serving on {cfg.pool_socket}", flush=True)
+              f"/ {config.memory_mib} MiB, standby clones for {config.standby} shapes, serving "
+              f"on {cfg.pool_socket}", flush=True)
         stop.wait()
         print(f"hypervm pool {config.name!r}: stopping ({pool.status()['ready']} idle VMs to "
               "destroy)", flush=True)

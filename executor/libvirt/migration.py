@@ -48,6 +48,13 @@ def save(hv: Any, name: str, fd: int, timeout: float) -> None:
 def restore(hv: Any, name: str, stream: Path, timeout: float) -> None:
     """Load ``stream`` (written by :func:`save`) into domain ``name``, which the designer
     started waiting for it (``-incoming defer``), and let it run."""
+    load(hv, name, stream, timeout)
+    resume(hv, name)
+
+
+def load(hv: Any, name: str, stream: Path, timeout: float) -> None:
+    """Load ``stream`` into domain ``name`` (waiting for it, ``-incoming defer``) and leave it
+    paused (libvirt starts QEMU with -S): no guest code has run in it when this returns."""
     try:  # another launch may have removed the entry since its lookup: boot cold then
         fd = os.open(stream, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -60,10 +67,7 @@ def restore(hv: Any, name: str, stream: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         status = (hv.monitor(name, {"execute": "query-status"}) or {}).get("status")
-        if status == "running":
-            return
-        if status == "paused":  # loaded; libvirt started it with -S
-            hv.monitor(name, {"execute": "cont"})
+        if status in ("paused", "running"):
             return
         if status != "inmigrate":
             raise HypervisorError(f"VM {name} did not load its snapshot (QEMU is {status!r})",
@@ -71,3 +75,8 @@ def restore(hv: Any, name: str, stream: Path, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise HypervisorError(f"VM {name} did not load its snapshot in {timeout:g} s")
         time.sleep(POLL_S)
+
+
+def resume(hv: Any, name: str) -> None:
+    """Let the loaded domain ``name`` run (:func:`load`)."""
+    hv.monitor(name, {"execute": "cont"})

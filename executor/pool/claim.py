@@ -64,6 +64,14 @@ def _request(cfg: HostConfig, message: dict[str, Any],
         raise
 
 
+def request(cfg: HostConfig, message: dict[str, Any],
+            timeout: float) -> tuple[dict[str, Any], list[int]]:
+    """One request of another operation on the pool's socket (e.g. a standby clone's,
+    executor.snapshot.standby): its reply and the descriptors sent with it (the caller's to
+    close). PoolError when no pool answers."""
+    return _request(cfg, message, timeout)
+
+
 def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
           layers: Sequence[str] = (), timeout: float = CLAIM_TIMEOUT,
           ports: Sequence[PortMapping] = ()) -> tuple[Lease, socket.socket]:

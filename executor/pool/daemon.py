@@ -148,7 +148,7 @@ class WarmPool:
         self._claimers: dict[str, Claimer] = {}
         #: the background destroys of released VMs (stop() waits for them)
         self._releasing: list[threading.Thread] = []
-        #: more operations on the socket (add_service)
+        #: more operations on the socket (add_service), and their parts of the status
         self._services: dict[str, Service] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -208,12 +208,27 @@ class WarmPool:
 
     def add_service(self, op: str, service: Service) -> None:
         """Serve ``{"op": op, ...}`` in the connection's thread, after the access check (e.g.
-        the fast ``hypervm run``, executor.cli.fastrun_serve)."""
+        the fast ``hypervm run``, executor.cli.fastrun_serve); a ``status()`` method of the
+        service gives its part of :meth:`status`, under ``services.<op>``."""
         self._services[op] = service
 
     @property
     def hypervisor(self) -> Any:  # the pool's libvirt connection, for a service's VMs
         return self._hv
+
+    @property
+    def boot_files(self) -> BootFiles | None:  # what its VMs boot, once started
+        return self._boot
+
+    def hand_over(self, name: str, owner_pid: int) -> None:
+        """A VM of this daemon's other than a pool VM (a standby clone, executor.snapshot.keeper)
+        is ``owner_pid``'s now: it may release it, and :meth:`record_claim` records it."""
+        with self._cond:
+            self._claimers[name] = claimer(owner_pid)
+
+    def discard(self, name: str, run_dir: Path) -> None:
+        """Destroy a VM of this daemon's (not claimed), its run dir and its uid."""
+        self._discard(name, run_dir, None)
 
     def __enter__(self) -> WarmPool:
         self.start()

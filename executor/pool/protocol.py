@@ -66,6 +66,8 @@ from hypervm.podspec import PodSpec
 WARMUP_UNIT = 0
 FIRST_POD_UNIT = 1
 MAX_POOL_SIZE = 64
+#: shapes a pool keeps a standby clone of at most (each a QEMU waiting for a snapshot)
+MAX_STANDBY_SHAPES = 8
 MAX_LINE = 64 * 1024
 MAX_CLAIM_LAYERS = 128
 #: published ports a claim may carry (each is one monitor command); more boot cold
@@ -91,6 +93,10 @@ class PoolConfig:
     name: str = "pool"
     images: tuple[str, ...] = ()
     per_image: int = 1
+    #: shapes to keep a standby clone of (executor.snapshot.keeper): the latest ones that
+    #: launches from a snapshot asked for, one standby each (a pool of only standbys may have
+    #: no idle VMs)
+    standby: int = 0
 
     def targets(self) -> dict[str, int]:
         """Idle VMs to keep, by kind: ``GENERIC`` and each image reference."""
@@ -120,8 +126,11 @@ class PoolConfig:
         if not 1 <= self.per_image <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.per_image", f"{self.per_image} is out of range",
                               hint=f"use 1..{MAX_POOL_SIZE}")
+        if not 0 <= self.standby <= MAX_STANDBY_SHAPES:
+            raise InvalidSpec("pool.standby", f"{self.standby} is out of range",
+                              hint=f"use 0..{MAX_STANDBY_SHAPES}")
         total = sum(self.targets().values())
-        if not 1 <= total <= MAX_POOL_SIZE:
+        if not (0 if self.standby else 1) <= total <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.size", f"{total} idle VMs in all is out of range",
                               hint=f"keep size + images × per_image within 1..{MAX_POOL_SIZE}")
         if not 1 <= self.vcpus <= MAX_VCPUS:

@@ -5,15 +5,24 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
 2. the template's state loaded into it (executor.libvirt.migration), and it runs;
+
+   or, when the warm pool daemon has a *standby* of the shape (executor.snapshot.standby),
+   the daemon did 1 and 2 ahead of time, reseeded it and ran a throwaway container in it (so
+   TCG has translated what a START runs): the standby becomes ours as a claimed pool VM does
+   (the daemon records us as its owner, hands us its channel's socket), and 3 gives it a
+   seed of its own all the same. Without one (no daemon, none ready, or one that fails) the
+   launch does 1 and 2 itself;
 3. RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
    the template's kernel RNG state: init/PROTOCOL.md RESEED). A clone that cannot be
    reseeded is destroyed, never used;
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 
-The host's side of 4 overlaps 2 and 3 (one helper thread): the owned shares, binds and CPU bound
-while QEMU loads the state (they need its process, not its guest), the layers while the guest
-handles RESEED (a hot-added LUN needs a running guest; nothing of the pod runs before START).
+The host's side of 4 overlaps 2 and 3 (one helper thread): the owned shares, binds and CPU
+bound while QEMU loads the state (they need its process, not its guest; on a standby, with its
+layers),
+the layers while the guest handles RESEED (a hot-added LUN needs a running guest; nothing of
+the pod runs before START).
 
 :func:`start_vm` returns None whenever the snapshot path cannot serve the pod, leaving nothing
 behind: the launcher then boots cold.
@@ -21,8 +30,10 @@ behind: the launcher then boots cold.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -36,7 +47,8 @@ from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices, give_layers
-from executor.snapshot import store, template
+from executor.pool.protocol import Lease
+from executor.snapshot import standby, store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
 from hypervm.config import HostConfig
@@ -45,6 +57,9 @@ from hypervm.podspec import PodSpec
 from vmimage.boot import BootFiles, resolve_boot
 
 log = logging.getLogger(__name__)
+
+#: a standby taken from the pool daemon: its lease and its guest channel's connected socket
+Taken = tuple[Lease, socket.socket]
 
 LOAD_TIMEOUT = 30.0
 
@@ -71,53 +86,132 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         return None
     network.check_host_ports(pod.network)  # the cold boot's check and error, before a VM starts
     started = time.monotonic()
-    name = f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
-    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=name, before_shares=before_shares)
-    vm.assign_devices()
-    hv = vm.take_over(GuestChannel(vm.channel_socket))
+    shape = Shape(pod.resources.cpus, pod.resources.memory_mib, pod.network.tenant)
+    try:
+        boot = boot_files or resolve_boot(cfg, accel=accel)
+    except HyperVMError as e:
+        log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
+        return None
+    snap, taken = _standby(cfg, pod, boot, shape)
+    start = functools.partial(_start, cfg, pod, boot, shape, hypervisor=hypervisor,
+                              timeout=timeout, before_shares=before_shares, started=started)
+    if taken is not None:
+        vm = start(snap, taken)
+        if vm is not None:
+            return vm
+        log.info("%s: the standby %s failed: starting a clone of its own", pod.name,
+                 taken[0].vm)
+    return start(snap, None)
+
+
+def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
+           snap: Snapshot | None, taken: Taken | None, *, hypervisor: Any, timeout: float,
+           before_shares: Callable[[tuple[int, int] | None], None] | None,
+           started: float) -> HyperVM | None:
+    """:func:`start_vm` on the standby ``taken``, or on a clone of its own (None)."""
+    lease, sock = taken if taken is not None else (None, None)
+    name = lease.vm if lease is not None else f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
+    vm = HyperVM(cfg, pod, hypervisor=hypervisor, claimed=name,
+                 run_dir=lease.run_dir if lease is not None else None,
+                 before_shares=before_shares)
     marks = [("start", started)]
     publishing = False
     binds: list[Any] = []  # mounts being bound into QEMU's mount namespace
     try:
-        boot = boot_files or resolve_boot(cfg, accel=accel)
-        # another shape's template may hold the store for a while: no longer than our timeout
-        snap = template.ensure(cfg, boot, hv, Shape(pod.resources.cpus, pod.resources.memory_mib,
-                                                    pod.network.tenant), wait=timeout)
+        vm.assign_devices()
+        hv = vm.take_over(GuestChannel(vm.channel_socket))
+        if snap is None:  # another shape's template may hold the store: no longer than our timeout
+            snap = template.ensure(cfg, boot, hv, shape, wait=timeout)
+        else:  # found by _standby: one more clone of it (the store rotates it after N)
+            store.count_clone(snap)
         marks.append(("snapshot", time.monotonic()))
-        ready = _clone(vm, hv, boot, snap, marks, binds)
+        ready = _clone(vm, hv, boot, snap, marks, binds, taken)
         # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after
         # the check) fails the launch as it would fail a cold boot
         publishing = True
         network.publish_live(hv, name, pod.network)
         publishing = False
-        try:
-            vm.configure_network()
+        try:  # its reply is awaited with the first START's, as on a claimed pool VM
+            vm.configure_network(pipelined=True)
         finally:
             binder.wait_binds(binds)  # no START (which mounts them) before they are done
         marks.append(("pod", time.monotonic()))
     except HyperVMError as e:
-        _abandon(vm, binds)
+        _abandon(vm, binds, sock)
         if publishing and isinstance(e, NetworkError):
             raise
-        log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
+        log.warning("%s: no start from a snapshot%s (%s)%s", pod.name,
+                    f" on the standby {name}" if lease is not None else "", e,
+                    "" if lease is not None else ": booting cold")
         return None
     except BaseException:
-        _abandon(vm, binds)
+        _abandon(vm, binds, sock)
         raise
     vm.adopted(ready, False, time.monotonic() - started)
     vm.fail_closed()
     spans = ", ".join(f"{b} {t1 - t0:.3f}"
                       for (_, t0), (b, t1) in zip(marks, marks[1:], strict=False))
-    log.info("%s: %s started from snapshot %s in %.3f s (%s)", pod.name, name,
-             snap.state.parent.name, vm.boot_seconds, spans)
+    log.info("%s: %s started from snapshot %s%s in %.3f s (%s)", pod.name, name,
+             snap.state.parent.name, " (standby)" if lease is not None else "",
+             vm.boot_seconds, spans)
     return vm
 
 
+def _standby(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape
+             ) -> tuple[Snapshot | None, Taken | None]:
+    """The store's snapshot of ``shape`` (None: none yet) and, when there is one, a standby
+    clone for it from the pool daemon (None: none ready; executor.snapshot.standby)."""
+    snap = store.lookup(cfg, store.snapshot_key(boot, cfg, shape))
+    if snap is None:
+        return None, None
+    return snap, standby.take(cfg, shape, snap.state.parent.name, snap.template,
+                              pod_metadata(pod))
+
+
 def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
-           marks: list[tuple[str, float]], binds: list[Any]) -> dict[str, Any]:
-    """Create the clone, load the snapshot into it, reseed its RNG, give it the pod's devices
-    (the mounts' binds started into ``binds``); its READY payload. Appends when each step
-    ended to ``marks``."""
+           marks: list[tuple[str, float]], binds: list[Any], taken: Taken | None = None
+           ) -> dict[str, Any]:
+    """Create the clone and load the snapshot into it, let it run and reseed its RNG; or take
+    the standby ``taken``, in which the pool daemon did all that (and made its run dir, uid
+    and network policy), and reseed it again. Give it the pod's devices (the mounts' binds
+    started into ``binds``); its READY payload. Appends when each step ended to ``marks``."""
+    cfg = vm.cfg
+    if taken is None:
+        _create(vm, hv, boot, snap)
+    else:
+        lease = taken[0]
+        hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
+        vm.identity = identity.Identity(*lease.identity) if lease.identity is not None else None
+    marks.append(("create", time.monotonic()))
+    # on leaving, the helper's running step is waited for (an error then is the first one's)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
+        # a standby runs already: its layers can be hot-added at once
+        steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=taken is not None)]
+        if taken is None:
+            try:
+                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+            except HyperVMError:
+                store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
+                raise
+            steps[0].result()
+            steps.append(helper.submit(give_layers, vm, hv))  # a LUN needs a loaded guest
+            sock, given = connect_socket(vm.channel_socket, LOAD_TIMEOUT), snap.ready
+        else:
+            sock, given = taken[1], taken[0].ready
+        marks.append(("load", time.monotonic()))
+        ready = vm.channel.attach(sock, LOAD_TIMEOUT, given)
+        # before anything else runs in it: a clone's kernel RNG is the template's until now
+        # (a standby was reseeded by the daemon: this one is the pod's own, all the same)
+        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+        marks.append(("reseed", time.monotonic()))
+        for step in steps:
+            step.result()
+    marks.append(("layers", time.monotonic()))
+    return ready
+
+
+def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> None:
+    """Create the clone domain of ``snap`` for ``vm``, waiting for the stream."""
     cfg, res = vm.cfg, vm.pod.resources
     vm.identity = identity.for_vm(cfg, hv, vm.name)
     spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
@@ -130,29 +224,13 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
     hv.create(spec)
     vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
-    marks.append(("create", time.monotonic()))
-    # on leaving, the helper's running step is waited for (an error then is the first one's)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
-        devices = helper.submit(give_devices, vm, hv, binds, attach_layers=False)
-        try:
-            migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
-        except HyperVMError:
-            store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: make it anew
-            raise
-        devices.result()
-        marks.append(("load", time.monotonic()))
-        layers = helper.submit(give_layers, vm, hv)
-        ready = vm.channel.attach(connect_socket(vm.channel_socket, LOAD_TIMEOUT),
-                                  LOAD_TIMEOUT, snap.ready)
-        # before anything else runs in it: its kernel RNG is the template's until now
-        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
-        layers.result()
-    marks.append(("reseed", time.monotonic()))
-    return ready
 
 
-def _abandon(vm: HyperVM, binds: list[Any]) -> None:
-    """A start that failed: its binds done (no mount process outlives it), its VM destroyed."""
+def _abandon(vm: HyperVM, binds: list[Any], sock: socket.socket | None = None) -> None:
+    """A start that failed: its binds done (no mount process outlives it), its VM destroyed
+    (and a standby's channel socket closed, when the channel had not taken it yet)."""
+    if sock is not None:
+        sock.close()
     try:
         binder.wait_binds(binds)
     except HyperVMError as e:

@@ -1,0 +1,131 @@
+"""The start from a snapshot alone, for checking a change to executor/snapshot/:
+``python -m bench.snapfast [--rounds N] [--out FILE] [--baseline DIR]``.
+
+Each round takes one sample of the suite's ``snapshot launch (standby)`` (bench.launch.launch_once
+with HYPERVM_SNAPSHOT=on, the executor reaching a pool daemon that keeps no idle VM and one
+standby clone of the launch shape, ready before each launch: executor.snapshot.keeper) and one
+of ``snapshot launch`` (HYPERVM_POOL=off: the executor starts a clone of its own, the path of
+any shape with no VM waiting), with the phases of each (``clone: …`` from the executor's log:
+snapshot lookup, create (libvirt + QEMU start, or taking the standby), load (the migration
+stream), reseed (RESEED and the layers' hot-add), pod (ports, NIC, binds)). A few minutes.
+
+``--baseline DIR`` (another commit's source tree, ``git archive BASE | tar -x -C DIR``): each
+round also takes the ``snapshot launch (standby)`` sample with the executor run from DIR, interleaved
+with this tree's (the daemon runs from this tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench import container, images, launch, peers, peersuite, results, vmenv
+from bench.vmenv import VMEnv, bench_name
+from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
+from executor.pool.daemon import WarmPool
+from executor.pool.protocol import PoolConfig
+from executor.snapshot.keeper import StandbyKeeper
+from executor.snapshot.store import Shape
+
+log = logging.getLogger(__name__)
+
+#: the launch's shape (bench.launch: 0.9 + the executor's 0.1 CPU, 96 + 32 MiB)
+SHAPE = Shape(1, launch.MEMORY_MIB)
+STANDBY_READY_S = 120.0
+
+
+@contextlib.contextmanager
+def standby_pool(env: VMEnv, name: str) -> Iterator[tuple[WarmPool, StandbyKeeper]]:
+    """A pool daemon of no idle VMs and one standby shape on a socket of its own (a launch
+    with the suite's other pools' sockets would claim a warm VM instead)."""
+    sock_dir = images.scratch_dir(name)
+    cfg = dataclasses.replace(env.cfg, pool_socket_override=sock_dir / "pool.sock")
+    pool = WarmPool(cfg, PoolConfig(size=0, standby=1, vcpus=1, memory_mib=launch.MEMORY_MIB,
+                                    name=bench_name(name)), accel=env.accel)
+    keeper = StandbyKeeper(pool)
+    try:
+        with pool, keeper:
+            yield pool, keeper
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def standby_ready(keeper: StandbyKeeper) -> None:
+    if not keeper.wait_ready(SHAPE, STANDBY_READY_S):
+        raise RuntimeError(f"no standby clone within {STANDBY_READY_S:g} s: {keeper.status()}")
+
+
+def prime(ref: str, pool: WarmPool) -> None:
+    """Untimed: the snapshot of the launch shape made (when the store has none), then the
+    shape asked for, so the daemon keeps a standby of it."""
+    launch.launch_once(ref, snapshot=True)
+    launch.launch_once(ref, pool.cfg.pool_socket, snapshot=True)
+
+
+def standby_memory(keeper: StandbyKeeper) -> dict[str, float]:
+    """What the ready standby's QEMU holds while it waits (MiB): RSS, PSS, and its private
+    memory (Private_Clean + Private_Dirty: what one more costs the host at least)."""
+    name = keeper.ready_names()[0]
+    pid = int((LIBVIRT_PID_DIR / f"{name}.pid").read_text().strip())
+    private = [vmenv.private_dirty_mib(pid), vmenv._rollup_mib(pid, "Private_Clean")]
+    return {"rss_mib": vmenv.rss_mib(pid) or 0.0, "pss_mib": vmenv.pss_mib(pid) or 0.0,
+            "private_mib": sum(x or 0.0 for x in private)}
+
+
+def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
+    env = VMEnv.load()
+    samples: dict[str, list[float]] = {}
+    trees: list[tuple[str, Path | None]] = [("", None)]
+    if baseline is not None:
+        trees = [("baseline ", baseline), *trees]
+
+    def add(kind: str, snap: launch.Launch) -> None:
+        samples.setdefault(kind, []).append(snap.running_s)
+        for phase, seconds in snap.phases.items():
+            samples.setdefault(f"{kind}: {phase}", []).append(seconds)
+
+    with images.serve_images(None) as imgs:
+        ref = imgs.busybox_ref
+        layers, _ = images.warm_shared_cache(env.cfg, ref, 0)
+        with standby_pool(env, "spool") as (pool, keeper), \
+                container.mounted_layer(layers[0]) as lower, peers.oci_root(lower) as oci, \
+                peersuite.PeerRounds(oci).bundles() as peer_rounds:
+            sock = pool.cfg.pool_socket
+            prime(ref, pool)
+            for i in range(rounds):
+                log.info("round %d of %d (load %.2f)", i + 1, rounds, os.getloadavg()[0])
+                peer_rounds.round()  # runc and runsc start on the same image, same minute
+                for label, tree in trees if i % 2 == 0 else trees[::-1]:
+                    standby_ready(keeper)
+                    if not label:  # settled: made at least a launch ago
+                        for what, mib in standby_memory(keeper).items():
+                            samples.setdefault(f"standby waiting: {what}", []).append(mib)
+                    snap = launch.launch_once(ref, sock, snapshot=True, executor_tree=tree)
+                    if tree is None and not snap.standby:
+                        raise RuntimeError("not started on the standby (see the executor log)")
+                    add(label + "snapshot launch (standby)", snap)
+                add("snapshot launch", launch.launch_once(ref, snapshot=True))
+            samples.update(peer_rounds.samples)
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    def baseline(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--baseline", type=Path, default=None,
+                            help="also launch with the executor from this source tree, "
+                                 "interleaved")
+
+    return results.quick_main("python -m bench.snapfast", 9,
+                              lambda a: measure(a.rounds, a.baseline), results.quick_summary,
+                              argv, baseline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Standby clones with real VMs: the warm pool daemon keeps a clone with the snapshot loaded,
+reseeded and warmed up (executor.snapshot.keeper) for each shape launches from a snapshot asked
+for; a launch takes it and reseeds it again; a standby serves one pod only; without one (no keeper,
+none ready, one that died) the launch starts its own clone as before; nothing is left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.launcher import boot_vm
+from executor.libvirt.hypervisor import Hypervisor
+from executor.libvirt.owners import owner_metadata
+from executor.pool.daemon import META_POOL_STATE, WarmPool
+from executor.pool.protocol import PoolConfig
+from executor.pool.release import stop_qemu
+from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
+from executor.snapshot.store import Shape
+from tests.conftest import TEST_TAG, our_domains
+from tests.integration.test_snapshot import _pod, _report, fresh_store  # noqa: F401
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.usefixtures("no_leaked_domains")]
+POOL_NAME = f"{TEST_TAG}-sb"
+SHAPE = Shape(1, 128)
+
+
+@pytest.fixture
+def keeper(host_cfg: Any, fresh_store: Path  # noqa: F811
+           ) -> Iterator[tuple[Any, StandbyKeeper]]:
+    """A pool of no idle VMs and one standby shape, on a socket of its own; the config a
+    launch from a snapshot reaches it with."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-sb-"))
+    cfg = dataclasses.replace(host_cfg, pool_socket_override=sock_dir / "pool.sock",
+                              use_pool=True, use_snapshot=True)
+    pool = WarmPool(cfg, PoolConfig(size=0, standby=1, vcpus=1, memory_mib=128,
+                                    name=POOL_NAME), reap_interval=0.5)
+    keeper = StandbyKeeper(pool, refill_delay=0.0)
+    try:
+        with pool, keeper:
+            yield cfg, keeper
+    finally:
+        sock_dir.rmdir()
+    assert our_domains(f"hypervm-{POOL_NAME}") == set(), "stopping destroys the standbys"
+
+
+def _metadata(cfg: Any, name: str) -> dict[str, str]:
+    with Hypervisor(cfg.libvirt_uri) as hv:
+        return next(d.metadata for d in hv.list_ours() if d.name == name)
+
+
+def _status(cfg: Any, name: str) -> str:
+    with Hypervisor(cfg.libvirt_uri) as hv:
+        return str(hv.monitor(name, {"execute": "query-status"})["status"])
+
+
+def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
+    cfg, kept = keeper
+    vms = []
+    try:
+        # the first launch makes the snapshot; the second asks for a standby (none yet: it
+        # starts its own clone) and so makes the shape wanted
+        for name in ("first", "second"):
+            vms.append(boot_vm(cfg, _pod(cfg, name, 1, 128)))
+            assert vms[-1].warm and not vms[-1].name.startswith(f"hypervm-{POOL_NAME}")
+        assert kept.wait_ready(SHAPE, 120), kept.status()
+        standby = kept.ready_names()[0]
+        assert _metadata(cfg, standby)[META_POOL_STATE] == STANDBY_STATE
+        # loaded, run, reseeded by the daemon (before its warm-up container ran)
+        assert _status(cfg, standby) == "running"
+        console = kept.cfg.vms_dir / standby / "console.log"
+        assert console.read_text().count("RNG reseeded with 64 host bytes") == 1
+        vms.append(boot_vm(cfg, _pod(cfg, "third", 1, 128)))
+        third = vms[-1]
+        assert third.name == standby
+        assert standby not in kept.ready_names(), "a standby is handed out once"
+        meta = _metadata(cfg, standby)
+        assert meta[META_POOL_STATE] == "claimed"
+        assert meta["owner-pid"] == owner_metadata()["owner-pid"]
+        assert kept.status()["taken"] == 1
+        # the standby's clone runs its pod, reseeded like any clone: its own RNG
+        reports = [_report(vm) for vm in vms[1:]]
+        assert third.console_log.read_text().count("RNG reseeded with 64 host bytes") == 2
+        assert reports[0][2] != reports[1][2] and reports[0][3] != reports[1][3]
+        assert reports[1][0] == 1 and 80 <= reports[1][1] <= 128
+        # a new standby replaces the one taken, never the same VM
+        assert kept.wait_ready(SHAPE, 120), kept.status()
+        dead = kept.ready_names()[0]
+        assert dead != standby
+        # a standby that died while it waited: the launch starts a clone of its own
+        assert stop_qemu(dead)
+        vms.append(boot_vm(cfg, _pod(cfg, "fourth", 1, 128)))
+        assert vms[-1].name.startswith(f"hypervm-{TEST_TAG}-fourth-")
+        assert "RNG reseeded" in vms[-1].console_log.read_text()
+        assert kept.status()["taken"] == 1, "a dead standby is discarded, not handed out"
+    finally:
+        for vm in vms:
+            vm.destroy()
+    deadline = time.monotonic() + 10  # QEMUs that exited: libvirtd ends their domains
+    while (our_domains(standby) | our_domains(dead)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not our_domains(standby), "the taken standby ends with its pod"
+    assert not our_domains(dead), "a dead standby's domain is gone too"
+
+
+def test_without_a_keeper_a_launch_starts_its_own_clone(host_cfg: Any,
+                                                        fresh_store: Path) -> None:  # noqa: F811
+    """A pool that serves no standbys (``--standby 0``), and one whose standby's QEMU died:
+    the launch falls back to its own clone (its own name), not to a cold boot."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-sb-"))
+    cfg = dataclasses.replace(host_cfg, pool_socket_override=sock_dir / "pool.sock",
+                              use_pool=True, use_snapshot=True)
+    pool = WarmPool(cfg, PoolConfig(size=0, standby=1, vcpus=1, memory_mib=128,
+                                    name=POOL_NAME), reap_interval=0.5)
+    try:
+        with pool:  # no keeper: the standby operation is unknown to it
+            for name in ("own1", "own2"):
+                with boot_vm(cfg, _pod(cfg, name, 1, 128)) as vm:
+                    assert vm.warm and vm.name.startswith(f"hypervm-{TEST_TAG}-{name}-")
+                    assert "RNG reseeded" in vm.console_log.read_text()
+                    assert _report(vm)[0] == 1
+    finally:
+        sock_dir.rmdir()
+    assert os.path.exists(sock_dir) is False
