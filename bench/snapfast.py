@@ -10,8 +10,8 @@ snapshot lookup, create (libvirt + QEMU start, or taking the standby), load (the
 stream), reseed (RESEED and the layers' hot-add), pod (ports, NIC, binds)). A few minutes.
 
 ``--baseline DIR`` (another commit's source tree, ``git archive BASE | tar -x -C DIR``): each
-round also takes the ``snapshot launch (standby)`` sample with the executor run from DIR, interleaved
-with this tree's (the daemon runs from this tree).
+round also takes the ``snapshot launch (standby)`` sample with the executor run from DIR,
+interleaved with this tree's (the daemon runs from this tree).
 """
 
 from __future__ import annotations
