@@ -18,8 +18,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from executor.pool.adopt import claim_vm
-from executor.snapshot.start import start_vm
 from executor.vm import DEFAULT_BOOT_TIMEOUT, HyperVM
 from hypervm.config import HostConfig
 from hypervm.imageprocess import image_process
@@ -43,13 +41,19 @@ def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str
     destroy it meanwhile; an exception from it destroys the VM and propagates.
     ``before_shares``: see HyperVM (called with the VM's QEMU uid:gid before its shares are
     given to it, cold or claimed)."""
-    if cfg.use_pool:
+    if cfg.use_pool and cfg.pool_socket.exists():
+        # optional: only a claim needs the pool's client (~7 ms of a cold run's imports)
+        from executor.pool.adopt import claim_vm
+
         vm = claim_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout,
                       before_shares=before_shares)
         if vm is not None:
             _announce(vm, created)
             return vm
     if cfg.use_snapshot:
+        # optional: only HYPERVM_SNAPSHOT=on starts from snapshots (~2 ms of a cold run's)
+        from executor.snapshot.start import start_vm
+
         vm = start_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout, boot_files=boot_files,
                       accel=accel, before_shares=before_shares)
         if vm is not None:

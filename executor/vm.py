@@ -266,7 +266,10 @@ class HyperVM:
             self.watch_qemu()
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
-            self.configure_network()
+            # the guest configures its network while we hand the VM over: the first START or
+            # EXEC is sent behind the request and fails with it (a cold run's START then
+            # reaches the guest ~5-25 ms sooner, by then it is busy with the NETWORK)
+            self.configure_network(pipelined=True)
             if boot.flushes_after_boot(self.cfg):
                 self._flush_when_settled()
         except HyperVMError as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypervm.config import HostConfig
 from vmimage.accel import DEFAULT_BIOS, detect_accel
 from vmimage.initrd import ensure_initrd
-from vmimage.kernel import Kernel, find_kernel, hyperkernel, store
+from vmimage.kernel import Kernel, dpkg_cache, find_kernel, hyperkernel, store
 from vmimage.qemu import Qemu, find_qemu, hyperqemu
 
 #: what finding the kernel and HyperQEMU asks dpkg (vmimage.kernel.hyperkernel, .qemu.hyperqemu)
@@ -64,7 +64,8 @@ def kernel_cmdline(kernel: Kernel, *, quiet: bool = True) -> str:
 def resolve_boot(cfg: HostConfig, *, accel: str | None = None, quiet: bool = True) -> BootFiles:
     """The boot artefacts of this host; ``accel`` forces an accelerator (else detected, with
     the verdict cached per host boot). Raises HostError when there is no guest kernel."""
-    store.package_versions(PACKAGE_FIELDS)  # one dpkg-query for the kernel's and QEMU's keys
+    # one dpkg-query for the kernel's and QEMU's keys, none while dpkg's database is unchanged
+    store.package_versions(PACKAGE_FIELDS, cfg.run_dir / dpkg_cache.CACHE_NAME)
     kernel = find_kernel(cfg)
     return BootFiles(kernel=kernel, initrd=ensure_initrd(cfg, kernel), qemu=find_qemu(cfg),
                      accel=accel or detect_accel(cfg), cmdline=kernel_cmdline(kernel, quiet=quiet))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import select
 import subprocess
 import sys
@@ -15,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import executor
-from executor import session
-from executor.cli.console import interact
 from executor.supervisor.box import SUPERVISOR_MODULE, Box, default_name, find
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HyperVMError
@@ -52,6 +49,8 @@ def start(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace, image: str | 
     box = Box.create(cfg, pod.name)
     spec = {"pod": pod, "grace": args.grace, "boot_timeout": args.boot_timeout,
             "autoremove": args.rm, "image": image}
+    import pickle  # optional: only -d/-t runs (a foreground run imports this module)
+
     fd = os.open(box.pod_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         pickle.dump(spec, f)
@@ -109,6 +108,11 @@ def _tail(path: Path) -> str:
 
 
 def attach_box(box: Box, *, stdin: bool, tty: bool) -> int:
+    # optional: only attaching needs the session client (a foreground run imports this
+    # module for its options: ~4 ms of its start)
+    from executor import session
+    from executor.cli.console import interact  # optional: as the session client
+
     sock = session.connect(box.socket)
     with sock:
         sock.sendall(session.encode_json(session.REQUEST, {"op": "attach"}))

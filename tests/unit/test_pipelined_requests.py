@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from executor import netpolicy
+from executor import vm as vm_module
 from executor.guest import protocol as proto
 from executor.guest.channel import GuestChannel
 from executor.guest.protocol import MsgType
@@ -142,5 +144,51 @@ def test_a_pipelined_network_never_answered_fails_the_start(tmp_path: Path,
             vm.start(vm.pod.containers[0])
         assert answered.is_set()
         assert hv.destroyed == [vm.name]
+    finally:
+        vm.destroy()
+
+
+class ColdHypervisor(Hypervisor):
+    """Creating a domain starts the scripted guest on its channel socket."""
+
+    def __init__(self, handler) -> None:  # noqa: ANN001
+        super().__init__()
+        self.handler = handler
+        self.vm: HyperVM | None = None
+        self.guest: FakeGuest | None = None
+
+    def create(self, spec: object) -> None:
+        assert self.vm is not None
+        self.vm.run_dir.mkdir(parents=True, exist_ok=True)
+        self.guest = FakeGuest(self.vm.channel_socket, handler=self.handler)
+
+
+class NoFlush:
+    accel = "tcg"
+
+    def flushes_after_boot(self, cfg: HostConfig) -> bool:
+        return False
+
+
+def test_a_cold_boot_returns_before_its_network_reply_and_its_start_waits_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest answers nothing before it has the START: a cold boot that waited for the
+    NETWORK reply would never return. It returns at READY; the START goes behind the
+    NETWORK and gets both replies."""
+    cfg = HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
+                     libvirt_uri="test:///default", accel="tcg")
+    pod = PodSpec(name="p", containers=(Container("c", Rootfs(layers=(tmp_path / "l",)),
+                                                  Process(args=("true",))),))
+    monkeypatch.setattr(netpolicy, "enforce", lambda *a: None)
+    monkeypatch.setattr(vm_module.identity, "for_vm", lambda *a: None)
+    monkeypatch.setattr(HyperVM, "domain_spec", lambda self, boot: self.assign_devices())
+    hv = ColdHypervisor(held_until_start())
+    vm = hv.vm = HyperVM(cfg, pod, hypervisor=hv, boot_files=NoFlush())  # type: ignore[arg-type]
+    try:
+        vm.boot(timeout=5)  # returns although the guest has answered nothing after READY
+        assert hv.guest is not None
+        assert vm.start(vm.pod.containers[0]).pid == 7
+        assert [f.type for f in hv.guest.received] == [MsgType.NETWORK, MsgType.START]
+        assert hv.destroyed == []
     finally:
         vm.destroy()

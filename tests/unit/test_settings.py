@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,23 @@ def test_missing_file_is_an_empty_configuration(tmp_path: Path) -> None:
     environ = {"HYPERVM_CONFIG": str(tmp_path / "absent.toml")}
     assert apply_config_file(environ) == {}
     assert environ == {"HYPERVM_CONFIG": str(tmp_path / "absent.toml")}
+
+
+def test_a_host_without_a_file_does_not_load_the_toml_parser(tmp_path: Path) -> None:
+    """Every command reads the file first: without one, no parser to import (~3 ms)."""
+    code = ("import sys; from hypervm.settings import load_config_file; "
+            f"load_config_file({{'HYPERVM_CONFIG': {str(tmp_path / 'absent.toml')!r}}}); "
+            "print('tomllib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout
+    assert out.strip() == "False"
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'accel = "\xff"\n')
+    with pytest.raises(InvalidSpec, match=re.escape("config.toml: is not valid TOML")):
+        load_config_file({"HYPERVM_CONFIG": str(path)})
 
 
 @pytest.mark.parametrize(("text", "message"), [

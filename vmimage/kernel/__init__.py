@@ -70,7 +70,7 @@ def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel
     When the current fragment's HyperKernel is not built yet, the newest older one is used
     (with a warning), so a fragment change does not break running hosts until make kernel.
     """
-    from vmimage.kernel import distro, hyperkernel  # a cycle: they import this package
+    from vmimage.kernel import hyperkernel  # a cycle: it imports this package
 
     if requested_kind(env) == "hyperkernel":
         try:
@@ -84,6 +84,10 @@ def find_kernel(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Kernel
             log.warning("HyperKernel %s is not built; using the older %s (run make kernel)",
                         directory.name if directory else "?", stale.name)
             return _hyperkernel_from(stale)
+    # a cycle (it imports this package); only here: a cold boot of the HyperKernel pays none
+    # of its imports (gzip, lzma, platform: ~8 ms of every hypervm run)
+    from vmimage.kernel import distro
+
     found = distro.find_distro_kernel(cfg)
     if found is None:
         raise HostError(f"no guest kernel in {cfg.kernel_dir}", hint="run make kernel")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from hypervm.errors import HostError
+from vmimage.kernel import dpkg_cache
 from vmimage.progress import StepMeter
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,33 @@ def package_version(package: str, field: str = "Version") -> str | None:
     return package_versions([(package, field)])[0]
 
 
-def package_versions(wanted: Sequence[tuple[str, str]]) -> list[str | None]:
+def package_versions(wanted: Sequence[tuple[str, str]],
+                     cache: Path | None = None) -> list[str | None]:
     """:func:`package_version` of each (package, field), those not known yet asked of dpkg in
-    one dpkg-query (a cold boot wants the kernel's and QEMU's: one run, not two)."""
+    one dpkg-query (a cold boot wants the kernel's and QEMU's: one run, not two). ``cache``:
+    a file keeping the answers between processes while dpkg's database is unchanged
+    (vmimage.kernel.dpkg_cache: a cold ``hypervm run`` then runs no dpkg-query)."""
     with _package_lock:
         missing = [w for w in dict.fromkeys(wanted) if w not in _package_fields]
-        if missing:
+        if missing and cache is not None:
+            _package_fields.update(_cached_query(missing, cache))
+        elif missing:
             _package_fields.update(_query_dpkg(missing))
         return [_package_fields[w] for w in wanted]
+
+
+def _cached_query(wanted: Sequence[tuple[str, str]], cache: Path
+                  ) -> dict[tuple[str, str], str | None]:
+    """dpkg's answers for ``wanted`` from ``cache`` when it holds them for the current
+    database, else from dpkg-query (and then kept in ``cache``)."""
+    identity = dpkg_cache.database_identity()
+    found = dpkg_cache.cached_fields(cache, wanted, identity)
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        found.update(_query_dpkg(missing))
+        if identity is not None:
+            dpkg_cache.save(cache, identity, {**dpkg_cache.load(cache, identity), **found})
+    return found
 
 
 def forget_package_versions() -> None:
