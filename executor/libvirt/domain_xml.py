@@ -314,6 +314,10 @@ class Domain:
             _sub(devices, "emulator", str(self.emulator))
         # no USB, graphics, video, sound or NIC: libvirt adds only what `pc` implies
         _sub(devices, "controller", type="usb", model="none")
+        # no ACPI hotplug slots on the root bus (nothing hot-adds PCI devices: the pool's disks
+        # are SCSI LUNs): the guest kept an ACPI device (~2 KiB each) per empty slot
+        root = _sub(devices, "controller", type="pci", index="0", model="pci-root")
+        _sub(root, "target", hotplug="off")
         _sub(devices, "controller", type="virtio-serial", index="0", ports=str(VIRTIO_SERIAL_PORTS))
         if self.scsi_controller:
             _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
