@@ -5,7 +5,9 @@ where the private MiB are (by mapping), then destroys them; ``--rounds`` repeats
 ``--cmdline`` appends to the guest kernel command line of these VMs only, ``--env K=V`` sets
 host settings (e.g. ``HYPERVM_TCG_TB_CACHE_MIB=8``) for them: one change measured against the
 default back to back, in a minute, without the whole ``make bench``.
-``--qemu DIR`` boots them on another HyperQEMU build (``<state>/qemu/<key>``).
+``--qemu DIR`` boots them on another HyperQEMU build (``<state>/qemu/<key>``), ``--kernel DIR``
+on another guest kernel (a directory with ``vmlinux`` and ``meta.json``, e.g. a HyperKernel
+built from a changed fragment before it is published).
 ``--guest`` then runs ``cat /proc/meminfo`` in one more VM's container, after the settle (what
 the guest kernel holds: the guest RAM mapping is what it touched).
 """
@@ -28,6 +30,8 @@ from bench.vmenv import VMEnv
 from executor.vm import HyperVM
 from hypervm.config import config_from_env
 from hypervm.podspec import Container, Process
+from vmimage.initrd import ensure_initrd
+from vmimage.kernel import kernel_from_dir
 from vmimage.rootfs import ensure_warmup_layer
 
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], help="K=V host setting")
     parser.add_argument("--qemu", type=Path, default=None,
                         help="another HyperQEMU build: its <state>/qemu/<key> directory")
+    parser.add_argument("--kernel", type=Path, default=None,
+                        help="another guest kernel: a directory with vmlinux and meta.json")
     parser.add_argument("--guest", action="store_true", help="print the guest's /proc/meminfo")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.qemu:
         env = VMEnv(cfg=env.cfg, boot=dataclasses.replace(env.boot, qemu=dataclasses.replace(
             env.boot.qemu, path=args.qemu / "bin/qemu-system-x86_64", key=args.qemu.name)))
+    if args.kernel:
+        kernel = kernel_from_dir(args.kernel)
+        env = VMEnv(cfg=env.cfg, boot=dataclasses.replace(
+            env.boot, kernel=kernel, initrd=ensure_initrd(env.cfg, kernel)))
     if args.cmdline:
         env = VMEnv(cfg=env.cfg, boot=env.with_cmdline(" " + args.cmdline.strip()))
     totals: list[float] = []

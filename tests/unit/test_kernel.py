@@ -87,6 +87,15 @@ def test_fragment_enables_what_the_guest_needs() -> None:
                    for name, v in options.items())
 
 
+def test_fragment_leaves_out_what_costs_every_idle_vm_memory() -> None:
+    """Issue 18: each guest holds its own copy of the kernel image; these were measured off
+    (bench.idlemem) and nothing in a HyperVM uses them (the initrd is an uncompressed cpio)."""
+    options = parse_config(hyperkernel.FRAGMENT.read_text())
+    off = ["RD_GZIP", "RD_ZSTD", "RD_XZ", "MQ_IOSCHED_DEADLINE", "MQ_IOSCHED_KYBER", "SWAP",
+           "ETHTOOL_NETLINK", "PTP_1588_CLOCK", "SCHED_DEBUG", "SLUB_DEBUG"]
+    assert [o for o in off if options.get(f"CONFIG_{o}") != "n"] == []
+
+
 def test_fragment_ships_as_package_data() -> None:
     setup_cfg = (Path(__file__).resolve().parents[2] / "setup.cfg").read_text()
     assert "vmimage.kernel = *.config" in setup_cfg
@@ -183,6 +192,18 @@ def test_find_kernel_uses_the_newest_stale_kernel(cfg, monkeypatch, caplog) -> N
     k = kmod.find_kernel(cfg, env={})
     assert k.key == newer.name
     assert "make kernel" in caplog.text
+
+
+def test_kernel_from_dir_reads_a_kernel_outside_the_store(tmp_path: Path) -> None:
+    d = tmp_path / "k1"
+    d.mkdir()
+    with pytest.raises(HostError) as err:
+        kmod.kernel_from_dir(d)
+    assert "no vmlinux" in str(err.value)
+    (d / "vmlinux").write_bytes(b"\x7fELF")
+    (d / "meta.json").write_text(json.dumps({"version": "6.1.192"}))
+    assert kmod.kernel_from_dir(d) == Kernel(path=d / "vmlinux", version="6.1.192",
+                                             kind="hyperkernel", key="k1")
 
 
 def test_ensure_kernel_builds_only_when_missing(cfg, monkeypatch) -> None:  # noqa: ANN001

@@ -100,3 +100,11 @@ def _hyperkernel_from(directory: Path) -> Kernel:
     meta = hyperkernel.read_meta(directory) or {}
     return Kernel(path=directory / "vmlinux", version=str(meta.get("version", "")),
                   kind="hyperkernel", key=directory.name)
+
+
+def kernel_from_dir(directory: Path) -> Kernel:
+    """The HyperKernel in ``directory`` (``vmlinux`` + ``meta.json``), wherever it is: the
+    bench boots a kernel built from a changed fragment before ``make kernel`` publishes it."""
+    if not (directory / "vmlinux").is_file():
+        raise HostError(f"no vmlinux in {directory}", hint="name a HyperKernel's directory")
+    return _hyperkernel_from(directory)
