@@ -51,6 +51,7 @@ from executor.pool import listener
 from executor.pool.protocol import (
     FIRST_POD_UNIT,
     GENERIC,
+    PORTS_PUBLISHED,
     WARMUP_UNIT,
     Lease,
     PoolConfig,
@@ -267,7 +268,8 @@ class WarmPool:
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
               metadata: Mapping[str, str] | None = None,
               layers: Sequence[str] = (), ports: Sequence[PortMapping] = (), *,
-              record_later: bool = False) -> tuple[Lease, socket.socket]:
+              record_later: bool = False, ports_later: bool = False
+              ) -> tuple[Lease, socket.socket]:
         """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
         else the oldest generic one), with the pod's ``metadata`` written on it and its
         ``ports`` published: the caller must pass on the socket. NetworkError, as a cold boot
@@ -275,7 +277,9 @@ class WarmPool:
         lost a race for one is destroyed, never handed out half-configured).
         ``record_later``: the caller writes the metadata with :meth:`record_claim` once it
         has answered the claimer (a libvirt round trip off the launch's clock); a VM whose
-        guest channel is closed is discarded here instead."""
+        guest channel is closed is discarded here instead. ``ports_later``: the ports are
+        checked, not published: the caller publishes them with :meth:`publish_claimed` once
+        it has answered (the lease says ``ports_pending``)."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
@@ -298,7 +302,8 @@ class WarmPool:
             try:
                 if record_later and peer_closed(vm.sock):
                     raise PoolError("its guest channel is closed")
-                network.publish_live(self._hv, vm.name, net)
+                if not ports_later:
+                    network.publish_live(self._hv, vm.name, net)
                 if not record_later:
                     self._record(vm.name, metadata, owner_pid)
             except NetworkError as e:
@@ -318,7 +323,21 @@ class WarmPool:
                      f", {len(net.ports)} ports published" if net.ports else "")
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
                          layers_attached=bool(vm.layers), identity=vm.identity,
-                         identity_known=True), vm.sock
+                         identity_known=True, ports_pending=ports_later and bool(net.ports)
+                         ), vm.sock
+
+    def publish_claimed(self, name: str, ports: Sequence[PortMapping]) -> dict[str, Any]:
+        """Publish a ``ports_later`` claim's ``ports`` on the claimed VM ``name``: the line
+        for the claimer (PORTS_PUBLISHED, else the error; the VM is then destroyed)."""
+        try:
+            network.publish_live(self._hv, name, netspec.NetworkSpec(ports=tuple(ports)))
+        except HyperVMError as e:
+            log.warning("claimed VM %s cannot publish the pod's ports (%s): destroyed", name, e)
+            with self._cond:
+                self._claimers.pop(name, None)
+            self._discard(name, self.cfg.vms_dir / name, None)
+            return error_reply(e)
+        return PORTS_PUBLISHED
 
     def _record(self, name: str, metadata: Mapping[str, str] | None, owner_pid: int) -> None:
         self._hv.set_metadata(name, {**(metadata or {}), META_POOL: self.config.name,
@@ -510,9 +529,13 @@ class WarmPool:
                 elif op == "claim":
                     claim = parse_claim(request)
                     lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
-                                             claim.layers, claim.ports, record_later=True)
+                                             claim.layers, claim.ports, record_later=True,
+                                             ports_later=claim.ports_later)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
+                        if lease.ports_pending:  # not when the answer was lost (OSError)
+                            listener.send_quietly(conn, self.publish_claimed(lease.vm,
+                                                                             claim.ports))
                     finally:
                         sock.close()
                         self.record_claim(lease.vm, claim.metadata, pid)
