@@ -337,7 +337,10 @@ static void set_credentials(const struct proc_spec *p, int rfd)
 		fail_errno(rfd, "ESPAWN", errno, "process.uid: setuid");
 }
 
-static __attribute__((noreturn)) void run_process(const struct proc_spec *p, struct spawn_fds *f)
+/* `go`: the write end of the pipe the shim-to-be waits on (-1: none), closed once only the
+ * execve is left. */
+static __attribute__((noreturn)) void run_process(const struct proc_spec *p, struct spawn_fds *f,
+						  int go)
 {
 	int rfd = f->report[1];
 	struct spawn_report r = {.kind = REPORT_PID, .pid = own_pid_in_init_view()};
@@ -368,6 +371,8 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 		if (err == 0) {
 			r.kind = REPORT_READY;
 			write_report(rfd, &r); /* init may stop reading now: nothing more goes there */
+			if (go >= 0)
+				close(go); /* the shim's own exec may go now, after init's reply */
 			exec_after_reply(p, file);
 		}
 	} else {
@@ -395,12 +400,30 @@ void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
 	char pid_arg[16], fd_arg[16];
 	char *argv[] = {"hypervm-init", "--shim", pid_arg, fd_arg, NULL};
 	char *envp[] = {NULL};
-	pid_t child = fork();
+	int go[2] = {-1, -1};
+	pid_t child;
 
+	/* early_reply: the shim-to-be execs itself only once the process has reported READY (or
+	 * ended): on one vCPU the parent runs first after fork, and its execveat (~3 ms under TCG)
+	 * would otherwise come before the process's READY, on the START's clock */
+	if (p->early_reply && pipe2(go, O_CLOEXEC) != 0)
+		fail_errno(f->report[1], "ESPAWN", errno, "pipe");
+	child = fork();
 	if (child < 0)
 		fail_errno(f->report[1], "ESPAWN", errno, "fork");
-	if (child == 0)
-		run_process(p, f);
+	if (child == 0) {
+		if (go[0] >= 0)
+			close(go[0]);
+		run_process(p, f, go[1]);
+	}
+	if (go[0] >= 0) {
+		char byte;
+
+		close(go[1]);
+		while (read(go[0], &byte, 1) < 0 && errno == EINTR)
+			;
+		close(go[0]);
+	}
 	shim_out_of_oom_reach();
 	snprintf(pid_arg, sizeof(pid_arg), "%d", (int)child);
 	snprintf(fd_arg, sizeof(fd_arg), "%d", f->status[1]);

@@ -651,6 +651,13 @@ def test_early_reply_still_reports_exec_failures(guest: Guest) -> None:
     assert reply["pid"] > 1
     proc = chan.wait_exit(135)
     assert proc.exit == {"status": 3, "signal": None} and proc.stdout == b"up\n"
+    # confined before the reply, as without it (test_init_confine)
+    chan.ok(MsgType.START, start_early("e-confined", 136, uid=1000, gid=1000, args=[
+        "sh", "-c", "id -u; grep -E '^(CapBnd|CapEff|Seccomp):' /proc/self/status"]))
+    proc = chan.wait_exit(136)
+    assert proc.exit == {"status": 0, "signal": None}, proc.stderr
+    assert proc.stdout.decode().split() == ["1000", "CapEff:", "0000000000000000",
+                                            "CapBnd:", "00000000a80425fb", "Seccomp:", "2"]
 
 
 def test_duplicate_names_and_handles_are_refused(guest: Guest) -> None:
