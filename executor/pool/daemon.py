@@ -48,6 +48,7 @@ from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
 from executor.pool import listener
+from executor.pool.deferred import RECORD_DELAY_S, Deferred
 from executor.pool.protocol import (
     FIRST_POD_UNIT,
     GENERIC,
@@ -119,8 +120,10 @@ class WarmPool:
 
     def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
                  refill_delay: float = REFILL_DELAY_S, accel: str | None = None,
-                 resolve: Callable[[str], Sequence[Path]] | None = None) -> None:
-        """``resolve``: an image reference's layer files (default: this host's image cache)."""
+                 resolve: Callable[[str], Sequence[Path]] | None = None,
+                 record_delay: float = RECORD_DELAY_S) -> None:
+        """``resolve``: an image reference's layer files (default: this host's image cache);
+        ``record_delay``: how long a claim's owner record waits (executor.pool.deferred)."""
         self.cfg = cfg
         self.config = config.validate()
         #: the image cache as a launch on this host uses it (the same registry settings); its
@@ -129,6 +132,7 @@ class WarmPool:
         self._resolve = resolve or (lambda ref: self._store.resolve(ref).layers)
         self.reap_interval = reap_interval
         self.refill_delay = refill_delay
+        self._records = Deferred(record_delay)
         self._last_claim = 0.0
         self._accel = accel
         self._hv: Any = None
@@ -203,6 +207,7 @@ class WarmPool:
             idle, self._idle = list(self._idle), collections.deque()
         for vm in idle:
             self._discard(vm.name, vm.run_dir, vm.sock)
+        self._records.flush()  # the claimers' VMs are theirs: recorded before we go
         if self._hv is not None:
             self._hv.close()
             self._hv = None
@@ -277,9 +282,8 @@ class WarmPool:
         lost a race for one is destroyed, never handed out half-configured).
         ``record_later``: the caller writes the metadata with :meth:`record_claim` once it
         has answered the claimer (a libvirt round trip off the launch's clock); a VM whose
-        guest channel is closed is discarded here instead. ``ports_later``: the ports are
-        checked, not published: the caller publishes them with :meth:`publish_claimed` once
-        it has answered (the lease says ``ports_pending``)."""
+        guest channel is closed is discarded here instead. ``ports_later``: checked, not
+        published: the caller does that with :meth:`publish_claimed` once it has answered."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
@@ -327,8 +331,8 @@ class WarmPool:
                          ), vm.sock
 
     def publish_claimed(self, name: str, ports: Sequence[PortMapping]) -> dict[str, Any]:
-        """Publish a ``ports_later`` claim's ``ports`` on the claimed VM ``name``: the line
-        for the claimer (PORTS_PUBLISHED, else the error; the VM is then destroyed)."""
+        """Publish a ``ports_later`` claim's ``ports`` on the claimed VM ``name``: the line for
+        the claimer (PORTS_PUBLISHED, else the error; the VM is then destroyed)."""
         try:
             network.publish_live(self._hv, name, netspec.NetworkSpec(ports=tuple(ports)))
         except HyperVMError as e:
@@ -538,7 +542,8 @@ class WarmPool:
                                                                              claim.ports))
                     finally:
                         sock.close()
-                        self.record_claim(lease.vm, claim.metadata, pid)
+                        self._records.call_later(self.record_claim, lease.vm, claim.metadata,
+                                                 pid)
                 elif op == "release":
                     name = parse_release(request)
                     self._release(pid, name)
