@@ -8,10 +8,9 @@ claim gets); *reap* destroys claimed VMs whose claimer died.
 
 Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
 carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim records the
-claiming process (SO_PEERCRED) in memory before the reply leaves and rewrites the owner metadata
-RECORD_DELAY_S later (executor.pool.deferred), so at every moment a live process answers for the
-VM. When the owner dies, the reaper here (every ``reap_interval`` seconds) or ``hypervm gc``
-destroys it; that covers the idle VMs of a killed daemon too.
+claimer (SO_PEERCRED) in memory before the reply leaves, in the metadata RECORD_DELAY_S later
+(executor.pool.deferred): a live process always answers for the VM. When it dies, the reaper
+(every ``reap_interval`` s) or ``hypervm gc`` destroys it, as the idle VMs of a killed daemon.
 Stopping the daemon destroys its idle VMs.
 """
 
