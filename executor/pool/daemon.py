@@ -331,8 +331,7 @@ class WarmPool:
                          ), vm.sock
 
     def publish_claimed(self, name: str, ports: Sequence[PortMapping]) -> dict[str, Any]:
-        """Publish a ``ports_later`` claim's ``ports`` on the claimed VM ``name``: the line for
-        the claimer (PORTS_PUBLISHED, else the error; the VM is then destroyed)."""
+        """Publish a ``ports_later`` claim's ports on VM ``name``: the claimer's line."""
         try:
             network.publish_live(self._hv, name, netspec.NetworkSpec(ports=tuple(ports)))
         except HyperVMError as e:
@@ -349,19 +348,20 @@ class WarmPool:
 
     def record_claim(self, name: str, metadata: Mapping[str, str] | None,
                      owner_pid: int) -> None:
-        """Write the claimed VM ``name``'s pod metadata and owner (see :meth:`claim`). When
-        that fails the VM is destroyed: a claimed VM whose records do not name its owner would
-        not be reaped when that owner dies. Nothing to do once the claimer released it."""
+        """Write the claimed VM ``name``'s pod metadata and owner (see :meth:`claim`); when
+        that fails the VM is destroyed (unrecorded, it would outlive its owner). Nothing to do
+        once the claimer released or ended it (a pod over before the deferred record)."""
         with self._cond:
             if name not in self._claimers:
                 return
         try:
             self._record(name, metadata, owner_pid)
         except HyperVMError as e:
-            log.warning("claimed VM %s: cannot record its owner (%s): destroyed", name, e)
             with self._cond:
                 self._claimers.pop(name, None)
-            self._discard(name, self.cfg.vms_dir / name, None)
+            if self._hv.is_running(name):
+                log.warning("claimed VM %s: cannot record its owner (%s): destroyed", name, e)
+                self._discard(name, self.cfg.vms_dir / name, None)
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -560,8 +560,8 @@ class WarmPool:
                     os.close(fd)
 
     def _release(self, owner_pid: int, name: str) -> None:
-        """A claimer hands its VM back (executor.pool.release): its QEMU ends now, without a
-        libvirt call; the domain's destroy goes on in the background."""
+        """A claimer hands its VM back (executor.pool.release): QEMU ends now, the domain's
+        destroy goes on in the background."""
         with self._cond:
             check_claimer(self._claimers, name, owner_pid)
             del self._claimers[name]

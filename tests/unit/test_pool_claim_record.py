@@ -159,3 +159,16 @@ def test_deferred_calls_run_later_in_order_or_at_once_when_flushed() -> None:
     assert calls == ["a", "b", "c"] and later.pending() == 0
     Deferred(0).call_later(calls.append, "now")  # no delay: in the caller
     assert calls[-1] == "now"
+
+
+def test_a_vm_its_claimer_ended_before_the_record_is_left_alone(
+        pool: tuple[WarmPool, list]) -> None:
+    """The owner record comes RECORD_DELAY_S after the answer: a pod over by then (its VM
+    destroyed by the claimer) is no error, and nothing is destroyed twice."""
+    warm, _ = pool
+    lease, sock = warm.claim(1, 128, os.getpid(), {"pod": "web"}, record_later=True)
+    sock.close()
+    warm._hv.refuse_metadata = True  # as libvirt answers for a domain that is gone
+    warm._hv.destroyed.append(lease.vm)  # the claimer destroyed it
+    warm.record_claim(lease.vm, {"pod": "web"}, os.getpid())
+    assert warm._hv.destroyed == [lease.vm] and lease.vm not in warm._claimers
