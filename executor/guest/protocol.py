@@ -375,15 +375,20 @@ def mount_payload(type_: str, destination: str, readonly: bool, source: str | No
 def start_payload(container: str, handle: int, layers: list[str], process: dict[str, Any], *,
                   readonly: bool = False, mounts: list[dict[str, Any]] | None = None,
                   hostname: str | None = None, wait_ms: int | None = None,
-                  limits: dict[str, int] | None = None) -> dict[str, Any]:
+                  limits: dict[str, int] | None = None,
+                  early_reply: bool = True) -> dict[str, Any]:
     """START: a container over the disks ``layers`` (serials, lowest first) running
     ``process``; ``wait_ms`` when the disks are hot-added and may not be there yet;
-    ``limits`` from :func:`limits_payload`."""
+    ``limits`` from :func:`limits_payload`. ``early_reply``: init 0.5.0 replies OK once only
+    the process's execve is left (its file found executable), not after it; an execve that
+    fails then ends the process with status 126/127 (init/PROTOCOL.md, START)."""
     rootfs: dict[str, Any] = {"layers": layers, "readonly": readonly}
     if wait_ms is not None:
         rootfs["wait_ms"] = wait_ms
     payload = {"container": container, "handle": handle, "rootfs": rootfs,
                "mounts": mounts or [], "hostname": hostname or container, "process": process}
+    if early_reply:
+        payload["early_reply"] = True
     if limits is not None:
         payload["limits"] = limits
     return payload

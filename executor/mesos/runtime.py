@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -334,18 +335,25 @@ class VMPod:
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         """START the task's container; its ``hypervm exec --task`` socket is made meanwhile
-        (while the guest starts the process), not after it: TASK_RUNNING waits for neither."""
+        (while the guest starts the process), not after it: TASK_RUNNING waits for neither.
+        Its thread starts once the START is sent, so it does not hold up the START."""
         container = self._containers[task_id]
-        serving = in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg, task_id,
-                            self.vm, container)
+        serving: list[Future[Any]] = []
+
+        def serve_exec() -> None:
+            serving.append(in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg,
+                                     task_id, self.vm, container))
+
         try:
             self._handles[task_id] = self.vm.start(container, on_stdout=on_stdout,
-                                                   on_stderr=on_stderr, on_exit=on_exit)
+                                                   on_stderr=on_stderr, on_exit=on_exit,
+                                                   meanwhile=serve_exec)
         except BaseException:
-            if serving.exception() is None and (server := serving.result()) is not None:
-                server.close()
+            for future in serving:
+                if future.exception() is None and (server := future.result()) is not None:
+                    server.close()
             raise
-        server = serving.result()
+        server = serving[0].result() if serving else None
         if server is not None:
             with self._lock:
                 self._exec_servers.append(server)

@@ -24,7 +24,7 @@ from executor.pool import claim as client
 from executor.pool.protocol import FIRST_POD_UNIT, Lease, unfit_reason
 from executor.vm import HyperVM, pod_devices, pod_metadata
 from hypervm.config import HostConfig
-from hypervm.errors import HyperVMError, PoolError
+from hypervm.errors import HyperVMError, NetworkError, PoolError
 from hypervm.podspec import PodSpec
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         reason = unfit_reason(pod, res.cpus, res.memory_mib)
         if reason is not None:
             raise PoolError(reason)
-        lease, sock = client.claim(cfg, res.cpus, res.memory_mib, pod_metadata(pod),
-                                   [str(path) for path in serials], ports=pod.network.ports)
+        lease, sock, ports = client.claim_ports_later(
+            cfg, res.cpus, res.memory_mib, pod_metadata(pod), [str(path) for path in serials],
+            ports=pod.network.ports)
     except PoolError as e:  # a NetworkError (a port it cannot have) propagates: cold fails alike
         log.info("%s: no warm VM (%s): booting cold", pod.name, e)
         return None
@@ -53,8 +54,8 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
                  before_shares=before_shares)
     vm.assign_devices()
     try:
-        ready = _adopt(vm, lease, sock, timeout)
-    except KeyboardInterrupt:
+        ready = _adopt(vm, lease, sock, timeout, ports)
+    except (KeyboardInterrupt, NetworkError):  # the pool lost a port: cold would fail alike
         vm.destroy()
         sock.close()
         raise
@@ -71,8 +72,18 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
     return vm
 
 
-def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, Any]:
-    """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds."""
+def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float,
+           ports: client.PortsPending | None) -> dict[str, Any]:
+    """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds; its
+    ``ports``, published by the pool meanwhile, are awaited before anything starts in it."""
+    try:
+        return _give_pod(vm, lease, sock, timeout)
+    finally:
+        if ports is not None:
+            ports.wait(timeout)  # closes it; raises when not published (even after a failure)
+
+
+def _give_pod(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, Any]:
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
     # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)

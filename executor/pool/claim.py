@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from executor.pool.nsbind import NamespaceBind
-from executor.pool.protocol import MAX_LINE, Lease, claim_request, decode, encode
+from executor.pool.protocol import (
+    MAX_LINE,
+    Lease,
+    check_ports_reply,
+    claim_request,
+    decode,
+    encode,
+)
 from executor.pool.release import check_released, release_request
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, PoolError
@@ -34,6 +41,14 @@ BIND_TIMEOUT = 10.0
 
 def _request(cfg: HostConfig, message: dict[str, Any],
              timeout: float) -> tuple[dict[str, Any], list[int]]:
+    reply, fds, follow = _exchange(cfg, message, timeout)
+    follow.close()
+    return reply, fds
+
+
+def _exchange(cfg: HostConfig, message: dict[str, Any],
+              timeout: float) -> tuple[dict[str, Any], list[int], PortsPending]:
+    """The reply line (with its descriptors) and the connection, for a second line."""
     path = cfg.pool_socket
     if not path.exists():
         raise PoolError(f"no warm pool serves at {path}")
@@ -44,21 +59,22 @@ def _request(cfg: HostConfig, message: dict[str, Any],
         sock.connect(str(path))
         sock.sendall(encode(message))
         data = b""
-        while not data.endswith(b"\n"):
+        while b"\n" not in data and len(data) <= MAX_LINE:
             chunk, got, _flags, _addr = socket.recv_fds(sock, MAX_LINE, 1)
             fds += got
             if not chunk:
                 break
             data += chunk
     except OSError as e:
+        sock.close()
         for fd in fds:
             os.close(fd)
         raise PoolError(f"the warm pool at {path} does not answer: {e}") from e
-    finally:
-        sock.close()
+    line, _, rest = data.partition(b"\n")
     try:
-        return decode(data, "pool reply"), fds
+        return decode(line, "pool reply"), fds, PortsPending(sock, rest)
     except PoolError:
+        sock.close()
         for fd in fds:
             os.close(fd)
         raise
@@ -72,6 +88,34 @@ def request(cfg: HostConfig, message: dict[str, Any],
     return _request(cfg, message, timeout)
 
 
+class PortsPending:
+    """The connection of a claim whose ports the pool publishes after its answer
+    (``ports_later``): :meth:`wait` reads their outcome. Close it when not waiting."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        self.sock, self.data = sock, data
+
+    def wait(self, timeout: float) -> None:
+        """Returns once the pool published the ports; NetworkError (the cold boot's: the pool
+        destroyed the VM) or PoolError otherwise."""
+        try:
+            self.sock.settimeout(timeout)
+            while b"\n" not in self.data and len(self.data) <= MAX_LINE:
+                chunk = self.sock.recv(MAX_LINE)
+                if not chunk:
+                    break
+                self.data += chunk
+        except OSError as e:
+            raise PoolError(f"the warm pool did not say whether it published the ports: "
+                            f"{e}") from e
+        finally:
+            self.close()
+        check_ports_reply(decode(self.data.partition(b"\n")[0], "pool ports reply"))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
           layers: Sequence[str] = (), timeout: float = CLAIM_TIMEOUT,
           ports: Sequence[PortMapping] = ()) -> tuple[Lease, socket.socket]:
@@ -79,17 +123,33 @@ def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, s
     disk-serial order), ``metadata`` written on it, ``ports`` published on it; the caller owns
     (and must destroy) it from now on. PoolError when none can be had: boot cold then.
     NetworkError when a port cannot be published (a cold boot would fail alike)."""
-    reply, fds = _request(cfg, claim_request(vcpus, memory_mib, metadata, layers, ports),
-                          timeout)
+    lease, sock, _ = claim_ports_later(cfg, vcpus, memory_mib, metadata, layers, timeout,
+                                       ports, ports_later=False)
+    return lease, sock
+
+
+def claim_ports_later(cfg: HostConfig, vcpus: int, memory_mib: int,
+                      metadata: Mapping[str, str] | None = None, layers: Sequence[str] = (),
+                      timeout: float = CLAIM_TIMEOUT, ports: Sequence[PortMapping] = (), *,
+                      ports_later: bool = True
+                      ) -> tuple[Lease, socket.socket, PortsPending | None]:
+    """:func:`claim`, the pool publishing ``ports`` after its answer when it can: then the
+    third value is not None and the caller must :meth:`PortsPending.wait` before it starts
+    anything in the VM (or close it, and destroy the VM)."""
+    reply, fds, follow = _exchange(cfg, claim_request(vcpus, memory_mib, metadata, layers,
+                                                      ports, ports_later), timeout)
     try:
         lease = Lease.from_reply(reply)
         if len(fds) != 1:
             raise PoolError(f"the pool sent {len(fds)} descriptors with the claim, not 1")
     except HyperVMError:
+        follow.close()
         for fd in fds:
             os.close(fd)
         raise
-    return lease, socket.socket(fileno=fds[0])
+    if not lease.ports_pending:
+        follow.close()
+    return lease, socket.socket(fileno=fds[0]), follow if lease.ports_pending else None
 
 
 def release(cfg: HostConfig, vm: str, timeout: float = CLAIM_TIMEOUT) -> None:

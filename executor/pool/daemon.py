@@ -7,10 +7,10 @@ answers claims on the pool's unix socket (executor.pool.protocol has the protoco
 claim gets); *reap* destroys claimed VMs whose claimer died.
 
 Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
-carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim rewrites the
-owner to the claiming process (SO_PEERCRED) *before* the reply leaves, so at every moment a live
-process answers for the VM. When the owner dies, the reaper here (every ``reap_interval``
-seconds) or ``hypervm gc`` destroys it; that covers the idle VMs of a killed daemon too.
+carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim records the
+claimer (SO_PEERCRED) in memory before the reply leaves, in the metadata RECORD_DELAY_S later
+(executor.pool.deferred): a live process always answers for the VM. When it dies, the reaper
+(every ``reap_interval`` s) or ``hypervm gc`` destroys it, as the idle VMs of a killed daemon.
 Stopping the daemon destroys its idle VMs.
 """
 
@@ -32,26 +32,16 @@ from typing import Any
 
 from executor import netpolicy, network
 from executor.guest.channel import RawChannel, connect_socket, peer_closed
-from executor.guest.protocol import (
-    POOL_REQUEST_ID,
-    WARMUP_HANDLE,
-    WARMUP_SERIAL,
-    MsgType,
-    layer_serial,
-    prepare_request,
-    warmup_start,
-)
 from executor.libvirt import identity
 from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
-from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
-from executor.libvirt.domain_xml import hotplug_disk_xml
+from executor.libvirt.domain import DOMAIN_PREFIX
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
-from executor.pool import listener
+from executor.pool import listener, warmup
+from executor.pool.deferred import RECORD_DELAY_S, Deferred
 from executor.pool.protocol import (
-    FIRST_POD_UNIT,
     GENERIC,
-    WARMUP_UNIT,
+    PORTS_PUBLISHED,
     Lease,
     PoolConfig,
     decode,
@@ -62,12 +52,9 @@ from executor.pool.protocol import (
     pick_vm,
 )
 from executor.pool.release import Claimer, check_claimer, claimer, parse_release, stop_qemu
-from executor.vm import flush_boot_translations
 from hypervm import netspec
 from hypervm.config import HostConfig
 from hypervm.errors import (
-    BootError,
-    GuestError,
     HostError,
     HyperVMError,
     NetworkError,
@@ -118,8 +105,10 @@ class WarmPool:
 
     def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
                  refill_delay: float = REFILL_DELAY_S, accel: str | None = None,
-                 resolve: Callable[[str], Sequence[Path]] | None = None) -> None:
-        """``resolve``: an image reference's layer files (default: this host's image cache)."""
+                 resolve: Callable[[str], Sequence[Path]] | None = None,
+                 record_delay: float = RECORD_DELAY_S) -> None:
+        """``resolve``: an image reference's layer files (default: this host's image cache);
+        ``record_delay``: how long a claim's owner record waits (executor.pool.deferred)."""
         self.cfg = cfg
         self.config = config.validate()
         #: the image cache as a launch on this host uses it (the same registry settings); its
@@ -128,6 +117,7 @@ class WarmPool:
         self._resolve = resolve or (lambda ref: self._store.resolve(ref).layers)
         self.reap_interval = reap_interval
         self.refill_delay = refill_delay
+        self._records = Deferred(record_delay)
         self._last_claim = 0.0
         self._accel = accel
         self._hv: Any = None
@@ -202,6 +192,7 @@ class WarmPool:
             idle, self._idle = list(self._idle), collections.deque()
         for vm in idle:
             self._discard(vm.name, vm.run_dir, vm.sock)
+        self._records.flush()  # the claimers' VMs are theirs: recorded before we go
         if self._hv is not None:
             self._hv.close()
             self._hv = None
@@ -292,7 +283,8 @@ class WarmPool:
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
               metadata: Mapping[str, str] | None = None,
               layers: Sequence[str] = (), ports: Sequence[PortMapping] = (), *,
-              record_later: bool = False) -> tuple[Lease, socket.socket]:
+              record_later: bool = False, ports_later: bool = False
+              ) -> tuple[Lease, socket.socket]:
         """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
         else the oldest generic one), with the pod's ``metadata`` written on it and its
         ``ports`` published: the caller must pass on the socket. NetworkError, as a cold boot
@@ -300,7 +292,8 @@ class WarmPool:
         lost a race for one is destroyed, never handed out half-configured).
         ``record_later``: the caller writes the metadata with :meth:`record_claim` once it
         has answered the claimer (a libvirt round trip off the launch's clock); a VM whose
-        guest channel is closed is discarded here instead."""
+        guest channel is closed is discarded here instead. ``ports_later``: checked, not
+        published: the caller does that with :meth:`publish_claimed` once it has answered."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
@@ -323,7 +316,8 @@ class WarmPool:
             try:
                 if record_later and peer_closed(vm.sock):
                     raise PoolError("its guest channel is closed")
-                network.publish_live(self._hv, vm.name, net)
+                if not ports_later:
+                    network.publish_live(self._hv, vm.name, net)
                 if not record_later:
                     self._record(vm.name, metadata, owner_pid)
             except NetworkError as e:
@@ -343,7 +337,20 @@ class WarmPool:
                      f", {len(net.ports)} ports published" if net.ports else "")
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
                          layers_attached=bool(vm.layers), identity=vm.identity,
-                         identity_known=True), vm.sock
+                         identity_known=True, ports_pending=ports_later and bool(net.ports)
+                         ), vm.sock
+
+    def publish_claimed(self, name: str, ports: Sequence[PortMapping]) -> dict[str, Any]:
+        """Publish a ``ports_later`` claim's ports on VM ``name``: the claimer's line."""
+        try:
+            network.publish_live(self._hv, name, netspec.NetworkSpec(ports=tuple(ports)))
+        except HyperVMError as e:
+            log.warning("claimed VM %s cannot publish the pod's ports (%s): destroyed", name, e)
+            with self._cond:
+                self._claimers.pop(name, None)
+            self._discard(name, self.cfg.vms_dir / name, None)
+            return error_reply(e)
+        return PORTS_PUBLISHED
 
     def _record(self, name: str, metadata: Mapping[str, str] | None, owner_pid: int) -> None:
         self._hv.set_metadata(name, {**(metadata or {}), META_POOL: self.config.name,
@@ -351,19 +358,20 @@ class WarmPool:
 
     def record_claim(self, name: str, metadata: Mapping[str, str] | None,
                      owner_pid: int) -> None:
-        """Write the claimed VM ``name``'s pod metadata and owner (see :meth:`claim`). When
-        that fails the VM is destroyed: a claimed VM whose records do not name its owner would
-        not be reaped when that owner dies. Nothing to do once the claimer released it."""
+        """Write the claimed VM ``name``'s pod metadata and owner (see :meth:`claim`); when
+        that fails the VM is destroyed (unrecorded, it would outlive its owner). Nothing to do
+        once the claimer released or ended it (a pod over before the deferred record)."""
         with self._cond:
             if name not in self._claimers:
                 return
         try:
             self._record(name, metadata, owner_pid)
         except HyperVMError as e:
-            log.warning("claimed VM %s: cannot record its owner (%s): destroyed", name, e)
             with self._cond:
                 self._claimers.pop(name, None)
-            self._discard(name, self.cfg.vms_dir / name, None)
+            if self._hv.is_running(name):
+                log.warning("claimed VM %s: cannot record its owner (%s): destroyed", name, e)
+                self._discard(name, self.cfg.vms_dir / name, None)
 
     # -- refill -------------------------------------------------------------------------------
 
@@ -426,7 +434,9 @@ class WarmPool:
                 (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
                 self._hv.create(spec)
                 sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
-                ready = self._prepare(name, RawChannel(sock), layers)
+                ready = warmup.prepare_guest(self._hv, name, RawChannel(sock), layers,
+                                             self._boot_layer, flush_tcg=self._flush_tcg,
+                                             timeout=BOOT_TIMEOUT)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("pool VM %s%s did not boot: %s", name, _label(kind), e)
@@ -448,44 +458,6 @@ class WarmPool:
                 self._cond.notify_all()
         if stale:
             self._discard(name, run_dir, sock)
-        return True
-
-    def _prepare(self, name: str, channel: RawChannel, layers: Sequence[str] = ()
-                 ) -> dict[str, Any]:
-        """After READY, what every claimer would otherwise wait for: the NIC configured (the
-        claimer only sends its pod's /etc files), an image VM's layers attached, one
-        throwaway container run (which mounts them), and for an image VM the pod's container
-        prepared up to its START."""
-        ready = channel.ready(BOOT_TIMEOUT)
-        nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
-        channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, BOOT_TIMEOUT)
-        if self._flush_tcg:  # before the warm-up, whose translations the claimer's START uses
-            flush_boot_translations(self._hv, name)
-        disks = [(Path(path), layer_serial(i), FIRST_POD_UNIT + i) for i, path in
-                 enumerate(layers)] + [(self._boot_layer, WARMUP_SERIAL, WARMUP_UNIT)]
-        for path, serial, unit in disks:
-            self._hv.attach_device(name, hotplug_disk_xml(DiskSpec(path=path, serial=serial),
-                                                          unit))
-        # an image VM's warm-up goes through a prepared container too (under TCG its code is
-        # then translated), and the pod's container is prepared after it
-        prepare = bool(layers) and self._prepare_container(
-            name, channel, prepare_request(len(layers), warmup=True))
-        channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(len(layers)),
-                        BOOT_TIMEOUT)
-        status = channel.await_exit(WARMUP_HANDLE, BOOT_TIMEOUT)
-        if status.code != 0:
-            raise BootError(f"the warm-up container of {name} ended with {status.describe()}")
-        if prepare:
-            self._prepare_container(name, channel, prepare_request(len(layers)))
-        return ready
-
-    def _prepare_container(self, name: str, channel: RawChannel,
-                           request: dict[str, Any]) -> bool:
-        try:
-            channel.request(MsgType.PREPARE, POOL_REQUEST_ID + 2, request, BOOT_TIMEOUT)
-        except GuestError as e:  # the START then does all the work itself
-            log.warning("pool VM %s: no prepared container (%s)", name, e)
-            return False
         return True
 
     def _discard(self, name: str, run_dir: Path, sock: socket.socket | None) -> None:
@@ -535,12 +507,17 @@ class WarmPool:
                 elif op == "claim":
                     claim = parse_claim(request)
                     lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
-                                             claim.layers, claim.ports, record_later=True)
+                                             claim.layers, claim.ports, record_later=True,
+                                             ports_later=claim.ports_later)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
+                        if lease.ports_pending:  # not when the answer was lost (OSError)
+                            listener.send_quietly(conn, self.publish_claimed(lease.vm,
+                                                                             claim.ports))
                     finally:
                         sock.close()
-                        self.record_claim(lease.vm, claim.metadata, pid)
+                        self._records.call_later(self.record_claim, lease.vm, claim.metadata,
+                                                 pid)
                 elif op == "release":
                     name = parse_release(request)
                     self._release(pid, name)
@@ -557,8 +534,8 @@ class WarmPool:
                     os.close(fd)
 
     def _release(self, owner_pid: int, name: str) -> None:
-        """A claimer hands its VM back (executor.pool.release): its QEMU ends now, without a
-        libvirt call; the domain's destroy goes on in the background."""
+        """A claimer hands its VM back (executor.pool.release): QEMU ends now, the domain's
+        destroy goes on in the background."""
         with self._cond:
             check_claimer(self._claimers, name, owner_pid)
             del self._claimers[name]

@@ -40,6 +40,14 @@ together with the new owner (the claimer's pid), so the claimer has nothing left
 them on the VM (QEMU ``hostfwd_add``) before it answers. A port that cannot be published fails
 the claim with the cold boot's error (``"kind": "network"``: the claimer raises it as the
 NetworkError it is, and does not boot cold), and a VM that had some published is destroyed.
+
+With ``"ports_later": true`` in the claim (issue 18: the monitor round trips then overlap the
+claimer's take-over), the pool checks the ports, answers the claim with ``"ports_pending":
+true``, then publishes them and sends a second line on the same connection: ``{"ports":
+"published"}``, or the error line above (the VM is then destroyed by the pool). The claimer
+reads it before it starts anything in the VM (executor.pool.adopt), so the ports are published
+before any process of the pod runs, as without it. A pool that does not know ``ports_later``
+publishes first and sends no ``ports_pending``; the claimer then reads nothing more.
 """
 
 from __future__ import annotations
@@ -213,17 +221,20 @@ def decode(line: bytes, what: str) -> dict[str, Any]:
 
 
 def claim_request(vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
-                  layers: Sequence[str] = (), ports: Sequence[PortMapping] = ()
-                  ) -> dict[str, Any]:
+                  layers: Sequence[str] = (), ports: Sequence[PortMapping] = (),
+                  ports_later: bool = False) -> dict[str, Any]:
     """``metadata``: the pod's entries for the VM (the pool writes them with the new owner);
     ``layers``: the pod's distinct layer files, in disk-serial order; ``ports``: the pod's
-    published ports (the pool publishes them on the VM)."""
+    published ports (the pool publishes them on the VM); ``ports_later``: the pool may
+    publish them after its answer, reporting on a second line (see the module's text)."""
     request = {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
                "metadata": dict(metadata or {}), "layers": list(layers)}
     if ports:  # a claim without ports is the same line as before ports could be claimed
         request["ports"] = [{"host_ip": m.host_ip, "host_port": m.host_port,
                              "container_port": m.container_port, "protocol": m.protocol}
                             for m in ports]
+        if ports_later:
+            request["ports_later"] = True
     return request
 
 
@@ -234,6 +245,8 @@ class Claim:
     metadata: dict[str, str]
     layers: tuple[str, ...] = ()
     ports: tuple[PortMapping, ...] = ()
+    #: the claimer reads the ports' outcome on a second line (see the module's text)
+    ports_later: bool = False
 
 
 def parse_claim(request: dict[str, Any]) -> Claim:
@@ -257,8 +270,11 @@ def parse_claim(request: dict[str, Any]) -> Claim:
             or len(set(layers)) != len(layers)):
         raise PoolError(f"claim.layers: must be a list of at most {MAX_CLAIM_LAYERS} distinct "
                         f"absolute paths, not {layers!r:.200}")
+    later = request.get("ports_later", False)
+    if not isinstance(later, bool):
+        raise PoolError(f"claim.ports_later: must be true or false, not {later!r:.50}")
     return Claim(values[0], values[1], metadata, tuple(layers),
-                 parse_ports(request.get("ports", [])))
+                 parse_ports(request.get("ports", [])), later)
 
 
 _PORT_KEYS = {"host_ip": str, "host_port": int, "container_port": int, "protocol": str}
@@ -308,30 +324,53 @@ class Lease:
     #: the pool said ``identity`` (one from before did not: the claimer asks libvirt)
     identity_known: bool = False
 
+    #: the pool publishes the claimed ports after this answer (``ports_later``): the claimer
+    #: reads their outcome (:func:`check_ports_reply`) before it starts anything in the VM
+    ports_pending: bool = False
+
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Lease:
-        if "error" in reply:
-            if reply.get("kind") == NETWORK_ERROR:
-                hint = reply.get("hint")
-                raise NetworkError(str(reply["error"]),
-                                   hint=hint if isinstance(hint, str) else None)
-            raise PoolError(str(reply["error"]))
+        _raise_error(reply)
         vm, run_dir, ready = reply.get("vm"), reply.get("run_dir"), reply.get("ready")
         attached = reply.get("layers_attached", False)
+        pending = reply.get("ports_pending", False)
         pair = reply.get("identity")
         if (not isinstance(vm, str) or not isinstance(run_dir, str) or not isinstance(ready, dict)
-                or not isinstance(attached, bool) or not (pair is None or _is_identity(pair))):
+                or not isinstance(attached, bool) or not isinstance(pending, bool)
+                or not (pair is None or _is_identity(pair))):
             raise PoolError(f"malformed claim reply: {reply!r:.500}")
         return cls(vm=vm, run_dir=Path(run_dir), ready=ready, layers_attached=attached,
                    identity=(pair[0], pair[1]) if pair is not None else None,
-                   identity_known="identity" in reply)
+                   identity_known="identity" in reply, ports_pending=pending)
 
     def reply(self) -> dict[str, Any]:
         reply = {"vm": self.vm, "run_dir": str(self.run_dir), "ready": self.ready,
                  "layers_attached": self.layers_attached}
         if self.identity_known:
             reply["identity"] = list(self.identity) if self.identity is not None else None
+        if self.ports_pending:
+            reply["ports_pending"] = True
         return reply
+
+
+#: the second line of a ``ports_later`` claim whose ports are published
+PORTS_PUBLISHED = {"ports": "published"}
+
+
+def check_ports_reply(reply: dict[str, Any]) -> None:
+    """The second line of a ``ports_later`` claim: returns when the ports are published;
+    NetworkError (the cold boot's) or PoolError otherwise."""
+    _raise_error(reply)
+    if reply != PORTS_PUBLISHED:
+        raise PoolError(f"malformed ports reply: {reply!r:.200}")
+
+
+def _raise_error(reply: dict[str, Any]) -> None:
+    if "error" in reply:
+        if reply.get("kind") == NETWORK_ERROR:
+            hint = reply.get("hint")
+            raise NetworkError(str(reply["error"]), hint=hint if isinstance(hint, str) else None)
+        raise PoolError(str(reply["error"]))
 
 
 def _is_identity(value: Any) -> bool:

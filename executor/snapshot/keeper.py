@@ -35,24 +35,20 @@ from executor.guest.channel import RawChannel, connect_socket, peer_closed
 from executor.guest.protocol import (
     POOL_REQUEST_ID,
     RESEED_BYTES,
-    WARMUP_HANDLE,
-    WARMUP_SERIAL,
     MsgType,
     reseed_payload,
-    warmup_start,
 )
 from executor.libvirt import identity, migration
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
-from executor.libvirt.domain import DOMAIN_PREFIX, DiskSpec
-from executor.libvirt.domain_xml import hotplug_disk_xml
+from executor.libvirt.domain import DOMAIN_PREFIX
 from executor.libvirt.owners import owner_metadata, process_start_time
-from executor.pool import listener
+from executor.pool import listener, warmup
 from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
-from executor.pool.protocol import WARMUP_UNIT, encode, error_reply
+from executor.pool.protocol import encode, error_reply
 from executor.snapshot import store
 from executor.snapshot.standby import OP, Ask, lease_reply, parse_standby, remember
 from executor.snapshot.store import Shape
-from hypervm.errors import BootError, HostError, HyperVMError, PoolError
+from hypervm.errors import HostError, HyperVMError, PoolError
 from vmimage.rootfs import ensure_warmup_layer
 
 log = logging.getLogger(__name__)
@@ -322,14 +318,8 @@ class StandbyKeeper:
             channel = RawChannel(sock)
             channel.request(MsgType.RESEED, POOL_REQUEST_ID,
                             reseed_payload(os.urandom(RESEED_BYTES)), LOAD_TIMEOUT)
-            hv.attach_device(name, hotplug_disk_xml(
-                DiskSpec(path=self._warmup_layer, serial=WARMUP_SERIAL), WARMUP_UNIT))
-            channel.request(MsgType.START, POOL_REQUEST_ID + 1, warmup_start(0),
-                            WARMUP_TIMEOUT)
-            status = channel.await_exit(WARMUP_HANDLE, WARMUP_TIMEOUT)
-            if status.code != 0:
-                raise BootError(f"the warm-up container of {name} ended with "
-                                f"{status.describe()}")
+            warmup.attach_layers(hv, name, (), self._warmup_layer)
+            warmup.run_warmup(channel, name, 0, WARMUP_TIMEOUT)
         except BaseException:
             sock.close()
             raise

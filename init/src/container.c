@@ -246,7 +246,7 @@ int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds
 		container_child(req, cgroup_fd, f);
 	spawn_fds_close_child_side(f);
 	*reaper = (pid_t)child;
-	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
+	if (spawn_await(f->report[0], *reaper, req->proc.early_reply, pid, e) != 0) {
 		kill(*reaper, SIGKILL);
 		return -1;
 	}
@@ -562,7 +562,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 	memcpy(cgroup, prepared.cgroup, CGROUP_NAME_MAX);
 	drop_prepared(0);
 	spawn_fds_close_child_side(f);
-	if (spawn_await(f->report[0], *reaper, pid, e) != 0) {
+	if (spawn_await(f->report[0], *reaper, req->proc.early_reply, pid, e) != 0) {
 		kill(*reaper, SIGKILL);
 		return -1;
 	}
@@ -638,7 +638,7 @@ int container_exec(const char *cgroup, pid_t reaper, const struct proc_spec *p,
 	}
 	spawn_fds_close_child_side(f);
 	*shim = (pid_t)child;
-	if (spawn_await(f->report[0], child, pid, e) != 0) {
+	if (spawn_await(f->report[0], child, p->early_reply, pid, e) != 0) {
 		kill((pid_t)child, SIGKILL);
 		return -1;
 	}

@@ -22,7 +22,9 @@
 #define AT_EMPTY_PATH 0x1000
 #endif
 
-enum { REPORT_PID = 1, REPORT_FAIL = 2 };
+/* REPORT_READY (START `early_reply` only): confined, in its cwd, its file found executable;
+ * only the execve is left. */
+enum { REPORT_PID = 1, REPORT_FAIL = 2, REPORT_READY = 3 };
 
 /* Smaller than PIPE_BUF, so each report is written atomically. */
 struct spawn_report {
@@ -212,6 +214,74 @@ static int exec_search(const struct proc_spec *p)
 	return saw_eacces ? EACCES : ENOENT;
 }
 
+/* 0 when `path` is a regular file the caller may execute (as execve checks it: a noexec
+ * mount fails access() too), else the errno execve would most likely give. */
+static int executable(const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return errno;
+	if (!S_ISREG(st.st_mode))
+		return EACCES;
+	return access(path, X_OK) == 0 ? 0 : errno;
+}
+
+/* The file exec_search would run, into `out` (PATH_MAX bytes): the same candidates in the same
+ * order, the first executable one. 0, else the errno exec_search would report. */
+static int exec_resolve(const struct proc_spec *p, char out[PATH_MAX])
+{
+	const char *file = p->args[0];
+	const char *path;
+	int saw_eacces = 0;
+
+	if (strchr(file, '/') != NULL) {
+		if (strlen(file) >= PATH_MAX)
+			return ENAMETOOLONG;
+		snprintf(out, PATH_MAX, "%s", file);
+		return executable(out);
+	}
+	path = env_lookup(p->env, "PATH");
+	if (path == NULL)
+		path = DEFAULT_PATH;
+	while (1) {
+		const char *end = strchrnul(path, ':');
+		size_t dirlen = (size_t)(end - path);
+		int err = ENAMETOOLONG;
+
+		if (dirlen == 0)
+			snprintf(out, PATH_MAX, "%s", file);
+		else if (dirlen + 1 + strlen(file) < PATH_MAX)
+			snprintf(out, PATH_MAX, "%.*s/%s", (int)dirlen, path, file);
+		else
+			out[0] = '\0';
+		if (out[0] != '\0' && (err = executable(out)) == 0)
+			return 0;
+		if (err == EACCES)
+			saw_eacces = 1;
+		else if (err != ENOENT && err != ENOTDIR && err != ENAMETOOLONG)
+			return err;
+		if (*end == '\0')
+			break;
+		path = end + 1;
+	}
+	return saw_eacces ? EACCES : ENOENT;
+}
+
+/* START `early_reply`: init has replied OK already, so an execve that fails now is reported
+ * as a shell reports it: a line on the process's stderr and exit status 127 (not found) or
+ * 126 (found, cannot be run), the statuses the host gives an ENOENT/EACCES START error. */
+static __attribute__((noreturn)) void exec_after_reply(const struct proc_spec *p,
+							 const char *file)
+{
+	int err;
+
+	execve(file, p->args, p->env);
+	err = errno;
+	dprintf(2, "hypervm-init: cannot execute %.100s: %s\n", p->args[0], strerror(err));
+	_exit(strcmp(exec_errno_code(err), "ENOENT") == 0 ? 127 : 126);
+}
+
 static void reset_signals(void)
 {
 	sigset_t none;
@@ -267,7 +337,10 @@ static void set_credentials(const struct proc_spec *p, int rfd)
 		fail_errno(rfd, "ESPAWN", errno, "process.uid: setuid");
 }
 
-static __attribute__((noreturn)) void run_process(const struct proc_spec *p, struct spawn_fds *f)
+/* `go`: the write end of the pipe the shim-to-be waits on (-1: none), closed once only the
+ * execve is left. */
+static __attribute__((noreturn)) void run_process(const struct proc_spec *p, struct spawn_fds *f,
+						  int go)
 {
 	int rfd = f->report[1];
 	struct spawn_report r = {.kind = REPORT_PID, .pid = own_pid_in_init_view()};
@@ -291,7 +364,20 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 		op_fail(&e, "ESPAWN", errno, "process.cwd: cannot enter %.100s", p->cwd);
 		spawn_report_failure(rfd, &e);
 	}
-	err = exec_search(p);
+	if (p->early_reply) {
+		char file[PATH_MAX];
+
+		err = exec_resolve(p, file);
+		if (err == 0) {
+			r.kind = REPORT_READY;
+			write_report(rfd, &r); /* init may stop reading now: nothing more goes there */
+			if (go >= 0)
+				close(go); /* the shim's own exec may go now, after init's reply */
+			exec_after_reply(p, file);
+		}
+	} else {
+		err = exec_search(p);
+	}
 	op_fail(&e, exec_errno_code(err), err, "process.args[0]: cannot execute %.100s",
 		p->args[0]);
 	spawn_report_failure(rfd, &e);
@@ -314,12 +400,30 @@ void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
 	char pid_arg[16], fd_arg[16];
 	char *argv[] = {"hypervm-init", "--shim", pid_arg, fd_arg, NULL};
 	char *envp[] = {NULL};
-	pid_t child = fork();
+	int go[2] = {-1, -1};
+	pid_t child;
 
+	/* early_reply: the shim-to-be execs itself only once the process has reported READY (or
+	 * ended): on one vCPU the parent runs first after fork, and its execveat (~3 ms under TCG)
+	 * would otherwise come before the process's READY, on the START's clock */
+	if (p->early_reply && pipe2(go, O_CLOEXEC) != 0)
+		fail_errno(f->report[1], "ESPAWN", errno, "pipe");
+	child = fork();
 	if (child < 0)
 		fail_errno(f->report[1], "ESPAWN", errno, "fork");
-	if (child == 0)
-		run_process(p, f);
+	if (child == 0) {
+		if (go[0] >= 0)
+			close(go[0]);
+		run_process(p, f, go[1]);
+	}
+	if (go[0] >= 0) {
+		char byte;
+
+		close(go[1]);
+		while (read(go[0], &byte, 1) < 0 && errno == EINTR)
+			;
+		close(go[0]);
+	}
 	shim_out_of_oom_reach();
 	snprintf(pid_arg, sizeof(pid_arg), "%d", (int)child);
 	snprintf(fd_arg, sizeof(fd_arg), "%d", f->status[1]);
@@ -333,7 +437,7 @@ void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
 	fail_errno(f->report[1], "ESPAWN", errno, "cannot start the shim");
 }
 
-int spawn_await(int report_fd, pid_t child, pid_t *pid, struct op_error *e)
+int spawn_await(int report_fd, pid_t child, int early, pid_t *pid, struct op_error *e)
 {
 	struct spawn_report r;
 	int failed = 0;
@@ -362,6 +466,8 @@ int spawn_await(int report_fd, pid_t child, pid_t *pid, struct op_error *e)
 		}
 		if (r.kind == REPORT_PID) {
 			*pid = r.pid;
+		} else if (r.kind == REPORT_READY && early && !failed && *pid > 0) {
+			return 0; /* only its execve is left (exec_after_reply) */
 		} else if (r.kind == REPORT_FAIL && !failed) {
 			failed = 1;
 			*e = r.error;

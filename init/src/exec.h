@@ -40,8 +40,9 @@ void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
 void spawn_report_failure(int report_fd, const struct op_error *e) __attribute__((noreturn));
 
 /* In init: wait for the reports of the spawned side `child`; 0 with *pid (as init sees it) once
- * the process has exec'd, -1 with e set otherwise. */
-int spawn_await(int report_fd, pid_t child, pid_t *pid, struct op_error *e);
+ * the process has exec'd (with `early`, a process of a START with `early_reply`: once only its
+ * execve is left), -1 with e set otherwise. */
+int spawn_await(int report_fd, pid_t child, int early, pid_t *pid, struct op_error *e);
 
 /* PROTOCOL.md error code for an exec() errno. */
 const char *exec_errno_code(int err);

@@ -381,9 +381,9 @@ static int parse_start(const cJSON *root, struct start_req *s, struct req_error 
 		s->hostname = s->container;
 	else if (!valid_name(s->hostname, MAX_NAME_LEN))
 		return fail(err, "hostname: must match [A-Za-z0-9_.-]{1,64}");
-	if (parse_limits(root, &s->limits, 0, err) != 0)
+	if (parse_limits(root, &s->limits, 0, err) != 0 || parse_process(root, &s->proc, err) != 0)
 		return -1;
-	return parse_process(root, &s->proc, err);
+	return get_bool(root, "", "early_reply", &s->proc.early_reply, err);
 }
 
 static int parse_prepare(const cJSON *root, struct prepare_req *p, struct req_error *err)

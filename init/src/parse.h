@@ -43,6 +43,7 @@ struct proc_spec {
 	int stdin_pipe;
 	int tty; /* a pseudo-terminal for stdin/stdout/stderr (PROTOCOL.md, Terminals) */
 	int no_new_privs; /* 1/0 when given; -1: init decides (set for uid 0) */
+	int early_reply;  /* START `early_reply`: OK once only the execve is left (PROTOCOL.md) */
 };
 
 /* START's optional limits; 0 everywhere means "not limited". */

@@ -620,6 +620,46 @@ def test_exec_failures_are_reported_without_exit(guest: Guest) -> None:
     assert all(h not in chan.procs for h in (31, 32, 33, 34, 35))
 
 
+def test_early_reply_still_reports_exec_failures(guest: Guest) -> None:
+    """START ``early_reply`` (issue 18): OK once only the execve is left. A command not found
+    or not executable still gets its ERROR (ENOENT: 127, EACCES: 126 on the host) and no
+    EXIT; an execve that fails after the OK (exec format error) ends the process with 126 and
+    a line on its stderr; a good one runs as before."""
+    chan = guest.chan
+    assert chan is not None
+    base = {"rootfs": {"layers": [LAYER]}, "early_reply": True}
+
+    def start_early(name: str, handle: int, **process: Any) -> dict[str, Any]:
+        return {**base, "container": name, "handle": handle,
+                "process": {"env": ["PATH=/bin"], **process}}
+
+    err = chan.error(MsgType.START, start_early("e-nocmd", 130, args=["no-such-command"]))
+    assert err["code"] == "ENOENT" and "no-such-command" in err["message"]
+    err = chan.error(MsgType.START, start_early("e-noexec", 131, args=["/bin/notexec"]))
+    assert err["code"] == "EACCES"
+    err = chan.error(MsgType.START, start_early("e-dir", 132, args=["/bin"]))
+    assert err["code"] == "EACCES"
+    err = chan.error(MsgType.START, start_early("e-cwd", 133, args=["true"], cwd="/nonexistent"))
+    assert err["code"] == "ESPAWN" and "process.cwd" in err["message"]
+    assert all(h not in chan.procs for h in (130, 131, 132, 133))
+    reply = chan.ok(MsgType.START, start_early("e-badformat", 134, args=["badformat"]))
+    assert reply["pid"] > 1
+    proc = chan.wait_exit(134)
+    assert proc.exit == {"status": 126, "signal": None}
+    assert b"cannot execute badformat" in proc.stderr, proc.stderr
+    reply = chan.ok(MsgType.START, start_early("e-ok", 135, args=["sh", "-c", "echo up; exit 3"]))
+    assert reply["pid"] > 1
+    proc = chan.wait_exit(135)
+    assert proc.exit == {"status": 3, "signal": None} and proc.stdout == b"up\n"
+    # confined before the reply, as without it (test_init_confine)
+    chan.ok(MsgType.START, start_early("e-confined", 136, uid=1000, gid=1000, args=[
+        "sh", "-c", "id -u; grep -E '^(CapBnd|CapEff|Seccomp):' /proc/self/status"]))
+    proc = chan.wait_exit(136)
+    assert proc.exit == {"status": 0, "signal": None}, proc.stderr
+    assert proc.stdout.decode().split() == ["1000", "CapEff:", "0000000000000000",
+                                            "CapBnd:", "00000000a80425fb", "Seccomp:", "2"]
+
+
 def test_duplicate_names_and_handles_are_refused(guest: Guest) -> None:
     chan = guest.chan
     assert chan is not None

@@ -64,6 +64,17 @@ def pooled(host_cfg: Any) -> Iterator[tuple[Any, WarmPool]]:
     assert pool_vms() == set(), "stopping the pool must destroy its idle VMs"
 
 
+def recorded(hv: Any, name: str, timeout: float = 10.0) -> dict[str, str]:
+    """The claimed VM's metadata once the pool recorded the claim (it does that
+    RECORD_DELAY_S after answering: executor.pool.deferred)."""
+    deadline = time.monotonic() + timeout
+    while (meta := hv.metadata(name)).get("pool-state") != "claimed":
+        if time.monotonic() > deadline:
+            return meta
+        time.sleep(0.05)
+    return meta
+
+
 @pytest.fixture
 def no_leaked_domains(pooled: Any) -> Iterator[None]:
     """The shared leak check, minus the VMs the pool boots meanwhile (they are still its own)."""
@@ -135,7 +146,7 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
             assert vm.warm and vm.name.startswith(f"hypervm-{POOL_NAME}-")
             assert pool.claims == claims + 1
             with Hypervisor(cfg.libvirt_uri, events=False) as hv:
-                meta = hv.metadata(vm.name)
+                meta = recorded(hv, vm.name)
             # the pool wrote the pod's entries and made this process the owner
             assert meta["pod"] == pod.name and meta["owner-pid"] == str(os.getpid())
             assert (meta["pool"], meta["pool-state"]) == (POOL_NAME, "claimed")

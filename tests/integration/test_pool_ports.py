@@ -30,6 +30,7 @@ from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 from tests.conftest import HYPERVM, REPO, TEST_TAG, our_domains
 from tests.integration.test_network import curl, free_port, listening_on, wait_for_http
 from tests.integration.test_network_mesos import ports_task
+from tests.integration.test_pool import recorded
 from tests.mesos.fixtures import vm_agents
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
@@ -113,12 +114,12 @@ def test_a_warm_vm_serves_its_published_port(pooled: Any, busybox_layer: Path) -
     exited = threading.Event()
     with boot_vm(cfg, pod) as vm:
         assert vm.warm and vm.name in idle and pool.claims == claims + 1
-        assert listening_on(port)  # published before the claim was answered
+        assert listening_on(port)  # published before boot_vm returned (ports_later)
         vm.start(container, on_exit=lambda _: exited.set())
         assert wait_for_http(f"http://127.0.0.1:{port}/", 60) == f"{token}\n".encode()
         assert not exited.is_set()
         # recorded on the VM as a cold VM records its ports
-        assert pool._hv.metadata(vm.name)["port.0"] == mapping.describe()
+        assert recorded(pool._hv, vm.name)["port.0"] == mapping.describe()
     assert not listening_on(port), "the port goes with the VM"
     assert curl(f"http://127.0.0.1:{port}/", 2).returncode != 0
 

@@ -218,3 +218,39 @@ def test_settings() -> None:
         with pytest.raises(InvalidSpec) as info:
             config_from_env({"HYPERVM_IMAGE_AUTH_TTL": bad})
         assert info.value.field == "HYPERVM_IMAGE_AUTH_TTL"
+
+
+def test_a_fresh_grant_costs_no_staging_dir_nor_registry_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 18: a launch's cache hit with a fresh grant asks the ledger only (the staging dir
+    and authfile it made before cost ~3 ms a launch); an expired grant asks the registry."""
+    from vmimage.images.store import ImageStore
+
+    registry = FakeRegistry({None})  # a public image: anonymous reads allowed
+    monkeypatch.setattr(authz.skopeo, "inspect_raw", registry)
+    store = ImageStore(config_from_env({"HYPERVM_STATE_DIR": str(tmp_path / "state")}))
+    clock = Clock()
+    store.ledger = Ledger(tmp_path / "grants", ttl=300, clock=clock)
+    stagings: list[Path] = []
+    staging = store.cache.staging
+
+    def counted() -> Any:
+        stagings.append(tmp_path)
+        return staging()
+
+    monkeypatch.setattr(store.cache, "staging", counted)
+    auth = PullAuth("a", None)
+    store._authorize(REF, DIGEST, auth)
+    assert len(registry.calls) == 1 and len(stagings) == 1
+    assert authz.granted(store.ledger, REF, DIGEST, auth)
+    assert not authz.granted(store.ledger, REF, "sha256:" + "b" * 64, auth)  # another digest
+    store._authorize(REF, DIGEST, auth)
+    assert len(registry.calls) == 1 and len(stagings) == 1  # the ledger alone answered
+    clock.now += 301
+    assert not authz.granted(store.ledger, REF, DIGEST, auth)
+    store._authorize(REF, DIGEST, auth)
+    assert len(registry.calls) == 2 and len(stagings) == 2
+    registry.allowed.clear()  # revoked: refused once the grant is stale
+    clock.now += 301
+    with pytest.raises(ImageError):
+        store._authorize(REF, DIGEST, auth)

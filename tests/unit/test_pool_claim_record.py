@@ -16,6 +16,7 @@ from executor.guest.channel import peer_closed
 from executor.libvirt.owners import META_OWNER_PID
 from executor.pool import claim as client
 from executor.pool.daemon import WarmPool, _Idle
+from executor.pool.deferred import Deferred
 from executor.pool.protocol import PoolConfig
 from hypervm.config import config_from_env
 from hypervm.errors import HypervisorError
@@ -33,12 +34,16 @@ class RecordingHypervisor(MonitorHypervisor):
         super().set_metadata(name, entries)
 
 
+def recorded(pool: tuple[WarmPool, list]) -> dict[str, dict[str, str]]:
+    return pool[0]._fake_hv.metadata  # type: ignore[attr-defined,no-any-return]
+
+
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[tuple[WarmPool, list[socket.socket]]]:
     """Three idle VMs whose guest ends are open (the second one's QEMU died: closed)."""
     cfg = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path)})
     pool = WarmPool(cfg, PoolConfig(size=3))
-    pool._hv = RecordingHypervisor()
+    pool._hv = pool._fake_hv = RecordingHypervisor()  # type: ignore[attr-defined]
     pool._stopping.set()
     guests = []
     for i in range(3):
@@ -99,8 +104,11 @@ def test_a_vm_released_before_its_record_is_left_alone(pool: tuple[WarmPool, lis
 
 def test_a_claim_over_the_socket_records_the_owner(tmp_path: Path,
                                                    pool: tuple[WarmPool, list]) -> None:
-    """The daemon's serving path: the claimer gets its lease, then the owner is recorded."""
+    """The daemon's serving path: the claimer gets its lease, then the owner is recorded,
+    later (executor.pool.deferred: not during the claimer's first START); stopping the pool
+    writes a pending record at once."""
     warm, _ = pool
+    warm._records = Deferred(30.0)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(warm.cfg.pool_socket))
     server.listen(1)
@@ -117,7 +125,11 @@ def test_a_claim_over_the_socket_records_the_owner(tmp_path: Path,
     finally:
         server.close()
     assert lease.vm == "vm0"
-    assert warm._hv.metadata["vm0"]["pool-state"] == "claimed"
+    assert "vm0" not in warm._hv.metadata and warm._records.pending() == 1
+    warm._hv.close = lambda: None
+    warm.stop()
+    assert warm._hv is None and warm._records.pending() == 0
+    assert recorded(pool)["vm0"]["pool-state"] == "claimed"
 
 
 def test_peer_closed_sees_a_closed_end_and_keeps_pending_input() -> None:
@@ -128,3 +140,35 @@ def test_peer_closed_sees_a_closed_end_and_keeps_pending_input() -> None:
         assert not peer_closed(a) and a.recv(1) == b"x"
         b.close()
         assert peer_closed(a)
+
+
+def test_deferred_calls_run_later_in_order_or_at_once_when_flushed() -> None:
+    calls: list[str] = []
+    soon = Deferred(0.05)
+    soon.call_later(calls.append, "a")
+    assert calls == [] and soon.pending() == 1
+    for _ in range(200):
+        if calls:
+            break
+        threading.Event().wait(0.01)
+    assert calls == ["a"] and soon.pending() == 0
+    later = Deferred(30.0)
+    later.call_later(calls.append, "b")
+    later.call_later(calls.append, "c")
+    later.flush()
+    assert calls == ["a", "b", "c"] and later.pending() == 0
+    Deferred(0).call_later(calls.append, "now")  # no delay: in the caller
+    assert calls[-1] == "now"
+
+
+def test_a_vm_its_claimer_ended_before_the_record_is_left_alone(
+        pool: tuple[WarmPool, list]) -> None:
+    """The owner record comes RECORD_DELAY_S after the answer: a pod over by then (its VM
+    destroyed by the claimer) is no error, and nothing is destroyed twice."""
+    warm, _ = pool
+    lease, sock = warm.claim(1, 128, os.getpid(), {"pod": "web"}, record_later=True)
+    sock.close()
+    warm._hv.refuse_metadata = True  # as libvirt answers for a domain that is gone
+    warm._hv.destroyed.append(lease.vm)  # the claimer destroyed it
+    warm.record_claim(lease.vm, {"pod": "web"}, os.getpid())
+    assert warm._hv.destroyed == [lease.vm] and lease.vm not in warm._claimers

@@ -98,6 +98,9 @@ class MonitorHypervisor:
     def destroy(self, name: str) -> None:
         self.destroyed.append(name)
 
+    def is_running(self, name: str) -> bool:
+        return name not in self.destroyed
+
 
 def test_publish_live_adds_each_port_in_order_and_stops_at_the_first_refused() -> None:
     hv = MonitorHypervisor()

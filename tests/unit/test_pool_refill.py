@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from executor.guest.protocol import ExitStatus, MsgType
+from executor.pool import warmup
 from executor.pool.daemon import WarmPool, _Idle
 from executor.pool.protocol import GENERIC, PoolConfig
 from hypervm.config import config_from_env
 from hypervm.errors import HypervisorError, PoolError
+
+WARMUP_LAYER = Path("/var/lib/hypervm/rootfs/warmup.erofs")
 
 WEB = ("/c/web0.erofs", "/c/web1.erofs")
 
@@ -146,24 +149,21 @@ class RecordingHypervisor(FakeHypervisor):
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_the_boot_translations_go_before_the_warm_up(pool: WarmPool, flush: bool) -> None:
+def test_the_boot_translations_go_before_the_warm_up(flush: bool) -> None:
     """Flushed after the NIC is up and before the warm-up container: the claimer's START then
     finds the warm-up's code translated, and the boot's is gone."""
     events: list[str] = []
-    pool._hv = RecordingHypervisor(events)
-    pool._boot_layer = Path("/var/lib/hypervm/rootfs/warmup.erofs")
-    pool._flush_tcg = flush
-    pool._prepare("vm1", RecordingChannel(events))  # type: ignore[arg-type]
+    warmup.prepare_guest(RecordingHypervisor(events), "vm1",
+                         RecordingChannel(events),  # type: ignore[arg-type]
+                         (), WARMUP_LAYER, flush_tcg=flush, timeout=5)
     expected = ["READY", "NETWORK", "flush vm1", "attach", "START", "exit"]
     assert events == (expected if flush else [e for e in expected if e != "flush vm1"])
 
 
-def test_a_failed_flush_costs_memory_not_the_vm(pool: WarmPool,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failed_flush_costs_memory_not_the_vm(caplog: pytest.LogCaptureFixture) -> None:
     events: list[str] = []
-    pool._hv = RecordingHypervisor(events, flush_error=True)
-    pool._boot_layer = Path("/var/lib/hypervm/rootfs/warmup.erofs")
-    pool._flush_tcg = True
-    assert pool._prepare("vm1", RecordingChannel(events)) == {"version": 1}  # type: ignore[arg-type]
+    assert warmup.prepare_guest(RecordingHypervisor(events, flush_error=True), "vm1",
+                                RecordingChannel(events),  # type: ignore[arg-type]
+                                (), WARMUP_LAYER, flush_tcg=True, timeout=5) == {"version": 1}
     assert events[-2:] == ["START", "exit"]
     assert "vm1 keeps its boot's TCG translations" in caplog.text

@@ -1,5 +1,6 @@
 """VMPod.start makes the task's ``hypervm exec --task`` socket while the guest starts the
-process, so TASK_RUNNING does not wait for it; a failed start leaves no socket served."""
+process, so TASK_RUNNING does not wait for it, and only once the START is sent, so the START
+does not wait for it either; a failed start leaves no socket served."""
 
 from __future__ import annotations
 
@@ -17,13 +18,18 @@ from hypervm.podspec import Container, Process, Rootfs
 
 
 class SlowStartVM:
-    """A VM whose START takes until the task's exec socket exists (2 s at most)."""
+    """A VM whose START takes until the task's exec socket exists (2 s at most); the START
+    is sent when ``meanwhile`` is called (HyperVM.start)."""
 
     def __init__(self, path: Path, fail: bool = False) -> None:
         self.path, self.fail = path, fail
         self.socket_during_start: bool | None = None
+        self.socket_before_send: bool | None = None
 
-    def start(self, container: Container, **_: Any) -> str:
+    def start(self, container: Container, meanwhile: Any = None, **_: Any) -> str:
+        self.socket_before_send = self.path.exists()
+        if meanwhile is not None:
+            meanwhile()  # the START is on its way
         deadline = time.monotonic() + 2
         while not self.path.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -54,6 +60,7 @@ def test_the_exec_socket_is_made_while_the_process_starts(tmp_path: Path) -> Non
     try:
         pod.start("t1", print, print, print)
         assert vm.socket_during_start is True
+        assert vm.socket_before_send is False  # its thread does not hold up the START
         assert pod._handles["t1"] == "handle" and len(pod._exec_servers) == 1
     finally:
         pod.destroy()

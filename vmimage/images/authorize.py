@@ -81,6 +81,13 @@ class Ledger:
                 path.unlink(missing_ok=True)
 
 
+def granted(ledger: Ledger, ref: RegistryRef, digest: str, auth: PullAuth) -> bool:
+    """``auth`` holds a fresh grant for the cached ``digest`` of ``ref``: no registry round
+    trip (nor an authfile for it) is needed. A launch's cache hit asks this first."""
+    key = grant_key(auth.tenant, str(ref), digest, identity(auth.credentials, ref.domain))
+    return ledger.fresh(key)
+
+
 def authorize(ledger: Ledger, ref: RegistryRef, digest: str, auth: PullAuth, *,
               insecure: bool, authfile: Path | None) -> None:
     """Return when ``auth`` may use the cached ``digest`` of ``ref``; else ImageError.

@@ -31,7 +31,7 @@ from vmimage import rootfs
 from vmimage.images.credentials import HostCredentials
 
 from . import skopeo
-from .authorize import Ledger, PullAuth, authorize, remember_pull
+from .authorize import Ledger, PullAuth, authorize, granted, remember_pull
 from .cache import Cache, ImageRecord, LockTimeout
 from .config import ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
@@ -182,6 +182,8 @@ class ImageStore:
         return PullAuth(auth.tenant, creds)
 
     def _authorize(self, ref: RegistryRef, digest: str, auth: PullAuth) -> None:
+        if granted(self.ledger, ref, digest, auth):
+            return  # the common case of a launch: no staging dir, no authfile (~3 ms)
         insecure = is_insecure(ref, self.insecure_registries)
         self.cache.ensure()
         with self.cache.staging() as staging:
