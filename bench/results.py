@@ -151,6 +151,13 @@ def quick_main(prog: str, default_rounds: int,
     return 0
 
 
+def baseline_option(parser: argparse.ArgumentParser) -> None:
+    """``--baseline DIR`` of a quick measurement (bench.warmfast, bench.snapfast): another
+    commit's source tree whose executor launches interleaved with this tree's."""
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="also launch with the executor from this source tree, interleaved")
+
+
 def quick_summary(samples: dict[str, list[float]]) -> dict[str, Any]:
     """p50, p95 and count of each named sample list of a quick measurement."""
     out: dict[str, Any] = {}

@@ -16,7 +16,6 @@ interleaved with this tree's (the daemon runs from this tree).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -117,14 +116,9 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    def baseline(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--baseline", type=Path, default=None,
-                            help="also launch with the executor from this source tree, "
-                                 "interleaved")
-
     return results.quick_main("python -m bench.snapfast", 9,
                               lambda a: measure(a.rounds, a.baseline), results.quick_summary,
-                              argv, baseline)
+                              argv, results.baseline_option)
 
 
 if __name__ == "__main__":

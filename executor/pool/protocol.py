@@ -249,6 +249,19 @@ class Claim:
     ports_later: bool = False
 
 
+def request_metadata(request: Mapping[str, Any], op: str) -> dict[str, str]:
+    """The ``metadata`` of an ``op`` request (the claimer's owner metadata: a claim's, a
+    standby's); PoolError naming the bad field."""
+    metadata = request.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise PoolError(f"{op}.metadata: must be an object, not {metadata!r:.100}")
+    try:
+        check_metadata(metadata)
+    except InvalidSpec as e:
+        raise PoolError(f"{op}.{e}") from e
+    return metadata
+
+
 def parse_claim(request: dict[str, Any]) -> Claim:
     """The claim in a request; PoolError naming the bad field."""
     values = []
@@ -257,13 +270,7 @@ def parse_claim(request: dict[str, Any]) -> Claim:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise PoolError(f"claim.{key}: must be a positive integer, not {value!r}")
         values.append(value)
-    metadata = request.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise PoolError(f"claim.metadata: must be an object, not {metadata!r}")
-    try:
-        check_metadata(metadata)
-    except InvalidSpec as e:
-        raise PoolError(f"claim.{e}") from e
+    metadata = request_metadata(request, "claim")
     layers = request.get("layers", [])
     if (not isinstance(layers, list) or len(layers) > MAX_CLAIM_LAYERS
             or not all(isinstance(x, str) and x.startswith("/") for x in layers)

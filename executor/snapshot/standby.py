@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.libvirt.domain import DOMAIN_PREFIX, MAX_MEMORY_MIB, MAX_VCPUS, check_metadata
+from executor.libvirt.domain import DOMAIN_PREFIX, MAX_MEMORY_MIB, MAX_VCPUS
 from executor.pool import claim as client
-from executor.pool.protocol import Lease
+from executor.pool.protocol import Lease, request_metadata
 from executor.snapshot.store import Shape
 from hypervm.config import HostConfig
-from hypervm.errors import HyperVMError, InvalidSpec, PoolError
+from hypervm.errors import HyperVMError, PoolError
 from hypervm.netspec import valid_tenant
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,7 @@ def parse_standby(request: Mapping[str, Any]) -> Ask:
         raise PoolError(f"standby.key: not a snapshot key: {key!r:.50}")
     if not isinstance(template, str) or not _TEMPLATE_RE.match(template):
         raise PoolError(f"standby.template: not a HyperVM name: {template!r:.100}")
-    metadata = request.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise PoolError(f"standby.metadata: must be an object, not {metadata!r:.100}")
-    try:
-        check_metadata(metadata)
-    except InvalidSpec as e:
-        raise PoolError(f"standby.{e}") from e
+    metadata = request_metadata(request, OP)
     return Ask(Shape(values[0], values[1], tenant), key, template, metadata)
 
 

@@ -174,62 +174,14 @@ static const char *env_lookup(char *const *env, const char *name)
 	return NULL;
 }
 
-/* execve() args[0], searching PATH (from env) when it has no '/'. Returns the errno that
- * describes the failure best: EACCES if some candidate was not executable, else ENOENT. */
-static int exec_search(const struct proc_spec *p)
-{
-	const char *file = p->args[0];
-	const char *path;
-	int saw_eacces = 0;
+/* What trying one candidate of args[0] gave: 0 (found: the walk stops), else an errno. */
+typedef int (*try_fn)(const struct proc_spec *p, const char *candidate);
 
-	if (strchr(file, '/') != NULL) {
-		execve(file, p->args, p->env);
-		return errno;
-	}
-	path = env_lookup(p->env, "PATH");
-	if (path == NULL)
-		path = DEFAULT_PATH;
-	while (1) {
-		const char *end = strchrnul(path, ':');
-		size_t dirlen = (size_t)(end - path);
-		char full[PATH_MAX];
-
-		if (dirlen == 0) /* an empty entry means the current directory */
-			snprintf(full, sizeof(full), "%s", file);
-		else if (dirlen + 1 + strlen(file) < sizeof(full))
-			snprintf(full, sizeof(full), "%.*s/%s", (int)dirlen, path, file);
-		else
-			full[0] = '\0';
-		if (full[0] != '\0') {
-			execve(full, p->args, p->env);
-			if (errno == EACCES)
-				saw_eacces = 1;
-			else if (errno != ENOENT && errno != ENOTDIR && errno != ENAMETOOLONG)
-				return errno;
-		}
-		if (*end == '\0')
-			break;
-		path = end + 1;
-	}
-	return saw_eacces ? EACCES : ENOENT;
-}
-
-/* 0 when `path` is a regular file the caller may execute (as execve checks it: a noexec
- * mount fails access() too), else the errno execve would most likely give. */
-static int executable(const char *path)
-{
-	struct stat st;
-
-	if (stat(path, &st) != 0)
-		return errno;
-	if (!S_ISREG(st.st_mode))
-		return EACCES;
-	return access(path, X_OK) == 0 ? 0 : errno;
-}
-
-/* The file exec_search would run, into `out` (PATH_MAX bytes): the same candidates in the same
- * order, the first executable one. 0, else the errno exec_search would report. */
-static int exec_resolve(const struct proc_spec *p, char out[PATH_MAX])
+/* execvp's walk for args[0]: the file itself when it has a '/', else each entry of PATH (from
+ * env) in order, `try` on each candidate (built in `out`, PATH_MAX bytes) until one gives 0.
+ * Else the errno that describes the failure best: another error than not-found at once,
+ * EACCES if some candidate was not executable, else ENOENT. */
+static int path_walk(const struct proc_spec *p, try_fn try, char out[PATH_MAX])
 {
 	const char *file = p->args[0];
 	const char *path;
@@ -239,7 +191,7 @@ static int exec_resolve(const struct proc_spec *p, char out[PATH_MAX])
 		if (strlen(file) >= PATH_MAX)
 			return ENAMETOOLONG;
 		snprintf(out, PATH_MAX, "%s", file);
-		return executable(out);
+		return try(p, out);
 	}
 	path = env_lookup(p->env, "PATH");
 	if (path == NULL)
@@ -249,13 +201,13 @@ static int exec_resolve(const struct proc_spec *p, char out[PATH_MAX])
 		size_t dirlen = (size_t)(end - path);
 		int err = ENAMETOOLONG;
 
-		if (dirlen == 0)
+		if (dirlen == 0) /* an empty entry means the current directory */
 			snprintf(out, PATH_MAX, "%s", file);
 		else if (dirlen + 1 + strlen(file) < PATH_MAX)
 			snprintf(out, PATH_MAX, "%.*s/%s", (int)dirlen, path, file);
 		else
 			out[0] = '\0';
-		if (out[0] != '\0' && (err = executable(out)) == 0)
+		if (out[0] != '\0' && (err = try(p, out)) == 0)
 			return 0;
 		if (err == EACCES)
 			saw_eacces = 1;
@@ -266,6 +218,41 @@ static int exec_resolve(const struct proc_spec *p, char out[PATH_MAX])
 		path = end + 1;
 	}
 	return saw_eacces ? EACCES : ENOENT;
+}
+
+static int try_execve(const struct proc_spec *p, const char *candidate)
+{
+	execve(candidate, p->args, p->env);
+	return errno;
+}
+
+/* 0 when `path` is a regular file the caller may execute (as execve checks it: a noexec
+ * mount fails access() too), else the errno execve would most likely give. */
+static int executable(const struct proc_spec *p, const char *path)
+{
+	struct stat st;
+
+	(void)p;
+	if (stat(path, &st) != 0)
+		return errno;
+	if (!S_ISREG(st.st_mode))
+		return EACCES;
+	return access(path, X_OK) == 0 ? 0 : errno;
+}
+
+/* execve() args[0], searching PATH as path_walk does; returns only on failure, its errno. */
+static int exec_search(const struct proc_spec *p)
+{
+	char full[PATH_MAX];
+
+	return path_walk(p, try_execve, full);
+}
+
+/* The file exec_search would run, into `out` (PATH_MAX bytes): the same candidates in the same
+ * order, the first executable one. 0, else the errno exec_search would report. */
+static int exec_resolve(const struct proc_spec *p, char out[PATH_MAX])
+{
+	return path_walk(p, executable, out);
 }
 
 /* START `early_reply`: init has replied OK already, so an execve that fails now is reported
