@@ -4,6 +4,8 @@ back to the host while the guest runs on (vmimage/qemu/README.md)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from executor.vm import HyperVM
 from hypervm.config import HostConfig
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from tests.conftest import TEST_TAG, run_to_exit
-from vmimage.qemu import Qemu, find_qemu
+from vmimage.qemu import DISTRO, Qemu, find_qemu
 from vmimage.rootfs import ensure_warmup_layer
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.usefixtures("no_leaked_domains")]
@@ -100,9 +102,6 @@ def test_doctor_names_the_qemu_vms_run_on(hyperqemu: Qemu) -> None:
 
 def _cpu_properties(qemu: Path) -> set[str]:
     """The QOM properties of QEMU's ``max`` x86 CPU model (what libvirt probes)."""
-    import json
-    import subprocess
-
     commands = [{"execute": "qmp_capabilities"},
                 {"execute": "qom-list-properties", "arguments": {"typename": "max-x86_64-cpu"}},
                 {"execute": "quit"}]
@@ -123,7 +122,5 @@ def test_libvirt_reads_the_guest_cpu_in_two_calls(hyperqemu: Qemu) -> None:
     assert {"feature-words", "filtered-features", "avx2", "sse4.2"} <= props
     assert "unavailable-features" not in props
     # Debian's QEMU has it: the probe above sees the property where it exists
-    from vmimage.qemu import DISTRO
-
     if DISTRO.path.exists():
         assert "unavailable-features" in _cpu_properties(DISTRO.path)
