@@ -10,8 +10,9 @@ snapshot lookup, create (libvirt + QEMU start, or taking the standby), load (the
 stream), reseed (RESEED and the layers' hot-add), pod (ports, NIC, binds)). A few minutes.
 
 ``--baseline DIR`` (another commit's source tree, ``git archive BASE | tar -x -C DIR``): each
-round also takes the ``snapshot launch (standby)`` sample with the executor run from DIR,
-interleaved with this tree's (the daemon runs from this tree).
+round also takes the ``snapshot launch (standby)`` and ``snapshot launch`` samples with the
+executor run from DIR (``baseline …``), interleaved with this tree's (the daemon runs from this
+tree; the baseline's own clones use the snapshot its own tree keys, made untimed first).
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
                 peersuite.PeerRounds(oci).bundles() as peer_rounds:
             sock = pool.cfg.pool_socket
             prime(ref, pool)
+            if baseline is not None:  # untimed: the baseline's snapshot (its key may differ)
+                launch.launch_once(ref, snapshot=True, executor_tree=baseline)
             for i in range(rounds):
                 log.info("round %d of %d (load %.2f)", i + 1, rounds, os.getloadavg()[0])
                 peer_rounds.round()  # runc and runsc start on the same image, same minute
@@ -110,7 +113,9 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
                     if tree is None and not snap.standby:
                         raise RuntimeError("not started on the standby (see the executor log)")
                     add(label + "snapshot launch (standby)", snap)
-                add("snapshot launch", launch.launch_once(ref, snapshot=True))
+                for label, tree in trees if i % 2 == 0 else trees[::-1]:
+                    add(label + "snapshot launch",
+                        launch.launch_once(ref, snapshot=True, executor_tree=tree))
             samples.update(peer_rounds.samples)
     return samples
 

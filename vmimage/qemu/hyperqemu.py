@@ -1,5 +1,5 @@
 """Build HyperQEMU: Debian's own QEMU source (the version of the installed qemu-system-x86),
-built for x86_64 with only the devices and features a HyperVM uses, plus two patches.
+built for x86_64 with only the devices and features a HyperVM uses, plus three patches.
 
 Why: Debian's ``qemu-system-x86_64`` links ~60 libraries and carries every device; an idle
 HyperVM's QEMU spent ~18 MiB of RSS on its binary and libraries alone. The patches
@@ -8,7 +8,9 @@ translations and gives the translation buffer back to the host (~30 MiB per VM u
 ``idle-memory`` keeps QEMU's own small memory (translation buffer, firmware and ACPI blobs)
 out of transparent huge pages, leaves the unused 1.9 MiB of the ACPI tables' blob
 untouched (~2.5-4 MiB per idle VM), and sizes virtio queue arrays and the translated-block
-hash table for a HyperVM (~1.3 MiB).
+hash table for a HyperVM (~1.3 MiB); ``cpu-probe`` drops the x86 CPU's QOM property
+``unavailable-features``, so libvirt reads a started guest's CPU in 2 monitor calls, not ~400
+(createXML 0.22 -> 0.07 s under TCG).
 
 The result is cached once per machine at ``<state>/qemu/<key>/`` (``bin/qemu-system-x86_64``,
 ``meta.json``, ``build.log``); the key hashes the device list, the patches, the configure
@@ -42,10 +44,10 @@ SOURCE_PACKAGE = "qemu"
 HERE = Path(__file__).parent
 DEVICES = HERE / "hyperqemu.mak"
 #: applied in this order
-PATCHES = (HERE / "tcg-flush.patch", HERE / "idle-memory.patch")
+PATCHES = (HERE / "tcg-flush.patch", HERE / "idle-memory.patch", HERE / "cpu-probe.patch")
 BINARY = "qemu-system-x86_64"
 #: what the patches add (Qemu.features)
-FEATURES = ("tcg-flush", "idle-memory")
+FEATURES = ("tcg-flush", "idle-memory", "cpu-probe")
 #: where Debian's qemu-system-data keeps qboot, pvh.bin and the other firmware we load
 FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
 
