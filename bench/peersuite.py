@@ -180,7 +180,7 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "one port in its ports resources: the pool checks the port as a cold boot does, "
         "answers the claim and publishes the port on the claimed VM (QEMU hostfwd_add over the "
         "monitor) while the claimer takes it over, which waits for it before its START; "
-        "measured with warm_launch_p50_s, its pool alone (no other pool or standby running); "
+        "measured with warm_launch_p50_s, its pool alone (nothing else of the bench running); "
         "phases in details.summaries['warm launch (ports): ...']"
         if doc["warm_launch_ports_p50_s"] is not None else
         "not measured in this run (bench.peersuite alone runs no warm launch)")

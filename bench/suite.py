@@ -56,9 +56,9 @@ WARM_POOL_NOTE = (
     "whose claim hot-adds the layers as SCSI LUNs")
 #: added to the notes of warm_launch_* and warm_launch_ports_* (bench/README.md)
 WARM_ALONE_NOTE = (
-    "measured after the other latency rounds with only its own pool running (no generic pool, "
-    "standby clone or other idle VM beside it: their idle TCG vCPUs took a share of the 2 cores "
-    "from the launch); the same launch, pool, size and number of samples as before")
+    "measured after the other latency rounds with only its own pool running: no other "
+    "measurement's background work (another pool's refill, the standby keeper's next clone, a "
+    "VM's teardown) overlaps a launch; the same launch, pool, size and number of samples")
 POOL_SIZE = 2
 #: the pool refills one boot at a time; a full pool before each measurement keeps its boots
 #: from loading the machine while something else is timed
