@@ -22,6 +22,8 @@ from tests.mesos.agent import AgentDouble
 
 log = logging.getLogger(__name__)
 
+#: the source tree the bench runs from: its executor is the one launched
+REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180.0
 #: the task's cpus: with the executor's 0.1 they make one whole vCPU, so no CFS quota throttles
 #: the VM (below a whole vCPU the executor caps it, and the boot slows in proportion)
@@ -126,13 +128,13 @@ def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = No
                 snapshot: bool = False, executor_tree: Path | None = None) -> Launch:
     """One launch; warm from the pool at ``pool_socket``, else from a snapshot (``snapshot``),
     else cold; with ``port``, the task publishes that host port. ``executor_tree``: run the
-    executor from that source tree (e.g. a baseline commit's), not this one."""
+    executor from that source tree (e.g. a baseline commit's), not this one (the bench's own:
+    without it on PYTHONPATH, the venv's editable install, e.g. /work/main, would run)."""
     work = scratch_dir("agent")
     env = ({"HYPERVM_POOL_SOCKET": str(pool_socket)} if pool_socket is not None
            else {"HYPERVM_POOL": "off"})
     env["HYPERVM_SNAPSHOT"] = "on" if snapshot else "off"
-    if executor_tree is not None:
-        env["PYTHONPATH"] = str(executor_tree)
+    env["PYTHONPATH"] = str(executor_tree or REPO)
     kind = "snap" if snapshot else "warm" if pool_socket else "cold"
     agent = AgentDouble(work / "agent", runtime=None, env=env, executor_id=bench_name(kind))
     try:

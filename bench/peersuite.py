@@ -177,9 +177,11 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "each launch; it costs about an idle pool VM's memory while it waits)")
     notes["warm_launch_ports_p50_s"] = (
         "warm_launch_p50_s's launch (the image pool, full before each launch) of a task with "
-        "one port in its ports resources: the pool checks the port as a cold boot does and "
-        "publishes it on the claimed VM (QEMU hostfwd_add over the monitor) before it answers "
-        "the claim; phases in details.summaries['warm launch (ports): ...']"
+        "one port in its ports resources: the pool checks the port as a cold boot does, "
+        "answers the claim and publishes the port on the claimed VM (QEMU hostfwd_add over the "
+        "monitor) while the claimer takes it over, which waits for it before its START; "
+        "measured with warm_launch_p50_s, its pool alone (nothing else of the bench running); "
+        "phases in details.summaries['warm launch (ports): ...']"
         if doc["warm_launch_ports_p50_s"] is not None else
         "not measured in this run (bench.peersuite alone runs no warm launch)")
     notes["network_mb_s"] = (

@@ -54,6 +54,11 @@ WARM_POOL_NOTE = (
     "the sandbox bound into QEMU's mount namespace; phases in details.summaries['warm launch: "
     "...']. warm_launch_generic_*: the same from a pool of {size} generic VMs (no --image), "
     "whose claim hot-adds the layers as SCSI LUNs")
+#: added to the notes of warm_launch_* and warm_launch_ports_* (bench/README.md)
+WARM_ALONE_NOTE = (
+    "measured after the other latency rounds with only its own pool running: no other "
+    "measurement's background work (another pool's refill, the standby keeper's next clone, a "
+    "VM's teardown) overlaps a launch; the same launch, pool, size and number of samples")
 POOL_SIZE = 2
 #: the pool refills one boot at a time; a full pool before each measurement keeps its boots
 #: from loading the machine while something else is timed
@@ -113,6 +118,8 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
         log.info("images ready (%s)", imgs.busybox_ref)
         samples, loads, pool_rss = _latency_rounds(env, plan, imgs.busybox_ref, layers)
         doc["machine"]["loadavg_1min_per_round"] = loads
+        doc["machine"]["loadavg_1min_per_warm_round"] = _warm_rounds(
+            env, plan, imgs.busybox_ref, samples)
         details["idle_pool_vm_rss_mib"] = pool_rss
         doc["idle_pool_vm_rss_mib"] = (round(statistics.median(pool_rss), 1) if pool_rss
                                        else None)
@@ -205,16 +212,8 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples.setdefault(kind, []).append(snap.running_s)
                 for phase, seconds in snap.phases.items():
                     samples.setdefault(f"{kind}: {phase}", []).append(seconds)
-            for kind, each in pools.items():
-                _fill_pool(each)
-                warm = launch.launch_once(ref, each.cfg.pool_socket)
-                if not warm.warm or warm.warm_layers != (each is image_pool):
-                    raise RuntimeError(f"{kind}: not the expected pool VM (see the executor log)")
-                samples[kind].append(warm.running_s)
-                for phase, seconds in warm.phases.items():
-                    samples.setdefault(f"{kind}: {phase}", []).append(seconds)
-            _warm_launch_ports(samples, image_pool, ref)
             _fill_pool(pool)
+            _warm_launch(samples, "warm launch (generic VM)", pool, ref, layers_attached=False)
             samples["hypervm run true (pool)"].append(
                 peersuite.run_true_pooled(ref, pool.cfg.pool_socket))
             for each in pools.values():
@@ -231,14 +230,35 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
     return samples, loads, pool_rss
 
 
-def _warm_launch_ports(samples: dict[str, list[float]], pool: WarmPool, ref: str) -> None:
-    """The warm launch of ``warm_launch_p50_s`` (the image pool), the task publishing one host
-    port: the claim publishes it on the VM (warm_launch_ports_p50_s)."""
-    kind = "warm launch (ports)"
-    _fill_pool(pool)
-    warm = launch.launch_once(ref, pool.cfg.pool_socket, port=launch.free_port())
-    if not warm.warm or not warm.warm_layers:
-        raise RuntimeError(f"{kind}: not the image pool's VM (see the executor log)")
+def _warm_rounds(env: VMEnv, plan: Plan, ref: str, samples: dict[str, list[float]]
+                 ) -> list[float]:
+    """``warm launch`` and ``warm launch (ports)``, one of each per round, with only their own
+    pool running (WARM_ALONE_NOTE); the load before each round."""
+    loads = []
+    with warm_pool(env, "ipool", ref) as image_pool:
+        if plan.warm_up:
+            _fill_pool(image_pool)
+            launch.launch_once(ref, image_pool.cfg.pool_socket)
+        for i in range(plan.rounds):
+            _fill_pool(image_pool)
+            loads.append(load_average()[0])
+            log.info("warm launch round %d/%d, its pool alone (load %s)", i + 1, plan.rounds,
+                     loads[-1])
+            _warm_launch(samples, "warm launch", image_pool, ref, layers_attached=True)
+            _fill_pool(image_pool)
+            _warm_launch(samples, "warm launch (ports)", image_pool, ref, layers_attached=True,
+                         port=launch.free_port())
+    return loads
+
+
+def _warm_launch(samples: dict[str, list[float]], kind: str, pool: WarmPool, ref: str, *,
+                 layers_attached: bool, port: int | None = None) -> None:
+    """One warm launch from ``pool`` (full), its ``kind`` checked: an image pool's VM
+    (``layers_attached``) or a generic one; with ``port``, the task publishes that host port:
+    the claim publishes it on the VM (warm_launch_ports_p50_s)."""
+    warm = launch.launch_once(ref, pool.cfg.pool_socket, port=port)
+    if not warm.warm or warm.warm_layers != layers_attached:
+        raise RuntimeError(f"{kind}: not the expected pool VM (see the executor log)")
     samples[kind].append(warm.running_s)
     for phase, seconds in warm.phases.items():
         samples.setdefault(f"{kind}: {phase}", []).append(seconds)
@@ -302,6 +322,8 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
     for key in ("warm_launch_p50_s", "warm_launch_p95_s", "warm_launch_generic_p50_s",
                 "warm_launch_generic_p95_s"):
         doc["notes"][key] = WARM_POOL_NOTE.format(size=POOL_SIZE)
+    for key in ("warm_launch_p50_s", "warm_launch_p95_s"):
+        doc["notes"][key] += "; " + WARM_ALONE_NOTE
     doc["max_concurrent_vms_limit"] = dens.limit
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"

@@ -10,13 +10,21 @@ phases of each (bench.launch.phases). A few minutes, where ``make bench`` takes 
 each round also takes the same two samples with the executor run from DIR, interleaved with
 this tree's, so a before/after comparison sees the same machine load (the machine is shared).
 The pool daemon runs from this tree for both.
+
+``--stamps``: the executor is launched with bench/stamps/sitecustomize.py, which stamps each
+function of its launch path; each round adds ``stamp: NAME began`` (s after the executor's
+on_launch began) and ``stamp: NAME took`` samples of the warm launch (not of the baseline's,
+nor of the ports launch): where the host's time goes, the guest's START included.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from bench import images, launch, results, suite
@@ -25,10 +33,36 @@ from bench.vmenv import VMEnv
 log = logging.getLogger(__name__)
 
 
-def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
+STAMPS = Path(__file__).resolve().parent / "stamps"
+
+
+def _stamped(tree: Path | None, out: Path) -> Path:
+    """The executor's PYTHONPATH for a stamped launch (launch.launch_once's ``executor_tree``),
+    its stamps written into ``out``."""
+    os.environ["HYPERVM_BENCH_STAMPS"] = str(out)  # the executor gets every HYPERVM_* variable
+    return Path(f"{STAMPS}{os.pathsep}{tree or launch.REPO}")
+
+
+def read_stamps(out: Path, samples: dict[str, list[float]]) -> None:
+    """Each stamp line of the launch's executor (bench/stamps) as samples, its first call of
+    each function only; the files are removed."""
+    seen: set[str] = set()
+    for path in sorted(out.glob("t-*.txt")):
+        for line in path.read_text().splitlines():
+            name, began, took = line.split()
+            if name not in seen:
+                seen.add(name)
+                samples.setdefault(f"stamp: {name} began", []).append(float(began) / 1000)
+                samples.setdefault(f"stamp: {name} took", []).append(float(took) / 1000)
+        path.unlink()
+
+
+def measure(rounds: int, baseline: Path | None = None,
+            stamps: bool = False) -> dict[str, list[float]]:
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
     trees: list[tuple[str, Path | None]] = [("", None)]
+    out = Path(tempfile.mkdtemp(prefix="hypervm-bench-stamps-"))
     if baseline is not None:
         trees = [("baseline ", baseline), *trees]
 
@@ -50,18 +84,29 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
                 log.info("round %d of %d (load %.2f)", i + 1, rounds, os.getloadavg()[0])
                 for label, tree in trees if i % 2 == 0 else trees[::-1]:
                     suite._fill_pool(pool)
-                    add(label + "warm launch", launch.launch_once(ref, sock,
-                                                                  executor_tree=tree))
+                    stamped = stamps and not label
+                    add(label + "warm launch", launch.launch_once(
+                        ref, sock, executor_tree=_stamped(tree, out) if stamped else tree))
+                    os.environ.pop("HYPERVM_BENCH_STAMPS", None)
+                    if stamped:
+                        read_stamps(out, samples)
                     suite._fill_pool(pool)
                     add(label + "warm launch (ports)", launch.launch_once(
                         ref, sock, port=launch.free_port(), executor_tree=tree))
+    shutil.rmtree(out, ignore_errors=True)
     return samples
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    results.baseline_option(parser)
+    parser.add_argument("--stamps", action="store_true",
+                        help="stamp the executor's launch path (bench/stamps/sitecustomize.py)")
 
 
 def main(argv: list[str] | None = None) -> int:
     return results.quick_main("python -m bench.warmfast", 9,
-                              lambda a: measure(a.rounds, a.baseline), results.quick_summary,
-                              argv, results.baseline_option)
+                              lambda a: measure(a.rounds, a.baseline, a.stamps),
+                              results.quick_summary, argv, _options)
 
 
 if __name__ == "__main__":

@@ -354,7 +354,7 @@ class VolumeHold:
         self._held.close()
         if pair is None:
             return
-        domain = identity.in_use().get(pair[0])
+        domain = identity.holder(pair[0])
         if domain is None:  # allocate() reserved it for the domain: cannot happen
             raise HostError(f"uid {pair[0]} has no reservation in {identity.REGISTRY}")
         self._held.enter_context(granted(pair[0], self._mounts, domain, self._keeper))

@@ -171,6 +171,13 @@ def release(domain: str, directory: Path = REGISTRY) -> None:
                 path.unlink()
 
 
+def holder(uid: int, directory: Path = REGISTRY) -> str | None:
+    """The domain ``uid`` is reserved for, or None: its own reservation read alone (a launch
+    asks this for its VM; :func:`in_use` reads every reservation of the host)."""
+    found = _read(directory / str(uid))
+    return found[0] if found is not None else None
+
+
 def in_use(directory: Path = REGISTRY) -> dict[int, str]:
     """uid -> domain of every reservation (for ``hypervm doctor``)."""
     out = {}

@@ -89,13 +89,15 @@ def _give_pod(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str,
     # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)
     pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
     vm.identity = identity.Identity(*pair) if pair is not None else None
+    # the channel first and the NETWORK sent ahead: the guest applies it while the host gives
+    # the devices (the shares' grant records are fsynced, the binds run); no START (which
+    # mounts the shares, its layers) before they are given
+    ready = vm.channel.attach(sock, timeout, lease.ready)
+    vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
     binds: list[Any] = []
     try:
         # an image pool VM has exactly our layers already
         give_devices(vm, hv, binds, attach_layers=not lease.layers_attached)
-        # while the binds run: no START (which mounts them) before they are done
-        ready = vm.channel.attach(sock, timeout, lease.ready)
-        vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
     finally:
         client.wait_binds(binds)
     return ready

@@ -66,6 +66,19 @@ def test_allocate_reserves_until_the_vm_is_gone(tmp_path: Path) -> None:
     assert a not in identity.in_use(reg)
 
 
+def test_holder_reads_only_the_uids_own_reservation(tmp_path: Path) -> None:
+    """A launch asks for its VM's uid alone (executor.volume_access.VolumeHold): one file
+    read, not the whole registry; the same answer as in_use."""
+    a = identity.allocate(RANGE, "hypervm-a", lambda _: True, directory=tmp_path,
+                          owner=GONE).uid
+    b = identity.allocate(RANGE, "hypervm-b", lambda _: True, directory=tmp_path,
+                          owner=GONE).uid
+    (tmp_path / "12").write_text("not a reservation of these\n")
+    assert identity.holder(a, tmp_path) == identity.in_use(tmp_path)[a] == "hypervm-a"
+    assert identity.holder(b, tmp_path) == "hypervm-b"
+    assert identity.holder(RANGE[1] + 1, tmp_path) is None
+
+
 GONE = "999999999:1"  # a process that no longer runs
 
 

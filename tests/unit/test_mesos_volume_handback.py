@@ -90,7 +90,7 @@ def booted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[VM
     monkeypatch.setattr(runtime, "build_container", build)
     monkeypatch.setattr(runtime, "boot_vm", lambda _cfg, pod, created, before_shares, **_:
                         created(FakeVM(pod, before_shares)))
-    monkeypatch.setattr(identity, "in_use", lambda: {A: "hypervm-p-1"})
+    monkeypatch.setattr(identity, "holder", {A: "hypervm-p-1"}.get)
     pod = VMPod(cfg, plan, launcher=FakeLauncher())  # type: ignore[arg-type]
     pod.boot()
     yield pod, sandbox, host

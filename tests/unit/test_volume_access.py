@@ -133,7 +133,7 @@ def test_without_user_keeps_other_vms_and_the_operators() -> None:
 
 def test_a_vm_holds_its_entries_from_before_its_qemu_starts(
         cfg: HostConfig, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(va.identity, "in_use", lambda: {A: "hypervm-a"})
+    monkeypatch.setattr(va.identity, "holder", {A: "hypervm-a"}.get)
     mounts = [Mount(type="9p", destination="/d", source=shared)]
     with va.VolumeHold(cfg, mounts) as hold:
         hold.before_shares(None)  # QEMU as libvirt's shared user: the operator's modes rule
@@ -169,7 +169,7 @@ def test_a_vm_that_failed_to_start_keeps_no_entry_while_the_next_one_runs(
     """boot_vm calls before_shares again only once the VM it was called for is destroyed (a
     claim or a snapshot start that failed, then a cold boot): that VM's uid goes back to the
     range, so its entry must go too, not stay for the whole run (days for ``run -d``)."""
-    monkeypatch.setattr(va.identity, "in_use", lambda: {A: "hypervm-claimed", B: "hypervm-cold"})
+    monkeypatch.setattr(va.identity, "holder", {A: "hypervm-claimed", B: "hypervm-cold"}.get)
     mounts = [Mount(type="9p", destination="/d", source=shared)]
     with va.VolumeHold(cfg, mounts) as hold:
         hold.before_shares((A, A))  # the claimed pool VM, destroyed when its adoption failed

@@ -1,0 +1,68 @@
+"""Where a warm launch's time goes in the executor: ``python -m bench.warmfast --stamps`` puts
+this directory first on the launched executor's PYTHONPATH with HYPERVM_BENCH_STAMPS=DIR. Each
+function of :data:`STAMPED` (the launch path from LAUNCH to TASK_RUNNING) then appends one line
+to ``DIR/t-PID.txt``: its name, when it began (ms after ``on_launch`` began) and how long it took
+(ms). Any other process, or without the variable, is untouched."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import threading
+import time
+from typing import Any
+
+#: (module, attribute path) of each stamped function, in launch order
+STAMPED = (
+    ("executor.mesos.executor", "ExecutorCore.on_launch"),
+    ("executor.mesos.executor", "ExecutorCore._send"),
+    ("executor.mesos.runtime", "VMPod.boot"),
+    ("executor.launcher", "Launcher.resolve"),
+    ("executor.mesos.runtime", "build_container"),
+    ("executor.pool.claim", "claim_ports_later"),
+    ("executor.pool.adopt", "_give_pod"),
+    ("executor.guest.channel", "GuestChannel.attach"),
+    ("executor.vm", "HyperVM.configure_network"),
+    ("executor.vm", "HyperVM.give_owned_shares"),
+    ("executor.pool.adopt", "give_devices"),
+    ("executor.pool.claim", "wait_binds"),
+    ("executor.pool.claim", "PortsPending.wait"),
+    ("executor.vm", "HyperVM.start"),
+    ("executor.mesos.executor", "ExecutorCore.on_started"),
+)
+
+
+def _install(out_dir: str) -> None:
+    out = open(os.path.join(out_dir, f"t-{os.getpid()}.txt"), "a", buffering=1)  # noqa: SIM115
+    origin: list[float] = []
+    lock = threading.Lock()
+
+    def stamp(name: str, began: float, ended: float) -> None:
+        with lock:
+            if not origin:
+                return
+            out.write(f"{name} {(began - origin[0]) * 1000:.3f} {(ended - began) * 1000:.3f}\n")
+
+    def wrapped(name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            if name == "ExecutorCore.on_launch" and not origin:
+                origin.append(began)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stamp(name, began, time.perf_counter())
+        return call
+
+    for module, path in STAMPED:
+        owner: Any = importlib.import_module(module)
+        *parents, attr = path.split(".")
+        for part in parents:
+            owner = getattr(owner, part)
+        setattr(owner, attr, wrapped(path, getattr(owner, attr)))
+
+
+if os.environ.get("HYPERVM_BENCH_STAMPS"):
+    _install(os.environ["HYPERVM_BENCH_STAMPS"])
