@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor import netpolicy, network
 from executor.guest import console
-from executor.guest.channel import GuestChannel, PendingReply, ProcessCallbacks
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
     POOL_SHARE_TAG,
@@ -46,6 +45,9 @@ from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
 from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
 from vmimage.boot import BootFiles, resolve_boot
+
+if TYPE_CHECKING:
+    from executor.guest.channel import GuestChannel, PendingReply, ProcessCallbacks
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ class HyperVM:
         pod.validate()
         self.cfg = cfg
         self.pod = pod
-        self.name = claimed or f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
+        self.name = claimed or f"hypervm-{pod.name}-{os.urandom(4).hex()}"
         self.run_dir = run_dir or cfg.vms_dir / self.name
         self._boot_files = boot_files
         self._hypervisor = hypervisor
@@ -264,6 +266,10 @@ class HyperVM:
             if policy is not None:
                 policy.result()  # in force before READY: the guest's NIC is up only after it
             self.watch_qemu()
+            # deferred: the guest channel client is first needed once the domain is created
+            # (the guest boots meanwhile): ~5 ms of a cold run before createXML (issue 17)
+            from executor.guest.channel import GuestChannel
+
             self._channel = GuestChannel(self.channel_socket)
             ready = self._channel.connect(timeout)
             # the guest configures its network while we hand the VM over: the first START or
@@ -380,6 +386,9 @@ class HyperVM:
             hostname=container.hostname, wait_ms=LAYER_WAIT_MS if self.warm else None,
             limits=limits_payload(container.limits.memory_mib, container.limits.pids,
                                   container.limits.scratch_mib))
+        # deferred: after the boot (see boot()); loaded by then, as the VM has a channel
+        from executor.guest.channel import ProcessCallbacks
+
         return self._spawn(MsgType.START, payload, container.name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit), meanwhile)
 
@@ -393,6 +402,9 @@ class HyperVM:
         payload = {"container": container_name, "handle": handle,
                    "process": process_payload(process, netspec.port_env(self.pod.network.ports),
                                               DEFAULT_PATH)}
+        # deferred: after the boot (see boot()); loaded by then, as the VM has a channel
+        from executor.guest.channel import ProcessCallbacks
+
         return self._spawn(MsgType.EXEC, payload, container_name, handle,
                            ProcessCallbacks(on_stdout, on_stderr, on_exit))
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import libvirt
 import libvirt_qemu
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from executor.libvirt.domain import (
     DOMAIN_PREFIX,
@@ -372,6 +371,7 @@ class Hypervisor:
 
     def wait_gone(self, name: str, timeout: float) -> None:
         """Wait until ``name`` no longer runs; HypervisorError after ``timeout`` seconds."""
+        from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed  # deferred
         retrying = Retrying(
             wait=wait_fixed(0.05),
             stop=stop_after_delay(timeout),

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ def containers_dir(cfg: HostConfig) -> Path:
 
 
 def default_name() -> str:
-    return f"run-{uuid.uuid4().hex[:6]}"
+    return f"run-{os.urandom(3).hex()}"
 
 
 def now() -> float:

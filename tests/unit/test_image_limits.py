@@ -197,6 +197,20 @@ def test_a_held_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
         pass
 
 
+def test_a_free_lock_is_taken_without_importing_tenacity(tmp_path: Path) -> None:
+    """Every cold run takes the cache's locks uncontended: no wait, so no tenacity import
+    (milliseconds of a cold run before its VM is created, issue 17); a held lock still waits
+    (above)."""
+    code = ("import sys; from pathlib import Path; from vmimage.images.cache import Cache\n"
+            f"c = Cache(Path({str(tmp_path / 'images')!r}), lock_timeout_s=5.0); c.ensure()\n"
+            "with c.lock('gc', shared=True), c.lock('pull'):\n"
+            "    pass\n"
+            "print('tenacity' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2]).stdout
+    assert out.strip() == "False"
+
+
 # ---------------------------------------------------------------------------- the store
 
 

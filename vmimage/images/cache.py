@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tenacity
-
 from hypervm.errors import HostError
 
 log = logging.getLogger(__name__)
@@ -227,6 +225,15 @@ class Cache:
         if self.lock_timeout_s is None:
             fcntl.flock(fd, op)
             return
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass  # held: wait for it below
+        # deferred: only a held lock is waited for; an uncontended one (every cold run's cache
+        # hit) takes no tenacity import (issue 17: a cold run's imports before its VM)
+        import tenacity
+
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(BlockingIOError),
             wait=tenacity.wait_exponential(multiplier=0.02, max=1.0),
