@@ -4,13 +4,15 @@ the suite's own code: ``python -m bench.runfast [--rounds N] [--out FILE]``.
 Each round takes one sample of: the raw boot (bench.rawboot), ``hypervm run`` cold
 (bench.runtrue) and with a VM of the suite's warm pool (bench.peersuite.run_true_pooled), and
 ``runsc run … true`` / ``runc run … true`` on the same image's root (bench.peers). A few minutes,
-where ``make bench`` takes half an hour: for checking a change to the run path.
+where ``make bench`` takes half an hour: for checking a change to the run path; ``--baseline
+DIR`` (another commit's tree, ``git archive BASE | tar -x -C DIR``) adds its cold run beside.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from bench import images, peers, results, runtrue, suite
@@ -24,7 +26,9 @@ from executor.libvirt.hypervisor import Hypervisor
 log = logging.getLogger(__name__)
 
 
-def measure(rounds: int) -> dict[str, list[float]]:
+def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
+    """``baseline``: also a cold run with that source tree's code, right after this tree's
+    (``python -m hypervm.dataclass_code`` run in each tree first: PYTHONDONTWRITEBYTECODE)."""
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
 
@@ -38,7 +42,11 @@ def measure(rounds: int) -> dict[str, list[float]]:
             for i in range(rounds):
                 log.info("round %d of %d", i + 1, rounds)
                 add("raw boot", boot_once(env, hv).total_s)
-                add("hypervm run true", runtrue.run_once(imgs.busybox_ref))
+                cold = [("hypervm run true", runtrue.REPO)]
+                if baseline is not None:  # which goes first alternates
+                    cold = [*cold, ("baseline hypervm run true", baseline)][::1 - 2 * (i % 2)]
+                for name, tree in cold:
+                    add(name, runtrue.run_once(imgs.busybox_ref, tree))
                 suite._fill_pool(pool)
                 add("hypervm run true (pool)",
                     run_true_pooled(imgs.busybox_ref, pool.cfg.pool_socket))
@@ -53,12 +61,15 @@ def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
     cold = out.get("hypervm run true", {}).get("p50_s")
     if raw and cold:
         out["cold run true / raw boot"] = round(cold / raw, 3)
+    if raw and (base := out.get("baseline hypervm run true", {}).get("p50_s")):
+        out["baseline cold run true / raw boot"] = round(base / raw, 3)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    return results.quick_main("python -m bench.runfast", 7, lambda a: measure(a.rounds), summary,
-                              argv)
+    return results.quick_main("python -m bench.runfast", 7,
+                              lambda a: measure(a.rounds, a.baseline), summary, argv,
+                              results.baseline_option)
 
 
 if __name__ == "__main__":

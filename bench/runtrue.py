@@ -22,18 +22,19 @@ def hypervm_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "executor.cli"]
 
 
-def tree_env() -> dict[str, str]:
-    """Our environment with this checkout first on the import path."""
-    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+def tree_env(tree: Path = REPO) -> dict[str, str]:
+    """Our environment with this checkout (or ``tree``) first on the import path."""
+    paths = [str(tree), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
-def run_once(ref: str) -> float:
+def run_once(ref: str, tree: Path = REPO) -> float:
+    """Seconds of one cold ``hypervm run REF -- true`` with the code of ``tree``."""
     argv = [*hypervm_argv(), "run", "--name", bench_name("run"), "--quiet",
             "--memory", str(GUEST_MIB), ref, "--", "true"]
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False,
-                          env=tree_env())
+                          env=tree_env(tree))
     took = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"hypervm run failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import profile, results
+from bench import profile, results, runfast, runtrue
 from bench.stats import percentile, ratio, summarize
 
 
@@ -260,3 +261,16 @@ def test_private_by_mapping_names_guest_ram_translations_and_sums_alike_mappings
         {"name": "[anon 2.0 MiB]", "private_mib": 1.0},
     ]
     assert len(private_by_mapping_of(SMAPS, top=2)) == 2
+
+
+def test_runfast_puts_a_baseline_s_cold_run_beside_the_raw_boot(tmp_path: Path) -> None:
+    """``bench.runfast --baseline DIR``: that tree's cold run, its own ratio to the raw boot,
+    and its ``hypervm`` runs with DIR first on the import path."""
+    out = runfast.summary({"raw boot": [1.0, 1.0], "hypervm run true": [1.2, 1.2],
+                           "baseline hypervm run true": [1.3, 1.3]})
+    assert out["cold run true / raw boot"] == 1.2
+    assert out["baseline cold run true / raw boot"] == 1.3
+    assert "baseline cold run true / raw boot" not in runfast.summary(
+        {"raw boot": [1.0], "hypervm run true": [1.2]})
+    assert runtrue.tree_env(tmp_path)["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+    assert runtrue.tree_env()["PYTHONPATH"].split(os.pathsep)[0] == str(runtrue.REPO)
