@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
     """``baseline``: also a cold run with that source tree's code, right after this tree's
-    (``python -m hypervm.dataclass_code`` run in each tree first: PYTHONDONTWRITEBYTECODE)."""
+    (which goes first alternates; compile both trees first when PYTHONDONTWRITEBYTECODE is
+    set, or the first runs of each pay for their bytecode)."""
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
 
