@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import peers, profile, results
+from bench import profile, results
 from bench.stats import percentile, ratio, summarize
 
 
@@ -261,9 +260,3 @@ def test_private_by_mapping_names_guest_ram_translations_and_sums_alike_mappings
         {"name": "[anon 2.0 MiB]", "private_mib": 1.0},
     ]
     assert len(private_by_mapping_of(SMAPS, top=2)) == 2
-
-
-def test_rollup_reports_rss_pss_and_private_of_a_process() -> None:
-    mine = peers.rollup(os.getpid())
-    assert mine["rss"] > 0 and mine["rss"] >= mine["pss"] >= mine["private"] > 0
-    assert peers.rollup(2**22 + 1) == {"rss": 0.0, "pss": 0.0, "private": 0.0}  # gone
