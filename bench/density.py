@@ -212,7 +212,7 @@ def idle_qemu_memory(env: VMEnv, layers: Sequence[Path], count: int, settle_s: f
         out = []
         for vm in vms:
             pid = hv.qemu_pid(vm.name)
-            each = peers.rollup(pid) if pid else {"pss": 0.0, "private": 0.0}
-            out.append({"pss": each["pss"], "private": each["private"],
+            each = peers.rollup(pid) if pid else {"rss": 0.0, "pss": 0.0, "private": 0.0}
+            out.append({"rss": each["rss"], "pss": each["pss"], "private": each["private"],
                         "by_mapping": private_by_mapping(pid, top) if pid else []})
         return out

@@ -1,11 +1,12 @@
 """Private memory of idle HyperVMs, quickly: ``python -m bench.idlemem`` boots ``--count`` idle
 128 MiB HyperVMs at once (the pod of ``idle_vm_private_mib``, with the warm-up busybox layer),
-waits ``density.SETTLE_S``, and prints each QEMU's Private_Clean + Private_Dirty, its PSS and
+waits ``density.SETTLE_S``, and prints each QEMU's Private_Clean + Private_Dirty, its RSS, PSS and
 where the private MiB are (by mapping), then destroys them; ``--rounds`` repeats that.
 ``--cmdline`` appends to the guest kernel command line of these VMs only, ``--env K=V`` sets
 host settings (e.g. ``HYPERVM_TCG_TB_CACHE_MIB=8``) for them: one change measured against the
 default back to back, in a minute, without the whole ``make bench``.
-``--qemu DIR`` boots them on another HyperQEMU build (``<state>/qemu/<key>``), ``--kernel DIR``
+``--qemu DIR`` boots them on another HyperQEMU build (``<state>/qemu/<key>``, current or not:
+its features from its ``meta.json``), ``--kernel DIR``
 on another guest kernel (a directory with ``vmlinux`` and ``meta.json``, e.g. a HyperKernel
 built from a changed fragment before it is published).
 ``--guest`` then runs ``cat /proc/meminfo`` in one more VM's container, after the settle (what
@@ -32,13 +33,15 @@ from hypervm.config import config_from_env
 from hypervm.podspec import Container, Process
 from vmimage.initrd import ensure_initrd
 from vmimage.kernel import kernel_from_dir
+from vmimage.qemu import hyperqemu_from_dir
 from vmimage.rootfs import ensure_warmup_layer
 
 
 def measure_round(env: VMEnv, count: int, settle_s: float, top: int) -> list[dict[str, Any]]:
-    """Each of ``count`` idle VMs booted at once: private and PSS MiB, private by mapping."""
+    """Each of ``count`` idle VMs booted at once: private, RSS and PSS MiB, private by mapping."""
     layers = [ensure_warmup_layer(env.cfg.rootfs_dir)]
-    return [{"private_mib": round(m["private"], 2), "pss_mib": round(m["pss"], 2),
+    return [{"private_mib": round(m["private"], 2), "rss_mib": round(m["rss"], 2),
+             "pss_mib": round(m["pss"], 2),
              "by_mapping": m["by_mapping"]}
             for m in density.idle_qemu_memory(env, layers, count, settle_s, top,
                                               boot_files=env.boot)]
@@ -83,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     env = VMEnv.load()
     env = VMEnv(cfg=config_from_env(environ), boot=env.boot)
     if args.qemu:
-        env = VMEnv(cfg=env.cfg, boot=dataclasses.replace(env.boot, qemu=dataclasses.replace(
-            env.boot.qemu, path=args.qemu / "bin/qemu-system-x86_64", key=args.qemu.name)))
+        env = VMEnv(cfg=env.cfg, boot=dataclasses.replace(
+            env.boot, qemu=hyperqemu_from_dir(args.qemu)))
     if args.kernel:
         kernel = kernel_from_dir(args.kernel)
         env = VMEnv(cfg=env.cfg, boot=dataclasses.replace(
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(vm))
                 continue
-            print(f"private {vm['private_mib']:6.2f} MiB  pss {vm['pss_mib']:6.2f} MiB")
+            print(f"private {vm['private_mib']:6.2f} MiB  rss {vm['rss_mib']:6.2f} MiB  "
+                  f"pss {vm['pss_mib']:6.2f} MiB")
             for row in vm["by_mapping"]:
                 print(f"    {row['private_mib']:6.2f}  {row['name']}")
     print(f"median private {statistics.median(totals):.2f} MiB of {len(totals)}: "

@@ -201,15 +201,17 @@ def _cgroup_pids(cid: str) -> list[int]:
 
 
 def rollup(pid: int) -> dict[str, float]:
-    """PSS and private memory (clean + dirty) of ``pid`` in MiB (zeros when it is gone)."""
-    out = {"pss": 0.0, "private": 0.0}
+    """RSS, PSS and private memory (clean + dirty) of ``pid`` in MiB (zeros when it is gone)."""
+    out = {"rss": 0.0, "pss": 0.0, "private": 0.0}
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return out
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key == "Pss":
+        if key == "Rss":
+            out["rss"] += int(rest.split()[0]) / 1024
+        elif key == "Pss":
             out["pss"] += int(rest.split()[0]) / 1024
         elif key in ("Private_Clean", "Private_Dirty"):
             out["private"] += int(rest.split()[0]) / 1024

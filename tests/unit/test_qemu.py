@@ -92,6 +92,17 @@ def test_find_qemu_returns_the_current_hyperqemu(cfg: HostConfig,
     assert q.emulator == q.path and q.can_flush_tcg
 
 
+def test_a_build_that_is_not_current_is_read_with_its_own_features(
+        cfg: HostConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench.idlemem --qemu DIR: an older or patched build keeps the features its meta.json lists
+    monkeypatch.setattr(hyperqemu, "current_key", lambda: "new")
+    old = _fake_hyperqemu(cfg, "old", features=["idle-memory"])
+    q = qmod.hyperqemu_from_dir(old)
+    assert q == Qemu(path=old / "bin" / "qemu-system-x86_64", kind="hyperqemu",
+                     features=("idle-memory",), version="7.2.22", key="old")
+    assert not q.can_flush_tcg
+
+
 def test_find_qemu_falls_back_to_debian_never_to_an_older_build(
         cfg: HostConfig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -69,7 +69,7 @@ def ensure_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
     if requested_kind(env) != "hyperqemu":
         return DISTRO
     try:
-        return _hyperqemu_from(hyperqemu.ensure_hyperqemu(cfg))
+        return hyperqemu_from_dir(hyperqemu.ensure_hyperqemu(cfg))
     except HostError as e:
         log.warning("cannot build HyperQEMU (%s); VMs run on %s", e, DISTRO_BINARY)
         return DISTRO
@@ -90,10 +90,12 @@ def find_qemu(cfg: HostConfig, env: Mapping[str, str] | None = None) -> Qemu:
     if hyperqemu.read_meta(directory) is None:
         log.warning("HyperQEMU %s is not built; using %s (run make qemu)", key, DISTRO_BINARY)
         return DISTRO
-    return _hyperqemu_from(directory)
+    return hyperqemu_from_dir(directory)
 
 
-def _hyperqemu_from(directory: Path) -> Qemu:
+def hyperqemu_from_dir(directory: Path) -> Qemu:
+    """The HyperQEMU built in ``directory`` (``<state>/qemu/<key>``), its features from its
+    ``meta.json``; the bench also measures one not (yet) current this way."""
     from vmimage.qemu import hyperqemu  # a cycle: hyperqemu imports this package
 
     meta = hyperqemu.read_meta(directory) or {}
