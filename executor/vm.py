@@ -334,15 +334,9 @@ class HyperVM:
         if payload is None:
             return
         if pipelined:
-            self.send_ahead(MsgType.NETWORK, payload)
+            self._pipelined.append(self.channel.send_request(MsgType.NETWORK, payload))
         else:
             self.channel.request(MsgType.NETWORK, payload)
-
-    def send_ahead(self, type_: MsgType, payload: dict[str, Any]) -> None:
-        """Send a request without waiting for its reply: the next START/EXEC is sent behind it
-        (init handles requests in order) and waits for its reply first; one that failed
-        destroys the VM and fails that start."""
-        self._pipelined.append(self.channel.send_request(type_, payload))
 
     def _settle_pipelined(self) -> None:
         """Wait for the replies to the requests sent ahead (:meth:`configure_network`); one

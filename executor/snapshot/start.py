@@ -13,9 +13,8 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
    seed of its own all the same. Without one (no daemon, none ready, or one that fails) the
    launch does 1 and 2 itself;
 3. RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
-   the template's kernel RNG state: init/PROTOCOL.md RESEED), its reply awaited with the
-   first START's (init 0.6.0 refuses START/EXEC after a failed RESEED). A clone that cannot
-   be reseeded is destroyed, never used;
+   the template's kernel RNG state: init/PROTOCOL.md RESEED). A clone that cannot be
+   reseeded is destroyed, never used;
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 
@@ -34,7 +33,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import socket
 import time
 import uuid
@@ -65,8 +63,6 @@ log = logging.getLogger(__name__)
 Taken = tuple[Lease, socket.socket]
 
 LOAD_TIMEOUT = 30.0
-#: the first init that refuses to start anything after a failed RESEED
-UNSEEDED_REFUSED = (0, 6, 0)
 
 
 def unfit_reason(pod: PodSpec) -> str | None:
@@ -162,27 +158,6 @@ def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
     return vm
 
 
-def reseed(vm: HyperVM, ready: dict[str, Any]) -> None:
-    """Send ``vm`` RESEED with fresh host entropy. To an init that refuses to start anything
-    after a failed RESEED (:func:`refuses_unseeded`) without waiting: its reply is awaited
-    with the first START's (init handles requests in order: no code of the pod runs before
-    it is done), and one that failed destroys the VM there. To an older init, its reply is
-    awaited here (a GuestError: the clone is destroyed, the launch boots cold)."""
-    seed = reseed_payload(os.urandom(RESEED_BYTES))
-    if refuses_unseeded(ready):
-        vm.send_ahead(MsgType.RESEED, seed)
-    else:
-        vm.channel.request(MsgType.RESEED, seed)
-
-
-def refuses_unseeded(ready: dict[str, Any]) -> bool:
-    """Whether the init of READY ``ready`` refuses START/PREPARE/EXEC after a RESEED that
-    failed (init 0.6.0, init/PROTOCOL.md RESEED): the host may then send them right behind
-    RESEED; with an older (or unknown) init it waits for RESEED's reply first."""
-    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", str(ready.get("init", "")))
-    return match is not None and tuple(int(n) for n in match.groups()) >= UNSEEDED_REFUSED
-
-
 def _standby(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape
              ) -> tuple[Snapshot | None, Taken | None]:
     """The store's snapshot of ``shape`` (None: none yet) and, when there is one, a standby
@@ -228,7 +203,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         ready = vm.channel.attach(sock, LOAD_TIMEOUT, given)
         # before anything else runs in it: a clone's kernel RNG is the template's until now
         # (a standby was reseeded by the daemon: this one is the pod's own, all the same)
-        reseed(vm, ready)
+        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
         marks.append(("reseed", time.monotonic()))
         for step in steps:
             step.result()

@@ -230,31 +230,15 @@ static int handle_reseed(struct server *s, uint32_t id, const struct reseed_req 
 {
 	struct op_error e;
 
-	s->unseeded = 1;
 	if (entropy_reseed(req->seed, req->len, &e) != 0)
 		return reply_error(s, id, &e);
-	s->unseeded = 0;
 	reply_ok(s, id, strdup("{}"));
 	return 0;
-}
-
-/* A request that runs code of the pod, refused while the RNG is not reseeded. */
-static int refused_unseeded(struct server *s, const struct request *r)
-{
-	struct op_error e;
-
-	if (!s->unseeded || (r->type != MSG_START && r->type != MSG_PREPARE && r->type != MSG_EXEC))
-		return 0;
-	op_fail(&e, "ESEED", 0, "the RNG was not reseeded: the last RESEED failed");
-	reply_error(s, r->id, &e);
-	return 1;
 }
 
 static void dispatch(struct server *s, const struct request *r, const uint8_t *payload,
 		     size_t len)
 {
-	if (refused_unseeded(s, r))
-		return;
 	switch (r->type) {
 	case MSG_START:
 		handle_start(s, r->id, &r->u.start, payload, len);
@@ -300,8 +284,6 @@ void server_on_frame(void *ctx, const struct frame_header *h, const uint8_t *pay
 		log_msg("frame type 0x%x id %u refused: %s %s", h->type, h->id, err.code,
 			err.message);
 		channel_send_error(s->ch, h->id, err.code, err.message, 0);
-		if (h->type == MSG_RESEED)
-			s->unseeded = 1; /* a RESEED refused is a RESEED failed */
 		return;
 	}
 	dispatch(s, &req, payload, h->length);

@@ -9,9 +9,6 @@
 struct server {
 	struct channel *ch;
 	char kernel_release[65];
-	/* the last RESEED failed (or was refused): no START, PREPARE or EXEC until one succeeds,
-	 * as the host may send them right behind it (PROTOCOL.md RESEED) */
-	int unseeded;
 };
 
 /* Send READY (at the start of every host session). */

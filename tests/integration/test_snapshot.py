@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.launcher import boot_vm
 from executor.snapshot import store
 from executor.snapshot.store import Shape
-from hypervm.errors import GuestError, NetworkError
+from hypervm.errors import NetworkError
 from hypervm.netspec import PortMapping
 from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
 from tests.conftest import TEST_TAG, our_domains, run_to_exit
@@ -109,9 +108,9 @@ def test_a_clone_serves_its_published_port_and_a_taken_one_fails_as_cold(
     mapping = PortMapping(port, 80, "tcp", "127.0.0.1")
     container, pod = web_pod(layer, "sweb", mapping, token=token)
     with boot_vm(cfg, pod) as vm:
-        assert vm.warm and listening_on(port)
-        vm.start(container)  # behind the RESEED sent ahead
-        assert "RNG reseeded" in vm.console_log.read_text()  # a clone, not cold
+        assert vm.warm and "RNG reseeded" in vm.console_log.read_text()  # a clone, not cold
+        assert listening_on(port)
+        vm.start(container)
         assert wait_for_http(f"http://127.0.0.1:{port}/", 60) == f"{token}\n".encode()
     assert not listening_on(port), "the port goes with the clone"
     with taken_port() as taken:
@@ -146,10 +145,9 @@ def test_a_clone_gets_its_layers_mounts_and_cpu_bound_while_it_loads_and_reseeds
         pod = PodSpec(name=f"{TEST_TAG}-sdev", containers=(container,),
                       resources=Resources(cpus=1, memory_mib=128, cpu_limit=0.5))
         with boot_vm(cfg, pod) as vm:
-            assert vm.warm
-            code, out = run_to_exit(vm, container)  # behind the RESEED sent ahead
+            assert vm.warm and "RNG reseeded" in vm.console_log.read_text()  # a clone
+            code, out = run_to_exit(vm, container)
             assert code == 0, out
-            assert "RNG reseeded" in vm.console_log.read_text()  # a clone
             assert out.split() == ["from", "the", "host", "1"], out
             assert (rw / "vm.txt").read_text() == "made-in-clone\n"
             assert not (ro / "nope").exists()
@@ -190,21 +188,3 @@ def test_tenants_never_share_a_template(host_cfg: Any, fresh_store: Path) -> Non
             vm.destroy()
     assert our_domains(f"hypervm-{TEST_TAG}-t") == set()
     assert our_domains("hypervm-template-") == set()
-
-
-def test_after_a_failed_reseed_the_guest_starts_nothing(host_cfg: Any, fresh_store: Path) -> None:
-    """The host sends a clone's first START right behind its RESEED (executor.snapshot.start):
-    init refuses to start anything after a RESEED that failed (ESEED) until one succeeds."""
-    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)
-    pod = _pod(cfg, "sseed", 1, 128)
-    with boot_vm(cfg, pod) as vm:
-        assert vm.warm
-        with pytest.raises(GuestError, match="seed") as bad:
-            vm.channel.request(MsgType.RESEED, {"seed": "00"})  # too short: refused
-        assert bad.value.code == "EINVAL"
-        with pytest.raises(GuestError) as refused:
-            vm.start(vm.pod.containers[0])
-        assert refused.value.code == "ESEED"
-        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
-        code, out = run_to_exit(vm, vm.pod.containers[0])
-        assert code == 0, out
