@@ -51,6 +51,7 @@ from executor.pool.protocol import Lease
 from executor.snapshot import standby, store, template
 from executor.snapshot.store import Shape, Snapshot
 from executor.vm import HyperVM, pod_metadata
+from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, NetworkError
 from hypervm.podspec import PodSpec
@@ -213,15 +214,22 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
 def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> None:
     """Create the clone domain of ``snap`` for ``vm``, waiting for the stream."""
     cfg, res = vm.cfg, vm.pod.resources
-    vm.identity = identity.for_vm(cfg, hv, vm.name)
-    spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
-                        res.memory_mib, pod_metadata(vm.pod),
-                        identity=vm.identity.pair if vm.identity is not None else None)
     # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
-    # nftables table that was in force when its template booted (a host reboot)
-    netpolicy.enforce(cfg, network.host_resolv_conf())
-    hv.prepare_run_dir(vm.run_dir, spec.identity)
-    (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+    # nftables table that was in force when its template booted (a host reboot). A thread
+    # installs it while the domain is prepared; joined before the clone's QEMU exists (its
+    # guest runs, NIC up, as soon as the state is loaded)
+    policy = in_thread("netpolicy", netpolicy.enforce, cfg, network.host_resolv_conf())
+    try:
+        vm.identity = identity.for_vm(cfg, hv, vm.name)
+        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
+                            res.memory_mib, pod_metadata(vm.pod),
+                            identity=vm.identity.pair if vm.identity is not None else None)
+        hv.prepare_run_dir(vm.run_dir, spec.identity)
+        (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+    except BaseException:
+        policy.exception()  # waited for: nothing of a failed start runs on
+        raise
+    policy.result()  # its error: no policy, no clone
     hv.create(spec)
     vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
 

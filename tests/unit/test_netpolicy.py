@@ -106,6 +106,79 @@ def test_without_nft_the_boot_fails_closed(monkeypatch: pytest.MonkeyPatch) -> N
     assert "HYPERVM_NET_POLICY=off" in (info.value.hint or "")
 
 
+class FakeNft:
+    """nft over one table: ``-f`` installs a script (its listing derived from it), ``list``
+    lists it (rc 1 when there is none); every call recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.table: str | None = None
+
+    def __call__(self, args: list[str], script: str | None = None
+                 ) -> subprocess.CompletedProcess:
+        self.calls.append(args[0])
+        if args[0] == "-f":
+            self.table = f"listed {script}"
+        elif self.table is None:
+            return subprocess.CompletedProcess(args, 1, "", "No such file or directory")
+        return subprocess.CompletedProcess(args, 0, self.table or "", "")
+
+
+@pytest.fixture
+def nft(monkeypatch: pytest.MonkeyPatch) -> FakeNft:
+    fake = FakeNft()
+    monkeypatch.setattr(netpolicy, "_nft", fake)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/nft")
+    return fake
+
+
+def test_a_table_exactly_as_installed_is_not_installed_again(nft: FakeNft, tmp_path) -> None:  # noqa: ANN001
+    """The ~17 ms ``nft -f`` of every VM start is paid once: while the table lists as the
+    last install of the same script left it, a ``list`` (~5 ms) is all; the record is
+    root-only."""
+    cfg = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path)})
+    netpolicy.enforce(cfg, "nameserver 10.0.0.53\n")
+    assert nft.calls == ["-f", "list"]  # no record: installed, then recorded
+    assert (tmp_path / netpolicy.RECORD).stat().st_mode & 0o777 == 0o600
+    nft.calls.clear()
+    netpolicy.enforce(cfg, "nameserver 10.0.0.53\n")
+    netpolicy.enforce(cfg, "nameserver 10.0.0.53\n")
+    assert nft.calls == ["list", "list"]
+
+
+def test_any_doubt_installs_the_table_again(nft: FakeNft, tmp_path) -> None:  # noqa: ANN001
+    """Fail closed: a table changed or gone (a firewall reload), other settings, a record
+    unreadable or missing - each installs the policy again."""
+    cfg = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path)})
+    record = tmp_path / netpolicy.RECORD
+    netpolicy.enforce(cfg)
+    for change in (lambda: setattr(nft, "table", nft.table + " extra rule"),
+                   lambda: setattr(nft, "table", None),
+                   lambda: record.write_text("{not json"),
+                   lambda: record.unlink()):
+        change()
+        nft.calls.clear()
+        netpolicy.enforce(cfg)
+        assert "-f" in nft.calls
+        nft.calls.clear()
+        netpolicy.enforce(cfg)
+        assert nft.calls == ["list"]  # recorded again
+    other = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path), "HYPERVM_NET_DENY": "10.0.0.0/8"})
+    nft.calls.clear()
+    netpolicy.enforce(other)
+    assert nft.calls == ["-f", "list"] and "10.0.0.0/8" in (nft.table or "")
+
+
+def test_a_failed_install_is_not_recorded(nft: FakeNft, tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+                                          ) -> None:
+    cfg = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path)})
+    monkeypatch.setattr(netpolicy, "_nft", lambda args, script=None: subprocess.CompletedProcess(
+        args, 1, "", "Error: Could not process rule"))
+    with pytest.raises(NetworkError, match="Could not process rule"):
+        netpolicy.enforce(cfg)
+    assert not (tmp_path / netpolicy.RECORD).exists()
+
+
 def test_describe_names_the_settings() -> None:
     policy = config_from_env({"HYPERVM_NET_DENY": "10.0.0.0/8",
                               "HYPERVM_NET_ALLOW_HOST": "127.0.0.1:5000"}).net_policy

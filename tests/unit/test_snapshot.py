@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,39 @@ def test_no_clone_runs_without_the_network_policy(cfg: Any, monkeypatch: pytest.
     assert start.start_vm(cfg, pod, hypervisor=hv, timeout=5, boot_files=BOOT) is None
     assert hv.created == []
     assert len(hv.destroyed) == 1  # nothing left behind
+
+
+def test_the_policy_is_installed_while_the_clone_is_prepared_and_before_it_exists(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The policy's nft runs in a thread beside the clone's preparation (its run dir), and is
+    in force before the clone's domain is created."""
+    snap = store.Snapshot(state=tmp_path / "gone" / "state", template="hypervm-template-1",
+                          ready={})
+    monkeypatch.setattr(template, "ensure", lambda *a, **k: snap)
+    events: list[str] = []
+    prepared = threading.Event()
+
+    def enforce(*a: Any) -> None:
+        # on the caller's thread before the preparation, this waits in vain
+        events.append("overlapped" if prepared.wait(5) else "alone")
+        time.sleep(0.05)
+        events.append("policy")
+
+    class Hypervisor(FakeHypervisor):
+        def prepare_run_dir(self, directory: Path, owner: Any = None) -> None:
+            super().prepare_run_dir(directory, owner)
+            prepared.set()
+
+        def create(self, spec: Any) -> None:
+            events.append("create")
+            super().create(spec)
+
+    monkeypatch.setattr(start.netpolicy, "enforce", enforce)
+    hv = Hypervisor()
+    assert start.start_vm(cfg, _pod(NetworkSpec()), hypervisor=hv, timeout=5,
+                          boot_files=BOOT) is None  # its snapshot is gone: cold
+    assert events == ["overlapped", "policy", "create"]
+    assert hv.destroyed == hv.created
 
 
 def test_a_port_the_clone_cannot_publish_fails_the_launch_as_cold(
