@@ -23,8 +23,9 @@ APT_PACKAGES := \
 	dpkg-dev meson ninja-build libglib2.0-dev libpixman-1-dev libslirp-dev libseccomp-dev \
 	libcap-ng-dev libattr1-dev libfdt-dev zlib1g-dev
 # only the tests and the bench use these: image sources (podman), a local registry, curl and
-# openssl, a real ZooKeeper for the scheduler's HA tests, the peers the bench measures us beside
-APT_TEST_PACKAGES := podman docker-registry curl openssl zookeeper runc runsc
+# openssl, a real ZooKeeper for the scheduler's HA tests, the peers the bench measures us beside,
+# xmllint (virt-xml-validate checks our domain XML against libvirt's schema with it)
+APT_TEST_PACKAGES := podman docker-registry curl openssl zookeeper runc runsc libxml2-utils
 
 PREFIX ?= /usr/local
 SYSTEMD_DIR ?= /etc/systemd/system
