@@ -96,7 +96,12 @@ $(STAMPS)/pymesos: $(STAMPS)/venv
 # QEMUs (daemonized, so orphans) are then reaped at once, and libvirtd's teardown of an ended VM
 # does not wait for a slow PID 1 to reap them (1-2 s here; `hypervm doctor` checks it: reaper).
 LIBVIRTD_LOG ?= /var/log/hypervm-libvirtd.log
+# /dev/kvm root:kvm 0660, as Debian's udev makes it, where the kernel left it 0600 root:root (no
+# udev): else libvirt 9.0 finds its QEMU capabilities outdated at every lookup and re-probes
+# every QEMU (~1 s each, one at a time) at every domain start (executor/cli/doctor_kvmdev.py).
 services: runtime-deps
+	@if [ -c /dev/kvm ] && [ "$$(stat -c %a:%U:%G /dev/kvm)" = 600:root:root ] && \
+		getent group kvm >/dev/null; then chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; fi
 	@pgrep -x virtlogd >/dev/null || virtlogd -d
 	@pgrep -x libvirtd >/dev/null || \
 		if [ "$$(cat /proc/1/comm)" = systemd ]; then libvirtd -d; \

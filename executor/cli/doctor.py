@@ -14,6 +14,7 @@ from pathlib import Path
 from executor.cli.check import Check
 from executor.cli.doctor_config import configuration_lines
 from executor.cli.doctor_confinement import CONFINEMENT_CHECKS
+from executor.cli.doctor_kvmdev import check_kvm_device
 from executor.cli.doctor_memory import check_ksm
 from executor.cli.doctor_reaper import check_reaper
 from executor.libvirt.domain_xml import SHARE_ACCESSMODE
@@ -174,8 +175,9 @@ def check_shares(cfg: HostConfig, work_dir: Path | None = None) -> Check:
 
 
 CHECKS: tuple[Callable[[HostConfig], Check], ...] = (
-    check_libvirt, check_qemu, check_accel, check_state_dir, check_tools, check_kernel,
-    check_initrd, check_pool, check_shares, check_ksm, *CONFINEMENT_CHECKS, check_reaper,
+    check_libvirt, check_kvm_device, check_qemu, check_accel, check_state_dir, check_tools,
+    check_kernel, check_initrd, check_pool, check_shares, check_ksm, *CONFINEMENT_CHECKS,
+    check_reaper,
 )
 
 
