@@ -190,7 +190,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=taken is not None)]
         if taken is None:
             try:
-                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT, snap.memory)
             except HyperVMError:
                 store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
                 raise
