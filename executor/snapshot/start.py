@@ -150,6 +150,8 @@ def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
         raise
     vm.adopted(ready, False, time.monotonic() - started)
     vm.fail_closed()
+    if boot.flushes_after_boot(cfg):  # as a cold VM's, off the launch's clock
+        vm.flush_when_settled()
     spans = ", ".join(f"{b} {t1 - t0:.3f}"
                       for (_, t0), (b, t1) in zip(marks, marks[1:], strict=False))
     log.info("%s: %s started from snapshot %s%s in %.3f s (%s)", pod.name, name,
