@@ -4,7 +4,9 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
 
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
-2. the template's state loaded into it (executor.libvirt.migration), and it runs;
+2. the template's state loaded into it (executor.libvirt.migration; with HyperQEMU's
+   ``ram-template`` its RAM mapped copy-on-write from the template's memory file first, the
+   stream then holds only the devices), and it runs;
 
    or, when the warm pool daemon has a *standby* of the shape (executor.snapshot.standby),
    the daemon did 1 and 2 ahead of time, reseeded it and ran a throwaway container in it (so
