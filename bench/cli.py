@@ -26,6 +26,7 @@ ROWS = (
     ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
     ("hypervm run true p50 (pool)", "run_true_pool_p50_s", "s"),
     ("idle VM QEMU private", "idle_vm_private_mib", "MiB"),
+    ("idle snapshot clone QEMU private", "snapshot_clone_idle_private_mib", "MiB"),
     ("runc start p50", "runc_start_p50_s", "s"),
     ("runsc start p50", "runsc_start_p50_s", "s"),
     ("runsc run true p50", "runsc_run_true_p50_s", "s"),

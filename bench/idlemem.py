@@ -11,6 +11,9 @@ on another guest kernel (a directory with ``vmlinux`` and ``meta.json``, e.g. a 
 built from a changed fragment before it is published).
 ``--guest`` then runs ``cat /proc/meminfo`` in one more VM's container, after the settle (what
 the guest kernel holds: the guest RAM mapping is what it touched).
+``--clones`` measures idle *clones* of one template instead (each a pod started with
+HYPERVM_SNAPSHOT=on and no pool, as ``snapshot_clone_idle_private_mib``; the first makes the
+template when the store has none).
 """
 
 from __future__ import annotations
@@ -37,14 +40,18 @@ from vmimage.qemu import hyperqemu_from_dir
 from vmimage.rootfs import ensure_warmup_layer
 
 
-def measure_round(env: VMEnv, count: int, settle_s: float, top: int) -> list[dict[str, Any]]:
-    """Each of ``count`` idle VMs booted at once: private, RSS and PSS MiB, private by mapping."""
+def measure_round(env: VMEnv, count: int, settle_s: float, top: int,
+                  clones: bool = False) -> list[dict[str, Any]]:
+    """Each of ``count`` idle VMs booted at once (``clones``: started from the snapshot of
+    their shape, clones of one template): private, RSS and PSS MiB, private by mapping."""
     layers = [ensure_warmup_layer(env.cfg.rootfs_dir)]
+    measured = (density.idle_clone_memory(env, layers, count, settle_s, top) if clones else
+                density.idle_qemu_memory(env, layers, count, settle_s, top,
+                                         boot_files=env.boot))
     return [{"private_mib": round(m["private"], 2), "rss_mib": round(m["rss"], 2),
              "pss_mib": round(m["pss"], 2),
              "by_mapping": m["by_mapping"]}
-            for m in density.idle_qemu_memory(env, layers, count, settle_s, top,
-                                              boot_files=env.boot)]
+            for m in measured]
 
 
 def guest_meminfo(env: VMEnv, settle_s: float) -> str:
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", type=Path, default=None,
                         help="another guest kernel: a directory with vmlinux and meta.json")
     parser.add_argument("--guest", action="store_true", help="print the guest's /proc/meminfo")
+    parser.add_argument("--clones", action="store_true",
+                        help="idle clones of one template (HYPERVM_SNAPSHOT=on), not cold VMs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -96,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         env = VMEnv(cfg=env.cfg, boot=env.with_cmdline(" " + args.cmdline.strip()))
     totals: list[float] = []
     for _ in range(args.rounds):
-        for vm in measure_round(env, args.count, args.settle, args.top):
+        for vm in measure_round(env, args.count, args.settle, args.top, args.clones):
             totals.append(vm["private_mib"])
             if args.json:
                 print(json.dumps(vm))

@@ -84,15 +84,19 @@ def hypervm_workload(ref: str, script: str) -> float:
     return peers.inner_seconds(proc.stdout)
 
 
-def hypervm_idle_memory(env: VMEnv, layers: list[Path], count: int) -> list[dict[str, float]]:
+def hypervm_idle_memory(env: VMEnv, layers: list[Path], count: int,
+                        clones: bool = False) -> list[dict[str, float]]:
     """PSS and private MiB of the QEMU of each of ``count`` idle 128 MiB HyperVMs at once, and
-    where the private MiB are (by mapping)."""
+    where the private MiB are (by mapping); ``clones``: idle clones of one template (snapshot
+    starts), not cold-booted VMs."""
     from bench import density  # heavy (libvirt, executor.vm): only this measurement needs it
 
+    measured = (density.idle_clone_memory(env, layers, count, density.SETTLE_S) if clones else
+                density.idle_qemu_memory(env, layers, count, density.SETTLE_S,
+                                         accel=env.accel))
     return [{"pss_mib": round(m["pss"], 1), "private_mib": round(m["private"], 1),
              "processes": 1, "private_by_mapping": m["by_mapping"]}
-            for m in density.idle_qemu_memory(env, layers, count, density.SETTLE_S,
-                                              accel=env.accel)]
+            for m in measured]
 
 
 def measure(env: VMEnv, busybox_root: Path, busybox_layers: list[Path], work_ref: str,
@@ -112,6 +116,7 @@ def measure(env: VMEnv, busybox_root: Path, busybox_layers: list[Path], work_ref
         out["idle_memory"][rt.name] = peers.idle_memory(rt, busybox_root, IDLE_COUNT)
         out["network_mb_s"][rt.name] = peers.network_mb_s(rt, busybox_root, NET_MB)
     out["idle_memory"]["hypervm"] = hypervm_idle_memory(env, busybox_layers, IDLE_COUNT)
+    out["idle_clone_memory"] = hypervm_idle_memory(env, busybox_layers, IDLE_COUNT, clones=True)
     from bench import network
 
     through = network.through_port(env.cfg, busybox_layers[0], NET_MB, 5)
@@ -124,7 +129,11 @@ def _median(values: list[float]) -> float | None:
 
 
 def _idle(measured: dict[str, Any], kind: str, key: str) -> float | None:
-    values = [e[key] for e in measured["idle_memory"].get(kind, [])]
+    return _median_of(measured["idle_memory"].get(kind, []), key)
+
+
+def _median_of(entries: list[dict[str, Any]], key: str) -> float | None:
+    values = [e[key] for e in entries]
     return round(statistics.median(values), 1) if values else None
 
 
@@ -159,6 +168,8 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "warm_launch_ports_p95_s": p95("warm launch (ports)"),
         "idle_vm_private_mib": _idle(measured, "hypervm", "private_mib"),
         "idle_vm_qemu_pss_mib": _idle(measured, "hypervm", "pss_mib"),
+        "snapshot_clone_idle_private_mib": _median_of(measured.get("idle_clone_memory", []),
+                                                      "private_mib"),
         "runsc_idle_pss_mib": _idle(measured, "runsc", "pss_mib"),
         "runsc_idle_private_mib": _idle(measured, "runsc", "private_mib"),
         "runc_idle_pss_mib": _idle(measured, "runc", "pss_mib"),
@@ -199,7 +210,10 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
     notes["idle_vm_private_mib"] = (
         "Private_Clean + Private_Dirty of an idle 128 MiB HyperVM's QEMU (median of "
         f"{IDLE_COUNT} at once); runsc_idle_*: sentry + gofer + ptrace stubs of an idle "
-        "`sleep` sandbox, summed")
+        "`sleep` sandbox, summed. snapshot_clone_idle_private_mib: the same of "
+        f"{IDLE_COUNT} idle clones of one template at once (pods started with "
+        "HYPERVM_SNAPSHOT=on, no pool: what snapshot starts and standby clones are); with "
+        "HyperQEMU's ram-template they map the template's RAM from one file, copy-on-write")
     doc["peers"] = peer_table(doc)
     doc.setdefault("details", {})["peers"] = measured
 

@@ -277,7 +277,7 @@ class HyperVM:
             # reaches the guest ~5-25 ms sooner, by then it is busy with the NETWORK)
             self.configure_network(pipelined=True)
             if boot.flushes_after_boot(self.cfg):
-                self._flush_when_settled()
+                self.flush_when_settled()
         except HyperVMError as e:
             tail = self.console_tail()
             self.destroy()
@@ -500,7 +500,10 @@ class HyperVM:
             log.warning("%s: QEMU survived SIGKILL for %g s", self.name, timeout)
         self.destroy()
 
-    def _flush_when_settled(self) -> None:
+    def flush_when_settled(self) -> None:
+        """Drop QEMU's translations :data:`SETTLED_FLUSH_S` from now (a cold VM's once READY,
+        a snapshot clone's once started: what its start ran, ~9.5 MiB of an idle clone's
+        private memory, is not run again)."""
         timer = threading.Timer(SETTLED_FLUSH_S, self._settled_flush)
         timer.daemon = True
         self._flush_timer = timer

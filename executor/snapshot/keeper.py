@@ -293,7 +293,8 @@ class StandbyKeeper:
             hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             hv.create(spec)
-            migration.load(hv, name, snap.state, LOAD_TIMEOUT)  # off any launch's clock
+            # off any launch's clock
+            migration.load(hv, name, snap.state, LOAD_TIMEOUT, snap.memory)
             sock = self._warm_up(hv, name, spec.channel_socket)
         except (HyperVMError, OSError) as e:
             self.failures += 1

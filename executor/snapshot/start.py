@@ -4,7 +4,9 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
 
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
-2. the template's state loaded into it (executor.libvirt.migration), and it runs;
+2. the template's state loaded into it (executor.libvirt.migration; with HyperQEMU's
+   ``ram-template`` its RAM mapped copy-on-write from the template's memory file first, the
+   stream then holds only the devices), and it runs;
 
    or, when the warm pool daemon has a *standby* of the shape (executor.snapshot.standby),
    the daemon did 1 and 2 ahead of time, reseeded it and ran a throwaway container in it (so
@@ -150,6 +152,8 @@ def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
         raise
     vm.adopted(ready, False, time.monotonic() - started)
     vm.fail_closed()
+    if boot.flushes_after_boot(cfg):  # as a cold VM's, off the launch's clock
+        vm.flush_when_settled()
     spans = ", ".join(f"{b} {t1 - t0:.3f}"
                       for (_, t0), (b, t1) in zip(marks, marks[1:], strict=False))
     log.info("%s: %s started from snapshot %s%s in %.3f s (%s)", pod.name, name,
@@ -190,7 +194,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=taken is not None)]
         if taken is None:
             try:
-                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT)
+                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT, snap.memory)
             except HyperVMError:
                 store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
                 raise

@@ -25,11 +25,19 @@ Layout (root only: the state is guest memory)::
         lock                             flock: one template is made at a time
         <key>/                           0700, published by rename when complete
             state                        0600, QEMU's migration stream
+            memory                       0600, the template's RAM (a sparse file of its
+                                         size), when its QEMU has ``ram-template``: the
+                                         clones map it copy-on-write, the stream then
+                                         carries only the devices
             meta.json                    0600, what a clone needs (the template's name, READY)
             clones                       0600, one byte per clone started from it
 
 An entry is written in a temporary directory beside it and renamed into place only once its
-state and meta are complete and synced: a reader sees a whole entry or none.
+state, memory and meta are complete and synced: a reader sees a whole entry or none. A file
+of an entry is never written again once it is published (a clone maps ``memory`` privately:
+a file changing or shrinking under it would corrupt or kill it): a new template is a new
+entry, with new inodes, and an entry goes only by unlinking its files, which the clones
+mapping them keep until they end.
 """
 
 from __future__ import annotations
@@ -58,8 +66,9 @@ from vmimage.boot import BootFiles
 log = logging.getLogger(__name__)
 
 #: bump when what a snapshot holds, or how it is made, changes (2: saved once the boot's freed
-#: memory was reported, executor.snapshot.template.SETTLE_S; 3: keyed by tenant, rotated)
-FORMAT = 3
+#: memory was reported, executor.snapshot.template.SETTLE_S; 3: keyed by tenant, rotated;
+#: 4: the template's RAM in a file of its own the clones map, with a QEMU that can)
+FORMAT = 4
 DIR_MODE = 0o700
 #: entries kept: every (vCPUs, memory) a pod asks for is a shape of its own (~20 MB of state),
 #: and a new kernel, init or QEMU makes new keys; the least recently used go first
@@ -90,6 +99,8 @@ class Snapshot:
     template: str
     #: the READY payload the template's init sent (clones never send it again)
     ready: dict[str, Any]
+    #: the template's RAM, which the clones map copy-on-write (None: it is in ``state``)
+    memory: Path | None = None
 
 
 def snapshots_dir(cfg: HostConfig) -> Path:
@@ -123,7 +134,9 @@ def lookup(cfg: HostConfig, key: str, now: float | None = None) -> Snapshot | No
     entry = snapshots_dir(cfg) / key
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        if meta.get("format") != FORMAT or not (entry / "state").is_file():
+        memory = entry / "memory" if meta.get("memory") else None
+        if meta.get("format") != FORMAT or not (entry / "state").is_file() or (
+                memory is not None and not memory.is_file()):
             return None
         if (why := _rotation_due(cfg, entry, float(meta["made"]), now)) is not None:
             log.info("snapshot %s: %s: its template is remade", key, why)
@@ -131,7 +144,7 @@ def lookup(cfg: HostConfig, key: str, now: float | None = None) -> Snapshot | No
         with contextlib.suppress(OSError):  # used now: the bound removes the least recent
             os.utime(entry)
         return Snapshot(state=entry / "state", template=str(meta["template"]),
-                        ready=dict(meta["ready"]))
+                        ready=dict(meta["ready"]), memory=memory)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -264,12 +277,21 @@ def check_not_failed(cfg: HostConfig, key: str, now: float | None = None) -> Non
     path.unlink(missing_ok=True)
 
 
-def write_meta(directory: Path, template: str, ready: dict[str, Any]) -> None:
+def open_memory(directory: Path) -> int:
+    """A new ``memory`` file in the entry being written (:func:`writing`), open for writing:
+    the template's QEMU writes its RAM into it (executor.libvirt.migration.save)."""
+    return os.open(directory / "memory", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                   0o600)
+
+
+def write_meta(directory: Path, template: str, ready: dict[str, Any],
+               memory: bool = False) -> None:
+    """``memory``: the entry's ``memory`` file holds the template's RAM (:func:`open_memory`)."""
     fd = os.open(directory / "meta.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"format": FORMAT, "template": template, "ready": ready,
-                   "made": time.time()}, f)
+                   "made": time.time(), "memory": memory}, f)
 
 
 def discard(cfg: HostConfig, snapshot: Snapshot) -> None:

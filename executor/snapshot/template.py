@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from executor import netpolicy, network
@@ -59,8 +60,8 @@ def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         started = time.monotonic()
         try:
             with store.writing(cfg, key) as (fd, tmp):
-                name, ready = _boot_and_save(cfg, boot, hv, shape, fd)
-                store.write_meta(tmp, name, ready)
+                name, ready, memory = _boot_and_save(cfg, boot, hv, shape, fd, tmp)
+                store.write_meta(tmp, name, ready, memory=memory)
         except HyperVMError as e:
             store.record_failure(cfg, key, str(e))
             raise
@@ -74,13 +75,21 @@ def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
 
 
 def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
-                   fd: int) -> tuple[str, dict[str, Any]]:
+                   fd: int, entry: Path) -> tuple[str, dict[str, Any], bool]:
+    """Boot the template, save it into ``fd`` (the stream) and, when its QEMU can, its RAM
+    into ``entry``'s memory file; its name, its READY payload and whether it saved its RAM
+    apart."""
     name = f"{DOMAIN_PREFIX}template-{uuid.uuid4().hex[:8]}"
     run_dir = cfg.vms_dir / name
     # QEMU as libvirt's user: the template is ours, never a tenant's
     spec = pool_domain(name, boot, cfg, run_dir, shape.vcpus, shape.memory_mib,
                        {"snapshot": "template"})
+    # its RAM in a file of its own, which the clones map: needs HyperQEMU's ram-template and
+    # the template's RAM in a shared memfd (x-ignore-shared leaves only that out of the stream)
+    apart = boot.qemu.shares_template_memory and not (spec.memory_merge
+                                                      or spec.anonymous_memory)
     sock = None
+    memory_fd = None
     try:
         netpolicy.enforce(cfg, network.host_resolv_conf())
         hv.prepare_run_dir(run_dir)
@@ -98,11 +107,14 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
             raise HostError(f"the guest init {ready.get('init')} cannot reseed its RNG ({e}): "
                             "no snapshot of it", hint="rebuild the init (make -C init)") from e
         time.sleep(SETTLE_S)
-        migration.save(hv, name, fd, SAVE_TIMEOUT)
-        return name, ready
+        memory_fd = store.open_memory(entry) if apart else None
+        migration.save(hv, name, fd, SAVE_TIMEOUT, memory_fd=memory_fd)
+        return name, ready, apart
     except OSError as e:
         raise HostError(f"cannot make the template {name}: {e}") from e
     finally:
+        if memory_fd is not None:
+            os.close(memory_fd)
         if sock is not None:
             sock.close()
         try:

@@ -236,19 +236,20 @@ def test_build_recipe_patches_configures_builds_and_publishes(
     out = hyperqemu.ensure_hyperqemu(cfg)
     assert out == cfg.qemu_dir / "feedbeef"
     steps = [Path(argv[0]).name for argv, _ in calls]
-    assert steps == ["dpkg-source", "patch", "patch", "patch", "configure", "ninja", "strip"]
-    (dpkg, _), (patch, patch_cwd), (idle, _), (probe, _), (configure, _) = calls[:5]
+    assert steps == ["dpkg-source", "patch", "patch", "patch", "patch", "configure", "ninja",
+                     "strip"]
+    (dpkg, _), (patch, patch_cwd), (idle, _), (probe, _), (ram, _), (configure, _) = calls[:6]
     assert dpkg[-2:] == [str(fake_source), str(patch_cwd)]
-    assert [patch[-1], idle[-1], probe[-1]] == [str(p) for p in hyperqemu.PATCHES]
-    assert [Path(p).name for p in (patch[-1], idle[-1], probe[-1])] == [
-        "tcg-flush.patch", "idle-memory.patch", "cpu-probe.patch"]
+    assert [patch[-1], idle[-1], probe[-1], ram[-1]] == [str(p) for p in hyperqemu.PATCHES]
+    assert [Path(p).name for p in (patch[-1], idle[-1], probe[-1], ram[-1])] == [
+        "tcg-flush.patch", "idle-memory.patch", "cpu-probe.patch", "ram-template.patch"]
     assert "--with-devices-x86_64=hyperqemu" in configure
     assert f"--prefix={out}" in configure
     assert "--extra-cflags=-O2 -fstack-protector-strong" in configure
-    assert calls[5][0][-1] == "qemu-system-x86_64"
+    assert calls[6][0][-1] == "qemu-system-x86_64"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "hyperqemu" and meta["features"] == ["tcg-flush", "idle-memory",
-                                                               "cpu-probe"]
+                                                               "cpu-probe", "ram-template"]
     assert meta["source_package"] == "qemu=1:7.2+dfsg-7" and meta["version"] == "7.2.22"
     assert sorted(p.name for p in out.iterdir()) == ["bin", "build.log", "meta.json"]
     binary = out / "bin" / "qemu-system-x86_64"

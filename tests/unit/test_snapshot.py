@@ -5,6 +5,7 @@ rule, RESEED's payload and the setting."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import stat
@@ -230,6 +231,84 @@ def test_a_clone_that_did_not_load_is_an_error(tmp_path: Path) -> None:
         migration.restore(FakeMonitor(["shutdown"], "status"), "c", state, timeout=5)
 
 
+# -- template memory (HyperQEMU's ram-template) -------------------------------------------------
+
+class FdCheckingMonitor(FakeMonitor):
+    """Also records each passed fd's access mode (it is closed once the call returns)."""
+
+    def __init__(self, statuses: list[str], key: str) -> None:
+        super().__init__(statuses, key)
+        self.modes: list[int] = []
+        self.inodes: list[int] = []
+
+    def monitor(self, name: str, command: dict[str, Any], files: Any = ()) -> Any:
+        for fd in files:
+            self.modes.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE)
+            self.inodes.append(os.fstat(fd).st_ino)
+        return super().monitor(name, command, files)
+
+
+def test_a_template_with_ram_apart_saves_it_into_its_own_file_and_only_devices_in_the_stream(
+        ) -> None:
+    hv = FakeMonitor(["completed"], "status")
+    migration.save(hv, "t", 7, timeout=5, memory_fd=8)
+    assert hv.commands == ["stop", "migrate-set-capabilities", "getfd", "migrate",
+                           "query-migrate", "getfd", "x-hypervm-ram-template-save"]
+    assert hv.files == [7, 8]
+
+
+def test_a_clone_maps_its_templates_memory_read_only_before_its_stream_loads(
+        tmp_path: Path) -> None:
+    """QEMU gets a read-only fd of the template's memory, never a writable one (a compromised
+    clone's QEMU could otherwise change every other clone's memory), and maps it before the
+    incoming migration starts (no guest code has run)."""
+    state, memory = tmp_path / "state", tmp_path / "memory"
+    state.write_bytes(b"QEVM")
+    memory.write_bytes(b"\0" * 4096)
+    hv = FdCheckingMonitor(["paused"], "status")
+    migration.restore(hv, "c", state, timeout=5, memory=memory)
+    assert hv.commands == ["getfd", "x-hypervm-ram-template-map", "migrate-set-capabilities",
+                           "getfd", "migrate-incoming", "query-status", "cont"]
+    assert hv.modes == [os.O_RDONLY, os.O_RDONLY]
+    assert hv.inodes == [memory.stat().st_ino, state.stat().st_ino]
+
+
+def test_without_ram_template_a_clone_loads_the_whole_stream(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_bytes(b"QEVM")
+    hv = FakeMonitor(["paused"], "status")
+    migration.load(hv, "c", state, timeout=5, memory=None)
+    assert "x-hypervm-ram-template-map" not in hv.commands
+    assert "migrate-set-capabilities" not in hv.commands
+
+
+def test_an_entry_with_its_memory_file_gives_it_to_its_clones(cfg: Any) -> None:
+    with store.locked(cfg), store.writing(cfg, "m1") as (fd, tmp):
+        os.write(fd, b"QEVM")
+        mfd = store.open_memory(tmp)
+        os.write(mfd, b"RAM")
+        os.close(mfd)
+        store.write_meta(tmp, "t", {}, memory=True)
+    entry = store.lookup(cfg, "m1")
+    assert entry is not None and entry.memory is not None
+    assert entry.memory.read_bytes() == b"RAM"
+    assert stat.S_IMODE(entry.memory.stat().st_mode) == 0o600
+    entry.memory.unlink()  # an entry missing its memory is no entry
+    assert store.lookup(cfg, "m1") is None
+
+
+def test_an_entry_without_memory_loads_from_its_stream(cfg: Any) -> None:
+    with store.locked(cfg), store.writing(cfg, "m2") as (_, tmp):
+        store.write_meta(tmp, "t", {})
+    entry = store.lookup(cfg, "m2")
+    assert entry is not None and entry.memory is None
+
+
+def test_a_qemu_without_ram_template_keeps_the_whole_stream() -> None:
+    assert not DISTRO.shares_template_memory
+    assert dataclasses.replace(DISTRO, features=("ram-template",)).shares_template_memory
+
+
 # -- fit, RESEED, setting ----------------------------------------------------------------------
 
 def _pod(net: NetworkSpec) -> PodSpec:
@@ -435,12 +514,12 @@ def test_a_template_is_saved_once_its_boots_free_memory_was_reported(
     monkeypatch.setattr(template, "connect_socket", lambda *a: Socket())
     monkeypatch.setattr(template, "RawChannel", Channel)
     monkeypatch.setattr(template.time, "sleep", lambda s: events.append(("sleep", s)))
-    monkeypatch.setattr(template.migration, "save", lambda *a: events.append("save"))
+    monkeypatch.setattr(template.migration, "save", lambda *a, **k: events.append("save"))
     hv = FakeHypervisor()
     short = tempfile.mkdtemp(prefix="hv-")  # the channel socket's path must stay short
     try:
         cfg = config_from_env({"HYPERVM_STATE_DIR": f"{short}/s", "HYPERVM_RUN_DIR": f"{short}/r"})
-        template._boot_and_save(cfg, BOOT, hv, Shape(1, 128), 7)
+        template._boot_and_save(cfg, BOOT, hv, Shape(1, 128), 7, Path(short))
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert events[-2:] == [("sleep", template.SETTLE_S), "save"]
@@ -463,10 +542,11 @@ def _templates(cfg: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Fake template boots (the state is a few bytes); the names of those made."""
     made: list[str] = []
 
-    def boot_and_save(_cfg: Any, _boot: Any, _hv: Any, shape: Shape, fd: int) -> Any:
+    def boot_and_save(_cfg: Any, _boot: Any, _hv: Any, shape: Shape, fd: int,
+                      _entry: Path) -> Any:
         made.append(f"hypervm-template-{len(made)}-{shape.tenant}")
         os.write(fd, b"QEVM")
-        return made[-1], {"version": 1}
+        return made[-1], {"version": 1}, False
 
     monkeypatch.setattr(template, "_boot_and_save", boot_and_save)
     return made

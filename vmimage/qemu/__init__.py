@@ -42,6 +42,12 @@ class Qemu:
         return "tcg-flush" in self.features
 
     @property
+    def shares_template_memory(self) -> bool:
+        """Whether snapshot clones of this QEMU can map their template's RAM from a file
+        (HyperQEMU's ``ram-template``; executor.snapshot)."""
+        return "ram-template" in self.features
+
+    @property
     def emulator(self) -> Path | None:
         """The domain's <emulator>: None leaves libvirt's default (Debian's QEMU)."""
         return self.path if self.kind == "hyperqemu" else None
