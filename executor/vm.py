@@ -74,6 +74,8 @@ def flush_boot_translations(hypervisor: Any, name: str, *, settled: bool = False
 
 @dataclass(frozen=True)
 class ProcessHandle:
+    """A process started in the VM: its handle on the channel, container and guest pid."""
+
     handle: int
     container: str
     pid: int

@@ -206,6 +206,8 @@ def mesos_policy_from_env(env: Mapping[str, str] | None = None) -> MesosPolicy:
 
 @dataclass(frozen=True)
 class HostConfig:
+    """The host's settings (``HYPERVM_*`` and the configuration file), parsed once."""
+
     state_dir: Path
     run_dir: Path
     libvirt_uri: str

@@ -30,6 +30,8 @@ _DOMAIN_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\
 
 @dataclass(frozen=True)
 class RegistryRef:
+    """An image in a registry: domain, repository path, tag and/or digest."""
+
     domain: str
     path: str
     tag: str | None = None
@@ -57,6 +59,8 @@ class RegistryRef:
 
 @dataclass(frozen=True)
 class DaemonRef:
+    """An image of the local Docker daemon (``docker-daemon:NAME:TAG``)."""
+
     name: str
 
     def __str__(self) -> str:
@@ -65,6 +69,8 @@ class DaemonRef:
 
 @dataclass(frozen=True)
 class ArchiveRef:
+    """An image in a ``docker save`` archive (``docker-archive:FILE``)."""
+
     path: Path
 
     def __str__(self) -> str:
@@ -73,6 +79,8 @@ class ArchiveRef:
 
 @dataclass(frozen=True)
 class LayoutRef:
+    """An image in an OCI layout directory (``oci:DIR[:TAG]``)."""
+
     path: Path
     tag: str | None = None
 

@@ -26,6 +26,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass(frozen=True)
 class Process:
+    """A process to run in a container: arguments, environment, user, limits."""
+
     args: tuple[str, ...]
     env: tuple[str, ...] = ()
     cwd: str = "/"
@@ -105,6 +107,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Container:
+    """One container of a pod: its root filesystem, process, mounts and limits."""
+
     name: str
     rootfs: Rootfs
     process: Process
@@ -148,6 +152,8 @@ class Resources:
 
 @dataclass(frozen=True)
 class PodSpec:
+    """A pod: its containers, which share one VM, its resources and its network."""
+
     name: str
     containers: tuple[Container, ...]
     resources: Resources = field(default_factory=Resources)

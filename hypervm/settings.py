@@ -23,6 +23,8 @@ CONFIG_ENV = "HYPERVM_CONFIG"
 
 @dataclass(frozen=True)
 class Setting:
+    """One host setting: its configuration file key, variable, default and help."""
+
     #: the key in config.toml
     key: str
     #: the environment variable (it overrides the file)

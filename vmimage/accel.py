@@ -41,12 +41,16 @@ PROBE_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class Verdict:
+    """The accelerator chosen for this host and why."""
+
     accel: str
     reason: str
 
 
 @dataclass(frozen=True)
 class Check:
+    """The outcome of one accelerator check and why."""
+
     ok: bool
     reason: str
 

@@ -148,6 +148,8 @@ class PendingReply:
 
 @dataclass
 class ProcessCallbacks:
+    """What a process's output and exit are handed to, as they arrive from the guest."""
+
     on_stdout: Callable[[bytes], None]
     on_stderr: Callable[[bytes], None]
     on_exit: Callable[[ExitStatus], None]

@@ -73,6 +73,8 @@ MAX_PIDS_LIMIT = 4194304
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame of the guest channel: its type, request id and raw payload."""
+
     type: MsgType
     id: int
     payload: bytes = b""

@@ -157,6 +157,8 @@ class MemTune:
 
 @dataclass(frozen=True)
 class DomainSpec:
+    """Everything a domain is made of (pure values; ``domain_xml`` turns it into XML)."""
+
     name: str
     accel: str
     vcpus: int

@@ -90,6 +90,8 @@ class Metadata:
 
 @dataclass(frozen=True)
 class OS:
+    """The ``<os>`` element: direct kernel boot (kernel, initrd, command line, firmware)."""
+
     kernel: Path
     initrd: Path
     cmdline: str
@@ -223,6 +225,8 @@ class SecLabel:
 
 @dataclass(frozen=True)
 class Domain:
+    """The whole ``<domain>`` element, built from a DomainSpec."""
+
     type: str
     name: str
     vcpus: int

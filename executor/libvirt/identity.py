@@ -55,6 +55,8 @@ OWNED_DIR_MODE = 0o750
 
 @dataclass(frozen=True)
 class Identity:
+    """The uid:gid a VM's QEMU runs as (one of its own from the VM uid range)."""
+
     uid: int
     gid: int
 

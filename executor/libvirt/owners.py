@@ -26,6 +26,8 @@ ORPHAN_DIR_GRACE_S = 120.0
 
 @dataclass(frozen=True)
 class Leftover:
+    """One of our domains that gc removes (its owner is gone, it stopped, or --all), and why."""
+
     name: str
     reason: str
 

@@ -48,6 +48,8 @@ def now() -> float:
 
 @dataclass(frozen=True)
 class Box:
+    """The state directory of one detached VM's supervisor."""
+
     path: Path
 
     @property

@@ -46,6 +46,8 @@ def _hex(digest: str) -> str:
 
 @dataclass(frozen=True)
 class ImageRecord:
+    """A cached image: its manifest digest, config blob and layer diff ids."""
+
     digest: str
     config: str
     diff_ids: tuple[str, ...]

@@ -20,6 +20,8 @@ MAX_ID = 2**32 - 2
 
 @dataclass(frozen=True)
 class ImageConfig:
+    """What an image's config says about its process (entrypoint, cmd, env, ...)."""
+
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
@@ -29,6 +31,8 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class ParsedConfig:
+    """An image config blob, parsed and checked: its process and layer diff ids."""
+
     config: ImageConfig
     diff_ids: tuple[str, ...]
 
@@ -70,6 +74,8 @@ def parse_config(image: str, digest: str, data: bytes) -> ParsedConfig:
 
 @dataclass(frozen=True)
 class PasswdEntry:
+    """One line of an image's /etc/passwd."""
+
     name: str
     uid: int
     gid: int
@@ -77,6 +83,8 @@ class PasswdEntry:
 
 @dataclass(frozen=True)
 class GroupEntry:
+    """One line of an image's /etc/group."""
+
     name: str
     gid: int
     members: tuple[str, ...]

@@ -18,6 +18,8 @@ from .cache import Cache
 
 @dataclass(frozen=True)
 class ImageSize:
+    """The size of one cached image (``hypervm images``)."""
+
     ref: str
     digest: str
     layers: int
@@ -27,6 +29,8 @@ class ImageSize:
 
 @dataclass(frozen=True)
 class SizeReport:
+    """The size of the whole image cache."""
+
     images: tuple[ImageSize, ...]
     layers: int
     layer_bytes: int
@@ -35,6 +39,8 @@ class SizeReport:
 
 @dataclass
 class GCReport:
+    """What one garbage collection removed and kept."""
+
     removed_refs: list[str] = field(default_factory=list)
     removed_images: list[str] = field(default_factory=list)
     removed_layers: list[str] = field(default_factory=list)

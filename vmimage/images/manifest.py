@@ -36,6 +36,8 @@ PLATFORM = ("linux", "amd64")
 
 @dataclass(frozen=True)
 class Descriptor:
+    """An OCI descriptor: media type, digest and size of a blob."""
+
     media_type: str
     digest: str
     size: int
@@ -47,6 +49,8 @@ class Descriptor:
 
 @dataclass(frozen=True)
 class Manifest:
+    """An image manifest for our platform: its config and layer descriptors."""
+
     digest: str
     media_type: str
     config: Descriptor

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Source:
+    """Where and how skopeo reads an image reference."""
+
     #: the reference as the user should see it in messages and in ``hypervm images``
     display: str
     #: what skopeo reads for the reference as given (tag or digest)

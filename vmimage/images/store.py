@@ -60,6 +60,8 @@ PULL_POLICIES = ("missing", "always")
 
 @dataclass(frozen=True)
 class Image:
+    """A resolved image: its reference, digest, layer images and config."""
+
     ref: str
     digest: str
     layers: tuple[Path, ...]

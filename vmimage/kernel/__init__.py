@@ -26,6 +26,8 @@ KINDS = ("hyperkernel", "distro")
 
 @dataclass(frozen=True)
 class Kernel:
+    """A guest kernel this host can boot, and what its initrd must carry."""
+
     #: the image QEMU boots (an uncompressed vmlinux for the HyperKernel, PVH entry)
     path: Path
     #: what ``uname -r`` says in the guest

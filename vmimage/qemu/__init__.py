@@ -29,6 +29,8 @@ DISTRO_BINARY = Path("/usr/bin/qemu-system-x86_64")
 
 @dataclass(frozen=True)
 class Qemu:
+    """The emulator libvirt runs for our domains, and what it can do."""
+
     #: the emulator libvirt runs (the domain's <emulator>)
     path: Path
     kind: QemuKind
