@@ -12,7 +12,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from executor.guest.channel import GuestChannel
@@ -109,19 +108,8 @@ def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool 
     owned shares, layers (hot-added LUNs, unless ``attach_layers`` is False), mounts (binds
     into QEMU's mount namespace, started into ``binds``: the caller waits for them with
     ``claim.wait_binds``, also when this raises) and CPU bound; its memory was bounded when
-    its domain was made.
-
-    The shares are given on a helper thread (their grant records are written and fsynced
-    before the access entries go on, ~2-4 ms) while this one hot-adds the layers and starts
-    the binds: neither needs the other, and this returns (or raises) only once both are done,
-    so nothing can start in the guest before its shares are given."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-shares") as helper:
-        shares = helper.submit(vm.give_owned_shares)
-        _give_the_rest(vm, hv, binds, attach_layers)  # raising: the helper is waited for
-        shares.result()
-
-
-def _give_the_rest(vm: HyperVM, hv: Any, binds: list[Any], attach_layers: bool) -> None:
+    its domain was made."""
+    vm.give_owned_shares()
     if attach_layers:
         give_layers(vm, hv)
     if vm.share_tags:
