@@ -2,7 +2,11 @@
 this directory first on the launched executor's PYTHONPATH with HYPERVM_BENCH_STAMPS=DIR. Each
 function of :data:`STAMPED` (the launch path from LAUNCH to TASK_RUNNING) then appends one line
 to ``DIR/t-PID.txt``: its name, when it began (ms after ``on_launch`` began) and how long it took
-(ms). Any other process, or without the variable, is untouched."""
+(ms). Any other process, or without the variable, is untouched.
+
+Mind: wrapping imports each stamped module when the executor starts, so a stamped launch never
+pays a lazy import of one of them on its clock (a plain one did until the executor preloaded
+the pool's client: executor.mesos.runtime.POOL_MODULES): compare whole launches unstamped."""
 
 from __future__ import annotations
 
