@@ -46,14 +46,15 @@ from executor.mesos.runtime import VMRuntime
 from hypervm.config import HostConfig
 tmp = Path(sys.argv[1])
 cfg = HostConfig(state_dir=tmp / "state", run_dir=tmp / "run", libvirt_uri="test:///default",
-                 accel="tcg", use_pool=sys.argv[2] == "auto")
+                 accel="tcg", use_pool=sys.argv[2] == "auto", use_snapshot=sys.argv[2] == "auto")
 VMRuntime(cfg, {})
 wanted = ("executor.pool.adopt", "executor.pool.claim", "executor.pool.nsbind",
-          "executor.guest.channel", "encodings.idna")
+          "executor.guest.channel", "encodings.idna", "executor.snapshot.start")
 print(json.dumps([name for name in wanted if name in sys.modules]))
 """
 
 
+#: "auto": the pool may serve and snapshots are on; "off": neither
 @pytest.mark.parametrize("pool", ["auto", "off"])
 def test_the_executor_runtime_imports_the_claim_path_when_it_starts(tmp_path: Path,
                                                                    pool: str) -> None:
@@ -65,6 +66,7 @@ def test_the_executor_runtime_imports_the_claim_path_when_it_starts(tmp_path: Pa
     claim_path = {"executor.pool.adopt", "executor.pool.claim", "executor.pool.nsbind",
                   "executor.guest.channel"}
     if pool == "auto":
-        assert claim_path <= loaded
+        assert claim_path | {"executor.snapshot.start"} <= loaded
     else:
-        assert not {"executor.pool.adopt", "executor.pool.nsbind"} & loaded
+        assert not {"executor.pool.adopt", "executor.pool.nsbind",
+                    "executor.snapshot.start"} & loaded
