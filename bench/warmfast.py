@@ -13,8 +13,11 @@ The pool daemon runs from this tree for both.
 
 ``--stamps``: the executor is launched with bench/stamps/sitecustomize.py, which stamps each
 function of its launch path; each round adds ``stamp: NAME began`` (s after the executor's
-on_launch began) and ``stamp: NAME took`` samples of the warm launch (not of the baseline's,
-nor of the ports launch): where the host's time goes, the guest's START included.
+on_launch began) and ``stamp: NAME took`` samples of the warm launch (with ``--baseline``, the
+baseline's as ``baseline stamp: …``; a function the baseline lacks is not stamped; not of
+the ports launch): where the host's time goes, the guest's START included. Comparing the
+stamps of both arms sees a change of a few ms that the whole launch's noise hides on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -43,17 +46,18 @@ def _stamped(tree: Path | None, out: Path) -> Path:
     return Path(f"{STAMPS}{os.pathsep}{tree or launch.REPO}")
 
 
-def read_stamps(out: Path, samples: dict[str, list[float]]) -> None:
-    """Each stamp line of the launch's executor (bench/stamps) as samples, its first call of
-    each function only; the files are removed."""
+def read_stamps(out: Path, samples: dict[str, list[float]], label: str = "") -> None:
+    """Each stamp line of the launch's executor (bench/stamps) as samples (named after
+    ``label``, e.g. ``"baseline "``), its first call of each function only; the files are
+    removed."""
     seen: set[str] = set()
     for path in sorted(out.glob("t-*.txt")):
         for line in path.read_text().splitlines():
             name, began, took = line.split()
             if name not in seen:
                 seen.add(name)
-                samples.setdefault(f"stamp: {name} began", []).append(float(began) / 1000)
-                samples.setdefault(f"stamp: {name} took", []).append(float(took) / 1000)
+                samples.setdefault(f"{label}stamp: {name} began", []).append(float(began) / 1000)
+                samples.setdefault(f"{label}stamp: {name} took", []).append(float(took) / 1000)
         path.unlink()
 
 
@@ -84,12 +88,11 @@ def measure(rounds: int, baseline: Path | None = None,
                 log.info("round %d of %d (load %.2f)", i + 1, rounds, os.getloadavg()[0])
                 for label, tree in trees if i % 2 == 0 else trees[::-1]:
                     suite._fill_pool(pool)
-                    stamped = stamps and not label
                     add(label + "warm launch", launch.launch_once(
-                        ref, sock, executor_tree=_stamped(tree, out) if stamped else tree))
+                        ref, sock, executor_tree=_stamped(tree, out) if stamps else tree))
                     os.environ.pop("HYPERVM_BENCH_STAMPS", None)
-                    if stamped:
-                        read_stamps(out, samples)
+                    if stamps:
+                        read_stamps(out, samples, label)
                     suite._fill_pool(pool)
                     add(label + "warm launch (ports)", launch.launch_once(
                         ref, sock, port=launch.free_port(), executor_tree=tree))

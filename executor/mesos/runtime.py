@@ -223,15 +223,29 @@ def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
 
 
 #: what a launch needs, imported when the executor starts instead of on the first launch's
-#: clock (~0.2 s: libvirt, the image store, docker-py's auth)
+#: clock (~0.2 s: libvirt, the image store, docker-py's auth); encodings.idna: the codec
+#: socket.getaddrinfo encodes a host name with, imported on its first use (~3 ms)
 LAUNCH_MODULES = ("executor.launcher", "executor.libvirt.hypervisor", "vmimage.boot",
-                  "vmimage.images.store")
+                  "vmimage.images.store", "encodings.idna")
+#: ... and when the host uses them: the warm pool's client (claim, take-over, the namespace
+#: bind with ctypes, the guest channel with tenacity) and the start from a snapshot, which
+#: executor.launcher imports only when it uses them (a cold ``hypervm run`` does not pay
+#: them): imported on the launch, they cost a warm launch ~10-30 ms of its clock
+POOL_MODULES = ("executor.pool.adopt",)
+SNAPSHOT_MODULES = ("executor.snapshot.start",)
+
+
+def preload_modules(cfg: HostConfig) -> tuple[str, ...]:
+    """What the executor imports when it starts: :data:`LAUNCH_MODULES`, the pool's client
+    when the pool may serve (``HYPERVM_POOL=auto``), the snapshot start when it is on."""
+    return (*LAUNCH_MODULES, *(POOL_MODULES if cfg.use_pool else ()),
+            *(SNAPSHOT_MODULES if cfg.use_snapshot else ()))
 
 
 class VMRuntime:
     def __init__(self, cfg: HostConfig, env: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
-        for name in LAUNCH_MODULES:
+        for name in preload_modules(cfg):
             importlib.import_module(name)
         #: the same image settings as ``hypervm run`` (HYPERVM_INSECURE_REGISTRIES, the gc hold)
         self.launcher = Launcher(cfg, env)

@@ -1,0 +1,56 @@
+"""bench.warmfast --stamps: the stamps module wraps what a tree has (a baseline tree of another
+commit may lack a stamped function) and read_stamps names each arm's samples."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import warmfast
+
+
+def _stamps_module() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_stamps_under_test",
+                                                  warmfast.STAMPS / "sitecustomize.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # HYPERVM_BENCH_STAMPS unset: installs nothing
+    return module
+
+
+def test_functions_a_tree_lacks_are_skipped(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("fake_launch_path")
+
+    class ExecutorCore:
+        def on_launch(self) -> str:
+            return "launched"
+
+    fake.ExecutorCore = ExecutorCore  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_launch_path", fake)
+    stamps = _stamps_module()
+    monkeypatch.setattr(stamps, "STAMPED", (
+        ("fake_launch_path", "ExecutorCore.on_launch"),
+        ("fake_launch_path", "ExecutorCore.gone"),  # a method of a newer commit
+        ("fake_launch_path", "Gone.f"),  # a class of a newer commit
+    ))
+    stamps._install(str(tmp_path))
+    assert ExecutorCore().on_launch() == "launched"
+    (record,) = tmp_path.glob("t-*.txt")
+    name, began, took = record.read_text().split()
+    assert (name, float(began)) == ("ExecutorCore.on_launch", 0.0)
+    assert float(took) >= 0
+
+
+def test_read_stamps_names_the_arm(tmp_path: Path) -> None:
+    (tmp_path / "t-1.txt").write_text("VMPod.boot 1.000 20.000\nVMPod.boot 30.000 5.000\n")
+    samples: dict[str, list[float]] = {}
+    warmfast.read_stamps(tmp_path, samples, "baseline ")
+    assert samples == {"baseline stamp: VMPod.boot began": [0.001],
+                       "baseline stamp: VMPod.boot took": [0.02]}
+    assert not list(tmp_path.glob("t-*.txt"))
