@@ -26,6 +26,7 @@ from pathlib import Path
 
 from executor.cli.check import Check
 from executor.libvirt.hypervisor import Hypervisor
+from hypervm import fsmode
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError
 
@@ -36,15 +37,7 @@ FIX = "chgrp kvm /dev/kvm && chmod 0660 /dev/kvm (Debian's udev rule; make servi
 def read_write(st: os.stat_result, uid: int, groups: set[int]) -> bool:
     """Whether ``uid`` (in ``groups``) may read and write a file of this mode and owner by
     its permission bits alone (no capability), as libvirt checks it for its QEMU user."""
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        bits = stat.S_IRUSR | stat.S_IWUSR
-    elif st.st_gid in groups:
-        bits = stat.S_IRGRP | stat.S_IWGRP
-    else:
-        bits = stat.S_IROTH | stat.S_IWOTH
-    return st.st_mode & bits == bits
+    return fsmode.allows(st, uid, groups, fsmode.READ | fsmode.WRITE)
 
 
 def _groups(uid: int, gid: int) -> set[int]:

@@ -50,6 +50,7 @@ from executor.libvirt.events import (  # re-exported: callers take them from her
     LifecycleEvent,
 )
 from executor.libvirt.owners import owner_metadata
+from hypervm import fsmode
 from hypervm.config import DEFAULT_LIBVIRT_URI
 from hypervm.errors import HostError, HypervisorError, InvalidSpec
 
@@ -568,13 +569,7 @@ def _check_traversable(directory: Path, uid: int, gid: int) -> None:
         pass
     for path in (directory, *directory.parents):
         st = path.stat()
-        if uid == 0 or st.st_uid == uid:
-            ok = uid == 0 or st.st_mode & stat.S_IXUSR
-        elif st.st_gid in groups:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
+        if not fsmode.allows(st, uid, groups, fsmode.EXECUTE):
             raise HostError(
                 f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
                 f"{stat.S_IMODE(st.st_mode):o}",
