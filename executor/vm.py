@@ -254,7 +254,7 @@ class HyperVM:
         """Create the domain and wait for the guest init's READY (a cold boot; the launcher
         takes a warm VM from the pool instead when one fits). Destroys the VM on failure."""
         started = time.monotonic()
-        policy = self._enforce_policy_meanwhile()
+        policy: Future[None] | None = None
         boot = self._boot_files or resolve_boot(self.cfg, accel=self._accel)
         accel = boot.accel
         if self._hypervisor is None:
@@ -265,14 +265,15 @@ class HyperVM:
             network.check_host_ports(self.pod.network)
             self.give_owned_shares()
             self._create(spec)
-            if policy is not None:
-                policy.result()  # in force before READY: the guest's NIC is up only after it
+            policy = self._enforce_policy_meanwhile()
             self.watch_qemu()
             # deferred: the guest channel client is first needed once the domain is created
             # (the guest boots meanwhile): ~5 ms of a cold run before createXML (issue 17)
             from executor.guest.channel import GuestChannel
 
             self._channel = GuestChannel(self.channel_socket)
+            if policy is not None:
+                policy.result()  # in force before READY: the guest's NIC is up only after it
             ready = self._channel.connect(timeout)
             # the guest configures its network while we hand the VM over: the first START or
             # EXEC is sent behind the request and fails with it (a cold run's START then
@@ -299,9 +300,11 @@ class HyperVM:
 
     def _enforce_policy_meanwhile(self) -> Future[None] | None:
         """The guests' network policy (executor.netpolicy: one ``nft`` run, ~17 ms), installed
-        by a thread while the domain is prepared and created, for a pod with a NIC. It is in
-        force before the guest's READY is awaited: the guest sends nothing before then (its
-        NIC comes up at NETWORK, after READY; it runs nothing of the pod before START)."""
+        by a thread while the guest boots (started once its domain is created: before, its
+        fork, exec and nft took the CPU from the domain's preparation and from libvirtd's
+        createXML on a cold run's path), for a pod with a NIC. It is in force before the
+        guest's READY is awaited: the guest sends nothing before then (its NIC comes up at
+        NETWORK, after READY; it runs nothing of the pod before START)."""
         if self.pod.network.mode == "none":
             return None
         return in_thread("netpolicy", lambda: netpolicy.enforce(self.cfg,

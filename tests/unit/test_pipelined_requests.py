@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from executor.guest.channel import GuestChannel
 from executor.guest.protocol import MsgType
 from executor.vm import HyperVM
 from hypervm.config import HostConfig
-from hypervm.errors import HyperVMError
+from hypervm.errors import HyperVMError, NetworkError
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
 from tests.unit.test_guest_channel import FakeGuest
 
@@ -192,3 +193,54 @@ def test_a_cold_boot_returns_before_its_network_reply_and_its_start_waits_for_it
         assert hv.destroyed == []
     finally:
         vm.destroy()
+
+
+def test_a_cold_boot_installs_the_network_policy_after_createxml_and_before_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's nft run is off the path before createXML (issue 17: it took the CPU from
+    the domain's preparation and libvirtd's createXML) and still in force before the guest's
+    READY is awaited; a policy that cannot be installed destroys the created VM."""
+    cfg = HostConfig(state_dir=tmp_path / "state", run_dir=tmp_path / "run",
+                     libvirt_uri="test:///default", accel="tcg")
+    pod = PodSpec(name="p", containers=(Container("c", Rootfs(layers=(tmp_path / "l",)),
+                                                  Process(args=("true",))),))
+    steps: list[str] = []
+    hv = ColdHypervisor(held_until_start())
+
+    def enforce(*_: object) -> None:
+        steps.append("policy began")
+        time.sleep(0.2)  # a slow nft: READY must still wait for it
+        steps.append("policy in force")
+
+    def create(spec: object) -> None:
+        time.sleep(0.1)  # a policy thread started before createXML has begun by now
+        steps.append("createXML")
+        ColdHypervisor.create(hv, spec)
+
+    connect = GuestChannel.connect
+
+    def connect_after_policy(channel: GuestChannel, timeout: float) -> dict[str, object]:
+        steps.append("READY awaited")
+        return connect(channel, timeout)
+
+    monkeypatch.setattr(netpolicy, "enforce", enforce)
+    monkeypatch.setattr(hv, "create", create)
+    monkeypatch.setattr(GuestChannel, "connect", connect_after_policy)
+    monkeypatch.setattr(vm_module.identity, "for_vm", lambda *a: None)
+    monkeypatch.setattr(HyperVM, "domain_spec", lambda self, boot: self.assign_devices())
+    vm = hv.vm = HyperVM(cfg, pod, hypervisor=hv, boot_files=NoFlush())  # type: ignore[arg-type]
+    try:
+        vm.boot(timeout=5)
+    finally:
+        vm.destroy()
+    assert steps == ["createXML", "policy began", "policy in force", "READY awaited"]
+
+    def refused(*_: object) -> None:
+        raise NetworkError("cannot install the guests' network policy: no nf_tables")
+
+    monkeypatch.setattr(netpolicy, "enforce", refused)
+    hv.destroyed.clear()
+    vm = hv.vm = HyperVM(cfg, pod, hypervisor=hv, boot_files=NoFlush())  # type: ignore[arg-type]
+    with pytest.raises(NetworkError):
+        vm.boot(timeout=5)
+    assert hv.destroyed == [vm.name]
