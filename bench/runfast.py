@@ -10,8 +10,10 @@ DIR`` (another commit's tree, ``git archive BASE | tar -x -C DIR``) adds its col
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +23,20 @@ from bench.peers import oci_root
 from bench.peersuite import PeerRounds, run_true_pooled
 from bench.rawboot import boot_once
 from bench.vmenv import VMEnv
+from bench.warmfast import read_stamps
 from executor.libvirt.hypervisor import Hypervisor
 
 log = logging.getLogger(__name__)
 
 
-def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
+def measure(rounds: int, baseline: Path | None = None,
+            stamps: bool = False) -> dict[str, list[float]]:
     """``baseline``: also a cold run with that source tree's code, right after this tree's
     (which goes first alternates; compile both trees first when PYTHONDONTWRITEBYTECODE is
-    set, or the first runs of each pay for their bytecode)."""
+    set, or the first runs of each pay for their bytecode). ``stamps``: each cold run's CLI
+    stamps its path (bench/stamps: ``stamp: NAME began`` and ``took``, s after its exec;
+    ``baseline stamp: …`` for the baseline's), which shows a change of a few ms before
+    createXML that the whole run's noise hides on a shared machine."""
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
 
@@ -47,7 +54,12 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
                 if baseline is not None:  # which goes first alternates
                     cold = [*cold, ("baseline hypervm run true", baseline)][::1 - 2 * (i % 2)]
                 for name, tree in cold:
-                    add(name, runtrue.run_once(imgs.busybox_ref, tree))
+                    out = Path(tempfile.mkdtemp(prefix="hypervm-bench-stamps-")) if stamps \
+                        else None
+                    add(name, runtrue.run_once(imgs.busybox_ref, tree, out))
+                    if out is not None:
+                        read_stamps(out, samples, name.removesuffix("hypervm run true"))
+                        out.rmdir()
                 suite._fill_pool(pool)
                 add("hypervm run true (pool)",
                     run_true_pooled(imgs.busybox_ref, pool.cfg.pool_socket))
@@ -67,10 +79,16 @@ def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
+def _options(parser: argparse.ArgumentParser) -> None:
+    results.baseline_option(parser)
+    parser.add_argument("--stamps", action="store_true",
+                        help="stamp each cold run's path (bench/stamps), in ms after its exec")
+
+
 def main(argv: list[str] | None = None) -> int:
     return results.quick_main("python -m bench.runfast", 7,
-                              lambda a: measure(a.rounds, a.baseline), summary, argv,
-                              results.baseline_option)
+                              lambda a: measure(a.rounds, a.baseline, a.stamps), summary, argv,
+                              _options)
 
 
 if __name__ == "__main__":

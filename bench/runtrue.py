@@ -15,6 +15,8 @@ TIMEOUT = 180.0
 #: the checkout this bench belongs to: its ``hypervm`` runs this tree's code, not the one the
 #: venv's editable install points at (a worktree's bench measured the main tree's run path)
 REPO = Path(__file__).resolve().parents[1]
+#: bench/stamps: a sitecustomize that stamps the cold run's path (``bench.runfast --stamps``)
+STAMPS = REPO / "bench" / "stamps"
 
 
 def hypervm_argv() -> list[str]:
@@ -28,13 +30,20 @@ def tree_env(tree: Path = REPO) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
-def run_once(ref: str, tree: Path = REPO) -> float:
-    """Seconds of one cold ``hypervm run REF -- true`` with the code of ``tree``."""
+def run_once(ref: str, tree: Path = REPO, stamps: Path | None = None) -> float:
+    """Seconds of one cold ``hypervm run REF -- true`` with the code of ``tree``; ``stamps``:
+    a directory the CLI writes the stamps of its path into (bench/stamps/sitecustomize.py)."""
     argv = [*hypervm_argv(), "run", "--name", bench_name("run"), "--quiet",
             "--memory", str(GUEST_MIB), ref, "--", "true"]
+    env = tree_env(tree)
+    if stamps is not None:
+        env["PYTHONPATH"] = os.pathsep.join((str(STAMPS), env["PYTHONPATH"]))
+        env["HYPERVM_BENCH_STAMPS"] = str(stamps)
     started = time.monotonic()
+    if stamps is not None:
+        env["HYPERVM_BENCH_STAMPS_T0"] = repr(time.perf_counter())
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False,
-                          env=tree_env(tree))
+                          env=env)
     took = time.monotonic() - started
     if proc.returncode != 0:
         raise RuntimeError(f"hypervm run failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -2,11 +2,14 @@
 this directory first on the launched executor's PYTHONPATH with HYPERVM_BENCH_STAMPS=DIR. Each
 function of :data:`STAMPED` (the launch path from LAUNCH to TASK_RUNNING) then appends one line
 to ``DIR/t-PID.txt``: its name, when it began (ms after ``on_launch`` began) and how long it took
-(ms). Any other process, or without the variable, is untouched.
+(ms). Any other process, or without the variable, is untouched. With HYPERVM_BENCH_STAMPS_T0
+too (``python -m bench.runfast --stamps``), the CLI of a cold ``hypervm run`` stamps
+:data:`COLD_STAMPED` instead, in ms after its exec.
 
 Mind: wrapping imports each stamped module when the executor starts, so a stamped launch never
 pays a lazy import of one of them on its clock (a plain one did until the executor preloaded
-the pool's client: executor.mesos.runtime.POOL_MODULES): compare whole launches unstamped."""
+the pool's client: executor.mesos.runtime.POOL_MODULES; a stamped cold run imports the guest
+channel before createXML, not while the guest boots): compare whole launches unstamped."""
 
 from __future__ import annotations
 
@@ -37,9 +40,26 @@ STAMPED = (
 )
 
 
-def _install(out_dir: str) -> None:
+#: the cold ``hypervm run IMAGE -- true`` path (``python -m bench.runfast --stamps``), leaves
+#: first: a function another module imports by name is wrapped before that module imports it.
+#: Its origin is the CLI's exec: HYPERVM_BENCH_STAMPS_T0, the parent's ``time.perf_counter()``
+#: when it started the CLI (CLOCK_MONOTONIC on Linux: one clock for every process)
+COLD_STAMPED = (
+    ("vmimage.boot", "resolve_boot"),
+    ("executor.libvirt.hypervisor", "Hypervisor.__init__"),
+    ("executor.libvirt.hypervisor", "Hypervisor.create"),
+    ("executor.libvirt.identity", "for_vm"),
+    ("executor.guest.channel", "GuestChannel.connect"),
+    ("executor.vm", "HyperVM.boot"),
+    ("executor.vm", "HyperVM.start"),
+    ("executor.vm", "HyperVM.discard"),
+    ("executor.cli.run", "run_command"),
+)
+
+
+def _install(out_dir: str, cold_origin: str | None = None) -> None:
     out = open(os.path.join(out_dir, f"t-{os.getpid()}.txt"), "a", buffering=1)  # noqa: SIM115
-    origin: list[float] = []
+    origin: list[float] = [float(cold_origin)] if cold_origin else []
     lock = threading.Lock()
 
     def stamp(name: str, began: float, ended: float) -> None:
@@ -60,7 +80,7 @@ def _install(out_dir: str) -> None:
                 stamp(name, began, time.perf_counter())
         return call
 
-    for module, path in STAMPED:
+    for module, path in COLD_STAMPED if cold_origin else STAMPED:
         owner: Any = importlib.import_module(module)
         *parents, attr = path.split(".")
         try:
@@ -73,4 +93,4 @@ def _install(out_dir: str) -> None:
 
 
 if os.environ.get("HYPERVM_BENCH_STAMPS"):
-    _install(os.environ["HYPERVM_BENCH_STAMPS"])
+    _install(os.environ["HYPERVM_BENCH_STAMPS"], os.environ.get("HYPERVM_BENCH_STAMPS_T0"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,20 @@ def test_read_stamps_names_the_arm(tmp_path: Path) -> None:
     assert samples == {"baseline stamp: VMPod.boot began": [0.001],
                        "baseline stamp: VMPod.boot took": [0.02]}
     assert not list(tmp_path.glob("t-*.txt"))
+
+
+def test_a_cold_runs_stamps_count_from_its_exec(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.runfast --stamps: the CLI stamps COLD_STAMPED (not the executor's launch path)
+    from the parent's clock at its exec, with no on_launch to start the clock."""
+    fake = types.ModuleType("fake_cold_path")
+    fake.run_command = lambda: 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_cold_path", fake)
+    stamps = _stamps_module()
+    monkeypatch.setattr(stamps, "COLD_STAMPED", (("fake_cold_path", "run_command"),))
+    stamps._install(str(tmp_path), repr(time.perf_counter() - 1.0))  # exec'd 1 s ago
+    assert fake.run_command() == 0  # type: ignore[attr-defined]
+    (record,) = tmp_path.glob("t-*.txt")
+    name, began, _ = record.read_text().split()
+    assert name == "run_command"
+    assert 1000 <= float(began) < 60_000
