@@ -1,6 +1,6 @@
 """A cold boot (executor.vm.HyperVM.boot) as ``hypervm run`` needs it fast (issue 17): the guests'
-network policy installed on a thread while the domain is prepared and created, still in force
-before READY is awaited, and a policy that cannot be installed still fails the boot and leaves
+network policy installed on a thread started once the domain is created (off the path before
+createXML), still in force before READY is awaited, and a policy that cannot be installed still fails the boot and leaves
 no VM; the TCG translations flushed once settled, not at READY (the first START reuses them)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_the_policy_is_in_force_before_ready_is_awaited(
     seen: list[bool] = []
 
     def slow_enforce(cfg: HostConfig, resolv_conf: str = "") -> None:
-        time.sleep(0.5)  # longer than the domain's creation
+        time.sleep(0.5)  # READY must wait for it however long it takes
         real_enforce(cfg, resolv_conf)
         installed.set()
 
@@ -62,7 +62,7 @@ def test_the_policy_is_in_force_before_ready_is_awaited(
 def test_a_policy_that_cannot_be_installed_fails_the_boot_and_leaves_no_vm(
         host_cfg: HostConfig, pod: PodSpec, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_enforce(cfg: HostConfig, resolv_conf: str = "") -> None:
-        time.sleep(0.3)  # fails while the domain is being created
+        time.sleep(0.3)  # fails while the guest boots
         raise NetworkError("cannot install the guests' network policy: test")
 
     monkeypatch.setattr(netpolicy, "enforce", failing_enforce)
