@@ -1,7 +1,8 @@
 """A cold boot (executor.vm.HyperVM.boot) as ``hypervm run`` needs it fast (issue 17): the guests'
 network policy installed on a thread started once the domain is created (off the path before
-createXML), still in force before READY is awaited, and a policy that cannot be installed still fails the boot and leaves
-no VM; the TCG translations flushed once settled, not at READY (the first START reuses them)."""
+createXML), still in force before READY is awaited, and a policy that cannot be installed
+still fails the boot and leaves no VM; the TCG translations flushed once settled, not at READY
+(the first START reuses them)."""
 
 from __future__ import annotations
 
