@@ -5,8 +5,25 @@ Public API: :class:`ImageStore` (``pull``, ``image``, ``resolve_user``, ``gc``,
 for the on-disk layout, unpack.py for the unpack policy, skopeo.py for why skopeo.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .config import ImageConfig
-from .gc import GCReport, SizeReport
 from .store import Image, ImageStore
 
+if TYPE_CHECKING:
+    from .gc import GCReport, SizeReport
+
 __all__ = ["GCReport", "Image", "ImageConfig", "ImageStore", "SizeReport"]
+
+
+def __getattr__(name: str) -> Any:
+    """GCReport and SizeReport on first use: gc is ``hypervm gc``'s, and a cold ``hypervm run``
+    (whose image is a cache hit) leaves it unimported (issue 17)."""
+    if name in ("GCReport", "SizeReport"):
+        # deferred: see the docstring
+        from . import gc
+
+        return getattr(gc, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypervm.config import HostConfig
 from hypervm.errors import ImageError
@@ -30,13 +30,11 @@ from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_
 from vmimage import rootfs
 from vmimage.images.credentials import HostCredentials
 
-from . import skopeo
 from .authorize import Ledger, PullAuth, authorize, granted, remember_pull
 from .cache import Cache, ImageRecord, LockTimeout
 from .config import ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
 from .credentials import Credentials, NoCredentials
-from .gc import GCReport, SizeReport, collect, size_report
 from .manifest import (
     DOCKER_MANIFEST,
     Descriptor,
@@ -47,10 +45,11 @@ from .manifest import (
     select_platform,
     sha256_digest,
 )
-from .pull_progress import LayerLines, both
-from .sources import Source, open_source, write_authfile
-from .unpack import TRACKED_FILES, Budget, unpack_layer
-from .verify import verify_blob_file
+
+if TYPE_CHECKING:
+    from .gc import GCReport, SizeReport
+    from .sources import Source
+    from .unpack import Budget
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +147,8 @@ class ImageStore:
                     self.cache.put_ref(str(parsed), record.digest)
                     return self._image(str(parsed), record)
             creds = auth.credentials if auth is not None else None
+            from .sources import open_source  # deferred: a pull's only (issue 17: cache hits)
+
             with self.cache.staging() as staging, \
                     open_source(parsed, staging, self.insecure_registries, creds) as source:
                 image = self._pull(source, staging)
@@ -187,6 +188,8 @@ class ImageStore:
         if granted(self.ledger, ref, digest, auth):
             return  # the common case of a launch: no staging dir, no authfile (~3 ms)
         insecure = is_insecure(ref, self.insecure_registries)
+        from .sources import write_authfile  # deferred: see pull (cache hits import less)
+
         self.cache.ensure()
         with self.cache.staging() as staging:
             authfile = write_authfile(ref, staging / "auth.json", auth.credentials)
@@ -216,10 +219,14 @@ class ImageStore:
         self.cache.ensure()
         kept = None if keep_refs is None else [str(parse_reference(r)) for r in keep_refs]
         self.ledger.prune()  # expired registry authorizations
+        from .gc import collect  # deferred: gc's only (a cold run imports less, issue 17)
+
         return collect(self.cache, in_use, kept)
 
     def size_report(self) -> SizeReport:
         self.cache.ensure()
+        from .gc import size_report  # deferred: gc's only (a cold run imports less)
+
         return size_report(self.cache)
 
     # -- the pull ------------------------------------------------------------------------
@@ -254,6 +261,8 @@ class ImageStore:
                              hint="the operator raises HYPERVM_IMAGE_MAX_BYTES")
 
     def _manifest(self, source: Source) -> Manifest:
+        from . import skopeo  # deferred: a pull's only (a cold run's cache hit imports less)
+
         name = source.display
         wanted = source.registry.digest if source.registry else None
         raw = skopeo.inspect_raw(name, source.transport, insecure=source.insecure,
@@ -307,6 +316,8 @@ class ImageStore:
                 raise ImageError(name, f"the config lists {len(parsed.diff_ids)} diff ids for "
                                  f"{len(manifest.layers)} layers", blob=manifest.config.digest)
             pending: dict[str, _Built] = {}
+            from .unpack import Budget  # deferred: a pull's only (tarfile, gzip: issue 17)
+
             budget = Budget(name, self.limits)
             for index, (desc, diff_id) in enumerate(zip(manifest.layers, parsed.diff_ids,
                                                         strict=True)):
@@ -327,6 +338,11 @@ class ImageStore:
     def _transfer(self, source: Source, manifest: Manifest, missing: list[Descriptor],
                   config_raw: bytes | None, blob_dir: Path) -> bytes:
         """Fetch the missing blobs into ``blob_dir``; returns the verified config bytes."""
+        # deferred: a pull's only (a cold run's cache hit skips their imports, issue 17)
+        from . import skopeo
+        from .pull_progress import LayerLines, both  # deferred (as skopeo)
+        from .verify import verify_blob_file  # deferred (as skopeo)
+
         name = source.display
         pinned = source.pinned(manifest.digest)
         remote = source.registry is not None
@@ -402,6 +418,8 @@ class ImageStore:
         blob = blob_dir / desc.hex
         tree = staging / f"layer-{index}"
         tree.mkdir()
+        from .unpack import unpack_layer  # deferred: a pull's only (see _fetch)
+
         info = unpack_layer(name, desc.digest, blob, tree, budget)
         if info.diff_id != diff_id:
             raise ImageError(name, f"layer {index} unpacks to {info.diff_id}, the config says "
@@ -433,6 +451,8 @@ class ImageStore:
 
     def _user_files(self, image: Image) -> dict[str, str | None]:
         """/etc/passwd and /etc/group as the merged image sees them (topmost layer wins)."""
+        from .unpack import TRACKED_FILES  # deferred: see _fetch (only a -u NAME run needs it)
+
         found: dict[str, str | None] = {}
         for layer in reversed(image.layers):
             meta = self.cache.layer_meta("sha256:" + layer.name[: -len(".erofs")])
