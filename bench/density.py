@@ -26,6 +26,7 @@ from bench.vmenv import (
     GUEST_MIB,
     VMEnv,
     bench_name,
+    guest_ram_pages,
     private_by_mapping,
     private_dirty_mib,
     pss_mib,
@@ -239,4 +240,5 @@ def _qemu_memory(hv: Hypervisor, name: str, top: int) -> dict[str, Any]:
     pid = hv.qemu_pid(name)
     each = peers.rollup(pid) if pid else {"rss": 0.0, "pss": 0.0, "private": 0.0}
     return {"rss": each["rss"], "pss": each["pss"], "private": each["private"],
-            "by_mapping": private_by_mapping(pid, top) if pid else []}
+            "by_mapping": private_by_mapping(pid, top) if pid else [],
+            "guest_ram": guest_ram_pages(pid) if pid else None}

@@ -11,6 +11,8 @@ on another guest kernel (a directory with ``vmlinux`` and ``meta.json``, e.g. a 
 built from a changed fragment before it is published).
 ``--guest`` then runs ``cat /proc/meminfo`` in one more VM's container, after the settle (what
 the guest kernel holds: the guest RAM mapping is what it touched).
+Each VM's guest RAM is also read page by page (root): its resident MiB and how many of them
+hold only zeros (``--ram-map``: by guest-physical MiB).
 ``--clones`` measures idle *clones* of one template instead (each a pod started with
 HYPERVM_SNAPSHOT=on and no pool, as ``snapshot_clone_idle_private_mib``; the first makes the
 template when the store has none).
@@ -50,7 +52,7 @@ def measure_round(env: VMEnv, count: int, settle_s: float, top: int,
                                          boot_files=env.boot))
     return [{"private_mib": round(m["private"], 2), "rss_mib": round(m["rss"], 2),
              "pss_mib": round(m["pss"], 2),
-             "by_mapping": m["by_mapping"]}
+             "by_mapping": m["by_mapping"], "guest_ram": m["guest_ram"]}
             for m in measured]
 
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guest", action="store_true", help="print the guest's /proc/meminfo")
     parser.add_argument("--clones", action="store_true",
                         help="idle clones of one template (HYPERVM_SNAPSHOT=on), not cold VMs")
+    parser.add_argument("--ram-map", action="store_true",
+                        help="print guest RAM's resident and zero KiB by guest-physical MiB")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -114,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"pss {vm['pss_mib']:6.2f} MiB")
             for row in vm["by_mapping"]:
                 print(f"    {row['private_mib']:6.2f}  {row['name']}")
+            ram = vm["guest_ram"]
+            if ram:
+                print(f"    guest RAM {ram['resident_kib'] / 1024:.2f} MiB resident, "
+                      f"{ram['zero_kib'] / 1024:.2f} MiB of it zeros")
+                if args.ram_map:
+                    print("    by guest-physical MiB (resident/zero KiB): " + " ".join(
+                        f"{mib}:{res}/{zero}" for mib, (res, zero) in ram["by_mib"].items()))
     print(f"median private {statistics.median(totals):.2f} MiB of {len(totals)}: "
           f"{sorted(totals)}")
     if args.guest:

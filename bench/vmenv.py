@@ -198,3 +198,34 @@ def private_by_mapping_of(text: str, top: int = 8) -> list[dict[str, Any]]:
     rows = sorted(private.items(), key=lambda kv: -kv[1])
     return [{"name": name, "private_mib": round(kib / 1024, 2)} for name, kib in rows[:top]
             if kib]
+
+
+def guest_ram_pages(pid: int) -> dict[str, Any]:
+    """Where a QEMU's guest RAM (its memfd mapping) is resident, from /proc/PID/pagemap: KiB
+    resident and KiB of them that hold only zeros, in all and by guest-physical MiB (root
+    only: pagemap and mem of another process). What free page reporting leaves and what
+    HyperQEMU's ``discard-zero-pages`` would give back."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    ram = None
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if "/memfd:" in line and (ram is None or hi - lo > ram[1] - ram[0]):
+            ram = (lo, hi)
+    if ram is None:
+        return {"resident_kib": 0, "zero_kib": 0, "by_mib": {}}
+    count = (ram[1] - ram[0]) // page
+    by_mib: dict[int, list[int]] = {}
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap, open(f"/proc/{pid}/mem", "rb") as mem:
+        pagemap.seek(ram[0] // page * 8)
+        entries = pagemap.read(count * 8)
+        for i in range(count):
+            if not entries[i * 8 + 7] & 0x80:  # bit 63: present
+                continue
+            mem.seek(ram[0] + i * page)
+            row = by_mib.setdefault(i * page >> 20, [0, 0])
+            row[0] += page // 1024
+            row[1] += page // 1024 if not any(mem.read(page)) else 0
+    return {"resident_kib": sum(r[0] for r in by_mib.values()),
+            "zero_kib": sum(r[1] for r in by_mib.values()),
+            "by_mib": {mib: tuple(r) for mib, r in sorted(by_mib.items())}}

@@ -72,6 +72,17 @@ def flush_boot_translations(hypervisor: Any, name: str, *, settled: bool = False
                 "%s keeps its boot's TCG translations: %s", name, e)
 
 
+def discard_zero_pages(hypervisor: Any, name: str) -> None:
+    """Give a settled VM's guest RAM pages of zeros back to the host (HyperQEMU's
+    ``discard-zero-pages``: ~1.6 MiB of an idle 128 MiB VM's 12.6 MiB of guest RAM; QEMU
+    skips it while a device request is in flight). Only memory: a failure is logged at debug
+    (from a timer: the VM may be ending)."""
+    try:
+        log.debug("%s: %s", name, hypervisor.discard_zero_pages(name))
+    except HyperVMError as e:
+        log.debug("%s keeps its guest RAM's zero pages: %s", name, e)
+
+
 @dataclass(frozen=True)
 class ProcessHandle:
     """A process started in the VM: its handle on the channel, container and guest pid."""
@@ -280,7 +291,7 @@ class HyperVM:
             # reaches the guest ~5-25 ms sooner, by then it is busy with the NETWORK)
             self.configure_network(pipelined=True)
             if boot.flushes_after_boot(self.cfg):
-                self.flush_when_settled()
+                self.flush_when_settled(discard_zeros=boot.discards_zero_pages(self.cfg))
         except HyperVMError as e:
             tail = self.console_tail()
             self.destroy()
@@ -505,20 +516,24 @@ class HyperVM:
             log.warning("%s: QEMU survived SIGKILL for %g s", self.name, timeout)
         self.destroy()
 
-    def flush_when_settled(self) -> None:
+    def flush_when_settled(self, *, discard_zeros: bool = False) -> None:
         """Drop QEMU's translations :data:`SETTLED_FLUSH_S` from now (a cold VM's once READY,
         a snapshot clone's once started: what its start ran, ~9.5 MiB of an idle clone's
-        private memory, is not run again)."""
-        timer = threading.Timer(SETTLED_FLUSH_S, self._settled_flush)
+        private memory, is not run again). ``discard_zeros``: then give back the guest RAM
+        pages that hold only zeros (a cold VM's memfd RAM; never a clone's private mapping of
+        its template, where a discarded page reads as the template's again)."""
+        timer = threading.Timer(SETTLED_FLUSH_S, self._settled_flush, (discard_zeros,))
         timer.daemon = True
         self._flush_timer = timer
         timer.start()
 
-    def _settled_flush(self) -> None:
+    def _settled_flush(self, discard_zeros: bool = False) -> None:
         with self._lock:
             if self._destroyed:
                 return
         flush_boot_translations(self._hypervisor, self.name, settled=True)
+        if discard_zeros:
+            discard_zero_pages(self._hypervisor, self.name)
 
     def destroy(self) -> None:
         """Destroy the domain, close the channel, remove the run dir. Idempotent."""

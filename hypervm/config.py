@@ -233,6 +233,9 @@ class HostConfig:
     #: TCG with HyperQEMU: drop the boot's translations once the guest is READY (~30 MiB of
     #: RSS per VM; the first START translates its code again, ~0.1 s under TCG)
     tcg_flush: bool = True
+    #: with the settled flush, HyperQEMU punches the guest RAM pages that hold only zeros out
+    #: of the VM's memfd (~1.6 MiB of an idle 128 MiB VM; vmimage/qemu/zero-discard.patch)
+    discard_zero_pages: bool = True
     #: guest RAM may be merged with identical pages of other VMs by the host's KSM (when the
     #: operator runs it): anonymous guest RAM the kernel may merge, not a shared memfd. Off by
     #: default: merged pages let one tenant time another's memory (DomainSpec.memory_merge)
@@ -312,6 +315,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                                 "boots and starts under TCG)")
     flush = env_choice(env, "HYPERVM_TCG_FLUSH", "on", ("on", "off"),
                        hint="use on (idle VMs give their boot's translations back) or off")
+    zeros = env_choice(env, "HYPERVM_DISCARD_ZERO_PAGES", "on", ("on", "off"),
+                       hint="use on (idle VMs give back guest pages of zeros) or off")
     ksm = env_choice(env, "HYPERVM_KSM", "off", ("on", "off"),
                      hint="use off (no VM shares a page with another) or on (the host's KSM "
                           "may merge identical guest pages; see README)")
@@ -336,6 +341,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",
+        discard_zero_pages=zeros == "on",
         ksm=ksm == "on",
         image_limits=image_limits_from_env(env),
         vm_uid_range=uid_range(env.get("HYPERVM_VM_UID_RANGE", "")),

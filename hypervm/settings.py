@@ -67,6 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("free_page_reporting", "HYPERVM_FREE_PAGE_REPORTING", "on",
             "guests hand freed memory back"),
     Setting("tcg_flush", "HYPERVM_TCG_FLUSH", "on", "drop the boot's translations when READY"),
+    Setting("discard_zero_pages", "HYPERVM_DISCARD_ZERO_PAGES", "on",
+            "give back guest RAM pages of zeros with the settled TCG flush"),
     Setting("ksm", "HYPERVM_KSM", "off", "the host's KSM may merge identical guest pages",
             booleans=("on", "off")),
     Setting("vm_uid_range", "HYPERVM_VM_UID_RANGE", "200000-265535",

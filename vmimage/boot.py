@@ -55,6 +55,10 @@ class BootFiles:
         """Whether a VM gives its boot's translations back once READY (HyperQEMU, TCG)."""
         return self.qemu.flushes_after_boot(cfg, self.accel)
 
+    def discards_zero_pages(self, cfg: HostConfig) -> bool:
+        """Whether a cold VM gives back its guest RAM's pages of zeros with its settled flush."""
+        return self.qemu.discards_zero_pages(cfg, self.accel)
+
 
 def kernel_cmdline(kernel: Kernel, *, quiet: bool = True) -> str:
     base = BASE_CMDLINE if quiet else BASE_CMDLINE.replace(" quiet", "")

@@ -394,12 +394,12 @@ class Hypervisor:
 
     # -- live changes (warm pool) -------------------------------------------------------------
 
-    def _live(self, name: str, what: str, call: Callable[[libvirt.virDomain], object]) -> None:
+    def _live(self, name: str, what: str, call: Callable[[libvirt.virDomain], object]) -> Any:
         dom = self._lookup(name)
         if dom is None:
             raise HypervisorError(f"cannot {what} of VM {name}: it does not exist")
         try:
-            call(dom)
+            return call(dom)
         except libvirt.libvirtError as e:
             raise HypervisorError(f"cannot {what} of VM {name}: {_message(e)}") from e
 
@@ -409,11 +409,16 @@ class Hypervisor:
                    lambda dom: dom.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
 
     def flush_tcg(self, name: str) -> None:
-        """Drop the running domain's TCG translations and give their memory back to the host
-        (HyperQEMU's HMP command ``tcg-flush``; vmimage/qemu/tcg-flush.patch). libvirt marks
-        the domain tainted by a custom monitor command; nothing else changes."""
-        self._live(name, "flush the TCG translations", lambda dom: libvirt_qemu.qemuMonitorCommand(
-            dom, "tcg-flush", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
+        """Drop its TCG translations, their memory back (HMP ``tcg-flush``; libvirt: tainted)."""
+        self._hmp(name, "tcg-flush", "flush the TCG translations")
+
+    def discard_zero_pages(self, name: str) -> str:
+        """Punch its guest RAM's pages of zeros out of its memfd (zero-discard.patch)."""
+        return self._hmp(name, "discard-zero-pages", "discard the guest's zero pages")
+
+    def _hmp(self, name: str, command: str, what: str) -> str:  # the reply's text
+        return str(self._live(name, what, lambda dom: libvirt_qemu.qemuMonitorCommand(
+            dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)) or "").strip()
 
     def monitor(self, name: str, command: Mapping[str, Any], files: Sequence[int] = ()) -> Any:
         """One QMP ``command`` to the running domain's QEMU, passing ``files`` (fds) with it

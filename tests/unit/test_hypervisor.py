@@ -382,3 +382,24 @@ def test_the_run_dir_is_not_the_vms_to_change(hv: Hypervisor) -> None:
         import shutil
 
         shutil.rmtree(base)
+
+
+def test_discard_zero_pages_is_one_hmp_command_and_returns_its_reply(
+        hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from executor.libvirt import hypervisor as module
+    from executor.vm import discard_zero_pages
+
+    sent: list[tuple[str, int]] = []
+
+    def command(dom: object, text: str, flags: int) -> str:
+        sent.append((text, flags))
+        return "done: 1640 KiB of 12900 KiB resident were zeros, discarded\r\n"
+
+    monkeypatch.setattr(module.libvirt_qemu, "qemuMonitorCommand", command)
+    hv.create(make_spec(tmp_path))
+    assert hv.discard_zero_pages("hypervm-unit-1").startswith("done: 1640 KiB")
+    assert sent == [("discard-zero-pages",
+                     module.libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)]
+    with pytest.raises(HypervisorError, match="discard the guest's zero pages"):
+        hv.discard_zero_pages("hypervm-never-was")
+    discard_zero_pages(hv, "hypervm-never-was")  # from the settle timer: logged, not raised

@@ -186,11 +186,45 @@ def test_which_vms_flush_after_boot(cfg: HostConfig, monkeypatch: pytest.MonkeyP
     assert not DISTRO.flushes_after_boot(host, accel)
 
 
+@pytest.mark.parametrize(("features", "accel", "env", "expected"), [
+    (["tcg-flush", "zero-discard"], "tcg", {}, True),
+    (["tcg-flush", "zero-discard"], "kvm", {}, False),  # no settled flush under KVM
+    (["tcg-flush", "zero-discard"], "tcg", {"HYPERVM_DISCARD_ZERO_PAGES": "off"}, False),
+    (["tcg-flush", "zero-discard"], "tcg", {"HYPERVM_TCG_FLUSH": "off"}, False),
+    # anonymous guest RAM (KSM): QEMU would refuse, there is no shared file to punch
+    (["tcg-flush", "zero-discard"], "tcg", {"HYPERVM_KSM": "on"}, False),
+    (["tcg-flush"], "tcg", {}, False),  # a HyperQEMU built before the patch
+])
+def test_which_vms_discard_their_zero_pages(cfg: HostConfig, monkeypatch: pytest.MonkeyPatch,
+                                            features: list[str], accel: str,
+                                            env: dict[str, str], expected: bool) -> None:
+    monkeypatch.setattr(hyperqemu, "current_key", lambda: "q1")
+    _fake_hyperqemu(cfg, "q1", features)
+    q = qmod.find_qemu(cfg, env={})
+    host = config_from_env({"HYPERVM_STATE_DIR": str(cfg.state_dir), **env})
+    assert q.discards_zero_pages(host, accel) is expected
+    assert not DISTRO.discards_zero_pages(host, accel)
+
+
+def test_the_current_recipe_applies_zero_discard() -> None:
+    assert "zero-discard" in hyperqemu.FEATURES
+    assert hyperqemu.HERE / "zero-discard.patch" in hyperqemu.PATCHES
+    patch = (hyperqemu.HERE / "zero-discard.patch").read_text()
+    # the guards that keep a discard from losing a write or reading back non-zero
+    for guard in ("pause_all_vcpus", "virtio_device_has_inflight", "qemu_ram_is_shared",
+                  "rb->fd < 0", "migration_is_idle", "buffer_is_zero"):
+        assert guard in patch, guard
+
+
 def test_tcg_flush_setting_is_checked() -> None:
     with pytest.raises(InvalidSpec) as err:
         config_from_env({"HYPERVM_TCG_FLUSH": "yes"})
     assert err.value.field == "HYPERVM_TCG_FLUSH"
     assert config_from_env({}).tcg_flush is True
+    with pytest.raises(InvalidSpec) as err:
+        config_from_env({"HYPERVM_DISCARD_ZERO_PAGES": "1"})
+    assert err.value.field == "HYPERVM_DISCARD_ZERO_PAGES"
+    assert config_from_env({}).discard_zero_pages is True
 
 
 # -- the build recipe, with the tools faked -----------------------------------------------------
@@ -236,20 +270,23 @@ def test_build_recipe_patches_configures_builds_and_publishes(
     out = hyperqemu.ensure_hyperqemu(cfg)
     assert out == cfg.qemu_dir / "feedbeef"
     steps = [Path(argv[0]).name for argv, _ in calls]
-    assert steps == ["dpkg-source", "patch", "patch", "patch", "patch", "configure", "ninja",
-                     "strip"]
-    (dpkg, _), (patch, patch_cwd), (idle, _), (probe, _), (ram, _), (configure, _) = calls[:6]
+    assert steps == ["dpkg-source", "patch", "patch", "patch", "patch", "patch", "configure",
+                     "ninja", "strip"]
+    (dpkg, _), (patch, patch_cwd), (idle, _), (probe, _), (ram, _), (zero, _), (configure, _) = \
+        calls[:7]
     assert dpkg[-2:] == [str(fake_source), str(patch_cwd)]
-    assert [patch[-1], idle[-1], probe[-1], ram[-1]] == [str(p) for p in hyperqemu.PATCHES]
-    assert [Path(p).name for p in (patch[-1], idle[-1], probe[-1], ram[-1])] == [
-        "tcg-flush.patch", "idle-memory.patch", "cpu-probe.patch", "ram-template.patch"]
+    assert [patch[-1], idle[-1], probe[-1], ram[-1], zero[-1]] == [
+        str(p) for p in hyperqemu.PATCHES]
+    assert [Path(p).name for p in (patch[-1], idle[-1], probe[-1], ram[-1], zero[-1])] == [
+        "tcg-flush.patch", "idle-memory.patch", "cpu-probe.patch", "ram-template.patch",
+        "zero-discard.patch"]
     assert "--with-devices-x86_64=hyperqemu" in configure
     assert f"--prefix={out}" in configure
     assert "--extra-cflags=-O2 -fstack-protector-strong" in configure
-    assert calls[6][0][-1] == "qemu-system-x86_64"
+    assert calls[7][0][-1] == "qemu-system-x86_64"
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["kind"] == "hyperqemu" and meta["features"] == ["tcg-flush", "idle-memory",
-                                                               "cpu-probe", "ram-template"]
+    assert meta["kind"] == "hyperqemu" and meta["features"] == [
+        "tcg-flush", "idle-memory", "cpu-probe", "ram-template", "zero-discard"]
     assert meta["source_package"] == "qemu=1:7.2+dfsg-7" and meta["version"] == "7.2.22"
     assert sorted(p.name for p in out.iterdir()) == ["bin", "build.log", "meta.json"]
     binary = out / "bin" / "qemu-system-x86_64"

@@ -58,6 +58,13 @@ class Qemu:
         """Whether a VM of this QEMU gives its boot's translations back once READY."""
         return cfg.tcg_flush and accel == "tcg" and self.can_flush_tcg
 
+    def discards_zero_pages(self, cfg: HostConfig, accel: str) -> bool:
+        """Whether a cold VM of this QEMU gives back its guest RAM's pages of zeros with its
+        settled flush (HyperQEMU's ``discard-zero-pages``): guest RAM in a shared memfd, so
+        not with HYPERVM_KSM's anonymous RAM, where the command does nothing."""
+        return (self.flushes_after_boot(cfg, accel) and cfg.discard_zero_pages
+                and not cfg.ksm and "zero-discard" in self.features)
+
 
 DISTRO = Qemu(path=DISTRO_BINARY, kind="distro")
 

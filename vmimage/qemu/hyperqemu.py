@@ -48,10 +48,10 @@ HERE = Path(__file__).parent
 DEVICES = HERE / "hyperqemu.mak"
 #: applied in this order
 PATCHES = (HERE / "tcg-flush.patch", HERE / "idle-memory.patch", HERE / "cpu-probe.patch",
-           HERE / "ram-template.patch")
+           HERE / "ram-template.patch", HERE / "zero-discard.patch")
 BINARY = "qemu-system-x86_64"
 #: what the patches add (Qemu.features)
-FEATURES = ("tcg-flush", "idle-memory", "cpu-probe", "ram-template")
+FEATURES = ("tcg-flush", "idle-memory", "cpu-probe", "ram-template", "zero-discard")
 #: where Debian's qemu-system-data keeps qboot, pvh.bin and the other firmware we load
 FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
 
