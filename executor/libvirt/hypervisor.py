@@ -92,9 +92,8 @@ def _setup_libvirt(events: bool) -> None:
             _errors_silenced = True
         if events and _event_loop is None:
             libvirt.virEventRegisterDefaultImpl()
-            _event_loop = threading.Thread(
-                target=_run_event_loop, name="libvirt-events", daemon=True
-            )
+            _event_loop = threading.Thread(target=_run_event_loop, name="libvirt-events",
+                                           daemon=True)
             _event_loop.start()
 
 
@@ -148,9 +147,8 @@ class Hypervisor:
         try:
             self._conn: libvirt.virConnect | None = libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise HostError(
-                f"cannot connect to libvirt at {uri}: {_message(e)}", hint=LIBVIRTD_HINT
-            ) from e
+            raise HostError(f"cannot connect to libvirt at {uri}: {_message(e)}",
+                            hint=LIBVIRTD_HINT) from e
         self._listeners: list[EventCallback] = []
         self._listeners_lock = threading.Lock()
         self._event_id: int | None = None
@@ -182,9 +180,8 @@ class Hypervisor:
             lib, hv = self.conn.getLibVersion(), self.conn.getVersion()
             kind = self.conn.getType()
         except libvirt.libvirtError as e:
-            raise HostError(
-                f"libvirt at {self.uri} does not answer: {_message(e)}", hint=LIBVIRTD_HINT
-            ) from e
+            raise HostError(f"libvirt at {self.uri} does not answer: {_message(e)}",
+                            hint=LIBVIRTD_HINT) from e
         return f"libvirt {_dotted(lib)}, {kind} {_dotted(hv)}"
 
     def close(self) -> None:
