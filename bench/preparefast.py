@@ -5,8 +5,10 @@ One QEMU guest (TCG, the HyperKernel, an initrd of init alone, a busybox erofs l
 usual PATH directories and a 9p share: tests/integration/test_init_qemu.py's harness, no
 libvirt) per init binary: this tree's ``init/build/hypervm-init`` (``make -C init``) and, with
 ``--baseline DIR``, DIR's. Each round, in each guest (the order alternating): PREPARE of the
-layer with the share carried, a pause, then the warm launch's START (``true`` through the
-default PATH, a 9p subdir mount, ``early_reply``), timed from its send to its OK, and its EXIT.
+layer with the share carried, a pause, then the warm launch's START (a 9p subdir mount,
+``early_reply``; ``/bin/sh -c true`` as Mesos runs a command, then ``true`` through the default
+PATH as ``hypervm run IMAGE -- true`` does: ``… (PATH)`` samples), timed from its send to its
+OK, and its EXIT.
 The host's side is the same few frames in both arms, so the difference is init's. Seconds.
 """
 
@@ -66,8 +68,14 @@ def _boot(work: Path, name: str, init: Path, kernel: Path, layer: Path, share: P
                                   stderr=subprocess.DEVNULL), sock, console)
 
 
-def start_once(guest: Guest, handle: int) -> float:
-    """PREPARE, then the timed START of ``true`` and its EXIT: the START's round trip."""
+#: the two commands of a warm launch: Mesos's shell command (``/bin/sh -c true``, no PATH
+#: search in init; busybox's sh runs ``true`` itself), and ``hypervm run IMAGE -- true`` (init
+#: searches the default PATH)
+COMMANDS = {"": ["/bin/sh", "-c", "true"], " (PATH)": ["true"]}
+
+
+def start_once(guest: Guest, handle: int, args: list[str]) -> float:
+    """PREPARE, then the timed START of ``args`` and its EXIT: the START's round trip."""
     chan = guest.chan
     assert chan is not None
     chan.ok(MsgType.PREPARE, {"rootfs": ROOTFS, "shares": ["share0"]})
@@ -76,7 +84,7 @@ def start_once(guest: Guest, handle: int) -> float:
         "container": f"c{handle}", "handle": handle, "rootfs": ROOTFS, "hostname": "pod",
         "mounts": [{"type": "9p", "source": "share0", "subdir": "s",
                     "destination": "/mnt/mesos/sandbox"}],
-        "process": {"args": ["true"], "env": ["HOME=/", f"PATH={DEFAULT_PATH}"], "cwd": "/"},
+        "process": {"args": args, "env": ["HOME=/", f"PATH={DEFAULT_PATH}"], "cwd": "/"},
         "early_reply": True}
     began = time.monotonic()
     chan.ok(MsgType.START, payload)
@@ -92,7 +100,7 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
         inits = {"baseline prepared START": baseline / "init" / "build" / "hypervm-init",
                  **inits}
     work = Path(tempfile.mkdtemp(prefix="hypervm-bench-prepare-"))
-    samples: dict[str, list[float]] = {name: [] for name in inits}
+    samples: dict[str, list[float]] = {}
     guests: dict[str, Guest] = {}
     try:
         layer, share = _layer(work), work / "share"
@@ -104,11 +112,12 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
         handle = 1
         for i in range(-WARMUP_ROUNDS, rounds):
             order = list(guests.items())
-            for name, guest in order if i % 2 == 0 else order[::-1]:
-                took = start_once(guest, handle)
-                handle += 1
-                if i >= 0:
-                    samples[name].append(took)
+            for kind, args in COMMANDS.items():
+                for name, guest in order if i % 2 == 0 else order[::-1]:
+                    took = start_once(guest, handle, args)
+                    handle += 1
+                    if i >= 0:
+                        samples.setdefault(name + kind, []).append(took)
     finally:
         for guest in guests.values():
             guest.kill()
