@@ -317,9 +317,10 @@ static int prepared_mounts(const struct start_req *req, const struct prepare_req
 	return rc;
 }
 
-/* In the prepared child, once prepared: wait for the START, then finish it. Never returns. */
+/* In the process forked ahead in the prepared container: wait for the START, then finish it,
+ * handing the reaper (over `shim_sock`) what it needs to be the shim. Never returns. */
 static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *prep, int sock,
-						    int scratch_fd)
+						    int scratch_fd, int shim_sock)
 {
 	uint32_t mask = 0;
 	char *payload = malloc(PREPARED_MAX_PAYLOAD);
@@ -337,6 +338,8 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 
 	if (payload == NULL)
 		_exit(1);
+	log_msg("prepared container: process %d waits for its START", (int)spawn_pid_in_init_view());
+	spawn_warm_default_path(); /* the START's PATH search walks these, usually */
 	do
 		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
@@ -369,17 +372,20 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
 		spawn_report_failure(f.report[1], &e);
 	}
-	spawn_process_and_shim(&r.u.start.proc, &f);
+	spawn_forked_process(&r.u.start.proc, &f, shim_sock);
 }
 
 /* The clone()d child of PREPARE, PID 1 of the new PID namespace, born in its cgroup (if
- * in_cgroup). Never returns. */
+ * in_cgroup). Once prepared it forks the process-to-be, which waits for the START
+ * (prepared_wait), and waits to become its shim: the fork is off the START's clock. Never
+ * returns. */
 static __attribute__((noreturn)) void prepared_child(const struct prepare_req *req, int sock,
 						      int in_cgroup)
 {
 	const char *root = SCRATCH_DIR "/root";
 	struct op_error e;
-	int scratch_fd;
+	int scratch_fd, shim[2];
+	pid_t child;
 
 	memset(&e, 0, sizeof(e));
 	if ((in_cgroup && cgroup_unshare_ns(&e) != 0) || assemble_rootfs(&req->rootfs, &e) != 0)
@@ -402,10 +408,23 @@ static __attribute__((noreturn)) void prepared_child(const struct prepare_req *r
 	if (net_bind_files(SCRATCH_DIR, root, "localhost", &e) != 0 || enter_rootfs(&e) != 0 ||
 	    mount_system_fs(&e) != 0)
 		goto fail;
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, shim) != 0 ||
+	    (child = fork()) < 0) {
+		log_errno("fork the prepared container's process");
+		op_fail(&e, "ESPAWN", errno, "fork");
+		goto fail;
+	}
+	if (child == 0) {
+		close(shim[0]);
+		prepared_wait(req, sock, scratch_fd, shim[1]);
+	}
+	close(shim[1]);
+	close(scratch_fd);
 	memset(&e, 0, sizeof(e)); /* an empty code: prepared */
 	if (write(sock, &e, sizeof(e)) != (ssize_t)sizeof(e))
-		_exit(1);
-	prepared_wait(req, sock, scratch_fd);
+		_exit(1); /* the PID namespace's end kills the forked process */
+	close(sock); /* the START goes to the forked process */
+	spawn_forked_shim(child, shim[0]);
 fail:
 	if (write(sock, &e, sizeof(e)) < 0)
 		log_errno("report the prepare failure");

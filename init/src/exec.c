@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -279,7 +280,7 @@ static void reset_signals(void)
 	sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-static pid_t own_pid_in_init_view(void)
+pid_t spawn_pid_in_init_view(void)
 {
 	char buf[32];
 	ssize_t n = readlinkat(proc_fd, "self", buf, sizeof(buf) - 1);
@@ -330,7 +331,7 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 						  int go)
 {
 	int rfd = f->report[1];
-	struct spawn_report r = {.kind = REPORT_PID, .pid = own_pid_in_init_view()};
+	struct spawn_report r = {.kind = REPORT_PID, .pid = spawn_pid_in_init_view()};
 	struct op_error e;
 	int err;
 
@@ -382,11 +383,37 @@ static void shim_out_of_oom_reach(void)
 		close(fd);
 }
 
-void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
+/* The parent's half of a spawn: wait until the process `child` has reported READY (`go_read`
+ * closed by it; -1: no wait), then become its shim, handing it `status_fd`. Never returns. */
+static __attribute__((noreturn)) void become_shim(pid_t child, int go_read, int status_fd,
+						   int report_fd)
 {
 	char pid_arg[16], fd_arg[16];
 	char *argv[] = {"hypervm-init", "--shim", pid_arg, fd_arg, NULL};
 	char *envp[] = {NULL};
+
+	if (go_read >= 0) {
+		char byte;
+
+		while (read(go_read, &byte, 1) < 0 && errno == EINTR)
+			;
+		close(go_read);
+	}
+	shim_out_of_oom_reach();
+	snprintf(pid_arg, sizeof(pid_arg), "%d", (int)child);
+	snprintf(fd_arg, sizeof(fd_arg), "%d", status_fd);
+	if (fcntl(status_fd, F_SETFD, 0) != 0) {
+		kill(child, SIGKILL);
+		fail_errno(report_fd, "ESPAWN", errno, "status pipe");
+	}
+	syscall(SYS_execveat, self_fd, "", argv, envp, AT_EMPTY_PATH);
+	log_errno("execveat init for the shim");
+	kill(child, SIGKILL);
+	fail_errno(report_fd, "ESPAWN", errno, "cannot start the shim");
+}
+
+void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
+{
 	int go[2] = {-1, -1};
 	pid_t child;
 
@@ -403,25 +430,88 @@ void spawn_process_and_shim(const struct proc_spec *p, struct spawn_fds *f)
 			close(go[0]);
 		run_process(p, f, go[1]);
 	}
-	if (go[0] >= 0) {
-		char byte;
-
+	if (go[1] >= 0)
 		close(go[1]);
-		while (read(go[0], &byte, 1) < 0 && errno == EINTR)
-			;
+	become_shim(child, go[0], f->status[1], f->report[1]);
+}
+
+void spawn_warm_default_path(void)
+{
+	char dir[sizeof(DEFAULT_PATH)];
+	struct stat st;
+
+	memcpy(dir, DEFAULT_PATH, sizeof(dir));
+	for (char *save = NULL, *d = strtok_r(dir, ":", &save); d != NULL;
+	     d = strtok_r(NULL, ":", &save))
+		(void)stat(d, &st); /* a miss is cached as well as a hit */
+}
+
+/* What the process forked ahead hands its parent: the status and report ends, and the read
+ * end of the READY wait (START early_reply only). */
+#define HANDOVER_FDS 3
+
+void spawn_forked_process(const struct proc_spec *p, struct spawn_fds *f, int parent_sock)
+{
+	int go[2] = {-1, -1};
+	int fds[HANDOVER_FDS] = {f->status[1], f->report[1], -1};
+	size_t nfds = 2;
+	char byte = 0, control[CMSG_SPACE(sizeof(int) * HANDOVER_FDS)];
+	struct iovec iov = {&byte, 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control};
+	struct cmsghdr *c;
+	ssize_t n;
+
+	if (p->early_reply && pipe2(go, O_CLOEXEC) != 0)
+		fail_errno(f->report[1], "ESPAWN", errno, "pipe");
+	if (go[0] >= 0)
+		fds[nfds++] = go[0];
+	memset(control, 0, sizeof(control));
+	msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+	memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	do
+		n = sendmsg(parent_sock, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		fail_errno(f->report[1], "ESPAWN", errno, "hand the shim its pipes");
+	close(parent_sock);
+	if (go[0] >= 0)
 		close(go[0]);
-	}
-	shim_out_of_oom_reach();
-	snprintf(pid_arg, sizeof(pid_arg), "%d", (int)child);
-	snprintf(fd_arg, sizeof(fd_arg), "%d", f->status[1]);
-	if (fcntl(f->status[1], F_SETFD, 0) != 0) {
+	run_process(p, f, go[1]);
+}
+
+void spawn_forked_shim(pid_t child, int sock)
+{
+	int fds[HANDOVER_FDS] = {-1, -1, -1};
+	size_t nfds = 0;
+	char byte, control[CMSG_SPACE(sizeof(int) * HANDOVER_FDS)];
+	struct iovec iov = {&byte, 1};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+			     .msg_controllen = sizeof(control)};
+	ssize_t n;
+
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(0); /* the process ended first: dropped before a START, or its START failed */
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len >= CMSG_LEN(0)) {
+			nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			if (nfds > HANDOVER_FDS)
+				nfds = HANDOVER_FDS;
+			memcpy(fds, CMSG_DATA(c), sizeof(int) * nfds);
+		}
+	close(sock);
+	if (nfds < 2) {
 		kill(child, SIGKILL);
-		fail_errno(f->report[1], "ESPAWN", errno, "status pipe");
+		_exit(1);
 	}
-	syscall(SYS_execveat, self_fd, "", argv, envp, AT_EMPTY_PATH);
-	log_errno("execveat init for the shim");
-	kill(child, SIGKILL);
-	fail_errno(f->report[1], "ESPAWN", errno, "cannot start the shim");
+	become_shim(child, nfds > 2 ? fds[2] : -1, fds[0], fds[1]);
 }
 
 int spawn_await(int report_fd, pid_t child, int early, pid_t *pid, struct op_error *e)

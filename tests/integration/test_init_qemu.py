@@ -733,8 +733,9 @@ def test_layers_stack_lowest_first(guest: Guest) -> None:
 def test_a_prepared_container_takes_the_matching_start(
     guests: Any, artifacts: dict[str, Path]
 ) -> None:
-    """PREPARE makes a container ahead of time; only a START of its rootfs and carried tags
-    takes it over, with its own mounts, hostname, /etc files, identity and environment."""
+    """PREPARE makes a container ahead of time, its process forked; only a START of its rootfs
+    and carried tags takes it over, with its own mounts, hostname, /etc files, identity and
+    environment."""
     g = guests("prepared")
     chan = g.connect()
     chan.ok(MsgType.NETWORK, {"nameservers": ["10.0.2.3"],
@@ -759,7 +760,7 @@ def test_a_prepared_container_takes_the_matching_start(
         "touch /ro/x 2>/dev/null || echo ro; ls -a / | grep -c hypervm-shares; "
         'grep -c hypervm-shares /proc/self/mountinfo; id -u; pwd; echo "$FOO"; cat'
     )
-    chan.ok(MsgType.START, {
+    reply = chan.ok(MsgType.START, {
         "container": "prep", "handle": 91, "rootfs": rootfs, "hostname": "prep",
         "mounts": [{"type": "9p", "source": SHARE_TAG, "subdir": "w", "destination": "/rw"},
                    {"type": "9p", "source": SHARE_TAG, "subdir": "sub", "destination": "/ro",
@@ -775,6 +776,8 @@ def test_a_prepared_container_takes_the_matching_start(
         "0", "0", "1000", "/tmp", "foo", "from stdin"], proc.stdout
     assert (artifacts["share"] / "w" / "from-prepared").read_text() == "prepared\n"
     assert "container prep started (prepared): process 91" in g.console()
+    # its process was forked when the container was prepared (the fork is off the START's clock)
+    assert f"prepared container: process {reply['pid']} waits for its START" in g.console()
     # used up: a new one can be prepared; a START it cannot serve (a missing subdir) fails
     # cleanly and uses it up too
     chan.ok(MsgType.PREPARE, {"rootfs": rootfs, "shares": [SHARE_TAG]})
@@ -784,6 +787,17 @@ def test_a_prepared_container_takes_the_matching_start(
         "process": {"args": ["true"]}})
     assert err["code"] == "EMOUNT" and "mounts[0]" in err["message"], err
     chan.ok(MsgType.PREPARE, {"rootfs": rootfs})
+    # a command its forked process cannot find fails the START as it would unprepared (its
+    # reaper ends with it), and uses it up
+    for early in (True, False):
+        err = chan.error(MsgType.START, {
+            "container": f"nocmd{early}", "handle": 93 + early, "rootfs": rootfs,
+            "process": {"args": ["no-such-command"], "env": ["PATH=/bin"]},
+            "early_reply": early})
+        assert err["code"] == "ENOENT", err
+        chan.ok(MsgType.PREPARE, {"rootfs": rootfs})
+    start(chan, "after", 95, "echo after")
+    assert chan.wait_exit(95).stdout == b"after\n"
     chan.ok(MsgType.PING, {})
 
 
