@@ -22,6 +22,7 @@ Threads: *standby* starts a standby for a wanted shape that has none (one at a t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -188,6 +189,8 @@ class StandbyKeeper:
     def take(self, ask: Ask, pid: int) -> _Standby:
         """Hand the standby of ``ask``'s shape to ``pid`` (and note the shape as wanted);
         PoolError when there is none for it."""
+        # one standby per template, whatever vCPUs (up to its capacity) the claimer asked for
+        ask = dataclasses.replace(ask, shape=store.template_shape(self.cfg, ask.shape))
         if self._stopping.is_set():
             raise PoolError("the pool is stopping")
         if process_start_time(pid) is None:
