@@ -16,7 +16,8 @@ vCPUs share it, their further vCPUs hot-plugged after the load. Every later laun
    (the daemon records us as its owner, hands us its channel's socket), and 3 gives it a
    seed of its own all the same. Without one (no daemon, none ready, or one that fails) the
    launch does 1 and 2 itself;
-3. the pod's further vCPUs hot-plugged (libvirt: each in a cgroup with the CPU quota), and
+3. the pod's further vCPUs hot-plugged (libvirt: each in a cgroup with the CPU quota; in a
+   thread of its own, overlapping RESEED, whose ``cpus`` has init wait for them), and
    RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
    the template's kernel RNG state: init/PROTOCOL.md RESEED), which also has init bring the
    hot-plugged vCPUs online. A clone that cannot be reseeded is destroyed, never used;
@@ -193,7 +194,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         vm.identity = identity.Identity(*lease.identity) if lease.identity is not None else None
     marks.append(("create", time.monotonic()))
     # on leaving, the helper's running step is waited for (an error then is the first one's)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-vcpus") as plugger:
         # a standby runs already: its layers can be hot-added at once
         steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=taken is not None)]
         if taken is None:
@@ -209,9 +211,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
             sock, given = taken[1], taken[0].ready
         marks.append(("load", time.monotonic()))
         cpus = vm.pod.resources.cpus
-        if cpus > 1:  # the template had 1: the pod's others hot-plugged (init onlines them)
-            hv.set_vcpus(vm.name, cpus)
-            marks.append(("vcpus", time.monotonic()))
+        if cpus > 1:  # the template had 1: the others hot-plugged while init reseeds (RESEED's
+            # cpus has it wait for them and bring them online)
+            steps.append(plugger.submit(hv.set_vcpus, vm.name, cpus))
         ready = vm.channel.attach(sock, LOAD_TIMEOUT, given)
         # before anything else runs in it: a clone's kernel RNG is the template's until now
         # (a standby was reseeded by the daemon: this one is the pod's own, all the same)
