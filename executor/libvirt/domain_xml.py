@@ -280,7 +280,10 @@ class Domain:
             _sub(features, "acpi")
         if self.tb_cache_mib is not None:
             _sub(_sub(features, "tcg"), "tb-cache", str(self.tb_cache_mib), unit="MiB")
-        _sub(dom, "cpu", mode=self.cpu_mode, check="none")
+        cpu = _sub(dom, "cpu", mode=self.cpu_mode, check="none")
+        if self.max_vcpus is not None:  # hot-plugged vCPUs are cores of the first's socket:
+            # the guest's TSC sync check of a new vCPU then runs 2 ms, not a new socket's 20
+            _sub(cpu, "topology", sockets="1", dies="1", cores=str(self.max_vcpus), threads="1")
         _sub(dom, "clock", offset="utc")
         for event in ("on_poweroff", "on_reboot", "on_crash"):
             _sub(dom, event, self.lifecycle_action)

@@ -46,7 +46,10 @@ def test_a_template_has_one_vcpu_present_of_its_capacity_the_others_hotpluggable
         cfg: Any) -> None:
     spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 4, 256, {})
     assert (spec.vcpus, spec.max_vcpus) == (1, 4)
-    assert '<vcpu placement="static" current="1">4</vcpu>' in domain_xml(spec)
+    xml = domain_xml(spec)
+    assert '<vcpu placement="static" current="1">4</vcpu>' in xml
+    # cores of one socket: a hot-plugged vCPU's TSC sync check runs 2 ms, not 20
+    assert '<topology sockets="1" dies="1" cores="4" threads="1" />' in xml
 
 
 def test_max_vcpus_below_the_present_ones_or_above_the_bound_is_refused(cfg: Any) -> None:
