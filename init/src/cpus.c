@@ -39,7 +39,32 @@ static int bring_up(unsigned n)
 	return rc;
 }
 
+/* Expedited RCU grace periods (IPIs, not waiting for every CPU's tick) while CPUs come
+ * online: bringing one up waits for several grace periods (sched domains, cpusets). */
+static void rcu_expedite(int on)
+{
+	int fd = open("/sys/kernel/rcu_expedited", O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	if (write(fd, on ? "1" : "0", 1) != 1)
+		log_msg("cannot set rcu_expedited: %s", strerror(errno));
+	close(fd);
+}
+
+static int online_all(unsigned wanted, unsigned *online, struct op_error *e);
+
 int cpus_online(unsigned wanted, unsigned *online, struct op_error *e)
+{
+	int rc;
+
+	rcu_expedite(1);
+	rc = online_all(wanted, online, e);
+	rcu_expedite(0);
+	return rc;
+}
+
+static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 {
 	struct timespec pause = {0, POLL_MS * 1000000L};
 	unsigned waited = 0, n, count = 0;
