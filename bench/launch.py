@@ -103,10 +103,10 @@ def clone_spans(executor_log: str) -> dict[str, float]:
     return spans
 
 
-def task(tid: str, ref: str, port: int | None = None) -> dict[str, Any]:
+def task(tid: str, ref: str, port: int | None = None, cpus: float = CPUS) -> dict[str, Any]:
     """The benchmark's task; ``port``: a host port in its ``ports`` resources (published to the
     same port in the VM, as the executor maps ports without DiscoveryInfo)."""
-    resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": CPUS}},
+    resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
                  {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}]
     if port is not None:
         resources.append({"name": "ports", "type": "RANGES",
@@ -125,9 +125,11 @@ def free_port() -> int:
 
 
 def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = None, *,
-                snapshot: bool = False, executor_tree: Path | None = None) -> Launch:
+                snapshot: bool = False, executor_tree: Path | None = None,
+                cpus: float = CPUS) -> Launch:
     """One launch; warm from the pool at ``pool_socket``, else from a snapshot (``snapshot``),
-    else cold; with ``port``, the task publishes that host port. ``executor_tree``: run the
+    else cold; with ``port``, the task publishes that host port; ``cpus``: the task's (with the
+    executor's 0.1: the VM's vCPUs, rounded up). ``executor_tree``: run the
     executor from that source tree (e.g. a baseline commit's), not this one (the bench's own:
     without it on PYTHONPATH, the venv's editable install, e.g. /work/main, would run)."""
     work = scratch_dir("agent")
@@ -141,7 +143,7 @@ def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = No
         agent.start_executor()
         agent.wait_subscribed(timeout=60)
         started = time.monotonic()
-        agent.launch(task("t", ref, port))
+        agent.launch(task("t", ref, port, cpus))
         agent.wait_state("t", "TASK_RUNNING", TIMEOUT)
         took = time.monotonic() - started
         final = agent.wait_terminal("t", TIMEOUT)

@@ -7,7 +7,10 @@ standby clone of the launch shape, ready before each launch: executor.snapshot.k
 of ``snapshot launch`` (HYPERVM_POOL=off: the executor starts a clone of its own, the path of
 any shape with no VM waiting), with the phases of each (``clone: …`` from the executor's log:
 snapshot lookup, create (libvirt + QEMU start, or taking the standby), load (the migration
-stream), reseed (RESEED and the layers' hot-add), pod (ports, NIC, binds)). A few minutes.
+stream), vcpus (the hot-plug of a pod's vCPUs beyond the template's 1), reseed (RESEED, which
+brings them online, and the layers' hot-add), pod (ports, NIC, binds)). Then the same two of a
+pod of 2 vCPUs (``… (2 vCPUs)``: the same snapshot and standby, its second vCPU hot-plugged; a
+shape never launched before in the first round). A few minutes.
 
 ``--baseline DIR`` (another commit's source tree, ``git archive BASE | tar -x -C DIR``): each
 round also takes the ``snapshot launch (standby)`` and ``snapshot launch`` samples with the
@@ -23,7 +26,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench import container, images, launch, peers, peersuite, results, vmenv
@@ -31,6 +34,7 @@ from bench.vmenv import VMEnv, bench_name
 from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
+from executor.snapshot import store
 from executor.snapshot.keeper import StandbyKeeper
 from executor.snapshot.store import Shape
 
@@ -58,7 +62,9 @@ def standby_pool(env: VMEnv, name: str) -> Iterator[tuple[WarmPool, StandbyKeepe
 
 
 def standby_ready(keeper: StandbyKeeper) -> None:
-    if not keeper.wait_ready(SHAPE, STANDBY_READY_S):
+    """The standby of the launch's template (store.template_shape: the keeper keeps one per
+    memory size and tenant, with the template's vCPU capacity) is ready."""
+    if not keeper.wait_ready(store.template_shape(keeper.cfg, SHAPE), STANDBY_READY_S):
         raise RuntimeError(f"no standby clone within {STANDBY_READY_S:g} s: {keeper.status()}")
 
 
@@ -79,7 +85,25 @@ def standby_memory(keeper: StandbyKeeper) -> dict[str, float]:
             "private_mib": sum(x or 0.0 for x in private)}
 
 
-def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
+#: the task's cpus of a 2 vCPU launch (with the executor's 0.1)
+TWO_VCPUS = 1.9
+
+
+def two_vcpu_round(ref: str, sock: Path, keeper: StandbyKeeper,
+                   add: Callable[[str, launch.Launch], None]) -> None:
+    """A launch of 2 vCPUs from the standby made for the template (of 1 vCPU present), and
+    one from a clone of its own: the vCPU hot-plug and its onlining on the launch's clock
+    (the first round's is of a shape never launched before)."""
+    standby_ready(keeper)
+    snap = launch.launch_once(ref, sock, snapshot=True, cpus=TWO_VCPUS)
+    if not snap.standby:
+        raise RuntimeError("the 2 vCPU launch did not start on the standby")
+    add("snapshot launch (standby, 2 vCPUs)", snap)
+    add("snapshot launch (2 vCPUs)", launch.launch_once(ref, snapshot=True, cpus=TWO_VCPUS))
+
+
+def measure(rounds: int, baseline: Path | None = None,
+            two_vcpus: bool = True) -> dict[str, list[float]]:
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
     trees: list[tuple[str, Path | None]] = [("", None)]
@@ -116,6 +140,8 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
                 for label, tree in trees if i % 2 == 0 else trees[::-1]:
                     add(label + "snapshot launch",
                         launch.launch_once(ref, snapshot=True, executor_tree=tree))
+                if two_vcpus:  # this tree: the same snapshot and standby, a vCPU hot-plugged
+                    two_vcpu_round(ref, sock, keeper, add)
             samples.update(peer_rounds.samples)
     return samples
 

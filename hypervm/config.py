@@ -29,6 +29,8 @@ DEFAULT_IMAGE_AUTH_TTL_S = 300.0
 #: kernel's layout, KASLR, and boot-time secrets are every clone's: executor.snapshot.store)
 DEFAULT_SNAPSHOT_MAX_AGE_S = 3600.0
 DEFAULT_SNAPSHOT_MAX_CLONES = 100
+#: vCPUs a snapshot's template can hot-plug, at most (a pod's own bound: podspec.MAX_CPUS)
+MAX_SNAPSHOT_VCPUS = 64
 #: pids.max of each container in a guest (a fork bomb stops there); 0: no limit
 DEFAULT_CONTAINER_PIDS = 4096
 
@@ -226,6 +228,10 @@ class HostConfig:
     #: is (None: no bound): clones of one template share its kernel's layout (KASLR)
     snapshot_max_age_s: float | None = DEFAULT_SNAPSHOT_MAX_AGE_S
     snapshot_max_clones: int | None = DEFAULT_SNAPSHOT_MAX_CLONES
+    #: vCPUs a snapshot's template boots with as capacity (1 present; executor.snapshot): pods
+    #: of up to this many share its snapshot, their vCPUs hot-plugged; a larger pod's template
+    #: has its own count. Default: the host's CPUs
+    snapshot_vcpus: int = 1
     #: TCG translation cache cap in MiB (DomainSpec.tb_cache_mib); None: QEMU's default
     tb_cache_mib: int | None = None
     #: guests hand the memory they free back to the host (DomainSpec.free_page_reporting)
@@ -338,6 +344,7 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         snapshot_max_clones=env_count(env, "HYPERVM_SNAPSHOT_MAX_CLONES",
                                       DEFAULT_SNAPSHOT_MAX_CLONES,
                                       "e.g. 100 clones per template, or 0: no bound"),
+        snapshot_vcpus=snapshot_vcpus(env),
         tb_cache_mib=int(tb_cache) if tb_cache else None,
         free_page_reporting=reporting == "on",
         tcg_flush=flush == "on",
@@ -353,6 +360,17 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
                                      "e.g. 1024 MiB per container, or 0: half the VM's RAM"),
         net_policy=net_policy_from_env(env),
     )
+
+
+def snapshot_vcpus(env: Mapping[str, str]) -> int:
+    """HYPERVM_SNAPSHOT_VCPUS: 1..MAX_SNAPSHOT_VCPUS; default the host's CPU count."""
+    value = env.get("HYPERVM_SNAPSHOT_VCPUS", "").strip()
+    if not value:
+        return max(1, min(os.cpu_count() or 1, MAX_SNAPSHOT_VCPUS))
+    if not value.isdigit() or not 1 <= int(value) <= MAX_SNAPSHOT_VCPUS:
+        raise InvalidSpec("HYPERVM_SNAPSHOT_VCPUS", f"{value!r} is not 1..{MAX_SNAPSHOT_VCPUS}",
+                          hint="e.g. 4: pods of 1 to 4 vCPUs share one snapshot")
+    return int(value)
 
 
 def env_count(env: Mapping[str, str], name: str, default: int | None, hint: str) -> int | None:

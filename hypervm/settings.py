@@ -63,6 +63,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds after which a snapshot's template is remade (0: never)"),
     Setting("snapshot_max_clones", "HYPERVM_SNAPSHOT_MAX_CLONES", "100",
             "clones a snapshot serves before its template is remade (0: no bound)"),
+    Setting("snapshot_vcpus", "HYPERVM_SNAPSHOT_VCPUS", "",
+            "vCPUs a snapshot's template can hot-plug into its clones, so shapes of up to "
+            "this many share it (default: the host's CPUs)"),
     Setting("tcg_tb_cache_mib", "HYPERVM_TCG_TB_CACHE_MIB", "", "TCG translation cache in MiB"),
     Setting("free_page_reporting", "HYPERVM_FREE_PAGE_REPORTING", "on",
             "guests hand freed memory back"),

@@ -353,14 +353,19 @@ def resize_payload(handle: int, rows: int, cols: int) -> dict[str, int]:
 
 #: RESEED's seed: bytes of fresh host entropy (init takes 32..512)
 RESEED_BYTES = 64
+#: RESEED's ``cpus``: init onlines at most this many (init/src/cpus.h CPUS_MAX)
+MAX_RESEED_CPUS = 64
 
 
-def reseed_payload(seed: bytes) -> dict[str, str]:
+def reseed_payload(seed: bytes, cpus: int | None = None) -> dict[str, Any]:
     """RESEED: fresh host entropy the guest kernel's RNG is reseeded from (a VM restored from
-    a snapshot starts with its template's RNG state); ``seed`` is 32..512 bytes."""
+    a snapshot starts with its template's RNG state); ``seed`` is 32..512 bytes. ``cpus``
+    (init 0.6.0): the vCPUs the host hot-plugged, which init brings online first."""
     if not 32 <= len(seed) <= 512:
         raise ProtocolError(f"a RESEED seed has 32..512 bytes, not {len(seed)}")
-    return {"seed": seed.hex()}
+    if cpus is not None and not 1 <= cpus <= MAX_RESEED_CPUS:
+        raise ProtocolError(f"a RESEED brings 1..{MAX_RESEED_CPUS} vCPUs online, not {cpus}")
+    return {"seed": seed.hex()} if cpus is None else {"seed": seed.hex(), "cpus": cpus}
 
 
 def mount_payload(type_: str, destination: str, readonly: bool, source: str | None = None,

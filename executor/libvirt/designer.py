@@ -74,30 +74,42 @@ def cold_domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles,
 
 def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpus: int,
                 memory_mib: int, metadata: Mapping[str, str], *,
-                identity: tuple[int, int] | None = None) -> DomainSpec:
+                identity: tuple[int, int] | None = None,
+                max_vcpus: int | None = None) -> DomainSpec:
     """An empty pool VM of one shape: no disks (layers are hot-added to its SCSI controller at
     claim time), one share whose subdirectories the claim binds, a NIC without published
     ports. Its memory bound is its shape's, set now (claims match the shape); a CPU limit is
     applied to the running VM when a pod asks for one. ``identity``: its own uid:gid from its
-    boot on, before anyone knows whose pod it will run; a claim gives the pod's shares to it."""
+    boot on, before anyone knows whose pod it will run; a claim gives the pod's shares to it.
+    ``max_vcpus``: vCPUs that can be hot-plugged up to (a snapshot's template, its clones)."""
     share = ShareSpec(source=run_dir / POOL_SHARE_DIR, tag=POOL_SHARE_TAG, multidevs="remap")
     return _domain(name, boot, cfg, RunFiles.under(run_dir),
                    Resources(cpus=vcpus, memory_mib=memory_mib), NetworkSpec(), metadata,
-                   identity, shares=(share,), scsi_controller=True)
+                   identity, shares=(share,), scsi_controller=True, max_vcpus=max_vcpus)
 
 
 #: the QEMU arguments of a clone: wait for a migration stream (executor.libvirt.migration)
 INCOMING_ARGS = ("-incoming", "defer")
 
 
+def template_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
+                    max_vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
+                    identity: tuple[int, int] | None = None) -> DomainSpec:
+    """A snapshot's template (executor.snapshot): a pool VM of ``memory_mib`` with 1 vCPU
+    present of ``max_vcpus`` (its clones get their pod's vCPUs hot-plugged)."""
+    return pool_domain(name, boot, cfg, run_dir, 1, memory_mib, metadata, identity=identity,
+                       max_vcpus=max_vcpus)
+
+
 def clone_domain(name: str, template: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
-                 vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
+                 max_vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
                  identity: tuple[int, int] | None = None) -> DomainSpec:
     """A VM started from the snapshot of ``template`` (executor.snapshot): the template's
-    domain (a pool VM of the same shape, whose devices its saved state fills) under its own
-    name, UUID, run dir and uid, with the template's NIC (the MAC in its saved state), waiting
-    for the state instead of booting."""
-    spec = pool_domain(name, boot, cfg, run_dir, vcpus, memory_mib, metadata, identity=identity)
+    domain (:func:`template_domain`, whose devices its saved state fills: 1 vCPU present of
+    ``max_vcpus``) under its own name, UUID, run dir and uid, with the template's NIC (the MAC
+    in its saved state), waiting for the state instead of booting."""
+    spec = template_domain(name, boot, cfg, run_dir, max_vcpus, memory_mib, metadata,
+                           identity=identity)
     nic = network.qemu_args(NetworkSpec(), network.mac_address(template))
     # anonymous RAM: loading the state then allocates only the pages it fills (DomainSpec)
     return dataclasses.replace(spec, qemu_args=(*nic, *INCOMING_ARGS),

@@ -206,6 +206,9 @@ class DomainSpec:
     emulator: Path | None = None
     #: (uid, gid) this VM's QEMU runs as, its own (executor.libvirt.identity); None: libvirt's user
     identity: tuple[int, int] | None = None
+    #: vCPUs that can be hot-plugged up to (``vcpus`` present at the start; a snapshot's
+    #: template and its clones, executor.snapshot); None: ``vcpus``, none hot-pluggable
+    max_vcpus: int | None = None
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
@@ -219,6 +222,9 @@ class DomainSpec:
             raise InvalidSpec("accel", f"unknown accelerator {self.accel!r}", hint="use kvm or tcg")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidSpec("vcpus", f"{self.vcpus} is out of range", hint=f"use 1..{MAX_VCPUS}")
+        if self.max_vcpus is not None and not self.vcpus <= self.max_vcpus <= MAX_VCPUS:
+            raise InvalidSpec("max_vcpus", f"{self.max_vcpus} is out of range",
+                              hint=f"use {self.vcpus}..{MAX_VCPUS}")
         if not MIN_MEMORY_MIB <= self.memory_mib <= MAX_MEMORY_MIB:
             raise InvalidSpec(
                 "memory_mib",

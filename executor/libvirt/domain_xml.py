@@ -251,6 +251,8 @@ class Domain:
     free_page_reporting: bool = True
     emulator: Path | None = None
     seclabel: SecLabel | None = None
+    #: vCPUs hot-pluggable up to (DomainSpec.max_vcpus); None: ``vcpus``
+    max_vcpus: int | None = None
     #: KSM may merge guest RAM: anonymous memory QEMU marks mergeable (libvirt's default);
     #: else the memory backing, and <nosharepages/> (QEMU's mem-merge=off) says so again,
     #: whatever the host runs
@@ -261,7 +263,10 @@ class Domain:
         _sub(dom, "name", self.name)
         self.metadata.build(dom)
         _sub(dom, "memory", str(self.memory_mib), unit="MiB")
-        _sub(dom, "vcpu", str(self.vcpus), placement="static")
+        if self.max_vcpus is None:
+            _sub(dom, "vcpu", str(self.vcpus), placement="static")
+        else:  # the others hot-pluggable (libvirt's default for vCPUs not enabled)
+            _sub(dom, "vcpu", str(self.max_vcpus), placement="static", current=str(self.vcpus))
         self._build_tuning(dom)
         if not self.memory_merge:
             backing = _sub(dom, "memoryBacking")
@@ -275,7 +280,10 @@ class Domain:
             _sub(features, "acpi")
         if self.tb_cache_mib is not None:
             _sub(_sub(features, "tcg"), "tb-cache", str(self.tb_cache_mib), unit="MiB")
-        _sub(dom, "cpu", mode=self.cpu_mode, check="none")
+        cpu = _sub(dom, "cpu", mode=self.cpu_mode, check="none")
+        if self.max_vcpus is not None:  # hot-plugged vCPUs are cores of the first's socket:
+            # the guest's TSC sync check of a new vCPU then runs 2 ms, not a new socket's 20
+            _sub(cpu, "topology", sockets="1", dies="1", cores=str(self.max_vcpus), threads="1")
         _sub(dom, "clock", offset="utc")
         for event in ("on_poweroff", "on_reboot", "on_crash"):
             _sub(dom, event, self.lifecycle_action)
@@ -374,6 +382,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         type="kvm" if spec.accel == "kvm" else "qemu",
         name=spec.name,
         vcpus=spec.vcpus,
+        max_vcpus=spec.max_vcpus,
         memory_mib=spec.memory_mib,
         os=OS(
             kernel=spec.kernel,

@@ -373,12 +373,8 @@ class Hypervisor:
     def wait_gone(self, name: str, timeout: float) -> None:
         """Wait until ``name`` no longer runs; HypervisorError after ``timeout`` seconds."""
         from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed  # deferred
-        retrying = Retrying(
-            wait=wait_fixed(0.05),
-            stop=stop_after_delay(timeout),
-            retry=retry_if_result(bool),
-            retry_error_callback=lambda _: True,
-        )
+        retrying = Retrying(wait=wait_fixed(0.05), stop=stop_after_delay(timeout),
+                            retry=retry_if_result(bool), retry_error_callback=lambda _: True)
         if retrying(self.is_running, name):
             raise HypervisorError(f"VM {name} still runs after {timeout:g} s")
 
@@ -468,6 +464,12 @@ class Hypervisor:
         if sched:
             self._live(name, "set the CPU bounds", lambda dom: dom.setSchedulerParametersFlags(
                 sched, libvirt.VIR_DOMAIN_AFFECT_LIVE))
+
+    def set_vcpus(self, name: str, count: int) -> None:
+        """Hot-plug vCPUs into the running domain up to ``count`` (each in a cgroup of its own
+        with the domain's CPU quota, as libvirt does for the first; a snapshot's clone)."""
+        self._live(name, f"set {count} vCPUs",
+                   lambda dom: dom.setVcpusFlags(count, libvirt.VIR_DOMAIN_AFFECT_LIVE))
 
     def adopt(self, name: str) -> None:
         """Report lifecycle events of ``name`` (created by another process, e.g. the pool) as

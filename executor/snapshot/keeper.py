@@ -1,8 +1,10 @@
 """The warm pool daemon's standby clones (the protocol: executor.snapshot.standby).
 
 A :class:`StandbyKeeper` serves the ``standby`` operation on a :class:`WarmPool`'s socket and
-keeps one standby clone for each of the latest ``PoolConfig.standby`` shapes that launches
-from a snapshot asked for: a clone domain of the store's snapshot of that shape, its QEMU
+keeps one standby clone for each of the latest ``PoolConfig.standby`` template shapes that
+launches from a snapshot asked for (store.template_shape: memory size, tenant and the
+template's vCPU capacity; pods of fewer vCPUs take it and hot-plug theirs): a clone domain of
+the store's snapshot of that shape (1 vCPU present), its QEMU
 started (``-incoming defer``), the snapshot loaded, then run: RESEED before anything else, then
 one throwaway container from the host's warm-up layer (LUN 0, as on a pool VM), so that TCG
 has translated the guest code a START runs. Its run dir and uid are made as for any VM (root's
@@ -20,6 +22,7 @@ Threads: *standby* starts a standby for a wanted shape that has none (one at a t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -186,6 +189,8 @@ class StandbyKeeper:
     def take(self, ask: Ask, pid: int) -> _Standby:
         """Hand the standby of ``ask``'s shape to ``pid`` (and note the shape as wanted);
         PoolError when there is none for it."""
+        # one standby per template, whatever vCPUs (up to its capacity) the claimer asked for
+        ask = dataclasses.replace(ask, shape=store.template_shape(self.cfg, ask.shape))
         if self._stopping.is_set():
             raise PoolError("the pool is stopping")
         if process_start_time(pid) is None:

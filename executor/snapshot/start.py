@@ -1,6 +1,8 @@
 """A pod's VM started from a snapshot (``HYPERVM_SNAPSHOT=on``): the launcher's path when no
-pool VM serves the pod. The snapshot of the pod's shape is made once per host (the first
-launch of a shape pays a template boot, executor.snapshot.template); every later launch:
+pool VM serves the pod. The snapshot is made once per host for each memory size and tenant
+(the first such launch pays a template boot, executor.snapshot.template), with 1 vCPU present
+of a capacity of ``HYPERVM_SNAPSHOT_VCPUS`` (store.template_shape): pods of 1 to that many
+vCPUs share it, their further vCPUs hot-plugged after the load. Every later launch:
 
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
@@ -14,9 +16,11 @@ launch of a shape pays a template boot, executor.snapshot.template); every later
    (the daemon records us as its owner, hands us its channel's socket), and 3 gives it a
    seed of its own all the same. Without one (no daemon, none ready, or one that fails) the
    launch does 1 and 2 itself;
-3. RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
-   the template's kernel RNG state: init/PROTOCOL.md RESEED). A clone that cannot be
-   reseeded is destroyed, never used;
+3. the pod's further vCPUs hot-plugged (libvirt: each in a cgroup with the CPU quota; in a
+   thread of its own, overlapping RESEED, whose ``cpus`` has init wait for them), and
+   RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
+   the template's kernel RNG state: init/PROTOCOL.md RESEED), which also has init bring the
+   hot-plugged vCPUs online. A clone that cannot be reseeded is destroyed, never used;
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 
@@ -164,13 +168,14 @@ def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
 
 def _standby(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape
              ) -> tuple[Snapshot | None, Taken | None]:
-    """The store's snapshot of ``shape`` (None: none yet) and, when there is one, a standby
-    clone for it from the pool daemon (None: none ready; executor.snapshot.standby)."""
+    """The store's snapshot for ``shape`` (None: none yet) and, when there is one, a standby
+    clone of it from the pool daemon (None: none ready; executor.snapshot.standby): standbys
+    are kept per template (memory size, tenant), whatever vCPUs the pod then gets."""
     snap = store.lookup(cfg, store.snapshot_key(boot, cfg, shape))
     if snap is None:
         return None, None
-    return snap, standby.take(cfg, shape, snap.state.parent.name, snap.template,
-                              pod_metadata(pod))
+    return snap, standby.take(cfg, store.template_shape(cfg, shape), snap.state.parent.name,
+                              snap.template, pod_metadata(pod))
 
 
 def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
@@ -189,7 +194,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         vm.identity = identity.Identity(*lease.identity) if lease.identity is not None else None
     marks.append(("create", time.monotonic()))
     # on leaving, the helper's running step is waited for (an error then is the first one's)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-vcpus") as plugger:
         # a standby runs already: its layers can be hot-added at once
         steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=taken is not None)]
         if taken is None:
@@ -204,10 +210,15 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         else:
             sock, given = taken[1], taken[0].ready
         marks.append(("load", time.monotonic()))
+        cpus = vm.pod.resources.cpus
+        if cpus > 1:  # the template had 1: the others hot-plugged while init reseeds (RESEED's
+            # cpus has it wait for them and bring them online)
+            steps.append(plugger.submit(hv.set_vcpus, vm.name, cpus))
         ready = vm.channel.attach(sock, LOAD_TIMEOUT, given)
         # before anything else runs in it: a clone's kernel RNG is the template's until now
         # (a standby was reseeded by the daemon: this one is the pod's own, all the same)
-        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES)))
+        vm.channel.request(MsgType.RESEED, reseed_payload(os.urandom(RESEED_BYTES),
+                                                          cpus=cpus if cpus > 1 else None))
         marks.append(("reseed", time.monotonic()))
         for step in steps:
             step.result()
@@ -225,7 +236,8 @@ def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> None:
     policy = in_thread("netpolicy", netpolicy.enforce, cfg, network.host_resolv_conf())
     try:
         vm.identity = identity.for_vm(cfg, hv, vm.name)
-        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, res.cpus,
+        capacity = store.template_shape(cfg, Shape(res.cpus, res.memory_mib)).vcpus
+        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, capacity,
                             res.memory_mib, pod_metadata(vm.pod),
                             identity=vm.identity.pair if vm.identity is not None else None)
         hv.prepare_run_dir(vm.run_dir, spec.identity)

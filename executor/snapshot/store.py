@@ -1,13 +1,15 @@
 """Where snapshots live, and which snapshot a launch may use.
 
 A snapshot is the saved state of a *template*: a pool-style VM (executor.libvirt.designer's
-``pool_domain``) of one shape, booted, its init READY and its NIC configured, nothing run.
-It is keyed by everything its saved state depends on: the template's domain XML with
-placeholder name and paths (so the kernel, initrd (hence init), QEMU, firmware, machine,
-shape and host policy), plus :data:`FORMAT`, and the tenant the launch names. A new kernel,
-init or QEMU makes a new key; the old entries are never read again. At most
-:data:`MAX_ENTRIES` are kept (the least recently used go: every memory size a pod asks for is
-a shape), ``remove`` clears the lot.
+``template_domain``) of one memory size with 1 vCPU present of a capacity of
+``HostConfig.snapshot_vcpus`` (a clone gets its pod's vCPUs hot-plugged, so pods of 1 to that
+many vCPUs share the snapshot: :func:`template_shape`), booted, its init READY and its NIC
+configured, nothing run. It is keyed by everything its saved state depends on: the template's
+domain XML with placeholder name and paths (so the kernel, initrd (hence init), QEMU,
+firmware, machine, memory, vCPU capacity and host policy), plus :data:`FORMAT`, and the tenant
+the launch names. A new kernel, init or QEMU makes a new key; the old entries are never read
+again. At most :data:`MAX_ENTRIES` are kept (the least recently used go: every memory size a
+pod asks for has its own), ``remove`` clears the lot.
 
 Every clone of a template starts from its memory: RESEED gives each its own RNG, but the guest
 kernel's layout (KASLR), its stack canaries and whatever else the kernel and init drew at boot
@@ -57,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from executor.libvirt.designer import pool_domain
+from executor.libvirt.designer import template_domain
 from executor.libvirt.domain_xml import domain_xml
 from hypervm.config import HostConfig
 from hypervm.errors import HostError
@@ -67,10 +69,12 @@ log = logging.getLogger(__name__)
 
 #: bump when what a snapshot holds, or how it is made, changes (2: saved once the boot's freed
 #: memory was reported, executor.snapshot.template.SETTLE_S; 3: keyed by tenant, rotated;
-#: 4: the template's RAM in a file of its own the clones map, with a QEMU that can)
-FORMAT = 4
+#: 4: the template's RAM in a file of its own the clones map, with a QEMU that can; 5: 1 vCPU
+#: present of ``HostConfig.snapshot_vcpus``, the clones' hot-plugged, keyed without them)
+FORMAT = 5
 DIR_MODE = 0o700
-#: entries kept: every (vCPUs, memory) a pod asks for is a shape of its own (~20 MB of state),
+#: entries kept: every memory size (and vCPU count above HostConfig.snapshot_vcpus) a pod asks
+#: for has a template of its own (~20 MB of state),
 #: and a new kernel, init or QEMU makes new keys; the least recently used go first
 MAX_ENTRIES = 16
 #: after a failed template, launches of its shape boot cold this long before one tries again
@@ -107,9 +111,19 @@ def snapshots_dir(cfg: HostConfig) -> Path:
     return cfg.state_dir / "snapshots"
 
 
+def template_shape(cfg: HostConfig, shape: Shape) -> Shape:
+    """The shape of the template a pod of ``shape`` is cloned from: its vCPUs are the
+    template's capacity (``cfg.snapshot_vcpus``, or the pod's own when it wants more; 1 is
+    present, the clone gets the rest hot-plugged), so pods of 1..capacity vCPUs of one memory
+    size and tenant share one snapshot."""
+    return Shape(max(cfg.snapshot_vcpus, shape.vcpus), shape.memory_mib, shape.tenant)
+
+
 def snapshot_key(boot: BootFiles, cfg: HostConfig, shape: Shape) -> str:
-    """The key of the snapshot of a template of ``shape`` booted from ``boot`` on this host."""
-    spec = pool_domain(_KEY_NAME, boot, cfg, _KEY_RUN_DIR, shape.vcpus, shape.memory_mib, {})
+    """The key of the snapshot a pod of ``shape`` is cloned from, booted from ``boot`` on this
+    host (the same for every vCPU count up to the template's capacity: :func:`template_shape`)."""
+    shape = template_shape(cfg, shape)
+    spec = template_domain(_KEY_NAME, boot, cfg, _KEY_RUN_DIR, shape.vcpus, shape.memory_mib, {})
     digest = hashlib.sha256(f"hypervm-snapshot {FORMAT}\n".encode())
     digest.update(domain_xml(spec).encode())
     digest.update(_emulator_identity(boot).encode())

@@ -1,7 +1,8 @@
-"""Making a snapshot: boot a template VM of one shape, bring its init to READY with its NIC
-configured, check that its init can be reseeded (RESEED), save its state into the store, and
-destroy it. Nothing of a pod ever runs in a template, and none of its shares is mounted (QEMU
-refuses to migrate a VM whose 9p export the guest has mounted).
+"""Making a snapshot: boot a template VM of one memory size with 1 vCPU present of its capacity
+(store.template_shape), bring its init to READY with its NIC configured, check that its init
+can be reseeded and can online hot-plugged vCPUs (RESEED with ``cpus``), save its state into
+the store, and destroy it. Nothing of a pod ever runs in a template, and none of its shares
+is mounted (QEMU refuses to migrate a VM whose 9p export the guest has mounted).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from executor import netpolicy, network
 from executor.guest.channel import RawChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import migration
-from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
+from executor.libvirt.designer import POOL_SHARE_DIR, template_domain
 from executor.libvirt.domain import DOMAIN_PREFIX
 from executor.snapshot import store
 from executor.snapshot.store import Shape, Snapshot
@@ -42,7 +43,8 @@ _NETWORK_ID, _RESEED_ID = 1, 2
 
 def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
            wait: float | None = None) -> Snapshot:
-    """The snapshot of a template of ``shape`` (its tenant's), counted as one more clone: from
+    """The snapshot a pod of ``shape`` is cloned from (its tenant's, its memory size's, of
+    its vCPUs or more: store.template_shape), counted as one more clone: from
     the store, else (none, or one due for rotation) made now (once per host: a concurrent
     launch of the same shape waits for this one's). HostError when another template is being
     made for longer than ``wait`` seconds (None: no bound)."""
@@ -65,8 +67,9 @@ def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         except HyperVMError as e:
             store.record_failure(cfg, key, str(e))
             raise
-        log.info("snapshot %s of a %d vCPU / %d MiB template made in %.2f s", key,
-                 shape.vcpus, shape.memory_mib, time.monotonic() - started)
+        log.info("snapshot %s of a template of up to %d vCPUs / %d MiB made in %.2f s", key,
+                 store.template_shape(cfg, shape).vcpus, shape.memory_mib,
+                 time.monotonic() - started)
     made = store.lookup(cfg, key)
     if made is None:
         raise HostError(f"the snapshot {key} just made cannot be read back")
@@ -82,8 +85,8 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
     name = f"{DOMAIN_PREFIX}template-{uuid.uuid4().hex[:8]}"
     run_dir = cfg.vms_dir / name
     # QEMU as libvirt's user: the template is ours, never a tenant's
-    spec = pool_domain(name, boot, cfg, run_dir, shape.vcpus, shape.memory_mib,
-                       {"snapshot": "template"})
+    spec = template_domain(name, boot, cfg, run_dir, store.template_shape(cfg, shape).vcpus,
+                           shape.memory_mib, {"snapshot": "template"})
     # its RAM in a file of its own, which the clones map: needs HyperQEMU's ram-template and
     # the template's RAM in a shared memfd (x-ignore-shared leaves only that out of the stream)
     apart = boot.qemu.shares_template_memory and not (spec.memory_merge
@@ -100,12 +103,7 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         ready = channel.ready(BOOT_TIMEOUT)
         nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
         channel.request(MsgType.NETWORK, _NETWORK_ID, nic or {}, BOOT_TIMEOUT)
-        try:  # clones are reseeded: an init that cannot be must not have clones
-            channel.request(MsgType.RESEED, _RESEED_ID, reseed_payload(os.urandom(RESEED_BYTES)),
-                            BOOT_TIMEOUT)
-        except GuestError as e:
-            raise HostError(f"the guest init {ready.get('init')} cannot reseed its RNG ({e}): "
-                            "no snapshot of it", hint="rebuild the init (make -C init)") from e
+        _check_reseed(channel, ready)
         time.sleep(SETTLE_S)
         memory_fd = store.open_memory(entry) if apart else None
         migration.save(hv, name, fd, SAVE_TIMEOUT, memory_fd=memory_fd)
@@ -122,3 +120,17 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         except HyperVMError as e:
             log.warning("cannot destroy the template %s: %s", name, e)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _check_reseed(channel: RawChannel, ready: dict[str, Any]) -> None:
+    """Clones are reseeded and get their further vCPUs online with RESEED: an init that
+    cannot do both (one older than 0.6.0 ignores ``cpus`` and replies ``{}``) has no clones."""
+    try:
+        reply = channel.request(MsgType.RESEED, _RESEED_ID,
+                                reseed_payload(os.urandom(RESEED_BYTES), cpus=1), BOOT_TIMEOUT)
+    except GuestError as e:
+        raise HostError(f"the guest init {ready.get('init')} cannot reseed its RNG ({e}): "
+                        "no snapshot of it", hint="rebuild the init (make -C init)") from e
+    if "cpus" not in reply:
+        raise HostError(f"the guest init {ready.get('init')} cannot online hot-plugged vCPUs: "
+                        "no snapshot of it", hint="rebuild the init (make -C init)")

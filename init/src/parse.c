@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpus.h"
+
 static int fail(struct req_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static int fail(struct req_error *err, const char *fmt, ...)
@@ -459,7 +461,7 @@ static int hex_digit(char c)
 	return -1;
 }
 
-/* "seed": lower-case hex of RESEED_MIN_BYTES..RESEED_MAX_BYTES bytes. */
+/* "seed": lower-case hex of RESEED_MIN_BYTES..RESEED_MAX_BYTES bytes; "cpus": 0..CPUS_MAX. */
 static int parse_reseed(const cJSON *root, struct reseed_req *r, struct req_error *err)
 {
 	const char *seed;
@@ -479,6 +481,9 @@ static int parse_reseed(const cJSON *root, struct reseed_req *r, struct req_erro
 		r->seed[i] = (unsigned char)(hi << 4 | lo);
 	}
 	r->len = n / 2;
+	/* optional (init 0.6.0): the clone's vCPU count, hot-plugged by the host before RESEED */
+	if (get_u32(root, "", "cpus", 0, CPUS_MAX, &r->cpus, err) != 0)
+		return -1;
 	return 0;
 }
 

@@ -122,6 +122,7 @@ struct host_entry {
 struct reseed_req {
 	unsigned char seed[RESEED_MAX_BYTES];
 	size_t len;
+	uint32_t cpus; /* vCPUs to bring online first (hot-plugged into a clone); 0: none asked */
 };
 
 struct network_req {

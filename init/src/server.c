@@ -12,6 +12,7 @@
 
 #include "boot.h"
 #include "cgroup.h"
+#include "cpus.h"
 #include "container.h"
 #include "entropy.h"
 #include "exec.h"
@@ -230,9 +231,19 @@ static int handle_reseed(struct server *s, uint32_t id, const struct reseed_req 
 {
 	struct op_error e;
 
+	char reply[32];
+	unsigned online = 0;
+
 	if (entropy_reseed(req->seed, req->len, &e) != 0)
 		return reply_error(s, id, &e);
-	reply_ok(s, id, strdup("{}"));
+	if (req->cpus == 0) {
+		reply_ok(s, id, strdup("{}"));
+		return 0;
+	}
+	if (cpus_online(req->cpus, &online, &e) != 0)
+		return reply_error(s, id, &e);
+	snprintf(reply, sizeof(reply), "{\"cpus\": %u}", online);
+	reply_ok(s, id, strdup(reply));
 	return 0;
 }
 

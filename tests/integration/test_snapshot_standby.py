@@ -21,6 +21,7 @@ from executor.libvirt.owners import owner_metadata
 from executor.pool.daemon import META_POOL_STATE, WarmPool
 from executor.pool.protocol import PoolConfig
 from executor.pool.release import stop_qemu
+from executor.snapshot import store
 from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
 from executor.snapshot.store import Shape
 from tests.conftest import TEST_TAG, our_domains
@@ -70,7 +71,7 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         for name in ("first", "second"):
             vms.append(boot_vm(cfg, _pod(cfg, name, 1, 128)))
             assert vms[-1].warm and not vms[-1].name.startswith(f"hypervm-{POOL_NAME}")
-        assert kept.wait_ready(SHAPE, 120), kept.status()
+        assert kept.wait_ready(store.template_shape(cfg, SHAPE), 120), kept.status()
         standby = kept.ready_names()[0]
         assert _metadata(cfg, standby)[META_POOL_STATE] == STANDBY_STATE
         # loaded, run, reseeded by the daemon (before its warm-up container ran)
@@ -91,7 +92,7 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert reports[0][2] != reports[1][2] and reports[0][3] != reports[1][3]
         assert reports[1][0] == 1 and 80 <= reports[1][1] <= 128
         # a new standby replaces the one taken, never the same VM
-        assert kept.wait_ready(SHAPE, 120), kept.status()
+        assert kept.wait_ready(store.template_shape(cfg, SHAPE), 120), kept.status()
         dead = kept.ready_names()[0]
         assert dead != standby
         # a standby that died while it waited: the launch starts a clone of its own
@@ -108,6 +109,29 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         time.sleep(0.2)
     assert not our_domains(standby), "the taken standby ends with its pod"
     assert not our_domains(dead), "a dead standby's domain is gone too"
+
+
+def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> None:
+    """Standbys are kept per template (memory size, tenant; 1 vCPU present of the capacity):
+    after launches of 1 vCPU, a launch of 2 vCPUs takes the standby and gets its second vCPU
+    hot-plugged and online."""
+    cfg, kept = keeper
+    template = store.template_shape(cfg, SHAPE)  # HYPERVM_SNAPSHOT_VCPUS: the host's CPUs
+    if template.vcpus < 2:
+        pytest.skip("a template of 1 vCPU (a host of one CPU): nothing to hot-plug")
+    vms = []
+    try:
+        for name in ("n1", "n2"):  # the snapshot, then the wanted template shape
+            vms.append(boot_vm(cfg, _pod(cfg, name, 1, 128)))
+        assert kept.wait_ready(template, 120), kept.status()
+        standby = kept.ready_names()[0]
+        vms.append(boot_vm(cfg, _pod(cfg, "n3", 2, 128)))
+        assert vms[-1].name == standby, "the 2 vCPU pod took the standby"
+        assert _report(vms[-1])[0] == 2
+        assert "2 vCPUs online (2 wanted)" in vms[-1].console_log.read_text()
+    finally:
+        for vm in vms:
+            vm.destroy()
 
 
 def test_without_a_keeper_a_launch_starts_its_own_clone(host_cfg: Any,

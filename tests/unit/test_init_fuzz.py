@@ -248,3 +248,16 @@ def test_reseed_takes_only_32_to_512_bytes_of_hex(harness: Path, seed: object,
                                                    verdict: str) -> None:
     (line,) = classify(harness, jframe(0x18, 3, {"seed": seed}))
     assert line == f"FRAME type=0x18 id=3 {verdict}", line
+
+
+@pytest.mark.parametrize(("cpus", "verdict"), [
+    (1, "OK"), (64, "OK"), (0, "OK"),
+    (65, "ERROR EINVAL cpus: must be an integer between 0 and 64"),
+    (-1, "ERROR EINVAL cpus: must be an integer between 0 and 64"),
+    (1.5, "ERROR EINVAL cpus: must be an integer between 0 and 64"),
+    ("2", "ERROR EINVAL cpus: must be an integer between 0 and 64"),
+])
+def test_init_takes_reseed_cpus_of_0_to_64(harness: Path, cpus: object,
+                                            verdict: str) -> None:
+    (line,) = classify(harness, jframe(0x18, 3, {"seed": "ab" * 32, "cpus": cpus}))
+    assert line == f"FRAME type=0x18 id=3 {verdict}", line

@@ -369,6 +369,19 @@ def test_pool_vm_with_hotplugged_disks_validates(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr + result.stdout
 
 
+@pytest.mark.skipif(shutil.which("virt-xml-validate") is None,
+                    reason="virt-xml-validate not installed")
+def test_hotpluggable_vcpus_validate(tmp_path: Path) -> None:
+    """A snapshot's template: 1 vCPU present of 4 (DomainSpec.max_vcpus)."""
+    xml = domain_xml(dataclasses.replace(SPECS["tcg-pool"], vcpus=1, max_vcpus=4))
+    assert '<vcpu placement="static" current="1">4</vcpu>' in xml
+    path = tmp_path / "template.xml"
+    path.write_text(xml)
+    result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout
+
+
 def test_metadata_element_round_trips_through_the_parser() -> None:
     entries = {"owner-pid": "7", "pod": "a&b <c>", "pool": "p"}
     xml = (f'<domain><name>hypervm-x</name><metadata>{metadata_element_xml(entries)}'

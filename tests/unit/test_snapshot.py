@@ -20,7 +20,7 @@ import pytest
 from executor import network
 from executor.guest.protocol import MsgType, reseed_payload
 from executor.libvirt import migration
-from executor.libvirt.designer import INCOMING_ARGS, clone_domain, pool_domain
+from executor.libvirt.designer import INCOMING_ARGS, clone_domain, pool_domain, template_domain
 from executor.libvirt.domain_xml import domain_xml
 from executor.snapshot import start, store, template
 from executor.snapshot.start import unfit_reason
@@ -48,14 +48,15 @@ BOOT = BootFiles(kernel=Kernel(Path("/var/lib/hypervm/kernel/0123456789abcdef/vm
 @pytest.fixture
 def cfg(tmp_path: Path) -> Any:
     return config_from_env({"HYPERVM_STATE_DIR": str(tmp_path / "state"),
-                            "HYPERVM_RUN_DIR": str(tmp_path / "run")})
+                            "HYPERVM_RUN_DIR": str(tmp_path / "run"),
+                            "HYPERVM_SNAPSHOT_VCPUS": "2"})
 
 
 # -- the clone's domain -------------------------------------------------------------------------
 
 def test_clone_is_the_templates_domain_under_its_own_name_waiting_for_its_state(cfg: Any) -> None:
-    template = pool_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "hypervm-template-1",
-                           2, 256, {})
+    template = template_domain("hypervm-template-1", BOOT, cfg,
+                               cfg.vms_dir / "hypervm-template-1", 2, 256, {})
     clone = clone_domain("hypervm-web-2", "hypervm-template-1", BOOT, cfg,
                          cfg.vms_dir / "hypervm-web-2", 2, 256, {"pod": "web"},
                          identity=(200001, 200001))
@@ -63,8 +64,9 @@ def test_clone_is_the_templates_domain_under_its_own_name_waiting_for_its_state(
     assert clone.channel_socket == cfg.vms_dir / "hypervm-web-2" / "channel.sock"
     assert clone.identity == (200001, 200001)
     # the devices its saved state fills are the template's, the NIC's MAC included
-    assert (clone.vcpus, clone.memory_mib, clone.disks) == (template.vcpus, template.memory_mib,
-                                                            template.disks)
+    assert (clone.vcpus, clone.max_vcpus, clone.memory_mib, clone.disks) == (
+        template.vcpus, template.max_vcpus, template.memory_mib, template.disks) == (1, 2, 256, ())
+    assert '<vcpu placement="static" current="1">2</vcpu>' in domain_xml(clone)
     assert [s.tag for s in clone.shares] == [s.tag for s in template.shares]
     assert clone.qemu_args == (*template.qemu_args, *INCOMING_ARGS)
     assert network.mac_address("hypervm-template-1") in " ".join(clone.qemu_args)
@@ -89,7 +91,9 @@ def test_a_clones_ram_is_anonymous_never_merged_a_templates_a_shared_memfd(cfg: 
 def test_key_is_stable_and_changes_with_the_shape_and_the_boot_files(cfg: Any) -> None:
     key = store.snapshot_key(BOOT, cfg, Shape(1, 128))
     assert key == store.snapshot_key(BOOT, cfg, Shape(1, 128))
-    assert key != store.snapshot_key(BOOT, cfg, Shape(2, 128))
+    # vCPUs up to the template's capacity (HYPERVM_SNAPSHOT_VCPUS, 2 here) are hot-plugged
+    assert key == store.snapshot_key(BOOT, cfg, Shape(2, 128))
+    assert key != store.snapshot_key(BOOT, cfg, Shape(3, 128))
     assert key != store.snapshot_key(BOOT, cfg, Shape(1, 256))
     other_init = dataclasses.replace(BOOT, initrd=Path("/var/lib/hypervm/initrd/00/initrd.img"))
     assert key != store.snapshot_key(other_init, cfg, Shape(1, 128))
@@ -503,8 +507,9 @@ def test_a_template_is_saved_once_its_boots_free_memory_was_reported(
         def ready(self, timeout: float) -> dict[str, Any]:
             return {"version": 1}
 
-        def request(self, kind: Any, rid: int, payload: Any, timeout: float) -> None:
+        def request(self, kind: Any, rid: int, payload: Any, timeout: float) -> Any:
             events.append(kind)
+            return {"cpus": 1}
 
     class Socket:
         def close(self) -> None:

@@ -93,7 +93,7 @@ class _Pool:
     """What the keeper uses of a WarmPool, recording hand-overs and discards."""
 
     def __init__(self) -> None:
-        self.cfg = SimpleNamespace()
+        self.cfg = SimpleNamespace(snapshot_vcpus=1)  # templates of 1 vCPU
         self.config = PoolConfig(size=0, standby=1, name="t")
         self.handed: list[tuple[str, int]] = []
         self.discarded: list[str] = []
@@ -139,6 +139,21 @@ def test_a_standby_is_handed_to_one_claimer_only(guest: socket.socket) -> None:
         kept.take(ask, os.getpid())
     assert pool.handed == [("hypervm-t-sb-1", os.getpid())]
     assert kept.status()["taken"] == 1 and kept.status()["missed"] == 1
+
+
+def test_a_standby_of_a_template_serves_any_vcpu_count_up_to_its_capacity(
+        guest: socket.socket) -> None:
+    """Standbys are kept per template (1 vCPU present of its capacity, the claimer hot-plugs
+    the rest): a claimer of 1 vCPU and one of 2 ask for the same standby."""
+    template = Shape(2, 128)
+    kept, pool = _keeper(template)
+    pool.cfg.snapshot_vcpus = 2
+    ask = parse_standby(standby_request(Shape(1, 128), KEY, TEMPLATE))
+    assert kept.take(ask, os.getpid()).name == "hypervm-t-sb-1"
+    assert kept.status()["shapes"] == [[2, 128]]
+    with pytest.raises(PoolError, match="no standby of 2 vCPU"):  # one take only
+        kept.take(parse_standby(standby_request(Shape(2, 128), KEY, TEMPLATE)), os.getpid())
+    assert kept.status()["shapes"] == [[2, 128]], "one template shape wanted, not two"
 
 
 def test_a_standby_of_another_snapshot_or_key_is_never_handed_out(

@@ -1,0 +1,117 @@
+"""Any vCPU count from one snapshot, with real VMs (issue 18 item 2): a template boots with 1
+vCPU present of a capacity (HYPERVM_SNAPSHOT_VCPUS); launches of 1 and 2 vCPUs of one memory
+size and tenant start from its ONE entry, each clone with its own vCPUs (hot-plugged by the
+host, brought online by init), bounded by what the host gave it: QEMU's vCPU threads, each in
+a cgroup with the pod's CPU quota, not by what the guest says."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.launcher import boot_vm
+from executor.libvirt.hypervisor import Hypervisor
+from executor.snapshot import store
+from executor.snapshot.store import Shape
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+from tests.conftest import TEST_TAG, our_domains, run_to_exit
+from tests.integration.test_snapshot import fresh_store  # noqa: F401
+from vmimage.boot import resolve_boot
+from vmimage.rootfs import ensure_warmup_layer
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.usefixtures("no_leaked_domains")]
+
+#: the guest's view: CPUs it runs on, those present (hot-plugged) and possible (capacity)
+VIEW = ("grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/present "
+        "/sys/devices/system/cpu/possible /sys/devices/system/cpu/online")
+
+
+def _pod(cfg: Any, name: str, cpus: int, cpu_limit: float | None = None) -> PodSpec:
+    container = Container("c", Rootfs(layers=(ensure_warmup_layer(cfg.rootfs_dir),)),
+                          Process(args=("/bin/sh", "-c", VIEW), env=("PATH=/bin",)))
+    return PodSpec(name=f"{TEST_TAG}-{name}", containers=(container,),
+                   resources=Resources(cpus=cpus, memory_mib=128, cpu_limit=cpu_limit))
+
+
+def _view(vm: Any) -> list[str]:
+    code, out = run_to_exit(vm, vm.pod.containers[0])
+    assert code == 0, out
+    return out.split()
+
+
+def _vcpu_threads(cfg: Any, name: str) -> dict[str, int]:
+    """The host's side: QEMU's vCPU threads of ``name`` (comm ``CPU n/TCG``) by name."""
+    with Hypervisor(cfg.libvirt_uri) as hv:
+        pid = hv.qemu_pid(name)
+    assert pid is not None
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        comm = (task / "comm").read_text().strip()
+        if comm.startswith("CPU "):
+            threads[comm] = int(task.name)
+    return threads
+
+
+def _cfs_quota(pid: int, tid: int) -> int | None:
+    """The CFS quota (µs per 100 ms) of the cpu cgroup thread ``tid`` is in (v1 or v2); None
+    when the host has no cpu controller (libvirt then bounds nothing: skipped)."""
+    for line in Path(f"/proc/{pid}/task/{tid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(",") and Path("/sys/fs/cgroup/cpu").is_dir():
+            return int(Path(f"/sys/fs/cgroup/cpu{path}/cpu.cfs_quota_us").read_text())
+        if controllers == "" and Path(f"/sys/fs/cgroup{path}/cpu.max").exists():
+            quota = Path(f"/sys/fs/cgroup{path}/cpu.max").read_text().split()[0]
+            return None if quota == "max" else int(quota)
+    return None
+
+
+def test_two_vcpu_counts_of_one_tenant_start_from_one_snapshot(host_cfg: Any,
+                                                               fresh_store: Path  # noqa: F811
+                                                               ) -> None:
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
+    boot = resolve_boot(cfg)
+    vms = []
+    try:
+        for name, cpus in (("v1", 1), ("v2", 2)):
+            vms.append(boot_vm(cfg, _pod(cfg, name, cpus)))
+        assert all(vm.warm for vm in vms)  # from the snapshot, not booted cold
+        # ONE entry served both: the second launch made no template
+        assert len(list(fresh_store.glob("*/state"))) == 1
+        entry = store.lookup(cfg, store.snapshot_key(boot, cfg, Shape(2, 128)))
+        assert entry is not None and (entry.state.parent / "clones").stat().st_size == 2
+        one, two = (_view(vm) for vm in vms)
+        # the guest: its own vCPUs online, of the template's capacity of 2
+        assert one == ["1", "0", "0-1", "0"], one
+        assert two == ["2", "0-1", "0-1", "0-1"], two
+        assert "2 vCPUs online (2 wanted)" in vms[1].console_log.read_text()
+        # the host: QEMU runs as many vCPUs as the pod has, whatever the guest would say
+        assert len(_vcpu_threads(cfg, vms[0].name)) == 1
+        assert len(_vcpu_threads(cfg, vms[1].name)) == 2
+    finally:
+        for vm in vms:
+            vm.destroy()
+    assert our_domains(f"hypervm-{TEST_TAG}-v") == set()
+    assert our_domains("hypervm-template-") == set()
+
+
+def test_a_hotplugged_vcpu_is_bounded_by_the_pods_cpu_quota(host_cfg: Any,
+                                                            fresh_store: Path  # noqa: F811
+                                                            ) -> None:
+    """2 vCPUs limited to 1 core: each vCPU thread, the hot-plugged one included, runs in a
+    cgroup of libvirt's with half a core (a vCPU added behind libvirt's back, by QMP
+    device_add, would run in QEMU's emulator cgroup, unbounded)."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
+    with boot_vm(cfg, _pod(cfg, "vq", 2, cpu_limit=1.0)) as vm:
+        assert vm.warm and _view(vm)[0] == "2"
+        threads = _vcpu_threads(cfg, vm.name)
+        with Hypervisor(cfg.libvirt_uri) as hv:
+            pid = hv.qemu_pid(vm.name)
+        assert pid is not None and len(threads) == 2
+        quotas = {comm: _cfs_quota(pid, tid) for comm, tid in threads.items()}
+        if all(q is None for q in quotas.values()):
+            pytest.skip("no cpu cgroup controller: libvirt bounds no vCPU on this host")
+        assert set(quotas.values()) == {50000}, quotas

@@ -1,0 +1,112 @@
+"""Any vCPU count from one snapshot (issue 18 item 2): the template boots with 1 vCPU present of
+a capacity (HYPERVM_SNAPSHOT_VCPUS), its clones get their pod's others hot-plugged and brought
+online by RESEED's ``cpus``; the pure parts (key, domain, payload, setting, the template's
+check of its init). Init's parser of ``cpus``: tests/unit/test_init_fuzz.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from executor.guest.protocol import MAX_RESEED_CPUS, reseed_payload
+from executor.libvirt.designer import template_domain
+from executor.libvirt.domain_xml import domain_xml
+from executor.snapshot import store, template
+from executor.snapshot.store import Shape
+from hypervm.config import MAX_SNAPSHOT_VCPUS, config_from_env
+from hypervm.errors import HostError, InvalidSpec, ProtocolError
+from tests.unit.test_snapshot import BOOT, FakeHypervisor
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Any:
+    return config_from_env({"HYPERVM_STATE_DIR": str(tmp_path / "state"),
+                            "HYPERVM_RUN_DIR": str(tmp_path / "run"),
+                            "HYPERVM_SNAPSHOT_VCPUS": "4"})
+
+
+def test_pods_of_up_to_the_capacity_share_one_template_larger_ones_have_their_own(
+        cfg: Any) -> None:
+    keys = {store.snapshot_key(BOOT, cfg, Shape(n, 256, "acme")) for n in (1, 2, 3, 4)}
+    assert len(keys) == 1
+    assert store.template_shape(cfg, Shape(2, 256, "acme")) == Shape(4, 256, "acme")
+    assert store.template_shape(cfg, Shape(6, 256, "acme")) == Shape(6, 256, "acme")
+    assert store.snapshot_key(BOOT, cfg, Shape(6, 256, "acme")) not in keys
+    # memory and tenant still key it: two tenants never share a template
+    assert store.snapshot_key(BOOT, cfg, Shape(2, 512, "acme")) not in keys
+    assert store.snapshot_key(BOOT, cfg, Shape(2, 256, "globex")) not in keys
+
+
+def test_a_template_has_one_vcpu_present_of_its_capacity_the_others_hotpluggable(
+        cfg: Any) -> None:
+    spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 4, 256, {})
+    assert (spec.vcpus, spec.max_vcpus) == (1, 4)
+    xml = domain_xml(spec)
+    assert '<vcpu placement="static" current="1">4</vcpu>' in xml
+    # cores of one socket: a hot-plugged vCPU's TSC sync check runs 2 ms, not 20
+    assert '<topology sockets="1" dies="1" cores="4" threads="1" />' in xml
+
+
+def test_max_vcpus_below_the_present_ones_or_above_the_bound_is_refused(cfg: Any) -> None:
+    spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 4, 256, {})
+    for bad in (0, 65):
+        with pytest.raises(InvalidSpec, match="max_vcpus"):
+            type(spec)(**{**spec.__dict__, "max_vcpus": bad}).validate()
+
+
+def test_reseed_carries_the_vcpus_to_bring_online() -> None:
+    seed = bytes(range(64))
+    assert reseed_payload(seed) == {"seed": seed.hex()}
+    assert reseed_payload(seed, cpus=3) == {"seed": seed.hex(), "cpus": 3}
+    for bad in (0, MAX_RESEED_CPUS + 1):
+        with pytest.raises(ProtocolError):
+            reseed_payload(seed, cpus=bad)
+
+
+def test_snapshot_vcpus_setting() -> None:
+    default = config_from_env({}).snapshot_vcpus
+    assert default == max(1, min(os.cpu_count() or 1, MAX_SNAPSHOT_VCPUS))
+    assert config_from_env({"HYPERVM_SNAPSHOT_VCPUS": "8"}).snapshot_vcpus == 8
+    for bad in ("0", "65", "two", "-1"):
+        with pytest.raises(InvalidSpec, match="HYPERVM_SNAPSHOT_VCPUS"):
+            config_from_env({"HYPERVM_SNAPSHOT_VCPUS": bad})
+
+
+def test_no_snapshot_of_an_init_that_cannot_online_hotplugged_vcpus(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An init older than 0.6.0 ignores RESEED's ``cpus`` and replies {}: its clones would
+    have vCPUs the guest never uses; no template of it is saved."""
+    saved: list[str] = []
+
+    class Channel:
+        def __init__(self, sock: Any) -> None:
+            pass
+
+        def ready(self, timeout: float) -> dict[str, Any]:
+            return {"version": 1, "init": "0.5.0"}
+
+        def request(self, kind: Any, rid: int, payload: Any, timeout: float) -> Any:
+            return {}
+
+    class Socket:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(template.netpolicy, "enforce", lambda *a: None)
+    monkeypatch.setattr(template, "connect_socket", lambda *a: Socket())
+    monkeypatch.setattr(template, "RawChannel", Channel)
+    monkeypatch.setattr(template.migration, "save", lambda *a, **k: saved.append("save"))
+    hv = FakeHypervisor()
+    short = tempfile.mkdtemp(prefix="hv-")
+    try:
+        cfg = config_from_env({"HYPERVM_STATE_DIR": f"{short}/s", "HYPERVM_RUN_DIR": f"{short}/r"})
+        with pytest.raises(HostError, match="cannot online hot-plugged vCPUs"):
+            template._boot_and_save(cfg, BOOT, hv, Shape(1, 128), 7, Path(short))
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert saved == [] and hv.destroyed == hv.created
