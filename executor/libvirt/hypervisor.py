@@ -496,16 +496,9 @@ class Hypervisor:
                     continue  # gone between the listing and now
                 raise HypervisorError(f"cannot inspect VM {dom.name()}: {_message(e)}") from e
             if facts.ours:
-                ours.append(
-                    DomainInfo(
-                        name=facts.name,
-                        uuid=uuid,
-                        running=running,
-                        metadata=facts.metadata,
-                        disk_paths=facts.disk_paths,
-                        share_paths=facts.share_paths,
-                    )
-                )
+                ours.append(DomainInfo(name=facts.name, uuid=uuid, running=running,
+                                       metadata=facts.metadata, disk_paths=facts.disk_paths,
+                                       share_paths=facts.share_paths))
         return ours
 
     # -- events --------------------------------------------------------------------------------
