@@ -20,7 +20,7 @@ from executor.snapshot import store, template
 from executor.snapshot.store import Shape
 from hypervm.config import MAX_SNAPSHOT_VCPUS, config_from_env
 from hypervm.errors import HostError, InvalidSpec, ProtocolError
-from tests.unit.test_snapshot import BOOT, FakeHypervisor
+from tests.unit.test_snapshot import BOOT, FakeHypervisor, stub_template_guest
 
 
 @pytest.fixture
@@ -81,26 +81,8 @@ def test_no_snapshot_of_an_init_that_cannot_online_hotplugged_vcpus(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """An init older than 0.6.0 ignores RESEED's ``cpus`` and replies {}: its clones would
     have vCPUs the guest never uses; no template of it is saved."""
-    saved: list[str] = []
-
-    class Channel:
-        def __init__(self, sock: Any) -> None:
-            pass
-
-        def ready(self, timeout: float) -> dict[str, Any]:
-            return {"version": 1, "init": "0.5.0"}
-
-        def request(self, kind: Any, rid: int, payload: Any, timeout: float) -> Any:
-            return {}
-
-    class Socket:
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(template.netpolicy, "enforce", lambda *a: None)
-    monkeypatch.setattr(template, "connect_socket", lambda *a: Socket())
-    monkeypatch.setattr(template, "RawChannel", Channel)
-    monkeypatch.setattr(template.migration, "save", lambda *a, **k: saved.append("save"))
+    saved: list[Any] = []
+    stub_template_guest(monkeypatch, saved, reply={}, init="0.5.0")
     hv = FakeHypervisor()
     short = tempfile.mkdtemp(prefix="hv-")
     try:
@@ -109,4 +91,4 @@ def test_no_snapshot_of_an_init_that_cannot_online_hotplugged_vcpus(
             template._boot_and_save(cfg, BOOT, hv, Shape(1, 128), 7, Path(short))
     finally:
         shutil.rmtree(short, ignore_errors=True)
-    assert saved == [] and hv.destroyed == hv.created
+    assert "save" not in saved and hv.destroyed == hv.created
