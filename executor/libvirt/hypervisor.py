@@ -415,7 +415,8 @@ class Hypervisor:
 
     def monitor(self, name: str, command: Mapping[str, Any], files: Sequence[int] = ()) -> Any:
         """One QMP ``command`` to the running domain's QEMU, passing ``files`` (fds) with it
-        (executor.libvirt.migration); its ``return``. libvirt marks the domain tainted."""
+        (executor.libvirt.migration); its ``return``, or HypervisorError with QEMU's ``error``
+        (libvirt passes an error reply through as text). libvirt marks the domain tainted."""
         text, out = json.dumps(command), None
 
         def call(dom: libvirt.virDomain) -> None:
@@ -425,7 +426,11 @@ class Hypervisor:
             else:
                 out = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
         self._live(name, f"run {command.get('execute')}", call)
-        return json.loads(out or "{}").get("return")
+        reply = json.loads(out or "{}")
+        if "error" in reply:
+            raise HypervisorError(f"VM {name}: {command.get('execute')} failed: "
+                                  f"{str(reply['error'].get('desc', reply['error']))[:300]}")
+        return reply.get("return")
 
     def monitor_command(self, name: str, command: str) -> str:
         """Run one HMP command on the running domain's QEMU monitor and return what it printed

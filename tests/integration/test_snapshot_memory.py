@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from bench.vmenv import private_by_mapping
 from executor.launcher import boot_vm
+from executor.libvirt import migration
 from executor.libvirt.hypervisor import Hypervisor
 from executor.snapshot import store
 from executor.snapshot.store import Shape
@@ -165,3 +167,41 @@ def test_a_qemu_without_ram_template_starts_clones_from_the_whole_stream(
     finally:
         vm.destroy()
     assert our_domains(f"hypervm-{TEST_TAG}-d") == set()
+
+
+def test_a_clones_qemu_refuses_a_writable_template_file(
+        host_cfg: Any, fresh_store: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """HyperQEMU maps a template's memory file only from a read-only fd (ram-template.patch):
+    handed a writable one (a host bug), the clone's QEMU refuses, the host sees the refusal (a
+    QMP error reply is an error: it was once ignored, and the clone ran on empty RAM), the
+    launch boots cold, the entry is made anew, and nothing was written to the file."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)
+    boot = _needs_ram_template(cfg)
+    vm = boot_vm(cfg, _pod(cfg, "wa", "true"))  # makes the template and its memory file
+    vm.destroy()
+    entry = store.lookup(cfg, store.snapshot_key(boot, cfg, Shape(1, 128)))
+    assert entry is not None and entry.memory is not None
+    before = _sha256(entry.memory)
+    kept = tmp_path / "memory"  # the file's inode, after the failed load discards the entry
+    os.link(entry.memory, kept)
+    real_open = os.open
+
+    def writable(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == entry.memory:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(migration.os, "open", writable)
+    with caplog.at_level(logging.WARNING, logger="executor.snapshot.start"):
+        vm = boot_vm(cfg, _pod(cfg, "wb", WRITE_MEMORY))
+    try:
+        assert not vm.warm  # no clone: a cold boot
+        assert "must be open read-only" in caplog.text, caplog.text
+        code, out = run_to_exit(vm, vm.pod.containers[0], timeout=120)
+        assert code == 0, out
+    finally:
+        vm.destroy()
+    assert _sha256(kept) == before  # nothing was written through the fd
+    assert store.lookup(cfg, entry.state.parent.name) is None  # a failed load: made anew
+    assert our_domains(f"hypervm-{TEST_TAG}-w") == set()

@@ -403,3 +403,21 @@ def test_discard_zero_pages_is_one_hmp_command_and_returns_its_reply(
     with pytest.raises(HypervisorError, match="discard the guest's zero pages"):
         hv.discard_zero_pages("hypervm-never-was")
     discard_zero_pages(hv, "hypervm-never-was")  # from the settle timer: logged, not raised
+
+
+def test_a_qmp_error_reply_is_an_error_not_an_empty_return(
+        hv: Hypervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvirt hands QEMU's error reply back as text: ignoring it let a clone whose template
+    memory QEMU refused to map (a writable fd) run on empty RAM."""
+    from executor.libvirt import hypervisor as module
+
+    replies = iter(['{"return": {"status": "paused"}}',
+                    '{"error": {"class": "GenericError", '
+                    '"desc": "the template file must be open read-only"}}'])
+    monkeypatch.setattr(module.libvirt_qemu, "qemuMonitorCommand",
+                        lambda dom, text, flags: next(replies))
+    hv.create(make_spec(tmp_path))
+    assert hv.monitor("hypervm-unit-1", {"execute": "query-status"}) == {"status": "paused"}
+    with pytest.raises(HypervisorError, match="x-hypervm-ram-template-map failed: the template "
+                                              "file must be open read-only"):
+        hv.monitor("hypervm-unit-1", {"execute": "x-hypervm-ram-template-map"})
