@@ -187,13 +187,13 @@ def test_a_clones_qemu_refuses_a_writable_template_file(
     os.link(entry.memory, kept)
     real_open = os.open
 
-    def writable(path: Any, flags: int, *args: Any) -> int:
-        if Path(path) == entry.memory:
+    def writable(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if path == entry.memory:
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(migration.os, "open", writable)
-    with caplog.at_level(logging.WARNING, logger="executor.snapshot.start"):
+    with caplog.at_level(logging.WARNING, logger="executor.snapshot"):
         vm = boot_vm(cfg, _pod(cfg, "wb", WRITE_MEMORY))
     try:
         assert not vm.warm  # no clone: a cold boot
@@ -203,5 +203,6 @@ def test_a_clones_qemu_refuses_a_writable_template_file(
     finally:
         vm.destroy()
     assert _sha256(kept) == before  # nothing was written through the fd
-    assert store.lookup(cfg, entry.state.parent.name) is None  # a failed load: made anew
+    assert "did not load: removed" in caplog.text  # a failed load: the entry is made anew
+    assert store.lookup(cfg, entry.state.parent.name) is None
     assert our_domains(f"hypervm-{TEST_TAG}-w") == set()
