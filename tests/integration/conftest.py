@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from executor.snapshot import store
 from tests.conftest import run_hypervm
 from tests.integration import imagebuild
 from tests.integration.registry import Registry, running_registry
@@ -32,3 +34,11 @@ def names() -> Iterator[list[str]]:
     yield made
     for name in made:
         run_hypervm("rm", "-f", name)
+
+
+@pytest.fixture
+def fresh_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A store of this test's own: its templates are made by the test."""
+    root = tmp_path / "snapshots"
+    monkeypatch.setattr(store, "snapshots_dir", lambda cfg: root)
+    return root

@@ -52,14 +52,6 @@ def _report(vm: Any) -> tuple[int, int, str, str]:
     return int(cpus), mem_kib // 1024, rand, boot_id
 
 
-@pytest.fixture
-def fresh_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A store of this test's own: its templates are made by the test."""
-    root = tmp_path / "snapshots"
-    monkeypatch.setattr(store, "snapshots_dir", lambda cfg: root)
-    return root
-
-
 def test_clones_of_two_shapes_run_with_their_shape_and_their_own_rng(
         host_cfg: Any, fresh_store: Path) -> None:
     cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True)

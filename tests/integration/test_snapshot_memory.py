@@ -46,14 +46,6 @@ def _pod(cfg: Any, name: str, script: str, tenant: str = "default") -> PodSpec:
                    network=NetworkSpec(tenant=tenant))
 
 
-@pytest.fixture
-def fresh_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A store of this test's own: its templates are made by the test."""
-    root = tmp_path / "snapshots"
-    monkeypatch.setattr(store, "snapshots_dir", lambda cfg: root)
-    return root
-
-
 def _mapped_inodes(cfg: Any, vm: Any) -> set[int]:
     """The inodes of the files named ``memory`` the VM's QEMU maps privately (copy-on-write)."""
     with Hypervisor(cfg.libvirt_uri) as hv:

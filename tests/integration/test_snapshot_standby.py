@@ -25,7 +25,7 @@ from executor.snapshot import store
 from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
 from executor.snapshot.store import Shape
 from tests.conftest import TEST_TAG, our_domains
-from tests.integration.test_snapshot import _pod, _report, fresh_store  # noqa: F401
+from tests.integration.test_snapshot import _pod, _report
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.usefixtures("no_leaked_domains")]
@@ -34,7 +34,7 @@ SHAPE = Shape(1, 128)
 
 
 @pytest.fixture
-def keeper(host_cfg: Any, fresh_store: Path  # noqa: F811
+def keeper(host_cfg: Any, fresh_store: Path
            ) -> Iterator[tuple[Any, StandbyKeeper]]:
     """A pool of no idle VMs and one standby shape, on a socket of its own; the config a
     launch from a snapshot reaches it with."""
@@ -135,7 +135,7 @@ def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> Non
 
 
 def test_without_a_keeper_a_launch_starts_its_own_clone(host_cfg: Any,
-                                                        fresh_store: Path) -> None:  # noqa: F811
+                                                        fresh_store: Path) -> None:
     """A pool that serves no standbys (``--standby 0``), and one whose standby's QEMU died:
     the launch falls back to its own clone (its own name), not to a cold boot."""
     sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-sb-"))

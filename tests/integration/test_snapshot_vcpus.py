@@ -18,7 +18,6 @@ from executor.snapshot import store
 from executor.snapshot.store import Shape
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
 from tests.conftest import TEST_TAG, our_domains, run_to_exit
-from tests.integration.test_snapshot import fresh_store  # noqa: F401
 from vmimage.boot import resolve_boot
 from vmimage.rootfs import ensure_warmup_layer
 
@@ -70,7 +69,7 @@ def _cfs_quota(pid: int, tid: int) -> int | None:
 
 
 def test_two_vcpu_counts_of_one_tenant_start_from_one_snapshot(host_cfg: Any,
-                                                               fresh_store: Path  # noqa: F811
+                                                               fresh_store: Path
                                                                ) -> None:
     cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
     boot = resolve_boot(cfg)
@@ -99,7 +98,7 @@ def test_two_vcpu_counts_of_one_tenant_start_from_one_snapshot(host_cfg: Any,
 
 
 def test_a_hotplugged_vcpu_is_bounded_by_the_pods_cpu_quota(host_cfg: Any,
-                                                            fresh_store: Path  # noqa: F811
+                                                            fresh_store: Path
                                                             ) -> None:
     """2 vCPUs limited to 1 core: each vCPU thread, the hot-plugged one included, runs in a
     cgroup of libvirt's with half a core (a vCPU added behind libvirt's back, by QMP
