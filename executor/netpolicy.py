@@ -24,21 +24,19 @@ the operator turned the policy off (HYPERVM_NET_POLICY=off).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
-import os
 import pwd
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hypervm.config import HostConfig, NetPolicy
 from hypervm.errors import NetworkError
+from hypervm.jsonfile import replace_json
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +183,10 @@ def _remember(record: Path, script: str) -> None:
     listing = installed()
     if listing is None:
         return
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"script": script, "listing": listing}, f)
-        os.replace(tmp, record)
+        replace_json(record, {"script": script, "listing": listing})
     except OSError as e:
         log.debug("cannot record the network policy in %s: %s", record, e)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def installed() -> str | None:

@@ -20,12 +20,12 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from executor.libvirt.owners import parse_start_time
 from hypervm.config import DEFAULT_RUN_DIR
+from hypervm.jsonfile import replace_json
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +105,11 @@ def read(path: Path, key: list[object]) -> tuple[bool, Label]:
 
 def write(path: Path, key: list[object], label: Label) -> None:
     """Keep ``label`` for the daemon ``key`` (atomically: a reader sees the old or the new)."""
-    text = json.dumps({"daemon": key, "label": list(label) if label is not None else None})
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".dac-", dir=path.parent)
-    except OSError as e:
-        log.debug("cannot keep libvirt's QEMU user in %s: %s", path.parent, e)
-        return
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(text)
-        os.replace(tmp, path)
+        replace_json(path, {"daemon": key, "label": list(label) if label is not None else None},
+                     0o644)
     except OSError as e:
         log.debug("cannot keep libvirt's QEMU user in %s: %s", path, e)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def qemu_label(uri: str, ask: Callable[[], Label], path: Path = CACHE,
