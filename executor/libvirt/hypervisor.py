@@ -403,44 +403,36 @@ class Hypervisor:
 
     def flush_tcg(self, name: str) -> None:
         """Drop its TCG translations, their memory back (HMP ``tcg-flush``; libvirt: tainted)."""
-        self._hmp(name, "tcg-flush", "flush the TCG translations")
+        self.monitor_command(name, "tcg-flush", "flush the TCG translations")
 
     def discard_zero_pages(self, name: str) -> str:
         """Punch its guest RAM's pages of zeros out of its memfd (zero-discard.patch)."""
-        return self._hmp(name, "discard-zero-pages", "discard the guest's zero pages")
-
-    def _hmp(self, name: str, command: str, what: str) -> str:  # the reply's text
-        return str(self._live(name, what, lambda dom: libvirt_qemu.qemuMonitorCommand(
-            dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)) or "").strip()
+        return self.monitor_command(name, "discard-zero-pages",
+                                    "discard the guest's zero pages").strip()
 
     def monitor(self, name: str, command: Mapping[str, Any], files: Sequence[int] = ()) -> Any:
         """One QMP ``command`` to the running domain's QEMU, passing ``files`` (fds) with it
         (executor.libvirt.migration); its ``return``, or HypervisorError with QEMU's ``error``
         (libvirt passes an error reply through as text). libvirt marks the domain tainted."""
-        text, out = json.dumps(command), None
-
-        def call(dom: libvirt.virDomain) -> None:
-            nonlocal out
-            if files:
-                out, _ = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(files), 0)
-            else:
-                out = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
-        self._live(name, f"run {command.get('execute')}", call)
+        text = json.dumps(command)
+        out = self._live(name, f"run {command.get('execute')}", lambda dom: (
+            libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, list(files), 0)[0] if files
+            else libvirt_qemu.qemuMonitorCommand(dom, text, 0)))
         reply = json.loads(out or "{}")
         if "error" in reply:
             raise HypervisorError(f"VM {name}: {command.get('execute')} failed: "
                                   f"{str(reply['error'].get('desc', reply['error']))[:300]}")
         return reply.get("return")
 
-    def monitor_command(self, name: str, command: str) -> str:
+    def monitor_command(self, name: str, command: str, what: str | None = None) -> str:
         """Run one HMP command on the running domain's QEMU monitor and return what it printed
-        (e.g. executor.network's ``hostfwd_add``; HMP reports most failures only there).
-        libvirt marks the domain tainted by a custom monitor command; nothing else changes."""
-        out: list[str] = []
-        self._live(name, f"run {command.split(' ', 1)[0]} on the monitor", lambda dom: out.append(
-            libvirt_qemu.qemuMonitorCommand(dom, command,
-                                            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)))
-        return out[0] if out else ""
+        (e.g. executor.network's ``hostfwd_add``; HMP reports most failures only there);
+        ``what`` names it in an error. libvirt marks the domain tainted by a custom monitor
+        command; nothing else changes."""
+        return str(self._live(name, what or f"run {command.split(' ', 1)[0]} on the monitor",
+                              lambda dom: libvirt_qemu.qemuMonitorCommand(
+                                  dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))
+                   or "")
 
     def set_metadata(self, name: str, entries: Mapping[str, str]) -> None:
         """Replace the running domain's hypervm metadata (e.g. to hand it to a new owner)."""
