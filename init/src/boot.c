@@ -245,19 +245,15 @@ void boot_page_reporting(void)
 	char cmdline[4096], value[8] = "5";
 	const char *key = "hypervm.page_reporting_order=";
 	char *at;
-	int fd;
 
 	if (sysfs_read("/proc/cmdline", cmdline, sizeof(cmdline)) == 0 &&
 	    (at = strstr(cmdline, key)) != NULL) {
 		snprintf(value, sizeof(value), "%.*s", (int)strcspn(at + strlen(key), " "),
 			 at + strlen(key));
 	}
-	fd = open(PAGE_REPORTING_ORDER_PATH, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return; /* no CONFIG_PAGE_REPORTING */
-	if (write(fd, value, strlen(value)) < 0)
+	/* ENOENT: no CONFIG_PAGE_REPORTING */
+	if (sysfs_write(PAGE_REPORTING_ORDER_PATH, value) != 0 && errno != ENOENT)
 		log_errno("set page_reporting_order (ignored)");
-	close(fd);
 }
 
 void boot_raise_fd_limit(void)

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sysfs.h"
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define MAX_RELEASED 64
@@ -29,29 +30,11 @@ static void cgroup_path(char *buf, size_t size, const char *name, const char *fi
 	snprintf(buf, size, "%s/%s%s%s", CGROUP_ROOT, name, file ? "/" : "", file ? file : "");
 }
 
-static int write_file(const char *path, const char *value)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = write(fd, value, strlen(value));
-	if (n < 0) {
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		return -1;
-	}
-	close(fd);
-	return 0;
-}
-
 /* Hand the memory and pids controllers to the root's children, once. */
 static int have_controllers(void)
 {
 	if (controllers == UNKNOWN) {
-		int ok = write_file(CGROUP_ROOT "/cgroup.subtree_control", "+memory +pids") == 0;
+		int ok = sysfs_write(CGROUP_ROOT "/cgroup.subtree_control", "+memory +pids") == 0;
 
 		if (!ok)
 			log_errno("no cgroup v2 memory and pids controllers: containers get no limits");
@@ -66,7 +49,7 @@ static int set_value(const char *name, const char *file, uint64_t value, struct 
 
 	cgroup_path(path, sizeof(path), name, file);
 	snprintf(text, sizeof(text), "%llu", (unsigned long long)value);
-	if (write_file(path, text) != 0) {
+	if (sysfs_write(path, text) != 0) {
 		log_errno("write %s to %s", text, path);
 		return op_fail(e, "ESPAWN", errno, "limits: set %s", file);
 	}

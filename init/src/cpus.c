@@ -2,7 +2,6 @@
 #include "cpus.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -28,28 +27,17 @@ static int is_online(unsigned n)
 static int bring_up(unsigned n)
 {
 	char path[64];
-	int fd, rc;
 
 	snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%u/online", n);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	rc = write(fd, "1", 1) == 1 ? 0 : -1;
-	close(fd);
-	return rc;
+	return sysfs_write(path, "1");
 }
 
 /* Expedited RCU grace periods (IPIs, not waiting for every CPU's tick) while CPUs come
  * online: bringing one up waits for several grace periods (sched domains, cpusets). */
 static void rcu_expedite(int on)
 {
-	int fd = open("/sys/kernel/rcu_expedited", O_WRONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return;
-	if (write(fd, on ? "1" : "0", 1) != 1)
+	if (sysfs_write("/sys/kernel/rcu_expedited", on ? "1" : "0") != 0 && errno != ENOENT)
 		log_msg("cannot set rcu_expedited: %s", strerror(errno));
-	close(fd);
 }
 
 static int online_all(unsigned wanted, unsigned *online, struct op_error *e);

@@ -7,4 +7,8 @@
  * or NULs. Returns 0, or -1 when the file cannot be opened or read. */
 int sysfs_read(const char *path, char *buf, size_t size);
 
+/* Write value into an existing sysfs, procfs or cgroup attribute, whole. Returns 0, or -1 with
+ * errno set (EIO for a short write) when it cannot be opened or written. */
+int sysfs_write(const char *path, const char *value);
+
 #endif
