@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "stamp.h"
 #include "sysfs.h"
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
@@ -202,6 +203,8 @@ void cgroup_housekeeping(void)
 			log_errno("remove the cgroup %s", dir);
 		memcpy(released[i], released[--nreleased], CGROUP_NAME_MAX);
 	}
-	if (spare[0] == '\0' && !spare_failed && controllers != MISSING && have_controllers())
+	if (spare[0] == '\0' && !spare_failed && controllers != MISSING && have_controllers()) {
 		spare_failed = make_spare(&e) != 0;
+		stamp(STAMP_SPARE);
+	}
 }

@@ -24,6 +24,7 @@
 #include "procmask.h"
 #include "scratch.h"
 #include "shares.h"
+#include "stamp.h"
 
 static int mkdir_p(const char *path, struct op_error *e)
 {
@@ -216,9 +217,9 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 		close(cgroup_fd);
 	if ((cgroup_fd >= 0 && cgroup_unshare_ns(&e) != 0) ||
 	    shares_clone(req, share_fds, &e) != 0 ||
-	    assemble_rootfs(req, &e) != 0 ||
+	    assemble_rootfs(req, &e) != 0 || (stamp(STAMP_ROOTFS), 0) ||
 	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
-	    enter_rootfs(&e) != 0 || mount_system_fs(&e) != 0 ||
+	    enter_rootfs(&e) != 0 || (stamp(STAMP_ENTERED), 0) || mount_system_fs(&e) != 0 ||
 	    mount_requested(req, share_fds, &e) != 0)
 		spawn_report_failure(f->report[1], &e);
 	if (sethostname(req->hostname, strlen(req->hostname)) != 0) {
@@ -226,6 +227,7 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
 		spawn_report_failure(f->report[1], &e);
 	}
+	stamp(STAMP_MOUNTED);
 	spawn_process_and_shim(&req->proc, f);
 }
 
@@ -237,6 +239,7 @@ int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds
 	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0 ||
 	    shares_ensure(req, e) != 0)
 		return -1;
+	stamp(STAMP_LAYERS);
 	child = cgroup_clone(CONTAINER_NS, cgroup_fd);
 	if (child < 0) {
 		log_errno("clone container %s", req->container);
@@ -244,12 +247,14 @@ int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds
 	}
 	if (child == 0)
 		container_child(req, cgroup_fd, f);
+	stamp(STAMP_CLONED);
 	spawn_fds_close_child_side(f);
 	*reaper = (pid_t)child;
 	if (spawn_await(f->report[0], *reaper, req->proc.early_reply, pid, e) != 0) {
 		kill(*reaper, SIGKILL);
 		return -1;
 	}
+	stamp(STAMP_AWAITED);
 	return 0;
 }
 

@@ -18,6 +18,7 @@
 
 #include "confine.h"
 #include "log.h"
+#include "stamp.h"
 
 #ifndef AT_EMPTY_PATH
 #define AT_EMPTY_PATH 0x1000
@@ -335,6 +336,7 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 	struct op_error e;
 	int err;
 
+	stamp(STAMP_FORKED);
 	write_report(rfd, &r);
 	setsid();
 	setup_stdio(p, f);
@@ -352,11 +354,13 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 		op_fail(&e, "ESPAWN", errno, "process.cwd: cannot enter %.100s", p->cwd);
 		spawn_report_failure(rfd, &e);
 	}
+	stamp(STAMP_CONFINED);
 	if (p->early_reply) {
 		char file[PATH_MAX];
 
 		err = exec_resolve(p, file);
 		if (err == 0) {
+			stamp(STAMP_RESOLVED);
 			r.kind = REPORT_READY;
 			write_report(rfd, &r); /* init may stop reading now: nothing more goes there */
 			if (go >= 0)
@@ -406,6 +410,7 @@ static __attribute__((noreturn)) void become_shim(pid_t child, int go_read, int 
 		kill(child, SIGKILL);
 		fail_errno(report_fd, "ESPAWN", errno, "status pipe");
 	}
+	stamp(STAMP_SHIM);
 	syscall(SYS_execveat, self_fd, "", argv, envp, AT_EMPTY_PATH);
 	log_errno("execveat init for the shim");
 	kill(child, SIGKILL);

@@ -18,6 +18,7 @@
 #include "server.h"
 #include "shim.h"
 #include "signals.h"
+#include "stamp.h"
 
 #define MAX_POLL_FDS (2 + 3 * MAX_PROCESSES)
 #define DISCONNECTED_POLL_MS 5
@@ -25,6 +26,7 @@
 static int boot(int *self_fd)
 {
 	boot_console();
+	stamp_setup();
 	log_msg("started (protocol %d)", PROTOCOL_VERSION);
 	*self_fd = boot_open_self();
 	boot_load_modules();
@@ -69,6 +71,7 @@ static void serve_forever(struct server *srv, int sfd)
 		for (size_t i = first_slot; i < n; i++)
 			relay_on_event(ch, &slots[i], pfds[i].revents);
 		relay_flush_exits(ch);
+		stamp_report();
 		signals_release_ended();
 		cgroup_housekeeping();
 	}

@@ -8,6 +8,7 @@
 
 #include "log.h"
 #include "message.h"
+#include "stamp.h"
 
 #define READ_CHUNK (64 * 1024)
 
@@ -48,6 +49,8 @@ static void relay_output(struct channel *ch, struct process *p, int *fd, uint16_
 		return;
 	if (n < 0 && errno != EIO) /* EIO: a terminal master whose slave was closed */
 		log_errno("read output of process %u", p->handle);
+	if (p->is_main)
+		stamp(type == MSG_STDOUT ? STAMP_STDOUT_EOF : STAMP_STDERR_EOF);
 	close(*fd);
 	*fd = -1;
 }
@@ -144,8 +147,11 @@ void relay_flush_exits(struct channel *ch)
 		if (p->exited && p->out_fd < 0 && p->err_fd < 0 && ch->state == CH_CONNECTED) {
 			char *json = msg_exit(p->wait_status, p->oom_killed);
 
-			if (channel_send_json(ch, MSG_EXIT, p->handle, json) == 0)
+			if (channel_send_json(ch, MSG_EXIT, p->handle, json) == 0) {
+				if (p->is_main)
+					stamp(STAMP_EXIT_SENT);
 				proc_remove(p);
+			}
 			free(json);
 		}
 		p = next;

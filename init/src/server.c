@@ -22,6 +22,7 @@
 #include "parse.h"
 #include "proc.h"
 #include "relay.h"
+#include "stamp.h"
 
 void server_send_ready(struct server *s)
 {
@@ -117,6 +118,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	if (check_new_handle(req->handle, &e) != 0 ||
 	    spawn_fds_open(&f, req->proc.stdin_pipe, req->proc.tty, &e) != 0)
 		return reply_error(s, id, &e);
+	stamp(STAMP_START_CHECKED);
 	cgroup[0] = '\0';
 	if (container_prepared_fits(req, len)) {
 		rc = container_start_prepared(req, payload, len, cgroup, &f, &reaper, &pid, &e);
@@ -124,6 +126,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	}
 	if (rc == 1) {
 		cgroup_fd = cgroup_create(&req->limits, cgroup, &e);
+		stamp(STAMP_CGROUP);
 		rc = cgroup_fd == -1 ? -1 : container_start(req, cgroup_fd, &f, &reaper, &pid, &e);
 		if (cgroup_fd >= 0)
 			close(cgroup_fd);
@@ -142,6 +145,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	/* the reply first: under TCG each console line costs ~1 ms, which the host need not
 	 * wait for (the process runs already) */
 	reply_ok(s, id, msg_pid(pid));
+	stamp(STAMP_START_OK);
 	c->mounts_fd = container_hold_mounts(reaper);
 	log_msg("container %s started%s: process %u is pid %d", req->container,
 		took_prepared ? " (prepared)" : "", req->handle, (int)pid);
@@ -223,7 +227,9 @@ static int handle_network(struct server *s, uint32_t id, const struct network_re
 
 	if (net_configure(req, &e) != 0)
 		return reply_error(s, id, &e);
+	stamp(STAMP_NETWORK_DONE);
 	reply_ok(s, id, strdup("{}"));
+	stamp(STAMP_NETWORK_OK);
 	return 0;
 }
 
@@ -287,6 +293,8 @@ void server_on_frame(void *ctx, const struct frame_header *h, const uint8_t *pay
 	struct request req;
 	struct req_error err;
 
+	if (h->type == MSG_START || h->type == MSG_NETWORK)
+		stamp(h->type == MSG_START ? STAMP_START_RECV : STAMP_NETWORK_RECV);
 	if (h->type == MSG_STDIN) {
 		relay_stdin_frame(h->id, payload, h->length);
 		return;

@@ -12,6 +12,7 @@
 #include "container.h"
 #include "log.h"
 #include "proc.h"
+#include "stamp.h"
 
 int signals_setup(void)
 {
@@ -89,6 +90,8 @@ static void on_child_exit(pid_t pid, int status)
 	}
 	if (p == NULL)
 		return; /* an orphan re-parented to init, or a shim whose start failed */
+	if (p->is_main)
+		stamp(STAMP_REAPED);
 	p->wait_status = shim_reported_status(p, status);
 	p->oom_killed = p->is_main && oom_kills > 0;
 	p->exited = 1;
