@@ -185,7 +185,12 @@ void cgroup_release(const char *name)
 	snprintf(released[nreleased++], CGROUP_NAME_MAX, "%s", name);
 }
 
-void cgroup_housekeeping(void)
+int cgroup_spare_due(void)
+{
+	return spare[0] == '\0' && !spare_failed && controllers != MISSING;
+}
+
+void cgroup_housekeeping(int spare_now)
 {
 	struct op_error e;
 	int rc;
@@ -203,7 +208,7 @@ void cgroup_housekeeping(void)
 			log_errno("remove the cgroup %s", dir);
 		memcpy(released[i], released[--nreleased], CGROUP_NAME_MAX);
 	}
-	if (spare[0] == '\0' && !spare_failed && controllers != MISSING && have_controllers()) {
+	if (spare_now && cgroup_spare_due() && have_controllers()) {
 		spare_failed = make_spare(&e) != 0;
 		stamp(STAMP_SPARE);
 	}

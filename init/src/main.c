@@ -22,6 +22,8 @@
 
 #define MAX_POLL_FDS (2 + 3 * MAX_PROCESSES)
 #define DISCONNECTED_POLL_MS 5
+/* While a process runs, the spare cgroup is made once the loop has been idle this long. */
+#define SPARE_IDLE_MS 500
 
 static int boot(int *self_fd)
 {
@@ -62,7 +64,13 @@ static void serve_forever(struct server *srv, int sfd)
 		size_t first_slot = n;
 		n += relay_poll_fds(pfds + n, slots + n, MAX_POLL_FDS - n,
 				    ch->state == CH_CONNECTED);
-		if (poll(pfds, n, ch->state == CH_DISCONNECTED ? DISCONNECTED_POLL_MS : -1) < 0)
+		int timeout = cgroup_spare_due() ? SPARE_IDLE_MS : -1;
+
+		if (ch->state == CH_DISCONNECTED)
+			timeout = DISCONNECTED_POLL_MS;
+		int ready = poll(pfds, n, timeout);
+
+		if (ready < 0)
 			continue;
 		if (pfds[0].revents & POLLIN)
 			signals_on_readable(sfd);
@@ -73,7 +81,7 @@ static void serve_forever(struct server *srv, int sfd)
 		relay_flush_exits(ch);
 		stamp_report();
 		signals_release_ended();
-		cgroup_housekeeping();
+		cgroup_housekeeping(ready == 0 || proc_count() == 0);
 	}
 }
 
