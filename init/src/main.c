@@ -79,9 +79,9 @@ static void serve_forever(struct server *srv, int sfd)
 		for (size_t i = first_slot; i < n; i++)
 			relay_on_event(ch, &slots[i], pfds[i].revents);
 		relay_flush_exits(ch);
-		stamp_report();
 		signals_release_ended();
 		cgroup_housekeeping(ready == 0 || proc_count() == 0);
+		stamp_report(); /* after the EXIT and what follows it in this round */
 	}
 }
 

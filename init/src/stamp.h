@@ -2,7 +2,8 @@
  * kernel command line (the kernel hands it to init as an environment variable), init and its
  * children before their execve note CLOCK_MONOTONIC at each step of NETWORK, START, the
  * process and the exit path in a page shared across fork, and init logs them as one console
- * line once the main process's EXIT frame is written (so the line costs the run nothing):
+ * line once the main process's EXIT frame is written, at the end of that round of its loop
+ * (so the line costs the run nothing, and shows what init did after the EXIT in that round):
  *   hypervm-init: stamps t0=<s> <name>=<ms> <name>=<ms> ...
  * t0 is the first stamp's CLOCK_MONOTONIC in seconds (the kernel's console timestamps use the
  * same clock, near enough), each <ms> is milliseconds after it with two decimals; steps not

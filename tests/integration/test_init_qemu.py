@@ -287,7 +287,7 @@ def guests(
     """A factory booting guests; every one is killed at teardown, its console shown on failure."""
     booted: list[Guest] = []
 
-    def boot(name: str, initrd: str = "initrd") -> Guest:
+    def boot(name: str, initrd: str = "initrd", append: str = "") -> Guest:
         work = artifacts["work"]
         sock, console = work / f"{name}.sock", work / f"{name}.console"
         with contextlib.suppress(FileNotFoundError):
@@ -314,7 +314,7 @@ def guests(
             "-initrd",
             str(artifacts[initrd]),
             "-append",
-            "console=ttyS0 panic=-1 reboot=t quiet",
+            f"console=ttyS0 panic=-1 reboot=t quiet {append}".strip(),
             "-device",
             "virtio-serial-pci",
             "-chardev",
@@ -922,3 +922,60 @@ def test_poweroff_ends_qemu(guests: Any) -> None:
     assert g.chan.ok(MsgType.POWEROFF, {}) == {}
     assert g.proc.wait(timeout=60) == 0
     assert "hypervm-init: powering off" in g.console()
+
+
+#: init/src/stamp.h: the steps a START of `sh -c` (no early_reply) and its exit stamp, in order
+STAMPED_CHAIN = ("start_recv", "start_checked", "cgroup", "layers", "cloned", "rootfs", "entered",
+                 "mounted", "forked", "confined", "awaited", "start_ok", "exit_sent")
+STAMPS_LINE = "hypervm-init: stamps t0="
+
+
+def _stamps(g: Guest, timeout: float = 10.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while STAMPS_LINE not in (console := g.console()):
+        assert time.monotonic() < deadline, "no stamps line on the console"
+        time.sleep(0.05)
+    line = console[console.rindex(STAMPS_LINE):].splitlines()[0]
+    t0, *steps = line.removeprefix(STAMPS_LINE).split()
+    assert float(t0) > 0
+    return {name: float(ms) for name, ms in (step.split("=") for step in steps)}
+
+
+def test_debug_stamps_and_a_one_shot_runs_exit_before_the_spare_cgroup(
+    guests: Any, guest: Guest
+) -> None:
+    """hypervm_stamps=1: one line of stamps per run, after its EXIT, in the documented order
+    and format; the spare cgroup for a next START is made after the EXIT, not beside the
+    process just started (or only after 500 ms idle). Without the flag: no stamps."""
+    g = guests("stamps", append="hypervm_stamps=1")
+    assert g.chan is not None and "hypervm-init: debug stamps on" in g.console()
+    start(g.chan, "st", 1, "echo out; echo err >&2")
+    assert g.chan.wait_exit(1).exit == {"status": 0, "signal": None}
+    stamps = _stamps(g)
+    names = list(stamps)
+    order = [n for n in ("network_recv", "network_done", "network_ok", *STAMPED_CHAIN[:-1],
+                         "shim", "spare", "reaped", "stdout_eof", "stderr_eof", "exit_sent")
+             if n in stamps]
+    assert names == order, names
+    assert set(STAMPED_CHAIN) | {"shim", "reaped", "stdout_eof", "stderr_eof"} <= set(names)
+    chain = [stamps[n] for n in STAMPED_CHAIN]
+    assert chain == sorted(chain) and chain[0] == 0.0, stamps
+    assert max(v for n, v in stamps.items() if n != "spare") == stamps["exit_sent"], stamps
+    # the spare for a next START is made after the EXIT (or, a slow process, after 500 ms idle)
+    assert stamps["spare"] > stamps["exit_sent"] or stamps["spare"] >= stamps["start_ok"] + 499
+
+    # a second run: its own line (the page was cleared), its START took the spare made after
+    # the first EXIT
+    start(g.chan, "st2", 2, "true")
+    g.chan.wait_exit(2)
+    deadline = time.monotonic() + 10
+    while g.console().count(STAMPS_LINE) < 2:
+        assert time.monotonic() < deadline, "no second stamps line"
+        time.sleep(0.05)
+    second = _stamps(g)
+    assert second["start_recv"] == 0.0 and second["spare"] > second["exit_sent"], second
+    # off by default
+    assert guest.chan is not None
+    start(guest.chan, "nostamps", 501, "true")
+    assert guest.chan.wait_exit(501).exit == {"status": 0, "signal": None}
+    assert STAMPS_LINE not in guest.console() and "debug stamps" not in guest.console()
