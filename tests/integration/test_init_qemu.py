@@ -979,3 +979,36 @@ def test_debug_stamps_and_a_one_shot_runs_exit_before_the_spare_cgroup(
     start(guest.chan, "nostamps", 501, "true")
     assert guest.chan.wait_exit(501).exit == {"status": 0, "signal": None}
     assert STAMPS_LINE not in guest.console() and "debug stamps" not in guest.console()
+
+
+def test_a_containers_etc_files_on_a_merged_etc(guests: Any) -> None:
+    """After a NETWORK, a writable container's /etc is the image's (the upper layer's files
+    over the lower's, its mode and owner) plus hosts, resolv.conf and hostname bound from
+    init's copies, whether init made the empty targets in the upper layer ahead (no layer
+    has them) or through the overlay; the container can add and remove files there."""
+    g = guests("etcfiles")
+    assert g.chan is not None
+    g.chan.ok(MsgType.NETWORK, {"nameservers": ["10.0.2.3"],
+                                "hosts": [{"address": "10.0.2.15", "names": ["etc"]}]})
+    script = (
+        "ls /etc | tr '\\n' ,; echo; stat -c '%a %u %g' /etc; cat /etc/image-marker; "
+        "grep etc /etc/hosts; cat /etc/resolv.conf /etc/hostname; "
+        "grep -c ' /etc/\\(hosts\\|resolv.conf\\|hostname\\) ' /proc/mounts; "
+        "echo new > /etc/new && rm /etc/image-marker && ls /etc | tr '\\n' ,"
+    )
+    payload = {"container": "etc", "handle": 1, "hostname": "etc",
+               "rootfs": {"layers": [LAYER, UPPER_LAYER], "readonly": False},
+               "process": {"args": ["sh", "-c", script], "env": ["PATH=/bin"]}}
+    g.chan.ok(MsgType.START, payload)
+    done = g.chan.wait_exit(1)
+    assert done.exit == {"status": 0, "signal": None}, bytes(done.stderr)
+    assert done.stdout.decode().splitlines() == [
+        "hostname,hosts,image-marker,only-upper,resolv.conf,",
+        "755 0 0",
+        "from the upper layer",
+        "10.0.2.15\tetc",
+        "nameserver 10.0.2.3",
+        "etc",
+        "3",
+        "hostname,hosts,new,only-upper,resolv.conf,",
+    ]
