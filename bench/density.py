@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ from bench.vmenv import (
 )
 from executor import launcher
 from executor.libvirt.hypervisor import Hypervisor
+from executor.pool.daemon import WarmPool
+from executor.pool.protocol import PoolConfig
 from executor.vm import SETTLED_FLUSH_S, HyperVM
 from hypervm.errors import HyperVMError
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
@@ -234,6 +238,27 @@ def idle_clone_memory(env: VMEnv, layers: Sequence[Path], count: int, settle_s: 
             vms.append(vm)
         time.sleep(settle_s)
         return [_qemu_memory(hv, vm.name, top) for vm in vms]
+
+
+def idle_pool_memory(env: VMEnv, count: int, settle_s: float, top: int = 8,
+                     fill_timeout: float = 600.0) -> list[dict[str, Any]]:
+    """As :func:`idle_qemu_memory`, for ``count`` idle generic *pool* VMs (1 vCPU, 128 MiB:
+    booted one after the other by a warm pool of their own, each with its warm-up container
+    run), ``settle_s`` after the pool is full; the pool then stops (destroying them). The pool
+    resolves its boot files itself (``env.cfg``'s, not ``env.boot``)."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-idlemem-"))
+    cfg = dataclasses.replace(env.cfg, pool_socket_override=sock_dir / "pool.sock")
+    pool = WarmPool(cfg, PoolConfig(size=count, vcpus=1, memory_mib=GUEST_MIB,
+                                    name=bench_name("idlepool")))
+    pool.start()
+    try:
+        if not pool.wait_full(fill_timeout):
+            raise RuntimeError(f"the pool did not fill in {fill_timeout:g} s: {pool.status()}")
+        time.sleep(settle_s)
+        return [_qemu_memory(pool.hypervisor, name, top) for name in pool.idle_vms()]
+    finally:
+        pool.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def _qemu_memory(hv: Hypervisor, name: str, top: int) -> dict[str, Any]:

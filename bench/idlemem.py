@@ -16,6 +16,10 @@ hold only zeros (``--ram-map``: by guest-physical MiB).
 ``--clones`` measures idle *clones* of one template instead (each a pod started with
 HYPERVM_SNAPSHOT=on and no pool, as ``snapshot_clone_idle_private_mib``; the first makes the
 template when the store has none).
+``--pool`` measures idle generic *pool* VMs instead (a warm pool of ``--count`` 1 vCPU / 128 MiB
+VMs of its own, each past its warm-up container, read ``--settle`` s after the pool is full;
+the pool resolves its boot files itself, so ``--qemu``, ``--kernel`` and ``--cmdline`` do not
+apply to them, ``--env`` does).
 """
 
 from __future__ import annotations
@@ -43,13 +47,18 @@ from vmimage.rootfs import ensure_warmup_layer
 
 
 def measure_round(env: VMEnv, count: int, settle_s: float, top: int,
-                  clones: bool = False) -> list[dict[str, Any]]:
+                  clones: bool = False, pool: bool = False) -> list[dict[str, Any]]:
     """Each of ``count`` idle VMs booted at once (``clones``: started from the snapshot of
-    their shape, clones of one template): private, RSS and PSS MiB, private by mapping."""
+    their shape, clones of one template; ``pool``: idle VMs of a warm pool): private, RSS and
+    PSS MiB, private by mapping."""
     layers = [ensure_warmup_layer(env.cfg.rootfs_dir)]
-    measured = (density.idle_clone_memory(env, layers, count, settle_s, top) if clones else
-                density.idle_qemu_memory(env, layers, count, settle_s, top,
-                                         boot_files=env.boot))
+    if pool:
+        measured = density.idle_pool_memory(env, count, settle_s, top)
+    elif clones:
+        measured = density.idle_clone_memory(env, layers, count, settle_s, top)
+    else:
+        measured = density.idle_qemu_memory(env, layers, count, settle_s, top,
+                                            boot_files=env.boot)
     return [{"private_mib": round(m["private"], 2), "rss_mib": round(m["rss"], 2),
              "pss_mib": round(m["pss"], 2),
              "by_mapping": m["by_mapping"], "guest_ram": m["guest_ram"]}
@@ -89,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guest", action="store_true", help="print the guest's /proc/meminfo")
     parser.add_argument("--clones", action="store_true",
                         help="idle clones of one template (HYPERVM_SNAPSHOT=on), not cold VMs")
+    parser.add_argument("--pool", action="store_true",
+                        help="idle generic VMs of a warm pool (past their warm-up), not cold VMs")
     parser.add_argument("--ram-map", action="store_true",
                         help="print guest RAM's resident and zero KiB by guest-physical MiB")
     parser.add_argument("--json", action="store_true")
@@ -109,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         env = VMEnv(cfg=env.cfg, boot=env.with_cmdline(" " + args.cmdline.strip()))
     totals: list[float] = []
     for _ in range(args.rounds):
-        for vm in measure_round(env, args.count, args.settle, args.top, args.clones):
+        for vm in measure_round(env, args.count, args.settle, args.top, args.clones,
+                                args.pool):
             totals.append(vm["private_mib"])
             if args.json:
                 print(json.dumps(vm))

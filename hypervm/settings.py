@@ -71,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
             "guests hand freed memory back"),
     Setting("tcg_flush", "HYPERVM_TCG_FLUSH", "on", "drop the boot's translations when READY"),
     Setting("discard_zero_pages", "HYPERVM_DISCARD_ZERO_PAGES", "on",
-            "give back guest RAM pages of zeros with the settled TCG flush"),
+            "give back guest RAM pages of zeros (cold VMs: settled flush; pool VMs: warm-up)"),
     Setting("ksm", "HYPERVM_KSM", "off", "the host's KSM may merge identical guest pages",
             booleans=("on", "off")),
     Setting("vm_uid_range", "HYPERVM_VM_UID_RANGE", "200000-265535",

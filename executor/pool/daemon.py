@@ -124,6 +124,7 @@ class WarmPool:
         self._boot: BootFiles | None = None
         self._boot_layer = Path()
         self._flush_tcg = False
+        self._discard_zeros = False
         self._idle: collections.deque[_Idle] = collections.deque()
         self._booting: dict[str, str] = {}  # name -> kind
         self._cond = threading.Condition()
@@ -148,6 +149,7 @@ class WarmPool:
         self._boot = resolve_boot(self.cfg, accel=self._accel)
         self._boot_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
         self._flush_tcg = self._boot.flushes_after_boot(self.cfg)
+        self._discard_zeros = self._boot.discards_zero_pages(self.cfg)
         self._hv = Hypervisor(self.cfg.libvirt_uri, events=False, autodestroy=False)
         try:
             self._server = self._bind()
@@ -436,7 +438,8 @@ class WarmPool:
                 sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
                 ready = warmup.prepare_guest(self._hv, name, RawChannel(sock), layers,
                                              self._boot_layer, flush_tcg=self._flush_tcg,
-                                             timeout=BOOT_TIMEOUT)
+                                             timeout=BOOT_TIMEOUT,
+                                             discard_zeros=self._discard_zeros)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("pool VM %s%s did not boot: %s", name, _label(kind), e)

@@ -1,7 +1,8 @@
 """What a pool VM (and a standby clone, executor.snapshot.keeper) runs before anyone claims it:
 its NIC configured, its layers and the host's warm-up layer hot-added, one throwaway container
-(under TCG its code is then translated for the claimer's START), and for an image VM the pod's
-container prepared up to its START."""
+(under TCG its code is then translated for the claimer's START), for an image VM the pod's
+container prepared up to its START, and then its guest RAM's pages of zeros given back as a
+cold VM's are (HyperQEMU's ``discard-zero-pages``)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from executor.guest.protocol import (
 from executor.libvirt.domain import DiskSpec
 from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool.protocol import FIRST_POD_UNIT, WARMUP_UNIT
-from executor.vm import flush_boot_translations
+from executor.vm import discard_zero_pages, flush_boot_translations
 from hypervm import netspec
 from hypervm.errors import BootError, GuestError
 
@@ -48,8 +49,13 @@ def run_warmup(channel: RawChannel, name: str, layers: int, timeout: float) -> N
 
 
 def prepare_guest(hv: Any, name: str, channel: RawChannel, layers: Sequence[str],
-                  warmup_layer: Path, *, flush_tcg: bool, timeout: float) -> dict[str, Any]:
-    """After the boot, what every claimer would otherwise wait for; the READY payload."""
+                  warmup_layer: Path, *, flush_tcg: bool, timeout: float,
+                  discard_zeros: bool = False) -> dict[str, Any]:
+    """After the boot, what every claimer would otherwise wait for; the READY payload.
+    ``discard_zeros`` (a pool VM's memfd RAM, never a clone's private mapping of its template):
+    at the end, once the warm-up has exited, the guest RAM pages holding only zeros go back
+    to the host, as with a cold VM's settled flush (its boot's zero-filled tables, its bss).
+    Its translations stay: the claimer's START runs the warm-up's code."""
     ready = channel.ready(timeout)
     nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
     channel.request(MsgType.NETWORK, POOL_REQUEST_ID, nic or {}, timeout)
@@ -63,6 +69,8 @@ def prepare_guest(hv: Any, name: str, channel: RawChannel, layers: Sequence[str]
     run_warmup(channel, name, len(layers), timeout)
     if prepare:
         _prepare_container(name, channel, prepare_request(len(layers)), timeout)
+    if discard_zeros:
+        discard_zero_pages(hv, name)
     return ready
 
 

@@ -194,6 +194,21 @@ def test_task_sees_its_ports_hostname_and_resolver(hypervm, busybox_rootfs: Path
     assert out.endswith("writable\n")
 
 
+def test_the_nic_has_no_ipv6_and_loopback_keeps_it(hypervm, busybox_rootfs: Path) -> None:  # noqa: ANN001
+    """QEMU's user network runs without IPv6: the guest init turns it off on the NIC before it
+    comes up (no link-local address, so no router solicitations or neighbour and MLD packets
+    from an idle VM, issue 18), while loopback keeps ::1."""
+    result = hypervm("run", "--rootfs", str(busybox_rootfs), "--", "sh", "-c",
+                     "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6 "
+                     "/proc/sys/net/ipv6/conf/lo/disable_ipv6 /proc/net/if_inet6")
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    lines = out.splitlines()
+    assert lines[:2] == ["1", "0"], out
+    inet6 = [line.split() for line in lines[2:]]
+    assert [(row[0], row[5]) for row in inet6] == [("0" * 31 + "1", "lo")], out
+
+
 def test_network_none_has_only_loopback(hypervm, busybox_rootfs: Path) -> None:  # noqa: ANN001
     result = hypervm("run", "--network", "none", "--rootfs", str(busybox_rootfs), "--",
                      "sh", "-c", "ls /sys/class/net")

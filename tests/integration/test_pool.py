@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench.vmenv import guest_ram_pages
 from executor.launcher import boot_vm
 from executor.libvirt.hypervisor import Hypervisor
 from executor.pool.daemon import WarmPool
@@ -123,6 +124,20 @@ def shared_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="hypervm-pool-share-"))
     path.chmod(0o755)  # QEMU (libvirt-qemu) reads it
     return path
+
+
+def test_an_idle_pool_vm_holds_no_guest_pages_of_zeros(pooled: Any) -> None:
+    """Once warmed up, a pool VM gives back its guest RAM pages of zeros as a settled cold VM
+    does (HyperQEMU's discard-zero-pages): an idle 128 MiB pool VM held ~5.8 MiB of them."""
+    cfg, pool = pooled
+    if pool.boot_files is None or not pool.boot_files.discards_zero_pages(cfg):
+        pytest.skip("this QEMU or host keeps the zero pages (no HyperQEMU zero-discard, KVM)")
+    names = pool.idle_vms()
+    assert names, pool.status()
+    for name in names:
+        ram = guest_ram_pages(pool.hypervisor.qemu_pid(name))
+        assert ram["resident_kib"] > 4096, ram  # the guest kernel at least: RAM was found
+        assert ram["zero_kib"] < 1024, f"{name} keeps {ram['zero_kib']} KiB of zero pages"
 
 
 def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: Any) -> None:

@@ -134,10 +134,18 @@ class RecordingChannel:
 
 
 class RecordingHypervisor(FakeHypervisor):
-    def __init__(self, events: list[str], flush_error: bool = False) -> None:
+    def __init__(self, events: list[str], flush_error: bool = False,
+                 discard_error: bool = False) -> None:
         super().__init__()
         self.events = events
         self.flush_error = flush_error
+        self.discard_error = discard_error
+
+    def discard_zero_pages(self, name: str) -> str:
+        self.events.append(f"discard {name}")
+        if self.discard_error:
+            raise HypervisorError(f"cannot discard the guest's zero pages of VM {name}")
+        return "discarded 1490 zero pages"
 
     def attach_device(self, name: str, xml: str) -> None:
         self.events.append("attach")
@@ -167,3 +175,29 @@ def test_a_failed_flush_costs_memory_not_the_vm(caplog: pytest.LogCaptureFixture
                                 (), WARMUP_LAYER, flush_tcg=True, timeout=5) == {"version": 1}
     assert events[-2:] == ["START", "exit"]
     assert "vm1 keeps its boot's TCG translations" in caplog.text
+
+
+@pytest.mark.parametrize("layers", [(), WEB])
+def test_the_zero_pages_go_once_the_warm_up_is_done(layers: tuple[str, ...]) -> None:
+    """A pool VM's guest RAM pages of zeros (~5.8 MiB of an idle 128 MiB pool VM's 18.4 MiB)
+    go back last: after the warm-up container exited and an image VM's container is prepared,
+    as a cold VM's do after its settled flush; without it, nothing is discarded."""
+    for discard in (True, False):
+        events: list[str] = []
+        warmup.prepare_guest(RecordingHypervisor(events), "vm1",
+                             RecordingChannel(events),  # type: ignore[arg-type]
+                             layers, WARMUP_LAYER, flush_tcg=True, timeout=5,
+                             discard_zeros=discard)
+        tail = ["START", "exit"] + (["PREPARE"] if layers else [])
+        assert events[-len(tail) - 1:] == (tail + ["discard vm1"] if discard
+                                           else [events[-len(tail) - 1]] + tail)
+        assert events.count("discard vm1") == int(discard)
+
+
+def test_a_failed_discard_costs_memory_not_the_vm() -> None:
+    events: list[str] = []
+    assert warmup.prepare_guest(RecordingHypervisor(events, discard_error=True), "vm1",
+                                RecordingChannel(events),  # type: ignore[arg-type]
+                                (), WARMUP_LAYER, flush_tcg=True, timeout=5,
+                                discard_zeros=True) == {"version": 1}
+    assert events[-1] == "discard vm1"
