@@ -5,6 +5,7 @@ QEMU's uid reaching a run directory; ``hypervm doctor``: libvirt's QEMU user and
 from __future__ import annotations
 
 import os
+import pwd
 from collections.abc import Collection
 
 #: the bits of one class (owner, group, others), as ``allows``' ``want``
@@ -19,3 +20,13 @@ def allows(st: os.stat_result, uid: int, groups: Collection[int], want: int) -> 
         return True
     shift = 6 if st.st_uid == uid else 3 if st.st_gid in groups else 0
     return (st.st_mode >> shift) & want == want
+
+
+def process_groups(uid: int, gid: int) -> set[int]:
+    """The groups of a process libvirt starts as ``uid:gid`` (virGetGroupList): ``gid``, the
+    user's primary group and its supplementary ones; only ``gid`` for a uid with no user."""
+    try:
+        user = pwd.getpwuid(uid)
+        return {gid, user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
+    except (KeyError, OSError):
+        return {gid}

@@ -20,7 +20,6 @@ on a host where /dev/kvm is 0600 root:root. Each VM's QEMU runs as a uid of its 
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 from pathlib import Path
 
@@ -40,16 +39,6 @@ def read_write(st: os.stat_result, uid: int, groups: set[int]) -> bool:
     return fsmode.allows(st, uid, groups, fsmode.READ | fsmode.WRITE)
 
 
-def _groups(uid: int, gid: int) -> set[int]:
-    """The groups libvirt gives a process of ``uid`` (virGetGroupList): ``gid``, the user's
-    primary group (libvirt-qemu's is kvm on Debian) and its supplementary ones."""
-    try:
-        user = pwd.getpwuid(uid)
-        return {gid, user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
-    except (KeyError, OSError):
-        return {gid}
-
-
 def check_kvm_device(cfg: HostConfig, device: Path = KVM_DEVICE) -> Check:
     try:
         st = device.stat()
@@ -63,7 +52,7 @@ def check_kvm_device(cfg: HostConfig, device: Path = KVM_DEVICE) -> Check:
     except HyperVMError as e:
         return Check("libvirt caps", True, f"cannot ask libvirt for its QEMU user: {e}",
                      warn=True)
-    if user is None or read_write(st, user[0], _groups(*user)):
+    if user is None or read_write(st, user[0], fsmode.process_groups(*user)):
         return Check("libvirt caps", True, f"{device} is usable by libvirt's QEMU user as by "
                      "its probes: libvirt keeps its QEMU capabilities")
     return Check("libvirt caps", True, f"{device} ({stat.filemode(st.st_mode)}, gid "

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import pwd
 import stat
 import threading
 import time
@@ -559,11 +558,7 @@ class Hypervisor:
 def _check_traversable(directory: Path, uid: int, gid: int) -> None:
     """QEMU (running as ``uid:gid`` plus the user's supplementary groups) must be able to reach
     ``directory``."""
-    groups = {gid}
-    try:
-        groups.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-    except (KeyError, OSError):
-        pass
+    groups = fsmode.process_groups(uid, gid)
     for path in (directory, *directory.parents):
         st = path.stat()
         if not fsmode.allows(st, uid, groups, fsmode.EXECUTE):

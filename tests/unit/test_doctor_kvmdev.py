@@ -49,7 +49,7 @@ def test_a_root_only_device_is_reported_with_its_fix(tmp_path: Path,
             return QEMU_UID, QEMU_UID
 
     monkeypatch.setattr(doctor_kvmdev, "Hypervisor", FakeHypervisor)
-    monkeypatch.setattr(doctor_kvmdev, "_groups", lambda uid, gid: {gid, KVM_GID})
+    monkeypatch.setattr(doctor_kvmdev.fsmode, "process_groups", lambda uid, gid: {gid, KVM_GID})
     cfg: Any = SimpleNamespace(libvirt_uri="qemu:///system")
     bad = doctor_kvmdev.check_kvm_device(cfg, _device(tmp_path, 0o600, 0))
     assert bad.warn and "re-probes" in bad.detail and "chmod 0660" in bad.fix
