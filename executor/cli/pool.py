@@ -110,8 +110,10 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for learned in status.get("learned") or []:
         lines.append(f"learned image {learned.get('image')} (tenant {learned.get('tenant')}): "
                      f"{learned.get('ready')} ready, {learned.get('booting')} booting")
-    lines.append(f"claims {status.get('claims')}, boots {status.get('boots')}, failures "
-                 f"{status.get('failures')}")
+    served = status.get("served_by") or {}
+    lines.append(f"claims {status.get('claims')}"
+                 + (f" ({', '.join(f'{k} {n}' for k, n in served.items())})" if served else "")
+                 + f", boots {status.get('boots')}, failures {status.get('failures')}")
     fast = (status.get("services") or {}).get(RUN_OP)
     if isinstance(fast, dict):
         refused = fast.get("refused") or {}

@@ -38,8 +38,8 @@ from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
 from executor.pool import listener, warmup
 from executor.pool.deferred import RECORD_DELAY_S, Deferred
+from executor.pool.idle import SERVED_KINDS, by_kind, served_kind
 from executor.pool.idle import IdleVM as _Idle
-from executor.pool.idle import by_kind
 from executor.pool.idle import label as _label
 from executor.pool.learn import LearnedImage, LearnedImages
 from executor.pool.protocol import (
@@ -123,6 +123,8 @@ class WarmPool:
         self.boots = 0
         self.failures = 0
         self.releases = 0
+        #: claims served by kind of VM (idle.served_kind): generic, image (listed), learned
+        self.served_by = dict.fromkeys(SERVED_KINDS, 0)
         #: claimed VMs -> who they were handed to (executor.pool.release), until released
         self._claimers: dict[str, Claimer] = {}
         #: the background destroys of released VMs (stop() waits for them)
@@ -163,15 +165,11 @@ class WarmPool:
             self._cond.notify_all()
         server, self._server = self._server, None
         if server is not None:
-            try:
+            with contextlib.suppress(OSError):
                 server.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             server.close()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.cfg.pool_socket.unlink()
-            except FileNotFoundError:
-                pass
         for thread in self._threads:
             thread.join(timeout=BOOT_TIMEOUT + 5)
         self._threads = []
@@ -220,10 +218,10 @@ class WarmPool:
         self.stop()
 
     def wait_full(self, timeout: float) -> bool:
-        """Wait until ``size`` VMs are ready; False on timeout."""
+        """Wait until every kind has its VMs ready (learned images too); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self._idle) < sum(self.config.targets().values()):
+            while len(self._idle) < sum(self._targets().values()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
                     return False
@@ -272,6 +270,7 @@ class WarmPool:
                     "ready": len(self._idle), "booting": len(self._booting),
                     "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
+                    "served_by": dict(self.served_by),
                     "accel": self._boot.accel if self._boot else None,
                     "services": self._service_status()}
 
@@ -343,6 +342,7 @@ class WarmPool:
                 self._discard(vm.name, vm.run_dir, vm.sock)
                 continue
             self.claims += 1
+            self.served_by[served_kind(vm)] += 1
             with self._cond:
                 self._claimers[vm.name] = claimer(owner_pid)
             log.info("%s%s claimed by pid %d after %.1f s idle%s", vm.name, _label(vm.kind),

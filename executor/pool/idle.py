@@ -32,6 +32,15 @@ class IdleVM:
     kept_for: str | None = None
 
 
+#: the kinds of VM a claim can be served by (``hypervm pool status``'s ``served_by``)
+SERVED_KINDS = ("generic", "image", "learned")
+
+
+def served_kind(vm: IdleVM) -> str:
+    """Which of :data:`SERVED_KINDS` ``vm`` is: no layers, a listed image's, a learned one's."""
+    return "learned" if vm.kept_for is not None else "image" if vm.layers else "generic"
+
+
 def label(kind: str) -> str:
     """`` (REF)`` after an image VM's name in the log; nothing for a generic one."""
     return f" ({kind})" if kind else ""

@@ -174,6 +174,7 @@ def test_a_claimed_image_gets_vms_for_its_tenant_only(pool: WarmPool, tmp_path: 
     lease, sock = pool.claim(1, 128, owner_pid=1, layers=WEB, tenant="a")
     sock.close()
     assert lease.layers_attached
+    assert pool.status()["served_by"] == {"generic": 1, "image": 0, "learned": 1}
 
 
 def test_the_bound_holds_and_forgotten_images_lose_their_vms(pool: WarmPool,
