@@ -2,11 +2,12 @@
 the suite's own code: ``python -m bench.runfast [--rounds N] [--out FILE]``.
 
 Each round takes one sample of: the raw boot (bench.rawboot), ``hypervm run`` cold
-(bench.runtrue) and with a VM of the suite's warm pools (bench.suite.pooled_rounds: a generic VM,
-and the image VM of a pool that learned the image at its first run, which goes first alternates),
-and ``runsc run … true`` / ``runc run … true`` on the same image's root (bench.peers). A few minutes,
-where ``make bench`` takes half an hour: for checking a change to the run path; ``--baseline
-DIR`` (another commit's tree, ``git archive BASE | tar -x -C DIR``) adds its cold run beside.
+(bench.runtrue) and with a VM of the suite's warm pools (bench.suite.pooled_rounds: a generic
+VM, and the image VM of a pool that learned the image at its first run; which goes first
+alternates), and ``runsc run … true`` / ``runc run … true`` on the same image's root
+(bench.peers). A few minutes, where ``make bench`` takes half an hour: for checking a change to
+the run path; ``--baseline DIR`` (another commit's tree, ``git archive BASE | tar -x -C DIR``)
+adds its cold run beside.
 """
 
 from __future__ import annotations

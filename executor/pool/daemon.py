@@ -163,13 +163,12 @@ class WarmPool:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+            booting = list(self._booting)
+        for name in booting:  # now, not after their boot and warm-up (seconds under TCG): a
+            with contextlib.suppress(HyperVMError):  # SIGKILL may follow a SIGTERM soon
+                self._hv.destroy(name)
         server, self._server = self._server, None
-        if server is not None:
-            with contextlib.suppress(OSError):
-                server.shutdown(socket.SHUT_RDWR)
-            server.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.cfg.pool_socket.unlink()
+        listener.close(server, self.cfg.pool_socket)
         for thread in self._threads:
             thread.join(timeout=BOOT_TIMEOUT + 5)
         self._threads = []
