@@ -36,6 +36,11 @@ it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 pool VM), so the claimer hot-adds nothing. The pool writes the pod's metadata into the VM
 together with the new owner (the claimer's pid), so the claimer has nothing left to write.
 
+``image`` (optional) is the reference the pod's one image was resolved from: a pool that learns
+images (``learn_images``, executor.pool.learn) keeps image VMs for the ones claimed last, for
+the claim's tenant (``metadata.tenant``) only. It grants nothing: a VM is still matched by its
+exact layer files, and a pool that does not learn ignores it.
+
 ``ports`` are the pod's published ports: the pool checks them as a cold boot does and publishes
 them on the VM (QEMU ``hostfwd_add``) before it answers. A port that cannot be published fails
 the claim with the cold boot's error (``"kind": "network"``: the claimer raises it as the
