@@ -307,7 +307,7 @@ class VMPod:
                                               memory_mib=self.plan.memory_mib,
                                               cpu_limit=self.plan.cpu_limit),
                           labels=self.plan.labels, network=self.network,
-                          image=image.ref if len(containers) == 1 else None)
+                          image=self.plan.tasks[0].image if len(containers) == 1 else None)
             hypervisor = self._hypervisor()
             volumes = VolumeHold(self.cfg, [m for c in containers for m in c.mounts])
             with self._lock:
