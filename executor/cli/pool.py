@@ -19,8 +19,8 @@ from typing import Any
 from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.pool import claim as warm
 from executor.pool.daemon import WarmPool
-from executor.pool.learn import DEFAULT_LEARN_IMAGES, LEARN_ENV, learn_images_from_env
-from executor.pool.protocol import PoolConfig
+from executor.pool.learn import DEFAULT_LEARN_IMAGES, LEARN_ENV, learn_images_for
+from executor.pool.protocol import MAX_POOL_SIZE, PoolConfig
 from executor.snapshot.keeper import StandbyKeeper
 from hypervm.config import config_from_env
 
@@ -68,9 +68,9 @@ def serve_command(args: argparse.Namespace) -> int:
     config = PoolConfig(size=args.size, vcpus=args.vcpus, memory_mib=args.memory,
                         name=args.name, images=tuple(args.images),
                         per_image=args.per_image, standby=args.standby,
-                        learn_images=(learn_images_from_env(os.environ)
-                                      if args.learn_images is None else args.learn_images)
-                        ).validate()
+                        learn_images=learn_images_for(
+                            os.environ, args.learn_images, MAX_POOL_SIZE - args.size
+                            - len(args.images) * args.per_image, args.per_image)).validate()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())

@@ -73,6 +73,18 @@ def learn_images_from_env(env: Mapping[str, str]) -> int:
     return int(value)
 
 
+def learn_images_for(env: Mapping[str, str], given: int | None, room: int, per_image: int) -> int:
+    """``pool serve``'s learned images: ``--learn-images`` when ``given``, else the setting; the
+    built-in default only as many as fit in ``room`` idle VMs (a pool of ``--size 64`` stays
+    valid), an operator's own value as it is (PoolConfig.validate refuses too many)."""
+    if given is not None:
+        return given
+    learn = learn_images_from_env(env)
+    if env.get(LEARN_ENV, "").strip():
+        return learn
+    return max(0, min(learn, room // max(1, per_image)))
+
+
 class LearnedImages:
     """The learned images, most recently claimed last."""
 

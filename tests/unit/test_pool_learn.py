@@ -19,6 +19,7 @@ from executor.pool.learn import (
     MAX_LEARN_IMAGES,
     LearnedImage,
     LearnedImages,
+    learn_images_for,
     learn_images_from_env,
 )
 from executor.pool.protocol import (
@@ -78,6 +79,12 @@ def test_the_setting_and_its_bounds() -> None:
     for bad in ("-1", "x", str(MAX_LEARN_IMAGES + 1)):
         with pytest.raises(InvalidSpec):
             learn_images_from_env({"HYPERVM_POOL_LEARN_IMAGES": bad})
+    # the built-in default fits in what room the pool has; an operator's own value is kept
+    assert learn_images_for({}, None, room=64 - 2, per_image=1) == DEFAULT_LEARN_IMAGES
+    assert learn_images_for({}, None, room=0, per_image=1) == 0  # --size 64 stays valid
+    assert learn_images_for({}, None, room=5, per_image=2) == 2
+    assert learn_images_for({"HYPERVM_POOL_LEARN_IMAGES": "9"}, None, room=0, per_image=1) == 9
+    assert learn_images_for({"HYPERVM_POOL_LEARN_IMAGES": "9"}, 1, room=0, per_image=1) == 1
     PoolConfig(size=0, learn_images=2).validate()  # a pool of learned images only
     with pytest.raises(InvalidSpec, match="learn_images"):
         PoolConfig(size=60, learn_images=5).validate()  # counted in the pool's bound
