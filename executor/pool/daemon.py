@@ -476,7 +476,8 @@ class WarmPool:
     def _layers(self, kind: str, learned: LearnedImage | None) -> tuple[str, ...]:
         """An image VM's layers: a listed image's resolved as a launch does, a learned one's
         from the cache only (never pulled for a client; forgotten once gone: ImageError)."""
-        layers = self._resolve(kind) if learned is None else self._cached(learned.ref)
+        layers = (self._resolve(kind) if kind in self.config.images else  # else learned,
+                  self._cached(learned.ref) if learned is not None else None)  # or forgotten
         if layers is None:
             with self._cond:
                 self._learned.forget(kind)

@@ -214,4 +214,6 @@ def test_a_learned_image_is_taken_from_the_cache_never_pulled(pool: WarmPool) ->
         learned = pool._learned.get(kind("gone:1"))
     with pytest.raises(ImageError, match="no longer in the image cache"):
         pool._layers(kind("gone:1"), learned)
+    with pytest.raises(ImageError):  # forgotten before its boot: neither resolved nor pulled
+        pool._layers(kind("db:2"), None)
     assert pulled == [] and pool.status()["learned"] == []
