@@ -69,8 +69,9 @@ def serve_command(args: argparse.Namespace) -> int:
                         name=args.name, images=tuple(args.images),
                         per_image=args.per_image, standby=args.standby,
                         learn_images=learn_images_for(
-                            os.environ, args.learn_images, MAX_POOL_SIZE - args.size
-                            - len(args.images) * args.per_image, args.per_image)).validate()
+                            os.environ, args.learn_images,
+                            args.size + len(args.images) * args.per_image, args.per_image,
+                            MAX_POOL_SIZE)).validate()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())

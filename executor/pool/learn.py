@@ -73,16 +73,19 @@ def learn_images_from_env(env: Mapping[str, str]) -> int:
     return int(value)
 
 
-def learn_images_for(env: Mapping[str, str], given: int | None, room: int, per_image: int) -> int:
-    """``pool serve``'s learned images: ``--learn-images`` when ``given``, else the setting; the
-    built-in default only as many as fit in ``room`` idle VMs (a pool of ``--size 64`` stays
-    valid), an operator's own value as it is (PoolConfig.validate refuses too many)."""
+def learn_images_for(env: Mapping[str, str], given: int | None, fixed: int, per_image: int,
+                     most: int) -> int:
+    """``pool serve``'s learned images: ``--learn-images`` when ``given``, else the setting, an
+    operator's own value as it is (PoolConfig.validate refuses too many). The built-in default
+    only adds to a pool of ``fixed`` > 0 idle VMs (generic and listed), and only as many as fit
+    in ``most`` in all: ``--size 0`` alone stays the error it was, ``--size 64`` valid; a pool
+    of learned VMs only is asked for with ``--learn-images``."""
     if given is not None:
         return given
     learn = learn_images_from_env(env)
     if env.get(LEARN_ENV, "").strip():
         return learn
-    return max(0, min(learn, room // max(1, per_image)))
+    return max(0, min(learn, (most - fixed) // max(1, per_image))) if fixed else 0
 
 
 class LearnedImages:

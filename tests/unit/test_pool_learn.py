@@ -80,11 +80,16 @@ def test_the_setting_and_its_bounds() -> None:
         with pytest.raises(InvalidSpec):
             learn_images_from_env({"HYPERVM_POOL_LEARN_IMAGES": bad})
     # the built-in default fits in what room the pool has; an operator's own value is kept
-    assert learn_images_for({}, None, room=64 - 2, per_image=1) == DEFAULT_LEARN_IMAGES
-    assert learn_images_for({}, None, room=0, per_image=1) == 0  # --size 64 stays valid
-    assert learn_images_for({}, None, room=5, per_image=2) == 2
-    assert learn_images_for({"HYPERVM_POOL_LEARN_IMAGES": "9"}, None, room=0, per_image=1) == 9
-    assert learn_images_for({"HYPERVM_POOL_LEARN_IMAGES": "9"}, 1, room=0, per_image=1) == 1
+    def learn(env: dict[str, str], given: int | None, fixed: int, per_image: int = 1) -> int:
+        return learn_images_for(env, given, fixed, per_image, 64)
+
+    assert learn({}, None, fixed=2) == DEFAULT_LEARN_IMAGES
+    assert learn({}, None, fixed=64) == 0  # --size 64 stays valid
+    assert learn({}, None, fixed=59, per_image=2) == 2
+    assert learn({}, None, fixed=0) == 0  # --size 0 alone stays an error, not a learning pool
+    assert learn({}, 2, fixed=0) == 2  # unless asked for
+    assert learn({"HYPERVM_POOL_LEARN_IMAGES": "9"}, None, fixed=64) == 9
+    assert learn({"HYPERVM_POOL_LEARN_IMAGES": "9"}, 1, fixed=64) == 1
     PoolConfig(size=0, learn_images=2).validate()  # a pool of learned images only
     with pytest.raises(InvalidSpec, match="learn_images"):
         PoolConfig(size=60, learn_images=5).validate()  # counted in the pool's bound
