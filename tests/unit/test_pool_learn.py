@@ -5,6 +5,7 @@ destroyed; nothing is pulled for a client."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from executor.cli import pool as pool_cli
 from executor.pool.daemon import WarmPool, _Idle
 from executor.pool.learn import (
     DEFAULT_LEARN_IMAGES,
@@ -222,3 +224,19 @@ def test_a_learned_image_is_taken_from_the_cache_never_pulled(pool: WarmPool) ->
     with pytest.raises(ImageError):  # forgotten before its boot: neither resolved nor pulled
         pool._layers(kind("db:2"), None)
     assert pulled == [] and pool.status()["learned"] == []
+
+
+def test_status_text_shows_the_learned_images_and_who_served(pool: WarmPool,
+                                                             tmp_path: Path) -> None:
+    fake_boots(pool, tmp_path)
+    assert pool.wait_full(5.0)
+    learn(pool, "web:1", "a")
+    wait_for(pool, {"a docker.io/library/web:1": 1})
+    lease, sock = pool.claim(1, 128, owner_pid=1, layers=WEB, tenant="a")
+    sock.close()
+    lines = pool_cli.status_lines(pool.status())
+    # its replacement may be booting or ready already
+    assert any(re.fullmatch(r"learned image docker\.io/library/web:1 \(tenant a\): "
+                            r"[01] ready, [01] booting", line) for line in lines), lines
+    assert any(line.startswith("claims 1 (generic 0, image 0, learned 1), boots ")
+               for line in lines), lines
