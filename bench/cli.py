@@ -25,6 +25,7 @@ ROWS = (
     ("idle pool VM QEMU RSS", "idle_pool_vm_rss_mib", "MiB"),
     ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
     ("hypervm run true p50 (pool)", "run_true_pool_p50_s", "s"),
+    ("hypervm run true p50 (pool, generic VM)", "run_true_pool_generic_p50_s", "s"),
     ("idle VM QEMU private", "idle_vm_private_mib", "MiB"),
     ("idle snapshot clone QEMU private", "snapshot_clone_idle_private_mib", "MiB"),
     ("runc start p50", "runc_start_p50_s", "s"),

@@ -72,6 +72,34 @@ def run_true_pooled(ref: str, pool_socket: Path) -> float:
     return took
 
 
+#: the pooled run's samples by the kind of pool VM that served them: a learned image VM (a pool
+#: that learned the image at its first run, as a user's does: ``run_true_pool_p50_s``) and a
+#: generic VM (``run_true_pool_generic_p50_s``)
+POOLED = {"learned": "hypervm run true (pool)", "generic": "hypervm run true (pool, generic VM)"}
+POOLED_NOTE = ("hypervm run --cpus 1 --memory 128 IMAGE -- true with a warm pool serving: "
+               "{what}; the pool refilled before each sample")
+POOLED_WHAT = {
+    "learned": "served by the image VM of a pool that learned the image at its first run "
+               "(hypervm pool serve --learn-images, the default), as every run after the first "
+               "is when the pool has refilled",
+    "generic": "served by a generic pool VM (the image's layers hot-added at the claim, the "
+               "container made by its START): a run of an image the pool has not learned, or "
+               "one that comes before the learned VM's replacement has booted"}
+
+
+def pooled_sample(pool: Any, ref: str, expected: str) -> float:
+    """One :func:`run_true_pooled` from ``pool`` (a WarmPool of this process), checked to be
+    served by the ``expected`` kind of VM (``served_by`` of its status: generic, image,
+    learned)."""
+    before = dict(pool.served_by)
+    took = run_true_pooled(ref, pool.cfg.pool_socket)
+    served = [kind for kind, n in pool.served_by.items() if n != before.get(kind)]
+    if served != [expected]:
+        raise RuntimeError(f"hypervm run (pool): served by {served or 'no pool VM'}, not a "
+                           f"{expected} VM")
+    return took
+
+
 def hypervm_workload(ref: str, script: str) -> float:
     argv = [*hypervm_argv(), "run", "--name", bench_name("work"), "--quiet", "--memory",
             str(WORK_MIB), "--network", "none", ref, "--", "sh", "-c", script]
@@ -155,11 +183,13 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "runc_start_p50_s": p50("runc start"), "runsc_start_p50_s": p50("runsc start"),
         "runc_run_true_p50_s": p50("runc run true"),
         "runsc_run_true_p50_s": p50("runsc run true"),
-        "run_true_pool_p50_s": p50("hypervm run true (pool)"),
+        "run_true_pool_p50_s": p50(POOLED["learned"]),
+        "run_true_pool_generic_p50_s": p50(POOLED["generic"]),
         "runc_start_p95_s": p95("runc start"), "runsc_start_p95_s": p95("runsc start"),
         "runc_run_true_p95_s": p95("runc run true"),
         "runsc_run_true_p95_s": p95("runsc run true"),
-        "run_true_pool_p95_s": p95("hypervm run true (pool)"),
+        "run_true_pool_p95_s": p95(POOLED["learned"]),
+        "run_true_pool_generic_p95_s": p95(POOLED["generic"]),
         "snapshot_launch_p50_s": p50("snapshot launch"),
         "snapshot_launch_p95_s": p95("snapshot launch"),
         "snapshot_launch_standby_p50_s": p50("snapshot launch (standby)"),
@@ -178,6 +208,9 @@ def fill(doc: dict[str, Any], samples: dict[str, list[float]], measured: dict[st
         "network_mb_s": measured["network_mb_s"],
     })
     notes = doc.setdefault("notes", {})
+    for kind, key in (("learned", "run_true_pool"), ("generic", "run_true_pool_generic")):
+        for stat in ("p50", "p95"):
+            notes[f"{key}_{stat}_s"] = POOLED_NOTE.format(what=POOLED_WHAT[kind])
     notes["snapshot_launch_p50_s"] = (
         "LAUNCH → TASK_RUNNING with HYPERVM_SNAPSHOT=on and HYPERVM_POOL=off: the executor starts "
         "a clone of its own from the snapshot of the task's shape (made by an untimed launch "
@@ -287,12 +320,12 @@ def _main(argv: list[str] | None = None) -> int:
         work_layers, _ = images.warm_shared_cache(env.cfg, imgs.work_ref, 0)
         samples: dict[str, list[float]] = {}
         with mounted_layer(layers[0]) as lower, oci_root(lower) as root, \
-                PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool:
+                PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool, \
+                suite.learned_pool(env, "lpool", imgs.busybox_ref) as lpool:
             for _ in range(rounds):
                 pr.round()
-                suite._fill_pool(pool)
-                samples.setdefault("hypervm run true (pool)", []).append(
-                    run_true_pooled(imgs.busybox_ref, pool.cfg.pool_socket))
+                suite.pooled_rounds(samples, {"generic": pool, "learned": lpool},
+                                    imgs.busybox_ref)
                 samples.setdefault("cold launch", []).append(
                     launch.launch_once(imgs.busybox_ref).running_s)
             samples.update(pr.samples)

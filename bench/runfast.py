@@ -2,10 +2,12 @@
 the suite's own code: ``python -m bench.runfast [--rounds N] [--out FILE]``.
 
 Each round takes one sample of: the raw boot (bench.rawboot), ``hypervm run`` cold
-(bench.runtrue) and with a VM of the suite's warm pool (bench.peersuite.run_true_pooled), and
-``runsc run … true`` / ``runc run … true`` on the same image's root (bench.peers). A few minutes,
-where ``make bench`` takes half an hour: for checking a change to the run path; ``--baseline
-DIR`` (another commit's tree, ``git archive BASE | tar -x -C DIR``) adds its cold run beside.
+(bench.runtrue) and with a VM of the suite's warm pools (bench.suite.pooled_rounds: a generic
+VM, and the image VM of a pool that learned the image at its first run; which goes first
+alternates), and ``runsc run … true`` / ``runc run … true`` on the same image's root
+(bench.peers). A few minutes, where ``make bench`` takes half an hour: for checking a change to
+the run path; ``--baseline DIR`` (another commit's tree, ``git archive BASE | tar -x -C DIR``)
+adds its cold run beside.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from bench import images, peers, results, runtrue, suite
 from bench.container import mounted_layer
 from bench.peers import oci_root
-from bench.peersuite import PeerRounds, run_true_pooled
+from bench.peersuite import PeerRounds
 from bench.rawboot import boot_once
 from bench.vmenv import VMEnv
 from bench.warmfast import read_stamps
@@ -46,7 +48,8 @@ def measure(rounds: int, baseline: Path | None = None,
     with images.serve_images(None) as imgs, Hypervisor(env.cfg.libvirt_uri) as hv:
         layers, _ = images.warm_shared_cache(env.cfg, imgs.busybox_ref, 0)
         with mounted_layer(layers[0]) as lower, oci_root(lower) as root, \
-                PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool:
+                PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool, \
+                suite.learned_pool(env, "lpool", imgs.busybox_ref) as lpool:
             for i in range(rounds):
                 log.info("round %d of %d", i + 1, rounds)
                 add("raw boot", boot_once(env, hv).total_s)
@@ -60,9 +63,8 @@ def measure(rounds: int, baseline: Path | None = None,
                     if out is not None:
                         read_stamps(out, samples, name.removesuffix("hypervm run true"))
                         out.rmdir()
-                suite._fill_pool(pool)
-                add("hypervm run true (pool)",
-                    run_true_pooled(imgs.busybox_ref, pool.cfg.pool_socket))
+                suite.pooled_rounds(samples, {"generic": pool, "learned": lpool},
+                                    imgs.busybox_ref, i)
                 for rt in (peers.RUNSC, peers.RUNC):
                     add(f"{rt.name} run true", peers.run_true(rt, pr._true))
     return samples

@@ -170,12 +170,14 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                                        "warm launch (ports)": [],
                                        "hypervm run true": [], "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
-                                       "hypervm run true (pool)": [], "snapshot launch": [],
+                                       peersuite.POOLED["learned"]: [],
+                                       peersuite.POOLED["generic"]: [], "snapshot launch": [],
                                        "snapshot launch (standby)": []}
     loads: list[float] = []
     pool_rss: list[float] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
+            learned_pool(env, "lpool", ref) as lpool, \
             peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds, \
             snapfast.standby_pool(env, "spool") as (spool, keeper):
         container.run_once(root)
@@ -214,8 +216,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                     samples.setdefault(f"{kind}: {phase}", []).append(seconds)
             _fill_pool(pool)
             _warm_launch(samples, "warm launch (generic VM)", pool, ref, layers_attached=False)
-            samples["hypervm run true (pool)"].append(
-                peersuite.run_true_pooled(ref, pool.cfg.pool_socket))
+            pooled_rounds(samples, {"generic": pool, "learned": lpool}, ref, i)
             for each in pools.values():
                 _fill_pool(each)
                 pool_rss += _idle_rss(hv, each)
@@ -272,16 +273,19 @@ def _idle_rss(hv: Hypervisor, pool: WarmPool) -> list[float]:
 
 
 @contextlib.contextmanager
-def warm_pool(env: VMEnv, name: str, image: str | None = None) -> Iterator[WarmPool]:
+def warm_pool(env: VMEnv, name: str, image: str | None = None,
+              learn: int = 0) -> Iterator[WarmPool]:
     """A warm pool of the launch shape on a socket of its own (``hypervm run`` and the cold
     launches, which set HYPERVM_POOL=off, never take from it): ``POOL_SIZE`` generic VMs, or
-    with ``image`` one VM with that image's layers attached."""
+    with ``image`` one VM with that image's layers attached, or with ``learn`` only VMs of
+    the images run through it (executor.pool.learn)."""
     from bench.images import scratch_dir
     from bench.vmenv import bench_name
 
     sock_dir = scratch_dir(name)
     cfg = dataclasses.replace(env.cfg, pool_socket_override=sock_dir / "pool.sock")
-    config = PoolConfig(size=0 if image else POOL_SIZE, images=(image,) if image else (),
+    config = PoolConfig(size=0 if image or learn else POOL_SIZE,
+                        images=(image,) if image else (), learn_images=learn,
                         vcpus=1, memory_mib=launch.MEMORY_MIB, name=bench_name(name))
     pool = WarmPool(cfg, config, accel=env.accel)
     pool.add_service(RUN_OP, RunService(pool))  # as hypervm pool serve: the fast hypervm run
@@ -291,6 +295,27 @@ def warm_pool(env: VMEnv, name: str, image: str | None = None) -> Iterator[WarmP
     finally:
         pool.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def learned_pool(env: VMEnv, name: str, ref: str) -> Iterator[WarmPool]:
+    """A pool that learns one image, after ``hypervm run ref -- true``'s first run through it
+    (no VM for it yet: served cold, untimed): what a user's pool is after the first run."""
+    with warm_pool(env, name, learn=1) as pool:
+        peersuite.run_true_pooled(ref, pool.cfg.pool_socket)
+        yield pool
+
+
+def pooled_rounds(samples: dict[str, list[float]], pools: dict[str, WarmPool],
+                  ref: str, first: int = 0) -> None:
+    """One pooled ``hypervm run … true`` from each pool (by the kind of VM it serves:
+    peersuite.POOLED), each full before its sample; ``first``: which goes first (alternate it
+    over the rounds)."""
+    kinds = list(pools)
+    for kind in kinds[first % len(kinds):] + kinds[:first % len(kinds)]:
+        _fill_pool(pools[kind])
+        samples.setdefault(peersuite.POOLED[kind], []).append(
+            peersuite.pooled_sample(pools[kind], ref, kind))
 
 
 def _fill_pool(pool: WarmPool) -> None:

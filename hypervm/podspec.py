@@ -161,6 +161,9 @@ class PodSpec:
     labels: tuple[tuple[str, str], ...] = ()
     #: the VM's NIC, published ports and tenant (executor/network.py)
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    #: the reference of the pod's one image, when it has one: a warm pool may learn it and
+    #: keep VMs with its layers ready (executor.pool.learn); it grants nothing
+    image: str | None = None
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.name):

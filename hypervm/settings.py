@@ -57,6 +57,8 @@ SETTINGS: tuple[Setting, ...] = (
             booleans=("auto", "off")),
     Setting("pool_socket", "HYPERVM_POOL_SOCKET", "", "the warm pool's socket "
             "(default: run_dir/pool.sock)"),
+    Setting("pool_learn_images", "HYPERVM_POOL_LEARN_IMAGES", "4",
+            "images the pool daemon keeps image VMs for, the ones run last (0: none)"),
     Setting("snapshot", "HYPERVM_SNAPSHOT", "off", "on (start VMs no pool VM serves from a "
             "snapshot of their shape) or off (boot them cold)"),
     Setting("snapshot_max_age", "HYPERVM_SNAPSHOT_MAX_AGE", "3600",

@@ -53,7 +53,12 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of every fast run's start under TCG's
+#: loaded hosts: its annotations are never evaluated)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: hypervm.config.DEFAULT_RUN_DIR (a unit test keeps them equal; importing it costs ~20 ms)
 DEFAULT_RUN_DIR = "/run/hypervm"

@@ -302,7 +302,7 @@ class RunService:
             user=args.user, stdin=False)
         process.validate("process")
         return run_cli.single_pod(args.name, image.layers, process, resources, net,
-                                  default_limits(self.cfg))
+                                  default_limits(self.cfg), image=image.ref)
 
     def _run(self, watch: _ClientWatch, vm: HyperVM, run: _Run, out: _Output,
              err: _Output) -> int | None:

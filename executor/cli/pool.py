@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import threading
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.pool import claim as warm
 from executor.pool.daemon import WarmPool
-from executor.pool.protocol import PoolConfig
+from executor.pool.learn import DEFAULT_LEARN_IMAGES, LEARN_ENV, learn_images_for
+from executor.pool.protocol import MAX_POOL_SIZE, PoolConfig
 from executor.snapshot.keeper import StandbyKeeper
 from hypervm.config import config_from_env
 
@@ -45,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "one (repeatable; pulled on first use like a launch pulls)")
     serve.add_argument("--per-image", type=int, default=defaults.per_image, metavar="N",
                        help="idle VMs to keep for each --image (default %(default)s)")
+    serve.add_argument("--learn-images", type=int, default=None, metavar="N",
+                       help="also keep --per-image VMs for each of the N images run through "
+                            "the pool last, per tenant, taken from the image cache (never "
+                            f"pulled); 0: none (default ${LEARN_ENV} or {DEFAULT_LEARN_IMAGES})")
     serve.add_argument("--standby", type=int, default=defaults.standby, metavar="N",
                        help="keep a standby clone (the snapshot loaded, reseeded, warmed up) for "
                             "each of the N shapes launches from a snapshot asked for last "
@@ -61,7 +67,11 @@ def serve_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
     config = PoolConfig(size=args.size, vcpus=args.vcpus, memory_mib=args.memory,
                         name=args.name, images=tuple(args.images),
-                        per_image=args.per_image, standby=args.standby).validate()
+                        per_image=args.per_image, standby=args.standby,
+                        learn_images=learn_images_for(
+                            os.environ, args.learn_images,
+                            args.size + len(args.images) * args.per_image, args.per_image,
+                            MAX_POOL_SIZE)).validate()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
@@ -70,6 +80,8 @@ def serve_command(args: argparse.Namespace) -> int:
     keeper = StandbyKeeper(pool)
     with pool, keeper if config.standby else contextlib.nullcontext():
         images = "".join(f" + {config.per_image} for {ref}" for ref in config.images)
+        if config.learn_images:
+            images += f" + {config.per_image} for each of {config.learn_images} learned images"
         print(f"hypervm pool {config.name!r}: {config.size} VMs{images} of {config.vcpus} vCPU "
               f"/ {config.memory_mib} MiB, standby clones for {config.standby} shapes, serving "
               f"on {cfg.pool_socket}", flush=True)
@@ -96,8 +108,13 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     for ref, counts in sorted((status.get("images") or {}).items()):
         lines.append(f"image {ref}: {counts.get('ready')} ready, {counts.get('booting')} "
                      "booting")
-    lines.append(f"claims {status.get('claims')}, boots {status.get('boots')}, failures "
-                 f"{status.get('failures')}")
+    for learned in status.get("learned") or []:
+        lines.append(f"learned image {learned.get('image')} (tenant {learned.get('tenant')}): "
+                     f"{learned.get('ready')} ready, {learned.get('booting')} booting")
+    served = status.get("served_by") or {}
+    lines.append(f"claims {status.get('claims')}"
+                 + (f" ({', '.join(f'{k} {n}' for k, n in served.items())})" if served else "")
+                 + f", boots {status.get('boots')}, failures {status.get('failures')}")
     fast = (status.get("services") or {}).get(RUN_OP)
     if isinstance(fast, dict):
         refused = fast.get("refused") or {}

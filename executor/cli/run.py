@@ -224,11 +224,12 @@ def image_command(args: argparse.Namespace) -> tuple[tuple[str, ...] | None,
 
 def single_pod(name: str, layers: tuple[Path, ...], process: Process,
                resources: Resources, net: NetworkSpec | None = None,
-               limits: Limits | None = None, mounts: tuple[Mount, ...] = ()) -> PodSpec:
+               limits: Limits | None = None, mounts: tuple[Mount, ...] = (),
+               image: str | None = None) -> PodSpec:
     pod = PodSpec(name=name, containers=(Container(name=name, rootfs=Rootfs(layers=layers),
                                                    process=process, limits=limits or Limits(),
                                                    mounts=mounts),),
-                  resources=resources, network=net or NetworkSpec())
+                  resources=resources, network=net or NetworkSpec(), image=image)
     pod.validate()
     return pod
 
@@ -288,7 +289,7 @@ def run_image(cfg: HostConfig, args: argparse.Namespace, resources: Resources,
             process = replace(process, tty=True)
         process.validate("process")
         pod = single_pod(args.name, image.layers, process, resources, net, default_limits(cfg),
-                         mounts)
+                         mounts, image=image.ref)
         return run_or_detach(cfg, pod, args, on_booted=hold.close)
 
 

@@ -306,7 +306,8 @@ class VMPod:
                           resources=Resources(cpus=self.plan.vcpus,
                                               memory_mib=self.plan.memory_mib,
                                               cpu_limit=self.plan.cpu_limit),
-                          labels=self.plan.labels, network=self.network)
+                          labels=self.plan.labels, network=self.network,
+                          image=self.plan.tasks[0].image if len(containers) == 1 else None)
             hypervisor = self._hypervisor()
             volumes = VolumeHold(self.cfg, [m for c in containers for m in c.mounts])
             with self._lock:

@@ -46,7 +46,7 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
             raise PoolError(reason)
         lease, sock, ports = client.claim_ports_later(
             cfg, res.cpus, res.memory_mib, pod_metadata(pod), [str(path) for path in serials],
-            ports=pod.network.ports)
+            ports=pod.network.ports, image=pod.image)
     except PoolError as e:  # a NetworkError (a port it cannot have) propagates: cold fails alike
         log.info("%s: no warm VM (%s): booting cold", pod.name, e)
         return None

@@ -131,13 +131,14 @@ def claim(cfg: HostConfig, vcpus: int, memory_mib: int, metadata: Mapping[str, s
 def claim_ports_later(cfg: HostConfig, vcpus: int, memory_mib: int,
                       metadata: Mapping[str, str] | None = None, layers: Sequence[str] = (),
                       timeout: float = CLAIM_TIMEOUT, ports: Sequence[PortMapping] = (), *,
-                      ports_later: bool = True
+                      ports_later: bool = True, image: str | None = None
                       ) -> tuple[Lease, socket.socket, PortsPending | None]:
     """:func:`claim`, the pool publishing ``ports`` after its answer when it can: then the
     third value is not None and the caller must :meth:`PortsPending.wait` before it starts
-    anything in the VM (or close it, and destroy the VM)."""
+    anything in the VM (or close it, and destroy the VM). ``image``: the pod's one image's
+    reference, which the pool may learn (executor.pool.learn)."""
     reply, fds, follow = _exchange(cfg, claim_request(vcpus, memory_mib, metadata, layers,
-                                                      ports, ports_later), timeout)
+                                                      ports, ports_later, image), timeout)
     try:
         lease = Lease.from_reply(reply)
         if len(fds) != 1:

@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,14 @@ from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
 from executor.pool import listener, warmup
 from executor.pool.deferred import RECORD_DELAY_S, Deferred
+from executor.pool.idle import SERVED_KINDS, by_kind, served_kind
+from executor.pool.idle import IdleVM as _Idle
+from executor.pool.idle import label as _label
+from executor.pool.learn import LearnedImage, LearnedImages
 from executor.pool.protocol import (
     GENERIC,
     PORTS_PUBLISHED,
+    Claim,
     Lease,
     PoolConfig,
     decode,
@@ -57,6 +61,7 @@ from hypervm.config import HostConfig
 from hypervm.errors import (
     HostError,
     HyperVMError,
+    ImageError,
     NetworkError,
     PoolError,
 )
@@ -81,40 +86,24 @@ Service = Callable[[socket.socket, int, dict[str, Any], list[int], bytes], None]
 RETRY_BACKOFF = (1.0, 30.0)
 
 
-@dataclass
-class _Idle:
-    name: str
-    run_dir: Path
-    sock: socket.socket
-    ready: dict[str, Any]
-    kind: str = GENERIC
-    #: the layer files attached as the pod's disks (an image VM), in serial order
-    layers: tuple[str, ...] = ()
-    booted_at: float = field(default_factory=time.monotonic)
-    #: the uid:gid its QEMU runs as (None: libvirt's shared user), told to the claimer
-    identity: tuple[int, int] | None = None
-
-
-def _label(kind: str) -> str:
-    """`` (REF)`` after an image VM's name in the log; nothing for a generic one."""
-    return f" ({kind})" if kind else ""
-
-
 class WarmPool:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
                  refill_delay: float = REFILL_DELAY_S, accel: str | None = None,
                  resolve: Callable[[str], Sequence[Path]] | None = None,
-                 record_delay: float = RECORD_DELAY_S) -> None:
+                 record_delay: float = RECORD_DELAY_S,
+                 cached: Callable[[str], Sequence[Path] | None] | None = None) -> None:
         """``resolve``: an image reference's layer files (default: this host's image cache);
-        ``record_delay``: how long a claim's owner record waits (executor.pool.deferred)."""
+        ``record_delay``: how long a claim's owner record waits (executor.pool.deferred);
+        ``cached``: a learned image's layers from the cache only, None when not there."""
         self.cfg = cfg
         self.config = config.validate()
         #: the image cache as a launch on this host uses it (the same registry settings); its
         #: gc hold covers an image VM's layers from the resolve until they are attached
         self._store = ImageStore.from_env(cfg)
         self._resolve = resolve or (lambda ref: self._store.resolve(ref).layers)
+        self._cached = cached or (lambda ref: getattr(self._store.image(ref), "layers", None))
         self.reap_interval = reap_interval
         self.refill_delay = refill_delay
         self._records = Deferred(record_delay)
@@ -135,12 +124,16 @@ class WarmPool:
         self.boots = 0
         self.failures = 0
         self.releases = 0
+        #: claims served by kind of VM (idle.served_kind): generic, image (listed), learned
+        self.served_by = dict.fromkeys(SERVED_KINDS, 0)
         #: claimed VMs -> who they were handed to (executor.pool.release), until released
         self._claimers: dict[str, Claimer] = {}
         #: the background destroys of released VMs (stop() waits for them)
         self._releasing: list[threading.Thread] = []
         #: more operations on the socket (add_service), and their parts of the status
         self._services: dict[str, Service] = {}
+        #: the images learned from claims (executor.pool.learn), under the lock
+        self._learned = LearnedImages(self.config.learn_images, self.config.images)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -172,17 +165,12 @@ class WarmPool:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+            booting = list(self._booting)
+        for name in booting:  # now, not after their boot and warm-up (seconds under TCG): a
+            with contextlib.suppress(HyperVMError):  # SIGKILL may follow a SIGTERM soon
+                self._hv.destroy(name)
         server, self._server = self._server, None
-        if server is not None:
-            try:
-                server.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            server.close()
-            try:
-                self.cfg.pool_socket.unlink()
-            except FileNotFoundError:
-                pass
+        listener.close(server, self.cfg.pool_socket)
         for thread in self._threads:
             thread.join(timeout=BOOT_TIMEOUT + 5)
         self._threads = []
@@ -231,10 +219,10 @@ class WarmPool:
         self.stop()
 
     def wait_full(self, timeout: float) -> bool:
-        """Wait until ``size`` VMs are ready; False on timeout."""
+        """Wait until every kind has its VMs ready (learned images too); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self._idle) < sum(self.config.targets().values()):
+            while len(self._idle) < sum(self._targets().values()):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
                     return False
@@ -246,6 +234,26 @@ class WarmPool:
         with self._cond:
             return {vm.name for vm in self._idle} | set(self._booting)
 
+    def _targets(self) -> dict[str, int]:
+        """Idle VMs to keep by kind, the learned images' included (call with the lock held)."""
+        targets = self.config.targets()
+        targets.update((image.kind, self.config.per_image) for image in self._learned)
+        return targets
+
+    def learn(self, claim: Claim) -> None:
+        """Learn a claim's image (executor.pool.learn), if of the pool's shape; the idle VMs
+        of an image forgotten for it are destroyed."""
+        if claim.image is None or (claim.vcpus, claim.memory_mib) != (self.config.vcpus,
+                                                                     self.config.memory_mib):
+            return
+        with self._cond:
+            gone = self._learned.note(claim.tenant, claim.image)
+            stale = [vm for vm in self._idle if vm.kind in gone]
+            self._idle = collections.deque(vm for vm in self._idle if vm.kind not in gone)
+            self._cond.notify_all()  # the refill thread boots the new one's
+        for vm in stale:
+            self._discard(vm.name, vm.run_dir, vm.sock)
+
     def _have(self) -> dict[str, int]:
         """Ready or booting VMs by kind (call with the lock held)."""
         have = collections.Counter(vm.kind for vm in self._idle)
@@ -254,15 +262,16 @@ class WarmPool:
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            images = {ref: {"ready": sum(vm.kind == ref for vm in self._idle),
-                            "booting": sum(k == ref for k in self._booting.values())}
-                      for ref in self.config.images}
             return {"name": self.config.name, "size": self.config.size,
-                    "target": sum(self.config.targets().values()),
+                    "target": sum(self._targets().values()),
+                    "learn_images": self.config.learn_images,
+                    **by_kind(self._idle, self._booting.values(), self.config.images,
+                              self._learned),
                     "vcpus": self.config.vcpus, "memory_mib": self.config.memory_mib,
                     "ready": len(self._idle), "booting": len(self._booting),
-                    "images": images, "per_image": self.config.per_image,
+                    "per_image": self.config.per_image,
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
+                    "served_by": dict(self.served_by),
                     "accel": self._boot.accel if self._boot else None,
                     "services": self._service_status()}
 
@@ -285,7 +294,7 @@ class WarmPool:
     def claim(self, vcpus: int, memory_mib: int, owner_pid: int,
               metadata: Mapping[str, str] | None = None,
               layers: Sequence[str] = (), ports: Sequence[PortMapping] = (), *,
-              record_later: bool = False, ports_later: bool = False
+              record_later: bool = False, ports_later: bool = False, tenant: str = "default"
               ) -> tuple[Lease, socket.socket]:
         """Hand a ready VM to ``owner_pid`` (an image VM with exactly the pod's ``layers``,
         else the oldest generic one), with the pod's ``metadata`` written on it and its
@@ -295,7 +304,8 @@ class WarmPool:
         ``record_later``: the caller writes the metadata with :meth:`record_claim` once it
         has answered the claimer (a libvirt round trip off the launch's clock); a VM whose
         guest channel is closed is discarded here instead. ``ports_later``: checked, not
-        published: the caller does that with :meth:`publish_claimed` once it has answered."""
+        published: the caller does that with :meth:`publish_claimed` once it has answered.
+        ``tenant``: the pod's; a learned image's VM goes to its own tenant only."""
 
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
@@ -307,7 +317,8 @@ class WarmPool:
         network.check_host_ports(net)  # the cold boot's check, before a VM is taken
         while True:
             with self._cond:
-                index = pick_vm([vm.layers for vm in self._idle], layers)
+                index = pick_vm([vm.layers for vm in self._idle], layers,
+                                [vm.kept_for for vm in self._idle], tenant)
                 if index is None:
                     raise PoolError("no warm VM is ready" if not self._idle else
                                     "no warm VM for these layers is ready")
@@ -332,6 +343,7 @@ class WarmPool:
                 self._discard(vm.name, vm.run_dir, vm.sock)
                 continue
             self.claims += 1
+            self.served_by[served_kind(vm)] += 1
             with self._cond:
                 self._claimers[vm.name] = claimer(owner_pid)
             log.info("%s%s claimed by pid %d after %.1f s idle%s", vm.name, _label(vm.kind),
@@ -378,7 +390,6 @@ class WarmPool:
     # -- refill -------------------------------------------------------------------------------
 
     def _refill_loop(self) -> None:
-        targets = self.config.targets()
         # per kind, so an image that cannot be had (registry down) does not stop the rest
         backoff: dict[str, float] = {}
         retry_at: dict[str, float] = {}
@@ -386,7 +397,8 @@ class WarmPool:
             with self._cond:
                 while not self._stopping.is_set():
                     now = time.monotonic()
-                    due = {k: n for k, n in targets.items() if retry_at.get(k, 0.0) <= now}
+                    due = {k: n for k, n in self._targets().items()
+                           if retry_at.get(k, 0.0) <= now}
                     if (kind := next_kind(due, self._have())) is not None:
                         break
                     self._cond.wait(1.0)
@@ -422,15 +434,15 @@ class WarmPool:
                            identity=own.pair if own is not None else None)
         with self._cond:
             self._booting[name] = kind
+            learned = self._learned.get(kind)
         sock = None
         started = time.monotonic()
         layers: tuple[str, ...] = ()
         hold = self._store.hold() if kind != GENERIC else contextlib.nullcontext()
         try:
             with hold:  # no gc of an image VM's layers before they are attached
-                if kind != GENERIC:
-                    # resolved for every boot: a re-pulled tag gets VMs with its new layers
-                    layers = tuple(dict.fromkeys(str(p) for p in self._resolve(kind)))
+                if kind != GENERIC:  # resolved for every boot: a re-pulled tag's new layers
+                    layers = self._layers(kind, learned)
                 netpolicy.enforce(self.cfg, network.host_resolv_conf())  # pool VMs have a NIC
                 self._hv.prepare_run_dir(run_dir, spec.identity)
                 (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
@@ -452,16 +464,28 @@ class WarmPool:
                  time.monotonic() - started)
         with self._cond:
             self._booting.pop(name, None)
-            if self._stopping.is_set():
+            if self._stopping.is_set() or kind not in self._targets():  # stopped, forgotten
                 stale = True
             else:
                 stale = False
                 self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers,
-                                        identity=spec.identity))
+                                        identity=spec.identity,
+                                        kept_for=learned.tenant if learned else None))
                 self._cond.notify_all()
         if stale:
             self._discard(name, run_dir, sock)
         return True
+
+    def _layers(self, kind: str, learned: LearnedImage | None) -> tuple[str, ...]:
+        """An image VM's layers: a listed image's resolved as a launch does, a learned one's
+        from the cache only (never pulled for a client; forgotten once gone: ImageError)."""
+        layers = (self._resolve(kind) if kind in self.config.images else  # else learned,
+                  self._cached(learned.ref) if learned is not None else None)  # or forgotten
+        if layers is None:
+            with self._cond:
+                self._learned.forget(kind)
+            raise ImageError(kind, "no longer in the image cache: forgotten")
+        return tuple(dict.fromkeys(str(p) for p in layers))
 
     def _discard(self, name: str, run_dir: Path, sock: socket.socket | None) -> None:
         if sock is not None:
@@ -509,9 +533,11 @@ class WarmPool:
                     conn.sendall(encode(self.status()))
                 elif op == "claim":
                     claim = parse_claim(request)
+                    self.learn(claim)  # a claim that finds no VM teaches the pool too
                     lease, sock = self.claim(claim.vcpus, claim.memory_mib, pid, claim.metadata,
                                              claim.layers, claim.ports, record_later=True,
-                                             ports_later=claim.ports_later)
+                                             ports_later=claim.ports_later,
+                                             tenant=claim.tenant)
                     try:
                         socket.send_fds(conn, [encode(lease.reply())], [sock.fileno()])
                         if lease.ports_pending:  # not when the answer was lost (OSError)

@@ -3,6 +3,7 @@ calling, and reading one request line with the descriptors sent with it, bounded
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -39,6 +40,17 @@ def bind(path: Path) -> socket.socket:
         os.umask(old)
     server.listen(16)
     return server
+
+
+def close(server: socket.socket | None, path: Path) -> None:
+    """Stop accepting on ``server`` (if any: bound at ``path``) and remove its socket file."""
+    if server is None:
+        return
+    with contextlib.suppress(OSError):
+        server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def peer(conn: socket.socket) -> tuple[int, int]:

@@ -36,6 +36,11 @@ it (SCM_RIGHTS), so the claimer talks to the booted init at once.
 pool VM), so the claimer hot-adds nothing. The pool writes the pod's metadata into the VM
 together with the new owner (the claimer's pid), so the claimer has nothing left to write.
 
+``image`` (optional) is the reference the pod's one image was resolved from: a pool that learns
+images (``learn_images``, executor.pool.learn) keeps image VMs for the ones claimed last, for
+the claim's tenant (``metadata.tenant``) only. It grants nothing: a VM is still matched by its
+exact layer files, and a pool that does not learn ignores it.
+
 ``ports`` are the pod's published ports: the pool checks them as a cold boot does and publishes
 them on the VM (QEMU ``hostfwd_add``) before it answers. A port that cannot be published fails
 the claim with the cold boot's error (``"kind": "network"``: the claimer raises it as the
@@ -65,9 +70,10 @@ from executor.libvirt.domain import (
     MIN_MEMORY_MIB,
     check_metadata,
 )
+from executor.pool.learn import MAX_LEARN_IMAGES, MAX_REF
 from hypervm.errors import HyperVMError, ImageError, InvalidSpec, NetworkError, PoolError
 from hypervm.imageref import parse_reference
-from hypervm.netspec import NetworkSpec, PortMapping
+from hypervm.netspec import NetworkSpec, PortMapping, valid_tenant
 from hypervm.podspec import PodSpec
 
 #: the warm-up layer's disk is LUN 0; a pod's layers take the LUNs after it
@@ -105,6 +111,9 @@ class PoolConfig:
     #: launches from a snapshot asked for, one standby each (a pool of only standbys may have
     #: no idle VMs)
     standby: int = 0
+    #: images to learn (executor.pool.learn): the ones most recently claimed get
+    #: ``per_image`` idle VMs each, counted in the pool's bound like the listed ones
+    learn_images: int = 0
 
     def targets(self) -> dict[str, int]:
         """Idle VMs to keep, by kind: ``GENERIC`` and each image reference."""
@@ -137,10 +146,18 @@ class PoolConfig:
         if not 0 <= self.standby <= MAX_STANDBY_SHAPES:
             raise InvalidSpec("pool.standby", f"{self.standby} is out of range",
                               hint=f"use 0..{MAX_STANDBY_SHAPES}")
+        if not 0 <= self.learn_images <= MAX_LEARN_IMAGES:
+            raise InvalidSpec("pool.learn_images", f"{self.learn_images} is out of range",
+                              hint=f"use 0..{MAX_LEARN_IMAGES}")
         total = sum(self.targets().values())
-        if not (0 if self.standby else 1) <= total <= MAX_POOL_SIZE:
+        if not (0 if self.standby or self.learn_images else 1) <= total <= MAX_POOL_SIZE:
             raise InvalidSpec("pool.size", f"{total} idle VMs in all is out of range",
                               hint=f"keep size + images × per_image within 1..{MAX_POOL_SIZE}")
+        if total + self.learn_images * self.per_image > MAX_POOL_SIZE:
+            raise InvalidSpec("pool.learn_images", f"{total} idle VMs + {self.learn_images} "
+                              f"learned images × {self.per_image} is more than {MAX_POOL_SIZE}",
+                              hint=f"keep size + (images + learn_images) × per_image within "
+                                   f"{MAX_POOL_SIZE}")
         if not 1 <= self.vcpus <= MAX_VCPUS:
             raise InvalidSpec("pool.vcpus", f"{self.vcpus} is out of range",
                               hint=f"use 1..{MAX_VCPUS}")
@@ -184,14 +201,18 @@ def next_kind(targets: Mapping[str, int], have: Mapping[str, int]) -> str | None
     return min(short)[2] if short else None
 
 
-def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str]) -> int | None:
-    """Which idle VM a claim for ``layers`` gets, by each VM's attached layers (``()`` for a
-    generic VM), oldest first: an image VM with exactly these layers, else a generic one.
-    An image VM never serves other layers: its disks would be visible to the pod."""
+def pick_vm(idle: Sequence[tuple[str, ...]], layers: Sequence[str],
+            kept_for: Sequence[str | None] = (), tenant: str = "default") -> int | None:
+    """Which idle VM a claim for ``layers`` by ``tenant`` gets, by each VM's attached layers
+    (``()`` for a generic VM), oldest first: an image VM with exactly these layers, else a
+    generic one. An image VM never serves other layers: its disks would be visible to the pod.
+    ``kept_for[i]``: the tenant a learned image VM is kept for (executor.pool.learn; None or
+    missing: any), which alone may get it."""
     wanted = tuple(layers)
     if wanted:
         for i, attached in enumerate(idle):
-            if attached == wanted:
+            owner = kept_for[i] if i < len(kept_for) else None
+            if attached == wanted and owner in (None, tenant):
                 return i
     for i, attached in enumerate(idle):
         if not attached:
@@ -222,13 +243,16 @@ def decode(line: bytes, what: str) -> dict[str, Any]:
 
 def claim_request(vcpus: int, memory_mib: int, metadata: Mapping[str, str] | None = None,
                   layers: Sequence[str] = (), ports: Sequence[PortMapping] = (),
-                  ports_later: bool = False) -> dict[str, Any]:
+                  ports_later: bool = False, image: str | None = None) -> dict[str, Any]:
     """``metadata``: the pod's entries for the VM (the pool writes them with the new owner);
     ``layers``: the pod's distinct layer files, in disk-serial order; ``ports``: the pod's
     published ports (the pool publishes them on the VM); ``ports_later``: the pool may
-    publish them after its answer, reporting on a second line (see the module's text)."""
-    request = {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
-               "metadata": dict(metadata or {}), "layers": list(layers)}
+    publish them after its answer, reporting on a second line (see the module's text);
+    ``image``: the reference the pod's one image was resolved from (the pool may learn it)."""
+    request: dict[str, Any] = {"op": "claim", "vcpus": vcpus, "memory_mib": memory_mib,
+                               "metadata": dict(metadata or {}), "layers": list(layers)}
+    if image is not None:
+        request["image"] = image
     if ports:  # a claim without ports is the same line as before ports could be claimed
         request["ports"] = [{"host_ip": m.host_ip, "host_port": m.host_port,
                              "container_port": m.container_port, "protocol": m.protocol}
@@ -247,6 +271,13 @@ class Claim:
     ports: tuple[PortMapping, ...] = ()
     #: the claimer reads the ports' outcome on a second line (see the module's text)
     ports_later: bool = False
+    #: the pod's one image, as its claimer resolved it (executor.pool.learn), if it said
+    image: str | None = None
+
+    @property
+    def tenant(self) -> str:
+        """The pod's tenant (its metadata's, as executor.vm.pod_metadata writes it)."""
+        return self.metadata.get("tenant", "default")
 
 
 def request_metadata(request: Mapping[str, Any], op: str) -> dict[str, str]:
@@ -280,8 +311,14 @@ def parse_claim(request: dict[str, Any]) -> Claim:
     later = request.get("ports_later", False)
     if not isinstance(later, bool):
         raise PoolError(f"claim.ports_later: must be true or false, not {later!r:.50}")
+    image = request.get("image")
+    if image is not None and (not isinstance(image, str) or len(image) > MAX_REF):
+        raise PoolError(f"claim.image: must be an image reference, not {image!r:.100}")
+    if not valid_tenant(metadata.get("tenant", "default")):
+        raise PoolError(f"claim.metadata.tenant: not a tenant name: "
+                        f"{metadata.get('tenant')!r:.50}")
     return Claim(values[0], values[1], metadata, tuple(layers),
-                 parse_ports(request.get("ports", [])), later)
+                 parse_ports(request.get("ports", [])), later, image)
 
 
 _PORT_KEYS = {"host_ip": str, "host_port": int, "container_port": int, "protocol": str}

@@ -34,7 +34,8 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
     assert doc["max_concurrent_vms"] >= 1 and doc["max_concurrent_vms_limit"]
     # issue 18: the peers measured in the same run, every figure against runc
     for key in ("runc_start_p50_s", "runsc_start_p50_s", "runsc_run_true_p50_s",
-                "run_true_pool_p50_s", "idle_vm_private_mib", "runsc_idle_pss_mib"):
+                "run_true_pool_p50_s", "run_true_pool_generic_p50_s", "idle_vm_private_mib",
+                "runsc_idle_pss_mib"):
         assert doc[key] > 0, key
     for key in ("syscall_workload_s", "pipe_workload_s"):
         assert all(doc[key][kind] > 0 for kind in ("hypervm", "runsc", "runc")), key

@@ -305,7 +305,8 @@ def test_our_sigterm_is_forwarded_and_its_status_returned(tmp_path: Path) -> Non
 def test_the_client_imports_nothing_heavy() -> None:
     code = ("import sys, executor.cli.fastrun; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('executor', 'hypervm', 'vmimage', 'libvirt', 'dataclasses', 'argparse')))")
+            "('executor', 'hypervm', 'vmimage', 'libvirt', 'dataclasses', 'argparse', "
+            "'typing')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(fastrun.__file__).parents[2]).stdout
     assert out.strip() == "['executor', 'executor.cli', 'executor.cli.fastrun']"

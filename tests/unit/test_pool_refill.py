@@ -35,6 +35,9 @@ class FakeHypervisor:
     def destroy(self, name: str) -> None:
         self.destroyed.append(name)
 
+    def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[WarmPool]:
@@ -201,3 +204,25 @@ def test_a_failed_discard_costs_memory_not_the_vm() -> None:
                                 (), WARMUP_LAYER, flush_tcg=True, timeout=5,
                                 discard_zeros=True) == {"version": 1}
     assert events[-1] == "discard vm1"
+
+
+def test_stopping_destroys_the_booting_vms_without_waiting_for_their_boot(
+        pool: WarmPool) -> None:
+    """A SIGTERM's stop ends a VM still booting at once, not after its boot and warm-up (seconds
+    under TCG, during which a SIGKILL that follows would leave it running)."""
+    with pool._cond:
+        pool._booting["vm-booting"] = GENERIC
+    saw: list[bool] = []
+
+    def boot() -> None:  # the refill thread, in a boot that ends when its VM is destroyed
+        deadline = time.monotonic() + 5.0
+        while "vm-booting" not in pool._hv.destroyed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        saw.append("vm-booting" in pool._hv.destroyed)
+
+    thread = threading.Thread(target=boot)
+    thread.start()
+    pool._threads.append(thread)
+    pool._records.flush = lambda: None  # type: ignore[method-assign]
+    pool.stop()
+    assert saw == [True]
