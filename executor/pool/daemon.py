@@ -38,9 +38,7 @@ from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
 from executor.pool import listener, warmup
 from executor.pool.deferred import RECORD_DELAY_S, Deferred
-from executor.pool.idle import SERVED_KINDS, by_kind, served_kind
-from executor.pool.idle import IdleVM as _Idle
-from executor.pool.idle import label as _label
+from executor.pool.idle import SERVED_KINDS, IdleVM, by_kind, label, served_kind
 from executor.pool.learn import LearnedImage, LearnedImages
 from executor.pool.protocol import (
     GENERIC,
@@ -112,9 +110,7 @@ class WarmPool:
         self._hv: Any = None
         self._boot: BootFiles | None = None
         self._boot_layer = Path()
-        self._flush_tcg = False
-        self._discard_zeros = False
-        self._idle: collections.deque[_Idle] = collections.deque()
+        self._idle: collections.deque[IdleVM] = collections.deque()
         self._booting: dict[str, str] = {}  # name -> kind
         self._cond = threading.Condition()
         self._stopping = threading.Event()
@@ -141,8 +137,6 @@ class WarmPool:
         """Check the host, bind the socket and start refilling. Raises HostError."""
         self._boot = resolve_boot(self.cfg, accel=self._accel)
         self._boot_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
-        self._flush_tcg = self._boot.flushes_after_boot(self.cfg)
-        self._discard_zeros = self._boot.discards_zero_pages(self.cfg)
         self._hv = Hypervisor(self.cfg.libvirt_uri, events=False, autodestroy=False)
         try:
             self._server = self._bind()
@@ -346,7 +340,7 @@ class WarmPool:
             self.served_by[served_kind(vm)] += 1
             with self._cond:
                 self._claimers[vm.name] = claimer(owner_pid)
-            log.info("%s%s claimed by pid %d after %.1f s idle%s", vm.name, _label(vm.kind),
+            log.info("%s%s claimed by pid %d after %.1f s idle%s", vm.name, label(vm.kind),
                      owner_pid, time.monotonic() - vm.booted_at,
                      f", {len(net.ports)} ports published" if net.ports else "")
             return Lease(vm=vm.name, run_dir=vm.run_dir, ready=vm.ready,
@@ -425,11 +419,11 @@ class WarmPool:
             own = identity.for_vm(self.cfg, self._hv, name)
         except HyperVMError as e:
             self.failures += 1
-            log.warning("pool VM %s%s gets no identity: %s", name, _label(kind), e)
+            log.warning("pool VM %s%s gets no identity: %s", name, label(kind), e)
             return False
-        if self._boot is None:
+        if (boot := self._boot) is None:
             raise HostError("the warm pool boots VMs only once started")
-        spec = pool_domain(name, self._boot, self.cfg, run_dir, self.config.vcpus,
+        spec = pool_domain(name, boot, self.cfg, run_dir, self.config.vcpus,
                            self.config.memory_mib, metadata,
                            identity=own.pair if own is not None else None)
         with self._cond:
@@ -448,19 +442,19 @@ class WarmPool:
                 (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
                 self._hv.create(spec)
                 sock = connect_socket(spec.channel_socket, BOOT_TIMEOUT)
-                ready = warmup.prepare_guest(self._hv, name, RawChannel(sock), layers,
-                                             self._boot_layer, flush_tcg=self._flush_tcg,
-                                             timeout=BOOT_TIMEOUT,
-                                             discard_zeros=self._discard_zeros)
+                ready = warmup.prepare_guest(
+                    self._hv, name, RawChannel(sock), layers, self._boot_layer,
+                    flush_tcg=boot.flushes_after_boot(self.cfg), timeout=BOOT_TIMEOUT,
+                    discard_zeros=boot.discards_zero_pages(self.cfg))
         except (HyperVMError, OSError) as e:
             self.failures += 1
-            log.warning("pool VM %s%s did not boot: %s", name, _label(kind), e)
+            log.warning("pool VM %s%s did not boot: %s", name, label(kind), e)
             self._discard(name, run_dir, sock)
             with self._cond:
                 self._booting.pop(name, None)
             return False
         self.boots += 1
-        log.info("pool VM %s%s ready in %.2f s", name, _label(kind),
+        log.info("pool VM %s%s ready in %.2f s", name, label(kind),
                  time.monotonic() - started)
         with self._cond:
             self._booting.pop(name, None)
@@ -468,7 +462,7 @@ class WarmPool:
                 stale = True
             else:
                 stale = False
-                self._idle.append(_Idle(name, run_dir, sock, ready, kind, layers,
+                self._idle.append(IdleVM(name, run_dir, sock, ready, kind, layers,
                                         identity=spec.identity,
                                         kept_for=learned.tenant if learned else None))
                 self._cond.notify_all()

@@ -15,8 +15,9 @@ import pytest
 from executor.guest.channel import peer_closed
 from executor.libvirt.owners import META_OWNER_PID
 from executor.pool import claim as client
-from executor.pool.daemon import WarmPool, _Idle
+from executor.pool.daemon import WarmPool
 from executor.pool.deferred import Deferred
+from executor.pool.idle import IdleVM as _Idle
 from executor.pool.protocol import PoolConfig
 from hypervm.config import config_from_env
 from hypervm.errors import HypervisorError

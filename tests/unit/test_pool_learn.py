@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from executor.cli import pool as pool_cli
-from executor.pool.daemon import WarmPool, _Idle
+from executor.pool.daemon import WarmPool
+from executor.pool.idle import IdleVM as _Idle
 from executor.pool.learn import (
     DEFAULT_LEARN_IMAGES,
     MAX_LEARN_IMAGES,

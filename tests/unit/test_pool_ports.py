@@ -14,7 +14,8 @@ import pytest
 
 from executor import network
 from executor.pool import claim as client
-from executor.pool.daemon import WarmPool, _Idle
+from executor.pool.daemon import WarmPool
+from executor.pool.idle import IdleVM as _Idle
 from executor.pool.protocol import (
     MAX_CLAIM_PORTS,
     Lease,

@@ -14,7 +14,8 @@ import pytest
 
 from executor.guest.protocol import ExitStatus, MsgType
 from executor.pool import warmup
-from executor.pool.daemon import WarmPool, _Idle
+from executor.pool.daemon import WarmPool
+from executor.pool.idle import IdleVM as _Idle
 from executor.pool.protocol import GENERIC, PoolConfig
 from hypervm.config import config_from_env
 from hypervm.errors import HypervisorError, PoolError

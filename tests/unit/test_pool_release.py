@@ -88,7 +88,8 @@ class FakeHypervisor:
 
 
 def test_the_pool_takes_back_only_what_it_handed_out_and_only_once(tmp_path: Path) -> None:
-    from executor.pool.daemon import WarmPool, _Idle
+    from executor.pool.daemon import WarmPool
+    from executor.pool.idle import IdleVM as _Idle
     from executor.pool.protocol import PoolConfig
     from hypervm.config import config_from_env
 
