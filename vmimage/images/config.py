@@ -16,6 +16,9 @@ from .manifest import load_json
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_ID = 2**32 - 2
+#: files whose topmost version user resolution needs (:func:`resolve_user`): unpacking a layer
+#: keeps their text in its metadata (vmimage.images.unpack), the store reads it from there
+TRACKED_FILES = ("etc/passwd", "etc/group")
 
 
 @dataclass(frozen=True)
