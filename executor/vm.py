@@ -14,12 +14,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from executor import netpolicy, network
+from executor import network
 from executor.guest import console
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
@@ -40,13 +39,14 @@ from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.qemu_process import QemuProcess
 from hypervm import netspec
-from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
 from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
 from vmimage.boot import BootFiles, resolve_boot
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from executor.guest.channel import GuestChannel, PendingReply, ProcessCallbacks
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,12 @@ class HyperVM:
         NETWORK, after READY; it runs nothing of the pod before START)."""
         if self.pod.network.mode == "none":
             return None
+        # deferred: first needed once the domain is created (as the guest channel in boot):
+        # nft's module and the thread's Future (concurrent.futures) are ~2 ms of a cold run
+        # before createXML (issue 17)
+        from executor import netpolicy
+        from hypervm.background import in_thread  # deferred: see above
+
         return in_thread("netpolicy", lambda: netpolicy.enforce(self.cfg,
                                                                  network.host_resolv_conf()))
 
