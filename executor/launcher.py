@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor.vm import DEFAULT_BOOT_TIMEOUT, HyperVM
 from hypervm.config import HostConfig
@@ -24,7 +24,9 @@ from hypervm.imageprocess import image_process
 from hypervm.podspec import PodSpec, Process
 from vmimage.boot import BootFiles
 from vmimage.images import Image, ImageStore
-from vmimage.images.authorize import PullAuth
+
+if TYPE_CHECKING:
+    from vmimage.images.authorize import PullAuth
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ is authorized by the registry for that tenant first (:mod:`.authorize`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -28,13 +29,10 @@ from hypervm.config import HostConfig
 from hypervm.errors import ImageError
 from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_reference
 from vmimage import rootfs
-from vmimage.images.credentials import HostCredentials
 
-from .authorize import Ledger, PullAuth, authorize, granted, remember_pull
 from .cache import Cache, ImageRecord, LockTimeout
 from .config import TRACKED_FILES, ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
-from .credentials import Credentials, NoCredentials
 from .manifest import (
     DOCKER_MANIFEST,
     Descriptor,
@@ -47,6 +45,7 @@ from .manifest import (
 )
 
 if TYPE_CHECKING:
+    from .authorize import Ledger, PullAuth
     from .gc import GCReport, SizeReport
     from .sources import Source
     from .unpack import Budget
@@ -110,12 +109,21 @@ class ImageStore:
                  progress: Progress | None = None) -> None:
         self.limits = cfg.image_limits
         self.cache = Cache(cfg.image_dir, lock_timeout_s=self.limits.lock_timeout_s)
-        self.ledger = Ledger(cfg.image_dir / "grants", cfg.image_auth_ttl_s)
+        self._ledger_at = (cfg.image_dir / "grants", cfg.image_auth_ttl_s)
         self.task_host_credentials = cfg.task_host_credentials
         self.insecure_registries = tuple(insecure_registries)
         self._progress = progress
         # skopeo draws its own per-layer bars on a terminal; quiet (no progress): no bars
         self._tty = progress is not None and sys.stderr.isatty()
+
+    @functools.cached_property
+    def ledger(self) -> Ledger:
+        """The tenants' grants (:mod:`.authorize`), made at a tenant's first pull or hit."""
+        # deferred: only a tenant's pull checks grants; authorize and credentials (skopeo,
+        # base64, two dataclasses) are ~4 ms of every operator's cold run (issue 17)
+        from .authorize import Ledger
+
+        return Ledger(*self._ledger_at)
 
     @classmethod
     def from_env(cls, cfg: HostConfig, env: Mapping[str, str] | None = None, *,
@@ -153,6 +161,8 @@ class ImageStore:
                     open_source(parsed, staging, self.insecure_registries, creds) as source:
                 image = self._pull(source, staging)
             if auth is not None and isinstance(parsed, RegistryRef):
+                from .authorize import remember_pull  # deferred: a tenant's only (see ledger)
+
                 remember_pull(self.ledger, parsed, image.digest, auth)
             return image
 
@@ -179,12 +189,18 @@ class ImageStore:
         when the operator allows it, else none (anonymous)."""
         if auth is None or auth.credentials is not None:
             return auth
+        # deferred: a tenant's pull only (see ledger)
+        from .authorize import PullAuth
+        from .credentials import Credentials, HostCredentials, NoCredentials  # see above
+
         creds: Credentials = NoCredentials()
         if self.task_host_credentials:
             creds = HostCredentials()
         return PullAuth(auth.tenant, creds)
 
     def _authorize(self, ref: RegistryRef, digest: str, auth: PullAuth) -> None:
+        from .authorize import authorize, granted  # deferred: a tenant's only (see ledger)
+
         if granted(self.ledger, ref, digest, auth):
             return  # the common case of a launch: no staging dir, no authfile (~3 ms)
         insecure = is_insecure(ref, self.insecure_registries)
