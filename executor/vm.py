@@ -127,13 +127,16 @@ class HyperVM:
     def __init__(self, cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
                  accel: str | None = None, boot_files: BootFiles | None = None,
                  claimed: str | None = None, run_dir: Path | None = None,
-                 before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> None:
+                 before_shares: Callable[[tuple[int, int] | None], None] | None = None,
+                 booting: Callable[[], object] | None = None) -> None:
         """``boot_files``: what to boot (default: this host's, resolved at boot); ``claimed``
         and ``run_dir``: a booted pool VM this object takes over (executor.pool.adopt) instead
         of booting its own. ``before_shares(identity)``: called once the VM's QEMU user is
         known, before the pod's owned shares are given to it (e.g. to let that uid reach a
         sandbox below a 0750 directory); ``identity`` is None when QEMU runs as libvirt's
-        shared user."""
+        shared user. ``booting()``: called by a cold :meth:`boot` once the domain is created,
+        before READY is awaited (work the caller needs only once the VM is booted, done while
+        the guest boots: issue 17)."""
         pod.validate()
         self.cfg = cfg
         self.pod = pod
@@ -159,6 +162,7 @@ class HyperVM:
         #: the uid:gid this VM's QEMU runs as (executor.libvirt.identity); None: libvirt's user
         self.identity: identity.Identity | None = None
         self._before_shares = before_shares
+        self._booting = booting
         #: a pidfd on this VM's QEMU (watch_qemu): its exit ends the VM without a libvirt wait
         self._qemu: QemuProcess | None = None
         #: hands a claimed VM back to its pool for teardown (executor.pool.adopt);
@@ -283,6 +287,8 @@ class HyperVM:
             from executor.guest.channel import GuestChannel
 
             self._channel = GuestChannel(self.channel_socket)
+            if self._booting is not None:
+                self._booting()
             if policy is not None:
                 policy.result()  # in force before READY: the guest's NIC is up only after it
             ready = self._channel.connect(timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -17,17 +18,20 @@ from types import FrameType
 
 from executor import volume_access
 from executor.cli import detach, run_inputs
-from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
 from executor.launcher import Launcher, boot_vm
-from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
 from hypervm.config import HostConfig, config_from_env
-from hypervm.errors import GuestError, InvalidSpec
+from hypervm.errors import InvalidSpec
 from hypervm.limits import default_limits
 from hypervm.netspec import NetworkSpec, parse_publish
 from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
 from vmimage.rootfs import build_layer_image
 
 log = logging.getLogger(__name__)
+
+#: SIGTERM→SIGKILL grace period of a stopped run (``--grace``), as Mesos' default kill policy
+DEFAULT_GRACE_SECONDS = 3.0
+#: what a foreground run needs once its VM is booted, imported while the guest boots
+FOLLOW_MODULE = "executor.cli.follow"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -173,46 +177,20 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
     with StopRequest() as stop, volume_access.VolumeHold(cfg, container.mounts) as hold, \
-            boot_vm(cfg, pod, timeout=boot_timeout, before_shares=hold.before_shares) as vm:
+            boot_vm(cfg, pod, timeout=boot_timeout, before_shares=hold.before_shares,
+                    booting=lambda: importlib.import_module(FOLLOW_MODULE)) as vm:
         if on_booted is not None:
             on_booted()
         if stop.event.is_set():
             return 128 + (stop.signum or signal.SIGTERM)
-        try:
-            running = start_streaming(vm, container, sys.stdout.buffer, sys.stderr.buffer)
-        except GuestError as e:
-            if e.code in EXEC_FAILURE_STATUS:
-                print(exec_failure(container, e.code), file=sys.stderr)
-                return EXEC_FAILURE_STATUS[e.code]
-            raise
-        if container.process.stdin:
-            forward_stdin(vm, running, sys.stdin.buffer)
-        while not running.exited.wait(0.1):
-            if stop.event.is_set():
-                kill_with_grace(vm, running, grace)
-                break
-        vm.discard(timeout=2.0)  # a volume holds all a process wrote: no guest power-off
-    if running.status is None:
-        return 128 + (stop.signum or signal.SIGKILL)
-    if (note := ending_note(container.name, running.status)) is not None:
-        print(note, file=sys.stderr)
-    return running.status.code
+        # imported by boot_vm's booting while the guest booted: not before createXML, and
+        # not on the clock after READY either (the output relay, exit statuses: issue 17)
+        from executor.cli import follow
 
-
-def exec_failure(container: Container, code: str) -> str:
-    """The error line of a START the guest refused with ``code`` (in EXEC_FAILURE_STATUS)."""
-    what = "command not found" if code == "ENOENT" else "command not executable"
-    return f"hypervm: error: {container.process.args[0]}: {what} in the container"
-
-
-def ending_note(name: str, status: ExitStatus) -> str | None:
-    """What a run says on stderr of how its container ended, beside its exit status."""
-    if status.oom_killed:
-        return (f"hypervm: {name}: killed: out of memory in the container (exit "
-                f"{status.code}; give the VM more with --memory)")
-    if status.lost:
-        return f"hypervm: error: the command was {status.describe()}"
-    return None
+        running = follow.relay(vm, container, stop, grace)
+        if isinstance(running, int):
+            return running
+    return follow.exit_status(container, running, stop.signum)
 
 
 def image_command(args: argparse.Namespace) -> tuple[tuple[str, ...] | None,
