@@ -112,10 +112,11 @@ hypervisor.Hypervisor.create = create
 """
 #: what a cold run of a cached registry image first needs once its domain is created (while
 #: the guest boots) or not at all: the guest channel and its waits, the network policy and its
-#: thread's Future, the output relay and exit statuses, a pull's unpacking, a tenant's pull
-#: checks, the pool's client, a -v directory's hand-back (ctypes), a configuration file
+#: thread's Future, the output relay and exit statuses, a pull (manifests, unpacking), a tenant's
+#: pull checks, the pool's client, a -v directory's hand-back (ctypes), a configuration file
 AFTER_CREATE = ("executor.guest.channel", "tenacity", "executor.netpolicy", "concurrent.futures",
                 "executor.cli.follow", "executor.runner", "vmimage.images.unpack", "tarfile",
+                "vmimage.images.pull", "vmimage.images.manifest",
                 "vmimage.images.authorize", "vmimage.images.credentials",
                 "vmimage.images.skopeo", "vmimage.images.sources", "executor.pool.adopt",
                 "ctypes", "tomllib", "uuid")
