@@ -79,13 +79,13 @@ def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
     run, the distro kernel, a ``-v`` directory's hand-back (ctypes) or a configuration file
     (tomllib) use, what only a pull or gc uses (the image store's unpack with tarfile, gc,
     sources, its progress lines, blob verification, the pull itself with the manifests: ~13 ms
-    of import CPU; a cached image needs none of them), what only a tenant's pull checks (authorize, credentials, skopeo), and what
-    is first needed once the domain is created (the guest channel client, tenacity's waits,
-    the network policy and its thread's Future, the output relay: executor.cli.follow and
-    executor.runner) or a uuid (and platform, uuid's import): each is milliseconds of every
-    cold run before its VM is created (issue 17: a cold run within 1.3 x the raw boot).
-    tests/integration/test_run_image_cli.py checks the modules loaded when a real run's
-    createXML begins."""
+    of import CPU; a cached image needs none of them), what only a tenant's pull checks
+    (authorize, credentials, skopeo), and what is first needed once the domain is created
+    (the guest channel client, tenacity's waits, the network policy and its thread's Future,
+    the output relay: executor.cli.follow and executor.runner) or a uuid (and platform,
+    uuid's import): each is milliseconds of every cold run before its VM is created (issue
+    17: a cold run within 1.3 x the raw boot). tests/integration/test_run_image_cli.py checks
+    the modules loaded when a real run's createXML begins."""
     code = ("import sys, executor.cli.main, executor.cli.run, vmimage.boot; "
             "print(sorted(sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
