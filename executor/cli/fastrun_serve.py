@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from executor.cli import detach, follow, run_inputs
+from executor.cli import follow, run_inputs
 from executor.cli import run as run_cli
 from executor.cli.fastrun import (
     LOCAL_SOURCES,
@@ -289,7 +289,7 @@ class RunService:
 
     def _pod(self, args: argparse.Namespace, environ: dict[str, str]) -> PodSpec:
         """The pod ``executor.cli.run.run_image`` builds, from a cached image only."""
-        detach.resolve_name(args)
+        run_cli.resolve_name(args)
         resources = run_inputs.resources(args.cpus, args.memory)
         net = run_cli.network_from_args(args)
         image = self.launcher.images.image(args.image)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from executor import volume_access
-from executor.cli import detach, run_inputs
+from executor.cli import run_inputs
 from executor.launcher import Launcher, boot_vm
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import InvalidSpec
@@ -83,13 +83,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "loopback only")
     p.add_argument("--name", default=None,
                    help="pod name, unique among containers (default run; -d, -t: generated)")
-    detach.add_run_options(p)
+    add_run_options(p)
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
                    help="SIGTERM→SIGKILL grace period when stopped (default 3)")
     p.add_argument("--boot-timeout", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("image", nargs="?", metavar="IMAGE", help=argparse.SUPPRESS)
     p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``run`` gets for detached and terminal runs (executor.cli.detach)."""
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background: print the container's name and exit (the VM "
+                        "is kept by a supervisor; see ps, logs, exec, attach, stop, rm)")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="give the process a terminal in the guest (with -i: an interactive "
+                        "shell; Ctrl-P Ctrl-Q detaches, hypervm attach re-attaches)")
+    p.add_argument("--rm", action="store_true",
+                   help="remove the container once it exits (detached or -t runs; a "
+                        "foreground run keeps nothing anyway)")
+
+
+def resolve_name(args: argparse.Namespace) -> None:
+    """A supervised run (-d or -t) without --name gets a generated one; foreground: "run"."""
+    if args.name is None and supervised(args):
+        # optional: only a -d/-t run names a supervisor's box (executor.cli.detach, which a
+        # foreground run does not import before createXML: issue 17)
+        from executor.supervisor.box import default_name
+
+        args.name = default_name()
+    elif args.name is None:
+        args.name = "run"
+
+
+def supervised(args: argparse.Namespace) -> bool:
+    return bool(args.detach or args.tty)
 
 
 def parse_user(spec: str | None) -> tuple[int, int]:
@@ -221,7 +250,10 @@ def network_from_args(args: argparse.Namespace) -> NetworkSpec:
 def run_or_detach(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace,
                   on_booted: Callable[[], object] | None = None) -> int:
     """-d and -t runs go to a supervisor (executor.cli.detach), others run here."""
-    if detach.supervised(args):
+    if supervised(args):
+        # optional: only -d/-t runs go to a supervisor (its box, pickle, the session client)
+        from executor.cli import detach
+
         return detach.start(cfg, pod, args, args.image if args.rootfs is None else None,
                             on_booted=on_booted)
     return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
@@ -230,7 +262,7 @@ def run_or_detach(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace,
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
-    detach.resolve_name(args)
+    resolve_name(args)
     resources = run_inputs.resources(args.cpus, args.memory)
     net = network_from_args(args)
     mounts = run_inputs.volumes(args.volume)

@@ -113,13 +113,14 @@ hypervisor.Hypervisor.create = create
 #: what a cold run of a cached registry image first needs once its domain is created (while
 #: the guest boots) or not at all: the guest channel and its waits, the network policy and its
 #: thread's Future, the output relay and exit statuses, a pull (manifests, unpacking), a tenant's
-#: pull checks, the pool's client, a -v directory's hand-back (ctypes), a configuration file
+#: pull checks, the pool's client, a -v directory's hand-back (ctypes), a configuration file,
+#: a -d/-t run's supervisor
 AFTER_CREATE = ("executor.guest.channel", "tenacity", "executor.netpolicy", "concurrent.futures",
                 "executor.cli.follow", "executor.runner", "vmimage.images.unpack", "tarfile",
                 "vmimage.images.pull", "vmimage.images.manifest",
                 "vmimage.images.authorize", "vmimage.images.credentials",
                 "vmimage.images.skopeo", "vmimage.images.sources", "executor.pool.adopt",
-                "ctypes", "tomllib", "uuid")
+                "ctypes", "tomllib", "uuid", "executor.cli.detach", "executor.supervisor.box")
 
 
 def test_a_cold_run_creates_its_domain_before_importing_what_follows(
