@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from executor.vm import DEFAULT_BOOT_TIMEOUT, HyperVM
 from hypervm.config import HostConfig
@@ -24,7 +24,9 @@ from hypervm.imageprocess import image_process
 from hypervm.podspec import PodSpec, Process
 from vmimage.boot import BootFiles
 from vmimage.images import Image, ImageStore
-from vmimage.images.authorize import PullAuth
+
+if TYPE_CHECKING:
+    from vmimage.images.authorize import PullAuth
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str | None = None,
             boot_files: BootFiles | None = None, timeout: float = DEFAULT_BOOT_TIMEOUT,
             created: Callable[[HyperVM], None] | None = None,
-            before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> HyperVM:
+            before_shares: Callable[[tuple[int, int] | None], None] | None = None,
+            booting: Callable[[], object] | None = None) -> HyperVM:
     """A booted HyperVM running nothing yet: claimed from the warm pool when one serves and
     the pod fits it (``HYPERVM_POOL=auto``), else started from the snapshot of its shape
     (``HYPERVM_SNAPSHOT=on``, pods with a NIC), else booted cold. The caller
@@ -40,7 +43,9 @@ def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str
     from a snapshot), so another thread can
     destroy it meanwhile; an exception from it destroys the VM and propagates.
     ``before_shares``: see HyperVM (called with the VM's QEMU uid:gid before its shares are
-    given to it, cold or claimed)."""
+    given to it, cold or claimed). ``booting``: what the caller needs once the VM is booted and
+    not before (its imports: issue 17), done while a cold guest boots (see HyperVM), else right
+    after ``created``; an exception from it destroys the VM and propagates."""
     if cfg.use_pool and cfg.pool_socket.exists():
         # optional: only a claim needs the pool's client (~7 ms of a cold run's imports)
         from executor.pool.adopt import claim_vm
@@ -48,7 +53,7 @@ def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str
         vm = claim_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout,
                       before_shares=before_shares)
         if vm is not None:
-            _announce(vm, created)
+            _announce(vm, created, booting)
             return vm
     if cfg.use_snapshot:
         # optional: only HYPERVM_SNAPSHOT=on starts from snapshots (~2 ms of a cold run's)
@@ -57,20 +62,24 @@ def boot_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, accel: str
         vm = start_vm(cfg, pod, hypervisor=hypervisor, timeout=timeout, boot_files=boot_files,
                       accel=accel, before_shares=before_shares)
         if vm is not None:
-            _announce(vm, created)
+            _announce(vm, created, booting)
             return vm
     vm = HyperVM(cfg, pod, hypervisor=hypervisor, accel=accel, boot_files=boot_files,
-                 before_shares=before_shares)
+                 before_shares=before_shares, booting=booting)
     _announce(vm, created)
     vm.boot(timeout=timeout)
     return vm
 
 
-def _announce(vm: HyperVM, created: Callable[[HyperVM], None] | None) -> None:
-    if created is None:
+def _announce(vm: HyperVM, created: Callable[[HyperVM], None] | None,
+              booting: Callable[[], object] | None = None) -> None:
+    if created is None and booting is None:
         return
     try:
-        created(vm)
+        if created is not None:
+            created(vm)
+        if booting is not None:
+            booting()
     except BaseException:
         vm.destroy()
         raise

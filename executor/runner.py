@@ -19,8 +19,6 @@ from hypervm.podspec import Container
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRACE_SECONDS = 3.0
-
 
 @dataclass
 class RunningProcess:

@@ -14,12 +14,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from executor import netpolicy, network
+from executor import network
 from executor.guest import console
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
@@ -40,13 +39,14 @@ from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.qemu_process import QemuProcess
 from hypervm import netspec
-from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
 from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
 from vmimage.boot import BootFiles, resolve_boot
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from executor.guest.channel import GuestChannel, PendingReply, ProcessCallbacks
 
 log = logging.getLogger(__name__)
@@ -127,13 +127,16 @@ class HyperVM:
     def __init__(self, cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None,
                  accel: str | None = None, boot_files: BootFiles | None = None,
                  claimed: str | None = None, run_dir: Path | None = None,
-                 before_shares: Callable[[tuple[int, int] | None], None] | None = None) -> None:
+                 before_shares: Callable[[tuple[int, int] | None], None] | None = None,
+                 booting: Callable[[], object] | None = None) -> None:
         """``boot_files``: what to boot (default: this host's, resolved at boot); ``claimed``
         and ``run_dir``: a booted pool VM this object takes over (executor.pool.adopt) instead
         of booting its own. ``before_shares(identity)``: called once the VM's QEMU user is
         known, before the pod's owned shares are given to it (e.g. to let that uid reach a
         sandbox below a 0750 directory); ``identity`` is None when QEMU runs as libvirt's
-        shared user."""
+        shared user. ``booting()``: called by a cold :meth:`boot` once the domain is created,
+        before READY is awaited (work the caller needs only once the VM is booted, done while
+        the guest boots: issue 17)."""
         pod.validate()
         self.cfg = cfg
         self.pod = pod
@@ -159,6 +162,7 @@ class HyperVM:
         #: the uid:gid this VM's QEMU runs as (executor.libvirt.identity); None: libvirt's user
         self.identity: identity.Identity | None = None
         self._before_shares = before_shares
+        self._booting = booting
         #: a pidfd on this VM's QEMU (watch_qemu): its exit ends the VM without a libvirt wait
         self._qemu: QemuProcess | None = None
         #: hands a claimed VM back to its pool for teardown (executor.pool.adopt);
@@ -283,6 +287,8 @@ class HyperVM:
             from executor.guest.channel import GuestChannel
 
             self._channel = GuestChannel(self.channel_socket)
+            if self._booting is not None:
+                self._booting()
             if policy is not None:
                 policy.result()  # in force before READY: the guest's NIC is up only after it
             ready = self._channel.connect(timeout)
@@ -318,6 +324,12 @@ class HyperVM:
         NETWORK, after READY; it runs nothing of the pod before START)."""
         if self.pod.network.mode == "none":
             return None
+        # deferred: first needed once the domain is created (as the guest channel in boot):
+        # nft's module and the thread's Future (concurrent.futures) are ~2 ms of a cold run
+        # before createXML (issue 17)
+        from executor import netpolicy
+        from hypervm.background import in_thread  # deferred: see above
+
         return in_thread("netpolicy", lambda: netpolicy.enforce(self.cfg,
                                                                  network.host_resolv_conf()))
 

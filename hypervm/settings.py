@@ -167,29 +167,6 @@ def _as_text(path: Path, setting: Setting, value: object) -> str:
                       f"\"{setting.default or '...'}\"")
 
 
-@dataclass(frozen=True)
-class Effective:
-    """One setting's effective value and where it came from: default, file or environment."""
-
-    setting: Setting
-    value: str
-    source: str
-
-
-def effective(env: Mapping[str, str], file_values: Mapping[str, str],
-              path: Path) -> list[Effective]:
-    """Each setting's value with its source; the environment wins over the file."""
-    out = []
-    for s in SETTINGS:
-        if env.get(s.env, "") != "" and env.get(s.env) != file_values.get(s.env):
-            out.append(Effective(s, env[s.env], f"environment ({s.env})"))
-        elif s.env in file_values:
-            out.append(Effective(s, file_values[s.env], f"file ({path})"))
-        else:
-            out.append(Effective(s, s.default, "default"))
-    return out
-
-
 def apply_config_file(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Give each variable unset in ``environ`` (os.environ by default) its value from the
     configuration file; returns the file's values. Variables already set win."""

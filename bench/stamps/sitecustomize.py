@@ -6,6 +6,12 @@ to ``DIR/t-PID.txt``: its name, when it began (ms after ``on_launch`` began) and
 too (``python -m bench.runfast --stamps``), the CLI of a cold ``hypervm run`` stamps
 :data:`COLD_STAMPED` instead, in ms after its exec.
 
+With HYPERVM_BENCH_TO_CREATE=FILE instead (``python -m bench.tocreate``), the CLI of a cold
+run writes ``MS CPU_MS`` to FILE when its domain's createXML begins (ms after its exec, as
+above, and its own CPU time), releases the VM's uid reservation and exits 0: no VM is
+created, and nothing else is wrapped (only executor.libvirt.hypervisor, which the run imports
+before createXML anyway, is imported ahead).
+
 Mind: wrapping imports each stamped module when the executor starts, so a stamped launch never
 pays a lazy import of one of them on its clock (a plain one did until the executor preloaded
 the pool's client: executor.mesos.runtime.POOL_MODULES; a stamped cold run imports the guest
@@ -92,5 +98,21 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
         setattr(owner, attr, wrapped(path, fn))
 
 
-if os.environ.get("HYPERVM_BENCH_STAMPS"):
+def _stop_at_create(out_path: str, origin: float) -> None:
+    hypervisor: Any = importlib.import_module("executor.libvirt.hypervisor")
+
+    def create(_self: Any, spec: Any) -> Any:
+        at = (time.perf_counter() - origin) * 1000
+        with open(out_path, "w") as out:
+            out.write(f"{at:.3f} {time.process_time() * 1000:.3f}\n")
+        importlib.import_module("executor.libvirt.identity").release(spec.name)
+        os._exit(0)
+
+    hypervisor.Hypervisor.create = create
+
+
+if os.environ.get("HYPERVM_BENCH_TO_CREATE") and os.environ.get("HYPERVM_BENCH_STAMPS_T0"):
+    _stop_at_create(os.environ["HYPERVM_BENCH_TO_CREATE"],
+                    float(os.environ["HYPERVM_BENCH_STAMPS_T0"]))
+elif os.environ.get("HYPERVM_BENCH_STAMPS"):
     _install(os.environ["HYPERVM_BENCH_STAMPS"], os.environ.get("HYPERVM_BENCH_STAMPS_T0"))

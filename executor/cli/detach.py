@@ -14,33 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import executor
-from executor.supervisor.box import SUPERVISOR_MODULE, Box, default_name, find
+from executor.supervisor.box import SUPERVISOR_MODULE, Box, find
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HyperVMError
 from hypervm.podspec import PodSpec
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options ``run`` gets for detached and terminal runs."""
-    p.add_argument("-d", "--detach", action="store_true",
-                   help="run in the background: print the container's name and exit (the VM "
-                        "is kept by a supervisor; see ps, logs, exec, attach, stop, rm)")
-    p.add_argument("-t", "--tty", action="store_true",
-                   help="give the process a terminal in the guest (with -i: an interactive "
-                        "shell; Ctrl-P Ctrl-Q detaches, hypervm attach re-attaches)")
-    p.add_argument("--rm", action="store_true",
-                   help="remove the container once it exits (detached or -t runs; a "
-                        "foreground run keeps nothing anyway)")
-
-
-def resolve_name(args: argparse.Namespace) -> None:
-    """A supervised run (-d or -t) without --name gets a generated one; foreground: "run"."""
-    if args.name is None:
-        args.name = default_name() if (args.detach or args.tty) else "run"
-
-
-def supervised(args: argparse.Namespace) -> bool:
-    return bool(args.detach or args.tty)
 
 
 def start(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace, image: str | None,

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from executor.cli import detach, run_inputs
+from executor.cli import follow, run_inputs
 from executor.cli import run as run_cli
 from executor.cli.fastrun import (
     LOCAL_SOURCES,
@@ -289,7 +289,7 @@ class RunService:
 
     def _pod(self, args: argparse.Namespace, environ: dict[str, str]) -> PodSpec:
         """The pod ``executor.cli.run.run_image`` builds, from a cached image only."""
-        detach.resolve_name(args)
+        run_cli.resolve_name(args)
         resources = run_inputs.resources(args.cpus, args.memory)
         net = run_cli.network_from_args(args)
         image = self.launcher.images.image(args.image)
@@ -314,7 +314,7 @@ class RunService:
             running = start_streaming(vm, container, out, err)  # type: ignore[arg-type]
         except GuestError as e:
             if e.code in EXEC_FAILURE_STATUS:
-                err.write(f"{run_cli.exec_failure(container, e.code)}\n".encode())
+                err.write(f"{follow.exec_failure(container, e.code)}\n".encode())
                 return EXEC_FAILURE_STATUS[e.code]
             self.counts.add("failed")
             return _error(err, e)
@@ -409,7 +409,7 @@ def _tell_exit(running: RunningProcess, watch: _ClientWatch, done: threading.Eve
 def _status(running: RunningProcess, name: str, signum: int | None, err: _Output) -> int:
     if running.status is None:
         return 128 + (signum or signal.SIGKILL)
-    if (note := run_cli.ending_note(name, running.status)) is not None:
+    if (note := follow.ending_note(name, running.status)) is not None:
         err.write(f"{note}\n".encode())
     return running.status.code
 

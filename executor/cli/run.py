@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -16,18 +17,21 @@ from pathlib import Path
 from types import FrameType
 
 from executor import volume_access
-from executor.cli import detach, run_inputs
-from executor.guest.protocol import EXEC_FAILURE_STATUS, ExitStatus
+from executor.cli import run_inputs
 from executor.launcher import Launcher, boot_vm
-from executor.runner import DEFAULT_GRACE_SECONDS, forward_stdin, kill_with_grace, start_streaming
 from hypervm.config import HostConfig, config_from_env
-from hypervm.errors import GuestError, InvalidSpec
+from hypervm.errors import InvalidSpec
 from hypervm.limits import default_limits
 from hypervm.netspec import NetworkSpec, parse_publish
 from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
 from vmimage.rootfs import build_layer_image
 
 log = logging.getLogger(__name__)
+
+#: SIGTERM→SIGKILL grace period of a stopped run (``--grace``), as Mesos' default kill policy
+DEFAULT_GRACE_SECONDS = 3.0
+#: what a foreground run needs once its VM is booted, imported while the guest boots
+FOLLOW_MODULE = "executor.cli.follow"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,13 +83,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "loopback only")
     p.add_argument("--name", default=None,
                    help="pod name, unique among containers (default run; -d, -t: generated)")
-    detach.add_run_options(p)
+    add_run_options(p)
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
                    help="SIGTERM→SIGKILL grace period when stopped (default 3)")
     p.add_argument("--boot-timeout", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("image", nargs="?", metavar="IMAGE", help=argparse.SUPPRESS)
     p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=run_command)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``run`` gets for detached and terminal runs (executor.cli.detach)."""
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background: print the container's name and exit (the VM "
+                        "is kept by a supervisor; see ps, logs, exec, attach, stop, rm)")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="give the process a terminal in the guest (with -i: an interactive "
+                        "shell; Ctrl-P Ctrl-Q detaches, hypervm attach re-attaches)")
+    p.add_argument("--rm", action="store_true",
+                   help="remove the container once it exits (detached or -t runs; a "
+                        "foreground run keeps nothing anyway)")
+
+
+def resolve_name(args: argparse.Namespace) -> None:
+    """A supervised run (-d or -t) without --name gets a generated one; foreground: "run"."""
+    if args.name is None and supervised(args):
+        # optional: only a -d/-t run names a supervisor's box (executor.cli.detach, which a
+        # foreground run does not import before createXML: issue 17)
+        from executor.supervisor.box import default_name
+
+        args.name = default_name()
+    elif args.name is None:
+        args.name = "run"
+
+
+def supervised(args: argparse.Namespace) -> bool:
+    return bool(args.detach or args.tty)
 
 
 def parse_user(spec: str | None) -> tuple[int, int]:
@@ -173,46 +206,20 @@ def run_pod(cfg: HostConfig, pod: PodSpec, *, grace: float = DEFAULT_GRACE_SECON
     """Boot ``pod``, stream its first container's output to ours, return its exit code."""
     container = pod.containers[0]
     with StopRequest() as stop, volume_access.VolumeHold(cfg, container.mounts) as hold, \
-            boot_vm(cfg, pod, timeout=boot_timeout, before_shares=hold.before_shares) as vm:
+            boot_vm(cfg, pod, timeout=boot_timeout, before_shares=hold.before_shares,
+                    booting=lambda: importlib.import_module(FOLLOW_MODULE)) as vm:
         if on_booted is not None:
             on_booted()
         if stop.event.is_set():
             return 128 + (stop.signum or signal.SIGTERM)
-        try:
-            running = start_streaming(vm, container, sys.stdout.buffer, sys.stderr.buffer)
-        except GuestError as e:
-            if e.code in EXEC_FAILURE_STATUS:
-                print(exec_failure(container, e.code), file=sys.stderr)
-                return EXEC_FAILURE_STATUS[e.code]
-            raise
-        if container.process.stdin:
-            forward_stdin(vm, running, sys.stdin.buffer)
-        while not running.exited.wait(0.1):
-            if stop.event.is_set():
-                kill_with_grace(vm, running, grace)
-                break
-        vm.discard(timeout=2.0)  # a volume holds all a process wrote: no guest power-off
-    if running.status is None:
-        return 128 + (stop.signum or signal.SIGKILL)
-    if (note := ending_note(container.name, running.status)) is not None:
-        print(note, file=sys.stderr)
-    return running.status.code
+        # imported by boot_vm's booting while the guest booted: not before createXML, and
+        # not on the clock after READY either (the output relay, exit statuses: issue 17)
+        from executor.cli import follow
 
-
-def exec_failure(container: Container, code: str) -> str:
-    """The error line of a START the guest refused with ``code`` (in EXEC_FAILURE_STATUS)."""
-    what = "command not found" if code == "ENOENT" else "command not executable"
-    return f"hypervm: error: {container.process.args[0]}: {what} in the container"
-
-
-def ending_note(name: str, status: ExitStatus) -> str | None:
-    """What a run says on stderr of how its container ended, beside its exit status."""
-    if status.oom_killed:
-        return (f"hypervm: {name}: killed: out of memory in the container (exit "
-                f"{status.code}; give the VM more with --memory)")
-    if status.lost:
-        return f"hypervm: error: the command was {status.describe()}"
-    return None
+        running = follow.relay(vm, container, stop, grace)
+        if isinstance(running, int):
+            return running
+    return follow.exit_status(container, running, stop.signum)
 
 
 def image_command(args: argparse.Namespace) -> tuple[tuple[str, ...] | None,
@@ -244,7 +251,10 @@ def network_from_args(args: argparse.Namespace) -> NetworkSpec:
 def run_or_detach(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace,
                   on_booted: Callable[[], object] | None = None) -> int:
     """-d and -t runs go to a supervisor (executor.cli.detach), others run here."""
-    if detach.supervised(args):
+    if supervised(args):
+        # optional: only -d/-t runs go to a supervisor (its box, pickle, the session client)
+        from executor.cli import detach
+
         return detach.start(cfg, pod, args, args.image if args.rootfs is None else None,
                             on_booted=on_booted)
     return run_pod(cfg, pod, grace=args.grace, boot_timeout=args.boot_timeout,
@@ -253,7 +263,7 @@ def run_or_detach(cfg: HostConfig, pod: PodSpec, args: argparse.Namespace,
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = config_from_env()
-    detach.resolve_name(args)
+    resolve_name(args)
     resources = run_inputs.resources(args.cpus, args.memory)
     net = network_from_args(args)
     mounts = run_inputs.volumes(args.volume)

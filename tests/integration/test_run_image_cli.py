@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.integration import imagebuild
 from tests.integration.imagebuild import make_state_dir
 from tests.integration.registry import Registry
@@ -95,3 +97,48 @@ def test_unknown_image_is_one_clear_line(hypervm, registry: Registry,  # noqa: A
     assert b"nope" in result.stderr and b"Traceback" not in result.stderr
     assert result.stderr.count(b"\n") == 1, result.stderr
     assert listing(cache) == before
+
+
+#: a sitecustomize for the CLI under test: the modules loaded when its domain's createXML begins
+MODULES_AT_CREATE_HOOK = """
+import os, sys
+import executor.libvirt.hypervisor as hypervisor
+_create = hypervisor.Hypervisor.create
+def create(self, spec):
+    with open(os.environ["HYPERVM_TEST_MODULES_AT_CREATE"], "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+    return _create(self, spec)
+hypervisor.Hypervisor.create = create
+"""
+#: what a cold run of a cached registry image first needs once its domain is created (while
+#: the guest boots) or not at all: the guest channel and its waits, the network policy and its
+#: thread's Future, the output relay and exit statuses, a pull (manifests, unpacking), a tenant's
+#: pull checks, the pool's client, a -v directory's hand-back (ctypes), a configuration file,
+#: a -d/-t run's supervisor
+AFTER_CREATE = ("executor.guest.channel", "tenacity", "executor.netpolicy", "concurrent.futures",
+                "executor.cli.follow", "executor.runner", "vmimage.images.unpack", "tarfile",
+                "vmimage.images.pull", "vmimage.images.manifest",
+                "vmimage.images.authorize", "vmimage.images.credentials",
+                "vmimage.images.skopeo", "vmimage.images.sources", "executor.pool.adopt",
+                "ctypes", "tomllib", "uuid", "executor.cli.detach", "executor.supervisor.box")
+
+
+def test_a_cold_run_creates_its_domain_before_importing_what_follows(
+        hypervm, image_ref: str, image_env: dict[str, str],  # noqa: ANN001
+        tmp_path: Path) -> None:
+    """The modules a cold ``hypervm run IMAGE -- true`` has loaded when createXML begins, in a
+    real run (a cache hit): each one not needed to create the domain is milliseconds before
+    the boot starts (issue 17; tests/unit/test_cli_run.py checks the modules' imports alone,
+    this the code the run executes up to createXML too: e.g. the user's resolution)."""
+    (tmp_path / "sitecustomize.py").write_text(MODULES_AT_CREATE_HOOK)
+    listed = tmp_path / "modules.txt"
+    env = {**image_env, "HYPERVM_POOL": "off", "HYPERVM_SNAPSHOT": "off",
+           "HYPERVM_TEST_MODULES_AT_CREATE": str(listed)}
+    assert hypervm("run", "-q", image_ref, "--", "true", env=env).returncode == 0  # the pull
+    paths = [str(tmp_path), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
+    result = hypervm("run", "-q", image_ref, "--", "true",
+                     env={**env, "PYTHONPATH": os.pathsep.join(paths)})
+    assert result.returncode == 0, result.stderr.decode()
+    loaded = set(listed.read_text().split())
+    assert {"executor.vm", "executor.libvirt.domain_xml", "libvirt"} <= loaded  # the real path
+    assert sorted(loaded.intersection(AFTER_CREATE)) == []

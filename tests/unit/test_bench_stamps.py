@@ -1,5 +1,6 @@
 """bench.warmfast --stamps: the stamps module wraps what a tree has (a baseline tree of another
-commit may lack a stamped function) and read_stamps names each arm's samples."""
+commit may lack a stamped function) and read_stamps names each arm's samples; bench.tocreate's
+stop at createXML."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import warmfast
+from bench import tocreate, warmfast
 
 
 def _stamps_module() -> Any:
@@ -72,3 +73,43 @@ def test_a_cold_runs_stamps_count_from_its_exec(tmp_path: Path,
     name, began, _ = record.read_text().split()
     assert name == "run_command"
     assert 1000 <= float(began) < 60_000
+
+
+def test_a_run_stopped_at_createxml_reports_when_and_creates_no_vm(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench.tocreate: the hook replaces createXML by a record (ms after the exec, CPU ms),
+    releases the VM's uid reservation and ends the process: no domain is created."""
+    created: list[str] = []
+    released: list[str] = []
+
+    class Hypervisor:
+        def create(self, spec: Any) -> None:
+            created.append(spec.name)
+
+    hypervisor = types.ModuleType("fake_hypervisor")
+    hypervisor.Hypervisor = Hypervisor  # type: ignore[attr-defined]
+    identity = types.ModuleType("fake_identity")
+    identity.release = released.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "executor.libvirt.hypervisor", hypervisor)
+    monkeypatch.setitem(sys.modules, "executor.libvirt.identity", identity)
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    stamps = _stamps_module()
+    monkeypatch.setattr(stamps.os, "_exit", exit_now)
+    out = tmp_path / "at-create"
+    stamps._stop_at_create(str(out), time.perf_counter() - 0.25)
+    with pytest.raises(SystemExit) as ended:
+        Hypervisor().create(types.SimpleNamespace(name="hypervm-bench-x-1"))
+    assert ended.value.code == 0 and created == [] and released == ["hypervm-bench-x-1"]
+    at, cpu = (float(v) for v in out.read_text().split())
+    assert at >= 250 and cpu > 0
+
+
+def test_tocreate_pairs_each_sample_with_the_baselines() -> None:
+    out = tocreate.summary({"exec to createXML ms": [150.0, 160.0, 170.0],
+                            "baseline exec to createXML ms": [170.0, 165.0, 200.0]})
+    assert out["exec to createXML ms"] == {"p50": 160.0, "min": 150.0, "n": 3}
+    assert out["exec to createXML ms: this - baseline, paired p50"] == -20.0
+    assert "CPU to createXML ms: this - baseline, paired p50" not in out

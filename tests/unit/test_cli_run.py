@@ -76,24 +76,33 @@ def test_a_closed_pipe_is_no_traceback() -> None:
 
 def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
     """``hypervm run``'s modules leave out what only a pool claim, a snapshot start, a -d/-t
-    run, the distro kernel, a ``-v`` directory's hand-back (ctypes) or a configuration file
+    run (executor.cli.detach, the supervisor's box), the distro kernel, a ``-v`` directory's
+    hand-back (ctypes) or a configuration file
     (tomllib) use, what only a pull or gc uses (the image store's unpack with tarfile, gc,
-    sources, its progress lines, blob verification: ~10 ms of import CPU; a cached image needs
-    none of them), and what is first needed once the domain is created (the guest channel
-    client, tenacity's waits) or a uuid (and platform, uuid's import): each is milliseconds of
-    every cold run before its VM is created (issue 17: a cold run within 1.3 x the raw boot)."""
+    sources, its progress lines, blob verification, the pull itself with the manifests: ~13 ms
+    of import CPU; a cached image needs none of them), what only a tenant's pull checks
+    (authorize, credentials, skopeo), and what is first needed once the domain is created
+    (the guest channel client, tenacity's waits, the network policy and its thread's Future,
+    the output relay: executor.cli.follow and executor.runner) or a uuid (and platform,
+    uuid's import): each is milliseconds of every cold run before its VM is created (issue
+    17: a cold run within 1.3 x the raw boot). tests/integration/test_run_image_cli.py checks
+    the modules loaded when a real run's createXML begins."""
     code = ("import sys, executor.cli.main, executor.cli.run, vmimage.boot; "
             "print(sorted(sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2]).stdout
     loaded = set(ast.literal_eval(out.strip()))
-    assert "executor.vm" in loaded and "executor.cli.detach" in loaded  # the real modules
+    assert "executor.vm" in loaded and "executor.cli.run_inputs" in loaded  # the real modules
     for unused in ("executor.pool.adopt", "executor.pool.claim", "executor.snapshot.start",
                    "executor.session", "executor.cli.console", "vmimage.kernel.distro",
                    "ctypes", "tomllib", "executor.guest.channel", "tenacity", "uuid",
                    "platform", "vmimage.images.unpack", "vmimage.images.gc", "tarfile",
                    "vmimage.images.sources", "vmimage.images.pull_progress",
-                   "vmimage.images.verify"):
+                   "vmimage.images.verify", "executor.netpolicy", "concurrent.futures",
+                   "executor.cli.follow", "executor.runner", "vmimage.images.authorize",
+                   "vmimage.images.credentials", "vmimage.images.skopeo",
+                   "vmimage.images.pull", "vmimage.images.manifest", "executor.cli.detach",
+                   "executor.supervisor.box"):
         assert unused not in loaded, unused
 
 

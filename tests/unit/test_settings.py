@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 
 from executor.cli import main as cli
-from executor.cli.doctor_config import configuration_lines
+from executor.cli.doctor_config import configuration_lines, effective
 from hypervm import config
 from hypervm.errors import InvalidSpec
 from hypervm.settings import (
     BY_KEY,
     SETTINGS,
     apply_config_file,
-    effective,
     load_config_file,
     read_config_file,
 )

@@ -6,16 +6,29 @@ User specs follow Docker/runc: ``""`` (root), ``name``, ``uid``, ``name:group``,
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from hypervm.errors import ImageError
 
-from .manifest import load_json
-
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_ID = 2**32 - 2
+#: files whose topmost version user resolution needs (:func:`resolve_user`): unpacking a layer
+#: keeps their text in its metadata (vmimage.images.unpack), the store reads it from there
+TRACKED_FILES = ("etc/passwd", "etc/group")
+
+
+def load_json(image: str, what: str, blob: str, data: bytes) -> dict[str, Any]:
+    """A JSON object blob of ``image`` (its config, a manifest), else an ImageError."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ImageError(image, f"{what} is not valid JSON ({e})", blob=blob) from e
+    if not isinstance(doc, dict):
+        raise ImageError(image, f"{what} is not a JSON object", blob=blob)
+    return doc
 
 
 @dataclass(frozen=True)

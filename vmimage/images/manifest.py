@@ -7,12 +7,13 @@ linux/amd64. Nothing here trusts a registry: digests are recomputed from the byt
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from hypervm.errors import ImageError
+
+from .config import load_json
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -67,16 +68,6 @@ def check_digest(image: str, what: str, expected: str, data: bytes) -> None:
     if actual != expected:
         raise ImageError(image, f"{what} digest mismatch: got {actual}", blob=expected,
                          hint="the source is corrupt or was changed during the pull; retry")
-
-
-def load_json(image: str, what: str, blob: str, data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ImageError(image, f"{what} is not valid JSON ({e})", blob=blob) from e
-    if not isinstance(doc, dict):
-        raise ImageError(image, f"{what} is not a JSON object", blob=blob)
-    return doc
 
 
 def media_type_of(doc: dict[str, Any]) -> str:
