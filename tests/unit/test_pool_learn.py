@@ -32,9 +32,8 @@ from executor.pool.protocol import (
     parse_claim,
     pick_vm,
 )
-from hypervm.config import config_from_env
 from hypervm.errors import ImageError, InvalidSpec, PoolError
-from tests.unit.test_pool_refill import FakeHypervisor
+from tests.unit.test_pool_refill import fake_pool
 
 WEB = ("/c/web0.erofs", "/c/web1.erofs")
 DB = ("/c/db0.erofs",)
@@ -126,16 +125,8 @@ def test_a_claim_names_its_image_and_tenant() -> None:
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[WarmPool]:
-    cfg = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path)})
-    pool = WarmPool(cfg, PoolConfig(size=1, learn_images=2), refill_delay=0.0,
-                    cached=lambda ref: CACHE.get(ref))
-    pool._hv = FakeHypervisor()
-    yield pool
-    pool._stopping.set()
-    with pool._cond:
-        pool._cond.notify_all()
-    for vm in pool._idle:
-        vm.sock.close()
+    yield from fake_pool(tmp_path, PoolConfig(size=1, learn_images=2),
+                         cached=lambda ref: CACHE.get(ref))
 
 
 def fake_boots(pool: WarmPool, tmp_path: Path) -> list[str]:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,11 +41,10 @@ class FakeHypervisor:
         pass
 
 
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[WarmPool]:
+def fake_pool(tmp_path: Path, config: PoolConfig, **kwargs: Any) -> Iterator[WarmPool]:
+    """A pool on a FakeHypervisor (no refill thread: tests call its steps), then stopped."""
     cfg = config_from_env({"HYPERVM_RUN_DIR": str(tmp_path)})
-    pool = WarmPool(cfg, PoolConfig(size=2, images=("web:1",)), refill_delay=0.0,
-                    resolve=lambda ref: [Path(p) for p in WEB])
+    pool = WarmPool(cfg, config, refill_delay=0.0, **kwargs)
     pool._hv = FakeHypervisor()
     yield pool
     pool._stopping.set()
@@ -52,6 +52,12 @@ def pool(tmp_path: Path) -> Iterator[WarmPool]:
         pool._cond.notify_all()
     for vm in pool._idle:
         vm.sock.close()
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[WarmPool]:
+    yield from fake_pool(tmp_path, PoolConfig(size=2, images=("web:1",)),
+                         resolve=lambda ref: [Path(p) for p in WEB])
 
 
 def fake_boots(pool: WarmPool, tmp_path: Path, failing: set[str]) -> list[str]:
