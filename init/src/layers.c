@@ -101,11 +101,10 @@ static long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* find_device, polling every millisecond until wait_ms have passed (hot-added disks appear
- * once the guest kernel has probed them). */
-static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t size)
+/* find_device, polling every millisecond until `deadline` (hot-added disks appear once the
+ * guest kernel has probed them). */
+static int await_device(const char *serial, long long deadline, char *dev, size_t size)
 {
-	const long long deadline = now_ms() + wait_ms;
 	const struct timespec tick = {0, 1000000};
 
 	while (find_device(serial, dev, size) != 0) {
@@ -116,11 +115,24 @@ static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t 
 	return 0;
 }
 
+/* Mount `dev` read-only as erofs, else ext4; 0, or -1 with errno (*erofs_errno: erofs's). */
+static int mount_ro(const char *dev, const char *target, int *erofs_errno)
+{
+	if (mount(dev, target, "erofs", MS_RDONLY, NULL) == 0)
+		return 0;
+	*erofs_errno = errno;
+	/* noload: never replay an ext4 journal on a read-only layer */
+	return mount(dev, target, "ext4", MS_RDONLY, "noload");
+}
+
 static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 {
+	const long long deadline = now_ms() + wait_ms;
+	const struct timespec tick = {0, 1000000};
 	char dev[300], target[128];
+	int erofs_errno = 0;
 
-	if (await_device(serial, wait_ms, dev, sizeof(dev)) != 0) {
+	if (await_device(serial, deadline, dev, sizeof(dev)) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);
@@ -130,15 +142,21 @@ static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 		log_errno("mkdir %s", target);
 		return op_fail(e, "EMOUNT", errno, "mkdir %s", target);
 	}
-	if (mount(dev, target, "erofs", MS_RDONLY, NULL) == 0)
-		return 0;
-	int erofs_errno = errno;
-	/* noload: never replay an ext4 journal on a read-only layer */
-	if (mount(dev, target, "ext4", MS_RDONLY, "noload") == 0)
-		return 0;
-	log_msg("mount %s (serial %s) on %s: erofs: %s; ext4: %s", dev, serial, target,
-		strerror(erofs_errno), strerror(errno));
-	return op_fail(e, "EMOUNT", errno, "layer %s (%s) is neither erofs nor ext4", serial, dev);
+	/* A hot-added disk is in /sys/block (and /dev) a moment before it can be opened
+	 * (ENXIO until the kernel's probe, which may run on another vCPU, has added it; it may
+	 * become openable between the two tries: erofs ENXIO, then ext4 EINVAL). */
+	while (mount_ro(dev, target, &erofs_errno) != 0) {
+		const int ext4_errno = errno;
+
+		if ((erofs_errno != ENXIO && ext4_errno != ENXIO) || now_ms() >= deadline) {
+			log_msg("mount %s (serial %s) on %s: erofs: %s; ext4: %s", dev, serial,
+				target, strerror(erofs_errno), strerror(ext4_errno));
+			return op_fail(e, "EMOUNT", ext4_errno,
+				       "layer %s (%s) is neither erofs nor ext4", serial, dev);
+		}
+		nanosleep(&tick, NULL);
+	}
+	return 0;
 }
 
 int layers_ensure(const char *const *serials, size_t n, unsigned wait_ms, struct op_error *e)

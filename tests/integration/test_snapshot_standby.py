@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from executor.launcher import boot_vm
@@ -26,6 +27,7 @@ from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
 from executor.snapshot.store import Shape
 from tests.conftest import TEST_TAG, our_domains
 from tests.integration.test_snapshot import _pod, _report
+from tests.integration.test_snapshot_vcpus import _vcpu_threads
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.usefixtures("no_leaked_domains")]
@@ -112,9 +114,11 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
 
 
 def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> None:
-    """Standbys are kept per template (memory size, tenant; 1 vCPU present of the capacity):
-    after launches of 1 vCPU, a launch of 2 vCPUs takes the standby and gets its second vCPU
-    hot-plugged and online."""
+    """Standbys are kept per template (memory size, tenant; 1 vCPU present of the capacity).
+    A waiting standby runs exactly 1 vCPU (libvirt's live count and QEMU's vCPU threads): a
+    pod of 1 vCPU taking it gets 1; a launch of 2 vCPUs, a count never launched before, takes
+    the next standby and gets its second vCPU hot-plugged and online: exactly 2 QEMU vCPU
+    threads."""
     cfg, kept = keeper
     template = store.template_shape(cfg, SHAPE)  # HYPERVM_SNAPSHOT_VCPUS: the host's CPUs
     if template.vcpus < 2:
@@ -123,11 +127,17 @@ def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> Non
     try:
         for name in ("n1", "n2"):  # the snapshot, then the wanted template shape
             vms.append(boot_vm(cfg, _pod(cfg, name, 1, 128)))
-        assert kept.wait_ready(template, 120), kept.status()
-        standby = kept.ready_names()[0]
-        vms.append(boot_vm(cfg, _pod(cfg, "n3", 2, 128)))
-        assert vms[-1].name == standby, "the 2 vCPU pod took the standby"
-        assert _report(vms[-1])[0] == 2
+        for name, cpus in (("n3", 1), ("n4", 2)):
+            assert kept.wait_ready(template, 120), kept.status()
+            standby = kept.ready_names()[0]
+            assert len(_vcpu_threads(cfg, standby)) == 1
+            with Hypervisor(cfg.libvirt_uri) as hv:
+                assert hv.conn.lookupByName(standby).vcpusFlags(
+                    libvirt.VIR_DOMAIN_AFFECT_LIVE) == 1
+            vms.append(boot_vm(cfg, _pod(cfg, name, cpus, 128)))
+            assert vms[-1].name == standby, f"the {cpus} vCPU pod took the standby"
+            assert _report(vms[-1])[0] == cpus
+            assert len(_vcpu_threads(cfg, standby)) == cpus
         assert "2 vCPUs online (2 wanted)" in vms[-1].console_log.read_text()
     finally:
         for vm in vms:

@@ -270,23 +270,21 @@ def test_build_recipe_patches_configures_builds_and_publishes(
     out = hyperqemu.ensure_hyperqemu(cfg)
     assert out == cfg.qemu_dir / "feedbeef"
     steps = [Path(argv[0]).name for argv, _ in calls]
-    assert steps == ["dpkg-source", "patch", "patch", "patch", "patch", "patch", "configure",
-                     "ninja", "strip"]
-    (dpkg, _), (patch, patch_cwd), (idle, _), (probe, _), (ram, _), (zero, _), (configure, _) = \
-        calls[:7]
+    assert steps == ["dpkg-source", *["patch"] * 6, "configure", "ninja", "strip"]
+    (dpkg, _), (_, patch_cwd), *patches, (configure, _) = calls[:8]
     assert dpkg[-2:] == [str(fake_source), str(patch_cwd)]
-    assert [patch[-1], idle[-1], probe[-1], ram[-1], zero[-1]] == [
-        str(p) for p in hyperqemu.PATCHES]
-    assert [Path(p).name for p in (patch[-1], idle[-1], probe[-1], ram[-1], zero[-1])] == [
+    applied = [calls[1][0][-1], *(argv[-1] for argv, _ in patches)]
+    assert applied == [str(p) for p in hyperqemu.PATCHES]
+    assert [Path(p).name for p in applied] == [
         "tcg-flush.patch", "idle-memory.patch", "cpu-probe.patch", "ram-template.patch",
-        "zero-discard.patch"]
+        "zero-discard.patch", "tcg-invtsc.patch"]
     assert "--with-devices-x86_64=hyperqemu" in configure
     assert f"--prefix={out}" in configure
     assert "--extra-cflags=-O2 -fstack-protector-strong" in configure
-    assert calls[7][0][-1] == "qemu-system-x86_64"
+    assert calls[8][0][-1] == "qemu-system-x86_64"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "hyperqemu" and meta["features"] == [
-        "tcg-flush", "idle-memory", "cpu-probe", "ram-template", "zero-discard"]
+        "tcg-flush", "idle-memory", "cpu-probe", "ram-template", "zero-discard", "tcg-invtsc"]
     assert meta["source_package"] == "qemu=1:7.2+dfsg-7" and meta["version"] == "7.2.22"
     assert sorted(p.name for p in out.iterdir()) == ["bin", "build.log", "meta.json"]
     binary = out / "bin" / "qemu-system-x86_64"
