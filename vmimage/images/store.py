@@ -32,7 +32,7 @@ from vmimage.images.credentials import HostCredentials
 
 from .authorize import Ledger, PullAuth, authorize, granted, remember_pull
 from .cache import Cache, ImageRecord, LockTimeout
-from .config import ImageConfig, parse_config
+from .config import TRACKED_FILES, ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
 from .credentials import Credentials, NoCredentials
 from .manifest import (
@@ -451,8 +451,6 @@ class ImageStore:
 
     def _user_files(self, image: Image) -> dict[str, str | None]:
         """/etc/passwd and /etc/group as the merged image sees them (topmost layer wins)."""
-        from .unpack import TRACKED_FILES  # deferred: see _fetch (only a -u NAME run needs it)
-
         found: dict[str, str | None] = {}
         for layer in reversed(image.layers):
             meta = self.cache.layer_meta("sha256:" + layer.name[: -len(".erofs")])

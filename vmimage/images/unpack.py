@@ -44,13 +44,13 @@ from typing import BinaryIO
 from hypervm.config import ImageLimits
 from hypervm.errors import ImageError
 
+from .config import TRACKED_FILES
+
 log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-#: files whose topmost version user resolution needs (see config.resolve_user)
-TRACKED_FILES = ("etc/passwd", "etc/group")
 _MAX_TRACKED = 1 << 20
 PATH_MAX = 4096
 NAME_MAX = 255
