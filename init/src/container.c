@@ -367,6 +367,7 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "EINVAL", 0, "%s", rerr.message);
 		spawn_report_failure(f.report[1], &e);
 	}
+	stamp(STAMP_RECEIVED);
 	if ((r.u.start.limits.scratch > 0 &&
 	     scratch_resize(scratch_fd, r.u.start.limits.scratch, &e) != 0) ||
 	    prepared_mounts(&r.u.start, prep, &e) != 0)
@@ -377,6 +378,7 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
 		spawn_report_failure(f.report[1], &e);
 	}
+	stamp(STAMP_MOUNTED);
 	spawn_forked_process(&r.u.start.proc, &f, shim_sock);
 }
 
@@ -555,6 +557,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		return 1; /* start it the usual way */
 	}
 	close(root_fd);
+	stamp(STAMP_PREP_FILES);
 	/* nothing of the container runs yet: its reaper waits for this START */
 	if (cgroup_set_limits(prepared.cgroup, &req->limits, e) != 0) {
 		kill(prepared.pid, SIGKILL);
@@ -576,6 +579,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 	do
 		n = sendmsg(prepared.sock, &msg, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
+	stamp(STAMP_HANDED);
 	*reaper = prepared.pid;
 	if (n != (ssize_t)(sizeof(mask) + len)) {
 		log_errno("hand the START to the prepared container %d", (int)prepared.pid);
@@ -590,6 +594,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		kill(*reaper, SIGKILL);
 		return -1;
 	}
+	stamp(STAMP_AWAITED);
 	return 0;
 }
 
