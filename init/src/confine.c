@@ -183,9 +183,20 @@ static int drop_bounding_set(void)
 	return 0;
 }
 
+/* set in a process whose bounding set is already dropped (confine_drop_bounding_set) */
+static int bounding_set_dropped;
+
+int confine_drop_bounding_set(void)
+{
+	if (drop_bounding_set() != 0)
+		return -1;
+	bounding_set_dropped = 1;
+	return 0;
+}
+
 int confine_before_credentials(int no_new_privs, struct op_error *e)
 {
-	if (drop_bounding_set() != 0) {
+	if (!bounding_set_dropped && drop_bounding_set() != 0) {
 		return op_fail(e, "ESPAWN", errno, "drop the capability bounding set");
 	}
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) {

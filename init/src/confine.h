@@ -21,6 +21,12 @@ int confine_before_credentials(int no_new_privs, struct op_error *e);
  * has lost them already, as with Docker), inheritable empty. */
 int confine_after_credentials(uint32_t uid, struct op_error *e);
 
+/* The bounding set's part of confine_before_credentials, ahead of it (a prepared container's
+ * process, at PREPARE: the set is the same for every START, and no effective capability is
+ * lost): 0 once dropped, and then confine_before_credentials in this process skips it; -1
+ * with errno, and it drops it again (and reports a failure) as usual. */
+int confine_drop_bounding_set(void);
+
 /* The seccomp filter alone (for tests): 0, or -1 with errno. */
 int confine_install_seccomp(void);
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "confine.h"
 #include "layers.h"
 #include "log.h"
 #include "net.h"
@@ -345,6 +346,9 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		_exit(1);
 	log_msg("prepared container: process %d waits for its START", (int)spawn_pid_in_init_view());
 	spawn_warm_default_path(); /* the START's PATH search walks these, usually */
+	/* the bounding set is every START's: off the START's clock (a failure: dropped then) */
+	if (confine_drop_bounding_set() != 0)
+		log_errno("drop the prepared process's bounding set (again at its START)");
 	do
 		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
