@@ -17,7 +17,6 @@ stamps has none), for a profile of where the guest's time goes.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench import results
-from bench.preparefast import DEFAULT_PATH, INIT, ROOTFS, _layer
+from bench.preparefast import DEFAULT_PATH, INIT, ROOTFS, _layer, parse_stamps
 from executor.guest.protocol import MsgType, encode_json
 from executor.network import DNS_ADDRESS, GUEST_ADDRESS, GUEST_NETWORK, HOST_ADDRESS
 from hypervm.config import config_from_env
@@ -35,7 +34,6 @@ from vmimage.boot import BASE_CMDLINE
 from vmimage.kernel import find_kernel
 
 MAC = "52:54:00:12:34:56"
-STAMPS_LINE = re.compile(r"hypervm-init: stamps t0=(\S+)((?: \w+=[0-9.]+)+)")
 NETWORK = {"nameservers": [DNS_ADDRESS], "search": [],
            "hosts": [{"address": "127.0.0.1", "names": ["localhost"]},
                      {"address": GUEST_ADDRESS, "names": ["run"]}],
@@ -45,15 +43,6 @@ NETWORK = {"nameservers": [DNS_ADDRESS], "search": [],
 START = {"container": "run", "handle": 1, "rootfs": ROOTFS, "hostname": "run",
          "process": {"args": ["true"], "env": ["HOME=/", f"PATH={DEFAULT_PATH}"], "cwd": "/"},
          "limits": {"pids": 4096, "scratch": 256 << 20}, "early_reply": True}
-
-
-def parse_stamps(console: str) -> dict[str, float]:
-    """The last stamps line of a console: step name -> ms after the first step."""
-    found = STAMPS_LINE.findall(console)
-    if not found:
-        return {}
-    return {name: float(ms) for name, ms in
-            (item.split("=") for item in found[-1][1].split())}
 
 
 def wait_stamps(guest: Guest, timeout: float = 2.0) -> dict[str, float]:

@@ -10,10 +10,17 @@ layer with the share carried, a pause, then the warm launch's START (a 9p subdir
 PATH as ``hypervm run IMAGE -- true`` does: ``… (PATH)`` samples), timed from its send to its
 OK, and its EXIT.
 The host's side is the same few frames in both arms, so the difference is init's. Seconds.
+
+With ``--stamps`` the guests boot with ``hypervm_stamps=1`` (init/src/stamp.h): each START
+also gives init's stamps of its steps (``stamp <step>…`` samples, seconds after the START frame
+was read; a baseline init without a step's stamp has none), the guest's profile of a prepared
+START.
 """
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +38,8 @@ from vmimage.kernel import find_kernel
 INIT = Path(__file__).resolve().parents[1] / "init" / "build" / "hypervm-init"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTFS = {"layers": ["layer0"], "readonly": False}
+STAMPS_MARK = "hypervm-init: stamps t0="
+STAMPS_LINE = re.compile(r"hypervm-init: stamps t0=(\S+)((?: \w+=[0-9.]+)+)")
 SETTLE_S = 0.3  # after the PREPARE: the START comes later than it in a real pool
 WARMUP_ROUNDS = 2
 
@@ -50,13 +59,15 @@ def _layer(work: Path) -> Path:
     return layer
 
 
-def _boot(work: Path, name: str, init: Path, kernel: Path, layer: Path, share: Path) -> Guest:
+def _boot(work: Path, name: str, init: Path, kernel: Path, layer: Path, share: Path,
+          stamps: bool = False) -> Guest:
     initrd = _cpio(work / f"initrd-{name}", {"init": init}, work / f"initrd-{name}.cpio")
     sock, console = work / f"{name}.sock", work / f"{name}.console"
     argv = [QEMU, "-M", "pc", "-accel", "tcg", "-bios", str(QBOOT), "-m", "256", "-smp", "1",
             "-nographic", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
             "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 reboot=t quiet",
+            "-append", "console=ttyS0 panic=-1 reboot=t quiet"
+            + (" hypervm_stamps=1" if stamps else ""),
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=ch0,path={sock},server=on,wait=off",
             "-device", "virtserialport,chardev=ch0,name=org.hypervm.channel.0",
@@ -93,7 +104,27 @@ def start_once(guest: Guest, handle: int, args: list[str]) -> float:
     return took
 
 
-def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
+def parse_stamps(console: str) -> dict[str, float]:
+    """The last stamps line of a console: step name -> ms after the first step."""
+    found = STAMPS_LINE.findall(console)
+    if not found:
+        return {}
+    return {name: float(ms) for name, ms in
+            (item.split("=") for item in found[-1][1].split())}
+
+
+def wait_stamps(guest: Guest, seen: int, timeout: float = 2.0) -> dict[str, float]:
+    """The stamps line after the ``seen`` ones already on the guest's console ({} if none)."""
+    deadline = time.monotonic() + timeout
+    while (console := guest.console()).count(STAMPS_MARK) <= seen:
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.02)
+    return parse_stamps(console)
+
+
+def measure(rounds: int, baseline: Path | None = None,
+            stamps: bool = False) -> dict[str, list[float]]:
     kernel = find_kernel(config_from_env(), env={"HYPERVM_KERNEL": "hyperkernel"}).path
     inits = {"prepared START": INIT}
     if baseline is not None:
@@ -106,7 +137,7 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
         layer, share = _layer(work), work / "share"
         (share / "s").mkdir(parents=True)
         for i, (name, init) in enumerate(inits.items()):
-            guests[name] = _boot(work, str(i), init, kernel, layer, share)
+            guests[name] = _boot(work, str(i), init, kernel, layer, share, stamps)
         for guest in guests.values():
             guest.connect()
         handle = 1
@@ -114,10 +145,15 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
             order = list(guests.items())
             for kind, args in COMMANDS.items():
                 for name, guest in order if i % 2 == 0 else order[::-1]:
+                    seen = guest.console().count(STAMPS_MARK)
                     took = start_once(guest, handle, args)
                     handle += 1
+                    steps = wait_stamps(guest, seen) if stamps else {}
                     if i >= 0:
                         samples.setdefault(name + kind, []).append(took)
+                        for step, ms in steps.items():
+                            samples.setdefault(f"{name}{kind} stamp {step}", []).append(
+                                ms / 1000)
     finally:
         for guest in guests.values():
             guest.kill()
@@ -127,8 +163,14 @@ def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]
 
 def main(argv: list[str] | None = None) -> int:
     return results.quick_main("python -m bench.preparefast", 20,
-                              lambda a: measure(a.rounds, a.baseline),
-                              results.quick_summary, argv, results.baseline_option)
+                              lambda a: measure(a.rounds, a.baseline, a.stamps),
+                              results.quick_summary, argv, _options)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    results.baseline_option(parser)
+    parser.add_argument("--stamps", action="store_true",
+                        help="boot with hypervm_stamps=1 and sample init's stamps per START")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "confine.h"
 #include "layers.h"
 #include "log.h"
 #include "net.h"
@@ -345,6 +346,9 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		_exit(1);
 	log_msg("prepared container: process %d waits for its START", (int)spawn_pid_in_init_view());
 	spawn_warm_default_path(); /* the START's PATH search walks these, usually */
+	/* the bounding set is every START's: off the START's clock (a failure: dropped then) */
+	if (confine_drop_bounding_set() != 0)
+		log_errno("drop the prepared process's bounding set (again at its START)");
 	do
 		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
@@ -367,6 +371,7 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "EINVAL", 0, "%s", rerr.message);
 		spawn_report_failure(f.report[1], &e);
 	}
+	stamp(STAMP_RECEIVED);
 	if ((r.u.start.limits.scratch > 0 &&
 	     scratch_resize(scratch_fd, r.u.start.limits.scratch, &e) != 0) ||
 	    prepared_mounts(&r.u.start, prep, &e) != 0)
@@ -377,6 +382,7 @@ static __attribute__((noreturn)) void prepared_wait(const struct prepare_req *pr
 		op_fail(&e, "ESPAWN", errno, "hostname: sethostname");
 		spawn_report_failure(f.report[1], &e);
 	}
+	stamp(STAMP_MOUNTED);
 	spawn_forked_process(&r.u.start.proc, &f, shim_sock);
 }
 
@@ -555,6 +561,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		return 1; /* start it the usual way */
 	}
 	close(root_fd);
+	stamp(STAMP_PREP_FILES);
 	/* nothing of the container runs yet: its reaper waits for this START */
 	if (cgroup_set_limits(prepared.cgroup, &req->limits, e) != 0) {
 		kill(prepared.pid, SIGKILL);
@@ -576,6 +583,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 	do
 		n = sendmsg(prepared.sock, &msg, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
+	stamp(STAMP_HANDED);
 	*reaper = prepared.pid;
 	if (n != (ssize_t)(sizeof(mask) + len)) {
 		log_errno("hand the START to the prepared container %d", (int)prepared.pid);
@@ -590,6 +598,7 @@ int container_start_prepared(const struct start_req *req, const uint8_t *payload
 		kill(*reaper, SIGKILL);
 		return -1;
 	}
+	stamp(STAMP_AWAITED);
 	return 0;
 }
 

@@ -12,10 +12,12 @@
 #define STAMP_ENV "hypervm_stamps"
 
 static const char *const names[STAMP_POINTS] = {
-	"network_recv", "network_done", "network_ok", "start_recv", "start_checked",
-	"cgroup",	"layers",	"cloned",     "rootfs",	    "entered",
-	"mounted",	"forked",	"confined",   "resolved",   "awaited",
-	"start_ok",	"shim",		"spare",	"reaped",	"stdout_eof", "stderr_eof", "exit_sent"};
+	"network_recv", "network_done", "network_ok", "start_recv", "start_checked", "cgroup",
+	"layers",	"cloned",	"prep_files", "handed",	    "received",	     "rootfs",
+	"entered",	"mounted",	"forked",     "confined",   "resolved",	     "awaited",
+	"start_ok",	"shim",		"spare",      "reaped",	    "stdout_eof",    "stderr_eof",
+	"exit_sent"};
+_Static_assert(sizeof(names) / sizeof(names[0]) == STAMP_POINTS, "a name per stamp point");
 
 /* MAP_SHARED: the reaper and the process (fork()s of init, before their execve) write into
  * init's page. NULL: stamps are off. */

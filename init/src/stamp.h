@@ -20,9 +20,13 @@ enum stamp_point {
 	STAMP_CGROUP,        /* init: the container's cgroup ready */
 	STAMP_LAYERS,        /* init: the layers mounted (the first START mounts them) */
 	STAMP_CLONED,        /* init: clone() of the container's reaper returned */
+	STAMP_PREP_FILES,    /* init: a prepared START's /etc files written into its root */
+	STAMP_HANDED,        /* init: the START handed to the prepared container (limits set) */
+	STAMP_RECEIVED,      /* prepared process: the START received and parsed */
 	STAMP_ROOTFS,        /* reaper: the rootfs assembled (tmpfs, overlay) */
 	STAMP_ENTERED,       /* reaper: /etc files bound, pivot_root done */
-	STAMP_MOUNTED,       /* reaper: /proc /sys /dev, the requested mounts, the hostname */
+	STAMP_MOUNTED,       /* reaper: /proc /sys /dev, the requested mounts, the hostname
+			      * (prepared: the requested mounts, the hostname) */
 	STAMP_FORKED,        /* process: forked by the reaper, running */
 	STAMP_CONFINED,      /* process: stdio, signals, confinement, credentials, cwd */
 	STAMP_RESOLVED,      /* process: its file found; only the execve is left */

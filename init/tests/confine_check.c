@@ -3,6 +3,7 @@
  * probe, for tests/unit/test_init_confine.py. Runs on the host as root.
  *
  *   confine-check [--no-new-privs] [--uid UID]
+ *   confine-check --verdicts     (the filter emulated over every syscall number, unconfined)
  *
  * Values: "ok", or the errno name of the failure; "signal=N" for a probe that killed its fork. */
 #define _GNU_SOURCE
@@ -77,6 +78,43 @@ static void x32_getpid(void)
 	printf("x32_syscall=%s\n", result(syscall(0x40000000L | SYS_getpid)));
 }
 
+/* --verdicts: the filter (emulated) against its specification, for every syscall number and
+ * the argument-dependent cases: the count of numbers it denies and of mismatches. */
+static int verdicts(void)
+{
+	const uint32_t arch = 0xc000003eU, eperm = 0x00050000U | EPERM, allow = 0x7fff0000U;
+	size_t ndenied, denied_seen = 0, mismatches = 0;
+	const uint32_t *denied = confine_denied_syscalls(&ndenied);
+
+	for (uint32_t nr = 0; nr < 1024; nr++) {
+		uint32_t want = allow, arg = 0;
+		int in_list = 0;
+
+		for (size_t i = 0; i < ndenied; i++)
+			in_list |= denied[i] == nr;
+		if (in_list)
+			want = eperm;
+		else if (nr == SYS_clone3)
+			want = 0x00050000U | ENOSYS;
+		else if (nr == SYS_personality)
+			arg = 0x8; /* UNAME26: allowed */
+		else if (nr == SYS_socket)
+			arg = AF_INET;
+		denied_seen += confine_filter_verdict(arch, nr, arg) == eperm;
+		mismatches += confine_filter_verdict(arch, nr, arg) != want;
+	}
+	/* the argument-dependent ones, both ways; another ABI */
+	mismatches += confine_filter_verdict(arch, SYS_clone, CLONE_NEWUSER) != eperm;
+	mismatches += confine_filter_verdict(arch, SYS_clone, SIGCHLD) != allow;
+	mismatches += confine_filter_verdict(arch, SYS_personality, ADDR_NO_RANDOMIZE) != eperm;
+	mismatches += confine_filter_verdict(arch, SYS_socket, 40) != eperm;
+	mismatches += confine_filter_verdict(arch, 0x40000000U | SYS_getpid, 0) != 0x80000000U;
+	mismatches += confine_filter_verdict(0x40000003U, SYS_getpid, 0) != 0x80000000U;
+	printf("verdict_denied=%zu\nverdict_list=%zu\nverdict_mismatches=%zu\n", denied_seen,
+	       ndenied, mismatches);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct op_error e;
@@ -84,6 +122,8 @@ int main(int argc, char **argv)
 	uint32_t uid = 0;
 
 	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--verdicts") == 0)
+			return verdicts();
 		if (strcmp(argv[i], "--no-new-privs") == 0)
 			nnp = 1;
 		else if (strcmp(argv[i], "--uid") == 0 && i + 1 < argc)

@@ -734,8 +734,8 @@ def test_a_prepared_container_takes_the_matching_start(
     guests: Any, artifacts: dict[str, Path]
 ) -> None:
     """PREPARE makes a container ahead of time, its process forked; only a START of its rootfs
-    and carried tags takes it over, with its own mounts, hostname, /etc files, identity and
-    environment."""
+    and carried tags takes it over, with its own mounts, hostname, /etc files, identity,
+    environment and confinement."""
     g = guests("prepared")
     chan = g.connect()
     chan.ok(MsgType.NETWORK, {"nameservers": ["10.0.2.3"],
@@ -758,7 +758,8 @@ def test_a_prepared_container_takes_the_matching_start(
         "hostname; cat /etc/hostname; grep prep /etc/hosts; cat /etc/resolv.conf; "
         "cat /etc/only-upper /ro/in-sub; echo prepared > /rw/from-prepared; "
         "touch /ro/x 2>/dev/null || echo ro; ls -a / | grep -c hypervm-shares; "
-        'grep -c hypervm-shares /proc/self/mountinfo; id -u; pwd; echo "$FOO"; cat'
+        'grep -c hypervm-shares /proc/self/mountinfo; id -u; pwd; echo "$FOO"; cat; '
+        "grep -E '^(CapEff|CapBnd|Seccomp):' /proc/self/status"
     )
     reply = chan.ok(MsgType.START, {
         "container": "prep", "handle": 91, "rootfs": rootfs, "hostname": "prep",
@@ -773,7 +774,9 @@ def test_a_prepared_container_takes_the_matching_start(
     assert proc.exit == {"status": 0, "signal": None}, (proc.stdout, proc.stderr)
     assert proc.stdout.decode().splitlines() == [
         "prep", "prep", "10.0.2.15\tprep", "nameserver 10.0.2.3", "upper", "sub data", "ro",
-        "0", "0", "1000", "/tmp", "foo", "from stdin"], proc.stdout
+        "0", "0", "1000", "/tmp", "foo", "from stdin",
+        # confined as unprepared (its bounding set was dropped at PREPARE)
+        "CapEff:\t0000000000000000", "CapBnd:\t00000000a80425fb", "Seccomp:\t2"], proc.stdout
     assert (artifacts["share"] / "w" / "from-prepared").read_text() == "prepared\n"
     assert "container prep started (prepared): process 91" in g.console()
     # its process was forked when the container was prepared (the fork is off the START's clock)
