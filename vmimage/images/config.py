@@ -16,7 +16,8 @@ from hypervm.errors import ImageError
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_ID = 2**32 - 2
 #: files whose topmost version user resolution needs (:func:`resolve_user`): unpacking a layer
-#: keeps their text in its metadata (vmimage.images.unpack), the store reads it from there
+#: keeps their text in its metadata (vmimage.images.unpack), the store reads it from there.
+#: Here, not in unpack: every launch resolves its user; unpack's imports are a pull's only
 TRACKED_FILES = ("etc/passwd", "etc/group")
 
 
@@ -133,12 +134,6 @@ def parse_group(text: str) -> list[GroupEntry]:
         if fields[0] and gid is not None:
             entries.append(GroupEntry(fields[0], gid, members))
     return entries
-
-
-#: files whose topmost version user resolution needs (:func:`resolve_user`); unpack keeps
-#: their text in each layer's meta. Here, not in unpack: every launch resolves its user, and
-#: unpack's imports (tarfile, gzip: ~3 ms) are a pull's only
-TRACKED_FILES = ("etc/passwd", "etc/group")
 
 
 def resolve_user(image: str, spec: str, passwd_text: str | None,
