@@ -11,6 +11,9 @@ each round also takes the same two samples with the executor run from DIR, inter
 this tree's, so a before/after comparison sees the same machine load (the machine is shared).
 The pool daemon runs from this tree for both.
 
+``--cpus C``: the task's cpus (default the suite's 0.9: with the executor's 0.1 the VM's one
+vCPU, unbounded; below it the VM gets a CPU bound, set at the claim).
+
 ``--stamps``: the executor is launched with bench/stamps/sitecustomize.py, which stamps each
 function of its launch path; each round adds ``stamp: NAME began`` (s after the executor's
 on_launch began) and ``stamp: NAME took`` samples of the warm launch (with ``--baseline``, the
@@ -61,8 +64,8 @@ def read_stamps(out: Path, samples: dict[str, list[float]], label: str = "") -> 
         path.unlink()
 
 
-def measure(rounds: int, baseline: Path | None = None,
-            stamps: bool = False) -> dict[str, list[float]]:
+def measure(rounds: int, baseline: Path | None = None, stamps: bool = False,
+            cpus: float = launch.CPUS) -> dict[str, list[float]]:
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
     trees: list[tuple[str, Path | None]] = [("", None)]
@@ -89,13 +92,14 @@ def measure(rounds: int, baseline: Path | None = None,
                 for label, tree in trees if i % 2 == 0 else trees[::-1]:
                     suite._fill_pool(pool)
                     add(label + "warm launch", launch.launch_once(
-                        ref, sock, executor_tree=_stamped(tree, out) if stamps else tree))
+                        ref, sock, executor_tree=_stamped(tree, out) if stamps else tree,
+                        cpus=cpus))
                     os.environ.pop("HYPERVM_BENCH_STAMPS", None)
                     if stamps:
                         read_stamps(out, samples, label)
                     suite._fill_pool(pool)
                     add(label + "warm launch (ports)", launch.launch_once(
-                        ref, sock, port=launch.free_port(), executor_tree=tree))
+                        ref, sock, port=launch.free_port(), executor_tree=tree, cpus=cpus))
     shutil.rmtree(out, ignore_errors=True)
     return samples
 
@@ -104,11 +108,13 @@ def _options(parser: argparse.ArgumentParser) -> None:
     results.baseline_option(parser)
     parser.add_argument("--stamps", action="store_true",
                         help="stamp the executor's launch path (bench/stamps/sitecustomize.py)")
+    parser.add_argument("--cpus", type=float, default=launch.CPUS,
+                        help="the task's cpus (below 0.9 the VM's 1 vCPU gets a CPU bound)")
 
 
 def main(argv: list[str] | None = None) -> int:
     return results.quick_main("python -m bench.warmfast", 9,
-                              lambda a: measure(a.rounds, a.baseline, a.stamps),
+                              lambda a: measure(a.rounds, a.baseline, a.stamps, a.cpus),
                               results.quick_summary, argv, _options)
 
 

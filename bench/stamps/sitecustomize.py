@@ -39,6 +39,7 @@ STAMPED = (
     ("executor.vm", "HyperVM.configure_network"),
     ("executor.vm", "HyperVM.give_owned_shares"),
     ("executor.pool.adopt", "give_devices"),
+    ("executor.libvirt.hypervisor", "Hypervisor.set_cpu_bounds"),
     ("executor.pool.claim", "wait_binds"),
     ("executor.pool.claim", "PortsPending.wait"),
     ("executor.vm", "HyperVM.start"),

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from executor.guest.channel import GuestChannel
@@ -23,6 +24,7 @@ from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool import claim as client
 from executor.pool.protocol import FIRST_POD_UNIT, Lease, unfit_reason
 from executor.vm import HyperVM, pod_devices, pod_metadata
+from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, NetworkError, PoolError
 from hypervm.podspec import PodSpec
@@ -86,43 +88,69 @@ def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float,
 def _give_pod(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, Any]:
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
+    # the CPU bound (~5 ms of libvirtd's work) meanwhile the channel, NETWORK and grants
+    bounds = start_cpu_bounds(vm, hv)
     # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)
-    pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
-    vm.identity = identity.Identity(*pair) if pair is not None else None
-    # the channel first and the NETWORK sent ahead: the guest applies it while the host gives
-    # the devices (the shares' grant records are fsynced, the binds run); no START (which
-    # mounts the shares, its layers) before they are given
-    ready = vm.channel.attach(sock, timeout, lease.ready)
-    vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
+    try:
+        pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
+        vm.identity = identity.Identity(*pair) if pair is not None else None
+        # the channel first and the NETWORK sent ahead: the guest applies it while the host
+        # gives the devices (the shares' grant records are fsynced, the binds run); no START
+        # (which mounts the shares, its layers) before they are given
+        ready = vm.channel.attach(sock, timeout, lease.ready)
+        vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
+    except BaseException:
+        if bounds is not None:
+            bounds.exception()  # never left running: the caller destroys the VM
+        raise
     binds: list[Any] = []
     try:
         # an image pool VM has exactly our layers already
-        give_devices(vm, hv, binds, attach_layers=not lease.layers_attached)
+        give_devices(vm, hv, binds, attach_layers=not lease.layers_attached, bounds=bounds)
     finally:
         client.wait_binds(binds)
     return ready
 
 
-def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool = True) -> None:
+def start_cpu_bounds(vm: HyperVM, hv: Any) -> Future[None] | None:
+    """Set the pod's CPU bound on the VM on a thread of its own (None: it has none); the
+    caller waits for it before anything starts in the VM (:func:`give_devices` does)."""
+    cputune, _ = resource_bounds(vm.pod.resources)
+    if cputune.empty:
+        return None
+    return in_thread(f"cpu-bounds-{vm.name}", hv.set_cpu_bounds, vm.name, cputune)
+
+
+def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool = True,
+                 bounds: Future[None] | None = None) -> None:
     """Give a VM that booted without them (a claimed pool VM, a snapshot clone) the pod's
     owned shares, layers (hot-added LUNs, unless ``attach_layers`` is False), mounts (binds
     into QEMU's mount namespace, started into ``binds``: the caller waits for them with
     ``claim.wait_binds``, also when this raises) and CPU bound; its memory was bounded when
-    its domain was made."""
-    vm.give_owned_shares()
-    if attach_layers:
-        give_layers(vm, hv)
-    if vm.share_tags:
-        qemu_pid = hv.qemu_pid(vm.name)
-        if qemu_pid is None:
-            raise HyperVMError(f"no QEMU process for {vm.name}")
-        for source, tag in vm.share_tags.items():
-            target = vm.run_dir / POOL_SHARE_DIR / tag
-            target.mkdir()
-            binds.append(client.start_bind(qemu_pid, source, target, vm.share_readonly(source)))
-    cputune, _ = resource_bounds(vm.pod.resources)
-    if not cputune.empty:
-        hv.set_cpu_bounds(vm.name, cputune)
+    its domain was made. The CPU bound (~5 ms in libvirtd) is set on a thread of its own
+    (``bounds``, from :func:`start_cpu_bounds`, else started here) meanwhile; it is in place
+    when this returns, as before."""
+    if bounds is None:
+        bounds = start_cpu_bounds(vm, hv)
+    try:
+        vm.give_owned_shares()
+        if attach_layers:
+            give_layers(vm, hv)
+        if vm.share_tags:
+            qemu_pid = hv.qemu_pid(vm.name)
+            if qemu_pid is None:
+                raise HyperVMError(f"no QEMU process for {vm.name}")
+            for source, tag in vm.share_tags.items():
+                target = vm.run_dir / POOL_SHARE_DIR / tag
+                target.mkdir()
+                binds.append(client.start_bind(qemu_pid, source, target,
+                                               vm.share_readonly(source)))
+    except BaseException:
+        if bounds is not None:
+            bounds.exception()  # never left running: the caller destroys the VM
+        raise
+    if bounds is not None:
+        bounds.result()  # its HypervisorError, if any
 
 
 def give_layers(vm: HyperVM, hv: Any) -> None:

@@ -46,7 +46,8 @@ def test_the_network_reaches_the_guest_before_the_devices_are_given(
     sock.connect(str(tmp_path / "claimed.sock"))
     seen: list[list[MsgType]] = []
 
-    def give_devices(vm: Any, hv: Any, binds: list[Any], *, attach_layers: bool = True) -> None:
+    def give_devices(vm: Any, hv: Any, binds: list[Any], *, attach_layers: bool = True,
+                     bounds: Any = None) -> None:
         seen.append(_received(guest))
 
     def take_over(channel: Any) -> Any:

@@ -1,0 +1,92 @@
+"""A claimed VM's CPU bound is set meanwhile its shares' grant records are written
+(executor.pool.adopt.give_devices): both are done before it returns (the START comes after),
+a failure of either raises, and the bound's thread is never left running."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from executor.pool import adopt
+from hypervm.errors import HypervisorError, HyperVMError
+from hypervm.podspec import Resources
+
+BOUNDED = Resources(cpus=1, memory_mib=256, cpu_limit=0.6)
+
+
+class Hv:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.shares_began = threading.Event()
+        self.bounds_began = threading.Event()
+        self.overlapped: list[bool] = []
+        self.bounds: list[Any] = []
+
+    def set_cpu_bounds(self, name: str, cputune: Any) -> None:
+        self.bounds_began.set()
+        self.shares_began.wait(5)
+        if self.fail:
+            raise HypervisorError(f"cannot set the CPU bounds of VM {name}")
+        self.bounds.append((name, cputune))
+
+
+def _vm(hv: Hv, tmp_path: Path, resources: Resources = BOUNDED,
+        shares_error: Exception | None = None) -> Any:
+    def give_owned_shares() -> None:
+        hv.shares_began.set()
+        if shares_error is not None:
+            raise shares_error
+        # the grant record's fsync: the bound's libvirt calls run meanwhile
+        if resources.cpu_limit is not None:
+            hv.overlapped.append(hv.bounds_began.wait(2))
+
+    return SimpleNamespace(name="hypervm-pool-x", run_dir=tmp_path, share_tags={},
+                           pod=SimpleNamespace(resources=resources),
+                           give_owned_shares=give_owned_shares)
+
+
+def test_the_cpu_bound_is_set_meanwhile_the_grant_and_before_the_return(
+        tmp_path: Path) -> None:
+    hv = Hv()
+    adopt.give_devices(_vm(hv, tmp_path), hv, [], attach_layers=False)
+    assert hv.overlapped == [True]
+    assert [name for name, _ in hv.bounds] == ["hypervm-pool-x"]
+    assert hv.bounds[0][1].quota_us is not None
+
+
+def test_a_failed_cpu_bound_fails_the_adoption(tmp_path: Path) -> None:
+    hv = Hv(fail=True)
+    with pytest.raises(HypervisorError, match="CPU bounds"):
+        adopt.give_devices(_vm(hv, tmp_path), hv, [], attach_layers=False)
+
+
+def test_a_failed_grant_waits_for_the_bound_and_raises_its_own_error(tmp_path: Path) -> None:
+    hv = Hv()
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(HyperVMError, match="grant"):
+        adopt.give_devices(_vm(hv, tmp_path, shares_error=HyperVMError("grant failed")), hv,
+                           [], attach_layers=False)
+    assert hv.bounds  # it ran to its end before the error was raised
+    left = {t.name for t in threading.enumerate()} - before
+    assert not any(name.startswith("cpu-bounds-") for name in left)
+
+
+def test_an_unbounded_vm_sets_no_bound(tmp_path: Path) -> None:
+    hv = Hv()
+    adopt.give_devices(_vm(hv, tmp_path, Resources(cpus=1, memory_mib=256)), hv, [],
+                       attach_layers=False)
+    assert hv.bounds == []
+
+
+def test_a_bound_started_at_the_take_over_is_waited_for_and_set_once(tmp_path: Path) -> None:
+    hv = Hv()
+    vm = _vm(hv, tmp_path)
+    bounds = adopt.start_cpu_bounds(vm, hv)  # as _give_pod does, before the channel
+    assert bounds is not None
+    adopt.give_devices(vm, hv, [], attach_layers=False, bounds=bounds)
+    assert bounds.done()
+    assert [name for name, _ in hv.bounds] == ["hypervm-pool-x"]
