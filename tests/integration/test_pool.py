@@ -20,6 +20,7 @@ import pytest
 
 from bench.vmenv import guest_ram_pages
 from executor.launcher import boot_vm
+from executor.libvirt.bounds import resource_bounds
 from executor.libvirt.hypervisor import Hypervisor
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
@@ -162,6 +163,10 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
             assert pool.claims == claims + 1
             with Hypervisor(cfg.libvirt_uri, events=False) as hv:
                 meta = recorded(hv, vm.name)
+                # the CPU bound (set on a thread of its own since the take-over) is in place
+                # once the VM is handed over, before anything starts in it
+                sched = hv.conn.lookupByName(vm.name).schedulerParameters()
+            assert sched["vcpu_quota"] == resource_bounds(pod.resources)[0].quota_us
             # the pool wrote the pod's entries and made this process the owner
             assert meta["pod"] == pod.name and meta["owner-pid"] == str(os.getpid())
             assert (meta["pool"], meta["pool-state"]) == (POOL_NAME, "claimed")
