@@ -22,16 +22,9 @@ from hypervm.settings import load_config_file
 
 log = logging.getLogger("executor.mesos.executor")
 
-#: sys.setswitchinterval of the executor (CPython's default: 5 ms). A launch hands off between
-#: threads (the driver's reader, the event loop, the boot thread, the guest channel's reader):
-#: a thread woken while another runs Python waits for the GIL up to this long (DEVELOPERS.md,
-#: "A warm START in the guest")
-GIL_SWITCH_S = 0.0005
-
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
-    sys.setswitchinterval(GIL_SWITCH_S)
     sandbox = Path(env.get("MESOS_SANDBOX") or env.get("MESOS_DIRECTORY") or ".")
     config_error = None
     try:
