@@ -64,6 +64,20 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TEARDOWN_GRACE_S = 15.0
 
 
+def console_text(path: Path, marker: str, count: int = 1, timeout: float = 15.0) -> str:
+    """A VM's console log once ``marker`` is in it ``count`` times (or at ``timeout``): the
+    guest's tty and virtlogd write it after the guest's reply to the request that logged it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            text = ""
+        if text.count(marker) >= count or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
 def domains_left(before: set[str], grace: float = TEARDOWN_GRACE_S) -> set[str]:
     """Domains of this session (or a demo) not in ``before`` that are still there after
     ``grace`` seconds."""

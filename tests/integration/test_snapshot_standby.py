@@ -25,7 +25,7 @@ from executor.pool.release import stop_qemu
 from executor.snapshot import store
 from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
 from executor.snapshot.store import Shape
-from tests.conftest import TEST_TAG, our_domains
+from tests.conftest import TEST_TAG, console_text, our_domains
 from tests.integration.test_snapshot import _pod, _report
 from tests.integration.test_snapshot_vcpus import _vcpu_threads
 
@@ -79,7 +79,8 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         # loaded, run, reseeded by the daemon (before its warm-up container ran)
         assert _status(cfg, standby) == "running"
         console = kept.cfg.vms_dir / standby / "console.log"
-        assert console.read_text().count("RNG reseeded with 64 host bytes") == 1
+        assert console_text(console, "RNG reseeded with 64 host bytes").count(
+            "RNG reseeded with 64 host bytes") == 1
         vms.append(boot_vm(cfg, _pod(cfg, "third", 1, 128)))
         third = vms[-1]
         assert third.name == standby
@@ -90,7 +91,8 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert kept.status()["taken"] == 1
         # the standby's clone runs its pod, reseeded like any clone: its own RNG
         reports = [_report(vm) for vm in vms[1:]]
-        assert third.console_log.read_text().count("RNG reseeded with 64 host bytes") == 2
+        assert console_text(third.console_log, "RNG reseeded with 64 host bytes", 2).count(
+            "RNG reseeded with 64 host bytes") == 2
         assert reports[0][2] != reports[1][2] and reports[0][3] != reports[1][3]
         assert reports[1][0] == 1 and 80 <= reports[1][1] <= 128
         # a new standby replaces the one taken, never the same VM
@@ -101,7 +103,7 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert stop_qemu(dead)
         vms.append(boot_vm(cfg, _pod(cfg, "fourth", 1, 128)))
         assert vms[-1].name.startswith(f"hypervm-{TEST_TAG}-fourth-")
-        assert "RNG reseeded" in vms[-1].console_log.read_text()
+        assert "RNG reseeded" in console_text(vms[-1].console_log, "RNG reseeded")
         assert kept.status()["taken"] == 1, "a dead standby is discarded, not handed out"
     finally:
         for vm in vms:
@@ -138,7 +140,8 @@ def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> Non
             assert vms[-1].name == standby, f"the {cpus} vCPU pod took the standby"
             assert _report(vms[-1])[0] == cpus
             assert len(_vcpu_threads(cfg, standby)) == cpus
-        assert "2 vCPUs online (2 wanted)" in vms[-1].console_log.read_text()
+        assert "2 vCPUs online (2 wanted)" in console_text(vms[-1].console_log,
+                                                           "2 vCPUs online (2 wanted)")
     finally:
         for vm in vms:
             vm.destroy()
