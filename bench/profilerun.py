@@ -184,16 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         write_case(args.out_dir, "launch-cold", launch, launch.pop("pstats_text"))
         with suite.warm_pool(env, "profpool") as pool:
             sock = str(pool.cfg.pool_socket)
-            suite._fill_pool(pool)
+            suite.fill_pool(pool)
             warm = spy_run(ref, {"HYPERVM_POOL": "auto", "HYPERVM_POOL_SOCKET": sock},
                            args.out_dir, "run-warm", args.rate)
             write_case(args.out_dir, "run-warm", warm, spy_text(warm))
-            suite._fill_pool(pool)
+            suite.fill_pool(pool)
             launch = cprofile_launch(env.with_pool(True, pool.cfg.pool_socket), layers,
                                      "launch-warm")
             write_case(args.out_dir, "launch-warm", launch, launch.pop("pstats_text"))
         with suite.warm_pool(env, "profipool", ref) as pool:
-            suite._fill_pool(pool)
+            suite.fill_pool(pool)
             launch = cprofile_launch(env.with_pool(True, pool.cfg.pool_socket), layers,
                                      "launch-warm-ports", port=free_port())
             write_case(args.out_dir, "launch-warm-ports", launch, launch.pop("pstats_text"))

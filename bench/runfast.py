@@ -52,6 +52,8 @@ def measure(rounds: int, baseline: Path | None = None,
                 suite.learned_pool(env, "lpool", imgs.busybox_ref) as lpool:
             for i in range(rounds):
                 log.info("round %d of %d", i + 1, rounds)
+                for each in (pool, lpool):  # the last round's pooled runs' refills done
+                    suite.fill_pool(each)
                 add("raw boot", boot_once(env, hv).total_s)
                 cold = [("hypervm run true", runtrue.REPO)]
                 if baseline is not None:  # which goes first alternates

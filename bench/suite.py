@@ -187,7 +187,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
             rawboot.boot_once(env, hv)
             launch.launch_once(ref)
             for each in pools.values():
-                _fill_pool(each)
+                fill_pool(each)
                 launch.launch_once(ref, each.cfg.pool_socket)
             runtrue.run_once(ref)
         for i in range(plan.rounds):
@@ -214,12 +214,13 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples.setdefault(kind, []).append(snap.running_s)
                 for phase, seconds in snap.phases.items():
                     samples.setdefault(f"{kind}: {phase}", []).append(seconds)
-            _fill_pool(pool)
+            fill_pool(pool)
             _warm_launch(samples, "warm launch (generic VM)", pool, ref, layers_attached=False)
             pooled_rounds(samples, {"generic": pool, "learned": lpool}, ref, i)
             for each in pools.values():
-                _fill_pool(each)
+                fill_pool(each)
                 pool_rss += _idle_rss(hv, each)
+            fill_pool(lpool)  # its refill after the pooled run would overlap the cold run
             if i < plan.run_true_runs:
                 samples["hypervm run true"].append(runtrue.run_once(ref))
                 boot_s, start_s = density.start_on_booted(env, hv, layers)
@@ -238,15 +239,15 @@ def _warm_rounds(env: VMEnv, plan: Plan, ref: str, samples: dict[str, list[float
     loads = []
     with warm_pool(env, "ipool", ref) as image_pool:
         if plan.warm_up:
-            _fill_pool(image_pool)
+            fill_pool(image_pool)
             launch.launch_once(ref, image_pool.cfg.pool_socket)
         for i in range(plan.rounds):
-            _fill_pool(image_pool)
+            fill_pool(image_pool)
             loads.append(load_average()[0])
             log.info("warm launch round %d/%d, its pool alone (load %s)", i + 1, plan.rounds,
                      loads[-1])
             _warm_launch(samples, "warm launch", image_pool, ref, layers_attached=True)
-            _fill_pool(image_pool)
+            fill_pool(image_pool)
             _warm_launch(samples, "warm launch (ports)", image_pool, ref, layers_attached=True,
                          port=launch.free_port())
     return loads
@@ -313,12 +314,13 @@ def pooled_rounds(samples: dict[str, list[float]], pools: dict[str, WarmPool],
     over the rounds)."""
     kinds = list(pools)
     for kind in kinds[first % len(kinds):] + kinds[:first % len(kinds)]:
-        _fill_pool(pools[kind])
+        fill_pool(pools[kind])
         samples.setdefault(peersuite.POOLED[kind], []).append(
             peersuite.pooled_sample(pools[kind], ref, kind))
 
 
-def _fill_pool(pool: WarmPool) -> None:
+def fill_pool(pool: WarmPool) -> None:
+    """Wait until ``pool`` is full: its refill boots never overlap what is timed next."""
     if not pool.wait_full(POOL_FILL_S):
         raise RuntimeError(f"the warm pool did not fill within {POOL_FILL_S:g} s: "
                            f"{pool.status()}")

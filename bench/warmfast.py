@@ -85,19 +85,19 @@ def measure(rounds: int, baseline: Path | None = None, stamps: bool = False,
         images.warm_shared_cache(env.cfg, ref, 0)
         with suite.warm_pool(env, "wpool", ref) as pool:
             sock = pool.cfg.pool_socket
-            suite._fill_pool(pool)
+            suite.fill_pool(pool)
             launch.launch_once(ref, sock)  # warm-up, not counted
             for i in range(rounds):
                 log.info("round %d of %d (load %.2f)", i + 1, rounds, os.getloadavg()[0])
                 for label, tree in trees if i % 2 == 0 else trees[::-1]:
-                    suite._fill_pool(pool)
+                    suite.fill_pool(pool)
                     add(label + "warm launch", launch.launch_once(
                         ref, sock, executor_tree=_stamped(tree, out) if stamps else tree,
                         cpus=cpus))
                     os.environ.pop("HYPERVM_BENCH_STAMPS", None)
                     if stamps:
                         read_stamps(out, samples, label)
-                    suite._fill_pool(pool)
+                    suite.fill_pool(pool)
                     add(label + "warm launch (ports)", launch.launch_once(
                         ref, sock, port=launch.free_port(), executor_tree=tree, cpus=cpus))
     shutil.rmtree(out, ignore_errors=True)
