@@ -62,10 +62,14 @@ static int do_mount(const char *src, const char *dst, const char *type, unsigned
 	return 0;
 }
 
-/* lowerdir=<top>:...:<bottom>, relative to LAYERS_DIR (keeps the option short). */
-static int overlay_options(const struct start_req *req, char *buf, size_t size)
+/* The /etc files' seed layer (net_seed_layer), on the container's tmpfs. */
+#define SEED_DIR SCRATCH_DIR "/seed"
+
+/* lowerdir=[<seed>:]<top>:...:<bottom>, the image's relative to LAYERS_DIR (keeps the option
+ * short). */
+static int overlay_options(const struct start_req *req, int seeded, char *buf, size_t size)
 {
-	size_t off = (size_t)snprintf(buf, size, "lowerdir=");
+	size_t off = (size_t)snprintf(buf, size, "lowerdir=%s", seeded ? SEED_DIR ":" : "");
 
 	for (size_t i = req->nlayers; i-- > 0;) {
 		int n = snprintf(buf + off, size - off, "%s%s", req->layers[i], i > 0 ? ":" : "");
@@ -82,10 +86,14 @@ static int overlay_options(const struct start_req *req, char *buf, size_t size)
 	return 0;
 }
 
-static int assemble_rootfs(const struct start_req *req, struct op_error *e)
+/* The container's root at SCRATCH_DIR/root: 0, or 2 when its /etc files are in place already
+ * (net_seed_layer with `hostname`), -1 on failure. */
+static int assemble_rootfs(const struct start_req *req, const char *hostname,
+			   struct op_error *e)
 {
 	const char *root = SCRATCH_DIR "/root";
 	char opts[4096], scratch[64];
+	int seeded;
 
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
 		log_errno("make / private");
@@ -105,13 +113,19 @@ static int assemble_rootfs(const struct start_req *req, struct op_error *e)
 			return -1;
 		return 0;
 	}
-	if (overlay_options(req, opts, sizeof(opts)) != 0)
+	seeded = req->readonly ? 0 : net_seed_layer(SEED_DIR, LAYERS_DIR, req->layers,
+						    req->nlayers, hostname, e);
+	if (seeded < 0)
+		return -1;
+	if (overlay_options(req, seeded, opts, sizeof(opts)) != 0)
 		return op_fail(e, "EMOUNT", 0, "rootfs.layers: overlay options too long");
 	if (chdir(LAYERS_DIR) != 0) {
 		log_errno("chdir %s", LAYERS_DIR);
 		return op_fail(e, "EMOUNT", errno, "chdir %s", LAYERS_DIR);
 	}
-	return do_mount("overlay", root, "overlay", req->readonly ? MS_RDONLY : 0, opts, e);
+	if (do_mount("overlay", root, "overlay", req->readonly ? MS_RDONLY : 0, opts, e) != 0)
+		return -1;
+	return seeded == 2 ? 2 : 0;
 }
 
 static int enter_rootfs(struct op_error *e)
@@ -212,14 +226,15 @@ static __attribute__((noreturn)) void container_child(const struct start_req *re
 						       struct spawn_fds *f)
 {
 	struct op_error e;
-	int share_fds[MAX_MOUNTS];
+	int share_fds[MAX_MOUNTS], rootfs = -1;
 
 	if (cgroup_fd >= 0)
 		close(cgroup_fd);
 	if ((cgroup_fd >= 0 && cgroup_unshare_ns(&e) != 0) ||
 	    shares_clone(req, share_fds, &e) != 0 ||
-	    assemble_rootfs(req, &e) != 0 || (stamp(STAMP_ROOTFS), 0) ||
-	    net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0 ||
+	    (rootfs = assemble_rootfs(req, req->hostname, &e)) < 0 || (stamp(STAMP_ROOTFS), 0) ||
+	    (rootfs != 2 &&
+	     net_bind_files(SCRATCH_DIR, SCRATCH_DIR "/root", req->hostname, &e) != 0) ||
 	    enter_rootfs(&e) != 0 || (stamp(STAMP_ENTERED), 0) || mount_system_fs(&e) != 0 ||
 	    mount_requested(req, share_fds, &e) != 0)
 		spawn_report_failure(f->report[1], &e);
@@ -399,7 +414,7 @@ static __attribute__((noreturn)) void prepared_child(const struct prepare_req *r
 	pid_t child;
 
 	memset(&e, 0, sizeof(e));
-	if ((in_cgroup && cgroup_unshare_ns(&e) != 0) || assemble_rootfs(&req->rootfs, &e) != 0)
+	if ((in_cgroup && cgroup_unshare_ns(&e) != 0) || assemble_rootfs(&req->rootfs, NULL, &e) != 0)
 		goto fail;
 	scratch_fd = open(SCRATCH_DIR, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (scratch_fd < 0) {

@@ -281,6 +281,68 @@ static void bind_into(int root_fd, const char *source, const char *name)
 
 int net_configured(void) { return configured; }
 
+/* The topmost of the image's layers that has etc (layers[0] is the bottom), into st: 1 when it
+ * is a directory or no layer has one (st then 0755 root's; the seed's etc merges with it or
+ * stands alone), 0 when it is anything else (a symlink, a file, a whiteout), which the seed's
+ * would hide. */
+static int image_etc_is_dir(const char *layers_dir, const char *const *layers, size_t nlayers,
+			    struct stat *st)
+{
+	for (size_t i = nlayers; i-- > 0;) {
+		char path[256];
+
+		snprintf(path, sizeof(path), "%s/%s/etc", layers_dir, layers[i]);
+		if (lstat(path, st) == 0)
+			return S_ISDIR(st->st_mode);
+		if (errno != ENOENT)
+			return 0;
+	}
+	memset(st, 0, sizeof(*st));
+	st->st_mode = S_IFDIR | 0755;
+	return 1;
+}
+
+int net_seed_layer(const char *dir, const char *layers_dir, const char *const *layers,
+		   size_t nlayers, const char *hostname, struct op_error *e)
+{
+	char path[256], hostname_line[MAX_NAME_LEN + 2];
+	const char *texts[NET_FILES] = {hosts_text, resolv_text, hostname_line};
+	struct stat st;
+
+	if (!configured || !image_etc_is_dir(layers_dir, layers, nlayers, &st))
+		return 0;
+	snprintf(path, sizeof(path), "%s/etc", dir);
+	if (mkdir(dir, 0755) != 0 || mkdir(path, 0700) != 0) {
+		log_errno("mkdir %s", path);
+		return op_fail(e, "EMOUNT", errno, "mkdir %s", path);
+	}
+	if (hostname != NULL)
+		snprintf(hostname_line, sizeof(hostname_line), "%s\n", hostname);
+	for (int i = 0; i < NET_FILES; i++) {
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/etc/%s", dir, file_names[i]);
+		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		if (hostname != NULL) {
+			if (write_text(fd, texts[i], path, e) != 0)
+				return -1;
+		} else if (fd >= 0) {
+			close(fd);
+		} else {
+			log_errno("create %s", path);
+			return op_fail(e, "EMOUNT", errno, "create %s", path);
+		}
+	}
+	/* the merged /etc takes the topmost layer's mode and owner: the image's (set last: a
+	 * setgid /etc would give the files its group) */
+	snprintf(path, sizeof(path), "%s/etc", dir);
+	if (chown(path, st.st_uid, st.st_gid) != 0 || chmod(path, st.st_mode & 07777) != 0) {
+		log_errno("chown %s", path);
+		return op_fail(e, "EMOUNT", errno, "chown %s", path);
+	}
+	return hostname != NULL ? 2 : 1;
+}
+
 int net_write_files(int root_fd, const char *hostname, struct op_error *e)
 {
 	char hostname_line[MAX_NAME_LEN + 2];

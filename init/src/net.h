@@ -17,6 +17,16 @@ int net_configure(const struct network_req *req, struct op_error *e);
 int net_bind_files(const char *scratch, const char *root, const char *hostname,
 		   struct op_error *e);
 
+/* Before a writable overlay rootfs is mounted: make `dir` (on the container's tmpfs) a layer
+ * holding an etc directory (the image's /etc's mode and owner) with hosts, resolv.conf and hostname, to be the topmost
+ * lower layer, as Docker's init layer: no file is then created in the overlay, which would copy
+ * the image's /etc up first. With `hostname` the files hold the container's settings (nothing
+ * to bind: returns 2); without, they are empty targets for net_bind_files (returns 1). 0: not
+ * wanted (no NETWORK yet, or the topmost of `layers` (bottom first, under layers_dir) has an
+ * etc that is not a directory, which the seed's would hide); -1: failed (e set). */
+int net_seed_layer(const char *dir, const char *layers_dir, const char *const *layers,
+		   size_t nlayers, const char *hostname, struct op_error *e);
+
 /* 1 once a NETWORK request has succeeded (containers get the /etc files). */
 int net_configured(void);
 

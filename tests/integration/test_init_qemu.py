@@ -108,6 +108,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, kernel: Any) -> dict[str
     (upper / "etc").mkdir(parents=True)
     (upper / "etc/image-marker").write_text("from the upper layer\n")
     (upper / "etc/only-upper").write_text("upper\n")
+    # not Docker's init layer's 0755 root:root: the merged /etc must keep the image's
+    os.chown(upper / "etc", 0, 42)
+    (upper / "etc").chmod(0o751)
     upper_layer = work / "upper.erofs"
     subprocess.run(
         ["mkfs.erofs", "--quiet", str(upper_layer), str(upper)], check=True, capture_output=True
@@ -986,9 +989,10 @@ def test_debug_stamps_and_a_one_shot_runs_exit_before_the_spare_cgroup(
 
 def test_a_containers_etc_files_on_a_merged_etc(guests: Any) -> None:
     """After a NETWORK, a writable container's /etc is the image's (the upper layer's files
-    over the lower's, its mode and owner) plus hosts, resolv.conf and hostname bound from
-    init's copies, whether init made the empty targets in the upper layer ahead (no layer
-    has them) or through the overlay; the container can add and remove files there."""
+    over the lower's, its mode and owner) plus hosts, resolv.conf and hostname, which no layer
+    has: a START's are in a layer init puts above the image's (none is created in the overlay,
+    which would copy /etc up, and none is a bind mount); the container can add and remove
+    files there."""
     g = guests("etcfiles")
     assert g.chan is not None
     g.chan.ok(MsgType.NETWORK, {"nameservers": ["10.0.2.3"],
@@ -1007,11 +1011,11 @@ def test_a_containers_etc_files_on_a_merged_etc(guests: Any) -> None:
     assert done.exit == {"status": 0, "signal": None}, bytes(done.stderr)
     assert done.stdout.decode().splitlines() == [
         "hostname,hosts,image-marker,only-upper,resolv.conf,",
-        "755 0 0",
+        "751 0 42",
         "from the upper layer",
         "10.0.2.15\tetc",
         "nameserver 10.0.2.3",
         "etc",
-        "3",
+        "0",
         "hostname,hosts,new,only-upper,resolv.conf,",
     ]
