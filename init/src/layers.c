@@ -101,17 +101,23 @@ static long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* find_device, polling every millisecond until `deadline` (hot-added disks appear once the
- * guest kernel has probed them). */
+/* find_device, polling every millisecond until `deadline`, until the device also opens: a
+ * hot-added disk (a pool VM's, a snapshot clone's) is in /sys/block a moment before its node
+ * is in /dev (ENOENT) and before it can be opened (ENXIO until the kernel's probe, which may
+ * run on another vCPU, has added it), so that the mount that follows sees a ready disk. */
 static int await_device(const char *serial, long long deadline, char *dev, size_t size)
 {
 	const struct timespec tick = {0, 1000000};
+	int fd = -1;
 
-	while (find_device(serial, dev, size) != 0) {
+	while (find_device(serial, dev, size) != 0 ||
+	       ((fd = open(dev, O_RDONLY | O_CLOEXEC)) < 0 && (errno == ENXIO || errno == ENOENT))) {
 		if (now_ms() >= deadline)
 			return -1;
 		nanosleep(&tick, NULL);
 	}
+	if (fd >= 0)
+		close(fd);
 	return 0;
 }
 
@@ -127,12 +133,10 @@ static int mount_ro(const char *dev, const char *target, int *erofs_errno)
 
 static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 {
-	const long long deadline = now_ms() + wait_ms;
-	const struct timespec tick = {0, 1000000};
 	char dev[300], target[128];
 	int erofs_errno = 0;
 
-	if (await_device(serial, deadline, dev, sizeof(dev)) != 0) {
+	if (await_device(serial, now_ms() + wait_ms, dev, sizeof(dev)) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);
@@ -142,19 +146,13 @@ static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 		log_errno("mkdir %s", target);
 		return op_fail(e, "EMOUNT", errno, "mkdir %s", target);
 	}
-	/* A hot-added disk is in /sys/block (and /dev) a moment before it can be opened
-	 * (ENXIO until the kernel's probe, which may run on another vCPU, has added it; it may
-	 * become openable between the two tries: erofs ENXIO, then ext4 EINVAL). */
-	while (mount_ro(dev, target, &erofs_errno) != 0) {
+	if (mount_ro(dev, target, &erofs_errno) != 0) {
 		const int ext4_errno = errno;
 
-		if ((erofs_errno != ENXIO && ext4_errno != ENXIO) || now_ms() >= deadline) {
-			log_msg("mount %s (serial %s) on %s: erofs: %s; ext4: %s", dev, serial,
-				target, strerror(erofs_errno), strerror(ext4_errno));
-			return op_fail(e, "EMOUNT", ext4_errno,
-				       "layer %s (%s) is neither erofs nor ext4", serial, dev);
-		}
-		nanosleep(&tick, NULL);
+		log_msg("mount %s (serial %s) on %s: erofs: %s; ext4: %s", dev, serial, target,
+			strerror(erofs_errno), strerror(ext4_errno));
+		return op_fail(e, "EMOUNT", ext4_errno, "layer %s (%s) is neither erofs nor ext4",
+			       serial, dev);
 	}
 	return 0;
 }
