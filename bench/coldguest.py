@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench import results
@@ -54,7 +55,7 @@ def wait_stamps(guest: Guest, timeout: float = 2.0) -> dict[str, float]:
 
 
 def _boot(work: Path, name: str, initrd: Path, kernel: Path, layer: Path,
-          cmdline: str) -> Guest:
+          cmdline: str, extra: Sequence[str] = ()) -> Guest:
     sock, console = work / f"{name}.sock", work / f"{name}.console"
     argv = [QEMU, "-M", "pc", "-accel", "tcg", "-bios", str(QBOOT), "-m", "256", "-smp", "1",
             "-nographic", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
@@ -65,7 +66,7 @@ def _boot(work: Path, name: str, initrd: Path, kernel: Path, layer: Path,
             "-drive", f"file={layer},if=none,id=d0,format=raw,readonly=on",
             "-device", "virtio-blk-pci,drive=d0,serial=layer0",
             "-netdev", "user,id=n0,restrict=on",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"]
+            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}", *extra]
     return Guest(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL), sock, console)
 
