@@ -44,6 +44,6 @@ int entropy_reseed(const unsigned char *seed, size_t len, struct op_error *e)
 	explicit_bzero(info->buf, len);
 	free(info);
 	if (rc == 0)
-		log_later("RNG reseeded with %zu host bytes", len);
+		log_msg("RNG reseeded with %zu host bytes", len);
 	return rc;
 }

@@ -169,7 +169,7 @@ int layers_ensure(const char *const *serials, size_t n, unsigned wait_ms, struct
 		if (mount_layer(serials[i], wait_ms, e) != 0)
 			return -1;
 		snprintf(mounted[nmounted++], sizeof(mounted[0]), "%s", serials[i]);
-		log_later("layer %s mounted at %s/%s", serials[i], LAYERS_DIR, serials[i]);
+		log_msg("layer %s mounted at %s/%s", serials[i], LAYERS_DIR, serials[i]);
 	}
 	return 0;
 }

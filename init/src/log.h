@@ -14,13 +14,4 @@ void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* One log line ending in ": strerror(errno)"; errno is preserved. */
 void log_errno(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* One log line written at the next log_flush(), not now: the server flushes after each reply,
- * so a request's console lines (RESEED's, a START's layer mounts) leave the host's wait. In a
- * snapshot clone's fresh QEMU under TCG, the first console write translates the guest's tty
- * and UART paths (~20 ms): after the reply, it overlaps the host's next step. */
-void log_later(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* Write the lines log_later() kept (in order), if any. */
-void log_flush(void);
-
 #endif

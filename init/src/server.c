@@ -37,14 +37,12 @@ static void reply_ok(struct server *s, uint32_t id, char *json)
 {
 	channel_send_json(s->ch, MSG_OK, id, json);
 	free(json);
-	log_flush(); /* the request's console lines, once the host has its reply */
 }
 
 static int reply_error(struct server *s, uint32_t id, const struct op_error *e)
 {
 	log_msg("request %u failed: %s %s", id, e->code, e->message);
 	channel_send_error(s->ch, id, e->code, e->message, e->err_no);
-	log_flush();
 	return -1;
 }
 
