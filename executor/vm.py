@@ -481,6 +481,11 @@ class HyperVM:
         if self._qemu is None:
             self._qemu = QemuProcess.of(self.name)
 
+    @property
+    def qemu_pid(self) -> int | None:
+        """Its QEMU's pid once :meth:`watch_qemu` pinned it (None: unknown)."""
+        return self._qemu.pid if self._qemu is not None else None
+
     def qemu_exited(self) -> bool:
         """QEMU is known to have exited (a pidfd says so); False when unknown."""
         return self._qemu is not None and self._qemu.exited()

@@ -103,14 +103,16 @@ def template_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
 
 def clone_domain(name: str, template: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
                  max_vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
-                 identity: tuple[int, int] | None = None) -> DomainSpec:
+                 identity: tuple[int, int] | None = None,
+                 monitor_args: tuple[str, ...] = ()) -> DomainSpec:
     """A VM started from the snapshot of ``template`` (executor.snapshot): the template's
     domain (:func:`template_domain`, whose devices its saved state fills: 1 vCPU present of
     ``max_vcpus``) under its own name, UUID, run dir and uid, with the template's NIC (the MAC
-    in its saved state), waiting for the state instead of booting."""
+    in its saved state), waiting for the state instead of booting. ``monitor_args``: a QMP
+    monitor of ours its load goes through (executor.libvirt.qmp, not a guest device)."""
     spec = template_domain(name, boot, cfg, run_dir, max_vcpus, memory_mib, metadata,
                            identity=identity)
     nic = network.qemu_args(NetworkSpec(), network.mac_address(template))
     # anonymous RAM: loading the state then allocates only the pages it fills (DomainSpec)
-    return dataclasses.replace(spec, qemu_args=(*nic, *INCOMING_ARGS),
+    return dataclasses.replace(spec, qemu_args=(*nic, *INCOMING_ARGS, *monitor_args),
                                anonymous_memory=True).validate()

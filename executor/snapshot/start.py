@@ -49,7 +49,7 @@ from typing import Any
 from executor import netpolicy, network
 from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
-from executor.libvirt import identity, migration
+from executor.libvirt import identity, migration, qmp
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices, give_layers
@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 Taken = tuple[Lease, socket.socket]
 
 LOAD_TIMEOUT = 30.0
+#: root's socket in the clone's run dir its QEMU connects a monitor to (executor.libvirt.qmp)
+QMP_SOCKET = "qmp.sock"
 
 
 def unfit_reason(pod: PodSpec) -> str | None:
@@ -187,7 +189,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     started into ``binds``); its READY payload. Appends when each step ended to ``marks``."""
     cfg = vm.cfg
     if taken is None:
-        _create(vm, hv, boot, snap)
+        monitor = _create(vm, hv, boot, snap)
     else:
         lease = taken[0]
         hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
@@ -200,10 +202,13 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         steps = [helper.submit(give_devices, vm, hv, binds, attach_layers=taken is not None)]
         if taken is None:
             try:
-                migration.restore(hv, vm.name, snap.state, LOAD_TIMEOUT, snap.memory)
+                migration.restore(monitor, vm.name, snap.state, LOAD_TIMEOUT, snap.memory)
             except HyperVMError:
                 store.discard(cfg, snap)  # e.g. a QEMU the key did not tell apart: anew
                 raise
+            finally:
+                if monitor is not hv:  # it runs guest code now: our monitor is closed
+                    monitor.close()
             steps[0].result()
             steps.append(helper.submit(give_layers, vm, hv))  # a LUN needs a loaded guest
             sock, given = connect_socket(vm.channel_socket, LOAD_TIMEOUT), snap.ready
@@ -226,9 +231,12 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     return ready
 
 
-def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> None:
-    """Create the clone domain of ``snap`` for ``vm``, waiting for the stream."""
+def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> Any:
+    """Create the clone domain of ``snap`` for ``vm``, waiting for the stream; the monitor
+    its load goes through: a QMP connection of ours (executor.libvirt.qmp: ~0.1 ms a command
+    where libvirt's pass-through takes 1.5-5), else ``hv`` (its pid unknown)."""
     cfg, res = vm.cfg, vm.pod.resources
+    qmp_socket = vm.run_dir / QMP_SOCKET
     # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
     # nftables table that was in force when its template booted (a host reboot). A thread
     # installs it while the domain is prepared; joined before the clone's QEMU exists (its
@@ -239,15 +247,25 @@ def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> None:
         capacity = store.template_shape(cfg, Shape(res.cpus, res.memory_mib)).vcpus
         spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, capacity,
                             res.memory_mib, pod_metadata(vm.pod),
-                            identity=vm.identity.pair if vm.identity is not None else None)
+                            identity=vm.identity.pair if vm.identity is not None else None,
+                            monitor_args=qmp.qemu_args(qmp_socket))
         hv.prepare_run_dir(vm.run_dir, spec.identity)
         (vm.run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
+        listener = qmp.Listener.open(qmp_socket)  # before QEMU starts: it connects at once
     except BaseException:
         policy.exception()  # waited for: nothing of a failed start runs on
         raise
-    policy.result()  # its error: no policy, no clone
-    hv.create(spec)
-    vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
+    try:
+        policy.result()  # its error: no policy, no clone
+        hv.create(spec)
+        vm.watch_qemu()  # its end is then its QEMU's exit, not libvirtd's teardown
+        pid = vm.qemu_pid
+        if pid is None:
+            log.debug("%s: its QEMU's pid is unknown: loading through libvirt", vm.name)
+            return hv
+        return listener.accept(pid)
+    finally:
+        listener.close()
 
 
 def _abandon(vm: HyperVM, binds: list[Any], sock: socket.socket | None = None) -> None:
