@@ -125,7 +125,7 @@ class Monitor:
         self._timeout = timeout
 
     def handshake(self) -> None:
-        greeting = self._read()
+        greeting = self._read(time.monotonic() + self._timeout)
         if "QMP" not in greeting:
             raise HypervisorError(f"not a QMP greeting: {str(greeting)[:200]}")
         self.monitor("", {"execute": "qmp_capabilities"})
@@ -134,6 +134,7 @@ class Monitor:
         """Run ``command`` (``files``: fds passed with it); its ``return``, or HypervisorError
         with QEMU's ``error``. ``name``: the VM's, for errors."""
         data = json.dumps(command).encode() + b"\n"
+        deadline = time.monotonic() + self._timeout  # events included: QEMU's are not trusted
         try:
             if files:
                 self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -141,7 +142,7 @@ class Monitor:
             else:
                 self._sock.sendall(data)
             while True:
-                reply = self._read()
+                reply = self._read(deadline)
                 if "return" in reply:
                     return reply["return"]
                 if "error" in reply:
@@ -154,9 +155,8 @@ class Monitor:
             raise HypervisorError(f"VM {name}: {command.get('execute')}: its QEMU monitor "
                                   f"failed: {e}") from e
 
-    def _read(self) -> dict[str, Any]:
-        """The next JSON line from QEMU (bounded in size and time)."""
-        deadline = time.monotonic() + self._timeout
+    def _read(self, deadline: float) -> dict[str, Any]:
+        """The next JSON line from QEMU by ``deadline`` (monotonic), bounded in size."""
         while b"\n" not in self._buf:
             if len(self._buf) > MAX_LINE:
                 raise HypervisorError("a QEMU monitor reply too long")
@@ -164,7 +164,10 @@ class Monitor:
             if left <= 0:
                 raise HypervisorError("no QEMU monitor reply in time")
             self._sock.settimeout(left)
-            chunk = self._sock.recv(65536)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError as e:
+                raise HypervisorError("no QEMU monitor reply in time") from e
             if not chunk:
                 raise HypervisorError("the QEMU monitor closed")
             self._buf += chunk

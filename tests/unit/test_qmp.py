@@ -4,12 +4,14 @@ that connects to root's socket as QEMU's ``-chardev socket`` client does."""
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import stat
 import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -171,4 +173,35 @@ def test_what_qemu_answers_is_checked(run_dir: Path, reply: bytes, error: str) -
     with pytest.raises(HypervisorError, match=error):
         monitor.monitor("c", {"execute": "bad"})
     monitor.close()
+    qemu.join(5)
+
+
+def test_a_qemu_that_only_sends_events_cannot_hold_a_command_past_its_timeout(
+        run_dir: Path) -> None:
+    """Events are skipped, but the command's one deadline counts them: a QEMU streaming
+    events (for 3 s here, then closing) gets the timeout's error, not the stream's end."""
+    path = run_dir / "qmp.sock"
+    listener = qmp.Listener.open(path)
+    qemu = FakeQemu(path)
+    qemu.start()
+    monitor = listener.accept(os.getpid(), timeout=0.3)
+    qemu.reply = b""
+    streaming = threading.Event()
+
+    def stream() -> None:
+        deadline = time.monotonic() + 3.0
+        streaming.set()
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline:
+                qemu.sock.sendall(b'{"event": "RESUME", "data": {}}\n')
+                time.sleep(0.01)
+            qemu.sock.shutdown(socket.SHUT_WR)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    streaming.wait(5)
+    with pytest.raises(HypervisorError, match="no QEMU monitor reply in time"):
+        monitor.monitor("c", {"execute": "query-status"})
+    monitor.close()
+    streamer.join(5)
     qemu.join(5)
