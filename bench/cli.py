@@ -45,6 +45,16 @@ ROWS = (
 )
 
 
+#: the PNG's idle memory panel: label, key (private MiB of one idle sandbox)
+MEMORY_BARS = (
+    ("VM, cold-booted", "idle_vm_private_mib"),
+    ("pool VM (warmed up)", "idle_pool_vm_private_mib"),
+    ("snapshot clone", "snapshot_clone_idle_private_mib"),
+    ("runsc sandbox", "runsc_idle_private_mib"),
+    ("runc container", "runc_idle_private_mib"),
+)
+
+
 def table(doc: dict[str, Any]) -> str:
     lines = [f"{'figure':32} {'value':>12}"]
     for label, key, unit in ROWS:
@@ -90,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"hypervm {plan.mode} bench, {doc['machine']['cores']} cores, "
                  f"{doc['machine']['accel']}, commit {(doc['commit'] or '?')[:10]}")
         plot(shown, density, args.out.with_name(args.out.stem + ".png"), title,
-             doc["details"].get("density_baseline_s"), doc.get("peers"))
+             doc["details"].get("density_baseline_s"), doc.get("peers"),
+             {label: doc.get(key) for label, key in MEMORY_BARS})
     print(table(doc))
     print(f"\nwrote {args.out} in {doc['duration_s']} s")
     if problems:

@@ -146,3 +146,19 @@ def test_snapshot_round_leaves_the_own_two_vcpu_clone_out_when_told(
                           keeper=None, own_2cpu=False)  # type: ignore[arg-type]
     assert cpus_of == [(True, launch.CPUS), (True, snapfast.TWO_VCPUS), (False, launch.CPUS)]
     assert "snapshot launch (2 vCPUs)" not in samples
+
+
+def test_plot_draws_the_idle_memory_panel_when_given(tmp_path: Path) -> None:
+    from bench.cli import MEMORY_BARS
+    from bench.plot import plot
+
+    samples = {"warm launch (cpus 0.5)": [0.03, 0.025], "snapshot launch (2 vCPUs)": [0.4]}
+    density = [{"idle_vms": 0, "probe_p50_s": 1.0}]
+    memory = {label: 10.0 + i for i, (label, _) in enumerate(MEMORY_BARS)}
+    memory["runc container"] = None  # not measured: no bar
+    with_memory = plot(samples, density, tmp_path / "m.png", "t", memory=memory)
+    without = plot(samples, density, tmp_path / "n.png", "t")
+    from matplotlib import image
+
+    assert image.imread(with_memory).shape[1] > image.imread(without).shape[1]
+    assert {key for _, key in MEMORY_BARS} >= {"idle_vm_private_mib", "idle_pool_vm_private_mib"}
