@@ -164,15 +164,16 @@ def test_plot_draws_the_idle_memory_panel_when_given(tmp_path: Path) -> None:
     assert {key for _, key in MEMORY_BARS} >= {"idle_vm_private_mib", "idle_pool_vm_private_mib"}
 
 
+@pytest.mark.parametrize("missed", [1, 2])  # a rotation: the new template, the stale standby
 def test_a_standby_launch_served_by_another_clone_is_discarded_and_taken_again(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    served = iter([False, True, True, False, False])  # the first standby launch: a miss
+        monkeypatch: pytest.MonkeyPatch, missed: int) -> None:
+    served = iter([False] * missed + [True, True, False, False])
     ready: list[int] = []
     monkeypatch.setattr(snapfast, "standby_ready", lambda keeper: ready.append(1))
 
     def launch_once(ref: str, sock: Path | None = None, *, snapshot: bool,
                     cpus: float) -> launch.Launch:
-        return launch.Launch(0.5 if not ready[1:] else 0.1, False, False, None, {},
+        return launch.Launch(0.5 if len(ready) <= missed else 0.1, False, False, None, {},
                              snapshot=True, standby=next(served))
 
     monkeypatch.setattr(launch, "launch_once", launch_once)
@@ -180,9 +181,9 @@ def test_a_standby_launch_served_by_another_clone_is_discarded_and_taken_again(
     misses: list[str] = []
     suite._snapshot_round(samples, "ref", Path("/run/x/pool.sock"), keeper=None,  # type: ignore[arg-type]
                           misses=misses)
-    assert misses == ["snapshot launch (standby)"]
-    assert samples["snapshot launch (standby)"] == [0.1]  # the miss (0.5 s) is no sample
-    assert len(ready) == 5  # the standby ready again before the second try
+    assert misses == ["snapshot launch (standby)"] * missed
+    assert samples["snapshot launch (standby)"] == [0.1]  # a miss (0.5 s) is no sample
+    assert len(ready) == 4 + missed  # the standby ready again before each try
 
 
 def test_standby_misses_are_bounded_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
