@@ -449,8 +449,9 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         f"cpus {WARM_CPUS:g}: with the executor's 0.1, {WARM_CPUS + 0.1:g} of the VM's one "
         "vCPU, so the claim sets a CPU bound (QEMU's cgroup quota) that the suite's task of a "
         f"whole vCPU never pays; taken in the first {plan.extra_runs} warm rounds, after "
-        "warm_launch_ports_p50_s, " +
-        WARM_ALONE_NOTE + "; phases in details.summaries['" + WARM_CPUS_KIND + ": ...']")
+        "warm_launch_ports_p50_s, with only its pool running (no other measurement's "
+        "background work overlaps it); phases in details.summaries['" + WARM_CPUS_KIND +
+        ": ...']")
     doc["max_concurrent_vms_limit"] = dens.limit
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
