@@ -23,6 +23,7 @@ ROWS = (
     ("idle VM QEMU RSS", "idle_vm_rss_mib", "MiB"),
     ("idle VM QEMU private dirty", "idle_vm_private_dirty_mib", "MiB"),
     ("idle pool VM QEMU RSS", "idle_pool_vm_rss_mib", "MiB"),
+    ("idle pool VM QEMU private", "idle_pool_vm_private_mib", "MiB"),
     ("VMs at once (latency < 2x)", "max_concurrent_vms", ""),
     ("hypervm run true p50 (pool)", "run_true_pool_p50_s", "s"),
     ("hypervm run true p50 (pool, generic VM)", "run_true_pool_generic_p50_s", "s"),
@@ -34,9 +35,23 @@ ROWS = (
     ("runsc idle PSS", "runsc_idle_pss_mib", "MiB"),
     ("snapshot launch p50 (own clone)", "snapshot_launch_p50_s", "s"),
     ("snapshot launch p50 (standby clone)", "snapshot_launch_standby_p50_s", "s"),
+    ("snapshot launch p50 (standby, 2 vCPUs)", "snapshot_launch_2cpu_standby_p50_s", "s"),
+    ("snapshot launch p95 (standby, 2 vCPUs)", "snapshot_launch_2cpu_standby_p95_s", "s"),
+    ("snapshot launch p50 (own clone, 2 vCPUs)", "snapshot_launch_2cpu_p50_s", "s"),
     ("warm launch p50 (ports)", "warm_launch_ports_p50_s", "s"),
+    ("warm launch p50 (cpus 0.5)", "warm_launch_cpus_p50_s", "s"),
     ("image import", "import_mb_s", "MB/s"),
     ("cache hit", "cache_hit_extra_s", "s"),
+)
+
+
+#: the PNG's idle memory panel: label, key (private MiB of one idle sandbox)
+MEMORY_BARS = (
+    ("VM, cold-booted", "idle_vm_private_mib"),
+    ("pool VM (warmed up)", "idle_pool_vm_private_mib"),
+    ("snapshot clone", "snapshot_clone_idle_private_mib"),
+    ("runsc sandbox", "runsc_idle_private_mib"),
+    ("runc container", "runc_idle_private_mib"),
 )
 
 
@@ -85,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"hypervm {plan.mode} bench, {doc['machine']['cores']} cores, "
                  f"{doc['machine']['accel']}, commit {(doc['commit'] or '?')[:10]}")
         plot(shown, density, args.out.with_name(args.out.stem + ".png"), title,
-             doc["details"].get("density_baseline_s"), doc.get("peers"))
+             doc["details"].get("density_baseline_s"), doc.get("peers"),
+             {label: doc.get(key) for label, key in MEMORY_BARS})
     print(table(doc))
     print(f"\nwrote {args.out} in {doc['duration_s']} s")
     if problems:

@@ -1,6 +1,6 @@
 """The PNG next to latest.json: launch-latency distributions (log scale, every sample drawn),
-the probe latency against the number of idle VMs, and (with ``peers``) every peer figure of
-hypervm and gVisor as a ratio to runc."""
+the probe latency against the number of idle VMs, (with ``peers``) every peer figure of
+hypervm and gVisor as a ratio to runc, and (with ``memory``) each idle sandbox's private MiB."""
 
 from __future__ import annotations
 
@@ -16,19 +16,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot(samples: Mapping[str, Sequence[float]], density: Sequence[Mapping[str, Any]],
          dest: Path, title: str, density_baseline: float | None = None,
-         peers: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+         peers: Mapping[str, Mapping[str, Any]] | None = None,
+         memory: Mapping[str, float | None] | None = None) -> Path:
     names = [n for n, values in samples.items() if values]
+    memory = {k: v for k, v in (memory or {}).items() if v is not None}
+    ratios = [3, 2] + [3] * bool(peers) + [2] * bool(memory)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(max(12.0, 2.5 * sum(ratios)), 6),
+                             width_ratios=ratios)
+    left, right, *more = axes
     if peers:
-        fig, axes = plt.subplots(1, 3, figsize=(20, 6), width_ratios=(3, 2, 3))
-        left, right, third = axes
-        _peer_bars(third, peers)
-    else:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), width_ratios=(3, 2))
+        _peer_bars(more.pop(0), peers)
+    if memory:
+        _memory_bars(more.pop(0), memory)
     left.boxplot([samples[n] for n in names], vert=True, whis=(5, 95), showfliers=False)
     for i, name in enumerate(names, start=1):
         values = samples[name]
         left.scatter([i] * len(values), values, s=10, alpha=0.5)
-    left.set_xticks(range(1, len(names) + 1), names, rotation=20)
+    left.set_xticks(range(1, len(names) + 1), names, rotation=35, ha="right", fontsize=8)
     left.set_yscale("log")
     left.set_ylabel("seconds (log)")
     left.set_title("launch latency (box: p5-p95, line: p50)")
@@ -77,3 +81,15 @@ def _peer_bars(ax: Any, peers: Mapping[str, Mapping[str, Any]]) -> None:
     ax.set_title("hypervm and gVisor (ptrace) against runc")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", axis="y", alpha=0.3)
+
+
+def _memory_bars(ax: Any, memory: Mapping[str, float]) -> None:
+    """Horizontal bars: each idle sandbox's private MiB (what one more costs the host)."""
+    labels = list(memory)
+    bars = ax.barh(range(len(labels)), [memory[k] for k in labels])
+    ax.bar_label(bars, [f"{memory[k]:g}" for k in labels], fontsize=8, padding=2)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB")
+    ax.set_title("idle private memory per sandbox")
+    ax.grid(True, axis="x", alpha=0.3)

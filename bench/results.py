@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ REQUIRED_KEYS = (
     "runc_start_p50_s", "runsc_start_p50_s", "runsc_run_true_p50_s", "run_true_pool_p50_s",
     "snapshot_launch_p50_s", "warm_launch_ports_p50_s", "idle_vm_private_mib",
     "runsc_idle_pss_mib", "syscall_workload_s", "pipe_workload_s", "max_concurrent_vms_limit",
+    # issue 18's figures the suite lacked: a pod of 2 vCPUs from the 1 vCPU standby, an idle
+    # pool VM's private memory, a warm launch with a fractional CPU bound
+    "snapshot_launch_2cpu_standby_p50_s", "idle_pool_vm_private_mib", "warm_launch_cpus_p50_s",
 )
 #: required keys whose value is one figure per sandbox kind
 PER_KIND_KEYS = ("syscall_workload_s", "pipe_workload_s")
@@ -39,13 +43,25 @@ SANDBOX_KINDS = ("hypervm", "runsc", "runc")
 TEXT_KEYS = ("machine", "commit", "max_concurrent_vms_limit")
 MACHINE_KEYS = ("cores", "memory_mib", "accel")
 
-#: issue 7's targets: key → (comparison, bound, what the bound is relative to)
-TARGETS: dict[str, tuple[str, float, str | None]] = {
-    "cold_launch_p50_s": ("<=", 1.3, "raw_boot_p50_s"),
-    "warm_launch_p50_s": ("<=", 0.060, None),
-    "idle_vm_rss_mib": ("<=", 60.0, None),
-    "max_concurrent_vms": (">=", 20.0, None),
-    "cache_hit_extra_s": ("<=", 0.005, None),
+@dataclass(frozen=True)
+class Target:
+    """A bound on a headline key: ``bound`` in absolute terms, and/or ``factor`` times the
+    key ``relative_to`` (both: the stricter of the two)."""
+    op: str
+    bound: float | None = None
+    relative_to: str | None = None
+    factor: float | None = None
+
+
+#: issue 7's targets and the one issue 18 asks of a start of any shape from the standby
+TARGETS: dict[str, Target] = {
+    "cold_launch_p50_s": Target("<=", relative_to="raw_boot_p50_s", factor=1.3),
+    "warm_launch_p50_s": Target("<=", 0.060),
+    "idle_vm_rss_mib": Target("<=", 60.0),
+    "max_concurrent_vms": Target(">=", 20.0),
+    "cache_hit_extra_s": Target("<=", 0.005),
+    # issue 18: a pod of 2 vCPUs from the 1 vCPU standby, <= 0.3 s and no slower than gVisor
+    "snapshot_launch_2cpu_standby_p50_s": Target("<=", 0.300, "runsc_start_p50_s", 1.0),
 }
 
 
@@ -62,20 +78,32 @@ def git_commit(repo: Path) -> str | None:
 
 
 def check_targets(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """For each target: the bound in absolute terms, the value, and met (None: not measured)."""
+    """For each target: the bound in absolute terms (the stricter of ``bound`` and ``factor``
+    x ``relative_to``), the value, and met (None: the value or its baseline not measured)."""
     out: dict[str, dict[str, Any]] = {}
-    for key, (op, bound, relative_to) in TARGETS.items():
+    for key, target in TARGETS.items():
         value = doc.get(key)
-        limit: float | None = bound
-        if relative_to is not None:
-            base = doc.get(relative_to)
-            limit = None if base is None else bound * base
+        limits: list[float | None] = []
+        if target.bound is not None:
+            limits.append(target.bound)
+        if target.relative_to is not None and target.factor is not None:
+            base = doc.get(target.relative_to)
+            limits.append(None if base is None else target.factor * base)
+        limit: float | None = None
+        if None not in limits:
+            known = [x for x in limits if x is not None]
+            limit = min(known) if target.op == "<=" else max(known)
         met = None
         if value is not None and limit is not None:
-            met = value <= limit if op == "<=" else value >= limit
-        out[key] = {"op": op, "limit": None if limit is None else round(limit, 6),
-                    "relative_to": relative_to, "factor" if relative_to else "bound": bound,
-                    "value": value, "met": met}
+            met = value <= limit if target.op == "<=" else value >= limit
+        stated: dict[str, Any] = {"op": target.op,
+                                  "limit": None if limit is None else round(limit, 6),
+                                  "relative_to": target.relative_to}
+        if target.relative_to is not None:
+            stated["factor"] = target.factor
+        if target.bound is not None:
+            stated["bound"] = target.bound
+        out[key] = {**stated, "value": value, "met": met}
     return out
 
 

@@ -42,6 +42,7 @@ from executor.cli.fastrun_serve import RUN_OP, RunService
 from executor.libvirt.hypervisor import Hypervisor
 from executor.pool.daemon import WarmPool
 from executor.pool.protocol import PoolConfig
+from executor.snapshot.keeper import StandbyKeeper
 from vmimage.qemu import find_qemu
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ WARM_ALONE_NOTE = (
     "measurement's background work (another pool's refill, the standby keeper's next clone, a "
     "VM's teardown) overlaps a launch; the same launch, pool, size and number of samples")
 POOL_SIZE = 2
+#: the task's cpus of ``warm_launch_cpus_*``: with the executor's 0.1, 0.6 of the VM's one
+#: vCPU, a CPU bound set at the claim (the suite's 0.9 + 0.1 is a whole vCPU, unbounded)
+WARM_CPUS = 0.5
 #: the pool refills one boot at a time; a full pool before each measurement keeps its boots
 #: from loading the machine while something else is timed
 POOL_FILL_S = 240.0
@@ -79,6 +83,10 @@ class Plan:
     workload_runs: int = 3
     #: one untimed run of each kind first (page cache, libvirt, executor imports)
     warm_up: bool = True
+    #: rounds (the first ones) that also take a snapshot start of 2 vCPUs on an own clone and
+    #: a warm launch with a CPU bound (WARM_CPUS): 10 samples of each keep the bench's time in
+    #: check (each costs a launch, the warm one a pool refill: ~1.2 and ~2.5 s a round)
+    extra_runs: int = 10
 
 
 #: a kernel command-line change measured against the current one (ACPI PCI interrupt-link
@@ -86,7 +94,8 @@ class Plan:
 TUNED_CMDLINE = " pci=noacpi"
 
 QUICK = Plan("quick", rounds=2, run_true_runs=1, container_runs=10, density_steps=(0, 1),
-             density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False, workload_runs=1)
+             density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False, workload_runs=1,
+             extra_runs=2)
 #: the density search goes up to 200 VMs (199 idle + the probe) unless something runs out
 FULL = Plan("full", rounds=20, run_true_runs=10, container_runs=20,
             density_steps=(0, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 199),
@@ -116,13 +125,18 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
         assert imgs.work_ref is not None
         work_layers, _ = images.warm_shared_cache(env.cfg, imgs.work_ref, 0)
         log.info("images ready (%s)", imgs.busybox_ref)
-        samples, loads, pool_rss = _latency_rounds(env, plan, imgs.busybox_ref, layers)
-        doc["machine"]["loadavg_1min_per_round"] = loads
+        rounds = _latency_rounds(env, plan, imgs.busybox_ref, layers)
+        samples, pool_rss, pool_private = rounds.samples, rounds.pool_rss, rounds.pool_private
+        doc["machine"]["loadavg_1min_per_round"] = rounds.loads
+        details["standby_misses"] = rounds.standby_misses
         doc["machine"]["loadavg_1min_per_warm_round"] = _warm_rounds(
             env, plan, imgs.busybox_ref, samples)
         details["idle_pool_vm_rss_mib"] = pool_rss
         doc["idle_pool_vm_rss_mib"] = (round(statistics.median(pool_rss), 1) if pool_rss
                                        else None)
+        details["idle_pool_vm_private_mib"] = pool_private
+        doc["idle_pool_vm_private_mib"] = (round(statistics.median(pool_private["generic"]), 1)
+                                           if pool_private["generic"] else None)
         log.info("peers: workloads, idle memory, network")
         with container.mounted_layer(layers[0]) as lower, peers.oci_root(lower) as root:
             measured = peersuite.measure(env, root, layers, imgs.work_ref, work_layers[0],
@@ -160,10 +174,26 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
     return doc, samples, density_rows
 
 
-def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
-                    ) -> tuple[dict[str, list[float]], list[float], list[float]]:
-    """Latency samples by name, the load before each round, and the RSS (MiB) of the pools'
-    idle VMs at the end of each round: booted, warmed up, waiting for a claim."""
+@dataclass
+class Rounds:
+    """What the latency rounds measured."""
+    #: latency samples by name
+    samples: dict[str, list[float]]
+    #: the load before each round
+    loads: list[float]
+    #: the RSS (MiB) of the pools' idle VMs at the end of each round: booted, warmed up,
+    #: waiting for a claim
+    pool_rss: list[float]
+    #: their private MiB by kind (``generic``, ``image``), read before the round's first
+    #: generic claim: idle since the last round's end at least (past density.SETTLE_S), as
+    #: bench.idlemem --pool reads them
+    pool_private: dict[str, list[float]]
+    #: the standby launches served by another clone, discarded and taken again
+    standby_misses: list[str]
+
+
+def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rounds:
+    """The interleaved latency rounds (:class:`Rounds`)."""
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "warm launch": [], "warm launch (generic VM)": [],
@@ -172,9 +202,12 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
                                        peersuite.POOLED["learned"]: [],
                                        peersuite.POOLED["generic"]: [], "snapshot launch": [],
-                                       "snapshot launch (standby)": []}
+                                       "snapshot launch (standby)": [],
+                                       **{kind: [] for kind in SNAPSHOT_2CPU}}
     loads: list[float] = []
     pool_rss: list[float] = []
+    pool_private: dict[str, list[float]] = {"generic": [], "image": []}
+    misses: list[str] = []
     with container.mounted_layer(layers[0]) as root, Hypervisor(env.cfg.libvirt_uri) as hv, \
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
             learned_pool(env, "lpool", ref) as lpool, \
@@ -205,15 +238,10 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 samples["cold launch: vm boot"].append(cold.vm_boot_s)
             for phase, seconds in cold.phases.items():
                 samples.setdefault("cold launch: " + phase, []).append(seconds)
-            snapfast.standby_ready(keeper)
-            for kind, sock in (("snapshot launch (standby)", spool.cfg.pool_socket),
-                               ("snapshot launch", None)):
-                snap = launch.launch_once(ref, sock, snapshot=True)
-                if snap.standby != (sock is not None):
-                    raise RuntimeError(f"{kind}: not the expected clone (see the executor log)")
-                samples.setdefault(kind, []).append(snap.running_s)
-                for phase, seconds in snap.phases.items():
-                    samples.setdefault(f"{kind}: {phase}", []).append(seconds)
+            _snapshot_round(samples, ref, spool.cfg.pool_socket, keeper,
+                            own_2cpu=i < plan.extra_runs, misses=misses)
+            for kind, each in (("generic", pool), ("image", image_pool)):
+                pool_private[kind] += _idle_private(hv, each)
             fill_pool(pool)
             _warm_launch(samples, "warm launch (generic VM)", pool, ref, layers_attached=False)
             pooled_rounds(samples, {"generic": pool, "learned": lpool}, ref, i)
@@ -229,13 +257,59 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]
                 boot_s, _ = density.start_on_booted(env, hv, layers, TUNED_CMDLINE)
                 samples["hypervm boot" + TUNED_CMDLINE].append(boot_s)
     samples.update(peer_rounds.samples)
-    return samples, loads, pool_rss
+    return Rounds(samples, loads, pool_rss, pool_private, misses)
+
+
+#: the samples of a pod of 2 vCPUs (snapfast.TWO_VCPUS) started from the snapshot: on the
+#: standby of the 1 vCPU template (``snapshot_launch_2cpu_standby_*``), on an own clone
+#: (``snapshot_launch_2cpu_*``)
+SNAPSHOT_2CPU = ("snapshot launch (standby, 2 vCPUs)", "snapshot launch (2 vCPUs)")
+#: standby launches of a run served by another clone and taken again (details.standby_misses):
+#: a rotation of the shared snapshot costs two (the new template, the stale standby dropped);
+#: more than two rotations in a run say something is wrong
+MAX_STANDBY_MISSES = 4
+
+
+def _snapshot_round(samples: dict[str, list[float]], ref: str, sock: Path,
+                    keeper: StandbyKeeper, own_2cpu: bool = True,
+                    misses: list[str] | None = None) -> None:
+    """One start from the snapshot of each kind: on the standby (``sock``: the standby pool)
+    and on an own clone (of 2 vCPUs only with ``own_2cpu``), of the launch's shape (1 vCPU)
+    and of 2 vCPUs (the second hot-plugged and onlined on the launch's clock). The standby is
+    ready before each standby launch, and before the own clones, so the keeper's next clone
+    after a standby launch overlaps none. A standby launch that another clone served is
+    never a sample: with ``misses`` (the run's), taken again after the next standby is ready,
+    up to MAX_STANDBY_MISSES in the run (each noted there), else RuntimeError."""
+    starts = [("snapshot launch (standby)", sock, launch.CPUS),
+              (SNAPSHOT_2CPU[0], sock, snapfast.TWO_VCPUS),
+              ("snapshot launch", None, launch.CPUS)]
+    if own_2cpu:
+        starts.append((SNAPSHOT_2CPU[1], None, snapfast.TWO_VCPUS))
+    for kind, pool_sock, cpus in starts:
+        while True:
+            snapfast.standby_ready(keeper)
+            snap = launch.launch_once(ref, pool_sock, snapshot=True, cpus=cpus)
+            if pool_sock is None or snap.standby or misses is None \
+                    or len(misses) >= MAX_STANDBY_MISSES:
+                break
+            # the store rotated the template under the standby (HYPERVM_SNAPSHOT_MAX_CLONES,
+            # _MAX_AGE: the key is shared with every launch of the host): this launch made
+            # the new template, the next one's claim drops the stale standby, and the keeper
+            # then clones the new template: the third is a sample
+            log.warning("%s: not on the standby (rotated snapshot?): discarded", kind)
+            misses.append(kind)
+        if snap.standby != (pool_sock is not None):
+            raise RuntimeError(f"{kind}: not the expected clone (see the executor log)")
+        samples.setdefault(kind, []).append(snap.running_s)
+        for phase, seconds in snap.phases.items():
+            samples.setdefault(f"{kind}: {phase}", []).append(seconds)
 
 
 def _warm_rounds(env: VMEnv, plan: Plan, ref: str, samples: dict[str, list[float]]
                  ) -> list[float]:
-    """``warm launch`` and ``warm launch (ports)``, one of each per round, with only their own
-    pool running (WARM_ALONE_NOTE); the load before each round."""
+    """``warm launch``, ``warm launch (ports)`` and in the first ``plan.extra_runs`` rounds
+    ``warm launch (cpus 0.5)`` (WARM_CPUS), one of each per round, with only their own pool
+    running (WARM_ALONE_NOTE), the pool full before each; the load before each round."""
     loads = []
     with warm_pool(env, "ipool", ref) as image_pool:
         if plan.warm_up:
@@ -250,18 +324,26 @@ def _warm_rounds(env: VMEnv, plan: Plan, ref: str, samples: dict[str, list[float
             fill_pool(image_pool)
             _warm_launch(samples, "warm launch (ports)", image_pool, ref, layers_attached=True,
                          port=launch.free_port())
+            if i < plan.extra_runs:
+                fill_pool(image_pool)
+                _warm_launch(samples, WARM_CPUS_KIND, image_pool, ref, layers_attached=True,
+                             cpus=WARM_CPUS)
     return loads
 
 
+WARM_CPUS_KIND = f"warm launch (cpus {WARM_CPUS:g})"
+
+
 def _warm_launch(samples: dict[str, list[float]], kind: str, pool: WarmPool, ref: str, *,
-                 layers_attached: bool, port: int | None = None) -> None:
+                 layers_attached: bool, port: int | None = None,
+                 cpus: float = launch.CPUS) -> None:
     """One warm launch from ``pool`` (full), its ``kind`` checked: an image pool's VM
     (``layers_attached``) or a generic one; with ``port``, the task publishes that host port:
-    the claim publishes it on the VM (warm_launch_ports_p50_s)."""
-    warm = launch.launch_once(ref, pool.cfg.pool_socket, port=port)
+    the claim publishes it on the VM (warm_launch_ports_p50_s); ``cpus``: the task's."""
+    warm = launch.launch_once(ref, pool.cfg.pool_socket, port=port, cpus=cpus)
     if not warm.warm or warm.warm_layers != layers_attached:
         raise RuntimeError(f"{kind}: not the expected pool VM (see the executor log)")
-    samples[kind].append(warm.running_s)
+    samples.setdefault(kind, []).append(warm.running_s)
     for phase, seconds in warm.phases.items():
         samples.setdefault(f"{kind}: {phase}", []).append(seconds)
 
@@ -271,6 +353,14 @@ def _idle_rss(hv: Hypervisor, pool: WarmPool) -> list[float]:
 
     pids = [hv.qemu_pid(name) for name in pool.idle_vms()]
     return [round(r, 1) for r in (rss_mib(pid) for pid in pids if pid) if r is not None]
+
+
+def _idle_private(hv: Hypervisor, pool: WarmPool) -> list[float]:
+    """Private_Clean + Private_Dirty MiB of each idle VM's QEMU in ``pool`` (peers.rollup, as
+    bench.idlemem --pool reads them)."""
+    pids = [hv.qemu_pid(name) for name in pool.idle_vms()]
+    private = (peers.rollup(pid)["private"] for pid in pids if pid)
+    return [round(mib, 1) for mib in private if mib > 0]  # 0: the QEMU is gone
 
 
 @contextlib.contextmanager
@@ -351,6 +441,17 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         doc["notes"][key] = WARM_POOL_NOTE.format(size=POOL_SIZE)
     for key in ("warm_launch_p50_s", "warm_launch_p95_s"):
         doc["notes"][key] += "; " + WARM_ALONE_NOTE
+    bounded = summaries.get(WARM_CPUS_KIND)
+    doc["warm_launch_cpus_p50_s"] = p(bounded.p50) if bounded else None
+    doc["warm_launch_cpus_p95_s"] = p(bounded.p95) if bounded else None
+    doc["notes"]["warm_launch_cpus_p50_s"] = doc["notes"]["warm_launch_cpus_p95_s"] = (
+        f"warm_launch_p50_s's launch (the image pool, full before each launch) of a task with "
+        f"cpus {WARM_CPUS:g}: with the executor's 0.1, {WARM_CPUS + 0.1:g} of the VM's one "
+        "vCPU, so the claim sets a CPU bound (QEMU's cgroup quota) that the suite's task of a "
+        f"whole vCPU never pays; taken in the first {plan.extra_runs} warm rounds, after "
+        "warm_launch_ports_p50_s, with only its pool running (no other measurement's "
+        "background work overlaps it); phases in details.summaries['" + WARM_CPUS_KIND +
+        ": ...']")
     doc["max_concurrent_vms_limit"] = dens.limit
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
@@ -366,6 +467,12 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "every VM shares")
     if dens.idle_rss_mib is None:
         doc["notes"]["idle_vm_rss_mib"] = "no idle VM was measured"
+    doc["notes"]["idle_pool_vm_private_mib"] = (
+        "Private_Clean + Private_Dirty of the generic warm pool's idle VMs' QEMUs (median of "
+        "every round's; the image pool's VM in details, by kind): booted, TCG translations "
+        "flushed, one warm-up container run, as bench.idlemem --pool measures them; read "
+        "before each round's first generic claim, so each has been idle since the last round "
+        "ended at least (past density.SETTLE_S); idle_vm_private_mib is a cold-booted VM")
     doc["notes"]["idle_pool_vm_rss_mib"] = (
         "QEMU VmRSS of the warm pools' idle VMs at the end of each round (median): booted, TCG "
         "translations flushed, then one warm-up container run, whose translations stay for the "
