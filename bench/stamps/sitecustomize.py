@@ -15,8 +15,10 @@ happen in its own order (executor.libvirt.preload's thread included).
 
 Mind: wrapping imports each stamped module when the executor starts, so a stamped launch never
 pays a lazy import of one of them on its clock (a plain one did until the executor preloaded
-the pool's client: executor.mesos.runtime.POOL_MODULES; a stamped cold run imports the guest
-channel before createXML, not while the guest boots): compare whole launches unstamped."""
+the pool's client: executor.mesos.runtime.POOL_MODULES): compare whole launches unstamped. A
+stamped cold run's functions are wrapped right after the run itself imports their modules (a
+meta path finder), so its imports keep their order and place (before createXML or while the
+guest boots) and run as a plain run's do (e.g. with the CLI's GC pause)."""
 
 from __future__ import annotations
 
@@ -90,16 +92,29 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
                 stamp(name, began, time.perf_counter())
         return call
 
-    for module, path in COLD_STAMPED if cold_origin else STAMPED:
-        owner: Any = importlib.import_module(module)
+    def wrap_in(owner: Any, path: str) -> None:
         *parents, attr = path.split(".")
         try:
             for part in parents:
                 owner = getattr(owner, part)
             fn = getattr(owner, attr)
         except AttributeError:  # another commit's tree (warmfast --baseline) may lack it
-            continue
+            return
         setattr(owner, attr, wrapped(path, fn))
+
+    def wrap_all(paths: list[str], owner: Any) -> None:
+        for path in paths:
+            wrap_in(owner, path)
+
+    if cold_origin:  # each wrapped right after the run itself imports its module
+        by_module: dict[str, list[str]] = {}
+        for module, path in COLD_STAMPED:
+            by_module.setdefault(module, []).append(path)
+        for module, paths in by_module.items():
+            sys.meta_path.insert(0, _AfterImport(module, functools.partial(wrap_all, paths)))
+        return
+    for module, path in STAMPED:
+        wrap_in(importlib.import_module(module), path)
 
 
 class _AfterImport:
