@@ -111,7 +111,7 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
         for module, path in COLD_STAMPED:
             by_module.setdefault(module, []).append(path)
         for module, paths in by_module.items():
-            sys.meta_path.insert(0, _AfterImport(module, functools.partial(wrap_all, paths)))
+            _when_imported(module, functools.partial(wrap_all, paths))
         return
     for module, path in STAMPED:
         wrap_in(importlib.import_module(module), path)
@@ -139,6 +139,14 @@ class _AfterImport:
         return spec
 
 
+def _when_imported(name: str, then: Any) -> None:
+    """``then(module)`` once ``name`` is imported: now if it is already."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
 def _stop_at_create(out_path: str, origin: float) -> None:
     def create(_self: Any, spec: Any) -> Any:
         at = (time.perf_counter() - origin) * 1000
@@ -150,7 +158,7 @@ def _stop_at_create(out_path: str, origin: float) -> None:
     def patch(hypervisor: Any) -> None:
         hypervisor.Hypervisor.create = create
 
-    sys.meta_path.insert(0, _AfterImport("executor.libvirt.hypervisor", patch))
+    _when_imported("executor.libvirt.hypervisor", patch)
 
 
 if os.environ.get("HYPERVM_BENCH_TO_CREATE") and os.environ.get("HYPERVM_BENCH_STAMPS_T0"):
