@@ -14,7 +14,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ from executor.libvirt.qemu_process import QemuProcess
 from hypervm import netspec
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
+from hypervm.frozen import frozen_dataclass
 from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
 from vmimage.boot import BootFiles, resolve_boot
 
@@ -83,7 +83,7 @@ def discard_zero_pages(hypervisor: Any, name: str) -> None:
         log.debug("%s keeps its guest RAM's zero pages: %s", name, e)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ProcessHandle:
     """A process started in the VM: its handle on the channel, container and guest pid."""
 

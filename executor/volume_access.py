@@ -35,7 +35,6 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from executor import volume_files
@@ -44,6 +43,7 @@ from executor.libvirt.grants import Grant, Keeper, keeper, read_record, records,
 from hypervm.config import HostConfig
 from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError, InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from hypervm.podspec import Mount
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ class VolumeHold:
         self.close()
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Unfinished:
     """A grant of a VM that no longer runs which gc could not finish: its record stays."""
 

@@ -11,11 +11,11 @@ import ipaddress
 import os
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 DEFAULT_STATE_DIR = "/var/lib/hypervm"
 DEFAULT_RUN_DIR = "/run/hypervm"
@@ -35,7 +35,7 @@ MAX_SNAPSHOT_VCPUS = 64
 DEFAULT_CONTAINER_PIDS = 4096
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ImageLimits:
     """What one image may cost the host (DEVELOPERS.md, "Image safety limits"): images may be
     hostile, so unpacking stops as soon as a cap is passed, and waits end."""
@@ -73,7 +73,7 @@ _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class HostService:
     """A service of the host guests may use (HYPERVM_NET_ALLOW_HOST): from a guest,
     ``10.0.2.2:port`` reaches it when ``address`` is a loopback one."""
@@ -87,7 +87,7 @@ class HostService:
         return f"{host}:{self.port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class NetPolicy:
     """What a guest's traffic may reach (README, "Networking"; executor.netpolicy enforces it).
 
@@ -173,7 +173,7 @@ def image_limits_from_env(env: Mapping[str, str]) -> ImageLimits:
     return ImageLimits(**values)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class MesosPolicy:
     """What a Mesos TaskInfo may ask of this host. Frameworks are tenants, not operators: by
     default they name only registry images and sandbox volumes."""
@@ -206,7 +206,7 @@ def mesos_policy_from_env(env: Mapping[str, str] | None = None) -> MesosPolicy:
     return MesosPolicy(local_image_sources=local == "on", host_path_prefixes=tuple(prefixes))
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class HostConfig:
     """The host's settings (``HYPERVM_*`` and the configuration file), parsed once."""
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 
 DEFAULT_DOMAIN = "docker.io"
 DEFAULT_TAG = "latest"
@@ -28,7 +28,7 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DOMAIN_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class RegistryRef:
     """An image in a registry: domain, repository path, tag and/or digest."""
 
@@ -57,7 +57,7 @@ class RegistryRef:
         return RegistryRef(self.domain, self.path, self.tag, digest)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class DaemonRef:
     """An image of the local Docker daemon (``docker-daemon:NAME:TAG``)."""
 
@@ -67,7 +67,7 @@ class DaemonRef:
         return f"docker-daemon:{self.name}"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ArchiveRef:
     """An image in a ``docker save`` archive (``docker-archive:FILE``)."""
 
@@ -77,7 +77,7 @@ class ArchiveRef:
         return f"docker-archive:{self.path}"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class LayoutRef:
     """An image in an OCI layout directory (``oci:DIR[:TAG]``)."""
 

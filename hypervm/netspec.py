@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 MODES = ("user", "none")
 PROTOCOLS = ("tcp", "udp")
@@ -36,7 +37,7 @@ def valid_tenant(name: object) -> bool:
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PortMapping:
     """Host ``host_ip:host_port`` forwards to ``container_port`` in the VM (all containers of a
     pod share the VM's network, so the port is the pod's)."""
@@ -64,7 +65,7 @@ class PortMapping:
         return f"{self.host_ip}:{self.host_port}->{self.container_port}/{self.protocol}"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class NetworkSpec:
     """``mode`` "user" (the default: a NIC on a private user-mode network) or "none" (no NIC,
     only loopback). ``tenant`` is recorded on the VM; with user-mode networking every VM is

@@ -8,10 +8,11 @@ Validation here raises :class:`~hypervm.errors.InvalidSpec` naming the field and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from hypervm.netspec import NetworkSpec
 
 #: below this the HyperKernel and init cannot run a container reliably
@@ -24,7 +25,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Process:
     """A process to run in a container: arguments, environment, user, limits."""
 
@@ -52,7 +53,7 @@ class Process:
                 raise InvalidSpec(f"{where}.{name}", f"{value} is out of range")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Mount:
     """A mount in a container: ``9p`` shares ``source`` (a host directory), ``tmpfs`` is empty.
 
@@ -77,7 +78,7 @@ class Mount:
                 raise InvalidSpec(f"{where}.source", f"{self.source} is not a directory")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Rootfs:
     """Read-only layer images on the host (erofs or ext4), lowest first."""
 
@@ -85,7 +86,7 @@ class Rootfs:
     readonly: bool = False
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Limits:
     """A container's bounds inside its VM (init/PROTOCOL.md START ``limits``): ``memory_mib``
     its cgroup's memory.max, ``pids`` its pids.max, ``scratch_mib`` the size of its writable
@@ -105,7 +106,7 @@ class Limits:
                                   hint=f"use {low}..{MAX_MEMORY_MIB} {hint}")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Container:
     """One container of a pod: its root filesystem, process, mounts and limits."""
 
@@ -128,7 +129,7 @@ class Container:
             mount.validate(f"{where}.mounts[{i}]")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Resources:
     """``cpus`` vCPUs and ``memory_mib`` of guest RAM; ``cpu_limit`` bounds the CPU time the
     whole VM may use, in cores (a Mesos ``cpus`` of 0.5 is 1 vCPU limited to half a core)."""
@@ -150,7 +151,7 @@ class Resources:
             raise InvalidSpec("memory", f"{self.memory_mib} MiB is above the maximum")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PodSpec:
     """A pod: its containers, which share one VM, its resources and its network."""
 

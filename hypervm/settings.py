@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervm.config import config_from_env, mesos_policy_from_env
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 DEFAULT_CONFIG_FILE = "/etc/hypervm/config.toml"
 CONFIG_ENV = "HYPERVM_CONFIG"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Setting:
     """One host setting: its configuration file key, variable, default and help."""
 

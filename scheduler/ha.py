@@ -16,13 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException
 from kazoo.retry import KazooRetry
 
+from hypervm.frozen import frozen_dataclass
 from scheduler.errors import ConfigError
 from scheduler.zkstore import ZkStore
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ABDICATION_DELAY = 0.5
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ZkUrl:
     hosts: str  # host:port,host:port
     path: str  # /hypervm

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from hypervm.frozen import frozen_dataclass
 
 #: restart policies: "never", "on-failure" (pods' default), "always" (Marathon apps)
 RESTART_POLICIES = ("never", "on-failure", "always")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PortSpec:
     name: str
     container_port: int
@@ -17,7 +19,7 @@ class PortSpec:
     host_port: int = 0
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ContainerSpec:
     name: str
     image: str
@@ -33,7 +35,7 @@ class ContainerSpec:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class WorkloadSpec:
     kind: str  # "pod" or "app"
     id: str

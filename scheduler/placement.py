@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypervm.frozen import frozen_dataclass
 from scheduler.model import WorkloadSpec
 from scheduler.store import InstanceKey, LaunchRecord
 from scheduler.taskgroup import ExecutorConfig, executor_id, executor_info, task_id, task_info
@@ -37,14 +38,14 @@ class OfferedResources:
         return out
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Pending:
     key: InstanceKey
     attempt: int
     spec: WorkloadSpec
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Launch:
     pending: Pending
     executor_id: str

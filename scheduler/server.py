@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from waitress.server import create_server
 
+from hypervm.frozen import frozen_dataclass
 from scheduler import jsonbody
 from scheduler.errors import ConfigError
 
@@ -31,7 +31,7 @@ TENANT_KEY = "hypervm.tenant"
 LOOPBACK = ("127.", "::1", "localhost")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ServerOptions:
     #: worker threads (requests handled at once); I/O is on one more thread
     threads: int = 8

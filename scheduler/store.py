@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hypervm.frozen import frozen_dataclass
 from scheduler import failures, lifecycle
 from scheduler.errors import ConfigError, StorageUnavailable
 
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS generations (
 """
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class InstanceKey:
     tenant: str
     kind: str
@@ -56,7 +56,7 @@ class InstanceKey:
     idx: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class LaunchRecord:
     task_id: str
     container: str

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import Any
 
+from hypervm.frozen import frozen_dataclass
 from scheduler.errors import ConfigError
 from scheduler.model import ContainerSpec, WorkloadSpec
 
@@ -17,7 +17,7 @@ MIN_CPUS, MIN_MEM, MIN_DISK = 0.01, 32.0, 0.001
 MAX_ID = 255
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ExecutorConfig:
     #: ExecutorInfo.command.value (a shell command line starting hypervm-executor)
     command: str = "hypervm-executor"

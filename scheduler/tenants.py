@@ -11,13 +11,13 @@ import hmac
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from scheduler.errors import ConfigError
 
 _ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -26,14 +26,14 @@ _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 _QUOTA_KEYS = ("cpus", "mem", "instances")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Quota:
     cpus: float
     mem: float
     instances: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Tenant:
     id: str
     role: str

@@ -17,10 +17,11 @@ import selectors
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from hypervm.config import HostConfig
+from hypervm.frozen import frozen_dataclass
 from vmimage.kernel import find_kernel
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ BANNER = b"Linux version"
 PROBE_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Verdict:
     """The accelerator chosen for this host and why."""
 
@@ -47,7 +48,7 @@ class Verdict:
     reason: str
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Check:
     """The outcome of one accelerator check and why."""
 

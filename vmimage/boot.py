@@ -7,10 +7,10 @@ each artefact's own finder does (an older HyperKernel, Debian's QEMU) with a war
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervm.config import HostConfig
+from hypervm.frozen import frozen_dataclass
 from vmimage.accel import DEFAULT_BIOS, detect_accel
 from vmimage.initrd import ensure_initrd
 from vmimage.kernel import Kernel, dpkg_cache, find_kernel, hyperkernel, store
@@ -33,7 +33,7 @@ BASE_CMDLINE = ("console=ttyS0 quiet panic=-1 reboot=t tsc=reliable no_timer_che
                 f"noreplace-smp pci=noacpi hypervm.page_reporting_order={PAGE_REPORTING_ORDER}")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class BootFiles:
     """Everything a domain needs to boot a HyperVM on this host."""
 

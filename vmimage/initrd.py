@@ -23,11 +23,11 @@ import os
 import stat
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HostError, HyperVMError
+from hypervm.frozen import frozen_dataclass
 from vmimage.kernel import Kernel, ensure_kernel, store
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ _NEWC_MAGIC = b"070701"
 _TRAILER = "TRAILER!!!"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class CpioEntry:
     """One archive member; ``path`` is relative (no leading slash)."""
 

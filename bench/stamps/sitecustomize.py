@@ -9,19 +9,24 @@ too (``python -m bench.runfast --stamps``), the CLI of a cold ``hypervm run`` st
 With HYPERVM_BENCH_TO_CREATE=FILE instead (``python -m bench.tocreate``), the CLI of a cold
 run writes ``MS CPU_MS`` to FILE when its domain's createXML begins (ms after its exec, as
 above, and its own CPU time), releases the VM's uid reservation and exits 0: no VM is
-created, and nothing else is wrapped (only executor.libvirt.hypervisor, which the run imports
-before createXML anyway, is imported ahead).
+created, and nothing is imported ahead or wrapped: ``Hypervisor.create`` is replaced right after
+the run itself imports executor.libvirt.hypervisor (a meta path finder), so the run's imports
+happen in its own order (executor.libvirt.preload's thread included).
 
 Mind: wrapping imports each stamped module when the executor starts, so a stamped launch never
 pays a lazy import of one of them on its clock (a plain one did until the executor preloaded
-the pool's client: executor.mesos.runtime.POOL_MODULES; a stamped cold run imports the guest
-channel before createXML, not while the guest boots): compare whole launches unstamped."""
+the pool's client: executor.mesos.runtime.POOL_MODULES): compare whole launches unstamped. A
+stamped cold run's functions are wrapped right after the run itself imports their modules (a
+meta path finder), so its imports keep their order and place (before createXML or while the
+guest boots) and run as a plain run's do (e.g. with the CLI's GC pause)."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -87,21 +92,62 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
                 stamp(name, began, time.perf_counter())
         return call
 
-    for module, path in COLD_STAMPED if cold_origin else STAMPED:
-        owner: Any = importlib.import_module(module)
+    def wrap_in(owner: Any, path: str) -> None:
         *parents, attr = path.split(".")
         try:
             for part in parents:
                 owner = getattr(owner, part)
             fn = getattr(owner, attr)
         except AttributeError:  # another commit's tree (warmfast --baseline) may lack it
-            continue
+            return
         setattr(owner, attr, wrapped(path, fn))
+
+    def wrap_all(paths: list[str], owner: Any) -> None:
+        for path in paths:
+            wrap_in(owner, path)
+
+    if cold_origin:  # each wrapped right after the run itself imports its module
+        by_module: dict[str, list[str]] = {}
+        for module, path in COLD_STAMPED:
+            by_module.setdefault(module, []).append(path)
+        for module, paths in by_module.items():
+            _when_imported(module, functools.partial(wrap_all, paths))
+        return
+    for module, path in STAMPED:
+        wrap_in(importlib.import_module(module), path)
+
+
+class _AfterImport:
+    """A meta path finder that runs ``then(module)`` right after ``name`` is first imported
+    (by the code under test, when it would be anyway), then steps aside."""
+
+    def __init__(self, name: str, then: Any) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec: Any = importlib.util.find_spec(fullname)
+        exec_module = spec.loader.exec_module
+
+        def exec_then(module: Any) -> None:
+            exec_module(module)
+            self.then(module)
+
+        spec.loader.exec_module = exec_then
+        return spec
+
+
+def _when_imported(name: str, then: Any) -> None:
+    """``then(module)`` once ``name`` is imported: now if it is already."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
 
 
 def _stop_at_create(out_path: str, origin: float) -> None:
-    hypervisor: Any = importlib.import_module("executor.libvirt.hypervisor")
-
     def create(_self: Any, spec: Any) -> Any:
         at = (time.perf_counter() - origin) * 1000
         with open(out_path, "w") as out:
@@ -109,7 +155,10 @@ def _stop_at_create(out_path: str, origin: float) -> None:
         importlib.import_module("executor.libvirt.identity").release(spec.name)
         os._exit(0)
 
-    hypervisor.Hypervisor.create = create
+    def patch(hypervisor: Any) -> None:
+        hypervisor.Hypervisor.create = create
+
+    _when_imported("executor.libvirt.hypervisor", patch)
 
 
 if os.environ.get("HYPERVM_BENCH_TO_CREATE") and os.environ.get("HYPERVM_BENCH_STAMPS_T0"):

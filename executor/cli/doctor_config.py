@@ -6,13 +6,13 @@ creating the ``Effective`` dataclass costs ~1 ms of every cold ``hypervm run``, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from hypervm.frozen import frozen_dataclass
 from hypervm.settings import SETTINGS, Setting, config_path, read_config_file
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Effective:
     """One setting's effective value and where it came from: default, file or environment."""
 

@@ -46,6 +46,7 @@ a fallback: the two never mix.)
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -372,6 +373,8 @@ def main() -> int:
             except (OSError, ValueError):
                 pass
         os._exit(code)
+    # the full CLI's imports run without the cyclic GC: executor.cli.main.end_of_startup
+    gc.disable()
     # the full CLI, imported only here: the fast path must not pay its ~40 ms of imports
     from executor.cli import main as full
 

@@ -26,6 +26,7 @@ from executor.guest import protocol as proto
 from executor.guest.log_limit import GuestLog
 from executor.guest.protocol import ExitStatus, Frame, MsgType
 from hypervm.errors import BootError, GuestError, ProtocolError
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class RawChannel:
         return ExitStatus.from_payload(frame.guest_json())
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PendingReply:
     """A request sent on a GuestChannel whose reply is still awaited."""
 

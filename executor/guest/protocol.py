@@ -10,10 +10,11 @@ import json
 import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from hypervm.errors import ProtocolError
+from hypervm.frozen import frozen_dataclass
 from hypervm.podspec import DEFAULT_PATH, Process
 
 VERSION = 1
@@ -71,7 +72,7 @@ MAX_LIMIT_MIB = 1 << 30
 MAX_PIDS_LIMIT = 4194304
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Frame:
     """One frame of the guest channel: its type, request id and raw payload."""
 
@@ -246,7 +247,7 @@ class FrameDecoder:
         return len(self._buf)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ExitStatus:
     """How a guest process ended: ``status`` for a normal exit, ``signal`` when killed; both
     None when the VM (or its channel) went away before the process reported its exit.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from executor import network
@@ -17,6 +16,7 @@ from executor.guest.protocol import POOL_SHARE_TAG
 from executor.libvirt.bounds import resource_bounds
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from hypervm.config import HostConfig
+from hypervm.frozen import frozen_dataclass
 from hypervm.netspec import NetworkSpec
 from hypervm.podspec import Resources
 from vmimage.boot import BootFiles
@@ -34,7 +34,7 @@ POOL_SHARE_DIR = "share"
 QEMU_ENV = {"G_SLICE": "always-malloc"}
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class RunFiles:
     """Where a VM's host-side files live (its run directory)."""
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 #: one set of limits for pods and domains: a domain no pod could have is refused too
 from hypervm.podspec import MAX_CPUS as MAX_VCPUS
@@ -54,7 +55,7 @@ _DISK_FORMATS = ("raw", "qcow2")
 _XML_BAD_RE = re.compile("[\x00-\x08\x0b-\x1f\ufffe\uffff]")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class DiskSpec:
     """A virtio-blk disk; the guest finds it by ``serial`` (/sys/block/*/serial)."""
 
@@ -79,7 +80,7 @@ class DiskSpec:
             )
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ShareSpec:
     """A host directory exported over virtio-9p (accessmode mapped: see libvirt_xml) under
     mount ``tag``."""
@@ -104,7 +105,7 @@ class ShareSpec:
             )
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class CpuTune:
     """cgroup CPU bounds: ``shares`` is the relative weight, ``quota_us``/``period_us`` the cap."""
 
@@ -131,7 +132,7 @@ class CpuTune:
         return self.shares is None and self.period_us is None and self.quota_us is None
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class MemTune:
     """cgroup memory bounds for the whole QEMU process (guest RAM plus QEMU's own overhead)."""
 
@@ -155,7 +156,7 @@ class MemTune:
         return self.hard_limit_mib is None and self.soft_limit_mib is None
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class DomainSpec:
     """Everything a domain is made of (pure values; ``domain_xml`` turns it into XML)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from executor.libvirt.domain import (
@@ -22,6 +22,7 @@ from executor.libvirt.domain import (
     MemTune,
 )
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 #: our <metadata> namespace: ``hypervm gc`` recognises our domains by it (and by the name prefix)
 METADATA_NS = "https://hypervm.dev/xmlns/domain/1"
@@ -35,7 +36,7 @@ MAX_SCSI_UNIT = 16383
 VIRTIO_SERIAL_PORTS = 2
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Defaults:
     """Every libvirt/QEMU default this builder overrides, in one place."""
 
@@ -76,7 +77,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 # --- elements -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Metadata:
     """``<metadata><hypervm:vm><hypervm:entry key=…>value</hypervm:entry>…``"""
 
@@ -88,7 +89,7 @@ class Metadata:
             _sub(vm, f"{{{METADATA_NS}}}entry", self.entries[key], key=key)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class OS:
     """The ``<os>`` element: direct kernel boot (kernel, initrd, command line, firmware)."""
 
@@ -118,7 +119,7 @@ class OS:
         return ("-kernel", str(self.kernel), "-initrd", str(self.initrd), "-append", self.cmdline)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Disk:
     """A virtio-blk disk, or (``scsi_unit`` set) a LUN of the VM's virtio-scsi controller, which
     is how a booted pool VM gets its layers. Read-only disks get ``relabel='no'``: layer images
@@ -157,7 +158,7 @@ class Disk:
 SHARE_ACCESSMODE = "mapped"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Filesystem:
     """virtio-9p with accessmode SHARE_ACCESSMODE: QEMU (not root: libvirt runs it as its own
     user) creates what the guest asks for as plain files of that user, so the guest can create
@@ -178,7 +179,7 @@ class Filesystem:
             _sub(fs, "readonly")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Serial:
     """The guest's ttyS0 written to a file; libvirt routes it through virtlogd (rotated at 2 MiB,
     root-owned, readable after the VM is gone)."""
@@ -191,7 +192,7 @@ class Serial:
         _sub(serial, "target", port="0")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Channel:
     """A virtio-serial port backed by a unix socket QEMU listens on; the host connects."""
 
@@ -204,7 +205,7 @@ class Channel:
         _sub(channel, "target", type="virtio", name=self.name)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class SecLabel:
     """libvirt's DAC model with a static label: QEMU runs as this VM's own uid:gid instead of
     the user every VM shares (qemu.conf ``user``). ``relabel='yes'``: libvirt gives QEMU its
@@ -223,7 +224,7 @@ class SecLabel:
         _sub(label, "label", f"+{self.uid}:+{self.gid}")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Domain:
     """The whole ``<domain>`` element, built from a DomainSpec."""
 
@@ -447,7 +448,7 @@ def metadata_element_xml(entries: Mapping[str, str]) -> str:
 # --- XML -> the facts gc needs ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class DomainFacts:
     """What ``hypervm gc`` and the image cache need to know about a running domain."""
 

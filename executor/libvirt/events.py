@@ -4,11 +4,12 @@ events (pure values; libvirt's enums decoded by value, so nothing here imports l
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from hypervm.frozen import frozen_dataclass
 
-@dataclass(frozen=True)
+
+@frozen_dataclass
 class DomainInfo:
     """One of our domains as ``list_ours`` found it."""
 
@@ -41,7 +42,7 @@ CLOSE_REASONS = ("error", "eof", "keepalive", "client")
 DISCONNECTED = "disconnected"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class LifecycleEvent:
     """A lifecycle change of one of our domains (delivered on the libvirt event thread).
 

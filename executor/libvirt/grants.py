@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from hypervm.config import HostConfig
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Grant:
     """A recorded ACL entry: ``uid`` (the QEMU of ``domain``) on the directory ``path``."""
 
@@ -45,7 +46,7 @@ class Grant:
 _FIELDS = frozenset(field.name for field in fields(Grant))
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Keeper:
     """Where grants are recorded, and which uids are VMs' (another VM's entry stays)."""
 

@@ -31,7 +31,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from executor.libvirt.owners import process_start_time
 from hypervm.config import DEFAULT_RUN_DIR
 from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ RESERVATION_GRACE_S = 120.0
 OWNED_DIR_MODE = 0o750
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Identity:
     """The uid:gid a VM's QEMU runs as (one of its own from the VM uid range)."""
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from executor.libvirt.domain import DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START
+from hypervm.frozen import frozen_dataclass
 
 if TYPE_CHECKING:  # only for annotations: hypervisor imports this module
     from executor.libvirt.hypervisor import DomainInfo
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # only for annotations: hypervisor imports this module
 ORPHAN_DIR_GRACE_S = 120.0
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Leftover:
     """One of our domains that gc removes (its owner is gone, it stopped, or --all), and why."""
 

@@ -9,11 +9,11 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "secs": 1.0, "mins": 60.0, "hrs": 3600.0,
           "days": 86400.0, "weeks": 604800.0}
@@ -38,7 +38,7 @@ def parse_duration(text: str, name: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ExecutorSettings:
     framework_id: str
     executor_id: str

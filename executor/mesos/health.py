@@ -23,14 +23,14 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from executor.mesos.taskinfo import HealthCheckSpec, resolve_argv
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class HealthVerdict:
     report: bool
     healthy: bool

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 DEFAULT_MAX_GRACE_S = 300.0
 DEFAULT_ESCALATION_S = 5.0
@@ -22,7 +22,7 @@ MAX_GRACE_ENV = "HYPERVM_MAX_KILL_GRACE"
 ESCALATION_ENV = "HYPERVM_KILL_ESCALATION"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class KillLimits:
     max_grace_s: float = DEFAULT_MAX_GRACE_S
     escalation_s: float = DEFAULT_ESCALATION_S

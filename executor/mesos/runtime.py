@@ -19,7 +19,7 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from executor.volume_access import VolumeHold
 from hypervm.background import in_thread
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import GuestError, HyperVMError, InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageprocess import UserResolver, image_process, merge_env
 from hypervm.limits import task_limits
 from hypervm.netspec import NetworkSpec, mappings_from_mesos
@@ -50,7 +51,7 @@ OnExit = Callable[[ExitStatus], None]
 __all__ = ["ExitStatus", "Pod", "PodPlan", "Runtime", "VMRuntime", "load_runtime"]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PodPlan:
     """One task group, ready to run: what the runtime needs besides the images."""
 

@@ -28,7 +28,6 @@ import binascii
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from executor.mesos.fields import (  # the short names this parser has always used
@@ -56,6 +55,7 @@ from executor.mesos.task_credentials import image_credentials
 from executor.mesos.task_policy import check_image_source, host_path, sandbox_relative
 from hypervm.config import STRICT_MESOS_POLICY, MesosPolicy
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageprocess import image_argv
 from hypervm.podspec import MAX_CPUS, MAX_MEMORY_MIB, MIN_MEMORY_MIB
 
@@ -66,7 +66,7 @@ DEFAULT_KILL_GRACE_S = 3.0
 CONTAINER_SANDBOX = "/mnt/mesos/sandbox"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class CommandSpec:
     """A CommandInfo, unresolved: the image's Entrypoint/Cmd may still be needed."""
 
@@ -77,7 +77,7 @@ class CommandSpec:
     present: bool = False
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class VolumeSpec:
     """A host directory shared into the container (source: host-absolute or sandbox-relative)."""
 
@@ -89,7 +89,7 @@ class VolumeSpec:
     field: str = ""  # JSON path of the source's field, for errors found on the agent
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class HealthCheckSpec:
     type: str  # COMMAND, HTTP or TCP
     delay_s: float = 15.0
@@ -108,7 +108,7 @@ class HealthCheckSpec:
         return status in self.statuses if self.statuses else 200 <= status < 400
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class TaskSpec:
     task_id: str
     name: str
@@ -140,7 +140,7 @@ class TaskSpec:
     image_credentials: Any = None  #: its registry credentials: executor.mesos.task_credentials
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ExecutorSpec:
     executor_id: str
     framework_id: str

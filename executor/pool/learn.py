@@ -21,9 +21,9 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 
 from hypervm.errors import ImageError, InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageref import RegistryRef, parse_reference
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ LEARN_ENV = "HYPERVM_POOL_LEARN_IMAGES"
 MAX_REF = 512
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class LearnedImage:
     tenant: str
     ref: str

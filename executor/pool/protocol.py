@@ -60,7 +60,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ from executor.libvirt.domain import (
 )
 from executor.pool.learn import MAX_LEARN_IMAGES, MAX_REF
 from hypervm.errors import HyperVMError, ImageError, InvalidSpec, NetworkError, PoolError
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageref import parse_reference
 from hypervm.netspec import NetworkSpec, PortMapping, valid_tenant
 from hypervm.podspec import PodSpec
@@ -95,7 +95,7 @@ GENERIC = ""
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PoolConfig:
     """``size`` generic idle VMs, plus ``per_image`` idle VMs for each image of ``images``
     (references, resolved like a launch resolves them), all of ``vcpus`` vCPUs and
@@ -262,7 +262,7 @@ def claim_request(vcpus: int, memory_mib: int, metadata: Mapping[str, str] | Non
     return request
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Claim:
     vcpus: int
     memory_mib: int
@@ -354,7 +354,7 @@ def error_reply(err: HyperVMError) -> dict[str, Any]:
     return {"error": str(err)}
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Lease:
     """A claimed pool VM: now the claimer's to use and to destroy."""
 

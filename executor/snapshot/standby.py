@@ -35,7 +35,6 @@ import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from executor.pool.protocol import Lease, request_metadata
 from executor.snapshot.store import Shape
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, PoolError
+from hypervm.frozen import frozen_dataclass
 from hypervm.netspec import valid_tenant
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ _KEY_RE = re.compile(r"^[0-9a-f]{24}$")
 _TEMPLATE_RE = re.compile(rf"^{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}$")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Ask:
     """A standby request: the shape, the snapshot it will load, the pod's metadata."""
 

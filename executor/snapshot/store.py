@@ -55,7 +55,6 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from executor.libvirt.designer import template_domain
 from executor.libvirt.domain_xml import domain_xml
 from hypervm.config import HostConfig
 from hypervm.errors import HostError
+from hypervm.frozen import frozen_dataclass
 from vmimage.boot import BootFiles
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ _KEY_NAME = "hypervm-template"
 _KEY_RUN_DIR = Path("/nonexistent/template")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Shape:
     vcpus: int
     memory_mib: int
@@ -94,7 +94,7 @@ class Shape:
     tenant: str = "default"
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Snapshot:
     """A complete entry: its state file and what its meta says."""
 

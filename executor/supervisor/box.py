@@ -16,12 +16,12 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 STATE = "state.json"
 #: events kept in the state (the oldest go first)
@@ -46,7 +46,7 @@ def now() -> float:
     return time.time()
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Box:
     """The state directory of one detached VM's supervisor."""
 

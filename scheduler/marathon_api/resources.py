@@ -7,12 +7,12 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import falcon
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 from scheduler.api import read_json
 from scheduler.errors import Forbidden, NotFound
 from scheduler.marathon_api import state, views
@@ -30,7 +30,7 @@ def _tenant(req: falcon.Request) -> Tenant:
     return req.context.tenant
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ServerInfo:
     """What ``/v2/info`` and ``/v2/leader`` tell about this scheduler."""
     name: str

@@ -10,19 +10,20 @@ is killed first, as Marathon does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
+
+from hypervm.frozen import frozen_dataclass
 
 DEFAULT_STRATEGY = {"minimumHealthCapacity": 1.0, "maximumOverCapacity": 1.0}
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Inst:
     idx: int
     ready: bool
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Step:
     #: old instances (idx) to remove now
     kill: tuple[int, ...]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from hypervm.frozen import frozen_dataclass
 from scheduler.store import Store
 
 SCHEMA = """
@@ -102,7 +102,7 @@ def forget_app(db: sqlite3.Connection, tenant: str, app: str) -> None:
 
 # ---------------------------------------------------------------------- deployments
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Deployment:
     id: str
     tenant: str

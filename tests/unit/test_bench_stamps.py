@@ -113,3 +113,28 @@ def test_tocreate_pairs_each_sample_with_the_baselines() -> None:
     assert out["exec to createXML ms"] == {"p50": 160.0, "min": 150.0, "n": 3}
     assert out["exec to createXML ms: this - baseline, paired p50"] == -20.0
     assert "CPU to createXML ms: this - baseline, paired p50" not in out
+
+
+def test_a_module_not_imported_yet_is_wrapped_as_the_run_imports_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cold run's stamps and stop are installed when the run itself imports their module
+    (its imports keep their order: nothing imported at site time), and before a
+    ``from module import name`` binds the name."""
+    (tmp_path / "fake_lazy_cold.py").write_text("def run_command():\n    return 0\n")
+    (tmp_path / "fake_lazy_user.py").write_text("from fake_lazy_cold import run_command\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fake_lazy_cold", "fake_lazy_user"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    stamps = _stamps_module()
+    monkeypatch.setattr(stamps, "COLD_STAMPED", (("fake_lazy_cold", "run_command"),))
+    finders = list(sys.meta_path)
+    try:
+        stamps._install(str(tmp_path), repr(time.perf_counter()))
+        assert "fake_lazy_cold" not in sys.modules
+        user = importlib.import_module("fake_lazy_user")
+        assert user.run_command() == 0
+        assert list(sys.meta_path) == finders  # the finder stepped aside
+    finally:
+        sys.meta_path[:] = finders
+    (record,) = tmp_path.glob("t-*.txt")
+    assert record.read_text().split()[0] == "run_command"

@@ -16,10 +16,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageref import RegistryRef
 
 from . import skopeo
@@ -31,7 +31,7 @@ DEFAULT_TTL_S = 300.0
 LEDGER_MODE = 0o700
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PullAuth:
     """Who pulls: the tenant (a Mesos role) and the credentials its task brought."""
 

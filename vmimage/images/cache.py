@@ -28,11 +28,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypervm.errors import HostError
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ImageRecord:
     """A cached image: its manifest digest, config blob and layer diff ids."""
 

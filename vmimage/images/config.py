@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_ID = 2**32 - 2
@@ -32,7 +32,7 @@ def load_json(image: str, what: str, blob: str, data: bytes) -> dict[str, Any]:
     return doc
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ImageConfig:
     """What an image's config says about its process (entrypoint, cmd, env, ...)."""
 
@@ -43,7 +43,7 @@ class ImageConfig:
     user: str = ""
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ParsedConfig:
     """An image config blob, parsed and checked: its process and layer diff ids."""
 
@@ -86,7 +86,7 @@ def parse_config(image: str, digest: str, data: bytes) -> ParsedConfig:
     return ParsedConfig(config, diff_ids)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PasswdEntry:
     """One line of an image's /etc/passwd."""
 
@@ -95,7 +95,7 @@ class PasswdEntry:
     gid: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class GroupEntry:
     """One line of an image's /etc/group."""
 

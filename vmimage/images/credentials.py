@@ -21,10 +21,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
 
 from hypervm.errors import InvalidSpec
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class HostCredentials:
         return _entry(creds) if creds else None
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class TaskCredentials:
     """The ``auths`` of a Docker config a task brought (see :func:`parse_docker_config`)."""
 

@@ -13,10 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hypervm.frozen import frozen_dataclass
+
 from .cache import Cache
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class ImageSize:
     """The size of one cached image (``hypervm images``)."""
 
@@ -27,7 +29,7 @@ class ImageSize:
     size: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class SizeReport:
     """The size of the whole image cache."""
 

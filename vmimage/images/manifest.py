@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 
 from .config import load_json
 
@@ -35,7 +35,7 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 PLATFORM = ("linux", "amd64")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Descriptor:
     """An OCI descriptor: media type, digest and size of a blob."""
 
@@ -48,7 +48,7 @@ class Descriptor:
         return self.digest.split(":", 1)[1]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Manifest:
     """An image manifest for our platform: its config and layer descriptors."""
 

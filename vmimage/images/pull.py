@@ -13,12 +13,12 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hypervm.config import ImageLimits
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 from vmimage import rootfs
 
 from .cache import Cache, ImageRecord
@@ -42,7 +42,7 @@ Say = Callable[[str], None]
 Locked = Callable[..., contextlib.AbstractContextManager[None]]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class _Built:
     """A layer verified and built in staging, not yet in the cache."""
 

@@ -15,10 +15,10 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageref import ArchiveRef, DaemonRef, ImageRef, LayoutRef, RegistryRef, is_insecure
 
 from .credentials import Credentials, HostCredentials
@@ -26,7 +26,7 @@ from .credentials import Credentials, HostCredentials
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Source:
     """Where and how skopeo reads an image reference."""
 

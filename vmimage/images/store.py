@@ -20,12 +20,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hypervm.config import HostConfig
 from hypervm.errors import ImageError
+from hypervm.frozen import frozen_dataclass
 from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_reference
 
 from .cache import Cache, ImageRecord, LockTimeout
@@ -42,7 +42,7 @@ Progress = Callable[[str], None]
 PULL_POLICIES = ("missing", "always")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Image:
     """A resolved image: its reference, digest, layer images and config."""
 

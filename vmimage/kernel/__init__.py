@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from hypervm.config import HostConfig, env_choice
 from hypervm.errors import HostError
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ KernelKind = Literal["hyperkernel", "distro"]
 KINDS = ("hyperkernel", "distro")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Kernel:
     """A guest kernel this host can boot, and what its initrd must carry."""
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from hypervm.config import HostConfig, env_choice
 from hypervm.errors import HostError
+from hypervm.frozen import frozen_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ KINDS = ("hyperqemu", "distro")
 DISTRO_BINARY = Path("/usr/bin/qemu-system-x86_64")
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Qemu:
     """The emulator libvirt runs for our domains, and what it can do."""
 
