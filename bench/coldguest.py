@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench import results
@@ -92,34 +92,48 @@ def run_once(guest: Guest, spawned: float, net: bool = True) -> dict[str, float]
             "run": ended - ready}
 
 
-def measure(rounds: int, baseline: Path | None = None, stamps: bool = False,
-            net: bool = True) -> dict[str, list[float]]:
-    kernel = find_kernel(config_from_env(), env={"HYPERVM_KERNEL": "hyperkernel"}).path
+def hyperkernel() -> Path:
+    """The HyperKernel these guests boot (no libvirt: QEMU straight)."""
+    return find_kernel(config_from_env(), env={"HYPERVM_KERNEL": "hyperkernel"}).path
+
+
+def alternating(work: Path, rounds: int, baseline: Path | None
+                ) -> Iterator[tuple[int, str, Path]]:
+    """(round, sample prefix, initrd) of each guest to boot: this tree's init (prefix "") and,
+    with ``baseline`` (a source tree with init built), its init ("baseline "), each in an
+    initrd of its own made in ``work``; which goes first alternates over the rounds."""
     inits = {"": INIT}
     if baseline is not None:
         inits = {"baseline ": baseline / "init" / "build" / "hypervm-init", **inits}
+    initrds = {prefix: _cpio(work / f"initrd-{i}", {"init": init}, work / f"initrd-{i}.cpio")
+               for i, (prefix, init) in enumerate(inits.items())}
+    order = list(initrds.items())
+    for i in range(rounds):
+        for prefix, initrd in order if i % 2 == 0 else order[::-1]:
+            yield i, prefix, initrd
+
+
+def measure(rounds: int, baseline: Path | None = None, stamps: bool = False,
+            net: bool = True) -> dict[str, list[float]]:
+    kernel = hyperkernel()
     cmdline = BASE_CMDLINE + (" hypervm_stamps=1" if stamps else "")
     work = Path(tempfile.mkdtemp(prefix="hypervm-bench-coldguest-"))
     samples: dict[str, list[float]] = {}
     try:
         layer = _layer(work)
-        initrds = {prefix: _cpio(work / f"initrd-{i}", {"init": init}, work / f"initrd-{i}.cpio")
-                   for i, (prefix, init) in enumerate(inits.items())}
-        for i in range(rounds):
-            order = list(initrds.items())
-            for prefix, initrd in order if i % 2 == 0 else order[::-1]:
-                spawned = time.monotonic()
-                guest = _boot(work, f"g{i}{len(prefix)}", initrd, kernel, layer, cmdline)
-                try:
-                    guest.connect()
-                    took = run_once(guest, spawned, net)
-                    if stamps:
-                        took.update({f"stamp {k}": v / 1000
-                                     for k, v in wait_stamps(guest).items()})
-                finally:
-                    guest.kill()
-                for name, value in took.items():
-                    samples.setdefault(prefix + name, []).append(value)
+        for i, prefix, initrd in alternating(work, rounds, baseline):
+            spawned = time.monotonic()
+            guest = _boot(work, f"g{i}{len(prefix)}", initrd, kernel, layer, cmdline)
+            try:
+                guest.connect()
+                took = run_once(guest, spawned, net)
+                if stamps:
+                    took.update({f"stamp {k}": v / 1000
+                                 for k, v in wait_stamps(guest).items()})
+            finally:
+                guest.kill()
+            for name, value in took.items():
+                samples.setdefault(prefix + name, []).append(value)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return samples

@@ -29,11 +29,8 @@ import time
 from pathlib import Path
 
 from bench import coldguest, results
-from bench.preparefast import INIT, _layer
-from hypervm.config import config_from_env
-from tests.integration.test_init_qemu import _cpio
+from bench.preparefast import _layer
 from vmimage.boot import BASE_CMDLINE
-from vmimage.kernel import find_kernel
 
 USER = "<user>"
 #: kernel subsystems by function name (the first match wins); the rest is "other"
@@ -111,29 +108,21 @@ def one_guest(work: Path, name: str, initrd: Path, kernel: Path, layer: Path
 
 
 def measure(rounds: int, baseline: Path | None, top: int) -> dict[str, object]:
-    kernel = find_kernel(config_from_env(), env={"HYPERVM_KERNEL": "hyperkernel"}).path
+    kernel = coldguest.hyperkernel()
     symbols = kernel_symbols(kernel.parent / "vmlinux.debug")
-    inits = {"": INIT}
-    if baseline is not None:
-        inits = {"baseline ": baseline / "init" / "build" / "hypervm-init", **inits}
     work = Path(tempfile.mkdtemp(prefix="hypervm-bench-translated-"))
     samples: dict[str, list[float]] = {}
     tops: dict[str, collections.Counter[str]] = {}
     try:
         layer = _layer(work)
-        initrds = {prefix: _cpio(work / f"initrd-{i}", {"init": init}, work / f"initrd-{i}.cpio")
-                   for i, (prefix, init) in enumerate(inits.items())}
-        for i in range(rounds):
-            order = list(initrds.items())
-            for prefix, initrd in order if i % 2 == 0 else order[::-1]:
-                boot_log, run_log = one_guest(work, f"g{i}{len(prefix)}", initrd, kernel,
-                                                 layer)
-                boot, run = count(boot_log, symbols), count(run_log, symbols)
-                tops.setdefault(prefix, collections.Counter()).update(run)
-                took = {"boot": sum(boot.values()), "run": sum(run.values()),
-                        **{f"run {k}": v for k, v in subsystems(run).items()}}
-                for key, value in took.items():
-                    samples.setdefault(prefix + key, []).append(float(value))
+        for i, prefix, initrd in coldguest.alternating(work, rounds, baseline):
+            boot_log, run_log = one_guest(work, f"g{i}{len(prefix)}", initrd, kernel, layer)
+            boot, run = count(boot_log, symbols), count(run_log, symbols)
+            tops.setdefault(prefix, collections.Counter()).update(run)
+            took = {"boot": sum(boot.values()), "run": sum(run.values()),
+                    **{f"run {k}": v for k, v in subsystems(run).items()}}
+            for key, value in took.items():
+                samples.setdefault(prefix + key, []).append(float(value))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {k: {"p50": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
