@@ -48,7 +48,7 @@ from executor.libvirt.owners import owner_metadata, process_start_time
 from executor.pool import listener, warmup
 from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
 from executor.pool.protocol import encode, error_reply
-from executor.snapshot import store
+from executor.snapshot import store, template
 from executor.snapshot.standby import OP, Ask, lease_reply, parse_standby, remember
 from executor.snapshot.store import Shape
 from hypervm.errors import HostError, HyperVMError, PoolError
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: seconds a standby's QEMU may take to load the snapshot, and its warm-up to run
 LOAD_TIMEOUT = 30.0
+#: seconds the keeper waits for another process's template of the store (then retries later)
+TEMPLATE_WAIT_S = template.BOOT_TIMEOUT + template.SAVE_TIMEOUT
 WARMUP_TIMEOUT = 60.0
 #: snapshot keys of shapes remembered at most (computing one builds a domain's XML)
 KEYS_KEPT = 64
@@ -247,11 +249,33 @@ class StandbyKeeper:
                 return shape
         return None
 
+    def _drop_stale(self) -> None:
+        """Drop the ready standbys whose snapshot the store no longer serves (rotated after
+        N clones, expired, evicted): a launch would refuse them and make the template itself;
+        the refill makes it now instead (call without the lock: it reads the store)."""
+        with self._cond:
+            ready = list(self._ready.values())
+        for standby in ready:
+            snap = store.lookup(self.cfg, standby.key)
+            if snap is not None and snap.template == standby.template:
+                continue
+            with self._cond:
+                if self._ready.get(standby.shape) is not standby:
+                    continue  # taken meanwhile
+                del self._ready[standby.shape]
+            log.info("standby %s: its snapshot was rotated: made anew", standby.name)
+            self._drop(standby)
+
     def _refill_loop(self) -> None:
         while not self._stopping.is_set():
+            self._drop_stale()
             with self._cond:
                 while not self._stopping.is_set() and (shape := self._next()) is None:
                     self._cond.wait(1.0)
+                    if self._ready:
+                        break  # check them again (_drop_stale) at most each second
+                if shape is None:
+                    continue
             if self._stopping.is_set() or shape is None:
                 return
             # a standby was just taken: let its launch have the CPU first
@@ -271,15 +295,12 @@ class StandbyKeeper:
                 self._drop(standby)
 
     def _make(self, shape: Shape) -> _Standby | None:
-        """Start a standby of ``shape`` (None: no snapshot of it yet, or it failed)."""
+        """Start a standby of ``shape``, its snapshot made first when the store has none
+        (None: it failed)."""
         try:
             key = self._key(shape)
         except HyperVMError as e:
             log.warning("no standby of %s: %s", shape, e)
-            return None
-        snap = store.lookup(self.cfg, key)
-        if snap is None:  # the launch that asked makes it; its next request retries
-            log.info("no standby of %s: the store has no snapshot of it yet", shape)
             return None
         name = f"{DOMAIN_PREFIX}{self.pool.config.name}-sb-{uuid.uuid4().hex[:8]}"
         run_dir = self.cfg.vms_dir / name
@@ -290,6 +311,10 @@ class StandbyKeeper:
         try:
             if boot is None:
                 raise HostError("the pool is not started")
+            # none in the store (never made, rotated, expired): made here, off any launch's
+            # clock, not by the next launch of the shape (counted when a launch takes it)
+            snap = template.ensure(self.cfg, boot, hv, shape, wait=TEMPLATE_WAIT_S,
+                                   count=False)
             own = identity.for_vm(self.cfg, hv, name)
             spec = clone_domain(name, snap.template, boot, self.cfg, run_dir,
                                 shape.vcpus, shape.memory_mib, metadata,

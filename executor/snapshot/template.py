@@ -42,21 +42,23 @@ _NETWORK_ID, _RESEED_ID = 1, 2
 
 
 def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
-           wait: float | None = None) -> Snapshot:
+           wait: float | None = None, count: bool = True) -> Snapshot:
     """The snapshot a pod of ``shape`` is cloned from (its tenant's, its memory size's, of
-    its vCPUs or more: store.template_shape), counted as one more clone: from
-    the store, else (none, or one due for rotation) made now (once per host: a concurrent
-    launch of the same shape waits for this one's). HostError when another template is being
-    made for longer than ``wait`` seconds (None: no bound)."""
+    its vCPUs or more: store.template_shape), counted as one more clone (``count``; a standby
+    keeper's is counted when a launch takes it): from the store, else (none, or one due for
+    rotation) made now (once per host: a concurrent launch of the same shape waits for this
+    one's). HostError when another template is being made for longer than ``wait`` seconds
+    (None: no bound)."""
+    counted = store.count_clone if count else (lambda _snap: None)
     key = store.snapshot_key(boot, cfg, shape)
     found = store.lookup(cfg, key)
     if found is not None:
-        store.count_clone(found)
+        counted(found)
         return found
     with store.locked(cfg, timeout=wait):
         found = store.lookup(cfg, key)
         if found is not None:
-            store.count_clone(found)
+            counted(found)
             return found
         store.check_not_failed(cfg, key)  # every launch of the shape would wait for it again
         started = time.monotonic()
@@ -73,7 +75,7 @@ def ensure(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
     made = store.lookup(cfg, key)
     if made is None:
         raise HostError(f"the snapshot {key} just made cannot be read back")
-    store.count_clone(made)
+    counted(made)
     return made
 
 

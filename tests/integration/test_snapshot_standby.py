@@ -36,13 +36,19 @@ SHAPE = Shape(1, 128)
 
 
 @pytest.fixture
-def keeper(host_cfg: Any, fresh_store: Path
+def max_clones() -> int | None:
+    """The store's rotation after N clones (HYPERVM_SNAPSHOT_MAX_CLONES) for ``keeper``."""
+    return 100
+
+
+@pytest.fixture
+def keeper(host_cfg: Any, fresh_store: Path, max_clones: int | None
            ) -> Iterator[tuple[Any, StandbyKeeper]]:
     """A pool of no idle VMs and one standby shape, on a socket of its own; the config a
     launch from a snapshot reaches it with."""
     sock_dir = Path(tempfile.mkdtemp(prefix="hypervm-sb-"))
     cfg = dataclasses.replace(host_cfg, pool_socket_override=sock_dir / "pool.sock",
-                              use_pool=True, use_snapshot=True)
+                              use_pool=True, use_snapshot=True, snapshot_max_clones=max_clones)
     pool = WarmPool(cfg, PoolConfig(size=0, standby=1, vcpus=1, memory_mib=128,
                                     name=POOL_NAME), reap_interval=0.5)
     keeper = StandbyKeeper(pool, refill_delay=0.0)
@@ -113,6 +119,37 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         time.sleep(0.2)
     assert not our_domains(standby), "the taken standby ends with its pod"
     assert not our_domains(dead), "a dead standby's domain is gone too"
+
+
+@pytest.mark.parametrize("max_clones", [2])
+def test_the_daemon_makes_a_rotated_snapshot_anew_for_its_standby(keeper: Any) -> None:
+    """The store rotates a snapshot after N clones (here 2): the keeper of a wanted shape makes
+    the new template itself and a standby of it, off any launch's clock (before, it waited
+    for a launch of the shape to make it and kept no standby until then); the next launch
+    takes that standby."""
+    cfg, kept = keeper
+    template = store.template_shape(cfg, SHAPE)
+    key = store.snapshot_key(kept.pool.boot_files, cfg, template)
+    vms = []
+    try:
+        vms.append(boot_vm(cfg, _pod(cfg, "r1", 1, 128)))  # makes the snapshot: clone 1
+        first = store.lookup(cfg, key)
+        assert first is not None
+        # no standby yet (the shape is wanted from now on): its own clone, the second
+        vms.append(boot_vm(cfg, _pod(cfg, "r2", 1, 128)))
+        deadline = time.monotonic() + 120  # no launch meanwhile: the keeper remakes it
+        while ((remade := store.lookup(cfg, key)) is None or remade.template == first.template
+               ) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert remade is not None and remade.template != first.template, kept.status()
+        assert kept.wait_ready(template, 120), kept.status()
+        standby = kept.ready_names()[0]
+        vms.append(boot_vm(cfg, _pod(cfg, "r3", 1, 128)))
+        assert vms[-1].name == standby
+        assert _report(vms[-1])[0] == 1
+    finally:
+        for vm in vms:
+            vm.destroy()
 
 
 def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> None:
