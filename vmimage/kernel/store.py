@@ -18,15 +18,20 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypervm.errors import HostError
 from vmimage.kernel import dpkg_cache
 from vmimage.progress import StepMeter
+
+if TYPE_CHECKING:
+    # subprocess is imported by the functions that run a program (a build step, dpkg-query
+    # after a change of dpkg's database): a cold run's cache hit runs none of them before its
+    # createXML, which then does not import it (with selectors: ~1 ms, issue 17)
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,7 @@ def _query_dpkg(wanted: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str 
     fields = list(dict.fromkeys(f for _, f in wanted))
     packages = list(dict.fromkeys(p for p, _ in wanted))
     line = "\\t".join(["${binary:Package}", "${Status}", *(f"${{{f}}}" for f in fields)])
+    import subprocess  # deferred: see TYPE_CHECKING above
     try:  # a package dpkg does not know is left out (exit status 1), the others listed
         out = subprocess.run(["dpkg-query", "-W", f"-f={line}\\n", *packages],
                              capture_output=True, text=True, check=False)
@@ -123,6 +129,8 @@ def run_logged(argv: list[str], logfile: Path | None, *, cwd: Path | None = None
     :class:`HostError` quoting the last lines of the output. ``meter`` reads each line of the
     output as it comes (the build's progress)."""
     log.debug("running %s", " ".join(argv))
+    import subprocess  # deferred: see TYPE_CHECKING above
+
     try:
         if logfile is not None and meter is not None:
             proc = _run_metered(argv, logfile, meter, cwd=cwd, env=env)
@@ -146,6 +154,8 @@ def run_logged(argv: list[str], logfile: Path | None, *, cwd: Path | None = None
 
 def _run_metered(argv: list[str], logfile: Path, meter: StepMeter, *, cwd: Path | None,
                  env: dict[str, str] | None) -> subprocess.CompletedProcess[bytes]:
+    import subprocess  # deferred: see TYPE_CHECKING above
+
     with open(logfile, "ab") as fh:
         fh.write(f"$ {' '.join(argv)}\n".encode())
         fh.flush()
@@ -228,6 +238,8 @@ def keep_failed_log(logfile: Path, parent: Path, key: str) -> Path:
 def staging(parent: Path, key: str) -> Iterator[Path]:
     """A fresh staging directory in ``parent``; removed on exit unless it was published."""
     ensure_dir(parent)
+    import tempfile  # deferred: a build only; a cold run's path skips it (issue 17)
+
     tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{key}-", dir=parent))
     try:
         yield tmp

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -182,6 +181,10 @@ def _download_source(cfg: HostConfig, version: str) -> Path:
 def _hardening_flags() -> tuple[str, str]:
     """Debian's build flags (stack protector, fortify, full RELRO) as QEMU's own package uses
     them, without -g (we do not ship debug info)."""
+    # deferred: a build only; a cold run's path (the key of the HyperQEMU it finds) does not
+    # import subprocess before its createXML (with selectors: ~1 ms, issue 17)
+    import subprocess
+
     def flags(name: str) -> list[str]:
         out = subprocess.run(["dpkg-buildflags", "--get", name], capture_output=True,
                              text=True, check=False)
@@ -192,6 +195,8 @@ def _hardening_flags() -> tuple[str, str]:
 
 
 def _qemu_version(binary: Path) -> str:
+    import subprocess  # deferred: a build only (see _hardening_flags)
+
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
                          check=False)
     first = out.stdout.splitlines()[0] if out.stdout else ""
