@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,6 +249,7 @@ class Cache:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
+        import shutil  # deferred: a pull only (see write_atomic)
         import tempfile  # deferred: a pull only (see write_atomic)
 
         path = Path(tempfile.mkdtemp(prefix="pull-", dir=self.root / "tmp"))

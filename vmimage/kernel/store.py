@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,9 +27,9 @@ from vmimage.kernel import dpkg_cache
 from vmimage.progress import StepMeter
 
 if TYPE_CHECKING:
-    # subprocess is imported by the functions that run a program (a build step, dpkg-query
-    # after a change of dpkg's database): a cold run's cache hit runs none of them before its
-    # createXML, which then does not import it (with selectors: ~1 ms, issue 17)
+    # subprocess (and shutil) are imported by the functions that run a program (a build step,
+    # dpkg-query after a change of dpkg's database) or build: a cold run's cache hit runs none
+    # of them before its createXML, which then imports neither (~1 + ~2.5 ms, issue 17)
     import subprocess
 
 log = logging.getLogger(__name__)
@@ -230,6 +229,8 @@ def ensure_built(final: Path, artefact: str, build: Callable[[], Path]) -> Path:
 def keep_failed_log(logfile: Path, parent: Path, key: str) -> Path:
     """Copy a failed build's log to ``parent/failed-<key>.log`` (the staging dir goes away)."""
     kept = parent / f"failed-{key}.log"
+    import shutil  # deferred: see TYPE_CHECKING above
+
     shutil.copyfile(logfile, kept)
     return kept
 
@@ -238,6 +239,7 @@ def keep_failed_log(logfile: Path, parent: Path, key: str) -> Path:
 def staging(parent: Path, key: str) -> Iterator[Path]:
     """A fresh staging directory in ``parent``; removed on exit unless it was published."""
     ensure_dir(parent)
+    import shutil  # deferred: a build only; a cold run's path skips it (issue 17)
     import tempfile  # deferred: a build only; a cold run's path skips it (issue 17)
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{key}-", dir=parent))
@@ -255,6 +257,8 @@ def publish(tmp: Path, final: Path) -> Path:
         os.rename(tmp, final)
     except OSError as e:
         if final.is_dir():  # someone else published the same key first: theirs is as good
+            import shutil  # deferred: see TYPE_CHECKING above
+
             shutil.rmtree(tmp, ignore_errors=True)
             return final
         raise HostError(f"cannot publish {final}: {e.strerror}") from e

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -116,6 +115,8 @@ def ensure_hyperqemu(cfg: HostConfig) -> Path:
 
 
 def _build(cfg: HostConfig, key: str, final: Path) -> Path:
+    import shutil  # deferred: a build only (see _hardening_flags)
+
     version = source_version() or "unknown"
     dsc = _download_source(cfg, version)
     started = time.monotonic()
