@@ -87,7 +87,8 @@ def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
     uuid's import), socket (a pool's socket or published ports), subprocess and selectors (a
     build, the KVM probe), tempfile and random (a --rootfs run, a pull, a cache write), shutil
     with bz2 and lzma (a build, a pull, the VM's end; argparse's own formatter imports it for
-    the terminal's width, ours does not: executor.cli.usage.LineFormatter): each is
+    the terminal's width, ours does not: executor.cli.usage.LineFormatter), the values of a
+    domain listing and of libvirt's events (executor.libvirt.events): each is
     milliseconds of every cold run before its VM is created (issue 17: a cold run within 1.3 x
     the raw boot). tests/integration/test_run_image_cli.py checks the modules loaded when a
     real run's createXML begins."""
@@ -108,7 +109,8 @@ def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
                    "vmimage.images.credentials", "vmimage.images.skopeo",
                    "vmimage.images.pull", "vmimage.images.manifest", "executor.cli.detach",
                    "executor.supervisor.box", "socket", "subprocess", "selectors",
-                   "tempfile", "random", "vmimage.rootfs", "shutil", "bz2", "lzma"):
+                   "tempfile", "random", "vmimage.rootfs", "shutil", "bz2", "lzma",
+                   "executor.libvirt.events"):
         assert unused not in loaded, unused
 
 
