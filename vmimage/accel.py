@@ -13,8 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import selectors
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -111,6 +109,11 @@ def probe_command(kernel: Path, bios: Path | None = DEFAULT_BIOS) -> list[str]:
 
 def probe_kvm_boot(kernel: Path, timeout: float = PROBE_TIMEOUT) -> Check:
     """Boot ``kernel`` under KVM; OK once its banner appears on the serial port."""
+    # deferred: the probe runs only when no verdict of this boot is cached; a cold run's path
+    # imports neither (~1 ms, issue 17)
+    import selectors
+    import subprocess  # see above
+
     cmd = probe_command(kernel)
     started = time.monotonic()
     try:

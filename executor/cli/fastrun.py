@@ -50,7 +50,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -59,6 +58,7 @@ from collections.abc import Mapping, Sequence
 #: loaded hosts: its annotations are never evaluated)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
 #: hypervm.config.DEFAULT_RUN_DIR (a unit test keeps them equal; importing it costs ~20 ms)
@@ -248,6 +248,12 @@ def _read_line(sock: socket.socket, deadline: float | None = None) -> bytes:
 
 
 def _connect(path: str) -> socket.socket | None:
+    if not os.path.exists(path):  # no pool: the full CLI, which does not need socket
+        return None
+    # deferred: only a pool socket that exists needs it, a cold run without a pool does not
+    # import socket (with array: ~2 ms at every start, issue 17)
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)  # a pool whose backlog is full: the full CLI
     try:
@@ -302,6 +308,8 @@ def _exchange(sock: socket.socket, request: dict[str, Any], got: list[int],
     phase[0] = "going"
     if got:  # a signal came while we read the answer: nothing ran, nothing will
         return "fallback", "interrupted"
+    import socket  # deferred: imported by _connect already (see there)
+
     try:
         socket.send_fds(sock, [GO_LINE], fds)
     except OSError as e:  # the daemon closed the connection (it gave up on us): no go arrived

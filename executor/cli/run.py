@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,7 +23,6 @@ from hypervm.errors import InvalidSpec
 from hypervm.limits import default_limits
 from hypervm.netspec import NetworkSpec, parse_publish
 from hypervm.podspec import Container, Limits, Mount, PodSpec, Process, Resources, Rootfs
-from vmimage.rootfs import build_layer_image
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +165,12 @@ def rootfs_image(cfg: HostConfig, rootfs: Path | None) -> Iterator[Path]:
 
     cfg.rootfs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.rootfs_dir, 0o755)
+    # deferred: --rootfs only; a cold image run imports neither before createXML (tempfile,
+    # random, subprocess: ~2 ms, issue 17)
+    import tempfile  # see above
+
+    from vmimage.rootfs import build_layer_image  # see above
+
     fd, name = tempfile.mkstemp(prefix="run-", suffix=".erofs", dir=cfg.rootfs_dir)
     os.close(fd)
     image = Path(name)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 import libvirt_qemu
@@ -42,17 +42,16 @@ from executor.libvirt.domain_xml import (
     parse_dac_label,
     parse_domain_facts,
 )
-from executor.libvirt.events import (  # re-exported: callers take them from here too
-    CLOSE_REASONS,
-    DISCONNECTED,
-    EVENT_NAMES,
-    DomainInfo,
-    LifecycleEvent,
-)
 from executor.libvirt.owners import owner_metadata
 from hypervm import fsmode
 from hypervm.config import DEFAULT_LIBVIRT_URI
 from hypervm.errors import HostError, HypervisorError, InvalidSpec
+
+if TYPE_CHECKING:
+    # executor.libvirt.events (the listing's and the events' values) is imported where they are
+    # made: a listing, the event thread's callbacks; a cold run makes neither before its
+    # createXML (two dataclasses: ~1 ms, issue 17)
+    from executor.libvirt.events import DomainInfo, LifecycleEvent
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ class VM:
         return f"VM({self.name!r})"
 
 
-EventCallback = Callable[[LifecycleEvent], None]
+EventCallback = Callable[["LifecycleEvent"], None]
 
 
 class Hypervisor:
@@ -475,6 +474,8 @@ class Hypervisor:
 
     def list_ours(self) -> list[DomainInfo]:
         """Our domains (name prefix and metadata namespace), with metadata and disk sources."""
+        from executor.libvirt.events import DomainInfo  # deferred: see TYPE_CHECKING above
+
         try:
             domains = self.conn.listAllDomains(0)
         except libvirt.libvirtError as e:
@@ -521,6 +522,8 @@ class Hypervisor:
         name = dom.name()
         if not name.startswith(DOMAIN_PREFIX):
             return
+        from executor.libvirt.events import EVENT_NAMES, LifecycleEvent  # see TYPE_CHECKING
+
         kind = EVENT_NAMES[event] if 0 <= event < len(EVENT_NAMES) else str(event)
         ev = LifecycleEvent(name=name, event=kind, detail=detail)
         log.debug("event: %s %s (%s)", name, kind, ev.reason)
@@ -536,6 +539,9 @@ class Hypervisor:
             names, self._created = sorted(self._created), set()
         if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
             return
+        # deferred: see TYPE_CHECKING above
+        from executor.libvirt.events import CLOSE_REASONS, DISCONNECTED, LifecycleEvent
+
         log.warning(
             "lost the connection to %s (%s); %d VMs affected",
             self.uri,

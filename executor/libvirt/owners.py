@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from executor.libvirt.domain import DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START
 from hypervm.frozen import frozen_dataclass
 
-if TYPE_CHECKING:  # only for annotations: hypervisor imports this module
-    from executor.libvirt.hypervisor import DomainInfo
+if TYPE_CHECKING:  # only for annotations
+    from executor.libvirt.events import DomainInfo
 
 #: a run dir without a domain is left alone this long: its VM may be being created right now
 ORPHAN_DIR_GRACE_S = 120.0

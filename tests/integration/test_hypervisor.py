@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
-from executor.libvirt.hypervisor import DomainInfo, Hypervisor, LifecycleEvent
+from executor.libvirt.events import DomainInfo, LifecycleEvent
+from executor.libvirt.hypervisor import Hypervisor
 from hypervm.config import HostConfig, config_from_env
 from hypervm.errors import HypervisorError
 

@@ -114,13 +114,17 @@ hypervisor.Hypervisor.create = create
 #: the guest boots) or not at all: the guest channel and its waits, the network policy and its
 #: thread's Future, the output relay and exit statuses, a pull (manifests, unpacking), a tenant's
 #: pull checks, the pool's client, a -v directory's hand-back (ctypes), a configuration file,
-#: a -d/-t run's supervisor
+#: a -d/-t run's supervisor; socket (a pool's socket, published ports), subprocess (a build, the
+#: KVM probe), tempfile (a --rootfs run, a pull, a cache write), shutil (a build, a pull, the end),
+#: libvirt's event values (the event thread's first event)
 AFTER_CREATE = ("executor.guest.channel", "tenacity", "executor.netpolicy", "concurrent.futures",
                 "executor.cli.follow", "executor.runner", "vmimage.images.unpack", "tarfile",
                 "vmimage.images.pull", "vmimage.images.manifest",
                 "vmimage.images.authorize", "vmimage.images.credentials",
                 "vmimage.images.skopeo", "vmimage.images.sources", "executor.pool.adopt",
-                "ctypes", "tomllib", "uuid", "executor.cli.detach", "executor.supervisor.box")
+                "ctypes", "tomllib", "uuid", "executor.cli.detach", "executor.supervisor.box",
+                "socket", "subprocess", "selectors", "tempfile", "random", "vmimage.rootfs",
+                "shutil", "bz2", "lzma", "executor.libvirt.events")
 
 
 def test_a_cold_run_creates_its_domain_before_importing_what_follows(

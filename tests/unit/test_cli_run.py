@@ -84,10 +84,16 @@ def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
     (authorize, credentials, skopeo), and what is first needed once the domain is created
     (the guest channel client, tenacity's waits, the network policy and its thread's Future,
     the output relay: executor.cli.follow and executor.runner) or a uuid (and platform,
-    uuid's import): each is milliseconds of every cold run before its VM is created (issue
-    17: a cold run within 1.3 x the raw boot). tests/integration/test_run_image_cli.py checks
-    the modules loaded when a real run's createXML begins."""
-    code = ("import sys, executor.cli.main, executor.cli.run, vmimage.boot; "
+    uuid's import), socket (a pool's socket or published ports), subprocess and selectors (a
+    build, the KVM probe), tempfile and random (a --rootfs run, a pull, a cache write), shutil
+    with bz2 and lzma (a build, a pull, the VM's end; argparse's own formatter imports it for
+    the terminal's width, ours does not: executor.cli.usage.LineFormatter), the values of a
+    domain listing and of libvirt's events (executor.libvirt.events): each is
+    milliseconds of every cold run before its VM is created (issue 17: a cold run within 1.3 x
+    the raw boot). tests/integration/test_run_image_cli.py checks the modules loaded when a
+    real run's createXML begins."""
+    code = ("import sys, executor.cli.fastrun, executor.cli.main as m, executor.cli.run, "
+            "vmimage.boot; m.build_parser(['run', 'busybox', '--', 'true']); "
             "print(sorted(sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2]).stdout
@@ -102,7 +108,9 @@ def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
                    "executor.cli.follow", "executor.runner", "vmimage.images.authorize",
                    "vmimage.images.credentials", "vmimage.images.skopeo",
                    "vmimage.images.pull", "vmimage.images.manifest", "executor.cli.detach",
-                   "executor.supervisor.box"):
+                   "executor.supervisor.box", "socket", "subprocess", "selectors",
+                   "tempfile", "random", "vmimage.rootfs", "shutil", "bz2", "lzma",
+                   "executor.libvirt.events"):
         assert unused not in loaded, unused
 
 

@@ -42,7 +42,7 @@ def dpkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(argv)
         return subprocess.CompletedProcess(argv, 0, stdout=answer(argv), stderr="")
 
-    monkeypatch.setattr(store.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)  # the module store imports
     store.forget_package_versions()
     yield calls
     store.forget_package_versions()

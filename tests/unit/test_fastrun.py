@@ -565,7 +565,7 @@ def test_a_daemon_that_gave_up_on_our_go_leaves_the_run_to_the_full_cli(
         conn.shutdown(socket.SHUT_RDWR)
         closed.set()
 
-    monkeypatch.setattr(fastrun.socket, "send_fds", late_go)
+    monkeypatch.setattr(socket, "send_fds", late_go)  # the module fastrun imports
     thread = _fake_daemon(tmp_path / "pool.sock", serve)
     assert _run_fast(tmp_path, ["run", IMAGE]) is None
     thread.join(5)

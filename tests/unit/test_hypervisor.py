@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
-from executor.libvirt.hypervisor import DISCONNECTED, Hypervisor, LifecycleEvent
+from executor.libvirt.events import DISCONNECTED, LifecycleEvent
+from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, parse_start_time, process_start_time
 from hypervm.errors import HostError, HypervisorError, InvalidSpec
 

@@ -12,7 +12,7 @@ import pytest
 from executor import volume_access as va
 from executor.cli import gc as cli_gc
 from executor.cli.gc import collect_garbage
-from executor.libvirt.hypervisor import DomainInfo
+from executor.libvirt.events import DomainInfo
 from executor.libvirt.owners import Leftover, owner_gone, select_leftovers, select_orphan_dirs
 from executor.mesos.exec_socket import socket_path
 from hypervm.config import HostConfig

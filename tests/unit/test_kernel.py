@@ -437,7 +437,7 @@ def test_package_versions_are_asked_of_dpkg_once_per_process(monkeypatch) -> Non
             "qemu-system-x86:amd64\tinstall ok installed\t1:7.2+b3\t1:7.2\n"), stderr="")
 
     store.forget_package_versions()
-    monkeypatch.setattr(store.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)  # the module store imports
     try:
         assert store.package_versions(boot.PACKAGE_FIELDS) == ["6.1.1-1", "1:7.2"]
         assert store.package_version("linux-source-6.1") == "6.1.1-1"
@@ -458,7 +458,7 @@ def test_a_package_dpkg_does_not_know_or_has_not_installed_has_no_version(
             "linux-source-6.1\tdeinstall ok config-files\t6.1.1-1\n"), stderr="no packages")
 
     store.forget_package_versions()
-    monkeypatch.setattr(store.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)  # the module store imports
     try:
         assert store.package_versions([("linux-source-6.1", "Version"),
                                        ("nosuch", "Version")]) == [None, None]

@@ -24,8 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,6 +107,8 @@ class Cache:
 
     # -- atomic writes -------------------------------------------------------------------
     def write_atomic(self, path: Path, data: bytes) -> None:
+        import tempfile  # deferred: writes only; a cold run's cache hit skips it (issue 17)
+
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -249,6 +249,9 @@ class Cache:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
+        import shutil  # deferred: a pull only (see write_atomic)
+        import tempfile  # deferred: a pull only (see write_atomic)
+
         path = Path(tempfile.mkdtemp(prefix="pull-", dir=self.root / "tmp"))
         try:
             yield path

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -77,6 +76,10 @@ def ensure_hyperkernel(cfg: HostConfig) -> Path:
 
 
 def _build(cfg: HostConfig, key: str, final: Path) -> Path:
+    # deferred: a build only; a cold run's path (the key of the kernel it finds) does not
+    # import shutil before its createXML (with bz2, lzma: ~2.5 ms, issue 17)
+    import shutil
+
     version = source_package_version() or "unknown"
     src = _unpacked_source(cfg, version)
     started = time.monotonic()

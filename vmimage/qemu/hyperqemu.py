@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -117,6 +115,8 @@ def ensure_hyperqemu(cfg: HostConfig) -> Path:
 
 
 def _build(cfg: HostConfig, key: str, final: Path) -> Path:
+    import shutil  # deferred: a build only (see _hardening_flags)
+
     version = source_version() or "unknown"
     dsc = _download_source(cfg, version)
     started = time.monotonic()
@@ -182,6 +182,10 @@ def _download_source(cfg: HostConfig, version: str) -> Path:
 def _hardening_flags() -> tuple[str, str]:
     """Debian's build flags (stack protector, fortify, full RELRO) as QEMU's own package uses
     them, without -g (we do not ship debug info)."""
+    # deferred: a build only; a cold run's path (the key of the HyperQEMU it finds) does not
+    # import subprocess before its createXML (with selectors: ~1 ms, issue 17)
+    import subprocess
+
     def flags(name: str) -> list[str]:
         out = subprocess.run(["dpkg-buildflags", "--get", name], capture_output=True,
                              text=True, check=False)
@@ -192,6 +196,8 @@ def _hardening_flags() -> tuple[str, str]:
 
 
 def _qemu_version(binary: Path) -> str:
+    import subprocess  # deferred: a build only (see _hardening_flags)
+
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
                          check=False)
     first = out.stdout.splitlines()[0] if out.stdout else ""
