@@ -54,19 +54,29 @@ def wait_stamps(guest: Guest, timeout: float = 2.0) -> dict[str, float]:
     return found
 
 
-def _boot(work: Path, name: str, initrd: Path, kernel: Path, layer: Path,
-          cmdline: str, extra: Sequence[str] = ()) -> Guest:
+def guest_argv(qemu: str | Path, bios: Path, smp: str, work: Path, name: str, kernel: Path,
+               initrd: Path, cmdline: str, layer: Path) -> tuple[list[str], Path, Path]:
+    """A bench guest's QEMU command line without libvirt (TCG, 256 MiB, the guest channel on
+    ``work/name.sock``, the console in ``work/name.console``, ``layer`` as LUN serial layer0),
+    its channel socket and its console file."""
     sock, console = work / f"{name}.sock", work / f"{name}.console"
-    argv = [QEMU, "-M", "pc", "-accel", "tcg", "-bios", str(QBOOT), "-m", "256", "-smp", "1",
-            "-nographic", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
+    argv = [str(qemu), "-M", "pc", "-accel", "tcg", "-bios", str(bios), "-m", "256",
+            "-smp", smp, "-nographic", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=ch0,path={sock},server=on,wait=off",
             "-device", "virtserialport,chardev=ch0,name=org.hypervm.channel.0",
             "-drive", f"file={layer},if=none,id=d0,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=d0,serial=layer0",
-            "-netdev", "user,id=n0,restrict=on",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}", *extra]
+            "-device", "virtio-blk-pci,drive=d0,serial=layer0"]
+    return argv, sock, console
+
+
+def _boot(work: Path, name: str, initrd: Path, kernel: Path, layer: Path,
+          cmdline: str, extra: Sequence[str] = ()) -> Guest:
+    argv, sock, console = guest_argv(QEMU, QBOOT, "1", work, name, kernel, initrd, cmdline,
+                                     layer)
+    argv += ["-netdev", "user,id=n0,restrict=on",
+             "-device", f"virtio-net-pci,netdev=n0,mac={MAC}", *extra]
     return Guest(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL), sock, console)
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import coldguest, translated
+from bench import coldguest, results, translated
 from bench.preparefast import INIT, _layer
 from executor.guest.protocol import RESEED_BYTES, MsgType, encode_json, reseed_payload
 from hypervm.config import config_from_env
@@ -86,17 +86,11 @@ def _warm(chan: Any, script: str) -> None:
 def one_guest(work: Path, name: str, qemu: Path, initrd: Path, kernel: Path, layer: Path,
               cmdline: str, plug: bool, warm: str = "") -> tuple[bytes, float, str]:
     log, mon = work / f"{name}.in_asm", work / f"{name}.qmp"
-    sock, console = work / f"{name}.sock", work / f"{name}.console"
-    argv = [str(qemu), "-M", "pc", "-accel", "tcg", "-bios", str(DEFAULT_BIOS), "-m", "256",
-            "-cpu", "max", "-smp", "1,maxcpus=2,sockets=1,cores=2,threads=1",
-            "-nographic", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-            "-device", "virtio-serial-pci",
-            "-chardev", f"socket,id=ch0,path={sock},server=on,wait=off",
-            "-device", "virtserialport,chardev=ch0,name=org.hypervm.channel.0",
-            "-drive", f"file={layer},if=none,id=d0,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=d0,serial=layer0",
-            "-qmp", f"unix:{mon},server=on,wait=off", "-d", "in_asm", "-D", str(log)]
+    argv, sock, console = coldguest.guest_argv(
+        qemu, DEFAULT_BIOS, "1,maxcpus=2,sockets=1,cores=2,threads=1", work, name, kernel,
+        initrd, cmdline, layer)
+    argv += ["-cpu", "max", "-qmp", f"unix:{mon},server=on,wait=off",
+             "-d", "in_asm", "-D", str(log)]
     guest = Guest(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL), sock, console)
     try:
@@ -189,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="another tree (its init/build/hypervm-init), alternating")
     args = parser.parse_args(argv)
     out = measure(args.rounds, args.top, args.append, args.baseline)
-    text = json.dumps(out, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return results.emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -172,9 +172,14 @@ def quick_main(prog: str, default_rounds: int,
     doc = {"summary": summary(samples), "samples": samples,
            "machine": {"loadavg_after": list(os.getloadavg())},
            "commit": git_commit(Path(__file__).resolve().parent.parent)}
+    return emit(doc, args.out)
+
+
+def emit(doc: dict[str, Any], out: Path | None) -> int:
+    """A quick measurement's result: printed as JSON, and written to ``out`` (its ``--out``)."""
     text = json.dumps(doc, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    if out is not None:
+        out.write_text(text + "\n")
     print(text)
     return 0
 

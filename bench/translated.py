@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import collections
-import json
 import re
 import shutil
 import statistics
@@ -141,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     doc = measure(args.rounds, args.baseline, args.top)
     doc["commit"] = results.git_commit(Path(__file__).resolve().parent.parent)
-    text = json.dumps(doc, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return results.emit(doc, args.out)
 
 
 if __name__ == "__main__":
