@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import socket
@@ -34,6 +33,7 @@ from typing import Any
 from bench import coldguest, results, translated
 from bench.preparefast import INIT, _layer
 from executor.guest.protocol import RESEED_BYTES, MsgType, encode_json, reseed_payload
+from executor.libvirt import qmp
 from hypervm.config import config_from_env
 from tests.integration.test_init_qemu import Guest, _cpio
 from vmimage.boot import DEFAULT_BIOS, resolve_boot
@@ -49,25 +49,13 @@ SUBSYSTEMS = [("acpi", r"^acpi|^Acpi|^acpi_ex|^acpi_ps|^acpi_ns|^acpi_ut|^acpi_d
               *translated.SUBSYSTEMS]
 
 
-def _qmp(path: Path) -> tuple[socket.socket, object]:
+def _qmp(path: Path) -> qmp.Monitor:
+    """A QMP connection to the guest's QEMU (its ``-qmp`` server socket)."""
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(str(path))
-    f = sock.makefile("rw")
-    f.readline()
-    for cmd in ({"execute": "qmp_capabilities"},):
-        f.write(json.dumps(cmd) + "\n")
-        f.flush()
-        f.readline()
-    return sock, f
-
-
-def _cmd(f: object, cmd: dict) -> dict:
-    f.write(json.dumps(cmd) + "\n")  # type: ignore[attr-defined]
-    f.flush()  # type: ignore[attr-defined]
-    while True:
-        reply = json.loads(f.readline())  # type: ignore[attr-defined]
-        if "return" in reply or "error" in reply:
-            return reply
+    monitor = qmp.Monitor(sock)
+    monitor.handshake()
+    return monitor
 
 
 def _warm(chan: Any, script: str) -> None:
@@ -96,9 +84,9 @@ def one_guest(work: Path, name: str, qemu: Path, initrd: Path, kernel: Path, lay
     try:
         chan = guest.connect()
         time.sleep(1.0)  # boot settles (the log is written by QEMU's own thread)
-        qsock, f = _qmp(mon)
-        _cmd(f, {"execute": "human-monitor-command",
-                 "arguments": {"command-line": "tcg-flush"}})
+        monitor = _qmp(mon)
+        monitor.monitor(name, {"execute": "human-monitor-command",
+                               "arguments": {"command-line": "tcg-flush"}})
         # as the standby: its QEMU loaded the snapshot, then ran a RESEED (and a container)
         chan.send_raw(encode_json(MsgType.RESEED, 99, reseed_payload(os.urandom(RESEED_BYTES))))
         frame = chan.next_frame(30)
@@ -108,10 +96,9 @@ def one_guest(work: Path, name: str, qemu: Path, initrd: Path, kernel: Path, lay
         mark = log.stat().st_size
         began = time.monotonic()
         if plug:
-            reply = _cmd(f, {"execute": "device_add", "arguments": {
+            monitor.monitor(name, {"execute": "device_add", "arguments": {  # raises on error
                 "driver": "max-x86_64-cpu", "id": "vcpu1", "socket-id": 0, "core-id": 1,
                 "thread-id": 0}})
-            assert "return" in reply, reply
         added = time.monotonic() - began
         chan.send_raw(encode_json(MsgType.RESEED, 100, reseed_payload(
             os.urandom(RESEED_BYTES), cpus=2 if plug else None)))
@@ -121,7 +108,7 @@ def one_guest(work: Path, name: str, qemu: Path, initrd: Path, kernel: Path, lay
         if plug:
             print(f"device_add {added:.4f} s, RESEED OK at {took:.4f} s", file=sys.stderr)
         time.sleep(0.3)
-        qsock.close()
+        monitor.close()
     finally:
         guest.kill()
     data = log.read_bytes()
