@@ -171,46 +171,78 @@ def _binding_error(cls: type, positional: list[dataclasses.Field[Any]],
     return fail
 
 
+def _binder(cls: type, positional: list[dataclasses.Field[Any]],
+            keyword: list[dataclasses.Field[Any]]) -> Callable[..., list[Any]]:
+    """(args, kwargs) → every parameter's value in order (defaults filled in, ``_FACTORY``
+    for a factory's), or the compiled ``__init__``'s TypeError."""
+    count = len(positional)
+    later = [tuple(f.name for f in [*positional[n:], *keyword]) for n in range(count + 1)]
+    defaults = {f.name: _default(f) for f in [*positional, *keyword]
+                if _default(f) is not dataclasses.MISSING}
+    fail = _binding_error(cls, positional, keyword)
+
+    def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        given = len(args)
+        if given > count:
+            fail(args, kwargs)
+        values = list(args)
+        used = 0
+        for name in later[given]:
+            if name in kwargs:
+                values.append(kwargs[name])
+                used += 1
+            elif name in defaults:
+                values.append(defaults[name])
+            else:
+                fail(args, kwargs)
+        if used != len(kwargs):
+            fail(args, kwargs)
+        return values
+    return bind
+
+
+def _plain_fields(cls: type, names: tuple[str, ...]) -> bool:
+    """Whether ``object.__setattr__`` of each of ``names`` only stores it in the instance's
+    ``__dict__``: no data descriptor (a slot, a property) of that name on the class."""
+    if "__slots__" in vars(cls):
+        return False
+    found = (next((vars(b)[name] for b in cls.__mro__ if name in vars(b)), None)
+             for name in names)
+    return not any(hasattr(type(attr), "__set__") or hasattr(type(attr), "__delete__")
+                   for attr in found)
+
+
 def _init(cls: type) -> Callable[..., None]:
     """``cls``'s ``__init__``: the compiled one's binding and assignments (module docstring)."""
     positional, keyword = _parameters(cls)
     _check_order(positional)
-    names = tuple(f.name for f in positional)
-    count = len(names)
-    later = [names[n:] + tuple(f.name for f in keyword) for n in range(count + 1)]
-    defaults = {f.name: _default(f) for f in [*positional, *keyword]
-                if _default(f) is not dataclasses.MISSING}
+    params = tuple(f.name for f in [*positional, *keyword])
+    count, bind = len(positional), _binder(cls, positional, keyword)
     steps: tuple[tuple[str, bool, Any], ...] = tuple(
         (f.name, f.init, f.default_factory) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         if f.init or f.default_factory is not dataclasses.MISSING)
-    initvars = tuple(f.name for f in cls.__dataclass_fields__.values()  # type: ignore[attr-defined]
-                     if _initvar(f))
+    initvars = tuple(params.index(f.name)  # where __post_init__'s arguments are
+                     for f in cls.__dataclass_fields__.values()  # type: ignore[attr-defined]
+                     if _initvar(f) and f.name in params)
+    # Every parameter a field, no factory, in the fields' order: the values go as they are.
+    direct = tuple(name for name, _, _ in steps) == params and _plain_fields(cls, params) and \
+        all(factory is dataclasses.MISSING for _, _, factory in steps)
     post_init = hasattr(cls, "__post_init__")
-    fail = _binding_error(cls, positional, keyword)
     assign = object.__setattr__
 
     def __init__(self: Any, /, *args: Any, **kwargs: Any) -> None:
-        given = len(args)
-        if given > count:
-            fail(args, kwargs)
-        values = dict(zip(names, args, strict=False))
-        if given < count or kwargs or keyword:
-            used = 0
-            for name in later[given]:
-                if name in kwargs:
-                    values[name] = kwargs[name]
-                    used += 1
-                elif name in defaults:
-                    values[name] = defaults[name]
-                else:
-                    fail(args, kwargs)
-            if used != len(kwargs):
-                fail(args, kwargs)
-        for name, from_argument, factory in steps:
-            value = values[name] if from_argument else _FACTORY
-            assign(self, name, factory() if value is _FACTORY else value)
+        values: Any = args
+        if kwargs or len(args) != count or keyword:
+            values = bind(args, kwargs)
+        if direct:
+            self.__dict__.update(zip(params, values, strict=True))
+        else:
+            named = dict(zip(params, values, strict=True))
+            for name, from_argument, factory in steps:
+                value = named[name] if from_argument else _FACTORY
+                assign(self, name, factory() if value is _FACTORY else value)
         if post_init:
-            self.__post_init__(*[values[name] for name in initvars])
+            self.__post_init__(*[values[i] for i in initvars])
     return __init__
 
 
