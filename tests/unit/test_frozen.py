@@ -413,3 +413,43 @@ def test_an_own_init_is_kept_and_a_plain_subclass_init_gets_its_signature() -> N
 
         assert Own("4").a == 4 and str(inspect.signature(Own)) == "(text: 'str') -> 'None'"
         assert Plain(3).k == 3 and str(inspect.signature(Plain)) == "(n: 'int') -> 'None'"
+
+
+class Recorded:
+    """A data descriptor as a field's default (dataclass's "descriptor-typed fields"): the
+    field's assignments go through its ``__set__``, never straight into ``__dict__``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = "_" + name
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        return 100 if obj is None else getattr(obj, self.name)
+
+    def __set__(self, obj: Any, value: int) -> None:
+        object.__setattr__(obj, self.name, value * 2)
+
+
+def test_values_are_stored_as_a_frozen_dataclass_stores_them() -> None:
+    """The order of ``__dict__`` and a data descriptor's ``__set__``, for the plain classes
+    (stored in one update) and the others (field by field)."""
+    def make(decorator: Any) -> tuple[type, type]:
+        @decorator
+        class Simple:
+            b: int
+            a: int = 0
+
+        @decorator
+        class Described:
+            a: int
+            d: Recorded = Recorded()  # noqa: RUF009  (the case)
+        return Simple, Described
+
+    for mine, ref in zip(make(frozen_dataclass), make(dataclass(frozen=True)), strict=True):
+        for args in ((1,), (1, 2)):
+            assert list(vars(mine(*args)).items()) == list(vars(ref(*args)).items())
+    assert vars(make(frozen_dataclass)[1](1, 3)) == {"a": 1, "_d": 6}
+    for name in ("a", "d", "_d"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(make(frozen_dataclass)[1](1), name, 0)
+    ordered = rich(frozen_dataclass)[1](1, "y", k=2, w=3)
+    assert list(vars(ordered)) == list(vars(rich(dataclass(frozen=True))[1](1, "y", k=2, w=3)))
