@@ -10,9 +10,11 @@ and every method is a function written once in this module, closed over the clas
 
 - ``__init__`` binds its arguments as the compiled one would (positional, keyword, defaults,
   ``default_factory``, ``field(init=False)``, ``kw_only``, ``InitVar``\\ s handed to
-  ``__post_init__``, fields of the dataclass bases) and assigns with ``object.__setattr__``;
-  when the arguments do not bind, a signature-only stub is compiled (once, on that error) and
-  called with them, so the ``TypeError`` is Python's own, word for word;
+  ``__post_init__``, fields of the dataclass bases) and assigns with ``object.__setattr__`` (a
+  class whose parameters are its fields in order, no factory, InitVar or data descriptor among
+  them: one ``__dict__.update``, which is what those assignments do); when the arguments do
+  not bind, a signature-only stub is compiled (once, on that error) and called with them, so
+  the ``TypeError`` is Python's own, word for word;
 - the frozen guard ``__setattr__``/``__delattr__`` is the compiled one's logic (refuse any
   name on the class itself, a field's name on a subclass, with ``FrozenInstanceError``): the
   freeze is not weaker, only not compiled;
@@ -26,7 +28,11 @@ inherit from one), type checkers see a frozen dataclass (PEP 681), and
 ``inspect.signature(cls)`` is the compiled ``__init__``'s, built when asked. A subclass of a
 frozen dataclass is handed to ``dataclasses`` as frozen (its check between bases wants it),
 which compiles the guard for it (none of ours). The price: binding arguments in Python costs
-more per instance than a compiled ``__init__`` (DEVELOPERS.md has the figures).
+more per instance than a compiled ``__init__`` (DEVELOPERS.md has the figures). What this
+leans on in ``dataclasses`` beyond its documented API: ``_FIELD_INITVAR`` (how an InitVar's
+``Field`` is told apart, 3.7-3.13) and ``__dataclass_params__``' attributes being settable;
+``dataclasses`` (with ``inspect``, ~5.5 ms) is still imported: ``fields``, ``replace`` and
+``asdict`` are its own and want its ``Field`` objects.
 ``tests/unit/test_frozen.py`` compares every behaviour with ``@dataclass(frozen=True)``'s.
 """
 
@@ -231,18 +237,19 @@ def _init(cls: type) -> Callable[..., None]:
     assign = object.__setattr__
 
     def __init__(self: Any, /, *args: Any, **kwargs: Any) -> None:
-        values: Any = args
         if kwargs or len(args) != count or keyword:
-            values = bind(args, kwargs)
+            args = bind(args, kwargs)  # type: ignore[assignment]
         if direct:
-            self.__dict__.update(zip(params, values, strict=True))
+            stored = self.__dict__
+            for name, value in zip(params, args, strict=True):
+                stored[name] = value
         else:
-            named = dict(zip(params, values, strict=True))
+            named = dict(zip(params, args, strict=True))
             for name, from_argument, factory in steps:
                 value = named[name] if from_argument else _FACTORY
                 assign(self, name, factory() if value is _FACTORY else value)
         if post_init:
-            self.__post_init__(*[values[i] for i in initvars])
+            self.__post_init__(*[args[i] for i in initvars])
     return __init__
 
 
