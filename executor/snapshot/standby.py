@@ -131,18 +131,13 @@ def remember(wanted: Sequence[Shape], shape: Shape, limit: int
     return kept[cut:], kept[:cut]
 
 
-def available(cfg: HostConfig) -> bool:
-    """Whether a standby may be had at all: the pool is on and its daemon's socket is there."""
-    return cfg.use_pool and cfg.pool_socket.exists()
-
-
 def take(cfg: HostConfig, shape: Shape, key: str, template: str,
          metadata: Mapping[str, str] | None = None) -> tuple[Lease, socket.socket] | None:
     """A standby of ``shape`` for the snapshot ``key`` (entry of ``template``) from the warm
     pool daemon, now ours to use and to destroy, with its guest channel's connected socket;
     or None (no daemon, or none ready: the request still tells the daemon to keep one of
     this shape)."""
-    if not available(cfg):
+    if not cfg.use_pool or not cfg.pool_socket.exists():
         return None
     fds: list[int] = []
     try:

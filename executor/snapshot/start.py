@@ -95,45 +95,28 @@ def start_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
         return None
     network.check_host_ports(pod.network)  # the cold boot's check and error, before a VM starts
     started = time.monotonic()
-    # no pool daemon, so no standby: the clone is ours to make, and the guests' network
-    # policy is checked from now on, while the boot files and the snapshot are looked up
-    # (the check, an nft listing, ~10 ms, outlasted the clone's preparation by ~3.6 ms)
-    policy = None if standby.available(cfg) else _enforce_policy(cfg)
+    shape = Shape(pod.resources.cpus, pod.resources.memory_mib, pod.network.tenant)
     try:
-        shape = Shape(pod.resources.cpus, pod.resources.memory_mib, pod.network.tenant)
-        try:
-            boot = boot_files or resolve_boot(cfg, accel=accel)
-        except HyperVMError as e:
-            log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
-            return None
-        snap, taken = _standby(cfg, pod, boot, shape)
-        start = functools.partial(_start, cfg, pod, boot, shape, hypervisor=hypervisor,
-                                  timeout=timeout, before_shares=before_shares,
-                                  started=started, policy=policy)
-        if taken is not None:
-            vm = start(snap, taken)
-            if vm is not None:
-                return vm
-            log.info("%s: the standby %s failed: starting a clone of its own", pod.name,
-                     taken[0].vm)
-        return start(snap, None)
-    finally:
-        if policy is not None:  # waited for: nothing of the start runs on after it
-            policy.exception()
-
-
-def _enforce_policy(cfg: HostConfig) -> Future[None]:
-    """The guests' network policy installed (or found in force) on a thread of its own, as
-    for any VM with a NIC: the snapshot may outlive the nftables table that was in force when
-    its template booted (a host reboot). Its result is awaited before the clone's QEMU exists
-    (its guest runs, NIC up, as soon as the state is loaded)."""
-    return in_thread("netpolicy", netpolicy.enforce, cfg, network.host_resolv_conf())
+        boot = boot_files or resolve_boot(cfg, accel=accel)
+    except HyperVMError as e:
+        log.warning("%s: no start from a snapshot (%s): booting cold", pod.name, e)
+        return None
+    snap, taken = _standby(cfg, pod, boot, shape)
+    start = functools.partial(_start, cfg, pod, boot, shape, hypervisor=hypervisor,
+                              timeout=timeout, before_shares=before_shares, started=started)
+    if taken is not None:
+        vm = start(snap, taken)
+        if vm is not None:
+            return vm
+        log.info("%s: the standby %s failed: starting a clone of its own", pod.name,
+                 taken[0].vm)
+    return start(snap, None)
 
 
 def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
            snap: Snapshot | None, taken: Taken | None, *, hypervisor: Any, timeout: float,
            before_shares: Callable[[tuple[int, int] | None], None] | None,
-           started: float, policy: Future[None] | None = None) -> HyperVM | None:
+           started: float) -> HyperVM | None:
     """:func:`start_vm` on the standby ``taken``, or on a clone of its own (None)."""
     lease, sock = taken if taken is not None else (None, None)
     name = lease.vm if lease is not None else f"hypervm-{pod.name}-{uuid.uuid4().hex[:8]}"
@@ -152,7 +135,7 @@ def _start(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape,
         else:  # found by _standby: one more clone of it (the store rotates it after N)
             store.count_clone(snap)
         marks.append(("snapshot", time.monotonic()))
-        ready = _clone(vm, hv, boot, snap, marks, binds, taken, spent, policy)
+        ready = _clone(vm, hv, boot, snap, marks, binds, taken, spent)
         # its ports as a claimed pool VM takes them; one QEMU cannot have (a race lost after
         # the check) fails the launch as it would fail a cold boot
         publishing = True
@@ -201,8 +184,7 @@ def _standby(cfg: HostConfig, pod: PodSpec, boot: BootFiles, shape: Shape
 
 def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
            marks: list[tuple[str, float]], binds: list[Any], taken: Taken | None = None,
-           spent: dict[str, float] | None = None, policy: Future[None] | None = None
-           ) -> dict[str, Any]:
+           spent: dict[str, float] | None = None) -> dict[str, Any]:
     """Create the clone and load the snapshot into it, let it run and reseed its RNG; or take
     the standby ``taken``, in which the pool daemon did all that (and made its run dir, uid
     and network policy), and reseed it again. Give it the pod's devices (the mounts' binds
@@ -213,7 +195,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     cfg = vm.cfg
     spent = {} if spent is None else spent
     if taken is None:
-        monitor = _create(vm, hv, boot, snap, policy)
+        monitor = _create(vm, hv, boot, snap)
     else:
         lease = taken[0]
         hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
@@ -267,16 +249,17 @@ def _plug(hv: Any, name: str, cpus: int, spent: dict[str, float]) -> None:
     spent["vcpus"] = time.monotonic() - began
 
 
-def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
-            policy: Future[None] | None = None) -> Any:
+def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> Any:
     """Create the clone domain of ``snap`` for ``vm``, waiting for the stream; the monitor
     its load goes through: a QMP connection of ours (executor.libvirt.qmp: ~0.1 ms a command
-    where libvirt's pass-through takes 1.5-5), else ``hv`` (its pid unknown). ``policy``: the
-    network policy's thread when start_vm began it (else begun here, while the domain is
-    prepared)."""
+    where libvirt's pass-through takes 1.5-5), else ``hv`` (its pid unknown)."""
     cfg, res = vm.cfg, vm.pod.resources
     qmp_socket = vm.run_dir / QMP_SOCKET
-    policy = _enforce_policy(cfg) if policy is None else policy
+    # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
+    # nftables table that was in force when its template booted (a host reboot). A thread
+    # installs it while the domain is prepared; joined before the clone's QEMU exists (its
+    # guest runs, NIC up, as soon as the state is loaded)
+    policy = in_thread("netpolicy", netpolicy.enforce, cfg, network.host_resolv_conf())
     try:
         vm.identity = identity.for_vm(cfg, hv, vm.name)
         capacity = store.template_shape(cfg, Shape(res.cpus, res.memory_mib)).vcpus

@@ -439,31 +439,6 @@ def test_the_policy_is_installed_while_the_clone_is_prepared_and_before_it_exist
     assert hv.destroyed == hv.created
 
 
-def test_without_a_pool_daemon_the_policy_is_checked_from_the_start_and_waited_for(
-        cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No daemon, no standby: the policy's nft begins before the boot files and the snapshot
-    are looked up (overlapping them), and a start that ends early (here: no boot files, so
-    cold) has waited for it: nothing of the start runs on."""
-    events: list[str] = []
-    began = threading.Event()
-
-    def enforce(*a: Any) -> None:
-        began.set()
-        time.sleep(0.05)
-        events.append("policy")
-
-    def resolve_boot(*a: Any, **k: Any) -> Any:
-        events.append("overlapped" if began.wait(5) else "alone")
-        raise HypervisorError("no boot files")
-
-    monkeypatch.setattr(start.standby, "available", lambda cfg: False)
-    monkeypatch.setattr(start.netpolicy, "enforce", enforce)
-    monkeypatch.setattr(start, "resolve_boot", resolve_boot)
-    assert start.start_vm(cfg, _pod(NetworkSpec()), hypervisor=FakeHypervisor(),
-                          timeout=5) is None
-    assert events == ["overlapped", "policy"]
-
-
 def test_a_port_the_clone_cannot_publish_fails_the_launch_as_cold(
         cfg: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A port lost after the check (QEMU cannot listen on it) fails the launch with the cold
