@@ -37,6 +37,14 @@ MEMORY_FD_NAME = "hypervm-memory"
 #: the capability leaving shared RAM (the template's memfd) out of the stream
 IGNORE_SHARED = {"execute": "migrate-set-capabilities", "arguments": {
     "capabilities": [{"capability": "x-ignore-shared", "state": True}]}}
+#: no announcement after the load. QEMU's default (5 rounds over ~0.8 s) has the NIC's backend
+#: send RARPs and, as the template's virtio-net negotiated GUEST_ANNOUNCE, raises a config
+#: interrupt each round on which the guest kernel sends gratuitous ARPs itself (its notify
+#: work, ARP, the control queue's ack): guest code on a clone's vCPU, translated anew by TCG,
+#: while it handles RESEED and its first START, for switches a clone never has (its NIC is its
+#: own slirp: nothing learnt its MAC anywhere). Set before the stream loads: virtio-net arms
+#: its announce timer in its post-load (rounds 0: none)
+NO_ANNOUNCE = {"execute": "migrate-set-parameters", "arguments": {"announce-rounds": 0}}
 POLL_S = 0.005
 #: a clone's load (0.2 MB with ram-template) is done within a few ms of its migrate-incoming,
 #: on the start's clock: asked for every ms (a query on our own monitor takes ~0.5 ms)
@@ -96,7 +104,8 @@ def load(hv: Any, name: str, stream: Path, timeout: float, memory: Path | None =
         hv.monitor(name, {"execute": "x-hypervm-ram-template-map",
                           "arguments": {"fdname": MEMORY_FD_NAME}})
         hv.monitor(name, IGNORE_SHARED)
-    _give(hv, name, stream, FD_NAME)
+    _give(hv, name, stream, FD_NAME)  # first: a stream removed since its lookup fails here
+    hv.monitor(name, NO_ANNOUNCE)
     hv.monitor(name, {"execute": "migrate-incoming", "arguments": {"uri": f"fd:{FD_NAME}"}})
     deadline = time.monotonic() + timeout
     while True:

@@ -146,8 +146,8 @@ def test_a_clone_loads_through_it_with_read_only_fds_events_skipped(
     monitor.close()
     qemu.join(5)
     assert qemu.commands == ["qmp_capabilities", "getfd", "x-hypervm-ram-template-map",
-                             "migrate-set-capabilities", "getfd", "migrate-incoming",
-                             "query-status", "cont"]
+                             "migrate-set-capabilities", "getfd", "migrate-set-parameters",
+                             "migrate-incoming", "query-status", "cont"]
     assert len(qemu.fds) == 2
     inodes = []
     for fd in qemu.fds:

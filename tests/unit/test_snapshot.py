@@ -223,9 +223,22 @@ def test_restore_loads_the_stream_then_runs_the_vm(tmp_path: Path) -> None:
     state.write_bytes(b"QEVM")
     hv = FakeMonitor(["inmigrate", "inmigrate", "paused"], "status")
     migration.restore(hv, "c", state, timeout=5)
-    assert hv.commands == ["getfd", "migrate-incoming", "query-status", "query-status",
-                           "query-status", "cont"]
+    assert hv.commands == ["getfd", "migrate-set-parameters", "migrate-incoming",
+                           "query-status", "query-status", "query-status", "cont"]
     assert len(hv.files) == 1
+
+
+def test_a_clone_announces_nothing_after_its_load(tmp_path: Path) -> None:
+    """QEMU's default after an incoming migration: 5 rounds of RARPs and, through virtio-net's
+    GUEST_ANNOUNCE, 5 config interrupts on which the clone's kernel sends gratuitous ARPs (guest
+    code TCG translates on the start's clock, for switches a clone's own slirp never has). The
+    rounds are set to 0 before the stream loads (virtio-net arms its timer in its post-load)."""
+    state = tmp_path / "state"
+    state.write_bytes(b"QEVM")
+    hv = RecordingMonitor(["paused"], "status")
+    migration.load(hv, "c", state, timeout=5)
+    assert {"execute": "migrate-set-parameters", "arguments": {"announce-rounds": 0}} \
+        in hv.full[:hv.commands.index("migrate-incoming")]
 
 
 def test_a_clone_that_did_not_load_is_an_error(tmp_path: Path) -> None:
@@ -236,6 +249,18 @@ def test_a_clone_that_did_not_load_is_an_error(tmp_path: Path) -> None:
 
 
 # -- template memory (HyperQEMU's ram-template) -------------------------------------------------
+
+class RecordingMonitor(FakeMonitor):
+    """Also records each command whole (its arguments)."""
+
+    def __init__(self, statuses: list[str], key: str) -> None:
+        super().__init__(statuses, key)
+        self.full: list[dict[str, Any]] = []
+
+    def monitor(self, name: str, command: dict[str, Any], files: Any = ()) -> Any:
+        self.full.append(command)
+        return super().monitor(name, command, files)
+
 
 class FdCheckingMonitor(FakeMonitor):
     """Also records each passed fd's access mode (it is closed once the call returns)."""
@@ -272,7 +297,8 @@ def test_a_clone_maps_its_templates_memory_read_only_before_its_stream_loads(
     hv = FdCheckingMonitor(["paused"], "status")
     migration.restore(hv, "c", state, timeout=5, memory=memory)
     assert hv.commands == ["getfd", "x-hypervm-ram-template-map", "migrate-set-capabilities",
-                           "getfd", "migrate-incoming", "query-status", "cont"]
+                           "getfd", "migrate-set-parameters", "migrate-incoming",
+                           "query-status", "cont"]
     assert hv.modes == [os.O_RDONLY, os.O_RDONLY]
     assert hv.inodes == [memory.stat().st_ino, state.stat().st_ino]
 
