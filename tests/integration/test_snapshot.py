@@ -20,7 +20,7 @@ from executor.snapshot.store import Shape
 from hypervm.errors import NetworkError
 from hypervm.netspec import PortMapping
 from hypervm.podspec import Container, Mount, PodSpec, Process, Resources, Rootfs
-from tests.conftest import TEST_TAG, our_domains, run_to_exit
+from tests.conftest import TEST_TAG, console_text, our_domains, run_to_exit
 from tests.integration.test_network import free_port, listening_on, wait_for_http
 from tests.integration.test_pool import shared_dir
 from tests.integration.test_pool_ports import taken_port, web_pod
@@ -73,7 +73,7 @@ def test_clones_of_two_shapes_run_with_their_shape_and_their_own_rng(
         # sa and sb are clones of one snapshot: each was reseeded with host entropy (init logs
         # it on the console, whose log starts at the restore) and reads bytes of its own
         for vm in vms:
-            assert "RNG reseeded with 64 host bytes" in vm.console_log.read_text()
+            assert "RNG reseeded with 64 host bytes" in console_text(vm.console_log, "RNG reseeded")
         assert len(set(rands)) == len(rands), rands
         # the kernel makes boot_id at its first read: never in a template, so after RESEED
         assert reports[0][3] != reports[1][3]
@@ -100,7 +100,8 @@ def test_a_clone_serves_its_published_port_and_a_taken_one_fails_as_cold(
     mapping = PortMapping(port, 80, "tcp", "127.0.0.1")
     container, pod = web_pod(layer, "sweb", mapping, token=token)
     with boot_vm(cfg, pod) as vm:
-        assert vm.warm and "RNG reseeded" in vm.console_log.read_text()  # a clone, not cold
+        # a clone, not cold
+        assert vm.warm and "RNG reseeded" in console_text(vm.console_log, "RNG reseeded")
         assert listening_on(port)
         vm.start(container)
         assert wait_for_http(f"http://127.0.0.1:{port}/", 60) == f"{token}\n".encode()
@@ -137,7 +138,8 @@ def test_a_clone_gets_its_layers_mounts_and_cpu_bound_while_it_loads_and_reseeds
         pod = PodSpec(name=f"{TEST_TAG}-sdev", containers=(container,),
                       resources=Resources(cpus=1, memory_mib=128, cpu_limit=0.5))
         with boot_vm(cfg, pod) as vm:
-            assert vm.warm and "RNG reseeded" in vm.console_log.read_text()  # a clone
+            # a clone
+            assert vm.warm and "RNG reseeded" in console_text(vm.console_log, "RNG reseeded")
             code, out = run_to_exit(vm, container)
             assert code == 0, out
             assert out.split() == ["from", "the", "host", "1"], out

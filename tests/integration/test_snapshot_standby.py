@@ -198,7 +198,7 @@ def test_without_a_keeper_a_launch_starts_its_own_clone(host_cfg: Any,
             for name in ("own1", "own2"):
                 with boot_vm(cfg, _pod(cfg, name, 1, 128)) as vm:
                     assert vm.warm and vm.name.startswith(f"hypervm-{TEST_TAG}-{name}-")
-                    assert "RNG reseeded" in vm.console_log.read_text()
+                    assert "RNG reseeded" in console_text(vm.console_log, "RNG reseeded")
                     assert _report(vm)[0] == 1
     finally:
         sock_dir.rmdir()
