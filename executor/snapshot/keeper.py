@@ -41,9 +41,9 @@ from executor.guest.protocol import (
     MsgType,
     reseed_payload,
 )
-from executor.libvirt import identity, migration
+from executor.libvirt import identity, migration, vcpucap
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
-from executor.libvirt.domain import DOMAIN_PREFIX
+from executor.libvirt.domain import DOMAIN_PREFIX, CpuTune
 from executor.libvirt.owners import owner_metadata, process_start_time
 from executor.pool import listener, warmup
 from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
@@ -323,6 +323,9 @@ class StandbyKeeper:
             hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             hv.create(spec)
+            # its spare vCPUs capped before its state is loaded (no guest code ran yet) until
+            # a claim grants them (executor.snapshot.start)
+            vcpucap.bound(hv.qemu_pid(name), spec.vcpus, 1, CpuTune())
             # off any launch's clock
             migration.load(hv, name, snap.state, LOAD_TIMEOUT, snap.memory)
             sock = self._warm_up(hv, name, spec.channel_socket)

@@ -49,8 +49,9 @@ from typing import Any
 from executor import netpolicy, network
 from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
-from executor.libvirt import identity, migration, qmp
-from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
+from executor.libvirt import identity, migration, qmp, vcpucap
+from executor.libvirt.bounds import resource_bounds
+from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain, present_vcpus
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices, give_layers
 from executor.pool.protocol import Lease
@@ -194,6 +195,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     under TCG) overlapping the rest of ours; on a clone of its own once the state is loaded."""
     cfg = vm.cfg
     spent = {} if spent is None else spent
+    cpus = vm.pod.resources.cpus
+    present = present_vcpus(_capacity(vm))
     if taken is None:
         monitor = _create(vm, hv, boot, snap)
     else:
@@ -201,12 +204,17 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
         vm.identity = identity.Identity(*lease.identity) if lease.identity is not None else None
     marks.append(("create", time.monotonic()))
+    pid = hv.qemu_pid(vm.name)
+    cputune = resource_bounds(vm.pod.resources)[0]
+    # the spares capped (a clone of its own: before its state is loaded, no guest code ran
+    # yet; a standby: the daemon capped them at its creation), the pod's present vCPUs
+    # granted before RESEED onlines them
+    vcpucap.bound(pid, present, cpus, cputune)
     # on leaving, the helper's running step is waited for (an error then is the first one's)
-    cpus = vm.pod.resources.cpus
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-vcpus") as plugger:
         steps: list[Future[Any]] = []
-        if cpus > 1 and taken is not None:  # a standby runs: its vCPUs first
+        if cpus > present and taken is not None:  # a standby runs: its vCPUs first
             steps.append(plugger.submit(_plug, hv, vm.name, cpus, spent))
         # a standby runs already: its layers can be hot-added at once
         steps.append(helper.submit(give_devices, vm, hv, binds,
@@ -226,8 +234,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         else:
             sock, given = taken[1], taken[0].ready
         marks.append(("load", time.monotonic()))
-        if cpus > 1 and taken is None:  # the template had 1: the others hot-plugged while
-            # init reseeds (RESEED's cpus has it wait for them and bring them online)
+        if cpus > present and taken is None:  # beyond the template's present ones:
+            # hot-plugged while init reseeds (RESEED's cpus has it wait for them, online them)
             steps.append(plugger.submit(_plug, hv, vm.name, cpus, spent))
         ready = vm.channel.attach(sock, LOAD_TIMEOUT, given)
         # before anything else runs in it: a clone's kernel RNG is the template's until now
@@ -237,6 +245,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         marks.append(("reseed", time.monotonic()))
         for step in steps:
             step.result()
+    # libvirt's CPU bound (give_devices) wrote every vCPU's cgroup: the spares capped again
+    # before any START runs the pod's code
+    vcpucap.bound(pid, present, cpus, cputune)
     marks.append(("layers", time.monotonic()))
     return ready
 
@@ -249,11 +260,17 @@ def _plug(hv: Any, name: str, cpus: int, spent: dict[str, float]) -> None:
     spent["vcpus"] = time.monotonic() - began
 
 
+def _capacity(vm: HyperVM) -> int:
+    """The vCPU capacity of the template ``vm``'s pod is cloned from."""
+    res = vm.pod.resources
+    return store.template_shape(vm.cfg, Shape(res.cpus, res.memory_mib)).vcpus
+
+
 def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> Any:
     """Create the clone domain of ``snap`` for ``vm``, waiting for the stream; the monitor
     its load goes through: a QMP connection of ours (executor.libvirt.qmp: ~0.1 ms a command
     where libvirt's pass-through takes 1.5-5), else ``hv`` (its pid unknown)."""
-    cfg, res = vm.cfg, vm.pod.resources
+    cfg = vm.cfg
     qmp_socket = vm.run_dir / QMP_SOCKET
     # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
     # nftables table that was in force when its template booted (a host reboot). A thread
@@ -262,9 +279,8 @@ def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> Any:
     policy = in_thread("netpolicy", netpolicy.enforce, cfg, network.host_resolv_conf())
     try:
         vm.identity = identity.for_vm(cfg, hv, vm.name)
-        capacity = store.template_shape(cfg, Shape(res.cpus, res.memory_mib)).vcpus
-        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, capacity,
-                            res.memory_mib, pod_metadata(vm.pod),
+        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, _capacity(vm),
+                            vm.pod.resources.memory_mib, pod_metadata(vm.pod),
                             identity=vm.identity.pair if vm.identity is not None else None,
                             monitor_args=qmp.qemu_args(qmp_socket))
         hv.prepare_run_dir(vm.run_dir, spec.identity)
