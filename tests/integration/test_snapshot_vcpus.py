@@ -7,11 +7,14 @@ a cgroup with the pod's CPU quota, not by what the guest says."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.launcher import boot_vm
 from executor.libvirt.hypervisor import Hypervisor
 from executor.snapshot import store
@@ -31,9 +34,10 @@ VIEW = ("grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/present "
         "grep -c constant_tsc /proc/cpuinfo; grep ^bogomips /proc/cpuinfo | sort -u | wc -l")
 
 
-def _pod(cfg: Any, name: str, cpus: int, cpu_limit: float | None = None) -> PodSpec:
+def _pod(cfg: Any, name: str, cpus: int, cpu_limit: float | None = None,
+         args: str = VIEW) -> PodSpec:
     container = Container("c", Rootfs(layers=(ensure_warmup_layer(cfg.rootfs_dir),)),
-                          Process(args=("/bin/sh", "-c", VIEW), env=("PATH=/bin",)))
+                          Process(args=("/bin/sh", "-c", args), env=("PATH=/bin",)))
     return PodSpec(name=f"{TEST_TAG}-{name}", containers=(container,),
                    resources=Resources(cpus=cpus, memory_mib=128, cpu_limit=cpu_limit))
 
@@ -127,3 +131,46 @@ def test_a_hotplugged_vcpu_is_bounded_by_the_pods_cpu_quota(host_cfg: Any,
         if all(q is None for q in quotas.values()):
             pytest.skip("no cpu cgroup controller: libvirt bounds no vCPU on this host")
         assert set(quotas.values()) == {50000}, quotas
+
+
+#: two busy loops: a guest with a second online CPU runs one on it
+BUSY = "for i in 1 2; do (while :; do :; done) & done; sleep 60"
+
+
+def _cpu_seconds(pid: int, tid: int) -> float:
+    """The CPU time thread ``tid`` of ``pid`` has run (the kernel's schedstat, ns)."""
+    return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def test_a_one_vcpu_clone_that_onlines_its_spare_vcpu_gains_no_cpu_time(
+        host_cfg: Any, fresh_store: Path) -> None:
+    """The template's second vCPU is present in every clone (offline in the guest): a hostile
+    1-vCPU pod's guest runs two busy loops and onlines the spare (here init, asked by RESEED,
+    as a hostile kernel or init could do by itself); the host's cap on the spare's cgroup (1
+    ms a second, executor.libvirt.vcpucap) keeps that thread at ~0 CPU while the pod's own
+    vCPU is busy (the guest's bring-up of the starved CPU then hangs: its own loss). Checked
+    failing without the cap: the spare comes online in ~20 ms and runs one loop."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
+    with boot_vm(cfg, _pod(cfg, "vs", 1, args=BUSY)) as vm:
+        assert vm.warm
+        pid, threads = vm.qemu_pid, _vcpu_threads(cfg, vm.name)
+        assert pid is not None and sorted(threads) == ["CPU 0/TCG", "CPU 1/TCG"]
+        own, spare = threads["CPU 0/TCG"], threads["CPU 1/TCG"]
+        if _cfs_quota(pid, spare) is None:
+            pytest.skip("no cpu cgroup controller: the spare vCPU cannot be capped here")
+        vm.start(vm.pod.containers[0], on_stdout=lambda b: None, on_stderr=lambda b: None,
+                 on_exit=lambda s: None)
+        time.sleep(1.0)  # the loops run
+        spare_before, own_before = _cpu_seconds(pid, spare), _cpu_seconds(pid, own)
+        # the guest onlines its spare (init's reply does not come while the kernel waits)
+        vm.channel.send_request(MsgType.RESEED,
+                                reseed_payload(os.urandom(RESEED_BYTES), cpus=2))
+        time.sleep(WINDOW_S)
+        spare_used = _cpu_seconds(pid, spare) - spare_before
+        own_used = _cpu_seconds(pid, own) - own_before
+        assert own_used > 0.1 * WINDOW_S, f"the pod's vCPU ran {own_used:.3f} s"
+        assert spare_used < 0.05, f"the spare vCPU ran {spare_used:.3f} s"
+
+
+#: how long the guest's busy loops and its onlining of the spare are watched
+WINDOW_S = 5.0
