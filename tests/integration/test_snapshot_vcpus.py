@@ -117,20 +117,23 @@ def test_two_vcpu_counts_of_one_tenant_start_from_one_snapshot(host_cfg: Any,
 def test_a_hotplugged_vcpu_is_bounded_by_the_pods_cpu_quota(host_cfg: Any,
                                                             fresh_store: Path
                                                             ) -> None:
-    """2 vCPUs limited to 1 core: each vCPU thread, the hot-plugged one included, runs in a
-    cgroup of libvirt's with half a core (a vCPU added behind libvirt's back, by QMP
-    device_add, would run in QEMU's emulator cgroup, unbounded)."""
-    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
-    with boot_vm(cfg, _pod(cfg, "vq", 2, cpu_limit=1.0)) as vm:
-        assert vm.warm and _view(vm)[0] == "2"
-        threads = _vcpu_threads(cfg, vm.name)
-        with Hypervisor(cfg.libvirt_uri) as hv:
-            pid = hv.qemu_pid(vm.name)
-        assert pid is not None and len(threads) == 2
-        quotas = {comm: _cfs_quota(pid, tid) for comm, tid in threads.items()}
-        if all(q is None for q in quotas.values()):
-            pytest.skip("no cpu cgroup controller: libvirt bounds no vCPU on this host")
-        assert set(quotas.values()) == {50000}, quotas
+    """3 vCPUs limited to 1.5 cores from a template of 2 present: each vCPU thread, the
+    granted present one and the hot-plugged one included, runs in a cgroup of libvirt's with
+    half a core (a vCPU added behind libvirt's back, by QMP device_add, would run in QEMU's
+    emulator cgroup, unbounded). 1 vCPU limited to half a core from the same template: its
+    spare stays capped after libvirt wrote the pod's quota into every vCPU's cgroup."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=3)
+    for cpus, limit, want in ((3, 1.5, [50000] * 3), (1, 0.5, [50000, 1000])):
+        with boot_vm(cfg, _pod(cfg, f"vq{cpus}", cpus, cpu_limit=limit)) as vm:
+            assert vm.warm and _view(vm)[0] == str(cpus)
+            threads = _vcpu_threads(cfg, vm.name)
+            with Hypervisor(cfg.libvirt_uri) as hv:
+                pid = hv.qemu_pid(vm.name)
+            assert pid is not None and len(threads) == len(want)
+            quotas = [_cfs_quota(pid, threads[f"CPU {n}/TCG"]) for n in range(len(want))]
+            if all(q is None for q in quotas):
+                pytest.skip("no cpu cgroup controller: libvirt bounds no vCPU on this host")
+            assert quotas == want, quotas
 
 
 #: two busy loops: a guest with a second online CPU runs one on it
