@@ -328,7 +328,7 @@ class StandbyKeeper:
             vcpucap.bound(hv.qemu_pid(name), spec.vcpus, 1, CpuTune())
             # off any launch's clock
             migration.load(hv, name, snap.state, LOAD_TIMEOUT, snap.memory)
-            sock = self._warm_up(hv, name, spec.channel_socket, spec.vcpus)
+            sock = self._warm_up(hv, name, spec.channel_socket)
         except (HyperVMError, OSError) as e:
             self.failures += 1
             log.warning("standby %s did not start: %s", name, e)
@@ -340,45 +340,21 @@ class StandbyKeeper:
         return _Standby(name, run_dir, shape, key, snap.template, spec.identity,
                         time.monotonic(), sock, snap.ready)
 
-    def _warm_up(self, hv: Any, name: str, channel_socket: Path, present: int
-                 ) -> socket.socket:
+    def _warm_up(self, hv: Any, name: str, channel_socket: Path) -> socket.socket:
         """Let the loaded standby ``name`` run: RESEED before anything else (its kernel RNG
-        is the template's until then), its ``present`` vCPUs' bring-up run once
-        (:func:`_warm_spares`), then one throwaway container from the host's warm-up layer (as a pool
-        VM runs one), so that QEMU has translated the guest code a START (and a claim's
-        onlining of a spare) runs before a claimer's comes (TCG saves no translations). Its
-        channel's connected socket."""
+        is the template's until then), then one throwaway container from the host's warm-up
+        layer (as a pool VM runs one), so that QEMU has translated the guest code a START
+        runs before a claimer's START comes (TCG saves no translations). Its channel's
+        connected socket."""
         migration.resume(hv, name)
         sock = connect_socket(channel_socket, LOAD_TIMEOUT)
         try:
             channel = RawChannel(sock)
             channel.request(MsgType.RESEED, POOL_REQUEST_ID,
                             reseed_payload(os.urandom(RESEED_BYTES)), LOAD_TIMEOUT)
-            _warm_spares(hv, name, channel, present)
             warmup.attach_layers(hv, name, (), self._warmup_layer)
             warmup.run_warmup(channel, name, 0, WARMUP_TIMEOUT)
         except BaseException:
             sock.close()
             raise
         return sock
-
-
-def _warm_spares(hv: Any, name: str, channel: RawChannel, present: int) -> None:
-    """Bring the standby's spare present vCPUs online and offline again (RESEED ``cpus``),
-    uncapped meanwhile (the standby is the daemon's: nothing of a tenant ran in it), then
-    capped again: a claim of 2 vCPUs then onlines its second with the bring-up's guest code
-    translated already."""
-    if present <= 1:
-        return
-    pid = hv.qemu_pid(name)
-    vcpucap.bound(pid, present, present, CpuTune())
-    try:
-        for cpus in (present, 1):
-            reply = channel.request(MsgType.RESEED, POOL_REQUEST_ID,
-                                    reseed_payload(os.urandom(RESEED_BYTES), cpus=cpus),
-                                    LOAD_TIMEOUT)
-            if reply.get("cpus") != cpus:
-                raise HostError(f"the standby {name} has {reply.get('cpus')!r:.20} vCPUs "
-                                f"online, not {cpus}")
-    finally:  # capped again whatever happened (a failed standby is destroyed all the same)
-        vcpucap.bound(pid, present, 1, CpuTune())

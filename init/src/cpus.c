@@ -73,17 +73,7 @@ static void rcu_expedite(int on)
 		log_msg("cannot set rcu_expedited: %s", strerror(errno));
 }
 
-static unsigned count_set(const unsigned char set[CPUS_MAX])
-{
-	unsigned n, count = 0;
-
-	for (n = 0; n < CPUS_MAX; n++)
-		count += set[n];
-	return count;
-}
-
 static int online_all(unsigned wanted, unsigned *online, struct op_error *e);
-static int offline_above(unsigned wanted, unsigned *online, struct op_error *e);
 
 int cpus_online(unsigned wanted, unsigned *online, struct op_error *e)
 {
@@ -91,34 +81,17 @@ int cpus_online(unsigned wanted, unsigned *online, struct op_error *e)
 
 	rcu_expedite(1);
 	rc = online_all(wanted, online, e);
-	if (rc == 0 && *online > wanted)
-		rc = offline_above(wanted, online, e);
 	rcu_expedite(0);
 	return rc;
 }
 
-/* More than `wanted` online (a standby's warm-up onlined its spare, init 0.7.0): the highest
- * go offline until `wanted` are left; cpu0 never. */
-static int offline_above(unsigned wanted, unsigned *online, struct op_error *e)
+static unsigned count_set(const unsigned char set[CPUS_MAX])
 {
-	char path[64];
-	unsigned char up[CPUS_MAX];
-	unsigned n, count;
+	unsigned n, count = 0;
 
-	if (read_cpus("online", up) != 0)
-		return op_fail(e, "EIO", errno, "cannot read the CPU masks");
-	count = count_set(up);
-	for (n = CPUS_MAX - 1; n > 0 && count > wanted; n--) {
-		if (!up[n])
-			continue;
-		snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%u/online", n);
-		if (sysfs_write(path, "0") != 0)
-			return op_fail(e, "EIO", errno, "cpu%u does not go offline: %s", n,
-				       strerror(errno));
-		count--;
-	}
-	*online = count;
-	return 0;
+	for (n = 0; n < CPUS_MAX; n++)
+		count += set[n];
+	return count;
 }
 
 static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
