@@ -1,8 +1,9 @@
 """A pod's VM started from a snapshot (``HYPERVM_SNAPSHOT=on``): the launcher's path when no
 pool VM serves the pod. The snapshot is made once per host for each memory size and tenant
-(the first such launch pays a template boot, executor.snapshot.template), with 1 vCPU present
-of a capacity of ``HYPERVM_SNAPSHOT_VCPUS`` (store.template_shape): pods of 1 to that many
-vCPUs share it, their further vCPUs hot-plugged after the load. Every later launch:
+(the first such launch pays a template boot, executor.snapshot.template), with 2 vCPUs present
+(the second offline: ``maxcpus=1``) of a capacity of ``HYPERVM_SNAPSHOT_VCPUS``
+(store.template_shape): pods of 1 to that many vCPUs share it, their second onlined, further
+ones hot-plugged after the load. Every later launch:
 
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
@@ -16,11 +17,14 @@ vCPUs share it, their further vCPUs hot-plugged after the load. Every later laun
    (the daemon records us as its owner, hands us its channel's socket), and 3 gives it a
    seed of its own all the same. Without one (no daemon, none ready, or one that fails) the
    launch does 1 and 2 itself;
-3. the pod's further vCPUs hot-plugged (libvirt: each in a cgroup with the CPU quota; in a
-   thread of its own, overlapping RESEED, whose ``cpus`` has init wait for them), and
-   RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
-   the template's kernel RNG state: init/PROTOCOL.md RESEED), which also has init bring the
-   hot-plugged vCPUs online. A clone that cannot be reseeded is destroyed, never used;
+3. the spare present vCPU capped on the host unless the pod has it (executor.libvirt.vcpucap:
+   from before the load, or by the daemon for a standby; granted the pod's bound before
+   RESEED; capped again after libvirt's CPU bound, before any START), the pod's vCPUs beyond
+   the present ones hot-plugged (libvirt: each in a cgroup with the CPU quota; in a thread of
+   its own, overlapping RESEED, whose ``cpus`` has init wait for them), and RESEED with fresh
+   host entropy before anything else (every clone of a snapshot starts with the template's
+   kernel RNG state: init/PROTOCOL.md RESEED), which also has init bring the pod's vCPUs
+   online (no more). A clone that cannot be reseeded is destroyed, never used;
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 

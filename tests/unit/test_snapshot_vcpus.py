@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from executor.guest.protocol import MAX_RESEED_CPUS, reseed_payload
+from executor.libvirt import designer
 from executor.libvirt.designer import template_domain
 from executor.libvirt.domain_xml import domain_xml
 from executor.snapshot import store, template
@@ -114,3 +115,13 @@ def test_no_snapshot_of_an_init_that_onlines_more_vcpus_than_asked(
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert "save" not in saved and hv.destroyed == hv.created
+
+
+def test_the_present_vcpus_are_in_the_key_old_snapshots_are_never_loaded(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template of 1 present vCPU (before) and one of 2 (its spare offline) save different
+    machines: their keys differ, so a store's entries of the old shape are never read again
+    (they age out of the store's bound)."""
+    now = store.snapshot_key(BOOT, cfg, Shape(1, 256, "acme"))
+    monkeypatch.setattr(designer, "TEMPLATE_PRESENT_VCPUS", 1)
+    assert store.snapshot_key(BOOT, cfg, Shape(1, 256, "acme")) != now
