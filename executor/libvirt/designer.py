@@ -93,12 +93,14 @@ INCOMING_ARGS = ("-incoming", "defer")
 
 
 #: vCPUs present in a snapshot's template (at most its capacity): cpu0 online, the others
-#: booted offline (the guest kernel's ``maxcpus=1``), so a clone of 2 vCPUs only onlines one
-#: (~40 ms less than an ACPI hot-add under TCG); beyond them, a clone's vCPUs are hot-plugged.
-#: A clone's spare present vCPUs are bounded on the host (executor.libvirt.vcpucap)
+#: offline when it is saved, so a clone of 2 vCPUs only onlines one (no ACPI hot-add);
+#: beyond them, a clone's vCPUs are hot-plugged. A clone's spare present vCPUs are capped on
+#: the host (executor.libvirt.vcpucap)
 TEMPLATE_PRESENT_VCPUS = 2
-#: what the template's guest kernel gets: only the boot CPU online, the others present
-SPARES_OFFLINE_ARG = "maxcpus=1"
+#: the template's init takes its spare CPUs offline before READY (init 0.7.0): booted and
+#: offlined, their per-CPU threads and pools are in the snapshot. The guest kernel's
+#: ``maxcpus=1`` (never up) was measured too: a 2-vCPU standby start ~25-80 ms slower (README)
+SPARES_OFFLINE_ARG = "hypervm.spares=offline"
 
 
 def present_vcpus(max_vcpus: int) -> int:

@@ -1,5 +1,5 @@
 """The host's bound on a snapshot clone's spare vCPUs: present in QEMU, offline in the guest
-(its template booted them with ``maxcpus=1``, executor.snapshot.template), and not granted to
+(its template's init took them offline before READY, executor.snapshot.template), and not granted to
 the pod. The guest is hostile: it can online a spare CPU itself, so each spare vCPU thread's
 cgroup (libvirt's ``…/vcpuN`` of the domain) gets a CFS quota of 0.1 % of a core from the
 moment the clone exists (before its state is loaded: no guest code ran yet) until a claim

@@ -1,7 +1,7 @@
 """A pod's VM started from a snapshot (``HYPERVM_SNAPSHOT=on``): the launcher's path when no
 pool VM serves the pod. The snapshot is made once per host for each memory size and tenant
 (the first such launch pays a template boot, executor.snapshot.template), with 2 vCPUs present
-(the second offline: ``maxcpus=1``) of a capacity of ``HYPERVM_SNAPSHOT_VCPUS``
+(the second offline) of a capacity of ``HYPERVM_SNAPSHOT_VCPUS``
 (store.template_shape): pods of 1 to that many vCPUs share it, their second onlined, further
 ones hot-plugged after the load. Every later launch:
 

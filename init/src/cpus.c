@@ -104,7 +104,7 @@ static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 	 * TCG 64 path walks every 2 ms took the one vCPU from the kernel's hot-add of the new
 	 * ones. A present CPU whose device is not registered yet (ENOENT) is tried again. Only
 	 * until `wanted` are online (init 0.7.0): a template's spare present CPUs (booted
-	 * offline, maxcpus=1) stay offline in a clone of fewer vCPUs. */
+	 * offline before READY: boot_offline_spares) stay offline in a clone of fewer vCPUs. */
 	for (;;) {
 		if (read_cpus("present", present) != 0 || read_cpus("online", up) != 0)
 			return op_fail(e, "EIO", errno, "cannot read the CPU masks");

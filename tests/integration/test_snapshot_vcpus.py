@@ -1,8 +1,9 @@
-"""Any vCPU count from one snapshot, with real VMs (issue 18 item 2): a template boots with 1
-vCPU present of a capacity (HYPERVM_SNAPSHOT_VCPUS); launches of 1 and 2 vCPUs of one memory
-size and tenant start from its ONE entry, each clone with its own vCPUs (hot-plugged by the
-host, brought online by init), bounded by what the host gave it: QEMU's vCPU threads, each in
-a cgroup with the pod's CPU quota, not by what the guest says."""
+"""Any vCPU count from one snapshot, with real VMs (issue 18 item 2): a template boots with 2
+vCPUs present of a capacity (HYPERVM_SNAPSHOT_VCPUS), its init takes the second offline before
+READY; launches of 1 and 2 vCPUs of one memory size and tenant start from its ONE entry, each
+clone with its own vCPUs online (the second onlined by init, further ones hot-plugged by the
+host), bounded by what the host gave it: QEMU's vCPU threads, each in a cgroup with the pod's
+CPU quota, a spare one capped to 1 ms a second, not by what the guest says."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def test_clone_is_the_templates_domain_under_its_own_name_waiting_for_its_state(
     assert (clone.vcpus, clone.max_vcpus, clone.memory_mib, clone.disks) == (
         template.vcpus, template.max_vcpus, template.memory_mib, template.disks) == (2, 2, 256, ())
     assert '<vcpu placement="static" current="2">2</vcpu>' in domain_xml(clone)
-    assert clone.cmdline == template.cmdline  # its spare booted offline: maxcpus=1
+    assert clone.cmdline == template.cmdline  # its spare offlined before READY
     assert [s.tag for s in clone.shares] == [s.tag for s in template.shares]
     assert clone.qemu_args == (*template.qemu_args, *INCOMING_ARGS)
     assert network.mac_address("hypervm-template-1") in " ".join(clone.qemu_args)

@@ -48,14 +48,15 @@ def test_a_template_has_two_vcpus_present_one_online_the_others_hotpluggable(
         cfg: Any) -> None:
     spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 4, 256, {})
     assert (spec.vcpus, spec.max_vcpus) == (2, 4)
-    assert spec.cmdline.split()[-1] == "maxcpus=1"  # the spare present one boots offline
+    # its init takes the spare present one offline before READY
+    assert spec.cmdline.split()[-1] == "hypervm.spares=offline"
     xml = domain_xml(spec)
     assert '<vcpu placement="static" current="2">4</vcpu>' in xml
     # cores of one socket: a hot-plugged vCPU's TSC sync check runs 2 ms, not 20
     assert '<topology sockets="1" dies="1" cores="4" threads="1" />' in xml
     # a capacity of 1: nothing spare, the kernel's command line as a pool VM's
     one = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 1, 256, {})
-    assert one.vcpus == 1 and "maxcpus" not in one.cmdline
+    assert one.vcpus == 1 and "spares" not in one.cmdline
 
 
 def test_max_vcpus_below_the_present_ones_or_above_the_bound_is_refused(cfg: Any) -> None:
