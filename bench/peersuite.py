@@ -155,7 +155,7 @@ def measure(env: VMEnv, busybox_root: Path, busybox_layers: list[Path], work_ref
 SNAPSHOT_2CPU_NOTE = (
     "the snapshot launches of a pod of 2 vCPUs (task cpus 1.9 + the executor's 0.1), in the "
     "same rounds: *_2cpu_standby_*: on the standby clone the pool daemon keeps for the "
-    "template (1 vCPU present), its second vCPU hot-plugged and onlined on the launch's clock "
+    "template (2 vCPUs present, 1 online), its second vCPU onlined on the launch's clock "
     "(issue 18's start for any shape: target <= 0.3 s and <= runsc_start_p50_s); *_2cpu_*: on "
     "a clone of its own, in the first rounds only (the suite's Plan.extra_runs). The standby "
     "is ready before each standby launch and before the own clones (the keeper's next clone "

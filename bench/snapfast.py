@@ -2,15 +2,15 @@
 ``python -m bench.snapfast [--rounds N] [--out FILE] [--baseline DIR]``.
 
 Each round takes one sample of the suite's ``snapshot launch (standby)`` (bench.launch.launch_once
-with HYPERVM_SNAPSHOT=on, the executor reaching a pool daemon that keeps no idle VM and one
-standby clone of the launch shape, ready before each launch: executor.snapshot.keeper) and one
-of ``snapshot launch`` (HYPERVM_POOL=off: the executor starts a clone of its own, the path of
-any shape with no VM waiting), with the phases of each (``clone: …`` from the executor's log:
-snapshot lookup, create (libvirt + QEMU start, or taking the standby), load (the migration
-stream), vcpus (the hot-plug of a pod's vCPUs beyond the template's 1), reseed (RESEED, which
-brings them online, and the layers' hot-add), pod (ports, NIC, binds)). Then the same two of a
-pod of 2 vCPUs (``… (2 vCPUs)``: the same snapshot and standby, its second vCPU hot-plugged; a
-shape never launched before in the first round). A few minutes.
+with HYPERVM_SNAPSHOT=on, the executor reaching a pool daemon that keeps no idle VM and one standby
+clone of the launch shape, ready before each launch: executor.snapshot.keeper) and one of ``snapshot
+launch`` (HYPERVM_POOL=off: the executor starts a clone of its own, the path of any shape with no VM
+waiting), with the phases of each (``clone: …`` from the executor's log: snapshot lookup, create
+(libvirt + QEMU start, or taking the standby), load (the migration stream), vcpus (the hot-plug of a
+pod's vCPUs beyond the template's 2 present), reseed (RESEED, which brings them online, and the
+layers' hot-add), pod (ports, NIC, binds)). Then the same two of a pod of 2 vCPUs (``… (2 vCPUs)``:
+the same snapshot and standby, its second vCPU onlined; a shape never launched before in the first
+round). A few minutes.
 
 ``--baseline DIR`` (another commit's source tree, ``git archive BASE | tar -x -C DIR``): each
 round also takes the ``snapshot launch (standby)`` and ``snapshot launch`` samples with the
@@ -91,8 +91,8 @@ TWO_VCPUS = 1.9
 
 def two_vcpu_round(ref: str, sock: Path, keeper: StandbyKeeper,
                    add: Callable[[str, launch.Launch], None]) -> None:
-    """A launch of 2 vCPUs from the standby made for the template (of 1 vCPU present), and
-    one from a clone of its own: the vCPU hot-plug and its onlining on the launch's clock
+    """A launch of 2 vCPUs from the standby made for the template (of 2 vCPUs present, 1
+    online), and one from a clone of its own: the second vCPU's onlining on the launch's clock
     (the first round's is of a shape never launched before)."""
     standby_ready(keeper)
     snap = launch.launch_once(ref, sock, snapshot=True, cpus=TWO_VCPUS)

@@ -92,13 +92,33 @@ def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpu
 INCOMING_ARGS = ("-incoming", "defer")
 
 
+#: vCPUs present in a snapshot's template (at most its capacity): cpu0 online, the others
+#: offline when it is saved, so a clone of 2 vCPUs only onlines one (no ACPI hot-add);
+#: beyond them, a clone's vCPUs are hot-plugged. A clone's spare present vCPUs are capped on
+#: the host (executor.libvirt.vcpucap)
+TEMPLATE_PRESENT_VCPUS = 2
+#: the template's init takes its spare CPUs offline before READY (init 0.7.0): booted and
+#: offlined, their per-CPU threads and pools are in the snapshot. The guest kernel's
+#: ``maxcpus=1`` (never up) was measured too: a 2-vCPU standby start ~25-80 ms slower (README)
+SPARES_OFFLINE_ARG = "hypervm.spares=offline"
+
+
+def present_vcpus(max_vcpus: int) -> int:
+    """The vCPUs present in a template (and its clones, before any hot-plug) of this capacity."""
+    return min(TEMPLATE_PRESENT_VCPUS, max_vcpus)
+
+
 def template_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
                     max_vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
                     identity: tuple[int, int] | None = None) -> DomainSpec:
-    """A snapshot's template (executor.snapshot): a pool VM of ``memory_mib`` with 1 vCPU
-    present of ``max_vcpus`` (its clones get their pod's vCPUs hot-plugged)."""
-    return pool_domain(name, boot, cfg, run_dir, 1, memory_mib, metadata, identity=identity,
-                       max_vcpus=max_vcpus)
+    """A snapshot's template (executor.snapshot): a pool VM of ``memory_mib`` with
+    :func:`present_vcpus` present of ``max_vcpus``, only the first online (its clones online
+    the others they are given and get any further ones hot-plugged)."""
+    spec = pool_domain(name, boot, cfg, run_dir, present_vcpus(max_vcpus), memory_mib,
+                       metadata, identity=identity, max_vcpus=max_vcpus)
+    if spec.vcpus == 1:
+        return spec
+    return dataclasses.replace(spec, cmdline=f"{spec.cmdline} {SPARES_OFFLINE_ARG}").validate()
 
 
 def clone_domain(name: str, template: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
@@ -106,10 +126,11 @@ def clone_domain(name: str, template: str, boot: BootFiles, cfg: HostConfig, run
                  identity: tuple[int, int] | None = None,
                  monitor_args: tuple[str, ...] = ()) -> DomainSpec:
     """A VM started from the snapshot of ``template`` (executor.snapshot): the template's
-    domain (:func:`template_domain`, whose devices its saved state fills: 1 vCPU present of
-    ``max_vcpus``) under its own name, UUID, run dir and uid, with the template's NIC (the MAC
-    in its saved state), waiting for the state instead of booting. ``monitor_args``: a QMP
-    monitor of ours its load goes through (executor.libvirt.qmp, not a guest device)."""
+    domain (:func:`template_domain`, whose devices its saved state fills: :func:`present_vcpus`
+    present of ``max_vcpus``) under its own name, UUID, run dir and uid, with the template's
+    NIC (the MAC in its saved state), waiting for the state instead of booting.
+    ``monitor_args``: a QMP monitor of ours its load goes through (executor.libvirt.qmp, not a
+    guest device)."""
     spec = template_domain(name, boot, cfg, run_dir, max_vcpus, memory_mib, metadata,
                            identity=identity)
     nic = network.qemu_args(NetworkSpec(), network.mac_address(template))

@@ -4,7 +4,8 @@ A :class:`StandbyKeeper` serves the ``standby`` operation on a :class:`WarmPool`
 keeps one standby clone for each of the latest ``PoolConfig.standby`` template shapes that
 launches from a snapshot asked for (store.template_shape: memory size, tenant and the
 template's vCPU capacity; pods of fewer vCPUs take it and hot-plug theirs): a clone domain of
-the store's snapshot of that shape (1 vCPU present), its QEMU
+the store's snapshot of that shape (2 vCPUs present, the second offline in the guest and
+capped on the host until a claim grants it: executor.libvirt.vcpucap), its QEMU
 started (``-incoming defer``), the snapshot loaded, then run: RESEED before anything else, then
 one throwaway container from the host's warm-up layer (LUN 0, as on a pool VM), so that TCG
 has translated the guest code a START runs. Its run dir and uid are made as for any VM (root's
@@ -41,9 +42,9 @@ from executor.guest.protocol import (
     MsgType,
     reseed_payload,
 )
-from executor.libvirt import identity, migration
+from executor.libvirt import identity, migration, vcpucap
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
-from executor.libvirt.domain import DOMAIN_PREFIX
+from executor.libvirt.domain import DOMAIN_PREFIX, CpuTune
 from executor.libvirt.owners import owner_metadata, process_start_time
 from executor.pool import listener, warmup
 from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
@@ -323,6 +324,9 @@ class StandbyKeeper:
             hv.prepare_run_dir(run_dir, spec.identity)
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             hv.create(spec)
+            # its spare vCPUs capped before its state is loaded (no guest code ran yet) until
+            # a claim grants them (executor.snapshot.start)
+            vcpucap.bound(hv.qemu_pid(name), spec.vcpus, 1, CpuTune())
             # off any launch's clock
             migration.load(hv, name, snap.state, LOAD_TIMEOUT, snap.memory)
             sock = self._warm_up(hv, name, spec.channel_socket)

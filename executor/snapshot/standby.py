@@ -5,10 +5,10 @@ daemon started ahead of time, loaded the snapshot into, let run, reseeded (RESEE
 RNG is the template's until then) and ran one throwaway container in, so that TCG has
 translated the guest code a START runs (no QEMU saves translations). The daemon
 (executor.snapshot.keeper) keeps one per *template* shape that snapshot launches asked for
-lately (store.template_shape: a memory size and tenant, with the template's vCPU capacity, 1
-of them present): a launch of any vCPU count up to that capacity takes it with its guest
-channel's connected socket, hot-plugs its further vCPUs, reseeds it again with a seed of its
-own and gives it the pod (executor.snapshot.start), so the libvirt + QEMU
+lately (store.template_shape: a memory size and tenant, with the template's vCPU capacity, 2
+of them present and 1 online): a launch of any vCPU count up to that capacity takes it with its
+guest channel's connected socket, onlines its second, hot-plugs any further ones, reseeds it
+again with a seed of its own and gives it the pod (executor.snapshot.start), so the libvirt + QEMU
 start, the load and the first run's translation leave the launch's clock. A standby is handed
 to one claimer, never twice, and becomes that claimer's as a claimed pool VM does (its owner
 recorded, the pool's reaper ends it when the claimer dies).

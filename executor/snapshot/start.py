@@ -1,8 +1,9 @@
 """A pod's VM started from a snapshot (``HYPERVM_SNAPSHOT=on``): the launcher's path when no
 pool VM serves the pod. The snapshot is made once per host for each memory size and tenant
-(the first such launch pays a template boot, executor.snapshot.template), with 1 vCPU present
-of a capacity of ``HYPERVM_SNAPSHOT_VCPUS`` (store.template_shape): pods of 1 to that many
-vCPUs share it, their further vCPUs hot-plugged after the load. Every later launch:
+(the first such launch pays a template boot, executor.snapshot.template), with 2 vCPUs present
+(the second offline) of a capacity of ``HYPERVM_SNAPSHOT_VCPUS``
+(store.template_shape): pods of 1 to that many vCPUs share it, their second onlined, further
+ones hot-plugged after the load. Every later launch:
 
 1. a clone domain of its own name, UUID, run dir and uid, auto-destroyed with our libvirt
    connection like a cold VM, waiting for a migration stream (designer.clone_domain);
@@ -16,11 +17,14 @@ vCPUs share it, their further vCPUs hot-plugged after the load. Every later laun
    (the daemon records us as its owner, hands us its channel's socket), and 3 gives it a
    seed of its own all the same. Without one (no daemon, none ready, or one that fails) the
    launch does 1 and 2 itself;
-3. the pod's further vCPUs hot-plugged (libvirt: each in a cgroup with the CPU quota; in a
-   thread of its own, overlapping RESEED, whose ``cpus`` has init wait for them), and
-   RESEED with fresh host entropy before anything else (every clone of a snapshot starts with
-   the template's kernel RNG state: init/PROTOCOL.md RESEED), which also has init bring the
-   hot-plugged vCPUs online. A clone that cannot be reseeded is destroyed, never used;
+3. the spare present vCPU capped on the host unless the pod has it (executor.libvirt.vcpucap:
+   from before the load, or by the daemon for a standby; granted the pod's bound before
+   RESEED; capped again after libvirt's CPU bound, before any START), the pod's vCPUs beyond
+   the present ones hot-plugged (libvirt: each in a cgroup with the CPU quota; in a thread of
+   its own, overlapping RESEED, whose ``cpus`` has init wait for them), and RESEED with fresh
+   host entropy before anything else (every clone of a snapshot starts with the template's
+   kernel RNG state: init/PROTOCOL.md RESEED), which also has init bring the pod's vCPUs
+   online (no more). A clone that cannot be reseeded is destroyed, never used;
 4. the pod, as on a claimed pool VM: layers hot-added as SCSI LUNs, mount sources bound into
    the share's subdirectories in QEMU's mount namespace, the CPU bound, the /etc files.
 
@@ -49,8 +53,9 @@ from typing import Any
 from executor import netpolicy, network
 from executor.guest.channel import GuestChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
-from executor.libvirt import identity, migration, qmp
-from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
+from executor.libvirt import identity, migration, qmp, vcpucap
+from executor.libvirt.bounds import resource_bounds
+from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain, present_vcpus
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices, give_layers
 from executor.pool.protocol import Lease
@@ -194,6 +199,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     under TCG) overlapping the rest of ours; on a clone of its own once the state is loaded."""
     cfg = vm.cfg
     spent = {} if spent is None else spent
+    cpus = vm.pod.resources.cpus
+    present = present_vcpus(_capacity(vm))
     if taken is None:
         monitor = _create(vm, hv, boot, snap)
     else:
@@ -201,12 +208,17 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
         vm.identity = identity.Identity(*lease.identity) if lease.identity is not None else None
     marks.append(("create", time.monotonic()))
+    pid = hv.qemu_pid(vm.name)
+    cputune = resource_bounds(vm.pod.resources)[0]
+    # the spares capped (a clone of its own: before its state is loaded, no guest code ran
+    # yet; a standby: the daemon capped them at its creation), the pod's present vCPUs
+    # granted before RESEED onlines them
+    vcpucap.bound(pid, present, cpus, cputune)
     # on leaving, the helper's running step is waited for (an error then is the first one's)
-    cpus = vm.pod.resources.cpus
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-vcpus") as plugger:
         steps: list[Future[Any]] = []
-        if cpus > 1 and taken is not None:  # a standby runs: its vCPUs first
+        if cpus > present and taken is not None:  # a standby runs: its vCPUs first
             steps.append(plugger.submit(_plug, hv, vm.name, cpus, spent))
         # a standby runs already: its layers can be hot-added at once
         steps.append(helper.submit(give_devices, vm, hv, binds,
@@ -226,8 +238,8 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         else:
             sock, given = taken[1], taken[0].ready
         marks.append(("load", time.monotonic()))
-        if cpus > 1 and taken is None:  # the template had 1: the others hot-plugged while
-            # init reseeds (RESEED's cpus has it wait for them and bring them online)
+        if cpus > present and taken is None:  # beyond the template's present ones:
+            # hot-plugged while init reseeds (RESEED's cpus has it wait for them, online them)
             steps.append(plugger.submit(_plug, hv, vm.name, cpus, spent))
         ready = vm.channel.attach(sock, LOAD_TIMEOUT, given)
         # before anything else runs in it: a clone's kernel RNG is the template's until now
@@ -237,6 +249,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
         marks.append(("reseed", time.monotonic()))
         for step in steps:
             step.result()
+    # libvirt's CPU bound (give_devices) wrote every vCPU's cgroup: the spares capped again
+    # before any START runs the pod's code
+    vcpucap.bound(pid, present, cpus, cputune)
     marks.append(("layers", time.monotonic()))
     return ready
 
@@ -249,11 +264,17 @@ def _plug(hv: Any, name: str, cpus: int, spent: dict[str, float]) -> None:
     spent["vcpus"] = time.monotonic() - began
 
 
+def _capacity(vm: HyperVM) -> int:
+    """The vCPU capacity of the template ``vm``'s pod is cloned from."""
+    res = vm.pod.resources
+    return store.template_shape(vm.cfg, Shape(res.cpus, res.memory_mib)).vcpus
+
+
 def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> Any:
     """Create the clone domain of ``snap`` for ``vm``, waiting for the stream; the monitor
     its load goes through: a QMP connection of ours (executor.libvirt.qmp: ~0.1 ms a command
     where libvirt's pass-through takes 1.5-5), else ``hv`` (its pid unknown)."""
-    cfg, res = vm.cfg, vm.pod.resources
+    cfg = vm.cfg
     qmp_socket = vm.run_dir / QMP_SOCKET
     # the guests' network policy, as for any VM with a NIC: the snapshot may outlive the
     # nftables table that was in force when its template booted (a host reboot). A thread
@@ -262,9 +283,8 @@ def _create(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot) -> Any:
     policy = in_thread("netpolicy", netpolicy.enforce, cfg, network.host_resolv_conf())
     try:
         vm.identity = identity.for_vm(cfg, hv, vm.name)
-        capacity = store.template_shape(cfg, Shape(res.cpus, res.memory_mib)).vcpus
-        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, capacity,
-                            res.memory_mib, pod_metadata(vm.pod),
+        spec = clone_domain(vm.name, snap.template, boot, cfg, vm.run_dir, _capacity(vm),
+                            vm.pod.resources.memory_mib, pod_metadata(vm.pod),
                             identity=vm.identity.pair if vm.identity is not None else None,
                             monitor_args=qmp.qemu_args(qmp_socket))
         hv.prepare_run_dir(vm.run_dir, spec.identity)

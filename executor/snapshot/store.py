@@ -1,15 +1,15 @@
 """Where snapshots live, and which snapshot a launch may use.
 
 A snapshot is the saved state of a *template*: a pool-style VM (executor.libvirt.designer's
-``template_domain``) of one memory size with 1 vCPU present of a capacity of
-``HostConfig.snapshot_vcpus`` (a clone gets its pod's vCPUs hot-plugged, so pods of 1 to that
-many vCPUs share the snapshot: :func:`template_shape`), booted, its init READY and its NIC
-configured, nothing run. It is keyed by everything its saved state depends on: the template's
-domain XML with placeholder name and paths (so the kernel, initrd (hence init), QEMU,
-firmware, machine, memory, vCPU capacity and host policy), plus :data:`FORMAT`, and the tenant
-the launch names. A new kernel, init or QEMU makes a new key; the old entries are never read
-again. At most :data:`MAX_ENTRIES` are kept (the least recently used go: every memory size a
-pod asks for has its own), ``remove`` clears the lot.
+``template_domain``) of one memory size with 2 vCPUs present (1 online) of a capacity of
+``HostConfig.snapshot_vcpus`` (a clone onlines its pod's present ones and gets the others
+hot-plugged, so pods of 1 to that many vCPUs share the snapshot: :func:`template_shape`), booted,
+its init READY and its NIC configured, nothing run. It is keyed by everything its saved state
+depends on: the template's domain XML with placeholder name and paths (so the kernel, initrd (hence
+init), QEMU, firmware, machine, memory, vCPU capacity and host policy), plus :data:`FORMAT`, and the
+tenant the launch names. A new kernel, init or QEMU makes a new key; the old entries are never read
+again. At most :data:`MAX_ENTRIES` are kept (the least recently used go: every memory size a pod
+asks for has its own), ``remove`` clears the lot.
 
 Every clone of a template starts from its memory: RESEED gives each its own RNG, but the guest
 kernel's layout (KASLR), its stack canaries and whatever else the kernel and init drew at boot
@@ -113,9 +113,9 @@ def snapshots_dir(cfg: HostConfig) -> Path:
 
 def template_shape(cfg: HostConfig, shape: Shape) -> Shape:
     """The shape of the template a pod of ``shape`` is cloned from: its vCPUs are the
-    template's capacity (``cfg.snapshot_vcpus``, or the pod's own when it wants more; 1 is
-    present, the clone gets the rest hot-plugged), so pods of 1..capacity vCPUs of one memory
-    size and tenant share one snapshot."""
+    template's capacity (``cfg.snapshot_vcpus``, or the pod's own when it wants more; 2 are
+    present, 1 online: the clone onlines its second, gets the rest hot-plugged), so pods of
+    1..capacity vCPUs of one memory size and tenant share one snapshot."""
     return Shape(max(cfg.snapshot_vcpus, shape.vcpus), shape.memory_mib, shape.tenant)
 
 

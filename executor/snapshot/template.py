@@ -1,6 +1,7 @@
-"""Making a snapshot: boot a template VM of one memory size with 1 vCPU present of its capacity
-(store.template_shape), bring its init to READY with its NIC configured, check that its init
-can be reseeded and can online hot-plugged vCPUs (RESEED with ``cpus``), save its state into
+"""Making a snapshot: boot a template VM of one memory size with 2 vCPUs present of its capacity
+(store.template_shape; designer.present_vcpus), only the first online, bring its init to READY
+with its NIC configured, check that its init can be reseeded and onlines vCPUs up to what it
+is asked for and no more (RESEED with ``cpus``: 1 leaves the spare offline), save its state into
 the store, and destroy it. Nothing of a pod ever runs in a template, and none of its shares
 is mounted (QEMU refuses to migrate a VM whose 9p export the guest has mounted).
 """
@@ -136,3 +137,7 @@ def _check_reseed(channel: RawChannel, ready: dict[str, Any]) -> None:
     if "cpus" not in reply:
         raise HostError(f"the guest init {ready.get('init')} cannot online hot-plugged vCPUs: "
                         "no snapshot of it", hint="rebuild the init (make -C init)")
+    if reply["cpus"] != 1:  # an init older than 0.7.0 onlines every present CPU, the spares too
+        raise HostError(f"the guest init {ready.get('init')} onlined {reply['cpus']!r:.20} "
+                        "vCPUs when asked for 1: no snapshot of it",
+                        hint="rebuild the init (make -C init)")

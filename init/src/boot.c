@@ -256,6 +256,30 @@ void boot_page_reporting(void)
 		log_errno("set page_reporting_order (ignored)");
 }
 
+/* A snapshot's template (`hypervm.spares=offline` on its kernel command line) boots its spare
+ * present CPUs online and takes them offline before READY: their per-CPU threads, pools and
+ * sched set-up are then in the snapshot, and a clone of 2 vCPUs onlines its second with less
+ * to do than a CPU never up (the kernel's maxcpus=1: measured ~25 ms more under TCG). */
+void boot_offline_spares(void)
+{
+	char cmdline[4096], path[64];
+	unsigned n, count = 0;
+
+	if (sysfs_read("/proc/cmdline", cmdline, sizeof(cmdline)) != 0 ||
+	    strstr(cmdline, "hypervm.spares=offline") == NULL)
+		return;
+	for (n = 1; n < 64; n++) {
+		snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%u/online", n);
+		if (sysfs_write(path, "0") == 0)
+			count++;
+		else if (errno == ENOENT)
+			break;
+		else
+			log_errno("take a spare CPU offline");
+	}
+	log_msg("%u spare CPUs offline", count);
+}
+
 void boot_raise_fd_limit(void)
 {
 	/* 4 pipe ends per process: the default 1024 would cap init far below MAX_PROCESSES */

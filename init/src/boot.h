@@ -23,6 +23,8 @@ int boot_loopback_up(void);
 void boot_raise_fd_limit(void);
 
 void boot_page_reporting(void);
+/* A template's spare CPUs offline before READY (`hypervm.spares=offline`). */
+void boot_offline_spares(void);
 /* init's view of /proc as a directory fd, O_CLOEXEC. */
 int boot_open_proc(void);
 

@@ -85,6 +85,15 @@ int cpus_online(unsigned wanted, unsigned *online, struct op_error *e)
 	return rc;
 }
 
+static unsigned count_set(const unsigned char set[CPUS_MAX])
+{
+	unsigned n, count = 0;
+
+	for (n = 0; n < CPUS_MAX; n++)
+		count += set[n];
+	return count;
+}
+
 static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 {
 	struct timespec pause = {0, POLL_MS * 1000000L};
@@ -93,19 +102,22 @@ static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 
 	/* Two reads a poll (the present and online masks), not an open per possible CPU: under
 	 * TCG 64 path walks every 2 ms took the one vCPU from the kernel's hot-add of the new
-	 * ones. A present CPU whose device is not registered yet (ENOENT) is tried again. */
+	 * ones. A present CPU whose device is not registered yet (ENOENT) is tried again. Only
+	 * until `wanted` are online (init 0.7.0): a template's spare present CPUs (booted
+	 * offline before READY: boot_offline_spares) stay offline in a clone of fewer vCPUs. */
 	for (;;) {
 		if (read_cpus("present", present) != 0 || read_cpus("online", up) != 0)
 			return op_fail(e, "EIO", errno, "cannot read the CPU masks");
-		count = 0;
-		for (n = 0; n < CPUS_MAX; n++) {
-			if (present[n] && !up[n] && bring_up(n) == 0)
+		count = count_set(up);
+		for (n = 0; n < CPUS_MAX && count < wanted; n++) {
+			if (!present[n] || up[n])
+				continue;
+			if (bring_up(n) == 0)
 				up[n] = 1;
-			else if (present[n] && !up[n] && errno != ENOENT &&
-				 (read_cpus("online", up) != 0 || !up[n]))
+			else if (errno != ENOENT && (read_cpus("online", up) != 0 || !up[n]))
 				return op_fail(e, "EIO", errno, "cpu%u does not come online: %s", n,
 					       strerror(errno));
-			count += up[n];
+			count = count_set(up);
 		}
 		*online = count;
 		if (count >= wanted)

@@ -8,7 +8,7 @@
 /* The highest vCPU count RESEED may ask for (the host's own bound is MAX_CPUS, 64). */
 #define CPUS_MAX 64
 
-/* Online every present CPU until `wanted` are online, waiting up to ~5 s for hot-plugged ones
+/* Online present CPUs (lowest first) until `wanted` are online (never more), waiting up to ~5 s for hot-plugged ones
  * to appear. Sets *online to the count reached. 0, or -1 with e set (ETIMEDOUT: fewer came;
  * EIO: a CPU refused to come online). What the guest is given is the host's bound (QEMU's
  * vCPUs), never this count. */

@@ -36,6 +36,7 @@ static int boot(int *self_fd)
 		return -1;
 	boot_raise_fd_limit();
 	boot_page_reporting();
+	boot_offline_spares();
 	boot_loopback_up();
 	return 0;
 }

@@ -27,7 +27,7 @@ from executor.snapshot.keeper import STANDBY_STATE, StandbyKeeper
 from executor.snapshot.store import Shape
 from tests.conftest import TEST_TAG, console_text, our_domains
 from tests.integration.test_snapshot import _pod, _report
-from tests.integration.test_snapshot_vcpus import _vcpu_threads
+from tests.integration.test_snapshot_vcpus import _cfs_quota, _vcpu_threads
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.usefixtures("no_leaked_domains")]
@@ -65,6 +65,15 @@ def _metadata(cfg: Any, name: str) -> dict[str, str]:
         return next(d.metadata for d in hv.list_ours() if d.name == name)
 
 
+def _vcpu_quotas(cfg: Any, name: str) -> list[int | None]:
+    """The CFS quota of each vCPU thread of ``name``'s QEMU (None: no cpu controller)."""
+    with Hypervisor(cfg.libvirt_uri) as hv:
+        pid = hv.qemu_pid(name)
+    assert pid is not None
+    threads = _vcpu_threads(cfg, name)
+    return [_cfs_quota(pid, threads[f"CPU {n}/TCG"]) for n in range(len(threads))]
+
+
 def _status(cfg: Any, name: str) -> str:
     with Hypervisor(cfg.libvirt_uri) as hv:
         return str(hv.monitor(name, {"execute": "query-status"})["status"])
@@ -84,6 +93,10 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert _metadata(cfg, standby)[META_POOL_STATE] == STANDBY_STATE
         # loaded, run, reseeded by the daemon (before its warm-up container ran)
         assert _status(cfg, standby) == "running"
+        # its spare present vCPU capped on the host from its creation, and after a claim of
+        # 1 vCPU (executor.libvirt.vcpucap; the daemon's capacity: the host's CPU count)
+        capped = [-1, 1000] if store.template_shape(cfg, SHAPE).vcpus > 1 else [-1]
+        assert _vcpu_quotas(cfg, standby) in (capped, [None] * len(capped))
         console = kept.cfg.vms_dir / standby / "console.log"
         assert console_text(console, "RNG reseeded with 64 host bytes").count(
             "RNG reseeded with 64 host bytes") == 1
@@ -95,6 +108,7 @@ def test_a_launch_takes_the_standby_of_its_shape_once(keeper: Any) -> None:
         assert meta[META_POOL_STATE] == "claimed"
         assert meta["owner-pid"] == owner_metadata()["owner-pid"]
         assert kept.status()["taken"] == 1
+        assert _vcpu_quotas(cfg, standby) in (capped, [None] * len(capped))
         # the standby's clone runs its pod, reseeded like any clone: its own RNG
         reports = [_report(vm) for vm in vms[1:]]
         assert console_text(third.console_log, "RNG reseeded with 64 host bytes", 2).count(
@@ -153,15 +167,15 @@ def test_the_daemon_makes_a_rotated_snapshot_anew_for_its_standby(keeper: Any) -
 
 
 def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> None:
-    """Standbys are kept per template (memory size, tenant; 1 vCPU present of the capacity).
-    A waiting standby runs exactly 1 vCPU (libvirt's live count and QEMU's vCPU threads): a
-    pod of 1 vCPU taking it gets 1; a launch of 2 vCPUs, a count never launched before, takes
-    the next standby and gets its second vCPU hot-plugged and online: exactly 2 QEMU vCPU
-    threads."""
+    """Standbys are kept per template (memory size, tenant; 2 vCPUs present of the capacity,
+    the second offline in the guest and capped on the host). A waiting standby runs 2 vCPU
+    threads (libvirt's live count), its second capped: a pod of 1 vCPU taking it keeps the cap
+    and sees 1; a launch of 2 vCPUs, a count never launched before, takes the next standby and
+    gets its second vCPU granted (no cap) and online, without a hot-plug."""
     cfg, kept = keeper
     template = store.template_shape(cfg, SHAPE)  # HYPERVM_SNAPSHOT_VCPUS: the host's CPUs
     if template.vcpus < 2:
-        pytest.skip("a template of 1 vCPU (a host of one CPU): nothing to hot-plug")
+        pytest.skip("a template of 1 vCPU (a host of one CPU): no spare vCPU")
     vms = []
     try:
         for name in ("n1", "n2"):  # the snapshot, then the wanted template shape
@@ -169,14 +183,15 @@ def test_a_standby_serves_a_vcpu_count_never_launched_before(keeper: Any) -> Non
         for name, cpus in (("n3", 1), ("n4", 2)):
             assert kept.wait_ready(template, 120), kept.status()
             standby = kept.ready_names()[0]
-            assert len(_vcpu_threads(cfg, standby)) == 1
+            assert _vcpu_quotas(cfg, standby) in ([-1, 1000], [None, None])
             with Hypervisor(cfg.libvirt_uri) as hv:
                 assert hv.conn.lookupByName(standby).vcpusFlags(
-                    libvirt.VIR_DOMAIN_AFFECT_LIVE) == 1
+                    libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2
             vms.append(boot_vm(cfg, _pod(cfg, name, cpus, 128)))
             assert vms[-1].name == standby, f"the {cpus} vCPU pod took the standby"
             assert _report(vms[-1])[0] == cpus
-            assert len(_vcpu_threads(cfg, standby)) == cpus
+            assert _vcpu_quotas(cfg, standby) in (
+                [-1, 1000] if cpus == 1 else [-1, -1], [None, None])
         assert "2 vCPUs online (2 wanted)" in console_text(vms[-1].console_log,
                                                            "2 vCPUs online (2 wanted)")
     finally:

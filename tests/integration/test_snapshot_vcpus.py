@@ -1,17 +1,21 @@
-"""Any vCPU count from one snapshot, with real VMs (issue 18 item 2): a template boots with 1
-vCPU present of a capacity (HYPERVM_SNAPSHOT_VCPUS); launches of 1 and 2 vCPUs of one memory
-size and tenant start from its ONE entry, each clone with its own vCPUs (hot-plugged by the
-host, brought online by init), bounded by what the host gave it: QEMU's vCPU threads, each in
-a cgroup with the pod's CPU quota, not by what the guest says."""
+"""Any vCPU count from one snapshot, with real VMs (issue 18 item 2): a template boots with 2
+vCPUs present of a capacity (HYPERVM_SNAPSHOT_VCPUS), its init takes the second offline before
+READY; launches of 1 and 2 vCPUs of one memory size and tenant start from its ONE entry, each
+clone with its own vCPUs online (the second onlined by init, further ones hot-plugged by the
+host), bounded by what the host gave it: QEMU's vCPU threads, each in a cgroup with the pod's
+CPU quota, a spare one capped to 1 ms a second, not by what the guest says."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.launcher import boot_vm
 from executor.libvirt.hypervisor import Hypervisor
 from executor.snapshot import store
@@ -31,9 +35,10 @@ VIEW = ("grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/present "
         "grep -c constant_tsc /proc/cpuinfo; grep ^bogomips /proc/cpuinfo | sort -u | wc -l")
 
 
-def _pod(cfg: Any, name: str, cpus: int, cpu_limit: float | None = None) -> PodSpec:
+def _pod(cfg: Any, name: str, cpus: int, cpu_limit: float | None = None,
+         args: str = VIEW) -> PodSpec:
     container = Container("c", Rootfs(layers=(ensure_warmup_layer(cfg.rootfs_dir),)),
-                          Process(args=("/bin/sh", "-c", VIEW), env=("PATH=/bin",)))
+                          Process(args=("/bin/sh", "-c", args), env=("PATH=/bin",)))
     return PodSpec(name=f"{TEST_TAG}-{name}", containers=(container,),
                    resources=Resources(cpus=cpus, memory_mib=128, cpu_limit=cpu_limit))
 
@@ -85,17 +90,24 @@ def test_two_vcpu_counts_of_one_tenant_start_from_one_snapshot(host_cfg: Any,
         entry = store.lookup(cfg, store.snapshot_key(boot, cfg, Shape(2, 128)))
         assert entry is not None and (entry.state.parent / "clones").stat().st_size == 2
         one, two = (_view(vm) for vm in vms)
-        # the guest: its own vCPUs online, of the template's capacity of 2
-        assert one[:4] == ["1", "0", "0-1", "0"], one
+        # the guest: its own vCPUs online, of the template's capacity of 2 (both present,
+        # the second booted offline: a 2-vCPU clone onlines it, no hot-plug)
+        assert one[:4] == ["1", "0-1", "0-1", "0"], one
         assert two[:4] == ["2", "0-1", "0-1", "0-1"], two
         if boot.accel == "tcg" and "tcg-invtsc" in boot.qemu.features:
             # HyperQEMU's invariant TSC: the hot-plugged vCPU took the first one's delay
             # calibration, not a ~0.3 s busy loop of its own under TCG (tcg-invtsc.patch)
             assert two[4:] == ["2", "1"], two
         assert "2 vCPUs online (2 wanted)" in vms[1].console_log.read_text()
-        # the host: QEMU runs as many vCPUs as the pod has, whatever the guest would say
-        assert len(_vcpu_threads(cfg, vms[0].name)) == 1
-        assert len(_vcpu_threads(cfg, vms[1].name)) == 2
+        # the host: QEMU runs the template's present vCPUs; of the 1-vCPU pod's, the spare
+        # is capped to 1 ms a second whatever the guest does with it, the granted ones not
+        for vm, quotas in ((vms[0], [-1, 1000]), (vms[1], [-1, -1])):
+            pid = vm.qemu_pid
+            threads = _vcpu_threads(cfg, vm.name)
+            assert pid is not None and sorted(threads) == ["CPU 0/TCG", "CPU 1/TCG"]
+            got = [_cfs_quota(pid, threads[f"CPU {n}/TCG"]) for n in (0, 1)]
+            if got != [None, None]:  # no cpu controller: libvirt would bound none
+                assert [-1 if q is None else q for q in got] == quotas, (vm.name, got)
     finally:
         for vm in vms:
             vm.destroy()
@@ -106,17 +118,63 @@ def test_two_vcpu_counts_of_one_tenant_start_from_one_snapshot(host_cfg: Any,
 def test_a_hotplugged_vcpu_is_bounded_by_the_pods_cpu_quota(host_cfg: Any,
                                                             fresh_store: Path
                                                             ) -> None:
-    """2 vCPUs limited to 1 core: each vCPU thread, the hot-plugged one included, runs in a
-    cgroup of libvirt's with half a core (a vCPU added behind libvirt's back, by QMP
-    device_add, would run in QEMU's emulator cgroup, unbounded)."""
+    """3 vCPUs limited to 1.5 cores from a template of 2 present: each vCPU thread, the
+    granted present one and the hot-plugged one included, runs in a cgroup of libvirt's with
+    half a core (a vCPU added behind libvirt's back, by QMP device_add, would run in QEMU's
+    emulator cgroup, unbounded). 1 vCPU limited to half a core from the same template: its
+    spare stays capped after libvirt wrote the pod's quota into every vCPU's cgroup."""
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=3)
+    for cpus, limit, want in ((3, 1.5, [50000] * 3), (1, 0.5, [50000, 1000])):
+        with boot_vm(cfg, _pod(cfg, f"vq{cpus}", cpus, cpu_limit=limit)) as vm:
+            assert vm.warm and _view(vm)[0] == str(cpus)
+            threads = _vcpu_threads(cfg, vm.name)
+            with Hypervisor(cfg.libvirt_uri) as hv:
+                pid = hv.qemu_pid(vm.name)
+            assert pid is not None and len(threads) == len(want)
+            quotas = [_cfs_quota(pid, threads[f"CPU {n}/TCG"]) for n in range(len(want))]
+            if all(q is None for q in quotas):
+                pytest.skip("no cpu cgroup controller: libvirt bounds no vCPU on this host")
+            assert quotas == want, quotas
+
+
+#: two busy loops: a guest with a second online CPU runs one on it
+BUSY = "for i in 1 2; do (while :; do :; done) & done; sleep 60"
+
+
+def _cpu_seconds(pid: int, tid: int) -> float:
+    """The CPU time thread ``tid`` of ``pid`` has run (the kernel's schedstat, ns)."""
+    return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def test_a_one_vcpu_clone_that_onlines_its_spare_vcpu_gains_no_cpu_time(
+        host_cfg: Any, fresh_store: Path) -> None:
+    """The template's second vCPU is present in every clone (offline in the guest): a hostile
+    1-vCPU pod's guest runs two busy loops and onlines the spare (here init, asked by RESEED,
+    as a hostile kernel or init could do by itself); the host's cap on the spare's cgroup (1
+    ms a second, executor.libvirt.vcpucap) keeps that thread at ~0 CPU while the pod's own
+    vCPU is busy (the guest's bring-up of the starved CPU then hangs: its own loss). Checked
+    failing without the cap: the spare comes online in ~20 ms and runs one loop."""
     cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
-    with boot_vm(cfg, _pod(cfg, "vq", 2, cpu_limit=1.0)) as vm:
-        assert vm.warm and _view(vm)[0] == "2"
-        threads = _vcpu_threads(cfg, vm.name)
-        with Hypervisor(cfg.libvirt_uri) as hv:
-            pid = hv.qemu_pid(vm.name)
-        assert pid is not None and len(threads) == 2
-        quotas = {comm: _cfs_quota(pid, tid) for comm, tid in threads.items()}
-        if all(q is None for q in quotas.values()):
-            pytest.skip("no cpu cgroup controller: libvirt bounds no vCPU on this host")
-        assert set(quotas.values()) == {50000}, quotas
+    with boot_vm(cfg, _pod(cfg, "vs", 1, args=BUSY)) as vm:
+        assert vm.warm
+        pid, threads = vm.qemu_pid, _vcpu_threads(cfg, vm.name)
+        assert pid is not None and sorted(threads) == ["CPU 0/TCG", "CPU 1/TCG"]
+        own, spare = threads["CPU 0/TCG"], threads["CPU 1/TCG"]
+        if _cfs_quota(pid, spare) is None:
+            pytest.skip("no cpu cgroup controller: the spare vCPU cannot be capped here")
+        vm.start(vm.pod.containers[0], on_stdout=lambda b: None, on_stderr=lambda b: None,
+                 on_exit=lambda s: None)
+        time.sleep(1.0)  # the loops run
+        spare_before, own_before = _cpu_seconds(pid, spare), _cpu_seconds(pid, own)
+        # the guest onlines its spare (init's reply does not come while the kernel waits)
+        vm.channel.send_request(MsgType.RESEED,
+                                reseed_payload(os.urandom(RESEED_BYTES), cpus=2))
+        time.sleep(WINDOW_S)
+        spare_used = _cpu_seconds(pid, spare) - spare_before
+        own_used = _cpu_seconds(pid, own) - own_before
+        assert own_used > 0.1 * WINDOW_S, f"the pod's vCPU ran {own_used:.3f} s"
+        assert spare_used < 0.05, f"the spare vCPU ran {spare_used:.3f} s"
+
+
+#: how long the guest's busy loops and its onlining of the spare are watched
+WINDOW_S = 5.0

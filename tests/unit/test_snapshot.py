@@ -19,7 +19,7 @@ import pytest
 
 from executor import network
 from executor.guest.protocol import MsgType, reseed_payload
-from executor.libvirt import migration
+from executor.libvirt import migration, vcpucap
 from executor.libvirt.designer import INCOMING_ARGS, clone_domain, pool_domain, template_domain
 from executor.libvirt.domain_xml import domain_xml
 from executor.snapshot import start, store, template
@@ -65,8 +65,9 @@ def test_clone_is_the_templates_domain_under_its_own_name_waiting_for_its_state(
     assert clone.identity == (200001, 200001)
     # the devices its saved state fills are the template's, the NIC's MAC included
     assert (clone.vcpus, clone.max_vcpus, clone.memory_mib, clone.disks) == (
-        template.vcpus, template.max_vcpus, template.memory_mib, template.disks) == (1, 2, 256, ())
-    assert '<vcpu placement="static" current="1">2</vcpu>' in domain_xml(clone)
+        template.vcpus, template.max_vcpus, template.memory_mib, template.disks) == (2, 2, 256, ())
+    assert '<vcpu placement="static" current="2">2</vcpu>' in domain_xml(clone)
+    assert clone.cmdline == template.cmdline  # its spare offlined before READY
     assert [s.tag for s in clone.shares] == [s.tag for s in template.shares]
     assert clone.qemu_args == (*template.qemu_args, *INCOMING_ARGS)
     assert network.mac_address("hypervm-template-1") in " ".join(clone.qemu_args)
@@ -385,6 +386,18 @@ class FakeHypervisor:
     def destroy(self, name: str) -> bool:
         self.destroyed.append(name)
         return True
+
+    def qemu_pid(self, name: str) -> int | None:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def no_cgroups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """No QEMU behind the doubles: the spare vCPUs' host bound (executor.libvirt.vcpucap,
+    tests/unit/test_vcpucap.py) is noted, not written."""
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(vcpucap, "bound", lambda *a: calls.append(a))
+    return calls
 
 
 def test_no_clone_runs_without_the_network_policy(cfg: Any, monkeypatch: pytest.MonkeyPatch,

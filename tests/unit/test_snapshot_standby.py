@@ -143,8 +143,8 @@ def test_a_standby_is_handed_to_one_claimer_only(guest: socket.socket) -> None:
 
 def test_a_standby_of_a_template_serves_any_vcpu_count_up_to_its_capacity(
         guest: socket.socket) -> None:
-    """Standbys are kept per template (1 vCPU present of its capacity, the claimer hot-plugs
-    the rest): a claimer of 1 vCPU and one of 2 ask for the same standby."""
+    """Standbys are kept per template (2 vCPUs present of its capacity, the claimer onlines
+    the second, hot-plugs the rest): a claimer of 1 vCPU and one of 2 ask for the same standby."""
     template = Shape(2, 128)
     kept, pool = _keeper(template)
     pool.cfg.snapshot_vcpus = 2

@@ -1,7 +1,8 @@
-"""Any vCPU count from one snapshot (issue 18 item 2): the template boots with 1 vCPU present of
-a capacity (HYPERVM_SNAPSHOT_VCPUS), its clones get their pod's others hot-plugged and brought
-online by RESEED's ``cpus``; the pure parts (key, domain, payload, setting, the template's
-check of its init). Init's parser of ``cpus``: tests/unit/test_init_fuzz.py."""
+"""Any vCPU count from one snapshot (issue 18 item 2): the template boots with 2 vCPUs present
+(1 online) of a capacity (HYPERVM_SNAPSHOT_VCPUS), its clones get their pod's others onlined or
+hot-plugged and brought online by RESEED's ``cpus``; the pure parts (key, domain, payload,
+setting, the template's check of its init). Init's parser of ``cpus``:
+tests/unit/test_init_fuzz.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from executor.guest.protocol import MAX_RESEED_CPUS, reseed_payload
+from executor.libvirt import designer
 from executor.libvirt.designer import template_domain
 from executor.libvirt.domain_xml import domain_xml
 from executor.snapshot import store, template
@@ -42,14 +44,19 @@ def test_pods_of_up_to_the_capacity_share_one_template_larger_ones_have_their_ow
     assert store.snapshot_key(BOOT, cfg, Shape(2, 256, "globex")) not in keys
 
 
-def test_a_template_has_one_vcpu_present_of_its_capacity_the_others_hotpluggable(
+def test_a_template_has_two_vcpus_present_one_online_the_others_hotpluggable(
         cfg: Any) -> None:
     spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 4, 256, {})
-    assert (spec.vcpus, spec.max_vcpus) == (1, 4)
+    assert (spec.vcpus, spec.max_vcpus) == (2, 4)
+    # its init takes the spare present one offline before READY
+    assert spec.cmdline.split()[-1] == "hypervm.spares=offline"
     xml = domain_xml(spec)
-    assert '<vcpu placement="static" current="1">4</vcpu>' in xml
+    assert '<vcpu placement="static" current="2">4</vcpu>' in xml
     # cores of one socket: a hot-plugged vCPU's TSC sync check runs 2 ms, not 20
     assert '<topology sockets="1" dies="1" cores="4" threads="1" />' in xml
+    # a capacity of 1: nothing spare, the kernel's command line as a pool VM's
+    one = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 1, 256, {})
+    assert one.vcpus == 1 and "spares" not in one.cmdline
 
 
 def test_max_vcpus_below_the_present_ones_or_above_the_bound_is_refused(cfg: Any) -> None:
@@ -92,3 +99,30 @@ def test_no_snapshot_of_an_init_that_cannot_online_hotplugged_vcpus(
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert "save" not in saved and hv.destroyed == hv.created
+
+
+def test_no_snapshot_of_an_init_that_onlines_more_vcpus_than_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An init older than 0.7.0 onlines every present CPU: the template's spare would be
+    online in every clone of 1 vCPU (its guest scheduling onto a vCPU the host caps)."""
+    saved: list[Any] = []
+    stub_template_guest(monkeypatch, saved, reply={"cpus": 2}, init="0.6.1")
+    hv = FakeHypervisor()
+    short = tempfile.mkdtemp(prefix="hv-")
+    try:
+        cfg = config_from_env({"HYPERVM_STATE_DIR": f"{short}/s", "HYPERVM_RUN_DIR": f"{short}/r"})
+        with pytest.raises(HostError, match="onlined 2 vCPUs when asked for 1"):
+            template._boot_and_save(cfg, BOOT, hv, Shape(1, 128), 7, Path(short))
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert "save" not in saved and hv.destroyed == hv.created
+
+
+def test_the_present_vcpus_are_in_the_key_old_snapshots_are_never_loaded(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template of 1 present vCPU (before) and one of 2 (its spare offline) save different
+    machines: their keys differ, so a store's entries of the old shape are never read again
+    (they age out of the store's bound)."""
+    now = store.snapshot_key(BOOT, cfg, Shape(1, 256, "acme"))
+    monkeypatch.setattr(designer, "TEMPLATE_PRESENT_VCPUS", 1)
+    assert store.snapshot_key(BOOT, cfg, Shape(1, 256, "acme")) != now
