@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ def measure(rounds: int, baseline: Path | None = None,
 
 
 def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
-    out = results.quick_summary(samples)
+    out = results.quick_summary({k: v for k, v in samples.items() if not k.startswith("load: ")})
+    out["load p50"] = {k.removeprefix("load: "): round(statistics.median(v), 2)
+                       for k, v in samples.items() if k.startswith("load: ") and v}
     raw = out.get(coldphase.RAW, {}).get("p50_s")
     cold = out.get(coldphase.RUN, {}).get("p50_s")
     if raw and cold:
