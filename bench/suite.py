@@ -474,8 +474,9 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         ": ...']")
     doc["notes"]["run_true_p50_s"] = doc["notes"]["raw_boot_cold_host_p50_s"] = (
         COLD_HOST_NOTE.format(rounds=plan.cold_rounds))
-    doc["details"]["run_true_minus_raw_boot_cold_host_paired_p50_s"] = coldphase.paired_p50(
-        samples[coldphase.RUN], samples[coldphase.RAW])
+    paired = coldphase.paired_p50(samples[coldphase.RUN], samples[coldphase.RAW])
+    doc["details"]["run_true_minus_raw_boot_cold_host_paired_p50_s"] = (
+        None if paired is None else p(paired))
     doc["max_concurrent_vms_limit"] = dens.limit
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
