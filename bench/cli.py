@@ -20,6 +20,7 @@ ROWS = (
     ("warm launch p95 (image VM)", "warm_launch_p95_s", "s"),
     ("warm launch p50 (generic VM)", "warm_launch_generic_p50_s", "s"),
     ("hypervm run true p50", "run_true_p50_s", "s"),
+    ("raw boot p50 (cold phase, no pool)", "raw_boot_cold_host_p50_s", "s"),
     ("idle VM QEMU RSS", "idle_vm_rss_mib", "MiB"),
     ("idle VM QEMU private dirty", "idle_vm_private_dirty_mib", "MiB"),
     ("idle pool VM QEMU RSS", "idle_pool_vm_rss_mib", "MiB"),

@@ -1,7 +1,9 @@
 """One benchmark run: every figure and its baseline, in the same run, into one document.
 
-VM latencies are sampled in rounds (raw boot, container, cold launch, ``hypervm run`` one
-after the other), so a change in the machine's load hits figures and baselines alike.
+VM latencies are sampled in rounds (raw boot, container, cold launch, ... one after the
+other), so a change in the machine's load hits figures and baselines alike. The cold
+``hypervm run`` and its own raw boot are sampled first, before any pool starts, as a cold run
+happens (bench.coldphase).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    coldphase,
     container,
     density,
     images,
@@ -26,7 +29,6 @@ from bench import (
     peersuite,
     profile,
     rawboot,
-    runtrue,
     snapfast,
 )
 from bench.results import check_targets, git_commit, machine_info
@@ -60,6 +62,15 @@ WARM_ALONE_NOTE = (
     "measured after the other latency rounds with only its own pool running: no other "
     "measurement's background work (another pool's refill, the standby keeper's next clone, a "
     "VM's teardown) overlaps a launch; the same launch, pool, size and number of samples")
+#: run_true_p50_s and raw_boot_cold_host_p50_s (bench/README.md, "The cold phase")
+COLD_HOST_NOTE = (
+    "the cold phase (bench.coldphase), before any pool starts: no pool daemon, standby or "
+    "other VM of the bench running, as on a host where a run is cold at all; {rounds} rounds "
+    "of one raw boot and one cold run, which goes first alternating; the issue-17 ratio is "
+    "ratios['run_true_p50 / raw_boot_cold_host_p50']. Until this phase, the cold run was taken "
+    "in the latency rounds beside the pools' 4 idle VMs and a standby clone (5 TCG guests), "
+    "right after a pool's refill, and raw_boot_p50_s (still taken there) earlier in the round "
+    "(bench/README.md, 'The cold phase')")
 POOL_SIZE = 2
 #: the task's cpus of ``warm_launch_cpus_*``: with the executor's 0.1, 0.6 of the VM's one
 #: vCPU, a CPU bound set at the claim (the suite's 0.9 + 0.1 is a whole vCPU, unbounded)
@@ -87,6 +98,9 @@ class Plan:
     #: a warm launch with a CPU bound (WARM_CPUS): 10 samples of each keep the bench's time in
     #: check (each costs a launch, the warm one a pool refill: ~1.2 and ~2.5 s a round)
     extra_runs: int = 10
+    #: rounds of the cold phase (bench.coldphase: a raw boot and a cold ``hypervm run`` each,
+    #: no pool running), before the latency rounds
+    cold_rounds: int = 12
 
 
 #: a kernel command-line change measured against the current one (ACPI PCI interrupt-link
@@ -95,7 +109,7 @@ TUNED_CMDLINE = " pci=noacpi"
 
 QUICK = Plan("quick", rounds=2, run_true_runs=1, container_runs=10, density_steps=(0, 1),
              density_probes=1, big_image_mb=8, cache_hits=3, warm_up=False, workload_runs=1,
-             extra_runs=2)
+             extra_runs=2, cold_rounds=2)
 #: the density search goes up to 200 VMs (199 idle + the probe) unless something runs out
 FULL = Plan("full", rounds=20, run_true_runs=10, container_runs=20,
             density_steps=(0, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 199),
@@ -125,8 +139,13 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
         assert imgs.work_ref is not None
         work_layers, _ = images.warm_shared_cache(env.cfg, imgs.work_ref, 0)
         log.info("images ready (%s)", imgs.busybox_ref)
+        cold_samples: dict[str, list[float]] = {}
+        with Hypervisor(env.cfg.libvirt_uri) as hv:  # before any pool: a cold host's run
+            doc["machine"]["loadavg_1min_per_cold_round"] = coldphase.measure(
+                env, hv, imgs.busybox_ref, plan.cold_rounds, cold_samples, warm_up=plan.warm_up)
         rounds = _latency_rounds(env, plan, imgs.busybox_ref, layers)
         samples, pool_rss, pool_private = rounds.samples, rounds.pool_rss, rounds.pool_private
+        samples.update(cold_samples)
         doc["machine"]["loadavg_1min_per_round"] = rounds.loads
         details["standby_misses"] = rounds.standby_misses
         doc["machine"]["loadavg_1min_per_warm_round"] = _warm_rounds(
@@ -198,7 +217,7 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rou
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "warm launch": [], "warm launch (generic VM)": [],
                                        "warm launch (ports)": [],
-                                       "hypervm run true": [], "start on booted vm": [],
+                                       "start on booted vm": [],
                                        "hypervm boot": [], "hypervm boot" + TUNED_CMDLINE: [],
                                        peersuite.POOLED["learned"]: [],
                                        peersuite.POOLED["generic"]: [], "snapshot launch": [],
@@ -222,7 +241,6 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rou
             for each in pools.values():
                 fill_pool(each)
                 launch.launch_once(ref, each.cfg.pool_socket)
-            runtrue.run_once(ref)
         for i in range(plan.rounds):
             loads.append(load_average()[0])
             log.info("round %d/%d (load %s)", i + 1, plan.rounds, loads[-1])
@@ -248,9 +266,8 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rou
             for each in pools.values():
                 fill_pool(each)
                 pool_rss += _idle_rss(hv, each)
-            fill_pool(lpool)  # its refill after the pooled run would overlap the cold run
+            fill_pool(lpool)  # its refill after the pooled run would overlap the boots below
             if i < plan.run_true_runs:
-                samples["hypervm run true"].append(runtrue.run_once(ref))
                 boot_s, start_s = density.start_on_booted(env, hv, layers)
                 samples["hypervm boot"].append(boot_s)
                 samples["start on booted vm"].append(start_s)
@@ -423,14 +440,17 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
     doc["details"]["samples"] = {n: [round(x, 4) for x in v] for n, v in samples.items()}
     raw, cold, warm = summaries["raw boot"], summaries["cold launch"], summaries["warm launch"]
     generic = summaries["warm launch (generic VM)"]
-    ctr, run_true = summaries["container"], summaries["hypervm run true"]
+    ctr, run_true = summaries["container"], summaries[coldphase.RUN]
+    raw_cold = summaries[coldphase.RAW]
     doc.update({
         "raw_boot_p50_s": p(raw.p50), "raw_boot_p95_s": p(raw.p95),
         "container_p50_s": p(ctr.p50), "container_p95_s": p(ctr.p95),
         "cold_launch_p50_s": p(cold.p50), "cold_launch_p95_s": p(cold.p95),
         "warm_launch_p50_s": p(warm.p50), "warm_launch_p95_s": p(warm.p95),
         "warm_launch_generic_p50_s": p(generic.p50), "warm_launch_generic_p95_s": p(generic.p95),
-        "run_true_p50_s": p(run_true.p50),
+        "run_true_p50_s": p(run_true.p50), "run_true_p95_s": p(run_true.p95),
+        "raw_boot_cold_host_p50_s": p(raw_cold.p50),
+        "raw_boot_cold_host_p95_s": p(raw_cold.p95),
         "idle_vm_rss_mib": dens.idle_rss_mib,
         "max_concurrent_vms": dens.max_concurrent_vms,
         "import_mb_s": round(imported.mb_s, 2),
@@ -452,6 +472,11 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "warm_launch_ports_p50_s, with only its pool running (no other measurement's "
         "background work overlaps it); phases in details.summaries['" + WARM_CPUS_KIND +
         ": ...']")
+    doc["notes"]["run_true_p50_s"] = doc["notes"]["raw_boot_cold_host_p50_s"] = (
+        COLD_HOST_NOTE.format(rounds=plan.cold_rounds))
+    paired = coldphase.paired_p50(samples[coldphase.RUN], samples[coldphase.RAW])
+    doc["details"]["run_true_minus_raw_boot_cold_host_paired_p50_s"] = (
+        None if paired is None else p(paired))
     doc["max_concurrent_vms_limit"] = dens.limit
     doc["notes"]["max_concurrent_vms"] = (
         f"idle 128 MiB HyperVMs + 1 probe VM; search stopped: {dens.stopped_because}"
@@ -504,6 +529,7 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "cold_launch_p50 / container_p50": ratio(cold.p50, ctr.p50),
         "raw_boot_p50 / container_p50": ratio(raw.p50, ctr.p50),
         "run_true_p50 / raw_boot_p50": ratio(run_true.p50, raw.p50),
+        "run_true_p50 / raw_boot_cold_host_p50": ratio(run_true.p50, raw_cold.p50),
         "run_true_p50 / container_p50": ratio(run_true.p50, ctr.p50),
         "cold_launch_vm_boot_p50 / raw_boot_p50":
             ratio(vm_boot.p50 if vm_boot else None, raw.p50),

@@ -60,6 +60,13 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
     assert "peers (x runc)" in proc.stdout
     assert doc["qemu"]["kind"] in ("hyperqemu", "distro") and doc["qemu"]["path"]
     assert doc["ratios"]["cold_launch_p50 / raw_boot_p50"] > 0
+    # the cold run and its raw boot of the cold phase (bench.coldphase: no pool running)
+    assert doc["raw_boot_cold_host_p50_s"] > 0 and doc["notes"]["run_true_p50_s"]
+    assert doc["ratios"]["run_true_p50 / raw_boot_cold_host_p50"] > 0
+    assert doc["targets"]["run_true_p50_s"]["relative_to"] == "raw_boot_cold_host_p50_s"
+    for kind in ("hypervm run true", "raw boot (cold host)"):
+        assert len(doc["details"]["samples"][kind]) == 2, kind
+    assert len(doc["machine"]["loadavg_1min_per_cold_round"]) == 2
     assert doc["details"]["leftover_vms"] == []
     assert out.with_suffix(".png").stat().st_size > 0
     assert "cold launch p50" in proc.stdout

@@ -266,11 +266,14 @@ def test_private_by_mapping_names_guest_ram_translations_and_sums_alike_mappings
 def test_runfast_puts_a_baseline_s_cold_run_beside_the_raw_boot(tmp_path: Path) -> None:
     """``bench.runfast --baseline DIR``: that tree's cold run, its own ratio to the raw boot,
     and its ``hypervm`` runs with DIR first on the import path."""
-    out = runfast.summary({"raw boot": [1.0, 1.0], "hypervm run true": [1.2, 1.2],
+    out = runfast.summary({"raw boot (cold host)": [1.0, 1.0], "hypervm run true": [1.2, 1.3],
                            "baseline hypervm run true": [1.3, 1.3]})
-    assert out["cold run true / raw boot"] == 1.2
+    assert out["cold run true / raw boot"] == 1.25
     assert out["baseline cold run true / raw boot"] == 1.3
+    assert out["cold run true - raw boot, paired p50 (s)"] == 0.25
+    assert out["cold run true - baseline, paired p50 (s)"] == -0.05
+    assert runfast.summary({"load: cold phase": [1.0, 3.0]})["load p50"] == {"cold phase": 2.0}
     assert "baseline cold run true / raw boot" not in runfast.summary(
-        {"raw boot": [1.0], "hypervm run true": [1.2]})
+        {"raw boot (cold host)": [1.0], "hypervm run true": [1.2]})
     assert runtrue.tree_env(tmp_path)["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
     assert runtrue.tree_env()["PYTHONPATH"].split(os.pathsep)[0] == str(runtrue.REPO)

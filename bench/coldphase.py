@@ -1,0 +1,85 @@
+"""A cold ``hypervm run IMAGE -- true`` and its raw-boot baseline in a cold host's conditions:
+no pool daemon, no standby clone, no other VM of the bench running, as on a host where a run
+is cold at all (with a pool running, the run is pooled). ``bench.suite`` takes this phase
+before its pools start (``run_true_p50_s``, ``raw_boot_cold_host_p50_s``) and
+``bench.runfast`` before its pooled phase, so both tools measure the cold run alike.
+
+Each round takes one raw boot (bench.rawboot) and one cold run (bench.runtrue) per tree, in an
+order that rotates over the rounds, so neither always follows the other (a run's teardown, the
+page cache it warmed) and a drift in the machine's load hits both alike. Why a phase of its
+own: bench/README.md, "The cold phase".
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from bench import runtrue
+from bench.rawboot import boot_once
+from bench.vmenv import VMEnv, load_average
+from bench.warmfast import read_stamps
+from executor.libvirt.hypervisor import Hypervisor
+
+log = logging.getLogger(__name__)
+
+#: the sample names of the phase: its raw boot, this tree's cold run, another tree's
+RAW = "raw boot (cold host)"
+RUN = "hypervm run true"
+BASELINE_RUN = "baseline hypervm run true"
+
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], i: int) -> list[T]:
+    """``items`` in round ``i``'s order: rotated by ``i``, so that over ``len(items)`` rounds
+    each goes first once and each follows every other one as often (for two: alternating)."""
+    k = i % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
+def paired_p50(values: Sequence[float], baselines: Sequence[float]) -> float | None:
+    """Median of the per-round differences ``values[i] - baselines[i]`` (None if empty):
+    what a change costs with each round's load in both terms."""
+    if len(values) != len(baselines):
+        raise ValueError(f"{len(values)} values against {len(baselines)} baselines")
+    return statistics.median(a - b for a, b in zip(values, baselines, strict=True)) \
+        if values else None
+
+
+def measure(env: VMEnv, hv: Hypervisor, ref: str, rounds: int,
+            samples: dict[str, list[float]], *, baseline: Path | None = None,
+            stamps: bool = False, warm_up: bool = True) -> list[float]:
+    """``rounds`` rounds of the phase into ``samples`` (RAW, RUN, with ``baseline`` also
+    BASELINE_RUN: that source tree's cold run); ``stamps``: each cold run's CLI stamps its
+    path (bench.runfast --stamps). ``warm_up``: one untimed raw boot and run first (page cache,
+    libvirt). Returns the load before each round. Call it with no VM of the bench running."""
+    def raw() -> None:
+        samples.setdefault(RAW, []).append(boot_once(env, hv).total_s)
+
+    def run(name: str, tree: Path) -> Callable[[], None]:
+        def sample() -> None:
+            out = Path(tempfile.mkdtemp(prefix="hypervm-bench-stamps-")) if stamps else None
+            samples.setdefault(name, []).append(runtrue.run_once(ref, tree, out))
+            if out is not None:
+                read_stamps(out, samples, name.removesuffix(RUN))
+                out.rmdir()
+        return sample
+
+    steps = [raw, run(RUN, runtrue.REPO)]
+    if baseline is not None:
+        steps.append(run(BASELINE_RUN, baseline))
+    if warm_up:
+        boot_once(env, hv)
+        runtrue.run_once(ref)
+    loads = []
+    for i in range(rounds):
+        loads.append(load_average()[0])
+        log.info("cold phase round %d/%d, no pool (load %s)", i + 1, rounds, loads[-1])
+        for step in rotated(steps, i):
+            step()
+    return loads
