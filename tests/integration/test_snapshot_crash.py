@@ -139,3 +139,46 @@ def test_a_daemon_killed_making_a_template_leaves_nothing_gc_misses(
     assert not list(fresh_store.glob(".*"))
     subprocess.run(["rm", "-rf", str(run_dir)], check=False)
 
+
+
+#: a HYPERVM_SNAPSHOT=on launch (no pool) of a pod whose shape has no snapshot yet, with the
+#: snapshot store of the test (argv[1])
+LAUNCH = ("import dataclasses, sys, time\nfrom pathlib import Path\n"
+          "from executor.snapshot import store\n"
+          "root = Path(sys.argv[1])\nstore.snapshots_dir = lambda cfg: root\n"
+          "from executor.launcher import boot_vm\nfrom hypervm.config import config_from_env\n"
+          "from tests.integration.test_snapshot import _pod\n"
+          "cfg = dataclasses.replace(config_from_env(), use_pool=False, use_snapshot=True)\n"
+          "vm = boot_vm(cfg, _pod(cfg, 'crash', 1, 128))\ntime.sleep(300)\n")
+
+
+def test_a_launch_killed_making_a_template_leaves_no_vm_and_no_entry(
+        host_cfg: Any, fresh_store: Path) -> None:
+    """The same for a launch that makes its shape's template (HYPERVM_SNAPSHOT=on): its own
+    libvirt connection auto-destroys the template."""
+    cfg = host_cfg
+    launch = subprocess.Popen([sys.executable, "-c", LAUNCH, str(fresh_store)],
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    template = None
+    try:
+        found = _until(lambda: _templates(cfg, launch.pid) or launch.poll() is not None)
+        assert isinstance(found, list), launch.stderr.read() if launch.stderr else ""
+        template = found[0]
+        os.kill(launch.pid, signal.SIGKILL)
+        launch.wait()
+        assert _until(lambda: not our_domains(template), 15), f"{template} outlived its launch"
+        key = store.snapshot_key(resolve_boot(cfg), cfg, Shape(1, 128))
+        assert store.lookup(cfg, key) is None
+        left = sorted(p.name for p in fresh_store.glob(".*"))
+        assert left and sorted(p.name for p in store.remove_stale_writes(cfg)) == left
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+        launch.wait()
+        for vm in _templates(cfg, launch.pid):
+            subprocess.run(["virsh", "-c", "qemu:///system", "destroy", vm], check=False,
+                           capture_output=True)
+        if template is not None:
+            subprocess.run(["rm", "-rf", str(cfg.vms_dir / template)], check=False)
