@@ -1,7 +1,9 @@
 """``hypervm gc``: destroy our VMs whose owner process is gone and remove their run dirs, and
 the exec sockets of Mesos tasks whose executor was killed (executor.mesos.exec_socket), and the
 ACL entries on ``run -v`` directories of VMs whose owner was killed, handing what such a VM made
-there back to the directory's owner (executor.volume_access).
+there back to the directory's owner (executor.volume_access), and the temporary entries of the
+snapshot store that a process killed while it made a template left (executor.snapshot.store:
+only while no live process makes one; a launch never uses them either way).
 
 Domains are created auto-destroyed, so a dead owner normally takes its VM with it; gc catches
 what slips through (libvirtd restarted, a domain defined by hand, a run dir left by a crash).
@@ -29,6 +31,7 @@ from executor.libvirt.owners import (
     select_orphan_dirs,
 )
 from executor.mesos.exec_socket import remove_stale_sockets
+from executor.snapshot import store
 from hypervm.config import HostConfig, config_from_env
 from vmimage.images import ImageStore
 
@@ -45,6 +48,9 @@ class GcReport:
     #: grants of VMs that no longer run that could not be finished: their records (and uids)
     #: stay
     unfinished_grants: list[volume_access.Unfinished] = field(default_factory=list)
+    #: temporary entries of the snapshot store (executor.snapshot.store) whose writer died
+    #: making a template (never one a live writer makes: it holds the store's lock)
+    removed_snapshot_parts: list[Path] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     #: disk images the kept domains use: the image cache's gc must keep them
     in_use: set[Path] = field(default_factory=set)
@@ -93,6 +99,7 @@ def collect_garbage(
         if _remove_dir(cfg.vms_dir / name, dry_run):
             report.removed_dirs.append(cfg.vms_dir / name)
     report.removed_sockets = remove_stale_sockets(cfg, dry_run=dry_run)
+    report.removed_snapshot_parts = store.remove_stale_writes(cfg, dry_run=dry_run)
     report.released_grants = volume_access.release_stale(cfg, dry_run=dry_run,
                                                          unfinished=report.unfinished_grants)
     return report
@@ -107,8 +114,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="destroy leftover HyperVMs and remove their files",
         description="Destroy the HyperVMs whose owner process is gone (or all with --all) and "
         "remove their run directories, the exec sockets of Mesos tasks whose executor is "
-        "gone, and the ACL entries on volumes (run -v) of VMs that no longer run (what those "
-        "VMs made there goes to the directory's owner).",
+        "gone, the ACL entries on volumes (run -v) of VMs that no longer run (what those "
+        "VMs made there goes to the directory's owner), and the half-written snapshots of "
+        "processes killed while they made a snapshot's template.",
     )
     p.add_argument(
         "--all",
@@ -129,7 +137,7 @@ def gc_command(args: argparse.Namespace) -> int:
     verb = "would destroy" if args.dry_run else "destroyed"
     for leftover in report.destroyed:
         print(f"{verb} {leftover.name} ({leftover.reason})")
-    for path in report.removed_dirs + report.removed_sockets:
+    for path in report.removed_dirs + report.removed_sockets + report.removed_snapshot_parts:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}")
     for grant in report.released_grants:
         print(f"{'would take' if args.dry_run else 'took'} the ACL entry of {grant.domain} "
@@ -138,6 +146,7 @@ def gc_command(args: argparse.Namespace) -> int:
         print(f"kept the volume grant record {stuck.record} of {stuck.grant.domain} (uid "
               f"{stuck.grant.uid} stays out of use): {stuck.why}")
     if not (report.destroyed or report.removed_dirs or report.removed_sockets
+            or report.removed_snapshot_parts
             or report.released_grants or report.unfinished_grants):
         print(f"nothing to remove ({len(report.kept)} HyperVMs with a live owner)")
     if not args.dry_run:

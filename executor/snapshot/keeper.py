@@ -45,6 +45,7 @@ from executor.guest.protocol import (
 from executor.libvirt import identity, migration, vcpucap
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
 from executor.libvirt.domain import DOMAIN_PREFIX, CpuTune
+from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time
 from executor.pool import listener, warmup
 from executor.pool.daemon import META_POOL, META_POOL_STATE, REFILL_DELAY_S, WarmPool
@@ -53,6 +54,7 @@ from executor.snapshot import store, template
 from executor.snapshot.standby import OP, Ask, lease_reply, parse_standby, remember
 from executor.snapshot.store import Shape
 from hypervm.errors import HostError, HyperVMError, PoolError
+from vmimage.boot import BootFiles
 from vmimage.rootfs import ensure_warmup_layer
 
 log = logging.getLogger(__name__)
@@ -314,8 +316,7 @@ class StandbyKeeper:
                 raise HostError("the pool is not started")
             # none in the store (never made, rotated, expired): made here, off any launch's
             # clock, not by the next launch of the shape (counted when a launch takes it)
-            snap = template.ensure(self.cfg, boot, hv, shape, wait=TEMPLATE_WAIT_S,
-                                   count=False)
+            snap = self._ensure_snapshot(boot, shape)
             own = identity.for_vm(self.cfg, hv, name)
             spec = clone_domain(name, snap.template, boot, self.cfg, run_dir,
                                 shape.vcpus, shape.memory_mib, metadata,
@@ -340,6 +341,16 @@ class StandbyKeeper:
                  shape.memory_mib, time.monotonic() - started)
         return _Standby(name, run_dir, shape, key, snap.template, spec.identity,
                         time.monotonic(), sock, snap.ready)
+
+    def _ensure_snapshot(self, boot: BootFiles, shape: Shape) -> store.Snapshot:
+        """The store's snapshot of ``shape``, its template made now when it has none: through
+        a libvirt connection of its own that auto-destroys it, never the pool's (which does
+        not: its VMs are handed over), so a template never outlives this daemon (SIGKILLed
+        while it boots or saves, it was left running, owned by a dead pid, until a
+        ``hypervm gc``: no next daemon reaps a VM that is not of its pool)."""
+        with Hypervisor(self.cfg.libvirt_uri, events=False) as own:
+            return template.ensure(self.cfg, boot, own, shape, wait=TEMPLATE_WAIT_S,
+                                   count=False)
 
     def _warm_up(self, hv: Any, name: str, channel_socket: Path) -> socket.socket:
         """Let the loaded standby ``name`` run: RESEED before anything else (its kernel RNG

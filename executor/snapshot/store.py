@@ -35,7 +35,10 @@ Layout (root only: the state is guest memory)::
             clones                       0600, one byte per clone started from it
 
 An entry is written in a temporary directory beside it and renamed into place only once its
-state, memory and meta are complete and synced: a reader sees a whole entry or none. A file
+state, memory and meta are complete and synced (their names too): a reader sees a whole
+entry or none. The temporary directory of a writer killed meanwhile (SIGKILL, power loss) is
+never read; the next entry written or ``hypervm gc`` removes it (:func:`remove_stale_writes`:
+only while no live writer holds the lock). A file
 of an entry is never written again once it is published (a clone maps ``memory`` privately:
 a file changing or shrinking under it would corrupt or kill it): a new template is a new
 entry, with new inodes, and an entry goes only by unlinking its files, which the clones
@@ -229,8 +232,7 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
     ``meta.json`` in). Published by rename when the block ends without an error; removed
     otherwise. Call with :func:`locked` held."""
     root = _root(cfg)
-    for stale in root.glob(".*"):  # of a writer that died: the lock says none is writing now
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_temporaries(root)  # of a writer that died: the lock says none is writing now
     _evict(root, MAX_ENTRIES - 1)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
@@ -243,6 +245,7 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
         for name in os.listdir(tmp):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
+        _fsync_dir(tmp)  # its names too: after a power loss the entry has all its files
         final = root / key
         if final.exists():  # a stale entry of an older format
             shutil.rmtree(final)
@@ -251,6 +254,49 @@ def writing(cfg: HostConfig, key: str) -> Iterator[tuple[int, Path]]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """The temporary entries in ``root`` (:func:`writing`'s, all named ``.<key>.<random>``)."""
+    return sorted(p for p in root.glob(".*") if p.is_dir() and not p.is_symlink())
+
+
+def _remove_temporaries(root: Path) -> list[Path]:
+    stale = _temporaries(root)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def remove_stale_writes(cfg: HostConfig, dry_run: bool = False) -> list[Path]:
+    """Remove (``dry_run``: only name) the temporary entries of writers that died making a
+    template (SIGKILL, power loss): a half-written stream and RAM file, up to the template's
+    memory size, that only the next template made on this host would remove otherwise. Only
+    while no process holds the store's lock (a writer's temporary entry is its own while it
+    lives: it holds the lock from before it makes the entry until the rename); nothing when a
+    template is being made, or when there is no store of ours (never made here)."""
+    root = snapshots_dir(cfg)
+    try:
+        st = root.lstat()
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        log.warning("%s is not a directory of ours: its temporary entries are left", root)
+        return []
+    try:
+        fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        log.warning("cannot open the snapshot store's lock (%s): its temporary entries stay", e)
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("a template is being made: the snapshot store's temporary entries stay")
+            return []
+        return _temporaries(root) if dry_run else _remove_temporaries(root)
+    finally:
+        os.close(fd)
 
 
 def _evict(root: Path, keep: int) -> None:

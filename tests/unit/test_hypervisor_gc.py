@@ -241,3 +241,76 @@ def test_gc_says_which_volume_grant_it_could_not_finish(
     assert (f"kept the volume grant record {record} of hypervm-killed-owner (uid 200001 stays "
             f"out of use): {shared} was moved or removed") in out
     assert "move it back and run hypervm gc again" in out and "nothing to remove" not in out
+
+
+# -- what a process killed while it made a snapshot's template left in the store ---------------
+
+#: a template's maker SIGKILLed after its save, before the store's rename (executor.snapshot)
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from executor.snapshot import store
+from hypervm.config import HostConfig
+cfg = HostConfig(state_dir=Path(sys.argv[1]), run_dir=Path(sys.argv[2]),
+                 libvirt_uri="test:///default", accel="tcg")
+with store.locked(cfg), store.writing(cfg, "half") as (fd, tmp):
+    os.write(fd, b"QEVM" + bytes(4096))
+    os.close(store.open_memory(tmp))
+    store.write_meta(tmp, "hypervm-template-1", {"version": 1}, memory=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_writer(cfg: HostConfig) -> None:
+    import subprocess  # only this test runs one
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(cfg.state_dir),
+                           str(cfg.run_dir)], env={**os.environ, "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == -9, done.stderr
+
+
+def test_gc_removes_what_a_killed_template_maker_left_in_the_snapshot_store(
+        cfg: HostConfig) -> None:
+    """A daemon (or a HYPERVM_SNAPSHOT=on launch) SIGKILLed while it makes a template leaves
+    its temporary entry (a half-written stream and RAM file of up to the template's memory
+    size): no launch uses it (it is never renamed into place), and gc removes it, only while
+    no live writer holds the store's lock, never a complete entry."""
+    from executor.snapshot import store
+
+    with store.locked(cfg), store.writing(cfg, "whole") as (fd, tmp):
+        os.write(fd, b"QEVM")
+        store.write_meta(tmp, "hypervm-template-0", {"version": 1})
+    _killed_writer(cfg)
+    root = store.snapshots_dir(cfg)
+    left = [p for p in root.iterdir() if p.name.startswith(".half.")]
+    assert len(left) == 1 and (left[0] / "meta.json").is_file()
+    assert store.lookup(cfg, "half") is None, "a half-made entry is never used"
+    hv = FakeHypervisor([])
+    with store.locked(cfg):  # a live writer (another daemon, a launch) makes a template
+        report = collect_garbage(cfg, hv)  # type: ignore[arg-type]
+    assert report.removed_snapshot_parts == [] and left[0].is_dir()
+    assert collect_garbage(cfg, hv, dry_run=True).removed_snapshot_parts == left  # type: ignore[arg-type]
+    assert left[0].is_dir()
+    report = collect_garbage(cfg, hv)  # type: ignore[arg-type]
+    assert report.removed_snapshot_parts == left
+    assert sorted(p.name for p in root.iterdir()) == ["lock", "whole"]
+    assert store.lookup(cfg, "whole") is not None
+    assert collect_garbage(cfg, hv).removed_snapshot_parts == []  # type: ignore[arg-type]
+
+
+def test_gc_makes_no_snapshot_store_and_leaves_one_not_ours(
+        cfg: HostConfig, tmp_path: Path) -> None:
+    from executor.snapshot import store
+
+    hv = FakeHypervisor([])
+    assert collect_garbage(cfg, hv).removed_snapshot_parts == []  # type: ignore[arg-type]
+    assert not store.snapshots_dir(cfg).exists()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / ".k.abc").mkdir(parents=True)
+    store.snapshots_dir(cfg).parent.mkdir(parents=True, exist_ok=True)
+    store.snapshots_dir(cfg).symlink_to(elsewhere)
+    assert collect_garbage(cfg, hv).removed_snapshot_parts == []  # type: ignore[arg-type]
+    assert (elsewhere / ".k.abc").is_dir()
