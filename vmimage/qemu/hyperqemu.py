@@ -180,8 +180,9 @@ def _download_source(cfg: HostConfig, version: str) -> Path:
 
 
 def _hardening_flags() -> tuple[str, str]:
-    """Debian's build flags (stack protector, fortify, full RELRO) as QEMU's own package uses
-    them, without -g (we do not ship debug info)."""
+    """Debian's build flags (stack protector, fortify, full RELRO, -O2) as QEMU's own package
+    uses them, without -g (we do not ship debug info). LTO, -O3 and PGO were measured and not
+    taken (README.md, "Compiler flags")."""
     # deferred: a build only; a cold run's path (the key of the HyperQEMU it finds) does not
     # import subprocess before its createXML (with selectors: ~1 ms, issue 17)
     import subprocess
