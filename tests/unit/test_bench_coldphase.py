@@ -3,11 +3,10 @@ use of the phase (its keys, target and note; pure, fast: no VM)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from bench import coldphase, results, suite
+from tests.unit.test_bench_newkeys import doc_with as complete_doc
 
 
 def test_rotation_puts_each_first_once_and_alternates_two() -> None:
@@ -28,16 +27,6 @@ def test_paired_p50_is_the_median_of_each_round_s_difference() -> None:
     assert coldphase.paired_p50([], []) is None
     with pytest.raises(ValueError):
         coldphase.paired_p50([1.0], [])
-
-
-def complete_doc(**values: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {k: 1.0 for k in results.REQUIRED_KEYS}
-    doc.update(machine={"cores": 2, "memory_mib": 24000, "accel": "tcg"}, commit="0" * 40,
-               max_concurrent_vms_limit="latency (CPU)", notes={})
-    for key in results.PER_KIND_KEYS:
-        doc[key] = {"hypervm": 2.0, "runsc": 1.0, "runc": 0.5}
-    doc.update(values)
-    return doc
 
 
 @pytest.mark.parametrize(("run", "cold_raw", "raw", "met"), [
