@@ -4,7 +4,8 @@ hands each to one claimer, never twice.
 Threads: *refill* boots a VM whenever a kind (generic, or one of the images) has fewer than its
 target ready or booting (one at a time, so the pool never starves running VMs of CPU); *serve*
 answers claims on the pool's unix socket (executor.pool.protocol has the protocol and which VM a
-claim gets); *reap* destroys claimed VMs whose claimer died.
+claim gets); *reap* destroys claimed VMs whose claimer died, and heals a lost libvirt connection
+(executor.pool.reconnect: claims refused meanwhile, the VMs that survived taken back).
 
 Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
 carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim records the

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from executor.cli import pool as pool_cli
 from executor.libvirt.domain import META_OWNER_PID, CpuTune
 from executor.libvirt.events import DomainInfo
 from executor.libvirt.hypervisor import Hypervisor
@@ -202,6 +203,8 @@ def test_claims_during_an_outage_are_refused_at_once(pool: Pool) -> None:
     assert time.monotonic() - started < 0.5
     assert pool.warm.idle_vms() == ["hypervm-rc-a"]  # not taken, not discarded
     assert pool.warm.status()["connected"] is False
+    assert "libvirt connection lost: reconnecting, claims refused meanwhile" in (
+        pool_cli.status_lines(pool.warm.status()))
 
 
 def test_after_the_reconnect_the_survivors_are_kept_and_the_rest_destroyed(
@@ -297,7 +300,7 @@ def test_a_standby_is_taken_back_with_its_spare_vcpus_capped_again(
     monkeypatch.setattr(keeper_mod.vcpucap, "bound", lambda *a: bounds.append(a))
     pool.hv.qemu_pid = lambda name: 4242  # type: ignore[attr-defined]
     keeper = keeper_mod.StandbyKeeper(pool.warm)
-    made = []
+    made: list[keeper_mod._Standby] = []
     for name, closed in (("hypervm-rc-sb-1", False), ("hypervm-rc-sb-2", True)):
         a, b = socket.socketpair()
         pool.guests.append(b)
