@@ -192,11 +192,10 @@ class Hypervisor:
         meanwhile). HostError while libvirtd does not answer."""
         if self._event_id is not None:
             raise HypervisorError("a connection with events is not reopened")
-        old, self._conn = self._conn, _open(self.uri)
+        # the lost one is closed once unused (virConnect.__del__), not here: a call another
+        # thread has in flight on it fails as on any lost connection, not on a closed object
+        self._conn = _open(self.uri)
         self._dac_label = False  # a restarted (upgraded) libvirtd may run QEMU as another user
-        if old is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                old.close()
 
     def close(self) -> None:
         """Close the connection: libvirt destroys every domain created through it. Idempotent."""
