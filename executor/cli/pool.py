@@ -105,6 +105,10 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     lines = [f"pool {status.get('name')}: {status.get('ready')} ready, {status.get('booting')} "
              f"booting of {status.get('target')} ({status.get('vcpus')} vCPU / "
              f"{status.get('memory_mib')} MiB, {status.get('accel')})"]
+    if status.get("connected") is False:
+        lines.append("libvirt connection lost: reconnecting, claims refused meanwhile")
+    elif status.get("outages"):
+        lines.append(f"libvirt connection lost and healed {status['outages']} times")
     for ref, counts in sorted((status.get("images") or {}).items()):
         lines.append(f"image {ref}: {counts.get('ready')} ready, {counts.get('booting')} "
                      "booting")

@@ -12,6 +12,7 @@ process dies, even by SIGKILL. A VM never outlives its executor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -136,17 +137,12 @@ class Hypervisor:
     ``autodestroy=False`` only for drivers without VIR_DOMAIN_START_AUTODESTROY (``test:///``).
     """
 
-    def __init__(
-        self, uri: str = DEFAULT_LIBVIRT_URI, *, events: bool = True, autodestroy: bool = True
-    ) -> None:
+    def __init__(self, uri: str = DEFAULT_LIBVIRT_URI, *, events: bool = True,
+                 autodestroy: bool = True) -> None:
         _setup_libvirt(events)
         self.uri = uri
         self._create_flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0
-        try:
-            self._conn: libvirt.virConnect | None = libvirt.open(uri)
-        except libvirt.libvirtError as e:
-            raise HostError(f"cannot connect to libvirt at {uri}: {_message(e)}",
-                            hint=LIBVIRTD_HINT) from e
+        self._conn: libvirt.virConnect | None = _open(uri)
         self._listeners: list[EventCallback] = []
         self._listeners_lock = threading.Lock()
         self._event_id: int | None = None
@@ -157,8 +153,7 @@ class Hypervisor:
         self._autodestroys: set[str] = set()
         if events:
             self._event_id = self.conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-            )
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
             try:
                 self.conn.registerCloseCallback(self._on_close, None)
             except libvirt.libvirtError as e:  # local drivers (test:///) cannot lose a daemon
@@ -182,6 +177,26 @@ class Hypervisor:
                             hint=LIBVIRTD_HINT) from e
         return f"libvirt {_dotted(lib)}, {kind} {_dotted(hv)}"
 
+    def alive(self) -> bool:
+        """False once the connection to libvirtd is lost. No round trip: without an event loop
+        a closed socket is noticed (close callback too) only by a call failing on it."""
+        conn = self._conn
+        try:
+            return conn is not None and conn.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
+
+    def reopen(self) -> None:
+        """A new connection in place of a lost one, this object kept (the pool daemon's:
+        executor.pool.reconnect); not with events (a listener would miss what happened
+        meanwhile). HostError while libvirtd does not answer."""
+        if self._event_id is not None:
+            raise HypervisorError("a connection with events is not reopened")
+        # the lost one is closed once unused (virConnect.__del__), not here: a call another
+        # thread has in flight on it fails as on any lost connection, not on a closed object
+        self._conn = _open(self.uri)
+        self._dac_label = False  # a restarted (upgraded) libvirtd may run QEMU as another user
+
     def close(self) -> None:
         """Close the connection: libvirt destroys every domain created through it. Idempotent."""
         conn, self._conn = self._conn, None
@@ -190,10 +205,8 @@ class Hypervisor:
         try:
             if self._event_id is not None:
                 conn.domainEventDeregisterAny(self._event_id)
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     conn.unregisterCloseCallback()
-                except libvirt.libvirtError:
-                    pass
             conn.close()
         except libvirt.libvirtError as e:
             log.debug("closing %s: %s", self.uri, _message(e))
@@ -231,14 +244,8 @@ class Hypervisor:
             raise HypervisorError(
                 f"cannot start VM {spec.name}: {_message(e)}", hint=_create_hint(_message(e))
             ) from e
-        log.info(
-            "started %s (%s, %d vCPU, %d MiB) in %.2f s",
-            spec.name,
-            spec.accel,
-            spec.vcpus,
-            spec.memory_mib,
-            time.monotonic() - started,
-        )
+        log.info("started %s (%s, %d vCPU, %d MiB) in %.2f s", spec.name, spec.accel,
+                 spec.vcpus, spec.memory_mib, time.monotonic() - started)
         with self._listeners_lock:
             self._created.add(spec.name)
             if self._create_flags & libvirt.VIR_DOMAIN_START_AUTODESTROY:
@@ -516,9 +523,8 @@ class Hypervisor:
             if callback in self._listeners:
                 self._listeners.remove(callback)
 
-    def _on_lifecycle(
-        self, _conn: object, dom: libvirt.virDomain, event: int, detail: int, _opaque: object
-    ) -> None:
+    def _on_lifecycle(self, _conn: object, dom: libvirt.virDomain, event: int, detail: int,
+                      _opaque: object) -> None:
         name = dom.name()
         if not name.startswith(DOMAIN_PREFIX):
             return
@@ -542,12 +548,9 @@ class Hypervisor:
         # deferred: see TYPE_CHECKING above
         from executor.libvirt.events import CLOSE_REASONS, DISCONNECTED, LifecycleEvent
 
-        log.warning(
-            "lost the connection to %s (%s); %d VMs affected",
-            self.uri,
-            CLOSE_REASONS[reason] if 0 <= reason < len(CLOSE_REASONS) else reason,
-            len(names),
-        )
+        log.warning("lost the connection to %s (%s); %d VMs affected", self.uri,
+                    CLOSE_REASONS[reason] if 0 <= reason < len(CLOSE_REASONS) else reason,
+                    len(names))
         for name in names:
             self._dispatch(LifecycleEvent(name=name, event=DISCONNECTED, detail=reason))
 
@@ -568,11 +571,16 @@ def _check_traversable(directory: Path, uid: int, gid: int) -> None:
     for path in (directory, *directory.parents):
         st = path.stat()
         if not fsmode.allows(st, uid, groups, fsmode.EXECUTE):
-            raise HostError(
-                f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
-                f"{stat.S_IMODE(st.st_mode):o}",
-                hint=f"chmod o+x {path}",
-            )
+            raise HostError(f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
+                            f"{stat.S_IMODE(st.st_mode):o}", hint=f"chmod o+x {path}")
+
+
+def _open(uri: str) -> libvirt.virConnect:
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise HostError(f"cannot connect to libvirt at {uri}: {_message(e)}",
+                        hint=LIBVIRTD_HINT) from e
 
 
 def _dotted(version: int) -> str:
@@ -581,11 +589,9 @@ def _dotted(version: int) -> str:
 
 def _create_hint(message: str) -> str | None:
     if "Permission denied" in message:
-        return (
-            "kernel, initrd, disk images and shared dirs must be readable by the VM's QEMU "
-            "user (its own uid, or libvirt-qemu), and not under /root; libvirt's "
-            "/var/lib/libvirt/qemu must be traversable (chmod o+x, hypervm doctor)"
-        )
+        return ("kernel, initrd, disk images and shared dirs must be readable by the VM's QEMU "
+                "user (its own uid, or libvirt-qemu), and not under /root; libvirt's "
+                "/var/lib/libvirt/qemu must be traversable (chmod o+x, hypervm doctor)")
     if "No such file" in message:
         return "check that the kernel, initrd and disk images exist (hypervm doctor)"
     if "kvm" in message.lower():

@@ -4,7 +4,8 @@ hands each to one claimer, never twice.
 Threads: *refill* boots a VM whenever a kind (generic, or one of the images) has fewer than its
 target ready or booting (one at a time, so the pool never starves running VMs of CPU); *serve*
 answers claims on the pool's unix socket (executor.pool.protocol has the protocol and which VM a
-claim gets); *reap* destroys claimed VMs whose claimer died.
+claim gets); *reap* destroys claimed VMs whose claimer died, and heals a lost libvirt connection
+(executor.pool.reconnect: claims refused meanwhile, the VMs that survived taken back).
 
 Ownership: pool VMs are not auto-destroyed (they must outlive this daemon's hand-over), so they
 carry owner metadata like every HyperVM. An idle VM is owned by the daemon; a claim records the
@@ -35,10 +36,18 @@ from executor.libvirt import identity
 from executor.libvirt.designer import POOL_SHARE_DIR, pool_domain
 from executor.libvirt.domain import DOMAIN_PREFIX
 from executor.libvirt.hypervisor import Hypervisor
-from executor.libvirt.owners import owner_metadata, process_start_time, select_leftovers
+from executor.libvirt.owners import owner_metadata, process_start_time
 from executor.pool import listener, warmup
 from executor.pool.deferred import RECORD_DELAY_S, Deferred
-from executor.pool.idle import SERVED_KINDS, IdleVM, by_kind, label, served_kind
+from executor.pool.idle import (
+    META_POOL,
+    META_POOL_STATE,
+    SERVED_KINDS,
+    IdleVM,
+    by_kind,
+    label,
+    served_kind,
+)
 from executor.pool.learn import LearnedImage, LearnedImages
 from executor.pool.protocol import (
     GENERIC,
@@ -53,6 +62,7 @@ from executor.pool.protocol import (
     parse_claim,
     pick_vm,
 )
+from executor.pool.reconnect import Healing
 from executor.pool.release import Claimer, check_claimer, claimer, parse_release, stop_qemu
 from hypervm import netspec
 from hypervm.config import HostConfig
@@ -70,9 +80,6 @@ from vmimage.rootfs import ensure_warmup_layer
 
 log = logging.getLogger(__name__)
 
-#: metadata entries of pool VMs: the pool's name, and "idle" or "claimed"
-META_POOL = "pool"
-META_POOL_STATE = "pool-state"
 BOOT_TIMEOUT = 60.0
 #: after a claim, wait this long before booting its replacement: a boot (QEMU start, a guest
 #: kernel under TCG) competes for the CPU the claimed VM's launch needs right then
@@ -84,7 +91,7 @@ Service = Callable[[socket.socket, int, dict[str, Any], list[int], bytes], None]
 RETRY_BACKOFF = (1.0, 30.0)
 
 
-class WarmPool:
+class WarmPool(Healing):
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, cfg: HostConfig, config: PoolConfig, *, reap_interval: float = 2.0,
@@ -130,6 +137,7 @@ class WarmPool:
         self._services: dict[str, Service] = {}
         #: the images learned from claims (executor.pool.learn), under the lock
         self._learned = LearnedImages(self.config.learn_images, self.config.images)
+        self._init_healing()  # the libvirt connection's state (executor.pool.reconnect)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -155,7 +163,8 @@ class WarmPool:
 
     def stop(self) -> None:
         """Stop serving and refilling; destroy the idle VMs (claimed ones belong to their
-        claimers). Idempotent."""
+        claimers); what a libvirt outage keeps it from destroying: :meth:`_settle`.
+        Idempotent."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
@@ -177,6 +186,7 @@ class WarmPool:
         for vm in idle:
             self._discard(vm.name, vm.run_dir, vm.sock)
         self._records.flush()  # the claimers' VMs are theirs: recorded before we go
+        self._settle()
         if self._hv is not None:
             self._hv.close()
             self._hv = None
@@ -267,6 +277,7 @@ class WarmPool:
                     "claims": self.claims, "boots": self.boots, "failures": self.failures,
                     "served_by": dict(self.served_by),
                     "accel": self._boot.accel if self._boot else None,
+                    "connected": self._link.up, "outages": self._link.outages,
                     "services": self._service_status()}
 
     def _service_status(self) -> dict[str, Any]:
@@ -300,7 +311,7 @@ class WarmPool:
         guest channel is closed is discarded here instead. ``ports_later``: checked, not
         published: the caller does that with :meth:`publish_claimed` once it has answered.
         ``tenant``: the pod's; a learned image's VM goes to its own tenant only."""
-
+        self._link.require()  # during a libvirt outage (executor.pool.reconnect)
         if (vcpus, memory_mib) != (self.config.vcpus, self.config.memory_mib):
             raise PoolError(f"pool VMs have {self.config.vcpus} vCPU / {self.config.memory_mib} "
                             f"MiB, not {vcpus} / {memory_mib}")
@@ -375,6 +386,8 @@ class WarmPool:
         try:
             self._record(name, metadata, owner_pid)
         except HyperVMError as e:
+            if self._link.lost():  # written once the connection is back
+                return self._unrecord(name, metadata, owner_pid)
             with self._cond:
                 self._claimers.pop(name, None)
             if self._hv.is_running(name):
@@ -391,8 +404,8 @@ class WarmPool:
             with self._cond:
                 while not self._stopping.is_set():
                     now = time.monotonic()
-                    due = {k: n for k, n in self._targets().items()
-                           if retry_at.get(k, 0.0) <= now}
+                    due = {k: n for k, n in self._targets().items()  # none while
+                           if retry_at.get(k, 0.0) <= now and self._link.up}  # disconnected
                     if (kind := next_kind(due, self._have())) is not None:
                         break
                     self._cond.wait(1.0)
@@ -488,6 +501,8 @@ class WarmPool:
             if self._hv is not None:
                 self._hv.destroy(name)
         except HyperVMError as e:
+            if self._link.lost():  # destroyed once the connection is back (or by gc): its
+                return self._orphan(name, run_dir)  # run dir and uid stay its own till then
             log.warning("cannot destroy pool VM %s: %s", name, e)
         shutil.rmtree(run_dir, ignore_errors=True)
         identity.release(name)
@@ -573,25 +588,3 @@ class WarmPool:
             self._discard(name, run_dir, None)
         self.releases += 1
         log.info("%s released by pid %d", name, owner_pid)
-
-    def _forget_claims(self, live: set[str]) -> None:
-        """Claimed VMs gone without a release (destroyed by their claimer, or reaped)."""
-        with self._cond:
-            for name in set(self._claimers) - live:
-                del self._claimers[name]
-
-    # -- reap ---------------------------------------------------------------------------------
-
-    def _reap_loop(self) -> None:
-        while not self._stopping.wait(self.reap_interval):
-            try:
-                # claimed VMs whose claimer died, and idle ones of a previous daemon of this
-                # pool that died without cleaning up (this daemon's own are owned by it)
-                ours = [d for d in self._hv.list_ours()
-                        if d.metadata.get(META_POOL) == self.config.name]
-                self._forget_claims({d.name for d in ours})
-                for leftover in select_leftovers(ours, process_start_time):
-                    log.info("reaping %s: %s", leftover.name, leftover.reason)
-                    self._discard(leftover.name, self.cfg.vms_dir / leftover.name, None)
-            except HyperVMError as e:
-                log.warning("pool reaper: %s", e)

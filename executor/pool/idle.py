@@ -15,6 +15,10 @@ from typing import Any
 from executor.pool.learn import LearnedImage
 from executor.pool.protocol import GENERIC
 
+#: metadata entries of pool VMs: the pool's name, and "idle" or "claimed" (or "standby")
+META_POOL = "pool"
+META_POOL_STATE = "pool-state"
+
 
 @dataclass
 class IdleVM:

@@ -86,6 +86,8 @@ class _Standby:
     sock: socket.socket
     #: the template's READY payload (a clone never sends it)
     ready: dict[str, Any]
+    #: its present vCPUs (1 granted, the others capped until a claim: executor.libvirt.vcpucap)
+    vcpus: int = 1
 
     def close(self) -> None:
         self.sock.close()
@@ -109,6 +111,7 @@ class StandbyKeeper:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._warmup_layer = Path()
+        self._making: str | None = None  # the standby being started now
         self.taken = self.missed = self.made = self.failures = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -118,6 +121,7 @@ class StandbyKeeper:
             raise HostError("standby clones need a started warm pool")
         self._warmup_layer = ensure_warmup_layer(self.cfg.rootfs_dir)
         self.pool.add_service(OP, self)
+        self.pool.on_reconnect(self._readopt)
         self._thread = threading.Thread(target=self._refill_loop, name="pool-standby",
                                         daemon=True)
         self._thread.start()
@@ -198,6 +202,7 @@ class StandbyKeeper:
         ask = dataclasses.replace(ask, shape=store.template_shape(self.cfg, ask.shape))
         if self._stopping.is_set():
             raise PoolError("the pool is stopping")
+        self.pool.require_connected("no standby")
         if process_start_time(pid) is None:
             raise PoolError(f"the claiming process {pid} is gone")
         if self._key(ask.shape) != ask.key:
@@ -247,10 +252,36 @@ class StandbyKeeper:
         """The most recently wanted shape without a standby, not waiting for a retry (call
         with the lock held)."""
         now = time.monotonic()
+        if not self.pool.connected:  # none made during a libvirt outage
+            return None
         for shape in reversed(self._wanted):
             if shape not in self._ready and self._retry_at.get(shape, 0.0) <= now:
                 return shape
         return None
+
+    def _readopt(self) -> set[str]:
+        """After the pool's libvirt connection came back (executor.pool.reconnect): keep each
+        standby whose domain runs and whose guest channel is open, its spare vCPUs capped
+        again (libvirt does not rewrite the cgroups when a client reconnects; a restarted
+        libvirtd might), drop the others. The names kept, and the one in the making."""
+        hv = self.pool.hypervisor
+        with self._cond:
+            ready, making = list(self._ready.values()), self._making
+        kept = {making} if making else set()
+        for standby in ready:
+            try:
+                if not self.pool.intact(standby.name, standby.sock):
+                    raise PoolError("its domain or its guest channel is gone")
+                vcpucap.bound(hv.qemu_pid(standby.name), standby.vcpus, 1, CpuTune())
+                kept.add(standby.name)
+                continue
+            except HyperVMError as e:
+                log.info("standby %s did not survive the outage (%s): dropped", standby.name, e)
+            with self._cond:
+                if self._ready.get(standby.shape) is standby:
+                    del self._ready[standby.shape]
+            self._drop(standby)
+        return kept
 
     def _drop_stale(self) -> None:
         """Drop the ready standbys whose snapshot the store no longer serves (rotated after
@@ -311,6 +342,7 @@ class StandbyKeeper:
                     **owner_metadata()}
         hv, boot = self.pool.hypervisor, self.pool.boot_files
         started = time.monotonic()
+        self._making = name  # kept by _readopt
         try:
             if boot is None:
                 raise HostError("the pool is not started")
@@ -336,11 +368,13 @@ class StandbyKeeper:
             log.warning("standby %s did not start: %s", name, e)
             self.pool.discard(name, run_dir)
             return None
+        finally:
+            self._making = None
         self.made += 1
         log.info("standby %s of %d vCPU / %d MiB ready in %.2f s", name, shape.vcpus,
                  shape.memory_mib, time.monotonic() - started)
         return _Standby(name, run_dir, shape, key, snap.template, spec.identity,
-                        time.monotonic(), sock, snap.ready)
+                        time.monotonic(), sock, snap.ready, spec.vcpus)
 
     def _ensure_snapshot(self, boot: BootFiles, shape: Shape) -> store.Snapshot:
         """The store's snapshot of ``shape``, its template made now when it has none: through

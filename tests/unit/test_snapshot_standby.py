@@ -97,6 +97,10 @@ class _Pool:
         self.config = PoolConfig(size=0, standby=1, name="t")
         self.handed: list[tuple[str, int]] = []
         self.discarded: list[str] = []
+        self.connected = True  # its libvirt connection (executor.pool.reconnect)
+
+    def require_connected(self, what: str) -> None:
+        assert self.connected
 
     def hand_over(self, name: str, pid: int) -> None:
         self.handed.append((name, pid))
