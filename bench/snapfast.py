@@ -67,9 +67,15 @@ def standby_pool(env: VMEnv, name: str,
 
 def standby_ready(keeper: StandbyKeeper, shape: Shape = SHAPE) -> None:
     """The standby of ``shape``'s template (store.template_shape: the keeper keeps one per
-    memory size and tenant, with the template's vCPU capacity) is ready."""
-    if not keeper.wait_ready(store.template_shape(keeper.cfg, shape), STANDBY_READY_S):
-        raise RuntimeError(f"no standby clone within {STANDBY_READY_S:g} s: {keeper.status()}")
+    memory size and tenant, with the template's vCPU capacity) is ready, and those of the
+    other templates the keeper keeps (bench.shapes): one being made again after a launch of
+    its shape would overlap the next sample."""
+    wanted = [store.template_shape(keeper.cfg, shape),
+              *(Shape(vcpus, mib) for vcpus, mib in keeper.status()["shapes"])]
+    for each in dict.fromkeys(wanted):
+        if not keeper.wait_ready(each, STANDBY_READY_S):
+            raise RuntimeError(f"no standby clone within {STANDBY_READY_S:g} s: "
+                               f"{keeper.status()}")
 
 
 def prime(ref: str, pool: WarmPool) -> None:
