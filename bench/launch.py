@@ -103,11 +103,12 @@ def clone_spans(executor_log: str) -> dict[str, float]:
     return spans
 
 
-def task(tid: str, ref: str, port: int | None = None, cpus: float = CPUS) -> dict[str, Any]:
+def task(tid: str, ref: str, port: int | None = None, cpus: float = CPUS,
+         mem: int = TASK_MEM) -> dict[str, Any]:
     """The benchmark's task; ``port``: a host port in its ``ports`` resources (published to the
     same port in the VM, as the executor maps ports without DiscoveryInfo)."""
     resources = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
-                 {"name": "mem", "type": "SCALAR", "scalar": {"value": TASK_MEM}}]
+                 {"name": "mem", "type": "SCALAR", "scalar": {"value": mem}}]
     if port is not None:
         resources.append({"name": "ports", "type": "RANGES",
                           "ranges": {"range": [{"begin": port, "end": port}]}})
@@ -126,10 +127,12 @@ def free_port() -> int:
 
 def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = None, *,
                 snapshot: bool = False, executor_tree: Path | None = None,
-                cpus: float = CPUS) -> Launch:
+                cpus: float = CPUS, mem: int = TASK_MEM, tasks: int = 1) -> Launch:
     """One launch; warm from the pool at ``pool_socket``, else from a snapshot (``snapshot``),
     else cold; with ``port``, the task publishes that host port; ``cpus``: the task's (with the
-    executor's 0.1: the VM's vCPUs, rounded up). ``executor_tree``: run the
+    executor's 0.1: the VM's vCPUs, rounded up), ``mem`` its MiB; ``tasks`` > 1: a LAUNCH_GROUP
+    of that many such tasks (one pod: the VM has their sum; the first publishes ``port``), timed
+    until the last is RUNNING. ``executor_tree``: run the
     executor from that source tree (e.g. a baseline commit's), not this one (the bench's own:
     without it on PYTHONPATH, the venv's editable install, e.g. /work/main, would run)."""
     work = scratch_dir("agent")
@@ -142,13 +145,21 @@ def launch_once(ref: str, pool_socket: Path | None = None, port: int | None = No
     try:
         agent.start_executor()
         agent.wait_subscribed(timeout=60)
+        ids = ["t"] if tasks == 1 else [f"t{i}" for i in range(tasks)]
+        group = [task(tid, ref, port if i == 0 else None, cpus, mem) for i, tid in enumerate(ids)]
         started = time.monotonic()
-        agent.launch(task("t", ref, port, cpus))
-        agent.wait_state("t", "TASK_RUNNING", TIMEOUT)
+        if tasks == 1:
+            agent.launch(group[0])
+        else:
+            agent.launch_group(group)
+        for tid in ids:
+            agent.wait_state(tid, "TASK_RUNNING", TIMEOUT)
         took = time.monotonic() - started
-        final = agent.wait_terminal("t", TIMEOUT)
-        if final["state"] != "TASK_FINISHED":
-            raise RuntimeError(f"benchmark task ended {final['state']}: {final.get('message')}")
+        for tid in ids:
+            final = agent.wait_terminal(tid, TIMEOUT)
+            if final["state"] != "TASK_FINISHED":
+                raise RuntimeError(f"benchmark task ended {final['state']}: "
+                                   f"{final.get('message')}")
         agent.wait_executor_exit(60)
         text = agent.executor_log()
         match = _READY_RE.search(text)

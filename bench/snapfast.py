@@ -20,6 +20,7 @@ tree; the baseline's own clones use the snapshot its own tree keys, made untimed
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
@@ -28,8 +29,9 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from bench import container, images, launch, peers, peersuite, results, vmenv
+from bench import container, images, launch, peers, peersuite, results, shapes, vmenv
 from bench.vmenv import VMEnv, bench_name
 from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 from executor.pool.daemon import WarmPool
@@ -46,12 +48,14 @@ STANDBY_READY_S = 120.0
 
 
 @contextlib.contextmanager
-def standby_pool(env: VMEnv, name: str) -> Iterator[tuple[WarmPool, StandbyKeeper]]:
-    """A pool daemon of no idle VMs and one standby shape on a socket of its own (a launch
-    with the suite's other pools' sockets would claim a warm VM instead)."""
+def standby_pool(env: VMEnv, name: str,
+                 standby: int = 1) -> Iterator[tuple[WarmPool, StandbyKeeper]]:
+    """A pool daemon of no idle VMs and ``standby`` standby shapes on a socket of its own (a
+    launch with the suite's other pools' sockets would claim a warm VM instead)."""
     sock_dir = images.scratch_dir(name)
     cfg = dataclasses.replace(env.cfg, pool_socket_override=sock_dir / "pool.sock")
-    pool = WarmPool(cfg, PoolConfig(size=0, standby=1, vcpus=1, memory_mib=launch.MEMORY_MIB,
+    pool = WarmPool(cfg, PoolConfig(size=0, standby=standby, vcpus=1,
+                                    memory_mib=launch.MEMORY_MIB,
                                     name=bench_name(name)), accel=env.accel)
     keeper = StandbyKeeper(pool)
     try:
@@ -61,11 +65,17 @@ def standby_pool(env: VMEnv, name: str) -> Iterator[tuple[WarmPool, StandbyKeepe
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def standby_ready(keeper: StandbyKeeper) -> None:
-    """The standby of the launch's template (store.template_shape: the keeper keeps one per
-    memory size and tenant, with the template's vCPU capacity) is ready."""
-    if not keeper.wait_ready(store.template_shape(keeper.cfg, SHAPE), STANDBY_READY_S):
-        raise RuntimeError(f"no standby clone within {STANDBY_READY_S:g} s: {keeper.status()}")
+def standby_ready(keeper: StandbyKeeper, shape: Shape = SHAPE) -> None:
+    """The standby of ``shape``'s template (store.template_shape: the keeper keeps one per
+    memory size and tenant, with the template's vCPU capacity) is ready, and those of the
+    other templates the keeper keeps (bench.shapes): one being made again after a launch of
+    its shape would overlap the next sample."""
+    wanted = [store.template_shape(keeper.cfg, shape),
+              *(Shape(vcpus, mib) for vcpus, mib in keeper.status()["shapes"])]
+    for each in dict.fromkeys(wanted):
+        if not keeper.wait_ready(each, STANDBY_READY_S):
+            raise RuntimeError(f"no standby clone within {STANDBY_READY_S:g} s: "
+                               f"{keeper.status()}")
 
 
 def prime(ref: str, pool: WarmPool) -> None:
@@ -103,7 +113,7 @@ def two_vcpu_round(ref: str, sock: Path, keeper: StandbyKeeper,
 
 
 def measure(rounds: int, baseline: Path | None = None,
-            two_vcpus: bool = True) -> dict[str, list[float]]:
+            two_vcpus: bool = True, other_shapes: bool = True) -> dict[str, list[float]]:
     env = VMEnv.load()
     samples: dict[str, list[float]] = {}
     trees: list[tuple[str, Path | None]] = [("", None)]
@@ -118,11 +128,17 @@ def measure(rounds: int, baseline: Path | None = None,
     with images.serve_images(None) as imgs:
         ref = imgs.busybox_ref
         layers, _ = images.warm_shared_cache(env.cfg, ref, 0)
-        with standby_pool(env, "spool") as (pool, keeper), \
+        standby = shapes.standby_count(env.cfg, SHAPE) if other_shapes else 1
+        with standby_pool(env, "spool", standby) as (pool, keeper), \
                 container.mounted_layer(layers[0]) as lower, peers.oci_root(lower) as oci, \
-                peersuite.PeerRounds(oci).bundles() as peer_rounds:
+                peersuite.PeerRounds(oci).bundles() as peer_rounds, \
+                shapes.multilayer_ref(imgs) as multi_ref:
             sock = pool.cfg.pool_socket
+            refs = {False: ref, True: multi_ref}
             prime(ref, pool)
+            if other_shapes:
+                images.warm_shared_cache(env.cfg, multi_ref, 0)
+                shapes.prime(refs, sock)
             if baseline is not None:  # untimed: the baseline's snapshot (its key may differ)
                 launch.launch_once(ref, snapshot=True, executor_tree=baseline)
             for i in range(rounds):
@@ -142,14 +158,27 @@ def measure(rounds: int, baseline: Path | None = None,
                         launch.launch_once(ref, snapshot=True, executor_tree=tree))
                 if two_vcpus:  # this tree: the same snapshot and standby, a vCPU hot-plugged
                     two_vcpu_round(ref, sock, keeper, add)
+                if other_shapes:  # this tree: memory, a port, 2 tasks, 3 layers, 3 vCPUs
+                    shapes.shapes_round(refs, sock, keeper, standby_ready, add)
             samples.update(peer_rounds.samples)
     return samples
 
 
+def options(parser: argparse.ArgumentParser) -> None:
+    results.baseline_option(parser)
+    parser.add_argument("--no-shapes", dest="shapes", action="store_false",
+                        help="leave out the other shapes (bench.shapes.SHAPES)")
+
+
+def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
+    """Each sample list's p50/p95, and the shapes' (``snapshot_launch_shapes``)."""
+    return {**results.quick_summary(samples), **shapes.headline(samples)}
+
+
 def main(argv: list[str] | None = None) -> int:
     return results.quick_main("python -m bench.snapfast", 9,
-                              lambda a: measure(a.rounds, a.baseline), results.quick_summary,
-                              argv, results.baseline_option)
+                              lambda a: measure(a.rounds, a.baseline, other_shapes=a.shapes),
+                              summary, argv, options)
 
 
 if __name__ == "__main__":

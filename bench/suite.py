@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import statistics
@@ -29,6 +30,7 @@ from bench import (
     peersuite,
     profile,
     rawboot,
+    shapes,
     snapfast,
 )
 from bench.results import check_targets, git_commit, machine_info
@@ -143,7 +145,9 @@ def run(plan: Plan) -> tuple[dict[str, Any], dict[str, list[float]], list[dict[s
         with Hypervisor(env.cfg.libvirt_uri) as hv:  # before any pool: a cold host's run
             doc["machine"]["loadavg_1min_per_cold_round"] = coldphase.measure(
                 env, hv, imgs.busybox_ref, plan.cold_rounds, cold_samples, warm_up=plan.warm_up)
-        rounds = _latency_rounds(env, plan, imgs.busybox_ref, layers)
+        multi_ref = stack.enter_context(shapes.multilayer_ref(imgs))
+        images.warm_shared_cache(env.cfg, multi_ref, 0)
+        rounds = _latency_rounds(env, plan, {False: imgs.busybox_ref, True: multi_ref}, layers)
         samples, pool_rss, pool_private = rounds.samples, rounds.pool_rss, rounds.pool_private
         samples.update(cold_samples)
         doc["machine"]["loadavg_1min_per_round"] = rounds.loads
@@ -211,8 +215,11 @@ class Rounds:
     standby_misses: list[str]
 
 
-def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rounds:
-    """The interleaved latency rounds (:class:`Rounds`)."""
+def _latency_rounds(env: VMEnv, plan: Plan, refs: dict[bool, str],
+                    layers: list[Path]) -> Rounds:
+    """The interleaved latency rounds (:class:`Rounds`); ``refs``: busybox's and the 3-layer
+    image's (bench.shapes)."""
+    ref = refs[False]
     samples: dict[str, list[float]] = {"container": [], "raw boot": [], "raw boot: qemu": [],
                                        "cold launch": [], "cold launch: vm boot": [],
                                        "warm launch": [], "warm launch (generic VM)": [],
@@ -231,9 +238,11 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rou
             warm_pool(env, "pool") as pool, warm_pool(env, "ipool", ref) as image_pool, \
             learned_pool(env, "lpool", ref) as lpool, \
             peers.oci_root(root) as oci, peersuite.PeerRounds(oci).bundles() as peer_rounds, \
-            snapfast.standby_pool(env, "spool") as (spool, keeper):
+            snapfast.standby_pool(env, "spool", shapes.standby_count(env.cfg, snapfast.SHAPE)
+                                  ) as (spool, keeper):
         container.run_once(root)
         snapfast.prime(ref, spool)  # the snapshot of the shape made, a standby of it wanted
+        shapes.prime(refs, spool.cfg.pool_socket)  # and of the other shapes' templates
         pools = {"warm launch": image_pool, "warm launch (generic VM)": pool}
         if plan.warm_up:
             rawboot.boot_once(env, hv)
@@ -258,6 +267,10 @@ def _latency_rounds(env: VMEnv, plan: Plan, ref: str, layers: list[Path]) -> Rou
                 samples.setdefault("cold launch: " + phase, []).append(seconds)
             _snapshot_round(samples, ref, spool.cfg.pool_socket, keeper,
                             own_2cpu=i < plan.extra_runs, misses=misses)
+            if i < plan.extra_runs:  # memory, a port, 2 tasks, 3 layers, 3 vCPUs: ~8 s
+                shapes.shapes_round(refs, spool.cfg.pool_socket, keeper, snapfast.standby_ready,
+                                    functools.partial(_add_launch, samples), misses,
+                                    MAX_STANDBY_MISSES)
             for kind, each in (("generic", pool), ("image", image_pool)):
                 pool_private[kind] += _idle_private(hv, each)
             fill_pool(pool)
@@ -320,6 +333,12 @@ def _snapshot_round(samples: dict[str, list[float]], ref: str, sock: Path,
         samples.setdefault(kind, []).append(snap.running_s)
         for phase, seconds in snap.phases.items():
             samples.setdefault(f"{kind}: {phase}", []).append(seconds)
+
+
+def _add_launch(samples: dict[str, list[float]], kind: str, snap: launch.Launch) -> None:
+    samples.setdefault(kind, []).append(snap.running_s)
+    for phase, seconds in snap.phases.items():
+        samples.setdefault(f"{kind}: {phase}", []).append(seconds)
 
 
 def _warm_rounds(env: VMEnv, plan: Plan, ref: str, samples: dict[str, list[float]]
@@ -455,7 +474,9 @@ def _fill(doc: dict[str, Any], samples: dict[str, list[float]], hits: list[float
         "max_concurrent_vms": dens.max_concurrent_vms,
         "import_mb_s": round(imported.mb_s, 2),
         "cache_hit_extra_s": p(summarize(hits).p50),
+        **shapes.headline(samples),
     })
+    doc["notes"]["snapshot_launch_shapes"] = shapes.NOTE.format(rounds=plan.extra_runs)
     for key in ("warm_launch_p50_s", "warm_launch_p95_s", "warm_launch_generic_p50_s",
                 "warm_launch_generic_p95_s"):
         doc["notes"][key] = WARM_POOL_NOTE.format(size=POOL_SIZE)

@@ -94,8 +94,9 @@ INCOMING_ARGS = ("-incoming", "defer")
 
 #: vCPUs present in a snapshot's template (at most its capacity): cpu0 online, the others
 #: offline when it is saved, so a clone of 2 vCPUs only onlines one (no ACPI hot-add);
-#: beyond them, a clone's vCPUs are hot-plugged. A clone's spare present vCPUs are capped on
-#: the host (executor.libvirt.vcpucap)
+#: beyond them, a clone's vCPUs are hot-plugged (a template of a capacity above
+#: ``HostConfig.snapshot_vcpus`` has all present: :func:`present_vcpus`). A clone's spare
+#: present vCPUs are capped on the host (executor.libvirt.vcpucap)
 TEMPLATE_PRESENT_VCPUS = 2
 #: the template's init takes its spare CPUs offline before READY (init 0.7.0): booted and
 #: offlined, their per-CPU threads and pools are in the snapshot. The guest kernel's
@@ -103,8 +104,14 @@ TEMPLATE_PRESENT_VCPUS = 2
 SPARES_OFFLINE_ARG = "hypervm.spares=offline"
 
 
-def present_vcpus(max_vcpus: int) -> int:
-    """The vCPUs present in a template (and its clones, before any hot-plug) of this capacity."""
+def present_vcpus(max_vcpus: int, shared: int) -> int:
+    """The vCPUs present in a template (and its clones, before any hot-plug) of this capacity.
+    ``shared``: the capacity pods of fewer vCPUs share (``HostConfig.snapshot_vcpus``,
+    store.template_shape); a template above it serves pods of exactly its capacity, so all of
+    them are present (booted, offline when saved, onlined by RESEED: no ACPI hot-add, ~60-100
+    ms a vCPU under TCG; README "Fast starts for any shape")."""
+    if max_vcpus > shared:
+        return max_vcpus
     return min(TEMPLATE_PRESENT_VCPUS, max_vcpus)
 
 
@@ -114,8 +121,9 @@ def template_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
     """A snapshot's template (executor.snapshot): a pool VM of ``memory_mib`` with
     :func:`present_vcpus` present of ``max_vcpus``, only the first online (its clones online
     the others they are given and get any further ones hot-plugged)."""
-    spec = pool_domain(name, boot, cfg, run_dir, present_vcpus(max_vcpus), memory_mib,
-                       metadata, identity=identity, max_vcpus=max_vcpus)
+    present = present_vcpus(max_vcpus, cfg.snapshot_vcpus)
+    spec = pool_domain(name, boot, cfg, run_dir, present, memory_mib, metadata,
+                       identity=identity, max_vcpus=max_vcpus)
     if spec.vcpus == 1:
         return spec
     return dataclasses.replace(spec, cmdline=f"{spec.cmdline} {SPARES_OFFLINE_ARG}").validate()

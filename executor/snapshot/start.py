@@ -200,7 +200,7 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     cfg = vm.cfg
     spent = {} if spent is None else spent
     cpus = vm.pod.resources.cpus
-    present = present_vcpus(_capacity(vm))
+    present = present_vcpus(_capacity(vm), cfg.snapshot_vcpus)
     if taken is None:
         monitor = _create(vm, hv, boot, snap)
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results
+from bench import results, shapes
 from bench.vmenv import leftover_domains, wait_no_new_domains
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +56,11 @@ def test_quick_bench_writes_every_key_and_the_plot(tmp_path: Path) -> None:
                  "warm launch (cpus 0.5)"):
         assert len(doc["details"]["samples"][kind]) == 2, kind
     assert doc["peers"]["idle private (MiB)"]["hypervm warm"] == doc["idle_pool_vm_private_mib"]
+    # the other shapes from their templates' standbys (bench.shapes), each held to the target
+    assert set(doc["snapshot_launch_shapes"]) == set(shapes.SHAPES)
+    assert all(v["n"] == 2 and v["p50_s"] > 0 for v in doc["snapshot_launch_shapes"].values())
+    for key in results.SHAPE_TARGET_KEYS:
+        assert doc[key] > 0 and doc["targets"][key]["met"] in (True, False), key
     assert "snapshot launch p50 (standby, 2 vCPUs)" in proc.stdout
     assert "peers (x runc)" in proc.stdout
     assert doc["qemu"]["kind"] in ("hyperqemu", "distro") and doc["qemu"]["path"]

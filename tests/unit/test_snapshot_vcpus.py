@@ -59,6 +59,20 @@ def test_a_template_has_two_vcpus_present_one_online_the_others_hotpluggable(
     assert one.vcpus == 1 and "spares" not in one.cmdline
 
 
+def test_a_template_above_the_shared_capacity_has_all_its_vcpus_present(cfg: Any) -> None:
+    """Pods of more vCPUs than HYPERVM_SNAPSHOT_VCPUS (4 here) have a template of their own
+    count, which no pod of fewer starts from: all of them present (no ACPI hot-plug on the
+    claim), the spares offline when it is saved; its key is not the shared one's."""
+    spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 6, 256, {})
+    assert (spec.vcpus, spec.max_vcpus) == (6, 6)
+    assert spec.cmdline.split()[-1] == "hypervm.spares=offline"
+    assert '<vcpu placement="static" current="6">6</vcpu>' in domain_xml(spec)
+    assert designer.present_vcpus(6, 4) == 6 and designer.present_vcpus(4, 4) == 2
+    assert designer.present_vcpus(3, 8) == 2 and designer.present_vcpus(1, 1) == 1
+    assert store.template_shape(cfg, Shape(6, 256)) == Shape(6, 256)
+    assert store.template_shape(cfg, Shape(5, 256)).vcpus == 5  # one count, one template
+
+
 def test_max_vcpus_below_the_present_ones_or_above_the_bound_is_refused(cfg: Any) -> None:
     spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 4, 256, {})
     for bad in (0, 65):
