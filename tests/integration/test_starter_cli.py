@@ -113,3 +113,22 @@ def test_libvirts_errors_read_as_without_the_starter(hypervm, image_ref: str,  #
     assert _error_line(started) == _error_line(own)
     assert ("cannot start VM" if uri.startswith("test") else "cannot connect to libvirt") \
         in _error_line(started)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_boot_still_destroys_the_vm(hypervm, image_ref: str,  # noqa: ANN001
+                                                 image_env: dict[str, str], signum: int) -> None:
+    """SIGINT/SIGTERM of the CLI once its domain exists (the guest still booting): the CLI
+    destroys the VM through its own connection, tells its starter, and both end (the child
+    ignores the terminal's SIGINT: the CLI decides)."""
+    name = f"{TEST_TAG}-s{int(signum)}"
+    cli, child, domain = _booted_run(hypervm, image_ref, image_env, name)
+    try:
+        os.kill(cli.pid, signum)
+        assert cli.wait(60) == 128 + signum
+        _wait(f"{domain} gone", lambda: domain not in our_domains(f"hypervm-{name}"), 20)
+        _wait("the starter child ended", lambda: not _alive(child), 35)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait()
