@@ -41,7 +41,7 @@ from executor.libvirt.domain_xml import (
 from executor.libvirt.owners import owner_metadata
 from executor.libvirt.starter import Starter, create_by, create_hint, lazy_module
 from hypervm.config import DEFAULT_LIBVIRT_URI
-from hypervm.errors import HostError, HypervisorError, HyperVMError, InvalidSpec
+from hypervm.errors import HostError, HypervisorError, InvalidSpec
 
 if TYPE_CHECKING:
     import libvirt
@@ -157,6 +157,7 @@ class Hypervisor:
         self._started_gone = False
         self._listeners: list[EventCallback] = []
         self._listeners_lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self._event_id: int | None = None
         self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
         #: domains created through this connection and not seen stopping
@@ -188,8 +189,9 @@ class Hypervisor:
     def conn(self) -> libvirt.virConnect:
         if self._closed:
             raise HypervisorError(f"the connection to {self.uri} is closed")
-        if self._conn is None:  # a starter's, before its createXML (a DAC label not kept)
-            self._open()
+        with self._open_lock:  # a starter's: opened at the first use (see _create_by_starter)
+            if self._conn is None:
+                self._open()
         assert self._conn is not None
         return self._conn
 
@@ -278,17 +280,13 @@ class Hypervisor:
         return VM(self, name, uuid)
 
     def _create_by_starter(self, held: Starter, name: str, xml: str) -> tuple[str, str]:
-        """createXML by the starter's child (its connection auto-destroys the domain), then
-        our own connection, opened while the guest boots."""
+        """createXML by the starter's child (its connection auto-destroys the domain). Our own
+        connection opens at its first use: a run whose QEMU exits by itself (``run … true``)
+        never loads libvirt; its load and connection in the guest's boot window took ~30 ms
+        from the boot (DEVELOPERS.md "The starter")."""
         self._starter = None
         uuid = create_by(held, self.uri, name, xml, LIBVIRTD_HINT)
         self._starter, self._started = held, name
-        if self._conn is None:
-            try:
-                self._open()
-            except HyperVMError:
-                self.close()  # the starter's child destroys the domain
-                raise
         return name, uuid
 
     def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
