@@ -285,7 +285,11 @@ class Hypervisor:
         never loads libvirt; its load and connection in the guest's boot window took ~30 ms
         from the boot (DEVELOPERS.md "The starter")."""
         self._starter = None
-        uuid = create_by(held, self.uri, name, xml, LIBVIRTD_HINT)
+        try:
+            uuid = create_by(held, self.uri, name, xml, LIBVIRTD_HINT)
+        except BaseException:  # e.g. KeyboardInterrupt while waiting: the child destroys the
+            held.close()  # domain if it made one (closed already after its own errors)
+            raise
         self._starter, self._started = held, name
         return name, uuid
 

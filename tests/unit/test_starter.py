@@ -150,7 +150,10 @@ def _forked(uri: str) -> starter.Starter:
 def _ended(pid: int, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+        try:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return True
+        except ChildProcessError:  # reaped already (Starter.close reaps an ended child)
             return True
         time.sleep(0.02)
     return False
@@ -254,3 +257,67 @@ def test_the_configuration_file_can_turn_it_off(tmp_path: Path, text: str,
     environ = {"HYPERVM_RUN_DIR": str(tmp_path), "HYPERVM_CONFIG": str(tmp_path / "config.toml"),
                **env}
     assert fastrun._cold_run(["run", "busybox"], environ) is forks
+
+
+class _FakeStarter:
+    """A starter whose answer never comes (the wait is interrupted), or whose child made the
+    domain: what the Hypervisor tells it."""
+
+    def __init__(self, answer: BaseException | None = None) -> None:
+        self.answer, self.sent, self.closed = answer, [], []
+
+    def create(self, uri: str, name: str, xml: str) -> tuple[str, str, bool]:
+        self.sent.append(name)
+        if self.answer is not None:
+            raise self.answer
+        return "ok", "uuid-1", False
+
+    def close(self, gone: bool = False) -> None:
+        self.closed.append(gone)
+
+
+@pytest.fixture
+def _spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """A domain's values, its run directories not prepared (root's chown and QEMU's reach are
+    tests/unit/test_hypervisor.py's)."""
+    from executor.libvirt import rundir
+    from tests.unit.test_hypervisor import make_spec
+
+    monkeypatch.setattr(rundir, "prepare", lambda directory, label: None)
+    return make_spec(tmp_path, identity=(64000, 64000))
+
+
+def test_an_interrupted_wait_closes_the_link(_spec: object) -> None:
+    """A KeyboardInterrupt while the parent waits for the answer: the link is closed without
+    ``gone``, so the child destroys the domain if its createXML made one."""
+    from executor.libvirt.hypervisor import Hypervisor
+
+    fake = _FakeStarter(KeyboardInterrupt())
+    hv = Hypervisor("test:///default", starter=fake)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        hv.create(_spec)  # type: ignore[arg-type]
+    assert fake.sent == ["hypervm-unit-1"] and fake.closed == [False]
+    hv.close()
+    assert fake.closed == [False]  # not twice
+
+
+def test_the_parent_connects_only_when_it_needs_to_and_says_gone(_spec: object) -> None:
+    """After the starter's createXML the parent has no connection of its own until it uses
+    one; a destroy (here of a domain its test:/// does not know) or a forget tells the child
+    the domain is gone, which it then only waits for."""
+    pytest.importorskip("libvirt")
+    from executor.libvirt.hypervisor import Hypervisor
+
+    fake = _FakeStarter()
+    hv = Hypervisor("test:///default", starter=fake)  # type: ignore[arg-type]
+    vm = hv.create(_spec)  # type: ignore[arg-type]
+    assert (vm.name, vm.uuid) == ("hypervm-unit-1", "uuid-1")
+    assert hv._conn is None  # no libvirt connection of the CLI's own yet
+    assert not hv.forget("hypervm-unit-1")  # the child holds its auto-destroy, not us
+    hv.close()
+    assert fake.closed == [True]
+    fake = _FakeStarter()
+    hv = Hypervisor("test:///default", starter=fake)  # type: ignore[arg-type]
+    hv.create(_spec)  # type: ignore[arg-type]
+    hv.close()  # neither destroyed nor gone: the child destroys it
+    assert fake.closed == [False]
