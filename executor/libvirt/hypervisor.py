@@ -1,4 +1,6 @@
-"""The thin wrapper over libvirt: the only module that imports ``libvirt``.
+"""The thin wrapper over libvirt: the only module that imports ``libvirt`` (lazily: loaded at
+its first use, so that a cold run's CLI, whose createXML a starter child makes,
+executor.libvirt.starter, loads it only if it needs a connection of its own).
 
 Like nova's ``host.py``/``guest.py``: connect, create a transient domain from a
 :class:`~executor.libvirt.domain.DomainSpec` (XML built by :mod:`executor.libvirt.domain_xml`),
