@@ -31,7 +31,7 @@ from executor.guest.protocol import (
     resize_payload,
     start_payload,
 )
-from executor.libvirt import identity, linger
+from executor.libvirt import identity, linger, starter
 from executor.libvirt.designer import RunFiles, cold_domain
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
@@ -271,8 +271,8 @@ class HyperVM:
         policy: Future[None] | None = None
         boot = self._boot_files or resolve_boot(self.cfg, accel=self._accel)
         accel = boot.accel
-        if self._hypervisor is None:
-            self._hypervisor = Hypervisor(self.cfg.libvirt_uri)
+        if self._hypervisor is None:  # with the console script's starter, if it forked one
+            self._hypervisor = Hypervisor(self.cfg.libvirt_uri, starter=starter.take())
         try:
             self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
             spec = self.domain_spec(boot)

@@ -61,6 +61,8 @@ SETTINGS: tuple[Setting, ...] = (
             "images the pool daemon keeps image VMs for, the ones run last (0: none)"),
     Setting("snapshot", "HYPERVM_SNAPSHOT", "off", "on (start VMs no pool VM serves from a "
             "snapshot of their shape) or off (boot them cold)"),
+    Setting("starter", "HYPERVM_STARTER", "on", "on (a cold foreground run forks a child that "
+            "loads and connects libvirt while the run imports, and creates its VM) or off"),
     Setting("snapshot_max_age", "HYPERVM_SNAPSHOT_MAX_AGE", "3600",
             "seconds after which a snapshot's template is remade (0: never)"),
     Setting("snapshot_max_clones", "HYPERVM_SNAPSHOT_MAX_CLONES", "100",

@@ -369,9 +369,28 @@ def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
     return EXIT_HYPERVM
 
 
+def _cold_run(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
+    """Whether ``hypervm ARGV`` is a foreground run that creates its own domain (the fast
+    path's options, no pool socket): its libvirt is loaded and connected by a forked starter
+    child while this process imports (executor.libvirt.starter)."""
+    if gate(argv)[1] is not None:
+        return False
+    path = socket_path(environ)
+    if path is not None and os.path.exists(path):
+        return False  # a pool may serve it (the full CLI's claim)
+    from executor.libvirt import starter  # deferred: see main
+
+    return starter.wanted(argv, environ)
+
+
 def main() -> int:
     """The ``hypervm`` console script."""
     code = run_fast(sys.argv[1:], os.environ)
+    if code is None and _cold_run(sys.argv[1:], os.environ):
+        # deferred: a cold run's only (see _cold_run)
+        from executor.libvirt import starter
+
+        starter.fork_ahead(os.environ)
     if code is not None:
         # the run is over and our output complete (the daemon wrote it): no interpreter
         # teardown to wait for

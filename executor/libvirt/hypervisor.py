@@ -1,4 +1,6 @@
-"""The thin wrapper over libvirt: the only module that imports ``libvirt``.
+"""The thin wrapper over libvirt: the only module that imports ``libvirt`` (lazily: loaded at
+its first use, so that a cold run's CLI, whose createXML a starter child makes,
+executor.libvirt.starter, loads it only if it needs a connection of its own).
 
 Like nova's ``host.py``/``guest.py``: connect, create a transient domain from a
 :class:`~executor.libvirt.domain.DomainSpec` (XML built by :mod:`executor.libvirt.domain_xml`),
@@ -17,17 +19,13 @@ import dataclasses
 import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import libvirt
-import libvirt_qemu
-
-from executor.libvirt import daclabel
+from executor.libvirt import daclabel, rundir
 from executor.libvirt.domain import (
     DOMAIN_PREFIX,
     META_OWNER_PID,
@@ -44,10 +42,16 @@ from executor.libvirt.domain_xml import (
     parse_domain_facts,
 )
 from executor.libvirt.owners import owner_metadata
-from hypervm import fsmode
+from executor.libvirt.starter import Starter, create_by, create_hint, lazy_module
 from hypervm.config import DEFAULT_LIBVIRT_URI
 from hypervm.errors import HostError, HypervisorError, InvalidSpec
 
+if TYPE_CHECKING:
+    import libvirt
+    import libvirt_qemu
+else:  # loaded at their first use (a cold run's CLI: after createXML, by its starter child)
+    libvirt = lazy_module("libvirt")
+    libvirt_qemu = lazy_module("libvirt_qemu")
 if TYPE_CHECKING:
     # executor.libvirt.events (the listing's and the events' values) is imported where they are
     # made: a listing, the event thread's callbacks; a cold run makes neither before its
@@ -57,7 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIBVIRTD_HINT = "start libvirtd: virtlogd -d; libvirtd -d"
-RUN_DIR_MODE = 0o750
 
 # --- process-wide libvirt setup ---------------------------------------------------------------
 
@@ -86,6 +89,9 @@ def _setup_libvirt(events: bool) -> None:
     """
     global _event_loop, _errors_silenced
     with _setup_lock:
+        # the first use of either module loads it (starter.lazy_module): here, under the lock
+        libvirt_qemu.VIR_DOMAIN_QEMU_AGENT_COMMAND_BLOCK  # noqa: B018
+        libvirt.VIR_DOMAIN_START_AUTODESTROY  # noqa: B018
         if not _errors_silenced:
             libvirt.registerErrorHandler(_log_libvirt_error, None)
             _errors_silenced = True
@@ -138,40 +144,56 @@ class Hypervisor:
     """
 
     def __init__(self, uri: str = DEFAULT_LIBVIRT_URI, *, events: bool = True,
-                 autodestroy: bool = True) -> None:
-        _setup_libvirt(events)
+                 autodestroy: bool = True, starter: Starter | None = None) -> None:
+        """``starter``: a cold run's forked child that makes its first createXML (and holds
+        that domain's auto-destroy); the connection is then opened after it, or when used."""
         self.uri = uri
-        self._create_flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if autodestroy else 0
-        self._conn: libvirt.virConnect | None = _open(uri)
+        self._events = events
+        self._autodestroy = autodestroy
+        self._conn: libvirt.virConnect | None = None
+        self._closed = False
+        self._starter = starter  # its child holds the auto-destroy of the domain it created:
+        self._started: str | None = None
+        self._started_gone = False
         self._listeners: list[EventCallback] = []
         self._listeners_lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self._event_id: int | None = None
         self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
         #: domains created through this connection and not seen stopping
         self._created: set[str] = set()
         #: of those, the ones it auto-destroys when it closes
         self._autodestroys: set[str] = set()
-        if events:
-            self._event_id = self.conn.domainEventRegisterAny(
+        if starter is None:
+            self._open()
+
+    def _open(self) -> None:
+        _setup_libvirt(self._events)
+        self._conn = _connect(self.uri)
+        if self._events:
+            self._event_id = self._conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
             try:
-                self.conn.registerCloseCallback(self._on_close, None)
+                self._conn.registerCloseCallback(self._on_close, None)
             except libvirt.libvirtError as e:  # local drivers (test:///) cannot lose a daemon
-                log.debug("no close callback on %s: %s", uri, _message(e))
+                log.debug("no close callback on %s: %s", self.uri, _message(e))
 
     # -- connection ----------------------------------------------------------------------------
 
     @property
     def conn(self) -> libvirt.virConnect:
-        if self._conn is None:
+        if self._closed:
             raise HypervisorError(f"the connection to {self.uri} is closed")
+        with self._open_lock:  # a starter's: opened at the first use (see _create_by_starter)
+            if self._conn is None:
+                self._open()
+        assert self._conn is not None
         return self._conn
 
     def version(self) -> str:
         """``libvirt X.Y.Z, <driver> X.Y.Z`` of the daemon we talk to."""
         try:
-            lib, hv = self.conn.getLibVersion(), self.conn.getVersion()
-            kind = self.conn.getType()
+            lib, hv, kind = self.conn.getLibVersion(), self.conn.getVersion(), self.conn.getType()
         except libvirt.libvirtError as e:
             raise HostError(f"libvirt at {self.uri} does not answer: {_message(e)}",
                             hint=LIBVIRTD_HINT) from e
@@ -194,11 +216,16 @@ class Hypervisor:
             raise HypervisorError("a connection with events is not reopened")
         # the lost one is closed once unused (virConnect.__del__), not here: a call another
         # thread has in flight on it fails as on any lost connection, not on a closed object
-        self._conn = _open(self.uri)
+        self._conn = _connect(self.uri)
         self._dac_label = False  # a restarted (upgraded) libvirtd may run QEMU as another user
 
     def close(self) -> None:
-        """Close the connection: libvirt destroys every domain created through it. Idempotent."""
+        """Close the connection: libvirt destroys every domain created through it (the
+        starter's child, the one it created, unless it is gone). Idempotent."""
+        self._closed = True
+        held, self._starter = self._starter, None
+        if held is not None:
+            held.close(gone=self._started_gone)
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -220,11 +247,9 @@ class Hypervisor:
     # -- domains -------------------------------------------------------------------------------
 
     def create(self, spec: DomainSpec) -> VM:
-        """Start a transient, auto-destroyed domain for ``spec``.
-
-        Stamps this process as the owner (unless the spec names one) so ``hypervm gc`` can tell
-        leftovers, and prepares the run directories QEMU writes into.
-        """
+        """Start a transient, auto-destroyed domain for ``spec``: stamps this process as the
+        owner (unless the spec names one) so ``hypervm gc`` can tell leftovers, and prepares
+        the run directories QEMU writes into."""
         if META_OWNER_PID not in spec.metadata:
             spec = dataclasses.replace(spec, metadata={**spec.metadata, **owner_metadata()})
         elif META_OWNER_START not in spec.metadata:
@@ -238,56 +263,48 @@ class Hypervisor:
             self.prepare_run_dir(directory, spec.identity)
         log.debug("creating domain %s:\n%s", spec.name, xml)
         started = time.monotonic()
-        try:
-            dom = self.conn.createXML(xml, self._create_flags)
-        except libvirt.libvirtError as e:
-            raise HypervisorError(
-                f"cannot start VM {spec.name}: {_message(e)}", hint=_create_hint(_message(e))
-            ) from e
+        if self._starter is not None and self._started is None:
+            name, uuid = self._create_by_starter(self._starter, spec.name, xml)
+        else:
+            flags = libvirt.VIR_DOMAIN_START_AUTODESTROY if self._autodestroy else 0
+            try:
+                dom = self.conn.createXML(xml, flags)
+            except libvirt.libvirtError as e:
+                raise HypervisorError(f"cannot start VM {spec.name}: {_message(e)}",
+                                      hint=create_hint(_message(e))) from e
+            name, uuid = dom.name(), dom.UUIDString()
+            with self._listeners_lock:
+                if self._autodestroy:
+                    self._autodestroys.add(spec.name)
         log.info("started %s (%s, %d vCPU, %d MiB) in %.2f s", spec.name, spec.accel,
                  spec.vcpus, spec.memory_mib, time.monotonic() - started)
         with self._listeners_lock:
             self._created.add(spec.name)
-            if self._create_flags & libvirt.VIR_DOMAIN_START_AUTODESTROY:
-                self._autodestroys.add(spec.name)
-        return VM(self, dom.name(), dom.UUIDString())
+        return VM(self, name, uuid)
+
+    def _create_by_starter(self, held: Starter, name: str, xml: str) -> tuple[str, str]:
+        """createXML by the starter's child (its connection auto-destroys the domain). Our own
+        connection opens at its first use: a run whose QEMU exits by itself (``run … true``)
+        never loads libvirt; its load and connection in the guest's boot window took ~30 ms
+        from the boot (DEVELOPERS.md "The starter")."""
+        self._starter = None
+        try:
+            uuid = create_by(held, self.uri, name, xml, LIBVIRTD_HINT)
+        except BaseException:  # e.g. KeyboardInterrupt while waiting: the child destroys the
+            held.close()  # domain if it made one (closed already after its own errors)
+            raise
+        self._starter, self._started = held, name
+        return name, uuid
 
     def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
-        """Create ``directory`` (and traversable parents), root's with the group of ``owner``
-        (the VM's own identity), else of the user libvirt runs QEMU as, mode 0750: QEMU reaches
-        it, but renames and plants nothing there. libvirtd makes the channel socket there (for
-        that user; QEMU gets its fd), virtlogd (root) the console log, again at every rotation
-        and following a link: one planted by an escaped QEMU would have root append the guest's
-        console to any file."""
-        label = owner or self._qemu_label()
-        try:
-            missing = [p for p in (directory, *directory.parents) if not p.exists()]
-            for path in reversed(missing):
-                path.mkdir(exist_ok=True)
-                path.chmod(0o755)  # whatever the umask: QEMU must traverse the parents
-            if label is not None and os.geteuid() == 0:
-                os.chown(directory, 0, label[1])
-            directory.chmod(RUN_DIR_MODE)
-        except OSError as e:
-            raise HostError(f"cannot prepare {directory} for QEMU: {e}") from e
-        if label is not None:
-            _check_traversable(directory.parent, *label)
+        """executor.libvirt.rundir.prepare for ``owner`` (the VM's own identity), else the
+        user libvirt runs QEMU as."""
+        rundir.prepare(directory, owner or self._qemu_label())
 
     def give_to_qemu(self, directory: Path) -> None:
         """Make ``directory`` (not its contents) belong to the user libvirt runs QEMU as, so a
         guest can create files in it over 9p. No-op unless root and libvirt uses DAC."""
-        label = self._qemu_label()
-        if label is None or os.geteuid() != 0:
-            return
-        try:  # the directory may be in a guest's share: a symlink there is not followed
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fchown(fd, *label)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise HostError(f"cannot give {directory} to QEMU's user (a symlink or not a "
-                            f"directory?): {e}") from e
+        rundir.give(directory, self._qemu_label())
 
     def confines_per_vm(self) -> bool:
         """libvirt switches QEMU's user (DAC) and we may chown: each VM can run as its own
@@ -334,15 +351,14 @@ class Hypervisor:
             raise HypervisorError(f"cannot look up VM {name}: {_message(e)}") from e
 
     def destroy(self, name: str) -> bool:
-        """Destroy (and undefine, if persistent) domain ``name``; True if it existed.
-
-        No error when it is already gone.
-        """
+        """Destroy (and undefine, if persistent) domain ``name``; True if it existed. No
+        error when it is already gone."""
         with self._listeners_lock:
             self._created.discard(name)
             self._autodestroys.discard(name)
         dom = self._lookup(name)
         if dom is None:
+            self._end_started(name)
             return False
         try:
             if dom.isActive():
@@ -351,15 +367,22 @@ class Hypervisor:
                 dom.undefine()
         except libvirt.libvirtError as e:
             if _is_no_domain(e) or e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                self._end_started(name)
                 return True  # it went away (or stopped) under our feet
             raise HypervisorError(f"cannot destroy VM {name}: {_message(e)}") from e
+        self._end_started(name)
         log.info("destroyed %s", name)
         return True
+
+    def _end_started(self, name: str) -> None:
+        """``name`` is destroyed or its QEMU exited: the starter's child awaits its teardown."""
+        self._started_gone |= name == self._started
 
     def forget(self, name: str) -> bool:
         """``name``'s QEMU has exited (a pidfd said so): libvirtd finishes its teardown by
         itself; stop reporting it as ours. No libvirt call (it would wait for that teardown).
         True when closing this connection would auto-destroy it (executor.libvirt.linger)."""
+        self._end_started(name)
         with self._listeners_lock:
             self._created.discard(name)
             return name in self._autodestroys
@@ -564,18 +587,7 @@ class Hypervisor:
                 log.exception("lifecycle listener %r failed", callback)
 
 
-def _check_traversable(directory: Path, uid: int, gid: int) -> None:
-    """QEMU (running as ``uid:gid`` plus the user's supplementary groups) must be able to reach
-    ``directory``."""
-    groups = fsmode.process_groups(uid, gid)
-    for path in (directory, *directory.parents):
-        st = path.stat()
-        if not fsmode.allows(st, uid, groups, fsmode.EXECUTE):
-            raise HostError(f"QEMU (uid {uid}) cannot reach {directory}: {path} is mode "
-                            f"{stat.S_IMODE(st.st_mode):o}", hint=f"chmod o+x {path}")
-
-
-def _open(uri: str) -> libvirt.virConnect:
+def _connect(uri: str) -> libvirt.virConnect:
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as e:
@@ -586,14 +598,3 @@ def _open(uri: str) -> libvirt.virConnect:
 def _dotted(version: int) -> str:
     return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
 
-
-def _create_hint(message: str) -> str | None:
-    if "Permission denied" in message:
-        return ("kernel, initrd, disk images and shared dirs must be readable by the VM's QEMU "
-                "user (its own uid, or libvirt-qemu), and not under /root; libvirt's "
-                "/var/lib/libvirt/qemu must be traversable (chmod o+x, hypervm doctor)")
-    if "No such file" in message:
-        return "check that the kernel, initrd and disk images exist (hypervm doctor)"
-    if "kvm" in message.lower():
-        return "set HYPERVM_ACCEL=tcg to run without KVM"
-    return None

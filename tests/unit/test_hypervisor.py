@@ -123,7 +123,7 @@ def test_create_prepares_the_run_dir(hv: Hypervisor, tmp_path: Path) -> None:
 
 
 def test_untraversable_parents_are_a_host_error(tmp_path: Path) -> None:
-    from executor.libvirt.hypervisor import _check_traversable
+    from executor.libvirt.rundir import check_traversable as _check_traversable
 
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
