@@ -21,8 +21,8 @@ from typing import TypeVar
 
 from bench import runtrue
 from bench.rawboot import boot_once
+from bench.stampfiles import read_stamps
 from bench.vmenv import VMEnv, load_average
-from bench.warmfast import read_stamps
 from executor.libvirt.hypervisor import Hypervisor
 
 log = logging.getLogger(__name__)

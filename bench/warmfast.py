@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from bench import images, launch, results, suite
+from bench.stampfiles import read_stamps
 from bench.vmenv import VMEnv
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,6 @@ def _stamped(tree: Path | None, out: Path) -> Path:
     os.environ["HYPERVM_BENCH_STAMPS"] = str(out)  # the executor gets every HYPERVM_* variable
     return Path(f"{STAMPS}{os.pathsep}{tree or launch.REPO}")
 
-
-def read_stamps(out: Path, samples: dict[str, list[float]], label: str = "") -> None:
-    """Each stamp line of the launch's executor (bench/stamps) as samples (named after
-    ``label``, e.g. ``"baseline "``), its first call of each function only; the files are
-    removed."""
-    seen: set[str] = set()
-    for path in sorted(out.glob("t-*.txt")):
-        for line in path.read_text().splitlines():
-            name, began, took = line.split()
-            if name not in seen:
-                seen.add(name)
-                samples.setdefault(f"{label}stamp: {name} began", []).append(float(began) / 1000)
-                samples.setdefault(f"{label}stamp: {name} took", []).append(float(took) / 1000)
-        path.unlink()
 
 
 def measure(rounds: int, baseline: Path | None = None, stamps: bool = False,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import tocreate, warmfast
+from bench import stampfiles, tocreate, warmfast
 
 
 def _stamps_module() -> Any:
@@ -52,7 +52,7 @@ def test_functions_a_tree_lacks_are_skipped(tmp_path: Path,
 def test_read_stamps_names_the_arm(tmp_path: Path) -> None:
     (tmp_path / "t-1.txt").write_text("VMPod.boot 1.000 20.000\nVMPod.boot 30.000 5.000\n")
     samples: dict[str, list[float]] = {}
-    warmfast.read_stamps(tmp_path, samples, "baseline ")
+    stampfiles.read_stamps(tmp_path, samples, "baseline ")
     assert samples == {"baseline stamp: VMPod.boot began": [0.001],
                        "baseline stamp: VMPod.boot took": [0.02]}
     assert not list(tmp_path.glob("t-*.txt"))
