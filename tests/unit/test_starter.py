@@ -3,6 +3,7 @@ ways; a real child against libvirt's ``test:///default`` driver and an unreachab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -106,36 +107,38 @@ def test_a_hostile_answer_kills_and_reaps_the_child(answer: bytes) -> None:
             child.kill()
 
 
-def test_a_silent_child_is_killed_after_the_timeout() -> None:
+@contextlib.contextmanager
+def _silent_child() -> Iterator[tuple[starter.Starter, int]]:
+    """A Starter whose 'child' (``sleep 60``) never reads nor answers: (it, the child's pid)."""
     child = subprocess.Popen(["sleep", "60"])
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
-    held = starter.Starter(child.pid, to_w, from_r, "test:///default")
     try:
+        yield starter.Starter(child.pid, to_w, from_r, "test:///default"), child.pid
+    finally:
+        os.close(to_r)
+        os.close(from_w)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_a_silent_child_is_killed_after_the_timeout() -> None:
+    with _silent_child() as (held, pid):
         began = time.monotonic()
         with pytest.raises(StarterError, match="in time"):
             held.create("test:///default", "hypervm-unit-s", "<domain/>", timeout=0.3)
         assert time.monotonic() - began < 3
         with pytest.raises(ProcessLookupError):
-            os.kill(child.pid, 0)
-    finally:
-        os.close(to_r)
-        os.close(from_w)
+            os.kill(pid, 0)
 
 
 def test_a_request_is_used_once_and_bounded() -> None:
-    child = subprocess.Popen(["sleep", "60"])
-    to_r, to_w = os.pipe()
-    from_r, from_w = os.pipe()
-    held = starter.Starter(child.pid, to_w, from_r, "test:///default")
-    try:
+    with _silent_child() as (held, _):
         with pytest.raises(StarterError, match="at most"):
             held.create("test:///default", "n", "x" * (starter.MAX_REQUEST + 1))
         with pytest.raises(StarterError, match="already used"):
             held.create("test:///default", "n", "<domain/>")
-    finally:
-        os.close(to_r)
-        os.close(from_w)
 
 
 # --- a real starter child ---------------------------------------------------------------------
