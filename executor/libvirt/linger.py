@@ -58,7 +58,8 @@ def pending() -> list[str]:
         return sorted(_pending)
 
 
-def _wait_gone(pid_files: list[Path], timeout: float) -> None:
+def wait_gone(pid_files: list[Path], timeout: float) -> None:
+    """Until libvirtd has torn the domains down (their pid files removed), at most ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while any(p.exists() for p in pid_files) and time.monotonic() < deadline:
         time.sleep(POLL_S)
@@ -69,7 +70,7 @@ def _close_later(domain: str) -> None:
         entry = _pending.get(domain)
     if entry is None:
         return
-    _wait_gone([entry[1]], TEARDOWN_TIMEOUT_S)
+    wait_gone([entry[1]], TEARDOWN_TIMEOUT_S)
     with _lock:
         entry = _pending.pop(domain, None)
     if entry is not None:
@@ -81,7 +82,7 @@ def close_pending() -> None:
     exit, which would otherwise close them while libvirtd still holds their domains."""
     with _lock:
         entries = list(_pending.items())
-    _wait_gone([pid_file for _, (_, pid_file) in entries], TEARDOWN_TIMEOUT_S)
+    wait_gone([pid_file for _, (_, pid_file) in entries], TEARDOWN_TIMEOUT_S)
     for domain, _ in entries:
         with _lock:
             entry = _pending.pop(domain, None)
@@ -124,6 +125,6 @@ def _hold(pid_files: list[Path]) -> NoReturn:
                         os.close(fd)
                 except OSError:
                     pass
-        _wait_gone(pid_files, TEARDOWN_TIMEOUT_S)
+        wait_gone(pid_files, TEARDOWN_TIMEOUT_S)
     finally:
         os._exit(0)

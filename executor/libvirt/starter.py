@@ -63,9 +63,6 @@ MAX_REPLY = 64 << 10
 MAX_TEXT = 16 << 10
 #: how long createXML may take before the parent gives up (and kills the child)
 REPLY_TIMEOUT = 120.0
-#: libvirtd's teardown of a domain (as executor.libvirt.linger's)
-TEARDOWN_TIMEOUT_S = 30.0
-LIBVIRT_PID_DIR = "/run/libvirt/qemu"
 PR_SET_PDEATHSIG = 1
 #: the child's niceness until the parent sends its request (see _child)
 NICE = 19
@@ -285,30 +282,31 @@ def wanted(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
     else the configuration file)."""
     if not argv or argv[0] != "run":
         return False
-    keys = {"HYPERVM_STARTER": "starter", "HYPERVM_SNAPSHOT": "snapshot"}
-    values = {env: environ[env] for env in keys if env in environ}
-    if len(values) < len(keys):
+    names = ("HYPERVM_STARTER", "HYPERVM_SNAPSHOT")
+    values = {env: environ[env] for env in names if env in environ}
+    if len(values) < len(names):
         from_file = _file_settings(environ)
-        values = {env: values.get(env, from_file.get(key, "")) for env, key in keys.items()}
+        values = {env: values.get(env, from_file.get(env, "")) for env in names}
     return (values["HYPERVM_STARTER"].lower() != "off"
             and values["HYPERVM_SNAPSHOT"].lower() != "on")
 
 
 def _file_settings(environ: Mapping[str, str]) -> dict[str, str]:
-    """The configuration file's values as its variables would spell them ({}: no file, or one
-    the full CLI will refuse with its own error)."""
+    """The configuration file's values by variable (hypervm.settings.read_config_file; {}: no
+    file, or one the full CLI will refuse with its own error)."""
+    # hypervm.settings.config_path's path, checked without importing it (~20 ms) on a host
+    # without a configuration file
     path = environ.get("HYPERVM_CONFIG") or "/etc/hypervm/config.toml"
     if not os.path.exists(path):
         return {}
-    import tomllib  # deferred: a host with a configuration file only (the full CLI's too)
+    # deferred: a host with a configuration file only (the full CLI imports both anyway)
+    from hypervm import settings
+    from hypervm.errors import HyperVMError  # deferred: as settings
 
     try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except (OSError, ValueError):
+        return settings.read_config_file(settings.config_path(environ))
+    except HyperVMError:
         return {}
-    return {k: ("on" if v else "off") if isinstance(v, bool) else str(v)
-            for k, v in data.items() if isinstance(v, (str, bool))}
 
 
 def fork_ahead(environ: Mapping[str, str]) -> Starter | None:
@@ -437,7 +435,11 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
             dom.destroy()  # close would, but on a libvirtd worker, not its main loop
         except libvirt.libvirtError:
             pass  # already gone
-    _wait_gone(os.path.join(LIBVIRT_PID_DIR, f"{request['name']}.pid"))
+    # deferred: the child's, once its domain is ended (linger's wait for libvirtd's teardown)
+    from executor.libvirt import linger
+    from executor.libvirt.qemu_process import LIBVIRT_PID_DIR  # deferred: as linger
+
+    linger.wait_gone([LIBVIRT_PID_DIR / f"{request['name']}.pid"], linger.TEARDOWN_TIMEOUT_S)
     # our exit closes the connection: libvirtd has nothing left to auto-destroy
 
 
@@ -471,10 +473,3 @@ def _die_with(parent: int) -> None:
         pass  # EOF still tells
     if os.getppid() != parent:  # it died before the prctl
         _term["came"] = True
-
-
-def _wait_gone(pid_file: str, timeout: float = TEARDOWN_TIMEOUT_S) -> None:
-    """Until libvirtd has torn the domain down (its pid file removed), bounded."""
-    deadline = time.monotonic() + timeout
-    while os.path.exists(pid_file) and time.monotonic() < deadline:
-        time.sleep(0.05)
