@@ -168,7 +168,7 @@ bench: test-deps services artifacts
 lint: test-deps
 	$(VENV)/bin/ruff check hypervm executor vmimage scheduler tests bench
 	$(VENV)/bin/lint-imports --config setup.cfg
-	$(VENV)/bin/mypy hypervm executor vmimage scheduler
+	$(VENV)/bin/mypy hypervm executor vmimage scheduler bench
 
 # hypervm, hypervm-executor and hypervm-scheduler in $(PREFIX)/bin (links into this tree's
 # venv: keep the tree where it is, e.g. /opt/hypervm); the pool's and the scheduler's systemd

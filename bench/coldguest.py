@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from bench import results
 from bench.preparefast import DEFAULT_PATH, INIT, ROOTFS, _layer, parse_stamps
@@ -41,7 +42,7 @@ NETWORK = {"nameservers": [DNS_ADDRESS], "search": [],
            "interfaces": [{"mac": MAC, "address": GUEST_ADDRESS,
                            "prefix": GUEST_NETWORK.prefixlen, "gateway": HOST_ADDRESS}]}
 #: the cold run's START: ``true`` through the default PATH, hypervm run's default limits
-START = {"container": "run", "handle": 1, "rootfs": ROOTFS, "hostname": "run",
+START: dict[str, Any] = {"container": "run", "handle": 1, "rootfs": ROOTFS, "hostname": "run",
          "process": {"args": ["true"], "env": ["HOME=/", f"PATH={DEFAULT_PATH}"], "cwd": "/"},
          "limits": {"pids": 4096, "scratch": 256 << 20}, "early_reply": True}
 

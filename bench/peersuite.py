@@ -344,8 +344,10 @@ def _main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"partial": True, "mode": "peers-only", "machine":
                            machine_info(env.accel), "commit": git_commit(suite.REPO)}
     with images.serve_images(None, with_work=True) as imgs:
+        work_ref = imgs.work_ref
+        assert work_ref is not None, "serve_images(with_work=True) pushes the work image"
         layers, _ = images.warm_shared_cache(env.cfg, imgs.busybox_ref, 0)
-        work_layers, _ = images.warm_shared_cache(env.cfg, imgs.work_ref, 0)
+        work_layers, _ = images.warm_shared_cache(env.cfg, work_ref, 0)
         samples: dict[str, list[float]] = {}
         with mounted_layer(layers[0]) as lower, oci_root(lower) as root, \
                 PeerRounds(root).bundles() as pr, suite.warm_pool(env, "pool") as pool, \
@@ -357,7 +359,7 @@ def _main(argv: list[str] | None = None) -> int:
                 samples.setdefault("cold launch", []).append(
                     launch.launch_once(imgs.busybox_ref).running_s)
             samples.update(pr.samples)
-            measured = measure(env, root, layers, imgs.work_ref, work_layers[0], runs)
+            measured = measure(env, root, layers, work_ref, work_layers[0], runs)
     doc["cold_launch_p50_s"] = round(summarize(samples["cold launch"]).p50, 4)
     fill(doc, samples, measured)
     doc["details"]["samples"] = samples

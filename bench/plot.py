@@ -19,15 +19,15 @@ def plot(samples: Mapping[str, Sequence[float]], density: Sequence[Mapping[str, 
          peers: Mapping[str, Mapping[str, Any]] | None = None,
          memory: Mapping[str, float | None] | None = None) -> Path:
     names = [n for n, values in samples.items() if values]
-    memory = {k: v for k, v in (memory or {}).items() if v is not None}
-    ratios = [3, 2] + [3] * bool(peers) + [2] * bool(memory)
+    measured = {k: v for k, v in (memory or {}).items() if v is not None}
+    ratios = [3, 2] + [3] * bool(peers) + [2] * bool(measured)
     fig, axes = plt.subplots(1, len(ratios), figsize=(max(12.0, 2.5 * sum(ratios)), 6),
                              width_ratios=ratios)
     left, right, *more = axes
     if peers:
         _peer_bars(more.pop(0), peers)
-    if memory:
-        _memory_bars(more.pop(0), memory)
+    if measured:
+        _memory_bars(more.pop(0), measured)
     left.boxplot([samples[n] for n in names], vert=True, whis=(5, 95), showfliers=False)
     for i, name in enumerate(names, start=1):
         values = samples[name]

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,9 +37,13 @@ def run_to_exit(vm, container, timeout: float = 60.0) -> tuple[int, str]:  # noq
 
     output: list[bytes] = []
     done = threading.Event()
-    status = {}
-    vm.start(container, on_stdout=output.append, on_stderr=output.append,
-             on_exit=lambda s: (status.__setitem__("s", s), done.set()))
+    status: dict[str, Any] = {}
+
+    def exited(s: Any) -> None:
+        status["s"] = s
+        done.set()
+
+    vm.start(container, on_stdout=output.append, on_stderr=output.append, on_exit=exited)
     assert done.wait(timeout), "the container did not exit"
     return status["s"].code, b"".join(output).decode()
 
@@ -155,7 +160,7 @@ def vm_factory(host_cfg, request: pytest.FixtureRequest,  # noqa: ANN001
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
 

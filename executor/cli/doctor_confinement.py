@@ -28,11 +28,11 @@ from executor import netpolicy
 from executor.cli.check import Check
 from executor.libvirt import identity
 from executor.libvirt.hypervisor import Hypervisor
+from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError
 
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
-LIBVIRT_PID_DIR = Path("/run/libvirt/qemu")
 _SECCOMP_RE = re.compile(r"^\s*seccomp_sandbox\s*=\s*(-?\d+)\s*$", re.MULTILINE)
 _USER_RE = re.compile(r'^\s*(user|group)\s*=\s*"([^"]*)"', re.MULTILINE)
 #: /proc/<pid>/status Seccomp: 0 none, 1 strict, 2 filter

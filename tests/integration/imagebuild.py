@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hypervm.config import HostConfig
 from vmimage.images import ImageStore
@@ -107,7 +108,8 @@ def write_layout(layout: Path, tag: str, layers: Sequence[bytes], config: dict,
         (blobs / digest.split(":")[1]).write_bytes(data)
         return digest
 
-    descs, diff_ids = [], []
+    descs: list[dict[str, Any]] = []
+    diff_ids: list[str] = []
     for i, tar in enumerate(layers):
         diff_ids.append(_digest(tar))
         blob = gzip.compress(tar, mtime=0) if compress else tar
@@ -132,7 +134,7 @@ def write_layout(layout: Path, tag: str, layers: Sequence[bytes], config: dict,
     manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
     manifest_digest = put(manifest_bytes)
     index_path = layout / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {
+    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.exists() else {
         "schemaVersion": 2, "manifests": []}
     index["manifests"] = [m for m in index["manifests"]
                           if m.get("annotations", {}).get("org.opencontainers.image.ref.name")
