@@ -35,12 +35,15 @@ class FakeGuest:
     def _serve(self) -> None:
         conn, _ = self.server.accept()
         with conn:
-            conn.sendall(proto.encode_json(MsgType.READY, 0, self.ready))
-            decoder = FrameDecoder()
-            while data := conn.recv(65536):
-                for frame in decoder.feed(data):
-                    self.received.append(frame)
-                    self.handler(conn, frame)
+            try:
+                conn.sendall(proto.encode_json(MsgType.READY, 0, self.ready))
+                decoder = FrameDecoder()
+                while data := conn.recv(65536):
+                    for frame in decoder.feed(data):
+                        self.received.append(frame)
+                        self.handler(conn, frame)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the host hung up (destroyed the VM) while we answered: as a guest
 
     def close(self) -> None:
         self.server.close()
