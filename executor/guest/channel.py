@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tenacity
-
 from executor.guest import protocol as proto
 from executor.guest.log_limit import GuestLog
 from executor.guest.protocol import ExitStatus, Frame, MsgType
@@ -35,26 +33,35 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 
 def connect_socket(path: Path, timeout: float) -> socket.socket:
     """Connect to the channel socket QEMU listens on, retrying while QEMU starts."""
+    try:
+        return _connect_once(path)
+    except OSError:
+        pass  # not listening yet: wait for it below
+    # deferred: a domain's QEMU has bound its channel socket when createXML returns, so a cold
+    # run connects at once and never imports tenacity (~10 ms of CPU in the guest's boot
+    # window, DEVELOPERS.md "A cold `hypervm run`"); only a socket not there yet is waited for
+    import tenacity
 
-    @tenacity.retry(
+    retrying = tenacity.Retrying(
         wait=tenacity.wait_fixed(0.02),
         stop=tenacity.stop_after_delay(min(timeout, 10.0)),
         retry=tenacity.retry_if_exception_type(OSError),
         reraise=True,
     )
-    def _connect() -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
     try:
-        return _connect()
+        return retrying(_connect_once, path)
     except OSError as e:
         raise BootError(f"cannot connect to the guest channel {path}: {e}") from e
+
+
+def _connect_once(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def peer_closed(sock: socket.socket) -> bool:

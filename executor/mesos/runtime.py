@@ -229,9 +229,10 @@ def container_names(tasks: tuple[TaskSpec, ...]) -> dict[str, str]:
 LAUNCH_MODULES = ("executor.launcher", "executor.libvirt.hypervisor", "vmimage.boot",
                   "vmimage.images.store", "encodings.idna")
 #: ... and when the host uses them: the warm pool's client (claim, take-over, the namespace
-#: bind with ctypes, the guest channel with tenacity) and the start from a snapshot, which
-#: executor.launcher imports only when it uses them (a cold ``hypervm run`` does not pay
-#: them): imported on the launch, they cost a warm launch ~10-30 ms of its clock
+#: bind with ctypes, the guest channel; its tenacity only when a connect waits) and the start
+#: from a snapshot, which executor.launcher imports only when it uses them (a cold ``hypervm
+#: run`` does not pay them): imported on the launch, they cost a warm launch ~10-30 ms of its
+#: clock
 POOL_MODULES = ("executor.pool.adopt",)
 SNAPSHOT_MODULES = ("executor.snapshot.start",)
 
