@@ -56,6 +56,9 @@ VARIANTS: dict[str, Variant] = {
     "run -identity": lambda spec: dataclasses.replace(spec, identity=None),
     "run -memtune": lambda spec: dataclasses.replace(spec, memtune=MemTune()),
     "run -env": lambda spec: dataclasses.replace(spec, qemu_env={}),
+    #: every host-side difference at once: the guest sees the run's devices
+    "run -host": lambda spec: dataclasses.replace(spec, identity=None, memtune=MemTune(),
+                                                  qemu_env={}),
 }
 
 

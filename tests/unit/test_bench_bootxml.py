@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.bootxml import VARIANTS, run_spec
+from bench.devicecode import device_args
 from bench.vmenv import VMEnv
 from executor.libvirt.domain_xml import QEMU_NS, domain_xml
 from hypervm.config import config_from_env
@@ -55,9 +56,23 @@ def test_the_run_domain_has_the_cold_runs_layer_disk_nic_uid_soft_limit_and_env(
     ("run -identity", {"identity": None}),
     ("run -memtune", {"memtune": False}),
     ("run -env", {"env": []}),
+    ("run -host", {"identity": None, "memtune": False, "env": []}),
 ])
 def test_each_variant_takes_away_only_its_difference(variant: str,
                                                      changed: dict[str, object]) -> None:
     run = run_spec(_env(), NAME, LAYER, (200001, 200001))
     assert _parts(domain_xml(VARIANTS[variant](run).validate())) == {
         **_parts(domain_xml(run)), **changed}
+
+
+def test_devicecode_adds_the_runs_disk_and_nic_with_the_properties_asked() -> None:
+    assert device_args("base", LAYER) == []
+    blk, net = device_args("blk:queue-size=64+net", LAYER)[1::2][:2], \
+        device_args("net:status=off", LAYER)
+    assert blk == [f"file={LAYER},if=none,id=d0,format=raw,readonly=on",
+                   "virtio-blk-pci,drive=d0,serial=l0,queue-size=64"]
+    assert net[0] == "-netdev" and net[2] == "-device"
+    assert net[3].startswith("virtio-net-pci,") and net[3].endswith(",romfile=,status=off")
+    assert len(device_args("blk+net", LAYER)) == 8
+    with pytest.raises(ValueError, match="unknown device"):
+        device_args("scsi", LAYER)
