@@ -23,7 +23,6 @@ from executor.guest.protocol import (
     POOL_SHARE_TAG,
     ExitStatus,
     MsgType,
-    layer_serial,
     limits_payload,
     mount_payload,
     process_payload,
@@ -36,6 +35,7 @@ from executor.libvirt.designer import RunFiles, cold_domain
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.qemu_process import QemuProcess
+from executor.podrecord import pod_devices, pod_metadata
 from hypervm import netspec
 from hypervm.config import HostConfig
 from hypervm.errors import BootError, HyperVMError, ProtocolError
@@ -91,30 +91,17 @@ class ProcessHandle:
     pid: int
 
 
+@frozen_dataclass
+class SentProcess:
+    """A START/EXEC sent, its reply not awaited yet (HyperVM.wait_started)."""
+
+    pending: PendingReply
+    handle: int
+    container: str
+
+
 def _ignore(_: bytes) -> None:
     pass
-
-
-def pod_devices(pod: PodSpec) -> tuple[dict[Path, str], dict[Path, str]]:
-    """The pod's distinct layer files → disk serials, and its 9p mount sources → tags."""
-    serials: dict[Path, str] = {}
-    tags: dict[Path, str] = {}
-    for container in pod.containers:
-        for layer in container.rootfs.layers:
-            serials.setdefault(layer, layer_serial(len(serials)))
-        for mount in container.mounts:
-            if mount.type == "9p" and mount.source is not None:
-                tags.setdefault(mount.source, f"s{len(tags)}")
-    return serials, tags
-
-
-def pod_metadata(pod: PodSpec) -> dict[str, str]:
-    """What the domain records of its pod (the hypervisor stamps the owner pid)."""
-    meta = {"pod": pod.name}
-    meta.update({f"label.{k}": v for k, v in pod.labels})
-    meta["tenant"] = pod.network.tenant
-    meta.update({f"port.{i}": m.describe() for i, m in enumerate(pod.network.ports)})
-    return meta
 
 
 class HyperVM:
@@ -401,6 +388,16 @@ class HyperVM:
         """Create ``container`` in the VM and start its main process. ``meanwhile`` is
         called once the START is on its way, before its reply is awaited (work that need
         not delay the START: the guest takes ~10 ms under TCG)."""
+        sent = self.send_start(container, on_stdout, on_stderr, on_exit)
+        return self.wait_started(sent, meanwhile)
+
+    def send_start(self, container: Container,
+                   on_stdout: Callable[[bytes], None] = _ignore,
+                   on_stderr: Callable[[bytes], None] = _ignore,
+                   on_exit: Callable[[ExitStatus], None] = lambda _: None) -> SentProcess:
+        """Send :meth:`start`'s START without awaiting its reply (:meth:`wait_started`): a
+        pod's STARTs sent back to back are handled by init in order, with no host round trip
+        between them (init/PROTOCOL.md rule 2; a group's tasks, executor.mesos.executor)."""
         if container not in self.pod.containers:
             raise HyperVMError(f"container {container.name!r} is not part of pod {self.pod.name}")
         handle = next(self._handles)
@@ -416,8 +413,8 @@ class HyperVM:
         # deferred: after the boot (see boot()); loaded by then, as the VM has a channel
         from executor.guest.channel import ProcessCallbacks
 
-        return self._spawn(MsgType.START, payload, container.name, handle,
-                           ProcessCallbacks(on_stdout, on_stderr, on_exit), meanwhile)
+        return self._send_spawn(MsgType.START, payload, container.name, handle,
+                                ProcessCallbacks(on_stdout, on_stderr, on_exit))
 
     def exec(self, container_name: str, process: Process,
              on_stdout: Callable[[bytes], None] = _ignore,
@@ -432,24 +429,34 @@ class HyperVM:
         # deferred: after the boot (see boot()); loaded by then, as the VM has a channel
         from executor.guest.channel import ProcessCallbacks
 
-        return self._spawn(MsgType.EXEC, payload, container_name, handle,
-                           ProcessCallbacks(on_stdout, on_stderr, on_exit))
+        return self.wait_started(self._send_spawn(MsgType.EXEC, payload, container_name, handle,
+                                                  ProcessCallbacks(on_stdout, on_stderr,
+                                                                   on_exit)))
 
-    def _spawn(self, type_: MsgType, payload: dict[str, Any], container: str, handle: int,
-               callbacks: ProcessCallbacks,
-               meanwhile: Callable[[], None] | None = None) -> ProcessHandle:
+    def _send_spawn(self, type_: MsgType, payload: dict[str, Any], container: str,
+                    handle: int, callbacks: ProcessCallbacks) -> SentProcess:
         channel = self.channel
         channel.register_process(handle, callbacks)
         try:
-            pending = channel.send_request(type_, payload)
-            if meanwhile is not None:
-                meanwhile()
-            self._settle_pipelined()
-            reply = channel.wait_reply(pending)
+            return SentProcess(channel.send_request(type_, payload), handle, container)
         except BaseException:
             channel.unregister_process(handle)
             raise
-        return ProcessHandle(handle=handle, container=container, pid=reply_pid(reply))
+
+    def wait_started(self, sent: SentProcess,
+                     meanwhile: Callable[[], None] | None = None) -> ProcessHandle:
+        """The process of a START/EXEC sent (:meth:`send_start`) once its reply came
+        (``meanwhile`` called before it is awaited); GuestError when it did not start."""
+        channel = self.channel
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            self._settle_pipelined()
+            reply = channel.wait_reply(sent.pending)
+        except BaseException:
+            channel.unregister_process(sent.handle)
+            raise
+        return ProcessHandle(handle=sent.handle, container=sent.container, pid=reply_pid(reply))
 
     def _mount_payload(self, mount: Any) -> dict[str, Any]:
         if mount.type == "9p" and self.warm:

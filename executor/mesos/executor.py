@@ -269,6 +269,7 @@ class ExecutorCore:
             self.post(self.on_boot_failed, group, e)
             return
         self.post(self.on_booted, group)
+        sent = []  # every START sent before any reply is awaited: a group's go back to back
         for task in group.tasks:
             if task.terminal:
                 continue
@@ -276,8 +277,14 @@ class ExecutorCore:
                 self.post(self.on_not_started, task)
                 continue
             try:
-                group.pod.start(task.task_id, task.outputs[0].write, task.outputs[1].write,
-                                functools.partial(self.post, self.on_exit, task))
+                sent.append((task, group.pod.send_start(
+                    task.task_id, task.outputs[0].write, task.outputs[1].write,
+                    functools.partial(self.post, self.on_exit, task))))
+            except Exception as e:  # noqa: BLE001
+                self.post(self.on_start_failed, task, e)
+        for task, wait in sent:
+            try:
+                wait()
             except Exception as e:  # noqa: BLE001
                 self.post(self.on_start_failed, task, e)
             else:

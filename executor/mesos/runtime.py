@@ -18,7 +18,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,6 +76,11 @@ class Pod(Protocol):
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         """Start the task's main process; returns once it runs. GuestError ENOENT/EACCES when
         the command cannot be executed."""
+
+    def send_start(self, task_id: str, on_stdout: Output, on_stderr: Output,
+                   on_exit: OnExit) -> Callable[[], None]:
+        """:meth:`start` in two halves: the START sent, and the wait until it runs (returned;
+        raises as :meth:`start`), so a group's STARTs need not wait for each other's reply."""
 
     def signal(self, task_id: str, signum: int) -> None: ...
 
@@ -351,29 +355,33 @@ class VMPod:
             grant_search_below(self.plan.sandbox, source, *ids)
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
-        """START the task's container; its ``hypervm exec --task`` socket is made meanwhile
-        (while the guest starts the process), not after it: TASK_RUNNING waits for neither.
-        Its thread starts once the START is sent, so it does not hold up the START."""
+        self.send_start(task_id, on_stdout, on_stderr, on_exit)()
+
+    def send_start(self, task_id: str, on_stdout: Output, on_stderr: Output,
+                   on_exit: OnExit) -> Callable[[], None]:
+        """Send the task's START; the wait for its reply is returned (a group's STARTs go
+        back to back: init handles them in order, with no host round trip between them). Its
+        ``hypervm exec --task`` socket is made meanwhile (while the guest starts the process),
+        not after it: TASK_RUNNING waits for neither. Its thread starts once the START is
+        sent, so it does not hold up the START."""
         container = self._containers[task_id]
-        serving: list[Future[Any]] = []
+        sent = self.vm.send_start(container, on_stdout=on_stdout, on_stderr=on_stderr,
+                                  on_exit=on_exit)
+        serving = in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg, task_id,
+                            self.vm, container)
 
-        def serve_exec() -> None:
-            serving.append(in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg,
-                                     task_id, self.vm, container))
-
-        try:
-            self._handles[task_id] = self.vm.start(container, on_stdout=on_stdout,
-                                                   on_stderr=on_stderr, on_exit=on_exit,
-                                                   meanwhile=serve_exec)
-        except BaseException:
-            for future in serving:
-                if future.exception() is None and (server := future.result()) is not None:
+        def wait() -> None:
+            try:
+                self._handles[task_id] = self.vm.wait_started(sent)
+            except BaseException:
+                if serving.exception() is None and (server := serving.result()) is not None:
                     server.close()
-            raise
-        server = serving[0].result() if serving else None
-        if server is not None:
-            with self._lock:
-                self._exec_servers.append(server)
+                raise
+            if (server := serving.result()) is not None:
+                with self._lock:
+                    self._exec_servers.append(server)
+
+        return wait
 
     def signal(self, task_id: str, signum: int) -> None:
         self.vm.signal(self._handles[task_id], signum)

@@ -56,12 +56,13 @@ from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import identity, migration, qmp, vcpucap
 from executor.libvirt.bounds import resource_bounds
 from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain, present_vcpus
+from executor.podrecord import pod_metadata
 from executor.pool import claim as binder
 from executor.pool.adopt import give_devices, give_layers
 from executor.pool.protocol import Lease
 from executor.snapshot import standby, store, template
 from executor.snapshot.store import Shape, Snapshot
-from executor.vm import HyperVM, pod_metadata
+from executor.vm import HyperVM
 from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError, NetworkError

@@ -1,10 +1,13 @@
+#define _GNU_SOURCE
 /* Bringing hot-plugged vCPUs online (see cpus.h). */
 #include "cpus.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,6 +16,8 @@
 
 #define WAIT_MS 5000
 #define POLL_MS 2
+/* init's nice value (cpus_keep_init): CFS gives it ~9 times a nice-0 process's share */
+#define INIT_NICE (-10)
 
 /* The CPUs of a sysfs CPU list ("0-1,3", "" for none) as bits of set[]; -1 when it is not one
  * (a number past CPUS_MAX is not ours to online: ignored). */
@@ -130,4 +135,27 @@ static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 	if (wanted > 1)
 		log_msg("%u vCPUs online (%u wanted)", count, wanted);
 	return 0;
+}
+
+void cpus_keep_init(void)
+{
+	cpu_set_t boot;
+
+	CPU_ZERO(&boot);
+	CPU_SET(0, &boot);
+	if (sched_setaffinity(0, sizeof(boot), &boot) != 0)
+		log_msg("cannot keep init on cpu0: %s", strerror(errno));
+	if (setpriority(PRIO_PROCESS, 0, INIT_NICE) != 0)
+		log_msg("cannot raise init's priority: %s", strerror(errno));
+}
+
+void cpus_release_self(void)
+{
+	cpu_set_t all;
+
+	memset(&all, 0xff, sizeof(all)); /* possible CPUs offline now are kept: online later */
+	if (sched_setaffinity(0, sizeof(all), &all) != 0)
+		log_msg("cannot let a process run on every cpu: %s", strerror(errno));
+	if (setpriority(PRIO_PROCESS, 0, 0) != 0)
+		log_msg("cannot give a process the default priority: %s", strerror(errno));
 }

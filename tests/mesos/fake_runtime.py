@@ -15,6 +15,7 @@ the working directory. Every boot/start/destroy is appended as JSON to
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,11 @@ class FakePod:
             raise GuestError("ENOENT", f"{argv[0]}: command not found") from e
         except PermissionError as e:
             raise GuestError("EACCES", f"{argv[0]}: permission denied") from e
+
+    def send_start(self, task_id: str, on_stdout: Output, on_stderr: Output,
+                   on_exit: OnExit) -> Callable[[], None]:
+        """The process starts in the wait (no guest to send to): as :meth:`start`."""
+        return functools.partial(self.start, task_id, on_stdout, on_stderr, on_exit)
 
     def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
         process = self.containers[task_id].process

@@ -62,6 +62,9 @@ class ChannelPod:
         FakeGuest(self.sock_path, handler=self.handler)
         self.channel.connect(timeout=5)
 
+    def send_start(self, task_id: str, on_stdout: Any, on_stderr: Any, on_exit: Any) -> Any:
+        return lambda: self.start(task_id, on_stdout, on_stderr, on_exit)
+
     def start(self, task_id: str, on_stdout: Any, on_stderr: Any, on_exit: Any) -> None:
         self.channel.register_process(1, ProcessCallbacks(on_stdout, on_stderr, on_exit))
         self.channel.request(MsgType.START, {"handle": 1})

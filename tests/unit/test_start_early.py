@@ -48,8 +48,9 @@ def _vm(events: list[str]) -> HyperVM:
 def test_meanwhile_runs_after_the_start_is_sent_and_before_its_reply() -> None:
     events: list[str] = []
     callbacks = ProcessCallbacks(lambda _: None, lambda _: None, lambda _: None)
-    handle = _vm(events)._spawn(MsgType.START, {}, "c", 1, callbacks,
-                                lambda: events.append("meanwhile"))
+    vm = _vm(events)
+    handle = vm.wait_started(vm._send_spawn(MsgType.START, {}, "c", 1, callbacks),
+                             lambda: events.append("meanwhile"))
     assert events == ["register", "send START", "meanwhile", "wait"]
     assert handle.pid == 42
 
@@ -62,5 +63,6 @@ def test_a_failing_meanwhile_fails_the_start_cleanly() -> None:
 
     callbacks = ProcessCallbacks(lambda _: None, lambda _: None, lambda _: None)
     with pytest.raises(RuntimeError, match="no thread"):
-        _vm(events)._spawn(MsgType.START, {}, "c", 1, callbacks, broken)
+        vm = _vm(events)
+        vm.wait_started(vm._send_spawn(MsgType.START, {}, "c", 1, callbacks), broken)
     assert events == ["register", "send START", "unregister"]

@@ -18,18 +18,19 @@ from hypervm.podspec import Container, Process, Rootfs
 
 
 class SlowStartVM:
-    """A VM whose START takes until the task's exec socket exists (2 s at most); the START
-    is sent when ``meanwhile`` is called (HyperVM.start)."""
+    """A VM whose START's reply takes until the task's exec socket exists (2 s at most)
+    (HyperVM.send_start, then wait_started)."""
 
     def __init__(self, path: Path, fail: bool = False) -> None:
         self.path, self.fail = path, fail
         self.socket_during_start: bool | None = None
         self.socket_before_send: bool | None = None
 
-    def start(self, container: Container, meanwhile: Any = None, **_: Any) -> str:
+    def send_start(self, container: Container, **_: Any) -> str:
         self.socket_before_send = self.path.exists()
-        if meanwhile is not None:
-            meanwhile()  # the START is on its way
+        return "sent"  # the START is on its way
+
+    def wait_started(self, sent: str) -> str:
         deadline = time.monotonic() + 2
         while not self.path.exists() and time.monotonic() < deadline:
             time.sleep(0.01)

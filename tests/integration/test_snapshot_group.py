@@ -1,0 +1,68 @@
+"""A pod of two containers and two vCPUs from a snapshot, with a real VM (issue 18, task
+"shapes2"): both STARTs are sent before either reply is awaited (HyperVM.send_start, as the
+Mesos executor starts a group) and init serves them in order, each container running its own
+process with its own output and exit; init stays on the boot CPU (so a START's set-up does
+not hop to the vCPU just onlined) at nice -10 (a group's next START is not slowed by the
+processes started before it), while the containers' processes may run on every vCPU, at the
+default priority."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import pytest
+
+from executor.launcher import boot_vm
+from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
+from tests.conftest import TEST_TAG, our_domains
+from vmimage.rootfs import ensure_warmup_layer
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.usefixtures("no_leaked_domains")]
+
+#: the CPUs the process may run on, then those of its container's PID 1 (init's code: the
+#: reaper that becomes the process's shim), the CPUs online, then the two's nice values
+AFFINITY = ("echo $0; grep Cpus_allowed_list /proc/self/status /proc/1/status | cut -f2; "
+            "cat /sys/devices/system/cpu/online; cut -d' ' -f19 /proc/self/stat /proc/1/stat")
+
+
+def _pod(cfg: Any, name: str) -> PodSpec:
+    layer = ensure_warmup_layer(cfg.rootfs_dir)
+    containers = tuple(
+        Container(c, Rootfs(layers=(layer,)),
+                  Process(args=("/bin/sh", "-c", AFFINITY, c), env=("PATH=/bin",)))
+        for c in ("first", "second"))
+    return PodSpec(name=f"{TEST_TAG}-{name}", containers=containers,
+                   resources=Resources(cpus=2, memory_mib=128))
+
+
+def test_a_two_container_pod_starts_both_back_to_back_each_on_every_vcpu(
+        host_cfg: Any, fresh_store: Any) -> None:
+    cfg = dataclasses.replace(host_cfg, use_pool=False, use_snapshot=True, snapshot_vcpus=2)
+    outputs: dict[str, list[bytes]] = {"first": [], "second": []}
+    exits: dict[str, Any] = {}
+    done = threading.Semaphore(0)
+
+    def on_exit(name: str) -> Any:
+        return lambda status: (exits.__setitem__(name, status), done.release())
+
+    with boot_vm(cfg, _pod(cfg, "grp")) as vm:
+        assert vm.warm  # from the snapshot (its template made first), its spare onlined
+        sent = [vm.send_start(c, on_stdout=outputs[c.name].append,
+                              on_stderr=outputs[c.name].append, on_exit=on_exit(c.name))
+                for c in vm.pod.containers]
+        handles = [vm.wait_started(s) for s in sent]
+        assert [h.container for h in handles] == ["first", "second"]
+        assert len({h.pid for h in handles}) == 2 and len({h.handle for h in handles}) == 2
+        for _ in handles:
+            assert done.acquire(timeout=60), f"not every container exited: {exits}"
+    for name in ("first", "second"):
+        assert exits[name].code == 0, (name, outputs[name])
+        # its own output; its process may run on both vCPUs at the default priority, its
+        # reaper (init's code) on cpu0 only, at init's nice -10
+        assert b"".join(outputs[name]).decode().split() == [name, "0-1", "0", "0-1", "0",
+                                                            "-10"]
+    assert our_domains(f"hypervm-{TEST_TAG}-grp") == set()
+    assert our_domains("hypervm-template-") == set()
