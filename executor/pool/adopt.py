@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: float,
              before_shares: Callable[[tuple[int, int] | None], None] | None = None
              ) -> HyperVM | None:
-    """A pool VM running ``pod`` (its ports published), or None (nothing left behind) to boot
-    cold. NetworkError, as a cold boot raises it, when a port of the pod cannot be published."""
+    """A pool VM running ``pod``, or None (nothing left behind) to boot cold. NetworkError,
+    as a cold boot raises it, when a port of the pod cannot be published: here when the pool
+    refuses it at the claim, else from the first START, which waits for the pool to publish
+    the ports (:func:`_adopt`)."""
     if not cfg.pool_socket.exists():
         return None
     res = pod.resources
@@ -78,12 +80,19 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
 def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float,
            ports: client.PortsPending | None) -> dict[str, Any]:
     """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds; its
-    ``ports``, published by the pool meanwhile, are awaited before anything starts in it."""
+    ``ports``, published by the pool meanwhile, are awaited by the first START before its
+    reply (HyperVM.awaited: the START's guest work overlaps the pool's monitor round
+    trips), so the pod is reported running only once they are published, and a port the
+    pool could not publish fails that START (the pool destroyed the VM)."""
     try:
-        return _give_pod(vm, lease, sock, timeout)
-    finally:
+        ready = _give_pod(vm, lease, sock, timeout)
+    except BaseException:
         if ports is not None:
             ports.wait(timeout)  # closes it; raises when not published (even after a failure)
+        raise
+    if ports is not None:
+        vm.awaited.append(functools.partial(ports.wait, timeout))
+    return ready
 
 
 def _give_pod(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, Any]:
