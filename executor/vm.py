@@ -566,6 +566,7 @@ class HyperVM:
             if self._destroyed:
                 return
             self._destroyed = True
+        self.awaited = []  # never awaited (no START): a claimed VM's ports connection closes
         if self._flush_timer is not None:
             self._flush_timer.cancel()
         if self._channel is not None:

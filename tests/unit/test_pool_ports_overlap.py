@@ -91,6 +91,8 @@ def test_an_adopted_vm_leaves_its_ports_to_its_first_start(
         assert ports.waited == 0 and len(vm.awaited) == 1
         vm.awaited[0]()
         assert ports.waited == 1
+        vm.destroy()  # a VM ended before any START drops them (their connection closes)
+        assert vm.awaited == []
     finally:
         vm.destroy()
 
