@@ -172,9 +172,9 @@ def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool 
     if bounds is None and cpu_bound:
         bounds = start_cpu_bounds(vm, hv)
     try:
-        # the binds first: their threads run meanwhile the grant records' fsync and the
-        # layers' hot-add. Nothing is reachable earlier: QEMU's uid gets a share only from
-        # give_owned_shares, and the guest mounts none before its START
+        vm.give_owned_shares()
+        if attach_layers:
+            give_layers(vm, hv)
         if vm.share_tags:
             qemu_pid = hv.qemu_pid(vm.name)
             if qemu_pid is None:
@@ -184,9 +184,6 @@ def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool 
                 target.mkdir()
                 binds.append(client.start_bind(qemu_pid, source, target,
                                                vm.share_readonly(source)))
-        vm.give_owned_shares()
-        if attach_layers:
-            give_layers(vm, hv)
     except BaseException:
         if bounds is not None:
             bounds.exception()  # never left running: the caller destroys the VM

@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from executor.guest import protocol as proto
 from executor.guest.protocol import MsgType
 from executor.pool import adopt
 from executor.pool.protocol import Lease
-from hypervm.podspec import Resources
 from tests.unit.test_guest_channel import FakeGuest
 from tests.unit.test_pipelined_requests import Hypervisor, claimed_vm
 
@@ -72,24 +70,3 @@ def test_the_network_reaches_the_guest_before_the_devices_are_given(
     finally:
         vm.destroy()
         guest.close()
-
-
-def test_the_binds_run_meanwhile_the_grants(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """give_devices starts the binds into QEMU's namespace (threads of their own) before it
-    writes and fsyncs the grant records, so both run at once; the caller waits for them."""
-    started: list[Path] = []
-    seen: list[list[Path]] = []
-    monkeypatch.setattr(adopt.client, "start_bind",
-                        lambda pid, source, target, readonly: started.append(target) or pid)
-    (tmp_path / adopt.POOL_SHARE_DIR).mkdir()
-    vm = SimpleNamespace(name="hypervm-pool-x", run_dir=tmp_path,
-                         share_tags={tmp_path / "sandbox": "t0"},
-                         pod=SimpleNamespace(resources=Resources(cpus=1, memory_mib=256)),
-                         share_readonly=lambda source: False,
-                         give_owned_shares=lambda: seen.append(list(started)))
-    binds: list[Any] = []
-    adopt.give_devices(vm, SimpleNamespace(qemu_pid=lambda name: 42), binds,  # type: ignore[arg-type]
-                       attach_layers=False, cpu_bound=False)
-    assert seen == [[tmp_path / adopt.POOL_SHARE_DIR / "t0"]]
-    assert binds == [42]
