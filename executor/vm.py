@@ -157,6 +157,8 @@ class HyperVM:
         self._handed_back = False
         #: requests sent without waiting for their replies, awaited by the next START/EXEC
         self._pipelined: list[PendingReply] = []
+        #: host work the next START/EXEC awaits before its reply (a claimed VM's ports)
+        self.awaited: list[Callable[[], None]] = []
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -353,9 +355,16 @@ class HyperVM:
             self.channel.request(MsgType.NETWORK, payload)
 
     def _settle_pipelined(self) -> None:
-        """Wait for the replies to the requests sent ahead (:meth:`configure_network`); one
-        that failed destroys the VM (a process may have started behind a refused request)
-        and raises."""
+        """Wait for the host's :attr:`awaited` work, then the replies to the requests sent
+        ahead (:meth:`configure_network`); one that failed destroys the VM (a process may
+        have started behind it) and raises."""
+        awaited, self.awaited = self.awaited, []
+        for wait in awaited:  # first: the pool ends a VM whose ports failed (its NetworkError)
+            try:
+                wait()
+            except HyperVMError:
+                self.destroy()
+                raise
         pipelined, self._pipelined = self._pipelined, []
         for pending in pipelined:
             try:
@@ -564,6 +573,7 @@ class HyperVM:
             if self._destroyed:
                 return
             self._destroyed = True
+        self.awaited = []  # never awaited (no START): a claimed VM's ports connection closes
         if self._flush_timer is not None:
             self._flush_timer.cancel()
         if self._channel is not None:

@@ -40,6 +40,7 @@ STAMPED = (
     ("executor.mesos.runtime", "build_container"),
     ("executor.pool.claim", "claim_ports_later"),
     ("executor.pool.adopt", "_give_pod"),
+    ("executor.pool.adopt", "bound_pool_vcpus"),
     ("executor.guest.channel", "GuestChannel.attach"),
     ("executor.vm", "HyperVM.configure_network"),
     ("executor.vm", "HyperVM.give_owned_shares"),

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from executor.guest.channel import GuestChannel
-from executor.libvirt import identity
-from executor.libvirt.bounds import resource_bounds
+from executor.libvirt import identity, vcpucap
+from executor.libvirt.bounds import CFS_PERIOD_US, resource_bounds
 from executor.libvirt.designer import POOL_SHARE_DIR
 from executor.libvirt.domain import DiskSpec
 from executor.libvirt.domain_xml import hotplug_disk_xml
@@ -26,7 +27,7 @@ from executor.pool.protocol import FIRST_POD_UNIT, Lease, unfit_reason
 from executor.vm import HyperVM, pod_devices, pod_metadata
 from hypervm.background import in_thread
 from hypervm.config import HostConfig
-from hypervm.errors import HyperVMError, NetworkError, PoolError
+from hypervm.errors import HostError, HyperVMError, NetworkError, PoolError
 from hypervm.podspec import PodSpec
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: float,
              before_shares: Callable[[tuple[int, int] | None], None] | None = None
              ) -> HyperVM | None:
-    """A pool VM running ``pod`` (its ports published), or None (nothing left behind) to boot
-    cold. NetworkError, as a cold boot raises it, when a port of the pod cannot be published."""
+    """A pool VM running ``pod``, or None (nothing left behind) to boot cold. NetworkError,
+    as a cold boot raises it, when a port of the pod cannot be published: here when the pool
+    refuses it at the claim, else from the first START, which waits for the pool to publish
+    the ports (:func:`_adopt`)."""
     if not cfg.pool_socket.exists():
         return None
     res = pod.resources
@@ -77,39 +80,74 @@ def claim_vm(cfg: HostConfig, pod: PodSpec, *, hypervisor: Any = None, timeout: 
 def _adopt(vm: HyperVM, lease: Lease, sock: Any, timeout: float,
            ports: client.PortsPending | None) -> dict[str, Any]:
     """Make the claimed VM ours and give it the pod: metadata, layers, mounts, bounds; its
-    ``ports``, published by the pool meanwhile, are awaited before anything starts in it."""
+    ``ports``, published by the pool meanwhile, are awaited by the first START before its
+    reply (HyperVM.awaited: the START's guest work overlaps the pool's monitor round
+    trips), so the pod is reported running only once they are published, and a port the
+    pool could not publish fails that START (the pool destroyed the VM)."""
     try:
-        return _give_pod(vm, lease, sock, timeout)
-    finally:
+        ready = _give_pod(vm, lease, sock, timeout)
+    except BaseException:
         if ports is not None:
             ports.wait(timeout)  # closes it; raises when not published (even after a failure)
+        raise
+    if ports is not None:
+        vm.awaited.append(functools.partial(ports.wait, timeout))
+    return ready
 
 
 def _give_pod(vm: HyperVM, lease: Lease, sock: Any, timeout: float) -> dict[str, Any]:
     hv = vm.take_over(GuestChannel(vm.channel_socket))
     hv.adopt(vm.name)  # the pool wrote our metadata and made us the owner
-    # the CPU bound (~5 ms of libvirtd's work) meanwhile the channel, NETWORK and grants
-    bounds = start_cpu_bounds(vm, hv)
+    # the CPU bound, in force from here on (the START comes after): written into the vCPUs'
+    # cgroups (~0.3 ms), not through libvirtd's setSchedulerParameters (~5-15 ms)
+    bound_pool_vcpus(vm, hv)
     # the pool VM's own uid, given at its boot: the pool says which (no libvirt round trip)
-    try:
-        pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
-        vm.identity = identity.Identity(*pair) if pair is not None else None
-        # the channel first and the NETWORK sent ahead: the guest applies it while the host
-        # gives the devices (the shares' grant records are fsynced, the binds run); no START
-        # (which mounts the shares, its layers) before they are given
-        ready = vm.channel.attach(sock, timeout, lease.ready)
-        vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
-    except BaseException:
-        if bounds is not None:
-            bounds.exception()  # never left running: the caller destroys the VM
-        raise
+    pair = lease.identity if lease.identity_known else hv.vm_identity(vm.name)
+    vm.identity = identity.Identity(*pair) if pair is not None else None
+    # the channel first and the NETWORK sent ahead: the guest applies it while the host
+    # gives the devices (the shares' grant records are fsynced, the binds run); no START
+    # (which mounts the shares, its layers) before they are given
+    ready = vm.channel.attach(sock, timeout, lease.ready)
+    vm.configure_network(pipelined=True)  # its reply is awaited with the first START's
     binds: list[Any] = []
     try:
         # an image pool VM has exactly our layers already
-        give_devices(vm, hv, binds, attach_layers=not lease.layers_attached, bounds=bounds)
+        give_devices(vm, hv, binds, attach_layers=not lease.layers_attached, cpu_bound=False)
     finally:
         client.wait_binds(binds)
     return ready
+
+
+_VCPU_DIR = re.compile(r"vcpu[0-9]+")
+
+
+def bound_pool_vcpus(vm: HyperVM, hv: Any) -> None:
+    """Give a claimed pool VM the pod's CPU bound (if any) before anything of the pod runs in
+    it: the CFS quota written into each of its vCPU threads' cgroups (libvirt's ``…/vcpuN``),
+    as libvirt's setSchedulerParameters would (executor.libvirt.vcpucap: root writes only
+    root's cgroupfs, under the domain's cgroup read from the kernel's view of QEMU, whose pid
+    comes from libvirt's root-owned pid file). A pool VM's vCPUs are fixed (no hot-plug, no
+    later libvirt bound to undo it); its live XML shows no ``<cputune>``, libvirt's
+    scheduler parameters (read from the cgroups) show the bound. Through libvirt when the
+    host's layout is not libvirt's usual one; HyperVMError when the bound cannot be set."""
+    cputune, _ = resource_bounds(vm.pod.resources)
+    if cputune.empty:
+        return
+    try:
+        domain = vcpucap.domain_cgroup(_qemu_pid(vm, hv))
+        present = sum(1 for entry in domain[0].iterdir() if _VCPU_DIR.fullmatch(entry.name))
+        vcpucap.grant(domain, range(max(present, vm.pod.resources.cpus)), cputune.quota_us,
+                      cputune.period_us or CFS_PERIOD_US)
+    except (HostError, OSError) as e:
+        log.info("%s: CPU bound through libvirt (%s)", vm.name, e)
+        hv.set_cpu_bounds(vm.name, cputune)
+
+
+def _qemu_pid(vm: HyperVM, hv: Any) -> int:
+    pid = hv.qemu_pid(vm.name)
+    if pid is None:
+        raise HostError(f"no QEMU pid file for {vm.name}")
+    return int(pid)
 
 
 def start_cpu_bounds(vm: HyperVM, hv: Any) -> Future[None] | None:
@@ -122,15 +160,16 @@ def start_cpu_bounds(vm: HyperVM, hv: Any) -> Future[None] | None:
 
 
 def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool = True,
-                 bounds: Future[None] | None = None) -> None:
+                 bounds: Future[None] | None = None, cpu_bound: bool = True) -> None:
     """Give a VM that booted without them (a claimed pool VM, a snapshot clone) the pod's
     owned shares, layers (hot-added LUNs, unless ``attach_layers`` is False), mounts (binds
     into QEMU's mount namespace, started into ``binds``: the caller waits for them with
     ``claim.wait_binds``, also when this raises) and CPU bound; its memory was bounded when
     its domain was made. The CPU bound (~5 ms in libvirtd) is set on a thread of its own
     (``bounds``, from :func:`start_cpu_bounds`, else started here) meanwhile; it is in place
-    when this returns, as before."""
-    if bounds is None:
+    when this returns, as before. ``cpu_bound=False``: the caller set it already (a claimed
+    pool VM: :func:`bound_pool_vcpus`)."""
+    if bounds is None and cpu_bound:
         bounds = start_cpu_bounds(vm, hv)
     try:
         vm.give_owned_shares()

@@ -50,9 +50,10 @@ With ``"ports_later": true`` in the claim (issue 18: the monitor round trips the
 claimer's take-over), the pool checks the ports, answers the claim with ``"ports_pending":
 true``, then publishes them and sends a second line on the same connection: ``{"ports":
 "published"}``, or the error line above (the VM is then destroyed by the pool). The claimer
-reads it before it starts anything in the VM (executor.pool.adopt), so the ports are published
-before any process of the pod runs, as without it. A pool that does not know ``ports_later``
-publishes first and sends no ``ports_pending``; the claimer then reads nothing more.
+reads it once its first START is sent, before that START's reply (executor.pool.adopt,
+HyperVM.awaited): the pod is reported running only once its ports are published, and a lost
+port fails that START. A pool that does not know ``ports_later`` publishes first and sends no
+``ports_pending``; the claimer then reads nothing more.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from tests.conftest import (
 from tests.integration import imagebuild
 from tests.integration.imagebuild import private_store
 from tests.integration.registry import Registry
+from tests.integration.test_snapshot_vcpus import _cfs_quota, _vcpu_threads
 from tests.mesos.agent import AgentDouble
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(600),
@@ -163,10 +164,17 @@ def test_a_warm_vm_runs_the_pod_with_its_layers_and_mounts(pooled: Any, layers: 
             assert pool.claims == claims + 1
             with Hypervisor(cfg.libvirt_uri, events=False) as hv:
                 meta = recorded(hv, vm.name)
-                # the CPU bound (set on a thread of its own since the take-over) is in place
-                # once the VM is handed over, before anything starts in it
+                # the CPU bound (written at the take-over) is in place once the VM is handed
+                # over, before anything starts in it; libvirt reads it from the cgroups
                 sched = hv.conn.lookupByName(vm.name).schedulerParameters()
-            assert sched["vcpu_quota"] == resource_bounds(pod.resources)[0].quota_us
+            quota = resource_bounds(pod.resources)[0].quota_us
+            assert sched["vcpu_quota"] == quota
+            # written into the cgroup of the vCPU thread itself (executor.pool.adopt), before
+            # the START: the guest's process never runs unbounded
+            pid = hv.qemu_pid(vm.name)
+            assert pid is not None
+            tids = _vcpu_threads(cfg, vm.name)
+            assert [_cfs_quota(pid, tid) for tid in tids.values()] == [quota]
             # the pool wrote the pod's entries and made this process the owner
             assert meta["pod"] == pod.name and meta["owner-pid"] == str(os.getpid())
             assert (meta["pool"], meta["pool-state"]) == (POOL_NAME, "claimed")

@@ -1,5 +1,6 @@
 """Pods with published ports start warm (issue 18 part 2): the pool publishes a claimed VM's
-ports over its QEMU monitor (``hostfwd_add``) before it answers the claim. Real VMs: a server
+ports over its QEMU monitor (``hostfwd_add``) after it answers the claim, meanwhile the
+claimer's take-over and first START, which waits for them before its reply. Real VMs: a server
 in the guest is reached from the host through the port, from the launcher and from
 ``hypervm run -p``; a taken port fails the claim with the cold boot's error and leaks nothing;
 a VM that loses a port after the check is destroyed, never handed out; the Mesos executor
@@ -114,8 +115,9 @@ def test_a_warm_vm_serves_its_published_port(pooled: Any, busybox_layer: Path) -
     exited = threading.Event()
     with boot_vm(cfg, pod) as vm:
         assert vm.warm and vm.name in idle and pool.claims == claims + 1
-        assert listening_on(port)  # published before boot_vm returned (ports_later)
         vm.start(container, on_exit=lambda _: exited.set())
+        # published before the START returned (the pool publishes meanwhile: ports_later)
+        assert listening_on(port)
         assert wait_for_http(f"http://127.0.0.1:{port}/", 60) == f"{token}\n".encode()
         assert not exited.is_set()
         # recorded on the VM as a cold VM records its ports
@@ -169,8 +171,9 @@ def test_a_taken_port_fails_the_claim_like_a_cold_boot(pooled: Any, busybox_laye
 def test_a_vm_that_loses_a_port_is_destroyed(pooled: Any, busybox_layer: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """QEMU refusing the port (taken after the check: here the check is skipped) fails the
-    claim with the cold boot's error; the VM, which had the first port published, is
-    destroyed, not handed out, and the pool boots a replacement."""
+    claim, or the first START (which waits for the ports the pool publishes meanwhile), with
+    the cold boot's error; the VM, which had the first port published, is destroyed, not
+    handed out, and the pool boots a replacement."""
     cfg, pool = pooled
     assert pool.wait_full(FILL), pool.status()
     (victim,) = pool.idle_vms()
@@ -178,9 +181,11 @@ def test_a_vm_that_loses_a_port_is_destroyed(pooled: Any, busybox_layer: Path,
     first = PortMapping(free_port(), 80, "tcp", "127.0.0.1")
     with taken_port() as taken:
         port = taken.getsockname()[1]
-        _, pod = web_pod(busybox_layer, "prace", first, PortMapping(port, 81, "tcp", "127.0.0.1"))
+        container, pod = web_pod(busybox_layer, "prace", first,
+                                 PortMapping(port, 81, "tcp", "127.0.0.1"))
         with pytest.raises(NetworkError, match=f"127.0.0.1:{port}->81/tcp") as err:
-            boot_vm(cfg, pod)
+            with boot_vm(cfg, pod) as vm:
+                vm.start(container)
     assert "a host port is taken" in str(err.value)
     assert victim not in our_domains() and not (cfg.vms_dir / victim).exists()
     assert not listening_on(first.host_port), "the first port went with the VM"

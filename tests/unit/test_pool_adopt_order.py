@@ -1,6 +1,7 @@
 """A claimed pool VM's NETWORK goes to the guest before the host gives the VM the pod's
 devices (executor.pool.adopt._give_pod): the guest applies it while the host writes and
-fsyncs the shares' grant records and binds the sandbox, instead of after."""
+fsyncs the shares' grant records and binds the sandbox, instead of after; the pod's CPU bound
+is set before either."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_the_network_reaches_the_guest_before_the_devices_are_given(
     seen: list[list[MsgType]] = []
 
     def give_devices(vm: Any, hv: Any, binds: list[Any], *, attach_layers: bool = True,
-                     bounds: Any = None) -> None:
+                     bounds: Any = None, cpu_bound: bool = True) -> None:
         seen.append(_received(guest))
 
     def take_over(channel: Any) -> Any:
@@ -55,13 +56,16 @@ def test_the_network_reaches_the_guest_before_the_devices_are_given(
         return hv
 
     monkeypatch.setattr(adopt, "give_devices", give_devices)
+    # the CPU bound first: in force before anything reaches the guest
+    monkeypatch.setattr(adopt, "bound_pool_vcpus",
+                        lambda vm, hv: seen.append(["bound", *(f.type for f in guest.received)]))
     monkeypatch.setattr(vm, "take_over", take_over)
     lease = Lease(vm="hypervm-pool-x", run_dir=vm.run_dir,
                   ready={"version": proto.VERSION, "kernel": "6.1"}, layers_attached=True,
                   identity=None, identity_known=True)
     try:
         adopt._give_pod(vm, lease, sock, timeout=5)
-        assert seen == [[MsgType.NETWORK]]
+        assert seen == [["bound"], [MsgType.NETWORK]]
         assert hv.adopted == "hypervm-pool-x"
     finally:
         vm.destroy()

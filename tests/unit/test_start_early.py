@@ -42,6 +42,7 @@ def _vm(events: list[str]) -> HyperVM:
     vm = object.__new__(HyperVM)  # only the channel and the pipelined requests are used
     vm._channel = RecordingChannel(events)  # type: ignore[assignment]
     vm._pipelined = []
+    vm.awaited = []
     return vm
 
 
