@@ -25,7 +25,7 @@ from executor.guest.protocol import (
 from executor.libvirt.domain import DiskSpec
 from executor.libvirt.domain_xml import hotplug_disk_xml
 from executor.pool.protocol import FIRST_POD_UNIT, WARMUP_UNIT
-from executor.vm import discard_zero_pages, flush_boot_translations
+from executor.reclaim import discard_zero_pages, flush_boot_translations
 from hypervm import netspec
 from hypervm.errors import BootError, GuestError
 
