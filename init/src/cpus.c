@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -16,8 +15,6 @@
 
 #define WAIT_MS 5000
 #define POLL_MS 2
-/* init's nice value (cpus_keep_init): CFS gives it ~9 times a nice-0 process's share */
-#define INIT_NICE (-10)
 
 /* The CPUs of a sysfs CPU list ("0-1,3", "" for none) as bits of set[]; -1 when it is not one
  * (a number past CPUS_MAX is not ours to online: ignored). */
@@ -137,7 +134,7 @@ static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 	return 0;
 }
 
-void cpus_keep_init(void)
+void cpus_pin_init(void)
 {
 	cpu_set_t boot;
 
@@ -145,8 +142,6 @@ void cpus_keep_init(void)
 	CPU_SET(0, &boot);
 	if (sched_setaffinity(0, sizeof(boot), &boot) != 0)
 		log_msg("cannot keep init on cpu0: %s", strerror(errno));
-	if (setpriority(PRIO_PROCESS, 0, INIT_NICE) != 0)
-		log_msg("cannot raise init's priority: %s", strerror(errno));
 }
 
 void cpus_release_self(void)
@@ -156,6 +151,4 @@ void cpus_release_self(void)
 	memset(&all, 0xff, sizeof(all)); /* possible CPUs offline now are kept: online later */
 	if (sched_setaffinity(0, sizeof(all), &all) != 0)
 		log_msg("cannot let a process run on every cpu: %s", strerror(errno));
-	if (setpriority(PRIO_PROCESS, 0, 0) != 0)
-		log_msg("cannot give a process the default priority: %s", strerror(errno));
 }

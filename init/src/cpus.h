@@ -15,17 +15,14 @@
 int cpus_online(unsigned wanted, unsigned *online, struct op_error *e);
 
 /* Keep init, and every process it forks until that one calls cpus_release_self(), on the boot
- * CPU and at nice -10. On cpu0: a container's set-up (clone, mounts, fork, the shim) then runs
- * where init runs, not on a vCPU just onlined (the kernel's fork balancing places a new task
- * on the idlest CPU), so its hand-overs with init wake no other vCPU (under TCG each such wake
- * is a host thread's). At nice -10: a group's next START (sent back to back with the first)
- * is not slowed by the processes already started, which run at the default 0 (CFS gives
- * init ~9 times their share). Failures are logged and ignored (they cost only time). */
-void cpus_keep_init(void);
+ * CPU: a container's set-up (clone, mounts, fork, the shim) then runs where init runs, not on
+ * a vCPU just onlined (the kernel's fork balancing places a new task on the idlest CPU), so
+ * its hand-overs with init wake no other vCPU (under TCG each such wake is a host thread's).
+ * A failure is logged and ignored (it costs only time). */
+void cpus_pin_init(void);
 
 /* Let the calling process (a container's, before its execve) and what it forks run on every
- * CPU, those onlined later included, at the default priority (nice 0). Failures are logged
- * and ignored. */
+ * CPU, those onlined later included. A failure is logged and ignored. */
 void cpus_release_self(void);
 
 #endif

@@ -106,7 +106,7 @@ int main(int argc, char **argv)
 		power_off();
 	}
 	spawn_set_context(self_fd, proc_fd);
-	cpus_keep_init();
+	cpus_pin_init();
 	uname(&uts);
 	snprintf(srv.kernel_release, sizeof(srv.kernel_release), "%s", uts.release);
 	serve_forever(&srv, sfd);
