@@ -1,9 +1,7 @@
-#define _GNU_SOURCE
 /* Bringing hot-plugged vCPUs online (see cpus.h). */
 #include "cpus.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,23 +130,4 @@ static int online_all(unsigned wanted, unsigned *online, struct op_error *e)
 	if (wanted > 1)
 		log_msg("%u vCPUs online (%u wanted)", count, wanted);
 	return 0;
-}
-
-void cpus_pin_init(void)
-{
-	cpu_set_t boot;
-
-	CPU_ZERO(&boot);
-	CPU_SET(0, &boot);
-	if (sched_setaffinity(0, sizeof(boot), &boot) != 0)
-		log_msg("cannot keep init on cpu0: %s", strerror(errno));
-}
-
-void cpus_release_self(void)
-{
-	cpu_set_t all;
-
-	memset(&all, 0xff, sizeof(all)); /* possible CPUs offline now are kept: online later */
-	if (sched_setaffinity(0, sizeof(all), &all) != 0)
-		log_msg("cannot let a process run on every cpu: %s", strerror(errno));
 }

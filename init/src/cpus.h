@@ -14,15 +14,4 @@
  * vCPUs), never this count. */
 int cpus_online(unsigned wanted, unsigned *online, struct op_error *e);
 
-/* Keep init, and every process it forks until that one calls cpus_release_self(), on the boot
- * CPU: a container's set-up (clone, mounts, fork, the shim) then runs where init runs, not on
- * a vCPU just onlined (the kernel's fork balancing places a new task on the idlest CPU), so
- * its hand-overs with init wake no other vCPU (under TCG each such wake is a host thread's).
- * A failure is logged and ignored (it costs only time). */
-void cpus_pin_init(void);
-
-/* Let the calling process (a container's, before its execve) and what it forks run on every
- * CPU, those onlined later included. A failure is logged and ignored. */
-void cpus_release_self(void);
-
 #endif

@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "confine.h"
-#include "cpus.h"
 #include "log.h"
 #include "stamp.h"
 
@@ -339,7 +338,6 @@ static __attribute__((noreturn)) void run_process(const struct proc_spec *p, str
 
 	stamp(STAMP_FORKED);
 	write_report(rfd, &r);
-	cpus_release_self(); /* init's CPU until now (cpus_pin_init) */
 	setsid();
 	setup_stdio(p, f);
 	reset_signals();

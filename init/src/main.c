@@ -10,7 +10,6 @@
 #include "boot.h"
 #include "cgroup.h"
 #include "channel.h"
-#include "cpus.h"
 #include "exec.h"
 #include "frame.h"
 #include "log.h"
@@ -106,7 +105,6 @@ int main(int argc, char **argv)
 		power_off();
 	}
 	spawn_set_context(self_fd, proc_fd);
-	cpus_pin_init();
 	uname(&uts);
 	snprintf(srv.kernel_release, sizeof(srv.kernel_release), "%s", uts.release);
 	serve_forever(&srv, sfd);
