@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import libvirt
 
 from bench import images, results
 from bench.coldphase import paired_p50, rotated
+from bench.createfast import end_domain
 from bench.rawboot import READY_TIMEOUT, _wait_ready, raw_spec
 from bench.vmenv import GUEST_MIB, VMEnv, bench_name
 from executor.libvirt import identity
@@ -107,14 +107,7 @@ def boot_once(env: VMEnv, hv: Hypervisor, variant: str, layer: Path
         ready = time.monotonic()
         return created - started, ready - created, qemu_cpu_s(name)
     finally:
-        if dom is not None:
-            try:
-                dom.destroy()
-            except libvirt.libvirtError as e:
-                log.debug("destroying %s: %s", name, e)
-        if ident is not None:
-            identity.release(name)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        end_domain(dom, name, run_dir, release=ident is not None)
 
 
 def measure(rounds: int, variants: list[str]) -> dict[str, list[float]]:

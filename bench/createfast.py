@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -93,13 +94,20 @@ def create_once(env: VMEnv, hv: Hypervisor, tree: Path, kind: str) -> float:
         dom = hv.conn.createXML(xml, libvirt.VIR_DOMAIN_START_AUTODESTROY)
         return time.monotonic() - started
     finally:
-        if dom is not None:
-            try:
-                dom.destroy()
-            except libvirt.libvirtError as e:
-                log.debug("destroying %s: %s", name, e)
+        end_domain(dom, name, run_dir)
+
+
+def end_domain(dom: Any, name: str, run_dir: Path, *, release: bool = True) -> None:
+    """A bench domain's end: destroyed (when it was made), its uid given back (``release``),
+    its run directory removed."""
+    if dom is not None:
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as e:
+            log.debug("destroying %s: %s", name, e)
+    if release:
         identity.release(name)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def measure(rounds: int, baseline: Path | None = None) -> dict[str, list[float]]:
