@@ -22,9 +22,10 @@ from executor.libvirt.bounds import CFS_PERIOD_US, resource_bounds
 from executor.libvirt.designer import POOL_SHARE_DIR
 from executor.libvirt.domain import DiskSpec
 from executor.libvirt.domain_xml import hotplug_disk_xml
+from executor.podrecord import pod_devices, pod_metadata
 from executor.pool import claim as client
 from executor.pool.protocol import FIRST_POD_UNIT, Lease, unfit_reason
-from executor.vm import HyperVM, pod_devices, pod_metadata
+from executor.vm import HyperVM
 from hypervm.background import in_thread
 from hypervm.config import HostConfig
 from hypervm.errors import HostError, HyperVMError, NetworkError, PoolError
