@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,14 +74,11 @@ class Pod(Protocol):
     def boot(self) -> None:
         """Pull the images, create the VM, wait until it runs. Raises HyperVMError."""
 
-    def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
-        """Start the task's main process; returns once it runs. GuestError ENOENT/EACCES when
-        the command cannot be executed."""
-
     def send_start(self, task_id: str, on_stdout: Output, on_stderr: Output,
                    on_exit: OnExit) -> Callable[[], None]:
-        """:meth:`start` in two halves: the START sent, and the wait until it runs (returned;
-        raises as :meth:`start`), so a group's STARTs need not wait for each other's reply."""
+        """Send the start of the task's main process; returns the wait until it runs (which
+        raises GuestError ENOENT/EACCES when the command cannot be executed), so a group's
+        STARTs need not wait for each other's reply."""
 
     def signal(self, task_id: str, signum: int) -> None: ...
 
@@ -354,9 +352,6 @@ class VMPod:
                        if m.owned and m.source is not None}:
             grant_search_below(self.plan.sandbox, source, *ids)
 
-    def start(self, task_id: str, on_stdout: Output, on_stderr: Output, on_exit: OnExit) -> None:
-        self.send_start(task_id, on_stdout, on_stderr, on_exit)()
-
     def send_start(self, task_id: str, on_stdout: Output, on_stderr: Output,
                    on_exit: OnExit) -> Callable[[], None]:
         """Send the task's START; the wait for its reply is returned (a group's STARTs go
@@ -367,17 +362,21 @@ class VMPod:
         container = self._containers[task_id]
         sent = self.vm.send_start(container, on_stdout=on_stdout, on_stderr=on_stderr,
                                   on_exit=on_exit)
-        serving = in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg, task_id,
-                            self.vm, container)
+        serving: list[Future[Any]] = []
+
+        def serve_exec() -> None:
+            serving.append(in_thread(f"exec-socket-{task_id}", serve_task_exec, self.cfg,
+                                     task_id, self.vm, container))
 
         def wait() -> None:
             try:
-                self._handles[task_id] = self.vm.wait_started(sent)
+                self._handles[task_id] = self.vm.wait_started(sent, meanwhile=serve_exec)
             except BaseException:
-                if serving.exception() is None and (server := serving.result()) is not None:
-                    server.close()
+                for future in serving:
+                    if future.exception() is None and (server := future.result()) is not None:
+                        server.close()
                 raise
-            if (server := serving.result()) is not None:
+            if serving and (server := serving[0].result()) is not None:
                 with self._lock:
                     self._exec_servers.append(server)
 

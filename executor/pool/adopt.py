@@ -161,17 +161,16 @@ def start_cpu_bounds(vm: HyperVM, hv: Any) -> Future[None] | None:
 
 
 def give_devices(vm: HyperVM, hv: Any, binds: list[Any], *, attach_layers: bool = True,
-                 bounds: Future[None] | None = None, cpu_bound: bool = True) -> None:
+                 cpu_bound: bool = True) -> None:
     """Give a VM that booted without them (a claimed pool VM, a snapshot clone) the pod's
     owned shares, layers (hot-added LUNs, unless ``attach_layers`` is False), mounts (binds
     into QEMU's mount namespace, started into ``binds``: the caller waits for them with
     ``claim.wait_binds``, also when this raises) and CPU bound; its memory was bounded when
     its domain was made. The CPU bound (~5 ms in libvirtd) is set on a thread of its own
-    (``bounds``, from :func:`start_cpu_bounds`, else started here) meanwhile; it is in place
-    when this returns, as before. ``cpu_bound=False``: the caller set it already (a claimed
-    pool VM: :func:`bound_pool_vcpus`)."""
-    if bounds is None and cpu_bound:
-        bounds = start_cpu_bounds(vm, hv)
+    (:func:`start_cpu_bounds`) meanwhile; it is in place when this returns.
+    ``cpu_bound=False``: the caller set it already (a claimed pool VM:
+    :func:`bound_pool_vcpus`)."""
+    bounds = start_cpu_bounds(vm, hv) if cpu_bound else None
     try:
         vm.give_owned_shares()
         if attach_layers:

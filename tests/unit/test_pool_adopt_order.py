@@ -48,7 +48,7 @@ def test_the_network_reaches_the_guest_before_the_devices_are_given(
     seen: list[list[MsgType]] = []
 
     def give_devices(vm: Any, hv: Any, binds: list[Any], *, attach_layers: bool = True,
-                     bounds: Any = None, cpu_bound: bool = True) -> None:
+                     cpu_bound: bool = True) -> None:
         seen.append(_received(guest))
 
     def take_over(channel: Any) -> Any:

@@ -83,16 +83,6 @@ def test_an_unbounded_vm_sets_no_bound(tmp_path: Path) -> None:
     assert hv.bounds == []
 
 
-def test_a_bound_started_at_the_take_over_is_waited_for_and_set_once(tmp_path: Path) -> None:
-    hv = Hv()
-    vm = _vm(hv, tmp_path)
-    bounds = adopt.start_cpu_bounds(vm, hv)  # as _give_pod does, before the channel
-    assert bounds is not None
-    adopt.give_devices(vm, hv, [], attach_layers=False, bounds=bounds)
-    assert bounds.done()
-    assert [name for name, _ in hv.bounds] == ["hypervm-pool-x"]
-
-
 # --- a claimed pool VM: the bound written into its vCPUs' cgroups (adopt.bound_pool_vcpus) ---
 
 DOMAIN = "machine/qemu-7-hypervm-pool-x.libvirt-qemu"

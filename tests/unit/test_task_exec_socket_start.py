@@ -1,4 +1,4 @@
-"""VMPod.start makes the task's ``hypervm exec --task`` socket while the guest starts the
+"""VMPod.send_start makes the task's ``hypervm exec --task`` socket while the guest starts the
 process, so TASK_RUNNING does not wait for it, and only once the START is sent, so the START
 does not wait for it either; a failed start leaves no socket served."""
 
@@ -30,7 +30,9 @@ class SlowStartVM:
         self.socket_before_send = self.path.exists()
         return "sent"  # the START is on its way
 
-    def wait_started(self, sent: str) -> str:
+    def wait_started(self, sent: str, meanwhile: Any = None) -> str:
+        if meanwhile is not None:
+            meanwhile()  # as HyperVM.wait_started: before the reply is awaited
         deadline = time.monotonic() + 2
         while not self.path.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -59,7 +61,7 @@ def _pod(tmp_path: Path, fail: bool = False) -> tuple[VMPod, SlowStartVM, Path]:
 def test_the_exec_socket_is_made_while_the_process_starts(tmp_path: Path) -> None:
     pod, vm, path = _pod(tmp_path)
     try:
-        pod.start("t1", print, print, print)
+        pod.send_start("t1", print, print, print)()
         assert vm.socket_during_start is True
         assert vm.socket_before_send is False  # its thread does not hold up the START
         assert pod._handles["t1"] == "handle" and len(pod._exec_servers) == 1
@@ -71,5 +73,5 @@ def test_the_exec_socket_is_made_while_the_process_starts(tmp_path: Path) -> Non
 def test_a_failed_start_serves_no_exec_socket(tmp_path: Path) -> None:
     pod, _, path = _pod(tmp_path, fail=True)
     with pytest.raises(GuestError, match="cannot execute"):
-        pod.start("t1", print, print, print)
+        pod.send_start("t1", print, print, print)()
     assert pod._exec_servers == [] and not path.exists()
