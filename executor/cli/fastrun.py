@@ -391,7 +391,7 @@ def main() -> int:
         from executor.libvirt import starter
 
         if starter.fork_ahead(os.environ) is not None:
-            # before the full CLI imports them: loaded once its XML is sent, ~10 ms
+            # before the full CLI imports them: loaded once its VM is created, ~10 ms
             starter.defer_modules()
     if code is not None:
         # the run is over and our output complete (the daemon wrote it): no interpreter

@@ -168,12 +168,12 @@ class Starter:
             raise StarterError(f"a domain XML of {len(request)} bytes (at most {MAX_REQUEST})")
         try:
             _write_all(self._to_child, request)
-            load_deferred()  # while the child's createXML runs (defer_modules)
             kind, value, connect = parse_reply(
                 read_message(self._from_child, MAX_REPLY, time.monotonic() + timeout))
         except (OSError, StarterError) as e:
             self.kill()
             raise StarterError(str(e)) from e
+        load_deferred()  # once created, while the guest boots (defer_modules)
         if kind != "ok":
             self.close()  # nothing was created: the child ends at once
         return kind, value, connect
@@ -316,9 +316,11 @@ def _load(module: ModuleType) -> bool:
 
 def defer_modules(names: Sequence[str] = LATER_MODULES) -> None:
     """Put ``names`` in ``sys.modules`` as :class:`_Later` modules, which this process's cold
-    run loads once its domain's XML is sent (:func:`load_deferred`, in
-    :meth:`Starter.create`): the run waits for the child's createXML then anyway (~70 ms),
-    where before its imports ran them on the way to it. Any use before loads it at once."""
+    run loads once the child has created its domain (:func:`load_deferred`, in
+    :meth:`Starter.create`), while the guest boots, where before its imports ran them on the
+    way to createXML. Not while the child's createXML runs: libvirtd and QEMU's start need
+    the CPU then (`bench.runfast --stamps`: createXML began 5 ms earlier and took 7 ms less,
+    paired, loaded after it). Any use before loads it at once."""
     import importlib.util  # deferred: see lazy_module
 
     for name in names:

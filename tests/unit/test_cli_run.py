@@ -119,7 +119,7 @@ def test_a_cold_runs_cli_leaves_inspect_and_traceback_for_after_its_createxml() 
     """The console script of a cold run (its starter forked) leaves inspect (with ast and dis:
     dataclasses' for a class without a docstring) and traceback (with linecache, tokenize,
     textwrap: logging's text of an exception) for later: ~10 ms of every cold run before its
-    createXML (issue 18). They are loaded once its XML is sent (starter.load_deferred), and at
+    createXML (issue 18). They are loaded once its VM is created (starter.load_deferred), and at
     any use before: a class without a docstring still gets dataclass's."""
     code = """
 import sys, types

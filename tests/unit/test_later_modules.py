@@ -1,7 +1,7 @@
 """Modules a cold run's CLI leaves for after its createXML (executor.libvirt.starter's
 ``defer_modules``): an ``import`` elsewhere loads nothing, the first use of an attribute loads
 the module once, threads racing that first use all get the loaded module, and a cold run's
-``Starter.create`` loads them once its request is sent."""
+``Starter.create`` loads them once the child has answered."""
 
 from __future__ import annotations
 
@@ -103,10 +103,10 @@ def test_a_loaded_or_missing_module_is_left_alone(later: Path) -> None:
     assert starter._later == []
 
 
-def test_the_cold_runs_create_loads_them_once_its_request_is_sent(
+def test_the_cold_runs_create_loads_them_once_the_child_has_answered(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the XML is on its way the run only waits for the child's createXML (~70 ms): the
-    modules left for later are loaded then, never before the request is written."""
+    """The modules left for later are loaded once the domain is created (while the guest
+    boots): never before the request is written nor while the child's createXML runs."""
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
     os.write(from_w, starter.encode({"uuid": "u-1"}))
@@ -114,7 +114,10 @@ def test_the_cold_runs_create_loads_them_once_its_request_is_sent(
 
     def load() -> None:
         os.set_blocking(to_r, False)
-        seen.append(os.read(to_r, 1 << 16))
+        seen.append(os.read(to_r, 1 << 16))  # the request, written
+        os.set_blocking(from_r, False)
+        with pytest.raises(BlockingIOError):  # the answer, read: the child's createXML is over
+            os.read(from_r, 1 << 16)
 
     monkeypatch.setattr(starter, "load_deferred", load)
     held = starter.Starter(os.getpid(), to_w, from_r, "test:///default")
