@@ -143,7 +143,8 @@ sys.meta_path.insert(0, _AfterImport())
 #: KVM probe), tempfile (a --rootfs run, a pull, a cache write), shutil (a build, a pull, the end),
 #: libvirt's event values (the event thread's first event); typing (annotations only), inspect
 #: with ast and dis (dataclasses' for a class without a docstring), traceback with linecache,
-#: tokenize and textwrap (logging's text of an exception), a read-write volume's hand-back
+#: tokenize and textwrap (logging's text of an exception), ElementPath (an XML's parse, not its
+#: build), a read-write volume's hand-back
 #: (executor.volume_files), a kernel build's modules
 AFTER_CREATE = ("executor.guest.channel", "tenacity", "executor.netpolicy", "concurrent.futures",
                 "executor.cli.follow", "executor.runner", "vmimage.images.unpack", "tarfile",
@@ -155,7 +156,7 @@ AFTER_CREATE = ("executor.guest.channel", "tenacity", "executor.netpolicy", "con
                 "shutil", "bz2", "lzma", "executor.libvirt.events", "typing", "inspect",
                 "ast", "dis", "traceback", "linecache", "tokenize", "textwrap",
                 "executor.volume_files", "vmimage.kernel.kconfig", "vmimage.kernel.elfunpad",
-                "vmimage.progress")
+                "vmimage.progress", "xml.etree.ElementPath")
 
 
 def test_a_cold_run_creates_its_domain_before_importing_what_follows(

@@ -117,17 +117,18 @@ def test_a_cold_foreground_run_imports_only_what_it_uses() -> None:
 
 def test_a_cold_runs_cli_leaves_inspect_and_traceback_for_after_its_createxml() -> None:
     """The console script of a cold run (its starter forked) leaves inspect (with ast and dis:
-    dataclasses' for a class without a docstring) and traceback (with linecache, tokenize,
-    textwrap: logging's text of an exception) for later: ~10 ms of every cold run before its
-    createXML (issue 18). They are loaded once its VM is created (starter.load_deferred), and at
-    any use before: a class without a docstring still gets dataclass's."""
+    dataclasses' for a class without a docstring), traceback (with linecache, tokenize,
+    textwrap: logging's text of an exception) and ElementPath (an XML's parse) for later:
+    ~11 ms of every cold run before its createXML (issue 18). They are loaded once its VM is
+    created (starter.load_deferred), and at any use before: a class without a docstring still
+    gets dataclass's."""
     code = """
 import sys, types
 from executor.libvirt import starter
 starter.defer_modules()
 import executor.cli.main as m, executor.cli.run, vmimage.boot
 m.build_parser(["run", "busybox", "--", "true"])
-print([n for n in ("inspect", "traceback") if type(sys.modules[n]) is types.ModuleType])
+print([n for n in starter.LATER_MODULES if type(sys.modules[n]) is types.ModuleType])
 print([n for n in ("ast", "dis", "tokenize", "linecache", "textwrap") if n in sys.modules])
 import dataclasses
 @dataclasses.dataclass
