@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
 
 from executor.vm import DEFAULT_BOOT_TIMEOUT, HyperVM
 from hypervm.config import HostConfig
@@ -25,7 +24,11 @@ from hypervm.podspec import PodSpec, Process
 from vmimage.boot import BootFiles
 from vmimage.images import Image, ImageStore
 
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from vmimage.images.authorize import PullAuth
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from hypervm.errors import HyperVMError, NetworkError
 from hypervm.netspec import (
@@ -32,6 +31,11 @@ from hypervm.netspec import (
     NetworkSpec,
     PortMapping,
 )
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _NETDEV_ID = "hvnet0"
 NIC_PCI_SLOT = 0x1F

@@ -5,9 +5,13 @@ raised (a cold VM's settled flush, a pool VM's warm-up)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from hypervm.errors import HyperVMError
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from executor import network
 from executor.guest import console
@@ -44,8 +43,11 @@ from hypervm.frozen import frozen_dataclass
 from hypervm.podspec import DEFAULT_PATH, Container, PodSpec, Process
 from vmimage.boot import BootFiles, resolve_boot
 
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from concurrent.futures import Future
+    from typing import Any
 
     from executor.guest.channel import GuestChannel, PendingReply, ProcessCallbacks
 

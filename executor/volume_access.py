@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from executor import volume_files
 from executor.libvirt import identity
 from executor.libvirt.grants import Grant, Keeper, keeper, read_record, records, write_record
 from hypervm.config import HostConfig
@@ -264,6 +263,9 @@ def _reclaim(fd: int, directory: Path | str, uid: int, kept_by: Keeper | None,
     to = (st.st_uid, st.st_gid)
     if kept_by is not None and (kept_by.is_vm_uid(to[0]) or kept_by.is_vm_uid(to[1])):
         to = (0, 0)
+    # deferred: a VM's end with a read-write volume (~1 ms of a cold run before createXML)
+    from executor import volume_files
+
     started = time.monotonic()
     done = volume_files.hand_back(fd, uid, to, budget_s)
     log.debug("%s: handed %d of %d entries of uid %d back to %d:%d in %.2f s", directory,

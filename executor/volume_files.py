@@ -30,7 +30,11 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,14 @@ Pure: from a Mesos task's resources (``mem``, ``disk``) and the host's settings
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from hypervm.config import HostConfig
 from hypervm.podspec import MIN_LIMIT_MEMORY_MIB, Limits
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def default_limits(cfg: HostConfig) -> Limits:

@@ -29,7 +29,12 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+
+#: typing.TYPE_CHECKING without importing typing: a cold run's CLI no longer imports it before
+#: its createXML, and this hook must not import what the run would not (bench.tocreate)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: (module, attribute path) of each stamped function, in launch order
 STAMPED = (

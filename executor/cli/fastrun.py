@@ -390,7 +390,9 @@ def main() -> int:
         # deferred: a cold run's only (see _cold_run)
         from executor.libvirt import starter
 
-        starter.fork_ahead(os.environ)
+        if starter.fork_ahead(os.environ) is not None:
+            # before the full CLI imports them: loaded once its VM is created, ~10 ms
+            starter.defer_modules()
     if code is not None:
         # the run is over and our output complete (the daemon wrote it): no interpreter
         # teardown to wait for

@@ -11,11 +11,15 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import field
-from typing import Any
 
 from hypervm.errors import ProtocolError
 from hypervm.frozen import frozen_dataclass
 from hypervm.podspec import DEFAULT_PATH, Process
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 PORT_NAME = "org.hypervm.channel.0"

@@ -1,6 +1,5 @@
-"""The thin wrapper over libvirt: the only module that imports ``libvirt`` (lazily: loaded at
-its first use, so that a cold run's CLI, whose createXML a starter child makes,
-executor.libvirt.starter, loads it only if it needs a connection of its own).
+"""The thin wrapper over libvirt: the only module that imports ``libvirt`` (lazily: a cold run's
+CLI, whose createXML a starter child makes, loads it only for a connection of its own).
 
 Like nova's ``host.py``/``guest.py``: connect, create a transient domain from a
 :class:`~executor.libvirt.domain.DomainSpec` (XML built by :mod:`executor.libvirt.domain_xml`),
@@ -23,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from executor.libvirt import daclabel, rundir
 from executor.libvirt.domain import (
@@ -46,17 +44,19 @@ from executor.libvirt.starter import Starter, create_by, create_hint, lazy_modul
 from hypervm.config import DEFAULT_LIBVIRT_URI
 from hypervm.errors import HostError, HypervisorError, InvalidSpec
 
+TYPE_CHECKING = False  # typing's, without importing typing (~3 ms of a cold run's start)
 if TYPE_CHECKING:
+    from typing import Any
+
     import libvirt
     import libvirt_qemu
+
+    # executor.libvirt.events (listing and event values): imported where they are made (a
+    # listing, the event thread's callbacks); a cold run makes neither before createXML (~1 ms)
+    from executor.libvirt.events import DomainInfo, LifecycleEvent
 else:  # loaded at their first use (a cold run's CLI: after createXML, by its starter child)
     libvirt = lazy_module("libvirt")
     libvirt_qemu = lazy_module("libvirt_qemu")
-if TYPE_CHECKING:
-    # executor.libvirt.events (the listing's and the events' values) is imported where they are
-    # made: a listing, the event thread's callbacks; a cold run makes neither before its
-    # createXML (two dataclasses: ~1 ms, issue 17)
-    from executor.libvirt.events import DomainInfo, LifecycleEvent
 
 log = logging.getLogger(__name__)
 

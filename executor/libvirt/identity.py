@@ -32,7 +32,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from executor.libvirt import grants
 from executor.libvirt.owners import process_start_time
@@ -40,6 +39,11 @@ from hypervm.config import DEFAULT_RUN_DIR
 from hypervm.dirlock import locked_dir
 from hypervm.errors import HostError
 from hypervm.frozen import frozen_dataclass
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

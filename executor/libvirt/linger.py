@@ -24,9 +24,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
 
 from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 log = logging.getLogger(__name__)
 

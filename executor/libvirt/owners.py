@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from executor.libvirt.domain import DOMAIN_PREFIX, META_OWNER_PID, META_OWNER_START
 from hypervm.frozen import frozen_dataclass
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:  # only for annotations
     from executor.libvirt.events import DomainInfo

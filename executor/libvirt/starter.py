@@ -39,11 +39,13 @@ child is killed: its connection's auto-destroy removes anything it created), nev
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import signal
 import sys
 import time
+import types as _types
 from collections.abc import Mapping, Sequence
 
 #: typing.TYPE_CHECKING without importing typing (this module is imported by the console
@@ -171,6 +173,7 @@ class Starter:
         except (OSError, StarterError) as e:
             self.kill()
             raise StarterError(str(e)) from e
+        load_deferred()  # once created, while the guest boots (defer_modules)
         if kind != "ok":
             self.close()  # nothing was created: the child ends at once
         return kind, value, connect
@@ -270,6 +273,75 @@ def lazy_module(name: str) -> ModuleType:
     sys.modules[name] = module
     loader.exec_module(module)
     return module
+
+
+#: standard modules a cold run's CLI imports (through dataclasses, logging, ElementTree) before
+#: its createXML but uses only on paths a run seldom takes there: inspect with ast and dis
+#: (dataclasses' for a class without a docstring, ~7 ms), traceback with linecache, tokenize
+#: and textwrap (logging's text of an exception, ~3 ms), ElementPath (``find``: the parse of a
+#: domain's XML, not its build, ~0.7 ms)
+LATER_MODULES = ("inspect", "traceback", "xml.etree.ElementPath")
+_later: list[ModuleType] = []
+_later_lock = _thread.RLock()
+_loading: set[str] = set()
+
+
+class _Later(_types.ModuleType):
+    """A module whose code runs at the first use of an attribute it does not have yet (its
+    ``__spec__``, ``__name__``… it has: an ``import`` of it elsewhere, which reads
+    ``__spec__``, loads nothing, unlike ``importlib.util.LazyLoader``'s), under a lock: a
+    thread that asks for an attribute while another loads it waits for the load."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if not _load(self):  # asked for by its own code as it runs: a partial module's error
+            raise AttributeError(f"partially initialized module {self.__name__!r} has no "
+                                 f"attribute {attr!r}")
+        return getattr(self, attr)
+
+
+def _load(module: ModuleType) -> bool:
+    """Run a :class:`_Later` module's code (once); False while it runs in this thread."""
+    with _later_lock:
+        if type(module) is not _Later:
+            return True
+        if module.__name__ in _loading:
+            return False
+        _loading.add(module.__name__)
+        try:
+            module.__spec__.loader.exec_module(module)  # type: ignore[union-attr]
+        finally:
+            _loading.discard(module.__name__)
+        module.__class__ = _types.ModuleType  # type: ignore[assignment]  # (narrowed: _Later)
+        return True
+
+
+def defer_modules(names: Sequence[str] = LATER_MODULES) -> None:
+    """Put ``names`` in ``sys.modules`` as :class:`_Later` modules, which this process's cold
+    run loads once the child has created its domain (:func:`load_deferred`, in
+    :meth:`Starter.create`), while the guest boots, where before its imports ran them on the
+    way to createXML. Not while the child's createXML runs: libvirtd and QEMU's start need
+    the CPU then (`bench.runfast --stamps`: createXML began 5 ms earlier and took 7 ms less,
+    paired, loaded after it). Any use before loads it at once."""
+    import importlib.util  # deferred: see lazy_module
+
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        module.__class__ = _Later
+        sys.modules[name] = module
+        _later.append(module)
+
+
+def load_deferred() -> None:
+    """Load what :func:`defer_modules` left for later (nothing when it was not called)."""
+    while _later:
+        module = _later.pop()
+        if type(module) is _Later:
+            _load(module)
 
 
 _ahead: list[Starter] = []

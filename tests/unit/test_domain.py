@@ -94,6 +94,23 @@ def test_invalid_spec_names_the_field(overrides: dict[str, object], field: str) 
     assert info.value.field == field
 
 
+#: what XML 1.0 cannot carry (and \r, which parsers turn into \n): every one is refused
+XML_BAD = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0xFFFE, 0xFFFF)]
+
+
+@pytest.mark.parametrize("char", XML_BAD)
+def test_every_character_xml_cannot_carry_is_refused_by_name(char: str) -> None:
+    with pytest.raises(InvalidSpec, match="control character") as info:
+        make_spec(metadata={"pod": f"a{char}b"}).validate()
+    assert info.value.field == "metadata['pod']"
+    assert repr(char) in str(info.value)
+
+
+def test_characters_xml_carries_pass() -> None:
+    text = "".join(chr(c) for c in range(0x20, 0x3000)) + "\t\n\ufffd\U0001f600"
+    make_spec(metadata={"pod": text}, qemu_env={"A": text}).validate()
+
+
 def test_limits_are_inclusive() -> None:
     make_spec(
         name="hypervm-" + "a" * 80,

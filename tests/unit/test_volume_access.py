@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from executor import volume_access as va
+from executor import volume_files
 from executor.libvirt.grants import granted_uids
 from hypervm.config import HostConfig
 from hypervm.errors import HyperVMError
@@ -292,13 +293,13 @@ def test_a_walk_cut_short_keeps_the_uid_out_of_reuse_until_gc_completes_it(
         deep = deep / "d"
         deep.mkdir()
         _made_by(A, deep, 0o700)
-    monkeypatch.setattr(va.volume_files, "MAX_DEPTH", 2)
+    monkeypatch.setattr(volume_files, "MAX_DEPTH", 2)
     with _grant(cfg, A, "hypervm-a", shared):
         pass
     assert _users(shared) == {}
     assert granted_uids(cfg.state_dir / "volume-grants") == {A}
     assert va.release_stale(cfg, runs=lambda domain: False, grace=0) == []  # still too deep
-    monkeypatch.setattr(va.volume_files, "MAX_DEPTH", 8)
+    monkeypatch.setattr(volume_files, "MAX_DEPTH", 8)
     assert len(va.release_stale(cfg, runs=lambda domain: False, grace=0)) == 1
     assert deep.stat().st_uid == 0
     assert granted_uids(cfg.state_dir / "volume-grants") == set()

@@ -7,12 +7,14 @@ for the on-disk layout, unpack.py for the unpack policy, skopeo.py for why skope
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .config import ImageConfig
 from .store import Image, ImageStore
 
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .gc import GCReport, SizeReport
 
 __all__ = ["GCReport", "Image", "ImageConfig", "ImageStore", "SizeReport"]

@@ -27,10 +27,14 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from hypervm.errors import HostError
 from hypervm.frozen import frozen_dataclass
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from hypervm.errors import ImageError
 from hypervm.frozen import frozen_dataclass
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_ID = 2**32 - 2

@@ -21,7 +21,6 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hypervm.config import HostConfig
 from hypervm.errors import ImageError
@@ -31,6 +30,9 @@ from hypervm.imageref import RegistryRef, insecure_from_env, is_insecure, parse_
 from .cache import Cache, ImageRecord, LockTimeout
 from .config import TRACKED_FILES, ImageConfig, parse_config
 from .config import resolve_user as resolve_user_spec
+
+#: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from .authorize import Ledger, PullAuth

@@ -16,9 +16,12 @@ from pathlib import Path
 
 from hypervm.config import HostConfig
 from hypervm.errors import HostError
-from vmimage.kernel import elfunpad, store
-from vmimage.kernel.kconfig import dropped_options
-from vmimage.progress import StepMeter
+from vmimage.kernel import store
+
+#: typing.TYPE_CHECKING without importing typing
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmimage.progress import StepMeter
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,10 @@ def _build(cfg: HostConfig, key: str, final: Path) -> Path:
     # import shutil before its createXML (with bz2, lzma: ~2.5 ms, issue 17)
     import shutil
 
+    # deferred: a build's, as shutil (a cold run checks the built kernel's key only: ~1 ms)
+    from vmimage.kernel import elfunpad
+    from vmimage.progress import StepMeter  # see above
+
     version = source_package_version() or "unknown"
     src = _unpacked_source(cfg, version)
     started = time.monotonic()
@@ -139,6 +146,8 @@ def _write_uncached(path: Path, data: bytes) -> None:
 
 
 def _check_config(config: Path) -> None:
+    from vmimage.kernel.kconfig import dropped_options  # deferred: a build's (see _build)
+
     dropped = dropped_options(FRAGMENT.read_text(), config.read_text())
     if dropped:
         raise HostError(

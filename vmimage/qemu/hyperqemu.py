@@ -35,7 +35,11 @@ from pathlib import Path
 from hypervm.config import HostConfig
 from hypervm.errors import HostError
 from vmimage.kernel import store
-from vmimage.progress import StepMeter
+
+#: typing.TYPE_CHECKING without importing typing
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmimage.progress import StepMeter
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,9 @@ def _build(cfg: HostConfig, key: str, final: Path) -> Path:
             cflags, ldflags = _hardening_flags()
             _run([str(src / "configure"), f"--prefix={final}", *CONFIGURE_ARGS,
                   f"--extra-cflags={cflags}", f"--extra-ldflags={ldflags}"], logfile, cwd=build)
+            # deferred: a build's (a cold run checks the built QEMU's key only: ~0.4 ms)
+            from vmimage.progress import StepMeter
+
             _run(["ninja", f"-j{os.cpu_count() or 1}", BINARY], logfile, cwd=build,
                  meter=StepMeter("building HyperQEMU", log.info))
         except HostError:
