@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,8 @@ def guests(
     """A factory booting guests; every one is killed at teardown, its console shown on failure."""
     booted: list[Guest] = []
 
-    def boot(name: str, initrd: str = "initrd", append: str = "") -> Guest:
+    def boot(name: str, initrd: str = "initrd", append: str = "",
+             extra: Sequence[str] = ()) -> Guest:
         work = artifacts["work"]
         sock, console = work / f"{name}.sock", work / f"{name}.console"
         with contextlib.suppress(FileNotFoundError):
@@ -336,6 +337,7 @@ def guests(
             f"local,id=fs0,path={artifacts['share']},security_model=none",
             "-device",
             f"virtio-9p-pci,fsdev=fs0,mount_tag={SHARE_TAG}",
+            *extra,
         ]
         guest = Guest(
             subprocess.Popen(
@@ -1008,6 +1010,28 @@ def test_a_one_shot_runs_exit_round_does_no_cleanup(guests: Any) -> None:
     assert time.monotonic() - exited >= 0.4, "released in the EXIT's round"
     start(g.chan, "q2", 2, "true")
     assert g.chan.wait_exit(2).exit == {"status": 0, "signal": None}
+
+
+def test_the_guest_kernel_reads_no_partition_table(guests: Any, tmp_path: Path) -> None:
+    """Every disk of ours is a whole-disk erofs or ext4 (image layers, the pool's LUNs), so the
+    HyperKernel has no partition parser (vmimage/kernel/README.md): adding a disk reads
+    nothing from it. A disk with an MBR partition table shows no partition in the guest."""
+    disk = tmp_path / "mbr.img"
+    mbr = bytearray(1 << 20)
+    # one Linux partition (type 0x83) from sector 1 to the disk's end, then the signature
+    mbr[446:462] = bytes([0, 0, 2, 0, 0x83, 0, 0, 0]) + (1).to_bytes(4, "little") + (
+        2047).to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    disk.write_bytes(bytes(mbr))
+    g = guests("mbr", extra=["-drive", f"file={disk},if=none,id=d9,format=raw,readonly=on",
+                             "-device", "virtio-blk-pci,drive=d9,serial=mbr"])
+    assert g.chan is not None
+    start(g.chan, "parts", 1, "cat /proc/partitions")
+    proc = g.chan.wait_exit(1)
+    assert proc.exit == {"status": 0, "signal": None}
+    names = [line.split()[-1] for line in proc.stdout.decode().splitlines()[2:] if line.strip()]
+    assert len(names) == 3 and all(n.startswith("vd") for n in names), names
+    assert not [n for n in names if n[-1].isdigit()], names
 
 
 def test_a_containers_etc_files_on_a_merged_etc(guests: Any) -> None:
