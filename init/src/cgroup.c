@@ -190,7 +190,9 @@ int cgroup_spare_due(void)
 	return spare[0] == '\0' && !spare_failed && controllers != MISSING;
 }
 
-void cgroup_housekeeping(int spare_now)
+int cgroup_release_pending(void) { return nreleased > 0; }
+
+void cgroup_housekeeping(int spare_now, int in_run)
 {
 	struct op_error e;
 	int rc;
@@ -210,6 +212,7 @@ void cgroup_housekeeping(int spare_now)
 	}
 	if (spare_now && cgroup_spare_due() && have_controllers()) {
 		spare_failed = make_spare(&e) != 0;
-		stamp(STAMP_SPARE);
+		if (in_run)
+			stamp(STAMP_SPARE);
 	}
 }

@@ -45,14 +45,19 @@ unsigned long cgroup_oom_kills(const char *name);
 void cgroup_release(const char *name);
 
 /* Between requests: remove released cgroups; make the spare when `spare_now` (the caller says
- * whether the guest is quiet: see cgroup_spare_due). Cheap when there is nothing to do; the
- * first call enables the controllers. */
-void cgroup_housekeeping(int spare_now);
+ * whether the guest is quiet: see cgroup_spare_due), stamped (STAMP_SPARE) when `in_run` (a
+ * process runs: the spare shows in its run's stamps line). Cheap when there is nothing to do;
+ * the first call enables the controllers. */
+void cgroup_housekeeping(int spare_now, int in_run);
+
+/* 1 while released cgroups wait for housekeeping. */
+int cgroup_release_pending(void);
 
 /* 1 when housekeeping would make a spare. init makes it only while no process runs or once
  * its loop has been idle for a while: right after a START the spare's mkdir (~10 ms the first
  * time under TCG) would take the vCPU from the process just started, on a one-shot run's path
- * to its EXIT; a later START without a spare makes its cgroup itself. */
+ * to its EXIT (and, in the EXIT's round, from the host ending the VM: main.c); a later START
+ * without a spare makes its cgroup itself. */
 int cgroup_spare_due(void);
 
 #endif

@@ -316,13 +316,16 @@ static void set_credentials(const struct proc_spec *p, int rfd)
 {
 	gid_t gids[MAX_GIDS];
 
+	/* The system calls themselves: musl's wrappers apply them to every thread through
+	 * __synccall (signals blocked and restored around each), and this process has one thread:
+	 * the same result without that code, which a cold VM's START would translate under TCG. */
 	for (size_t i = 0; i < p->ngids; i++)
 		gids[i] = (gid_t)p->gids[i];
-	if (setgroups(p->ngids, gids) != 0)
+	if (syscall(SYS_setgroups, p->ngids, gids) != 0)
 		fail_errno(rfd, "ESPAWN", errno, "process.additional_gids: setgroups");
-	if (setgid((gid_t)p->gid) != 0)
+	if (syscall(SYS_setgid, (gid_t)p->gid) != 0)
 		fail_errno(rfd, "ESPAWN", errno, "process.gid: setgid");
-	if (setuid((uid_t)p->uid) != 0)
+	if (syscall(SYS_setuid, (uid_t)p->uid) != 0)
 		fail_errno(rfd, "ESPAWN", errno, "process.uid: setuid");
 }
 

@@ -105,13 +105,18 @@ static long long now_ms(void)
  * hot-added disk (a pool VM's, a snapshot clone's) is in /sys/block a moment before its node
  * is in /dev (ENOENT) and before it can be opened (ENXIO until the kernel's probe, which may
  * run on another vCPU, has added it), so that the mount that follows sees a ready disk. */
-static int await_device(const char *serial, long long deadline, char *dev, size_t size)
+static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t size)
 {
 	const struct timespec tick = {0, 1000000};
+	long long deadline = -1;
 	int fd = -1;
 
 	while (find_device(serial, dev, size) != 0 ||
 	       ((fd = open(dev, O_RDONLY | O_CLOEXEC)) < 0 && (errno == ENXIO || errno == ENOENT))) {
+		/* the clock starts at the first miss: a cold VM's disk is there at once, and its
+		 * first clock_gettime would be musl's vDSO lookup, code run for nothing else */
+		if (deadline < 0)
+			deadline = now_ms() + wait_ms;
 		if (now_ms() >= deadline)
 			return -1;
 		nanosleep(&tick, NULL);
@@ -136,7 +141,7 @@ static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 	char dev[300], target[128];
 	int erofs_errno = 0;
 
-	if (await_device(serial, now_ms() + wait_ms, dev, sizeof(dev)) != 0) {
+	if (await_device(serial, wait_ms, dev, sizeof(dev)) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);

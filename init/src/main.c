@@ -65,7 +65,9 @@ static void serve_forever(struct server *srv, int sfd)
 		size_t first_slot = n;
 		n += relay_poll_fds(pfds + n, slots + n, MAX_POLL_FDS - n,
 				    ch->state == CH_CONNECTED);
-		int timeout = cgroup_spare_due() ? SPARE_IDLE_MS : -1;
+		int timeout = cgroup_spare_due() || cgroup_release_pending() || signals_ended_pending()
+				  ? SPARE_IDLE_MS
+				  : -1;
 
 		if (ch->state == CH_DISCONNECTED)
 			timeout = DISCONNECTED_POLL_MS;
@@ -79,9 +81,14 @@ static void serve_forever(struct server *srv, int sfd)
 			channel_on_readable(ch, pfds[1].revents, server_on_frame, srv);
 		for (size_t i = first_slot; i < n; i++)
 			relay_on_event(ch, &slots[i], pfds[i].revents);
-		relay_flush_exits(ch);
-		signals_release_ended();
-		cgroup_housekeeping(ready == 0 || proc_count() == 0);
+		/* Not in a round that sent an EXIT: the host of a one-shot run destroys the VM now,
+		 * and the ended container's release (its mounts' teardown), its cgroup's removal and
+		 * the next spare (~12 ms of vCPU under TCG, on the host's cores while libvirt and QEMU
+		 * end the VM) wait for a later round, at the latest SPARE_IDLE_MS of quiet. */
+		if (relay_flush_exits(ch) == 0) {
+			signals_release_ended();
+			cgroup_housekeeping(ready == 0 || proc_count() == 0, proc_count() > 0);
+		}
 		stamp_report(); /* after the EXIT and what follows it in this round */
 	}
 }

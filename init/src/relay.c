@@ -137,9 +137,10 @@ void relay_stdin_frame(uint32_t handle, const uint8_t *data, size_t len)
 	relay_input(p);
 }
 
-void relay_flush_exits(struct channel *ch)
+size_t relay_flush_exits(struct channel *ch)
 {
 	struct process *p = proc_first();
+	size_t sent = 0;
 
 	while (p != NULL) {
 		struct process *next = p->next;
@@ -151,9 +152,11 @@ void relay_flush_exits(struct channel *ch)
 				if (p->is_main)
 					stamp(STAMP_EXIT_SENT);
 				proc_remove(p);
+				sent++;
 			}
 			free(json);
 		}
 		p = next;
 	}
+	return sent;
 }

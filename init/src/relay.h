@@ -32,7 +32,8 @@ void relay_on_event(struct channel *ch, const struct relay_slot *slot, short rev
 /* A STDIN frame from the host. */
 void relay_stdin_frame(uint32_t handle, const uint8_t *data, size_t len);
 
-/* Send EXIT for every process that has ended and whose output is drained; frees them. */
-void relay_flush_exits(struct channel *ch);
+/* Send EXIT for every process that has ended and whose output is drained; frees them. How
+ * many were sent. */
+size_t relay_flush_exits(struct channel *ch);
 
 #endif

@@ -45,6 +45,8 @@ static void release(const struct ended *x)
 		close(x->mounts_fd);
 }
 
+int signals_ended_pending(void) { return n_ended > 0; }
+
 void signals_release_ended(void)
 {
 	for (size_t i = 0; i < n_ended; i++)

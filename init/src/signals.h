@@ -9,9 +9,12 @@ int signals_setup(void);
 /* Drain the signalfd and reap every child that has ended. */
 void signals_on_readable(int sfd);
 
-/* After the EXIT frames of this round are sent: log each container that ended and release its
- * mount namespace. Its mounts (tmpfs, overlay, binds) hold nothing the host waits for, and
- * their teardown costs the exiting reaper milliseconds under TCG: init does it after the EXIT. */
+/* Log each container that ended and release its mount namespace. Its mounts (tmpfs, overlay,
+ * binds) hold nothing the host waits for, and their teardown costs milliseconds under TCG:
+ * init does it in a later round than the EXIT frames (main.c, serve_forever). */
 void signals_release_ended(void);
+
+/* 1 while ended containers wait for signals_release_ended. */
+int signals_ended_pending(void);
 
 #endif

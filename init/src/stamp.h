@@ -33,7 +33,7 @@ enum stamp_point {
 	STAMP_AWAITED,       /* init: the process's READY report read */
 	STAMP_START_OK,      /* init: the START's OK written */
 	STAMP_SHIM,          /* reaper: its execveat of init as the shim begins */
-	STAMP_SPARE,         /* init: the spare cgroup for the next START made */
+	STAMP_SPARE,         /* init: the spare cgroup for the next START made (while a process runs) */
 	STAMP_REAPED,        /* init: the main process's shim (the reaper) reaped */
 	STAMP_STDOUT_EOF,    /* init: end of the main process's stdout */
 	STAMP_STDERR_EOF,    /* init: end of its stderr */

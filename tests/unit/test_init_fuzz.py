@@ -261,3 +261,24 @@ def test_init_takes_reseed_cpus_of_0_to_64(harness: Path, cpus: object,
                                             verdict: str) -> None:
     (line,) = classify(harness, jframe(0x18, 3, {"seed": "ab" * 32, "cpus": cpus}))
     assert line == f"FRAME type=0x18 id=3 {verdict}", line
+
+
+@pytest.mark.parametrize(("mac", "verdict"), [
+    ("52:54:00:12:34:56", "OK"),
+    ("52:54:00:AB:cd:Ef", "OK"),
+    ("52:54:00:12:34:5", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+    ("52:54:00:12:34:567", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+    ("52-54-00-12-34-56", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+    ("52:54:00:12:34:5g", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+    # sscanf's %2x took these (17 characters: a sign, or a blank before one digit)
+    ("+2:54:00:12:34:56", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+    (" 2:54:00:12:34:56", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+    ("52:54:00:12:34: 6", "ERROR EINVAL interfaces[0].mac: must be a MAC address"),
+])
+def test_network_takes_a_mac_as_six_pairs_of_hex_digits(harness: Path, mac: str,
+                                                        verdict: str) -> None:
+    """init parses the MAC itself (no sscanf, whose scanner a cold VM's NETWORK would run for
+    it alone under TCG): exactly "xx:xx:xx:xx:xx:xx", either case."""
+    iface = {"mac": mac, "address": "10.0.2.15", "prefix": 24, "gateway": "10.0.2.2"}
+    (line,) = classify(harness, jframe(0x15, 4, {"interfaces": [iface]}))
+    assert line.startswith(f"FRAME type=0x15 id=4 {verdict}"), line

@@ -96,6 +96,16 @@ def test_fragment_leaves_out_what_costs_every_idle_vm_memory() -> None:
     assert [o for o in off if options.get(f"CONFIG_{o}") != "n"] == []
 
 
+def test_fragment_has_no_partition_parsers() -> None:
+    """Every disk of ours is a whole-disk erofs or ext4 (image layers, the pool's hot-added
+    LUNs; volumes are 9p): the MSDOS and EFI parsers only read each new disk's first page at
+    its probe (a cold VM's boot), and its close truncated that page again."""
+    options = parse_config(hyperkernel.FRAGMENT.read_text())
+    assert options.get("CONFIG_PARTITION_ADVANCED") == "y"
+    assert options.get("CONFIG_MSDOS_PARTITION") == "n"
+    assert options.get("CONFIG_EFI_PARTITION") == "n"
+
+
 def test_fragment_ships_as_package_data() -> None:
     setup_cfg = (Path(__file__).resolve().parents[2] / "setup.cfg").read_text()
     assert "vmimage.kernel = *.config" in setup_cfg
