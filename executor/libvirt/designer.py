@@ -95,8 +95,9 @@ INCOMING_ARGS = ("-incoming", "defer")
 #: vCPUs present in a snapshot's template (at most its capacity): cpu0 online, the others
 #: offline when it is saved, so a clone of 2 vCPUs only onlines one (no ACPI hot-add);
 #: beyond them, a clone's vCPUs are hot-plugged (a template of a capacity above
-#: ``HostConfig.snapshot_vcpus`` has all present: :func:`present_vcpus`). A clone's spare
-#: present vCPUs are capped on the host (executor.libvirt.vcpucap)
+#: ``HostConfig.snapshot_vcpus`` has all present and online: :func:`present_vcpus`,
+#: :func:`online_vcpus`). A clone's spare present vCPUs are capped on the host
+#: (executor.libvirt.vcpucap)
 TEMPLATE_PRESENT_VCPUS = 2
 #: the template's init takes its spare CPUs offline before READY (init 0.7.0): booted and
 #: offlined, their per-CPU threads and pools are in the snapshot. The guest kernel's

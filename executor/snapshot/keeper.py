@@ -5,7 +5,8 @@ keeps one standby clone for each of the latest ``PoolConfig.standby`` template s
 launches from a snapshot asked for (store.template_shape: memory size, tenant and the
 template's vCPU capacity; pods of fewer vCPUs take it and hot-plug theirs): a clone domain of
 the store's snapshot of that shape (2 vCPUs present, the second offline in the guest and
-capped on the host until a claim grants it: executor.libvirt.vcpucap), its QEMU
+capped on the host until a claim grants it: executor.libvirt.vcpucap; a template above
+``HYPERVM_SNAPSHOT_VCPUS`` has all present and online, none capped: designer.online_vcpus), its QEMU
 started (``-incoming defer``), the snapshot loaded, then run: RESEED before anything else, then
 one throwaway container from the host's warm-up layer (LUN 0, as on a pool VM), so that TCG
 has translated the guest code a START runs. Its run dir and uid are made as for any VM (root's
