@@ -13,7 +13,8 @@ tenant and vCPU capacity (store.template_shape), not by ports, images or task co
   128 MiB VM as the launch), two STARTs in the guest;
 - ``3 layers``: an image of three layers (tests' multilayer image): three LUNs hot-added;
 - ``3 vCPUs``: above the host's 2 (``HYPERVM_SNAPSHOT_VCPUS``' default): a template of capacity
-  3 of its own with all three present (designer.present_vcpus), the spares onlined by RESEED.
+  3 of its own with all three present and online (designer.present_vcpus, online_vcpus):
+  RESEED onlines none.
 
 The bench's standby pool keeps one standby per template shape (:func:`standby_count`).
 """

@@ -95,8 +95,9 @@ INCOMING_ARGS = ("-incoming", "defer")
 #: vCPUs present in a snapshot's template (at most its capacity): cpu0 online, the others
 #: offline when it is saved, so a clone of 2 vCPUs only onlines one (no ACPI hot-add);
 #: beyond them, a clone's vCPUs are hot-plugged (a template of a capacity above
-#: ``HostConfig.snapshot_vcpus`` has all present: :func:`present_vcpus`). A clone's spare
-#: present vCPUs are capped on the host (executor.libvirt.vcpucap)
+#: ``HostConfig.snapshot_vcpus`` has all present and online: :func:`present_vcpus`,
+#: :func:`online_vcpus`). A clone's spare present vCPUs are capped on the host
+#: (executor.libvirt.vcpucap)
 TEMPLATE_PRESENT_VCPUS = 2
 #: the template's init takes its spare CPUs offline before READY (init 0.7.0): booted and
 #: offlined, their per-CPU threads and pools are in the snapshot. The guest kernel's
@@ -115,16 +116,28 @@ def present_vcpus(max_vcpus: int, shared: int) -> int:
     return min(TEMPLATE_PRESENT_VCPUS, max_vcpus)
 
 
+def online_vcpus(max_vcpus: int, shared: int) -> int:
+    """The vCPUs online in a template of this capacity when it is saved, so in its clones
+    before RESEED and in a waiting standby (the others are capped there: executor.libvirt.vcpucap).
+    A template of the shared capacity (``shared``) serves pods of fewer vCPUs: only cpu0, the
+    spares offline (init's ``boot_offline_spares``). One above it serves pods of exactly its
+    capacity, which are given all: they stay online (its clones' RESEED onlines none: ~35 ms a
+    vCPU under TCG; DEVELOPERS.md "Pods of other shapes from the standby", task shape3)."""
+    return max_vcpus if max_vcpus > shared else 1
+
+
 def template_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path,
                     max_vcpus: int, memory_mib: int, metadata: Mapping[str, str], *,
                     identity: tuple[int, int] | None = None) -> DomainSpec:
     """A snapshot's template (executor.snapshot): a pool VM of ``memory_mib`` with
-    :func:`present_vcpus` present of ``max_vcpus``, only the first online (its clones online
-    the others they are given and get any further ones hot-plugged)."""
+    :func:`present_vcpus` present of ``max_vcpus``, :func:`online_vcpus` of them online (the
+    clones of a shared one online the others they are given and get any further ones
+    hot-plugged). The command line is in the snapshot's key: a template saved with its spares
+    offline is never loaded where they are expected online, nor the other way round."""
     present = present_vcpus(max_vcpus, cfg.snapshot_vcpus)
     spec = pool_domain(name, boot, cfg, run_dir, present, memory_mib, metadata,
                        identity=identity, max_vcpus=max_vcpus)
-    if spec.vcpus == 1:
+    if online_vcpus(max_vcpus, cfg.snapshot_vcpus) >= spec.vcpus:
         return spec
     return dataclasses.replace(spec, cmdline=f"{spec.cmdline} {SPARES_OFFLINE_ARG}").validate()
 

@@ -101,16 +101,24 @@ def _quota(directory: Path) -> int:
     return quota if quota >= 0 else 1 << 62
 
 
-def bound(pid: int | None, present: int, granted: int, cputune: CpuTune) -> None:
+def bound(pid: int | None, present: int, granted: int, cputune: CpuTune, *,
+          exact: bool = False) -> None:
     """Of the ``present`` vCPUs of the domain whose QEMU is ``pid``, give 1..``granted``-1 the
     pod's ``cputune`` (vCPU 0 has it from libvirt) and cap the others (the spares); done again
-    after libvirt set the pod's bound (it writes every vCPU's cgroup). Idempotent."""
+    after libvirt set the pod's bound (it writes every vCPU's cgroup). Idempotent.
+    ``exact``: before any hot-plug, QEMU must have no vCPU beyond ``present`` (HostError): a
+    clone or standby of another template than the claimer's (whose vCPUs a waiting standby may
+    run uncapped: designer.online_vcpus) is refused, never run with a vCPU neither granted nor
+    capped."""
     if present <= 1:
         return
     if pid is None:
         raise HostError(f"the QEMU of a clone with {present - 1} spare vCPUs is unknown: "
                         "they cannot be bounded")
     domain = domain_cgroup(pid)
+    if exact and (domain[0] / f"vcpu{present}").exists():
+        raise HostError(f"the clone has more vCPUs than the {present} of its template: "
+                        "refused")
     grant(domain, range(1, min(granted, present)), cputune.quota_us,
           cputune.period_us or CFS_PERIOD_US)
     cap(domain, range(max(granted, 1), present))

@@ -5,7 +5,8 @@ keeps one standby clone for each of the latest ``PoolConfig.standby`` template s
 launches from a snapshot asked for (store.template_shape: memory size, tenant and the
 template's vCPU capacity; pods of fewer vCPUs take it and hot-plug theirs): a clone domain of
 the store's snapshot of that shape (2 vCPUs present, the second offline in the guest and
-capped on the host until a claim grants it: executor.libvirt.vcpucap), its QEMU
+capped on the host until a claim grants it: executor.libvirt.vcpucap; a template above
+``HYPERVM_SNAPSHOT_VCPUS`` has all present and online, none capped: designer.online_vcpus), its QEMU
 started (``-incoming defer``), the snapshot loaded, then run: RESEED before anything else, then
 one throwaway container from the host's warm-up layer (LUN 0, as on a pool VM), so that TCG
 has translated the guest code a START runs. Its run dir and uid are made as for any VM (root's
@@ -43,7 +44,7 @@ from executor.guest.protocol import (
     reseed_payload,
 )
 from executor.libvirt import identity, migration, vcpucap
-from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain
+from executor.libvirt.designer import POOL_SHARE_DIR, clone_domain, online_vcpus
 from executor.libvirt.domain import DOMAIN_PREFIX, CpuTune
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.owners import owner_metadata, process_start_time
@@ -86,8 +87,11 @@ class _Standby:
     sock: socket.socket
     #: the template's READY payload (a clone never sends it)
     ready: dict[str, Any]
-    #: its present vCPUs (1 granted, the others capped until a claim: executor.libvirt.vcpucap)
+    #: its present vCPUs (the others than ``online`` capped until a claim: executor.libvirt.vcpucap)
     vcpus: int = 1
+    #: those online in its guest, uncapped while it waits (designer.online_vcpus: 1, or all
+    #: of a template above the shared capacity, whose claimer is always given all)
+    online: int = 1
 
     def close(self) -> None:
         self.sock.close()
@@ -272,7 +276,8 @@ class StandbyKeeper:
             try:
                 if not self.pool.intact(standby.name, standby.sock):
                     raise PoolError("its domain or its guest channel is gone")
-                vcpucap.bound(hv.qemu_pid(standby.name), standby.vcpus, 1, CpuTune())
+                vcpucap.bound(hv.qemu_pid(standby.name), standby.vcpus, standby.online,
+                              CpuTune())
                 kept.add(standby.name)
                 continue
             except HyperVMError as e:
@@ -358,8 +363,13 @@ class StandbyKeeper:
             (run_dir / POOL_SHARE_DIR).mkdir(mode=0o755)
             hv.create(spec)
             # its spare vCPUs capped before its state is loaded (no guest code ran yet) until
-            # a claim grants them (executor.snapshot.start)
-            vcpucap.bound(hv.qemu_pid(name), spec.vcpus, 1, CpuTune())
+            # a claim grants them (executor.snapshot.start). Those online in the snapshot (all
+            # of a template above the shared capacity) are not: a capped online vCPU stalls
+            # the guest's IPIs to it (TLB shoot-downs, RCU) for up to the cap's 1 s period.
+            # It runs none of a tenant's code before the claim, which grants a pod of exactly
+            # its count the pod's bound on all of them before RESEED (rules 12, 14)
+            online = online_vcpus(shape.vcpus, self.cfg.snapshot_vcpus)
+            vcpucap.bound(hv.qemu_pid(name), spec.vcpus, online, CpuTune())
             # off any launch's clock
             migration.load(hv, name, snap.state, LOAD_TIMEOUT, snap.memory)
             sock = self._warm_up(hv, name, spec.channel_socket)
@@ -374,7 +384,7 @@ class StandbyKeeper:
         log.info("standby %s of %d vCPU / %d MiB ready in %.2f s", name, shape.vcpus,
                  shape.memory_mib, time.monotonic() - started)
         return _Standby(name, run_dir, shape, key, snap.template, spec.identity,
-                        time.monotonic(), sock, snap.ready, spec.vcpus)
+                        time.monotonic(), sock, snap.ready, spec.vcpus, online)
 
     def _ensure_snapshot(self, boot: BootFiles, shape: Shape) -> store.Snapshot:
         """The store's snapshot of ``shape``, its template made now when it has none: through

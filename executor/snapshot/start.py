@@ -213,8 +213,9 @@ def _clone(vm: HyperVM, hv: Any, boot: BootFiles, snap: Snapshot,
     cputune = resource_bounds(vm.pod.resources)[0]
     # the spares capped (a clone of its own: before its state is loaded, no guest code ran
     # yet; a standby: the daemon capped them at its creation), the pod's present vCPUs
-    # granted before RESEED onlines them
-    vcpucap.bound(pid, present, cpus, cputune)
+    # granted before RESEED onlines them; a clone of more vCPUs than that (a standby of
+    # another template) refused
+    vcpucap.bound(pid, present, cpus, cputune, exact=True)
     # on leaving, the helper's running step is waited for (an error then is the first one's)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-devices") as helper, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{vm.name}-vcpus") as plugger:

@@ -1,8 +1,9 @@
 """Making a snapshot: boot a template VM of one memory size with 2 vCPUs present of its capacity
-(store.template_shape; designer.present_vcpus), only the first online, bring its init to READY
-with its NIC configured, check that its init can be reseeded and onlines vCPUs up to what it
-is asked for and no more (RESEED with ``cpus``: 1 leaves the spare offline), save its state into
-the store, and destroy it. Nothing of a pod ever runs in a template, and none of its shares
+(store.template_shape; designer.present_vcpus), only the first online (one of a capacity above
+``HYPERVM_SNAPSHOT_VCPUS``: all present and online, designer.online_vcpus), bring its init to
+READY with its NIC configured, check that its init can be reseeded and onlines vCPUs up to what
+it is asked for and no more (RESEED with ``cpus``: 1 leaves the spare offline), save its state
+into the store, and destroy it. Nothing of a pod ever runs in a template, and none of its shares
 is mounted (QEMU refuses to migrate a VM whose 9p export the guest has mounted).
 """
 
@@ -20,7 +21,7 @@ from executor import netpolicy, network
 from executor.guest.channel import RawChannel, connect_socket
 from executor.guest.protocol import RESEED_BYTES, MsgType, reseed_payload
 from executor.libvirt import migration
-from executor.libvirt.designer import POOL_SHARE_DIR, template_domain
+from executor.libvirt.designer import POOL_SHARE_DIR, online_vcpus, template_domain
 from executor.libvirt.domain import DOMAIN_PREFIX
 from executor.snapshot import store
 from executor.snapshot.store import Shape, Snapshot
@@ -88,8 +89,9 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
     name = f"{DOMAIN_PREFIX}template-{uuid.uuid4().hex[:8]}"
     run_dir = cfg.vms_dir / name
     # QEMU as libvirt's user: the template is ours, never a tenant's
-    spec = template_domain(name, boot, cfg, run_dir, store.template_shape(cfg, shape).vcpus,
-                           shape.memory_mib, {"snapshot": "template"})
+    capacity = store.template_shape(cfg, shape).vcpus
+    spec = template_domain(name, boot, cfg, run_dir, capacity, shape.memory_mib,
+                           {"snapshot": "template"})
     # its RAM in a file of its own, which the clones map: needs HyperQEMU's ram-template and
     # the template's RAM in a shared memfd (x-ignore-shared leaves only that out of the stream)
     apart = boot.qemu.shares_template_memory and not (spec.memory_merge
@@ -106,7 +108,7 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         ready = channel.ready(BOOT_TIMEOUT)
         nic = network.guest_config(netspec.NetworkSpec(), network.mac_address(name), [])
         channel.request(MsgType.NETWORK, _NETWORK_ID, nic or {}, BOOT_TIMEOUT)
-        _check_reseed(channel, ready)
+        _check_reseed(channel, ready, online_vcpus(capacity, cfg.snapshot_vcpus))
         time.sleep(SETTLE_S)
         memory_fd = store.open_memory(entry) if apart else None
         migration.save(hv, name, fd, SAVE_TIMEOUT, memory_fd=memory_fd)
@@ -125,19 +127,21 @@ def _boot_and_save(cfg: HostConfig, boot: BootFiles, hv: Any, shape: Shape,
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _check_reseed(channel: RawChannel, ready: dict[str, Any]) -> None:
+def _check_reseed(channel: RawChannel, ready: dict[str, Any], online: int) -> None:
     """Clones are reseeded and get their further vCPUs online with RESEED: an init that
-    cannot do both (one older than 0.6.0 ignores ``cpus`` and replies ``{}``) has no clones."""
+    cannot do both (one older than 0.6.0 ignores ``cpus`` and replies ``{}``) has no clones.
+    ``online``: the vCPUs the template keeps online (designer.online_vcpus), asked for."""
     try:
         reply = channel.request(MsgType.RESEED, _RESEED_ID,
-                                reseed_payload(os.urandom(RESEED_BYTES), cpus=1), BOOT_TIMEOUT)
+                                reseed_payload(os.urandom(RESEED_BYTES), cpus=online),
+                                BOOT_TIMEOUT)
     except GuestError as e:
         raise HostError(f"the guest init {ready.get('init')} cannot reseed its RNG ({e}): "
                         "no snapshot of it", hint="rebuild the init (make -C init)") from e
     if "cpus" not in reply:
         raise HostError(f"the guest init {ready.get('init')} cannot online hot-plugged vCPUs: "
                         "no snapshot of it", hint="rebuild the init (make -C init)")
-    if reply["cpus"] != 1:  # an init older than 0.7.0 onlines every present CPU, the spares too
+    if reply["cpus"] != online:  # an init older than 0.7.0 onlines every present CPU
         raise HostError(f"the guest init {ready.get('init')} onlined {reply['cpus']!r:.20} "
-                        "vCPUs when asked for 1: no snapshot of it",
+                        f"vCPUs when asked for {online}: no snapshot of it",
                         hint="rebuild the init (make -C init)")

@@ -301,14 +301,17 @@ def test_a_standby_is_taken_back_with_its_spare_vcpus_capped_again(
     pool.hv.qemu_pid = lambda name: 4242  # type: ignore[attr-defined]
     keeper = keeper_mod.StandbyKeeper(pool.warm)
     made: list[keeper_mod._Standby] = []
-    for name, closed in (("hypervm-rc-sb-1", False), ("hypervm-rc-sb-2", True)):
+    # the third: of a template above the shared capacity, its spares online, never capped
+    for name, closed, vcpus, online in (("hypervm-rc-sb-1", False, 2, 1),
+                                        ("hypervm-rc-sb-2", True, 2, 1),
+                                        ("hypervm-rc-sb-3", False, 3, 3)):
         a, b = socket.socketpair()
         pool.guests.append(b)
         if closed:
             b.close()
         shape = Shape(vcpus=2 + len(made), memory_mib=256)
         standby = keeper_mod._Standby(name, pool.warm.cfg.vms_dir / name, shape, "k", "t",
-                                      None, time.monotonic(), a, {}, vcpus=2)
+                                      None, time.monotonic(), a, {}, vcpus=vcpus, online=online)
         keeper._ready[shape] = standby
         pool.hv.running[name] = {**pool.idle_meta, META_POOL_STATE: "standby"}
         made.append(standby)
@@ -317,10 +320,11 @@ def test_a_standby_is_taken_back_with_its_spare_vcpus_capped_again(
     with pytest.raises(PoolError, match="reconnecting: no standby"):
         pool.warm.require_connected("no standby")
     pool.warm._heal()
-    assert keeper.ready_names() == ["hypervm-rc-sb-1"]
-    assert bounds == [(4242, 2, 1, CpuTune())]
+    assert keeper.ready_names() == ["hypervm-rc-sb-1", "hypervm-rc-sb-3"]
+    assert bounds == [(4242, 2, 1, CpuTune()), (4242, 3, 3, CpuTune())]
     assert pool.hv.destroyed == ["hypervm-rc-sb-2"]  # dropped; sb-1 kept, not swept
     made[0].close()
+    made[2].close()
 
 
 def test_a_hypervisor_without_events_reopens_in_place() -> None:

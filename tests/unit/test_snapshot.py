@@ -396,7 +396,7 @@ def no_cgroups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """No QEMU behind the doubles: the spare vCPUs' host bound (executor.libvirt.vcpucap,
     tests/unit/test_vcpucap.py) is noted, not written."""
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(vcpucap, "bound", lambda *a: calls.append(a))
+    monkeypatch.setattr(vcpucap, "bound", lambda *a, **k: calls.append(a))
     return calls
 
 

@@ -62,10 +62,13 @@ def test_a_template_has_two_vcpus_present_one_online_the_others_hotpluggable(
 def test_a_template_above_the_shared_capacity_has_all_its_vcpus_present(cfg: Any) -> None:
     """Pods of more vCPUs than HYPERVM_SNAPSHOT_VCPUS (4 here) have a template of their own
     count, which no pod of fewer starts from: all of them present (no ACPI hot-plug on the
-    claim), the spares offline when it is saved; its key is not the shared one's."""
+    claim) and online when it is saved (its init is not asked to take spares offline: a claim,
+    always of all of them, onlines none); its key is not the shared one's."""
     spec = template_domain("hypervm-template-1", BOOT, cfg, cfg.vms_dir / "t", 6, 256, {})
     assert (spec.vcpus, spec.max_vcpus) == (6, 6)
-    assert spec.cmdline.split()[-1] == "hypervm.spares=offline"
+    assert designer.SPARES_OFFLINE_ARG not in spec.cmdline
+    assert designer.online_vcpus(6, 4) == 6
+    assert designer.online_vcpus(4, 4) == designer.online_vcpus(2, 4) == 1
     assert '<vcpu placement="static" current="6">6</vcpu>' in domain_xml(spec)
     assert designer.present_vcpus(6, 4) == 6 and designer.present_vcpus(4, 4) == 2
     assert designer.present_vcpus(3, 8) == 2 and designer.present_vcpus(1, 1) == 1
@@ -131,3 +134,58 @@ def test_the_present_vcpus_are_in_the_key_old_snapshots_are_never_loaded(
     now = store.snapshot_key(BOOT, cfg, Shape(1, 256, "acme"))
     monkeypatch.setattr(designer, "TEMPLATE_PRESENT_VCPUS", 1)
     assert store.snapshot_key(BOOT, cfg, Shape(1, 256, "acme")) != now
+
+
+def test_a_template_saved_with_its_spares_offline_is_not_loaded_where_they_are_online(
+        cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line is in the key: a store's snapshot of a capacity above the shared one
+    made before (its spares taken offline by init) is never loaded by a claim that expects
+    them online; the shared template's key is unchanged."""
+    above, shared = Shape(6, 256, "acme"), Shape(2, 256, "acme")
+    now = [store.snapshot_key(BOOT, cfg, s) for s in (above, shared)]
+    monkeypatch.setattr(designer, "online_vcpus", lambda max_vcpus, shared: 1)
+    before = [store.snapshot_key(BOOT, cfg, s) for s in (above, shared)]
+    assert before[0] != now[0] and before[1] == now[1]
+
+
+def test_a_template_above_the_shared_capacity_asks_its_init_for_all_its_vcpus(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template's check of its init's RESEED asks for the vCPUs it keeps online: all 3 of
+    a capacity of 3 on a shared one of 2 (and refuses a reply of fewer); 1 of the shared one."""
+    asked: list[Any] = []
+    for shape, reply, refused in ((Shape(3, 128), {"cpus": 3}, False),
+                                  (Shape(2, 128), {"cpus": 1}, False),
+                                  (Shape(3, 128), {"cpus": 1}, True)):
+        saved: list[Any] = []
+        stub_template_guest(monkeypatch, saved, reply=reply, init="0.7.0")
+        channel = template.RawChannel
+        monkeypatch.setattr(template, "RawChannel", lambda sock, c=channel: _Noting(c(sock), asked))
+        hv = FakeHypervisor()
+        short = tempfile.mkdtemp(prefix="hv-")
+        try:
+            cfg = config_from_env({"HYPERVM_STATE_DIR": f"{short}/s",
+                                   "HYPERVM_RUN_DIR": f"{short}/r", "HYPERVM_SNAPSHOT_VCPUS": "2"})
+            monkeypatch.setattr(template.time, "sleep", lambda s: None)
+            if refused:
+                with pytest.raises(HostError, match="onlined 1 vCPUs when asked for 3"):
+                    template._boot_and_save(cfg, BOOT, hv, shape, 7, Path(short))
+            else:
+                template._boot_and_save(cfg, BOOT, hv, shape, 7, Path(short))
+        finally:
+            shutil.rmtree(short, ignore_errors=True)
+        assert ("save" in saved) is not refused
+    assert [p.get("cpus") for p in asked if "seed" in p] == [3, 1, 3]
+
+
+class _Noting:
+    """A template channel double that notes each request's payload."""
+
+    def __init__(self, channel: Any, payloads: list[Any]) -> None:
+        self.channel, self.payloads = channel, payloads
+
+    def ready(self, timeout: float) -> dict[str, Any]:
+        return dict(self.channel.ready(timeout))
+
+    def request(self, kind: Any, rid: int, payload: Any, timeout: float) -> Any:
+        self.payloads.append(payload)
+        return self.channel.request(kind, rid, payload, timeout)

@@ -89,6 +89,21 @@ def test_bound_grants_the_pods_present_vcpus_and_caps_the_rest(tmp_path: Path) -
     vcpucap.bound(None, 1, 1, CpuTune())  # nothing spare: nothing to do, no QEMU needed
 
 
+def test_a_clone_of_more_vcpus_than_its_template_is_refused_before_any_is_granted(
+        tmp_path: Path) -> None:
+    """Before a hot-plug (``exact``), a clone whose QEMU has more vCPUs than the claimer's
+    template has present (a standby of a template above the shared capacity, whose vCPUs run
+    uncapped while it waits, taken for a pod of fewer) is refused, nothing written; after the
+    hot-plug (not exact) the further ones are libvirt's, bounded with the pod's quota."""
+    root, _ = _v1(tmp_path, vcpus=3)
+    with pytest.raises(HostError, match="more vCPUs than the 2 of its template"):
+        vcpucap.bound(42, 2, 1, CpuTune(), exact=True)
+    assert [_v1_bound(root, n)[0] for n in range(3)] == [-1, -1, -1]
+    vcpucap.bound(42, 3, 3, CpuTune(), exact=True)
+    vcpucap.bound(42, 2, 3, CpuTune())  # after a hot-plug of a third
+    assert [_v1_bound(root, n)[0] for n in range(3)] == [-1, -1, -1]
+
+
 def test_v2_writes_quota_and_period_at_once(tmp_path: Path) -> None:
     d = tmp_path / DOMAIN / "vcpu1"
     d.mkdir(parents=True)
