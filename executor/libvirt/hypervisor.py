@@ -89,7 +89,7 @@ def _setup_libvirt(events: bool) -> None:
     """
     global _event_loop, _errors_silenced
     with _setup_lock:
-        # the first use of either module loads it (starter.lazy_module): here, under the lock
+        # the first use of either module loads it (starter.lazy_module): both here, at set-up
         libvirt_qemu.VIR_DOMAIN_QEMU_AGENT_COMMAND_BLOCK  # noqa: B018
         libvirt.VIR_DOMAIN_START_AUTODESTROY  # noqa: B018
         if not _errors_silenced:

@@ -256,22 +256,14 @@ def create_hint(message: str) -> str | None:
 
 
 def lazy_module(name: str) -> ModuleType:
-    """``import name``, executed at the first use of one of its attributes
-    (``importlib.util.LazyLoader``): a cold run's CLI then loads libvirt's C library (~15 ms)
-    only once its starter child has made its createXML. The importer must make that first use
-    under a lock (executor.libvirt.hypervisor._setup_libvirt): LazyLoader's is not in 3.11."""
-    import importlib.util  # deferred: loaded by site already; the console script's is lighter
-
+    """``import name``, executed at the first use of one of its attributes (a :class:`_Later`
+    module, under its lock): a cold run's CLI then loads libvirt's C library (~15 ms) only once
+    its starter child has made its createXML."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
+    module = _later_module(name)
+    if module is None:
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
     return module
 
 
@@ -322,18 +314,22 @@ def defer_modules(names: Sequence[str] = LATER_MODULES) -> None:
     way to createXML. Not while the child's createXML runs: libvirtd and QEMU's start need
     the CPU then (`bench.runfast --stamps`: createXML began 5 ms earlier and took 7 ms less,
     paired, loaded after it). Any use before loads it at once."""
-    import importlib.util  # deferred: see lazy_module
-
     for name in names:
-        if name in sys.modules:
-            continue
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            continue
-        module = importlib.util.module_from_spec(spec)
-        module.__class__ = _Later
-        sys.modules[name] = module
-        _later.append(module)
+        if name not in sys.modules and (module := _later_module(name)) is not None:
+            _later.append(module)
+
+
+def _later_module(name: str) -> ModuleType | None:
+    """``name`` in ``sys.modules`` as a :class:`_Later` module (None: no such module)."""
+    import importlib.util  # deferred: loaded by site already; the console script's is lighter
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    module.__class__ = _Later
+    sys.modules[name] = module
+    return module
 
 
 def load_deferred() -> None:
