@@ -17,11 +17,11 @@ A bridged/NAT backend can be added here later: everything outside this module on
 from __future__ import annotations
 
 import errno
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from hypervm.digest import sha256
 from hypervm.errors import HyperVMError, NetworkError
 from hypervm.netspec import (
     DNS_ADDRESS,
@@ -46,7 +46,7 @@ NIC_PCI_SLOT = 0x1F
 
 def mac_address(vm_name: str) -> str:
     """A stable, locally administered MAC for the VM (QEMU/libvirt's 52:54:00 prefix)."""
-    digest = hashlib.sha256(vm_name.encode()).digest()
+    digest = sha256(vm_name.encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 

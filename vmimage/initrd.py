@@ -17,7 +17,6 @@ binary, kernel key, module names and contents), published atomically and readabl
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import stat
@@ -26,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hypervm.config import HostConfig, config_from_env
+from hypervm.digest import sha256
 from hypervm.errors import HostError, HyperVMError
 from hypervm.frozen import frozen_dataclass
 from vmimage.kernel import Kernel, ensure_kernel, store
@@ -112,7 +112,7 @@ def initrd_entries(init: bytes, modules: Sequence[tuple[str, bytes]] = ()) -> li
 def initrd_key(init: bytes, kernel_key: str, modules: Sequence[tuple[str, bytes]]) -> str:
     parts: list[bytes | str] = [FORMAT_VERSION, init, kernel_key]
     for name, data in modules:
-        parts += [name, hashlib.sha256(data).digest()]
+        parts += [name, sha256(data).digest()]
     return store.cache_key(*parts)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hypervm.digest import sha256
 from hypervm.errors import HostError
 from hypervm.frozen import frozen_dataclass
 
@@ -107,7 +107,7 @@ class Cache:
         return self.root / "images/sha256" / f"{_hex(digest)}.json"
 
     def _ref_path(self, ref: str) -> Path:
-        return self.root / "refs" / f"{hashlib.sha256(ref.encode()).hexdigest()[:40]}.json"
+        return self.root / "refs" / f"{sha256(ref.encode()).hexdigest()[:40]}.json"
 
     # -- atomic writes -------------------------------------------------------------------
     def write_atomic(self, path: Path, data: bytes) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from hypervm.digest import sha256
 from hypervm.errors import HostError
 from vmimage.kernel import dpkg_cache
 
@@ -46,12 +46,10 @@ LOG_TAIL = 30
 
 def cache_key(*parts: bytes | str) -> str:
     """sha256 over length-prefixed ``parts`` (so ("ab", "c") and ("a", "bc") differ), truncated."""
-    h = hashlib.sha256()
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.hexdigest()[:KEY_LENGTH]
+    encoded = [part.encode() if isinstance(part, str) else part for part in parts]
+    # one buffer, hashed at once: its size picks the implementation (hypervm.digest)
+    data = b"".join(len(x).to_bytes(8, "big") + x for x in encoded)
+    return sha256(data).hexdigest()[:KEY_LENGTH]
 
 
 #: (package, field) → its value per dpkg, or None: asked once per process
