@@ -55,6 +55,27 @@ def host_cfg():  # noqa: ANN201
     return config_from_env()
 
 
+def finish_grants_of(prefix: str) -> list[Any]:
+    """What ``hypervm gc`` does after an owner's SIGKILL, for the VMs named ``prefix…`` only:
+    their volume grants finished (entry off, an owned share handed back to root, the record
+    removed). A test that kills an owner must call it before its directories go: a record whose
+    directory is gone stays for good (its uid out of reuse, read by every later VM's start)."""
+    from executor import volume_access
+    from executor.libvirt import grants
+    from hypervm.config import config_from_env
+
+    cfg = config_from_env()
+    kept = grants.keeper(cfg).records
+    names = {grant.domain for _, grant in grants.records(kept) if grant.domain.startswith(prefix)} \
+        if kept.is_dir() else set()
+    released = []
+    for name in sorted(names):
+        released += volume_access.release_stale(cfg, only=name, grace=0.0)
+    left = [g.domain for _, g in grants.records(kept) if g.domain.startswith(prefix)]
+    assert not left, f"grant records left after gc: {left}"
+    return released
+
+
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vmimage.rootfs import make_busybox_rootfs

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_TAG, our_domains
+from tests.conftest import TEST_TAG, finish_grants_of, our_domains
 from tests.mesos.fixtures import vm_agents
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(400),
@@ -105,6 +105,8 @@ def test_sigkill_of_the_executor_leaves_no_domain(vm_agent: Any, image_ref: str)
     while domains() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert domains() == set()
+    # the sandbox's grant outlived its owner (the uid stays out of reuse) until gc finishes it
+    assert finish_grants_of(f"hypervm-{EXECUTOR_ID}"), "no grant of the killed VM to finish"
 
 
 def test_unknown_image_fails_without_a_vm(vm_agent: Any, image_ref: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import finish_grants_of
 from tests.realmesos.cluster import RealMesos
 from tests.realmesos.fixtures import (  # noqa: F401
     app_task,
@@ -163,6 +164,8 @@ def test_sigkilled_executor(real_mesos: RealMesos, scheduler: TestScheduler,  # 
     killed = time.monotonic()
     real_mesos.wait(lambda: not domains(eid), 10, f"the VM of {eid} to go", every=0.1)
     vm_gone = time.monotonic() - killed
+    # the sandbox's grant outlived its owner (the uid stays out of reuse) until gc finishes it
+    assert finish_grants_of(f"hypervm-{eid}-"), "no grant of the killed VM to finish"
     status = scheduler.wait_terminal(tid, 60)
     assert status["state"] == "TASK_FAILED", status
     assert status["source"] == "SOURCE_AGENT"
