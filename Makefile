@@ -178,13 +178,14 @@ install: deps artifacts
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_DIR) $(DESTDIR)$(CONFIG_DIR)
 	for b in hypervm hypervm-executor hypervm-scheduler; do \
 		ln -sfn $(abspath $(VENV))/bin/$$b $(DESTDIR)$(PREFIX)/bin/$$b; done
-	for u in hypervm-pool hypervm-scheduler; do \
+	for u in hypervm-pool hypervm-scheduler hypervm-gc; do \
 		sed 's|@BINDIR@|$(PREFIX)/bin|g' examples/systemd/$$u.service \
 			> $(DESTDIR)$(SYSTEMD_DIR)/$$u.service; done
+	install -m 0644 examples/systemd/hypervm-gc.timer $(DESTDIR)$(SYSTEMD_DIR)/hypervm-gc.timer
 	test -e $(DESTDIR)$(CONFIG_DIR)/config.toml || \
 		install -m 0644 examples/config.toml $(DESTDIR)$(CONFIG_DIR)/config.toml
 	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "installed; enable the services when configured: systemctl enable --now hypervm-pool"
+	@echo "installed; enable the services when configured: systemctl enable --now hypervm-pool hypervm-gc.timer"
 
 clean:
 	$(MAKE) -C init clean
