@@ -64,10 +64,21 @@ def _booted_run(hypervm, image_ref: str, env: dict[str, str],  # noqa: ANN001
                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     prefix = f"hypervm-{name}"
-    _wait("the run's domain is created", lambda: our_domains(prefix), 60)
-    (domain,) = our_domains(prefix)
-    children = [pid for pid in _children(cli.pid) if _alive(pid)]
-    assert len(children) == 1, children  # the starter, holding the domain's auto-destroy
+    children: list[int] = []
+
+    def starter_alone() -> bool:  # the network policy's nft, run once the domain is created,
+        children[:] = [pid for pid in _children(cli.pid) if _alive(pid)]  # comes and goes
+        return len(children) == 1
+
+    try:
+        _wait("the run's domain is created", lambda: our_domains(prefix), 60)
+        (domain,) = our_domains(prefix)
+        # the starter, holding the domain's auto-destroy
+        _wait(f"one child of the CLI (the starter): {children}", starter_alone, 20)
+    except BaseException:
+        cli.kill()
+        cli.wait()
+        raise
     return cli, children[0], domain
 
 
@@ -86,6 +97,26 @@ def test_a_killed_cli_or_starter_leaves_no_vm(hypervm, image_ref: str,  # noqa: 
         _wait("the starter child ended", lambda: not _alive(child), 35)
         if killed == "starter":
             assert cli.wait(60) != 0  # its VM was destroyed under it
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait()
+
+
+def test_the_answered_starter_waits_at_nice_19_and_still_ends_the_vm(
+        hypervm, image_ref: str, image_env: dict[str, str]) -> None:  # noqa: ANN001
+    """Once it has answered the createXML (the CLI raised it for that), the child only waits:
+    back at nice 19, its end never takes a core from the CLI's own end or libvirtd's teardown.
+    A SIGKILL of the CLI then still has it destroy the VM (at the priority it had) and end."""
+    name = f"{TEST_TAG}-nice"
+    cli, child, domain = _booted_run(hypervm, image_ref, image_env, name)
+    try:
+        _wait("the answered starter back at nice 19",
+              lambda: os.getpriority(os.PRIO_PROCESS, child) == 19, 20)
+        os.kill(cli.pid, signal.SIGKILL)
+        _wait(f"{domain} gone after SIGKILL of the CLI",
+              lambda: domain not in our_domains(f"hypervm-{name}"), 20)
+        _wait("the starter child ended", lambda: not _alive(child), 35)
     finally:
         if cli.poll() is None:
             cli.kill()
