@@ -66,8 +66,7 @@ MAX_TEXT = 16 << 10
 #: how long createXML may take before the parent gives up (and kills the child)
 REPLY_TIMEOUT = 120.0
 PR_SET_PDEATHSIG = 1
-#: the child's niceness until the parent sends its request (see _child), and again once it has
-#: answered (:func:`_serve`: from then on it only waits, never on the run's path)
+#: the child's niceness until the parent sends its request (see _child)
 NICE = 19
 #: where libvirt (qemu:///system) keeps ``<domain>.pid`` while the domain's QEMU runs
 #: (executor.libvirt.qemu_process.LIBVIRT_PID_DIR: importing that module, or linger, loads
@@ -507,9 +506,7 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
         _write_all(wfd, encode({"uuid": dom.UUIDString()}))
     except OSError:
         pass  # the parent is gone: its message below is None
-    raised = _lower_priority()  # it only waits now: the run's end is the CLI's and libvirtd's
     if _next_message(rfd, 64) != {"gone": True}:
-        _set_priority(raised)  # the VM's end is on us now: no later than with the CLI alive
         try:  # the parent ended without ending the VM (killed): end it, as its connection's
             dom.destroy()  # close would, but on a libvirtd worker, not its main loop
         except libvirt.libvirtError:
@@ -524,20 +521,6 @@ def wait_teardown(pid_file: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while os.path.exists(pid_file) and time.monotonic() < deadline:
         time.sleep(TEARDOWN_POLL_S)
-
-
-def _lower_priority() -> int:
-    """Back to :data:`NICE` once the domain is created; returns the priority it had."""
-    raised = os.getpriority(os.PRIO_PROCESS, 0)
-    _set_priority(max(raised, NICE))
-    return raised
-
-
-def _set_priority(nice: int) -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except OSError:
-        pass  # not root: a lowered priority stays (only its destroy call waits for a core)
 
 
 def _open(libvirt: Any, uri: str) -> tuple[Any, str]:

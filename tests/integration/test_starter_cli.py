@@ -103,26 +103,6 @@ def test_a_killed_cli_or_starter_leaves_no_vm(hypervm, image_ref: str,  # noqa: 
         cli.wait()
 
 
-def test_the_answered_starter_waits_at_nice_19_and_still_ends_the_vm(
-        hypervm, image_ref: str, image_env: dict[str, str]) -> None:  # noqa: ANN001
-    """Once it has answered the createXML (the CLI raised it for that), the child only waits:
-    back at nice 19, its end never takes a core from the CLI's own end or libvirtd's teardown.
-    A SIGKILL of the CLI then still has it destroy the VM (at the priority it had) and end."""
-    name = f"{TEST_TAG}-nice"
-    cli, child, domain = _booted_run(hypervm, image_ref, image_env, name)
-    try:
-        _wait("the answered starter back at nice 19",
-              lambda: os.getpriority(os.PRIO_PROCESS, child) == 19, 20)
-        os.kill(cli.pid, signal.SIGKILL)
-        _wait(f"{domain} gone after SIGKILL of the CLI",
-              lambda: domain not in our_domains(f"hypervm-{name}"), 20)
-        _wait("the starter child ended", lambda: not _alive(child), 35)
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-        cli.wait()
-
-
 def _error_line(result: subprocess.CompletedProcess) -> str:
     text = result.stderr.decode()
     return re.sub(r"hypervm-[\w-]+", "VM", text.strip().splitlines()[0] if text.strip() else "")

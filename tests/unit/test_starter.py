@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from executor.cli import fastrun
-from executor.libvirt import starter
+from executor.libvirt import linger, starter
 from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 from executor.libvirt.starter import StarterError
 from hypervm.errors import HostError, HypervisorError
@@ -334,6 +334,8 @@ def test_the_childs_teardown_wait_loads_nothing_and_is_bounded(tmp_path: Path) -
     own end), returns once the file is gone, and at its timeout when it stays; the pid
     files' directory is libvirt's, as qemu_process has it."""
     assert Path(starter.LIBVIRT_PID_DIR) == LIBVIRT_PID_DIR
+    assert (starter.TEARDOWN_TIMEOUT_S, starter.TEARDOWN_POLL_S) == (linger.TEARDOWN_TIMEOUT_S,
+                                                                    linger.POLL_S)
     going, staying = tmp_path / "going.pid", tmp_path / "staying.pid"
     going.write_text("1")
     staying.write_text("1")
