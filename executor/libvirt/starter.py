@@ -181,7 +181,6 @@ class Starter:
         except (OSError, StarterError) as e:
             self.kill()
             raise StarterError(str(e)) from e
-        load_deferred()  # once created, while the guest boots (defer_modules)
         if kind != "ok":
             self.close()  # nothing was created: the child ends at once
         return kind, value, connect
@@ -281,7 +280,6 @@ def lazy_module(name: str) -> ModuleType:
 #: and textwrap (logging's text of an exception, ~3 ms), ElementPath (``find``: the parse of a
 #: domain's XML, not its build, ~0.7 ms)
 LATER_MODULES = ("inspect", "traceback", "xml.etree.ElementPath")
-_later: list[ModuleType] = []
 _later_lock = _thread.RLock()
 _loading: set[str] = set()
 
@@ -317,14 +315,15 @@ def _load(module: ModuleType) -> bool:
 
 def defer_modules(names: Sequence[str] = LATER_MODULES) -> None:
     """Put ``names`` in ``sys.modules`` as :class:`_Later` modules, which this process's cold
-    run loads once the child has created its domain (:func:`load_deferred`, in
-    :meth:`Starter.create`), while the guest boots, where before its imports ran them on the
-    way to createXML. Not while the child's createXML runs: libvirtd and QEMU's start need
-    the CPU then (`bench.runfast --stamps`: createXML began 5 ms earlier and took 7 ms less,
-    paired, loaded after it). Any use before loads it at once."""
+    run loads at their first use, where before its imports ran them on the way to createXML.
+    A cold ``run … true`` never uses them: until session 19 ``Starter.create`` loaded them
+    once the domain was created (~8-9 ms of CPU in the guest's boot window, on a two-core
+    host whose other core the guest's QEMU and libvirtd share; DEVELOPERS.md, task coldend);
+    a run that needs one (an exception's text, a dataclass without a docstring) loads it then,
+    under the lock."""
     for name in names:
-        if name not in sys.modules and (module := _later_module(name)) is not None:
-            _later.append(module)
+        if name not in sys.modules:
+            _later_module(name)
 
 
 def _later_module(name: str) -> ModuleType | None:
@@ -339,13 +338,6 @@ def _later_module(name: str) -> ModuleType | None:
     sys.modules[name] = module
     return module
 
-
-def load_deferred() -> None:
-    """Load what :func:`defer_modules` left for later (nothing when it was not called)."""
-    while _later:
-        module = _later.pop()
-        if type(module) is _Later:
-            _load(module)
 
 
 _ahead: list[Starter] = []
