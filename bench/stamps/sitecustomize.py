@@ -75,6 +75,20 @@ COLD_STAMPED = (
     ("executor.vm", "HyperVM.start"),
     ("executor.vm", "HyperVM.discard"),
     ("executor.cli.run", "run_command"),
+    # the host's side after createXML (task coldend): the deferred modules' load, the EXIT's
+    # arrival (the channel's reader thread), the VM's end step by step
+    ("executor.libvirt.starter", "load_deferred"),
+    ("executor.guest.channel", "GuestChannel._dispatch"),  # its first call: READY's arrival
+    ("executor.vm", "HyperVM.configure_network"),
+    ("executor.vm", "HyperVM.send_start"),
+    ("executor.vm", "HyperVM.wait_started"),
+    ("executor.runner", "RunningProcess.on_exit"),
+    ("executor.libvirt.qemu_process", "QemuProcess.stop"),
+    ("executor.vm", "HyperVM.destroy"),
+    ("executor.guest.channel", "GuestChannel.close"),
+    ("executor.libvirt.hypervisor", "Hypervisor.close"),
+    ("executor.libvirt.starter", "Starter.close"),
+    ("executor.vm", "HyperVM._end_identity"),
 )
 
 

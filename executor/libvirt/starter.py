@@ -68,6 +68,14 @@ REPLY_TIMEOUT = 120.0
 PR_SET_PDEATHSIG = 1
 #: the child's niceness until the parent sends its request (see _child)
 NICE = 19
+#: where libvirt (qemu:///system) keeps ``<domain>.pid`` while the domain's QEMU runs
+#: (executor.libvirt.qemu_process.LIBVIRT_PID_DIR: importing that module, or linger, loads
+#: logging and traceback, ~6 ms of the child's CPU at the run's end, beside the CLI's own end
+#: and libvirtd's teardown on a two-core host)
+LIBVIRT_PID_DIR = "/run/libvirt/qemu"
+#: the child's wait for libvirtd's teardown of its domain (executor.libvirt.linger's bounds)
+TEARDOWN_TIMEOUT_S = 30.0
+TEARDOWN_POLL_S = 0.05
 STARTER_HINT = "start libvirtd: virtlogd -d; libvirtd -d (or HYPERVM_STARTER=off)"
 
 
@@ -173,7 +181,6 @@ class Starter:
         except (OSError, StarterError) as e:
             self.kill()
             raise StarterError(str(e)) from e
-        load_deferred()  # once created, while the guest boots (defer_modules)
         if kind != "ok":
             self.close()  # nothing was created: the child ends at once
         return kind, value, connect
@@ -273,7 +280,6 @@ def lazy_module(name: str) -> ModuleType:
 #: and textwrap (logging's text of an exception, ~3 ms), ElementPath (``find``: the parse of a
 #: domain's XML, not its build, ~0.7 ms)
 LATER_MODULES = ("inspect", "traceback", "xml.etree.ElementPath")
-_later: list[ModuleType] = []
 _later_lock = _thread.RLock()
 _loading: set[str] = set()
 
@@ -309,14 +315,15 @@ def _load(module: ModuleType) -> bool:
 
 def defer_modules(names: Sequence[str] = LATER_MODULES) -> None:
     """Put ``names`` in ``sys.modules`` as :class:`_Later` modules, which this process's cold
-    run loads once the child has created its domain (:func:`load_deferred`, in
-    :meth:`Starter.create`), while the guest boots, where before its imports ran them on the
-    way to createXML. Not while the child's createXML runs: libvirtd and QEMU's start need
-    the CPU then (`bench.runfast --stamps`: createXML began 5 ms earlier and took 7 ms less,
-    paired, loaded after it). Any use before loads it at once."""
+    run loads at their first use, where before its imports ran them on the way to createXML.
+    A cold ``run … true`` never uses them: until session 19 ``Starter.create`` loaded them
+    once the domain was created (~8-9 ms of CPU in the guest's boot window, on a two-core
+    host whose other core the guest's QEMU and libvirtd share; DEVELOPERS.md, task coldend);
+    a run that needs one (an exception's text, a dataclass without a docstring) loads it then,
+    under the lock."""
     for name in names:
-        if name not in sys.modules and (module := _later_module(name)) is not None:
-            _later.append(module)
+        if name not in sys.modules:
+            _later_module(name)
 
 
 def _later_module(name: str) -> ModuleType | None:
@@ -331,13 +338,6 @@ def _later_module(name: str) -> ModuleType | None:
     sys.modules[name] = module
     return module
 
-
-def load_deferred() -> None:
-    """Load what :func:`defer_modules` left for later (nothing when it was not called)."""
-    while _later:
-        module = _later.pop()
-        if type(module) is _Later:
-            _load(module)
 
 
 _ahead: list[Starter] = []
@@ -503,12 +503,16 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
             dom.destroy()  # close would, but on a libvirtd worker, not its main loop
         except libvirt.libvirtError:
             pass  # already gone
-    # deferred: the child's, once its domain is ended (linger's wait for libvirtd's teardown)
-    from executor.libvirt import linger
-    from executor.libvirt.qemu_process import LIBVIRT_PID_DIR  # deferred: as linger
-
-    linger.wait_gone([LIBVIRT_PID_DIR / f"{request['name']}.pid"], linger.TEARDOWN_TIMEOUT_S)
+    wait_teardown(os.path.join(LIBVIRT_PID_DIR, f"{request['name']}.pid"), TEARDOWN_TIMEOUT_S)
     # our exit closes the connection: libvirtd has nothing left to auto-destroy
+
+
+def wait_teardown(pid_file: str, timeout: float) -> None:
+    """Until libvirtd has torn the domain down (its pid file removed), at most ``timeout`` s:
+    executor.libvirt.linger.wait_gone without importing linger (see LIBVIRT_PID_DIR)."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(TEARDOWN_POLL_S)
 
 
 def _open(libvirt: Any, uri: str) -> tuple[Any, str]:

@@ -64,10 +64,21 @@ def _booted_run(hypervm, image_ref: str, env: dict[str, str],  # noqa: ANN001
                            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     prefix = f"hypervm-{name}"
-    _wait("the run's domain is created", lambda: our_domains(prefix), 60)
-    (domain,) = our_domains(prefix)
-    children = [pid for pid in _children(cli.pid) if _alive(pid)]
-    assert len(children) == 1, children  # the starter, holding the domain's auto-destroy
+    children: list[int] = []
+
+    def starter_alone() -> bool:  # the network policy's nft, run once the domain is created,
+        children[:] = [pid for pid in _children(cli.pid) if _alive(pid)]  # comes and goes
+        return len(children) == 1
+
+    try:
+        _wait("the run's domain is created", lambda: our_domains(prefix), 60)
+        (domain,) = our_domains(prefix)
+        # the starter, holding the domain's auto-destroy
+        _wait(f"one child of the CLI (the starter): {children}", starter_alone, 20)
+    except BaseException:
+        cli.kill()
+        cli.wait()
+        raise
     return cli, children[0], domain
 
 

@@ -121,9 +121,9 @@ def test_a_cold_runs_cli_leaves_inspect_and_traceback_for_after_its_createxml() 
     """The console script of a cold run (its starter forked) leaves inspect (with ast and dis:
     dataclasses' for a class without a docstring), traceback (with linecache, tokenize,
     textwrap: logging's text of an exception) and ElementPath (an XML's parse) for later:
-    ~11 ms of every cold run before its createXML (issue 18). They are loaded once its VM is
-    created (starter.load_deferred), and at any use before: a class without a docstring still
-    gets dataclass's."""
+    ~11 ms of every cold run before its createXML (issue 18). They are loaded at their first
+    use (a ``run … true`` has none, task coldend): a class without a docstring still gets
+    dataclass's, an exception its text."""
     code = """
 import sys, types
 from executor.libvirt import starter
@@ -137,7 +137,6 @@ import dataclasses
 class Bare:
     x: int
 print(Bare.__doc__, type(sys.modules["inspect"]) is types.ModuleType)
-starter.load_deferred()
 import traceback
 print(traceback.format_exception_only(ValueError("v")), "ast" in sys.modules)
 """

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from executor.cli import fastrun
-from executor.libvirt import starter
+from executor.libvirt import linger, starter
+from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 from executor.libvirt.starter import StarterError
 from hypervm.errors import HostError, HypervisorError
 
@@ -324,3 +325,33 @@ def test_the_parent_connects_only_when_it_needs_to_and_says_gone(_spec: object) 
     hv.create(_spec)  # type: ignore[arg-type]
     hv.close()  # neither destroyed nor gone: the child destroys it
     assert fake.closed == [False]
+
+
+
+def test_the_childs_teardown_wait_loads_nothing_and_is_bounded(tmp_path: Path) -> None:
+    """The answered child's wait for libvirtd's teardown (its domain's pid file removed)
+    imports neither linger nor logging (~6 ms of its CPU at the run's end, beside the CLI's
+    own end), returns once the file is gone, and at its timeout when it stays; the pid
+    files' directory is libvirt's, as qemu_process has it."""
+    assert Path(starter.LIBVIRT_PID_DIR) == LIBVIRT_PID_DIR
+    assert (starter.TEARDOWN_TIMEOUT_S, starter.TEARDOWN_POLL_S) == (linger.TEARDOWN_TIMEOUT_S,
+                                                                    linger.POLL_S)
+    going, staying = tmp_path / "going.pid", tmp_path / "staying.pid"
+    going.write_text("1")
+    staying.write_text("1")
+    code = f"""
+import os, sys, threading, time
+import executor.libvirt.starter as s
+threading.Timer(0.2, os.unlink, ({str(going)!r},)).start()
+before, t = set(sys.modules), time.monotonic()
+s.wait_teardown({str(going)!r}, 10)
+gone, t = time.monotonic() - t, time.monotonic()
+s.wait_teardown({str(staying)!r}, 0.1)
+print(sorted(set(sys.modules) - before), round(gone, 2), round(time.monotonic() - t, 2))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    loaded, gone, bounded = out.rsplit(" ", 2)
+    assert loaded == "[]", loaded
+    assert 0.15 <= float(gone) < 2
+    assert 0.1 <= float(bounded) < 1
