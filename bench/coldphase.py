@@ -37,9 +37,13 @@ T = TypeVar("T")
 
 def rotated(items: Sequence[T], i: int) -> list[T]:
     """``items`` in round ``i``'s order: rotated by ``i``, so that over ``len(items)`` rounds
-    each goes first once and each follows every other one as often (for two: alternating)."""
+    each goes first once (for two: alternating); every other cycle of ``len(items)`` rounds
+    reversed, so that over ``2 × len(items)`` rounds each also follows every other one as
+    often within a round (rotation alone put, of three, the third right after the second in
+    two rounds of three and the second after the third in one)."""
     k = i % len(items) if items else 0
-    return [*items[k:], *items[:k]]
+    order = [*items[k:], *items[:k]]
+    return order[::-1] if items and (i // len(items)) % 2 else order
 
 
 def paired_p50(values: Sequence[float], baselines: Sequence[float]) -> float | None:

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 from bench.vmenv import GUEST_MIB, bench_name
+from executor.libvirt.starter import LIBVIRT_PID_DIR
 
 TIMEOUT = 180.0
+#: how long a run's domain may take to be torn down by libvirtd after its CLI's exit
+TEARDOWN_TIMEOUT = 30.0
 #: the checkout this bench belongs to: its ``hypervm`` runs this tree's code, not the one the
 #: venv's editable install points at (a worktree's bench measured the main tree's run path)
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +36,8 @@ def tree_env(tree: Path = REPO) -> dict[str, str]:
 def run_once(ref: str, tree: Path = REPO, stamps: Path | None = None) -> float:
     """Seconds of one cold ``hypervm run REF -- true`` with the code of ``tree``; ``stamps``:
     a directory the CLI writes the stamps of its path into (bench/stamps/sitecustomize.py)."""
-    argv = [*hypervm_argv(), "run", "--name", bench_name("run"), "--quiet",
+    name = bench_name("run")
+    argv = [*hypervm_argv(), "run", "--name", name, "--quiet",
             "--memory", str(GUEST_MIB), ref, "--", "true"]
     env = tree_env(tree)
     if stamps is not None:
@@ -45,7 +49,18 @@ def run_once(ref: str, tree: Path = REPO, stamps: Path | None = None) -> float:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False,
                           env=env)
     took = time.monotonic() - started
+    wait_teardown(name)
     if proc.returncode != 0:
         raise RuntimeError(f"hypervm run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return took
+
+
+def wait_teardown(name: str, timeout: float = TEARDOWN_TIMEOUT) -> None:
+    """Off the clock, until libvirtd has torn down the run's domain (``hypervm-NAME-*``: its
+    pid file gone, what the CLI's starter child waits for after the CLI exits), so that the
+    next sample's boot does not run beside the teardown of this one."""
+    deadline = time.monotonic() + timeout
+    pattern = f"hypervm-{name}-*.pid"
+    while any(Path(LIBVIRT_PID_DIR).glob(pattern)) and time.monotonic() < deadline:
+        time.sleep(0.02)
 

@@ -14,7 +14,11 @@ def test_rotation_puts_each_first_once_and_alternates_two() -> None:
     orders = [coldphase.rotated(items, i) for i in range(3)]
     assert [o[0] for o in orders] == items
     assert all(sorted(o) == sorted(items) for o in orders)
-    assert coldphase.rotated(items, 3) == items
+    assert coldphase.rotated(items, 6) == items
+    # over 2 x 3 rounds each follows each other one within a round as often (twice)
+    follows = [(o[j], o[j + 1]) for o in (coldphase.rotated(items, i) for i in range(6))
+               for j in range(2)]
+    assert all(follows.count((a, b)) == 2 for a in items for b in items if a != b)
     assert [coldphase.rotated(["raw", "run"], i) for i in range(2)] == [
         ["raw", "run"], ["run", "raw"]]
     assert coldphase.rotated([], 5) == []
