@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -104,8 +105,10 @@ static long long now_ms(void)
 /* find_device, polling every millisecond until `deadline`, until the device also opens: a
  * hot-added disk (a pool VM's, a snapshot clone's) is in /sys/block a moment before its node
  * is in /dev (ENOENT) and before it can be opened (ENXIO until the kernel's probe, which may
- * run on another vCPU, has added it), so that the mount that follows sees a ready disk. */
-static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t size)
+ * run on another vCPU, has added it), so that the mount that follows sees a ready disk.
+ * 0 with *fdp open (or -1 when the open failed otherwise: the mount reports it), -1 when the
+ * deadline passed first. */
+static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t size, int *fdp)
 {
 	const struct timespec tick = {0, 1000000};
 	long long deadline = -1;
@@ -121,9 +124,24 @@ static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t 
 			return -1;
 		nanosleep(&tick, NULL);
 	}
-	if (fd >= 0)
-		close(fd);
+	*fdp = fd;
 	return 0;
+}
+
+/* A layer disk's read-ahead, set when init mounts it (the kernel's default is 128 KiB). A
+ * layer holds programs, libraries and static files, which are mostly mapped: each first fault
+ * in a file reads this much around it (the kernel's read-around, bounded by the file). A cold
+ * run of the 2 MB static busybox `true` read its layer in 24 requests, now 11 (1.53 -> 1.91
+ * MiB read), each a wait on QEMU's block layer and a pass through the guest's fault and
+ * read-ahead paths under TCG: its OK -> EXIT ~12 ms shorter; 2 MiB gains nothing more, 512 KiB
+ * half (DEVELOPERS.md, coldstart). The writable layer (tmpfs) and 9p volumes are not block
+ * devices: unchanged. */
+#define LAYER_READAHEAD_KB 1024
+
+static void set_readahead(int fd, const char *dev)
+{
+	if (ioctl(fd, BLKRASET, (unsigned long)LAYER_READAHEAD_KB * 2) != 0) /* 512-byte sectors */
+		log_errno("set the read-ahead of %s (ignored)", dev);
 }
 
 /* Mount `dev` read-only as erofs, else ext4; 0, or -1 with errno (*erofs_errno: erofs's). */
@@ -139,12 +157,16 @@ static int mount_ro(const char *dev, const char *target, int *erofs_errno)
 static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 {
 	char dev[300], target[128];
-	int erofs_errno = 0;
+	int erofs_errno = 0, fd;
 
-	if (await_device(serial, wait_ms, dev, sizeof(dev)) != 0) {
+	if (await_device(serial, wait_ms, dev, sizeof(dev), &fd) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);
+	}
+	if (fd >= 0) {
+		set_readahead(fd, dev);
+		close(fd);
 	}
 	snprintf(target, sizeof(target), "%s/%s", LAYERS_DIR, serial);
 	if (mkdir(target, 0755) != 0 && errno != EEXIST) {

@@ -1034,6 +1034,23 @@ def test_the_guest_kernel_reads_no_partition_table(guests: Any, tmp_path: Path) 
     assert not [n for n in names if n[-1].isdigit()], names
 
 
+def test_a_layer_disks_read_ahead_is_raised_at_its_mount(guests: Any, tmp_path: Path) -> None:
+    """init sets a layer disk's read-ahead to 1 MiB when it mounts it (a layer's programs and
+    libraries are read around each first fault: fewer, larger reads; init/src/layers.c); a
+    disk no START mounted keeps the kernel's 128 KiB. Fails with init 0.7.2 (128 on both)."""
+    disk = tmp_path / "other.img"
+    disk.write_bytes(bytes(1 << 20))
+    g = guests("readahead", extra=["-drive", f"file={disk},if=none,id=d9,format=raw,readonly=on",
+                                   "-device", "virtio-blk-pci,drive=d9,serial=other"])
+    assert g.chan is not None
+    start(g.chan, "ra", 1, "for d in /sys/block/vd*; do "
+                           "echo $(cat $d/serial) $(cat $d/queue/read_ahead_kb); done")
+    proc = g.chan.wait_exit(1)
+    assert proc.exit == {"status": 0, "signal": None}
+    found = dict(line.split() for line in proc.stdout.decode().splitlines())
+    assert found[LAYER] == "1024" and found["other"] == "128", found
+
+
 def test_a_containers_etc_files_on_a_merged_etc(guests: Any) -> None:
     """After a NETWORK, a writable container's /etc is the image's (the upper layer's files
     over the lower's, its mode and owner) plus hosts, resolv.conf and hostname, which no layer
