@@ -65,6 +65,12 @@ LOAD_TIMEOUT = 30.0
 #: seconds the keeper waits for another process's template of the store (then retries later)
 TEMPLATE_WAIT_S = template.BOOT_TIMEOUT + template.SAVE_TIMEOUT
 WARMUP_TIMEOUT = 60.0
+#: after the warm-up's exit, let the standby's init have its quiet loop (init's SPARE_IDLE_MS,
+#: 500 ms) before the standby is ready: the warm-up container's release and its spare cgroups
+#: (init 0.7.4: two, for a group's two STARTs) are made then, off any launch's clock, not in
+#: the claim's RESEED round (a claim that came sooner paid them: ~10-20 ms of vCPU; task
+#: "twocont", DEVELOPERS.md)
+SETTLE_S = 0.6
 #: snapshot keys of shapes remembered at most (computing one builds a domain's XML)
 KEYS_KEPT = 64
 #: the pool state of a standby clone in its metadata
@@ -410,6 +416,7 @@ class StandbyKeeper:
                             reseed_payload(os.urandom(RESEED_BYTES)), LOAD_TIMEOUT)
             warmup.attach_layers(hv, name, (), self._warmup_layer)
             warmup.run_warmup(channel, name, 0, WARMUP_TIMEOUT)
+            time.sleep(SETTLE_S)
         except BaseException:
             sock.close()
             raise

@@ -21,7 +21,8 @@
 
 static enum { UNKNOWN, AVAILABLE, MISSING } controllers = UNKNOWN;
 static uint32_t next_seq = 1;
-static char spare[CGROUP_NAME_MAX]; /* "": none */
+static char spares[CGROUP_SPARES][CGROUP_NAME_MAX]; /* made ahead, taken in order */
+static size_t nspares;
 static int spare_failed; /* housekeeping stops trying (a START still tries, and says why) */
 static char released[MAX_RELEASED][CGROUP_NAME_MAX];
 static size_t nreleased;
@@ -57,7 +58,7 @@ static int set_value(const char *name, const char *file, uint64_t value, struct 
 	return 0;
 }
 
-/* A fresh cgroup in `spare`: an OOM kill in it ends all of it, like Mesos' memory limitation. */
+/* One more fresh spare: an OOM kill in it ends all of it, like Mesos' memory limitation. */
 static int make_spare(struct op_error *e)
 {
 	char name[CGROUP_NAME_MAX], dir[64];
@@ -72,7 +73,7 @@ static int make_spare(struct op_error *e)
 		rmdir(dir);
 		return -1;
 	}
-	memcpy(spare, name, sizeof(spare));
+	memcpy(spares[nspares++], name, CGROUP_NAME_MAX);
 	return 0;
 }
 
@@ -106,17 +107,20 @@ int cgroup_open(const char *name, struct op_error *e)
 	return fd;
 }
 
-int cgroup_create(const struct limits *l, char name[CGROUP_NAME_MAX], struct op_error *e)
+int cgroup_create(const struct limits *l, char name[CGROUP_NAME_MAX], int *ahead,
+		  struct op_error *e)
 {
 	int fd;
 
 	name[0] = '\0';
+	*ahead = 0;
 	if (!have_controllers())
 		return cgroup_set_limits(name, l, e) == 0 ? -2 : -1;
-	if (spare[0] == '\0' && make_spare(e) != 0)
+	*ahead = nspares > 0;
+	if (nspares == 0 && make_spare(e) != 0)
 		return -1;
-	memcpy(name, spare, CGROUP_NAME_MAX);
-	spare[0] = '\0';
+	memcpy(name, spares[0], CGROUP_NAME_MAX);
+	memmove(spares[0], spares[1], --nspares * CGROUP_NAME_MAX);
 	if (cgroup_set_limits(name, l, e) != 0 || (fd = cgroup_open(name, e)) < 0) {
 		cgroup_release(name);
 		name[0] = '\0';
@@ -185,14 +189,15 @@ void cgroup_release(const char *name)
 	snprintf(released[nreleased++], CGROUP_NAME_MAX, "%s", name);
 }
 
-int cgroup_spare_due(void)
+int cgroup_spare_due(int in_run)
 {
-	return spare[0] == '\0' && !spare_failed && controllers != MISSING;
+	return (nspares == 0 || (nspares < CGROUP_SPARES && !in_run)) && !spare_failed &&
+	       controllers != MISSING;
 }
 
 int cgroup_release_pending(void) { return nreleased > 0; }
 
-void cgroup_housekeeping(int spare_now, int in_run)
+void cgroup_housekeeping(int spare_now, int in_run, int quiet)
 {
 	struct op_error e;
 	int rc;
@@ -210,9 +215,13 @@ void cgroup_housekeeping(int spare_now, int in_run)
 			log_errno("remove the cgroup %s", dir);
 		memcpy(released[i], released[--nreleased], CGROUP_NAME_MAX);
 	}
-	if (spare_now && cgroup_spare_due() && have_controllers()) {
+	if (spare_now && nspares == 0 && cgroup_spare_due(in_run) && have_controllers()) {
 		spare_failed = make_spare(&e) != 0;
 		if (in_run)
 			stamp(STAMP_SPARE);
 	}
+	/* the others only in a quiet guest with no process (a template, an idle VM): never on
+	 * a cold run's way from READY to its START, nor beside a running process */
+	while (quiet && !in_run && cgroup_spare_due(in_run) && have_controllers())
+		spare_failed = make_spare(&e) != 0;
 }

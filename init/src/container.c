@@ -465,7 +465,7 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	struct start_req shares;
 	struct op_error ce;
 	struct pollfd pfd;
-	int sv[2];
+	int sv[2], ahead;
 	long child;
 	ssize_t n;
 
@@ -478,7 +478,7 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	if (layers_ensure(req->rootfs.layers, req->rootfs.nlayers, req->rootfs.wait_ms, e) != 0 ||
 	    shares_ensure(&shares, e) != 0)
 		return -1;
-	if ((cgroup_fd = cgroup_create(&none, cgroup, e)) == -1)
+	if ((cgroup_fd = cgroup_create(&none, cgroup, &ahead, e)) == -1)
 		return -1;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
 		log_errno("socketpair");

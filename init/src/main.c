@@ -22,7 +22,8 @@
 
 #define MAX_POLL_FDS (2 + 3 * MAX_PROCESSES)
 #define DISCONNECTED_POLL_MS 5
-/* While a process runs, the spare cgroup is made once the loop has been idle this long. */
+/* While a process runs, the spare cgroup is made once the loop has been idle this long; the
+ * further spares (cgroup.h) once it has been idle this long with no process. */
 #define SPARE_IDLE_MS 500
 
 static int boot(int *self_fd)
@@ -65,9 +66,9 @@ static void serve_forever(struct server *srv, int sfd)
 		size_t first_slot = n;
 		n += relay_poll_fds(pfds + n, slots + n, MAX_POLL_FDS - n,
 				    ch->state == CH_CONNECTED);
-		int timeout = cgroup_spare_due() || cgroup_release_pending() || signals_ended_pending()
-				  ? SPARE_IDLE_MS
-				  : -1;
+		int idle_work = cgroup_spare_due(proc_count() > 0) || cgroup_release_pending() ||
+				signals_ended_pending();
+		int timeout = idle_work ? SPARE_IDLE_MS : -1;
 
 		if (ch->state == CH_DISCONNECTED)
 			timeout = DISCONNECTED_POLL_MS;
@@ -87,7 +88,8 @@ static void serve_forever(struct server *srv, int sfd)
 		 * end the VM) wait for a later round, at the latest SPARE_IDLE_MS of quiet. */
 		if (relay_flush_exits(ch) == 0) {
 			signals_release_ended();
-			cgroup_housekeeping(ready == 0 || proc_count() == 0, proc_count() > 0);
+			cgroup_housekeeping(ready == 0 || proc_count() == 0, proc_count() > 0,
+					    ready == 0 && timeout == SPARE_IDLE_MS);
 		}
 		stamp_report(); /* after the EXIT and what follows it in this round */
 	}

@@ -107,7 +107,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	struct op_error e;
 	struct spawn_fds f;
 	pid_t reaper, pid;
-	int rc = 1, took_prepared = 0, cgroup_fd;
+	int rc = 1, took_prepared = 0, ahead = 1, cgroup_fd;
 	char cgroup[CGROUP_NAME_MAX];
 	struct container *c;
 
@@ -125,7 +125,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 		took_prepared = rc == 0;
 	}
 	if (rc == 1) {
-		cgroup_fd = cgroup_create(&req->limits, cgroup, &e);
+		cgroup_fd = cgroup_create(&req->limits, cgroup, &ahead, &e);
 		stamp(STAMP_CGROUP);
 		rc = cgroup_fd == -1 ? -1 : container_start(req, cgroup_fd, &f, &reaper, &pid, &e);
 		if (cgroup_fd >= 0)
@@ -147,8 +147,10 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	reply_ok(s, id, msg_pid(pid));
 	stamp(STAMP_START_OK);
 	c->mounts_fd = container_hold_mounts(reaper);
-	log_msg("container %s started%s: process %u is pid %d", req->container,
-		took_prepared ? " (prepared)" : "", req->handle, (int)pid);
+	log_msg("container %s started%s: process %u is pid %d, cgroup %s%s", req->container,
+		took_prepared ? " (prepared)" : "", req->handle, (int)pid,
+		cgroup[0] != '\0' ? cgroup : "none",
+		cgroup[0] != '\0' && !ahead ? " (made at its START)" : "");
 	return 0;
 }
 

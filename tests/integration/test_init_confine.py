@@ -9,12 +9,13 @@ writable layer, and an OOM kill reported as such in its EXIT.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import pytest
 
-from executor.guest.protocol import MsgType
+from executor.guest.protocol import MsgType, encode_json
 from tests.integration import test_init_qemu as qemu
 from tests.integration.test_init_qemu import LAYER, Channel, Guest
 
@@ -162,3 +163,49 @@ def test_a_prepared_container_takes_the_starts_limits(guests: Any) -> None:
     assert lines[:2] == [str(40 * MIB), "0::/"], (lines, proc.stderr)
     assert lines[2].split()[1] == "4096", lines
     assert lines[3].split() == ["CapEff:", DOCKER_CAPS]
+
+
+#: cat a container's own cgroup files: its limits, its OOM grouping, its memory use so far
+CGROUP_FILES = ("cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max "
+                "/sys/fs/cgroup/memory.oom.group; grep -c . /sys/fs/cgroup/cgroup.procs; "
+                "exec sleep 1000")
+
+
+def test_a_groups_starts_take_spare_cgroups_made_ahead_each_as_fresh(guests: Any) -> None:
+    """init 0.7.4 (task "twocont"): a guest idle with no process (a snapshot's template) makes
+    two spare cgroups, so a 2-container group's STARTs, sent back to back, both take one made
+    ahead (before, the second made its own at its START: ~10 ms under TCG). A third START sent
+    with them finds none (no spare is made beside a running process) and makes its own, and
+    init says so. Each is as a fresh cgroup: its START's own limits (a pids bound or none),
+    OOM grouping, only its own processes."""
+    g = guests("confine-spares")
+    chan = g.chan
+    assert chan is not None
+    time.sleep(2.0)  # four times the idle period after which init makes the further spares
+    starts = {"first": (240, {"memory": 48 * MIB, "pids": 16}),
+              "second": (241, {"memory": 40 * MIB}),
+              "third": (242, {"memory": 32 * MIB, "pids": 8})}
+    for rid, (name, (handle, limits)) in enumerate(starts.items(), start=1000):
+        chan.send_raw(encode_json(MsgType.START, rid, {
+            "container": name, "handle": handle, "rootfs": {"layers": [LAYER]},
+            "limits": limits,
+            "process": {"args": ["sh", "-c", CGROUP_FILES], "env": ["PATH=/bin"]}}))
+    for rid in (1000, 1001, 1002):
+        reply = chan.next_frame()
+        assert (reply.id, reply.type) == (rid, MsgType.OK), reply.json()
+    for handle, limits in starts.values():
+        chan.wait_output(handle, b"\n1\n3\n")  # the reaper, sh, grep: nobody else's
+        assert chan.procs[handle].stdout.decode().split() == [
+            str(limits["memory"]), str(limits.get("pids", "max")), "1", "3"]
+    deadline = time.monotonic() + 10
+    while "container third started" not in (console := g.console()):
+        assert time.monotonic() < deadline, console[-2000:]
+        time.sleep(0.05)
+    started = {m[1]: line for line in console.splitlines()
+               if (m := re.search(r"hypervm-init: container (\w+) started", line))}
+    assert not started["first"].endswith("(made at its START)"), started
+    assert not started["second"].endswith("(made at its START)"), started
+    assert started["third"].endswith("(made at its START)"), started
+    for handle, _ in starts.values():
+        chan.ok(MsgType.SIGNAL, {"handle": handle, "signal": 9})
+        assert chan.wait_exit(handle).exit == {"status": None, "signal": 9}
