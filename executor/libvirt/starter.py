@@ -339,7 +339,6 @@ def _later_module(name: str) -> ModuleType | None:
     return module
 
 
-
 _ahead: list[Starter] = []
 
 
