@@ -102,10 +102,17 @@ def _reseed(g: Guest, request_id: int, cpus: int) -> Any:
     return g.chan.next_frame(30)
 
 
-def _online(g: Guest) -> str:
-    """Init's last "N vCPUs online" console line."""
-    lines = [line for line in g.console().splitlines() if "vCPUs online" in line]
-    return lines[-1] if lines else ""
+def _online(g: Guest, want: str, timeout: float = 10.0) -> str:
+    """Init's last "N vCPUs online" console line, once it holds ``want`` (or at ``timeout``):
+    init writes it before its reply, but the serial console reaches its file after the
+    reply has come through the channel (a loaded CI host showed it missing at the reply)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in g.console().splitlines() if "vCPUs online" in line]
+        last = lines[-1] if lines else ""
+        if want in last or time.monotonic() >= deadline:
+            return last
+        time.sleep(0.05)
 
 
 def test_hot_added_vcpus_come_online_and_a_missing_one_times_out(
@@ -117,7 +124,7 @@ def test_hot_added_vcpus_come_online_and_a_missing_one_times_out(
     frame = _reseed(g, 100, 3)
     assert frame.type == MsgType.OK and frame.id == 100, (frame, g.console()[-2000:])
     assert frame.json() == {"cpus": 3}
-    assert "3 vCPUs online (3 wanted)" in _online(g)
+    assert "3 vCPUs online (3 wanted)" in _online(g, "3 vCPUs online (3 wanted)")
     # a vCPU present but offline (the kernel's own state) is brought online too
     monitor.add_vcpu(3)
     frame = _reseed(g, 101, 4)
