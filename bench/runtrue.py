@@ -63,4 +63,3 @@ def wait_teardown(name: str, timeout: float = TEARDOWN_TIMEOUT) -> None:
     pattern = f"hypervm-{name}-*.pid"
     while any(Path(LIBVIRT_PID_DIR).glob(pattern)) and time.monotonic() < deadline:
         time.sleep(0.02)
-

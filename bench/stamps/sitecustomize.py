@@ -75,9 +75,8 @@ COLD_STAMPED = (
     ("executor.vm", "HyperVM.start"),
     ("executor.vm", "HyperVM.discard"),
     ("executor.cli.run", "run_command"),
-    # the host's side after createXML (task coldend): the deferred modules' load, the EXIT's
-    # arrival (the channel's reader thread), the VM's end step by step
-    ("executor.libvirt.starter", "load_deferred"),
+    # the host's side after createXML (task coldend): READY's and the EXIT's arrival (the
+    # channel's reader thread), the VM's end step by step
     ("executor.guest.channel", "GuestChannel._dispatch"),  # its first call: READY's arrival
     ("executor.vm", "HyperVM.configure_network"),
     ("executor.vm", "HyperVM.send_start"),
