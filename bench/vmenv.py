@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hypervm.config import HostConfig, config_from_env
-from vmimage.boot import BootFiles, kernel_cmdline, resolve_boot
+from vmimage.boot import BootFiles, resolve_boot
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class VMEnv:
     def verbose(self, cmdline_extra: str = "") -> BootFiles:
         """These boot files with the kernel's console messages on (no ``quiet``), plus
         ``cmdline_extra``: for the profile of one boot."""
-        return replace(self.boot, cmdline=kernel_cmdline(self.kernel, quiet=False) + cmdline_extra)
+        verbose = self.boot.cmdline.replace(" quiet", "", 1)
+        return replace(self.boot, cmdline=verbose + cmdline_extra)
 
     def with_cmdline(self, cmdline_extra: str) -> BootFiles:
         return replace(self.boot, cmdline=self.boot.cmdline + cmdline_extra)

@@ -37,6 +37,8 @@ DEFAULT_SNAPSHOT_MAX_CLONES = 100
 MAX_SNAPSHOT_VCPUS = 64
 #: pids.max of each container in a guest (a fork bomb stops there); 0: no limit
 DEFAULT_CONTAINER_PIDS = 4096
+#: a plausible TSC for HYPERVM_GUEST_TSC_KHZ (100 MHz .. 10 GHz): outside, a typo (MHz for kHz)
+MIN_TSC_KHZ, MAX_TSC_KHZ = 100_000, 10_000_000
 
 
 @frozen_dataclass
@@ -267,6 +269,9 @@ class HostConfig:
     #: what guests' traffic may reach (HYPERVM_NET_POLICY, HYPERVM_NET_DENY,
     #: HYPERVM_NET_ALLOW_HOST)
     net_policy: NetPolicy = NetPolicy()
+    #: the TSC frequency TCG guests are given (``tsc_early_khz``): "auto" (the host's, when its
+    #: kernel states it exactly), "off" or a number of kHz (vmimage.guesttsc)
+    guest_tsc_khz: str = "auto"
 
     @property
     def kernel_dir(self) -> Path:
@@ -363,7 +368,21 @@ def config_from_env(env: Mapping[str, str] | None = None) -> HostConfig:
         writable_layer_mib=env_count(env, "HYPERVM_WRITABLE_LAYER_MIB", None,
                                      "e.g. 1024 MiB per container, or 0: half the VM's RAM"),
         net_policy=net_policy_from_env(env),
+        guest_tsc_khz=guest_tsc_setting(env.get("HYPERVM_GUEST_TSC_KHZ", "")),
     )
+
+
+def guest_tsc_setting(value: str) -> str:
+    """HYPERVM_GUEST_TSC_KHZ: ``auto`` (also when empty), ``off`` or a number of kHz in
+    MIN_TSC_KHZ..MAX_TSC_KHZ (as text); InvalidSpec otherwise."""
+    value = value.strip().lower() or "auto"
+    if value in ("auto", "off"):
+        return value
+    if not value.isdigit() or not MIN_TSC_KHZ <= int(value) <= MAX_TSC_KHZ:
+        raise InvalidSpec("HYPERVM_GUEST_TSC_KHZ",
+                          f"{value!r} is not auto, off or a TSC frequency in kHz",
+                          hint=f"e.g. 2596120 (kHz, {MIN_TSC_KHZ}..{MAX_TSC_KHZ}), auto or off")
+    return str(int(value))
 
 
 def snapshot_vcpus(env: Mapping[str, str]) -> int:

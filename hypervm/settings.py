@@ -74,6 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("free_page_reporting", "HYPERVM_FREE_PAGE_REPORTING", "on",
             "guests hand freed memory back"),
     Setting("tcg_flush", "HYPERVM_TCG_FLUSH", "on", "drop the boot's translations when READY"),
+    Setting("guest_tsc_khz", "HYPERVM_GUEST_TSC_KHZ", "auto",
+            "the TSC frequency TCG guests are given, so they do not calibrate it: auto (the "
+            "host's, when its kernel states it exactly), off, or kHz"),
     Setting("discard_zero_pages", "HYPERVM_DISCARD_ZERO_PAGES", "on",
             "give back guest RAM pages of zeros (cold VMs: settled flush; pool VMs: warm-up)"),
     Setting("ksm", "HYPERVM_KSM", "off", "the host's KSM may merge identical guest pages",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hypervm.config import HostConfig
 from hypervm.frozen import frozen_dataclass
+from vmimage import guesttsc
 from vmimage.accel import DEFAULT_BIOS, detect_accel
 from vmimage.initrd import ensure_initrd
 from vmimage.kernel import Kernel, dpkg_cache, find_kernel, hyperkernel, store
@@ -60,9 +61,11 @@ class BootFiles:
         return self.qemu.discards_zero_pages(cfg, self.accel)
 
 
-def kernel_cmdline(kernel: Kernel, *, quiet: bool = True) -> str:
+def kernel_cmdline(kernel: Kernel, *, quiet: bool = True, tsc_khz: int | None = None) -> str:
+    """The guest kernel's command line; ``tsc_khz``: the TSC frequency a TCG guest is given
+    (vmimage.guesttsc), None to let it calibrate."""
     base = BASE_CMDLINE if quiet else BASE_CMDLINE.replace(" quiet", "")
-    return " ".join(filter(None, [base, kernel.cmdline_extra]))
+    return " ".join(filter(None, [base, guesttsc.cmdline_arg(tsc_khz), kernel.cmdline_extra]))
 
 
 def resolve_boot(cfg: HostConfig, *, accel: str | None = None, quiet: bool = True) -> BootFiles:
@@ -71,5 +74,8 @@ def resolve_boot(cfg: HostConfig, *, accel: str | None = None, quiet: bool = Tru
     # one dpkg-query for the kernel's and QEMU's keys, none while dpkg's database is unchanged
     store.package_versions(PACKAGE_FIELDS, cfg.run_dir / dpkg_cache.CACHE_NAME)
     kernel = find_kernel(cfg)
+    accel = accel or detect_accel(cfg)
+    # under TCG the guest's TSC is the host's: told its frequency, the guest does not calibrate
+    tsc_khz = guesttsc.guest_tsc_khz(cfg.guest_tsc_khz) if accel == "tcg" else None
     return BootFiles(kernel=kernel, initrd=ensure_initrd(cfg, kernel), qemu=find_qemu(cfg),
-                     accel=accel or detect_accel(cfg), cmdline=kernel_cmdline(kernel, quiet=quiet))
+                     accel=accel, cmdline=kernel_cmdline(kernel, quiet=quiet, tsc_khz=tsc_khz))
