@@ -270,7 +270,7 @@ class HostConfig:
     #: HYPERVM_NET_ALLOW_HOST)
     net_policy: NetPolicy = NetPolicy()
     #: the TSC frequency TCG guests are given (``tsc_early_khz``): "auto" (the host's, when its
-    #: kernel states it exactly), "off" or a number of kHz (vmimage.guesttsc)
+    #: kernel states it exactly), "off" or a number of kHz (vmimage.guestclock)
     guest_tsc_khz: str = "auto"
 
     @property

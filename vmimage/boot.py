@@ -7,11 +7,12 @@ each artefact's own finder does (an older HyperKernel, Debian's QEMU) with a war
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from hypervm.config import HostConfig
 from hypervm.frozen import frozen_dataclass
-from vmimage import guesttsc
+from vmimage import guestclock
 from vmimage.accel import DEFAULT_BIOS, detect_accel
 from vmimage.initrd import ensure_initrd
 from vmimage.kernel import Kernel, dpkg_cache, find_kernel, hyperkernel, store
@@ -61,11 +62,11 @@ class BootFiles:
         return self.qemu.discards_zero_pages(cfg, self.accel)
 
 
-def kernel_cmdline(kernel: Kernel, *, quiet: bool = True, tsc_khz: int | None = None) -> str:
-    """The guest kernel's command line; ``tsc_khz``: the TSC frequency a TCG guest is given
-    (vmimage.guesttsc), None to let it calibrate."""
+def kernel_cmdline(kernel: Kernel, *, quiet: bool = True, clock_args: Sequence[str] = ()) -> str:
+    """The guest kernel's command line; ``clock_args``: what a TCG guest is told of its clocks
+    (vmimage.guestclock)."""
     base = BASE_CMDLINE if quiet else BASE_CMDLINE.replace(" quiet", "")
-    return " ".join(filter(None, [base, guesttsc.cmdline_arg(tsc_khz), kernel.cmdline_extra]))
+    return " ".join(filter(None, [base, *clock_args, kernel.cmdline_extra]))
 
 
 def resolve_boot(cfg: HostConfig, *, accel: str | None = None, quiet: bool = True) -> BootFiles:
@@ -75,7 +76,8 @@ def resolve_boot(cfg: HostConfig, *, accel: str | None = None, quiet: bool = Tru
     store.package_versions(PACKAGE_FIELDS, cfg.run_dir / dpkg_cache.CACHE_NAME)
     kernel = find_kernel(cfg)
     accel = accel or detect_accel(cfg)
-    # under TCG the guest's TSC is the host's: told its frequency, the guest does not calibrate
-    tsc_khz = guesttsc.guest_tsc_khz(cfg.guest_tsc_khz) if accel == "tcg" else None
+    # a TCG guest told its TSC's and APIC timer's clocks does not calibrate them at boot
+    clocks = (guestclock.tcg_args(guestclock.guest_tsc_khz(cfg.guest_tsc_khz))
+              if accel == "tcg" else ())
     return BootFiles(kernel=kernel, initrd=ensure_initrd(cfg, kernel), qemu=find_qemu(cfg),
-                     accel=accel, cmdline=kernel_cmdline(kernel, quiet=quiet, tsc_khz=tsc_khz))
+                     accel=accel, cmdline=kernel_cmdline(kernel, quiet=quiet, clock_args=clocks))

@@ -393,7 +393,7 @@ def _fake_make(final_config: str, calls: list[list[str]]):  # noqa: ANN202
 def fake_source(cfg, monkeypatch, tmp_path: Path) -> Path:  # noqa: ANN001
     fragment = tmp_path / "frag.config"
     fragment.write_text("CONFIG_A=y\n# CONFIG_B is not set\n")
-    tree = cfg.kernel_dir / ".src" / "linux-source-6.1.1-1"
+    tree = hyperkernel.source_tree(cfg, "6.1.1-1")
     tree.mkdir(parents=True)
     (tree / "Makefile").write_text("")
     monkeypatch.setattr(hyperkernel, "FRAGMENT", fragment)
@@ -474,3 +474,53 @@ def test_a_package_dpkg_does_not_know_or_has_not_installed_has_no_version(
                                        ("nosuch", "Version")]) == [None, None]
     finally:
         store.forget_package_versions()
+
+
+def test_the_patches_are_in_the_key_and_name_the_source_tree(
+        cfg, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    """A changed patch builds a new kernel from a tree patched with it, never from a tree
+    patched with another version of it."""
+    base = hyperkernel.cache_key(b"CONFIG_X=y\n", "6.1.1-1", "3")
+    tree = hyperkernel.source_tree(cfg, "6.1.1-1")
+    patch = tmp_path / "apic-khz.patch"
+    patch.write_text("--- a/x\n+++ b/x\n")
+    monkeypatch.setattr(hyperkernel, "PATCHES", (patch,))
+    assert hyperkernel.cache_key(b"CONFIG_X=y\n", "6.1.1-1", "3") != base
+    assert hyperkernel.source_tree(cfg, "6.1.1-1") != tree
+    assert hyperkernel.source_tree(cfg, "6.1.1-1").name.startswith("linux-source-6.1.1-1+")
+
+
+def test_the_source_is_patched_before_it_is_renamed_into_place(
+        cfg, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    patches = (tmp_path / "one.patch", tmp_path / "two.patch")
+    for p in patches:
+        p.write_text("")
+    monkeypatch.setattr(hyperkernel, "PATCHES", patches)
+    calls: list[tuple[str, ...]] = []
+
+    def run(argv, logfile, cwd=None, meter=None) -> None:  # noqa: ANN001
+        calls.append((argv[0], argv[-1], str(cwd)))
+        if argv[0] == "tar":
+            (Path(argv[-1]) / "linux-source-6.1").mkdir()
+            (Path(argv[-1]) / "linux-source-6.1" / "Makefile").write_text("")
+        elif Path(argv[-1]).name == "two.patch":
+            raise HostError("patch failed: Hunk #1 FAILED")
+
+    monkeypatch.setattr(hyperkernel, "_run", run)
+    with pytest.raises(HostError):
+        hyperkernel._unpacked_source(cfg, "6.1.1-1")
+    assert [c[:2] for c in calls[1:]] == [("patch", str(patches[0])), ("patch", str(patches[1]))]
+    assert calls[1][2].endswith("linux-source-6.1")  # in the staging tree
+    tree = hyperkernel.source_tree(cfg, "6.1.1-1")
+    assert not tree.exists() and list(tree.parent.iterdir()) == []  # no half-patched tree
+    patches[1].write_text("")
+    monkeypatch.setattr(hyperkernel, "_run", lambda argv, logfile, cwd=None, meter=None: (
+        run(argv, logfile, cwd) if argv[0] == "tar" else calls.append(("patch", argv[-1], ""))))
+    assert hyperkernel._unpacked_source(cfg, "6.1.1-1") == tree
+    assert (tree / "Makefile").is_file()
+
+
+def test_the_apic_patch_gives_the_kernel_its_parameter() -> None:
+    text = hyperkernel.PATCHES[0].read_text()
+    assert hyperkernel.PATCHES[0].name == "apic-khz.patch"
+    assert 'early_param("hypervm.apic_khz"' in text and "lapic_timer_period =" in text

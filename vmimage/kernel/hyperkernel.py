@@ -1,9 +1,16 @@
-"""Build the HyperKernel: Debian's linux-source-6.1 + tinyconfig + our fragment → vmlinux.
+"""Build the HyperKernel: Debian's linux-source-6.1 + our patches + tinyconfig + our fragment
+→ vmlinux.
 
 The result is cached once per machine at ``<state>/kernel/<key>/`` (``vmlinux``, ``config``,
-``meta.json``, ``build.log``) where the key hashes the fragment, the linux-source package version
-and :data:`RECIPE_VERSION`: change any of them and the next ``make kernel`` builds a new one.
-The source tarball is unpacked once into ``<state>/kernel/.src/`` and built out of tree.
+``meta.json``, ``build.log``) where the key hashes the fragment, the patches, the linux-source
+package version and :data:`RECIPE_VERSION`: change any of them and the next ``make kernel``
+builds a new one. The source tarball is unpacked once per set of patches into
+``<state>/kernel/.src/``, patched there, and built out of tree.
+
+The patch (:data:`PATCHES`): ``apic-khz`` adds the boot parameter ``hypervm.apic_khz=``, the
+local APIC timer's clock as the host states it (vmimage.boot gives it to TCG guests), so the
+guest does not spend ~100 ms calibrating that timer at every boot (DEVELOPERS.md, "The guest's
+timer calibrations").
 """
 
 from __future__ import annotations
@@ -26,19 +33,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: bump when the build steps below change in a way that changes the output
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 FRAGMENT = Path(__file__).with_name("hyperkernel.config")
+#: applied in order (``patch -p1``) to the unpacked source
+PATCHES = (Path(__file__).with_name("apic-khz.patch"),)
 
 
 #: Kbuild steps (CC, LD, AR … lines) of ``make vmlinux`` for RECIPE_VERSION 2 (1902 measured)
 KBUILD_STEPS_ESTIMATE = 1900
 
 
-def cache_key(fragment: bytes, package_version: str, recipe: str = RECIPE_VERSION) -> str:
-    """sha256 over (fragment bytes, linux-source package version, recipe version), truncated."""
-    return store.cache_key(fragment, package_version, recipe)
+def cache_key(fragment: bytes, package_version: str, recipe: str = RECIPE_VERSION,
+              patches: bytes | None = None) -> str:
+    """sha256 over (fragment bytes, linux-source package version, recipe version, the patches:
+    :func:`patches_bytes` unless given), truncated."""
+    return store.cache_key(fragment, package_version, recipe,
+                           patches_bytes() if patches is None else patches)
+
+
+def patches_bytes() -> bytes:
+    """Every patch, in order, as the key sees them (a renamed patch changes the key)."""
+    return b"\0".join(p.name.encode() + b"\n" + p.read_bytes() for p in PATCHES)
 
 
 def source_package_version(package: str = SOURCE_PACKAGE) -> str | None:
@@ -157,16 +174,24 @@ def _check_config(config: Path) -> None:
         )
 
 
+def source_tree(cfg: HostConfig, version: str) -> Path:
+    """Where the source of ``version`` with :data:`PATCHES` applied is unpacked."""
+    return cfg.kernel_dir / ".src" / f"linux-source-{version}+{store.cache_key(patches_bytes())}"
+
+
 def _unpacked_source(cfg: HostConfig, version: str) -> Path:
-    """The source tree for ``version``, unpacked once (atomically) under ``.src/``."""
-    srcroot = store.ensure_dir(cfg.kernel_dir / ".src")
-    tree = srcroot / f"linux-source-{version}"
+    """The source tree for ``version`` with :data:`PATCHES` applied, unpacked and patched once
+    (atomically: a tree is renamed into place only once every patch applied) under ``.src/``."""
+    tree = source_tree(cfg, version)
+    srcroot = store.ensure_dir(tree.parent)
     if (tree / "Makefile").is_file():
         return tree
     log.info("unpacking %s into %s", SOURCE_TARBALL, tree)
     with store.staging(srcroot, "unpack") as tmp:
         _run(["tar", "-xJf", str(SOURCE_TARBALL), "-C", str(tmp)], None)
         (unpacked,) = list(tmp.iterdir())
+        for patch in PATCHES:
+            _run(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], None, cwd=unpacked)
         os.rename(unpacked, tree)
     return tree
 

@@ -1,5 +1,14 @@
-"""The TSC frequency a TCG guest is told on its command line (``tsc_early_khz=``), so that its
-kernel does not measure it against the emulated PIT.
+"""What a TCG guest is told about its clocks on its command line, so that its kernel does not
+measure them at boot: the TSC's frequency (``tsc_early_khz=``) and the local APIC timer's
+(``hypervm.apic_khz=``, the HyperKernel's apic-khz patch).
+
+The APIC timer: QEMU's (TCG's userspace APIC, as KVM's) counts its virtual clock's
+nanoseconds, a 1 GHz input clock, and has no TSC-deadline mode under TCG, so a guest kernel
+that is not told calibrates it against the PIT or PM timer for 100 ms (``HZ/10`` ticks,
+busy-waiting) at every boot. Told, it does not (DEVELOPERS.md, "The guest's timer
+calibrations").
+
+The TSC:
 
 Under TCG a guest's TSC is the host's (QEMU's ``rdtsc`` returns the host's counter), so the host
 knows its frequency. A guest kernel that is not told measures it at boot: a "fast" calibration
@@ -9,7 +18,7 @@ thread in that window; the kernel then falls back to its slow calibration (PIT, 
 timer windows), ~55 ms more. On this project's 2-core hosts that happened to about half of the
 cold ``hypervm run``'s boots (the host's CLI, libvirtd and QEMU's own threads are busy right
 after createXML) and to almost none of the raw boots with nothing else running (DEVELOPERS.md,
-"The guest's TSC calibration"). With ``tsc_early_khz`` the kernel takes the given frequency for
+"The guest's timer calibrations"). With ``tsc_early_khz`` the kernel takes the given frequency for
 the TSC, and for the CPU when its fast calibration fails: no slow calibration, whatever the
 host is doing. The kernel still refines the TSC frequency 1 s after boot (a guest living that
 long), against the HPET or PM timer, within 1 %.
@@ -35,6 +44,8 @@ from pathlib import Path
 from hypervm.config import MAX_TSC_KHZ, MIN_TSC_KHZ
 
 CPUINFO = Path("/proc/cpuinfo")
+#: the input clock of QEMU's local APIC timer (hw/intc/apic.c: QEMU_CLOCK_VIRTUAL ns)
+QEMU_APIC_KHZ = 1_000_000
 #: the flags that make ``cpu MHz`` the kernel's exact TSC frequency
 REQUIRED_FLAGS = frozenset({"constant_tsc", "nonstop_tsc", "tsc_known_freq"})
 #: with it, ``cpu MHz`` is measured from the APERF/MPERF counters: the current clock
@@ -76,6 +87,8 @@ def guest_tsc_khz(setting: str, cpuinfo: Path = CPUINFO) -> int | None:
         return None
 
 
-def cmdline_arg(khz: int | None) -> str:
-    """The kernel argument for ``khz`` ("" for None)."""
-    return f"tsc_early_khz={khz}" if khz is not None else ""
+def tcg_args(tsc_khz: int | None) -> tuple[str, ...]:
+    """The kernel arguments of a TCG guest's clocks: the APIC timer's, and the TSC's when
+    ``tsc_khz`` is known (a kernel without the apic-khz patch ignores the dotted one)."""
+    tsc = (f"tsc_early_khz={tsc_khz}",) if tsc_khz is not None else ()
+    return (*tsc, f"hypervm.apic_khz={QEMU_APIC_KHZ}")
