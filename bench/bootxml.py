@@ -29,7 +29,7 @@ from pathlib import Path
 
 import libvirt
 
-from bench import images, results
+from bench import images, results, vcpu
 from bench.coldphase import paired_p50, rotated
 from bench.createfast import end_domain
 from bench.rawboot import READY_TIMEOUT, _wait_ready, raw_spec
@@ -130,28 +130,14 @@ def _qemu_pid(name: str) -> int:
     return int((identity.LIBVIRT_PID_DIR / f"{name}.pid").read_text().strip())
 
 
-def _threads_cpu_s(name: str) -> dict[str, float]:
-    """Each live thread's time on a CPU (s, /proc's schedstat: ns) by its name."""
-    out: dict[str, float] = {}
-    for task in Path(f"/proc/{_qemu_pid(name)}/task").iterdir():
-        try:
-            comm = (task / "comm").read_text().strip()
-            ns = int((task / "schedstat").read_text().split()[0])
-        except OSError:
-            continue  # ended meanwhile
-        out[comm] = out.get(comm, 0.0) + ns / 1e9
-    return out
-
-
 def cpu_split_s(name: str) -> dict[str, float]:
     """``vCPU``: the first vCPU thread's time on a CPU (the guest's own translation and
     execution); ``QEMU threads CPU``: all live threads' (ns resolution; ended worker threads
     are not counted, ``QEMU CPU`` counts them in clock ticks)."""
-    threads = _threads_cpu_s(name)
-    vcpu = [v for k, v in threads.items() if k.startswith("CPU 0/")]
-    out = {"QEMU threads CPU": sum(threads.values())}
-    if vcpu:
-        out["vCPU"] = vcpu[0]
+    pid = _qemu_pid(name)
+    out = {"QEMU threads CPU": sum(vcpu.threads_cpu_s(pid).values())}
+    if (guest := vcpu.vcpu_s(pid)) is not None:
+        out["vCPU"] = guest[0]
     return out
 
 
