@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 RAW = "raw boot (cold host)"
 RUN = "hypervm run true"
 BASELINE_RUN = "baseline hypervm run true"
+#: the raw boot's vCPU time on a CPU at READY (bench.vcpu); a stamped cold run's is its
+#: ``stamp: vcpu.run_at_READY took`` (bench/stamps)
+RAW_VCPU = "raw boot (cold host) vCPU at READY"
+RUN_VCPU = "stamp: vcpu.run_at_READY took"
 
 T = TypeVar("T")
 
@@ -63,7 +67,10 @@ def measure(env: VMEnv, hv: Hypervisor, ref: str, rounds: int,
     path (bench.runfast --stamps). ``warm_up``: one untimed raw boot and run first (page cache,
     libvirt). Returns the load before each round. Call it with no VM of the bench running."""
     def raw() -> None:
-        samples.setdefault(RAW, []).append(boot_once(env, hv).total_s)
+        boot = boot_once(env, hv)
+        samples.setdefault(RAW, []).append(boot.total_s)
+        if boot.vcpu_s is not None:
+            samples.setdefault(RAW_VCPU, []).append(boot.vcpu_s)
 
     def run(name: str, tree: Path) -> Callable[[], None]:
         def sample() -> None:

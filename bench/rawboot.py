@@ -17,11 +17,13 @@ from pathlib import Path
 
 import libvirt
 
+from bench import vcpu
 from bench.vmenv import GUEST_MIB, VMEnv, bench_name
 from executor.guest.protocol import HEADER_SIZE, MsgType, decode_header
 from executor.libvirt.domain import DomainSpec
 from executor.libvirt.domain_xml import domain_xml
 from executor.libvirt.hypervisor import Hypervisor
+from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class RawBoot:
     qemu_s: float
     guest_s: float
     console: str = ""
+    #: the vCPU thread's time on a CPU at READY (s; bench.vcpu), None when unknown
+    vcpu_s: float | None = None
 
 
 def raw_spec(env: VMEnv, run_dir: Path, quiet: bool = True) -> DomainSpec:
@@ -74,6 +78,15 @@ def _wait_ready(path: Path, deadline: float) -> None:
         sock.close()
 
 
+def _vcpu_at_ready(name: str) -> tuple[float, float] | None:
+    """The domain's vCPU time (bench.vcpu) once READY is in (its QEMU's pid from libvirt)."""
+    try:
+        pid = int((LIBVIRT_PID_DIR / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return vcpu.vcpu_s(pid)
+
+
 def boot_once(env: VMEnv, hv: Hypervisor, quiet: bool = True, keep_console: bool = False
               ) -> RawBoot:
     """Boot one raw VM, wait for READY, destroy it."""
@@ -89,11 +102,13 @@ def boot_once(env: VMEnv, hv: Hypervisor, quiet: bool = True, keep_console: bool
         created = time.monotonic()
         _wait_ready(spec.channel_socket, created + READY_TIMEOUT)
         ready = time.monotonic()
+        guest = _vcpu_at_ready(spec.name)
         console = ""
         if keep_console:
             time.sleep(0.3)  # let virtlogd write the last lines
             console = spec.console_log.read_text(errors="replace")
-        return RawBoot(ready - started, created - started, ready - created, console)
+        return RawBoot(ready - started, created - started, ready - created, console,
+                       guest[0] if guest is not None else None)
     finally:
         if dom is not None:
             try:

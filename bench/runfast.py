@@ -76,6 +76,10 @@ def summary(samples: dict[str, list[float]]) -> dict[str, Any]:
     if samples.get(coldphase.RUN) and samples.get(coldphase.RAW):
         out["cold run true - raw boot, paired p50 (s)"] = round(coldphase.paired_p50(
             samples[coldphase.RUN], samples[coldphase.RAW]) or 0.0, 4)
+    run_vcpu, raw_vcpu = samples.get(coldphase.RUN_VCPU), samples.get(coldphase.RAW_VCPU)
+    if run_vcpu and raw_vcpu and len(run_vcpu) == len(raw_vcpu):  # --stamps, every round
+        out["cold run vCPU at READY - raw boot's, paired p50 (s)"] = round(
+            coldphase.paired_p50(run_vcpu, raw_vcpu) or 0.0, 4)
     if samples.get(coldphase.BASELINE_RUN):
         out["cold run true - baseline, paired p50 (s)"] = round(coldphase.paired_p50(
             samples[coldphase.RUN], samples[coldphase.BASELINE_RUN]) or 0.0, 4)

@@ -95,6 +95,7 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
     outs: dict[int, Any] = {}
     origin: list[float] = [float(cold_origin)] if cold_origin else []
     lock = threading.Lock()
+    vcpu_seen: list[bool] = []
 
     def stamp(name: str, began: float, ended: float) -> None:
         with lock:
@@ -110,6 +111,10 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
     def wrapped(name: str, fn: Any) -> Any:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
+            if name == "GuestChannel._dispatch" and not vcpu_seen:  # READY's arrival: the
+                vcpu_seen.append(True)  # guest's boot, before the run is told (and sends more)
+                _stamp_vcpu(lambda what, secs: stamp(what, origin[0], origin[0] + secs),
+                            _domain_of(args[0] if args else None))
             began = time.perf_counter()
             if name == "ExecutorCore.on_launch" and not origin:
                 origin.append(began)
@@ -146,6 +151,38 @@ def _install(out_dir: str, cold_origin: str | None = None) -> None:
         return
     for module, path in STAMPED:
         wrap_in(importlib.import_module(module), path)
+
+
+#: where libvirt keeps a running domain's QEMU pid (executor.libvirt.starter.LIBVIRT_PID_DIR)
+_PID_DIR = "/run/libvirt/qemu"
+
+
+def _domain_of(channel: Any) -> str | None:
+    """The domain whose guest channel this is (its socket lives in the VM's run dir, named
+    after the domain)."""
+    path = getattr(channel, "socket_path", None)
+    return os.path.basename(os.path.dirname(str(path))) if path is not None else None
+
+
+def _stamp_vcpu(stamp: Any, domain: str | None) -> None:
+    """``vcpu.run_at_READY`` and ``vcpu.wait_at_READY``: the vCPU thread of ``domain``'s QEMU,
+    its time on a CPU and waiting for one (its schedstat, ns), as stamps that begin at 0 and
+    take that many ms: what the guest's boot cost, and what it waited for a core. Taken
+    before READY is dispatched (the run, once told, sends the guest more work)."""
+    try:
+        with open(os.path.join(_PID_DIR, f"{domain}.pid")) as f:
+            tasks = f"/proc/{f.read().strip()}/task"
+        for task in os.listdir(tasks):
+            with open(f"{tasks}/{task}/comm") as f:
+                if not f.read().startswith("CPU 0/"):
+                    continue
+            with open(f"{tasks}/{task}/schedstat") as f:
+                run_ns, wait_ns = (int(x) for x in f.read().split()[:2])
+            stamp("vcpu.run_at_READY", run_ns / 1e9)
+            stamp("vcpu.wait_at_READY", wait_ns / 1e9)
+            return
+    except (OSError, ValueError):
+        return  # no such domain (not a libvirt VM's channel): nothing to stamp
 
 
 class _Timed:

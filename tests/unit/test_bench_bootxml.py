@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bootxml import VARIANTS, run_spec
+from bench.bootxml import DISK_ALIAS, VARIANTS, run_spec, variant_list, variant_xml
 from bench.devicecode import device_args
 from bench.vmenv import VMEnv
 from executor.libvirt.domain_xml import QEMU_NS, domain_xml
@@ -76,3 +76,36 @@ def test_devicecode_adds_the_runs_disk_and_nic_with_the_properties_asked() -> No
     assert len(device_args("blk+net", LAYER)) == 8
     with pytest.raises(ValueError, match="unknown device"):
         device_args("scsi", LAYER)
+
+
+def test_a_nic_variant_gives_its_properties_to_the_nic_alone() -> None:
+    run = run_spec(_env(), NAME, LAYER, (200001, 200001))
+    parts, base = _parts(variant_xml("run nic:status=off,mrg_rxbuf=on", run)), \
+        _parts(domain_xml(run))
+    nic = parts["nic"]
+    assert isinstance(nic, list) and isinstance(base["nic"], list)
+    assert nic[1] == base["nic"][1] + ",status=off,mrg_rxbuf=on"
+    assert {**parts, "nic": base["nic"]} == base
+
+
+def test_a_disk_variant_overrides_the_layer_disks_device_only() -> None:
+    run = run_spec(_env(), NAME, LAYER, (200001, 200001))
+    xml = variant_xml("run blk:queue-size=64,disable-legacy=on,config-wce=false", run)
+    assert _parts(xml) == _parts(domain_xml(run))
+    root = ET.fromstring(xml)
+    (device,) = root.iterfind(f"{{{QEMU_NS}}}override/{{{QEMU_NS}}}device")
+    assert device.get("alias") == DISK_ALIAS == "virtio-disk0"  # libvirt's for the first vdX
+    assert [(p.get("name"), p.get("type"), p.get("value"))
+            for p in device.iterfind(f"{{{QEMU_NS}}}frontend/{{{QEMU_NS}}}property")] == [
+        ("queue-size", "unsigned", "64"), ("disable-legacy", "string", "on"),
+        ("config-wce", "bool", "false")]
+
+
+def test_variants_with_properties_are_separated_by_semicolons() -> None:
+    assert variant_list("raw,run,run -disk") == ["raw", "run", "run -disk"]
+    assert variant_list("run; run nic:a=1,b=2 ;run blk:c=3") == [
+        "run", "run nic:a=1,b=2", "run blk:c=3"]
+    run = run_spec(_env(), NAME, LAYER, (200001, 200001))
+    assert variant_xml("run", run) == domain_xml(run)
+    with pytest.raises(KeyError):
+        variant_xml("run -gpu", run)

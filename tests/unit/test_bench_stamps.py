@@ -138,3 +138,41 @@ def test_a_module_not_imported_yet_is_wrapped_as_the_run_imports_it(
         sys.meta_path[:] = finders
     (record,) = tmp_path.glob("t-*.txt")
     assert record.read_text().split()[0] == "run_command"
+
+
+def test_a_cold_run_stamps_its_vcpus_time_at_ready(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vcpu.run_at_READY``/``vcpu.wait_at_READY``: the channel's domain's thread named as
+    QEMU names a vCPU (here a thread of this process, the domain's pid file naming it)."""
+    import os
+    import threading
+
+    stamps = _stamps_module()
+    (tmp_path / "hypervm-other.pid").write_text("1\n")
+    (tmp_path / "hypervm-ours.pid").write_text(f"{os.getpid()}\n")
+    channel = types.SimpleNamespace(socket_path=Path("/run/hypervm/vms/hypervm-ours/channel.sock"))
+    monkeypatch.setattr(stamps, "_PID_DIR", str(tmp_path))
+    got: list[tuple[str, float]] = []
+    named, done = threading.Event(), threading.Event()
+
+    def vcpu() -> None:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+            comm.write("CPU 0/TCG")
+        named.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=vcpu)
+    thread.start()
+    try:
+        named.wait(10)
+        stamps._stamp_vcpu(lambda what, secs: got.append((what, secs)),
+                           stamps._domain_of(channel))
+    finally:
+        done.set()
+        thread.join()
+    assert [what for what, _ in got] == ["vcpu.run_at_READY", "vcpu.wait_at_READY"]
+    assert all(secs >= 0 for _, secs in got)
+    got.clear()
+    for domain in ("hypervm-gone", None):  # no such domain, or no channel: nothing
+        stamps._stamp_vcpu(lambda what, secs: got.append((what, secs)), domain)
+    assert got == []
