@@ -473,9 +473,8 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors go to the parent
     # an event loop, as the CLI's own connection has: libvirtd's keepalives get answers
     libvirt.virEventRegisterDefaultImpl()
-    _in_thread(lambda: _run_events(libvirt))
+    _in_thread(lambda: _run_events(libvirt, parent))
     conn, failure = _open(libvirt, uri)
-    _die_with(parent)
     request = _next_message(rfd, MAX_REQUEST)
     if request is None or not (_text(request.get("uri"), 4096) and _text(request.get("name"), 256)
                                and _text(request.get("xml"), MAX_REQUEST)):
@@ -521,7 +520,12 @@ def _open(libvirt: Any, uri: str) -> tuple[Any, str]:
         return None, e.get_error_message() or str(e)
 
 
-def _run_events(libvirt: Any) -> None:
+def _run_events(libvirt: Any, parent: int) -> None:
+    """libvirt's event loop (the thread's life), after our parent-death signal: set here, beside
+    the connection and the wait for the request, its ctypes import (~2.5 ms) is off the way
+    to the request (in the main thread it came between the connection and the read, which
+    is the run's createXML whenever the child is the later of the two)."""
+    _die_with(parent)
     while True:
         if libvirt.virEventRunDefaultImpl() < 0:
             time.sleep(0.1)  # never spin
@@ -535,12 +539,16 @@ def _in_thread(target: Any) -> None:
 
 def _die_with(parent: int) -> None:
     """SIGTERM when the parent dies (our pipe's EOF says so too, unless someone else holds
-    its end)."""
-    import ctypes  # deferred: the child's, after its connection (~2.5 ms)
+    its end). Called on the event thread, which blocks SIGTERM first: the parent-death signal
+    goes to the thread group through the thread that asked for it, unless that thread blocks
+    it, so it reaches the main thread, whose handler interrupts its wait for the parent's
+    message (a thread's signal would not)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    import ctypes  # deferred: the child's, on its event thread (~2.5 ms)
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     except (OSError, AttributeError):
         pass  # EOF still tells
-    if os.getppid() != parent:  # it died before the prctl
-        _term["came"] = True
+    if os.getppid() != parent:  # it died before the prctl: the main thread's handler sees it
+        os.kill(os.getpid(), signal.SIGTERM)
