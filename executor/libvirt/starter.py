@@ -535,9 +535,10 @@ def _run_events(libvirt: Any, parent: int) -> None:
 
 
 def _in_thread(target: Any) -> None:
-    import threading  # deferred: the child's (the console script's start does not need it)
-
-    threading.Thread(target=target, name="libvirt-events", daemon=True).start()
+    """``target`` on a thread of its own, which never holds the child's exit (``os._exit``):
+    ``_thread``'s, not ``threading``'s (which this child would import for it, with weakref:
+    ~0.7 ms on its way to the request)."""
+    _thread.start_new_thread(target, ())
 
 
 def _die_with(parent: int) -> None:
