@@ -94,11 +94,14 @@ def encode(message: Mapping[str, Any]) -> bytes:
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     """``size`` bytes from ``fd``; b"" at EOF before the first, StarterError at EOF after it
     or past the monotonic ``deadline``."""
-    import select  # deferred: only a read with a deadline needs it (the parent's, once)
-
     data = b""
     while len(data) < size:
         if deadline is not None:
+            # deferred: only a read with a deadline needs it (the parent's, once); never in the
+            # child's wait, where its SIGTERM handler's exception, raised inside an import (in
+            # its module lock's weakref callback), would be lost and the read go on
+            import select
+
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 raise StarterError("no answer in time")
@@ -385,6 +388,7 @@ def fork_ahead(environ: Mapping[str, str]) -> Starter | None:
     from_child_r, from_child_w = os.pipe()
     for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
         stream.flush()
+    parent = os.getpid()  # not the child's getppid(): we may be dead, the child adopted, by then
     try:
         pid = os.fork()
     except OSError:
@@ -392,7 +396,7 @@ def fork_ahead(environ: Mapping[str, str]) -> Starter | None:
             os.close(fd)
         return None
     if pid == 0:
-        _child(to_child_r, from_child_w, uri, os.getppid())
+        _child(to_child_r, from_child_w, uri, parent)
     os.close(to_child_r)
     os.close(from_child_w)
     starter = Starter(pid, to_child_w, from_child_r, uri)
