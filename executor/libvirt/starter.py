@@ -7,8 +7,7 @@ has not started). A thread cannot take that load: glibc's loader lock would make
 thread wait at its own extension imports (DEVELOPERS.md). A forked child has its own loader:
 the console script (``executor.cli.fastrun``) forks it first thing for a foreground cold run
 that will create its own domain (:func:`fork_ahead`); it imports libvirt and opens the
-connection while the parent imports and builds the run's values (libvirt's C extension
-without its Python module: executor.libvirt.bare); the parent's
+connection while the parent imports and builds the run's values; the parent's
 ``Hypervisor.create`` sends it the domain XML (:meth:`Starter.create`) and it calls createXML
 with ``VIR_DOMAIN_START_AUTODESTROY``, as the CLI did, and answers. The parent does not load
 libvirt before createXML; it opens its own connection after it, while the guest boots, for
@@ -473,9 +472,7 @@ def _next_message(fd: int, limit: int) -> dict[str, Any] | None:
 
 def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
     # deferred: the child's whole job; the parent must not load libvirt before its createXML
-    from executor.libvirt import bare
-
-    libvirt = bare.load()  # libvirt's C extension without libvirt.py (~6 ms), else libvirt
+    import libvirt
 
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors go to the parent
     # an event loop, as the CLI's own connection has: libvirtd's keepalives get answers
