@@ -252,16 +252,16 @@ def _stop_at_create(out_path: str, origin: float) -> None:
         hypervisor.Hypervisor.create = create
 
     def patch_starter(starter: Any) -> None:
-        opened = starter._open
+        waits = starter._next_message
 
-        def connected(libvirt: Any, uri: str) -> Any:  # in the starter child
-            result = opened(libvirt, uri)
-            with open(ready_path + ".tmp", "w") as out:
-                out.write(f"{time.perf_counter()} {time.process_time() * 1000:.3f}\n")
-            os.rename(ready_path + ".tmp", ready_path)
-            return result
+        def ready(fd: int, limit: int) -> Any:  # in the starter child
+            if not os.path.exists(ready_path):  # its first wait: for the request
+                with open(ready_path + ".tmp", "w") as out:
+                    out.write(f"{time.perf_counter()} {time.process_time() * 1000:.3f}\n")
+                os.rename(ready_path + ".tmp", ready_path)
+            return waits(fd, limit)
 
-        starter._open = connected
+        starter._next_message = ready
 
     _when_imported("executor.libvirt.hypervisor", patch)
     _when_imported("executor.libvirt.starter", patch_starter)

@@ -211,6 +211,55 @@ def test_the_child_holds_none_of_our_descriptors_and_ends_with_us() -> None:
     assert _ended(held.pid)
 
 
+_KILLED_PARENT = """
+import os, sys, time
+from executor.libvirt import starter
+held = starter.fork_ahead({starter.URI_VARIABLE: "test:///default"})
+holder = os.fork()  # holds our ends of the child's pipes: no EOF reaches the child
+if holder == 0:
+    time.sleep(60)
+    os._exit(0)
+print(held.pid, holder, flush=True)
+time.sleep(float(sys.argv[1]))
+os.kill(os.getpid(), 9)
+"""
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    """``pid`` (not our child: reaped by whoever adopted it) has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("lives_s", [0.0, 0.5])
+def test_the_child_ends_with_its_killed_parent_whoever_holds_its_pipe(lives_s: float) -> None:
+    """The parent killed (SIGKILL) while a process of its own holds the pipe's other end: the
+    parent-death signal, not an EOF, ends the waiting child (its handler is the main
+    thread's, which waits in the read: the event thread that asks for the signal blocks it).
+    Killed at once, the parent may die before the child asked: it checks its parent then."""
+    pytest.importorskip("libvirt")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT, str(lives_s)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    child, holder = (int(pid) for pid in proc.stdout.readline().split())
+    try:
+        proc.wait(timeout=10)
+        assert _gone(child), "the starter child outlived its killed parent"
+    finally:
+        for pid in (holder, child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        proc.stdout.close()
+
+
 def test_a_lazy_module_runs_at_its_first_use(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "hypervm_unit_lazy.py").write_text(
