@@ -26,15 +26,17 @@ DNS_ADDRESS = "10.0.2.3"
 DEFAULT_HOST_IP = "0.0.0.0"
 #: a tenant is a Mesos role (``*`` included) or the CLI's --tenant: printable ASCII without
 #: space or backslash, as Mesos allows in role names
-_TENANT_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]{1,128}$")
+#: (matched whole: ``$`` alone would let a trailing newline through)
+_TENANT_RE = re.compile(r"[\x21-\x5b\x5d-\x7e]{1,128}")
 
 
 def valid_tenant(name: object) -> bool:
     """Whether ``name`` may name a tenant (NetworkSpec.tenant, a standby request's)."""
-    return isinstance(name, str) and bool(_TENANT_RE.match(name))
+    return isinstance(name, str) and bool(_TENANT_RE.fullmatch(name))
 
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+#: one label of a host name (matched whole, as the tenant)
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 @frozen_dataclass
@@ -106,7 +108,7 @@ class NetworkSpec:
 
 
 def _check_hostname(where: str, name: str) -> None:
-    if not all(_HOSTNAME_RE.match(label) for label in name.split(".")) or len(name) > 253:
+    if not all(_HOSTNAME_RE.fullmatch(label) for label in name.split(".")) or len(name) > 253:
         raise InvalidSpec(where, f"{name!r} is not a valid host name",
                           hint="use letters, digits and '-', labels separated by '.'")
 

@@ -57,6 +57,23 @@ def test_spec_validation() -> None:
         NetworkSpec(extra_hosts=(("db", "not-an-ip"),)).validate()
 
 
+def test_a_trailing_newline_is_no_part_of_a_tenant_or_host_name() -> None:
+    """``re.match`` with ``$`` accepts one trailing newline: a tenant "a\\n" (a pool request's,
+    a standby's, a task's role) or an extra host "db\\n" (a line of the guest's /etc/hosts)
+    passed the checks before they matched whole."""
+    from hypervm.netspec import valid_tenant
+
+    assert valid_tenant("team-a") and valid_tenant("*")
+    assert not valid_tenant("team-a\n") and not valid_tenant("team-a\r")
+    with pytest.raises(InvalidSpec) as err:
+        NetworkSpec(tenant="team-a\n").validate()
+    assert err.value.field == "network.tenant"
+    NetworkSpec(extra_hosts=(("db.internal", "10.0.2.2"),)).validate()
+    for name in ("db\n", "db\n.internal", "db.internal\n"):
+        with pytest.raises(InvalidSpec):
+            NetworkSpec(extra_hosts=((name, "10.0.2.2"),)).validate()
+
+
 def test_mesos_ports_map_in_order_and_default_to_the_same_port() -> None:
     mappings = netspec.mappings_from_mesos([(31002, 31003), (31000, 31000)],
                                            [(80, "tcp"), (53, "udp,tcp")])
