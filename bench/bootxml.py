@@ -127,7 +127,10 @@ def qemu_cpu_s(name: str) -> float:
 
 
 def _qemu_pid(name: str) -> int:
-    return int((identity.LIBVIRT_PID_DIR / f"{name}.pid").read_text().strip())
+    pid = vcpu.qemu_pid(name)
+    if pid is None:
+        raise FileNotFoundError(f"no QEMU pid of the running domain {name}")
+    return pid
 
 
 def cpu_split_s(name: str) -> dict[str, float]:

@@ -23,7 +23,6 @@ from executor.guest.protocol import HEADER_SIZE, MsgType, decode_header
 from executor.libvirt.domain import DomainSpec
 from executor.libvirt.domain_xml import domain_xml
 from executor.libvirt.hypervisor import Hypervisor
-from executor.libvirt.qemu_process import LIBVIRT_PID_DIR
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +77,6 @@ def _wait_ready(path: Path, deadline: float) -> None:
         sock.close()
 
 
-def _vcpu_at_ready(name: str) -> tuple[float, float] | None:
-    """The domain's vCPU time (bench.vcpu) once READY is in (its QEMU's pid from libvirt)."""
-    try:
-        pid = int((LIBVIRT_PID_DIR / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return vcpu.vcpu_s(pid)
-
-
 def boot_once(env: VMEnv, hv: Hypervisor, quiet: bool = True, keep_console: bool = False
               ) -> RawBoot:
     """Boot one raw VM, wait for READY, destroy it."""
@@ -102,7 +92,8 @@ def boot_once(env: VMEnv, hv: Hypervisor, quiet: bool = True, keep_console: bool
         created = time.monotonic()
         _wait_ready(spec.channel_socket, created + READY_TIMEOUT)
         ready = time.monotonic()
-        guest = _vcpu_at_ready(spec.name)
+        pid = vcpu.qemu_pid(spec.name)
+        guest = vcpu.vcpu_s(pid) if pid is not None else None
         console = ""
         if keep_console:
             time.sleep(0.3)  # let virtlogd write the last lines

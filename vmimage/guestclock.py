@@ -8,20 +8,18 @@ that is not told calibrates it against the PIT or PM timer for 100 ms (``HZ/10``
 busy-waiting) at every boot. Told, it does not (DEVELOPERS.md, "The guest's timer
 calibrations").
 
-The TSC:
-
-Under TCG a guest's TSC is the host's (QEMU's ``rdtsc`` returns the host's counter), so the host
-knows its frequency. A guest kernel that is not told measures it at boot: a "fast" calibration
-against the PIT, which under TCG needs every port read in a ~10 ms loop to take about as long
-as the last, and which fails whenever QEMU's main loop or another host process delays the vCPU
-thread in that window; the kernel then falls back to its slow calibration (PIT, HPET and PM
-timer windows), ~55 ms more. On this project's 2-core hosts that happened to about half of the
-cold ``hypervm run``'s boots (the host's CLI, libvirtd and QEMU's own threads are busy right
-after createXML) and to almost none of the raw boots with nothing else running (DEVELOPERS.md,
-"The guest's timer calibrations"). With ``tsc_early_khz`` the kernel takes the given frequency for
-the TSC, and for the CPU when its fast calibration fails: no slow calibration, whatever the
-host is doing. The kernel still refines the TSC frequency 1 s after boot (a guest living that
-long), against the HPET or PM timer, within 1 %.
+The TSC: under TCG a guest's TSC is the host's (QEMU's ``rdtsc`` returns the host's counter),
+so the host knows its frequency. A guest kernel that is not told measures it at boot: a "fast"
+calibration against the PIT, which under TCG needs every port read in a ~10 ms loop to take
+about as long as the last, and which fails whenever QEMU's main loop or another host process
+delays the vCPU thread in that window; the kernel then falls back to its slow calibration (PIT,
+HPET and PM timer windows), ~55 ms more. On this project's 2-core hosts that happened to about
+half of the cold ``hypervm run``'s boots (the host's CLI, libvirtd and QEMU's own threads are
+busy right after createXML) and to almost none of the raw boots with nothing else running
+(DEVELOPERS.md, "The guest's timer calibrations"). With ``tsc_early_khz`` the kernel takes the
+given frequency for the TSC, and for the CPU when its fast calibration fails: no slow
+calibration, whatever the host is doing. The kernel still refines the TSC frequency 1 s after
+boot (a guest living that long), against the HPET or PM timer, within 1 %.
 
 Where the value comes from (``HYPERVM_GUEST_TSC_KHZ``):
 

@@ -54,8 +54,7 @@ def cache_key(fragment: bytes, package_version: str, recipe: str = RECIPE_VERSIO
 
 
 def patches_bytes() -> bytes:
-    """Every patch, in order, as the key sees them (a renamed patch changes the key)."""
-    return b"\0".join(p.name.encode() + b"\n" + p.read_bytes() for p in PATCHES)
+    return store.patches_bytes(PATCHES)
 
 
 def source_package_version(package: str = SOURCE_PACKAGE) -> str | None:

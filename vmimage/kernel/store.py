@@ -57,6 +57,11 @@ _package_fields: dict[tuple[str, str], str | None] = {}
 _package_lock = threading.Lock()
 
 
+def patches_bytes(patches: Sequence[Path]) -> bytes:
+    """``patches``, in order, as a build's key sees them (a renamed patch changes the key)."""
+    return b"\0".join(p.name.encode() + b"\n" + p.read_bytes() for p in patches)
+
+
 def package_version(package: str, field: str = "Version") -> str | None:
     """``field`` of the installed Debian ``package`` per dpkg (``source:Version``: the version
     of the source package it was built from), or None when it is not installed. Asked once

@@ -98,8 +98,7 @@ def current_key() -> str:
 
 
 def patches_bytes() -> bytes:
-    """Every patch, in order, as the key sees them (a renamed patch changes the key)."""
-    return b"\0".join(p.name.encode() + b"\n" + p.read_bytes() for p in PATCHES)
+    return store.patches_bytes(PATCHES)
 
 
 def qemu_dir(cfg: HostConfig, key: str) -> Path:
