@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.vmenv import GUEST_MIB, bench_name
 from executor.libvirt.starter import LIBVIRT_PID_DIR
+from hypervm.config import config_from_env
 
 TIMEOUT = 180.0
 #: how long a run's domain may take to be torn down by libvirtd after its CLI's exit
@@ -55,11 +56,16 @@ def run_once(ref: str, tree: Path = REPO, stamps: Path | None = None) -> float:
     return took
 
 
-def wait_teardown(name: str, timeout: float = TEARDOWN_TIMEOUT) -> None:
+def wait_teardown(name: str, timeout: float = TEARDOWN_TIMEOUT,
+                  vms_dir: Path | None = None) -> None:
     """Off the clock, until libvirtd has torn down the run's domain (``hypervm-NAME-*``: its
-    pid file gone, what the CLI's starter child waits for after the CLI exits), so that the
-    next sample's boot does not run beside the teardown of this one."""
+    pid file gone, what the CLI's starter child waits for after the CLI exits) and the child
+    has removed its run directory (under ``vms_dir``, the host's by default: the last step of
+    a VM's end it took over from the CLI, executor.libvirt.vmend), so that the next sample's
+    boot does not run beside the end of this one."""
     deadline = time.monotonic() + timeout
-    pattern = f"hypervm-{name}-*.pid"
-    while any(Path(LIBVIRT_PID_DIR).glob(pattern)) and time.monotonic() < deadline:
+    runs = vms_dir or config_from_env().vms_dir
+    while time.monotonic() < deadline and (
+            any(Path(LIBVIRT_PID_DIR).glob(f"hypervm-{name}-*.pid"))
+            or any(runs.glob(f"hypervm-{name}-*"))):
         time.sleep(0.02)

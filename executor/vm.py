@@ -123,6 +123,7 @@ class HyperVM:
         self._booting = booting
         #: a pidfd on this VM's QEMU (watch_qemu): its exit ends the VM without a libvirt wait
         self._qemu: QemuProcess | None = None
+        self._starter: starter.Starter | None = None  # a cold run's, which created the domain
         #: hands a claimed VM back to its pool for teardown (executor.pool.adopt);
         #: :meth:`poweroff` uses it instead of POWEROFF, HyperVMError when it cannot
         self.hand_back: Callable[[], None] | None = None
@@ -233,7 +234,8 @@ class HyperVM:
         boot = self._boot_files or resolve_boot(self.cfg, accel=self._accel)
         accel = boot.accel
         if self._hypervisor is None:  # with the console script's starter, if it forked one
-            self._hypervisor = Hypervisor(self.cfg.libvirt_uri, starter=starter.take())
+            self._starter = starter.take()
+            self._hypervisor = Hypervisor(self.cfg.libvirt_uri, starter=self._starter)
         try:
             self.identity = identity.for_vm(self.cfg, self._hypervisor, self.name)
             spec = self.domain_spec(boot)
@@ -506,9 +508,9 @@ class HyperVM:
     def discard(self, timeout: float = 5.0) -> None:
         """End this VM without asking its guest (its QEMU told to exit, then killed), for a VM
         whose guest holds nothing to keep: 9p shares are uncached (what a process wrote is on
-        the host once its write returned), layer disks read-only, writable layers tmpfs in
-        guest RAM. Saves the guest's orderly power-off. Falls back to :meth:`poweroff` when
-        QEMU is not watched or the VM goes back to a pool. Returns once QEMU has exited."""
+        the host once its write returned), layer disks read-only, writable layers tmpfs in guest
+        RAM. No guest power-off; else :meth:`poweroff` (QEMU not watched, a pool's VM). Returns
+        once QEMU has exited or the VM's starter child has its end (:meth:`_hand_end`)."""
         if self._destroyed:
             return
         if self._qemu is None or self.hand_back is not None:
@@ -516,6 +518,9 @@ class HyperVM:
             return
         if self._channel is not None:
             self._channel.on_disconnect = None  # it closes as QEMU goes: expected
+        self._qemu.terminate()
+        if self._hand_end(timeout):
+            return
         if not self._qemu.stop(timeout):
             log.warning("%s: QEMU survived SIGKILL for %g s", self.name, timeout)
         self.destroy()
@@ -539,8 +544,20 @@ class HyperVM:
         if discard_zeros:
             discard_zero_pages(self._hypervisor, self.name)
 
-    def destroy(self) -> None:
-        """Destroy the domain, close the channel, remove the run dir. Idempotent."""
+    def _hand_end(self, timeout: float) -> bool:
+        """This VM's end left to the starter child that created it, not waited for (~10 ms of
+        QEMU's exit; executor.libvirt.vmend); not with host mounts (their grants are ours)."""
+        held, mounts = self._starter, [m.source for c in self.pod.containers for m in c.mounts]
+        if held is None or any(mounts) or not held.hand_end(
+                str(self.run_dir), self.identity is not None, timeout):
+            return False
+        self.identity = None  # the child's to free, with the run directory
+        self.destroy(handed=True)
+        return True
+
+    def destroy(self, handed: bool = False) -> None:
+        """Destroy the domain, close the channel, remove the run dir; ``handed``: but for the
+        channel, the starter child's to do (:meth:`_hand_end`). Idempotent."""
         with self._lock:
             if self._destroyed:
                 return
@@ -553,6 +570,10 @@ class HyperVM:
         gone = self.qemu_exited()
         if self._qemu is not None:
             self._qemu.close()
+        if handed:
+            if self._own_hypervisor and self._hypervisor is not None:
+                self._hypervisor.close()  # the child holds the domain: nothing auto-destroyed
+            return
         if self._hypervisor is not None:
             self._end_domain(gone)
         self._end_identity()

@@ -80,6 +80,10 @@ class QemuProcess:
         except ProcessLookupError:
             pass  # it has exited already
 
+    def terminate(self) -> None:
+        """SIGTERM: QEMU exits without asking its guest (:meth:`stop` waits for it)."""
+        self.kill(signal.SIGTERM)
+
     def stop(self, timeout: float) -> bool:
         """End this QEMU: SIGTERM (it exits without asking its guest), then SIGKILL, each given
         ``timeout`` seconds; True once it has exited."""

@@ -17,10 +17,13 @@ The child holds its connection, and so the VM, for the VM's life. It ends when t
 ends: its pipe's EOF (also ``PR_SET_PDEATHSIG``), or the parent's ``gone`` (it destroyed the
 domain, or its QEMU exited). Without ``gone`` it destroys the domain itself first (a parent
 killed by SIGKILL), and in either case closes its connection only once libvirtd has torn the
-domain down (its pid file gone): closing an autodestroy connection before that would run the
-auto-destroy on libvirtd's main loop, which would wait for the domain and stall every client
-(``executor.libvirt.linger``). If the child itself is killed, its connection closes and
-libvirtd destroys the domain: the VM never outlives its owner either way.
+domain down (its pid file gone). A cold run's CLI may also leave the VM's end to it once the
+workload has exited (``end``, ``executor.libvirt.vmend``): the child then ends the VM, frees its
+uid and removes its run directory, and the CLI exits without waiting for QEMU's exit. Closing
+an autodestroy connection before the teardown would run the auto-destroy on libvirtd's main
+loop, which would wait for the domain and stall every client (``executor.libvirt.linger``).
+If the child itself is killed, its connection closes and libvirtd destroys the domain: the VM
+never outlives its owner either way.
 
 The pipe protocol (each message a 4-byte big-endian length, then that many bytes of JSON;
 sizes are bounded both ways and the parent's wait for the answer by :data:`REPLY_TIMEOUT`):
@@ -30,6 +33,8 @@ sizes are bounded both ways and the parent's wait for the answer by :data:`REPLY
                     {"error": TEXT, "connect": BOOL}             nothing created; ``connect``:
                                                                  libvirt could not be reached
     parent → child  {"gone": true}   (optional) the domain is destroyed or its QEMU exited
+                    {"end": {...}}   (optional, instead) its QEMU was told to exit: the child
+                                     ends the VM (``executor.libvirt.vmend``)
     then EOF: the parent is done (or dead).
 
 The child is ours, but its answer is still read as untrusted bytes: a wrong size, bad JSON, a
@@ -47,6 +52,8 @@ import sys
 import time
 import types as _types
 from collections.abc import Mapping, Sequence
+
+from executor.libvirt import vmend
 
 #: typing.TYPE_CHECKING without importing typing (this module is imported by the console
 #: script's start: executor.cli.fastrun)
@@ -204,6 +211,20 @@ class Starter:
         if from_child is not None:
             os.close(from_child)
         self._reap()
+
+    def hand_end(self, run_dir: str, release: bool, kill_after: float) -> bool:
+        """Leave the end of the domain it created to the child (``executor.libvirt.vmend``:
+        the caller has told its QEMU to exit) and end the link, not waiting for the child.
+        False when no created domain is linked or the child cannot be told: then the caller
+        ends the VM."""
+        if not self._used or self._to_child is None:
+            return False
+        try:
+            _write_all(self._to_child, encode(vmend.end_message(run_dir, release, kill_after)))
+        except OSError:
+            return False
+        self.close()
+        return True
 
     def kill(self) -> None:
         """Kill the child (its connection's auto-destroy removes what it created) and reap
@@ -500,12 +521,19 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
         _write_all(wfd, encode({"uuid": dom.UUIDString()}))
     except OSError:
         pass  # the parent is gone: its message below is None
-    if _next_message(rfd, 64) != {"gone": True}:
-        try:  # the parent ended without ending the VM (killed): end it, as its connection's
-            dom.destroy()  # close would, but on a libvirtd worker, not its main loop
-        except libvirt.libvirtError:
+    message = _next_message(rfd, vmend.MAX_END)
+    pid_file = os.path.join(LIBVIRT_PID_DIR, f"{request['name']}.pid")
+    end = vmend.parse_end(message, request["name"])
+    if end is not None:  # its QEMU was told to exit: the VM's end is ours
+        wait_teardown(pid_file, end["kill_after"])
+    if message != {"gone": True} and (end is None or os.path.exists(pid_file)):
+        try:  # the parent ended without ending the VM (killed), or its QEMU is still there:
+            dom.destroy()  # end it, as the connection's close would, but not on libvirtd's
+        except libvirt.libvirtError:  # main loop
             pass  # already gone
-    wait_teardown(os.path.join(LIBVIRT_PID_DIR, f"{request['name']}.pid"), TEARDOWN_TIMEOUT_S)
+    wait_teardown(pid_file, TEARDOWN_TIMEOUT_S)
+    if end is not None and not os.path.exists(pid_file):
+        vmend.finish(request["name"], end)
     # our exit closes the connection: libvirtd has nothing left to auto-destroy
 
 

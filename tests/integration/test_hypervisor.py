@@ -326,6 +326,50 @@ def test_sigkill_of_the_owner_destroys_its_domains(
     print(f"\ngone {took:.2f} s after SIGKILL")
 
 
+HANDED_CHILD = """
+import os, pickle, signal, sys
+from executor.libvirt import starter
+held = starter.fork_ahead({starter.URI_VARIABLE: "qemu:///system"})  # before libvirt, as the CLI
+assert starter.take() is held
+from executor.libvirt.hypervisor import Hypervisor
+spec = pickle.loads(bytes.fromhex(sys.argv[1]))
+hv = Hypervisor("qemu:///system", starter=held)
+hv.create(spec)
+pid = hv.qemu_pid(spec.name)
+os.kill(pid, signal.SIGSTOP)  # deaf to the SIGTERM below until it is killed
+os.kill(pid, signal.SIGTERM)
+print(held.hand_end(str(spec.channel_socket.parent), True, 0.5), flush=True)
+hv.close()
+"""
+
+
+def test_a_starter_handed_a_vms_end_kills_a_deaf_qemu_then_frees_its_uid(
+    cfg: HostConfig, make_spec: SpecFactory, track: Callable[[DomainSpec], None]
+) -> None:
+    """A cold run's CLI leaves its VM's end to the starter child that created it
+    (executor.libvirt.vmend) and exits: the child destroys a QEMU still there after
+    ``kill_after`` (here one stopped, so deaf to the SIGTERM it was sent), and only once
+    libvirtd has torn the domain down frees its uid and removes its run directory."""
+    from executor.libvirt import identity
+
+    spec = make_spec()
+    track(spec)
+    ident = identity.allocate(cfg.vm_uid_range, spec.name)
+    run_dir = spec.channel_socket.parent
+    try:
+        out = subprocess.run([sys.executable, "-c", HANDED_CHILD, pickle.dumps(spec).hex()],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
+        assert identity.holder(ident.uid) == spec.name  # not before QEMU is gone
+        took = wait_for(lambda: spec.name not in virsh_names(), 60,
+                        f"{spec.name} destroyed by the starter child")
+        wait_for(lambda: not run_dir.exists() and identity.holder(ident.uid) is None, 30,
+                 "the uid freed and the run dir removed once the domain was gone")
+        print(f"\ngone {took:.2f} s after the CLI's exit")
+    finally:
+        identity.release(spec.name)
+
+
 def test_guest_poweroff_ends_the_domain_with_an_event(
     hv: Hypervisor, make_spec: SpecFactory, track: Callable[[DomainSpec], None]
 ) -> None:

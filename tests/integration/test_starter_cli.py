@@ -143,3 +143,26 @@ def test_a_signal_mid_boot_still_destroys_the_vm(hypervm, image_ref: str,  # noq
         if cli.poll() is None:
             cli.kill()
         cli.wait()
+
+
+def test_a_runs_vm_ends_after_its_cli_by_its_starter(hypervm, image_ref: str,  # noqa: ANN001
+                                                     image_env: dict[str, str]) -> None:
+    """A cold run's exit status and output are complete when it exits; its VM's end (QEMU's
+    exit, told at the EXIT) is its starter child's (executor.libvirt.vmend), which frees the
+    VM's uid and removes its run directory once libvirtd has torn the domain down."""
+    from executor.libvirt import identity
+    from hypervm.config import config_from_env
+
+    assert hypervm("run", "-q", image_ref, "--", "true", env=image_env).returncode == 0  # pull
+    name = f"{TEST_TAG}-end"
+    done = hypervm("run", "-q", "--name", name, image_ref, "--", "sh", "-c", "echo out; exit 3",
+                   env=image_env)
+    assert done.returncode == 3 and done.stdout == b"out\n", done.stderr.decode()[-2000:]
+    prefix = f"hypervm-{name}-"
+    vms_dir = config_from_env({**os.environ, **image_env}).vms_dir
+
+    def ended() -> bool:
+        return (not our_domains(prefix) and not list(vms_dir.glob(prefix + "*"))
+                and not any(d.startswith(prefix) for d in identity.in_use().values()))
+
+    _wait("the VM's end: domain, run dir and uid reservation gone", ended, 30)
