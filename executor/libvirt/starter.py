@@ -17,13 +17,11 @@ The child holds its connection, and so the VM, for the VM's life. It ends when t
 ends: its pipe's EOF (also ``PR_SET_PDEATHSIG``), or the parent's ``gone`` (it destroyed the
 domain, or its QEMU exited). Without ``gone`` it destroys the domain itself first (a parent
 killed by SIGKILL), and in either case closes its connection only once libvirtd has torn the
-domain down (its pid file gone). A cold run's CLI may also leave the VM's end to it once the
-workload has exited (``end``, ``executor.libvirt.vmend``): the child then ends the VM, frees its
-uid and removes its run directory, and the CLI exits without waiting for QEMU's exit. Closing
-an autodestroy connection before the teardown would run the auto-destroy on libvirtd's main
-loop, which would wait for the domain and stall every client (``executor.libvirt.linger``).
-If the child itself is killed, its connection closes and libvirtd destroys the domain: the VM
-never outlives its owner either way.
+domain down (its pid file gone); or the parent's ``end`` leaves it the VM's end (its uid, its
+run dir: ``executor.libvirt.vmend``). Closing an autodestroy connection before the teardown
+would run the auto-destroy on libvirtd's main loop, which would wait for the domain and stall
+every client (``executor.libvirt.linger``). If the child itself is killed, its connection closes
+and libvirtd destroys the domain: the VM never outlives its owner either way.
 
 The pipe protocol (each message a 4-byte big-endian length, then that many bytes of JSON;
 sizes are bounded both ways and the parent's wait for the answer by :data:`REPLY_TIMEOUT`):
@@ -33,8 +31,7 @@ sizes are bounded both ways and the parent's wait for the answer by :data:`REPLY
                     {"error": TEXT, "connect": BOOL}             nothing created; ``connect``:
                                                                  libvirt could not be reached
     parent → child  {"gone": true}   (optional) the domain is destroyed or its QEMU exited
-                    {"end": {...}}   (optional, instead) its QEMU was told to exit: the child
-                                     ends the VM (``executor.libvirt.vmend``)
+                    {"end": {...}}   (or) its QEMU was told to exit: the child ends the VM
     then EOF: the parent is done (or dead).
 
 The child is ours, but its answer is still read as untrusted bytes: a wrong size, bad JSON, a
@@ -83,6 +80,8 @@ LIBVIRT_PID_DIR = "/run/libvirt/qemu"
 #: the child's wait for libvirtd's teardown of its domain (executor.libvirt.linger's bounds)
 TEARDOWN_TIMEOUT_S = 30.0
 TEARDOWN_POLL_S = 0.05
+#: how often the answered child checks that its parent lives (a pipe held elsewhere: no EOF)
+PARENT_POLL_S = 0.5
 STARTER_HINT = "start libvirtd: virtlogd -d; libvirtd -d (or HYPERVM_STARTER=off)"
 
 
@@ -491,6 +490,20 @@ def _next_message(fd: int, limit: int) -> dict[str, Any] | None:
         _term["armed"] = False
 
 
+def _last_message(fd: int, limit: int, parent: int) -> dict[str, Any] | None:
+    """The parent's message after our answer (``gone``, ``end``), None at its EOF or death: read
+    unarmed (its death's SIGTERM does not take a message it wrote before), its death polled."""
+    import select  # deferred: after our answer, off the run's way to its createXML
+
+    while not select.select([fd], [], [], PARENT_POLL_S)[0]:
+        if os.getppid() != parent:
+            return None
+    try:
+        return read_message(fd, limit)
+    except (StarterError, OSError):
+        return None
+
+
 def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
     # deferred: the child's whole job; the parent must not load libvirt before its createXML
     import libvirt
@@ -521,7 +534,7 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
         _write_all(wfd, encode({"uuid": dom.UUIDString()}))
     except OSError:
         pass  # the parent is gone: its message below is None
-    message = _next_message(rfd, vmend.MAX_END)
+    message = _last_message(rfd, vmend.MAX_END, parent)
     pid_file = os.path.join(LIBVIRT_PID_DIR, f"{request['name']}.pid")
     end = vmend.parse_end(message, request["name"])
     if end is not None:  # its QEMU was told to exit: the VM's end is ours

@@ -338,7 +338,8 @@ hv.create(spec)
 pid = hv.qemu_pid(spec.name)
 os.kill(pid, signal.SIGSTOP)  # deaf to the SIGTERM below until it is killed
 os.kill(pid, signal.SIGTERM)
-print(held.hand_end(str(spec.channel_socket.parent), True, 0.5), flush=True)
+os.kill(held.pid, signal.SIGSTOP)  # reads our message only after our death's SIGTERM came
+print(held.pid, held.hand_end(str(spec.channel_socket.parent), True, 0.5), flush=True)
 hv.close()
 """
 
@@ -347,9 +348,10 @@ def test_a_starter_handed_a_vms_end_kills_a_deaf_qemu_then_frees_its_uid(
     cfg: HostConfig, make_spec: SpecFactory, track: Callable[[DomainSpec], None]
 ) -> None:
     """A cold run's CLI leaves its VM's end to the starter child that created it
-    (executor.libvirt.vmend) and exits: the child destroys a QEMU still there after
-    ``kill_after`` (here one stopped, so deaf to the SIGTERM it was sent), and only once
-    libvirtd has torn the domain down frees its uid and removes its run directory."""
+    (executor.libvirt.vmend) and exits: the child, though it reads the request only after its
+    parent's death signal, destroys a QEMU still there after ``kill_after`` (here one stopped,
+    so deaf to the SIGTERM it was sent), and only once libvirtd has torn the domain down frees
+    its uid and removes its run directory."""
     from executor.libvirt import identity
 
     spec = make_spec()
@@ -359,7 +361,9 @@ def test_a_starter_handed_a_vms_end_kills_a_deaf_qemu_then_frees_its_uid(
     try:
         out = subprocess.run([sys.executable, "-c", HANDED_CHILD, pickle.dumps(spec).hex()],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
+        child, handed = out.stdout.split()
+        assert out.returncode == 0 and handed == "True", out.stderr[-2000:]
+        os.kill(int(child), signal.SIGCONT)
         assert identity.holder(ident.uid) == spec.name  # not before QEMU is gone
         took = wait_for(lambda: spec.name not in virsh_names(), 60,
                         f"{spec.name} destroyed by the starter child")
