@@ -7,11 +7,16 @@ Each group: the plain value passes, the same value with a trailing "\\n" is refu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.domain_xml import domain_xml
+from executor.mesos.driver_values import parse_duration, settings_from_env
+from executor.mesos.exec_socket import socket_path
+from executor.mesos.taskinfo import parse_task
+from hypervm.config import config_from_env
 from hypervm.errors import ImageError, InvalidSpec
 from hypervm.imageref import parse_registry_ref
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
@@ -79,3 +84,63 @@ def test_no_trailing_newline_reaches_the_domain_xml(field: str, bad: dict[str, o
     with pytest.raises(InvalidSpec) as err:
         domain_xml(_domain(**bad))
     assert err.value.field == field
+
+
+# --- executor.mesos: Mesos IDs, the agent's UPID and endpoint, the exec socket's task id -----
+
+def _task(tid: str) -> dict[str, Any]:
+    return {"task_id": {"value": tid}, "agent_id": {"value": "a"},
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}},
+                          {"name": "mem", "type": "SCALAR", "scalar": {"value": 128}}],
+            "container": {"type": "MESOS", "mesos": {"image": {
+                "type": "DOCKER", "docker": {"name": "alpine:3"}}}},
+            "command": {"value": "echo hi"}}
+
+
+@pytest.mark.parametrize("bad", ["t1\n", "t1\nforged log line", "t1\r", "t\\1", ".", ".."])
+def test_a_mesos_id_is_checked_as_mesos_checks_it(bad: str) -> None:
+    """Mesos' validateID refuses control characters, '/' and '\\\\', '.' and '..'; the old
+    pattern (``^[^/\\x00]{1,255}$``) let a newline through anywhere: a task id ends up in the
+    executor's log lines (driver_values.describe) and in the VM's metadata."""
+    assert parse_task(_task("t1"), "task").task_id == "t1"
+    with pytest.raises(InvalidSpec) as err:
+        parse_task(_task(bad), "task")
+    assert err.value.field == "task.task_id.value"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {"MESOS_FRAMEWORK_ID": "f-0001", "MESOS_EXECUTOR_ID": "e",
+            "MESOS_AGENT_ENDPOINT": "127.0.0.1:5051", "MESOS_SANDBOX": "/tmp/s", **extra}
+
+
+@pytest.mark.parametrize(("name", "good", "bad"), [
+    ("MESOS_FRAMEWORK_ID", "f-0001", "f-0001\n"),
+    ("MESOS_EXECUTOR_ID", "e", "e\n"),
+    ("MESOS_AGENT_ENDPOINT", "127.0.0.1:5051", "127.0.0.1:5051\n"),
+    ("MESOS_AGENT_ENDPOINT", "127.0.0.1:5051", "127.0.0.1:\u0665\u0660\u0665\u0661"),  # ٥٠٥١
+    ("MESOS_SLAVE_PID", "slave(1)@127.0.0.1:5051", "slave(1)@127.0.0.1:5051\n"),
+    ("MESOS_SLAVE_PID", "slave(1)@127.0.0.1:5051", "slave(1)@127.0.0.1:\u0665\u0660\u0665\u0661"),
+])
+def test_the_agents_environment_is_matched_whole(name: str, good: str, bad: str) -> None:
+    """On the old code the endpoint "127.0.0.1:5051\\n" became the address the executor
+    connects to, and Arabic-Indic digits (``\\d``) passed as a port."""
+    settings_from_env(_env(**{name: good}))
+    with pytest.raises(InvalidSpec) as err:
+        settings_from_env(_env(**{name: bad}))
+    assert err.value.field == name
+
+
+def test_a_duration_is_of_ascii_digits() -> None:
+    assert parse_duration(" 5secs\n", "d") == 5.0  # surrounding blanks, as before
+    with pytest.raises(InvalidSpec):
+        parse_duration("\u0665secs", "d")
+
+
+def test_a_task_id_with_a_newline_names_no_socket_file(tmp_path: Path) -> None:
+    """The old code named the socket of task "t1\\n" ``…/tasks/t1\\n.sock``; now it is hashed
+    as any other unsafe id."""
+    cfg = config_from_env({"HYPERVM_STATE_DIR": str(tmp_path / "state"),
+                           "HYPERVM_RUN_DIR": str(tmp_path / "run")})
+    assert socket_path(cfg, "t1").name == "t1.sock"
+    path = socket_path(cfg, "t1\n")
+    assert "\n" not in str(path) and path.name.startswith("sha256-")
