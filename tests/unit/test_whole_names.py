@@ -11,13 +11,18 @@ from typing import Any
 
 import pytest
 
+from executor.cli.run_inputs import env_items, parse_memory
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.domain_xml import domain_xml
 from executor.mesos.driver_values import parse_duration, settings_from_env
 from executor.mesos.exec_socket import socket_path
 from executor.mesos.taskinfo import parse_task
+from executor.pool.protocol import PoolConfig
+from executor.pool.release import parse_release, release_request
+from executor.snapshot.standby import lease_reply, parse_lease, parse_standby, standby_request
+from executor.snapshot.store import Shape
 from hypervm.config import config_from_env
-from hypervm.errors import ImageError, InvalidSpec
+from hypervm.errors import ImageError, InvalidSpec, PoolError
 from hypervm.imageref import parse_registry_ref
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
 
@@ -144,3 +149,56 @@ def test_a_task_id_with_a_newline_names_no_socket_file(tmp_path: Path) -> None:
     assert socket_path(cfg, "t1").name == "t1.sock"
     path = socket_path(cfg, "t1\n")
     assert "\n" not in str(path) and path.name.startswith("sha256-")
+
+
+# --- executor.snapshot / executor.pool: standby keys and templates, released VMs, pool names -
+
+_KEY, _VM = "0123456789abcdef01234567", "hypervm-tmpl-1"
+
+
+@pytest.mark.parametrize("field", ["key", "template"])
+def test_a_standby_request_is_matched_whole(field: str) -> None:
+    """The pool daemon (root) reads these from a client's socket."""
+    values = {"key": _KEY, "template": _VM}
+    parse_standby(standby_request(Shape(1, 128), **values))
+    values[field] += "\n"
+    with pytest.raises(PoolError, match=f"standby.{field}"):
+        parse_standby(standby_request(Shape(1, 128), **values))
+
+
+def test_a_standby_lease_names_a_whole_vm() -> None:
+    parse_lease(lease_reply(_VM, "/run/v", None, {}))
+    with pytest.raises(PoolError, match="malformed standby reply"):
+        parse_lease(lease_reply(_VM + "\n", "/run/v", None, {}))
+
+
+def test_a_release_names_a_whole_vm() -> None:
+    """The pool daemon (root) reads it from a client's socket."""
+    assert parse_release(release_request(_VM)) == _VM
+    with pytest.raises(PoolError, match="release.vm"):
+        parse_release(release_request(_VM + "\n"))
+
+
+def test_a_pool_name_is_matched_whole() -> None:
+    PoolConfig(name="web").validate()
+    with pytest.raises(InvalidSpec) as err:
+        PoolConfig(name="web\n").validate()
+    assert err.value.field == "pool.name"
+
+
+# --- executor.cli.run_inputs: ``-e`` keys and ``--memory`` --------------------------------
+
+def test_an_env_key_with_a_newline_reaches_no_container() -> None:
+    """On the old code ``-e "GREETING\\n=hi"`` went into the container's environment as it was
+    (and ``-e "HOME\\n"`` looked up a variable of that name)."""
+    assert env_items(["GREETING=hi", "HOME"], {"HOME": "/root"}) == ["GREETING=hi", "HOME=/root"]
+    for item in ("GREETING\n=hi", "HOME\n"):
+        with pytest.raises(InvalidSpec) as err:
+            env_items([item], {"HOME\n": "/root"})
+        assert err.value.field == "--env"
+
+
+def test_a_memory_size_is_of_ascii_digits() -> None:
+    assert parse_memory(" 512m\n") == 512  # surrounding blanks, as before
+    with pytest.raises(InvalidSpec):
+        parse_memory("\u0665\u0661\u0662m")  # ٥١٢: float() reads it
