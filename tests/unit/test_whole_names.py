@@ -6,6 +6,7 @@ Each group: the plain value passes, the same value with a trailing "\\n" is refu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from hypervm.config import config_from_env
 from hypervm.errors import ImageError, InvalidSpec, PoolError
 from hypervm.imageref import parse_registry_ref
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
+from vmimage.images.config import parse_config, parse_passwd
+from vmimage.images.manifest import OCI_MANIFEST, parse_manifest
 
 # --- hypervm.podspec: pod and container names ---------------------------------------------
 
@@ -202,3 +205,41 @@ def test_a_memory_size_is_of_ascii_digits() -> None:
     assert parse_memory(" 512m\n") == 512  # surrounding blanks, as before
     with pytest.raises(InvalidSpec):
         parse_memory("\u0665\u0661\u0662m")  # ٥١٢: float() reads it
+
+
+# --- vmimage.images: a (hostile) image's digests and /etc/passwd ids ----------------------
+
+_D1, _D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def _manifest(layer: str) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": _D1, "size": 10},
+                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                   "digest": layer, "size": 20}]}).encode()
+
+
+def test_a_layer_digest_with_a_newline_names_no_blob_file() -> None:
+    """On the old code a registry's "sha256:…\\n" passed, and the pull read the blob from
+    ``blob_dir / desc.hex``, a host path ending in a newline."""
+    assert parse_manifest("img", _D1, _manifest(_D2)).layers[0].hex == "2" * 64
+    with pytest.raises(ImageError, match="no sha256 digest"):
+        parse_manifest("img", _D1, _manifest(_D2 + "\n"))
+
+
+def test_a_diff_id_with_a_newline_names_no_layer_file() -> None:
+    """A diff id names the layer's file in the host's cache (cache.layer_path)."""
+    def config(diff_id: str) -> bytes:
+        return json.dumps({"config": {}, "rootfs": {"diff_ids": [diff_id]}}).encode()
+
+    assert parse_config("img", _D1, config(_D2)).diff_ids == (_D2,)
+    with pytest.raises(ImageError, match="bad diff id"):
+        parse_config("img", _D1, config(_D2 + "\n"))
+
+
+def test_a_passwd_id_of_non_ascii_digits_is_skipped_not_a_crash() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises ValueError: the old code let an
+    image's /etc/passwd crash the lookup outside the error root."""
+    text = "root:x:0:0::/root:/bin/sh\nodd:x:\u00b2:0::/:/bin/sh\nfar:x:\u0665:0::/:/bin/sh\n"
+    assert [e.name for e in parse_passwd(text)] == ["root"]
