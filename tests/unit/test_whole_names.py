@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from executor.cli.run_inputs import env_items, parse_memory
@@ -26,6 +27,10 @@ from hypervm.config import config_from_env
 from hypervm.errors import ImageError, InvalidSpec, PoolError
 from hypervm.imageref import parse_registry_ref
 from hypervm.podspec import Container, PodSpec, Process, Rootfs
+from scheduler.marathon import parse_app
+from scheduler.pods import parse_pod
+from scheduler.tenants import parse_tenants
+from scheduler.validation import check_env, check_image, whole_patterns
 from vmimage.images.config import parse_config, parse_passwd
 from vmimage.images.manifest import OCI_MANIFEST, parse_manifest
 
@@ -243,3 +248,75 @@ def test_a_passwd_id_of_non_ascii_digits_is_skipped_not_a_crash() -> None:
     image's /etc/passwd crash the lookup outside the error root."""
     text = "root:x:0:0::/root:/bin/sh\nodd:x:\u00b2:0::/:/bin/sh\nfar:x:\u0665:0::/:/bin/sh\n"
     assert [e.name for e in parse_passwd(text)] == ["root"]
+
+
+# --- scheduler: tenants, env names, image names, the API's schemas -------------------------
+
+def _tenant(**over: str) -> dict[str, Any]:
+    return {"tenants": [{"id": "team-a", "role": "team_a", "token_sha256": "a" * 64,
+                         "quota": {"cpus": 1, "mem": 256, "instances": 2}, **over}]}
+
+
+@pytest.mark.parametrize(("field", "value"), [("id", "team-a"), ("role", "team_a"),
+                                              ("token_sha256", "a" * 64)])
+def test_a_tenants_fields_are_matched_whole(field: str, value: str) -> None:
+    """A YAML block scalar (``id: |``) ends in a newline: refused, naming the field."""
+    parse_tenants(_tenant(**{field: value}))
+    with pytest.raises(InvalidSpec) as err:
+        parse_tenants(_tenant(**{field: value + "\n"}))
+    assert err.value.field == f"tenants[0].{field}"
+
+
+def test_env_and_image_names_are_matched_whole() -> None:
+    """On the old code check_image returned "busybox:1.36\\n" as the workload's image."""
+    assert check_env({"GREETING": "hi"}, "env") == (("GREETING", "hi"),)
+    with pytest.raises(InvalidSpec) as err:
+        check_env({"GREETING\n": "hi"}, "env")
+    assert err.value.field == "env.GREETING\n"
+    assert check_image("busybox:1.36", "image") == "busybox:1.36"
+    with pytest.raises(InvalidSpec):
+        check_image("busybox:1.36\n", "image")
+
+
+def _pod_body(pod_id: str = "web", name: str = "a", port: str = "http") -> dict[str, Any]:
+    return {"id": pod_id, "containers": [{
+        "name": name, "image": "busybox:1.36", "resources": {"cpus": 0.5, "mem": 64},
+        "ports": [{"name": port, "containerPort": 80}]}]}
+
+
+@pytest.mark.parametrize(("field", "names"), [("id", {"pod_id": "web"}),
+                                               ("containers[0].name", {"name": "a"}),
+                                               ("containers[0].ports[0].name", {"port": "http"})])
+def test_a_pods_names_are_matched_whole(field: str, names: dict[str, str]) -> None:
+    """jsonschema's ``pattern`` is a ``re.search``: on the old code ``^…$`` let a pod
+    "web\\n" through (its WorkloadSpec's id, the tasks' names), a container "a\\n" or a port
+    "http\\n" (a Mesos DiscoveryInfo port's name)."""
+    assert parse_pod(_pod_body(**names)).id == "web"
+    with pytest.raises(InvalidSpec) as err:
+        parse_pod(_pod_body(**{k: v + "\n" for k, v in names.items()}))
+    assert err.value.field == field
+
+
+def test_a_marathon_apps_port_name_is_matched_whole() -> None:
+    """Marathon's own schema says ``^[a-z][a-z0-9-]*$``, which ECMA-262 reads as the whole
+    value; the old code (Python's ``$``) kept the port name "http\\n"."""
+    def app(port: str) -> dict[str, Any]:
+        return {"id": "/shop/web", "cmd": "httpd", "cpus": 0.25, "mem": 64, "instances": 1,
+                "container": {"type": "DOCKER", "docker": {"image": "busybox:1.36"}},
+                "portDefinitions": [{"port": 0, "name": port}]}
+
+    assert parse_app(app("http")).containers[0].ports[0].name == "http"
+    with pytest.raises(InvalidSpec) as err:
+        parse_app(app("http\n"))
+    assert err.value.field == "portDefinitions[0].name"
+
+
+@pytest.mark.parametrize(("pattern", "value", "matches"), [
+    ("^[a-z]+$", "web", True), ("^[a-z]+$", "web\n", False),
+    ("^a($|/)", "a", True), ("^a($|/)", "a\n", False), ("^a($|/)", "a/b", True),
+    ("^[$]$", "$", True), (r"^\$$", "$", True), (r"^\$$", "$\n", False), ("^/", "/x\n", True),
+])
+def test_a_schema_pattern_reads_dollar_as_json_schema_does(pattern: str, value: str,
+                                                           matches: bool) -> None:
+    validator = whole_patterns(jsonschema.Draft4Validator)({"pattern": pattern})
+    assert validator.is_valid(value) is matches
