@@ -22,10 +22,11 @@ from hypervm.frozen import frozen_dataclass
 
 DEFAULT_DOMAIN = "docker.io"
 DEFAULT_TAG = "latest"
-_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_DOMAIN_RE = re.compile(r"^(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$")
+#: each matched whole (fullmatch: ``^…$`` with ``match`` would let a trailing newline through)
+_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
 
 
 @frozen_dataclass
@@ -124,7 +125,7 @@ def _parse_layout(text: str) -> LayoutRef:
     path, tag = rest, None
     if ":" in rest and not Path(rest).is_dir():
         path, tag = rest.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise ImageError(text, f"{tag!r} is not a valid tag")
     return LayoutRef(Path(path).absolute(), tag)
 
@@ -134,21 +135,21 @@ def parse_registry_ref(text: str) -> RegistryRef:
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise ImageError(original, f"{digest!r} is not a sha256 digest",
                              hint="use name@sha256:<64 lowercase hex digits>")
     tag = None
     last = text.rsplit("/", 1)[-1]
     if ":" in last:
         text, tag = text.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise ImageError(original, f"{tag!r} is not a valid tag",
                              hint="tags are [A-Za-z0-9_.-], at most 128, not starting with . or -")
     first, _, remainder = text.partition("/")
     if remainder and ("." in first or ":" in first or first == "localhost"
                       or first.startswith("[")):
         domain, path = first, remainder
-        if not _DOMAIN_RE.match(domain):
+        if not _DOMAIN_RE.fullmatch(domain):
             raise ImageError(original, f"{domain!r} is not a valid registry host")
     else:
         domain, path = DEFAULT_DOMAIN, text
@@ -157,7 +158,7 @@ def parse_registry_ref(text: str) -> RegistryRef:
     if domain == DEFAULT_DOMAIN and "/" not in path:
         path = f"library/{path}"
     for component in path.split("/"):
-        if not _COMPONENT_RE.match(component):
+        if not _COMPONENT_RE.fullmatch(component):
             raise ImageError(original, f"{component!r} is not a valid repository name component",
                              hint="repository names are lowercase letters, digits and . _ -")
     if digest is None and tag is None:

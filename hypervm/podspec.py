@@ -22,7 +22,8 @@ MAX_CPUS = 64
 #: below this a container's cgroup cannot even start its process (init refuses < 4 MiB)
 MIN_LIMIT_MEMORY_MIB = 4
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: pod and container names, matched whole (fullmatch: ``^…$`` with ``match`` lets "p\n" through)
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @frozen_dataclass
@@ -119,7 +120,7 @@ class Container:
 
     def validate(self) -> None:
         where = f"containers[{self.name}]"
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise InvalidSpec(f"{where}.name", "must match [A-Za-z0-9_.-]{1,64}")
         if not self.rootfs.layers:
             raise InvalidSpec(f"{where}.rootfs", "no layers")
@@ -167,7 +168,7 @@ class PodSpec:
     image: str | None = None
 
     def validate(self) -> None:
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise InvalidSpec("name", "must match [A-Za-z0-9_.-]{1,64}")
         if not self.containers:
             raise InvalidSpec("containers", "a pod needs at least one container")

@@ -17,7 +17,7 @@ import jsonschema
 from hypervm.errors import InvalidSpec
 from scheduler import limits
 from scheduler.model import ContainerSpec, PortSpec, WorkloadSpec
-from scheduler.validation import check_env, check_image, validate
+from scheduler.validation import check_env, check_image, validate, whole_patterns
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "AppDefinition.json"
 IMAGE_LABEL = "hypervm.image"
@@ -38,7 +38,9 @@ DEFAULTS = {"cpus": 1.0, "mem": 128.0, "instances": 1}
 @cache
 def _validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA_PATH.read_text())
-    return jsonschema.Draft4Validator(limits.capped(schema))
+    validator: jsonschema.protocols.Validator = whole_patterns(jsonschema.Draft4Validator)(
+        limits.capped(schema))
+    return validator
 
 
 def normalize_id(app_id: str) -> str:

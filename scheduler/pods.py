@@ -14,7 +14,7 @@ import jsonschema
 from hypervm.errors import InvalidSpec
 from scheduler import limits
 from scheduler.model import ContainerSpec, PortSpec, WorkloadSpec
-from scheduler.validation import check_env, check_image, validate
+from scheduler.validation import check_env, check_image, validate, whole_patterns
 
 NAME = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"}
 SECONDS = {"type": "number", "minimum": 0}
@@ -61,7 +61,7 @@ POD_SCHEMA: dict[str, Any] = {
         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
-_VALIDATOR = jsonschema.Draft202012Validator(limits.capped(POD_SCHEMA))
+_VALIDATOR = whole_patterns(jsonschema.Draft202012Validator)(limits.capped(POD_SCHEMA))
 
 
 def parse_pod(data: Any) -> WorkloadSpec:

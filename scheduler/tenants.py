@@ -20,9 +20,10 @@ from hypervm.errors import InvalidSpec
 from hypervm.frozen import frozen_dataclass
 from scheduler.errors import ConfigError
 
-_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-_ROLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+#: matched whole (fullmatch: ``^…$`` with ``match`` let a trailing newline through)
+_ID_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
+_ROLE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_HEX_RE = re.compile(r"[0-9a-f]{64}")
 _QUOTA_KEYS = ("cpus", "mem", "instances")
 
 
@@ -93,14 +94,14 @@ def _parse_tenant(item: Any, where: str) -> Tenant:
         raise InvalidSpec(f"{where}.token", "plaintext tokens are not accepted",
                           hint="store token_sha256 (hypervm-scheduler hash-token TOKEN)")
     tid = item.get("id")
-    if not isinstance(tid, str) or not _ID_RE.match(tid):
+    if not isinstance(tid, str) or not _ID_RE.fullmatch(tid):
         raise InvalidSpec(f"{where}.id", f"{tid!r} is not a valid id",
                           hint="lowercase letters, digits and '-', at most 32")
     role = item.get("role", tid)
-    if not isinstance(role, str) or not _ROLE_RE.match(role) or role in (".", ".."):
+    if not isinstance(role, str) or not _ROLE_RE.fullmatch(role) or role in (".", ".."):
         raise InvalidSpec(f"{where}.role", f"{role!r} is not a valid Mesos role")
     digest = item.get("token_sha256")
-    if not isinstance(digest, str) or not _HEX_RE.match(digest):
+    if not isinstance(digest, str) or not _HEX_RE.fullmatch(digest):
         raise InvalidSpec(f"{where}.token_sha256", "must be 64 lowercase hex digits")
     operator = item.get("operator", False)
     if not isinstance(operator, bool):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from functools import cache
 from typing import Any
 
 import jsonschema
@@ -12,7 +13,8 @@ from jsonschema.exceptions import ValidationError, best_match
 from hypervm.errors import ImageError, InvalidSpec
 from hypervm.imageref import parse_registry_ref
 
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: matched whole (fullmatch: ``^…$`` with ``match`` let "A\n" through)
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def field_path(parts: Iterable[Any], prefix: str = "") -> str:
@@ -39,6 +41,41 @@ def schema_error(error: ValidationError, prefix: str = "") -> InvalidSpec:
     return InvalidSpec(field_path(path, prefix), error.message)
 
 
+@cache
+def _ecma_anchors(pattern: str) -> str:
+    """``pattern`` with each ``$`` outside a character class read as ECMA-262 (JSON Schema's
+    dialect) reads it, the end of the value: Python's ``$`` also matches before a final
+    newline, so ``^[a-z]+$`` let "web\\n" through jsonschema's ``pattern`` (a ``re.search``)."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _whole_pattern(validator: Any, pattern: str, instance: Any, _schema: Any
+                   ) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not re.search(_ecma_anchors(pattern), instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def whole_patterns(cls: Any) -> Any:
+    """The validator class ``cls`` whose ``pattern`` keyword matches as JSON Schema means it
+    (:func:`_ecma_anchors`): every schema of the API is checked through one of these."""
+    return jsonschema.validators.extend(cls, {"pattern": _whole_pattern})
+
+
 def validate(validator: jsonschema.protocols.Validator, data: Any, prefix: str = "") -> None:
     error = best_match(validator.iter_errors(data))
     if error is not None:
@@ -57,7 +94,7 @@ def check_image(name: str, where: str) -> str:
 
 def check_env(env: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]:
     for name in env:
-        if not _ENV_RE.match(name):
+        if not _ENV_RE.fullmatch(name):
             raise InvalidSpec(f"{where}.{name}", "is not a valid environment variable name",
                               hint="use letters, digits and _, not starting with a digit")
     return tuple((k, str(v)) for k, v in env.items())

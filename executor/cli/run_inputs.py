@@ -23,8 +23,9 @@ from hypervm.imageref import RegistryRef, parse_reference
 from hypervm.podspec import Mount, Resources
 from vmimage.images.store import Image
 
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+#: matched whole (fullmatch: ``-e "KEY\n=v"`` passed ``^…$``), sizes of ASCII digits only
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.IGNORECASE | re.ASCII)
 _MIB = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 
@@ -71,7 +72,7 @@ def env_items(items: Iterable[str], environ: Mapping[str, str]) -> list[str]:
     out = []
     for item in items:
         key, eq, _ = item.partition("=")
-        if not key or not _ENV_KEY.match(key):
+        if not key or not _ENV_KEY.fullmatch(key):
             raise InvalidSpec("--env", f"{item!r} is not KEY=VALUE or KEY",
                               hint="e.g. -e GREETING=hi or -e HOME")
         if eq:
@@ -108,7 +109,7 @@ def environment(env: Iterable[str], env_files: Iterable[Path],
 
 def parse_memory(text: str) -> int:
     """``512`` (MiB), ``512m``, ``1g``, ``1.5G``, ``2048k`` → MiB."""
-    match = _MEMORY.match(text.strip())
+    match = _MEMORY.fullmatch(text.strip())
     if not match:
         raise InvalidSpec("--memory", f"{text!r} is not a size",
                           hint="e.g. 512 (MiB), 512m or 1g")

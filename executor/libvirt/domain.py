@@ -45,11 +45,13 @@ MAX_TB_CACHE_MIB = 4096
 META_OWNER_PID = "owner-pid"
 META_OWNER_START = "owner-start"
 
-_NAME_RE = re.compile(r"^hypervm-[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+#: names, tags and serials are matched whole (fullmatch: ``^…$`` with ``match`` would let a
+#: trailing newline into the domain XML's <name>, <serial>, <target dir=…> or <qemu:env>)
+_NAME_RE = re.compile(r"hypervm-[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 #: what libvirt accepts as a <qemu:env> name
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_SERIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,31}$")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_SERIAL_RE = re.compile(r"[A-Za-z0-9_.-]{1,20}")
+_TAG_RE = re.compile(r"[A-Za-z0-9_.-]{1,31}")
 _DISK_FORMATS = ("raw", "qcow2")
 # characters XML 1.0 cannot carry, and \r, which XML parsers turn into \n: a str.translate
 # table that drops them (their regular expression took ~0.4 ms to compile at every start)
@@ -67,7 +69,7 @@ class DiskSpec:
 
     def validate(self, where: str) -> None:
         _absolute(f"{where}.path", self.path)
-        if not _SERIAL_RE.match(self.serial):
+        if not _SERIAL_RE.fullmatch(self.serial):
             raise InvalidSpec(
                 f"{where}.serial",
                 f"{self.serial!r} is not a valid disk serial",
@@ -98,7 +100,7 @@ class ShareSpec:
         if self.multidevs not in (None, "remap", "forbid", "warn"):
             raise InvalidSpec(f"{where}.multidevs", f"unknown value {self.multidevs!r}",
                               hint="use remap, forbid or warn")
-        if not _TAG_RE.match(self.tag):
+        if not _TAG_RE.fullmatch(self.tag):
             raise InvalidSpec(
                 f"{where}.tag",
                 f"{self.tag!r} is not a valid 9p mount tag",
@@ -214,7 +216,7 @@ class DomainSpec:
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise InvalidSpec(
                 "name",
                 f"{self.name!r} is not a valid HyperVM domain name",
@@ -261,7 +263,7 @@ class DomainSpec:
         for i, arg in enumerate(self.qemu_args):
             _xml_safe(f"qemu_args[{i}]", arg)
         for key, value in self.qemu_env.items():
-            if not _ENV_NAME_RE.match(key):
+            if not _ENV_NAME_RE.fullmatch(key):
                 raise InvalidSpec(f"qemu_env[{key!r}]", "is not an environment variable name",
                                   hint="use letters, digits and _, not starting with a digit")
             _xml_safe(f"qemu_env[{key!r}]", value)

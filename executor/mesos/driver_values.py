@@ -12,12 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from executor.mesos.fields import valid_id
 from hypervm.errors import InvalidSpec
 from hypervm.frozen import frozen_dataclass
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "secs": 1.0, "mins": 60.0, "hrs": 3600.0,
           "days": 86400.0, "weeks": 604800.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|secs|mins|hrs|days|weeks)\s*$")
+#: matched whole (fullmatch), ASCII only (``\d`` alone is any Unicode digit; float() reads them)
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|ms|secs|mins|hrs|days|weeks)\s*",
+                          re.ASCII)
 
 #: Mesos' defaults (src/slave/constants.hpp)
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
@@ -25,13 +28,15 @@ DEFAULT_RECOVERY_TIMEOUT_S = 15 * 60.0
 DEFAULT_BACKOFF_MAX_S = 2.0
 #: the executor API's path on an agent known only by MESOS_AGENT_ENDPOINT
 PLAIN_API_PATH = "/api/v1/executor"
-#: a libprocess UPID: ``id@ip:port`` (the id may hold parentheses: ``slave(1)``)
-_UPID_RE = re.compile(r"^([A-Za-z0-9_.()\-]+)@([^:@/\s]+):(\d{1,5})$")
+#: a libprocess UPID: ``id@ip:port`` (the id may hold parentheses: ``slave(1)``), matched
+#: whole: its id becomes the API's path, host:port the address the executor connects to
+_UPID_RE = re.compile(r"([A-Za-z0-9_.()\-]+)@([^:@/\s]+):([0-9]{1,5})")
+_ENDPOINT_RE = re.compile(r"[^:/\s]+:[0-9]{1,5}")
 
 
 def parse_duration(text: str, name: str) -> float:
     """A Mesos Duration string ("5secs", "15mins", "100ms" …) in seconds."""
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text)
     if not match:
         raise InvalidSpec(name, f"{text!r} is not a duration",
                           hint="use a number and a unit: ns, us, ms, secs, mins, hrs, days, weeks")
@@ -59,7 +64,7 @@ def agent_address(env: Mapping[str, str]) -> tuple[str, str]:
     ``/slave(1)/api/v1/executor``), else ``MESOS_AGENT_ENDPOINT`` and ``/api/v1/executor``."""
     pid = env.get("MESOS_SLAVE_PID", "")
     if pid:
-        match = _UPID_RE.match(pid)
+        match = _UPID_RE.fullmatch(pid)
         if not match:
             raise InvalidSpec("MESOS_SLAVE_PID", f"{pid!r} is not a libprocess PID id@ip:port",
                               hint="hypervm-executor must be started by a Mesos agent")
@@ -69,7 +74,7 @@ def agent_address(env: Mapping[str, str]) -> tuple[str, str]:
     if not endpoint:
         raise InvalidSpec("MESOS_AGENT_ENDPOINT", "is not set (nor MESOS_SLAVE_PID)",
                           hint="hypervm-executor must be started by a Mesos agent")
-    if not re.match(r"^[^:/]+:\d+$", endpoint):
+    if not _ENDPOINT_RE.fullmatch(endpoint):
         raise InvalidSpec("MESOS_AGENT_ENDPOINT", f"{endpoint!r} is not host:port")
     return endpoint, PLAIN_API_PATH
 
@@ -83,6 +88,13 @@ def settings_from_env(env: Mapping[str, str]) -> ExecutorSettings:
                               hint="hypervm-executor must be started by a Mesos agent")
         return value
 
+    def mesos_id(name: str) -> str:  # logged; names the executor's groups
+        value = required(name)
+        if not valid_id(value):
+            raise InvalidSpec(name, f"{value!r} is not a Mesos ID",
+                              hint="use 1-255 characters without '/', '\\' or control characters")
+        return value
+
     checkpoint_text = env.get("MESOS_CHECKPOINT", "0")
     if checkpoint_text not in ("0", "1"):
         raise InvalidSpec("MESOS_CHECKPOINT", f"{checkpoint_text!r} is not 0 or 1")
@@ -92,8 +104,8 @@ def settings_from_env(env: Mapping[str, str]) -> ExecutorSettings:
 
     endpoint, api_path = agent_address(env)
     return ExecutorSettings(
-        framework_id=required("MESOS_FRAMEWORK_ID"),
-        executor_id=required("MESOS_EXECUTOR_ID"),
+        framework_id=mesos_id("MESOS_FRAMEWORK_ID"),
+        executor_id=mesos_id("MESOS_EXECUTOR_ID"),
         agent_endpoint=endpoint,
         sandbox=Path(env.get("MESOS_SANDBOX") or env.get("MESOS_DIRECTORY") or "."),
         checkpoint=checkpoint_text == "1",

@@ -28,7 +28,8 @@ from hypervm.podspec import Container
 
 log = logging.getLogger(__name__)
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+#: a task id that may name its socket as it is (matched whole: "t\n" would be a file name)
+_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 #: how long a probe waits for a live executor to accept (a full backlog is not a dead one)
 _PROBE_TIMEOUT_S = 2.0
 
@@ -39,7 +40,7 @@ def tasks_dir(cfg: HostConfig) -> Path:
 
 def socket_path(cfg: HostConfig, task_id: str) -> Path:
     """The socket of ``task_id``; an id that is not a safe file name is hashed."""
-    if _SAFE.match(task_id) and task_id not in (".", ".."):
+    if _SAFE.fullmatch(task_id) and task_id not in (".", ".."):
         name = task_id
     else:
         name = "sha256-" + hashlib.sha256(task_id.encode()).hexdigest()[:32]

@@ -10,8 +10,14 @@ from typing import Any
 
 from hypervm.errors import InvalidSpec
 
-#: Mesos IDs: 1-255 characters without '/' or NUL
-ID_RE = re.compile(r"^[^/\x00]{1,255}$")
+#: Mesos IDs, as Mesos' own validateID (src/common/validation.cpp): 1-255 characters, no
+#: control character (a newline would be a second line of a log or of a status message), no
+#: '/' or '\' (IDs become paths), not '.' or '..'; matched whole (fullmatch)
+ID_RE = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
+
+
+def valid_id(value: str) -> bool:
+    return ID_RE.fullmatch(value) is not None and value not in (".", "..")
 
 
 def obj(value: Any, where: str) -> Mapping[str, Any]:
@@ -42,9 +48,9 @@ def mesos_id(parent: Mapping[str, Any], key: str, where: str) -> str:
     if key not in parent:
         raise InvalidSpec(f"{where}.{key}", "is missing")
     value = text(obj(parent[key], f"{where}.{key}").get("value"), f"{where}.{key}.value")
-    if not ID_RE.match(value):
+    if not valid_id(value):
         raise InvalidSpec(f"{where}.{key}.value", f"{value!r} is not a valid ID",
-                          hint="use 1-255 characters without '/'")
+                          hint="use 1-255 characters without '/', '\\' or control characters")
     return value
 
 
@@ -64,7 +70,7 @@ def labels(parent: Mapping[str, Any], where: str) -> tuple[tuple[str, str], ...]
 def duration_s(value: Any, where: str) -> float:
     """A DurationInfo ``{"nanoseconds": N}`` (int64 may arrive as a JSON string) in seconds."""
     nanos = obj(value, where).get("nanoseconds")
-    if isinstance(nanos, str) and re.fullmatch(r"-?\d+", nanos):
+    if isinstance(nanos, str) and re.fullmatch(r"-?[0-9]+", nanos):
         nanos = int(nanos)
     if isinstance(nanos, bool) or not isinstance(nanos, int):
         raise InvalidSpec(f"{where}.nanoseconds", "expected an integer")

@@ -93,7 +93,8 @@ NETWORK_ERROR = "network"
 GENERIC = ""
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+#: a pool's name, matched whole (fullmatch: ``^…$`` with ``match`` let "p\n" through)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 
 
 @frozen_dataclass
@@ -170,7 +171,7 @@ class PoolConfig:
         if self.memory_mib > MAX_MEMORY_MIB:
             raise InvalidSpec("pool.memory_mib", f"{self.memory_mib} MiB is out of range",
                               hint=f"use {MIN_MEMORY_MIB}..{MAX_MEMORY_MIB}")
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise InvalidSpec("pool.name", f"{self.name!r} is not a valid pool name",
                               hint="use 1..40 characters of [A-Za-z0-9_.-]")
         return self

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 #: how long QEMU gets after SIGTERM, and again after SIGKILL
 STOP_TIMEOUT_S = 2.0
-_NAME_RE = re.compile(rf"^{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}$")
+#: matched whole (fullmatch): ``^…$`` with ``match`` let a trailing newline through
+_NAME_RE = re.compile(rf"{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}")
 
 #: who a claimed VM was handed to: (pid, start time of that pid)
 Claimer = tuple[int, "int | None"]
@@ -47,7 +48,7 @@ def release_request(vm: str) -> dict[str, Any]:
 def parse_release(request: Mapping[str, Any]) -> str:
     """The VM name of a release request; PoolError naming the bad field."""
     vm = request.get("vm")
-    if not isinstance(vm, str) or not _NAME_RE.match(vm):
+    if not isinstance(vm, str) or not _NAME_RE.fullmatch(vm):
         raise PoolError(f"release.vm: not a HyperVM name: {vm!r:.100}")
     return vm
 

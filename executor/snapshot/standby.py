@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 OP = "standby"
 #: a standby is asked for on a launch's clock: a pool that does not answer at once is skipped
 TAKE_TIMEOUT = 2.0
-_KEY_RE = re.compile(r"^[0-9a-f]{24}$")
-_TEMPLATE_RE = re.compile(rf"^{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}$")
+#: matched whole (fullmatch): ``^…$`` with ``match`` let a trailing newline through
+_KEY_RE = re.compile(r"[0-9a-f]{24}")
+_TEMPLATE_RE = re.compile(rf"{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}")
 
 
 @frozen_dataclass
@@ -86,9 +87,9 @@ def parse_standby(request: Mapping[str, Any]) -> Ask:
     if not valid_tenant(tenant):  # the template's tenant: its key covers it (store.snapshot_key)
         raise PoolError(f"standby.tenant: not a tenant name: {tenant!r:.50}")
     key, template = request.get("key"), request.get("template")
-    if not isinstance(key, str) or not _KEY_RE.match(key):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise PoolError(f"standby.key: not a snapshot key: {key!r:.50}")
-    if not isinstance(template, str) or not _TEMPLATE_RE.match(template):
+    if not isinstance(template, str) or not _TEMPLATE_RE.fullmatch(template):
         raise PoolError(f"standby.template: not a HyperVM name: {template!r:.100}")
     metadata = request_metadata(request, OP)
     return Ask(Shape(values[0], values[1], tenant), key, template, metadata)
@@ -107,7 +108,7 @@ def parse_lease(reply: Mapping[str, Any]) -> Lease:
         raise PoolError(str(reply["error"]))
     vm, run_dir, pair = reply.get("vm"), reply.get("run_dir"), reply.get("identity")
     ready = reply.get("ready")
-    if (not isinstance(vm, str) or not _TEMPLATE_RE.match(vm) or not isinstance(run_dir, str)
+    if (not isinstance(vm, str) or not _TEMPLATE_RE.fullmatch(vm) or not isinstance(run_dir, str)
             or not run_dir.startswith("/") or not (pair is None or _is_identity(pair))
             or not isinstance(ready, dict)):
         raise PoolError(f"malformed standby reply: {dict(reply)!r:.300}")

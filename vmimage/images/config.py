@@ -17,7 +17,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: matched whole (fullmatch): a diff id names a layer file of the host's cache (cache.layer_path)
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_ID = 2**32 - 2
 #: files whose topmost version user resolution needs (:func:`resolve_user`): unpacking a layer
 #: keeps their text in its metadata (vmimage.images.unpack), the store reads it from there.
@@ -78,7 +79,7 @@ def parse_config(image: str, digest: str, data: bytes) -> ParsedConfig:
     diff_ids = _strings(image, digest, "rootfs.diff_ids",
                         rootfs.get("diff_ids") if isinstance(rootfs, dict) else None)
     for diff_id in diff_ids:
-        if not _DIGEST_RE.match(diff_id):
+        if not _DIGEST_RE.fullmatch(diff_id):
             raise ImageError(image, f"image config has a bad diff id {diff_id!r}", blob=digest)
     config = ImageConfig(
         entrypoint=_strings(image, digest, "Entrypoint", section.get("Entrypoint")),
@@ -109,7 +110,7 @@ class GroupEntry:
 
 
 def _int_id(text: str) -> int | None:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit(), and int("²") raises
         return None
     value = int(text)
     return value if value <= MAX_ID else None

@@ -31,7 +31,8 @@ LAYER_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: matched whole (fullmatch): a descriptor's digest names a blob file of the host (pull.py)
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 PLATFORM = ("linux", "amd64")
 
 
@@ -86,7 +87,7 @@ def _descriptor(image: str, blob: str, where: str, raw: Any) -> Descriptor:
     if not isinstance(raw, dict):
         raise ImageError(image, f"manifest {where} is not an object", blob=blob)
     digest, size = raw.get("digest"), raw.get("size")
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise ImageError(image, f"manifest {where} has no sha256 digest", blob=blob)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ImageError(image, f"manifest {where} has no valid size", blob=digest)
