@@ -546,10 +546,10 @@ class HyperVM:
 
     def _hand_end(self, timeout: float) -> bool:
         """This VM's end left to the starter child that created it, not waited for (~10 ms of
-        QEMU's exit; executor.libvirt.vmend); not with host mounts (their grants are ours)."""
-        held, mounts = self._starter, [m.source for c in self.pod.containers for m in c.mounts]
-        if held is None or any(mounts) or not held.hand_end(
-                str(self.run_dir), self.identity is not None, timeout):
+        QEMU's exit; executor.libvirt.vmend); not with host mounts (their grants are ours) nor
+        published ports (free once we return: a next run may take them)."""
+        if (held := self._starter) is None or self._share_tags or self.pod.network.ports or \
+                not held.hand_end(str(self.run_dir), self.identity is not None, timeout):
             return False
         self.identity = None  # the child's to free, with the run directory
         self.destroy(handed=True)

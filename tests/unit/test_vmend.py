@@ -13,6 +13,7 @@ import pytest
 from executor.libvirt import identity, starter, vmend
 from executor.vm import HyperVM
 from hypervm.config import config_from_env
+from hypervm.netspec import NetworkSpec, PortMapping
 from hypervm.podspec import Container, Mount, PodSpec, Process, Rootfs
 
 NAME = "hypervm-unit-e1"
@@ -126,13 +127,16 @@ class _Hypervisor:
         return False
 
 
-def _vm(tmp_path: Path, takes: bool, mounts: tuple[Mount, ...] = ()) -> HyperVM:
+def _vm(tmp_path: Path, takes: bool, mounts: tuple[Mount, ...] = (),
+        net: NetworkSpec | None = None) -> HyperVM:
     layer = tmp_path / "layer.erofs"
     layer.write_bytes(b"")
     container = Container(name="c", rootfs=Rootfs(layers=(layer,)),
                           process=Process(args=("true",)), mounts=mounts)
-    vm = HyperVM(config_from_env({}), PodSpec(name="e", containers=(container,)),
+    vm = HyperVM(config_from_env({}), PodSpec(name="e", containers=(container,),
+                                              network=net or NetworkSpec()),
                  hypervisor=_Hypervisor(), run_dir=tmp_path / "vm")
+    vm.assign_devices()  # as its boot does
     vm.run_dir.mkdir()
     vm._own_hypervisor = True  # as a cold run's, which made its own
     vm._qemu, vm._starter = _Qemu(), _Starter(takes)  # type: ignore[assignment]
@@ -153,18 +157,22 @@ def test_a_cold_run_leaves_its_vms_end_to_the_starter(tmp_path: Path) -> None:
     assert vm._hypervisor.calls == ["close"]  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("takes", [True, False])
-def test_a_vm_with_mounts_or_a_starter_gone_is_ended_by_us(tmp_path: Path, takes: bool,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Mounts' grants and shares go back by us once QEMU is gone; a child that cannot be told
-    leaves the end to us: QEMU waited for, the uid freed, the run directory removed."""
+@pytest.mark.parametrize("why", ["mount", "port", "starter gone"])
+def test_a_vm_with_mounts_or_ports_or_a_starter_gone_is_ended_by_us(
+        tmp_path: Path, why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mounts' grants and shares go back by us once QEMU is gone, published host ports are
+    free when we return (a next run may take them); a child that cannot be told leaves the
+    end to us: QEMU waited for, the uid freed, the run directory removed."""
     released: list[str] = []
     monkeypatch.setattr(identity, "release", released.append)
     (tmp_path / "data").mkdir()
-    mounts = (Mount(type="9p", source=tmp_path / "data", destination="/data"),) if takes else ()
-    vm = _vm(tmp_path, takes=takes, mounts=mounts)
+    mounts = (Mount(type="9p", source=tmp_path / "data", destination="/data"),)
+    ports = NetworkSpec(ports=(PortMapping(8080, 80, "tcp", "127.0.0.1"),))
+    vm = _vm(tmp_path, takes=why != "starter gone", mounts=mounts if why == "mount" else (),
+             net=ports if why == "port" else None)
     vm.identity = None  # no shares to give back in this test: only the mount's presence
     vm.discard(timeout=2.0)
     assert vm._qemu is not None and vm._qemu.calls[:2] == ["terminate", "stop"]  # type: ignore[attr-defined]
-    assert vm._starter.asked == ([] if takes else [(str(vm.run_dir), False, 2.0)])  # type: ignore[union-attr]
+    assert vm._starter.asked == ([(str(vm.run_dir), False, 2.0)] if why == "starter gone"  # type: ignore[union-attr]
+                                 else [])
     assert not vm.run_dir.exists()
