@@ -254,12 +254,12 @@ def _stop_at_create(out_path: str, origin: float) -> None:
     def patch_starter(starter: Any) -> None:
         waits = starter._next_message
 
-        def ready(fd: int, limit: int) -> Any:  # in the starter child
+        def ready(*args: Any) -> Any:  # in the starter child (fd, limit[, parent])
             if not os.path.exists(ready_path):  # its first wait: for the request
                 with open(ready_path + ".tmp", "w") as out:
                     out.write(f"{time.perf_counter()} {time.process_time() * 1000:.3f}\n")
                 os.rename(ready_path + ".tmp", ready_path)
-            return waits(fd, limit)
+            return waits(*args)
 
         starter._next_message = ready
 

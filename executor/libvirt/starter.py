@@ -13,15 +13,15 @@ with ``VIR_DOMAIN_START_AUTODESTROY``, as the CLI did, and answers. The parent d
 libvirt before createXML; it opens its own connection after it, while the guest boots, for
 everything else (events, destroy, monitor commands).
 
-The child holds its connection, and so the VM, for the VM's life. It ends when the parent
-ends: its pipe's EOF (also ``PR_SET_PDEATHSIG``), or the parent's ``gone`` (it destroyed the
-domain, or its QEMU exited). Without ``gone`` it destroys the domain itself first (a parent
-killed by SIGKILL), and in either case closes its connection only once libvirtd has torn the
-domain down (its pid file gone); or the parent's ``end`` leaves it the VM's end (its uid, its
-run dir: ``executor.libvirt.vmend``). Closing an autodestroy connection before the teardown
-would run the auto-destroy on libvirtd's main loop, which would wait for the domain and stall
-every client (``executor.libvirt.linger``). If the child itself is killed, its connection closes
-and libvirtd destroys the domain: the VM never outlives its owner either way.
+The child holds its connection, and so the VM, for the VM's life. It ends when the parent ends:
+its pipe's EOF, its death (polled: another process may hold the pipe), or its ``gone`` (it
+destroyed the domain, or its QEMU exited). Without ``gone`` it destroys the domain itself first
+(a parent killed by SIGKILL), and in either case closes its connection only once libvirtd has
+torn the domain down (its pid file gone); or the parent's ``end`` leaves it the VM's end (its
+uid, its run dir: ``executor.libvirt.vmend``). Closing an autodestroy connection before the
+teardown would run the auto-destroy on libvirtd's main loop, which would wait for the domain and
+stall every client (``executor.libvirt.linger``). If the child itself is killed, its connection
+closes and libvirtd destroys the domain: the VM never outlives its owner either way.
 
 The pipe protocol (each message a 4-byte big-endian length, then that many bytes of JSON;
 sizes are bounded both ways and the parent's wait for the answer by :data:`REPLY_TIMEOUT`):
@@ -69,7 +69,6 @@ MAX_REPLY = 64 << 10
 MAX_TEXT = 16 << 10
 #: how long createXML may take before the parent gives up (and kills the child)
 REPLY_TIMEOUT = 120.0
-PR_SET_PDEATHSIG = 1
 #: the child's niceness until the parent sends its request (see _child)
 NICE = 19
 #: where libvirt (qemu:///system) keeps ``<domain>.pid`` while the domain's QEMU runs
@@ -80,7 +79,8 @@ LIBVIRT_PID_DIR = "/run/libvirt/qemu"
 #: the child's wait for libvirtd's teardown of its domain (executor.libvirt.linger's bounds)
 TEARDOWN_TIMEOUT_S = 30.0
 TEARDOWN_POLL_S = 0.05
-#: how often the answered child checks that its parent lives (a pipe held elsewhere: no EOF)
+#: how often the child, waiting for its parent's message, checks that the parent lives (a pipe
+#: held elsewhere, e.g. by a forked process of the parent's, gives no EOF)
 PARENT_POLL_S = 0.5
 STARTER_HINT = "start libvirtd: virtlogd -d; libvirtd -d (or HYPERVM_STARTER=off)"
 
@@ -102,10 +102,7 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     data = b""
     while len(data) < size:
         if deadline is not None:
-            # deferred: only a read with a deadline needs it (the parent's, once); never in the
-            # child's wait, where its SIGTERM handler's exception, raised inside an import (in
-            # its module lock's weakref callback), would be lost and the read go on
-            import select
+            import select  # deferred: only a read with a deadline needs it (the parent's, once)
 
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -430,22 +427,13 @@ def take() -> Starter | None:
 
 # --- the child --------------------------------------------------------------------------------
 
-class _ParentGone(Exception):
-    pass
-
-
-#: the child's SIGTERM (its PR_SET_PDEATHSIG) interrupts a wait for the parent's next message
-#: only: never libvirt's calls
-_term: dict[str, bool] = {"armed": False, "came": False}
-
-
 def _child(rfd: int, wfd: int, uri: str, parent: int) -> None:
     """The starter's life (never returns: no Python clean-up of the parent's state)."""
     try:
         # a core of its own is what it is for: when none is free, the run's own work (on
         # which its createXML waits anyway) goes first; the parent raises it back then
         os.nice(NICE)
-        _detach(parent, (rfd, wfd))
+        _detach((rfd, wfd))
         _serve(rfd, wfd, uri, parent)
     except BaseException:  # noqa: BLE001, S110 - nothing of the parent's may run here
         pass
@@ -453,19 +441,13 @@ def _child(rfd: int, wfd: int, uri: str, parent: int) -> None:
         os._exit(0)
 
 
-def _detach(parent: int, keep: tuple[int, ...]) -> None:
+def _detach(keep: tuple[int, ...]) -> None:
     """Away from the parent's terminal signals and descriptors: a caller reading the run's
-    output to its end never waits for us, nor does any descriptor it passed stay open here."""
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
+    output to its end never waits for us, nor does any descriptor it passed stay open here.
+    A SIGTERM too is the parent's to act on (one meant for the whole group): its death is what
+    ends us, and that we poll for (:func:`_next_message`)."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-
-    def parent_died(_signum: int, _frame: object) -> None:
-        if os.getppid() != parent:  # a SIGTERM meant for the whole group is the parent's
-            _term["came"] = True
-            if _term["armed"]:
-                raise _ParentGone
-
-    signal.signal(signal.SIGTERM, parent_died)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
@@ -477,23 +459,11 @@ def _detach(parent: int, keep: tuple[int, ...]) -> None:
     os.closerange(low, 1 << 16)
 
 
-def _next_message(fd: int, limit: int) -> dict[str, Any] | None:
-    """The parent's next message; None at its EOF, its death or a malformed message."""
-    _term["armed"] = True
-    try:
-        if _term["came"]:
-            return None
-        return read_message(fd, limit)
-    except (_ParentGone, StarterError, OSError):
-        return None
-    finally:
-        _term["armed"] = False
-
-
-def _last_message(fd: int, limit: int, parent: int) -> dict[str, Any] | None:
-    """The parent's message after our answer (``gone``, ``end``), None at its EOF or death: read
-    unarmed (its death's SIGTERM does not take a message it wrote before), its death polled."""
-    import select  # deferred: after our answer, off the run's way to its createXML
+def _next_message(fd: int, limit: int, parent: int) -> dict[str, Any] | None:
+    """The parent's next message; None at its EOF, its death (seen within PARENT_POLL_S) or a
+    malformed message. A message the parent wrote before it died is still read (a run's
+    ``end``: it exits right after)."""
+    import select  # deferred: the child's (the console script's start does not need it)
 
     while not select.select([fd], [], [], PARENT_POLL_S)[0]:
         if os.getppid() != parent:
@@ -511,9 +481,9 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors go to the parent
     # an event loop, as the CLI's own connection has: libvirtd's keepalives get answers
     libvirt.virEventRegisterDefaultImpl()
-    _in_thread(lambda: _run_events(libvirt, parent))
+    _in_thread(lambda: _run_events(libvirt))
     conn, failure = _open(libvirt, uri)
-    request = _next_message(rfd, MAX_REQUEST)
+    request = _next_message(rfd, MAX_REQUEST, parent)
     if request is None or not (_text(request.get("uri"), 4096) and _text(request.get("name"), 256)
                                and _text(request.get("xml"), MAX_REQUEST)):
         return  # the parent ended (or sent nonsense: it sees our EOF)
@@ -534,7 +504,7 @@ def _serve(rfd: int, wfd: int, uri: str, parent: int) -> None:
         _write_all(wfd, encode({"uuid": dom.UUIDString()}))
     except OSError:
         pass  # the parent is gone: its message below is None
-    message = _last_message(rfd, vmend.MAX_END, parent)
+    message = _next_message(rfd, vmend.MAX_END, parent)
     pid_file = os.path.join(LIBVIRT_PID_DIR, f"{request['name']}.pid")
     end = vmend.parse_end(message, request["name"])
     if end is not None:  # its QEMU was told to exit: the VM's end is ours
@@ -565,12 +535,8 @@ def _open(libvirt: Any, uri: str) -> tuple[Any, str]:
         return None, e.get_error_message() or str(e)
 
 
-def _run_events(libvirt: Any, parent: int) -> None:
-    """libvirt's event loop (the thread's life), after our parent-death signal: set here, beside
-    the connection and the wait for the request, its ctypes import (~2.5 ms) is off the way
-    to the request (in the main thread it came between the connection and the read, which
-    is the run's createXML whenever the child is the later of the two)."""
-    _die_with(parent)
+def _run_events(libvirt: Any) -> None:
+    """libvirt's event loop (the thread's life)."""
     while True:
         if libvirt.virEventRunDefaultImpl() < 0:
             time.sleep(0.1)  # never spin
@@ -581,20 +547,3 @@ def _in_thread(target: Any) -> None:
     ``_thread``'s, not ``threading``'s (which this child would import for it, with weakref:
     ~0.7 ms on its way to the request)."""
     _thread.start_new_thread(target, ())
-
-
-def _die_with(parent: int) -> None:
-    """SIGTERM when the parent dies (our pipe's EOF says so too, unless someone else holds
-    its end). Called on the event thread, which blocks SIGTERM first: the parent-death signal
-    goes to the thread group through the thread that asked for it, unless that thread blocks
-    it, so it reaches the main thread, whose handler interrupts its wait for the parent's
-    message (a thread's signal would not)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    import ctypes  # deferred: the child's, on its event thread (~2.5 ms)
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # EOF still tells
-    if os.getppid() != parent:  # it died before the prctl: the main thread's handler sees it
-        os.kill(os.getpid(), signal.SIGTERM)

@@ -349,7 +349,7 @@ def test_a_starter_handed_a_vms_end_kills_a_deaf_qemu_then_frees_its_uid(
 ) -> None:
     """A cold run's CLI leaves its VM's end to the starter child that created it
     (executor.libvirt.vmend) and exits: the child, though it reads the request only after its
-    parent's death signal, destroys a QEMU still there after ``kill_after`` (here one stopped,
+    parent is dead, destroys a QEMU still there after ``kill_after`` (here one stopped,
     so deaf to the SIGTERM it was sent), and only once libvirtd has torn the domain down frees
     its uid and removes its run directory."""
     from executor.libvirt import identity
