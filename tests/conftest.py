@@ -91,17 +91,29 @@ TEARDOWN_GRACE_S = 15.0
 
 
 def console_text(path: Path, marker: str, count: int = 1, timeout: float = 15.0) -> str:
-    """A VM's console log once ``marker`` is in it ``count`` times (or at ``timeout``): the
-    guest's tty and virtlogd write it after the guest's reply to the request that logged it."""
+    """A VM's console log once ``marker`` is in it ``count`` times, the last of them on a whole
+    line (or at ``timeout``): the guest's tty and virtlogd write it after the guest's reply to
+    the request that logged it, and may have written only part of that line when it is read."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             text = path.read_text(errors="replace")
         except FileNotFoundError:
             text = ""
-        if text.count(marker) >= count or time.monotonic() > deadline:
+        if _whole_lines_hold(text, marker, count) or time.monotonic() > deadline:
             return text
         time.sleep(0.05)
+
+
+def _whole_lines_hold(text: str, marker: str, count: int) -> bool:
+    """Whether ``marker`` is in ``text`` ``count`` times and the line of its last one ended."""
+    end = 0
+    for _ in range(count):
+        at = text.find(marker, end)
+        if at < 0:
+            return False
+        end = at + len(marker)
+    return "\n" in text[end:]
 
 
 def domains_left(before: set[str], grace: float = TEARDOWN_GRACE_S) -> set[str]:
