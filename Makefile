@@ -6,7 +6,12 @@
 # adds the test tools (APT_TEST_PACKAGES, setup.cfg's `test` extra).
 
 SHELL := /bin/bash
-PYTHON ?= python3
+# Debian's own interpreter (python3-venv, python3-dev below are its packages): a statically
+# linked, profile-guided and link-time optimized build. A python3 found first in PATH may be a
+# build without those (pyenv's default: --enable-shared, no PGO), and every `hypervm` command
+# pays the interpreter's speed in its start-up and imports: a cold `hypervm run` reached its
+# createXML ~5 ms later on pyenv's 3.11.7 here (DEVELOPERS.md, session 22).
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
@@ -57,8 +62,12 @@ $(STAMPS)/apt-test: Makefile $(STAMPS)/apt
 	$(call apt-install,$(APT_TEST_PACKAGES))
 	@touch $@
 
-$(STAMPS)/venv: setup.cfg pyproject.toml $(STAMPS)/apt
+$(STAMPS)/venv: setup.cfg pyproject.toml Makefile $(STAMPS)/apt
 	@mkdir -p $(STAMPS)
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.base_prefix)')" != \
+		"$$($(PYTHON) -c 'import sys; print(sys.base_prefix)')" ]; then \
+		echo "$(VENV) is on another interpreter than $(PYTHON): making it again"; \
+		rm -rf $(VENV); fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
