@@ -136,29 +136,30 @@ static int find_by_pci(const char *pci, char *dev, size_t size)
 	return found ? 0 : -1;
 }
 
-/* The layer's disk: at its PCI address when the host gave one (a cold VM's virtio-blk disk),
- * else (none, or none there: the host's own bug, or an older kernel's sysfs) by serial. */
+/* The layer's disk: at its PCI address when the host gave one (a cold VM's virtio-blk disk):
+ * 1; else (none, or none there: the host's own bug, or an older kernel's sysfs) by serial: 0;
+ * -1 when neither finds it. */
 static int locate(const char *serial, const char *pci, char *dev, size_t size)
 {
 	if (pci != NULL && find_by_pci(pci, dev, size) == 0)
-		return 0;
+		return 1;
 	return find_device(serial, dev, size);
 }
 
-/* find_device, polling every millisecond until `deadline`, until the device also opens: a
+/* locate, polling every millisecond until `deadline`, until the device also opens: a
  * hot-added disk (a pool VM's, a snapshot clone's) is in /sys/block a moment before its node
  * is in /dev (ENOENT) and before it can be opened (ENXIO until the kernel's probe, which may
  * run on another vCPU, has added it), so that the mount that follows sees a ready disk.
- * 0 with *fdp open (or -1 when the open failed otherwise: the mount reports it), -1 when the
- * deadline passed first. */
+ * 0 with *fdp open (or -1 when the open failed otherwise: the mount reports it) and *by_pci
+ * (found at its address), -1 when the deadline passed first. */
 static int await_device(const char *serial, const char *pci, unsigned wait_ms, char *dev,
-			size_t size, int *fdp)
+			size_t size, int *fdp, int *by_pci)
 {
 	const struct timespec tick = {0, 1000000};
 	long long deadline = -1;
 	int fd = -1;
 
-	while (locate(serial, pci, dev, size) != 0 ||
+	while ((*by_pci = locate(serial, pci, dev, size)) < 0 ||
 	       ((fd = open(dev, O_RDONLY | O_CLOEXEC)) < 0 && (errno == ENXIO || errno == ENOENT))) {
 		/* the clock starts at the first miss: a cold VM's disk is there at once, and its
 		 * first clock_gettime would be musl's vDSO lookup, code run for nothing else */
@@ -202,9 +203,9 @@ static int mount_layer(const char *serial, const char *pci, unsigned wait_ms,
 		       struct op_error *e)
 {
 	char dev[300], target[128];
-	int erofs_errno = 0, fd;
+	int erofs_errno = 0, fd, by_pci;
 
-	if (await_device(serial, pci, wait_ms, dev, sizeof(dev), &fd) != 0) {
+	if (await_device(serial, pci, wait_ms, dev, sizeof(dev), &fd, &by_pci) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);
@@ -226,6 +227,8 @@ static int mount_layer(const char *serial, const char *pci, unsigned wait_ms,
 		return op_fail(e, "EMOUNT", ext4_errno, "layer %s (%s) is neither erofs nor ext4",
 			       serial, dev);
 	}
+	log_msg("layer %s (%s%s%s) mounted at %s", serial, dev, by_pci ? " at " : ", by serial",
+		by_pci ? pci : "", target);
 	return 0;
 }
 
@@ -240,7 +243,6 @@ int layers_ensure(const char *const *serials, const char *const *pci, size_t n, 
 		if (mount_layer(serials[i], pci[i], wait_ms, e) != 0)
 			return -1;
 		snprintf(mounted[nmounted++], sizeof(mounted[0]), "%s", serials[i]);
-		log_msg("layer %s mounted at %s/%s", serials[i], LAYERS_DIR, serials[i]);
 	}
 	return 0;
 }

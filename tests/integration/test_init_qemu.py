@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -1080,6 +1081,10 @@ def test_a_layer_disk_is_found_at_the_pci_address_the_start_names(guests: Any,
         proc = g.chan.wait_exit(handle)
         assert proc.exit == {"status": 0, "signal": None}, (layer, proc.stderr)
         assert proc.stdout == marker, layer
+    console = g.console()
+    assert re.search(r"layer noserial \(/dev/vd[a-z] at 0000:00:10\.0\) mounted", console)
+    assert re.search(rf"layer {LAYER} \(/dev/vd[a-z], by serial\) mounted", console)
+    assert re.search(rf"layer {UPPER_LAYER} \(/dev/vd[a-z], by serial\) mounted", console)
     error = g.chan.error(MsgType.START, run(4, "nowhere", "0000:00:1e.0"))
     assert error["code"] == "ENODEV" and "nowhere" in error["message"], error
     error = g.chan.error(MsgType.START, run(5, "bad", "0000:00:1E.0"))
