@@ -28,7 +28,8 @@ from typing import Any
 
 from bench import results
 from bench.preparefast import DEFAULT_PATH, INIT, ROOTFS, _layer, parse_stamps
-from executor.guest.protocol import MsgType, encode_json
+from executor.guest.protocol import MsgType, encode_json, layer_pci_address
+from executor.libvirt.designer import FIRST_LAYER_SLOT
 from executor.network import DNS_ADDRESS, GUEST_ADDRESS, GUEST_NETWORK, HOST_ADDRESS
 from hypervm.config import config_from_env
 from tests.integration.test_init_qemu import QBOOT, QEMU, Guest, _cpio
@@ -41,8 +42,11 @@ NETWORK = {"nameservers": [DNS_ADDRESS], "search": [],
                      {"address": GUEST_ADDRESS, "names": ["run"]}],
            "interfaces": [{"mac": MAC, "address": GUEST_ADDRESS,
                            "prefix": GUEST_NETWORK.prefixlen, "gateway": HOST_ADDRESS}]}
-#: the cold run's START: ``true`` through the default PATH, hypervm run's default limits
-START: dict[str, Any] = {"container": "run", "handle": 1, "rootfs": ROOTFS, "hostname": "run",
+#: the cold run's START: ``true`` through the default PATH, hypervm run's default limits, the
+#: layer disk's PCI address (its slot as a cold domain pins it: designer.pin_layer_slots;
+#: init before 0.7.5 ignores it)
+START: dict[str, Any] = {"container": "run", "handle": 1, "hostname": "run",
+         "rootfs": {**ROOTFS, "pci": [layer_pci_address(FIRST_LAYER_SLOT)]},
          "process": {"args": ["true"], "env": ["HOME=/", f"PATH={DEFAULT_PATH}"], "cwd": "/"},
          "limits": {"pids": 4096, "scratch": 256 << 20}, "early_reply": True}
 
@@ -58,8 +62,9 @@ def wait_stamps(guest: Guest, timeout: float = 2.0) -> dict[str, float]:
 def guest_argv(qemu: str | Path, bios: Path, smp: str, work: Path, name: str, kernel: Path,
                initrd: Path, cmdline: str, layer: Path) -> tuple[list[str], Path, Path]:
     """A bench guest's QEMU command line without libvirt (TCG, 256 MiB, the guest channel on
-    ``work/name.sock``, the console in ``work/name.console``, ``layer`` as LUN serial layer0),
-    its channel socket and its console file."""
+    ``work/name.sock``, the console in ``work/name.console``, ``layer`` as disk serial layer0
+    at the slot a cold domain pins its first layer to), its channel socket and its console
+    file."""
     sock, console = work / f"{name}.sock", work / f"{name}.console"
     argv = [str(qemu), "-M", "pc", "-accel", "tcg", "-bios", str(bios), "-m", "256",
             "-smp", smp, "-nographic", "-nodefaults", "-no-reboot", "-serial", f"file:{console}",
@@ -68,7 +73,7 @@ def guest_argv(qemu: str | Path, bios: Path, smp: str, work: Path, name: str, ke
             "-chardev", f"socket,id=ch0,path={sock},server=on,wait=off",
             "-device", "virtserialport,chardev=ch0,name=org.hypervm.channel.0",
             "-drive", f"file={layer},if=none,id=d0,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=d0,serial=layer0"]
+            "-device", f"virtio-blk-pci,drive=d0,serial=layer0,addr={FIRST_LAYER_SLOT:#x}"]
     return argv, sock, console
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from executor.guest.protocol import layer_serial
-from hypervm.podspec import PodSpec
+from executor.guest.protocol import POOL_SHARE_TAG, layer_serial, mount_payload
+from hypervm.podspec import Mount, PodSpec
+
+#: typing.TYPE_CHECKING without importing typing (a cold run's start: executor/vm.py)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def pod_devices(pod: PodSpec) -> tuple[dict[Path, str], dict[Path, str]]:
@@ -30,3 +35,12 @@ def pod_metadata(pod: PodSpec) -> dict[str, str]:
     meta["tenant"] = pod.network.tenant
     meta.update({f"port.{i}": m.describe() for i, m in enumerate(pod.network.ports)})
     return meta
+
+
+def start_mount(mount: Mount, tags: dict[Path, str], warm: bool) -> dict[str, Any]:
+    """One of a START's ``mounts`` for ``mount``: a 9p source by its tag (``tags``:
+    :func:`pod_devices`'), on a ``warm`` (pool) VM a subdir of its one share."""
+    tag = tags[mount.source] if mount.type == "9p" and mount.source is not None else None
+    if tag is not None and warm:
+        return mount_payload(mount.type, mount.destination, mount.readonly, POOL_SHARE_TAG, tag)
+    return mount_payload(mount.type, mount.destination, mount.readonly, tag)

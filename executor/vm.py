@@ -19,11 +19,10 @@ from executor import network
 from executor.guest import console
 from executor.guest.protocol import (
     LAYER_WAIT_MS,
-    POOL_SHARE_TAG,
     ExitStatus,
     MsgType,
+    layer_pci_address,
     limits_payload,
-    mount_payload,
     process_payload,
     reply_pid,
     resize_payload,
@@ -34,7 +33,7 @@ from executor.libvirt.designer import RunFiles, cold_domain
 from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
 from executor.libvirt.hypervisor import Hypervisor
 from executor.libvirt.qemu_process import QemuProcess
-from executor.podrecord import pod_devices, pod_metadata
+from executor.podrecord import pod_devices, pod_metadata, start_mount
 from executor.reclaim import SETTLED_FLUSH_S, discard_zero_pages, flush_boot_translations
 from hypervm import netspec
 from hypervm.config import HostConfig
@@ -110,6 +109,7 @@ class HyperVM:
         self._destroyed = False
         self._flush_timer: threading.Timer | None = None
         self._layer_serials: dict[Path, str] = {}
+        self._layer_pci: dict[Path, str] = {}  # a cold VM's layer disks' PCI addresses
         self._share_tags: dict[Path, str] = {}
         #: the VM came from the warm pool: layers are SCSI LUNs, mounts subdirs of its share
         self.warm = claimed is not None
@@ -186,11 +186,15 @@ class HyperVM:
             ShareSpec(source=src, tag=tag, readonly=self.share_readonly(src))
             for src, tag in self._share_tags.items()
         )
-        return cold_domain(self.name, boot, self.cfg,
+        spec = cold_domain(self.name, boot, self.cfg,
                            RunFiles(self.channel_socket, self.console_log),
                            self.pod.resources, self.pod.network, self.metadata(),
                            disks=disks, shares=shares,
                            identity=self.identity.pair if self.identity is not None else None)
+        # the START tells init where each disk is (rootfs.pci): no serial asked of each disk
+        self._layer_pci = {d.path: layer_pci_address(d.pci_slot) for d in spec.disks
+                           if d.pci_slot is not None}
+        return spec
 
     @property
     def mac_address(self) -> str:
@@ -389,8 +393,9 @@ class HyperVM:
             process_payload(container.process, netspec.port_env(self.pod.network.ports),
                             DEFAULT_PATH),
             readonly=container.rootfs.readonly,
-            mounts=[self._mount_payload(m) for m in container.mounts],
+            mounts=[start_mount(m, self._share_tags, self.warm) for m in container.mounts],
             hostname=container.hostname, wait_ms=LAYER_WAIT_MS if self.warm else None,
+            pci=[self._layer_pci[p] for p in container.rootfs.layers] if self._layer_pci else None,
             limits=limits_payload(container.limits.memory_mib, container.limits.pids,
                                   container.limits.scratch_mib))
         # deferred: after the boot (see boot()); loaded by then, as the VM has a channel
@@ -440,13 +445,6 @@ class HyperVM:
             channel.unregister_process(sent.handle)
             raise
         return ProcessHandle(handle=sent.handle, container=sent.container, pid=reply_pid(reply))
-
-    def _mount_payload(self, mount: Any) -> dict[str, Any]:
-        if mount.type == "9p" and self.warm:
-            return mount_payload(mount.type, mount.destination, mount.readonly, POOL_SHARE_TAG,
-                                 self._share_tags[mount.source])
-        source = self._share_tags[mount.source] if mount.type == "9p" else None
-        return mount_payload(mount.type, mount.destination, mount.readonly, source)
 
     def signal(self, process: ProcessHandle | int, signum: int) -> None:
         handle = process.handle if isinstance(process, ProcessHandle) else process

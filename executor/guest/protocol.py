@@ -328,6 +328,18 @@ def layer_serial(index: int) -> str:
     return f"l{index}"
 
 
+#: a PCI address as the guest's sysfs names it (START rootfs.pci): "dddd:bb:ss.f", lowercase
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
+
+
+def layer_pci_address(slot: int) -> str:
+    """The address of a disk at ``slot`` of the root bus, as START's ``rootfs.pci`` names it."""
+    address = f"0000:00:{slot:02x}.0"
+    if not _PCI_ADDRESS.fullmatch(address):
+        raise ProtocolError(f"PCI slot {slot!r} is out of range 0..31")
+    return address
+
+
 def process_payload(process: Process, defaults: tuple[str, ...] = (),
                     default_path: str = DEFAULT_PATH) -> dict[str, Any]:
     """The ``process`` object for a Process; ``defaults`` (KEY=VALUE, e.g. the
@@ -388,15 +400,21 @@ def start_payload(container: str, handle: int, layers: list[str], process: dict[
                   readonly: bool = False, mounts: list[dict[str, Any]] | None = None,
                   hostname: str | None = None, wait_ms: int | None = None,
                   limits: dict[str, int] | None = None,
-                  early_reply: bool = True) -> dict[str, Any]:
+                  early_reply: bool = True, pci: list[str] | None = None) -> dict[str, Any]:
     """START: a container over the disks ``layers`` (serials, lowest first) running
     ``process``; ``wait_ms`` when the disks are hot-added and may not be there yet;
     ``limits`` from :func:`limits_payload`. ``early_reply``: init 0.5.0 replies OK once only
     the process's execve is left (its file found executable), not after it; an execve that
-    fails then ends the process with status 126/127 (init/PROTOCOL.md, START)."""
+    fails then ends the process with status 126/127 (init/PROTOCOL.md, START). ``pci``: each
+    layer disk's PCI address (:func:`layer_pci_address`; init 0.7.5 finds a cold VM's disks
+    there, an older init ignores it)."""
     rootfs: dict[str, Any] = {"layers": layers, "readonly": readonly}
     if wait_ms is not None:
         rootfs["wait_ms"] = wait_ms
+    if pci is not None:
+        if len(pci) != len(layers) or not all(_PCI_ADDRESS.fullmatch(a) for a in pci):
+            raise ProtocolError(f"rootfs.pci: {pci!r:.200} is not one PCI address a layer")
+        rootfs["pci"] = pci
     payload = {"container": container, "handle": handle, "rootfs": rootfs,
                "mounts": mounts or [], "hostname": hostname or container, "process": process}
     if early_reply:

@@ -62,14 +62,29 @@ def _domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles, resour
     ).validate()
 
 
+#: the root bus slot of a cold VM's first layer disk, the next ones after it: the slots
+#: libvirt gave them itself when a pod has no shares (2 is the virtio-serial controller's),
+#: so the guest's devices are where they were; a share takes the next free slot after them
+FIRST_LAYER_SLOT = 3
+
+
+def pin_layer_slots(disks: tuple[DiskSpec, ...]) -> tuple[DiskSpec, ...]:
+    """``disks`` (a cold VM's layers, in serial order) each pinned to its slot from
+    FIRST_LAYER_SLOT on: the START then tells init where each is (rootfs.pci), and init
+    finds it through sysfs instead of asking every disk its serial (a GET_ID round trip)."""
+    return tuple(dataclasses.replace(d, pci_slot=FIRST_LAYER_SLOT + i)
+                 for i, d in enumerate(disks))
+
+
 def cold_domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles,
                 resources: Resources, net: NetworkSpec, metadata: Mapping[str, str], *,
                 disks: tuple[DiskSpec, ...] = (), shares: tuple[ShareSpec, ...] = (),
                 identity: tuple[int, int] | None = None) -> DomainSpec:
-    """A pod's own VM: its layers as disks, its mount sources as 9p shares, its ports;
-    ``identity``: the uid:gid of its own its QEMU runs as (executor.libvirt.identity)."""
-    return _domain(name, boot, cfg, files, resources, net, metadata, identity, disks=disks,
-                   shares=shares)
+    """A pod's own VM: its layers as disks (pinned: :func:`pin_layer_slots`), its mount
+    sources as 9p shares, its ports; ``identity``: the uid:gid of its own its QEMU runs as
+    (executor.libvirt.identity)."""
+    return _domain(name, boot, cfg, files, resources, net, metadata, identity,
+                   disks=pin_layer_slots(disks), shares=shares)
 
 
 def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpus: int,

@@ -38,6 +38,9 @@ MAX_CMDLINE_LEN = 2047
 MAX_SOCKET_PATH_LEN = 107
 #: the ``pc`` machine has 32 PCI slots; the bridges, IDE and virtio-serial take a few
 MAX_PCI_DEVICES = 24
+#: the slots of the ``pc`` machine's root bus a device can be pinned to (0: the host bridge,
+#: 1: the PIIX3's functions)
+PCI_SLOTS = range(2, 32)
 MAX_META_KEY_LEN = 256
 MAX_TB_CACHE_MIB = 4096
 #: well-known metadata keys: the process that owns the VM (its pid, and its start time in clock
@@ -60,15 +63,21 @@ _XML_BAD = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0xFFFE, 0xFFFF
 
 @frozen_dataclass
 class DiskSpec:
-    """A virtio-blk disk; the guest finds it by ``serial`` (/sys/block/*/serial)."""
+    """A virtio-blk disk; the guest finds it by ``serial`` (/sys/block/*/serial), or at its
+    ``pci_slot`` of the root bus when pinned there and the START says so (rootfs.pci)."""
 
     path: Path
     serial: str
     readonly: bool = True
     format: str = "raw"
+    #: the root bus slot the disk is pinned to; None: libvirt picks one
+    pci_slot: int | None = None
 
     def validate(self, where: str) -> None:
         _absolute(f"{where}.path", self.path)
+        if self.pci_slot is not None and self.pci_slot not in PCI_SLOTS:
+            raise InvalidSpec(f"{where}.pci_slot", f"{self.pci_slot!r} is not a free PCI slot",
+                              hint=f"use {PCI_SLOTS.start}..{PCI_SLOTS.stop - 1}")
         if not _SERIAL_RE.fullmatch(self.serial):
             raise InvalidSpec(
                 f"{where}.serial",
@@ -286,6 +295,8 @@ class DomainSpec:
         for i, share in enumerate(self.shares):
             share.validate(f"shares[{i}]")
         _unique("disks", [d.serial for d in self.disks], "serial")
+        _unique("disks", [str(d.pci_slot) for d in self.disks if d.pci_slot is not None],
+                "pci_slot")
         _unique("shares", [s.tag for s in self.shares], "tag")
         if len(self.disks) + len(self.shares) + int(self.scsi_controller) > MAX_PCI_DEVICES:
             raise InvalidSpec(

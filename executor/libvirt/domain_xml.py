@@ -132,6 +132,8 @@ class Disk:
     readonly: bool
     format: str
     scsi_unit: int | None = None
+    #: a virtio-blk disk's slot on the root bus (DiskSpec.pci_slot); None: libvirt's choice
+    pci_slot: int | None = None
 
     def build(self, parent: ET.Element) -> None:
         disk = _sub(parent, "disk", type="file", device="disk")
@@ -146,6 +148,9 @@ class Disk:
         if self.scsi_unit is not None:
             _sub(disk, "address", type="drive", controller="0", bus="0", target="0",
                  unit=str(self.scsi_unit))
+        elif self.pci_slot is not None:
+            _sub(disk, "address", type="pci", domain="0x0000", bus="0x00",
+                 slot=f"0x{self.pci_slot:02x}", function="0x0")
 
 
 #: 9p security model of every share. ``mapped`` (QEMU's mapped-xattr): what the guest makes is
@@ -413,6 +418,7 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
                 serial=d.serial,
                 readonly=d.readonly,
                 format=d.format,
+                pci_slot=d.pci_slot,
             )
             for i, d in enumerate(spec.disks)
         ),

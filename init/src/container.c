@@ -252,7 +252,7 @@ int container_start(const struct start_req *req, int cgroup_fd, struct spawn_fds
 {
 	long child;
 
-	if (layers_ensure(req->layers, req->nlayers, req->wait_ms, e) != 0 ||
+	if (layers_ensure(req->layers, req->pci, req->nlayers, req->wait_ms, e) != 0 ||
 	    shares_ensure(req, e) != 0)
 		return -1;
 	stamp(STAMP_LAYERS);
@@ -475,7 +475,8 @@ int container_prepare(const struct prepare_req *req, struct op_error *e)
 	for (size_t i = 0; i < req->nshares; i++)
 		shares.mounts[shares.nmounts++] = (struct mount_spec){
 		    .kind = MOUNT_9P, .source = req->shares[i], .destination = "/"};
-	if (layers_ensure(req->rootfs.layers, req->rootfs.nlayers, req->rootfs.wait_ms, e) != 0 ||
+	if (layers_ensure(req->rootfs.layers, req->rootfs.pci, req->rootfs.nlayers,
+			  req->rootfs.wait_ms, e) != 0 ||
 	    shares_ensure(&shares, e) != 0)
 		return -1;
 	if ((cgroup_fd = cgroup_create(&none, cgroup, &ahead, e)) == -1)

@@ -102,19 +102,64 @@ static long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* find_device, polling every millisecond until `deadline`, until the device also opens: a
+/* /dev/<name> of the virtio-blk disk at PCI address `pci` (parse.c checked its shape): the
+ * one entry of /sys/bus/pci/devices/<pci>/virtio<N>/block. Sysfs' own links, no request to
+ * the device (its serial is a GET_ID round trip to QEMU, first-time kernel code under TCG).
+ * The /sys/block entries' links read instead (.../<pci>/virtio<N>/block/<name>) were as fast:
+ * DEVELOPERS.md, layerslot. */
+static int find_by_pci(const char *pci, char *dev, size_t size)
+{
+	char path[128], virtio[16];
+	DIR *dir;
+	struct dirent *de;
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s", pci);
+	if ((dir = opendir(path)) == NULL)
+		return -1;
+	while (!found && (de = readdir(dir)) != NULL)
+		found = strncmp(de->d_name, "virtio", 6) == 0 && de->d_name[6] >= '0' &&
+			de->d_name[6] <= '9' && strlen(de->d_name) < 16;
+	if (found) {
+		memcpy(virtio, de->d_name, strlen(de->d_name) + 1); /* < 16 bytes, checked */
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/%s/block", pci, virtio);
+	}
+	closedir(dir);
+	if (!found || (dir = opendir(path)) == NULL)
+		return -1;
+	found = 0;
+	while (!found && (de = readdir(dir)) != NULL)
+		found = de->d_name[0] != '.' && valid_name(de->d_name, 32);
+	if (found)
+		snprintf(dev, size, "/dev/%s", de->d_name);
+	closedir(dir);
+	return found ? 0 : -1;
+}
+
+/* The layer's disk: at its PCI address when the host gave one (a cold VM's virtio-blk disk):
+ * 1; else (none, or none there: the host's own bug, or an older kernel's sysfs) by serial: 0;
+ * -1 when neither finds it. */
+static int locate(const char *serial, const char *pci, char *dev, size_t size)
+{
+	if (pci != NULL && find_by_pci(pci, dev, size) == 0)
+		return 1;
+	return find_device(serial, dev, size);
+}
+
+/* locate, polling every millisecond until `deadline`, until the device also opens: a
  * hot-added disk (a pool VM's, a snapshot clone's) is in /sys/block a moment before its node
  * is in /dev (ENOENT) and before it can be opened (ENXIO until the kernel's probe, which may
  * run on another vCPU, has added it), so that the mount that follows sees a ready disk.
- * 0 with *fdp open (or -1 when the open failed otherwise: the mount reports it), -1 when the
- * deadline passed first. */
-static int await_device(const char *serial, unsigned wait_ms, char *dev, size_t size, int *fdp)
+ * 0 with *fdp open (or -1 when the open failed otherwise: the mount reports it) and *by_pci
+ * (found at its address), -1 when the deadline passed first. */
+static int await_device(const char *serial, const char *pci, unsigned wait_ms, char *dev,
+			size_t size, int *fdp, int *by_pci)
 {
 	const struct timespec tick = {0, 1000000};
 	long long deadline = -1;
 	int fd = -1;
 
-	while (find_device(serial, dev, size) != 0 ||
+	while ((*by_pci = locate(serial, pci, dev, size)) < 0 ||
 	       ((fd = open(dev, O_RDONLY | O_CLOEXEC)) < 0 && (errno == ENXIO || errno == ENOENT))) {
 		/* the clock starts at the first miss: a cold VM's disk is there at once, and its
 		 * first clock_gettime would be musl's vDSO lookup, code run for nothing else */
@@ -154,12 +199,13 @@ static int mount_ro(const char *dev, const char *target, int *erofs_errno)
 	return mount(dev, target, "ext4", MS_RDONLY, "noload");
 }
 
-static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
+static int mount_layer(const char *serial, const char *pci, unsigned wait_ms,
+		       struct op_error *e)
 {
 	char dev[300], target[128];
-	int erofs_errno = 0, fd;
+	int erofs_errno = 0, fd, by_pci;
 
-	if (await_device(serial, wait_ms, dev, sizeof(dev), &fd) != 0) {
+	if (await_device(serial, pci, wait_ms, dev, sizeof(dev), &fd, &by_pci) != 0) {
 		log_msg("no block device with serial %s", serial);
 		return op_fail(e, "ENODEV", 0, "rootfs.layers: no block device with serial %s",
 			       serial);
@@ -181,20 +227,22 @@ static int mount_layer(const char *serial, unsigned wait_ms, struct op_error *e)
 		return op_fail(e, "EMOUNT", ext4_errno, "layer %s (%s) is neither erofs nor ext4",
 			       serial, dev);
 	}
+	log_msg("layer %s (%s%s%s) mounted at %s", serial, dev, by_pci ? " at " : ", by serial",
+		by_pci ? pci : "", target);
 	return 0;
 }
 
-int layers_ensure(const char *const *serials, size_t n, unsigned wait_ms, struct op_error *e)
+int layers_ensure(const char *const *serials, const char *const *pci, size_t n, unsigned wait_ms,
+		  struct op_error *e)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (is_mounted(serials[i]))
 			continue;
 		if (nmounted >= MAX_MOUNTED)
 			return op_fail(e, "EMOUNT", 0, "more than %d distinct layers", MAX_MOUNTED);
-		if (mount_layer(serials[i], wait_ms, e) != 0)
+		if (mount_layer(serials[i], pci[i], wait_ms, e) != 0)
 			return -1;
 		snprintf(mounted[nmounted++], sizeof(mounted[0]), "%s", serials[i]);
-		log_msg("layer %s mounted at %s/%s", serials[i], LAYERS_DIR, serials[i]);
 	}
 	return 0;
 }

@@ -36,6 +36,23 @@ int valid_name(const char *s, size_t max)
 	return n > 0 && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
+/* "dddd:bb:ss.f" in lowercase hex, a slot 00..1f and a function 0..7: the name of a PCI
+ * device in sysfs, so nothing else of a path can be spelled with it. */
+int valid_pci_addr(const char *s)
+{
+	static const char shape[] = "xxxx:xx:xx.x";
+
+	if (strlen(s) != PCI_ADDR_LEN)
+		return 0;
+	for (size_t i = 0; i < PCI_ADDR_LEN; i++) {
+		const char c = s[i];
+
+		if (shape[i] != 'x' ? c != shape[i] : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+			return 0;
+	}
+	return s[8] <= '1' && s[11] <= '7';
+}
+
 static int valid_abs_path(const char *s) { return s[0] == '/' && strlen(s) <= MAX_PATH_LEN; }
 
 /* Printable ASCII without space or comma: safe as a mount source. */
@@ -293,6 +310,31 @@ static int parse_process(const cJSON *root, struct proc_spec *p, struct req_erro
 	return 0;
 }
 
+/* Optional "pci": the PCI address of each layer's disk, as many as layers; null: none. */
+static int parse_pci(const cJSON *rootfs, struct start_req *s, struct req_error *err)
+{
+	cJSON *pci = member(rootfs, "pci"), *item;
+	size_t i = 0;
+
+	if (pci == NULL)
+		return 0;
+	if (!cJSON_IsArray(pci) || (size_t)cJSON_GetArraySize(pci) != s->nlayers)
+		return fail(err, "rootfs.pci: must be an array of as many PCI addresses as layers");
+	cJSON_ArrayForEach(item, pci)
+	{
+		if (cJSON_IsNull(item)) {
+			s->pci[i++] = NULL;
+			continue;
+		}
+		if (!cJSON_IsString(item) || item->valuestring == NULL ||
+		    !valid_pci_addr(item->valuestring))
+			return fail(err, "rootfs.pci[%zu]: must be null or a PCI address "
+					 "dddd:bb:ss.f (lowercase hex)", i);
+		s->pci[i++] = item->valuestring;
+	}
+	return 0;
+}
+
 static int parse_rootfs(const cJSON *root, struct start_req *s, struct req_error *err)
 {
 	cJSON *rootfs = member(root, "rootfs");
@@ -317,7 +359,8 @@ static int parse_rootfs(const cJSON *root, struct start_req *s, struct req_error
 	}
 	if (s->nlayers == 0)
 		return fail(err, "rootfs.layers: must name at least one layer");
-	if (get_u32(rootfs, "rootfs.", "wait_ms", 0, MAX_LAYER_WAIT_MS, &s->wait_ms, err) != 0)
+	if (parse_pci(rootfs, s, err) != 0 ||
+	    get_u32(rootfs, "rootfs.", "wait_ms", 0, MAX_LAYER_WAIT_MS, &s->wait_ms, err) != 0)
 		return -1;
 	return get_bool(rootfs, "rootfs.", "readonly", &s->readonly, err);
 }

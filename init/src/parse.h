@@ -11,6 +11,7 @@
 
 #define MAX_NAME_LEN 64
 #define MAX_SERIAL_LEN 20 /* virtio-blk serials are at most 20 bytes */
+#define PCI_ADDR_LEN 12   /* "dddd:bb:ss.f", as /sys/bus/pci/devices names it */
 #define MAX_TAG_LEN 255
 #define MAX_PATH_LEN 4095
 #define MAX_LAYERS 64     /* keeps overlayfs' lowerdir option below one page */
@@ -67,6 +68,7 @@ struct start_req {
 	const char *container;
 	uint32_t handle;
 	const char *layers[MAX_LAYERS];
+	const char *pci[MAX_LAYERS]; /* rootfs.pci: each layer disk's PCI address, or NULL */
 	size_t nlayers;
 	int readonly;
 	uint32_t wait_ms; /* how long to wait for hot-added layer disks to appear */
@@ -80,7 +82,7 @@ struct start_req {
 /* PREPARE: a container made ahead of its START (rootfs, namespaces, system mounts), carrying
  * the given 9p tags for the START's mounts. */
 struct prepare_req {
-	struct start_req rootfs; /* only layers, nlayers, readonly, wait_ms, limits.scratch */
+	struct start_req rootfs; /* only layers, pci, nlayers, readonly, wait_ms, limits.scratch */
 	const char *shares[MAX_MOUNTS];
 	size_t nshares;
 };
@@ -166,5 +168,8 @@ void request_free(struct request *r);
 
 /* [A-Za-z0-9_.-]{1,max}: container names, hostnames, layer serials. */
 int valid_name(const char *s, size_t max);
+
+/* A PCI address as sysfs names a device: "dddd:bb:ss.f", lowercase hex (rootfs.pci). */
+int valid_pci_addr(const char *s);
 
 #endif

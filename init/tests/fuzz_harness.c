@@ -59,7 +59,10 @@ static void check_request(const struct request *r)
 		check(s->handle != 0, "handle non-zero");
 		check(s->nlayers > 0 && s->nlayers <= MAX_LAYERS, "layers count");
 		for (size_t i = 0; i < s->nlayers; i++)
-			check(valid_name(s->layers[i], MAX_SERIAL_LEN), "layer serial");
+			check(valid_name(s->layers[i], MAX_SERIAL_LEN) &&
+				  (s->pci[i] == NULL || valid_pci_addr(s->pci[i])), "layer serial, address");
+		for (size_t i = s->nlayers; i < MAX_LAYERS; i++)
+			check(s->pci[i] == NULL, "no address beyond the layers");
 		check(s->nmounts <= MAX_MOUNTS, "mounts count");
 		for (size_t i = 0; i < s->nmounts; i++)
 			check(s->mounts[i].destination[0] == '/' &&

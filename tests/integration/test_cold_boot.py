@@ -2,13 +2,15 @@
 network policy installed on a thread started once the domain is created (off the path before
 createXML), still in force before READY is awaited, and a policy that cannot be installed
 still fails the boot and leaves no VM; the TCG translations flushed once settled, not at READY
-(the first START reuses them)."""
+(the first START reuses them); its layer disk found by the guest at the PCI slot the host
+pinned it to (rootfs.pci, init 0.7.5)."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from executor.vm import SETTLED_FLUSH_S, HyperVM
 from hypervm.config import HostConfig
 from hypervm.errors import NetworkError
 from hypervm.podspec import Container, PodSpec, Process, Resources, Rootfs
-from tests.conftest import TEST_TAG, run_to_exit
+from tests.conftest import TEST_TAG, console_text, run_to_exit
 from vmimage.boot import resolve_boot
 from vmimage.rootfs import ensure_warmup_layer
 
@@ -95,3 +97,20 @@ def test_a_cold_vm_flushes_its_translations_once_settled_not_at_ready(
         assert flushed == []
         time.sleep(SETTLED_FLUSH_S + 1.0)
         assert len(flushed) == 1 and flushed[0] - ready >= SETTLED_FLUSH_S - 0.5
+
+
+def test_a_cold_vms_layer_disk_is_mounted_from_its_pinned_slot(
+        host_cfg: HostConfig, pod: PodSpec) -> None:
+    """The domain pins the layer disk to slot 3 (designer.pin_layer_slots) and the START names
+    it: init mounts the disk it finds there without asking any disk its serial. A START
+    without the address (an older host) would log "by serial"."""
+    with HyperVM(dataclasses.replace(host_cfg, use_pool=False), pod) as vm:
+        vm.boot(timeout=90.0)
+        assert run_to_exit(vm, pod.containers[0]) == (0, "hello\n")
+        xml = ET.fromstring(vm._hypervisor.conn.lookupByName(vm.name).XMLDesc(0))
+        (disk,) = xml.findall("devices/disk")
+        address = disk.find("address")
+        assert disk.findtext("serial") == "l0" and address is not None
+        assert (address.get("bus"), address.get("slot")) == ("0x00", "0x03")
+        console = console_text(vm.console_log, "layer l0 (")
+    assert "layer l0 (/dev/vda at 0000:00:03.0) mounted" in console, console[-3000:]

@@ -134,6 +134,16 @@ _DELETE = object()
         ("rootfs.layers", ["a" * 21], "rootfs.layers[0]"),
         ("rootfs.layers", ["a:b"], "rootfs.layers[0]"),
         ("rootfs.readonly", "yes", "rootfs.readonly"),
+        ("rootfs.pci", "0000:00:03.0", "rootfs.pci"),
+        ("rootfs.pci", [], "rootfs.pci"),
+        ("rootfs.pci", ["0000:00:03.0", "0000:00:04.0"], "rootfs.pci"),
+        ("rootfs.pci", [3], "rootfs.pci[0]"),
+        ("rootfs.pci", ["00:03.0"], "rootfs.pci[0]"),
+        ("rootfs.pci", ["0000:00:20.0"], "rootfs.pci[0]"),
+        ("rootfs.pci", ["0000:00:03.8"], "rootfs.pci[0]"),
+        ("rootfs.pci", ["0000:00:0A.0"], "rootfs.pci[0]"),
+        ("rootfs.pci", ["0000:00:03.0/"], "rootfs.pci[0]"),
+        ("rootfs.pci", ["../../../..."], "rootfs.pci[0]"),
         ("mounts", {}, "mounts"),
         ("mounts", [{"type": "nfs", "destination": "/x"}], "mounts[0].type"),
         ("mounts", [{"type": "tmpfs", "destination": "rel"}], "mounts[0].destination"),
@@ -209,6 +219,14 @@ def test_verdicts_follow_the_protocol(harness: Path) -> None:
         "FRAME type=0x1 id=12 ERROR ETYPE unknown request type 0x1",
         "EPROTO length=2 type=0x14 flags=0x1",
     ]
+
+
+def test_a_layers_pci_address_may_be_given_or_null(harness: Path) -> None:
+    """init 0.7.5: rootfs.pci, one entry a layer, each an address or null (PROTOCOL.md)."""
+    two = _with(START, "rootfs.layers", ["l0", "l1"])
+    stream = b"".join(jframe(0x10, i, _with(two, "rootfs.pci", pci)) for i, pci in enumerate(
+        (["0000:00:03.0", "0000:00:1f.7"], [None, "00ff:ff:10.0"], [None, None], None), 1))
+    assert classify(harness, stream) == [f"FRAME type=0x10 id={i} OK" for i in range(1, 5)]
 
 
 def test_max_payload_is_enforced(harness: Path) -> None:
