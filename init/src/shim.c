@@ -103,10 +103,11 @@ int shim_main(int argc, char **argv)
 		if (peek((pid_t)child, &status) || reap((pid_t)child, &status)) {
 			ssize_t w = write(status_fd, &status, sizeof(status));
 			(void)w;
-			/* the CPU to init, woken by the status (on one vCPU it would wait for this
-			 * shim otherwise: a wake-up does not preempt a task that just woke itself),
-			 * which sends the EXIT; then the zombie's reap (ECHILD when reap() took it
-			 * already) and this shim's exit, with its PID namespace's teardown */
+			/* the CPU to init, woken by the status, which sends the EXIT (on one vCPU it
+			 * would otherwise wait for this shim's reap and exit: the guest kernel does
+			 * not preempt, and init's wake-up does not reschedule a shim that has run
+			 * this little since its own); then the zombie's reap (ECHILD when reap()
+			 * took it already) and this shim's exit, with its PID namespace's teardown */
 			sched_yield();
 			while (waitpid((pid_t)child, &status, 0) < 0 && errno == EINTR)
 				;
