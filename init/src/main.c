@@ -20,7 +20,7 @@
 #include "signals.h"
 #include "stamp.h"
 
-#define MAX_POLL_FDS (2 + 3 * MAX_PROCESSES)
+#define MAX_POLL_FDS (2 + RELAY_FDS_PER_PROCESS * MAX_PROCESSES)
 #define DISCONNECTED_POLL_MS 5
 /* While a process runs, the spare cgroup is made once the loop has been idle this long; the
  * further spares (cgroup.h) once it has been idle this long with no process. */
@@ -50,7 +50,7 @@ static void serve_forever(struct server *srv, int sfd)
 
 	for (;;) {
 		size_t n = 0;
-		int channel_polled = 0;
+		int channel_polled = 0, reaped = 0;
 
 		if (ch->state == CH_DISCONNECTED && channel_host_connected(ch)) {
 			log_msg("host connected to the channel");
@@ -77,16 +77,18 @@ static void serve_forever(struct server *srv, int sfd)
 		if (ready < 0)
 			continue;
 		if (pfds[0].revents & POLLIN)
-			signals_on_readable(sfd);
+			reaped = signals_on_readable(sfd);
 		if (channel_polled && pfds[1].revents != 0)
 			channel_on_readable(ch, pfds[1].revents, server_on_frame, srv);
 		for (size_t i = first_slot; i < n; i++)
 			relay_on_event(ch, &slots[i], pfds[i].revents);
-		/* Not in a round that sent an EXIT: the host of a one-shot run destroys the VM now,
-		 * and the ended container's release (its mounts' teardown), its cgroup's removal and
-		 * the next spare (~12 ms of vCPU under TCG, on the host's cores while libvirt and QEMU
-		 * end the VM) wait for a later round, at the latest SPARE_IDLE_MS of quiet. */
-		if (relay_flush_exits(ch) == 0) {
+		/* Not in a round that sent an EXIT, nor in one that reaped a child (a reaper or shim
+		 * ends after its process's EXIT, since 0.7.6): the host of a one-shot run destroys the
+		 * VM now, and the ended container's release (its mounts' teardown), its cgroup's
+		 * removal and the next spare (~12 ms of vCPU under TCG, on the host's cores while
+		 * libvirt and QEMU end the VM) wait for a later round, at the latest SPARE_IDLE_MS of
+		 * quiet. */
+		if (relay_flush_exits(ch) == 0 && reaped == 0) {
 			signals_release_ended();
 			cgroup_housekeeping(ready == 0 || proc_count() == 0, proc_count() > 0,
 					    ready == 0 && timeout == SPARE_IDLE_MS);

@@ -3,7 +3,7 @@
 #ifndef HYPERVM_MESSAGE_H
 #define HYPERVM_MESSAGE_H
 
-#define INIT_VERSION "0.7.5"
+#define INIT_VERSION "0.7.6"
 
 char *msg_ready(const char *kernel_release);
 /* err_no <= 0 leaves the optional "errno" member out. */

@@ -25,11 +25,11 @@ struct process {
 	int is_main;
 	int out_fd, err_fd; /* read ends of stdout/stderr; -1 after EOF */
 	int in_fd;          /* write end of stdin; -1 when /dev/null or closed */
-	int status_fd;      /* read end of the shim's status pipe */
+	int status_fd;      /* read end of the shim's status pipe; -1 once read (ending.h) */
 	int pty_fd;         /* a tty process's terminal master (for RESIZE); else -1 */
 	struct byte_queue in_queue;
 	int in_close_pending; /* a zero-length STDIN frame arrived: close once drained */
-	int exited;
+	int exited; /* its wait status is known (ending.h); its shim may still be ending */
 	int wait_status;
 	int oom_killed; /* main process: the kernel OOM-killed in its container's cgroup */
 };
@@ -41,6 +41,8 @@ struct container {
 	uint32_t main_handle;
 	char cgroup[CGROUP_NAME_MAX]; /* its cgroup's name; "": none */
 	int mounts_fd; /* its mount namespace, held by init (signals_release_ended); -1: none */
+	int main_ended; /* its main process's status is known: the reaper and the rest of the
+			 * container are ending (no EXEC; a START of its name waits for the reaper) */
 };
 
 struct process *proc_new(uint32_t handle);

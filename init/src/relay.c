@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ending.h"
 #include "log.h"
 #include "message.h"
 #include "stamp.h"
@@ -18,7 +19,7 @@ size_t relay_poll_fds(struct pollfd *pfds, struct relay_slot *slots, size_t room
 	size_t n = 0;
 
 	for (struct process *p = proc_first(); p != NULL; p = p->next) {
-		if (n + 3 > room)
+		if (n + RELAY_FDS_PER_PROCESS > room)
 			break;
 		if (relay_output && p->out_fd >= 0) {
 			pfds[n] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};
@@ -31,6 +32,10 @@ size_t relay_poll_fds(struct pollfd *pfds, struct relay_slot *slots, size_t room
 		if (p->in_fd >= 0 && (p->in_queue.len > p->in_queue.off || p->in_close_pending)) {
 			pfds[n] = (struct pollfd){.fd = p->in_fd, .events = POLLOUT};
 			slots[n++] = (struct relay_slot){p, RELAY_STDIN};
+		}
+		if (p->status_fd >= 0 && !p->exited) {
+			pfds[n] = (struct pollfd){.fd = p->status_fd, .events = POLLIN};
+			slots[n++] = (struct relay_slot){p, RELAY_STATUS};
 		}
 	}
 	return n;
@@ -88,7 +93,8 @@ void relay_on_event(struct channel *ch, const struct relay_slot *slot, short rev
 	if (revents == 0)
 		return;
 	/* the channel may have gone away earlier in this round: keep the bytes in the pipe */
-	if (slot->stream != RELAY_STDIN && ch->state != CH_CONNECTED)
+	if ((slot->stream == RELAY_STDOUT || slot->stream == RELAY_STDERR) &&
+	    ch->state != CH_CONNECTED)
 		return;
 	switch (slot->stream) {
 	case RELAY_STDOUT:
@@ -100,6 +106,9 @@ void relay_on_event(struct channel *ch, const struct relay_slot *slot, short rev
 	case RELAY_STDIN:
 		if (p->in_fd >= 0)
 			relay_input(p);
+		break;
+	case RELAY_STATUS:
+		ending_on_pipe(p);
 		break;
 	}
 }

@@ -1,6 +1,7 @@
 /* Stdio relay between processes and the channel: stdout/stderr pipes -> STDOUT/STDERR frames,
  * STDIN frames -> stdin pipes (queued, non-blocking), and EXIT frames once a process has ended
- * and both its output pipes reached EOF. */
+ * (its status read from its shim's status pipe, polled here too: ending.h) and both its output
+ * pipes reached EOF. */
 #ifndef HYPERVM_RELAY_H
 #define HYPERVM_RELAY_H
 
@@ -14,15 +15,18 @@
 /* Above this many queued stdin bytes init stops reading the channel (back-pressure). */
 #define STDIN_BACKLOG_MAX (4u * 1024u * 1024u)
 
-enum relay_stream { RELAY_STDOUT, RELAY_STDERR, RELAY_STDIN };
+enum relay_stream { RELAY_STDOUT, RELAY_STDERR, RELAY_STDIN, RELAY_STATUS };
+
+/* Poll entries per process at most (relay_poll_fds). */
+#define RELAY_FDS_PER_PROCESS 4
 
 struct relay_slot {
 	struct process *proc;
 	enum relay_stream stream;
 };
 
-/* Append poll entries for the process pipes; output pipes only when `relay_output`. Returns
- * the number added (at most `room`). */
+/* Append poll entries for the process pipes; output pipes only when `relay_output` (status
+ * pipes always). Returns the number added (at most `room`). */
 size_t relay_poll_fds(struct pollfd *pfds, struct relay_slot *slots, size_t room,
 		      int relay_output);
 

@@ -22,7 +22,12 @@
 #include "parse.h"
 #include "proc.h"
 #include "relay.h"
+#include "signals.h"
 #include "stamp.h"
+
+/* How long a START waits for the reaper of an ended container of the same name (name_taken):
+ * its PID namespace's teardown, milliseconds normally; past this, EEXIST as before 0.7.6. */
+#define REAPER_WAIT_MS 5000
 
 void server_send_ready(struct server *s)
 {
@@ -90,6 +95,22 @@ static int check_new_handle(uint32_t handle, struct op_error *e)
 	return 0;
 }
 
+/* 1 when a container of this name runs. One whose main process has ended (its EXIT may have
+ * gone out: since 0.7.6 it goes before the reaper's end) frees the name once its reaper is
+ * gone: wait for that, bounded (REAPER_WAIT_MS), as the host had found it gone before. */
+static int name_taken(const char *name)
+{
+	struct container *c = container_find(name);
+
+	if (c != NULL && c->main_ended) {
+		log_msg("container %s: its START waits for the ended container's reaper", name);
+		if (signals_await_reaper(c->reaper_pid, REAPER_WAIT_MS) != 0)
+			log_msg("container %s: its reaper did not end in %d ms", name,
+				REAPER_WAIT_MS);
+	}
+	return container_find(name) != NULL;
+}
+
 static int handle_prepare(struct server *s, uint32_t id, const struct prepare_req *req)
 {
 	struct op_error e;
@@ -111,7 +132,7 @@ static int handle_start(struct server *s, uint32_t id, const struct start_req *r
 	char cgroup[CGROUP_NAME_MAX];
 	struct container *c;
 
-	if (container_find(req->container) != NULL) {
+	if (name_taken(req->container)) {
 		op_fail(&e, "EEXIST", 0, "container: %s is already running", req->container);
 		return reply_error(s, id, &e);
 	}
@@ -161,7 +182,7 @@ static int handle_exec(struct server *s, uint32_t id, const struct exec_req *req
 	struct spawn_fds f;
 	pid_t shim, pid;
 
-	if (c == NULL) {
+	if (c == NULL || c->main_ended) { /* ended: its namespaces are going (ending.h) */
 		op_fail(&e, "ENOCONT", 0, "container: no running container named %s",
 			req->container);
 		return reply_error(s, id, &e);

@@ -2,17 +2,19 @@
 #include "signals.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "cgroup.h"
 #include "container.h"
+#include "ending.h"
 #include "log.h"
 #include "proc.h"
-#include "stamp.h"
 
 int signals_setup(void)
 {
@@ -65,46 +67,27 @@ static void container_ended(const struct container *c, unsigned long oom_kills)
 		release(&x);
 }
 
-/* The process's wait status from its shim: what the shim wrote, else how the shim ended. */
-static int shim_reported_status(struct process *p, int shim_status)
-{
-	int st;
-	ssize_t n = p->status_fd >= 0 ? read(p->status_fd, &st, sizeof(st)) : -1;
-
-	if (n == (ssize_t)sizeof(st))
-		return st;
-	return shim_status;
-}
-
 static void on_child_exit(pid_t pid, int status)
 {
 	struct process *p = proc_find_by_shim(pid);
 	struct container *c = container_find_by_reaper(pid);
-	unsigned long oom_kills = 0;
 
 	container_prepared_exited(pid);
+	/* a process whose status its shim's pipe has not given yet (ending.h) */
+	if (p != NULL)
+		ending_from_reap(p, status);
 	if (c != NULL) {
-		/* its PID namespace died with the reaper: the OOM count is final */
-		oom_kills = cgroup_oom_kills(c->cgroup);
-		container_ended(c, oom_kills);
+		/* its PID namespace died with the reaper: the OOM count is final (the console line) */
+		container_ended(c, cgroup_oom_kills(c->cgroup));
 		cgroup_release(c->cgroup);
 		container_remove(c);
 	}
-	if (p == NULL)
-		return; /* an orphan re-parented to init, or a shim whose start failed */
-	if (p->is_main)
-		stamp(STAMP_REAPED);
-	p->wait_status = shim_reported_status(p, status);
-	p->oom_killed = p->is_main && oom_kills > 0;
-	p->exited = 1;
-	close(p->status_fd);
-	p->status_fd = -1;
-	proc_close_stdin(p);
 }
 
-void signals_on_readable(int sfd)
+int signals_on_readable(int sfd)
 {
 	struct signalfd_siginfo si;
+	int reaped = 0;
 
 	while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 		if (si.ssi_signo != SIGCHLD)
@@ -115,10 +98,36 @@ void signals_on_readable(int sfd)
 
 		if (pid > 0) {
 			on_child_exit(pid, status);
+			reaped++;
 			continue;
 		}
 		if (pid < 0 && errno == EINTR)
 			continue;
 		break;
 	}
+	return reaped;
+}
+
+int signals_await_reaper(pid_t reaper, int timeout_ms)
+{
+	struct pollfd pfd = {.fd = (int)syscall(SYS_pidfd_open, reaper, 0), .events = POLLIN};
+	int rc, status;
+	pid_t pid;
+
+	if (pfd.fd < 0) {
+		log_errno("pidfd_open %d", (int)reaper);
+		return -1;
+	}
+	/* readable once the reaper is a zombie: its PID namespace's teardown is done */
+	while ((rc = poll(&pfd, 1, timeout_ms)) < 0 && errno == EINTR)
+		;
+	close(pfd.fd);
+	if (rc <= 0)
+		return -1;
+	while ((pid = waitpid(reaper, &status, WNOHANG)) < 0 && errno == EINTR)
+		;
+	if (pid != reaper)
+		return -1;
+	on_child_exit(pid, status);
+	return 0;
 }

@@ -15,7 +15,7 @@ static const char *const names[STAMP_POINTS] = {
 	"network_recv", "network_done", "network_ok", "start_recv", "start_checked", "cgroup",
 	"layers",	"cloned",	"prep_files", "handed",	    "received",	     "rootfs",
 	"entered",	"mounted",	"forked",     "confined",   "resolved",	     "awaited",
-	"start_ok",	"shim",		"spare",      "reaped",	    "stdout_eof",    "stderr_eof",
+	"start_ok",	"shim",		"spare",      "status",	    "stdout_eof",    "stderr_eof",
 	"exit_sent"};
 _Static_assert(sizeof(names) / sizeof(names[0]) == STAMP_POINTS, "a name per stamp point");
 

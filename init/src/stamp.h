@@ -34,7 +34,9 @@ enum stamp_point {
 	STAMP_START_OK,      /* init: the START's OK written */
 	STAMP_SHIM,          /* reaper: its execveat of init as the shim begins */
 	STAMP_SPARE,         /* init: the spare cgroup for the next START made (while a process runs) */
-	STAMP_REAPED,        /* init: the main process's shim (the reaper) reaped */
+	STAMP_STATUS,        /* init: the main process's wait status read (from its reaper's status
+			      * pipe, as soon as the reaper wrote it; since 0.7.6, before the
+			      * reaper's own end, which was stamped `reaped` here before) */
 	STAMP_STDOUT_EOF,    /* init: end of the main process's stdout */
 	STAMP_STDERR_EOF,    /* init: end of its stderr */
 	STAMP_EXIT_SENT,     /* init: its EXIT frame written */

@@ -966,10 +966,10 @@ def test_debug_stamps_and_a_one_shot_runs_exit_before_the_spare_cgroup(
     stamps = _stamps(g)
     names = list(stamps)
     order = [n for n in ("network_recv", "network_done", "network_ok", *STAMPED_CHAIN[:-1],
-                         "shim", "spare", "reaped", "stdout_eof", "stderr_eof", "exit_sent")
+                         "shim", "spare", "status", "stdout_eof", "stderr_eof", "exit_sent")
              if n in stamps]
     assert names == order, names
-    assert set(STAMPED_CHAIN) | {"shim", "reaped", "stdout_eof", "stderr_eof"} <= set(names)
+    assert set(STAMPED_CHAIN) | {"shim", "status", "stdout_eof", "stderr_eof"} <= set(names)
     chain = [stamps[n] for n in STAMPED_CHAIN]
     assert chain == sorted(chain) and chain[0] == 0.0, stamps
     assert max(v for n, v in stamps.items() if n != "spare") == stamps["exit_sent"], stamps
@@ -1011,6 +1011,42 @@ def test_a_one_shot_runs_exit_round_does_no_cleanup(guests: Any) -> None:
     assert time.monotonic() - exited >= 0.4, "released in the EXIT's round"
     start(g.chan, "q2", 2, "true")
     assert g.chan.wait_exit(2).exit == {"status": 0, "signal": None}
+
+
+#: a main process that leaves a background process holding 64 MiB of touched memory (its
+#: freeing makes the PID namespace's teardown last: ~0.1 s under TCG), then exits
+HOARD = ("awk 'BEGIN { s = \"x\"; for (i = 0; i < 26; i++) s = s s; print > \"/tmp/held\"; "
+         "close(\"/tmp/held\"); system(\"exec sleep 1000\") }' </dev/null >/dev/null 2>&1 & "
+         "while [ ! -s /tmp/held ]; do sleep 0.05; done; echo spawned")
+
+
+def test_an_exit_goes_before_its_containers_teardown_and_its_name_waits_for_it(
+    guests: Any
+) -> None:
+    """init 0.7.6: a main process's EXIT goes out once its reaper has written the status and
+    both output pipes are at EOF, before the reaper's own end, whose PID namespace teardown
+    kills and reaps what is left of the container (here a process holding 64 MiB). Meanwhile the
+    container is gone for the host, as when the EXIT came after that teardown: an EXEC into
+    it gets ENOCONT, and a START of its name waits for the reaper (bounded), then runs, never
+    EEXIST. Fails with init 0.7.5 and before: its EXIT came after the teardown, no START waited."""
+    g = guests("earlyexit")
+    chan = g.chan
+    assert chan is not None
+    start(chan, "again", 1, HOARD)
+    first = chan.wait_exit(1, timeout=120)
+    assert first.exit == {"status": 0, "signal": None} and bytes(first.stdout) == b"spawned\n"
+    refused = chan.error(MsgType.EXEC, {"container": "again", "handle": 2,
+                                        "process": {"args": ["true"], "env": ["PATH=/bin"]}})
+    assert refused["code"] == "ENOCONT", refused
+    start(chan, "again", 3, "echo second; grep -c . /sys/fs/cgroup/cgroup.procs; true")
+    second = chan.wait_exit(3)
+    # a container of its own: the reaper, sh and grep in its cgroup, none of the first's
+    assert second.exit == {"status": 0, "signal": None}
+    assert bytes(second.stdout) == b"second\n3\n", bytes(second.stdout)
+    console = g.console()
+    assert "container again: its START waits for the ended container's reaper" in console, console
+    assert "did not end in" not in console
+    assert console.count("container again ended") >= 1
 
 
 def test_the_guest_kernel_reads_no_partition_table(guests: Any, tmp_path: Path) -> None:
