@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from executor import network
 from executor.guest.protocol import MsgType, layer_pci_address, start_payload
 from executor.libvirt.designer import (
     FIRST_LAYER_SLOT,
@@ -19,7 +20,7 @@ from executor.libvirt.designer import (
     pin_layer_slots,
     pool_domain,
 )
-from executor.libvirt.domain import DiskSpec
+from executor.libvirt.domain import MAX_PCI_DEVICES, DiskSpec
 from executor.libvirt.domain_xml import domain_xml, parse_domain_facts
 from executor.vm import HyperVM
 from hypervm.config import config_from_env
@@ -92,6 +93,25 @@ def test_a_slots_address_is_as_the_guests_sysfs_names_it(slot: int, address: str
 def test_no_address_beyond_the_root_bus(slot: int) -> None:
     with pytest.raises(ProtocolError):
         layer_pci_address(slot)
+
+
+def test_the_most_layers_a_domain_takes_stay_below_the_nics_slot() -> None:
+    """The NIC is a QEMU argument at a fixed slot libvirt does not know: the domain's cap on
+    PCI devices keeps the last pinned layer below it (a higher cap would make them collide)."""
+    pinned = pin_layer_slots(_many_disks(MAX_PCI_DEVICES))
+    assert max(d.pci_slot or 0 for d in pinned) < network.NIC_PCI_SLOT
+    spec = cold_domain("hypervm-web-0badcafe", BOOT, config_from_env({}), RunFiles.under(RUN),
+                       Resources(cpus=1, memory_mib=128), NetworkSpec(), {},
+                       disks=_many_disks(MAX_PCI_DEVICES))
+    assert len(spec.disks) == MAX_PCI_DEVICES
+    with pytest.raises(InvalidSpec, match="PCI devices"):
+        cold_domain("hypervm-web-0badcafe", BOOT, config_from_env({}), RunFiles.under(RUN),
+                    Resources(cpus=1, memory_mib=128), NetworkSpec(), {},
+                    disks=_many_disks(MAX_PCI_DEVICES + 1))
+
+
+def _many_disks(n: int) -> tuple[DiskSpec, ...]:
+    return tuple(DiskSpec(Path(f"/layers/{i}.erofs"), f"l{i}") for i in range(n))
 
 
 def test_the_start_carries_one_address_a_layer_or_none() -> None:
