@@ -57,24 +57,23 @@ def _base(**overrides: object) -> DomainSpec:
 
 
 POOL_RUN = Path("/run/hypervm/vms/hypervm-pool-0badcafe")
+#: the boot files of the golden domains made by the designer (pool, cold)
+GOLDEN_BOOT = BootFiles(kernel=Kernel(Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"),
+                                      "6.1", "hyperkernel"),
+                        initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
+                        qemu=DISTRO, accel="tcg", cmdline="console=ttyS0 quiet panic=-1")
 SPECS = {
     "tcg-minimal": _base(bios=None, metadata={}),
     "tcg-pool": dataclasses.replace(pool_domain(
         "hypervm-pool-0badcafe",
-        BootFiles(kernel=Kernel(Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"), "6.1",
-                                "hyperkernel"),
-                  initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
-                  qemu=DISTRO, accel="tcg", cmdline="console=ttyS0 quiet panic=-1"),
+        GOLDEN_BOOT,
         config_from_env({}), POOL_RUN, 1, 128,
         {"owner-pid": "4242", "owner-start": "123456", "pool": "pool", "pool-state": "idle"}),
         qemu_args=()),
     # a cold VM as executor.vm builds it: its layer disks pinned to their slots (issue 17/18)
     "tcg-cold": dataclasses.replace(cold_domain(
         "hypervm-web-0badcafe",
-        BootFiles(kernel=Kernel(Path("/var/lib/hypervm/kernel/0123456789abcdef/vmlinux"), "6.1",
-                                "hyperkernel"),
-                  initrd=Path("/var/lib/hypervm/initrd/fedcba9876543210/initrd.img"),
-                  qemu=DISTRO, accel="tcg", cmdline="console=ttyS0 quiet panic=-1"),
+        GOLDEN_BOOT,
         config_from_env({}), RunFiles.under(RUN), Resources(cpus=1, memory_mib=128),
         NetworkSpec(), {"owner-pid": "4242", "owner-start": "123456", "pod": "web"},
         disks=(DiskSpec(Path("/var/lib/hypervm/images/layers/sha256-aa.erofs"), "l0"),
