@@ -25,7 +25,9 @@ DEFAULT_TAG = "latest"
 #: each matched whole (fullmatch: ``^…$`` with ``match`` would let a trailing newline through)
 _COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+#: a sha256 content digest (images, layers, blobs), matched whole (fullmatch) wherever it names
+#: a file of the host's cache
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _DOMAIN_RE = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
 
 
@@ -135,7 +137,7 @@ def parse_registry_ref(text: str) -> RegistryRef:
     digest = None
     if "@" in text:
         text, digest = text.split("@", 1)
-        if not _DIGEST_RE.fullmatch(digest):
+        if not DIGEST_RE.fullmatch(digest):
             raise ImageError(original, f"{digest!r} is not a sha256 digest",
                              hint="use name@sha256:<64 lowercase hex digits>")
     tag = None

@@ -54,6 +54,12 @@ _NAME_RE = re.compile(r"hypervm-[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 #: what libvirt accepts as a <qemu:env> name
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SERIAL_RE = re.compile(r"[A-Za-z0-9_.-]{1,20}")
+
+
+def valid_domain_name(name: str) -> bool:
+    """Whether ``name`` is a HyperVM domain's name (what :meth:`DomainSpec.validate` accepts):
+    also the check of a VM named by a request (a pool's release, a standby's lease)."""
+    return _NAME_RE.fullmatch(name) is not None
 _TAG_RE = re.compile(r"[A-Za-z0-9_.-]{1,31}")
 _DISK_FORMATS = ("raw", "qcow2")
 # characters XML 1.0 cannot carry, and \r, which XML parsers turn into \n: a str.translate
@@ -225,7 +231,7 @@ class DomainSpec:
 
     def validate(self) -> DomainSpec:
         """Raise :class:`InvalidSpec` naming the first wrong field; return ``self`` when valid."""
-        if not _NAME_RE.fullmatch(self.name):
+        if not valid_domain_name(self.name):
             raise InvalidSpec(
                 "name",
                 f"{self.name!r} is not a valid HyperVM domain name",

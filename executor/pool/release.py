@@ -19,13 +19,12 @@ shares are 9p without a guest cache, so the guest has nothing left to write back
 from __future__ import annotations
 
 import logging
-import re
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from executor.libvirt.domain import DOMAIN_PREFIX
+from executor.libvirt.domain import valid_domain_name
 from executor.libvirt.owners import process_start_time
 from executor.libvirt.qemu_process import LIBVIRT_PID_DIR, QemuProcess
 from hypervm.errors import PoolError
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: how long QEMU gets after SIGTERM, and again after SIGKILL
 STOP_TIMEOUT_S = 2.0
-#: matched whole (fullmatch): ``^…$`` with ``match`` let a trailing newline through
-_NAME_RE = re.compile(rf"{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}")
 
 #: who a claimed VM was handed to: (pid, start time of that pid)
 Claimer = tuple[int, "int | None"]
@@ -48,7 +45,7 @@ def release_request(vm: str) -> dict[str, Any]:
 def parse_release(request: Mapping[str, Any]) -> str:
     """The VM name of a release request; PoolError naming the bad field."""
     vm = request.get("vm")
-    if not isinstance(vm, str) or not _NAME_RE.fullmatch(vm):
+    if not isinstance(vm, str) or not valid_domain_name(vm):
         raise PoolError(f"release.vm: not a HyperVM name: {vm!r:.100}")
     return vm
 

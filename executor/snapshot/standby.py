@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from executor.libvirt.domain import DOMAIN_PREFIX, MAX_MEMORY_MIB, MAX_VCPUS
+from executor.libvirt.domain import MAX_MEMORY_MIB, MAX_VCPUS, valid_domain_name
 from executor.pool import claim as client
 from executor.pool.protocol import Lease, request_metadata
 from executor.snapshot.store import Shape
@@ -54,7 +54,6 @@ OP = "standby"
 TAKE_TIMEOUT = 2.0
 #: matched whole (fullmatch): ``^…$`` with ``match`` let a trailing newline through
 _KEY_RE = re.compile(r"[0-9a-f]{24}")
-_TEMPLATE_RE = re.compile(rf"{re.escape(DOMAIN_PREFIX)}[A-Za-z0-9_.-]{{1,80}}")
 
 
 @frozen_dataclass
@@ -89,7 +88,7 @@ def parse_standby(request: Mapping[str, Any]) -> Ask:
     key, template = request.get("key"), request.get("template")
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise PoolError(f"standby.key: not a snapshot key: {key!r:.50}")
-    if not isinstance(template, str) or not _TEMPLATE_RE.fullmatch(template):
+    if not isinstance(template, str) or not valid_domain_name(template):
         raise PoolError(f"standby.template: not a HyperVM name: {template!r:.100}")
     metadata = request_metadata(request, OP)
     return Ask(Shape(values[0], values[1], tenant), key, template, metadata)
@@ -108,7 +107,7 @@ def parse_lease(reply: Mapping[str, Any]) -> Lease:
         raise PoolError(str(reply["error"]))
     vm, run_dir, pair = reply.get("vm"), reply.get("run_dir"), reply.get("identity")
     ready = reply.get("ready")
-    if (not isinstance(vm, str) or not _TEMPLATE_RE.fullmatch(vm) or not isinstance(run_dir, str)
+    if (not isinstance(vm, str) or not valid_domain_name(vm) or not isinstance(run_dir, str)
             or not run_dir.startswith("/") or not (pair is None or _is_identity(pair))
             or not isinstance(ready, dict)):
         raise PoolError(f"malformed standby reply: {dict(reply)!r:.300}")

@@ -73,7 +73,9 @@ static void on_child_exit(pid_t pid, int status)
 	struct container *c = container_find_by_reaper(pid);
 
 	container_prepared_exited(pid);
-	/* a process whose status its shim's pipe has not given yet (ending.h) */
+	/* a process whose status its shim's pipe has not given yet (ending.h): one recorded
+	 * already is not found (proc_find_by_shim skips exited ones), so a shim's own status
+	 * never replaces its process's */
 	if (p != NULL)
 		ending_from_reap(p, status);
 	if (c != NULL) {

@@ -389,6 +389,23 @@ def test_ready_names_protocol_and_guest_kernel(guest: Guest, kernel: Any) -> Non
     assert guest.chan.ok(MsgType.PING, {}) == {}
 
 
+def test_an_exec_keeps_its_status_when_its_output_outlives_its_shim(guest: Guest) -> None:
+    """init 0.7.6 reads a process's status from its shim's pipe; the shim is reaped later. An
+    EXEC whose background child holds its stdout past that reap is still reported with its own
+    status, not the shim's (0)."""
+    chan = guest.chan
+    assert chan is not None
+    start(chan, "holder", 460, "echo up; exec sleep 1000")
+    chan.wait_output(460, b"up\n")
+    chan.ok(MsgType.EXEC, {"container": "holder", "handle": 461, "process": {
+        "args": ["sh", "-c", "sleep 1 & echo bg; exit 3"], "env": ["PATH=/bin"]}})
+    proc = chan.wait_exit(461)
+    assert bytes(proc.stdout) == b"bg\n"
+    assert proc.exit == {"status": 3, "signal": None}
+    chan.ok(MsgType.SIGNAL, {"handle": 460, "signal": 9})
+    chan.wait_exit(460)
+
+
 def test_stdout_stderr_separate_and_exit_status(guest: Guest) -> None:
     chan = guest.chan
     assert chan is not None

@@ -7,18 +7,16 @@ User specs follow Docker/runc: ``""`` (root), ``name``, ``uid``, ``name:group``,
 from __future__ import annotations
 
 import json
-import re
 
 from hypervm.errors import ImageError
 from hypervm.frozen import frozen_dataclass
+from hypervm.imageref import DIGEST_RE
 
 #: typing.TYPE_CHECKING without importing typing (~3 ms of a cold run's start)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-#: matched whole (fullmatch): a diff id names a layer file of the host's cache (cache.layer_path)
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_ID = 2**32 - 2
 #: files whose topmost version user resolution needs (:func:`resolve_user`): unpacking a layer
 #: keeps their text in its metadata (vmimage.images.unpack), the store reads it from there.
@@ -79,7 +77,7 @@ def parse_config(image: str, digest: str, data: bytes) -> ParsedConfig:
     diff_ids = _strings(image, digest, "rootfs.diff_ids",
                         rootfs.get("diff_ids") if isinstance(rootfs, dict) else None)
     for diff_id in diff_ids:
-        if not _DIGEST_RE.fullmatch(diff_id):
+        if not DIGEST_RE.fullmatch(diff_id):  # names a layer file of the cache
             raise ImageError(image, f"image config has a bad diff id {diff_id!r}", blob=digest)
     config = ImageConfig(
         entrypoint=_strings(image, digest, "Entrypoint", section.get("Entrypoint")),

@@ -7,11 +7,11 @@ linux/amd64. Nothing here trusts a registry: digests are recomputed from the byt
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 from hypervm.errors import ImageError
 from hypervm.frozen import frozen_dataclass
+from hypervm.imageref import DIGEST_RE
 
 from .config import load_json
 
@@ -31,8 +31,6 @@ LAYER_TYPES = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
-#: matched whole (fullmatch): a descriptor's digest names a blob file of the host (pull.py)
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 PLATFORM = ("linux", "amd64")
 
 
@@ -87,7 +85,8 @@ def _descriptor(image: str, blob: str, where: str, raw: Any) -> Descriptor:
     if not isinstance(raw, dict):
         raise ImageError(image, f"manifest {where} is not an object", blob=blob)
     digest, size = raw.get("digest"), raw.get("size")
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+    # whole: it names a blob file of the host (pull.py)
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         raise ImageError(image, f"manifest {where} has no sha256 digest", blob=blob)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ImageError(image, f"manifest {where} has no valid size", blob=digest)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hypervm.errors import HostError, ImageError
+from hypervm.imageref import DIGEST_RE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ INSPECT_RETRIES = "2"
 INSPECT_BACKSTOP_S = 150.0
 #: how often a running copy is looked at (its ``watch`` callback), seconds
 WATCH_EVERY_S = 0.5
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MSG_RE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
 
@@ -82,7 +82,7 @@ def _run(image: str, argv: Sequence[str], *, show_progress: bool = False,
         text = err.decode("utf-8", "replace").strip()
         found = _MSG_RE.findall(text)
         message = found[-1].replace('\\"', '"') if found else (text.splitlines() or ["?"])[-1]
-        digests = _DIGEST_RE.findall(message)
+        digests = DIGEST_RE.findall(message)
         raise ImageError(image, f"skopeo failed: {message}",
                          blob=digests[0] if digests else blob, hint=_hint(message))
     return out if not show_progress and out is not None else b""
