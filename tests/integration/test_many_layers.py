@@ -73,4 +73,5 @@ def test_an_image_of_more_layers_than_init_takes_fails_before_booting(
     assert result.returncode == 125, result.stderr.decode()
     err = result.stderr.decode()
     assert "rootfs.layers" in err and "65 layers" in err and "64" in err, err
+    assert "flatten the image" in err
     assert "Traceback" not in err
