@@ -113,6 +113,7 @@ class HyperVM:
         self._share_tags: dict[Path, str] = {}
         #: the VM came from the warm pool: layers are SCSI LUNs, mounts subdirs of its share
         self.warm = claimed is not None
+        self._wait_ms = LAYER_WAIT_MS if self.warm else None  # START's: layers hot-added
         #: ... an image pool VM, which had the pod's layers attached and mounted already
         self.warm_layers = False
         self.guest_kernel: str | None = None
@@ -191,9 +192,10 @@ class HyperVM:
                            self.pod.resources, self.pod.network, self.metadata(),
                            disks=disks, shares=shares,
                            identity=self.identity.pair if self.identity is not None else None)
-        # the START tells init where each disk is (rootfs.pci): no serial asked of each disk
+        # the START names each disk's address (rootfs.pci), or waits (bounded) for LUNs (manylayers)
         self._layer_pci = {d.path: layer_pci_address(d.pci_slot) for d in spec.disks
                            if d.pci_slot is not None}
+        self._wait_ms = LAYER_WAIT_MS if spec.scsi_controller else self._wait_ms
         return spec
 
     @property
@@ -394,7 +396,7 @@ class HyperVM:
                             DEFAULT_PATH),
             readonly=container.rootfs.readonly,
             mounts=[start_mount(m, self._share_tags, self.warm) for m in container.mounts],
-            hostname=container.hostname, wait_ms=LAYER_WAIT_MS if self.warm else None,
+            hostname=container.hostname, wait_ms=self._wait_ms,
             pci=[self._layer_pci[p] for p in container.rootfs.layers] if self._layer_pci else None,
             limits=limits_payload(container.limits.memory_mib, container.limits.pids,
                                   container.limits.scratch_mib))

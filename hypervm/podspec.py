@@ -21,6 +21,14 @@ MAX_MEMORY_MIB = 1024 * 1024
 MAX_CPUS = 64
 #: below this a container's cgroup cannot even start its process (init refuses < 4 MiB)
 MIN_LIMIT_MEMORY_MIB = 4
+#: the layers of one container's root filesystem the guest init takes (init/src/parse.h
+#: MAX_LAYERS: overlayfs' lowerdir option stays below one page); more fail before any boot
+MAX_ROOTFS_LAYERS = 64
+#: the distinct layers of one pod (its VM's layer disks) the guest init mounts
+#: (init/src/layers.c MAX_MOUNTED)
+MAX_POD_LAYERS = 256
+#: how to get there (an image's layers are its build's steps)
+_FEWER_LAYERS = "flatten the image (a multi-stage build, docker build --squash) to fewer layers"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: pod and container names, matched whole (fullmatch: ``^…$`` with ``match`` lets "p\n" through)
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -124,6 +132,11 @@ class Container:
             raise InvalidSpec(f"{where}.name", "must match [A-Za-z0-9_.-]{1,64}")
         if not self.rootfs.layers:
             raise InvalidSpec(f"{where}.rootfs", "no layers")
+        if len(self.rootfs.layers) > MAX_ROOTFS_LAYERS:
+            raise InvalidSpec(f"{where}.rootfs.layers",
+                              f"{len(self.rootfs.layers)} layers are more than the "
+                              f"{MAX_ROOTFS_LAYERS} a container's root filesystem can have",
+                              hint=_FEWER_LAYERS)
         self.process.validate(f"{where}.process")
         self.limits.validate(f"{where}.limits")
         for i, mount in enumerate(self.mounts):
@@ -178,4 +191,9 @@ class PodSpec:
         self.resources.validate()
         for container in self.containers:
             container.validate()
+        distinct = len({layer for c in self.containers for layer in c.rootfs.layers})
+        if distinct > MAX_POD_LAYERS:
+            raise InvalidSpec("containers", f"{distinct} distinct layers are more than the "
+                              f"{MAX_POD_LAYERS} one pod's VM can mount",
+                              hint=f"{_FEWER_LAYERS}, or share layers between its images")
         self.network.validate()

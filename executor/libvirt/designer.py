@@ -14,7 +14,7 @@ from pathlib import Path
 from executor import network
 from executor.guest.protocol import POOL_SHARE_TAG
 from executor.libvirt.bounds import resource_bounds
-from executor.libvirt.domain import DiskSpec, DomainSpec, ShareSpec
+from executor.libvirt.domain import MAX_PCI_DEVICES, DiskSpec, DomainSpec, ShareSpec
 from hypervm.config import HostConfig
 from hypervm.frozen import frozen_dataclass
 from hypervm.netspec import NetworkSpec
@@ -76,15 +76,35 @@ def pin_layer_slots(disks: tuple[DiskSpec, ...]) -> tuple[DiskSpec, ...]:
                  for i, d in enumerate(disks))
 
 
+def layers_fit_pci(disks: int, shares: int) -> bool:
+    """Whether a cold VM's ``disks`` layer disks and ``shares`` 9p shares all fit its PCI
+    budget (DomainSpec's MAX_PCI_DEVICES, which keeps the last pinned slot below the NIC's)
+    as pinned virtio-blk disks: the fast path (init finds each at its address, DEVELOPERS.md
+    "layerslot"). Else the layers go on one virtio-scsi controller (:func:`scsi_layers`)."""
+    return disks + shares <= MAX_PCI_DEVICES
+
+
+def scsi_layers(disks: tuple[DiskSpec, ...]) -> tuple[DiskSpec, ...]:
+    """``disks`` (a cold VM's layers, in serial order) as LUNs 0..N-1 of its one virtio-scsi
+    controller (no PCI slot each): init finds them by their VPD serial (START without
+    rootfs.pci). An image (or pod) of more layers than PCI slots: task manylayers."""
+    return tuple(dataclasses.replace(d, pci_slot=None, scsi_unit=i)
+                 for i, d in enumerate(disks))
+
+
 def cold_domain(name: str, boot: BootFiles, cfg: HostConfig, files: RunFiles,
                 resources: Resources, net: NetworkSpec, metadata: Mapping[str, str], *,
                 disks: tuple[DiskSpec, ...] = (), shares: tuple[ShareSpec, ...] = (),
                 identity: tuple[int, int] | None = None) -> DomainSpec:
-    """A pod's own VM: its layers as disks (pinned: :func:`pin_layer_slots`), its mount
+    """A pod's own VM: its layers as disks (pinned: :func:`pin_layer_slots`; SCSI LUNs when
+    they and the shares do not all fit the PCI budget: :func:`layers_fit_pci`), its mount
     sources as 9p shares, its ports; ``identity``: the uid:gid of its own its QEMU runs as
     (executor.libvirt.identity)."""
+    if layers_fit_pci(len(disks), len(shares)):
+        return _domain(name, boot, cfg, files, resources, net, metadata, identity,
+                       disks=pin_layer_slots(disks), shares=shares)
     return _domain(name, boot, cfg, files, resources, net, metadata, identity,
-                   disks=pin_layer_slots(disks), shares=shares)
+                   disks=scsi_layers(disks), shares=shares, scsi_controller=True)
 
 
 def pool_domain(name: str, boot: BootFiles, cfg: HostConfig, run_dir: Path, vcpus: int,

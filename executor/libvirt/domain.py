@@ -38,6 +38,9 @@ MAX_CMDLINE_LEN = 2047
 MAX_SOCKET_PATH_LEN = 107
 #: the ``pc`` machine has 32 PCI slots; the bridges, IDE and virtio-serial take a few
 MAX_PCI_DEVICES = 24
+#: virtio-scsi: QEMU accepts LUNs 0..16383 per target (VIRTIO_SCSI_MAX_LUN), libvirt the same
+#: drive ``unit`` numbers on a virtio-scsi controller
+MAX_SCSI_UNIT = 16383
 #: the slots of the ``pc`` machine's root bus a device can be pinned to (0: the host bridge,
 #: 1: the PIIX3's functions)
 PCI_SLOTS = range(2, 32)
@@ -70,7 +73,9 @@ _XML_BAD = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0xFFFE, 0xFFFF
 @frozen_dataclass
 class DiskSpec:
     """A virtio-blk disk; the guest finds it by ``serial`` (/sys/block/*/serial), or at its
-    ``pci_slot`` of the root bus when pinned there and the START says so (rootfs.pci)."""
+    ``pci_slot`` of the root bus when pinned there and the START says so (rootfs.pci). With
+    ``scsi_unit``: a LUN of the domain's virtio-scsi controller instead, found by its VPD
+    serial (no PCI device of its own)."""
 
     path: Path
     serial: str
@@ -78,12 +83,22 @@ class DiskSpec:
     format: str = "raw"
     #: the root bus slot the disk is pinned to; None: libvirt picks one
     pci_slot: int | None = None
+    #: the LUN of the domain's virtio-scsi controller the disk is (DomainSpec.scsi_controller);
+    #: None: a virtio-blk disk
+    scsi_unit: int | None = None
 
     def validate(self, where: str) -> None:
         _absolute(f"{where}.path", self.path)
         if self.pci_slot is not None and self.pci_slot not in PCI_SLOTS:
             raise InvalidSpec(f"{where}.pci_slot", f"{self.pci_slot!r} is not a free PCI slot",
                               hint=f"use {PCI_SLOTS.start}..{PCI_SLOTS.stop - 1}")
+        if self.scsi_unit is not None:
+            if self.pci_slot is not None:
+                raise InvalidSpec(f"{where}.scsi_unit", "a SCSI LUN has no PCI slot of its own",
+                                  hint="give a disk a pci_slot or a scsi_unit, not both")
+            if not 0 <= self.scsi_unit <= MAX_SCSI_UNIT:
+                raise InvalidSpec(f"{where}.scsi_unit", f"{self.scsi_unit!r} is out of range",
+                                  hint=f"use 0..{MAX_SCSI_UNIT}")
         if not _SERIAL_RE.fullmatch(self.serial):
             raise InvalidSpec(
                 f"{where}.serial",
@@ -303,11 +318,18 @@ class DomainSpec:
         _unique("disks", [d.serial for d in self.disks], "serial")
         _unique("disks", [str(d.pci_slot) for d in self.disks if d.pci_slot is not None],
                 "pci_slot")
+        luns = [str(d.scsi_unit) for d in self.disks if d.scsi_unit is not None]
+        _unique("disks", luns, "scsi_unit")
         _unique("shares", [s.tag for s in self.shares], "tag")
-        if len(self.disks) + len(self.shares) + int(self.scsi_controller) > MAX_PCI_DEVICES:
+        if luns and not self.scsi_controller:
+            raise InvalidSpec("disks", "SCSI LUNs without a SCSI controller",
+                              hint="set scsi_controller")
+        # a LUN is no PCI device: the controller is the one
+        blk = len(self.disks) - len(luns)
+        if blk + len(self.shares) + int(self.scsi_controller) > MAX_PCI_DEVICES:
             raise InvalidSpec(
                 "disks",
-                f"{len(self.disks)} disks and {len(self.shares)} shares "
+                f"{blk} disks and {len(self.shares)} shares "
                 f"exceed {MAX_PCI_DEVICES} PCI devices",
                 hint="merge image layers or use fewer volumes",
             )

@@ -16,6 +16,7 @@ from pathlib import Path
 from executor.libvirt.domain import (
     CHANNEL_NAME,
     DOMAIN_PREFIX,
+    MAX_SCSI_UNIT,
     CpuTune,
     DiskSpec,
     DomainSpec,
@@ -28,8 +29,6 @@ from hypervm.frozen import frozen_dataclass
 METADATA_NS = "https://hypervm.dev/xmlns/domain/1"
 METADATA_PREFIX = "hypervm"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-#: virtio-scsi: QEMU accepts LUNs 0..16383 per target
-MAX_SCSI_UNIT = 16383
 #: ports of the virtio-serial controller: 0 (kept for a console) and our one channel. QEMU's
 #: default is 31: the guest then sets up 64 virtqueues, each with its zeroed ring and
 #: bookkeeping, and QEMU 64 VirtQueues: ~1 MiB of every idle VM's private memory (issue 18)
@@ -414,10 +413,12 @@ def domain_from_spec(spec: DomainSpec, defaults: Defaults = DEFAULTS) -> Domain:
         disks=tuple(
             Disk(
                 source=d.path,
-                target=virtio_disk_name(i),
+                target=virtio_disk_name(i) if d.scsi_unit is None
+                else virtio_disk_name(d.scsi_unit, "sd"),
                 serial=d.serial,
                 readonly=d.readonly,
                 format=d.format,
+                scsi_unit=d.scsi_unit,
                 pci_slot=d.pci_slot,
             )
             for i, d in enumerate(spec.disks)

@@ -312,6 +312,7 @@ class VMPod:
                                               cpu_limit=self.plan.cpu_limit),
                           labels=self.plan.labels, network=self.network,
                           image=self.plan.tasks[0].image if len(containers) == 1 else None)
+            pod.validate()  # before a pool claim or a boot: e.g. more layers than init takes
             hypervisor = self._hypervisor()
             volumes = VolumeHold(self.cfg, [m for c in containers for m in c.mounts])
             with self._lock:

@@ -20,6 +20,7 @@ import pytest
 
 from hypervm.config import ImageLimits, config_from_env, image_limits_from_env
 from hypervm.errors import HostError, ImageError, InvalidSpec
+from hypervm.podspec import MAX_ROOTFS_LAYERS
 from tests.unit.test_image_unpack import BLOB, tar_bytes
 from vmimage.images.cache import Cache
 from vmimage.images.store import ImageStore
@@ -316,6 +317,17 @@ def test_too_many_layers_are_refused_before_any_transfer(tmp_path: Path,
     error = pull_error(store(tmp_path, max_layers=4))
     assert "5 layers, more than the limit of 4" in str(error)
     assert "HYPERVM_IMAGE_MAX_LAYERS" in str(error)
+    assert "copy" not in (fake_skopeo / "calls").read_text()
+
+
+def test_more_layers_than_a_root_filesystem_takes_are_refused_before_any_transfer(
+        tmp_path: Path, fake_skopeo: Path) -> None:
+    """An image no VM's init could stack (task manylayers; the run's own check is the pod's)."""
+    manifest(fake_skopeo, MAX_ROOTFS_LAYERS + 1)
+    (fake_skopeo / "copy-mode").write_text("stall")
+    error = pull_error(store(tmp_path, max_layers=128))
+    assert "65 layers, more than the 64 a container's root filesystem" in str(error)
+    assert "flatten" in str(error)
     assert "copy" not in (fake_skopeo / "calls").read_text()
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hypervm.config import ImageLimits
 from hypervm.errors import ImageError
 from hypervm.frozen import frozen_dataclass
+from hypervm.podspec import MAX_ROOTFS_LAYERS
 from vmimage import rootfs
 
 from .cache import Cache, ImageRecord
@@ -96,6 +97,11 @@ class Puller:
                              f"limit of {limits.max_layers}", blob=manifest.digest,
                              hint="squash the image, or the operator raises "
                                   "HYPERVM_IMAGE_MAX_LAYERS")
+        if len(manifest.layers) > MAX_ROOTFS_LAYERS:  # no VM's init could stack them
+            raise ImageError(name, f"the image has {len(manifest.layers)} layers, more than the "
+                             f"{MAX_ROOTFS_LAYERS} a container's root filesystem (rootfs.layers) "
+                             "can have", blob=manifest.digest,
+                             hint="flatten the image (a multi-stage build, docker build --squash)")
         for desc in manifest.layers:
             if desc.size > limits.max_layer_bytes:
                 raise ImageError(name, f"the layer is {desc.size} bytes compressed, more than "
