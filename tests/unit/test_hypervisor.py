@@ -19,13 +19,34 @@ from hypervm.errors import HostError, HypervisorError, InvalidSpec
 libvirt = pytest.importorskip("libvirt")
 
 
+#: a node for libvirt's test driver with its built-in domain ``test`` (test:///default's)
+TEST_NODE_XML = """<node>
+  <domain type="test">
+    <name>test</name>
+    <memory>8388608</memory>
+    <vcpu>2</vcpu>
+    <os><type>hvm</type></os>
+  </domain>
+</node>
+"""
+
+
+def private_test_uri(tmp_path: Path) -> str:
+    """A test-driver URI whose every connection is an instance of its own. All of a process's
+    connections to ``test:///default`` share one instance: its domains and its event queue. A
+    connection closed while the event thread was still dispatching one of its events left its
+    next event (its teardown's ``stopped``) queued, and the next test's connection got it: a
+    ``stopped hypervm-unit-1`` for the domain of the same name that test had just created."""
+    node = tmp_path / "test-node.xml"
+    node.write_text(TEST_NODE_XML)
+    return f"test://{node}"
+
+
 @pytest.fixture
-def hv() -> Iterator[Hypervisor]:
-    hypervisor = Hypervisor("test:///default", autodestroy=False)
+def hv(tmp_path: Path) -> Iterator[Hypervisor]:
+    hypervisor = Hypervisor(private_test_uri(tmp_path), autodestroy=False)
     yield hypervisor
-    for dom in hypervisor.list_ours():  # test:///default is shared by the whole process
-        hypervisor.destroy(dom.name)
-    hypervisor.close()
+    hypervisor.close()  # its domains go with its instance
 
 
 def make_spec(tmp_path: Path, name: str = "hypervm-unit-1", **overrides: object) -> DomainSpec:
@@ -285,7 +306,7 @@ def test_attach_device_errors_are_hypervisor_errors(hv: Hypervisor, tmp_path: Pa
 
 def test_adopted_vms_get_disconnect_events(tmp_path: Path) -> None:
     """A VM another process created (a pool VM) is reported like one this connection made."""
-    hv = Hypervisor("test:///default", autodestroy=False)
+    hv = Hypervisor(private_test_uri(tmp_path), autodestroy=False)  # no event of another's
     try:
         seen: list[LifecycleEvent] = []
         hv.add_listener(seen.append)
