@@ -227,6 +227,34 @@ def test_lost_connection_is_reported_for_our_live_domains(hv: Hypervisor, tmp_pa
     assert len([e for e in events if e.event == DISCONNECTED]) == 1  # reported once
 
 
+def test_a_late_stop_of_an_earlier_domain_of_the_name_is_not_the_new_ones(
+        hv: Hypervisor, tmp_path: Path) -> None:
+    """libvirt delivers events later, on its event thread: the ``stopped`` of a domain we
+    destroyed can come after we created another of the same name, which still runs, is still
+    ours, and is reported as lost with the connection."""
+    events: list[LifecycleEvent] = []
+    held, release, restarted = threading.Event(), threading.Event(), threading.Event()
+
+    def listener(ev: LifecycleEvent) -> None:
+        events.append(ev)
+        if ev.event == "started" and not held.is_set():
+            held.set()
+            release.wait(5)  # the event thread, late (a loaded host): the rest queues behind
+        elif ev.event == "started":
+            restarted.set()
+
+    hv.add_listener(listener)
+    hv.create(make_spec(tmp_path))
+    assert held.wait(5)
+    hv.destroy("hypervm-unit-1")
+    hv.create(make_spec(tmp_path))
+    release.set()
+    assert restarted.wait(5), f"no second started event, got {events}"
+    assert [(e.name, e.event) for e in events] == [("hypervm-unit-1", "started")] * 2
+    hv._on_close(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)
+    assert [(e.name, e.event) for e in events[2:]] == [("hypervm-unit-1", DISCONNECTED)]
+
+
 def test_closing_on_purpose_reports_nothing(hv: Hypervisor, tmp_path: Path) -> None:
     events: list[LifecycleEvent] = []
     hv.add_listener(events.append)
