@@ -82,11 +82,9 @@ def _run_event_loop() -> None:
 
 
 def _setup_libvirt(events: bool) -> None:
-    """Silence libvirt's stderr logging and, once per process, start its event loop thread.
-
-    The default event implementation must be registered before a connection is opened for that
-    connection to deliver events and keepalives.
-    """
+    """Silence libvirt's stderr logging and, once per process, start its event loop thread (the
+    default event implementation must be registered before a connection is opened for that
+    connection to deliver events and keepalives)."""
     global _event_loop, _errors_silenced
     with _setup_lock:
         # the first use of either module loads it (starter.lazy_module): both here, at set-up
@@ -160,8 +158,8 @@ class Hypervisor:
         self._open_lock = threading.Lock()
         self._event_id: int | None = None
         self._dac_label: tuple[int, int] | None | bool = False  # False: not read yet
-        #: domains created through this connection and not seen stopping
-        self._created: set[str] = set()
+        #: domains created through this connection and not seen stopping: UUIDs (None: adopted)
+        self._created: dict[str, str | None] = {}
         #: of those, the ones it auto-destroys when it closes
         self._autodestroys: set[str] = set()
         if starter is None:
@@ -279,7 +277,7 @@ class Hypervisor:
         log.info("started %s (%s, %d vCPU, %d MiB) in %.2f s", spec.name, spec.accel,
                  spec.vcpus, spec.memory_mib, time.monotonic() - started)
         with self._listeners_lock:
-            self._created.add(spec.name)
+            self._created[spec.name] = uuid
         return VM(self, name, uuid)
 
     def _create_by_starter(self, held: Starter, name: str, xml: str) -> tuple[str, str]:
@@ -297,8 +295,7 @@ class Hypervisor:
         return name, uuid
 
     def prepare_run_dir(self, directory: Path, owner: tuple[int, int] | None = None) -> None:
-        """executor.libvirt.rundir.prepare for ``owner`` (the VM's own identity), else the
-        user libvirt runs QEMU as."""
+        """rundir.prepare for ``owner`` (the VM's own identity), else the user QEMU runs as."""
         rundir.prepare(directory, owner or self._qemu_label())
 
     def give_to_qemu(self, directory: Path) -> None:
@@ -354,7 +351,7 @@ class Hypervisor:
         """Destroy (and undefine, if persistent) domain ``name``; True if it existed. No
         error when it is already gone."""
         with self._listeners_lock:
-            self._created.discard(name)
+            self._created.pop(name, None)
             self._autodestroys.discard(name)
         dom = self._lookup(name)
         if dom is None:
@@ -384,7 +381,7 @@ class Hypervisor:
         True when closing this connection would auto-destroy it (executor.libvirt.linger)."""
         self._end_started(name)
         with self._listeners_lock:
-            self._created.discard(name)
+            self._created.pop(name, None)
             return name in self._autodestroys
 
     def is_running(self, name: str) -> bool:
@@ -500,7 +497,7 @@ class Hypervisor:
         """Report lifecycle events of ``name`` (created by another process, e.g. the pool) as
         if this connection had created it."""
         with self._listeners_lock:
-            self._created.add(name)
+            self._created[name] = None
 
     def list_ours(self) -> list[DomainInfo]:
         """Our domains (name prefix and metadata namespace), with metadata and disk sources."""
@@ -555,17 +552,20 @@ class Hypervisor:
 
         kind = EVENT_NAMES[event] if 0 <= event < len(EVENT_NAMES) else str(event)
         ev = LifecycleEvent(name=name, event=kind, detail=detail)
+        uuid = dom.UUIDString()
+        with self._listeners_lock:  # events come late: those of an earlier domain of a name
+            if self._created.get(name, uuid) not in (uuid, None):  # we made again are not ours
+                return
+            if ev.stopped:
+                self._created.pop(name, None)
         log.debug("event: %s %s (%s)", name, kind, ev.reason)
-        if ev.stopped:
-            with self._listeners_lock:
-                self._created.discard(name)
         self._dispatch(ev)
 
     def _on_close(self, _conn: object, reason: int, _opaque: object) -> None:
         """libvirtd went away (or keepalive failed): tell the listeners of every VM we created,
         since libvirtd destroys auto-destroyed domains with our connection."""
         with self._listeners_lock:
-            names, self._created = sorted(self._created), set()
+            names, self._created = sorted(self._created), {}
         if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
             return
         # deferred: see TYPE_CHECKING above

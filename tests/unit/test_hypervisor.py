@@ -19,13 +19,34 @@ from hypervm.errors import HostError, HypervisorError, InvalidSpec
 libvirt = pytest.importorskip("libvirt")
 
 
+#: a node for libvirt's test driver with its built-in domain ``test`` (test:///default's)
+TEST_NODE_XML = """<node>
+  <domain type="test">
+    <name>test</name>
+    <memory>8388608</memory>
+    <vcpu>2</vcpu>
+    <os><type>hvm</type></os>
+  </domain>
+</node>
+"""
+
+
+def private_test_uri(tmp_path: Path) -> str:
+    """A test-driver URI whose every connection is an instance of its own. All of a process's
+    connections to ``test:///default`` share one instance: its domains and its event queue. A
+    connection closed while the event thread was still dispatching one of its events left its
+    next event (its teardown's ``stopped``) queued, and the next test's connection got it: a
+    ``stopped hypervm-unit-1`` for the domain of the same name that test had just created."""
+    node = tmp_path / "test-node.xml"
+    node.write_text(TEST_NODE_XML)
+    return f"test://{node}"
+
+
 @pytest.fixture
-def hv() -> Iterator[Hypervisor]:
-    hypervisor = Hypervisor("test:///default", autodestroy=False)
+def hv(tmp_path: Path) -> Iterator[Hypervisor]:
+    hypervisor = Hypervisor(private_test_uri(tmp_path), autodestroy=False)
     yield hypervisor
-    for dom in hypervisor.list_ours():  # test:///default is shared by the whole process
-        hypervisor.destroy(dom.name)
-    hypervisor.close()
+    hypervisor.close()  # its domains go with its instance
 
 
 def make_spec(tmp_path: Path, name: str = "hypervm-unit-1", **overrides: object) -> DomainSpec:
@@ -206,6 +227,34 @@ def test_lost_connection_is_reported_for_our_live_domains(hv: Hypervisor, tmp_pa
     assert len([e for e in events if e.event == DISCONNECTED]) == 1  # reported once
 
 
+def test_a_late_stop_of_an_earlier_domain_of_the_name_is_not_the_new_ones(
+        hv: Hypervisor, tmp_path: Path) -> None:
+    """libvirt delivers events later, on its event thread: the ``stopped`` of a domain we
+    destroyed can come after we created another of the same name, which still runs, is still
+    ours, and is reported as lost with the connection."""
+    events: list[LifecycleEvent] = []
+    held, release, restarted = threading.Event(), threading.Event(), threading.Event()
+
+    def listener(ev: LifecycleEvent) -> None:
+        events.append(ev)
+        if ev.event == "started" and not held.is_set():
+            held.set()
+            release.wait(5)  # the event thread, late (a loaded host): the rest queues behind
+        elif ev.event == "started":
+            restarted.set()
+
+    hv.add_listener(listener)
+    hv.create(make_spec(tmp_path))
+    assert held.wait(5)
+    hv.destroy("hypervm-unit-1")
+    hv.create(make_spec(tmp_path))
+    release.set()
+    assert restarted.wait(5), f"no second started event, got {events}"
+    assert [(e.name, e.event) for e in events] == [("hypervm-unit-1", "started")] * 2
+    hv._on_close(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)
+    assert [(e.name, e.event) for e in events[2:]] == [("hypervm-unit-1", DISCONNECTED)]
+
+
 def test_closing_on_purpose_reports_nothing(hv: Hypervisor, tmp_path: Path) -> None:
     events: list[LifecycleEvent] = []
     hv.add_listener(events.append)
@@ -285,7 +334,7 @@ def test_attach_device_errors_are_hypervisor_errors(hv: Hypervisor, tmp_path: Pa
 
 def test_adopted_vms_get_disconnect_events(tmp_path: Path) -> None:
     """A VM another process created (a pool VM) is reported like one this connection made."""
-    hv = Hypervisor("test:///default", autodestroy=False)
+    hv = Hypervisor(private_test_uri(tmp_path), autodestroy=False)  # no event of another's
     try:
         seen: list[LifecycleEvent] = []
         hv.add_listener(seen.append)
