@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from executor.guest.protocol import LAYER_WAIT_MS, MsgType
+from executor.guest.protocol import LAYER_WAIT_MS
 from executor.libvirt.designer import RunFiles, cold_domain, layers_fit_pci
 from executor.libvirt.domain import MAX_PCI_DEVICES, MAX_SCSI_UNIT, DiskSpec, ShareSpec
 from executor.libvirt.domain_xml import domain_xml, parse_domain_facts
@@ -33,13 +33,7 @@ from hypervm.podspec import (
     Resources,
     Rootfs,
 )
-from vmimage.boot import BootFiles
-from vmimage.kernel import Kernel
-from vmimage.qemu import DISTRO
-
-RUN = Path("/run/hypervm/vms/hypervm-web-0badcafe")
-BOOT = BootFiles(kernel=Kernel(Path("/k/vmlinux"), "6.1", "hyperkernel"), initrd=Path("/i.img"),
-                 qemu=DISTRO, accel="tcg", cmdline="console=ttyS0 quiet")
+from tests.unit.test_layer_slots import BOOT, RUN, _Channel
 
 
 def _disks(n: int) -> tuple[DiskSpec, ...]:
@@ -119,18 +113,6 @@ def test_a_domain_counts_luns_as_no_pci_device() -> None:
 def test_a_lun_is_in_range_and_has_no_slot(unit: int, slot: int | None) -> None:
     with pytest.raises(InvalidSpec, match="scsi_unit"):
         DiskSpec(Path("/l/0"), "l0", pci_slot=slot, scsi_unit=unit).validate("disks[0]")
-
-
-class _Channel:
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def register_process(self, handle: int, callbacks: Any) -> None:
-        pass
-
-    def send_request(self, type_: MsgType, payload: dict[str, Any]) -> str:
-        self.sent.append(payload)
-        return "pending"
 
 
 def _starts(pod: PodSpec) -> tuple[Any, list[dict[str, Any]]]:
