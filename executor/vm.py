@@ -113,7 +113,6 @@ class HyperVM:
         self._share_tags: dict[Path, str] = {}
         #: the VM came from the warm pool: layers are SCSI LUNs, mounts subdirs of its share
         self.warm = claimed is not None
-        self._wait_ms = LAYER_WAIT_MS if self.warm else None  # START's: layers hot-added
         #: ... an image pool VM, which had the pod's layers attached and mounted already
         self.warm_layers = False
         self.guest_kernel: str | None = None
@@ -192,10 +191,9 @@ class HyperVM:
                            self.pod.resources, self.pod.network, self.metadata(),
                            disks=disks, shares=shares,
                            identity=self.identity.pair if self.identity is not None else None)
-        # the START names each disk's address (rootfs.pci), or waits (bounded) for LUNs (manylayers)
+        # pinned disks: the START names each one's address (rootfs.pci); LUNs: none (start)
         self._layer_pci = {d.path: layer_pci_address(d.pci_slot) for d in spec.disks
                            if d.pci_slot is not None}
-        self._wait_ms = LAYER_WAIT_MS if spec.scsi_controller else self._wait_ms
         return spec
 
     @property
@@ -396,7 +394,8 @@ class HyperVM:
                             DEFAULT_PATH),
             readonly=container.rootfs.readonly,
             mounts=[start_mount(m, self._share_tags, self.warm) for m in container.mounts],
-            hostname=container.hostname, wait_ms=self._wait_ms,
+            # LUNs (a warm VM's hot-added, a cold one's past its PCI budget): by serial, waited for
+            hostname=container.hostname, wait_ms=None if self._layer_pci else LAYER_WAIT_MS,
             pci=[self._layer_pci[p] for p in container.rootfs.layers] if self._layer_pci else None,
             limits=limits_payload(container.limits.memory_mib, container.limits.pids,
                                   container.limits.scratch_mib))

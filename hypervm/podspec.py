@@ -28,7 +28,7 @@ MAX_ROOTFS_LAYERS = 64
 #: (init/src/layers.c MAX_MOUNTED)
 MAX_POD_LAYERS = 256
 #: how to get there (an image's layers are its build's steps)
-_FEWER_LAYERS = "flatten the image (a multi-stage build, docker build --squash) to fewer layers"
+FEWER_LAYERS_HINT = "flatten the image (a multi-stage build, docker build --squash) to fewer layers"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: pod and container names, matched whole (fullmatch: ``^…$`` with ``match`` lets "p\n" through)
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -136,7 +136,7 @@ class Container:
             raise InvalidSpec(f"{where}.rootfs.layers",
                               f"{len(self.rootfs.layers)} layers are more than the "
                               f"{MAX_ROOTFS_LAYERS} a container's root filesystem can have",
-                              hint=_FEWER_LAYERS)
+                              hint=FEWER_LAYERS_HINT)
         self.process.validate(f"{where}.process")
         self.limits.validate(f"{where}.limits")
         for i, mount in enumerate(self.mounts):
@@ -195,5 +195,5 @@ class PodSpec:
         if distinct > MAX_POD_LAYERS:
             raise InvalidSpec("containers", f"{distinct} distinct layers are more than the "
                               f"{MAX_POD_LAYERS} one pod's VM can mount",
-                              hint=f"{_FEWER_LAYERS}, or share layers between its images")
+                              hint=f"{FEWER_LAYERS_HINT}, or share layers between its images")
         self.network.validate()

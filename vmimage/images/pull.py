@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hypervm.config import ImageLimits
 from hypervm.errors import ImageError
 from hypervm.frozen import frozen_dataclass
-from hypervm.podspec import MAX_ROOTFS_LAYERS
+from hypervm.podspec import FEWER_LAYERS_HINT, MAX_ROOTFS_LAYERS
 from vmimage import rootfs
 
 from .cache import Cache, ImageRecord
@@ -101,7 +101,7 @@ class Puller:
             raise ImageError(name, f"the image has {len(manifest.layers)} layers, more than the "
                              f"{MAX_ROOTFS_LAYERS} a container's root filesystem (rootfs.layers) "
                              "can have", blob=manifest.digest,
-                             hint="flatten the image (a multi-stage build, docker build --squash)")
+                             hint=FEWER_LAYERS_HINT)
         for desc in manifest.layers:
             if desc.size > limits.max_layer_bytes:
                 raise ImageError(name, f"the layer is {desc.size} bytes compressed, more than "
